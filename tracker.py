@@ -1,0 +1,2081 @@
+#!/usr/bin/env python3
+"""tracker: a self-hosted, Sentry-compatible error tracker in one file.
+
+Point any official Sentry SDK's DSN at it and it stores, groups and shows the errors.
+The module reads top to bottom in the order data flows:
+
+    configuration → storage (schema, migrations, the single writer) → ingest (auth,
+    decoding, envelopes) → processing (normalisation, grouping) → issues → JSON API →
+    dashboard (inline Jinja2 templates) → CLI.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import secrets
+import sqlite3
+import sys
+import time
+import tomllib
+import urllib.parse
+import uuid
+import zlib
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Iterable
+
+import aiosqlite
+import brotli
+import jinja2
+import uvicorn
+import zstandard
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+__version__ = "0.1.0"
+log = logging.getLogger("tracker")
+
+# =============================================================================
+# Configuration
+# =============================================================================
+
+KIB, MIB = 1024, 1024 * 1024
+
+
+@dataclasses.dataclass
+class Settings:
+    """Server settings: defaults, overridden by the TOML file, then env vars, then flags."""
+
+    db: str = "tracker.db"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    url: str = ""  # public base URL put into DSNs; defaults to http://host:port
+    organization: str = "tracker"
+    max_body: int = 20 * MIB  # raw request body
+    max_envelope: int = 100 * MIB  # after decompression
+    max_event: int = 1 * MIB  # one event item
+    batch_max: int = 512  # jobs per writer transaction
+    projects: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def public_url(self) -> str:
+        return (self.url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+ENV_VARS = {"db": "TRACKER_DB", "host": "TRACKER_HOST", "port": "TRACKER_PORT",
+            "url": "TRACKER_URL", "organization": "TRACKER_ORG"}
+
+
+def load_settings(config: str | None = None, **flags: Any) -> Settings:
+    """Merge a TOML config file, environment variables and command-line flags (last wins)."""
+    settings = Settings()
+    path = config or os.environ.get("TRACKER_CONFIG")
+    if path:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+        for key, value in doc.get("server", {}).items():
+            if key not in {f.name for f in dataclasses.fields(Settings)} or key == "projects":
+                raise SystemExit(f"{path}: unknown [server] setting {key!r}")
+            setattr(settings, key, value)
+        settings.projects = list(doc.get("projects", []))
+    for key, var in ENV_VARS.items():
+        if os.environ.get(var):
+            setattr(settings, key, os.environ[var])
+    for key, value in flags.items():
+        if value is not None:
+            setattr(settings, key, value)
+    settings.port = int(settings.port)
+    return settings
+
+
+# =============================================================================
+# Storage: schema, migrations, the single writer
+# =============================================================================
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE projects (
+        id INTEGER PRIMARY KEY, slug TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
+        platform TEXT NOT NULL DEFAULT '', next_short_id INTEGER NOT NULL DEFAULT 1,
+        created REAL NOT NULL);
+    CREATE TABLE project_keys (
+        public_key TEXT PRIMARY KEY, project_id INTEGER NOT NULL REFERENCES projects(id),
+        active INTEGER NOT NULL DEFAULT 1, created REAL NOT NULL);
+    CREATE TABLE api_tokens (
+        id INTEGER PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE, name TEXT NOT NULL DEFAULT '',
+        scopes TEXT NOT NULL, created REAL NOT NULL);
+    CREATE TABLE issues (
+        id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL REFERENCES projects(id),
+        short_id INTEGER NOT NULL, type TEXT NOT NULL, title TEXT NOT NULL, culprit TEXT NOT NULL,
+        metadata TEXT NOT NULL, level TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'unresolved',
+        platform TEXT NOT NULL, logger TEXT NOT NULL, first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL, times_seen INTEGER NOT NULL DEFAULT 0,
+        user_count INTEGER NOT NULL DEFAULT 0, first_release TEXT, last_release TEXT,
+        UNIQUE (project_id, short_id));
+    CREATE INDEX issues_by_project ON issues (project_id, last_seen);
+    CREATE INDEX issues_by_last_seen ON issues (last_seen);
+    CREATE TABLE issue_hashes (
+        project_id INTEGER NOT NULL, hash TEXT NOT NULL, issue_id INTEGER NOT NULL,
+        PRIMARY KEY (project_id, hash)) WITHOUT ROWID;
+    CREATE TABLE issue_tags (
+        issue_id INTEGER NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+        times_seen INTEGER NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL,
+        PRIMARY KEY (issue_id, key, value)) WITHOUT ROWID;
+    CREATE INDEX issue_tags_by_value ON issue_tags (key, value, issue_id);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL, event_id TEXT NOT NULL,
+        issue_id INTEGER NOT NULL, timestamp REAL NOT NULL, received REAL NOT NULL,
+        level TEXT NOT NULL, environment TEXT NOT NULL, release TEXT NOT NULL,
+        payload BLOB NOT NULL, UNIQUE (project_id, event_id));
+    CREATE INDEX events_by_issue ON events (issue_id, timestamp, id);
+    """,
+]
+
+
+def connect_db(path: str) -> sqlite3.Connection:
+    """Open a connection in WAL mode; NORMAL sync keeps every commit across a process kill."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Apply the forward migrations this file knows and the database has not seen yet."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise SystemExit(f"database schema {version} is newer than this tracker ({len(MIGRATIONS)})")
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={number}")
+        conn.execute("COMMIT")
+
+
+Job = Callable[[sqlite3.Connection], Any]
+
+
+def apply_batch(conn: sqlite3.Connection, jobs: list[Job]) -> list[Any]:
+    """Run jobs in one transaction, each in its own savepoint, so one failing job (returned as
+    its exception) cannot undo the others; one commit makes the whole batch durable."""
+    results: list[Any] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for job in jobs:
+            conn.execute("SAVEPOINT job")
+            try:
+                results.append(job(conn))
+                conn.execute("RELEASE job")
+            except Exception as exc:  # a bad job must not sink its batch
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                log.exception("write job failed")
+                results.append(exc)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return results
+
+
+class Writer:
+    """The server's only writer: one thread owning one connection, fed by a queue.
+
+    Jobs that arrive while a commit is running are applied together in the next
+    transaction (group commit); a job's future resolves only after its commit, so an
+    HTTP 200 always means the data is on disk.
+    """
+
+    def __init__(self, path: str, batch_max: int) -> None:
+        self.conn = connect_db(path)
+        self.batch_max = batch_max
+        self.queue: asyncio.Queue[tuple[Job, asyncio.Future[Any]]] = asyncio.Queue()
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tracker-writer")
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self.run())
+
+    async def submit(self, job: Job) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self.queue.put((job, future))
+        result = await future
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < self.batch_max and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            try:
+                results = await loop.run_in_executor(self.executor, apply_batch, self.conn, [j for j, _ in batch])
+            except Exception as exc:  # the commit itself failed (disk full, I/O error)
+                log.exception("writer batch failed")
+                results = [exc] * len(batch)
+            for (_, future), result in zip(batch, results):
+                if not future.done():
+                    future.set_result(result)
+
+    async def close(self) -> None:
+        if self.task:
+            while not self.queue.empty():
+                await asyncio.sleep(0.01)
+            self.task.cancel()
+        self.executor.shutdown(wait=True)
+        self.conn.close()
+
+
+class Store:
+    """Read side: an aiosqlite connection that never blocks the writer (WAL readers)."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self.conn = conn
+
+    @classmethod
+    async def open(cls, path: str) -> Store:
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        await conn.execute("PRAGMA query_only=ON")
+        return cls(conn)
+
+    async def all(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        return list(await self.conn.execute_fetchall(sql, tuple(args)))
+
+    async def one(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Row | None:
+        rows = await self.all(sql, args)
+        return rows[0] if rows else None
+
+
+def compress_payload(data: dict[str, Any]) -> bytes:
+    return zlib.compress(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(), 6)
+
+
+def decompress_payload(blob: bytes) -> dict[str, Any]:
+    return json.loads(zlib.decompress(blob))
+
+
+# -- projects, keys and tokens (plain functions over a write connection) -------
+
+def slugify(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return slug[:50] or "project"
+
+
+def create_project(conn: sqlite3.Connection, name: str, slug: str | None = None,
+                   platform: str = "", public_key: str | None = None) -> tuple[int, str]:
+    """Create a project with one DSN key; returns (project id, public key)."""
+    now = time.time()
+    cur = conn.execute("INSERT INTO projects (slug, name, platform, created) VALUES (?, ?, ?, ?)",
+                       (slug or slugify(name), name, platform, now))
+    key = public_key or secrets.token_hex(16)
+    conn.execute("INSERT INTO project_keys (public_key, project_id, created) VALUES (?, ?, ?)",
+                 (key, cur.lastrowid, now))
+    return int(cur.lastrowid or 0), key
+
+
+def ensure_config_projects(conn: sqlite3.Connection, projects: list[dict[str, Any]]) -> None:
+    """Create the projects a TOML config declares (idempotent, keyed by slug)."""
+    for spec in projects:
+        name = str(spec.get("name") or spec.get("slug") or "project")
+        slug = str(spec.get("slug") or slugify(name))
+        row = conn.execute("SELECT id FROM projects WHERE slug = ?", (slug,)).fetchone()
+        key = spec.get("dsn_key")
+        if key is not None and not re.fullmatch(r"[0-9a-f]{32}", str(key)):
+            raise SystemExit(f"project {slug}: dsn_key must be 32 lowercase hex characters")
+        if row is None:
+            create_project(conn, name, slug, str(spec.get("platform", "")), key)
+        elif key and not conn.execute("SELECT 1 FROM project_keys WHERE public_key = ?", (key,)).fetchone():
+            conn.execute("INSERT INTO project_keys (public_key, project_id, created) VALUES (?, ?, ?)",
+                         (key, row["id"], time.time()))
+
+
+def hash_token(token: str) -> str:
+    """API tokens are 256-bit random values, so a plain SHA-256 is a safe stored form."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(conn: sqlite3.Connection, name: str = "", scopes: str = "read write admin") -> str:
+    token = secrets.token_hex(32)
+    conn.execute("INSERT INTO api_tokens (token_hash, name, scopes, created) VALUES (?, ?, ?, ?)",
+                 (hash_token(token), name, scopes, time.time()))
+    return token
+
+
+def dsn_for(settings: Settings, public_key: str, project_id: int) -> str:
+    parts = urllib.parse.urlsplit(settings.public_url)
+    return f"{parts.scheme}://{public_key}@{parts.netloc}{parts.path}/{project_id}"
+
+
+# =============================================================================
+# Ingest: authentication, body decoding, envelopes
+# =============================================================================
+
+class IngestError(Exception):
+    """A client error on an ingest route, answered as Relay does: status + {"detail": …}."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, OPTIONS",
+    "Access-Control-Allow-Headers": ("x-sentry-auth, x-requested-with, x-forwarded-for, origin, referer, "
+                                     "accept, content-type, authentication, authorization, "
+                                     "content-encoding, transfer-encoding"),
+    "Access-Control-Expose-Headers": "x-sentry-error, x-sentry-rate-limits, retry-after",
+    "Access-Control-Max-Age": "3600",
+}
+
+
+def parse_auth_pairs(value: str) -> dict[str, str]:
+    """`Sentry sentry_key=…, sentry_version=7` → {"sentry_key": …}; whitespace-tolerant."""
+    pairs = {}
+    for part in value.split(","):
+        key, sep, val = part.partition("=")
+        if sep:
+            pairs[key.strip()] = val.strip()
+    return pairs
+
+
+def key_from_request(request: Request) -> str | None:
+    """The public key from the auth header or query string; None when neither carries one."""
+    found: list[dict[str, str]] = []
+    header = request.headers.get("x-sentry-auth")
+    if header is not None:
+        if not header[:7].lower() == "sentry ":
+            raise IngestError(401, "bad x-sentry-auth header")
+        found.append(parse_auth_pairs(header[7:]))
+    authorization = request.headers.get("authorization", "")
+    if authorization[:7].lower() == "sentry ":
+        found.append(parse_auth_pairs(authorization[7:]))
+    if "sentry_key" in request.query_params:
+        found.append(dict(request.query_params))
+    keys = {pairs.get("sentry_key") for pairs in found}
+    if None in keys:
+        raise IngestError(401, "bad x-sentry-auth header: missing sentry_key")
+    if len(keys) > 1:
+        raise IngestError(401, "multiple authorization payloads detected")
+    for pairs in found:
+        version = pairs.get("sentry_version", "7")
+        if not version.isdigit() or int(version) > 7:
+            raise IngestError(400, f"unsupported protocol version ({version})")
+    return keys.pop() if keys else None
+
+
+def key_from_dsn(dsn: Any, project_id: int) -> str | None:
+    """The envelope header `dsn` (JS `tunnel` option) as an auth source."""
+    if not isinstance(dsn, str):
+        return None
+    parts = urllib.parse.urlsplit(dsn)
+    if not parts.username:
+        raise IngestError(401, "bad sentry DSN in envelope header")
+    if parts.path.rstrip("/").rsplit("/", 1)[-1] != str(project_id):
+        raise IngestError(403, "envelope DSN is for another project")
+    return parts.username
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read the (possibly chunked) body, refusing with 413 as soon as it passes the limit."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise IngestError(413, f"request body larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise IngestError(413, f"request body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """Undo Content-Encoding with a hard cap on the output, so a zip bomb costs nothing."""
+    encoding = encoding.strip().lower()
+    too_big = IngestError(413, f"decompressed body larger than {limit} bytes")
+    try:
+        if encoding in ("", "identity"):
+            out = body
+        elif encoding in ("gzip", "x-gzip"):
+            out = inflate(body, 16 + zlib.MAX_WBITS, limit)
+        elif encoding == "deflate":
+            try:
+                out = inflate(body, zlib.MAX_WBITS, limit)
+            except zlib.error:
+                out = inflate(body, -zlib.MAX_WBITS, limit)
+        elif encoding == "br":
+            out = unbrotli(body, limit)
+        elif encoding == "zstd":
+            with zstandard.ZstdDecompressor().stream_reader(body) as reader:
+                out = reader.read(limit + 1)
+        else:
+            raise IngestError(415, f"unsupported content encoding {encoding!r}")
+    except (zlib.error, brotli.error, zstandard.ZstdError, EOFError) as exc:
+        raise IngestError(400, f"invalid {encoding} body: {exc}") from None
+    if len(out) > limit:
+        raise too_big
+    return out
+
+
+def inflate(body: bytes, wbits: int, limit: int) -> bytes:
+    d = zlib.decompressobj(wbits)
+    out = d.decompress(body, limit + 1)
+    if not d.eof and len(out) <= limit:
+        raise zlib.error("truncated stream")
+    return out
+
+
+def unbrotli(body: bytes, limit: int) -> bytes:
+    d = brotli.Decompressor()
+    out = bytearray(d.process(body, output_buffer_limit=limit + 1))
+    while len(out) <= limit and not d.is_finished() and not d.can_accept_more_data():
+        out += d.process(b"", output_buffer_limit=limit + 1 - len(out))
+    if len(out) <= limit and not d.is_finished():
+        raise brotli.error("truncated stream")
+    return bytes(out)
+
+
+def json_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise IngestError(400, f"invalid JSON in {what}") from None
+    if not isinstance(value, dict):
+        raise IngestError(400, f"{what} is not a JSON object")
+    return value
+
+
+def parse_envelope(data: bytes) -> tuple[dict[str, Any], list[tuple[dict[str, Any], bytes]]]:
+    """Split an envelope into its header and (item header, payload) pairs.
+
+    Items with `length` take exactly that many bytes; items without run to the next
+    newline or the end (JS writes no final newline). Blank lines between items are skipped.
+    """
+    if not data.strip():
+        raise IngestError(400, "empty request body")
+    end = data.find(b"\n")
+    end = len(data) if end < 0 else end
+    header = json_object(data[:end], "envelope header")
+    items, pos = [], end + 1
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        end = len(data) if end < 0 else end
+        line, pos = data[pos:end], end + 1
+        if not line.strip():
+            continue
+        item_header = json_object(line, "item header")
+        length = item_header.get("length")
+        if length is None:
+            end = data.find(b"\n", pos)
+            end = len(data) if end < 0 else end
+            payload, pos = data[pos:end], end + 1
+        else:
+            if not isinstance(length, int) or isinstance(length, bool) or length < 0 or pos + length > len(data):
+                raise IngestError(400, "invalid event envelope: bad item length")
+            payload, pos = data[pos:pos + length], pos + length
+            if pos < len(data):
+                if data[pos:pos + 1] != b"\n":
+                    raise IngestError(400, "invalid event envelope: item longer than its length")
+                pos += 1
+        items.append((item_header, payload))
+    return header, items
+
+
+def normalize_id(value: Any) -> str | None:
+    """Dashed or undashed UUID → 32 lowercase hex; anything else → None."""
+    if isinstance(value, str):
+        candidate = value.replace("-", "").strip().lower()
+        if re.fullmatch(r"[0-9a-f]{32}", candidate):
+            return candidate
+    return None
+
+
+class KeyCache:
+    """public key → (project id, active), cached briefly so ingest rarely reads the database."""
+
+    TTL = 30.0
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.entries: dict[str, tuple[float, int | None, bool]] = {}
+
+    async def project_for(self, key: str) -> tuple[int | None, bool]:
+        hit = self.entries.get(key)
+        if hit and time.monotonic() - hit[0] < self.TTL:
+            return hit[1], hit[2]
+        row = await self.store.one("SELECT project_id, active FROM project_keys WHERE public_key = ?", (key,))
+        entry = (time.monotonic(), row["project_id"] if row else None, bool(row and row["active"]))
+        if len(self.entries) > 10_000:
+            self.entries.clear()
+        self.entries[key] = entry
+        return entry[1], entry[2]
+
+
+async def authenticate(request: Request, project_id: int, header: dict[str, Any]) -> None:
+    key = key_from_request(request) or key_from_dsn(header.get("dsn"), project_id)
+    if key is None:
+        raise IngestError(401, "missing authorization information")
+    if not re.fullmatch(r"[0-9a-fA-F]{32}", key):
+        raise IngestError(401, "bad sentry DSN public key")
+    owner, active = await request.app.state.keys.project_for(key.lower())
+    if owner is None or not active:
+        raise IngestError(403, "event submission rejected: unknown or disabled project key")
+    if owner != project_id:
+        raise IngestError(403, "event submission rejected: key does not belong to this project")
+
+
+def parse_project_id(raw: str) -> int:
+    if not raw.isdigit() or len(raw) > 18:
+        raise IngestError(400, "bad project path parameter")
+    return int(raw)
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+async def ingest(request: Request) -> Response:
+    """POST /api/<id>/envelope/ and /api/<id>/store/: authenticate, decode, store events."""
+    if request.method == "OPTIONS":
+        return Response(status_code=200, headers=CORS_HEADERS)
+    try:
+        response = await ingest_body(request)
+    except IngestError as exc:
+        response = JSONResponse({"detail": exc.detail}, status_code=exc.status)
+    response.headers.update(CORS_HEADERS)
+    return response
+
+
+async def ingest_body(request: Request) -> Response:
+    settings: Settings = request.app.state.settings
+    project_id = parse_project_id(request.path_params["project_id"])
+    key_from_request(request)  # reject garbled auth before reading a large body
+    body = await read_body(request, settings.max_body)
+    data = decompress(body, request.headers.get("content-encoding", ""), settings.max_envelope)
+    if request.url.path.rstrip("/").endswith("/store"):
+        header, items = {}, [({"type": "event"}, data)]
+    else:
+        header, items = parse_envelope(data)
+    await authenticate(request, project_id, header)
+    header_id = normalize_id(header.get("event_id"))
+    received = time.time()
+    prepared = []
+    for item_header, payload in items:
+        if item_header.get("type") != "event":
+            continue  # later issues store more item types; the rest is accepted and dropped
+        if len(payload) > settings.max_event:
+            raise IngestError(413, "envelope exceeded size limits for type 'event'")
+        raw = json_object(payload, "event payload")
+        prepared.append(prepare_event(raw, project_id=project_id, event_id=header_id if not prepared else None,
+                                      received=received, client_ip=client_ip(request)))
+    writer: Writer = request.app.state.writer
+    await asyncio.gather(*(writer.submit(lambda conn, ev=ev: store_event(conn, ev)) for ev in prepared))
+    event_id = prepared[0].event_id if prepared else header_id
+    return JSONResponse({"id": event_id} if event_id else {})
+
+
+# =============================================================================
+# Processing: normalisation, display fields, grouping
+# =============================================================================
+
+LEVELS = ("debug", "info", "warning", "error", "fatal")
+LEVEL_ALIASES = {"warn": "warning", "critical": "fatal", "log": "info", "trace": "debug"}
+MAX_TAG = 200
+MAX_PAST = 30 * 86400
+MAX_FUTURE = 60
+
+
+def text(value: Any, limit: int = 8192) -> str:
+    """Any JSON value as a display string (None → "")."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        value = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
+    return value[:limit]
+
+
+def as_values(value: Any) -> list[dict[str, Any]]:
+    """Sentry's `Values<T>`: {"values": [...]}, a bare list, or one object → list of dicts."""
+    if isinstance(value, dict):
+        value = value.get("values", [value] if value else [])
+    if not isinstance(value, list):
+        return []
+    return [v for v in value if isinstance(v, dict)]
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def parse_timestamp(value: Any) -> float | None:
+    """Epoch seconds (int/float/numeric string) or RFC 3339 → epoch float."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if value == value and abs(value) < 1e11 else None
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+        try:
+            parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=dt.timezone.utc)
+        return parsed.timestamp()
+    return None
+
+
+def normalize_level(value: Any) -> str:
+    level = text(value).strip().lower()
+    level = LEVEL_ALIASES.get(level, level)
+    return level if level in LEVELS else "error"
+
+
+def normalize_tags(value: Any) -> list[list[str]]:
+    """Tags as a dict or a list of pairs → list of [key, value] strings, Relay's 200-char cut."""
+    pairs = value.items() if isinstance(value, dict) else value if isinstance(value, list) else []
+    out: dict[str, str] = {}
+    for pair in pairs:
+        if isinstance(pair, (list, tuple)) and len(pair) == 2 and pair[0] not in (None, "") and pair[1] is not None:
+            out[text(pair[0], MAX_TAG)] = text(pair[1], MAX_TAG)
+    return [[k, v] for k, v in out.items()]
+
+
+def format_params(template: str, params: Any) -> str:
+    """Apply %-style params the way the logging module would; leave the template on mismatch."""
+    try:
+        if isinstance(params, dict):
+            return template % params
+        if isinstance(params, list) and params:
+            return template % tuple(params)
+    except (TypeError, ValueError, KeyError):
+        pass
+    return template
+
+
+def normalize_logentry(event: dict[str, Any]) -> dict[str, Any] | None:
+    """`message` (string or legacy object) and `logentry` → one {message, formatted, params}."""
+    entry = event.get("logentry")
+    message = event.get("message")
+    if not isinstance(entry, dict):
+        entry = message if isinstance(message, dict) else {}
+    template = text(entry.get("message"))
+    formatted = text(entry.get("formatted"))
+    params = entry.get("params") if isinstance(entry.get("params"), (list, dict)) else None
+    if isinstance(message, str) and not template and not formatted:
+        formatted = message[:8192]
+    if not template and not formatted:
+        return None
+    if not formatted:
+        formatted = format_params(template, params)
+    out: dict[str, Any] = {"formatted": formatted}
+    if template:
+        out["message"] = template
+    if params:
+        out["params"] = params
+    return out
+
+
+NOT_APP_PATH = re.compile(r"(^|[/\\])(site-packages|dist-packages|node_modules|vendor)([/\\]|$)")
+
+
+def normalize_frames(stacktrace: Any) -> dict[str, Any] | None:
+    """A stack trace with dict frames (oldest first) and a definite `in_app` on each.
+
+    Built-in rules win over the SDK for third-party paths; a missing `in_app` means not app.
+    """
+    stacktrace = as_dict(stacktrace)
+    frames = [dict(f) for f in stacktrace.get("frames") or [] if isinstance(f, dict)] if isinstance(
+        stacktrace.get("frames"), list) else []
+    if not frames:
+        return None
+    for frame in frames:
+        path = text(frame.get("abs_path") or frame.get("filename"))
+        frame["in_app"] = frame.get("in_app") is True and not NOT_APP_PATH.search(path)
+        for key in ("pre_context", "post_context"):
+            if not isinstance(frame.get(key), list):
+                frame.pop(key, None)
+    return {**stacktrace, "frames": frames}
+
+
+def normalize_exception(exc: dict[str, Any]) -> dict[str, Any]:
+    out = dict(exc)
+    for key in ("type", "value", "module"):
+        out[key] = text(exc.get(key)) if exc.get(key) is not None else None
+    out["mechanism"] = as_dict(exc.get("mechanism")) or None
+    out["stacktrace"] = normalize_frames(exc.get("stacktrace"))
+    return out
+
+
+def normalize_request(request: Any) -> dict[str, Any] | None:
+    request = dict(as_dict(request))
+    if not request:
+        return None
+    headers = request.get("headers")
+    if isinstance(headers, dict):
+        headers = list(headers.items())
+    request["headers"] = [[text(h[0]), text(h[1])] for h in headers or []
+                          if isinstance(h, (list, tuple)) and len(h) == 2]
+    url = text(request.get("url"))
+    if "?" in url:
+        url, _, query = url.partition("?")
+        request.setdefault("query_string", query)
+    request["url"] = url
+    query = request.get("query_string")
+    if isinstance(query, str):
+        query = urllib.parse.parse_qsl(query.lstrip("?"), keep_blank_values=True)
+    elif isinstance(query, dict):
+        query = list(query.items())
+    request["query_string"] = [[text(q[0]), text(q[1])] for q in query or []
+                               if isinstance(q, (list, tuple)) and len(q) == 2]
+    return request
+
+
+def normalize_user(user: Any, ip: str) -> dict[str, Any] | None:
+    user = dict(as_dict(user))
+    if user.get("ip_address") == "{{auto}}":
+        user["ip_address"] = ip or None
+    for key in ("id", "email", "username", "ip_address", "name"):
+        if user.get(key) is not None:
+            user[key] = text(user[key], 256)
+    return {k: v for k, v in user.items() if v not in (None, "")} or None
+
+
+def browser_from_user_agent(agent: str) -> dict[str, str] | None:
+    for name, pattern in (("Edge", r"Edg/([\d.]+)"), ("Firefox", r"Firefox/([\d.]+)"),
+                          ("Chrome", r"(?:Chrome|Chromium|HeadlessChrome)/([\d.]+)"),
+                          ("Safari", r"Version/([\d.]+).*Safari")):
+        match = re.search(pattern, agent)
+        if match:
+            return {"name": name, "version": match.group(1), "type": "browser"}
+    return None
+
+
+def normalize_event(raw: dict[str, Any], *, event_id: str | None, received: float, client_ip: str) -> dict[str, Any]:
+    """The event in one canonical shape, as Sentry stores it, whatever form the SDK sent."""
+    ev = dict(raw)
+    ev["event_id"] = event_id or normalize_id(raw.get("event_id")) or uuid.uuid4().hex
+    timestamp = parse_timestamp(raw.get("timestamp"))
+    errors = [e for e in raw.get("errors") or [] if isinstance(e, dict)] if isinstance(raw.get("errors"), list) else []
+    if timestamp is None or timestamp > received + MAX_FUTURE or timestamp < received - MAX_PAST:
+        if raw.get("timestamp") is not None:
+            errors.append({"type": "clock_drift", "name": "timestamp", "value": text(raw.get("timestamp"))})
+        timestamp = received
+    ev["timestamp"] = timestamp
+    ev["received"] = received
+    ev["level"] = normalize_level(raw.get("level"))
+    ev["platform"] = text(raw.get("platform"), 64) or "other"
+    for key in ("logger", "transaction", "server_name", "release", "dist", "culprit"):
+        ev[key] = text(raw.get(key), 256) or None
+    ev["environment"] = text(raw.get("environment"), 64) or "production"
+    ev["logentry"] = normalize_logentry(raw)
+    ev.pop("message", None)
+    ev["exception"] = {"values": [normalize_exception(e) for e in as_values(raw.get("exception"))]}
+    ev["threads"] = {"values": [{**t, "stacktrace": normalize_frames(t.get("stacktrace"))}
+                                for t in as_values(raw.get("threads"))]}
+    ev["stacktrace"] = normalize_frames(raw.get("stacktrace"))
+    ev["breadcrumbs"] = {"values": as_values(raw.get("breadcrumbs"))}
+    ev["request"] = normalize_request(raw.get("request"))
+    ev["user"] = normalize_user(raw.get("user"), client_ip)
+    ev["contexts"] = {str(k): v for k, v in as_dict(raw.get("contexts")).items() if isinstance(v, dict)}
+    ev["extra"] = as_dict(raw.get("extra"))
+    ev["sdk"] = as_dict(raw.get("sdk"))
+    ev["fingerprint"] = [text(f, 512) for f in raw["fingerprint"]] if isinstance(raw.get("fingerprint"), list) else None
+    if errors:
+        ev["errors"] = errors
+    user_agent = next((v for k, v in (ev["request"] or {}).get("headers", []) if k.lower() == "user-agent"), "")
+    if "browser" not in ev["contexts"] and user_agent:
+        browser = browser_from_user_agent(user_agent)
+        if browser:
+            ev["contexts"]["browser"] = browser
+    ev["tags"] = normalize_tags(raw.get("tags")) + derived_tags(ev)
+    return {k: v for k, v in ev.items() if v not in (None, {}, [], {"values": []})}
+
+
+def user_key(user: dict[str, Any] | None) -> str | None:
+    """Sentry's `user` tag: the most specific identity the event carries."""
+    user = user or {}
+    for field, prefix in (("id", "id"), ("email", "email"), ("username", "username"), ("ip_address", "ip")):
+        if user.get(field):
+            return f"{prefix}:{user[field]}"
+    return None
+
+
+def derived_tags(ev: dict[str, Any]) -> list[list[str]]:
+    """The tags Sentry adds to every event, unless the SDK already set them."""
+    contexts = ev["contexts"]
+    primary = (ev["exception"]["values"] or [{}])[-1]
+    mechanism = as_dict(primary.get("mechanism"))
+    candidates = {
+        "level": ev["level"], "environment": ev["environment"], "release": ev.get("release"),
+        "server_name": ev.get("server_name"), "transaction": ev.get("transaction"), "logger": ev.get("logger"),
+        "user": user_key(ev.get("user")),
+        "handled": ("no" if mechanism.get("handled") is False else "yes") if mechanism else None,
+        "mechanism": mechanism.get("type"),
+        "runtime": " ".join(filter(None, (text(as_dict(contexts.get("runtime")).get(k)) for k in ("name", "version")))),
+        "os": " ".join(filter(None, (text(as_dict(contexts.get("os")).get(k)) for k in ("name", "version")))),
+        "browser": " ".join(filter(None, (text(as_dict(contexts.get("browser")).get(k)) for k in ("name", "version")))),
+        "url": (ev.get("request") or {}).get("url"),
+        "trace": text(as_dict(contexts.get("trace")).get("trace_id")),
+    }
+    present = {k for k, _ in normalize_tags(ev.get("tags"))}
+    return [[k, text(v, MAX_TAG)] for k, v in candidates.items() if v and k not in present]
+
+
+def primary_frames(ev: dict[str, Any]) -> list[dict[str, Any]]:
+    """Frames of the thrown exception, else of the crashed thread, else of the event."""
+    for exc in reversed(ev.get("exception", {}).get("values", [])):
+        if exc.get("stacktrace"):
+            return exc["stacktrace"]["frames"]
+    thread = crashed_thread(ev)
+    if thread:
+        return thread["stacktrace"]["frames"]
+    return (ev.get("stacktrace") or {}).get("frames", [])
+
+
+def crash_frame(frames: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest in-app frame, or the newest frame when none is in app."""
+    return next((f for f in reversed(frames) if f.get("in_app")), frames[-1] if frames else None)
+
+
+def message_text(ev: dict[str, Any]) -> str:
+    entry = ev.get("logentry") or {}
+    return entry.get("formatted") or entry.get("message") or ""
+
+
+def display_fields(ev: dict[str, Any]) -> tuple[str, str, str, dict[str, Any]]:
+    """(type, title, culprit, metadata) as Sentry derives them."""
+    frame = crash_frame(primary_frames(ev)) or {}
+    location = " in ".join(filter(None, (text(frame.get("module") or frame.get("filename")),
+                                         text(frame.get("function")))))
+    culprit = ev.get("transaction") or ev.get("culprit") or location
+    excs = ev.get("exception", {}).get("values", [])
+    if excs:
+        exc = excs[-1]
+        kind, value = exc.get("type") or "", (exc.get("value") or "")
+        title = f"{kind}: {value}" if kind and value else kind or value or "<unlabeled event>"
+        metadata = {"type": kind, "value": value, "filename": text(frame.get("filename")),
+                    "function": text(frame.get("function"))}
+        return "error", first_line(title, 200), culprit, metadata
+    title = first_line(message_text(ev), 100) or "<unlabeled event>"
+    return "default", title, culprit, {"title": title, "value": message_text(ev)[:1024]}
+
+
+def first_line(value: str, limit: int) -> str:
+    line = next((ln for ln in value.splitlines() if ln.strip()), "").strip()
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+# -- grouping (shared/docs/grouping.md; our own code from that description) ----
+
+PARAMETERS = [  # order matters: the first alternative that matches at a position wins
+    ("email", r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),
+    ("url", r"\b(?:https?|wss?|ftp)://[^\s\"'<>]+"),
+    ("ip", r"\b(?:\d{1,3}\.){3}\d{1,3}\b|(?<![\w:])(?:[0-9a-fA-F]{1,4}:){2,7}[0-9a-fA-F]{1,4}(?![\w:])"),
+    ("traceparent", r"\b00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]\b|\b1-[0-9a-f]{8}-[0-9a-f]{24}\b"),
+    ("uuid", r"\b[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\b"),
+    ("sha1", r"\b[0-9a-fA-F]{40}\b"),
+    ("md5", r"\b[0-9a-fA-F]{32}\b"),
+    ("date", r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\b"
+             r"|\b\d{1,2}:\d{2}(?::\d{2})?(?:\s?[AaPp][Mm])?\b"),
+    ("hostname", r"\b(?:[a-zA-Z0-9-]+\.)+(?:com|net|org|io|dev|app|cloud|internal|local|co|uk|de)\b"),
+    ("duration", r"\b\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h)\b"),
+    ("hex", r"\b0[xX][0-9a-fA-F]+\b|\b(?=[0-9a-f]*\d)[0-9a-f]{8,128}\b|\b(?=[0-9A-F]*\d)[0-9A-F]{8,128}\b"),
+    ("float", r"(?<![\w.])-?\d+\.\d+\b"),
+    ("int", r"(?<![\w.])-?\d{1,7}\b|(?<=\w-)\d{1,7}\b|(?<=_)\d{1,7}\b"),
+    ("quoted_str", r"(?<==)(?:'[^']*'|\"[^\"]*\")"),
+    ("bool", r"(?<==)(?:[Tt]rue|[Ff]alse)\b"),
+]
+PARAMETER_RE = re.compile("|".join(f"(?P<{name}>{pattern})" for name, pattern in PARAMETERS))
+
+
+def parameterize(value: str) -> str:
+    """Mask the variable parts of a message (ids, numbers, dates…) so messages group by template."""
+    lines = [ln for ln in value.splitlines() if ln.strip()]
+    trimmed = "\n".join(lines[:2])
+    if trimmed != value:
+        trimmed += "..."
+    return PARAMETER_RE.sub(lambda m: f"<{m.lastgroup}>", trimmed)
+
+
+CONTEXT_LINE_PLATFORMS = {"javascript", "node", "python", "php", "ruby"}
+URL_PREFIXES = ("http:", "https:", "applewebdata:", "blob:")
+JS_PLATFORMS = {"javascript", "node"}
+
+
+def frame_values(frame: dict[str, Any], platform: str) -> list[str]:
+    """What one frame contributes: module (else file basename), function, context line — never lineno."""
+    platform = text(frame.get("platform")) or platform
+    abs_path = text(frame.get("abs_path"))
+    module = text(frame.get("module"))
+    if platform in JS_PLATFORMS and "/" in module and abs_path.endswith(module):
+        module = ""
+    values = []
+    if module:
+        values.append(module)
+    else:
+        filename = text(frame.get("filename"))
+        if filename and not abs_path.startswith(URL_PREFIXES) and filename not in ("<anonymous>", "[native code]"):
+            values.append(re.split(r"[/\\]", filename)[-1].lower())
+    function = text(frame.get("function") or frame.get("raw_function"))
+    if platform in JS_PLATFORMS:
+        function = function.rsplit(".", 1)[-1]
+        if function in ("?", "<anonymous>") or function.endswith("/<"):
+            function = ""
+    if function:
+        values.append(function)
+    line = frame.get("context_line")
+    if platform in CONTEXT_LINE_PLATFORMS and isinstance(line, str) and line and len(line) <= 120:
+        if not (platform in JS_PLATFORMS and not function and abs_path.startswith(URL_PREFIXES)):
+            values.append(" ".join(line.split()))
+    return values
+
+
+def stacktrace_values(stacktrace: dict[str, Any] | None, app_only: bool, platform: str) -> list[str]:
+    values: list[str] = []
+    previous = None
+    for frame in (stacktrace or {}).get("frames", []):
+        identity = tuple(frame.get(k) for k in ("abs_path", "package", "module", "filename",
+                                                "function", "lineno", "colno"))
+        if identity == previous:
+            continue  # direct recursion contributes once
+        previous = identity
+        if app_only and not frame.get("in_app"):
+            continue
+        if frame.get("abs_path") in ("[native code]", "native code", "eval code", "<anonymous>"):
+            continue
+        values.extend(frame_values(frame, platform))
+    return values
+
+
+def exception_values(exc: dict[str, Any], app_only: bool, platform: str) -> tuple[bool, list[str]]:
+    """(did the stack trace contribute, values): type, plus the value only without a stack."""
+    stack = stacktrace_values(exc.get("stacktrace"), app_only, platform)
+    synthetic = as_dict(exc.get("mechanism")).get("synthetic") is True
+    values = list(stack)
+    if exc.get("type") and not synthetic:
+        values.append(exc["type"])
+    if not stack and exc.get("value") and not synthetic:
+        values.append(parameterize(exc["value"]))
+    return bool(stack), values
+
+
+def crashed_thread(ev: dict[str, Any]) -> dict[str, Any] | None:
+    threads = [t for t in ev.get("threads", {}).get("values", []) if t.get("stacktrace")]
+    for flag in ("crashed", "current"):
+        chosen = [t for t in threads if t.get(flag) is True]
+        if len(chosen) == 1:
+            return chosen[0]
+    return threads[0] if len(threads) == 1 else None
+
+
+def stack_variants(stacks: list[tuple[dict[str, Any] | None, dict[str, Any] | None]],
+                   platform: str) -> dict[str, list[str]]:
+    """Build the app and system variants for (exception, stacktrace) pairs.
+
+    A variant whose stack trace does not contribute is dropped when another's does, so an
+    event without in-app frames groups on its system variant only.
+    """
+    variants: dict[str, list[str]] = {}
+    stack_contributes: dict[str, bool] = {}
+    for name, app_only in (("app", True), ("system", False)):
+        values: list[str] = []
+        contributes = False
+        for exc, stacktrace in stacks:
+            if exc is not None:
+                did, part = exception_values(exc, app_only, platform)
+            else:
+                part = stacktrace_values(stacktrace, app_only, platform)
+                did = bool(part)
+            contributes |= did
+            values += part
+        variants[name], stack_contributes[name] = values, contributes
+    if any(stack_contributes.values()):
+        return {n: v for n, v in variants.items() if stack_contributes[n]}
+    return {"app": variants["app"]} if variants["app"] else {}
+
+
+def strategy_variants(ev: dict[str, Any]) -> dict[str, list[str]]:
+    """The first grouping strategy that yields values: exceptions, threads, stack trace, message."""
+    platform = ev.get("platform", "other")
+    excs = ev.get("exception", {}).get("values", [])
+    if excs:
+        variants = stack_variants([(e, None) for e in excs], platform)
+        if variants:
+            return variants
+    thread = crashed_thread(ev)
+    if thread:
+        variants = stack_variants([(None, thread["stacktrace"])], platform)
+        if variants:
+            return variants
+    if ev.get("stacktrace"):
+        variants = stack_variants([(None, ev["stacktrace"])], platform)
+        if variants:
+            return variants
+    entry = ev.get("logentry") or {}
+    template = entry.get("message") or entry.get("formatted")
+    if template:
+        return {"default": [parameterize(template)]}
+    return {}
+
+
+def md5_of(values: Iterable[str]) -> str:
+    digest = hashlib.md5()
+    for value in values:
+        digest.update(value.encode("utf-8"))
+    return digest.hexdigest()
+
+
+FINGERPRINT_VAR = re.compile(r"^\{\{\s*([\w.]+)\s*\}\}$")
+
+
+def resolve_fingerprint_variable(name: str, ev: dict[str, Any]) -> str | None:
+    """A `{{ name }}` fingerprint entry's value; None means `{{ default }}`."""
+    excs = ev.get("exception", {}).get("values", [])
+    last = excs[-1] if excs else {}
+    frame = crash_frame(primary_frames(ev)) or {}
+    tags = dict(map(tuple, ev.get("tags", [])))
+    if name == "default":
+        return None
+    if name.startswith("tags."):
+        return tags.get(name[5:], f"<no-value-for-tag-{name[5:]}>")
+    table: dict[str, tuple[Any, str]] = {
+        "transaction": (ev.get("transaction"), "<no-transaction>"),
+        "message": (message_text(ev) or last.get("value"), "<no-message>"),
+        "type": (last.get("type"), "<no-type>"), "error.type": (last.get("type"), "<no-type>"),
+        "value": (last.get("value"), "<no-value>"), "error.value": (last.get("value"), "<no-value>"),
+        "function": (frame.get("function"), "<no-function>"), "stack.function": (frame.get("function"), "<no-function>"),
+        "module": (frame.get("module"), "<no-module>"), "stack.module": (frame.get("module"), "<no-module>"),
+        "path": (frame.get("abs_path"), "<no-path>"), "stack.abs_path": (frame.get("abs_path"), "<no-path>"),
+        "stack.filename": (frame.get("filename"), "<no-filename>"),
+        "package": (text(frame.get("package")).replace("\\", "/").rsplit("/", 1)[-1], "<no-package>"),
+        "stack.package": (text(frame.get("package")).replace("\\", "/").rsplit("/", 1)[-1], "<no-package>"),
+        "level": (ev.get("level"), "<no-level>"), "logger": (ev.get("logger"), "<no-logger>"),
+    }
+    if name not in table:
+        return "{{ %s }}" % name  # unknown variables stay literal
+    value, missing = table[name]
+    return text(value) or missing
+
+
+def group_hashes(ev: dict[str, Any]) -> list[str]:
+    """All grouping hashes of an event, primary first (custom fingerprints give exactly one)."""
+    checksum = ev.get("checksum")
+    if isinstance(checksum, str) and checksum:
+        return [checksum if re.fullmatch(r"[0-9a-f]{32}", checksum) else md5_of([checksum])]
+    fingerprint = ev.get("fingerprint") or ["{{ default }}"]
+    resolved = []
+    for entry in fingerprint:
+        match = FINGERPRINT_VAR.match(entry)
+        resolved.append(resolve_fingerprint_variable(match.group(1), ev) if match else entry)
+    if None not in resolved:
+        return [md5_of(resolved)]
+    variants = strategy_variants(ev) or {"fallback": []}
+    hashes = []
+    for values in variants.values():
+        expanded: list[str] = []
+        for entry in resolved:
+            expanded.extend(values if entry is None else [entry])
+        hashes.append(md5_of(expanded))
+    return list(dict.fromkeys(hashes))
+
+
+@dataclasses.dataclass
+class PreparedEvent:
+    """An event ready for the writer: normalised, grouped, compressed."""
+
+    project_id: int
+    event_id: str
+    timestamp: float
+    received: float
+    level: str
+    environment: str
+    release: str
+    kind: str
+    title: str
+    culprit: str
+    metadata: dict[str, Any]
+    platform: str
+    logger: str
+    hashes: list[str]
+    tags: list[list[str]]
+    payload: bytes
+
+
+def prepare_event(raw: dict[str, Any], *, project_id: int, event_id: str | None,
+                  received: float, client_ip: str = "") -> PreparedEvent:
+    """Everything ingest does before the writer, in the request's task (no database access)."""
+    ev = normalize_event(raw, event_id=event_id, received=received, client_ip=client_ip)
+    kind, title, culprit, metadata = display_fields(ev)
+    ev["title"], ev["culprit"], ev["metadata"], ev["type"] = title, culprit, metadata, kind
+    hashes = group_hashes(ev)
+    ev["hashes"] = hashes
+    return PreparedEvent(project_id=project_id, event_id=ev["event_id"], timestamp=ev["timestamp"],
+                         received=received, level=ev["level"], environment=ev["environment"],
+                         release=ev.get("release", ""), kind=kind, title=title, culprit=culprit,
+                         metadata=metadata, platform=ev["platform"], logger=ev.get("logger", ""),
+                         hashes=hashes, tags=ev.get("tags", []), payload=compress_payload(ev))
+
+
+# =============================================================================
+# Issues: writer jobs that store an event and keep its issue up to date
+# =============================================================================
+
+def store_event(conn: sqlite3.Connection, ev: PreparedEvent) -> bool:
+    """Store one event and fold it into its issue; False when the event id is a duplicate."""
+    if conn.execute("SELECT 1 FROM events WHERE project_id = ? AND event_id = ?",
+                    (ev.project_id, ev.event_id)).fetchone():
+        return False
+    marks = ",".join("?" * len(ev.hashes))
+    row = conn.execute(f"SELECT issue_id FROM issue_hashes WHERE project_id = ? AND hash IN ({marks})",
+                       (ev.project_id, *ev.hashes)).fetchone()
+    issue_id = row["issue_id"] if row else create_issue(conn, ev)
+    conn.executemany("INSERT OR IGNORE INTO issue_hashes (project_id, hash, issue_id) VALUES (?, ?, ?)",
+                     [(ev.project_id, h, issue_id) for h in ev.hashes])
+    new_user = record_issue_tags(conn, issue_id, ev)
+    conn.execute(
+        """UPDATE issues SET times_seen = times_seen + 1, user_count = user_count + :new_user,
+               first_seen = min(first_seen, :ts), last_seen = max(last_seen, :ts),
+               status = CASE status WHEN 'resolved' THEN 'unresolved' ELSE status END,
+               title = CASE WHEN :ts >= last_seen THEN :title ELSE title END,
+               culprit = CASE WHEN :ts >= last_seen THEN :culprit ELSE culprit END,
+               metadata = CASE WHEN :ts >= last_seen THEN :metadata ELSE metadata END,
+               level = CASE WHEN :ts >= last_seen THEN :level ELSE level END,
+               last_release = CASE WHEN :ts >= last_seen AND :release != '' THEN :release ELSE last_release END
+           WHERE id = :id""",
+        {"new_user": int(new_user), "ts": ev.timestamp, "title": ev.title, "culprit": ev.culprit,
+         "metadata": json.dumps(ev.metadata), "level": ev.level, "release": ev.release, "id": issue_id})
+    conn.execute(
+        """INSERT INTO events (project_id, event_id, issue_id, timestamp, received, level,
+                               environment, release, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        (ev.project_id, ev.event_id, issue_id, ev.timestamp, ev.received, ev.level,
+         ev.environment, ev.release, ev.payload))
+    return True
+
+
+def create_issue(conn: sqlite3.Connection, ev: PreparedEvent) -> int:
+    short_id = conn.execute("UPDATE projects SET next_short_id = next_short_id + 1 WHERE id = ? "
+                            "RETURNING next_short_id - 1", (ev.project_id,)).fetchone()[0]
+    cur = conn.execute(
+        """INSERT INTO issues (project_id, short_id, type, title, culprit, metadata, level, platform,
+                               logger, first_seen, last_seen, first_release, last_release)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        (ev.project_id, short_id, ev.kind, ev.title, ev.culprit, json.dumps(ev.metadata), ev.level,
+         ev.platform, ev.logger, ev.timestamp, ev.timestamp, ev.release or None, ev.release or None))
+    return int(cur.lastrowid or 0)
+
+
+def record_issue_tags(conn: sqlite3.Connection, issue_id: int, ev: PreparedEvent) -> bool:
+    """Count the event's tag values on its issue; True when its `user` is new to the issue."""
+    new_user = False
+    for key, value in ev.tags:
+        cur = conn.execute(
+            """INSERT INTO issue_tags (issue_id, key, value, times_seen, first_seen, last_seen)
+               VALUES (?, ?, ?, 1, ?, ?)
+               ON CONFLICT DO UPDATE SET times_seen = times_seen + 1,
+                   first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen)
+               RETURNING times_seen""", (issue_id, key, value, ev.timestamp, ev.timestamp))
+        if key == "user" and cur.fetchone()[0] == 1:
+            new_user = True
+    return new_user
+
+
+SHORT_ID_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford's base 32: no I, L, O, U
+
+
+def short_id(project_slug: str, number: int) -> str:
+    """`PAYMENTS-1A`: the project slug and the per-project issue number in base 32."""
+    digits = ""
+    while True:
+        number, rest = divmod(number, 32)
+        digits = SHORT_ID_ALPHABET[rest] + digits
+        if not number:
+            break
+    return f"{project_slug.upper()}-{digits}"
+
+
+ISSUE_STATUSES = ("unresolved", "resolved", "ignored")
+
+
+def issue_filter_sql(project_id: int | None, status: str | None, environment: str | None,
+                     release: str | None) -> tuple[str, list[Any]]:
+    """WHERE clause shared by the dashboard list and the JSON API."""
+    clauses, args = ["1 = 1"], []
+    if project_id is not None:
+        clauses.append("i.project_id = ?")
+        args.append(project_id)
+    if status in ISSUE_STATUSES:
+        clauses.append("i.status = ?")
+        args.append(status)
+    for key, value in (("environment", environment), ("release", release)):
+        if value:
+            clauses.append("i.id IN (SELECT issue_id FROM issue_tags WHERE key = ? AND value = ?)")
+            args += [key, value]
+    return " AND ".join(clauses), args
+
+
+ISSUE_COLUMNS = "i.*, p.slug AS project_slug, p.name AS project_name"
+
+
+async def list_issues(store: Store, *, project_id: int | None = None, status: str | None = "unresolved",
+                      environment: str | None = None, release: str | None = None,
+                      limit: int = 100, offset: int = 0) -> list[sqlite3.Row]:
+    where, args = issue_filter_sql(project_id, status, environment, release)
+    return await store.all(
+        f"SELECT {ISSUE_COLUMNS} FROM issues i JOIN projects p ON p.id = i.project_id "
+        f"WHERE {where} ORDER BY i.last_seen DESC, i.id DESC LIMIT ? OFFSET ?", [*args, limit, offset])
+
+
+async def get_issue(store: Store, issue_id: int) -> sqlite3.Row | None:
+    return await store.one(f"SELECT {ISSUE_COLUMNS} FROM issues i JOIN projects p ON p.id = i.project_id "
+                           "WHERE i.id = ?", (issue_id,))
+
+
+async def issue_event(store: Store, issue_id: int, which: str) -> sqlite3.Row | None:
+    """`latest`, `oldest`, or a 32-hex event id within the issue."""
+    if which in ("latest", "oldest"):
+        order = "DESC" if which == "latest" else "ASC"
+        return await store.one(f"SELECT * FROM events WHERE issue_id = ? ORDER BY timestamp {order}, "
+                               f"id {order} LIMIT 1", (issue_id,))
+    return await store.one("SELECT * FROM events WHERE issue_id = ? AND event_id = ?",
+                           (issue_id, normalize_id(which) or ""))
+
+
+async def neighbour_events(store: Store, row: sqlite3.Row) -> dict[str, str | None]:
+    """Event ids of the oldest, previous, next and latest events of the same issue."""
+    key = (row["issue_id"], row["timestamp"], row["timestamp"], row["id"])
+    prev = await store.one("SELECT event_id FROM events WHERE issue_id = ? AND (timestamp < ? OR "
+                           "(timestamp = ? AND id < ?)) ORDER BY timestamp DESC, id DESC LIMIT 1", key)
+    nxt = await store.one("SELECT event_id FROM events WHERE issue_id = ? AND (timestamp > ? OR "
+                          "(timestamp = ? AND id > ?)) ORDER BY timestamp, id LIMIT 1", key)
+    oldest = await issue_event(store, row["issue_id"], "oldest")
+    latest = await issue_event(store, row["issue_id"], "latest")
+    return {"oldest": oldest["event_id"] if oldest else None, "previous": prev["event_id"] if prev else None,
+            "next": nxt["event_id"] if nxt else None, "latest": latest["event_id"] if latest else None}
+
+
+async def issue_tag_summary(store: Store, issue_id: int, per_key: int = 5) -> list[dict[str, Any]]:
+    """Per tag key: total count and the top values with their share, for the issue sidebar."""
+    rows = await store.all("SELECT key, value, times_seen FROM issue_tags WHERE issue_id = ? "
+                           "ORDER BY key, times_seen DESC", (issue_id,))
+    summary: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        entry = summary.setdefault(row["key"], {"key": row["key"], "total": 0, "values": []})
+        entry["total"] += row["times_seen"]
+        if len(entry["values"]) < per_key:
+            entry["values"].append({"value": row["value"], "count": row["times_seen"]})
+    return list(summary.values())
+
+
+# =============================================================================
+# JSON API (Sentry's shapes; Bearer tokens)
+# =============================================================================
+
+class ApiError(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def api(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    """Wrap an /api/0/ handler: token auth, JSON errors, application/json on every answer."""
+    async def endpoint(request: Request) -> Response:
+        try:
+            await require_token(request)
+            result = await handler(request)
+        except ApiError as exc:
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+        return result if isinstance(result, Response) else JSONResponse(result)
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+async def require_token(request: Request) -> sqlite3.Row:
+    authorization = request.headers.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "Authentication credentials were not provided.")
+    row = await request.app.state.store.one("SELECT * FROM api_tokens WHERE token_hash = ?",
+                                            (hash_token(token.strip()),))
+    if row is None:
+        raise ApiError(401, "Invalid token")
+    return row
+
+
+def check_org(request: Request) -> None:
+    if request.path_params.get("org") != request.app.state.settings.organization:
+        raise ApiError(404, "The requested resource does not exist")
+
+
+def serialize_org(settings: Settings) -> dict[str, Any]:
+    return {"id": "1", "slug": settings.organization, "name": settings.organization,
+            "dateCreated": iso(0), "isEarlyAdopter": False, "require2FA": False,
+            "status": {"id": "active", "name": "active"}}
+
+
+def serialize_project(row: sqlite3.Row, settings: Settings) -> dict[str, Any]:
+    return {"id": str(row["id"]), "slug": row["slug"], "name": row["name"], "platform": row["platform"] or None,
+            "dateCreated": iso(row["created"]), "isMember": True, "hasAccess": True,
+            "organization": serialize_org(settings)}
+
+
+def serialize_issue(row: sqlite3.Row, settings: Settings) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]), "shortId": short_id(row["project_slug"], row["short_id"]),
+        "title": row["title"], "culprit": row["culprit"], "level": row["level"], "status": row["status"],
+        "statusDetails": {}, "substatus": "ongoing" if row["status"] == "unresolved" else None,
+        "type": row["type"], "metadata": json.loads(row["metadata"]), "platform": row["platform"],
+        "logger": row["logger"] or None, "count": str(row["times_seen"]), "userCount": row["user_count"],
+        "firstSeen": iso(row["first_seen"]), "lastSeen": iso(row["last_seen"]),
+        "permalink": f"{settings.public_url}/issues/{row['id']}/",
+        "project": {"id": str(row["project_id"]), "slug": row["project_slug"], "name": row["project_name"]},
+        "numComments": 0, "assignedTo": None, "isBookmarked": False, "isPublic": False, "hasSeen": False,
+        "isSubscribed": False, "shareId": None, "annotations": [],
+        "firstRelease": {"version": row["first_release"]} if row["first_release"] else None,
+        "lastRelease": {"version": row["last_release"]} if row["last_release"] else None,
+    }
+
+
+def serialize_event(row: sqlite3.Row, issue_id: int, full: bool = True) -> dict[str, Any]:
+    """Sentry's event API shape: the known interfaces as `entries`, the rest top level."""
+    ev = decompress_payload(row["payload"])
+    out = {
+        "id": ev["event_id"], "eventID": ev["event_id"], "groupID": str(issue_id),
+        "title": ev.get("title"), "message": message_text(ev), "culprit": ev.get("culprit"),
+        "location": ev.get("culprit"), "type": ev.get("type"), "metadata": ev.get("metadata"),
+        "platform": ev.get("platform"), "dateCreated": iso(ev["timestamp"]), "dateReceived": iso(ev["received"]),
+        "tags": [{"key": k, "value": v} for k, v in ev.get("tags", [])],
+        "user": ev.get("user"), "environment": ev.get("environment"), "release": ev.get("release"),
+    }
+    if not full:
+        return out
+    entries = []
+    if ev.get("exception"):
+        entries.append({"type": "exception", "data": {"values": ev["exception"]["values"], "hasSystemFrames": True}})
+    if ev.get("logentry"):
+        entries.append({"type": "message", "data": ev["logentry"]})
+    if ev.get("stacktrace"):
+        entries.append({"type": "stacktrace", "data": ev["stacktrace"]})
+    if ev.get("threads"):
+        entries.append({"type": "threads", "data": ev["threads"]})
+    if ev.get("breadcrumbs"):
+        entries.append({"type": "breadcrumbs", "data": ev["breadcrumbs"]})
+    if ev.get("request"):
+        entries.append({"type": "request", "data": ev["request"]})
+    out.update({"entries": entries, "contexts": ev.get("contexts", {}), "sdk": ev.get("sdk"),
+                "fingerprints": ev.get("hashes", []), "extra": ev.get("extra", {}),
+                "packages": ev.get("modules", {}), "errors": ev.get("errors", []),
+                "dist": ev.get("dist"), "size": len(row["payload"])})
+    return out
+
+
+def paginate(request: Request, total_rows: int, limit: int, offset: int) -> dict[str, str]:
+    """Sentry's cursor Link header (`0:<offset>:0`), which sentry-cli and scripts follow."""
+    base = str(request.url.remove_query_params("cursor"))
+    sep = "&" if "?" in base else "?"
+    prev_offset = max(offset - limit, 0)
+    links = [f'<{base}{sep}cursor=0:{prev_offset}:1>; rel="previous"; results="{str(offset > 0).lower()}"; '
+             f'cursor="0:{prev_offset}:1"',
+             f'<{base}{sep}cursor=0:{offset + limit}:0>; rel="next"; results="{str(total_rows > limit).lower()}"; '
+             f'cursor="0:{offset + limit}:0"']
+    return {"Link": ", ".join(links)}
+
+
+def page_args(request: Request) -> tuple[int, int]:
+    try:
+        limit = min(max(int(request.query_params.get("limit", 100)), 1), 100)
+        offset = int(request.query_params.get("cursor", "0:0:0").split(":")[1])
+    except (ValueError, IndexError):
+        raise ApiError(400, "invalid cursor or limit") from None
+    return limit, max(offset, 0)
+
+
+async def api_root(request: Request) -> dict[str, Any]:
+    token = await require_token(request)
+    return {"version": "0", "user": {"id": "1", "email": "admin@localhost", "username": "admin"},
+            "auth": {"scopes": ["org:read", "project:read", "project:write", "project:releases",
+                                "event:read", "event:write"], "name": token["name"]}}
+
+
+async def api_organizations(request: Request) -> list[dict[str, Any]]:
+    return [serialize_org(request.app.state.settings)]
+
+
+async def api_organization(request: Request) -> dict[str, Any]:
+    check_org(request)
+    return serialize_org(request.app.state.settings)
+
+
+async def api_org_projects(request: Request) -> list[dict[str, Any]]:
+    check_org(request)
+    rows = await request.app.state.store.all("SELECT * FROM projects ORDER BY slug")
+    return [serialize_project(r, request.app.state.settings) for r in rows]
+
+
+async def project_from_path(request: Request) -> sqlite3.Row:
+    check_org(request)
+    row = await request.app.state.store.one("SELECT * FROM projects WHERE slug = ? OR CAST(id AS TEXT) = ?",
+                                            (request.path_params["project"], request.path_params["project"]))
+    if row is None:
+        raise ApiError(404, "The requested resource does not exist")
+    return row
+
+
+async def api_project(request: Request) -> dict[str, Any]:
+    return serialize_project(await project_from_path(request), request.app.state.settings)
+
+
+def status_from_query(query: str) -> str | None:
+    """The `is:` part of Sentry's issue search; the default list shows unresolved issues."""
+    match = re.search(r"\bis:(\w+)", query)
+    if match:
+        return match.group(1) if match.group(1) in ISSUE_STATUSES else None
+    return "unresolved" if not query.strip() else None
+
+
+async def api_project_issues(request: Request) -> Response:
+    project = await project_from_path(request)
+    limit, offset = page_args(request)
+    query = request.query_params.get("query", "is:unresolved")
+    release = re.search(r"\brelease:(\S+)", query)
+    rows = await list_issues(request.app.state.store, project_id=project["id"], status=status_from_query(query),
+                             environment=request.query_params.get("environment"),
+                             release=release.group(1).strip('"') if release else None,
+                             limit=limit + 1, offset=offset)
+    settings = request.app.state.settings
+    return JSONResponse([serialize_issue(r, settings) for r in rows[:limit]],
+                        headers=paginate(request, len(rows), limit, offset))
+
+
+async def issue_from_path(request: Request) -> sqlite3.Row:
+    raw = request.path_params["issue_id"]
+    row = await get_issue(request.app.state.store, int(raw)) if raw.isdigit() and len(raw) < 19 else None
+    if row is None:
+        raise ApiError(404, "The requested resource does not exist")
+    return row
+
+
+async def api_issue(request: Request) -> dict[str, Any]:
+    row = await issue_from_path(request)
+    return serialize_issue(row, request.app.state.settings)
+
+
+async def api_issue_events(request: Request) -> Response:
+    issue = await issue_from_path(request)
+    limit, offset = page_args(request)
+    rows = await request.app.state.store.all(
+        "SELECT * FROM events WHERE issue_id = ? ORDER BY timestamp DESC, id DESC LIMIT ? OFFSET ?",
+        (issue["id"], limit + 1, offset))
+    full = request.query_params.get("full", "").lower() in ("1", "true")
+    return JSONResponse([serialize_event(r, issue["id"], full) for r in rows[:limit]],
+                        headers=paginate(request, len(rows), limit, offset))
+
+
+async def api_issue_event(request: Request) -> dict[str, Any]:
+    issue = await issue_from_path(request)
+    row = await issue_event(request.app.state.store, issue["id"], request.path_params["event_id"])
+    if row is None:
+        raise ApiError(404, "The requested resource does not exist")
+    return serialize_event(row, issue["id"])
+
+
+async def api_not_found(request: Request) -> Response:
+    return JSONResponse({"detail": "not found"}, status_code=404)
+
+
+# =============================================================================
+# Dashboard (server-rendered; Jinja2 autoescapes all event data)
+# =============================================================================
+
+CSS = """
+:root { --fg:#1d2330; --muted:#667085; --line:#e4e7ec; --bg:#f7f8fa; --accent:#3b5bdb;
+        --fatal:#9b1c1c; --error:#d92d20; --warning:#dc6803; --info:#1570ef; --debug:#667085;
+        --crash:#fff4e5; --crashline:#ffe2b8; --mono: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+* { box-sizing: border-box; }
+body { margin:0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color:var(--fg); background:var(--bg); }
+a { color: var(--accent); text-decoration: none; } a:hover { text-decoration: underline; }
+header.top { background:#111827; color:#fff; padding:10px 24px; display:flex; gap:24px; align-items:center; }
+header.top a { color:#e5e7eb; } header.top .brand { font-weight:700; color:#fff; font-size:16px; }
+main { padding: 20px 24px; max-width: 1400px; margin: 0 auto; }
+h1 { font-size: 20px; margin: 0 0 4px; word-break: break-word; } h2 { font-size: 15px; margin: 24px 0 8px; }
+.muted { color: var(--muted); } .mono { font-family: var(--mono); font-size: 12.5px; }
+.card { background:#fff; border:1px solid var(--line); border-radius:8px; padding:14px 16px; margin-bottom:16px; }
+form.filters { display:flex; gap:10px; flex-wrap:wrap; align-items:end; margin-bottom:14px; }
+form.filters label { display:flex; flex-direction:column; font-size:12px; color:var(--muted); gap:2px; }
+select, input, button { font: inherit; padding:5px 8px; border:1px solid var(--line); border-radius:6px; background:#fff; }
+button { background: var(--accent); color:#fff; border-color: var(--accent); cursor:pointer; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align:left; padding: 8px 10px; border-bottom:1px solid var(--line); vertical-align: top; }
+th { font-size:12px; color:var(--muted); font-weight:600; background:#fafbfc; }
+table.issues td.num { text-align:right; font-variant-numeric: tabular-nums; white-space:nowrap; }
+table.issues tr:hover td { background:#f5f7ff; }
+.issue-title { font-weight:600; font-size:14.5px; word-break: break-word; }
+.culprit { color: var(--muted); font-size: 12.5px; font-family: var(--mono); word-break: break-all; }
+.badge { display:inline-block; padding:1px 7px; border-radius:10px; font-size:11.5px; font-weight:600; color:#fff; vertical-align: 2px; }
+.lvl-fatal { background:var(--fatal); } .lvl-error { background:var(--error); } .lvl-warning { background:var(--warning); }
+.lvl-info { background:var(--info); } .lvl-debug { background:var(--debug); }
+.status { font-size:12px; padding:1px 7px; border-radius:10px; border:1px solid var(--line); color:var(--muted); }
+.layout { display:grid; grid-template-columns: minmax(0, 1fr) 340px; gap: 20px; }
+@media (max-width: 1000px) { .layout { grid-template-columns: 1fr; } }
+.facts { display:flex; gap: 28px; flex-wrap: wrap; margin-top: 10px; }
+.facts div b { display:block; font-size: 18px; } .facts div span { font-size: 12px; color: var(--muted); }
+.nav { display:flex; gap: 8px; align-items:center; flex-wrap: wrap; margin: 12px 0; }
+.nav a, .nav span.off { border:1px solid var(--line); border-radius:6px; padding:3px 10px; background:#fff; font-size:13px; }
+.nav span.off { color: #c0c4cc; }
+.exc-head { font-size: 15px; margin: 4px 0 2px; word-break: break-word; }
+.exc-head .type { font-weight:700; color: var(--error); }
+.mechanism { font-size: 12px; color: var(--muted); margin-bottom: 8px; }
+.frame { border:1px solid var(--line); border-radius:6px; margin: 6px 0; background:#fff; overflow:hidden; }
+.frame > summary, .frame > .fh { padding: 6px 10px; font-family: var(--mono); font-size: 12.5px; cursor: pointer; list-style: none; background:#fafbfc; word-break: break-all; }
+.frame.app > summary { background:#fff; }
+.frame.crash { border-color:#f79009; box-shadow: 0 0 0 1px #f79009; }
+.frame.crash > summary { background: var(--crash); }
+.frame .fn { font-weight: 700; } .frame .tag { font-family: system-ui; font-size: 11px; border-radius:4px; padding:0 5px; margin-left:6px; }
+.tag.app { background:#e0eaff; color:#2f4ac0; } .tag.crashtag { background:#f79009; color:#fff; }
+pre.ctx { margin:0; padding: 6px 0; background:#0f172a; color:#cbd5e1; font: 12.5px/1.5 var(--mono); overflow-x:auto; }
+pre.ctx span { display:block; padding: 0 10px; white-space: pre; }
+pre.ctx span.hl { background:#7c2d12; color:#fff; font-weight:600; }
+pre.ctx i { display:inline-block; width: 4em; color:#64748b; font-style: normal; text-align:right; margin-right: 1em; user-select:none; }
+table.kv td:first-child, table.kv th:first-child { width: 30%; color: var(--muted); font-family: var(--mono); font-size: 12.5px; word-break: break-all; }
+table.kv td { font-family: var(--mono); font-size: 12.5px; word-break: break-word; }
+table.vars { margin: 0; } table.vars td { padding: 3px 10px; }
+.sidebar h3 { font-size: 13px; margin: 14px 0 6px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
+.tagbar { margin: 6px 0 10px; } .tagbar .k { font-family: var(--mono); font-size: 12px; }
+.bar { height: 6px; background: #e4e7ec; border-radius: 3px; overflow: hidden; margin: 2px 0 4px; }
+.bar > i { display:block; height:100%; background: var(--accent); }
+.chips a, .chips span { display:inline-block; border:1px solid var(--line); border-radius: 5px; padding: 1px 7px; margin: 2px 2px 2px 0; font-size: 12px; font-family: var(--mono); background:#fff; color: var(--fg); word-break: break-all; }
+.chips b { color: var(--muted); font-weight: 500; }
+pre.block { background:#f2f4f7; padding: 10px; border-radius: 6px; overflow-x: auto; font: 12.5px/1.45 var(--mono); white-space: pre-wrap; word-break: break-word; margin: 0; }
+.crumb-error td { background: #fef3f2; }
+.empty { padding: 40px; text-align: center; color: var(--muted); }
+code.dsn { background:#f2f4f7; padding: 3px 6px; border-radius: 4px; font-size: 12.5px; word-break: break-all; }
+"""
+
+TEMPLATES = {
+    "base.html": """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{% block title %}tracker{% endblock %} · tracker</title><link rel="stylesheet" href="/static/tracker.css"></head>
+<body><header class="top"><a class="brand" href="/issues/">tracker</a><a href="/issues/">Issues</a><a href="/projects/">Projects &amp; DSNs</a></header>
+<main>{% block main %}{% endblock %}</main></body></html>""",
+
+    "issues.html": """{% extends "base.html" %}{% block title %}Issues{% endblock %}{% block main %}
+<form class="filters" method="get" action="/issues/">
+  <label>Project<select name="project"><option value="">All projects</option>
+    {% for p in projects %}<option value="{{ p.slug }}" {{ 'selected' if p.slug == f.project }}>{{ p.name }}</option>{% endfor %}</select></label>
+  <label>Status<select name="status">{% for s in ['unresolved', 'resolved', 'ignored', 'all'] %}
+    <option value="{{ s }}" {{ 'selected' if s == f.status }}>{{ s }}</option>{% endfor %}</select></label>
+  <label>Environment<select name="environment"><option value="">All</option>
+    {% for e in environments %}<option {{ 'selected' if e == f.environment }}>{{ e }}</option>{% endfor %}</select></label>
+  <label>Release<select name="release"><option value="">All</option>
+    {% for r in releases %}<option {{ 'selected' if r == f.release }}>{{ r }}</option>{% endfor %}</select></label>
+  <button type="submit">Filter</button>
+</form>
+<div class="card" style="padding:0">
+{% if issues %}
+<table class="issues"><thead><tr><th>Issue</th><th>Level</th><th class="num">Events</th><th class="num">Users</th><th>First seen</th><th>Last seen</th><th>Status</th></tr></thead><tbody>
+{% for i in issues %}<tr>
+  <td><a class="issue-title" href="/issues/{{ i.id }}/">{{ i.title }}</a>
+      <div class="culprit">{{ i.culprit }}</div>
+      <div class="muted" style="font-size:12px">{{ i.short }} · {{ i.project_name }}{% if i.last_release %} · {{ i.last_release }}{% endif %}</div></td>
+  <td><span class="badge lvl-{{ i.level }}">{{ i.level }}</span></td>
+  <td class="num">{{ i.times_seen }}</td><td class="num">{{ i.user_count }}</td>
+  <td title="{{ i.first_seen|datetime }}">{{ i.first_seen|ago }}</td>
+  <td title="{{ i.last_seen|datetime }}">{{ i.last_seen|ago }}</td>
+  <td><span class="status">{{ i.status }}</span></td></tr>
+{% endfor %}</tbody></table>
+{% else %}<div class="empty">No issues match. {% if not projects %}Create a project to get a DSN: <code>tracker project create NAME</code>.{% else %}Send an event to a DSN from <a href="/projects/">Projects</a>.{% endif %}</div>{% endif %}
+</div>
+<div class="nav">{% if offset > 0 %}<a href="?{{ query(offset=[offset - limit, 0]|max) }}">← Newer</a>{% endif %}
+{% if more %}<a href="?{{ query(offset=offset + limit) }}">Older →</a>{% endif %}</div>
+{% endblock %}""",
+
+    "issue.html": """{% extends "base.html" %}{% block title %}{{ issue.title }}{% endblock %}{% block main %}
+<div class="card">
+  <div class="muted" style="font-size:12px"><a href="/issues/?project={{ issue.project_slug }}">{{ issue.project_name }}</a> · {{ short }} · <span class="status">{{ issue.status }}</span></div>
+  <h1><span class="badge lvl-{{ issue.level }}">{{ issue.level }}</span> {{ issue.title }}</h1>
+  <div class="culprit">{{ issue.culprit }}</div>
+  <div class="facts">
+    <div><b>{{ issue.times_seen }}</b><span>events</span></div>
+    <div><b>{{ issue.user_count }}</b><span>users</span></div>
+    <div><b title="{{ issue.first_seen|datetime }}">{{ issue.first_seen|ago }}</b><span>first seen{% if issue.first_release %} in {{ issue.first_release }}{% endif %}</span></div>
+    <div><b title="{{ issue.last_seen|datetime }}">{{ issue.last_seen|ago }}</b><span>last seen{% if issue.last_release %} in {{ issue.last_release }}{% endif %}</span></div>
+  </div>
+</div>
+{% if ev %}
+<div class="nav">
+  {% for label, key in [('« Oldest', 'oldest'), ('‹ Older', 'previous'), ('Newer ›', 'next'), ('Latest »', 'latest')] %}
+    {% if nav[key] and nav[key] != ev.event_id %}<a href="/issues/{{ issue.id }}/events/{{ nav[key] }}/">{{ label }}</a>{% else %}<span class="off">{{ label }}</span>{% endif %}
+  {% endfor %}
+  <span class="muted mono">event {{ ev.event_id }} · {{ ev.timestamp|datetime }}</span>
+  <a href="/issues/{{ issue.id }}/events/{{ ev.event_id }}/json">Raw JSON</a>
+</div>
+<div class="layout"><div>
+{% if ev.logentry and ev.logentry.formatted != issue.title %}<div class="card"><h2 style="margin-top:0">Message</h2><pre class="block">{{ ev.logentry.formatted }}</pre>
+  {% if ev.logentry.message and ev.logentry.message != ev.logentry.formatted %}<div class="muted mono" style="margin-top:6px">template: {{ ev.logentry.message }}{% if ev.logentry.params %} · params: {{ ev.logentry.params|tojson }}{% endif %}</div>{% endif %}</div>{% endif %}
+{% for exc in exceptions %}
+<div class="card">
+  <div class="exc-head"><span class="type">{{ exc.type or 'Error' }}</span>{% if exc.value %}: {{ exc.value }}{% endif %}</div>
+  <div class="mechanism">{% if exc.module %}{{ exc.module }} · {% endif %}{% if exc.mechanism %}mechanism {{ exc.mechanism.type }}{% if exc.mechanism.handled is false %} · <b style="color:var(--error)">unhandled</b>{% elif exc.mechanism.handled %} · handled{% endif %}{% endif %}{% if not loop.first %} · led to the exception above{% endif %}</div>
+  {% set frames = (exc.stacktrace or {}).get('frames', [])|reverse|list %}
+  {% for fr in frames %}
+  <details class="frame {{ 'app' if fr.in_app }} {{ 'crash' if fr is sameas crash_frame }}" {{ 'open' if fr.in_app or fr is sameas crash_frame }}>
+    <summary>{{ fr.filename or fr.abs_path or fr.module or '?' }}{% if fr.function %} in <span class="fn">{{ fr.function }}</span>{% endif %}{% if fr.lineno %} at line {{ fr.lineno }}{% if fr.colno %}:{{ fr.colno }}{% endif %}{% endif %}
+      {% if fr.in_app %}<span class="tag app">in app</span>{% endif %}{% if fr is sameas crash_frame %}<span class="tag crashtag">crashed here</span>{% endif %}</summary>
+    {% if fr.context_line is not none %}<pre class="ctx">{% set start = (fr.lineno or 0) - (fr.pre_context or [])|length %}{% for line in fr.pre_context or [] %}<span><i>{{ start + loop.index0 if fr.lineno }}</i>{{ line }}</span>{% endfor %}<span class="hl"><i>{{ fr.lineno or '' }}</i>{{ fr.context_line }}</span>{% for line in fr.post_context or [] %}<span><i>{{ fr.lineno + loop.index if fr.lineno }}</i>{{ line }}</span>{% endfor %}</pre>{% endif %}
+    {% if fr.vars %}<table class="kv vars">{% for k, v in fr.vars.items() %}<tr><td>{{ k }}</td><td>{{ v if v is string else v|tojson }}</td></tr>{% endfor %}</table>{% endif %}
+  </details>{% endfor %}
+  {% if not frames %}<div class="muted">No stack trace was sent with this exception.</div>{% endif %}
+</div>{% endfor %}
+{% if ev.request %}<div class="card"><h2 style="margin-top:0">Request</h2>
+  <div class="mono" style="margin-bottom:8px"><b>{{ ev.request.method or 'GET' }}</b> {{ ev.request.url }}</div>
+  <table class="kv">
+  {% for k, v in ev.request.query_string or [] %}<tr><td>?{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}
+  {% for k, v in ev.request.headers or [] %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}
+  {% for k, v in (ev.request.env or {}).items() %}<tr><td>env.{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}
+  </table>
+  {% if ev.request.data %}<h2>Body</h2><pre class="block">{{ ev.request.data if ev.request.data is string else ev.request.data|tojson(indent=2) }}</pre>{% endif %}
+</div>{% endif %}
+{% if ev.breadcrumbs %}<div class="card"><h2 style="margin-top:0">Breadcrumbs</h2><table>
+  <thead><tr><th>Time</th><th>Category</th><th>Level</th><th>Message / data</th></tr></thead><tbody>
+  {% for b in ev.breadcrumbs['values'][-100:] %}<tr class="{{ 'crumb-error' if b.level in ('error', 'fatal') }}">
+    <td class="mono" style="white-space:nowrap">{{ b.timestamp|timeonly }}</td><td class="mono">{{ b.category or b.type or '' }}</td><td>{{ b.level or '' }}</td>
+    <td class="mono">{{ b.message or '' }}{% if b.data %} <span class="muted">{{ b.data|tojson }}</span>{% endif %}</td></tr>{% endfor %}
+  </tbody></table></div>{% endif %}
+{% if ev.extra %}<div class="card"><h2 style="margin-top:0">Additional data</h2><table class="kv">{% for k, v in ev.extra.items() %}<tr><td>{{ k }}</td><td>{{ v if v is string else v|tojson }}</td></tr>{% endfor %}</table></div>{% endif %}
+</div>
+<div class="sidebar">
+  <div class="card"><h3 style="margin-top:0">This event</h3><table class="kv">
+    <tr><td>release</td><td>{{ ev.release or '—' }}</td></tr>
+    <tr><td>environment</td><td>{{ ev.environment }}</td></tr>
+    {% if ev.transaction %}<tr><td>transaction</td><td>{{ ev.transaction }}</td></tr>{% endif %}
+    {% if ev.server_name %}<tr><td>server</td><td>{{ ev.server_name }}</td></tr>{% endif %}
+    {% if ev.logger %}<tr><td>logger</td><td>{{ ev.logger }}</td></tr>{% endif %}
+    {% if ev.sdk %}<tr><td>sdk</td><td>{{ ev.sdk.name }} {{ ev.sdk.version }}</td></tr>{% endif %}
+    <tr><td>platform</td><td>{{ ev.platform }}</td></tr>
+    <tr><td>received</td><td>{{ ev.received|datetime }}</td></tr>
+  </table>
+  {% if ev.user %}<h3>User</h3><table class="kv">{% for k, v in ev.user.items() %}<tr><td>{{ k }}</td><td>{{ v if v is string else v|tojson }}</td></tr>{% endfor %}</table>{% endif %}
+  <h3>Tags</h3><div class="chips">{% for k, v in ev.tags or [] %}{% if k in ('environment', 'release') %}<a href="/issues/?{{ {k: v, 'project': issue.project_slug}|urlencode }}"><b>{{ k }}</b> {{ v }}</a>{% else %}<span><b>{{ k }}</b> {{ v }}</span>{% endif %}{% endfor %}</div>
+  {% for name, ctx in (ev.contexts or {}).items() %}<h3>{{ name }}</h3><table class="kv">{% for k, v in ctx.items() if k != 'type' %}<tr><td>{{ k }}</td><td>{{ v if v is string else v|tojson }}</td></tr>{% endfor %}</table>{% endfor %}
+  </div>
+  <div class="card"><h3 style="margin-top:0">Across all events</h3>
+  {% for t in tag_summary %}<div class="tagbar"><div class="k">{{ t.key }}</div>
+    {% for v in t['values'] %}<div style="font-size:12px; display:flex; justify-content:space-between; gap:8px"><span class="mono" style="word-break:break-all">{{ v.value }}</span><span class="muted">{{ (100 * v.count / t.total)|round|int }}%</span></div>
+    <div class="bar"><i style="width: {{ (100 * v.count / t.total)|round|int }}%"></i></div>{% endfor %}</div>{% endfor %}
+  </div>
+</div></div>
+{% else %}<div class="card empty">This issue has no stored events.</div>{% endif %}
+{% endblock %}""",
+
+    "projects.html": """{% extends "base.html" %}{% block title %}Projects{% endblock %}{% block main %}
+<h1>Projects</h1><p class="muted">Point an official Sentry SDK at a DSN below: <code class="dsn">sentry_sdk.init(dsn="…", release="app@1.0.0", environment="prod")</code></p>
+{% for p in projects %}<div class="card"><h2 style="margin-top:0"><a href="/issues/?project={{ p.slug }}">{{ p.name }}</a> <span class="muted mono">{{ p.slug }} · id {{ p.id }}</span></h2>
+  {% for d in p.dsns %}<div style="margin:4px 0">DSN <code class="dsn">{{ d }}</code></div>{% endfor %}
+  <div class="muted" style="font-size:12.5px">{{ p.issue_count }} issues · {{ p.event_count }} events</div></div>
+{% else %}<div class="card empty">No projects yet: <code>tracker project create NAME</code> prints a DSN.</div>{% endfor %}
+{% endblock %}""",
+
+    "error.html": """{% extends "base.html" %}{% block title %}{{ status }}{% endblock %}{% block main %}
+<div class="card empty"><h1>{{ status }}</h1><p>{{ message }}</p><p><a href="/issues/">Back to issues</a></p></div>{% endblock %}""",
+}
+
+
+def ago(ts: float | None) -> str:
+    if ts is None:
+        return "—"
+    seconds = max(time.time() - ts, 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit} ago"
+    return "just now"
+
+
+def format_datetime(ts: Any) -> str:
+    value = parse_timestamp(ts)
+    if value is None:
+        return ""
+    return dt.datetime.fromtimestamp(value, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def time_only(ts: Any) -> str:
+    return format_datetime(ts)[11:19]
+
+
+def make_templates() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.DictLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.ChainableUndefined)
+    env.filters.update(ago=ago, datetime=format_datetime, timeonly=time_only)
+    return env
+
+
+def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    html = request.app.state.templates.get_template(name).render(**context)
+    return HTMLResponse(html, status_code=status)
+
+
+async def page_css(request: Request) -> Response:
+    return Response(CSS, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
+
+
+async def page_home(request: Request) -> Response:
+    return RedirectResponse("/issues/", status_code=302)
+
+
+async def page_issues(request: Request) -> Response:
+    store: Store = request.app.state.store
+    q = request.query_params
+    projects = await store.all("SELECT * FROM projects ORDER BY name")
+    project = next((p for p in projects if p["slug"] == q.get("project")), None)
+    status = q.get("status") or "unresolved"
+    try:
+        offset = max(int(q.get("offset", 0)), 0)
+    except ValueError:
+        offset = 0
+    limit = 50
+    rows = await list_issues(store, project_id=project["id"] if project else None,
+                             status=None if status == "all" else status, environment=q.get("environment"),
+                             release=q.get("release"), limit=limit + 1, offset=offset)
+    issues = [{**dict(r), "short": short_id(r["project_slug"], r["short_id"])} for r in rows[:limit]]
+    environments = [r["value"] for r in await store.all(
+        "SELECT DISTINCT value FROM issue_tags WHERE key = 'environment' ORDER BY value")]
+    releases = [r["value"] for r in await store.all(
+        "SELECT value FROM issue_tags WHERE key = 'release' GROUP BY value ORDER BY max(last_seen) DESC LIMIT 100")]
+    filters = {"project": q.get("project", ""), "status": status, "environment": q.get("environment", ""),
+               "release": q.get("release", "")}
+
+    def query(**changes: Any) -> str:
+        return urllib.parse.urlencode({k: v for k, v in {**filters, **changes}.items() if v not in ("", None)})
+
+    return render(request, "issues.html", issues=issues, projects=projects, environments=environments,
+                  releases=releases, f=filters, offset=offset, limit=limit, more=len(rows) > limit, query=query)
+
+
+async def page_issue(request: Request) -> Response:
+    store: Store = request.app.state.store
+    raw = request.path_params["issue_id"]
+    issue = await get_issue(store, int(raw)) if raw.isdigit() and len(raw) < 19 else None
+    if issue is None:
+        return render(request, "error.html", status=404, message="No such issue.")
+    row = await issue_event(store, issue["id"], request.path_params.get("event_id", "latest"))
+    if row is None and "event_id" in request.path_params:
+        return render(request, "error.html", status=404, message="No such event in this issue.")
+    context: dict[str, Any] = {"issue": issue, "short": short_id(issue["project_slug"], issue["short_id"]),
+                               "tag_summary": await issue_tag_summary(store, issue["id"]), "ev": None}
+    if row is not None:
+        ev = decompress_payload(row["payload"])
+        exceptions = list(reversed(ev.get("exception", {}).get("values", [])))  # thrown one first
+        context.update(ev=ev, exceptions=exceptions, nav=await neighbour_events(store, row),
+                       crash_frame=crash_frame(primary_frames(ev)))
+    return render(request, "issue.html", **context)
+
+
+async def page_event_json(request: Request) -> Response:
+    store: Store = request.app.state.store
+    raw = request.path_params["issue_id"]
+    row = await issue_event(store, int(raw), request.path_params["event_id"]) if raw.isdigit() and len(raw) < 19 else None
+    if row is None:
+        return JSONResponse({"detail": "not found"}, status_code=404)
+    return Response(json.dumps(decompress_payload(row["payload"]), indent=2, ensure_ascii=False),
+                    media_type="application/json")
+
+
+async def page_projects(request: Request) -> Response:
+    store: Store = request.app.state.store
+    settings: Settings = request.app.state.settings
+    rows = await store.all(
+        """SELECT p.*, (SELECT count(*) FROM issues WHERE project_id = p.id) AS issue_count,
+                  (SELECT coalesce(sum(times_seen), 0) FROM issues WHERE project_id = p.id) AS event_count
+           FROM projects p ORDER BY p.name""")
+    keys = await store.all("SELECT * FROM project_keys WHERE active = 1 ORDER BY created")
+    projects = [{**dict(p), "dsns": [dsn_for(settings, k["public_key"], p["id"]) for k in keys
+                                     if k["project_id"] == p["id"]]} for p in rows]
+    return render(request, "projects.html", projects=projects)
+
+
+# =============================================================================
+# Application
+# =============================================================================
+
+def ingest_routes() -> list[Route]:
+    routes = []
+    for kind in ("envelope", "store"):
+        for suffix in ("/", ""):
+            routes.append(Route(f"/api/{{project_id}}/{kind}{suffix}", ingest, methods=["POST", "OPTIONS"]))
+    return routes
+
+
+def api_routes() -> list[Route]:
+    table = [
+        ("/api/0/", api_root), ("/api/0/organizations/", api_organizations),
+        ("/api/0/organizations/{org}/", api_organization),
+        ("/api/0/organizations/{org}/projects/", api_org_projects),
+        ("/api/0/projects/{org}/{project}/", api_project),
+        ("/api/0/projects/{org}/{project}/issues/", api_project_issues),
+        ("/api/0/issues/{issue_id}/", api_issue), ("/api/0/issues/{issue_id}/events/", api_issue_events),
+        ("/api/0/issues/{issue_id}/events/{event_id}/", api_issue_event),
+    ]
+    return [Route(path, api(handler), methods=["GET"]) for path, handler in table]
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The Starlette app; the lifespan opens the database, the writer and the readers."""
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        init_db(settings)
+        app.state.writer = Writer(settings.db, settings.batch_max)
+        app.state.writer.start()
+        app.state.store = await Store.open(settings.db)
+        app.state.keys = KeyCache(app.state.store)
+        try:
+            yield
+        finally:
+            await app.state.writer.close()
+            await app.state.store.conn.close()
+
+    routes = [
+        *ingest_routes(), *api_routes(),
+        Route("/api/0/{rest:path}", api_not_found, methods=["GET", "POST", "PUT", "DELETE"]),
+        Route("/", page_home), Route("/issues/", page_issues), Route("/projects/", page_projects),
+        Route("/issues/{issue_id}/", page_issue),
+        Route("/issues/{issue_id}/events/{event_id}/", page_issue),
+        Route("/issues/{issue_id}/events/{event_id}/json", page_event_json),
+        Route("/static/tracker.css", page_css),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.templates = make_templates()
+    return app
+
+
+def init_db(settings: Settings) -> None:
+    """Create or migrate the database and the projects the config declares."""
+    conn = connect_db(settings.db)
+    try:
+        migrate(conn)
+        apply_batch(conn, [lambda c: ensure_config_projects(c, settings.projects)])
+    finally:
+        conn.close()
+
+
+# =============================================================================
+# CLI
+# =============================================================================
+
+def with_db(settings: Settings, job: Job) -> Any:
+    """Run one write job against the database from the command line (outside the server)."""
+    init_db(settings)
+    conn = connect_db(settings.db)
+    try:
+        result = apply_batch(conn, [job])[0]
+    finally:
+        conn.close()
+    if isinstance(result, Exception):
+        raise SystemExit(f"error: {result}")
+    return result
+
+
+def read_event_file(path: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """An envelope file, or a bare event JSON file → [(envelope header, event)]."""
+    data = path.read_bytes()
+    try:
+        event = json.loads(data)
+        if isinstance(event, dict):
+            return [({}, event)]
+    except ValueError:
+        pass
+    header, items = parse_envelope(data)
+    return [(header, json_object(payload, str(path))) for ih, payload in items if ih.get("type") == "event"]
+
+
+def send_files(settings: Settings, files: list[Path], project: str | None,
+               rebase: Callable[[int, dict[str, Any]], None] | None = None) -> int:
+    """Ingest event files straight into the database, through the same processing as HTTP."""
+    init_db(settings)
+    conn = connect_db(settings.db)
+    try:
+        projects = {str(r["id"]): r["id"] for r in conn.execute("SELECT id FROM projects")}
+        projects.update({r["slug"]: r["id"] for r in conn.execute("SELECT id, slug FROM projects")})
+        if project is None and not projects:
+            apply_batch(conn, [lambda c: create_project(c, "default")])
+            projects = {"default": 1}
+        project_id = projects.get(project) if project else min(projects.values())
+        if project_id is None:
+            raise SystemExit(f"error: no project {project!r}")
+        jobs: list[Job] = []
+        received = time.time()
+        for index, path in enumerate(files):
+            for header, event in read_event_file(path):
+                if rebase:
+                    rebase(index, event)
+                ev = prepare_event(event, project_id=project_id, event_id=normalize_id(header.get("event_id")),
+                                   received=received)
+                jobs.append(lambda c, ev=ev: store_event(c, ev))
+        results = apply_batch(conn, jobs)
+    finally:
+        conn.close()
+    return sum(1 for r in results if r is True)
+
+
+SAMPLE_PROJECTS = {  # demo project for each service the sample events come from
+    "payments-service": "python", "orders-consumer": "python", "web-frontend": "javascript"}
+
+
+def sample_dir() -> Path:
+    """sample_events/ beside this file (a checkout) or under the install prefix (a wheel)."""
+    for candidate in (Path(__file__).resolve().parent / "sample_events", Path.cwd() / "sample_events",
+                      Path(sys.prefix) / "share" / "tracker" / "sample_events"):
+        if candidate.is_dir():
+            return candidate
+    raise SystemExit("error: sample_events/ not found")
+
+
+def load_demo(settings: Settings) -> dict[str, str]:
+    """A fresh demo database: one project per sample service, the samples spread over 3 days."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(settings.db + suffix).unlink(missing_ok=True)
+    init_db(settings)
+    dsns = {}
+    for slug, platform in SAMPLE_PROJECTS.items():
+        project_id, key = with_db(settings, lambda c, s=slug, p=platform: create_project(c, s, s, p))
+        dsns[slug] = dsn_for(settings, key, project_id)
+    files = sorted(sample_dir().glob("*.envelope"))
+    by_project: dict[str, list[Path]] = {}
+    for path in files:
+        release = next((e.get("release", "") for _, e in read_event_file(path)), "")
+        slug = release.split("@")[0] if release.split("@")[0] in SAMPLE_PROJECTS else "payments-service"
+        by_project.setdefault(slug, []).append(path)
+    now = time.time()
+    spread = random.Random(42)
+    offsets = sorted((spread.uniform(60, 3 * 86400) for _ in files), reverse=True)
+
+    def rebase(index: int, event: dict[str, Any]) -> None:
+        shift = now - offsets.pop() - (parse_timestamp(event.get("timestamp")) or now)
+        event["timestamp"] = (parse_timestamp(event.get("timestamp")) or now) + shift
+        for crumb in as_values(event.get("breadcrumbs")):
+            ts = parse_timestamp(crumb.get("timestamp"))
+            if ts is not None:
+                crumb["timestamp"] = ts + shift
+
+    for slug, paths in by_project.items():
+        send_files(settings, paths, slug, rebase)
+    return dsns
+
+
+def serve(settings: Settings) -> None:
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+                           log_level="warning", access_log=False, proxy_headers=False)
+    print(f"tracker {__version__} serving {settings.public_url}/ (database {settings.db})", flush=True)
+    uvicorn.Server(config).run()
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
+    serve(settings)
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
+    if args.db is None:
+        settings.db = "tracker-demo.db"
+    dsns = load_demo(settings)
+    token = with_db(settings, lambda c: create_token(c, "demo"))
+    print(f"Demo database {settings.db} with {len(list(sample_dir().glob('*.envelope')))} sample events.")
+    for slug, dsn in dsns.items():
+        print(f"  DSN {slug:<18} {dsn}")
+    print(f"  API token          {token}")
+    print("  Login              none needed: the dashboard listens on this machine only")
+    print(f"\nOpen {settings.public_url}/issues/ in your browser.\n", flush=True)
+    serve(settings)
+
+
+def cmd_project_create(settings: Settings, args: argparse.Namespace) -> None:
+    project_id, key = with_db(settings, lambda c: create_project(c, args.name, args.slug, args.platform or ""))
+    print(f"Created project {args.name} (id {project_id}). Its DSN:")
+    print(dsn_for(settings, key, project_id))
+
+
+def cmd_token_create(settings: Settings, args: argparse.Namespace) -> None:
+    token = with_db(settings, lambda c: create_token(c, args.name or ""))
+    print("Created an API token (shown once; use it as SENTRY_AUTH_TOKEN or a Bearer token):")
+    print(token)
+
+
+def cmd_send(settings: Settings, args: argparse.Namespace) -> None:
+    try:
+        stored = send_files(settings, [Path(f) for f in args.files], args.project)
+    except (IngestError, OSError) as exc:
+        raise SystemExit(f"error: {getattr(exc, 'detail', exc)}") from None
+    print(f"Stored {stored} new event(s).")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default=argparse.SUPPRESS, help="SQLite file (default ./tracker.db or $TRACKER_DB)")
+    common.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file (or $TRACKER_CONFIG)")
+    common.add_argument("--url", default=argparse.SUPPRESS, help="public base URL used in DSNs (or $TRACKER_URL)")
+    network = argparse.ArgumentParser(add_help=False)
+    network.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    network.add_argument("--port", type=int, default=None, help="port to listen on (default 8000)")
+
+    parser = argparse.ArgumentParser(prog="tracker", parents=[common],
+                                     description="A self-hosted, Sentry-compatible error tracker.")
+    parser.add_argument("--version", action="version", version=f"tracker {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", parents=[common, network], help="run the server").set_defaults(func=cmd_serve)
+    sub.add_parser("demo", parents=[common, network],
+                   help="fresh demo database from sample_events/, then serve").set_defaults(func=cmd_demo)
+    project = sub.add_parser("project", help="manage projects").add_subparsers(dest="action", required=True)
+    create = project.add_parser("create", parents=[common], help="create a project and print its DSN")
+    create.add_argument("name")
+    create.add_argument("--slug")
+    create.add_argument("--platform")
+    create.set_defaults(func=cmd_project_create)
+    token = sub.add_parser("token", help="manage API tokens").add_subparsers(dest="action", required=True)
+    token_create = token.add_parser("create", parents=[common], help="create an API token and print it")
+    token_create.add_argument("--name")
+    token_create.set_defaults(func=cmd_token_create)
+    send = sub.add_parser("send", parents=[common], help="ingest event JSON or envelope files")
+    send.add_argument("files", nargs="+")
+    send.add_argument("--project", help="project slug or id (default: the first project)")
+    send.set_defaults(func=cmd_send)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.db = getattr(args, "db", None)
+    settings = load_settings(getattr(args, "config", None), db=args.db, url=getattr(args, "url", None),
+                             host=getattr(args, "host", None), port=getattr(args, "port", None))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args.func(settings, args)
+
+
+if __name__ == "__main__":
+    main()
