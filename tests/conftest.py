@@ -1,0 +1,151 @@
+"""Shared fixtures: the real tracker server on a free port with a temporary database."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+import pytest
+import sentry_sdk
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(db: Path, *args: str, url: str | None = None) -> str:
+    """Run `python tracker.py …` and return its stdout (fails the test on a non-zero exit)."""
+    cmd = [sys.executable, str(ROOT / "tracker.py"), "--db", str(db), *args]
+    if url:
+        cmd[2:2] = ["--url", url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll until check() returns something truthy; fail with the last value otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
+        time.sleep(interval)
+
+
+@dataclass
+class Project:
+    id: int
+    slug: str
+    dsn: str
+    key: str
+
+
+@dataclass
+class TrackerServer:
+    """A running `tracker serve` process and helpers to talk to it."""
+
+    url: str
+    db: Path
+    port: int
+    process: subprocess.Popen[bytes]
+    token: str = ""
+    counter: list[int] = field(default_factory=lambda: [0])
+
+    def cli(self, *args: str) -> str:
+        return run_cli(self.db, *args, url=self.url)
+
+    def create_project(self, name: str | None = None) -> Project:
+        self.counter[0] += 1
+        name = name or f"proj-{os.getpid()}-{self.counter[0]}"
+        dsn = self.cli("project", "create", name).strip().splitlines()[-1]
+        key = dsn.split("//", 1)[1].split("@", 1)[0]
+        return Project(id=int(dsn.rsplit("/", 1)[1]), slug=name, dsn=dsn, key=key)
+
+    def api(self, path: str, **params: Any) -> httpx.Response:
+        return httpx.get(self.url + path, params=params, headers={"Authorization": f"Bearer {self.token}"},
+                         timeout=10)
+
+    def issues(self, project: Project, query: str = "") -> list[dict[str, Any]]:
+        r = self.api(f"/api/0/projects/tracker/{project.slug}/issues/", query=query)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_issues(self, project: Project, count: int, query: str = "", timeout: float = 10) -> list[dict[str, Any]]:
+        """The project's issues once their event total reaches `count`."""
+        def check() -> list[dict[str, Any]] | None:
+            issues = self.issues(project, query)
+            return issues if sum(int(i["count"]) for i in issues) >= count else None
+        return wait_for(check, timeout)
+
+    def latest_event(self, issue_id: str) -> dict[str, Any]:
+        r = self.api(f"/api/0/issues/{issue_id}/events/latest/")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+def start_server(db: Path, *extra: str) -> TrackerServer:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tracker.py"), "--db", str(db), "serve",
+                             "--port", str(port), *extra], cwd=ROOT)
+    server = TrackerServer(url=url, db=db, port=port, process=proc)
+
+    def up() -> bool:
+        assert proc.poll() is None, "tracker exited during start-up"
+        try:
+            return httpx.get(url + "/issues/", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(up, timeout=20)
+    return server
+
+
+def stop_server(server: TrackerServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture(scope="session")
+def tracker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerServer]:
+    """One server for the session; each test isolates itself with its own project."""
+    db = tmp_path_factory.mktemp("tracker") / "tracker.db"
+    server = start_server(db)
+    server.token = server.cli("token", "create").strip().splitlines()[-1]
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture
+def project(tracker: TrackerServer) -> Project:
+    return tracker.create_project()
+
+
+@pytest.fixture
+def sdk() -> Iterator[Callable[..., None]]:
+    """sentry_sdk.init for one test; the client is flushed and closed afterwards."""
+    def init(dsn: str, **options: Any) -> None:
+        options.setdefault("default_integrations", True)
+        sentry_sdk.init(dsn=dsn, **options)
+
+    yield init
+    client = sentry_sdk.get_client()
+    client.flush(5)
+    client.close()
+    sentry_sdk.init()  # no DSN: later tests start from a disabled client
