@@ -531,8 +531,9 @@ class KeyCache:
         return entry[1], entry[2]
 
 
-async def authenticate(request: Request, project_id: int, header: dict[str, Any]) -> None:
-    key = key_from_request(request) or key_from_dsn(header.get("dsn"), project_id)
+async def authenticate(request: Request, project_id: int, key: str | None, header: dict[str, Any]) -> None:
+    """Check the key (from headers/query, else the envelope's `dsn`) against the project in the path."""
+    key = key or key_from_dsn(header.get("dsn"), project_id)
     if key is None:
         raise IngestError(401, "missing authorization information")
     if not re.fullmatch(r"[0-9a-fA-F]{32}", key):
@@ -569,14 +570,14 @@ async def ingest(request: Request) -> Response:
 async def ingest_body(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     project_id = parse_project_id(request.path_params["project_id"])
-    key_from_request(request)  # reject garbled auth before reading a large body
+    key = key_from_request(request)  # garbled auth is refused before a large body is read
     body = await read_body(request, settings.max_body)
     data = decompress(body, request.headers.get("content-encoding", ""), settings.max_envelope)
     if request.url.path.rstrip("/").endswith("/store"):
         header, items = {}, [({"type": "event"}, data)]
     else:
         header, items = parse_envelope(data)
-    await authenticate(request, project_id, header)
+    await authenticate(request, project_id, key, header)
     header_id = normalize_id(header.get("event_id"))
     received = time.time()
     prepared = []
@@ -1998,6 +1999,19 @@ def serve(settings: Settings) -> None:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
+    init_db(settings)
+    conn = connect_db(settings.db)
+    try:
+        keys = conn.execute("SELECT k.public_key, p.id, p.slug FROM project_keys k JOIN projects p "
+                            "ON p.id = k.project_id WHERE k.active = 1 ORDER BY p.slug").fetchall()
+    finally:
+        conn.close()
+    for row in keys:
+        print(f"  DSN {row['slug']:<18} {dsn_for(settings, row['public_key'], row['id'])}")
+    if not keys:
+        print("  No projects yet: `tracker project create NAME` prints a DSN.")
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        print("  Warning: the dashboard has no login yet; put it behind an authenticating proxy.")
     serve(settings)
 
 
