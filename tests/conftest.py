@@ -127,9 +127,11 @@ def tracker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerServer]
     """One server for the session; each test isolates itself with its own project."""
     db = tmp_path_factory.mktemp("tracker") / "tracker.db"
     server = start_server(db)
-    server.token = server.cli("token", "create").strip().splitlines()[-1]
-    yield server
-    stop_server(server)
+    try:
+        server.token = server.cli("token", "create").strip().splitlines()[-1]
+        yield server
+    finally:
+        stop_server(server)
 
 
 @pytest.fixture
