@@ -628,6 +628,10 @@ def as_dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def parse_timestamp(value: Any) -> float | None:
     """Epoch seconds (int/float/numeric string) or RFC 3339 → epoch float."""
     if isinstance(value, bool):
@@ -709,17 +713,24 @@ def normalize_frames(stacktrace: Any) -> dict[str, Any] | None:
     Built-in rules win over the SDK for third-party paths; a missing `in_app` means not app.
     """
     stacktrace = as_dict(stacktrace)
-    frames = [dict(f) for f in stacktrace.get("frames") or [] if isinstance(f, dict)] if isinstance(
-        stacktrace.get("frames"), list) else []
-    if not frames:
-        return None
-    for frame in frames:
-        path = text(frame.get("abs_path") or frame.get("filename"))
-        frame["in_app"] = frame.get("in_app") is True and not NOT_APP_PATH.search(path)
-        for key in ("pre_context", "post_context"):
-            if not isinstance(frame.get(key), list):
-                frame.pop(key, None)
-    return {**stacktrace, "frames": frames}
+    frames = [normalize_frame(f) for f in as_list(stacktrace.get("frames")) if isinstance(f, dict)]
+    return {**stacktrace, "frames": frames} if frames else None
+
+
+def normalize_frame(raw: dict[str, Any]) -> dict[str, Any]:
+    """One frame with the types the dashboard and grouping rely on (strings, int line numbers)."""
+    frame = dict(raw)
+    for key in ("filename", "abs_path", "module", "function", "raw_function", "package", "context_line", "platform"):
+        frame[key] = text(raw[key], 1024) if raw.get(key) is not None else None
+    for key in ("lineno", "colno"):
+        value = raw.get(key)
+        frame[key] = value if isinstance(value, int) and not isinstance(value, bool) else None
+    for key in ("pre_context", "post_context"):
+        frame[key] = [text(line, 1024) for line in as_list(raw.get(key))] or None
+    frame["vars"] = as_dict(raw.get("vars")) or None
+    path = frame["abs_path"] or frame["filename"] or ""
+    frame["in_app"] = raw.get("in_app") is True and not NOT_APP_PATH.search(path)
+    return {k: v for k, v in frame.items() if v is not None}
 
 
 def normalize_exception(exc: dict[str, Any]) -> dict[str, Any]:
@@ -735,6 +746,7 @@ def normalize_request(request: Any) -> dict[str, Any] | None:
     request = dict(as_dict(request))
     if not request:
         return None
+    request["env"] = as_dict(request.get("env")) or None
     headers = request.get("headers")
     if isinstance(headers, dict):
         headers = list(headers.items())
