@@ -1930,7 +1930,7 @@ def read_event_file(path: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
 
 
 def send_files(settings: Settings, files: list[Path], project: str | None,
-               rebase: Callable[[int, dict[str, Any]], None] | None = None) -> int:
+               rebase: Callable[[Path, dict[str, Any]], None] | None = None) -> int:
     """Ingest event files straight into the database, through the same processing as HTTP."""
     init_db(settings)
     conn = connect_db(settings.db)
@@ -1945,10 +1945,10 @@ def send_files(settings: Settings, files: list[Path], project: str | None,
             raise SystemExit(f"error: no project {project!r}")
         jobs: list[Job] = []
         received = time.time()
-        for index, path in enumerate(files):
+        for path in files:
             for header, event in read_event_file(path):
                 if rebase:
-                    rebase(index, event)
+                    rebase(path, event)
                 ev = prepare_event(event, project_id=project_id, event_id=normalize_id(header.get("event_id")),
                                    received=received)
                 jobs.append(lambda c, ev=ev: store_event(c, ev))
@@ -1956,10 +1956,6 @@ def send_files(settings: Settings, files: list[Path], project: str | None,
     finally:
         conn.close()
     return sum(1 for r in results if r is True)
-
-
-SAMPLE_PROJECTS = {  # demo project for each service the sample events come from
-    "payments-service": "python", "orders-consumer": "python", "web-frontend": "javascript"}
 
 
 def sample_dir() -> Path:
@@ -1972,33 +1968,33 @@ def sample_dir() -> Path:
 
 
 def load_demo(settings: Settings) -> dict[str, str]:
-    """A fresh demo database: one project per sample service, the samples spread over 3 days."""
+    """A fresh demo database: a project per service (release name) in the samples, their
+    events spread over the last three days so the dashboard looks like a live system."""
     for suffix in ("", "-wal", "-shm"):
         Path(settings.db + suffix).unlink(missing_ok=True)
     init_db(settings)
-    dsns = {}
-    for slug, platform in SAMPLE_PROJECTS.items():
-        project_id, key = with_db(settings, lambda c, s=slug, p=platform: create_project(c, s, s, p))
-        dsns[slug] = dsn_for(settings, key, project_id)
-    files = sorted(sample_dir().glob("*.envelope"))
     by_project: dict[str, list[Path]] = {}
-    for path in files:
-        release = next((e.get("release", "") for _, e in read_event_file(path)), "")
-        slug = release.split("@")[0] if release.split("@")[0] in SAMPLE_PROJECTS else "payments-service"
+    platforms: dict[str, str] = {}
+    for path in sorted(sample_dir().glob("*.envelope")):
+        event = next((e for _, e in read_event_file(path)), {})
+        slug = slugify(text(event.get("release")).split("@")[0] or "demo")
         by_project.setdefault(slug, []).append(path)
+        platforms.setdefault(slug, text(event.get("platform")))
     now = time.time()
-    spread = random.Random(42)
-    offsets = sorted((spread.uniform(60, 3 * 86400) for _ in files), reverse=True)
 
-    def rebase(index: int, event: dict[str, Any]) -> None:
-        shift = now - offsets.pop() - (parse_timestamp(event.get("timestamp")) or now)
-        event["timestamp"] = (parse_timestamp(event.get("timestamp")) or now) + shift
+    def rebase(path: Path, event: dict[str, Any]) -> None:
+        original = parse_timestamp(event.get("timestamp")) or now
+        shift = now - random.Random(path.name).uniform(60, 3 * 86400) - original
+        event["timestamp"] = original + shift
         for crumb in as_values(event.get("breadcrumbs")):
             ts = parse_timestamp(crumb.get("timestamp"))
             if ts is not None:
                 crumb["timestamp"] = ts + shift
 
-    for slug, paths in by_project.items():
+    dsns = {}
+    for slug, paths in sorted(by_project.items()):
+        project_id, key = with_db(settings, lambda c, s=slug: create_project(c, s, s, platforms[s]))
+        dsns[slug] = dsn_for(settings, key, project_id)
         send_files(settings, paths, slug, rebase)
     return dsns
 
