@@ -378,7 +378,7 @@ def key_from_request(request: Request) -> str | None:
         raise IngestError(401, "multiple authorization payloads detected")
     for pairs in found:
         version = pairs.get("sentry_version", "7")
-        if not version.isdigit() or int(version) > 7:
+        if not (version.isascii() and version.isdigit()) or int(version) > 7:  # isdigit alone admits "²"
             raise IngestError(400, f"unsupported protocol version ({version})")
     return keys.pop() if keys else None
 
@@ -387,7 +387,10 @@ def key_from_dsn(dsn: Any, project_id: int) -> str | None:
     """The envelope header `dsn` (JS `tunnel` option) as an auth source."""
     if not isinstance(dsn, str):
         return None
-    parts = urllib.parse.urlsplit(dsn)
+    try:
+        parts = urllib.parse.urlsplit(dsn)
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        parts = urllib.parse.urlsplit("")
     if not parts.username:
         raise IngestError(401, "bad sentry DSN in envelope header")
     if parts.path.rstrip("/").rsplit("/", 1)[-1] != str(project_id):
@@ -458,11 +461,16 @@ def unbrotli(body: bytes, limit: int) -> bytes:
 def json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
         value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        if LONE_SURROGATE.search(raw):  # "\ud800" loads but cannot be encoded for SQLite or zlib
+            value = json.loads(json.dumps(value, ensure_ascii=False).encode("utf-8", "replace"))
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: "[[[[…" nested too deep
         raise IngestError(400, f"invalid JSON in {what}") from None
     if not isinstance(value, dict):
         raise IngestError(400, f"{what} is not a JSON object")
     return value
+
+
+LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\x00")  # NUL: a UTF-16/32 body may hide surrogates
 
 
 def parse_envelope(data: bytes) -> tuple[dict[str, Any], list[tuple[dict[str, Any], bytes]]]:
@@ -533,7 +541,10 @@ class KeyCache:
 
 async def authenticate(request: Request, project_id: int, key: str | None, header: dict[str, Any]) -> None:
     """Check the key (from headers/query, else the envelope's `dsn`) against the project in the path."""
-    key = key or key_from_dsn(header.get("dsn"), project_id)
+    dsn_key = key_from_dsn(header.get("dsn"), project_id)
+    if key and dsn_key and key.lower() != dsn_key.lower():
+        raise IngestError(401, "multiple authorization payloads detected")
+    key = key or dsn_key
     if key is None:
         raise IngestError(401, "missing authorization information")
     if not re.fullmatch(r"[0-9a-fA-F]{32}", key):
@@ -546,7 +557,7 @@ async def authenticate(request: Request, project_id: int, key: str | None, heade
 
 
 def parse_project_id(raw: str) -> int:
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # "²" and "١" are isdigit() too
         raise IngestError(400, "bad project path parameter")
     return int(raw)
 
@@ -640,7 +651,7 @@ def parse_timestamp(value: Any) -> float | None:
         return float(value) if value == value and abs(value) < 1e11 else None
     if isinstance(value, str):
         try:
-            return float(value)
+            return parse_timestamp(float(value))  # "nan" and "inf" parse as floats too
         except ValueError:
             pass
         try:
@@ -670,15 +681,23 @@ def normalize_tags(value: Any) -> list[list[str]]:
 
 
 def format_params(template: str, params: Any) -> str:
-    """Apply %-style params the way the logging module would; leave the template on mismatch."""
+    """Apply %-style params the way the logging module would; leave the template on mismatch.
+
+    Huge or `*` widths are not applied: "%999999999s" would build a gigabyte string.
+    """
+    if BIG_FORMAT_FIELD.search(template):
+        return template
     try:
         if isinstance(params, dict):
-            return template % params
+            return (template % params)[:8192]
         if isinstance(params, list) and params:
-            return template % tuple(params)
-    except (TypeError, ValueError, KeyError):
+            return (template % tuple(params))[:8192]
+    except (TypeError, ValueError, KeyError, OverflowError):  # OverflowError: "%c" of 10**10
         pass
     return template
+
+
+BIG_FORMAT_FIELD = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(?:\*|\d{4,}|\d*\.(?:\*|\d{4,}))")
 
 
 def normalize_logentry(event: dict[str, Any]) -> dict[str, Any] | None:
@@ -750,8 +769,8 @@ def normalize_request(request: Any) -> dict[str, Any] | None:
     headers = request.get("headers")
     if isinstance(headers, dict):
         headers = list(headers.items())
-    request["headers"] = [[text(h[0]), text(h[1])] for h in headers or []
-                          if isinstance(h, (list, tuple)) and len(h) == 2]
+    request["headers"] = [[text(h[0]), text(h[1])] for h in (headers if isinstance(headers, list) else [])
+                          if isinstance(h, (list, tuple)) and len(h) == 2]  # not a list: e.g. "headers": 5
     url = text(request.get("url"))
     if "?" in url:
         url, _, query = url.partition("?")
@@ -762,7 +781,7 @@ def normalize_request(request: Any) -> dict[str, Any] | None:
         query = urllib.parse.parse_qsl(query.lstrip("?"), keep_blank_values=True)
     elif isinstance(query, dict):
         query = list(query.items())
-    request["query_string"] = [[text(q[0]), text(q[1])] for q in query or []
+    request["query_string"] = [[text(q[0]), text(q[1])] for q in (query if isinstance(query, list) else [])
                                if isinstance(q, (list, tuple)) and len(q) == 2]
     return request
 
@@ -1581,6 +1600,7 @@ pre.ctx i { display:inline-block; width: 4em; color:#64748b; font-style: normal;
 table.kv td:first-child, table.kv th:first-child { width: 30%; color: var(--muted); font-family: var(--mono); font-size: 12.5px; word-break: break-all; }
 table.kv td { font-family: var(--mono); font-size: 12.5px; word-break: break-word; }
 table.vars { margin: 0; } table.vars td { padding: 3px 10px; }
+.sidebar table.kv td:first-child { width: 96px; white-space: nowrap; }
 .sidebar h3 { font-size: 13px; margin: 14px 0 6px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
 .tagbar { margin: 6px 0 10px; } .tagbar .k { font-family: var(--mono); font-size: 12px; }
 .bar { height: 6px; background: #e4e7ec; border-radius: 3px; overflow: hidden; margin: 2px 0 4px; }
@@ -1663,7 +1683,7 @@ TEMPLATES = {
   <details class="frame {{ 'app' if fr.in_app }} {{ 'crash' if fr is sameas crash_frame }}" {{ 'open' if fr.in_app or fr is sameas crash_frame }}>
     <summary>{{ fr.filename or fr.abs_path or fr.module or '?' }}{% if fr.function %} in <span class="fn">{{ fr.function }}</span>{% endif %}{% if fr.lineno %} at line {{ fr.lineno }}{% if fr.colno %}:{{ fr.colno }}{% endif %}{% endif %}
       {% if fr.in_app %}<span class="tag app">in app</span>{% endif %}{% if fr is sameas crash_frame %}<span class="tag crashtag">crashed here</span>{% endif %}</summary>
-    {% if fr.context_line is not none %}<pre class="ctx">{% set start = (fr.lineno or 0) - (fr.pre_context or [])|length %}{% for line in fr.pre_context or [] %}<span><i>{{ start + loop.index0 if fr.lineno }}</i>{{ line }}</span>{% endfor %}<span class="hl"><i>{{ fr.lineno or '' }}</i>{{ fr.context_line }}</span>{% for line in fr.post_context or [] %}<span><i>{{ fr.lineno + loop.index if fr.lineno }}</i>{{ line }}</span>{% endfor %}</pre>{% endif %}
+    {% if fr.context_line %}<pre class="ctx">{% set start = (fr.lineno or 0) - (fr.pre_context or [])|length %}{% for line in fr.pre_context or [] %}<span><i>{{ start + loop.index0 if fr.lineno }}</i>{{ line }}</span>{% endfor %}<span class="hl"><i>{{ fr.lineno or '' }}</i>{{ fr.context_line }}</span>{% for line in fr.post_context or [] %}<span><i>{{ fr.lineno + loop.index if fr.lineno }}</i>{{ line }}</span>{% endfor %}</pre>{% endif %}
     {% if fr.vars %}<table class="kv vars">{% for k, v in fr.vars.items() %}<tr><td>{{ k }}</td><td>{{ v if v is string else v|tojson }}</td></tr>{% endfor %}</table>{% endif %}
   </details>{% endfor %}
   {% if not frames %}<div class="muted">No stack trace was sent with this exception.</div>{% endif %}
