@@ -141,6 +141,24 @@ MIGRATIONS: list[str] = [
         payload BLOB NOT NULL, UNIQUE (project_id, event_id));
     CREATE INDEX events_by_issue ON events (issue_id, timestamp, id);
     """,
+    """
+    CREATE TABLE issue_terms (
+        key TEXT NOT NULL, value TEXT NOT NULL, issue_id INTEGER NOT NULL,
+        PRIMARY KEY (key, value, issue_id)) WITHOUT ROWID;
+    CREATE INDEX issue_terms_by_issue ON issue_terms (issue_id);
+    ALTER TABLE issues ADD COLUMN substatus TEXT;
+    ALTER TABLE issues ADD COLUMN status_details TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE issues ADD COLUMN assignee TEXT;
+    ALTER TABLE issues ADD COLUMN resolved_at REAL;
+    CREATE INDEX issues_by_first_seen ON issues (first_seen);
+    CREATE TABLE issue_activity (
+        id INTEGER PRIMARY KEY, issue_id INTEGER NOT NULL, kind TEXT NOT NULL,
+        data TEXT NOT NULL DEFAULT '{}', actor TEXT, created REAL NOT NULL);
+    CREATE INDEX issue_activity_by_issue ON issue_activity (issue_id, created);
+    CREATE TABLE project_rules (
+        project_id INTEGER PRIMARY KEY REFERENCES projects(id),
+        stacktrace_rules TEXT NOT NULL DEFAULT '', fingerprint_rules TEXT NOT NULL DEFAULT '');
+    """,
 ]
 
 
@@ -467,10 +485,25 @@ def json_object(raw: bytes, what: str) -> dict[str, Any]:
         raise IngestError(400, f"invalid JSON in {what}") from None
     if not isinstance(value, dict):
         raise IngestError(400, f"{what} is not a JSON object")
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise IngestError(400, f"invalid JSON in {what}: nested deeper than {MAX_JSON_DEPTH}")
     return value
 
 
 LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\x00")  # NUL: a UTF-16/32 body may hide surrogates
+MAX_JSON_DEPTH = 128  # serde_json's limit, so Relay refuses deeper payloads too
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth, walked iteratively: processing and rendering recurse, and a payload
+    nested close to the parser's own limit would overflow their stacks (a 500)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return deepest
 
 
 def parse_envelope(data: bytes) -> tuple[dict[str, Any], list[tuple[dict[str, Any], bytes]]]:
@@ -1154,6 +1187,7 @@ class PreparedEvent:
     logger: str
     hashes: list[str]
     tags: list[list[str]]
+    terms: list[tuple[str, str]]
     payload: bytes
 
 
@@ -1169,7 +1203,23 @@ def prepare_event(raw: dict[str, Any], *, project_id: int, event_id: str | None,
                          received=received, level=ev["level"], environment=ev["environment"],
                          release=ev.get("release", ""), kind=kind, title=title, culprit=culprit,
                          metadata=metadata, platform=ev["platform"], logger=ev.get("logger", ""),
-                         hashes=hashes, tags=ev.get("tags", []), payload=compress_payload(ev))
+                         hashes=hashes, tags=ev.get("tags", []), terms=search_terms(ev),
+                         payload=compress_payload(ev))
+
+
+def search_terms(ev: dict[str, Any]) -> list[tuple[str, str]]:
+    """Searchable facts that are not tags: who was affected and where in the code it broke."""
+    terms = {("user.ip" if key == "ip_address" else f"user.{key}", text(value, MAX_TAG)) for key, value in (ev.get("user") or {}).items()
+             if key in ("id", "email", "username", "ip_address") and value}
+    for exc in ev.get("exception", {}).get("values", []):
+        if exc.get("type"):
+            terms.add(("error.type", text(exc["type"], MAX_TAG)))
+    for frame in primary_frames(ev):
+        if frame.get("in_app"):
+            for key in ("filename", "abs_path", "function", "module"):
+                if frame.get(key):
+                    terms.add((f"stack.{key}", text(frame[key], MAX_TAG)))
+    return sorted(terms)
 
 
 # =============================================================================
@@ -1188,6 +1238,8 @@ def store_event(conn: sqlite3.Connection, ev: PreparedEvent) -> bool:
     conn.executemany("INSERT OR IGNORE INTO issue_hashes (project_id, hash, issue_id) VALUES (?, ?, ?)",
                      [(ev.project_id, h, issue_id) for h in ev.hashes])
     new_user = record_issue_tags(conn, issue_id, ev)
+    conn.executemany("INSERT OR IGNORE INTO issue_terms (key, value, issue_id) VALUES (?, ?, ?)",
+                     [(key, value, issue_id) for key, value in ev.terms])
     conn.execute(
         """UPDATE issues SET times_seen = times_seen + 1, user_count = user_count + :new_user,
                first_seen = min(first_seen, :ts), last_seen = max(last_seen, :ts),
@@ -1252,33 +1304,118 @@ def short_id(project_slug: str, number: int) -> str:
 ISSUE_STATUSES = ("unresolved", "resolved", "ignored")
 
 
-def issue_filter_sql(project_id: int | None, status: str | None, environment: str | None,
-                     release: str | None) -> tuple[str, list[Any]]:
-    """WHERE clause shared by the dashboard list and the JSON API."""
+# -- search: Sentry's query syntax over issues, the same in the dashboard and the API ---
+
+class SearchError(ValueError):
+    """A malformed query: shown to the person who typed it, never a 500."""
+
+
+SEARCH_TOKEN = re.compile(r'\s*(!?)(?:([\w.\-\[\]]+):)?("(?:[^"\\]|\\.)*"?|\S+)')
+TERM_KEYS = {"user.id", "user.email", "user.username", "user.ip", "error.type", "stack.filename",
+             "stack.abs_path", "stack.function", "stack.module"}
+SORTS = {"date": "i.last_seen DESC", "new": "i.first_seen DESC", "freq": "i.times_seen DESC",
+         "user": "i.user_count DESC"}
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_query(query: str) -> list[tuple[bool, str | None, str]]:
+    """`!key:"a b" word` → [(negated, key, value)]; a key of None is free text."""
+    terms = []
+    for match in SEARCH_TOKEN.finditer(query.strip()):
+        negated, key, value = bool(match.group(1)), match.group(2), match.group(3)
+        if value.startswith('"'):
+            if len(value) < 2 or not value.endswith('"'):
+                raise SearchError(f"unclosed quote in {match.group(0).strip()!r}")
+            value = re.sub(r'\\(.)', r"\1", value[1:-1])
+        terms.append((negated, key, value))
+    return terms
+
+
+def glob_pattern(value: str) -> tuple[str, str]:
+    """An SQL comparison for a value where `*` is a wildcard (other GLOB characters are literal)."""
+    if "*" not in value:
+        return "= ?", value
+    return "GLOB ?", re.sub(r"([\[\]?])", r"[\1]", value)
+
+
+def parse_time_filter(value: str, now: float) -> tuple[str, float]:
+    """`-24h` (within), `+7d` (older than), `>2026-01-01`, `<=2026-01-01T10:00` → (operator, epoch)."""
+    relative = re.fullmatch(r"([+-])(\d+)([smhdw])", value)
+    if relative:
+        at = now - int(relative.group(2)) * DURATION_UNITS[relative.group(3)]
+        return (">=" if relative.group(1) == "-" else "<="), at
+    match = re.fullmatch(r"(>=|<=|>|<)?(.+)", value)
+    operator, moment = (match.group(1) or ">="), parse_timestamp(match.group(2)) if match else None
+    if moment is None:
+        raise SearchError(f"cannot read the time {value!r}: use -24h, +7d or >2026-01-31")
+    return operator, moment
+
+
+def parse_number_filter(value: str) -> tuple[str, int]:
+    match = re.fullmatch(r"(>=|<=|>|<)?(\d+)", value)
+    if not match:
+        raise SearchError(f"{value!r} is not a number or a comparison such as >10")
+    return match.group(1) or "=", int(match.group(2))
+
+
+def term_sql(key: str | None, value: str, now: float) -> tuple[str, list[Any]]:
+    """One search term as an SQL condition on issues `i`."""
+    if key is None or key == "message":
+        like = "%" + value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        return ("(i.title LIKE ? ESCAPE '\\' OR i.culprit LIKE ? ESCAPE '\\' "
+                "OR json_extract(i.metadata, '$.value') LIKE ? ESCAPE '\\')"), [like, like, like]
+    if key == "is":
+        conditions = {"unresolved": "i.status = 'unresolved'", "resolved": "i.status = 'resolved'",
+                      "ignored": "i.status = 'ignored'", "archived": "i.status = 'ignored'",
+                      "assigned": "i.assignee IS NOT NULL", "unassigned": "i.assignee IS NULL",
+                      "regressed": "i.substatus = 'regressed'"}
+        if value not in conditions:
+            raise SearchError(f"is:{value} is unknown; use one of {', '.join(conditions)}")
+        return conditions[value], []
+    if key in ("assigned", "assigned_to"):
+        return "i.assignee = ?", [value]
+    if key == "level":
+        return "i.level = ?", [normalize_level(value)]
+    if key in ("age", "firstSeen", "lastSeen"):
+        operator, moment = parse_time_filter(value, now)
+        return f"i.{'last_seen' if key == 'lastSeen' else 'first_seen'} {operator} ?", [moment]
+    if key in ("timesSeen", "times_seen", "users", "userCount"):
+        operator, number = parse_number_filter(value)
+        return f"i.{'times_seen' if key.startswith('times') else 'user_count'} {operator} ?", [number]
+    if key == "error.value":
+        comparison, pattern = glob_pattern(value if "*" in value else f"*{value}*")
+        return f"json_extract(i.metadata, '$.value') {comparison}", [pattern]
+    comparison, pattern = glob_pattern(value)
+    if key in TERM_KEYS:
+        return f"i.id IN (SELECT issue_id FROM issue_terms WHERE key = ? AND value {comparison})", [key, pattern]
+    tag = {"user": "user", "trace.id": "trace", "trace": "trace"}.get(key, key)
+    return f"i.id IN (SELECT issue_id FROM issue_tags WHERE key = ? AND value {comparison})", [tag, pattern]
+
+
+def issue_filter_sql(project_id: int | None, query: str, now: float | None = None) -> tuple[str, list[Any]]:
+    """WHERE clause for a project and a search query (dashboard and JSON API alike)."""
     clauses, args = ["1 = 1"], []
     if project_id is not None:
         clauses.append("i.project_id = ?")
         args.append(project_id)
-    if status in ISSUE_STATUSES:
-        clauses.append("i.status = ?")
-        args.append(status)
-    for key, value in (("environment", environment), ("release", release)):
-        if value:
-            clauses.append("i.id IN (SELECT issue_id FROM issue_tags WHERE key = ? AND value = ?)")
-            args += [key, value]
+    for negated, key, value in parse_query(query):
+        sql, term_args = term_sql(key, value, now or time.time())
+        clauses.append(f"NOT ({sql})" if negated else sql)
+        args += term_args
     return " AND ".join(clauses), args
 
 
 ISSUE_COLUMNS = "i.*, p.slug AS project_slug, p.name AS project_name"
 
 
-async def list_issues(store: Store, *, project_id: int | None = None, status: str | None = "unresolved",
-                      environment: str | None = None, release: str | None = None,
-                      limit: int = 100, offset: int = 0) -> list[sqlite3.Row]:
-    where, args = issue_filter_sql(project_id, status, environment, release)
+async def list_issues(store: Store, *, project_id: int | None = None, query: str = "is:unresolved",
+                      sort: str = "date", limit: int = 100, offset: int = 0) -> list[sqlite3.Row]:
+    """Issues matching a search query; raises SearchError for a malformed one."""
+    where, args = issue_filter_sql(project_id, query)
+    order = SORTS.get(sort, SORTS["date"])
     return await store.all(
         f"SELECT {ISSUE_COLUMNS} FROM issues i JOIN projects p ON p.id = i.project_id "
-        f"WHERE {where} ORDER BY i.last_seen DESC, i.id DESC LIMIT ? OFFSET ?", [*args, limit, offset])
+        f"WHERE {where} ORDER BY {order}, i.id DESC LIMIT ? OFFSET ?", [*args, limit, offset])
 
 
 async def get_issue(store: Store, issue_id: int) -> sqlite3.Row | None:
@@ -1486,23 +1623,18 @@ async def api_project(request: Request) -> dict[str, Any]:
     return serialize_project(await project_from_path(request), request.app.state.settings)
 
 
-def status_from_query(query: str) -> str | None:
-    """The `is:` part of Sentry's issue search; the default list shows unresolved issues."""
-    match = re.search(r"\bis:(\w+)", query)
-    if match:
-        return match.group(1) if match.group(1) in ISSUE_STATUSES else None
-    return "unresolved" if not query.strip() else None
-
-
 async def api_project_issues(request: Request) -> Response:
+    """Sentry's issue list: `query` (default is:unresolved), `environment`, `sort`, cursor paging."""
     project = await project_from_path(request)
     limit, offset = page_args(request)
-    query = request.query_params.get("query", "is:unresolved")
-    release = re.search(r"\brelease:(\S+)", query)
-    rows = await list_issues(request.app.state.store, project_id=project["id"], status=status_from_query(query),
-                             environment=request.query_params.get("environment"),
-                             release=release.group(1).strip('"') if release else None,
-                             limit=limit + 1, offset=offset)
+    params = request.query_params
+    query = params.get("query", "is:unresolved")
+    query += "".join(f" environment:{quoted(env)}" for env in params.getlist("environment"))
+    try:
+        rows = await list_issues(request.app.state.store, project_id=project["id"], query=query,
+                                 sort=params.get("sort", "date"), limit=limit + 1, offset=offset)
+    except SearchError as exc:
+        raise ApiError(400, f"Invalid search query: {exc}") from None
     settings = request.app.state.settings
     return JSONResponse([serialize_issue(r, settings) for r in rows[:limit]],
                         headers=paginate(request, len(rows), limit, offset))
@@ -1562,6 +1694,8 @@ h1 { font-size: 20px; margin: 0 0 4px; word-break: break-word; } h2 { font-size:
 .muted { color: var(--muted); } .mono { font-family: var(--mono); font-size: 12.5px; }
 .card { background:#fff; border:1px solid var(--line); border-radius:8px; padding:14px 16px; margin-bottom:16px; }
 form.filters { display:flex; gap:10px; flex-wrap:wrap; align-items:end; margin-bottom:14px; }
+form.filters label.search { flex: 1; min-width: 280px; }
+.search-error { border-color: #fda29b; background: #fef3f2; color: #b42318; }
 form.filters label { display:flex; flex-direction:column; font-size:12px; color:var(--muted); gap:2px; }
 select, input, button { font: inherit; padding:5px 8px; border:1px solid var(--line); border-radius:6px; background:#fff; }
 button { background: var(--accent); color:#fff; border-color: var(--accent); cursor:pointer; }
@@ -1630,8 +1764,12 @@ TEMPLATES = {
     {% for e in environments %}<option {{ 'selected' if e == f.environment }}>{{ e }}</option>{% endfor %}</select></label>
   <label>Release<select name="release"><option value="">All</option>
     {% for r in releases %}<option {{ 'selected' if r == f.release }}>{{ r }}</option>{% endfor %}</select></label>
+  <label>Sort<select name="sort">{% for key, label in [('date', 'Last seen'), ('new', 'First seen'), ('freq', 'Events'), ('user', 'Users')] %}
+    <option value="{{ key }}" {{ 'selected' if key == f.sort }}>{{ label }}</option>{% endfor %}</select></label>
+  <label class="search">Search<input type="search" name="q" value="{{ f.q }}" placeholder="service:payments-api user.email:… stack.function:charge"></label>
   <button type="submit">Filter</button>
 </form>
+{% if error %}<div class="card search-error">Search: {{ error }}</div>{% endif %}
 <div class="card" style="padding:0">
 {% if issues %}
 <table class="issues"><thead><tr><th>Issue</th><th>Level</th><th class="num">Events</th><th class="num">Users</th><th>First seen</th><th>Last seen</th><th>Status</th></tr></thead><tbody>
@@ -1793,23 +1931,40 @@ async def page_issues(request: Request) -> Response:
         offset = max(int(q.get("offset", 0)), 0)
     except ValueError:
         offset = 0
-    limit = 50
-    rows = await list_issues(store, project_id=project["id"] if project else None,
-                             status=None if status == "all" else status, environment=q.get("environment"),
-                             release=q.get("release"), limit=limit + 1, offset=offset)
+    limit, rows, error = 50, [], ""
+    try:
+        rows = await list_issues(store, project_id=project["id"] if project else None,
+                                 query=dashboard_query(q, status), sort=q.get("sort", "date"),
+                                 limit=limit + 1, offset=offset)
+    except SearchError as exc:
+        error = str(exc)
     issues = [{**dict(r), "short": short_id(r["project_slug"], r["short_id"])} for r in rows[:limit]]
     environments = [r["value"] for r in await store.all(
         "SELECT DISTINCT value FROM issue_tags WHERE key = 'environment' ORDER BY value")]
     releases = [r["value"] for r in await store.all(
         "SELECT value FROM issue_tags WHERE key = 'release' GROUP BY value ORDER BY max(last_seen) DESC LIMIT 100")]
     filters = {"project": q.get("project", ""), "status": status, "environment": q.get("environment", ""),
-               "release": q.get("release", "")}
+               "release": q.get("release", ""), "q": q.get("q", ""), "sort": q.get("sort", "date")}
 
     def query(**changes: Any) -> str:
         return urllib.parse.urlencode({k: v for k, v in {**filters, **changes}.items() if v not in ("", None)})
 
     return render(request, "issues.html", issues=issues, projects=projects, environments=environments,
-                  releases=releases, f=filters, offset=offset, limit=limit, more=len(rows) > limit, query=query)
+                  releases=releases, f=filters, offset=offset, limit=limit, more=len(rows) > limit, query=query,
+                  error=error)
+
+
+def quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def dashboard_query(params: Any, status: str) -> str:
+    """The filter menus and the search box as one search query."""
+    parts = [] if status == "all" or "is:" in params.get("q", "") else [f"is:{status}"]
+    for key in ("environment", "release"):
+        if params.get(key):
+            parts.append(f"{key}:{quoted(params[key])}")
+    return " ".join([*parts, params.get("q", "")])
 
 
 async def page_issue(request: Request) -> Response:
