@@ -1446,6 +1446,19 @@ async def neighbour_events(store: Store, row: sqlite3.Row) -> dict[str, str | No
             "next": nxt["event_id"] if nxt else None, "latest": latest["event_id"] if latest else None}
 
 
+async def issue_histogram(store: Store, issue_id: int, buckets: int, size: int) -> list[int]:
+    """Event counts of an issue in the last `buckets` intervals of `size` seconds, oldest first."""
+    end = (time.time() // size + 1) * size
+    rows = await store.all("SELECT CAST((? - timestamp) / ? AS INTEGER) AS age, count(*) AS n FROM events "
+                           "WHERE issue_id = ? AND timestamp >= ? GROUP BY age",
+                           (end, size, issue_id, end - buckets * size))
+    counts = [0] * buckets
+    for row in rows:
+        if 0 <= row["age"] < buckets:
+            counts[buckets - 1 - row["age"]] = row["n"]
+    return counts
+
+
 async def issue_tag_summary(store: Store, issue_id: int, per_key: int = 5) -> list[dict[str, Any]]:
     """Per tag key: total count and the top values with their share, for the issue sidebar."""
     rows = await store.all("SELECT key, value, times_seen FROM issue_tags WHERE issue_id = ? "
@@ -1713,6 +1726,9 @@ table.issues tr:hover td { background:#f5f7ff; }
 .layout { display:grid; grid-template-columns: minmax(0, 1fr) 340px; gap: 20px; }
 @media (max-width: 1000px) { .layout { grid-template-columns: 1fr; } }
 .facts { display:flex; gap: 28px; flex-wrap: wrap; margin-top: 10px; }
+.histogram { display:flex; flex-direction:column; justify-content:flex-end; }
+.histogram svg { width: 240px; height: 40px; display:block; background: #f2f4f7; border-radius: 3px; } .histogram rect { fill: var(--accent); opacity: .75; }
+.histogram span { font-size: 12px; color: var(--muted); }
 .facts div b { display:block; font-size: 18px; } .facts div span { font-size: 12px; color: var(--muted); }
 .nav { display:flex; gap: 8px; align-items:center; flex-wrap: wrap; margin: 12px 0; }
 .nav a, .nav span.off { border:1px solid var(--line); border-radius:6px; padding:3px 10px; background:#fff; font-size:13px; }
@@ -1799,6 +1815,9 @@ TEMPLATES = {
     <div><b>{{ issue.user_count }}</b><span>users</span></div>
     <div><b title="{{ issue.first_seen|datetime }}">{{ issue.first_seen|ago }}</b><span>first seen{% if issue.first_release %} in {{ issue.first_release }}{% endif %}</span></div>
     <div><b title="{{ issue.last_seen|datetime }}">{{ issue.last_seen|ago }}</b><span>last seen{% if issue.last_release %} in {{ issue.last_release }}{% endif %}</span></div>
+    {% for h in histograms %}<div class="histogram"><svg viewBox="0 0 {{ h.counts|length * 6 }} 40" preserveAspectRatio="none" role="img" aria-label="events per {{ h.unit }}, last {{ h.label }}">
+      {% set top = [h.counts|max, 1]|max %}{% for c in h.counts %}<rect x="{{ loop.index0 * 6 }}" y="{{ 40 - (38 * c / top)|round(1) }}" width="5" height="{{ (38 * c / top)|round(1) if c else 0 }}"><title>{{ c }} events</title></rect>{% endfor %}</svg>
+      {% set n = h.counts|sum %}<span>{{ n }} event{{ 's' if n != 1 }} in the last {{ h.label }}</span></div>{% endfor %}
   </div>
 </div>
 {% if ev %}
@@ -1976,8 +1995,11 @@ async def page_issue(request: Request) -> Response:
     row = await issue_event(store, issue["id"], request.path_params.get("event_id", "latest"))
     if row is None and "event_id" in request.path_params:
         return render(request, "error.html", status=404, message="No such event in this issue.")
+    histograms = [{"label": "24 hours", "unit": "hour", "counts": await issue_histogram(store, issue["id"], 24, 3600)},
+                  {"label": "30 days", "unit": "day", "counts": await issue_histogram(store, issue["id"], 30, 86400)}]
     context: dict[str, Any] = {"issue": issue, "short": short_id(issue["project_slug"], issue["short_id"]),
-                               "tag_summary": await issue_tag_summary(store, issue["id"]), "ev": None}
+                               "tag_summary": await issue_tag_summary(store, issue["id"]), "ev": None,
+                               "histograms": histograms}
     if row is not None:
         ev = decompress_payload(row["payload"])
         exceptions = list(reversed(ev.get("exception", {}).get("values", [])))  # thrown one first
