@@ -1459,6 +1459,54 @@ async def issue_histogram(store: Store, issue_id: int, buckets: int, size: int) 
     return counts
 
 
+EVENT_SCAN_LIMIT = 5000  # newest events of one issue that an event search reads
+
+
+def event_matches(ev: dict[str, Any], terms: list[tuple[bool, str | None, str]]) -> bool:
+    """Whether one stored event satisfies parsed search terms (tags, user.*, error.*, text)."""
+    tags = dict(map(tuple, ev.get("tags", [])))
+    user = ev.get("user") or {}
+    types = [e.get("type") or "" for e in ev.get("exception", {}).get("values", [])]
+    for negated, key, value in terms:
+        if key is None or key == "message":
+            found = value.lower() in f"{ev.get('title', '')}\n{message_text(ev)}".lower()
+        elif key.startswith("user.") and key[5:] in ("id", "email", "username", "ip"):
+            found = fnmatch_value(user.get("ip_address" if key == "user.ip" else key[5:]), value)
+        elif key == "error.type":
+            found = any(fnmatch_value(t, value) for t in types)
+        elif key == "error.value":
+            found = value.lower() in text((ev.get("metadata") or {}).get("value")).lower()
+        elif key in ("is", "age", "firstSeen", "lastSeen", "timesSeen", "assigned") or key.startswith("stack."):
+            raise SearchError(f"{key}: filters issues, not the events of one issue")
+        else:
+            found = fnmatch_value(tags.get({"trace.id": "trace"}.get(key, key)), value)
+        if found == negated:
+            return False
+    return True
+
+
+def fnmatch_value(actual: Any, pattern: str) -> bool:
+    """Search values match exactly, or as a glob when they contain `*`."""
+    if actual is None:
+        return False
+    if "*" not in pattern:
+        return str(actual) == pattern
+    return re.fullmatch(".*".join(map(re.escape, pattern.split("*"))), str(actual), re.S) is not None
+
+
+async def search_issue_events(store: Store, issue_id: int, query: str, limit: int,
+                              offset: int) -> list[sqlite3.Row]:
+    """The issue's events, newest first, that match an event search (reads at most EVENT_SCAN_LIMIT)."""
+    terms = parse_query(query)
+    if not terms:
+        return await store.all("SELECT * FROM events WHERE issue_id = ? ORDER BY timestamp DESC, id DESC "
+                               "LIMIT ? OFFSET ?", (issue_id, limit, offset))
+    rows = await store.all("SELECT * FROM events WHERE issue_id = ? ORDER BY timestamp DESC, id DESC LIMIT ?",
+                           (issue_id, EVENT_SCAN_LIMIT))
+    matching = [r for r in rows if event_matches(decompress_payload(r["payload"]), terms)]
+    return matching[offset:offset + limit]
+
+
 async def issue_tag_summary(store: Store, issue_id: int, per_key: int = 5) -> list[dict[str, Any]]:
     """Per tag key: total count and the top values with their share, for the issue sidebar."""
     rows = await store.all("SELECT key, value, times_seen FROM issue_tags WHERE issue_id = ? "
@@ -1669,9 +1717,11 @@ async def api_issue(request: Request) -> dict[str, Any]:
 async def api_issue_events(request: Request) -> Response:
     issue = await issue_from_path(request)
     limit, offset = page_args(request)
-    rows = await request.app.state.store.all(
-        "SELECT * FROM events WHERE issue_id = ? ORDER BY timestamp DESC, id DESC LIMIT ? OFFSET ?",
-        (issue["id"], limit + 1, offset))
+    try:
+        rows = await search_issue_events(request.app.state.store, issue["id"],
+                                         request.query_params.get("query", ""), limit + 1, offset)
+    except SearchError as exc:
+        raise ApiError(400, f"Invalid search query: {exc}") from None
     full = request.query_params.get("full", "").lower() in ("1", "true")
     return JSONResponse([serialize_event(r, issue["id"], full) for r in rows[:limit]],
                         headers=paginate(request, len(rows), limit, offset))
@@ -1827,6 +1877,7 @@ TEMPLATES = {
   {% endfor %}
   <span class="muted mono">event {{ ev.event_id }} · {{ ev.timestamp|datetime }}</span>
   <a href="/issues/{{ issue.id }}/events/{{ ev.event_id }}/json">Raw JSON</a>
+  <a href="/issues/{{ issue.id }}/events/">All events</a>
 </div>
 <div class="layout"><div>
 {% if ev.logentry and ev.logentry.formatted != issue.title %}<div class="card"><h2 style="margin-top:0">Message</h2><pre class="block">{{ ev.logentry.formatted }}</pre>
@@ -1892,6 +1943,20 @@ TEMPLATES = {
   {% for d in p.dsns %}<div style="margin:4px 0">DSN <code class="dsn">{{ d }}</code></div>{% endfor %}
   <div class="muted" style="font-size:12.5px">{{ p.issue_count }} issues · {{ p.event_count }} events</div></div>
 {% else %}<div class="card empty">No projects yet: <code>tracker project create NAME</code> prints a DSN.</div>{% endfor %}
+{% endblock %}""",
+
+    "events.html": """{% extends "base.html" %}{% block title %}Events · {{ issue.title }}{% endblock %}{% block main %}
+<div class="muted" style="font-size:12px"><a href="/issues/{{ issue.id }}/">{{ short }}</a> · {{ issue.project_name }}</div>
+<h1>{{ issue.title }}</h1>
+<form class="filters" method="get"><label class="search">Search the events of this issue<input type="search" name="q" value="{{ q }}" placeholder="environment:prod user.email:… release:… browser:Chrome*"></label><button type="submit">Search</button></form>
+{% if error %}<div class="card search-error">Search: {{ error }}</div>{% endif %}
+<div class="card" style="padding:0">{% if events %}<table><thead><tr><th>Time</th><th>Event</th><th>Release</th><th>Environment</th><th>User</th><th>Message</th></tr></thead><tbody>
+{% for e in events %}<tr><td class="mono" style="white-space:nowrap">{{ e.timestamp|datetime }}</td>
+  <td class="mono"><a href="/issues/{{ issue.id }}/events/{{ e.event_id }}/">{{ e.event_id[:12] }}</a></td>
+  <td class="mono">{{ e.release or '—' }}</td><td>{{ e.environment }}</td><td class="mono">{{ e.user or '—' }}</td><td>{{ e.message }}</td></tr>{% endfor %}
+</tbody></table>{% else %}<div class="empty">No events match.</div>{% endif %}</div>
+<div class="nav">{% if offset > 0 %}<a href="?{{ {'q': q, 'offset': [offset - limit, 0]|max}|urlencode }}">← Newer</a>{% endif %}
+{% if more %}<a href="?{{ {'q': q, 'offset': offset + limit}|urlencode }}">Older →</a>{% endif %}</div>
 {% endblock %}""",
 
     "error.html": """{% extends "base.html" %}{% block title %}{{ status }}{% endblock %}{% block main %}
@@ -2008,6 +2073,32 @@ async def page_issue(request: Request) -> Response:
     return render(request, "issue.html", **context)
 
 
+async def page_issue_events(request: Request) -> Response:
+    store: Store = request.app.state.store
+    raw = request.path_params["issue_id"]
+    issue = await get_issue(store, int(raw)) if raw.isdigit() and len(raw) < 19 else None
+    if issue is None:
+        return render(request, "error.html", status=404, message="No such issue.")
+    q = request.query_params.get("q", "")
+    try:
+        offset = max(int(request.query_params.get("offset", 0)), 0)
+    except ValueError:
+        offset = 0
+    limit, rows, error = 50, [], ""
+    try:
+        rows = await search_issue_events(store, issue["id"], q, limit + 1, offset)
+    except SearchError as exc:
+        error = str(exc)
+    events = []
+    for row in rows[:limit]:
+        ev = decompress_payload(row["payload"])
+        events.append({"event_id": row["event_id"], "timestamp": row["timestamp"], "release": row["release"],
+                       "environment": row["environment"], "user": user_key(ev.get("user")),
+                       "message": first_line(message_text(ev) or ev.get("title", ""), 120)})
+    return render(request, "events.html", issue=issue, short=short_id(issue["project_slug"], issue["short_id"]),
+                  events=events, q=q, error=error, offset=offset, limit=limit, more=len(rows) > limit)
+
+
 async def page_event_json(request: Request) -> Response:
     store: Store = request.app.state.store
     raw = request.path_params["issue_id"]
@@ -2076,6 +2167,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/api/0/{rest:path}", api_not_found, methods=["GET", "POST", "PUT", "DELETE"]),
         Route("/", page_home), Route("/issues/", page_issues), Route("/projects/", page_projects),
         Route("/issues/{issue_id}/", page_issue),
+        Route("/issues/{issue_id}/events/", page_issue_events),
         Route("/issues/{issue_id}/events/{event_id}/", page_issue),
         Route("/issues/{issue_id}/events/{event_id}/json", page_event_json),
         Route("/static/tracker.css", page_css),

@@ -129,3 +129,37 @@ def test_malformed_query_is_a_clear_error(tracker: TrackerServer, searchable: tu
     assert r.status_code == 400 and r.json()["detail"].startswith("Invalid search query")
     page = httpx.get(f"{tracker.url}/issues/", params={"project": project.slug, "q": query})
     assert page.status_code == 200 and "search-error" in page.text
+
+
+def test_events_of_an_issue_are_searchable(tracker: TrackerServer, project: Project) -> None:
+    for env, user in (("prod", "u1"), ("staging", "u2"), ("prod", "u3")):
+        sentry_sdk.init(dsn=project.dsn, environment=env, release="svc@1")
+        with sentry_sdk.isolation_scope() as scope:
+            scope.set_user({"id": user, "email": f"{user}@example.org"})
+            scope.set_tag("region", "eu" if user != "u3" else "us")
+            try:
+                charge_card()
+            except ValueError:
+                sentry_sdk.capture_exception()
+        sentry_sdk.flush()
+    sentry_sdk.get_client().close()
+    sentry_sdk.init()
+    (issue,) = tracker.wait_issues(project, 3)
+
+    def api_users(query: str) -> set[str]:
+        r = tracker.api(f"/api/0/issues/{issue['id']}/events/", query=query)
+        assert r.status_code == 200, r.text
+        return {e["user"]["id"] for e in r.json()}
+
+    def page_users(query: str) -> set[str]:
+        r = httpx.get(f"{tracker.url}/issues/{issue['id']}/events/", params={"q": query})
+        assert r.status_code == 200
+        return set(re.findall(r"id:(u\d)", r.text))
+
+    for query, expected in [("", {"u1", "u2", "u3"}), ("environment:staging", {"u2"}),
+                            ("!environment:staging region:eu", {"u1"}), ("user.email:u3@example.org", {"u3"}),
+                            ("region:*", {"u1", "u2", "u3"}), ("amount", {"u1", "u2", "u3"}), ("nothing-like-it", set())]:
+        assert api_users(query) == expected, query
+        assert page_users(query) == expected, query
+    r = tracker.api(f"/api/0/issues/{issue['id']}/events/", query="age:-1h")
+    assert r.status_code == 400 and "not the events" in r.json()["detail"]
