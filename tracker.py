@@ -1930,7 +1930,7 @@ TEMPLATES = {
   </div>
   <div class="card"><h3 style="margin-top:0">Across all events</h3>
   {% for t in tag_summary %}<div class="tagbar"><div class="k">{{ t.key }}</div>
-    {% for v in t['values'] %}<div style="font-size:12px; display:flex; justify-content:space-between; gap:8px"><span class="mono" style="word-break:break-all">{{ v.value }}</span><span class="muted">{{ (100 * v.count / t.total)|round|int }}%</span></div>
+    {% for v in t['values'] %}<div style="font-size:12px; display:flex; justify-content:space-between; gap:8px"><span class="mono" style="word-break:break-all">{{ v.value }}</span><span class="muted" style="white-space:nowrap">{{ v.count }} · {{ (100 * v.count / t.total)|round|int }}%</span></div>
     <div class="bar"><i style="width: {{ (100 * v.count / t.total)|round|int }}%"></i></div>{% endfor %}</div>{% endfor %}
   </div>
 </div></div>
