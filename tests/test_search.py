@@ -64,7 +64,8 @@ def dashboard_titles(tracker: TrackerServer, project: Project, query: str, sort:
     r = httpx.get(f"{tracker.url}/issues/", params={"project": project.slug, "status": "all", "q": query,
                                                     "sort": sort})
     assert r.status_code == 200
-    return [html.unescape(t) for t in re.findall(r'class="issue-title"[^>]*>([^<]*)<', r.text)]
+    links = re.findall(r'<a class="issue-title"[^>]*>(.*?)</a>', r.text, re.S)
+    return [html.unescape(re.sub(r"<[^>]+>", "", link)).strip() for link in links]
 
 
 CASES = [
