@@ -628,6 +628,7 @@ async def ingest_body(request: Request) -> Response:
     await authenticate(request, project_id, key, header)
     header_id = normalize_id(header.get("event_id"))
     received = time.time()
+    rules = await request.app.state.rules.rules_for(project_id)
     prepared = []
     for item_header, payload in items:
         if item_header.get("type") != "event":
@@ -636,7 +637,7 @@ async def ingest_body(request: Request) -> Response:
             raise IngestError(413, "envelope exceeded size limits for type 'event'")
         raw = json_object(payload, "event payload")
         prepared.append(prepare_event(raw, project_id=project_id, event_id=header_id if not prepared else None,
-                                      received=received, client_ip=client_ip(request)))
+                                      received=received, client_ip=client_ip(request), rules=rules))
     writer: Writer = request.app.state.writer
     await asyncio.gather(*(writer.submit(lambda conn, ev=ev: store_event(conn, ev)) for ev in prepared))
     event_id = prepared[0].event_id if prepared else header_id
@@ -760,14 +761,9 @@ def normalize_logentry(event: dict[str, Any]) -> dict[str, Any] | None:
     return out
 
 
-NOT_APP_PATH = re.compile(r"(^|[/\\])(site-packages|dist-packages|node_modules|vendor)([/\\]|$)")
-
-
 def normalize_frames(stacktrace: Any) -> dict[str, Any] | None:
-    """A stack trace with dict frames (oldest first) and a definite `in_app` on each.
-
-    Built-in rules win over the SDK for third-party paths; a missing `in_app` means not app.
-    """
+    """A stack trace with dict frames (oldest first) and a definite `in_app` on each (a missing
+    `in_app` means not app; the built-in stack trace rules then correct the SDK's choice)."""
     stacktrace = as_dict(stacktrace)
     frames = [normalize_frame(f) for f in as_list(stacktrace.get("frames")) if isinstance(f, dict)]
     return {**stacktrace, "frames": frames} if frames else None
@@ -784,8 +780,8 @@ def normalize_frame(raw: dict[str, Any]) -> dict[str, Any]:
     for key in ("pre_context", "post_context"):
         frame[key] = [text(line, 1024) for line in as_list(raw.get(key))] or None
     frame["vars"] = as_dict(raw.get("vars")) or None
-    path = frame["abs_path"] or frame["filename"] or ""
-    frame["in_app"] = raw.get("in_app") is True and not NOT_APP_PATH.search(path)
+    frame["data"] = {k: v for k, v in as_dict(raw.get("data")).items() if k not in RULE_MARKS} or None
+    frame["in_app"] = raw.get("in_app") is True
     return {k: v for k, v in frame.items() if v is not None}
 
 
@@ -881,6 +877,7 @@ def normalize_event(raw: dict[str, Any], *, event_id: str | None, received: floa
         if browser:
             ev["contexts"]["browser"] = browser
     ev["tags"] = normalize_tags(raw.get("tags")) + derived_tags(ev)
+    apply_stack_rules(ev, BUILTIN_STACK_RULES)
     return {k: v for k, v in ev.items() if v not in (None, {}, [], {"values": []})}
 
 
@@ -916,7 +913,7 @@ def derived_tags(ev: dict[str, Any]) -> list[list[str]]:
 
 def primary_frames(ev: dict[str, Any]) -> list[dict[str, Any]]:
     """Frames of the thrown exception, else of the crashed thread, else of the event."""
-    for exc in reversed(ev.get("exception", {}).get("values", [])):
+    for exc in reversed(grouping_exceptions(ev)):
         if exc.get("stacktrace"):
             return exc["stacktrace"]["frames"]
     thread = crashed_thread(ev)
@@ -938,10 +935,8 @@ def message_text(ev: dict[str, Any]) -> str:
 def display_fields(ev: dict[str, Any]) -> tuple[str, str, str, dict[str, Any]]:
     """(type, title, culprit, metadata) as Sentry derives them."""
     frame = crash_frame(primary_frames(ev)) or {}
-    location = " in ".join(filter(None, (text(frame.get("module") or frame.get("filename")),
-                                         text(frame.get("function")))))
-    culprit = ev.get("transaction") or ev.get("culprit") or location
-    excs = ev.get("exception", {}).get("values", [])
+    culprit = ev.get("transaction") or ev.get("culprit") or frame_location(frame)
+    excs = grouping_exceptions(ev)
     if excs:
         exc = excs[-1]
         kind, value = exc.get("type") or "", (exc.get("value") or "")
@@ -951,6 +946,11 @@ def display_fields(ev: dict[str, Any]) -> tuple[str, str, str, dict[str, Any]]:
         return "error", first_line(title, 200), culprit, metadata
     title = first_line(message_text(ev), 100) or "<unlabeled event>"
     return "default", title, culprit, {"title": title, "value": message_text(ev)[:1024]}
+
+
+def frame_location(frame: dict[str, Any]) -> str:
+    """`module in function`, the way culprits and the grouping explanation name a frame."""
+    return " in ".join(filter(None, (text(frame.get("module") or frame.get("filename")), text(frame.get("function")))))
 
 
 def first_line(value: str, limit: int) -> str:
@@ -1023,21 +1023,28 @@ def frame_values(frame: dict[str, Any], platform: str) -> list[str]:
     return values
 
 
-def stacktrace_values(stacktrace: dict[str, Any] | None, app_only: bool, platform: str) -> list[str]:
-    values: list[str] = []
+def frame_contributions(stacktrace: dict[str, Any] | None, app_only: bool, platform: str) -> list[list[str]]:
+    """The values each frame contributes, in frame order ([] for a frame that does not)."""
+    contributions: list[list[str]] = []
     previous = None
     for frame in (stacktrace or {}).get("frames", []):
         identity = tuple(frame.get(k) for k in ("abs_path", "package", "module", "filename",
                                                 "function", "lineno", "colno"))
-        if identity == previous:
-            continue  # direct recursion contributes once
+        recursion = identity == previous  # direct recursion contributes once
         previous = identity
-        if app_only and not frame.get("in_app"):
-            continue
-        if frame.get("abs_path") in ("[native code]", "native code", "eval code", "<anonymous>"):
-            continue
-        values.extend(frame_values(frame, platform))
-    return values
+        contributions.append(frame_values(frame, platform) if not recursion and frame_groups(frame, app_only) else [])
+    return contributions
+
+
+def frame_groups(frame: dict[str, Any], app_only: bool) -> bool:
+    """Whether a frame may contribute: not switched off by a `-group` rule, in app for the app
+    variant, and not engine noise."""
+    return (as_dict(frame.get("data")).get("group", True) is True and (frame.get("in_app") or not app_only)
+            and frame.get("abs_path") not in ("[native code]", "native code", "eval code", "<anonymous>"))
+
+
+def stacktrace_values(stacktrace: dict[str, Any] | None, app_only: bool, platform: str) -> list[str]:
+    return [value for values in frame_contributions(stacktrace, app_only, platform) for value in values]
 
 
 def exception_values(exc: dict[str, Any], app_only: bool, platform: str) -> tuple[bool, list[str]]:
@@ -1087,28 +1094,90 @@ def stack_variants(stacks: list[tuple[dict[str, Any] | None, dict[str, Any] | No
     return {"app": variants["app"]} if variants["app"] else {}
 
 
-def strategy_variants(ev: dict[str, Any]) -> dict[str, list[str]]:
-    """The first grouping strategy that yields values: exceptions, threads, stack trace, message."""
+Stacks = list[tuple[dict[str, Any] | None, dict[str, Any] | None]]
+
+
+def strategy_variants(ev: dict[str, Any]) -> tuple[str, Stacks, dict[str, list[str]]]:
+    """The first grouping strategy that yields values (exceptions, threads, stack trace,
+    message): its name, the stacks it read and its variants."""
     platform = ev.get("platform", "other")
-    excs = ev.get("exception", {}).get("values", [])
-    if excs:
-        variants = stack_variants([(e, None) for e in excs], platform)
-        if variants:
-            return variants
     thread = crashed_thread(ev)
-    if thread:
-        variants = stack_variants([(None, thread["stacktrace"])], platform)
+    candidates: list[tuple[str, Stacks]] = [
+        ("exception", [(e, None) for e in grouping_exceptions(ev)]),
+        ("threads", [(None, thread["stacktrace"])] if thread else []),
+        ("stacktrace", [(None, ev["stacktrace"])] if ev.get("stacktrace") else [])]
+    for name, stacks in candidates:
+        variants = stack_variants(stacks, platform)
         if variants:
-            return variants
-    if ev.get("stacktrace"):
-        variants = stack_variants([(None, ev["stacktrace"])], platform)
-        if variants:
-            return variants
+            return name, stacks, variants
     entry = ev.get("logentry") or {}
     template = entry.get("message") or entry.get("formatted")
     if template:
-        return {"default": [parameterize(template)]}
-    return {}
+        return "message", [], {"default": [parameterize(template)]}
+    return "fallback", [], {}
+
+
+def grouping_exceptions(ev: dict[str, Any]) -> list[dict[str, Any]]:
+    """The exceptions that group and title an event (grouping.md §2.2): an exception group
+    becomes its distinct leaf exceptions, so the same failure in another order or number
+    groups together; anything else is used as sent."""
+    excs = ev.get("exception", {}).get("values", [])
+    tree = exception_tree(ev, excs)
+    if tree is None:
+        return excs
+    platform = ev.get("platform", "other")
+    distinct: dict[tuple[str, ...], int] = {}
+    for exc_id in sorted(top_level_exceptions(tree), key=lambda i: text(tree[i][0].get("type")), reverse=True):
+        distinct.setdefault(tuple(exception_values(tree[exc_id][0], False, platform)[1]), exc_id)
+    keep = first_child_path(tree, *distinct.values()) if len(distinct) == 1 else {*distinct.values(), 0}
+    return [e for e in excs if as_dict(e.get("mechanism")).get("exception_id") in keep]
+
+
+ExceptionTree = dict[int, tuple[dict[str, Any], list[int]]]  # exception id → (exception, child ids)
+
+
+def exception_tree(ev: dict[str, Any], excs: list[dict[str, Any]]) -> ExceptionTree | None:
+    """The exceptions by `exception_id` with their children, when they form a tree rooted at
+    id 0 (else None). Skipped, as Sentry does, for Python SDKs whose version starts with "3"."""
+    if ev.get("platform") == "python" and text(as_dict(ev.get("sdk")).get("version")).startswith("3"):
+        return None
+    mechanisms = [as_dict(e.get("mechanism")) for e in excs]
+    ids = [m.get("exception_id") for m in mechanisms]
+    if (len(excs) < 2 or not all(type(i) is int for i in ids) or len(set(ids)) < len(ids) or 0 not in ids
+            or any(m.get("parent_id") == m.get("exception_id") for m in mechanisms)):
+        return None
+    tree: ExceptionTree = {i: (e, []) for i, e in zip(ids, excs)}
+    for exc_id, mechanism in sorted(zip(ids, mechanisms), key=lambda pair: pair[0]):
+        if mechanism.get("parent_id") in tree:
+            tree[mechanism["parent_id"]][1].append(exc_id)
+    return tree
+
+
+def top_level_exceptions(tree: ExceptionTree) -> list[int]:
+    """The non-group exceptions reached from the root through group exceptions only."""
+    found, pending, seen = [], [0], set()
+    while pending:
+        exc_id = pending.pop(0)
+        if exc_id in seen:
+            continue
+        seen.add(exc_id)
+        exc, children = tree[exc_id]
+        if as_dict(exc.get("mechanism")).get("is_exception_group") is True:
+            pending.extend(children)
+        else:
+            found.append(exc_id)
+    return found
+
+
+def first_child_path(tree: ExceptionTree, exc_id: int) -> set[int]:
+    """An exception and its chain of first children (its cause, the cause's cause…)."""
+    path: set[int] = set()
+    while exc_id not in path:
+        path.add(exc_id)
+        if not tree[exc_id][1]:
+            break
+        exc_id = tree[exc_id][1][0]
+    return path
 
 
 def md5_of(values: Iterable[str]) -> str:
@@ -1123,7 +1192,7 @@ FINGERPRINT_VAR = re.compile(r"^\{\{\s*([\w.]+)\s*\}\}$")
 
 def resolve_fingerprint_variable(name: str, ev: dict[str, Any]) -> str | None:
     """A `{{ name }}` fingerprint entry's value; None means `{{ default }}`."""
-    excs = ev.get("exception", {}).get("values", [])
+    excs = grouping_exceptions(ev)
     last = excs[-1] if excs else {}
     frame = crash_frame(primary_frames(ev)) or {}
     tags = dict(map(tuple, ev.get("tags", [])))
@@ -1150,26 +1219,356 @@ def resolve_fingerprint_variable(name: str, ev: dict[str, Any]) -> str | None:
     return text(value) or missing
 
 
-def group_hashes(ev: dict[str, Any]) -> list[str]:
-    """All grouping hashes of an event, primary first (custom fingerprints give exactly one)."""
+def group_event(ev: dict[str, Any]) -> dict[str, Any]:
+    """How an event groups: the winning strategy and, per variant, its hash and the values
+    behind it (app before system). Stored with the event as its `grouping` record, so the
+    issue page can show why it grouped where it did."""
     checksum = ev.get("checksum")
     if isinstance(checksum, str) and checksum:
-        return [checksum if re.fullmatch(r"[0-9a-f]{32}", checksum) else md5_of([checksum])]
-    fingerprint = ev.get("fingerprint") or ["{{ default }}"]
+        digest = checksum if re.fullmatch(r"[0-9a-f]{32}", checksum) else md5_of([checksum])
+        return {"strategy": "checksum", "variants": {"checksum": {"hash": digest, "values": [checksum]}}}
     resolved = []
-    for entry in fingerprint:
+    for entry in ev.get("fingerprint") or ["{{ default }}"]:
         match = FINGERPRINT_VAR.match(entry)
         resolved.append(resolve_fingerprint_variable(match.group(1), ev) if match else entry)
     if None not in resolved:
-        return [md5_of(resolved)]
-    variants = strategy_variants(ev) or {"fallback": []}
-    hashes = []
-    for values in variants.values():
-        expanded: list[str] = []
-        for entry in resolved:
-            expanded.extend(values if entry is None else [entry])
-        hashes.append(md5_of(expanded))
-    return list(dict.fromkeys(hashes))
+        return {"strategy": "fingerprint", "variants": {"custom_fingerprint": {"hash": md5_of(resolved), "values": resolved}}}
+    strategy, stacks, variants = strategy_variants(ev)
+    record: dict[str, Any] = {"strategy": strategy, "variants": {}}
+    for name, values in (variants or {"fallback": []}).items():
+        expanded = [value for entry in resolved for value in (values if entry is None else [entry])]
+        record["variants"][name] = {"hash": md5_of(expanded), "values": expanded}
+    if stacks:
+        record["stacks"] = frame_report(stacks, variants, ev.get("platform", "other"))
+    return record
+
+
+def frame_report(stacks: Stacks, variants: dict[str, list[str]], platform: str) -> list[dict[str, Any]]:
+    """Per stack the winning strategy read: each frame (oldest first), whether it is in app and
+    which rule said so, and which variants it fed."""
+    report = []
+    for exc, stacktrace in stacks:
+        stacktrace = exc.get("stacktrace") if exc is not None else stacktrace
+        frames = (stacktrace or {}).get("frames", [])
+        if not frames:
+            continue
+        fed = {name: frame_contributions(stacktrace, name == "app", platform) if name in variants else [[]] * len(frames)
+               for name in ("app", "system")}
+        report.append({"exception": text((exc or {}).get("type")), "frames": [
+            {"frame": frame_location(frame), "in_app": frame.get("in_app") is True,
+             "in_app_rule": as_dict(frame.get("data")).get("in_app_rule"),
+             "group_rule": as_dict(frame.get("data")).get("group_rule"),
+             "app": bool(app), "system": bool(system)}
+            for frame, app, system in zip(frames, fed["app"], fed["system"])]})
+    return report
+
+
+def grouping_hashes(record: dict[str, Any]) -> list[str]:
+    """A grouping record's distinct hashes, primary first."""
+    return list(dict.fromkeys(variant["hash"] for variant in record["variants"].values()))
+
+
+def group_hashes(ev: dict[str, Any]) -> list[str]:
+    """All grouping hashes of an event, primary first (custom fingerprints give exactly one)."""
+    return grouping_hashes(group_event(ev))
+
+
+# -- grouping rules: a project's stack trace and fingerprint rules (grouping.md §4, §5) ---
+
+class RuleError(ValueError):
+    """A grouping rule that does not parse: told to whoever wrote it (a 400 or a form error)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Matcher:
+    """`key:glob`, or `!key:glob` for what the glob does not match."""
+
+    key: str
+    pattern: re.Pattern[str]
+    negated: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class StackRule:
+    """`matchers… actions…`; an action is (where: "" the matched frame, "^" the frames above it
+    toward the crash, "v" the frames below it; flag: "app" or "group"; value)."""
+
+    text: str
+    matchers: tuple[Matcher, ...]
+    actions: tuple[tuple[str, str, bool], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class FingerprintRule:
+    """`matchers… -> fingerprint entries… [title="…"]`."""
+
+    text: str
+    matchers: tuple[Matcher, ...]
+    fingerprint: tuple[str, ...]
+    title: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupingRules:
+    """A project's rules as written, parsed once and applied to each of its events at ingest."""
+
+    stacktrace_text: str = ""
+    fingerprint_text: str = ""
+    stack: tuple[StackRule, ...] = ()
+    fingerprint: tuple[FingerprintRule, ...] = ()
+
+
+NO_RULES = GroupingRules()
+STACK_MATCHERS = {"path": "path", "stack.abs_path": "path", "module": "module", "stack.module": "module",
+                  "function": "function", "stack.function": "function", "package": "package",
+                  "stack.package": "package", "family": "family", "app": "app"}
+FINGERPRINT_MATCHERS = {"error.type": "error.type", "type": "error.type", "error.value": "error.value",
+                        "value": "error.value", "message": "message", "logger": "logger", "level": "level",
+                        "tags.*": "tags.*"}
+FAMILIES = ("javascript", "native", "other", "all")
+NATIVE_PLATFORMS = {"native", "c", "cocoa", "objc", "swift"}
+RULE_MARKS = ("in_app_rule", "group", "group_rule")  # what stack trace rules note in a frame's `data`
+MATCHER = re.compile(r'\s*(!?)([\w.]+):("(?:[^"\\]|\\.)*"|[^\s"]+)(?=\s|$)')
+STACK_ACTION = re.compile(r"([\^v]?)([+-])(app|group)")
+FINGERPRINT_ENTRY = re.compile(r'\s*(?:(\w+)=("(?:[^"\\]|\\.)*")|("(?:[^"\\]|\\.)*")|(\{\{\s*[\w.]+\s*\}\})|([^\s,"=]+))\s*,?')
+TEMPLATE_VAR = re.compile(r"\{\{\s*([\w.]+)\s*\}\}")
+MAX_RULES_TEXT = 32 * KIB
+
+
+def parse_grouping_rules(stacktrace_text: str, fingerprint_text: str) -> GroupingRules:
+    """Both kinds of rules, checked; a RuleError names the kind and line of the first mistake."""
+    for label, raw in (("Stack trace rules", stacktrace_text), ("Fingerprint rules", fingerprint_text)):
+        if len(raw) > MAX_RULES_TEXT:
+            raise RuleError(f"{label}: longer than {MAX_RULES_TEXT} characters")
+    return GroupingRules(stacktrace_text, fingerprint_text,
+                         tuple(parse_rule_lines("Stack trace rules", stacktrace_text, parse_stack_rule)),
+                         tuple(parse_rule_lines("Fingerprint rules", fingerprint_text, parse_fingerprint_rule)))
+
+
+def parse_rule_lines(label: str, raw: str, parse: Callable[[str], Any]) -> list[Any]:
+    """One rule per line; blank lines and `#` comments are skipped."""
+    rules = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            try:
+                rules.append(parse(line))
+            except RuleError as exc:
+                raise RuleError(f"{label}, line {number}: {exc}") from None
+    return rules
+
+
+def parse_stack_rule(line: str) -> StackRule:
+    matchers, rest = parse_matchers(line, STACK_MATCHERS)
+    actions = []
+    for token in rest.split():
+        match = STACK_ACTION.fullmatch(token)
+        if match is None:
+            raise RuleError(f"{token!r} is not an action; use +app, -app, +group or -group, optionally after ^ or v")
+        actions.append((match.group(1), match.group(3), match.group(2) == "+"))
+    if not actions:
+        raise RuleError("no action: end the rule with +app, -app, +group or -group")
+    return StackRule(line, matchers, tuple(actions))
+
+
+def parse_fingerprint_rule(line: str) -> FingerprintRule:
+    matchers, rest = parse_matchers(line, FINGERPRINT_MATCHERS)
+    if not rest.startswith("->"):
+        raise RuleError('expected "->" and a fingerprint after the matchers')
+    entries, title, pos = [], None, 2
+    while rest[pos:].strip():
+        match = FINGERPRINT_ENTRY.match(rest, pos)
+        if match is None:
+            raise RuleError(f"cannot read the fingerprint at {rest[pos:].strip()!r}")
+        attribute, attribute_value, quoted, variable, bare = match.groups()
+        if attribute is not None and attribute != "title":
+            raise RuleError(f'unknown attribute {attribute!r}; only title="…" is supported')
+        if attribute is not None:
+            title = unquote(attribute_value)
+        else:
+            entries.append(unquote(quoted) if quoted else variable or bare)
+        pos = match.end()
+    if not entries:
+        raise RuleError("the fingerprint after -> is empty")
+    return FingerprintRule(line, matchers, tuple(entries), title)
+
+
+def parse_matchers(line: str, keys: dict[str, str]) -> tuple[tuple[Matcher, ...], str]:
+    """The `key:glob` matchers a rule starts with, and the rest of the line."""
+    matchers, pos = [], 0
+    while (match := MATCHER.match(line, pos)) is not None:
+        negated, key, value = match.groups()
+        name = matcher_name(key, keys)
+        matchers.append(Matcher(name, matcher_pattern(name, unquote(value)), bool(negated)))
+        pos = match.end()
+    if not matchers:
+        example = "path:**/vendor/**" if keys is STACK_MATCHERS else "error.type:PaymentDeclined"
+        raise RuleError(f"a rule starts with at least one matcher such as {example}")
+    return tuple(matchers), line[pos:].strip()
+
+
+def matcher_name(key: str, keys: dict[str, str]) -> str:
+    """The canonical name of a matcher key (`stack.module` → `module`; `tags.<name>` as it is)."""
+    if key in keys and key != "tags.*":
+        return keys[key]
+    if "tags.*" in keys and key.startswith("tags.") and len(key) > 5:
+        return key
+    raise RuleError(f"unknown matcher {key!r}; use {', '.join(keys)}")
+
+
+def matcher_pattern(name: str, value: str) -> re.Pattern[str]:
+    """A matcher's value as a regex: globs, case-insensitive except for functions."""
+    if name == "app":
+        answer = {"yes": "yes", "true": "yes", "1": "yes", "no": "no", "false": "no", "0": "no"}.get(value.lower())
+        if answer is None:
+            raise RuleError(f"app:{value} must be app:yes or app:no")
+        return re.compile(answer)
+    if name == "family":
+        families = value.lower().split(",")
+        if not set(families) <= set(FAMILIES):
+            raise RuleError(f"family:{value} is unknown; use {', '.join(FAMILIES)} (comma-separated)")
+        return re.compile(".*" if "all" in families else "|".join(families))
+    return glob_regex(value, path=name in ("path", "package"), case_sensitive=name == "function")
+
+
+def glob_regex(glob: str, *, path: bool, case_sensitive: bool) -> re.Pattern[str]:
+    """`**` matches anything; `*` and `?` stay within one path segment in paths."""
+    pieces = []
+    for part in re.split(r"(\*\*/?|\*|\?)", glob):
+        if part in ("**/", "**"):
+            pieces.append("(?:.*/)?" if part == "**/" else ".*")
+        elif part in ("*", "?"):
+            pieces.append(("[^/]" if path else ".") + ("*" if part == "*" else ""))
+        else:
+            pieces.append(re.escape(part))
+    return re.compile("".join(pieces), 0 if case_sensitive else re.IGNORECASE)
+
+
+def unquote(value: str) -> str:
+    return re.sub(r"\\(.)", r"\1", value[1:-1]) if value.startswith('"') else value
+
+
+def frame_facts(key: str, frame: dict[str, Any], platform: str) -> list[str]:
+    """A frame's values a stack trace rule matcher compares with (any one may match)."""
+    if key == "path":
+        return [text(frame[k]).replace("\\", "/") for k in ("abs_path", "filename") if frame.get(k)]
+    if key == "family":
+        platform = text(frame.get("platform")) or platform
+        return ["javascript" if platform in JS_PLATFORMS else "native" if platform in NATIVE_PLATFORMS else "other"]
+    if key == "app":
+        return ["yes" if frame.get("in_app") else "no"]
+    value = frame.get("function") or frame.get("raw_function") if key == "function" else frame.get(key)
+    return [text(value).replace("\\", "/")] if value else []
+
+
+def event_facts(key: str, ev: dict[str, Any]) -> list[str]:
+    """An event's values a fingerprint rule matcher compares with (any one may match)."""
+    excs = ev.get("exception", {}).get("values", [])
+    if key in ("error.type", "error.value"):
+        return [text(e.get(key[6:])) for e in excs if e.get(key[6:])]
+    if key == "message":
+        return [v for v in (message_text(ev), *(text(e.get("value")) for e in excs)) if v]
+    if key.startswith("tags."):
+        return [v for k, v in ev.get("tags", []) if k == key[5:]]
+    return [text(ev[key])] if ev.get(key) else []
+
+
+def matches(matcher: Matcher, facts: list[str]) -> bool:
+    return any(matcher.pattern.fullmatch(fact) for fact in facts) != matcher.negated
+
+
+def apply_stack_rules(ev: dict[str, Any], rules: Iterable[StackRule], source: str = "built-in") -> None:
+    """Run stack trace rules over each stack trace, top to bottom (a later rule wins). A frame
+    keeps the rule that last set its in_app or grouping in `data`, so the issue page can say why."""
+    platform = ev.get("platform", "other")
+    for frames in event_frame_lists(ev):
+        for rule in rules:
+            hits = [i for i, frame in enumerate(frames)
+                    if all(matches(m, frame_facts(m.key, frame, platform)) for m in rule.matchers)]
+            for index in hits:
+                for where, flag, value in rule.actions:
+                    targets = frames[index + 1:] if where == "^" else frames[:index] if where == "v" else [frames[index]]
+                    for frame in targets:
+                        mark_frame(frame, flag, value, f"{source} rule {rule.text}")
+
+
+def event_frame_lists(ev: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    stacks = [e.get("stacktrace") for e in ev.get("exception", {}).get("values", [])]
+    stacks += [t.get("stacktrace") for t in ev.get("threads", {}).get("values", [])]
+    return [s["frames"] for s in (*stacks, ev.get("stacktrace")) if s]
+
+
+def mark_frame(frame: dict[str, Any], flag: str, value: bool, why: str) -> None:
+    data = frame.setdefault("data", {})
+    if flag == "app":
+        frame["in_app"], data["in_app_rule"] = value, why
+    else:
+        data["group"], data["group_rule"] = value, why
+
+
+def apply_fingerprint_rules(ev: dict[str, Any], rules: Iterable[FingerprintRule]) -> FingerprintRule | None:
+    """The first rule whose matchers all hold sets the event's fingerprint (over the SDK's)."""
+    for rule in rules:
+        if all(matches(m, event_facts(m.key, ev)) for m in rule.matchers):
+            ev["fingerprint"] = list(rule.fingerprint)
+            return rule
+    return None
+
+
+def rule_title(rule: FingerprintRule, ev: dict[str, Any]) -> str:
+    """A rule's title="…" with its {{ variables }} filled in."""
+    return TEMPLATE_VAR.sub(lambda m: resolve_fingerprint_variable(m.group(1), ev) or m.group(0), rule.title or "")
+
+
+BUILTIN_STACK_RULES = parse_grouping_rules("""
+path:**/site-packages/** -app
+path:**/dist-packages/** -app
+path:**/vendor/** -app
+path:**/node_modules/** -app
+""", "").stack
+RULES_SQL = "SELECT stacktrace_rules, fingerprint_rules FROM project_rules WHERE project_id = ?"
+
+
+def stored_rules(row: sqlite3.Row | None) -> GroupingRules:
+    """A project's saved rules; ones this version cannot read are logged and skipped, so ingest goes on."""
+    if row is None:
+        return NO_RULES
+    try:
+        return parse_grouping_rules(row["stacktrace_rules"], row["fingerprint_rules"])
+    except RuleError as exc:
+        log.warning("ignoring saved grouping rules: %s", exc)
+        return NO_RULES
+
+
+def save_project_rules(conn: sqlite3.Connection, project_id: int, rules: GroupingRules) -> None:
+    conn.execute("INSERT INTO project_rules (project_id, stacktrace_rules, fingerprint_rules) VALUES (?, ?, ?) "
+                 "ON CONFLICT (project_id) DO UPDATE SET stacktrace_rules = excluded.stacktrace_rules, "
+                 "fingerprint_rules = excluded.fingerprint_rules",
+                 (project_id, rules.stacktrace_text, rules.fingerprint_text))
+
+
+class RulesCache:
+    """project id → its parsed grouping rules, so ingest applies them without a query per event.
+    Whoever saves rules drops the entry; `generation` stops a read that raced with a save from
+    caching the old rules."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.entries: dict[int, GroupingRules] = {}
+        self.generation = 0
+
+    async def rules_for(self, project_id: int) -> GroupingRules:
+        if project_id in self.entries:
+            return self.entries[project_id]
+        generation = self.generation
+        rules = stored_rules(await self.store.one(RULES_SQL, (project_id,)))
+        if generation == self.generation:
+            self.entries[project_id] = rules
+        return rules
+
+    def invalidate(self, project_id: int) -> None:
+        self.generation += 1
+        self.entries.pop(project_id, None)
 
 
 @dataclasses.dataclass
@@ -1195,14 +1594,22 @@ class PreparedEvent:
     payload: bytes
 
 
-def prepare_event(raw: dict[str, Any], *, project_id: int, event_id: str | None,
-                  received: float, client_ip: str = "") -> PreparedEvent:
-    """Everything ingest does before the writer, in the request's task (no database access)."""
+def prepare_event(raw: dict[str, Any], *, project_id: int, event_id: str | None, received: float,
+                  client_ip: str = "", rules: GroupingRules = NO_RULES) -> PreparedEvent:
+    """Everything ingest does before the writer, in the request's task (no database access:
+    the project's grouping rules come parsed from the cache)."""
     ev = normalize_event(raw, event_id=event_id, received=received, client_ip=client_ip)
+    apply_stack_rules(ev, rules.stack, "project")
+    client_fingerprint = ev.get("fingerprint")
+    rule = apply_fingerprint_rules(ev, rules.fingerprint)
     kind, title, culprit, metadata = display_fields(ev)
+    if rule and rule.title:
+        title = metadata["title"] = first_line(rule_title(rule, ev), 200)
     ev["title"], ev["culprit"], ev["metadata"], ev["type"] = title, culprit, metadata, kind
-    hashes = group_hashes(ev)
-    ev["hashes"] = hashes
+    ev["grouping"] = group_event(ev)
+    if rule:
+        ev["grouping"].update(fingerprint_rule=rule.text, client_fingerprint=client_fingerprint)
+    hashes = ev["hashes"] = grouping_hashes(ev["grouping"])
     return PreparedEvent(project_id=project_id, event_id=ev["event_id"], timestamp=ev["timestamp"],
                          received=received, level=ev["level"], environment=ev["environment"],
                          release=ev.get("release", ""), kind=kind, title=title, culprit=culprit,
@@ -1236,31 +1643,35 @@ def store_event(conn: sqlite3.Connection, ev: PreparedEvent) -> bool:
                     (ev.project_id, ev.event_id)).fetchone():
         return False
     marks = ",".join("?" * len(ev.hashes))
-    row = conn.execute(f"SELECT issue_id FROM issue_hashes WHERE project_id = ? AND hash IN ({marks})",
-                       (ev.project_id, *ev.hashes)).fetchone()
+    row = conn.execute(f"SELECT issue_id FROM issue_hashes WHERE project_id = ? AND hash IN ({marks}) "
+                       "ORDER BY instr(?, hash)",  # after an unmerge the hashes may differ: the primary decides
+                       (ev.project_id, *ev.hashes, " ".join(ev.hashes))).fetchone()
     issue_id = row["issue_id"] if row else create_issue(conn, ev)
     conn.executemany("INSERT OR IGNORE INTO issue_hashes (project_id, hash, issue_id) VALUES (?, ?, ?)",
                      [(ev.project_id, h, issue_id) for h in ev.hashes])
-    new_user = record_issue_tags(conn, issue_id, ev)
+    new_tags = record_issue_tags(conn, issue_id, ev)
     conn.executemany("INSERT OR IGNORE INTO issue_terms (key, value, issue_id) VALUES (?, ?, ?)",
                      [(key, value, issue_id) for key, value in ev.terms])
-    conn.execute(
+    issue = conn.execute(
         """UPDATE issues SET times_seen = times_seen + 1, user_count = user_count + :new_user,
                first_seen = min(first_seen, :ts), last_seen = max(last_seen, :ts),
-               status = CASE status WHEN 'resolved' THEN 'unresolved' ELSE status END,
                title = CASE WHEN :ts >= last_seen THEN :title ELSE title END,
                culprit = CASE WHEN :ts >= last_seen THEN :culprit ELSE culprit END,
                metadata = CASE WHEN :ts >= last_seen THEN :metadata ELSE metadata END,
                level = CASE WHEN :ts >= last_seen THEN :level ELSE level END,
                last_release = CASE WHEN :ts >= last_seen AND :release != '' THEN :release ELSE last_release END
-           WHERE id = :id""",
-        {"new_user": int(new_user), "ts": ev.timestamp, "title": ev.title, "culprit": ev.culprit,
-         "metadata": json.dumps(ev.metadata), "level": ev.level, "release": ev.release, "id": issue_id})
+           WHERE id = :id RETURNING *""",
+        {"new_user": int("user" in new_tags), "ts": ev.timestamp, "title": ev.title, "culprit": ev.culprit,
+         "metadata": json.dumps(ev.metadata), "level": ev.level, "release": ev.release, "id": issue_id}).fetchone()
     conn.execute(
         """INSERT INTO events (project_id, event_id, issue_id, timestamp, received, level,
                                environment, release, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (ev.project_id, ev.event_id, issue_id, ev.timestamp, ev.received, ev.level,
          ev.environment, ev.release, ev.payload))
+    if row and "release" in new_tags:
+        record_activity(conn, issue_id, "release", {"version": new_tags["release"]}, ev.received)
+    if issue["status"] != "unresolved":
+        apply_event_to_status(conn, issue, ev)
     return True
 
 
@@ -1273,12 +1684,15 @@ def create_issue(conn: sqlite3.Connection, ev: PreparedEvent) -> int:
            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (ev.project_id, short_id, ev.kind, ev.title, ev.culprit, json.dumps(ev.metadata), ev.level,
          ev.platform, ev.logger, ev.timestamp, ev.timestamp, ev.release or None, ev.release or None))
-    return int(cur.lastrowid or 0)
+    issue_id = int(cur.lastrowid or 0)
+    record_activity(conn, issue_id, "first_seen", {"version": ev.release} if ev.release else {}, ev.received)
+    return issue_id
 
 
-def record_issue_tags(conn: sqlite3.Connection, issue_id: int, ev: PreparedEvent) -> bool:
-    """Count the event's tag values on its issue; True when its `user` is new to the issue."""
-    new_user = False
+def record_issue_tags(conn: sqlite3.Connection, issue_id: int, ev: PreparedEvent) -> dict[str, str]:
+    """Count the event's tag values on its issue; returns the ones new to the issue (a new
+    `user` raises the user count, a new `release` goes into the activity log)."""
+    new_tags = {}
     for key, value in ev.tags:
         cur = conn.execute(
             """INSERT INTO issue_tags (issue_id, key, value, times_seen, first_seen, last_seen)
@@ -1286,9 +1700,110 @@ def record_issue_tags(conn: sqlite3.Connection, issue_id: int, ev: PreparedEvent
                ON CONFLICT DO UPDATE SET times_seen = times_seen + 1,
                    first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen)
                RETURNING times_seen""", (issue_id, key, value, ev.timestamp, ev.timestamp))
-        if key == "user" and cur.fetchone()[0] == 1:
-            new_user = True
-    return new_user
+        if cur.fetchone()[0] == 1:
+            new_tags[key] = value
+    return new_tags
+
+
+# -- merge and unmerge: a person correcting the grouping ---------------------------------
+
+class MergeError(ValueError):
+    """A merge or unmerge that cannot be done: told to whoever asked (a 400 or an error page)."""
+
+
+ISSUE_SUMMARY_SQL = """UPDATE issues SET times_seen = ?, first_seen = ?, first_release = ?, last_seen = ?,
+    last_release = ?, title = ?, culprit = ?, metadata = ?, level = ?,
+    user_count = (SELECT count(*) FROM issue_tags WHERE issue_id = issues.id AND key = 'user') WHERE id = ?"""
+
+
+def merge_issues(conn: sqlite3.Connection, project_id: int, issue_ids: list[int]) -> int:
+    """Writer job: fold issues into the one with the most events. Their events, hashes, tag
+    counts and search terms move along, so later events of any of them land in the merged
+    issue, and the others disappear. Returns the merged issue's id."""
+    ids = sorted(set(issue_ids))
+    rows = conn.execute(f"SELECT * FROM issues WHERE project_id = ? AND id IN ({','.join('?' * len(ids))}) "
+                        "ORDER BY times_seen DESC, id", (project_id, *ids)).fetchall()
+    if len(rows) < 2 or len(rows) < len(ids):
+        raise MergeError("merging takes two or more issues, all of one project")
+    target, others = rows[0]["id"], [r["id"] for r in rows[1:]]
+    marks = ",".join("?" * len(others))
+    for table in ("events", "issue_hashes"):
+        conn.execute(f"UPDATE {table} SET issue_id = ? WHERE issue_id IN ({marks})", (target, *others))
+    conn.execute(f"""INSERT INTO issue_tags (issue_id, key, value, times_seen, first_seen, last_seen)
+                     SELECT ?, key, value, sum(times_seen), min(first_seen), max(last_seen) FROM issue_tags
+                     WHERE issue_id IN ({marks}) GROUP BY key, value
+                     ON CONFLICT DO UPDATE SET times_seen = times_seen + excluded.times_seen,
+                         first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen)""",
+                 (target, *others))
+    conn.execute(f"INSERT OR IGNORE INTO issue_terms (key, value, issue_id) "
+                 f"SELECT key, value, ? FROM issue_terms WHERE issue_id IN ({marks})", (target, *others))
+    for table, column in (("issue_tags", "issue_id"), ("issue_terms", "issue_id"), ("issue_activity", "issue_id"),
+                          ("issues", "id")):
+        conn.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", others)
+    first, last = min(rows, key=lambda r: r["first_seen"]), max(rows, key=lambda r: r["last_seen"])
+    conn.execute(ISSUE_SUMMARY_SQL,
+                 (sum(r["times_seen"] for r in rows), first["first_seen"], first["first_release"], last["last_seen"],
+                  last["last_release"], last["title"], last["culprit"], last["metadata"], last["level"], target))
+    record_activity(conn, target, "merge", {"issues": [{"id": str(i)} for i in others]}, time.time())
+    return target
+
+
+def unmerge_hashes(conn: sqlite3.Connection, issue_id: int, hashes: set[str]) -> int:
+    """Writer job: move the issue's events that have any of these hashes into a new issue,
+    with the hashes only they have, so later events with them land there too. Returns the
+    new issue's id. It reads every event of the issue (the hashes live in the payloads)."""
+    issue = conn.execute("SELECT * FROM issues WHERE id = ?", (issue_id,)).fetchone()
+    owned = {r["hash"] for r in conn.execute("SELECT hash FROM issue_hashes WHERE project_id = ? AND issue_id = ?",
+                                              (issue["project_id"] if issue else 0, issue_id))}
+    if issue is None or not hashes or not hashes <= owned:
+        raise MergeError("the issue does not have these hashes")
+    moved: list[tuple[int, PreparedEvent]] = []
+    kept: list[tuple[int, PreparedEvent]] = []
+    for row in conn.execute("SELECT id, payload FROM events WHERE issue_id = ? ORDER BY timestamp, id", (issue_id,)):
+        event = stored_event(issue["project_id"], decompress_payload(row["payload"]))
+        (moved if hashes & set(event.hashes) else kept).append((row["id"], event))
+    if not moved or not kept:
+        raise MergeError("no stored event has these hashes" if not moved else
+                         "every event of the issue has these hashes, so nothing would stay behind")
+    new_id = create_issue(conn, moved[0][1])
+    conn.executemany("UPDATE events SET issue_id = ? WHERE id = ?", [(new_id, row_id) for row_id, _ in moved])
+    leaving = {h for _, e in moved for h in e.hashes} - {h for _, e in kept for h in e.hashes}
+    conn.executemany("UPDATE issue_hashes SET issue_id = ? WHERE project_id = ? AND hash = ? AND issue_id = ?",
+                     [(new_id, issue["project_id"], h, issue_id) for h in leaving])
+    for _, event in moved:
+        record_issue_tags(conn, new_id, event)
+        conn.executemany("UPDATE issue_tags SET times_seen = times_seen - 1 WHERE issue_id = ? AND key = ? AND value = ?",
+                         [(issue_id, key, value) for key, value in event.tags])
+    conn.execute("DELETE FROM issue_tags WHERE issue_id = ? AND times_seen <= 0", (issue_id,))
+    conn.execute("DELETE FROM issue_terms WHERE issue_id = ?", (issue_id,))
+    for target, events in ((new_id, moved), (issue_id, kept)):
+        conn.executemany("INSERT OR IGNORE INTO issue_terms (key, value, issue_id) VALUES (?, ?, ?)",
+                         [(key, value, target) for _, e in events for key, value in e.terms])
+    summarize_issue(conn, new_id, [e for _, e in moved], len(moved))
+    summarize_issue(conn, issue_id, [e for _, e in kept], issue["times_seen"] - len(moved))
+    now, fingerprints = time.time(), sorted(hashes)
+    record_activity(conn, issue_id, "unmerge_source", {"fingerprints": fingerprints, "destination_id": str(new_id)}, now)
+    record_activity(conn, new_id, "unmerge_destination", {"fingerprints": fingerprints, "source_id": str(issue_id)}, now)
+    return new_id
+
+
+def stored_event(project_id: int, ev: dict[str, Any]) -> PreparedEvent:
+    """A stored event as the writer sees a new one, so an unmerge folds it in the same way
+    (without its payload: the stored row keeps that)."""
+    return PreparedEvent(project_id=project_id, event_id=ev["event_id"], timestamp=ev["timestamp"],
+                         received=ev["received"], level=ev["level"], environment=ev["environment"],
+                         release=ev.get("release", ""), kind=ev.get("type", "error"), title=ev.get("title", ""),
+                         culprit=ev.get("culprit", ""), metadata=ev.get("metadata", {}),
+                         platform=ev.get("platform", "other"), logger=ev.get("logger", ""),
+                         hashes=ev.get("hashes", []), tags=ev.get("tags", []), terms=search_terms(ev), payload=b"")
+
+
+def summarize_issue(conn: sqlite3.Connection, issue_id: int, events: list[PreparedEvent], times_seen: int) -> None:
+    """An issue's first/last seen and display fields from its events (oldest first), after an unmerge."""
+    first, last = events[0], events[-1]
+    conn.execute(ISSUE_SUMMARY_SQL,
+                 (times_seen, first.timestamp, first.release or None, last.timestamp, last.release or None,
+                  last.title, last.culprit, json.dumps(last.metadata), last.level, issue_id))
 
 
 SHORT_ID_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford's base 32: no I, L, O, U
@@ -1306,6 +1821,192 @@ def short_id(project_slug: str, number: int) -> str:
 
 
 ISSUE_STATUSES = ("unresolved", "resolved", "ignored")
+
+
+# -- workflow: resolve, ignore, assign; regressions; the activity log of each issue ---
+#
+# issues.status_details holds Sentry's statusDetails ({"inNextRelease": true}, {"inRelease": "x"},
+# {"ignoreCount": 10}, …) plus private "_" keys that ingest needs to judge the next event: the
+# release an "in next release" resolution was made in, and the issue's counts when it was ignored.
+
+IGNORE_CONDITIONS = ("ignoreDuration", "ignoreUntil", "ignoreCount", "ignoreUserCount")
+SUBSTATUS = {"unresolved": "ongoing", "resolved": None, "ignored": "archived_forever"}
+# The project's releases, newest first; a release is as new as the first event the project saw from it.
+RELEASES_SQL = ("SELECT t.value FROM issue_tags t JOIN issues i ON i.id = t.issue_id WHERE i.project_id = ? "
+                "AND t.key = 'release' GROUP BY t.value ORDER BY min(t.first_seen) DESC LIMIT ?")
+
+
+@dataclasses.dataclass
+class IssueChange:
+    """A validated update from the API or the dashboard: a status with its details, an assignee, or both."""
+
+    status: str | None = None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    assign: bool = False
+    assignee: str | None = None
+
+
+def parse_issue_change(body: Any) -> IssueChange:
+    """Sentry's update body {"status", "statusDetails", "assignedTo"}; ValueError says what is wrong."""
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    status, details = body.get("status"), body.get("statusDetails") or {}
+    if not isinstance(details, dict):
+        raise ValueError("statusDetails must be an object")
+    if status == "resolvedInNextRelease":
+        status, details = "resolved", {"inNextRelease": True}
+    change = IssueChange()
+    if status is not None:
+        if status not in ISSUE_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(ISSUE_STATUSES)}, resolvedInNextRelease")
+        change.status, change.details = status, checked_details(status, details)
+    elif details:
+        raise ValueError("statusDetails needs a status")
+    if "assignedTo" in body:
+        assignee = body["assignedTo"]
+        if assignee is not None and not isinstance(assignee, str):
+            raise ValueError("assignedTo must be a name, an email or null")
+        change.assign, change.assignee = True, (assignee or "").strip()[:200] or None
+    if change.status is None and not change.assign:
+        raise ValueError("nothing to change: give a status or assignedTo")
+    return change
+
+
+def checked_details(status: str, details: dict[str, Any]) -> dict[str, Any]:
+    """The statusDetails that fit the status, validated; a duration becomes its end (ignoreUntil)."""
+    if status == "resolved" and details.get("inNextRelease") is True:
+        return {"inNextRelease": True}
+    if status == "resolved" and details.get("inRelease") is not None:
+        release = details["inRelease"]
+        if not isinstance(release, str) or not release.strip():
+            raise ValueError("inRelease must be a release name")
+        return {"inRelease": release.strip()[:MAX_TAG]}
+    given = [key for key in IGNORE_CONDITIONS if details.get(key) is not None]
+    if status != "ignored" or not given:
+        return {}
+    if len(given) > 1:
+        raise ValueError(f"give only one of {', '.join(IGNORE_CONDITIONS)}")
+    if given[0] == "ignoreUntil":
+        until = parse_timestamp(details["ignoreUntil"])
+        if until is None:
+            raise ValueError("ignoreUntil must be a date and time")
+        return {"ignoreUntil": iso(until)}
+    value = positive_int(details, given[0])
+    if given[0] == "ignoreDuration":
+        return {"ignoreDuration": value, "ignoreUntil": iso(time.time() + 60 * value)}
+    if given[0] == "ignoreCount" and details.get("ignoreWindow") is not None:
+        return {"ignoreCount": value, "ignoreWindow": positive_int(details, "ignoreWindow")}
+    return {given[0]: value}
+
+
+def positive_int(details: dict[str, Any], key: str) -> int:
+    value = details[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 10**9:
+        raise ValueError(f"{key} must be a whole number from 1 to 1000000000")
+    return value
+
+
+def public_details(details: dict[str, Any]) -> dict[str, Any]:
+    """statusDetails as Sentry shows them: without the private "_" keys."""
+    return {k: v for k, v in details.items() if not k.startswith("_")}
+
+
+def record_activity(conn: sqlite3.Connection, issue_id: int, kind: str, data: dict[str, Any],
+                    created: float) -> None:
+    conn.execute("INSERT INTO issue_activity (issue_id, kind, data, created) VALUES (?, ?, ?, ?)",
+                 (issue_id, kind, json.dumps(data), created))
+
+
+def write_status(conn: sqlite3.Connection, issue_id: int, status: str, substatus: str | None,
+                 details: dict[str, Any], at: float) -> None:
+    """Set a status; resolved_at keeps when, so an event from before the resolution cannot reopen it."""
+    conn.execute("UPDATE issues SET status = ?, substatus = ?, status_details = ?, resolved_at = ? WHERE id = ?",
+                 (status, substatus, json.dumps(details), at if status == "resolved" else None, issue_id))
+
+
+def apply_issue_change(conn: sqlite3.Connection, issue_ids: list[int], change: IssueChange, now: float) -> None:
+    """Writer job: apply a person's change to issues, logging each real change as activity."""
+    marks = ",".join("?" * len(issue_ids))
+    for issue in conn.execute(f"SELECT * FROM issues WHERE id IN ({marks})", issue_ids).fetchall():
+        if change.status:
+            change_status(conn, issue, change.status, change.details, now)
+        if change.assign and change.assignee != issue["assignee"]:
+            conn.execute("UPDATE issues SET assignee = ? WHERE id = ?", (change.assignee, issue["id"]))
+            record_activity(conn, issue["id"], "assigned" if change.assignee else "unassigned",
+                            {"assignee": change.assignee, "assigneeType": "user"} if change.assignee else {}, now)
+
+
+def change_status(conn: sqlite3.Connection, issue: sqlite3.Row, status: str, details: dict[str, Any],
+                  now: float) -> None:
+    """Set a status a person chose; the baselines later events are judged by are taken here."""
+    if status == issue["status"] and details == public_details(json.loads(issue["status_details"])):
+        return
+    stored, substatus = dict(details), SUBSTATUS[status]
+    if details.get("inNextRelease"):
+        newest = conn.execute(RELEASES_SQL, (issue["project_id"], 1)).fetchone()
+        stored["_release"] = newest["value"] if newest else None
+    if status == "ignored" and details:
+        stored.update(_since=now, _timesSeen=issue["times_seen"], _userCount=issue["user_count"])
+        substatus = "archived_until_condition_met"
+    write_status(conn, issue["id"], status, substatus, stored, now)
+    if "inRelease" in stored:
+        kind, data = "set_resolved_in_release", {"version": stored["inRelease"]}
+    elif "_release" in stored:
+        kind, data = "set_resolved_in_release", {"version": "", "current_release_version": stored["_release"]}
+    else:
+        kind, data = f"set_{status}", details
+    record_activity(conn, issue["id"], kind, data, now)
+
+
+def apply_event_to_status(conn: sqlite3.Connection, issue: sqlite3.Row, ev: PreparedEvent) -> None:
+    """Reopen a resolved issue the event shows is back, or an ignored one whose condition it meets."""
+    details = json.loads(issue["status_details"])
+    if issue["status"] == "resolved" and is_regression(conn, issue, details, ev):
+        write_status(conn, issue["id"], "unresolved", "regressed", {}, ev.received)
+        record_activity(conn, issue["id"], "set_regression", {"version": ev.release or None,
+                                                              "event_id": ev.event_id}, ev.received)
+    elif issue["status"] == "ignored" and ignore_condition_met(conn, issue, details, ev):
+        write_status(conn, issue["id"], "unresolved", "ongoing", {}, ev.received)
+        record_activity(conn, issue["id"], "set_unresolved", public_details(details), ev.received)
+
+
+def is_regression(conn: sqlite3.Connection, issue: sqlite3.Row, details: dict[str, Any],
+                  ev: PreparedEvent) -> bool:
+    """An event that happened after the resolution reopens the issue; one resolved in a release
+    only by an event from a newer release (an event without a release counts as older)."""
+    if issue["resolved_at"] is not None and ev.timestamp <= issue["resolved_at"]:
+        return False
+    fixed = details.get("inRelease") or details.get("_release")
+    if fixed is None:
+        return True
+    if not ev.release or ev.release == fixed:
+        return False
+    seen, fixed_seen = (release_first_seen(conn, issue["project_id"], r) for r in (ev.release, fixed))
+    return seen is not None and fixed_seen is not None and seen > fixed_seen
+
+
+def release_first_seen(conn: sqlite3.Connection, project_id: int, release: str) -> float | None:
+    """When the project first saw an event from a release (the order releases compare in)."""
+    return conn.execute("SELECT min(t.first_seen) FROM issue_tags t JOIN issues i ON i.id = t.issue_id "
+                        "WHERE t.key = 'release' AND t.value = ? AND i.project_id = ?",
+                        (release, project_id)).fetchone()[0]
+
+
+def ignore_condition_met(conn: sqlite3.Connection, issue: sqlite3.Row, details: dict[str, Any],
+                         ev: PreparedEvent) -> bool:
+    """Whether an ignored issue's condition holds now that this event is stored and counted."""
+    if "ignoreUntil" in details:
+        return ev.received >= (parse_timestamp(details["ignoreUntil"]) or 0)
+    if "ignoreWindow" in details:
+        since = max(details["_since"], ev.received - 60 * details["ignoreWindow"])
+        recent = conn.execute("SELECT count(*) FROM events WHERE issue_id = ? AND timestamp >= ?",
+                              (issue["id"], since)).fetchone()[0]
+        return recent >= details["ignoreCount"]
+    if "ignoreCount" in details:
+        return issue["times_seen"] - details["_timesSeen"] >= details["ignoreCount"]
+    if "ignoreUserCount" in details:
+        return issue["user_count"] - details["_userCount"] >= details["ignoreUserCount"]
+    return False
 
 
 # -- search: Sentry's query syntax over issues, the same in the dashboard and the API ---
@@ -1524,6 +2225,16 @@ async def issue_tag_summary(store: Store, issue_id: int, per_key: int = 5) -> li
     return list(summary.values())
 
 
+async def issue_activity(store: Store, issue_id: int) -> list[sqlite3.Row]:
+    """The issue's activity log, newest first."""
+    return await store.all("SELECT * FROM issue_activity WHERE issue_id = ? ORDER BY created DESC, id DESC "
+                           "LIMIT 500", (issue_id,))
+
+
+async def project_releases(store: Store, project_id: int, limit: int = 100) -> list[str]:
+    return [r["value"] for r in await store.all(RELEASES_SQL, (project_id, limit))]
+
+
 # =============================================================================
 # JSON API (Sentry's shapes; Bearer tokens)
 # =============================================================================
@@ -1586,17 +2297,30 @@ def serialize_issue(row: sqlite3.Row, settings: Settings) -> dict[str, Any]:
     return {
         "id": str(row["id"]), "shortId": short_id(row["project_slug"], row["short_id"]),
         "title": row["title"], "culprit": row["culprit"], "level": row["level"], "status": row["status"],
-        "statusDetails": {}, "substatus": "ongoing" if row["status"] == "unresolved" else None,
+        "statusDetails": public_details(json.loads(row["status_details"])),
+        "substatus": row["substatus"] or ("ongoing" if row["status"] == "unresolved" else None),
         "type": row["type"], "metadata": json.loads(row["metadata"]), "platform": row["platform"],
         "logger": row["logger"] or None, "count": str(row["times_seen"]), "userCount": row["user_count"],
         "firstSeen": iso(row["first_seen"]), "lastSeen": iso(row["last_seen"]),
         "permalink": f"{settings.public_url}/issues/{row['id']}/",
         "project": {"id": str(row["project_id"]), "slug": row["project_slug"], "name": row["project_name"]},
-        "numComments": 0, "assignedTo": None, "isBookmarked": False, "isPublic": False, "hasSeen": False,
-        "isSubscribed": False, "shareId": None, "annotations": [],
+        "numComments": 0, "assignedTo": serialize_assignee(row["assignee"]), "isBookmarked": False,
+        "isPublic": False, "hasSeen": False, "isSubscribed": False, "shareId": None, "annotations": [],
         "firstRelease": {"version": row["first_release"]} if row["first_release"] else None,
         "lastRelease": {"version": row["last_release"]} if row["last_release"] else None,
     }
+
+
+def serialize_assignee(assignee: str | None) -> dict[str, Any] | None:
+    """The free-text assignee as Sentry's actor (until users exist, the name is all we know)."""
+    if assignee is None:
+        return None
+    return {"type": "user", "name": assignee, **({"email": assignee} if "@" in assignee else {})}
+
+
+def serialize_activity(row: sqlite3.Row) -> dict[str, Any]:
+    return {"id": str(row["id"]), "type": row["kind"], "data": json.loads(row["data"]), "user": None,
+            "dateCreated": iso(row["created"])}
 
 
 def serialize_event(row: sqlite3.Row, issue_id: int, full: bool = True) -> dict[str, Any]:
@@ -1685,7 +2409,9 @@ async def project_from_path(request: Request) -> sqlite3.Row:
 
 
 async def api_project(request: Request) -> dict[str, Any]:
-    return serialize_project(await project_from_path(request), request.app.state.settings)
+    project = await project_from_path(request)
+    return {**serialize_project(project, request.app.state.settings),
+            **serialize_rules(await request.app.state.rules.rules_for(project["id"]))}
 
 
 async def api_project_issues(request: Request) -> Response:
@@ -1718,6 +2444,60 @@ async def api_issue(request: Request) -> dict[str, Any]:
     return serialize_issue(row, request.app.state.settings)
 
 
+async def request_json(request: Request) -> Any:
+    try:
+        return json.loads(await read_body(request, 64 * KIB) or b"{}")
+    except IngestError as exc:
+        raise ApiError(exc.status, exc.detail) from None
+    except ValueError:
+        raise ApiError(400, "the request body is not JSON") from None
+
+
+async def update_issues(request: Request, project_id: int, issue_ids: list[int], body: Any) -> IssueChange:
+    """Validate an update (API body or dashboard form) and apply it in the writer."""
+    try:
+        change = parse_issue_change(body)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    if change.details.get("inNextRelease") and not await project_releases(request.app.state.store, project_id, 1):
+        raise ApiError(400, "no release seen in this project yet, so there is no next release to resolve in")
+    await request.app.state.writer.submit(lambda conn: apply_issue_change(conn, issue_ids, change, time.time()))
+    return change
+
+
+async def api_update_issue(request: Request) -> dict[str, Any]:
+    """PUT /api/0/issues/<id>/: status, statusDetails and assignedTo; answers the updated issue."""
+    issue = await issue_from_path(request)
+    await update_issues(request, issue["project_id"], [issue["id"]], await request_json(request))
+    return await api_issue(request)
+
+
+async def api_update_project_issues(request: Request) -> Response:
+    """Bulk PUT /api/0/projects/<org>/<project>/issues/?id=1&id=2: one update for the listed issues;
+    answers the update as applied, as Sentry does (204 when none of the ids is in the project)."""
+    project = await project_from_path(request)
+    ids = request.query_params.getlist("id")
+    if not ids or len(ids) > 1000 or not all(i.isascii() and i.isdigit() and len(i) < 19 for i in ids):
+        raise ApiError(400, "name the issues to update as ?id=1&id=2 (at most 1000)")
+    rows = await request.app.state.store.all(
+        f"SELECT id FROM issues WHERE project_id = ? AND id IN ({','.join('?' * len(ids))})", [project["id"], *ids])
+    body = await request_json(request)
+    if not rows:
+        return Response(status_code=204)
+    if isinstance(body, dict) and body.get("merge"):
+        return JSONResponse(await merge(request, project["id"], [r["id"] for r in rows]))
+    change = await update_issues(request, project["id"], [r["id"] for r in rows], body)
+    result: dict[str, Any] = {"status": change.status, "statusDetails": change.details} if change.status else {}
+    if change.assign:
+        result["assignedTo"] = serialize_assignee(change.assignee)
+    return JSONResponse(result)
+
+
+async def api_issue_activities(request: Request) -> dict[str, Any]:
+    issue = await issue_from_path(request)
+    return {"activity": [serialize_activity(r) for r in await issue_activity(request.app.state.store, issue["id"])]}
+
+
 async def api_issue_events(request: Request) -> Response:
     issue = await issue_from_path(request)
     limit, offset = page_args(request)
@@ -1737,6 +2517,118 @@ async def api_issue_event(request: Request) -> dict[str, Any]:
     if row is None:
         raise ApiError(404, "The requested resource does not exist")
     return serialize_event(row, issue["id"])
+
+
+RULE_FIELDS = ("groupingEnhancements", "fingerprintingRules")  # Sentry's project option names
+
+
+def serialize_rules(rules: GroupingRules) -> dict[str, str]:
+    return {"groupingEnhancements": rules.stacktrace_text, "fingerprintingRules": rules.fingerprint_text}
+
+
+async def store_rules(request: Request, project_id: int, stacktrace_text: str, fingerprint_text: str) -> GroupingRules:
+    """Parse (a RuleError names the mistake), save through the writer, then drop the cached copy
+    so the next event of the project is grouped by the new rules."""
+    rules = parse_grouping_rules(stacktrace_text, fingerprint_text)
+    await request.app.state.writer.submit(lambda conn: save_project_rules(conn, project_id, rules))
+    request.app.state.rules.invalidate(project_id)
+    return rules
+
+
+async def save_body_rules(request: Request, project_id: int, body: Any) -> GroupingRules | None:
+    """Save the rules a JSON body carries under Sentry's names (either or both; null clears);
+    None when it carries neither."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    given = {key: "" if body[key] is None else body[key] for key in RULE_FIELDS if key in body}
+    if not given:
+        return None
+    if not all(isinstance(value, str) for value in given.values()):
+        raise ApiError(400, "groupingEnhancements and fingerprintingRules are strings with one rule per line")
+    current = await request.app.state.rules.rules_for(project_id)
+    try:
+        return await store_rules(request, project_id, given.get("groupingEnhancements", current.stacktrace_text),
+                                 given.get("fingerprintingRules", current.fingerprint_text))
+    except RuleError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+async def api_grouping_rules(request: Request) -> dict[str, str]:
+    project = await project_from_path(request)
+    return serialize_rules(await request.app.state.rules.rules_for(project["id"]))
+
+
+async def api_update_grouping_rules(request: Request) -> dict[str, str]:
+    """PUT /api/0/projects/<org>/<project>/grouping-rules/ {"groupingEnhancements": "…", "fingerprintingRules": "…"}."""
+    project = await project_from_path(request)
+    rules = await save_body_rules(request, project["id"], await request_json(request))
+    if rules is None:
+        raise ApiError(400, "send groupingEnhancements, fingerprintingRules or both")
+    return serialize_rules(rules)
+
+
+async def api_update_project(request: Request) -> dict[str, Any]:
+    """PUT /api/0/projects/<org>/<project>/: of Sentry's project fields, the grouping rules."""
+    project = await project_from_path(request)
+    rules = await save_body_rules(request, project["id"], await request_json(request))
+    rules = rules or await request.app.state.rules.rules_for(project["id"])
+    return {**serialize_project(project, request.app.state.settings), **serialize_rules(rules)}
+
+
+async def merge(request: Request, project_id: int, issue_ids: list[int]) -> dict[str, Any]:
+    """Merge through the writer; the answer has Sentry's shape."""
+    try:
+        parent = await request.app.state.writer.submit(lambda conn: merge_issues(conn, project_id, issue_ids))
+    except MergeError as exc:
+        raise ApiError(400, str(exc)) from None
+    return {"merge": {"parent": str(parent), "children": [str(i) for i in sorted(set(issue_ids)) if i != parent]}}
+
+
+async def unmerge(request: Request, issue_id: int, hashes: set[str]) -> int:
+    try:
+        return await request.app.state.writer.submit(lambda conn: unmerge_hashes(conn, issue_id, hashes))
+    except MergeError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+async def issue_hash_list(store: Store, issue: sqlite3.Row) -> list[str]:
+    rows = await store.all("SELECT hash FROM issue_hashes WHERE project_id = ? AND issue_id = ? ORDER BY hash",
+                           (issue["project_id"], issue["id"]))
+    return [r["hash"] for r in rows]
+
+
+async def hash_events(store: Store, issue: sqlite3.Row) -> dict[str, sqlite3.Row | None]:
+    """The issue's hashes, each with its newest event that has it (None when none of the
+    newest EVENT_SCAN_LIMIT events does); reads pages of events until every hash is found."""
+    found: dict[str, sqlite3.Row | None] = dict.fromkeys(await issue_hash_list(store, issue))
+    for offset in range(0, EVENT_SCAN_LIMIT, 100):
+        rows = await store.all("SELECT * FROM events WHERE issue_id = ? ORDER BY timestamp DESC, id DESC "
+                               "LIMIT 100 OFFSET ?", (issue["id"], offset))
+        for row in rows:
+            for digest in decompress_payload(row["payload"]).get("hashes", []):
+                if digest in found and found[digest] is None:
+                    found[digest] = row
+        if not rows or None not in found.values():
+            break
+    return found
+
+
+async def api_issue_hashes(request: Request) -> list[dict[str, Any]]:
+    """GET /api/0/issues/<id>/hashes/: the hashes grouped into the issue, with their latest event."""
+    issue = await issue_from_path(request)
+    found = await hash_events(request.app.state.store, issue)
+    return [{"id": digest, "latestEvent": serialize_event(row, issue["id"], full=False) if row else None}
+            for digest, row in found.items()]
+
+
+async def api_unmerge_hashes(request: Request) -> Response:
+    """DELETE /api/0/issues/<id>/hashes/?id=<hash>: the events with these hashes become a new issue
+    (202 as in Sentry, with the new issue's id)."""
+    issue = await issue_from_path(request)
+    hashes = set(request.query_params.getlist("id"))
+    if not hashes:
+        raise ApiError(400, "name the hashes to unmerge as ?id=<hash>")
+    return JSONResponse({"id": str(await unmerge(request, issue["id"], hashes))}, status_code=202)
 
 
 async def api_not_found(request: Request) -> Response:
@@ -1772,6 +2664,10 @@ th { font-size:12px; color:var(--muted); font-weight:600; background:#fafbfc; }
 table.issues td.num { text-align:right; font-variant-numeric: tabular-nums; white-space:nowrap; }
 table.issues tr:hover td { background:#f5f7ff; }
 .issue-title { font-weight:600; font-size:14.5px; word-break: break-word; }
+.issue-title .v { font-weight:400; color: var(--fg); }
+table.issues td:first-child { border-left: 3px solid transparent; }
+table.issues tr.row-fatal td:first-child { border-left-color: var(--fatal); } table.issues tr.row-error td:first-child { border-left-color: var(--error); }
+table.issues tr.row-warning td:first-child { border-left-color: var(--warning); } table.issues tr.row-info td:first-child { border-left-color: var(--info); }
 .culprit { color: var(--muted); font-size: 12.5px; font-family: var(--mono); word-break: break-all; }
 .badge { display:inline-block; padding:1px 7px; border-radius:10px; font-size:11.5px; font-weight:600; color:#fff; vertical-align: 2px; }
 .lvl-fatal { background:var(--fatal); } .lvl-error { background:var(--error); } .lvl-warning { background:var(--warning); }
@@ -1787,6 +2683,8 @@ table.issues tr:hover td { background:#f5f7ff; }
 .nav { display:flex; gap: 8px; align-items:center; flex-wrap: wrap; margin: 12px 0; }
 .nav a, .nav span.off { border:1px solid var(--line); border-radius:6px; padding:3px 10px; background:#fff; font-size:13px; }
 .nav span.off { color: #c0c4cc; }
+.nav .evmeta { display:flex; gap:6px; align-items:center; flex-wrap:wrap; font-size:12.5px; }
+.nav .evmeta b { font-weight:600; font-family: var(--mono); }
 .exc-head { font-size: 15px; margin: 4px 0 2px; word-break: break-word; }
 .exc-head .type { font-weight:700; color: var(--error); }
 .mechanism { font-size: 12px; color: var(--muted); margin-bottom: 8px; }
@@ -1799,12 +2697,22 @@ table.issues tr:hover td { background:#f5f7ff; }
 .tag.app { background:#e0eaff; color:#2f4ac0; } .tag.crashtag { background:#f79009; color:#fff; }
 pre.ctx { margin:0; padding: 6px 0; background:#0f172a; color:#cbd5e1; font: 12.5px/1.5 var(--mono); overflow-x:auto; }
 pre.ctx span { display:block; padding: 0 10px; white-space: pre; }
-pre.ctx span.hl { background:#7c2d12; color:#fff; font-weight:600; }
+pre.ctx span.hl { background:#334155; color:#fff; }
+.frame.crash pre.ctx span.hl { background:#9a3412; font-weight:600; }
 pre.ctx i { display:inline-block; width: 4em; color:#64748b; font-style: normal; text-align:right; margin-right: 1em; user-select:none; }
-table.kv td:first-child, table.kv th:first-child { width: 30%; color: var(--muted); font-family: var(--mono); font-size: 12.5px; word-break: break-all; }
+table.kv { table-layout: fixed; } table.kv td { padding: 4px 10px; overflow-wrap: anywhere; }
+table.kv td:first-child, table.kv th:first-child { width: 200px; color: var(--muted); font-family: var(--mono); font-size: 12.5px; word-break: break-all; }
 table.kv td { font-family: var(--mono); font-size: 12.5px; word-break: break-word; }
 table.vars { margin: 0; } table.vars td { padding: 3px 10px; }
-.sidebar table.kv td:first-child { width: 96px; white-space: nowrap; }
+table.kv div.v { max-height: 9.5em; overflow: auto; white-space: pre-wrap; }
+details.frames { margin: 6px 0; } details.frames > summary { cursor: pointer; list-style: none; font-size: 12.5px; color: var(--muted);
+  padding: 5px 10px; border: 1px dashed #d0d5dd; border-radius: 6px; background: #fafbfc; }
+details.frames > summary:hover { color: var(--fg); } details.frames[open] > summary { margin-bottom: 4px; }
+details.frames > .frame { margin-left: 12px; }
+.frame > summary::before, details.frames > summary::before { content: '▸'; display:inline-block; width: 1em; color: var(--muted); }
+.frame[open] > summary::before, details.frames[open] > summary::before { content: '▾'; }
+h4 { font-size: 12px; margin: 12px 0 4px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
+.sidebar table.kv td:first-child { width: 112px; }
 .sidebar h3 { font-size: 13px; margin: 14px 0 6px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
 .tagbar { margin: 6px 0 10px; } .tagbar .k { font-family: var(--mono); font-size: 12px; }
 .bar { height: 6px; background: #e4e7ec; border-radius: 3px; overflow: hidden; margin: 2px 0 4px; }
@@ -1812,9 +2720,22 @@ table.vars { margin: 0; } table.vars td { padding: 3px 10px; }
 .chips a, .chips span { display:inline-block; border:1px solid var(--line); border-radius: 5px; padding: 1px 7px; margin: 2px 2px 2px 0; font-size: 12px; font-family: var(--mono); background:#fff; color: var(--fg); word-break: break-all; }
 .chips b { color: var(--muted); font-weight: 500; }
 pre.block { background:#f2f4f7; padding: 10px; border-radius: 6px; overflow-x: auto; font: 12.5px/1.45 var(--mono); white-space: pre-wrap; word-break: break-word; margin: 0; }
-.crumb-error td { background: #fef3f2; }
+.crumb-error td { background: #fef3f2; } td.crumb-level { font-size: 12.5px; }
 .empty { padding: 40px; text-align: center; color: var(--muted); }
 code.dsn { background:#f2f4f7; padding: 3px 6px; border-radius: 4px; font-size: 12.5px; word-break: break-all; }
+.badge.regressed { background: #b42318; }
+.actions { display:flex; gap:8px; flex-wrap:wrap; align-items:center; margin-top:14px; padding-top:12px; border-top:1px solid var(--line); }
+.actions form { display:flex; gap:4px; margin:0; } .actions .state { font-weight:600; margin-right:6px; }
+.actions select, .actions input, .actions button { font-size:13px; padding:3px 8px; }
+button.secondary { background:#fff; color:var(--fg); border-color:#d0d5dd; }
+ul.activity { list-style:none; margin:0; padding:0; font-size:12.5px; }
+ul.activity li { display:flex; justify-content:space-between; gap:8px; padding:4px 0; border-bottom:1px solid var(--line); }
+ul.activity li:last-child { border-bottom:0; } ul.activity li .muted { white-space:nowrap; }
+.frame .why { padding: 4px 10px; font-size: 12px; color: var(--muted); border-top: 1px solid var(--line); }
+details.grouping > summary { cursor: pointer; } ol.values { margin: 4px 0 10px; padding-left: 28px; font-size: 12.5px; word-break: break-word; }
+table.grouping-frames { margin: 8px 0; } table.grouping-frames td form { margin: 0; }
+form.rules textarea { width: 100%; font: 12.5px/1.45 var(--mono); margin-top: 8px; } form.rules pre.block { margin-top: 6px; }
+form.bulk { display:flex; gap:8px; align-items:center; margin-bottom:8px; }
 """
 
 TEMPLATES = {
@@ -1840,18 +2761,20 @@ TEMPLATES = {
   <button type="submit">Filter</button>
 </form>
 {% if error %}<div class="card search-error">Search: {{ error }}</div>{% endif %}
+{% if issues %}<form id="merge" class="bulk" method="post" action="/issues/merge/"><button type="submit" class="secondary">Merge selected issues</button><span class="muted">tick two or more issues of one project</span></form>{% endif %}
 <div class="card" style="padding:0">
 {% if issues %}
-<table class="issues"><thead><tr><th>Issue</th><th>Level</th><th class="num">Events</th><th class="num">Users</th><th>First seen</th><th>Last seen</th><th>Status</th></tr></thead><tbody>
-{% for i in issues %}<tr>
-  <td><a class="issue-title" href="/issues/{{ i.id }}/">{{ i.title }}</a>
+<table class="issues"><thead><tr><th></th><th>Issue</th><th>Level</th><th class="num">Events</th><th class="num">Users</th><th>First seen</th><th>Last seen</th><th>Status</th></tr></thead><tbody>
+{% for i in issues %}<tr class="row-{{ i.level }}">
+  <td><input type="checkbox" name="id" value="{{ i.id }}" form="merge" aria-label="select {{ i.short }}"></td>
+  <td><a class="issue-title" href="/issues/{{ i.id }}/">{{ i.head }}{% if i.rest %}<span class="v">{{ i.rest }}</span>{% endif %}</a>
       <div class="culprit">{{ i.culprit }}</div>
       <div class="muted" style="font-size:12px">{{ i.short }} · {{ i.project_name }}{% if i.last_release %} · {{ i.last_release }}{% endif %}</div></td>
-  <td><span class="badge lvl-{{ i.level }}">{{ i.level }}</span></td>
-  <td class="num">{{ i.times_seen }}</td><td class="num">{{ i.user_count }}</td>
-  <td title="{{ i.first_seen|datetime }}">{{ i.first_seen|ago }}</td>
-  <td title="{{ i.last_seen|datetime }}">{{ i.last_seen|ago }}</td>
-  <td><span class="status">{{ i.status }}</span></td></tr>
+  <td class="level"><span class="badge lvl-{{ i.level }}">{{ i.level }}</span></td>
+  <td class="num events">{{ i.times_seen }}</td><td class="num users">{{ i.user_count }}</td>
+  <td class="first-seen" title="{{ i.first_seen|datetime }}">{{ i.first_seen|ago }}</td>
+  <td class="last-seen" title="{{ i.last_seen|datetime }}">{{ i.last_seen|ago }}</td>
+  <td class="issue-status"><span class="status">{{ i.status }}</span>{% if i.substatus == 'regressed' %} <span class="badge regressed">regressed</span>{% endif %}</td></tr>
 {% endfor %}</tbody></table>
 {% else %}<div class="empty">No issues match. {% if not projects %}Create a project to get a DSN: <code>tracker project create NAME</code>.{% else %}Send an event to a DSN from <a href="/projects/">Projects</a>.{% endif %}</div>{% endif %}
 </div>
@@ -1861,7 +2784,7 @@ TEMPLATES = {
 
     "issue.html": """{% extends "base.html" %}{% block title %}{{ issue.title }}{% endblock %}{% block main %}
 <div class="card">
-  <div class="muted" style="font-size:12px"><a href="/issues/?project={{ issue.project_slug }}">{{ issue.project_name }}</a> · {{ short }} · <span class="status">{{ issue.status }}</span></div>
+  <div class="muted" style="font-size:12px"><a href="/issues/?project={{ issue.project_slug }}">{{ issue.project_name }}</a> · {{ short }} · <span class="status">{{ issue.status }}</span>{% if issue.substatus == 'regressed' %} <span class="badge regressed">regressed</span>{% endif %}</div>
   <h1><span class="badge lvl-{{ issue.level }}">{{ issue.level }}</span> {{ issue.title }}</h1>
   <div class="culprit">{{ issue.culprit }}</div>
   <div class="facts">
@@ -1873,49 +2796,79 @@ TEMPLATES = {
       {% set top = [h.counts|max, 1]|max %}{% for c in h.counts %}<rect x="{{ loop.index0 * 6 }}" y="{{ 40 - (38 * c / top)|round(1) }}" width="5" height="{{ (38 * c / top)|round(1) if c else 0 }}"><title>{{ c }} events</title></rect>{% endfor %}</svg>
       {% set n = h.counts|sum %}<span>{{ n }} event{{ 's' if n != 1 }} in the last {{ h.label }}</span></div>{% endfor %}
   </div>
+  {% set act = '/issues/%d/' % issue.id %}
+  <div class="actions">
+    <span class="state">{{ status_words }} · {% if issue.assignee %}assigned to <b>{{ issue.assignee }}</b>{% else %}unassigned{% endif %}</span>
+    <form method="post" action="{{ act }}"><input type="hidden" name="status" value="resolved"><button>Resolve</button></form>
+    {% if releases %}<form method="post" action="{{ act }}"><input type="hidden" name="status" value="resolvedInNextRelease"><button class="secondary" title="events from {{ releases[0] }} or older keep it resolved">Resolve in next release</button></form>{% endif %}
+    <form method="post" action="{{ act }}"><input type="hidden" name="status" value="resolved"><input name="inRelease" list="releases" required placeholder="release" aria-label="release" size="14"><datalist id="releases">{% for r in releases %}<option value="{{ r }}">{% endfor %}</datalist><button class="secondary">Resolve in release</button></form>
+    <form method="post" action="{{ act }}"><input type="hidden" name="status" value="ignored"><select name="ignore" aria-label="ignore">{% for key, (label, _) in ignore_choices.items() %}<option value="{{ key }}">{{ label }}</option>{% endfor %}</select><button class="secondary">Ignore</button></form>
+    {% if issue.status != 'unresolved' %}<form method="post" action="{{ act }}"><input type="hidden" name="status" value="unresolved"><button class="secondary">Unresolve</button></form>{% endif %}
+    <form method="post" action="{{ act }}"><input name="assignedTo" value="{{ issue.assignee or '' }}" placeholder="name or email" aria-label="assignee" size="16"><button class="secondary">Assign</button></form>
+    {% if issue.assignee %}<form method="post" action="{{ act }}"><input type="hidden" name="assignedTo" value=""><button class="secondary">Unassign</button></form>{% endif %}
+  </div>
 </div>
 {% if ev %}
 <div class="nav">
   {% for label, key in [('« Oldest', 'oldest'), ('‹ Older', 'previous'), ('Newer ›', 'next'), ('Latest »', 'latest')] %}
     {% if nav[key] and nav[key] != ev.event_id %}<a href="/issues/{{ issue.id }}/events/{{ nav[key] }}/">{{ label }}</a>{% else %}<span class="off">{{ label }}</span>{% endif %}
   {% endfor %}
-  <span class="muted mono">event {{ ev.event_id }} · {{ ev.timestamp|datetime }}</span>
+  <span class="evmeta"><span class="muted">event</span> <span class="mono">{{ ev.event_id[:12] }}</span> <span class="muted">·</span> <span title="{{ ev.timestamp|datetime }}">{{ ev.timestamp|datetime }}</span>
+    <span class="muted">· release</span> <b>{{ ev.release or '—' }}</b> <span class="muted">· env</span> <b>{{ ev.environment }}</b></span>
   <a href="/issues/{{ issue.id }}/events/{{ ev.event_id }}/json">Raw JSON</a>
   <a href="/issues/{{ issue.id }}/events/">All events</a>
 </div>
 <div class="layout"><div>
-{% if ev.logentry and ev.logentry.formatted != issue.title %}<div class="card"><h2 style="margin-top:0">Message</h2><pre class="block">{{ ev.logentry.formatted }}</pre>
-  {% if ev.logentry.message and ev.logentry.message != ev.logentry.formatted %}<div class="muted mono" style="margin-top:6px">template: {{ ev.logentry.message }}{% if ev.logentry.params %} · params: {{ ev.logentry.params|tojson }}{% endif %}</div>{% endif %}</div>{% endif %}
+{% if ev.logentry and (ev.logentry.formatted != issue.title or ev.logentry.params) %}<div class="card"><h2 style="margin-top:0">Message</h2><pre class="block">{{ ev.logentry.formatted }}</pre>
+  {% if ev.logentry.message and ev.logentry.message != ev.logentry.formatted %}<div class="muted mono" style="margin-top:6px">template: {{ ev.logentry.message }}{% if ev.logentry.params %} · params: {{ ev.logentry.params|pretty }}{% endif %}</div>{% endif %}</div>{% endif %}
+{% macro frame(fr) %}
+  <details class="frame {{ 'app' if fr.in_app }} {{ 'crash' if fr is sameas crash_frame }}" {{ 'open' if fr.in_app or fr is sameas crash_frame }}>
+    <summary>{{ fr.filename or fr.abs_path or fr.module or '?' }}{% if fr.function %} in <span class="fn">{{ fr.function }}</span>{% endif %}{% if fr.lineno %} at line {{ fr.lineno }}{% if fr.colno %}:{{ fr.colno }}{% endif %}{% endif %}
+      {% if fr.in_app %}<span class="tag app">in app</span>{% endif %}{% if fr is sameas crash_frame %}<span class="tag crashtag">crashed here</span>{% endif %}</summary>
+    {% if fr.data.in_app_rule or fr.data.group_rule %}<div class="why">{% if fr.data.in_app_rule %}{{ 'In app' if fr.in_app else 'Not in app' }} by {{ fr.data.in_app_rule }}{% endif %}{% if fr.data.group_rule %} · {{ 'groups' if fr.data.group else 'left out of grouping' }} by {{ fr.data.group_rule }}{% endif %}</div>{% endif %}
+    {% if fr.context_line %}<pre class="ctx">{% set start = (fr.lineno or 0) - (fr.pre_context or [])|length %}{% for line in fr.pre_context or [] %}<span><i>{{ start + loop.index0 if fr.lineno }}</i>{{ line }}</span>{% endfor %}<span class="hl"><i>{{ fr.lineno or '' }}</i>{{ fr.context_line }}</span>{% for line in fr.post_context or [] %}<span><i>{{ fr.lineno + loop.index if fr.lineno }}</i>{{ line }}</span>{% endfor %}</pre>{% endif %}
+    {% if fr.vars %}<table class="kv vars">{% for k, v in fr.vars.items() %}<tr><td>{{ k }}</td><td><div class="v">{{ v|pretty }}</div></td></tr>{% endfor %}</table>{% endif %}
+  </details>
+{%- endmacro %}
+{% macro frames(blocks) %}{% for block in blocks %}
+  {% if block.open or block.frames|length == 1 %}{{ frame(block.frames[0]) }}
+  {% else %}<details class="frames"><summary>{{ block.frames|length }} library frames{% if block.packages %} · {{ block.packages[:4]|join(', ') }}{% if block.packages|length > 4 %}, …{% endif %}{% endif %}</summary>
+    {% for fr in block.frames %}{{ frame(fr) }}{% endfor %}</details>{% endif %}
+{% endfor %}{% endmacro %}
+{% if thread_blocks %}<div class="card"><h2 style="margin-top:0">Stack trace</h2>{{ frames(thread_blocks) }}</div>{% endif %}
 {% for exc in exceptions %}
 <div class="card">
   <div class="exc-head"><span class="type">{{ exc.type or 'Error' }}</span>{% if exc.value %}: {{ exc.value }}{% endif %}</div>
   <div class="mechanism">{% if exc.module %}{{ exc.module }} · {% endif %}{% if exc.mechanism %}mechanism {{ exc.mechanism.type }}{% if exc.mechanism.handled is false %} · <b style="color:var(--error)">unhandled</b>{% elif exc.mechanism.handled %} · handled{% endif %}{% endif %}{% if not loop.first %} · led to the exception above{% endif %}</div>
-  {% set frames = (exc.stacktrace or {}).get('frames', [])|reverse|list %}
-  {% for fr in frames %}
-  <details class="frame {{ 'app' if fr.in_app }} {{ 'crash' if fr is sameas crash_frame }}" {{ 'open' if fr.in_app or fr is sameas crash_frame }}>
-    <summary>{{ fr.filename or fr.abs_path or fr.module or '?' }}{% if fr.function %} in <span class="fn">{{ fr.function }}</span>{% endif %}{% if fr.lineno %} at line {{ fr.lineno }}{% if fr.colno %}:{{ fr.colno }}{% endif %}{% endif %}
-      {% if fr.in_app %}<span class="tag app">in app</span>{% endif %}{% if fr is sameas crash_frame %}<span class="tag crashtag">crashed here</span>{% endif %}</summary>
-    {% if fr.context_line %}<pre class="ctx">{% set start = (fr.lineno or 0) - (fr.pre_context or [])|length %}{% for line in fr.pre_context or [] %}<span><i>{{ start + loop.index0 if fr.lineno }}</i>{{ line }}</span>{% endfor %}<span class="hl"><i>{{ fr.lineno or '' }}</i>{{ fr.context_line }}</span>{% for line in fr.post_context or [] %}<span><i>{{ fr.lineno + loop.index if fr.lineno }}</i>{{ line }}</span>{% endfor %}</pre>{% endif %}
-    {% if fr.vars %}<table class="kv vars">{% for k, v in fr.vars.items() %}<tr><td>{{ k }}</td><td>{{ v if v is string else v|tojson }}</td></tr>{% endfor %}</table>{% endif %}
-  </details>{% endfor %}
-  {% if not frames %}<div class="muted">No stack trace was sent with this exception.</div>{% endif %}
+  {{ frames(exc.blocks) }}
+  {% if not exc.blocks %}<div class="muted">No stack trace was sent with this exception.</div>{% endif %}
 </div>{% endfor %}
 {% if ev.request %}<div class="card"><h2 style="margin-top:0">Request</h2>
   <div class="mono" style="margin-bottom:8px"><b>{{ ev.request.method or 'GET' }}</b> {{ ev.request.url }}</div>
-  <table class="kv">
-  {% for k, v in ev.request.query_string or [] %}<tr><td>?{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}
-  {% for k, v in ev.request.headers or [] %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}
-  {% for k, v in (ev.request.env or {}).items() %}<tr><td>env.{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}
-  </table>
-  {% if ev.request.data %}<h2>Body</h2><pre class="block">{{ ev.request.data if ev.request.data is string else ev.request.data|tojson(indent=2) }}</pre>{% endif %}
+  {% if ev.request.query_string %}<h4>Query</h4><table class="kv">{% for k, v in ev.request.query_string %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</table>{% endif %}
+  {% if ev.request.data %}<h4>Body</h4><pre class="block">{{ ev.request.data|pretty(2) }}</pre>{% endif %}
+  {% if ev.request.headers %}<h4>Headers</h4><table class="kv">{% for k, v in ev.request.headers %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</table>{% endif %}
+  {% if ev.request.cookies %}<h4>Cookies</h4>{% if ev.request.cookies is mapping %}<table class="kv">{% for k, v in ev.request.cookies.items() %}<tr><td>{{ k }}</td><td>{{ v|pretty }}</td></tr>{% endfor %}</table>{% else %}<pre class="block">{{ ev.request.cookies|pretty }}</pre>{% endif %}{% endif %}
+  {% if ev.request.env %}<h4>Environment</h4><table class="kv">{% for k, v in ev.request.env.items() %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</table>{% endif %}
 </div>{% endif %}
 {% if ev.breadcrumbs %}<div class="card"><h2 style="margin-top:0">Breadcrumbs</h2><table>
   <thead><tr><th>Time</th><th>Category</th><th>Level</th><th>Message / data</th></tr></thead><tbody>
   {% for b in ev.breadcrumbs['values'][-100:] %}<tr class="{{ 'crumb-error' if b.level in ('error', 'fatal') }}">
-    <td class="mono" style="white-space:nowrap">{{ b.timestamp|timeonly }}</td><td class="mono">{{ b.category or b.type or '' }}</td><td>{{ b.level or '' }}</td>
-    <td class="mono">{{ b.message or '' }}{% if b.data %} <span class="muted">{{ b.data|tojson }}</span>{% endif %}</td></tr>{% endfor %}
+    <td class="mono" style="white-space:nowrap">{{ b.timestamp|timeonly }}</td><td class="mono">{{ b.category or b.type or '' }}</td><td class="crumb-level">{{ b.level or '' }}</td>
+    <td class="mono">{{ b.message or '' }}{% if b.data %} <span class="muted">{{ b.data|pretty }}</span>{% endif %}</td></tr>{% endfor %}
   </tbody></table></div>{% endif %}
-{% if ev.extra %}<div class="card"><h2 style="margin-top:0">Additional data</h2><table class="kv">{% for k, v in ev.extra.items() %}<tr><td>{{ k }}</td><td>{{ v if v is string else v|tojson }}</td></tr>{% endfor %}</table></div>{% endif %}
+{% if ev.extra %}<div class="card"><h2 style="margin-top:0">Additional data</h2><table class="kv">{% for k, v in ev.extra.items() %}<tr><td>{{ k }}</td><td><div class="v">{{ v|pretty }}</div></td></tr>{% endfor %}</table></div>{% endif %}
+{% if ev.grouping %}<details class="card grouping" id="grouping"><summary><b>Grouping</b> <span class="muted">· why this event is in this issue: {{ grouping_words[ev.grouping.strategy] or ev.grouping.strategy }}</span></summary>
+  {% if ev.grouping.fingerprint_rule %}<p>Fingerprint rule <code>{{ ev.grouping.fingerprint_rule }}</code> matched{% if ev.grouping.client_fingerprint %} (the SDK sent <code>{{ ev.grouping.client_fingerprint|join(', ') }}</code>){% endif %}.</p>{% endif %}
+  {% for name, variant in ev.grouping.variants.items() %}<h4>{{ name }} <span class="mono muted">{{ variant.hash }}</span>{% if variant.hash in issue_hashes %} <span class="tag app">grouped into this issue</span>{% endif %}</h4>
+  <ol class="values mono">{% for value in variant['values'] %}<li>{{ value }}</li>{% else %}<li class="muted">no values (the fallback hash)</li>{% endfor %}</ol>{% endfor %}
+  {% for stack in ev.grouping.stacks %}<table class="kv grouping-frames"><thead><tr><th>Frame{% if stack.exception %} of {{ stack.exception }}{% endif %}, crashing first</th><th>In app, and why</th><th>app</th><th>system</th></tr></thead><tbody>
+    {% for f in stack.frames|reverse %}<tr><td>{{ f.frame or '?' }}</td><td>{{ 'yes' if f.in_app else 'no' }}: {{ f.in_app_rule or 'as the SDK sent it' }}{% if f.group_rule %}; {{ f.group_rule }}{% endif %}</td><td>{{ '✓' if f.app }}</td><td>{{ '✓' if f.system }}</td></tr>{% endfor %}
+  </tbody></table>{% endfor %}
+  <h4>Hashes of this issue</h4><p class="muted">Later events with any of these hashes join this issue. Unmerging a hash moves its events into a new issue.</p>
+  <table class="kv">{% for digest in issue_hashes %}<tr><td>{{ digest }}{% if digest in ev.hashes %} <span class="muted">(this event)</span>{% endif %}</td>
+    <td><form method="post" action="/issues/{{ issue.id }}/unmerge/"><input type="hidden" name="hash" value="{{ digest }}"><button class="secondary">Unmerge</button></form></td></tr>{% endfor %}</table>
+</details>{% endif %}
 </div>
 <div class="sidebar">
   <div class="card"><h3 style="margin-top:0">This event</h3><table class="kv">
@@ -1928,10 +2881,12 @@ TEMPLATES = {
     <tr><td>platform</td><td>{{ ev.platform }}</td></tr>
     <tr><td>received</td><td>{{ ev.received|datetime }}</td></tr>
   </table>
-  {% if ev.user %}<h3>User</h3><table class="kv">{% for k, v in ev.user.items() %}<tr><td>{{ k }}</td><td>{{ v if v is string else v|tojson }}</td></tr>{% endfor %}</table>{% endif %}
+  {% if ev.user %}<h3>User</h3><table class="kv">{% for k, v in ev.user.items() %}<tr><td>{{ k }}</td><td>{{ v|pretty }}</td></tr>{% endfor %}</table>{% endif %}
   <h3>Tags</h3><div class="chips">{% for k, v in ev.tags or [] %}{% if k in ('environment', 'release') %}<a href="/issues/?{{ {k: v, 'project': issue.project_slug}|urlencode }}"><b>{{ k }}</b> {{ v }}</a>{% else %}<span><b>{{ k }}</b> {{ v }}</span>{% endif %}{% endfor %}</div>
-  {% for name, ctx in (ev.contexts or {}).items() %}<h3>{{ name }}</h3><table class="kv">{% for k, v in ctx.items() if k != 'type' %}<tr><td>{{ k }}</td><td>{{ v if v is string else v|tojson }}</td></tr>{% endfor %}</table>{% endfor %}
+  {% for name, ctx in (ev.contexts or {}).items() %}<h3>{{ name }}</h3><table class="kv">{% for k, v in ctx.items() if k != 'type' %}<tr><td>{{ k }}</td><td>{{ v|pretty }}</td></tr>{% endfor %}</table>{% endfor %}
   </div>
+  <div class="card"><h3 style="margin-top:0">Activity</h3><ul class="activity">{% for a in activity %}
+    <li><span>{{ a.words }}</span><span class="muted" title="{{ a.created|datetime }}">{{ a.created|ago }}</span></li>{% endfor %}</ul></div>
   <div class="card"><h3 style="margin-top:0">Across all events</h3>
   {% for t in tag_summary %}<div class="tagbar"><div class="k">{{ t.key }}</div>
     {% for v in t['values'] %}<div style="font-size:12px; display:flex; justify-content:space-between; gap:8px"><span class="mono" style="word-break:break-all">{{ v.value }}</span><span class="muted" style="white-space:nowrap">{{ v.count }} · {{ (100 * v.count / t.total)|round|int }}%</span></div>
@@ -1945,7 +2900,7 @@ TEMPLATES = {
 <h1>Projects</h1><p class="muted">Point an official Sentry SDK at a DSN below: <code class="dsn">sentry_sdk.init(dsn="…", release="app@1.0.0", environment="prod")</code></p>
 {% for p in projects %}<div class="card"><h2 style="margin-top:0"><a href="/issues/?project={{ p.slug }}">{{ p.name }}</a> <span class="muted mono">{{ p.slug }} · id {{ p.id }}</span></h2>
   {% for d in p.dsns %}<div style="margin:4px 0">DSN <code class="dsn">{{ d }}</code></div>{% endfor %}
-  <div class="muted" style="font-size:12.5px">{{ p.issue_count }} issues · {{ p.event_count }} events</div></div>
+  <div class="muted" style="font-size:12.5px">{{ p.issue_count }} issues · {{ p.event_count }} events · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a></div></div>
 {% else %}<div class="card empty">No projects yet: <code>tracker project create NAME</code> prints a DSN.</div>{% endfor %}
 {% endblock %}""",
 
@@ -1961,6 +2916,29 @@ TEMPLATES = {
 </tbody></table>{% else %}<div class="empty">No events match.</div>{% endif %}</div>
 <div class="nav">{% if offset > 0 %}<a href="?{{ {'q': q, 'offset': [offset - limit, 0]|max}|urlencode }}">← Newer</a>{% endif %}
 {% if more %}<a href="?{{ {'q': q, 'offset': offset + limit}|urlencode }}">Older →</a>{% endif %}</div>
+{% endblock %}""",
+
+    "grouping.html": """{% extends "base.html" %}{% block title %}Grouping rules · {{ project.name }}{% endblock %}{% block main %}
+<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
+<h1>Issue grouping rules</h1>
+{% if error %}<div class="card search-error">{{ error }}</div>{% elif saved %}<div class="card">Saved. Events from now on are grouped by these rules; the events already stored stay where they are.</div>{% endif %}
+<form method="post" class="card rules">
+  <h2 style="margin-top:0">Stack trace rules</h2>
+  <p class="muted">One rule per line: matchers, then actions. They run after the built-in rules (site-packages, dist-packages, vendor and node_modules are not in app), top to bottom, so a later rule wins.
+  Matchers: <code>path</code>, <code>module</code>, <code>function</code>, <code>package</code>, <code>family</code>, <code>app</code>, with <code>*</code> and <code>**</code> globs; <code>!</code> negates.
+  Actions: <code>+app</code>/<code>-app</code> put frames in or out of app, <code>+group</code>/<code>-group</code> let them count for grouping or not; a leading <code>^</code> acts on the frames above (toward the crash), <code>v</code> on the frames below.</p>
+  <pre class="block">path:**/vendor/** -app
+module:myapp.* +app
+function:log_error -group</pre>
+  <textarea name="stacktrace_rules" rows="8" spellcheck="false" aria-label="stack trace rules">{{ stacktrace_rules }}</textarea>
+  <h2>Fingerprint rules</h2>
+  <p class="muted">One rule per line: matchers <code>-&gt;</code> fingerprint. The first rule that matches gives the event its fingerprint (over the SDK's). Put <code>{% raw %}{{ default }}{% endraw %}</code> in it to refine the built-in grouping instead of replacing it, and <code>title="…"</code> after it to name the issue.
+  Matchers: <code>error.type</code>, <code>error.value</code>, <code>message</code>, <code>logger</code>, <code>level</code>, <code>tags.NAME</code>, with <code>*</code> globs.</p>
+  <pre class="block">{% raw %}error.type:PaymentDeclined -> payment-declined title="Payment declined"
+message:"*timed out*" -> timeouts, {{ transaction }}{% endraw %}</pre>
+  <textarea name="fingerprint_rules" rows="8" spellcheck="false" aria-label="fingerprint rules">{{ fingerprint_rules }}</textarea>
+  <p><button type="submit">Save rules</button></p>
+</form>
 {% endblock %}""",
 
     "error.html": """{% extends "base.html" %}{% block title %}{{ status }}{% endblock %}{% block main %}
@@ -1989,16 +2967,76 @@ def time_only(ts: Any) -> str:
     return format_datetime(ts)[11:19]
 
 
+def ignore_words(details: dict[str, Any]) -> str:
+    """An ignore condition (statusDetails) as a phrase."""
+    if "ignoreUntil" in details:
+        return f"until {format_datetime(details['ignoreUntil'])}"
+    if "ignoreWindow" in details:
+        return f"until it happens {details['ignoreCount']} times within {details['ignoreWindow']} min"
+    if "ignoreCount" in details:
+        return f"until {details['ignoreCount']} more events"
+    if "ignoreUserCount" in details:
+        return f"until {details['ignoreUserCount']} more users are affected"
+    return "forever"
+
+
+def status_words(issue: sqlite3.Row) -> str:
+    """The issue's status and statusDetails in words, for the issue page."""
+    details = json.loads(issue["status_details"])
+    if issue["status"] == "ignored":
+        return f"Ignored {ignore_words(details)}"
+    if details.get("inNextRelease"):
+        return f"Resolved in the next release after {details.get('_release')}"
+    if details.get("inRelease"):
+        return f"Resolved in {details['inRelease']}"
+    return issue["status"].capitalize()
+
+
+def activity_words(kind: str, data: dict[str, Any]) -> str:
+    """One activity entry as a sentence, for the issue page."""
+    version = data.get("version")
+    if kind == "first_seen":
+        return "First seen" + (f" in {version}" if version else "")
+    if kind == "release":
+        return f"First event from release {version}"
+    if kind == "set_resolved_in_release" and version:
+        return f"Resolved in {version}"
+    if kind == "set_resolved_in_release":
+        return f"Resolved in the next release after {data.get('current_release_version')}"
+    if kind == "set_unresolved":
+        return f"Unresolved: it was ignored {ignore_words(data)}, and that has passed" if data else "Unresolved"
+    if kind == "set_ignored":
+        return f"Ignored {ignore_words(data)}"
+    if kind == "set_regression":
+        return "Regressed" + (f" in {version}" if version else "")
+    if kind == "assigned":
+        return f"Assigned to {data.get('assignee')}"
+    if kind == "merge":
+        return f"Merged {len(data.get('issues', []))} issue(s) into this one"
+    if kind == "unmerge_source":
+        return f"Unmerged: events with hash {', '.join(data.get('fingerprints', []))} moved to issue {data.get('destination_id')}"
+    if kind == "unmerge_destination":
+        return f"Unmerged from issue {data.get('source_id')}"
+    return {"set_resolved": "Resolved", "unassigned": "Unassigned"}.get(kind, kind)
+
+
 def make_templates() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.DictLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.ChainableUndefined)
-    env.filters.update(ago=ago, datetime=format_datetime, timeonly=time_only)
+    env.filters.update(ago=ago, datetime=format_datetime, timeonly=time_only, pretty=pretty)
     return env
+
+
+# The dashboard runs no script at all, so the browser is told to run none: a second wall behind
+# autoescaping for event data, which is all attacker-controlled.
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+                                          "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
 
 
 def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
     html = request.app.state.templates.get_template(name).render(**context)
-    return HTMLResponse(html, status_code=status)
+    return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
 
 
 async def page_css(request: Request) -> Response:
@@ -2026,7 +3064,7 @@ async def page_issues(request: Request) -> Response:
                                  limit=limit + 1, offset=offset)
     except SearchError as exc:
         error = str(exc)
-    issues = [{**dict(r), "short": short_id(r["project_slug"], r["short_id"])} for r in rows[:limit]]
+    issues = [{**dict(r), **title_parts(r), "short": short_id(r["project_slug"], r["short_id"])} for r in rows[:limit]]
     environments = [r["value"] for r in await store.all(
         "SELECT DISTINCT value FROM issue_tags WHERE key = 'environment' ORDER BY value")]
     releases = [r["value"] for r in await store.all(
@@ -2044,6 +3082,44 @@ async def page_issues(request: Request) -> Response:
 
 def quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def title_parts(issue: sqlite3.Row) -> dict[str, str]:
+    """An error title split into its exception type (shown bold) and the rest."""
+    title = issue["title"]
+    kind = text(as_dict(json.loads(issue["metadata"] or "{}")).get("type"))
+    if issue["type"] == "error" and kind and title.startswith(kind + ": "):
+        return {"head": kind, "rest": title[len(kind):]}
+    return {"head": title, "rest": ""}
+
+
+def frame_blocks(frames: list[dict[str, Any]], crash: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A stack trace newest frame first, as blocks: an open frame (in app, or the crash frame) on its
+    own, and each run of library frames as one folded group naming its packages."""
+    blocks: list[dict[str, Any]] = []
+    for frame in reversed(frames):
+        if frame.get("in_app") or frame is crash:
+            blocks.append({"frames": [frame], "open": True})
+        elif blocks and not blocks[-1]["open"]:
+            blocks[-1]["frames"].append(frame)
+        else:
+            blocks.append({"frames": [frame], "open": False})
+    for block in blocks:
+        packages: list[str] = []
+        for frame in block["frames"]:
+            name = text(frame.get("module")) or text(frame.get("filename")).lstrip("./")
+            name = re.split(r"[./\\]", name, maxsplit=1)[0] if name else ""
+            if name and name not in packages:
+                packages.append(name)
+        block["packages"] = packages
+    return blocks
+
+
+def pretty(value: Any, indent: int | None = None) -> str:
+    """A value as readable JSON text (not HTML-safe: autoescape escapes it where it is shown)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, indent=indent, default=str)
 
 
 def dashboard_query(params: Any, status: str) -> str:
@@ -2066,15 +3142,128 @@ async def page_issue(request: Request) -> Response:
         return render(request, "error.html", status=404, message="No such event in this issue.")
     histograms = [{"label": "24 hours", "unit": "hour", "counts": await issue_histogram(store, issue["id"], 24, 3600)},
                   {"label": "30 days", "unit": "day", "counts": await issue_histogram(store, issue["id"], 30, 86400)}]
+    activity = [{"words": activity_words(a["kind"], json.loads(a["data"])), "created": a["created"]}
+                for a in await issue_activity(store, issue["id"])]
     context: dict[str, Any] = {"issue": issue, "short": short_id(issue["project_slug"], issue["short_id"]),
                                "tag_summary": await issue_tag_summary(store, issue["id"]), "ev": None,
-                               "histograms": histograms}
+                               "histograms": histograms, "status_words": status_words(issue), "activity": activity,
+                               "releases": await project_releases(store, issue["project_id"]),
+                               "ignore_choices": IGNORE_CHOICES}
     if row is not None:
         ev = decompress_payload(row["payload"])
         exceptions = list(reversed(ev.get("exception", {}).get("values", [])))  # thrown one first
-        context.update(ev=ev, exceptions=exceptions, nav=await neighbour_events(store, row),
-                       crash_frame=crash_frame(primary_frames(ev)))
+        frames = primary_frames(ev)
+        crash = crash_frame(frames)
+        for exc in exceptions:
+            exc["blocks"] = frame_blocks((exc.get("stacktrace") or {}).get("frames", []), crash)
+        context.update(ev=ev, exceptions=exceptions, nav=await neighbour_events(store, row), crash_frame=crash,
+                       thread_blocks=[] if exceptions else frame_blocks(frames, crash))
+        context.update(issue_hashes=await issue_hash_list(store, issue), grouping_words=GROUPING_WORDS)
     return render(request, "issue.html", **context)
+
+
+GROUPING_WORDS = {"exception": "grouped by its exception: type and stack trace",
+                  "threads": "grouped by the stack trace of the crashed thread",
+                  "stacktrace": "grouped by its stack trace", "message": "grouped by its message template",
+                  "fingerprint": "grouped by its fingerprint", "checksum": "grouped by the checksum its SDK sent",
+                  "fallback": "nothing to group by, so the fallback hash"}
+IGNORE_CHOICES = {"forever": ("forever", {}), "30m": ("for 30 minutes", {"ignoreDuration": 30}),
+                  "24h": ("for 24 hours", {"ignoreDuration": 1440}),
+                  "10events": ("until 10 more events", {"ignoreCount": 10}),
+                  "10users": ("until 10 more users", {"ignoreUserCount": 10})}
+
+
+async def page_issue_update(request: Request) -> Response:
+    """POST from the issue page's action bar: the API's update, then back to the page (303)."""
+    if cross_site(request):
+        return render(request, "error.html", status=403, message="Refused: this request came from another site.")
+    try:
+        issue = await issue_from_path(request)
+        await update_issues(request, issue["project_id"], [issue["id"]], form_body(await read_form(request)))
+    except (ApiError, IngestError) as exc:
+        return render(request, "error.html", status=exc.status, message=exc.detail)
+    return RedirectResponse(f"/issues/{issue['id']}/", status_code=303)
+
+
+async def page_grouping_rules(request: Request) -> Response:
+    """A project's stack trace and fingerprint rules: shown, and saved by a POST from this page
+    (a mistake is shown above the text as written, which is kept)."""
+    project = await request.app.state.store.one("SELECT * FROM projects WHERE slug = ?", (request.path_params["slug"],))
+    if project is None:
+        return render(request, "error.html", status=404, message="No such project.")
+    rules = await request.app.state.rules.rules_for(project["id"])
+    texts, error = [rules.stacktrace_text, rules.fingerprint_text], ""
+    if request.method == "POST":
+        if cross_site(request):
+            return render(request, "error.html", status=403, message="Refused: this request came from another site.")
+        try:
+            form = await read_form(request, 4 * MAX_RULES_TEXT)
+            texts = [form.get(name, [""])[-1] for name in ("stacktrace_rules", "fingerprint_rules")]
+            await store_rules(request, project["id"], *texts)
+            return RedirectResponse(f"/projects/{project['slug']}/grouping/?saved=1", status_code=303)
+        except (RuleError, IngestError) as exc:
+            error = str(exc)
+    return render(request, "grouping.html", status=400 if error else 200, project=project, error=error,
+                  stacktrace_rules=texts[0], fingerprint_rules=texts[1], saved="saved" in request.query_params)
+
+
+async def page_merge(request: Request) -> Response:
+    """POST from the issue list: merge the ticked issues, then show the merged one."""
+    async def action(form: dict[str, list[str]]) -> str:
+        ids = [int(i) for i in form.get("id", []) if i.isascii() and i.isdigit() and len(i) < 19]
+        projects = await request.app.state.store.all(
+            f"SELECT DISTINCT project_id FROM issues WHERE id IN ({','.join('?' * len(ids))})", ids) if ids else []
+        if len(ids) < 2 or len(projects) != 1:
+            raise ApiError(400, "Tick two or more issues of one project to merge them.")
+        return f"/issues/{(await merge(request, projects[0]['project_id'], ids))['merge']['parent']}/"
+    return await dashboard_post(request, action)
+
+
+async def page_unmerge(request: Request) -> Response:
+    """POST from the issue page's Grouping card: the events with a hash become a new issue, shown next."""
+    async def action(form: dict[str, list[str]]) -> str:
+        issue = await issue_from_path(request)
+        return f"/issues/{await unmerge(request, issue['id'], set(form.get('hash', [])))}/"
+    return await dashboard_post(request, action)
+
+
+async def dashboard_post(request: Request, action: Callable[[dict[str, list[str]]], Any]) -> Response:
+    """A dashboard form POST: refused from another site, a mistake shown as an error page,
+    else a 303 to the page the action names."""
+    if cross_site(request):
+        return render(request, "error.html", status=403, message="Refused: this request came from another site.")
+    try:
+        return RedirectResponse(await action(await read_form(request)), status_code=303)
+    except (ApiError, IngestError) as exc:
+        return render(request, "error.html", status=exc.status, message=exc.detail)
+
+
+async def read_form(request: Request, limit: int = 16 * KIB) -> dict[str, list[str]]:
+    return urllib.parse.parse_qs((await read_body(request, limit)).decode("utf-8", "replace"), keep_blank_values=True)
+
+
+def cross_site(request: Request) -> bool:
+    """Whether a POST came from another site's page: the dashboard has no login yet, so this is
+    what keeps a page elsewhere from resolving or assigning issues through the user's browser."""
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        return True
+    origin = request.headers.get("origin")
+    public = urllib.parse.urlsplit(request.app.state.settings.public_url)
+    own = {f"{request.url.scheme}://{request.headers.get('host', '')}", f"{public.scheme}://{public.netloc}"}
+    return origin is not None and origin not in own
+
+
+def form_body(form: dict[str, list[str]]) -> dict[str, Any]:
+    """The action bar's fields as the API's update body, so both go through one validation."""
+    fields = {key: values[-1] for key, values in form.items()}
+    if "assignedTo" in fields:
+        return {"assignedTo": fields["assignedTo"]}
+    status = fields.get("status")
+    if status == "ignored":
+        if fields.get("ignore") not in IGNORE_CHOICES:
+            raise ApiError(400, f"ignore must be one of {', '.join(IGNORE_CHOICES)}")
+        return {"status": status, "statusDetails": IGNORE_CHOICES[fields["ignore"]][1]}
+    return {"status": status, "statusDetails": {"inRelease": fields["inRelease"]} if fields.get("inRelease") else {}}
 
 
 async def page_issue_events(request: Request) -> Response:
@@ -2110,7 +3299,7 @@ async def page_event_json(request: Request) -> Response:
     if row is None:
         return JSONResponse({"detail": "not found"}, status_code=404)
     return Response(json.dumps(decompress_payload(row["payload"]), indent=2, ensure_ascii=False),
-                    media_type="application/json")
+                    media_type="application/json", headers=PAGE_HEADERS)
 
 
 async def page_projects(request: Request) -> Response:
@@ -2147,8 +3336,17 @@ def api_routes() -> list[Route]:
         ("/api/0/projects/{org}/{project}/issues/", api_project_issues),
         ("/api/0/issues/{issue_id}/", api_issue), ("/api/0/issues/{issue_id}/events/", api_issue_events),
         ("/api/0/issues/{issue_id}/events/{event_id}/", api_issue_event),
+        ("/api/0/issues/{issue_id}/activities/", api_issue_activities),
+        ("/api/0/projects/{org}/{project}/grouping-rules/", api_grouping_rules),
+        ("/api/0/issues/{issue_id}/hashes/", api_issue_hashes),
     ]
-    return [Route(path, api(handler), methods=["GET"]) for path, handler in table]
+    updates = [("/api/0/projects/{org}/{project}/issues/", api_update_project_issues),
+               ("/api/0/issues/{issue_id}/", api_update_issue),
+               ("/api/0/projects/{org}/{project}/", api_update_project),
+               ("/api/0/projects/{org}/{project}/grouping-rules/", api_update_grouping_rules)]
+    return ([Route(path, api(handler), methods=["GET"]) for path, handler in table]
+            + [Route(path, api(handler), methods=["PUT"]) for path, handler in updates]
+            + [Route("/api/0/issues/{issue_id}/hashes/", api(api_unmerge_hashes), methods=["DELETE", "POST"])])
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -2160,6 +3358,7 @@ def create_app(settings: Settings) -> Starlette:
         app.state.writer.start()
         app.state.store = await Store.open(settings.db)
         app.state.keys = KeyCache(app.state.store)
+        app.state.rules = RulesCache(app.state.store)
         try:
             yield
         finally:
@@ -2170,7 +3369,10 @@ def create_app(settings: Settings) -> Starlette:
         *ingest_routes(), *api_routes(),
         Route("/api/0/{rest:path}", api_not_found, methods=["GET", "POST", "PUT", "DELETE"]),
         Route("/", page_home), Route("/issues/", page_issues), Route("/projects/", page_projects),
-        Route("/issues/{issue_id}/", page_issue),
+        Route("/issues/merge/", page_merge, methods=["POST"]),
+        Route("/issues/{issue_id}/", page_issue), Route("/issues/{issue_id}/", page_issue_update, methods=["POST"]),
+        Route("/issues/{issue_id}/unmerge/", page_unmerge, methods=["POST"]),
+        Route("/projects/{slug}/grouping/", page_grouping_rules, methods=["GET", "POST"]),
         Route("/issues/{issue_id}/events/", page_issue_events),
         Route("/issues/{issue_id}/events/{event_id}/", page_issue),
         Route("/issues/{issue_id}/events/{event_id}/json", page_event_json),
@@ -2238,12 +3440,13 @@ def send_files(settings: Settings, files: list[Path], project: str | None,
             raise SystemExit(f"error: no project {project!r}")
         jobs: list[Job] = []
         received = time.time()
+        rules = stored_rules(conn.execute(RULES_SQL, (project_id,)).fetchone())
         for path in files:
             for header, event in read_event_file(path):
                 if rebase:
                     rebase(path, event)
                 ev = prepare_event(event, project_id=project_id, event_id=normalize_id(header.get("event_id")),
-                                   received=received)
+                                   received=received, rules=rules)
                 jobs.append(lambda c, ev=ev: store_event(c, ev))
         results = apply_batch(conn, jobs)
     finally:
