@@ -1129,8 +1129,10 @@ def grouping_exceptions(ev: dict[str, Any]) -> list[dict[str, Any]]:
     distinct: dict[tuple[str, ...], int] = {}
     for exc_id in sorted(top_level_exceptions(tree), key=lambda i: text(tree[i][0].get("type")), reverse=True):
         distinct.setdefault(tuple(exception_values(tree[exc_id][0], False, platform)[1]), exc_id)
-    keep = first_child_path(tree, *distinct.values()) if len(distinct) == 1 else {*distinct.values(), 0}
-    return [e for e in excs if as_dict(e.get("mechanism")).get("exception_id") in keep]
+    if len(distinct) != 1:
+        return [tree[exc_id][0] for exc_id in (*distinct.values(), 0)]  # in sorted order, the group last
+    path = first_child_path(tree, *distinct.values())
+    return [e for e in excs if as_dict(e.get("mechanism")).get("exception_id") in path]
 
 
 ExceptionTree = dict[int, tuple[dict[str, Any], list[int]]]  # exception id → (exception, child ids)
@@ -2733,7 +2735,7 @@ ul.activity li { display:flex; justify-content:space-between; gap:8px; padding:4
 ul.activity li:last-child { border-bottom:0; } ul.activity li .muted { white-space:nowrap; }
 .frame .why { padding: 4px 10px; font-size: 12px; color: var(--muted); border-top: 1px solid var(--line); }
 details.grouping > summary { cursor: pointer; } ol.values { margin: 4px 0 10px; padding-left: 28px; font-size: 12.5px; word-break: break-word; }
-table.grouping-frames { margin: 8px 0; } table.grouping-frames td form { margin: 0; }
+p.variant { margin: 12px 0 4px; } table.grouping-frames { margin: 8px 0; font-size: 12.5px; } table.grouping-frames td form { margin: 0; }
 form.rules textarea { width: 100%; font: 12.5px/1.45 var(--mono); margin-top: 8px; } form.rules pre.block { margin-top: 6px; }
 form.bulk { display:flex; gap:8px; align-items:center; margin-bottom:8px; }
 """
@@ -2824,7 +2826,7 @@ TEMPLATES = {
 {% macro frame(fr) %}
   <details class="frame {{ 'app' if fr.in_app }} {{ 'crash' if fr is sameas crash_frame }}" {{ 'open' if fr.in_app or fr is sameas crash_frame }}>
     <summary>{{ fr.filename or fr.abs_path or fr.module or '?' }}{% if fr.function %} in <span class="fn">{{ fr.function }}</span>{% endif %}{% if fr.lineno %} at line {{ fr.lineno }}{% if fr.colno %}:{{ fr.colno }}{% endif %}{% endif %}
-      {% if fr.in_app %}<span class="tag app">in app</span>{% endif %}{% if fr is sameas crash_frame %}<span class="tag crashtag">crashed here</span>{% endif %}</summary>
+      {% if fr.in_app %}<span class="tag app">in app</span>{% endif %}{% if fr is sameas crash_frame %}<span class="tag crashtag">{{ 'crashed here' if exceptions else 'captured here' }}</span>{% endif %}</summary>
     {% if fr.data.in_app_rule or fr.data.group_rule %}<div class="why">{% if fr.data.in_app_rule %}{{ 'In app' if fr.in_app else 'Not in app' }} by {{ fr.data.in_app_rule }}{% endif %}{% if fr.data.group_rule %} · {{ 'groups' if fr.data.group else 'left out of grouping' }} by {{ fr.data.group_rule }}{% endif %}</div>{% endif %}
     {% if fr.context_line %}<pre class="ctx">{% set start = (fr.lineno or 0) - (fr.pre_context or [])|length %}{% for line in fr.pre_context or [] %}<span><i>{{ start + loop.index0 if fr.lineno }}</i>{{ line }}</span>{% endfor %}<span class="hl"><i>{{ fr.lineno or '' }}</i>{{ fr.context_line }}</span>{% for line in fr.post_context or [] %}<span><i>{{ fr.lineno + loop.index if fr.lineno }}</i>{{ line }}</span>{% endfor %}</pre>{% endif %}
     {% if fr.vars %}<table class="kv vars">{% for k, v in fr.vars.items() %}<tr><td>{{ k }}</td><td><div class="v">{{ v|pretty }}</div></td></tr>{% endfor %}</table>{% endif %}
@@ -2860,13 +2862,13 @@ TEMPLATES = {
 {% if ev.extra %}<div class="card"><h2 style="margin-top:0">Additional data</h2><table class="kv">{% for k, v in ev.extra.items() %}<tr><td>{{ k }}</td><td><div class="v">{{ v|pretty }}</div></td></tr>{% endfor %}</table></div>{% endif %}
 {% if ev.grouping %}<details class="card grouping" id="grouping"><summary><b>Grouping</b> <span class="muted">· why this event is in this issue: {{ grouping_words[ev.grouping.strategy] or ev.grouping.strategy }}</span></summary>
   {% if ev.grouping.fingerprint_rule %}<p>Fingerprint rule <code>{{ ev.grouping.fingerprint_rule }}</code> matched{% if ev.grouping.client_fingerprint %} (the SDK sent <code>{{ ev.grouping.client_fingerprint|join(', ') }}</code>){% endif %}.</p>{% endif %}
-  {% for name, variant in ev.grouping.variants.items() %}<h4>{{ name }} <span class="mono muted">{{ variant.hash }}</span>{% if variant.hash in issue_hashes %} <span class="tag app">grouped into this issue</span>{% endif %}</h4>
+  {% for name, variant in ev.grouping.variants.items() %}<p class="variant"><b>{{ name }}</b> <code>{{ variant.hash }}</code>{% if variant.hash in issue_hashes %} <span class="tag app">grouped into this issue</span>{% endif %}</p>
   <ol class="values mono">{% for value in variant['values'] %}<li>{{ value }}</li>{% else %}<li class="muted">no values (the fallback hash)</li>{% endfor %}</ol>{% endfor %}
-  {% for stack in ev.grouping.stacks %}<table class="kv grouping-frames"><thead><tr><th>Frame{% if stack.exception %} of {{ stack.exception }}{% endif %}, crashing first</th><th>In app, and why</th><th>app</th><th>system</th></tr></thead><tbody>
-    {% for f in stack.frames|reverse %}<tr><td>{{ f.frame or '?' }}</td><td>{{ 'yes' if f.in_app else 'no' }}: {{ f.in_app_rule or 'as the SDK sent it' }}{% if f.group_rule %}; {{ f.group_rule }}{% endif %}</td><td>{{ '✓' if f.app }}</td><td>{{ '✓' if f.system }}</td></tr>{% endfor %}
+  {% for stack in ev.grouping.stacks %}<table class="grouping-frames"><thead><tr><th>Frame{% if stack.exception %} of {{ stack.exception }}{% endif %}, crashing first</th><th>In app, and why</th><th>app</th><th>system</th></tr></thead><tbody>
+    {% for f in stack.frames|reverse %}<tr><td class="mono">{{ f.frame or '?' }}</td><td>{{ 'yes' if f.in_app else 'no' }}: {{ f.in_app_rule or 'as the SDK sent it' }}{% if f.group_rule %}; {{ f.group_rule }}{% endif %}</td><td>{{ '✓' if f.app }}</td><td>{{ '✓' if f.system }}</td></tr>{% endfor %}
   </tbody></table>{% endfor %}
-  <h4>Hashes of this issue</h4><p class="muted">Later events with any of these hashes join this issue. Unmerging a hash moves its events into a new issue.</p>
-  <table class="kv">{% for digest in issue_hashes %}<tr><td>{{ digest }}{% if digest in ev.hashes %} <span class="muted">(this event)</span>{% endif %}</td>
+  <p class="variant"><b>Hashes of this issue</b> <span class="muted">· later events with any of them join this issue; unmerging one moves its events into a new issue</span></p>
+  <table class="grouping-frames">{% for digest in issue_hashes %}<tr><td class="mono">{{ digest }}{% if digest in ev.hashes %} <span class="muted">(this event)</span>{% endif %}</td>
     <td><form method="post" action="/issues/{{ issue.id }}/unmerge/"><input type="hidden" name="hash" value="{{ digest }}"><button class="secondary">Unmerge</button></form></td></tr>{% endfor %}</table>
 </details>{% endif %}
 </div>

@@ -288,6 +288,7 @@ def test_stack_details_chains_and_log_messages(tracker: TrackerServer, data: Dat
     assert "refund %s failed: %s" in body and '["rf_17", "gateway timeout"]' in body
     assert "shop@2.4.0" in body and "shop.billing" in body
     assert "issue_refund" in page.locator(".frame.crash summary").inner_text()
+    assert "captured here" in page.locator(".frame.crash summary").inner_text()
 
 
 # -- filters -----------------------------------------------------------------------------

@@ -174,3 +174,46 @@ def test_any_known_hash_joins_the_issue(tracker: TrackerServer, project: Project
         assert r.status_code == 200, r.text
     issues = tracker.wait_issues(project, 2)
     assert len(issues) == 1 and issues[0]["count"] == "2"
+
+
+def exception_group(*types: str, sdk: str = "2.75.0", ids: list[int] | None = None) -> dict[str, Any]:
+    """A Python SDK's ExceptionGroup payload: children first, the group (id 0) last."""
+    ids = ids or list(range(len(types), 0, -1))
+    children = [{"type": kind, "value": f"item {n} failed",
+                 "mechanism": {"type": "chained", "exception_id": i, "parent_id": 0}}
+                for n, (kind, i) in enumerate(zip(reversed(types), ids))]
+    group = {"type": "ExceptionGroup", "value": f"batch failed ({len(types)} sub-exceptions)",
+             "mechanism": {"type": "generic", "exception_id": 0, "is_exception_group": True}}
+    return {"platform": "python", "sdk": {"name": "sentry.python", "version": sdk},
+            "exception": {"values": [*children, group]}}
+
+
+def test_exception_group_groups_by_its_distinct_exceptions() -> None:
+    assert hashes(exception_group("ValueError", "ValueError")) == hashes(exception_group(*["ValueError"] * 3))
+    assert hashes(exception_group("ValueError", "ValueError")) == [hashlib.md5(b"ValueErroritem <int> failed").hexdigest()]
+    mixed = hashes(exception_group("ValueError", "TypeError"))
+    assert mixed != hashes(exception_group("ValueError", "ValueError"))
+    assert mixed == hashes(exception_group("TypeError", "ValueError", "TypeError"))  # order and repeats ignored
+
+
+def test_exception_group_title_is_the_selected_exception() -> None:
+    def title(event: dict[str, Any]) -> str:
+        ev = tracker.normalize_event(event, event_id=None, received=time.time(), client_ip="")
+        return tracker.display_fields(ev)[1]
+    assert title(exception_group("ValueError", "ValueError")).startswith("ValueError: item")
+    assert title(exception_group("ValueError", "TypeError")) == "ExceptionGroup: batch failed (2 sub-exceptions)"
+
+
+@pytest.mark.parametrize("event", [
+    exception_group("ValueError", "ValueError", sdk="3.0.0"),  # Sentry keeps the old hashes for Python SDK 3
+    exception_group("ValueError", "ValueError", ids=[1, 1]),  # ids not unique
+    exception_group("ValueError", "ValueError", ids=[2, 3]) | {"exception": {"values": [  # no root with id 0
+        *exception_group("ValueError", "ValueError", ids=[2, 3])["exception"]["values"][:2],
+        {"type": "ExceptionGroup", "value": "x", "mechanism": {"exception_id": 4, "is_exception_group": True}}]}},
+], ids=["python sdk 3", "duplicate ids", "no root"])
+def test_exception_group_filter_needs_a_valid_tree(event: dict[str, Any]) -> None:
+    """Without the filter every exception contributes, so one more child changes the hash."""
+    more = copy.deepcopy(event)
+    more["exception"]["values"].insert(0, copy.deepcopy(more["exception"]["values"][0]))
+    more["exception"]["values"][0]["mechanism"]["exception_id"] = 9
+    assert hashes(event) != hashes(more)
