@@ -1150,8 +1150,9 @@ def exception_tree(ev: dict[str, Any], excs: list[dict[str, Any]]) -> ExceptionT
         return None
     tree: ExceptionTree = {i: (e, []) for i, e in zip(ids, excs)}
     for exc_id, mechanism in sorted(zip(ids, mechanisms), key=lambda pair: pair[0]):
-        if mechanism.get("parent_id") in tree:
-            tree[mechanism["parent_id"]][1].append(exc_id)
+        parent = mechanism.get("parent_id")
+        if type(parent) is int and parent in tree:
+            tree[parent][1].append(exc_id)
     return tree
 
 
@@ -1234,7 +1235,8 @@ def group_event(ev: dict[str, Any]) -> dict[str, Any]:
         match = FINGERPRINT_VAR.match(entry)
         resolved.append(resolve_fingerprint_variable(match.group(1), ev) if match else entry)
     if None not in resolved:
-        return {"strategy": "fingerprint", "variants": {"custom_fingerprint": {"hash": md5_of(resolved), "values": resolved}}}
+        variant = {"hash": md5_of(resolved), "values": resolved}
+        return {"strategy": "fingerprint", "variants": {"custom_fingerprint": variant}}
     strategy, stacks, variants = strategy_variants(ev)
     record: dict[str, Any] = {"strategy": strategy, "variants": {}}
     for name, values in (variants or {"fallback": []}).items():
@@ -1254,8 +1256,8 @@ def frame_report(stacks: Stacks, variants: dict[str, list[str]], platform: str) 
         frames = (stacktrace or {}).get("frames", [])
         if not frames:
             continue
-        fed = {name: frame_contributions(stacktrace, name == "app", platform) if name in variants else [[]] * len(frames)
-               for name in ("app", "system")}
+        fed = {name: frame_contributions(stacktrace, name == "app", platform) if name in variants
+               else [[]] * len(frames) for name in ("app", "system")}
         report.append({"exception": text((exc or {}).get("type")), "frames": [
             {"frame": frame_location(frame), "in_app": frame.get("in_app") is True,
              "in_app_rule": as_dict(frame.get("data")).get("in_app_rule"),
@@ -1452,15 +1454,16 @@ def unquote(value: str) -> str:
 
 def frame_facts(key: str, frame: dict[str, Any], platform: str) -> list[str]:
     """A frame's values a stack trace rule matcher compares with (any one may match)."""
-    if key == "path":
-        return [text(frame[k]).replace("\\", "/") for k in ("abs_path", "filename") if frame.get(k)]
+    if key in ("path", "package"):
+        fields = ("abs_path", "filename") if key == "path" else ("package",)
+        return [text(frame[k]).replace("\\", "/") for k in fields if frame.get(k)]
     if key == "family":
         platform = text(frame.get("platform")) or platform
         return ["javascript" if platform in JS_PLATFORMS else "native" if platform in NATIVE_PLATFORMS else "other"]
     if key == "app":
         return ["yes" if frame.get("in_app") else "no"]
     value = frame.get("function") or frame.get("raw_function") if key == "function" else frame.get(key)
-    return [text(value).replace("\\", "/")] if value else []
+    return [text(value)] if value else []
 
 
 def event_facts(key: str, ev: dict[str, Any]) -> list[str]:
@@ -1489,8 +1492,8 @@ def apply_stack_rules(ev: dict[str, Any], rules: Iterable[StackRule], source: st
                     if all(matches(m, frame_facts(m.key, frame, platform)) for m in rule.matchers)]
             for index in hits:
                 for where, flag, value in rule.actions:
-                    targets = frames[index + 1:] if where == "^" else frames[:index] if where == "v" else [frames[index]]
-                    for frame in targets:
+                    above, below = frames[index + 1:], frames[:index]
+                    for frame in above if where == "^" else below if where == "v" else [frames[index]]:
                         mark_frame(frame, flag, value, f"{source} rule {rule.text}")
 
 
@@ -1735,7 +1738,8 @@ def merge_issues(conn: sqlite3.Connection, project_id: int, issue_ids: list[int]
                      SELECT ?, key, value, sum(times_seen), min(first_seen), max(last_seen) FROM issue_tags
                      WHERE issue_id IN ({marks}) GROUP BY key, value
                      ON CONFLICT DO UPDATE SET times_seen = times_seen + excluded.times_seen,
-                         first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen)""",
+                         first_seen = min(first_seen, excluded.first_seen),
+                         last_seen = max(last_seen, excluded.last_seen)""",
                  (target, *others))
     conn.execute(f"INSERT OR IGNORE INTO issue_terms (key, value, issue_id) "
                  f"SELECT key, value, ? FROM issue_terms WHERE issue_id IN ({marks})", (target, *others))
@@ -1774,8 +1778,8 @@ def unmerge_hashes(conn: sqlite3.Connection, issue_id: int, hashes: set[str]) ->
                      [(new_id, issue["project_id"], h, issue_id) for h in leaving])
     for _, event in moved:
         record_issue_tags(conn, new_id, event)
-        conn.executemany("UPDATE issue_tags SET times_seen = times_seen - 1 WHERE issue_id = ? AND key = ? AND value = ?",
-                         [(issue_id, key, value) for key, value in event.tags])
+        conn.executemany("UPDATE issue_tags SET times_seen = times_seen - 1 WHERE issue_id = ? AND key = ? "
+                         "AND value = ?", [(issue_id, key, value) for key, value in event.tags])
     conn.execute("DELETE FROM issue_tags WHERE issue_id = ? AND times_seen <= 0", (issue_id,))
     conn.execute("DELETE FROM issue_terms WHERE issue_id = ?", (issue_id,))
     for target, events in ((new_id, moved), (issue_id, kept)):
@@ -1784,8 +1788,10 @@ def unmerge_hashes(conn: sqlite3.Connection, issue_id: int, hashes: set[str]) ->
     summarize_issue(conn, new_id, [e for _, e in moved], len(moved))
     summarize_issue(conn, issue_id, [e for _, e in kept], issue["times_seen"] - len(moved))
     now, fingerprints = time.time(), sorted(hashes)
-    record_activity(conn, issue_id, "unmerge_source", {"fingerprints": fingerprints, "destination_id": str(new_id)}, now)
-    record_activity(conn, new_id, "unmerge_destination", {"fingerprints": fingerprints, "source_id": str(issue_id)}, now)
+    record_activity(conn, issue_id, "unmerge_source",
+                    {"fingerprints": fingerprints, "destination_id": str(new_id)}, now)
+    record_activity(conn, new_id, "unmerge_destination",
+                    {"fingerprints": fingerprints, "source_id": str(issue_id)}, now)
     return new_id
 
 
@@ -2561,7 +2567,8 @@ async def api_grouping_rules(request: Request) -> dict[str, str]:
 
 
 async def api_update_grouping_rules(request: Request) -> dict[str, str]:
-    """PUT /api/0/projects/<org>/<project>/grouping-rules/ {"groupingEnhancements": "…", "fingerprintingRules": "…"}."""
+    """PUT /api/0/projects/<org>/<project>/grouping-rules/ with either or both of
+    {"groupingEnhancements": "…", "fingerprintingRules": "…"}."""
     project = await project_from_path(request)
     rules = await save_body_rules(request, project["id"], await request_json(request))
     if rules is None:
