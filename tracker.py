@@ -1684,9 +1684,11 @@ def create_issue(conn: sqlite3.Connection, ev: PreparedEvent) -> int:
     short_id = conn.execute("UPDATE projects SET next_short_id = next_short_id + 1 WHERE id = ? "
                             "RETURNING next_short_id - 1", (ev.project_id,)).fetchone()[0]
     cur = conn.execute(
-        """INSERT INTO issues (project_id, short_id, type, title, culprit, metadata, level, platform,
+        """INSERT INTO issues (id, project_id, short_id, type, title, culprit, metadata, level, platform,
                                logger, first_seen, last_seen, first_release, last_release)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+           VALUES (max(coalesce((SELECT max(id) FROM issues), 0),
+                       coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'max_deleted_issue_id'), 0)) + 1,
+                   ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (ev.project_id, short_id, ev.kind, ev.title, ev.culprit, json.dumps(ev.metadata), ev.level,
          ev.platform, ev.logger, ev.timestamp, ev.timestamp, ev.release or None, ev.release or None))
     issue_id = int(cur.lastrowid or 0)
@@ -1743,9 +1745,9 @@ def merge_issues(conn: sqlite3.Connection, project_id: int, issue_ids: list[int]
                  (target, *others))
     conn.execute(f"INSERT OR IGNORE INTO issue_terms (key, value, issue_id) "
                  f"SELECT key, value, ? FROM issue_terms WHERE issue_id IN ({marks})", (target, *others))
-    for table, column in (("issue_tags", "issue_id"), ("issue_terms", "issue_id"), ("issue_activity", "issue_id"),
-                          ("issues", "id")):
-        conn.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", others)
+    for table in ("issue_tags", "issue_terms", "issue_activity"):
+        conn.execute(f"DELETE FROM {table} WHERE issue_id IN ({marks})", others)
+    drop_issue_rows(conn, others)
     first, last = min(rows, key=lambda r: r["first_seen"]), max(rows, key=lambda r: r["last_seen"])
     conn.execute(ISSUE_SUMMARY_SQL,
                  (sum(r["times_seen"] for r in rows), first["first_seen"], first["first_release"], last["last_seen"],
@@ -1812,6 +1814,23 @@ def summarize_issue(conn: sqlite3.Connection, issue_id: int, events: list[Prepar
     conn.execute(ISSUE_SUMMARY_SQL,
                  (times_seen, first.timestamp, first.release or None, last.timestamp, last.release or None,
                   last.title, last.culprit, json.dumps(last.metadata), last.level, issue_id))
+
+
+def delete_issues(conn: sqlite3.Connection, issue_ids: list[int]) -> int:
+    """Delete issues with their events, hashes and history; later events of them open new issues."""
+    marks = ",".join("?" * len(issue_ids))
+    for table in ("events", "issue_hashes", "issue_tags", "issue_terms", "issue_activity"):
+        conn.execute(f"DELETE FROM {table} WHERE issue_id IN ({marks})", issue_ids)
+    return drop_issue_rows(conn, issue_ids)
+
+
+def drop_issue_rows(conn: sqlite3.Connection, issue_ids: list[int]) -> int:
+    """Delete issue rows, remembering the highest id so no later issue takes it: an old link
+    to a deleted or merged issue must never open a different one."""
+    conn.execute("""INSERT INTO meta (key, value) VALUES ('max_deleted_issue_id', ?)
+                    ON CONFLICT DO UPDATE SET value = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))""",
+                 (max(issue_ids),))
+    return conn.execute(f"DELETE FROM issues WHERE id IN ({','.join('?' * len(issue_ids))})", issue_ids).rowcount
 
 
 SHORT_ID_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford's base 32: no I, L, O, U
@@ -2480,15 +2499,21 @@ async def api_update_issue(request: Request) -> dict[str, Any]:
     return await api_issue(request)
 
 
-async def api_update_project_issues(request: Request) -> Response:
-    """Bulk PUT /api/0/projects/<org>/<project>/issues/?id=1&id=2: one update for the listed issues;
-    answers the update as applied, as Sentry does (204 when none of the ids is in the project)."""
+async def listed_project_issues(request: Request) -> tuple[sqlite3.Row, list[sqlite3.Row]]:
+    """The project in the path and those of its issues that `?id=1&id=2` names (bulk routes)."""
     project = await project_from_path(request)
     ids = request.query_params.getlist("id")
     if not ids or len(ids) > 1000 or not all(i.isascii() and i.isdigit() and len(i) < 19 for i in ids):
-        raise ApiError(400, "name the issues to update as ?id=1&id=2 (at most 1000)")
+        raise ApiError(400, "name the issues as ?id=1&id=2 (at most 1000)")
     rows = await request.app.state.store.all(
         f"SELECT id FROM issues WHERE project_id = ? AND id IN ({','.join('?' * len(ids))})", [project["id"], *ids])
+    return project, rows
+
+
+async def api_update_project_issues(request: Request) -> Response:
+    """Bulk PUT /api/0/projects/<org>/<project>/issues/?id=1&id=2: one update for the listed issues;
+    answers the update as applied, as Sentry does (204 when none of the ids is in the project)."""
+    project, rows = await listed_project_issues(request)
     body = await request_json(request)
     if not rows:
         return Response(status_code=204)
@@ -2499,6 +2524,21 @@ async def api_update_project_issues(request: Request) -> Response:
     if change.assign:
         result["assignedTo"] = serialize_assignee(change.assignee)
     return JSONResponse(result)
+
+
+async def api_delete_project_issues(request: Request) -> Response:
+    """Bulk DELETE /api/0/projects/<org>/<project>/issues/?id=…: 204, as Sentry answers."""
+    _, rows = await listed_project_issues(request)
+    if rows:
+        await request.app.state.writer.submit(lambda conn: delete_issues(conn, [r["id"] for r in rows]))
+    return Response(status_code=204)
+
+
+async def api_delete_issue(request: Request) -> Response:
+    """DELETE /api/0/issues/<id>/: 202, as Sentry answers (it deletes in the background; we are done)."""
+    issue = await issue_from_path(request)
+    await request.app.state.writer.submit(lambda conn: delete_issues(conn, [issue["id"]]))
+    return Response(status_code=202)
 
 
 async def api_issue_activities(request: Request) -> dict[str, Any]:
@@ -2770,12 +2810,17 @@ TEMPLATES = {
   <button type="submit">Filter</button>
 </form>
 {% if error %}<div class="card search-error">Search: {{ error }}</div>{% endif %}
-{% if issues %}<form id="merge" class="bulk" method="post" action="/issues/merge/"><button type="submit" class="secondary">Merge selected issues</button><span class="muted">tick two or more issues of one project</span></form>{% endif %}
+{% if issues %}<form id="bulk" class="bulk" method="post" action="/issues/bulk/"><input type="hidden" name="next" value="{{ query() }}">
+  <span class="muted">Ticked issues:</span>
+  <button type="submit" name="bulk" value="resolved">Resolve</button><button type="submit" name="bulk" value="ignored" class="secondary">Ignore</button>
+  <button type="submit" name="bulk" value="unresolved" class="secondary">Unresolve</button>
+  <input name="assignedTo" placeholder="name or email" aria-label="assignee"><button type="submit" name="bulk" value="assign" class="secondary">Assign</button>
+  <button type="submit" name="bulk" value="merge" class="secondary">Merge</button></form>{% endif %}
 <div class="card" style="padding:0">
 {% if issues %}
 <table class="issues"><thead><tr><th></th><th>Issue</th><th>Level</th><th class="num">Events</th><th class="num">Users</th><th>First seen</th><th>Last seen</th><th>Status</th></tr></thead><tbody>
 {% for i in issues %}<tr class="row-{{ i.level }}">
-  <td><input type="checkbox" name="id" value="{{ i.id }}" form="merge" aria-label="select {{ i.short }}"></td>
+  <td><input type="checkbox" name="id" value="{{ i.id }}" form="bulk" aria-label="select {{ i.short }}"></td>
   <td><a class="issue-title" href="/issues/{{ i.id }}/">{{ i.head }}{% if i.rest %}<span class="v">{{ i.rest }}</span>{% endif %}</a>
       <div class="culprit">{{ i.culprit }}</div>
       <div class="muted" style="font-size:12px">{{ i.short }} · {{ i.project_name }}{% if i.last_release %} · {{ i.last_release }}{% endif %}</div></td>
@@ -3184,14 +3229,11 @@ IGNORE_CHOICES = {"forever": ("forever", {}), "30m": ("for 30 minutes", {"ignore
 
 async def page_issue_update(request: Request) -> Response:
     """POST from the issue page's action bar: the API's update, then back to the page (303)."""
-    if cross_site(request):
-        return render(request, "error.html", status=403, message="Refused: this request came from another site.")
-    try:
+    async def action(form: dict[str, list[str]]) -> str:
         issue = await issue_from_path(request)
-        await update_issues(request, issue["project_id"], [issue["id"]], form_body(await read_form(request)))
-    except (ApiError, IngestError) as exc:
-        return render(request, "error.html", status=exc.status, message=exc.detail)
-    return RedirectResponse(f"/issues/{issue['id']}/", status_code=303)
+        await update_issues(request, issue["project_id"], [issue["id"]], form_body(form))
+        return f"/issues/{issue['id']}/"
+    return await dashboard_post(request, action)
 
 
 async def page_grouping_rules(request: Request) -> Response:
@@ -3216,15 +3258,27 @@ async def page_grouping_rules(request: Request) -> Response:
                   stacktrace_rules=texts[0], fingerprint_rules=texts[1], saved="saved" in request.query_params)
 
 
-async def page_merge(request: Request) -> Response:
-    """POST from the issue list: merge the ticked issues, then show the merged one."""
+async def page_bulk(request: Request) -> Response:
+    """POST from the issue list: resolve, ignore, unresolve, assign or merge the ticked issues."""
     async def action(form: dict[str, list[str]]) -> str:
         ids = [int(i) for i in form.get("id", []) if i.isascii() and i.isdigit() and len(i) < 19]
-        projects = await request.app.state.store.all(
-            f"SELECT DISTINCT project_id FROM issues WHERE id IN ({','.join('?' * len(ids))})", ids) if ids else []
-        if len(ids) < 2 or len(projects) != 1:
-            raise ApiError(400, "Tick two or more issues of one project to merge them.")
-        return f"/issues/{(await merge(request, projects[0]['project_id'], ids))['merge']['parent']}/"
+        rows = await request.app.state.store.all(
+            f"SELECT id, project_id FROM issues WHERE id IN ({','.join('?' * len(ids))})", ids) if ids else []
+        by_project: dict[int, list[int]] = {}
+        for row in rows:
+            by_project.setdefault(row["project_id"], []).append(row["id"])
+        choice = (form.get("bulk") or [""])[-1]
+        if not rows:
+            raise ApiError(400, "Tick one or more issues first.")
+        if choice == "merge":
+            if len(rows) < 2 or len(by_project) != 1:
+                raise ApiError(400, "Tick two or more issues of one project to merge them.")
+            return f"/issues/{(await merge(request, rows[0]['project_id'], ids))['merge']['parent']}/"
+        fields = {"assign": {"assignedTo": form.get("assignedTo", [""])},
+                  "ignored": {"status": ["ignored"], "ignore": ["forever"]}}.get(choice, {"status": [choice]})
+        for project_id, issue_ids in by_project.items():
+            await update_issues(request, project_id, issue_ids, form_body(fields))
+        return "/issues/?" + (form.get("next") or [""])[-1]
     return await dashboard_post(request, action)
 
 
@@ -3355,7 +3409,9 @@ def api_routes() -> list[Route]:
                ("/api/0/projects/{org}/{project}/grouping-rules/", api_update_grouping_rules)]
     return ([Route(path, api(handler), methods=["GET"]) for path, handler in table]
             + [Route(path, api(handler), methods=["PUT"]) for path, handler in updates]
-            + [Route("/api/0/issues/{issue_id}/hashes/", api(api_unmerge_hashes), methods=["DELETE", "POST"])])
+            + [Route("/api/0/issues/{issue_id}/hashes/", api(api_unmerge_hashes), methods=["DELETE", "POST"]),
+               Route("/api/0/issues/{issue_id}/", api(api_delete_issue), methods=["DELETE"]),
+               Route("/api/0/projects/{org}/{project}/issues/", api(api_delete_project_issues), methods=["DELETE"])])
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -3378,7 +3434,7 @@ def create_app(settings: Settings) -> Starlette:
         *ingest_routes(), *api_routes(),
         Route("/api/0/{rest:path}", api_not_found, methods=["GET", "POST", "PUT", "DELETE"]),
         Route("/", page_home), Route("/issues/", page_issues), Route("/projects/", page_projects),
-        Route("/issues/merge/", page_merge, methods=["POST"]),
+        Route("/issues/bulk/", page_bulk, methods=["POST"]),
         Route("/issues/{issue_id}/", page_issue), Route("/issues/{issue_id}/", page_issue_update, methods=["POST"]),
         Route("/issues/{issue_id}/unmerge/", page_unmerge, methods=["POST"]),
         Route("/projects/{slug}/grouping/", page_grouping_rules, methods=["GET", "POST"]),

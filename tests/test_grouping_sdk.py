@@ -313,11 +313,12 @@ def test_merge_and_unmerge_from_the_dashboard(tracker: TrackerServer, project: P
         capture(lambda: shop.app("type", raise_line='raise TypeError("bad order")').checkout(2))
     ids = sorted((i["id"] for i in tracker.wait_issues(project, 2)), key=int)
     listing = httpx.get(f"{tracker.url}/issues/", params={"project": project.slug}).text
-    assert f'name="id" value="{ids[0]}" form="merge"' in listing
-    assert httpx.post(f"{tracker.url}/issues/merge/", data={"id": ids},
+    assert f'name="id" value="{ids[0]}" form="bulk"' in listing
+    merge = {"id": ids, "bulk": "merge"}
+    assert httpx.post(f"{tracker.url}/issues/bulk/", data=merge,
                       headers={"Origin": "http://evil.example"}).status_code == 403
-    assert httpx.post(f"{tracker.url}/issues/merge/", data={"id": ids[:1]}).status_code == 400
-    r = httpx.post(f"{tracker.url}/issues/merge/", data={"id": ids})
+    assert httpx.post(f"{tracker.url}/issues/bulk/", data={**merge, "id": ids[:1]}).status_code == 400
+    r = httpx.post(f"{tracker.url}/issues/bulk/", data=merge)
     assert r.status_code == 303 and r.headers["location"] == f"/issues/{ids[0]}/"
     [merged] = tracker.issues(project)
     digest = tracker.latest_event(merged["id"])["fingerprints"][0]

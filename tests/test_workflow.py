@@ -282,3 +282,40 @@ def test_dashboard_refuses_cross_site_posts(tracker: TrackerServer, project: Pro
     assert (issue["status"], issue["assignedTo"]) == ("unresolved", None)
     assert post_form(tracker, issue_id, {"status": "resolved"}, **{"Sec-Fetch-Site": "same-origin"}).status_code == 200
     assert get(tracker, issue_id)["status"] == "resolved"
+
+
+def test_bulk_actions_from_the_issue_list(tracker: TrackerServer, project: Project, sdk: Any) -> None:
+    sdk(project.dsn, release="bulk@1")
+    for n, fn in enumerate((checkout, refund, lambda: int("x")), start=1):
+        send(tracker, project, n, fn=fn)
+    ids = sorted((i["id"] for i in tracker.wait_issues(project, 3)), key=int)
+    url = f"{tracker.url}/issues/bulk/"
+    r = httpx.post(url, data={"id": ids[:2], "bulk": "resolved", "next": f"project={project.slug}"})
+    assert r.status_code == 303 and r.headers["location"] == f"/issues/?project={project.slug}"
+    assert [get(tracker, i)["status"] for i in ids] == ["resolved", "resolved", "unresolved"]
+    httpx.post(url, data={"id": ids[2:], "bulk": "ignored"})
+    assert get(tracker, ids[2])["status"] == "ignored"
+    httpx.post(url, data={"id": ids, "bulk": "unresolved"})
+    assert {get(tracker, i)["status"] for i in ids} == {"unresolved"}
+    httpx.post(url, data={"id": ids[1:], "bulk": "assign", "assignedTo": "ana@example.org"})
+    assert [(get(tracker, i)["assignedTo"] or {}).get("name") for i in ids] == [None, "ana@example.org", "ana@example.org"]
+    assert httpx.post(url, data={"bulk": "resolved"}).status_code == 400
+    assert httpx.post(url, data={"id": ids, "bulk": "resolved"}, headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
+
+
+def test_delete_issues_through_the_api(tracker: TrackerServer, project: Project, sdk: Any) -> None:
+    sdk(project.dsn, release="del@1")
+    for n, fn in enumerate((checkout, refund, lambda: int("x")), start=1):
+        send(tracker, project, n, fn=fn)
+    ids = sorted((i["id"] for i in tracker.wait_issues(project, 3)), key=int)
+    headers = {"Authorization": f"Bearer {tracker.token}"}
+    r = httpx.delete(f"{tracker.url}/api/0/issues/{ids[0]}/", headers=headers)
+    assert r.status_code == 202
+    assert tracker.api(f"/api/0/issues/{ids[0]}/").status_code == 404
+    r = httpx.delete(f"{tracker.url}/api/0/projects/tracker/{project.slug}/issues/", params={"id": ids[1:]},
+                     headers=headers)
+    assert r.status_code == 204 and tracker.issues(project, "is:unresolved") == []
+    assert httpx.delete(f"{tracker.url}/api/0/issues/{ids[1]}/").status_code == 401
+    capture(checkout)  # the deleted issue's error comes back as a new issue
+    (again,) = tracker.wait_issues(project, 1)
+    assert again["id"] not in ids and again["count"] == "1"
