@@ -419,7 +419,7 @@ def key_from_dsn(dsn: Any, project_id: int) -> str | None:
 async def read_body(request: Request, limit: int) -> bytes:
     """Read the (possibly chunked) body, refusing with 413 as soon as it passes the limit."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise IngestError(413, f"request body larger than {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -2458,9 +2458,15 @@ async def api_project_issues(request: Request) -> Response:
                         headers=paginate(request, len(rows), limit, offset))
 
 
-async def issue_from_path(request: Request) -> sqlite3.Row:
+def path_issue_id(request: Request) -> int | None:
     raw = request.path_params["issue_id"]
-    row = await get_issue(request.app.state.store, int(raw)) if raw.isdigit() and len(raw) < 19 else None
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
+
+
+async def issue_from_path(request: Request) -> sqlite3.Row:
+    """The issue the path names, for the API and the dashboard alike; 404 when there is none."""
+    issue_id = path_issue_id(request)
+    row = await get_issue(request.app.state.store, issue_id) if issue_id is not None else None
     if row is None:
         raise ApiError(404, "The requested resource does not exist")
     return row
@@ -3187,9 +3193,9 @@ def dashboard_query(params: Any, status: str) -> str:
 
 async def page_issue(request: Request) -> Response:
     store: Store = request.app.state.store
-    raw = request.path_params["issue_id"]
-    issue = await get_issue(store, int(raw)) if raw.isdigit() and len(raw) < 19 else None
-    if issue is None:
+    try:
+        issue = await issue_from_path(request)
+    except ApiError:
         return render(request, "error.html", status=404, message="No such issue.")
     row = await issue_event(store, issue["id"], request.path_params.get("event_id", "latest"))
     if row is None and "event_id" in request.path_params:
@@ -3331,9 +3337,9 @@ def form_body(form: dict[str, list[str]]) -> dict[str, Any]:
 
 async def page_issue_events(request: Request) -> Response:
     store: Store = request.app.state.store
-    raw = request.path_params["issue_id"]
-    issue = await get_issue(store, int(raw)) if raw.isdigit() and len(raw) < 19 else None
-    if issue is None:
+    try:
+        issue = await issue_from_path(request)
+    except ApiError:
         return render(request, "error.html", status=404, message="No such issue.")
     q = request.query_params.get("q", "")
     try:
@@ -3356,9 +3362,8 @@ async def page_issue_events(request: Request) -> Response:
 
 
 async def page_event_json(request: Request) -> Response:
-    store: Store = request.app.state.store
-    raw = request.path_params["issue_id"]
-    row = await issue_event(store, int(raw), request.path_params["event_id"]) if raw.isdigit() and len(raw) < 19 else None
+    issue_id = path_issue_id(request)
+    row = await issue_event(request.app.state.store, issue_id, request.path_params["event_id"]) if issue_id else None
     if row is None:
         return JSONResponse({"detail": "not found"}, status_code=404)
     return Response(json.dumps(decompress_payload(row["payload"]), indent=2, ensure_ascii=False),

@@ -227,3 +227,11 @@ def test_unknown_org_of_a_known_project_404(tracker: TrackerServer, seeded: Seed
 
 def test_a_bad_cursor_is_a_400_json(tracker: TrackerServer, seeded: Seeded) -> None:
     get_json(tracker, f"/api/0/projects/tracker/{seeded.project.slug}/issues/", 400, cursor="nonsense")
+
+
+@pytest.mark.parametrize("raw", ["²", "١", "12abc", "9" * 30])
+def test_odd_issue_ids_are_not_found(tracker: TrackerServer, raw: str) -> None:
+    assert tracker.api(f"/api/0/issues/{raw}/").status_code == 404
+    assert httpx.get(f"{tracker.url}/issues/{raw}/").status_code == 404
+    assert httpx.get(f"{tracker.url}/issues/{raw}/events/").status_code == 404
+    assert httpx.get(f"{tracker.url}/issues/{raw}/events/{'0' * 32}/json").status_code == 404
