@@ -159,6 +159,38 @@ MIGRATIONS: list[str] = [
         project_id INTEGER PRIMARY KEY REFERENCES projects(id),
         stacktrace_rules TEXT NOT NULL DEFAULT '', fingerprint_rules TEXT NOT NULL DEFAULT '');
     """,
+    """
+    CREATE TABLE releases (
+        id INTEGER PRIMARY KEY, version TEXT NOT NULL UNIQUE, ref TEXT, url TEXT,
+        date_created REAL NOT NULL, date_started REAL, date_released REAL);
+    CREATE TABLE release_projects (
+        release_id INTEGER NOT NULL, project_id INTEGER NOT NULL,
+        PRIMARY KEY (release_id, project_id)) WITHOUT ROWID;
+    CREATE TABLE repositories (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, url TEXT, provider TEXT NOT NULL,
+        date_created REAL NOT NULL);
+    CREATE TABLE commits (
+        id INTEGER PRIMARY KEY, repository_id INTEGER, sha TEXT NOT NULL, author_name TEXT,
+        author_email TEXT, message TEXT, timestamp REAL, UNIQUE (repository_id, sha));
+    CREATE TABLE release_commits (
+        release_id INTEGER NOT NULL, commit_id INTEGER NOT NULL, position INTEGER NOT NULL,
+        PRIMARY KEY (release_id, commit_id)) WITHOUT ROWID;
+    CREATE TABLE release_refs (
+        release_id INTEGER NOT NULL, repository_id INTEGER NOT NULL, commit_sha TEXT NOT NULL,
+        previous_sha TEXT, PRIMARY KEY (release_id, repository_id)) WITHOUT ROWID;
+    CREATE TABLE commit_files (
+        commit_id INTEGER NOT NULL, path TEXT NOT NULL, type TEXT NOT NULL,
+        PRIMARY KEY (commit_id, path)) WITHOUT ROWID;
+    CREATE INDEX commit_files_by_path ON commit_files (path);
+    CREATE TABLE deploys (
+        id INTEGER PRIMARY KEY, release_id INTEGER NOT NULL, environment TEXT NOT NULL, name TEXT,
+        url TEXT, date_started REAL, date_finished REAL NOT NULL);
+    CREATE INDEX deploys_by_release ON deploys (release_id, date_finished);
+    CREATE TABLE code_mappings (
+        id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL, repository_url TEXT NOT NULL,
+        provider TEXT NOT NULL, stack_root TEXT NOT NULL DEFAULT '', source_root TEXT NOT NULL DEFAULT '',
+        default_branch TEXT NOT NULL DEFAULT 'main');
+    """,
 ]
 
 
