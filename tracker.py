@@ -2294,6 +2294,76 @@ async def project_releases(store: Store, project_id: int, limit: int = 100) -> l
     return [r["value"] for r in await store.all(RELEASES_SQL, (project_id, limit))]
 
 
+# -- releases: what shipped, where it went, what broke in it ---------------------------
+
+async def release_list(store: Store, project_id: int | None, limit: int = 100) -> list[dict[str, Any]]:
+    """Releases newest first, with the events and new issues each brought (from indexed tag rows)."""
+    where, args = ("WHERE r.id IN (SELECT release_id FROM release_projects WHERE project_id = ?)", [project_id]) \
+        if project_id is not None else ("", [])
+    rows = await store.all(
+        f"""SELECT r.*, (SELECT coalesce(sum(times_seen), 0) FROM issue_tags
+                         WHERE key = 'release' AND value = r.version) AS event_count,
+                        (SELECT count(*) FROM issues WHERE first_release = r.version) AS new_issues,
+                        (SELECT max(date_finished) FROM deploys WHERE release_id = r.id) AS last_deploy
+            FROM releases r {where} ORDER BY r.date_created DESC LIMIT ?""", [*args, limit])
+    return [dict(r) for r in rows]
+
+
+async def release_detail(store: Store, version: str) -> dict[str, Any] | None:
+    """One release with its commits (and files), deploys, new issues and regressions."""
+    release = await store.one("SELECT * FROM releases WHERE version = ?", (version,))
+    if release is None:
+        return None
+    commits = [dict(c) for c in await store.all(
+        """SELECT c.*, rp.name AS repository FROM release_commits rc JOIN commits c ON c.id = rc.commit_id
+           LEFT JOIN repositories rp ON rp.id = c.repository_id WHERE rc.release_id = ? ORDER BY rc.position""",
+        (release["id"],))]
+    for commit in commits:
+        commit["files"] = [dict(f) for f in await store.all(
+            "SELECT path, type FROM commit_files WHERE commit_id = ? ORDER BY path", (commit["id"],))]
+    return {
+        "release": dict(release), "commits": commits,
+        "refs": [dict(r) for r in await store.all(
+            "SELECT rr.*, rp.name AS repository FROM release_refs rr JOIN repositories rp "
+            "ON rp.id = rr.repository_id WHERE rr.release_id = ?", (release["id"],))],
+        "deploys": [dict(d) for d in await store.all(
+            "SELECT * FROM deploys WHERE release_id = ? ORDER BY date_finished DESC", (release["id"],))],
+        "new_issues": await store.all(f"SELECT {ISSUE_COLUMNS} FROM issues i JOIN projects p ON p.id = i.project_id "
+                                      "WHERE i.first_release = ? ORDER BY i.times_seen DESC LIMIT 100", (version,)),
+        "regressions": await store.all(
+            f"""SELECT {ISSUE_COLUMNS}, a.created AS regressed_at FROM issue_activity a
+                JOIN issues i ON i.id = a.issue_id JOIN projects p ON p.id = i.project_id
+                WHERE a.kind = 'set_regression' AND json_extract(a.data, '$.version') = ?
+                ORDER BY a.created DESC LIMIT 100""", (version,)),
+        "event_count": (await store.one("SELECT coalesce(sum(times_seen), 0) AS n FROM issue_tags "
+                                        "WHERE key = 'release' AND value = ?", (version,)))["n"],
+    }
+
+
+async def suspect_commits(store: Store, issue: sqlite3.Row, frames: list[dict[str, Any]],
+                          limit: int = 3) -> list[dict[str, Any]]:
+    """Commits of the issue's first release (and the release before it) that touched a file of
+    an in-app frame, the ones nearest the crash first."""
+    release = await store.one("SELECT * FROM releases WHERE version = ?", (issue["first_release"] or "",))
+    paths = [text(f.get("abs_path") or f.get("filename")) for f in reversed(frames) if f.get("in_app")]
+    if release is None or not paths:
+        return []
+    releases = [release["id"]] + [r["id"] for r in await store.all(
+        """SELECT r.id FROM releases r JOIN release_projects rp ON rp.release_id = r.id
+           WHERE rp.project_id = ? AND r.date_created < ? ORDER BY r.date_created DESC LIMIT 1""",
+        (issue["project_id"], release["date_created"]))]
+    rows = await store.all(
+        f"""SELECT c.*, f.path, r.version FROM release_commits rc JOIN commits c ON c.id = rc.commit_id
+            JOIN commit_files f ON f.commit_id = c.id JOIN releases r ON r.id = rc.release_id
+            WHERE rc.release_id IN ({','.join('?' * len(releases))})""", releases)
+    ranked: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        rank = next((i for i, path in enumerate(paths) if path.endswith(row["path"]) or row["path"].endswith(path)), None)
+        if rank is not None and (row["sha"] not in ranked or rank < ranked[row["sha"]]["rank"]):
+            ranked[row["sha"]] = {**dict(row), "rank": rank}
+    return sorted(ranked.values(), key=lambda c: (c["rank"], -(c["timestamp"] or 0)))[:limit]
+
+
 # =============================================================================
 # JSON API (Sentry's shapes; Bearer tokens)
 # =============================================================================
@@ -2808,6 +2878,7 @@ h4 { font-size: 12px; margin: 12px 0 4px; color: var(--muted); text-transform: u
 .chips b { color: var(--muted); font-weight: 500; }
 pre.block { background:#f2f4f7; padding: 10px; border-radius: 6px; overflow-x: auto; font: 12.5px/1.45 var(--mono); white-space: pre-wrap; word-break: break-word; margin: 0; }
 .crumb-error td { background: #fef3f2; } td.crumb-level { font-size: 12.5px; }
+.commit { padding: 8px 0; border-bottom: 1px solid var(--line); } .commit:last-child { border-bottom: 0; }
 .empty { padding: 40px; text-align: center; color: var(--muted); }
 code.dsn { background:#f2f4f7; padding: 3px 6px; border-radius: 4px; font-size: 12.5px; word-break: break-all; }
 .badge.regressed { background: #b42318; }
@@ -2829,7 +2900,7 @@ TEMPLATES = {
     "base.html": """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{% block title %}tracker{% endblock %} · tracker</title><link rel="stylesheet" href="/static/tracker.css"></head>
-<body><header class="top"><a class="brand" href="/issues/">tracker</a><a href="/issues/">Issues</a><a href="/projects/">Projects &amp; DSNs</a></header>
+<body><header class="top"><a class="brand" href="/issues/">tracker</a><a href="/issues/">Issues</a><a href="/releases/">Releases</a><a href="/projects/">Projects &amp; DSNs</a></header>
 <main>{% block main %}{% endblock %}</main></body></html>""",
 
     "issues.html": """{% extends "base.html" %}{% block title %}Issues{% endblock %}{% block main %}
@@ -2911,6 +2982,8 @@ TEMPLATES = {
   <a href="/issues/{{ issue.id }}/events/">All events</a>
 </div>
 <div class="layout"><div>
+{% if suspects %}<div class="card suspects"><h2 style="margin-top:0">Suspect commits</h2>{% for c in suspects %}<div class="commit">
+  <span class="mono">{{ c.sha[:12] }}</span> {{ (c.message or '')|truncate(100) }} <span class="muted">· {{ c.author_name or c.author_email or 'unknown author' }} · touched <span class="mono">{{ c.path }}</span> in <a href="/releases/{{ c.version|urlencode }}/">{{ c.version }}</a></span></div>{% endfor %}</div>{% endif %}
 {% if ev.logentry and (ev.logentry.formatted != issue.title or ev.logentry.params) %}<div class="card"><h2 style="margin-top:0">Message</h2><pre class="block">{{ ev.logentry.formatted }}</pre>
   {% if ev.logentry.message and ev.logentry.message != ev.logentry.formatted %}<div class="muted mono" style="margin-top:6px">template: {{ ev.logentry.message }}{% if ev.logentry.params %} · params: {{ ev.logentry.params|pretty }}{% endif %}</div>{% endif %}</div>{% endif %}
 {% macro frame(fr) %}
@@ -3031,6 +3104,35 @@ message:"*timed out*" -> timeouts, {{ transaction }}{% endraw %}</pre>
   <textarea name="fingerprint_rules" rows="8" spellcheck="false" aria-label="fingerprint rules">{{ fingerprint_rules }}</textarea>
   <p><button type="submit">Save rules</button></p>
 </form>
+{% endblock %}""",
+
+    "releases.html": """{% extends "base.html" %}{% block title %}Releases{% endblock %}{% block main %}
+<h1>Releases</h1>
+<form class="filters" method="get"><label>Project<select name="project"><option value="">All projects</option>
+  {% for p in projects %}<option value="{{ p.slug }}" {{ 'selected' if p.slug == project }}>{{ p.name }}</option>{% endfor %}</select></label><button type="submit">Filter</button></form>
+<div class="card" style="padding:0">{% if releases %}<table><thead><tr><th>Version</th><th>Created</th><th>Released</th><th class="num">Events</th><th class="num">New issues</th><th>Last deploy</th></tr></thead><tbody>
+{% for r in releases %}<tr><td class="mono"><a href="/releases/{{ r.version|urlencode }}/">{{ r.version }}</a></td>
+  <td title="{{ r.date_created|datetime }}">{{ r.date_created|ago }}</td><td>{{ r.date_released|ago if r.date_released else '—' }}</td>
+  <td class="num">{{ r.event_count }}</td><td class="num">{{ r.new_issues }}</td><td>{{ r.last_deploy|ago if r.last_deploy else '—' }}</td></tr>{% endfor %}
+</tbody></table>{% else %}<div class="empty">No releases yet: events with a <code>release</code>, or <code>sentry-cli releases new</code>, create them.</div>{% endif %}</div>
+{% endblock %}""",
+
+    "release.html": """{% extends "base.html" %}{% block title %}{{ r.release.version }}{% endblock %}{% block main %}
+<div class="card"><div class="muted" style="font-size:12px"><a href="/releases/">Releases</a></div>
+  <h1>{{ r.release.version }}</h1>
+  <div class="facts"><div><b>{{ r.event_count }}</b><span>events</span></div><div><b>{{ r.new_issues|length }}</b><span>new issues</span></div>
+    <div><b>{{ r.regressions|length }}</b><span>regressions</span></div><div><b>{{ r.commits|length }}</b><span>commits</span></div>
+    <div><b title="{{ r.release.date_created|datetime }}">{{ r.release.date_created|ago }}</b><span>created</span></div>
+    <div><b>{{ r.release.date_released|ago if r.release.date_released else '—' }}</b><span>released</span></div></div></div>
+<div class="layout"><div>
+<div class="card"><h2 style="margin-top:0">New issues in this release</h2>{% for i in r.new_issues %}<div style="margin:6px 0"><span class="badge lvl-{{ i.level }}">{{ i.level }}</span> <a href="/issues/{{ i.id }}/">{{ i.title }}</a> <span class="muted">· {{ i.times_seen }} events · {{ i.project_name }}</span></div>{% else %}<div class="muted">None.</div>{% endfor %}</div>
+<div class="card"><h2 style="margin-top:0">Regressions in this release</h2>{% for i in r.regressions %}<div style="margin:6px 0"><a href="/issues/{{ i.id }}/">{{ i.title }}</a> <span class="muted">· regressed {{ i.regressed_at|ago }}</span></div>{% else %}<div class="muted">None.</div>{% endfor %}</div>
+<div class="card"><h2 style="margin-top:0">Commits</h2>{% for ref in r.refs %}<div class="mono muted">{{ ref.repository }} {{ ref.previous_sha[:12] ~ '..' if ref.previous_sha }}{{ ref.commit_sha[:12] }}</div>{% endfor %}
+  {% for c in r.commits %}<div class="commit"><div><span class="mono">{{ c.sha[:12] }}</span> {{ (c.message or '')|truncate(120) }}</div>
+    <div class="muted" style="font-size:12px">{{ c.author_name or c.author_email or 'unknown author' }}{% if c.repository %} · {{ c.repository }}{% endif %}{% if c.timestamp %} · {{ c.timestamp|ago }}{% endif %}</div>
+    {% if c.files %}<div class="chips">{% for f in c.files %}<span><b>{{ f.type }}</b> {{ f.path }}</span>{% endfor %}</div>{% endif %}</div>
+  {% else %}<div class="muted">No commits: <code>sentry-cli releases set-commits {{ r.release.version }} --auto</code> in CI records them.</div>{% endfor %}</div>
+</div><div class="sidebar"><div class="card"><h3 style="margin-top:0">Deploys</h3>{% for d in r.deploys %}<div style="margin:6px 0"><b>{{ d.environment }}</b> <span class="muted" title="{{ d.date_finished|datetime }}">{{ d.date_finished|ago }}</span>{% if d.name %} · {{ d.name }}{% endif %}</div>{% else %}<div class="muted">Not deployed yet.</div>{% endfor %}</div></div></div>
 {% endblock %}""",
 
     "error.html": """{% extends "base.html" %}{% block title %}{{ status }}{% endblock %}{% block main %}
@@ -3250,7 +3352,8 @@ async def page_issue(request: Request) -> Response:
             exc["blocks"] = frame_blocks((exc.get("stacktrace") or {}).get("frames", []), crash)
         context.update(ev=ev, exceptions=exceptions, nav=await neighbour_events(store, row), crash_frame=crash,
                        thread_blocks=[] if exceptions else frame_blocks(frames, crash))
-        context.update(issue_hashes=await issue_hash_list(store, issue), grouping_words=GROUPING_WORDS)
+        context.update(issue_hashes=await issue_hash_list(store, issue), grouping_words=GROUPING_WORDS,
+                       suspects=await suspect_commits(store, issue, frames))
     return render(request, "issue.html", **context)
 
 
@@ -3402,6 +3505,22 @@ async def page_event_json(request: Request) -> Response:
                     media_type="application/json", headers=PAGE_HEADERS)
 
 
+async def page_releases(request: Request) -> Response:
+    store: Store = request.app.state.store
+    projects = await store.all("SELECT * FROM projects ORDER BY name")
+    slug = request.query_params.get("project", "")
+    project = next((p for p in projects if p["slug"] == slug), None)
+    return render(request, "releases.html", projects=projects, project=slug,
+                  releases=await release_list(store, project["id"] if project else None))
+
+
+async def page_release(request: Request) -> Response:
+    detail = await release_detail(request.app.state.store, request.path_params["version"])
+    if detail is None:
+        return render(request, "error.html", status=404, message="No such release.")
+    return render(request, "release.html", r=detail)
+
+
 async def page_projects(request: Request) -> Response:
     store: Store = request.app.state.store
     settings: Settings = request.app.state.settings
@@ -3478,6 +3597,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/issues/{issue_id}/events/", page_issue_events),
         Route("/issues/{issue_id}/events/{event_id}/", page_issue),
         Route("/issues/{issue_id}/events/{event_id}/json", page_event_json),
+        Route("/releases/", page_releases), Route("/releases/{version:path}/", page_release),
         Route("/static/tracker.css", page_css),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
