@@ -67,6 +67,8 @@ class Settings:
     max_event: int = 1 * MIB  # one event item
     batch_max: int = 512  # jobs per writer transaction
     projects: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    repositories: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    jira: dict[str, str] = dataclasses.field(default_factory=dict)  # url, project_id, issue_type
 
     @property
     def public_url(self) -> str:
@@ -85,10 +87,12 @@ def load_settings(config: str | None = None, **flags: Any) -> Settings:
         with open(path, "rb") as f:
             doc = tomllib.load(f)
         for key, value in doc.get("server", {}).items():
-            if key not in {f.name for f in dataclasses.fields(Settings)} or key == "projects":
+            if key not in {f.name for f in dataclasses.fields(Settings)} or key in ("projects", "repositories", "jira"):
                 raise SystemExit(f"{path}: unknown [server] setting {key!r}")
             setattr(settings, key, value)
         settings.projects = list(doc.get("projects", []))
+        settings.repositories = list(doc.get("repositories", []))
+        settings.jira = {key: str(value) for key, value in doc.get("jira", {}).items()}
     for key, var in ENV_VARS.items():
         if os.environ.get(var):
             setattr(settings, key, os.environ[var])
@@ -356,6 +360,34 @@ def ensure_config_projects(conn: sqlite3.Connection, projects: list[dict[str, An
         elif key and not conn.execute("SELECT 1 FROM project_keys WHERE public_key = ?", (key,)).fetchone():
             conn.execute("INSERT INTO project_keys (public_key, project_id, created) VALUES (?, ?, ?)",
                          (key, row["id"], time.time()))
+
+
+REPOSITORY_PROVIDERS = {"github": "GitHub", "gitlab": "GitLab", "bitbucket": "Bitbucket"}
+
+
+def repository_provider(url: str) -> str:
+    """The provider a repository URL's host names ("custom" for any other host)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return next((p for p in REPOSITORY_PROVIDERS if p in host), "custom")
+
+
+def create_repository(conn: sqlite3.Connection, name: str, url: str | None, provider: str | None = None) -> int | None:
+    """Add a repository unless one of that name exists (sentry-cli matches names in any case);
+    returns its id, or None when it already existed."""
+    if conn.execute("SELECT 1 FROM repositories WHERE name = ? COLLATE NOCASE", (name,)).fetchone():
+        return None
+    provider = (provider or repository_provider(url or "")).removeprefix("integrations:")
+    cur = conn.execute("INSERT INTO repositories (name, url, provider, date_created) VALUES (?, ?, ?, ?)",
+                       (name, url, provider, time.time()))
+    return int(cur.lastrowid or 0)
+
+
+def ensure_config_repositories(conn: sqlite3.Connection, repositories: list[dict[str, Any]]) -> None:
+    """Create the repositories a TOML config declares (idempotent, keyed by name)."""
+    for spec in repositories:
+        if not spec.get("name"):
+            raise SystemExit("[[repositories]]: every repository needs a name")
+        create_repository(conn, str(spec["name"]), spec.get("url"), spec.get("provider"))
 
 
 def hash_token(token: str) -> str:
@@ -1687,6 +1719,8 @@ def store_event(conn: sqlite3.Connection, ev: PreparedEvent) -> bool:
     conn.executemany("INSERT OR IGNORE INTO issue_hashes (project_id, hash, issue_id) VALUES (?, ?, ?)",
                      [(ev.project_id, h, issue_id) for h in ev.hashes])
     new_tags = record_issue_tags(conn, issue_id, ev)
+    if "release" in new_tags:
+        link_release(conn, ev.project_id, new_tags["release"], ev.received)
     conn.executemany("INSERT OR IGNORE INTO issue_terms (key, value, issue_id) VALUES (?, ?, ?)",
                      [(key, value, issue_id) for key, value in ev.terms])
     issue = conn.execute(
@@ -1742,6 +1776,16 @@ def record_issue_tags(conn: sqlite3.Connection, issue_id: int, ev: PreparedEvent
         if cur.fetchone()[0] == 1:
             new_tags[key] = value
     return new_tags
+
+
+def link_release(conn: sqlite3.Connection, project_id: int, version: str, now: float) -> bool:
+    """Make a release exist and belong to a project; True when the release is new. Ingest calls it
+    only for a release new to the issue, so most events pay nothing for it."""
+    created = conn.execute("INSERT OR IGNORE INTO releases (version, date_created) VALUES (?, ?)",
+                           (version, now)).rowcount == 1
+    conn.execute("INSERT OR IGNORE INTO release_projects (release_id, project_id) "
+                 "SELECT id, ? FROM releases WHERE version = ?", (project_id, version))
+    return created
 
 
 # -- merge and unmerge: a person correcting the grouping ---------------------------------
@@ -2364,6 +2408,107 @@ async def suspect_commits(store: Store, issue: sqlite3.Row, frames: list[dict[st
     return sorted(ranked.values(), key=lambda c: (c["rank"], -(c["timestamp"] or 0)))[:limit]
 
 
+# -- code mappings: from a stack frame to its source file, and back ------------------------
+
+PROVIDERS = {"github": "GitHub", "gitlab": "GitLab"}
+MAPPING_COLUMNS = ("repository_url", "provider", "stack_root", "source_root", "default_branch")
+
+
+class MappingError(ValueError):
+    """An invalid code mapping: shown (a 400, or above the form) to whoever entered it."""
+
+
+def checked_mapping(fields: dict[str, Any]) -> dict[str, str]:
+    """A code mapping's columns, validated (the API and the form share this): an http(s)
+    repository URL, and a provider that is inferred from the host when not given."""
+    values = {}
+    for column in MAPPING_COLUMNS:
+        value = fields.get(column) or ""
+        if not isinstance(value, str) or len(value) > 1000 or re.search(r"[\x00-\x1f\x7f]", value):
+            raise MappingError(f"{column} must be a single line of text")
+        values[column] = value.strip()
+    try:
+        url = urllib.parse.urlsplit(values["repository_url"])
+        host = url.hostname or ""
+    except ValueError:
+        raise MappingError("the repository URL does not parse") from None
+    if url.scheme not in ("http", "https") or not host or " " in values["repository_url"]:
+        raise MappingError("the repository URL must be an http(s) URL such as https://github.com/acme/app")
+    values["repository_url"] = values["repository_url"].rstrip("/").removesuffix(".git")
+    values["provider"] = values["provider"].lower() or ("gitlab" if host.startswith("gitlab.") else "github")
+    if values["provider"] not in PROVIDERS:
+        raise MappingError("provider must be github or gitlab")
+    values["default_branch"] = values["default_branch"] or "main"
+    return values
+
+
+def save_code_mapping(conn: sqlite3.Connection, project_id: int, values: dict[str, str],
+                      mapping_id: int | None = None) -> int:
+    if mapping_id is None:
+        return conn.execute(f"INSERT INTO code_mappings (project_id, {', '.join(MAPPING_COLUMNS)}) "
+                            "VALUES (?, ?, ?, ?, ?, ?)", (project_id, *values.values())).lastrowid
+    conn.execute(f"UPDATE code_mappings SET {', '.join(c + ' = ?' for c in MAPPING_COLUMNS)} WHERE id = ?",
+                 (*values.values(), mapping_id))
+    return mapping_id
+
+
+async def project_mappings(store: Store, project_id: int) -> list[sqlite3.Row]:
+    return await store.all("SELECT * FROM code_mappings WHERE project_id = ? ORDER BY id", (project_id,))
+
+
+async def release_sha(store: Store, version: str) -> str | None:
+    """The commit a release was built from: its ref, else its head commit (sentry-cli lists a
+    release's commits newest first); None when the release has neither."""
+    row = await store.one(
+        """SELECT coalesce((SELECT commit_sha FROM release_refs WHERE release_id = r.id LIMIT 1),
+                           (SELECT c.sha FROM release_commits rc JOIN commits c ON c.id = rc.commit_id
+                            WHERE rc.release_id = r.id ORDER BY rc.position LIMIT 1)) AS sha
+           FROM releases r WHERE r.version = ?""", (version,))
+    return row["sha"] if row else None
+
+
+def mapped_path(frame: dict[str, Any], mapping: sqlite3.Row) -> str | None:
+    """The frame's file inside the repository, or None when the mapping's stack root is not its prefix."""
+    root = mapping["stack_root"]
+    if root:
+        rest = next((p[len(root):] for p in (text(frame.get("abs_path")), text(frame.get("filename")))
+                     if p.startswith(root)), None)
+    else:
+        rest = text(frame.get("filename") or frame.get("abs_path"))
+    if not rest:
+        return None
+    return "/".join(part.strip("/") for part in (mapping["source_root"], rest) if part.strip("/"))
+
+
+def frame_link(frame: dict[str, Any], mappings: list[sqlite3.Row], sha_or_branch: str | None) -> str | None:
+    """The in-app frame's line in its repository, by the mapping with the longest matching stack
+    root, at the release's commit (or the mapping's default branch when None)."""
+    if not frame.get("in_app"):
+        return None
+    found = [(len(m["stack_root"]), path, m) for m in mappings if (path := mapped_path(frame, m))]
+    if not found:
+        return None
+    _, path, mapping = max(found, key=lambda f: f[0])
+    blob = "/-/blob/" if mapping["provider"] == "gitlab" else "/blob/"
+    line = f"#L{frame['lineno']}" if frame.get("lineno") else ""
+    ref = urllib.parse.quote(sha_or_branch or mapping["default_branch"], safe="/")
+    return f"{mapping['repository_url']}{blob}{ref}/{urllib.parse.quote(path, safe='/')}{line}"
+
+
+def code_query(path: str, function: str = "") -> str:
+    """The issue search for issues whose in-app frames pass through a file (and function)."""
+    return " ".join(f"stack.{key}:{quoted(value)}" for key, value in (("filename", path), ("function", function))
+                    if value)
+
+
+def code_view_url(slug: str, frame: dict[str, Any]) -> str | None:
+    path = text(frame.get("filename"))
+    if not frame.get("in_app") or not path:
+        return None
+    params = {"project": slug, "path": path, **({"function": frame["function"]} if frame.get("function") else {})}
+    return "/code/?" + urllib.parse.urlencode(params)
+
+
 # =============================================================================
 # JSON API (Sentry's shapes; Bearer tokens)
 # =============================================================================
@@ -2530,8 +2675,7 @@ async def api_org_projects(request: Request) -> list[dict[str, Any]]:
 
 async def project_from_path(request: Request) -> sqlite3.Row:
     check_org(request)
-    row = await request.app.state.store.one("SELECT * FROM projects WHERE slug = ? OR CAST(id AS TEXT) = ?",
-                                            (request.path_params["project"], request.path_params["project"]))
+    row = await find_project(request.app.state.store, request.path_params["project"])
     if row is None:
         raise ApiError(404, "The requested resource does not exist")
     return row
@@ -2788,6 +2932,429 @@ async def api_unmerge_hashes(request: Request) -> Response:
     return JSONResponse({"id": str(await unmerge(request, issue["id"], hashes))}, status_code=202)
 
 
+API_MAPPING_FIELDS = {"repositoryUrl": "repository_url", "provider": "provider", "stackRoot": "stack_root",
+                      "sourceRoot": "source_root", "defaultBranch": "default_branch"}
+
+
+def serialize_mapping(row: sqlite3.Row) -> dict[str, Any]:
+    return {"id": str(row["id"]), "projectId": str(row["project_id"]),
+            "repoName": urllib.parse.urlsplit(row["repository_url"]).path.strip("/"),
+            "repositoryUrl": row["repository_url"], "stackRoot": row["stack_root"], "sourceRoot": row["source_root"],
+            "defaultBranch": row["default_branch"],
+            "provider": {"key": row["provider"], "slug": row["provider"], "name": PROVIDERS[row["provider"]]}}
+
+
+def body_mapping(body: Any, current: dict[str, Any]) -> dict[str, str]:
+    """Sentry's code mapping fields over the current columns; repoName `owner/name` stands for a
+    repository on github.com (gitlab.com with provider gitlab)."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    fields = {**current, **{column: body[key] for key, column in API_MAPPING_FIELDS.items() if key in body}}
+    if isinstance(fields.get("provider"), dict):
+        fields["provider"] = fields["provider"].get("key")
+    if not body.get("repositoryUrl") and isinstance(body.get("repoName"), str):
+        name = body["repoName"].strip("/")
+        fields["repository_url"] = name if "://" in name else \
+            f"https://{'gitlab.com' if fields.get('provider') == 'gitlab' else 'github.com'}/{name}"
+    try:
+        return checked_mapping(fields)
+    except MappingError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+async def find_project(store: Store, ref: str) -> sqlite3.Row | None:
+    """A project by slug or numeric id."""
+    return await store.one("SELECT * FROM projects WHERE slug = ? OR CAST(id AS TEXT) = ?", (ref, ref))
+
+
+async def mapping_from_path(request: Request) -> sqlite3.Row:
+    check_org(request)
+    row = await request.app.state.store.one("SELECT * FROM code_mappings WHERE CAST(id AS TEXT) = ?",
+                                            (request.path_params["mapping_id"],))
+    if row is None:
+        raise ApiError(404, "The requested resource does not exist")
+    return row
+
+
+async def api_code_mappings(request: Request) -> list[dict[str, Any]]:
+    """GET /api/0/organizations/<org>/code-mappings/?project=<id or slug>"""
+    check_org(request)
+    ref = request.query_params.get("project")
+    project = await find_project(request.app.state.store, ref) if ref else None
+    if ref and project is None:
+        raise ApiError(404, "The requested resource does not exist")
+    rows = await request.app.state.store.all(
+        "SELECT * FROM code_mappings WHERE ? IS NULL OR project_id = ? ORDER BY id",
+        (project and project["id"], project and project["id"]))
+    return [serialize_mapping(r) for r in rows]
+
+
+async def api_create_code_mapping(request: Request) -> Response:
+    """POST /api/0/organizations/<org>/code-mappings/ with projectId and the mapping's fields."""
+    check_org(request)
+    body = await request_json(request)
+    ref = str(body.get("projectId") or request.query_params.get("project") or "") if isinstance(body, dict) else ""
+    project = await find_project(request.app.state.store, ref)
+    if project is None:
+        raise ApiError(400, "projectId must name a project")
+    values = body_mapping(body, {})
+    mapping_id = await request.app.state.writer.submit(lambda conn: save_code_mapping(conn, project["id"], values))
+    row = await request.app.state.store.one("SELECT * FROM code_mappings WHERE id = ?", (mapping_id,))
+    return JSONResponse(serialize_mapping(row), status_code=201)
+
+
+async def api_update_code_mapping(request: Request) -> dict[str, Any]:
+    """PUT /api/0/organizations/<org>/code-mappings/<id>/: the fields given change, the rest stay."""
+    current = await mapping_from_path(request)
+    values = body_mapping(await request_json(request), dict(current))
+    await request.app.state.writer.submit(
+        lambda conn: save_code_mapping(conn, current["project_id"], values, current["id"]))
+    return serialize_mapping(await mapping_from_path(request))
+
+
+async def api_delete_code_mapping(request: Request) -> Response:
+    mapping = await mapping_from_path(request)
+    await request.app.state.writer.submit(
+        lambda conn: conn.execute("DELETE FROM code_mappings WHERE id = ?", (mapping["id"],)).rowcount)
+    return Response(status_code=204)
+
+
+# -- releases, repositories, commits and deploys (what sentry-cli sends; protocol brief §8.3) ---
+
+RELEASE_SQL = """SELECT r.*,
+    (SELECT min(first_seen) FROM issue_tags WHERE key = 'release' AND value = r.version) AS first_event,
+    (SELECT max(last_seen) FROM issue_tags WHERE key = 'release' AND value = r.version) AS last_event,
+    (SELECT count(*) FROM issues WHERE first_release = r.version) AS new_groups,
+    (SELECT count(*) FROM release_commits WHERE release_id = r.id) AS commit_count,
+    (SELECT count(*) FROM deploys WHERE release_id = r.id) AS deploy_count
+  FROM releases r"""
+COMMIT_SQL = """SELECT c.*, rp.name AS repository FROM release_commits rc JOIN commits c ON c.id = rc.commit_id
+  JOIN repositories rp ON rp.id = c.repository_id WHERE rc.release_id = ?"""
+RELEASE_DATES = {"dateStarted": "date_started", "dateReleased": "date_released"}
+
+
+def short_version(version: str) -> str:
+    """What Sentry shows for a version: without its `package@` prefix, a commit hash cut to 12."""
+    short = version.rsplit("@", 1)[-1] or version
+    return short[:12] if re.fullmatch(r"[0-9a-f]{40}", short) else short
+
+
+def serialize_repository(row: sqlite3.Row) -> dict[str, Any]:
+    provider = row["provider"]
+    return {"id": str(row["id"]), "name": row["name"], "url": row["url"], "status": "active",
+            "provider": {"id": f"integrations:{provider}", "name": REPOSITORY_PROVIDERS.get(provider, provider)},
+            "dateCreated": iso(row["date_created"]), "integrationId": None, "externalSlug": row["name"]}
+
+
+def serialize_commit(row: sqlite3.Row) -> dict[str, Any]:
+    author = {"name": row["author_name"], "email": row["author_email"]} \
+        if row["author_name"] or row["author_email"] else None
+    return {"id": row["sha"], "message": row["message"], "dateCreated": iso(row["timestamp"]),
+            "author": author, "repository": {"id": str(row["repository_id"]), "name": row["repository"]}}
+
+
+def serialize_deploy(row: sqlite3.Row) -> dict[str, Any]:
+    return {"id": str(row["id"]), "environment": row["environment"], "name": row["name"], "url": row["url"],
+            "dateStarted": iso(row["date_started"]), "dateFinished": iso(row["date_finished"])}
+
+
+async def serialize_release(store: Store, row: sqlite3.Row) -> dict[str, Any]:
+    """Sentry's release shape, with the last commit, last deploy, authors and projects."""
+    projects = await store.all("SELECT p.* FROM projects p JOIN release_projects rp ON rp.project_id = p.id "
+                               "WHERE rp.release_id = ? ORDER BY p.slug", (row["id"],))
+    last_commit = await store.one(f"{COMMIT_SQL} ORDER BY rc.position LIMIT 1", (row["id"],))
+    last_deploy = await store.one("SELECT * FROM deploys WHERE release_id = ? ORDER BY date_finished DESC, id DESC "
+                                  "LIMIT 1", (row["id"],))
+    authors = await store.all("SELECT DISTINCT c.author_name, c.author_email FROM release_commits rc JOIN commits c "
+                              "ON c.id = rc.commit_id WHERE rc.release_id = ? AND c.author_email IS NOT NULL",
+                              (row["id"],))
+    return {
+        "id": row["id"], "version": row["version"], "shortVersion": short_version(row["version"]),
+        "ref": row["ref"], "url": row["url"], "dateCreated": iso(row["date_created"]),
+        "dateStarted": iso(row["date_started"]), "dateReleased": iso(row["date_released"]),
+        "firstEvent": iso(row["first_event"]), "lastEvent": iso(row["last_event"]), "newGroups": row["new_groups"],
+        "commitCount": row["commit_count"], "deployCount": row["deploy_count"],
+        "lastCommit": serialize_commit(last_commit) if last_commit else None,
+        "lastDeploy": serialize_deploy(last_deploy) if last_deploy else None,
+        "authors": [{"name": a["author_name"], "email": a["author_email"]} for a in authors],
+        "projects": [{"id": p["id"], "slug": p["slug"], "name": p["name"], "platform": p["platform"] or None}
+                     for p in projects],
+    }
+
+
+async def request_object(request: Request) -> dict[str, Any]:
+    body = await request_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return body
+
+
+def release_version(value: Any) -> str:
+    """A version a client may create: sentry-cli refuses '/', and paths could not name it."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 250:
+        raise ApiError(400, "version: a non-empty string of at most 250 characters is required")
+    if "/" in value or "\n" in value or value.strip() in (".", "..", "latest"):
+        raise ApiError(400, f"version {value!r} is not allowed (no '/', newline, '.', '..' or 'latest')")
+    return value.strip()
+
+
+async def release_project_ids(request: Request, value: Any) -> list[int]:
+    """The projects a body names by slug or id; an unknown one is a 400."""
+    ids = []
+    for name in value if isinstance(value, list) else []:
+        row = await request.app.state.store.one("SELECT id FROM projects WHERE slug = ? OR CAST(id AS TEXT) = ?",
+                                                (str(name), str(name)))
+        if row is None:
+            raise ApiError(400, f"unknown project {name!r}")
+        ids.append(row["id"])
+    return ids
+
+
+def release_columns(body: dict[str, Any]) -> dict[str, Any]:
+    """The release columns a create or update body sets (absent or null keys keep theirs)."""
+    columns: dict[str, Any] = {key: text(body[key], 2048) for key in ("ref", "url") if body.get(key) is not None}
+    for key, column in RELEASE_DATES.items():
+        if body.get(key) is not None:
+            columns[column] = parse_timestamp(body[key])
+            if columns[column] is None:
+                raise ApiError(400, f"{key}: not a date")
+    return columns
+
+
+def parse_commits(value: Any) -> list[dict[str, Any]]:
+    """A body's `commits` (newest first, as sentry-cli reads them from git): each needs an `id`."""
+    if not isinstance(value, list):
+        raise ApiError(400, "commits must be a list")
+    commits = []
+    for raw in value:
+        if not isinstance(raw, dict) or not isinstance(raw.get("id"), str) or not raw["id"].strip():
+            raise ApiError(400, "every commit needs an id (its sha)")
+        commits.append({
+            "sha": raw["id"].strip()[:64], "repository": text(raw.get("repository"), 200) or "unknown",
+            "author_name": text(raw.get("author_name"), 200) or None,
+            "author_email": text(raw.get("author_email"), 200) or None,
+            "message": text(raw.get("message")) or None, "timestamp": parse_timestamp(raw.get("timestamp")),
+            "files": [(text(f["path"], 1024), text(f.get("type") or "M", 1)) for f in as_list(raw.get("patch_set"))
+                      if isinstance(f, dict) and f.get("path")]})
+    return commits
+
+
+async def parse_refs(request: Request, value: Any) -> list[dict[str, Any]]:
+    """A body's `refs` ({repository, commit, previousCommit}); each repository must exist."""
+    refs = []
+    for raw in value if isinstance(value, list) else []:
+        if not isinstance(raw, dict) or not raw.get("repository") or not raw.get("commit"):
+            raise ApiError(400, "every ref needs a repository and a commit")
+        repo = await request.app.state.store.one("SELECT * FROM repositories WHERE name = ? COLLATE NOCASE",
+                                                 (str(raw["repository"]),))
+        if repo is None:
+            raise ApiError(400, f"unknown repository {raw['repository']!r}")
+        refs.append({"repository_id": repo["id"], "repository": repo["name"], "commit": text(raw["commit"], 64),
+                     "previous": text(raw.get("previousCommit"), 64) or None})
+    return refs
+
+
+def save_release(conn: sqlite3.Connection, version: str, project_ids: list[int], columns: dict[str, Any],
+                 commits: list[dict[str, Any]] | None, refs: list[dict[str, Any]] | None) -> bool:
+    """Create or update a release; True when it is new."""
+    created = False
+    for project_id in project_ids:
+        created = link_release(conn, project_id, version, time.time()) or created
+    release_id = conn.execute("SELECT id FROM releases WHERE version = ?", (version,)).fetchone()[0]
+    if columns:
+        conn.execute(f"UPDATE releases SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
+                     (*columns.values(), release_id))
+    if refs is not None:
+        conn.execute("DELETE FROM release_refs WHERE release_id = ?", (release_id,))
+        conn.executemany("INSERT OR REPLACE INTO release_refs (release_id, repository_id, commit_sha, previous_sha) "
+                         "VALUES (?, ?, ?, ?)", [(release_id, r["repository_id"], r["commit"], r["previous"])
+                                                 for r in refs])
+    if commits is None and refs is not None:  # no provider to ask for the range: the head commits stand for it
+        commits = [{"sha": r["commit"], "repository": r["repository"]} for r in refs]
+    if commits is not None:
+        conn.execute("DELETE FROM release_commits WHERE release_id = ?", (release_id,))
+        conn.executemany("INSERT OR IGNORE INTO release_commits (release_id, commit_id, position) VALUES (?, ?, ?)",
+                         [(release_id, save_commit(conn, c), position) for position, c in enumerate(commits)])
+    return created
+
+
+def save_commit(conn: sqlite3.Connection, commit: dict[str, Any]) -> int:
+    """Store a commit (known fields win over missing ones) and its changed files; returns its id."""
+    create_repository(conn, commit["repository"], None)
+    commit_id = conn.execute(
+        """INSERT INTO commits (repository_id, sha, author_name, author_email, message, timestamp)
+           VALUES ((SELECT id FROM repositories WHERE name = ? COLLATE NOCASE), ?, ?, ?, ?, ?)
+           ON CONFLICT (repository_id, sha) DO UPDATE SET author_name = coalesce(excluded.author_name, author_name),
+               author_email = coalesce(excluded.author_email, author_email),
+               message = coalesce(excluded.message, message), timestamp = coalesce(excluded.timestamp, timestamp)
+           RETURNING id""",
+        (commit["repository"], commit["sha"], commit.get("author_name"), commit.get("author_email"),
+         commit.get("message"), commit.get("timestamp"))).fetchone()[0]
+    if commit.get("files"):
+        conn.execute("DELETE FROM commit_files WHERE commit_id = ?", (commit_id,))
+        conn.executemany("INSERT OR REPLACE INTO commit_files (commit_id, path, type) VALUES (?, ?, ?)",
+                         [(commit_id, path, kind) for path, kind in commit["files"]])
+    return commit_id
+
+
+def delete_release(conn: sqlite3.Connection, release_id: int) -> None:
+    """Forget a release and what hangs off it; events keep their release string."""
+    for table in ("release_projects", "release_commits", "release_refs", "deploys"):
+        conn.execute(f"DELETE FROM {table} WHERE release_id = ?", (release_id,))
+    conn.execute("DELETE FROM releases WHERE id = ?", (release_id,))
+
+
+def create_deploy(conn: sqlite3.Connection, release_id: int, deploy: dict[str, Any]) -> int:
+    return int(conn.execute("INSERT INTO deploys (release_id, environment, name, url, date_started, date_finished) "
+                            "VALUES (?, ?, ?, ?, ?, ?)", (release_id, deploy["environment"], deploy["name"],
+                                                          deploy["url"], deploy["date_started"],
+                                                          deploy["date_finished"])).lastrowid or 0)
+
+
+async def release_from_path(request: Request) -> sqlite3.Row:
+    check_org(request)
+    row = await request.app.state.store.one(f"{RELEASE_SQL} WHERE r.version = ?", (request.path_params["version"],))
+    if row is None:
+        raise ApiError(404, "The requested resource does not exist")
+    return row
+
+
+async def release_page(request: Request, where: str, args: list[Any]) -> Response:
+    """Releases newest first, `?query=` matching part of the version, with Sentry's cursor paging."""
+    limit, offset = page_args(request)
+    store: Store = request.app.state.store
+    rows = await store.all(f"{RELEASE_SQL} WHERE {where} AND instr(r.version, ?) "
+                           "ORDER BY r.date_created DESC, r.id DESC LIMIT ? OFFSET ?",
+                           [*args, request.query_params.get("query", ""), limit + 1, offset])
+    return JSONResponse([await serialize_release(store, r) for r in rows[:limit]],
+                        headers=paginate(request, len(rows), limit, offset))
+
+
+async def api_org_releases(request: Request) -> Response:
+    check_org(request)
+    return await release_page(request, "1", [])
+
+
+async def api_project_releases(request: Request) -> Response:
+    project = await project_from_path(request)
+    return await release_page(request, "r.id IN (SELECT release_id FROM release_projects WHERE project_id = ?)",
+                              [project["id"]])
+
+
+async def save_release_body(request: Request, version: str, body: dict[str, Any]) -> bool:
+    """Validate a create or update body and apply it in the writer; True when the release is new."""
+    project_ids = await release_project_ids(request, body.get("projects"))
+    columns = release_columns(body)
+    commits = parse_commits(body["commits"]) if body.get("commits") is not None else None
+    refs = await parse_refs(request, body["refs"]) if body.get("refs") is not None else None
+    return await request.app.state.writer.submit(
+        lambda conn: save_release(conn, version, project_ids, columns, commits, refs))
+
+
+async def api_create_release(request: Request) -> Response:
+    """201 with the new release, 208 when the version exists (it is then updated like a PUT)."""
+    check_org(request)
+    body = await request_object(request)
+    version = release_version(body.get("version"))
+    if not body.get("projects"):
+        raise ApiError(400, "projects: name at least one project")
+    created = await save_release_body(request, version, body)
+    row = await request.app.state.store.one(f"{RELEASE_SQL} WHERE r.version = ?", (version,))
+    return JSONResponse(await serialize_release(request.app.state.store, row), status_code=201 if created else 208)
+
+
+async def api_release(request: Request) -> dict[str, Any]:
+    return await serialize_release(request.app.state.store, await release_from_path(request))
+
+
+async def api_update_release(request: Request) -> dict[str, Any]:
+    release = await release_from_path(request)
+    await save_release_body(request, release["version"], await request_object(request))
+    return await api_release(request)
+
+
+async def api_delete_release(request: Request) -> Response:
+    release = await release_from_path(request)
+    await request.app.state.writer.submit(lambda conn: delete_release(conn, release["id"]))
+    return Response(status_code=204)
+
+
+async def api_previous_release_with_commits(request: Request) -> dict[str, Any]:
+    """The newest older release of the same projects that has commits (sentry-cli starts the
+    next commit range there); {} when there is none."""
+    release = await release_from_path(request)
+    store: Store = request.app.state.store
+    row = await store.one(
+        f"""{RELEASE_SQL} WHERE (r.date_created, r.id) < (?, ?)
+            AND EXISTS (SELECT 1 FROM release_commits WHERE release_id = r.id)
+            AND r.id IN (SELECT release_id FROM release_projects WHERE project_id IN
+                         (SELECT project_id FROM release_projects WHERE release_id = ?))
+            ORDER BY r.date_created DESC, r.id DESC LIMIT 1""",
+        (release["date_created"], release["id"], release["id"]))
+    return await serialize_release(store, row) if row else {}
+
+
+async def api_release_commits(request: Request) -> list[dict[str, Any]]:
+    release = await release_from_path(request)
+    rows = await request.app.state.store.all(f"{COMMIT_SQL} ORDER BY rc.position", (release["id"],))
+    return [serialize_commit(r) for r in rows]
+
+
+async def api_release_commit_files(request: Request) -> list[dict[str, Any]]:
+    """The files the release's commits changed, one entry per commit and file."""
+    release = await release_from_path(request)
+    rows = await request.app.state.store.all(
+        f"""SELECT f.path, f.type, c.message, c.author_name, c.author_email, c.repository FROM ({COMMIT_SQL}) c
+            JOIN commit_files f ON f.commit_id = c.id ORDER BY f.path""", (release["id"],))
+    return [{"filename": r["path"], "type": r["type"], "commitMessage": r["message"], "repoName": r["repository"],
+             "author": {"name": r["author_name"], "email": r["author_email"]}} for r in rows]
+
+
+async def api_release_deploys(request: Request) -> list[dict[str, Any]]:
+    release = await release_from_path(request)
+    rows = await request.app.state.store.all("SELECT * FROM deploys WHERE release_id = ? "
+                                             "ORDER BY date_finished DESC, id DESC", (release["id"],))
+    return [serialize_deploy(r) for r in rows]
+
+
+async def api_create_deploy(request: Request) -> Response:
+    """sentry-cli's `deploys new`: an environment is required; it finished now unless told."""
+    release = await release_from_path(request)
+    body = await request_object(request)
+    environment = text(body.get("environment"), 64).strip()
+    if not environment or "/" in environment or "\n" in environment:
+        raise ApiError(400, "environment: a name without '/' or newlines is required")
+    deploy = {"environment": environment, "name": text(body.get("name"), 200) or None,
+              "url": text(body.get("url"), 2048) or None, "date_started": parse_timestamp(body.get("dateStarted")),
+              "date_finished": parse_timestamp(body.get("dateFinished")) or time.time()}
+    deploy_id = await request.app.state.writer.submit(lambda conn: create_deploy(conn, release["id"], deploy))
+    row = await request.app.state.store.one("SELECT * FROM deploys WHERE id = ?", (deploy_id,))
+    return JSONResponse(serialize_deploy(row), status_code=201)
+
+
+async def api_org_repos(request: Request) -> list[dict[str, Any]]:
+    check_org(request)
+    return [serialize_repository(r) for r in
+            await request.app.state.store.all("SELECT * FROM repositories ORDER BY name")]
+
+
+async def api_create_repo(request: Request) -> Response:
+    """Register a repository so `set-commits --commit REPO@SHA` and `--auto` can name it."""
+    check_org(request)
+    body = await request_object(request)
+    name, url = text(body.get("name"), 200).strip(), text(body.get("url"), 2048).strip() or None
+    if not name:
+        raise ApiError(400, "name is required")
+    if url and urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise ApiError(400, "url must be an http(s) URL")
+    provider = text(body.get("provider"), 64) or None
+    repo_id = await request.app.state.writer.submit(lambda conn: create_repository(conn, name, url, provider))
+    if repo_id is None:
+        raise ApiError(409, f"a repository named {name!r} already exists")
+    row = await request.app.state.store.one("SELECT * FROM repositories WHERE id = ?", (repo_id,))
+    return JSONResponse(serialize_repository(row), status_code=201)
+
+
 async def api_not_found(request: Request) -> Response:
     return JSONResponse({"detail": "not found"}, status_code=404)
 
@@ -2889,6 +3456,9 @@ button.secondary { background:#fff; color:var(--fg); border-color:#d0d5dd; }
 ul.activity { list-style:none; margin:0; padding:0; font-size:12.5px; }
 ul.activity li { display:flex; justify-content:space-between; gap:8px; padding:4px 0; border-bottom:1px solid var(--line); }
 ul.activity li:last-child { border-bottom:0; } ul.activity li .muted { white-space:nowrap; }
+.frame .links { float: right; font-family: system-ui; font-size: 12px; font-weight: 400; }
+.frame .links a { color: var(--muted); margin-left: 10px; } .frame .links a:hover { color: var(--accent); }
+.report { margin-top: 8px; font-size: 12.5px; color: var(--muted); } .report a { margin-left: 8px; }
 .frame .why { padding: 4px 10px; font-size: 12px; color: var(--muted); border-top: 1px solid var(--line); }
 details.grouping > summary { cursor: pointer; } ol.values { margin: 4px 0 10px; padding-left: 28px; font-size: 12.5px; word-break: break-word; }
 p.variant { margin: 12px 0 4px; } table.grouping-frames { margin: 8px 0; font-size: 12.5px; } table.grouping-frames td form { margin: 0; }
@@ -2970,6 +3540,7 @@ TEMPLATES = {
     <form method="post" action="{{ act }}"><input name="assignedTo" value="{{ issue.assignee or '' }}" placeholder="name or email" aria-label="assignee" size="16"><button class="secondary">Assign</button></form>
     {% if issue.assignee %}<form method="post" action="{{ act }}"><input type="hidden" name="assignedTo" value=""><button class="secondary">Unassign</button></form>{% endif %}
   </div>
+  {% if report_links %}<div class="report">Report it as{% for label, url in report_links %}<a class="report-link" href="{{ url }}" rel="noopener noreferrer">{{ label }} ↗</a>{% endfor %}</div>{% endif %}
 </div>
 {% if ev %}
 <div class="nav">
@@ -2989,7 +3560,8 @@ TEMPLATES = {
 {% macro frame(fr) %}
   <details class="frame {{ 'app' if fr.in_app }} {{ 'crash' if fr is sameas crash_frame }}" {{ 'open' if fr.in_app or fr is sameas crash_frame }}>
     <summary>{{ fr.filename or fr.abs_path or fr.module or '?' }}{% if fr.function %} in <span class="fn">{{ fr.function }}</span>{% endif %}{% if fr.lineno %} at line {{ fr.lineno }}{% if fr.colno %}:{{ fr.colno }}{% endif %}{% endif %}
-      {% if fr.in_app %}<span class="tag app">in app</span>{% endif %}{% if fr is sameas crash_frame %}<span class="tag crashtag">{{ 'crashed here' if exceptions else 'captured here' }}</span>{% endif %}</summary>
+      {% if fr.in_app %}<span class="tag app">in app</span>{% endif %}{% if fr is sameas crash_frame %}<span class="tag crashtag">{{ 'crashed here' if exceptions else 'captured here' }}</span>{% endif %}
+      {% if fr.source_link or fr.code_link %}<span class="links">{% if fr.source_link %}<a class="source-link" href="{{ fr.source_link }}" rel="noopener noreferrer" title="this line in the repository">source ↗</a>{% endif %}{% if fr.code_link %}<a class="code-link" href="{{ fr.code_link }}" title="issues whose stack traces pass through this file">issues in this file</a>{% endif %}</span>{% endif %}</summary>
     {% if fr.data.in_app_rule or fr.data.group_rule %}<div class="why">{% if fr.data.in_app_rule %}{{ 'In app' if fr.in_app else 'Not in app' }} by {{ fr.data.in_app_rule }}{% endif %}{% if fr.data.group_rule %} · {{ 'groups' if fr.data.group else 'left out of grouping' }} by {{ fr.data.group_rule }}{% endif %}</div>{% endif %}
     {% if fr.context_line %}<pre class="ctx">{% set start = (fr.lineno or 0) - (fr.pre_context or [])|length %}{% for line in fr.pre_context or [] %}<span><i>{{ start + loop.index0 if fr.lineno }}</i>{{ line }}</span>{% endfor %}<span class="hl"><i>{{ fr.lineno or '' }}</i>{{ fr.context_line }}</span>{% for line in fr.post_context or [] %}<span><i>{{ fr.lineno + loop.index if fr.lineno }}</i>{{ line }}</span>{% endfor %}</pre>{% endif %}
     {% if fr.vars %}<table class="kv vars">{% for k, v in fr.vars.items() %}<tr><td>{{ k }}</td><td><div class="v">{{ v|pretty }}</div></td></tr>{% endfor %}</table>{% endif %}
@@ -3065,7 +3637,7 @@ TEMPLATES = {
 <h1>Projects</h1><p class="muted">Point an official Sentry SDK at a DSN below: <code class="dsn">sentry_sdk.init(dsn="…", release="app@1.0.0", environment="prod")</code></p>
 {% for p in projects %}<div class="card"><h2 style="margin-top:0"><a href="/issues/?project={{ p.slug }}">{{ p.name }}</a> <span class="muted mono">{{ p.slug }} · id {{ p.id }}</span></h2>
   {% for d in p.dsns %}<div style="margin:4px 0">DSN <code class="dsn">{{ d }}</code></div>{% endfor %}
-  <div class="muted" style="font-size:12.5px">{{ p.issue_count }} issues · {{ p.event_count }} events · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a></div></div>
+  <div class="muted" style="font-size:12.5px">{{ p.issue_count }} issues · {{ p.event_count }} events · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a> · <a href="/projects/{{ p.slug }}/code-mappings/">code mappings</a></div></div>
 {% else %}<div class="card empty">No projects yet: <code>tracker project create NAME</code> prints a DSN.</div>{% endfor %}
 {% endblock %}""",
 
@@ -3133,6 +3705,35 @@ message:"*timed out*" -> timeouts, {{ transaction }}{% endraw %}</pre>
     {% if c.files %}<div class="chips">{% for f in c.files %}<span><b>{{ f.type }}</b> {{ f.path }}</span>{% endfor %}</div>{% endif %}</div>
   {% else %}<div class="muted">No commits: <code>sentry-cli releases set-commits {{ r.release.version }} --auto</code> in CI records them.</div>{% endfor %}</div>
 </div><div class="sidebar"><div class="card"><h3 style="margin-top:0">Deploys</h3>{% for d in r.deploys %}<div style="margin:6px 0"><b>{{ d.environment }}</b> <span class="muted" title="{{ d.date_finished|datetime }}">{{ d.date_finished|ago }}</span>{% if d.name %} · {{ d.name }}{% endif %}</div>{% else %}<div class="muted">Not deployed yet.</div>{% endfor %}</div></div></div>
+{% endblock %}""",
+
+    "code_mappings.html": """{% extends "base.html" %}{% block title %}Code mappings · {{ project.name }}{% endblock %}{% block main %}
+<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
+<h1>Code mappings</h1>
+<p class="muted">A mapping turns an in-app frame's file into a link to its line in the repository, at the commit of the event's release (else the default branch):
+the stack root is cut off the front of the frame's path (empty: the file name as the SDK sent it) and the source root put in its place.</p>
+{% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
+<div class="card" style="padding:0">{% if mappings %}<table><thead><tr><th>Repository</th><th>Provider</th><th>Stack root</th><th>Source root</th><th>Default branch</th><th></th></tr></thead><tbody>
+{% for m in mappings %}<tr><td class="mono"><a href="{{ m.repository_url }}" rel="noopener noreferrer">{{ m.repository_url }}</a></td><td>{{ m.provider }}</td>
+  <td class="mono">{{ m.stack_root or '—' }}</td><td class="mono">{{ m.source_root or '—' }}</td><td class="mono">{{ m.default_branch }}</td>
+  <td><form method="post"><input type="hidden" name="delete" value="{{ m.id }}"><button class="secondary">Delete</button></form></td></tr>{% endfor %}
+</tbody></table>{% else %}<div class="empty">No code mappings yet.</div>{% endif %}</div>
+<form method="post" class="card filters"><label>Repository URL<input name="repository_url" value="{{ form.repository_url }}" required placeholder="https://github.com/acme/app" size="34"></label>
+  <label>Provider<select name="provider"><option value="">from the host</option>{% for key, name in providers.items() %}<option value="{{ key }}" {{ 'selected' if form.provider == key }}>{{ name }}</option>{% endfor %}</select></label>
+  <label>Stack root<input name="stack_root" value="{{ form.stack_root }}" placeholder="/srv/app/" size="14"></label>
+  <label>Source root<input name="source_root" value="{{ form.source_root }}" placeholder="src/" size="10"></label>
+  <label>Default branch<input name="default_branch" value="{{ form.default_branch }}" placeholder="main" size="8"></label>
+  <button type="submit">Add mapping</button></form>
+{% endblock %}""",
+
+    "code.html": """{% extends "base.html" %}{% block title %}{{ path }}{% endblock %}{% block main %}
+<div class="muted" style="font-size:12px"><a href="/issues/?project={{ project.slug }}">{{ project.name }}</a> · code</div>
+<h1>{{ path }}{% if function %} <span class="muted">in</span> {{ function }}{% endif %}</h1>
+<p class="muted">Issues whose in-app frames pass through this {{ 'function' if function else 'file' }}: the same as the search <a class="search-link" href="/issues/?{{ {'project': project.slug, 'status': 'all', 'q': query}|urlencode }}">{{ query }}</a>.</p>
+<div class="card" style="padding:0">{% if issues %}<table class="issues"><thead><tr><th>Issue</th><th>Status</th><th class="num">Events</th><th class="num">Users</th><th>Last seen</th></tr></thead><tbody>
+{% for i in issues %}<tr><td><a class="issue-title" href="/issues/{{ i.id }}/">{{ i.title }}</a><div class="culprit">{{ i.culprit }}</div></td><td>{{ i.status }}</td>
+  <td class="num events">{{ i.times_seen }}</td><td class="num users">{{ i.user_count }}</td><td class="last-seen" title="{{ i.last_seen|datetime }}">{{ i.last_seen|ago }}</td></tr>{% endfor %}
+</tbody></table>{% else %}<div class="empty">No issue passes through it.</div>{% endif %}</div>
 {% endblock %}""",
 
     "error.html": """{% extends "base.html" %}{% block title %}{{ status }}{% endblock %}{% block main %}
@@ -3354,7 +3955,50 @@ async def page_issue(request: Request) -> Response:
                        thread_blocks=[] if exceptions else frame_blocks(frames, crash))
         context.update(issue_hashes=await issue_hash_list(store, issue), grouping_words=GROUPING_WORDS,
                        suspects=await suspect_commits(store, issue, frames))
+        mappings = await project_mappings(store, issue["project_id"])
+        sha = await release_sha(store, ev["release"]) if ev.get("release") else None
+        for block in [*context["thread_blocks"], *(b for exc in exceptions for b in exc["blocks"])]:
+            for fr in block["frames"]:  # always set: an SDK could send keys of these names
+                fr.update(source_link=frame_link(fr, mappings, sha), code_link=code_view_url(issue["project_slug"], fr))
+        report = issue_report(issue, ev, frames, request.app.state.settings)
+        context["report_links"] = report_links(issue["title"], report, mappings, request.app.state.settings.jira)
     return render(request, "issue.html", **context)
+
+
+def issue_report(issue: sqlite3.Row, ev: dict[str, Any], frames: list[dict[str, Any]], settings: Settings) -> str:
+    """The text of a ticket filed from an issue: what broke, where, since when, and a way back."""
+    crash = crash_frame(frames) or {}
+    stack = [f"  {f.get('filename') or f.get('abs_path') or '?'}:{f.get('lineno') or '?'} in {f.get('function') or '?'}"
+             for f in reversed(frames[-6:])]
+    lines = [issue["title"], issue["culprit"], "",
+             f"Tracker issue: {settings.public_url}/issues/{issue['id']}/",
+             f"First seen: {format_datetime(issue['first_seen'])}", f"Last seen: {format_datetime(issue['last_seen'])}",
+             f"Release: {ev.get('release') or '-'}",
+             f"Events: {issue['times_seen']}, users: {issue['user_count']}"]
+    if crash:
+        lines += ["", f"Crashed in {frame_location(crash)} at line {crash.get('lineno') or '?'}"]
+        lines += [f"    {crash['context_line'].strip()}"] if crash.get("context_line") else []
+    return "\n".join(lines + (["", "Stack (most recent call first):", *stack] if stack else []))
+
+
+NEW_ISSUE_PAGES = {"github": ("/issues/new", "title", "body"),
+                   "gitlab": ("/-/issues/new", "issue[title]", "issue[description]")}
+
+
+def report_links(title: str, body: str, mappings: list[sqlite3.Row], jira: dict[str, str]) -> list[tuple[str, str]]:
+    """Prefilled "new issue" pages in each mapped repository's tracker and in Jira when configured:
+    plain links, so the tracker needs no credentials of theirs."""
+    links = []
+    for url, provider in dict.fromkeys((m["repository_url"], m["provider"]) for m in mappings):
+        page, title_key, body_key = NEW_ISSUE_PAGES[provider]
+        links.append((f"{PROVIDERS[provider]} issue ({urllib.parse.urlsplit(url).path.strip('/')})",
+                      f"{url}{page}?" + urllib.parse.urlencode({title_key: title, body_key: body})))
+    base = jira.get("url", "").rstrip("/")
+    if base.startswith(("http://", "https://")) and jira.get("project_id"):
+        query = {"pid": jira["project_id"], "issuetype": jira.get("issue_type", "1"), "summary": title,
+                 "description": body}
+        links.append(("Jira issue", f"{base}/secure/CreateIssueDetails!init.jspa?" + urllib.parse.urlencode(query)))
+    return links
 
 
 GROUPING_WORDS = {"exception": "grouped by its exception: type and stack trace",
@@ -3397,6 +4041,50 @@ async def page_grouping_rules(request: Request) -> Response:
             error = str(exc)
     return render(request, "grouping.html", status=400 if error else 200, project=project, error=error,
                   stacktrace_rules=texts[0], fingerprint_rules=texts[1], saved="saved" in request.query_params)
+
+
+async def page_code_mappings(request: Request) -> Response:
+    """A project's code mappings: listed, added and deleted by POSTs from this page (a mistake is
+    shown above the form, which keeps what was typed)."""
+    store: Store = request.app.state.store
+    project = await store.one("SELECT * FROM projects WHERE slug = ?", (request.path_params["slug"],))
+    if project is None:
+        return render(request, "error.html", status=404, message="No such project.")
+    form: dict[str, str] = {}
+    error = ""
+    if request.method == "POST":
+        if cross_site(request):
+            return render(request, "error.html", status=403, message="Refused: this request came from another site.")
+        try:
+            form = {key: values[-1] for key, values in (await read_form(request)).items()}
+            await apply_mapping_form(request, project["id"], form)
+            return RedirectResponse(f"/projects/{project['slug']}/code-mappings/", status_code=303)
+        except (MappingError, IngestError) as exc:
+            error = str(exc)
+    return render(request, "code_mappings.html", status=400 if error else 200, project=project, error=error,
+                  form=form, providers=PROVIDERS, mappings=await project_mappings(store, project["id"]))
+
+
+async def apply_mapping_form(request: Request, project_id: int, form: dict[str, str]) -> None:
+    """Delete the mapping the form names, or add the one it describes."""
+    if "delete" in form:
+        await request.app.state.writer.submit(lambda conn: conn.execute(
+            "DELETE FROM code_mappings WHERE id = ? AND project_id = ?", (form["delete"], project_id)).rowcount)
+        return
+    values = checked_mapping(form)
+    await request.app.state.writer.submit(lambda conn: save_code_mapping(conn, project_id, values))
+
+
+async def page_code(request: Request) -> Response:
+    """Back from code to errors: the issues whose in-app frames pass through a file (and function)."""
+    params = request.query_params
+    project = await find_project(request.app.state.store, params.get("project", ""))
+    if project is None or not params.get("path"):
+        return render(request, "error.html", status=404, message="Name a project and a file: /code/?project=…&path=…")
+    query = code_query(params["path"], params.get("function", ""))
+    issues = await list_issues(request.app.state.store, project_id=project["id"], query=query, sort="date", limit=100)
+    return render(request, "code.html", project=project, path=params["path"], function=params.get("function", ""),
+                  query=query, issues=issues)
 
 
 async def page_bulk(request: Request) -> Response:
@@ -3558,16 +4246,21 @@ def api_routes() -> list[Route]:
         ("/api/0/issues/{issue_id}/activities/", api_issue_activities),
         ("/api/0/projects/{org}/{project}/grouping-rules/", api_grouping_rules),
         ("/api/0/issues/{issue_id}/hashes/", api_issue_hashes),
+        ("/api/0/organizations/{org}/code-mappings/", api_code_mappings),
     ]
     updates = [("/api/0/projects/{org}/{project}/issues/", api_update_project_issues),
                ("/api/0/issues/{issue_id}/", api_update_issue),
                ("/api/0/projects/{org}/{project}/", api_update_project),
-               ("/api/0/projects/{org}/{project}/grouping-rules/", api_update_grouping_rules)]
+               ("/api/0/projects/{org}/{project}/grouping-rules/", api_update_grouping_rules),
+               ("/api/0/organizations/{org}/code-mappings/{mapping_id}/", api_update_code_mapping)]
     return ([Route(path, api(handler), methods=["GET"]) for path, handler in table]
             + [Route(path, api(handler), methods=["PUT"]) for path, handler in updates]
             + [Route("/api/0/issues/{issue_id}/hashes/", api(api_unmerge_hashes), methods=["DELETE", "POST"]),
                Route("/api/0/issues/{issue_id}/", api(api_delete_issue), methods=["DELETE"]),
-               Route("/api/0/projects/{org}/{project}/issues/", api(api_delete_project_issues), methods=["DELETE"])])
+               Route("/api/0/projects/{org}/{project}/issues/", api(api_delete_project_issues), methods=["DELETE"]),
+               Route("/api/0/organizations/{org}/code-mappings/", api(api_create_code_mapping), methods=["POST"]),
+               Route("/api/0/organizations/{org}/code-mappings/{mapping_id}/", api(api_delete_code_mapping),
+                     methods=["DELETE"])])
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -3594,6 +4287,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/issues/{issue_id}/", page_issue), Route("/issues/{issue_id}/", page_issue_update, methods=["POST"]),
         Route("/issues/{issue_id}/unmerge/", page_unmerge, methods=["POST"]),
         Route("/projects/{slug}/grouping/", page_grouping_rules, methods=["GET", "POST"]),
+        Route("/projects/{slug}/code-mappings/", page_code_mappings, methods=["GET", "POST"]), Route("/code/", page_code),
         Route("/issues/{issue_id}/events/", page_issue_events),
         Route("/issues/{issue_id}/events/{event_id}/", page_issue),
         Route("/issues/{issue_id}/events/{event_id}/json", page_event_json),
@@ -3611,7 +4305,8 @@ def init_db(settings: Settings) -> None:
     conn = connect_db(settings.db)
     try:
         migrate(conn)
-        apply_batch(conn, [lambda c: ensure_config_projects(c, settings.projects)])
+        apply_batch(conn, [lambda c: ensure_config_projects(c, settings.projects),
+                           lambda c: ensure_config_repositories(c, settings.repositories)])
     finally:
         conn.close()
 
