@@ -31,7 +31,7 @@ import urllib.parse
 import uuid
 import zlib
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable
+from typing import Any, AsyncIterator, Callable, Iterable, Mapping
 
 import aiosqlite
 import brotli
@@ -195,6 +195,13 @@ MIGRATIONS: list[str] = [
         provider TEXT NOT NULL, stack_root TEXT NOT NULL DEFAULT '', source_root TEXT NOT NULL DEFAULT '',
         default_branch TEXT NOT NULL DEFAULT 'main');
     """,
+    """
+    INSERT OR IGNORE INTO releases (version, date_created)
+        SELECT value, min(first_seen) FROM issue_tags WHERE key = 'release' GROUP BY value;
+    INSERT OR IGNORE INTO release_projects (release_id, project_id)
+        SELECT DISTINCT r.id, i.project_id FROM issue_tags t JOIN issues i ON i.id = t.issue_id
+        JOIN releases r ON r.version = t.value WHERE t.key = 'release';
+    """,
 ]
 
 
@@ -311,10 +318,10 @@ class Store:
         await conn.execute("PRAGMA query_only=ON")
         return cls(conn)
 
-    async def all(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        return list(await self.conn.execute_fetchall(sql, tuple(args)))
+    async def all(self, sql: str, args: Iterable[Any] | Mapping[str, Any] = ()) -> list[sqlite3.Row]:
+        return list(await self.conn.execute_fetchall(sql, args if isinstance(args, Mapping) else tuple(args)))
 
-    async def one(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Row | None:
+    async def one(self, sql: str, args: Iterable[Any] | Mapping[str, Any] = ()) -> sqlite3.Row | None:
         rows = await self.all(sql, args)
         return rows[0] if rows else None
 
@@ -371,15 +378,34 @@ def repository_provider(url: str) -> str:
     return next((p for p in REPOSITORY_PROVIDERS if p in host), "custom")
 
 
+# A repository known only because commits named it (sentry-cli's local-git path sends the remote's
+# name, "origin") is "local": it is not listed to sentry-cli, which would otherwise refuse
+# `--commit acme/web@sha` as an unknown repo and stop reading local git for `--auto`.
+LOCAL_REPOSITORY = "local"
+
+
 def create_repository(conn: sqlite3.Connection, name: str, url: str | None, provider: str | None = None) -> int | None:
-    """Add a repository unless one of that name exists (sentry-cli matches names in any case);
-    returns its id, or None when it already existed."""
-    if conn.execute("SELECT 1 FROM repositories WHERE name = ? COLLATE NOCASE", (name,)).fetchone():
+    """Register a repository (sentry-cli matches names in any case), taking over a local one of
+    that name; returns its id, or None when it was registered already."""
+    existing = conn.execute("SELECT id, provider FROM repositories WHERE name = ? COLLATE NOCASE", (name,)).fetchone()
+    if existing and existing["provider"] != LOCAL_REPOSITORY:
         return None
     provider = (provider or repository_provider(url or "")).removeprefix("integrations:")
+    if existing:
+        conn.execute("UPDATE repositories SET url = ?, provider = ? WHERE id = ?", (url, provider, existing["id"]))
+        return int(existing["id"])
     cur = conn.execute("INSERT INTO repositories (name, url, provider, date_created) VALUES (?, ?, ?, ?)",
                        (name, url, provider, time.time()))
     return int(cur.lastrowid or 0)
+
+
+def repository_id(conn: sqlite3.Connection, name: str) -> int:
+    """The repository a commit names, created as a local one when it is new."""
+    row = conn.execute("SELECT id FROM repositories WHERE name = ? COLLATE NOCASE", (name,)).fetchone()
+    if row:
+        return int(row["id"])
+    return int(conn.execute("INSERT INTO repositories (name, url, provider, date_created) VALUES (?, NULL, ?, ?)",
+                            (name, LOCAL_REPOSITORY, time.time())).lastrowid or 0)
 
 
 def ensure_config_repositories(conn: sqlite3.Connection, repositories: list[dict[str, Any]]) -> None:
@@ -1934,9 +1960,13 @@ ISSUE_STATUSES = ("unresolved", "resolved", "ignored")
 
 IGNORE_CONDITIONS = ("ignoreDuration", "ignoreUntil", "ignoreCount", "ignoreUserCount")
 SUBSTATUS = {"unresolved": "ongoing", "resolved": None, "ignored": "archived_forever"}
-# The project's releases, newest first; a release is as new as the first event the project saw from it.
-RELEASES_SQL = ("SELECT t.value FROM issue_tags t JOIN issues i ON i.id = t.issue_id WHERE i.project_id = ? "
-                "AND t.key = 'release' GROUP BY t.value ORDER BY min(t.first_seen) DESC LIMIT ?")
+# A release began for a project when the tracker first heard of it (sentry-cli or an event) or
+# when the project's first event from it happened, whichever is earlier: releases compare by that.
+RELEASE_START_SQL = """min(r.date_created, coalesce((SELECT min(t.first_seen) FROM issue_tags t
+    JOIN issues i ON i.id = t.issue_id WHERE t.key = 'release' AND t.value = r.version AND i.project_id = :project),
+    r.date_created))"""
+RELEASES_SQL = f"""SELECT r.version AS value FROM releases r JOIN release_projects rp ON rp.release_id = r.id
+    WHERE rp.project_id = :project ORDER BY {RELEASE_START_SQL} DESC, r.id DESC LIMIT :limit"""
 
 
 @dataclasses.dataclass
@@ -2046,7 +2076,7 @@ def change_status(conn: sqlite3.Connection, issue: sqlite3.Row, status: str, det
         return
     stored, substatus = dict(details), SUBSTATUS[status]
     if details.get("inNextRelease"):
-        newest = conn.execute(RELEASES_SQL, (issue["project_id"], 1)).fetchone()
+        newest = conn.execute(RELEASES_SQL, {"project": issue["project_id"], "limit": 1}).fetchone()
         stored["_release"] = newest["value"] if newest else None
     if status == "ignored" and details:
         stored.update(_since=now, _timesSeen=issue["times_seen"], _userCount=issue["user_count"])
@@ -2089,10 +2119,10 @@ def is_regression(conn: sqlite3.Connection, issue: sqlite3.Row, details: dict[st
 
 
 def release_first_seen(conn: sqlite3.Connection, project_id: int, release: str) -> float | None:
-    """When the project first saw an event from a release (the order releases compare in)."""
-    return conn.execute("SELECT min(t.first_seen) FROM issue_tags t JOIN issues i ON i.id = t.issue_id "
-                        "WHERE t.key = 'release' AND t.value = ? AND i.project_id = ?",
-                        (release, project_id)).fetchone()[0]
+    """When a release began for a project (the order releases compare in); None if unknown."""
+    row = conn.execute(f"SELECT {RELEASE_START_SQL} FROM releases r WHERE r.version = :version",
+                       {"project": project_id, "version": release}).fetchone()
+    return row[0] if row else None
 
 
 def ignore_condition_met(conn: sqlite3.Connection, issue: sqlite3.Row, details: dict[str, Any],
@@ -2335,7 +2365,7 @@ async def issue_activity(store: Store, issue_id: int) -> list[sqlite3.Row]:
 
 
 async def project_releases(store: Store, project_id: int, limit: int = 100) -> list[str]:
-    return [r["value"] for r in await store.all(RELEASES_SQL, (project_id, limit))]
+    return [r["value"] for r in await store.all(RELEASES_SQL, {"project": project_id, "limit": limit})]
 
 
 # -- releases: what shipped, where it went, what broke in it ---------------------------
@@ -2387,7 +2417,7 @@ async def release_detail(store: Store, version: str) -> dict[str, Any] | None:
 async def suspect_commits(store: Store, issue: sqlite3.Row, frames: list[dict[str, Any]],
                           limit: int = 3) -> list[dict[str, Any]]:
     """Commits of the issue's first release (and the release before it) that touched a file of
-    an in-app frame, the ones nearest the crash first."""
+    an in-app frame: the ones nearest the crash first, then the first release's own."""
     release = await store.one("SELECT * FROM releases WHERE version = ?", (issue["first_release"] or "",))
     paths = [text(f.get("abs_path") or f.get("filename")) for f in reversed(frames) if f.get("in_app")]
     if release is None or not paths:
@@ -2405,7 +2435,8 @@ async def suspect_commits(store: Store, issue: sqlite3.Row, frames: list[dict[st
         rank = next((i for i, path in enumerate(paths) if path.endswith(row["path"]) or row["path"].endswith(path)), None)
         if rank is not None and (row["sha"] not in ranked or rank < ranked[row["sha"]]["rank"]):
             ranked[row["sha"]] = {**dict(row), "rank": rank}
-    return sorted(ranked.values(), key=lambda c: (c["rank"], -(c["timestamp"] or 0)))[:limit]
+    return sorted(ranked.values(), key=lambda c: (c["rank"], c["version"] != release["version"],
+                                                  -(c["timestamp"] or 0)))[:limit]
 
 
 # -- code mappings: from a stack frame to its source file, and back ------------------------
@@ -3175,21 +3206,53 @@ def save_release(conn: sqlite3.Connection, version: str, project_ids: list[int],
         conn.execute("DELETE FROM release_commits WHERE release_id = ?", (release_id,))
         conn.executemany("INSERT OR IGNORE INTO release_commits (release_id, commit_id, position) VALUES (?, ?, ?)",
                          [(release_id, save_commit(conn, c), position) for position, c in enumerate(commits)])
+        resolve_fixed_issues(conn, version, commits)
     return created
+
+
+FIXES_RE = re.compile(r"\bfix(?:e[sd])?:?\s+([A-Za-z0-9_-]+-[0-9A-Za-z]+(?:\s*(?:,|and)\s*[A-Za-z0-9_-]+-[0-9A-Za-z]+)*)",
+                      re.IGNORECASE)
+
+
+def parse_short_id(value: str) -> tuple[str, int] | None:
+    """`PAYMENTS-1A` → ("payments", 42): the project slug and the issue number (None if not one)."""
+    slug, _, digits = value.strip().rpartition("-")
+    if not slug or not digits or any(d not in SHORT_ID_ALPHABET for d in digits.upper()):
+        return None
+    number = 0
+    for digit in digits.upper():
+        number = number * 32 + SHORT_ID_ALPHABET.index(digit)
+    return slug.lower(), number
+
+
+def resolve_fixed_issues(conn: sqlite3.Connection, version: str, commits: list[dict[str, Any]]) -> None:
+    """A commit message saying `Fixes PAYMENTS-1A` resolves that issue in the commit's release."""
+    now = time.time()
+    for commit in commits:
+        for group in FIXES_RE.findall(commit.get("message") or ""):
+            for ref in re.split(r"\s*(?:,|\band\b)\s*", group):
+                parsed = parse_short_id(ref)
+                issue = parsed and conn.execute(
+                    "SELECT i.* FROM issues i JOIN projects p ON p.id = i.project_id "
+                    "WHERE p.slug = ? AND i.short_id = ?", parsed).fetchone()
+                if issue and issue["status"] != "resolved":
+                    change_status(conn, issue, "resolved", {"inRelease": version}, now)
+                    record_activity(conn, issue["id"], "set_resolved_in_commit",
+                                    {"commit": {"id": commit["sha"], "repository": commit["repository"],
+                                                "message": commit.get("message")}}, now)
 
 
 def save_commit(conn: sqlite3.Connection, commit: dict[str, Any]) -> int:
     """Store a commit (known fields win over missing ones) and its changed files; returns its id."""
-    create_repository(conn, commit["repository"], None)
     commit_id = conn.execute(
         """INSERT INTO commits (repository_id, sha, author_name, author_email, message, timestamp)
-           VALUES ((SELECT id FROM repositories WHERE name = ? COLLATE NOCASE), ?, ?, ?, ?, ?)
+           VALUES (?, ?, ?, ?, ?, ?)
            ON CONFLICT (repository_id, sha) DO UPDATE SET author_name = coalesce(excluded.author_name, author_name),
                author_email = coalesce(excluded.author_email, author_email),
                message = coalesce(excluded.message, message), timestamp = coalesce(excluded.timestamp, timestamp)
            RETURNING id""",
-        (commit["repository"], commit["sha"], commit.get("author_name"), commit.get("author_email"),
-         commit.get("message"), commit.get("timestamp"))).fetchone()[0]
+        (repository_id(conn, commit["repository"]), commit["sha"], commit.get("author_name"),
+         commit.get("author_email"), commit.get("message"), commit.get("timestamp"))).fetchone()[0]
     if commit.get("files"):
         conn.execute("DELETE FROM commit_files WHERE commit_id = ?", (commit_id,))
         conn.executemany("INSERT OR REPLACE INTO commit_files (commit_id, path, type) VALUES (?, ?, ?)",
@@ -3256,6 +3319,9 @@ async def api_create_release(request: Request) -> Response:
     check_org(request)
     body = await request_object(request)
     version = release_version(body.get("version"))
+    if "project" in request.path_params:
+        await project_from_path(request)
+        body.setdefault("projects", [request.path_params["project"]])
     if not body.get("projects"):
         raise ApiError(400, "projects: name at least one project")
     created = await save_release_body(request, version, body)
@@ -3335,7 +3401,8 @@ async def api_create_deploy(request: Request) -> Response:
 async def api_org_repos(request: Request) -> list[dict[str, Any]]:
     check_org(request)
     return [serialize_repository(r) for r in
-            await request.app.state.store.all("SELECT * FROM repositories ORDER BY name")]
+            await request.app.state.store.all("SELECT * FROM repositories WHERE provider != ? ORDER BY name",
+                                              (LOCAL_REPOSITORY,))]
 
 
 async def api_create_repo(request: Request) -> Response:
@@ -3798,6 +3865,10 @@ def activity_words(kind: str, data: dict[str, Any]) -> str:
         return f"Resolved in {version}"
     if kind == "set_resolved_in_release":
         return f"Resolved in the next release after {data.get('current_release_version')}"
+    if kind == "set_resolved_in_commit":
+        commit = data.get("commit") or {}
+        return f"Fixed by commit {str(commit.get('id', ''))[:12]} in {commit.get('repository')}: " \
+               f"{(commit.get('message') or '').splitlines()[0] if commit.get('message') else ''}"
     if kind == "set_unresolved":
         return f"Unresolved: it was ignored {ignore_words(data)}, and that has passed" if data else "Unresolved"
     if kind == "set_ignored":
@@ -4247,20 +4318,37 @@ def api_routes() -> list[Route]:
         ("/api/0/projects/{org}/{project}/grouping-rules/", api_grouping_rules),
         ("/api/0/issues/{issue_id}/hashes/", api_issue_hashes),
         ("/api/0/organizations/{org}/code-mappings/", api_code_mappings),
+        ("/api/0/organizations/{org}/repos/", api_org_repos),
+        ("/api/0/organizations/{org}/releases/", api_org_releases),
+        ("/api/0/projects/{org}/{project}/releases/", api_project_releases),
+        ("/api/0/organizations/{org}/releases/{version}/", api_release),
+        ("/api/0/projects/{org}/{project}/releases/{version}/", api_release),
+        ("/api/0/organizations/{org}/releases/{version}/previous-with-commits/", api_previous_release_with_commits),
+        ("/api/0/organizations/{org}/releases/{version}/commits/", api_release_commits),
+        ("/api/0/organizations/{org}/releases/{version}/commitfiles/", api_release_commit_files),
+        ("/api/0/organizations/{org}/releases/{version}/deploys/", api_release_deploys),
     ]
     updates = [("/api/0/projects/{org}/{project}/issues/", api_update_project_issues),
                ("/api/0/issues/{issue_id}/", api_update_issue),
                ("/api/0/projects/{org}/{project}/", api_update_project),
                ("/api/0/projects/{org}/{project}/grouping-rules/", api_update_grouping_rules),
-               ("/api/0/organizations/{org}/code-mappings/{mapping_id}/", api_update_code_mapping)]
+               ("/api/0/organizations/{org}/code-mappings/{mapping_id}/", api_update_code_mapping),
+               ("/api/0/organizations/{org}/releases/{version}/", api_update_release),
+               ("/api/0/projects/{org}/{project}/releases/{version}/", api_update_release)]
+    creates = [("/api/0/organizations/{org}/code-mappings/", api_create_code_mapping),
+               ("/api/0/organizations/{org}/repos/", api_create_repo),
+               ("/api/0/organizations/{org}/releases/", api_create_release),
+               ("/api/0/projects/{org}/{project}/releases/", api_create_release),
+               ("/api/0/organizations/{org}/releases/{version}/deploys/", api_create_deploy)]
     return ([Route(path, api(handler), methods=["GET"]) for path, handler in table]
             + [Route(path, api(handler), methods=["PUT"]) for path, handler in updates]
+            + [Route(path, api(handler), methods=["POST"]) for path, handler in creates]
             + [Route("/api/0/issues/{issue_id}/hashes/", api(api_unmerge_hashes), methods=["DELETE", "POST"]),
                Route("/api/0/issues/{issue_id}/", api(api_delete_issue), methods=["DELETE"]),
                Route("/api/0/projects/{org}/{project}/issues/", api(api_delete_project_issues), methods=["DELETE"]),
-               Route("/api/0/organizations/{org}/code-mappings/", api(api_create_code_mapping), methods=["POST"]),
                Route("/api/0/organizations/{org}/code-mappings/{mapping_id}/", api(api_delete_code_mapping),
-                     methods=["DELETE"])])
+                     methods=["DELETE"]),
+               Route("/api/0/organizations/{org}/releases/{version}/", api(api_delete_release), methods=["DELETE"])])
 
 
 def create_app(settings: Settings) -> Starlette:

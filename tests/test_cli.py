@@ -190,7 +190,8 @@ def test_config_file_declares_org_and_project(tmp_path: Path, sdk: Callable[...,
     key = uuid.uuid4().hex
     config = tmp_path / "tracker.toml"
     config.write_text(f'[server]\norganization = "acme"\n\n[[projects]]\nname = "Billing worker"\n'
-                      f'slug = "billing"\nplatform = "python"\ndsn_key = "{key}"\n')
+                      f'slug = "billing"\nplatform = "python"\ndsn_key = "{key}"\n\n'
+                      '[[repositories]]\nname = "acme/billing"\nurl = "https://gitlab.example.com/acme/billing"\n')
     db = tmp_path / "t.db"
     server = start_server(db, "--config", str(config))
     try:
@@ -199,6 +200,9 @@ def test_config_file_declares_org_and_project(tmp_path: Path, sdk: Callable[...,
         assert server.api("/api/0/organizations/tracker/projects/").status_code == 404
         projects = server.api("/api/0/organizations/acme/projects/").json()
         assert [(p["slug"], p["name"], p["platform"]) for p in projects] == [("billing", "Billing worker", "python")]
+        [repo] = server.api("/api/0/organizations/acme/repos/").json()
+        assert (repo["name"], repo["url"], repo["provider"]["id"]) == \
+            ("acme/billing", "https://gitlab.example.com/acme/billing", "integrations:gitlab")
         sdk(f"http://{key}@127.0.0.1:{server.port}/{projects[0]['id']}")
         sentry_sdk.capture_message("billed through the configured key")
         sentry_sdk.flush()
@@ -237,6 +241,7 @@ def test_flags_beat_env_beat_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize("toml, message", [
     ('[server]\ncolour = "blue"\n', "colour"),
     ('[[projects]]\nslug = "x"\ndsn_key = "not-hex"\n', "dsn_key"),
+    ('[[repositories]]\nurl = "https://github.com/a/b"\n', "needs a name"),
 ])
 def test_bad_config_is_refused(tmp_path: Path, toml: str, message: str) -> None:
     config = tmp_path / "tracker.toml"
