@@ -12,26 +12,36 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
+import email.message
+import email.utils
 import hashlib
+import hmac
+import html
+import http.client
 import json
 import logging
 import os
 import random
 import re
 import secrets
+import smtplib
 import sqlite3
+import ssl
 import sys
 import time
 import tomllib
+import urllib.error
 import urllib.parse
+import urllib.request
 import uuid
 import zlib
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable, Mapping
+from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Sequence
 
 import aiosqlite
 import brotli
@@ -69,6 +79,8 @@ class Settings:
     projects: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     repositories: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     jira: dict[str, str] = dataclasses.field(default_factory=dict)  # url, project_id, issue_type
+    channels: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    alerts: dict[str, Any] = dataclasses.field(default_factory=dict)  # retry_delays, timeout, poll, refresh
 
     @property
     def public_url(self) -> str:
@@ -87,12 +99,14 @@ def load_settings(config: str | None = None, **flags: Any) -> Settings:
         with open(path, "rb") as f:
             doc = tomllib.load(f)
         for key, value in doc.get("server", {}).items():
-            if key not in {f.name for f in dataclasses.fields(Settings)} or key in ("projects", "repositories", "jira"):
+            if key not in {f.name for f in dataclasses.fields(Settings)} or key in ("projects", "repositories", "jira", "channels", "alerts"):
                 raise SystemExit(f"{path}: unknown [server] setting {key!r}")
             setattr(settings, key, value)
         settings.projects = list(doc.get("projects", []))
         settings.repositories = list(doc.get("repositories", []))
         settings.jira = {key: str(value) for key, value in doc.get("jira", {}).items()}
+        settings.channels = list(doc.get("channels", []))
+        settings.alerts = dict(doc.get("alerts", {}))
     for key, var in ENV_VARS.items():
         if os.environ.get(var):
             setattr(settings, key, os.environ[var])
@@ -107,7 +121,8 @@ def load_settings(config: str | None = None, **flags: Any) -> Settings:
 # Storage: schema, migrations, the single writer
 # =============================================================================
 
-MIGRATIONS: list[str] = [
+# Each step is SQL, or a function for what SQL cannot say.
+MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE projects (
@@ -202,6 +217,29 @@ MIGRATIONS: list[str] = [
         SELECT DISTINCT r.id, i.project_id FROM issue_tags t JOIN issues i ON i.id = t.issue_id
         JOIN releases r ON r.version = t.value WHERE t.key = 'release';
     """,
+    """
+    CREATE TABLE channels (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, config TEXT NOT NULL,
+        failures INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL);
+    CREATE TABLE alert_rules (
+        id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL, name TEXT NOT NULL, rule TEXT NOT NULL,
+        created REAL NOT NULL);
+    CREATE INDEX alert_rules_by_project ON alert_rules (project_id);
+    CREATE TABLE rule_fires (
+        rule_id INTEGER NOT NULL, issue_id INTEGER NOT NULL, last_fired REAL NOT NULL,
+        PRIMARY KEY (rule_id, issue_id)) WITHOUT ROWID;
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY, channel_id INTEGER NOT NULL, issue_id INTEGER, rule_id INTEGER,
+        trigger TEXT NOT NULL, idempotency_key TEXT NOT NULL UNIQUE, payload TEXT NOT NULL, status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL, last_status INTEGER, last_error TEXT,
+        external_ref TEXT, created REAL NOT NULL, delivered REAL);
+    CREATE INDEX outbox_due ON outbox (status, next_attempt);
+    CREATE INDEX outbox_by_issue ON outbox (issue_id, channel_id);
+    CREATE TABLE issue_links (
+        issue_id INTEGER NOT NULL, channel_id INTEGER NOT NULL, kind TEXT NOT NULL, ref TEXT NOT NULL, data TEXT,
+        created REAL NOT NULL, PRIMARY KEY (issue_id, channel_id)) WITHOUT ROWID;
+    """,
+    lambda conn: default_rules_everywhere(conn),
 ]
 
 
@@ -220,9 +258,11 @@ def migrate(conn: sqlite3.Connection) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
         raise SystemExit(f"database schema {version} is newer than this tracker ({len(MIGRATIONS)})")
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
         conn.execute("BEGIN IMMEDIATE")
-        for statement in script.split(";"):
+        if callable(step):
+            step(conn)
+        for statement in step.split(";") if isinstance(step, str) else ():
             if statement.strip():
                 conn.execute(statement)
         conn.execute(f"PRAGMA user_version={number}")
@@ -350,6 +390,7 @@ def create_project(conn: sqlite3.Connection, name: str, slug: str | None = None,
     key = public_key or secrets.token_hex(16)
     conn.execute("INSERT INTO project_keys (public_key, project_id, created) VALUES (?, ?, ?)",
                  (key, cur.lastrowid, now))
+    insert_default_rules(conn, int(cur.lastrowid or 0))
     return int(cur.lastrowid or 0), key
 
 
@@ -1687,6 +1728,7 @@ class PreparedEvent:
     tags: list[list[str]]
     terms: list[tuple[str, str]]
     payload: bytes
+    crash: str = ""  # `file:line in function` of the crash frame, for alerts
 
 
 def prepare_event(raw: dict[str, Any], *, project_id: int, event_id: str | None, received: float,
@@ -1710,7 +1752,15 @@ def prepare_event(raw: dict[str, Any], *, project_id: int, event_id: str | None,
                          release=ev.get("release", ""), kind=kind, title=title, culprit=culprit,
                          metadata=metadata, platform=ev["platform"], logger=ev.get("logger", ""),
                          hashes=hashes, tags=ev.get("tags", []), terms=search_terms(ev),
-                         payload=compress_payload(ev))
+                         payload=compress_payload(ev), crash=crash_location(ev))
+
+
+def crash_location(ev: dict[str, Any]) -> str:
+    frame = crash_frame(primary_frames(ev)) or {}
+    where = text(frame.get("filename") or frame.get("abs_path") or frame.get("module"), 300)
+    if frame.get("lineno"):
+        where += f":{frame['lineno']}"
+    return where + (f" in {text(frame['function'], 200)}" if frame.get("function") else "")
 
 
 def search_terms(ev: dict[str, Any]) -> list[tuple[str, str]]:
@@ -1767,8 +1817,10 @@ def store_event(conn: sqlite3.Connection, ev: PreparedEvent) -> bool:
          ev.environment, ev.release, ev.payload))
     if row and "release" in new_tags:
         record_activity(conn, issue_id, "release", {"version": new_tags["release"]}, ev.received)
+    transition = "new" if row is None else None
     if issue["status"] != "unresolved":
-        apply_event_to_status(conn, issue, ev)
+        transition = apply_event_to_status(conn, issue, ev)
+    fire_rules(conn, issue_id, ev, transition)
     return True
 
 
@@ -2089,18 +2141,24 @@ def change_status(conn: sqlite3.Connection, issue: sqlite3.Row, status: str, det
     else:
         kind, data = f"set_{status}", details
     record_activity(conn, issue["id"], kind, data, now)
+    if status == "resolved" and issue["status"] != "resolved":
+        enqueue_resolved(conn, issue["id"])
 
 
-def apply_event_to_status(conn: sqlite3.Connection, issue: sqlite3.Row, ev: PreparedEvent) -> None:
-    """Reopen a resolved issue the event shows is back, or an ignored one whose condition it meets."""
+def apply_event_to_status(conn: sqlite3.Connection, issue: sqlite3.Row, ev: PreparedEvent) -> str | None:
+    """Reopen a resolved issue the event shows is back ("regression"), or an ignored one whose
+    condition it meets ("escalating"); the transition is what alert rules fire on."""
     details = json.loads(issue["status_details"])
     if issue["status"] == "resolved" and is_regression(conn, issue, details, ev):
         write_status(conn, issue["id"], "unresolved", "regressed", {}, ev.received)
         record_activity(conn, issue["id"], "set_regression", {"version": ev.release or None,
                                                               "event_id": ev.event_id}, ev.received)
-    elif issue["status"] == "ignored" and ignore_condition_met(conn, issue, details, ev):
-        write_status(conn, issue["id"], "unresolved", "ongoing", {}, ev.received)
+        return "regression"
+    if issue["status"] == "ignored" and ignore_condition_met(conn, issue, details, ev):
+        write_status(conn, issue["id"], "unresolved", "escalating", {}, ev.received)
         record_activity(conn, issue["id"], "set_unresolved", public_details(details), ev.received)
+        return "escalating"
+    return None
 
 
 def is_regression(conn: sqlite3.Connection, issue: sqlite3.Row, details: dict[str, Any],
@@ -2538,6 +2596,801 @@ def code_view_url(slug: str, frame: dict[str, Any]) -> str | None:
         return None
     params = {"project": slug, "path": path, **({"function": frame["function"]} if frame.get("function") else {})}
     return "/code/?" + urllib.parse.urlencode(params)
+
+
+# =============================================================================
+# Alerts: rules judged in the writer, an outbox in the same transaction, a dispatcher that delivers
+# =============================================================================
+#
+# A rule is Sentry's issue alert (conditions, filters, actions, an action interval). The writer
+# judges a project's rules on every stored event and, when one fires, writes one outbox row per
+# channel in the event's own transaction: a notification cannot be lost to a crash, and ingest
+# never waits on Slack. The dispatcher task delivers due rows with timeouts, retries with
+# backoff and jitter, and moves a row to the dead letters after its last try or a clear 4xx.
+
+FIRST_SEEN = "sentry.rules.conditions.first_seen_event.FirstSeenEventCondition"
+REGRESSION = "sentry.rules.conditions.regression_event.RegressionEventCondition"
+REAPPEARED = "sentry.rules.conditions.reappeared_event.ReappearedEventCondition"
+FREQUENCY = "sentry.rules.conditions.event_frequency.EventFrequencyCondition"
+USER_FREQUENCY = "sentry.rules.conditions.event_frequency.EventUniqueUserFrequencyCondition"
+LEVEL_FILTER = "sentry.rules.filters.level.LevelFilter"
+TAGGED_FILTER = "sentry.rules.filters.tagged_event.TaggedEventFilter"
+LATEST_RELEASE_FILTER = "sentry.rules.filters.latest_release.LatestReleaseFilter"
+NOTIFY_ALL = "sentry.rules.actions.notify_event.NotifyEventAction"
+NOTIFY_SERVICE = "sentry.rules.actions.notify_event_service.NotifyEventServiceAction"
+JIRA_ACTION = "sentry.integrations.jira.notify_action.JiraCreateTicketAction"
+# the transition of the issue each state condition fires on
+STATE_CONDITIONS = {FIRST_SEEN: "new", REGRESSION: "regression", REAPPEARED: "escalating"}
+INTERVALS = {"1m": 1, "5m": 5, "15m": 15, "1h": 60, "1d": 1440, "1w": 10080, "30d": 43200}
+FREQUENCIES = (5, 10, 30, 60, 180, 720, 1440, 10080, 43200)  # the action intervals a rule may have, minutes
+SENTRY_LEVELS = {"50": "fatal", "40": "error", "30": "warning", "20": "info", "10": "debug"}
+TAG_MATCHES = ("eq", "ne", "sw", "ew", "co", "nc", "is", "ns")
+CHANNEL_KINDS = ("slack", "email", "pagerduty", "alertmanager", "webhook", "jira")
+# the fields each kind needs, and the ones that are secrets (never shown back in full)
+CHANNEL_FIELDS = {
+    "slack": (("url",), ("url",)),
+    "email": (("host", "from", "to"), ("password",)),
+    "pagerduty": (("routing_key",), ("routing_key",)),
+    "alertmanager": (("url",), ("password",)),
+    "webhook": (("url",), ("url", "secret")),
+    "jira": (("url", "project", "token"), ("token",)),
+}
+CHANNEL_DEFAULTS = {
+    "email": {"port": 587, "security": "starttls", "username": "", "password": ""},
+    "pagerduty": {"url": "https://events.pagerduty.com/v2/enqueue"},
+    "jira": {"flavor": "cloud", "issue_type": "Bug", "email": ""},
+}
+RETRY_DELAYS = (0, 10, 60, 300, 1800, 7200, 21600, 43200)  # seconds before attempt 1, 2, …: about 17 hours
+DEFAULT_RULES = [
+    {"name": "New issues and regressions: all channels", "actionMatch": "any", "filterMatch": "all",
+     "frequency": 30, "conditions": [{"id": FIRST_SEEN}, {"id": REGRESSION}], "filters": [],
+     "actions": [{"id": NOTIFY_ALL}]},
+    {"name": "Fatal errors: a Jira issue", "actionMatch": "any", "filterMatch": "all", "frequency": 30,
+     "conditions": [{"id": FIRST_SEEN}, {"id": REGRESSION}],
+     "filters": [{"id": LEVEL_FILTER, "match": "gte", "level": "50"}], "actions": [{"id": JIRA_ACTION}]},
+]
+
+
+class AlertConfigError(ValueError):
+    """A rule or channel that cannot work: a 400, or shown above the form that sent it."""
+
+
+def check_url(value: Any, field: str) -> str:
+    url = text(value, 2048).strip()
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https") or not urllib.parse.urlsplit(url).netloc:
+        raise AlertConfigError(f"{field} must be an http(s) URL")
+    return url
+
+
+def checked_channel(kind: Any, name: Any, config: Any, old: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A channel's validated config; a secret sent back masked (as the API shows it) keeps its value."""
+    if kind not in CHANNEL_KINDS:
+        raise AlertConfigError(f"kind must be one of {', '.join(CHANNEL_KINDS)}")
+    if not isinstance(name, str) or not name.strip() or len(name) > 100:
+        raise AlertConfigError("name: a non-empty name of at most 100 characters is required")
+    if not isinstance(config, dict):
+        raise AlertConfigError("config must be an object")
+    required, secrets_ = CHANNEL_FIELDS[kind]
+    merged = {**CHANNEL_DEFAULTS.get(kind, {}), **(old or {})}
+    for key, value in config.items():
+        if value is None or value == "" and key in secrets_:
+            continue
+        if old and key in secrets_ and value == mask_secret(old.get(key)):
+            continue
+        merged[key] = value if isinstance(value, (int, list)) else text(value, 2048).strip()
+    missing = [key for key in required if not merged.get(key)]
+    if missing:
+        raise AlertConfigError(f"a {kind} channel needs {', '.join(missing)}")
+    if "url" in merged:
+        merged["url"] = check_url(merged["url"], "url")
+    if kind == "email":
+        recipients = merged["to"] if isinstance(merged["to"], list) else re.split(r"[,\s]+", str(merged["to"]))
+        merged["to"] = [r for r in (text(x, 254).strip() for x in recipients) if r]
+        if not merged["to"] or any("@" not in r for r in merged["to"]):
+            raise AlertConfigError("to: one or more email addresses")
+        if merged["security"] not in ("starttls", "tls", "none"):
+            raise AlertConfigError("security must be starttls, tls or none")
+        try:
+            merged["port"] = int(merged["port"])
+        except (TypeError, ValueError):
+            raise AlertConfigError("port must be a number") from None
+    if kind == "pagerduty" and len(str(merged["routing_key"])) != 32:
+        raise AlertConfigError("routing_key: the 32-character integration key of an Events API v2 integration")
+    if kind == "jira" and merged["flavor"] not in ("cloud", "datacenter"):
+        raise AlertConfigError("flavor must be cloud (API v3, email + API token) or datacenter (API v2, a PAT)")
+    if kind == "jira" and merged["flavor"] == "cloud" and not merged.get("email"):
+        raise AlertConfigError("a Jira Cloud channel needs the email its API token belongs to")
+    if kind == "webhook" and not merged.get("secret"):
+        merged["secret"] = secrets.token_hex(32)
+    return merged
+
+
+def mask_secret(value: Any) -> str:
+    """Enough of a secret to recognise it, never enough to use it."""
+    value = str(value or "")
+    if not value:
+        return ""
+    if "://" in value:
+        parts = urllib.parse.urlsplit(value)
+        return f"{parts.scheme}://{parts.hostname}/…{value[-4:]}"
+    return f"…{value[-4:]}" if len(value) > 12 else "…"
+
+
+def masked_config(kind: str, config: dict[str, Any]) -> dict[str, Any]:
+    secret_fields = CHANNEL_FIELDS[kind][1]
+    return {key: mask_secret(value) if key in secret_fields else value for key, value in config.items()}
+
+
+def save_channel(conn: sqlite3.Connection, name: str, kind: str, config: dict[str, Any],
+                 channel_id: int | None = None) -> int:
+    if conn.execute("SELECT 1 FROM channels WHERE name = ? AND id IS NOT ?", (name, channel_id)).fetchone():
+        raise AlertConfigError(f"a channel named {name!r} exists already")
+    if channel_id is None:
+        return int(conn.execute("INSERT INTO channels (name, kind, config, created) VALUES (?, ?, ?, ?)",
+                                (name, kind, json.dumps(config), time.time())).lastrowid or 0)
+    conn.execute("UPDATE channels SET name = ?, config = ? WHERE id = ?", (name, json.dumps(config), channel_id))
+    return channel_id
+
+
+def ensure_config_channels(conn: sqlite3.Connection, channels: list[dict[str, Any]]) -> None:
+    """The channels a TOML config declares, created or updated by name (the file wins)."""
+    for spec in channels:
+        config = {k: v for k, v in spec.items() if k not in ("name", "kind")}
+        try:
+            row = conn.execute("SELECT * FROM channels WHERE name = ?", (spec.get("name"),)).fetchone()
+            checked = checked_channel(spec.get("kind"), spec.get("name"), config,
+                                      json.loads(row["config"]) if row else None)
+            save_channel(conn, str(spec["name"]), str(spec["kind"]), checked, row["id"] if row else None)
+        except AlertConfigError as exc:
+            raise SystemExit(f"[[channels]] {spec.get('name')!r}: {exc}") from None
+
+
+def checked_rule(body: Any, channel_names: set[str]) -> dict[str, Any]:
+    """A rule in Sentry's shape, validated: what the API stores and the dashboard edits."""
+    if not isinstance(body, dict):
+        raise AlertConfigError("the rule must be a JSON object")
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise AlertConfigError("name: a non-empty name of at most 200 characters is required")
+    rule = {"name": name.strip(), "actionMatch": body.get("actionMatch", "any"),
+            "filterMatch": body.get("filterMatch", "all"), "environment": body.get("environment") or None}
+    if rule["actionMatch"] not in ("any", "all"):
+        raise AlertConfigError("actionMatch must be any or all")
+    if rule["filterMatch"] not in ("any", "all", "none"):
+        raise AlertConfigError("filterMatch must be any, all or none")
+    if rule["environment"] is not None and not isinstance(rule["environment"], str):
+        raise AlertConfigError("environment must be a name or null")
+    try:
+        rule["frequency"] = int(body.get("frequency", 30))
+    except (TypeError, ValueError):
+        raise AlertConfigError("frequency: minutes between two alerts for the same issue") from None
+    if rule["frequency"] not in FREQUENCIES:
+        raise AlertConfigError(f"frequency must be one of {', '.join(map(str, FREQUENCIES))} (minutes)")
+    rule["conditions"] = [checked_condition(c) for c in as_list(body.get("conditions"))]
+    rule["filters"] = [checked_filter(f) for f in as_list(body.get("filters"))]
+    rule["actions"] = [checked_action(a, channel_names) for a in as_list(body.get("actions"))]
+    if not rule["actions"]:
+        raise AlertConfigError("actions: at least one action is required")
+    return rule
+
+
+def checked_condition(cond: Any) -> dict[str, Any]:
+    if not isinstance(cond, dict) or cond.get("id") not in (*STATE_CONDITIONS, FREQUENCY, USER_FREQUENCY):
+        raise AlertConfigError(f"unknown condition {cond.get('id') if isinstance(cond, dict) else cond!r}")
+    if cond["id"] in STATE_CONDITIONS:
+        return {"id": cond["id"]}
+    if cond.get("interval") not in INTERVALS:
+        raise AlertConfigError(f"interval must be one of {', '.join(INTERVALS)}")
+    try:
+        value = int(cond.get("value"))
+    except (TypeError, ValueError):
+        value = -1
+    if value < 1:
+        raise AlertConfigError("value: a count of at least 1")
+    return {"id": cond["id"], "value": value, "interval": cond["interval"]}
+
+
+def checked_filter(flt: Any) -> dict[str, Any]:
+    kind = flt.get("id") if isinstance(flt, dict) else None
+    if kind == LATEST_RELEASE_FILTER:
+        return {"id": kind}
+    if kind == LEVEL_FILTER:
+        level = str(flt.get("level", ""))
+        level = next((num for num, name in SENTRY_LEVELS.items() if level in (num, name)), None)
+        if level is None or flt.get("match") not in ("eq", "gte", "lte"):
+            raise AlertConfigError("a level filter needs match (eq, gte, lte) and a level (fatal, error, … or 50, 40, …)")
+        return {"id": kind, "match": flt["match"], "level": level}
+    if kind == TAGGED_FILTER:
+        key, match = text(flt.get("key"), MAX_TAG).strip(), flt.get("match", "eq")
+        if not key or match not in TAG_MATCHES:
+            raise AlertConfigError(f"a tag filter needs a key and match ({', '.join(TAG_MATCHES)})")
+        return {"id": kind, "key": key, "match": match, "value": text(flt.get("value"), MAX_TAG)}
+    raise AlertConfigError(f"unknown filter {kind!r}")
+
+
+def checked_action(action: Any, channel_names: set[str]) -> dict[str, Any]:
+    kind = action.get("id") if isinstance(action, dict) else None
+    if kind == NOTIFY_ALL:
+        return {"id": kind}
+    if kind in (NOTIFY_SERVICE, JIRA_ACTION):
+        service = action.get("service") or action.get("channel")
+        if kind == NOTIFY_SERVICE or service:
+            if service not in channel_names:
+                raise AlertConfigError(f"no channel named {service!r}")
+            return {"id": kind, "service": service}
+        return {"id": kind}
+    raise AlertConfigError(f"unknown action {kind!r}")
+
+
+def insert_rule(conn: sqlite3.Connection, project_id: int, rule: dict[str, Any], rule_id: int | None = None) -> int:
+    values = (rule["name"], json.dumps(rule), project_id)
+    if rule_id is not None:
+        conn.execute("UPDATE alert_rules SET name = ?, rule = ? WHERE project_id = ? AND id = ?", (*values, rule_id))
+        return rule_id
+    return int(conn.execute("INSERT INTO alert_rules (name, rule, project_id, created) VALUES (?, ?, ?, ?)",
+                            (*values, time.time())).lastrowid or 0)
+
+
+def insert_default_rules(conn: sqlite3.Connection, project_id: int) -> None:
+    for rule in DEFAULT_RULES:
+        insert_rule(conn, project_id, {**rule, "environment": None})
+
+
+def default_rules_everywhere(conn: sqlite3.Connection) -> None:
+    """Migration: the projects that existed before alerts get the rules a new project gets."""
+    for project in conn.execute("SELECT id FROM projects").fetchall():
+        insert_default_rules(conn, project["id"])
+
+
+# -- judging rules (writer thread, in the event's transaction) -------------------------------
+
+def fire_rules(conn: sqlite3.Connection, issue_id: int, ev: PreparedEvent, transition: str | None) -> None:
+    """Judge the project's rules on a stored event; a rule that fires (and has not fired for the
+    issue within its action interval) queues one notification per channel it names."""
+    for row in conn.execute("SELECT * FROM alert_rules WHERE project_id = ?", (ev.project_id,)).fetchall():
+        rule = json.loads(row["rule"])
+        if rule.get("environment") and rule["environment"] != ev.environment:
+            continue
+        trigger = rule_trigger(conn, rule, issue_id, ev, transition)
+        if not trigger or not filters_pass(conn, rule, ev):
+            continue
+        channels = action_channels(conn, rule)
+        if channels and claim_rule(conn, row["id"], issue_id, rule, ev.received):
+            for channel in channels:
+                enqueue(conn, channel, issue_id, row["id"], trigger, {"rule": rule["name"], **event_snapshot(ev)})
+
+
+def rule_trigger(conn: sqlite3.Connection, rule: dict[str, Any], issue_id: int, ev: PreparedEvent,
+                 transition: str | None) -> str | None:
+    """What made the rule's conditions hold ("new", "regression", "frequency", …), or None.
+    State conditions are judged first: they cost nothing, and most events meet none."""
+    conditions = rule["conditions"]
+    if not conditions:
+        return "event"
+    met = []
+    for cond in sorted(conditions, key=lambda c: c["id"] not in STATE_CONDITIONS):
+        held = condition_holds(conn, cond, issue_id, ev, transition)
+        if held and rule["actionMatch"] == "any":
+            return STATE_CONDITIONS.get(cond["id"], "frequency" if cond["id"] == FREQUENCY else "users")
+        if not held and rule["actionMatch"] == "all":
+            return None
+        met.append(cond)
+    return (transition or "frequency") if met and rule["actionMatch"] == "all" else None
+
+
+def condition_holds(conn: sqlite3.Connection, cond: dict[str, Any], issue_id: int, ev: PreparedEvent,
+                    transition: str | None) -> bool:
+    if cond["id"] in STATE_CONDITIONS:
+        return transition == STATE_CONDITIONS[cond["id"]]
+    since = ev.received - 60 * INTERVALS[cond["interval"]]
+    if cond["id"] == FREQUENCY:  # counting stops at the threshold: a storm costs no more than that
+        sql = "SELECT count(*) FROM (SELECT 1 FROM events WHERE issue_id = ? AND timestamp >= ? LIMIT ?)"
+    else:  # a user whose last event is in the window was seen in it
+        sql = ("SELECT count(*) FROM (SELECT 1 FROM issue_tags WHERE issue_id = ? AND key = 'user' "
+               "AND last_seen >= ? LIMIT ?)")
+    return conn.execute(sql, (issue_id, since, cond["value"] + 1)).fetchone()[0] > cond["value"]
+
+
+def filters_pass(conn: sqlite3.Connection, rule: dict[str, Any], ev: PreparedEvent) -> bool:
+    results = [filter_passes(conn, flt, ev) for flt in rule["filters"]]
+    return {"all": all(results), "any": any(results) or not results, "none": not any(results)}[rule["filterMatch"]]
+
+
+def filter_passes(conn: sqlite3.Connection, flt: dict[str, Any], ev: PreparedEvent) -> bool:
+    if flt["id"] == LEVEL_FILTER:
+        have, want = LEVELS.index(ev.level) if ev.level in LEVELS else 3, LEVELS.index(SENTRY_LEVELS[flt["level"]])
+        return {"eq": have == want, "gte": have >= want, "lte": have <= want}[flt["match"]]
+    if flt["id"] == LATEST_RELEASE_FILTER:
+        newest = conn.execute(RELEASES_SQL, {"project": ev.project_id, "limit": 1}).fetchone()
+        return bool(ev.release) and newest is not None and newest["value"] == ev.release
+    values = [v for k, v in ev.tags if k == flt["key"]]
+    want, match = flt["value"], flt["match"]
+    if match in ("is", "ns"):
+        return bool(values) == (match == "is")
+    tests = {"eq": lambda v: v == want, "ne": lambda v: v != want, "sw": lambda v: v.startswith(want),
+             "ew": lambda v: v.endswith(want), "co": lambda v: want in v, "nc": lambda v: want not in v}
+    return any(tests[match](v) for v in values) if match not in ("ne", "nc") else all(tests[match](v) for v in values)
+
+
+def claim_rule(conn: sqlite3.Connection, rule_id: int, issue_id: int, rule: dict[str, Any], now: float) -> bool:
+    """The action interval: a rule fires for an issue at most once per `frequency` minutes."""
+    return conn.execute(
+        """INSERT INTO rule_fires (rule_id, issue_id, last_fired) VALUES (?, ?, ?)
+           ON CONFLICT DO UPDATE SET last_fired = excluded.last_fired WHERE last_fired <= ? RETURNING 1""",
+        (rule_id, issue_id, now, now - 60 * rule["frequency"])).fetchone() is not None
+
+
+def action_channels(conn: sqlite3.Connection, rule: dict[str, Any]) -> list[sqlite3.Row]:
+    """The channels a rule's actions name (all of them but Jira, for "notify all")."""
+    channels = conn.execute("SELECT * FROM channels ORDER BY id").fetchall()
+    chosen: dict[int, sqlite3.Row] = {}
+    for action in rule["actions"]:
+        for channel in channels:
+            named = action.get("service") in (None, channel["name"])
+            if action["id"] == NOTIFY_ALL and channel["kind"] != "jira" or \
+                    action["id"] == NOTIFY_SERVICE and named or \
+                    action["id"] == JIRA_ACTION and channel["kind"] == "jira" and named:
+                chosen[channel["id"]] = channel
+    return list(chosen.values())
+
+
+def event_snapshot(ev: PreparedEvent) -> dict[str, Any]:
+    """What a notification says about the event that caused it (the issue is read when sending)."""
+    return {"event": {"event_id": ev.event_id, "timestamp": ev.timestamp, "level": ev.level,
+                      "environment": ev.environment, "release": ev.release, "crash": ev.crash,
+                      "tags": ev.tags[:50]}}
+
+
+def enqueue(conn: sqlite3.Connection, channel: sqlite3.Row, issue_id: int | None, rule_id: int | None,
+            trigger: str, snapshot: dict[str, Any]) -> None:
+    """Queue one notification. A Jira channel files one Jira issue per tracker issue, ever: its
+    key makes a second queued creation a no-op."""
+    key = f"jira-{channel['id']}-{issue_id}" if channel["kind"] == "jira" and issue_id else uuid.uuid4().hex
+    conn.execute("""INSERT OR IGNORE INTO outbox (channel_id, issue_id, rule_id, trigger, idempotency_key, payload,
+                        status, attempts, next_attempt, created) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?)""",
+                 (channel["id"], issue_id, rule_id, trigger, key, json.dumps(snapshot), time.time(), time.time()))
+
+
+def enqueue_resolved(conn: sqlite3.Connection, issue_id: int) -> None:
+    """A resolved issue resolves what its alerts opened: the PagerDuty incident, the Alertmanager
+    alert, and tells the webhooks that were told about it."""
+    for channel in conn.execute(
+            """SELECT * FROM channels WHERE kind IN ('pagerduty', 'alertmanager', 'webhook') AND id IN
+               (SELECT channel_id FROM outbox WHERE issue_id = ? AND trigger != 'resolved')""", (issue_id,)):
+        enqueue(conn, channel, issue_id, None, "resolved", {})
+
+
+# -- delivering (the dispatcher task; HTTP and SMTP run in threads) ----------------------------
+
+@dataclasses.dataclass
+class Delivery:
+    """The outcome of one attempt: delivered, or retry (after at least `retry_after`), or dead."""
+
+    outcome: str
+    status: int | None = None
+    detail: str = ""
+    retry_after: float = 0.0
+    ref: str | None = None
+
+
+class NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirected notification is a failed one: never re-send a body somewhere it was not sent."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+HTTP = urllib.request.build_opener(NoRedirects())
+
+
+def http_call(method: str, url: str, body: bytes | None, headers: dict[str, str], timeout: float) -> Delivery:
+    """One HTTP request, classified: 2xx delivered; 429, 408, 5xx and network errors retried
+    (429 no sooner than its Retry-After); any other answer is dead."""
+    request = urllib.request.Request(url, data=body, headers=headers, method=method)
+    try:
+        with HTTP.open(request, timeout=timeout) as response:
+            return Delivery("delivered", response.status, response.read(2048).decode("utf-8", "replace"))
+    except urllib.error.HTTPError as exc:
+        detail = exc.read(2048).decode("utf-8", "replace")
+        retry_after = parse_retry_after(exc.headers.get("Retry-After"))
+        outcome = "retry" if exc.code in (408, 429) or exc.code >= 500 else "dead"
+        return Delivery(outcome, exc.code, f"HTTP {exc.code}: {detail}", retry_after)
+    except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, DNS
+        return Delivery("retry", None, f"{type(exc).__name__}: {exc}")
+
+
+def parse_retry_after(value: str | None) -> float:
+    try:
+        return max(float(value or 0), 0.0)
+    except ValueError:
+        return 60.0
+
+
+def json_call(method: str, url: str, payload: Any, timeout: float, headers: dict[str, str] | None = None) -> Delivery:
+    return http_call(method, url, json.dumps(payload).encode(),
+                     {"Content-Type": "application/json", "User-Agent": "tracker", **(headers or {})}, timeout)
+
+
+@dataclasses.dataclass
+class Notice:
+    """Everything a channel's message is made of: the issue as the API shows it, the event and why."""
+
+    trigger: str
+    rule: str
+    issue: dict[str, Any]
+    event: dict[str, Any]
+    url: str
+    key: str
+    instance: str
+    settings: Settings
+
+    @property
+    def headline(self) -> str:
+        words = {"new": "New issue", "regression": "Regression", "escalating": "Escalating",
+                 "frequency": "Frequent issue", "users": "Issue affecting many users", "resolved": "Resolved",
+                 "test": "Test notification"}
+        return f"{words.get(self.trigger, 'Alert')}: {self.issue['title']}"
+
+    def facts(self) -> list[tuple[str, str]]:
+        ev, issue = self.event, self.issue
+        facts = [("Project", issue["project"]["name"]), ("Level", issue["level"]),
+                 ("Environment", ev.get("environment") or "—"), ("Release", ev.get("release") or "—"),
+                 ("Events", issue["count"]), ("Users", str(issue["userCount"]))]
+        return facts + ([("Crashed in", ev["crash"])] if ev.get("crash") else [])
+
+
+def slack_escape(value: str) -> str:
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slack_body(n: Notice) -> dict[str, Any]:
+    """Block Kit with a text fallback: header, the culprit with a link, the facts, why it fired."""
+    title = f"{n.issue['shortId']}: {n.headline}"
+    return {
+        "text": slack_escape(first_line(title, 3000)), "unfurl_links": False, "unfurl_media": False,
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": first_line(n.headline, 150)}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": text(
+                f"*<{n.url}|{slack_escape(n.issue['shortId'])}>* `{slack_escape(first_line(n.issue['culprit'] or '—', 2000))}`",
+                2900)}},
+            {"type": "section", "fields": [{"type": "mrkdwn", "text": text(f"*{k}*\n{slack_escape(first_line(v, 1000))}",
+                                                                          1900)} for k, v in n.facts()][:10]},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": text(
+                f"{slack_escape(first_line(n.rule or 'tracker', 200))} · <{n.url}|open in tracker>", 2900)}]},
+        ]}
+
+
+def email_message(n: Notice, config: dict[str, Any], outbox_id: int) -> email.message.EmailMessage:
+    """Plain and HTML parts; one thread per issue; marked as automatic so nobody auto-replies."""
+    msg = email.message.EmailMessage()
+    msg["Subject"] = first_line(f"[{n.issue['project']['slug']}] {n.headline}", 200)
+    msg["From"], msg["To"] = config["from"], ", ".join(config["to"])
+    msg["Date"] = email.utils.formatdate(localtime=False)
+    domain = urllib.parse.urlsplit(n.settings.public_url).hostname or "tracker"
+    msg["Message-ID"] = f"<outbox-{outbox_id}.{n.key[:12]}@{domain}>"
+    msg["References"] = msg["In-Reply-To"] = f"<issue-{n.issue['id']}@{domain}>"
+    msg["Auto-Submitted"] = "auto-generated"
+    lines = [n.headline, "", *(f"{k}: {v}" for k, v in n.facts()), f"Culprit: {n.issue['culprit']}", "", n.url]
+    msg.set_content("\n".join(lines))
+    rows = "".join(f"<tr><th align='left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in n.facts())
+    msg.add_alternative(
+        f"<h2>{html.escape(n.headline)}</h2><p><code>{html.escape(n.issue['culprit'])}</code></p>"
+        f"<table>{rows}</table><p><a href=\"{html.escape(n.url)}\">Open {html.escape(n.issue['shortId'])} in tracker</a></p>",
+        subtype="html")
+    return msg
+
+
+def send_email(config: dict[str, Any], msg: email.message.EmailMessage, timeout: float) -> Delivery:
+    """SMTP in a thread: TLS as configured and never silently dropped; 4xx retried, 5xx dead."""
+    context = ssl.create_default_context()
+    try:
+        smtp_class = smtplib.SMTP_SSL if config["security"] == "tls" else smtplib.SMTP
+        kwargs = {"context": context} if config["security"] == "tls" else {}
+        with smtp_class(config["host"], int(config["port"]), timeout=timeout, **kwargs) as smtp:
+            if config["security"] == "starttls":
+                smtp.starttls(context=context)
+            if config.get("username"):
+                smtp.login(config["username"], config.get("password", ""))
+            refused = smtp.send_message(msg)
+        return Delivery("delivered", 250, f"refused: {', '.join(refused)}" if refused else "")
+    except smtplib.SMTPRecipientsRefused as exc:
+        return Delivery("dead", None, f"recipients refused: {exc.recipients}")
+    except smtplib.SMTPResponseException as exc:
+        detail = f"SMTP {exc.smtp_code}: {exc.smtp_error.decode('utf-8', 'replace') if isinstance(exc.smtp_error, bytes) else exc.smtp_error}"
+        return Delivery("retry" if 400 <= exc.smtp_code < 500 else "dead", exc.smtp_code, detail)
+    except smtplib.SMTPNotSupportedError as exc:
+        return Delivery("dead", None, f"the server does not offer STARTTLS: {exc}")
+    except (OSError, smtplib.SMTPException) as exc:
+        return Delivery("retry", None, f"{type(exc).__name__}: {exc}")
+
+
+PAGERDUTY_SEVERITY = {"fatal": "critical", "error": "error", "warning": "warning"}
+
+
+def pagerduty_body(n: Notice, routing_key: str, dedup_key: str) -> dict[str, Any]:
+    if n.trigger == "resolved":
+        return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": dedup_key}
+    ev = n.event
+    return {
+        "routing_key": routing_key, "event_action": "trigger", "dedup_key": dedup_key,
+        "client": "tracker", "client_url": n.settings.public_url, "links": [{"href": n.url, "text": n.issue["shortId"]}],
+        "payload": {"summary": first_line(n.headline, 1024), "source": n.issue["project"]["slug"],
+                    "severity": PAGERDUTY_SEVERITY.get(n.issue["level"], "info"),
+                    "timestamp": iso(ev.get("timestamp")) or iso(time.time()), "component": n.issue["culprit"][:255],
+                    "group": n.issue["project"]["slug"], "class": n.issue["metadata"].get("type") or n.issue["type"],
+                    "custom_details": {**dict(n.facts()), "issue": n.issue["shortId"], "url": n.url,
+                                       "event_id": ev.get("event_id")}},
+    }
+
+
+def alertmanager_alert(n: Notice, labels: dict[str, str], resolved: bool) -> dict[str, Any]:
+    """One postableAlert: stable labels are its identity; counts and words are annotations."""
+    now = time.time()
+    return {"labels": labels, "generatorURL": n.url, "startsAt": iso(parse_timestamp(n.issue["firstSeen"])),
+            "endsAt": iso(now if resolved else now + 300),
+            "annotations": {"summary": n.headline, "description": n.issue["culprit"], "event_count": n.issue["count"],
+                            "users": str(n.issue["userCount"]), "url": n.url, "level": n.issue["level"]}}
+
+
+def alertmanager_labels(n: Notice) -> dict[str, str]:
+    return {"alertname": "TrackerIssue", "project": n.issue["project"]["slug"], "issue_id": n.issue["id"],
+            "short_id": n.issue["shortId"], "severity": n.issue["level"]}
+
+
+def webhook_body(n: Notice) -> tuple[str, dict[str, Any]]:
+    """(resource, body) shaped like Sentry's integration-platform webhooks."""
+    envelope = {"installation": {"uuid": n.instance},
+                "actor": {"type": "application", "id": "tracker", "name": "tracker"}}
+    if n.trigger == "resolved":
+        return "issue", {**envelope, "action": "resolved",
+                         "data": {"issue": {**n.issue, "url": n.url, "web_url": n.url,
+                                            "project_url": f"{n.settings.public_url}/issues/?project={n.issue['project']['slug']}"}}}
+    api_issue = f"{n.settings.public_url}/api/0/issues/{n.issue['id']}/"
+    event = {**n.event, "timestamp": iso(n.event.get("timestamp")), "title": n.issue["title"],
+             "culprit": n.issue["culprit"], "project": int(n.issue["project"]["id"]), "issue_id": n.issue["id"],
+             "url": f"{api_issue}events/{n.event.get('event_id')}/", "web_url": n.url, "issue_url": api_issue}
+    return "event_alert", {**envelope, "action": "triggered",
+                           "data": {"event": event, "triggered_rule": n.rule,
+                                    "issue_alert": {"title": n.rule, "settings": []}}}
+
+
+def webhook_headers(config: dict[str, Any], resource: str, body: bytes, key: str) -> dict[str, str]:
+    signature = hmac.new(str(config["secret"]).encode(), body, hashlib.sha256).hexdigest()
+    return {"Request-ID": uuid.uuid4().hex, "Sentry-Hook-Resource": resource, "Sentry-Hook-Signature": signature,
+            "Sentry-Hook-Timestamp": str(int(time.time())), "Idempotency-Key": key}
+
+
+def jira_fields(n: Notice, config: dict[str, Any], label: str) -> dict[str, Any]:
+    """Cloud wants an Atlassian document for the description (API v3); Data Center wiki markup (v2)."""
+    project, issue_type = str(config["project"]), str(config["issue_type"])
+    facts = "\n".join(f"{k}: {v}" for k, v in n.facts())
+    if config["flavor"] == "cloud":
+        description: Any = {"type": "doc", "version": 1, "content": [
+            {"type": "paragraph", "content": [{"type": "text", "text": n.headline},
+                                              {"type": "hardBreak"},
+                                              {"type": "text", "text": n.url, "marks": [{"type": "link", "attrs": {"href": n.url}}]}]},
+            {"type": "codeBlock", "content": [{"type": "text", "text": f"{facts}\nCulprit: {n.issue['culprit']}"}]}]}
+    else:
+        description = f"{n.headline}\n\n[{n.issue['shortId']}|{n.url}]\n\n{{code}}\n{facts}\nCulprit: {n.issue['culprit']}\n{{code}}"
+    return {"project": {"id": project} if project.isdigit() else {"key": project},
+            "issuetype": {"id": issue_type} if issue_type.isdigit() else {"name": issue_type},
+            "summary": first_line(n.issue["title"], 255), "description": description, "labels": [label]}
+
+
+def jira_headers(config: dict[str, Any]) -> dict[str, str]:
+    if config["flavor"] == "cloud":
+        basic = base64.b64encode(f"{config['email']}:{config['token']}".encode()).decode()
+        return {"Authorization": f"Basic {basic}", "Accept": "application/json"}
+    return {"Authorization": f"Bearer {config['token']}", "Accept": "application/json"}
+
+
+def jira_find(config: dict[str, Any], label: str, timeout: float) -> str | None:
+    """The Jira issue an earlier, ambiguous attempt may have created (found by its label)."""
+    path = "/rest/api/3/search/jql" if config["flavor"] == "cloud" else "/rest/api/2/search"
+    query = urllib.parse.urlencode({"jql": f'labels = "{label}"', "fields": "summary"})
+    result = http_call("GET", f"{config['url'].rstrip('/')}{path}?{query}", None, jira_headers(config), timeout)
+    if result.outcome != "delivered":
+        raise ConnectionError(result.detail)
+    issues = json.loads(result.detail or "{}").get("issues") or []
+    return issues[0]["key"] if issues else None
+
+
+def jira_create(n: Notice, config: dict[str, Any], attempts: int, timeout: float) -> Delivery:
+    label = f"tracker-{n.settings.organization}-{n.issue['id']}"
+    if attempts > 1:  # the last try may have created it before it failed: adopt that one
+        try:
+            found = jira_find(config, label, timeout)
+        except ConnectionError as exc:
+            return Delivery("retry", None, f"searching Jira for {label}: {exc}")
+        if found:
+            return Delivery("delivered", 200, f"found {found}", ref=found)
+    api = "/rest/api/3/issue" if config["flavor"] == "cloud" else "/rest/api/2/issue"
+    result = json_call("POST", f"{config['url'].rstrip('/')}{api}", {"fields": jira_fields(n, config, label)},
+                       timeout, jira_headers(config))
+    if result.outcome == "delivered":
+        result.ref = json.loads(result.detail).get("key")
+    return result
+
+
+def deliver(n: Notice, channel: sqlite3.Row, link: sqlite3.Row | None, outbox_id: int, attempts: int,
+            timeout: float) -> Delivery:
+    """One attempt at one notification, in a worker thread."""
+    config = json.loads(channel["config"])
+    kind = channel["kind"]
+    if kind == "slack":
+        result = json_call("POST", config["url"], slack_body(n), timeout)
+        return result if result.outcome != "delivered" or result.detail.strip() in ("ok", "") else \
+            Delivery("dead", result.status, f"Slack answered {result.detail[:200]!r}")
+    if kind == "email":
+        return send_email(config, email_message(n, config, outbox_id), timeout)
+    if kind == "pagerduty":
+        routing_key = link["data"] if link else config["routing_key"]  # resolve with the key that opened it
+        dedup_key = f"tracker:{n.settings.organization}:{n.issue['id']}"
+        result = json_call("POST", config["url"], pagerduty_body(n, routing_key, dedup_key), timeout)
+        return dataclasses.replace(result, ref=dedup_key if n.trigger != "resolved" else None)
+    if kind == "alertmanager":
+        labels = json.loads(link["data"]) if link else alertmanager_labels(n)
+        result = json_call("POST", f"{config['url'].rstrip('/')}/api/v2/alerts",
+                           [alertmanager_alert(n, labels, n.trigger == "resolved")], timeout)
+        return dataclasses.replace(result, ref=json.dumps(labels) if n.trigger != "resolved" else None)
+    if kind == "webhook":
+        resource, payload = webhook_body(n)
+        body = json.dumps(payload).encode()
+        return http_call("POST", config["url"], body, {"Content-Type": "application/json", "User-Agent": "tracker",
+                                                       **webhook_headers(config, resource, body, n.key)}, timeout)
+    if link:  # jira: one Jira issue per tracker issue
+        return Delivery("delivered", None, f"already filed as {link['ref']}", ref=link["ref"])
+    return jira_create(n, config, attempts, timeout)
+
+
+def record_delivery(conn: sqlite3.Connection, row: sqlite3.Row, channel: sqlite3.Row, result: Delivery,
+                    delays: Sequence[float], now: float) -> None:
+    """Writer job: the attempt's outcome, the next try or the dead letter, and the issue's link to
+    what the channel opened (its PagerDuty key, Alertmanager labels or Jira issue)."""
+    status = result.outcome
+    if status == "retry" and row["attempts"] >= len(delays):
+        status = "dead"
+    delay = delays[min(row["attempts"], len(delays) - 1)] * random.uniform(0.8, 1.2)
+    conn.execute("""UPDATE outbox SET status = ?, last_status = ?, last_error = ?, next_attempt = ?,
+                        delivered = CASE WHEN ? = 'delivered' THEN ? END, external_ref = coalesce(?, external_ref)
+                    WHERE id = ?""",
+                 ("pending" if status == "retry" else status, result.status,
+                  result.detail[:2048] if status != "delivered" else None, now + max(delay, result.retry_after),
+                  status, now, result.ref if channel["kind"] == "jira" else None, row["id"]))
+    conn.execute("UPDATE channels SET failures = CASE WHEN ? THEN 0 ELSE failures + 1 END WHERE id = ?",
+                 (status == "delivered", channel["id"]))
+    if status == "delivered" and result.ref and row["issue_id"]:
+        data = json.loads(channel["config"]).get("routing_key") if channel["kind"] == "pagerduty" else result.ref
+        conn.execute("INSERT OR IGNORE INTO issue_links (issue_id, channel_id, kind, ref, data, created) "
+                     "VALUES (?, ?, ?, ?, ?, ?)", (row["issue_id"], channel["id"], channel["kind"],
+                                                   result.ref if channel["kind"] != "alertmanager" else "labels",
+                                                   data, now))
+
+
+DUE_SQL = """SELECT o.* FROM outbox o WHERE o.status = 'pending' AND o.next_attempt <= ?
+    AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.channel_id = o.channel_id AND e.issue_id = o.issue_id
+                    AND e.id < o.id AND e.status IN ('pending', 'in_flight'))
+    ORDER BY o.id LIMIT 200"""
+
+
+class Dispatcher:
+    """Delivers the outbox: due rows of one channel in order, channels side by side. A row is
+    claimed (in_flight) before its attempt; a crash leaves it claimed, and the next start
+    hands it out again, so every notification is delivered at least once — receivers that
+    dedupe on its Idempotency-Key see it exactly once."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        settings: Settings = app.state.settings
+        self.delays = [float(d) for d in settings.alerts.get("retry_delays", RETRY_DELAYS)] or [0.0]
+        self.timeout = float(settings.alerts.get("timeout", 10))
+        self.poll = float(settings.alerts.get("poll", 1))
+        self.refresh = float(settings.alerts.get("refresh", 60))
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.refreshed = 0.0
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self.run())
+
+    async def close(self) -> None:
+        if self.task:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def run(self) -> None:
+        writer: Writer = self.app.state.writer
+        await writer.submit(lambda conn: conn.execute(
+            "UPDATE outbox SET status = 'pending' WHERE status = 'in_flight'").rowcount)
+        while True:
+            try:
+                await self.round()
+            except Exception:  # a broken round must not end delivery for good
+                log.exception("alert dispatch failed")
+            self.wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.poll)
+
+    async def round(self) -> None:
+        rows = await self.app.state.store.all(DUE_SQL, (time.time(),))
+        by_channel: dict[int, list[sqlite3.Row]] = {}
+        for row in rows:
+            by_channel.setdefault(row["channel_id"], []).append(row)
+        await asyncio.gather(*(self.deliver_in_order(batch) for batch in by_channel.values()))
+        if time.time() - self.refreshed >= self.refresh:
+            self.refreshed = time.time()
+            await self.refresh_alertmanager()
+
+    async def deliver_in_order(self, rows: list[sqlite3.Row]) -> None:
+        for row in rows:
+            if not await self.attempt(row):
+                break  # a failed row keeps the channel's later rows for this issue waiting
+
+    async def attempt(self, row: sqlite3.Row) -> bool:
+        store: Store = self.app.state.store
+        writer: Writer = self.app.state.writer
+        claimed = await writer.submit(lambda conn: conn.execute(
+            "UPDATE outbox SET status = 'in_flight', attempts = attempts + 1 WHERE id = ? AND status = 'pending'",
+            (row["id"],)).rowcount)
+        if not claimed:
+            return True
+        row = await store.one("SELECT * FROM outbox WHERE id = ?", (row["id"],))
+        channel = await store.one("SELECT * FROM channels WHERE id = ?", (row["channel_id"],))
+        if channel is None:
+            await writer.submit(lambda conn: conn.execute(
+                "UPDATE outbox SET status = 'cancelled', last_error = 'channel deleted' WHERE id = ?", (row["id"],)))
+            return True
+        notice = await self.notice(row["issue_id"], row["trigger"], json.loads(row["payload"]),
+                                   row["idempotency_key"])
+        if notice is None:
+            result = Delivery("dead", None, "the issue no longer exists")
+        else:
+            link = await store.one("SELECT * FROM issue_links WHERE issue_id = ? AND channel_id = ?",
+                                   (row["issue_id"], channel["id"]))
+            result = await asyncio.to_thread(deliver, notice, channel, link, row["id"], row["attempts"], self.timeout)
+        await writer.submit(lambda conn: record_delivery(conn, row, channel, result, self.delays, time.time()))
+        return result.outcome == "delivered"
+
+    async def notice(self, issue_id: int | None, trigger: str, snapshot: dict[str, Any], key: str) -> Notice | None:
+        """The notification as sent now: the issue as it is, the event as it was."""
+        settings: Settings = self.app.state.settings
+        if issue_id is None:  # a test from the channel's page
+            issue = {"id": "0", "shortId": "TEST-1", "title": "This is a test notification from tracker",
+                     "culprit": "tracker.send_test", "level": "info", "count": "1", "userCount": 0, "type": "default",
+                     "status": "unresolved", "metadata": {}, "firstSeen": iso(time.time()),
+                     "project": {"id": "0", "slug": "tracker", "name": "tracker"}}
+        else:
+            found = await self.app.state.store.one(f"SELECT {ISSUE_COLUMNS} FROM issues i JOIN projects p "
+                                                   "ON p.id = i.project_id WHERE i.id = ?", (issue_id,))
+            if found is None:
+                return None
+            issue = serialize_issue(found, settings)
+        return Notice(trigger=trigger, rule=snapshot.get("rule", ""), issue=issue, event=snapshot.get("event", {}),
+                      url=f"{settings.public_url}/issues/{issue['id']}/", key=key,
+                      instance=instance_uuid(settings), settings=settings)
+
+    async def refresh_alertmanager(self) -> None:
+        """Alertmanager forgets an alert that is not re-sent: re-post the open ones, as Prometheus does."""
+        store: Store = self.app.state.store
+        for channel in await store.all("SELECT * FROM channels WHERE kind = 'alertmanager'"):
+            links = await store.all("""SELECT l.* FROM issue_links l JOIN issues i ON i.id = l.issue_id
+                                       WHERE l.channel_id = ? AND i.status = 'unresolved' LIMIT 1000""",
+                                    (channel["id"],))
+            alerts = []
+            for link in links:
+                notice = await self.notice(link["issue_id"], "new", {}, "")
+                if notice:
+                    alerts.append(alertmanager_alert(notice, json.loads(link["data"]), False))
+            if alerts:
+                config = json.loads(channel["config"])
+                await asyncio.to_thread(json_call, "POST", f"{config['url'].rstrip('/')}/api/v2/alerts", alerts,
+                                        self.timeout)
+
+
+def instance_uuid(settings: Settings) -> str:
+    """The `installation.uuid` of webhooks: stable for one tracker (its public URL)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, settings.public_url))
 
 
 # =============================================================================
@@ -3422,6 +4275,197 @@ async def api_create_repo(request: Request) -> Response:
     return JSONResponse(serialize_repository(row), status_code=201)
 
 
+# -- alerts: channels, rules (Sentry's issue alert shape), deliveries -------------------------
+
+def serialize_channel(row: sqlite3.Row) -> dict[str, Any]:
+    return {"id": str(row["id"]), "name": row["name"], "kind": row["kind"],
+            "config": masked_config(row["kind"], json.loads(row["config"])), "failures": row["failures"],
+            "dateCreated": iso(row["created"])}
+
+
+def serialize_rule(row: sqlite3.Row, project_slug: str) -> dict[str, Any]:
+    return {**json.loads(row["rule"]), "id": str(row["id"]), "dateCreated": iso(row["created"]),
+            "projects": [project_slug], "status": "active"}
+
+
+def serialize_delivery(row: sqlite3.Row) -> dict[str, Any]:
+    return {"id": str(row["id"]), "channel": {"id": str(row["channel_id"]), "name": row["channel_name"],
+                                              "kind": row["channel_kind"]},
+            "issueId": str(row["issue_id"]) if row["issue_id"] is not None else None, "trigger": row["trigger"],
+            "status": row["status"], "attempts": row["attempts"], "lastStatus": row["last_status"],
+            "lastError": row["last_error"], "externalRef": row["external_ref"], "idempotencyKey": row["idempotency_key"],
+            "dateCreated": iso(row["created"]), "dateDelivered": iso(row["delivered"]),
+            "nextAttempt": iso(row["next_attempt"]) if row["status"] == "pending" else None}
+
+
+DELIVERY_SQL = """SELECT o.*, c.name AS channel_name, c.kind AS channel_kind FROM outbox o
+    JOIN channels c ON c.id = o.channel_id"""
+
+
+async def channel_names(store: Store) -> set[str]:
+    return {r["name"] for r in await store.all("SELECT name FROM channels")}
+
+
+async def channel_from_path(request: Request) -> sqlite3.Row:
+    check_org(request)
+    row = await request.app.state.store.one("SELECT * FROM channels WHERE CAST(id AS TEXT) = ?",
+                                            (request.path_params["channel_id"],))
+    if row is None:
+        raise ApiError(404, "The requested resource does not exist")
+    return row
+
+
+async def api_channels(request: Request) -> list[dict[str, Any]]:
+    check_org(request)
+    return [serialize_channel(r) for r in await request.app.state.store.all("SELECT * FROM channels ORDER BY name")]
+
+
+async def create_channel(request: Request, kind: Any, name: Any, config: Any) -> tuple[int, dict[str, Any]]:
+    """Validate and store a new channel (the API and the dashboard form share this)."""
+    try:
+        checked = checked_channel(kind, name, config)
+        return await request.app.state.writer.submit(
+            lambda conn: save_channel(conn, name.strip(), kind, checked)), checked
+    except AlertConfigError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+async def api_create_channel(request: Request) -> Response:
+    """201 with the channel; a webhook's generated signing secret is shown this once."""
+    check_org(request)
+    body = await request_object(request)
+    channel_id, config = await create_channel(request, body.get("kind"), body.get("name"), body.get("config", {}))
+    row = await request.app.state.store.one("SELECT * FROM channels WHERE id = ?", (channel_id,))
+    given = body.get("config") if isinstance(body.get("config"), dict) else {}
+    extra = {"secret": config["secret"]} if row["kind"] == "webhook" and not given.get("secret") else {}
+    return JSONResponse({**serialize_channel(row), **extra}, status_code=201)
+
+
+async def api_channel(request: Request) -> dict[str, Any]:
+    return serialize_channel(await channel_from_path(request))
+
+
+async def api_update_channel(request: Request) -> dict[str, Any]:
+    row = await channel_from_path(request)
+    body = await request_object(request)
+    name = body.get("name", row["name"])
+    try:
+        checked = checked_channel(row["kind"], name, body.get("config", {}), json.loads(row["config"]))
+        await request.app.state.writer.submit(lambda conn: save_channel(conn, name.strip(), row["kind"], checked,
+                                                                        row["id"]))
+    except AlertConfigError as exc:
+        raise ApiError(400, str(exc)) from None
+    return serialize_channel(await channel_from_path(request))
+
+
+def delete_channel(conn: sqlite3.Connection, channel_id: int) -> None:
+    conn.execute("UPDATE outbox SET status = 'cancelled', last_error = 'channel deleted' "
+                 "WHERE channel_id = ? AND status IN ('pending', 'in_flight')", (channel_id,))
+    conn.execute("DELETE FROM issue_links WHERE channel_id = ?", (channel_id,))
+    conn.execute("DELETE FROM channels WHERE id = ?", (channel_id,))
+
+
+async def api_delete_channel(request: Request) -> Response:
+    row = await channel_from_path(request)
+    await request.app.state.writer.submit(lambda conn: delete_channel(conn, row["id"]))
+    return Response(status_code=204)
+
+
+async def queue_test(request: Request, channel: sqlite3.Row) -> int:
+    """Queue a test notification for a channel; its delivery shows in the log like any other."""
+    def job(conn: sqlite3.Connection) -> int:
+        enqueue(conn, channel, None, None, "test", {"rule": "Test notification"})
+        return int(conn.execute("SELECT max(id) FROM outbox").fetchone()[0])
+    outbox_id = await request.app.state.writer.submit(job)
+    request.app.state.dispatcher.wake.set()
+    return outbox_id
+
+
+async def api_test_channel(request: Request) -> Response:
+    outbox_id = await queue_test(request, await channel_from_path(request))
+    return JSONResponse({"id": str(outbox_id)}, status_code=202)
+
+
+async def api_deliveries(request: Request) -> Response:
+    """The delivery log, newest first: `?status=dead`, `?issue=<id>`, `?channel=<id>` narrow it."""
+    check_org(request)
+    limit, offset = page_args(request)
+    where, args = [], []
+    for param, column in (("status", "o.status"), ("issue", "o.issue_id"), ("channel", "o.channel_id")):
+        if request.query_params.get(param):
+            where.append(f"CAST({column} AS TEXT) = ?")
+            args.append(request.query_params[param])
+    rows = await request.app.state.store.all(
+        f"{DELIVERY_SQL} WHERE {' AND '.join(where) or '1'} ORDER BY o.id DESC LIMIT ? OFFSET ?",
+        [*args, limit + 1, offset])
+    return JSONResponse([serialize_delivery(r) for r in rows[:limit]],
+                        headers=paginate(request, len(rows), limit, offset))
+
+
+def retry_delivery(conn: sqlite3.Connection, outbox_id: int) -> int:
+    return conn.execute("UPDATE outbox SET status = 'pending', attempts = 0, next_attempt = ? "
+                        "WHERE id = ? AND status IN ('dead', 'cancelled')", (time.time(), outbox_id)).rowcount
+
+
+async def api_retry_delivery(request: Request) -> Response:
+    """Send a dead letter again, from its first attempt."""
+    check_org(request)
+    outbox_id = int(request.path_params["delivery_id"]) if request.path_params["delivery_id"].isdigit() else 0
+    if not await request.app.state.writer.submit(lambda conn: retry_delivery(conn, outbox_id)):
+        raise ApiError(404, "no dead or cancelled delivery with that id")
+    request.app.state.dispatcher.wake.set()
+    return JSONResponse({"id": str(outbox_id)}, status_code=202)
+
+
+async def rule_from_path(request: Request) -> tuple[sqlite3.Row, sqlite3.Row]:
+    project = await project_from_path(request)
+    row = await request.app.state.store.one("SELECT * FROM alert_rules WHERE project_id = ? AND CAST(id AS TEXT) = ?",
+                                            (project["id"], request.path_params["rule_id"]))
+    if row is None:
+        raise ApiError(404, "The requested resource does not exist")
+    return project, row
+
+
+async def save_rule_body(request: Request, project: sqlite3.Row, body: Any, rule_id: int | None = None) -> int:
+    try:
+        rule = checked_rule(body, await channel_names(request.app.state.store))
+    except AlertConfigError as exc:
+        raise ApiError(400, str(exc)) from None
+    return await request.app.state.writer.submit(lambda conn: insert_rule(conn, project["id"], rule, rule_id))
+
+
+async def api_rules(request: Request) -> list[dict[str, Any]]:
+    project = await project_from_path(request)
+    rows = await request.app.state.store.all("SELECT * FROM alert_rules WHERE project_id = ? ORDER BY id",
+                                             (project["id"],))
+    return [serialize_rule(r, project["slug"]) for r in rows]
+
+
+async def api_create_rule(request: Request) -> Response:
+    project = await project_from_path(request)
+    rule_id = await save_rule_body(request, project, await request_json(request))
+    row = await request.app.state.store.one("SELECT * FROM alert_rules WHERE id = ?", (rule_id,))
+    return JSONResponse(serialize_rule(row, project["slug"]), status_code=201)
+
+
+async def api_rule(request: Request) -> dict[str, Any]:
+    project, row = await rule_from_path(request)
+    return serialize_rule(row, project["slug"])
+
+
+async def api_update_rule(request: Request) -> dict[str, Any]:
+    project, row = await rule_from_path(request)
+    await save_rule_body(request, project, await request_json(request), row["id"])
+    return await api_rule(request)
+
+
+async def api_delete_rule(request: Request) -> Response:
+    _, row = await rule_from_path(request)
+    await request.app.state.writer.submit(lambda conn: conn.execute("DELETE FROM alert_rules WHERE id = ?",
+                                                                    (row["id"],)).rowcount)
+    return Response(status_code=204)
+
+
 async def api_not_found(request: Request) -> Response:
     return JSONResponse({"detail": "not found"}, status_code=404)
 
@@ -3516,6 +4560,11 @@ pre.block { background:#f2f4f7; padding: 10px; border-radius: 6px; overflow-x: a
 .empty { padding: 40px; text-align: center; color: var(--muted); }
 code.dsn { background:#f2f4f7; padding: 3px 6px; border-radius: 4px; font-size: 12.5px; word-break: break-all; }
 .badge.regressed { background: #b42318; }
+.delivery-status { font-weight:600; } .status-delivered { color:#067647; } .status-dead { color:#b42318; }
+.status-pending, .status-in_flight { color:#b54708; } .status-cancelled { color: var(--muted); }
+fieldset { border:1px solid var(--line); border-radius:6px; padding:6px 10px; display:flex; flex-wrap:wrap; gap:10px; align-items:center; }
+form.filters fieldset label { flex-direction:row; align-items:center; gap:4px; font-size:13px; color: var(--fg); }
+legend { font-size:12px; color: var(--muted); }
 .actions { display:flex; gap:8px; flex-wrap:wrap; align-items:center; margin-top:14px; padding-top:12px; border-top:1px solid var(--line); }
 .actions form { display:flex; gap:4px; margin:0; } .actions .state { font-weight:600; margin-right:6px; }
 .actions select, .actions input, .actions button { font-size:13px; padding:3px 8px; }
@@ -3537,7 +4586,7 @@ TEMPLATES = {
     "base.html": """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{% block title %}tracker{% endblock %} · tracker</title><link rel="stylesheet" href="/static/tracker.css"></head>
-<body><header class="top"><a class="brand" href="/issues/">tracker</a><a href="/issues/">Issues</a><a href="/releases/">Releases</a><a href="/projects/">Projects &amp; DSNs</a></header>
+<body><header class="top"><a class="brand" href="/issues/">tracker</a><a href="/issues/">Issues</a><a href="/releases/">Releases</a><a href="/alerts/">Alerts</a><a href="/projects/">Projects &amp; DSNs</a></header>
 <main>{% block main %}{% endblock %}</main></body></html>""",
 
     "issues.html": """{% extends "base.html" %}{% block title %}Issues{% endblock %}{% block main %}
@@ -3675,6 +4724,10 @@ TEMPLATES = {
 </details>{% endif %}
 </div>
 <div class="sidebar">
+  {% if links or deliveries %}<div class="card alerts"><h3 style="margin-top:0">Alerts</h3>
+    {% for l in links %}<div style="margin:4px 0"><b>{{ l.kind|capitalize }}</b> {% if l.href %}<a class="jira-link" href="{{ l.href }}" rel="noopener noreferrer">{{ l.ref }}</a>{% else %}<span class="mono">{{ l.ref }}</span>{% endif %} <span class="muted">via {{ l.channel_name }}</span></div>{% endfor %}
+    {% for d in deliveries %}<div class="muted" style="font-size:12.5px">{{ d.channel_name }} · {{ d.trigger }} · <span class="delivery-status status-{{ d.status }}">{{ d.status }}</span> · {{ d.created|ago }}</div>{% endfor %}
+    <div style="font-size:12.5px;margin-top:4px"><a href="/alerts/">all deliveries</a> · <a href="/projects/{{ issue.project_slug }}/alerts/">rules</a></div></div>{% endif %}
   <div class="card"><h3 style="margin-top:0">This event</h3><table class="kv">
     <tr><td>release</td><td>{{ ev.release or '—' }}</td></tr>
     <tr><td>environment</td><td>{{ ev.environment }}</td></tr>
@@ -3704,7 +4757,7 @@ TEMPLATES = {
 <h1>Projects</h1><p class="muted">Point an official Sentry SDK at a DSN below: <code class="dsn">sentry_sdk.init(dsn="…", release="app@1.0.0", environment="prod")</code></p>
 {% for p in projects %}<div class="card"><h2 style="margin-top:0"><a href="/issues/?project={{ p.slug }}">{{ p.name }}</a> <span class="muted mono">{{ p.slug }} · id {{ p.id }}</span></h2>
   {% for d in p.dsns %}<div style="margin:4px 0">DSN <code class="dsn">{{ d }}</code></div>{% endfor %}
-  <div class="muted" style="font-size:12.5px">{{ p.issue_count }} issues · {{ p.event_count }} events · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a> · <a href="/projects/{{ p.slug }}/code-mappings/">code mappings</a></div></div>
+  <div class="muted" style="font-size:12.5px">{{ p.issue_count }} issues · {{ p.event_count }} events · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a> · <a href="/projects/{{ p.slug }}/code-mappings/">code mappings</a> · <a href="/projects/{{ p.slug }}/alerts/">alert rules</a></div></div>
 {% else %}<div class="card empty">No projects yet: <code>tracker project create NAME</code> prints a DSN.</div>{% endfor %}
 {% endblock %}""",
 
@@ -3801,6 +4854,58 @@ the stack root is cut off the front of the frame's path (empty: the file name as
 {% for i in issues %}<tr><td><a class="issue-title" href="/issues/{{ i.id }}/">{{ i.title }}</a><div class="culprit">{{ i.culprit }}</div></td><td>{{ i.status }}</td>
   <td class="num events">{{ i.times_seen }}</td><td class="num users">{{ i.user_count }}</td><td class="last-seen" title="{{ i.last_seen|datetime }}">{{ i.last_seen|ago }}</td></tr>{% endfor %}
 </tbody></table>{% else %}<div class="empty">No issue passes through it.</div>{% endif %}</div>
+{% endblock %}""",
+
+    "alerts.html": """{% extends "base.html" %}{% block title %}Alerts{% endblock %}{% block main %}
+<h1>Alerts</h1>
+<p class="muted">Each project's rules (<a href="/projects/">Projects</a> → alert rules{% for p in projects %}{{ ':' if loop.first }} <a href="/projects/{{ p.slug }}/alerts/">{{ p.name }}</a>{{ ',' if not loop.last }}{% endfor %}) say when to notify which channels.
+A notification is queued with the event that caused it and delivered with retries; a dead one can be sent again.</p>
+{% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
+<div class="card" style="padding:0"><h2 style="margin:14px 16px 4px">Channels</h2>{% if channels %}<table><thead><tr><th>Name</th><th>Kind</th><th>Target</th><th class="num">Failures in a row</th><th></th></tr></thead><tbody>
+{% for c in channels %}<tr><td><b>{{ c.name }}</b></td><td>{{ c.kind }}</td><td class="mono">{{ c.target }}</td>
+  <td class="num">{% if c.failures >= 4 %}<span class="badge lvl-error">{{ c.failures }} · needs attention</span>{% else %}{{ c.failures }}{% endif %}</td>
+  <td style="white-space:nowrap"><form method="post" style="display:inline"><input type="hidden" name="test" value="{{ c.id }}"><button class="secondary">Send test</button></form>
+  <form method="post" style="display:inline"><input type="hidden" name="delete" value="{{ c.id }}"><button class="secondary">Delete</button></form></td></tr>{% endfor %}
+</tbody></table>{% else %}<div class="empty">No channels yet: add one below, or declare <code>[[channels]]</code> in the config file.</div>{% endif %}</div>
+<form method="post" class="card filters"><label>Kind<select name="kind">{% for k in kinds %}<option {{ 'selected' if form.kind == k }}>{{ k }}</option>{% endfor %}</select></label>
+  <label>Name<input name="name" value="{{ form.name }}" required placeholder="oncall-slack" size="12"></label>
+  <label>URL<input name="url" value="{{ form.url }}" placeholder="webhook, Alertmanager or Jira URL" size="28"></label>
+  <label>PagerDuty routing key<input name="routing_key" size="16"></label>
+  <label>SMTP host<input name="host" value="{{ form.host }}" size="12"></label><label>Port<input name="port" value="{{ form.port }}" size="4" placeholder="587"></label>
+  <label>Security<select name="security"><option>starttls</option><option>tls</option><option>none</option></select></label>
+  <label>User<input name="username" value="{{ form.username }}" size="10"></label><label>Password<input name="password" type="password" size="10"></label>
+  <label>From<input name="from" value="{{ form['from'] }}" size="16"></label><label>To<input name="to" value="{{ form.to }}" size="20" placeholder="a@x.com, b@x.com"></label>
+  <label>Jira flavor<select name="flavor"><option value="cloud">cloud (v3)</option><option value="datacenter">data center (v2)</option></select></label>
+  <label>Jira email<input name="email" value="{{ form.email }}" size="14"></label><label>Jira token / PAT<input name="token" type="password" size="12"></label>
+  <label>Jira project<input name="project" value="{{ form.project }}" size="6" placeholder="OPS"></label><label>Issue type<input name="issue_type" value="{{ form.issue_type }}" size="6" placeholder="Bug"></label>
+  <label>Webhook secret<input name="secret" type="password" size="12" placeholder="generated"></label>
+  <button type="submit">Add channel</button></form>
+<div class="card" style="padding:0"><h2 style="margin:14px 16px 4px">Deliveries</h2>{% if deliveries %}<table class="deliveries"><thead><tr><th>Queued</th><th>Channel</th><th>Why</th><th>Issue</th><th>Status</th><th class="num">Attempts</th><th>Last error</th><th></th></tr></thead><tbody>
+{% for d in deliveries %}<tr><td class="mono" title="{{ d.created|datetime }}">{{ d.created|ago }}</td><td>{{ d.channel_name }} <span class="muted">{{ d.channel_kind }}</span></td><td>{{ d.trigger }}</td>
+  <td>{% if d.issue_id %}<a href="/issues/{{ d.issue_id }}/">#{{ d.issue_id }}</a>{% else %}—{% endif %}</td>
+  <td><span class="delivery-status status-{{ d.status }}">{{ d.status }}</span>{% if d.external_ref %} <span class="mono muted">{{ d.external_ref }}</span>{% endif %}</td><td class="num">{{ d.attempts }}</td>
+  <td class="mono muted" style="max-width:340px;overflow-wrap:anywhere">{{ (d.last_error or '')|truncate(160) }}</td>
+  <td>{% if d.status in ('dead', 'cancelled') %}<form method="post"><input type="hidden" name="retry" value="{{ d.id }}"><button class="secondary">Retry</button></form>{% endif %}</td></tr>{% endfor %}
+</tbody></table>{% else %}<div class="empty">Nothing sent yet.</div>{% endif %}</div>
+{% endblock %}""",
+
+    "project_alerts.html": """{% extends "base.html" %}{% block title %}Alert rules · {{ project.name }}{% endblock %}{% block main %}
+<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a> · <a href="/alerts/">channels and deliveries</a></div>
+<h1>Alert rules</h1>
+{% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
+<div class="card">{% for r in rules %}<div class="rule" style="display:flex;gap:12px;align-items:flex-start;margin:8px 0"><div style="flex:1"><b>{{ r.name }}</b><div class="muted">{{ r.words }}</div></div>
+  <form method="post"><input type="hidden" name="delete" value="{{ r.id }}"><button class="secondary">Delete</button></form></div>{% else %}<div class="empty">No rules: nothing about this project notifies anyone.</div>{% endfor %}</div>
+<form method="post" class="card filters"><label>Name<input name="name" value="{{ form.name }}" required size="22" placeholder="Checkout errors to on-call"></label>
+  <fieldset><legend>When</legend>{% for key, label in [('new', 'a new issue'), ('regression', 'a regression'), ('escalating', 'an ignored issue escalates')] %}<label><input type="checkbox" name="when" value="{{ key }}" {{ 'checked' if key in when }}> {{ label }}</label>{% endfor %}
+    <label>or more than <input name="events_value" value="{{ form.events_value }}" size="4"> events in <select name="events_interval">{% for i in intervals %}<option {{ 'selected' if form.events_interval == i }}>{{ i }}</option>{% endfor %}</select></label>
+    <label>or more than <input name="users_value" value="{{ form.users_value }}" size="4"> users in <select name="users_interval">{% for i in intervals %}<option {{ 'selected' if form.users_interval == i }}>{{ i }}</option>{% endfor %}</select></label></fieldset>
+  <fieldset><legend>If</legend><label>Environment<input name="environment" value="{{ form.environment }}" size="8" placeholder="any"></label>
+    <label>Level at least<select name="level"><option value="">any</option>{% for l in ['warning', 'error', 'fatal'] %}<option {{ 'selected' if form.level == l }}>{{ l }}</option>{% endfor %}</select></label>
+    <label>Release<input name="release" value="{{ form.release }}" size="10" placeholder="any"></label><label>Tag<input name="tag" value="{{ form.tag }}" size="12" placeholder="service=payments"></label></fieldset>
+  <fieldset><legend>Then</legend><label><input type="checkbox" name="notify" value="*"> all channels</label>{% for c in channels if c.kind != 'jira' %}<label><input type="checkbox" name="notify" value="{{ c.name }}"> {{ c.name }}</label>{% endfor %}
+    <label><input type="checkbox" name="jira" value="1"> create a Jira issue</label>
+    <label>at most once per <select name="frequency">{% for f in frequencies %}<option value="{{ f }}" {{ 'selected' if (form.frequency or '30') == f|string }}>{{ f }} min</option>{% endfor %}</select> per issue</label></fieldset>
+  <button type="submit">Add rule</button></form>
 {% endblock %}""",
 
     "error.html": """{% extends "base.html" %}{% block title %}{{ status }}{% endblock %}{% block main %}
@@ -4025,7 +5130,7 @@ async def page_issue(request: Request) -> Response:
         context.update(ev=ev, exceptions=exceptions, nav=await neighbour_events(store, row), crash_frame=crash,
                        thread_blocks=[] if exceptions else frame_blocks(frames, crash))
         context.update(issue_hashes=await issue_hash_list(store, issue), grouping_words=GROUPING_WORDS,
-                       suspects=await suspect_commits(store, issue, frames))
+                       suspects=await suspect_commits(store, issue, frames), **await issue_alerts(store, issue["id"]))
         mappings = await project_mappings(store, issue["project_id"])
         sha = await release_sha(store, ev["release"]) if ev.get("release") else None
         for block in [*context["thread_blocks"], *(b for exc in exceptions for b in exc["blocks"])]:
@@ -4280,6 +5385,156 @@ async def page_release(request: Request) -> Response:
     return render(request, "release.html", r=detail)
 
 
+# -- alerts pages: channels with their delivery log, and each project's rules ----------------
+
+CHANNEL_FORM_FIELDS = ("url", "routing_key", "host", "port", "security", "username", "password", "from", "to",
+                       "flavor", "email", "token", "project", "issue_type", "secret")
+CONDITION_WORDS = {FIRST_SEEN: "a new issue", REGRESSION: "a regression", REAPPEARED: "an ignored issue escalates"}
+
+
+def rule_words(rule: dict[str, Any]) -> str:
+    """A rule as one sentence, for the rules page."""
+    conds = [CONDITION_WORDS.get(c["id"]) or
+             f"more than {c['value']} {'events' if c['id'] == FREQUENCY else 'users'} in {c['interval']}"
+             for c in rule["conditions"]] or ["any event"]
+    filters = []
+    for f in rule["filters"]:
+        if f["id"] == LEVEL_FILTER:
+            filters.append(f"level {dict(eq='is', gte='at least', lte='at most')[f['match']]} {SENTRY_LEVELS[f['level']]}")
+        elif f["id"] == TAGGED_FILTER:
+            filters.append(f"tag {f['key']} {f['match']} {f['value']!r}")
+        else:
+            filters.append("the event is from the latest release")
+    actions = [{NOTIFY_ALL: "notify all channels", JIRA_ACTION: f"create a Jira issue{' in ' + a['service'] if a.get('service') else ''}"}
+               .get(a["id"], f"notify {a.get('service')}") for a in rule["actions"]]
+    when = f" {rule['actionMatch']} of " if len(conds) > 1 else " "
+    sentence = f"When{when}{', '.join(conds)}"
+    if rule.get("environment"):
+        sentence += f" in {rule['environment']}"
+    if filters:
+        sentence += f", if {rule['filterMatch']} of: {'; '.join(filters)}"
+    return f"{sentence}: {', '.join(actions)}; at most once per {rule['frequency']} min per issue."
+
+
+def channel_target(row: sqlite3.Row) -> str:
+    config = masked_config(row["kind"], json.loads(row["config"]))
+    if row["kind"] == "email":
+        return f"{', '.join(config['to'])} via {config['host']}:{config['port']} ({config['security']})"
+    if row["kind"] == "jira":
+        return f"{config['url']} · project {config['project']} ({config['flavor']})"
+    return str(config.get("url") or config.get("routing_key") or "")
+
+
+async def issue_alerts(store: Store, issue_id: int) -> dict[str, Any]:
+    """What alerts did about an issue: the Jira issues and incidents it opened, its deliveries."""
+    links = []
+    for link in await store.all("SELECT l.*, c.name AS channel_name, c.config FROM issue_links l JOIN channels c "
+                                "ON c.id = l.channel_id WHERE l.issue_id = ? AND l.kind != 'alertmanager'", (issue_id,)):
+        href = f"{json.loads(link['config'])['url'].rstrip('/')}/browse/{link['ref']}" if link["kind"] == "jira" else None
+        links.append({"kind": link["kind"], "ref": link["ref"], "channel_name": link["channel_name"], "href": href})
+    deliveries = await store.all(f"{DELIVERY_SQL} WHERE o.issue_id = ? ORDER BY o.id DESC LIMIT 10", (issue_id,))
+    return {"links": links, "deliveries": deliveries}
+
+
+async def page_alerts(request: Request) -> Response:
+    """Channels (added, tested, deleted here), the delivery log with retries, links to the rules."""
+    store: Store = request.app.state.store
+    form: dict[str, str] = {}
+    error = ""
+    if request.method == "POST":
+        if cross_site(request):
+            return render(request, "error.html", status=403, message="Refused: this request came from another site.")
+        try:
+            form = {key: values[-1] for key, values in (await read_form(request)).items()}
+            await apply_alerts_form(request, form)
+            return RedirectResponse("/alerts/", status_code=303)
+        except (ApiError, IngestError) as exc:
+            error = str(getattr(exc, "detail", exc))
+    channels = await store.all("SELECT * FROM channels ORDER BY name")
+    deliveries = await store.all(f"{DELIVERY_SQL} ORDER BY o.id DESC LIMIT 100")
+    projects = await store.all("SELECT * FROM projects ORDER BY name")
+    return render(request, "alerts.html", status=400 if error else 200, error=error, form=form, kinds=CHANNEL_KINDS,
+                  channels=[{**dict(c), "target": channel_target(c)} for c in channels], deliveries=deliveries,
+                  projects=projects)
+
+
+async def apply_alerts_form(request: Request, form: dict[str, str]) -> None:
+    """One of the page's forms: send a test, delete a channel, retry a delivery, or add a channel."""
+    store: Store = request.app.state.store
+    if "test" in form or "delete" in form:
+        channel = await store.one("SELECT * FROM channels WHERE CAST(id AS TEXT) = ?", (form.get("test") or form["delete"],))
+        if channel is None:
+            raise ApiError(404, "No such channel.")
+        if "test" in form:
+            await queue_test(request, channel)
+        else:
+            await request.app.state.writer.submit(lambda conn: delete_channel(conn, channel["id"]))
+        return
+    if "retry" in form:
+        outbox_id = int(form["retry"]) if form["retry"].isdigit() else 0
+        if not await request.app.state.writer.submit(lambda conn: retry_delivery(conn, outbox_id)):
+            raise ApiError(404, "No dead delivery with that id.")
+        request.app.state.dispatcher.wake.set()
+        return
+    config = {key: form[key] for key in CHANNEL_FORM_FIELDS if form.get(key, "").strip()}
+    await create_channel(request, form.get("kind"), form.get("name", ""), config)
+
+
+async def page_project_alerts(request: Request) -> Response:
+    """A project's alert rules: read as sentences, added from a form, deleted."""
+    store: Store = request.app.state.store
+    project = await store.one("SELECT * FROM projects WHERE slug = ?", (request.path_params["slug"],))
+    if project is None:
+        return render(request, "error.html", status=404, message="No such project.")
+    form: dict[str, list[str]] = {}
+    error = ""
+    if request.method == "POST":
+        if cross_site(request):
+            return render(request, "error.html", status=403, message="Refused: this request came from another site.")
+        try:
+            form = await read_form(request)
+            if "delete" in form:
+                await request.app.state.writer.submit(lambda conn: conn.execute(
+                    "DELETE FROM alert_rules WHERE CAST(id AS TEXT) = ? AND project_id = ?",
+                    (form["delete"][-1], project["id"])).rowcount)
+            else:
+                await save_rule_body(request, project, rule_from_form(form))
+            return RedirectResponse(f"/projects/{project['slug']}/alerts/", status_code=303)
+        except (ApiError, IngestError) as exc:
+            error = str(getattr(exc, "detail", exc))
+    rows = await store.all("SELECT * FROM alert_rules WHERE project_id = ? ORDER BY id", (project["id"],))
+    rules = [{"id": r["id"], "name": r["name"], "words": rule_words(json.loads(r["rule"]))} for r in rows]
+    return render(request, "project_alerts.html", status=400 if error else 200, project=project, rules=rules,
+                  error=error, form={k: v[-1] for k, v in form.items()}, when=form.get("when", []),
+                  channels=await store.all("SELECT * FROM channels ORDER BY name"), intervals=INTERVALS,
+                  frequencies=FREQUENCIES)
+
+
+def rule_from_form(form: dict[str, list[str]]) -> dict[str, Any]:
+    """The rule form's fields as the API's rule body, so both go through one validation."""
+    field = {key: values[-1].strip() for key, values in form.items()}
+    conditions: list[dict[str, Any]] = [{"id": {"new": FIRST_SEEN, "regression": REGRESSION,
+                                                "escalating": REAPPEARED}.get(w, w)} for w in form.get("when", [])]
+    for kind, prefix in ((FREQUENCY, "events"), (USER_FREQUENCY, "users")):
+        if field.get(f"{prefix}_value"):
+            conditions.append({"id": kind, "value": field[f"{prefix}_value"], "interval": field.get(f"{prefix}_interval")})
+    filters: list[dict[str, Any]] = []
+    if field.get("level"):
+        filters.append({"id": LEVEL_FILTER, "match": "gte", "level": field["level"]})
+    if field.get("release"):
+        filters.append({"id": TAGGED_FILTER, "key": "release", "match": "eq", "value": field["release"]})
+    if field.get("tag"):
+        key, _, value = field["tag"].partition("=")
+        filters.append({"id": TAGGED_FILTER, "key": key.strip(), "match": "eq", "value": value.strip()})
+    actions = [{"id": NOTIFY_ALL} if name == "*" else {"id": NOTIFY_SERVICE, "service": name}
+               for name in form.get("notify", [])]
+    if field.get("jira"):
+        actions.append({"id": JIRA_ACTION})
+    return {"name": field.get("name", ""), "actionMatch": "any", "filterMatch": "all", "conditions": conditions,
+            "filters": filters, "actions": actions, "environment": field.get("environment") or None,
+            "frequency": field.get("frequency", "30")}
+
+
 async def page_projects(request: Request) -> Response:
     store: Store = request.app.state.store
     settings: Settings = request.app.state.settings
@@ -4327,6 +5582,11 @@ def api_routes() -> list[Route]:
         ("/api/0/organizations/{org}/releases/{version}/commits/", api_release_commits),
         ("/api/0/organizations/{org}/releases/{version}/commitfiles/", api_release_commit_files),
         ("/api/0/organizations/{org}/releases/{version}/deploys/", api_release_deploys),
+        ("/api/0/organizations/{org}/channels/", api_channels),
+        ("/api/0/organizations/{org}/channels/{channel_id}/", api_channel),
+        ("/api/0/organizations/{org}/deliveries/", api_deliveries),
+        ("/api/0/projects/{org}/{project}/rules/", api_rules),
+        ("/api/0/projects/{org}/{project}/rules/{rule_id}/", api_rule),
     ]
     updates = [("/api/0/projects/{org}/{project}/issues/", api_update_project_issues),
                ("/api/0/issues/{issue_id}/", api_update_issue),
@@ -4334,12 +5594,18 @@ def api_routes() -> list[Route]:
                ("/api/0/projects/{org}/{project}/grouping-rules/", api_update_grouping_rules),
                ("/api/0/organizations/{org}/code-mappings/{mapping_id}/", api_update_code_mapping),
                ("/api/0/organizations/{org}/releases/{version}/", api_update_release),
-               ("/api/0/projects/{org}/{project}/releases/{version}/", api_update_release)]
+               ("/api/0/projects/{org}/{project}/releases/{version}/", api_update_release),
+               ("/api/0/organizations/{org}/channels/{channel_id}/", api_update_channel),
+               ("/api/0/projects/{org}/{project}/rules/{rule_id}/", api_update_rule)]
     creates = [("/api/0/organizations/{org}/code-mappings/", api_create_code_mapping),
                ("/api/0/organizations/{org}/repos/", api_create_repo),
                ("/api/0/organizations/{org}/releases/", api_create_release),
                ("/api/0/projects/{org}/{project}/releases/", api_create_release),
-               ("/api/0/organizations/{org}/releases/{version}/deploys/", api_create_deploy)]
+               ("/api/0/organizations/{org}/releases/{version}/deploys/", api_create_deploy),
+               ("/api/0/organizations/{org}/channels/", api_create_channel),
+               ("/api/0/organizations/{org}/channels/{channel_id}/test/", api_test_channel),
+               ("/api/0/organizations/{org}/deliveries/{delivery_id}/retry/", api_retry_delivery),
+               ("/api/0/projects/{org}/{project}/rules/", api_create_rule)]
     return ([Route(path, api(handler), methods=["GET"]) for path, handler in table]
             + [Route(path, api(handler), methods=["PUT"]) for path, handler in updates]
             + [Route(path, api(handler), methods=["POST"]) for path, handler in creates]
@@ -4348,7 +5614,10 @@ def api_routes() -> list[Route]:
                Route("/api/0/projects/{org}/{project}/issues/", api(api_delete_project_issues), methods=["DELETE"]),
                Route("/api/0/organizations/{org}/code-mappings/{mapping_id}/", api(api_delete_code_mapping),
                      methods=["DELETE"]),
-               Route("/api/0/organizations/{org}/releases/{version}/", api(api_delete_release), methods=["DELETE"])])
+               Route("/api/0/organizations/{org}/releases/{version}/", api(api_delete_release), methods=["DELETE"]),
+               Route("/api/0/organizations/{org}/channels/{channel_id}/", api(api_delete_channel),
+                     methods=["DELETE"]),
+               Route("/api/0/projects/{org}/{project}/rules/{rule_id}/", api(api_delete_rule), methods=["DELETE"])])
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -4361,9 +5630,12 @@ def create_app(settings: Settings) -> Starlette:
         app.state.store = await Store.open(settings.db)
         app.state.keys = KeyCache(app.state.store)
         app.state.rules = RulesCache(app.state.store)
+        app.state.dispatcher = Dispatcher(app)
+        app.state.dispatcher.start()
         try:
             yield
         finally:
+            await app.state.dispatcher.close()
             await app.state.writer.close()
             await app.state.store.conn.close()
 
@@ -4380,6 +5652,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/issues/{issue_id}/events/{event_id}/", page_issue),
         Route("/issues/{issue_id}/events/{event_id}/json", page_event_json),
         Route("/releases/", page_releases), Route("/releases/{version:path}/", page_release),
+        Route("/alerts/", page_alerts, methods=["GET", "POST"]),
+        Route("/projects/{slug}/alerts/", page_project_alerts, methods=["GET", "POST"]),
         Route("/static/tracker.css", page_css),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
@@ -4394,7 +5668,8 @@ def init_db(settings: Settings) -> None:
     try:
         migrate(conn)
         apply_batch(conn, [lambda c: ensure_config_projects(c, settings.projects),
-                           lambda c: ensure_config_repositories(c, settings.repositories)])
+                           lambda c: ensure_config_repositories(c, settings.repositories),
+                           lambda c: ensure_config_channels(c, settings.channels)])
     finally:
         conn.close()
 

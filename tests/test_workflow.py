@@ -148,7 +148,7 @@ def test_ignored_until_more_events(tracker: TrackerServer, project: Project, sdk
     assert get(tracker, issue["id"])["status"] == "ignored"
     send(tracker, project, 3)
     issue = get(tracker, issue["id"])
-    assert (issue["status"], issue["substatus"], issue["statusDetails"]) == ("unresolved", "ongoing", {})
+    assert (issue["status"], issue["substatus"], issue["statusDetails"]) == ("unresolved", "escalating", {})
     log = activity(tracker, issue["id"])
     assert (log[0]["type"], log[0]["data"]) == ("set_unresolved", {"ignoreCount": 2})
     assert (log[1]["type"], log[1]["data"]) == ("set_ignored", {"ignoreCount": 2})
