@@ -2142,7 +2142,7 @@ def change_status(conn: sqlite3.Connection, issue: sqlite3.Row, status: str, det
         kind, data = f"set_{status}", details
     record_activity(conn, issue["id"], kind, data, now)
     if status == "resolved" and issue["status"] != "resolved":
-        enqueue_resolved(conn, issue["id"])
+        alert_resolution(conn, issue["id"])
 
 
 def apply_event_to_status(conn: sqlite3.Connection, issue: sqlite3.Row, ev: PreparedEvent) -> str | None:
@@ -2951,9 +2951,11 @@ def enqueue(conn: sqlite3.Connection, channel: sqlite3.Row, issue_id: int | None
                  (channel["id"], issue_id, rule_id, trigger, key, json.dumps(snapshot), time.time(), time.time()))
 
 
-def enqueue_resolved(conn: sqlite3.Connection, issue_id: int) -> None:
-    """A resolved issue resolves what its alerts opened: the PagerDuty incident, the Alertmanager
-    alert, and tells the webhooks that were told about it."""
+def alert_resolution(conn: sqlite3.Connection, issue_id: int) -> None:
+    """A resolved issue resolves what its alerts opened (the PagerDuty incident, the Alertmanager
+    alert) and tells the webhooks that were told about it. Its action intervals start over: if it
+    comes back, that is news, however soon."""
+    conn.execute("DELETE FROM rule_fires WHERE issue_id = ?", (issue_id,))
     for channel in conn.execute(
             """SELECT * FROM channels WHERE kind IN ('pagerduty', 'alertmanager', 'webhook') AND id IN
                (SELECT channel_id FROM outbox WHERE issue_id = ? AND trigger != 'resolved')""", (issue_id,)):
