@@ -4300,8 +4300,8 @@ def serialize_delivery(row: sqlite3.Row) -> dict[str, Any]:
             "nextAttempt": iso(row["next_attempt"]) if row["status"] == "pending" else None}
 
 
-DELIVERY_SQL = """SELECT o.*, c.name AS channel_name, c.kind AS channel_kind FROM outbox o
-    JOIN channels c ON c.id = o.channel_id"""
+DELIVERY_SQL = """SELECT o.*, coalesce(c.name, '(deleted channel)') AS channel_name, coalesce(c.kind, '') AS channel_kind
+    FROM outbox o LEFT JOIN channels c ON c.id = o.channel_id"""
 
 
 async def channel_names(store: Store) -> set[str]:

@@ -321,3 +321,31 @@ def test_kill_9_mid_delivery_delivers_each_once(tmp_path: Path, webhook: Webhook
         assert titles == ["cache cold", "disk full", "queue stuck"]
     finally:
         stop_server(srv)
+
+
+def test_users_and_escalation_conditions(server: TrackerServer, channels: Channels, webhook: WebhookReceiver) -> None:
+    name = channels.add("webhook", url=f"{webhook.url}/hook", secret=webhook.secret)
+    project = server.create_project()
+    for rule in api(server, "GET", f"projects/tracker/{project.slug}/rules/").json():
+        api(server, "DELETE", f"projects/tracker/{project.slug}/rules/{rule['id']}/")
+    for rule_name, condition in (
+            ("Three users", {"id": "sentry.rules.conditions.event_frequency.EventUniqueUserFrequencyCondition",
+                             "value": 2, "interval": "1h"}),
+            ("Escalating", {"id": "sentry.rules.conditions.reappeared_event.ReappearedEventCondition"})):
+        r = api(server, "POST", f"projects/tracker/{project.slug}/rules/", json={
+            "name": rule_name, "conditions": [condition], "actions": [{"id": WEBHOOK, "service": name}]})
+        assert r.status_code == 201, r.text
+    [event] = capture_events(project, lambda: sentry_sdk.capture_message("profile page 500s"))
+    storm(server, project, {**event, "user": {"id": "u1"}}, 5)  # one user, many times: nothing
+    [issue] = server.wait_issues(project, 6)
+    storm(server, project, {**event, "user": {"id": "u2"}}, 1)
+    time.sleep(0.5)
+    assert len(webhook.deliveries) == 0
+    storm(server, project, {**event, "user": {"id": "u3"}}, 1)  # the third user
+    wait_for(lambda: [d["body"]["data"]["triggered_rule"] for d in webhook.deliveries.values()] == ["Three users"])
+    ignored = api(server, "PUT", f"issues/{issue['id']}/", json={"status": "ignored", "statusDetails": {"ignoreCount": 3}})
+    assert ignored.status_code == 200
+    storm(server, project, event, 3)  # three more events: the ignored issue escalates
+    wait_for(lambda: sorted(d["body"]["data"]["triggered_rule"] for d in webhook.deliveries.values())
+             == ["Escalating", "Three users"])
+    assert api(server, "GET", f"issues/{issue['id']}/").json()["substatus"] == "escalating"
