@@ -3853,13 +3853,18 @@ async def find_project(store: Store, ref: str) -> sqlite3.Row | None:
     return await store.one("SELECT * FROM projects WHERE slug = ? OR CAST(id AS TEXT) = ?", (ref, ref))
 
 
-async def mapping_from_path(request: Request) -> sqlite3.Row:
+async def org_row_from_path(request: Request, table: str, param: str) -> sqlite3.Row:
+    """The row of an organisation-wide table (mappings, channels) whose id the URL names."""
     check_org(request)
-    row = await request.app.state.store.one("SELECT * FROM code_mappings WHERE CAST(id AS TEXT) = ?",
-                                            (request.path_params["mapping_id"],))
+    row = await request.app.state.store.one(f"SELECT * FROM {table} WHERE CAST(id AS TEXT) = ?",
+                                            (request.path_params[param],))
     if row is None:
         raise ApiError(404, "The requested resource does not exist")
     return row
+
+
+async def mapping_from_path(request: Request) -> sqlite3.Row:
+    return await org_row_from_path(request, "code_mappings", "mapping_id")
 
 
 async def api_code_mappings(request: Request) -> list[dict[str, Any]]:
@@ -4309,12 +4314,7 @@ async def channel_names(store: Store) -> set[str]:
 
 
 async def channel_from_path(request: Request) -> sqlite3.Row:
-    check_org(request)
-    row = await request.app.state.store.one("SELECT * FROM channels WHERE CAST(id AS TEXT) = ?",
-                                            (request.path_params["channel_id"],))
-    if row is None:
-        raise ApiError(404, "The requested resource does not exist")
-    return row
+    return await org_row_from_path(request, "channels", "channel_id")
 
 
 async def api_channels(request: Request) -> list[dict[str, Any]]:

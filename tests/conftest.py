@@ -1,6 +1,7 @@
 """Shared fixtures: the real tracker server on a free port with a temporary database."""
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import subprocess
@@ -152,3 +153,27 @@ def sdk() -> Iterator[Callable[..., None]]:
     client.flush(5)
     client.close()
     sentry_sdk.init()  # no DSN: later tests start from a disabled client
+
+
+def charge_under_sdk(project: Project, root: Path, module: str, users: tuple[str, ...] = ("",), **options: Any) -> None:
+    """Import `module` from `root` (a tree the test wrote) and capture the ValueError its
+    `charge(7)` raises with the real SDK, once per user: frames then point into that tree."""
+    sys.path.insert(0, str(root))
+    try:
+        code = importlib.import_module(module)
+    finally:
+        sys.path.remove(str(root))
+    sentry_sdk.init(dsn=project.dsn, in_app_include=[module.split(".")[0]], **options)
+    try:
+        for user in users:
+            with sentry_sdk.new_scope() as scope:
+                if user:
+                    scope.set_user({"id": user})
+                try:
+                    code.charge(7)
+                except ValueError:
+                    sentry_sdk.capture_exception()
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.get_client().close()
+        sentry_sdk.init()

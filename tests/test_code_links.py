@@ -3,10 +3,8 @@ release's commit, the code view of a file's issues, and prefilled tickets — wi
 from __future__ import annotations
 
 import html
-import importlib
 import re
 import sqlite3
-import sys
 import time
 import urllib.parse
 from pathlib import Path
@@ -14,9 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
-import sentry_sdk
 
-from conftest import Project, TrackerServer
+from conftest import Project, TrackerServer, charge_under_sdk
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -33,25 +30,8 @@ def crashed(tracker: TrackerServer, tmp_path_factory: pytest.TempPathFactory) ->
     (root / "codelinks_app").mkdir()
     (root / "codelinks_app" / "__init__.py").write_text("")
     (root / "codelinks_app" / "payments.py").write_text(PAYMENTS)
-    sys.path.insert(0, str(root))
-    try:
-        payments = importlib.import_module("codelinks_app.payments")
-    finally:
-        sys.path.remove(str(root))
     project = tracker.create_project()
-    sentry_sdk.init(dsn=project.dsn, release=RELEASE, in_app_include=["codelinks_app"])
-    try:
-        for user in ("u1", "u2"):
-            with sentry_sdk.new_scope() as scope:
-                scope.set_user({"id": user})
-                try:
-                    payments.charge(7)
-                except ValueError:
-                    sentry_sdk.capture_exception()
-        sentry_sdk.flush()
-    finally:
-        sentry_sdk.get_client().close()
-        sentry_sdk.init()
+    charge_under_sdk(project, root, "codelinks_app.payments", ("u1", "u2"), release=RELEASE)
     [issue] = tracker.wait_issues(project, 2)
     return project, issue
 
@@ -118,7 +98,7 @@ def test_gitlab_mapping_from_the_form(tracker: TrackerServer, crashed: tuple[Pro
     try:
         links = hrefs(issue_page(tracker, issue), "source-link")  # the test's own frame is in app too
         assert links[0] == "https://gitlab.example.com/team/shop/-/blob/main/src/codelinks_app/payments.py#L42"
-        assert links[1].startswith("https://gitlab.example.com/team/shop/-/blob/main/src/test_code_links.py#L")
+        assert links[1].startswith("https://gitlab.example.com/team/shop/-/blob/main/src/conftest.py#L")
         changed = api(tracker, "PUT", f"{mapping['id']}/", json={"stackRoot": "codelinks_app/", "sourceRoot": "app"})
         assert changed.status_code == 200 and changed.json()["repositoryUrl"] == mapping["repositoryUrl"]
         page = issue_page(tracker, issue)

@@ -3,7 +3,6 @@ server, a real git repository made by the test, and the pages that show the resu
 from __future__ import annotations
 
 import html
-import importlib
 import os
 import re
 import shutil
@@ -15,9 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-import sentry_sdk
 
-from conftest import Project, TrackerServer, wait_for
+from conftest import Project, TrackerServer, charge_under_sdk, wait_for
 
 SENTRY_CLI = shutil.which("sentry-cli") or str(Path(sys.executable).with_name("sentry-cli"))
 pytestmark = pytest.mark.skipif(not Path(SENTRY_CLI).exists(), reason="the sentry-cli package is not installed")
@@ -114,21 +112,7 @@ def test_send_event_makes_an_issue(tracker: TrackerServer, project: Project) -> 
 
 def crash_issue(tracker: TrackerServer, project: Project, repo: Path, module: str, version: str) -> dict[str, Any]:
     """Raise in the repository's own code with the real SDK; the issue it makes."""
-    sys.path.insert(0, str(repo))
-    try:
-        code = importlib.import_module(module)
-    finally:
-        sys.path.remove(str(repo))
-    sentry_sdk.init(dsn=project.dsn, release=version, environment="prod", in_app_include=[module.split(".")[0]])
-    try:
-        try:
-            code.charge(7)
-        except ValueError:
-            sentry_sdk.capture_exception()
-        sentry_sdk.flush()
-    finally:
-        sentry_sdk.get_client().close()
-        sentry_sdk.init()
+    charge_under_sdk(project, repo, module, release=version, environment="prod")
     [issue] = tracker.wait_issues(project, 1)
     return issue
 
