@@ -41,7 +41,7 @@ import urllib.request
 import uuid
 import zlib
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 
 import aiosqlite
 import brotli
@@ -5199,6 +5199,24 @@ async def page_issue_update(request: Request) -> Response:
     return await dashboard_post(request, action)
 
 
+FormOutcome = tuple[Response | None, dict[str, list[str]], str]
+
+
+async def form_post(request: Request, apply: Callable[[dict[str, list[str]]], Awaitable[Any]], back: str,
+                    mistakes: tuple[type[Exception], ...], limit: int = 16 * KIB) -> FormOutcome:
+    """A settings page's POST: refused from another site; else applied and answered with a 303
+    back to `back`; or, when it is a mistake, the form as sent and the message to show above it."""
+    if cross_site(request):
+        return render(request, "error.html", status=403, message="Refused: this request came from another site."), {}, ""
+    form: dict[str, list[str]] = {}
+    try:
+        form = await read_form(request, limit)
+        await apply(form)
+        return RedirectResponse(back, status_code=303), form, ""
+    except (IngestError, ApiError, *mistakes) as exc:
+        return None, form, str(getattr(exc, "detail", exc))
+
+
 async def page_grouping_rules(request: Request) -> Response:
     """A project's stack trace and fingerprint rules: shown, and saved by a POST from this page
     (a mistake is shown above the text as written, which is kept)."""
@@ -5208,15 +5226,13 @@ async def page_grouping_rules(request: Request) -> Response:
     rules = await request.app.state.rules.rules_for(project["id"])
     texts, error = [rules.stacktrace_text, rules.fingerprint_text], ""
     if request.method == "POST":
-        if cross_site(request):
-            return render(request, "error.html", status=403, message="Refused: this request came from another site.")
-        try:
-            form = await read_form(request, 4 * MAX_RULES_TEXT)
-            texts = [form.get(name, [""])[-1] for name in ("stacktrace_rules", "fingerprint_rules")]
+        async def save(form: dict[str, list[str]]) -> None:
+            texts[:] = [form.get(name, [""])[-1] for name in ("stacktrace_rules", "fingerprint_rules")]
             await store_rules(request, project["id"], *texts)
-            return RedirectResponse(f"/projects/{project['slug']}/grouping/?saved=1", status_code=303)
-        except (RuleError, IngestError) as exc:
-            error = str(exc)
+        response, _, error = await form_post(request, save, f"/projects/{project['slug']}/grouping/?saved=1",
+                                             (RuleError,), 4 * MAX_RULES_TEXT)
+        if response:
+            return response
     return render(request, "grouping.html", status=400 if error else 200, project=project, error=error,
                   stacktrace_rules=texts[0], fingerprint_rules=texts[1], saved="saved" in request.query_params)
 
@@ -5228,19 +5244,13 @@ async def page_code_mappings(request: Request) -> Response:
     project = await store.one("SELECT * FROM projects WHERE slug = ?", (request.path_params["slug"],))
     if project is None:
         return render(request, "error.html", status=404, message="No such project.")
-    form: dict[str, str] = {}
-    error = ""
-    if request.method == "POST":
-        if cross_site(request):
-            return render(request, "error.html", status=403, message="Refused: this request came from another site.")
-        try:
-            form = {key: values[-1] for key, values in (await read_form(request)).items()}
-            await apply_mapping_form(request, project["id"], form)
-            return RedirectResponse(f"/projects/{project['slug']}/code-mappings/", status_code=303)
-        except (MappingError, IngestError) as exc:
-            error = str(exc)
+    response, form, error = await form_post(
+        request, lambda form: apply_mapping_form(request, project["id"], last_values(form)),
+        f"/projects/{project['slug']}/code-mappings/", (MappingError,)) if request.method == "POST" else (None, {}, "")
+    if response:
+        return response
     return render(request, "code_mappings.html", status=400 if error else 200, project=project, error=error,
-                  form=form, providers=PROVIDERS, mappings=await project_mappings(store, project["id"]))
+                  form=last_values(form), providers=PROVIDERS, mappings=await project_mappings(store, project["id"]))
 
 
 async def apply_mapping_form(request: Request, project_id: int, form: dict[str, str]) -> None:
@@ -5308,6 +5318,11 @@ async def dashboard_post(request: Request, action: Callable[[dict[str, list[str]
         return render(request, "error.html", status=exc.status, message=exc.detail)
 
 
+def last_values(form: dict[str, list[str]]) -> dict[str, str]:
+    """A form's fields with one value each (the last, as browsers send repeated names in order)."""
+    return {key: values[-1] for key, values in form.items()}
+
+
 async def read_form(request: Request, limit: int = 16 * KIB) -> dict[str, list[str]]:
     return urllib.parse.parse_qs((await read_body(request, limit)).decode("utf-8", "replace"), keep_blank_values=True)
 
@@ -5325,7 +5340,7 @@ def cross_site(request: Request) -> bool:
 
 def form_body(form: dict[str, list[str]]) -> dict[str, Any]:
     """The action bar's fields as the API's update body, so both go through one validation."""
-    fields = {key: values[-1] for key, values in form.items()}
+    fields = last_values(form)
     if "assignedTo" in fields:
         return {"assignedTo": fields["assignedTo"]}
     status = fields.get("status")
@@ -5441,21 +5456,15 @@ async def issue_alerts(store: Store, issue_id: int) -> dict[str, Any]:
 async def page_alerts(request: Request) -> Response:
     """Channels (added, tested, deleted here), the delivery log with retries, links to the rules."""
     store: Store = request.app.state.store
-    form: dict[str, str] = {}
-    error = ""
-    if request.method == "POST":
-        if cross_site(request):
-            return render(request, "error.html", status=403, message="Refused: this request came from another site.")
-        try:
-            form = {key: values[-1] for key, values in (await read_form(request)).items()}
-            await apply_alerts_form(request, form)
-            return RedirectResponse("/alerts/", status_code=303)
-        except (ApiError, IngestError) as exc:
-            error = str(getattr(exc, "detail", exc))
+    response, form, error = await form_post(request, lambda form: apply_alerts_form(request, last_values(form)),
+                                            "/alerts/", ()) if request.method == "POST" else (None, {}, "")
+    if response:
+        return response
     channels = await store.all("SELECT * FROM channels ORDER BY name")
     deliveries = await store.all(f"{DELIVERY_SQL} ORDER BY o.id DESC LIMIT 100")
     projects = await store.all("SELECT * FROM projects ORDER BY name")
-    return render(request, "alerts.html", status=400 if error else 200, error=error, form=form, kinds=CHANNEL_KINDS,
+    return render(request, "alerts.html", status=400 if error else 200, error=error, form=last_values(form),
+                  kinds=CHANNEL_KINDS,
                   channels=[{**dict(c), "target": channel_target(c)} for c in channels], deliveries=deliveries,
                   projects=projects)
 
@@ -5488,26 +5497,21 @@ async def page_project_alerts(request: Request) -> Response:
     project = await store.one("SELECT * FROM projects WHERE slug = ?", (request.path_params["slug"],))
     if project is None:
         return render(request, "error.html", status=404, message="No such project.")
-    form: dict[str, list[str]] = {}
-    error = ""
-    if request.method == "POST":
-        if cross_site(request):
-            return render(request, "error.html", status=403, message="Refused: this request came from another site.")
-        try:
-            form = await read_form(request)
-            if "delete" in form:
-                await request.app.state.writer.submit(lambda conn: conn.execute(
-                    "DELETE FROM alert_rules WHERE CAST(id AS TEXT) = ? AND project_id = ?",
-                    (form["delete"][-1], project["id"])).rowcount)
-            else:
-                await save_rule_body(request, project, rule_from_form(form))
-            return RedirectResponse(f"/projects/{project['slug']}/alerts/", status_code=303)
-        except (ApiError, IngestError) as exc:
-            error = str(getattr(exc, "detail", exc))
+    async def apply(form: dict[str, list[str]]) -> None:
+        if "delete" in form:
+            await request.app.state.writer.submit(lambda conn: conn.execute(
+                "DELETE FROM alert_rules WHERE CAST(id AS TEXT) = ? AND project_id = ?",
+                (form["delete"][-1], project["id"])).rowcount)
+        else:
+            await save_rule_body(request, project, rule_from_form(form))
+    response, form, error = await form_post(request, apply, f"/projects/{project['slug']}/alerts/", ()) \
+        if request.method == "POST" else (None, {}, "")
+    if response:
+        return response
     rows = await store.all("SELECT * FROM alert_rules WHERE project_id = ? ORDER BY id", (project["id"],))
     rules = [{"id": r["id"], "name": r["name"], "words": rule_words(json.loads(r["rule"]))} for r in rows]
     return render(request, "project_alerts.html", status=400 if error else 200, project=project, rules=rules,
-                  error=error, form={k: v[-1] for k, v in form.items()}, when=form.get("when", []),
+                  error=error, form=last_values(form), when=form.get("when", []),
                   channels=await store.all("SELECT * FROM channels ORDER BY name"), intervals=INTERVALS,
                   frequencies=FREQUENCIES)
 

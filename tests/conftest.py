@@ -16,7 +16,7 @@ import pytest
 import sentry_sdk
 
 ROOT = Path(__file__).resolve().parent.parent
-pytest_plugins = ["alert_receivers"]  # the strict channel receivers, as fixtures
+pytest_plugins = ["receivers"]  # the strict channel receivers, as fixtures
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import sentry_sdk
 
-from alert_receivers import (Alertmanager, JiraReceiver, PagerDutyReceiver, SlackReceiver, Smtp,
+from receivers import (Alertmanager, JiraReceiver, PagerDutyReceiver, SlackReceiver, Smtp,
                              WebhookReceiver)
 from conftest import Project, TrackerServer, start_server, stop_server, wait_for
 

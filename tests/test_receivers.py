@@ -17,12 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-# The fixtures are imported here so that this module uses these receivers whatever conftest.py
-# registers as plugins (module-level fixtures take precedence over plugin ones).
-from receivers import (  # noqa: F401
-    Alertmanager, JiraReceiver, PagerDutyReceiver, SlackReceiver, SmtpServer, WebhookReceiver, alertmanager, jira,
-    jira_dc, pagerduty, slack, smtp_server, webhook,
-)
+# the fixtures come from conftest.py's pytest_plugins
+from receivers import Alertmanager, JiraReceiver, PagerDutyReceiver, SlackReceiver, SmtpServer, WebhookReceiver
 
 # -- the base --------------------------------------------------------------------------------------
 
