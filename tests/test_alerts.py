@@ -349,3 +349,14 @@ def test_users_and_escalation_conditions(server: TrackerServer, channels: Channe
     wait_for(lambda: sorted(d["body"]["data"]["triggered_rule"] for d in webhook.deliveries.values())
              == ["Escalating", "Three users"])
     assert api(server, "GET", f"issues/{issue['id']}/").json()["substatus"] == "escalating"
+
+
+def test_wrong_smtp_password_is_a_dead_letter(server: TrackerServer, channels: Channels, smtp_server: Smtp) -> None:
+    channels.add("email", host=smtp_server.host, port=smtp_server.port, security="none", username="alerts",
+                 password="wrong", to="oncall@example.com", **{"from": "tracker@example.com"})
+    project = server.create_project()
+    capture_events(project, lambda: sentry_sdk.capture_message("login page down", level="error"))
+    [issue] = server.wait_issues(project, 1)
+    [row] = settled(server, issue["id"], 1)
+    assert (row["status"], row["attempts"], row["lastStatus"]) == ("dead", 1, 535)
+    assert smtp_server.messages == [] and "wrong" not in json.dumps(row)
