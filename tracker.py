@@ -50,7 +50,7 @@ import uvicorn
 import zstandard
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 __version__ = "0.1.0"
@@ -81,6 +81,7 @@ class Settings:
     jira: dict[str, str] = dataclasses.field(default_factory=dict)  # url, project_id, issue_type
     channels: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     alerts: dict[str, Any] = dataclasses.field(default_factory=dict)  # retry_delays, timeout, poll, refresh
+    slo: dict[str, Any] = dataclasses.field(default_factory=dict)  # interval, lag (seconds)
 
     @property
     def public_url(self) -> str:
@@ -99,7 +100,7 @@ def load_settings(config: str | None = None, **flags: Any) -> Settings:
         with open(path, "rb") as f:
             doc = tomllib.load(f)
         for key, value in doc.get("server", {}).items():
-            if key not in {f.name for f in dataclasses.fields(Settings)} or key in ("projects", "repositories", "jira", "channels", "alerts"):
+            if key not in {f.name for f in dataclasses.fields(Settings)} or key in ("projects", "repositories", "jira", "channels", "alerts", "slo"):
                 raise SystemExit(f"{path}: unknown [server] setting {key!r}")
             setattr(settings, key, value)
         settings.projects = list(doc.get("projects", []))
@@ -107,6 +108,7 @@ def load_settings(config: str | None = None, **flags: Any) -> Settings:
         settings.jira = {key: str(value) for key, value in doc.get("jira", {}).items()}
         settings.channels = list(doc.get("channels", []))
         settings.alerts = dict(doc.get("alerts", {}))
+        settings.slo = dict(doc.get("slo", {}))
     for key, var in ENV_VARS.items():
         if os.environ.get(var):
             setattr(settings, key, os.environ[var])
@@ -240,6 +242,33 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
         created REAL NOT NULL, PRIMARY KEY (issue_id, channel_id)) WITHOUT ROWID;
     """,
     lambda conn: default_rules_everywhere(conn),
+    """
+    CREATE TABLE session_buckets (
+        project_id INTEGER NOT NULL, release TEXT NOT NULL, environment TEXT NOT NULL, minute INTEGER NOT NULL,
+        total INTEGER NOT NULL, errored INTEGER NOT NULL, crashed INTEGER NOT NULL, abnormal INTEGER NOT NULL,
+        PRIMARY KEY (project_id, release, environment, minute)) WITHOUT ROWID;
+    CREATE INDEX session_buckets_by_minute ON session_buckets (project_id, minute);
+    CREATE INDEX session_buckets_by_release ON session_buckets (release, environment);
+    CREATE TABLE session_state (
+        project_id INTEGER NOT NULL, sid TEXT NOT NULL, minute INTEGER NOT NULL, errored INTEGER NOT NULL,
+        crashed INTEGER NOT NULL, abnormal INTEGER NOT NULL, PRIMARY KEY (project_id, sid)) WITHOUT ROWID;
+    CREATE INDEX session_state_by_minute ON session_state (minute);
+    CREATE TABLE session_users (
+        project_id INTEGER NOT NULL, release TEXT NOT NULL, environment TEXT NOT NULL, day INTEGER NOT NULL,
+        did TEXT NOT NULL, crashed INTEGER NOT NULL,
+        PRIMARY KEY (project_id, release, environment, day, did)) WITHOUT ROWID;
+    CREATE TABLE transaction_buckets (
+        project_id INTEGER NOT NULL, name TEXT NOT NULL, release TEXT NOT NULL, environment TEXT NOT NULL,
+        minute INTEGER NOT NULL, count INTEGER NOT NULL, errors INTEGER NOT NULL, duration_ms REAL NOT NULL,
+        PRIMARY KEY (project_id, minute, name, release, environment)) WITHOUT ROWID;
+    CREATE TABLE slos (
+        project_id INTEGER PRIMARY KEY, config TEXT NOT NULL, state TEXT NOT NULL, value REAL, total INTEGER NOT NULL,
+        since REAL NOT NULL, updated REAL NOT NULL);
+    CREATE TABLE slo_history (
+        project_id INTEGER NOT NULL, minute INTEGER NOT NULL, value REAL, total INTEGER NOT NULL, state TEXT NOT NULL,
+        PRIMARY KEY (project_id, minute)) WITHOUT ROWID;
+    CREATE INDEX events_by_project_time ON events (project_id, timestamp);
+    """,
 ]
 
 
@@ -760,9 +789,13 @@ async def ingest_body(request: Request) -> Response:
     header_id = normalize_id(header.get("event_id"))
     received = time.time()
     rules = await request.app.state.rules.rules_for(project_id)
-    prepared = []
+    prepared, health = [], []
     for item_header, payload in items:
-        if item_header.get("type") != "event":
+        kind = item_header.get("type")
+        if kind in HEALTH_PARSERS and len(payload) <= settings.max_event:
+            with contextlib.suppress(IngestError):  # a malformed session is dropped, never the envelope
+                health += HEALTH_PARSERS[kind](json_object(payload, f"{kind} payload"), received)
+        if kind != "event":
             continue  # later issues store more item types; the rest is accepted and dropped
         if len(payload) > settings.max_event:
             raise IngestError(413, "envelope exceeded size limits for type 'event'")
@@ -770,7 +803,10 @@ async def ingest_body(request: Request) -> Response:
         prepared.append(prepare_event(raw, project_id=project_id, event_id=header_id if not prepared else None,
                                       received=received, client_ip=client_ip(request), rules=rules))
     writer: Writer = request.app.state.writer
-    await asyncio.gather(*(writer.submit(lambda conn, ev=ev: store_event(conn, ev)) for ev in prepared))
+    jobs = [lambda conn, ev=ev: store_event(conn, ev) for ev in prepared]
+    if health:
+        jobs.append(lambda conn: store_health(conn, project_id, health))
+    await asyncio.gather(*(writer.submit(job) for job in jobs))
     event_id = prepared[0].event_id if prepared else header_id
     return JSONResponse({"id": event_id} if event_id else {})
 
@@ -2469,6 +2505,7 @@ async def release_detail(store: Store, version: str) -> dict[str, Any] | None:
                 ORDER BY a.created DESC LIMIT 100""", (version,)),
         "event_count": (await store.one("SELECT coalesce(sum(times_seen), 0) AS n FROM issue_tags "
                                         "WHERE key = 'release' AND value = ?", (version,)))["n"],
+        "health": await release_health(store, version),
     }
 
 
@@ -3027,10 +3064,15 @@ class Notice:
     settings: Settings
 
     @property
+    def resolves(self) -> bool:
+        """Whether this notice ends what an earlier one opened (an incident, a firing alert)."""
+        return self.trigger in ("resolved", "slo_recovered")
+
+    @property
     def headline(self) -> str:
         words = {"new": "New issue", "regression": "Regression", "escalating": "Escalating",
                  "frequency": "Frequent issue", "users": "Issue affecting many users", "resolved": "Resolved",
-                 "test": "Test notification"}
+                 "test": "Test notification", "slo_breach": "SLO breached", "slo_recovered": "SLO recovered"}
         return f"{words.get(self.trigger, 'Alert')}: {self.issue['title']}"
 
     def facts(self) -> list[tuple[str, str]]:
@@ -3110,7 +3152,7 @@ PAGERDUTY_SEVERITY = {"fatal": "critical", "error": "error", "warning": "warning
 
 
 def pagerduty_body(n: Notice, routing_key: str, dedup_key: str) -> dict[str, Any]:
-    if n.trigger == "resolved":
+    if n.resolves:
         return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": dedup_key}
     ev = n.event
     return {
@@ -3126,10 +3168,11 @@ def pagerduty_body(n: Notice, routing_key: str, dedup_key: str) -> dict[str, Any
 
 
 def alertmanager_alert(n: Notice, labels: dict[str, str], resolved: bool) -> dict[str, Any]:
-    """One postableAlert: stable labels are its identity; counts and words are annotations."""
+    """One postableAlert: stable labels are its identity; counts and words are annotations. An
+    issue's alert is re-posted while open; an SLO breach holds until its recovery ends it."""
     now = time.time()
     return {"labels": labels, "generatorURL": n.url, "startsAt": iso(parse_timestamp(n.issue["firstSeen"])),
-            "endsAt": iso(now if resolved else now + 300),
+            "endsAt": iso(now if resolved else now + (86400 if n.issue["type"] == "slo" else 300)),
             "annotations": {"summary": n.headline, "description": n.issue["culprit"], "event_count": n.issue["count"],
                             "users": str(n.issue["userCount"]), "url": n.url, "level": n.issue["level"]}}
 
@@ -3143,6 +3186,12 @@ def webhook_body(n: Notice) -> tuple[str, dict[str, Any]]:
     """(resource, body) shaped like Sentry's integration-platform webhooks."""
     envelope = {"installation": {"uuid": n.instance},
                 "actor": {"type": "application", "id": "tracker", "name": "tracker"}}
+    if n.issue["type"] == "slo":
+        return "metric_alert", {**envelope, "action": "resolved" if n.resolves else "critical",
+                                "data": {"metric_alert": {"id": n.issue["id"], "title": n.issue["title"],
+                                                          "status": n.issue["status"]},
+                                         "description_title": n.headline, "description_text": n.issue["culprit"],
+                                         "web_url": n.url}}
     if n.trigger == "resolved":
         return "issue", {**envelope, "action": "resolved",
                          "data": {"issue": {**n.issue, "url": n.url, "web_url": n.url,
@@ -3229,12 +3278,12 @@ def deliver(n: Notice, channel: sqlite3.Row, link: sqlite3.Row | None, outbox_id
         routing_key = link["data"] if link else config["routing_key"]  # resolve with the key that opened it
         dedup_key = f"tracker:{n.settings.organization}:{n.issue['id']}"
         result = json_call("POST", config["url"], pagerduty_body(n, routing_key, dedup_key), timeout)
-        return dataclasses.replace(result, ref=dedup_key if n.trigger != "resolved" else None)
+        return dataclasses.replace(result, ref=dedup_key if not n.resolves else None)
     if kind == "alertmanager":
         labels = json.loads(link["data"]) if link else alertmanager_labels(n)
         result = json_call("POST", f"{config['url'].rstrip('/')}/api/v2/alerts",
-                           [alertmanager_alert(n, labels, n.trigger == "resolved")], timeout)
-        return dataclasses.replace(result, ref=json.dumps(labels) if n.trigger != "resolved" else None)
+                           [alertmanager_alert(n, labels, n.resolves)], timeout)
+        return dataclasses.replace(result, ref=json.dumps(labels) if not n.resolves else None)
     if kind == "webhook":
         resource, payload = webhook_body(n)
         body = json.dumps(payload).encode()
@@ -3357,19 +3406,21 @@ class Dispatcher:
     async def notice(self, issue_id: int | None, trigger: str, snapshot: dict[str, Any], key: str) -> Notice | None:
         """The notification as sent now: the issue as it is, the event as it was."""
         settings: Settings = self.app.state.settings
-        if issue_id is None:  # a test from the channel's page
-            issue = {"id": "0", "shortId": "TEST-1", "title": "This is a test notification from tracker",
-                     "culprit": "tracker.send_test", "level": "info", "count": "1", "userCount": 0, "type": "default",
-                     "status": "unresolved", "metadata": {}, "firstSeen": iso(time.time()),
-                     "project": {"id": "0", "slug": "tracker", "name": "tracker"}}
+        if issue_id is None:  # an SLO's change of state, or a test from the channel's page
+            issue = slo_subject(snapshot["slo"]) if "slo" in snapshot else {
+                "id": "0", "shortId": "TEST-1", "title": "This is a test notification from tracker",
+                "culprit": "tracker.send_test", "level": "info", "count": "1", "userCount": 0, "type": "default",
+                "status": "unresolved", "metadata": {}, "firstSeen": iso(time.time()),
+                "project": {"id": "0", "slug": "tracker", "name": "tracker"}}
         else:
             found = await self.app.state.store.one(f"SELECT {ISSUE_COLUMNS} FROM issues i JOIN projects p "
                                                    "ON p.id = i.project_id WHERE i.id = ?", (issue_id,))
             if found is None:
                 return None
             issue = serialize_issue(found, settings)
+        path = f"/projects/{issue['project']['slug']}/slo/" if "slo" in snapshot else f"/issues/{issue['id']}/"
         return Notice(trigger=trigger, rule=snapshot.get("rule", ""), issue=issue, event=snapshot.get("event", {}),
-                      url=f"{settings.public_url}/issues/{issue['id']}/", key=key,
+                      url=f"{settings.public_url}{path}", key=key,
                       instance=instance_uuid(settings), settings=settings)
 
     async def refresh_alertmanager(self) -> None:
@@ -3390,9 +3441,322 @@ class Dispatcher:
                                         self.timeout)
 
 
+def slo_subject(slo: dict[str, Any]) -> dict[str, Any]:
+    """An SLO's breach or recovery in the shape channels format an issue in (its id is stable per
+    project, so PagerDuty and Alertmanager resolve the incident the breach opened)."""
+    value = "no data" if slo["value"] is None else f"{slo['value'] * 100:.3g}%"
+    return {"id": f"slo-{slo['project']}", "shortId": f"{slo['project'].upper()}-SLO", "type": "slo",
+            "title": f"{slo['name']}: {value} {SLO_METRICS[slo['metric']]} (objective < {slo['objective'] * 100:g}%)",
+            "culprit": f"{slo_words(slo)}; {slo['total']} in the window", "count": str(slo["total"]), "userCount": 0,
+            "level": "error" if slo["state"] == "breached" else "info", "status": slo["state"], "metadata": {},
+            "firstSeen": iso(time.time()), "project": {"id": "0", "slug": slo["project"], "name": slo["project_name"]}}
+
+
 def instance_uuid(settings: Settings) -> str:
     """The `installation.uuid` of webhooks: stable for one tracker (its public URL)."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, settings.public_url))
+
+
+# =============================================================================
+# Release health and SLOs: sessions and transactions in minute buckets, objectives judged each minute
+# =============================================================================
+#
+# Sessions (protocol brief §6) are counted once each, in the minute they started: a `session`
+# update adds to `total` when it is new and to errored/crashed/abnormal the first time it gets
+# there (session_state remembers what was counted); a `sessions` aggregate adds its counts as
+# they are. Users are counted per day (`did`), enough for crash-free users over a period.
+# Transactions keep a count, an error count and the summed duration per name and minute.
+
+SESSION_STATUSES = ("ok", "exited", "crashed", "abnormal", "errored")
+MAX_SESSION_AGE = 5 * 86400
+
+
+@dataclasses.dataclass
+class HealthUpdate:
+    """One session update, one aggregate entry or one transaction, ready for the writer."""
+
+    kind: str  # "session", "aggregate" or "transaction"
+    release: str
+    environment: str
+    minute: int
+    data: dict[str, Any]
+
+
+def minute_of(ts: float) -> int:
+    return int(ts // 60 * 60)
+
+
+def session_attrs(raw: dict[str, Any]) -> tuple[str, str] | None:
+    """(release, environment) of a session payload; SDKs drop sessions without a release, so do we."""
+    attrs = raw.get("attrs") if isinstance(raw.get("attrs"), dict) else {}
+    release = text(attrs.get("release"), MAX_TAG).strip()
+    return (release, text(attrs.get("environment"), MAX_TAG).strip() or "production") if release else None
+
+
+def fresh(ts: float | None, received: float) -> bool:
+    return ts is not None and received - MAX_SESSION_AGE <= ts <= received + MAX_FUTURE
+
+
+def parse_session(raw: dict[str, Any], received: float) -> list[HealthUpdate]:
+    attrs, started = session_attrs(raw), parse_timestamp(raw.get("started"))
+    sid = normalize_id(raw.get("sid"))
+    status = raw.get("status") if raw.get("status") in SESSION_STATUSES else "ok"
+    if attrs is None or sid is None or not fresh(started, received):
+        return []
+    errors = raw.get("errors") if isinstance(raw.get("errors"), int) and not isinstance(raw.get("errors"), bool) else 0
+    return [HealthUpdate("session", *attrs, minute_of(started or received), {
+        "sid": sid, "did": text(raw.get("did"), MAX_TAG) or None, "init": raw.get("init") is True,
+        "errored": errors > 0 or status in ("crashed", "abnormal", "errored"), "crashed": status == "crashed",
+        "abnormal": status == "abnormal"})]
+
+
+def parse_aggregates(raw: dict[str, Any], received: float) -> list[HealthUpdate]:
+    attrs = session_attrs(raw)
+    updates = []
+    for entry in raw.get("aggregates") if attrs and isinstance(raw.get("aggregates"), list) else []:
+        started = parse_timestamp(entry.get("started")) if isinstance(entry, dict) else None
+        if not fresh(started, received):
+            continue
+        counts = {k: entry[k] for k in ("exited", "errored", "crashed", "abnormal")
+                  if isinstance(entry.get(k), int) and not isinstance(entry[k], bool) and 0 <= entry[k] < 10**9}
+        updates.append(HealthUpdate("aggregate", *attrs, minute_of(started or received),  # type: ignore[misc]
+                                    {**counts, "did": text(entry.get("did"), MAX_TAG) or None}))
+    return updates
+
+
+def parse_transaction(raw: dict[str, Any], received: float) -> list[HealthUpdate]:
+    """A transaction as a count and a duration: no spans are kept."""
+    end, start = parse_timestamp(raw.get("timestamp")), parse_timestamp(raw.get("start_timestamp"))
+    if not fresh(end, received):
+        return []
+    trace = (raw.get("contexts") or {}).get("trace") if isinstance(raw.get("contexts"), dict) else None
+    status = (trace or {}).get("status") if isinstance(trace, dict) else None
+    return [HealthUpdate("transaction", text(raw.get("release"), MAX_TAG),
+                         text(raw.get("environment"), MAX_TAG) or "production", minute_of(start or end or received),
+                         {"name": text(raw.get("transaction"), MAX_TAG) or "<unlabeled transaction>",
+                          "error": status not in (None, "ok", "unknown"),
+                          "duration": max((end or 0) - (start or end or 0), 0.0) * 1000})]
+
+
+HEALTH_PARSERS: dict[str, Callable[[dict[str, Any], float], list[HealthUpdate]]] = {
+    "session": parse_session, "sessions": parse_aggregates, "transaction": parse_transaction}
+
+
+def store_health(conn: sqlite3.Connection, project_id: int, updates: list[HealthUpdate]) -> None:
+    """Writer job: fold an envelope's sessions and transactions into their minute buckets."""
+    for u in updates:
+        if u.kind == "transaction":
+            conn.execute("""INSERT INTO transaction_buckets (project_id, name, release, environment, minute, count,
+                                errors, duration_ms) VALUES (?, ?, ?, ?, ?, 1, ?, ?)
+                            ON CONFLICT DO UPDATE SET count = count + 1, errors = errors + excluded.errors,
+                                duration_ms = duration_ms + excluded.duration_ms""",
+                         (project_id, u.data["name"], u.release, u.environment, u.minute, int(u.data["error"]),
+                          u.data["duration"]))
+            continue
+        counts = session_counts(conn, project_id, u)
+        if any(counts):
+            conn.execute("""INSERT INTO session_buckets (project_id, release, environment, minute, total, errored,
+                                crashed, abnormal) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                            ON CONFLICT DO UPDATE SET total = total + excluded.total, errored = errored + excluded.errored,
+                                crashed = crashed + excluded.crashed, abnormal = abnormal + excluded.abnormal""",
+                         (project_id, u.release, u.environment, u.minute, *counts))
+        if u.data.get("did"):
+            conn.execute("""INSERT INTO session_users (project_id, release, environment, day, did, crashed)
+                            VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET crashed = max(crashed, excluded.crashed)""",
+                         (project_id, u.release, u.environment, u.minute // 86400 * 86400, u.data["did"],
+                          int(counts[2] > 0 or bool(u.data.get("crashed")))))
+
+
+def session_counts(conn: sqlite3.Connection, project_id: int, u: HealthUpdate) -> tuple[int, int, int, int]:
+    """(total, errored, crashed, abnormal) this update adds: an aggregate's own counts, or what a
+    session's update newly shows (each session counts once, whatever order its updates come in)."""
+    d = u.data
+    if u.kind == "aggregate":
+        errored = d.get("errored", 0) + d.get("crashed", 0) + d.get("abnormal", 0)
+        return d.get("exited", 0) + errored, errored, d.get("crashed", 0), d.get("abnormal", 0)
+    seen = conn.execute("SELECT * FROM session_state WHERE project_id = ? AND sid = ?", (project_id, d["sid"])).fetchone()
+    before = (1, seen["errored"], seen["crashed"], seen["abnormal"]) if seen else (0, 0, 0, 0)
+    after = (1, int(before[1] or d["errored"]), int(before[2] or d["crashed"]), int(before[3] or d["abnormal"]))
+    conn.execute("""INSERT INTO session_state (project_id, sid, minute, errored, crashed, abnormal) VALUES (?, ?, ?, ?, ?, ?)
+                    ON CONFLICT DO UPDATE SET errored = excluded.errored, crashed = excluded.crashed,
+                        abnormal = excluded.abnormal""", (project_id, d["sid"], u.minute, *after[1:]))
+    return tuple(a - b for a, b in zip(after, before))  # type: ignore[return-value]
+
+
+def prune_session_state(conn: sqlite3.Connection, now: float) -> int:
+    """Sessions older than SDKs may still update are forgotten (their counts stay in the buckets)."""
+    return conn.execute("DELETE FROM session_state WHERE minute < ?", (now - MAX_SESSION_AGE,)).rowcount
+
+
+# -- reading health: totals and rates over a period ----------------------------------------------
+
+HEALTH_SQL = """SELECT coalesce(sum(total), 0) AS total, coalesce(sum(errored), 0) AS errored,
+    coalesce(sum(crashed), 0) AS crashed, coalesce(sum(abnormal), 0) AS abnormal FROM session_buckets"""
+
+
+def rate(part: float, whole: float) -> float | None:
+    return part / whole if whole else None
+
+
+def health_where(time_column: str, filters: dict[str, Any], since: float, until: float) -> tuple[str, list[Any]]:
+    """A WHERE over session_buckets (minute) or session_users (day, so the first day counts whole)."""
+    floor = 86400 if time_column == "day" else 60
+    where, args = [f"{time_column} >= ?", f"{time_column} < ?"], [since // floor * floor, until]
+    for column, value in filters.items():
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    return " AND ".join(where), args
+
+
+async def health_totals(store: Store, filters: dict[str, Any], since: float = 0,
+                        until: float = float("inf")) -> dict[str, Any]:
+    """Sessions and users matching `filters` (project_id, release, environment) in a period,
+    with Sentry's rates."""
+    where, args = health_where("minute", filters, since, until)
+    row = await store.one(f"{HEALTH_SQL} WHERE {where}", args)
+    where, args = health_where("day", filters, since, until)
+    users = await store.one(f"SELECT count(DISTINCT did) AS users, count(DISTINCT CASE WHEN crashed THEN did END) "
+                            f"AS crashed_users FROM session_users WHERE {where}", args)
+    total, crashed = row["total"], row["crashed"]
+    return {"sessions": total, "errored": row["errored"], "crashed": crashed, "abnormal": row["abnormal"],
+            "users": users["users"], "crashed_users": users["crashed_users"],
+            "crash_free_sessions": 1 - rate(crashed, total) if total else None,
+            "errored_rate": rate(row["errored"], total),
+            "crash_free_users": 1 - rate(users["crashed_users"], users["users"]) if users["users"] else None}
+
+
+async def release_health(store: Store, version: str, since: float = 0) -> list[dict[str, Any]]:
+    """A release's health per environment (all of its time unless `since`), busiest first."""
+    envs = await store.all("SELECT environment, sum(total) AS n FROM session_buckets WHERE release = ? AND minute >= ? "
+                           "GROUP BY environment ORDER BY n DESC", (version, since))
+    return [{"environment": e["environment"], **await health_totals(
+        store, {"release": version, "environment": e["environment"]}, since)} for e in envs]
+
+
+# -- SLOs: an objective on a project's error rate over a sliding window -----------------------------
+#
+# "errors < 0.1% over 10 minutes": the share of errored sessions (or crashed sessions, or error
+# events per transaction) over the window must stay under the objective. The window ends `lag`
+# seconds ago, because SDKs flush session aggregates only every 60 s; below `min_total` sessions
+# the SLO has no data rather than a verdict. Each minute's judgement is kept as history; a breach
+# and its recovery go out through the alert channels like an issue's alerts.
+
+SLO_METRICS = {"errored_sessions": "errored sessions", "crashed_sessions": "crashed sessions",
+               "error_events": "error events per transaction"}
+
+
+def checked_slo(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise AlertConfigError("the SLO must be a JSON object")
+    slo = {"name": text(body.get("name") or "Error budget", 200).strip() or "Error budget",
+           "metric": body.get("metric", "errored_sessions"), "environment": body.get("environment") or None}
+    if slo["metric"] not in SLO_METRICS:
+        raise AlertConfigError(f"metric must be one of {', '.join(SLO_METRICS)}")
+    try:
+        slo["objective"] = float(body.get("objective", 0.001))
+        slo["window"] = int(body.get("window", 10))
+        slo["min_total"] = int(body.get("min_total", 100))
+    except (TypeError, ValueError):
+        raise AlertConfigError("objective (a fraction like 0.001), window (minutes), min_total: numbers") from None
+    if not 0 < slo["objective"] < 1 or not 1 <= slo["window"] <= 1440 or slo["min_total"] < 1:
+        raise AlertConfigError("objective must be between 0 and 1, window 1–1440 minutes, min_total at least 1")
+    return slo
+
+
+def save_slo(conn: sqlite3.Connection, project_id: int, slo: dict[str, Any]) -> None:
+    """A project has one objective: set (or replace) it."""
+    conn.execute("""INSERT INTO slos (project_id, config, state, value, total, since, updated) VALUES (?, ?, 'no_data',
+                        NULL, 0, ?, ?) ON CONFLICT (project_id) DO UPDATE SET config = excluded.config""",
+                 (project_id, json.dumps(slo), time.time(), time.time()))
+
+
+def ensure_config_slos(conn: sqlite3.Connection, projects: list[dict[str, Any]]) -> None:
+    """`slo = {…}` in a `[[projects]]` table sets that project's objective."""
+    for spec in projects:
+        if "slo" in spec:
+            try:
+                slo = checked_slo(spec["slo"])
+            except AlertConfigError as exc:
+                raise SystemExit(f"[[projects]] {spec.get('slug') or spec.get('name')}: slo: {exc}") from None
+            row = conn.execute("SELECT id FROM projects WHERE slug = ?",
+                               (str(spec.get("slug") or slugify(str(spec.get("name") or "project"))),)).fetchone()
+            save_slo(conn, row["id"], slo)
+
+
+def slo_measure(conn: sqlite3.Connection, project_id: int, slo: dict[str, Any], end: float) -> tuple[float | None, int]:
+    """(bad share, denominator) over the window ending at `end`."""
+    start, env = minute_of(end - 60 * slo["window"]), slo.get("environment")
+    where = "project_id = ? AND minute >= ? AND minute < ?" + (" AND environment = ?" if env else "")
+    args = [project_id, start, end, *([env] if env else [])]
+    if slo["metric"] == "error_events":
+        total = conn.execute(f"SELECT coalesce(sum(count), 0) FROM transaction_buckets WHERE {where}", args).fetchone()[0]
+        bad = conn.execute(f"SELECT count(*) FROM events WHERE project_id = ? AND timestamp >= ? AND timestamp < ? "
+                           f"AND level IN ('error', 'fatal')" + (" AND environment = ?" if env else ""), args).fetchone()[0]
+    else:
+        row = conn.execute(f"{HEALTH_SQL} WHERE {where}", args).fetchone()
+        total, bad = row["total"], row["errored" if slo["metric"] == "errored_sessions" else "crashed"]
+    return rate(bad, total), total
+
+
+def judge_slos(conn: sqlite3.Connection, now: float, lag: float) -> None:
+    """Writer job, once a minute: each objective's value, state and history; a change of state
+    between ok and breached is announced on every channel (Jira aside)."""
+    for row in conn.execute("SELECT s.*, p.slug, p.name AS project_name FROM slos s JOIN projects p "
+                            "ON p.id = s.project_id").fetchall():
+        slo = json.loads(row["config"])
+        value, total = slo_measure(conn, row["project_id"], slo, now - lag)
+        state = "no_data" if value is None or total < slo["min_total"] else \
+            "breached" if value >= slo["objective"] else "ok"
+        conn.execute("""INSERT INTO slo_history (project_id, minute, value, total, state) VALUES (?, ?, ?, ?, ?)
+                        ON CONFLICT DO UPDATE SET value = excluded.value, total = excluded.total,
+                            state = CASE WHEN state = 'breached' THEN state ELSE excluded.state END""",
+                     (row["project_id"], minute_of(now), value, total, state))  # a breached minute stays so
+        conn.execute("UPDATE slos SET value = ?, total = ?, updated = ?, state = ?, "
+                     "since = CASE WHEN state = ? THEN since ELSE ? END WHERE project_id = ?",
+                     (value, total, now, state, state, now, row["project_id"]))
+        if state != row["state"] and "breached" in (state, row["state"]) and state != "no_data":
+            snapshot = {"slo": {"project": row["slug"], "project_name": row["project_name"], **slo, "value": value,
+                                "total": total, "state": state}}
+            for channel in conn.execute("SELECT * FROM channels WHERE kind != 'jira'").fetchall():
+                enqueue(conn, channel, None, None, "slo_breach" if state == "breached" else "slo_recovered", snapshot)
+    conn.execute("DELETE FROM slo_history WHERE minute < ?", (now - 30 * 86400,))
+    prune_session_state(conn, now)
+
+
+def slo_words(slo: dict[str, Any]) -> str:
+    """`errored sessions < 0.1% over 10 minutes`"""
+    return f"{SLO_METRICS[slo['metric']]} < {slo['objective'] * 100:g}% over {slo['window']} minutes" + \
+        (f" in {slo['environment']}" if slo.get("environment") else "")
+
+
+class SloJudge:
+    """The minute clock: judges every objective (in the writer) once per interval."""
+
+    def __init__(self, app: Starlette) -> None:
+        settings: Settings = app.state.settings
+        self.app = app
+        self.interval = float(settings.slo.get("interval", 60))
+        self.lag = float(settings.slo.get("lag", 120))
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self.run())
+
+    async def close(self) -> None:
+        if self.task:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.app.state.writer.submit(lambda conn: judge_slos(conn, time.time(), self.lag))
+                self.app.state.dispatcher.wake.set()
+            except Exception:  # a failed judgement must not stop the clock
+                log.exception("judging SLOs failed")
+            await asyncio.sleep(self.interval)
 
 
 # =============================================================================
@@ -4468,6 +4832,244 @@ async def api_delete_rule(request: Request) -> Response:
     return Response(status_code=204)
 
 
+# -- release health, SLOs and metrics (Sentry's sessions and events-stats shapes) ---------------
+
+SESSION_FIELDS = ("sum(session)", "count_unique(user)", "crash_free_rate(session)", "crash_free_rate(user)",
+                  "crash_rate(session)", "crash_rate(user)", "count_errored(session)", "count_crashed(session)")
+SESSION_GROUPS = ("project", "release", "environment", "session.status")
+PERIOD_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_period(value: str, name: str) -> int:
+    """`24h`, `14d`, `30m` → seconds."""
+    match = re.fullmatch(r"(\d{1,6})([smhdw])", value.strip())
+    if not match or int(match[1]) == 0:
+        raise ApiError(400, f"{name}: a duration like 30m, 24h or 14d")
+    return int(match[1]) * PERIOD_UNITS[match[2]]
+
+
+def stats_window(request: Request, default_interval: str = "1h") -> tuple[float, float, int]:
+    """(start, end, interval) from statsPeriod (or start/end) and interval, aligned to the interval."""
+    params = request.query_params
+    interval = max(parse_period(params.get("interval", default_interval), "interval"), 60)
+    if params.get("start") and params.get("end"):
+        start, end = parse_timestamp(params["start"]), parse_timestamp(params["end"])
+        if start is None or end is None or end <= start:
+            raise ApiError(400, "start and end: ISO dates, start before end")
+    else:
+        end = time.time()
+        start = end - parse_period(params.get("statsPeriod", "24h"), "statsPeriod")
+    start, end = start // interval * interval, (end // interval + 1) * interval
+    if (end - start) / interval > 5000:
+        raise ApiError(400, "too many intervals: use a larger interval or a shorter period")
+    return start, end, interval
+
+
+def stats_filters(request: Request, keys: tuple[str, ...]) -> dict[str, list[str]]:
+    """`project`, `environment` params and `key:value` terms of `query` (release:…, environment:…)."""
+    params = request.query_params
+    filters = {"project_id": [p for p in params.getlist("project") if p not in ("", "-1")],
+               "environment": params.getlist("environment")}
+    for term in shlex_split(params.get("query", "")):
+        key, _, value = term.partition(":")
+        if key in ("event.type", "!event.type") and value in ("error", "default"):
+            continue
+        if key not in keys or not value:
+            raise ApiError(400, f"Invalid search query: {term!r} (supported: {', '.join(k + ':' for k in keys)})")
+        filters.setdefault(key, []).extend(v.strip() for v in value.strip("[]").split(","))
+    return {k: v for k, v in filters.items() if v}
+
+
+def shlex_split(query: str) -> list[str]:
+    return re.findall(r'(?:[^\s"]+|"[^"]*")+', query.replace('"', ""))
+
+
+def filter_sql(filters: dict[str, list[str]]) -> tuple[str, list[Any]]:
+    where, args = [], []
+    for column, values in filters.items():
+        where.append(f"{column} IN ({','.join('?' * len(values))})")
+        args.extend(values)
+    return (" AND ".join(where) or "1"), args
+
+
+def session_field(field: str, s: dict[str, float]) -> float | int | None:
+    """One of Sentry's session fields from summed counts (and user sets)."""
+    total, users = s["total"], len(s["users"])
+    return {"sum(session)": int(total), "count_unique(user)": users, "count_errored(session)": int(s["errored"]),
+            "count_crashed(session)": int(s["crashed"]),
+            "crash_free_rate(session)": 1 - s["crashed"] / total if total else None,
+            "crash_rate(session)": s["crashed"] / total if total else None,
+            "crash_free_rate(user)": 1 - len(s["crashed_users"]) / users if users else None,
+            "crash_rate(user)": len(s["crashed_users"]) / users if users else None}[field]
+
+
+def empty_sums() -> dict[str, Any]:
+    return {"total": 0, "errored": 0, "crashed": 0, "abnormal": 0, "users": set(), "crashed_users": set()}
+
+
+STATUS_PARTS = {"healthy": lambda r: r["total"] - r["errored"], "errored": lambda r: r["errored"] - r["crashed"] - r["abnormal"],
+                "crashed": lambda r: r["crashed"], "abnormal": lambda r: r["abnormal"]}
+
+
+async def api_sessions(request: Request) -> dict[str, Any]:
+    """GET /api/0/organizations/<org>/sessions/: Sentry's release-health query (fields, groupBy,
+    statsPeriod or start/end, interval, project, environment, query release:/environment:)."""
+    check_org(request)
+    fields = request.query_params.getlist("field")
+    groups = request.query_params.getlist("groupBy")
+    if not fields or any(f not in SESSION_FIELDS for f in fields):
+        raise ApiError(400, f"field: one or more of {', '.join(SESSION_FIELDS)}")
+    if any(g not in SESSION_GROUPS for g in groups):
+        raise ApiError(400, f"groupBy: any of {', '.join(SESSION_GROUPS)}")
+    if "session.status" in groups and any(f not in ("sum(session)", "count_unique(user)") for f in fields):
+        raise ApiError(400, "groupBy session.status works with sum(session) and count_unique(user) only")
+    start, end, interval = stats_window(request)
+    where, args = filter_sql(stats_filters(request, ("release", "environment")))
+    store: Store = request.app.state.store
+    rows = await store.all(f"SELECT * FROM session_buckets WHERE minute >= ? AND minute < ? AND {where}",
+                           [start, end, *args])
+    users = await store.all(f"SELECT * FROM session_users WHERE day >= ? AND day < ? AND {where}",
+                            [start // 86400 * 86400, end, *args]) if any("user" in f for f in fields) else []
+    slots = int((end - start) // interval)
+    by: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def bucket(row: sqlite3.Row, at: float, status: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The group's totals and the interval's sums a row adds to (a user's day to its first interval)."""
+        key = tuple(status if g == "session.status" else row["project_id" if g == "project" else g] for g in groups)
+        group = by.setdefault(key, {"totals": empty_sums(), "series": [empty_sums() for _ in range(slots)]})
+        return group["totals"], group["series"][min(max(int((at - start) // interval), 0), slots - 1)]
+
+    for row in rows:
+        for status, part in (STATUS_PARTS.items() if "session.status" in groups else [(None, None)]):
+            for sums in bucket(row, row["minute"], status):
+                if part is None:
+                    for key in ("total", "errored", "crashed", "abnormal"):
+                        sums[key] += row[key]
+                else:
+                    sums["total"] += part(row)
+    for row in users:
+        for status in (["crashed" if row["crashed"] else "healthy"] if "session.status" in groups else [None]):
+            for sums in bucket(row, row["day"], status):
+                sums["users"].add(row["did"])
+                if row["crashed"]:
+                    sums["crashed_users"].add(row["did"])
+    return {"start": iso(start), "end": iso(end), "query": request.query_params.get("query", ""),
+            "intervals": [iso(start + i * interval) for i in range(slots)],
+            "groups": [{"by": dict(zip(groups, key)),
+                        "totals": {f: session_field(f, g["totals"]) for f in fields},
+                        "series": {f: [session_field(f, s) for s in g["series"]] for f in fields}}
+                       for key, g in sorted(by.items(), key=lambda kv: [str(k) for k in kv[0]])]}
+
+
+async def api_events_stats(request: Request) -> dict[str, Any]:
+    """GET /api/0/organizations/<org>/events-stats/?field=count(): error events per interval."""
+    check_org(request)
+    if request.query_params.getlist("yAxis") not in ([], ["count()"]) or \
+            request.query_params.getlist("field") not in ([], ["count()"]):
+        raise ApiError(400, "only count() is supported")
+    start, end, interval = stats_window(request)
+    where, args = filter_sql(stats_filters(request, ("release", "environment", "level")))
+    rows = await request.app.state.store.all(
+        f"SELECT CAST((timestamp - ?) / ? AS INTEGER) AS slot, count(*) AS n FROM events "
+        f"WHERE timestamp >= ? AND timestamp < ? AND {where} GROUP BY slot", [start, interval, start, end, *args])
+    counts = {r["slot"]: r["n"] for r in rows}
+    slots = int((end - start) // interval)
+    return {"data": [[int(start + i * interval), [{"count": counts.get(i, 0)}]] for i in range(slots)],
+            "start": int(start), "end": int(end), "isMetricsData": False}
+
+
+async def slo_of(store: Store, project_id: int) -> dict[str, Any] | None:
+    """A project's objective with its current state and the last 24 hours of judgements."""
+    row = await store.one("SELECT * FROM slos WHERE project_id = ?", (project_id,))
+    if row is None:
+        return None
+    slo = json.loads(row["config"])
+    history = await store.all("SELECT * FROM slo_history WHERE project_id = ? AND minute >= ? ORDER BY minute",
+                              (project_id, time.time() - 86400))
+    value = row["value"]
+    return {"name": slo["name"], "metric": slo["metric"], "objective": slo["objective"], "window": slo["window"],
+            "minTotal": slo["min_total"], "environment": slo.get("environment"), "description": slo_words(slo),
+            "state": row["state"], "value": value, "total": row["total"],
+            "burnRate": value / slo["objective"] if value is not None else None,
+            "since": iso(row["since"]), "updated": iso(row["updated"]),
+            "history": [{"minute": iso(h["minute"]), "value": h["value"], "total": h["total"], "state": h["state"]}
+                        for h in history]}
+
+
+async def api_slo(request: Request) -> dict[str, Any]:
+    project = await project_from_path(request)
+    slo = await slo_of(request.app.state.store, project["id"])
+    if slo is None:
+        raise ApiError(404, "This project has no SLO: PUT one here")
+    return slo
+
+
+async def api_update_slo(request: Request) -> dict[str, Any]:
+    """PUT {"name", "metric", "objective", "window", "minTotal", "environment"}: set the project's SLO."""
+    project = await project_from_path(request)
+    body = await request_object(request)
+    try:
+        slo = checked_slo({**body, "min_total": body.get("minTotal", body.get("min_total", 100))})
+    except AlertConfigError as exc:
+        raise ApiError(400, str(exc)) from None
+    await request.app.state.writer.submit(lambda conn: save_slo(conn, project["id"], slo))
+    return await api_slo(request)
+
+
+async def api_delete_slo(request: Request) -> Response:
+    project = await project_from_path(request)
+    await request.app.state.writer.submit(lambda conn: conn.execute("DELETE FROM slos WHERE project_id = ?",
+                                                                    (project["id"],)).rowcount)
+    return Response(status_code=204)
+
+
+def metric_line(name: str, labels: dict[str, Any], value: float) -> str:
+    def escape(v: Any) -> str:
+        return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    inner = ",".join(f'{k}="{escape(v)}"' for k, v in labels.items())
+    return f"{name}{{{inner}}} {value:g}"
+
+
+METRICS_HELP = {
+    "tracker_events_total": ("counter", "Events stored."),
+    "tracker_issues": ("gauge", "Issues by status."),
+    "tracker_sessions_total": ("counter", "Sessions by outcome (healthy, errored, crashed, abnormal)."),
+    "tracker_slo_value": ("gauge", "The share of bad sessions or events in the SLO's window."),
+    "tracker_slo_objective": ("gauge", "The SLO's objective: the value must stay below it."),
+    "tracker_slo_breached": ("gauge", "1 while the SLO is breached."),
+}
+
+
+async def page_metrics(request: Request) -> Response:
+    """Prometheus text format, for scrapers and Alertmanager setups."""
+    store: Store = request.app.state.store
+    lines: dict[str, list[str]] = {name: [] for name in METRICS_HELP}
+    for r in await store.all("SELECT p.slug, i.status, count(*) AS n, sum(i.times_seen) AS events FROM issues i "
+                             "JOIN projects p ON p.id = i.project_id GROUP BY p.slug, i.status"):
+        lines["tracker_issues"].append(metric_line("tracker_issues", {"project": r["slug"], "status": r["status"]}, r["n"]))
+    for r in await store.all("SELECT p.slug, coalesce(sum(i.times_seen), 0) AS n FROM projects p "
+                             "LEFT JOIN issues i ON i.project_id = p.id GROUP BY p.slug"):
+        lines["tracker_events_total"].append(metric_line("tracker_events_total", {"project": r["slug"]}, r["n"]))
+    for r in await store.all("SELECT p.slug, s.release, s.environment, sum(total) AS total, sum(errored) AS errored, "
+                             "sum(crashed) AS crashed, sum(abnormal) AS abnormal FROM session_buckets s "
+                             "JOIN projects p ON p.id = s.project_id GROUP BY p.slug, s.release, s.environment"):
+        for outcome, part in STATUS_PARTS.items():
+            lines["tracker_sessions_total"].append(metric_line("tracker_sessions_total", {
+                "project": r["slug"], "release": r["release"], "environment": r["environment"], "outcome": outcome},
+                part(r)))
+    for r in await store.all("SELECT s.*, p.slug FROM slos s JOIN projects p ON p.id = s.project_id"):
+        labels = {"project": r["slug"], "slo": json.loads(r["config"])["name"]}
+        if r["value"] is not None:
+            lines["tracker_slo_value"].append(metric_line("tracker_slo_value", labels, r["value"]))
+        lines["tracker_slo_objective"].append(metric_line("tracker_slo_objective", labels,
+                                                          json.loads(r["config"])["objective"]))
+        lines["tracker_slo_breached"].append(metric_line("tracker_slo_breached", labels, int(r["state"] == "breached")))
+    out = []
+    for name, (kind, help_text) in METRICS_HELP.items():
+        out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *lines[name]]
+    return PlainTextResponse("\n".join(out) + "\n", media_type="text/plain; version=0.0.4")
+
+
 async def api_not_found(request: Request) -> Response:
     return JSONResponse({"detail": "not found"}, status_code=404)
 
@@ -4562,6 +5164,11 @@ pre.block { background:#f2f4f7; padding: 10px; border-radius: 6px; overflow-x: a
 .empty { padding: 40px; text-align: center; color: var(--muted); }
 code.dsn { background:#f2f4f7; padding: 3px 6px; border-radius: 4px; font-size: 12.5px; word-break: break-all; }
 .badge.regressed { background: #b42318; }
+.slo-state { font-size:13px; padding:2px 8px; border-radius:10px; vertical-align:3px; color:#fff; }
+.slo-history { display:flex; gap:0; height:28px; align-items:stretch; margin:12px 0 4px; }
+.slo-history span { flex:1; min-width:1px; }
+.state-ok { background:#12b76a; color:#12b76a; } .state-breached { background:#d92d20; color:#d92d20; }
+.state-no_data { background:#d0d5dd; color:#d0d5dd; } .slo-state.state-ok, .slo-state.state-breached, .slo-state.state-no_data { color:#fff; }
 .delivery-status { font-weight:600; } .status-delivered { color:#067647; } .status-dead { color:#b42318; }
 .status-pending, .status-in_flight { color:#b54708; } .status-cancelled { color: var(--muted); }
 fieldset { border:1px solid var(--line); border-radius:6px; padding:6px 10px; display:flex; flex-wrap:wrap; gap:10px; align-items:center; }
@@ -4759,7 +5366,7 @@ TEMPLATES = {
 <h1>Projects</h1><p class="muted">Point an official Sentry SDK at a DSN below: <code class="dsn">sentry_sdk.init(dsn="…", release="app@1.0.0", environment="prod")</code></p>
 {% for p in projects %}<div class="card"><h2 style="margin-top:0"><a href="/issues/?project={{ p.slug }}">{{ p.name }}</a> <span class="muted mono">{{ p.slug }} · id {{ p.id }}</span></h2>
   {% for d in p.dsns %}<div style="margin:4px 0">DSN <code class="dsn">{{ d }}</code></div>{% endfor %}
-  <div class="muted" style="font-size:12.5px">{{ p.issue_count }} issues · {{ p.event_count }} events · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a> · <a href="/projects/{{ p.slug }}/code-mappings/">code mappings</a> · <a href="/projects/{{ p.slug }}/alerts/">alert rules</a></div></div>
+  <div class="muted" style="font-size:12.5px">{{ p.issue_count }} issues · {{ p.event_count }} events · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a> · <a href="/projects/{{ p.slug }}/code-mappings/">code mappings</a> · <a href="/projects/{{ p.slug }}/alerts/">alert rules</a> · <a href="/projects/{{ p.slug }}/slo/">SLO</a></div></div>
 {% else %}<div class="card empty">No projects yet: <code>tracker project create NAME</code> prints a DSN.</div>{% endfor %}
 {% endblock %}""",
 
@@ -4826,7 +5433,11 @@ message:"*timed out*" -> timeouts, {{ transaction }}{% endraw %}</pre>
     <div class="muted" style="font-size:12px">{{ c.author_name or c.author_email or 'unknown author' }}{% if c.repository %} · {{ c.repository }}{% endif %}{% if c.timestamp %} · {{ c.timestamp|ago }}{% endif %}</div>
     {% if c.files %}<div class="chips">{% for f in c.files %}<span><b>{{ f.type }}</b> {{ f.path }}</span>{% endfor %}</div>{% endif %}</div>
   {% else %}<div class="muted">No commits: <code>sentry-cli releases set-commits {{ r.release.version }} --auto</code> in CI records them.</div>{% endfor %}</div>
-</div><div class="sidebar"><div class="card"><h3 style="margin-top:0">Deploys</h3>{% for d in r.deploys %}<div style="margin:6px 0"><b>{{ d.environment }}</b> <span class="muted" title="{{ d.date_finished|datetime }}">{{ d.date_finished|ago }}</span>{% if d.name %} · {{ d.name }}{% endif %}</div>{% else %}<div class="muted">Not deployed yet.</div>{% endfor %}</div></div></div>
+</div><div class="sidebar">{% if r.health %}<div class="card health"><h3 style="margin-top:0">Release health</h3>{% for h in r.health %}
+  <div style="margin:6px 0"><b>{{ h.environment }}</b> <span class="muted">· {{ h.sessions }} sessions{% if h.users %} · {{ h.users }} users{% endif %}</span>
+  <table class="kv"><tr><td>crash-free sessions</td><td>{{ h.crash_free_sessions|pct }}</td></tr><tr><td>errored sessions</td><td>{{ h.errored_rate|pct }}</td></tr>
+  {% if h.users %}<tr><td>crash-free users</td><td>{{ h.crash_free_users|pct }}</td></tr>{% endif %}</table></div>{% endfor %}</div>{% endif %}
+<div class="card"><h3 style="margin-top:0">Deploys</h3>{% for d in r.deploys %}<div style="margin:6px 0"><b>{{ d.environment }}</b> <span class="muted" title="{{ d.date_finished|datetime }}">{{ d.date_finished|ago }}</span>{% if d.name %} · {{ d.name }}{% endif %}</div>{% else %}<div class="muted">Not deployed yet.</div>{% endfor %}</div></div></div>
 {% endblock %}""",
 
     "code_mappings.html": """{% extends "base.html" %}{% block title %}Code mappings · {{ project.name }}{% endblock %}{% block main %}
@@ -4891,6 +5502,27 @@ A notification is queued with the event that caused it and delivered with retrie
 </tbody></table>{% else %}<div class="empty">Nothing sent yet.</div>{% endif %}</div>
 {% endblock %}""",
 
+    "slo.html": """{% extends "base.html" %}{% block title %}SLO · {{ project.name }}{% endblock %}{% block main %}
+<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a> · <a href="/projects/{{ project.slug }}/alerts/">alert rules</a></div>
+<h1>Service level objective</h1>
+{% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
+{% if slo %}<div class="card"><h2 style="margin-top:0">{{ slo.name }} <span class="slo-state state-{{ slo.state }}">{{ slo.state|replace('_', ' ') }}</span></h2>
+  <div class="muted">{{ slo.description }}{% if slo.minTotal > 1 %}, judged once the window holds {{ slo.minTotal }} or more{% endif %}</div>
+  <div class="facts"><div><b>{{ slo.value|pct }}</b><span>now (objective &lt; {{ (slo.objective * 100)|round(4) }}%)</span></div>
+    <div><b>{{ '%.3g'|format(slo.burnRate) if slo.burnRate is not none else '—' }}×</b><span>burn rate</span></div>
+    <div><b>{{ slo.total }}</b><span>in the window</span></div><div><b title="{{ slo.since }}">{{ slo.since|ago }}</b><span>in this state since</span></div></div>
+  {% if history %}<div class="slo-history" role="img" aria-label="the last 24 hours, a bar a minute">{% for h in history %}<span class="state-{{ h.state }}" title="{{ h.minute|datetime }}: {{ h.value|pct }} of {{ h.total }}"></span>{% endfor %}</div>
+  <div class="muted" style="font-size:12px">the last 24 hours, a bar a minute: <span class="state-ok">■</span> ok <span class="state-breached">■</span> breached <span class="state-no_data">■</span> no data</div>{% endif %}</div>
+{% else %}<div class="card empty">No objective yet: set one below. A breach and its recovery go to every alert channel.</div>{% endif %}
+<form method="post" class="card filters"><label>Name<input name="name" value="{{ form.name or (slo.name if slo else 'Error budget') }}" size="16"></label>
+  <label>Bad share of<select name="metric">{% for key, words in metrics.items() %}<option value="{{ key }}" {{ 'selected' if (form.metric or (slo.metric if slo else '')) == key }}>{{ words }}</option>{% endfor %}</select></label>
+  <label>Objective (% below)<input name="objective" value="{{ form.objective or ((slo.objective * 100)|round(4) if slo else '0.1') }}" size="6"></label>
+  <label>Window (minutes)<input name="window" value="{{ form.window or (slo.window if slo else 10) }}" size="5"></label>
+  <label>At least<input name="minTotal" value="{{ form.minTotal or (slo.minTotal if slo else 100) }}" size="6"></label>
+  <label>Environment<input name="environment" value="{{ form.environment or (slo.environment or '' if slo else '') }}" size="8" placeholder="all"></label>
+  <button type="submit">Save objective</button></form>
+{% endblock %}""",
+
     "project_alerts.html": """{% extends "base.html" %}{% block title %}Alert rules · {{ project.name }}{% endblock %}{% block main %}
 <div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a> · <a href="/alerts/">channels and deliveries</a></div>
 <h1>Alert rules</h1>
@@ -4915,7 +5547,14 @@ A notification is queued with the event that caused it and delivered with retrie
 }
 
 
-def ago(ts: float | None) -> str:
+def percent(value: float | None) -> str:
+    """A rate as people read it: 90%, 99.95%; — when there is nothing to divide."""
+    return "—" if value is None else f"{value * 100:.4g}%"
+
+
+def ago(ts: Any) -> str:
+    """How long ago a time (epoch seconds or ISO text) was, in the largest whole unit."""
+    ts = parse_timestamp(ts)
     if ts is None:
         return "—"
     seconds = max(time.time() - ts, 0)
@@ -4996,7 +5635,7 @@ def activity_words(kind: str, data: dict[str, Any]) -> str:
 def make_templates() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.DictLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.ChainableUndefined)
-    env.filters.update(ago=ago, datetime=format_datetime, timeonly=time_only, pretty=pretty)
+    env.filters.update(ago=ago, datetime=format_datetime, timeonly=time_only, pretty=pretty, pct=percent)
     return env
 
 
@@ -5541,6 +6180,32 @@ def rule_from_form(form: dict[str, list[str]]) -> dict[str, Any]:
             "frequency": field.get("frequency", "30")}
 
 
+async def page_slo(request: Request) -> Response:
+    """A project's objective: its state, burn rate and last day, and a form to set it."""
+    store: Store = request.app.state.store
+    project = await store.one("SELECT * FROM projects WHERE slug = ?", (request.path_params["slug"],))
+    if project is None:
+        return render(request, "error.html", status=404, message="No such project.")
+
+    async def apply(form: dict[str, list[str]]) -> None:
+        fields = last_values(form)
+        try:
+            slo = checked_slo({**fields, "objective": float(fields.get("objective") or "nan") / 100,
+                               "min_total": fields.get("minTotal")})
+        except (AlertConfigError, ValueError) as exc:
+            raise ApiError(400, str(exc) if isinstance(exc, AlertConfigError) else "objective: a percentage") from None
+        await request.app.state.writer.submit(lambda conn: save_slo(conn, project["id"], slo))
+    response, form, error = await form_post(request, apply, f"/projects/{project['slug']}/slo/", ()) \
+        if request.method == "POST" else (None, {}, "")
+    if response:
+        return response
+    slo = await slo_of(store, project["id"])
+    history = await store.all("SELECT * FROM slo_history WHERE project_id = ? AND minute >= ? ORDER BY minute",
+                              (project["id"], time.time() - 86400))
+    return render(request, "slo.html", status=400 if error else 200, project=project, slo=slo, history=history,
+                  error=error, form=last_values(form), metrics=SLO_METRICS)
+
+
 async def page_projects(request: Request) -> Response:
     store: Store = request.app.state.store
     settings: Settings = request.app.state.settings
@@ -5593,6 +6258,9 @@ def api_routes() -> list[Route]:
         ("/api/0/organizations/{org}/deliveries/", api_deliveries),
         ("/api/0/projects/{org}/{project}/rules/", api_rules),
         ("/api/0/projects/{org}/{project}/rules/{rule_id}/", api_rule),
+        ("/api/0/organizations/{org}/sessions/", api_sessions),
+        ("/api/0/organizations/{org}/events-stats/", api_events_stats),
+        ("/api/0/projects/{org}/{project}/slo/", api_slo),
     ]
     updates = [("/api/0/projects/{org}/{project}/issues/", api_update_project_issues),
                ("/api/0/issues/{issue_id}/", api_update_issue),
@@ -5602,7 +6270,8 @@ def api_routes() -> list[Route]:
                ("/api/0/organizations/{org}/releases/{version}/", api_update_release),
                ("/api/0/projects/{org}/{project}/releases/{version}/", api_update_release),
                ("/api/0/organizations/{org}/channels/{channel_id}/", api_update_channel),
-               ("/api/0/projects/{org}/{project}/rules/{rule_id}/", api_update_rule)]
+               ("/api/0/projects/{org}/{project}/rules/{rule_id}/", api_update_rule),
+               ("/api/0/projects/{org}/{project}/slo/", api_update_slo)]
     creates = [("/api/0/organizations/{org}/code-mappings/", api_create_code_mapping),
                ("/api/0/organizations/{org}/repos/", api_create_repo),
                ("/api/0/organizations/{org}/releases/", api_create_release),
@@ -5623,7 +6292,8 @@ def api_routes() -> list[Route]:
                Route("/api/0/organizations/{org}/releases/{version}/", api(api_delete_release), methods=["DELETE"]),
                Route("/api/0/organizations/{org}/channels/{channel_id}/", api(api_delete_channel),
                      methods=["DELETE"]),
-               Route("/api/0/projects/{org}/{project}/rules/{rule_id}/", api(api_delete_rule), methods=["DELETE"])])
+               Route("/api/0/projects/{org}/{project}/rules/{rule_id}/", api(api_delete_rule), methods=["DELETE"]),
+               Route("/api/0/projects/{org}/{project}/slo/", api(api_delete_slo), methods=["DELETE"])])
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -5638,9 +6308,12 @@ def create_app(settings: Settings) -> Starlette:
         app.state.rules = RulesCache(app.state.store)
         app.state.dispatcher = Dispatcher(app)
         app.state.dispatcher.start()
+        app.state.slo_judge = SloJudge(app)
+        app.state.slo_judge.start()
         try:
             yield
         finally:
+            await app.state.slo_judge.close()
             await app.state.dispatcher.close()
             await app.state.writer.close()
             await app.state.store.conn.close()
@@ -5660,7 +6333,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/releases/", page_releases), Route("/releases/{version:path}/", page_release),
         Route("/alerts/", page_alerts, methods=["GET", "POST"]),
         Route("/projects/{slug}/alerts/", page_project_alerts, methods=["GET", "POST"]),
-        Route("/static/tracker.css", page_css),
+        Route("/projects/{slug}/slo/", page_slo, methods=["GET", "POST"]),
+        Route("/static/tracker.css", page_css), Route("/metrics", page_metrics),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.settings = settings
@@ -5675,7 +6349,8 @@ def init_db(settings: Settings) -> None:
         migrate(conn)
         apply_batch(conn, [lambda c: ensure_config_projects(c, settings.projects),
                            lambda c: ensure_config_repositories(c, settings.repositories),
-                           lambda c: ensure_config_channels(c, settings.channels)])
+                           lambda c: ensure_config_channels(c, settings.channels),
+                           lambda c: ensure_config_slos(c, settings.projects)])
     finally:
         conn.close()
 
