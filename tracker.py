@@ -5165,8 +5165,11 @@ pre.block { background:#f2f4f7; padding: 10px; border-radius: 6px; overflow-x: a
 code.dsn { background:#f2f4f7; padding: 3px 6px; border-radius: 4px; font-size: 12.5px; word-break: break-all; }
 .badge.regressed { background: #b42318; }
 .slo-state { font-size:13px; padding:2px 8px; border-radius:10px; vertical-align:3px; color:#fff; }
-.slo-history { display:flex; gap:0; height:28px; align-items:stretch; margin:12px 0 4px; }
-.slo-history span { flex:1; min-width:1px; }
+.slo-history { display:flex; height:28px; margin:12px 0 4px; overflow:hidden; border-radius:4px; }
+.slo-history span { flex:1 1 0; min-width:0; }
+.health-facts { display:flex; gap:18px; flex-wrap:wrap; margin-top:4px; }
+.health-facts div { display:flex; flex-direction:column; } .health-facts b { font-size:18px; }
+.health-facts span { font-size:12px; color: var(--muted); }
 .state-ok { background:#12b76a; color:#12b76a; } .state-breached { background:#d92d20; color:#d92d20; }
 .state-no_data { background:#d0d5dd; color:#d0d5dd; } .slo-state.state-ok, .slo-state.state-breached, .slo-state.state-no_data { color:#fff; }
 .delivery-status { font-weight:600; } .status-delivered { color:#067647; } .status-dead { color:#b42318; }
@@ -5435,8 +5438,8 @@ message:"*timed out*" -> timeouts, {{ transaction }}{% endraw %}</pre>
   {% else %}<div class="muted">No commits: <code>sentry-cli releases set-commits {{ r.release.version }} --auto</code> in CI records them.</div>{% endfor %}</div>
 </div><div class="sidebar">{% if r.health %}<div class="card health"><h3 style="margin-top:0">Release health</h3>{% for h in r.health %}
   <div style="margin:6px 0"><b>{{ h.environment }}</b> <span class="muted">· {{ h.sessions }} sessions{% if h.users %} · {{ h.users }} users{% endif %}</span>
-  <table class="kv"><tr><td>crash-free sessions</td><td>{{ h.crash_free_sessions|pct }}</td></tr><tr><td>errored sessions</td><td>{{ h.errored_rate|pct }}</td></tr>
-  {% if h.users %}<tr><td>crash-free users</td><td>{{ h.crash_free_users|pct }}</td></tr>{% endif %}</table></div>{% endfor %}</div>{% endif %}
+  <div class="health-facts"><div><b>{{ h.crash_free_sessions|pct }}</b><span>crash-free sessions</span></div><div><b>{{ h.errored_rate|pct }}</b><span>errored sessions</span></div>
+  {% if h.users %}<div><b>{{ h.crash_free_users|pct }}</b><span>crash-free users</span></div>{% endif %}</div></div>{% endfor %}</div>{% endif %}
 <div class="card"><h3 style="margin-top:0">Deploys</h3>{% for d in r.deploys %}<div style="margin:6px 0"><b>{{ d.environment }}</b> <span class="muted" title="{{ d.date_finished|datetime }}">{{ d.date_finished|ago }}</span>{% if d.name %} · {{ d.name }}{% endif %}</div>{% else %}<div class="muted">Not deployed yet.</div>{% endfor %}</div></div></div>
 {% endblock %}""",
 
@@ -6449,11 +6452,34 @@ def load_demo(settings: Settings) -> dict[str, str]:
                 crumb["timestamp"] = ts + shift
 
     dsns = {}
+    busiest = max(by_project, key=lambda s: len(by_project[s]))
     for slug, paths in sorted(by_project.items()):
         project_id, key = with_db(settings, lambda c, s=slug: create_project(c, s, s, platforms[s]))
         dsns[slug] = dsn_for(settings, key, project_id)
         send_files(settings, paths, slug, rebase)
+        with_db(settings, lambda c, p=project_id, slo=slug == busiest: demo_health(c, p, slo, now))
     return dsns
+
+
+def demo_health(conn: sqlite3.Connection, project_id: int, with_slo: bool, now: float) -> None:
+    """Three days of session aggregates per release (as SDKs send them, through the same parser),
+    and on the busiest project an error-budget SLO with a day of history and a fresh breach."""
+    releases = [r[0] for r in conn.execute("SELECT DISTINCT release FROM events WHERE project_id = ? AND release != ''",
+                                           (project_id,))] or ["demo@1.0.0"]
+    rng, updates = random.Random(project_id), []
+    for start in range(minute_of(now - 3 * 86400), minute_of(now), 600):
+        release = releases[rng.randrange(len(releases))]
+        crashed = int(rng.random() < 0.06) + (3 if now - start < 20 * 60 and with_slo else 0)  # a fresh spike
+        aggregate = {"started": start, "exited": rng.randint(40, 160), "errored": int(rng.random() < 0.04),
+                     "crashed": crashed, "did": None}
+        updates += parse_aggregates({"attrs": {"release": release, "environment": "production"},
+                                     "aggregates": [aggregate]}, now)
+    store_health(conn, project_id, updates)
+    if with_slo:
+        save_slo(conn, project_id, checked_slo({"name": "Error budget", "objective": 0.001, "window": 10,
+                                                "min_total": 10}))
+        for minute in range(minute_of(now - 86400), minute_of(now), 60):
+            judge_slos(conn, minute, 120)
 
 
 def serve(settings: Settings) -> None:

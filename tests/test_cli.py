@@ -314,6 +314,13 @@ def test_demo_loads_samples_and_serves(tmp_path: Path) -> None:
         r = httpx.post(f"{url}/api/{project_id}/store/", json={"message": "after the demo"},
                        headers={"X-Sentry-Auth": f"Sentry sentry_version=7, sentry_key={key}"}, timeout=10)
         assert r.status_code == 200, r.text
+        health = httpx.get(f"{url}/api/0/organizations/tracker/sessions/", headers=auth, timeout=10, params={
+            "field": ["sum(session)", "crash_free_rate(session)"], "groupBy": "release", "statsPeriod": "3d"}).json()
+        assert health["groups"] and all(g["totals"]["sum(session)"] > 0 and g["totals"]["crash_free_rate(session)"] > 0.9
+                                        for g in health["groups"])
+        slos = [s for s in (httpx.get(f"{url}/api/0/projects/tracker/{p}/slo/", headers=auth, timeout=10)
+                            for p in dsns) if s.status_code == 200]
+        assert len(slos) == 1 and slos[0].json()["state"] == "breached" and len(slos[0].json()["history"]) > 1000
     finally:
         proc.terminate()
         proc.wait(10)
