@@ -16,6 +16,9 @@ import pytest
 import sentry_sdk
 
 ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright drives it, no browser download
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", "--no-first-run"]
 pytest_plugins = ["receivers"]  # the strict channel receivers, as fixtures
 
 
@@ -177,3 +180,16 @@ def charge_under_sdk(project: Project, root: Path, module: str, users: tuple[str
     finally:
         sentry_sdk.get_client().close()
         sentry_sdk.init()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the whole run (tests open their own pages)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        yield chromium
+        chromium.close()

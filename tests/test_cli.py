@@ -190,7 +190,7 @@ def test_config_file_declares_org_and_project(tmp_path: Path, sdk: Callable[...,
     key = uuid.uuid4().hex
     config = tmp_path / "tracker.toml"
     config.write_text(f'[server]\norganization = "acme"\n\n[[projects]]\nname = "Billing worker"\n'
-                      f'slug = "billing"\nplatform = "python"\ndsn_key = "{key}"\n\n'
+                      f'slug = "billing"\nplatform = "python"\ndsn_key = "{key}"\nslo = {{ objective = 0.002 }}\n\n'
                       '[[repositories]]\nname = "acme/billing"\nurl = "https://gitlab.example.com/acme/billing"\n')
     db = tmp_path / "t.db"
     server = start_server(db, "--config", str(config))
@@ -200,6 +200,9 @@ def test_config_file_declares_org_and_project(tmp_path: Path, sdk: Callable[...,
         assert server.api("/api/0/organizations/tracker/projects/").status_code == 404
         projects = server.api("/api/0/organizations/acme/projects/").json()
         assert [(p["slug"], p["name"], p["platform"]) for p in projects] == [("billing", "Billing worker", "python")]
+        slo = server.api("/api/0/projects/acme/billing/slo/").json()
+        assert (slo["objective"], slo["window"], slo["description"]) == \
+            (0.002, 10, "errored sessions < 0.2% over 10 minutes")
         [repo] = server.api("/api/0/organizations/acme/repos/").json()
         assert (repo["name"], repo["url"], repo["provider"]["id"]) == \
             ("acme/billing", "https://gitlab.example.com/acme/billing", "integrations:gitlab")
@@ -242,6 +245,7 @@ def test_flags_beat_env_beat_config(tmp_path: Path) -> None:
     ('[server]\ncolour = "blue"\n', "colour"),
     ('[[projects]]\nslug = "x"\ndsn_key = "not-hex"\n', "dsn_key"),
     ('[[repositories]]\nurl = "https://github.com/a/b"\n', "needs a name"),
+    ('[[projects]]\nslug = "x"\nslo = { objective = 2 }\n', "objective must be between 0 and 1"),
 ])
 def test_bad_config_is_refused(tmp_path: Path, toml: str, message: str) -> None:
     config = tmp_path / "tracker.toml"

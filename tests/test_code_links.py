@@ -15,9 +15,6 @@ import pytest
 
 from conftest import Project, TrackerServer, charge_under_sdk
 
-CHROMIUM = Path("/usr/bin/chromium")
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--no-first-run"]
 RELEASE = "shop@1.0.0"
 # the application module whose crash is linked: `raise` is on line 42 of codelinks_app/payments.py
 PAYMENTS = "\n" * 40 + "def charge(amount):\n    raise ValueError(f'card declined for {amount}')\n"
@@ -163,22 +160,18 @@ def test_invalid_mappings_are_400(tracker: TrackerServer, project: Project, body
     assert api(tracker, "PUT", "999999/", json={}).status_code == 404
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"Debian's Chromium is not installed at {CHROMIUM}")
-def test_issue_page_screenshot(tracker: TrackerServer, crashed: tuple[Project, dict[str, Any]], tmp_path: Path) -> None:
+def test_issue_page_screenshot(tracker: TrackerServer, crashed: tuple[Project, dict[str, Any]], tmp_path: Path,
+                               browser: Any) -> None:
     """The links on the issue page, seen in a browser (the screenshot is left in tmp_path)."""
-    from playwright.sync_api import sync_playwright
-
     project, issue = crashed
     mapping = api(tracker, "POST", "", json={"projectId": project.id, "repositoryUrl": "https://github.com/acme/shop",
                                              "stackRoot": "codelinks_app/", "sourceRoot": "app/"}).json()
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"{tracker.url}/issues/{issue['id']}/")
-            assert page.locator("a.source-link").first.is_visible() and page.locator("a.code-link").first.is_visible()
-            page.screenshot(path=str(tmp_path / "issue.png"), full_page=True)
-            browser.close()
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(f"{tracker.url}/issues/{issue['id']}/")
+        assert page.locator("a.source-link").first.is_visible() and page.locator("a.code-link").first.is_visible()
+        page.screenshot(path=str(tmp_path / "issue.png"), full_page=True)
+        page.close()
     finally:
         api(tracker, "DELETE", f"{mapping['id']}/")
 

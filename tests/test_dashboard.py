@@ -24,13 +24,9 @@ import sentry_sdk
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
-from conftest import ROOT, Project, TrackerServer
+from conftest import CHROMIUM, ROOT, Project, TrackerServer
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"Debian's Chromium is not installed at {CHROMIUM}")
-
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--no-first-run"]
 PAYLOADS = ['<script>window.__xss=1</script>', '<img src=x onerror="window.__xss=1">',
             '"><svg onload=window.__xss=1>', "{{7*7}}"]
 HOSTILE = " ".join(PAYLOADS)
@@ -142,16 +138,6 @@ def data(tracker: TrackerServer) -> Data:
                   headers={"Authorization": f"Bearer {tracker.token}"}, timeout=10)
     assert r.status_code == 200, r.text
     return data
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

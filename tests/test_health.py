@@ -195,3 +195,22 @@ def test_transactions_are_counted(server: TrackerServer) -> None:
     assert r.status_code == 200
     state = wait_for(lambda: (s := api(server, "GET", f"projects/tracker/{project.slug}/slo/").json())["total"] == 3 and s)
     assert state["state"] == "ok" and state["value"] == 0
+
+
+def test_slo_and_release_health_in_a_browser(server: TrackerServer, tmp_path: Path, browser: Any) -> None:
+    """The SLO page and the release's health, as a person sees them (screenshots left in tmp_path)."""
+    project = server.create_project()
+    release = f"{project.slug}@6.0"
+    api(server, "PUT", f"projects/tracker/{project.slug}/slo/", json={"objective": 0.01, "window": 10, "minTotal": 5})
+    serve_requests(project, ["/"] * 9 + ["/crash"], release)
+    wait_for(lambda: api(server, "GET", f"projects/tracker/{project.slug}/slo/").json()["state"] == "breached")
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(f"{server.url}/projects/{project.slug}/slo/")
+    assert page.locator(".slo-state").inner_text() == "breached"
+    assert page.locator(".facts b").first.inner_text() == "10%"
+    assert page.locator(".slo-history span.state-breached").count() >= 1
+    page.screenshot(path=str(tmp_path / "slo.png"))
+    page.goto(f"{server.url}/releases/{release.replace('@', '%40')}/")
+    assert page.locator(".health-facts b").all_inner_texts()[:2] == ["90%", "10%"]  # crash-free, errored
+    page.screenshot(path=str(tmp_path / "release.png"))
+    page.close()
