@@ -3324,7 +3324,25 @@ DUE_SQL = """SELECT o.* FROM outbox o WHERE o.status = 'pending' AND o.next_atte
     ORDER BY o.id LIMIT 200"""
 
 
-class Dispatcher:
+class Background:
+    """A task the app runs beside the server: started by the lifespan, cancelled at shutdown."""
+
+    task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self.run())
+
+    async def close(self) -> None:
+        if self.task:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+
+class Dispatcher(Background):
     """Delivers the outbox: due rows of one channel in order, channels side by side. A row is
     claimed (in_flight) before its attempt; a crash leaves it claimed, and the next start
     hands it out again, so every notification is delivered at least once — receivers that
@@ -3338,17 +3356,7 @@ class Dispatcher:
         self.poll = float(settings.alerts.get("poll", 1))
         self.refresh = float(settings.alerts.get("refresh", 60))
         self.wake = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
         self.refreshed = 0.0
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self.run())
-
-    async def close(self) -> None:
-        if self.task:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
 
     async def run(self) -> None:
         writer: Writer = self.app.state.writer
@@ -3730,7 +3738,7 @@ def slo_words(slo: dict[str, Any]) -> str:
         (f" in {slo['environment']}" if slo.get("environment") else "")
 
 
-class SloJudge:
+class SloJudge(Background):
     """The minute clock: judges every objective (in the writer) once per interval."""
 
     def __init__(self, app: Starlette) -> None:
@@ -3738,16 +3746,6 @@ class SloJudge:
         self.app = app
         self.interval = float(settings.slo.get("interval", 60))
         self.lag = float(settings.slo.get("lag", 120))
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self.run())
-
-    async def close(self) -> None:
-        if self.task:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
 
     async def run(self) -> None:
         while True:
@@ -6139,6 +6137,7 @@ async def page_project_alerts(request: Request) -> Response:
     project = await store.one("SELECT * FROM projects WHERE slug = ?", (request.path_params["slug"],))
     if project is None:
         return render(request, "error.html", status=404, message="No such project.")
+
     async def apply(form: dict[str, list[str]]) -> None:
         if "delete" in form:
             await request.app.state.writer.submit(lambda conn: conn.execute(

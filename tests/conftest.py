@@ -193,3 +193,15 @@ def browser() -> Iterator[Any]:
         chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         yield chromium
         chromium.close()
+
+
+def configured_server(tmp_path_factory: pytest.TempPathFactory, name: str, config: str) -> Iterator[TrackerServer]:
+    """A tracker of a module's own, started with a TOML config (fast retries, a quick clock…)."""
+    tmp = tmp_path_factory.mktemp(name)
+    (tmp / "tracker.toml").write_text(config)
+    server = start_server(tmp / "tracker.db", "--config", str(tmp / "tracker.toml"))
+    server.token = server.cli("token", "create").strip().splitlines()[-1]
+    try:
+        yield server
+    finally:
+        stop_server(server)

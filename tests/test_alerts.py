@@ -16,7 +16,7 @@ import sentry_sdk
 
 from receivers import (Alertmanager, JiraReceiver, PagerDutyReceiver, SlackReceiver, Smtp,
                              WebhookReceiver)
-from conftest import Project, TrackerServer, start_server, stop_server, wait_for
+from conftest import Project, TrackerServer, configured_server, start_server, stop_server, wait_for
 
 FAST = "[alerts]\nretry_delays = [0, 0.3, 0.6, 1.0]\npoll = 0.1\ntimeout = 1.5\nrefresh = 1\n"
 WEBHOOK = "sentry.rules.actions.notify_event_service.NotifyEventServiceAction"
@@ -31,13 +31,7 @@ def start(db: Path, tmp: Path) -> TrackerServer:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerServer]:
     """A tracker of its own: channels are organisation-wide, and retries here are fast."""
-    tmp = tmp_path_factory.mktemp("alerts")
-    srv = start(tmp / "tracker.db", tmp)
-    srv.token = srv.cli("token", "create").strip().splitlines()[-1]
-    try:
-        yield srv
-    finally:
-        stop_server(srv)
+    yield from configured_server(tmp_path_factory, "alerts", FAST)
 
 
 def api(tracker: TrackerServer, method: str, path: str, **kwargs: Any) -> httpx.Response:

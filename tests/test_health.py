@@ -13,7 +13,7 @@ import pytest
 import sentry_sdk
 from sentry_sdk.integrations.wsgi import SentryWsgiMiddleware
 
-from conftest import Project, TrackerServer, start_server, stop_server, wait_for
+from conftest import Project, TrackerServer, configured_server, wait_for
 from receivers import WebhookReceiver
 
 CONFIG = "[slo]\ninterval = 0.3\nlag = 0\n[alerts]\npoll = 0.1\nretry_delays = [0, 0.3]\n"
@@ -22,14 +22,7 @@ CONFIG = "[slo]\ninterval = 0.3\nlag = 0\n[alerts]\npoll = 0.1\nretry_delays = [
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerServer]:
     """A tracker of its own: SLOs are judged every 0.3 s here, with no flush lag."""
-    tmp = tmp_path_factory.mktemp("health")
-    (tmp / "tracker.toml").write_text(CONFIG)
-    srv = start_server(tmp / "tracker.db", "--config", str(tmp / "tracker.toml"))
-    srv.token = srv.cli("token", "create").strip().splitlines()[-1]
-    try:
-        yield srv
-    finally:
-        stop_server(srv)
+    yield from configured_server(tmp_path_factory, "health", CONFIG)
 
 
 def api(tracker: TrackerServer, method: str, path: str, **kwargs: Any) -> httpx.Response:
