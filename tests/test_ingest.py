@@ -681,3 +681,47 @@ def test_acknowledged_events_survive_kill_9(tmp_path: Path) -> None:
         assert_ok(r, after)
     finally:
         stop_server(restarted)
+
+
+# -- payload storage: zstd, and a dictionary trained on the database's own events -------------
+
+def test_payload_dictionary_is_trained_once_and_shrinks_events(tmp_path: Path) -> None:
+    """After TRAIN_AFTER events a dictionary is trained from them; later events are stored as
+    frames naming it, far smaller, and read back whole; a zlib payload from before still reads."""
+    import tracker as t
+
+    server = start_server(tmp_path / "t.db")
+    try:
+        server.token = server.cli("token", "create").strip().splitlines()[-1]
+        project = server.create_project("dict")
+        auth = {"X-Sentry-Auth": f"Sentry sentry_version=7, sentry_key={project.key}"}
+
+        def send(count: int, start: int) -> None:
+            with httpx.Client(timeout=10) as client:
+                for n in range(start, start + count):
+                    event = {"message": f"order {n} failed", "level": "error", "tags": {"service": "billing"},
+                             "exception": {"values": [{"type": "PaymentDeclined", "value": f"order {n}", "stacktrace": {
+                                 "frames": [{"filename": f"app/{m}.py", "function": f"step_{m}", "lineno": m,
+                                             "in_app": True} for m in range(12)]}}]}}
+                    assert client.post(f"{server.url}/api/{project.id}/store/", json=event, headers=auth).status_code == 200
+        send(t.PayloadCodec.TRAIN_AFTER + 10, 0)
+
+        def dicts() -> list[tuple[int, int]]:
+            with sqlite3.connect(server.db) as conn:
+                return conn.execute("SELECT dict_id, length(data) FROM payload_dicts").fetchall()
+        [(dict_id, size)] = wait_for(dicts, timeout=30)
+        send(50, 10_000)
+        with sqlite3.connect(server.db) as conn:
+            rows = conn.execute("SELECT payload FROM events ORDER BY id").fetchall()
+        first, last = [len(r[0]) for r in rows[:50]], [len(r[0]) for r in rows[-50:]]
+        assert sum(last) * 4 < sum(first), (sum(first), sum(last))
+        assert zstandard.get_frame_parameters(rows[-1][0]).dict_id == dict_id and 0 < size <= 32768
+        [issue] = server.issues(project)
+        latest = server.latest_event(issue["id"])
+        assert "order 10049 failed" in json.dumps(latest) and len(json.dumps(latest)) > 1000  # read back whole
+    finally:
+        stop_server(server)
+    codec = t.PayloadCodec()
+    legacy = zlib.compress(json.dumps({"message": "from before"}).encode())
+    assert codec.decompress(legacy) == {"message": "from before"}
+    assert codec.decompress(codec.compress({"a": [1, "é"]})) == {"a": [1, "é"]}
