@@ -47,6 +47,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, S
 import aiosqlite
 import brotli
 import jinja2
+import markupsafe
 import uvicorn
 import zstandard
 from starlette.applications import Starlette
@@ -5247,6 +5248,19 @@ code.dsn { background:#f2f4f7; padding: 3px 6px; border-radius: 4px; font-size: 
 .health-facts span { font-size:12px; color: var(--muted); }
 .state-ok { background:#12b76a; color:#12b76a; } .state-breached { background:#d92d20; color:#d92d20; }
 .state-no_data { background:#d0d5dd; color:#d0d5dd; } .slo-state.state-ok, .slo-state.state-breached, .slo-state.state-no_data { color:#fff; }
+svg.chart { width:100%; height:120px; display:block; background: linear-gradient(#eef0f3 1px, transparent 1px) 0 0 / 100% 30px; }
+.bar-fatal { fill:#7a271a; background:#7a271a; } .bar-error { fill:#d92d20; background:#d92d20; }
+.bar-warning { fill:#f79009; background:#f79009; } .bar-info { fill:#2e90fa; background:#2e90fa; }
+.bar-debug { fill:#98a2b3; background:#98a2b3; } .bar-new { fill:#6172f3; background:#6172f3; }
+.bar-regressed { fill:#b42318; background:#b42318; }
+.axis { display:flex; justify-content:space-between; font-size:11.5px; color: var(--muted); margin-top:2px; }
+.legend { display:flex; gap:12px; font-size:12px; color: var(--muted); margin-top:6px; }
+.legend i { display:inline-block; width:10px; height:10px; border-radius:2px; margin-right:4px; vertical-align:-1px; }
+.periods { display:flex; gap:6px; margin:0 0 12px; } .periods a { padding:3px 10px; border:1px solid var(--line); border-radius:14px; background:#fff; }
+.periods a.current { background: var(--fg); color:#fff; border-color: var(--fg); }
+.share { display:flex; justify-content:space-between; gap:10px; margin:4px 0; font-size:13px; } .share span { overflow-wrap:anywhere; }
+.top-issue { margin:6px 0; } .top-issue .num { display:inline-block; min-width:3em; font-weight:600; }
+svg.spark { width:72px; height:24px; display:block; } svg.spark rect.on { fill:#6172f3; } svg.spark rect.off { fill:#e4e7ec; }
 .delivery-status { font-weight:600; } .status-delivered { color:#067647; } .status-dead { color:#b42318; }
 .status-pending, .status-in_flight { color:#b54708; } .status-cancelled { color: var(--muted); }
 fieldset { border:1px solid var(--line); border-radius:6px; padding:6px 10px; display:flex; flex-wrap:wrap; gap:10px; align-items:center; }
@@ -5291,6 +5305,7 @@ TEMPLATES = {
   <label class="search">Search<input type="search" name="q" value="{{ f.q }}" placeholder="service:payments-api user.email:… stack.function:charge"></label>
   <button type="submit">Filter</button>
 </form>
+{% if project %}<div class="muted" style="margin:-6px 0 10px;font-size:12.5px"><a href="/projects/{{ project.slug }}/overview/">{{ project.name }} overview: trends, release health, bug lifetimes</a> · <a href="/projects/{{ project.slug }}/slo/">SLO</a></div>{% endif %}
 {% if error %}<div class="card search-error">Search: {{ error }}</div>{% endif %}
 {% if issues %}<form id="bulk" class="bulk" method="post" action="/issues/bulk/"><input type="hidden" name="next" value="{{ query() }}">
   <span class="muted">Ticked issues:</span>
@@ -5300,13 +5315,14 @@ TEMPLATES = {
   <button type="submit" name="bulk" value="merge" class="secondary">Merge</button></form>{% endif %}
 <div class="card" style="padding:0">
 {% if issues %}
-<table class="issues"><thead><tr><th></th><th>Issue</th><th>Level</th><th class="num">Events</th><th class="num">Users</th><th>First seen</th><th>Last seen</th><th>Status</th></tr></thead><tbody>
+<table class="issues"><thead><tr><th></th><th>Issue</th><th>Level</th><th>14 days</th><th class="num">Events</th><th class="num">Users</th><th>First seen</th><th>Last seen</th><th>Status</th></tr></thead><tbody>
 {% for i in issues %}<tr class="row-{{ i.level }}">
   <td><input type="checkbox" name="id" value="{{ i.id }}" form="bulk" aria-label="select {{ i.short }}"></td>
   <td><a class="issue-title" href="/issues/{{ i.id }}/">{{ i.head }}{% if i.rest %}<span class="v">{{ i.rest }}</span>{% endif %}</a>
       <div class="culprit">{{ i.culprit }}</div>
       <div class="muted" style="font-size:12px">{{ i.short }} · {{ i.project_name }}{% if i.last_release %} · {{ i.last_release }}{% endif %}</div></td>
   <td class="level"><span class="badge lvl-{{ i.level }}">{{ i.level }}</span></td>
+  <td class="trend">{{ sparks[i.id] }}</td>
   <td class="num events">{{ i.times_seen }}</td><td class="num users">{{ i.user_count }}</td>
   <td class="first-seen" title="{{ i.first_seen|datetime }}">{{ i.first_seen|ago }}</td>
   <td class="last-seen" title="{{ i.last_seen|datetime }}">{{ i.last_seen|ago }}</td>
@@ -5429,6 +5445,9 @@ TEMPLATES = {
   <h3>Tags</h3><div class="chips">{% for k, v in ev.tags or [] %}{% if k in ('environment', 'release') %}<a href="/issues/?{{ {k: v, 'project': issue.project_slug}|urlencode }}"><b>{{ k }}</b> {{ v }}</a>{% else %}<span><b>{{ k }}</b> {{ v }}</span>{% endif %}{% endfor %}</div>
   {% for name, ctx in (ev.contexts or {}).items() %}<h3>{{ name }}</h3><table class="kv">{% for k, v in ctx.items() if k != 'type' %}<tr><td>{{ k }}</td><td>{{ v|pretty }}</td></tr>{% endfor %}</table>{% endfor %}
   </div>
+  <div class="card lifetime"><h3 style="margin-top:0">Lifetime</h3><div class="share"><span>opened</span><b title="{{ issue.first_seen|datetime }}">{{ issue.first_seen|ago }}</b></div>
+    <div class="share"><span>resolved</span><b>{{ lifetime.resolved }}×</b></div><div class="share"><span>reopened</span><b>{{ lifetime.reopened }}×</b></div>
+    <div class="share"><span>{{ 'open for' if issue.status != 'resolved' else 'took to resolve' }}</span><b>{{ lifetime.open_for }}</b></div></div>
   <div class="card"><h3 style="margin-top:0">Activity</h3><ul class="activity">{% for a in activity %}
     <li><span>{{ a.words }}</span><span class="muted" title="{{ a.created|datetime }}">{{ a.created|ago }}</span></li>{% endfor %}</ul></div>
   <div class="card"><h3 style="margin-top:0">Across all events</h3>
@@ -5444,7 +5463,7 @@ TEMPLATES = {
 <h1>Projects</h1><p class="muted">Point an official Sentry SDK at a DSN below: <code class="dsn">sentry_sdk.init(dsn="…", release="app@1.0.0", environment="prod")</code></p>
 {% for p in projects %}<div class="card"><h2 style="margin-top:0"><a href="/issues/?project={{ p.slug }}">{{ p.name }}</a> <span class="muted mono">{{ p.slug }} · id {{ p.id }}</span></h2>
   {% for d in p.dsns %}<div style="margin:4px 0">DSN <code class="dsn">{{ d }}</code></div>{% endfor %}
-  <div class="muted" style="font-size:12.5px">{{ p.issue_count }} issues · {{ p.event_count }} events · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a> · <a href="/projects/{{ p.slug }}/code-mappings/">code mappings</a> · <a href="/projects/{{ p.slug }}/alerts/">alert rules</a> · <a href="/projects/{{ p.slug }}/slo/">SLO</a></div></div>
+  <div class="muted" style="font-size:12.5px">{{ p.issue_count }} issues · {{ p.event_count }} events · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a> · <a href="/projects/{{ p.slug }}/code-mappings/">code mappings</a> · <a href="/projects/{{ p.slug }}/alerts/">alert rules</a> · <a href="/projects/{{ p.slug }}/slo/">SLO</a> · <a href="/projects/{{ p.slug }}/overview/">overview</a></div></div>
 {% else %}<div class="card empty">No projects yet: <code>tracker project create NAME</code> prints a DSN.</div>{% endfor %}
 {% endblock %}""",
 
@@ -5578,6 +5597,31 @@ A notification is queued with the event that caused it and delivered with retrie
   <td class="mono muted" style="max-width:340px;overflow-wrap:anywhere">{{ (d.last_error or '')|truncate(160) }}</td>
   <td>{% if d.status in ('dead', 'cancelled') %}<form method="post"><input type="hidden" name="retry" value="{{ d.id }}"><button class="secondary">Retry</button></form>{% endif %}</td></tr>{% endfor %}
 </tbody></table>{% else %}<div class="empty">Nothing sent yet.</div>{% endif %}</div>
+{% endblock %}""",
+
+    "overview.html": """{% extends "base.html" %}{% block title %}{{ project.name }} overview{% endblock %}{% block main %}
+<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">issues</a> · <a href="/projects/{{ project.slug }}/slo/">SLO</a> · <a href="/projects/{{ project.slug }}/alerts/">alert rules</a></div>
+<h1>{{ project.name }} <span class="muted" style="font-weight:400">overview</span></h1>
+<nav class="periods">{% for p in periods %}<a href="?period={{ p }}" class="{{ 'current' if p == period }}">{{ p }}</a>{% endfor %}</nav>
+<div class="card"><div class="facts"><div><b>{{ total }}</b><span>events</span></div><div><b>{{ new }}</b><span>new issues</span></div><div><b>{{ regressed }}</b><span>regressions</span></div>
+  <div><b>{{ health.crash_free_sessions|pct }}</b><span>crash-free sessions</span></div><div><b>{{ health.errored_rate|pct }}</b><span>errored sessions</span></div><div><b>{{ health.sessions }}</b><span>sessions</span></div></div></div>
+<div class="layout"><div>
+<div class="card chart-card"><h2 style="margin-top:0">Events by level</h2><div class="events-chart">{{ events_chart }}</div>
+  <div class="axis"><span>{{ labels[0] }}</span><span>{{ labels[-1] }}</span></div>
+  <div class="legend">{% for l in ['fatal', 'error', 'warning', 'info', 'debug'] %}<span><i class="bar-{{ l }}"></i>{{ l }}</span>{% endfor %}</div></div>
+<div class="card chart-card"><h2 style="margin-top:0">New and regressed issues</h2><div class="issues-chart">{{ issues_chart }}</div>
+  <div class="axis"><span>{{ labels[0] }}</span><span>{{ labels[-1] }}</span></div>
+  <div class="legend"><span><i class="bar-new"></i>new</span><span><i class="bar-regressed"></i>regressed</span></div></div>
+<div class="card"><h2 style="margin-top:0">Top issues by events</h2>{% for i in top %}<div class="top-issue"><span class="num">{{ i.period_events }}</span> <a href="/issues/{{ i.id }}/">{{ i.title }}</a> <span class="muted">{{ i.culprit }}</span></div>{% else %}<div class="muted">No events in this period.</div>{% endfor %}</div>
+<div class="card"><h2 style="margin-top:0">Top issues by users</h2>{% for i in top_users %}<div class="top-issue"><span class="num">{{ i.period_users }}</span> <a href="/issues/{{ i.id }}/">{{ i.title }}</a></div>{% else %}<div class="muted">No users seen in this period.</div>{% endfor %}</div>
+</div><div class="sidebar">
+{% for column, rows in breakdown.items() %}<div class="card"><h3 style="margin-top:0">By {{ column }}</h3>{% for r in rows %}<div class="share"><span>{{ r.value or '—' }}</span><b>{{ r.n }}</b></div>{% else %}<div class="muted">—</div>{% endfor %}</div>{% endfor %}
+<div class="card lifetimes"><h3 style="margin-top:0">Bug lifetimes</h3><div class="share"><span>median time to resolve</span><b>{{ stats.median_ttr }}</b></div>
+  <div class="share"><span>issues ever reopened</span><b>{{ stats.reopened }}</b></div>
+  <h3>Open issues by age</h3>{% for age, n in stats.ages.items() %}<div class="share"><span>{{ age }}</span><b>{{ n }}</b></div>{% endfor %}
+  <h3>By first release</h3>{% for r in stats.releases %}<div class="share release-life"><span>{{ r.release }}</span><b title="issues first seen in it · resolved · median time to resolve">{{ r.issues }} · {{ r.resolved|pct }} · {{ r.ttr }}</b></div>{% endfor %}
+  <div class="muted" style="font-size:11.5px">issues first seen · resolved · median time to resolve</div></div>
+</div></div>
 {% endblock %}""",
 
     "slo.html": """{% extends "base.html" %}{% block title %}SLO · {{ project.name }}{% endblock %}{% block main %}
@@ -5737,6 +5781,172 @@ async def page_home(request: Request) -> Response:
     return RedirectResponse("/issues/", status_code=302)
 
 
+# -- charts: server-rendered SVG (no script runs on these pages) -------------------------------
+
+PERIODS = {"1h": (3600, 300), "24h": (86400, 3600), "7d": (7 * 86400, 43200), "30d": (30 * 86400, 86400)}
+CHART_KEYS = {"level": list(reversed(LEVELS)), "issues": ["new", "regressed"]}
+
+
+def svg_bars(buckets: list[dict[str, int]], keys: list[str], labels: list[str], height: int = 120,
+             bar: int = 22) -> markupsafe.Markup:
+    """Stacked bars, one per bucket, a colour per key (CSS `bar-<key>`); every bar segment has its
+    count in `data-value` and a `<title>` for hover. Every text is escaped: labels may be event data."""
+    peak = max([sum(b.get(k, 0) for k in keys) for b in buckets] + [1])
+    width, parts = len(buckets) * bar, []
+    for i, bucket in enumerate(buckets):
+        y = float(height)
+        for key in keys:
+            value = bucket.get(key, 0)
+            if not value:
+                continue
+            h = max(value / peak * (height - 4), 1.5)
+            y -= h
+            parts.append(f'<rect class="bar-{html.escape(key)}" x="{i * bar + 2}" y="{y:.1f}" width="{bar - 4}" '
+                         f'height="{h:.1f}" data-bucket="{i}" data-key="{html.escape(key)}" data-value="{value}">'
+                         f'<title>{html.escape(labels[i])}: {value} {html.escape(key)}</title></rect>')
+    return markupsafe.Markup(f'<svg class="chart" viewBox="0 0 {width} {height}" preserveAspectRatio="none" '
+                             f'role="img" aria-label="{html.escape(labels[0] if labels else "")} to '
+                             f'{html.escape(labels[-1] if labels else "")}">{"".join(parts)}</svg>')
+
+
+def sparkline(values: list[int], label: str) -> markupsafe.Markup:
+    """A small trend: bars of equal width, the tallest full height."""
+    peak, parts = max(values + [1]), []
+    for i, value in enumerate(values):
+        h = value / peak * 22 if value else 0
+        parts.append(f'<rect x="{i * 5}" y="{24 - max(h, 1):.1f}" width="4" height="{max(h, 1):.1f}" '
+                     f'class="{"on" if value else "off"}" data-value="{value}"></rect>')
+    return markupsafe.Markup(f'<svg class="spark" viewBox="0 0 {len(values) * 5} 24" role="img" '
+                             f'aria-label="{html.escape(label)}">{"".join(parts)}</svg>')
+
+
+async def issue_sparklines(store: Store, issue_ids: list[int], days: int = 14) -> dict[int, markupsafe.Markup]:
+    """Events per day over the last two weeks for a page of issues, in one query."""
+    if not issue_ids:
+        return {}
+    start = (time.time() // 86400 - days + 1) * 86400
+    rows = await store.all(f"SELECT issue_id, CAST((timestamp - ?) / 86400 AS INTEGER) AS day, count(*) AS n FROM events "
+                           f"WHERE issue_id IN ({','.join('?' * len(issue_ids))}) AND timestamp >= ? "
+                           f"GROUP BY issue_id, day", [start, *issue_ids, start])
+    counts: dict[int, list[int]] = {i: [0] * days for i in issue_ids}
+    for r in rows:
+        if 0 <= r["day"] < days:
+            counts[r["issue_id"]][r["day"]] = r["n"]
+    return {i: sparkline(v, f"{sum(v)} events in {days} days") for i, v in counts.items()}
+
+
+def bucket_labels(start: float, size: int, count: int) -> list[str]:
+    fmt = "%H:%M" if size <= 3600 else "%b %d %H:%M" if size < 86400 else "%b %d"
+    return [dt.datetime.fromtimestamp(start + i * size, dt.timezone.utc).strftime(fmt) for i in range(count)]
+
+
+def median(values: list[float]) -> float | None:
+    values = sorted(values)
+    if not values:
+        return None
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+
+def duration_words(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}".replace(".0 ", " ")
+    return f"{int(seconds)} s"
+
+
+RESOLVE_KINDS = ("set_resolved", "set_resolved_in_release", "set_resolved_in_commit")
+
+
+async def lifetimes(store: Store, project_id: int) -> dict[int, dict[str, Any]]:
+    """Per issue: when it was first resolved, how often it was reopened, and its first release."""
+    rows = await store.all(
+        f"""SELECT i.id, i.first_seen, i.status, i.first_release,
+                   (SELECT min(created) FROM issue_activity WHERE issue_id = i.id
+                    AND kind IN ({','.join('?' * len(RESOLVE_KINDS))})) AS resolved,
+                   (SELECT count(*) FROM issue_activity WHERE issue_id = i.id AND kind = 'set_regression') AS reopened
+            FROM issues i WHERE i.project_id = ?""", [*RESOLVE_KINDS, project_id])
+    return {r["id"]: dict(r) for r in rows}
+
+
+def lifetime_stats(issues: list[dict[str, Any]], now: float) -> dict[str, Any]:
+    """Median time to resolve, open issues by age, per release."""
+    ages = {"< 1 day": 0, "1–7 days": 0, "7–30 days": 0, "> 30 days": 0}
+    for i in issues:
+        if i["status"] != "resolved":
+            age = now - i["first_seen"]
+            ages[next(k for k, limit in zip(ages, (86400, 7 * 86400, 30 * 86400, float("inf"))) if age < limit)] += 1
+    releases: dict[str, list[dict[str, Any]]] = {}
+    for i in issues:
+        releases.setdefault(i["first_release"] or "(no release)", []).append(i)
+
+    def ttr(group: list[dict[str, Any]]) -> float | None:
+        return median([i["resolved"] - i["first_seen"] for i in group if i["resolved"]])
+    return {"median_ttr": duration_words(ttr(issues)), "ages": ages,
+            "reopened": sum(1 for i in issues if i["reopened"]),
+            "releases": [{"release": name, "issues": len(group), "ttr": duration_words(ttr(group)),
+                          "resolved": sum(1 for i in group if i["status"] == "resolved") / len(group)}
+                         for name, group in sorted(releases.items(), key=lambda kv: -len(kv[1]))[:10]]}
+
+
+def issue_lifetime(issue: sqlite3.Row, log: list[sqlite3.Row]) -> dict[str, Any]:
+    """Opened → resolved → reopened, counted from the activity log; how long it has been (or was) open."""
+    resolved = [a["created"] for a in log if a["kind"] in RESOLVE_KINDS]
+    ended = max(resolved) if issue["status"] == "resolved" and resolved else time.time()
+    return {"resolved": len(resolved), "reopened": sum(1 for a in log if a["kind"] == "set_regression"),
+            "open_for": duration_words(ended - issue["first_seen"])}
+
+
+async def page_overview(request: Request) -> Response:
+    """A project at a glance for a period: events by level, new and regressed issues, the top
+    issues, where errors come from (environment, release), release health and bug lifetimes."""
+    store: Store = request.app.state.store
+    project = await store.one("SELECT * FROM projects WHERE slug = ?", (request.path_params["slug"],))
+    if project is None:
+        return render(request, "error.html", status=404, message="No such project.")
+    period = request.query_params.get("period", "24h")
+    span, size = PERIODS.get(period, PERIODS["24h"])
+    now = time.time()
+    start = (now - span) // size * size + size
+    count = int((now - start) // size) + 1
+    args = [start, size, project["id"], start]
+    events = [dict() for _ in range(count)]  # type: list[dict[str, int]]
+    for r in await store.all("SELECT CAST((timestamp - ?) / ? AS INTEGER) AS slot, level, count(*) AS n FROM events "
+                             "WHERE project_id = ? AND timestamp >= ? GROUP BY slot, level", args):
+        events[min(r["slot"], count - 1)][r["level"]] = r["n"]
+    changes = [dict() for _ in range(count)]  # type: list[dict[str, int]]
+    for r in await store.all("SELECT CAST((first_seen - ?) / ? AS INTEGER) AS slot, count(*) AS n FROM issues "
+                             "WHERE project_id = ? AND first_seen >= ? GROUP BY slot", args):
+        changes[min(r["slot"], count - 1)]["new"] = r["n"]
+    for r in await store.all("SELECT CAST((a.created - ?) / ? AS INTEGER) AS slot, count(*) AS n FROM issue_activity a "
+                             "JOIN issues i ON i.id = a.issue_id WHERE i.project_id = ? AND a.created >= ? "
+                             "AND a.kind = 'set_regression' GROUP BY slot", args):
+        changes[min(r["slot"], count - 1)]["regressed"] = r["n"]
+    labels = bucket_labels(start, size, count)
+    top = await store.all(f"""SELECT {ISSUE_COLUMNS}, e.n AS period_events FROM (SELECT issue_id, count(*) AS n FROM events
+                              WHERE project_id = ? AND timestamp >= ? GROUP BY issue_id ORDER BY n DESC LIMIT 10) e
+                              JOIN issues i ON i.id = e.issue_id JOIN projects p ON p.id = i.project_id
+                              ORDER BY e.n DESC""", (project["id"], start))
+    top_users = await store.all(f"""SELECT {ISSUE_COLUMNS}, u.n AS period_users FROM (SELECT t.issue_id, count(*) AS n
+                                    FROM issue_tags t JOIN issues x ON x.id = t.issue_id WHERE x.project_id = ?
+                                    AND t.key = 'user' AND t.last_seen >= ? GROUP BY t.issue_id ORDER BY n DESC LIMIT 10) u
+                                    JOIN issues i ON i.id = u.issue_id JOIN projects p ON p.id = i.project_id
+                                    ORDER BY u.n DESC""", (project["id"], start))
+    breakdown = {column: await store.all(f"SELECT {column} AS value, count(*) AS n FROM events WHERE project_id = ? "
+                                         f"AND timestamp >= ? GROUP BY {column} ORDER BY n DESC LIMIT 8",
+                                         (project["id"], start)) for column in ("environment", "release")}
+    lives = list((await lifetimes(store, project["id"])).values())
+    return render(request, "overview.html", project=project, period=period, periods=PERIODS,
+                  events_chart=svg_bars(events, CHART_KEYS["level"], labels),
+                  issues_chart=svg_bars(changes, CHART_KEYS["issues"], labels),
+                  total=sum(sum(b.values()) for b in events), new=sum(b.get("new", 0) for b in changes),
+                  regressed=sum(b.get("regressed", 0) for b in changes), labels=labels, top=top,
+                  top_users=top_users, breakdown=breakdown, stats=lifetime_stats(lives, now),
+                  health=await health_totals(store, {"project_id": project["id"]}, start))
+
+
 async def page_issues(request: Request) -> Response:
     store: Store = request.app.state.store
     q = request.query_params
@@ -5767,7 +5977,7 @@ async def page_issues(request: Request) -> Response:
 
     return render(request, "issues.html", issues=issues, projects=projects, environments=environments,
                   releases=releases, f=filters, offset=offset, limit=limit, more=len(rows) > limit, query=query,
-                  error=error)
+                  error=error, sparks=await issue_sparklines(store, [i["id"] for i in issues]), project=project)
 
 
 def quoted(value: str) -> str:
@@ -5832,13 +6042,13 @@ async def page_issue(request: Request) -> Response:
         return render(request, "error.html", status=404, message="No such event in this issue.")
     histograms = [{"label": "24 hours", "unit": "hour", "counts": await issue_histogram(store, issue["id"], 24, 3600)},
                   {"label": "30 days", "unit": "day", "counts": await issue_histogram(store, issue["id"], 30, 86400)}]
-    activity = [{"words": activity_words(a["kind"], json.loads(a["data"])), "created": a["created"]}
-                for a in await issue_activity(store, issue["id"])]
+    log_rows = await issue_activity(store, issue["id"])
+    activity = [{"words": activity_words(a["kind"], json.loads(a["data"])), "created": a["created"]} for a in log_rows]
     context: dict[str, Any] = {"issue": issue, "short": short_id(issue["project_slug"], issue["short_id"]),
                                "tag_summary": await issue_tag_summary(store, issue["id"]), "ev": None,
                                "histograms": histograms, "status_words": status_words(issue), "activity": activity,
                                "releases": await project_releases(store, issue["project_id"]),
-                               "ignore_choices": IGNORE_CHOICES}
+                               "ignore_choices": IGNORE_CHOICES, "lifetime": issue_lifetime(issue, log_rows)}
     if row is not None:
         ev = decompress_payload(row["payload"])
         exceptions = list(reversed(ev.get("exception", {}).get("values", [])))  # thrown one first
@@ -6414,6 +6624,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/alerts/", page_alerts, methods=["GET", "POST"]),
         Route("/projects/{slug}/alerts/", page_project_alerts, methods=["GET", "POST"]),
         Route("/projects/{slug}/slo/", page_slo, methods=["GET", "POST"]),
+        Route("/projects/{slug}/overview/", page_overview),
         Route("/static/tracker.css", page_css), Route("/metrics", page_metrics),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
