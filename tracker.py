@@ -6752,7 +6752,8 @@ def load_demo(settings: Settings) -> dict[str, str]:
 
 def demo_health(conn: sqlite3.Connection, project_id: int, with_slo: bool, now: float) -> None:
     """Three days of session aggregates per release (as SDKs send them, through the same parser),
-    and on the busiest project an error-budget SLO with a day of history and a fresh breach."""
+    and on the busiest project two issues resolved a while after they appeared and an error-budget SLO
+    with a day of history and a fresh breach."""
     releases = [r[0] for r in conn.execute("SELECT DISTINCT release FROM events WHERE project_id = ? AND release != ''",
                                            (project_id,))] or ["demo@1.0.0"]
     rng, updates = random.Random(project_id), []
@@ -6765,6 +6766,9 @@ def demo_health(conn: sqlite3.Connection, project_id: int, with_slo: bool, now: 
                                      "aggregates": [aggregate]}, now)
     store_health(conn, project_id, updates)
     if with_slo:
+        for hours, issue in zip((3, 9), conn.execute("SELECT * FROM issues WHERE project_id = ? ORDER BY first_seen "
+                                                     "LIMIT 2", (project_id,)).fetchall()):
+            change_status(conn, issue, "resolved", {}, issue["first_seen"] + hours * 3600)  # bug lifetimes to show
         save_slo(conn, project_id, checked_slo({"name": "Error budget", "objective": 0.001, "window": 10,
                                                 "min_total": 10}))
         for minute in range(minute_of(now - 86400), minute_of(now), 60):
