@@ -5903,9 +5903,7 @@ async def page_overview(request: Request) -> Response:
     """A project at a glance for a period: events by level, new and regressed issues, the top
     issues, where errors come from (environment, release), release health and bug lifetimes."""
     store: Store = request.app.state.store
-    project = await store.one("SELECT * FROM projects WHERE slug = ?", (request.path_params["slug"],))
-    if project is None:
-        return render(request, "error.html", status=404, message="No such project.")
+    project = await project_of_page(request)
     period = request.query_params.get("period", "24h")
     span, size = PERIODS.get(period, PERIODS["24h"])
     now = time.time()
@@ -6147,9 +6145,7 @@ async def form_post(request: Request, apply: Callable[[dict[str, list[str]]], Aw
 async def page_grouping_rules(request: Request) -> Response:
     """A project's stack trace and fingerprint rules: shown, and saved by a POST from this page
     (a mistake is shown above the text as written, which is kept)."""
-    project = await request.app.state.store.one("SELECT * FROM projects WHERE slug = ?", (request.path_params["slug"],))
-    if project is None:
-        return render(request, "error.html", status=404, message="No such project.")
+    project = await project_of_page(request)
     rules = await request.app.state.rules.rules_for(project["id"])
     texts, error = [rules.stacktrace_text, rules.fingerprint_text], ""
     if request.method == "POST":
@@ -6168,9 +6164,7 @@ async def page_code_mappings(request: Request) -> Response:
     """A project's code mappings: listed, added and deleted by POSTs from this page (a mistake is
     shown above the form, which keeps what was typed)."""
     store: Store = request.app.state.store
-    project = await store.one("SELECT * FROM projects WHERE slug = ?", (request.path_params["slug"],))
-    if project is None:
-        return render(request, "error.html", status=404, message="No such project.")
+    project = await project_of_page(request)
     response, form, error = await form_post(
         request, lambda form: apply_mapping_form(request, project["id"], last_values(form)),
         f"/projects/{project['slug']}/code-mappings/", (MappingError,)) if request.method == "POST" else (None, {}, "")
@@ -6252,6 +6246,22 @@ def last_values(form: dict[str, list[str]]) -> dict[str, str]:
 
 async def read_form(request: Request, limit: int = 16 * KIB) -> dict[str, list[str]]:
     return urllib.parse.parse_qs((await read_body(request, limit)).decode("utf-8", "replace"), keep_blank_values=True)
+
+
+class PageNotFound(Exception):
+    """A dashboard URL that names nothing (no such project): answered with the 404 page."""
+
+
+async def page_not_found(request: Request, exc: Exception) -> Response:
+    return render(request, "error.html", status=404, message=str(exc))
+
+
+async def project_of_page(request: Request) -> sqlite3.Row:
+    """The project a settings page's URL names by slug."""
+    project = await request.app.state.store.one("SELECT * FROM projects WHERE slug = ?", (request.path_params["slug"],))
+    if project is None:
+        raise PageNotFound("No such project.")
+    return project
 
 
 def cross_site(request: Request) -> bool:
@@ -6421,9 +6431,7 @@ async def apply_alerts_form(request: Request, form: dict[str, str]) -> None:
 async def page_project_alerts(request: Request) -> Response:
     """A project's alert rules: read as sentences, added from a form, deleted."""
     store: Store = request.app.state.store
-    project = await store.one("SELECT * FROM projects WHERE slug = ?", (request.path_params["slug"],))
-    if project is None:
-        return render(request, "error.html", status=404, message="No such project.")
+    project = await project_of_page(request)
 
     async def apply(form: dict[str, list[str]]) -> None:
         if "delete" in form:
@@ -6472,9 +6480,7 @@ def rule_from_form(form: dict[str, list[str]]) -> dict[str, Any]:
 async def page_slo(request: Request) -> Response:
     """A project's objective: its state, burn rate and last day, and a form to set it."""
     store: Store = request.app.state.store
-    project = await store.one("SELECT * FROM projects WHERE slug = ?", (request.path_params["slug"],))
-    if project is None:
-        return render(request, "error.html", status=404, message="No such project.")
+    project = await project_of_page(request)
 
     async def apply(form: dict[str, list[str]]) -> None:
         fields = last_values(form)
@@ -6627,7 +6633,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/projects/{slug}/overview/", page_overview),
         Route("/static/tracker.css", page_css), Route("/metrics", page_metrics),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={PageNotFound: page_not_found})
     app.state.settings = settings
     app.state.templates = make_templates()
     return app

@@ -85,3 +85,9 @@ def test_chart_labels_are_escaped(tracker: TrackerServer, project: Project) -> N
     tracker.wait_issues(project, 1)
     page = httpx.get(f"{tracker.url}/projects/{project.slug}/overview/", timeout=10).text
     assert "<img src=x" not in page and "<svg onload" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def test_pages_of_an_unknown_project_are_404(tracker: TrackerServer) -> None:
+    for page in ("overview", "slo", "alerts", "grouping", "code-mappings"):
+        r = httpx.get(f"{tracker.url}/projects/no-such-project/{page}/", timeout=10)
+        assert r.status_code == 404 and "No such project." in r.text, page
