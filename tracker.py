@@ -1957,16 +1957,18 @@ def create_issue(conn: sqlite3.Connection, ev: PreparedEvent) -> int:
 def record_issue_tags(conn: sqlite3.Connection, issue_id: int, ev: PreparedEvent) -> dict[str, str]:
     """Count the event's tag values on its issue; returns the ones new to the issue (a new
     `user` raises the user count, a new `release` goes into the activity log)."""
+    tags = list(dict.fromkeys((str(k), str(v)) for k, v in ev.tags))
     new_tags = {}
-    for key, value in ev.tags:
-        cur = conn.execute(
-            """INSERT INTO issue_tags (issue_id, key, value, times_seen, first_seen, last_seen)
-               VALUES (?, ?, ?, 1, ?, ?)
-               ON CONFLICT DO UPDATE SET times_seen = times_seen + 1,
-                   first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen)
-               RETURNING times_seen""", (issue_id, key, value, ev.timestamp, ev.timestamp))
-        if cur.fetchone()[0] == 1:
-            new_tags[key] = value
+    for start in range(0, len(tags), 1000):  # one statement per thousand tags (SQLite allows 32,766 variables)
+        chunk = tags[start:start + 1000]
+        rows = conn.execute(
+            f"""INSERT INTO issue_tags (issue_id, key, value, times_seen, first_seen, last_seen)
+                VALUES {', '.join(['(?, ?, ?, 1, ?, ?)'] * len(chunk))}
+                ON CONFLICT DO UPDATE SET times_seen = times_seen + 1,
+                    first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen)
+                RETURNING key, value, times_seen""",
+            [x for key, value in chunk for x in (issue_id, key, value, ev.timestamp, ev.timestamp)]).fetchall()
+        new_tags.update((row[0], row[1]) for row in rows if row[2] == 1)
     return new_tags
 
 

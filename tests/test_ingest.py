@@ -725,3 +725,13 @@ def test_payload_dictionary_is_trained_once_and_shrinks_events(tmp_path: Path) -
     legacy = zlib.compress(json.dumps({"message": "from before"}).encode())
     assert codec.decompress(legacy) == {"message": "from before"}
     assert codec.decompress(codec.compress({"a": [1, "é"]})) == {"a": [1, "é"]}
+
+
+def test_an_event_with_thousands_of_tags_is_stored(tracker: TrackerServer, project: Project) -> None:
+    """Tags are written a thousand per statement: more than SQLite's variable limit allows at once."""
+    r = httpx.post(f"{tracker.url}/api/{project.id}/store/", timeout=30,
+                   json={"message": "many tags", "tags": {f"k{i}": str(i) for i in range(7000)}},
+                   headers={"X-Sentry-Auth": f"Sentry sentry_version=7, sentry_key={project.key}"})
+    assert r.status_code == 200, r.text
+    [issue] = tracker.wait_issues(project, 1)
+    assert {"key": "k6999", "value": "6999"} in tracker.latest_event(issue["id"])["tags"]
