@@ -4916,13 +4916,14 @@ SESSION_FIELDS = ("sum(session)", "count_unique(user)", "crash_free_rate(session
                   "crash_rate(session)", "crash_rate(user)", "count_errored(session)", "count_crashed(session)")
 SESSION_GROUPS = ("project", "release", "environment", "session.status")
 PERIOD_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_STATS_SPAN = 400 * 86400  # stored data does not go further back; longer asks are mistakes
 
 
 def parse_period(value: str, name: str) -> int:
     """`24h`, `14d`, `30m` → seconds."""
     match = re.fullmatch(r"(\d{1,6})([smhdw])", value.strip())
-    if not match or int(match[1]) == 0:
-        raise ApiError(400, f"{name}: a duration like 30m, 24h or 14d")
+    if not match or not 0 < int(match[1]) * PERIOD_UNITS[match[2]] <= MAX_STATS_SPAN:
+        raise ApiError(400, f"{name}: a duration like 30m, 24h or 14d, at most 400d")
     return int(match[1]) * PERIOD_UNITS[match[2]]
 
 
@@ -4932,8 +4933,8 @@ def stats_window(request: Request, default_interval: str = "1h") -> tuple[float,
     interval = max(parse_period(params.get("interval", default_interval), "interval"), 60)
     if params.get("start") and params.get("end"):
         start, end = parse_timestamp(params["start"]), parse_timestamp(params["end"])
-        if start is None or end is None or end <= start:
-            raise ApiError(400, "start and end: ISO dates, start before end")
+        if start is None or end is None or not 0 < end - start <= MAX_STATS_SPAN:
+            raise ApiError(400, "start and end: ISO dates, start before end, at most 400 days apart")
     else:
         end = time.time()
         start = end - parse_period(params.get("statsPeriod", "24h"), "statsPeriod")

@@ -11,6 +11,8 @@ from typing import Any, Callable, Iterator
 import httpx
 import pytest
 import sentry_sdk
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sentry_sdk.integrations.wsgi import SentryWsgiMiddleware
 
 from conftest import Project, TrackerServer, configured_server, wait_for
@@ -207,3 +209,19 @@ def test_slo_and_release_health_in_a_browser(server: TrackerServer, tmp_path: Pa
     assert page.locator(".health-facts b").all_inner_texts()[:2] == ["90%", "10%"]  # crash-free, errored
     page.screenshot(path=str(tmp_path / "release.png"))
     page.close()
+
+
+PARAMS = st.sampled_from(["field", "groupBy", "statsPeriod", "interval", "start", "end", "project", "environment",
+                          "query", "yAxis"])
+VALUES = st.one_of(st.sampled_from(["sum(session)", "count()", "release", "session.status", "24h", "999999w", "0m",
+                                    "1s", "-1", "release:a", "release:[a,b]", "1970-01-01T00:00:00Z",
+                                    "9999-12-31T23:59:59Z", "crash_free_rate(user)", ""]), st.text(max_size=20))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(params=st.lists(st.tuples(PARAMS, VALUES), max_size=6))
+def test_stats_queries_never_fail_with_5xx(server: TrackerServer, params: list[tuple[str, str]]) -> None:
+    for endpoint in ("sessions", "events-stats"):
+        r = api(server, "GET", f"organizations/tracker/{endpoint}/", params=params)
+        assert r.status_code in (200, 400), (endpoint, params, r.status_code, r.text[:200])
+        assert r.headers["content-type"] == "application/json"
