@@ -6,6 +6,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import Project, TrackerServer
 
@@ -122,3 +124,26 @@ def test_rule_form_and_cross_site_refusal(tracker: TrackerServer, project: Proje
     gone = httpx.post(url, data={"delete": rule["id"]}, timeout=10)
     assert gone.status_code == 303
     assert "Many users" not in [r["name"] for r in api(tracker, "GET", f"projects/tracker/{project.slug}/rules/").json()]
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+                    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children,
+                                                                                        max_size=3), max_leaves=8)
+RULE_KEYS = st.sampled_from(["name", "actionMatch", "filterMatch", "frequency", "environment", "conditions", "filters",
+                             "actions", "id", "value", "interval", "level", "match", "key", "service"])
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rule=st.dictionaries(RULE_KEYS, JSON | st.lists(st.dictionaries(RULE_KEYS, JSON, max_size=4), max_size=3),
+                            max_size=6),
+       channel=st.dictionaries(st.sampled_from(["name", "kind", "config"]), JSON | st.dictionaries(
+           st.sampled_from(["url", "to", "port", "security", "routing_key", "flavor", "host", "from"]), JSON,
+           max_size=5), max_size=3))
+def test_random_rules_and_channels_never_fail_with_5xx(tracker: TrackerServer, project: Project,
+                                                       rule: dict[str, Any], channel: dict[str, Any]) -> None:
+    r = api(tracker, "POST", f"projects/tracker/{project.slug}/rules/", json=rule)
+    assert r.status_code in (201, 400), r.text
+    c = api(tracker, "POST", "organizations/tracker/channels/", json=channel)
+    assert c.status_code in (201, 400), c.text
+    if c.status_code == 201:
+        api(tracker, "DELETE", f"organizations/tracker/channels/{c.json()['id']}/")
