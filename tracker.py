@@ -14,21 +14,25 @@ import argparse
 import asyncio
 import base64
 import concurrent.futures
+import collections
 import contextlib
 import dataclasses
 import datetime as dt
 import email.message
 import email.utils
+import functools
 import hashlib
 import hmac
 import html
 import http.client
 import json
 import logging
+import math
 import os
 import random
 import re
 import secrets
+import shutil
 import smtplib
 import sqlite3
 import ssl
@@ -51,9 +55,11 @@ import markupsafe
 import uvicorn
 import zstandard
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __version__ = "0.1.0"
 log = logging.getLogger("tracker")
@@ -84,6 +90,9 @@ class Settings:
     channels: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     alerts: dict[str, Any] = dataclasses.field(default_factory=dict)  # retry_delays, timeout, poll, refresh
     slo: dict[str, Any] = dataclasses.field(default_factory=dict)  # interval, lag (seconds)
+    retention: dict[str, Any] = dataclasses.field(default_factory=dict)  # max_age_days, interval (s), batch
+    auth_header: str = ""  # e.g. X-Forwarded-User: trust an SSO proxy's word on who is signed in
+    limits: dict[str, Any] = dataclasses.field(default_factory=dict)  # events_per_minute, min_free_mb
 
     @property
     def public_url(self) -> str:
@@ -91,7 +100,7 @@ class Settings:
 
 
 ENV_VARS = {"db": "TRACKER_DB", "host": "TRACKER_HOST", "port": "TRACKER_PORT",
-            "url": "TRACKER_URL", "organization": "TRACKER_ORG"}
+            "url": "TRACKER_URL", "organization": "TRACKER_ORG", "auth_header": "TRACKER_AUTH_HEADER"}
 
 
 def load_settings(config: str | None = None, **flags: Any) -> Settings:
@@ -102,7 +111,7 @@ def load_settings(config: str | None = None, **flags: Any) -> Settings:
         with open(path, "rb") as f:
             doc = tomllib.load(f)
         for key, value in doc.get("server", {}).items():
-            if key not in {f.name for f in dataclasses.fields(Settings)} or key in ("projects", "repositories", "jira", "channels", "alerts", "slo"):
+            if key not in {f.name for f in dataclasses.fields(Settings)} or key in ("projects", "repositories", "jira", "channels", "alerts", "slo", "retention"):
                 raise SystemExit(f"{path}: unknown [server] setting {key!r}")
             setattr(settings, key, value)
         settings.projects = list(doc.get("projects", []))
@@ -111,6 +120,8 @@ def load_settings(config: str | None = None, **flags: Any) -> Settings:
         settings.channels = list(doc.get("channels", []))
         settings.alerts = dict(doc.get("alerts", {}))
         settings.slo = dict(doc.get("slo", {}))
+        settings.limits = dict(doc.get("limits", {}))
+        settings.retention = dict(doc.get("retention", {}))
     for key, var in ENV_VARS.items():
         if os.environ.get(var):
             setattr(settings, key, os.environ[var])
@@ -274,6 +285,23 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     """
     CREATE TABLE payload_dicts (dict_id INTEGER PRIMARY KEY, data BLOB NOT NULL, created REAL NOT NULL);
     """,
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE COLLATE NOCASE, password TEXT, role TEXT NOT NULL,
+        created REAL NOT NULL);
+    CREATE TABLE web_sessions (
+        token_hash TEXT PRIMARY KEY, user_id INTEGER NOT NULL, csrf TEXT NOT NULL, created REAL NOT NULL,
+        expires REAL NOT NULL) WITHOUT ROWID;
+    CREATE TABLE login_links (code_hash TEXT PRIMARY KEY, user_id INTEGER NOT NULL, expires REAL NOT NULL) WITHOUT ROWID;
+    ALTER TABLE api_tokens ADD COLUMN user_id INTEGER;
+    ALTER TABLE project_keys ADD COLUMN label TEXT NOT NULL DEFAULT 'Default';
+    CREATE TABLE project_options (
+        project_id INTEGER NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+        PRIMARY KEY (project_id, key)) WITHOUT ROWID;
+    CREATE TABLE dropped (
+        project_id INTEGER NOT NULL, minute INTEGER NOT NULL, reason TEXT NOT NULL, category TEXT NOT NULL,
+        quantity INTEGER NOT NULL, PRIMARY KEY (project_id, minute, reason, category)) WITHOUT ROWID;
+    """,
 ]
 
 
@@ -292,6 +320,9 @@ def migrate(conn: sqlite3.Connection) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
         raise SystemExit(f"database schema {version} is newer than this tracker ({len(MIGRATIONS)})")
+    if version == 0:  # only an empty file can still choose: lets retention give space back
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        conn.execute("VACUUM")  # journal_mode=WAL wrote the header already: only a VACUUM applies it now
     for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
         conn.execute("BEGIN IMMEDIATE")
         if callable(step):
@@ -459,13 +490,24 @@ def decompress_payload(blob: bytes) -> dict[str, Any]:
     return PAYLOADS.decompress(blob)
 
 
+def train_on(payloads: list[bytes], budget: int = 8 * MIB) -> zstandard.ZstdCompressionDict:
+    """A 32 KB dictionary from stored payloads, at most `budget` bytes of them (the trainer needs
+    several times its input in memory, and big events add little to what small ones teach)."""
+    samples, total = [], 0
+    for blob in payloads:
+        raw = json.dumps(decompress_payload(blob), separators=(",", ":"), ensure_ascii=False).encode()
+        if total + len(raw) > budget and samples:
+            break
+        samples.append(raw)
+        total += len(raw)
+    return zstandard.train_dictionary(32768, samples, level=3)
+
+
 async def train_payload_dictionary(store: Store, writer: Writer) -> None:
     """Train a dictionary on the newest events (off the event loop and the writer) and store it."""
     try:
         rows = await store.all("SELECT payload FROM events ORDER BY id DESC LIMIT ?", (PayloadCodec.TRAIN_AFTER,))
-        samples = [json.dumps(decompress_payload(r["payload"]), separators=(",", ":"), ensure_ascii=False).encode()
-                   for r in rows]
-        trained = await asyncio.to_thread(zstandard.train_dictionary, 32768, samples, level=3)
+        trained = await asyncio.to_thread(train_on, [r["payload"] for r in rows])
         await writer.submit(lambda conn: conn.execute("INSERT INTO payload_dicts (dict_id, data, created) VALUES "
                                                       "(?, ?, ?)", (trained.dict_id(), trained.as_bytes(), time.time())))
         PAYLOADS.add(trained.dict_id(), trained.as_bytes())
@@ -509,6 +551,20 @@ def ensure_config_projects(conn: sqlite3.Connection, projects: list[dict[str, An
         elif key and not conn.execute("SELECT 1 FROM project_keys WHERE public_key = ?", (key,)).fetchone():
             conn.execute("INSERT INTO project_keys (public_key, project_id, created) VALUES (?, ?, ?)",
                          (key, row["id"], time.time()))
+        project_id = row["id"] if row else conn.execute("SELECT id FROM projects WHERE slug = ?", (slug,)).fetchone()[0]
+        for option in PROJECT_OPTIONS:
+            if option in spec:
+                set_project_option(conn, project_id, option, spec[option])
+
+
+# Per-project settings beyond the columns, as JSON values: `scrub` (the data scrubbing policy),
+# `rate_limit` (events per minute), `retention` ({max_events, max_age_days}).
+PROJECT_OPTIONS = ("scrub", "rate_limit", "retention")
+
+
+def set_project_option(conn: sqlite3.Connection, project_id: int, key: str, value: Any) -> None:
+    conn.execute("INSERT OR REPLACE INTO project_options (project_id, key, value) VALUES (?, ?, ?)",
+                 (project_id, key, json.dumps(value)))
 
 
 REPOSITORY_PROVIDERS = {"github": "GitHub", "gitlab": "GitLab", "bitbucket": "Bitbucket"}
@@ -563,11 +619,124 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(conn: sqlite3.Connection, name: str = "", scopes: str = "read write admin") -> str:
+# Scopes nest: write includes read, admin includes both. Sentry's own scope names map onto them,
+# so a token request copied from Sentry's docs (`project:releases`, `org:read`) works.
+SCOPES = ("read", "write", "admin")
+
+
+def token_scopes(requested: list[str] | str) -> str:
+    """Our scope names for a token request (Sentry's `area:read|write|admin` accepted)."""
+    names = requested.split() if isinstance(requested, str) else requested
+    levels = set()
+    for name in names:
+        level = str(name).rpartition(":")[2]
+        level = "write" if level == "releases" else level
+        if level not in SCOPES:
+            raise ValueError(f"unknown scope {name!r}; use read, write or admin")
+        levels.add(level)
+    if not levels:
+        raise ValueError("a token needs at least one scope: read, write or admin")
+    top = max(SCOPES.index(level) for level in levels)
+    return " ".join(SCOPES[:top + 1])
+
+
+def create_token(conn: sqlite3.Connection, name: str = "", scopes: str = "read write admin",
+                 user_id: int | None = None) -> str:
     token = secrets.token_hex(32)
-    conn.execute("INSERT INTO api_tokens (token_hash, name, scopes, created) VALUES (?, ?, ?, ?)",
-                 (hash_token(token), name, scopes, time.time()))
+    conn.execute("INSERT INTO api_tokens (token_hash, name, scopes, user_id, created) VALUES (?, ?, ?, ?, ?)",
+                 (hash_token(token), name, scopes, user_id, time.time()))
     return token
+
+
+# -- people: users, passwords, browser sessions --------------------------------------------------
+
+ROLES = ("admin", "member")  # members triage issues; admins also change settings, keys, people
+SESSION_COOKIE = "tracker_session"
+SESSION_TTL = 14 * 86400
+
+
+def hash_password(password: str) -> str:
+    """scrypt (memory-hard: 16 MiB per guess) with a random salt, in one self-describing string."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2 ** 14, r=8, p=1, dklen=32)
+    return f"scrypt$16384$8$1${salt.hex()}${digest.hex()}"
+
+
+def password_matches(password: str, stored: str | None) -> bool:
+    """Constant-time check against `hash_password`'s string (no stored hash never matches)."""
+    try:
+        kind, n, r, p, salt, digest = (stored or "").split("$")
+        if kind != "scrypt":
+            return False
+        again = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p),
+                               dklen=len(digest) // 2)
+    except ValueError:
+        return False
+    return hmac.compare_digest(again.hex(), digest)
+
+
+def check_user_fields(name: str, role: str, password: str | None) -> None:
+    if not re.fullmatch(r"[\w.@+-]{1,80}", name):
+        raise ValueError("a user name is 1-80 letters, digits or . @ + - _")
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    if password is not None and len(password) < 10:
+        raise ValueError("a password needs at least 10 characters")
+
+
+def create_user(conn: sqlite3.Connection, name: str, role: str = "member", password: str | None = None) -> int:
+    """A user; without a password they can only come in through a login link or the proxy header."""
+    check_user_fields(name, role, password)
+    if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
+        raise ValueError(f"user {name!r} exists already")
+    return int(conn.execute("INSERT INTO users (name, password, role, created) VALUES (?, ?, ?, ?)",
+                            (name, hash_password(password) if password else None, role, time.time())).lastrowid or 0)
+
+
+def set_password(conn: sqlite3.Connection, name: str, password: str) -> None:
+    """A new password ends every browser session of that user."""
+    check_user_fields(name, "member", password)
+    user = conn.execute("SELECT id FROM users WHERE name = ?", (name,)).fetchone()
+    if user is None:
+        raise ValueError(f"no user {name!r}")
+    conn.execute("UPDATE users SET password = ? WHERE id = ?", (hash_password(password), user["id"]))
+    conn.execute("DELETE FROM web_sessions WHERE user_id = ?", (user["id"],))
+
+
+def create_web_session(conn: sqlite3.Connection, user_id: int) -> str:
+    """A browser session: the cookie holds a random token, the database its hash and a CSRF token."""
+    token, now = secrets.token_urlsafe(32), time.time()
+    conn.execute("DELETE FROM web_sessions WHERE expires < ?", (now,))
+    conn.execute("INSERT INTO web_sessions (token_hash, user_id, csrf, created, expires) VALUES (?, ?, ?, ?, ?)",
+                 (hash_token(token), user_id, secrets.token_urlsafe(24), now, now + SESSION_TTL))
+    return token
+
+
+def create_login_link(conn: sqlite3.Connection, name: str, ttl: float = 3600) -> str:
+    """A one-time code that logs its holder in once (the demo's printed URL, `tracker user link`)."""
+    user = conn.execute("SELECT id FROM users WHERE name = ?", (name,)).fetchone()
+    if user is None:
+        raise ValueError(f"no user {name!r}")
+    code = secrets.token_urlsafe(24)
+    conn.execute("INSERT INTO login_links (code_hash, user_id, expires) VALUES (?, ?, ?)",
+                 (hash_token(code), user["id"], time.time() + ttl))
+    return code
+
+
+def redeem_login_link(conn: sqlite3.Connection, code: str) -> str | None:
+    """A session token for a valid code, which is used up; None for anything else."""
+    row = conn.execute("DELETE FROM login_links WHERE code_hash = ? RETURNING user_id, expires",
+                       (hash_token(code),)).fetchone()
+    return create_web_session(conn, row["user_id"]) if row and row["expires"] > time.time() else None
+
+
+def first_admin(conn: sqlite3.Connection) -> tuple[str, str] | None:
+    """On the first start: an `admin` user with a random password, shown once; None when people exist."""
+    if conn.execute("SELECT 1 FROM users LIMIT 1").fetchone():
+        return None
+    password = secrets.token_urlsafe(12)
+    create_user(conn, "admin", "admin", password)
+    return "admin", password
 
 
 def dsn_for(settings: Settings, public_key: str, project_id: int) -> str:
@@ -582,9 +751,9 @@ def dsn_for(settings: Settings, public_key: str, project_id: int) -> str:
 class IngestError(Exception):
     """A client error on an ingest route, answered as Relay does: status + {"detail": …}."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.headers = status, detail, headers or {}
 
 
 CORS_HEADERS = {
@@ -805,6 +974,29 @@ class KeyCache:
         return entry[1], entry[2]
 
 
+class OptionsCache:
+    """project id → its options (PROJECT_OPTIONS), cached briefly; a change through this process
+    calls `forget` so it applies at once."""
+
+    TTL = 10.0
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.entries: dict[int, tuple[float, dict[str, Any]]] = {}
+
+    async def options(self, project_id: int) -> dict[str, Any]:
+        hit = self.entries.get(project_id)
+        if hit and time.monotonic() - hit[0] < self.TTL:
+            return hit[1]
+        rows = await self.store.all("SELECT key, value FROM project_options WHERE project_id = ?", (project_id,))
+        options = {r["key"]: json.loads(r["value"]) for r in rows}
+        self.entries[project_id] = (time.monotonic(), options)
+        return options
+
+    def forget(self, project_id: int) -> None:
+        self.entries.pop(project_id, None)
+
+
 async def authenticate(request: Request, project_id: int, key: str | None, header: dict[str, Any]) -> None:
     """Check the key (from headers/query, else the envelope's `dsn`) against the project in the path."""
     dsn_key = key_from_dsn(header.get("dsn"), project_id)
@@ -839,13 +1031,17 @@ async def ingest(request: Request) -> Response:
     try:
         response = await ingest_body(request)
     except IngestError as exc:
-        response = JSONResponse({"detail": exc.detail}, status_code=exc.status)
+        response = JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
     response.headers.update(CORS_HEADERS)
     return response
 
 
 async def ingest_body(request: Request) -> Response:
     settings: Settings = request.app.state.settings
+    limits: IngestLimits = request.app.state.limits
+    if limits.disk_is_full(settings.db):
+        raise IngestError(429, "event submission rejected: the tracker's disk is nearly full",
+                          {"Retry-After": "60", "X-Sentry-Rate-Limits": "60::organization:disk_full"})
     project_id = parse_project_id(request.path_params["project_id"])
     key = key_from_request(request)  # garbled auth is refused before a large body is read
     body = await read_body(request, settings.max_body)
@@ -862,19 +1058,26 @@ async def ingest_body(request: Request) -> Response:
     header_id = normalize_id(header.get("event_id"))
     received = time.time()
     rules = await request.app.state.rules.rules_for(project_id)
+    options = await request.app.state.options.options(project_id)
+    events = sum(1 for item_header, _ in items if item_header.get("type") == "event")
+    limited = limits.refuse(project_id, options.get("rate_limit"), events, received) if events else None
     prepared, health = [], []
     for item_header, payload in items:
         kind = item_header.get("type")
         if kind in HEALTH_PARSERS and len(payload) <= settings.max_event:
             with contextlib.suppress(IngestError):  # a malformed session is dropped, never the envelope
                 health += HEALTH_PARSERS[kind](json_object(payload, f"{kind} payload"), received)
-        if kind != "event":
+        if kind == "client_report":
+            with contextlib.suppress(IngestError):
+                limits.client_report(project_id, json_object(payload, "client report"), received)
+        if kind != "event" or limited:
             continue  # later issues store more item types; the rest is accepted and dropped
         if len(payload) > settings.max_event:
             raise IngestError(413, "envelope exceeded size limits for type 'event'")
         raw = json_object(payload, "event payload")
         prepared.append(prepare_event(raw, project_id=project_id, event_id=header_id if not prepared else None,
-                                      received=received, client_ip=client_ip(request), rules=rules))
+                                      received=received, client_ip=client_ip(request), rules=rules,
+                                      scrub=scrub_policy(options.get("scrub"))))
     writer: Writer = request.app.state.writer
     jobs = [lambda conn, ev=ev: store_event(conn, ev) for ev in prepared]
     if health:
@@ -886,7 +1089,66 @@ async def ingest_body(request: Request) -> Response:
         request.app.state.background.add(task)  # referenced until done, so it is not collected mid-way
         task.add_done_callback(request.app.state.background.discard)
     event_id = prepared[0].event_id if prepared else header_id
+    if limited:  # 429 when the events were all it sent; else what was kept is acknowledged
+        seconds, scope, reason = limited
+        rate_limits = {"X-Sentry-Rate-Limits": f"{seconds}:error;default:{scope}:{reason}"}
+        if not health:
+            raise IngestError(429, f"event submission rejected: {reason.replace('_', ' ')} exceeded",
+                              {"Retry-After": str(seconds), **rate_limits})
+        return JSONResponse({}, headers=rate_limits)
     return JSONResponse({"id": event_id} if event_id else {})
+
+
+class IngestLimits:
+    """Events per minute for a project (its `rate_limit` option) and for the whole installation
+    (`[limits] events_per_minute`) in fixed one-minute windows, and the disk guard (`[limits]
+    min_free_mb`). What is refused, and what SDKs report they dropped (client reports), is counted
+    here and written to `dropped` by DropFlusher, so a flood costs no writer job per request."""
+
+    DISK_CHECK = 5.0  # seconds between free-space checks
+
+    def __init__(self, settings: Settings) -> None:
+        self.per_minute = int(settings.limits.get("events_per_minute", 0))
+        self.min_free = float(settings.limits.get("min_free_mb", 256)) * MIB
+        self.windows: dict[int | None, tuple[int, int]] = {}  # project id (None: all) → (minute, events)
+        self.disk = (0.0, False)  # (checked at, full)
+        self.dropped: collections.Counter[tuple[int, int, str, str]] = collections.Counter()
+
+    def disk_is_full(self, db: str) -> bool:
+        now = time.monotonic()
+        if now - self.disk[0] > self.DISK_CHECK:
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(db))).free
+            self.disk = (now, free < self.min_free)
+        return self.disk[1]
+
+    def refuse(self, project_id: int, limit: Any, count: int, now: float) -> tuple[int, str, str] | None:
+        """(seconds to wait, scope, reason) when `count` more events would pass a limit (they are
+        counted as dropped); else None, and they count toward both windows."""
+        minute = int(now // 60)
+        caps = ((project_id, limit if isinstance(limit, int) else 0, "project", "project_quota"),
+                (None, self.per_minute, "organization", "installation_quota"))
+        for key, cap, scope, reason in caps:
+            if cap > 0 and self.used(key, minute) + count > cap:
+                self.drop(project_id, now, "rate_limited", "error", count)
+                return max(60 - int(now % 60), 1), scope, reason
+        for key, _, _, _ in caps:
+            self.windows[key] = (minute, self.used(key, minute) + count)
+        return None
+
+    def used(self, key: int | None, minute: int) -> int:
+        window = self.windows.get(key)
+        return window[1] if window and window[0] == minute else 0
+
+    def drop(self, project_id: int, now: float, reason: str, category: str, quantity: int) -> None:
+        self.dropped[(project_id, minute_of(now), reason[:64], category[:32])] += quantity
+
+    def client_report(self, project_id: int, report: dict[str, Any], now: float) -> None:
+        """An SDK's own drop counts (`discarded_events`: reason, category, quantity)."""
+        for entry in report.get("discarded_events") or []:
+            quantity = entry.get("quantity") if isinstance(entry, dict) else None
+            if isinstance(quantity, int) and not isinstance(quantity, bool) and 0 < quantity < 10**9:
+                self.drop(project_id, now, f"client:{text(entry.get('reason'), 64)}",
+                          text(entry.get("category"), 32) or "error", quantity)
 
 
 # =============================================================================
@@ -1201,6 +1463,367 @@ def frame_location(frame: dict[str, Any]) -> str:
 def first_line(value: str, limit: int) -> str:
     line = next((ln for ln in value.splitlines() if ln.strip()), "").strip()
     return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+# -- scrubbing: secrets out of every event before it is grouped or stored (Sentry's server-side data scrubbing) --
+
+FILTERED = "[Filtered]"
+# Keys whose values are secrets, as substrings of the normalised key (lower case, no - _ . or space):
+# `apikey` matches X-Api-Key and api_key, `auth` the Authorization header, `session` sessionid.
+SECRET_KEYS = ("password", "passwd", "mysqlpwd", "secret", "token", "apikey", "auth", "credential", "cookie",
+               "session", "csrf", "xsrf", "privatekey", "card", "cvv", "cvc", "bearer")
+KEY_NOISE = str.maketrans("", "", "-_. ")
+# Strings under these keys are code, not data (names, paths, source lines): Sentry leaves them alone too,
+# and scanning them could only break grouping and source links.
+CODE_KEYS = frozenset({"filename", "abs_path", "module", "function", "raw_function", "package", "platform",
+                       "instruction_addr", "symbol_addr", "image_addr", "pre_context", "context_line", "post_context"})
+DIGITS = b"0123456789"
+# Top-level fields that are ids, enums or names the program chose (never user data): not walked.
+UNSCRUBBED_FIELDS = frozenset({"event_id", "timestamp", "received", "level", "platform", "logger", "transaction",
+                               "server_name", "release", "dist", "culprit", "environment", "fingerprint", "errors",
+                               "sdk", "modules", "debug_meta", "_meta"})
+# The `_meta` rule ids this scrubbing writes (Relay's names): the ones the event page reports.
+SCRUB_RULES = frozenset({"@password:filter", "@creditcard:filter", "@iban:filter", "strip-fields", "@anything:remove"})
+SAFE = ""  # ScrubPolicy.key_rule's answer for a safe field
+CARD = (r"(?P<card>(?<![\w.])(?:\d{13,19}|\d{4}(?P<sep>[ -])\d{4}(?P=sep)\d{4}(?P=sep)\d{4}(?:(?P=sep)\d{1,3})?"
+        r"|\d{4}(?P<sep2>[ -])\d{6}(?P=sep2)\d{4,5})(?!\w|\.\d))")
+IBAN = r"(?P<iban>(?<!\w)[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?!\w))"
+# `"key": value` (JSON, a Python dict's repr) and `key=value` (form bodies, query strings, cookies, log lines)
+TEXT_PAIRS = (r"""(?P<json>(?P<q>["'])(?P<jkey>[^"'\\\n]{1,100})(?P=q)\s*:\s*"""
+              r"""(?P<jval>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|-?\d[\d.eE+-]*))"""
+              r"""|(?P<kv>(?<![^\s?&;,(\[{])(?P<key>[\w.\-\[\]%+]{1,100})=(?P<val>"[^"\n]*"|'[^'\n]*'|[^\s&;,#)\]}"']+))""")
+NUMBERS = re.compile(f"{CARD}|{IBAN}", re.ASCII)
+KEYS_IN_TEXT = re.compile(TEXT_PAIRS, re.ASCII)
+IBAN_LENGTHS = {entry[:2]: int(entry[2:]) for entry in (  # ISO 13616's registry: country → length
+    "AD24 AE23 AL28 AT20 AZ28 BA20 BE16 BG22 BH22 BI27 BR29 BY28 CH21 CR22 CY28 CZ24 DE22 DJ27 DK18 DO28 EE20 EG29 "
+    "ES24 FI18 FK18 FO18 FR27 GB22 GE22 GI23 GL18 GR27 GT28 HN28 HR21 HU28 IE22 IL23 IQ23 IS26 IT27 JO30 KW30 KZ20 "
+    "LB28 LC32 LI21 LT20 LU20 LV21 LY25 MC27 MD24 ME22 MK19 MN20 MR27 MT31 MU30 NI28 NL18 NO15 OM23 PK24 PL28 PS29 "
+    "PT25 QA29 RO24 RS22 RU33 SA24 SC31 SD18 SE24 SI19 SK24 SM27 SO23 ST25 SV28 TL23 TN24 TR26 UA29 VA22 VG24 XK20 "
+    "YE30").split()}
+
+
+def is_code(value: Any) -> bool:
+    """A source line or name, or a list of source lines."""
+    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(line, str) for line in value))
+
+
+def is_card_number(digits: str) -> bool:
+    """A payment card number: a card network's prefix and length, and a right Luhn check digit
+    (so an order number or a millisecond timestamp of 16 digits is left alone)."""
+    size, head = len(digits), digits[:2]
+    if digits[0] == "4":
+        fits = size in (13, 16, 19)
+    elif head in ("34", "37"):
+        fits = size == 15
+    elif "51" <= head <= "55" or "2221" <= digits[:4] <= "2720":
+        fits = size == 16
+    else:
+        fits = (head in ("30", "35", "36", "38", "39") or digits[0] == "6") and 14 <= size <= 19
+    total = 0
+    for position, digit in enumerate(reversed(digits)):
+        doubled = int(digit) * (2 if position % 2 else 1)
+        total += doubled - 9 if doubled > 9 else doubled
+    return fits and total % 10 == 0
+
+
+def number_rule(match: re.Match[str]) -> str | None:
+    """The rule for a NUMBERS match that checks out (a card's Luhn digit, an IBAN's mod 97), else None."""
+    if match.lastgroup == "card":
+        return "@creditcard:filter" if is_card_number(match[0].replace(" ", "").replace("-", "")) else None
+    return "@iban:filter" if is_iban(match[0]) else None
+
+
+def is_iban(candidate: str) -> bool:
+    """An IBAN: its country's length and the mod-97 check digits (ISO 13616)."""
+    code = candidate.replace(" ", "")
+    if IBAN_LENGTHS.get(code[:2]) != len(code):
+        return False
+    return int("".join(str(int(char, 36)) for char in code[4:] + code[:4])) % 97 == 1
+
+
+def normal_key(key: str) -> str:
+    """A key as the scrubbing compares it: `X-Api-Key`, `api_key` and `apiKey` are all `apikey`."""
+    return key.lower().translate(KEY_NOISE)
+
+
+def key_pattern(keys: Iterable[str]) -> re.Pattern[str] | None:
+    """One regex that finds any of the (normalised) keys inside a normalised key; None for none."""
+    unique = sorted({normal_key(key) for key in keys} - {""})
+    return re.compile("|".join(map(re.escape, unique))) if unique else None
+
+
+@dataclasses.dataclass(frozen=True)
+class ScrubPolicy:
+    """A project's `scrub` option, parsed once per change (see scrub_policy): which values ingest filters."""
+
+    enabled: bool = True
+    defaults: bool = True
+    sensitive_fields: tuple[str, ...] = ()
+    safe_fields: tuple[str, ...] = ()
+    scrub_ip: bool = False
+    default_keys: re.Pattern[str] | None = dataclasses.field(init=False, repr=False, compare=False)
+    user_keys: re.Pattern[str] | None = dataclasses.field(init=False, repr=False, compare=False)
+    safe: frozenset[str] = dataclasses.field(init=False, repr=False, compare=False)
+    verdicts: dict[str, str | None] = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "default_keys", key_pattern(SECRET_KEYS) if self.defaults else None)
+        object.__setattr__(self, "user_keys", key_pattern(self.sensitive_fields))
+        object.__setattr__(self, "safe", frozenset(normal_key(key) for key in self.safe_fields))
+
+    def key_rule(self, key: str) -> str | None:
+        """The rule that filters the value under `key`; SAFE for a safe field (its value is left
+        alone, all of it); None for any other key (its value is walked). Remembered: events repeat keys."""
+        rule = self.verdicts.get(key, KeyError)
+        if rule is KeyError:
+            name = key.lower().translate(KEY_NOISE)
+            rule = SAFE if name in self.safe else (
+                "@password:filter" if self.default_keys and self.default_keys.search(name)
+                else "strip-fields" if self.user_keys and self.user_keys.search(name) else None)
+            if len(self.verdicts) >= 10000:  # a stream of made-up keys must not grow it without end
+                self.verdicts.clear()
+            self.verdicts[key] = rule
+        return rule  # type: ignore[return-value]
+
+    def as_option(self) -> dict[str, Any]:
+        """The policy as the stored `scrub` option."""
+        return {"enabled": self.enabled, "defaults": self.defaults, "sensitive_fields": list(self.sensitive_fields),
+                "safe_fields": list(self.safe_fields), "scrub_ip": self.scrub_ip}
+
+    def api_fields(self) -> dict[str, Any]:
+        """The policy under Sentry's project field names."""
+        option = self.as_option()
+        return {api_name: option[name] for api_name, name in SCRUB_API_FIELDS.items()}
+
+
+DEFAULT_SCRUB = ScrubPolicy()
+SCRUB_API_FIELDS = {"dataScrubber": "enabled", "dataScrubberDefaults": "defaults", "sensitiveFields": "sensitive_fields",
+                    "safeFields": "safe_fields", "scrubIPAddresses": "scrub_ip"}
+MAX_SCRUB_FIELDS = 200
+
+
+class ScrubError(ValueError):
+    """A scrubbing setting of the wrong type (a 400 in the API, a message above the form)."""
+
+
+def scrub_policy(option: Any) -> ScrubPolicy:
+    """The policy of a project's stored `scrub` option (absent or malformed parts: the defaults)."""
+    if not isinstance(option, dict):
+        return DEFAULT_SCRUB
+    return parsed_scrub_policy(json.dumps(option, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=256)
+def parsed_scrub_policy(option_json: str) -> ScrubPolicy:
+    """Cached by the option's text: ingest asks once per request, its regexes compile once per change."""
+    option = json.loads(option_json)
+    flags = {name: option[name] for name in ("enabled", "defaults", "scrub_ip") if isinstance(option.get(name), bool)}
+    keys = {name: tuple(key.strip() for key in option[name] if isinstance(key, str) and key.strip())
+            for name in ("sensitive_fields", "safe_fields") if isinstance(option.get(name), list)}
+    return ScrubPolicy(**flags, **keys)
+
+
+def changed_scrub_option(policy: ScrubPolicy, changes: dict[str, Any]) -> dict[str, Any]:
+    """The `scrub` option to store: the policy's, with `changes` (option names) checked and applied."""
+    option, api_names = policy.as_option(), {name: api_name for api_name, name in SCRUB_API_FIELDS.items()}
+    for name, value in changes.items():
+        if isinstance(option[name], bool) and not isinstance(value, bool):
+            raise ScrubError(f"{api_names[name]} must be true or false")
+        if isinstance(option[name], list):
+            if not (isinstance(value, list) and len(value) <= MAX_SCRUB_FIELDS
+                    and all(isinstance(key, str) and len(key) <= 200 for key in value)):
+                raise ScrubError(f"{api_names[name]} must be a list of at most {MAX_SCRUB_FIELDS} field names "
+                                 "(strings of at most 200 characters)")
+            value = list(dict.fromkeys(key.strip() for key in value if key.strip()))
+        option[name] = value
+    return option
+
+
+class Scrubber:
+    """One walk over one event: filters in place and notes each change at its path in Sentry's `_meta`
+    shape, `{"": {"rem": [[rule, "s", start, end]], "len": original length}}`."""
+
+    def __init__(self, policy: ScrubPolicy, meta: dict[str, Any]) -> None:
+        self.policy, self.meta, self.count = policy, meta, 0
+        self.path: list[str] = []  # of the container being walked
+
+    def walk(self, container: Any) -> None:
+        """Filter the secrets inside a dict or a list, in place."""
+        if isinstance(container, dict):
+            for key, value in container.items():
+                self.entry(container, key, key, value)
+        elif isinstance(container, list):
+            for index, value in enumerate(container):
+                self.entry(container, index, None, value)
+
+    def entry(self, container: Any, slot: str | int, key: str | None, value: Any) -> None:
+        """container[slot], `value`, under `key` (None: no key, as in a list): filtered, left alone
+        (a safe field, or code) or walked. Scalars return at once: most of an event is scalars."""
+        if value is None or value is True or value is False:
+            return
+        rule = None if key is None else self.policy.key_rule(key)
+        if rule is None:
+            if isinstance(value, str):
+                if len(value) > 2 and key not in CODE_KEYS:
+                    container[slot] = self.text(value, slot)
+            elif isinstance(value, (dict, list)) and not (key in CODE_KEYS and is_code(value)):
+                self.path.append(str(slot))
+                self.walk(value)
+                self.path.pop()
+        elif rule and value not in ("", {}, [], FILTERED):
+            self.note(slot, [[rule, "s", 0, len(FILTERED)]], len(value) if isinstance(value, str) else None)
+            container[slot] = FILTERED
+
+    def pairs(self, items: list[Any]) -> None:
+        """A pair list (headers, query string, cookies, tags): in each [name, value] the name is the key."""
+        for index, pair in enumerate(items):
+            if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str):
+                self.path.append(str(index))
+                self.entry(pair, 1, pair[0], pair[1])
+                self.path.pop()
+            else:
+                self.entry(items, index, None, pair)
+
+    def section(self, container: dict[str, Any], key: str, walk: Callable[[Any], None]) -> None:
+        """One of the event's parts that needs a walk of its own (`request`, `tags`)."""
+        self.path.append(key)
+        walk(container[key])
+        self.path.pop()
+
+    def request(self, request: dict[str, Any]) -> None:
+        """The request: headers, query and cookies hold pairs, and `cookies` itself is no secret key."""
+        for key, value in request.items():
+            if key in ("headers", "query_string", "cookies") and isinstance(value, list):
+                self.section(request, key, self.pairs)
+            else:
+                self.entry(request, key, None if key == "cookies" else key, value)
+
+    def text(self, value: str, slot: str | int) -> str:
+        """`value` with the secrets inside it replaced: card numbers, IBANs, and the values of
+        `key=value` and `"key": value` pairs whose key is secret (the rest of the text stays)."""
+        spans = []
+        if len(value) >= 10 and self.policy.defaults:  # cheap tests first: most strings hold no secret
+            raw = value.encode("utf-8", "surrogatepass")
+            if len(raw) - len(raw.translate(None, DIGITS)) >= 10:
+                spans += [(*match.span(), rule) for match in NUMBERS.finditer(value) if (rule := number_rule(match))]
+        if "=" in value or (":" in value and ('"' in value or "'" in value)):
+            spans += self.keyed(value)
+        if not spans:
+            return value
+        parts, remarks, last, size = [], [], 0, 0
+        for start, end, rule in sorted(spans):
+            if start < last:
+                continue  # `card=4111…`: the number and the key's value are one span
+            parts += (value[last:start], FILTERED)
+            size += start - last
+            remarks.append([rule, "s", size, size + len(FILTERED)])
+            size, last = size + len(FILTERED), end
+        parts.append(value[last:])
+        self.note(slot, remarks, len(value))
+        return "".join(parts)
+
+    def keyed(self, value: str) -> list[tuple[int, int, str]]:
+        """The values of the secret keys' pairs in a text, as (start, end, rule) (quotes left out)."""
+        spans = []
+        for match in KEYS_IN_TEXT.finditer(value):
+            key, group = ("jkey", "jval") if match.lastgroup == "json" else ("key", "val")
+            rule = self.policy.key_rule(match[key])
+            start, end = match.span(group)
+            quote = 1 if value[start] in "\"'" else 0
+            if rule and value[start + quote:end - quote] not in ("", FILTERED):
+                spans.append((start + quote, end - quote, rule))
+        return spans
+
+    def note(self, slot: str | int, remarks: list[list[Any]], length: int | None) -> None:
+        """Record a change to container[slot] in `_meta` (next to what the SDK noted there)."""
+        node = self.meta
+        for part in (*self.path, str(slot)):
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        entry = node[""] = node[""] if isinstance(node.get(""), dict) else {}
+        entry["rem"] = [*(entry["rem"] if isinstance(entry.get("rem"), list) else []), *remarks]
+        if length is not None:
+            entry["len"] = length
+        self.count += 1
+
+    def remove_ips(self, ev: dict[str, Any]) -> None:
+        """scrubIPAddresses: the user's IP address and the request's REMOTE_ADDR are not stored at all."""
+        for *parents, last in (("user", "ip_address"), ("request", "env", "REMOTE_ADDR")):
+            node: Any = ev
+            for part in parents:
+                node = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(node, dict) or node.get(last) in (None, ""):
+                continue
+            address = node.pop(last)
+            self.path[:] = parents
+            self.note(last, [["@anything:remove", "x"]], len(address) if isinstance(address, str) else None)
+            if last == "ip_address":  # nor the `user` tag made of it
+                ev["tags"] = [tag for tag in ev.get("tags", []) if tag != ["user", f"ip:{address}"]]
+        self.path.clear()
+
+
+def scrub_event(ev: dict[str, Any], policy: ScrubPolicy) -> int:
+    """Filter the secrets out of a normalised event in place, before it is grouped, shown or stored
+    (one walk); each filtered value is noted in `_meta`. Returns how many values were filtered."""
+    scrubber = Scrubber(policy, ev["_meta"] if isinstance(ev.get("_meta"), dict) else {})
+    if policy.enabled:
+        for key, value in ev.items():
+            if key in UNSCRUBBED_FIELDS:
+                continue
+            if key == "request" and isinstance(value, dict):
+                scrubber.section(ev, key, scrubber.request)
+            elif key == "tags" and isinstance(value, list):
+                scrubber.section(ev, key, scrubber.pairs)
+            else:
+                scrubber.entry(ev, key, key, value)
+    if policy.scrub_ip:
+        scrubber.remove_ips(ev)
+    if scrubber.count:
+        ev["_meta"] = scrubber.meta
+    return scrubber.count
+
+
+def scrubbed_paths(ev: dict[str, Any]) -> list[str]:
+    """Where the server's scrubbing filtered a stored event, readable for its page: a pair list's
+    index becomes the pair's name (`request.headers.Authorization`, not `request.headers.3.1`)."""
+    found: list[str] = []
+
+    def visit(meta: dict[str, Any], value: Any, names: list[str]) -> None:
+        entry = as_dict(meta.get(""))
+        if any(isinstance(r, list) and r and isinstance(r[0], str) and r[0] in SCRUB_RULES
+               for r in as_list(entry.get("rem"))):
+            found.append(".".join(names))
+        for key, child in meta.items():
+            if key == "" or not isinstance(child, dict):
+                continue
+            index = int(key) if key.isdecimal() and len(key) < 10 else -1
+            item = (value[index] if isinstance(value, list) and 0 <= index < len(value)
+                    else value.get(key) if isinstance(value, dict) else None)
+            if (isinstance(value, list) and isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                    and isinstance(child.get("1"), dict)):
+                visit(child["1"], item[1], [*names, item[0]])
+            else:
+                visit(child, item, [*names, key])
+
+    visit(as_dict(ev.get("_meta")), ev, [])
+    return found
+
+
+API_ENTRY_SOURCES = {"exception": "exception", "message": "logentry", "stacktrace": "stacktrace",
+                     "threads": "threads", "breadcrumbs": "breadcrumbs", "request": "request"}
+
+
+def api_meta(ev: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stored `_meta` addressed as the event API shows the event, as Sentry's does: an
+    interface's under `entries.<index>.data`, a tag's under `tags.<index>.value`."""
+    meta = as_dict(ev.get("_meta"))
+    out = {key: meta[key] for key in ("user", "contexts", "extra", "sdk") if isinstance(meta.get(key), dict)}
+    sources = [meta.get(API_ENTRY_SOURCES.get(entry["type"])) for entry in entries]
+    indexed = {str(index): {"data": source} for index, source in enumerate(sources) if isinstance(source, dict)}
+    tags = {index: {"value": tag["1"]} for index, tag in as_dict(meta.get("tags")).items()
+            if isinstance(tag, dict) and "1" in tag}
+    return {**out, **({"entries": indexed} if indexed else {}), **({"tags": tags} if tags else {})}
 
 
 # -- grouping (shared/docs/grouping.md; our own code from that description) ----
@@ -1846,10 +2469,11 @@ class PreparedEvent:
 
 
 def prepare_event(raw: dict[str, Any], *, project_id: int, event_id: str | None, received: float,
-                  client_ip: str = "", rules: GroupingRules = NO_RULES) -> PreparedEvent:
+                  client_ip: str = "", rules: GroupingRules = NO_RULES, scrub: ScrubPolicy = DEFAULT_SCRUB) -> PreparedEvent:
     """Everything ingest does before the writer, in the request's task (no database access:
-    the project's grouping rules come parsed from the cache)."""
+    the project's grouping rules and scrubbing policy come parsed from the caches)."""
     ev = normalize_event(raw, event_id=event_id, received=received, client_ip=client_ip)
+    scrub_event(ev, scrub)  # before grouping, titles, tags and the payload see the secrets
     apply_stack_rules(ev, rules.stack, "project")
     client_fingerprint = ev.get("fingerprint")
     rule = apply_fingerprint_rules(ev, rules.fingerprint)
@@ -3422,6 +4046,33 @@ class Background:
         raise NotImplementedError
 
 
+class DropFlusher(Background):
+    """Writes the drop counts IngestLimits gathers, every few seconds and once more at shutdown."""
+
+    EVERY = 5.0
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.EVERY)
+            await self.flush()
+
+    async def close(self) -> None:
+        await super().close()
+        await self.flush()
+
+    async def flush(self) -> None:
+        limits: IngestLimits = self.app.state.limits
+        if limits.dropped:
+            counts, limits.dropped = limits.dropped, collections.Counter()
+            await self.app.state.writer.submit(lambda conn: conn.executemany(
+                "INSERT INTO dropped (project_id, minute, reason, category, quantity) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT DO UPDATE SET quantity = quantity + excluded.quantity",
+                [(*key, n) for key, n in counts.items()]))
+
+
 class Dispatcher(Background):
     """Delivers the outbox: due rows of one channel in order, channels side by side. A row is
     claimed (in_flight) before its attempt; a crash leaves it claimed, and the next start
@@ -3779,8 +4430,8 @@ def slo_measure(conn: sqlite3.Connection, project_id: int, slo: dict[str, Any], 
     args = [project_id, start, end, *([env] if env else [])]
     if slo["metric"] == "error_events":
         total = conn.execute(f"SELECT coalesce(sum(count), 0) FROM transaction_buckets WHERE {where}", args).fetchone()[0]
-        bad = conn.execute(f"SELECT count(*) FROM events WHERE project_id = ? AND timestamp >= ? AND timestamp < ? "
-                           f"AND level IN ('error', 'fatal')" + (" AND environment = ?" if env else ""), args).fetchone()[0]
+        bad = conn.execute("SELECT count(*) FROM events WHERE project_id = ? AND timestamp >= ? AND timestamp < ? "
+                           "AND level IN ('error', 'fatal')" + (" AND environment = ?" if env else ""), args).fetchone()[0]
     else:
         row = conn.execute(f"{HEALTH_SQL} WHERE {where}", args).fetchone()
         total, bad = row["total"], row["errored" if slo["metric"] == "errored_sessions" else "crashed"]
@@ -3837,6 +4488,184 @@ class SloJudge(Background):
             await asyncio.sleep(self.interval)
 
 
+# -- retention: old events go in small batches, each issue keeps its first and latest -----------
+
+# Per-project rows counted by time that go with the events: table → its time column (epoch seconds).
+AGED_ROWS = {"session_buckets": "minute", "transaction_buckets": "minute", "session_users": "day",
+             "slo_history": "minute", "dropped": "minute"}
+VACUUM_STEP = 512  # pages handed back to the file system per writer job
+
+
+def retention_policy(defaults: Mapping[str, Any], options: Mapping[str, Any]) -> tuple[float, int | None]:
+    """A project's (max age in days, max events or None): its `retention` option over the
+    [retention] table (90 days, no cap by default). An age of 0 keeps events for ever."""
+    own = options.get("retention") or {}
+    age = float(own.get("max_age_days", defaults.get("max_age_days", 90)) or 0)
+    cap = own.get("max_events")
+    return max(age, 0.0), None if cap is None else max(int(cap), 0)
+
+
+def prune_events(conn: sqlite3.Connection, project_id: int, cutoff: float, excess: int,
+                 after: tuple[float, int], batch: int) -> tuple[int, int, tuple[float, int] | None]:
+    """Writer job: look at the project's next `batch` events, oldest first from the cursor `after`
+    (timestamp, id), and delete those older than `cutoff` and, while `excess` is above 0, the
+    oldest others. An issue's first and latest event (by timestamp, id) always stay, and so do its
+    counters (times seen, first and last seen, tag counts), as in Sentry.
+
+    The exception is an issue whose last event is older than `cutoff`: nothing of it is within
+    the retention, so all its events go and, with the last of them, the issue itself with its
+    hashes, tags, search terms, activity, rule fires and links (`delete_issues`); a later event
+    with the same fingerprint opens a new issue, as in Sentry after retention.
+
+    Returns (events deleted, issues deleted, the cursor for the next batch or None when done)."""
+    ts, last_id = after
+    rows = conn.execute("""SELECT id, issue_id, timestamp FROM events WHERE project_id = ? AND timestamp >= ?
+                           AND (timestamp > ? OR id > ?) AND (timestamp < ? OR ? > 0)
+                           ORDER BY timestamp, id LIMIT ?""",
+                        (project_id, ts, ts, last_id, cutoff, excess, batch)).fetchall()
+    if not rows:
+        return 0, 0, None
+    issue_ids = sorted({r["issue_id"] for r in rows})
+    keep, aged = set(), []
+    for issue in conn.execute(
+            f"""SELECT id, last_seen < ? AS aged,
+                    (SELECT id FROM events WHERE issue_id = issues.id ORDER BY timestamp, id LIMIT 1) AS first,
+                    (SELECT id FROM events WHERE issue_id = issues.id ORDER BY timestamp DESC, id DESC LIMIT 1) AS latest
+                FROM issues WHERE id IN ({','.join('?' * len(issue_ids))})""", (cutoff, *issue_ids)):
+        if issue["aged"]:
+            aged.append(issue["id"])
+        else:
+            keep.update((issue["first"], issue["latest"]))
+    doomed: list[int] = []
+    for row in rows:
+        if row["id"] not in keep and (row["timestamp"] < cutoff or excess > len(doomed)):
+            doomed.append(row["id"])
+    conn.execute(f"DELETE FROM events WHERE id IN ({','.join('?' * len(doomed))})", doomed)
+    gone = [i for i in aged if not conn.execute("SELECT 1 FROM events WHERE issue_id = ? LIMIT 1", (i,)).fetchone()]
+    if gone:
+        marks = ",".join("?" * len(gone))
+        for table in ("rule_fires", "issue_links"):
+            conn.execute(f"DELETE FROM {table} WHERE issue_id IN ({marks})", gone)
+        delete_issues(conn, gone)
+    more = len(rows) == batch
+    return len(doomed), len(gone), (rows[-1]["timestamp"], rows[-1]["id"]) if more else None
+
+
+def prune_aged_rows(conn: sqlite3.Connection, table: str, column: str, project_id: int, cutoff: float,
+                    batch: int) -> int:
+    """Writer job: delete up to `batch` of a project's rows of `table` older than `cutoff`."""
+    key = ", ".join(r["name"] for r in sorted(conn.execute(f"PRAGMA table_info({table})"), key=lambda r: r["pk"])
+                    if r["pk"])
+    return conn.execute(f"DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE project_id = ? "
+                        f"AND {column} < ? LIMIT ?)", (project_id, cutoff, batch)).rowcount
+
+
+def prune_leftovers(conn: sqlite3.Connection, now: float, cutoff: float, batch: int) -> int:
+    """Writer job: expired browser sessions and login links, and up to `batch` outbox rows delivered
+    or cancelled before `cutoff`. Kept: dead letters (they can be sent again), Jira creations
+    (their key stops a second Jira issue) and the rows of issues not resolved (resolving one tells
+    the channels its outbox names)."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    deleted = sum(conn.execute(f"DELETE FROM {table} WHERE expires < ?", (now,)).rowcount
+                  for table in ("web_sessions", "login_links") if table in tables)
+    return deleted + conn.execute(
+        """DELETE FROM outbox WHERE id IN (SELECT id FROM outbox o WHERE status IN ('delivered', 'cancelled')
+               AND coalesce(delivered, created) < ? AND idempotency_key NOT LIKE 'jira-%'
+               AND NOT EXISTS (SELECT 1 FROM issues i WHERE i.id = o.issue_id AND i.status != 'resolved') LIMIT ?)""",
+        (cutoff, batch)).rowcount
+
+
+def give_back_pages(conn: sqlite3.Connection, pages: int) -> int:
+    """Writer job: hand up to `pages` free pages back to the file system (auto_vacuum=INCREMENTAL
+    moves pages from the end of the file into the free ones and truncates it); returns how many
+    free pages are left."""
+    for _ in range(min(pages, conn.execute("PRAGMA freelist_count").fetchone()[0])):
+        conn.execute("PRAGMA incremental_vacuum(1)")  # Python's sqlite3 steps a pragma once: one page each
+    return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+
+class Retention(Background):
+    """Every `interval` seconds, a pass over the projects: events beyond their max age or max
+    events go (`prune_events`), with the session, transaction, SLO and dropped-event minutes
+    beyond the max age (`AGED_ROWS`), expired web sessions and login links and old outbox rows
+    (`prune_leftovers`). Every writer job deletes at most `batch` rows, so ingest jobs queue
+    between them. After a pass that deleted something, the free pages go back to the file
+    system a few hundred per job; a database created before auto_vacuum=INCREMENTAL keeps them
+    (reused by new rows) until `tracker vacuum` converts it."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        self.defaults = app.state.settings.retention
+        self.interval = float(self.defaults.get("interval", 300))
+        self.batch = max(int(self.defaults.get("batch", 500)), 1)
+        self.warned = False
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:  # a failed pass must not end retention for good
+                log.exception("retention pass failed")
+            await asyncio.sleep(self.interval)
+
+    async def sweep(self) -> dict[str, int]:
+        """One pass; returns what it deleted: events, issues, other rows, and pages given back."""
+        started, now = time.monotonic(), time.time()
+        writer: Writer = self.app.state.writer
+        store: Store = self.app.state.store
+        done = {"events": 0, "issues": 0, "rows": 0, "pages": 0}
+        for project in await store.all("SELECT id FROM projects ORDER BY id"):
+            pid = project["id"]
+            try:
+                age, cap = retention_policy(self.defaults, await self.app.state.options.options(pid))
+            except (TypeError, ValueError, AttributeError):
+                log.warning("project %s: ignoring a retention option that is not {max_age_days, max_events}", pid)
+                continue
+            cutoff = now - age * 86400 if age else 0.0
+            excess = 0 if cap is None else (await store.one("SELECT count(*) FROM events WHERE project_id = ?",
+                                                            (pid,)))[0] - cap
+            cursor: tuple[float, int] | None = (0.0, 0)
+            while cursor is not None:
+                events, issues, cursor = await writer.submit(
+                    lambda conn, after=cursor, excess=excess: prune_events(conn, pid, cutoff, excess, after, self.batch))
+                excess -= events
+                done["events"] += events
+                done["issues"] += issues
+            for table, column in AGED_ROWS.items() if cutoff else ():
+                deleted = self.batch
+                while deleted == self.batch:
+                    deleted = await writer.submit(
+                        lambda conn, t=table, c=column: prune_aged_rows(conn, t, c, pid, cutoff, self.batch))
+                    done["rows"] += deleted
+        age = float(self.defaults.get("max_age_days", 90) or 0)
+        deleted = self.batch
+        while deleted == self.batch:
+            deleted = await writer.submit(lambda conn: prune_leftovers(conn, now, now - age * 86400 if age else 0.0,
+                                                                       self.batch))
+            done["rows"] += deleted
+        if any(done.values()):
+            done["pages"] = await self.give_back(writer, store)
+            log.info("retention: deleted %d events, %d issues and %d other rows, gave back %d pages in %.2f s",
+                     done["events"], done["issues"], done["rows"], done["pages"], time.monotonic() - started)
+        return done
+
+    async def give_back(self, writer: Writer, store: Store) -> int:
+        """Free pages back to the file system, VACUUM_STEP per writer job; returns how many."""
+        if (await store.one("PRAGMA auto_vacuum"))[0] != 2:
+            if not self.warned:
+                self.warned = True
+                log.info("retention: this database keeps its free pages (made before auto_vacuum was set); "
+                         "stop the server and run `tracker vacuum` once to let it shrink")
+            return 0
+        given, left = 0, (await store.one("PRAGMA freelist_count"))[0]
+        while left:
+            now_left = await writer.submit(lambda conn: give_back_pages(conn, VACUUM_STEP))
+            if now_left >= left:
+                break
+            given, left = given + left - now_left, now_left
+        return given
+
+
 # =============================================================================
 # JSON API (Sentry's shapes; Bearer tokens)
 # =============================================================================
@@ -3857,7 +4686,7 @@ def api(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
     """Wrap an /api/0/ handler: token auth, JSON errors, application/json on every answer."""
     async def endpoint(request: Request) -> Response:
         try:
-            await require_token(request)
+            await require_token(request, scope_needed(request))
             result = await handler(request)
         except ApiError as exc:
             return JSONResponse({"detail": exc.detail}, status_code=exc.status)
@@ -3866,7 +4695,16 @@ def api(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
     return endpoint
 
 
-async def require_token(request: Request) -> sqlite3.Row:
+def scope_needed(request: Request) -> str:
+    """Reading needs `read`, changing needs `write`; people, tokens, DSN keys and alert channels
+    (which hold secrets) need `admin` to change, and people and tokens even to list."""
+    path, reading = request.url.path, request.method in ("GET", "HEAD")
+    if "/api-tokens/" in path or "/users/" in path or (not reading and ("/keys/" in path or "/channels/" in path)):
+        return "admin"
+    return "read" if reading else "write"
+
+
+async def require_token(request: Request, scope: str = "read") -> sqlite3.Row:
     authorization = request.headers.get("authorization", "")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -3875,6 +4713,8 @@ async def require_token(request: Request) -> sqlite3.Row:
                                             (hash_token(token.strip()),))
     if row is None:
         raise ApiError(401, "Invalid token")
+    if scope not in row["scopes"].split():
+        raise ApiError(403, f"You do not have permission to perform this action (the token lacks the {scope} scope).")
     return row
 
 
@@ -4910,6 +5750,109 @@ async def api_delete_rule(request: Request) -> Response:
     return Response(status_code=204)
 
 
+# -- DSN keys and API tokens (Sentry's project keys and api-tokens shapes) -------------------------
+
+def add_key(conn: sqlite3.Connection, project_id: int, label: str = "Default") -> str:
+    """A new DSN key beside the old ones: rotating is adding one, moving clients, then disabling the old."""
+    key = secrets.token_hex(16)
+    conn.execute("INSERT INTO project_keys (public_key, project_id, label, created) VALUES (?, ?, ?, ?)",
+                 (key, project_id, label[:64] or "Default", time.time()))
+    return key
+
+
+def serialize_key(row: sqlite3.Row, settings: Settings) -> dict[str, Any]:
+    dsn = dsn_for(settings, row["public_key"], row["project_id"])
+    return {"id": row["public_key"], "name": row["label"], "label": row["label"], "public": row["public_key"],
+            "secret": None, "projectId": row["project_id"], "isActive": bool(row["active"]), "rateLimit": None,
+            "dsn": {"public": dsn, "secret": dsn}, "dateCreated": iso(row["created"])}
+
+
+async def key_from_path(request: Request, project_id: int) -> sqlite3.Row:
+    row = await request.app.state.store.one("SELECT * FROM project_keys WHERE project_id = ? AND public_key = ?",
+                                            (project_id, request.path_params["key_id"].lower()))
+    if row is None:
+        raise ApiError(404, "The requested resource does not exist")
+    return row
+
+
+async def api_project_keys(request: Request) -> list[dict[str, Any]]:
+    project = await project_from_path(request)
+    rows = await request.app.state.store.all("SELECT * FROM project_keys WHERE project_id = ? ORDER BY created",
+                                             (project["id"],))
+    return [serialize_key(r, request.app.state.settings) for r in rows]
+
+
+async def api_create_key(request: Request) -> Response:
+    project = await project_from_path(request)
+    label = text((await request_object(request)).get("name"), 64)
+    key = await request.app.state.writer.submit(lambda conn: add_key(conn, project["id"], label))
+    row = await request.app.state.store.one("SELECT * FROM project_keys WHERE public_key = ?", (key,))
+    return JSONResponse(serialize_key(row, request.app.state.settings), status_code=201)
+
+
+async def set_key(request: Request, project_id: int, key: str, active: bool | None, label: str | None) -> None:
+    """Enable, disable or rename a key; the ingest cache forgets it, so a disabled key is refused at once."""
+    await request.app.state.writer.submit(lambda conn: conn.execute(
+        "UPDATE project_keys SET active = coalesce(?, active), label = coalesce(?, label) WHERE public_key = ? "
+        "AND project_id = ?", (None if active is None else int(active), label, key, project_id)))
+    request.app.state.keys.entries.pop(key, None)
+
+
+async def api_update_key(request: Request) -> dict[str, Any]:
+    """PUT {"isActive": false} disables a key (its events are refused with 403), {"name": …} renames it."""
+    project = await project_from_path(request)
+    row = await key_from_path(request, project["id"])
+    body = await request_object(request)
+    if not isinstance(body.get("isActive", True), bool):
+        raise ApiError(400, "isActive must be true or false")
+    label = text(body["name"], 64) if "name" in body else None
+    await set_key(request, project["id"], row["public_key"], body.get("isActive"), label)
+    return serialize_key(await key_from_path(request, project["id"]), request.app.state.settings)
+
+
+async def api_delete_key(request: Request) -> Response:
+    project = await project_from_path(request)
+    row = await key_from_path(request, project["id"])
+    await request.app.state.writer.submit(
+        lambda conn: conn.execute("DELETE FROM project_keys WHERE public_key = ?", (row["public_key"],)))
+    request.app.state.keys.entries.pop(row["public_key"], None)
+    return Response(status_code=204)
+
+
+def serialize_token(row: sqlite3.Row) -> dict[str, Any]:
+    return {"id": str(row["id"]), "name": row["name"], "scopes": row["scopes"].split(),
+            "dateCreated": iso(row["created"])}
+
+
+async def api_tokens(request: Request) -> list[dict[str, Any]]:
+    return [serialize_token(r) for r in await request.app.state.store.all("SELECT * FROM api_tokens ORDER BY id")]
+
+
+async def api_create_token(request: Request) -> Response:
+    """POST {"name": …, "scopes": [...]}: 201 with the token itself, shown this once."""
+    body = await request_object(request)
+    try:
+        scopes = token_scopes(body.get("scopes", ["read"]) if isinstance(body.get("scopes", []), list) else "?")
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    name = text(body.get("name"), 100)
+    token = await request.app.state.writer.submit(lambda conn: create_token(conn, name, scopes))
+    row = await request.app.state.store.one("SELECT * FROM api_tokens WHERE token_hash = ?", (hash_token(token),))
+    return JSONResponse({**serialize_token(row), "token": token}, status_code=201)
+
+
+async def api_revoke_token(request: Request) -> Response:
+    """DELETE /api/0/api-tokens/<id>/, or Sentry's DELETE /api/0/api-tokens/ with {"tokenId": …}."""
+    raw = request.path_params.get("token_id") or str((await request_object(request)).get("tokenId", ""))
+    if not raw.isdigit() or len(raw) > 18:
+        raise ApiError(404, "The requested resource does not exist")
+    gone = await request.app.state.writer.submit(
+        lambda conn: conn.execute("DELETE FROM api_tokens WHERE id = ?", (int(raw),)).rowcount)
+    if not gone:
+        raise ApiError(404, "The requested resource does not exist")
+    return Response(status_code=204)
+
+
 # -- release health, SLOs and metrics (Sentry's sessions and events-stats shapes) ---------------
 
 SESSION_FIELDS = ("sum(session)", "count_unique(user)", "crash_free_rate(session)", "crash_free_rate(user)",
@@ -5057,6 +6000,45 @@ async def api_events_stats(request: Request) -> dict[str, Any]:
             "start": int(start), "end": int(end), "isMetricsData": False}
 
 
+STATS_GROUPS = ("outcome", "reason", "category", "project")
+
+
+async def api_stats_v2(request: Request) -> dict[str, Any]:
+    """GET /api/0/organizations/<org>/stats_v2/?field=sum(quantity): what was accepted and what was
+    dropped, by outcome (accepted, rate_limited, client_discard), reason, category and project."""
+    check_org(request)
+    params = request.query_params
+    groups = params.getlist("groupBy")
+    if params.getlist("field") != ["sum(quantity)"]:
+        raise ApiError(400, "field: sum(quantity)")
+    if any(g not in STATS_GROUPS for g in groups):
+        raise ApiError(400, f"groupBy: any of {', '.join(STATS_GROUPS)}")
+    start, end, interval = stats_window(request)
+    where, args = filter_sql(stats_filters(request, ()))
+    store: Store = request.app.state.store
+    dropped = await store.all(f"SELECT project_id, minute AS at, reason, category, quantity FROM dropped "
+                              f"WHERE minute >= ? AND minute < ? AND {where}", [start, end, *args])
+    accepted = await store.all(f"SELECT project_id, CAST(timestamp / 60 AS INTEGER) * 60 AS at, 'none' AS reason, "
+                               f"'error' AS category, count(*) AS quantity FROM events WHERE timestamp >= ? AND "
+                               f"timestamp < ? AND {where} GROUP BY project_id, at", [start, end, *args])
+    slots = int((end - start) // interval)
+    by: dict[tuple[Any, ...], list[int]] = {}
+    wanted = {k: params.getlist(k) for k in ("outcome", "category") if params.getlist(k)}
+    for row in [*dropped, *accepted]:
+        client = row["reason"].startswith("client:")
+        values = {"outcome": "client_discard" if client else "accepted" if row["reason"] == "none" else "rate_limited",
+                  "reason": row["reason"].removeprefix("client:"), "category": row["category"],
+                  "project": row["project_id"]}
+        if any(values[k] not in v for k, v in wanted.items()):
+            continue
+        series = by.setdefault(tuple(values[g] for g in groups), [0] * slots)
+        series[min(max(int((row["at"] - start) // interval), 0), slots - 1)] += row["quantity"]
+    return {"start": iso(start), "end": iso(end), "intervals": [iso(start + i * interval) for i in range(slots)],
+            "groups": [{"by": dict(zip(groups, key)), "totals": {"sum(quantity)": sum(series)},
+                        "series": {"sum(quantity)": series}}
+                       for key, series in sorted(by.items(), key=lambda kv: [str(k) for k in kv[0]])]}
+
+
 async def slo_of(store: Store, project_id: int) -> dict[str, Any] | None:
     """A project's objective with its current state and the last 24 hours of judgements."""
     row = await store.one("SELECT * FROM slos WHERE project_id = ?", (project_id,))
@@ -5166,6 +6148,13 @@ body { margin:0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, s
 a { color: var(--accent); text-decoration: none; } a:hover { text-decoration: underline; }
 header.top { background:#111827; color:#fff; padding:10px 24px; display:flex; gap:24px; align-items:center; }
 header.top a { color:#e5e7eb; } header.top .brand { font-weight:700; color:#fff; font-size:16px; }
+header.top .who { margin-left:auto; display:flex; gap:12px; align-items:center; font-size:13px; }
+header.top .who form { margin:0; } button.link { background:none; border:0; color:#9ca3af; padding:0; cursor:pointer; font:inherit; }
+div.drops { color:#92400e; font-size:12.5px; margin:4px 0; }
+div.key { margin:4px 0; display:flex; gap:8px; align-items:center; flex-wrap:wrap; } div.key form, form.key { margin:0; display:inline-flex; gap:6px; align-items:center; }
+div.key.off code { text-decoration:line-through; color:#9ca3af; } .card.secret pre { white-space:pre-wrap; word-break:break-all; background:#f3f4f6; padding:8px; }
+form.login { max-width:340px; margin:40px auto; display:flex; flex-direction:column; gap:12px; }
+form.login label { display:flex; flex-direction:column; gap:4px; } form.login h1 { margin:0; }
 main { padding: 20px 24px; max-width: 1400px; margin: 0 auto; }
 h1 { font-size: 20px; margin: 0 0 4px; word-break: break-word; } h2 { font-size: 15px; margin: 24px 0 8px; }
 .muted { color: var(--muted); } .mono { font-family: var(--mono); font-size: 12.5px; }
@@ -5290,7 +6279,8 @@ TEMPLATES = {
     "base.html": """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{% block title %}tracker{% endblock %} · tracker</title><link rel="stylesheet" href="/static/tracker.css"></head>
-<body><header class="top"><a class="brand" href="/issues/">tracker</a><a href="/issues/">Issues</a><a href="/releases/">Releases</a><a href="/alerts/">Alerts</a><a href="/projects/">Projects &amp; DSNs</a></header>
+<body><header class="top"><a class="brand" href="/issues/">tracker</a>{% if viewer %}<a href="/issues/">Issues</a><a href="/releases/">Releases</a><a href="/alerts/">Alerts</a><a href="/projects/">Projects &amp; DSNs</a>
+<span class="who"><a href="/account/">{{ viewer.name }}{% if viewer.role == 'admin' %} (admin){% endif %}</a>{% if viewer.via == 'session' %}<form method="post" action="/logout"><input type="hidden" name="csrf" value="{{ csrf }}"><button class="link">Sign out</button></form>{% endif %}</span>{% endif %}</header>
 <main>{% block main %}{% endblock %}</main></body></html>""",
 
     "issues.html": """{% extends "base.html" %}{% block title %}Issues{% endblock %}{% block main %}
@@ -5310,7 +6300,7 @@ TEMPLATES = {
 </form>
 {% if project %}<div class="muted" style="margin:-6px 0 10px;font-size:12.5px"><a href="/projects/{{ project.slug }}/overview/">{{ project.name }} overview: trends, release health, bug lifetimes</a> · <a href="/projects/{{ project.slug }}/slo/">SLO</a></div>{% endif %}
 {% if error %}<div class="card search-error">Search: {{ error }}</div>{% endif %}
-{% if issues %}<form id="bulk" class="bulk" method="post" action="/issues/bulk/"><input type="hidden" name="next" value="{{ query() }}">
+{% if issues %}<form id="bulk" class="bulk" method="post" action="/issues/bulk/"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="next" value="{{ query() }}">
   <span class="muted">Ticked issues:</span>
   <button type="submit" name="bulk" value="resolved">Resolve</button><button type="submit" name="bulk" value="ignored" class="secondary">Ignore</button>
   <button type="submit" name="bulk" value="unresolved" class="secondary">Unresolve</button>
@@ -5354,13 +6344,13 @@ TEMPLATES = {
   {% set act = '/issues/%d/' % issue.id %}
   <div class="actions">
     <span class="state">{{ status_words }} · {% if issue.assignee %}assigned to <b>{{ issue.assignee }}</b>{% else %}unassigned{% endif %}</span>
-    <form method="post" action="{{ act }}"><input type="hidden" name="status" value="resolved"><button>Resolve</button></form>
-    {% if releases %}<form method="post" action="{{ act }}"><input type="hidden" name="status" value="resolvedInNextRelease"><button class="secondary" title="events from {{ releases[0] }} or older keep it resolved">Resolve in next release</button></form>{% endif %}
-    <form method="post" action="{{ act }}"><input type="hidden" name="status" value="resolved"><input name="inRelease" list="releases" required placeholder="release" aria-label="release" size="14"><datalist id="releases">{% for r in releases %}<option value="{{ r }}">{% endfor %}</datalist><button class="secondary">Resolve in release</button></form>
-    <form method="post" action="{{ act }}"><input type="hidden" name="status" value="ignored"><select name="ignore" aria-label="ignore">{% for key, (label, _) in ignore_choices.items() %}<option value="{{ key }}">{{ label }}</option>{% endfor %}</select><button class="secondary">Ignore</button></form>
-    {% if issue.status != 'unresolved' %}<form method="post" action="{{ act }}"><input type="hidden" name="status" value="unresolved"><button class="secondary">Unresolve</button></form>{% endif %}
-    <form method="post" action="{{ act }}"><input name="assignedTo" value="{{ issue.assignee or '' }}" placeholder="name or email" aria-label="assignee" size="16"><button class="secondary">Assign</button></form>
-    {% if issue.assignee %}<form method="post" action="{{ act }}"><input type="hidden" name="assignedTo" value=""><button class="secondary">Unassign</button></form>{% endif %}
+    <form method="post" action="{{ act }}"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="status" value="resolved"><button>Resolve</button></form>
+    {% if releases %}<form method="post" action="{{ act }}"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="status" value="resolvedInNextRelease"><button class="secondary" title="events from {{ releases[0] }} or older keep it resolved">Resolve in next release</button></form>{% endif %}
+    <form method="post" action="{{ act }}"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="status" value="resolved"><input name="inRelease" list="releases" required placeholder="release" aria-label="release" size="14"><datalist id="releases">{% for r in releases %}<option value="{{ r }}">{% endfor %}</datalist><button class="secondary">Resolve in release</button></form>
+    <form method="post" action="{{ act }}"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="status" value="ignored"><select name="ignore" aria-label="ignore">{% for key, (label, _) in ignore_choices.items() %}<option value="{{ key }}">{{ label }}</option>{% endfor %}</select><button class="secondary">Ignore</button></form>
+    {% if issue.status != 'unresolved' %}<form method="post" action="{{ act }}"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="status" value="unresolved"><button class="secondary">Unresolve</button></form>{% endif %}
+    <form method="post" action="{{ act }}"><input type="hidden" name="csrf" value="{{ csrf }}"><input name="assignedTo" value="{{ issue.assignee or '' }}" placeholder="name or email" aria-label="assignee" size="16"><button class="secondary">Assign</button></form>
+    {% if issue.assignee %}<form method="post" action="{{ act }}"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="assignedTo" value=""><button class="secondary">Unassign</button></form>{% endif %}
   </div>
   {% if report_links %}<div class="report">Report it as{% for label, url in report_links %}<a class="report-link" href="{{ url }}" rel="noopener noreferrer">{{ label }} ↗</a>{% endfor %}</div>{% endif %}
 </div>
@@ -5426,7 +6416,7 @@ TEMPLATES = {
   </tbody></table>{% endfor %}
   <p class="variant"><b>Hashes of this issue</b> <span class="muted">· later events with any of them join this issue; unmerging one moves its events into a new issue</span></p>
   <table class="grouping-frames">{% for digest in issue_hashes %}<tr><td class="mono">{{ digest }}{% if digest in ev.hashes %} <span class="muted">(this event)</span>{% endif %}</td>
-    <td><form method="post" action="/issues/{{ issue.id }}/unmerge/"><input type="hidden" name="hash" value="{{ digest }}"><button class="secondary">Unmerge</button></form></td></tr>{% endfor %}</table>
+    <td><form method="post" action="/issues/{{ issue.id }}/unmerge/"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="hash" value="{{ digest }}"><button class="secondary">Unmerge</button></form></td></tr>{% endfor %}</table>
 </details>{% endif %}
 </div>
 <div class="sidebar">
@@ -5465,7 +6455,11 @@ TEMPLATES = {
     "projects.html": """{% extends "base.html" %}{% block title %}Projects{% endblock %}{% block main %}
 <h1>Projects</h1><p class="muted">Point an official Sentry SDK at a DSN below: <code class="dsn">sentry_sdk.init(dsn="…", release="app@1.0.0", environment="prod")</code></p>
 {% for p in projects %}<div class="card"><h2 style="margin-top:0"><a href="/issues/?project={{ p.slug }}">{{ p.name }}</a> <span class="muted mono">{{ p.slug }} · id {{ p.id }}</span></h2>
-  {% for d in p.dsns %}<div style="margin:4px 0">DSN <code class="dsn">{{ d }}</code></div>{% endfor %}
+  {% for k in p.dsn_keys %}<div class="key{{ '' if k.active else ' off' }}">DSN <code class="dsn">{{ k.dsn }}</code> <span class="muted">{{ k.label }}{% if not k.active %} · disabled: its events are refused (403){% endif %}</span>
+  {% if viewer.role == 'admin' %}<form method="post" action="/projects/{{ p.slug }}/keys/"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="{{ 'disable' if k.active else 'enable' }}" value="{{ k.public_key }}"><button class="secondary">{{ 'Disable' if k.active else 'Enable' }}</button></form>{% endif %}</div>{% endfor %}
+  {% if viewer.role == 'admin' %}<form method="post" action="/projects/{{ p.slug }}/keys/" class="key"><input type="hidden" name="csrf" value="{{ csrf }}"><input name="add" placeholder="new key's label" size="14" aria-label="label"><button class="secondary">Add a DSN key</button>
+  <span class="muted">rotate: add one, move clients, disable the old</span></form>{% endif %}
+  {% if p.drops %}<div class="drops">Dropped in the last 24 h: {% for d in p.drops %}{{ d.n }} {{ d.reason.replace('client:', 'by the SDK: ').replace('_', ' ') }}{{ ' · ' if not loop.last }}{% endfor %}</div>{% endif %}
   <div class="muted" style="font-size:12.5px">{{ p.issue_count }} issues · {{ p.event_count }} events · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a> · <a href="/projects/{{ p.slug }}/code-mappings/">code mappings</a> · <a href="/projects/{{ p.slug }}/alerts/">alert rules</a> · <a href="/projects/{{ p.slug }}/slo/">SLO</a> · <a href="/projects/{{ p.slug }}/overview/">overview</a></div></div>
 {% else %}<div class="card empty">No projects yet: <code>tracker project create NAME</code> prints a DSN.</div>{% endfor %}
 {% endblock %}""",
@@ -5488,7 +6482,7 @@ TEMPLATES = {
 <div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
 <h1>Issue grouping rules</h1>
 {% if error %}<div class="card search-error">{{ error }}</div>{% elif saved %}<div class="card">Saved. Events from now on are grouped by these rules; the events already stored stay where they are.</div>{% endif %}
-<form method="post" class="card rules">
+<form method="post" class="card rules"><input type="hidden" name="csrf" value="{{ csrf }}">
   <h2 style="margin-top:0">Stack trace rules</h2>
   <p class="muted">One rule per line: matchers, then actions. They run after the built-in rules (site-packages, dist-packages, vendor and node_modules are not in app), top to bottom, so a later rule wins.
   Matchers: <code>path</code>, <code>module</code>, <code>function</code>, <code>package</code>, <code>family</code>, <code>app</code>, with <code>*</code> and <code>**</code> globs; <code>!</code> negates.
@@ -5549,9 +6543,9 @@ the stack root is cut off the front of the frame's path (empty: the file name as
 <div class="card" style="padding:0">{% if mappings %}<table><thead><tr><th>Repository</th><th>Provider</th><th>Stack root</th><th>Source root</th><th>Default branch</th><th></th></tr></thead><tbody>
 {% for m in mappings %}<tr><td class="mono"><a href="{{ m.repository_url }}" rel="noopener noreferrer">{{ m.repository_url }}</a></td><td>{{ m.provider }}</td>
   <td class="mono">{{ m.stack_root or '—' }}</td><td class="mono">{{ m.source_root or '—' }}</td><td class="mono">{{ m.default_branch }}</td>
-  <td><form method="post"><input type="hidden" name="delete" value="{{ m.id }}"><button class="secondary">Delete</button></form></td></tr>{% endfor %}
+  <td><form method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="delete" value="{{ m.id }}"><button class="secondary">Delete</button></form></td></tr>{% endfor %}
 </tbody></table>{% else %}<div class="empty">No code mappings yet.</div>{% endif %}</div>
-<form method="post" class="card filters"><label>Repository URL<input name="repository_url" value="{{ form.repository_url }}" required placeholder="https://github.com/acme/app" size="34"></label>
+<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>Repository URL<input name="repository_url" value="{{ form.repository_url }}" required placeholder="https://github.com/acme/app" size="34"></label>
   <label>Provider<select name="provider"><option value="">from the host</option>{% for key, name in providers.items() %}<option value="{{ key }}" {{ 'selected' if form.provider == key }}>{{ name }}</option>{% endfor %}</select></label>
   <label>Stack root<input name="stack_root" value="{{ form.stack_root }}" placeholder="/srv/app/" size="14"></label>
   <label>Source root<input name="source_root" value="{{ form.source_root }}" placeholder="src/" size="10"></label>
@@ -5577,10 +6571,10 @@ A notification is queued with the event that caused it and delivered with retrie
 <div class="card" style="padding:0"><h2 style="margin:14px 16px 4px">Channels</h2>{% if channels %}<table><thead><tr><th>Name</th><th>Kind</th><th>Target</th><th class="num">Failures in a row</th><th></th></tr></thead><tbody>
 {% for c in channels %}<tr><td><b>{{ c.name }}</b></td><td>{{ c.kind }}</td><td class="mono">{{ c.target }}</td>
   <td class="num">{% if c.failures >= 4 %}<span class="badge lvl-error">{{ c.failures }} · needs attention</span>{% else %}{{ c.failures }}{% endif %}</td>
-  <td style="white-space:nowrap"><form method="post" style="display:inline"><input type="hidden" name="test" value="{{ c.id }}"><button class="secondary">Send test</button></form>
-  <form method="post" style="display:inline"><input type="hidden" name="delete" value="{{ c.id }}"><button class="secondary">Delete</button></form></td></tr>{% endfor %}
+  <td style="white-space:nowrap"><form method="post" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="test" value="{{ c.id }}"><button class="secondary">Send test</button></form>
+  <form method="post" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="delete" value="{{ c.id }}"><button class="secondary">Delete</button></form></td></tr>{% endfor %}
 </tbody></table>{% else %}<div class="empty">No channels yet: add one below, or declare <code>[[channels]]</code> in the config file.</div>{% endif %}</div>
-<form method="post" class="card filters"><label>Kind<select name="kind">{% for k in kinds %}<option {{ 'selected' if form.kind == k }}>{{ k }}</option>{% endfor %}</select></label>
+<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>Kind<select name="kind">{% for k in kinds %}<option {{ 'selected' if form.kind == k }}>{{ k }}</option>{% endfor %}</select></label>
   <label>Name<input name="name" value="{{ form.name }}" required placeholder="oncall-slack" size="12"></label>
   <label>URL<input name="url" value="{{ form.url }}" placeholder="webhook, Alertmanager or Jira URL" size="28"></label>
   <label>PagerDuty routing key<input name="routing_key" size="16"></label>
@@ -5598,7 +6592,7 @@ A notification is queued with the event that caused it and delivered with retrie
   <td>{% if d.issue_id %}<a href="/issues/{{ d.issue_id }}/">#{{ d.issue_id }}</a>{% else %}—{% endif %}</td>
   <td><span class="delivery-status status-{{ d.status }}">{{ d.status }}</span>{% if d.external_ref %} <span class="mono muted">{{ d.external_ref }}</span>{% endif %}</td><td class="num">{{ d.attempts }}</td>
   <td class="mono muted" style="max-width:340px;overflow-wrap:anywhere">{{ (d.last_error or '')|truncate(160) }}</td>
-  <td>{% if d.status in ('dead', 'cancelled') %}<form method="post"><input type="hidden" name="retry" value="{{ d.id }}"><button class="secondary">Retry</button></form>{% endif %}</td></tr>{% endfor %}
+  <td>{% if d.status in ('dead', 'cancelled') %}<form method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="retry" value="{{ d.id }}"><button class="secondary">Retry</button></form>{% endif %}</td></tr>{% endfor %}
 </tbody></table>{% else %}<div class="empty">Nothing sent yet.</div>{% endif %}</div>
 {% endblock %}""",
 
@@ -5639,7 +6633,7 @@ A notification is queued with the event that caused it and delivered with retrie
   {% if history %}<div class="slo-history" role="img" aria-label="the last 24 hours, a bar a minute">{% for h in history %}<span class="state-{{ h.state }}" title="{{ h.minute|datetime }}: {{ h.value|pct }} of {{ h.total }}"></span>{% endfor %}</div>
   <div class="muted" style="font-size:12px">the last 24 hours, a bar a minute: <span class="state-ok">■</span> ok <span class="state-breached">■</span> breached <span class="state-no_data">■</span> no data</div>{% endif %}</div>
 {% else %}<div class="card empty">No objective yet: set one below. A breach and its recovery go to every alert channel.</div>{% endif %}
-<form method="post" class="card filters"><label>Name<input name="name" value="{{ form.name or (slo.name if slo else 'Error budget') }}" size="16"></label>
+<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>Name<input name="name" value="{{ form.name or (slo.name if slo else 'Error budget') }}" size="16"></label>
   <label>Bad share of<select name="metric">{% for key, words in metrics.items() %}<option value="{{ key }}" {{ 'selected' if (form.metric or (slo.metric if slo else '')) == key }}>{{ words }}</option>{% endfor %}</select></label>
   <label>Objective (% below)<input name="objective" value="{{ form.objective or ((slo.objective * 100)|round(4) if slo else '0.1') }}" size="6"></label>
   <label>Window (minutes)<input name="window" value="{{ form.window or (slo.window if slo else 10) }}" size="5"></label>
@@ -5653,8 +6647,8 @@ A notification is queued with the event that caused it and delivered with retrie
 <h1>Alert rules</h1>
 {% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
 <div class="card">{% for r in rules %}<div class="rule" style="display:flex;gap:12px;align-items:flex-start;margin:8px 0"><div style="flex:1"><b>{{ r.name }}</b><div class="muted">{{ r.words }}</div></div>
-  <form method="post"><input type="hidden" name="delete" value="{{ r.id }}"><button class="secondary">Delete</button></form></div>{% else %}<div class="empty">No rules: nothing about this project notifies anyone.</div>{% endfor %}</div>
-<form method="post" class="card filters"><label>Name<input name="name" value="{{ form.name }}" required size="22" placeholder="Checkout errors to on-call"></label>
+  <form method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="delete" value="{{ r.id }}"><button class="secondary">Delete</button></form></div>{% else %}<div class="empty">No rules: nothing about this project notifies anyone.</div>{% endfor %}</div>
+<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>Name<input name="name" value="{{ form.name }}" required size="22" placeholder="Checkout errors to on-call"></label>
   <fieldset><legend>When</legend>{% for key, label in [('new', 'a new issue'), ('regression', 'a regression'), ('escalating', 'an ignored issue escalates')] %}<label><input type="checkbox" name="when" value="{{ key }}" {{ 'checked' if key in when }}> {{ label }}</label>{% endfor %}
     <label>or more than <input name="events_value" value="{{ form.events_value }}" size="4"> events in <select name="events_interval">{% for i in intervals %}<option {{ 'selected' if form.events_interval == i }}>{{ i }}</option>{% endfor %}</select></label>
     <label>or more than <input name="users_value" value="{{ form.users_value }}" size="4"> users in <select name="users_interval">{% for i in intervals %}<option {{ 'selected' if form.users_interval == i }}>{{ i }}</option>{% endfor %}</select></label></fieldset>
@@ -5666,6 +6660,41 @@ A notification is queued with the event that caused it and delivered with retrie
     <label>at most once per <select name="frequency">{% for f in frequencies %}<option value="{{ f }}" {{ 'selected' if (form.frequency or '30') == f|string }}>{{ f }} min</option>{% endfor %}</select> per issue</label></fieldset>
   <button type="submit">Add rule</button></form>
 {% endblock %}""",
+
+    "account.html": """{% extends "base.html" %}{% block title %}Account{% endblock %}{% block main %}
+<h1>{{ viewer.name }} <span class="muted">{{ viewer.role }}</span></h1>
+{% if error %}<div class="card search-error">{{ error }}</div>{% elif saved %}<div class="card">Password changed; your other sessions are signed out.</div>{% endif %}
+{% if viewer.via == 'session' %}<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><h2 style="margin:0 0 8px;width:100%">Change password</h2>
+<label>Current password<input name="current" type="password" autocomplete="current-password" required></label>
+<label>New password (10+ characters)<input name="new" type="password" autocomplete="new-password" minlength="10" required></label><button>Change</button></form>{% endif %}
+{% if viewer.role == 'admin' %}<p><a href="/settings/">People and API tokens</a></p>{% endif %}{% endblock %}""",
+
+    "settings.html": """{% extends "base.html" %}{% block title %}People and tokens{% endblock %}{% block main %}
+<h1>People and API tokens</h1>
+{% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
+{% if secret %}<div class="card secret"><b>{{ secret.label }}</b> (shown once, copy it now):<pre class="mono">{{ secret.value }}</pre></div>{% endif %}
+<h2>People</h2><div class="card" style="padding:0"><table><thead><tr><th>Name</th><th>Role</th><th>Sign-in</th><th></th></tr></thead><tbody>
+{% for u in users %}<tr><td>{{ u.name }}</td><td>{{ u.role }}</td><td class="muted">{{ 'password' if u.password else 'login link or proxy only' }}</td>
+<td><form method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="link" value="{{ u.name }}"><button class="secondary">One-time login link</button></form></td></tr>{% endfor %}
+</tbody></table></div>
+<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>New person<input name="user" required placeholder="ana@example.org" size="22"></label>
+<label>Role<select name="role">{% for r in roles|reverse %}<option>{{ r }}</option>{% endfor %}</select></label><button>Add, and make a login link</button></form>
+<h2>API tokens</h2><p class="muted">For sentry-cli (<code>SENTRY_AUTH_TOKEN</code>), scripts and Prometheus: <code>Authorization: Bearer …</code>. A read token may also fetch dashboard pages.</p>
+<div class="card" style="padding:0"><table><thead><tr><th>Id</th><th>Name</th><th>Scopes</th><th>Created</th><th></th></tr></thead><tbody>
+{% for t in tokens %}<tr><td class="mono">{{ t.id }}</td><td>{{ t.name or '—' }}</td><td class="mono">{{ t.scopes }}</td><td>{{ t.created|datetime }}</td>
+<td><form method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="revoke" value="{{ t.id }}"><button class="secondary">Revoke</button></form></td></tr>{% else %}<tr><td colspan="5" class="empty">No tokens.</td></tr>{% endfor %}
+</tbody></table></div>
+<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>Token name<input name="token" required placeholder="CI releases" size="22"></label>
+<label>Scope<select name="scope"><option>read</option><option>write</option><option>admin</option></select></label><button>Create token</button></form>{% endblock %}""",
+
+    "login.html": """{% extends "base.html" %}{% block title %}Sign in{% endblock %}{% block main %}
+<form method="post" action="/login" class="card login"><h1>Sign in</h1>
+{% if error %}<div class="search-error">{{ error }}</div>{% endif %}
+<input type="hidden" name="next" value="{{ next }}">
+<label>User name<input name="name" value="{{ user_name }}" autocomplete="username" required autofocus></label>
+<label>Password<input name="password" type="password" autocomplete="current-password" required></label>
+<button type="submit">Sign in</button>
+<p class="muted">The first start printed the <code>admin</code> password. Forgotten it? <code>tracker user passwd admin</code> on the server, or <code>tracker user link admin</code> for a one-time login link.</p></form>{% endblock %}""",
 
     "error.html": """{% extends "base.html" %}{% block title %}{{ status }}{% endblock %}{% block main %}
 <div class="card empty"><h1>{{ status }}</h1><p>{{ message }}</p><p><a href="/issues/">Back to issues</a></p></div>{% endblock %}""",
@@ -5765,15 +6794,197 @@ def make_templates() -> jinja2.Environment:
 
 
 # The dashboard runs no script at all, so the browser is told to run none: a second wall behind
-# autoescaping for event data, which is all attacker-controlled.
+# autoescaping for event data, which is all attacker-controlled. DashboardGate sends these on every
+# answer outside /api/.
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
                                           "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
+                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY",
+                "Cache-Control": "no-store"}
 
 
 def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-    html = request.app.state.templates.get_template(name).render(**context)
-    return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
+    """A page; every template can show who is signed in and put the session's CSRF token in its forms."""
+    viewer: Viewer | None = request.scope.get("state", {}).get("viewer")
+    html = request.app.state.templates.get_template(name).render(viewer=viewer, csrf=viewer.csrf if viewer else "",
+                                                                 **context)
+    return HTMLResponse(html, status_code=status)
+
+
+# -- people: who may see and change what ----------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Viewer:
+    """Who asks for a dashboard page and how they came in: a browser session (`csrf` set, may
+    post forms), the trusted proxy header (likewise), or an API token with read scope (GET only)."""
+
+    user_id: int | None
+    name: str
+    role: str
+    csrf: str = ""
+    via: str = "session"
+
+
+PUBLIC_PATHS = ("/login", "/static/")
+ADMIN_PATHS = ("/projects/", "/alerts/", "/settings/")  # where a POST changes settings, not issues
+
+
+class DashboardGate:
+    """ASGI middleware for everything outside /api/ (ingest and the JSON API check their own
+    credentials): adds PAGE_HEADERS, lets the login page and the stylesheet through, and sends
+    anyone else without a session, proxy header or read token to the login page."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith("/api/"):
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.setdefault("headers", [])}
+                message["headers"] += [(k.lower().encode(), v.encode()) for k, v in PAGE_HEADERS.items()
+                                       if k.lower().encode() not in present]
+            await send(message)
+
+        if not scope["path"].startswith(PUBLIC_PATHS):
+            request = Request(scope, receive)
+            viewer = await identify(request)
+            refusal = refusal_for(request, viewer)
+            if refusal is not None:
+                return await refusal(scope, receive, send_with_headers)
+            scope.setdefault("state", {})["viewer"] = viewer
+        await self.app(scope, receive, send_with_headers)
+
+
+async def identify(request: Request) -> Viewer | None:
+    """The person (or script) behind a dashboard request, if any."""
+    store: Store = request.app.state.store
+    header = request.app.state.settings.auth_header
+    if header and request.headers.get(header):
+        return await proxy_viewer(request, request.headers[header].strip())
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        row = await store.one("SELECT u.id, u.name, u.role, s.csrf FROM web_sessions s JOIN users u ON u.id = s.user_id "
+                              "WHERE s.token_hash = ? AND s.expires > ?", (hash_token(cookie), time.time()))
+        if row:
+            return Viewer(row["id"], row["name"], row["role"], row["csrf"])
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        row = await store.one("SELECT * FROM api_tokens WHERE token_hash = ?", (hash_token(token.strip()),))
+        if row and "read" in row["scopes"].split():
+            return Viewer(row["user_id"], row["name"] or "API token", "member", via="token")
+    return None
+
+
+async def proxy_viewer(request: Request, name: str) -> Viewer | None:
+    """A person the SSO proxy vouches for; first seen, they become a member. The CSRF token is
+    derived from the name, since there is no session to keep one in."""
+    row = await request.app.state.store.one("SELECT id, name, role FROM users WHERE name = ?", (name,))
+    if row is None:
+        try:
+            await request.app.state.writer.submit(lambda conn: create_user(conn, name))
+        except ValueError:
+            return None  # a name we cannot take (too long, odd characters): not signed in
+        row = await request.app.state.store.one("SELECT id, name, role FROM users WHERE name = ?", (name,))
+    csrf = hmac.new(request.app.state.secret, f"proxy:{row['name']}".encode(), "sha256").hexdigest()
+    return Viewer(row["id"], row["name"], row["role"], csrf, via="proxy")
+
+
+def refusal_for(request: Request, viewer: Viewer | None) -> Response | None:
+    """What to answer instead of the page, or None to serve it."""
+    reading = request.method in ("GET", "HEAD")
+    if viewer is None:
+        if reading:
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse("/login?" + urllib.parse.urlencode({"next": target}), status_code=302)
+        return render(request, "error.html", status=401, message="Sign in first.")
+    if not reading and not viewer.csrf:
+        return render(request, "error.html", status=403, message="An API token can read pages, not change anything.")
+    if not reading and viewer.role != "admin" and request.url.path.startswith(ADMIN_PATHS):
+        return render(request, "error.html", status=403, message="Only an admin can change settings.")
+    return None
+
+
+class LoginThrottle:
+    """Failed logins slow down the next try: after n failures for a user name the next check waits
+    2^(n-1) s, at most 5 minutes; a client address gets 10 failures free (people behind one NAT
+    mistype too), then the same. In memory: a restart forgives."""
+
+    FREE = {"user": 0, "ip": 10}
+
+    def __init__(self) -> None:
+        self.failures: dict[str, tuple[int, float]] = {}
+
+    def wait(self, *keys: str) -> float:
+        now = time.monotonic()
+        return max([self.failures.get(k, (0, now))[1] - now for k in keys] + [0.0])
+
+    def failed(self, *keys: str) -> None:
+        if len(self.failures) > 100_000:
+            self.failures.clear()
+        for key in keys:
+            count = self.failures.get(key, (0, 0.0))[0] + 1
+            excess = count - self.FREE[key.partition(":")[0]]
+            self.failures[key] = (count, time.monotonic() + (min(2.0 ** (excess - 1), 300.0) if excess > 0 else 0))
+
+    def succeeded(self, *keys: str) -> None:
+        for key in keys:
+            self.failures.pop(key, None)
+
+
+def safe_next(target: str) -> str:
+    """Where to go after login: a path on this site only (no `//host`, no scheme)."""
+    return target if target.startswith("/") and not target.startswith(("//", "/\\")) else "/issues/"
+
+
+def with_session_cookie(request: Request, response: Response, token: str) -> Response:
+    secure = request.url.scheme == "https" or request.app.state.settings.public_url.startswith("https:")
+    response.set_cookie(SESSION_COOKIE, token, max_age=SESSION_TTL, httponly=True, samesite="lax", secure=secure)
+    return response
+
+
+async def page_login(request: Request) -> Response:
+    """The sign-in form; a POST checks the password (off the event loop: scrypt is slow on purpose)."""
+    if request.method == "GET":
+        return render(request, "login.html", next=safe_next(request.query_params.get("next", "")), user_name="", error="")
+    if cross_site(request):
+        return render(request, "error.html", status=403, message="Refused: this request came from another site.")
+    form = last_values(await read_body_form(request))
+    name, target = form.get("name", "").strip(), safe_next(form.get("next", ""))
+    throttle: LoginThrottle = request.app.state.throttle
+    keys = (f"user:{name.lower()}", f"ip:{client_ip(request)}")
+    wait = throttle.wait(*keys)
+    if wait > 0:
+        return render(request, "login.html", status=429, next=target, user_name=name,
+                      error=f"Too many failed sign-ins: try again in {math.ceil(wait)} s.")
+    user = await request.app.state.store.one("SELECT id, password FROM users WHERE name = ?", (name,))
+    if not await asyncio.to_thread(password_matches, form.get("password", ""), user["password"] if user else None):
+        throttle.failed(*keys)
+        return render(request, "login.html", status=401, next=target, user_name=name, error="Wrong user name or password.")
+    throttle.succeeded(*keys)
+    token = await request.app.state.writer.submit(lambda conn: create_web_session(conn, user["id"]))
+    return with_session_cookie(request, RedirectResponse(target, status_code=303), token)
+
+
+async def page_login_link(request: Request) -> Response:
+    """A one-time login link (printed by `tracker demo` and `tracker user link`)."""
+    code = request.path_params["code"]
+    token = await request.app.state.writer.submit(lambda conn: redeem_login_link(conn, code))
+    if token is None:
+        return render(request, "login.html", status=403, next="/issues/", user_name="",
+                      error="This login link has expired or was used already.")
+    return with_session_cookie(request, RedirectResponse("/issues/", status_code=303), token)
+
+
+async def page_logout(request: Request) -> Response:
+    await read_form(request)
+    cookie = request.cookies.get(SESSION_COOKIE, "")
+    await request.app.state.writer.submit(
+        lambda conn: conn.execute("DELETE FROM web_sessions WHERE token_hash = ?", (hash_token(cookie),)))
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
 
 
 async def page_css(request: Request) -> Response:
@@ -6134,11 +7345,8 @@ async def form_post(request: Request, apply: Callable[[dict[str, list[str]]], Aw
                     mistakes: tuple[type[Exception], ...], limit: int = 16 * KIB) -> FormOutcome:
     """A settings page's POST: refused from another site; else applied and answered with a 303
     back to `back`; or, when it is a mistake, the form as sent and the message to show above it."""
-    if cross_site(request):
-        return render(request, "error.html", status=403, message="Refused: this request came from another site."), {}, ""
-    form: dict[str, list[str]] = {}
+    form = await read_form(request, limit)
     try:
-        form = await read_form(request, limit)
         await apply(form)
         return RedirectResponse(back, status_code=303), form, ""
     except (IngestError, ApiError, *mistakes) as exc:
@@ -6234,10 +7442,9 @@ async def page_unmerge(request: Request) -> Response:
 async def dashboard_post(request: Request, action: Callable[[dict[str, list[str]]], Any]) -> Response:
     """A dashboard form POST: refused from another site, a mistake shown as an error page,
     else a 303 to the page the action names."""
-    if cross_site(request):
-        return render(request, "error.html", status=403, message="Refused: this request came from another site.")
+    form = await read_form(request)
     try:
-        return RedirectResponse(await action(await read_form(request)), status_code=303)
+        return RedirectResponse(await action(form), status_code=303)
     except (ApiError, IngestError) as exc:
         return render(request, "error.html", status=exc.status, message=exc.detail)
 
@@ -6247,8 +7454,29 @@ def last_values(form: dict[str, list[str]]) -> dict[str, str]:
     return {key: values[-1] for key, values in form.items()}
 
 
-async def read_form(request: Request, limit: int = 16 * KIB) -> dict[str, list[str]]:
+async def read_body_form(request: Request, limit: int = 16 * KIB) -> dict[str, list[str]]:
     return urllib.parse.parse_qs((await read_body(request, limit)).decode("utf-8", "replace"), keep_blank_values=True)
+
+
+class FormRefused(Exception):
+    """A dashboard POST from another site, or without the signed-in person's CSRF token: a 403 page."""
+
+
+async def read_form(request: Request, limit: int = 16 * KIB) -> dict[str, list[str]]:
+    """A dashboard form, once it is known to come from the dashboard itself: same-site (Origin and
+    Fetch metadata) and carrying the session's CSRF token."""
+    if cross_site(request):
+        raise FormRefused("Refused: this request came from another site.")
+    form = await read_body_form(request, limit)
+    viewer: Viewer | None = request.scope.get("state", {}).get("viewer")
+    if viewer is None or not hmac.compare_digest(form.pop("csrf", [""])[-1].encode(), viewer.csrf.encode()):
+        raise FormRefused("Refused: this form has expired or did not come from this dashboard. Reload the page "
+                          "and try again.")
+    return form
+
+
+async def form_refused(request: Request, exc: Exception) -> Response:
+    return render(request, "error.html", status=403, message=str(exc))
 
 
 class PageNotFound(Exception):
@@ -6268,8 +7496,8 @@ async def project_of_page(request: Request) -> sqlite3.Row:
 
 
 def cross_site(request: Request) -> bool:
-    """Whether a POST came from another site's page: the dashboard has no login yet, so this is
-    what keeps a page elsewhere from resolving or assigning issues through the user's browser."""
+    """Whether a POST came from another site's page (a first wall before the CSRF token; the only
+    one for the login form, which has no session yet)."""
     if request.headers.get("sec-fetch-site") == "cross-site":
         return True
     origin = request.headers.get("origin")
@@ -6323,7 +7551,7 @@ async def page_event_json(request: Request) -> Response:
     if row is None:
         return JSONResponse({"detail": "not found"}, status_code=404)
     return Response(json.dumps(decompress_payload(row["payload"]), indent=2, ensure_ascii=False),
-                    media_type="application/json", headers=PAGE_HEADERS)
+                    media_type="application/json")
 
 
 async def page_releases(request: Request) -> Response:
@@ -6511,10 +7739,83 @@ async def page_projects(request: Request) -> Response:
         """SELECT p.*, (SELECT count(*) FROM issues WHERE project_id = p.id) AS issue_count,
                   (SELECT coalesce(sum(times_seen), 0) FROM issues WHERE project_id = p.id) AS event_count
            FROM projects p ORDER BY p.name""")
-    keys = await store.all("SELECT * FROM project_keys WHERE active = 1 ORDER BY created")
-    projects = [{**dict(p), "dsns": [dsn_for(settings, k["public_key"], p["id"]) for k in keys
-                                     if k["project_id"] == p["id"]]} for p in rows]
+    drops = await store.all("SELECT project_id, reason, sum(quantity) AS n FROM dropped WHERE minute >= ? "
+                            "GROUP BY project_id, reason ORDER BY n DESC", (time.time() - 86400,))
+    keys = await store.all("SELECT * FROM project_keys ORDER BY active DESC, created")
+    projects = [{**dict(p), "dsn_keys": [{**dict(k), "dsn": dsn_for(settings, k["public_key"], p["id"])} for k in keys
+                                     if k["project_id"] == p["id"]],
+                 "drops": [d for d in drops if d["project_id"] == p["id"]]} for p in rows]
     return render(request, "projects.html", projects=projects)
+
+
+async def page_project_keys(request: Request) -> Response:
+    """POST from the projects page: add a DSN key, or disable or enable one (admins only)."""
+    project = await project_of_page(request)
+
+    async def action(form: dict[str, list[str]]) -> str:
+        fields = last_values(form)
+        if "add" in fields:
+            await request.app.state.writer.submit(lambda conn: add_key(conn, project["id"], fields["add"].strip()))
+        else:
+            key = fields.get("disable") or fields.get("enable") or ""
+            await set_key(request, project["id"], key, "enable" in fields, None)
+        return "/projects/"
+    return await dashboard_post(request, action)
+
+
+async def page_account(request: Request) -> Response:
+    """Who you are; a new password (checked against the current one) ends your other sessions."""
+    viewer: Viewer = request.state.viewer
+    error, saved = "", request.query_params.get("saved") == "1"
+    if request.method == "POST":
+        fields = last_values(await read_form(request))
+        row = await request.app.state.store.one("SELECT password FROM users WHERE id = ?", (viewer.user_id,))
+        if not await asyncio.to_thread(password_matches, fields.get("current", ""), row["password"] if row else None):
+            error = "The current password is not right."
+        else:
+            try:
+                await request.app.state.writer.submit(lambda conn: set_password(conn, viewer.name, fields.get("new", "")))
+                token = await request.app.state.writer.submit(lambda conn: create_web_session(conn, viewer.user_id))
+                return with_session_cookie(request, RedirectResponse("/account/?saved=1", status_code=303), token)
+            except ValueError as exc:
+                error = str(exc)
+    return render(request, "account.html", status=400 if error else 200, error=error, saved=saved)
+
+
+async def page_settings(request: Request) -> Response:
+    """People and API tokens (admins only): a new token or login link is shown once, on this answer."""
+    store: Store = request.app.state.store
+    viewer: Viewer = request.state.viewer
+    if viewer.role != "admin":
+        raise FormRefused("Only an admin can see people and tokens.")
+    secret, error = None, ""
+    if request.method == "POST":
+        try:
+            secret = await apply_settings_form(request, last_values(await read_form(request)))
+        except ValueError as exc:
+            error = str(exc)
+    return render(request, "settings.html", status=400 if error else 200, error=error, secret=secret, roles=ROLES,
+                  users=await store.all("SELECT * FROM users ORDER BY name"),
+                  tokens=await store.all("SELECT * FROM api_tokens ORDER BY id"))
+
+
+async def apply_settings_form(request: Request, form: dict[str, str]) -> dict[str, str] | None:
+    """One of the settings forms; what it created that is shown only once ({label, value}), if anything."""
+    writer: Writer = request.app.state.writer
+    base = request.app.state.settings.public_url
+    if "revoke" in form:
+        await writer.submit(lambda conn: conn.execute("DELETE FROM api_tokens WHERE CAST(id AS TEXT) = ?",
+                                                      (form["revoke"],)))
+        return None
+    if "token" in form:
+        scopes = token_scopes([form.get("scope", "read")])
+        token = await writer.submit(lambda conn: create_token(conn, form["token"].strip()[:100], scopes))
+        return {"label": f"API token {form['token']} ({scopes})", "value": token}
+    name = form.get("user") or form.get("link", "")
+    if "user" in form:
+        await writer.submit(lambda conn: create_user(conn, name.strip(), form.get("role", "member")))
+    code = await writer.submit(lambda conn: create_login_link(conn, name.strip()))
+    return {"label": f"One-time login link for {name} (valid for an hour)", "value": f"{base}/login/{code}"}
 
 
 # =============================================================================
@@ -6532,6 +7833,8 @@ def ingest_routes() -> list[Route]:
 def api_routes() -> list[Route]:
     table = [
         ("/api/0/", api_root), ("/api/0/organizations/", api_organizations),
+        ("/api/0/projects/{org}/{project}/keys/", api_project_keys), ("/api/0/api-tokens/", api_tokens),
+        ("/api/0/organizations/{org}/stats_v2/", api_stats_v2),
         ("/api/0/organizations/{org}/", api_organization),
         ("/api/0/organizations/{org}/projects/", api_org_projects),
         ("/api/0/projects/{org}/{project}/", api_project),
@@ -6569,7 +7872,8 @@ def api_routes() -> list[Route]:
                ("/api/0/projects/{org}/{project}/releases/{version}/", api_update_release),
                ("/api/0/organizations/{org}/channels/{channel_id}/", api_update_channel),
                ("/api/0/projects/{org}/{project}/rules/{rule_id}/", api_update_rule),
-               ("/api/0/projects/{org}/{project}/slo/", api_update_slo)]
+               ("/api/0/projects/{org}/{project}/slo/", api_update_slo),
+               ("/api/0/projects/{org}/{project}/keys/{key_id}/", api_update_key)]
     creates = [("/api/0/organizations/{org}/code-mappings/", api_create_code_mapping),
                ("/api/0/organizations/{org}/repos/", api_create_repo),
                ("/api/0/organizations/{org}/releases/", api_create_release),
@@ -6578,7 +7882,8 @@ def api_routes() -> list[Route]:
                ("/api/0/organizations/{org}/channels/", api_create_channel),
                ("/api/0/organizations/{org}/channels/{channel_id}/test/", api_test_channel),
                ("/api/0/organizations/{org}/deliveries/{delivery_id}/retry/", api_retry_delivery),
-               ("/api/0/projects/{org}/{project}/rules/", api_create_rule)]
+               ("/api/0/projects/{org}/{project}/rules/", api_create_rule),
+               ("/api/0/projects/{org}/{project}/keys/", api_create_key), ("/api/0/api-tokens/", api_create_token)]
     return ([Route(path, api(handler), methods=["GET"]) for path, handler in table]
             + [Route(path, api(handler), methods=["PUT"]) for path, handler in updates]
             + [Route(path, api(handler), methods=["POST"]) for path, handler in creates]
@@ -6591,7 +7896,10 @@ def api_routes() -> list[Route]:
                Route("/api/0/organizations/{org}/channels/{channel_id}/", api(api_delete_channel),
                      methods=["DELETE"]),
                Route("/api/0/projects/{org}/{project}/rules/{rule_id}/", api(api_delete_rule), methods=["DELETE"]),
-               Route("/api/0/projects/{org}/{project}/slo/", api(api_delete_slo), methods=["DELETE"])])
+               Route("/api/0/projects/{org}/{project}/slo/", api(api_delete_slo), methods=["DELETE"]),
+               Route("/api/0/projects/{org}/{project}/keys/{key_id}/", api(api_delete_key), methods=["DELETE"]),
+               Route("/api/0/api-tokens/", api(api_revoke_token), methods=["DELETE"]),
+               Route("/api/0/api-tokens/{token_id}/", api(api_revoke_token), methods=["DELETE"])])
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -6605,14 +7913,22 @@ def create_app(settings: Settings) -> Starlette:
         app.state.store = await Store.open(settings.db)
         app.state.keys = KeyCache(app.state.store)
         app.state.rules = RulesCache(app.state.store)
+        app.state.options = OptionsCache(app.state.store)
+        app.state.limits = IngestLimits(settings)
+        app.state.drop_flusher = DropFlusher(app)
+        app.state.drop_flusher.start()
         app.state.dispatcher = Dispatcher(app)
         app.state.dispatcher.start()
         app.state.slo_judge = SloJudge(app)
         app.state.slo_judge.start()
+        app.state.retention = Retention(app)
+        app.state.retention.start()
         try:
             yield
         finally:
+            await app.state.retention.close()
             await app.state.slo_judge.close()
+            await app.state.drop_flusher.close()
             await app.state.dispatcher.close()
             await app.state.writer.close()
             await app.state.store.conn.close()
@@ -6635,9 +7951,17 @@ def create_app(settings: Settings) -> Starlette:
         Route("/projects/{slug}/slo/", page_slo, methods=["GET", "POST"]),
         Route("/projects/{slug}/overview/", page_overview),
         Route("/static/tracker.css", page_css), Route("/metrics", page_metrics),
+        Route("/login", page_login, methods=["GET", "POST"]), Route("/login/{code}", page_login_link),
+        Route("/logout", page_logout, methods=["POST"]),
+        Route("/account/", page_account, methods=["GET", "POST"]),
+        Route("/settings/", page_settings, methods=["GET", "POST"]),
+        Route("/projects/{slug}/keys/", page_project_keys, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={PageNotFound: page_not_found})
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(DashboardGate)],
+                    exception_handlers={PageNotFound: page_not_found, FormRefused: form_refused})
     app.state.settings = settings
+    app.state.throttle = LoginThrottle()
+    app.state.secret = secrets.token_bytes(32)
     app.state.templates = make_templates()
     return app
 
@@ -6703,12 +8027,15 @@ def send_files(settings: Settings, files: list[Path], project: str | None,
         jobs: list[Job] = []
         received = time.time()
         rules = stored_rules(conn.execute(RULES_SQL, (project_id,)).fetchone())
+        option = conn.execute("SELECT value FROM project_options WHERE project_id = ? AND key = 'scrub'",
+                              (project_id,)).fetchone()
+        scrub = scrub_policy(json.loads(option[0]) if option else None)
         for path in files:
             for header, event in read_event_file(path):
                 if rebase:
                     rebase(path, event)
                 ev = prepare_event(event, project_id=project_id, event_id=normalize_id(header.get("event_id")),
-                                   received=received, rules=rules)
+                                   received=received, rules=rules, scrub=scrub)
                 jobs.append(lambda c, ev=ev: store_event(c, ev))
         results = apply_batch(conn, jobs)
     finally:
@@ -6803,8 +8130,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
         print(f"  DSN {row['slug']:<18} {dsn_for(settings, row['public_key'], row['id'])}")
     if not keys:
         print("  No projects yet: `tracker project create NAME` prints a DSN.")
-    if settings.host not in ("127.0.0.1", "localhost", "::1"):
-        print("  Warning: the dashboard has no login yet; put it behind an authenticating proxy.")
+    admin = with_db(settings, first_admin)
+    if admin:
+        print(f"  Created the first user: {admin[0]}, password {admin[1]} (shown once; "
+              f"`tracker user passwd {admin[0]}` sets another)")
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.public_url.startswith("https:"):
+        print("  Warning: serving beyond this machine without TLS; put a TLS proxy in front (see README: Security).")
     serve(settings)
 
 
@@ -6813,12 +8144,14 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
         settings.db = "tracker-demo.db"
     dsns = load_demo(settings)
     token = with_db(settings, lambda c: create_token(c, "demo"))
+    name, password = with_db(settings, first_admin) or ("admin", "")
+    link = with_db(settings, lambda c: create_login_link(c, name, ttl=86400))
     print(f"Demo database {settings.db} with {len(list(sample_dir().glob('*.envelope')))} sample events.")
     for slug, dsn in dsns.items():
         print(f"  DSN {slug:<18} {dsn}")
     print(f"  API token          {token}")
-    print("  Login              none needed: the dashboard listens on this machine only")
-    print(f"\nOpen {settings.public_url}/issues/ in your browser.\n", flush=True)
+    print(f"  Sign in            {name} / {password}")
+    print(f"\nOpen {settings.public_url}/login/{link} in your browser (signs you in once).\n", flush=True)
     serve(settings)
 
 
@@ -6829,9 +8162,46 @@ def cmd_project_create(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_token_create(settings: Settings, args: argparse.Namespace) -> None:
-    token = with_db(settings, lambda c: create_token(c, args.name or ""))
-    print("Created an API token (shown once; use it as SENTRY_AUTH_TOKEN or a Bearer token):")
+    try:
+        scopes = token_scopes(args.scopes.replace(",", " "))
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    token = with_db(settings, lambda c: create_token(c, args.name or "", scopes))
+    print(f"Created an API token with scopes {scopes} (shown once; use it as SENTRY_AUTH_TOKEN or a Bearer token):")
     print(token)
+
+
+def cmd_token_list(settings: Settings, args: argparse.Namespace) -> None:
+    for row in with_db(settings, lambda c: c.execute("SELECT * FROM api_tokens ORDER BY id").fetchall()):
+        print(f"{row['id']:>4}  {row['scopes']:<18} {format_datetime(row['created'])}  {row['name']}")
+
+
+def cmd_token_revoke(settings: Settings, args: argparse.Namespace) -> None:
+    if not with_db(settings, lambda c: c.execute("DELETE FROM api_tokens WHERE id = ?", (args.id,)).rowcount):
+        raise SystemExit(f"error: no token {args.id}")
+    print(f"Revoked token {args.id}.")
+
+
+def cmd_user_create(settings: Settings, args: argparse.Namespace) -> None:
+    password = args.password or secrets.token_urlsafe(12)
+    with_db(settings, lambda c: create_user(c, args.name, args.role, password))
+    print(f"Created {args.role} {args.name}" + ("." if args.password else f" with password {password} (shown once)."))
+
+
+def cmd_user_passwd(settings: Settings, args: argparse.Namespace) -> None:
+    password = args.password or secrets.token_urlsafe(12)
+    with_db(settings, lambda c: set_password(c, args.name, password))
+    print(f"New password for {args.name}" + ("." if args.password else f": {password} (shown once)."))
+
+
+def cmd_user_link(settings: Settings, args: argparse.Namespace) -> None:
+    code = with_db(settings, lambda c: create_login_link(c, args.name))
+    print(f"{settings.public_url}/login/{code}  (signs {args.name} in once, within an hour)")
+
+
+def cmd_user_list(settings: Settings, args: argparse.Namespace) -> None:
+    for row in with_db(settings, lambda c: c.execute("SELECT * FROM users ORDER BY name").fetchall()):
+        print(f"{row['name']:<24} {row['role']:<7} {'password' if row['password'] else 'no password'}")
 
 
 def cmd_send(settings: Settings, args: argparse.Namespace) -> None:
@@ -6840,6 +8210,101 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> None:
     except (IngestError, OSError) as exc:
         raise SystemExit(f"error: {getattr(exc, 'detail', exc)}") from None
     print(f"Stored {stored} new event(s).")
+
+
+def megabytes(path: str | Path) -> str:
+    return f"{Path(path).stat().st_size / MIB:.1f} MB"
+
+
+def existing_db(settings: Settings) -> str:
+    if not Path(settings.db).is_file():
+        raise SystemExit(f"error: no database at {settings.db}")
+    return settings.db
+
+
+BACKUP_STEP = 4096  # pages copied per backup step (16 MiB of 4 KiB pages)
+
+
+def cmd_backup(settings: Settings, args: argparse.Namespace) -> None:
+    """SQLite's online backup, in steps, of one read snapshot: in WAL mode a reader never holds up
+    the server's writer, and the snapshot keeps the copy to one moment (a stepped backup without
+    it starts over whenever the server commits, so under load it might never end). The copy goes
+    to FILE.partial first and is renamed when complete, as a single file (journal_mode=DELETE)."""
+    target = Path(args.file)
+    if target.exists() and not args.force:
+        raise SystemExit(f"error: {target} exists; use --force to overwrite it")
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    started = time.monotonic()
+    source = sqlite3.connect(existing_db(settings), isolation_level=None, timeout=30)
+    copy = sqlite3.connect(partial, isolation_level=None)
+    try:
+        source.execute("BEGIN")
+        source.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the snapshot starts here
+        source.backup(copy, pages=BACKUP_STEP, sleep=0)
+        source.execute("COMMIT")
+        copy.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        copy.close()
+        source.close()
+    os.replace(partial, target)
+    print(f"Backed up {settings.db} to {target}: {megabytes(target)} in {time.monotonic() - started:.1f} s")
+
+
+def check_database(path: str) -> tuple[list[str], list[str]]:
+    """(facts, problems) of a database file: its schema version and what it holds, SQLite's
+    integrity and foreign key checks. Nothing is written."""
+    facts, problems = [f"{path}: {megabytes(path)}"], []
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    try:
+        conn.execute("PRAGMA query_only=ON")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        facts.append(f"schema version {version} (this tracker's is {len(MIGRATIONS)})")
+        if version > len(MIGRATIONS):
+            problems.append("the schema is newer than this tracker")
+        with contextlib.suppress(sqlite3.DatabaseError):  # a damaged table shows in the checks below
+            facts.append(", ".join(f"{conn.execute(f'SELECT count(*) FROM {table}').fetchone()[0]} {table}"
+                                   for table in ("projects", "issues", "events") if version) or "no tables yet")
+        mode = ("none", "full", "incremental")[conn.execute("PRAGMA auto_vacuum").fetchone()[0]]
+        facts.append(f"auto_vacuum {mode}, {conn.execute('PRAGMA freelist_count').fetchone()[0]} free pages")
+        try:
+            problems += [f"integrity: {r[0]}" for r in conn.execute("PRAGMA integrity_check(100)") if r[0] != "ok"]
+            problems += [f"foreign key: {r[0]} row {r[1]} points to a missing {r[2]}"
+                         for r in conn.execute("PRAGMA foreign_key_check")]
+        except sqlite3.DatabaseError as exc:
+            problems.append(f"integrity: {exc}")
+    except sqlite3.DatabaseError as exc:
+        problems.append(f"unreadable: {exc}")
+    finally:
+        conn.close()
+    return facts, problems
+
+
+def cmd_check(settings: Settings, args: argparse.Namespace) -> None:
+    facts, problems = check_database(existing_db(settings))
+    print("\n".join(facts + (problems or ["ok"])))
+    if problems:
+        raise SystemExit(1)
+
+
+def cmd_vacuum(settings: Settings, args: argparse.Namespace) -> None:
+    """Rewrite the file without its free pages, and with auto_vacuum=INCREMENTAL, so that
+    retention gives space back from then on (a database created before that keeps its free pages).
+    It needs the server stopped: an exclusive lock proves no one else has the file open."""
+    conn = sqlite3.connect(existing_db(settings), isolation_level=None, timeout=1)
+    try:
+        before = megabytes(settings.db)
+        try:
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+            conn.execute("BEGIN EXCLUSIVE")
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError:
+            raise SystemExit(f"error: {settings.db} is in use; stop the server first") from None
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        conn.execute("VACUUM")
+    finally:
+        conn.close()
+    print(f"Vacuumed {settings.db}: {before} → {megabytes(settings.db)}, auto_vacuum incremental")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -6867,11 +8332,36 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="manage API tokens").add_subparsers(dest="action", required=True)
     token_create = token.add_parser("create", parents=[common], help="create an API token and print it")
     token_create.add_argument("--name")
+    token_create.add_argument("--scopes", default="admin", help="read, write or admin (each includes the ones before)")
     token_create.set_defaults(func=cmd_token_create)
+    token.add_parser("list", parents=[common], help="list API tokens").set_defaults(func=cmd_token_list)
+    token_revoke = token.add_parser("revoke", parents=[common], help="revoke an API token by id")
+    token_revoke.add_argument("id", type=int)
+    token_revoke.set_defaults(func=cmd_token_revoke)
+    user = sub.add_parser("user", help="manage people").add_subparsers(dest="action", required=True)
+    for action, func, about in (("create", cmd_user_create, "create a user"),
+                                ("passwd", cmd_user_passwd, "set a user's password (ends their sessions)"),
+                                ("link", cmd_user_link, "print a one-time login link")):
+        command = user.add_parser(action, parents=[common], help=about)
+        command.add_argument("name")
+        if action != "link":
+            command.add_argument("--password", help="at least 10 characters (default: generated and printed)")
+        if action == "create":
+            command.add_argument("--role", choices=ROLES, default="member")
+        command.set_defaults(func=func)
+    user.add_parser("list", parents=[common], help="list users").set_defaults(func=cmd_user_list)
     send = sub.add_parser("send", parents=[common], help="ingest event JSON or envelope files")
     send.add_argument("files", nargs="+")
     send.add_argument("--project", help="project slug or id (default: the first project)")
     send.set_defaults(func=cmd_send)
+    backup = sub.add_parser("backup", parents=[common], help="copy the live database to FILE (online backup)")
+    backup.add_argument("file")
+    backup.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    backup.set_defaults(func=cmd_backup)
+    sub.add_parser("check", parents=[common], help="integrity and foreign key check; exits 1 on a problem"
+                   ).set_defaults(func=cmd_check)
+    sub.add_parser("vacuum", parents=[common], help="compact the database (server stopped); enables "
+                   "incremental vacuum on old files").set_defaults(func=cmd_vacuum)
     return parser
 
 

@@ -1,8 +1,10 @@
 """Shared fixtures: the real tracker server on a free port with a temporary database."""
 from __future__ import annotations
 
+import functools
 import importlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import sentry_sdk
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright drives it, no browser download
+ADMIN_PASSWORD = "correct horse battery staple"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                "--disable-sync", "--no-first-run"]
 pytest_plugins = ["receivers"]  # the strict channel receivers, as fixtures
@@ -95,6 +98,31 @@ class TrackerServer:
             return issues if sum(int(i["count"]) for i in issues) >= count else None
         return wait_for(check, timeout)
 
+    @functools.cached_property
+    def web(self) -> httpx.Client:
+        """A client for the dashboard's pages, signed in as the admin through the login form."""
+        client = httpx.Client(base_url=self.url, timeout=10)
+        r = client.post("/login", data={"name": "admin", "password": ADMIN_PASSWORD, "next": "/issues/"})
+        assert r.status_code == 303 and "tracker_session" in client.cookies, r.text
+        return client
+
+    @functools.cached_property
+    def csrf(self) -> str:
+        """The admin session's CSRF token, as the dashboard puts it into its forms."""
+        match = re.search(r'name="csrf" value="([^"]+)"', self.web.get("/projects/").text)
+        assert match, "no CSRF token in the page"
+        return match[1]
+
+    def form(self, path: str, data: dict[str, Any], **kwargs: Any) -> httpx.Response:
+        """POST a dashboard form as the signed-in admin would (with its CSRF token)."""
+        return self.web.post(path, data={**data, "csrf": self.csrf}, **kwargs)
+
+    def browser_context(self, browser: Any, **options: Any) -> Any:
+        """A Playwright context signed in as the admin (the web client's session cookie)."""
+        context = browser.new_context(**options)
+        context.add_cookies([{"name": "tracker_session", "value": self.web.cookies["tracker_session"], "url": self.url}])
+        return context
+
     def latest_event(self, issue_id: str) -> dict[str, Any]:
         r = self.api(f"/api/0/issues/{issue_id}/events/latest/")
         assert r.status_code == 200, r.text
@@ -111,11 +139,13 @@ def start_server(db: Path, *extra: str) -> TrackerServer:
     def up() -> bool:
         assert proc.poll() is None, "tracker exited during start-up"
         try:
-            return httpx.get(url + "/issues/", timeout=1).status_code == 200
+            return httpx.get(url + "/login", timeout=1).status_code == 200
         except httpx.TransportError:
             return False
 
     wait_for(up, timeout=20)
+    server.cli("user", "passwd", "admin", "--password", ADMIN_PASSWORD)  # the first start made `admin`
+    server.token = server.cli("token", "create").strip().splitlines()[-1]
     return server
 
 
@@ -133,7 +163,6 @@ def tracker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerServer]
     db = tmp_path_factory.mktemp("tracker") / "tracker.db"
     server = start_server(db)
     try:
-        server.token = server.cli("token", "create").strip().splitlines()[-1]
         yield server
     finally:
         stop_server(server)
@@ -200,7 +229,6 @@ def configured_server(tmp_path_factory: pytest.TempPathFactory, name: str, confi
     tmp = tmp_path_factory.mktemp(name)
     (tmp / "tracker.toml").write_text(config)
     server = start_server(tmp / "tracker.db", "--config", str(tmp / "tracker.toml"))
-    server.token = server.cli("token", "create").strip().splitlines()[-1]
     try:
         yield server
     finally:

@@ -171,7 +171,7 @@ def test_every_channel_once_for_a_storm_then_resolve_and_regress(
 
     [ticket] = jira.issues
     assert ticket["fields"]["labels"] == [f"tracker-tracker-{issue['id']}"] and ticket["fields"]["summary"] == issue["title"]
-    page = httpx.get(f"{server.url}/issues/{issue['id']}/", timeout=10).text
+    page = server.web.get(f"/issues/{issue['id']}/", timeout=10).text
     assert f'href="{jira.url}/browse/OPS-1"' in page
 
     resolved = api(server, "PUT", f"issues/{issue['id']}/", json={"status": "resolved"})
@@ -214,9 +214,9 @@ def test_retries_backoff_and_dead_letters(server: TrackerServer, channels: Chann
     assert (rows["email"]["status"], rows["email"]["attempts"]) == ("delivered", 2)
     assert len(smtp_server.capture.messages) == 1
 
-    page = httpx.get(f"{server.url}/alerts/", timeout=10).text
+    page = server.web.get("/alerts/", timeout=10).text
     assert "we do not want this" in page and "dead" in page
-    retried = httpx.post(f"{server.url}/alerts/", data={"retry": rows["webhook"]["id"]}, timeout=10)
+    retried = server.form("/alerts/", data={"retry": rows["webhook"]["id"]}, timeout=10)
     assert retried.status_code == 303
     wait_for(lambda: len(webhook.deliveries) == 1)
     assert [d["status"] for d in deliveries(server, issue=issue["id"]) if d["channel"]["kind"] == "webhook"] == ["delivered"]
@@ -240,7 +240,7 @@ def test_jira_data_center_after_an_ambiguous_timeout(server: TrackerServer, chan
     assert (row["status"], row["attempts"], row["externalRef"]) == ("delivered", 2, "OPS-1")
     assert len(jira_dc.issues) == 1 and jira_dc.searches == 1 and jira_dc.rejected == []
     assert "{code}" in jira_dc.issues[0]["fields"]["description"]
-    assert f'href="{jira_dc.url}/browse/OPS-1"' in httpx.get(f"{server.url}/issues/{issue['id']}/", timeout=10).text
+    assert f'href="{jira_dc.url}/browse/OPS-1"' in server.web.get(f"/issues/{issue['id']}/", timeout=10).text
 
 
 def test_frequency_rule_and_filters(server: TrackerServer, channels: Channels, webhook: WebhookReceiver) -> None:
@@ -279,10 +279,10 @@ def test_frequency_rule_and_filters(server: TrackerServer, channels: Channels, w
 
 def test_send_test_from_the_dashboard(server: TrackerServer, channels: Channels, slack: SlackReceiver) -> None:
     channels.add("slack", url=slack.add_hook())
-    page = httpx.get(f"{server.url}/alerts/", timeout=10).text
+    page = server.web.get("/alerts/", timeout=10).text
     channel_id = channels.ids[-1]
     assert f'name="test" value="{channel_id}"' in page
-    r = httpx.post(f"{server.url}/alerts/", data={"test": channel_id}, timeout=10)
+    r = server.form("/alerts/", data={"test": channel_id}, timeout=10)
     assert r.status_code == 303
     wait_for(lambda: slack.messages)
     assert slack.messages[0]["blocks"][0]["text"]["text"].startswith("Test notification")

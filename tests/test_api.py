@@ -232,6 +232,6 @@ def test_a_bad_cursor_is_a_400_json(tracker: TrackerServer, seeded: Seeded) -> N
 @pytest.mark.parametrize("raw", ["²", "١", "12abc", "9" * 30])
 def test_odd_issue_ids_are_not_found(tracker: TrackerServer, raw: str) -> None:
     assert tracker.api(f"/api/0/issues/{raw}/").status_code == 404
-    assert httpx.get(f"{tracker.url}/issues/{raw}/").status_code == 404
-    assert httpx.get(f"{tracker.url}/issues/{raw}/events/").status_code == 404
-    assert httpx.get(f"{tracker.url}/issues/{raw}/events/{'0' * 32}/json").status_code == 404
+    assert tracker.web.get(f"/issues/{raw}/").status_code == 404
+    assert tracker.web.get(f"/issues/{raw}/events/").status_code == 404
+    assert tracker.web.get(f"/issues/{raw}/events/{'0' * 32}/json").status_code == 404

@@ -47,7 +47,7 @@ def test_overview_charts_sparklines_and_lifetime(tracker: TrackerServer, project
     send(project, [("checkout failed", "error")])  # it comes back: a regression
     tracker.wait_issues(project, 7)
 
-    page = httpx.get(f"{tracker.url}/projects/{project.slug}/overview/", params={"period": "24h"}, timeout=10).text
+    page = tracker.web.get(f"/projects/{project.slug}/overview/", params={"period": "24h"}, timeout=10).text
     assert values(page, "events-chart") == {"error": 4, "warning": 2, "fatal": 1}
     assert values(page, "issues-chart") == {"new": 3, "regressed": 1}
     top = re.findall(r'<span class="num">(\d+)</span> <a href="/issues/(\d+)/"', page)
@@ -55,15 +55,15 @@ def test_overview_charts_sparklines_and_lifetime(tracker: TrackerServer, project
     assert re.search(r"<span>prod</span><b>7</b>", page) and "issues ever reopened</span><b>1</b>" in page
     assert "median time to resolve</span><b>—</b>" not in page  # one issue was resolved: there is a median
 
-    listing = httpx.get(f"{tracker.url}/issues/", params={"project": project.slug, "status": "all"}, timeout=10).text
+    listing = tracker.web.get("/issues/", params={"project": project.slug, "status": "all"}, timeout=10).text
     row = listing.split(f'href="/issues/{checkout["id"]}/"', 1)[1].split("</tr>", 1)[0]
     assert sum(int(v) for v in re.findall(r'data-value="(\d+)"', row.split('class="spark"', 1)[1])) == 4
 
-    issue_page = httpx.get(f"{tracker.url}/issues/{checkout['id']}/", timeout=10).text
+    issue_page = tracker.web.get(f"/issues/{checkout['id']}/", timeout=10).text
     life = issue_page.split('class="card lifetime"', 1)[1].split("</div></div>", 1)[0]
     assert "<span>resolved</span><b>1×</b>" in life and "<span>reopened</span><b>1×</b>" in life
 
-    view = browser.new_page(viewport={"width": 1400, "height": 1000})
+    view = tracker.browser_context(browser, viewport={"width": 1400, "height": 1000}).new_page()
     view.goto(f"{tracker.url}/projects/{project.slug}/overview/?period=1h")
     assert view.locator(".events-chart rect").count() >= 1 and view.locator(".periods a.current").inner_text() == "1h"
     view.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
@@ -83,11 +83,11 @@ def test_chart_labels_are_escaped(tracker: TrackerServer, project: Project) -> N
         sentry_sdk.get_client().close()
         sentry_sdk.init()
     tracker.wait_issues(project, 1)
-    page = httpx.get(f"{tracker.url}/projects/{project.slug}/overview/", timeout=10).text
+    page = tracker.web.get(f"/projects/{project.slug}/overview/", timeout=10).text
     assert "<img src=x" not in page and "<svg onload" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
 
 
 def test_pages_of_an_unknown_project_are_404(tracker: TrackerServer) -> None:
     for page in ("overview", "slo", "alerts", "grouping", "code-mappings"):
-        r = httpx.get(f"{tracker.url}/projects/no-such-project/{page}/", timeout=10)
+        r = tracker.web.get(f"/projects/no-such-project/{page}/", timeout=10)
         assert r.status_code == 404 and "No such project." in r.text, page

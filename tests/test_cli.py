@@ -291,19 +291,25 @@ def test_demo_loads_samples_and_serves(tmp_path: Path) -> None:
     try:
         lines = read_until(proc, lambda line: line.startswith("Open "))
         url = f"http://127.0.0.1:{port}"
-        assert lines[-1] == f"Open {url}/issues/ in your browser."
+        link = re.fullmatch(rf"Open ({url}/login/[\w-]+) in your browser \(signs you in once\)\.", lines[-1])
+        assert link and re.search(r"Sign in\s+admin / \S{12,}$", "\n".join(lines), re.M), lines
         assert f"with {len(SAMPLES)} sample events" in lines[0]
         dsns = dict(re.findall(rf"^\s*DSN (\S+)\s+(http://{HEX32}@127\.0\.0\.1:{port}/\d+)$", "\n".join(lines), re.M))
         token = re.search(rf"API token\s+({HEX64})$", "\n".join(lines), re.M)
         assert dsns and token, lines
 
+        person = httpx.Client(timeout=2)
+
         def page() -> str | None:
             try:
-                r = httpx.get(f"{url}/issues/", timeout=2)
+                if "tracker_session" not in person.cookies:
+                    assert person.get(link[1]).status_code == 303  # the one-time link signs in
+                r = person.get(f"{url}/issues/")
             except httpx.TransportError:
                 return None
             return r.text if r.status_code == 200 else None
         issues_html = wait_for(page, timeout=30)
+        assert person.get(link[1]).status_code == 403  # used up
         auth = {"Authorization": f"Bearer {token[1]}"}
         projects = httpx.get(f"{url}/api/0/organizations/tracker/projects/", headers=auth, timeout=10).json()
         assert sorted(p["slug"] for p in projects) == sorted(dsns)

@@ -39,7 +39,7 @@ def api(tracker: TrackerServer, method: str, path: str, **kwargs: Any) -> httpx.
 
 
 def issue_page(tracker: TrackerServer, issue: dict[str, Any]) -> str:
-    r = httpx.get(f"{tracker.url}/issues/{issue['id']}/", timeout=10)
+    r = tracker.web.get(f"/issues/{issue['id']}/", timeout=10)
     assert r.status_code == 200
     return r.text
 
@@ -79,19 +79,19 @@ def test_github_mapping_links_frames_at_branch_then_release_commit(
 
 def test_gitlab_mapping_from_the_form(tracker: TrackerServer, crashed: tuple[Project, dict[str, Any]]) -> None:
     project, issue = crashed
-    form_url = f"{tracker.url}/projects/{project.slug}/code-mappings/"
-    refused = httpx.post(form_url, data={"repository_url": "https://gitlab.example.com/team/shop"},
+    form_url = f"/projects/{project.slug}/code-mappings/"
+    refused = tracker.form(form_url, data={"repository_url": "https://gitlab.example.com/team/shop"},
                          headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}, timeout=10)
     assert refused.status_code == 403
-    bad = httpx.post(form_url, data={"repository_url": "javascript:alert(1)//"}, timeout=10)
+    bad = tracker.form(form_url, data={"repository_url": "javascript:alert(1)//"}, timeout=10)
     assert bad.status_code == 400 and "http(s) URL" in bad.text
     assert api(tracker, "GET", "", params={"project": project.slug}).json() == []
-    r = httpx.post(form_url, data={"repository_url": "https://gitlab.example.com/team/shop", "stack_root": "",
+    r = tracker.form(form_url, data={"repository_url": "https://gitlab.example.com/team/shop", "stack_root": "",
                                    "source_root": "src", "default_branch": ""}, timeout=10)
     assert r.status_code == 303
     [mapping] = api(tracker, "GET", "", params={"project": project.slug}).json()
     assert mapping["provider"]["key"] == "gitlab" and mapping["defaultBranch"] == "main"
-    assert 'href="https://gitlab.example.com/team/shop"' in httpx.get(form_url, timeout=10).text
+    assert 'href="https://gitlab.example.com/team/shop"' in tracker.web.get(form_url, timeout=10).text
     try:
         links = hrefs(issue_page(tracker, issue), "source-link")  # the test's own frame is in app too
         assert links[0] == "https://gitlab.example.com/team/shop/-/blob/main/src/codelinks_app/payments.py#L42"
@@ -107,7 +107,7 @@ def test_gitlab_mapping_from_the_form(tracker: TrackerServer, crashed: tuple[Pro
         assert fields["issue[title]"] == [issue["title"]]
         assert f"{tracker.url}/issues/{issue['id']}/" in fields["issue[description]"][0]
     finally:
-        delete = httpx.post(form_url, data={"delete": mapping["id"]}, timeout=10)
+        delete = tracker.form(form_url, data={"delete": mapping["id"]}, timeout=10)
         assert delete.status_code == 303
     assert api(tracker, "GET", "", params={"project": project.slug}).json() == []
 
@@ -134,15 +134,15 @@ def test_code_view_lists_the_file_issues(tracker: TrackerServer, crashed: tuple[
     project, issue = crashed
     code_link = hrefs(issue_page(tracker, issue), "code-link")[0]  # the crash frame's, newest first
     assert code_link == f"/code/?project={project.slug}&path=codelinks_app%2Fpayments.py&function=charge"
-    page = httpx.get(tracker.url + code_link, timeout=10).text
+    page = tracker.web.get(code_link, timeout=10).text
     row = page.split(f'href="/issues/{issue["id"]}/"', 1)[1]
     assert re.search(r'class="num events">2<.*class="num users">2<', row, re.S)
     [search] = hrefs(page, "search-link")
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(search).query)
     assert query["q"] == ['stack.filename:"codelinks_app/payments.py" stack.function:"charge"']
-    found = httpx.get(tracker.url + search, timeout=10).text
+    found = tracker.web.get(search, timeout=10).text
     assert f'href="/issues/{issue["id"]}/"' in found
-    other = httpx.get(f"{tracker.url}/code/", params={"project": project.slug, "path": "codelinks_app/other.py"},
+    other = tracker.web.get("/code/", params={"project": project.slug, "path": "codelinks_app/other.py"},
                       timeout=10).text
     assert "No issue passes through it." in other
 
@@ -167,7 +167,7 @@ def test_issue_page_screenshot(tracker: TrackerServer, crashed: tuple[Project, d
     mapping = api(tracker, "POST", "", json={"projectId": project.id, "repositoryUrl": "https://github.com/acme/shop",
                                              "stackRoot": "codelinks_app/", "sourceRoot": "app/"}).json()
     try:
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page = tracker.browser_context(browser, viewport={"width": 1400, "height": 900}).new_page()
         page.goto(f"{tracker.url}/issues/{issue['id']}/")
         assert page.locator("a.source-link").first.is_visible() and page.locator("a.code-link").first.is_visible()
         page.screenshot(path=str(tmp_path / "issue.png"), full_page=True)

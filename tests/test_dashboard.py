@@ -141,10 +141,10 @@ def data(tracker: TrackerServer) -> Data:
 
 
 @pytest.fixture
-def page(browser: Any, tmp_path: Path) -> Iterator[Any]:
+def page(browser: Any, tracker: TrackerServer, tmp_path: Path) -> Iterator[Any]:
     """A 1400×900 page; every dialog is recorded (and dismissed); a full-page screenshot of
     wherever the test ended up is left in the test's tmp dir, to look at when it fails."""
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context = tracker.browser_context(browser, viewport={"width": 1400, "height": 900})
     page = context.new_page()
     page.set_default_timeout(10_000)
     page.dialogs = []
@@ -359,7 +359,7 @@ def test_event_data_is_shown_as_text_and_never_runs(tracker: TrackerServer, proj
              "/issues/", "/projects/"]
 
     for path in pages:
-        r = httpx.get(tracker.url + path, timeout=10)
+        r = tracker.web.get(path, timeout=10)
         assert r.status_code == 200, path
         for raw in ("<script>window.__xss", "<img src=x", "<svg onload", "onerror=\"window"):
             assert raw not in r.text, (path, raw)
@@ -381,7 +381,7 @@ def test_event_data_is_shown_as_text_and_never_runs(tracker: TrackerServer, proj
     crash = page.locator(".frame.crash pre.ctx span.hl").inner_text()
     assert "<script>window.__xss=1</script>" in crash
 
-    raw = httpx.get(f"{tracker.url}/issues/{issue['id']}/events/latest/json", timeout=10)
+    raw = tracker.web.get(f"/issues/{issue['id']}/events/latest/json", timeout=10)
     assert raw.status_code == 200  # the raw JSON is served as JSON with nosniff, never as a page
     assert raw.headers["content-type"].startswith("application/json")
     assert raw.headers["x-content-type-options"] == "nosniff"

@@ -4,7 +4,6 @@ issue page's explanation."""
 from __future__ import annotations
 
 import contextlib
-import textwrap
 import types
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -232,18 +231,18 @@ def test_invalid_rules_get_a_clear_error(tracker: TrackerServer, project: Projec
 
 
 def test_rules_page_saves_and_refuses_other_sites(tracker: TrackerServer, project: Project) -> None:
-    page = f"{tracker.url}/projects/{project.slug}/grouping/"
+    page = f"/projects/{project.slug}/grouping/"
     bad = {"stacktrace_rules": "module:shop.* +apps", "fingerprint_rules": ""}
-    r = httpx.post(page, data=bad)
+    r = tracker.form(page, data=bad)
     assert r.status_code == 400 and "+apps" in r.text and "is not an action" in r.text
     good = {"stacktrace_rules": "module:shop.* +app", "fingerprint_rules": "level:fatal -> fatal"}
     for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
-        assert httpx.post(page, data=good, headers=headers).status_code == 403
-    r = httpx.post(page, data=good, headers={"Origin": tracker.url, "Sec-Fetch-Site": "same-origin"})
+        assert tracker.form(page, data=good, headers=headers).status_code == 403
+    r = tracker.form(page, data=good, headers={"Origin": tracker.url, "Sec-Fetch-Site": "same-origin"})
     assert r.status_code == 303
     assert tracker.api(f"/api/0/projects/tracker/{project.slug}/grouping-rules/").json() == {
         "groupingEnhancements": "module:shop.* +app", "fingerprintingRules": "level:fatal -> fatal"}
-    assert "module:shop.* +app" in httpx.get(page).text
+    assert "module:shop.* +app" in tracker.web.get(page).text
 
 
 def test_exception_groups_group_by_their_distinct_exceptions(tracker: TrackerServer, project: Project,
@@ -312,21 +311,21 @@ def test_merge_and_unmerge_from_the_dashboard(tracker: TrackerServer, project: P
         capture(lambda: shop.app("base").checkout(1))
         capture(lambda: shop.app("type", raise_line='raise TypeError("bad order")').checkout(2))
     ids = sorted((i["id"] for i in tracker.wait_issues(project, 2)), key=int)
-    listing = httpx.get(f"{tracker.url}/issues/", params={"project": project.slug}).text
+    listing = tracker.web.get("/issues/", params={"project": project.slug}).text
     assert f'name="id" value="{ids[0]}" form="bulk"' in listing
     merge = {"id": ids, "bulk": "merge"}
-    assert httpx.post(f"{tracker.url}/issues/bulk/", data=merge,
+    assert tracker.form("/issues/bulk/", data=merge,
                       headers={"Origin": "http://evil.example"}).status_code == 403
-    assert httpx.post(f"{tracker.url}/issues/bulk/", data={**merge, "id": ids[:1]}).status_code == 400
-    r = httpx.post(f"{tracker.url}/issues/bulk/", data=merge)
+    assert tracker.form("/issues/bulk/", data={**merge, "id": ids[:1]}).status_code == 400
+    r = tracker.form("/issues/bulk/", data=merge)
     assert r.status_code == 303 and r.headers["location"] == f"/issues/{ids[0]}/"
     [merged] = tracker.issues(project)
     digest = tracker.latest_event(merged["id"])["fingerprints"][0]
-    assert f'name="hash" value="{digest}"' in httpx.get(f"{tracker.url}/issues/{merged['id']}/").text
-    r = httpx.post(f"{tracker.url}/issues/{merged['id']}/unmerge/", data={"hash": digest})
+    assert f'name="hash" value="{digest}"' in tracker.web.get(f"/issues/{merged['id']}/").text
+    r = tracker.form(f"/issues/{merged['id']}/unmerge/", data={"hash": digest})
     assert r.status_code == 303
     assert len(tracker.issues(project)) == 2
-    r = httpx.post(f"{tracker.url}/issues/{merged['id']}/unmerge/", data={"hash": "0" * 32})
+    r = tracker.form(f"/issues/{merged['id']}/unmerge/", data={"hash": "0" * 32})
     assert r.status_code == 400 and "does not have these hashes" in r.text
 
 
@@ -335,7 +334,7 @@ def test_issue_page_explains_the_grouping(tracker: TrackerServer, project: Proje
     with sdk_for(project, shop):
         capture(lambda: shop.app("markup", raise_line=raise_line).checkout(1))
     [issue] = tracker.wait_issues(project, 1)
-    page = httpx.get(f"{tracker.url}/issues/{issue['id']}/").text
+    page = tracker.web.get(f"/issues/{issue['id']}/").text
     assert "<b>declined</b>" not in page
     grouping = page[page.index('id="grouping"'):]
     event = tracker.latest_event(issue["id"])

@@ -4,7 +4,6 @@ error-budget SLO that breaches and recovers through an alert channel; /metrics."
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -87,7 +86,7 @@ def test_request_mode_sessions_give_crash_free_and_errored_rates(server: Tracker
     by_status = sessions(server, project, field="sum(session)", groupBy="session.status", statsPeriod="1h")
     totals = {g["by"]["session.status"]: g["totals"]["sum(session)"] for g in by_status["groups"]}
     assert totals == {"healthy": 16, "errored": 2, "crashed": 2, "abnormal": 0}
-    page = httpx.get(f"{server.url}/releases/{release.replace('@', '%40')}/", timeout=10).text
+    page = server.web.get(f"/releases/{release.replace('@', '%40')}/", timeout=10).text
     assert "90%" in page and "crash-free sessions" in page
 
 
@@ -164,11 +163,11 @@ def test_slo_breaches_and_recovers_through_a_channel(server: TrackerServer, webh
                              ["state"] == "ok" and s, timeout=20)
         assert recovered["value"] < 0.001 and any(h["state"] == "breached" for h in recovered["history"])
         wait_for(lambda: [a["action"] for a in slo_alerts()] == ["critical", "resolved"])
-        metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+        metrics = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {server.token}"}, timeout=10).text
         assert f'tracker_slo_breached{{project="{project.slug}",slo="Checkout budget"}} 0' in metrics
         assert f'tracker_sessions_total{{project="{project.slug}",release="{project.slug}@4.0",environment="prod",' \
                f'outcome="crashed"}} 2' in metrics
-        page = httpx.get(f"{server.url}/projects/{project.slug}/slo/", timeout=10).text
+        page = server.web.get(f"/projects/{project.slug}/slo/", timeout=10).text
         assert "errored sessions &lt; 0.1% over 10 minutes" in page and "ok" in page
     finally:
         api(server, "DELETE", f"organizations/tracker/channels/{channel['id']}/")
@@ -199,7 +198,7 @@ def test_slo_and_release_health_in_a_browser(server: TrackerServer, tmp_path: Pa
     api(server, "PUT", f"projects/tracker/{project.slug}/slo/", json={"objective": 0.01, "window": 10, "minTotal": 5})
     serve_requests(project, ["/"] * 9 + ["/crash"], release)
     wait_for(lambda: api(server, "GET", f"projects/tracker/{project.slug}/slo/").json()["state"] == "breached")
-    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page = server.browser_context(browser, viewport={"width": 1280, "height": 800}).new_page()
     page.goto(f"{server.url}/projects/{project.slug}/slo/")
     assert page.locator(".slo-state").inner_text() == "breached"
     assert page.locator(".facts b").first.inner_text() == "10%"

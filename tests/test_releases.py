@@ -141,7 +141,7 @@ def test_set_commits_local_ranges_and_fixes(tracker: TrackerServer, project: Pro
     assert fixed["status"] == "resolved" and fixed["statusDetails"] == {"inRelease": v2}
     kinds = [a["type"] for a in api(tracker, "GET", f"issues/{issue['id']}/activities/").json()["activity"]]
     assert "set_resolved_in_commit" in kinds
-    page = httpx.get(f"{tracker.url}/issues/{issue['id']}/", timeout=10).text
+    page = tracker.web.get(f"/issues/{issue['id']}/", timeout=10).text
     assert f"Fixed by commit {second[:12]}" in page and f"Resolved in {v2}" in page
 
 
@@ -158,7 +158,7 @@ def test_set_commits_with_registered_repository(tracker: TrackerServer, project:
     cli(tracker, project, "releases", "set-commits", version, "--commit", f"{name}@{first}..{second}")
     detail = release(tracker, version)
     assert detail["lastCommit"]["id"] == second and detail["lastCommit"]["repository"]["name"] == name
-    page = httpx.get(f"{tracker.url}/releases/{urllib.parse.quote(version)}/", timeout=10).text
+    page = tracker.web.get(f"/releases/{urllib.parse.quote(version)}/", timeout=10).text
     assert f"{name} {first[:12]}..{second[:12]}" in page
     unknown = cli(tracker, project, "releases", "set-commits", version, "--commit", "nobody/else@abc", check=False)
     assert unknown.returncode != 0 and "Unknown repo" in unknown.stderr
@@ -206,7 +206,7 @@ def test_release_pages_and_code_links_from_a_real_repository(tracker: TrackerSer
     cli(tracker, project, "deploys", "new", "-r", v2, "-e", "prod")
     issue = crash_issue(tracker, project, repo, "shopapp.checkout", v2)
 
-    page = httpx.get(f"{tracker.url}/issues/{issue['id']}/", timeout=10).text
+    page = tracker.web.get(f"/issues/{issue['id']}/", timeout=10).text
     suspects = page.split('class="card suspects"', 1)[1].split("</div></div>", 1)[0]
     assert touched[:12] in suspects and "Double the charge" in suspects and head[:12] not in suspects
     assert suspects.index("Double the charge") < suspects.index("Add checkout")  # its own release's first
@@ -218,20 +218,20 @@ def test_release_pages_and_code_links_from_a_real_repository(tracker: TrackerSer
                       json={"projectId": project.id, "repositoryUrl": url, "stackRoot": "shopapp/",
                             "sourceRoot": "shopapp/"}).json()
         try:
-            page = httpx.get(f"{tracker.url}/issues/{issue['id']}/", timeout=10).text
+            page = tracker.web.get(f"/issues/{issue['id']}/", timeout=10).text
             links[provider] = [html.unescape(h) for h in re.findall(r'class="source-link" href="([^"]*)"', page)]
         finally:
             api(tracker, "DELETE", f"organizations/tracker/code-mappings/{mapping['id']}/")
     assert links["gitlab"] == [f"https://gitlab.example.com/acme/shop/-/blob/{head}/shopapp/checkout.py#L{CRASH_LINE}"]
     assert links["github"] == [f"https://github.com/acme/shop/blob/{head}/shopapp/checkout.py#L{CRASH_LINE}"]
 
-    listing = httpx.get(f"{tracker.url}/releases/", params={"project": project.slug}, timeout=10).text
+    listing = tracker.web.get("/releases/", params={"project": project.slug}, timeout=10).text
     assert listing.index(html.escape(v2)) < listing.index(html.escape(v1))
-    page = httpx.get(f"{tracker.url}/releases/{urllib.parse.quote(v2)}/", timeout=10).text
+    page = tracker.web.get(f"/releases/{urllib.parse.quote(v2)}/", timeout=10).text
     for part in (touched[:12], head[:12], "Double the charge", "Ada Dev", "shopapp/checkout.py", "static/site.css",
                  "prod", f'href="/issues/{issue["id"]}/"'):
         assert part in page, part
-    old = httpx.get(f"{tracker.url}/releases/{urllib.parse.quote(v1)}/", timeout=10).text
+    old = tracker.web.get(f"/releases/{urllib.parse.quote(v1)}/", timeout=10).text
     assert "Add checkout" in old and "Double the charge" not in old and f'href="/issues/{issue["id"]}/"' not in old
     detail = release(tracker, v2)
     assert detail["newGroups"] == 1 and detail["commitCount"] == 2 and detail["lastDeploy"]["environment"] == "prod"

@@ -4,7 +4,6 @@ from __future__ import annotations
 import html
 import re
 
-import httpx
 import pytest
 import sentry_sdk
 from conftest import Project, TrackerServer
@@ -61,7 +60,7 @@ def api_titles(tracker: TrackerServer, project: Project, query: str, sort: str =
 
 
 def dashboard_titles(tracker: TrackerServer, project: Project, query: str, sort: str = "date") -> list[str]:
-    r = httpx.get(f"{tracker.url}/issues/", params={"project": project.slug, "status": "all", "q": query,
+    r = tracker.web.get("/issues/", params={"project": project.slug, "status": "all", "q": query,
                                                     "sort": sort})
     assert r.status_code == 200
     links = re.findall(r'<a class="issue-title"[^>]*>(.*?)</a>', r.text, re.S)
@@ -128,7 +127,7 @@ def test_malformed_query_is_a_clear_error(tracker: TrackerServer, searchable: tu
     project, _ = searchable
     r = tracker.api(f"/api/0/projects/tracker/{project.slug}/issues/", query=query)
     assert r.status_code == 400 and r.json()["detail"].startswith("Invalid search query")
-    page = httpx.get(f"{tracker.url}/issues/", params={"project": project.slug, "q": query})
+    page = tracker.web.get("/issues/", params={"project": project.slug, "q": query})
     assert page.status_code == 200 and "search-error" in page.text
 
 
@@ -153,7 +152,7 @@ def test_events_of_an_issue_are_searchable(tracker: TrackerServer, project: Proj
         return {e["user"]["id"] for e in r.json()}
 
     def page_users(query: str) -> set[str]:
-        r = httpx.get(f"{tracker.url}/issues/{issue['id']}/events/", params={"q": query})
+        r = tracker.web.get(f"/issues/{issue['id']}/events/", params={"q": query})
         assert r.status_code == 200
         return set(re.findall(r"id:(u\d)", r.text))
 

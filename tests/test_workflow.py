@@ -240,7 +240,7 @@ def test_bulk_update(tracker: TrackerServer, project: Project, sdk: Any) -> None
 
 
 def post_form(tracker: TrackerServer, issue_id: str, data: dict[str, str], **headers: str) -> httpx.Response:
-    return httpx.post(f"{tracker.url}/issues/{issue_id}/", data=data, headers=headers, follow_redirects=True,
+    return tracker.form(f"/issues/{issue_id}/", data=data, headers=headers, follow_redirects=True,
                       timeout=10)
 
 
@@ -248,7 +248,7 @@ def test_dashboard_action_bar(tracker: TrackerServer, project: Project, sdk: Any
     sdk(project.dsn, release="")
     send(tracker, project, 1, release="c@1")
     issue_id = issue_of(tracker, project)["id"]
-    page = httpx.get(f"{tracker.url}/issues/{issue_id}/").text
+    page = tracker.web.get(f"/issues/{issue_id}/").text
     assert "Resolve in next release" in page and '<option value="c@1">' in page and "First seen in c@1" in page
 
     r = post_form(tracker, issue_id, {"status": "resolved", "inRelease": "c@1"}, Origin=tracker.url)
@@ -289,18 +289,18 @@ def test_bulk_actions_from_the_issue_list(tracker: TrackerServer, project: Proje
     for n, fn in enumerate((checkout, refund, lambda: int("x")), start=1):
         send(tracker, project, n, fn=fn)
     ids = sorted((i["id"] for i in tracker.wait_issues(project, 3)), key=int)
-    url = f"{tracker.url}/issues/bulk/"
-    r = httpx.post(url, data={"id": ids[:2], "bulk": "resolved", "next": f"project={project.slug}"})
+    url = "/issues/bulk/"
+    r = tracker.form(url, data={"id": ids[:2], "bulk": "resolved", "next": f"project={project.slug}"})
     assert r.status_code == 303 and r.headers["location"] == f"/issues/?project={project.slug}"
     assert [get(tracker, i)["status"] for i in ids] == ["resolved", "resolved", "unresolved"]
-    httpx.post(url, data={"id": ids[2:], "bulk": "ignored"})
+    tracker.form(url, data={"id": ids[2:], "bulk": "ignored"})
     assert get(tracker, ids[2])["status"] == "ignored"
-    httpx.post(url, data={"id": ids, "bulk": "unresolved"})
+    tracker.form(url, data={"id": ids, "bulk": "unresolved"})
     assert {get(tracker, i)["status"] for i in ids} == {"unresolved"}
-    httpx.post(url, data={"id": ids[1:], "bulk": "assign", "assignedTo": "ana@example.org"})
+    tracker.form(url, data={"id": ids[1:], "bulk": "assign", "assignedTo": "ana@example.org"})
     assert [(get(tracker, i)["assignedTo"] or {}).get("name") for i in ids] == [None, "ana@example.org", "ana@example.org"]
-    assert httpx.post(url, data={"bulk": "resolved"}).status_code == 400
-    assert httpx.post(url, data={"id": ids, "bulk": "resolved"}, headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
+    assert tracker.form(url, data={"bulk": "resolved"}).status_code == 400
+    assert tracker.form(url, data={"id": ids, "bulk": "resolved"}, headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
 
 
 def test_delete_issues_through_the_api(tracker: TrackerServer, project: Project, sdk: Any) -> None:

@@ -1,0 +1,28 @@
+-- wrk: POST the bodies of BODIES (<u32 length><body> records) round-robin, each thread from its own
+-- part of the file so no two requests carry the same event id while the file lasts.
+local bodies, idx = {}, 0
+function init(args)
+  local f = assert(io.open(os.getenv("BODIES"), "rb"))
+  local data = f:read("*a")
+  f:close()
+  local pos = 1
+  while pos < #data do
+    local a, b, c, d = data:byte(pos, pos + 3)
+    local n = a + b * 256 + c * 65536 + d * 16777216
+    bodies[#bodies + 1] = data:sub(pos + 4, pos + 3 + n)
+    pos = pos + 4 + n
+  end
+  idx = (thread_no or 0) * math.floor(#bodies / 2)
+end
+local counter = 0
+function setup(thread)
+  thread:set("thread_no", counter)
+  counter = counter + 1
+end
+function request()
+  idx = idx + 1
+  return wrk.format("POST", os.getenv("TARGET_PATH"), {
+    ["Content-Encoding"] = os.getenv("ENCODING"),
+    ["X-Sentry-Auth"] = "Sentry sentry_version=7, sentry_key=0123456789abcdef0123456789abcdef",
+  }, bodies[(idx % #bodies) + 1])
+end

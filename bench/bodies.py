@@ -1,0 +1,93 @@
+"""Ingest bodies as the real sentry-sdk sends them, for the load runs: distinct event ids, six kinds
+of exception with stack traces, log errors and messages, tags, a user, trace context, breadcrumbs.
+`--big` pads each event with breadcrumbs to about 50 KB. Written as <u32 length><body> records."""
+from __future__ import annotations
+
+import argparse
+import gzip
+import logging
+import random
+import struct
+from pathlib import Path
+from typing import Any
+
+import brotli
+import sentry_sdk
+from sentry_sdk.transport import Transport
+
+DSN = "http://0123456789abcdef0123456789abcdef@127.0.0.1:1/1"  # bench.toml gives the tracker this key
+
+
+class Keep(Transport):
+    """Collects envelopes instead of sending them, compressed as the SDK would send them."""
+
+    bodies: list[bytes] = []
+    encoding = "gzip"
+
+    def capture_envelope(self, envelope: Any) -> None:
+        raw = envelope.serialize()
+        self.bodies.append(brotli.compress(raw, quality=4) if self.encoding == "br" else gzip.compress(raw, 6))
+
+
+def failures(i: int) -> None:
+    """Six different crashes, each from its own code path (so they group apart)."""
+    kind = i % 6
+    if kind == 0:
+        raise ValueError(f"payment declined: amount {1000 + i} over limit 500")
+    if kind == 1:
+        int(f"acc-{i}")
+    if kind == 2:
+        {}[f"user-{i}"]  # noqa: B018
+    if kind == 3:
+        _ = i / 0
+    if kind == 4:
+        [][i]  # noqa: B018
+    None.upper()  # type: ignore[union-attr]
+
+
+def build(count: int, big: bool, encoding: str) -> list[bytes]:
+    Keep.bodies, Keep.encoding = [], encoding
+    sentry_sdk.init(dsn=DSN, transport=Keep, release="payments-service@1.2.4", environment="prod",
+                    send_default_pii=True, max_breadcrumbs=200)
+    log = logging.getLogger("payments")
+    log.propagate = False
+    log.addHandler(logging.NullHandler())  # the SDK's logging integration still sees the records
+    rng = random.Random(7)
+    for i in range(count):
+        with sentry_sdk.isolation_scope() as scope:
+            scope.set_tag("service", "payments-api")
+            scope.set_tag("feature_flag", rng.choice(["new-limits", "old-limits"]))
+            scope.set_user({"id": str(rng.randrange(5000)), "email": f"u{i}@example.org"})
+            for k in range(130 if big else 5):
+                query = "&".join(f"{c}={rng.getrandbits(64):x}" for c in "abcdefghij") if big else "q=1"
+                sentry_sdk.add_breadcrumb(category="http", message=f"GET /api/v1/item/{k}?{query}",
+                                          data={"status": 200, "duration_ms": rng.randrange(900)})
+            if i % 10 == 9:
+                log.error("payment declined by limit for order %s", i)
+            else:
+                try:
+                    failures(i)
+                except Exception:
+                    sentry_sdk.capture_exception()
+    sentry_sdk.flush()
+    sentry_sdk.get_client().close()
+    return list(Keep.bodies)
+
+
+def write(path: Path, bodies: list[bytes]) -> None:
+    with path.open("wb") as f:
+        for body in bodies:
+            f.write(struct.pack("<I", len(body)) + body)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("count", type=int)
+    parser.add_argument("--big", action="store_true")
+    parser.add_argument("--encoding", choices=["gzip", "br"], default="gzip")
+    args = parser.parse_args()
+    built = build(args.count, args.big, args.encoding)
+    write(args.out, built)
+    sizes = sorted(len(b) for b in built)
+    print(f"{len(built)} bodies, median {sizes[len(sizes) // 2]} bytes ({args.encoding})")

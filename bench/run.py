@@ -1,0 +1,138 @@
+"""The ingest benchmark: the ceiling app and the tracker, same bodies, same machine, same run.
+
+For each body size it starts the server on a free port, loads it with wrk (2 threads, a fixed
+number of connections, a fixed time) from a separate process, and reports accepted/s, stored/s
+(events committed and grouped, counted in the database once all answers are in), p50/p99,
+peak RSS and database bytes per event; then the ratio stored/s ÷ ceiling/s, which is the figure
+(machines are noisy). `--big` also builds a database of 1,000,000 events in 10,000 issues and times
+the pages and API queries on it (bench/bigdb.py). Needs `wrk` (Debian package) and the test extras.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+import bodies as body_builder
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+KEY = "0123456789abcdef0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], port: int, cwd: Path) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{cmd[0]} did not start")
+
+
+def peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+)", status)[1]) / 1024  # type: ignore[index]
+
+
+def wrk(port: int, body_file: Path, encoding: str, seconds: int, connections: int) -> dict[str, float]:
+    env = {**os.environ, "BODIES": str(body_file), "TARGET_PATH": "/api/1/envelope/", "ENCODING": encoding}
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
+                          str(HERE / "bodies.lua"), f"http://127.0.0.1:{port}"],
+                         capture_output=True, text=True, env=env, check=True).stdout
+    def latency(label: str) -> float:
+        value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+    requests = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
+            "requests": requests, "non2xx": int(errors[1]) if errors else 0,
+            "p50": latency("50%"), "p99": latency("99%")}
+
+
+def run_ceiling(body_file: Path, encoding: str, seconds: int) -> dict[str, float]:
+    port = free_port()
+    process = start([sys.executable, "-m", "uvicorn", "ceiling:app", "--port", str(port), "--no-access-log",
+                     "--log-level", "warning"], port, HERE)
+    try:
+        result = wrk(port, body_file, encoding, seconds, 32)
+        return {**result, "rss": peak_rss_mb(process.pid)}
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def run_tracker(body_file: Path, encoding: str, seconds: int, connections: int = 32) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        db, config = Path(tmp) / "bench.db", Path(tmp) / "bench.toml"
+        config.write_text(f'[[projects]]\nname = "bench"\nslug = "bench"\ndsn_key = "{KEY}"\n')
+        port = free_port()
+        process = start([sys.executable, str(ROOT / "tracker.py"), "--db", str(db), "--config", str(config),
+                         "serve", "--port", str(port)], port, ROOT)
+        try:
+            result = wrk(port, body_file, encoding, seconds, connections)
+            with sqlite3.connect(db) as conn:  # every answer came after its commit: all are in
+                stored = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            size = db.stat().st_size
+            return {**result, "stored": stored, "stored_rps": stored / seconds, "rss": peak_rss_mb(process.pid),
+                    "bytes_per_event": size / max(stored, 1)}
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--big", action="store_true", help="also the 1M-event query benchmark (takes minutes)")
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    work = Path(tempfile.mkdtemp(prefix="tracker-bench-"))
+    for label, count, big in (("3 KB", 30000, False), ("50 KB", 6000, True)):  # more bodies than requests
+        body_file = work / f"{'big' if big else 'small'}.bin"
+        body_builder.write(body_file, body_builder.build(count, big, "gzip"))
+        ceiling = run_ceiling(body_file, "gzip", args.seconds)
+        tracker = run_tracker(body_file, "gzip", args.seconds)
+        print(f"\n{label} events, gzip, wrk -t2 -c32 {args.seconds}s")
+        print(f"  ceiling  {ceiling['rps']:8.0f} req/s   p50 {ceiling['p50']:6.1f} ms  p99 {ceiling['p99']:6.1f} ms")
+        print(f"  tracker  {tracker['rps']:8.0f} req/s accepted, {tracker['stored_rps']:.0f} stored/s "
+              f"({tracker['stored']} events, {tracker['non2xx']} non-2xx)   p50 {tracker['p50']:6.1f} ms  "
+              f"p99 {tracker['p99']:6.1f} ms   peak RSS {tracker['rss']:.0f} MB   "
+              f"{tracker['bytes_per_event']:.0f} bytes/event on disk")
+        print(f"  ratio    stored/s ÷ ceiling/s = {tracker['stored_rps'] / ceiling['rps']:.2f}")
+        if not big:
+            light = run_tracker(body_file, "gzip", args.seconds, connections=4)
+            print(f"  lighter load (4 connections): {light['rps']:.0f} req/s, p99 {light['p99']:.1f} ms")
+    if args.big:
+        import bigdb
+        bigdb.main([])
+
+
+if __name__ == "__main__":
+    main()
