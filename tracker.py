@@ -57,7 +57,8 @@ import zstandard
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import (HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response,
+                                 StreamingResponse)
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -301,6 +302,12 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     CREATE TABLE dropped (
         project_id INTEGER NOT NULL, minute INTEGER NOT NULL, reason TEXT NOT NULL, category TEXT NOT NULL,
         quantity INTEGER NOT NULL, PRIMARY KEY (project_id, minute, reason, category)) WITHOUT ROWID;
+    """,
+    """
+    CREATE TABLE envelopes (
+        id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL, received REAL NOT NULL, client TEXT NOT NULL,
+        header TEXT NOT NULL, items TEXT NOT NULL, size INTEGER NOT NULL, body BLOB);
+    CREATE INDEX envelopes_by_project ON envelopes (project_id, id);
     """,
 ]
 
@@ -892,7 +899,8 @@ def json_object(raw: bytes, what: str) -> dict[str, Any]:
     return value
 
 
-LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\x00")  # NUL: a UTF-16/32 body may hide surrogates
+LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\x00|\xed[\xa0-\xbf]")  # NUL: a UTF-16/32 body may hide
+# surrogates; ED A0–BF: a surrogate written as UTF-8 bytes (CESU-8), which json.loads lets through
 MAX_JSON_DEPTH = 128  # serde_json's limit, so Relay refuses deeper payloads too
 
 
@@ -1026,24 +1034,54 @@ def client_ip(request: Request) -> str:
 
 async def ingest(request: Request) -> Response:
     """POST /api/<id>/envelope/ and /api/<id>/store/: authenticate, decode, store events."""
+    return await answer_ingest(request, ingest_with_key)
+
+
+async def answer_ingest(request: Request, handle: Callable[[Request], Awaitable[Response]]) -> Response:
+    """An ingest route's answer: CORS on everything, an IngestError as Relay's JSON error."""
     if request.method == "OPTIONS":
         return Response(status_code=200, headers=CORS_HEADERS)
     try:
-        response = await ingest_body(request)
+        if request.app.state.limits.disk_is_full(request.app.state.settings.db):
+            raise IngestError(429, "event submission rejected: the tracker's disk is nearly full",
+                              {"Retry-After": "60", "X-Sentry-Rate-Limits": "60::organization:disk_full"})
+        response = await handle(request)
     except IngestError as exc:
         response = JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
     response.headers.update(CORS_HEADERS)
     return response
 
 
-async def ingest_body(request: Request) -> Response:
-    settings: Settings = request.app.state.settings
-    limits: IngestLimits = request.app.state.limits
-    if limits.disk_is_full(settings.db):
-        raise IngestError(429, "event submission rejected: the tracker's disk is nearly full",
-                          {"Retry-After": "60", "X-Sentry-Rate-Limits": "60::organization:disk_full"})
+async def ingest_with_key(request: Request) -> Response:
     project_id = parse_project_id(request.path_params["project_id"])
     key = key_from_request(request)  # garbled auth is refused before a large body is read
+    header, items, data = await read_envelope(request)
+    await authenticate(request, project_id, key, header)
+    return await accept_envelope(request, project_id, header, items, data)
+
+
+async def stream(request: Request) -> Response:
+    """POST /stream: what the SDK's `spotlight=` option sends (Spotlight's sidecar URL)."""
+    return await answer_ingest(request, spotlight)
+
+
+async def spotlight(request: Request) -> Response:
+    """An envelope without a DSN, into the project `local` (made on first use). Loopback clients
+    only: it is for a developer's own machine."""
+    if request.client is None or request.client.host not in ("127.0.0.1", "::1"):
+        raise IngestError(403, "/stream accepts envelopes from this machine only; use a DSN from elsewhere")
+    header, items, data = await read_envelope(request)
+    store: Store = request.app.state.store
+    row = await store.one("SELECT id FROM projects WHERE slug = 'local'")
+    project_id = row["id"] if row else (await request.app.state.writer.submit(
+        lambda conn: create_project(conn, "local", "local")))[0]
+    return await accept_envelope(request, project_id, header, items, data)
+
+
+async def read_envelope(request: Request) -> tuple[dict[str, Any], list[tuple[dict[str, Any], bytes]], bytes]:
+    """The body decompressed and split into items; a /store/ body is one bare event, logged as the
+    envelope it stands for."""
+    settings: Settings = request.app.state.settings
     body = await read_body(request, settings.max_body)
     encoding = request.headers.get("content-encoding", "")
     if len(body) > 64 * KIB:  # a large (or bomb) body decompresses off the event loop
@@ -1051,52 +1089,144 @@ async def ingest_body(request: Request) -> Response:
     else:
         data = decompress(body, encoding, settings.max_envelope)
     if request.url.path.rstrip("/").endswith("/store"):
-        header, items = {}, [({"type": "event"}, data)]
-    else:
-        header, items = parse_envelope(data)
-    await authenticate(request, project_id, key, header)
-    header_id = normalize_id(header.get("event_id"))
-    received = time.time()
-    rules = await request.app.state.rules.rules_for(project_id)
-    options = await request.app.state.options.options(project_id)
+        wrapped = b"{}\n" + json.dumps({"type": "event", "length": len(data)}).encode() + b"\n" + data
+        return {}, [({"type": "event"}, data)], wrapped
+    return *parse_envelope(data), data
+
+
+async def accept_envelope(request: Request, project_id: int, header: dict[str, Any],
+                          items: list[tuple[dict[str, Any], bytes]], data: bytes) -> Response:
+    """Each item to its handler, then the writer jobs they made, answered after the commit."""
+    limits: IngestLimits = request.app.state.limits
+    intake = Intake(request, project_id, header, time.time(), await request.app.state.rules.rules_for(project_id),
+                    await request.app.state.options.options(project_id))
     events = sum(1 for item_header, _ in items if item_header.get("type") == "event")
-    limited = limits.refuse(project_id, options.get("rate_limit"), events, received) if events else None
-    prepared, health = [], []
+    intake.limited = limits.refuse(project_id, intake.options.get("rate_limit"), events, intake.received) \
+        if events else None
     for item_header, payload in items:
-        kind = item_header.get("type")
-        if kind in HEALTH_PARSERS and len(payload) <= settings.max_event:
-            with contextlib.suppress(IngestError):  # a malformed session is dropped, never the envelope
-                health += HEALTH_PARSERS[kind](json_object(payload, f"{kind} payload"), received)
-        if kind == "client_report":
-            with contextlib.suppress(IngestError):
-                limits.client_report(project_id, json_object(payload, "client report"), received)
-        if kind != "event" or limited:
-            continue  # later issues store more item types; the rest is accepted and dropped
-        if len(payload) > settings.max_event:
-            raise IngestError(413, "envelope exceeded size limits for type 'event'")
-        raw = json_object(payload, "event payload")
-        prepared.append(prepare_event(raw, project_id=project_id, event_id=header_id if not prepared else None,
-                                      received=received, client_ip=client_ip(request), rules=rules,
-                                      scrub=scrub_policy(options.get("scrub"))))
+        kind = str(item_header.get("type") or "")
+        take = ITEM_HANDLERS.get(kind)
+        intake.outcomes.append([kind, len(payload), take(intake, item_header, payload) if take else
+                                "dropped: this tracker does not store this item type"])
+    if intake.health:
+        intake.jobs.append(lambda conn: store_health(conn, project_id, intake.health))
+    intake.jobs.append(lambda conn: log_envelope(conn, intake, data))
     writer: Writer = request.app.state.writer
-    jobs = [lambda conn, ev=ev: store_event(conn, ev) for ev in prepared]
-    if health:
-        jobs.append(lambda conn: store_health(conn, project_id, health))
-    await asyncio.gather(*(writer.submit(job) for job in jobs))
+    await asyncio.gather(*(writer.submit(job) for job in intake.jobs))
     if PAYLOADS.wants_training():
         PAYLOADS.training = True
         task = asyncio.create_task(train_payload_dictionary(request.app.state.store, writer))
         request.app.state.background.add(task)  # referenced until done, so it is not collected mid-way
         task.add_done_callback(request.app.state.background.discard)
-    event_id = prepared[0].event_id if prepared else header_id
-    if limited:  # 429 when the events were all it sent; else what was kept is acknowledged
-        seconds, scope, reason = limited
+    return intake.answer()
+
+
+@dataclasses.dataclass
+class Intake:
+    """One envelope on its way in: the writer jobs its items became, and what became of each item
+    ([type, size, outcome], shown in the envelope log)."""
+
+    request: Request
+    project_id: int
+    header: dict[str, Any]
+    received: float
+    rules: GroupingRules
+    options: dict[str, Any]
+    limited: tuple[int, str, str] | None = None
+    events: list[PreparedEvent] = dataclasses.field(default_factory=list)
+    health: list[HealthUpdate] = dataclasses.field(default_factory=list)
+    jobs: list[Job] = dataclasses.field(default_factory=list)
+    outcomes: list[list[Any]] = dataclasses.field(default_factory=list)
+
+    def answer(self) -> Response:
+        """Sentry's answer: the first event's id; when events were rate limited, a 429 if they
+        were all the envelope held, else a 200 that says so in X-Sentry-Rate-Limits."""
+        event_id = self.events[0].event_id if self.events else normalize_id(self.header.get("event_id"))
+        if self.limited is None:
+            return JSONResponse({"id": event_id} if event_id else {})
+        seconds, scope, reason = self.limited
         rate_limits = {"X-Sentry-Rate-Limits": f"{seconds}:error;default:{scope}:{reason}"}
-        if not health:
+        if not self.health:
             raise IngestError(429, f"event submission rejected: {reason.replace('_', ' ')} exceeded",
                               {"Retry-After": str(seconds), **rate_limits})
         return JSONResponse({}, headers=rate_limits)
-    return JSONResponse({"id": event_id} if event_id else {})
+
+
+def take_event(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
+    """An error event: processed here (off the writer), stored by a writer job."""
+    settings: Settings = intake.request.app.state.settings
+    if intake.limited:
+        return "dropped: rate limited"
+    if len(payload) > settings.max_event:
+        raise IngestError(413, "envelope exceeded size limits for type 'event'")
+    ev = prepare_event(json_object(payload, "event payload"), project_id=intake.project_id,
+                       event_id=None if intake.events else normalize_id(intake.header.get("event_id")),
+                       received=intake.received, client_ip=client_ip(intake.request), rules=intake.rules,
+                       scrub=scrub_policy(intake.options.get("scrub")))
+    intake.events.append(ev)
+    index = len(intake.outcomes)
+
+    def store(conn: sqlite3.Connection) -> None:
+        if not store_event(conn, ev):
+            intake.outcomes[index][2] = "dropped: an event with this id is stored already"
+    intake.jobs.append(store)
+    return "stored"
+
+
+def take_health(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
+    """Sessions and transactions become counts in minute buckets; a malformed one is dropped alone."""
+    kind = item_header["type"]
+    if len(payload) > intake.request.app.state.settings.max_event:
+        return "dropped: too large"
+    try:
+        updates = HEALTH_PARSERS[kind](json_object(payload, f"{kind} payload"), intake.received)
+    except IngestError as exc:
+        return f"dropped: {exc.detail}"
+    intake.health += updates
+    return "stored as counts" if updates else "dropped: too old, or without a release"
+
+
+def take_client_report(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
+    try:
+        intake.request.app.state.limits.client_report(intake.project_id, json_object(payload, "client report"),
+                                                      intake.received)
+    except IngestError as exc:
+        return f"dropped: {exc.detail}"
+    return "counted in the project's dropped events"
+
+
+ITEM_HANDLERS: dict[str, Callable[[Intake, dict[str, Any], bytes], str]] = {
+    "event": take_event, "session": take_health, "sessions": take_health, "transaction": take_health,
+    "client_report": take_client_report}
+
+
+# The envelope log, for people testing an SDK: every envelope as it arrived (decompressed, up to
+# 1 MiB) and what became of each item; the newest ENVELOPE_LOG per project, for a day at most.
+ENVELOPE_LOG, ENVELOPE_LOG_AGE, ENVELOPE_LOG_BODY = 500, 86400, MIB
+ENVELOPE_ZSTD = zstandard.ZstdCompressor(level=1)  # used by the writer thread only
+
+
+def envelope_client(intake: Intake) -> str:
+    """Which SDK sent it: the envelope's `sdk`, else the auth header's sentry_client, else the User-Agent."""
+    sdk = intake.header.get("sdk") if isinstance(intake.header.get("sdk"), dict) else {}
+    if sdk.get("name"):
+        return text(f"{sdk['name']}/{sdk.get('version', '')}", 200)
+    auth = re.search(r"sentry_client=([^,\s]+)", intake.request.headers.get("x-sentry-auth", ""))
+    return text(auth[1] if auth else intake.request.headers.get("user-agent", ""), 200)
+
+
+def log_envelope(conn: sqlite3.Connection, intake: Intake, data: bytes) -> None:
+    """Writer job, last of its envelope's jobs (so duplicate events are known): log it, and now and
+    then trim the project's log to its bounds."""
+    body = ENVELOPE_ZSTD.compress(data) if len(data) <= ENVELOPE_LOG_BODY else None
+    row_id = conn.execute("INSERT INTO envelopes (project_id, received, client, header, items, size, body) VALUES "
+                          "(?, ?, ?, ?, ?, ?, ?)", (intake.project_id, intake.received, envelope_client(intake),
+                                                    json.dumps(intake.header), json.dumps(intake.outcomes),
+                                                    len(data), body)).lastrowid or 0
+    if row_id % 50 == 0:
+        conn.execute("DELETE FROM envelopes WHERE project_id = ? AND (received < ? OR id <= (SELECT id FROM envelopes "
+                     "WHERE project_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?))",
+                     (intake.project_id, intake.received - ENVELOPE_LOG_AGE, intake.project_id, ENVELOPE_LOG))
 
 
 class IngestLimits:
@@ -1477,7 +1607,11 @@ KEY_NOISE = str.maketrans("", "", "-_. ")
 # and scanning them could only break grouping and source links.
 CODE_KEYS = frozenset({"filename", "abs_path", "module", "function", "raw_function", "package", "platform",
                        "instruction_addr", "symbol_addr", "image_addr", "pre_context", "context_line", "post_context"})
-DIGITS = b"0123456789"
+# A text's bytes with digits as 0, separators as -, capitals as A: a card number or an IBAN shows
+# 0000 and one of 13 zeros, 0000-0000-0000, 0000-000000-0000 or AA00 there (found at C's speed), and
+# only then does the regex run.
+NUMBER_MASK = bytes.maketrans(b"0123456789 -ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"0" * 10 + b"--" + b"A" * 26)
+CRUMB_FIELDS = frozenset({"type", "category", "level", "timestamp", "event_id"})
 # Top-level fields that are ids, enums or names the program chose (never user data): not walked.
 UNSCRUBBED_FIELDS = frozenset({"event_id", "timestamp", "received", "level", "platform", "logger", "transaction",
                                "server_name", "release", "dist", "culprit", "environment", "fingerprint", "errors",
@@ -1491,7 +1625,7 @@ IBAN = r"(?P<iban>(?<!\w)[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?
 # `"key": value` (JSON, a Python dict's repr) and `key=value` (form bodies, query strings, cookies, log lines)
 TEXT_PAIRS = (r"""(?P<json>(?P<q>["'])(?P<jkey>[^"'\\\n]{1,100})(?P=q)\s*:\s*"""
               r"""(?P<jval>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|-?\d[\d.eE+-]*))"""
-              r"""|(?P<kv>(?<![^\s?&;,(\[{])(?P<key>[\w.\-\[\]%+]{1,100})=(?P<val>"[^"\n]*"|'[^'\n]*'|[^\s&;,#)\]}"']+))""")
+              r"""|(?P<kv>(?<![^\s?&;,(\[{"'])(?P<key>[\w.\-\[\]%+]{1,100})=(?P<val>"[^"\n]*"|'[^'\n]*'|[^\s&;,#)\]}"']+))""")
 NUMBERS = re.compile(f"{CARD}|{IBAN}", re.ASCII)
 KEYS_IN_TEXT = re.compile(TEXT_PAIRS, re.ASCII)
 IBAN_LENGTHS = {entry[:2]: int(entry[2:]) for entry in (  # ISO 13616's registry: country → length
@@ -1565,25 +1699,38 @@ class ScrubPolicy:
     user_keys: re.Pattern[str] | None = dataclasses.field(init=False, repr=False, compare=False)
     safe: frozenset[str] = dataclasses.field(init=False, repr=False, compare=False)
     verdicts: dict[str, str | None] = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
+    needles: re.Pattern[bytes] | None = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "default_keys", key_pattern(SECRET_KEYS) if self.defaults else None)
         object.__setattr__(self, "user_keys", key_pattern(self.sensitive_fields))
         object.__setattr__(self, "safe", frozenset(normal_key(key) for key in self.safe_fields))
+        keys = sorted({normal_key(key).encode() for key in (*(SECRET_KEYS if self.defaults else ()),
+                                                             *self.sensitive_fields)} - {b""})
+        object.__setattr__(self, "needles", re.compile(b"|".join(map(re.escape, keys))) if keys else None)
+
+    def may_name_secret(self, raw: bytes) -> bool:
+        """Whether a text (UTF-8) may hold a secret key: a normalised key is a piece of the normalised
+        text. Only ASCII is folded as `str.lower` folds it, so any other text may."""
+        if self.needles is None:
+            return False
+        return not raw.isascii() or self.needles.search(raw.lower().translate(None, b"-_. ")) is not None
 
     def key_rule(self, key: str) -> str | None:
         """The rule that filters the value under `key`; SAFE for a safe field (its value is left
         alone, all of it); None for any other key (its value is walked). Remembered: events repeat keys."""
-        rule = self.verdicts.get(key, KeyError)
-        if rule is KeyError:
-            name = key.lower().translate(KEY_NOISE)
-            rule = SAFE if name in self.safe else (
-                "@password:filter" if self.default_keys and self.default_keys.search(name)
-                else "strip-fields" if self.user_keys and self.user_keys.search(name) else None)
-            if len(self.verdicts) >= 10000:  # a stream of made-up keys must not grow it without end
-                self.verdicts.clear()
-            self.verdicts[key] = rule
-        return rule  # type: ignore[return-value]
+        try:
+            return self.verdicts[key]
+        except KeyError:
+            pass
+        name = normal_key(key)
+        rule = SAFE if name in self.safe else (
+            "@password:filter" if self.default_keys and self.default_keys.search(name)
+            else "strip-fields" if self.user_keys and self.user_keys.search(name) else None)
+        if len(self.verdicts) >= 4096:  # a stream of made-up keys must not grow it without end
+            self.verdicts.clear()
+        self.verdicts[key] = rule
+        return rule
 
     def as_option(self) -> dict[str, Any]:
         """The policy as the stored `scrub` option."""
@@ -1613,7 +1760,7 @@ def scrub_policy(option: Any) -> ScrubPolicy:
     return parsed_scrub_policy(json.dumps(option, sort_keys=True))
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=128)
 def parsed_scrub_policy(option_json: str) -> ScrubPolicy:
     """Cached by the option's text: ingest asks once per request, its regexes compile once per change."""
     option = json.loads(option_json)
@@ -1639,6 +1786,14 @@ def changed_scrub_option(policy: ScrubPolicy, changes: dict[str, Any]) -> dict[s
     return option
 
 
+def pair_value(match: re.Match[str]) -> tuple[str, int, int]:
+    """A KEYS_IN_TEXT match as (key, start, end) of its value, quotes left out."""
+    key, group = ("jkey", "jval") if match.lastgroup == "json" else ("key", "val")
+    start, end = match.span(group)
+    quote = 1 if match.string[start] in "\"'" else 0
+    return match[key], start + quote, end - quote
+
+
 class Scrubber:
     """One walk over one event: filters in place and notes each change at its path in Sentry's `_meta`
     shape, `{"": {"rem": [[rule, "s", start, end]], "len": original length}}`."""
@@ -1646,27 +1801,30 @@ class Scrubber:
     def __init__(self, policy: ScrubPolicy, meta: dict[str, Any]) -> None:
         self.policy, self.meta, self.count = policy, meta, 0
         self.path: list[str] = []  # of the container being walked
+        self.seen: dict[str, list[tuple[int, int, str]]] = {}  # text → its secrets: an event repeats its texts
 
-    def walk(self, container: Any) -> None:
-        """Filter the secrets inside a dict or a list, in place."""
+    def walk(self, container: Any, skip: frozenset[str] = frozenset()) -> None:
+        """Filter the secrets inside a dict or a list, in place; a dict's `skip` keys are left alone,
+        and so is code (most of a stack trace)."""
         if isinstance(container, dict):
             for key, value in container.items():
-                self.entry(container, key, key, value)
+                if key not in skip and not (key in CODE_KEYS and is_code(value)):
+                    self.entry(container, key, key, value)
         elif isinstance(container, list):
             for index, value in enumerate(container):
                 self.entry(container, index, None, value)
 
     def entry(self, container: Any, slot: str | int, key: str | None, value: Any) -> None:
         """container[slot], `value`, under `key` (None: no key, as in a list): filtered, left alone
-        (a safe field, or code) or walked. Scalars return at once: most of an event is scalars."""
+        (a safe field) or walked. Nulls and booleans return at once: they are never secrets."""
         if value is None or value is True or value is False:
             return
         rule = None if key is None else self.policy.key_rule(key)
         if rule is None:
             if isinstance(value, str):
-                if len(value) > 2 and key not in CODE_KEYS:
+                if len(value) > 2:
                     container[slot] = self.text(value, slot)
-            elif isinstance(value, (dict, list)) and not (key in CODE_KEYS and is_code(value)):
+            elif isinstance(value, (dict, list)):
                 self.path.append(str(slot))
                 self.walk(value)
                 self.path.pop()
@@ -1690,6 +1848,16 @@ class Scrubber:
         walk(container[key])
         self.path.pop()
 
+    def crumbs(self, breadcrumbs: dict[str, Any]) -> None:
+        """Breadcrumbs: their message and data are walked, not the SDK's words for them (type,
+        category, level, timestamp; Sentry leaves those alone too): a long trail costs less."""
+        self.path.append("values")
+        for index, crumb in enumerate(breadcrumbs["values"]):  # normalize_event made them dicts
+            self.path.append(str(index))
+            self.walk(crumb, CRUMB_FIELDS)
+            self.path.pop()
+        self.path.pop()
+
     def request(self, request: dict[str, Any]) -> None:
         """The request: headers, query and cookies hold pairs, and `cookies` itself is no secret key."""
         for key, value in request.items():
@@ -1701,13 +1869,9 @@ class Scrubber:
     def text(self, value: str, slot: str | int) -> str:
         """`value` with the secrets inside it replaced: card numbers, IBANs, and the values of
         `key=value` and `"key": value` pairs whose key is secret (the rest of the text stays)."""
-        spans = []
-        if len(value) >= 10 and self.policy.defaults:  # cheap tests first: most strings hold no secret
-            raw = value.encode("utf-8", "surrogatepass")
-            if len(raw) - len(raw.translate(None, DIGITS)) >= 10:
-                spans += [(*match.span(), rule) for match in NUMBERS.finditer(value) if (rule := number_rule(match))]
-        if "=" in value or (":" in value and ('"' in value or "'" in value)):
-            spans += self.keyed(value)
+        spans = self.seen.get(value)
+        if spans is None:
+            spans = self.seen[value] = self.secrets_in(value)
         if not spans:
             return value
         parts, remarks, last, size = [], [], 0, 0
@@ -1722,16 +1886,19 @@ class Scrubber:
         self.note(slot, remarks, len(value))
         return "".join(parts)
 
-    def keyed(self, value: str) -> list[tuple[int, int, str]]:
-        """The values of the secret keys' pairs in a text, as (start, end, rule) (quotes left out)."""
+    def secrets_in(self, value: str) -> list[tuple[int, int, str]]:
+        """Where a text's secrets are, as (start, end, rule). Byte tests first (a few C calls): the
+        regexes run only on texts where they may find something, and most texts hold no secret."""
+        raw = value.encode("utf-8", "surrogatepass")
         spans = []
-        for match in KEYS_IN_TEXT.finditer(value):
-            key, group = ("jkey", "jval") if match.lastgroup == "json" else ("key", "val")
-            rule = self.policy.key_rule(match[key])
-            start, end = match.span(group)
-            quote = 1 if value[start] in "\"'" else 0
-            if rule and value[start + quote:end - quote] not in ("", FILTERED):
-                spans.append((start + quote, end - quote, rule))
+        if self.policy.defaults and len(raw) >= 13:
+            masked = raw.translate(NUMBER_MASK)
+            if b"0000" in masked and (b"0000000000000" in masked or b"AA00" in masked or b"0000-0000-0000" in masked
+                                      or b"0000-000000-0000" in masked):
+                spans += [(*match.span(), rule) for match in NUMBERS.finditer(value) if (rule := number_rule(match))]
+        if ("=" in value or (":" in value and ('"' in value or "'" in value))) and self.policy.may_name_secret(raw):
+            spans += [(start, end, rule) for key, start, end in map(pair_value, KEYS_IN_TEXT.finditer(value))
+                      if (rule := self.policy.key_rule(key)) and value[start:end] not in ("", FILTERED)]
         return spans
 
     def note(self, slot: str | int, remarks: list[list[Any]], length: int | None) -> None:
@@ -1775,6 +1942,8 @@ def scrub_event(ev: dict[str, Any], policy: ScrubPolicy) -> int:
                 scrubber.section(ev, key, scrubber.request)
             elif key == "tags" and isinstance(value, list):
                 scrubber.section(ev, key, scrubber.pairs)
+            elif key == "breadcrumbs" and isinstance(value, dict) and isinstance(value.get("values"), list):
+                scrubber.section(ev, key, scrubber.crumbs)
             else:
                 scrubber.entry(ev, key, key, value)
     if policy.scrub_ip:
@@ -2952,6 +3121,7 @@ TERM_KEYS = {"user.id", "user.email", "user.username", "user.ip", "error.type", 
 SORTS = {"date": "i.last_seen DESC", "new": "i.first_seen DESC", "freq": "i.times_seen DESC",
          "user": "i.user_count DESC"}
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_SEARCH_TERMS = 100
 
 
 def parse_query(query: str) -> list[tuple[bool, str | None, str]]:
@@ -2964,6 +3134,8 @@ def parse_query(query: str) -> list[tuple[bool, str | None, str]]:
                 raise SearchError(f"unclosed quote in {match.group(0).strip()!r}")
             value = re.sub(r'\\(.)', r"\1", value[1:-1])
         terms.append((negated, key, value))
+    if len(terms) > MAX_SEARCH_TERMS:  # each is an SQL condition: SQLite refuses expressions ~1000 deep
+        raise SearchError(f"a search has at most {MAX_SEARCH_TERMS} terms, this one {len(terms)}")
     return terms
 
 
@@ -2976,19 +3148,19 @@ def glob_pattern(value: str) -> tuple[str, str]:
 
 def parse_time_filter(value: str, now: float) -> tuple[str, float]:
     """`-24h` (within), `+7d` (older than), `>2026-01-01`, `<=2026-01-01T10:00` → (operator, epoch)."""
-    relative = re.fullmatch(r"([+-])(\d+)([smhdw])", value)
+    relative = re.fullmatch(r"([+-])(\d{1,18})([smhdw])", value)  # more digits would overflow a float
     if relative:
         at = now - int(relative.group(2)) * DURATION_UNITS[relative.group(3)]
         return (">=" if relative.group(1) == "-" else "<="), at
     match = re.fullmatch(r"(>=|<=|>|<)?(.+)", value)
-    operator, moment = (match.group(1) or ">="), parse_timestamp(match.group(2)) if match else None
+    operator, moment = (match.group(1) or ">=", parse_timestamp(match.group(2))) if match else (">=", None)
     if moment is None:
         raise SearchError(f"cannot read the time {value!r}: use -24h, +7d or >2026-01-31")
     return operator, moment
 
 
 def parse_number_filter(value: str) -> tuple[str, int]:
-    match = re.fullmatch(r"(>=|<=|>|<)?(\d+)", value)
+    match = re.fullmatch(r"(>=|<=|>|<)?(\d{1,18})", value)  # SQLite integers end at 2**63
     if not match:
         raise SearchError(f"{value!r} is not a number or a comparison such as >10")
     return match.group(1) or "=", int(match.group(2))
@@ -4792,9 +4964,9 @@ def serialize_event(row: sqlite3.Row, issue_id: int, full: bool = True) -> dict[
     if ev.get("request"):
         entries.append({"type": "request", "data": ev["request"]})
     out.update({"entries": entries, "contexts": ev.get("contexts", {}), "sdk": ev.get("sdk"),
-                "fingerprints": ev.get("hashes", []), "extra": ev.get("extra", {}),
+                "fingerprints": ev.get("hashes", []), "context": ev.get("extra", {}), "extra": ev.get("extra", {}),
                 "packages": ev.get("modules", {}), "errors": ev.get("errors", []),
-                "dist": ev.get("dist"), "size": len(row["payload"])})
+                "dist": ev.get("dist"), "size": len(row["payload"]), "_meta": api_meta(ev, entries)})
     return out
 
 
@@ -4810,13 +4982,16 @@ def paginate(request: Request, total_rows: int, limit: int, offset: int) -> dict
     return {"Link": ", ".join(links)}
 
 
+MAX_OFFSET = 2 ** 31  # paging further finds nothing anyway, and SQLite cannot bind past 2**63
+
+
 def page_args(request: Request) -> tuple[int, int]:
     try:
         limit = min(max(int(request.query_params.get("limit", 100)), 1), 100)
         offset = int(request.query_params.get("cursor", "0:0:0").split(":")[1])
     except (ValueError, IndexError):
         raise ApiError(400, "invalid cursor or limit") from None
-    return limit, max(offset, 0)
+    return limit, min(max(offset, 0), MAX_OFFSET)
 
 
 async def api_root(request: Request) -> dict[str, Any]:
@@ -4852,7 +5027,8 @@ async def project_from_path(request: Request) -> sqlite3.Row:
 async def api_project(request: Request) -> dict[str, Any]:
     project = await project_from_path(request)
     return {**serialize_project(project, request.app.state.settings),
-            **serialize_rules(await request.app.state.rules.rules_for(project["id"]))}
+            **serialize_rules(await request.app.state.rules.rules_for(project["id"])),
+            **(await project_scrub_policy(request, project["id"])).api_fields()}
 
 
 async def api_project_issues(request: Request) -> Response:
@@ -5037,11 +5213,38 @@ async def api_update_grouping_rules(request: Request) -> dict[str, str]:
 
 
 async def api_update_project(request: Request) -> dict[str, Any]:
-    """PUT /api/0/projects/<org>/<project>/: of Sentry's project fields, the grouping rules."""
+    """PUT /api/0/projects/<org>/<project>/: of Sentry's project fields, the grouping rules and the
+    data scrubbing settings (dataScrubber, dataScrubberDefaults, sensitiveFields, safeFields,
+    scrubIPAddresses)."""
     project = await project_from_path(request)
-    rules = await save_body_rules(request, project["id"], await request_json(request))
+    body = await request_json(request)
+    scrub = await project_scrub_policy(request, project["id"])
+    option = body_scrub_option(scrub, body)  # checked before anything is saved
+    rules = await save_body_rules(request, project["id"], body)
     rules = rules or await request.app.state.rules.rules_for(project["id"])
-    return {**serialize_project(project, request.app.state.settings), **serialize_rules(rules)}
+    scrub = await save_scrub_option(request, project["id"], option) if option else scrub
+    return {**serialize_project(project, request.app.state.settings), **serialize_rules(rules), **scrub.api_fields()}
+
+
+async def project_scrub_policy(request: Request, project_id: int) -> ScrubPolicy:
+    return scrub_policy((await request.app.state.options.options(project_id)).get("scrub"))
+
+
+def body_scrub_option(policy: ScrubPolicy, body: Any) -> dict[str, Any] | None:
+    """The `scrub` option a JSON body asks for under Sentry's field names; None when it names none."""
+    changes = {name: body[api_name] for api_name, name in SCRUB_API_FIELDS.items()
+               if isinstance(body, dict) and api_name in body}
+    try:
+        return changed_scrub_option(policy, changes) if changes else None
+    except ScrubError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+async def save_scrub_option(request: Request, project_id: int, option: dict[str, Any]) -> ScrubPolicy:
+    """Store a project's `scrub` option through the writer; ingest uses it from the next event on."""
+    await request.app.state.writer.submit(lambda conn: set_project_option(conn, project_id, "scrub", option))
+    request.app.state.options.forget(project_id)
+    return scrub_policy(option)
 
 
 async def merge(request: Request, project_id: int, issue_ids: list[int]) -> dict[str, Any]:
@@ -6150,6 +6353,9 @@ header.top { background:#111827; color:#fff; padding:10px 24px; display:flex; ga
 header.top a { color:#e5e7eb; } header.top .brand { font-weight:700; color:#fff; font-size:16px; }
 header.top .who { margin-left:auto; display:flex; gap:12px; align-items:center; font-size:13px; }
 header.top .who form { margin:0; } button.link { background:none; border:0; color:#9ca3af; padding:0; cursor:pointer; font:inherit; }
+tr.fresh td { background:#fef9c3; } td.nowrap { white-space:nowrap; }
+span.item { display:inline-block; font-size:12px; padding:1px 6px; border-radius:4px; font-family:ui-monospace,monospace; }
+span.item.kept { background:#dcfce7; color:#166534; } span.item.dropped { background:#fee2e2; color:#991b1b; }
 div.drops { color:#92400e; font-size:12.5px; margin:4px 0; }
 div.key { margin:4px 0; display:flex; gap:8px; align-items:center; flex-wrap:wrap; } div.key form, form.key { margin:0; display:inline-flex; gap:6px; align-items:center; }
 div.key.off code { text-decoration:line-through; color:#9ca3af; } .card.secret pre { white-space:pre-wrap; word-break:break-all; background:#f3f4f6; padding:8px; }
@@ -6278,8 +6484,8 @@ form.bulk { display:flex; gap:8px; align-items:center; margin-bottom:8px; }
 TEMPLATES = {
     "base.html": """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{% block title %}tracker{% endblock %} · tracker</title><link rel="stylesheet" href="/static/tracker.css"></head>
-<body><header class="top"><a class="brand" href="/issues/">tracker</a>{% if viewer %}<a href="/issues/">Issues</a><a href="/releases/">Releases</a><a href="/alerts/">Alerts</a><a href="/projects/">Projects &amp; DSNs</a>
+<title>{% block title %}tracker{% endblock %} · tracker</title><link rel="icon" href="/static/favicon.svg"><link rel="stylesheet" href="/static/tracker.css"></head>
+<body><header class="top"><a class="brand" href="/issues/">tracker</a>{% if viewer %}<a href="/issues/">Issues</a><a href="/releases/">Releases</a><a href="/alerts/">Alerts</a><a href="/projects/">Projects &amp; DSNs</a><a href="/live/">Live</a>
 <span class="who"><a href="/account/">{{ viewer.name }}{% if viewer.role == 'admin' %} (admin){% endif %}</a>{% if viewer.via == 'session' %}<form method="post" action="/logout"><input type="hidden" name="csrf" value="{{ csrf }}"><button class="link">Sign out</button></form>{% endif %}</span>{% endif %}</header>
 <main>{% block main %}{% endblock %}</main></body></html>""",
 
@@ -6434,6 +6640,7 @@ TEMPLATES = {
     <tr><td>platform</td><td>{{ ev.platform }}</td></tr>
     <tr><td>received</td><td>{{ ev.received|datetime }}</td></tr>
   </table>
+  {% set scrubbed = ev|scrubbed %}{% if scrubbed %}<p class="muted scrubbed" style="font-size:12.5px">{{ scrubbed|length }} value{{ 's' if scrubbed|length != 1 }} filtered by the server's <a href="/projects/{{ issue.project_slug }}/scrubbing/">data scrubbing</a>: <span class="mono">{{ scrubbed[:12]|join(', ') }}{% if scrubbed|length > 12 %}, …{% endif %}</span></p>{% endif %}
   {% if ev.user %}<h3>User</h3><table class="kv">{% for k, v in ev.user.items() %}<tr><td>{{ k }}</td><td>{{ v|pretty }}</td></tr>{% endfor %}</table>{% endif %}
   <h3>Tags</h3><div class="chips">{% for k, v in ev.tags or [] %}{% if k in ('environment', 'release') %}<a href="/issues/?{{ {k: v, 'project': issue.project_slug}|urlencode }}"><b>{{ k }}</b> {{ v }}</a>{% else %}<span><b>{{ k }}</b> {{ v }}</span>{% endif %}{% endfor %}</div>
   {% for name, ctx in (ev.contexts or {}).items() %}<h3>{{ name }}</h3><table class="kv">{% for k, v in ctx.items() if k != 'type' %}<tr><td>{{ k }}</td><td>{{ v|pretty }}</td></tr>{% endfor %}</table>{% endfor %}
@@ -6460,7 +6667,7 @@ TEMPLATES = {
   {% if viewer.role == 'admin' %}<form method="post" action="/projects/{{ p.slug }}/keys/" class="key"><input type="hidden" name="csrf" value="{{ csrf }}"><input name="add" placeholder="new key's label" size="14" aria-label="label"><button class="secondary">Add a DSN key</button>
   <span class="muted">rotate: add one, move clients, disable the old</span></form>{% endif %}
   {% if p.drops %}<div class="drops">Dropped in the last 24 h: {% for d in p.drops %}{{ d.n }} {{ d.reason.replace('client:', 'by the SDK: ').replace('_', ' ') }}{{ ' · ' if not loop.last }}{% endfor %}</div>{% endif %}
-  <div class="muted" style="font-size:12.5px">{{ p.issue_count }} issues · {{ p.event_count }} events · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a> · <a href="/projects/{{ p.slug }}/code-mappings/">code mappings</a> · <a href="/projects/{{ p.slug }}/alerts/">alert rules</a> · <a href="/projects/{{ p.slug }}/slo/">SLO</a> · <a href="/projects/{{ p.slug }}/overview/">overview</a></div></div>
+  <div class="muted" style="font-size:12.5px">{{ p.issue_count }} issues · {{ p.event_count }} events · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a> · <a href="/projects/{{ p.slug }}/scrubbing/">data scrubbing</a> · <a href="/projects/{{ p.slug }}/code-mappings/">code mappings</a> · <a href="/projects/{{ p.slug }}/alerts/">alert rules</a> · <a href="/projects/{{ p.slug }}/slo/">SLO</a> · <a href="/projects/{{ p.slug }}/overview/">overview</a> · <a href="/projects/{{ p.slug }}/envelopes/">envelopes received</a></div></div>
 {% else %}<div class="card empty">No projects yet: <code>tracker project create NAME</code> prints a DSN.</div>{% endfor %}
 {% endblock %}""",
 
@@ -6498,6 +6705,25 @@ function:log_error -group</pre>
 message:"*timed out*" -> timeouts, {{ transaction }}{% endraw %}</pre>
   <textarea name="fingerprint_rules" rows="8" spellcheck="false" aria-label="fingerprint rules">{{ fingerprint_rules }}</textarea>
   <p><button type="submit">Save rules</button></p>
+</form>
+{% endblock %}""",
+
+    "scrubbing.html": """{% extends "base.html" %}{% block title %}Data scrubbing · {{ project.name }}{% endblock %}{% block main %}
+<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
+<h1>Data scrubbing</h1>
+{% if error %}<div class="card search-error">{{ error }}</div>{% elif saved %}<div class="card">Saved. Events from now on are scrubbed this way; the events already stored stay as they are.</div>{% endif %}
+<form method="post" class="card rules"><input type="hidden" name="csrf" value="{{ csrf }}">
+  <p class="muted">Applied to every event as it arrives, before it is grouped or stored: a filtered value becomes <code>[Filtered]</code>, and the event page lists what was filtered.</p>
+  <p><label><input type="checkbox" name="enabled" {{ 'checked' if settings.enabled }}> Scrub data on the server</label></p>
+  <p><label><input type="checkbox" name="defaults" {{ 'checked' if settings.defaults }}> Use the default scrubbers: values of keys that look like secrets (password, secret, token, api_key, auth, credentials, cookie, session, csrf, private_key, card, cvv…), the <code>Authorization</code> and <code>Cookie</code> headers, credit card numbers and IBANs</label></p>
+  <p><label><input type="checkbox" name="scrub_ip" {{ 'checked' if settings.scrub_ip }}> Do not store IP addresses (the user's and the request's <code>REMOTE_ADDR</code>)</label></p>
+  <h2>Additional sensitive fields</h2>
+  <p class="muted">One key per line: the value of any key that contains one of them (ignoring case, <code>-</code>, <code>_</code>, <code>.</code> and spaces) is filtered.</p>
+  <textarea name="sensitive_fields" rows="6" spellcheck="false" aria-label="sensitive fields">{{ settings.sensitive_fields|join('\n') }}</textarea>
+  <h2>Safe fields</h2>
+  <p class="muted">One key per line: values under these keys are never filtered (they win over everything above).</p>
+  <textarea name="safe_fields" rows="6" spellcheck="false" aria-label="safe fields">{{ settings.safe_fields|join('\n') }}</textarea>
+  <p><button type="submit">Save</button></p>
 </form>
 {% endblock %}""",
 
@@ -6687,6 +6913,32 @@ A notification is queued with the event that caused it and delivered with retrie
 <form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>Token name<input name="token" required placeholder="CI releases" size="22"></label>
 <label>Scope<select name="scope"><option>read</option><option>write</option><option>admin</option></select></label><button>Create token</button></form>{% endblock %}""",
 
+    "envelopes.html": """{% extends "base.html" %}{% block title %}Envelopes · {{ project.name }}{% endblock %}{% block main %}
+<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
+<h1>Envelopes received</h1><p class="muted">Everything the SDKs sent to this project, as it arrived, and what became of each item: the newest {{ keep }} for a day.</p>
+<div class="card" style="padding:0">{% if envelopes %}<table class="envelopes"><thead><tr><th>Received</th><th>Client</th><th class="num">Bytes</th><th>Items</th></tr></thead><tbody>
+{% for e in envelopes %}<tr><td class="mono" style="white-space:nowrap"><a href="/projects/{{ project.slug }}/envelopes/{{ e.id }}/">{{ e.received|datetime }}</a></td><td class="mono">{{ e.client }}</td><td class="num">{{ e.size }}</td>
+<td>{% for kind, size, outcome in e.parts %}<span class="item {{ 'dropped' if outcome.startswith('dropped') else 'kept' }}" title="{{ outcome }}">{{ kind or '?' }}</span> {% endfor %}</td></tr>{% endfor %}
+</tbody></table>{% else %}<div class="empty">Nothing received yet. Point an SDK at one of this project's DSNs.</div>{% endif %}</div>{% endblock %}""",
+
+    "envelope.html": """{% extends "base.html" %}{% block title %}Envelope · {{ project.name }}{% endblock %}{% block main %}
+<div class="muted" style="font-size:12px"><a href="/projects/{{ project.slug }}/envelopes/">Envelopes of {{ project.name }}</a></div>
+<h1>Envelope from {{ envelope.client or 'an unnamed client' }}</h1>
+<p class="muted">{{ envelope.received|datetime }} · {{ envelope.size }} bytes decompressed</p>
+<div class="card"><h2 style="margin-top:0">Envelope header</h2><pre class="json">{{ header|pretty(2) }}</pre></div>
+{% for item in items %}<div class="card"><h2 style="margin-top:0">{{ item.kind or '?' }} <span class="muted">{{ item.size }} bytes</span>
+<span class="item {{ 'dropped' if item.outcome.startswith('dropped') else 'kept' }}">{{ item.outcome }}</span></h2>
+{% if item.header %}<pre class="json">{{ item.header|pretty(2) }}</pre>{% endif %}{% if item.body is not none %}<pre class="json">{{ item.body }}</pre>{% endif %}</div>{% endfor %}
+{% if not body_kept %}<div class="card empty">The body was over 1 MiB, so only its item types and outcomes were kept.</div>{% endif %}{% endblock %}""",
+
+    "live.html": """{% extends "base.html" %}{% block title %}Live{% endblock %}{% block main %}
+<h1>Live</h1><p class="muted" id="live-state">Newest events; with scripts on, new ones appear at the top as they arrive.</p>
+<div class="card" style="padding:0"><table id="live" class="issues"><thead><tr><th>Received</th><th>Project</th><th>Level</th><th>Event</th><th>Culprit</th></tr></thead>
+<tbody data-after="{{ after }}">{% for e in events %}<tr class="row-{{ e.level }}"><td class="mono nowrap">{{ e.time }}</td><td class="nowrap">{{ e.project }}</td><td class="level">{{ e.level }}</td>
+<td><a href="/issues/{{ e.issue_id }}/events/{{ e.event_id }}/">{{ e.title }}</a></td><td class="culprit">{{ e.culprit }}</td></tr>{% endfor %}</tbody></table>
+{% if not events %}<div class="empty" id="live-empty">No events yet.</div>{% endif %}</div>
+<script src="/static/live.js"></script>{% endblock %}""",
+
     "login.html": """{% extends "base.html" %}{% block title %}Sign in{% endblock %}{% block main %}
 <form method="post" action="/login" class="card login"><h1>Sign in</h1>
 {% if error %}<div class="search-error">{{ error }}</div>{% endif %}
@@ -6790,6 +7042,7 @@ def make_templates() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.DictLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.ChainableUndefined)
     env.filters.update(ago=ago, datetime=format_datetime, timeonly=time_only, pretty=pretty, pct=percent)
+    env.filters["scrubbed"] = scrubbed_paths
     return env
 
 
@@ -6824,7 +7077,7 @@ class Viewer:
     via: str = "session"
 
 
-PUBLIC_PATHS = ("/login", "/static/")
+PUBLIC_PATHS = ("/login", "/static/", "/stream")  # /stream: ingest (loopback only), not a page
 ADMIN_PATHS = ("/projects/", "/alerts/", "/settings/")  # where a POST changes settings, not issues
 
 
@@ -6989,6 +7242,92 @@ async def page_logout(request: Request) -> Response:
 
 async def page_css(request: Request) -> Response:
     return Response(CSS, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
+
+
+# -- live: events as they arrive (server-sent events; `tracker tail` reads the same query) ---------
+
+LIVE_SQL = """SELECT e.id, e.event_id, e.issue_id, e.received, e.level, p.slug AS project, i.title, i.culprit
+              FROM events e JOIN issues i ON i.id = e.issue_id JOIN projects p ON p.id = e.project_id
+              WHERE e.id > ? ORDER BY e.id LIMIT ?"""
+LIVE_CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+
+# The one script of the dashboard, a file (so the CSP needs no inline script): it adds each
+# announced event as a row, through textContent only, since every field is event data.
+LIVE_JS = """"use strict";
+const rows = document.querySelector("#live tbody");
+const state = document.querySelector("#live-state");
+const source = new EventSource("/live/events?after=" + encodeURIComponent(rows.dataset.after));
+function cell(row, text, className) {
+  const td = row.insertCell(); td.textContent = text; if (className) td.className = className; return td;
+}
+source.addEventListener("event", (message) => {
+  const e = JSON.parse(message.data);
+  const row = rows.insertRow(0);
+  row.className = "row-" + e.level + " fresh";
+  cell(row, e.time, "mono nowrap"); cell(row, e.project, "nowrap"); cell(row, e.level, "level");
+  const link = document.createElement("a");
+  link.href = "/issues/" + Number(e.issue_id) + "/events/" + encodeURIComponent(e.event_id) + "/";
+  link.textContent = e.title;
+  cell(row, "").append(link); cell(row, e.culprit, "culprit");
+  while (rows.rows.length > 200) rows.deleteRow(-1);
+  document.querySelector("#live-empty")?.remove();
+});
+source.onopen = () => { state.textContent = "live: new events appear at the top"; };
+source.onerror = () => { state.textContent = "connection lost, reconnecting…"; };
+"""
+
+
+def live_line(row: sqlite3.Row) -> dict[str, Any]:
+    return {"id": row["id"], "time": format_datetime(row["received"]), "project": row["project"],
+            "level": row["level"], "title": row["title"], "culprit": row["culprit"], "issue_id": row["issue_id"],
+            "event_id": row["event_id"]}
+
+
+async def page_live(request: Request) -> Response:
+    """The newest events, then each new one as it is stored (the script follows /live/events)."""
+    store: Store = request.app.state.store
+    newest = await store.one("SELECT max(id) AS id FROM events")
+    after = max((newest["id"] or 0) - 50, 0)
+    rows = [live_line(r) for r in await store.all(LIVE_SQL, (after, 50))]
+    response = render(request, "live.html", events=list(reversed(rows)), after=newest["id"] or 0)
+    response.headers["Content-Security-Policy"] = LIVE_CSP
+    return response
+
+
+FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
+           'fill="#111827"/><circle cx="8" cy="8" r="4" fill="#ef4444"/></svg>')
+
+
+async def page_favicon(request: Request) -> Response:
+    return Response(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+
+async def page_live_js(request: Request) -> Response:
+    return Response(LIVE_JS, media_type="text/javascript", headers={"Cache-Control": "max-age=3600"})
+
+
+async def page_live_events(request: Request) -> Response:
+    """Server-sent events: each stored event after `after` (or Last-Event-ID), checked every second."""
+    raw = request.headers.get("last-event-id") or request.query_params.get("after", "")
+    last = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else 0
+    store: Store = request.app.state.store
+
+    async def stream() -> AsyncIterator[str]:
+        nonlocal last
+        yield "retry: 2000\n\n"
+        quiet = 0
+        while True:
+            rows = await store.all(LIVE_SQL, (last, 100))
+            for row in rows:
+                last = row["id"]
+                yield f"id: {last}\nevent: event\ndata: {json.dumps(live_line(row))}\n\n"
+            quiet = 0 if rows else quiet + 1
+            if quiet >= 15:  # a comment now and then keeps proxies from closing an idle stream
+                quiet = 0
+                yield ": still here\n\n"
+            await asyncio.sleep(1.0)
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"X-Accel-Buffering": "no"})
 
 
 async def page_home(request: Request) -> Response:
@@ -7166,7 +7505,7 @@ async def page_issues(request: Request) -> Response:
     project = next((p for p in projects if p["slug"] == q.get("project")), None)
     status = q.get("status") or "unresolved"
     try:
-        offset = max(int(q.get("offset", 0)), 0)
+        offset = min(max(int(q.get("offset", 0)), 0), MAX_OFFSET)
     except ValueError:
         offset = 0
     limit, rows, error = 50, [], ""
@@ -7371,6 +7710,28 @@ async def page_grouping_rules(request: Request) -> Response:
                   stacktrace_rules=texts[0], fingerprint_rules=texts[1], saved="saved" in request.query_params)
 
 
+async def page_scrubbing(request: Request) -> Response:
+    """A project's data scrubbing settings: shown, and saved by a POST from this page (a mistake is
+    shown above the form, which keeps what was sent)."""
+    project = await project_of_page(request)
+    policy = await project_scrub_policy(request, project["id"])
+    response, form, error = None, {}, ""
+    if request.method == "POST":
+        response, form, error = await form_post(
+            request, lambda form: save_scrub_option(request, project["id"], changed_scrub_option(policy, scrub_form(form))),
+            f"/projects/{project['slug']}/scrubbing/?saved=1", (ScrubError,), 64 * KIB)
+    if response:
+        return response
+    return render(request, "scrubbing.html", status=400 if error else 200, project=project, error=error,
+                  settings=scrub_form(form) if error else policy.as_option(), saved="saved" in request.query_params)
+
+
+def scrub_form(form: dict[str, list[str]]) -> dict[str, Any]:
+    """The scrubbing settings the form sends (a box left unticked is not sent at all)."""
+    return {**{name: name in form for name in ("enabled", "defaults", "scrub_ip")},
+            **{name: form.get(name, [""])[-1].splitlines() for name in ("sensitive_fields", "safe_fields")}}
+
+
 async def page_code_mappings(request: Request) -> Response:
     """A project's code mappings: listed, added and deleted by POSTs from this page (a mistake is
     shown above the form, which keeps what was typed)."""
@@ -7527,7 +7888,7 @@ async def page_issue_events(request: Request) -> Response:
         return render(request, "error.html", status=404, message="No such issue.")
     q = request.query_params.get("q", "")
     try:
-        offset = max(int(request.query_params.get("offset", 0)), 0)
+        offset = min(max(int(request.query_params.get("offset", 0)), 0), MAX_OFFSET)
     except ValueError:
         offset = 0
     limit, rows, error = 50, [], ""
@@ -7748,6 +8109,48 @@ async def page_projects(request: Request) -> Response:
     return render(request, "projects.html", projects=projects)
 
 
+async def page_envelopes(request: Request) -> Response:
+    project = await project_of_page(request)
+    rows = await request.app.state.store.all("SELECT id, received, client, size, items FROM envelopes WHERE project_id = ? "
+                                             "ORDER BY id DESC LIMIT 200", (project["id"],))
+    return render(request, "envelopes.html", project=project, keep=ENVELOPE_LOG,
+                  envelopes=[{**dict(r), "parts": json.loads(r["items"])} for r in rows])
+
+
+async def page_envelope(request: Request) -> Response:
+    """One envelope: its header, and each item's header, payload (pretty JSON, else text, else a
+    note on binary data) and outcome."""
+    project = await project_of_page(request)
+    raw_id = request.path_params["envelope_id"]
+    row = await request.app.state.store.one("SELECT * FROM envelopes WHERE project_id = ? AND id = ?",
+                                            (project["id"], int(raw_id))) if raw_id.isdigit() and len(raw_id) < 19 else None
+    if row is None:
+        raise PageNotFound("No such envelope (the log keeps the newest ones for a day).")
+    outcomes = json.loads(row["items"])
+    items = [{"kind": kind, "size": size, "outcome": outcome, "header": None, "body": None}
+             for kind, size, outcome in outcomes]
+    for item, (item_header, payload) in zip(items, logged_items(row["body"])):
+        item.update(header=item_header, body=item_preview(payload))
+    return render(request, "envelope.html", project=project, envelope=row, header=json.loads(row["header"]),
+                  items=items, body_kept=row["body"] is not None)
+
+
+def logged_items(body: bytes | None) -> list[tuple[dict[str, Any], bytes]]:
+    return list(parse_envelope(zstandard.decompress(body))[1]) if body is not None else []
+
+
+def item_preview(payload: bytes) -> str:
+    """An item's payload for reading: JSON indented, text as is (first 64 KB), binary as a note."""
+    try:
+        return json.dumps(json.loads(payload), indent=2, ensure_ascii=False)[:64 * KIB]
+    except ValueError:
+        pass
+    try:
+        return payload[:64 * KIB].decode()
+    except UnicodeDecodeError:
+        return f"({len(payload)} bytes of binary data)"
+
+
 async def page_project_keys(request: Request) -> Response:
     """POST from the projects page: add a DSN key, or disable or enable one (admins only)."""
     project = await project_of_page(request)
@@ -7823,7 +8226,7 @@ async def apply_settings_form(request: Request, form: dict[str, str]) -> dict[st
 # =============================================================================
 
 def ingest_routes() -> list[Route]:
-    routes = []
+    routes = [Route("/stream", stream, methods=["POST", "OPTIONS"])]
     for kind in ("envelope", "store"):
         for suffix in ("/", ""):
             routes.append(Route(f"/api/{{project_id}}/{kind}{suffix}", ingest, methods=["POST", "OPTIONS"]))
@@ -7941,6 +8344,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/issues/{issue_id}/", page_issue), Route("/issues/{issue_id}/", page_issue_update, methods=["POST"]),
         Route("/issues/{issue_id}/unmerge/", page_unmerge, methods=["POST"]),
         Route("/projects/{slug}/grouping/", page_grouping_rules, methods=["GET", "POST"]),
+        Route("/projects/{slug}/scrubbing/", page_scrubbing, methods=["GET", "POST"]),
         Route("/projects/{slug}/code-mappings/", page_code_mappings, methods=["GET", "POST"]), Route("/code/", page_code),
         Route("/issues/{issue_id}/events/", page_issue_events),
         Route("/issues/{issue_id}/events/{event_id}/", page_issue),
@@ -7956,6 +8360,10 @@ def create_app(settings: Settings) -> Starlette:
         Route("/account/", page_account, methods=["GET", "POST"]),
         Route("/settings/", page_settings, methods=["GET", "POST"]),
         Route("/projects/{slug}/keys/", page_project_keys, methods=["POST"]),
+        Route("/live/", page_live), Route("/live/events", page_live_events), Route("/static/live.js", page_live_js),
+        Route("/static/favicon.svg", page_favicon),
+        Route("/projects/{slug}/envelopes/", page_envelopes),
+        Route("/projects/{slug}/envelopes/{envelope_id}/", page_envelope),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(DashboardGate)],
                     exception_handlers={PageNotFound: page_not_found, FormRefused: form_refused})
@@ -8204,6 +8612,34 @@ def cmd_user_list(settings: Settings, args: argparse.Namespace) -> None:
         print(f"{row['name']:<24} {row['role']:<7} {'password' if row['password'] else 'no password'}")
 
 
+def cmd_tail(settings: Settings, args: argparse.Namespace) -> None:
+    """Print events as they are stored, a line each (or JSON lines), until interrupted. Reads the
+    database file (WAL lets it read beside the server), so it runs on the server's machine."""
+    if not Path(settings.db).exists():
+        raise SystemExit(f"error: no database at {settings.db}")
+    conn = connect_db(settings.db)
+    last = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+    last = max(last - args.last, 0)
+    print(f"Following the events stored in {settings.db} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    try:
+        while True:
+            rows = conn.execute(LIVE_SQL, (last, 500)).fetchall()
+            for row in rows:
+                last = row["id"]
+                if args.project and row["project"] != args.project:
+                    continue
+                line = live_line(row)
+                print(json.dumps(line) if args.json else
+                      f"{line['time']}  {line['project']:<16} {line['level']:<7} {line['title']}  ({line['culprit']})",
+                      flush=True)
+            if not rows:
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        conn.close()
+
+
 def cmd_send(settings: Settings, args: argparse.Namespace) -> None:
     try:
         stored = send_files(settings, [Path(f) for f in args.files], args.project)
@@ -8350,6 +8786,11 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--role", choices=ROLES, default="member")
         command.set_defaults(func=func)
     user.add_parser("list", parents=[common], help="list users").set_defaults(func=cmd_user_list)
+    tail = sub.add_parser("tail", parents=[common], help="print events as they arrive (Ctrl-C stops)")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.add_argument("--project", help="only this project (slug)")
+    tail.add_argument("--last", type=int, default=0, help="start with the last N events")
+    tail.set_defaults(func=cmd_tail)
     send = sub.add_parser("send", parents=[common], help="ingest event JSON or envelope files")
     send.add_argument("files", nargs="+")
     send.add_argument("--project", help="project slug or id (default: the first project)")

@@ -168,12 +168,12 @@ def test_max_events_caps_a_project_and_leaves_the_others_alone(server: TrackerSe
 
 
 def test_ingest_answers_during_a_pass_and_the_file_shrinks(tmp_path: Path) -> None:
-    """20,000 events of 40 issues cross the max age a few seconds after the server is up; one pass
+    """20,000 events of 40 issues cross the max age some seconds after the server is up; one pass
     deletes them 10 per writer job while another project's events keep arriving."""
     config = tmp_path / "tracker.toml"
     config.write_text(f'[retention]\ninterval = 0.5\nbatch = 10\nmax_age_days = 1\n\n[[projects]]\nname = "backlog"\n'
                       f'dsn_key = "{BACKLOG_KEY}"\n\n[[projects]]\nname = "live"\ndsn_key = "{LIVE_KEY}"\n')
-    rng, crossing = random.Random(7), time.time() + 16  # when the backlog becomes older than a day
+    rng, crossing = random.Random(7), time.time() + 30  # when the backlog is a day old: loading may be slow
     backlog = [event(f"backlog-{i % 40}", crossing - DAY - 1 + i / 20000, extra={"blob": rng.randbytes(600).hex()})
                for i in range(20000)]
     backlog += [event(f"backlog-{i}", time.time()) for i in range(40)]  # each issue's latest: it stays
