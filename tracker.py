@@ -45,8 +45,9 @@ import urllib.parse
 import urllib.request
 import uuid
 import zlib
+import zoneinfo
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 
 import aiosqlite
 import brotli
@@ -94,6 +95,8 @@ class Settings:
     retention: dict[str, Any] = dataclasses.field(default_factory=dict)  # max_age_days, interval (s), batch
     auth_header: str = ""  # e.g. X-Forwarded-User: trust an SSO proxy's word on who is signed in
     limits: dict[str, Any] = dataclasses.field(default_factory=dict)  # events_per_minute, min_free_mb
+    crons: dict[str, Any] = dataclasses.field(default_factory=dict)  # interval (s), minute (s; tests shorten it)
+    attachments: dict[str, Any] = dataclasses.field(default_factory=dict)  # max_size, max_total (bytes)
 
     @property
     def public_url(self) -> str:
@@ -112,7 +115,7 @@ def load_settings(config: str | None = None, **flags: Any) -> Settings:
         with open(path, "rb") as f:
             doc = tomllib.load(f)
         for key, value in doc.get("server", {}).items():
-            if key not in {f.name for f in dataclasses.fields(Settings)} or key in ("projects", "repositories", "jira", "channels", "alerts", "slo", "retention"):
+            if key not in {f.name for f in dataclasses.fields(Settings)} or key in ("projects", "repositories", "jira", "channels", "alerts", "slo", "retention", "crons", "attachments"):
                 raise SystemExit(f"{path}: unknown [server] setting {key!r}")
             setattr(settings, key, value)
         settings.projects = list(doc.get("projects", []))
@@ -123,6 +126,8 @@ def load_settings(config: str | None = None, **flags: Any) -> Settings:
         settings.slo = dict(doc.get("slo", {}))
         settings.limits = dict(doc.get("limits", {}))
         settings.retention = dict(doc.get("retention", {}))
+        settings.crons = dict(doc.get("crons", {}))
+        settings.attachments = dict(doc.get("attachments", {}))
     for key, var in ENV_VARS.items():
         if os.environ.get(var):
             setattr(settings, key, os.environ[var])
@@ -308,6 +313,38 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
         id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL, received REAL NOT NULL, client TEXT NOT NULL,
         header TEXT NOT NULL, items TEXT NOT NULL, size INTEGER NOT NULL, body BLOB);
     CREATE INDEX envelopes_by_project ON envelopes (project_id, id);
+    """,
+    """
+    CREATE TABLE monitors (
+        id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL REFERENCES projects(id), slug TEXT NOT NULL,
+        name TEXT NOT NULL, schedule_type TEXT NOT NULL, schedule TEXT NOT NULL, checkin_margin NUMERIC NOT NULL,
+        max_runtime NUMERIC NOT NULL, timezone TEXT NOT NULL, failure_issue_threshold INTEGER NOT NULL DEFAULT 1,
+        recovery_threshold INTEGER NOT NULL DEFAULT 1, status TEXT NOT NULL DEFAULT 'new',
+        environment TEXT NOT NULL DEFAULT 'production', next_expected REAL, last_checkin REAL, issue_id INTEGER,
+        created REAL NOT NULL, UNIQUE (project_id, slug));
+    CREATE TABLE check_ins (
+        id INTEGER PRIMARY KEY, check_in_id TEXT NOT NULL, monitor_id INTEGER NOT NULL REFERENCES monitors(id),
+        project_id INTEGER NOT NULL, status TEXT NOT NULL, duration REAL, environment TEXT NOT NULL,
+        release TEXT NOT NULL DEFAULT '', trace_id TEXT, expected_time REAL, date_created REAL NOT NULL,
+        date_updated REAL NOT NULL, UNIQUE (monitor_id, check_in_id));
+    CREATE INDEX check_ins_by_monitor ON check_ins (monitor_id, date_created);
+    CREATE INDEX check_ins_by_project ON check_ins (project_id, date_created);
+    CREATE INDEX check_ins_running ON check_ins (date_created) WHERE status = 'in_progress';
+    """,
+    """
+    CREATE TABLE attachments (
+        id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL, event_id TEXT NOT NULL, filename TEXT NOT NULL,
+        content_type TEXT NOT NULL, attachment_type TEXT NOT NULL, size INTEGER NOT NULL, sha1 TEXT NOT NULL,
+        utf8 INTEGER NOT NULL, data BLOB NOT NULL, created REAL NOT NULL);
+    CREATE INDEX attachments_by_event ON attachments (project_id, event_id);
+    CREATE INDEX attachments_by_size ON attachments (project_id, size);
+    CREATE TABLE feedback (
+        id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL, event_id TEXT, issue_id INTEGER,
+        feedback_event_id TEXT, name TEXT NOT NULL, email TEXT NOT NULL, message TEXT NOT NULL, url TEXT NOT NULL,
+        source TEXT NOT NULL, contexts TEXT NOT NULL, created REAL NOT NULL, UNIQUE (project_id, feedback_event_id));
+    CREATE INDEX feedback_by_issue ON feedback (issue_id, created);
+    CREATE INDEX feedback_by_event ON feedback (project_id, event_id);
+    CREATE INDEX feedback_by_project ON feedback (project_id, created);
     """,
 ]
 
@@ -565,8 +602,8 @@ def ensure_config_projects(conn: sqlite3.Connection, projects: list[dict[str, An
 
 
 # Per-project settings beyond the columns, as JSON values: `scrub` (the data scrubbing policy),
-# `rate_limit` (events per minute), `retention` ({max_events, max_age_days}).
-PROJECT_OPTIONS = ("scrub", "rate_limit", "retention")
+# `rate_limit` (events per minute), `retention` ({max_events, max_age_days}), `attachments` ({max_size, max_total}).
+PROJECT_OPTIONS = ("scrub", "rate_limit", "retention", "attachments")
 
 
 def set_project_option(conn: sqlite3.Connection, project_id: int, key: str, value: Any) -> None:
@@ -1110,7 +1147,8 @@ async def accept_envelope(request: Request, project_id: int, header: dict[str, A
                                 "dropped: this tracker does not store this item type"])
     if intake.health:
         intake.jobs.append(lambda conn: store_health(conn, project_id, intake.health))
-    intake.jobs.append(lambda conn: log_envelope(conn, intake, data))
+    logged = data if not scrub_policy(intake.options.get("scrub")).enabled else scrubbed_log_body(intake, items)
+    intake.jobs.append(lambda conn: log_envelope(conn, intake, logged, len(data)))
     writer: Writer = request.app.state.writer
     await asyncio.gather(*(writer.submit(job) for job in intake.jobs))
     if PAYLOADS.wants_training():
@@ -1195,9 +1233,260 @@ def take_client_report(intake: Intake, item_header: dict[str, Any], payload: byt
     return "counted in the project's dropped events"
 
 
+def take_check_in(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
+    """A cron check-in (`capture_checkin`, `@monitor`): never rate limited; the writer job records it
+    (see Cron monitors) and says what became of it."""
+    if len(payload) > MAX_CHECK_IN:
+        return "dropped: too large"
+    try:
+        check_in = parse_check_in(json_object(payload, "check-in payload"), intake.received)
+    except IngestError as exc:
+        return f"dropped: {exc.detail}"
+    except ValueError as exc:
+        return f"dropped: {exc}"
+    index, minute = len(intake.outcomes), cron_minute(intake.request.app.state.settings)
+
+    def store(conn: sqlite3.Connection) -> None:
+        intake.outcomes[index][2] = record_check_in(conn, intake.project_id, check_in, minute)[0]
+    intake.jobs.append(store)
+    return "stored"
+
+
+async def cron_endpoint(request: Request) -> Response:
+    """GET|POST /api/<project_id>/cron/<monitor_slug>/<sentry_key>/ (Relay's cron route, for a
+    crontab's curl): `?status=in_progress|ok|error` with optional check_in_id, duration (seconds) and
+    environment, or the same fields and monitor_config as a JSON body. 202 {"id": <check-in id>}."""
+    return await answer_ingest(request, take_http_check_in)
+
+
+async def take_http_check_in(request: Request) -> Response:
+    project_id = parse_project_id(request.path_params["project_id"])
+    key = request.path_params.get("sentry_key") or key_from_request(request)
+    fields: dict[str, Any] = {k: v for k, v in request.query_params.items() if not k.startswith("sentry_")}
+    body = await read_body(request, MAX_CHECK_IN) if request.method == "POST" else b""
+    if body.strip():
+        fields.update(json_object(decompress(body, request.headers.get("content-encoding", ""), MAX_CHECK_IN),
+                                  "check-in body"))
+    await authenticate(request, project_id, key, {})
+    try:
+        check_in = parse_check_in({**fields, "monitor_slug": request.path_params["monitor_slug"]}, time.time())
+    except ValueError as exc:
+        raise IngestError(400, f"invalid check-in: {exc}") from None
+    minute = cron_minute(request.app.state.settings)
+    outcome, check_in_id = await request.app.state.writer.submit(
+        lambda conn: record_check_in(conn, project_id, check_in, minute))
+    if check_in_id is None:
+        raise IngestError(404 if "unknown monitor" in outcome else 400, outcome)
+    return JSONResponse({"id": str(uuid.UUID(check_in_id))}, status_code=202)
+
+
+# -- attachments and user feedback ------------------------------------------------------------------
+#
+# An `attachment` item is kept (zstd-compressed) under the event id of its envelope, whether that
+# event is stored yet or not; `feedback` (new style, an event with contexts.feedback) and
+# `user_report` (legacy) items become rows of `feedback`, linked to the issue of the event they
+# name as soon as both are stored, in either order.
+
+ATTACHMENT_MAX_SIZE = 10 * MIB  # [attachments] max_size: one attachment (Sentry allows 100 MiB; see README)
+ATTACHMENT_MAX_TOTAL = 100 * MIB  # [attachments] max_total: all attachments of a project
+TEXT_VIEW_MAX = 256 * KIB  # attachments up to this size that are UTF-8 text can be read on a page
+QUOTA_FULL = "dropped: attachment quota of the project is full"
+MAX_FEEDBACK = 4096  # characters of a feedback message (Sentry's limit for comments)
+
+
+def attachment_caps(settings: Settings, options: Mapping[str, Any]) -> tuple[int, int]:
+    """(max bytes of one attachment, max bytes of all of a project's attachments): the project's
+    `attachments` option over the [attachments] table over the defaults."""
+    own, caps = as_dict(options.get("attachments")), []
+    for key, default in (("max_size", ATTACHMENT_MAX_SIZE), ("max_total", ATTACHMENT_MAX_TOTAL)):
+        try:
+            caps.append(max(int(own.get(key, settings.attachments.get(key, default))), 0))
+        except (TypeError, ValueError):
+            caps.append(default)
+    return caps[0], caps[1]
+
+
+def take_attachment(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
+    """An attachment: checked against the size cap here, against the project's quota in the writer
+    job (so concurrent envelopes cannot pass it together), stored under the envelope's event id."""
+    limits: IngestLimits = intake.request.app.state.limits
+    max_size, max_total = attachment_caps(intake.request.app.state.settings, intake.options)
+    event_id = normalize_id(intake.header.get("event_id")) or (intake.events[-1].event_id if intake.events else None)
+
+    def refuse(reason: str, outcome: str) -> str:
+        limits.drop(intake.project_id, intake.received, reason, "attachment_item", 1)
+        return outcome
+    if intake.limited:
+        return refuse("rate_limited", "dropped: rate limited")
+    if event_id is None:
+        return refuse("no_event_id", "dropped: the envelope names no event to attach it to")
+    if len(payload) > max_size:
+        return refuse("too_large", f"dropped: larger than the attachment limit of {max_size} bytes")
+    row = {"project_id": intake.project_id, "event_id": event_id,
+           "filename": text(item_header.get("filename"), 255).strip() or "attachment",
+           "content_type": text(item_header.get("content_type"), 100).strip().lower() or "application/octet-stream",
+           "attachment_type": text(item_header.get("attachment_type"), 64) or "event.attachment",
+           "size": len(payload), "sha1": hashlib.sha1(payload).hexdigest(), "utf8": int(readable_text(payload)),
+           "data": zstandard.ZstdCompressor(level=3).compress(payload), "created": intake.received}
+    index, loop = len(intake.outcomes), asyncio.get_running_loop()
+
+    def store(conn: sqlite3.Connection) -> None:
+        intake.outcomes[index][2] = store_attachment(conn, row, max_total)
+        if intake.outcomes[index][2] == QUOTA_FULL:  # the counter lives on the event loop's side
+            loop.call_soon_threadsafe(limits.drop, intake.project_id, intake.received, "attachment_quota",
+                                      "attachment_item", 1)
+    intake.jobs.append(store)
+    return "stored"
+
+
+def readable_text(payload: bytes) -> bool:
+    """Whether an attachment can be shown as text on a page: small enough, UTF-8, no NUL byte."""
+    if len(payload) > TEXT_VIEW_MAX or b"\x00" in payload:
+        return False
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def store_attachment(conn: sqlite3.Connection, row: dict[str, Any], max_total: int) -> str:
+    """Writer job: keep an attachment unless the same file is stored for the event already (an SDK's
+    retry) or it would take the project's attachments past `max_total` bytes."""
+    if conn.execute("SELECT 1 FROM attachments WHERE project_id = :project_id AND event_id = :event_id AND "
+                    "filename = :filename AND sha1 = :sha1", row).fetchone():
+        return "dropped: this attachment is stored already"
+    used = conn.execute("SELECT coalesce(sum(size), 0) FROM attachments WHERE project_id = ?",
+                        (row["project_id"],)).fetchone()[0]
+    if used + row["size"] > max_total:
+        return QUOTA_FULL
+    conn.execute("""INSERT INTO attachments (project_id, event_id, filename, content_type, attachment_type, size, sha1,
+                                             utf8, data, created)
+                    VALUES (:project_id, :event_id, :filename, :content_type, :attachment_type, :size, :sha1, :utf8,
+                            :data, :created)""", row)
+    return "stored"
+
+
+@dataclasses.dataclass
+class Feedback:
+    """What a person wrote about a problem: a `feedback` item (source feedback, with its own event id),
+    a `user_report` item or the user-feedback API (source user_report); `event_id` is the event it is
+    about, when it names one."""
+
+    project_id: int
+    source: str
+    event_id: str | None
+    feedback_event_id: str | None
+    name: str
+    email: str
+    message: str
+    url: str = ""
+    contexts: dict[str, Any] = dataclasses.field(default_factory=dict)
+    created: float = 0.0
+
+    def scrub(self, policy: ScrubPolicy) -> None:
+        """The project's data scrubbing, as for events (a card number in the message, a token in the URL)."""
+        doc = {"message": self.message, "name": self.name, "url": self.url, "contexts": self.contexts}
+        if scrub_event(doc, policy):
+            self.message, self.name, self.url = text(doc["message"]), text(doc["name"]), text(doc["url"])
+            self.contexts = as_dict(doc["contexts"])
+        if len(json.dumps(self.contexts, default=str)) > 16 * KIB:
+            self.contexts = {}
+
+
+def take_feedback(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
+    """New-style feedback (JS `captureFeedback`, the feedback widget): an event whose
+    contexts.feedback holds message, contact_email, name, url and associated_event_id."""
+    try:
+        raw = feedback_payload(intake, payload, "feedback")
+    except IngestError as exc:
+        return f"dropped: {exc.detail}"
+    contexts = as_dict(raw.get("contexts"))
+    fields, user = as_dict(contexts.get("feedback")), as_dict(raw.get("user"))
+    return queue_feedback(intake, Feedback(
+        intake.project_id, "feedback", normalize_id(fields.get("associated_event_id")),
+        normalize_id(raw.get("event_id")) or normalize_id(intake.header.get("event_id")) or uuid.uuid4().hex,
+        text(fields.get("name") or user.get("name") or user.get("username"), 256),
+        text(fields.get("contact_email") or user.get("email"), 256), text(fields.get("message"), MAX_FEEDBACK),
+        text(fields.get("url") or as_dict(raw.get("request")).get("url"), 2048),
+        {k: v for k, v in contexts.items() if k != "feedback" and isinstance(v, dict)}, intake.received))
+
+
+def take_user_report(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
+    """A legacy user report: {event_id, name, email, comments} about one event."""
+    try:
+        raw = feedback_payload(intake, payload, "user report")
+    except IngestError as exc:
+        return f"dropped: {exc.detail}"
+    return queue_feedback(intake, user_report(intake.project_id, raw, intake.header.get("event_id"), intake.received))
+
+
+def feedback_payload(intake: Intake, payload: bytes, what: str) -> dict[str, Any]:
+    if len(payload) > intake.request.app.state.settings.max_event:
+        raise IngestError(413, "too large")
+    return json_object(payload, f"{what} payload")
+
+
+def user_report(project_id: int, raw: dict[str, Any], default_event_id: Any, now: float) -> Feedback:
+    """A legacy user report (envelope item or API body) as feedback."""
+    return Feedback(project_id, "user_report", normalize_id(raw.get("event_id")) or normalize_id(default_event_id),
+                    None, text(raw.get("name"), 256), text(raw.get("email"), 256),
+                    text(raw.get("comments"), MAX_FEEDBACK), created=now)
+
+
+def feedback_problem(feedback: Feedback) -> str | None:
+    """Why feedback cannot be kept, or None."""
+    if not feedback.message.strip():
+        return "feedback without a message"
+    if feedback.source == "user_report" and feedback.event_id is None:
+        return "a user report must name its event (event_id)"
+    return None
+
+
+def queue_feedback(intake: Intake, feedback: Feedback) -> str:
+    problem = feedback_problem(feedback)
+    if problem:
+        return f"dropped: {problem}"
+    feedback.scrub(scrub_policy(intake.options.get("scrub")))
+    index = len(intake.outcomes)
+
+    def store(conn: sqlite3.Connection) -> None:
+        intake.outcomes[index][2] = store_feedback(conn, feedback)
+    intake.jobs.append(store)
+    return "stored"
+
+
+def store_feedback(conn: sqlite3.Connection, feedback: Feedback) -> str:
+    """Writer job: keep feedback, linked to the issue of its event when that is stored (else
+    `link_feedback` links it when the event comes). A second user report on an event replaces the
+    first, as in Sentry; a feedback event id seen before (an SDK's retry) is stored once."""
+    row = conn.execute("SELECT issue_id FROM events WHERE project_id = ? AND event_id = ?",
+                       (feedback.project_id, feedback.event_id)).fetchone() if feedback.event_id else None
+    values = {**dataclasses.asdict(feedback), "contexts": json.dumps(feedback.contexts, default=str),
+              "issue_id": row["issue_id"] if row else None}
+    if feedback.source == "user_report" and conn.execute(
+            """UPDATE feedback SET name = :name, email = :email, message = :message, created = :created,
+                   issue_id = coalesce(:issue_id, issue_id)
+               WHERE project_id = :project_id AND event_id = :event_id AND source = 'user_report'""", values).rowcount:
+        return "stored (it replaced the earlier report on this event)"
+    inserted = conn.execute(
+        """INSERT OR IGNORE INTO feedback (project_id, event_id, issue_id, feedback_event_id, name, email, message,
+                                           url, source, contexts, created)
+           VALUES (:project_id, :event_id, :issue_id, :feedback_event_id, :name, :email, :message, :url, :source,
+                   :contexts, :created)""", values).rowcount
+    return "stored" if inserted else "dropped: this feedback is stored already"
+
+
+def link_feedback(conn: sqlite3.Connection, project_id: int, event_id: str, issue_id: int) -> None:
+    """Writer, storing an event: feedback that came before it joins its issue."""
+    conn.execute("UPDATE feedback SET issue_id = ? WHERE project_id = ? AND event_id = ? AND issue_id IS NULL",
+                 (issue_id, project_id, event_id))
+
+
 ITEM_HANDLERS: dict[str, Callable[[Intake, dict[str, Any], bytes], str]] = {
     "event": take_event, "session": take_health, "sessions": take_health, "transaction": take_health,
-    "client_report": take_client_report}
+    "client_report": take_client_report, "check_in": take_check_in, "attachment": take_attachment,
+    "feedback": take_feedback, "user_report": take_user_report}
 
 
 # The envelope log, for people testing an SDK: every envelope as it arrived (decompressed, up to
@@ -1215,14 +1504,36 @@ def envelope_client(intake: Intake) -> str:
     return text(auth[1] if auth else intake.request.headers.get("user-agent", ""), 200)
 
 
-def log_envelope(conn: sqlite3.Connection, intake: Intake, data: bytes) -> None:
+LOGGED_AS_SENT = {"client_report", "check_in", "sessions"}  # items that carry no user data
+
+
+def scrubbed_log_body(intake: Intake, items: list[tuple[dict[str, Any], bytes]]) -> bytes:
+    """The envelope as the log keeps it when the project scrubs data: scrubbing happens before
+    anything is stored, so an event item becomes a pointer to the stored (scrubbed) event, and an
+    item that may carry secrets keeps only its header, size and outcome."""
+    events = iter(intake.events)
+    parts = [json.dumps(intake.header).encode()]
+    for (item_header, payload), (_, _, outcome) in zip(items, intake.outcomes):
+        kind = item_header.get("type")
+        if kind in LOGGED_AS_SENT:
+            kept = payload
+        elif kind == "event" and outcome == "stored":
+            kept = json.dumps({"stored_as_event": next(events).event_id}).encode()
+        else:
+            kept = json.dumps({"not_kept": "this project scrubs data before storing it, so the log keeps "
+                                           "only this item's header, size and outcome"}).encode()
+        parts += [json.dumps({**item_header, "length": len(kept)}).encode(), kept]
+    return b"\n".join(parts) + b"\n"
+
+
+def log_envelope(conn: sqlite3.Connection, intake: Intake, body: bytes, size: int) -> None:
     """Writer job, last of its envelope's jobs (so duplicate events are known): log it, and now and
     then trim the project's log to its bounds."""
-    body = ENVELOPE_ZSTD.compress(data) if len(data) <= ENVELOPE_LOG_BODY else None
+    kept = ENVELOPE_ZSTD.compress(body) if len(body) <= ENVELOPE_LOG_BODY else None
     row_id = conn.execute("INSERT INTO envelopes (project_id, received, client, header, items, size, body) VALUES "
                           "(?, ?, ?, ?, ?, ?, ?)", (intake.project_id, intake.received, envelope_client(intake),
                                                     json.dumps(intake.header), json.dumps(intake.outcomes),
-                                                    len(data), body)).lastrowid or 0
+                                                    size, kept)).lastrowid or 0
     if row_id % 50 == 0:
         conn.execute("DELETE FROM envelopes WHERE project_id = ? AND (received < ? OR id <= (SELECT id FROM envelopes "
                      "WHERE project_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?))",
@@ -1476,6 +1787,18 @@ def browser_from_user_agent(agent: str) -> dict[str, str] | None:
     return None
 
 
+def os_from_user_agent(agent: str) -> dict[str, str] | None:
+    """The operating system a browser's User-Agent names (Relay's names), as contexts.os."""
+    for name, pattern in (("Windows", r"Windows NT ([\d.]+)"), ("Android", r"Android ([\d.]+)"),
+                          ("iOS", r"(?:iPhone|iPad|CPU) OS ([\d_]+)"), ("Mac OS X", r"Mac OS X ([\d_.]+)"),
+                          ("Chrome OS", r"CrOS \S+ ([\d.]+)"), ("Linux", r"Linux()")):
+        match = re.search(pattern, agent)
+        if match:
+            version = match.group(1).replace("_", ".")
+            return {"name": name, "version": version, "type": "os"} if version else {"name": name, "type": "os"}
+    return None
+
+
 def normalize_event(raw: dict[str, Any], *, event_id: str | None, received: float, client_ip: str) -> dict[str, Any]:
     """The event in one canonical shape, as Sentry stores it, whatever form the SDK sent."""
     ev = dict(raw)
@@ -1513,6 +1836,10 @@ def normalize_event(raw: dict[str, Any], *, event_id: str | None, received: floa
         browser = browser_from_user_agent(user_agent)
         if browser:
             ev["contexts"]["browser"] = browser
+    if "os" not in ev["contexts"] and user_agent:
+        system = os_from_user_agent(user_agent)
+        if system:
+            ev["contexts"]["os"] = system
     ev["tags"] = normalize_tags(raw.get("tags")) + derived_tags(ev)
     apply_stack_rules(ev, BUILTIN_STACK_RULES)
     return {k: v for k, v in ev.items() if v not in (None, {}, [], {"values": []})}
@@ -1992,6 +2319,8 @@ def api_meta(ev: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any
     indexed = {str(index): {"data": source} for index, source in enumerate(sources) if isinstance(source, dict)}
     tags = {index: {"value": tag["1"]} for index, tag in as_dict(meta.get("tags")).items()
             if isinstance(tag, dict) and "1" in tag}
+    if "extra" in out:
+        out["context"] = out["extra"]  # the API shows `extra` under Sentry's name too
     return {**out, **({"entries": indexed} if indexed else {}), **({"tags": tags} if tags else {})}
 
 
@@ -2722,6 +3051,7 @@ def store_event(conn: sqlite3.Connection, ev: PreparedEvent) -> bool:
                                environment, release, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (ev.project_id, ev.event_id, issue_id, ev.timestamp, ev.received, ev.level,
          ev.environment, ev.release, ev.payload))
+    link_feedback(conn, ev.project_id, ev.event_id, issue_id)
     if row and "release" in new_tags:
         record_activity(conn, issue_id, "release", {"version": new_tags["release"]}, ev.received)
     transition = "new" if row is None else None
@@ -2797,7 +3127,7 @@ def merge_issues(conn: sqlite3.Connection, project_id: int, issue_ids: list[int]
         raise MergeError("merging takes two or more issues, all of one project")
     target, others = rows[0]["id"], [r["id"] for r in rows[1:]]
     marks = ",".join("?" * len(others))
-    for table in ("events", "issue_hashes"):
+    for table in ("events", "issue_hashes", "feedback"):
         conn.execute(f"UPDATE {table} SET issue_id = ? WHERE issue_id IN ({marks})", (target, *others))
     conn.execute(f"""INSERT INTO issue_tags (issue_id, key, value, times_seen, first_seen, last_seen)
                      SELECT ?, key, value, sum(times_seen), min(first_seen), max(last_seen) FROM issue_tags
@@ -2838,6 +3168,8 @@ def unmerge_hashes(conn: sqlite3.Connection, issue_id: int, hashes: set[str]) ->
                          "every event of the issue has these hashes, so nothing would stay behind")
     new_id = create_issue(conn, moved[0][1])
     conn.executemany("UPDATE events SET issue_id = ? WHERE id = ?", [(new_id, row_id) for row_id, _ in moved])
+    conn.executemany("UPDATE feedback SET issue_id = ? WHERE issue_id = ? AND event_id = ?",
+                     [(new_id, issue_id, e.event_id) for _, e in moved])
     leaving = {h for _, e in moved for h in e.hashes} - {h for _, e in kept for h in e.hashes}
     conn.executemany("UPDATE issue_hashes SET issue_id = ? WHERE project_id = ? AND hash = ? AND issue_id = ?",
                      [(new_id, issue["project_id"], h, issue_id) for h in leaving])
@@ -2880,9 +3212,14 @@ def summarize_issue(conn: sqlite3.Connection, issue_id: int, events: list[Prepar
 
 
 def delete_issues(conn: sqlite3.Connection, issue_ids: list[int]) -> int:
-    """Delete issues with their events, hashes and history; later events of them open new issues."""
+    """Delete issues with their events (and their attachments), hashes, history and user feedback;
+    later events of them open new issues."""
     marks = ",".join("?" * len(issue_ids))
-    for table in ("events", "issue_hashes", "issue_tags", "issue_terms", "issue_activity"):
+    conn.execute(f"""DELETE FROM attachments WHERE (project_id, event_id) IN (
+                         SELECT project_id, event_id FROM events WHERE issue_id IN ({marks})
+                         UNION SELECT project_id, feedback_event_id FROM feedback WHERE issue_id IN ({marks}))""",
+                 [*issue_ids, *issue_ids])
+    for table in ("events", "issue_hashes", "issue_tags", "issue_terms", "issue_activity", "feedback"):
         conn.execute(f"DELETE FROM {table} WHERE issue_id IN ({marks})", issue_ids)
     return drop_issue_rows(conn, issue_ids)
 
@@ -4664,7 +5001,7 @@ class SloJudge(Background):
 
 # Per-project rows counted by time that go with the events: table → its time column (epoch seconds).
 AGED_ROWS = {"session_buckets": "minute", "transaction_buckets": "minute", "session_users": "day",
-             "slo_history": "minute", "dropped": "minute"}
+             "slo_history": "minute", "dropped": "minute", "check_ins": "date_created"}
 VACUUM_STEP = 512  # pages handed back to the file system per writer job
 
 
@@ -4689,8 +5026,13 @@ def prune_events(conn: sqlite3.Connection, project_id: int, cutoff: float, exces
     hashes, tags, search terms, activity, rule fires and links (`delete_issues`); a later event
     with the same fingerprint opens a new issue, as in Sentry after retention.
 
+    The attachments of deleted events go with them; the first batch of a pass also deletes
+    attachments older than `cutoff` whose event never came, and feedback of no issue older than it.
+
     Returns (events deleted, issues deleted, the cursor for the next batch or None when done)."""
     ts, last_id = after
+    if after == (0.0, 0) and cutoff:
+        prune_unlinked(conn, project_id, cutoff, batch)
     rows = conn.execute("""SELECT id, issue_id, timestamp FROM events WHERE project_id = ? AND timestamp >= ?
                            AND (timestamp > ? OR id > ?) AND (timestamp < ? OR ? > 0)
                            ORDER BY timestamp, id LIMIT ?""",
@@ -4712,6 +5054,8 @@ def prune_events(conn: sqlite3.Connection, project_id: int, cutoff: float, exces
     for row in rows:
         if row["id"] not in keep and (row["timestamp"] < cutoff or excess > len(doomed)):
             doomed.append(row["id"])
+    conn.execute(f"DELETE FROM attachments WHERE (project_id, event_id) IN (SELECT project_id, event_id FROM events "
+                 f"WHERE id IN ({','.join('?' * len(doomed))}))", doomed)
     conn.execute(f"DELETE FROM events WHERE id IN ({','.join('?' * len(doomed))})", doomed)
     gone = [i for i in aged if not conn.execute("SELECT 1 FROM events WHERE issue_id = ? LIMIT 1", (i,)).fetchone()]
     if gone:
@@ -4721,6 +5065,19 @@ def prune_events(conn: sqlite3.Connection, project_id: int, cutoff: float, exces
         delete_issues(conn, gone)
     more = len(rows) == batch
     return len(doomed), len(gone), (rows[-1]["timestamp"], rows[-1]["id"]) if more else None
+
+
+def prune_unlinked(conn: sqlite3.Connection, project_id: int, cutoff: float, batch: int) -> int:
+    """Up to `batch` each of a project's attachments stored before `cutoff` for an event that never
+    came (nor a feedback of that id: its screenshots), and its feedback of no issue from before it."""
+    return conn.execute(
+        """DELETE FROM attachments WHERE id IN (SELECT id FROM attachments a WHERE project_id = ? AND created < ?
+               AND NOT EXISTS (SELECT 1 FROM events e WHERE e.project_id = a.project_id AND e.event_id = a.event_id)
+               AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.project_id = a.project_id
+                               AND f.feedback_event_id = a.event_id) LIMIT ?)""",
+        (project_id, cutoff, batch)).rowcount + conn.execute(
+        "DELETE FROM feedback WHERE id IN (SELECT id FROM feedback WHERE project_id = ? AND issue_id IS NULL "
+        "AND created < ? LIMIT ?)", (project_id, cutoff, batch)).rowcount
 
 
 def prune_aged_rows(conn: sqlite3.Connection, table: str, column: str, project_id: int, cutoff: float,
@@ -4836,6 +5193,448 @@ class Retention(Background):
                 break
             given, left = given + left - now_left, now_left
         return given
+
+
+# =============================================================================
+# Cron monitors: check-ins, schedules, missed and timed-out runs
+# =============================================================================
+#
+# A check-in (a `check_in` item, or the cron HTTP endpoint) belongs to a monitor of its project,
+# made or updated from the `monitor_config` it carries. Each new check-in sets when the next one is
+# due: the crontab's next time in the monitor's timezone, or one interval later. CronJudge has the
+# writer mark a due check-in that has not come within the margin `missed`, and an `in_progress` run
+# older than its max runtime `timeout`. A failure (error, missed, timeout) is an event of the
+# monitor's issue (fingerprint ["cron", slug]) stored by store_event, so grouping, the issue page
+# and the alert rules apply unchanged; `ok` runs resolve it again.
+
+MAX_CHECK_IN = 100 * KIB
+CHECK_IN_STATUSES = ("in_progress", "ok", "error")  # what clients send; missed and timeout are ours
+FAILURES = {"error": "check-in error", "missed": "missed check-in", "timeout": "check-in timeout"}
+LATEST_RUNNING = "0" * 32  # the nil UUID as check_in_id: "the monitor's latest in-progress check-in"
+INTERVAL_MINUTES = {"minute": 1, "hour": 60, "day": 1440, "week": 10080}  # month and year: calendar ones
+MONITOR_NUMBERS = {  # monitor_config field → (default, lowest, highest), as Sentry takes them
+    "checkin_margin": (1, 1, 40320), "max_runtime": (30, 1, 40320),
+    "failure_issue_threshold": (1, 1, 720), "recovery_threshold": (1, 1, 720)}
+MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+WEEKDAYS = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
+CRON_ALIASES = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
+                "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
+CRON_FIELDS = (("minute", 0, 59, ()), ("hour", 0, 23, ()), ("day of month", 1, 31, ()), ("month", 1, 12, MONTHS),
+               ("day of week", 0, 7, WEEKDAYS))  # (name, lowest, highest, names of lowest, lowest + 1, …)
+CLOCK_SETBACK = dt.timedelta(hours=3)  # more than any daylight-saving change sets a clock back
+CRON_HORIZON = 50  # years searched for the next run; an expression that never matches is refused
+
+
+class CronError(ValueError):
+    """A crontab expression that cannot run, said so that its author can fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Crontab:
+    """A five-field crontab expression in Vixie cron's syntax: `*`, lists, ranges and steps (`1,15`,
+    `9-17`, `*/5`, `10-50/20`), JAN–DEC and SUN–SAT (7 is Sunday too) and the @daily-style aliases.
+    When both day fields are restricted (neither starts with `*`), a day matching either one runs.
+
+    Our own rather than a package's (croniter and the like): the tracker takes a dependency only
+    where the protocol needs one, the syntax is small, and the one hard part, daylight-saving
+    changes, needs the exact rule `next_after` states; tests/test_crons.py checks it against a
+    minute-by-minute walk with hypothesis."""
+
+    minutes: tuple[int, ...]
+    hours: tuple[int, ...]
+    days: frozenset[int]
+    months: frozenset[int]
+    weekdays: frozenset[int]  # 0 is Sunday
+    either_day: bool
+
+    @classmethod
+    def parse(cls, expression: str) -> Crontab:
+        fields = CRON_ALIASES.get(expression.strip().lower(), expression).split()
+        if len(fields) != 5:
+            raise CronError(f"{expression!r} has {len(fields)} fields; a crontab has five: "
+                            "minute hour day-of-month month day-of-week")
+        minutes, hours, days, months, weekdays = (cron_field(f, *spec) for f, spec in zip(fields, CRON_FIELDS))
+        cron = cls(tuple(sorted(minutes)), tuple(sorted(hours)), frozenset(days), frozenset(months),
+                   frozenset(d % 7 for d in weekdays), not fields[2].startswith("*") and not fields[4].startswith("*"))
+        if cron.next_after(0, dt.timezone.utc) is None:
+            raise CronError(f"{expression!r} never runs: no month has that day")
+        return cron
+
+    def day_matches(self, day: dt.date) -> bool:
+        in_month, in_week = day.day in self.days, (day.weekday() + 1) % 7 in self.weekdays
+        return in_month or in_week if self.either_day else in_month and in_week
+
+    def matches(self, wall: dt.datetime) -> bool:
+        """Whether a wall-clock time (naive, in the monitor's timezone) is one the expression names."""
+        return wall.minute in self.minutes and wall.hour in self.hours and wall.month in self.months \
+            and self.day_matches(wall.date())
+
+    def walls(self, start: dt.datetime) -> Iterator[dt.datetime]:
+        """The matching wall-clock times from `start` on, in order, for CRON_HORIZON years."""
+        day, end = start.date(), dt.date(start.year + CRON_HORIZON, 1, 1)
+        while day < end:
+            if day.month not in self.months:
+                day = (day.replace(day=1) + dt.timedelta(days=32)).replace(day=1)
+                continue
+            if self.day_matches(day):
+                for hour in self.hours:
+                    for minute in self.minutes:
+                        wall = dt.datetime(day.year, day.month, day.day, hour, minute)
+                        if wall >= start:
+                            yield wall
+            day += dt.timedelta(days=1)
+
+    def next_after(self, after: float, tz: dt.tzinfo) -> float | None:
+        """The first moment after `after` (epoch seconds) at which a clock in `tz` shows a matching
+        minute: a time the clock skips when it springs forward never comes, one it shows twice when
+        it falls back comes twice. None when nothing matches for CRON_HORIZON years.
+
+        A moment after `after` may show an earlier wall time (the clock was set back), but never one
+        more than CLOCK_SETBACK earlier; and a wall time CLOCK_SETBACK past the best one found can
+        only come later than it. So the search runs over wall times in that window."""
+        local = dt.datetime.fromtimestamp(after, tz).replace(tzinfo=None)
+        best: tuple[float, dt.datetime] | None = None
+        for wall in self.walls((local - CLOCK_SETBACK).replace(second=0, microsecond=0)):
+            if best is not None and wall > best[1] + CLOCK_SETBACK:
+                break
+            for moment in wall_moments(wall, tz):
+                if moment > after and (best is None or moment < best[0]):
+                    best = (moment, wall)
+        return best[0] if best else None
+
+
+def cron_field(field: str, name: str, low: int, high: int, names: tuple[str, ...]) -> set[int]:
+    """One field of a crontab → the values it allows."""
+    values: set[int] = set()
+    for part in field.split(","):
+        span, slash, step = part.partition("/")
+        if span == "*":
+            start, end = low, high
+        else:
+            first, dash, last = span.partition("-")
+            start = cron_number(first, name, low, names)
+            end = cron_number(last, name, low, names) if dash else high if slash else start
+        every = cron_number(step, name, 0, ()) if slash else 1
+        if not low <= start <= end <= high or every < 1:
+            raise CronError(f"{name}: {part!r} is not a range within {low}-{high} with a step of at least 1")
+        values.update(range(start, end + 1, every))
+    return values
+
+
+def cron_number(word: str, name: str, low: int, names: tuple[str, ...]) -> int:
+    if word.upper() in names:
+        return names.index(word.upper()) + low
+    if word.isascii() and word.isdigit() and len(word) <= 4:
+        return int(word)
+    raise CronError(f"{name}: {word!r} is not a number" + (f" or one of {', '.join(names)}" if names else ""))
+
+
+@functools.lru_cache(maxsize=512)
+def crontab(expression: str) -> Crontab:
+    return Crontab.parse(expression)
+
+
+def wall_moments(wall: dt.datetime, tz: dt.tzinfo) -> list[float]:
+    """The moments (epoch seconds) at which a clock in `tz` shows `wall`: none in a spring-forward
+    gap, two in a fall-back overlap, else one."""
+    first, second = wall.replace(tzinfo=tz), wall.replace(tzinfo=tz, fold=1)
+    if first.utcoffset() == second.utcoffset():  # most of the time: no change of offset near it
+        return [first.timestamp()]
+    return [aware.timestamp() for aware in (first, second)
+            if aware.astimezone(dt.timezone.utc).astimezone(tz).replace(tzinfo=None) == wall]
+
+
+def interval_after(anchor: float, value: int, unit: str, after: float, tz: dt.tzinfo, minute: float) -> float:
+    """The first of anchor + k intervals (k ≥ 1) after `after`: minutes to weeks of `minute` seconds
+    each; months and years on the calendar in `tz` (the 31st of a shorter month is its last day)."""
+    if unit in INTERVAL_MINUTES:
+        step = value * INTERVAL_MINUTES[unit] * minute
+        return anchor + step * max(math.floor((after - anchor) / step) + 1, 1)
+    start, months, k = dt.datetime.fromtimestamp(anchor, tz), value * (12 if unit == "year" else 1), 1
+    while True:
+        year, month = divmod(start.month - 1 + k * months, 12)
+        year, month = start.year + year, month + 1
+        length = (dt.date(year + month // 12, month % 12 + 1, 1) - dt.date(year, month, 1)).days
+        tick = start.replace(year=year, month=month, day=min(start.day, length)).timestamp()
+        if tick > after:
+            return tick
+        k += 1
+
+
+def monitor_zone(name: str) -> dt.tzinfo:
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return dt.timezone.utc
+
+
+def next_check_in(monitor: sqlite3.Row | dict[str, Any], after: float, minute: float) -> float | None:
+    """When the monitor's next check-in is due: the first time its schedule names after `after`
+    (intervals count from its last check-in)."""
+    tz = monitor_zone(monitor["timezone"])
+    if monitor["schedule_type"] == "crontab":
+        return crontab(monitor["schedule"]).next_after(after, tz)
+    value, unit = json.loads(monitor["schedule"])
+    return interval_after(monitor["last_checkin"] or after, value, unit, after, tz, minute)
+
+
+def cron_minute(settings: Settings) -> float:
+    """Seconds in a minute of monitor time (margins, max runtimes, minute…week intervals): 60,
+    except where `[crons] minute` shortens it for tests and demos."""
+    return float(settings.crons.get("minute", 60))
+
+
+def checked_monitor_config(raw: Any) -> dict[str, Any]:
+    """`monitor_config` as the SDKs send it → the monitor's columns; ValueError says what is wrong."""
+    if not isinstance(raw, dict):
+        raise ValueError("monitor_config must be an object")
+    schedule = {"type": "crontab", "value": raw["schedule"]} if isinstance(raw.get("schedule"), str) else raw.get("schedule")
+    if not isinstance(schedule, dict) or schedule.get("type") not in ("crontab", "interval"):
+        raise ValueError('monitor_config.schedule must be {"type": "crontab", "value": "0 * * * *"} or '
+                         '{"type": "interval", "value": 2, "unit": "hour"}')
+    columns: dict[str, Any] = {"schedule_type": schedule["type"]}
+    value = schedule.get("value")
+    if schedule["type"] == "crontab":
+        if not isinstance(value, str):
+            raise ValueError('schedule.value must be a crontab expression such as "0 * * * *"')
+        try:
+            crontab(" ".join(value.split()))
+        except CronError as exc:
+            raise ValueError(f"schedule: {exc}") from None
+        columns["schedule"] = " ".join(value.split())
+    else:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10**6 or \
+                schedule.get("unit") not in (*INTERVAL_MINUTES, "month", "year"):
+            raise ValueError("an interval schedule needs a whole value of at least 1 and a unit: "
+                             "minute, hour, day, week, month or year")
+        columns["schedule"] = json.dumps([value, schedule["unit"]])
+    zone = raw.get("timezone") or "UTC"
+    if not isinstance(zone, str) or len(zone) > 64 or monitor_zone(zone) is dt.timezone.utc and zone != "UTC":
+        raise ValueError(f"timezone {text(zone, 64)!r} is not a tz database name such as Europe/Vienna")
+    columns["timezone"] = zone
+    for key, (default, low, high) in MONITOR_NUMBERS.items():
+        number = default if raw.get(key) is None else raw[key]
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not low <= number <= high:
+            raise ValueError(f"{key} must be a number from {low} to {high} (minutes)"
+                             if key in ("checkin_margin", "max_runtime") else f"{key} must be from {low} to {high}")
+        columns[key] = int(number) if key.endswith("threshold") else number
+    return columns
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckIn:
+    """One check-in as a client sent it, validated (before the writer knows its monitor)."""
+
+    slug: str
+    status: str
+    check_in_id: str | None  # None: a new check-in with an id of ours
+    duration: float | None  # seconds
+    environment: str
+    release: str
+    trace_id: str | None
+    config: dict[str, Any] | None  # checked_monitor_config's columns
+    received: float
+
+
+def parse_check_in(raw: dict[str, Any], received: float) -> CheckIn:
+    """A check-in payload (an item, or the HTTP endpoint's fields); ValueError says what is wrong."""
+    slug = re.sub(r"[^a-z0-9_-]+", "-", text(raw.get("monitor_slug"), 200).strip().lower()).strip("-")[:50]
+    if not slug:
+        raise ValueError("monitor_slug is required")
+    status = raw.get("status")
+    if status not in CHECK_IN_STATUSES:
+        raise ValueError(f"status must be in_progress, ok or error, not {text(status, 40)!r}")
+    check_in_id = None
+    if raw.get("check_in_id") not in (None, ""):
+        check_in_id = normalize_id(raw["check_in_id"])
+        if check_in_id is None:
+            raise ValueError("check_in_id must be a UUID")
+    duration = raw.get("duration")
+    if duration is not None:
+        try:
+            duration = float(duration) if not isinstance(duration, bool) else -1.0
+        except (TypeError, ValueError):
+            duration = -1.0
+        if not 0 <= duration < 10**9:
+            raise ValueError("duration must be a number of seconds")
+    config = checked_monitor_config(raw["monitor_config"]) if raw.get("monitor_config") is not None else None
+    trace_id = normalize_id(as_dict(as_dict(raw.get("contexts")).get("trace")).get("trace_id"))
+    return CheckIn(slug, status, check_in_id, duration, text(raw.get("environment"), 64).strip() or "production",
+                   text(raw.get("release"), MAX_TAG), trace_id, config, received)
+
+
+def record_check_in(conn: sqlite3.Connection, project_id: int, c: CheckIn, minute: float) -> tuple[str, str | None]:
+    """Writer job: upsert the monitor from the check-in's config, store the check-in or finish the one
+    it continues, and move the monitor on. Returns (outcome, check-in id; None when dropped)."""
+    monitor = conn.execute("SELECT * FROM monitors WHERE project_id = ? AND slug = ?", (project_id, c.slug)).fetchone()
+    if c.config is not None:
+        monitor = upsert_monitor(conn, project_id, c.slug, c.config, monitor, c.received, minute)
+    if monitor is None:
+        return "dropped: unknown monitor; send monitor_config", None
+    if c.check_in_id == LATEST_RUNNING:
+        row = conn.execute("SELECT * FROM check_ins WHERE monitor_id = ? AND status = 'in_progress' "
+                           "ORDER BY date_created DESC LIMIT 1", (monitor["id"],)).fetchone()
+    else:
+        row = conn.execute("SELECT * FROM check_ins WHERE monitor_id = ? AND check_in_id = ?",
+                           (monitor["id"], c.check_in_id)).fetchone() if c.check_in_id else None
+    if row is not None and row["status"] != "in_progress":
+        return f"dropped: check-in {row['check_in_id']} is finished already ({row['status']})", None
+    if row is not None:
+        duration = c.received - row["date_created"] if c.duration is None and c.status != "in_progress" else c.duration
+        conn.execute("UPDATE check_ins SET status = ?, duration = ?, date_updated = ?, trace_id = coalesce(trace_id, ?) "
+                     "WHERE id = ?", (c.status, duration, c.received, c.trace_id, row["id"]))
+        check_in_id = row["check_in_id"]
+    else:
+        check_in_id = c.check_in_id if c.check_in_id not in (None, LATEST_RUNNING) else uuid.uuid4().hex
+        conn.execute("""INSERT INTO check_ins (check_in_id, monitor_id, project_id, status, duration, environment, release,
+                            trace_id, expected_time, date_created, date_updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                     (check_in_id, monitor["id"], project_id, c.status, c.duration, c.environment, c.release,
+                      c.trace_id, monitor["next_expected"], c.received, c.received))
+        due = next_check_in({**dict(monitor), "last_checkin": c.received}, c.received, minute)
+        conn.execute("UPDATE monitors SET last_checkin = ?, next_expected = ?, environment = ? WHERE id = ?",
+                     (c.received, due, c.environment, monitor["id"]))
+    refresh_monitor_status(conn, monitor["id"])
+    if c.status != "in_progress":
+        monitor_outcome(conn, monitor["id"], c.status, c.environment, c.release, c.trace_id, c.received)
+    return "stored", check_in_id
+
+
+def upsert_monitor(conn: sqlite3.Connection, project_id: int, slug: str, config: dict[str, Any],
+                   old: sqlite3.Row | None, now: float, minute: float) -> sqlite3.Row:
+    """Make or update a monitor from a check-in's config; a new schedule or timezone moves the time
+    its next check-in is due."""
+    names = ", ".join(config)
+    conn.execute(f"""INSERT INTO monitors (project_id, slug, name, created, {names})
+                     VALUES (?, ?, ?, ?, {', '.join('?' * len(config))})
+                     ON CONFLICT (project_id, slug) DO UPDATE SET {', '.join(f'{k} = excluded.{k}' for k in config)}""",
+                 (project_id, slug, slug, now, *config.values()))
+    monitor = conn.execute("SELECT * FROM monitors WHERE project_id = ? AND slug = ?", (project_id, slug)).fetchone()
+    if old is not None and old["last_checkin"] is not None and \
+            any(old[k] != monitor[k] for k in ("schedule_type", "schedule", "timezone")):
+        conn.execute("UPDATE monitors SET next_expected = ? WHERE id = ?",
+                     (next_check_in(monitor, now, minute), monitor["id"]))
+        monitor = conn.execute("SELECT * FROM monitors WHERE id = ?", (monitor["id"],)).fetchone()
+    return monitor
+
+
+def refresh_monitor_status(conn: sqlite3.Connection, monitor_id: int) -> None:
+    """A monitor's status is its latest check-in's (`new` before the first)."""
+    conn.execute("UPDATE monitors SET status = coalesce((SELECT status FROM check_ins WHERE monitor_id = ? "
+                 "ORDER BY date_created DESC, id DESC LIMIT 1), 'new') WHERE id = ?", (monitor_id, monitor_id))
+
+
+def monitor_outcome(conn: sqlite3.Connection, monitor_id: int, status: str, environment: str, release: str,
+                    trace_id: str | None, now: float) -> None:
+    """A run ended. A failure is an event of the monitor's issue once `failure_issue_threshold` runs in
+    a row failed (or while the issue is open); `recovery_threshold` ok runs in a row resolve it."""
+    monitor = conn.execute("SELECT * FROM monitors WHERE id = ?", (monitor_id,)).fetchone()
+    failed = status in FAILURES
+    needed = monitor["failure_issue_threshold" if failed else "recovery_threshold"]
+    recent = [row[0] in FAILURES for row in conn.execute(
+        "SELECT status FROM check_ins WHERE monitor_id = ? AND status != 'in_progress' "
+        "ORDER BY date_updated DESC, id DESC LIMIT ?", (monitor_id, needed))]
+    streak = len(recent) == needed and all(f == failed for f in recent)
+    issue = conn.execute("SELECT * FROM issues WHERE id = ?", (monitor["issue_id"],)).fetchone() \
+        if monitor["issue_id"] else None
+    if failed and (streak or issue is not None and issue["status"] != "resolved"):
+        ev = cron_failure_event(monitor, status, environment, release, trace_id, now)
+        store_event(conn, ev)
+        conn.execute("UPDATE monitors SET issue_id = (SELECT issue_id FROM events WHERE project_id = ? AND event_id = ?) "
+                     "WHERE id = ?", (ev.project_id, ev.event_id, monitor_id))
+    elif not failed and streak and issue is not None and issue["status"] == "unresolved":
+        change_status(conn, issue, "resolved", {}, now)
+
+
+def cron_failure_event(monitor: sqlite3.Row, status: str, environment: str, release: str, trace_id: str | None,
+                       now: float) -> PreparedEvent:
+    """The event a failed run adds to its monitor's issue: "Cron failure: <slug> (missed check-in)"."""
+    slug = monitor["slug"]
+    raw = {"level": "error", "platform": "other", "timestamp": now, "environment": environment, "release": release,
+           "message": f"Cron failure: {slug} ({FAILURES[status]})", "fingerprint": ["cron", slug],
+           "culprit": f"{schedule_words(monitor['schedule_type'], monitor['schedule'])} ({monitor['timezone']})",
+           "tags": {"monitor.slug": slug, "monitor.id": str(monitor["id"]), "monitor.status": status},
+           "contexts": {"monitor": {"id": str(monitor["id"]), "slug": slug, "name": monitor["name"],
+                                    "status": status, "config": monitor_config_json(monitor)},
+                        **({"trace": {"trace_id": trace_id}} if trace_id else {})}}
+    return prepare_event(raw, project_id=monitor["project_id"], event_id=None, received=now)
+
+
+def monitor_config_json(monitor: sqlite3.Row) -> dict[str, Any]:
+    """A monitor's config in Sentry's shape (an interval schedule is [value, unit])."""
+    schedule = json.loads(monitor["schedule"]) if monitor["schedule_type"] == "interval" else monitor["schedule"]
+    return {"schedule_type": monitor["schedule_type"], "schedule": schedule, **{k: monitor[k] for k in MONITOR_NUMBERS},
+            "timezone": monitor["timezone"]}
+
+
+def schedule_words(schedule_type: str, schedule: str) -> str:
+    """A schedule as people say it: `every 10 minutes`, `at 09:30 on Mon, Tue, Wed, Thu, Fri`; a
+    crontab too intricate for a phrase stays an expression."""
+    if schedule_type == "interval":
+        value, unit = json.loads(schedule)
+        return f"every {unit}" if value == 1 else f"every {value} {unit}s"
+    try:
+        cron = crontab(schedule)
+    except CronError:
+        return schedule
+    minute, hour, days, months, weekdays = CRON_ALIASES.get(schedule.lower(), schedule).split()
+    if minute == hour == "*":
+        words = "every minute"
+    elif re.fullmatch(r"\*/\d+", minute) and hour == "*":
+        words = f"every {minute[2:]} minutes"
+    elif len(cron.minutes) == 1 and hour == "*":
+        words = f"every hour at minute {cron.minutes[0]}"
+    elif len(cron.minutes) == 1 and len(cron.hours) <= 4:
+        words = "at " + ", ".join(f"{h:02d}:{cron.minutes[0]:02d}" for h in cron.hours)
+    else:
+        return schedule
+    on = ([f"day {', '.join(map(str, sorted(cron.days)))} of the month"] if days != "*" else []) + \
+        ([", ".join(WEEKDAYS[d].title() for d in sorted(cron.weekdays))] if weekdays != "*" else [])
+    return words + (" on " + (" or " if cron.either_day else " and ").join(on) if on else "") + \
+        (" in " + ", ".join(MONTHS[m - 1].title() for m in sorted(cron.months)) if months != "*" else "")
+
+
+def judge_monitors(conn: sqlite3.Connection, now: float, minute: float) -> int:
+    """Writer job, every `[crons] interval` seconds: an in-progress run past its max runtime times out,
+    and a check-in due longer ago than the margin is missed (one missed check-in however many due
+    times passed since). Returns how many check-ins it closed."""
+    closed = 0
+    for row in conn.execute("""SELECT c.* FROM check_ins c JOIN monitors m ON m.id = c.monitor_id
+                               WHERE c.status = 'in_progress' AND c.date_created < ? - m.max_runtime * ?""",
+                            (now, minute)).fetchall():
+        conn.execute("UPDATE check_ins SET status = 'timeout', date_updated = ? WHERE id = ?", (now, row["id"]))
+        refresh_monitor_status(conn, row["monitor_id"])
+        monitor_outcome(conn, row["monitor_id"], "timeout", row["environment"], row["release"], row["trace_id"], now)
+        closed += 1
+    for monitor in conn.execute("SELECT * FROM monitors WHERE next_expected < ? - checkin_margin * ?",
+                                (now, minute)).fetchall():
+        due = monitor["next_expected"]
+        conn.execute("""INSERT INTO check_ins (check_in_id, monitor_id, project_id, status, environment, expected_time,
+                            date_created, date_updated) VALUES (?, ?, ?, 'missed', ?, ?, ?, ?)""",
+                     (uuid.uuid4().hex, monitor["id"], monitor["project_id"], monitor["environment"], due, due, now))
+        conn.execute("UPDATE monitors SET next_expected = ? WHERE id = ?",
+                     (next_check_in(monitor, max(due, now - monitor["checkin_margin"] * minute), minute), monitor["id"]))
+        refresh_monitor_status(conn, monitor["id"])
+        monitor_outcome(conn, monitor["id"], "missed", monitor["environment"], "", None, now)
+        closed += 1
+    return closed
+
+
+class CronJudge(Background):
+    """The cron clock: has the writer judge the monitors every `[crons] interval` seconds (30)."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        self.interval = float(app.state.settings.crons.get("interval", 30))
+        self.minute = cron_minute(app.state.settings)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                if await self.app.state.writer.submit(lambda conn: judge_monitors(conn, time.time(), self.minute)):
+                    self.app.state.dispatcher.wake.set()
+            except Exception:  # a failed judgement must not stop the clock
+                log.exception("judging cron monitors failed")
+            await asyncio.sleep(self.interval)
 
 
 # =============================================================================
@@ -5161,6 +5960,138 @@ async def api_issue_event(request: Request) -> dict[str, Any]:
     if row is None:
         raise ApiError(404, "The requested resource does not exist")
     return serialize_event(row, issue["id"])
+
+
+# -- attachments and user feedback (Sentry's event attachments and user-feedback shapes) --------------
+
+ATTACHMENT_COLUMNS = "id, project_id, event_id, filename, content_type, attachment_type, size, sha1, utf8, created"
+# Served with their own type (always as a download); any other is sent as application/octet-stream,
+# so an attacker's HTML or SVG never renders on the tracker's origin.
+SAFE_DOWNLOAD_TYPES = frozenset({
+    "text/plain", "text/csv", "application/json", "application/octet-stream", "application/zip", "application/gzip",
+    "application/x-gzip", "application/x-tar", "application/zstd", "image/png", "image/jpeg", "image/gif",
+    "image/webp", "application/x-dmp", "application/x-minidump"})
+TEXT_TYPES = ("application/json", "application/x-ndjson", "application/xml")
+TEXT_EXTENSIONS = (".log", ".txt", ".json", ".csv", ".md", ".yaml", ".yml", ".ini", ".conf", ".xml")
+
+
+def human_size(size: int) -> str:
+    if size < KIB:
+        return f"{size} B"
+    return f"{size / KIB:.1f} KiB" if size < MIB else f"{size / MIB:.1f} MiB"
+
+
+def text_viewable(row: Mapping[str, Any]) -> bool:
+    """Text a page may show (escaped, in a <pre>): UTF-8 under TEXT_VIEW_MAX, of a text type or name."""
+    kind = row["content_type"].split(";")[0].strip()
+    return bool(row["utf8"]) and (kind.startswith("text/") or kind in TEXT_TYPES
+                                  or row["filename"].lower().endswith(TEXT_EXTENSIONS))
+
+
+async def event_attachments(store: Store, project_id: int, event_ids: list[str]) -> list[dict[str, Any]]:
+    """The attachments of these events (their data left out), oldest first."""
+    if not event_ids:
+        return []
+    rows = await store.all(f"SELECT {ATTACHMENT_COLUMNS} FROM attachments WHERE project_id = ? AND event_id IN "
+                           f"({','.join('?' * len(event_ids))}) ORDER BY id", (project_id, *event_ids))
+    return [{**dict(r), "viewable": text_viewable(r), "size_text": human_size(r["size"])} for r in rows]
+
+
+def attachment_data(row: Mapping[str, Any]) -> bytes:
+    return zstandard.ZstdDecompressor().decompress(row["data"])
+
+
+def attachment_response(row: Mapping[str, Any]) -> Response:
+    """An attachment as a download: never shown inline, its type only when harmless, no sniffing."""
+    kind = row["content_type"].split(";")[0].strip()
+    name = re.split(r"[/\\]", row["filename"])[-1] or "attachment"
+    plain = re.sub(r"[^A-Za-z0-9._ -]", "_", name)[:150] or "attachment"
+    return Response(attachment_data(row), media_type=kind if kind in SAFE_DOWNLOAD_TYPES else "application/octet-stream",
+                    headers={"Content-Disposition": f"attachment; filename=\"{plain}\"; "
+                                                    f"filename*=UTF-8''{urllib.parse.quote(name, safe='')}",
+                             "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
+                             "Content-Security-Policy": "default-src 'none'; sandbox"})
+
+
+def serialize_attachment(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"id": str(row["id"]), "event_id": row["event_id"], "name": row["filename"],
+            "type": row["attachment_type"], "size": row["size"], "mimetype": row["content_type"],
+            "dateCreated": iso(row["created"]), "sha1": row["sha1"], "headers": {"Content-Type": row["content_type"]}}
+
+
+def path_event_id(request: Request) -> str:
+    event_id = normalize_id(request.path_params["event_id"])
+    if event_id is None:
+        raise ApiError(404, "The requested resource does not exist")
+    return event_id
+
+
+async def api_event_attachments(request: Request) -> list[dict[str, Any]]:
+    """GET /api/0/projects/<org>/<project>/events/<event_id>/attachments/ (also for an event not stored
+    yet, or the screenshots of a feedback, which are under the feedback's own id)."""
+    project = await project_from_path(request)
+    rows = await event_attachments(request.app.state.store, project["id"], [path_event_id(request)])
+    return [serialize_attachment(r) for r in rows]
+
+
+async def api_event_attachment(request: Request) -> Any:
+    """GET …/attachments/<id>/: its details; with ?download=1 the file."""
+    project = await project_from_path(request)
+    raw = request.path_params["attachment_id"]
+    row = await request.app.state.store.one(
+        "SELECT * FROM attachments WHERE project_id = ? AND event_id = ? AND id = ?",
+        (project["id"], path_event_id(request), int(raw))) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
+    if row is None:
+        raise ApiError(404, "The requested resource does not exist")
+    if request.query_params.get("download", "0").lower() not in ("0", "false"):
+        return attachment_response(row)
+    return serialize_attachment(row)
+
+
+async def serialize_user_reports(request: Request, rows: list[sqlite3.Row]) -> list[dict[str, Any]]:
+    """Feedback rows in Sentry's user report shape, each with its issue (or null)."""
+    store: Store = request.app.state.store
+    ids = sorted({r["issue_id"] for r in rows if r["issue_id"] is not None})
+    issues = {i["id"]: serialize_issue(i, request.app.state.settings) for i in await store.all(
+        f"SELECT {ISSUE_COLUMNS} FROM issues i JOIN projects p ON p.id = i.project_id WHERE i.id IN "
+        f"({','.join('?' * len(ids))})", ids)} if ids else {}
+    out = []
+    for r in rows:
+        event_id = r["event_id"] or r["feedback_event_id"]
+        out.append({"id": str(r["id"]), "eventID": event_id, "name": r["name"], "email": r["email"],
+                    "comments": r["message"], "dateCreated": iso(r["created"]), "user": None,
+                    "event": {"id": event_id, "eventID": event_id}, "issue": issues.get(r["issue_id"])})
+    return out
+
+
+async def api_user_feedback(request: Request) -> Response:
+    """GET /api/0/projects/<org>/<project>/user-feedback/: the project's feedback, newest first."""
+    project = await project_from_path(request)
+    limit, offset = page_args(request)
+    rows = await request.app.state.store.all("SELECT * FROM feedback WHERE project_id = ? ORDER BY created DESC, "
+                                             "id DESC LIMIT ? OFFSET ?", (project["id"], limit + 1, offset))
+    return JSONResponse(await serialize_user_reports(request, rows[:limit]),
+                        headers=paginate(request, len(rows), limit, offset))
+
+
+async def api_create_user_feedback(request: Request) -> dict[str, Any]:
+    """POST /api/0/projects/<org>/<project>/user-feedback/ {event_id, name, email, comments}: a legacy
+    user report (a second one on the same event replaces the first)."""
+    project = await project_from_path(request)
+    body = await request_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    feedback = user_report(project["id"], body, None, time.time())
+    problem = feedback_problem(feedback)
+    if problem:
+        raise ApiError(400, problem)
+    if feedback.email and not re.fullmatch(r"[^@\s]+@[^@\s]+", feedback.email):
+        raise ApiError(400, "email: enter a valid email address")
+    feedback.scrub(await project_scrub_policy(request, project["id"]))
+    await request.app.state.writer.submit(lambda conn: store_feedback(conn, feedback))
+    row = await request.app.state.store.one("SELECT * FROM feedback WHERE project_id = ? AND event_id = ? AND "
+                                            "source = 'user_report'", (project["id"], feedback.event_id))
+    return (await serialize_user_reports(request, [row]))[0]
 
 
 RULE_FIELDS = ("groupingEnhancements", "fingerprintingRules")  # Sentry's project option names
@@ -6338,6 +7269,78 @@ async def api_not_found(request: Request) -> Response:
     return JSONResponse({"detail": "not found"}, status_code=404)
 
 
+# -- cron monitors (Sentry's monitors and check-ins shapes) -------------------------------------
+
+MONITOR_HEALTH = {"ok": "ok", "error": "error", "missed": "missed_checkin", "timeout": "timeout"}
+
+
+async def org_monitors(request: Request, slug: str | None = None) -> list[sqlite3.Row]:
+    """The organisation's monitors (one slug's, if given), narrowed by `?project=` ids or slugs."""
+    check_org(request)
+    refs = request.query_params.getlist("project")
+    rows = await request.app.state.store.all(
+        "SELECT m.*, p.slug AS project_slug, p.name AS project_name FROM monitors m JOIN projects p "
+        "ON p.id = m.project_id WHERE ? IS NULL OR m.slug = ? ORDER BY m.slug, m.id", (slug, slug))
+    return [r for r in rows if not refs or r["project_slug"] in refs or str(r["project_id"]) in refs]
+
+
+async def serialize_monitors(request: Request, rows: list[sqlite3.Row]) -> list[dict[str, Any]]:
+    """Monitors with their environments: each one's status is its latest finished check-in's."""
+    marks = ",".join("?" * len(rows))
+    envs = await request.app.state.store.all(
+        f"""SELECT monitor_id, environment, min(date_created) AS first,
+                   max(CASE WHEN status != 'missed' THEN date_created END) AS last,
+                   (SELECT x.status FROM check_ins x WHERE x.monitor_id = c.monitor_id AND x.environment = c.environment
+                    AND x.status != 'in_progress' ORDER BY x.date_created DESC, x.id DESC LIMIT 1) AS status
+            FROM check_ins c WHERE monitor_id IN ({marks}) GROUP BY monitor_id, environment ORDER BY environment""",
+        [r["id"] for r in rows])
+    minute = cron_minute(request.app.state.settings)
+    out = []
+    for row in rows:
+        due, late = row["next_expected"], row["checkin_margin"] * minute
+        out.append({"id": str(row["id"]), "slug": row["slug"], "name": row["name"], "status": "active",
+                    "isMuted": False, "type": "cron_job", "config": monitor_config_json(row),
+                    "dateCreated": iso(row["created"]),
+                    "project": {"id": str(row["project_id"]), "slug": row["project_slug"], "name": row["project_name"]},
+                    "environments": [{"name": e["environment"], "status": MONITOR_HEALTH.get(e["status"], "active"),
+                                      "isMuted": False, "dateCreated": iso(e["first"]), "lastCheckIn": iso(e["last"]),
+                                      "nextCheckIn": iso(due), "nextCheckInLatest": iso(due + late) if due else None}
+                                     for e in envs if e["monitor_id"] == row["id"]]})
+    return out
+
+
+async def monitor_from_path(request: Request) -> sqlite3.Row:
+    rows = await org_monitors(request, request.path_params["monitor_slug"])
+    if not rows:
+        raise ApiError(404, "The requested resource does not exist")
+    return rows[0]
+
+
+async def api_monitors(request: Request) -> list[dict[str, Any]]:
+    return await serialize_monitors(request, await org_monitors(request))
+
+
+async def api_monitor(request: Request) -> dict[str, Any]:
+    return (await serialize_monitors(request, [await monitor_from_path(request)]))[0]
+
+
+async def api_monitor_checkins(request: Request) -> Response:
+    """A monitor's check-ins, newest first (`?environment=` narrows); duration in milliseconds."""
+    monitor = await monitor_from_path(request)
+    limit, offset = page_args(request)
+    envs = request.query_params.getlist("environment")
+    rows = await request.app.state.store.all(
+        f"""SELECT * FROM check_ins WHERE monitor_id = ? {f"AND environment IN ({','.join('?' * len(envs))})" if envs else ''}
+            ORDER BY date_created DESC, id DESC LIMIT ? OFFSET ?""", (monitor["id"], *envs, limit + 1, offset))
+    config = monitor_config_json(monitor)
+    return JSONResponse([{"id": str(uuid.UUID(r["check_in_id"])), "status": r["status"],
+                          "duration": None if r["duration"] is None else round(r["duration"] * 1000),
+                          "dateCreated": iso(r["date_created"]), "dateUpdated": iso(r["date_updated"]),
+                          "environment": r["environment"], "expectedTime": iso(r["expected_time"]),
+                          "monitorConfig": config, "attachmentId": None, "groups": []} for r in rows[:limit]],
+                        headers=paginate(request, len(rows), limit, offset))
+
+
 # =============================================================================
 # Dashboard (server-rendered; Jinja2 autoescapes all event data)
 # =============================================================================
@@ -6479,13 +7482,21 @@ details.grouping > summary { cursor: pointer; } ol.values { margin: 4px 0 10px; 
 p.variant { margin: 12px 0 4px; } table.grouping-frames { margin: 8px 0; font-size: 12.5px; } table.grouping-frames td form { margin: 0; }
 form.rules textarea { width: 100%; font: 12.5px/1.45 var(--mono); margin-top: 8px; } form.rules pre.block { margin-top: 6px; }
 form.bulk { display:flex; gap:8px; align-items:center; margin-bottom:8px; }
+.mon { display:inline-block; padding:1px 8px; border-radius:10px; font-size:12px; font-weight:600; color:#fff; white-space:nowrap; }
+.mon-ok { background:#12b76a; } .mon-error { background:#d92d20; } .mon-missed { background:#f79009; } .mon-timeout { background:#7a271a; }
+.mon-in_progress { background:#2e90fa; } .mon-new { background:#98a2b3; } .mon-none { background:#eaecf0; }
+.ticks { display:flex; gap:2px; height:22px; } .ticks span { flex:0 0 7px; border-radius:2px; }
+table.monitors td { vertical-align: middle; } table.monitors .sub { font-size:12px; color: var(--muted); margin-top:2px; }
+.feedback-entry { padding:8px 0; border-bottom:1px solid var(--line); } .feedback-entry:last-child { border-bottom:0; }
+.feedback-entry .message, table.feedback-list .message { white-space:pre-wrap; word-break:break-word; margin:4px 0; }
+.nowrap { white-space:nowrap; }
 """
 
 TEMPLATES = {
     "base.html": """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{% block title %}tracker{% endblock %} · tracker</title><link rel="icon" href="/static/favicon.svg"><link rel="stylesheet" href="/static/tracker.css"></head>
-<body><header class="top"><a class="brand" href="/issues/">tracker</a>{% if viewer %}<a href="/issues/">Issues</a><a href="/releases/">Releases</a><a href="/alerts/">Alerts</a><a href="/projects/">Projects &amp; DSNs</a><a href="/live/">Live</a>
+<body><header class="top"><a class="brand" href="/issues/">tracker</a>{% if viewer %}<a href="/issues/">Issues</a><a href="/releases/">Releases</a><a href="/alerts/">Alerts</a><a href="/monitors/">Monitors</a><a href="/projects/">Projects &amp; DSNs</a><a href="/live/">Live</a>
 <span class="who"><a href="/account/">{{ viewer.name }}{% if viewer.role == 'admin' %} (admin){% endif %}</a>{% if viewer.via == 'session' %}<form method="post" action="/logout"><input type="hidden" name="csrf" value="{{ csrf }}"><button class="link">Sign out</button></form>{% endif %}</span>{% endif %}</header>
 <main>{% block main %}{% endblock %}</main></body></html>""",
 
@@ -6598,6 +7609,16 @@ TEMPLATES = {
   {{ frames(exc.blocks) }}
   {% if not exc.blocks %}<div class="muted">No stack trace was sent with this exception.</div>{% endif %}
 </div>{% endfor %}
+{% macro attachment_links(a) %}<span class="nowrap">{% set base = '/issues/%d/events/%s/attachments/%d/' % (issue.id, a.event_id, a.id) %}{% if a.viewable %}<a class="view-attachment" href="{{ base }}view/">view</a> · {% endif %}<a class="download-attachment" href="{{ base }}">download</a></span>{% endmacro %}
+{% if attachments %}<div class="card attachments" id="attachments"><h2 style="margin-top:0">Attachments <span class="muted" style="font-weight:400;font-size:13px">sent with this event</span></h2>
+  <table><thead><tr><th>File</th><th>Type</th><th class="num">Size</th><th></th></tr></thead><tbody>
+  {% for a in attachments %}<tr><td class="mono">{{ a.filename }}</td><td>{{ a.content_type }}{% if a.attachment_type != 'event.attachment' %} <span class="muted">· {{ a.attachment_type }}</span>{% endif %}</td>
+    <td class="num nowrap">{{ a.size_text }}</td><td>{{ attachment_links(a) }}</td></tr>{% endfor %}</tbody></table></div>{% endif %}
+{% if feedback %}<div class="card feedback" id="feedback"><h2 style="margin-top:0">User feedback <span class="muted" style="font-weight:400;font-size:13px">{{ feedback_total }} · newest first · <a href="/projects/{{ issue.project_slug }}/feedback/">all of {{ issue.project_name }}</a></span></h2>
+  {% for fb in feedback %}<div class="feedback-entry"><div><b>{{ fb.name or 'Anonymous' }}</b>{% if fb.email %} <span class="mono">{{ fb.email }}</span>{% endif %}
+    <span class="muted" title="{{ fb.created|datetime }}">· {{ fb.created|ago }}{% if fb.source == 'user_report' %} · user report{% endif %}{% if fb.event_id %} · on <a href="/issues/{{ issue.id }}/events/{{ fb.event_id }}/">event {{ fb.event_id[:12] }}</a>{% endif %}</span></div>
+    <div class="message">{{ fb.message }}</div>{% if fb.url %}<div class="muted mono" style="font-size:12px;word-break:break-all">{{ fb.url }}</div>{% endif %}
+    {% for a in fb.attachments %}<div style="font-size:12.5px">{{ a.filename }} <span class="muted">{{ a.size_text }}</span> {{ attachment_links(a) }}</div>{% endfor %}</div>{% endfor %}</div>{% endif %}
 {% if ev.request %}<div class="card"><h2 style="margin-top:0">Request</h2>
   <div class="mono" style="margin-bottom:8px"><b>{{ ev.request.method or 'GET' }}</b> {{ ev.request.url }}</div>
   {% if ev.request.query_string %}<h4>Query</h4><table class="kv">{% for k, v in ev.request.query_string %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</table>{% endif %}
@@ -6667,8 +7688,29 @@ TEMPLATES = {
   {% if viewer.role == 'admin' %}<form method="post" action="/projects/{{ p.slug }}/keys/" class="key"><input type="hidden" name="csrf" value="{{ csrf }}"><input name="add" placeholder="new key's label" size="14" aria-label="label"><button class="secondary">Add a DSN key</button>
   <span class="muted">rotate: add one, move clients, disable the old</span></form>{% endif %}
   {% if p.drops %}<div class="drops">Dropped in the last 24 h: {% for d in p.drops %}{{ d.n }} {{ d.reason.replace('client:', 'by the SDK: ').replace('_', ' ') }}{{ ' · ' if not loop.last }}{% endfor %}</div>{% endif %}
-  <div class="muted" style="font-size:12.5px">{{ p.issue_count }} issues · {{ p.event_count }} events · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a> · <a href="/projects/{{ p.slug }}/scrubbing/">data scrubbing</a> · <a href="/projects/{{ p.slug }}/code-mappings/">code mappings</a> · <a href="/projects/{{ p.slug }}/alerts/">alert rules</a> · <a href="/projects/{{ p.slug }}/slo/">SLO</a> · <a href="/projects/{{ p.slug }}/overview/">overview</a> · <a href="/projects/{{ p.slug }}/envelopes/">envelopes received</a></div></div>
+  <div class="muted" style="font-size:12.5px">{{ p.issue_count }} issues · {{ p.event_count }} events · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a> · <a href="/projects/{{ p.slug }}/scrubbing/">data scrubbing</a> · <a href="/projects/{{ p.slug }}/code-mappings/">code mappings</a> · <a href="/projects/{{ p.slug }}/alerts/">alert rules</a> · <a href="/projects/{{ p.slug }}/slo/">SLO</a> · <a href="/projects/{{ p.slug }}/overview/">overview</a> · <a href="/projects/{{ p.slug }}/envelopes/">envelopes received</a> · <a href="/projects/{{ p.slug }}/feedback/">user feedback</a> · <a href="/monitors/?project={{ p.slug }}">cron monitors</a></div></div>
 {% else %}<div class="card empty">No projects yet: <code>tracker project create NAME</code> prints a DSN.</div>{% endfor %}
+{% endblock %}""",
+
+    "monitors.html": """{% extends "base.html" %}{% block title %}Monitors{% endblock %}{% block main %}
+<h1>Cron monitors <span class="muted" style="font-size:14px;font-weight:400">{{ monitors|length }} monitor{{ 's' if monitors|length != 1 }}{% if failing %} · {{ failing }} failing{% endif %}</span></h1>
+<p class="muted">Scheduled jobs check in with <code>@sentry_sdk.monitor</code>, <code>capture_checkin</code> or <code>curl</code> to the cron endpoint. A check-in that does not come within its margin is <b>missed</b>, a run longer than its max runtime has <b>timed out</b>; failures open an issue that the alert rules see, and an ok run resolves it.</p>
+<form class="filters" method="get" action="/monitors/"><label>Project<select name="project"><option value="">All projects</option>
+  {% for p in projects %}<option value="{{ p.slug }}" {{ 'selected' if p.slug == selected }}>{{ p.name }}</option>{% endfor %}</select></label><button type="submit">Filter</button></form>
+<div class="card" style="padding:0">{% if monitors %}
+<table class="monitors"><thead><tr><th>Monitor</th><th>Schedule</th><th>Status</th><th>Last check-in</th><th>Next expected</th><th>Last 30 check-ins</th><th>Issue</th></tr></thead><tbody>
+{% for m in monitors %}<tr class="monitor" id="monitor-{{ m.id }}">
+  <td><b class="mono">{{ m.slug }}</b>{% if m.name != m.slug %} {{ m.name }}{% endif %}<div class="sub"><a href="/issues/?project={{ m.project_slug }}">{{ m.project_name }}</a> · {{ m.environment }}</div></td>
+  <td>{{ m.words }}<div class="sub">{% if m.schedule_type == 'crontab' %}<span class="mono">{{ m.schedule }}</span> · {% endif %}{{ m.timezone }} · margin {{ m.checkin_margin }} min · max runtime {{ m.max_runtime }} min</div></td>
+  <td><span class="mon mon-{{ m.status }}">{{ m.label }}</span></td>
+  <td class="nowrap" title="{{ m.last_checkin|datetime }}">{{ m.last_checkin|ago }}</td>
+  <td class="nowrap" title="{{ m.next_expected|datetime }}">{{ m.due }}{% if m.due_local %}<div class="sub">{{ m.due_local }}</div>{% endif %}</td>
+  <td><div class="ticks" role="img" aria-label="the last {{ m.ticks|length }} check-ins, oldest first">{% for _ in range(30 - m.ticks|length) %}<span class="mon-none"></span>{% endfor %}{% for c in m.ticks %}<span class="mon-{{ c.status }}" title="{{ labels[c.status] }} · {{ c.date_created|datetime }} · {{ c.environment }}{% if c.duration is not none %} · {{ '%.2f'|format(c.duration) }} s{% endif %}"></span>{% endfor %}</div></td>
+  <td class="nowrap">{% if m.issue %}<a class="monitor-issue" href="/issues/{{ m.issue_id }}/">{{ m.issue }}</a>{% else %}<span class="muted">—</span>{% endif %}</td></tr>
+{% endfor %}</tbody></table>
+<div class="legend" style="margin:0;padding:8px 10px">{% for s in ['ok', 'error', 'missed', 'timeout', 'in_progress'] %}<span><i class="mon-{{ s }}"></i>{{ labels[s] }}</span>{% endfor %}<span>· oldest check-in on the left; hover a tick for its time, environment and duration</span></div>
+{% else %}<div class="empty">No monitors yet. A check-in with a <code>monitor_config</code> makes one, e.g. <code>@sentry_sdk.monitor(monitor_slug="nightly", monitor_config={"schedule": {"type": "crontab", "value": "0 3 * * *"}})</code>.</div>{% endif %}
+</div>
 {% endblock %}""",
 
     "events.html": """{% extends "base.html" %}{% block title %}Events · {{ issue.title }}{% endblock %}{% block main %}
@@ -6928,7 +7970,9 @@ A notification is queued with the event that caused it and delivered with retrie
 <div class="card"><h2 style="margin-top:0">Envelope header</h2><pre class="json">{{ header|pretty(2) }}</pre></div>
 {% for item in items %}<div class="card"><h2 style="margin-top:0">{{ item.kind or '?' }} <span class="muted">{{ item.size }} bytes</span>
 <span class="item {{ 'dropped' if item.outcome.startswith('dropped') else 'kept' }}">{{ item.outcome }}</span></h2>
-{% if item.header %}<pre class="json">{{ item.header|pretty(2) }}</pre>{% endif %}{% if item.body is not none %}<pre class="json">{{ item.body }}</pre>{% endif %}</div>{% endfor %}
+{% if item.header %}<pre class="json">{{ item.header|pretty(2) }}</pre>{% endif %}
+{% if item.event %}<p>Stored as <a href="/issues/{{ item.event.issue_id }}/events/{{ item.event.event_id }}/">event {{ item.event.event_id[:12] }}</a> (<a href="/issues/{{ item.event.issue_id }}/events/{{ item.event.event_id }}/json">its JSON, scrubbed</a>): this project scrubs data before storing it, so the log keeps no copy of what was sent.</p>
+{% elif item.body is not none %}<pre class="json">{{ item.body }}</pre>{% endif %}</div>{% endfor %}
 {% if not body_kept %}<div class="card empty">The body was over 1 MiB, so only its item types and outcomes were kept.</div>{% endif %}{% endblock %}""",
 
     "live.html": """{% extends "base.html" %}{% block title %}Live{% endblock %}{% block main %}
@@ -6947,6 +7991,20 @@ A notification is queued with the event that caused it and delivered with retrie
 <label>Password<input name="password" type="password" autocomplete="current-password" required></label>
 <button type="submit">Sign in</button>
 <p class="muted">The first start printed the <code>admin</code> password. Forgotten it? <code>tracker user passwd admin</code> on the server, or <code>tracker user link admin</code> for a one-time login link.</p></form>{% endblock %}""",
+
+    "attachment.html": """{% extends "base.html" %}{% block title %}{{ a.filename }}{% endblock %}{% block main %}
+<div class="muted" style="font-size:12px"><a href="/issues/{{ issue.id }}/">{{ short }}</a> · {% if is_event %}<a href="/issues/{{ issue.id }}/events/{{ a.event_id }}/">event {{ a.event_id[:12] }}</a>{% else %}feedback {{ a.event_id[:12] }}{% endif %}</div>
+<h1>{{ a.filename }}</h1><p class="muted">{{ a.content_type }} · {{ a.size_text }} · sha1 <span class="mono">{{ a.sha1 }}</span> · <a href="/issues/{{ issue.id }}/events/{{ a.event_id }}/attachments/{{ a.id }}/">download</a></p>
+<div class="card"><pre class="block attachment-text">{{ content }}</pre></div>{% endblock %}""",
+
+    "feedback.html": """{% extends "base.html" %}{% block title %}User feedback · {{ project.name }}{% endblock %}{% block main %}
+<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
+<h1>User feedback</h1><p class="muted">What people wrote (feedback widgets, <code>captureFeedback</code>, user reports), newest first: the newest 200. Feedback about an event shows on its issue too.</p>
+<div class="card" style="padding:0">{% if feedback %}<table class="feedback-list"><thead><tr><th>Received</th><th>From</th><th>Message</th><th>Issue</th></tr></thead><tbody>
+{% for fb in feedback %}<tr><td class="nowrap" title="{{ fb.created|datetime }}">{{ fb.created|ago }}</td><td><b>{{ fb.name or 'Anonymous' }}</b>{% if fb.email %}<div class="mono" style="font-size:12px">{{ fb.email }}</div>{% endif %}</td>
+<td><div class="message">{{ fb.message }}</div>{% if fb.url %}<div class="muted mono" style="font-size:12px;word-break:break-all">{{ fb.url }}</div>{% endif %}</td>
+<td>{% if fb.issue_id %}<a href="/issues/{{ fb.issue_id }}/#feedback">{{ fb.short }}</a> <span class="muted">{{ fb.title }}</span>{% elif fb.event_id %}<span class="muted">event {{ fb.event_id[:12] }} not received (yet)</span>{% else %}<span class="muted">—</span>{% endif %}</td></tr>{% endfor %}
+</tbody></table>{% else %}<div class="empty">No feedback yet.</div>{% endif %}</div>{% endblock %}""",
 
     "error.html": """{% extends "base.html" %}{% block title %}{{ status }}{% endblock %}{% block main %}
 <div class="card empty"><h1>{{ status }}</h1><p>{{ message }}</p><p><a href="/issues/">Back to issues</a></p></div>{% endblock %}""",
@@ -7224,6 +8282,8 @@ async def page_login_link(request: Request) -> Response:
     """A one-time login link (printed by `tracker demo` and `tracker user link`)."""
     code = request.path_params["code"]
     token = await request.app.state.writer.submit(lambda conn: redeem_login_link(conn, code))
+    if token is None and await identify(request):  # opened again by someone already signed in
+        return RedirectResponse("/issues/", status_code=303)
     if token is None:
         return render(request, "login.html", status=403, next="/issues/", user_name="",
                       error="This login link has expired or was used already.")
@@ -7599,8 +8659,10 @@ async def page_issue(request: Request) -> Response:
                                "tag_summary": await issue_tag_summary(store, issue["id"]), "ev": None,
                                "histograms": histograms, "status_words": status_words(issue), "activity": activity,
                                "releases": await project_releases(store, issue["project_id"]),
-                               "ignore_choices": IGNORE_CHOICES, "lifetime": issue_lifetime(issue, log_rows)}
+                               "ignore_choices": IGNORE_CHOICES, "lifetime": issue_lifetime(issue, log_rows),
+                               **await issue_feedback(store, issue)}
     if row is not None:
+        context["attachments"] = await event_attachments(store, issue["project_id"], [row["event_id"]])
         ev = decompress_payload(row["payload"])
         exceptions = list(reversed(ev.get("exception", {}).get("values", [])))  # thrown one first
         frames = primary_frames(ev)
@@ -7715,11 +8777,12 @@ async def page_scrubbing(request: Request) -> Response:
     shown above the form, which keeps what was sent)."""
     project = await project_of_page(request)
     policy = await project_scrub_policy(request, project["id"])
-    response, form, error = None, {}, ""
+    outcome: FormOutcome = (None, {}, "")
     if request.method == "POST":
-        response, form, error = await form_post(
+        outcome = await form_post(
             request, lambda form: save_scrub_option(request, project["id"], changed_scrub_option(policy, scrub_form(form))),
             f"/projects/{project['slug']}/scrubbing/?saved=1", (ScrubError,), 64 * KIB)
+    response, form, error = outcome
     if response:
         return response
     return render(request, "scrubbing.html", status=400 if error else 200, project=project, error=error,
@@ -7915,6 +8978,62 @@ async def page_event_json(request: Request) -> Response:
                     media_type="application/json")
 
 
+async def issue_feedback(store: Store, issue: sqlite3.Row) -> dict[str, Any]:
+    """The issue page's user feedback: the newest 100, each with its screenshots, and the total."""
+    rows = await store.all("SELECT * FROM feedback WHERE issue_id = ? ORDER BY created DESC, id DESC LIMIT 100",
+                           (issue["id"],))
+    total = (await store.one("SELECT count(*) FROM feedback WHERE issue_id = ?", (issue["id"],)))[0] if rows else 0
+    shots = await event_attachments(store, issue["project_id"], [r["feedback_event_id"] for r in rows
+                                                                 if r["feedback_event_id"]])
+    return {"feedback_total": total, "feedback": [
+        {**dict(r), "attachments": [a for a in shots if a["event_id"] == r["feedback_event_id"]]} for r in rows]}
+
+
+async def attachment_of_page(request: Request) -> sqlite3.Row:
+    """The attachment a dashboard URL names: of an event of the issue, or of a feedback on it."""
+    issue_id, event_id = path_issue_id(request), normalize_id(request.path_params["event_id"])
+    raw = request.path_params["attachment_id"]
+    row = None
+    if issue_id is not None and event_id and raw.isascii() and raw.isdigit() and len(raw) < 19:
+        row = await request.app.state.store.one(
+            """SELECT a.* FROM attachments a JOIN issues i ON i.project_id = a.project_id
+               WHERE a.id = ? AND a.event_id = ? AND i.id = ? AND (
+                   EXISTS (SELECT 1 FROM events e WHERE e.issue_id = i.id AND e.event_id = a.event_id)
+                   OR EXISTS (SELECT 1 FROM feedback f WHERE f.issue_id = i.id AND f.feedback_event_id = a.event_id))""",
+            (int(raw), event_id, issue_id))
+    if row is None:
+        raise PageNotFound("No such attachment.")
+    return row
+
+
+async def page_attachment(request: Request) -> Response:
+    """/issues/<id>/events/<event_id>/attachments/<attachment_id>/: the file, as a download."""
+    return attachment_response(await attachment_of_page(request))
+
+
+async def page_attachment_view(request: Request) -> Response:
+    """…/attachments/<attachment_id>/view/: a text attachment on a page, escaped, in a <pre>."""
+    row = await attachment_of_page(request)
+    issue = await get_issue(request.app.state.store, path_issue_id(request) or 0)
+    if not text_viewable(row):
+        return render(request, "error.html", status=415, message="This attachment is not text a page can show; "
+                                                                  "download it instead.")
+    is_event = await issue_event(request.app.state.store, issue["id"], row["event_id"])
+    return render(request, "attachment.html", issue=issue, short=short_id(issue["project_slug"], issue["short_id"]),
+                  a={**dict(row), "size_text": human_size(row["size"])}, is_event=is_event is not None,
+                  content=attachment_data(row).decode("utf-8"))
+
+
+async def page_project_feedback(request: Request) -> Response:
+    """/projects/<slug>/feedback/: all of a project's user feedback, with the issue each is about."""
+    project = await project_of_page(request)
+    rows = await request.app.state.store.all(
+        """SELECT f.*, i.short_id, i.title FROM feedback f LEFT JOIN issues i ON i.id = f.issue_id
+           WHERE f.project_id = ? ORDER BY f.created DESC, f.id DESC LIMIT 200""", (project["id"],))
+    return render(request, "feedback.html", project=project, feedback=[
+        {**dict(r), "short": short_id(project["slug"], r["short_id"]) if r["short_id"] else None} for r in rows])
+
+
 async def page_releases(request: Request) -> Response:
     store: Store = request.app.state.store
     projects = await store.all("SELECT * FROM projects ORDER BY name")
@@ -8093,6 +9212,36 @@ async def page_slo(request: Request) -> Response:
                   error=error, form=last_values(form), metrics=SLO_METRICS)
 
 
+MONITOR_LABELS = {"new": "waiting", "in_progress": "in progress", "ok": "ok", "error": "error", "missed": "missed",
+                  "timeout": "timeout"}
+
+
+async def page_monitors(request: Request) -> Response:
+    """Every monitor: its schedule, status, last and next check-in, its last 30 check-ins and its issue."""
+    store: Store = request.app.state.store
+    selected = request.query_params.get("project", "")
+    rows = await store.all(
+        """SELECT m.*, p.slug AS project_slug, p.name AS project_name, i.status AS issue_status, i.short_id AS issue_number
+           FROM monitors m JOIN projects p ON p.id = m.project_id LEFT JOIN issues i ON i.id = m.issue_id
+           WHERE ? IN ('', p.slug) ORDER BY p.name, m.slug""", (selected,))
+    monitors = []
+    for m in rows:
+        ticks = await store.all("SELECT status, duration, environment, date_created FROM check_ins WHERE monitor_id = ? "
+                                "ORDER BY date_created DESC, id DESC LIMIT 30", (m["id"],))
+        due, zone = m["next_expected"], monitor_zone(m["timezone"])
+        monitors.append({**dict(m), "ticks": ticks[::-1], "words": schedule_words(m["schedule_type"], m["schedule"]),
+                         "label": MONITOR_LABELS.get(m["status"], m["status"]),
+                         "due": "—" if due is None else f"in {duration_words(due - time.time())}" if due > time.time()
+                         else f"{duration_words(time.time() - due)} overdue",
+                         "due_local": dt.datetime.fromtimestamp(due, zone).strftime("%a %H:%M %Z") if due else "",
+                         "issue": short_id(m["project_slug"], m["issue_number"])
+                         if m["issue_number"] and m["issue_status"] != "resolved" else None})
+    failing = sum(1 for m in monitors if m["status"] in FAILURES)
+    projects = await store.all("SELECT slug, name FROM projects ORDER BY name")
+    return render(request, "monitors.html", monitors=monitors, failing=failing, projects=projects, selected=selected,
+                  labels=MONITOR_LABELS)
+
+
 async def page_projects(request: Request) -> Response:
     store: Store = request.app.state.store
     settings: Settings = request.app.state.settings
@@ -8130,9 +9279,17 @@ async def page_envelope(request: Request) -> Response:
     items = [{"kind": kind, "size": size, "outcome": outcome, "header": None, "body": None}
              for kind, size, outcome in outcomes]
     for item, (item_header, payload) in zip(items, logged_items(row["body"])):
-        item.update(header=item_header, body=item_preview(payload))
+        item.update(header=item_header, body=item_preview(payload), event=await stored_event_of(request, payload))
     return render(request, "envelope.html", project=project, envelope=row, header=json.loads(row["header"]),
                   items=items, body_kept=row["body"] is not None)
+
+
+async def stored_event_of(request: Request, payload: bytes) -> sqlite3.Row | None:
+    """The stored event a logged item points to (the log of a project that scrubs keeps no event body)."""
+    if not payload.startswith(b'{"stored_as_event"'):
+        return None
+    event_id = json.loads(payload)["stored_as_event"]
+    return await request.app.state.store.one("SELECT issue_id, event_id FROM events WHERE event_id = ?", (event_id,))
 
 
 def logged_items(body: bytes | None) -> list[tuple[dict[str, Any], bytes]]:
@@ -8230,6 +9387,9 @@ def ingest_routes() -> list[Route]:
     for kind in ("envelope", "store"):
         for suffix in ("/", ""):
             routes.append(Route(f"/api/{{project_id}}/{kind}{suffix}", ingest, methods=["POST", "OPTIONS"]))
+    for path in ("/api/{project_id}/cron/{monitor_slug}/{sentry_key}", "/api/{project_id}/cron/{monitor_slug}"):
+        for suffix in ("/", ""):
+            routes.append(Route(path + suffix, cron_endpoint, methods=["GET", "POST", "OPTIONS"]))
     return routes
 
 
@@ -8265,6 +9425,12 @@ def api_routes() -> list[Route]:
         ("/api/0/organizations/{org}/sessions/", api_sessions),
         ("/api/0/organizations/{org}/events-stats/", api_events_stats),
         ("/api/0/projects/{org}/{project}/slo/", api_slo),
+        ("/api/0/organizations/{org}/monitors/", api_monitors),
+        ("/api/0/organizations/{org}/monitors/{monitor_slug}/", api_monitor),
+        ("/api/0/organizations/{org}/monitors/{monitor_slug}/checkins/", api_monitor_checkins),
+        ("/api/0/projects/{org}/{project}/events/{event_id}/attachments/", api_event_attachments),
+        ("/api/0/projects/{org}/{project}/events/{event_id}/attachments/{attachment_id}/", api_event_attachment),
+        ("/api/0/projects/{org}/{project}/user-feedback/", api_user_feedback),
     ]
     updates = [("/api/0/projects/{org}/{project}/issues/", api_update_project_issues),
                ("/api/0/issues/{issue_id}/", api_update_issue),
@@ -8286,7 +9452,8 @@ def api_routes() -> list[Route]:
                ("/api/0/organizations/{org}/channels/{channel_id}/test/", api_test_channel),
                ("/api/0/organizations/{org}/deliveries/{delivery_id}/retry/", api_retry_delivery),
                ("/api/0/projects/{org}/{project}/rules/", api_create_rule),
-               ("/api/0/projects/{org}/{project}/keys/", api_create_key), ("/api/0/api-tokens/", api_create_token)]
+               ("/api/0/projects/{org}/{project}/keys/", api_create_key), ("/api/0/api-tokens/", api_create_token),
+               ("/api/0/projects/{org}/{project}/user-feedback/", api_create_user_feedback)]
     return ([Route(path, api(handler), methods=["GET"]) for path, handler in table]
             + [Route(path, api(handler), methods=["PUT"]) for path, handler in updates]
             + [Route(path, api(handler), methods=["POST"]) for path, handler in creates]
@@ -8326,9 +9493,12 @@ def create_app(settings: Settings) -> Starlette:
         app.state.slo_judge.start()
         app.state.retention = Retention(app)
         app.state.retention.start()
+        app.state.cron_judge = CronJudge(app)
+        app.state.cron_judge.start()
         try:
             yield
         finally:
+            await app.state.cron_judge.close()
             await app.state.retention.close()
             await app.state.slo_judge.close()
             await app.state.drop_flusher.close()
@@ -8349,10 +9519,14 @@ def create_app(settings: Settings) -> Starlette:
         Route("/issues/{issue_id}/events/", page_issue_events),
         Route("/issues/{issue_id}/events/{event_id}/", page_issue),
         Route("/issues/{issue_id}/events/{event_id}/json", page_event_json),
+        Route("/issues/{issue_id}/events/{event_id}/attachments/{attachment_id}/", page_attachment),
+        Route("/issues/{issue_id}/events/{event_id}/attachments/{attachment_id}/view/", page_attachment_view),
+        Route("/projects/{slug}/feedback/", page_project_feedback),
         Route("/releases/", page_releases), Route("/releases/{version:path}/", page_release),
         Route("/alerts/", page_alerts, methods=["GET", "POST"]),
         Route("/projects/{slug}/alerts/", page_project_alerts, methods=["GET", "POST"]),
         Route("/projects/{slug}/slo/", page_slo, methods=["GET", "POST"]),
+        Route("/monitors/", page_monitors),
         Route("/projects/{slug}/overview/", page_overview),
         Route("/static/tracker.css", page_css), Route("/metrics", page_metrics),
         Route("/login", page_login, methods=["GET", "POST"]), Route("/login/{code}", page_login_link),

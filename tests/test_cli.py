@@ -309,7 +309,8 @@ def test_demo_loads_samples_and_serves(tmp_path: Path) -> None:
                 return None
             return r.text if r.status_code == 200 else None
         issues_html = wait_for(page, timeout=30)
-        assert person.get(link[1]).status_code == 403  # used up
+        assert person.get(link[1]).status_code == 303  # used up, but this browser is signed in already
+        assert httpx.get(link[1], timeout=10).status_code == 403  # and no one else gets in with it
         auth = {"Authorization": f"Bearer {token[1]}"}
         projects = httpx.get(f"{url}/api/0/organizations/tracker/projects/", headers=auth, timeout=10).json()
         assert sorted(p["slug"] for p in projects) == sorted(dsns)

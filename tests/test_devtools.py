@@ -25,7 +25,15 @@ def envelope_rows(tracker: TrackerServer, project: Project) -> list[tuple[str, s
     return re.findall(r'href="/projects/[^/]+/envelopes/(\d+)/".*?</td>.*?<td>(.*?)</td></tr>', page.text, re.S)
 
 
+def raw_payloads_logged(tracker: TrackerServer, project: Project) -> None:
+    """Scrubbing off, as a developer testing an SDK may set it: the log keeps payloads as sent."""
+    r = httpx.put(f"{tracker.url}/api/0/projects/tracker/{project.slug}/", json={"dataScrubber": False}, timeout=10,
+                  headers={"Authorization": f"Bearer {tracker.token}"})
+    assert r.status_code == 200, r.text
+
+
 def test_envelope_log_shows_each_item_and_its_outcome(tracker: TrackerServer, project: Project, sdk: Any) -> None:
+    raw_payloads_logged(tracker, project)
     sdk(project.dsn, release="devtools@1.0")
     sentry_sdk.capture_message("looked at in the envelope log", level="error")
     sentry_sdk.flush()
@@ -52,7 +60,22 @@ def test_envelope_log_shows_each_item_and_its_outcome(tracker: TrackerServer, pr
     assert tracker.web.get(f"/projects/{project.slug}/envelopes/999999999/").status_code == 404
 
 
+def test_a_scrubbing_projects_log_keeps_no_payload_that_may_hold_secrets(tracker: TrackerServer, project: Project,
+                                                                           sdk: Any) -> None:
+    sdk(project.dsn)
+    sentry_sdk.set_extra("db_password", "hunter2-very-secret")
+    sentry_sdk.capture_message("with a secret", level="error")
+    sentry_sdk.flush()
+    issue = tracker.wait_issues(project, 1)[0]
+    [(envelope_id, _)] = wait_for(lambda: envelope_rows(tracker, project))
+    detail = tracker.web.get(f"/projects/{project.slug}/envelopes/{envelope_id}/").text
+    assert "hunter2" not in detail and "Stored as" in detail
+    event = tracker.latest_event(issue["id"])
+    assert f'href="/issues/{issue["id"]}/events/{event["eventID"]}/json"' in detail
+
+
 def test_store_endpoint_is_logged_as_one_event_item(tracker: TrackerServer, project: Project) -> None:
+    raw_payloads_logged(tracker, project)
     r = httpx.post(f"{tracker.url}/api/{project.id}/store/", json={"message": "via store"}, timeout=10,
                    headers={"X-Sentry-Auth": f"Sentry sentry_version=7, sentry_key={project.key}, "
                                              "sentry_client=raven-legacy/9.9"})

@@ -305,8 +305,9 @@ PAGES: dict[str, Page] = {
     "settings": Page(lambda h: "/settings/", shows=SHORT),
     "scrubbing": Page(lambda h: f"/projects/{h.project.slug}/scrubbing/", shows=SHORT),
     "envelopes": Page(lambda h: f"/projects/{h.project.slug}/envelopes/", shows=SHORT),
+    # the project scrubs, so its envelope log keeps no event payload: the pages show the name and headers
     **{f"envelope-{n + 1}": Page(lambda h, n=n: f"/projects/{h.project.slug}/envelopes/{h.envelope_ids[n]}/",
-                                 shows=("<img src=x onerror=alert(1)>", JS_URL, SCRIPT)[n]) for n in range(3)},
+                                 shows=SHORT) for n in range(3)},
     "live": Page(lambda h: "/live/", shows="<img src=x onerror=alert(1)>"),
     "account": Page(lambda h: "/account/", shows=None),
     "404-issue": Page(quoted_path("/issues/{}/", HOSTILE), shows=None, status=404),
