@@ -9925,6 +9925,8 @@ def build_parser() -> argparse.ArgumentParser:
     network = argparse.ArgumentParser(add_help=False)
     network.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     network.add_argument("--port", type=int, default=None, help="port to listen on (default 8000)")
+    network.add_argument("--auth-header", default=None, metavar="HEADER",
+                         help="trust this header (set by an SSO proxy) to name who is signed in")
 
     parser = argparse.ArgumentParser(prog="tracker", parents=[common],
                                      description="A self-hosted, Sentry-compatible error tracker.")
@@ -9984,7 +9986,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     args.db = getattr(args, "db", None)
     settings = load_settings(getattr(args, "config", None), db=args.db, url=getattr(args, "url", None),
-                             host=getattr(args, "host", None), port=getattr(args, "port", None))
+                             host=getattr(args, "host", None), port=getattr(args, "port", None),
+                             auth_header=getattr(args, "auth_header", None))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.func(settings, args)
 

@@ -15,8 +15,7 @@ from typing import Any, Iterator
 
 import httpx
 import pytest
-from conftest import (ADMIN_PASSWORD, ROOT, Project, TrackerServer, configured_server, free_port, start_server,
-                      stop_server, wait_for)
+from conftest import ADMIN_PASSWORD, ROOT, Project, TrackerServer, free_port, start_server, stop_server, wait_for
 
 
 def issue_in(tracker: TrackerServer, project: Project) -> dict[str, Any]:
@@ -299,7 +298,11 @@ def test_cookie_is_secure_behind_tls(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerServer]:
-    yield from configured_server(tmp_path_factory, "proxied", '[server]\nauth_header = "X-Forwarded-User"\n')
+    server = start_server(tmp_path_factory.mktemp("proxied") / "tracker.db", "--auth-header", "X-Forwarded-User")
+    try:
+        yield server
+    finally:
+        stop_server(server)
 
 
 def test_trusted_proxy_header_signs_people_in(proxied: TrackerServer) -> None:
