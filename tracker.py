@@ -1327,7 +1327,7 @@ def take_attachment(intake: Intake, item_header: dict[str, Any], payload: bytes)
            "content_type": text(item_header.get("content_type"), 100).strip().lower() or "application/octet-stream",
            "attachment_type": text(item_header.get("attachment_type"), 64) or "event.attachment",
            "size": len(payload), "sha1": hashlib.sha1(payload).hexdigest(), "utf8": int(readable_text(payload)),
-           "data": zstandard.ZstdCompressor(level=3).compress(payload), "created": intake.received}
+           "data": payload, "created": intake.received}  # compressed by the writer thread, off the event loop
     index, loop = len(intake.outcomes), asyncio.get_running_loop()
 
     def store(conn: sqlite3.Connection) -> None:
@@ -1363,7 +1363,7 @@ def store_attachment(conn: sqlite3.Connection, row: dict[str, Any], max_total: i
     conn.execute("""INSERT INTO attachments (project_id, event_id, filename, content_type, attachment_type, size, sha1,
                                              utf8, data, created)
                     VALUES (:project_id, :event_id, :filename, :content_type, :attachment_type, :size, :sha1, :utf8,
-                            :data, :created)""", row)
+                            :data, :created)""", {**row, "data": zstandard.ZstdCompressor(level=3).compress(row["data"])})
     return "stored"
 
 
