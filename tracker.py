@@ -7667,7 +7667,7 @@ TEMPLATES = {
     <tr><td>platform</td><td>{{ ev.platform }}</td></tr>
     <tr><td>received</td><td>{{ ev.received|datetime }}</td></tr>
   </table>
-  {% set scrubbed = ev|scrubbed %}{% if scrubbed %}<p class="muted scrubbed" style="font-size:12.5px">{{ scrubbed|length }} value{{ 's' if scrubbed|length != 1 }} filtered by the server's <a href="/projects/{{ issue.project_slug }}/scrubbing/">data scrubbing</a>: <span class="mono">{{ scrubbed[:12]|join(', ') }}{% if scrubbed|length > 12 %}, …{% endif %}</span></p>{% endif %}
+  {% set scrubbed = ev|scrubbed %}{% if scrubbed %}<details class="muted scrubbed" style="font-size:12.5px"><summary>{{ scrubbed|length }} value{{ 's' if scrubbed|length != 1 }} filtered by the server's data scrubbing</summary><span class="mono">{{ scrubbed[:12]|join(', ') }}{% if scrubbed|length > 12 %}, …{% endif %}</span> · <a href="/projects/{{ issue.project_slug }}/scrubbing/">settings</a></details>{% endif %}
   {% if ev.user %}<h3>User</h3><table class="kv">{% for k, v in ev.user.items() %}<tr><td>{{ k }}</td><td>{{ v|pretty }}</td></tr>{% endfor %}</table>{% endif %}
   <h3>Tags</h3><div class="chips">{% for k, v in ev.tags or [] %}{% if k in ('environment', 'release') %}<a href="/issues/?{{ {k: v, 'project': issue.project_slug}|urlencode }}"><b>{{ k }}</b> {{ v }}</a>{% else %}<span><b>{{ k }}</b> {{ v }}</span>{% endif %}{% endfor %}</div>
   {% for name, ctx in (ev.contexts or {}).items() %}<h3>{{ name }}</h3><table class="kv">{% for k, v in ctx.items() if k != 'type' %}<tr><td>{{ k }}</td><td>{{ v|pretty }}</td></tr>{% endfor %}</table>{% endfor %}
