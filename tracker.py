@@ -346,6 +346,9 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     CREATE INDEX feedback_by_event ON feedback (project_id, event_id);
     CREATE INDEX feedback_by_project ON feedback (project_id, created);
     """,
+    # when each release started in a project (RELEASE_START_SQL): its issues' first events, found
+    # by release instead of by walking every issue of the project (62 ms at 10,000 issues)
+    "CREATE INDEX issue_tags_release_start ON issue_tags (value, first_seen) WHERE key = 'release'",
 ]
 
 

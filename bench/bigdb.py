@@ -86,10 +86,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--issues", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--db", type=Path, help="keep the database in this file: build it if it does not exist, "
+                        "else reuse it (migrated by the server on start-up) and only time the pages")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "big.db"
-        build(db, args.events, args.issues)
+        db = args.db or Path(tmp) / "big.db"
+        if db.exists():
+            print(f"reusing {db} (not rebuilt)")
+        else:
+            build(db, args.events, args.issues)
         token = tracker.with_db(tracker.Settings(db=str(db)), lambda c: tracker.create_token(c, "bench"))
         port = free_port()
         began = time.monotonic()
