@@ -20,9 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-import httpx
 
 import bodies as body_builder
 
