@@ -9288,17 +9288,18 @@ async def page_envelope(request: Request) -> Response:
     items = [{"kind": kind, "size": size, "outcome": outcome, "header": None, "body": None}
              for kind, size, outcome in outcomes]
     for item, (item_header, payload) in zip(items, logged_items(row["body"])):
-        item.update(header=item_header, body=item_preview(payload), event=await stored_event_of(request, payload))
+        item.update(header=item_header, body=item_preview(payload), event=await stored_event_of(request, project["id"], payload))
     return render(request, "envelope.html", project=project, envelope=row, header=json.loads(row["header"]),
                   items=items, body_kept=row["body"] is not None)
 
 
-async def stored_event_of(request: Request, payload: bytes) -> sqlite3.Row | None:
+async def stored_event_of(request: Request, project_id: int, payload: bytes) -> sqlite3.Row | None:
     """The stored event a logged item points to (the log of a project that scrubs keeps no event body)."""
     if not payload.startswith(b'{"stored_as_event"'):
         return None
     event_id = json.loads(payload)["stored_as_event"]
-    return await request.app.state.store.one("SELECT issue_id, event_id FROM events WHERE event_id = ?", (event_id,))
+    return await request.app.state.store.one("SELECT issue_id, event_id FROM events WHERE project_id = ? AND "
+                                             "event_id = ?", (project_id, event_id))
 
 
 def logged_items(body: bytes | None) -> list[tuple[dict[str, Any], bytes]]:
