@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
+import os
 import re
+import signal
 import sqlite3
 import threading
 import time
@@ -681,6 +683,88 @@ def test_acknowledged_events_survive_kill_9(tmp_path: Path) -> None:
         assert_ok(r, after)
     finally:
         stop_server(restarted)
+
+
+# -- worker processes that prepare events --------------------------------------------------------
+
+def worker_pids(server: TrackerServer) -> list[int]:
+    """The server's `prepare-worker` children, read from /proc."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == server.process.pid and b"prepare-worker" in cmdline:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def bytes_read(pid: int) -> int:
+    return int(re.search(r"rchar: (\d+)", Path(f"/proc/{pid}/io").read_text())[1])  # type: ignore[index]
+
+
+def send_concurrently(server: TrackerServer, project: Project, events: list[tuple[str, dict[str, Any]]],
+                      during: Any = None) -> list[int]:
+    """POST each (event id, event) from 16 threads; `during()` runs once a third are answered."""
+    answered: list[int] = []
+    with httpx.Client(timeout=30, limits=httpx.Limits(max_connections=16)) as http, ThreadPoolExecutor(16) as pool:
+        def send(event_id: str, event: dict[str, Any]) -> None:
+            r = http.post(f"{server.url}/api/{project.id}/envelope/", content=event_envelope(event, event_id),
+                          headers=auth(project))
+            answered.append(r.status_code)
+        futures = [pool.submit(send, event_id, event) for event_id, event in events]
+        if during:
+            wait_for(lambda: len(answered) >= len(events) // 3, timeout=30, interval=0.002)
+            during()
+        for future in futures:
+            future.result()
+    return answered
+
+
+def test_worker_processes_prepare_events_and_losing_one_loses_nothing(tmp_path: Path) -> None:
+    """With `ingest_workers = 2` the server starts two `prepare-worker` processes and events go
+    through them (they read the payloads). kill -9 one mid-stream: every request is still answered
+    200 and every event is stored, grouped as ever (the dead worker's batches are prepared in the
+    server, the other worker takes the rest), and a new worker takes the dead one's place."""
+    (tmp_path / "t.toml").write_text("[server]\ningest_workers = 2\n")
+    server = start_server(tmp_path / "w.db", "--config", str(tmp_path / "t.toml"))
+    try:
+        project = server.create_project("workers")
+        pids = wait_for(lambda: len(worker_pids(server)) == 2 and worker_pids(server))
+        before = {pid: bytes_read(pid) for pid in pids}
+        events = [(uuid.uuid4().hex, {"message": f"worker {n}", "exception": {"values": [
+            {"type": "KeyError" if n % 2 else "ValueError", "value": f"v{n}",
+             "stacktrace": {"frames": [{"function": "charge", "module": "shop.pay", "lineno": 3 + n % 2}]}}]}})
+                  for n in range(300)]
+        warm = send_concurrently(server, project, events[:60])
+        assert sum(bytes_read(pid) - before[pid] for pid in pids) > 60 * 200, "the workers read no events"
+        answers = send_concurrently(server, project, events[60:], during=lambda: os.kill(pids[0], signal.SIGKILL))
+        assert warm + answers == [200] * 300
+        replaced = wait_for(lambda: len(worker_pids(server)) == 2 and worker_pids(server))  # a new one replaces it
+        assert pids[1] in replaced and pids[0] not in replaced
+        with sqlite3.connect(server.db) as conn:
+            stored = {row[0] for row in conn.execute("SELECT event_id FROM events")}
+            groups = conn.execute("SELECT count(*) FROM issues WHERE project_id = ?", (project.id,)).fetchone()[0]
+        assert stored == {event_id for event_id, _ in events}
+        assert groups == 2  # KeyError and ValueError, whichever process prepared them
+    finally:
+        stop_server(server)
+    assert not [pid for pid in replaced if Path(f"/proc/{pid}").exists() and b"prepare-worker" in
+                Path(f"/proc/{pid}/cmdline").read_bytes()], "a worker outlived its server"
+
+
+def test_no_worker_processes_when_set_to_zero(tmp_path: Path) -> None:
+    (tmp_path / "t.toml").write_text("[server]\ningest_workers = 0\n")
+    server = start_server(tmp_path / "z.db", "--config", str(tmp_path / "t.toml"))
+    try:
+        project = server.create_project("inline")
+        event_id = uuid.uuid4().hex
+        assert_ok(post(server, project.id, event_envelope({"message": "inline"}, event_id), auth(project)), event_id)
+        assert worker_pids(server) == []
+    finally:
+        stop_server(server)
 
 
 # -- payload storage: zstd, and a dictionary trained on the database's own events -------------
