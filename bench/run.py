@@ -3,7 +3,7 @@
 For each body size it starts the server on a free port, loads it with wrk (2 threads, a fixed
 number of connections, a fixed time) from a separate process, and reports accepted/s, stored/s
 (events committed and grouped, counted in the database once all answers are in), p50/p99,
-peak RSS and database bytes per event; then the ratio stored/s ÷ ceiling/s, which is the figure
+peak memory (the server and its event workers) and database bytes per event; then the ratio stored/s ÷ ceiling/s, which is the figure
 (machines are noisy). `--big` also builds a database of 1,000,000 events in 10,000 issues and times
 the pages and API queries on it (bench/bigdb.py). Needs `wrk` (Debian package) and the test extras.
 """
@@ -67,17 +67,38 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def wrk(port: int, body_file: Path, encoding: str, seconds: int, connections: int) -> dict[str, float]:
+def pss_mb(pid: int) -> float:
+    """Proportional set size: the process's private memory plus its share of pages it shares (the
+    interpreter and libraries, with its event workers), so a sum over processes counts each page once."""
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0.0
+    return int(re.search(r"Pss:\s+(\d+)", rollup)[1]) / 1024  # type: ignore[index]
+
+
+def wrk(port: int, body_file: Path, encoding: str, seconds: int, connections: int,
+        server: int | None = None) -> dict[str, float]:
+    """wrk's figures; with `server`, also the peak memory of it and its workers (PSS summed, sampled
+    every 0.2 s while wrk runs)."""
     env = {**os.environ, "BODIES": str(body_file), "TARGET_PATH": "/api/1/envelope/", "ENCODING": encoding}
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
-                          str(HERE / "bodies.lua"), f"http://127.0.0.1:{port}"],
-                         capture_output=True, text=True, env=env, check=True).stdout
+    load = subprocess.Popen(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
+                             str(HERE / "bodies.lua"), f"http://127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    memory = 0.0
+    while load.poll() is None:
+        if server:
+            memory = max(memory, sum(pss_mb(pid) for pid in (server, *children(server))))
+        time.sleep(0.2)
+    out = load.communicate()[0]
+    if load.returncode:
+        raise SystemExit(f"wrk failed ({load.returncode})")
     def latency(label: str) -> float:
         value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
         return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
     requests = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
+    return {"memory": memory, "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
             "requests": requests, "non2xx": int(errors[1]) if errors else 0,
             "p50": latency("50%"), "p99": latency("99%")}
 
@@ -104,15 +125,13 @@ def run_tracker(body_file: Path, encoding: str, seconds: int, connections: int =
         process = start([sys.executable, "-c", "import tracker; tracker.main()", "--db", str(db), "--config",
                          str(config), "serve", "--port", str(port)], port, ROOT)
         try:
-            result = wrk(port, body_file, encoding, seconds, connections)
+            result = wrk(port, body_file, encoding, seconds, connections, process.pid)
             with sqlite3.connect(db) as conn:  # every answer came after its commit: all are in
                 stored = conn.execute("SELECT count(*) FROM events").fetchone()[0]
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             size = db.stat().st_size
-            workers = [peak_rss_mb(pid) for pid in children(process.pid)]
-            return {**result, "stored": stored, "stored_rps": stored / seconds, "server_rss": peak_rss_mb(process.pid),
-                    "workers": len(workers), "rss": peak_rss_mb(process.pid) + sum(workers),
-                    "bytes_per_event": size / max(stored, 1)}
+            return {**result, "stored": stored, "stored_rps": stored / seconds, "rss": peak_rss_mb(process.pid),
+                    "workers": len(children(process.pid)), "bytes_per_event": size / max(stored, 1)}
         finally:
             process.terminate()
             process.wait(10)
@@ -142,8 +161,8 @@ def main() -> None:
         print(f"  ceiling  {ceiling['rps']:8.0f} req/s   p50 {ceiling['p50']:6.1f} ms  p99 {ceiling['p99']:6.1f} ms")
         print(f"  tracker  {tracker['rps']:8.0f} req/s accepted, {tracker['stored_rps']:.0f} stored/s "
               f"({tracker['stored']} events, {tracker['non2xx']} non-2xx)   p50 {tracker['p50']:6.1f} ms  "
-              f"p99 {tracker['p99']:6.1f} ms   peak RSS {tracker['rss']:.0f} MB (server {tracker['server_rss']:.0f} MB "
-              f"+ {tracker['workers']} event worker{'s' * (tracker['workers'] != 1)})   "
+              f"p99 {tracker['p99']:6.1f} ms   peak memory {tracker['memory']:.0f} MB (PSS of the server and its "
+              f"{tracker['workers']} event workers; the server's peak RSS {tracker['rss']:.0f} MB)   "
               f"{tracker['bytes_per_event']:.0f} bytes/event on disk")
         print(f"  ratio    stored/s ÷ ceiling/s = {tracker['stored_rps'] / ceiling['rps']:.2f}")
         if not big:
