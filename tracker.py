@@ -1198,7 +1198,7 @@ async def accept_envelope(request: Request, project_id: int, header: dict[str, A
     logged = data if not scrub_policy(intake.options.get("scrub")).enabled else scrubbed_log_body(intake, items)
     intake.jobs.append(lambda conn: log_envelope(conn, intake, logged, len(data)))
     writer: Writer = request.app.state.writer
-    await asyncio.gather(*(writer.submit(job) for job in intake.jobs))
+    await writer.submit(lambda conn: [job(conn) for job in intake.jobs])  # one job: an envelope is stored whole
     if PAYLOADS.wants_training():
         PAYLOADS.training = True
         task = asyncio.create_task(train_payload_dictionary(request.app.state.settings.db, writer))
@@ -2146,7 +2146,7 @@ def scrub_policy(option: Any) -> ScrubPolicy:
 
 def scrub_option_text(option: Any) -> str:
     """The `scrub` option as the text its parsed policy is cached under (and sent to a worker as)."""
-    return json.dumps(option if isinstance(option, dict) else {}, sort_keys=True)
+    return json.dumps(option, sort_keys=True) if isinstance(option, dict) else "{}"
 
 
 @functools.lru_cache(maxsize=128)
@@ -3144,6 +3144,10 @@ def run_prepare_worker(db: str) -> None:
     """A worker's loop: batches of PrepareJob in on stdin, a PreparedEvent or the exception for each
     out on stdout, until stdin closes (the server stopped, or died)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which then closes our stdin
+    with contextlib.suppress(ImportError, AttributeError, OSError):  # Linux: a batch fits in one pipe write
+        import fcntl
+        for fd in (0, 1):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, MIB)
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print cannot corrupt the frames
     conn = read_only(db)
@@ -3284,13 +3288,15 @@ class Preparers:
         return await future
 
     def send(self) -> None:
-        """The jobs of this loop turn, to the worker with the fewest batches waiting."""
+        """The jobs of this loop turn, shared out among the workers (an equal part each, so they
+        work on it side by side), those with the fewest batches waiting first."""
         batch, self.batch = self.batch, []
-        alive = [worker for worker in self.workers if worker.alive]
-        if alive:
-            min(alive, key=lambda worker: len(worker.waiting)).send(batch)
-        else:
-            settle_here(batch)
+        alive = sorted((worker for worker in self.workers if worker.alive), key=lambda worker: len(worker.waiting))
+        if not alive:
+            return settle_here(batch)
+        parts = min(len(alive), len(batch))
+        for index, worker in enumerate(alive[:parts]):
+            worker.send(batch[index::parts])
 
     async def close(self) -> None:
         self.closing = True
