@@ -354,6 +354,13 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     # when each release started in a project (RELEASE_START_SQL): its issues' first events, found
     # by release instead of by walking every issue of the project (62 ms at 10,000 issues)
     "CREATE INDEX issue_tags_release_start ON issue_tags (value, first_seen) WHERE key = 'release'",
+    # the project overview counts a period's events by level, issue, environment and release: with
+    # those columns in the (project, time) index it reads the index alone, not a table row per event
+    """
+    CREATE INDEX events_by_project_time_covering ON events
+        (project_id, timestamp, level, environment, release, issue_id);
+    DROP INDEX events_by_project_time;
+    """,
 ]
 
 
