@@ -2096,7 +2096,9 @@ class ScrubPolicy:
         """Whether a part of an event may hold anything to filter, judged on its JSON at C's speed:
         a secret key or a secret-looking number shows in the serialised text too. Most parts of
         most events show neither, and their walk is skipped."""
-        raw = json_dumps(value)
+        return self.json_may_hold_secret(json_dumps(value))
+
+    def json_may_hold_secret(self, raw: bytes) -> bool:
         return self.may_name_secret(raw) or (self.defaults and may_hold_number(raw))
 
     def may_name_secret(self, raw: bytes) -> bool:
@@ -2338,16 +2340,21 @@ def scrub_event(ev: dict[str, Any], policy: ScrubPolicy) -> int:
     """Filter the secrets out of a normalised event in place, before it is grouped, shown or stored
     (one walk); each filtered value is noted in `_meta`. Returns how many values were filtered."""
     scrubber = Scrubber(policy, ev["_meta"] if isinstance(ev.get("_meta"), dict) else {})
-    if policy.enabled and policy.may_hold_secret({k: v for k, v in ev.items() if k not in UNSCRUBBED_FIELDS}):
+    # A small event is checked whole (most have nothing to filter); a large one, or one that may hold
+    # a secret, part by part and its trail crumb by crumb, so that a large text is scanned once.
+    raw = json_dumps({k: v for k, v in ev.items() if k not in UNSCRUBBED_FIELDS}) if policy.enabled else b""
+    if policy.enabled and (len(raw) > 16 * KIB or policy.json_may_hold_secret(raw)):
         for key, value in ev.items():
-            if key in UNSCRUBBED_FIELDS or (isinstance(value, (dict, list)) and not policy.may_hold_secret(value)):
+            if key in UNSCRUBBED_FIELDS:
                 continue
-            if key == "request" and isinstance(value, dict):
+            if key == "breadcrumbs" and isinstance(value, dict) and isinstance(value.get("values"), list):
+                scrubber.section(ev, key, scrubber.crumbs)
+            elif isinstance(value, (dict, list)) and not policy.may_hold_secret(value):
+                continue
+            elif key == "request" and isinstance(value, dict):
                 scrubber.section(ev, key, scrubber.request)
             elif key == "tags" and isinstance(value, list):
                 scrubber.section(ev, key, scrubber.pairs)
-            elif key == "breadcrumbs" and isinstance(value, dict) and isinstance(value.get("values"), list):
-                scrubber.section(ev, key, scrubber.crumbs)
             else:
                 scrubber.entry(ev, key, key, value)
     if policy.scrub_ip:
