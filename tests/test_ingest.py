@@ -660,6 +660,7 @@ def test_acknowledged_events_survive_kill_9(tmp_path: Path) -> None:
         with ThreadPoolExecutor(24) as pool:
             futures = [pool.submit(send, n) for n in range(200)]
             wait_for(lambda: len(acked) >= 80, timeout=30, interval=0.005)
+            workers = worker_pids(server)
             server.process.kill()
             server.process.wait(10)
             for future in futures:
@@ -671,6 +672,7 @@ def test_acknowledged_events_survive_kill_9(tmp_path: Path) -> None:
     with lock:
         acknowledged = set(acked)
     assert len(acknowledged) >= 80
+    wait_for(lambda: not [pid for pid in workers if is_worker(pid)])  # its workers end with it (their stdin closes)
 
     restarted = start_server(db)
     try:
@@ -699,6 +701,13 @@ def worker_pids(server: TrackerServer) -> list[int]:
         if int(fields[1]) == server.process.pid and b"prepare-worker" in cmdline:
             pids.append(int(stat.parent.name))
     return pids
+
+
+def is_worker(pid: int) -> bool:
+    try:
+        return b"prepare-worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def bytes_read(pid: int) -> int:
@@ -751,8 +760,7 @@ def test_worker_processes_prepare_events_and_losing_one_loses_nothing(tmp_path: 
         assert groups == 2  # KeyError and ValueError, whichever process prepared them
     finally:
         stop_server(server)
-    assert not [pid for pid in replaced if Path(f"/proc/{pid}").exists() and b"prepare-worker" in
-                Path(f"/proc/{pid}/cmdline").read_bytes()], "a worker outlived its server"
+    assert not [pid for pid in replaced if is_worker(pid)], "a worker outlived its server"
 
 
 def test_no_worker_processes_when_set_to_zero(tmp_path: Path) -> None:
