@@ -8847,11 +8847,13 @@ async def page_overview(request: Request) -> Response:
                               WHERE project_id = ? AND timestamp >= ? GROUP BY issue_id ORDER BY n DESC LIMIT 10) e
                               JOIN issues i ON i.id = e.issue_id JOIN projects p ON p.id = i.project_id
                               ORDER BY e.n DESC""", (project["id"], start))
+    # a tag seen in the period belongs to an issue seen in it: the issues seen lead (issues_by_project)
     top_users = await store.all(f"""SELECT {ISSUE_COLUMNS}, u.n AS period_users FROM (SELECT t.issue_id, count(*) AS n
                                     FROM issue_tags t JOIN issues x ON x.id = t.issue_id WHERE x.project_id = ?
-                                    AND t.key = 'user' AND t.last_seen >= ? GROUP BY t.issue_id ORDER BY n DESC LIMIT 10) u
+                                    AND x.last_seen >= ? AND t.key = 'user' AND t.last_seen >= ?
+                                    GROUP BY t.issue_id ORDER BY n DESC LIMIT 10) u
                                     JOIN issues i ON i.id = u.issue_id JOIN projects p ON p.id = i.project_id
-                                    ORDER BY u.n DESC""", (project["id"], start))
+                                    ORDER BY u.n DESC""", (project["id"], start, start))
     breakdown = {column: await store.all(f"SELECT {column} AS value, count(*) AS n FROM events WHERE project_id = ? "
                                          f"AND timestamp >= ? GROUP BY {column} ORDER BY n DESC LIMIT 8",
                                          (project["id"], start)) for column in ("environment", "release")}
