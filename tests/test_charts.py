@@ -73,6 +73,26 @@ def test_overview_charts_sparklines_and_lifetime(tracker: TrackerServer, project
     view.close()
 
 
+def test_overview_ranks_issues_by_users_affected(tracker: TrackerServer, project: Project) -> None:
+    """"Top issues by users": distinct users per issue in the period, most first."""
+    sentry_sdk.init(dsn=project.dsn, release=f"{project.slug}@1.0")
+    try:
+        for message, users in (("search timed out", ["ana", "bo", "cy", "ana"]), ("avatar missing", ["dee"] * 3)):
+            for user in users:
+                with sentry_sdk.new_scope() as scope:
+                    scope.set_user({"id": user})
+                    sentry_sdk.capture_message(message, level="error")
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.get_client().close()
+        sentry_sdk.init()
+    issues = {i["title"]: i["id"] for i in tracker.wait_issues(project, 7)}
+    page = tracker.web.get(f"/projects/{project.slug}/overview/", params={"period": "24h"}, timeout=10).text
+    card = page.split("Top issues by users", 1)[1].split("</div></div>", 1)[0]
+    assert re.findall(r'<span class="num">(\d+)</span> <a href="/issues/(\d+)/"', card) == [
+        ("3", issues["search timed out"]), ("1", issues["avatar missing"])]
+
+
 def test_chart_labels_are_escaped(tracker: TrackerServer, project: Project) -> None:
     """Event data reaches chart titles and breakdowns: it must stay text."""
     sentry_sdk.init(dsn=project.dsn, release='<img src=x onerror=alert(1)>', environment='"><svg onload=alert(1)>')
