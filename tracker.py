@@ -1203,7 +1203,7 @@ async def accept_envelope(request: Request, project_id: int, header: dict[str, A
         intake.outcomes.append([kind, len(payload), await outcome if inspect.isawaitable(outcome) else outcome])
     if intake.health:
         intake.jobs.append(lambda conn: store_health(conn, project_id, intake.health))
-    logged = data if not scrub_policy(intake.options.get("scrub")).enabled else scrubbed_log_body(intake, items)
+    logged = data if not intake.scrub.enabled else scrubbed_log_body(intake, items)
     intake.jobs.append(lambda conn: log_envelope(conn, intake, logged, len(data)))
     writer: Writer = request.app.state.writer
     await writer.submit(lambda conn: [job(conn) for job in intake.jobs])  # one job: an envelope is stored whole
@@ -1232,6 +1232,15 @@ class Intake:
     jobs: list[Job] = dataclasses.field(default_factory=list)
     outcomes: list[list[Any]] = dataclasses.field(default_factory=list)
 
+    @functools.cached_property
+    def scrub_text(self) -> str:
+        """The project's `scrub` option as text (scrub_option_text): worked out once per envelope."""
+        return scrub_option_text(self.options.get("scrub"))
+
+    @property
+    def scrub(self) -> ScrubPolicy:
+        return parsed_scrub_policy(self.scrub_text)
+
     def answer(self) -> Response:
         """Sentry's answer: the first event's id; when events were rate limited, a 429 if they
         were all the envelope held, else a 200 that says so in X-Sentry-Rate-Limits."""
@@ -1257,7 +1266,7 @@ async def take_event(intake: Intake, item_header: dict[str, Any], payload: bytes
     ev = await intake.request.app.state.preparers.prepare(PrepareJob(
         payload, intake.project_id, None if intake.events else normalize_id(intake.header.get("event_id")),
         intake.received, client_ip(intake.request), intake.rules.stacktrace_text, intake.rules.fingerprint_text,
-        scrub_option_text(intake.options.get("scrub")), PAYLOADS.current))
+        intake.scrub_text, PAYLOADS.current))
     intake.events.append(ev)
     index = len(intake.outcomes)
 
@@ -1504,7 +1513,7 @@ def queue_feedback(intake: Intake, feedback: Feedback) -> str:
     problem = feedback_problem(feedback)
     if problem:
         return f"dropped: {problem}"
-    feedback.scrub(scrub_policy(intake.options.get("scrub")))
+    feedback.scrub(intake.scrub)
     index = len(intake.outcomes)
 
     def store(conn: sqlite3.Connection) -> None:
@@ -3196,8 +3205,11 @@ class PrepareWorker:
 
     def send(self, batch: list[tuple[PrepareJob, asyncio.Future[PreparedEvent]]]) -> None:
         assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(frame(marshal.dumps([fields_of(job) for job, _ in batch])))
+        except (RuntimeError, ConnectionError):  # it died, its pipe is closed, read_answers is yet to see it
+            return settle_here(batch)
         self.waiting.append(batch)
-        self.process.stdin.write(frame(marshal.dumps([fields_of(job) for job, _ in batch])))
 
     async def read_answers(self) -> None:
         assert self.process.stdout is not None
