@@ -361,6 +361,8 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
         (project_id, timestamp, level, environment, release, issue_id);
     DROP INDEX events_by_project_time;
     """,
+    # a disabled person keeps their name (assignments, history) but cannot sign in by any way
+    "ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0",
 ]
 
 
@@ -755,17 +757,22 @@ def hash_password(password: str) -> str:
     return f"scrypt$16384$8$1${salt.hex()}${digest.hex()}"
 
 
+# Checked when there is no stored hash (an unknown name, a link-only person) so that a wrong sign-in
+# costs the same scrypt work either way: unknown names answered in ~1 ms against ~50 ms, naming real ones
+NO_PASSWORD = f"scrypt$16384$8$1${'00' * 16}${'00' * 32}"
+
+
 def password_matches(password: str, stored: str | None) -> bool:
     """Constant-time check against `hash_password`'s string (no stored hash never matches)."""
     try:
-        kind, n, r, p, salt, digest = (stored or "").split("$")
+        kind, n, r, p, salt, digest = (stored or NO_PASSWORD).split("$")
         if kind != "scrypt":
             return False
         again = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p),
                                dklen=len(digest) // 2)
     except ValueError:
         return False
-    return hmac.compare_digest(again.hex(), digest)
+    return hmac.compare_digest(again.hex(), digest) and bool(stored)
 
 
 def check_user_fields(name: str, role: str, password: str | None) -> None:
@@ -786,14 +793,52 @@ def create_user(conn: sqlite3.Connection, name: str, role: str = "member", passw
                             (name, hash_password(password) if password else None, role, time.time())).lastrowid or 0)
 
 
-def set_password(conn: sqlite3.Connection, name: str, password: str) -> None:
-    """A new password ends every browser session of that user."""
-    check_user_fields(name, "member", password)
-    user = conn.execute("SELECT id FROM users WHERE name = ?", (name,)).fetchone()
+def user_named(conn: sqlite3.Connection, name: str) -> sqlite3.Row:
+    user = conn.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
     if user is None:
         raise ValueError(f"no user {name!r}")
+    return user
+
+
+def end_access(conn: sqlite3.Connection, user_id: int, tokens: bool = False) -> None:
+    """Sign a person out everywhere: browser sessions, unused login links and, with `tokens`, the API
+    tokens they made (as Sentry's user auth tokens go with their user)."""
+    conn.execute("DELETE FROM web_sessions WHERE user_id = ?", (user_id,))
+    conn.execute("DELETE FROM login_links WHERE user_id = ?", (user_id,))
+    if tokens:
+        conn.execute("DELETE FROM api_tokens WHERE user_id = ?", (user_id,))
+
+
+def set_password(conn: sqlite3.Connection, name: str, password: str) -> None:
+    """A new password ends every browser session of that user and cancels their login links."""
+    check_user_fields(name, "member", password)
+    user = user_named(conn, name)
     conn.execute("UPDATE users SET password = ? WHERE id = ?", (hash_password(password), user["id"]))
-    conn.execute("DELETE FROM web_sessions WHERE user_id = ?", (user["id"],))
+    end_access(conn, user["id"])
+
+
+def keep_an_admin(conn: sqlite3.Connection, user: sqlite3.Row, doing: str) -> None:
+    """Refuse to leave no enabled admin (no one could then change settings or people)."""
+    if user["role"] == "admin" and not user["disabled"] and conn.execute(
+            "SELECT count(*) FROM users WHERE role = 'admin' AND NOT disabled").fetchone()[0] <= 1:
+        raise ValueError(f"cannot {doing} {user['name']}, the last admin: make another admin first")
+
+
+def set_disabled(conn: sqlite3.Connection, name: str, disabled: bool) -> None:
+    """Disable a person (signed out at once, tokens revoked, no new sign-in) or enable them again."""
+    user = user_named(conn, name)
+    if disabled:
+        keep_an_admin(conn, user, "disable")
+        end_access(conn, user["id"], tokens=True)
+    conn.execute("UPDATE users SET disabled = ? WHERE id = ?", (int(disabled), user["id"]))
+
+
+def delete_user(conn: sqlite3.Connection, name: str) -> None:
+    """Remove a person, their sessions, login links and tokens."""
+    user = user_named(conn, name)
+    keep_an_admin(conn, user, "delete")
+    end_access(conn, user["id"], tokens=True)
+    conn.execute("DELETE FROM users WHERE id = ?", (user["id"],))
 
 
 def create_web_session(conn: sqlite3.Connection, user_id: int) -> str:
@@ -807,9 +852,9 @@ def create_web_session(conn: sqlite3.Connection, user_id: int) -> str:
 
 def create_login_link(conn: sqlite3.Connection, name: str, ttl: float = 3600) -> str:
     """A one-time code that logs its holder in once (the demo's printed URL, `tracker user link`)."""
-    user = conn.execute("SELECT id FROM users WHERE name = ?", (name,)).fetchone()
-    if user is None:
-        raise ValueError(f"no user {name!r}")
+    user = user_named(conn, name)
+    if user["disabled"]:
+        raise ValueError(f"{name} is disabled: enable them first")
     code = secrets.token_urlsafe(24)
     conn.execute("INSERT INTO login_links (code_hash, user_id, expires) VALUES (?, ?, ?)",
                  (hash_token(code), user["id"], time.time() + ttl))
@@ -3778,10 +3823,15 @@ SORTS = {"date": "i.last_seen DESC", "new": "i.first_seen DESC", "freq": "i.time
          "user": "i.user_count DESC"}
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MAX_SEARCH_TERMS = 100
+# SQLite refuses a LIKE/GLOB pattern over 50,000 bytes (SQLITE_MAX_LIKE_PATTERN_LENGTH) with an error
+# that was a 500: 2,000 characters escape to at most 4,002 (UTF-8: 16 KB), and no one types more
+MAX_SEARCH_LENGTH = 2000
 
 
 def parse_query(query: str) -> list[tuple[bool, str | None, str]]:
     """`!key:"a b" word` → [(negated, key, value)]; a key of None is free text."""
+    if len(query) > MAX_SEARCH_LENGTH:
+        raise SearchError(f"a search has at most {MAX_SEARCH_LENGTH} characters, this one {len(query)}")
     terms = []
     for match in SEARCH_TOKEN.finditer(query.strip()):
         negated, key, value = bool(match.group(1)), match.group(2), match.group(3)
@@ -8261,8 +8311,8 @@ A notification is queued with the event that caused it and delivered with retrie
 {% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
 {% if secret %}<div class="card secret"><b>{{ secret.label }}</b> (shown once, copy it now):<pre class="mono">{{ secret.value }}</pre></div>{% endif %}
 <h2>People</h2><div class="card" style="padding:0"><table><thead><tr><th>Name</th><th>Role</th><th>Sign-in</th><th></th></tr></thead><tbody>
-{% for u in users %}<tr><td>{{ u.name }}</td><td>{{ u.role }}</td><td class="muted">{{ 'password' if u.password else 'login link or proxy only' }}</td>
-<td><form method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="link" value="{{ u.name }}"><button class="secondary">One-time login link</button></form></td></tr>{% endfor %}
+{% for u in users %}<tr><td>{{ u.name }}</td><td>{{ u.role }}</td><td class="muted">{{ 'disabled' if u.disabled else 'password' if u.password else 'login link or proxy only' }}</td>
+<td>{% for action, label in ([] if u.disabled else [('link', 'One-time login link')]) + [('enable', 'Enable') if u.disabled else ('disable', 'Disable'), ('delete', 'Delete')] %}<form method="post" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="{{ action }}" value="{{ u.name }}"><button class="secondary">{{ label }}</button></form> {% endfor %}</td></tr>{% endfor %}
 </tbody></table></div>
 <form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>New person<input name="user" required placeholder="ana@example.org" size="22"></label>
 <label>Role<select name="role">{% for r in roles|reverse %}<option>{{ r }}</option>{% endfor %}</select></label><button>Add, and make a login link</button></form>
@@ -8496,7 +8546,7 @@ async def identify(request: Request) -> Viewer | None:
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
         row = await store.one("SELECT u.id, u.name, u.role, s.csrf FROM web_sessions s JOIN users u ON u.id = s.user_id "
-                              "WHERE s.token_hash = ? AND s.expires > ?", (hash_token(cookie), time.time()))
+                              "WHERE s.token_hash = ? AND s.expires > ? AND NOT u.disabled", (hash_token(cookie), time.time()))
         if row:
             return Viewer(row["id"], row["name"], row["role"], row["csrf"])
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -8510,7 +8560,9 @@ async def identify(request: Request) -> Viewer | None:
 async def proxy_viewer(request: Request, name: str) -> Viewer | None:
     """A person the SSO proxy vouches for; first seen, they become a member. The CSRF token is
     derived from the name, since there is no session to keep one in."""
-    row = await request.app.state.store.one("SELECT id, name, role FROM users WHERE name = ?", (name,))
+    row = await request.app.state.store.one("SELECT id, name, role, disabled FROM users WHERE name = ?", (name,))
+    if row is not None and row["disabled"]:
+        return None  # the proxy vouches for who they are, not that they may still come in
     if row is None:
         try:
             await request.app.state.writer.submit(lambda conn: create_user(conn, name))
@@ -8588,7 +8640,8 @@ async def page_login(request: Request) -> Response:
     if wait > 0:
         return render(request, "login.html", status=429, next=target, user_name=name,
                       error=f"Too many failed sign-ins: try again in {math.ceil(wait)} s.")
-    user = await request.app.state.store.one("SELECT id, password FROM users WHERE name = ?", (name,))
+    user = await request.app.state.store.one("SELECT id, password FROM users WHERE name = ? AND NOT disabled",
+                                             (name,))
     if not await asyncio.to_thread(password_matches, form.get("password", ""), user["password"] if user else None):
         throttle.failed(*keys)
         return render(request, "login.html", status=401, next=target, user_name=name, error="Wrong user name or password.")
@@ -9689,10 +9742,16 @@ async def apply_settings_form(request: Request, form: dict[str, str]) -> dict[st
         await writer.submit(lambda conn: conn.execute("DELETE FROM api_tokens WHERE CAST(id AS TEXT) = ?",
                                                       (form["revoke"],)))
         return None
-    if "token" in form:
-        scopes = token_scopes([form.get("scope", "read")])
-        token = await writer.submit(lambda conn: create_token(conn, form["token"].strip()[:100], scopes))
+    if "token" in form:  # the admin's own token: it stops working when they are disabled or deleted
+        scopes, owner = token_scopes([form.get("scope", "read")]), request.state.viewer.user_id
+        token = await writer.submit(lambda conn: create_token(conn, form["token"].strip()[:100], scopes, owner))
         return {"label": f"API token {form['token']} ({scopes})", "value": token}
+    if "disable" in form or "enable" in form:
+        await writer.submit(lambda conn: set_disabled(conn, form.get("disable", form.get("enable", "")), "disable" in form))
+        return None
+    if "delete" in form:
+        await writer.submit(lambda conn: delete_user(conn, form["delete"]))
+        return None
     name = form.get("user") or form.get("link", "")
     if "user" in form:
         await writer.submit(lambda conn: create_user(conn, name.strip(), form.get("role", "member")))
@@ -9893,10 +9952,16 @@ def init_db(settings: Settings) -> None:
 
 def with_db(settings: Settings, job: Job) -> Any:
     """Run one write job against the database from the command line (outside the server)."""
+    def refusing(conn: sqlite3.Connection) -> Any:
+        try:
+            return job(conn)
+        except ValueError as exc:  # a refused command (no such user…): one line, no traceback, all rolled back
+            raise SystemExit(f"error: {exc}") from None
+
     init_db(settings)
     conn = connect_db(settings.db)
     try:
-        result = apply_batch(conn, [job])[0]
+        result = apply_batch(conn, [refusing])[0]
     finally:
         conn.close()
     if isinstance(result, Exception):
@@ -10108,7 +10173,19 @@ def cmd_user_link(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_user_list(settings: Settings, args: argparse.Namespace) -> None:
     for row in with_db(settings, lambda c: c.execute("SELECT * FROM users ORDER BY name").fetchall()):
-        print(f"{row['name']:<24} {row['role']:<7} {'password' if row['password'] else 'no password'}")
+        print(f"{row['name']:<24} {row['role']:<7} {'password' if row['password'] else 'no password'}"
+              + ("  disabled" if row["disabled"] else ""))
+
+
+def cmd_user_disable(settings: Settings, args: argparse.Namespace) -> None:
+    with_db(settings, lambda c: set_disabled(c, args.name, args.action == "disable"))
+    print(f"{args.name} is {args.action}d" + (": signed out, login links and API tokens revoked."
+                                             if args.action == "disable" else "."))
+
+
+def cmd_user_delete(settings: Settings, args: argparse.Namespace) -> None:
+    with_db(settings, lambda c: delete_user(c, args.name))
+    print(f"Deleted {args.name}: signed out, login links and API tokens revoked.")
 
 
 def cmd_tail(settings: Settings, args: argparse.Namespace) -> None:
@@ -10279,10 +10356,13 @@ def build_parser() -> argparse.ArgumentParser:
     user = sub.add_parser("user", help="manage people").add_subparsers(dest="action", required=True)
     for action, func, about in (("create", cmd_user_create, "create a user"),
                                 ("passwd", cmd_user_passwd, "set a user's password (ends their sessions)"),
-                                ("link", cmd_user_link, "print a one-time login link")):
+                                ("link", cmd_user_link, "print a one-time login link"),
+                                ("disable", cmd_user_disable, "sign a user out everywhere and keep them out"),
+                                ("enable", cmd_user_disable, "let a disabled user sign in again"),
+                                ("delete", cmd_user_delete, "delete a user, their sessions and API tokens")):
         command = user.add_parser(action, parents=[common], help=about)
         command.add_argument("name")
-        if action != "link":
+        if action in ("create", "passwd"):
             command.add_argument("--password", help="at least 10 characters (default: generated and printed)")
         if action == "create":
             command.add_argument("--role", choices=ROLES, default="member")
