@@ -10,14 +10,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import httpx
 import pytest
 from conftest import ROOT, Project, TrackerServer, start_server, stop_server, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from receivers import WebhookReceiver
 from test_auth import api, person, signed_in
+from test_health import serve_requests, sessions
 
 import tracker as t
 
@@ -227,3 +229,20 @@ def test_unknown_names_take_as_long_as_real_ones(lone: TrackerServer) -> None:
                 assert r.status_code == 401, r.text
     real_median, unknown_median = statistics.median(timings["real"]), statistics.median(timings["unknown"])
     assert unknown_median >= 0.5 * real_median, timings
+
+
+# -- release health: the SLO test's 21st session ----------------------------------------------
+
+def test_sessions_count_only_the_app_under_the_sdk(tracker: TrackerServer, webhook: WebhookReceiver) -> None:
+    """The SLO test once counted 21 sessions where its WSGI app served 20: the alert receivers are
+    Starlette apps in the test process, and the SDK's auto-enabled Starlette integration made the
+    tracker's webhook (the crashes' new issue), when it arrived before the client closed, one more
+    request-mode session of the same release. Here that webhook arrives during the handled error."""
+    project = tracker.create_project()
+
+    def webhook_meanwhile(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+        assert httpx.get(f"{webhook.url}/hook", timeout=10).status_code < 500
+        return event
+    serve_requests(project, ["/"] * 3 + ["/error"], f"{project.slug}@1.0", before_send=webhook_meanwhile)
+    body = wait_for(lambda: (b := sessions(tracker, project, field="sum(session)", statsPeriod="1h"))["groups"] and b)
+    assert body["groups"][0]["totals"]["sum(session)"] == 4
