@@ -104,6 +104,8 @@ def test_fuzz_long_wildcard_searches_answer_quickly(tracker: TrackerServer, sear
     assert r.status_code == (200 if within else 400), (query[:80], r.text[:200])
     assert within or r.json()["detail"].startswith("Invalid search query")
     assert time.monotonic() - started < 5, query[:80]
+    page = tracker.web.get("/issues/", params={"q": query, "project": project.slug, "status": "all"})
+    assert page.status_code == 200 and (search_error(page) == "") == within, search_error(page)
 
 
 # -- a new password cancels login links -------------------------------------------------------
