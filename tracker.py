@@ -753,9 +753,14 @@ TOKEN_REACH: dict[str, tuple[str, ...]] = {
 }
 
 
+MAX_TOKEN_SCOPES = 64  # there are 26 names; more is a mistake or an attempt to make us loop
+
+
 def token_scopes(requested: list[str] | str) -> str:
     """A token request's scope names as stored: checked, deduplicated, otherwise as given."""
     names = requested.split() if isinstance(requested, str) else [str(name) for name in requested]
+    if len(names) > MAX_TOKEN_SCOPES:
+        raise ValueError(f"a token takes at most {MAX_TOKEN_SCOPES} scope names")
     for name in names:
         if name not in TRACKER_SCOPES and name not in SENTRY_SCOPES:
             raise ValueError(f"unknown scope {name[:40]!r}; use read, write, admin or Sentry's scope names")
@@ -8477,7 +8482,7 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> HT
 @dataclasses.dataclass(frozen=True)
 class Viewer:
     """Who asks for a dashboard page and how they came in: a browser session (`csrf` set, may
-    post forms), the trusted proxy header (likewise), or an API token with read scope (GET only)."""
+    post forms), the trusted proxy header (likewise), or an API token that may read events (GET only)."""
 
     user_id: int | None
     name: str

@@ -5,9 +5,14 @@ data scrubbing off before the next real sentry-sdk event."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import sqlite3
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Any, Callable
 
 import httpx
@@ -187,6 +192,9 @@ def test_scopes_are_stored_as_given_and_old_tokens_keep_their_meaning(tracker: T
                      timeout=10).status_code in (200, 204)
     assert httpx.put(project_url, json={"dataScrubber": False}, headers=bearer(old), timeout=10).json() == DENIED
     assert httpx.put(project_url, json={"dataScrubber": False}, headers=bearer(token), timeout=10).json() == DENIED
+    too_many = httpx.post(f"{tracker.url}/api/0/api-tokens/", json={"scopes": ["read"] * 65},
+                          headers=bearer(tracker.token), timeout=10)
+    assert (too_many.status_code, too_many.json()) == (400, {"detail": "a token takes at most 64 scope names"})
     release = httpx.post(f"{tracker.url}/api/0/organizations/tracker/releases/", headers=bearer(token), timeout=10,
                          json={"version": f"{project.slug}@1", "projects": [project.slug]})
     assert release.status_code == 201, release.text
@@ -250,3 +258,40 @@ def test_ci_tokens_cannot_turn_scrubbing_off(tracker: TrackerServer, project: Pr
     # the control: a token that does hold project settings may switch it off (so the refusals above are real)
     r = httpx.put(base, json={"dataScrubber": False}, headers=bearer(tokens["project:write"]), timeout=10)
     assert r.status_code == 200 and r.json()["dataScrubber"] is False, r.text
+
+
+# -- sentry-cli with the least token it needs ------------------------------------------------------
+
+SENTRY_CLI = shutil.which("sentry-cli") or str(Path(sys.executable).with_name("sentry-cli"))
+
+
+@pytest.mark.skipif(not Path(SENTRY_CLI).exists(), reason="the sentry-cli package is not installed")
+def test_sentry_cli_ci_with_a_release_token(tracker: TrackerServer, project: Project, tmp_path: Path) -> None:
+    """What Sentry's docs tell CI to use, `project:releases` and `org:read`, does the whole release
+    job with the real sentry-cli (commits from git, a deploy, an event), and nothing beyond it:
+    resolving issues is refused with Sentry's message."""
+    token = run_cli(tracker.db, "token", "create", "--scopes", "project:releases,org:read").strip().splitlines()[-1]
+    env = {**os.environ, "SENTRY_URL": tracker.url, "SENTRY_AUTH_TOKEN": token, "SENTRY_ORG": "tracker",
+           "SENTRY_PROJECT": project.slug, "SENTRY_DSN": project.dsn, "SENTRY_DISABLE_UPDATE_CHECK": "1"}
+
+    def sentry_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([SENTRY_CLI, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+
+    git_env = {**os.environ, "GIT_AUTHOR_NAME": "Ada", "GIT_AUTHOR_EMAIL": "ada@example.com",
+               "GIT_COMMITTER_NAME": "Ada", "GIT_COMMITTER_EMAIL": "ada@example.com"}
+    for args in (["init", "-q", "-b", "main"], ["remote", "add", "origin", "https://example.com/acme/ci.git"],
+                 ["commit", "-q", "--allow-empty", "-m", "first"]):
+        subprocess.run(["git", *args], cwd=tmp_path, env=git_env, check=True, capture_output=True)
+    version = f"{project.slug}@ci"
+    for args in (["releases", "new", version], ["releases", "set-commits", version, "--auto"],
+                 ["releases", "finalize", version], ["deploys", "new", "-r", version, "-e", "prod"],
+                 ["send-event", "-m", "sent by CI", "--release", version]):
+        out = sentry_cli(*args)
+        assert out.returncode == 0, f"sentry-cli {' '.join(args)}:\n{out.stdout}\n{out.stderr}"
+    made = httpx.get(f"{tracker.url}/api/0/organizations/tracker/releases/{version}/", headers=bearer(tracker.token),
+                     timeout=10).json()
+    assert made["dateReleased"] and made["commitCount"] == 1 and made["lastDeploy"]["environment"] == "prod"
+    tracker.wait_issues(project, 1)
+    refused = sentry_cli("issues", "resolve", "--all")
+    assert refused.returncode != 0 and "You do not have permission" in refused.stdout + refused.stderr
+    assert tracker.issues(project)[0]["status"] == "unresolved"
