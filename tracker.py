@@ -752,7 +752,6 @@ TOKEN_REACH: dict[str, tuple[str, ...]] = {
     "tokens": ("admin",),  # Sentry manages tokens only from a signed-in session; here the tracker's admin
 }
 
-
 MAX_TOKEN_SCOPES = 64  # there are 26 names; more is a mistake or an attempt to make us loop
 
 
@@ -775,8 +774,8 @@ def sentry_scopes(stored: str) -> set[str]:
 
 
 def token_can(stored: str, capability: str) -> bool:
-    reach = TOKEN_REACH[capability]
-    return any(name in reach for name in stored.split()) or not sentry_scopes(stored).isdisjoint(reach)
+    """Whether a token with these stored scope names may use a route needing `capability`."""
+    return not (set(stored.split()) | sentry_scopes(stored)).isdisjoint(TOKEN_REACH[capability])
 
 
 def create_token(conn: sqlite3.Connection, name: str = "", scopes: str = "read write admin",
