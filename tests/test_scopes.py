@@ -149,9 +149,9 @@ def test_reading_needs_the_area_read_scope(tracker: TrackerServer, project: Proj
                                                                  "org:admin", "project:read", "project:write",
                                                                  "project:admin"},
              "/api/0/api-tokens/": {"admin"}}
-    wrong = [f"{scope} GET {path} → {r.status_code}" for path, allowed in cases.items() for scope in SCOPES
-             if ((r := httpx.get(tracker.url + path, headers=bearer(tokens[scope]), timeout=10)).status_code
-                 == 200) != (scope in allowed)]
+    with httpx.Client(base_url=tracker.url, timeout=10) as client:
+        wrong = [f"{scope} GET {path} → {r.status_code}" for path, allowed in cases.items() for scope in SCOPES
+                 if ((r := client.get(path, headers=bearer(tokens[scope]))).status_code == 200) != (scope in allowed)]
     assert not wrong, "\n".join(wrong)
     # the dashboard shows events too: a token that may not read events may not read its pages
     for scope, status in (("event:read", 200), ("project:releases", 302), ("org:read", 302)):
