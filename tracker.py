@@ -714,25 +714,70 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-# Scopes nest: write includes read, admin includes both. Sentry's own scope names map onto them,
-# so a token request copied from Sentry's docs (`project:releases`, `org:read`) works.
-SCOPES = ("read", "write", "admin")
+# Token scopes. A token keeps the scope names it was made with; what they let it do is this data.
+# Sentry's names and their reach follow Sentry's "Permissions & Scopes" page (docs.sentry.io/api/
+# permissions): GET needs area:read, PUT/POST area:write, DELETE area:admin for the org, project, team,
+# member and event areas (a higher level of an area includes the lower ones, as Sentry's permission
+# classes accept project:write for a GET); `project:releases` reaches the release endpoints and nothing
+# else (org tokens' `org:ci` likewise); PUT on issues is event:write, DELETE event:admin; alert rules
+# take alerts:write (or project:write); integrations (our channels, repositories, code mappings)
+# org:integrations or org:write. The names Sentry's token form offers are all accepted.
+SENTRY_SCOPES = ("org:read", "org:write", "org:admin", "org:integrations", "org:ci", "org:billing",
+                 "project:read", "project:write", "project:admin", "project:releases", "project:distribution",
+                 "team:read", "team:write", "team:admin", "member:read", "member:write", "member:admin",
+                 "member:invite", "event:read", "event:write", "event:admin", "alerts:read", "alerts:write")
+
+# The tracker's own scopes mirror the dashboard's roles, as bundles of Sentry's: read reads, write
+# triages as a member does (and ships releases, which sentry-cli needs), admin does everything.
+READING_SCOPES = ("org:read", "project:read", "team:read", "member:read", "event:read", "alerts:read")
+TRACKER_SCOPES: dict[str, tuple[str, ...]] = {
+    "read": READING_SCOPES, "write": READING_SCOPES + ("event:write", "project:releases"), "admin": SENTRY_SCOPES}
+
+# What each route needs (its capability) → the scopes that grant it. Every /api/0/ route names one.
+TOKEN_REACH: dict[str, tuple[str, ...]] = {
+    # organization, projects, DSN keys, repositories, code mappings, monitors, stats
+    "read": ("org:read", "org:write", "org:admin", "project:read", "project:write", "project:admin",
+             "team:read", "team:write", "team:admin", "member:read", "member:write", "member:admin"),
+    "events:read": ("event:read", "event:write", "event:admin"),  # issues, events, attachments, feedback
+    "releases:read": ("project:releases", "org:ci", "project:read", "project:write", "project:admin"),
+    "alerts:read": ("alerts:read", "alerts:write", "org:read", "org:write", "org:admin",
+                    "project:read", "project:write", "project:admin"),  # rules, SLOs, channels, deliveries
+    "issues:triage": ("event:write", "event:admin"),  # status, assignee, merge, unmerge, bookmark, seen
+    "issues:delete": ("event:admin",),
+    "feedback": ("event:write", "event:admin", "project:write", "project:admin"),
+    "releases": ("project:releases", "org:ci", "project:write", "project:admin"),  # commits, deploys too
+    "project:settings": ("project:write", "project:admin"),  # scrubbing, grouping rules, name
+    "keys": ("project:write", "project:admin"),
+    "keys:delete": ("project:admin",),
+    "alerts": ("alerts:write", "project:write", "project:admin"),  # alert rules, SLOs, delivery retries
+    "integrations": ("org:integrations", "org:write", "org:admin"),  # channels, repositories, code mappings
+    "tokens": ("admin",),  # Sentry manages tokens only from a signed-in session; here the tracker's admin
+}
+
+MAX_TOKEN_SCOPES = 64  # there are 26 names; more is a mistake or an attempt to make us loop
 
 
 def token_scopes(requested: list[str] | str) -> str:
-    """Our scope names for a token request (Sentry's `area:read|write|admin` accepted)."""
-    names = requested.split() if isinstance(requested, str) else requested
-    levels = set()
+    """A token request's scope names as stored: checked, deduplicated, otherwise as given."""
+    names = requested.split() if isinstance(requested, str) else [str(name) for name in requested]
+    if len(names) > MAX_TOKEN_SCOPES:
+        raise ValueError(f"a token takes at most {MAX_TOKEN_SCOPES} scope names")
     for name in names:
-        level = str(name).rpartition(":")[2]
-        level = "write" if level == "releases" else level
-        if level not in SCOPES:
-            raise ValueError(f"unknown scope {name!r}; use read, write or admin")
-        levels.add(level)
-    if not levels:
-        raise ValueError("a token needs at least one scope: read, write or admin")
-    top = max(SCOPES.index(level) for level in levels)
-    return " ".join(SCOPES[:top + 1])
+        if name not in TRACKER_SCOPES and name not in SENTRY_SCOPES:
+            raise ValueError(f"unknown scope {name[:40]!r}; use read, write, admin or Sentry's scope names")
+    if not names:
+        raise ValueError("a token needs at least one scope: read, write, admin or Sentry's scope names")
+    return " ".join(dict.fromkeys(names))
+
+
+def sentry_scopes(stored: str) -> set[str]:
+    """Sentry's scope names a token holds (the tracker's own names are bundles of them)."""
+    return {scope for name in stored.split() for scope in TRACKER_SCOPES.get(name, (name,))}
+
+
+def token_can(stored: str, capability: str) -> bool:
+    """Whether a token with these stored scope names may use a route needing `capability`."""
+    return not (set(stored.split()) | sentry_scopes(stored)).isdisjoint(TOKEN_REACH[capability])
 
 
 def create_token(conn: sqlite3.Connection, name: str = "", scopes: str = "read write admin",
@@ -6022,11 +6067,12 @@ def iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def api(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
-    """Wrap an /api/0/ handler: token auth, JSON errors, application/json on every answer."""
+def api(handler: Callable[[Request], Any], capability: str | None) -> Callable[[Request], Any]:
+    """Wrap an /api/0/ handler: token auth (a token whose scopes reach `capability`, see TOKEN_REACH;
+    None: any token), JSON errors, application/json on every answer."""
     async def endpoint(request: Request) -> Response:
         try:
-            await require_token(request, scope_needed(request))
+            await require_token(request, capability)
             result = await handler(request)
         except ApiError as exc:
             return JSONResponse({"detail": exc.detail}, status_code=exc.status)
@@ -6035,16 +6081,7 @@ def api(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
     return endpoint
 
 
-def scope_needed(request: Request) -> str:
-    """Reading needs `read`, changing needs `write`; people, tokens, DSN keys and alert channels
-    (which hold secrets) need `admin` to change, and people and tokens even to list."""
-    path, reading = request.url.path, request.method in ("GET", "HEAD")
-    if "/api-tokens/" in path or "/users/" in path or (not reading and ("/keys/" in path or "/channels/" in path)):
-        return "admin"
-    return "read" if reading else "write"
-
-
-async def require_token(request: Request, scope: str = "read") -> sqlite3.Row:
+async def require_token(request: Request, capability: str | None = None) -> sqlite3.Row:
     authorization = request.headers.get("authorization", "")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -6053,8 +6090,8 @@ async def require_token(request: Request, scope: str = "read") -> sqlite3.Row:
                                             (hash_token(token.strip()),))
     if row is None:
         raise ApiError(401, "Invalid token")
-    if scope not in row["scopes"].split():
-        raise ApiError(403, f"You do not have permission to perform this action (the token lacks the {scope} scope).")
+    if capability is not None and not token_can(row["scopes"], capability):
+        raise ApiError(403, "You do not have permission to perform this action.")  # Sentry's words
     return row
 
 
@@ -6165,8 +6202,7 @@ def page_args(request: Request) -> tuple[int, int]:
 async def api_root(request: Request) -> dict[str, Any]:
     token = await require_token(request)
     return {"version": "0", "user": {"id": "1", "email": "admin@localhost", "username": "admin"},
-            "auth": {"scopes": ["org:read", "project:read", "project:write", "project:releases",
-                                "event:read", "event:write"], "name": token["name"]}}
+            "auth": {"scopes": sorted(sentry_scopes(token["scopes"])), "name": token["name"]}}
 
 
 async def api_organizations(request: Request) -> list[dict[str, Any]]:
@@ -8495,7 +8531,7 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> HT
 @dataclasses.dataclass(frozen=True)
 class Viewer:
     """Who asks for a dashboard page and how they came in: a browser session (`csrf` set, may
-    post forms), the trusted proxy header (likewise), or an API token with read scope (GET only)."""
+    post forms), the trusted proxy header (likewise), or an API token that may read events (GET only)."""
 
     user_id: int | None
     name: str
@@ -8553,7 +8589,7 @@ async def identify(request: Request) -> Viewer | None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         row = await store.one("SELECT * FROM api_tokens WHERE token_hash = ?", (hash_token(token.strip()),))
-        if row and "read" in row["scopes"].split():
+        if row and token_can(row["scopes"], "events:read"):
             return Viewer(row["user_id"], row["name"] or "API token", "member", via="token")
     return None
 
@@ -9777,81 +9813,91 @@ def ingest_routes() -> list[Route]:
 
 def api_routes() -> list[Route]:
     table = [
-        ("/api/0/", api_root), ("/api/0/organizations/", api_organizations),
-        ("/api/0/projects/{org}/{project}/keys/", api_project_keys), ("/api/0/api-tokens/", api_tokens),
-        ("/api/0/organizations/{org}/stats_v2/", api_stats_v2),
-        ("/api/0/organizations/{org}/", api_organization),
-        ("/api/0/organizations/{org}/projects/", api_org_projects),
-        ("/api/0/projects/{org}/{project}/", api_project),
-        ("/api/0/projects/{org}/{project}/issues/", api_project_issues),
-        ("/api/0/issues/{issue_id}/", api_issue), ("/api/0/issues/{issue_id}/events/", api_issue_events),
-        ("/api/0/issues/{issue_id}/events/{event_id}/", api_issue_event),
-        ("/api/0/issues/{issue_id}/activities/", api_issue_activities),
-        ("/api/0/projects/{org}/{project}/grouping-rules/", api_grouping_rules),
-        ("/api/0/issues/{issue_id}/hashes/", api_issue_hashes),
-        ("/api/0/organizations/{org}/code-mappings/", api_code_mappings),
-        ("/api/0/organizations/{org}/repos/", api_org_repos),
-        ("/api/0/organizations/{org}/releases/", api_org_releases),
-        ("/api/0/projects/{org}/{project}/releases/", api_project_releases),
-        ("/api/0/organizations/{org}/releases/{version}/", api_release),
-        ("/api/0/projects/{org}/{project}/releases/{version}/", api_release),
-        ("/api/0/organizations/{org}/releases/{version}/previous-with-commits/", api_previous_release_with_commits),
-        ("/api/0/organizations/{org}/releases/{version}/commits/", api_release_commits),
-        ("/api/0/organizations/{org}/releases/{version}/commitfiles/", api_release_commit_files),
-        ("/api/0/organizations/{org}/releases/{version}/deploys/", api_release_deploys),
-        ("/api/0/organizations/{org}/channels/", api_channels),
-        ("/api/0/organizations/{org}/channels/{channel_id}/", api_channel),
-        ("/api/0/organizations/{org}/deliveries/", api_deliveries),
-        ("/api/0/projects/{org}/{project}/rules/", api_rules),
-        ("/api/0/projects/{org}/{project}/rules/{rule_id}/", api_rule),
-        ("/api/0/organizations/{org}/sessions/", api_sessions),
-        ("/api/0/organizations/{org}/events-stats/", api_events_stats),
-        ("/api/0/projects/{org}/{project}/slo/", api_slo),
-        ("/api/0/organizations/{org}/monitors/", api_monitors),
-        ("/api/0/organizations/{org}/monitors/{monitor_slug}/", api_monitor),
-        ("/api/0/organizations/{org}/monitors/{monitor_slug}/checkins/", api_monitor_checkins),
-        ("/api/0/projects/{org}/{project}/events/{event_id}/attachments/", api_event_attachments),
-        ("/api/0/projects/{org}/{project}/events/{event_id}/attachments/{attachment_id}/", api_event_attachment),
-        ("/api/0/projects/{org}/{project}/user-feedback/", api_user_feedback),
+        ("/api/0/", api_root, None), ("/api/0/organizations/", api_organizations, "read"),
+        ("/api/0/projects/{org}/{project}/keys/", api_project_keys, "read"),
+        ("/api/0/api-tokens/", api_tokens, "tokens"),
+        ("/api/0/organizations/{org}/stats_v2/", api_stats_v2, "read"),
+        ("/api/0/organizations/{org}/", api_organization, "read"),
+        ("/api/0/organizations/{org}/projects/", api_org_projects, "read"),
+        ("/api/0/projects/{org}/{project}/", api_project, "read"),
+        ("/api/0/projects/{org}/{project}/issues/", api_project_issues, "events:read"),
+        ("/api/0/issues/{issue_id}/", api_issue, "events:read"),
+        ("/api/0/issues/{issue_id}/events/", api_issue_events, "events:read"),
+        ("/api/0/issues/{issue_id}/events/{event_id}/", api_issue_event, "events:read"),
+        ("/api/0/issues/{issue_id}/activities/", api_issue_activities, "events:read"),
+        ("/api/0/projects/{org}/{project}/grouping-rules/", api_grouping_rules, "read"),
+        ("/api/0/issues/{issue_id}/hashes/", api_issue_hashes, "events:read"),
+        ("/api/0/organizations/{org}/code-mappings/", api_code_mappings, "read"),
+        ("/api/0/organizations/{org}/repos/", api_org_repos, "read"),
+        ("/api/0/organizations/{org}/releases/", api_org_releases, "releases:read"),
+        ("/api/0/projects/{org}/{project}/releases/", api_project_releases, "releases:read"),
+        ("/api/0/organizations/{org}/releases/{version}/", api_release, "releases:read"),
+        ("/api/0/projects/{org}/{project}/releases/{version}/", api_release, "releases:read"),
+        ("/api/0/organizations/{org}/releases/{version}/previous-with-commits/", api_previous_release_with_commits,
+         "releases:read"),
+        ("/api/0/organizations/{org}/releases/{version}/commits/", api_release_commits, "releases:read"),
+        ("/api/0/organizations/{org}/releases/{version}/commitfiles/", api_release_commit_files, "releases:read"),
+        ("/api/0/organizations/{org}/releases/{version}/deploys/", api_release_deploys, "releases:read"),
+        ("/api/0/organizations/{org}/channels/", api_channels, "alerts:read"),
+        ("/api/0/organizations/{org}/channels/{channel_id}/", api_channel, "alerts:read"),
+        ("/api/0/organizations/{org}/deliveries/", api_deliveries, "alerts:read"),
+        ("/api/0/projects/{org}/{project}/rules/", api_rules, "alerts:read"),
+        ("/api/0/projects/{org}/{project}/rules/{rule_id}/", api_rule, "alerts:read"),
+        ("/api/0/organizations/{org}/sessions/", api_sessions, "read"),
+        ("/api/0/organizations/{org}/events-stats/", api_events_stats, "read"),
+        ("/api/0/projects/{org}/{project}/slo/", api_slo, "alerts:read"),
+        ("/api/0/organizations/{org}/monitors/", api_monitors, "read"),
+        ("/api/0/organizations/{org}/monitors/{monitor_slug}/", api_monitor, "read"),
+        ("/api/0/organizations/{org}/monitors/{monitor_slug}/checkins/", api_monitor_checkins, "read"),
+        ("/api/0/projects/{org}/{project}/events/{event_id}/attachments/", api_event_attachments, "events:read"),
+        ("/api/0/projects/{org}/{project}/events/{event_id}/attachments/{attachment_id}/", api_event_attachment,
+         "events:read"),
+        ("/api/0/projects/{org}/{project}/user-feedback/", api_user_feedback, "events:read"),
     ]
-    updates = [("/api/0/projects/{org}/{project}/issues/", api_update_project_issues),
-               ("/api/0/issues/{issue_id}/", api_update_issue),
-               ("/api/0/projects/{org}/{project}/", api_update_project),
-               ("/api/0/projects/{org}/{project}/grouping-rules/", api_update_grouping_rules),
-               ("/api/0/organizations/{org}/code-mappings/{mapping_id}/", api_update_code_mapping),
-               ("/api/0/organizations/{org}/releases/{version}/", api_update_release),
-               ("/api/0/projects/{org}/{project}/releases/{version}/", api_update_release),
-               ("/api/0/organizations/{org}/channels/{channel_id}/", api_update_channel),
-               ("/api/0/projects/{org}/{project}/rules/{rule_id}/", api_update_rule),
-               ("/api/0/projects/{org}/{project}/slo/", api_update_slo),
-               ("/api/0/projects/{org}/{project}/keys/{key_id}/", api_update_key)]
-    creates = [("/api/0/organizations/{org}/code-mappings/", api_create_code_mapping),
-               ("/api/0/organizations/{org}/repos/", api_create_repo),
-               ("/api/0/organizations/{org}/releases/", api_create_release),
-               ("/api/0/projects/{org}/{project}/releases/", api_create_release),
-               ("/api/0/organizations/{org}/releases/{version}/deploys/", api_create_deploy),
-               ("/api/0/organizations/{org}/channels/", api_create_channel),
-               ("/api/0/organizations/{org}/channels/{channel_id}/test/", api_test_channel),
-               ("/api/0/organizations/{org}/deliveries/{delivery_id}/retry/", api_retry_delivery),
-               ("/api/0/projects/{org}/{project}/rules/", api_create_rule),
-               ("/api/0/projects/{org}/{project}/keys/", api_create_key), ("/api/0/api-tokens/", api_create_token),
-               ("/api/0/projects/{org}/{project}/user-feedback/", api_create_user_feedback)]
-    return ([Route(path, api(handler), methods=["GET"]) for path, handler in table]
-            + [Route(path, api(handler), methods=["PUT"]) for path, handler in updates]
-            + [Route(path, api(handler), methods=["POST"]) for path, handler in creates]
-            + [Route("/api/0/issues/{issue_id}/hashes/", api(api_unmerge_hashes), methods=["DELETE", "POST"]),
-               Route("/api/0/issues/{issue_id}/", api(api_delete_issue), methods=["DELETE"]),
-               Route("/api/0/projects/{org}/{project}/issues/", api(api_delete_project_issues), methods=["DELETE"]),
-               Route("/api/0/organizations/{org}/code-mappings/{mapping_id}/", api(api_delete_code_mapping),
+    updates = [("/api/0/projects/{org}/{project}/issues/", api_update_project_issues, "issues:triage"),
+               ("/api/0/issues/{issue_id}/", api_update_issue, "issues:triage"),
+               ("/api/0/projects/{org}/{project}/", api_update_project, "project:settings"),
+               ("/api/0/projects/{org}/{project}/grouping-rules/", api_update_grouping_rules, "project:settings"),
+               ("/api/0/organizations/{org}/code-mappings/{mapping_id}/", api_update_code_mapping, "integrations"),
+               ("/api/0/organizations/{org}/releases/{version}/", api_update_release, "releases"),
+               ("/api/0/projects/{org}/{project}/releases/{version}/", api_update_release, "releases"),
+               ("/api/0/organizations/{org}/channels/{channel_id}/", api_update_channel, "integrations"),
+               ("/api/0/projects/{org}/{project}/rules/{rule_id}/", api_update_rule, "alerts"),
+               ("/api/0/projects/{org}/{project}/slo/", api_update_slo, "alerts"),
+               ("/api/0/projects/{org}/{project}/keys/{key_id}/", api_update_key, "keys")]
+    creates = [("/api/0/organizations/{org}/code-mappings/", api_create_code_mapping, "integrations"),
+               ("/api/0/organizations/{org}/repos/", api_create_repo, "integrations"),
+               ("/api/0/organizations/{org}/releases/", api_create_release, "releases"),
+               ("/api/0/projects/{org}/{project}/releases/", api_create_release, "releases"),
+               ("/api/0/organizations/{org}/releases/{version}/deploys/", api_create_deploy, "releases"),
+               ("/api/0/organizations/{org}/channels/", api_create_channel, "integrations"),
+               ("/api/0/organizations/{org}/channels/{channel_id}/test/", api_test_channel, "integrations"),
+               ("/api/0/organizations/{org}/deliveries/{delivery_id}/retry/", api_retry_delivery, "alerts"),
+               ("/api/0/projects/{org}/{project}/rules/", api_create_rule, "alerts"),
+               ("/api/0/projects/{org}/{project}/keys/", api_create_key, "keys"),
+               ("/api/0/api-tokens/", api_create_token, "tokens"),
+               ("/api/0/projects/{org}/{project}/user-feedback/", api_create_user_feedback, "feedback")]
+    return ([Route(path, api(handler, can), methods=["GET"]) for path, handler, can in table]
+            + [Route(path, api(handler, can), methods=["PUT"]) for path, handler, can in updates]
+            + [Route(path, api(handler, can), methods=["POST"]) for path, handler, can in creates]
+            + [Route("/api/0/issues/{issue_id}/hashes/", api(api_unmerge_hashes, "issues:triage"),
+                     methods=["DELETE", "POST"]),
+               Route("/api/0/issues/{issue_id}/", api(api_delete_issue, "issues:delete"), methods=["DELETE"]),
+               Route("/api/0/projects/{org}/{project}/issues/", api(api_delete_project_issues, "issues:delete"),
                      methods=["DELETE"]),
-               Route("/api/0/organizations/{org}/releases/{version}/", api(api_delete_release), methods=["DELETE"]),
-               Route("/api/0/organizations/{org}/channels/{channel_id}/", api(api_delete_channel),
+               Route("/api/0/organizations/{org}/code-mappings/{mapping_id}/", api(api_delete_code_mapping, "integrations"),
                      methods=["DELETE"]),
-               Route("/api/0/projects/{org}/{project}/rules/{rule_id}/", api(api_delete_rule), methods=["DELETE"]),
-               Route("/api/0/projects/{org}/{project}/slo/", api(api_delete_slo), methods=["DELETE"]),
-               Route("/api/0/projects/{org}/{project}/keys/{key_id}/", api(api_delete_key), methods=["DELETE"]),
-               Route("/api/0/api-tokens/", api(api_revoke_token), methods=["DELETE"]),
-               Route("/api/0/api-tokens/{token_id}/", api(api_revoke_token), methods=["DELETE"])])
+               Route("/api/0/organizations/{org}/releases/{version}/", api(api_delete_release, "releases"),
+                     methods=["DELETE"]),
+               Route("/api/0/organizations/{org}/channels/{channel_id}/", api(api_delete_channel, "integrations"),
+                     methods=["DELETE"]),
+               Route("/api/0/projects/{org}/{project}/rules/{rule_id}/", api(api_delete_rule, "alerts"),
+                     methods=["DELETE"]),
+               Route("/api/0/projects/{org}/{project}/slo/", api(api_delete_slo, "alerts"), methods=["DELETE"]),
+               Route("/api/0/projects/{org}/{project}/keys/{key_id}/", api(api_delete_key, "keys:delete"),
+                     methods=["DELETE"]),
+               Route("/api/0/api-tokens/", api(api_revoke_token, "tokens"), methods=["DELETE"]),
+               Route("/api/0/api-tokens/{token_id}/", api(api_revoke_token, "tokens"), methods=["DELETE"])])
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -10348,7 +10394,9 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="manage API tokens").add_subparsers(dest="action", required=True)
     token_create = token.add_parser("create", parents=[common], help="create an API token and print it")
     token_create.add_argument("--name")
-    token_create.add_argument("--scopes", default="admin", help="read, write or admin (each includes the ones before)")
+    token_create.add_argument("--scopes", default="admin",
+                              help="read, write or admin (each includes the ones before), or Sentry's scope names "
+                                   "(project:releases,org:read …), each with exactly Sentry's reach")
     token_create.set_defaults(func=cmd_token_create)
     token.add_parser("list", parents=[common], help="list API tokens").set_defaults(func=cmd_token_list)
     token_revoke = token.add_parser("revoke", parents=[common], help="revoke an API token by id")
