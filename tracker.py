@@ -4267,8 +4267,8 @@ def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | 
         if embedded is not None:
             return address_problem(embedded)
     for problem, flag in (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback),
-                          ("link-local", ip.is_link_local), ("multicast", ip.is_multicast), ("private", ip.is_private),
-                          ("reserved", ip.is_reserved),
+                          ("link-local", ip.is_link_local), ("multicast", ip.is_multicast), ("reserved", ip.is_reserved),
+                          ("private", ip.is_private),
                           ("site-local", isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local)):
         if flag:
             return problem
