@@ -4226,7 +4226,10 @@ class AlertConfigError(ValueError):
 
 def check_url(value: Any, field: str) -> str:
     url = text(value, 2048).strip()
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # an unclosed [IPv6 address
+        raise AlertConfigError(f"{field} must be an http(s) URL") from None
     try:
         parts.port  # noqa: B018 -- raises on a port that is not a number from 0 to 65535
     except ValueError:
@@ -4280,6 +4283,8 @@ def resolve_target(host: str, port: int, allow_private: bool, field: str = "url"
     Raises TargetRefused, or OSError when the name does not resolve. Any spelling of an IPv4
     address (2852039166, 0251.0376.0251.0376, 0xa9fea9fe) is parsed as the C library parses it."""
     name = host.strip("[]").rstrip(".").lower()
+    if not name.isprintable():  # control characters, lone surrogates: no host, and not to be echoed
+        raise TargetRefused(f"{field}: not a valid host name")
     try:
         try:
             infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)

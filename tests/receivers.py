@@ -94,6 +94,7 @@ class Receiver:
     arguments of `script()`) expose the same from outside the process."""
 
     name = "receiver"
+    tls: tuple[Path, Path] | None = None  # (certificate, key) to serve HTTPS instead of HTTP
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -115,12 +116,13 @@ class Receiver:
         """Bind a free port (retrying if another process takes it first) and wait until serving."""
         for _ in range(5):
             self.port = free_port()
-            self.url = f"http://127.0.0.1:{self.port}"
+            self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
             app = Starlette(routes=[*self.routes(), Route("/_received", self._received_view),
                                     Route("/_fail", self._fail_view, methods=["POST"])])
+            tls = {"ssl_certfile": str(self.tls[0]), "ssl_keyfile": str(self.tls[1])} if self.tls else {}
             self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
                                                         lifespan="off", access_log=False, loop="asyncio",
-                                                        http="h11"))
+                                                        http="h11", **tls))
             self.thread = threading.Thread(target=self.server.run, daemon=True, name=f"{self.name}:{self.port}")
             self.thread.start()
             server, thread = self.server, self.thread

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 import tracker
-from conftest import ROOT, TrackerServer, configured_server, run_cli, wait_for
+from conftest import ROOT, TrackerServer, configured_server, run_cli, start_server, stop_server, wait_for
 from receivers import Alertmanager, SlackReceiver, Smtp, WebhookReceiver, run_alertmanager
 
 FAST = "[alerts]\nretry_delays = [0, 0.3]\npoll = 0.1\ntimeout = 1.5\nrefresh = 3600\n"
@@ -149,6 +149,14 @@ def test_the_config_file_needs_allow_private(tmp_path: Path, webhook: WebhookRec
     assert json.loads(stored)["allow_private"] is True
 
 
+@pytest.mark.parametrize("url", ["http://[::1/", "http://\ud800/", "http://a\x00b.example.com/", "http://a:99999/",
+                                 "http://" + "a" * 64 + ".example.com/"])
+def test_hostile_urls_are_400(server: TrackerServer, url: str) -> None:
+    body = json.dumps({"name": "h", "kind": "slack", "config": {"url": url}})  # a lone surrogate as JSON escapes it
+    r = api(server, "POST", "organizations/tracker/channels/", content=body)
+    assert r.status_code == 400 and r.json()["detail"].startswith("url"), r.text
+
+
 def test_refused_at_delivery_with_nothing_sent(server: TrackerServer, reader: str, webhook: WebhookReceiver,
                                                smtp_server: Smtp) -> None:
     """Channels that reached the database another way (an older version, a hand edit) are still
@@ -247,3 +255,37 @@ def test_alertmanager_password_is_sent_and_credentials_are_filtered(
                 json={"name": channel["name"] + "-renamed", "config": shown_config})
         assert r.status_code == 200, r.text
         assert send_test(server, channel)["status"] == "delivered"
+
+
+def certificate(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for `name` and its key (openssl, as an operator would make one)."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={name}",
+                    "-addext", f"subjectAltName=DNS:{name}"], check=True, capture_output=True, timeout=30)
+    return cert, key
+
+
+def test_https_still_checks_the_certificate_for_the_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection goes to the checked address, but TLS sends SNI for and verifies the URL's
+    host name: a certificate the tracker trusts, made for another name, is refused."""
+    good, wrong = certificate(tmp_path, "localhost"), certificate(tmp_path, "other.test")
+    (tmp_path / "trusted.pem").write_text(good[0].read_text() + wrong[0].read_text())
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "trusted.pem"))  # the tracker trusts both
+    (tmp_path / "tracker.toml").write_text(FAST)
+    srv = start_server(tmp_path / "tracker.db", "--config", str(tmp_path / "tracker.toml"))
+    try:
+        for tls, outcome in ((good, "delivered"), (wrong, "dead")):
+            receiver = SlackReceiver()
+            receiver.tls = tls
+            with receiver:
+                url = receiver.add_hook().replace("127.0.0.1", "localhost")
+                seen = send_test(srv, add_channel(srv, "slack", url=url, allow_private=True))
+                assert seen["status"] == outcome, seen
+                if outcome == "dead":
+                    assert "Hostname mismatch, certificate is not valid for 'localhost'" in seen["lastError"]
+                    assert receiver.received == []
+                else:
+                    assert len(receiver.messages) == 1
+    finally:
+        stop_server(srv)
