@@ -4266,12 +4266,13 @@ def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | 
     """Why an address is no place to send a notification, or None for a public one. An IPv6 address
     that carries an IPv4 one (mapped ::ffff:a.b.c.d, 6to4, NAT64) is judged by the IPv4 address."""
     if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour or (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in NAT64 else None)
+        nat64 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in NAT64 else None
+        embedded = ip.ipv4_mapped or ip.sixtofour or nat64
         if embedded is not None:
             return address_problem(embedded)
     for problem, flag in (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback),
-                          ("link-local", ip.is_link_local), ("multicast", ip.is_multicast), ("reserved", ip.is_reserved),
-                          ("private", ip.is_private),
+                          ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
+                          ("reserved", ip.is_reserved), ("private", ip.is_private),
                           ("site-local", isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local)):
         if flag:
             return problem
@@ -4694,8 +4695,8 @@ def http_call(method: str, url: str, body: bytes | None, headers: dict[str, str]
     parts = urllib.parse.urlsplit(url)
     secure = parts.scheme == "https"
     if parts.username is not None and "Authorization" not in headers:
-        basic = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
-        headers = {**headers, "Authorization": "Basic " + base64.b64encode(basic.encode()).decode()}
+        user, password = urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
+        headers = {**headers, **basic_auth(user, password)}
     try:
         addresses = resolve_target(parts.hostname or "", parts.port or (443 if secure else 80), allow_private)
         hostport = parts.netloc.rpartition("@")[2]
@@ -4726,6 +4727,10 @@ def parse_retry_after(value: str | None) -> float:
         return max(float(value or 0), 0.0)
     except ValueError:
         return 60.0
+
+
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 def json_call(method: str, url: str, payload: Any, timeout: float, headers: dict[str, str] | None = None,
@@ -4884,10 +4889,7 @@ def alertmanager_alert(n: Notice, labels: dict[str, str], resolved: bool) -> dic
 def alertmanager_post(config: dict[str, Any], alerts: list[dict[str, Any]], timeout: float) -> Delivery:
     """POST /api/v2/alerts, with HTTP Basic auth when the channel has a password (as Alertmanager's
     own clients send it to a --web.config.file with basic_auth_users)."""
-    headers = {}
-    if config.get("password"):
-        basic = f"{config.get('username') or ''}:{config['password']}"
-        headers["Authorization"] = "Basic " + base64.b64encode(basic.encode()).decode()
+    headers = basic_auth(config.get("username") or "", config["password"]) if config.get("password") else {}
     return json_call("POST", f"{config['url'].rstrip('/')}/api/v2/alerts", alerts, timeout, headers,
                      config.get("allow_private") is True)
 
@@ -4945,8 +4947,7 @@ def jira_fields(n: Notice, config: dict[str, Any], label: str) -> dict[str, Any]
 
 def jira_headers(config: dict[str, Any]) -> dict[str, str]:
     if config["flavor"] == "cloud":
-        basic = base64.b64encode(f"{config['email']}:{config['token']}".encode()).decode()
-        return {"Authorization": f"Basic {basic}", "Accept": "application/json"}
+        return {**basic_auth(config["email"], config["token"]), "Accept": "application/json"}
     return {"Authorization": f"Bearer {config['token']}", "Accept": "application/json"}
 
 

@@ -108,7 +108,8 @@ def test_private_targets_are_refused_when_made(server: TrackerServer, url: str, 
 def test_allow_private_is_explicit_and_never_opens_metadata(server: TrackerServer, slack: SlackReceiver) -> None:
     channel = add_channel(server, "slack", url=slack.add_hook(), allow_private=True)
     assert channel["config"]["allow_private"] is True
-    assert add_channel(server, "slack", url="https://hooks.example.com/services/T0/B0/x")["config"]["allow_private"] is False
+    public = add_channel(server, "slack", url="https://hooks.example.com/services/T0/B0/x")
+    assert public["config"]["allow_private"] is False
     r = api(server, "POST", "organizations/tracker/channels/", json={
         "name": "md", "kind": "webhook", "config": {"url": "http://169.254.169.254/", "allow_private": True}})
     assert r.status_code == 400 and METADATA in r.json()["detail"]
@@ -116,7 +117,8 @@ def test_allow_private_is_explicit_and_never_opens_metadata(server: TrackerServe
         "name": "yes", "kind": "webhook", "config": {"url": "https://hooks.example.com/", "allow_private": "yes"}})
     assert r.status_code == 400 and "allow_private must be true or false" in r.json()["detail"]
     # turning the flag off again is checked like a new channel
-    r = api(server, "PUT", f"organizations/tracker/channels/{channel['id']}/", json={"config": {"allow_private": False}})
+    r = api(server, "PUT", f"organizations/tracker/channels/{channel['id']}/",
+            json={"config": {"allow_private": False}})
     assert r.status_code == 400 and f"{PRIVATE} (loopback)" in r.json()["detail"]
     assert send_test(server, channel)["status"] == "delivered" and len(slack.messages) == 1
 
