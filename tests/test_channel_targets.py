@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-import tracker
+import tracker as t
 from conftest import ROOT, TrackerServer, configured_server, run_cli, start_server, stop_server, wait_for
 from receivers import Alertmanager, SlackReceiver, Smtp, WebhookReceiver, run_alertmanager
 
@@ -213,9 +213,9 @@ def test_one_lookup_and_the_connection_goes_to_the_checked_address(webhook: Webh
         if len(lookups) > 1:  # a second lookup would land on the metadata service
             return real("169.254.169.254", port, *args, **kwargs)
         return real("127.0.0.1", port, *args, **kwargs)
-    monkeypatch.setattr(tracker.socket, "getaddrinfo", rebinding)
+    monkeypatch.setattr(t.socket, "getaddrinfo", rebinding)
     body = json.dumps({"action": "triggered"}).encode()
-    result = tracker.http_call("POST", f"http://hooks.rebind.test:{webhook.port}/hook", body,
+    result = t.http_call("POST", f"http://hooks.rebind.test:{webhook.port}/hook", body,
                                {"Content-Type": "application/json"}, 5, allow_private=True)
     [received] = webhook.received
     assert lookups == ["hooks.rebind.test"] and received.headers["host"] == f"hooks.rebind.test:{webhook.port}"
