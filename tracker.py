@@ -26,6 +26,7 @@ import hmac
 import html
 import http.client
 import inspect
+import ipaddress
 import json
 import logging
 import marshal
@@ -37,15 +38,14 @@ import secrets
 import shutil
 import signal
 import smtplib
+import socket
 import sqlite3
 import ssl
 import sys
 import time
 import threading
 import tomllib
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 import zlib
 import zoneinfo
@@ -4321,9 +4321,109 @@ class AlertConfigError(ValueError):
 
 def check_url(value: Any, field: str) -> str:
     url = text(value, 2048).strip()
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https") or not urllib.parse.urlsplit(url).netloc:
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # an unclosed [IPv6 address
+        raise AlertConfigError(f"{field} must be an http(s) URL") from None
+    try:
+        parts.port  # noqa: B018 -- raises on a port that is not a number from 0 to 65535
+    except ValueError:
+        raise AlertConfigError(f"{field}: the port must be a number from 1 to 65535") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise AlertConfigError(f"{field} must be an http(s) URL")
     return url
+
+
+# -- where a channel may send: public addresses only, unless the channel says allow_private -------
+#
+# A channel is a URL (or an SMTP host) the tracker connects to and whose answer it records: without
+# a check it reaches the cloud metadata service, the loopback admin ports and the LAN (SSRF). The
+# name is resolved once, every address it gives is checked, and the connection goes to those
+# addresses (never a second lookup a DNS rebinding could answer differently); TLS still checks the
+# certificate and sends SNI for the name. A team's Alertmanager on the LAN is fine when the channel
+# says `allow_private = true` (admins only); metadata services stay refused even then.
+
+class TargetRefused(AlertConfigError):
+    """A channel host the tracker will not connect to: a 400 at creation, a dead letter at delivery."""
+
+
+# names that never leave the host or its network: RFC 6761 localhost, RFC 6762 .local (mDNS),
+# ICANN's private-use .internal, RFC 8375 home.arpa; a name without a dot is a search-domain (LAN) name
+LOCAL_SUFFIXES = ("localhost", "local", "internal", "home.arpa", "localdomain")
+# cloud metadata services (AWS/OpenStack, ECS tasks, AWS over IPv6, Alibaba, GCP): they hand out credentials
+METADATA_HOSTS = frozenset({"169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200",
+                            "metadata.google.internal", "metadata.goog", "metadata"})
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the last 32 bits are the IPv4 address reached
+PRIVATE_HINT = "set allow_private = true on the channel (admins only) to send inside your own network"
+
+
+def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why an address is no place to send a notification, or None for a public one. An IPv6 address
+    that carries an IPv4 one (mapped ::ffff:a.b.c.d, 6to4, NAT64) is judged by the IPv4 address."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        nat64 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in NAT64 else None
+        embedded = ip.ipv4_mapped or ip.sixtofour or nat64
+        if embedded is not None:
+            return address_problem(embedded)
+    for problem, flag in (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback),
+                          ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
+                          ("reserved", ip.is_reserved), ("private", ip.is_private),
+                          ("site-local", isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local)):
+        if flag:
+            return problem
+    return None if ip.is_global else "not globally routable"
+
+
+def resolve_target(host: str, port: int, allow_private: bool, field: str = "url") -> list[tuple[Any, ...]]:
+    """The checked addresses (getaddrinfo tuples) of a channel's host: connect to these only.
+    Raises TargetRefused, or OSError when the name does not resolve. Any spelling of an IPv4
+    address (2852039166, 0251.0376.0251.0376, 0xa9fea9fe) is parsed as the C library parses it."""
+    name = host.strip("[]").rstrip(".").lower()
+    if not name.isprintable():  # control characters, lone surrogates: no host, and not to be echoed
+        raise TargetRefused(f"{field}: not a valid host name")
+    try:
+        try:
+            infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+        except socket.gaierror:  # a name, not an address in any spelling
+            if name in METADATA_HOSTS:
+                raise TargetRefused(f"{field}: {host} is a cloud metadata service") from None
+            if not allow_private and ("." not in name or any(name == s or name.endswith("." + s)
+                                                             for s in LOCAL_SUFFIXES)):
+                raise TargetRefused(f"{field}: {host} is a local name; {PRIVATE_HINT}") from None
+            infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+    except UnicodeError:  # a label over 63 characters, an empty label
+        raise TargetRefused(f"{field}: {host} is not a valid host name") from None
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]).partition("%")[0])  # an IPv6 scope (%eth0) is no part of it
+        spelled = f"{host} is" if host.strip("[]") == str(ip) else f"{host} is {ip},"
+        if str(ip) in METADATA_HOSTS:
+            raise TargetRefused(f"{field}: {spelled} a cloud metadata service")
+        problem = None if allow_private else address_problem(ip)
+        if problem:
+            raise TargetRefused(f"{field}: {spelled} not a public address ({problem}); {PRIVATE_HINT}")
+    return infos
+
+
+def check_target(host: str, port: int, allow_private: bool, field: str) -> None:
+    """A channel's host at creation: refused as at delivery; a name that does not resolve from here
+    is accepted (DNS may be down for a minute), and each delivery checks it again."""
+    with contextlib.suppress(OSError):
+        resolve_target(host, port, allow_private, field)
+
+
+def connect_to(addresses: list[tuple[Any, ...]], timeout: float) -> socket.socket:
+    """A connection to the first checked address that takes it, as socket.create_connection tries each."""
+    error: OSError = OSError("the name resolved to no address")
+    for family, kind, proto, _, address in addresses:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error
 
 
 def checked_channel(kind: Any, name: Any, config: Any, old: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -4339,14 +4439,19 @@ def checked_channel(kind: Any, name: Any, config: Any, old: dict[str, Any] | Non
     for key, value in config.items():
         if value is None or value == "" and key in secrets_:
             continue
-        if old and key in secrets_ and value == mask_secret(old.get(key)):
-            continue
+        if old and value == masked_value(kind, key, old.get(key)):
+            continue  # sent back as the API shows it: the stored value, credentials and all, stays
         merged[key] = value if isinstance(value, (int, list)) else text(value, 2048).strip()
     missing = [key for key in required if not merged.get(key)]
     if missing:
         raise AlertConfigError(f"a {kind} channel needs {', '.join(missing)}")
+    if not isinstance(merged.setdefault("allow_private", False), bool):
+        raise AlertConfigError("allow_private must be true or false")
     if "url" in merged:
         merged["url"] = check_url(merged["url"], "url")
+        parts = urllib.parse.urlsplit(merged["url"])
+        check_target(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80),
+                     merged["allow_private"], "url")
     if kind == "email":
         recipients = merged["to"] if isinstance(merged["to"], list) else re.split(r"[,\s]+", str(merged["to"]))
         merged["to"] = [r for r in (text(x, 254).strip() for x in recipients) if r]
@@ -4357,7 +4462,10 @@ def checked_channel(kind: Any, name: Any, config: Any, old: dict[str, Any] | Non
         try:
             merged["port"] = int(merged["port"])
         except (TypeError, ValueError):
-            raise AlertConfigError("port must be a number") from None
+            merged["port"] = 0
+        if not 0 < merged["port"] < 65536:
+            raise AlertConfigError("port must be a number from 1 to 65535")
+        check_target(str(merged["host"]), merged["port"], merged["allow_private"], "host")
     if kind == "pagerduty" and len(str(merged["routing_key"])) != 32:
         raise AlertConfigError("routing_key: the 32-character integration key of an Events API v2 integration")
     if kind == "jira" and merged["flavor"] not in ("cloud", "datacenter"):
@@ -4380,9 +4488,27 @@ def mask_secret(value: Any) -> str:
     return f"…{value[-4:]}" if len(value) > 12 else "…"
 
 
+def masked_url(url: str) -> str:
+    """A URL with the credentials written into it filtered: the password of `user:password@` and
+    the query's values (`?token=`), as Sentry shows `[Filtered]` for a scrubbed value."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None and not parts.query:
+        return url
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    netloc = f"{userinfo.partition(':')[0]}:[Filtered]@{hostport}" if parts.password is not None else parts.netloc
+    query = "&".join(f"{pair.partition('=')[0]}=[Filtered]" for pair in parts.query.split("&") if pair)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def masked_value(kind: str, key: str, value: Any) -> Any:
+    """A channel's field as the API and pages show it: secrets masked, a URL's credentials filtered."""
+    if key in CHANNEL_FIELDS[kind][1]:
+        return mask_secret(value)
+    return masked_url(value) if key == "url" and isinstance(value, str) else value
+
+
 def masked_config(kind: str, config: dict[str, Any]) -> dict[str, Any]:
-    secret_fields = CHANNEL_FIELDS[kind][1]
-    return {key: mask_secret(value) if key in secret_fields else value for key, value in config.items()}
+    return {key: masked_value(kind, key, value) for key, value in config.items()}
 
 
 def save_channel(conn: sqlite3.Connection, name: str, kind: str, config: dict[str, Any],
@@ -4639,30 +4765,56 @@ class Delivery:
     ref: str | None = None
 
 
-class NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirected notification is a failed one: never re-send a body somewhere it was not sent."""
+class PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to the addresses resolve_target checked, never to a fresh lookup of the name.
+    http.client follows no redirects: a redirected notification is a failed one, never re-sent
+    somewhere that was not checked."""
 
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
+    addresses: list[tuple[Any, ...]]
+
+    def connect(self) -> None:
+        self.sock = connect_to(self.addresses, self.timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-HTTP = urllib.request.build_opener(NoRedirects())
+class PinnedHTTPSConnection(http.client.HTTPSConnection, PinnedHTTPConnection):
+    """The same under TLS: HTTPSConnection wraps the pinned socket with the URL's host name, so
+    SNI and the certificate check are for the name, not the address."""
 
 
-def http_call(method: str, url: str, body: bytes | None, headers: dict[str, str], timeout: float) -> Delivery:
-    """One HTTP request, classified: 2xx delivered; 429, 408, 5xx and network errors retried
-    (429 no sooner than its Retry-After); any other answer is dead."""
-    request = urllib.request.Request(url, data=body, headers=headers, method=method)
+def http_call(method: str, url: str, body: bytes | None, headers: dict[str, str], timeout: float,
+              allow_private: bool = False) -> Delivery:
+    """One HTTP request to a checked address, classified: 2xx delivered; 429, 408, 5xx and network
+    errors retried (429 no sooner than its Retry-After); a refused target, a redirect or any other
+    answer is dead. Credentials in the URL (`https://user:pw@host/`) go as Basic auth."""
+    parts = urllib.parse.urlsplit(url)
+    secure = parts.scheme == "https"
+    if parts.username is not None and "Authorization" not in headers:
+        user, password = urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
+        headers = {**headers, **basic_auth(user, password)}
     try:
-        with HTTP.open(request, timeout=timeout) as response:
-            return Delivery("delivered", response.status, response.read(2048).decode("utf-8", "replace"))
-    except urllib.error.HTTPError as exc:
-        detail = exc.read(2048).decode("utf-8", "replace")
-        retry_after = parse_retry_after(exc.headers.get("Retry-After"))
-        outcome = "retry" if exc.code in (408, 429) or exc.code >= 500 else "dead"
-        return Delivery(outcome, exc.code, f"HTTP {exc.code}: {detail}", retry_after)
-    except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, DNS
+        addresses = resolve_target(parts.hostname or "", parts.port or (443 if secure else 80), allow_private)
+        hostport = parts.netloc.rpartition("@")[2]
+        conn = PinnedHTTPSConnection(hostport, timeout=timeout, context=ssl.create_default_context()) if secure \
+            else PinnedHTTPConnection(hostport, timeout=timeout)
+        conn.addresses = addresses
+        try:
+            conn.request(method, urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, "")), body, headers)
+            response = conn.getresponse()
+            answer = response.read(2048).decode("utf-8", "replace")
+        finally:
+            conn.close()
+    except TargetRefused as exc:
+        return Delivery("dead", None, f"refused target: {exc}")
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # refused, reset, timed out, DNS, a bad port
         return Delivery("retry", None, f"{type(exc).__name__}: {exc}")
+    if 200 <= response.status < 300:
+        return Delivery("delivered", response.status, answer)
+    if 300 <= response.status < 400:
+        return Delivery("dead", response.status, f"HTTP {response.status}: a redirect, not followed")
+    outcome = "retry" if response.status in (408, 429) or response.status >= 500 else "dead"
+    return Delivery(outcome, response.status, f"HTTP {response.status}: {answer}",
+                    parse_retry_after(response.getheader("Retry-After")))
 
 
 def parse_retry_after(value: str | None) -> float:
@@ -4672,9 +4824,15 @@ def parse_retry_after(value: str | None) -> float:
         return 60.0
 
 
-def json_call(method: str, url: str, payload: Any, timeout: float, headers: dict[str, str] | None = None) -> Delivery:
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def json_call(method: str, url: str, payload: Any, timeout: float, headers: dict[str, str] | None = None,
+              allow_private: bool = False) -> Delivery:
     return http_call(method, url, json.dumps(payload).encode(),
-                     {"Content-Type": "application/json", "User-Agent": "tracker", **(headers or {})}, timeout)
+                     {"Content-Type": "application/json", "User-Agent": "tracker", **(headers or {})}, timeout,
+                     allow_private)
 
 
 @dataclasses.dataclass
@@ -4751,19 +4909,38 @@ def email_message(n: Notice, config: dict[str, Any], outbox_id: int) -> email.me
     return msg
 
 
+class PinnedSMTP(smtplib.SMTP):
+    """SMTP to the addresses resolve_target checked; STARTTLS checks the certificate for the name."""
+
+    addresses: list[tuple[Any, ...]]
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        return connect_to(self.addresses, timeout)
+
+
+class PinnedSMTPSSL(smtplib.SMTP_SSL, PinnedSMTP):
+    """Implicit TLS over the pinned socket (SMTP_SSL wraps it for the host's name)."""
+
+
 def send_email(config: dict[str, Any], msg: email.message.EmailMessage, timeout: float) -> Delivery:
-    """SMTP in a thread: TLS as configured and never silently dropped; 4xx retried, 5xx dead."""
+    """SMTP in a thread, to a checked address: TLS as configured and never silently dropped; 4xx
+    retried, 5xx dead."""
     context = ssl.create_default_context()
     try:
-        smtp_class = smtplib.SMTP_SSL if config["security"] == "tls" else smtplib.SMTP
+        addresses = resolve_target(config["host"], int(config["port"]), config.get("allow_private") is True, "host")
+        smtp_class = PinnedSMTPSSL if config["security"] == "tls" else PinnedSMTP
         kwargs = {"context": context} if config["security"] == "tls" else {}
-        with smtp_class(config["host"], int(config["port"]), timeout=timeout, **kwargs) as smtp:
+        with smtp_class(timeout=timeout, **kwargs) as smtp:
+            smtp.addresses = addresses
+            smtp.connect(config["host"], int(config["port"]))
             if config["security"] == "starttls":
                 smtp.starttls(context=context)
             if config.get("username"):
                 smtp.login(config["username"], config.get("password", ""))
             refused = smtp.send_message(msg)
         return Delivery("delivered", 250, f"refused: {', '.join(refused)}" if refused else "")
+    except TargetRefused as exc:
+        return Delivery("dead", None, f"refused target: {exc}")
     except smtplib.SMTPRecipientsRefused as exc:
         return Delivery("dead", None, f"recipients refused: {exc.recipients}")
     except smtplib.SMTPResponseException as exc:
@@ -4802,6 +4979,14 @@ def alertmanager_alert(n: Notice, labels: dict[str, str], resolved: bool) -> dic
             "endsAt": iso(now if resolved else now + (86400 if n.issue["type"] == "slo" else 300)),
             "annotations": {"summary": n.headline, "description": n.issue["culprit"], "event_count": n.issue["count"],
                             "users": str(n.issue["userCount"]), "url": n.url, "level": n.issue["level"]}}
+
+
+def alertmanager_post(config: dict[str, Any], alerts: list[dict[str, Any]], timeout: float) -> Delivery:
+    """POST /api/v2/alerts, with HTTP Basic auth when the channel has a password (as Alertmanager's
+    own clients send it to a --web.config.file with basic_auth_users)."""
+    headers = basic_auth(config.get("username") or "", config["password"]) if config.get("password") else {}
+    return json_call("POST", f"{config['url'].rstrip('/')}/api/v2/alerts", alerts, timeout, headers,
+                     config.get("allow_private") is True)
 
 
 def alertmanager_labels(n: Notice) -> dict[str, str]:
@@ -4857,8 +5042,7 @@ def jira_fields(n: Notice, config: dict[str, Any], label: str) -> dict[str, Any]
 
 def jira_headers(config: dict[str, Any]) -> dict[str, str]:
     if config["flavor"] == "cloud":
-        basic = base64.b64encode(f"{config['email']}:{config['token']}".encode()).decode()
-        return {"Authorization": f"Basic {basic}", "Accept": "application/json"}
+        return {**basic_auth(config["email"], config["token"]), "Accept": "application/json"}
     return {"Authorization": f"Bearer {config['token']}", "Accept": "application/json"}
 
 
@@ -4866,7 +5050,8 @@ def jira_find(config: dict[str, Any], label: str, timeout: float) -> str | None:
     """The Jira issue an earlier, ambiguous attempt may have created (found by its label)."""
     path = "/rest/api/3/search/jql" if config["flavor"] == "cloud" else "/rest/api/2/search"
     query = urllib.parse.urlencode({"jql": f'labels = "{label}"', "fields": "summary"})
-    result = http_call("GET", f"{config['url'].rstrip('/')}{path}?{query}", None, jira_headers(config), timeout)
+    result = http_call("GET", f"{config['url'].rstrip('/')}{path}?{query}", None, jira_headers(config), timeout,
+                       config.get("allow_private") is True)
     if result.outcome != "delivered":
         raise ConnectionError(result.detail)
     issues = json.loads(result.detail or "{}").get("issues") or []
@@ -4884,7 +5069,7 @@ def jira_create(n: Notice, config: dict[str, Any], attempts: int, timeout: float
             return Delivery("delivered", 200, f"found {found}", ref=found)
     api = "/rest/api/3/issue" if config["flavor"] == "cloud" else "/rest/api/2/issue"
     result = json_call("POST", f"{config['url'].rstrip('/')}{api}", {"fields": jira_fields(n, config, label)},
-                       timeout, jira_headers(config))
+                       timeout, jira_headers(config), config.get("allow_private") is True)
     if result.outcome == "delivered":
         result.ref = json.loads(result.detail).get("key")
     return result
@@ -4895,30 +5080,43 @@ def deliver(n: Notice, channel: sqlite3.Row, link: sqlite3.Row | None, outbox_id
     """One attempt at one notification, in a worker thread."""
     config = json.loads(channel["config"])
     kind = channel["kind"]
+    allow_private = config.get("allow_private") is True
     if kind == "slack":
-        result = json_call("POST", config["url"], slack_body(n), timeout)
+        result = json_call("POST", config["url"], slack_body(n), timeout, allow_private=allow_private)
         return result if result.outcome != "delivered" or result.detail.strip() in ("ok", "") else \
-            Delivery("dead", result.status, f"Slack answered {result.detail[:200]!r}")
+            Delivery("dead", result.status, f"Slack error: {result.detail[:200]!r}")
     if kind == "email":
         return send_email(config, email_message(n, config, outbox_id), timeout)
     if kind == "pagerduty":
         routing_key = link["data"] if link else config["routing_key"]  # resolve with the key that opened it
         dedup_key = f"tracker:{n.settings.organization}:{n.issue['id']}"
-        result = json_call("POST", config["url"], pagerduty_body(n, routing_key, dedup_key), timeout)
+        result = json_call("POST", config["url"], pagerduty_body(n, routing_key, dedup_key), timeout,
+                           allow_private=allow_private)
         return dataclasses.replace(result, ref=dedup_key if not n.resolves else None)
     if kind == "alertmanager":
         labels = json.loads(link["data"]) if link else alertmanager_labels(n)
-        result = json_call("POST", f"{config['url'].rstrip('/')}/api/v2/alerts",
-                           [alertmanager_alert(n, labels, n.resolves)], timeout)
+        result = alertmanager_post(config, [alertmanager_alert(n, labels, n.resolves)], timeout)
         return dataclasses.replace(result, ref=json.dumps(labels) if not n.resolves else None)
     if kind == "webhook":
         resource, payload = webhook_body(n)
         body = json.dumps(payload).encode()
         return http_call("POST", config["url"], body, {"Content-Type": "application/json", "User-Agent": "tracker",
-                                                       **webhook_headers(config, resource, body, n.key)}, timeout)
+                                                       **webhook_headers(config, resource, body, n.key)}, timeout,
+                         allow_private)
     if link:  # jira: one Jira issue per tracker issue
         return Delivery("delivered", None, f"already filed as {link['ref']}", ref=link["ref"])
     return jira_create(n, config, attempts, timeout)
+
+
+# A delivery's error is kept as "<class>: <what the far end said>": everyone sees the class (`HTTP 400`,
+# `ConnectionRefusedError`, `refused target`), only admins the rest, whose length is bounded here.
+ERROR_LIMIT = 300
+
+
+def error_shown(last_error: str | None, admin: bool) -> str | None:
+    """A delivery's error as its viewer may see it: a far end's answer (a metadata service's
+    credentials, an internal page) is for admins, a read token gets the class of the error."""
+    return last_error if admin or last_error is None else last_error.partition(": ")[0]
 
 
 def record_delivery(conn: sqlite3.Connection, row: sqlite3.Row, channel: sqlite3.Row, result: Delivery,
@@ -4933,7 +5131,7 @@ def record_delivery(conn: sqlite3.Connection, row: sqlite3.Row, channel: sqlite3
                         delivered = CASE WHEN ? = 'delivered' THEN ? END, external_ref = coalesce(?, external_ref)
                     WHERE id = ?""",
                  ("pending" if status == "retry" else status, result.status,
-                  result.detail[:2048] if status != "delivered" else None, now + max(delay, result.retry_after),
+                  result.detail[:ERROR_LIMIT] if status != "delivered" else None, now + max(delay, result.retry_after),
                   status, now, result.ref if channel["kind"] == "jira" else None, row["id"]))
     conn.execute("UPDATE channels SET failures = CASE WHEN ? THEN 0 ELSE failures + 1 END WHERE id = ?",
                  (status == "delivered", channel["id"]))
@@ -5098,9 +5296,7 @@ class Dispatcher(Background):
                 if notice:
                     alerts.append(alertmanager_alert(notice, json.loads(link["data"]), False))
             if alerts:
-                config = json.loads(channel["config"])
-                await asyncio.to_thread(json_call, "POST", f"{config['url'].rstrip('/')}/api/v2/alerts", alerts,
-                                        self.timeout)
+                await asyncio.to_thread(alertmanager_post, json.loads(channel["config"]), alerts, self.timeout)
 
 
 def slo_subject(slo: dict[str, Any]) -> dict[str, Any]:
@@ -7116,12 +7312,13 @@ def serialize_rule(row: sqlite3.Row, project_slug: str) -> dict[str, Any]:
             "projects": [project_slug], "status": "active"}
 
 
-def serialize_delivery(row: sqlite3.Row) -> dict[str, Any]:
+def serialize_delivery(row: sqlite3.Row, admin: bool) -> dict[str, Any]:
     return {"id": str(row["id"]), "channel": {"id": str(row["channel_id"]), "name": row["channel_name"],
                                               "kind": row["channel_kind"]},
             "issueId": str(row["issue_id"]) if row["issue_id"] is not None else None, "trigger": row["trigger"],
             "status": row["status"], "attempts": row["attempts"], "lastStatus": row["last_status"],
-            "lastError": row["last_error"], "externalRef": row["external_ref"], "idempotencyKey": row["idempotency_key"],
+            "lastError": error_shown(row["last_error"], admin), "externalRef": row["external_ref"],
+            "idempotencyKey": row["idempotency_key"],
             "dateCreated": iso(row["created"]), "dateDelivered": iso(row["delivered"]),
             "nextAttempt": iso(row["next_attempt"]) if row["status"] == "pending" else None}
 
@@ -7146,7 +7343,7 @@ async def api_channels(request: Request) -> list[dict[str, Any]]:
 async def create_channel(request: Request, kind: Any, name: Any, config: Any) -> tuple[int, dict[str, Any]]:
     """Validate and store a new channel (the API and the dashboard form share this)."""
     try:
-        checked = checked_channel(kind, name, config)
+        checked = await asyncio.to_thread(checked_channel, kind, name, config)  # it resolves the host: not on the loop
         return await request.app.state.writer.submit(
             lambda conn: save_channel(conn, name.strip(), kind, checked)), checked
     except AlertConfigError as exc:
@@ -7173,7 +7370,8 @@ async def api_update_channel(request: Request) -> dict[str, Any]:
     body = await request_object(request)
     name = body.get("name", row["name"])
     try:
-        checked = checked_channel(row["kind"], name, body.get("config", {}), json.loads(row["config"]))
+        checked = await asyncio.to_thread(checked_channel, row["kind"], name, body.get("config", {}),
+                                          json.loads(row["config"]))
         await request.app.state.writer.submit(lambda conn: save_channel(conn, name.strip(), row["kind"], checked,
                                                                         row["id"]))
     except AlertConfigError as exc:
@@ -7221,7 +7419,8 @@ async def api_deliveries(request: Request) -> Response:
     rows = await request.app.state.store.all(
         f"{DELIVERY_SQL} WHERE {' AND '.join(where) or '1'} ORDER BY o.id DESC LIMIT ? OFFSET ?",
         [*args, limit + 1, offset])
-    return JSONResponse([serialize_delivery(r) for r in rows[:limit]],
+    admin = "admin" in (await require_token(request))["scopes"].split()
+    return JSONResponse([serialize_delivery(r, admin) for r in rows[:limit]],
                         headers=paginate(request, len(rows), limit, offset))
 
 
@@ -8259,6 +8458,7 @@ A notification is queued with the event that caused it and delivered with retrie
   <label>Jira email<input name="email" value="{{ form.email }}" size="14"></label><label>Jira token / PAT<input name="token" type="password" size="12"></label>
   <label>Jira project<input name="project" value="{{ form.project }}" size="6" placeholder="OPS"></label><label>Issue type<input name="issue_type" value="{{ form.issue_type }}" size="6" placeholder="Bug"></label>
   <label>Webhook secret<input name="secret" type="password" size="12" placeholder="generated"></label>
+  <label title="a loopback, private or link-local address: your own network, not the internet"><input type="checkbox" name="allow_private" {{ 'checked' if form.allow_private }}> Allow a private address</label>
   <button type="submit">Add channel</button></form>
 <div class="card" style="padding:0"><h2 style="margin:14px 16px 4px">Deliveries</h2>{% if deliveries %}<table class="deliveries"><thead><tr><th>Queued</th><th>Channel</th><th>Why</th><th>Issue</th><th>Status</th><th class="num">Attempts</th><th>Last error</th><th></th></tr></thead><tbody>
 {% for d in deliveries %}<tr><td class="mono" title="{{ d.created|datetime }}">{{ d.created|ago }}</td><td>{{ d.channel_name }} <span class="muted">{{ d.channel_kind }}</span></td><td>{{ d.trigger }}</td>
@@ -9506,7 +9706,9 @@ async def issue_alerts(store: Store, issue_id: int) -> dict[str, Any]:
     links = []
     for link in await store.all("SELECT l.*, c.name AS channel_name, c.config FROM issue_links l JOIN channels c "
                                 "ON c.id = l.channel_id WHERE l.issue_id = ? AND l.kind != 'alertmanager'", (issue_id,)):
-        href = f"{json.loads(link['config'])['url'].rstrip('/')}/browse/{link['ref']}" if link["kind"] == "jira" else None
+        site = urllib.parse.urlsplit(json.loads(link["config"])["url"]) if link["kind"] == "jira" else None
+        href = f"{site._replace(netloc=site.netloc.rpartition('@')[2]).geturl().rstrip('/')}/browse/{link['ref']}" \
+            if site else None  # never a password written into the Jira URL
         links.append({"kind": link["kind"], "ref": link["ref"], "channel_name": link["channel_name"], "href": href})
     deliveries = await store.all(f"{DELIVERY_SQL} WHERE o.issue_id = ? ORDER BY o.id DESC LIMIT 10", (issue_id,))
     return {"links": links, "deliveries": deliveries}
@@ -9520,7 +9722,9 @@ async def page_alerts(request: Request) -> Response:
     if response:
         return response
     channels = await store.all("SELECT * FROM channels ORDER BY name")
-    deliveries = await store.all(f"{DELIVERY_SQL} ORDER BY o.id DESC LIMIT 100")
+    admin = request.scope["state"]["viewer"].role == "admin"
+    deliveries = [{**dict(d), "last_error": error_shown(d["last_error"], admin)}
+                  for d in await store.all(f"{DELIVERY_SQL} ORDER BY o.id DESC LIMIT 100")]
     projects = await store.all("SELECT * FROM projects ORDER BY name")
     return render(request, "alerts.html", status=400 if error else 200, error=error, form=last_values(form),
                   kinds=CHANNEL_KINDS,
@@ -9546,7 +9750,8 @@ async def apply_alerts_form(request: Request, form: dict[str, str]) -> None:
             raise ApiError(404, "No dead delivery with that id.")
         request.app.state.dispatcher.wake.set()
         return
-    config = {key: form[key] for key in CHANNEL_FORM_FIELDS if form.get(key, "").strip()}
+    config: dict[str, Any] = {key: form[key] for key in CHANNEL_FORM_FIELDS if form.get(key, "").strip()}
+    config["allow_private"] = bool(form.get("allow_private"))  # a checkbox: sent only when ticked
     await create_channel(request, form.get("kind"), form.get("name", ""), config)
 
 

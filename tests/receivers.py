@@ -94,6 +94,7 @@ class Receiver:
     arguments of `script()`) expose the same from outside the process."""
 
     name = "receiver"
+    tls: tuple[Path, Path] | None = None  # (certificate, key) to serve HTTPS instead of HTTP
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -115,12 +116,13 @@ class Receiver:
         """Bind a free port (retrying if another process takes it first) and wait until serving."""
         for _ in range(5):
             self.port = free_port()
-            self.url = f"http://127.0.0.1:{self.port}"
+            self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
             app = Starlette(routes=[*self.routes(), Route("/_received", self._received_view),
                                     Route("/_fail", self._fail_view, methods=["POST"])])
+            tls = {"ssl_certfile": str(self.tls[0]), "ssl_keyfile": str(self.tls[1])} if self.tls else {}
             self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
                                                         lifespan="off", access_log=False, loop="asyncio",
-                                                        http="h11"))
+                                                        http="h11", **tls))
             self.thread = threading.Thread(target=self.server.run, daemon=True, name=f"{self.name}:{self.port}")
             self.thread.start()
             server, thread = self.server, self.thread
@@ -1066,6 +1068,7 @@ class Alertmanager:
     capture: NotificationCapture
     process: subprocess.Popen[bytes]
     log: Path
+    auth: tuple[str, str] | None = None  # (user, password) when started behind HTTP Basic auth
 
     @property
     def notifications(self) -> list[dict[str, Any]]:
@@ -1076,12 +1079,12 @@ class Alertmanager:
         """GET /api/v2/alerts, optionally `active=` and label matchers (`alerts(issue_id="7")`)."""
         params: list[tuple[str, Any]] = [] if active is None else [("active", str(active).lower())]
         params += [("filter", f'{name}="{value}"') for name, value in matchers.items()]
-        r = httpx.get(f"{self.url}/api/v2/alerts", params=params, timeout=5)
+        r = httpx.get(f"{self.url}/api/v2/alerts", params=params, auth=self.auth, timeout=5)
         assert r.status_code == 200, r.text
         return r.json()
 
     def post(self, alerts: list[dict[str, Any]]) -> httpx.Response:
-        return httpx.post(f"{self.url}/api/v2/alerts", json=alerts, timeout=5)
+        return httpx.post(f"{self.url}/api/v2/alerts", json=alerts, auth=self.auth, timeout=5)
 
     def notified(self, status: str, timeout: float = 10.0, **labels: str) -> dict[str, Any]:
         """Wait for a webhook notification carrying an alert with this status and these labels."""
@@ -1109,32 +1112,41 @@ receivers:
 @pytest.fixture(scope="module")
 def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alertmanager]:
     """The Debian `prometheus-alertmanager` binary on a free loopback port, clustering off."""
+    yield from run_alertmanager(tmp_path_factory.mktemp("alertmanager"))
+
+
+def run_alertmanager(work: Path, auth: tuple[str, str, str] | None = None) -> Iterator[Alertmanager]:
+    """Start Alertmanager in `work`; `auth` = (user, password, its bcrypt hash) puts every endpoint
+    behind HTTP Basic auth through the exporter-toolkit `--web.config.file` (basic_auth_users)."""
     if ALERTMANAGER_BINARY is None:
         pytest.skip("the prometheus-alertmanager binary is not installed "
                     "(Debian: apt-get install prometheus-alertmanager; .ci/run installs it)")
     capture = NotificationCapture().start()
-    work = tmp_path_factory.mktemp("alertmanager")
     config = work / "am.yml"
     config.write_text(ALERTMANAGER_CONFIG.format(url=f"{capture.url}/am"))
+    web = []
+    if auth:
+        (work / "web.yml").write_text(f'basic_auth_users:\n  {auth[0]}: "{auth[2]}"\n')
+        web = [f"--web.config.file={work / 'web.yml'}"]
     log = work / "alertmanager.log"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
         process = subprocess.Popen([ALERTMANAGER_BINARY, f"--config.file={config}", f"--storage.path={work / 'data'}",
-                                    f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+                                    f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", *web],
                                    stdout=out, stderr=subprocess.STDOUT)
 
     def ready() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"alertmanager exited during start-up:\n{log.read_text()[-2000:]}")
         try:
-            return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
+            return httpx.get(f"{url}/-/ready", auth=auth[:2] if auth else None, timeout=1).status_code == 200
         except httpx.TransportError:
             return False
 
     try:
         wait_for(ready, timeout=20)
-        yield Alertmanager(url, capture, process, log)
+        yield Alertmanager(url, capture, process, log, auth[:2] if auth else None)
     finally:
         process.terminate()
         try:

@@ -60,7 +60,7 @@ def hook(server: TrackerServer, webhook: WebhookReceiver) -> Iterator[WebhookRec
     r = httpx.post(f"{server.url}/api/0/organizations/tracker/channels/", timeout=10,
                    headers={"Authorization": f"Bearer {server.token}"},
                    json={"name": f"hook-{uuid.uuid4().hex[:6]}", "kind": "webhook",
-                         "config": {"url": webhook.hook_url, "secret": webhook.secret}})
+                         "config": {"url": webhook.hook_url, "secret": webhook.secret, "allow_private": True}})
     assert r.status_code == 201, r.text
     yield webhook
     httpx.delete(f"{server.url}/api/0/organizations/tracker/channels/{r.json()['id']}/", timeout=10,

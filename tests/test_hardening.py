@@ -195,7 +195,7 @@ def ok(r: httpx.Response, *statuses: int) -> httpx.Response:
 def arm_alerts(server: TrackerServer, project: Project, webhook: WebhookReceiver) -> None:
     """A webhook channel and a rule, both named with markup, that fire for the hostile issue."""
     channel = {"name": SHORT, "kind": "webhook", "config": {"url": f"{webhook.hook_url}?x={urllib.parse.quote(SHORT)}",
-                                                             "secret": webhook.secret}}
+                                                             "secret": webhook.secret, "allow_private": True}}
     ok(api(server, "POST", "organizations/tracker/channels/", json=channel))
     rule = {"name": SHORT, "frequency": 5,
             "conditions": [{"id": "sentry.rules.conditions.first_seen_event.FirstSeenEventCondition"}],

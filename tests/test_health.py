@@ -149,7 +149,7 @@ def test_slo_breaches_and_recovers_through_a_channel(server: TrackerServer, webh
     project = server.create_project()
     channel = api(server, "POST", "organizations/tracker/channels/", json={
         "name": f"slo-{project.slug}", "kind": "webhook",
-        "config": {"url": f"{webhook.url}/hook", "secret": webhook.secret}}).json()
+        "config": {"url": f"{webhook.url}/hook", "secret": webhook.secret, "allow_private": True}}).json()
     try:
         r = api(server, "PUT", f"projects/tracker/{project.slug}/slo/",
                 json={"name": "Checkout budget", "metric": "errored_sessions", "objective": 0.001, "window": 10,
