@@ -63,7 +63,7 @@ import uvicorn
 import zstandard
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import (HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response,
                                  StreamingResponse)
 from starlette.routing import Route
@@ -8599,7 +8599,7 @@ class LoginThrottle:
         count, last = self.failures.get(key, (0, 0.0))
         kind = key.partition(":")[0]
         excess = count - self.FREE[kind] if now - last < self.FORGET else 0
-        return max(last + min(2.0 ** (excess - 1), self.LONGEST[kind]) - now, 0.0) if excess > 0 else 0.0
+        return max(last + min(2.0 ** min(excess - 1, 20), self.LONGEST[kind]) - now, 0.0) if excess > 0 else 0.0
 
     def wait(self, *keys: str) -> float:
         """How long these keys refuse a try."""
@@ -9928,7 +9928,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/projects/{slug}/envelopes/{envelope_id}/", page_envelope),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(DashboardGate)],
-                    exception_handlers={PageNotFound: page_not_found, FormRefused: form_refused})
+                    exception_handlers={PageNotFound: page_not_found, FormRefused: form_refused,
+                                        ClientDisconnect: client_gone})
     app.state.settings = settings
     app.state.throttle = LoginThrottle()
     app.state.secret = secrets.token_bytes(32)
@@ -10166,13 +10167,20 @@ class GuardedHttp(HttpToolsProtocol):
             self.refuse(408, "request not received in time")
 
     def refuse(self, status: int, message: str) -> None:
-        """Answer and close, unless a response is already on its way (then close only)."""
-        if self.cycle is None or self.cycle.response_complete:
+        """Answer and close, unless a response is already on its way (then close only). An app
+        still reading the body then sees the client gone (uvicorn drops what it answers)."""
+        if self.cycle is None or self.cycle.response_complete or not (self.cycle.response_started or self.pipeline):
             body = message.encode()
             self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
                                  b"content-length: %d\r\nconnection: close\r\n\r\n%s"
                                  % (status, http.HTTPStatus(status).phrase.encode(), len(body), body))
         self.transport.close()
+
+
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """A client gone mid-body (or cut off by GuardedHttp's body timeout): no one to answer, and no
+    traceback logged for each of a slow-client flood."""
+    return Response(status_code=408)
 
 
 def serve(settings: Settings) -> None:
