@@ -13,12 +13,12 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import httpx
 import pytest
 import sentry_sdk
-from conftest import ADMIN_PASSWORD, ROOT, TrackerServer, start_server, stop_server, wait_for
+from conftest import ADMIN_PASSWORD, ROOT, TrackerServer, start_server, stop_server
 
 import tracker as tracker_module
 
