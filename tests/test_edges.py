@@ -115,9 +115,9 @@ def test_without_trusted_proxies_x_forwarded_for_is_ignored(crowded: TrackerServ
 
 def test_the_throttle_table_stays_bounded_and_keeps_a_busy_guesser() -> None:
     throttle = tracker_module.LoginThrottle()
-    for i in range(100_000):  # one address cycling names
-        throttle.failed(*throttle.keys(f"name-{i}", "203.0.113.66"))
-    assert len(throttle.failures) <= throttle.KEPT
+    for i in range(100_000):  # one address cycling names, long ones
+        throttle.failed(*throttle.keys(f"{i}-{'n' * 5000}", "203.0.113.66"))
+    assert len(throttle.failures) <= throttle.KEPT and max(map(len, throttle.failures)) < 200
     assert throttle.wait(*throttle.keys("someone-new", "203.0.113.66")) > 0  # not forgiven by the churn
     for i in range(100_000):  # many addresses, one name
         throttle.failed(*throttle.keys("admin", f"2001:db8:{i:x}::1"))
