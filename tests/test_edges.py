@@ -113,6 +113,15 @@ def test_without_trusted_proxies_x_forwarded_for_is_ignored(crowded: TrackerServ
     assert answers[:11] == [401] * 11 and answers[11] == 429  # one address (127.0.0.1), whatever the header said
 
 
+def test_trusted_proxies_from_toml_env_and_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "tracker.toml"
+    config.write_text('[server]\ntrusted_proxies = ["127.0.0.1", "10.0.0.0/8"]\n')
+    assert tracker_module.load_settings(str(config)).trusted_proxies == "127.0.0.1,10.0.0.0/8"
+    monkeypatch.setenv("TRACKER_TRUSTED_PROXIES", "192.0.2.1")
+    assert tracker_module.load_settings(str(config)).trusted_proxies == "192.0.2.1"
+    assert tracker_module.load_settings(str(config), trusted_proxies="::1").trusted_proxies == "::1"
+
+
 def test_the_throttle_table_stays_bounded_and_keeps_a_busy_guesser() -> None:
     throttle = tracker_module.LoginThrottle()
     for i in range(100_000):  # one address cycling names, long ones
@@ -196,6 +205,14 @@ def trickle(server: TrackerServer, head: bytes, every: float, give_up: float) ->
 def test_a_slow_head_is_cut_off(edge: TrackerServer) -> None:
     took, answer = trickle(edge, b"GET /login HTTP/1.1\r\nHost: x\r\nX-Slow: ", every=0.3, give_up=10)
     assert HEADER_TIMEOUT - 0.1 < took < HEADER_TIMEOUT + 1.0 and answer.startswith(b"HTTP/1.1 408 "), (took, answer)
+
+
+def test_a_silent_connection_is_closed(edge: TrackerServer) -> None:
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=HEADER_TIMEOUT + 5) as sock:
+        started = time.monotonic()
+        answer = sock.recv(4096)
+        assert HEADER_TIMEOUT - 0.1 < time.monotonic() - started < HEADER_TIMEOUT + 1.0
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
 
 
 def test_a_slow_body_is_cut_off(edge: TrackerServer) -> None:
