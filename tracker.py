@@ -34,6 +34,7 @@ import math
 import os
 import random
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -61,11 +62,12 @@ import uvicorn
 import zstandard
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import (HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response,
                                  StreamingResponse)
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 __version__ = "0.1.0"
 log = logging.getLogger("tracker")
@@ -102,6 +104,12 @@ class Settings:
     crons: dict[str, Any] = dataclasses.field(default_factory=dict)  # interval (s), minute (s; tests shorten it)
     attachments: dict[str, Any] = dataclasses.field(default_factory=dict)  # max_size, max_total (bytes)
     ingest_workers: int = -1  # processes that prepare events; -1: one per core (at most 4; none on one core)
+    # the TLS proxies (addresses or networks, comma-separated) whose X-Forwarded-For names the client:
+    # without it a proxy on this machine makes every client 127.0.0.1 to /stream and the login throttle
+    trusted_proxies: str = ""
+    header_timeout: float = 10.0  # seconds from a request's first byte (or the connection) to its last header
+    body_timeout: float = 60.0  # seconds from the last header to the body's last byte (20 MiB at 3 Mbit/s)
+    max_connections: int = 1000  # open at once, also kept under the process's file limit (GuardedHttp)
 
     @property
     def public_url(self) -> str:
@@ -109,7 +117,8 @@ class Settings:
 
 
 ENV_VARS = {"db": "TRACKER_DB", "host": "TRACKER_HOST", "port": "TRACKER_PORT",
-            "url": "TRACKER_URL", "organization": "TRACKER_ORG", "auth_header": "TRACKER_AUTH_HEADER"}
+            "url": "TRACKER_URL", "organization": "TRACKER_ORG", "auth_header": "TRACKER_AUTH_HEADER",
+            "trusted_proxies": "TRACKER_TRUSTED_PROXIES"}
 
 
 def load_settings(config: str | None = None, **flags: Any) -> Settings:
@@ -140,6 +149,8 @@ def load_settings(config: str | None = None, **flags: Any) -> Settings:
         if value is not None:
             setattr(settings, key, value)
     settings.port = int(settings.port)
+    if isinstance(settings.trusted_proxies, list):  # TOML may list them
+        settings.trusted_proxies = ",".join(map(str, settings.trusted_proxies))
     return settings
 
 
@@ -366,8 +377,23 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
 ]
 
 
+def keep_private(db: str) -> None:
+    """Make the database file owner-only (0600) before SQLite opens it, or tighten one a looser
+    umask made (logged, so once): it holds webhook secrets and channel credentials. SQLite gives a
+    new -wal and -shm the database file's mode; ones left by an older run are tightened too."""
+    with contextlib.suppress(FileExistsError, FileNotFoundError):  # no directory: SQLite says so
+        os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for path in (db, f"{db}-wal", f"{db}-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            mode = os.stat(path).st_mode & 0o777
+            if mode & 0o077:
+                os.chmod(path, mode & 0o700)
+                log.warning("%s was readable by other local users (mode %o): made it owner-only", path, mode)
+
+
 def connect_db(path: str) -> sqlite3.Connection:
     """Open a connection in WAL mode; NORMAL sync keeps every commit across a process kill."""
+    keep_private(path)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
@@ -1212,6 +1238,8 @@ def parse_project_id(raw: str) -> int:
 
 
 def client_ip(request: Request) -> str:
+    """The client's address: uvicorn puts the one X-Forwarded-For names there when the connection
+    comes from a trusted proxy (`trusted_proxies`), and ignores the header from anyone else."""
     return request.client.host if request.client else ""
 
 
@@ -1251,7 +1279,7 @@ async def stream(request: Request) -> Response:
 async def spotlight(request: Request) -> Response:
     """An envelope without a DSN, into the project `local` (made on first use). Loopback clients
     only: it is for a developer's own machine."""
-    if request.client is None or request.client.host not in ("127.0.0.1", "::1"):
+    if client_ip(request) not in ("127.0.0.1", "::1"):
         raise IngestError(403, "/stream accepts envelopes from this machine only; use a DSN from elsewhere")
     header, items, data = await read_envelope(request)
     store: Store = request.app.state.store
@@ -8827,30 +8855,65 @@ def refusal_for(request: Request, viewer: Viewer | None) -> Response | None:
 
 
 class LoginThrottle:
-    """Failed logins slow down the next try: after n failures for a user name the next check waits
-    2^(n-1) s, at most 5 minutes; a client address gets 10 failures free (people behind one NAT
-    mistype too), then the same. In memory: a restart forgives."""
+    """Failed sign-ins slow down the next try, without letting strangers lock a person out:
+    - a name from one address: after n failures that pair waits 2^(n-1) s, at most 5 minutes (the
+      person's own mistyping, or one guesser);
+    - an address: 10 failures free (people behind one NAT mistype too), then the same; an IPv6
+      address counts as its /64, which one host usually holds whole;
+    - a name from anywhere: after 10 failures each try on it is held up to 2 s first, a pause and
+      never a refusal, so guesses from many addresses cannot keep its owner out.
+    A success forgives its name, never its address (or one's own account would reset a guesser's
+    count). Failures are forgotten an hour after the last; at most KEPT keys are remembered, the
+    least recently failed dropped first, so cycling names or addresses cannot grow the table past
+    9 MB (measured with 5,000-character names and IPv6 addresses), and an address still failing
+    stays remembered. In memory: a restart forgives."""
 
-    FREE = {"user": 0, "ip": 10}
+    FREE = {"pair": 0, "ip": 10, "user": 10}
+    LONGEST = {"pair": 300.0, "ip": 300.0, "user": 2.0}
+    PAUSES = ("user",)  # kinds that hold a try up rather than refuse it
+    KEPT = 30_000
+    FORGET = 3600.0
 
     def __init__(self) -> None:
-        self.failures: dict[str, tuple[int, float]] = {}
+        self.failures: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()  # (count, last)
+
+    @staticmethod
+    def keys(name: str, address: str) -> tuple[str, str, str]:
+        name, address = name.lower()[:81], address[:64]  # user names have 80 characters at most
+        with contextlib.suppress(ValueError):
+            ip = ipaddress.ip_address(address)
+            if ip.version == 6 and ip.ipv4_mapped is None:
+                address = str(ipaddress.ip_network(f"{ip}/64", strict=False))
+        return f"pair:{name} {address}", f"ip:{address}", f"user:{name}"
+
+    def delay(self, key: str, now: float) -> float:
+        count, last = self.failures.get(key, (0, 0.0))
+        kind = key.partition(":")[0]
+        excess = count - self.FREE[kind] if now - last < self.FORGET else 0
+        return max(last + min(2.0 ** min(excess - 1, 20), self.LONGEST[kind]) - now, 0.0) if excess > 0 else 0.0
 
     def wait(self, *keys: str) -> float:
+        """How long these keys refuse a try."""
         now = time.monotonic()
-        return max([self.failures.get(k, (0, now))[1] - now for k in keys] + [0.0])
+        return max([self.delay(k, now) for k in keys if not k.startswith(self.PAUSES)] + [0.0])
+
+    def pause(self, *keys: str) -> float:
+        """How long to hold a try up before checking it."""
+        now = time.monotonic()
+        return max([self.delay(k, now) for k in keys if k.startswith(self.PAUSES)] + [0.0])
 
     def failed(self, *keys: str) -> None:
-        if len(self.failures) > 100_000:
-            self.failures.clear()
+        now = time.monotonic()
         for key in keys:
-            count = self.failures.get(key, (0, 0.0))[0] + 1
-            excess = count - self.FREE[key.partition(":")[0]]
-            self.failures[key] = (count, time.monotonic() + (min(2.0 ** (excess - 1), 300.0) if excess > 0 else 0))
+            count, last = self.failures.pop(key, (0, now))
+            self.failures[key] = (count + 1 if now - last < self.FORGET else 1, now)
+        while len(self.failures) > self.KEPT:
+            self.failures.popitem(last=False)
 
     def succeeded(self, *keys: str) -> None:
         for key in keys:
-            self.failures.pop(key, None)
+            if not key.startswith("ip:"):
+                self.failures.pop(key, None)
 
 
 def safe_next(target: str) -> str:
@@ -8873,11 +8936,12 @@ async def page_login(request: Request) -> Response:
     form = last_values(await read_body_form(request))
     name, target = form.get("name", "").strip(), safe_next(form.get("next", ""))
     throttle: LoginThrottle = request.app.state.throttle
-    keys = (f"user:{name.lower()}", f"ip:{client_ip(request)}")
+    keys = throttle.keys(name, client_ip(request))
     wait = throttle.wait(*keys)
     if wait > 0:
         return render(request, "login.html", status=429, next=target, user_name=name,
                       error=f"Too many failed sign-ins: try again in {math.ceil(wait)} s.")
+    await asyncio.sleep(throttle.pause(*keys))
     user = await request.app.state.store.one("SELECT id, password FROM users WHERE name = ? AND NOT disabled",
                                              (name,))
     if not await asyncio.to_thread(password_matches, form.get("password", ""), user["password"] if user else None):
@@ -10177,7 +10241,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/projects/{slug}/envelopes/{envelope_id}/", page_envelope),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(DashboardGate)],
-                    exception_handlers={PageNotFound: page_not_found, FormRefused: form_refused})
+                    exception_handlers={PageNotFound: page_not_found, FormRefused: form_refused,
+                                        ClientDisconnect: client_gone})
     app.state.settings = settings
     app.state.throttle = LoginThrottle()
     app.state.secret = secrets.token_bytes(32)
@@ -10336,9 +10401,120 @@ def demo_health(conn: sqlite3.Connection, project_id: int, with_slo: bool, now: 
             judge_slos(conn, minute, 120)
 
 
+MAX_HEAD = 64 * KIB  # request line and headers (nginx 4 × 8 KiB buffers, Node 16 KiB, h11 16 KiB)
+MAX_HEADERS = 100  # header fields (Apache's LimitRequestFields); an SDK sends about 10, a browser 20
+FD_RESERVE = 128  # files kept for the database, the workers' pipes, the listening socket (25 open on 2 cores)
+
+
+class HeadRefused(Exception):
+    """Raised from the parser's header callback to stop parsing a head with too many fields."""
+
+
+class GuardedHttp(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the bounds it lacks. Measured before: a 50 MiB header was
+    answered 200 after 2 s of CPU, 100,000 headers were accepted, a client sending a byte every few
+    seconds was held open for ever, and idle connections past the file limit kept every client out.
+    After: a 1 MiB header is answered 431 in 18 ms, a 50 MiB one cut off in 0.3 s, 100,000 headers
+    answered 431 in 80 ms, each for 10 ms of the server's CPU at most; the bookkeeping costs about
+    10 µs a request (two timers set and cancelled), 1% of the ingest benchmark's 1.1 ms.
+    - A head over MAX_HEAD bytes or MAX_HEADERS fields is answered 431 and the connection closed
+      (its bytes are counted as they arrive: at most one read, 256 KiB, is buffered past the cap).
+    - A head must arrive within header_timeout of its first byte (of the connection, for the
+      first), its body within body_timeout of the head; else 408 (or, mid-response, a close).
+      Between requests uvicorn's keep-alive timeout (5 s) closes an idle connection.
+    - Past max_connections a new connection closes the oldest one waiting for a head (idle or
+      slow), so idle sockets cannot keep a real client out; if none is idle, the new one is closed.
+    uvicorn's own limit_concurrency is not used: it counts idle connections too, so an attacker's
+    idle sockets would get real clients 503s."""
+
+    header_timeout = 10.0
+    body_timeout = 60.0
+    max_connections = 1000
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.opened = time.monotonic()
+        self.head_bytes, self.header_count, self.refusal = 0, 0, (0, "")
+        self.reading_head = True
+        self.deadline: asyncio.TimerHandle | None = self.loop.call_later(self.header_timeout, self.timed_out)
+        if len(self.connections) > self.max_connections:
+            idle = [c for c in self.connections if isinstance(c, GuardedHttp) and c is not self and c.idle()]
+            (min(idle, key=lambda c: c.opened) if idle else self).transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.set_deadline(None)
+        super().connection_lost(exc)
+
+    def idle(self) -> bool:
+        return self.reading_head and (self.cycle is None or self.cycle.response_complete)
+
+    def set_deadline(self, seconds: float | None) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+        self.deadline = None if seconds is None else self.loop.call_later(seconds, self.timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        if self.reading_head:
+            self.head_bytes += len(data)
+            if self.deadline is None:
+                self.set_deadline(self.header_timeout)
+        super().data_received(data)
+        if self.reading_head and self.head_bytes > MAX_HEAD and not self.transport.is_closing():
+            self.refuse(431, f"request header fields larger than {MAX_HEAD} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_count += 1
+        if self.header_count > MAX_HEADERS:
+            self.refusal = (431, f"more than {MAX_HEADERS} request header fields")
+            raise HeadRefused
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self.reading_head = False
+        self.set_deadline(self.body_timeout)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self.reading_head, self.head_bytes, self.header_count = True, 0, 0
+        self.set_deadline(None)  # until the next request's first byte; the keep-alive timer runs
+        super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a parser error, which HeadRefused is too."""
+        self.refuse(*(self.refusal if self.refusal[0] else (400, msg)))
+
+    def timed_out(self) -> None:
+        self.deadline = None
+        if not self.transport.is_closing():
+            self.refuse(408, "request not received in time")
+
+    def refuse(self, status: int, message: str) -> None:
+        """Answer and close, unless a response is already on its way (then close only). An app
+        still reading the body then sees the client gone (uvicorn drops what it answers)."""
+        if self.cycle is None or self.cycle.response_complete or not (self.cycle.response_started or self.pipeline):
+            body = message.encode()
+            self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                                 b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                                 % (status, http.HTTPStatus(status).phrase.encode(), len(body), body))
+        self.transport.close()
+
+
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """A client gone mid-body (or cut off by GuardedHttp's body timeout): no one to answer, and no
+    traceback logged for each of a slow-client flood."""
+    return Response(status_code=408)
+
+
 def serve(settings: Settings) -> None:
+    proxies = settings.trusted_proxies.strip()
+    files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    bounds = {"header_timeout": float(settings.header_timeout), "body_timeout": float(settings.body_timeout),
+              "max_connections": max(min(int(settings.max_connections), files - FD_RESERVE), 1)}
+    if bounds["max_connections"] < int(settings.max_connections):
+        log.warning("at most %d connections: the file limit is %d (ulimit -n)", bounds["max_connections"], files)
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
-                           log_level="warning", access_log=False, proxy_headers=False)
+                           log_level="warning", access_log=False, http=type("TrackerHttp", (GuardedHttp,), bounds),
+                           proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
     print(f"tracker {__version__} serving {settings.public_url}/ (database {settings.db})", flush=True)
     uvicorn.Server(config).run()
 
@@ -10502,6 +10678,7 @@ def cmd_backup(settings: Settings, args: argparse.Namespace) -> None:
     partial.unlink(missing_ok=True)
     started = time.monotonic()
     source = sqlite3.connect(existing_db(settings), isolation_level=None, timeout=30)
+    keep_private(str(partial))  # a backup holds the same secrets as the database
     copy = sqlite3.connect(partial, isolation_level=None)
     try:
         source.execute("BEGIN")
@@ -10581,6 +10758,8 @@ def build_parser() -> argparse.ArgumentParser:
     network.add_argument("--port", type=int, default=None, help="port to listen on (default 8000)")
     network.add_argument("--auth-header", default=None, metavar="HEADER",
                          help="trust this header (set by an SSO proxy) to name who is signed in")
+    network.add_argument("--trusted-proxies", default=None, metavar="ADDRESSES",
+                         help="proxies (addresses or networks, comma-separated) whose X-Forwarded-For is the client")
 
     parser = argparse.ArgumentParser(prog="tracker", parents=[common],
                                      description="A self-hosted, Sentry-compatible error tracker.")
@@ -10648,7 +10827,8 @@ def main(argv: list[str] | None = None) -> None:
     args.db = getattr(args, "db", None)
     settings = load_settings(getattr(args, "config", None), db=args.db, url=getattr(args, "url", None),
                              host=getattr(args, "host", None), port=getattr(args, "port", None),
-                             auth_header=getattr(args, "auth_header", None))
+                             auth_header=getattr(args, "auth_header", None),
+                             trusted_proxies=getattr(args, "trusted_proxies", None))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.func(settings, args)
 
