@@ -1998,6 +1998,10 @@ FILTERED = "[Filtered]"
 SECRET_KEYS = ("password", "passwd", "mysqlpwd", "secret", "token", "apikey", "auth", "credential", "privatekey",
                "cookie", "sessionid", "sessid", "csrf", "xsrf", "cvv", "cvc", "bearer")
 EXACT_SECRET_KEYS = frozenset({"otp", "twofactor"})  # Sentry's whole-key words
+# What the byte test looks for (ScrubPolicy.may_name_secret): a piece of each of SECRET_KEYS, and
+# no more pieces than needed (each is one scan of the text: 13 scan a 50 KB trail faster than 17).
+KEY_NEEDLES = ("pass", "secret", "token", "apikey", "auth", "credential", "mysqlpwd", "privatekey", "cookie",
+               "sess", "srf", "cv", "bearer")
 # Cookie names Sentry filters in `request.cookies` (normalised) that SECRET_KEYS does not already match.
 SESSION_COOKIES = frozenset({"sentrysid", "sudo", "su", "session", "usersession", "symfony", "mysession", "verceljwt"})
 ALWAYS_SAFE = frozenset({"useragent"})  # as in Sentry: a browser's name is no secret, and "Bearer" may be in it
@@ -2119,6 +2123,23 @@ def is_iban(candidate: str) -> bool:
     return int("".join(str(int(char, 36)) for char in code[4:] + code[:4])) % 97 == 1
 
 
+def may_hold_number(raw: bytes) -> bool:
+    """Whether a text (UTF-8) may hold a card number, an IBAN or a US SSN (see NUMBER_MASK); the regex decides."""
+    if len(raw) < 11:
+        return False
+    masked = raw.translate(NUMBER_MASK)
+    return b"0000" in masked and (b"0000000000000" in masked or b"AA00" in masked or b"0000-0000-0000" in masked
+                                  or b"0000-000000-0000" in masked or b"000-00-0000" in masked)
+
+
+def may_hold_token(raw: bytes) -> bool:
+    """Whether a text (UTF-8, or its JSON) may hold one of TOKENS' secrets, by finds at C's speed:
+    `Bearer`/`Basic` in any case, a PEM header, a URL with a password (a regex, run only on a `://@`)."""
+    lower = raw.lower()
+    return (b"bearer" in lower or b"basic" in lower or b"-----BEGIN" in raw
+            or (b"://" in raw and b"@" in raw and URL_AUTH_HINT.search(raw) is not None))
+
+
 def normal_key(key: str) -> str:
     """A key as the scrubbing compares it: `X-Api-Key`, `api_key` and `apiKey` are all `apikey`, and
     so is the repr of a bytes or str key in a frame's vars (`b'x-api-key'`, as an ASGI scope's headers)."""
@@ -2148,6 +2169,7 @@ class ScrubPolicy:
     safe: frozenset[str] = dataclasses.field(init=False, repr=False, compare=False)
     verdicts: dict[str, str | None] = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
     needles: tuple[bytes, ...] = dataclasses.field(init=False, repr=False, compare=False)
+    tests: tuple[Callable[[bytes], bool], ...] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "default_keys", key_pattern(SECRET_KEYS) if self.defaults else None)
@@ -2156,10 +2178,12 @@ class ScrubPolicy:
         words = "|".join(map(re.escape, self.sensitive_fields))
         object.__setattr__(self, "user_words", re.compile(words, re.IGNORECASE) if words else None)
         object.__setattr__(self, "safe", frozenset({*ALWAYS_SAFE, *(normal_key(key) for key in self.safe_fields)}))
-        keys = sorted({normal_key(key).encode() for key in (*(SECRET_KEYS if self.defaults else ()),
+        keys = sorted({normal_key(key).encode() for key in (*(KEY_NEEDLES if self.defaults else ()),
                                                              *self.sensitive_fields)} - {b""})
         exact = [f'"{key}"'.encode() for key in sorted(EXACT_SECRET_KEYS)] if self.defaults else []
         object.__setattr__(self, "needles", (*keys, *exact))
+        object.__setattr__(self, "tests", (self.may_name_secret, *((may_hold_number, may_hold_token)
+                                                                    if self.defaults else ())))
 
     def may_hold_secret(self, value: Any) -> bool:
         """Whether a part of an event may hold anything to filter, judged on its JSON at C's speed:
@@ -2168,7 +2192,12 @@ class ScrubPolicy:
         return self.json_may_hold_secret(json_dumps(value))
 
     def json_may_hold_secret(self, raw: bytes) -> bool:
-        return self.may_name_secret(raw) or (self.defaults and (may_hold_number(raw) or may_hold_token(raw)))
+        return any(test(raw) for test in self.tests)
+
+    def hints(self, raw: bytes) -> tuple[Callable[[bytes], bool], ...]:
+        """The byte tests a text passes: a breadcrumb trail's, so that each crumb only takes those
+        (a trail of hex ids passes the number test only, and its crumbs then take just that one)."""
+        return tuple(test for test in self.tests if test(raw))
 
     def may_name_secret(self, raw: bytes) -> bool:
         """Whether a text (UTF-8) may hold a secret key: a normalised key is a piece of the normalised
@@ -2260,23 +2289,6 @@ def changed_scrub_option(policy: ScrubPolicy, changes: dict[str, Any]) -> dict[s
     return option
 
 
-def may_hold_number(raw: bytes) -> bool:
-    """Whether a text (UTF-8) may hold a card number, an IBAN or a US SSN (see NUMBER_MASK); the regex decides."""
-    if len(raw) < 11:
-        return False
-    masked = raw.translate(NUMBER_MASK)
-    return b"0000" in masked and (b"0000000000000" in masked or b"AA00" in masked or b"0000-0000-0000" in masked
-                                  or b"0000-000000-0000" in masked or b"000-00-0000" in masked)
-
-
-def may_hold_token(raw: bytes) -> bool:
-    """Whether a text (UTF-8, or its JSON) may hold one of TOKENS' secrets, by finds at C's speed:
-    `Bearer`/`Basic` in any case, a PEM header, a URL with a password (a regex, run only on a `://@`)."""
-    lower = raw.lower()
-    return (b"bearer" in lower or b"basic" in lower or b"-----BEGIN" in raw
-            or (b"://" in raw and b"@" in raw and URL_AUTH_HINT.search(raw) is not None))
-
-
 def pair_value(match: re.Match[str]) -> tuple[str, int, int]:
     """A KEYS_IN_TEXT match as (key, start, end) of its value, quotes left out."""
     key, group = ("jkey", "jval") if match.lastgroup == "json" else ("key", "val")
@@ -2340,12 +2352,14 @@ class Scrubber:
         self.whole = outer
         self.path.pop()
 
-    def crumbs(self, breadcrumbs: dict[str, Any]) -> None:
+    def crumbs(self, breadcrumbs: dict[str, Any], tests: tuple[Callable[[bytes], bool], ...]) -> None:
         """Breadcrumbs: their message and data are walked, not the SDK's words for them (type,
-        category, level, timestamp; Sentry leaves those alone too): a long trail costs less."""
+        category, level, timestamp; Sentry leaves those alone too), and only the crumbs whose JSON
+        passes one of the byte `tests` the whole trail passed: a long trail costs less."""
         self.path.append("values")
         for index, crumb in enumerate(breadcrumbs["values"]):  # normalize_event made them dicts
-            if not self.policy.may_hold_secret(crumb):
+            raw = json_dumps(crumb)
+            if not any(test(raw) for test in tests):
                 continue
             self.path.append(str(index))
             self.walk(crumb, CRUMB_FIELDS)
@@ -2401,10 +2415,10 @@ class Scrubber:
         (`whole`), the whole text when it names a secret anywhere else. Byte tests first (a few C
         calls): the regexes run only on texts where they may find something, and most hold no secret."""
         raw = value.encode("utf-8", "surrogatepass")
-        policy, spans, named = self.policy, [], self.policy.may_name_secret(raw)
-        if not named:
-            pairs = []
-        elif "=" in value or (":" in value and ('"' in value or "'" in value)):
+        paired = "=" in value or (":" in value and ('"' in value or "'" in value))
+        policy, spans = self.policy, []
+        named = (paired or whole) and policy.may_name_secret(raw)
+        if named and paired:
             pairs = [(match.span("jkey" if match.lastgroup == "json" else "key"), *pair_value(match))
                      for match in KEYS_IN_TEXT.finditer(value)]
             pairs = [(key_span, start, end, rule) for key_span, key, start, end in pairs
@@ -2470,10 +2484,11 @@ def scrub_event(ev: dict[str, Any], policy: ScrubPolicy) -> int:
         for key, value in ev.items():
             if key in UNSCRUBBED_FIELDS:
                 continue
-            if isinstance(value, (dict, list)) and not policy.may_hold_secret(value):
-                continue  # a trail too: checked whole first, crumb by crumb only if it may hold one
             if key == "breadcrumbs" and isinstance(value, dict) and isinstance(value.get("values"), list):
-                scrubber.section(ev, key, scrubber.crumbs, whole=True)
+                if tests := policy.hints(json_dumps(value)):
+                    scrubber.section(ev, key, functools.partial(scrubber.crumbs, tests=tests), whole=True)
+            elif isinstance(value, (dict, list)) and not policy.may_hold_secret(value):
+                continue
             elif key == "request" and isinstance(value, dict):
                 scrubber.section(ev, key, scrubber.request)
             elif key == "contexts" and isinstance(value, dict):
