@@ -2042,7 +2042,7 @@ NUMBERS = re.compile(f"{CARD}|{IBAN}|{USSSN}", re.ASCII)
 KEYS_IN_TEXT = re.compile(TEXT_PAIRS, re.ASCII)
 # Sentry's `@password` words as they count inside a value (`token` only as `token…=` or `token…:`).
 SECRET_WORDS = re.compile(r"password|secret|passwd|api[-_]?key|auth|credentials|mysql_pwd|private[-_]?key"
-                          r"|token\S*[:=]", re.IGNORECASE)
+                          r"|token[^\s:=]{0,50}[:=]", re.IGNORECASE)
 # Secrets known by their shape, of which only the secret part goes (Relay's `@common` value rules):
 # `Bearer <token>`; an HTTP Basic credential (base64 of `user:password`, checked in basic_credential);
 # a PEM key's body (its BEGIN/END lines stay; the body cannot hold `-----`, so a scan stays linear);
@@ -2392,15 +2392,14 @@ class Scrubber:
             spans = self.seen[whole][value] = self.secrets_in(value, whole)
         if not spans:
             return value
+        merged: list[list[Any]] = []
+        for start, end, rule in sorted(spans):
+            if merged and start < merged[-1][1]:  # `card=4111…`, `token=Bearer x`: one span, to the last end
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end, rule])
         parts, remarks, last, size = [], [], 0, 0
-        spans.sort()
-        for index, (start, end, rule) in enumerate(spans):
-            if start < last:
-                continue  # `card=4111…`: the number and the key's value are one span
-            for later, later_end, _ in spans[index + 1:]:
-                if later >= end:
-                    break
-                end = max(end, later_end)  # `token=Bearer x`: the value's span grows to cover the token's
+        for start, end, rule in merged:
             parts += (value[last:start], FILTERED)
             size += start - last
             remarks.append([rule, "s", size, size + len(FILTERED)])
@@ -2439,8 +2438,11 @@ class Scrubber:
         key of a pair found there (`password=x` keeps its text, `my password is x` goes whole); None."""
         for words, rule in ((SECRET_WORDS if self.policy.defaults else None, "@password:filter"),
                             (self.policy.user_words, "strip-fields")):
+            index = 0  # words and keys both come in order: one pass over each
             for word in words.finditer(value) if words else ():
-                if not any(start <= word.start() < end for start, end in keys):
+                while index < len(keys) and keys[index][1] <= word.start():
+                    index += 1
+                if index == len(keys) or word.start() < keys[index][0]:
                     return rule
         return None
 
