@@ -2110,17 +2110,34 @@ def first_line(value: str, limit: int) -> str:
 
 FILTERED = "[Filtered]"
 # Keys whose values are secrets, as substrings of the normalised key (lower case, no - _ . or space):
-# `apikey` matches X-Api-Key and api_key, `auth` the Authorization header, `session` sessionid.
-SECRET_KEYS = ("password", "passwd", "mysqlpwd", "secret", "token", "apikey", "auth", "credential", "cookie",
-               "session", "csrf", "xsrf", "privatekey", "card", "cvv", "cvc", "bearer")
+# Sentry's `@password` words first (`apikey` matches X-Api-Key and api_key, `auth` the Authorization
+# header), then the tracker's own: cookies, session ids and CSRF tokens (the SDK's own denylist has
+# them), card security codes and `bearer`. Not `session` alone: `session:duration` is no secret.
+SECRET_KEYS = ("password", "passwd", "mysqlpwd", "secret", "token", "apikey", "auth", "credential", "privatekey",
+               "cookie", "sessionid", "sessid", "csrf", "xsrf", "cvv", "cvc", "bearer")
+EXACT_SECRET_KEYS = frozenset({"otp", "twofactor"})  # Sentry's whole-key words
+# What the byte test looks for (ScrubPolicy.may_name_secret): a piece of each of SECRET_KEYS, and
+# no more pieces than needed (each is one scan of the text: 13 scan a 50 KB trail faster than 17).
+KEY_NEEDLES = ("pass", "secret", "token", "apikey", "auth", "credential", "mysqlpwd", "privatekey", "cookie",
+               "sess", "srf", "cv", "bearer")
+# Cookie names Sentry filters in `request.cookies` (normalised) that SECRET_KEYS does not already match.
+SESSION_COOKIES = frozenset({"sentrysid", "sudo", "su", "session", "usersession", "symfony", "mysession", "verceljwt"})
+ALWAYS_SAFE = frozenset({"useragent"})  # as in Sentry: a browser's name is no secret, and "Bearer" may be in it
 KEY_NOISE = str.maketrans("", "", "-_. ")
 # Strings under these keys are code, not data (names, paths, source lines): Sentry leaves them alone too,
 # and scanning them could only break grouping and source links.
 CODE_KEYS = frozenset({"filename", "abs_path", "module", "function", "raw_function", "package", "platform",
                        "instruction_addr", "symbol_addr", "image_addr", "pre_context", "context_line", "post_context"})
+# Data, not prose: a text under one of these keys (at any depth), in `extra`, in a breadcrumb or in a
+# context of no known type is filtered whole when it names a secret anywhere but as a pair's key
+# (Sentry's `@password` on values: "the password is hunter2"). Messages, exception values, names,
+# tags and the known contexts keep their text; only their secrets' values, numbers and tokens go.
+WHOLE_KEYS = frozenset({"vars", "data", "params", "headers", "query_string", "cookies", "env", "extra"})
+PROSE_CONTEXTS = frozenset({"app", "os", "runtime", "device", "browser", "gpu", "culture", "trace", "response",
+                            "cloud_resource", "otel"})
 # A text's bytes with digits as 0, separators as -, capitals as A: a card number or an IBAN shows
-# 0000 and one of 13 zeros, 0000-0000-0000, 0000-000000-0000 or AA00 there (found at C's speed), and
-# only then does the regex run.
+# 0000 and one of 13 zeros, 0000-0000-0000, 0000-000000-0000 or AA00 there, and a US SSN 000-00-0000
+# (found at C's speed), and only then does the regex run.
 NUMBER_MASK = bytes.maketrans(b"0123456789 -ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"0" * 10 + b"--" + b"A" * 26)
 CRUMB_FIELDS = frozenset({"type", "category", "level", "timestamp", "event_id"})
 # Top-level fields that are ids, enums or names the program chose (never user data): not walked.
@@ -2128,17 +2145,35 @@ UNSCRUBBED_FIELDS = frozenset({"event_id", "timestamp", "received", "level", "pl
                                "server_name", "release", "dist", "culprit", "environment", "fingerprint", "errors",
                                "sdk", "modules", "debug_meta", "_meta"})
 # The `_meta` rule ids this scrubbing writes (Relay's names): the ones the event page reports.
-SCRUB_RULES = frozenset({"@password:filter", "@creditcard:filter", "@iban:filter", "strip-fields", "@anything:remove"})
+SCRUB_RULES = frozenset({"@password:filter", "@creditcard:filter", "@iban:filter", "@usssn:filter", "@bearer:filter",
+                         "@pemkey:filter", "@urlauth:legacy", "@anything:filter", "strip-fields", "@anything:remove"})
 SAFE = ""  # ScrubPolicy.key_rule's answer for a safe field
 CARD = (r"(?P<card>(?<![\w.])(?:\d{13,19}|\d{4}(?P<sep>[ -])\d{4}(?P=sep)\d{4}(?P=sep)\d{4}(?:(?P=sep)\d{1,3})?"
         r"|\d{4}(?P<sep2>[ -])\d{6}(?P=sep2)\d{4,5})(?!\w|\.\d))")
 IBAN = r"(?P<iban>(?<!\w)[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?!\w))"
+USSSN = r"(?P<usssn>\b\d{3}-\d{2}-\d{4}\b)"
 # `"key": value` (JSON, a Python dict's repr) and `key=value` (form bodies, query strings, cookies, log lines)
 TEXT_PAIRS = (r"""(?P<json>(?P<q>["'])(?P<jkey>[^"'\\\n]{1,100})(?P=q)\s*:\s*"""
               r"""(?P<jval>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|-?\d[\d.eE+-]*))"""
               r"""|(?P<kv>(?<![^\s?&;,(\[{"'])(?P<key>[\w.\-\[\]%+]{1,100})=(?P<val>"[^"\n]*"|'[^'\n]*'|[^\s&;,#)\]}"']+))""")
-NUMBERS = re.compile(f"{CARD}|{IBAN}", re.ASCII)
+NUMBERS = re.compile(f"{CARD}|{IBAN}|{USSSN}", re.ASCII)
 KEYS_IN_TEXT = re.compile(TEXT_PAIRS, re.ASCII)
+# Sentry's `@password` words as they count inside a value (`token` only as `token…=` or `token…:`).
+SECRET_WORDS = re.compile(r"password|secret|passwd|api[-_]?key|auth|credentials|mysql_pwd|private[-_]?key"
+                          r"|token[^\s:=]{0,50}[:=]", re.IGNORECASE)
+# Secrets known by their shape, of which only the secret part goes (Relay's `@common` value rules):
+# `Bearer <token>`; an HTTP Basic credential (base64 of `user:password`, checked in basic_credential);
+# a PEM key's body (its BEGIN/END lines stay; the body cannot hold `-----`, so a scan stays linear);
+# a URL's password, up to the last `@` of the authority and with an empty user too (`redis://:pw@`).
+# Every repetition is bounded: a hostile text costs at most a few hundred steps per candidate.
+TOKENS = re.compile(
+    r"(?P<bearer>\b(?i:bearer)\s+\S+)"
+    r"|(?P<basic>\b(?i:basic)\s+(?P<b64>[A-Za-z0-9+/]{4,1024}={0,2})(?![\w+/=]))"
+    r"|-----BEGIN[A-Z ]{0,40} (?:PRIVATE|PUBLIC) KEY-----\s*(?P<pemkey>(?:[^-]|-(?!----))+?)\s*-----END[A-Z ]{0,40} KEY-----"
+    r"|\b[A-Za-z][A-Za-z0-9+.-]{0,30}://[^\s:/@?#]{0,256}:(?P<urlauth>[^\s/?#]{1,256})@", re.ASCII)
+TOKEN_RULES = {"bearer": "@bearer:filter", "basic": "@password:filter", "pemkey": "@pemkey:filter",
+               "urlauth": "@urlauth:legacy"}
+URL_AUTH_HINT = re.compile(rb"://[^\s:/@?#]{0,256}:[^\s/?#]{1,256}@")  # TOKENS' URL, in bytes and JSON
 IBAN_LENGTHS = {entry[:2]: int(entry[2:]) for entry in (  # ISO 13616's registry: country → length
     "AD24 AE23 AL28 AT20 AZ28 BA20 BE16 BG22 BH22 BI27 BR29 BY28 CH21 CR22 CY28 CZ24 DE22 DJ27 DK18 DO28 EE20 EG29 "
     "ES24 FI18 FK18 FO18 FR27 GB22 GE22 GI23 GL18 GR27 GT28 HN28 HR21 HU28 IE22 IL23 IQ23 IS26 IT27 JO30 KW30 KZ20 "
@@ -2175,7 +2210,27 @@ def number_rule(match: re.Match[str]) -> str | None:
     """The rule for a NUMBERS match that checks out (a card's Luhn digit, an IBAN's mod 97), else None."""
     if match.lastgroup == "card":
         return "@creditcard:filter" if is_card_number(match[0].replace(" ", "").replace("-", "")) else None
+    if match.lastgroup == "usssn":
+        return "@usssn:filter"
     return "@iban:filter" if is_iban(match[0]) else None
+
+
+def basic_credential(encoded: str) -> bool:
+    """Whether the word after `Basic` is an HTTP Basic credential: base64 of printable `user:password`
+    (so `Basic plan` or `basic auth` stays)."""
+    try:
+        decoded = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except ValueError:
+        return False
+    return b":" in decoded and decoded.isascii() and decoded.decode().isprintable()
+
+
+def token_span(match: re.Match[str]) -> tuple[int, int, str] | None:
+    """A TOKENS match as (start, end, rule) of its secret part; None for a `Basic` that is no credential."""
+    group = match.lastgroup or ""
+    if group == "basic" and not basic_credential(match["b64"]):
+        return None
+    return (*match.span(group), TOKEN_RULES[group])
 
 
 def is_iban(candidate: str) -> bool:
@@ -2186,8 +2241,28 @@ def is_iban(candidate: str) -> bool:
     return int("".join(str(int(char, 36)) for char in code[4:] + code[:4])) % 97 == 1
 
 
+def may_hold_number(raw: bytes) -> bool:
+    """Whether a text (UTF-8) may hold a card number, an IBAN or a US SSN (see NUMBER_MASK); the regex decides."""
+    if len(raw) < 11:
+        return False
+    masked = raw.translate(NUMBER_MASK)
+    return b"0000" in masked and (b"0000000000000" in masked or b"AA00" in masked or b"0000-0000-0000" in masked
+                                  or b"0000-000000-0000" in masked or b"000-00-0000" in masked)
+
+
+def may_hold_token(raw: bytes) -> bool:
+    """Whether a text (UTF-8, or its JSON) may hold one of TOKENS' secrets, by finds at C's speed:
+    `Bearer`/`Basic` in any case, a PEM header, a URL with a password (a regex, run only on a `://@`)."""
+    lower = raw.lower()
+    return (b"bearer" in lower or b"basic" in lower or b"-----BEGIN" in raw
+            or (b"://" in raw and b"@" in raw and URL_AUTH_HINT.search(raw) is not None))
+
+
 def normal_key(key: str) -> str:
-    """A key as the scrubbing compares it: `X-Api-Key`, `api_key` and `apiKey` are all `apikey`."""
+    """A key as the scrubbing compares it: `X-Api-Key`, `api_key` and `apiKey` are all `apikey`, and
+    so is the repr of a bytes or str key in a frame's vars (`b'x-api-key'`, as an ASGI scope's headers)."""
+    if len(key) > 2 and key[-1] in "'\"" and (key[0] == key[-1] or (key[0] == "b" and key[1] == key[-1])):
+        key = key[1 + (key[0] == "b"):-1]
     return key.lower().translate(KEY_NOISE)
 
 
@@ -2208,17 +2283,25 @@ class ScrubPolicy:
     scrub_ip: bool = False
     default_keys: re.Pattern[str] | None = dataclasses.field(init=False, repr=False, compare=False)
     user_keys: re.Pattern[str] | None = dataclasses.field(init=False, repr=False, compare=False)
+    user_words: re.Pattern[str] | None = dataclasses.field(init=False, repr=False, compare=False)
     safe: frozenset[str] = dataclasses.field(init=False, repr=False, compare=False)
     verdicts: dict[str, str | None] = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
     needles: tuple[bytes, ...] = dataclasses.field(init=False, repr=False, compare=False)
+    tests: tuple[Callable[[bytes], bool], ...] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "default_keys", key_pattern(SECRET_KEYS) if self.defaults else None)
         object.__setattr__(self, "user_keys", key_pattern(self.sensitive_fields))
-        object.__setattr__(self, "safe", frozenset(normal_key(key) for key in self.safe_fields))
-        keys = sorted({normal_key(key).encode() for key in (*(SECRET_KEYS if self.defaults else ()),
+        # Relay's `strip-fields`: a listed field inside a value counts as it is written, in any case
+        words = "|".join(map(re.escape, self.sensitive_fields))
+        object.__setattr__(self, "user_words", re.compile(words, re.IGNORECASE) if words else None)
+        object.__setattr__(self, "safe", frozenset({*ALWAYS_SAFE, *(normal_key(key) for key in self.safe_fields)}))
+        keys = sorted({normal_key(key).encode() for key in (*(KEY_NEEDLES if self.defaults else ()),
                                                              *self.sensitive_fields)} - {b""})
-        object.__setattr__(self, "needles", tuple(keys))
+        exact = [f'"{key}"'.encode() for key in sorted(EXACT_SECRET_KEYS)] if self.defaults else []
+        object.__setattr__(self, "needles", (*keys, *exact))
+        object.__setattr__(self, "tests", (self.may_name_secret, *((may_hold_number, may_hold_token)
+                                                                    if self.defaults else ())))
 
     def may_hold_secret(self, value: Any) -> bool:
         """Whether a part of an event may hold anything to filter, judged on its JSON at C's speed:
@@ -2227,7 +2310,12 @@ class ScrubPolicy:
         return self.json_may_hold_secret(json_dumps(value))
 
     def json_may_hold_secret(self, raw: bytes) -> bool:
-        return self.may_name_secret(raw) or (self.defaults and may_hold_number(raw))
+        return any(test(raw) for test in self.tests)
+
+    def hints(self, raw: bytes) -> tuple[Callable[[bytes], bool], ...]:
+        """The byte tests a text passes: a breadcrumb trail's, so that each crumb only takes those
+        (a trail of hex ids passes the number test only, and its crumbs then take just that one)."""
+        return tuple(test for test in self.tests if test(raw))
 
     def may_name_secret(self, raw: bytes) -> bool:
         """Whether a text (UTF-8) may hold a secret key: a normalised key is a piece of the normalised
@@ -2248,11 +2336,18 @@ class ScrubPolicy:
             pass
         name = normal_key(key)
         rule = SAFE if name in self.safe else (
-            "@password:filter" if self.default_keys and self.default_keys.search(name)
+            "@password:filter" if self.default_keys and (self.default_keys.search(name) or name in EXACT_SECRET_KEYS)
             else "strip-fields" if self.user_keys and self.user_keys.search(name) else None)
         if len(self.verdicts) >= 4096:  # a stream of made-up keys must not grow it without end
             self.verdicts.clear()
         self.verdicts[key] = rule
+        return rule
+
+    def cookie_rule(self, name: str) -> str | None:
+        """key_rule for a cookie's name, which also knows Sentry's session cookies (`session`, `symfony`…)."""
+        rule = self.key_rule(name)
+        if rule is None and self.defaults and normal_key(name) in SESSION_COOKIES:
+            return "@anything:filter"
         return rule
 
     def as_option(self) -> dict[str, Any]:
@@ -2312,15 +2407,6 @@ def changed_scrub_option(policy: ScrubPolicy, changes: dict[str, Any]) -> dict[s
     return option
 
 
-def may_hold_number(raw: bytes) -> bool:
-    """Whether a text (UTF-8) may hold a card number or an IBAN (see NUMBER_MASK); the regex decides."""
-    if len(raw) < 13:
-        return False
-    masked = raw.translate(NUMBER_MASK)
-    return b"0000" in masked and (b"0000000000000" in masked or b"AA00" in masked or b"0000-0000-0000" in masked
-                                  or b"0000-000000-0000" in masked)
-
-
 def pair_value(match: re.Match[str]) -> tuple[str, int, int]:
     """A KEYS_IN_TEXT match as (key, start, end) of its value, quotes left out."""
     key, group = ("jkey", "jval") if match.lastgroup == "json" else ("key", "val")
@@ -2336,59 +2422,62 @@ class Scrubber:
     def __init__(self, policy: ScrubPolicy, meta: dict[str, Any]) -> None:
         self.policy, self.meta, self.count = policy, meta, 0
         self.path: list[str] = []  # of the container being walked
-        self.seen: dict[str, list[tuple[int, int, str]]] = {}  # text → its secrets: an event repeats its texts
+        self.whole = False  # inside data (WHOLE_KEYS): a text naming a secret outside a pair's key goes whole
+        self.rule_of = policy.key_rule  # policy.cookie_rule inside request.cookies
+        # text → its secrets, for prose and for data: an event repeats its texts
+        self.seen: tuple[dict[str, list[tuple[int, int, str]]], ...] = ({}, {})
 
     def walk(self, container: Any, skip: frozenset[str] = frozenset()) -> None:
         """Filter the secrets inside a dict or a list, in place; a dict's `skip` keys are left alone,
-        and so is code (most of a stack trace)."""
+        and so is code (most of a stack trace). In a list, any [name, value] pair whose name is a
+        secret key (headers, query strings, tags, an ASGI scope's `[b'authorization', b'Bearer …']`)
+        has its value filtered; any other item is walked, both halves of a pair included."""
         if isinstance(container, dict):
             for key, value in container.items():
                 if key not in skip and not (key in CODE_KEYS and is_code(value)):
                     self.entry(container, key, key, value)
         elif isinstance(container, list):
-            for index, value in enumerate(container):
-                self.entry(container, index, None, value)
+            for index, item in enumerate(container):
+                if (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                        and self.rule_of(item[0]) is not None):
+                    self.path.append(str(index))
+                    self.entry(item, 1, item[0], item[1])
+                    self.path.pop()
+                else:
+                    self.entry(container, index, None, item)
 
     def entry(self, container: Any, slot: str | int, key: str | None, value: Any) -> None:
         """container[slot], `value`, under `key` (None: no key, as in a list): filtered, left alone
         (a safe field) or walked. Nulls and booleans return at once: they are never secrets."""
         if value is None or value is True or value is False:
             return
-        rule = None if key is None else self.policy.key_rule(key)
+        rule = None if key is None else self.rule_of(key)
         if rule is None:
             if isinstance(value, str):
                 if len(value) > 2:
-                    container[slot] = self.text(value, slot)
+                    container[slot] = self.text(value, slot, self.whole or slot in WHOLE_KEYS)
             elif isinstance(value, (dict, list)):
-                self.path.append(str(slot))
-                self.walk(value)
-                self.path.pop()
+                self.section(container, slot, self.walk, self.whole or slot in WHOLE_KEYS)
         elif rule and value not in ("", {}, [], FILTERED):
             self.note(slot, [[rule, "s", 0, len(FILTERED)]], len(value) if isinstance(value, str) else None)
             container[slot] = FILTERED
 
-    def pairs(self, items: list[Any]) -> None:
-        """A pair list (headers, query string, cookies, tags): in each [name, value] the name is the key."""
-        for index, pair in enumerate(items):
-            if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str):
-                self.path.append(str(index))
-                self.entry(pair, 1, pair[0], pair[1])
-                self.path.pop()
-            else:
-                self.entry(items, index, None, pair)
-
-    def section(self, container: dict[str, Any], key: str, walk: Callable[[Any], None]) -> None:
-        """One of the event's parts that needs a walk of its own (`request`, `tags`)."""
-        self.path.append(key)
+    def section(self, container: Any, key: str | int, walk: Callable[[Any], None], whole: bool = False) -> None:
+        """container[key] walked by `walk`, as data (`whole`) or prose."""
+        self.path.append(str(key))
+        outer, self.whole = self.whole, whole
         walk(container[key])
+        self.whole = outer
         self.path.pop()
 
-    def crumbs(self, breadcrumbs: dict[str, Any]) -> None:
+    def crumbs(self, breadcrumbs: dict[str, Any], tests: tuple[Callable[[bytes], bool], ...]) -> None:
         """Breadcrumbs: their message and data are walked, not the SDK's words for them (type,
-        category, level, timestamp; Sentry leaves those alone too): a long trail costs less."""
+        category, level, timestamp; Sentry leaves those alone too), and only the crumbs whose JSON
+        passes one of the byte `tests` the whole trail passed: a long trail costs less."""
         self.path.append("values")
         for index, crumb in enumerate(breadcrumbs["values"]):  # normalize_event made them dicts
-            if not self.policy.may_hold_secret(crumb):
+            raw = json_dumps(crumb)
+            if not any(test(raw) for test in tests):
                 continue
             self.path.append(str(index))
             self.walk(crumb, CRUMB_FIELDS)
@@ -2396,25 +2485,39 @@ class Scrubber:
         self.path.pop()
 
     def request(self, request: dict[str, Any]) -> None:
-        """The request: headers, query and cookies hold pairs, and `cookies` itself is no secret key."""
+        """The request: `cookies` itself is no secret key, and a cookie's name is judged as Sentry does."""
         for key, value in request.items():
-            if key in ("headers", "query_string", "cookies") and isinstance(value, list):
-                self.section(request, key, self.pairs)
+            if key == "cookies":
+                self.rule_of = self.policy.cookie_rule
+                self.entry(request, key, None, value)
+                self.rule_of = self.policy.key_rule
             else:
-                self.entry(request, key, None if key == "cookies" else key, value)
+                self.entry(request, key, key, value)
 
-    def text(self, value: str, slot: str | int) -> str:
-        """`value` with the secrets inside it replaced: card numbers, IBANs, and the values of
-        `key=value` and `"key": value` pairs whose key is secret (the rest of the text stays)."""
-        spans = self.seen.get(value)
+    def contexts(self, contexts: dict[str, Any]) -> None:
+        """Contexts: the known kinds (app, os, device, trace…) are prose, the program's own are data."""
+        for key, value in contexts.items():
+            if isinstance(value, dict) and self.rule_of(key) is None:
+                kind = value.get("type", key)
+                self.section(contexts, key, self.walk, not (isinstance(kind, str) and kind in PROSE_CONTEXTS))
+            else:
+                self.entry(contexts, key, key, value)
+
+    def text(self, value: str, slot: str | int, whole: bool) -> str:
+        """`value` with the secrets inside it replaced (see secrets_in); overlapping finds are one span."""
+        spans = self.seen[whole].get(value)
         if spans is None:
-            spans = self.seen[value] = self.secrets_in(value)
+            spans = self.seen[whole][value] = self.secrets_in(value, whole)
         if not spans:
             return value
-        parts, remarks, last, size = [], [], 0, 0
+        merged: list[list[Any]] = []
         for start, end, rule in sorted(spans):
-            if start < last:
-                continue  # `card=4111…`: the number and the key's value are one span
+            if merged and start < merged[-1][1]:  # `card=4111…`, `token=Bearer x`: one span, to the last end
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end, rule])
+        parts, remarks, last, size = [], [], 0, 0
+        for start, end, rule in merged:
             parts += (value[last:start], FILTERED)
             size += start - last
             remarks.append([rule, "s", size, size + len(FILTERED)])
@@ -2423,17 +2526,43 @@ class Scrubber:
         self.note(slot, remarks, len(value))
         return "".join(parts)
 
-    def secrets_in(self, value: str) -> list[tuple[int, int, str]]:
-        """Where a text's secrets are, as (start, end, rule). Byte tests first (a few C calls): the
-        regexes run only on texts where they may find something, and most texts hold no secret."""
+    def secrets_in(self, value: str, whole: bool) -> list[tuple[int, int, str]]:
+        """Where a text's secrets are, as (start, end, rule): card numbers, IBANs, US SSNs, tokens
+        (TOKENS), and the values of `key=value` and `"key": value` pairs whose key is secret; in data
+        (`whole`), the whole text when it names a secret anywhere else. Byte tests first (a few C
+        calls): the regexes run only on texts where they may find something, and most hold no secret."""
         raw = value.encode("utf-8", "surrogatepass")
-        spans = []
-        if self.policy.defaults and may_hold_number(raw):
+        paired = "=" in value or (":" in value and ('"' in value or "'" in value))
+        policy, spans = self.policy, []
+        named = (paired or whole) and policy.may_name_secret(raw)
+        if named and paired:
+            pairs = [(match.span("jkey" if match.lastgroup == "json" else "key"), *pair_value(match))
+                     for match in KEYS_IN_TEXT.finditer(value)]
+            pairs = [(key_span, start, end, rule) for key_span, key, start, end in pairs
+                     if (rule := self.rule_of(key)) is not None]
+        else:
+            pairs = []
+        if whole and named and (found := self.unpaired_word(value, [key_span for key_span, *_ in pairs])):
+            return [(0, len(value), found)]
+        if policy.defaults and may_hold_number(raw):
             spans += [(*match.span(), rule) for match in NUMBERS.finditer(value) if (rule := number_rule(match))]
-        if ("=" in value or (":" in value and ('"' in value or "'" in value))) and self.policy.may_name_secret(raw):
-            spans += [(start, end, rule) for key, start, end in map(pair_value, KEYS_IN_TEXT.finditer(value))
-                      if (rule := self.policy.key_rule(key)) and value[start:end] not in ("", FILTERED)]
-        return spans
+        if policy.defaults and may_hold_token(raw):
+            spans += [span for match in TOKENS.finditer(value) if (span := token_span(match))]
+        return spans + [(start, end, rule) for _, start, end, rule in pairs
+                        if rule and value[start:end] not in ("", FILTERED)]
+
+    def unpaired_word(self, value: str, keys: list[tuple[int, int]]) -> str | None:
+        """The rule of a secret word (SECRET_WORDS, a listed field) in `value` that is not inside the
+        key of a pair found there (`password=x` keeps its text, `my password is x` goes whole); None."""
+        for words, rule in ((SECRET_WORDS if self.policy.defaults else None, "@password:filter"),
+                            (self.policy.user_words, "strip-fields")):
+            index = 0  # words and keys both come in order: one pass over each
+            for word in words.finditer(value) if words else ():
+                while index < len(keys) and keys[index][1] <= word.start():
+                    index += 1
+                if index == len(keys) or word.start() < keys[index][0]:
+                    return rule
+        return None
 
     def note(self, slot: str | int, remarks: list[list[Any]], length: int | None) -> None:
         """Record a change to container[slot] in `_meta` (next to what the SDK noted there)."""
@@ -2476,13 +2605,14 @@ def scrub_event(ev: dict[str, Any], policy: ScrubPolicy) -> int:
             if key in UNSCRUBBED_FIELDS:
                 continue
             if key == "breadcrumbs" and isinstance(value, dict) and isinstance(value.get("values"), list):
-                scrubber.section(ev, key, scrubber.crumbs)
+                if tests := policy.hints(json_dumps(value)):
+                    scrubber.section(ev, key, functools.partial(scrubber.crumbs, tests=tests), whole=True)
             elif isinstance(value, (dict, list)) and not policy.may_hold_secret(value):
                 continue
             elif key == "request" and isinstance(value, dict):
                 scrubber.section(ev, key, scrubber.request)
-            elif key == "tags" and isinstance(value, list):
-                scrubber.section(ev, key, scrubber.pairs)
+            elif key == "contexts" and isinstance(value, dict):
+                scrubber.section(ev, key, scrubber.contexts)
             else:
                 scrubber.entry(ev, key, key, value)
     if policy.scrub_ip:

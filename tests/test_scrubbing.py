@@ -133,7 +133,7 @@ def test_real_sdk_event_is_scrubbed_by_the_server(tracker: TrackerServer, projec
     headers = dict(req["headers"])
     assert headers["Authorization"] == headers["Cookie"] == headers["X-Api-Key"] == F
     assert headers["Accept"] == "application/json"
-    assert req["data"] == {"username": "bob", "password": F, "card": F}
+    assert req["data"] == {"username": "bob", "password": F, "card": {"number": F}}  # `card` is no secret key
     assert dict(req["query_string"]) == {"step": "2", "token": F}
     assert req["cookies"] == {"sessionid": F, "theme": "dark"}
     assert event["extra"]["db_password"] == F
@@ -143,8 +143,8 @@ def test_real_sdk_event_is_scrubbed_by_the_server(tracker: TrackerServer, projec
     value = exc["values"][-1]["value"]
     assert value == f"card {F} declined for order {NOT_A_CARD}" and issue["title"] == f"ValueError: {value}"
     frame_vars = exc["values"][-1]["stacktrace"]["frames"][-1]["vars"]
-    assert frame_vars["password"] == frame_vars["api_key"] == frame_vars["card_number"] == F
-    assert frame_vars["order_number"] == repr(NOT_A_CARD) and frame_vars["session"] == F
+    assert frame_vars["password"] == frame_vars["api_key"] == F and frame_vars["card_number"] == f"'{F}'"
+    assert frame_vars["order_number"] == repr(NOT_A_CARD) and frame_vars["session"] == {"sessionid": F, "user": "'bob'"}
     _, crumbs = entry(event, "breadcrumbs")
     crumb = next(c for c in crumbs["values"] if c.get("category") == "http")
     assert crumb["message"] == f"POST /charge?access_token={F}&page=2" and crumb["data"] == {"auth": F, "status": 402}
@@ -250,7 +250,7 @@ def test_vars_extra_contexts_breadcrumbs_and_messages(tracker: TrackerServer, pr
     assert frame["context_line"] == "    password = load()"  # source code is not data
     assert event["extra"] == {"customer": {"id": 7, "credentials": F, "notes": ["call back", F]},
                               "order_number": NOT_A_CARD, "bad_iban": BAD_IBAN}
-    assert event["contexts"]["billing"] == {"type": "billing", "card_holder": F, "last_token": F, "plan": "pro"}
+    assert event["contexts"]["billing"] == {"type": "billing", "card_holder": "Bob", "last_token": F, "plan": "pro"}
     _, crumbs = entry(event, "breadcrumbs")
     assert crumbs["values"][0]["message"] == f"UPDATE accounts SET iban = '{F}' WHERE id = 7"
     assert crumbs["values"][0]["data"] == {"sql.params": {"secret": F}, "rows": 1}
