@@ -103,6 +103,7 @@ class Settings:
     crons: dict[str, Any] = dataclasses.field(default_factory=dict)  # interval (s), minute (s; tests shorten it)
     attachments: dict[str, Any] = dataclasses.field(default_factory=dict)  # max_size, max_total (bytes)
     ingest_workers: int = -1  # processes that prepare events; -1: one per core (at most 4; none on one core)
+    worker_timeout: float = 3.0  # seconds a busy event worker may go without answering before it is replaced
 
     @property
     def public_url(self) -> str:
@@ -3307,12 +3308,16 @@ def run_prepare_worker(db: str) -> None:
 
 
 class PrepareWorker:
-    """One worker process, seen from the server: batches sent, answered in order."""
+    """One worker process, seen from the server: batches sent, answered in order. One that answers
+    nothing for `timeout` seconds while it has batches (stopped, swapped out, stuck) is given up."""
 
-    def __init__(self, process: asyncio.subprocess.Process, ended: Callable[[PrepareWorker], None]) -> None:
-        self.process, self.ended = process, ended
+    def __init__(self, process: asyncio.subprocess.Process, ended: Callable[[PrepareWorker], None],
+                 timeout: float) -> None:
+        self.process, self.ended, self.timeout = process, ended, timeout
         self.waiting: collections.deque[list[tuple[PrepareJob, asyncio.Future[PreparedEvent]]]] = collections.deque()
         self.alive = True
+        self.progress = 0.0  # when it last answered, or was sent work while idle (monotonic)
+        self.watchdog: asyncio.TimerHandle | None = None
         self.task = asyncio.get_running_loop().create_task(self.read_answers())
 
     def send(self, batch: list[tuple[PrepareJob, asyncio.Future[PreparedEvent]]]) -> None:
@@ -3321,7 +3326,30 @@ class PrepareWorker:
             self.process.stdin.write(frame(marshal.dumps([fields_of(job) for job, _ in batch])))
         except (RuntimeError, ConnectionError):  # it died, its pipe is closed, read_answers is yet to see it
             return settle_here(batch)
+        if not self.waiting:
+            self.progress = time.monotonic()
         self.waiting.append(batch)
+        if self.watchdog is None:
+            self.watchdog = asyncio.get_running_loop().call_later(self.timeout, self.watch)
+
+    def watch(self) -> None:
+        """While batches wait: after `timeout` seconds without an answer, prepare them here and kill the
+        worker (SIGSTOP once held its requests for 15 s); Preparers.lost replaces it. What it may still
+        have answered is ignored: each event is prepared, and stored, once."""
+        self.watchdog = None
+        if not self.waiting or not self.alive:
+            return
+        idle = time.monotonic() - self.progress
+        if idle < self.timeout:
+            self.watchdog = asyncio.get_running_loop().call_later(self.timeout - idle, self.watch)
+            return
+        log.warning("an event worker answered nothing for %.1f s: its events are prepared here, it is replaced", idle)
+        self.alive = False
+        for batch in self.waiting:
+            settle_here(batch)
+        self.waiting.clear()
+        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+            self.process.kill()
 
     async def read_answers(self) -> None:
         assert self.process.stdout is not None
@@ -3329,6 +3357,7 @@ class PrepareWorker:
             while True:
                 size = int.from_bytes(await self.process.stdout.readexactly(4), "little")
                 results = marshal.loads(await self.process.stdout.readexactly(size))
+                self.progress = time.monotonic()
                 for (_, future), (outcome, *result) in zip(self.waiting.popleft(), results):
                     if future.done():
                         continue
@@ -3405,7 +3434,7 @@ class Preparers:
             except OSError:
                 log.exception("could not start an event worker process; events are prepared in the server")
                 return
-            self.workers.append(PrepareWorker(process, self.lost))
+            self.workers.append(PrepareWorker(process, self.lost, float(self.settings.worker_timeout)))
 
     def lost(self, worker: PrepareWorker) -> None:
         """A worker ended (killed, out of memory): another is started, at most one a minute so that a

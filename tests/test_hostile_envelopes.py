@@ -1,0 +1,169 @@
+"""Hostile envelopes from whoever holds a public DSN, against the live server: none of any shape within
+the size limits may leave its memory above where it was (measured from the server's own processes in
+/proc), none may stall the single writer for another project, and event-less envelopes are rate
+limited by data category as Sentry does, the real sentry-sdk backing off for that category alone.
+A stopped event worker's requests are prepared in the server within the batch timeout."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import threading
+import time
+import uuid
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+import pytest
+import sentry_sdk
+from sentry_sdk.crons import capture_checkin
+
+from conftest import Project, TrackerServer, configured_server, start_server, stop_server, wait_for
+from test_ingest import worker_pids
+
+KIB, MIB = 1024, 1024 * 1024
+RATE_KEYS = [f"{n:x}" * 32 for n in range(10, 14)]  # four projects of rate_limit = 3 (a, b, c, d keys)
+CONFIG = "".join(f'[[projects]]\nname = "limited-{n}"\nslug = "limited-{n}"\ndsn_key = "{key}"\nrate_limit = 3\n\n'
+                 for n, key in enumerate(RATE_KEYS))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerServer]:
+    yield from configured_server(tmp_path_factory, "hostile", CONFIG)
+
+
+def auth(project: Project) -> dict[str, str]:
+    return {"X-Sentry-Auth": f"Sentry sentry_key={project.key}, sentry_version=7, sentry_client=hostile/1.0"}
+
+
+def envelope(*items: tuple[dict[str, Any], bytes], header: dict[str, Any] | None = None) -> bytes:
+    parts = [json.dumps({"event_id": uuid.uuid4().hex} if header is None else header).encode()]
+    for item_header, payload in items:
+        parts += [json.dumps({**item_header, "length": len(payload)}).encode(), payload]
+    return b"\n".join(parts) + b"\n"
+
+
+def gzipped(body: bytes) -> bytes:
+    c = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return c.compress(body) + c.flush()
+
+
+def post(server: TrackerServer, project: Project, body: bytes, timeout: float = 60, **headers: str) -> httpx.Response:
+    return httpx.post(f"{server.url}/api/{project.id}/envelope/", content=body, headers={**auth(project), **headers},
+                      timeout=timeout)
+
+
+def outcomes(server: TrackerServer, project: Project) -> list[list[Any]]:
+    """What became of each item of the project's latest logged envelope (the envelope log)."""
+    with sqlite3.connect(server.db) as conn:
+        row = conn.execute("SELECT items FROM envelopes WHERE project_id = ? ORDER BY id DESC LIMIT 1",
+                           (project.id,)).fetchone()
+    return json.loads(row[0])
+
+
+# -- memory: no shape of envelope within the limits leaves the server bigger -----------------------
+
+def rss_mb(server: TrackerServer) -> float:
+    """Resident memory of the server and its event workers, in MB."""
+    total = 0
+    for pid in [server.process.pid, *worker_pids(server)]:
+        status = Path(f"/proc/{pid}/status").read_text()
+        total += int(re.search(r"VmRSS:\s+(\d+) kB", status)[1])  # type: ignore[index]
+    return total / 1024
+
+
+def buckets(count: int) -> bytes:
+    return json.dumps({"attrs": {"release": "hostile@1"},
+                       "aggregates": [{"started": time.time(), "exited": 1} for _ in range(count)]}).encode()
+
+
+# name → (envelope, the status it must get); each within max_body and max_envelope
+HOSTILE: dict[str, tuple[Callable[[], bytes], int]] = {
+    "100,000 tiny items (the 3 KB gzip body of the report)": (
+        lambda: b"{}\n" + b'{"type":"x"}\n{}\n' * 100_000, 413),
+    "999 tiny items, just under the cap": (lambda: b"{}\n" + b'{"type":"x"}\n{}\n' * 999, 200),
+    "999 item headers of 4 KB": (
+        lambda: b"{}\n" + (json.dumps({"type": "x", "pad": [0] * 1300}).encode() + b"\n{}\n") * 999, 200),
+    "an item header over the 4 KiB cap": (
+        lambda: b"{}\n" + json.dumps({"type": "x", "pad": [0] * 3000}).encode() + b"\n{}\n", 413),
+    "999 ten-byte attachments": (
+        lambda: envelope(*[({"type": "attachment", "filename": f"a{n}.txt"}, b"0123456789") for n in range(999)]), 200),
+    "deep JSON in every kind of item": (
+        lambda: envelope(*[({"type": kind}, b"[" * 100 + b"]" * 100)
+                           for kind in ("check_in", "feedback", "client_report", "user_report", "transaction")] * 150),
+        200),
+    "100 wide JSON items of 1 MB": (
+        lambda: envelope(*[({"type": kind}, json.dumps({"a": [0] * 330_000}).encode())
+                           for kind in ("feedback", "session", "transaction", "user_report")] * 25), 200),
+    "a 90 MiB decompression bomb in one attachment": (
+        lambda: envelope(({"type": "attachment", "filename": "zeros"}, bytes(90 * MIB))), 200),
+    "100 sessions items of 100 buckets": (lambda: envelope(*[({"type": "sessions"}, buckets(100))] * 100), 200),
+    "101 sessions items": (lambda: envelope(*[({"type": "sessions"}, buckets(1))] * 101), 413),
+    "1,000 log and span items of 100 KB": (
+        lambda: envelope(*[({"type": kind, "item_count": 1}, b'{"items":[' + b"{}," * 33_000 + b"{}]}")
+                           for kind in ("log", "span")] * 500), 200),
+}
+
+
+def test_no_hostile_envelope_leaves_the_server_bigger(tmp_path: Path) -> None:
+    """Each shape twice (gzip, so each body is small), after one ordinary event warmed the server up:
+    its RSS (and its workers') stays within a few MB of where it started. Before: the 100,000 tiny
+    items alone took it from 70 to 950 MB, and a 90 MiB bomb kept 90 MB per request."""
+    server = start_server(tmp_path / "memory.db")
+    try:
+        project = server.create_project("memory")
+        bodies = {name: gzipped(make()) for name, (make, _) in HOSTILE.items()}
+        assert max(len(body) for body in bodies.values()) < MIB
+        ordinary = envelope(({"type": "event"}, json.dumps({"message": "warm-up"}).encode()))
+        assert post(server, project, ordinary).status_code == 200
+        before = rss_mb(server)
+        for _ in range(2):
+            for name, body in bodies.items():
+                r = post(server, project, body, **{"Content-Encoding": "gzip"})
+                assert r.status_code == HOSTILE[name][1], (name, r.status_code, r.text)
+                if r.status_code == 413:
+                    assert "exceeded size limits" in r.json()["detail"], name
+        grown = rss_mb(server) - before
+        assert grown < 8, f"the server grew by {grown:.0f} MB"
+        assert post(server, project, ordinary).status_code == 200  # and still takes events
+    finally:
+        stop_server(server)
+
+
+def test_caps_drop_what_is_over_with_an_outcome(server: TrackerServer) -> None:
+    """Below the envelope-wide caps, what is over a per-item cap is dropped with an outcome in the
+    envelope log and counted as dropped: a second event (Relay: duplicate_item), attachments past
+    100, a sessions item of more than 100 buckets, a client report over 4 KiB, a check-in over 100 KiB."""
+    project, event_id = server.create_project(), uuid.uuid4().hex
+    items = [({"type": "event"}, json.dumps({"message": "first"}).encode()),
+             ({"type": "event"}, json.dumps({"message": "second"}).encode()),
+             *[({"type": "attachment", "filename": f"f{n}.txt"}, f"attachment {n}".encode()) for n in range(102)],
+             ({"type": "sessions"}, buckets(101)),
+             ({"type": "client_report"}, json.dumps({"discarded_events": [], "pad": "x" * 5000}).encode()),
+             ({"type": "check_in"}, json.dumps({"monitor_slug": "big", "status": "ok", "pad": "x" * 110_000}).encode())]
+    r = post(server, project, envelope(*items, header={"event_id": event_id}))
+    assert r.status_code == 200 and r.json() == {"id": event_id}
+    found = [outcome for _, _, outcome in outcomes(server, project)]
+    assert found[:2] == ["stored", "dropped: an envelope holds one event"]
+    assert found[2:104] == ["stored"] * 100 + ["dropped: more than 100 in one envelope"] * 2
+    assert found[104:] == ["dropped: more than 100 buckets", "dropped: larger than 4096 bytes", "dropped: too large"]
+    assert [i["title"] for i in server.issues(project)] == ["first"]
+    with sqlite3.connect(server.db) as conn:
+        stored = conn.execute("SELECT count(*), sum(size) FROM attachments WHERE project_id = ?",
+                              (project.id,)).fetchone()
+        usage = conn.execute("SELECT bytes FROM attachment_usage WHERE project_id = ?", (project.id,)).fetchone()
+    assert stored[0] == 100 and usage[0] == stored[1]  # the quota's running total is the stored bytes
+
+    def dropped() -> dict[tuple[str, str], int] | None:
+        r = server.api("/api/0/organizations/tracker/stats_v2/", field="sum(quantity)", groupBy=["reason", "category"],
+                       statsPeriod="1h", project=project.id)
+        found = {(g["by"]["reason"], g["by"]["category"]): g["totals"]["sum(quantity)"] for g in r.json()["groups"]}
+        return found if ("too_large", "monitor") in found else None
+    counted = wait_for(dropped, timeout=20)
+    for key, quantity in {("duplicate_item", "error"): 1, ("too_many", "attachment_item"): 2, ("invalid", "session"): 1,
+                          ("too_large", "internal"): 1, ("too_large", "monitor"): 1}.items():
+        assert counted.get(key) == quantity, (key, counted)
