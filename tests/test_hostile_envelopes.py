@@ -167,3 +167,99 @@ def test_caps_drop_what_is_over_with_an_outcome(server: TrackerServer) -> None:
     for key, quantity in {("duplicate_item", "error"): 1, ("too_many", "attachment_item"): 2, ("invalid", "session"): 1,
                           ("too_large", "internal"): 1, ("too_large", "monitor"): 1}.items():
         assert counted.get(key) == quantity, (key, counted)
+
+
+# -- the writer: one envelope cannot hold it for another project ---------------------------------
+
+def test_tiny_attachments_do_not_stall_another_project(server: TrackerServer) -> None:
+    """While one project sends the report's envelope (8,000 ten-byte attachments, no event; it held
+    the writer for 14 s: a sum(size) query and a compression in the writer for each) and then five
+    of 999, another project's events are each acknowledged (committed) in well under a second."""
+    hostile, other = server.create_project(), server.create_project()
+    attack = [envelope(*[({"type": "attachment", "filename": f"t{n}.bin"}, b"0123456789") for n in range(count)])
+              for count in (8000, 999, 999, 999, 999, 999)]
+    answers: list[int] = []
+
+    def send_attack() -> None:
+        for body in attack:
+            answers.append(post(server, hostile, body).status_code)
+    thread = threading.Thread(target=send_attack)
+    thread.start()
+    acks = []
+    while thread.is_alive() or not acks:
+        started = time.monotonic()
+        r = post(server, other, envelope(({"type": "event"}, json.dumps({"message": "meanwhile"}).encode())))
+        acks.append(time.monotonic() - started)
+        assert r.status_code == 200, r.text
+    thread.join()
+    assert max(acks) < 1, f"another project's event waited {max(acks):.1f} s"
+    assert answers == [413, 200, 200, 200, 200, 200]  # 8,000 items is past the 1,000 cap
+    with sqlite3.connect(server.db) as conn:
+        assert conn.execute("SELECT count(*) FROM attachments WHERE project_id = ?", (hostile.id,)).fetchone()[0] == 500
+
+
+# -- rate limits by data category -------------------------------------------------------------------
+
+def limited_projects(server: TrackerServer) -> Iterator[Project]:
+    """The config's projects of rate_limit = 3, each fresh for one run of a scenario."""
+    ids = {p["slug"]: int(p["id"]) for p in server.api("/api/0/organizations/tracker/projects/").json()}
+    for n, key in enumerate(RATE_KEYS):
+        slug = f"limited-{n}"
+        yield Project(id=ids[slug], slug=slug, dsn=f"http://{key}@127.0.0.1:{server.port}/{ids[slug]}", key=key)
+
+
+def in_one_window(scenario: Callable[[Project], None], projects: Iterator[Project]) -> None:
+    """Run a rate-limit scenario on a fresh project; if it failed because a minute began during it
+    (the limits count in one-minute windows), run it once more on another: two boundaries cannot
+    fall within seconds."""
+    for attempt in range(2):
+        minute = int(time.time() // 60)
+        try:
+            return scenario(next(projects))
+        except AssertionError:
+            if attempt or int(time.time() // 60) == minute:
+                raise
+
+
+def item(kind: str) -> tuple[dict[str, Any], bytes]:
+    now = time.time()
+    payloads = {
+        "attachment": b"attached text",
+        "feedback": {"contexts": {"feedback": {"message": "the button does nothing"}}},
+        "session": {"sid": uuid.uuid4().hex, "status": "exited", "started": now, "timestamp": now,
+                    "init": True, "attrs": {"release": "limited@1"}},
+        "check_in": {"monitor_slug": "nightly", "status": "ok",
+                     "monitor_config": {"schedule": {"type": "crontab", "value": "0 4 * * *"}}},
+        "event": {"message": "an error"},
+    }
+    payload = payloads[kind]
+    return {"type": kind, **({"filename": "a.txt"} if kind == "attachment" else {})}, \
+        payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+
+
+def test_event_less_envelopes_are_rate_limited_by_category(server: TrackerServer) -> None:
+    """rate_limit = 3 counts each data category on its own, as Sentry's quotas do: the fourth
+    envelope of attachments (no event) gets 429, Retry-After and `attachment` in X-Sentry-Rate-Limits,
+    while an event still passes; beside a kept item the limited one is dropped and the 200 carries
+    the header alone; feedback, sessions and check-ins (monitor) are limited the same way."""
+    def scenario(project: Project) -> None:
+        statuses = [post(server, project, envelope(item("attachment"))) for _ in range(4)]
+        assert [r.status_code for r in statuses] == [200, 200, 200, 429]
+        assert not any("x-sentry-rate-limits" in r.headers or "retry-after" in r.headers for r in statuses[:3])
+        refused = statuses[3]
+        seconds = int(refused.headers["retry-after"])
+        assert 1 <= seconds <= 60 and "project quota" in refused.json()["detail"]
+        assert refused.headers["x-sentry-rate-limits"] == f"{seconds}:attachment:project:project_quota"
+        assert post(server, project, envelope(item("event"))).status_code == 200  # errors have their own budget
+
+        mixed = post(server, project, envelope(item("attachment"), item("check_in")))
+        assert mixed.status_code == 200 and "retry-after" not in mixed.headers
+        assert mixed.headers["x-sentry-rate-limits"].endswith(":attachment:project:project_quota")
+        attachment, check_in = [outcome for _, _, outcome in outcomes(server, project)]
+        assert attachment == "dropped: rate limited" and not check_in.startswith("dropped"), check_in
+        for kind, category, passing in (("feedback", "feedback", 3), ("session", "session", 3),
+                                        ("check_in", "monitor", 2)):
+            answers = [post(server, project, envelope(item(kind))) for _ in range(passing + 1)]
+            assert [r.status_code for r in answers] == [200] * passing + [429], kind
+            assert answers[-1].headers["x-sentry-rate-limits"].split(":")[1] == category
+    in_one_window(scenario, limited_projects(server))
