@@ -5,6 +5,7 @@ limited by data category as Sentry does, the real sentry-sdk backing off for tha
 A stopped event worker's requests are prepared in the server within the batch timeout."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from conftest import Project, TrackerServer, configured_server, start_server, st
 from test_ingest import worker_pids
 
 KIB, MIB = 1024, 1024 * 1024
+DAILY = {"schedule": {"type": "crontab", "value": "0 4 * * *"}}  # a monitor nothing is due for during a test
 RATE_KEYS = [f"{n:x}" * 32 for n in range(10, 14)]  # four projects of rate_limit = 3 (a, b, c, d keys)
 CONFIG = "".join(f'[[projects]]\nname = "limited-{n}"\nslug = "limited-{n}"\ndsn_key = "{key}"\nrate_limit = 3\n\n'
                  for n, key in enumerate(RATE_KEYS))
@@ -200,10 +202,10 @@ def test_tiny_attachments_do_not_stall_another_project(server: TrackerServer) ->
 
 # -- rate limits by data category -------------------------------------------------------------------
 
-def limited_projects(server: TrackerServer) -> Iterator[Project]:
-    """The config's projects of rate_limit = 3, each fresh for one run of a scenario."""
+def limited_projects(server: TrackerServer, test: int) -> Iterator[Project]:
+    """Two of the config's projects of rate_limit = 3 for one test, each fresh for a run of its scenario."""
     ids = {p["slug"]: int(p["id"]) for p in server.api("/api/0/organizations/tracker/projects/").json()}
-    for n, key in enumerate(RATE_KEYS):
+    for n, key in list(enumerate(RATE_KEYS))[2 * test:2 * test + 2]:
         slug = f"limited-{n}"
         yield Project(id=ids[slug], slug=slug, dsn=f"http://{key}@127.0.0.1:{server.port}/{ids[slug]}", key=key)
 
@@ -228,8 +230,7 @@ def item(kind: str) -> tuple[dict[str, Any], bytes]:
         "feedback": {"contexts": {"feedback": {"message": "the button does nothing"}}},
         "session": {"sid": uuid.uuid4().hex, "status": "exited", "started": now, "timestamp": now,
                     "init": True, "attrs": {"release": "limited@1"}},
-        "check_in": {"monitor_slug": "nightly", "status": "ok",
-                     "monitor_config": {"schedule": {"type": "crontab", "value": "0 4 * * *"}}},
+        "check_in": {"monitor_slug": "nightly", "status": "ok", "monitor_config": DAILY},
         "event": {"message": "an error"},
     }
     payload = payloads[kind]
@@ -262,4 +263,71 @@ def test_event_less_envelopes_are_rate_limited_by_category(server: TrackerServer
             answers = [post(server, project, envelope(item(kind))) for _ in range(passing + 1)]
             assert [r.status_code for r in answers] == [200] * passing + [429], kind
             assert answers[-1].headers["x-sentry-rate-limits"].split(":")[1] == category
-    in_one_window(scenario, limited_projects(server))
+    in_one_window(scenario, limited_projects(server, 0))
+
+
+def test_sdk_backs_off_check_ins_alone(server: TrackerServer) -> None:
+    """The real sentry-sdk, told `monitor` is limited (429 on its fourth check-in of the minute),
+    sends no more check-ins but still sends errors."""
+    def scenario(project: Project) -> None:
+        sentry_sdk.init(dsn=project.dsn, default_integrations=False)
+        try:
+            for n in range(6):
+                capture_checkin(monitor_slug="nightly", status="ok", monitor_config=DAILY)
+                sentry_sdk.flush()
+            sentry_sdk.capture_message("still reported", level="error")
+            sentry_sdk.flush()
+        finally:
+            sentry_sdk.get_client().close()
+            sentry_sdk.init()
+        with sqlite3.connect(server.db) as conn:
+            logged = [json.loads(row[0]) for row in conn.execute(
+                "SELECT items FROM envelopes WHERE project_id = ? ORDER BY id", (project.id,))]
+        check_ins = [items[0][2] for items in logged if items[0][0] == "check_in"]
+        assert len(check_ins) == 4, check_ins  # three kept, one refused: then the SDK stopped sending them
+        assert not any(o.startswith("dropped") for o in check_ins[:3]) and check_ins[3] == "dropped: rate limited"
+        assert [issue["title"] for issue in server.issues(project)] == ["still reported"]
+    in_one_window(scenario, limited_projects(server, 1))
+
+
+# -- a stopped event worker ---------------------------------------------------------------------------
+
+def test_a_stopped_worker_is_replaced_and_nothing_is_stored_twice(tmp_path: Path) -> None:
+    """SIGSTOP the only event worker: events sent meanwhile are answered 200 within the batch timeout
+    (1 s here; they waited 15 s and more before), prepared in the server; the stopped worker is killed
+    and replaced, so SIGCONT finds nothing to resume, and every event is stored once."""
+    (tmp_path / "t.toml").write_text("[server]\ningest_workers = 1\nworker_timeout = 1\n")
+    server = start_server(tmp_path / "stop.db", "--config", str(tmp_path / "t.toml"))
+    try:
+        project = server.create_project("stopped")
+        [stopped] = wait_for(lambda: worker_pids(server))
+        sent = [uuid.uuid4().hex for _ in range(12)]
+        body = lambda event_id: envelope(({"type": "event"}, json.dumps({"message": "during the stop"}).encode()),
+                                         header={"event_id": event_id})
+        assert post(server, project, body(sent[0])).status_code == 200  # through the worker
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            answers = []
+            for event_id in sent[1:]:
+                started = time.monotonic()
+                r = post(server, project, body(event_id), timeout=30)
+                answers.append((r.status_code, time.monotonic() - started))
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stopped, signal.SIGCONT)
+        assert [status for status, _ in answers] == [200] * 11
+        assert max(seconds for _, seconds in answers) < 2.5, answers
+        wait_for(lambda: [pid for pid in worker_pids(server) if pid != stopped])  # its replacement
+        assert not Path(f"/proc/{stopped}").exists() or b"prepare-worker" not in Path(
+            f"/proc/{stopped}/cmdline").read_bytes()
+        later = uuid.uuid4().hex
+        assert post(server, project, body(later)).status_code == 200  # through the new worker
+        with sqlite3.connect(server.db) as conn:
+            stored = [row[0] for row in conn.execute("SELECT event_id FROM events WHERE project_id = ?", (project.id,))]
+            logged = [outcome for row in conn.execute("SELECT items FROM envelopes WHERE project_id = ?", (project.id,))
+                      for _, _, outcome in json.loads(row[0])]
+        assert sorted(stored) == sorted([*sent, later])
+        assert logged == ["stored"] * 13
+        assert sum(int(issue["count"]) for issue in server.issues(project)) == 13
+    finally:
+        stop_server(server)
