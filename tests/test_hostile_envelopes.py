@@ -26,7 +26,7 @@ from sentry_sdk.crons import capture_checkin
 from conftest import Project, TrackerServer, configured_server, start_server, stop_server, wait_for
 from test_ingest import worker_pids
 
-KIB, MIB = 1024, 1024 * 1024
+MIB = 1024 * 1024
 DAILY = {"schedule": {"type": "crontab", "value": "0 4 * * *"}}  # a monitor nothing is due for during a test
 RATE_KEYS = [f"{n:x}" * 32 for n in range(10, 14)]  # four projects of rate_limit = 3 (a, b, c, d keys)
 CONFIG = "".join(f'[[projects]]\nname = "limited-{n}"\nslug = "limited-{n}"\ndsn_key = "{key}"\nrate_limit = 3\n\n'
@@ -95,8 +95,8 @@ HOSTILE: dict[str, tuple[Callable[[], bytes], int]] = {
     "999 ten-byte attachments": (
         lambda: envelope(*[({"type": "attachment", "filename": f"a{n}.txt"}, b"0123456789") for n in range(999)]), 200),
     "deep JSON in every kind of item": (
-        lambda: envelope(*[({"type": kind}, b"[" * 100 + b"]" * 100)
-                           for kind in ("check_in", "feedback", "client_report", "user_report", "transaction")] * 150),
+        lambda: envelope(*[({"type": kind}, b"[" * depth + b"]" * depth) for depth in (100, 50_000)
+                           for kind in ("check_in", "feedback", "client_report", "user_report", "transaction")] * 75),
         200),
     "100 wide JSON items of 1 MB": (
         lambda: envelope(*[({"type": kind}, json.dumps({"a": [0] * 330_000}).encode())
