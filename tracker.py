@@ -16,6 +16,7 @@ import base64
 import concurrent.futures
 import collections
 import contextlib
+import ctypes
 import dataclasses
 import datetime as dt
 import email.message
@@ -110,6 +111,7 @@ class Settings:
     header_timeout: float = 10.0  # seconds from a request's first byte (or the connection) to its last header
     body_timeout: float = 60.0  # seconds from the last header to the body's last byte (20 MiB at 3 Mbit/s)
     max_connections: int = 1000  # open at once, also kept under the process's file limit (GuardedHttp)
+    worker_timeout: float = 3.0  # seconds a busy event worker may go without answering before it is replaced
 
     @property
     def public_url(self) -> str:
@@ -374,6 +376,19 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     """,
     # a disabled person keeps their name (assignments, history) but cannot sign in by any way
     "ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0",
+    # a project's attachment bytes as a running total kept by triggers: the quota check was a sum(size)
+    # over the project's attachments for each one stored (8,000 tiny ones held the writer for 14 s);
+    # statements one by one, as the trigger bodies hold semicolons
+    lambda conn: [conn.execute(statement) for statement in (
+        "CREATE TABLE attachment_usage (project_id INTEGER PRIMARY KEY, bytes INTEGER NOT NULL)",
+        "INSERT INTO attachment_usage SELECT project_id, sum(size) FROM attachments GROUP BY project_id",
+        """CREATE TRIGGER attachment_added AFTER INSERT ON attachments BEGIN
+               INSERT INTO attachment_usage VALUES (new.project_id, new.size)
+                   ON CONFLICT DO UPDATE SET bytes = bytes + excluded.bytes;
+           END""",
+        """CREATE TRIGGER attachment_removed AFTER DELETE ON attachments BEGIN
+               UPDATE attachment_usage SET bytes = bytes - old.size WHERE project_id = old.project_id;
+           END""")],
 ]
 
 
@@ -494,6 +509,7 @@ class Writer:
             for (_, future), result in zip(batch, results):
                 if not future.done():
                     future.set_result(result)
+            del batch, results  # not kept while the queue is idle: a job may hold a whole envelope
 
     async def close(self) -> None:
         if self.task:
@@ -1125,25 +1141,53 @@ def nested_too_deep(raw: bytes, limit: int) -> bool:
     return bool(brackets)
 
 
+# Bounds on one envelope's items, checked while it is split, so a small body that inflates to many
+# items costs no more than they allow (100,000 tiny items in a 3 KB gzip body once took the server
+# from 90 MB to 950 MB of RSS, never given back). Relay's: at most 100 session items (session and
+# sessions together; more is a 413), 100 buckets in a sessions item, a check-in 100 KiB, a client
+# report 4 KiB, one event (another is dropped as a duplicate). The tracker's own: 1,000 items, 100
+# attachments (each is an insert for the single writer), 4 KiB a header line (SDKs write ~200 bytes).
+MAX_ENVELOPE_ITEMS = 1000
+MAX_HEADER_LINE = 4 * KIB
+MAX_SESSION_ITEMS = 100
+MAX_AGGREGATES = 100
+MAX_ATTACHMENTS = 100
+MAX_CLIENT_REPORT = 4 * KIB
+
+
+def header_line(data: bytes, start: int, end: int, what: str) -> dict[str, Any]:
+    if end - start > MAX_HEADER_LINE:
+        raise IngestError(413, f"envelope exceeded size limits: {what} longer than {MAX_HEADER_LINE} bytes")
+    return json_object(data[start:end], what)
+
+
 def parse_envelope(data: bytes) -> tuple[dict[str, Any], list[tuple[dict[str, Any], bytes]]]:
     """Split an envelope into its header and (item header, payload) pairs.
 
     Items with `length` take exactly that many bytes; items without run to the next
     newline or the end (JS writes no final newline). Blank lines between items are skipped.
+    Past MAX_ENVELOPE_ITEMS items or MAX_SESSION_ITEMS sessions it stops with a 413.
     """
     if not data.strip():
         raise IngestError(400, "empty request body")
     end = data.find(b"\n")
     end = len(data) if end < 0 else end
-    header = json_object(data[:end], "envelope header")
-    items, pos = [], end + 1
+    header = header_line(data, 0, end, "envelope header")
+    items: list[tuple[dict[str, Any], bytes]] = []
+    pos, sessions = end + 1, 0
     while pos < len(data):
         end = data.find(b"\n", pos)
         end = len(data) if end < 0 else end
-        line, pos = data[pos:end], end + 1
-        if not line.strip():
+        start, pos = pos, end + 1
+        if end - start <= MAX_HEADER_LINE and not data[start:end].strip():
             continue
-        item_header = json_object(line, "item header")
+        if len(items) == MAX_ENVELOPE_ITEMS:
+            raise IngestError(413, f"envelope exceeded size limits: more than {MAX_ENVELOPE_ITEMS} items")
+        item_header = header_line(data, start, end, "item header")
+        if item_header.get("type") in ("session", "sessions"):
+            sessions += 1
+            if sessions > MAX_SESSION_ITEMS:
+                raise IngestError(413, "envelope exceeded size limits for type 'session'")
         length = item_header.get("length")
         if length is None:
             end = data.find(b"\n", pos)
@@ -1259,8 +1303,18 @@ async def answer_ingest(request: Request, handle: Callable[[Request], Awaitable[
         response = await handle(request)
     except IngestError as exc:
         response = JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+    if request.scope.get("tracker.inflated", 0) > 64 * KIB and MALLOC_TRIM:
+        MALLOC_TRIM(0)
     response.headers.update(CORS_HEADERS)
     return response
+
+
+# glibc keeps freed memory for reuse, so a large envelope left the server's RSS at its high-water mark
+# for good (1,000 item headers of 4 KiB: +15 MB); malloc_trim hands the pages back (+1 MB; ~0.1 ms).
+try:
+    MALLOC_TRIM: Callable[[int], int] | None = ctypes.CDLL(None).malloc_trim
+except (OSError, AttributeError):  # not glibc
+    MALLOC_TRIM = None
 
 
 async def ingest_with_key(request: Request) -> Response:
@@ -1299,6 +1353,7 @@ async def read_envelope(request: Request) -> tuple[dict[str, Any], list[tuple[di
         data = await asyncio.to_thread(decompress, body, encoding, settings.max_envelope)
     else:
         data = decompress(body, encoding, settings.max_envelope)
+    request.scope["tracker.inflated"] = len(data)  # answer_ingest gives the memory back after a large one
     if request.scope["path"].rstrip("/").endswith("/store"):
         wrapped = b"{}\n" + json.dumps({"type": "event", "length": len(data)}).encode() + b"\n" + data
         return {}, [({"type": "event"}, data)], wrapped
@@ -1311,11 +1366,14 @@ async def accept_envelope(request: Request, project_id: int, header: dict[str, A
     limits: IngestLimits = request.app.state.limits
     intake = Intake(request, project_id, header, time.time(), await request.app.state.rules.rules_for(project_id),
                     await request.app.state.options.options(project_id))
-    events = sum(1 for item_header, _ in items if item_header.get("type") == "event")
-    intake.limited = limits.refuse(project_id, intake.options.get("rate_limit"), events, intake.received) \
-        if events else None
-    for item_header, payload in items:
-        kind = str(item_header.get("type") or "")
+    kinds = [str(item_header.get("type") or "") for item_header, _ in items]
+    categories: dict[str, int] = {}  # a dict, not a Counter: a fifth of the cost, on every envelope
+    for kind in kinds:
+        if kind in RATE_LIMITED:
+            categories[RATE_LIMITED[kind]] = categories.get(RATE_LIMITED[kind], 0) + 1
+    intake.limited = limits.refuse(project_id, intake.options.get("rate_limit"), categories, intake.received)
+    for kind, (item_header, payload) in zip(kinds, items):
+        intake.seen[kind] = intake.seen.get(kind, 0) + 1
         take = ITEM_HANDLERS.get(kind)
         outcome = take(intake, item_header, payload) if take else "dropped: this tracker does not store this item type"
         intake.outcomes.append([kind, len(payload), await outcome if inspect.isawaitable(outcome) else outcome])
@@ -1324,7 +1382,10 @@ async def accept_envelope(request: Request, project_id: int, header: dict[str, A
     logged = data if not intake.scrub.enabled else scrubbed_log_body(intake, items)
     intake.jobs.append(lambda conn: log_envelope(conn, intake, logged, len(data)))
     writer: Writer = request.app.state.writer
-    await writer.submit(lambda conn: [job(conn) for job in intake.jobs])  # one job: an envelope is stored whole
+    try:
+        await writer.submit(lambda conn: [job(conn) for job in intake.jobs])  # one job: an envelope is stored whole
+    finally:  # the jobs refer back to the intake: a cycle that kept a whole envelope until a full gc pass
+        intake.jobs.clear()
     if PAYLOADS.wants_training():
         PAYLOADS.training = True
         task = asyncio.create_task(train_payload_dictionary(request.app.state.settings.db, writer))
@@ -1344,7 +1405,8 @@ class Intake:
     received: float
     rules: GroupingRules
     options: dict[str, Any]
-    limited: tuple[int, str, str] | None = None
+    limited: dict[str, tuple[int, str, str]] = dataclasses.field(default_factory=dict)  # IngestLimits.refuse
+    seen: dict[str, int] = dataclasses.field(default_factory=dict)  # items of each type so far
     events: list[PreparedEvent] = dataclasses.field(default_factory=list)
     health: list[HealthUpdate] = dataclasses.field(default_factory=list)
     jobs: list[Job] = dataclasses.field(default_factory=list)
@@ -1359,26 +1421,52 @@ class Intake:
     def scrub(self) -> ScrubPolicy:
         return parsed_scrub_policy(self.scrub_text)
 
+    def drop(self, reason: str, category: str, outcome: str) -> str:
+        """An item refused: counted as dropped (as client reports are), its outcome returned."""
+        self.request.app.state.limits.drop(self.project_id, self.received, reason, category, 1)
+        return outcome
+
+    def over_limit(self, *categories: str, dropped_as: str = "") -> bool:
+        """Whether an item of these data categories is rate limited here (then counted as dropped)."""
+        if not self.limited or not any(category in self.limited for category in categories):
+            return False
+        self.drop("rate_limited", dropped_as or categories[0], "")
+        return True
+
     def answer(self) -> Response:
-        """Sentry's answer: the first event's id; when events were rate limited, a 429 if they
-        were all the envelope held, else a 200 that says so in X-Sentry-Rate-Limits."""
+        """Sentry's answer: the first event's id; when a category was rate limited, X-Sentry-Rate-Limits
+        names it, on a 429 if nothing (client reports aside) was kept, else on the 200."""
         event_id = self.events[0].event_id if self.events else normalize_id(self.header.get("event_id"))
-        if self.limited is None:
-            return JSONResponse({"id": event_id} if event_id else {})
-        seconds, scope, reason = self.limited
-        rate_limits = {"X-Sentry-Rate-Limits": f"{seconds}:error;default:{scope}:{reason}"}
-        if not self.health:
+        body = {"id": event_id} if event_id else {}
+        if not self.limited:
+            return JSONResponse(body)
+        grouped: dict[tuple[int, str, str], list[str]] = {}
+        for category, limit in self.limited.items():
+            grouped.setdefault(limit, []).append("error;default" if category == "error" else category)
+        rate_limits = {"X-Sentry-Rate-Limits": ", ".join(f"{seconds}:{';'.join(names)}:{scope}:{reason}"
+                                                         for (seconds, scope, reason), names in grouped.items())}
+        if not any(kind != "client_report" and not outcome.startswith("dropped") for kind, _, outcome in self.outcomes):
+            seconds, _, reason = max(grouped)
             raise IngestError(429, f"event submission rejected: {reason.replace('_', ' ')} exceeded",
                               {"Retry-After": str(seconds), **rate_limits})
-        return JSONResponse({}, headers=rate_limits)
+        return JSONResponse(body, headers=rate_limits)
+
+
+# Item type → the data category its rate limit counts in (Sentry's, sentry-protocol.md §5.3): each has
+# its own budget of the project's `rate_limit` and of `[limits] events_per_minute` in a minute, so a
+# flood of attachments or check-ins is limited like one of events. Client reports (`internal`) never are.
+RATE_LIMITED = {"event": "error", "transaction": "transaction", "attachment": "attachment", "session": "session",
+                "sessions": "session", "check_in": "monitor", "feedback": "feedback", "user_report": "feedback"}
 
 
 async def take_event(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
     """An error event: prepared off the writer (in a worker process when there is one), stored by a
     writer job."""
     settings: Settings = intake.request.app.state.settings
-    if intake.limited:
+    if intake.over_limit("error"):
         return "dropped: rate limited"
+    if intake.seen["event"] > 1:  # as Relay: an envelope holds one event, another is invalid (duplicate_item)
+        return intake.drop("duplicate_item", "error", "dropped: an envelope holds one event")
     if len(payload) > settings.max_event:
         raise IngestError(413, "envelope exceeded size limits for type 'event'")
     ev = await intake.request.app.state.preparers.prepare(PrepareJob(
@@ -1398,17 +1486,21 @@ async def take_event(intake: Intake, item_header: dict[str, Any], payload: bytes
 def take_health(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
     """Sessions and transactions become counts in minute buckets; a malformed one is dropped alone."""
     kind = item_header["type"]
+    if intake.over_limit(RATE_LIMITED[kind]):
+        return "dropped: rate limited"
     if len(payload) > intake.request.app.state.settings.max_event:
         return "dropped: too large"
     try:
         updates = HEALTH_PARSERS[kind](json_object(payload, f"{kind} payload"), intake.received)
     except IngestError as exc:
-        return f"dropped: {exc.detail}"
+        return intake.drop("invalid", RATE_LIMITED[kind], f"dropped: {exc.detail}")
     intake.health += updates
     return "stored as counts" if updates else "dropped: too old, or without a release"
 
 
 def take_client_report(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
+    if len(payload) > MAX_CLIENT_REPORT:
+        return intake.drop("too_large", "internal", f"dropped: larger than {MAX_CLIENT_REPORT} bytes")
     try:
         intake.request.app.state.limits.client_report(intake.project_id, json_object(payload, "client report"),
                                                       intake.received)
@@ -1418,10 +1510,12 @@ def take_client_report(intake: Intake, item_header: dict[str, Any], payload: byt
 
 
 def take_check_in(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
-    """A cron check-in (`capture_checkin`, `@monitor`): never rate limited; the writer job records it
-    (see Cron monitors) and says what became of it."""
+    """A cron check-in (`capture_checkin`, `@monitor`), rate limited as category `monitor` (so a flood
+    of events does not stop it); the writer job records it (see Cron monitors) and says what became of it."""
+    if intake.over_limit("monitor"):
+        return "dropped: rate limited"
     if len(payload) > MAX_CHECK_IN:
-        return "dropped: too large"
+        return intake.drop("too_large", "monitor", "dropped: too large")
     try:
         check_in = parse_check_in(json_object(payload, "check-in payload"), intake.received)
     except IngestError as exc:
@@ -1490,28 +1584,29 @@ def attachment_caps(settings: Settings, options: Mapping[str, Any]) -> tuple[int
     return caps[0], caps[1]
 
 
-def take_attachment(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
-    """An attachment: checked against the size cap here, against the project's quota in the writer
-    job (so concurrent envelopes cannot pass it together), stored under the envelope's event id."""
+async def take_attachment(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
+    """An attachment: checked against the size and count caps here, against the project's quota in the
+    writer job (so concurrent envelopes cannot pass it together), stored under the envelope's event id.
+    Hashed and compressed here (a large one in a thread): the writer only inserts."""
     limits: IngestLimits = intake.request.app.state.limits
     max_size, max_total = attachment_caps(intake.request.app.state.settings, intake.options)
     event_id = normalize_id(intake.header.get("event_id")) or (intake.events[-1].event_id if intake.events else None)
-
-    def refuse(reason: str, outcome: str) -> str:
-        limits.drop(intake.project_id, intake.received, reason, "attachment_item", 1)
-        return outcome
-    if intake.limited:
-        return refuse("rate_limited", "dropped: rate limited")
+    if intake.over_limit("error", "attachment", dropped_as="attachment_item"):  # its event's limit, or its own
+        return "dropped: rate limited"
+    if intake.seen["attachment"] > MAX_ATTACHMENTS:
+        return intake.drop("too_many", "attachment_item", f"dropped: more than {MAX_ATTACHMENTS} in one envelope")
     if event_id is None:
-        return refuse("no_event_id", "dropped: the envelope names no event to attach it to")
+        return intake.drop("no_event_id", "attachment_item", "dropped: the envelope names no event to attach it to")
     if len(payload) > max_size:
-        return refuse("too_large", f"dropped: larger than the attachment limit of {max_size} bytes")
+        return intake.drop("too_large", "attachment_item",
+                           f"dropped: larger than the attachment limit of {max_size} bytes")
+    digest, utf8, data = (await asyncio.to_thread(attachment_blob, payload, zstandard.ZstdCompressor(level=3))
+                          if len(payload) > 64 * KIB else attachment_blob(payload, ATTACHMENT_ZSTD))
     row = {"project_id": intake.project_id, "event_id": event_id,
            "filename": text(item_header.get("filename"), 255).strip() or "attachment",
            "content_type": text(item_header.get("content_type"), 100).strip().lower() or "application/octet-stream",
            "attachment_type": text(item_header.get("attachment_type"), 64) or "event.attachment",
-           "size": len(payload), "sha1": hashlib.sha1(payload).hexdigest(), "utf8": int(readable_text(payload)),
-           "data": payload, "created": intake.received}  # compressed by the writer thread, off the event loop
+           "size": len(payload), "sha1": digest, "utf8": utf8, "data": data, "created": intake.received}
     index, loop = len(intake.outcomes), asyncio.get_running_loop()
 
     def store(conn: sqlite3.Connection) -> None:
@@ -1521,6 +1616,14 @@ def take_attachment(intake: Intake, item_header: dict[str, Any], payload: bytes)
                                       "attachment_item", 1)
     intake.jobs.append(store)
     return "stored"
+
+
+ATTACHMENT_ZSTD = zstandard.ZstdCompressor(level=3)  # used on the event loop only (a compressor is not thread-safe)
+
+
+def attachment_blob(payload: bytes, compressor: zstandard.ZstdCompressor) -> tuple[str, int, bytes]:
+    """(sha1, whether it reads as text, the zstd frame stored) of an attachment."""
+    return hashlib.sha1(payload).hexdigest(), int(readable_text(payload)), compressor.compress(payload)
 
 
 def readable_text(payload: bytes) -> bool:
@@ -1540,14 +1643,13 @@ def store_attachment(conn: sqlite3.Connection, row: dict[str, Any], max_total: i
     if conn.execute("SELECT 1 FROM attachments WHERE project_id = :project_id AND event_id = :event_id AND "
                     "filename = :filename AND sha1 = :sha1", row).fetchone():
         return "dropped: this attachment is stored already"
-    used = conn.execute("SELECT coalesce(sum(size), 0) FROM attachments WHERE project_id = ?",
-                        (row["project_id"],)).fetchone()[0]
-    if used + row["size"] > max_total:
+    used = conn.execute("SELECT bytes FROM attachment_usage WHERE project_id = ?", (row["project_id"],)).fetchone()
+    if (used[0] if used else 0) + row["size"] > max_total:
         return QUOTA_FULL
     conn.execute("""INSERT INTO attachments (project_id, event_id, filename, content_type, attachment_type, size, sha1,
                                              utf8, data, created)
                     VALUES (:project_id, :event_id, :filename, :content_type, :attachment_type, :size, :sha1, :utf8,
-                            :data, :created)""", {**row, "data": zstandard.ZstdCompressor(level=3).compress(row["data"])})
+                            :data, :created)""", row)  # the attachment_added trigger counts it in attachment_usage
     return "stored"
 
 
@@ -1581,6 +1683,8 @@ class Feedback:
 def take_feedback(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
     """New-style feedback (JS `captureFeedback`, the feedback widget): an event whose
     contexts.feedback holds message, contact_email, name, url and associated_event_id."""
+    if intake.over_limit("feedback"):
+        return "dropped: rate limited"
     try:
         raw = feedback_payload(intake, payload, "feedback")
     except IngestError as exc:
@@ -1598,6 +1702,8 @@ def take_feedback(intake: Intake, item_header: dict[str, Any], payload: bytes) -
 
 def take_user_report(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
     """A legacy user report: {event_id, name, email, comments} about one event."""
+    if intake.over_limit("feedback"):
+        return "dropped: rate limited"
     try:
         raw = feedback_payload(intake, payload, "user report")
     except IngestError as exc:
@@ -1696,18 +1802,22 @@ def scrubbed_log_body(intake: Intake, items: list[tuple[dict[str, Any], bytes]])
     anything is stored, so an event item becomes a pointer to the stored (scrubbed) event, and an
     item that may carry secrets keeps only its header, size and outcome."""
     events = iter(intake.events)
-    parts = [json_dumps(intake.header)]
-    for (item_header, payload), (_, _, outcome) in zip(items, intake.outcomes):
+    out = bytearray(json_dumps(intake.header))  # appended to: an orjson result holds 4 KiB however short,
+    for (item_header, payload), (_, _, outcome) in zip(items, intake.outcomes):  # so a list of 2,000 took 8 MB
         kind = item_header.get("type")
         if kind in LOGGED_AS_SENT:
             kept = payload
         elif kind == "event" and outcome == "stored":
             kept = json_dumps({"stored_as_event": next(events).event_id})
         else:
-            kept = json_dumps({"not_kept": "this project scrubs data before storing it, so the log keeps "
-                                           "only this item's header, size and outcome"})
-        parts += [json_dumps({**item_header, "length": len(kept)}), kept]
-    return b"\n".join(parts) + b"\n"
+            kept = NOT_KEPT
+        out += b"\n%b\n%b" % (json_dumps({**item_header, "length": len(kept)}), kept)
+    out += b"\n"
+    return bytes(out)
+
+
+NOT_KEPT = json_dumps({"not_kept": "this project scrubs data before storing it, so the log keeps only this item's "
+                                   "header, size and outcome"})
 
 
 def log_envelope(conn: sqlite3.Connection, intake: Intake, body: bytes, size: int) -> None:
@@ -1725,17 +1835,18 @@ def log_envelope(conn: sqlite3.Connection, intake: Intake, body: bytes, size: in
 
 
 class IngestLimits:
-    """Events per minute for a project (its `rate_limit` option) and for the whole installation
-    (`[limits] events_per_minute`) in fixed one-minute windows, and the disk guard (`[limits]
-    min_free_mb`). What is refused, and what SDKs report they dropped (client reports), is counted
-    here and written to `dropped` by DropFlusher, so a flood costs no writer job per request."""
+    """Items per minute in each data category (RATE_LIMITED) for a project (its `rate_limit` option)
+    and for the whole installation (`[limits] events_per_minute`) in fixed one-minute windows, and the
+    disk guard (`[limits] min_free_mb`). What is refused, and what SDKs report they dropped (client
+    reports), is counted here and written to `dropped` by DropFlusher, so a flood costs no writer job per request."""
 
     DISK_CHECK = 5.0  # seconds between free-space checks
 
     def __init__(self, settings: Settings) -> None:
         self.per_minute = int(settings.limits.get("events_per_minute", 0))
         self.min_free = float(settings.limits.get("min_free_mb", 256)) * MIB
-        self.windows: dict[int | None, tuple[int, int]] = {}  # project id (None: all) → (minute, events)
+        self.windows: dict[tuple[int | None, str], tuple[int, int]] = {}  # (project id or None: all,
+        # data category) → (minute, items)
         self.disk = (0.0, False)  # (checked at, full)
         self.dropped: collections.Counter[tuple[int, int, str, str]] = collections.Counter()
 
@@ -1746,21 +1857,28 @@ class IngestLimits:
             self.disk = (now, free < self.min_free)
         return self.disk[1]
 
-    def refuse(self, project_id: int, limit: Any, count: int, now: float) -> tuple[int, str, str] | None:
-        """(seconds to wait, scope, reason) when `count` more events would pass a limit (they are
-        counted as dropped); else None, and they count toward both windows."""
-        minute = int(now // 60)
-        caps = ((project_id, limit if isinstance(limit, int) else 0, "project", "project_quota"),
-                (None, self.per_minute, "organization", "installation_quota"))
-        for key, cap, scope, reason in caps:
-            if cap > 0 and self.used(key, minute) + count > cap:
-                self.drop(project_id, now, "rate_limited", "error", count)
-                return max(60 - int(now % 60), 1), scope, reason
-        for key, _, _, _ in caps:
-            self.windows[key] = (minute, self.used(key, minute) + count)
-        return None
+    def refuse(self, project_id: int, limit: Any, counts: Mapping[str, int],
+               now: float) -> dict[str, tuple[int, str, str]]:
+        """For each data category of `counts` (an envelope's items) whose items would pass a limit:
+        (seconds to wait, scope, reason); the others count toward both of their windows. The handler
+        of each item refused counts it as dropped (Intake.over_limit)."""
+        project_cap = limit if isinstance(limit, int) else 0
+        if project_cap <= 0 and self.per_minute <= 0:  # no limits: nothing to count
+            return {}
+        minute, limited = int(now // 60), {}
+        for category, count in counts.items():
+            caps = (((project_id, category), project_cap, "project", "project_quota"),
+                    ((None, category), self.per_minute, "organization", "installation_quota"))
+            over = next(((scope, reason) for key, cap, scope, reason in caps
+                         if cap > 0 and self.used(key, minute) + count > cap), None)
+            if over:
+                limited[category] = (max(60 - int(now % 60), 1), *over)
+                continue
+            for key, _, _, _ in caps:
+                self.windows[key] = (minute, self.used(key, minute) + count)
+        return limited
 
-    def used(self, key: int | None, minute: int) -> int:
+    def used(self, key: tuple[int | None, str], minute: int) -> int:
         window = self.windows.get(key)
         return window[1] if window and window[0] == minute else 0
 
@@ -3443,12 +3561,16 @@ def run_prepare_worker(db: str) -> None:
 
 
 class PrepareWorker:
-    """One worker process, seen from the server: batches sent, answered in order."""
+    """One worker process, seen from the server: batches sent, answered in order. One that answers
+    nothing for `timeout` seconds while it has batches (stopped, swapped out, stuck) is given up."""
 
-    def __init__(self, process: asyncio.subprocess.Process, ended: Callable[[PrepareWorker], None]) -> None:
-        self.process, self.ended = process, ended
+    def __init__(self, process: asyncio.subprocess.Process, ended: Callable[[PrepareWorker], None],
+                 timeout: float) -> None:
+        self.process, self.ended, self.timeout = process, ended, timeout
         self.waiting: collections.deque[list[tuple[PrepareJob, asyncio.Future[PreparedEvent]]]] = collections.deque()
         self.alive = True
+        self.progress = 0.0  # when it last answered, or was sent work while idle (monotonic)
+        self.watchdog: asyncio.TimerHandle | None = None
         self.task = asyncio.get_running_loop().create_task(self.read_answers())
 
     def send(self, batch: list[tuple[PrepareJob, asyncio.Future[PreparedEvent]]]) -> None:
@@ -3457,7 +3579,30 @@ class PrepareWorker:
             self.process.stdin.write(frame(marshal.dumps([fields_of(job) for job, _ in batch])))
         except (RuntimeError, ConnectionError):  # it died, its pipe is closed, read_answers is yet to see it
             return settle_here(batch)
+        if not self.waiting:
+            self.progress = time.monotonic()
         self.waiting.append(batch)
+        if self.watchdog is None:
+            self.watchdog = asyncio.get_running_loop().call_later(self.timeout, self.watch)
+
+    def watch(self) -> None:
+        """While batches wait: after `timeout` seconds without an answer, prepare them here and kill the
+        worker (SIGSTOP once held its requests for 15 s); Preparers.lost replaces it. What it may still
+        have answered is ignored: each event is prepared, and stored, once."""
+        self.watchdog = None
+        if not self.waiting or not self.alive:
+            return
+        idle = time.monotonic() - self.progress
+        if idle < self.timeout:
+            self.watchdog = asyncio.get_running_loop().call_later(self.timeout - idle, self.watch)
+            return
+        log.warning("an event worker answered nothing for %.1f s: its events are prepared here, it is replaced", idle)
+        self.alive = False
+        for batch in self.waiting:
+            settle_here(batch)
+        self.waiting.clear()
+        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+            self.process.kill()
 
     async def read_answers(self) -> None:
         assert self.process.stdout is not None
@@ -3465,6 +3610,7 @@ class PrepareWorker:
             while True:
                 size = int.from_bytes(await self.process.stdout.readexactly(4), "little")
                 results = marshal.loads(await self.process.stdout.readexactly(size))
+                self.progress = time.monotonic()
                 for (_, future), (outcome, *result) in zip(self.waiting.popleft(), results):
                     if future.done():
                         continue
@@ -3541,7 +3687,7 @@ class Preparers:
             except OSError:
                 log.exception("could not start an event worker process; events are prepared in the server")
                 return
-            self.workers.append(PrepareWorker(process, self.lost))
+            self.workers.append(PrepareWorker(process, self.lost, float(self.settings.worker_timeout)))
 
     def lost(self, worker: PrepareWorker) -> None:
         """A worker ended (killed, out of memory): another is started, at most one a minute so that a
@@ -5528,8 +5674,11 @@ def parse_session(raw: dict[str, Any], received: float) -> list[HealthUpdate]:
 
 def parse_aggregates(raw: dict[str, Any], received: float) -> list[HealthUpdate]:
     attrs = session_attrs(raw)
+    entries = raw.get("aggregates") if attrs and isinstance(raw.get("aggregates"), list) else []
+    if len(entries) > MAX_AGGREGATES:
+        raise IngestError(413, f"more than {MAX_AGGREGATES} buckets")
     updates = []
-    for entry in raw.get("aggregates") if attrs and isinstance(raw.get("aggregates"), list) else []:
+    for entry in entries:
         started = parse_timestamp(entry.get("started")) if isinstance(entry, dict) else None
         if not fresh(started, received):
             continue
