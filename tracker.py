@@ -1161,12 +1161,14 @@ def header_line(data: bytes, start: int, end: int, what: str) -> dict[str, Any]:
     return json_object(data[start:end], what)
 
 
-def parse_envelope(data: bytes) -> tuple[dict[str, Any], list[tuple[dict[str, Any], bytes]]]:
+def parse_envelope(data: bytes, max_items: int = MAX_ENVELOPE_ITEMS
+                   ) -> tuple[dict[str, Any], list[tuple[dict[str, Any], bytes]]]:
     """Split an envelope into its header and (item header, payload) pairs.
 
     Items with `length` take exactly that many bytes; items without run to the next
     newline or the end (JS writes no final newline). Blank lines between items are skipped.
-    Past MAX_ENVELOPE_ITEMS items or MAX_SESSION_ITEMS sessions it stops with a 413.
+    Past max_items items or MAX_SESSION_ITEMS sessions it stops with a 413 (a file the CLI sends
+    is the operator's own, and may hold any number of events).
     """
     if not data.strip():
         raise IngestError(400, "empty request body")
@@ -1181,8 +1183,8 @@ def parse_envelope(data: bytes) -> tuple[dict[str, Any], list[tuple[dict[str, An
         start, pos = pos, end + 1
         if end - start <= MAX_HEADER_LINE and not data[start:end].strip():
             continue
-        if len(items) == MAX_ENVELOPE_ITEMS:
-            raise IngestError(413, f"envelope exceeded size limits: more than {MAX_ENVELOPE_ITEMS} items")
+        if len(items) == max_items:
+            raise IngestError(413, f"envelope exceeded size limits: more than {max_items} items")
         item_header = header_line(data, start, end, "item header")
         if item_header.get("type") in ("session", "sessions"):
             sessions += 1
@@ -10575,7 +10577,7 @@ def read_event_file(path: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
             return [({}, event)]
     except ValueError:
         pass
-    header, items = parse_envelope(data)
+    header, items = parse_envelope(data, max_items=len(data))
     return [(header, json_object(payload, str(path))) for ih, payload in items if ih.get("type") == "event"]
 
 

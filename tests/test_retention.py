@@ -76,11 +76,14 @@ def envelope_of(events: list[dict[str, Any]]) -> bytes:
     return b"\n".join(lines) + b"\n"
 
 
-def post_events(url: str, project: Project, events: list[dict[str, Any]]) -> httpx.Response:
-    r = httpx.post(f"{url}/api/{project.id}/envelope/", content=envelope_of(events), timeout=30,
-                   headers={"X-Sentry-Auth": f"Sentry sentry_key={project.key}, sentry_version=7"})
-    assert r.status_code == 200, r.text
-    return r
+def post_events(url: str, project: Project, events: list[dict[str, Any]]) -> None:
+    """Each event in an envelope of its own, in order, as the SDKs send them (Relay keeps one event
+    per envelope; the CLI's files may hold many)."""
+    with httpx.Client(timeout=30) as client:
+        for ev in events:
+            r = client.post(f"{url}/api/{project.id}/envelope/", content=envelope_of([ev]),
+                            headers={"X-Sentry-Auth": f"Sentry sentry_key={project.key}, sentry_version=7"})
+            assert r.status_code == 200, r.text
 
 
 def one_full_pass(server: TrackerServer) -> None:

@@ -177,12 +177,12 @@ def test_scopes_are_stored_as_given_and_old_tokens_keep_their_meaning(tracker: T
                                                                        project: Project) -> None:
     """`token create --scopes project:releases,org:read` keeps those names; a token stored before
     as `read write` (what the old code made of any request up to write) still triages."""
-    out = run_cli(tracker.db, "token", "create", "--scopes", "project:releases,org:read", "--name", "ci")
+    out = run_cli(tracker.db, "token", "create", "--scopes", "project:releases,org:read", "--name", "ci-stored-names")
     token = out.strip().splitlines()[-1]
     assert "project:releases org:read" in out and "project:releases org:read" in run_cli(tracker.db, "token", "list")
     assert "unknown scope" in run_cli_error(tracker, "token", "create", "--scopes", "project:everything")
     listed = httpx.get(f"{tracker.url}/api/0/api-tokens/", headers=bearer(tracker.token), timeout=10).json()
-    assert next(t["scopes"] for t in listed if t["name"] == "ci") == ["project:releases", "org:read"]
+    assert next(t["scopes"] for t in listed if t["name"] == "ci-stored-names") == ["project:releases", "org:read"]
     old = uuid.uuid4().hex * 2
     with sqlite3.connect(tracker.db) as conn:
         conn.execute("INSERT INTO api_tokens (token_hash, name, scopes, created) VALUES (?, 'old', 'read write', 0)",
