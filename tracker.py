@@ -4357,14 +4357,19 @@ NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the last 32 bits are t
 PRIVATE_HINT = "set allow_private = true on the channel (admins only) to send inside your own network"
 
 
+def carried_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (mapped ::ffff:a.b.c.d, 6to4, NAT64): where it really goes."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    return ip.ipv4_mapped or ip.sixtofour or (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in NAT64 else None)
+
+
 def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     """Why an address is no place to send a notification, or None for a public one. An IPv6 address
-    that carries an IPv4 one (mapped ::ffff:a.b.c.d, 6to4, NAT64) is judged by the IPv4 address."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        nat64 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in NAT64 else None
-        embedded = ip.ipv4_mapped or ip.sixtofour or nat64
-        if embedded is not None:
-            return address_problem(embedded)
+    that carries an IPv4 one is judged by the IPv4 address."""
+    embedded = carried_ipv4(ip)
+    if embedded is not None:
+        return address_problem(embedded)
     for problem, flag in (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback),
                           ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
                           ("reserved", ip.is_reserved), ("private", ip.is_private),
@@ -4396,7 +4401,7 @@ def resolve_target(host: str, port: int, allow_private: bool, field: str = "url"
     for info in infos:
         ip = ipaddress.ip_address(str(info[4][0]).partition("%")[0])  # an IPv6 scope (%eth0) is no part of it
         spelled = f"{host} is" if host.strip("[]") == str(ip) else f"{host} is {ip},"
-        if str(ip) in METADATA_HOSTS:
+        if str(carried_ipv4(ip) or ip) in METADATA_HOSTS:  # [::ffff:169.254.169.254] reached it under allow_private
             raise TargetRefused(f"{field}: {spelled} a cloud metadata service")
         problem = None if allow_private else address_problem(ip)
         if problem:
@@ -7575,7 +7580,8 @@ async def api_create_token(request: Request) -> Response:
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
     name = text(body.get("name"), 100)
-    token = await request.app.state.writer.submit(lambda conn: create_token(conn, name, scopes))
+    owner = (await require_token(request))["user_id"]  # it goes when the person behind the caller is disabled
+    token = await request.app.state.writer.submit(lambda conn: create_token(conn, name, scopes, owner))
     row = await request.app.state.store.one("SELECT * FROM api_tokens WHERE token_hash = ?", (hash_token(token),))
     return JSONResponse({**serialize_token(row), "token": token}, status_code=201)
 

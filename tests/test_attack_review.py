@@ -1,0 +1,39 @@
+"""Issue 15 items 3, 5 and 9 tried again as an attacker would, after they were merged: the holes
+found are pinned here. A token an admin made through the API went on working after that admin was
+disabled; a channel allowed into the private network reached the metadata service through the
+IPv4-mapped IPv6 spelling of its address."""
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+from conftest import TrackerServer
+from test_auth import api, person, signed_in
+
+
+def test_a_token_made_through_the_api_goes_with_the_person(tracker: TrackerServer) -> None:
+    """An admin's dashboard token makes a second one through POST /api/0/api-tokens/; disabling
+    the admin revoked the first only, and the second (no owner recorded) kept admin reach."""
+    name, password = person(tracker, "admin")
+    browser, csrf = signed_in(tracker, name, password)
+    page = browser.post("/settings/", data={"csrf": csrf, "token": "made on the page", "scope": "admin"})
+    first = re.search(r'<pre class="mono">([0-9a-f]{64})</pre>', page.text)[1]  # type: ignore[index]
+    made = api(tracker, "POST", "api-tokens/", first, json={"name": "made by a token", "scopes": ["admin"]})
+    assert made.status_code == 201, made.text
+    second = made.json()["token"]
+    assert api(tracker, "GET", "api-tokens/", second).status_code == 200
+    tracker.cli("user", "disable", name)
+    assert [api(tracker, "GET", "api-tokens/", token).status_code for token in (first, second)] == [401, 401]
+
+
+@pytest.mark.parametrize("host", ["[::ffff:169.254.169.254]", "[::ffff:a9fe:a9fe]", "[::ffff:169.254.170.2]",
+                                  "[64:ff9b::a9fe:a9fe]"])
+def test_allow_private_still_refuses_the_metadata_service_in_ipv6_spelling(tracker: TrackerServer, host: str) -> None:
+    """allow_private lets a channel into the LAN, never to the metadata service; an IPv6 socket
+    to ::ffff:169.254.169.254 reaches the IPv4 address, and that spelling was let through."""
+    r = httpx.post(f"{tracker.url}/api/0/organizations/tracker/channels/", timeout=10,
+                   headers={"Authorization": f"Bearer {tracker.token}"},
+                   json={"name": f"md-{host}", "kind": "webhook",
+                         "config": {"url": f"http://{host}/latest/meta-data/", "allow_private": True}})
+    assert r.status_code == 400 and "a cloud metadata service" in r.json()["detail"], r.text
