@@ -4446,7 +4446,9 @@ def checked_channel(kind: Any, name: Any, config: Any, old: dict[str, Any] | Non
             continue
         if old and value == masked_value(kind, key, old.get(key)):
             continue  # sent back as the API shows it: the stored value, credentials and all, stays
-        merged[key] = value if isinstance(value, (int, list)) else text(value, 2048).strip()
+        # only these are numbers or lists by nature: an SMTP host sent as ["a"] or 2130706433 raised in the dispatcher
+        typed = key in ("port", "to", "allow_private") and isinstance(value, (int, list))
+        merged[key] = value if typed else text(value, 2048).strip()
     missing = [key for key in required if not merged.get(key)]
     if missing:
         raise AlertConfigError(f"a {kind} channel needs {', '.join(missing)}")

@@ -1,14 +1,15 @@
 """Issue 15 items 3, 5 and 9 tried again as an attacker would, after they were merged: the holes
 found are pinned here. A token an admin made through the API went on working after that admin was
 disabled; a channel allowed into the private network reached the metadata service through the
-IPv4-mapped IPv6 spelling of its address."""
+IPv4-mapped IPv6 spelling of its address; a channel field of the wrong JSON type wedged its delivery."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import httpx
 import pytest
-from conftest import TrackerServer
+from conftest import TrackerServer, free_port, wait_for
 from test_auth import api, person, signed_in
 
 
@@ -37,3 +38,25 @@ def test_allow_private_still_refuses_the_metadata_service_in_ipv6_spelling(track
                    json={"name": f"md-{host}", "kind": "webhook",
                          "config": {"url": f"http://{host}/latest/meta-data/", "allow_private": True}})
     assert r.status_code == 400 and "a cloud metadata service" in r.json()["detail"], r.text
+
+
+@pytest.mark.parametrize("host", [["127.0.0.1"], 2130706433], ids=["list", "number"])
+def test_a_channel_field_of_the_wrong_json_type_fails_its_delivery_not_the_dispatcher(
+        tracker: TrackerServer, host: object) -> None:
+    """An SMTP host sent as a JSON list or number was stored as such; each delivery then raised
+    AttributeError in the dispatcher, leaving the row in_flight for good (and this channel's later
+    rows for the issue behind it). A field that is no list or number by nature is stored as text."""
+    r = api(tracker, "POST", "organizations/tracker/channels/",
+            json={"name": f"typed-{host!r}", "kind": "email",
+                  "config": {"host": host, "port": free_port(), "from": "tracker@example.org",
+                             "to": "ops@example.org", "security": "none", "allow_private": True}})
+    assert r.status_code == 201, r.text
+    channel = r.json()
+    assert isinstance(channel["config"]["host"], str)
+    assert api(tracker, "POST", f"organizations/tracker/channels/{channel['id']}/test/").status_code == 202
+
+    def attempted() -> dict[str, Any] | None:
+        rows = api(tracker, "GET", "organizations/tracker/deliveries/", params={"channel": channel["id"]}).json()
+        return rows[0] if rows and rows[0]["status"] != "in_flight" and rows[0]["attempts"] else None
+    delivery = wait_for(attempted)
+    assert delivery["status"] in ("pending", "dead") and delivery["lastError"], delivery
