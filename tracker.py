@@ -4449,6 +4449,12 @@ def checked_channel(kind: Any, name: Any, config: Any, old: dict[str, Any] | Non
         # only these are numbers or lists by nature: an SMTP host sent as ["a"] or 2130706433 raised in the dispatcher
         typed = key in ("port", "to", "allow_private") and isinstance(value, (int, list))
         merged[key] = value if typed else text(value, 2048).strip()
+    if old and any(merged.get(key) != old.get(key) for key in ("url", "host")):
+        # moved elsewhere: the credentials it sends (token, password, routing key) stay behind unless given
+        # again, or whoever may change channels points it at their host and reads them off "send test"
+        for key in set(secrets_) - {"url", "secret"}:
+            if merged.get(key) == old.get(key) != config.get(key):
+                merged.pop(key, None)
     missing = [key for key in required if not merged.get(key)]
     if missing:
         raise AlertConfigError(f"a {kind} channel needs {', '.join(missing)}")

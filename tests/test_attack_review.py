@@ -1,7 +1,8 @@
 """Issue 15 items 3, 5 and 9 tried again as an attacker would, after they were merged: the holes
 found are pinned here. A token an admin made through the API went on working after that admin was
 disabled; a channel allowed into the private network reached the metadata service through the
-IPv4-mapped IPv6 spelling of its address; a channel field of the wrong JSON type wedged its delivery."""
+IPv4-mapped IPv6 spelling of its address; a channel field of the wrong JSON type wedged its delivery; a channel moved to another URL took
+its stored credentials there."""
 from __future__ import annotations
 
 import re
@@ -10,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import TrackerServer, free_port, wait_for
+from receivers import JiraReceiver
 from test_auth import api, person, signed_in
 
 
@@ -60,3 +62,28 @@ def test_a_channel_field_of_the_wrong_json_type_fails_its_delivery_not_the_dispa
         return rows[0] if rows and rows[0]["status"] != "in_flight" and rows[0]["attempts"] else None
     delivery = wait_for(attempted)
     assert delivery["status"] in ("pending", "dead") and delivery["lastError"], delivery
+
+
+def test_a_channel_moved_elsewhere_does_not_take_its_credentials(tracker: TrackerServer) -> None:
+    """Secrets are never shown back, admins included; but a PUT that changed only the URL kept the
+    stored Jira token, so whoever may change channels (an org:integrations token) pointed it at
+    their own host, pressed "send test" and read the token from the Authorization header."""
+    changer = tracker.cli("token", "create", "--scopes", "org:integrations").strip().splitlines()[-1]
+    with JiraReceiver() as victim, JiraReceiver() as attacker:
+        made = api(tracker, "POST", "organizations/tracker/channels/",
+                   json={"name": "jira-moved", "kind": "jira",
+                         "config": {"url": victim.url, "project": "OPS", "email": victim.email, "token": victim.token,
+                                    "allow_private": True}})
+        assert made.status_code == 201, made.text
+        path = f"organizations/tracker/channels/{made.json()['id']}/"
+        shown = api(tracker, "GET", path).json()["config"]  # the token masked, as everyone sees it
+        moved = api(tracker, "PUT", path, changer, json={"config": {"url": attacker.url}})
+        assert moved.status_code == 400 and moved.json()["detail"] == "a jira channel needs token", moved.text
+        renamed = api(tracker, "PUT", path, changer, json={"name": "jira-kept", "config": shown})  # same place: kept
+        assert renamed.status_code == 200, renamed.text
+        queued = api(tracker, "POST", f"{path}test/", changer)
+        assert queued.status_code == 202, queued.text
+        wait_for(lambda: victim.issues)  # the stored token still opens the real Jira
+        assert not attacker.received
+        again = api(tracker, "PUT", path, changer, json={"config": {**shown, "url": attacker.url, "token": "their own"}})
+        assert again.status_code == 200 and again.json()["config"]["url"] == attacker.url, again.text
