@@ -6482,9 +6482,13 @@ async def api_issue(request: Request) -> dict[str, Any]:
 
 async def request_json(request: Request) -> Any:
     try:
-        return json.loads(await read_body(request, 64 * KIB) or b"{}")
+        body = json.loads(await read_body(request, 64 * KIB) or b"{}")
+        json.dumps(body, ensure_ascii=False).encode()  # a lone "\ud800" parses, then SQLite refused it: a 500
+        return body
     except IngestError as exc:
         raise ApiError(exc.status, exc.detail) from None
+    except UnicodeEncodeError:
+        raise ApiError(400, "the request body holds a lone surrogate (\\ud800 to \\udfff), which is no text") from None
     except ValueError:
         raise ApiError(400, "the request body is not JSON") from None
 

@@ -1,18 +1,24 @@
 """Issue 15 items 3, 5 and 9 tried again as an attacker would, after they were merged: the holes
 found are pinned here. A token an admin made through the API went on working after that admin was
 disabled; a channel allowed into the private network reached the metadata service through the
-IPv4-mapped IPv6 spelling of its address; a channel field of the wrong JSON type wedged its delivery; a channel moved to another URL took
-its stored credentials there."""
+IPv4-mapped IPv6 spelling of its address; a channel field of the wrong JSON type wedged its
+delivery; a channel moved to another URL took its stored credentials there; a lone surrogate in
+any JSON body was a 500."""
 from __future__ import annotations
 
+import json
 import re
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
 import pytest
-from conftest import TrackerServer, free_port, wait_for
+from conftest import Project, TrackerServer, free_port, start_server, stop_server, wait_for
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from receivers import JiraReceiver
 from test_auth import api, person, signed_in
+
+import tracker as t
 
 
 def test_a_token_made_through_the_api_goes_with_the_person(tracker: TrackerServer) -> None:
@@ -87,3 +93,68 @@ def test_a_channel_moved_elsewhere_does_not_take_its_credentials(tracker: Tracke
         assert not attacker.received
         again = api(tracker, "PUT", path, changer, json={"config": {**shown, "url": attacker.url, "token": "their own"}})
         assert again.status_code == 200 and again.json()["config"]["url"] == attacker.url, again.text
+
+
+@pytest.fixture(scope="module")
+def own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerServer]:
+    """A server of its own: the fuzzed channels must not receive the other tests' alerts."""
+    server = start_server(tmp_path_factory.mktemp("attack") / "tracker.db")
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def own_project(own: TrackerServer) -> Project:
+    return own.create_project()
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("POST", "api-tokens/", {"name": "x\ud800", "scopes": ["read"]}),
+    ("POST", "organizations/tracker/channels/", {"name": "x\udfff", "kind": "slack",
+                                                 "config": {"url": "https://hooks.slack.com/services/x"}}),
+    ("POST", "organizations/tracker/channels/", {"name": "surrogate", "kind": "webhook",
+                                                 "config": {"url": "https://example.com/", "note": "\udc80"}}),
+    ("POST", "projects/tracker/{project}/keys/", {"name": "\ud800"}),
+    ("POST", "organizations/tracker/releases/", {"version": "1.0\ud800", "projects": ["{project}"]}),
+])
+def test_a_lone_surrogate_in_a_json_body_is_a_400(own: TrackerServer, own_project: Project, method: str, path: str,
+                                                   body: dict[str, Any]) -> None:
+    """JSON may spell "\\ud800"; Python parses it into a str SQLite cannot encode, and the writer's
+    UnicodeEncodeError was a plain-text 500 on every route that stores a string."""
+    slug = own_project.slug
+    raw = json.dumps(body).replace("{project}", slug).encode()  # ensure_ascii: "\ud800" as sent
+    r = httpx.request(method, f"{own.url}/api/0/{path.replace('{project}', slug)}", content=raw, timeout=10,
+                      headers={"Authorization": f"Bearer {own.token}", "Content-Type": "application/json"})
+    assert r.status_code == 400 and "lone surrogate" in r.json()["detail"], r.text
+
+
+ANY_TEXT = st.text(max_size=40) | st.sampled_from(["\ud800", "a\udfffb"])  # lone surrogates: JSON can say "\ud800"
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | ANY_TEXT,
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(ANY_TEXT, inner, max_size=4),
+                           max_leaves=8)
+CHANNEL_KEYS = st.sampled_from(["url", "host", "port", "to", "from", "security", "username", "password", "routing_key",
+                                "project", "token", "email", "flavor", "issue_type", "secret", "allow_private"])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(kind=st.sampled_from([*t.CHANNEL_KINDS, "nope"]) | JSON_VALUES, name=ANY_TEXT | JSON_VALUES,
+       config=st.dictionaries(CHANNEL_KEYS | ANY_TEXT, JSON_VALUES, max_size=8) | JSON_VALUES,
+       scopes=st.lists(st.sampled_from(t.SENTRY_SCOPES) | JSON_VALUES, max_size=70))
+def test_fuzz_channel_configs_and_token_scopes_never_500(own: TrackerServer, kind: Any, name: Any, config: Any,
+                                                         scopes: list[Any]) -> None:
+    """Hostile channel configs (any JSON, lone surrogates, wrong types) and token scope lists are a
+    201 or a 400 with a JSON detail, never a 500; a channel made is then updated with the same."""
+    def send(method: str, path: str, body: Any) -> httpx.Response:
+        r = httpx.request(method, f"{own.url}/api/0/{path}", content=json.dumps(body).encode(), timeout=10,
+                          headers={"Authorization": f"Bearer {own.token}", "Content-Type": "application/json"})
+        assert r.status_code in (200, 201, 400) and r.json(), (r.status_code, r.text[:300], body)
+        return r
+    made = send("POST", "organizations/tracker/channels/", {"name": name, "kind": kind, "config": config})
+    if made.status_code == 201:
+        path = f"organizations/tracker/channels/{made.json()['id']}/"
+        send("PUT", path, {"name": name, "config": config})
+        assert httpx.delete(f"{own.url}/api/0/{path}", headers={"Authorization": f"Bearer {own.token}"},
+                            timeout=10).status_code == 204
+    send("POST", "api-tokens/", {"name": name, "scopes": scopes})
