@@ -5067,8 +5067,20 @@ def jira_find(config: dict[str, Any], label: str, timeout: float) -> str | None:
                        config.get("allow_private") is True)
     if result.outcome != "delivered":
         raise ConnectionError(result.detail)
-    issues = json.loads(result.detail or "{}").get("issues") or []
-    return issues[0]["key"] if issues else None
+    found = jira_answer(result.detail).get("issues")
+    if not isinstance(found, list) or not all(isinstance(i, dict) and "key" in i for i in found):
+        raise ConnectionError(f"Jira answered {result.status} without a list of issues: {result.detail}")
+    return found[0]["key"] if found else None
+
+
+def jira_answer(detail: str) -> dict[str, Any]:
+    """A 2xx answer's JSON object; {} for anything else (an SSO proxy's sign-in page, a cut-off body),
+    which once raised inside the dispatcher and left the delivery in_flight for good."""
+    try:
+        answer = json.loads(detail or "{}")
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
 
 
 def jira_create(n: Notice, config: dict[str, Any], attempts: int, timeout: float) -> Delivery:
@@ -5084,7 +5096,9 @@ def jira_create(n: Notice, config: dict[str, Any], attempts: int, timeout: float
     result = json_call("POST", f"{config['url'].rstrip('/')}{api}", {"fields": jira_fields(n, config, label)},
                        timeout, jira_headers(config), config.get("allow_private") is True)
     if result.outcome == "delivered":
-        result.ref = json.loads(result.detail).get("key")
+        result.ref = jira_answer(result.detail).get("key")
+        if not isinstance(result.ref, str):  # retried: the next attempt first looks for what this one made
+            return Delivery("retry", result.status, f"Jira answered {result.status} without an issue key: {result.detail}")
     return result
 
 

@@ -158,3 +158,24 @@ def test_fuzz_channel_configs_and_token_scopes_never_500(own: TrackerServer, kin
         assert httpx.delete(f"{own.url}/api/0/{path}", headers={"Authorization": f"Bearer {own.token}"},
                             timeout=10).status_code == 204
     send("POST", "api-tokens/", {"name": name, "scopes": scopes})
+
+
+@pytest.mark.parametrize("answer", ["<html>Sign in to continue</html>", "[]"], ids=["html", "json-list"])
+def test_a_jira_answer_without_an_issue_key_is_retried_not_a_wedge(tracker: TrackerServer, answer: str) -> None:
+    """A 2xx that is no JSON object (an SSO proxy's sign-in page in front of Jira) raised in
+    jira_create's json.loads, in the dispatcher: the row stayed in_flight for good. Now it is
+    retried, and the retry first searches Jira for the issue the last try may have made."""
+    with JiraReceiver() as jira:
+        jira.script(200, answer, times=100)
+        r = api(tracker, "POST", "organizations/tracker/channels/",
+                json={"name": f"jira-{answer[:6]}", "kind": "jira", "config": {
+                    "url": jira.url, "project": "OPS", "email": jira.email, "token": jira.token, "allow_private": True}})
+        assert r.status_code == 201, r.text
+        channel = r.json()
+        assert api(tracker, "POST", f"organizations/tracker/channels/{channel['id']}/test/").status_code == 202
+
+        def attempted() -> dict[str, Any] | None:
+            rows = api(tracker, "GET", "organizations/tracker/deliveries/", params={"channel": channel["id"]}).json()
+            return rows[0] if rows and rows[0]["status"] != "in_flight" and rows[0]["attempts"] else None
+        delivery = wait_for(attempted)
+        assert delivery["status"] == "pending" and delivery["lastError"].startswith("Jira answered 200"), delivery
