@@ -4663,14 +4663,19 @@ NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the last 32 bits are t
 PRIVATE_HINT = "set allow_private = true on the channel (admins only) to send inside your own network"
 
 
+def carried_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (mapped ::ffff:a.b.c.d, 6to4, NAT64): where it really goes."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    return ip.ipv4_mapped or ip.sixtofour or (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in NAT64 else None)
+
+
 def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     """Why an address is no place to send a notification, or None for a public one. An IPv6 address
-    that carries an IPv4 one (mapped ::ffff:a.b.c.d, 6to4, NAT64) is judged by the IPv4 address."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        nat64 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in NAT64 else None
-        embedded = ip.ipv4_mapped or ip.sixtofour or nat64
-        if embedded is not None:
-            return address_problem(embedded)
+    that carries an IPv4 one is judged by the IPv4 address."""
+    embedded = carried_ipv4(ip)
+    if embedded is not None:
+        return address_problem(embedded)
     for problem, flag in (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback),
                           ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
                           ("reserved", ip.is_reserved), ("private", ip.is_private),
@@ -4702,7 +4707,7 @@ def resolve_target(host: str, port: int, allow_private: bool, field: str = "url"
     for info in infos:
         ip = ipaddress.ip_address(str(info[4][0]).partition("%")[0])  # an IPv6 scope (%eth0) is no part of it
         spelled = f"{host} is" if host.strip("[]") == str(ip) else f"{host} is {ip},"
-        if str(ip) in METADATA_HOSTS:
+        if str(carried_ipv4(ip) or ip) in METADATA_HOSTS:  # [::ffff:169.254.169.254] reached it under allow_private
             raise TargetRefused(f"{field}: {spelled} a cloud metadata service")
         problem = None if allow_private else address_problem(ip)
         if problem:
@@ -4747,7 +4752,15 @@ def checked_channel(kind: Any, name: Any, config: Any, old: dict[str, Any] | Non
             continue
         if old and value == masked_value(kind, key, old.get(key)):
             continue  # sent back as the API shows it: the stored value, credentials and all, stays
-        merged[key] = value if isinstance(value, (int, list)) else text(value, 2048).strip()
+        # only these are numbers or lists by nature: an SMTP host sent as ["a"] or 2130706433 raised in the dispatcher
+        typed = key in ("port", "to", "allow_private") and isinstance(value, (int, list))
+        merged[key] = value if typed else text(value, 2048).strip()
+    if old and any(merged.get(key) != old.get(key) for key in ("url", "host")):
+        # moved elsewhere: the credentials it sends (token, password, routing key) stay behind unless given
+        # again, or whoever may change channels points it at their host and reads them off "send test"
+        for key in set(secrets_) - {"url", "secret"}:
+            if merged.get(key) == old.get(key) != config.get(key):
+                merged.pop(key, None)
     missing = [key for key in required if not merged.get(key)]
     if missing:
         raise AlertConfigError(f"a {kind} channel needs {', '.join(missing)}")
@@ -5360,8 +5373,20 @@ def jira_find(config: dict[str, Any], label: str, timeout: float) -> str | None:
                        config.get("allow_private") is True)
     if result.outcome != "delivered":
         raise ConnectionError(result.detail)
-    issues = json.loads(result.detail or "{}").get("issues") or []
-    return issues[0]["key"] if issues else None
+    found = jira_answer(result.detail).get("issues")
+    if not isinstance(found, list) or not all(isinstance(i, dict) and "key" in i for i in found):
+        raise ConnectionError(f"Jira answered {result.status} without a list of issues: {result.detail}")
+    return found[0]["key"] if found else None
+
+
+def jira_answer(detail: str) -> dict[str, Any]:
+    """A 2xx answer's JSON object; {} for anything else (an SSO proxy's sign-in page, a cut-off body),
+    which once raised inside the dispatcher and left the delivery in_flight for good."""
+    try:
+        answer = json.loads(detail or "{}")
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
 
 
 def jira_create(n: Notice, config: dict[str, Any], attempts: int, timeout: float) -> Delivery:
@@ -5377,7 +5402,9 @@ def jira_create(n: Notice, config: dict[str, Any], attempts: int, timeout: float
     result = json_call("POST", f"{config['url'].rstrip('/')}{api}", {"fields": jira_fields(n, config, label)},
                        timeout, jira_headers(config), config.get("allow_private") is True)
     if result.outcome == "delivered":
-        result.ref = json.loads(result.detail).get("key")
+        result.ref = jira_answer(result.detail).get("key")
+        if not isinstance(result.ref, str):  # retried: the next attempt first looks for what this one made
+            return Delivery("retry", result.status, f"Jira answered {result.status} without an issue key: {result.detail}")
     return result
 
 
@@ -6778,9 +6805,13 @@ async def api_issue(request: Request) -> dict[str, Any]:
 
 async def request_json(request: Request) -> Any:
     try:
-        return json.loads(await read_body(request, 64 * KIB) or b"{}")
+        body = json.loads(await read_body(request, 64 * KIB) or b"{}")
+        json.dumps(body, ensure_ascii=False).encode()  # a lone "\ud800" parses, then SQLite refused it: a 500
+        return body
     except IngestError as exc:
         raise ApiError(exc.status, exc.detail) from None
+    except UnicodeEncodeError:
+        raise ApiError(400, "the request body holds a lone surrogate (\\ud800 to \\udfff), which is no text") from None
     except ValueError:
         raise ApiError(400, "the request body is not JSON") from None
 
@@ -7884,7 +7915,8 @@ async def api_create_token(request: Request) -> Response:
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
     name = text(body.get("name"), 100)
-    token = await request.app.state.writer.submit(lambda conn: create_token(conn, name, scopes))
+    owner = (await require_token(request))["user_id"]  # it goes when the person behind the caller is disabled
+    token = await request.app.state.writer.submit(lambda conn: create_token(conn, name, scopes, owner))
     row = await request.app.state.store.one("SELECT * FROM api_tokens WHERE token_hash = ?", (hash_token(token),))
     return JSONResponse({**serialize_token(row), "token": token}, status_code=201)
 

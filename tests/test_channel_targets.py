@@ -156,7 +156,7 @@ def test_the_config_file_needs_allow_private(tmp_path: Path, webhook: WebhookRec
 def test_hostile_urls_are_400(server: TrackerServer, url: str) -> None:
     body = json.dumps({"name": "h", "kind": "slack", "config": {"url": url}})  # a lone surrogate as JSON escapes it
     r = api(server, "POST", "organizations/tracker/channels/", content=body)
-    assert r.status_code == 400 and r.json()["detail"].startswith("url"), r.text
+    assert r.status_code == 400 and r.json()["detail"].startswith(("url", "the request body holds a lone surrogate")), r.text
 
 
 def test_refused_at_delivery_with_nothing_sent(server: TrackerServer, reader: str, webhook: WebhookReceiver,
