@@ -1270,7 +1270,7 @@ async def authenticate(request: Request, project_id: int, key: str | None, heade
         raise IngestError(401, "missing authorization information")
     if not re.fullmatch(r"[0-9a-fA-F]{32}", key):
         raise IngestError(401, "bad sentry DSN public key")
-    owner, active = await request.app.state.keys.project_for(key.lower())
+    owner, active = await request.app.keys.project_for(key.lower())
     if owner is None or not active:
         raise IngestError(403, "event submission rejected: unknown or disabled project key")
     if owner != project_id:
@@ -1299,7 +1299,7 @@ async def answer_ingest(request: Request, handle: Callable[[Request], Awaitable[
     if request.method == "OPTIONS":
         return Response(status_code=200, headers=CORS_HEADERS)
     try:
-        if request.app.state.limits.disk_is_full(request.app.state.settings.db):
+        if request.app.limits.disk_is_full(request.app.settings.db):
             raise IngestError(429, "event submission rejected: the tracker's disk is nearly full",
                               {"Retry-After": "60", "X-Sentry-Rate-Limits": "60::organization:disk_full"})
         response = await handle(request)
@@ -1338,9 +1338,9 @@ async def spotlight(request: Request) -> Response:
     if client_ip(request) not in ("127.0.0.1", "::1"):
         raise IngestError(403, "/stream accepts envelopes from this machine only; use a DSN from elsewhere")
     header, items, data = await read_envelope(request)
-    store: Store = request.app.state.store
+    store = request.app.store
     row = await store.one("SELECT id FROM projects WHERE slug = 'local'")
-    project_id = row["id"] if row else (await request.app.state.writer.submit(
+    project_id = row["id"] if row else (await request.app.writer.submit(
         lambda conn: create_project(conn, "local", "local")))[0]
     return await accept_envelope(request, project_id, header, items, data)
 
@@ -1348,7 +1348,7 @@ async def spotlight(request: Request) -> Response:
 async def read_envelope(request: Request) -> tuple[dict[str, Any], list[tuple[dict[str, Any], bytes]], bytes]:
     """The body decompressed and split into items; a /store/ body is one bare event, logged as the
     envelope it stands for."""
-    settings: Settings = request.app.state.settings
+    settings = request.app.settings
     body = await read_body(request, settings.max_body)
     encoding = request.headers.get("content-encoding", "")
     if len(body) > 64 * KIB:  # a large (or bomb) body decompresses off the event loop
@@ -1365,9 +1365,9 @@ async def read_envelope(request: Request) -> tuple[dict[str, Any], list[tuple[di
 async def accept_envelope(request: Request, project_id: int, header: dict[str, Any],
                           items: list[tuple[dict[str, Any], bytes]], data: bytes) -> Response:
     """Each item to its handler, then the writer jobs they made, answered after the commit."""
-    limits: IngestLimits = request.app.state.limits
-    intake = Intake(request, project_id, header, time.time(), await request.app.state.rules.rules_for(project_id),
-                    await request.app.state.options.options(project_id))
+    limits = request.app.limits
+    intake = Intake(request, project_id, header, time.time(), await request.app.rules.rules_for(project_id),
+                    await request.app.options.options(project_id))
     kinds = [str(item_header.get("type") or "") for item_header, _ in items]
     categories: dict[str, int] = {}  # a dict, not a Counter: a fifth of the cost, on every envelope
     for kind in kinds:
@@ -1383,16 +1383,16 @@ async def accept_envelope(request: Request, project_id: int, header: dict[str, A
         intake.jobs.append(lambda conn: store_health(conn, project_id, intake.health))
     logged = data if not intake.scrub.enabled else scrubbed_log_body(intake, items)
     intake.jobs.append(lambda conn: log_envelope(conn, intake, logged, len(data)))
-    writer: Writer = request.app.state.writer
+    writer = request.app.writer
     try:
         await writer.submit(lambda conn: [job(conn) for job in intake.jobs])  # one job: an envelope is stored whole
     finally:  # the jobs refer back to the intake: a cycle that kept a whole envelope until a full gc pass
         intake.jobs.clear()
     if PAYLOADS.wants_training():
         PAYLOADS.training = True
-        task = asyncio.create_task(train_payload_dictionary(request.app.state.settings.db, writer))
-        request.app.state.background.add(task)  # referenced until done, so it is not collected mid-way
-        task.add_done_callback(request.app.state.background.discard)
+        task = asyncio.create_task(train_payload_dictionary(request.app.settings.db, writer))
+        request.app.background.add(task)  # referenced until done, so it is not collected mid-way
+        task.add_done_callback(request.app.background.discard)
     return intake.answer()
 
 
@@ -1425,7 +1425,7 @@ class Intake:
 
     def drop(self, reason: str, category: str, outcome: str) -> str:
         """An item refused: counted as dropped (as client reports are), its outcome returned."""
-        self.request.app.state.limits.drop(self.project_id, self.received, reason, category, 1)
+        self.request.app.limits.drop(self.project_id, self.received, reason, category, 1)
         return outcome
 
     def over_limit(self, *categories: str, dropped_as: str = "") -> bool:
@@ -1464,14 +1464,14 @@ RATE_LIMITED = {"event": "error", "transaction": "transaction", "attachment": "a
 async def take_event(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
     """An error event: prepared off the writer (in a worker process when there is one), stored by a
     writer job."""
-    settings: Settings = intake.request.app.state.settings
+    settings = intake.request.app.settings
     if intake.over_limit("error"):
         return "dropped: rate limited"
     if intake.seen["event"] > 1:  # as Relay: an envelope holds one event, another is invalid (duplicate_item)
         return intake.drop("duplicate_item", "error", "dropped: an envelope holds one event")
     if len(payload) > settings.max_event:
         raise IngestError(413, "envelope exceeded size limits for type 'event'")
-    ev = await intake.request.app.state.preparers.prepare(PrepareJob(
+    ev = await intake.request.app.preparers.prepare(PrepareJob(
         payload, intake.project_id, None if intake.events else normalize_id(intake.header.get("event_id")),
         intake.received, client_ip(intake.request), intake.rules.stacktrace_text, intake.rules.fingerprint_text,
         intake.scrub_text, PAYLOADS.current))
@@ -1490,7 +1490,7 @@ def take_health(intake: Intake, item_header: dict[str, Any], payload: bytes) -> 
     kind = item_header["type"]
     if intake.over_limit(RATE_LIMITED[kind]):
         return "dropped: rate limited"
-    if len(payload) > intake.request.app.state.settings.max_event:
+    if len(payload) > intake.request.app.settings.max_event:
         return "dropped: too large"
     try:
         updates = HEALTH_PARSERS[kind](json_object(payload, f"{kind} payload"), intake.received)
@@ -1504,7 +1504,7 @@ def take_client_report(intake: Intake, item_header: dict[str, Any], payload: byt
     if len(payload) > MAX_CLIENT_REPORT:
         return intake.drop("too_large", "internal", f"dropped: larger than {MAX_CLIENT_REPORT} bytes")
     try:
-        intake.request.app.state.limits.client_report(intake.project_id, json_object(payload, "client report"),
+        intake.request.app.limits.client_report(intake.project_id, json_object(payload, "client report"),
                                                       intake.received)
     except IngestError as exc:
         return f"dropped: {exc.detail}"
@@ -1524,7 +1524,7 @@ def take_check_in(intake: Intake, item_header: dict[str, Any], payload: bytes) -
         return f"dropped: {exc.detail}"
     except ValueError as exc:
         return f"dropped: {exc}"
-    index, minute = len(intake.outcomes), cron_minute(intake.request.app.state.settings)
+    index, minute = len(intake.outcomes), cron_minute(intake.request.app.settings)
 
     def store(conn: sqlite3.Connection) -> None:
         intake.outcomes[index][2] = record_check_in(conn, intake.project_id, check_in, minute)[0]
@@ -1552,8 +1552,8 @@ async def take_http_check_in(request: Request) -> Response:
         check_in = parse_check_in({**fields, "monitor_slug": request.path_params["monitor_slug"]}, time.time())
     except ValueError as exc:
         raise IngestError(400, f"invalid check-in: {exc}") from None
-    minute = cron_minute(request.app.state.settings)
-    outcome, check_in_id = await request.app.state.writer.submit(
+    minute = cron_minute(request.app.settings)
+    outcome, check_in_id = await request.app.writer.submit(
         lambda conn: record_check_in(conn, project_id, check_in, minute))
     if check_in_id is None:
         raise IngestError(404 if "unknown monitor" in outcome else 400, outcome)
@@ -1590,8 +1590,8 @@ async def take_attachment(intake: Intake, item_header: dict[str, Any], payload: 
     """An attachment: checked against the size and count caps here, against the project's quota in the
     writer job (so concurrent envelopes cannot pass it together), stored under the envelope's event id.
     Hashed and compressed here (a large one in a thread): the writer only inserts."""
-    limits: IngestLimits = intake.request.app.state.limits
-    max_size, max_total = attachment_caps(intake.request.app.state.settings, intake.options)
+    limits = intake.request.app.limits
+    max_size, max_total = attachment_caps(intake.request.app.settings, intake.options)
     event_id = normalize_id(intake.header.get("event_id")) or (intake.events[-1].event_id if intake.events else None)
     if intake.over_limit("error", "attachment", dropped_as="attachment_item"):  # its event's limit, or its own
         return "dropped: rate limited"
@@ -1714,7 +1714,7 @@ def take_user_report(intake: Intake, item_header: dict[str, Any], payload: bytes
 
 
 def feedback_payload(intake: Intake, payload: bytes, what: str) -> dict[str, Any]:
-    if len(payload) > intake.request.app.state.settings.max_event:
+    if len(payload) > intake.request.app.settings.max_event:
         raise IngestError(413, "too large")
     return json_object(payload, f"{what} payload")
 
@@ -5505,7 +5505,7 @@ class DropFlusher(Background):
 
     EVERY = 5.0
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, app: Tracker) -> None:
         self.app = app
 
     async def run(self) -> None:
@@ -5518,10 +5518,10 @@ class DropFlusher(Background):
         await self.flush()
 
     async def flush(self) -> None:
-        limits: IngestLimits = self.app.state.limits
+        limits = self.app.limits
         if limits.dropped:
             counts, limits.dropped = limits.dropped, collections.Counter()
-            await self.app.state.writer.submit(lambda conn: conn.executemany(
+            await self.app.writer.submit(lambda conn: conn.executemany(
                 "INSERT INTO dropped (project_id, minute, reason, category, quantity) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT DO UPDATE SET quantity = quantity + excluded.quantity",
                 [(*key, n) for key, n in counts.items()]))
@@ -5533,9 +5533,9 @@ class Dispatcher(Background):
     hands it out again, so every notification is delivered at least once — receivers that
     dedupe on its Idempotency-Key see it exactly once."""
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, app: Tracker) -> None:
         self.app = app
-        settings: Settings = app.state.settings
+        settings = app.settings
         self.delays = [float(d) for d in settings.alerts.get("retry_delays", RETRY_DELAYS)] or [0.0]
         self.timeout = float(settings.alerts.get("timeout", 10))
         self.poll = float(settings.alerts.get("poll", 1))
@@ -5544,7 +5544,7 @@ class Dispatcher(Background):
         self.refreshed = 0.0
 
     async def run(self) -> None:
-        writer: Writer = self.app.state.writer
+        writer = self.app.writer
         await writer.submit(lambda conn: conn.execute(
             "UPDATE outbox SET status = 'pending' WHERE status = 'in_flight'").rowcount)
         while True:
@@ -5557,7 +5557,7 @@ class Dispatcher(Background):
                 await asyncio.wait_for(self.wake.wait(), self.poll)
 
     async def round(self) -> None:
-        rows = await self.app.state.store.all(DUE_SQL, (time.time(),))
+        rows = await self.app.store.all(DUE_SQL, (time.time(),))
         by_channel: dict[int, list[sqlite3.Row]] = {}
         for row in rows:
             by_channel.setdefault(row["channel_id"], []).append(row)
@@ -5572,8 +5572,8 @@ class Dispatcher(Background):
                 break  # a failed row keeps the channel's later rows for this issue waiting
 
     async def attempt(self, row: sqlite3.Row) -> bool:
-        store: Store = self.app.state.store
-        writer: Writer = self.app.state.writer
+        store = self.app.store
+        writer = self.app.writer
         claimed = await writer.submit(lambda conn: conn.execute(
             "UPDATE outbox SET status = 'in_flight', attempts = attempts + 1 WHERE id = ? AND status = 'pending'",
             (row["id"],)).rowcount)
@@ -5598,7 +5598,7 @@ class Dispatcher(Background):
 
     async def notice(self, issue_id: int | None, trigger: str, snapshot: dict[str, Any], key: str) -> Notice | None:
         """The notification as sent now: the issue as it is, the event as it was."""
-        settings: Settings = self.app.state.settings
+        settings = self.app.settings
         if issue_id is None:  # an SLO's change of state, or a test from the channel's page
             issue = slo_subject(snapshot["slo"]) if "slo" in snapshot else {
                 "id": "0", "shortId": "TEST-1", "title": "This is a test notification from tracker",
@@ -5606,7 +5606,7 @@ class Dispatcher(Background):
                 "status": "unresolved", "metadata": {}, "firstSeen": iso(time.time()),
                 "project": {"id": "0", "slug": "tracker", "name": "tracker"}}
         else:
-            found = await self.app.state.store.one(f"SELECT {ISSUE_COLUMNS} FROM issues i JOIN projects p "
+            found = await self.app.store.one(f"SELECT {ISSUE_COLUMNS} FROM issues i JOIN projects p "
                                                    "ON p.id = i.project_id WHERE i.id = ?", (issue_id,))
             if found is None:
                 return None
@@ -5618,7 +5618,7 @@ class Dispatcher(Background):
 
     async def refresh_alertmanager(self) -> None:
         """Alertmanager forgets an alert that is not re-sent: re-post the open ones, as Prometheus does."""
-        store: Store = self.app.state.store
+        store = self.app.store
         for channel in await store.all("SELECT * FROM channels WHERE kind = 'alertmanager'"):
             links = await store.all("""SELECT l.* FROM issue_links l JOIN issues i ON i.id = l.issue_id
                                        WHERE l.channel_id = ? AND i.status = 'unresolved' LIMIT 1000""",
@@ -5927,8 +5927,8 @@ def slo_words(slo: dict[str, Any]) -> str:
 class SloJudge(Background):
     """The minute clock: judges every objective (in the writer) once per interval."""
 
-    def __init__(self, app: Starlette) -> None:
-        settings: Settings = app.state.settings
+    def __init__(self, app: Tracker) -> None:
+        settings = app.settings
         self.app = app
         self.interval = float(settings.slo.get("interval", 60))
         self.lag = float(settings.slo.get("lag", 120))
@@ -5936,8 +5936,8 @@ class SloJudge(Background):
     async def run(self) -> None:
         while True:
             try:
-                await self.app.state.writer.submit(lambda conn: judge_slos(conn, time.time(), self.lag))
-                self.app.state.dispatcher.wake.set()
+                await self.app.writer.submit(lambda conn: judge_slos(conn, time.time(), self.lag))
+                self.app.dispatcher.wake.set()
             except Exception:  # a failed judgement must not stop the clock
                 log.exception("judging SLOs failed")
             await asyncio.sleep(self.interval)
@@ -6068,9 +6068,9 @@ class Retention(Background):
     system a few hundred per job; a database created before auto_vacuum=INCREMENTAL keeps them
     (reused by new rows) until `tracker vacuum` converts it."""
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, app: Tracker) -> None:
         self.app = app
-        self.defaults = app.state.settings.retention
+        self.defaults = app.settings.retention
         self.interval = float(self.defaults.get("interval", 300))
         self.batch = max(int(self.defaults.get("batch", 500)), 1)
         self.warned = False
@@ -6086,13 +6086,13 @@ class Retention(Background):
     async def sweep(self) -> dict[str, int]:
         """One pass; returns what it deleted: events, issues, other rows, and pages given back."""
         started, now = time.monotonic(), time.time()
-        writer: Writer = self.app.state.writer
-        store: Store = self.app.state.store
+        writer = self.app.writer
+        store = self.app.store
         done = {"events": 0, "issues": 0, "rows": 0, "pages": 0}
         for project in await store.all("SELECT id FROM projects ORDER BY id"):
             pid = project["id"]
             try:
-                age, cap = retention_policy(self.defaults, await self.app.state.options.options(pid))
+                age, cap = retention_policy(self.defaults, await self.app.options.options(pid))
             except (TypeError, ValueError, AttributeError):
                 log.warning("project %s: ignoring a retention option that is not {max_age_days, max_events}", pid)
                 continue
@@ -6568,16 +6568,16 @@ def judge_monitors(conn: sqlite3.Connection, now: float, minute: float) -> int:
 class CronJudge(Background):
     """The cron clock: has the writer judge the monitors every `[crons] interval` seconds (30)."""
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, app: Tracker) -> None:
         self.app = app
-        self.interval = float(app.state.settings.crons.get("interval", 30))
-        self.minute = cron_minute(app.state.settings)
+        self.interval = float(app.settings.crons.get("interval", 30))
+        self.minute = cron_minute(app.settings)
 
     async def run(self) -> None:
         while True:
             try:
-                if await self.app.state.writer.submit(lambda conn: judge_monitors(conn, time.time(), self.minute)):
-                    self.app.state.dispatcher.wake.set()
+                if await self.app.writer.submit(lambda conn: judge_monitors(conn, time.time(), self.minute)):
+                    self.app.dispatcher.wake.set()
             except Exception:  # a failed judgement must not stop the clock
                 log.exception("judging cron monitors failed")
             await asyncio.sleep(self.interval)
@@ -6618,7 +6618,7 @@ async def require_token(request: Request, capability: str | None = None) -> sqli
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "Authentication credentials were not provided.")
-    row = await request.app.state.store.one("SELECT * FROM api_tokens WHERE token_hash = ?",
+    row = await request.app.store.one("SELECT * FROM api_tokens WHERE token_hash = ?",
                                             (hash_token(token.strip()),))
     if row is None:
         raise ApiError(401, "Invalid token")
@@ -6628,7 +6628,7 @@ async def require_token(request: Request, capability: str | None = None) -> sqli
 
 
 def check_org(request: Request) -> None:
-    if request.path_params.get("org") != request.app.state.settings.organization:
+    if request.path_params.get("org") != request.app.settings.organization:
         raise ApiError(404, "The requested resource does not exist")
 
 
@@ -6738,23 +6738,23 @@ async def api_root(request: Request) -> dict[str, Any]:
 
 
 async def api_organizations(request: Request) -> list[dict[str, Any]]:
-    return [serialize_org(request.app.state.settings)]
+    return [serialize_org(request.app.settings)]
 
 
 async def api_organization(request: Request) -> dict[str, Any]:
     check_org(request)
-    return serialize_org(request.app.state.settings)
+    return serialize_org(request.app.settings)
 
 
 async def api_org_projects(request: Request) -> list[dict[str, Any]]:
     check_org(request)
-    rows = await request.app.state.store.all("SELECT * FROM projects ORDER BY slug")
-    return [serialize_project(r, request.app.state.settings) for r in rows]
+    rows = await request.app.store.all("SELECT * FROM projects ORDER BY slug")
+    return [serialize_project(r, request.app.settings) for r in rows]
 
 
 async def project_from_path(request: Request) -> sqlite3.Row:
     check_org(request)
-    row = await find_project(request.app.state.store, request.path_params["project"])
+    row = await find_project(request.app.store, request.path_params["project"])
     if row is None:
         raise ApiError(404, "The requested resource does not exist")
     return row
@@ -6762,8 +6762,8 @@ async def project_from_path(request: Request) -> sqlite3.Row:
 
 async def api_project(request: Request) -> dict[str, Any]:
     project = await project_from_path(request)
-    return {**serialize_project(project, request.app.state.settings),
-            **serialize_rules(await request.app.state.rules.rules_for(project["id"])),
+    return {**serialize_project(project, request.app.settings),
+            **serialize_rules(await request.app.rules.rules_for(project["id"])),
             **(await project_scrub_policy(request, project["id"])).api_fields()}
 
 
@@ -6775,11 +6775,11 @@ async def api_project_issues(request: Request) -> Response:
     query = params.get("query", "is:unresolved")
     query += "".join(f" environment:{quoted(env)}" for env in params.getlist("environment"))
     try:
-        rows = await list_issues(request.app.state.store, project_id=project["id"], query=query,
+        rows = await list_issues(request.app.store, project_id=project["id"], query=query,
                                  sort=params.get("sort", "date"), limit=limit + 1, offset=offset)
     except SearchError as exc:
         raise ApiError(400, f"Invalid search query: {exc}") from None
-    settings = request.app.state.settings
+    settings = request.app.settings
     return JSONResponse([serialize_issue(r, settings) for r in rows[:limit]],
                         headers=paginate(request, len(rows), limit, offset))
 
@@ -6792,7 +6792,7 @@ def path_issue_id(request: Request) -> int | None:
 async def issue_from_path(request: Request) -> sqlite3.Row:
     """The issue the path names, for the API and the dashboard alike; 404 when there is none."""
     issue_id = path_issue_id(request)
-    row = await get_issue(request.app.state.store, issue_id) if issue_id is not None else None
+    row = await get_issue(request.app.store, issue_id) if issue_id is not None else None
     if row is None:
         raise ApiError(404, "The requested resource does not exist")
     return row
@@ -6800,7 +6800,7 @@ async def issue_from_path(request: Request) -> sqlite3.Row:
 
 async def api_issue(request: Request) -> dict[str, Any]:
     row = await issue_from_path(request)
-    return serialize_issue(row, request.app.state.settings)
+    return serialize_issue(row, request.app.settings)
 
 
 async def request_json(request: Request) -> Any:
@@ -6822,9 +6822,9 @@ async def update_issues(request: Request, project_id: int, issue_ids: list[int],
         change = parse_issue_change(body)
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
-    if change.details.get("inNextRelease") and not await project_releases(request.app.state.store, project_id, 1):
+    if change.details.get("inNextRelease") and not await project_releases(request.app.store, project_id, 1):
         raise ApiError(400, "no release seen in this project yet, so there is no next release to resolve in")
-    await request.app.state.writer.submit(lambda conn: apply_issue_change(conn, issue_ids, change, time.time()))
+    await request.app.writer.submit(lambda conn: apply_issue_change(conn, issue_ids, change, time.time()))
     return change
 
 
@@ -6841,7 +6841,7 @@ async def listed_project_issues(request: Request) -> tuple[sqlite3.Row, list[sql
     ids = request.query_params.getlist("id")
     if not ids or len(ids) > 1000 or not all(i.isascii() and i.isdigit() and len(i) < 19 for i in ids):
         raise ApiError(400, "name the issues as ?id=1&id=2 (at most 1000)")
-    rows = await request.app.state.store.all(
+    rows = await request.app.store.all(
         f"SELECT id FROM issues WHERE project_id = ? AND id IN ({','.join('?' * len(ids))})", [project["id"], *ids])
     return project, rows
 
@@ -6866,27 +6866,27 @@ async def api_delete_project_issues(request: Request) -> Response:
     """Bulk DELETE /api/0/projects/<org>/<project>/issues/?id=…: 204, as Sentry answers."""
     _, rows = await listed_project_issues(request)
     if rows:
-        await request.app.state.writer.submit(lambda conn: delete_issues(conn, [r["id"] for r in rows]))
+        await request.app.writer.submit(lambda conn: delete_issues(conn, [r["id"] for r in rows]))
     return Response(status_code=204)
 
 
 async def api_delete_issue(request: Request) -> Response:
     """DELETE /api/0/issues/<id>/: 202, as Sentry answers (it deletes in the background; we are done)."""
     issue = await issue_from_path(request)
-    await request.app.state.writer.submit(lambda conn: delete_issues(conn, [issue["id"]]))
+    await request.app.writer.submit(lambda conn: delete_issues(conn, [issue["id"]]))
     return Response(status_code=202)
 
 
 async def api_issue_activities(request: Request) -> dict[str, Any]:
     issue = await issue_from_path(request)
-    return {"activity": [serialize_activity(r) for r in await issue_activity(request.app.state.store, issue["id"])]}
+    return {"activity": [serialize_activity(r) for r in await issue_activity(request.app.store, issue["id"])]}
 
 
 async def api_issue_events(request: Request) -> Response:
     issue = await issue_from_path(request)
     limit, offset = page_args(request)
     try:
-        rows = await search_issue_events(request.app.state.store, issue["id"],
+        rows = await search_issue_events(request.app.store, issue["id"],
                                          request.query_params.get("query", ""), limit + 1, offset)
     except SearchError as exc:
         raise ApiError(400, f"Invalid search query: {exc}") from None
@@ -6897,7 +6897,7 @@ async def api_issue_events(request: Request) -> Response:
 
 async def api_issue_event(request: Request) -> dict[str, Any]:
     issue = await issue_from_path(request)
-    row = await issue_event(request.app.state.store, issue["id"], request.path_params["event_id"])
+    row = await issue_event(request.app.store, issue["id"], request.path_params["event_id"])
     if row is None:
         raise ApiError(404, "The requested resource does not exist")
     return serialize_event(row, issue["id"])
@@ -6971,7 +6971,7 @@ async def api_event_attachments(request: Request) -> list[dict[str, Any]]:
     """GET /api/0/projects/<org>/<project>/events/<event_id>/attachments/ (also for an event not stored
     yet, or the screenshots of a feedback, which are under the feedback's own id)."""
     project = await project_from_path(request)
-    rows = await event_attachments(request.app.state.store, project["id"], [path_event_id(request)])
+    rows = await event_attachments(request.app.store, project["id"], [path_event_id(request)])
     return [serialize_attachment(r) for r in rows]
 
 
@@ -6979,7 +6979,7 @@ async def api_event_attachment(request: Request) -> Any:
     """GET …/attachments/<id>/: its details; with ?download=1 the file."""
     project = await project_from_path(request)
     raw = request.path_params["attachment_id"]
-    row = await request.app.state.store.one(
+    row = await request.app.store.one(
         "SELECT * FROM attachments WHERE project_id = ? AND event_id = ? AND id = ?",
         (project["id"], path_event_id(request), int(raw))) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
     if row is None:
@@ -6991,9 +6991,9 @@ async def api_event_attachment(request: Request) -> Any:
 
 async def serialize_user_reports(request: Request, rows: list[sqlite3.Row]) -> list[dict[str, Any]]:
     """Feedback rows in Sentry's user report shape, each with its issue (or null)."""
-    store: Store = request.app.state.store
+    store = request.app.store
     ids = sorted({r["issue_id"] for r in rows if r["issue_id"] is not None})
-    issues = {i["id"]: serialize_issue(i, request.app.state.settings) for i in await store.all(
+    issues = {i["id"]: serialize_issue(i, request.app.settings) for i in await store.all(
         f"SELECT {ISSUE_COLUMNS} FROM issues i JOIN projects p ON p.id = i.project_id WHERE i.id IN "
         f"({','.join('?' * len(ids))})", ids)} if ids else {}
     out = []
@@ -7009,7 +7009,7 @@ async def api_user_feedback(request: Request) -> Response:
     """GET /api/0/projects/<org>/<project>/user-feedback/: the project's feedback, newest first."""
     project = await project_from_path(request)
     limit, offset = page_args(request)
-    rows = await request.app.state.store.all("SELECT * FROM feedback WHERE project_id = ? ORDER BY created DESC, "
+    rows = await request.app.store.all("SELECT * FROM feedback WHERE project_id = ? ORDER BY created DESC, "
                                              "id DESC LIMIT ? OFFSET ?", (project["id"], limit + 1, offset))
     return JSONResponse(await serialize_user_reports(request, rows[:limit]),
                         headers=paginate(request, len(rows), limit, offset))
@@ -7029,8 +7029,8 @@ async def api_create_user_feedback(request: Request) -> dict[str, Any]:
     if feedback.email and not re.fullmatch(r"[^@\s]+@[^@\s]+", feedback.email):
         raise ApiError(400, "email: enter a valid email address")
     feedback.scrub(await project_scrub_policy(request, project["id"]))
-    await request.app.state.writer.submit(lambda conn: store_feedback(conn, feedback))
-    row = await request.app.state.store.one("SELECT * FROM feedback WHERE project_id = ? AND event_id = ? AND "
+    await request.app.writer.submit(lambda conn: store_feedback(conn, feedback))
+    row = await request.app.store.one("SELECT * FROM feedback WHERE project_id = ? AND event_id = ? AND "
                                             "source = 'user_report'", (project["id"], feedback.event_id))
     return (await serialize_user_reports(request, [row]))[0]
 
@@ -7046,8 +7046,8 @@ async def store_rules(request: Request, project_id: int, stacktrace_text: str, f
     """Parse (a RuleError names the mistake), save through the writer, then drop the cached copy
     so the next event of the project is grouped by the new rules."""
     rules = parse_grouping_rules(stacktrace_text, fingerprint_text)
-    await request.app.state.writer.submit(lambda conn: save_project_rules(conn, project_id, rules))
-    request.app.state.rules.invalidate(project_id)
+    await request.app.writer.submit(lambda conn: save_project_rules(conn, project_id, rules))
+    request.app.rules.invalidate(project_id)
     return rules
 
 
@@ -7061,7 +7061,7 @@ async def save_body_rules(request: Request, project_id: int, body: Any) -> Group
         return None
     if not all(isinstance(value, str) for value in given.values()):
         raise ApiError(400, "groupingEnhancements and fingerprintingRules are strings with one rule per line")
-    current = await request.app.state.rules.rules_for(project_id)
+    current = await request.app.rules.rules_for(project_id)
     try:
         return await store_rules(request, project_id, given.get("groupingEnhancements", current.stacktrace_text),
                                  given.get("fingerprintingRules", current.fingerprint_text))
@@ -7071,7 +7071,7 @@ async def save_body_rules(request: Request, project_id: int, body: Any) -> Group
 
 async def api_grouping_rules(request: Request) -> dict[str, str]:
     project = await project_from_path(request)
-    return serialize_rules(await request.app.state.rules.rules_for(project["id"]))
+    return serialize_rules(await request.app.rules.rules_for(project["id"]))
 
 
 async def api_update_grouping_rules(request: Request) -> dict[str, str]:
@@ -7093,13 +7093,13 @@ async def api_update_project(request: Request) -> dict[str, Any]:
     scrub = await project_scrub_policy(request, project["id"])
     option = body_scrub_option(scrub, body)  # checked before anything is saved
     rules = await save_body_rules(request, project["id"], body)
-    rules = rules or await request.app.state.rules.rules_for(project["id"])
+    rules = rules or await request.app.rules.rules_for(project["id"])
     scrub = await save_scrub_option(request, project["id"], option) if option else scrub
-    return {**serialize_project(project, request.app.state.settings), **serialize_rules(rules), **scrub.api_fields()}
+    return {**serialize_project(project, request.app.settings), **serialize_rules(rules), **scrub.api_fields()}
 
 
 async def project_scrub_policy(request: Request, project_id: int) -> ScrubPolicy:
-    return scrub_policy((await request.app.state.options.options(project_id)).get("scrub"))
+    return scrub_policy((await request.app.options.options(project_id)).get("scrub"))
 
 
 def body_scrub_option(policy: ScrubPolicy, body: Any) -> dict[str, Any] | None:
@@ -7114,15 +7114,15 @@ def body_scrub_option(policy: ScrubPolicy, body: Any) -> dict[str, Any] | None:
 
 async def save_scrub_option(request: Request, project_id: int, option: dict[str, Any]) -> ScrubPolicy:
     """Store a project's `scrub` option through the writer; ingest uses it from the next event on."""
-    await request.app.state.writer.submit(lambda conn: set_project_option(conn, project_id, "scrub", option))
-    request.app.state.options.forget(project_id)
+    await request.app.writer.submit(lambda conn: set_project_option(conn, project_id, "scrub", option))
+    request.app.options.forget(project_id)
     return scrub_policy(option)
 
 
 async def merge(request: Request, project_id: int, issue_ids: list[int]) -> dict[str, Any]:
     """Merge through the writer; the answer has Sentry's shape."""
     try:
-        parent = await request.app.state.writer.submit(lambda conn: merge_issues(conn, project_id, issue_ids))
+        parent = await request.app.writer.submit(lambda conn: merge_issues(conn, project_id, issue_ids))
     except MergeError as exc:
         raise ApiError(400, str(exc)) from None
     return {"merge": {"parent": str(parent), "children": [str(i) for i in sorted(set(issue_ids)) if i != parent]}}
@@ -7130,7 +7130,7 @@ async def merge(request: Request, project_id: int, issue_ids: list[int]) -> dict
 
 async def unmerge(request: Request, issue_id: int, hashes: set[str]) -> int:
     try:
-        return await request.app.state.writer.submit(lambda conn: unmerge_hashes(conn, issue_id, hashes))
+        return await request.app.writer.submit(lambda conn: unmerge_hashes(conn, issue_id, hashes))
     except MergeError as exc:
         raise ApiError(400, str(exc)) from None
 
@@ -7160,7 +7160,7 @@ async def hash_events(store: Store, issue: sqlite3.Row) -> dict[str, sqlite3.Row
 async def api_issue_hashes(request: Request) -> list[dict[str, Any]]:
     """GET /api/0/issues/<id>/hashes/: the hashes grouped into the issue, with their latest event."""
     issue = await issue_from_path(request)
-    found = await hash_events(request.app.state.store, issue)
+    found = await hash_events(request.app.store, issue)
     return [{"id": digest, "latestEvent": serialize_event(row, issue["id"], full=False) if row else None}
             for digest, row in found.items()]
 
@@ -7213,7 +7213,7 @@ async def find_project(store: Store, ref: str) -> sqlite3.Row | None:
 async def org_row_from_path(request: Request, table: str, param: str) -> sqlite3.Row:
     """The row of an organisation-wide table (mappings, channels) whose id the URL names."""
     check_org(request)
-    row = await request.app.state.store.one(f"SELECT * FROM {table} WHERE CAST(id AS TEXT) = ?",
+    row = await request.app.store.one(f"SELECT * FROM {table} WHERE CAST(id AS TEXT) = ?",
                                             (request.path_params[param],))
     if row is None:
         raise ApiError(404, "The requested resource does not exist")
@@ -7228,10 +7228,10 @@ async def api_code_mappings(request: Request) -> list[dict[str, Any]]:
     """GET /api/0/organizations/<org>/code-mappings/?project=<id or slug>"""
     check_org(request)
     ref = request.query_params.get("project")
-    project = await find_project(request.app.state.store, ref) if ref else None
+    project = await find_project(request.app.store, ref) if ref else None
     if ref and project is None:
         raise ApiError(404, "The requested resource does not exist")
-    rows = await request.app.state.store.all(
+    rows = await request.app.store.all(
         "SELECT * FROM code_mappings WHERE ? IS NULL OR project_id = ? ORDER BY id",
         (project and project["id"], project and project["id"]))
     return [serialize_mapping(r) for r in rows]
@@ -7242,12 +7242,12 @@ async def api_create_code_mapping(request: Request) -> Response:
     check_org(request)
     body = await request_json(request)
     ref = str(body.get("projectId") or request.query_params.get("project") or "") if isinstance(body, dict) else ""
-    project = await find_project(request.app.state.store, ref)
+    project = await find_project(request.app.store, ref)
     if project is None:
         raise ApiError(400, "projectId must name a project")
     values = body_mapping(body, {})
-    mapping_id = await request.app.state.writer.submit(lambda conn: save_code_mapping(conn, project["id"], values))
-    row = await request.app.state.store.one("SELECT * FROM code_mappings WHERE id = ?", (mapping_id,))
+    mapping_id = await request.app.writer.submit(lambda conn: save_code_mapping(conn, project["id"], values))
+    row = await request.app.store.one("SELECT * FROM code_mappings WHERE id = ?", (mapping_id,))
     return JSONResponse(serialize_mapping(row), status_code=201)
 
 
@@ -7255,14 +7255,14 @@ async def api_update_code_mapping(request: Request) -> dict[str, Any]:
     """PUT /api/0/organizations/<org>/code-mappings/<id>/: the fields given change, the rest stay."""
     current = await mapping_from_path(request)
     values = body_mapping(await request_json(request), dict(current))
-    await request.app.state.writer.submit(
+    await request.app.writer.submit(
         lambda conn: save_code_mapping(conn, current["project_id"], values, current["id"]))
     return serialize_mapping(await mapping_from_path(request))
 
 
 async def api_delete_code_mapping(request: Request) -> Response:
     mapping = await mapping_from_path(request)
-    await request.app.state.writer.submit(
+    await request.app.writer.submit(
         lambda conn: conn.execute("DELETE FROM code_mappings WHERE id = ?", (mapping["id"],)).rowcount)
     return Response(status_code=204)
 
@@ -7350,7 +7350,7 @@ async def release_project_ids(request: Request, value: Any) -> list[int]:
     """The projects a body names by slug or id; an unknown one is a 400."""
     ids = []
     for name in value if isinstance(value, list) else []:
-        row = await request.app.state.store.one("SELECT id FROM projects WHERE slug = ? OR CAST(id AS TEXT) = ?",
+        row = await request.app.store.one("SELECT id FROM projects WHERE slug = ? OR CAST(id AS TEXT) = ?",
                                                 (str(name), str(name)))
         if row is None:
             raise ApiError(400, f"unknown project {name!r}")
@@ -7393,7 +7393,7 @@ async def parse_refs(request: Request, value: Any) -> list[dict[str, Any]]:
     for raw in value if isinstance(value, list) else []:
         if not isinstance(raw, dict) or not raw.get("repository") or not raw.get("commit"):
             raise ApiError(400, "every ref needs a repository and a commit")
-        repo = await request.app.state.store.one("SELECT * FROM repositories WHERE name = ? COLLATE NOCASE",
+        repo = await request.app.store.one("SELECT * FROM repositories WHERE name = ? COLLATE NOCASE",
                                                  (str(raw["repository"]),))
         if repo is None:
             raise ApiError(400, f"unknown repository {raw['repository']!r}")
@@ -7493,7 +7493,7 @@ def create_deploy(conn: sqlite3.Connection, release_id: int, deploy: dict[str, A
 
 async def release_from_path(request: Request) -> sqlite3.Row:
     check_org(request)
-    row = await request.app.state.store.one(f"{RELEASE_SQL} WHERE r.version = ?", (request.path_params["version"],))
+    row = await request.app.store.one(f"{RELEASE_SQL} WHERE r.version = ?", (request.path_params["version"],))
     if row is None:
         raise ApiError(404, "The requested resource does not exist")
     return row
@@ -7502,7 +7502,7 @@ async def release_from_path(request: Request) -> sqlite3.Row:
 async def release_page(request: Request, where: str, args: list[Any]) -> Response:
     """Releases newest first, `?query=` matching part of the version, with Sentry's cursor paging."""
     limit, offset = page_args(request)
-    store: Store = request.app.state.store
+    store = request.app.store
     rows = await store.all(f"{RELEASE_SQL} WHERE {where} AND instr(r.version, ?) "
                            "ORDER BY r.date_created DESC, r.id DESC LIMIT ? OFFSET ?",
                            [*args, request.query_params.get("query", ""), limit + 1, offset])
@@ -7527,7 +7527,7 @@ async def save_release_body(request: Request, version: str, body: dict[str, Any]
     columns = release_columns(body)
     commits = parse_commits(body["commits"]) if body.get("commits") is not None else None
     refs = await parse_refs(request, body["refs"]) if body.get("refs") is not None else None
-    return await request.app.state.writer.submit(
+    return await request.app.writer.submit(
         lambda conn: save_release(conn, version, project_ids, columns, commits, refs))
 
 
@@ -7542,12 +7542,12 @@ async def api_create_release(request: Request) -> Response:
     if not body.get("projects"):
         raise ApiError(400, "projects: name at least one project")
     created = await save_release_body(request, version, body)
-    row = await request.app.state.store.one(f"{RELEASE_SQL} WHERE r.version = ?", (version,))
-    return JSONResponse(await serialize_release(request.app.state.store, row), status_code=201 if created else 208)
+    row = await request.app.store.one(f"{RELEASE_SQL} WHERE r.version = ?", (version,))
+    return JSONResponse(await serialize_release(request.app.store, row), status_code=201 if created else 208)
 
 
 async def api_release(request: Request) -> dict[str, Any]:
-    return await serialize_release(request.app.state.store, await release_from_path(request))
+    return await serialize_release(request.app.store, await release_from_path(request))
 
 
 async def api_update_release(request: Request) -> dict[str, Any]:
@@ -7558,7 +7558,7 @@ async def api_update_release(request: Request) -> dict[str, Any]:
 
 async def api_delete_release(request: Request) -> Response:
     release = await release_from_path(request)
-    await request.app.state.writer.submit(lambda conn: delete_release(conn, release["id"]))
+    await request.app.writer.submit(lambda conn: delete_release(conn, release["id"]))
     return Response(status_code=204)
 
 
@@ -7566,7 +7566,7 @@ async def api_previous_release_with_commits(request: Request) -> dict[str, Any]:
     """The newest older release of the same projects that has commits (sentry-cli starts the
     next commit range there); {} when there is none."""
     release = await release_from_path(request)
-    store: Store = request.app.state.store
+    store = request.app.store
     row = await store.one(
         f"""{RELEASE_SQL} WHERE (r.date_created, r.id) < (?, ?)
             AND EXISTS (SELECT 1 FROM release_commits WHERE release_id = r.id)
@@ -7579,14 +7579,14 @@ async def api_previous_release_with_commits(request: Request) -> dict[str, Any]:
 
 async def api_release_commits(request: Request) -> list[dict[str, Any]]:
     release = await release_from_path(request)
-    rows = await request.app.state.store.all(f"{COMMIT_SQL} ORDER BY rc.position", (release["id"],))
+    rows = await request.app.store.all(f"{COMMIT_SQL} ORDER BY rc.position", (release["id"],))
     return [serialize_commit(r) for r in rows]
 
 
 async def api_release_commit_files(request: Request) -> list[dict[str, Any]]:
     """The files the release's commits changed, one entry per commit and file."""
     release = await release_from_path(request)
-    rows = await request.app.state.store.all(
+    rows = await request.app.store.all(
         f"""SELECT f.path, f.type, c.message, c.author_name, c.author_email, c.repository FROM ({COMMIT_SQL}) c
             JOIN commit_files f ON f.commit_id = c.id ORDER BY f.path""", (release["id"],))
     return [{"filename": r["path"], "type": r["type"], "commitMessage": r["message"], "repoName": r["repository"],
@@ -7595,7 +7595,7 @@ async def api_release_commit_files(request: Request) -> list[dict[str, Any]]:
 
 async def api_release_deploys(request: Request) -> list[dict[str, Any]]:
     release = await release_from_path(request)
-    rows = await request.app.state.store.all("SELECT * FROM deploys WHERE release_id = ? "
+    rows = await request.app.store.all("SELECT * FROM deploys WHERE release_id = ? "
                                              "ORDER BY date_finished DESC, id DESC", (release["id"],))
     return [serialize_deploy(r) for r in rows]
 
@@ -7610,15 +7610,15 @@ async def api_create_deploy(request: Request) -> Response:
     deploy = {"environment": environment, "name": text(body.get("name"), 200) or None,
               "url": text(body.get("url"), 2048) or None, "date_started": parse_timestamp(body.get("dateStarted")),
               "date_finished": parse_timestamp(body.get("dateFinished")) or time.time()}
-    deploy_id = await request.app.state.writer.submit(lambda conn: create_deploy(conn, release["id"], deploy))
-    row = await request.app.state.store.one("SELECT * FROM deploys WHERE id = ?", (deploy_id,))
+    deploy_id = await request.app.writer.submit(lambda conn: create_deploy(conn, release["id"], deploy))
+    row = await request.app.store.one("SELECT * FROM deploys WHERE id = ?", (deploy_id,))
     return JSONResponse(serialize_deploy(row), status_code=201)
 
 
 async def api_org_repos(request: Request) -> list[dict[str, Any]]:
     check_org(request)
     return [serialize_repository(r) for r in
-            await request.app.state.store.all("SELECT * FROM repositories WHERE provider != ? ORDER BY name",
+            await request.app.store.all("SELECT * FROM repositories WHERE provider != ? ORDER BY name",
                                               (LOCAL_REPOSITORY,))]
 
 
@@ -7632,10 +7632,10 @@ async def api_create_repo(request: Request) -> Response:
     if url and urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise ApiError(400, "url must be an http(s) URL")
     provider = text(body.get("provider"), 64) or None
-    repo_id = await request.app.state.writer.submit(lambda conn: create_repository(conn, name, url, provider))
+    repo_id = await request.app.writer.submit(lambda conn: create_repository(conn, name, url, provider))
     if repo_id is None:
         raise ApiError(409, f"a repository named {name!r} already exists")
-    row = await request.app.state.store.one("SELECT * FROM repositories WHERE id = ?", (repo_id,))
+    row = await request.app.store.one("SELECT * FROM repositories WHERE id = ?", (repo_id,))
     return JSONResponse(serialize_repository(row), status_code=201)
 
 
@@ -7677,14 +7677,14 @@ async def channel_from_path(request: Request) -> sqlite3.Row:
 
 async def api_channels(request: Request) -> list[dict[str, Any]]:
     check_org(request)
-    return [serialize_channel(r) for r in await request.app.state.store.all("SELECT * FROM channels ORDER BY name")]
+    return [serialize_channel(r) for r in await request.app.store.all("SELECT * FROM channels ORDER BY name")]
 
 
 async def create_channel(request: Request, kind: Any, name: Any, config: Any) -> tuple[int, dict[str, Any]]:
     """Validate and store a new channel (the API and the dashboard form share this)."""
     try:
         checked = await asyncio.to_thread(checked_channel, kind, name, config)  # it resolves the host: not on the loop
-        return await request.app.state.writer.submit(
+        return await request.app.writer.submit(
             lambda conn: save_channel(conn, name.strip(), kind, checked)), checked
     except AlertConfigError as exc:
         raise ApiError(400, str(exc)) from None
@@ -7695,7 +7695,7 @@ async def api_create_channel(request: Request) -> Response:
     check_org(request)
     body = await request_object(request)
     channel_id, config = await create_channel(request, body.get("kind"), body.get("name"), body.get("config", {}))
-    row = await request.app.state.store.one("SELECT * FROM channels WHERE id = ?", (channel_id,))
+    row = await request.app.store.one("SELECT * FROM channels WHERE id = ?", (channel_id,))
     given = body.get("config") if isinstance(body.get("config"), dict) else {}
     extra = {"secret": config["secret"]} if row["kind"] == "webhook" and not given.get("secret") else {}
     return JSONResponse({**serialize_channel(row), **extra}, status_code=201)
@@ -7712,7 +7712,7 @@ async def api_update_channel(request: Request) -> dict[str, Any]:
     try:
         checked = await asyncio.to_thread(checked_channel, row["kind"], name, body.get("config", {}),
                                           json.loads(row["config"]))
-        await request.app.state.writer.submit(lambda conn: save_channel(conn, name.strip(), row["kind"], checked,
+        await request.app.writer.submit(lambda conn: save_channel(conn, name.strip(), row["kind"], checked,
                                                                         row["id"]))
     except AlertConfigError as exc:
         raise ApiError(400, str(exc)) from None
@@ -7728,7 +7728,7 @@ def delete_channel(conn: sqlite3.Connection, channel_id: int) -> None:
 
 async def api_delete_channel(request: Request) -> Response:
     row = await channel_from_path(request)
-    await request.app.state.writer.submit(lambda conn: delete_channel(conn, row["id"]))
+    await request.app.writer.submit(lambda conn: delete_channel(conn, row["id"]))
     return Response(status_code=204)
 
 
@@ -7737,8 +7737,8 @@ async def queue_test(request: Request, channel: sqlite3.Row) -> int:
     def job(conn: sqlite3.Connection) -> int:
         enqueue(conn, channel, None, None, "test", {"rule": "Test notification"})
         return int(conn.execute("SELECT max(id) FROM outbox").fetchone()[0])
-    outbox_id = await request.app.state.writer.submit(job)
-    request.app.state.dispatcher.wake.set()
+    outbox_id = await request.app.writer.submit(job)
+    request.app.dispatcher.wake.set()
     return outbox_id
 
 
@@ -7756,7 +7756,7 @@ async def api_deliveries(request: Request) -> Response:
         if request.query_params.get(param):
             where.append(f"CAST({column} AS TEXT) = ?")
             args.append(request.query_params[param])
-    rows = await request.app.state.store.all(
+    rows = await request.app.store.all(
         f"{DELIVERY_SQL} WHERE {' AND '.join(where) or '1'} ORDER BY o.id DESC LIMIT ? OFFSET ?",
         [*args, limit + 1, offset])
     # what the far end answered is for those who may change channels (the tracker's admin, org:integrations…)
@@ -7774,15 +7774,15 @@ async def api_retry_delivery(request: Request) -> Response:
     """Send a dead letter again, from its first attempt."""
     check_org(request)
     outbox_id = int(request.path_params["delivery_id"]) if request.path_params["delivery_id"].isdigit() else 0
-    if not await request.app.state.writer.submit(lambda conn: retry_delivery(conn, outbox_id)):
+    if not await request.app.writer.submit(lambda conn: retry_delivery(conn, outbox_id)):
         raise ApiError(404, "no dead or cancelled delivery with that id")
-    request.app.state.dispatcher.wake.set()
+    request.app.dispatcher.wake.set()
     return JSONResponse({"id": str(outbox_id)}, status_code=202)
 
 
 async def rule_from_path(request: Request) -> tuple[sqlite3.Row, sqlite3.Row]:
     project = await project_from_path(request)
-    row = await request.app.state.store.one("SELECT * FROM alert_rules WHERE project_id = ? AND CAST(id AS TEXT) = ?",
+    row = await request.app.store.one("SELECT * FROM alert_rules WHERE project_id = ? AND CAST(id AS TEXT) = ?",
                                             (project["id"], request.path_params["rule_id"]))
     if row is None:
         raise ApiError(404, "The requested resource does not exist")
@@ -7791,15 +7791,15 @@ async def rule_from_path(request: Request) -> tuple[sqlite3.Row, sqlite3.Row]:
 
 async def save_rule_body(request: Request, project: sqlite3.Row, body: Any, rule_id: int | None = None) -> int:
     try:
-        rule = checked_rule(body, await channel_names(request.app.state.store))
+        rule = checked_rule(body, await channel_names(request.app.store))
     except AlertConfigError as exc:
         raise ApiError(400, str(exc)) from None
-    return await request.app.state.writer.submit(lambda conn: insert_rule(conn, project["id"], rule, rule_id))
+    return await request.app.writer.submit(lambda conn: insert_rule(conn, project["id"], rule, rule_id))
 
 
 async def api_rules(request: Request) -> list[dict[str, Any]]:
     project = await project_from_path(request)
-    rows = await request.app.state.store.all("SELECT * FROM alert_rules WHERE project_id = ? ORDER BY id",
+    rows = await request.app.store.all("SELECT * FROM alert_rules WHERE project_id = ? ORDER BY id",
                                              (project["id"],))
     return [serialize_rule(r, project["slug"]) for r in rows]
 
@@ -7807,7 +7807,7 @@ async def api_rules(request: Request) -> list[dict[str, Any]]:
 async def api_create_rule(request: Request) -> Response:
     project = await project_from_path(request)
     rule_id = await save_rule_body(request, project, await request_json(request))
-    row = await request.app.state.store.one("SELECT * FROM alert_rules WHERE id = ?", (rule_id,))
+    row = await request.app.store.one("SELECT * FROM alert_rules WHERE id = ?", (rule_id,))
     return JSONResponse(serialize_rule(row, project["slug"]), status_code=201)
 
 
@@ -7824,7 +7824,7 @@ async def api_update_rule(request: Request) -> dict[str, Any]:
 
 async def api_delete_rule(request: Request) -> Response:
     _, row = await rule_from_path(request)
-    await request.app.state.writer.submit(lambda conn: conn.execute("DELETE FROM alert_rules WHERE id = ?",
+    await request.app.writer.submit(lambda conn: conn.execute("DELETE FROM alert_rules WHERE id = ?",
                                                                     (row["id"],)).rowcount)
     return Response(status_code=204)
 
@@ -7847,7 +7847,7 @@ def serialize_key(row: sqlite3.Row, settings: Settings) -> dict[str, Any]:
 
 
 async def key_from_path(request: Request, project_id: int) -> sqlite3.Row:
-    row = await request.app.state.store.one("SELECT * FROM project_keys WHERE project_id = ? AND public_key = ?",
+    row = await request.app.store.one("SELECT * FROM project_keys WHERE project_id = ? AND public_key = ?",
                                             (project_id, request.path_params["key_id"].lower()))
     if row is None:
         raise ApiError(404, "The requested resource does not exist")
@@ -7856,25 +7856,25 @@ async def key_from_path(request: Request, project_id: int) -> sqlite3.Row:
 
 async def api_project_keys(request: Request) -> list[dict[str, Any]]:
     project = await project_from_path(request)
-    rows = await request.app.state.store.all("SELECT * FROM project_keys WHERE project_id = ? ORDER BY created",
+    rows = await request.app.store.all("SELECT * FROM project_keys WHERE project_id = ? ORDER BY created",
                                              (project["id"],))
-    return [serialize_key(r, request.app.state.settings) for r in rows]
+    return [serialize_key(r, request.app.settings) for r in rows]
 
 
 async def api_create_key(request: Request) -> Response:
     project = await project_from_path(request)
     label = text((await request_object(request)).get("name"), 64)
-    key = await request.app.state.writer.submit(lambda conn: add_key(conn, project["id"], label))
-    row = await request.app.state.store.one("SELECT * FROM project_keys WHERE public_key = ?", (key,))
-    return JSONResponse(serialize_key(row, request.app.state.settings), status_code=201)
+    key = await request.app.writer.submit(lambda conn: add_key(conn, project["id"], label))
+    row = await request.app.store.one("SELECT * FROM project_keys WHERE public_key = ?", (key,))
+    return JSONResponse(serialize_key(row, request.app.settings), status_code=201)
 
 
 async def set_key(request: Request, project_id: int, key: str, active: bool | None, label: str | None) -> None:
     """Enable, disable or rename a key; the ingest cache forgets it, so a disabled key is refused at once."""
-    await request.app.state.writer.submit(lambda conn: conn.execute(
+    await request.app.writer.submit(lambda conn: conn.execute(
         "UPDATE project_keys SET active = coalesce(?, active), label = coalesce(?, label) WHERE public_key = ? "
         "AND project_id = ?", (None if active is None else int(active), label, key, project_id)))
-    request.app.state.keys.entries.pop(key, None)
+    request.app.keys.entries.pop(key, None)
 
 
 async def api_update_key(request: Request) -> dict[str, Any]:
@@ -7886,15 +7886,15 @@ async def api_update_key(request: Request) -> dict[str, Any]:
         raise ApiError(400, "isActive must be true or false")
     label = text(body["name"], 64) if "name" in body else None
     await set_key(request, project["id"], row["public_key"], body.get("isActive"), label)
-    return serialize_key(await key_from_path(request, project["id"]), request.app.state.settings)
+    return serialize_key(await key_from_path(request, project["id"]), request.app.settings)
 
 
 async def api_delete_key(request: Request) -> Response:
     project = await project_from_path(request)
     row = await key_from_path(request, project["id"])
-    await request.app.state.writer.submit(
+    await request.app.writer.submit(
         lambda conn: conn.execute("DELETE FROM project_keys WHERE public_key = ?", (row["public_key"],)))
-    request.app.state.keys.entries.pop(row["public_key"], None)
+    request.app.keys.entries.pop(row["public_key"], None)
     return Response(status_code=204)
 
 
@@ -7904,7 +7904,7 @@ def serialize_token(row: sqlite3.Row) -> dict[str, Any]:
 
 
 async def api_tokens(request: Request) -> list[dict[str, Any]]:
-    return [serialize_token(r) for r in await request.app.state.store.all("SELECT * FROM api_tokens ORDER BY id")]
+    return [serialize_token(r) for r in await request.app.store.all("SELECT * FROM api_tokens ORDER BY id")]
 
 
 async def api_create_token(request: Request) -> Response:
@@ -7916,8 +7916,8 @@ async def api_create_token(request: Request) -> Response:
         raise ApiError(400, str(exc)) from None
     name = text(body.get("name"), 100)
     owner = (await require_token(request))["user_id"]  # it goes when the person behind the caller is disabled
-    token = await request.app.state.writer.submit(lambda conn: create_token(conn, name, scopes, owner))
-    row = await request.app.state.store.one("SELECT * FROM api_tokens WHERE token_hash = ?", (hash_token(token),))
+    token = await request.app.writer.submit(lambda conn: create_token(conn, name, scopes, owner))
+    row = await request.app.store.one("SELECT * FROM api_tokens WHERE token_hash = ?", (hash_token(token),))
     return JSONResponse({**serialize_token(row), "token": token}, status_code=201)
 
 
@@ -7926,7 +7926,7 @@ async def api_revoke_token(request: Request) -> Response:
     raw = request.path_params.get("token_id") or str((await request_object(request)).get("tokenId", ""))
     if not raw.isdigit() or len(raw) > 18:
         raise ApiError(404, "The requested resource does not exist")
-    gone = await request.app.state.writer.submit(
+    gone = await request.app.writer.submit(
         lambda conn: conn.execute("DELETE FROM api_tokens WHERE id = ?", (int(raw),)).rowcount)
     if not gone:
         raise ApiError(404, "The requested resource does not exist")
@@ -8027,7 +8027,7 @@ async def api_sessions(request: Request) -> dict[str, Any]:
         raise ApiError(400, "groupBy session.status works with sum(session) and count_unique(user) only")
     start, end, interval = stats_window(request)
     where, args = filter_sql(stats_filters(request, ("release", "environment")))
-    store: Store = request.app.state.store
+    store = request.app.store
     rows = await store.all(f"SELECT * FROM session_buckets WHERE minute >= ? AND minute < ? AND {where}",
                            [start, end, *args])
     users = await store.all(f"SELECT * FROM session_users WHERE day >= ? AND day < ? AND {where}",
@@ -8071,7 +8071,7 @@ async def api_events_stats(request: Request) -> dict[str, Any]:
         raise ApiError(400, "only count() is supported")
     start, end, interval = stats_window(request)
     where, args = filter_sql(stats_filters(request, ("release", "environment", "level")))
-    rows = await request.app.state.store.all(
+    rows = await request.app.store.all(
         f"SELECT CAST((timestamp - ?) / ? AS INTEGER) AS slot, count(*) AS n FROM events "
         f"WHERE timestamp >= ? AND timestamp < ? AND {where} GROUP BY slot", [start, interval, start, end, *args])
     counts = {r["slot"]: r["n"] for r in rows}
@@ -8095,7 +8095,7 @@ async def api_stats_v2(request: Request) -> dict[str, Any]:
         raise ApiError(400, f"groupBy: any of {', '.join(STATS_GROUPS)}")
     start, end, interval = stats_window(request)
     where, args = filter_sql(stats_filters(request, ()))
-    store: Store = request.app.state.store
+    store = request.app.store
     dropped = await store.all(f"SELECT project_id, minute AS at, reason, category, quantity FROM dropped "
                               f"WHERE minute >= ? AND minute < ? AND {where}", [start, end, *args])
     accepted = await store.all(f"SELECT project_id, CAST(timestamp / 60 AS INTEGER) * 60 AS at, 'none' AS reason, "
@@ -8139,7 +8139,7 @@ async def slo_of(store: Store, project_id: int) -> dict[str, Any] | None:
 
 async def api_slo(request: Request) -> dict[str, Any]:
     project = await project_from_path(request)
-    slo = await slo_of(request.app.state.store, project["id"])
+    slo = await slo_of(request.app.store, project["id"])
     if slo is None:
         raise ApiError(404, "This project has no SLO: PUT one here")
     return slo
@@ -8153,13 +8153,13 @@ async def api_update_slo(request: Request) -> dict[str, Any]:
         slo = checked_slo({**body, "min_total": body.get("minTotal", body.get("min_total", 100))})
     except AlertConfigError as exc:
         raise ApiError(400, str(exc)) from None
-    await request.app.state.writer.submit(lambda conn: save_slo(conn, project["id"], slo))
+    await request.app.writer.submit(lambda conn: save_slo(conn, project["id"], slo))
     return await api_slo(request)
 
 
 async def api_delete_slo(request: Request) -> Response:
     project = await project_from_path(request)
-    await request.app.state.writer.submit(lambda conn: conn.execute("DELETE FROM slos WHERE project_id = ?",
+    await request.app.writer.submit(lambda conn: conn.execute("DELETE FROM slos WHERE project_id = ?",
                                                                     (project["id"],)).rowcount)
     return Response(status_code=204)
 
@@ -8183,7 +8183,7 @@ METRICS_HELP = {
 
 async def page_metrics(request: Request) -> Response:
     """Prometheus text format, for scrapers and Alertmanager setups."""
-    store: Store = request.app.state.store
+    store = request.app.store
     lines: dict[str, list[str]] = {name: [] for name in METRICS_HELP}
     for r in await store.all("SELECT p.slug, i.status, count(*) AS n, sum(i.times_seen) AS events FROM issues i "
                              "JOIN projects p ON p.id = i.project_id GROUP BY p.slug, i.status"):
@@ -8224,7 +8224,7 @@ async def org_monitors(request: Request, slug: str | None = None) -> list[sqlite
     """The organisation's monitors (one slug's, if given), narrowed by `?project=` ids or slugs."""
     check_org(request)
     refs = request.query_params.getlist("project")
-    rows = await request.app.state.store.all(
+    rows = await request.app.store.all(
         "SELECT m.*, p.slug AS project_slug, p.name AS project_name FROM monitors m JOIN projects p "
         "ON p.id = m.project_id WHERE ? IS NULL OR m.slug = ? ORDER BY m.slug, m.id", (slug, slug))
     return [r for r in rows if not refs or r["project_slug"] in refs or str(r["project_id"]) in refs]
@@ -8233,14 +8233,14 @@ async def org_monitors(request: Request, slug: str | None = None) -> list[sqlite
 async def serialize_monitors(request: Request, rows: list[sqlite3.Row]) -> list[dict[str, Any]]:
     """Monitors with their environments: each one's status is its latest finished check-in's."""
     marks = ",".join("?" * len(rows))
-    envs = await request.app.state.store.all(
+    envs = await request.app.store.all(
         f"""SELECT monitor_id, environment, min(date_created) AS first,
                    max(CASE WHEN status != 'missed' THEN date_created END) AS last,
                    (SELECT x.status FROM check_ins x WHERE x.monitor_id = c.monitor_id AND x.environment = c.environment
                     AND x.status != 'in_progress' ORDER BY x.date_created DESC, x.id DESC LIMIT 1) AS status
             FROM check_ins c WHERE monitor_id IN ({marks}) GROUP BY monitor_id, environment ORDER BY environment""",
         [r["id"] for r in rows])
-    minute = cron_minute(request.app.state.settings)
+    minute = cron_minute(request.app.settings)
     out = []
     for row in rows:
         due, late = row["next_expected"], row["checkin_margin"] * minute
@@ -8275,7 +8275,7 @@ async def api_monitor_checkins(request: Request) -> Response:
     monitor = await monitor_from_path(request)
     limit, offset = page_args(request)
     envs = request.query_params.getlist("environment")
-    rows = await request.app.state.store.all(
+    rows = await request.app.store.all(
         f"""SELECT * FROM check_ins WHERE monitor_id = ? {f"AND environment IN ({','.join('?' * len(envs))})" if envs else ''}
             ORDER BY date_created DESC, id DESC LIMIT ? OFFSET ?""", (monitor["id"], *envs, limit + 1, offset))
     config = monitor_config_json(monitor)
@@ -9063,7 +9063,7 @@ PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'self'
 def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
     """A page; every template can show who is signed in and put the session's CSRF token in its forms."""
     viewer: Viewer | None = request.scope.get("state", {}).get("viewer")
-    html = request.app.state.templates.get_template(name).render(viewer=viewer, csrf=viewer.csrf if viewer else "",
+    html = request.app.templates.get_template(name).render(viewer=viewer, csrf=viewer.csrf if viewer else "",
                                                                  **context)
     return HTMLResponse(html, status_code=status)
 
@@ -9117,8 +9117,8 @@ class DashboardGate:
 
 async def identify(request: Request) -> Viewer | None:
     """The person (or script) behind a dashboard request, if any."""
-    store: Store = request.app.state.store
-    header = request.app.state.settings.auth_header
+    store = request.app.store
+    header = request.app.settings.auth_header
     if header and request.headers.get(header):
         return await proxy_viewer(request, request.headers[header].strip())
     cookie = request.cookies.get(SESSION_COOKIE)
@@ -9139,16 +9139,16 @@ async def identify(request: Request) -> Viewer | None:
 async def proxy_viewer(request: Request, name: str) -> Viewer | None:
     """A person the SSO proxy vouches for; first seen, they become a member. The CSRF token is
     derived from the name, since there is no session to keep one in."""
-    row = await request.app.state.store.one("SELECT id, name, role, disabled FROM users WHERE name = ?", (name,))
+    row = await request.app.store.one("SELECT id, name, role, disabled FROM users WHERE name = ?", (name,))
     if row is not None and row["disabled"]:
         return None  # the proxy vouches for who they are, not that they may still come in
     if row is None:
         try:
-            await request.app.state.writer.submit(lambda conn: create_user(conn, name))
+            await request.app.writer.submit(lambda conn: create_user(conn, name))
         except ValueError:
             return None  # a name we cannot take (too long, odd characters): not signed in
-        row = await request.app.state.store.one("SELECT id, name, role FROM users WHERE name = ?", (name,))
-    csrf = hmac.new(request.app.state.secret, f"proxy:{row['name']}".encode(), "sha256").hexdigest()
+        row = await request.app.store.one("SELECT id, name, role FROM users WHERE name = ?", (name,))
+    csrf = hmac.new(request.app.secret, f"proxy:{row['name']}".encode(), "sha256").hexdigest()
     return Viewer(row["id"], row["name"], row["role"], csrf, via="proxy")
 
 
@@ -9235,7 +9235,7 @@ def safe_next(target: str) -> str:
 
 
 def with_session_cookie(request: Request, response: Response, token: str) -> Response:
-    secure = request.url.scheme == "https" or request.app.state.settings.public_url.startswith("https:")
+    secure = request.url.scheme == "https" or request.app.settings.public_url.startswith("https:")
     response.set_cookie(SESSION_COOKIE, token, max_age=SESSION_TTL, httponly=True, samesite="lax", secure=secure)
     return response
 
@@ -9248,27 +9248,27 @@ async def page_login(request: Request) -> Response:
         return render(request, "error.html", status=403, message="Refused: this request came from another site.")
     form = last_values(await read_body_form(request))
     name, target = form.get("name", "").strip(), safe_next(form.get("next", ""))
-    throttle: LoginThrottle = request.app.state.throttle
+    throttle = request.app.throttle
     keys = throttle.keys(name, client_ip(request))
     wait = throttle.wait(*keys)
     if wait > 0:
         return render(request, "login.html", status=429, next=target, user_name=name,
                       error=f"Too many failed sign-ins: try again in {math.ceil(wait)} s.")
     await asyncio.sleep(throttle.pause(*keys))
-    user = await request.app.state.store.one("SELECT id, password FROM users WHERE name = ? AND NOT disabled",
+    user = await request.app.store.one("SELECT id, password FROM users WHERE name = ? AND NOT disabled",
                                              (name,))
     if not await asyncio.to_thread(password_matches, form.get("password", ""), user["password"] if user else None):
         throttle.failed(*keys)
         return render(request, "login.html", status=401, next=target, user_name=name, error="Wrong user name or password.")
     throttle.succeeded(*keys)
-    token = await request.app.state.writer.submit(lambda conn: create_web_session(conn, user["id"]))
+    token = await request.app.writer.submit(lambda conn: create_web_session(conn, user["id"]))
     return with_session_cookie(request, RedirectResponse(target, status_code=303), token)
 
 
 async def page_login_link(request: Request) -> Response:
     """A one-time login link (printed by `tracker demo` and `tracker user link`)."""
     code = request.path_params["code"]
-    token = await request.app.state.writer.submit(lambda conn: redeem_login_link(conn, code))
+    token = await request.app.writer.submit(lambda conn: redeem_login_link(conn, code))
     if token is None and await identify(request):  # opened again by someone already signed in
         return RedirectResponse("/issues/", status_code=303)
     if token is None:
@@ -9280,7 +9280,7 @@ async def page_login_link(request: Request) -> Response:
 async def page_logout(request: Request) -> Response:
     await read_form(request)
     cookie = request.cookies.get(SESSION_COOKIE, "")
-    await request.app.state.writer.submit(
+    await request.app.writer.submit(
         lambda conn: conn.execute("DELETE FROM web_sessions WHERE token_hash = ?", (hash_token(cookie),)))
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE)
@@ -9333,7 +9333,7 @@ def live_line(row: sqlite3.Row) -> dict[str, Any]:
 
 async def page_live(request: Request) -> Response:
     """The newest events, then each new one as it is stored (the script follows /live/events)."""
-    store: Store = request.app.state.store
+    store = request.app.store
     newest = await store.one("SELECT max(id) AS id FROM events")
     after = max((newest["id"] or 0) - 50, 0)
     rows = [live_line(r) for r in await store.all(LIVE_SQL, (after, 50))]
@@ -9358,7 +9358,7 @@ async def page_live_events(request: Request) -> Response:
     """Server-sent events: each stored event after `after` (or Last-Event-ID), checked every second."""
     raw = request.headers.get("last-event-id") or request.query_params.get("after", "")
     last = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else 0
-    store: Store = request.app.state.store
+    store = request.app.store
 
     async def stream() -> AsyncIterator[str]:
         nonlocal last
@@ -9502,7 +9502,7 @@ def issue_lifetime(issue: sqlite3.Row, log: list[sqlite3.Row]) -> dict[str, Any]
 async def page_overview(request: Request) -> Response:
     """A project at a glance for a period: events by level, new and regressed issues, the top
     issues, where errors come from (environment, release), release health and bug lifetimes."""
-    store: Store = request.app.state.store
+    store = request.app.store
     project = await project_of_page(request)
     period = request.query_params.get("period", "24h")
     span, size = PERIODS.get(period, PERIODS["24h"])
@@ -9548,7 +9548,7 @@ async def page_overview(request: Request) -> Response:
 
 
 async def page_issues(request: Request) -> Response:
-    store: Store = request.app.state.store
+    store = request.app.store
     q = request.query_params
     projects = await store.all("SELECT * FROM projects ORDER BY name")
     project = next((p for p in projects if p["slug"] == q.get("project")), None)
@@ -9632,7 +9632,7 @@ def dashboard_query(params: Any, status: str) -> str:
 
 
 async def page_issue(request: Request) -> Response:
-    store: Store = request.app.state.store
+    store = request.app.store
     try:
         issue = await issue_from_path(request)
     except ApiError:
@@ -9667,8 +9667,8 @@ async def page_issue(request: Request) -> Response:
         for block in [*context["thread_blocks"], *(b for exc in exceptions for b in exc["blocks"])]:
             for fr in block["frames"]:  # always set: an SDK could send keys of these names
                 fr.update(source_link=frame_link(fr, mappings, sha), code_link=code_view_url(issue["project_slug"], fr))
-        report = issue_report(issue, ev, frames, request.app.state.settings)
-        context["report_links"] = report_links(issue["title"], report, mappings, request.app.state.settings.jira)
+        report = issue_report(issue, ev, frames, request.app.settings)
+        context["report_links"] = report_links(issue["title"], report, mappings, request.app.settings.jira)
     return render(request, "issue.html", **context)
 
 
@@ -9747,7 +9747,7 @@ async def page_grouping_rules(request: Request) -> Response:
     """A project's stack trace and fingerprint rules: shown, and saved by a POST from this page
     (a mistake is shown above the text as written, which is kept)."""
     project = await project_of_page(request)
-    rules = await request.app.state.rules.rules_for(project["id"])
+    rules = await request.app.rules.rules_for(project["id"])
     texts, error = [rules.stacktrace_text, rules.fingerprint_text], ""
     if request.method == "POST":
         async def save(form: dict[str, list[str]]) -> None:
@@ -9787,7 +9787,7 @@ def scrub_form(form: dict[str, list[str]]) -> dict[str, Any]:
 async def page_code_mappings(request: Request) -> Response:
     """A project's code mappings: listed, added and deleted by POSTs from this page (a mistake is
     shown above the form, which keeps what was typed)."""
-    store: Store = request.app.state.store
+    store = request.app.store
     project = await project_of_page(request)
     response, form, error = await form_post(
         request, lambda form: apply_mapping_form(request, project["id"], last_values(form)),
@@ -9801,21 +9801,21 @@ async def page_code_mappings(request: Request) -> Response:
 async def apply_mapping_form(request: Request, project_id: int, form: dict[str, str]) -> None:
     """Delete the mapping the form names, or add the one it describes."""
     if "delete" in form:
-        await request.app.state.writer.submit(lambda conn: conn.execute(
+        await request.app.writer.submit(lambda conn: conn.execute(
             "DELETE FROM code_mappings WHERE id = ? AND project_id = ?", (form["delete"], project_id)).rowcount)
         return
     values = checked_mapping(form)
-    await request.app.state.writer.submit(lambda conn: save_code_mapping(conn, project_id, values))
+    await request.app.writer.submit(lambda conn: save_code_mapping(conn, project_id, values))
 
 
 async def page_code(request: Request) -> Response:
     """Back from code to errors: the issues whose in-app frames pass through a file (and function)."""
     params = request.query_params
-    project = await find_project(request.app.state.store, params.get("project", ""))
+    project = await find_project(request.app.store, params.get("project", ""))
     if project is None or not params.get("path"):
         return render(request, "error.html", status=404, message="Name a project and a file: /code/?project=…&path=…")
     query = code_query(params["path"], params.get("function", ""))
-    issues = await list_issues(request.app.state.store, project_id=project["id"], query=query, sort="date", limit=100)
+    issues = await list_issues(request.app.store, project_id=project["id"], query=query, sort="date", limit=100)
     return render(request, "code.html", project=project, path=params["path"], function=params.get("function", ""),
                   query=query, issues=issues)
 
@@ -9824,7 +9824,7 @@ async def page_bulk(request: Request) -> Response:
     """POST from the issue list: resolve, ignore, unresolve, assign or merge the ticked issues."""
     async def action(form: dict[str, list[str]]) -> str:
         ids = [int(i) for i in form.get("id", []) if i.isascii() and i.isdigit() and len(i) < 19]
-        rows = await request.app.state.store.all(
+        rows = await request.app.store.all(
             f"SELECT id, project_id FROM issues WHERE id IN ({','.join('?' * len(ids))})", ids) if ids else []
         by_project: dict[int, list[int]] = {}
         for row in rows:
@@ -9902,7 +9902,7 @@ async def page_not_found(request: Request, exc: Exception) -> Response:
 
 async def project_of_page(request: Request) -> sqlite3.Row:
     """The project a settings page's URL names by slug."""
-    project = await request.app.state.store.one("SELECT * FROM projects WHERE slug = ?", (request.path_params["slug"],))
+    project = await request.app.store.one("SELECT * FROM projects WHERE slug = ?", (request.path_params["slug"],))
     if project is None:
         raise PageNotFound("No such project.")
     return project
@@ -9914,7 +9914,7 @@ def cross_site(request: Request) -> bool:
     if request.headers.get("sec-fetch-site") == "cross-site":
         return True
     origin = request.headers.get("origin")
-    public = urllib.parse.urlsplit(request.app.state.settings.public_url)
+    public = urllib.parse.urlsplit(request.app.settings.public_url)
     own = {f"{request.url.scheme}://{request.headers.get('host', '')}", f"{public.scheme}://{public.netloc}"}
     return origin is not None and origin not in own
 
@@ -9933,7 +9933,7 @@ def form_body(form: dict[str, list[str]]) -> dict[str, Any]:
 
 
 async def page_issue_events(request: Request) -> Response:
-    store: Store = request.app.state.store
+    store = request.app.store
     try:
         issue = await issue_from_path(request)
     except ApiError:
@@ -9960,7 +9960,7 @@ async def page_issue_events(request: Request) -> Response:
 
 async def page_event_json(request: Request) -> Response:
     issue_id = path_issue_id(request)
-    row = await issue_event(request.app.state.store, issue_id, request.path_params["event_id"]) if issue_id else None
+    row = await issue_event(request.app.store, issue_id, request.path_params["event_id"]) if issue_id else None
     if row is None:
         return JSONResponse({"detail": "not found"}, status_code=404)
     return Response(json.dumps(decompress_payload(row["payload"]), indent=2, ensure_ascii=False),
@@ -9984,7 +9984,7 @@ async def attachment_of_page(request: Request) -> sqlite3.Row:
     raw = request.path_params["attachment_id"]
     row = None
     if issue_id is not None and event_id and raw.isascii() and raw.isdigit() and len(raw) < 19:
-        row = await request.app.state.store.one(
+        row = await request.app.store.one(
             """SELECT a.* FROM attachments a JOIN issues i ON i.project_id = a.project_id
                WHERE a.id = ? AND a.event_id = ? AND i.id = ? AND (
                    EXISTS (SELECT 1 FROM events e WHERE e.issue_id = i.id AND e.event_id = a.event_id)
@@ -10003,11 +10003,11 @@ async def page_attachment(request: Request) -> Response:
 async def page_attachment_view(request: Request) -> Response:
     """…/attachments/<attachment_id>/view/: a text attachment on a page, escaped, in a <pre>."""
     row = await attachment_of_page(request)
-    issue = await get_issue(request.app.state.store, path_issue_id(request) or 0)
+    issue = await get_issue(request.app.store, path_issue_id(request) or 0)
     if not text_viewable(row):
         return render(request, "error.html", status=415, message="This attachment is not text a page can show; "
                                                                   "download it instead.")
-    is_event = await issue_event(request.app.state.store, issue["id"], row["event_id"])
+    is_event = await issue_event(request.app.store, issue["id"], row["event_id"])
     return render(request, "attachment.html", issue=issue, short=short_id(issue["project_slug"], issue["short_id"]),
                   a={**dict(row), "size_text": human_size(row["size"])}, is_event=is_event is not None,
                   content=attachment_data(row).decode("utf-8"))
@@ -10016,7 +10016,7 @@ async def page_attachment_view(request: Request) -> Response:
 async def page_project_feedback(request: Request) -> Response:
     """/projects/<slug>/feedback/: all of a project's user feedback, with the issue each is about."""
     project = await project_of_page(request)
-    rows = await request.app.state.store.all(
+    rows = await request.app.store.all(
         """SELECT f.*, i.short_id, i.title FROM feedback f LEFT JOIN issues i ON i.id = f.issue_id
            WHERE f.project_id = ? ORDER BY f.created DESC, f.id DESC LIMIT 200""", (project["id"],))
     return render(request, "feedback.html", project=project, feedback=[
@@ -10024,7 +10024,7 @@ async def page_project_feedback(request: Request) -> Response:
 
 
 async def page_releases(request: Request) -> Response:
-    store: Store = request.app.state.store
+    store = request.app.store
     projects = await store.all("SELECT * FROM projects ORDER BY name")
     slug = request.query_params.get("project", "")
     project = next((p for p in projects if p["slug"] == slug), None)
@@ -10033,7 +10033,7 @@ async def page_releases(request: Request) -> Response:
 
 
 async def page_release(request: Request) -> Response:
-    detail = await release_detail(request.app.state.store, request.path_params["version"])
+    detail = await release_detail(request.app.store, request.path_params["version"])
     if detail is None:
         return render(request, "error.html", status=404, message="No such release.")
     return render(request, "release.html", r=detail)
@@ -10094,7 +10094,7 @@ async def issue_alerts(store: Store, issue_id: int) -> dict[str, Any]:
 
 async def page_alerts(request: Request) -> Response:
     """Channels (added, tested, deleted here), the delivery log with retries, links to the rules."""
-    store: Store = request.app.state.store
+    store = request.app.store
     response, form, error = await form_post(request, lambda form: apply_alerts_form(request, last_values(form)),
                                             "/alerts/", ()) if request.method == "POST" else (None, {}, "")
     if response:
@@ -10112,7 +10112,7 @@ async def page_alerts(request: Request) -> Response:
 
 async def apply_alerts_form(request: Request, form: dict[str, str]) -> None:
     """One of the page's forms: send a test, delete a channel, retry a delivery, or add a channel."""
-    store: Store = request.app.state.store
+    store = request.app.store
     if "test" in form or "delete" in form:
         channel = await store.one("SELECT * FROM channels WHERE CAST(id AS TEXT) = ?", (form.get("test") or form["delete"],))
         if channel is None:
@@ -10120,13 +10120,13 @@ async def apply_alerts_form(request: Request, form: dict[str, str]) -> None:
         if "test" in form:
             await queue_test(request, channel)
         else:
-            await request.app.state.writer.submit(lambda conn: delete_channel(conn, channel["id"]))
+            await request.app.writer.submit(lambda conn: delete_channel(conn, channel["id"]))
         return
     if "retry" in form:
         outbox_id = int(form["retry"]) if form["retry"].isdigit() else 0
-        if not await request.app.state.writer.submit(lambda conn: retry_delivery(conn, outbox_id)):
+        if not await request.app.writer.submit(lambda conn: retry_delivery(conn, outbox_id)):
             raise ApiError(404, "No dead delivery with that id.")
-        request.app.state.dispatcher.wake.set()
+        request.app.dispatcher.wake.set()
         return
     config: dict[str, Any] = {key: form[key] for key in CHANNEL_FORM_FIELDS if form.get(key, "").strip()}
     config["allow_private"] = bool(form.get("allow_private"))  # a checkbox: sent only when ticked
@@ -10135,12 +10135,12 @@ async def apply_alerts_form(request: Request, form: dict[str, str]) -> None:
 
 async def page_project_alerts(request: Request) -> Response:
     """A project's alert rules: read as sentences, added from a form, deleted."""
-    store: Store = request.app.state.store
+    store = request.app.store
     project = await project_of_page(request)
 
     async def apply(form: dict[str, list[str]]) -> None:
         if "delete" in form:
-            await request.app.state.writer.submit(lambda conn: conn.execute(
+            await request.app.writer.submit(lambda conn: conn.execute(
                 "DELETE FROM alert_rules WHERE CAST(id AS TEXT) = ? AND project_id = ?",
                 (form["delete"][-1], project["id"])).rowcount)
         else:
@@ -10184,7 +10184,7 @@ def rule_from_form(form: dict[str, list[str]]) -> dict[str, Any]:
 
 async def page_slo(request: Request) -> Response:
     """A project's objective: its state, burn rate and last day, and a form to set it."""
-    store: Store = request.app.state.store
+    store = request.app.store
     project = await project_of_page(request)
 
     async def apply(form: dict[str, list[str]]) -> None:
@@ -10194,7 +10194,7 @@ async def page_slo(request: Request) -> Response:
                                "min_total": fields.get("minTotal")})
         except (AlertConfigError, ValueError) as exc:
             raise ApiError(400, str(exc) if isinstance(exc, AlertConfigError) else "objective: a percentage") from None
-        await request.app.state.writer.submit(lambda conn: save_slo(conn, project["id"], slo))
+        await request.app.writer.submit(lambda conn: save_slo(conn, project["id"], slo))
     response, form, error = await form_post(request, apply, f"/projects/{project['slug']}/slo/", ()) \
         if request.method == "POST" else (None, {}, "")
     if response:
@@ -10212,7 +10212,7 @@ MONITOR_LABELS = {"new": "waiting", "in_progress": "in progress", "ok": "ok", "e
 
 async def page_monitors(request: Request) -> Response:
     """Every monitor: its schedule, status, last and next check-in, its last 30 check-ins and its issue."""
-    store: Store = request.app.state.store
+    store = request.app.store
     selected = request.query_params.get("project", "")
     rows = await store.all(
         """SELECT m.*, p.slug AS project_slug, p.name AS project_name, i.status AS issue_status, i.short_id AS issue_number
@@ -10237,8 +10237,8 @@ async def page_monitors(request: Request) -> Response:
 
 
 async def page_projects(request: Request) -> Response:
-    store: Store = request.app.state.store
-    settings: Settings = request.app.state.settings
+    store = request.app.store
+    settings = request.app.settings
     rows = await store.all(
         """SELECT p.*, (SELECT count(*) FROM issues WHERE project_id = p.id) AS issue_count,
                   (SELECT coalesce(sum(times_seen), 0) FROM issues WHERE project_id = p.id) AS event_count
@@ -10254,7 +10254,7 @@ async def page_projects(request: Request) -> Response:
 
 async def page_envelopes(request: Request) -> Response:
     project = await project_of_page(request)
-    rows = await request.app.state.store.all("SELECT id, received, client, size, items FROM envelopes WHERE project_id = ? "
+    rows = await request.app.store.all("SELECT id, received, client, size, items FROM envelopes WHERE project_id = ? "
                                              "ORDER BY id DESC LIMIT 200", (project["id"],))
     return render(request, "envelopes.html", project=project, keep=ENVELOPE_LOG,
                   envelopes=[{**dict(r), "parts": json.loads(r["items"])} for r in rows])
@@ -10265,7 +10265,7 @@ async def page_envelope(request: Request) -> Response:
     note on binary data) and outcome."""
     project = await project_of_page(request)
     raw_id = request.path_params["envelope_id"]
-    row = await request.app.state.store.one("SELECT * FROM envelopes WHERE project_id = ? AND id = ?",
+    row = await request.app.store.one("SELECT * FROM envelopes WHERE project_id = ? AND id = ?",
                                             (project["id"], int(raw_id))) if raw_id.isdigit() and len(raw_id) < 19 else None
     if row is None:
         raise PageNotFound("No such envelope (the log keeps the newest ones for a day).")
@@ -10283,7 +10283,7 @@ async def stored_event_of(request: Request, project_id: int, payload: bytes) -> 
     if not payload.startswith(b'{"stored_as_event"'):
         return None
     event_id = json.loads(payload)["stored_as_event"]
-    return await request.app.state.store.one("SELECT issue_id, event_id FROM events WHERE project_id = ? AND "
+    return await request.app.store.one("SELECT issue_id, event_id FROM events WHERE project_id = ? AND "
                                              "event_id = ?", (project_id, event_id))
 
 
@@ -10310,7 +10310,7 @@ async def page_project_keys(request: Request) -> Response:
     async def action(form: dict[str, list[str]]) -> str:
         fields = last_values(form)
         if "add" in fields:
-            await request.app.state.writer.submit(lambda conn: add_key(conn, project["id"], fields["add"].strip()))
+            await request.app.writer.submit(lambda conn: add_key(conn, project["id"], fields["add"].strip()))
         else:
             key = fields.get("disable") or fields.get("enable") or ""
             await set_key(request, project["id"], key, "enable" in fields, None)
@@ -10324,13 +10324,13 @@ async def page_account(request: Request) -> Response:
     error, saved = "", request.query_params.get("saved") == "1"
     if request.method == "POST":
         fields = last_values(await read_form(request))
-        row = await request.app.state.store.one("SELECT password FROM users WHERE id = ?", (viewer.user_id,))
+        row = await request.app.store.one("SELECT password FROM users WHERE id = ?", (viewer.user_id,))
         if not await asyncio.to_thread(password_matches, fields.get("current", ""), row["password"] if row else None):
             error = "The current password is not right."
         else:
             try:
-                await request.app.state.writer.submit(lambda conn: set_password(conn, viewer.name, fields.get("new", "")))
-                token = await request.app.state.writer.submit(lambda conn: create_web_session(conn, viewer.user_id))
+                await request.app.writer.submit(lambda conn: set_password(conn, viewer.name, fields.get("new", "")))
+                token = await request.app.writer.submit(lambda conn: create_web_session(conn, viewer.user_id))
                 return with_session_cookie(request, RedirectResponse("/account/?saved=1", status_code=303), token)
             except ValueError as exc:
                 error = str(exc)
@@ -10339,7 +10339,7 @@ async def page_account(request: Request) -> Response:
 
 async def page_settings(request: Request) -> Response:
     """People and API tokens (admins only): a new token or login link is shown once, on this answer."""
-    store: Store = request.app.state.store
+    store = request.app.store
     viewer: Viewer = request.state.viewer
     if viewer.role != "admin":
         raise FormRefused("Only an admin can see people and tokens.")
@@ -10356,8 +10356,8 @@ async def page_settings(request: Request) -> Response:
 
 async def apply_settings_form(request: Request, form: dict[str, str]) -> dict[str, str] | None:
     """One of the settings forms; what it created that is shown only once ({label, value}), if anything."""
-    writer: Writer = request.app.state.writer
-    base = request.app.state.settings.public_url
+    writer = request.app.writer
+    base = request.app.settings.public_url
     if "revoke" in form:
         await writer.submit(lambda conn: conn.execute("DELETE FROM api_tokens WHERE CAST(id AS TEXT) = ?",
                                                       (form["revoke"],)))
@@ -10483,43 +10483,71 @@ def api_routes() -> list[Route]:
                Route("/api/0/api-tokens/{token_id}/", api(api_revoke_token, "tokens"), methods=["DELETE"])])
 
 
-def create_app(settings: Settings) -> Starlette:
-    """The Starlette app; the lifespan opens the database, the writer and the readers."""
+class Tracker(Starlette):
+    """The application: what every handler reaches as `request.app`, typed in one place.
+
+    Settings, the sign-in throttle, the cookie secret and the templates exist from construction;
+    the rest opens with the lifespan (`open`) and closes in reverse order of `services` (`close`),
+    so the writer outlives every task that submits to it and the store closes last.
+    """
+
+    settings: Settings
+    throttle: LoginThrottle
+    secret: bytes  # signs this process's CSRF tokens
+    templates: jinja2.Environment
+    writer: Writer  # the one write connection
+    preparers: Preparers  # event worker processes
+    store: Store  # the read connection
+    keys: KeyCache
+    rules: RulesCache
+    options: OptionsCache
+    limits: IngestLimits
+    drop_flusher: DropFlusher
+    dispatcher: Dispatcher
+    slo_judge: SloJudge
+    retention: Retention
+    cron_judge: CronJudge
+    services: list[Writer | Preparers | Background]  # started in order, closed in reverse
+    background: set[asyncio.Task[Any]]  # fire-and-forget tasks, kept referenced until they finish
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(lifespan=Tracker.lifespan, **kwargs)
+        self.settings = settings
+        self.throttle = LoginThrottle()
+        self.secret = secrets.token_bytes(32)
+        self.templates = make_templates()
+
+    async def open(self) -> None:
+        init_db(self.settings)
+        self.background = set()
+        self.writer = Writer(self.settings.db, self.settings.batch_max)
+        self.preparers = Preparers(self.settings)
+        self.store = await Store.open(self.settings.db)
+        self.keys, self.rules, self.options = KeyCache(self.store), RulesCache(self.store), OptionsCache(self.store)
+        self.limits = IngestLimits(self.settings)
+        self.drop_flusher, self.dispatcher = DropFlusher(self), Dispatcher(self)
+        self.slo_judge, self.retention, self.cron_judge = SloJudge(self), Retention(self), CronJudge(self)
+        self.services = [self.writer, self.preparers, self.dispatcher, self.drop_flusher, self.slo_judge,
+                         self.retention, self.cron_judge]
+        for service in self.services:
+            service.start()
+
+    async def close(self) -> None:
+        for service in reversed(self.services):
+            await service.close()
+        await self.store.conn.close()
+
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        init_db(settings)
-        app.state.background = set()  # fire-and-forget tasks, kept referenced until they finish
-        app.state.writer = Writer(settings.db, settings.batch_max)
-        app.state.writer.start()
-        app.state.preparers = Preparers(settings)
-        app.state.preparers.start()
-        app.state.store = await Store.open(settings.db)
-        app.state.keys = KeyCache(app.state.store)
-        app.state.rules = RulesCache(app.state.store)
-        app.state.options = OptionsCache(app.state.store)
-        app.state.limits = IngestLimits(settings)
-        app.state.drop_flusher = DropFlusher(app)
-        app.state.drop_flusher.start()
-        app.state.dispatcher = Dispatcher(app)
-        app.state.dispatcher.start()
-        app.state.slo_judge = SloJudge(app)
-        app.state.slo_judge.start()
-        app.state.retention = Retention(app)
-        app.state.retention.start()
-        app.state.cron_judge = CronJudge(app)
-        app.state.cron_judge.start()
+    async def lifespan(self) -> AsyncIterator[None]:
+        await self.open()
         try:
             yield
         finally:
-            await app.state.cron_judge.close()
-            await app.state.retention.close()
-            await app.state.slo_judge.close()
-            await app.state.drop_flusher.close()
-            await app.state.dispatcher.close()
-            await app.state.preparers.close()
-            await app.state.writer.close()
-            await app.state.store.conn.close()
+            await self.close()
 
+
+def create_app(settings: Settings) -> Tracker:
+    """The app with its routes: ingest, the API, then the dashboard's pages."""
     routes = [
         *ingest_routes(), *api_routes(),
         Route("/api/0/{rest:path}", api_not_found, methods=["GET", "POST", "PUT", "DELETE"]),
@@ -10553,14 +10581,9 @@ def create_app(settings: Settings) -> Starlette:
         Route("/projects/{slug}/envelopes/", page_envelopes),
         Route("/projects/{slug}/envelopes/{envelope_id}/", page_envelope),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(DashboardGate)],
-                    exception_handlers={PageNotFound: page_not_found, FormRefused: form_refused,
-                                        ClientDisconnect: client_gone})
-    app.state.settings = settings
-    app.state.throttle = LoginThrottle()
-    app.state.secret = secrets.token_bytes(32)
-    app.state.templates = make_templates()
-    return app
+    return Tracker(settings, routes=routes, middleware=[Middleware(DashboardGate)],
+                   exception_handlers={PageNotFound: page_not_found, FormRefused: form_refused,
+                                       ClientDisconnect: client_gone})
 
 
 def init_db(settings: Settings) -> None:
