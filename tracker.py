@@ -10513,7 +10513,8 @@ h4 { font-size: 12px; margin: 12px 0 4px; color: var(--muted); text-transform: u
 .sidebar h3 { font-size: 13px; margin: 14px 0 6px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
 .tagbar { margin: 6px 0 10px; } .tagbar .k { font-family: var(--mono); font-size: 12px; }
 .bar { height: 6px; background: #e4e7ec; border-radius: 3px; overflow: hidden; margin: 2px 0 4px; }
-.bar > i { display:block; height:100%; background: var(--accent); }
+/* a share as an SVG rect, not a width in a style attribute: the CSP allows no inline style */
+.bar > svg { display:block; width:100%; height:100%; } .bar rect { fill: var(--accent); }
 .chips a, .chips span { display:inline-block; border:1px solid var(--line); border-radius: 5px; padding: 1px 7px; margin: 2px 2px 2px 0; font-size: 12px; font-family: var(--mono); background:#fff; color: var(--fg); word-break: break-all; }
 .chips b { color: var(--muted); font-weight: 500; }
 pre.block { background:#f2f4f7; padding: 10px; border-radius: 6px; overflow-x: auto; font: 12.5px/1.45 var(--mono); white-space: pre-wrap; word-break: break-word; margin: 0; }
@@ -10571,6 +10572,18 @@ table.monitors td { vertical-align: middle; } table.monitors .sub { font-size:12
 .feedback-entry { padding:8px 0; border-bottom:1px solid var(--line); } .feedback-entry:last-child { border-bottom:0; }
 .feedback-entry .message, table.feedback-list .message { white-space:pre-wrap; word-break:break-word; margin:4px 0; }
 .nowrap { white-space:nowrap; }
+/* Small adjustments the templates use where they once had style attributes (the CSP allows none).
+   Last in the sheet, so they win over the rules above of the same weight, as the attributes did
+   (and .sidebar .mt-0 outweighs .sidebar h3). */
+.mt-0, .sidebar .mt-0 { margin-top:0; } .mt-4 { margin-top:4px; } .mt-6 { margin-top:6px; } .mb-8 { margin-bottom:8px; }
+.my-4 { margin:4px 0; } .my-6 { margin:6px 0; } .p-0 { padding:0; } .flex-1 { flex:1; } form.inline { display:inline; }
+.fs-11-5 { font-size:11.5px; } .fs-12 { font-size:12px; } .fs-12-5 { font-size:12.5px; } .fs-13 { font-size:13px; }
+.fs-14 { font-size:14px; } .fw-normal { font-weight:400; } .break-all { word-break:break-all; }
+.filters-note { margin:-6px 0 10px; font-size:12.5px; } .form-head { margin:0 0 8px; width:100%; }
+.inset-head { margin:14px 16px 4px; } .inset-legend { margin:0; padding:8px 10px; }
+.rule { display:flex; gap:12px; align-items:flex-start; margin:8px 0; } .unhandled { color: var(--error); }
+.tag-value { font-size:12px; display:flex; justify-content:space-between; gap:8px; }
+.last-error { max-width:340px; overflow-wrap:anywhere; }
 """
 
 
@@ -10597,7 +10610,7 @@ TEMPLATES = {
   <label class="search">Search<input type="search" name="q" value="{{ f.q }}" placeholder="service:payments-api user.email:… stack.function:charge"></label>
   <button type="submit">Filter</button>
 </form>
-{% if project %}<div class="muted" style="margin:-6px 0 10px;font-size:12.5px"><a href="/projects/{{ project.slug }}/overview/">{{ project.name }} overview: trends, release health, bug lifetimes</a> · <a href="/projects/{{ project.slug }}/slo/">SLO</a></div>{% endif %}
+{% if project %}<div class="muted filters-note"><a href="/projects/{{ project.slug }}/overview/">{{ project.name }} overview: trends, release health, bug lifetimes</a> · <a href="/projects/{{ project.slug }}/slo/">SLO</a></div>{% endif %}
 {% if error %}<div class="card search-error">Search: {{ error }}</div>{% endif %}
 {% if issues %}<form id="bulk" class="bulk" method="post" action="/issues/bulk/"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="next" value="{{ query() }}">
   <span class="muted">Ticked issues:</span>
@@ -10605,14 +10618,14 @@ TEMPLATES = {
   <button type="submit" name="bulk" value="unresolved" class="secondary">Unresolve</button>
   <input name="assignedTo" placeholder="name or email" aria-label="assignee"><button type="submit" name="bulk" value="assign" class="secondary">Assign</button>
   <button type="submit" name="bulk" value="merge" class="secondary">Merge</button></form>{% endif %}
-<div class="card" style="padding:0">
+<div class="card p-0">
 {% if issues %}
 <table class="issues"><thead><tr><th></th><th>Issue</th><th>Level</th><th>14 days</th><th class="num">Events</th><th class="num">Users</th><th>First seen</th><th>Last seen</th><th>Status</th></tr></thead><tbody>
 {% for i in issues %}<tr class="row-{{ i.level }}">
   <td><input type="checkbox" name="id" value="{{ i.id }}" form="bulk" aria-label="select {{ i.short }}"></td>
   <td><a class="issue-title" href="/issues/{{ i.id }}/">{{ i.head }}{% if i.rest %}<span class="v">{{ i.rest }}</span>{% endif %}</a>
       <div class="culprit">{{ i.culprit }}</div>
-      <div class="muted" style="font-size:12px">{{ i.short }} · {{ i.project_name }}{% if i.last_release %} · {{ i.last_release }}{% endif %}</div></td>
+      <div class="muted fs-12">{{ i.short }} · {{ i.project_name }}{% if i.last_release %} · {{ i.last_release }}{% endif %}</div></td>
   <td class="level"><span class="badge lvl-{{ i.level }}">{{ i.level }}</span></td>
   <td class="trend">{{ sparks[i.id] }}</td>
   <td class="num events">{{ i.times_seen }}</td><td class="num users">{{ i.user_count }}</td>
@@ -10628,7 +10641,7 @@ TEMPLATES = {
 
     "issue.html": """{% extends "base.html" %}{% block title %}{{ issue.title }}{% endblock %}{% block main %}
 <div class="card">
-  <div class="muted" style="font-size:12px"><a href="/issues/?project={{ issue.project_slug }}">{{ issue.project_name }}</a> · {{ short }} · <span class="status">{{ issue.status }}</span>{% if issue.substatus == 'regressed' %} <span class="badge regressed">regressed</span>{% endif %}</div>
+  <div class="muted fs-12"><a href="/issues/?project={{ issue.project_slug }}">{{ issue.project_name }}</a> · {{ short }} · <span class="status">{{ issue.status }}</span>{% if issue.substatus == 'regressed' %} <span class="badge regressed">regressed</span>{% endif %}</div>
   <h1><span class="badge lvl-{{ issue.level }}">{{ issue.level }}</span> {{ issue.title }}</h1>
   <div class="culprit">{{ issue.culprit }}</div>
   <div class="facts">
@@ -10664,10 +10677,10 @@ TEMPLATES = {
   <a href="/issues/{{ issue.id }}/events/">All events</a>
 </div>
 <div class="layout"><div>
-{% if suspects %}<div class="card suspects"><h2 style="margin-top:0">Suspect commits</h2>{% for c in suspects %}<div class="commit">
+{% if suspects %}<div class="card suspects"><h2 class="mt-0">Suspect commits</h2>{% for c in suspects %}<div class="commit">
   <span class="mono">{{ c.sha[:12] }}</span> {{ (c.message or '')|truncate(100) }} <span class="muted">· {{ c.author_name or c.author_email or 'unknown author' }} · touched <span class="mono">{{ c.path }}</span> in <a href="/releases/{{ c.version|urlencode }}/">{{ c.version }}</a></span></div>{% endfor %}</div>{% endif %}
-{% if ev.logentry and (ev.logentry.formatted != issue.title or ev.logentry.params) %}<div class="card"><h2 style="margin-top:0">Message</h2><pre class="block">{{ ev.logentry.formatted }}</pre>
-  {% if ev.logentry.message and ev.logentry.message != ev.logentry.formatted %}<div class="muted mono" style="margin-top:6px">template: {{ ev.logentry.message }}{% if ev.logentry.params %} · params: {{ ev.logentry.params|pretty }}{% endif %}</div>{% endif %}</div>{% endif %}
+{% if ev.logentry and (ev.logentry.formatted != issue.title or ev.logentry.params) %}<div class="card"><h2 class="mt-0">Message</h2><pre class="block">{{ ev.logentry.formatted }}</pre>
+  {% if ev.logentry.message and ev.logentry.message != ev.logentry.formatted %}<div class="muted mono mt-6">template: {{ ev.logentry.message }}{% if ev.logentry.params %} · params: {{ ev.logentry.params|pretty }}{% endif %}</div>{% endif %}</div>{% endif %}
 {% macro frame(fr) %}
   <details class="frame {{ 'app' if fr.in_app }} {{ 'crash' if fr is sameas crash_frame }}" {{ 'open' if fr.in_app or fr is sameas crash_frame }}>
     <summary>{{ fr.filename or fr.abs_path or fr.module or '?' }}{% if fr.function %} in <span class="fn">{{ fr.function }}</span>{% endif %}{% if fr.lineno %} at line {{ fr.lineno }}{% if fr.colno %}:{{ fr.colno }}{% endif %}{% endif %}
@@ -10683,39 +10696,39 @@ TEMPLATES = {
   {% else %}<details class="frames"><summary>{{ block.frames|length }} library frames{% if block.packages %} · {{ block.packages[:4]|join(', ') }}{% if block.packages|length > 4 %}, …{% endif %}{% endif %}</summary>
     {% for fr in block.frames %}{{ frame(fr) }}{% endfor %}</details>{% endif %}
 {% endfor %}{% endmacro %}
-{% if thread_blocks %}<div class="card"><h2 style="margin-top:0">Stack trace</h2>{{ frames(thread_blocks) }}</div>{% endif %}
+{% if thread_blocks %}<div class="card"><h2 class="mt-0">Stack trace</h2>{{ frames(thread_blocks) }}</div>{% endif %}
 {% for exc in exceptions %}
 <div class="card">
   <div class="exc-head"><span class="type">{{ exc.type or 'Error' }}</span>{% if exc.value %}: {{ exc.value }}{% endif %}</div>
-  <div class="mechanism">{% if exc.module %}{{ exc.module }} · {% endif %}{% if exc.mechanism %}mechanism {{ exc.mechanism.type }}{% if exc.mechanism.handled is false %} · <b style="color:var(--error)">unhandled</b>{% elif exc.mechanism.handled %} · handled{% endif %}{% endif %}{% if not loop.first %} · led to the exception above{% endif %}</div>
+  <div class="mechanism">{% if exc.module %}{{ exc.module }} · {% endif %}{% if exc.mechanism %}mechanism {{ exc.mechanism.type }}{% if exc.mechanism.handled is false %} · <b class="unhandled">unhandled</b>{% elif exc.mechanism.handled %} · handled{% endif %}{% endif %}{% if not loop.first %} · led to the exception above{% endif %}</div>
   {{ frames(exc.blocks) }}
   {% if not exc.blocks %}<div class="muted">No stack trace was sent with this exception.</div>{% endif %}
 </div>{% endfor %}
 {% macro attachment_links(a) %}<span class="nowrap">{% set base = '/issues/%d/events/%s/attachments/%d/' % (issue.id, a.event_id, a.id) %}{% if a.viewable %}<a class="view-attachment" href="{{ base }}view/">view</a> · {% endif %}<a class="download-attachment" href="{{ base }}">download</a></span>{% endmacro %}
-{% if attachments %}<div class="card attachments" id="attachments"><h2 style="margin-top:0">Attachments <span class="muted" style="font-weight:400;font-size:13px">sent with this event</span></h2>
+{% if attachments %}<div class="card attachments" id="attachments"><h2 class="mt-0">Attachments <span class="muted fw-normal fs-13">sent with this event</span></h2>
   <table><thead><tr><th>File</th><th>Type</th><th class="num">Size</th><th></th></tr></thead><tbody>
   {% for a in attachments %}<tr><td class="mono">{{ a.filename }}</td><td>{{ a.content_type }}{% if a.attachment_type != 'event.attachment' %} <span class="muted">· {{ a.attachment_type }}</span>{% endif %}</td>
     <td class="num nowrap">{{ a.size_text }}</td><td>{{ attachment_links(a) }}</td></tr>{% endfor %}</tbody></table></div>{% endif %}
-{% if feedback %}<div class="card feedback" id="feedback"><h2 style="margin-top:0">User feedback <span class="muted" style="font-weight:400;font-size:13px">{{ feedback_total }} · newest first · <a href="/projects/{{ issue.project_slug }}/feedback/">all of {{ issue.project_name }}</a></span></h2>
+{% if feedback %}<div class="card feedback" id="feedback"><h2 class="mt-0">User feedback <span class="muted fw-normal fs-13">{{ feedback_total }} · newest first · <a href="/projects/{{ issue.project_slug }}/feedback/">all of {{ issue.project_name }}</a></span></h2>
   {% for fb in feedback %}<div class="feedback-entry"><div><b>{{ fb.name or 'Anonymous' }}</b>{% if fb.email %} <span class="mono">{{ fb.email }}</span>{% endif %}
     <span class="muted" title="{{ fb.created|datetime }}">· {{ fb.created|ago }}{% if fb.source == 'user_report' %} · user report{% endif %}{% if fb.event_id %} · on <a href="/issues/{{ issue.id }}/events/{{ fb.event_id }}/">event {{ fb.event_id[:12] }}</a>{% endif %}</span></div>
-    <div class="message">{{ fb.message }}</div>{% if fb.url %}<div class="muted mono" style="font-size:12px;word-break:break-all">{{ fb.url }}</div>{% endif %}
-    {% for a in fb.attachments %}<div style="font-size:12.5px">{{ a.filename }} <span class="muted">{{ a.size_text }}</span> {{ attachment_links(a) }}</div>{% endfor %}</div>{% endfor %}</div>{% endif %}
-{% if ev.request %}<div class="card"><h2 style="margin-top:0">Request</h2>
-  <div class="mono" style="margin-bottom:8px"><b>{{ ev.request.method or 'GET' }}</b> {{ ev.request.url }}</div>
+    <div class="message">{{ fb.message }}</div>{% if fb.url %}<div class="muted mono fs-12 break-all">{{ fb.url }}</div>{% endif %}
+    {% for a in fb.attachments %}<div class="fs-12-5">{{ a.filename }} <span class="muted">{{ a.size_text }}</span> {{ attachment_links(a) }}</div>{% endfor %}</div>{% endfor %}</div>{% endif %}
+{% if ev.request %}<div class="card"><h2 class="mt-0">Request</h2>
+  <div class="mono mb-8"><b>{{ ev.request.method or 'GET' }}</b> {{ ev.request.url }}</div>
   {% if ev.request.query_string %}<h4>Query</h4><table class="kv">{% for k, v in ev.request.query_string %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</table>{% endif %}
   {% if ev.request.data %}<h4>Body</h4><pre class="block">{{ ev.request.data|pretty(2) }}</pre>{% endif %}
   {% if ev.request.headers %}<h4>Headers</h4><table class="kv">{% for k, v in ev.request.headers %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</table>{% endif %}
   {% if ev.request.cookies %}<h4>Cookies</h4>{% if ev.request.cookies is mapping %}<table class="kv">{% for k, v in ev.request.cookies.items() %}<tr><td>{{ k }}</td><td>{{ v|pretty }}</td></tr>{% endfor %}</table>{% else %}<pre class="block">{{ ev.request.cookies|pretty }}</pre>{% endif %}{% endif %}
   {% if ev.request.env %}<h4>Environment</h4><table class="kv">{% for k, v in ev.request.env.items() %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</table>{% endif %}
 </div>{% endif %}
-{% if ev.breadcrumbs %}<div class="card"><h2 style="margin-top:0">Breadcrumbs</h2><table>
+{% if ev.breadcrumbs %}<div class="card"><h2 class="mt-0">Breadcrumbs</h2><table>
   <thead><tr><th>Time</th><th>Category</th><th>Level</th><th>Message / data</th></tr></thead><tbody>
   {% for b in ev.breadcrumbs['values'][-100:] %}<tr class="{{ 'crumb-error' if b.level in ('error', 'fatal') }}">
-    <td class="mono" style="white-space:nowrap">{{ b.timestamp|timeonly }}</td><td class="mono">{{ b.category or b.type or '' }}</td><td class="crumb-level">{{ b.level or '' }}</td>
+    <td class="mono nowrap">{{ b.timestamp|timeonly }}</td><td class="mono">{{ b.category or b.type or '' }}</td><td class="crumb-level">{{ b.level or '' }}</td>
     <td class="mono">{{ b.message or '' }}{% if b.data %} <span class="muted">{{ b.data|pretty }}</span>{% endif %}</td></tr>{% endfor %}
   </tbody></table></div>{% endif %}
-{% if ev.extra %}<div class="card"><h2 style="margin-top:0">Additional data</h2><table class="kv">{% for k, v in ev.extra.items() %}<tr><td>{{ k }}</td><td><div class="v">{{ v|pretty }}</div></td></tr>{% endfor %}</table></div>{% endif %}
+{% if ev.extra %}<div class="card"><h2 class="mt-0">Additional data</h2><table class="kv">{% for k, v in ev.extra.items() %}<tr><td>{{ k }}</td><td><div class="v">{{ v|pretty }}</div></td></tr>{% endfor %}</table></div>{% endif %}
 {% if ev.grouping %}<details class="card grouping" id="grouping"><summary><b>Grouping</b> <span class="muted">· why this event is in this issue: {{ grouping_words[ev.grouping.strategy] or ev.grouping.strategy }}</span></summary>
   {% if ev.grouping.fingerprint_rule %}<p>Fingerprint rule <code>{{ ev.grouping.fingerprint_rule }}</code> matched{% if ev.grouping.client_fingerprint %} (the SDK sent <code>{{ ev.grouping.client_fingerprint|join(', ') }}</code>){% endif %}.</p>{% endif %}
   {% for name, variant in ev.grouping.variants.items() %}<p class="variant"><b>{{ name }}</b> <code>{{ variant.hash }}</code>{% if variant.hash in issue_hashes %} <span class="tag app">grouped into this issue</span>{% endif %}</p>
@@ -10729,11 +10742,11 @@ TEMPLATES = {
 </details>{% endif %}
 </div>
 <div class="sidebar">
-  {% if links or deliveries %}<div class="card alerts"><h3 style="margin-top:0">Alerts</h3>
-    {% for l in links %}<div style="margin:4px 0"><b>{{ l.kind|capitalize }}</b> {% if l.href %}<a class="jira-link" href="{{ l.href }}" rel="noopener noreferrer">{{ l.ref }}</a>{% else %}<span class="mono">{{ l.ref }}</span>{% endif %} <span class="muted">via {{ l.channel_name }}</span></div>{% endfor %}
-    {% for d in deliveries %}<div class="muted" style="font-size:12.5px">{{ d.channel_name }} · {{ d.trigger }} · <span class="delivery-status status-{{ d.status }}">{{ d.status }}</span> · {{ d.created|ago }}</div>{% endfor %}
-    <div style="font-size:12.5px;margin-top:4px"><a href="/alerts/">all deliveries</a> · <a href="/projects/{{ issue.project_slug }}/alerts/">rules</a></div></div>{% endif %}
-  <div class="card"><h3 style="margin-top:0">This event</h3><table class="kv">
+  {% if links or deliveries %}<div class="card alerts"><h3 class="mt-0">Alerts</h3>
+    {% for l in links %}<div class="my-4"><b>{{ l.kind|capitalize }}</b> {% if l.href %}<a class="jira-link" href="{{ l.href }}" rel="noopener noreferrer">{{ l.ref }}</a>{% else %}<span class="mono">{{ l.ref }}</span>{% endif %} <span class="muted">via {{ l.channel_name }}</span></div>{% endfor %}
+    {% for d in deliveries %}<div class="muted fs-12-5">{{ d.channel_name }} · {{ d.trigger }} · <span class="delivery-status status-{{ d.status }}">{{ d.status }}</span> · {{ d.created|ago }}</div>{% endfor %}
+    <div class="fs-12-5 mt-4"><a href="/alerts/">all deliveries</a> · <a href="/projects/{{ issue.project_slug }}/alerts/">rules</a></div></div>{% endif %}
+  <div class="card"><h3 class="mt-0">This event</h3><table class="kv">
     <tr><td>release</td><td>{{ ev.release or '—' }}</td></tr>
     <tr><td>environment</td><td>{{ ev.environment }}</td></tr>
     {% if ev.transaction %}<tr><td>transaction</td><td>{{ ev.transaction }}</td></tr>{% endif %}
@@ -10743,20 +10756,20 @@ TEMPLATES = {
     <tr><td>platform</td><td>{{ ev.platform }}</td></tr>
     <tr><td>received</td><td>{{ ev.received|datetime }}</td></tr>
   </table>
-  {% set scrubbed = ev|scrubbed %}{% if scrubbed %}<details class="muted scrubbed" style="font-size:12.5px"><summary>{{ scrubbed|length }} value{{ 's' if scrubbed|length != 1 }} filtered by the server's data scrubbing</summary><span class="mono">{{ scrubbed[:12]|join(', ') }}{% if scrubbed|length > 12 %}, …{% endif %}</span> · <a href="/projects/{{ issue.project_slug }}/scrubbing/">settings</a></details>{% endif %}
+  {% set scrubbed = ev|scrubbed %}{% if scrubbed %}<details class="muted scrubbed fs-12-5"><summary>{{ scrubbed|length }} value{{ 's' if scrubbed|length != 1 }} filtered by the server's data scrubbing</summary><span class="mono">{{ scrubbed[:12]|join(', ') }}{% if scrubbed|length > 12 %}, …{% endif %}</span> · <a href="/projects/{{ issue.project_slug }}/scrubbing/">settings</a></details>{% endif %}
   {% if ev.user %}<h3>User</h3><table class="kv">{% for k, v in ev.user.items() %}<tr><td>{{ k }}</td><td>{{ v|pretty }}</td></tr>{% endfor %}</table>{% endif %}
   <h3>Tags</h3><div class="chips">{% for k, v in ev.tags or [] %}{% if k in ('environment', 'release') %}<a href="/issues/?{{ {k: v, 'project': issue.project_slug}|urlencode }}"><b>{{ k }}</b> {{ v }}</a>{% else %}<span><b>{{ k }}</b> {{ v }}</span>{% endif %}{% endfor %}</div>
   {% for name, ctx in (ev.contexts or {}).items() %}<h3>{{ name }}</h3><table class="kv">{% for k, v in ctx.items() if k != 'type' %}<tr><td>{{ k }}</td><td>{{ v|pretty }}</td></tr>{% endfor %}</table>{% endfor %}
   </div>
-  <div class="card lifetime"><h3 style="margin-top:0">Lifetime</h3><div class="share"><span>opened</span><b title="{{ issue.first_seen|datetime }}">{{ issue.first_seen|ago }}</b></div>
+  <div class="card lifetime"><h3 class="mt-0">Lifetime</h3><div class="share"><span>opened</span><b title="{{ issue.first_seen|datetime }}">{{ issue.first_seen|ago }}</b></div>
     <div class="share"><span>resolved</span><b>{{ lifetime.resolved }}×</b></div><div class="share"><span>reopened</span><b>{{ lifetime.reopened }}×</b></div>
     <div class="share"><span>{{ 'open for' if issue.status != 'resolved' else 'took to resolve' }}</span><b>{{ lifetime.open_for }}</b></div></div>
-  <div class="card"><h3 style="margin-top:0">Activity</h3><ul class="activity">{% for a in activity %}
+  <div class="card"><h3 class="mt-0">Activity</h3><ul class="activity">{% for a in activity %}
     <li><span>{{ a.words }}</span><span class="muted" title="{{ a.created|datetime }}">{{ a.created|ago }}</span></li>{% endfor %}</ul></div>
-  <div class="card"><h3 style="margin-top:0">Across all events</h3>
+  <div class="card"><h3 class="mt-0">Across all events</h3>
   {% for t in tag_summary %}<div class="tagbar"><div class="k">{{ t.key }}</div>
-    {% for v in t['values'] %}<div style="font-size:12px; display:flex; justify-content:space-between; gap:8px"><span class="mono" style="word-break:break-all">{{ v.value }}</span><span class="muted" style="white-space:nowrap">{{ v.count }} · {{ (100 * v.count / t.total)|round|int }}%</span></div>
-    <div class="bar"><i style="width: {{ (100 * v.count / t.total)|round|int }}%"></i></div>{% endfor %}</div>{% endfor %}
+    {% for v in t['values'] %}<div class="tag-value"><span class="mono break-all">{{ v.value }}</span><span class="muted nowrap">{{ v.count }} · {{ (100 * v.count / t.total)|round|int }}%</span></div>
+    <div class="bar"><svg viewBox="0 0 100 1" preserveAspectRatio="none"><rect width="{{ (100 * v.count / t.total)|round|int }}" height="1"/></svg></div>{% endfor %}</div>{% endfor %}
   </div>
 </div></div>
 {% else %}<div class="card empty">This issue has no stored events.</div>{% endif %}
@@ -10764,22 +10777,22 @@ TEMPLATES = {
 
     "projects.html": """{% extends "base.html" %}{% block title %}Projects{% endblock %}{% block main %}
 <h1>Projects</h1><p class="muted">Point an official Sentry SDK at a DSN below: <code class="dsn">sentry_sdk.init(dsn="…", release="app@1.0.0", environment="prod")</code></p>
-{% for p in projects %}<div class="card"><h2 style="margin-top:0"><a href="/issues/?project={{ p.slug }}">{{ p.name }}</a> <span class="muted mono">{{ p.slug }} · id {{ p.id }}</span></h2>
+{% for p in projects %}<div class="card"><h2 class="mt-0"><a href="/issues/?project={{ p.slug }}">{{ p.name }}</a> <span class="muted mono">{{ p.slug }} · id {{ p.id }}</span></h2>
   {% for k in p.dsn_keys %}<div class="key{{ '' if k.active else ' off' }}">DSN <code class="dsn">{{ k.dsn }}</code> <span class="muted">{{ k.label }}{% if not k.active %} · disabled: its events are refused (403){% endif %}</span>
   {% if viewer.role == 'admin' %}<form method="post" action="/projects/{{ p.slug }}/keys/"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="{{ 'disable' if k.active else 'enable' }}" value="{{ k.public_key }}"><button class="secondary">{{ 'Disable' if k.active else 'Enable' }}</button></form>{% endif %}</div>{% endfor %}
   {% if viewer.role == 'admin' %}<form method="post" action="/projects/{{ p.slug }}/keys/" class="key"><input type="hidden" name="csrf" value="{{ csrf }}"><input name="add" placeholder="new key's label" size="14" aria-label="label"><button class="secondary">Add a DSN key</button>
   <span class="muted">rotate: add one, move clients, disable the old</span></form>{% endif %}
   {% if p.drops %}<div class="drops">Dropped in the last 24 h: {% for d in p.drops %}{{ d.n }} {{ d.reason.replace('client:', 'by the SDK: ').replace('_', ' ') }}{{ ' · ' if not loop.last }}{% endfor %}</div>{% endif %}
-  <div class="muted" style="font-size:12.5px">{{ p.issue_count }} issues · {{ p.event_count }} events · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a> · <a href="/projects/{{ p.slug }}/scrubbing/">data scrubbing</a> · <a href="/projects/{{ p.slug }}/code-mappings/">code mappings</a> · <a href="/projects/{{ p.slug }}/alerts/">alert rules</a> · <a href="/projects/{{ p.slug }}/slo/">SLO</a> · <a href="/projects/{{ p.slug }}/overview/">overview</a> · <a href="/projects/{{ p.slug }}/envelopes/">envelopes received</a> · <a href="/projects/{{ p.slug }}/feedback/">user feedback</a> · <a href="/monitors/?project={{ p.slug }}">cron monitors</a></div></div>
+  <div class="muted fs-12-5">{{ p.issue_count }} issues · {{ p.event_count }} events · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a> · <a href="/projects/{{ p.slug }}/scrubbing/">data scrubbing</a> · <a href="/projects/{{ p.slug }}/code-mappings/">code mappings</a> · <a href="/projects/{{ p.slug }}/alerts/">alert rules</a> · <a href="/projects/{{ p.slug }}/slo/">SLO</a> · <a href="/projects/{{ p.slug }}/overview/">overview</a> · <a href="/projects/{{ p.slug }}/envelopes/">envelopes received</a> · <a href="/projects/{{ p.slug }}/feedback/">user feedback</a> · <a href="/monitors/?project={{ p.slug }}">cron monitors</a></div></div>
 {% else %}<div class="card empty">No projects yet: <code>tracker project create NAME</code> prints a DSN.</div>{% endfor %}
 {% endblock %}""",
 
     "monitors.html": """{% extends "base.html" %}{% block title %}Monitors{% endblock %}{% block main %}
-<h1>Cron monitors <span class="muted" style="font-size:14px;font-weight:400">{{ monitors|length }} monitor{{ 's' if monitors|length != 1 }}{% if failing %} · {{ failing }} failing{% endif %}</span></h1>
+<h1>Cron monitors <span class="muted fw-normal fs-14">{{ monitors|length }} monitor{{ 's' if monitors|length != 1 }}{% if failing %} · {{ failing }} failing{% endif %}</span></h1>
 <p class="muted">Scheduled jobs check in with <code>@sentry_sdk.monitor</code>, <code>capture_checkin</code> or <code>curl</code> to the cron endpoint. A check-in that does not come within its margin is <b>missed</b>, a run longer than its max runtime has <b>timed out</b>; failures open an issue that the alert rules see, and an ok run resolves it.</p>
 <form class="filters" method="get" action="/monitors/"><label>Project<select name="project"><option value="">All projects</option>
   {% for p in projects %}<option value="{{ p.slug }}" {{ 'selected' if p.slug == selected }}>{{ p.name }}</option>{% endfor %}</select></label><button type="submit">Filter</button></form>
-<div class="card" style="padding:0">{% if monitors %}
+<div class="card p-0">{% if monitors %}
 <table class="monitors"><thead><tr><th>Monitor</th><th>Schedule</th><th>Status</th><th>Last check-in</th><th>Next expected</th><th>Last 30 check-ins</th><th>Issue</th></tr></thead><tbody>
 {% for m in monitors %}<tr class="monitor" id="monitor-{{ m.id }}">
   <td><b class="mono">{{ m.slug }}</b>{% if m.name != m.slug %} {{ m.name }}{% endif %}<div class="sub"><a href="/issues/?project={{ m.project_slug }}">{{ m.project_name }}</a> · {{ m.environment }}</div></td>
@@ -10790,18 +10803,18 @@ TEMPLATES = {
   <td><div class="ticks" role="img" aria-label="the last {{ m.ticks|length }} check-ins, oldest first">{% for _ in range(30 - m.ticks|length) %}<span class="mon-none"></span>{% endfor %}{% for c in m.ticks %}<span class="mon-{{ c.status }}" title="{{ labels[c.status] }} · {{ c.date_created|datetime }} · {{ c.environment }}{% if c.duration is not none %} · {{ '%.2f'|format(c.duration) }} s{% endif %}"></span>{% endfor %}</div></td>
   <td class="nowrap">{% if m.issue %}<a class="monitor-issue" href="/issues/{{ m.issue_id }}/">{{ m.issue }}</a>{% else %}<span class="muted">—</span>{% endif %}</td></tr>
 {% endfor %}</tbody></table>
-<div class="legend" style="margin:0;padding:8px 10px">{% for s in ['ok', 'error', 'missed', 'timeout', 'in_progress'] %}<span><i class="mon-{{ s }}"></i>{{ labels[s] }}</span>{% endfor %}<span>· oldest check-in on the left; hover a tick for its time, environment and duration</span></div>
+<div class="legend inset-legend">{% for s in ['ok', 'error', 'missed', 'timeout', 'in_progress'] %}<span><i class="mon-{{ s }}"></i>{{ labels[s] }}</span>{% endfor %}<span>· oldest check-in on the left; hover a tick for its time, environment and duration</span></div>
 {% else %}<div class="empty">No monitors yet. A check-in with a <code>monitor_config</code> makes one, e.g. <code>@sentry_sdk.monitor(monitor_slug="nightly", monitor_config={"schedule": {"type": "crontab", "value": "0 3 * * *"}})</code>.</div>{% endif %}
 </div>
 {% endblock %}""",
 
     "events.html": """{% extends "base.html" %}{% block title %}Events · {{ issue.title }}{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/issues/{{ issue.id }}/">{{ short }}</a> · {{ issue.project_name }}</div>
+<div class="muted fs-12"><a href="/issues/{{ issue.id }}/">{{ short }}</a> · {{ issue.project_name }}</div>
 <h1>{{ issue.title }}</h1>
 <form class="filters" method="get"><label class="search">Search the events of this issue<input type="search" name="q" value="{{ q }}" placeholder="environment:prod user.email:… release:… browser:Chrome*"></label><button type="submit">Search</button></form>
 {% if error %}<div class="card search-error">Search: {{ error }}</div>{% endif %}
-<div class="card" style="padding:0">{% if events %}<table><thead><tr><th>Time</th><th>Event</th><th>Release</th><th>Environment</th><th>User</th><th>Message</th></tr></thead><tbody>
-{% for e in events %}<tr><td class="mono" style="white-space:nowrap">{{ e.timestamp|datetime }}</td>
+<div class="card p-0">{% if events %}<table><thead><tr><th>Time</th><th>Event</th><th>Release</th><th>Environment</th><th>User</th><th>Message</th></tr></thead><tbody>
+{% for e in events %}<tr><td class="mono nowrap">{{ e.timestamp|datetime }}</td>
   <td class="mono"><a href="/issues/{{ issue.id }}/events/{{ e.event_id }}/">{{ e.event_id[:12] }}</a></td>
   <td class="mono">{{ e.release or '—' }}</td><td>{{ e.environment }}</td><td class="mono">{{ e.user or '—' }}</td><td>{{ e.message }}</td></tr>{% endfor %}
 </tbody></table>{% else %}<div class="empty">No events match.</div>{% endif %}</div>
@@ -10810,11 +10823,11 @@ TEMPLATES = {
 {% endblock %}""",
 
     "grouping.html": """{% extends "base.html" %}{% block title %}Grouping rules · {{ project.name }}{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
+<div class="muted fs-12"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
 <h1>Issue grouping rules</h1>
 {% if error %}<div class="card search-error">{{ error }}</div>{% elif saved %}<div class="card">Saved. Events from now on are grouped by these rules; the events already stored stay where they are.</div>{% endif %}
 <form method="post" class="card rules"><input type="hidden" name="csrf" value="{{ csrf }}">
-  <h2 style="margin-top:0">Stack trace rules</h2>
+  <h2 class="mt-0">Stack trace rules</h2>
   <p class="muted">One rule per line: matchers, then actions. They run after the built-in rules (site-packages, dist-packages, vendor and node_modules are not in app), top to bottom, so a later rule wins.
   Matchers: <code>path</code>, <code>module</code>, <code>function</code>, <code>package</code>, <code>family</code>, <code>app</code>, with <code>*</code> and <code>**</code> globs; <code>!</code> negates.
   Actions: <code>+app</code>/<code>-app</code> put frames in or out of app, <code>+group</code>/<code>-group</code> let them count for grouping or not; a leading <code>^</code> acts on the frames above (toward the crash), <code>v</code> on the frames below.</p>
@@ -10833,7 +10846,7 @@ message:"*timed out*" -> timeouts, {{ transaction }}{% endraw %}</pre>
 {% endblock %}""",
 
     "scrubbing.html": """{% extends "base.html" %}{% block title %}Data scrubbing · {{ project.name }}{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
+<div class="muted fs-12"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
 <h1>Data scrubbing</h1>
 {% if error %}<div class="card search-error">{{ error }}</div>{% elif saved %}<div class="card">Saved. Events from now on are scrubbed this way; the events already stored stay as they are.</div>{% endif %}
 <form method="post" class="card rules"><input type="hidden" name="csrf" value="{{ csrf }}">
@@ -10855,7 +10868,7 @@ message:"*timed out*" -> timeouts, {{ transaction }}{% endraw %}</pre>
 <h1>Releases</h1>
 <form class="filters" method="get"><label>Project<select name="project"><option value="">All projects</option>
   {% for p in projects %}<option value="{{ p.slug }}" {{ 'selected' if p.slug == project }}>{{ p.name }}</option>{% endfor %}</select></label><button type="submit">Filter</button></form>
-<div class="card" style="padding:0">{% if releases %}<table><thead><tr><th>Version</th><th>Created</th><th>Released</th><th class="num">Events</th><th class="num">New issues</th><th>Last deploy</th></tr></thead><tbody>
+<div class="card p-0">{% if releases %}<table><thead><tr><th>Version</th><th>Created</th><th>Released</th><th class="num">Events</th><th class="num">New issues</th><th>Last deploy</th></tr></thead><tbody>
 {% for r in releases %}<tr><td class="mono"><a href="/releases/{{ r.version|urlencode }}/">{{ r.version }}</a></td>
   <td title="{{ r.date_created|datetime }}">{{ r.date_created|ago }}</td><td>{{ r.date_released|ago if r.date_released else '—' }}</td>
   <td class="num">{{ r.event_count }}</td><td class="num">{{ r.new_issues }}</td><td>{{ r.last_deploy|ago if r.last_deploy else '—' }}</td></tr>{% endfor %}
@@ -10863,34 +10876,34 @@ message:"*timed out*" -> timeouts, {{ transaction }}{% endraw %}</pre>
 {% endblock %}""",
 
     "release.html": """{% extends "base.html" %}{% block title %}{{ r.release.version }}{% endblock %}{% block main %}
-<div class="card"><div class="muted" style="font-size:12px"><a href="/releases/">Releases</a></div>
+<div class="card"><div class="muted fs-12"><a href="/releases/">Releases</a></div>
   <h1>{{ r.release.version }}</h1>
   <div class="facts"><div><b>{{ r.event_count }}</b><span>events</span></div><div><b>{{ r.new_issues|length }}</b><span>new issues</span></div>
     <div><b>{{ r.regressions|length }}</b><span>regressions</span></div><div><b>{{ r.commits|length }}</b><span>commits</span></div>
     <div><b title="{{ r.release.date_created|datetime }}">{{ r.release.date_created|ago }}</b><span>created</span></div>
     <div><b>{{ r.release.date_released|ago if r.release.date_released else '—' }}</b><span>released</span></div></div></div>
 <div class="layout"><div>
-<div class="card"><h2 style="margin-top:0">New issues in this release</h2>{% for i in r.new_issues %}<div style="margin:6px 0"><span class="badge lvl-{{ i.level }}">{{ i.level }}</span> <a href="/issues/{{ i.id }}/">{{ i.title }}</a> <span class="muted">· {{ i.times_seen }} events · {{ i.project_name }}</span></div>{% else %}<div class="muted">None.</div>{% endfor %}</div>
-<div class="card"><h2 style="margin-top:0">Regressions in this release</h2>{% for i in r.regressions %}<div style="margin:6px 0"><a href="/issues/{{ i.id }}/">{{ i.title }}</a> <span class="muted">· regressed {{ i.regressed_at|ago }}</span></div>{% else %}<div class="muted">None.</div>{% endfor %}</div>
-<div class="card"><h2 style="margin-top:0">Commits</h2>{% for ref in r.refs %}<div class="mono muted">{{ ref.repository }} {{ ref.previous_sha[:12] ~ '..' if ref.previous_sha }}{{ ref.commit_sha[:12] }}</div>{% endfor %}
+<div class="card"><h2 class="mt-0">New issues in this release</h2>{% for i in r.new_issues %}<div class="my-6"><span class="badge lvl-{{ i.level }}">{{ i.level }}</span> <a href="/issues/{{ i.id }}/">{{ i.title }}</a> <span class="muted">· {{ i.times_seen }} events · {{ i.project_name }}</span></div>{% else %}<div class="muted">None.</div>{% endfor %}</div>
+<div class="card"><h2 class="mt-0">Regressions in this release</h2>{% for i in r.regressions %}<div class="my-6"><a href="/issues/{{ i.id }}/">{{ i.title }}</a> <span class="muted">· regressed {{ i.regressed_at|ago }}</span></div>{% else %}<div class="muted">None.</div>{% endfor %}</div>
+<div class="card"><h2 class="mt-0">Commits</h2>{% for ref in r.refs %}<div class="mono muted">{{ ref.repository }} {{ ref.previous_sha[:12] ~ '..' if ref.previous_sha }}{{ ref.commit_sha[:12] }}</div>{% endfor %}
   {% for c in r.commits %}<div class="commit"><div><span class="mono">{{ c.sha[:12] }}</span> {{ (c.message or '')|truncate(120) }}</div>
-    <div class="muted" style="font-size:12px">{{ c.author_name or c.author_email or 'unknown author' }}{% if c.repository %} · {{ c.repository }}{% endif %}{% if c.timestamp %} · {{ c.timestamp|ago }}{% endif %}</div>
+    <div class="muted fs-12">{{ c.author_name or c.author_email or 'unknown author' }}{% if c.repository %} · {{ c.repository }}{% endif %}{% if c.timestamp %} · {{ c.timestamp|ago }}{% endif %}</div>
     {% if c.files %}<div class="chips">{% for f in c.files %}<span><b>{{ f.type }}</b> {{ f.path }}</span>{% endfor %}</div>{% endif %}</div>
   {% else %}<div class="muted">No commits: <code>sentry-cli releases set-commits {{ r.release.version }} --auto</code> in CI records them.</div>{% endfor %}</div>
-</div><div class="sidebar">{% if r.health %}<div class="card health"><h3 style="margin-top:0">Release health</h3>{% for h in r.health %}
-  <div style="margin:6px 0"><b>{{ h.environment }}</b> <span class="muted">· {{ h.sessions }} sessions{% if h.users %} · {{ h.users }} users{% endif %}</span>
+</div><div class="sidebar">{% if r.health %}<div class="card health"><h3 class="mt-0">Release health</h3>{% for h in r.health %}
+  <div class="my-6"><b>{{ h.environment }}</b> <span class="muted">· {{ h.sessions }} sessions{% if h.users %} · {{ h.users }} users{% endif %}</span>
   <div class="health-facts"><div><b>{{ h.crash_free_sessions|pct }}</b><span>crash-free sessions</span></div><div><b>{{ h.errored_rate|pct }}</b><span>errored sessions</span></div>
   {% if h.users %}<div><b>{{ h.crash_free_users|pct }}</b><span>crash-free users</span></div>{% endif %}</div></div>{% endfor %}</div>{% endif %}
-<div class="card"><h3 style="margin-top:0">Deploys</h3>{% for d in r.deploys %}<div style="margin:6px 0"><b>{{ d.environment }}</b> <span class="muted" title="{{ d.date_finished|datetime }}">{{ d.date_finished|ago }}</span>{% if d.name %} · {{ d.name }}{% endif %}</div>{% else %}<div class="muted">Not deployed yet.</div>{% endfor %}</div></div></div>
+<div class="card"><h3 class="mt-0">Deploys</h3>{% for d in r.deploys %}<div class="my-6"><b>{{ d.environment }}</b> <span class="muted" title="{{ d.date_finished|datetime }}">{{ d.date_finished|ago }}</span>{% if d.name %} · {{ d.name }}{% endif %}</div>{% else %}<div class="muted">Not deployed yet.</div>{% endfor %}</div></div></div>
 {% endblock %}""",
 
     "code_mappings.html": """{% extends "base.html" %}{% block title %}Code mappings · {{ project.name }}{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
+<div class="muted fs-12"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
 <h1>Code mappings</h1>
 <p class="muted">A mapping turns an in-app frame's file into a link to its line in the repository, at the commit of the event's release (else the default branch):
 the stack root is cut off the front of the frame's path (empty: the file name as the SDK sent it) and the source root put in its place.</p>
 {% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
-<div class="card" style="padding:0">{% if mappings %}<table><thead><tr><th>Repository</th><th>Provider</th><th>Stack root</th><th>Source root</th><th>Default branch</th><th></th></tr></thead><tbody>
+<div class="card p-0">{% if mappings %}<table><thead><tr><th>Repository</th><th>Provider</th><th>Stack root</th><th>Source root</th><th>Default branch</th><th></th></tr></thead><tbody>
 {% for m in mappings %}<tr><td class="mono"><a href="{{ m.repository_url }}" rel="noopener noreferrer">{{ m.repository_url }}</a></td><td>{{ m.provider }}</td>
   <td class="mono">{{ m.stack_root or '—' }}</td><td class="mono">{{ m.source_root or '—' }}</td><td class="mono">{{ m.default_branch }}</td>
   <td><form method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="delete" value="{{ m.id }}"><button class="secondary">Delete</button></form></td></tr>{% endfor %}
@@ -10904,10 +10917,10 @@ the stack root is cut off the front of the frame's path (empty: the file name as
 {% endblock %}""",
 
     "code.html": """{% extends "base.html" %}{% block title %}{{ path }}{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/issues/?project={{ project.slug }}">{{ project.name }}</a> · code</div>
+<div class="muted fs-12"><a href="/issues/?project={{ project.slug }}">{{ project.name }}</a> · code</div>
 <h1>{{ path }}{% if function %} <span class="muted">in</span> {{ function }}{% endif %}</h1>
 <p class="muted">Issues whose in-app frames pass through this {{ 'function' if function else 'file' }}: the same as the search <a class="search-link" href="/issues/?{{ {'project': project.slug, 'status': 'all', 'q': query}|urlencode }}">{{ query }}</a>.</p>
-<div class="card" style="padding:0">{% if issues %}<table class="issues"><thead><tr><th>Issue</th><th>Status</th><th class="num">Events</th><th class="num">Users</th><th>Last seen</th></tr></thead><tbody>
+<div class="card p-0">{% if issues %}<table class="issues"><thead><tr><th>Issue</th><th>Status</th><th class="num">Events</th><th class="num">Users</th><th>Last seen</th></tr></thead><tbody>
 {% for i in issues %}<tr><td><a class="issue-title" href="/issues/{{ i.id }}/">{{ i.title }}</a><div class="culprit">{{ i.culprit }}</div></td><td>{{ i.status }}</td>
   <td class="num events">{{ i.times_seen }}</td><td class="num users">{{ i.user_count }}</td><td class="last-seen" title="{{ i.last_seen|datetime }}">{{ i.last_seen|ago }}</td></tr>{% endfor %}
 </tbody></table>{% else %}<div class="empty">No issue passes through it.</div>{% endif %}</div>
@@ -10918,11 +10931,11 @@ the stack root is cut off the front of the frame's path (empty: the file name as
 <p class="muted">Each project's rules (<a href="/projects/">Projects</a> → alert rules{% for p in projects %}{{ ':' if loop.first }} <a href="/projects/{{ p.slug }}/alerts/">{{ p.name }}</a>{{ ',' if not loop.last }}{% endfor %}) say when to notify which channels.
 A notification is queued with the event that caused it and delivered with retries; a dead one can be sent again.</p>
 {% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
-<div class="card" style="padding:0"><h2 style="margin:14px 16px 4px">Channels</h2>{% if channels %}<table><thead><tr><th>Name</th><th>Kind</th><th>Target</th><th class="num">Failures in a row</th><th></th></tr></thead><tbody>
+<div class="card p-0"><h2 class="inset-head">Channels</h2>{% if channels %}<table><thead><tr><th>Name</th><th>Kind</th><th>Target</th><th class="num">Failures in a row</th><th></th></tr></thead><tbody>
 {% for c in channels %}<tr><td><b>{{ c.name }}</b></td><td>{{ c.kind }}</td><td class="mono">{{ c.target }}</td>
   <td class="num">{% if c.failures >= 4 %}<span class="badge lvl-error">{{ c.failures }} · needs attention</span>{% else %}{{ c.failures }}{% endif %}</td>
-  <td style="white-space:nowrap"><form method="post" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="test" value="{{ c.id }}"><button class="secondary">Send test</button></form>
-  <form method="post" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="delete" value="{{ c.id }}"><button class="secondary">Delete</button></form></td></tr>{% endfor %}
+  <td class="nowrap"><form class="inline" method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="test" value="{{ c.id }}"><button class="secondary">Send test</button></form>
+  <form class="inline" method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="delete" value="{{ c.id }}"><button class="secondary">Delete</button></form></td></tr>{% endfor %}
 </tbody></table>{% else %}<div class="empty">No channels yet: add one below, or declare <code>[[channels]]</code> in the config file.</div>{% endif %}</div>
 <form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>Kind<select name="kind">{% for k in kinds %}<option {{ 'selected' if form.kind == k }}>{{ k }}</option>{% endfor %}</select></label>
   <label>Name<input name="name" value="{{ form.name }}" required placeholder="oncall-slack" size="12"></label>
@@ -10938,51 +10951,51 @@ A notification is queued with the event that caused it and delivered with retrie
   <label>Webhook secret<input name="secret" type="password" size="12" placeholder="generated"></label>
   <label title="a loopback, private or link-local address: your own network, not the internet"><input type="checkbox" name="allow_private" {{ 'checked' if form.allow_private }}> Allow a private address</label>
   <button type="submit">Add channel</button></form>
-<div class="card" style="padding:0"><h2 style="margin:14px 16px 4px">Deliveries</h2>{% if deliveries %}<table class="deliveries"><thead><tr><th>Queued</th><th>Channel</th><th>Why</th><th>Issue</th><th>Status</th><th class="num">Attempts</th><th>Last error</th><th></th></tr></thead><tbody>
+<div class="card p-0"><h2 class="inset-head">Deliveries</h2>{% if deliveries %}<table class="deliveries"><thead><tr><th>Queued</th><th>Channel</th><th>Why</th><th>Issue</th><th>Status</th><th class="num">Attempts</th><th>Last error</th><th></th></tr></thead><tbody>
 {% for d in deliveries %}<tr><td class="mono" title="{{ d.created|datetime }}">{{ d.created|ago }}</td><td>{{ d.channel_name }} <span class="muted">{{ d.channel_kind }}</span></td><td>{{ d.trigger }}</td>
   <td>{% if d.issue_id %}<a href="/issues/{{ d.issue_id }}/">#{{ d.issue_id }}</a>{% else %}—{% endif %}</td>
   <td><span class="delivery-status status-{{ d.status }}">{{ d.status }}</span>{% if d.external_ref %} <span class="mono muted">{{ d.external_ref }}</span>{% endif %}</td><td class="num">{{ d.attempts }}</td>
-  <td class="mono muted" style="max-width:340px;overflow-wrap:anywhere">{{ (d.last_error or '')|truncate(160) }}</td>
+  <td class="mono muted last-error">{{ (d.last_error or '')|truncate(160) }}</td>
   <td>{% if d.status in ('dead', 'cancelled') %}<form method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="retry" value="{{ d.id }}"><button class="secondary">Retry</button></form>{% endif %}</td></tr>{% endfor %}
 </tbody></table>{% else %}<div class="empty">Nothing sent yet.</div>{% endif %}</div>
 {% endblock %}""",
 
     "overview.html": """{% extends "base.html" %}{% block title %}{{ project.name }} overview{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">issues</a> · <a href="/projects/{{ project.slug }}/slo/">SLO</a> · <a href="/projects/{{ project.slug }}/alerts/">alert rules</a></div>
-<h1>{{ project.name }} <span class="muted" style="font-weight:400">overview</span></h1>
+<div class="muted fs-12"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">issues</a> · <a href="/projects/{{ project.slug }}/slo/">SLO</a> · <a href="/projects/{{ project.slug }}/alerts/">alert rules</a></div>
+<h1>{{ project.name }} <span class="muted fw-normal">overview</span></h1>
 <nav class="periods">{% for p in periods %}<a href="?period={{ p }}" class="{{ 'current' if p == period }}">{{ p }}</a>{% endfor %}</nav>
 <div class="card"><div class="facts"><div><b>{{ total }}</b><span>events</span></div><div><b>{{ new }}</b><span>new issues</span></div><div><b>{{ regressed }}</b><span>regressions</span></div>
   <div><b>{{ health.crash_free_sessions|pct }}</b><span>crash-free sessions</span></div><div><b>{{ health.errored_rate|pct }}</b><span>errored sessions</span></div><div><b>{{ health.sessions }}</b><span>sessions</span></div></div></div>
 <div class="layout"><div>
-<div class="card chart-card"><h2 style="margin-top:0">Events by level</h2><div class="events-chart">{{ events_chart }}</div>
+<div class="card chart-card"><h2 class="mt-0">Events by level</h2><div class="events-chart">{{ events_chart }}</div>
   <div class="axis"><span>{{ labels[0] }}</span><span>{{ labels[-1] }}</span></div>
   <div class="legend">{% for l in ['fatal', 'error', 'warning', 'info', 'debug'] %}<span><i class="bar-{{ l }}"></i>{{ l }}</span>{% endfor %}</div></div>
-<div class="card chart-card"><h2 style="margin-top:0">New and regressed issues</h2><div class="issues-chart">{{ issues_chart }}</div>
+<div class="card chart-card"><h2 class="mt-0">New and regressed issues</h2><div class="issues-chart">{{ issues_chart }}</div>
   <div class="axis"><span>{{ labels[0] }}</span><span>{{ labels[-1] }}</span></div>
   <div class="legend"><span><i class="bar-new"></i>new</span><span><i class="bar-regressed"></i>regressed</span></div></div>
-<div class="card"><h2 style="margin-top:0">Top issues by events</h2>{% for i in top %}<div class="top-issue"><span class="num">{{ i.period_events }}</span> <a href="/issues/{{ i.id }}/">{{ i.title }}</a> <span class="muted">{{ i.culprit }}</span></div>{% else %}<div class="muted">No events in this period.</div>{% endfor %}</div>
-<div class="card"><h2 style="margin-top:0">Top issues by users</h2>{% for i in top_users %}<div class="top-issue"><span class="num">{{ i.period_users }}</span> <a href="/issues/{{ i.id }}/">{{ i.title }}</a></div>{% else %}<div class="muted">No users seen in this period.</div>{% endfor %}</div>
+<div class="card"><h2 class="mt-0">Top issues by events</h2>{% for i in top %}<div class="top-issue"><span class="num">{{ i.period_events }}</span> <a href="/issues/{{ i.id }}/">{{ i.title }}</a> <span class="muted">{{ i.culprit }}</span></div>{% else %}<div class="muted">No events in this period.</div>{% endfor %}</div>
+<div class="card"><h2 class="mt-0">Top issues by users</h2>{% for i in top_users %}<div class="top-issue"><span class="num">{{ i.period_users }}</span> <a href="/issues/{{ i.id }}/">{{ i.title }}</a></div>{% else %}<div class="muted">No users seen in this period.</div>{% endfor %}</div>
 </div><div class="sidebar">
-{% for column, rows in breakdown.items() %}<div class="card"><h3 style="margin-top:0">By {{ column }}</h3>{% for r in rows %}<div class="share"><span>{{ r.value or '—' }}</span><b>{{ r.n }}</b></div>{% else %}<div class="muted">—</div>{% endfor %}</div>{% endfor %}
-<div class="card lifetimes"><h3 style="margin-top:0">Bug lifetimes</h3><div class="share"><span>median time to resolve</span><b>{{ stats.median_ttr }}</b></div>
+{% for column, rows in breakdown.items() %}<div class="card"><h3 class="mt-0">By {{ column }}</h3>{% for r in rows %}<div class="share"><span>{{ r.value or '—' }}</span><b>{{ r.n }}</b></div>{% else %}<div class="muted">—</div>{% endfor %}</div>{% endfor %}
+<div class="card lifetimes"><h3 class="mt-0">Bug lifetimes</h3><div class="share"><span>median time to resolve</span><b>{{ stats.median_ttr }}</b></div>
   <div class="share"><span>issues ever reopened</span><b>{{ stats.reopened }}</b></div>
   <h3>Open issues by age</h3>{% for age, n in stats.ages.items() %}<div class="share"><span>{{ age }}</span><b>{{ n }}</b></div>{% endfor %}
   <h3>By first release</h3>{% for r in stats.releases %}<div class="share release-life"><span>{{ r.release }}</span><b title="issues first seen in it · resolved · median time to resolve">{{ r.issues }} · {{ r.resolved|pct }} · {{ r.ttr }}</b></div>{% endfor %}
-  <div class="muted" style="font-size:11.5px">issues first seen · resolved · median time to resolve</div></div>
+  <div class="muted fs-11-5">issues first seen · resolved · median time to resolve</div></div>
 </div></div>
 {% endblock %}""",
 
     "slo.html": """{% extends "base.html" %}{% block title %}SLO · {{ project.name }}{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a> · <a href="/projects/{{ project.slug }}/alerts/">alert rules</a></div>
+<div class="muted fs-12"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a> · <a href="/projects/{{ project.slug }}/alerts/">alert rules</a></div>
 <h1>Service level objective</h1>
 {% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
-{% if slo %}<div class="card"><h2 style="margin-top:0">{{ slo.name }} <span class="slo-state state-{{ slo.state }}">{{ slo.state|replace('_', ' ') }}</span></h2>
+{% if slo %}<div class="card"><h2 class="mt-0">{{ slo.name }} <span class="slo-state state-{{ slo.state }}">{{ slo.state|replace('_', ' ') }}</span></h2>
   <div class="muted">{{ slo.description }}{% if slo.minTotal > 1 %}, judged once the window holds {{ slo.minTotal }} or more{% endif %}</div>
   <div class="facts"><div><b>{{ slo.value|pct }}</b><span>now (objective &lt; {{ (slo.objective * 100)|round(4) }}%)</span></div>
     <div><b>{{ '%.3g'|format(slo.burnRate) if slo.burnRate is not none else '—' }}×</b><span>burn rate</span></div>
     <div><b>{{ slo.total }}</b><span>in the window</span></div><div><b title="{{ slo.since }}">{{ slo.since|ago }}</b><span>in this state since</span></div></div>
   {% if history %}<div class="slo-history" role="img" aria-label="the last 24 hours, a bar a minute">{% for h in history %}<span class="state-{{ h.state }}" title="{{ h.minute|datetime }}: {{ h.value|pct }} of {{ h.total }}"></span>{% endfor %}</div>
-  <div class="muted" style="font-size:12px">the last 24 hours, a bar a minute: <span class="state-ok">■</span> ok <span class="state-breached">■</span> breached <span class="state-no_data">■</span> no data</div>{% endif %}</div>
+  <div class="muted fs-12">the last 24 hours, a bar a minute: <span class="state-ok">■</span> ok <span class="state-breached">■</span> breached <span class="state-no_data">■</span> no data</div>{% endif %}</div>
 {% else %}<div class="card empty">No objective yet: set one below. A breach and its recovery go to every alert channel.</div>{% endif %}
 <form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>Name<input name="name" value="{{ form.name or (slo.name if slo else 'Error budget') }}" size="16"></label>
   <label>Bad share of<select name="metric">{% for key, words in metrics.items() %}<option value="{{ key }}" {{ 'selected' if (form.metric or (slo.metric if slo else '')) == key }}>{{ words }}</option>{% endfor %}</select></label>
@@ -10994,10 +11007,10 @@ A notification is queued with the event that caused it and delivered with retrie
 {% endblock %}""",
 
     "project_alerts.html": """{% extends "base.html" %}{% block title %}Alert rules · {{ project.name }}{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a> · <a href="/alerts/">channels and deliveries</a></div>
+<div class="muted fs-12"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a> · <a href="/alerts/">channels and deliveries</a></div>
 <h1>Alert rules</h1>
 {% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
-<div class="card">{% for r in rules %}<div class="rule" style="display:flex;gap:12px;align-items:flex-start;margin:8px 0"><div style="flex:1"><b>{{ r.name }}</b><div class="muted">{{ r.words }}</div></div>
+<div class="card">{% for r in rules %}<div class="rule"><div class="flex-1"><b>{{ r.name }}</b><div class="muted">{{ r.words }}</div></div>
   <form method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="delete" value="{{ r.id }}"><button class="secondary">Delete</button></form></div>{% else %}<div class="empty">No rules: nothing about this project notifies anyone.</div>{% endfor %}</div>
 <form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>Name<input name="name" value="{{ form.name }}" required size="22" placeholder="Checkout errors to on-call"></label>
   <fieldset><legend>When</legend>{% for key, label in [('new', 'a new issue'), ('regression', 'a regression'), ('escalating', 'an ignored issue escalates')] %}<label><input type="checkbox" name="when" value="{{ key }}" {{ 'checked' if key in when }}> {{ label }}</label>{% endfor %}
@@ -11015,7 +11028,7 @@ A notification is queued with the event that caused it and delivered with retrie
     "account.html": """{% extends "base.html" %}{% block title %}Account{% endblock %}{% block main %}
 <h1>{{ viewer.name }} <span class="muted">{{ viewer.role }}</span></h1>
 {% if error %}<div class="card search-error">{{ error }}</div>{% elif saved %}<div class="card">Password changed; your other sessions are signed out.</div>{% endif %}
-{% if viewer.via == 'session' %}<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><h2 style="margin:0 0 8px;width:100%">Change password</h2>
+{% if viewer.via == 'session' %}<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><h2 class="form-head">Change password</h2>
 <label>Current password<input name="current" type="password" autocomplete="current-password" required></label>
 <label>New password (10+ characters)<input name="new" type="password" autocomplete="new-password" minlength="10" required></label><button>Change</button></form>{% endif %}
 {% if viewer.role == 'admin' %}<p><a href="/settings/">People and API tokens</a></p>{% endif %}{% endblock %}""",
@@ -11024,14 +11037,14 @@ A notification is queued with the event that caused it and delivered with retrie
 <h1>People and API tokens</h1>
 {% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
 {% if secret %}<div class="card secret"><b>{{ secret.label }}</b> (shown once, copy it now):<pre class="mono">{{ secret.value }}</pre></div>{% endif %}
-<h2>People</h2><div class="card" style="padding:0"><table><thead><tr><th>Name</th><th>Role</th><th>Sign-in</th><th></th></tr></thead><tbody>
+<h2>People</h2><div class="card p-0"><table><thead><tr><th>Name</th><th>Role</th><th>Sign-in</th><th></th></tr></thead><tbody>
 {% for u in users %}<tr><td>{{ u.name }}</td><td>{{ u.role }}</td><td class="muted">{{ 'disabled' if u.disabled else 'password' if u.password else 'login link or proxy only' }}</td>
-<td>{% for action, label in ([] if u.disabled else [('link', 'One-time login link')]) + [('enable', 'Enable') if u.disabled else ('disable', 'Disable'), ('delete', 'Delete')] %}<form method="post" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="{{ action }}" value="{{ u.name }}"><button class="secondary">{{ label }}</button></form> {% endfor %}</td></tr>{% endfor %}
+<td>{% for action, label in ([] if u.disabled else [('link', 'One-time login link')]) + [('enable', 'Enable') if u.disabled else ('disable', 'Disable'), ('delete', 'Delete')] %}<form class="inline" method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="{{ action }}" value="{{ u.name }}"><button class="secondary">{{ label }}</button></form> {% endfor %}</td></tr>{% endfor %}
 </tbody></table></div>
 <form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>New person<input name="user" required placeholder="ana@example.org" size="22"></label>
 <label>Role<select name="role">{% for r in roles|reverse %}<option>{{ r }}</option>{% endfor %}</select></label><button>Add, and make a login link</button></form>
 <h2>API tokens</h2><p class="muted">For sentry-cli (<code>SENTRY_AUTH_TOKEN</code>), scripts and Prometheus: <code>Authorization: Bearer …</code>. A read token may also fetch dashboard pages.</p>
-<div class="card" style="padding:0"><table><thead><tr><th>Id</th><th>Name</th><th>Scopes</th><th>Created</th><th></th></tr></thead><tbody>
+<div class="card p-0"><table><thead><tr><th>Id</th><th>Name</th><th>Scopes</th><th>Created</th><th></th></tr></thead><tbody>
 {% for t in tokens %}<tr><td class="mono">{{ t.id }}</td><td>{{ t.name or '—' }}</td><td class="mono">{{ t.scopes }}</td><td>{{ t.created|datetime }}</td>
 <td><form method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="revoke" value="{{ t.id }}"><button class="secondary">Revoke</button></form></td></tr>{% else %}<tr><td colspan="5" class="empty">No tokens.</td></tr>{% endfor %}
 </tbody></table></div>
@@ -11039,19 +11052,19 @@ A notification is queued with the event that caused it and delivered with retrie
 <label>Scope<select name="scope"><option>read</option><option>write</option><option>admin</option></select></label><button>Create token</button></form>{% endblock %}""",
 
     "envelopes.html": """{% extends "base.html" %}{% block title %}Envelopes · {{ project.name }}{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
+<div class="muted fs-12"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
 <h1>Envelopes received</h1><p class="muted">Everything the SDKs sent to this project, as it arrived, and what became of each item: the newest {{ keep }} for a day.</p>
-<div class="card" style="padding:0">{% if envelopes %}<table class="envelopes"><thead><tr><th>Received</th><th>Client</th><th class="num">Bytes</th><th>Items</th></tr></thead><tbody>
-{% for e in envelopes %}<tr><td class="mono" style="white-space:nowrap"><a href="/projects/{{ project.slug }}/envelopes/{{ e.id }}/">{{ e.received|datetime }}</a></td><td class="mono">{{ e.client }}</td><td class="num">{{ e.size }}</td>
+<div class="card p-0">{% if envelopes %}<table class="envelopes"><thead><tr><th>Received</th><th>Client</th><th class="num">Bytes</th><th>Items</th></tr></thead><tbody>
+{% for e in envelopes %}<tr><td class="mono nowrap"><a href="/projects/{{ project.slug }}/envelopes/{{ e.id }}/">{{ e.received|datetime }}</a></td><td class="mono">{{ e.client }}</td><td class="num">{{ e.size }}</td>
 <td>{% for kind, size, outcome in e.parts %}<span class="item {{ 'dropped' if outcome.startswith('dropped') else 'kept' }}" title="{{ outcome }}">{{ kind or '?' }}</span> {% endfor %}</td></tr>{% endfor %}
 </tbody></table>{% else %}<div class="empty">Nothing received yet. Point an SDK at one of this project's DSNs.</div>{% endif %}</div>{% endblock %}""",
 
     "envelope.html": """{% extends "base.html" %}{% block title %}Envelope · {{ project.name }}{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/projects/{{ project.slug }}/envelopes/">Envelopes of {{ project.name }}</a></div>
+<div class="muted fs-12"><a href="/projects/{{ project.slug }}/envelopes/">Envelopes of {{ project.name }}</a></div>
 <h1>Envelope from {{ envelope.client or 'an unnamed client' }}</h1>
 <p class="muted">{{ envelope.received|datetime }} · {{ envelope.size }} bytes decompressed</p>
-<div class="card"><h2 style="margin-top:0">Envelope header</h2><pre class="json">{{ header|pretty(2) }}</pre></div>
-{% for item in items %}<div class="card"><h2 style="margin-top:0">{{ item.kind or '?' }} <span class="muted">{{ item.size }} bytes</span>
+<div class="card"><h2 class="mt-0">Envelope header</h2><pre class="json">{{ header|pretty(2) }}</pre></div>
+{% for item in items %}<div class="card"><h2 class="mt-0">{{ item.kind or '?' }} <span class="muted">{{ item.size }} bytes</span>
 <span class="item {{ 'dropped' if item.outcome.startswith('dropped') else 'kept' }}">{{ item.outcome }}</span></h2>
 {% if item.header %}<pre class="json">{{ item.header|pretty(2) }}</pre>{% endif %}
 {% if item.event %}<p>Stored as <a href="/issues/{{ item.event.issue_id }}/events/{{ item.event.event_id }}/">event {{ item.event.event_id[:12] }}</a> (<a href="/issues/{{ item.event.issue_id }}/events/{{ item.event.event_id }}/json">its JSON, scrubbed</a>): this project scrubs data before storing it, so the log keeps no copy of what was sent.</p>
@@ -11060,7 +11073,7 @@ A notification is queued with the event that caused it and delivered with retrie
 
     "live.html": """{% extends "base.html" %}{% block title %}Live{% endblock %}{% block main %}
 <h1>Live</h1><p class="muted" id="live-state">Newest events; with scripts on, new ones appear at the top as they arrive.</p>
-<div class="card" style="padding:0"><table id="live" class="issues"><thead><tr><th>Received</th><th>Project</th><th>Level</th><th>Event</th><th>Culprit</th></tr></thead>
+<div class="card p-0"><table id="live" class="issues"><thead><tr><th>Received</th><th>Project</th><th>Level</th><th>Event</th><th>Culprit</th></tr></thead>
 <tbody data-after="{{ after }}">{% for e in events %}<tr class="row-{{ e.level }}"><td class="mono nowrap">{{ e.time }}</td><td class="nowrap">{{ e.project }}</td><td class="level">{{ e.level }}</td>
 <td><a href="/issues/{{ e.issue_id }}/events/{{ e.event_id }}/">{{ e.title }}</a></td><td class="culprit">{{ e.culprit }}</td></tr>{% endfor %}</tbody></table>
 {% if not events %}<div class="empty" id="live-empty">No events yet.</div>{% endif %}</div>
@@ -11076,16 +11089,16 @@ A notification is queued with the event that caused it and delivered with retrie
 <p class="muted">The first start printed the <code>admin</code> password. Forgotten it? <code>tracker user passwd admin</code> on the server, or <code>tracker user link admin</code> for a one-time login link.</p></form>{% endblock %}""",
 
     "attachment.html": """{% extends "base.html" %}{% block title %}{{ a.filename }}{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/issues/{{ issue.id }}/">{{ short }}</a> · {% if is_event %}<a href="/issues/{{ issue.id }}/events/{{ a.event_id }}/">event {{ a.event_id[:12] }}</a>{% else %}feedback {{ a.event_id[:12] }}{% endif %}</div>
+<div class="muted fs-12"><a href="/issues/{{ issue.id }}/">{{ short }}</a> · {% if is_event %}<a href="/issues/{{ issue.id }}/events/{{ a.event_id }}/">event {{ a.event_id[:12] }}</a>{% else %}feedback {{ a.event_id[:12] }}{% endif %}</div>
 <h1>{{ a.filename }}</h1><p class="muted">{{ a.content_type }} · {{ a.size_text }} · sha1 <span class="mono">{{ a.sha1 }}</span> · <a href="/issues/{{ issue.id }}/events/{{ a.event_id }}/attachments/{{ a.id }}/">download</a></p>
 <div class="card"><pre class="block attachment-text">{{ content }}</pre></div>{% endblock %}""",
 
     "feedback.html": """{% extends "base.html" %}{% block title %}User feedback · {{ project.name }}{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
+<div class="muted fs-12"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
 <h1>User feedback</h1><p class="muted">What people wrote (feedback widgets, <code>captureFeedback</code>, user reports), newest first: the newest 200. Feedback about an event shows on its issue too.</p>
-<div class="card" style="padding:0">{% if feedback %}<table class="feedback-list"><thead><tr><th>Received</th><th>From</th><th>Message</th><th>Issue</th></tr></thead><tbody>
-{% for fb in feedback %}<tr><td class="nowrap" title="{{ fb.created|datetime }}">{{ fb.created|ago }}</td><td><b>{{ fb.name or 'Anonymous' }}</b>{% if fb.email %}<div class="mono" style="font-size:12px">{{ fb.email }}</div>{% endif %}</td>
-<td><div class="message">{{ fb.message }}</div>{% if fb.url %}<div class="muted mono" style="font-size:12px;word-break:break-all">{{ fb.url }}</div>{% endif %}</td>
+<div class="card p-0">{% if feedback %}<table class="feedback-list"><thead><tr><th>Received</th><th>From</th><th>Message</th><th>Issue</th></tr></thead><tbody>
+{% for fb in feedback %}<tr><td class="nowrap" title="{{ fb.created|datetime }}">{{ fb.created|ago }}</td><td><b>{{ fb.name or 'Anonymous' }}</b>{% if fb.email %}<div class="mono fs-12">{{ fb.email }}</div>{% endif %}</td>
+<td><div class="message">{{ fb.message }}</div>{% if fb.url %}<div class="muted mono fs-12 break-all">{{ fb.url }}</div>{% endif %}</td>
 <td>{% if fb.issue_id %}<a href="/issues/{{ fb.issue_id }}/#feedback">{{ fb.short }}</a> <span class="muted">{{ fb.title }}</span>{% elif fb.event_id %}<span class="muted">event {{ fb.event_id[:12] }} not received (yet)</span>{% else %}<span class="muted">—</span>{% endif %}</td></tr>{% endfor %}
 </tbody></table>{% else %}<div class="empty">No feedback yet.</div>{% endif %}</div>{% endblock %}""",
 
