@@ -6,7 +6,8 @@ The module reads top to bottom in the order data flows:
 
     configuration → storage (schema, migrations, the single writer) → ingest (auth,
     decoding, envelopes) → processing (normalisation, grouping) → issues → JSON API →
-    dashboard (inline Jinja2 templates) → CLI.
+    dashboard (server-rendered pages) → CLI → templates and static text (the pages' Jinja2
+    templates, stylesheet, script and icon, at the end as in bottle.py).
 """
 from __future__ import annotations
 
@@ -8291,673 +8292,6 @@ async def api_monitor_checkins(request: Request) -> Response:
 # Dashboard (server-rendered; Jinja2 autoescapes all event data)
 # =============================================================================
 
-CSS = """
-:root { --fg:#1d2330; --muted:#667085; --line:#e4e7ec; --bg:#f7f8fa; --accent:#3b5bdb;
-        --fatal:#9b1c1c; --error:#d92d20; --warning:#dc6803; --info:#1570ef; --debug:#667085;
-        --crash:#fff4e5; --crashline:#ffe2b8; --mono: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
-* { box-sizing: border-box; }
-body { margin:0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color:var(--fg); background:var(--bg); }
-a { color: var(--accent); text-decoration: none; } a:hover { text-decoration: underline; }
-header.top { background:#111827; color:#fff; padding:10px 24px; display:flex; gap:24px; align-items:center; }
-header.top a { color:#e5e7eb; } header.top .brand { font-weight:700; color:#fff; font-size:16px; }
-header.top .who { margin-left:auto; display:flex; gap:12px; align-items:center; font-size:13px; }
-header.top .who form { margin:0; } button.link { background:none; border:0; color:#9ca3af; padding:0; cursor:pointer; font:inherit; }
-tr.fresh td { background:#fef9c3; } td.nowrap { white-space:nowrap; }
-span.item { display:inline-block; font-size:12px; padding:1px 6px; border-radius:4px; font-family:ui-monospace,monospace; }
-span.item.kept { background:#dcfce7; color:#166534; } span.item.dropped { background:#fee2e2; color:#991b1b; }
-div.drops { color:#92400e; font-size:12.5px; margin:4px 0; }
-div.key { margin:4px 0; display:flex; gap:8px; align-items:center; flex-wrap:wrap; } div.key form, form.key { margin:0; display:inline-flex; gap:6px; align-items:center; }
-div.key.off code { text-decoration:line-through; color:#9ca3af; } .card.secret pre { white-space:pre-wrap; word-break:break-all; background:#f3f4f6; padding:8px; }
-form.login { max-width:340px; margin:40px auto; display:flex; flex-direction:column; gap:12px; }
-form.login label { display:flex; flex-direction:column; gap:4px; } form.login h1 { margin:0; }
-main { padding: 20px 24px; max-width: 1400px; margin: 0 auto; }
-h1 { font-size: 20px; margin: 0 0 4px; word-break: break-word; } h2 { font-size: 15px; margin: 24px 0 8px; }
-.muted { color: var(--muted); } .mono { font-family: var(--mono); font-size: 12.5px; }
-.card { background:#fff; border:1px solid var(--line); border-radius:8px; padding:14px 16px; margin-bottom:16px; }
-form.filters { display:flex; gap:10px; flex-wrap:wrap; align-items:end; margin-bottom:14px; }
-form.filters label.search { flex: 1; min-width: 280px; }
-.search-error { border-color: #fda29b; background: #fef3f2; color: #b42318; }
-form.filters label { display:flex; flex-direction:column; font-size:12px; color:var(--muted); gap:2px; }
-select, input, button { font: inherit; padding:5px 8px; border:1px solid var(--line); border-radius:6px; background:#fff; }
-button { background: var(--accent); color:#fff; border-color: var(--accent); cursor:pointer; }
-table { border-collapse: collapse; width: 100%; }
-th, td { text-align:left; padding: 8px 10px; border-bottom:1px solid var(--line); vertical-align: top; }
-th { font-size:12px; color:var(--muted); font-weight:600; background:#fafbfc; }
-table.issues td.num { text-align:right; font-variant-numeric: tabular-nums; white-space:nowrap; }
-table.issues tr:hover td { background:#f5f7ff; }
-.issue-title { font-weight:600; font-size:14.5px; word-break: break-word; }
-.issue-title .v { font-weight:400; color: var(--fg); }
-table.issues td:first-child { border-left: 3px solid transparent; }
-table.issues tr.row-fatal td:first-child { border-left-color: var(--fatal); } table.issues tr.row-error td:first-child { border-left-color: var(--error); }
-table.issues tr.row-warning td:first-child { border-left-color: var(--warning); } table.issues tr.row-info td:first-child { border-left-color: var(--info); }
-.culprit { color: var(--muted); font-size: 12.5px; font-family: var(--mono); word-break: break-all; }
-.badge { display:inline-block; padding:1px 7px; border-radius:10px; font-size:11.5px; font-weight:600; color:#fff; vertical-align: 2px; }
-.lvl-fatal { background:var(--fatal); } .lvl-error { background:var(--error); } .lvl-warning { background:var(--warning); }
-.lvl-info { background:var(--info); } .lvl-debug { background:var(--debug); }
-.status { font-size:12px; padding:1px 7px; border-radius:10px; border:1px solid var(--line); color:var(--muted); }
-.layout { display:grid; grid-template-columns: minmax(0, 1fr) 340px; gap: 20px; }
-@media (max-width: 1000px) { .layout { grid-template-columns: 1fr; } }
-.facts { display:flex; gap: 28px; flex-wrap: wrap; margin-top: 10px; }
-.histogram { display:flex; flex-direction:column; justify-content:flex-end; }
-.histogram svg { width: 240px; height: 40px; display:block; background: #f2f4f7; border-radius: 3px; } .histogram rect { fill: var(--accent); opacity: .75; }
-.histogram span { font-size: 12px; color: var(--muted); }
-.facts div b { display:block; font-size: 18px; } .facts div span { font-size: 12px; color: var(--muted); }
-.nav { display:flex; gap: 8px; align-items:center; flex-wrap: wrap; margin: 12px 0; }
-.nav a, .nav span.off { border:1px solid var(--line); border-radius:6px; padding:3px 10px; background:#fff; font-size:13px; }
-.nav span.off { color: #c0c4cc; }
-.nav .evmeta { display:flex; gap:6px; align-items:center; flex-wrap:wrap; font-size:12.5px; }
-.nav .evmeta b { font-weight:600; font-family: var(--mono); }
-.exc-head { font-size: 15px; margin: 4px 0 2px; word-break: break-word; }
-.exc-head .type { font-weight:700; color: var(--error); }
-.mechanism { font-size: 12px; color: var(--muted); margin-bottom: 8px; }
-.frame { border:1px solid var(--line); border-radius:6px; margin: 6px 0; background:#fff; overflow:hidden; }
-.frame > summary, .frame > .fh { padding: 6px 10px; font-family: var(--mono); font-size: 12.5px; cursor: pointer; list-style: none; background:#fafbfc; word-break: break-all; }
-.frame.app > summary { background:#fff; }
-.frame.crash { border-color:#f79009; box-shadow: 0 0 0 1px #f79009; }
-.frame.crash > summary { background: var(--crash); }
-.frame .fn { font-weight: 700; } .frame .tag { font-family: system-ui; font-size: 11px; border-radius:4px; padding:0 5px; margin-left:6px; }
-.tag.app { background:#e0eaff; color:#2f4ac0; } .tag.crashtag { background:#f79009; color:#fff; }
-pre.ctx { margin:0; padding: 6px 0; background:#0f172a; color:#cbd5e1; font: 12.5px/1.5 var(--mono); overflow-x:auto; }
-pre.ctx span { display:block; padding: 0 10px; white-space: pre; }
-pre.ctx span.hl { background:#334155; color:#fff; }
-.frame.crash pre.ctx span.hl { background:#9a3412; font-weight:600; }
-pre.ctx i { display:inline-block; width: 4em; color:#64748b; font-style: normal; text-align:right; margin-right: 1em; user-select:none; }
-table.kv { table-layout: fixed; } table.kv td { padding: 4px 10px; overflow-wrap: anywhere; }
-table.kv td:first-child, table.kv th:first-child { width: 200px; color: var(--muted); font-family: var(--mono); font-size: 12.5px; word-break: break-all; }
-table.kv td { font-family: var(--mono); font-size: 12.5px; word-break: break-word; }
-table.vars { margin: 0; } table.vars td { padding: 3px 10px; }
-table.kv div.v { max-height: 9.5em; overflow: auto; white-space: pre-wrap; }
-details.frames { margin: 6px 0; } details.frames > summary { cursor: pointer; list-style: none; font-size: 12.5px; color: var(--muted);
-  padding: 5px 10px; border: 1px dashed #d0d5dd; border-radius: 6px; background: #fafbfc; }
-details.frames > summary:hover { color: var(--fg); } details.frames[open] > summary { margin-bottom: 4px; }
-details.frames > .frame { margin-left: 12px; }
-.frame > summary::before, details.frames > summary::before { content: '▸'; display:inline-block; width: 1em; color: var(--muted); }
-.frame[open] > summary::before, details.frames[open] > summary::before { content: '▾'; }
-h4 { font-size: 12px; margin: 12px 0 4px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
-.sidebar table.kv td:first-child { width: 112px; }
-.sidebar h3 { font-size: 13px; margin: 14px 0 6px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
-.tagbar { margin: 6px 0 10px; } .tagbar .k { font-family: var(--mono); font-size: 12px; }
-.bar { height: 6px; background: #e4e7ec; border-radius: 3px; overflow: hidden; margin: 2px 0 4px; }
-.bar > i { display:block; height:100%; background: var(--accent); }
-.chips a, .chips span { display:inline-block; border:1px solid var(--line); border-radius: 5px; padding: 1px 7px; margin: 2px 2px 2px 0; font-size: 12px; font-family: var(--mono); background:#fff; color: var(--fg); word-break: break-all; }
-.chips b { color: var(--muted); font-weight: 500; }
-pre.block { background:#f2f4f7; padding: 10px; border-radius: 6px; overflow-x: auto; font: 12.5px/1.45 var(--mono); white-space: pre-wrap; word-break: break-word; margin: 0; }
-.crumb-error td { background: #fef3f2; } td.crumb-level { font-size: 12.5px; }
-.commit { padding: 8px 0; border-bottom: 1px solid var(--line); } .commit:last-child { border-bottom: 0; }
-.empty { padding: 40px; text-align: center; color: var(--muted); }
-code.dsn { background:#f2f4f7; padding: 3px 6px; border-radius: 4px; font-size: 12.5px; word-break: break-all; }
-.badge.regressed { background: #b42318; }
-.slo-state { font-size:13px; padding:2px 8px; border-radius:10px; vertical-align:3px; color:#fff; }
-.slo-history { display:flex; height:28px; margin:12px 0 4px; overflow:hidden; border-radius:4px; }
-.slo-history span { flex:1 1 0; min-width:0; }
-.health-facts { display:flex; gap:18px; flex-wrap:wrap; margin-top:4px; }
-.health-facts div { display:flex; flex-direction:column; } .health-facts b { font-size:18px; }
-.health-facts span { font-size:12px; color: var(--muted); }
-.state-ok { background:#12b76a; color:#12b76a; } .state-breached { background:#d92d20; color:#d92d20; }
-.state-no_data { background:#d0d5dd; color:#d0d5dd; } .slo-state.state-ok, .slo-state.state-breached, .slo-state.state-no_data { color:#fff; }
-svg.chart { width:100%; height:120px; display:block; background: linear-gradient(#eef0f3 1px, transparent 1px) 0 0 / 100% 30px; }
-.bar-fatal { fill:#7a271a; background:#7a271a; } .bar-error { fill:#d92d20; background:#d92d20; }
-.bar-warning { fill:#f79009; background:#f79009; } .bar-info { fill:#2e90fa; background:#2e90fa; }
-.bar-debug { fill:#98a2b3; background:#98a2b3; } .bar-new { fill:#6172f3; background:#6172f3; }
-.bar-regressed { fill:#b42318; background:#b42318; }
-.axis { display:flex; justify-content:space-between; font-size:11.5px; color: var(--muted); margin-top:2px; }
-.legend { display:flex; gap:12px; font-size:12px; color: var(--muted); margin-top:6px; }
-.legend i { display:inline-block; width:10px; height:10px; border-radius:2px; margin-right:4px; vertical-align:-1px; }
-.periods { display:flex; gap:6px; margin:0 0 12px; } .periods a { padding:3px 10px; border:1px solid var(--line); border-radius:14px; background:#fff; }
-.periods a.current { background: var(--fg); color:#fff; border-color: var(--fg); }
-.share { display:flex; justify-content:space-between; gap:10px; margin:4px 0; font-size:13px; } .share span { overflow-wrap:anywhere; }
-.top-issue { margin:6px 0; } .top-issue .num { display:inline-block; min-width:3em; font-weight:600; }
-svg.spark { width:72px; height:24px; display:block; } svg.spark rect.on { fill:#6172f3; } svg.spark rect.off { fill:#e4e7ec; }
-.delivery-status { font-weight:600; } .status-delivered { color:#067647; } .status-dead { color:#b42318; }
-.status-pending, .status-in_flight { color:#b54708; } .status-cancelled { color: var(--muted); }
-fieldset { border:1px solid var(--line); border-radius:6px; padding:6px 10px; display:flex; flex-wrap:wrap; gap:10px; align-items:center; }
-form.filters fieldset label { flex-direction:row; align-items:center; gap:4px; font-size:13px; color: var(--fg); }
-legend { font-size:12px; color: var(--muted); }
-.actions { display:flex; gap:8px; flex-wrap:wrap; align-items:center; margin-top:14px; padding-top:12px; border-top:1px solid var(--line); }
-.actions form { display:flex; gap:4px; margin:0; } .actions .state { font-weight:600; margin-right:6px; }
-.actions select, .actions input, .actions button { font-size:13px; padding:3px 8px; }
-button.secondary { background:#fff; color:var(--fg); border-color:#d0d5dd; }
-ul.activity { list-style:none; margin:0; padding:0; font-size:12.5px; }
-ul.activity li { display:flex; justify-content:space-between; gap:8px; padding:4px 0; border-bottom:1px solid var(--line); }
-ul.activity li:last-child { border-bottom:0; } ul.activity li .muted { white-space:nowrap; }
-.frame .links { float: right; font-family: system-ui; font-size: 12px; font-weight: 400; }
-.frame .links a { color: var(--muted); margin-left: 10px; } .frame .links a:hover { color: var(--accent); }
-.report { margin-top: 8px; font-size: 12.5px; color: var(--muted); } .report a { margin-left: 8px; }
-.frame .why { padding: 4px 10px; font-size: 12px; color: var(--muted); border-top: 1px solid var(--line); }
-details.grouping > summary { cursor: pointer; } ol.values { margin: 4px 0 10px; padding-left: 28px; font-size: 12.5px; word-break: break-word; }
-p.variant { margin: 12px 0 4px; } table.grouping-frames { margin: 8px 0; font-size: 12.5px; } table.grouping-frames td form { margin: 0; }
-form.rules textarea { width: 100%; font: 12.5px/1.45 var(--mono); margin-top: 8px; } form.rules pre.block { margin-top: 6px; }
-form.bulk { display:flex; gap:8px; align-items:center; margin-bottom:8px; }
-.mon { display:inline-block; padding:1px 8px; border-radius:10px; font-size:12px; font-weight:600; color:#fff; white-space:nowrap; }
-.mon-ok { background:#12b76a; } .mon-error { background:#d92d20; } .mon-missed { background:#f79009; } .mon-timeout { background:#7a271a; }
-.mon-in_progress { background:#2e90fa; } .mon-new { background:#98a2b3; } .mon-none { background:#eaecf0; }
-.ticks { display:flex; gap:2px; height:22px; } .ticks span { flex:0 0 7px; border-radius:2px; }
-table.monitors td { vertical-align: middle; } table.monitors .sub { font-size:12px; color: var(--muted); margin-top:2px; }
-.feedback-entry { padding:8px 0; border-bottom:1px solid var(--line); } .feedback-entry:last-child { border-bottom:0; }
-.feedback-entry .message, table.feedback-list .message { white-space:pre-wrap; word-break:break-word; margin:4px 0; }
-.nowrap { white-space:nowrap; }
-"""
-
-TEMPLATES = {
-    "base.html": """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{% block title %}tracker{% endblock %} · tracker</title><link rel="icon" href="/static/favicon.svg"><link rel="stylesheet" href="/static/tracker.css"></head>
-<body><header class="top"><a class="brand" href="/issues/">tracker</a>{% if viewer %}<a href="/issues/">Issues</a><a href="/releases/">Releases</a><a href="/alerts/">Alerts</a><a href="/monitors/">Monitors</a><a href="/projects/">Projects &amp; DSNs</a><a href="/live/">Live</a>
-<span class="who"><a href="/account/">{{ viewer.name }}{% if viewer.role == 'admin' %} (admin){% endif %}</a>{% if viewer.via == 'session' %}<form method="post" action="/logout"><input type="hidden" name="csrf" value="{{ csrf }}"><button class="link">Sign out</button></form>{% endif %}</span>{% endif %}</header>
-<main>{% block main %}{% endblock %}</main></body></html>""",
-
-    "issues.html": """{% extends "base.html" %}{% block title %}Issues{% endblock %}{% block main %}
-<form class="filters" method="get" action="/issues/">
-  <label>Project<select name="project"><option value="">All projects</option>
-    {% for p in projects %}<option value="{{ p.slug }}" {{ 'selected' if p.slug == f.project }}>{{ p.name }}</option>{% endfor %}</select></label>
-  <label>Status<select name="status">{% for s in ['unresolved', 'resolved', 'ignored', 'all'] %}
-    <option value="{{ s }}" {{ 'selected' if s == f.status }}>{{ s }}</option>{% endfor %}</select></label>
-  <label>Environment<select name="environment"><option value="">All</option>
-    {% for e in environments %}<option {{ 'selected' if e == f.environment }}>{{ e }}</option>{% endfor %}</select></label>
-  <label>Release<select name="release"><option value="">All</option>
-    {% for r in releases %}<option {{ 'selected' if r == f.release }}>{{ r }}</option>{% endfor %}</select></label>
-  <label>Sort<select name="sort">{% for key, label in [('date', 'Last seen'), ('new', 'First seen'), ('freq', 'Events'), ('user', 'Users')] %}
-    <option value="{{ key }}" {{ 'selected' if key == f.sort }}>{{ label }}</option>{% endfor %}</select></label>
-  <label class="search">Search<input type="search" name="q" value="{{ f.q }}" placeholder="service:payments-api user.email:… stack.function:charge"></label>
-  <button type="submit">Filter</button>
-</form>
-{% if project %}<div class="muted" style="margin:-6px 0 10px;font-size:12.5px"><a href="/projects/{{ project.slug }}/overview/">{{ project.name }} overview: trends, release health, bug lifetimes</a> · <a href="/projects/{{ project.slug }}/slo/">SLO</a></div>{% endif %}
-{% if error %}<div class="card search-error">Search: {{ error }}</div>{% endif %}
-{% if issues %}<form id="bulk" class="bulk" method="post" action="/issues/bulk/"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="next" value="{{ query() }}">
-  <span class="muted">Ticked issues:</span>
-  <button type="submit" name="bulk" value="resolved">Resolve</button><button type="submit" name="bulk" value="ignored" class="secondary">Ignore</button>
-  <button type="submit" name="bulk" value="unresolved" class="secondary">Unresolve</button>
-  <input name="assignedTo" placeholder="name or email" aria-label="assignee"><button type="submit" name="bulk" value="assign" class="secondary">Assign</button>
-  <button type="submit" name="bulk" value="merge" class="secondary">Merge</button></form>{% endif %}
-<div class="card" style="padding:0">
-{% if issues %}
-<table class="issues"><thead><tr><th></th><th>Issue</th><th>Level</th><th>14 days</th><th class="num">Events</th><th class="num">Users</th><th>First seen</th><th>Last seen</th><th>Status</th></tr></thead><tbody>
-{% for i in issues %}<tr class="row-{{ i.level }}">
-  <td><input type="checkbox" name="id" value="{{ i.id }}" form="bulk" aria-label="select {{ i.short }}"></td>
-  <td><a class="issue-title" href="/issues/{{ i.id }}/">{{ i.head }}{% if i.rest %}<span class="v">{{ i.rest }}</span>{% endif %}</a>
-      <div class="culprit">{{ i.culprit }}</div>
-      <div class="muted" style="font-size:12px">{{ i.short }} · {{ i.project_name }}{% if i.last_release %} · {{ i.last_release }}{% endif %}</div></td>
-  <td class="level"><span class="badge lvl-{{ i.level }}">{{ i.level }}</span></td>
-  <td class="trend">{{ sparks[i.id] }}</td>
-  <td class="num events">{{ i.times_seen }}</td><td class="num users">{{ i.user_count }}</td>
-  <td class="first-seen" title="{{ i.first_seen|datetime }}">{{ i.first_seen|ago }}</td>
-  <td class="last-seen" title="{{ i.last_seen|datetime }}">{{ i.last_seen|ago }}</td>
-  <td class="issue-status"><span class="status">{{ i.status }}</span>{% if i.substatus == 'regressed' %} <span class="badge regressed">regressed</span>{% endif %}</td></tr>
-{% endfor %}</tbody></table>
-{% else %}<div class="empty">No issues match. {% if not projects %}Create a project to get a DSN: <code>tracker project create NAME</code>.{% else %}Send an event to a DSN from <a href="/projects/">Projects</a>.{% endif %}</div>{% endif %}
-</div>
-<div class="nav">{% if offset > 0 %}<a href="?{{ query(offset=[offset - limit, 0]|max) }}">← Newer</a>{% endif %}
-{% if more %}<a href="?{{ query(offset=offset + limit) }}">Older →</a>{% endif %}</div>
-{% endblock %}""",
-
-    "issue.html": """{% extends "base.html" %}{% block title %}{{ issue.title }}{% endblock %}{% block main %}
-<div class="card">
-  <div class="muted" style="font-size:12px"><a href="/issues/?project={{ issue.project_slug }}">{{ issue.project_name }}</a> · {{ short }} · <span class="status">{{ issue.status }}</span>{% if issue.substatus == 'regressed' %} <span class="badge regressed">regressed</span>{% endif %}</div>
-  <h1><span class="badge lvl-{{ issue.level }}">{{ issue.level }}</span> {{ issue.title }}</h1>
-  <div class="culprit">{{ issue.culprit }}</div>
-  <div class="facts">
-    <div><b>{{ issue.times_seen }}</b><span>events</span></div>
-    <div><b>{{ issue.user_count }}</b><span>users</span></div>
-    <div><b title="{{ issue.first_seen|datetime }}">{{ issue.first_seen|ago }}</b><span>first seen{% if issue.first_release %} in {{ issue.first_release }}{% endif %}</span></div>
-    <div><b title="{{ issue.last_seen|datetime }}">{{ issue.last_seen|ago }}</b><span>last seen{% if issue.last_release %} in {{ issue.last_release }}{% endif %}</span></div>
-    {% for h in histograms %}<div class="histogram"><svg viewBox="0 0 {{ h.counts|length * 6 }} 40" preserveAspectRatio="none" role="img" aria-label="events per {{ h.unit }}, last {{ h.label }}">
-      {% set top = [h.counts|max, 1]|max %}{% for c in h.counts %}<rect x="{{ loop.index0 * 6 }}" y="{{ 40 - (38 * c / top)|round(1) }}" width="5" height="{{ (38 * c / top)|round(1) if c else 0 }}"><title>{{ c }} events</title></rect>{% endfor %}</svg>
-      {% set n = h.counts|sum %}<span>{{ n }} event{{ 's' if n != 1 }} in the last {{ h.label }}</span></div>{% endfor %}
-  </div>
-  {% set act = '/issues/%d/' % issue.id %}
-  <div class="actions">
-    <span class="state">{{ status_words }} · {% if issue.assignee %}assigned to <b>{{ issue.assignee }}</b>{% else %}unassigned{% endif %}</span>
-    <form method="post" action="{{ act }}"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="status" value="resolved"><button>Resolve</button></form>
-    {% if releases %}<form method="post" action="{{ act }}"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="status" value="resolvedInNextRelease"><button class="secondary" title="events from {{ releases[0] }} or older keep it resolved">Resolve in next release</button></form>{% endif %}
-    <form method="post" action="{{ act }}"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="status" value="resolved"><input name="inRelease" list="releases" required placeholder="release" aria-label="release" size="14"><datalist id="releases">{% for r in releases %}<option value="{{ r }}">{% endfor %}</datalist><button class="secondary">Resolve in release</button></form>
-    <form method="post" action="{{ act }}"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="status" value="ignored"><select name="ignore" aria-label="ignore">{% for key, (label, _) in ignore_choices.items() %}<option value="{{ key }}">{{ label }}</option>{% endfor %}</select><button class="secondary">Ignore</button></form>
-    {% if issue.status != 'unresolved' %}<form method="post" action="{{ act }}"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="status" value="unresolved"><button class="secondary">Unresolve</button></form>{% endif %}
-    <form method="post" action="{{ act }}"><input type="hidden" name="csrf" value="{{ csrf }}"><input name="assignedTo" value="{{ issue.assignee or '' }}" placeholder="name or email" aria-label="assignee" size="16"><button class="secondary">Assign</button></form>
-    {% if issue.assignee %}<form method="post" action="{{ act }}"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="assignedTo" value=""><button class="secondary">Unassign</button></form>{% endif %}
-  </div>
-  {% if report_links %}<div class="report">Report it as{% for label, url in report_links %}<a class="report-link" href="{{ url }}" rel="noopener noreferrer">{{ label }} ↗</a>{% endfor %}</div>{% endif %}
-</div>
-{% if ev %}
-<div class="nav">
-  {% for label, key in [('« Oldest', 'oldest'), ('‹ Older', 'previous'), ('Newer ›', 'next'), ('Latest »', 'latest')] %}
-    {% if nav[key] and nav[key] != ev.event_id %}<a href="/issues/{{ issue.id }}/events/{{ nav[key] }}/">{{ label }}</a>{% else %}<span class="off">{{ label }}</span>{% endif %}
-  {% endfor %}
-  <span class="evmeta"><span class="muted">event</span> <span class="mono">{{ ev.event_id[:12] }}</span> <span class="muted">·</span> <span title="{{ ev.timestamp|datetime }}">{{ ev.timestamp|datetime }}</span>
-    <span class="muted">· release</span> <b>{{ ev.release or '—' }}</b> <span class="muted">· env</span> <b>{{ ev.environment }}</b></span>
-  <a href="/issues/{{ issue.id }}/events/{{ ev.event_id }}/json">Raw JSON</a>
-  <a href="/issues/{{ issue.id }}/events/">All events</a>
-</div>
-<div class="layout"><div>
-{% if suspects %}<div class="card suspects"><h2 style="margin-top:0">Suspect commits</h2>{% for c in suspects %}<div class="commit">
-  <span class="mono">{{ c.sha[:12] }}</span> {{ (c.message or '')|truncate(100) }} <span class="muted">· {{ c.author_name or c.author_email or 'unknown author' }} · touched <span class="mono">{{ c.path }}</span> in <a href="/releases/{{ c.version|urlencode }}/">{{ c.version }}</a></span></div>{% endfor %}</div>{% endif %}
-{% if ev.logentry and (ev.logentry.formatted != issue.title or ev.logentry.params) %}<div class="card"><h2 style="margin-top:0">Message</h2><pre class="block">{{ ev.logentry.formatted }}</pre>
-  {% if ev.logentry.message and ev.logentry.message != ev.logentry.formatted %}<div class="muted mono" style="margin-top:6px">template: {{ ev.logentry.message }}{% if ev.logentry.params %} · params: {{ ev.logentry.params|pretty }}{% endif %}</div>{% endif %}</div>{% endif %}
-{% macro frame(fr) %}
-  <details class="frame {{ 'app' if fr.in_app }} {{ 'crash' if fr is sameas crash_frame }}" {{ 'open' if fr.in_app or fr is sameas crash_frame }}>
-    <summary>{{ fr.filename or fr.abs_path or fr.module or '?' }}{% if fr.function %} in <span class="fn">{{ fr.function }}</span>{% endif %}{% if fr.lineno %} at line {{ fr.lineno }}{% if fr.colno %}:{{ fr.colno }}{% endif %}{% endif %}
-      {% if fr.in_app %}<span class="tag app">in app</span>{% endif %}{% if fr is sameas crash_frame %}<span class="tag crashtag">{{ 'crashed here' if exceptions else 'captured here' }}</span>{% endif %}
-      {% if fr.source_link or fr.code_link %}<span class="links">{% if fr.source_link %}<a class="source-link" href="{{ fr.source_link }}" rel="noopener noreferrer" title="this line in the repository">source ↗</a>{% endif %}{% if fr.code_link %}<a class="code-link" href="{{ fr.code_link }}" title="issues whose stack traces pass through this file">issues in this file</a>{% endif %}</span>{% endif %}</summary>
-    {% if fr.data.in_app_rule or fr.data.group_rule %}<div class="why">{% if fr.data.in_app_rule %}{{ 'In app' if fr.in_app else 'Not in app' }} by {{ fr.data.in_app_rule }}{% endif %}{% if fr.data.group_rule %} · {{ 'groups' if fr.data.group else 'left out of grouping' }} by {{ fr.data.group_rule }}{% endif %}</div>{% endif %}
-    {% if fr.context_line %}<pre class="ctx">{% set start = (fr.lineno or 0) - (fr.pre_context or [])|length %}{% for line in fr.pre_context or [] %}<span><i>{{ start + loop.index0 if fr.lineno }}</i>{{ line }}</span>{% endfor %}<span class="hl"><i>{{ fr.lineno or '' }}</i>{{ fr.context_line }}</span>{% for line in fr.post_context or [] %}<span><i>{{ fr.lineno + loop.index if fr.lineno }}</i>{{ line }}</span>{% endfor %}</pre>{% endif %}
-    {% if fr.vars %}<table class="kv vars">{% for k, v in fr.vars.items() %}<tr><td>{{ k }}</td><td><div class="v">{{ v|pretty }}</div></td></tr>{% endfor %}</table>{% endif %}
-  </details>
-{%- endmacro %}
-{% macro frames(blocks) %}{% for block in blocks %}
-  {% if block.open or block.frames|length == 1 %}{{ frame(block.frames[0]) }}
-  {% else %}<details class="frames"><summary>{{ block.frames|length }} library frames{% if block.packages %} · {{ block.packages[:4]|join(', ') }}{% if block.packages|length > 4 %}, …{% endif %}{% endif %}</summary>
-    {% for fr in block.frames %}{{ frame(fr) }}{% endfor %}</details>{% endif %}
-{% endfor %}{% endmacro %}
-{% if thread_blocks %}<div class="card"><h2 style="margin-top:0">Stack trace</h2>{{ frames(thread_blocks) }}</div>{% endif %}
-{% for exc in exceptions %}
-<div class="card">
-  <div class="exc-head"><span class="type">{{ exc.type or 'Error' }}</span>{% if exc.value %}: {{ exc.value }}{% endif %}</div>
-  <div class="mechanism">{% if exc.module %}{{ exc.module }} · {% endif %}{% if exc.mechanism %}mechanism {{ exc.mechanism.type }}{% if exc.mechanism.handled is false %} · <b style="color:var(--error)">unhandled</b>{% elif exc.mechanism.handled %} · handled{% endif %}{% endif %}{% if not loop.first %} · led to the exception above{% endif %}</div>
-  {{ frames(exc.blocks) }}
-  {% if not exc.blocks %}<div class="muted">No stack trace was sent with this exception.</div>{% endif %}
-</div>{% endfor %}
-{% macro attachment_links(a) %}<span class="nowrap">{% set base = '/issues/%d/events/%s/attachments/%d/' % (issue.id, a.event_id, a.id) %}{% if a.viewable %}<a class="view-attachment" href="{{ base }}view/">view</a> · {% endif %}<a class="download-attachment" href="{{ base }}">download</a></span>{% endmacro %}
-{% if attachments %}<div class="card attachments" id="attachments"><h2 style="margin-top:0">Attachments <span class="muted" style="font-weight:400;font-size:13px">sent with this event</span></h2>
-  <table><thead><tr><th>File</th><th>Type</th><th class="num">Size</th><th></th></tr></thead><tbody>
-  {% for a in attachments %}<tr><td class="mono">{{ a.filename }}</td><td>{{ a.content_type }}{% if a.attachment_type != 'event.attachment' %} <span class="muted">· {{ a.attachment_type }}</span>{% endif %}</td>
-    <td class="num nowrap">{{ a.size_text }}</td><td>{{ attachment_links(a) }}</td></tr>{% endfor %}</tbody></table></div>{% endif %}
-{% if feedback %}<div class="card feedback" id="feedback"><h2 style="margin-top:0">User feedback <span class="muted" style="font-weight:400;font-size:13px">{{ feedback_total }} · newest first · <a href="/projects/{{ issue.project_slug }}/feedback/">all of {{ issue.project_name }}</a></span></h2>
-  {% for fb in feedback %}<div class="feedback-entry"><div><b>{{ fb.name or 'Anonymous' }}</b>{% if fb.email %} <span class="mono">{{ fb.email }}</span>{% endif %}
-    <span class="muted" title="{{ fb.created|datetime }}">· {{ fb.created|ago }}{% if fb.source == 'user_report' %} · user report{% endif %}{% if fb.event_id %} · on <a href="/issues/{{ issue.id }}/events/{{ fb.event_id }}/">event {{ fb.event_id[:12] }}</a>{% endif %}</span></div>
-    <div class="message">{{ fb.message }}</div>{% if fb.url %}<div class="muted mono" style="font-size:12px;word-break:break-all">{{ fb.url }}</div>{% endif %}
-    {% for a in fb.attachments %}<div style="font-size:12.5px">{{ a.filename }} <span class="muted">{{ a.size_text }}</span> {{ attachment_links(a) }}</div>{% endfor %}</div>{% endfor %}</div>{% endif %}
-{% if ev.request %}<div class="card"><h2 style="margin-top:0">Request</h2>
-  <div class="mono" style="margin-bottom:8px"><b>{{ ev.request.method or 'GET' }}</b> {{ ev.request.url }}</div>
-  {% if ev.request.query_string %}<h4>Query</h4><table class="kv">{% for k, v in ev.request.query_string %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</table>{% endif %}
-  {% if ev.request.data %}<h4>Body</h4><pre class="block">{{ ev.request.data|pretty(2) }}</pre>{% endif %}
-  {% if ev.request.headers %}<h4>Headers</h4><table class="kv">{% for k, v in ev.request.headers %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</table>{% endif %}
-  {% if ev.request.cookies %}<h4>Cookies</h4>{% if ev.request.cookies is mapping %}<table class="kv">{% for k, v in ev.request.cookies.items() %}<tr><td>{{ k }}</td><td>{{ v|pretty }}</td></tr>{% endfor %}</table>{% else %}<pre class="block">{{ ev.request.cookies|pretty }}</pre>{% endif %}{% endif %}
-  {% if ev.request.env %}<h4>Environment</h4><table class="kv">{% for k, v in ev.request.env.items() %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</table>{% endif %}
-</div>{% endif %}
-{% if ev.breadcrumbs %}<div class="card"><h2 style="margin-top:0">Breadcrumbs</h2><table>
-  <thead><tr><th>Time</th><th>Category</th><th>Level</th><th>Message / data</th></tr></thead><tbody>
-  {% for b in ev.breadcrumbs['values'][-100:] %}<tr class="{{ 'crumb-error' if b.level in ('error', 'fatal') }}">
-    <td class="mono" style="white-space:nowrap">{{ b.timestamp|timeonly }}</td><td class="mono">{{ b.category or b.type or '' }}</td><td class="crumb-level">{{ b.level or '' }}</td>
-    <td class="mono">{{ b.message or '' }}{% if b.data %} <span class="muted">{{ b.data|pretty }}</span>{% endif %}</td></tr>{% endfor %}
-  </tbody></table></div>{% endif %}
-{% if ev.extra %}<div class="card"><h2 style="margin-top:0">Additional data</h2><table class="kv">{% for k, v in ev.extra.items() %}<tr><td>{{ k }}</td><td><div class="v">{{ v|pretty }}</div></td></tr>{% endfor %}</table></div>{% endif %}
-{% if ev.grouping %}<details class="card grouping" id="grouping"><summary><b>Grouping</b> <span class="muted">· why this event is in this issue: {{ grouping_words[ev.grouping.strategy] or ev.grouping.strategy }}</span></summary>
-  {% if ev.grouping.fingerprint_rule %}<p>Fingerprint rule <code>{{ ev.grouping.fingerprint_rule }}</code> matched{% if ev.grouping.client_fingerprint %} (the SDK sent <code>{{ ev.grouping.client_fingerprint|join(', ') }}</code>){% endif %}.</p>{% endif %}
-  {% for name, variant in ev.grouping.variants.items() %}<p class="variant"><b>{{ name }}</b> <code>{{ variant.hash }}</code>{% if variant.hash in issue_hashes %} <span class="tag app">grouped into this issue</span>{% endif %}</p>
-  <ol class="values mono">{% for value in variant['values'] %}<li>{{ value }}</li>{% else %}<li class="muted">no values (the fallback hash)</li>{% endfor %}</ol>{% endfor %}
-  {% for stack in ev.grouping.stacks %}<table class="grouping-frames"><thead><tr><th>Frame{% if stack.exception %} of {{ stack.exception }}{% endif %}, crashing first</th><th>In app, and why</th><th>app</th><th>system</th></tr></thead><tbody>
-    {% for f in stack.frames|reverse %}<tr><td class="mono">{{ f.frame or '?' }}</td><td>{{ 'yes' if f.in_app else 'no' }}: {{ f.in_app_rule or 'as the SDK sent it' }}{% if f.group_rule %}; {{ f.group_rule }}{% endif %}</td><td>{{ '✓' if f.app }}</td><td>{{ '✓' if f.system }}</td></tr>{% endfor %}
-  </tbody></table>{% endfor %}
-  <p class="variant"><b>Hashes of this issue</b> <span class="muted">· later events with any of them join this issue; unmerging one moves its events into a new issue</span></p>
-  <table class="grouping-frames">{% for digest in issue_hashes %}<tr><td class="mono">{{ digest }}{% if digest in ev.hashes %} <span class="muted">(this event)</span>{% endif %}</td>
-    <td><form method="post" action="/issues/{{ issue.id }}/unmerge/"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="hash" value="{{ digest }}"><button class="secondary">Unmerge</button></form></td></tr>{% endfor %}</table>
-</details>{% endif %}
-</div>
-<div class="sidebar">
-  {% if links or deliveries %}<div class="card alerts"><h3 style="margin-top:0">Alerts</h3>
-    {% for l in links %}<div style="margin:4px 0"><b>{{ l.kind|capitalize }}</b> {% if l.href %}<a class="jira-link" href="{{ l.href }}" rel="noopener noreferrer">{{ l.ref }}</a>{% else %}<span class="mono">{{ l.ref }}</span>{% endif %} <span class="muted">via {{ l.channel_name }}</span></div>{% endfor %}
-    {% for d in deliveries %}<div class="muted" style="font-size:12.5px">{{ d.channel_name }} · {{ d.trigger }} · <span class="delivery-status status-{{ d.status }}">{{ d.status }}</span> · {{ d.created|ago }}</div>{% endfor %}
-    <div style="font-size:12.5px;margin-top:4px"><a href="/alerts/">all deliveries</a> · <a href="/projects/{{ issue.project_slug }}/alerts/">rules</a></div></div>{% endif %}
-  <div class="card"><h3 style="margin-top:0">This event</h3><table class="kv">
-    <tr><td>release</td><td>{{ ev.release or '—' }}</td></tr>
-    <tr><td>environment</td><td>{{ ev.environment }}</td></tr>
-    {% if ev.transaction %}<tr><td>transaction</td><td>{{ ev.transaction }}</td></tr>{% endif %}
-    {% if ev.server_name %}<tr><td>server</td><td>{{ ev.server_name }}</td></tr>{% endif %}
-    {% if ev.logger %}<tr><td>logger</td><td>{{ ev.logger }}</td></tr>{% endif %}
-    {% if ev.sdk %}<tr><td>sdk</td><td>{{ ev.sdk.name }} {{ ev.sdk.version }}</td></tr>{% endif %}
-    <tr><td>platform</td><td>{{ ev.platform }}</td></tr>
-    <tr><td>received</td><td>{{ ev.received|datetime }}</td></tr>
-  </table>
-  {% set scrubbed = ev|scrubbed %}{% if scrubbed %}<details class="muted scrubbed" style="font-size:12.5px"><summary>{{ scrubbed|length }} value{{ 's' if scrubbed|length != 1 }} filtered by the server's data scrubbing</summary><span class="mono">{{ scrubbed[:12]|join(', ') }}{% if scrubbed|length > 12 %}, …{% endif %}</span> · <a href="/projects/{{ issue.project_slug }}/scrubbing/">settings</a></details>{% endif %}
-  {% if ev.user %}<h3>User</h3><table class="kv">{% for k, v in ev.user.items() %}<tr><td>{{ k }}</td><td>{{ v|pretty }}</td></tr>{% endfor %}</table>{% endif %}
-  <h3>Tags</h3><div class="chips">{% for k, v in ev.tags or [] %}{% if k in ('environment', 'release') %}<a href="/issues/?{{ {k: v, 'project': issue.project_slug}|urlencode }}"><b>{{ k }}</b> {{ v }}</a>{% else %}<span><b>{{ k }}</b> {{ v }}</span>{% endif %}{% endfor %}</div>
-  {% for name, ctx in (ev.contexts or {}).items() %}<h3>{{ name }}</h3><table class="kv">{% for k, v in ctx.items() if k != 'type' %}<tr><td>{{ k }}</td><td>{{ v|pretty }}</td></tr>{% endfor %}</table>{% endfor %}
-  </div>
-  <div class="card lifetime"><h3 style="margin-top:0">Lifetime</h3><div class="share"><span>opened</span><b title="{{ issue.first_seen|datetime }}">{{ issue.first_seen|ago }}</b></div>
-    <div class="share"><span>resolved</span><b>{{ lifetime.resolved }}×</b></div><div class="share"><span>reopened</span><b>{{ lifetime.reopened }}×</b></div>
-    <div class="share"><span>{{ 'open for' if issue.status != 'resolved' else 'took to resolve' }}</span><b>{{ lifetime.open_for }}</b></div></div>
-  <div class="card"><h3 style="margin-top:0">Activity</h3><ul class="activity">{% for a in activity %}
-    <li><span>{{ a.words }}</span><span class="muted" title="{{ a.created|datetime }}">{{ a.created|ago }}</span></li>{% endfor %}</ul></div>
-  <div class="card"><h3 style="margin-top:0">Across all events</h3>
-  {% for t in tag_summary %}<div class="tagbar"><div class="k">{{ t.key }}</div>
-    {% for v in t['values'] %}<div style="font-size:12px; display:flex; justify-content:space-between; gap:8px"><span class="mono" style="word-break:break-all">{{ v.value }}</span><span class="muted" style="white-space:nowrap">{{ v.count }} · {{ (100 * v.count / t.total)|round|int }}%</span></div>
-    <div class="bar"><i style="width: {{ (100 * v.count / t.total)|round|int }}%"></i></div>{% endfor %}</div>{% endfor %}
-  </div>
-</div></div>
-{% else %}<div class="card empty">This issue has no stored events.</div>{% endif %}
-{% endblock %}""",
-
-    "projects.html": """{% extends "base.html" %}{% block title %}Projects{% endblock %}{% block main %}
-<h1>Projects</h1><p class="muted">Point an official Sentry SDK at a DSN below: <code class="dsn">sentry_sdk.init(dsn="…", release="app@1.0.0", environment="prod")</code></p>
-{% for p in projects %}<div class="card"><h2 style="margin-top:0"><a href="/issues/?project={{ p.slug }}">{{ p.name }}</a> <span class="muted mono">{{ p.slug }} · id {{ p.id }}</span></h2>
-  {% for k in p.dsn_keys %}<div class="key{{ '' if k.active else ' off' }}">DSN <code class="dsn">{{ k.dsn }}</code> <span class="muted">{{ k.label }}{% if not k.active %} · disabled: its events are refused (403){% endif %}</span>
-  {% if viewer.role == 'admin' %}<form method="post" action="/projects/{{ p.slug }}/keys/"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="{{ 'disable' if k.active else 'enable' }}" value="{{ k.public_key }}"><button class="secondary">{{ 'Disable' if k.active else 'Enable' }}</button></form>{% endif %}</div>{% endfor %}
-  {% if viewer.role == 'admin' %}<form method="post" action="/projects/{{ p.slug }}/keys/" class="key"><input type="hidden" name="csrf" value="{{ csrf }}"><input name="add" placeholder="new key's label" size="14" aria-label="label"><button class="secondary">Add a DSN key</button>
-  <span class="muted">rotate: add one, move clients, disable the old</span></form>{% endif %}
-  {% if p.drops %}<div class="drops">Dropped in the last 24 h: {% for d in p.drops %}{{ d.n }} {{ d.reason.replace('client:', 'by the SDK: ').replace('_', ' ') }}{{ ' · ' if not loop.last }}{% endfor %}</div>{% endif %}
-  <div class="muted" style="font-size:12.5px">{{ p.issue_count }} issues · {{ p.event_count }} events · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a> · <a href="/projects/{{ p.slug }}/scrubbing/">data scrubbing</a> · <a href="/projects/{{ p.slug }}/code-mappings/">code mappings</a> · <a href="/projects/{{ p.slug }}/alerts/">alert rules</a> · <a href="/projects/{{ p.slug }}/slo/">SLO</a> · <a href="/projects/{{ p.slug }}/overview/">overview</a> · <a href="/projects/{{ p.slug }}/envelopes/">envelopes received</a> · <a href="/projects/{{ p.slug }}/feedback/">user feedback</a> · <a href="/monitors/?project={{ p.slug }}">cron monitors</a></div></div>
-{% else %}<div class="card empty">No projects yet: <code>tracker project create NAME</code> prints a DSN.</div>{% endfor %}
-{% endblock %}""",
-
-    "monitors.html": """{% extends "base.html" %}{% block title %}Monitors{% endblock %}{% block main %}
-<h1>Cron monitors <span class="muted" style="font-size:14px;font-weight:400">{{ monitors|length }} monitor{{ 's' if monitors|length != 1 }}{% if failing %} · {{ failing }} failing{% endif %}</span></h1>
-<p class="muted">Scheduled jobs check in with <code>@sentry_sdk.monitor</code>, <code>capture_checkin</code> or <code>curl</code> to the cron endpoint. A check-in that does not come within its margin is <b>missed</b>, a run longer than its max runtime has <b>timed out</b>; failures open an issue that the alert rules see, and an ok run resolves it.</p>
-<form class="filters" method="get" action="/monitors/"><label>Project<select name="project"><option value="">All projects</option>
-  {% for p in projects %}<option value="{{ p.slug }}" {{ 'selected' if p.slug == selected }}>{{ p.name }}</option>{% endfor %}</select></label><button type="submit">Filter</button></form>
-<div class="card" style="padding:0">{% if monitors %}
-<table class="monitors"><thead><tr><th>Monitor</th><th>Schedule</th><th>Status</th><th>Last check-in</th><th>Next expected</th><th>Last 30 check-ins</th><th>Issue</th></tr></thead><tbody>
-{% for m in monitors %}<tr class="monitor" id="monitor-{{ m.id }}">
-  <td><b class="mono">{{ m.slug }}</b>{% if m.name != m.slug %} {{ m.name }}{% endif %}<div class="sub"><a href="/issues/?project={{ m.project_slug }}">{{ m.project_name }}</a> · {{ m.environment }}</div></td>
-  <td>{{ m.words }}<div class="sub">{% if m.schedule_type == 'crontab' %}<span class="mono">{{ m.schedule }}</span> · {% endif %}{{ m.timezone }} · margin {{ m.checkin_margin }} min · max runtime {{ m.max_runtime }} min</div></td>
-  <td><span class="mon mon-{{ m.status }}">{{ m.label }}</span></td>
-  <td class="nowrap" title="{{ m.last_checkin|datetime }}">{{ m.last_checkin|ago }}</td>
-  <td class="nowrap" title="{{ m.next_expected|datetime }}">{{ m.due }}{% if m.due_local %}<div class="sub">{{ m.due_local }}</div>{% endif %}</td>
-  <td><div class="ticks" role="img" aria-label="the last {{ m.ticks|length }} check-ins, oldest first">{% for _ in range(30 - m.ticks|length) %}<span class="mon-none"></span>{% endfor %}{% for c in m.ticks %}<span class="mon-{{ c.status }}" title="{{ labels[c.status] }} · {{ c.date_created|datetime }} · {{ c.environment }}{% if c.duration is not none %} · {{ '%.2f'|format(c.duration) }} s{% endif %}"></span>{% endfor %}</div></td>
-  <td class="nowrap">{% if m.issue %}<a class="monitor-issue" href="/issues/{{ m.issue_id }}/">{{ m.issue }}</a>{% else %}<span class="muted">—</span>{% endif %}</td></tr>
-{% endfor %}</tbody></table>
-<div class="legend" style="margin:0;padding:8px 10px">{% for s in ['ok', 'error', 'missed', 'timeout', 'in_progress'] %}<span><i class="mon-{{ s }}"></i>{{ labels[s] }}</span>{% endfor %}<span>· oldest check-in on the left; hover a tick for its time, environment and duration</span></div>
-{% else %}<div class="empty">No monitors yet. A check-in with a <code>monitor_config</code> makes one, e.g. <code>@sentry_sdk.monitor(monitor_slug="nightly", monitor_config={"schedule": {"type": "crontab", "value": "0 3 * * *"}})</code>.</div>{% endif %}
-</div>
-{% endblock %}""",
-
-    "events.html": """{% extends "base.html" %}{% block title %}Events · {{ issue.title }}{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/issues/{{ issue.id }}/">{{ short }}</a> · {{ issue.project_name }}</div>
-<h1>{{ issue.title }}</h1>
-<form class="filters" method="get"><label class="search">Search the events of this issue<input type="search" name="q" value="{{ q }}" placeholder="environment:prod user.email:… release:… browser:Chrome*"></label><button type="submit">Search</button></form>
-{% if error %}<div class="card search-error">Search: {{ error }}</div>{% endif %}
-<div class="card" style="padding:0">{% if events %}<table><thead><tr><th>Time</th><th>Event</th><th>Release</th><th>Environment</th><th>User</th><th>Message</th></tr></thead><tbody>
-{% for e in events %}<tr><td class="mono" style="white-space:nowrap">{{ e.timestamp|datetime }}</td>
-  <td class="mono"><a href="/issues/{{ issue.id }}/events/{{ e.event_id }}/">{{ e.event_id[:12] }}</a></td>
-  <td class="mono">{{ e.release or '—' }}</td><td>{{ e.environment }}</td><td class="mono">{{ e.user or '—' }}</td><td>{{ e.message }}</td></tr>{% endfor %}
-</tbody></table>{% else %}<div class="empty">No events match.</div>{% endif %}</div>
-<div class="nav">{% if offset > 0 %}<a href="?{{ {'q': q, 'offset': [offset - limit, 0]|max}|urlencode }}">← Newer</a>{% endif %}
-{% if more %}<a href="?{{ {'q': q, 'offset': offset + limit}|urlencode }}">Older →</a>{% endif %}</div>
-{% endblock %}""",
-
-    "grouping.html": """{% extends "base.html" %}{% block title %}Grouping rules · {{ project.name }}{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
-<h1>Issue grouping rules</h1>
-{% if error %}<div class="card search-error">{{ error }}</div>{% elif saved %}<div class="card">Saved. Events from now on are grouped by these rules; the events already stored stay where they are.</div>{% endif %}
-<form method="post" class="card rules"><input type="hidden" name="csrf" value="{{ csrf }}">
-  <h2 style="margin-top:0">Stack trace rules</h2>
-  <p class="muted">One rule per line: matchers, then actions. They run after the built-in rules (site-packages, dist-packages, vendor and node_modules are not in app), top to bottom, so a later rule wins.
-  Matchers: <code>path</code>, <code>module</code>, <code>function</code>, <code>package</code>, <code>family</code>, <code>app</code>, with <code>*</code> and <code>**</code> globs; <code>!</code> negates.
-  Actions: <code>+app</code>/<code>-app</code> put frames in or out of app, <code>+group</code>/<code>-group</code> let them count for grouping or not; a leading <code>^</code> acts on the frames above (toward the crash), <code>v</code> on the frames below.</p>
-  <pre class="block">path:**/vendor/** -app
-module:myapp.* +app
-function:log_error -group</pre>
-  <textarea name="stacktrace_rules" rows="8" spellcheck="false" aria-label="stack trace rules">{{ stacktrace_rules }}</textarea>
-  <h2>Fingerprint rules</h2>
-  <p class="muted">One rule per line: matchers <code>-&gt;</code> fingerprint. The first rule that matches gives the event its fingerprint (over the SDK's). Put <code>{% raw %}{{ default }}{% endraw %}</code> in it to refine the built-in grouping instead of replacing it, and <code>title="…"</code> after it to name the issue.
-  Matchers: <code>error.type</code>, <code>error.value</code>, <code>message</code>, <code>logger</code>, <code>level</code>, <code>tags.NAME</code>, with <code>*</code> globs.</p>
-  <pre class="block">{% raw %}error.type:PaymentDeclined -> payment-declined title="Payment declined"
-message:"*timed out*" -> timeouts, {{ transaction }}{% endraw %}</pre>
-  <textarea name="fingerprint_rules" rows="8" spellcheck="false" aria-label="fingerprint rules">{{ fingerprint_rules }}</textarea>
-  <p><button type="submit">Save rules</button></p>
-</form>
-{% endblock %}""",
-
-    "scrubbing.html": """{% extends "base.html" %}{% block title %}Data scrubbing · {{ project.name }}{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
-<h1>Data scrubbing</h1>
-{% if error %}<div class="card search-error">{{ error }}</div>{% elif saved %}<div class="card">Saved. Events from now on are scrubbed this way; the events already stored stay as they are.</div>{% endif %}
-<form method="post" class="card rules"><input type="hidden" name="csrf" value="{{ csrf }}">
-  <p class="muted">Applied to every event as it arrives, before it is grouped or stored: a filtered value becomes <code>[Filtered]</code>, and the event page lists what was filtered.</p>
-  <p><label><input type="checkbox" name="enabled" {{ 'checked' if settings.enabled }}> Scrub data on the server</label></p>
-  <p><label><input type="checkbox" name="defaults" {{ 'checked' if settings.defaults }}> Use the default scrubbers: values of keys that look like secrets (password, secret, token, api_key, auth, credentials, cookie, session, csrf, private_key, card, cvv…), the <code>Authorization</code> and <code>Cookie</code> headers, credit card numbers and IBANs</label></p>
-  <p><label><input type="checkbox" name="scrub_ip" {{ 'checked' if settings.scrub_ip }}> Do not store IP addresses (the user's and the request's <code>REMOTE_ADDR</code>)</label></p>
-  <h2>Additional sensitive fields</h2>
-  <p class="muted">One key per line: the value of any key that contains one of them (ignoring case, <code>-</code>, <code>_</code>, <code>.</code> and spaces) is filtered.</p>
-  <textarea name="sensitive_fields" rows="6" spellcheck="false" aria-label="sensitive fields">{{ settings.sensitive_fields|join('\n') }}</textarea>
-  <h2>Safe fields</h2>
-  <p class="muted">One key per line: values under these keys are never filtered (they win over everything above).</p>
-  <textarea name="safe_fields" rows="6" spellcheck="false" aria-label="safe fields">{{ settings.safe_fields|join('\n') }}</textarea>
-  <p><button type="submit">Save</button></p>
-</form>
-{% endblock %}""",
-
-    "releases.html": """{% extends "base.html" %}{% block title %}Releases{% endblock %}{% block main %}
-<h1>Releases</h1>
-<form class="filters" method="get"><label>Project<select name="project"><option value="">All projects</option>
-  {% for p in projects %}<option value="{{ p.slug }}" {{ 'selected' if p.slug == project }}>{{ p.name }}</option>{% endfor %}</select></label><button type="submit">Filter</button></form>
-<div class="card" style="padding:0">{% if releases %}<table><thead><tr><th>Version</th><th>Created</th><th>Released</th><th class="num">Events</th><th class="num">New issues</th><th>Last deploy</th></tr></thead><tbody>
-{% for r in releases %}<tr><td class="mono"><a href="/releases/{{ r.version|urlencode }}/">{{ r.version }}</a></td>
-  <td title="{{ r.date_created|datetime }}">{{ r.date_created|ago }}</td><td>{{ r.date_released|ago if r.date_released else '—' }}</td>
-  <td class="num">{{ r.event_count }}</td><td class="num">{{ r.new_issues }}</td><td>{{ r.last_deploy|ago if r.last_deploy else '—' }}</td></tr>{% endfor %}
-</tbody></table>{% else %}<div class="empty">No releases yet: events with a <code>release</code>, or <code>sentry-cli releases new</code>, create them.</div>{% endif %}</div>
-{% endblock %}""",
-
-    "release.html": """{% extends "base.html" %}{% block title %}{{ r.release.version }}{% endblock %}{% block main %}
-<div class="card"><div class="muted" style="font-size:12px"><a href="/releases/">Releases</a></div>
-  <h1>{{ r.release.version }}</h1>
-  <div class="facts"><div><b>{{ r.event_count }}</b><span>events</span></div><div><b>{{ r.new_issues|length }}</b><span>new issues</span></div>
-    <div><b>{{ r.regressions|length }}</b><span>regressions</span></div><div><b>{{ r.commits|length }}</b><span>commits</span></div>
-    <div><b title="{{ r.release.date_created|datetime }}">{{ r.release.date_created|ago }}</b><span>created</span></div>
-    <div><b>{{ r.release.date_released|ago if r.release.date_released else '—' }}</b><span>released</span></div></div></div>
-<div class="layout"><div>
-<div class="card"><h2 style="margin-top:0">New issues in this release</h2>{% for i in r.new_issues %}<div style="margin:6px 0"><span class="badge lvl-{{ i.level }}">{{ i.level }}</span> <a href="/issues/{{ i.id }}/">{{ i.title }}</a> <span class="muted">· {{ i.times_seen }} events · {{ i.project_name }}</span></div>{% else %}<div class="muted">None.</div>{% endfor %}</div>
-<div class="card"><h2 style="margin-top:0">Regressions in this release</h2>{% for i in r.regressions %}<div style="margin:6px 0"><a href="/issues/{{ i.id }}/">{{ i.title }}</a> <span class="muted">· regressed {{ i.regressed_at|ago }}</span></div>{% else %}<div class="muted">None.</div>{% endfor %}</div>
-<div class="card"><h2 style="margin-top:0">Commits</h2>{% for ref in r.refs %}<div class="mono muted">{{ ref.repository }} {{ ref.previous_sha[:12] ~ '..' if ref.previous_sha }}{{ ref.commit_sha[:12] }}</div>{% endfor %}
-  {% for c in r.commits %}<div class="commit"><div><span class="mono">{{ c.sha[:12] }}</span> {{ (c.message or '')|truncate(120) }}</div>
-    <div class="muted" style="font-size:12px">{{ c.author_name or c.author_email or 'unknown author' }}{% if c.repository %} · {{ c.repository }}{% endif %}{% if c.timestamp %} · {{ c.timestamp|ago }}{% endif %}</div>
-    {% if c.files %}<div class="chips">{% for f in c.files %}<span><b>{{ f.type }}</b> {{ f.path }}</span>{% endfor %}</div>{% endif %}</div>
-  {% else %}<div class="muted">No commits: <code>sentry-cli releases set-commits {{ r.release.version }} --auto</code> in CI records them.</div>{% endfor %}</div>
-</div><div class="sidebar">{% if r.health %}<div class="card health"><h3 style="margin-top:0">Release health</h3>{% for h in r.health %}
-  <div style="margin:6px 0"><b>{{ h.environment }}</b> <span class="muted">· {{ h.sessions }} sessions{% if h.users %} · {{ h.users }} users{% endif %}</span>
-  <div class="health-facts"><div><b>{{ h.crash_free_sessions|pct }}</b><span>crash-free sessions</span></div><div><b>{{ h.errored_rate|pct }}</b><span>errored sessions</span></div>
-  {% if h.users %}<div><b>{{ h.crash_free_users|pct }}</b><span>crash-free users</span></div>{% endif %}</div></div>{% endfor %}</div>{% endif %}
-<div class="card"><h3 style="margin-top:0">Deploys</h3>{% for d in r.deploys %}<div style="margin:6px 0"><b>{{ d.environment }}</b> <span class="muted" title="{{ d.date_finished|datetime }}">{{ d.date_finished|ago }}</span>{% if d.name %} · {{ d.name }}{% endif %}</div>{% else %}<div class="muted">Not deployed yet.</div>{% endfor %}</div></div></div>
-{% endblock %}""",
-
-    "code_mappings.html": """{% extends "base.html" %}{% block title %}Code mappings · {{ project.name }}{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
-<h1>Code mappings</h1>
-<p class="muted">A mapping turns an in-app frame's file into a link to its line in the repository, at the commit of the event's release (else the default branch):
-the stack root is cut off the front of the frame's path (empty: the file name as the SDK sent it) and the source root put in its place.</p>
-{% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
-<div class="card" style="padding:0">{% if mappings %}<table><thead><tr><th>Repository</th><th>Provider</th><th>Stack root</th><th>Source root</th><th>Default branch</th><th></th></tr></thead><tbody>
-{% for m in mappings %}<tr><td class="mono"><a href="{{ m.repository_url }}" rel="noopener noreferrer">{{ m.repository_url }}</a></td><td>{{ m.provider }}</td>
-  <td class="mono">{{ m.stack_root or '—' }}</td><td class="mono">{{ m.source_root or '—' }}</td><td class="mono">{{ m.default_branch }}</td>
-  <td><form method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="delete" value="{{ m.id }}"><button class="secondary">Delete</button></form></td></tr>{% endfor %}
-</tbody></table>{% else %}<div class="empty">No code mappings yet.</div>{% endif %}</div>
-<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>Repository URL<input name="repository_url" value="{{ form.repository_url }}" required placeholder="https://github.com/acme/app" size="34"></label>
-  <label>Provider<select name="provider"><option value="">from the host</option>{% for key, name in providers.items() %}<option value="{{ key }}" {{ 'selected' if form.provider == key }}>{{ name }}</option>{% endfor %}</select></label>
-  <label>Stack root<input name="stack_root" value="{{ form.stack_root }}" placeholder="/srv/app/" size="14"></label>
-  <label>Source root<input name="source_root" value="{{ form.source_root }}" placeholder="src/" size="10"></label>
-  <label>Default branch<input name="default_branch" value="{{ form.default_branch }}" placeholder="main" size="8"></label>
-  <button type="submit">Add mapping</button></form>
-{% endblock %}""",
-
-    "code.html": """{% extends "base.html" %}{% block title %}{{ path }}{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/issues/?project={{ project.slug }}">{{ project.name }}</a> · code</div>
-<h1>{{ path }}{% if function %} <span class="muted">in</span> {{ function }}{% endif %}</h1>
-<p class="muted">Issues whose in-app frames pass through this {{ 'function' if function else 'file' }}: the same as the search <a class="search-link" href="/issues/?{{ {'project': project.slug, 'status': 'all', 'q': query}|urlencode }}">{{ query }}</a>.</p>
-<div class="card" style="padding:0">{% if issues %}<table class="issues"><thead><tr><th>Issue</th><th>Status</th><th class="num">Events</th><th class="num">Users</th><th>Last seen</th></tr></thead><tbody>
-{% for i in issues %}<tr><td><a class="issue-title" href="/issues/{{ i.id }}/">{{ i.title }}</a><div class="culprit">{{ i.culprit }}</div></td><td>{{ i.status }}</td>
-  <td class="num events">{{ i.times_seen }}</td><td class="num users">{{ i.user_count }}</td><td class="last-seen" title="{{ i.last_seen|datetime }}">{{ i.last_seen|ago }}</td></tr>{% endfor %}
-</tbody></table>{% else %}<div class="empty">No issue passes through it.</div>{% endif %}</div>
-{% endblock %}""",
-
-    "alerts.html": """{% extends "base.html" %}{% block title %}Alerts{% endblock %}{% block main %}
-<h1>Alerts</h1>
-<p class="muted">Each project's rules (<a href="/projects/">Projects</a> → alert rules{% for p in projects %}{{ ':' if loop.first }} <a href="/projects/{{ p.slug }}/alerts/">{{ p.name }}</a>{{ ',' if not loop.last }}{% endfor %}) say when to notify which channels.
-A notification is queued with the event that caused it and delivered with retries; a dead one can be sent again.</p>
-{% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
-<div class="card" style="padding:0"><h2 style="margin:14px 16px 4px">Channels</h2>{% if channels %}<table><thead><tr><th>Name</th><th>Kind</th><th>Target</th><th class="num">Failures in a row</th><th></th></tr></thead><tbody>
-{% for c in channels %}<tr><td><b>{{ c.name }}</b></td><td>{{ c.kind }}</td><td class="mono">{{ c.target }}</td>
-  <td class="num">{% if c.failures >= 4 %}<span class="badge lvl-error">{{ c.failures }} · needs attention</span>{% else %}{{ c.failures }}{% endif %}</td>
-  <td style="white-space:nowrap"><form method="post" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="test" value="{{ c.id }}"><button class="secondary">Send test</button></form>
-  <form method="post" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="delete" value="{{ c.id }}"><button class="secondary">Delete</button></form></td></tr>{% endfor %}
-</tbody></table>{% else %}<div class="empty">No channels yet: add one below, or declare <code>[[channels]]</code> in the config file.</div>{% endif %}</div>
-<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>Kind<select name="kind">{% for k in kinds %}<option {{ 'selected' if form.kind == k }}>{{ k }}</option>{% endfor %}</select></label>
-  <label>Name<input name="name" value="{{ form.name }}" required placeholder="oncall-slack" size="12"></label>
-  <label>URL<input name="url" value="{{ form.url }}" placeholder="webhook, Alertmanager or Jira URL" size="28"></label>
-  <label>PagerDuty routing key<input name="routing_key" size="16"></label>
-  <label>SMTP host<input name="host" value="{{ form.host }}" size="12"></label><label>Port<input name="port" value="{{ form.port }}" size="4" placeholder="587"></label>
-  <label>Security<select name="security"><option>starttls</option><option>tls</option><option>none</option></select></label>
-  <label>User<input name="username" value="{{ form.username }}" size="10"></label><label>Password<input name="password" type="password" size="10"></label>
-  <label>From<input name="from" value="{{ form['from'] }}" size="16"></label><label>To<input name="to" value="{{ form.to }}" size="20" placeholder="a@x.com, b@x.com"></label>
-  <label>Jira flavor<select name="flavor"><option value="cloud">cloud (v3)</option><option value="datacenter">data center (v2)</option></select></label>
-  <label>Jira email<input name="email" value="{{ form.email }}" size="14"></label><label>Jira token / PAT<input name="token" type="password" size="12"></label>
-  <label>Jira project<input name="project" value="{{ form.project }}" size="6" placeholder="OPS"></label><label>Issue type<input name="issue_type" value="{{ form.issue_type }}" size="6" placeholder="Bug"></label>
-  <label>Webhook secret<input name="secret" type="password" size="12" placeholder="generated"></label>
-  <label title="a loopback, private or link-local address: your own network, not the internet"><input type="checkbox" name="allow_private" {{ 'checked' if form.allow_private }}> Allow a private address</label>
-  <button type="submit">Add channel</button></form>
-<div class="card" style="padding:0"><h2 style="margin:14px 16px 4px">Deliveries</h2>{% if deliveries %}<table class="deliveries"><thead><tr><th>Queued</th><th>Channel</th><th>Why</th><th>Issue</th><th>Status</th><th class="num">Attempts</th><th>Last error</th><th></th></tr></thead><tbody>
-{% for d in deliveries %}<tr><td class="mono" title="{{ d.created|datetime }}">{{ d.created|ago }}</td><td>{{ d.channel_name }} <span class="muted">{{ d.channel_kind }}</span></td><td>{{ d.trigger }}</td>
-  <td>{% if d.issue_id %}<a href="/issues/{{ d.issue_id }}/">#{{ d.issue_id }}</a>{% else %}—{% endif %}</td>
-  <td><span class="delivery-status status-{{ d.status }}">{{ d.status }}</span>{% if d.external_ref %} <span class="mono muted">{{ d.external_ref }}</span>{% endif %}</td><td class="num">{{ d.attempts }}</td>
-  <td class="mono muted" style="max-width:340px;overflow-wrap:anywhere">{{ (d.last_error or '')|truncate(160) }}</td>
-  <td>{% if d.status in ('dead', 'cancelled') %}<form method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="retry" value="{{ d.id }}"><button class="secondary">Retry</button></form>{% endif %}</td></tr>{% endfor %}
-</tbody></table>{% else %}<div class="empty">Nothing sent yet.</div>{% endif %}</div>
-{% endblock %}""",
-
-    "overview.html": """{% extends "base.html" %}{% block title %}{{ project.name }} overview{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">issues</a> · <a href="/projects/{{ project.slug }}/slo/">SLO</a> · <a href="/projects/{{ project.slug }}/alerts/">alert rules</a></div>
-<h1>{{ project.name }} <span class="muted" style="font-weight:400">overview</span></h1>
-<nav class="periods">{% for p in periods %}<a href="?period={{ p }}" class="{{ 'current' if p == period }}">{{ p }}</a>{% endfor %}</nav>
-<div class="card"><div class="facts"><div><b>{{ total }}</b><span>events</span></div><div><b>{{ new }}</b><span>new issues</span></div><div><b>{{ regressed }}</b><span>regressions</span></div>
-  <div><b>{{ health.crash_free_sessions|pct }}</b><span>crash-free sessions</span></div><div><b>{{ health.errored_rate|pct }}</b><span>errored sessions</span></div><div><b>{{ health.sessions }}</b><span>sessions</span></div></div></div>
-<div class="layout"><div>
-<div class="card chart-card"><h2 style="margin-top:0">Events by level</h2><div class="events-chart">{{ events_chart }}</div>
-  <div class="axis"><span>{{ labels[0] }}</span><span>{{ labels[-1] }}</span></div>
-  <div class="legend">{% for l in ['fatal', 'error', 'warning', 'info', 'debug'] %}<span><i class="bar-{{ l }}"></i>{{ l }}</span>{% endfor %}</div></div>
-<div class="card chart-card"><h2 style="margin-top:0">New and regressed issues</h2><div class="issues-chart">{{ issues_chart }}</div>
-  <div class="axis"><span>{{ labels[0] }}</span><span>{{ labels[-1] }}</span></div>
-  <div class="legend"><span><i class="bar-new"></i>new</span><span><i class="bar-regressed"></i>regressed</span></div></div>
-<div class="card"><h2 style="margin-top:0">Top issues by events</h2>{% for i in top %}<div class="top-issue"><span class="num">{{ i.period_events }}</span> <a href="/issues/{{ i.id }}/">{{ i.title }}</a> <span class="muted">{{ i.culprit }}</span></div>{% else %}<div class="muted">No events in this period.</div>{% endfor %}</div>
-<div class="card"><h2 style="margin-top:0">Top issues by users</h2>{% for i in top_users %}<div class="top-issue"><span class="num">{{ i.period_users }}</span> <a href="/issues/{{ i.id }}/">{{ i.title }}</a></div>{% else %}<div class="muted">No users seen in this period.</div>{% endfor %}</div>
-</div><div class="sidebar">
-{% for column, rows in breakdown.items() %}<div class="card"><h3 style="margin-top:0">By {{ column }}</h3>{% for r in rows %}<div class="share"><span>{{ r.value or '—' }}</span><b>{{ r.n }}</b></div>{% else %}<div class="muted">—</div>{% endfor %}</div>{% endfor %}
-<div class="card lifetimes"><h3 style="margin-top:0">Bug lifetimes</h3><div class="share"><span>median time to resolve</span><b>{{ stats.median_ttr }}</b></div>
-  <div class="share"><span>issues ever reopened</span><b>{{ stats.reopened }}</b></div>
-  <h3>Open issues by age</h3>{% for age, n in stats.ages.items() %}<div class="share"><span>{{ age }}</span><b>{{ n }}</b></div>{% endfor %}
-  <h3>By first release</h3>{% for r in stats.releases %}<div class="share release-life"><span>{{ r.release }}</span><b title="issues first seen in it · resolved · median time to resolve">{{ r.issues }} · {{ r.resolved|pct }} · {{ r.ttr }}</b></div>{% endfor %}
-  <div class="muted" style="font-size:11.5px">issues first seen · resolved · median time to resolve</div></div>
-</div></div>
-{% endblock %}""",
-
-    "slo.html": """{% extends "base.html" %}{% block title %}SLO · {{ project.name }}{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a> · <a href="/projects/{{ project.slug }}/alerts/">alert rules</a></div>
-<h1>Service level objective</h1>
-{% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
-{% if slo %}<div class="card"><h2 style="margin-top:0">{{ slo.name }} <span class="slo-state state-{{ slo.state }}">{{ slo.state|replace('_', ' ') }}</span></h2>
-  <div class="muted">{{ slo.description }}{% if slo.minTotal > 1 %}, judged once the window holds {{ slo.minTotal }} or more{% endif %}</div>
-  <div class="facts"><div><b>{{ slo.value|pct }}</b><span>now (objective &lt; {{ (slo.objective * 100)|round(4) }}%)</span></div>
-    <div><b>{{ '%.3g'|format(slo.burnRate) if slo.burnRate is not none else '—' }}×</b><span>burn rate</span></div>
-    <div><b>{{ slo.total }}</b><span>in the window</span></div><div><b title="{{ slo.since }}">{{ slo.since|ago }}</b><span>in this state since</span></div></div>
-  {% if history %}<div class="slo-history" role="img" aria-label="the last 24 hours, a bar a minute">{% for h in history %}<span class="state-{{ h.state }}" title="{{ h.minute|datetime }}: {{ h.value|pct }} of {{ h.total }}"></span>{% endfor %}</div>
-  <div class="muted" style="font-size:12px">the last 24 hours, a bar a minute: <span class="state-ok">■</span> ok <span class="state-breached">■</span> breached <span class="state-no_data">■</span> no data</div>{% endif %}</div>
-{% else %}<div class="card empty">No objective yet: set one below. A breach and its recovery go to every alert channel.</div>{% endif %}
-<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>Name<input name="name" value="{{ form.name or (slo.name if slo else 'Error budget') }}" size="16"></label>
-  <label>Bad share of<select name="metric">{% for key, words in metrics.items() %}<option value="{{ key }}" {{ 'selected' if (form.metric or (slo.metric if slo else '')) == key }}>{{ words }}</option>{% endfor %}</select></label>
-  <label>Objective (% below)<input name="objective" value="{{ form.objective or ((slo.objective * 100)|round(4) if slo else '0.1') }}" size="6"></label>
-  <label>Window (minutes)<input name="window" value="{{ form.window or (slo.window if slo else 10) }}" size="5"></label>
-  <label>At least<input name="minTotal" value="{{ form.minTotal or (slo.minTotal if slo else 100) }}" size="6"></label>
-  <label>Environment<input name="environment" value="{{ form.environment or (slo.environment or '' if slo else '') }}" size="8" placeholder="all"></label>
-  <button type="submit">Save objective</button></form>
-{% endblock %}""",
-
-    "project_alerts.html": """{% extends "base.html" %}{% block title %}Alert rules · {{ project.name }}{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a> · <a href="/alerts/">channels and deliveries</a></div>
-<h1>Alert rules</h1>
-{% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
-<div class="card">{% for r in rules %}<div class="rule" style="display:flex;gap:12px;align-items:flex-start;margin:8px 0"><div style="flex:1"><b>{{ r.name }}</b><div class="muted">{{ r.words }}</div></div>
-  <form method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="delete" value="{{ r.id }}"><button class="secondary">Delete</button></form></div>{% else %}<div class="empty">No rules: nothing about this project notifies anyone.</div>{% endfor %}</div>
-<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>Name<input name="name" value="{{ form.name }}" required size="22" placeholder="Checkout errors to on-call"></label>
-  <fieldset><legend>When</legend>{% for key, label in [('new', 'a new issue'), ('regression', 'a regression'), ('escalating', 'an ignored issue escalates')] %}<label><input type="checkbox" name="when" value="{{ key }}" {{ 'checked' if key in when }}> {{ label }}</label>{% endfor %}
-    <label>or more than <input name="events_value" value="{{ form.events_value }}" size="4"> events in <select name="events_interval">{% for i in intervals %}<option {{ 'selected' if form.events_interval == i }}>{{ i }}</option>{% endfor %}</select></label>
-    <label>or more than <input name="users_value" value="{{ form.users_value }}" size="4"> users in <select name="users_interval">{% for i in intervals %}<option {{ 'selected' if form.users_interval == i }}>{{ i }}</option>{% endfor %}</select></label></fieldset>
-  <fieldset><legend>If</legend><label>Environment<input name="environment" value="{{ form.environment }}" size="8" placeholder="any"></label>
-    <label>Level at least<select name="level"><option value="">any</option>{% for l in ['warning', 'error', 'fatal'] %}<option {{ 'selected' if form.level == l }}>{{ l }}</option>{% endfor %}</select></label>
-    <label>Release<input name="release" value="{{ form.release }}" size="10" placeholder="any"></label><label>Tag<input name="tag" value="{{ form.tag }}" size="12" placeholder="service=payments"></label></fieldset>
-  <fieldset><legend>Then</legend><label><input type="checkbox" name="notify" value="*"> all channels</label>{% for c in channels if c.kind != 'jira' %}<label><input type="checkbox" name="notify" value="{{ c.name }}"> {{ c.name }}</label>{% endfor %}
-    <label><input type="checkbox" name="jira" value="1"> create a Jira issue</label>
-    <label>at most once per <select name="frequency">{% for f in frequencies %}<option value="{{ f }}" {{ 'selected' if (form.frequency or '30') == f|string }}>{{ f }} min</option>{% endfor %}</select> per issue</label></fieldset>
-  <button type="submit">Add rule</button></form>
-{% endblock %}""",
-
-    "account.html": """{% extends "base.html" %}{% block title %}Account{% endblock %}{% block main %}
-<h1>{{ viewer.name }} <span class="muted">{{ viewer.role }}</span></h1>
-{% if error %}<div class="card search-error">{{ error }}</div>{% elif saved %}<div class="card">Password changed; your other sessions are signed out.</div>{% endif %}
-{% if viewer.via == 'session' %}<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><h2 style="margin:0 0 8px;width:100%">Change password</h2>
-<label>Current password<input name="current" type="password" autocomplete="current-password" required></label>
-<label>New password (10+ characters)<input name="new" type="password" autocomplete="new-password" minlength="10" required></label><button>Change</button></form>{% endif %}
-{% if viewer.role == 'admin' %}<p><a href="/settings/">People and API tokens</a></p>{% endif %}{% endblock %}""",
-
-    "settings.html": """{% extends "base.html" %}{% block title %}People and tokens{% endblock %}{% block main %}
-<h1>People and API tokens</h1>
-{% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
-{% if secret %}<div class="card secret"><b>{{ secret.label }}</b> (shown once, copy it now):<pre class="mono">{{ secret.value }}</pre></div>{% endif %}
-<h2>People</h2><div class="card" style="padding:0"><table><thead><tr><th>Name</th><th>Role</th><th>Sign-in</th><th></th></tr></thead><tbody>
-{% for u in users %}<tr><td>{{ u.name }}</td><td>{{ u.role }}</td><td class="muted">{{ 'disabled' if u.disabled else 'password' if u.password else 'login link or proxy only' }}</td>
-<td>{% for action, label in ([] if u.disabled else [('link', 'One-time login link')]) + [('enable', 'Enable') if u.disabled else ('disable', 'Disable'), ('delete', 'Delete')] %}<form method="post" style="display:inline"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="{{ action }}" value="{{ u.name }}"><button class="secondary">{{ label }}</button></form> {% endfor %}</td></tr>{% endfor %}
-</tbody></table></div>
-<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>New person<input name="user" required placeholder="ana@example.org" size="22"></label>
-<label>Role<select name="role">{% for r in roles|reverse %}<option>{{ r }}</option>{% endfor %}</select></label><button>Add, and make a login link</button></form>
-<h2>API tokens</h2><p class="muted">For sentry-cli (<code>SENTRY_AUTH_TOKEN</code>), scripts and Prometheus: <code>Authorization: Bearer …</code>. A read token may also fetch dashboard pages.</p>
-<div class="card" style="padding:0"><table><thead><tr><th>Id</th><th>Name</th><th>Scopes</th><th>Created</th><th></th></tr></thead><tbody>
-{% for t in tokens %}<tr><td class="mono">{{ t.id }}</td><td>{{ t.name or '—' }}</td><td class="mono">{{ t.scopes }}</td><td>{{ t.created|datetime }}</td>
-<td><form method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="revoke" value="{{ t.id }}"><button class="secondary">Revoke</button></form></td></tr>{% else %}<tr><td colspan="5" class="empty">No tokens.</td></tr>{% endfor %}
-</tbody></table></div>
-<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>Token name<input name="token" required placeholder="CI releases" size="22"></label>
-<label>Scope<select name="scope"><option>read</option><option>write</option><option>admin</option></select></label><button>Create token</button></form>{% endblock %}""",
-
-    "envelopes.html": """{% extends "base.html" %}{% block title %}Envelopes · {{ project.name }}{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
-<h1>Envelopes received</h1><p class="muted">Everything the SDKs sent to this project, as it arrived, and what became of each item: the newest {{ keep }} for a day.</p>
-<div class="card" style="padding:0">{% if envelopes %}<table class="envelopes"><thead><tr><th>Received</th><th>Client</th><th class="num">Bytes</th><th>Items</th></tr></thead><tbody>
-{% for e in envelopes %}<tr><td class="mono" style="white-space:nowrap"><a href="/projects/{{ project.slug }}/envelopes/{{ e.id }}/">{{ e.received|datetime }}</a></td><td class="mono">{{ e.client }}</td><td class="num">{{ e.size }}</td>
-<td>{% for kind, size, outcome in e.parts %}<span class="item {{ 'dropped' if outcome.startswith('dropped') else 'kept' }}" title="{{ outcome }}">{{ kind or '?' }}</span> {% endfor %}</td></tr>{% endfor %}
-</tbody></table>{% else %}<div class="empty">Nothing received yet. Point an SDK at one of this project's DSNs.</div>{% endif %}</div>{% endblock %}""",
-
-    "envelope.html": """{% extends "base.html" %}{% block title %}Envelope · {{ project.name }}{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/projects/{{ project.slug }}/envelopes/">Envelopes of {{ project.name }}</a></div>
-<h1>Envelope from {{ envelope.client or 'an unnamed client' }}</h1>
-<p class="muted">{{ envelope.received|datetime }} · {{ envelope.size }} bytes decompressed</p>
-<div class="card"><h2 style="margin-top:0">Envelope header</h2><pre class="json">{{ header|pretty(2) }}</pre></div>
-{% for item in items %}<div class="card"><h2 style="margin-top:0">{{ item.kind or '?' }} <span class="muted">{{ item.size }} bytes</span>
-<span class="item {{ 'dropped' if item.outcome.startswith('dropped') else 'kept' }}">{{ item.outcome }}</span></h2>
-{% if item.header %}<pre class="json">{{ item.header|pretty(2) }}</pre>{% endif %}
-{% if item.event %}<p>Stored as <a href="/issues/{{ item.event.issue_id }}/events/{{ item.event.event_id }}/">event {{ item.event.event_id[:12] }}</a> (<a href="/issues/{{ item.event.issue_id }}/events/{{ item.event.event_id }}/json">its JSON, scrubbed</a>): this project scrubs data before storing it, so the log keeps no copy of what was sent.</p>
-{% elif item.body is not none %}<pre class="json">{{ item.body }}</pre>{% endif %}</div>{% endfor %}
-{% if not body_kept %}<div class="card empty">The body was over 1 MiB, so only its item types and outcomes were kept.</div>{% endif %}{% endblock %}""",
-
-    "live.html": """{% extends "base.html" %}{% block title %}Live{% endblock %}{% block main %}
-<h1>Live</h1><p class="muted" id="live-state">Newest events; with scripts on, new ones appear at the top as they arrive.</p>
-<div class="card" style="padding:0"><table id="live" class="issues"><thead><tr><th>Received</th><th>Project</th><th>Level</th><th>Event</th><th>Culprit</th></tr></thead>
-<tbody data-after="{{ after }}">{% for e in events %}<tr class="row-{{ e.level }}"><td class="mono nowrap">{{ e.time }}</td><td class="nowrap">{{ e.project }}</td><td class="level">{{ e.level }}</td>
-<td><a href="/issues/{{ e.issue_id }}/events/{{ e.event_id }}/">{{ e.title }}</a></td><td class="culprit">{{ e.culprit }}</td></tr>{% endfor %}</tbody></table>
-{% if not events %}<div class="empty" id="live-empty">No events yet.</div>{% endif %}</div>
-<script src="/static/live.js"></script>{% endblock %}""",
-
-    "login.html": """{% extends "base.html" %}{% block title %}Sign in{% endblock %}{% block main %}
-<form method="post" action="/login" class="card login"><h1>Sign in</h1>
-{% if error %}<div class="search-error">{{ error }}</div>{% endif %}
-<input type="hidden" name="next" value="{{ next }}">
-<label>User name<input name="name" value="{{ user_name }}" autocomplete="username" required autofocus></label>
-<label>Password<input name="password" type="password" autocomplete="current-password" required></label>
-<button type="submit">Sign in</button>
-<p class="muted">The first start printed the <code>admin</code> password. Forgotten it? <code>tracker user passwd admin</code> on the server, or <code>tracker user link admin</code> for a one-time login link.</p></form>{% endblock %}""",
-
-    "attachment.html": """{% extends "base.html" %}{% block title %}{{ a.filename }}{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/issues/{{ issue.id }}/">{{ short }}</a> · {% if is_event %}<a href="/issues/{{ issue.id }}/events/{{ a.event_id }}/">event {{ a.event_id[:12] }}</a>{% else %}feedback {{ a.event_id[:12] }}{% endif %}</div>
-<h1>{{ a.filename }}</h1><p class="muted">{{ a.content_type }} · {{ a.size_text }} · sha1 <span class="mono">{{ a.sha1 }}</span> · <a href="/issues/{{ issue.id }}/events/{{ a.event_id }}/attachments/{{ a.id }}/">download</a></p>
-<div class="card"><pre class="block attachment-text">{{ content }}</pre></div>{% endblock %}""",
-
-    "feedback.html": """{% extends "base.html" %}{% block title %}User feedback · {{ project.name }}{% endblock %}{% block main %}
-<div class="muted" style="font-size:12px"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
-<h1>User feedback</h1><p class="muted">What people wrote (feedback widgets, <code>captureFeedback</code>, user reports), newest first: the newest 200. Feedback about an event shows on its issue too.</p>
-<div class="card" style="padding:0">{% if feedback %}<table class="feedback-list"><thead><tr><th>Received</th><th>From</th><th>Message</th><th>Issue</th></tr></thead><tbody>
-{% for fb in feedback %}<tr><td class="nowrap" title="{{ fb.created|datetime }}">{{ fb.created|ago }}</td><td><b>{{ fb.name or 'Anonymous' }}</b>{% if fb.email %}<div class="mono" style="font-size:12px">{{ fb.email }}</div>{% endif %}</td>
-<td><div class="message">{{ fb.message }}</div>{% if fb.url %}<div class="muted mono" style="font-size:12px;word-break:break-all">{{ fb.url }}</div>{% endif %}</td>
-<td>{% if fb.issue_id %}<a href="/issues/{{ fb.issue_id }}/#feedback">{{ fb.short }}</a> <span class="muted">{{ fb.title }}</span>{% elif fb.event_id %}<span class="muted">event {{ fb.event_id[:12] }} not received (yet)</span>{% else %}<span class="muted">—</span>{% endif %}</td></tr>{% endfor %}
-</tbody></table>{% else %}<div class="empty">No feedback yet.</div>{% endif %}</div>{% endblock %}""",
-
-    "error.html": """{% extends "base.html" %}{% block title %}{{ status }}{% endblock %}{% block main %}
-<div class="card empty"><h1>{{ status }}</h1><p>{{ message }}</p><p><a href="/issues/">Back to issues</a></p></div>{% endblock %}""",
-}
-
-
 def percent(value: float | None) -> str:
     """A rate as people read it: 90%, 99.95%; — when there is nothing to divide."""
     return "—" if value is None else f"{value * 100:.4g}%"
@@ -9052,9 +8386,10 @@ def make_templates() -> jinja2.Environment:
 
 
 # The dashboard runs no script at all, so the browser is told to run none: a second wall behind
-# autoescaping for event data, which is all attacker-controlled. DashboardGate sends these on every
-# answer outside /api/.
-PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+# autoescaping for event data, which is all attacker-controlled. Nor does it style anything inline
+# (the templates use the stylesheet's classes), so no injected style attribute or element applies
+# either. DashboardGate sends these on every answer outside /api/.
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "
                                           "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY",
                 "Cache-Control": "no-store"}
@@ -9296,33 +8631,8 @@ async def page_css(request: Request) -> Response:
 LIVE_SQL = """SELECT e.id, e.event_id, e.issue_id, e.received, e.level, p.slug AS project, i.title, i.culprit
               FROM events e JOIN issues i ON i.id = e.issue_id JOIN projects p ON p.id = e.project_id
               WHERE e.id > ? ORDER BY e.id LIMIT ?"""
-LIVE_CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self' 'unsafe-inline'; "
+LIVE_CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; "
             "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-
-# The one script of the dashboard, a file (so the CSP needs no inline script): it adds each
-# announced event as a row, through textContent only, since every field is event data.
-LIVE_JS = """"use strict";
-const rows = document.querySelector("#live tbody");
-const state = document.querySelector("#live-state");
-const source = new EventSource("/live/events?after=" + encodeURIComponent(rows.dataset.after));
-function cell(row, text, className) {
-  const td = row.insertCell(); td.textContent = text; if (className) td.className = className; return td;
-}
-source.addEventListener("event", (message) => {
-  const e = JSON.parse(message.data);
-  const row = rows.insertRow(0);
-  row.className = "row-" + e.level + " fresh";
-  cell(row, e.time, "mono nowrap"); cell(row, e.project, "nowrap"); cell(row, e.level, "level");
-  const link = document.createElement("a");
-  link.href = "/issues/" + Number(e.issue_id) + "/events/" + encodeURIComponent(e.event_id) + "/";
-  link.textContent = e.title;
-  cell(row, "").append(link); cell(row, e.culprit, "culprit");
-  while (rows.rows.length > 200) rows.deleteRow(-1);
-  document.querySelector("#live-empty")?.remove();
-});
-source.onopen = () => { state.textContent = "live: new events appear at the top"; };
-source.onerror = () => { state.textContent = "connection lost, reconnecting…"; };
-"""
 
 
 def live_line(row: sqlite3.Row) -> dict[str, Any]:
@@ -9340,10 +8650,6 @@ async def page_live(request: Request) -> Response:
     response = render(request, "live.html", events=list(reversed(rows)), after=newest["id"] or 0)
     response.headers["Content-Security-Policy"] = LIVE_CSP
     return response
-
-
-FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
-           'fill="#111827"/><circle cx="8" cy="8" r="4" fill="#ef4444"/></svg>')
 
 
 async def page_favicon(request: Request) -> Response:
@@ -11167,6 +10473,726 @@ def main(argv: list[str] | None = None) -> None:
                              trusted_proxies=getattr(args, "trusted_proxies", None))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.func(settings, args)
+
+
+# =============================================================================
+# Templates and static text
+# =============================================================================
+#
+# The dashboard's templates, its stylesheet, its one script and its icon: text, not logic, kept at
+# the end (as bottle.py keeps its templates) so that the code above reads without 700 lines of HTML
+# in the middle. Python looks these names up when a page is served, not when the functions that
+# use them are defined; nothing reads them at import time.
+
+CSS = """
+:root { --fg:#1d2330; --muted:#667085; --line:#e4e7ec; --bg:#f7f8fa; --accent:#3b5bdb;
+        --fatal:#9b1c1c; --error:#d92d20; --warning:#dc6803; --info:#1570ef; --debug:#667085;
+        --crash:#fff4e5; --crashline:#ffe2b8; --mono: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+* { box-sizing: border-box; }
+body { margin:0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color:var(--fg); background:var(--bg); }
+a { color: var(--accent); text-decoration: none; } a:hover { text-decoration: underline; }
+header.top { background:#111827; color:#fff; padding:10px 24px; display:flex; gap:24px; align-items:center; }
+header.top a { color:#e5e7eb; } header.top .brand { font-weight:700; color:#fff; font-size:16px; }
+header.top .who { margin-left:auto; display:flex; gap:12px; align-items:center; font-size:13px; }
+header.top .who form { margin:0; } button.link { background:none; border:0; color:#9ca3af; padding:0; cursor:pointer; font:inherit; }
+tr.fresh td { background:#fef9c3; } td.nowrap { white-space:nowrap; }
+span.item { display:inline-block; font-size:12px; padding:1px 6px; border-radius:4px; font-family:ui-monospace,monospace; }
+span.item.kept { background:#dcfce7; color:#166534; } span.item.dropped { background:#fee2e2; color:#991b1b; }
+div.drops { color:#92400e; font-size:12.5px; margin:4px 0; }
+div.key { margin:4px 0; display:flex; gap:8px; align-items:center; flex-wrap:wrap; } div.key form, form.key { margin:0; display:inline-flex; gap:6px; align-items:center; }
+div.key.off code { text-decoration:line-through; color:#9ca3af; } .card.secret pre { white-space:pre-wrap; word-break:break-all; background:#f3f4f6; padding:8px; }
+form.login { max-width:340px; margin:40px auto; display:flex; flex-direction:column; gap:12px; }
+form.login label { display:flex; flex-direction:column; gap:4px; } form.login h1 { margin:0; }
+main { padding: 20px 24px; max-width: 1400px; margin: 0 auto; }
+h1 { font-size: 20px; margin: 0 0 4px; word-break: break-word; } h2 { font-size: 15px; margin: 24px 0 8px; }
+.muted { color: var(--muted); } .mono { font-family: var(--mono); font-size: 12.5px; }
+.card { background:#fff; border:1px solid var(--line); border-radius:8px; padding:14px 16px; margin-bottom:16px; }
+form.filters { display:flex; gap:10px; flex-wrap:wrap; align-items:end; margin-bottom:14px; }
+form.filters label.search { flex: 1; min-width: 280px; }
+.search-error { border-color: #fda29b; background: #fef3f2; color: #b42318; }
+form.filters label { display:flex; flex-direction:column; font-size:12px; color:var(--muted); gap:2px; }
+select, input, button { font: inherit; padding:5px 8px; border:1px solid var(--line); border-radius:6px; background:#fff; }
+button { background: var(--accent); color:#fff; border-color: var(--accent); cursor:pointer; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align:left; padding: 8px 10px; border-bottom:1px solid var(--line); vertical-align: top; }
+th { font-size:12px; color:var(--muted); font-weight:600; background:#fafbfc; }
+table.issues td.num { text-align:right; font-variant-numeric: tabular-nums; white-space:nowrap; }
+table.issues tr:hover td { background:#f5f7ff; }
+.issue-title { font-weight:600; font-size:14.5px; word-break: break-word; }
+.issue-title .v { font-weight:400; color: var(--fg); }
+table.issues td:first-child { border-left: 3px solid transparent; }
+table.issues tr.row-fatal td:first-child { border-left-color: var(--fatal); } table.issues tr.row-error td:first-child { border-left-color: var(--error); }
+table.issues tr.row-warning td:first-child { border-left-color: var(--warning); } table.issues tr.row-info td:first-child { border-left-color: var(--info); }
+.culprit { color: var(--muted); font-size: 12.5px; font-family: var(--mono); word-break: break-all; }
+.badge { display:inline-block; padding:1px 7px; border-radius:10px; font-size:11.5px; font-weight:600; color:#fff; vertical-align: 2px; }
+.lvl-fatal { background:var(--fatal); } .lvl-error { background:var(--error); } .lvl-warning { background:var(--warning); }
+.lvl-info { background:var(--info); } .lvl-debug { background:var(--debug); }
+.status { font-size:12px; padding:1px 7px; border-radius:10px; border:1px solid var(--line); color:var(--muted); }
+.layout { display:grid; grid-template-columns: minmax(0, 1fr) 340px; gap: 20px; }
+@media (max-width: 1000px) { .layout { grid-template-columns: 1fr; } }
+.facts { display:flex; gap: 28px; flex-wrap: wrap; margin-top: 10px; }
+.histogram { display:flex; flex-direction:column; justify-content:flex-end; }
+.histogram svg { width: 240px; height: 40px; display:block; background: #f2f4f7; border-radius: 3px; } .histogram rect { fill: var(--accent); opacity: .75; }
+.histogram span { font-size: 12px; color: var(--muted); }
+.facts div b { display:block; font-size: 18px; } .facts div span { font-size: 12px; color: var(--muted); }
+.nav { display:flex; gap: 8px; align-items:center; flex-wrap: wrap; margin: 12px 0; }
+.nav a, .nav span.off { border:1px solid var(--line); border-radius:6px; padding:3px 10px; background:#fff; font-size:13px; }
+.nav span.off { color: #c0c4cc; }
+.nav .evmeta { display:flex; gap:6px; align-items:center; flex-wrap:wrap; font-size:12.5px; }
+.nav .evmeta b { font-weight:600; font-family: var(--mono); }
+.exc-head { font-size: 15px; margin: 4px 0 2px; word-break: break-word; }
+.exc-head .type { font-weight:700; color: var(--error); }
+.mechanism { font-size: 12px; color: var(--muted); margin-bottom: 8px; }
+.frame { border:1px solid var(--line); border-radius:6px; margin: 6px 0; background:#fff; overflow:hidden; }
+.frame > summary, .frame > .fh { padding: 6px 10px; font-family: var(--mono); font-size: 12.5px; cursor: pointer; list-style: none; background:#fafbfc; word-break: break-all; }
+.frame.app > summary { background:#fff; }
+.frame.crash { border-color:#f79009; box-shadow: 0 0 0 1px #f79009; }
+.frame.crash > summary { background: var(--crash); }
+.frame .fn { font-weight: 700; } .frame .tag { font-family: system-ui; font-size: 11px; border-radius:4px; padding:0 5px; margin-left:6px; }
+.tag.app { background:#e0eaff; color:#2f4ac0; } .tag.crashtag { background:#f79009; color:#fff; }
+pre.ctx { margin:0; padding: 6px 0; background:#0f172a; color:#cbd5e1; font: 12.5px/1.5 var(--mono); overflow-x:auto; }
+pre.ctx span { display:block; padding: 0 10px; white-space: pre; }
+pre.ctx span.hl { background:#334155; color:#fff; }
+.frame.crash pre.ctx span.hl { background:#9a3412; font-weight:600; }
+pre.ctx i { display:inline-block; width: 4em; color:#64748b; font-style: normal; text-align:right; margin-right: 1em; user-select:none; }
+table.kv { table-layout: fixed; } table.kv td { padding: 4px 10px; overflow-wrap: anywhere; }
+table.kv td:first-child, table.kv th:first-child { width: 200px; color: var(--muted); font-family: var(--mono); font-size: 12.5px; word-break: break-all; }
+table.kv td { font-family: var(--mono); font-size: 12.5px; word-break: break-word; }
+table.vars { margin: 0; } table.vars td { padding: 3px 10px; }
+table.kv div.v { max-height: 9.5em; overflow: auto; white-space: pre-wrap; }
+details.frames { margin: 6px 0; } details.frames > summary { cursor: pointer; list-style: none; font-size: 12.5px; color: var(--muted);
+  padding: 5px 10px; border: 1px dashed #d0d5dd; border-radius: 6px; background: #fafbfc; }
+details.frames > summary:hover { color: var(--fg); } details.frames[open] > summary { margin-bottom: 4px; }
+details.frames > .frame { margin-left: 12px; }
+.frame > summary::before, details.frames > summary::before { content: '▸'; display:inline-block; width: 1em; color: var(--muted); }
+.frame[open] > summary::before, details.frames[open] > summary::before { content: '▾'; }
+h4 { font-size: 12px; margin: 12px 0 4px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
+.sidebar table.kv td:first-child { width: 112px; }
+.sidebar h3 { font-size: 13px; margin: 14px 0 6px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
+.tagbar { margin: 6px 0 10px; } .tagbar .k { font-family: var(--mono); font-size: 12px; }
+.bar { height: 6px; background: #e4e7ec; border-radius: 3px; overflow: hidden; margin: 2px 0 4px; }
+/* a share as an SVG rect, not a width in a style attribute: the CSP allows no inline style */
+.bar > svg { display:block; width:100%; height:100%; } .bar rect { fill: var(--accent); }
+.chips a, .chips span { display:inline-block; border:1px solid var(--line); border-radius: 5px; padding: 1px 7px; margin: 2px 2px 2px 0; font-size: 12px; font-family: var(--mono); background:#fff; color: var(--fg); word-break: break-all; }
+.chips b { color: var(--muted); font-weight: 500; }
+pre.block { background:#f2f4f7; padding: 10px; border-radius: 6px; overflow-x: auto; font: 12.5px/1.45 var(--mono); white-space: pre-wrap; word-break: break-word; margin: 0; }
+.crumb-error td { background: #fef3f2; } td.crumb-level { font-size: 12.5px; }
+.commit { padding: 8px 0; border-bottom: 1px solid var(--line); } .commit:last-child { border-bottom: 0; }
+.empty { padding: 40px; text-align: center; color: var(--muted); }
+code.dsn { background:#f2f4f7; padding: 3px 6px; border-radius: 4px; font-size: 12.5px; word-break: break-all; }
+.badge.regressed { background: #b42318; }
+.slo-state { font-size:13px; padding:2px 8px; border-radius:10px; vertical-align:3px; color:#fff; }
+.slo-history { display:flex; height:28px; margin:12px 0 4px; overflow:hidden; border-radius:4px; }
+.slo-history span { flex:1 1 0; min-width:0; }
+.health-facts { display:flex; gap:18px; flex-wrap:wrap; margin-top:4px; }
+.health-facts div { display:flex; flex-direction:column; } .health-facts b { font-size:18px; }
+.health-facts span { font-size:12px; color: var(--muted); }
+.state-ok { background:#12b76a; color:#12b76a; } .state-breached { background:#d92d20; color:#d92d20; }
+.state-no_data { background:#d0d5dd; color:#d0d5dd; } .slo-state.state-ok, .slo-state.state-breached, .slo-state.state-no_data { color:#fff; }
+svg.chart { width:100%; height:120px; display:block; background: linear-gradient(#eef0f3 1px, transparent 1px) 0 0 / 100% 30px; }
+.bar-fatal { fill:#7a271a; background:#7a271a; } .bar-error { fill:#d92d20; background:#d92d20; }
+.bar-warning { fill:#f79009; background:#f79009; } .bar-info { fill:#2e90fa; background:#2e90fa; }
+.bar-debug { fill:#98a2b3; background:#98a2b3; } .bar-new { fill:#6172f3; background:#6172f3; }
+.bar-regressed { fill:#b42318; background:#b42318; }
+.axis { display:flex; justify-content:space-between; font-size:11.5px; color: var(--muted); margin-top:2px; }
+.legend { display:flex; gap:12px; font-size:12px; color: var(--muted); margin-top:6px; }
+.legend i { display:inline-block; width:10px; height:10px; border-radius:2px; margin-right:4px; vertical-align:-1px; }
+.periods { display:flex; gap:6px; margin:0 0 12px; } .periods a { padding:3px 10px; border:1px solid var(--line); border-radius:14px; background:#fff; }
+.periods a.current { background: var(--fg); color:#fff; border-color: var(--fg); }
+.share { display:flex; justify-content:space-between; gap:10px; margin:4px 0; font-size:13px; } .share span { overflow-wrap:anywhere; }
+.top-issue { margin:6px 0; } .top-issue .num { display:inline-block; min-width:3em; font-weight:600; }
+svg.spark { width:72px; height:24px; display:block; } svg.spark rect.on { fill:#6172f3; } svg.spark rect.off { fill:#e4e7ec; }
+.delivery-status { font-weight:600; } .status-delivered { color:#067647; } .status-dead { color:#b42318; }
+.status-pending, .status-in_flight { color:#b54708; } .status-cancelled { color: var(--muted); }
+fieldset { border:1px solid var(--line); border-radius:6px; padding:6px 10px; display:flex; flex-wrap:wrap; gap:10px; align-items:center; }
+form.filters fieldset label { flex-direction:row; align-items:center; gap:4px; font-size:13px; color: var(--fg); }
+legend { font-size:12px; color: var(--muted); }
+.actions { display:flex; gap:8px; flex-wrap:wrap; align-items:center; margin-top:14px; padding-top:12px; border-top:1px solid var(--line); }
+.actions form { display:flex; gap:4px; margin:0; } .actions .state { font-weight:600; margin-right:6px; }
+.actions select, .actions input, .actions button { font-size:13px; padding:3px 8px; }
+button.secondary { background:#fff; color:var(--fg); border-color:#d0d5dd; }
+ul.activity { list-style:none; margin:0; padding:0; font-size:12.5px; }
+ul.activity li { display:flex; justify-content:space-between; gap:8px; padding:4px 0; border-bottom:1px solid var(--line); }
+ul.activity li:last-child { border-bottom:0; } ul.activity li .muted { white-space:nowrap; }
+.frame .links { float: right; font-family: system-ui; font-size: 12px; font-weight: 400; }
+.frame .links a { color: var(--muted); margin-left: 10px; } .frame .links a:hover { color: var(--accent); }
+.report { margin-top: 8px; font-size: 12.5px; color: var(--muted); } .report a { margin-left: 8px; }
+.frame .why { padding: 4px 10px; font-size: 12px; color: var(--muted); border-top: 1px solid var(--line); }
+details.grouping > summary { cursor: pointer; } ol.values { margin: 4px 0 10px; padding-left: 28px; font-size: 12.5px; word-break: break-word; }
+p.variant { margin: 12px 0 4px; } table.grouping-frames { margin: 8px 0; font-size: 12.5px; } table.grouping-frames td form { margin: 0; }
+form.rules textarea { width: 100%; font: 12.5px/1.45 var(--mono); margin-top: 8px; } form.rules pre.block { margin-top: 6px; }
+form.bulk { display:flex; gap:8px; align-items:center; margin-bottom:8px; }
+.mon { display:inline-block; padding:1px 8px; border-radius:10px; font-size:12px; font-weight:600; color:#fff; white-space:nowrap; }
+.mon-ok { background:#12b76a; } .mon-error { background:#d92d20; } .mon-missed { background:#f79009; } .mon-timeout { background:#7a271a; }
+.mon-in_progress { background:#2e90fa; } .mon-new { background:#98a2b3; } .mon-none { background:#eaecf0; }
+.ticks { display:flex; gap:2px; height:22px; } .ticks span { flex:0 0 7px; border-radius:2px; }
+table.monitors td { vertical-align: middle; } table.monitors .sub { font-size:12px; color: var(--muted); margin-top:2px; }
+.feedback-entry { padding:8px 0; border-bottom:1px solid var(--line); } .feedback-entry:last-child { border-bottom:0; }
+.feedback-entry .message, table.feedback-list .message { white-space:pre-wrap; word-break:break-word; margin:4px 0; }
+.nowrap { white-space:nowrap; }
+/* Small adjustments the templates use where they once had style attributes (the CSP allows none).
+   Last in the sheet, so they win over the rules above of the same weight, as the attributes did
+   (and .sidebar .mt-0 outweighs .sidebar h3). */
+.mt-0, .sidebar .mt-0 { margin-top:0; } .mt-4 { margin-top:4px; } .mt-6 { margin-top:6px; } .mb-8 { margin-bottom:8px; }
+.my-4 { margin:4px 0; } .my-6 { margin:6px 0; } .p-0 { padding:0; } .flex-1 { flex:1; } form.inline { display:inline; }
+.fs-11-5 { font-size:11.5px; } .fs-12 { font-size:12px; } .fs-12-5 { font-size:12.5px; } .fs-13 { font-size:13px; }
+.fs-14 { font-size:14px; } .fw-normal { font-weight:400; } .break-all { word-break:break-all; }
+.filters-note { margin:-6px 0 10px; font-size:12.5px; } .form-head { margin:0 0 8px; width:100%; }
+.inset-head { margin:14px 16px 4px; } .inset-legend { margin:0; padding:8px 10px; }
+.rule { display:flex; gap:12px; align-items:flex-start; margin:8px 0; } .unhandled { color: var(--error); }
+.tag-value { font-size:12px; display:flex; justify-content:space-between; gap:8px; }
+.last-error { max-width:340px; overflow-wrap:anywhere; }
+"""
+
+
+TEMPLATES = {
+    "base.html": """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{% block title %}tracker{% endblock %} · tracker</title><link rel="icon" href="/static/favicon.svg"><link rel="stylesheet" href="/static/tracker.css"></head>
+<body><header class="top"><a class="brand" href="/issues/">tracker</a>{% if viewer %}<a href="/issues/">Issues</a><a href="/releases/">Releases</a><a href="/alerts/">Alerts</a><a href="/monitors/">Monitors</a><a href="/projects/">Projects &amp; DSNs</a><a href="/live/">Live</a>
+<span class="who"><a href="/account/">{{ viewer.name }}{% if viewer.role == 'admin' %} (admin){% endif %}</a>{% if viewer.via == 'session' %}<form method="post" action="/logout"><input type="hidden" name="csrf" value="{{ csrf }}"><button class="link">Sign out</button></form>{% endif %}</span>{% endif %}</header>
+<main>{% block main %}{% endblock %}</main></body></html>""",
+
+    "issues.html": """{% extends "base.html" %}{% block title %}Issues{% endblock %}{% block main %}
+<form class="filters" method="get" action="/issues/">
+  <label>Project<select name="project"><option value="">All projects</option>
+    {% for p in projects %}<option value="{{ p.slug }}" {{ 'selected' if p.slug == f.project }}>{{ p.name }}</option>{% endfor %}</select></label>
+  <label>Status<select name="status">{% for s in ['unresolved', 'resolved', 'ignored', 'all'] %}
+    <option value="{{ s }}" {{ 'selected' if s == f.status }}>{{ s }}</option>{% endfor %}</select></label>
+  <label>Environment<select name="environment"><option value="">All</option>
+    {% for e in environments %}<option {{ 'selected' if e == f.environment }}>{{ e }}</option>{% endfor %}</select></label>
+  <label>Release<select name="release"><option value="">All</option>
+    {% for r in releases %}<option {{ 'selected' if r == f.release }}>{{ r }}</option>{% endfor %}</select></label>
+  <label>Sort<select name="sort">{% for key, label in [('date', 'Last seen'), ('new', 'First seen'), ('freq', 'Events'), ('user', 'Users')] %}
+    <option value="{{ key }}" {{ 'selected' if key == f.sort }}>{{ label }}</option>{% endfor %}</select></label>
+  <label class="search">Search<input type="search" name="q" value="{{ f.q }}" placeholder="service:payments-api user.email:… stack.function:charge"></label>
+  <button type="submit">Filter</button>
+</form>
+{% if project %}<div class="muted filters-note"><a href="/projects/{{ project.slug }}/overview/">{{ project.name }} overview: trends, release health, bug lifetimes</a> · <a href="/projects/{{ project.slug }}/slo/">SLO</a></div>{% endif %}
+{% if error %}<div class="card search-error">Search: {{ error }}</div>{% endif %}
+{% if issues %}<form id="bulk" class="bulk" method="post" action="/issues/bulk/"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="next" value="{{ query() }}">
+  <span class="muted">Ticked issues:</span>
+  <button type="submit" name="bulk" value="resolved">Resolve</button><button type="submit" name="bulk" value="ignored" class="secondary">Ignore</button>
+  <button type="submit" name="bulk" value="unresolved" class="secondary">Unresolve</button>
+  <input name="assignedTo" placeholder="name or email" aria-label="assignee"><button type="submit" name="bulk" value="assign" class="secondary">Assign</button>
+  <button type="submit" name="bulk" value="merge" class="secondary">Merge</button></form>{% endif %}
+<div class="card p-0">
+{% if issues %}
+<table class="issues"><thead><tr><th></th><th>Issue</th><th>Level</th><th>14 days</th><th class="num">Events</th><th class="num">Users</th><th>First seen</th><th>Last seen</th><th>Status</th></tr></thead><tbody>
+{% for i in issues %}<tr class="row-{{ i.level }}">
+  <td><input type="checkbox" name="id" value="{{ i.id }}" form="bulk" aria-label="select {{ i.short }}"></td>
+  <td><a class="issue-title" href="/issues/{{ i.id }}/">{{ i.head }}{% if i.rest %}<span class="v">{{ i.rest }}</span>{% endif %}</a>
+      <div class="culprit">{{ i.culprit }}</div>
+      <div class="muted fs-12">{{ i.short }} · {{ i.project_name }}{% if i.last_release %} · {{ i.last_release }}{% endif %}</div></td>
+  <td class="level"><span class="badge lvl-{{ i.level }}">{{ i.level }}</span></td>
+  <td class="trend">{{ sparks[i.id] }}</td>
+  <td class="num events">{{ i.times_seen }}</td><td class="num users">{{ i.user_count }}</td>
+  <td class="first-seen" title="{{ i.first_seen|datetime }}">{{ i.first_seen|ago }}</td>
+  <td class="last-seen" title="{{ i.last_seen|datetime }}">{{ i.last_seen|ago }}</td>
+  <td class="issue-status"><span class="status">{{ i.status }}</span>{% if i.substatus == 'regressed' %} <span class="badge regressed">regressed</span>{% endif %}</td></tr>
+{% endfor %}</tbody></table>
+{% else %}<div class="empty">No issues match. {% if not projects %}Create a project to get a DSN: <code>tracker project create NAME</code>.{% else %}Send an event to a DSN from <a href="/projects/">Projects</a>.{% endif %}</div>{% endif %}
+</div>
+<div class="nav">{% if offset > 0 %}<a href="?{{ query(offset=[offset - limit, 0]|max) }}">← Newer</a>{% endif %}
+{% if more %}<a href="?{{ query(offset=offset + limit) }}">Older →</a>{% endif %}</div>
+{% endblock %}""",
+
+    "issue.html": """{% extends "base.html" %}{% block title %}{{ issue.title }}{% endblock %}{% block main %}
+<div class="card">
+  <div class="muted fs-12"><a href="/issues/?project={{ issue.project_slug }}">{{ issue.project_name }}</a> · {{ short }} · <span class="status">{{ issue.status }}</span>{% if issue.substatus == 'regressed' %} <span class="badge regressed">regressed</span>{% endif %}</div>
+  <h1><span class="badge lvl-{{ issue.level }}">{{ issue.level }}</span> {{ issue.title }}</h1>
+  <div class="culprit">{{ issue.culprit }}</div>
+  <div class="facts">
+    <div><b>{{ issue.times_seen }}</b><span>events</span></div>
+    <div><b>{{ issue.user_count }}</b><span>users</span></div>
+    <div><b title="{{ issue.first_seen|datetime }}">{{ issue.first_seen|ago }}</b><span>first seen{% if issue.first_release %} in {{ issue.first_release }}{% endif %}</span></div>
+    <div><b title="{{ issue.last_seen|datetime }}">{{ issue.last_seen|ago }}</b><span>last seen{% if issue.last_release %} in {{ issue.last_release }}{% endif %}</span></div>
+    {% for h in histograms %}<div class="histogram"><svg viewBox="0 0 {{ h.counts|length * 6 }} 40" preserveAspectRatio="none" role="img" aria-label="events per {{ h.unit }}, last {{ h.label }}">
+      {% set top = [h.counts|max, 1]|max %}{% for c in h.counts %}<rect x="{{ loop.index0 * 6 }}" y="{{ 40 - (38 * c / top)|round(1) }}" width="5" height="{{ (38 * c / top)|round(1) if c else 0 }}"><title>{{ c }} events</title></rect>{% endfor %}</svg>
+      {% set n = h.counts|sum %}<span>{{ n }} event{{ 's' if n != 1 }} in the last {{ h.label }}</span></div>{% endfor %}
+  </div>
+  {% set act = '/issues/%d/' % issue.id %}
+  <div class="actions">
+    <span class="state">{{ status_words }} · {% if issue.assignee %}assigned to <b>{{ issue.assignee }}</b>{% else %}unassigned{% endif %}</span>
+    <form method="post" action="{{ act }}"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="status" value="resolved"><button>Resolve</button></form>
+    {% if releases %}<form method="post" action="{{ act }}"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="status" value="resolvedInNextRelease"><button class="secondary" title="events from {{ releases[0] }} or older keep it resolved">Resolve in next release</button></form>{% endif %}
+    <form method="post" action="{{ act }}"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="status" value="resolved"><input name="inRelease" list="releases" required placeholder="release" aria-label="release" size="14"><datalist id="releases">{% for r in releases %}<option value="{{ r }}">{% endfor %}</datalist><button class="secondary">Resolve in release</button></form>
+    <form method="post" action="{{ act }}"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="status" value="ignored"><select name="ignore" aria-label="ignore">{% for key, (label, _) in ignore_choices.items() %}<option value="{{ key }}">{{ label }}</option>{% endfor %}</select><button class="secondary">Ignore</button></form>
+    {% if issue.status != 'unresolved' %}<form method="post" action="{{ act }}"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="status" value="unresolved"><button class="secondary">Unresolve</button></form>{% endif %}
+    <form method="post" action="{{ act }}"><input type="hidden" name="csrf" value="{{ csrf }}"><input name="assignedTo" value="{{ issue.assignee or '' }}" placeholder="name or email" aria-label="assignee" size="16"><button class="secondary">Assign</button></form>
+    {% if issue.assignee %}<form method="post" action="{{ act }}"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="assignedTo" value=""><button class="secondary">Unassign</button></form>{% endif %}
+  </div>
+  {% if report_links %}<div class="report">Report it as{% for label, url in report_links %}<a class="report-link" href="{{ url }}" rel="noopener noreferrer">{{ label }} ↗</a>{% endfor %}</div>{% endif %}
+</div>
+{% if ev %}
+<div class="nav">
+  {% for label, key in [('« Oldest', 'oldest'), ('‹ Older', 'previous'), ('Newer ›', 'next'), ('Latest »', 'latest')] %}
+    {% if nav[key] and nav[key] != ev.event_id %}<a href="/issues/{{ issue.id }}/events/{{ nav[key] }}/">{{ label }}</a>{% else %}<span class="off">{{ label }}</span>{% endif %}
+  {% endfor %}
+  <span class="evmeta"><span class="muted">event</span> <span class="mono">{{ ev.event_id[:12] }}</span> <span class="muted">·</span> <span title="{{ ev.timestamp|datetime }}">{{ ev.timestamp|datetime }}</span>
+    <span class="muted">· release</span> <b>{{ ev.release or '—' }}</b> <span class="muted">· env</span> <b>{{ ev.environment }}</b></span>
+  <a href="/issues/{{ issue.id }}/events/{{ ev.event_id }}/json">Raw JSON</a>
+  <a href="/issues/{{ issue.id }}/events/">All events</a>
+</div>
+<div class="layout"><div>
+{% if suspects %}<div class="card suspects"><h2 class="mt-0">Suspect commits</h2>{% for c in suspects %}<div class="commit">
+  <span class="mono">{{ c.sha[:12] }}</span> {{ (c.message or '')|truncate(100) }} <span class="muted">· {{ c.author_name or c.author_email or 'unknown author' }} · touched <span class="mono">{{ c.path }}</span> in <a href="/releases/{{ c.version|urlencode }}/">{{ c.version }}</a></span></div>{% endfor %}</div>{% endif %}
+{% if ev.logentry and (ev.logentry.formatted != issue.title or ev.logentry.params) %}<div class="card"><h2 class="mt-0">Message</h2><pre class="block">{{ ev.logentry.formatted }}</pre>
+  {% if ev.logentry.message and ev.logentry.message != ev.logentry.formatted %}<div class="muted mono mt-6">template: {{ ev.logentry.message }}{% if ev.logentry.params %} · params: {{ ev.logentry.params|pretty }}{% endif %}</div>{% endif %}</div>{% endif %}
+{% macro frame(fr) %}
+  <details class="frame {{ 'app' if fr.in_app }} {{ 'crash' if fr is sameas crash_frame }}" {{ 'open' if fr.in_app or fr is sameas crash_frame }}>
+    <summary>{{ fr.filename or fr.abs_path or fr.module or '?' }}{% if fr.function %} in <span class="fn">{{ fr.function }}</span>{% endif %}{% if fr.lineno %} at line {{ fr.lineno }}{% if fr.colno %}:{{ fr.colno }}{% endif %}{% endif %}
+      {% if fr.in_app %}<span class="tag app">in app</span>{% endif %}{% if fr is sameas crash_frame %}<span class="tag crashtag">{{ 'crashed here' if exceptions else 'captured here' }}</span>{% endif %}
+      {% if fr.source_link or fr.code_link %}<span class="links">{% if fr.source_link %}<a class="source-link" href="{{ fr.source_link }}" rel="noopener noreferrer" title="this line in the repository">source ↗</a>{% endif %}{% if fr.code_link %}<a class="code-link" href="{{ fr.code_link }}" title="issues whose stack traces pass through this file">issues in this file</a>{% endif %}</span>{% endif %}</summary>
+    {% if fr.data.in_app_rule or fr.data.group_rule %}<div class="why">{% if fr.data.in_app_rule %}{{ 'In app' if fr.in_app else 'Not in app' }} by {{ fr.data.in_app_rule }}{% endif %}{% if fr.data.group_rule %} · {{ 'groups' if fr.data.group else 'left out of grouping' }} by {{ fr.data.group_rule }}{% endif %}</div>{% endif %}
+    {% if fr.context_line %}<pre class="ctx">{% set start = (fr.lineno or 0) - (fr.pre_context or [])|length %}{% for line in fr.pre_context or [] %}<span><i>{{ start + loop.index0 if fr.lineno }}</i>{{ line }}</span>{% endfor %}<span class="hl"><i>{{ fr.lineno or '' }}</i>{{ fr.context_line }}</span>{% for line in fr.post_context or [] %}<span><i>{{ fr.lineno + loop.index if fr.lineno }}</i>{{ line }}</span>{% endfor %}</pre>{% endif %}
+    {% if fr.vars %}<table class="kv vars">{% for k, v in fr.vars.items() %}<tr><td>{{ k }}</td><td><div class="v">{{ v|pretty }}</div></td></tr>{% endfor %}</table>{% endif %}
+  </details>
+{%- endmacro %}
+{% macro frames(blocks) %}{% for block in blocks %}
+  {% if block.open or block.frames|length == 1 %}{{ frame(block.frames[0]) }}
+  {% else %}<details class="frames"><summary>{{ block.frames|length }} library frames{% if block.packages %} · {{ block.packages[:4]|join(', ') }}{% if block.packages|length > 4 %}, …{% endif %}{% endif %}</summary>
+    {% for fr in block.frames %}{{ frame(fr) }}{% endfor %}</details>{% endif %}
+{% endfor %}{% endmacro %}
+{% if thread_blocks %}<div class="card"><h2 class="mt-0">Stack trace</h2>{{ frames(thread_blocks) }}</div>{% endif %}
+{% for exc in exceptions %}
+<div class="card">
+  <div class="exc-head"><span class="type">{{ exc.type or 'Error' }}</span>{% if exc.value %}: {{ exc.value }}{% endif %}</div>
+  <div class="mechanism">{% if exc.module %}{{ exc.module }} · {% endif %}{% if exc.mechanism %}mechanism {{ exc.mechanism.type }}{% if exc.mechanism.handled is false %} · <b class="unhandled">unhandled</b>{% elif exc.mechanism.handled %} · handled{% endif %}{% endif %}{% if not loop.first %} · led to the exception above{% endif %}</div>
+  {{ frames(exc.blocks) }}
+  {% if not exc.blocks %}<div class="muted">No stack trace was sent with this exception.</div>{% endif %}
+</div>{% endfor %}
+{% macro attachment_links(a) %}<span class="nowrap">{% set base = '/issues/%d/events/%s/attachments/%d/' % (issue.id, a.event_id, a.id) %}{% if a.viewable %}<a class="view-attachment" href="{{ base }}view/">view</a> · {% endif %}<a class="download-attachment" href="{{ base }}">download</a></span>{% endmacro %}
+{% if attachments %}<div class="card attachments" id="attachments"><h2 class="mt-0">Attachments <span class="muted fw-normal fs-13">sent with this event</span></h2>
+  <table><thead><tr><th>File</th><th>Type</th><th class="num">Size</th><th></th></tr></thead><tbody>
+  {% for a in attachments %}<tr><td class="mono">{{ a.filename }}</td><td>{{ a.content_type }}{% if a.attachment_type != 'event.attachment' %} <span class="muted">· {{ a.attachment_type }}</span>{% endif %}</td>
+    <td class="num nowrap">{{ a.size_text }}</td><td>{{ attachment_links(a) }}</td></tr>{% endfor %}</tbody></table></div>{% endif %}
+{% if feedback %}<div class="card feedback" id="feedback"><h2 class="mt-0">User feedback <span class="muted fw-normal fs-13">{{ feedback_total }} · newest first · <a href="/projects/{{ issue.project_slug }}/feedback/">all of {{ issue.project_name }}</a></span></h2>
+  {% for fb in feedback %}<div class="feedback-entry"><div><b>{{ fb.name or 'Anonymous' }}</b>{% if fb.email %} <span class="mono">{{ fb.email }}</span>{% endif %}
+    <span class="muted" title="{{ fb.created|datetime }}">· {{ fb.created|ago }}{% if fb.source == 'user_report' %} · user report{% endif %}{% if fb.event_id %} · on <a href="/issues/{{ issue.id }}/events/{{ fb.event_id }}/">event {{ fb.event_id[:12] }}</a>{% endif %}</span></div>
+    <div class="message">{{ fb.message }}</div>{% if fb.url %}<div class="muted mono fs-12 break-all">{{ fb.url }}</div>{% endif %}
+    {% for a in fb.attachments %}<div class="fs-12-5">{{ a.filename }} <span class="muted">{{ a.size_text }}</span> {{ attachment_links(a) }}</div>{% endfor %}</div>{% endfor %}</div>{% endif %}
+{% if ev.request %}<div class="card"><h2 class="mt-0">Request</h2>
+  <div class="mono mb-8"><b>{{ ev.request.method or 'GET' }}</b> {{ ev.request.url }}</div>
+  {% if ev.request.query_string %}<h4>Query</h4><table class="kv">{% for k, v in ev.request.query_string %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</table>{% endif %}
+  {% if ev.request.data %}<h4>Body</h4><pre class="block">{{ ev.request.data|pretty(2) }}</pre>{% endif %}
+  {% if ev.request.headers %}<h4>Headers</h4><table class="kv">{% for k, v in ev.request.headers %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</table>{% endif %}
+  {% if ev.request.cookies %}<h4>Cookies</h4>{% if ev.request.cookies is mapping %}<table class="kv">{% for k, v in ev.request.cookies.items() %}<tr><td>{{ k }}</td><td>{{ v|pretty }}</td></tr>{% endfor %}</table>{% else %}<pre class="block">{{ ev.request.cookies|pretty }}</pre>{% endif %}{% endif %}
+  {% if ev.request.env %}<h4>Environment</h4><table class="kv">{% for k, v in ev.request.env.items() %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</table>{% endif %}
+</div>{% endif %}
+{% if ev.breadcrumbs %}<div class="card"><h2 class="mt-0">Breadcrumbs</h2><table>
+  <thead><tr><th>Time</th><th>Category</th><th>Level</th><th>Message / data</th></tr></thead><tbody>
+  {% for b in ev.breadcrumbs['values'][-100:] %}<tr class="{{ 'crumb-error' if b.level in ('error', 'fatal') }}">
+    <td class="mono nowrap">{{ b.timestamp|timeonly }}</td><td class="mono">{{ b.category or b.type or '' }}</td><td class="crumb-level">{{ b.level or '' }}</td>
+    <td class="mono">{{ b.message or '' }}{% if b.data %} <span class="muted">{{ b.data|pretty }}</span>{% endif %}</td></tr>{% endfor %}
+  </tbody></table></div>{% endif %}
+{% if ev.extra %}<div class="card"><h2 class="mt-0">Additional data</h2><table class="kv">{% for k, v in ev.extra.items() %}<tr><td>{{ k }}</td><td><div class="v">{{ v|pretty }}</div></td></tr>{% endfor %}</table></div>{% endif %}
+{% if ev.grouping %}<details class="card grouping" id="grouping"><summary><b>Grouping</b> <span class="muted">· why this event is in this issue: {{ grouping_words[ev.grouping.strategy] or ev.grouping.strategy }}</span></summary>
+  {% if ev.grouping.fingerprint_rule %}<p>Fingerprint rule <code>{{ ev.grouping.fingerprint_rule }}</code> matched{% if ev.grouping.client_fingerprint %} (the SDK sent <code>{{ ev.grouping.client_fingerprint|join(', ') }}</code>){% endif %}.</p>{% endif %}
+  {% for name, variant in ev.grouping.variants.items() %}<p class="variant"><b>{{ name }}</b> <code>{{ variant.hash }}</code>{% if variant.hash in issue_hashes %} <span class="tag app">grouped into this issue</span>{% endif %}</p>
+  <ol class="values mono">{% for value in variant['values'] %}<li>{{ value }}</li>{% else %}<li class="muted">no values (the fallback hash)</li>{% endfor %}</ol>{% endfor %}
+  {% for stack in ev.grouping.stacks %}<table class="grouping-frames"><thead><tr><th>Frame{% if stack.exception %} of {{ stack.exception }}{% endif %}, crashing first</th><th>In app, and why</th><th>app</th><th>system</th></tr></thead><tbody>
+    {% for f in stack.frames|reverse %}<tr><td class="mono">{{ f.frame or '?' }}</td><td>{{ 'yes' if f.in_app else 'no' }}: {{ f.in_app_rule or 'as the SDK sent it' }}{% if f.group_rule %}; {{ f.group_rule }}{% endif %}</td><td>{{ '✓' if f.app }}</td><td>{{ '✓' if f.system }}</td></tr>{% endfor %}
+  </tbody></table>{% endfor %}
+  <p class="variant"><b>Hashes of this issue</b> <span class="muted">· later events with any of them join this issue; unmerging one moves its events into a new issue</span></p>
+  <table class="grouping-frames">{% for digest in issue_hashes %}<tr><td class="mono">{{ digest }}{% if digest in ev.hashes %} <span class="muted">(this event)</span>{% endif %}</td>
+    <td><form method="post" action="/issues/{{ issue.id }}/unmerge/"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="hash" value="{{ digest }}"><button class="secondary">Unmerge</button></form></td></tr>{% endfor %}</table>
+</details>{% endif %}
+</div>
+<div class="sidebar">
+  {% if links or deliveries %}<div class="card alerts"><h3 class="mt-0">Alerts</h3>
+    {% for l in links %}<div class="my-4"><b>{{ l.kind|capitalize }}</b> {% if l.href %}<a class="jira-link" href="{{ l.href }}" rel="noopener noreferrer">{{ l.ref }}</a>{% else %}<span class="mono">{{ l.ref }}</span>{% endif %} <span class="muted">via {{ l.channel_name }}</span></div>{% endfor %}
+    {% for d in deliveries %}<div class="muted fs-12-5">{{ d.channel_name }} · {{ d.trigger }} · <span class="delivery-status status-{{ d.status }}">{{ d.status }}</span> · {{ d.created|ago }}</div>{% endfor %}
+    <div class="fs-12-5 mt-4"><a href="/alerts/">all deliveries</a> · <a href="/projects/{{ issue.project_slug }}/alerts/">rules</a></div></div>{% endif %}
+  <div class="card"><h3 class="mt-0">This event</h3><table class="kv">
+    <tr><td>release</td><td>{{ ev.release or '—' }}</td></tr>
+    <tr><td>environment</td><td>{{ ev.environment }}</td></tr>
+    {% if ev.transaction %}<tr><td>transaction</td><td>{{ ev.transaction }}</td></tr>{% endif %}
+    {% if ev.server_name %}<tr><td>server</td><td>{{ ev.server_name }}</td></tr>{% endif %}
+    {% if ev.logger %}<tr><td>logger</td><td>{{ ev.logger }}</td></tr>{% endif %}
+    {% if ev.sdk %}<tr><td>sdk</td><td>{{ ev.sdk.name }} {{ ev.sdk.version }}</td></tr>{% endif %}
+    <tr><td>platform</td><td>{{ ev.platform }}</td></tr>
+    <tr><td>received</td><td>{{ ev.received|datetime }}</td></tr>
+  </table>
+  {% set scrubbed = ev|scrubbed %}{% if scrubbed %}<details class="muted scrubbed fs-12-5"><summary>{{ scrubbed|length }} value{{ 's' if scrubbed|length != 1 }} filtered by the server's data scrubbing</summary><span class="mono">{{ scrubbed[:12]|join(', ') }}{% if scrubbed|length > 12 %}, …{% endif %}</span> · <a href="/projects/{{ issue.project_slug }}/scrubbing/">settings</a></details>{% endif %}
+  {% if ev.user %}<h3>User</h3><table class="kv">{% for k, v in ev.user.items() %}<tr><td>{{ k }}</td><td>{{ v|pretty }}</td></tr>{% endfor %}</table>{% endif %}
+  <h3>Tags</h3><div class="chips">{% for k, v in ev.tags or [] %}{% if k in ('environment', 'release') %}<a href="/issues/?{{ {k: v, 'project': issue.project_slug}|urlencode }}"><b>{{ k }}</b> {{ v }}</a>{% else %}<span><b>{{ k }}</b> {{ v }}</span>{% endif %}{% endfor %}</div>
+  {% for name, ctx in (ev.contexts or {}).items() %}<h3>{{ name }}</h3><table class="kv">{% for k, v in ctx.items() if k != 'type' %}<tr><td>{{ k }}</td><td>{{ v|pretty }}</td></tr>{% endfor %}</table>{% endfor %}
+  </div>
+  <div class="card lifetime"><h3 class="mt-0">Lifetime</h3><div class="share"><span>opened</span><b title="{{ issue.first_seen|datetime }}">{{ issue.first_seen|ago }}</b></div>
+    <div class="share"><span>resolved</span><b>{{ lifetime.resolved }}×</b></div><div class="share"><span>reopened</span><b>{{ lifetime.reopened }}×</b></div>
+    <div class="share"><span>{{ 'open for' if issue.status != 'resolved' else 'took to resolve' }}</span><b>{{ lifetime.open_for }}</b></div></div>
+  <div class="card"><h3 class="mt-0">Activity</h3><ul class="activity">{% for a in activity %}
+    <li><span>{{ a.words }}</span><span class="muted" title="{{ a.created|datetime }}">{{ a.created|ago }}</span></li>{% endfor %}</ul></div>
+  <div class="card"><h3 class="mt-0">Across all events</h3>
+  {% for t in tag_summary %}<div class="tagbar"><div class="k">{{ t.key }}</div>
+    {% for v in t['values'] %}<div class="tag-value"><span class="mono break-all">{{ v.value }}</span><span class="muted nowrap">{{ v.count }} · {{ (100 * v.count / t.total)|round|int }}%</span></div>
+    <div class="bar"><svg viewBox="0 0 100 1" preserveAspectRatio="none"><rect width="{{ (100 * v.count / t.total)|round|int }}" height="1"/></svg></div>{% endfor %}</div>{% endfor %}
+  </div>
+</div></div>
+{% else %}<div class="card empty">This issue has no stored events.</div>{% endif %}
+{% endblock %}""",
+
+    "projects.html": """{% extends "base.html" %}{% block title %}Projects{% endblock %}{% block main %}
+<h1>Projects</h1><p class="muted">Point an official Sentry SDK at a DSN below: <code class="dsn">sentry_sdk.init(dsn="…", release="app@1.0.0", environment="prod")</code></p>
+{% for p in projects %}<div class="card"><h2 class="mt-0"><a href="/issues/?project={{ p.slug }}">{{ p.name }}</a> <span class="muted mono">{{ p.slug }} · id {{ p.id }}</span></h2>
+  {% for k in p.dsn_keys %}<div class="key{{ '' if k.active else ' off' }}">DSN <code class="dsn">{{ k.dsn }}</code> <span class="muted">{{ k.label }}{% if not k.active %} · disabled: its events are refused (403){% endif %}</span>
+  {% if viewer.role == 'admin' %}<form method="post" action="/projects/{{ p.slug }}/keys/"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="{{ 'disable' if k.active else 'enable' }}" value="{{ k.public_key }}"><button class="secondary">{{ 'Disable' if k.active else 'Enable' }}</button></form>{% endif %}</div>{% endfor %}
+  {% if viewer.role == 'admin' %}<form method="post" action="/projects/{{ p.slug }}/keys/" class="key"><input type="hidden" name="csrf" value="{{ csrf }}"><input name="add" placeholder="new key's label" size="14" aria-label="label"><button class="secondary">Add a DSN key</button>
+  <span class="muted">rotate: add one, move clients, disable the old</span></form>{% endif %}
+  {% if p.drops %}<div class="drops">Dropped in the last 24 h: {% for d in p.drops %}{{ d.n }} {{ d.reason.replace('client:', 'by the SDK: ').replace('_', ' ') }}{{ ' · ' if not loop.last }}{% endfor %}</div>{% endif %}
+  <div class="muted fs-12-5">{{ p.issue_count }} issues · {{ p.event_count }} events · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a> · <a href="/projects/{{ p.slug }}/scrubbing/">data scrubbing</a> · <a href="/projects/{{ p.slug }}/code-mappings/">code mappings</a> · <a href="/projects/{{ p.slug }}/alerts/">alert rules</a> · <a href="/projects/{{ p.slug }}/slo/">SLO</a> · <a href="/projects/{{ p.slug }}/overview/">overview</a> · <a href="/projects/{{ p.slug }}/envelopes/">envelopes received</a> · <a href="/projects/{{ p.slug }}/feedback/">user feedback</a> · <a href="/monitors/?project={{ p.slug }}">cron monitors</a></div></div>
+{% else %}<div class="card empty">No projects yet: <code>tracker project create NAME</code> prints a DSN.</div>{% endfor %}
+{% endblock %}""",
+
+    "monitors.html": """{% extends "base.html" %}{% block title %}Monitors{% endblock %}{% block main %}
+<h1>Cron monitors <span class="muted fw-normal fs-14">{{ monitors|length }} monitor{{ 's' if monitors|length != 1 }}{% if failing %} · {{ failing }} failing{% endif %}</span></h1>
+<p class="muted">Scheduled jobs check in with <code>@sentry_sdk.monitor</code>, <code>capture_checkin</code> or <code>curl</code> to the cron endpoint. A check-in that does not come within its margin is <b>missed</b>, a run longer than its max runtime has <b>timed out</b>; failures open an issue that the alert rules see, and an ok run resolves it.</p>
+<form class="filters" method="get" action="/monitors/"><label>Project<select name="project"><option value="">All projects</option>
+  {% for p in projects %}<option value="{{ p.slug }}" {{ 'selected' if p.slug == selected }}>{{ p.name }}</option>{% endfor %}</select></label><button type="submit">Filter</button></form>
+<div class="card p-0">{% if monitors %}
+<table class="monitors"><thead><tr><th>Monitor</th><th>Schedule</th><th>Status</th><th>Last check-in</th><th>Next expected</th><th>Last 30 check-ins</th><th>Issue</th></tr></thead><tbody>
+{% for m in monitors %}<tr class="monitor" id="monitor-{{ m.id }}">
+  <td><b class="mono">{{ m.slug }}</b>{% if m.name != m.slug %} {{ m.name }}{% endif %}<div class="sub"><a href="/issues/?project={{ m.project_slug }}">{{ m.project_name }}</a> · {{ m.environment }}</div></td>
+  <td>{{ m.words }}<div class="sub">{% if m.schedule_type == 'crontab' %}<span class="mono">{{ m.schedule }}</span> · {% endif %}{{ m.timezone }} · margin {{ m.checkin_margin }} min · max runtime {{ m.max_runtime }} min</div></td>
+  <td><span class="mon mon-{{ m.status }}">{{ m.label }}</span></td>
+  <td class="nowrap" title="{{ m.last_checkin|datetime }}">{{ m.last_checkin|ago }}</td>
+  <td class="nowrap" title="{{ m.next_expected|datetime }}">{{ m.due }}{% if m.due_local %}<div class="sub">{{ m.due_local }}</div>{% endif %}</td>
+  <td><div class="ticks" role="img" aria-label="the last {{ m.ticks|length }} check-ins, oldest first">{% for _ in range(30 - m.ticks|length) %}<span class="mon-none"></span>{% endfor %}{% for c in m.ticks %}<span class="mon-{{ c.status }}" title="{{ labels[c.status] }} · {{ c.date_created|datetime }} · {{ c.environment }}{% if c.duration is not none %} · {{ '%.2f'|format(c.duration) }} s{% endif %}"></span>{% endfor %}</div></td>
+  <td class="nowrap">{% if m.issue %}<a class="monitor-issue" href="/issues/{{ m.issue_id }}/">{{ m.issue }}</a>{% else %}<span class="muted">—</span>{% endif %}</td></tr>
+{% endfor %}</tbody></table>
+<div class="legend inset-legend">{% for s in ['ok', 'error', 'missed', 'timeout', 'in_progress'] %}<span><i class="mon-{{ s }}"></i>{{ labels[s] }}</span>{% endfor %}<span>· oldest check-in on the left; hover a tick for its time, environment and duration</span></div>
+{% else %}<div class="empty">No monitors yet. A check-in with a <code>monitor_config</code> makes one, e.g. <code>@sentry_sdk.monitor(monitor_slug="nightly", monitor_config={"schedule": {"type": "crontab", "value": "0 3 * * *"}})</code>.</div>{% endif %}
+</div>
+{% endblock %}""",
+
+    "events.html": """{% extends "base.html" %}{% block title %}Events · {{ issue.title }}{% endblock %}{% block main %}
+<div class="muted fs-12"><a href="/issues/{{ issue.id }}/">{{ short }}</a> · {{ issue.project_name }}</div>
+<h1>{{ issue.title }}</h1>
+<form class="filters" method="get"><label class="search">Search the events of this issue<input type="search" name="q" value="{{ q }}" placeholder="environment:prod user.email:… release:… browser:Chrome*"></label><button type="submit">Search</button></form>
+{% if error %}<div class="card search-error">Search: {{ error }}</div>{% endif %}
+<div class="card p-0">{% if events %}<table><thead><tr><th>Time</th><th>Event</th><th>Release</th><th>Environment</th><th>User</th><th>Message</th></tr></thead><tbody>
+{% for e in events %}<tr><td class="mono nowrap">{{ e.timestamp|datetime }}</td>
+  <td class="mono"><a href="/issues/{{ issue.id }}/events/{{ e.event_id }}/">{{ e.event_id[:12] }}</a></td>
+  <td class="mono">{{ e.release or '—' }}</td><td>{{ e.environment }}</td><td class="mono">{{ e.user or '—' }}</td><td>{{ e.message }}</td></tr>{% endfor %}
+</tbody></table>{% else %}<div class="empty">No events match.</div>{% endif %}</div>
+<div class="nav">{% if offset > 0 %}<a href="?{{ {'q': q, 'offset': [offset - limit, 0]|max}|urlencode }}">← Newer</a>{% endif %}
+{% if more %}<a href="?{{ {'q': q, 'offset': offset + limit}|urlencode }}">Older →</a>{% endif %}</div>
+{% endblock %}""",
+
+    "grouping.html": """{% extends "base.html" %}{% block title %}Grouping rules · {{ project.name }}{% endblock %}{% block main %}
+<div class="muted fs-12"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
+<h1>Issue grouping rules</h1>
+{% if error %}<div class="card search-error">{{ error }}</div>{% elif saved %}<div class="card">Saved. Events from now on are grouped by these rules; the events already stored stay where they are.</div>{% endif %}
+<form method="post" class="card rules"><input type="hidden" name="csrf" value="{{ csrf }}">
+  <h2 class="mt-0">Stack trace rules</h2>
+  <p class="muted">One rule per line: matchers, then actions. They run after the built-in rules (site-packages, dist-packages, vendor and node_modules are not in app), top to bottom, so a later rule wins.
+  Matchers: <code>path</code>, <code>module</code>, <code>function</code>, <code>package</code>, <code>family</code>, <code>app</code>, with <code>*</code> and <code>**</code> globs; <code>!</code> negates.
+  Actions: <code>+app</code>/<code>-app</code> put frames in or out of app, <code>+group</code>/<code>-group</code> let them count for grouping or not; a leading <code>^</code> acts on the frames above (toward the crash), <code>v</code> on the frames below.</p>
+  <pre class="block">path:**/vendor/** -app
+module:myapp.* +app
+function:log_error -group</pre>
+  <textarea name="stacktrace_rules" rows="8" spellcheck="false" aria-label="stack trace rules">{{ stacktrace_rules }}</textarea>
+  <h2>Fingerprint rules</h2>
+  <p class="muted">One rule per line: matchers <code>-&gt;</code> fingerprint. The first rule that matches gives the event its fingerprint (over the SDK's). Put <code>{% raw %}{{ default }}{% endraw %}</code> in it to refine the built-in grouping instead of replacing it, and <code>title="…"</code> after it to name the issue.
+  Matchers: <code>error.type</code>, <code>error.value</code>, <code>message</code>, <code>logger</code>, <code>level</code>, <code>tags.NAME</code>, with <code>*</code> globs.</p>
+  <pre class="block">{% raw %}error.type:PaymentDeclined -> payment-declined title="Payment declined"
+message:"*timed out*" -> timeouts, {{ transaction }}{% endraw %}</pre>
+  <textarea name="fingerprint_rules" rows="8" spellcheck="false" aria-label="fingerprint rules">{{ fingerprint_rules }}</textarea>
+  <p><button type="submit">Save rules</button></p>
+</form>
+{% endblock %}""",
+
+    "scrubbing.html": """{% extends "base.html" %}{% block title %}Data scrubbing · {{ project.name }}{% endblock %}{% block main %}
+<div class="muted fs-12"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
+<h1>Data scrubbing</h1>
+{% if error %}<div class="card search-error">{{ error }}</div>{% elif saved %}<div class="card">Saved. Events from now on are scrubbed this way; the events already stored stay as they are.</div>{% endif %}
+<form method="post" class="card rules"><input type="hidden" name="csrf" value="{{ csrf }}">
+  <p class="muted">Applied to every event as it arrives, before it is grouped or stored: a filtered value becomes <code>[Filtered]</code>, and the event page lists what was filtered.</p>
+  <p><label><input type="checkbox" name="enabled" {{ 'checked' if settings.enabled }}> Scrub data on the server</label></p>
+  <p><label><input type="checkbox" name="defaults" {{ 'checked' if settings.defaults }}> Use the default scrubbers: values of keys that look like secrets (password, secret, token, api_key, auth, credentials, cookie, session, csrf, private_key, card, cvv…), the <code>Authorization</code> and <code>Cookie</code> headers, credit card numbers and IBANs</label></p>
+  <p><label><input type="checkbox" name="scrub_ip" {{ 'checked' if settings.scrub_ip }}> Do not store IP addresses (the user's and the request's <code>REMOTE_ADDR</code>)</label></p>
+  <h2>Additional sensitive fields</h2>
+  <p class="muted">One key per line: the value of any key that contains one of them (ignoring case, <code>-</code>, <code>_</code>, <code>.</code> and spaces) is filtered.</p>
+  <textarea name="sensitive_fields" rows="6" spellcheck="false" aria-label="sensitive fields">{{ settings.sensitive_fields|join('\n') }}</textarea>
+  <h2>Safe fields</h2>
+  <p class="muted">One key per line: values under these keys are never filtered (they win over everything above).</p>
+  <textarea name="safe_fields" rows="6" spellcheck="false" aria-label="safe fields">{{ settings.safe_fields|join('\n') }}</textarea>
+  <p><button type="submit">Save</button></p>
+</form>
+{% endblock %}""",
+
+    "releases.html": """{% extends "base.html" %}{% block title %}Releases{% endblock %}{% block main %}
+<h1>Releases</h1>
+<form class="filters" method="get"><label>Project<select name="project"><option value="">All projects</option>
+  {% for p in projects %}<option value="{{ p.slug }}" {{ 'selected' if p.slug == project }}>{{ p.name }}</option>{% endfor %}</select></label><button type="submit">Filter</button></form>
+<div class="card p-0">{% if releases %}<table><thead><tr><th>Version</th><th>Created</th><th>Released</th><th class="num">Events</th><th class="num">New issues</th><th>Last deploy</th></tr></thead><tbody>
+{% for r in releases %}<tr><td class="mono"><a href="/releases/{{ r.version|urlencode }}/">{{ r.version }}</a></td>
+  <td title="{{ r.date_created|datetime }}">{{ r.date_created|ago }}</td><td>{{ r.date_released|ago if r.date_released else '—' }}</td>
+  <td class="num">{{ r.event_count }}</td><td class="num">{{ r.new_issues }}</td><td>{{ r.last_deploy|ago if r.last_deploy else '—' }}</td></tr>{% endfor %}
+</tbody></table>{% else %}<div class="empty">No releases yet: events with a <code>release</code>, or <code>sentry-cli releases new</code>, create them.</div>{% endif %}</div>
+{% endblock %}""",
+
+    "release.html": """{% extends "base.html" %}{% block title %}{{ r.release.version }}{% endblock %}{% block main %}
+<div class="card"><div class="muted fs-12"><a href="/releases/">Releases</a></div>
+  <h1>{{ r.release.version }}</h1>
+  <div class="facts"><div><b>{{ r.event_count }}</b><span>events</span></div><div><b>{{ r.new_issues|length }}</b><span>new issues</span></div>
+    <div><b>{{ r.regressions|length }}</b><span>regressions</span></div><div><b>{{ r.commits|length }}</b><span>commits</span></div>
+    <div><b title="{{ r.release.date_created|datetime }}">{{ r.release.date_created|ago }}</b><span>created</span></div>
+    <div><b>{{ r.release.date_released|ago if r.release.date_released else '—' }}</b><span>released</span></div></div></div>
+<div class="layout"><div>
+<div class="card"><h2 class="mt-0">New issues in this release</h2>{% for i in r.new_issues %}<div class="my-6"><span class="badge lvl-{{ i.level }}">{{ i.level }}</span> <a href="/issues/{{ i.id }}/">{{ i.title }}</a> <span class="muted">· {{ i.times_seen }} events · {{ i.project_name }}</span></div>{% else %}<div class="muted">None.</div>{% endfor %}</div>
+<div class="card"><h2 class="mt-0">Regressions in this release</h2>{% for i in r.regressions %}<div class="my-6"><a href="/issues/{{ i.id }}/">{{ i.title }}</a> <span class="muted">· regressed {{ i.regressed_at|ago }}</span></div>{% else %}<div class="muted">None.</div>{% endfor %}</div>
+<div class="card"><h2 class="mt-0">Commits</h2>{% for ref in r.refs %}<div class="mono muted">{{ ref.repository }} {{ ref.previous_sha[:12] ~ '..' if ref.previous_sha }}{{ ref.commit_sha[:12] }}</div>{% endfor %}
+  {% for c in r.commits %}<div class="commit"><div><span class="mono">{{ c.sha[:12] }}</span> {{ (c.message or '')|truncate(120) }}</div>
+    <div class="muted fs-12">{{ c.author_name or c.author_email or 'unknown author' }}{% if c.repository %} · {{ c.repository }}{% endif %}{% if c.timestamp %} · {{ c.timestamp|ago }}{% endif %}</div>
+    {% if c.files %}<div class="chips">{% for f in c.files %}<span><b>{{ f.type }}</b> {{ f.path }}</span>{% endfor %}</div>{% endif %}</div>
+  {% else %}<div class="muted">No commits: <code>sentry-cli releases set-commits {{ r.release.version }} --auto</code> in CI records them.</div>{% endfor %}</div>
+</div><div class="sidebar">{% if r.health %}<div class="card health"><h3 class="mt-0">Release health</h3>{% for h in r.health %}
+  <div class="my-6"><b>{{ h.environment }}</b> <span class="muted">· {{ h.sessions }} sessions{% if h.users %} · {{ h.users }} users{% endif %}</span>
+  <div class="health-facts"><div><b>{{ h.crash_free_sessions|pct }}</b><span>crash-free sessions</span></div><div><b>{{ h.errored_rate|pct }}</b><span>errored sessions</span></div>
+  {% if h.users %}<div><b>{{ h.crash_free_users|pct }}</b><span>crash-free users</span></div>{% endif %}</div></div>{% endfor %}</div>{% endif %}
+<div class="card"><h3 class="mt-0">Deploys</h3>{% for d in r.deploys %}<div class="my-6"><b>{{ d.environment }}</b> <span class="muted" title="{{ d.date_finished|datetime }}">{{ d.date_finished|ago }}</span>{% if d.name %} · {{ d.name }}{% endif %}</div>{% else %}<div class="muted">Not deployed yet.</div>{% endfor %}</div></div></div>
+{% endblock %}""",
+
+    "code_mappings.html": """{% extends "base.html" %}{% block title %}Code mappings · {{ project.name }}{% endblock %}{% block main %}
+<div class="muted fs-12"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
+<h1>Code mappings</h1>
+<p class="muted">A mapping turns an in-app frame's file into a link to its line in the repository, at the commit of the event's release (else the default branch):
+the stack root is cut off the front of the frame's path (empty: the file name as the SDK sent it) and the source root put in its place.</p>
+{% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
+<div class="card p-0">{% if mappings %}<table><thead><tr><th>Repository</th><th>Provider</th><th>Stack root</th><th>Source root</th><th>Default branch</th><th></th></tr></thead><tbody>
+{% for m in mappings %}<tr><td class="mono"><a href="{{ m.repository_url }}" rel="noopener noreferrer">{{ m.repository_url }}</a></td><td>{{ m.provider }}</td>
+  <td class="mono">{{ m.stack_root or '—' }}</td><td class="mono">{{ m.source_root or '—' }}</td><td class="mono">{{ m.default_branch }}</td>
+  <td><form method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="delete" value="{{ m.id }}"><button class="secondary">Delete</button></form></td></tr>{% endfor %}
+</tbody></table>{% else %}<div class="empty">No code mappings yet.</div>{% endif %}</div>
+<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>Repository URL<input name="repository_url" value="{{ form.repository_url }}" required placeholder="https://github.com/acme/app" size="34"></label>
+  <label>Provider<select name="provider"><option value="">from the host</option>{% for key, name in providers.items() %}<option value="{{ key }}" {{ 'selected' if form.provider == key }}>{{ name }}</option>{% endfor %}</select></label>
+  <label>Stack root<input name="stack_root" value="{{ form.stack_root }}" placeholder="/srv/app/" size="14"></label>
+  <label>Source root<input name="source_root" value="{{ form.source_root }}" placeholder="src/" size="10"></label>
+  <label>Default branch<input name="default_branch" value="{{ form.default_branch }}" placeholder="main" size="8"></label>
+  <button type="submit">Add mapping</button></form>
+{% endblock %}""",
+
+    "code.html": """{% extends "base.html" %}{% block title %}{{ path }}{% endblock %}{% block main %}
+<div class="muted fs-12"><a href="/issues/?project={{ project.slug }}">{{ project.name }}</a> · code</div>
+<h1>{{ path }}{% if function %} <span class="muted">in</span> {{ function }}{% endif %}</h1>
+<p class="muted">Issues whose in-app frames pass through this {{ 'function' if function else 'file' }}: the same as the search <a class="search-link" href="/issues/?{{ {'project': project.slug, 'status': 'all', 'q': query}|urlencode }}">{{ query }}</a>.</p>
+<div class="card p-0">{% if issues %}<table class="issues"><thead><tr><th>Issue</th><th>Status</th><th class="num">Events</th><th class="num">Users</th><th>Last seen</th></tr></thead><tbody>
+{% for i in issues %}<tr><td><a class="issue-title" href="/issues/{{ i.id }}/">{{ i.title }}</a><div class="culprit">{{ i.culprit }}</div></td><td>{{ i.status }}</td>
+  <td class="num events">{{ i.times_seen }}</td><td class="num users">{{ i.user_count }}</td><td class="last-seen" title="{{ i.last_seen|datetime }}">{{ i.last_seen|ago }}</td></tr>{% endfor %}
+</tbody></table>{% else %}<div class="empty">No issue passes through it.</div>{% endif %}</div>
+{% endblock %}""",
+
+    "alerts.html": """{% extends "base.html" %}{% block title %}Alerts{% endblock %}{% block main %}
+<h1>Alerts</h1>
+<p class="muted">Each project's rules (<a href="/projects/">Projects</a> → alert rules{% for p in projects %}{{ ':' if loop.first }} <a href="/projects/{{ p.slug }}/alerts/">{{ p.name }}</a>{{ ',' if not loop.last }}{% endfor %}) say when to notify which channels.
+A notification is queued with the event that caused it and delivered with retries; a dead one can be sent again.</p>
+{% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
+<div class="card p-0"><h2 class="inset-head">Channels</h2>{% if channels %}<table><thead><tr><th>Name</th><th>Kind</th><th>Target</th><th class="num">Failures in a row</th><th></th></tr></thead><tbody>
+{% for c in channels %}<tr><td><b>{{ c.name }}</b></td><td>{{ c.kind }}</td><td class="mono">{{ c.target }}</td>
+  <td class="num">{% if c.failures >= 4 %}<span class="badge lvl-error">{{ c.failures }} · needs attention</span>{% else %}{{ c.failures }}{% endif %}</td>
+  <td class="nowrap"><form class="inline" method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="test" value="{{ c.id }}"><button class="secondary">Send test</button></form>
+  <form class="inline" method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="delete" value="{{ c.id }}"><button class="secondary">Delete</button></form></td></tr>{% endfor %}
+</tbody></table>{% else %}<div class="empty">No channels yet: add one below, or declare <code>[[channels]]</code> in the config file.</div>{% endif %}</div>
+<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>Kind<select name="kind">{% for k in kinds %}<option {{ 'selected' if form.kind == k }}>{{ k }}</option>{% endfor %}</select></label>
+  <label>Name<input name="name" value="{{ form.name }}" required placeholder="oncall-slack" size="12"></label>
+  <label>URL<input name="url" value="{{ form.url }}" placeholder="webhook, Alertmanager or Jira URL" size="28"></label>
+  <label>PagerDuty routing key<input name="routing_key" size="16"></label>
+  <label>SMTP host<input name="host" value="{{ form.host }}" size="12"></label><label>Port<input name="port" value="{{ form.port }}" size="4" placeholder="587"></label>
+  <label>Security<select name="security"><option>starttls</option><option>tls</option><option>none</option></select></label>
+  <label>User<input name="username" value="{{ form.username }}" size="10"></label><label>Password<input name="password" type="password" size="10"></label>
+  <label>From<input name="from" value="{{ form['from'] }}" size="16"></label><label>To<input name="to" value="{{ form.to }}" size="20" placeholder="a@x.com, b@x.com"></label>
+  <label>Jira flavor<select name="flavor"><option value="cloud">cloud (v3)</option><option value="datacenter">data center (v2)</option></select></label>
+  <label>Jira email<input name="email" value="{{ form.email }}" size="14"></label><label>Jira token / PAT<input name="token" type="password" size="12"></label>
+  <label>Jira project<input name="project" value="{{ form.project }}" size="6" placeholder="OPS"></label><label>Issue type<input name="issue_type" value="{{ form.issue_type }}" size="6" placeholder="Bug"></label>
+  <label>Webhook secret<input name="secret" type="password" size="12" placeholder="generated"></label>
+  <label title="a loopback, private or link-local address: your own network, not the internet"><input type="checkbox" name="allow_private" {{ 'checked' if form.allow_private }}> Allow a private address</label>
+  <button type="submit">Add channel</button></form>
+<div class="card p-0"><h2 class="inset-head">Deliveries</h2>{% if deliveries %}<table class="deliveries"><thead><tr><th>Queued</th><th>Channel</th><th>Why</th><th>Issue</th><th>Status</th><th class="num">Attempts</th><th>Last error</th><th></th></tr></thead><tbody>
+{% for d in deliveries %}<tr><td class="mono" title="{{ d.created|datetime }}">{{ d.created|ago }}</td><td>{{ d.channel_name }} <span class="muted">{{ d.channel_kind }}</span></td><td>{{ d.trigger }}</td>
+  <td>{% if d.issue_id %}<a href="/issues/{{ d.issue_id }}/">#{{ d.issue_id }}</a>{% else %}—{% endif %}</td>
+  <td><span class="delivery-status status-{{ d.status }}">{{ d.status }}</span>{% if d.external_ref %} <span class="mono muted">{{ d.external_ref }}</span>{% endif %}</td><td class="num">{{ d.attempts }}</td>
+  <td class="mono muted last-error">{{ (d.last_error or '')|truncate(160) }}</td>
+  <td>{% if d.status in ('dead', 'cancelled') %}<form method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="retry" value="{{ d.id }}"><button class="secondary">Retry</button></form>{% endif %}</td></tr>{% endfor %}
+</tbody></table>{% else %}<div class="empty">Nothing sent yet.</div>{% endif %}</div>
+{% endblock %}""",
+
+    "overview.html": """{% extends "base.html" %}{% block title %}{{ project.name }} overview{% endblock %}{% block main %}
+<div class="muted fs-12"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">issues</a> · <a href="/projects/{{ project.slug }}/slo/">SLO</a> · <a href="/projects/{{ project.slug }}/alerts/">alert rules</a></div>
+<h1>{{ project.name }} <span class="muted fw-normal">overview</span></h1>
+<nav class="periods">{% for p in periods %}<a href="?period={{ p }}" class="{{ 'current' if p == period }}">{{ p }}</a>{% endfor %}</nav>
+<div class="card"><div class="facts"><div><b>{{ total }}</b><span>events</span></div><div><b>{{ new }}</b><span>new issues</span></div><div><b>{{ regressed }}</b><span>regressions</span></div>
+  <div><b>{{ health.crash_free_sessions|pct }}</b><span>crash-free sessions</span></div><div><b>{{ health.errored_rate|pct }}</b><span>errored sessions</span></div><div><b>{{ health.sessions }}</b><span>sessions</span></div></div></div>
+<div class="layout"><div>
+<div class="card chart-card"><h2 class="mt-0">Events by level</h2><div class="events-chart">{{ events_chart }}</div>
+  <div class="axis"><span>{{ labels[0] }}</span><span>{{ labels[-1] }}</span></div>
+  <div class="legend">{% for l in ['fatal', 'error', 'warning', 'info', 'debug'] %}<span><i class="bar-{{ l }}"></i>{{ l }}</span>{% endfor %}</div></div>
+<div class="card chart-card"><h2 class="mt-0">New and regressed issues</h2><div class="issues-chart">{{ issues_chart }}</div>
+  <div class="axis"><span>{{ labels[0] }}</span><span>{{ labels[-1] }}</span></div>
+  <div class="legend"><span><i class="bar-new"></i>new</span><span><i class="bar-regressed"></i>regressed</span></div></div>
+<div class="card"><h2 class="mt-0">Top issues by events</h2>{% for i in top %}<div class="top-issue"><span class="num">{{ i.period_events }}</span> <a href="/issues/{{ i.id }}/">{{ i.title }}</a> <span class="muted">{{ i.culprit }}</span></div>{% else %}<div class="muted">No events in this period.</div>{% endfor %}</div>
+<div class="card"><h2 class="mt-0">Top issues by users</h2>{% for i in top_users %}<div class="top-issue"><span class="num">{{ i.period_users }}</span> <a href="/issues/{{ i.id }}/">{{ i.title }}</a></div>{% else %}<div class="muted">No users seen in this period.</div>{% endfor %}</div>
+</div><div class="sidebar">
+{% for column, rows in breakdown.items() %}<div class="card"><h3 class="mt-0">By {{ column }}</h3>{% for r in rows %}<div class="share"><span>{{ r.value or '—' }}</span><b>{{ r.n }}</b></div>{% else %}<div class="muted">—</div>{% endfor %}</div>{% endfor %}
+<div class="card lifetimes"><h3 class="mt-0">Bug lifetimes</h3><div class="share"><span>median time to resolve</span><b>{{ stats.median_ttr }}</b></div>
+  <div class="share"><span>issues ever reopened</span><b>{{ stats.reopened }}</b></div>
+  <h3>Open issues by age</h3>{% for age, n in stats.ages.items() %}<div class="share"><span>{{ age }}</span><b>{{ n }}</b></div>{% endfor %}
+  <h3>By first release</h3>{% for r in stats.releases %}<div class="share release-life"><span>{{ r.release }}</span><b title="issues first seen in it · resolved · median time to resolve">{{ r.issues }} · {{ r.resolved|pct }} · {{ r.ttr }}</b></div>{% endfor %}
+  <div class="muted fs-11-5">issues first seen · resolved · median time to resolve</div></div>
+</div></div>
+{% endblock %}""",
+
+    "slo.html": """{% extends "base.html" %}{% block title %}SLO · {{ project.name }}{% endblock %}{% block main %}
+<div class="muted fs-12"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a> · <a href="/projects/{{ project.slug }}/alerts/">alert rules</a></div>
+<h1>Service level objective</h1>
+{% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
+{% if slo %}<div class="card"><h2 class="mt-0">{{ slo.name }} <span class="slo-state state-{{ slo.state }}">{{ slo.state|replace('_', ' ') }}</span></h2>
+  <div class="muted">{{ slo.description }}{% if slo.minTotal > 1 %}, judged once the window holds {{ slo.minTotal }} or more{% endif %}</div>
+  <div class="facts"><div><b>{{ slo.value|pct }}</b><span>now (objective &lt; {{ (slo.objective * 100)|round(4) }}%)</span></div>
+    <div><b>{{ '%.3g'|format(slo.burnRate) if slo.burnRate is not none else '—' }}×</b><span>burn rate</span></div>
+    <div><b>{{ slo.total }}</b><span>in the window</span></div><div><b title="{{ slo.since }}">{{ slo.since|ago }}</b><span>in this state since</span></div></div>
+  {% if history %}<div class="slo-history" role="img" aria-label="the last 24 hours, a bar a minute">{% for h in history %}<span class="state-{{ h.state }}" title="{{ h.minute|datetime }}: {{ h.value|pct }} of {{ h.total }}"></span>{% endfor %}</div>
+  <div class="muted fs-12">the last 24 hours, a bar a minute: <span class="state-ok">■</span> ok <span class="state-breached">■</span> breached <span class="state-no_data">■</span> no data</div>{% endif %}</div>
+{% else %}<div class="card empty">No objective yet: set one below. A breach and its recovery go to every alert channel.</div>{% endif %}
+<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>Name<input name="name" value="{{ form.name or (slo.name if slo else 'Error budget') }}" size="16"></label>
+  <label>Bad share of<select name="metric">{% for key, words in metrics.items() %}<option value="{{ key }}" {{ 'selected' if (form.metric or (slo.metric if slo else '')) == key }}>{{ words }}</option>{% endfor %}</select></label>
+  <label>Objective (% below)<input name="objective" value="{{ form.objective or ((slo.objective * 100)|round(4) if slo else '0.1') }}" size="6"></label>
+  <label>Window (minutes)<input name="window" value="{{ form.window or (slo.window if slo else 10) }}" size="5"></label>
+  <label>At least<input name="minTotal" value="{{ form.minTotal or (slo.minTotal if slo else 100) }}" size="6"></label>
+  <label>Environment<input name="environment" value="{{ form.environment or (slo.environment or '' if slo else '') }}" size="8" placeholder="all"></label>
+  <button type="submit">Save objective</button></form>
+{% endblock %}""",
+
+    "project_alerts.html": """{% extends "base.html" %}{% block title %}Alert rules · {{ project.name }}{% endblock %}{% block main %}
+<div class="muted fs-12"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a> · <a href="/alerts/">channels and deliveries</a></div>
+<h1>Alert rules</h1>
+{% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
+<div class="card">{% for r in rules %}<div class="rule"><div class="flex-1"><b>{{ r.name }}</b><div class="muted">{{ r.words }}</div></div>
+  <form method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="delete" value="{{ r.id }}"><button class="secondary">Delete</button></form></div>{% else %}<div class="empty">No rules: nothing about this project notifies anyone.</div>{% endfor %}</div>
+<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>Name<input name="name" value="{{ form.name }}" required size="22" placeholder="Checkout errors to on-call"></label>
+  <fieldset><legend>When</legend>{% for key, label in [('new', 'a new issue'), ('regression', 'a regression'), ('escalating', 'an ignored issue escalates')] %}<label><input type="checkbox" name="when" value="{{ key }}" {{ 'checked' if key in when }}> {{ label }}</label>{% endfor %}
+    <label>or more than <input name="events_value" value="{{ form.events_value }}" size="4"> events in <select name="events_interval">{% for i in intervals %}<option {{ 'selected' if form.events_interval == i }}>{{ i }}</option>{% endfor %}</select></label>
+    <label>or more than <input name="users_value" value="{{ form.users_value }}" size="4"> users in <select name="users_interval">{% for i in intervals %}<option {{ 'selected' if form.users_interval == i }}>{{ i }}</option>{% endfor %}</select></label></fieldset>
+  <fieldset><legend>If</legend><label>Environment<input name="environment" value="{{ form.environment }}" size="8" placeholder="any"></label>
+    <label>Level at least<select name="level"><option value="">any</option>{% for l in ['warning', 'error', 'fatal'] %}<option {{ 'selected' if form.level == l }}>{{ l }}</option>{% endfor %}</select></label>
+    <label>Release<input name="release" value="{{ form.release }}" size="10" placeholder="any"></label><label>Tag<input name="tag" value="{{ form.tag }}" size="12" placeholder="service=payments"></label></fieldset>
+  <fieldset><legend>Then</legend><label><input type="checkbox" name="notify" value="*"> all channels</label>{% for c in channels if c.kind != 'jira' %}<label><input type="checkbox" name="notify" value="{{ c.name }}"> {{ c.name }}</label>{% endfor %}
+    <label><input type="checkbox" name="jira" value="1"> create a Jira issue</label>
+    <label>at most once per <select name="frequency">{% for f in frequencies %}<option value="{{ f }}" {{ 'selected' if (form.frequency or '30') == f|string }}>{{ f }} min</option>{% endfor %}</select> per issue</label></fieldset>
+  <button type="submit">Add rule</button></form>
+{% endblock %}""",
+
+    "account.html": """{% extends "base.html" %}{% block title %}Account{% endblock %}{% block main %}
+<h1>{{ viewer.name }} <span class="muted">{{ viewer.role }}</span></h1>
+{% if error %}<div class="card search-error">{{ error }}</div>{% elif saved %}<div class="card">Password changed; your other sessions are signed out.</div>{% endif %}
+{% if viewer.via == 'session' %}<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><h2 class="form-head">Change password</h2>
+<label>Current password<input name="current" type="password" autocomplete="current-password" required></label>
+<label>New password (10+ characters)<input name="new" type="password" autocomplete="new-password" minlength="10" required></label><button>Change</button></form>{% endif %}
+{% if viewer.role == 'admin' %}<p><a href="/settings/">People and API tokens</a></p>{% endif %}{% endblock %}""",
+
+    "settings.html": """{% extends "base.html" %}{% block title %}People and tokens{% endblock %}{% block main %}
+<h1>People and API tokens</h1>
+{% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
+{% if secret %}<div class="card secret"><b>{{ secret.label }}</b> (shown once, copy it now):<pre class="mono">{{ secret.value }}</pre></div>{% endif %}
+<h2>People</h2><div class="card p-0"><table><thead><tr><th>Name</th><th>Role</th><th>Sign-in</th><th></th></tr></thead><tbody>
+{% for u in users %}<tr><td>{{ u.name }}</td><td>{{ u.role }}</td><td class="muted">{{ 'disabled' if u.disabled else 'password' if u.password else 'login link or proxy only' }}</td>
+<td>{% for action, label in ([] if u.disabled else [('link', 'One-time login link')]) + [('enable', 'Enable') if u.disabled else ('disable', 'Disable'), ('delete', 'Delete')] %}<form class="inline" method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="{{ action }}" value="{{ u.name }}"><button class="secondary">{{ label }}</button></form> {% endfor %}</td></tr>{% endfor %}
+</tbody></table></div>
+<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>New person<input name="user" required placeholder="ana@example.org" size="22"></label>
+<label>Role<select name="role">{% for r in roles|reverse %}<option>{{ r }}</option>{% endfor %}</select></label><button>Add, and make a login link</button></form>
+<h2>API tokens</h2><p class="muted">For sentry-cli (<code>SENTRY_AUTH_TOKEN</code>), scripts and Prometheus: <code>Authorization: Bearer …</code>. A read token may also fetch dashboard pages.</p>
+<div class="card p-0"><table><thead><tr><th>Id</th><th>Name</th><th>Scopes</th><th>Created</th><th></th></tr></thead><tbody>
+{% for t in tokens %}<tr><td class="mono">{{ t.id }}</td><td>{{ t.name or '—' }}</td><td class="mono">{{ t.scopes }}</td><td>{{ t.created|datetime }}</td>
+<td><form method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="revoke" value="{{ t.id }}"><button class="secondary">Revoke</button></form></td></tr>{% else %}<tr><td colspan="5" class="empty">No tokens.</td></tr>{% endfor %}
+</tbody></table></div>
+<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>Token name<input name="token" required placeholder="CI releases" size="22"></label>
+<label>Scope<select name="scope"><option>read</option><option>write</option><option>admin</option></select></label><button>Create token</button></form>{% endblock %}""",
+
+    "envelopes.html": """{% extends "base.html" %}{% block title %}Envelopes · {{ project.name }}{% endblock %}{% block main %}
+<div class="muted fs-12"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
+<h1>Envelopes received</h1><p class="muted">Everything the SDKs sent to this project, as it arrived, and what became of each item: the newest {{ keep }} for a day.</p>
+<div class="card p-0">{% if envelopes %}<table class="envelopes"><thead><tr><th>Received</th><th>Client</th><th class="num">Bytes</th><th>Items</th></tr></thead><tbody>
+{% for e in envelopes %}<tr><td class="mono nowrap"><a href="/projects/{{ project.slug }}/envelopes/{{ e.id }}/">{{ e.received|datetime }}</a></td><td class="mono">{{ e.client }}</td><td class="num">{{ e.size }}</td>
+<td>{% for kind, size, outcome in e.parts %}<span class="item {{ 'dropped' if outcome.startswith('dropped') else 'kept' }}" title="{{ outcome }}">{{ kind or '?' }}</span> {% endfor %}</td></tr>{% endfor %}
+</tbody></table>{% else %}<div class="empty">Nothing received yet. Point an SDK at one of this project's DSNs.</div>{% endif %}</div>{% endblock %}""",
+
+    "envelope.html": """{% extends "base.html" %}{% block title %}Envelope · {{ project.name }}{% endblock %}{% block main %}
+<div class="muted fs-12"><a href="/projects/{{ project.slug }}/envelopes/">Envelopes of {{ project.name }}</a></div>
+<h1>Envelope from {{ envelope.client or 'an unnamed client' }}</h1>
+<p class="muted">{{ envelope.received|datetime }} · {{ envelope.size }} bytes decompressed</p>
+<div class="card"><h2 class="mt-0">Envelope header</h2><pre class="json">{{ header|pretty(2) }}</pre></div>
+{% for item in items %}<div class="card"><h2 class="mt-0">{{ item.kind or '?' }} <span class="muted">{{ item.size }} bytes</span>
+<span class="item {{ 'dropped' if item.outcome.startswith('dropped') else 'kept' }}">{{ item.outcome }}</span></h2>
+{% if item.header %}<pre class="json">{{ item.header|pretty(2) }}</pre>{% endif %}
+{% if item.event %}<p>Stored as <a href="/issues/{{ item.event.issue_id }}/events/{{ item.event.event_id }}/">event {{ item.event.event_id[:12] }}</a> (<a href="/issues/{{ item.event.issue_id }}/events/{{ item.event.event_id }}/json">its JSON, scrubbed</a>): this project scrubs data before storing it, so the log keeps no copy of what was sent.</p>
+{% elif item.body is not none %}<pre class="json">{{ item.body }}</pre>{% endif %}</div>{% endfor %}
+{% if not body_kept %}<div class="card empty">The body was over 1 MiB, so only its item types and outcomes were kept.</div>{% endif %}{% endblock %}""",
+
+    "live.html": """{% extends "base.html" %}{% block title %}Live{% endblock %}{% block main %}
+<h1>Live</h1><p class="muted" id="live-state">Newest events; with scripts on, new ones appear at the top as they arrive.</p>
+<div class="card p-0"><table id="live" class="issues"><thead><tr><th>Received</th><th>Project</th><th>Level</th><th>Event</th><th>Culprit</th></tr></thead>
+<tbody data-after="{{ after }}">{% for e in events %}<tr class="row-{{ e.level }}"><td class="mono nowrap">{{ e.time }}</td><td class="nowrap">{{ e.project }}</td><td class="level">{{ e.level }}</td>
+<td><a href="/issues/{{ e.issue_id }}/events/{{ e.event_id }}/">{{ e.title }}</a></td><td class="culprit">{{ e.culprit }}</td></tr>{% endfor %}</tbody></table>
+{% if not events %}<div class="empty" id="live-empty">No events yet.</div>{% endif %}</div>
+<script src="/static/live.js"></script>{% endblock %}""",
+
+    "login.html": """{% extends "base.html" %}{% block title %}Sign in{% endblock %}{% block main %}
+<form method="post" action="/login" class="card login"><h1>Sign in</h1>
+{% if error %}<div class="search-error">{{ error }}</div>{% endif %}
+<input type="hidden" name="next" value="{{ next }}">
+<label>User name<input name="name" value="{{ user_name }}" autocomplete="username" required autofocus></label>
+<label>Password<input name="password" type="password" autocomplete="current-password" required></label>
+<button type="submit">Sign in</button>
+<p class="muted">The first start printed the <code>admin</code> password. Forgotten it? <code>tracker user passwd admin</code> on the server, or <code>tracker user link admin</code> for a one-time login link.</p></form>{% endblock %}""",
+
+    "attachment.html": """{% extends "base.html" %}{% block title %}{{ a.filename }}{% endblock %}{% block main %}
+<div class="muted fs-12"><a href="/issues/{{ issue.id }}/">{{ short }}</a> · {% if is_event %}<a href="/issues/{{ issue.id }}/events/{{ a.event_id }}/">event {{ a.event_id[:12] }}</a>{% else %}feedback {{ a.event_id[:12] }}{% endif %}</div>
+<h1>{{ a.filename }}</h1><p class="muted">{{ a.content_type }} · {{ a.size_text }} · sha1 <span class="mono">{{ a.sha1 }}</span> · <a href="/issues/{{ issue.id }}/events/{{ a.event_id }}/attachments/{{ a.id }}/">download</a></p>
+<div class="card"><pre class="block attachment-text">{{ content }}</pre></div>{% endblock %}""",
+
+    "feedback.html": """{% extends "base.html" %}{% block title %}User feedback · {{ project.name }}{% endblock %}{% block main %}
+<div class="muted fs-12"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
+<h1>User feedback</h1><p class="muted">What people wrote (feedback widgets, <code>captureFeedback</code>, user reports), newest first: the newest 200. Feedback about an event shows on its issue too.</p>
+<div class="card p-0">{% if feedback %}<table class="feedback-list"><thead><tr><th>Received</th><th>From</th><th>Message</th><th>Issue</th></tr></thead><tbody>
+{% for fb in feedback %}<tr><td class="nowrap" title="{{ fb.created|datetime }}">{{ fb.created|ago }}</td><td><b>{{ fb.name or 'Anonymous' }}</b>{% if fb.email %}<div class="mono fs-12">{{ fb.email }}</div>{% endif %}</td>
+<td><div class="message">{{ fb.message }}</div>{% if fb.url %}<div class="muted mono fs-12 break-all">{{ fb.url }}</div>{% endif %}</td>
+<td>{% if fb.issue_id %}<a href="/issues/{{ fb.issue_id }}/#feedback">{{ fb.short }}</a> <span class="muted">{{ fb.title }}</span>{% elif fb.event_id %}<span class="muted">event {{ fb.event_id[:12] }} not received (yet)</span>{% else %}<span class="muted">—</span>{% endif %}</td></tr>{% endfor %}
+</tbody></table>{% else %}<div class="empty">No feedback yet.</div>{% endif %}</div>{% endblock %}""",
+
+    "error.html": """{% extends "base.html" %}{% block title %}{{ status }}{% endblock %}{% block main %}
+<div class="card empty"><h1>{{ status }}</h1><p>{{ message }}</p><p><a href="/issues/">Back to issues</a></p></div>{% endblock %}""",
+}
+
+
+# The one script of the dashboard, a file (so the CSP needs no inline script): it adds each
+# announced event as a row, through textContent only, since every field is event data.
+LIVE_JS = """"use strict";
+const rows = document.querySelector("#live tbody");
+const state = document.querySelector("#live-state");
+const source = new EventSource("/live/events?after=" + encodeURIComponent(rows.dataset.after));
+function cell(row, text, className) {
+  const td = row.insertCell(); td.textContent = text; if (className) td.className = className; return td;
+}
+source.addEventListener("event", (message) => {
+  const e = JSON.parse(message.data);
+  const row = rows.insertRow(0);
+  row.className = "row-" + e.level + " fresh";
+  cell(row, e.time, "mono nowrap"); cell(row, e.project, "nowrap"); cell(row, e.level, "level");
+  const link = document.createElement("a");
+  link.href = "/issues/" + Number(e.issue_id) + "/events/" + encodeURIComponent(e.event_id) + "/";
+  link.textContent = e.title;
+  cell(row, "").append(link); cell(row, e.culprit, "culprit");
+  while (rows.rows.length > 200) rows.deleteRow(-1);
+  document.querySelector("#live-empty")?.remove();
+});
+source.onopen = () => { state.textContent = "live: new events appear at the top"; };
+source.onerror = () => { state.textContent = "connection lost, reconnecting…"; };
+"""
+
+
+FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
+           'fill="#111827"/><circle cx="8" cy="8" r="4" fill="#ef4444"/></svg>')
 
 
 if __name__ == "__main__":
