@@ -704,6 +704,21 @@ def set_project_option(conn: sqlite3.Connection, project_id: int, key: str, valu
                  (project_id, key, json.dumps(value)))
 
 
+async def all_projects(store: Store, by_slug: bool = False) -> list[sqlite3.Row]:
+    """Every project, by name (the pages' order) or by slug (the API's)."""
+    return await store.all(f"SELECT * FROM projects ORDER BY {'slug' if by_slug else 'name'}")
+
+
+async def find_project(store: Store, ref: str) -> sqlite3.Row | None:
+    """A project by slug or numeric id."""
+    return await store.one("SELECT * FROM projects WHERE slug = ? OR CAST(id AS TEXT) = ?", (ref, ref))
+
+
+async def project_by_slug(store: Store, slug: str) -> sqlite3.Row | None:
+    """A project by its slug only (the dashboard's URLs name projects so)."""
+    return await store.one("SELECT * FROM projects WHERE slug = ?", (slug,))
+
+
 REPOSITORY_PROVIDERS = {"github": "GitHub", "gitlab": "GitLab", "bitbucket": "Bitbucket"}
 
 
@@ -3963,6 +3978,29 @@ def short_id(project_slug: str, number: int) -> str:
 ISSUE_STATUSES = ("unresolved", "resolved", "ignored")
 
 
+async def issue_hash_list(store: Store, issue: sqlite3.Row) -> list[str]:
+    """The hashes grouped into the issue, sorted."""
+    rows = await store.all("SELECT hash FROM issue_hashes WHERE project_id = ? AND issue_id = ? ORDER BY hash",
+                           (issue["project_id"], issue["id"]))
+    return [r["hash"] for r in rows]
+
+
+async def hash_events(store: Store, issue: sqlite3.Row) -> dict[str, sqlite3.Row | None]:
+    """The issue's hashes, each with its newest event that has it (None when none of the
+    newest EVENT_SCAN_LIMIT events does); reads pages of events until every hash is found."""
+    found: dict[str, sqlite3.Row | None] = dict.fromkeys(await issue_hash_list(store, issue))
+    for offset in range(0, EVENT_SCAN_LIMIT, 100):
+        rows = await store.all("SELECT * FROM events WHERE issue_id = ? ORDER BY timestamp DESC, id DESC "
+                               "LIMIT 100 OFFSET ?", (issue["id"], offset))
+        for row in rows:
+            for digest in decompress_payload(row["payload"]).get("hashes", []):
+                if digest in found and found[digest] is None:
+                    found[digest] = row
+        if not rows or None not in found.values():
+            break
+    return found
+
+
 # -- workflow: resolve, ignore, assign; regressions; the activity log of each issue ---
 #
 # issues.status_details holds Sentry's statusDetails ({"inNextRelease": true}, {"inRelease": "x"},
@@ -4157,6 +4195,20 @@ def ignore_condition_met(conn: sqlite3.Connection, issue: sqlite3.Row, details: 
     if "ignoreUserCount" in details:
         return issue["user_count"] - details["_userCount"] >= details["ignoreUserCount"]
     return False
+
+
+RESOLVE_KINDS = ("set_resolved", "set_resolved_in_release", "set_resolved_in_commit")
+
+
+async def lifetimes(store: Store, project_id: int) -> dict[int, dict[str, Any]]:
+    """Per issue: when it was first resolved, how often it was reopened, and its first release."""
+    rows = await store.all(
+        f"""SELECT i.id, i.first_seen, i.status, i.first_release,
+                   (SELECT min(created) FROM issue_activity WHERE issue_id = i.id
+                    AND kind IN ({','.join('?' * len(RESOLVE_KINDS))})) AS resolved,
+                   (SELECT count(*) FROM issue_activity WHERE issue_id = i.id AND kind = 'set_regression') AS reopened
+            FROM issues i WHERE i.project_id = ?""", [*RESOLVE_KINDS, project_id])
+    return {r["id"]: dict(r) for r in rows}
 
 
 # -- search: Sentry's query syntax over issues, the same in the dashboard and the API ---
@@ -4391,6 +4443,122 @@ async def issue_activity(store: Store, issue_id: int) -> list[sqlite3.Row]:
 
 async def project_releases(store: Store, project_id: int, limit: int = 100) -> list[str]:
     return [r["value"] for r in await store.all(RELEASES_SQL, {"project": project_id, "limit": limit})]
+
+
+async def issues_in(store: Store, ids: Sequence[int | str], project_id: int | None = None) -> list[sqlite3.Row]:
+    """The id and project of those of these issues that exist (in the project, when one is named)."""
+    if not ids:
+        return []
+    where = f"id IN ({','.join('?' * len(ids))})" + (" AND project_id = ?" if project_id is not None else "")
+    return await store.all(f"SELECT id, project_id FROM issues WHERE {where}",
+                           [*ids, *([project_id] if project_id is not None else [])])
+
+
+async def issues_by_ids(store: Store, ids: Sequence[int]) -> list[sqlite3.Row]:
+    """These issues with their project's slug and name, in no order."""
+    if not ids:
+        return []
+    return await store.all(f"SELECT {ISSUE_COLUMNS} FROM issues i JOIN projects p ON p.id = i.project_id "
+                           f"WHERE i.id IN ({','.join('?' * len(ids))})", ids)
+
+
+async def environments_seen(store: Store) -> list[str]:
+    """Every environment any issue has been seen in, alphabetically (the issue list's filter)."""
+    return [r["value"] for r in await store.all(
+        "SELECT DISTINCT value FROM issue_tags WHERE key = 'environment' ORDER BY value")]
+
+
+async def releases_seen(store: Store, limit: int = 100) -> list[str]:
+    """The releases issues have been seen in, the latest seen first (the issue list's filter)."""
+    return [r["value"] for r in await store.all(
+        "SELECT value FROM issue_tags WHERE key = 'release' GROUP BY value ORDER BY max(last_seen) DESC LIMIT ?",
+        (limit,))]
+
+
+async def issue_daily_events(store: Store, issue_ids: list[int], days: int) -> dict[int, list[int]]:
+    """Events per day of each of these issues over the last `days` days (today last), in one query."""
+    start = (time.time() // 86400 - days + 1) * 86400
+    rows = await store.all(f"SELECT issue_id, CAST((timestamp - ?) / 86400 AS INTEGER) AS day, count(*) AS n FROM events "
+                           f"WHERE issue_id IN ({','.join('?' * len(issue_ids))}) AND timestamp >= ? "
+                           f"GROUP BY issue_id, day", [start, *issue_ids, start])
+    counts: dict[int, list[int]] = {i: [0] * days for i in issue_ids}
+    for r in rows:
+        if 0 <= r["day"] < days:
+            counts[r["issue_id"]][r["day"]] = r["n"]
+    return counts
+
+
+async def events_by_level(store: Store, project_id: int, start: float, size: int) -> list[sqlite3.Row]:
+    """A project's events since `start`, counted per level and `size`-second slot (slot 0 at start)."""
+    return await store.all("SELECT CAST((timestamp - ?) / ? AS INTEGER) AS slot, level, count(*) AS n FROM events "
+                           "WHERE project_id = ? AND timestamp >= ? GROUP BY slot, level", [start, size, project_id, start])
+
+
+async def new_issues_by_slot(store: Store, project_id: int, start: float, size: int) -> list[sqlite3.Row]:
+    """A project's issues first seen since `start`, counted per `size`-second slot."""
+    return await store.all("SELECT CAST((first_seen - ?) / ? AS INTEGER) AS slot, count(*) AS n FROM issues "
+                           "WHERE project_id = ? AND first_seen >= ? GROUP BY slot", [start, size, project_id, start])
+
+
+async def regressions_by_slot(store: Store, project_id: int, start: float, size: int) -> list[sqlite3.Row]:
+    """A project's regressions since `start`, counted per `size`-second slot."""
+    return await store.all("SELECT CAST((a.created - ?) / ? AS INTEGER) AS slot, count(*) AS n FROM issue_activity a "
+                           "JOIN issues i ON i.id = a.issue_id WHERE i.project_id = ? AND a.created >= ? "
+                           "AND a.kind = 'set_regression' GROUP BY slot", [start, size, project_id, start])
+
+
+async def top_issues_by_events(store: Store, project_id: int, start: float) -> list[sqlite3.Row]:
+    """The ten issues with the most events since `start` (as period_events), most first."""
+    return await store.all(f"""SELECT {ISSUE_COLUMNS}, e.n AS period_events FROM (SELECT issue_id, count(*) AS n FROM events
+                               WHERE project_id = ? AND timestamp >= ? GROUP BY issue_id ORDER BY n DESC LIMIT 10) e
+                               JOIN issues i ON i.id = e.issue_id JOIN projects p ON p.id = i.project_id
+                               ORDER BY e.n DESC""", (project_id, start))
+
+
+async def top_issues_by_users(store: Store, project_id: int, start: float) -> list[sqlite3.Row]:
+    """The ten issues that reached the most users since `start` (as period_users), most first."""
+    # a tag seen in the period belongs to an issue seen in it: the issues seen lead (issues_by_project)
+    return await store.all(f"""SELECT {ISSUE_COLUMNS}, u.n AS period_users FROM (SELECT t.issue_id, count(*) AS n
+                               FROM issue_tags t JOIN issues x ON x.id = t.issue_id WHERE x.project_id = ?
+                               AND x.last_seen >= ? AND t.key = 'user' AND t.last_seen >= ?
+                               GROUP BY t.issue_id ORDER BY n DESC LIMIT 10) u
+                               JOIN issues i ON i.id = u.issue_id JOIN projects p ON p.id = i.project_id
+                               ORDER BY u.n DESC""", (project_id, start, start))
+
+
+async def events_by_origin(store: Store, project_id: int, start: float) -> dict[str, list[sqlite3.Row]]:
+    """A project's eight commonest environments and releases of events since `start`, with counts."""
+    return {column: await store.all(f"SELECT {column} AS value, count(*) AS n FROM events WHERE project_id = ? "
+                                    f"AND timestamp >= ? GROUP BY {column} ORDER BY n DESC LIMIT 8",
+                                    (project_id, start)) for column in ("environment", "release")}
+
+
+async def issue_counts(store: Store) -> list[sqlite3.Row]:
+    """Issues and their events per project slug and status (the metrics page)."""
+    return await store.all("SELECT p.slug, i.status, count(*) AS n, sum(i.times_seen) AS events FROM issues i "
+                           "JOIN projects p ON p.id = i.project_id GROUP BY p.slug, i.status")
+
+
+async def event_counts(store: Store) -> list[sqlite3.Row]:
+    """Events stored per project slug, zero for a project without any (the metrics page)."""
+    return await store.all("SELECT p.slug, coalesce(sum(i.times_seen), 0) AS n FROM projects p "
+                           "LEFT JOIN issues i ON i.project_id = p.id GROUP BY p.slug")
+
+
+# The live page and `tracker tail`: events after an id, with their issue's title and project.
+LIVE_SQL = """SELECT e.id, e.event_id, e.issue_id, e.received, e.level, p.slug AS project, i.title, i.culprit
+              FROM events e JOIN issues i ON i.id = e.issue_id JOIN projects p ON p.id = e.project_id
+              WHERE e.id > ? ORDER BY e.id LIMIT ?"""
+
+
+async def events_after(store: Store, after: int, limit: int) -> list[sqlite3.Row]:
+    """The first `limit` events stored after the event with id `after`, oldest first."""
+    return await store.all(LIVE_SQL, (after, limit))
+
+
+async def newest_event_id(store: Store) -> int:
+    """The id of the newest stored event, 0 when there is none."""
+    return (await store.one("SELECT max(id) AS id FROM events"))["id"] or 0
 
 
 # -- releases: what shipped, where it went, what broke in it ---------------------------
@@ -6719,7 +6887,7 @@ async def api_organization(request: Request) -> dict[str, Any]:
 
 async def api_org_projects(request: Request) -> list[dict[str, Any]]:
     check_org(request)
-    rows = await request.app.store.all("SELECT * FROM projects ORDER BY slug")
+    rows = await all_projects(request.app.store, by_slug=True)
     return [serialize_project(r, request.app.settings) for r in rows]
 
 
@@ -6808,9 +6976,7 @@ async def listed_project_issues(request: Request) -> tuple[sqlite3.Row, list[sql
     ids = request.query_params.getlist("id")
     if not ids or len(ids) > 1000 or not all(i.isascii() and i.isdigit() and len(i) < 19 for i in ids):
         raise ApiError(400, "name the issues as ?id=1&id=2 (at most 1000)")
-    rows = await request.app.store.all(
-        f"SELECT id FROM issues WHERE project_id = ? AND id IN ({','.join('?' * len(ids))})", [project["id"], *ids])
-    return project, rows
+    return project, await issues_in(request.app.store, ids, project["id"])
 
 
 async def api_update_project_issues(request: Request) -> Response:
@@ -6958,11 +7124,9 @@ async def api_event_attachment(request: Request) -> Any:
 
 async def serialize_user_reports(request: Request, rows: list[sqlite3.Row]) -> list[dict[str, Any]]:
     """Feedback rows in Sentry's user report shape, each with its issue (or null)."""
-    store = request.app.store
     ids = sorted({r["issue_id"] for r in rows if r["issue_id"] is not None})
-    issues = {i["id"]: serialize_issue(i, request.app.settings) for i in await store.all(
-        f"SELECT {ISSUE_COLUMNS} FROM issues i JOIN projects p ON p.id = i.project_id WHERE i.id IN "
-        f"({','.join('?' * len(ids))})", ids)} if ids else {}
+    issues = {i["id"]: serialize_issue(i, request.app.settings) for i in await issues_by_ids(request.app.store, ids)}
+
     out = []
     for r in rows:
         event_id = r["event_id"] or r["feedback_event_id"]
@@ -7102,28 +7266,6 @@ async def unmerge(request: Request, issue_id: int, hashes: set[str]) -> int:
         raise ApiError(400, str(exc)) from None
 
 
-async def issue_hash_list(store: Store, issue: sqlite3.Row) -> list[str]:
-    rows = await store.all("SELECT hash FROM issue_hashes WHERE project_id = ? AND issue_id = ? ORDER BY hash",
-                           (issue["project_id"], issue["id"]))
-    return [r["hash"] for r in rows]
-
-
-async def hash_events(store: Store, issue: sqlite3.Row) -> dict[str, sqlite3.Row | None]:
-    """The issue's hashes, each with its newest event that has it (None when none of the
-    newest EVENT_SCAN_LIMIT events does); reads pages of events until every hash is found."""
-    found: dict[str, sqlite3.Row | None] = dict.fromkeys(await issue_hash_list(store, issue))
-    for offset in range(0, EVENT_SCAN_LIMIT, 100):
-        rows = await store.all("SELECT * FROM events WHERE issue_id = ? ORDER BY timestamp DESC, id DESC "
-                               "LIMIT 100 OFFSET ?", (issue["id"], offset))
-        for row in rows:
-            for digest in decompress_payload(row["payload"]).get("hashes", []):
-                if digest in found and found[digest] is None:
-                    found[digest] = row
-        if not rows or None not in found.values():
-            break
-    return found
-
-
 async def api_issue_hashes(request: Request) -> list[dict[str, Any]]:
     """GET /api/0/issues/<id>/hashes/: the hashes grouped into the issue, with their latest event."""
     issue = await issue_from_path(request)
@@ -7170,11 +7312,6 @@ def body_mapping(body: Any, current: dict[str, Any]) -> dict[str, str]:
         return checked_mapping(fields)
     except MappingError as exc:
         raise ApiError(400, str(exc)) from None
-
-
-async def find_project(store: Store, ref: str) -> sqlite3.Row | None:
-    """A project by slug or numeric id."""
-    return await store.one("SELECT * FROM projects WHERE slug = ? OR CAST(id AS TEXT) = ?", (ref, ref))
 
 
 async def org_row_from_path(request: Request, table: str, param: str) -> sqlite3.Row:
@@ -8151,11 +8288,10 @@ async def page_metrics(request: Request) -> Response:
     """Prometheus text format, for scrapers and Alertmanager setups."""
     store = request.app.store
     lines: dict[str, list[str]] = {name: [] for name in METRICS_HELP}
-    for r in await store.all("SELECT p.slug, i.status, count(*) AS n, sum(i.times_seen) AS events FROM issues i "
-                             "JOIN projects p ON p.id = i.project_id GROUP BY p.slug, i.status"):
+    for r in await issue_counts(store):
         lines["tracker_issues"].append(metric_line("tracker_issues", {"project": r["slug"], "status": r["status"]}, r["n"]))
-    for r in await store.all("SELECT p.slug, coalesce(sum(i.times_seen), 0) AS n FROM projects p "
-                             "LEFT JOIN issues i ON i.project_id = p.id GROUP BY p.slug"):
+    for r in await event_counts(store):
+
         lines["tracker_events_total"].append(metric_line("tracker_events_total", {"project": r["slug"]}, r["n"]))
     for r in await store.all("SELECT p.slug, s.release, s.environment, sum(total) AS total, sum(errored) AS errored, "
                              "sum(crashed) AS crashed, sum(abnormal) AS abnormal FROM session_buckets s "
@@ -9259,9 +9395,6 @@ async def page_css(request: Request) -> Response:
 
 # -- live: events as they arrive (server-sent events; `tracker tail` reads the same query) ---------
 
-LIVE_SQL = """SELECT e.id, e.event_id, e.issue_id, e.received, e.level, p.slug AS project, i.title, i.culprit
-              FROM events e JOIN issues i ON i.id = e.issue_id JOIN projects p ON p.id = e.project_id
-              WHERE e.id > ? ORDER BY e.id LIMIT ?"""
 LIVE_CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self' 'unsafe-inline'; "
             "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
@@ -9300,10 +9433,9 @@ def live_line(row: sqlite3.Row) -> dict[str, Any]:
 async def page_live(request: Request) -> Response:
     """The newest events, then each new one as it is stored (the script follows /live/events)."""
     store = request.app.store
-    newest = await store.one("SELECT max(id) AS id FROM events")
-    after = max((newest["id"] or 0) - 50, 0)
-    rows = [live_line(r) for r in await store.all(LIVE_SQL, (after, 50))]
-    response = render(request, "live.html", events=list(reversed(rows)), after=newest["id"] or 0)
+    newest = await newest_event_id(store)
+    rows = [live_line(r) for r in await events_after(store, max(newest - 50, 0), 50)]
+    response = render(request, "live.html", events=list(reversed(rows)), after=newest)
     response.headers["Content-Security-Policy"] = LIVE_CSP
     return response
 
@@ -9331,7 +9463,7 @@ async def page_live_events(request: Request) -> Response:
         yield "retry: 2000\n\n"
         quiet = 0
         while True:
-            rows = await store.all(LIVE_SQL, (last, 100))
+            rows = await events_after(store, last, 100)
             for row in rows:
                 last = row["id"]
                 yield f"id: {last}\nevent: event\ndata: {json.dumps(live_line(row))}\n\n"
@@ -9390,14 +9522,7 @@ async def issue_sparklines(store: Store, issue_ids: list[int], days: int = 14) -
     """Events per day over the last two weeks for a page of issues, in one query."""
     if not issue_ids:
         return {}
-    start = (time.time() // 86400 - days + 1) * 86400
-    rows = await store.all(f"SELECT issue_id, CAST((timestamp - ?) / 86400 AS INTEGER) AS day, count(*) AS n FROM events "
-                           f"WHERE issue_id IN ({','.join('?' * len(issue_ids))}) AND timestamp >= ? "
-                           f"GROUP BY issue_id, day", [start, *issue_ids, start])
-    counts: dict[int, list[int]] = {i: [0] * days for i in issue_ids}
-    for r in rows:
-        if 0 <= r["day"] < days:
-            counts[r["issue_id"]][r["day"]] = r["n"]
+    counts = await issue_daily_events(store, issue_ids, days)
     return {i: sparkline(v, f"{sum(v)} events in {days} days") for i, v in counts.items()}
 
 
@@ -9421,20 +9546,6 @@ def duration_words(seconds: float | None) -> str:
         if seconds >= size:
             return f"{seconds / size:.1f} {unit}".replace(".0 ", " ")
     return f"{int(seconds)} s"
-
-
-RESOLVE_KINDS = ("set_resolved", "set_resolved_in_release", "set_resolved_in_commit")
-
-
-async def lifetimes(store: Store, project_id: int) -> dict[int, dict[str, Any]]:
-    """Per issue: when it was first resolved, how often it was reopened, and its first release."""
-    rows = await store.all(
-        f"""SELECT i.id, i.first_seen, i.status, i.first_release,
-                   (SELECT min(created) FROM issue_activity WHERE issue_id = i.id
-                    AND kind IN ({','.join('?' * len(RESOLVE_KINDS))})) AS resolved,
-                   (SELECT count(*) FROM issue_activity WHERE issue_id = i.id AND kind = 'set_regression') AS reopened
-            FROM issues i WHERE i.project_id = ?""", [*RESOLVE_KINDS, project_id])
-    return {r["id"]: dict(r) for r in rows}
 
 
 def lifetime_stats(issues: list[dict[str, Any]], now: float) -> dict[str, Any]:
@@ -9475,34 +9586,18 @@ async def page_overview(request: Request) -> Response:
     now = time.time()
     start = (now - span) // size * size + size
     count = int((now - start) // size) + 1
-    args = [start, size, project["id"], start]
     events = [dict() for _ in range(count)]  # type: list[dict[str, int]]
-    for r in await store.all("SELECT CAST((timestamp - ?) / ? AS INTEGER) AS slot, level, count(*) AS n FROM events "
-                             "WHERE project_id = ? AND timestamp >= ? GROUP BY slot, level", args):
+    for r in await events_by_level(store, project["id"], start, size):
         events[min(r["slot"], count - 1)][r["level"]] = r["n"]
     changes = [dict() for _ in range(count)]  # type: list[dict[str, int]]
-    for r in await store.all("SELECT CAST((first_seen - ?) / ? AS INTEGER) AS slot, count(*) AS n FROM issues "
-                             "WHERE project_id = ? AND first_seen >= ? GROUP BY slot", args):
+    for r in await new_issues_by_slot(store, project["id"], start, size):
         changes[min(r["slot"], count - 1)]["new"] = r["n"]
-    for r in await store.all("SELECT CAST((a.created - ?) / ? AS INTEGER) AS slot, count(*) AS n FROM issue_activity a "
-                             "JOIN issues i ON i.id = a.issue_id WHERE i.project_id = ? AND a.created >= ? "
-                             "AND a.kind = 'set_regression' GROUP BY slot", args):
+    for r in await regressions_by_slot(store, project["id"], start, size):
         changes[min(r["slot"], count - 1)]["regressed"] = r["n"]
     labels = bucket_labels(start, size, count)
-    top = await store.all(f"""SELECT {ISSUE_COLUMNS}, e.n AS period_events FROM (SELECT issue_id, count(*) AS n FROM events
-                              WHERE project_id = ? AND timestamp >= ? GROUP BY issue_id ORDER BY n DESC LIMIT 10) e
-                              JOIN issues i ON i.id = e.issue_id JOIN projects p ON p.id = i.project_id
-                              ORDER BY e.n DESC""", (project["id"], start))
-    # a tag seen in the period belongs to an issue seen in it: the issues seen lead (issues_by_project)
-    top_users = await store.all(f"""SELECT {ISSUE_COLUMNS}, u.n AS period_users FROM (SELECT t.issue_id, count(*) AS n
-                                    FROM issue_tags t JOIN issues x ON x.id = t.issue_id WHERE x.project_id = ?
-                                    AND x.last_seen >= ? AND t.key = 'user' AND t.last_seen >= ?
-                                    GROUP BY t.issue_id ORDER BY n DESC LIMIT 10) u
-                                    JOIN issues i ON i.id = u.issue_id JOIN projects p ON p.id = i.project_id
-                                    ORDER BY u.n DESC""", (project["id"], start, start))
-    breakdown = {column: await store.all(f"SELECT {column} AS value, count(*) AS n FROM events WHERE project_id = ? "
-                                         f"AND timestamp >= ? GROUP BY {column} ORDER BY n DESC LIMIT 8",
-                                         (project["id"], start)) for column in ("environment", "release")}
+    top = await top_issues_by_events(store, project["id"], start)
+    top_users = await top_issues_by_users(store, project["id"], start)
+    breakdown = await events_by_origin(store, project["id"], start)
     lives = list((await lifetimes(store, project["id"])).values())
     return render(request, "overview.html", project=project, period=period, periods=PERIODS,
                   events_chart=svg_bars(events, CHART_KEYS["level"], labels),
@@ -9516,7 +9611,7 @@ async def page_overview(request: Request) -> Response:
 async def page_issues(request: Request) -> Response:
     store = request.app.store
     q = request.query_params
-    projects = await store.all("SELECT * FROM projects ORDER BY name")
+    projects = await all_projects(store)
     project = next((p for p in projects if p["slug"] == q.get("project")), None)
     status = q.get("status") or "unresolved"
     try:
@@ -9531,10 +9626,8 @@ async def page_issues(request: Request) -> Response:
     except SearchError as exc:
         error = str(exc)
     issues = [{**dict(r), **title_parts(r), "short": short_id(r["project_slug"], r["short_id"])} for r in rows[:limit]]
-    environments = [r["value"] for r in await store.all(
-        "SELECT DISTINCT value FROM issue_tags WHERE key = 'environment' ORDER BY value")]
-    releases = [r["value"] for r in await store.all(
-        "SELECT value FROM issue_tags WHERE key = 'release' GROUP BY value ORDER BY max(last_seen) DESC LIMIT 100")]
+    environments = await environments_seen(store)
+    releases = await releases_seen(store)
     filters = {"project": q.get("project", ""), "status": status, "environment": q.get("environment", ""),
                "release": q.get("release", ""), "q": q.get("q", ""), "sort": q.get("sort", "date")}
 
@@ -9790,8 +9883,7 @@ async def page_bulk(request: Request) -> Response:
     """POST from the issue list: resolve, ignore, unresolve, assign or merge the ticked issues."""
     async def action(form: dict[str, list[str]]) -> str:
         ids = [int(i) for i in form.get("id", []) if i.isascii() and i.isdigit() and len(i) < 19]
-        rows = await request.app.store.all(
-            f"SELECT id, project_id FROM issues WHERE id IN ({','.join('?' * len(ids))})", ids) if ids else []
+        rows = await issues_in(request.app.store, ids)
         by_project: dict[int, list[int]] = {}
         for row in rows:
             by_project.setdefault(row["project_id"], []).append(row["id"])
@@ -9868,9 +9960,10 @@ async def page_not_found(request: Request, exc: Exception) -> Response:
 
 async def project_of_page(request: Request) -> sqlite3.Row:
     """The project a settings page's URL names by slug."""
-    project = await request.app.store.one("SELECT * FROM projects WHERE slug = ?", (request.path_params["slug"],))
+    project = await project_by_slug(request.app.store, request.path_params["slug"])
     if project is None:
         raise PageNotFound("No such project.")
+
     return project
 
 
