@@ -1788,6 +1788,54 @@ def link_feedback(conn: sqlite3.Connection, project_id: int, event_id: str, issu
                  (issue_id, project_id, event_id))
 
 
+ATTACHMENT_COLUMNS = "id, project_id, event_id, filename, content_type, attachment_type, size, sha1, utf8, created"
+
+
+async def attachment_rows(store: Store, project_id: int, event_ids: list[str]) -> list[sqlite3.Row]:
+    """The attachments of these events (their data left out), oldest first."""
+    if not event_ids:
+        return []
+    return await store.all(f"SELECT {ATTACHMENT_COLUMNS} FROM attachments WHERE project_id = ? AND event_id IN "
+                           f"({','.join('?' * len(event_ids))}) ORDER BY id", (project_id, *event_ids))
+
+
+async def event_attachment(store: Store, project_id: int, event_id: str, attachment_id: int) -> sqlite3.Row | None:
+    """One attachment of an event (stored or not) of the project, with its data."""
+    return await store.one("SELECT * FROM attachments WHERE project_id = ? AND event_id = ? AND id = ?",
+                           (project_id, event_id, attachment_id))
+
+
+async def issue_attachment(store: Store, issue_id: int, event_id: str, attachment_id: int) -> sqlite3.Row | None:
+    """One attachment, with its data, of an event of the issue or of a feedback on it."""
+    return await store.one(
+        """SELECT a.* FROM attachments a JOIN issues i ON i.project_id = a.project_id
+           WHERE a.id = ? AND a.event_id = ? AND i.id = ? AND (
+               EXISTS (SELECT 1 FROM events e WHERE e.issue_id = i.id AND e.event_id = a.event_id)
+               OR EXISTS (SELECT 1 FROM feedback f WHERE f.issue_id = i.id AND f.feedback_event_id = a.event_id))""",
+        (attachment_id, event_id, issue_id))
+
+
+async def project_feedback(store: Store, project_id: int, limit: int, offset: int = 0) -> list[sqlite3.Row]:
+    """A project's feedback, newest first, each with its issue's short_id and title (NULL when none)."""
+    return await store.all("""SELECT f.*, i.short_id, i.title FROM feedback f LEFT JOIN issues i ON i.id = f.issue_id
+                              WHERE f.project_id = ? ORDER BY f.created DESC, f.id DESC LIMIT ? OFFSET ?""",
+                           (project_id, limit, offset))
+
+
+async def user_report_of(store: Store, project_id: int, event_id: str | None) -> sqlite3.Row | None:
+    """The user report on an event (there is one at most: a second one replaces it)."""
+    return await store.one("SELECT * FROM feedback WHERE project_id = ? AND event_id = ? AND source = 'user_report'",
+                           (project_id, event_id))
+
+
+async def issue_feedback_rows(store: Store, issue_id: int, limit: int = 100) -> tuple[list[sqlite3.Row], int]:
+    """The issue's newest feedback (at most `limit`) and how much it has in all."""
+    rows = await store.all("SELECT * FROM feedback WHERE issue_id = ? ORDER BY created DESC, id DESC LIMIT ?",
+                           (issue_id, limit))
+    total = (await store.one("SELECT count(*) FROM feedback WHERE issue_id = ?", (issue_id,)))[0] if rows else 0
+    return rows, total
+
+
 ITEM_HANDLERS: dict[str, Callable[[Intake, dict[str, Any], bytes], str | Awaitable[str]]] = {
     "event": take_event, "session": take_health, "sessions": take_health, "transaction": take_health,
     "client_report": take_client_report, "check_in": take_check_in, "attachment": take_attachment,
@@ -1847,6 +1895,17 @@ def log_envelope(conn: sqlite3.Connection, intake: Intake, body: bytes, size: in
         conn.execute("DELETE FROM envelopes WHERE project_id = ? AND (received < ? OR id <= (SELECT id FROM envelopes "
                      "WHERE project_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?))",
                      (intake.project_id, intake.received - ENVELOPE_LOG_AGE, intake.project_id, ENVELOPE_LOG))
+
+
+async def logged_envelopes(store: Store, project_id: int, limit: int = 200) -> list[sqlite3.Row]:
+    """The project's newest logged envelopes, without their header and body."""
+    return await store.all("SELECT id, received, client, size, items FROM envelopes WHERE project_id = ? "
+                           "ORDER BY id DESC LIMIT ?", (project_id, limit))
+
+
+async def logged_envelope(store: Store, project_id: int, envelope_id: int) -> sqlite3.Row | None:
+    """One logged envelope of the project, whole."""
+    return await store.one("SELECT * FROM envelopes WHERE project_id = ? AND id = ?", (project_id, envelope_id))
 
 
 class IngestLimits:
@@ -4561,6 +4620,13 @@ async def newest_event_id(store: Store) -> int:
     return (await store.one("SELECT max(id) AS id FROM events"))["id"] or 0
 
 
+async def project_event(store: Store, project_id: int, event_id: str) -> sqlite3.Row | None:
+    """Where a project's event is stored: its issue_id and event_id, or None when it is not."""
+    return await store.one("SELECT issue_id, event_id FROM events WHERE project_id = ? AND event_id = ?",
+                           (project_id, event_id))
+
+
+
 # -- releases: what shipped, where it went, what broke in it ---------------------------
 
 async def release_list(store: Store, project_id: int | None, limit: int = 100) -> list[dict[str, Any]]:
@@ -7038,7 +7104,6 @@ async def api_issue_event(request: Request) -> dict[str, Any]:
 
 # -- attachments and user feedback (Sentry's event attachments and user-feedback shapes) --------------
 
-ATTACHMENT_COLUMNS = "id, project_id, event_id, filename, content_type, attachment_type, size, sha1, utf8, created"
 # Served with their own type (always as a download); any other is sent as application/octet-stream,
 # so an attacker's HTML or SVG never renders on the tracker's origin.
 SAFE_DOWNLOAD_TYPES = frozenset({
@@ -7063,12 +7128,9 @@ def text_viewable(row: Mapping[str, Any]) -> bool:
 
 
 async def event_attachments(store: Store, project_id: int, event_ids: list[str]) -> list[dict[str, Any]]:
-    """The attachments of these events (their data left out), oldest first."""
-    if not event_ids:
-        return []
-    rows = await store.all(f"SELECT {ATTACHMENT_COLUMNS} FROM attachments WHERE project_id = ? AND event_id IN "
-                           f"({','.join('?' * len(event_ids))}) ORDER BY id", (project_id, *event_ids))
-    return [{**dict(r), "viewable": text_viewable(r), "size_text": human_size(r["size"])} for r in rows]
+    """The attachments of these events (their data left out), oldest first, with what a page shows of them."""
+    return [{**dict(r), "viewable": text_viewable(r), "size_text": human_size(r["size"])}
+            for r in await attachment_rows(store, project_id, event_ids)]
 
 
 def attachment_data(row: Mapping[str, Any]) -> bytes:
@@ -7112,9 +7174,8 @@ async def api_event_attachment(request: Request) -> Any:
     """GET …/attachments/<id>/: its details; with ?download=1 the file."""
     project = await project_from_path(request)
     raw = request.path_params["attachment_id"]
-    row = await request.app.store.one(
-        "SELECT * FROM attachments WHERE project_id = ? AND event_id = ? AND id = ?",
-        (project["id"], path_event_id(request), int(raw))) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
+    row = await event_attachment(request.app.store, project["id"], path_event_id(request), int(raw)) \
+        if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
     if row is None:
         raise ApiError(404, "The requested resource does not exist")
     if request.query_params.get("download", "0").lower() not in ("0", "false"):
@@ -7126,7 +7187,6 @@ async def serialize_user_reports(request: Request, rows: list[sqlite3.Row]) -> l
     """Feedback rows in Sentry's user report shape, each with its issue (or null)."""
     ids = sorted({r["issue_id"] for r in rows if r["issue_id"] is not None})
     issues = {i["id"]: serialize_issue(i, request.app.settings) for i in await issues_by_ids(request.app.store, ids)}
-
     out = []
     for r in rows:
         event_id = r["event_id"] or r["feedback_event_id"]
@@ -7140,8 +7200,7 @@ async def api_user_feedback(request: Request) -> Response:
     """GET /api/0/projects/<org>/<project>/user-feedback/: the project's feedback, newest first."""
     project = await project_from_path(request)
     limit, offset = page_args(request)
-    rows = await request.app.store.all("SELECT * FROM feedback WHERE project_id = ? ORDER BY created DESC, "
-                                             "id DESC LIMIT ? OFFSET ?", (project["id"], limit + 1, offset))
+    rows = await project_feedback(request.app.store, project["id"], limit + 1, offset)
     return JSONResponse(await serialize_user_reports(request, rows[:limit]),
                         headers=paginate(request, len(rows), limit, offset))
 
@@ -7161,8 +7220,7 @@ async def api_create_user_feedback(request: Request) -> dict[str, Any]:
         raise ApiError(400, "email: enter a valid email address")
     feedback.scrub(await project_scrub_policy(request, project["id"]))
     await request.app.writer.submit(lambda conn: store_feedback(conn, feedback))
-    row = await request.app.store.one("SELECT * FROM feedback WHERE project_id = ? AND event_id = ? AND "
-                                            "source = 'user_report'", (project["id"], feedback.event_id))
+    row = await user_report_of(request.app.store, project["id"], feedback.event_id)
     return (await serialize_user_reports(request, [row]))[0]
 
 
@@ -10028,9 +10086,7 @@ async def page_event_json(request: Request) -> Response:
 
 async def issue_feedback(store: Store, issue: sqlite3.Row) -> dict[str, Any]:
     """The issue page's user feedback: the newest 100, each with its screenshots, and the total."""
-    rows = await store.all("SELECT * FROM feedback WHERE issue_id = ? ORDER BY created DESC, id DESC LIMIT 100",
-                           (issue["id"],))
-    total = (await store.one("SELECT count(*) FROM feedback WHERE issue_id = ?", (issue["id"],)))[0] if rows else 0
+    rows, total = await issue_feedback_rows(store, issue["id"])
     shots = await event_attachments(store, issue["project_id"], [r["feedback_event_id"] for r in rows
                                                                  if r["feedback_event_id"]])
     return {"feedback_total": total, "feedback": [
@@ -10043,12 +10099,7 @@ async def attachment_of_page(request: Request) -> sqlite3.Row:
     raw = request.path_params["attachment_id"]
     row = None
     if issue_id is not None and event_id and raw.isascii() and raw.isdigit() and len(raw) < 19:
-        row = await request.app.store.one(
-            """SELECT a.* FROM attachments a JOIN issues i ON i.project_id = a.project_id
-               WHERE a.id = ? AND a.event_id = ? AND i.id = ? AND (
-                   EXISTS (SELECT 1 FROM events e WHERE e.issue_id = i.id AND e.event_id = a.event_id)
-                   OR EXISTS (SELECT 1 FROM feedback f WHERE f.issue_id = i.id AND f.feedback_event_id = a.event_id))""",
-            (int(raw), event_id, issue_id))
+        row = await issue_attachment(request.app.store, issue_id, event_id, int(raw))
     if row is None:
         raise PageNotFound("No such attachment.")
     return row
@@ -10075,9 +10126,7 @@ async def page_attachment_view(request: Request) -> Response:
 async def page_project_feedback(request: Request) -> Response:
     """/projects/<slug>/feedback/: all of a project's user feedback, with the issue each is about."""
     project = await project_of_page(request)
-    rows = await request.app.store.all(
-        """SELECT f.*, i.short_id, i.title FROM feedback f LEFT JOIN issues i ON i.id = f.issue_id
-           WHERE f.project_id = ? ORDER BY f.created DESC, f.id DESC LIMIT 200""", (project["id"],))
+    rows = await project_feedback(request.app.store, project["id"], 200)
     return render(request, "feedback.html", project=project, feedback=[
         {**dict(r), "short": short_id(project["slug"], r["short_id"]) if r["short_id"] else None} for r in rows])
 
@@ -10313,8 +10362,7 @@ async def page_projects(request: Request) -> Response:
 
 async def page_envelopes(request: Request) -> Response:
     project = await project_of_page(request)
-    rows = await request.app.store.all("SELECT id, received, client, size, items FROM envelopes WHERE project_id = ? "
-                                             "ORDER BY id DESC LIMIT 200", (project["id"],))
+    rows = await logged_envelopes(request.app.store, project["id"])
     return render(request, "envelopes.html", project=project, keep=ENVELOPE_LOG,
                   envelopes=[{**dict(r), "parts": json.loads(r["items"])} for r in rows])
 
@@ -10324,8 +10372,8 @@ async def page_envelope(request: Request) -> Response:
     note on binary data) and outcome."""
     project = await project_of_page(request)
     raw_id = request.path_params["envelope_id"]
-    row = await request.app.store.one("SELECT * FROM envelopes WHERE project_id = ? AND id = ?",
-                                            (project["id"], int(raw_id))) if raw_id.isdigit() and len(raw_id) < 19 else None
+    row = await logged_envelope(request.app.store, project["id"], int(raw_id)) \
+        if raw_id.isdigit() and len(raw_id) < 19 else None
     if row is None:
         raise PageNotFound("No such envelope (the log keeps the newest ones for a day).")
     outcomes = json.loads(row["items"])
@@ -10341,9 +10389,7 @@ async def stored_event_of(request: Request, project_id: int, payload: bytes) -> 
     """The stored event a logged item points to (the log of a project that scrubs keeps no event body)."""
     if not payload.startswith(b'{"stored_as_event"'):
         return None
-    event_id = json.loads(payload)["stored_as_event"]
-    return await request.app.store.one("SELECT issue_id, event_id FROM events WHERE project_id = ? AND "
-                                             "event_id = ?", (project_id, event_id))
+    return await project_event(request.app.store, project_id, json.loads(payload)["stored_as_event"])
 
 
 def logged_items(body: bytes | None) -> list[tuple[dict[str, Any], bytes]]:
