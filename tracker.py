@@ -6033,6 +6033,56 @@ async def release_health(store: Store, version: str, since: float = 0) -> list[d
         store, {"release": version, "environment": e["environment"]}, since)} for e in envs]
 
 
+def filter_sql(filters: dict[str, list[str]]) -> tuple[str, list[Any]]:
+    """A WHERE that keeps rows whose column is one of its values, for each column filtered."""
+    where, args = [], []
+    for column, values in filters.items():
+        where.append(f"{column} IN ({','.join('?' * len(values))})")
+        args.extend(values)
+    return (" AND ".join(where) or "1"), args
+
+
+async def session_rows(store: Store, filters: dict[str, list[str]], start: float, end: float,
+                       users: bool) -> tuple[list[sqlite3.Row], list[sqlite3.Row]]:
+    """The session buckets of minutes in [start, end) that match `filters` (project_id, release,
+    environment), and, when `users`, the user-days from start's day on."""
+    where, args = filter_sql(filters)
+    rows = await store.all(f"SELECT * FROM session_buckets WHERE minute >= ? AND minute < ? AND {where}",
+                           [start, end, *args])
+    days = await store.all(f"SELECT * FROM session_users WHERE day >= ? AND day < ? AND {where}",
+                           [start // 86400 * 86400, end, *args]) if users else []
+    return rows, days
+
+
+async def events_per_slot(store: Store, filters: dict[str, list[str]], start: float, end: float,
+                          interval: int) -> dict[int, int]:
+    """Events stored in [start, end) that match `filters`, counted per `interval` slot (0 at start)."""
+    where, args = filter_sql(filters)
+    rows = await store.all(
+        f"SELECT CAST((timestamp - ?) / ? AS INTEGER) AS slot, count(*) AS n FROM events "
+        f"WHERE timestamp >= ? AND timestamp < ? AND {where} GROUP BY slot", [start, interval, start, end, *args])
+    return {r["slot"]: r["n"] for r in rows}
+
+
+async def outcome_rows(store: Store, filters: dict[str, list[str]], start: float, end: float) -> list[sqlite3.Row]:
+    """What was dropped (per reason and category) and what was accepted (reason 'none', as error
+    events) in [start, end), per project and minute (`at`), with its quantity."""
+    where, args = filter_sql(filters)
+    dropped = await store.all(f"SELECT project_id, minute AS at, reason, category, quantity FROM dropped "
+                              f"WHERE minute >= ? AND minute < ? AND {where}", [start, end, *args])
+    accepted = await store.all(f"SELECT project_id, CAST(timestamp / 60 AS INTEGER) * 60 AS at, 'none' AS reason, "
+                               f"'error' AS category, count(*) AS quantity FROM events WHERE timestamp >= ? AND "
+                               f"timestamp < ? AND {where} GROUP BY project_id, at", [start, end, *args])
+    return [*dropped, *accepted]
+
+
+async def session_totals(store: Store) -> list[sqlite3.Row]:
+    """All sessions ever counted, per project slug, release and environment (the metrics page)."""
+    return await store.all("SELECT p.slug, s.release, s.environment, sum(total) AS total, sum(errored) AS errored, "
+                           "sum(crashed) AS crashed, sum(abnormal) AS abnormal FROM session_buckets s "
+                           "JOIN projects p ON p.id = s.project_id GROUP BY p.slug, s.release, s.environment")
+
+
 # -- SLOs: an objective on a project's error rate over a sliding window -----------------------------
 #
 # "errors < 0.1% over 10 minutes": the share of errored sessions (or crashed sessions, or error
@@ -6146,6 +6196,27 @@ class SloJudge(Background):
             except Exception:  # a failed judgement must not stop the clock
                 log.exception("judging SLOs failed")
             await asyncio.sleep(self.interval)
+
+
+async def slo_row(store: Store, project_id: int) -> sqlite3.Row | None:
+    """A project's objective (its config as JSON) and its current state, or None."""
+    return await store.one("SELECT * FROM slos WHERE project_id = ?", (project_id,))
+
+
+async def slo_history(store: Store, project_id: int, since: float) -> list[sqlite3.Row]:
+    """A project's judgements since `since`, oldest first."""
+    return await store.all("SELECT * FROM slo_history WHERE project_id = ? AND minute >= ? ORDER BY minute",
+                           (project_id, since))
+
+
+async def all_slos(store: Store) -> list[sqlite3.Row]:
+    """Every objective with its project's slug (the metrics page)."""
+    return await store.all("SELECT s.*, p.slug FROM slos s JOIN projects p ON p.id = s.project_id")
+
+
+def delete_slo(conn: sqlite3.Connection, project_id: int) -> int:
+    """Writer job: remove the project's objective; answers how many rows went."""
+    return conn.execute("DELETE FROM slos WHERE project_id = ?", (project_id,)).rowcount
 
 
 # -- retention: old events go in small batches, each issue keeps its first and latest -----------
@@ -8147,14 +8218,6 @@ def shlex_split(query: str) -> list[str]:
     return re.findall(r'(?:[^\s"]+|"[^"]*")+', query.replace('"', ""))
 
 
-def filter_sql(filters: dict[str, list[str]]) -> tuple[str, list[Any]]:
-    where, args = [], []
-    for column, values in filters.items():
-        where.append(f"{column} IN ({','.join('?' * len(values))})")
-        args.extend(values)
-    return (" AND ".join(where) or "1"), args
-
-
 def session_field(field: str, s: dict[str, float]) -> float | int | None:
     """One of Sentry's session fields from summed counts (and user sets)."""
     total, users = s["total"], len(s["users"])
@@ -8187,12 +8250,8 @@ async def api_sessions(request: Request) -> dict[str, Any]:
     if "session.status" in groups and any(f not in ("sum(session)", "count_unique(user)") for f in fields):
         raise ApiError(400, "groupBy session.status works with sum(session) and count_unique(user) only")
     start, end, interval = stats_window(request)
-    where, args = filter_sql(stats_filters(request, ("release", "environment")))
-    store = request.app.store
-    rows = await store.all(f"SELECT * FROM session_buckets WHERE minute >= ? AND minute < ? AND {where}",
-                           [start, end, *args])
-    users = await store.all(f"SELECT * FROM session_users WHERE day >= ? AND day < ? AND {where}",
-                            [start // 86400 * 86400, end, *args]) if any("user" in f for f in fields) else []
+    rows, users = await session_rows(request.app.store, stats_filters(request, ("release", "environment")), start, end,
+                                     any("user" in f for f in fields))
     slots = int((end - start) // interval)
     by: dict[tuple[Any, ...], dict[str, Any]] = {}
 
@@ -8231,11 +8290,8 @@ async def api_events_stats(request: Request) -> dict[str, Any]:
             request.query_params.getlist("field") not in ([], ["count()"]):
         raise ApiError(400, "only count() is supported")
     start, end, interval = stats_window(request)
-    where, args = filter_sql(stats_filters(request, ("release", "environment", "level")))
-    rows = await request.app.store.all(
-        f"SELECT CAST((timestamp - ?) / ? AS INTEGER) AS slot, count(*) AS n FROM events "
-        f"WHERE timestamp >= ? AND timestamp < ? AND {where} GROUP BY slot", [start, interval, start, end, *args])
-    counts = {r["slot"]: r["n"] for r in rows}
+    counts = await events_per_slot(request.app.store, stats_filters(request, ("release", "environment", "level")),
+                                   start, end, interval)
     slots = int((end - start) // interval)
     return {"data": [[int(start + i * interval), [{"count": counts.get(i, 0)}]] for i in range(slots)],
             "start": int(start), "end": int(end), "isMetricsData": False}
@@ -8255,17 +8311,11 @@ async def api_stats_v2(request: Request) -> dict[str, Any]:
     if any(g not in STATS_GROUPS for g in groups):
         raise ApiError(400, f"groupBy: any of {', '.join(STATS_GROUPS)}")
     start, end, interval = stats_window(request)
-    where, args = filter_sql(stats_filters(request, ()))
-    store = request.app.store
-    dropped = await store.all(f"SELECT project_id, minute AS at, reason, category, quantity FROM dropped "
-                              f"WHERE minute >= ? AND minute < ? AND {where}", [start, end, *args])
-    accepted = await store.all(f"SELECT project_id, CAST(timestamp / 60 AS INTEGER) * 60 AS at, 'none' AS reason, "
-                               f"'error' AS category, count(*) AS quantity FROM events WHERE timestamp >= ? AND "
-                               f"timestamp < ? AND {where} GROUP BY project_id, at", [start, end, *args])
+    rows = await outcome_rows(request.app.store, stats_filters(request, ()), start, end)
     slots = int((end - start) // interval)
     by: dict[tuple[Any, ...], list[int]] = {}
     wanted = {k: params.getlist(k) for k in ("outcome", "category") if params.getlist(k)}
-    for row in [*dropped, *accepted]:
+    for row in rows:
         client = row["reason"].startswith("client:")
         values = {"outcome": "client_discard" if client else "accepted" if row["reason"] == "none" else "rate_limited",
                   "reason": row["reason"].removeprefix("client:"), "category": row["category"],
@@ -8282,12 +8332,11 @@ async def api_stats_v2(request: Request) -> dict[str, Any]:
 
 async def slo_of(store: Store, project_id: int) -> dict[str, Any] | None:
     """A project's objective with its current state and the last 24 hours of judgements."""
-    row = await store.one("SELECT * FROM slos WHERE project_id = ?", (project_id,))
+    row = await slo_row(store, project_id)
     if row is None:
         return None
     slo = json.loads(row["config"])
-    history = await store.all("SELECT * FROM slo_history WHERE project_id = ? AND minute >= ? ORDER BY minute",
-                              (project_id, time.time() - 86400))
+    history = await slo_history(store, project_id, time.time() - 86400)
     value = row["value"]
     return {"name": slo["name"], "metric": slo["metric"], "objective": slo["objective"], "window": slo["window"],
             "minTotal": slo["min_total"], "environment": slo.get("environment"), "description": slo_words(slo),
@@ -8320,8 +8369,7 @@ async def api_update_slo(request: Request) -> dict[str, Any]:
 
 async def api_delete_slo(request: Request) -> Response:
     project = await project_from_path(request)
-    await request.app.writer.submit(lambda conn: conn.execute("DELETE FROM slos WHERE project_id = ?",
-                                                                    (project["id"],)).rowcount)
+    await request.app.writer.submit(lambda conn: delete_slo(conn, project["id"]))
     return Response(status_code=204)
 
 
@@ -8351,14 +8399,12 @@ async def page_metrics(request: Request) -> Response:
     for r in await event_counts(store):
 
         lines["tracker_events_total"].append(metric_line("tracker_events_total", {"project": r["slug"]}, r["n"]))
-    for r in await store.all("SELECT p.slug, s.release, s.environment, sum(total) AS total, sum(errored) AS errored, "
-                             "sum(crashed) AS crashed, sum(abnormal) AS abnormal FROM session_buckets s "
-                             "JOIN projects p ON p.id = s.project_id GROUP BY p.slug, s.release, s.environment"):
+    for r in await session_totals(store):
         for outcome, part in STATUS_PARTS.items():
             lines["tracker_sessions_total"].append(metric_line("tracker_sessions_total", {
                 "project": r["slug"], "release": r["release"], "environment": r["environment"], "outcome": outcome},
                 part(r)))
-    for r in await store.all("SELECT s.*, p.slug FROM slos s JOIN projects p ON p.id = s.project_id"):
+    for r in await all_slos(store):
         labels = {"project": r["slug"], "slo": json.loads(r["config"])["name"]}
         if r["value"] is not None:
             lines["tracker_slo_value"].append(metric_line("tracker_slo_value", labels, r["value"]))
@@ -10308,8 +10354,8 @@ async def page_slo(request: Request) -> Response:
     if response:
         return response
     slo = await slo_of(store, project["id"])
-    history = await store.all("SELECT * FROM slo_history WHERE project_id = ? AND minute >= ? ORDER BY minute",
-                              (project["id"], time.time() - 86400))
+    history = await slo_history(store, project["id"], time.time() - 86400)
+
     return render(request, "slo.html", status=400 if error else 200, project=project, slo=slo, history=history,
                   error=error, form=last_values(form), metrics=SLO_METRICS)
 
