@@ -4604,6 +4604,14 @@ async def event_counts(store: Store) -> list[sqlite3.Row]:
                            "LEFT JOIN issues i ON i.project_id = p.id GROUP BY p.slug")
 
 
+async def projects_with_counts(store: Store) -> list[sqlite3.Row]:
+    """Every project by name, with its issue_count and event_count (the projects page)."""
+    return await store.all(
+        """SELECT p.*, (SELECT count(*) FROM issues WHERE project_id = p.id) AS issue_count,
+                  (SELECT coalesce(sum(times_seen), 0) FROM issues WHERE project_id = p.id) AS event_count
+           FROM projects p ORDER BY p.name""")
+
+
 # The live page and `tracker tail`: events after an id, with their issue's title and project.
 LIVE_SQL = """SELECT e.id, e.event_id, e.issue_id, e.received, e.level, p.slug AS project, i.title, i.culprit
               FROM events e JOIN issues i ON i.id = e.issue_id JOIN projects p ON p.id = e.project_id
@@ -6081,6 +6089,12 @@ async def session_totals(store: Store) -> list[sqlite3.Row]:
     return await store.all("SELECT p.slug, s.release, s.environment, sum(total) AS total, sum(errored) AS errored, "
                            "sum(crashed) AS crashed, sum(abnormal) AS abnormal FROM session_buckets s "
                            "JOIN projects p ON p.id = s.project_id GROUP BY p.slug, s.release, s.environment")
+
+
+async def drops_since(store: Store, since: float) -> list[sqlite3.Row]:
+    """What was dropped since `since`, per project and reason, the most first."""
+    return await store.all("SELECT project_id, reason, sum(quantity) AS n FROM dropped WHERE minute >= ? "
+                           "GROUP BY project_id, reason ORDER BY n DESC", (since,))
 
 
 # -- SLOs: an objective on a project's error rate over a sliding window -----------------------------
@@ -10393,12 +10407,9 @@ async def page_monitors(request: Request) -> Response:
 async def page_projects(request: Request) -> Response:
     store = request.app.store
     settings = request.app.settings
-    rows = await store.all(
-        """SELECT p.*, (SELECT count(*) FROM issues WHERE project_id = p.id) AS issue_count,
-                  (SELECT coalesce(sum(times_seen), 0) FROM issues WHERE project_id = p.id) AS event_count
-           FROM projects p ORDER BY p.name""")
-    drops = await store.all("SELECT project_id, reason, sum(quantity) AS n FROM dropped WHERE minute >= ? "
-                            "GROUP BY project_id, reason ORDER BY n DESC", (time.time() - 86400,))
+    rows = await projects_with_counts(store)
+    drops = await drops_since(store, time.time() - 86400)
+
     keys = await store.all("SELECT * FROM project_keys ORDER BY active DESC, created")
     projects = [{**dict(p), "dsn_keys": [{**dict(k), "dsn": dsn_for(settings, k["public_key"], p["id"])} for k in keys
                                      if k["project_id"] == p["id"]],
