@@ -704,11 +704,6 @@ def set_project_option(conn: sqlite3.Connection, project_id: int, key: str, valu
                  (project_id, key, json.dumps(value)))
 
 
-async def all_projects(store: Store, by_slug: bool = False) -> list[sqlite3.Row]:
-    """Every project, by name (the pages' order) or by slug (the API's)."""
-    return await store.all(f"SELECT * FROM projects ORDER BY {'slug' if by_slug else 'name'}")
-
-
 async def find_project(store: Store, ref: str) -> sqlite3.Row | None:
     """A project by slug or numeric id."""
     return await store.one("SELECT * FROM projects WHERE slug = ? OR CAST(id AS TEXT) = ?", (ref, ref))
@@ -843,6 +838,11 @@ def create_token(conn: sqlite3.Connection, name: str = "", scopes: str = "read w
     conn.execute("INSERT INTO api_tokens (token_hash, name, scopes, user_id, created) VALUES (?, ?, ?, ?, ?)",
                  (hash_token(token), name, scopes, user_id, time.time()))
     return token
+
+
+async def all_projects(store: Store) -> list[sqlite3.Row]:
+    """Every project, by name (the pages' project pickers)."""
+    return await store.all("SELECT * FROM projects ORDER BY name")
 
 
 # -- people: users, passwords, browser sessions --------------------------------------------------
@@ -4604,14 +4604,6 @@ async def event_counts(store: Store) -> list[sqlite3.Row]:
                            "LEFT JOIN issues i ON i.project_id = p.id GROUP BY p.slug")
 
 
-async def projects_with_counts(store: Store) -> list[sqlite3.Row]:
-    """Every project by name, with its issue_count and event_count (the projects page)."""
-    return await store.all(
-        """SELECT p.*, (SELECT count(*) FROM issues WHERE project_id = p.id) AS issue_count,
-                  (SELECT coalesce(sum(times_seen), 0) FROM issues WHERE project_id = p.id) AS event_count
-           FROM projects p ORDER BY p.name""")
-
-
 # The live page and `tracker tail`: events after an id, with their issue's title and project.
 LIVE_SQL = """SELECT e.id, e.event_id, e.issue_id, e.received, e.level, p.slug AS project, i.title, i.culprit
               FROM events e JOIN issues i ON i.id = e.issue_id JOIN projects p ON p.id = e.project_id
@@ -7038,7 +7030,7 @@ async def api_organization(request: Request) -> dict[str, Any]:
 
 async def api_org_projects(request: Request) -> list[dict[str, Any]]:
     check_org(request)
-    rows = await all_projects(request.app.store, by_slug=True)
+    rows = sorted(await all_projects(request.app.store), key=lambda r: r["slug"])  # code point order, as SQLite sorts
     return [serialize_project(r, request.app.settings) for r in rows]
 
 
@@ -10407,9 +10399,11 @@ async def page_monitors(request: Request) -> Response:
 async def page_projects(request: Request) -> Response:
     store = request.app.store
     settings = request.app.settings
-    rows = await projects_with_counts(store)
+    rows = await store.all(
+        """SELECT p.*, (SELECT count(*) FROM issues WHERE project_id = p.id) AS issue_count,
+                  (SELECT coalesce(sum(times_seen), 0) FROM issues WHERE project_id = p.id) AS event_count
+           FROM projects p ORDER BY p.name""")
     drops = await drops_since(store, time.time() - 86400)
-
     keys = await store.all("SELECT * FROM project_keys ORDER BY active DESC, created")
     projects = [{**dict(p), "dsn_keys": [{**dict(k), "dsn": dsn_for(settings, k["public_key"], p["id"])} for k in keys
                                      if k["project_id"] == p["id"]],
