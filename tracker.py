@@ -705,6 +705,16 @@ def set_project_option(conn: sqlite3.Connection, project_id: int, key: str, valu
                  (project_id, key, json.dumps(value)))
 
 
+async def find_project(store: Store, ref: str) -> sqlite3.Row | None:
+    """A project by slug or numeric id."""
+    return await store.one("SELECT * FROM projects WHERE slug = ? OR CAST(id AS TEXT) = ?", (ref, ref))
+
+
+async def project_by_slug(store: Store, slug: str) -> sqlite3.Row | None:
+    """A project by its slug only (the dashboard's URLs name projects so)."""
+    return await store.one("SELECT * FROM projects WHERE slug = ?", (slug,))
+
+
 REPOSITORY_PROVIDERS = {"github": "GitHub", "gitlab": "GitLab", "bitbucket": "Bitbucket"}
 
 
@@ -829,6 +839,11 @@ def create_token(conn: sqlite3.Connection, name: str = "", scopes: str = "read w
     conn.execute("INSERT INTO api_tokens (token_hash, name, scopes, user_id, created) VALUES (?, ?, ?, ?, ?)",
                  (hash_token(token), name, scopes, user_id, time.time()))
     return token
+
+
+async def all_projects(store: Store) -> list[sqlite3.Row]:
+    """Every project, by name (the pages' project pickers)."""
+    return await store.all("SELECT * FROM projects ORDER BY name")
 
 
 # -- people: users, passwords, browser sessions --------------------------------------------------
@@ -1776,6 +1791,54 @@ def link_feedback(conn: sqlite3.Connection, project_id: int, event_id: str, issu
                  (issue_id, project_id, event_id))
 
 
+ATTACHMENT_COLUMNS = "id, project_id, event_id, filename, content_type, attachment_type, size, sha1, utf8, created"
+
+
+async def attachment_rows(store: Store, project_id: int, event_ids: list[str]) -> list[sqlite3.Row]:
+    """The attachments of these events (their data left out), oldest first."""
+    if not event_ids:
+        return []
+    return await store.all(f"SELECT {ATTACHMENT_COLUMNS} FROM attachments WHERE project_id = ? AND event_id IN "
+                           f"({','.join('?' * len(event_ids))}) ORDER BY id", (project_id, *event_ids))
+
+
+async def event_attachment(store: Store, project_id: int, event_id: str, attachment_id: int) -> sqlite3.Row | None:
+    """One attachment of an event (stored or not) of the project, with its data."""
+    return await store.one("SELECT * FROM attachments WHERE project_id = ? AND event_id = ? AND id = ?",
+                           (project_id, event_id, attachment_id))
+
+
+async def issue_attachment(store: Store, issue_id: int, event_id: str, attachment_id: int) -> sqlite3.Row | None:
+    """One attachment, with its data, of an event of the issue or of a feedback on it."""
+    return await store.one(
+        """SELECT a.* FROM attachments a JOIN issues i ON i.project_id = a.project_id
+           WHERE a.id = ? AND a.event_id = ? AND i.id = ? AND (
+               EXISTS (SELECT 1 FROM events e WHERE e.issue_id = i.id AND e.event_id = a.event_id)
+               OR EXISTS (SELECT 1 FROM feedback f WHERE f.issue_id = i.id AND f.feedback_event_id = a.event_id))""",
+        (attachment_id, event_id, issue_id))
+
+
+async def project_feedback(store: Store, project_id: int, limit: int, offset: int = 0) -> list[sqlite3.Row]:
+    """A project's feedback, newest first, each with its issue's short_id and title (NULL when none)."""
+    return await store.all("""SELECT f.*, i.short_id, i.title FROM feedback f LEFT JOIN issues i ON i.id = f.issue_id
+                              WHERE f.project_id = ? ORDER BY f.created DESC, f.id DESC LIMIT ? OFFSET ?""",
+                           (project_id, limit, offset))
+
+
+async def user_report_of(store: Store, project_id: int, event_id: str | None) -> sqlite3.Row | None:
+    """The user report on an event (there is one at most: a second one replaces it)."""
+    return await store.one("SELECT * FROM feedback WHERE project_id = ? AND event_id = ? AND source = 'user_report'",
+                           (project_id, event_id))
+
+
+async def issue_feedback_rows(store: Store, issue_id: int, limit: int = 100) -> tuple[list[sqlite3.Row], int]:
+    """The issue's newest feedback (at most `limit`) and how much it has in all."""
+    rows = await store.all("SELECT * FROM feedback WHERE issue_id = ? ORDER BY created DESC, id DESC LIMIT ?",
+                           (issue_id, limit))
+    total = (await store.one("SELECT count(*) FROM feedback WHERE issue_id = ?", (issue_id,)))[0] if rows else 0
+    return rows, total
+
+
 ITEM_HANDLERS: dict[str, Callable[[Intake, dict[str, Any], bytes], str | Awaitable[str]]] = {
     "event": take_event, "session": take_health, "sessions": take_health, "transaction": take_health,
     "client_report": take_client_report, "check_in": take_check_in, "attachment": take_attachment,
@@ -1835,6 +1898,17 @@ def log_envelope(conn: sqlite3.Connection, intake: Intake, body: bytes, size: in
         conn.execute("DELETE FROM envelopes WHERE project_id = ? AND (received < ? OR id <= (SELECT id FROM envelopes "
                      "WHERE project_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?))",
                      (intake.project_id, intake.received - ENVELOPE_LOG_AGE, intake.project_id, ENVELOPE_LOG))
+
+
+async def logged_envelopes(store: Store, project_id: int, limit: int = 200) -> list[sqlite3.Row]:
+    """The project's newest logged envelopes, without their header and body."""
+    return await store.all("SELECT id, received, client, size, items FROM envelopes WHERE project_id = ? "
+                           "ORDER BY id DESC LIMIT ?", (project_id, limit))
+
+
+async def logged_envelope(store: Store, project_id: int, envelope_id: int) -> sqlite3.Row | None:
+    """One logged envelope of the project, whole."""
+    return await store.one("SELECT * FROM envelopes WHERE project_id = ? AND id = ?", (project_id, envelope_id))
 
 
 class IngestLimits:
@@ -3966,6 +4040,29 @@ def short_id(project_slug: str, number: int) -> str:
 ISSUE_STATUSES = ("unresolved", "resolved", "ignored")
 
 
+async def issue_hash_list(store: Store, issue: sqlite3.Row) -> list[str]:
+    """The hashes grouped into the issue, sorted."""
+    rows = await store.all("SELECT hash FROM issue_hashes WHERE project_id = ? AND issue_id = ? ORDER BY hash",
+                           (issue["project_id"], issue["id"]))
+    return [r["hash"] for r in rows]
+
+
+async def hash_events(store: Store, issue: sqlite3.Row) -> dict[str, sqlite3.Row | None]:
+    """The issue's hashes, each with its newest event that has it (None when none of the
+    newest EVENT_SCAN_LIMIT events does); reads pages of events until every hash is found."""
+    found: dict[str, sqlite3.Row | None] = dict.fromkeys(await issue_hash_list(store, issue))
+    for offset in range(0, EVENT_SCAN_LIMIT, 100):
+        rows = await store.all("SELECT * FROM events WHERE issue_id = ? ORDER BY timestamp DESC, id DESC "
+                               "LIMIT 100 OFFSET ?", (issue["id"], offset))
+        for row in rows:
+            for digest in decompress_payload(row["payload"]).get("hashes", []):
+                if digest in found and found[digest] is None:
+                    found[digest] = row
+        if not rows or None not in found.values():
+            break
+    return found
+
+
 # -- workflow: resolve, ignore, assign; regressions; the activity log of each issue ---
 #
 # issues.status_details holds Sentry's statusDetails ({"inNextRelease": true}, {"inRelease": "x"},
@@ -4160,6 +4257,20 @@ def ignore_condition_met(conn: sqlite3.Connection, issue: sqlite3.Row, details: 
     if "ignoreUserCount" in details:
         return issue["user_count"] - details["_userCount"] >= details["ignoreUserCount"]
     return False
+
+
+RESOLVE_KINDS = ("set_resolved", "set_resolved_in_release", "set_resolved_in_commit")
+
+
+async def lifetimes(store: Store, project_id: int) -> dict[int, dict[str, Any]]:
+    """Per issue: when it was first resolved, how often it was reopened, and its first release."""
+    rows = await store.all(
+        f"""SELECT i.id, i.first_seen, i.status, i.first_release,
+                   (SELECT min(created) FROM issue_activity WHERE issue_id = i.id
+                    AND kind IN ({','.join('?' * len(RESOLVE_KINDS))})) AS resolved,
+                   (SELECT count(*) FROM issue_activity WHERE issue_id = i.id AND kind = 'set_regression') AS reopened
+            FROM issues i WHERE i.project_id = ?""", [*RESOLVE_KINDS, project_id])
+    return {r["id"]: dict(r) for r in rows}
 
 
 # -- search: Sentry's query syntax over issues, the same in the dashboard and the API ---
@@ -4394,6 +4505,129 @@ async def issue_activity(store: Store, issue_id: int) -> list[sqlite3.Row]:
 
 async def project_releases(store: Store, project_id: int, limit: int = 100) -> list[str]:
     return [r["value"] for r in await store.all(RELEASES_SQL, {"project": project_id, "limit": limit})]
+
+
+async def issues_in(store: Store, ids: Sequence[int | str], project_id: int | None = None) -> list[sqlite3.Row]:
+    """The id and project of those of these issues that exist (in the project, when one is named)."""
+    if not ids:
+        return []
+    where = f"id IN ({','.join('?' * len(ids))})" + (" AND project_id = ?" if project_id is not None else "")
+    return await store.all(f"SELECT id, project_id FROM issues WHERE {where}",
+                           [*ids, *([project_id] if project_id is not None else [])])
+
+
+async def issues_by_ids(store: Store, ids: Sequence[int]) -> list[sqlite3.Row]:
+    """These issues with their project's slug and name, in no order."""
+    if not ids:
+        return []
+    return await store.all(f"SELECT {ISSUE_COLUMNS} FROM issues i JOIN projects p ON p.id = i.project_id "
+                           f"WHERE i.id IN ({','.join('?' * len(ids))})", ids)
+
+
+async def environments_seen(store: Store) -> list[str]:
+    """Every environment any issue has been seen in, alphabetically (the issue list's filter)."""
+    return [r["value"] for r in await store.all(
+        "SELECT DISTINCT value FROM issue_tags WHERE key = 'environment' ORDER BY value")]
+
+
+async def releases_seen(store: Store, limit: int = 100) -> list[str]:
+    """The releases issues have been seen in, the latest seen first (the issue list's filter)."""
+    return [r["value"] for r in await store.all(
+        "SELECT value FROM issue_tags WHERE key = 'release' GROUP BY value ORDER BY max(last_seen) DESC LIMIT ?",
+        (limit,))]
+
+
+async def issue_daily_events(store: Store, issue_ids: list[int], days: int) -> dict[int, list[int]]:
+    """Events per day of each of these issues over the last `days` days (today last), in one query."""
+    start = (time.time() // 86400 - days + 1) * 86400
+    rows = await store.all(f"SELECT issue_id, CAST((timestamp - ?) / 86400 AS INTEGER) AS day, count(*) AS n FROM events "
+                           f"WHERE issue_id IN ({','.join('?' * len(issue_ids))}) AND timestamp >= ? "
+                           f"GROUP BY issue_id, day", [start, *issue_ids, start])
+    counts: dict[int, list[int]] = {i: [0] * days for i in issue_ids}
+    for r in rows:
+        if 0 <= r["day"] < days:
+            counts[r["issue_id"]][r["day"]] = r["n"]
+    return counts
+
+
+async def events_by_level(store: Store, project_id: int, start: float, size: int) -> list[sqlite3.Row]:
+    """A project's events since `start`, counted per level and `size`-second slot (slot 0 at start)."""
+    return await store.all("SELECT CAST((timestamp - ?) / ? AS INTEGER) AS slot, level, count(*) AS n FROM events "
+                           "WHERE project_id = ? AND timestamp >= ? GROUP BY slot, level", [start, size, project_id, start])
+
+
+async def new_issues_by_slot(store: Store, project_id: int, start: float, size: int) -> list[sqlite3.Row]:
+    """A project's issues first seen since `start`, counted per `size`-second slot."""
+    return await store.all("SELECT CAST((first_seen - ?) / ? AS INTEGER) AS slot, count(*) AS n FROM issues "
+                           "WHERE project_id = ? AND first_seen >= ? GROUP BY slot", [start, size, project_id, start])
+
+
+async def regressions_by_slot(store: Store, project_id: int, start: float, size: int) -> list[sqlite3.Row]:
+    """A project's regressions since `start`, counted per `size`-second slot."""
+    return await store.all("SELECT CAST((a.created - ?) / ? AS INTEGER) AS slot, count(*) AS n FROM issue_activity a "
+                           "JOIN issues i ON i.id = a.issue_id WHERE i.project_id = ? AND a.created >= ? "
+                           "AND a.kind = 'set_regression' GROUP BY slot", [start, size, project_id, start])
+
+
+async def top_issues_by_events(store: Store, project_id: int, start: float) -> list[sqlite3.Row]:
+    """The ten issues with the most events since `start` (as period_events), most first."""
+    return await store.all(f"""SELECT {ISSUE_COLUMNS}, e.n AS period_events FROM (SELECT issue_id, count(*) AS n FROM events
+                               WHERE project_id = ? AND timestamp >= ? GROUP BY issue_id ORDER BY n DESC LIMIT 10) e
+                               JOIN issues i ON i.id = e.issue_id JOIN projects p ON p.id = i.project_id
+                               ORDER BY e.n DESC""", (project_id, start))
+
+
+async def top_issues_by_users(store: Store, project_id: int, start: float) -> list[sqlite3.Row]:
+    """The ten issues that reached the most users since `start` (as period_users), most first."""
+    # a tag seen in the period belongs to an issue seen in it: the issues seen lead (issues_by_project)
+    return await store.all(f"""SELECT {ISSUE_COLUMNS}, u.n AS period_users FROM (SELECT t.issue_id, count(*) AS n
+                               FROM issue_tags t JOIN issues x ON x.id = t.issue_id WHERE x.project_id = ?
+                               AND x.last_seen >= ? AND t.key = 'user' AND t.last_seen >= ?
+                               GROUP BY t.issue_id ORDER BY n DESC LIMIT 10) u
+                               JOIN issues i ON i.id = u.issue_id JOIN projects p ON p.id = i.project_id
+                               ORDER BY u.n DESC""", (project_id, start, start))
+
+
+async def events_by_origin(store: Store, project_id: int, start: float) -> dict[str, list[sqlite3.Row]]:
+    """A project's eight commonest environments and releases of events since `start`, with counts."""
+    return {column: await store.all(f"SELECT {column} AS value, count(*) AS n FROM events WHERE project_id = ? "
+                                    f"AND timestamp >= ? GROUP BY {column} ORDER BY n DESC LIMIT 8",
+                                    (project_id, start)) for column in ("environment", "release")}
+
+
+async def issue_counts(store: Store) -> list[sqlite3.Row]:
+    """Issues and their events per project slug and status (the metrics page)."""
+    return await store.all("SELECT p.slug, i.status, count(*) AS n, sum(i.times_seen) AS events FROM issues i "
+                           "JOIN projects p ON p.id = i.project_id GROUP BY p.slug, i.status")
+
+
+async def event_counts(store: Store) -> list[sqlite3.Row]:
+    """Events stored per project slug, zero for a project without any (the metrics page)."""
+    return await store.all("SELECT p.slug, coalesce(sum(i.times_seen), 0) AS n FROM projects p "
+                           "LEFT JOIN issues i ON i.project_id = p.id GROUP BY p.slug")
+
+
+# The live page and `tracker tail`: events after an id, with their issue's title and project.
+LIVE_SQL = """SELECT e.id, e.event_id, e.issue_id, e.received, e.level, p.slug AS project, i.title, i.culprit
+              FROM events e JOIN issues i ON i.id = e.issue_id JOIN projects p ON p.id = e.project_id
+              WHERE e.id > ? ORDER BY e.id LIMIT ?"""
+
+
+async def events_after(store: Store, after: int, limit: int) -> list[sqlite3.Row]:
+    """The first `limit` events stored after the event with id `after`, oldest first."""
+    return await store.all(LIVE_SQL, (after, limit))
+
+
+async def newest_event_id(store: Store) -> int:
+    """The id of the newest stored event, 0 when there is none."""
+    return (await store.one("SELECT max(id) AS id FROM events"))["id"] or 0
+
+
+async def project_event(store: Store, project_id: int, event_id: str) -> sqlite3.Row | None:
+    """Where a project's event is stored: its issue_id and event_id, or None when it is not."""
+    return await store.one("SELECT issue_id, event_id FROM events WHERE project_id = ? AND event_id = ?",
+                           (project_id, event_id))
+
 
 
 # -- releases: what shipped, where it went, what broke in it ---------------------------
@@ -5829,6 +6063,62 @@ async def release_health(store: Store, version: str, since: float = 0) -> list[d
         store, {"release": version, "environment": e["environment"]}, since)} for e in envs]
 
 
+def filter_sql(filters: dict[str, list[str]]) -> tuple[str, list[Any]]:
+    """A WHERE that keeps rows whose column is one of its values, for each column filtered."""
+    where, args = [], []
+    for column, values in filters.items():
+        where.append(f"{column} IN ({','.join('?' * len(values))})")
+        args.extend(values)
+    return (" AND ".join(where) or "1"), args
+
+
+async def session_rows(store: Store, filters: dict[str, list[str]], start: float, end: float,
+                       users: bool) -> tuple[list[sqlite3.Row], list[sqlite3.Row]]:
+    """The session buckets of minutes in [start, end) that match `filters` (project_id, release,
+    environment), and, when `users`, the user-days from start's day on."""
+    where, args = filter_sql(filters)
+    rows = await store.all(f"SELECT * FROM session_buckets WHERE minute >= ? AND minute < ? AND {where}",
+                           [start, end, *args])
+    days = await store.all(f"SELECT * FROM session_users WHERE day >= ? AND day < ? AND {where}",
+                           [start // 86400 * 86400, end, *args]) if users else []
+    return rows, days
+
+
+async def events_per_slot(store: Store, filters: dict[str, list[str]], start: float, end: float,
+                          interval: int) -> dict[int, int]:
+    """Events stored in [start, end) that match `filters`, counted per `interval` slot (0 at start)."""
+    where, args = filter_sql(filters)
+    rows = await store.all(
+        f"SELECT CAST((timestamp - ?) / ? AS INTEGER) AS slot, count(*) AS n FROM events "
+        f"WHERE timestamp >= ? AND timestamp < ? AND {where} GROUP BY slot", [start, interval, start, end, *args])
+    return {r["slot"]: r["n"] for r in rows}
+
+
+async def outcome_rows(store: Store, filters: dict[str, list[str]], start: float, end: float) -> list[sqlite3.Row]:
+    """What was dropped (per reason and category) and what was accepted (reason 'none', as error
+    events) in [start, end), per project and minute (`at`), with its quantity."""
+    where, args = filter_sql(filters)
+    dropped = await store.all(f"SELECT project_id, minute AS at, reason, category, quantity FROM dropped "
+                              f"WHERE minute >= ? AND minute < ? AND {where}", [start, end, *args])
+    accepted = await store.all(f"SELECT project_id, CAST(timestamp / 60 AS INTEGER) * 60 AS at, 'none' AS reason, "
+                               f"'error' AS category, count(*) AS quantity FROM events WHERE timestamp >= ? AND "
+                               f"timestamp < ? AND {where} GROUP BY project_id, at", [start, end, *args])
+    return [*dropped, *accepted]
+
+
+async def session_totals(store: Store) -> list[sqlite3.Row]:
+    """All sessions ever counted, per project slug, release and environment (the metrics page)."""
+    return await store.all("SELECT p.slug, s.release, s.environment, sum(total) AS total, sum(errored) AS errored, "
+                           "sum(crashed) AS crashed, sum(abnormal) AS abnormal FROM session_buckets s "
+                           "JOIN projects p ON p.id = s.project_id GROUP BY p.slug, s.release, s.environment")
+
+
+async def drops_since(store: Store, since: float) -> list[sqlite3.Row]:
+    """What was dropped since `since`, per project and reason, the most first."""
+    return await store.all("SELECT project_id, reason, sum(quantity) AS n FROM dropped WHERE minute >= ? "
+                           "GROUP BY project_id, reason ORDER BY n DESC", (since,))
+
+
 # -- SLOs: an objective on a project's error rate over a sliding window -----------------------------
 #
 # "errors < 0.1% over 10 minutes": the share of errored sessions (or crashed sessions, or error
@@ -5942,6 +6232,27 @@ class SloJudge(Background):
             except Exception:  # a failed judgement must not stop the clock
                 log.exception("judging SLOs failed")
             await asyncio.sleep(self.interval)
+
+
+async def slo_row(store: Store, project_id: int) -> sqlite3.Row | None:
+    """A project's objective (its config as JSON) and its current state, or None."""
+    return await store.one("SELECT * FROM slos WHERE project_id = ?", (project_id,))
+
+
+async def slo_history(store: Store, project_id: int, since: float) -> list[sqlite3.Row]:
+    """A project's judgements since `since`, oldest first."""
+    return await store.all("SELECT * FROM slo_history WHERE project_id = ? AND minute >= ? ORDER BY minute",
+                           (project_id, since))
+
+
+async def all_slos(store: Store) -> list[sqlite3.Row]:
+    """Every objective with its project's slug (the metrics page)."""
+    return await store.all("SELECT s.*, p.slug FROM slos s JOIN projects p ON p.id = s.project_id")
+
+
+def delete_slo(conn: sqlite3.Connection, project_id: int) -> int:
+    """Writer job: remove the project's objective; answers how many rows went."""
+    return conn.execute("DELETE FROM slos WHERE project_id = ?", (project_id,)).rowcount
 
 
 # -- retention: old events go in small batches, each issue keeps its first and latest -----------
@@ -6749,7 +7060,7 @@ async def api_organization(request: Request) -> dict[str, Any]:
 
 async def api_org_projects(request: Request) -> list[dict[str, Any]]:
     check_org(request)
-    rows = await request.app.store.all("SELECT * FROM projects ORDER BY slug")
+    rows = sorted(await all_projects(request.app.store), key=lambda r: r["slug"])  # code point order, as SQLite sorts
     return [serialize_project(r, request.app.settings) for r in rows]
 
 
@@ -6842,9 +7153,7 @@ async def listed_project_issues(request: Request) -> tuple[sqlite3.Row, list[sql
     ids = request.query_params.getlist("id")
     if not ids or len(ids) > 1000 or not all(i.isascii() and i.isdigit() and len(i) < 19 for i in ids):
         raise ApiError(400, "name the issues as ?id=1&id=2 (at most 1000)")
-    rows = await request.app.store.all(
-        f"SELECT id FROM issues WHERE project_id = ? AND id IN ({','.join('?' * len(ids))})", [project["id"], *ids])
-    return project, rows
+    return project, await issues_in(request.app.store, ids, project["id"])
 
 
 async def api_update_project_issues(request: Request) -> Response:
@@ -6906,7 +7215,6 @@ async def api_issue_event(request: Request) -> dict[str, Any]:
 
 # -- attachments and user feedback (Sentry's event attachments and user-feedback shapes) --------------
 
-ATTACHMENT_COLUMNS = "id, project_id, event_id, filename, content_type, attachment_type, size, sha1, utf8, created"
 # Served with their own type (always as a download); any other is sent as application/octet-stream,
 # so an attacker's HTML or SVG never renders on the tracker's origin.
 SAFE_DOWNLOAD_TYPES = frozenset({
@@ -6931,12 +7239,9 @@ def text_viewable(row: Mapping[str, Any]) -> bool:
 
 
 async def event_attachments(store: Store, project_id: int, event_ids: list[str]) -> list[dict[str, Any]]:
-    """The attachments of these events (their data left out), oldest first."""
-    if not event_ids:
-        return []
-    rows = await store.all(f"SELECT {ATTACHMENT_COLUMNS} FROM attachments WHERE project_id = ? AND event_id IN "
-                           f"({','.join('?' * len(event_ids))}) ORDER BY id", (project_id, *event_ids))
-    return [{**dict(r), "viewable": text_viewable(r), "size_text": human_size(r["size"])} for r in rows]
+    """The attachments of these events (their data left out), oldest first, with what a page shows of them."""
+    return [{**dict(r), "viewable": text_viewable(r), "size_text": human_size(r["size"])}
+            for r in await attachment_rows(store, project_id, event_ids)]
 
 
 def attachment_data(row: Mapping[str, Any]) -> bytes:
@@ -6980,9 +7285,8 @@ async def api_event_attachment(request: Request) -> Any:
     """GET …/attachments/<id>/: its details; with ?download=1 the file."""
     project = await project_from_path(request)
     raw = request.path_params["attachment_id"]
-    row = await request.app.store.one(
-        "SELECT * FROM attachments WHERE project_id = ? AND event_id = ? AND id = ?",
-        (project["id"], path_event_id(request), int(raw))) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
+    row = await event_attachment(request.app.store, project["id"], path_event_id(request), int(raw)) \
+        if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
     if row is None:
         raise ApiError(404, "The requested resource does not exist")
     if request.query_params.get("download", "0").lower() not in ("0", "false"):
@@ -6992,11 +7296,8 @@ async def api_event_attachment(request: Request) -> Any:
 
 async def serialize_user_reports(request: Request, rows: list[sqlite3.Row]) -> list[dict[str, Any]]:
     """Feedback rows in Sentry's user report shape, each with its issue (or null)."""
-    store = request.app.store
     ids = sorted({r["issue_id"] for r in rows if r["issue_id"] is not None})
-    issues = {i["id"]: serialize_issue(i, request.app.settings) for i in await store.all(
-        f"SELECT {ISSUE_COLUMNS} FROM issues i JOIN projects p ON p.id = i.project_id WHERE i.id IN "
-        f"({','.join('?' * len(ids))})", ids)} if ids else {}
+    issues = {i["id"]: serialize_issue(i, request.app.settings) for i in await issues_by_ids(request.app.store, ids)}
     out = []
     for r in rows:
         event_id = r["event_id"] or r["feedback_event_id"]
@@ -7010,8 +7311,7 @@ async def api_user_feedback(request: Request) -> Response:
     """GET /api/0/projects/<org>/<project>/user-feedback/: the project's feedback, newest first."""
     project = await project_from_path(request)
     limit, offset = page_args(request)
-    rows = await request.app.store.all("SELECT * FROM feedback WHERE project_id = ? ORDER BY created DESC, "
-                                             "id DESC LIMIT ? OFFSET ?", (project["id"], limit + 1, offset))
+    rows = await project_feedback(request.app.store, project["id"], limit + 1, offset)
     return JSONResponse(await serialize_user_reports(request, rows[:limit]),
                         headers=paginate(request, len(rows), limit, offset))
 
@@ -7031,8 +7331,7 @@ async def api_create_user_feedback(request: Request) -> dict[str, Any]:
         raise ApiError(400, "email: enter a valid email address")
     feedback.scrub(await project_scrub_policy(request, project["id"]))
     await request.app.writer.submit(lambda conn: store_feedback(conn, feedback))
-    row = await request.app.store.one("SELECT * FROM feedback WHERE project_id = ? AND event_id = ? AND "
-                                            "source = 'user_report'", (project["id"], feedback.event_id))
+    row = await user_report_of(request.app.store, project["id"], feedback.event_id)
     return (await serialize_user_reports(request, [row]))[0]
 
 
@@ -7136,28 +7435,6 @@ async def unmerge(request: Request, issue_id: int, hashes: set[str]) -> int:
         raise ApiError(400, str(exc)) from None
 
 
-async def issue_hash_list(store: Store, issue: sqlite3.Row) -> list[str]:
-    rows = await store.all("SELECT hash FROM issue_hashes WHERE project_id = ? AND issue_id = ? ORDER BY hash",
-                           (issue["project_id"], issue["id"]))
-    return [r["hash"] for r in rows]
-
-
-async def hash_events(store: Store, issue: sqlite3.Row) -> dict[str, sqlite3.Row | None]:
-    """The issue's hashes, each with its newest event that has it (None when none of the
-    newest EVENT_SCAN_LIMIT events does); reads pages of events until every hash is found."""
-    found: dict[str, sqlite3.Row | None] = dict.fromkeys(await issue_hash_list(store, issue))
-    for offset in range(0, EVENT_SCAN_LIMIT, 100):
-        rows = await store.all("SELECT * FROM events WHERE issue_id = ? ORDER BY timestamp DESC, id DESC "
-                               "LIMIT 100 OFFSET ?", (issue["id"], offset))
-        for row in rows:
-            for digest in decompress_payload(row["payload"]).get("hashes", []):
-                if digest in found and found[digest] is None:
-                    found[digest] = row
-        if not rows or None not in found.values():
-            break
-    return found
-
-
 async def api_issue_hashes(request: Request) -> list[dict[str, Any]]:
     """GET /api/0/issues/<id>/hashes/: the hashes grouped into the issue, with their latest event."""
     issue = await issue_from_path(request)
@@ -7204,11 +7481,6 @@ def body_mapping(body: Any, current: dict[str, Any]) -> dict[str, str]:
         return checked_mapping(fields)
     except MappingError as exc:
         raise ApiError(400, str(exc)) from None
-
-
-async def find_project(store: Store, ref: str) -> sqlite3.Row | None:
-    """A project by slug or numeric id."""
-    return await store.one("SELECT * FROM projects WHERE slug = ? OR CAST(id AS TEXT) = ?", (ref, ref))
 
 
 async def org_row_from_path(request: Request, table: str, param: str) -> sqlite3.Row:
@@ -7987,14 +8259,6 @@ def shlex_split(query: str) -> list[str]:
     return re.findall(r'(?:[^\s"]+|"[^"]*")+', query.replace('"', ""))
 
 
-def filter_sql(filters: dict[str, list[str]]) -> tuple[str, list[Any]]:
-    where, args = [], []
-    for column, values in filters.items():
-        where.append(f"{column} IN ({','.join('?' * len(values))})")
-        args.extend(values)
-    return (" AND ".join(where) or "1"), args
-
-
 def session_field(field: str, s: dict[str, float]) -> float | int | None:
     """One of Sentry's session fields from summed counts (and user sets)."""
     total, users = s["total"], len(s["users"])
@@ -8027,12 +8291,8 @@ async def api_sessions(request: Request) -> dict[str, Any]:
     if "session.status" in groups and any(f not in ("sum(session)", "count_unique(user)") for f in fields):
         raise ApiError(400, "groupBy session.status works with sum(session) and count_unique(user) only")
     start, end, interval = stats_window(request)
-    where, args = filter_sql(stats_filters(request, ("release", "environment")))
-    store = request.app.store
-    rows = await store.all(f"SELECT * FROM session_buckets WHERE minute >= ? AND minute < ? AND {where}",
-                           [start, end, *args])
-    users = await store.all(f"SELECT * FROM session_users WHERE day >= ? AND day < ? AND {where}",
-                            [start // 86400 * 86400, end, *args]) if any("user" in f for f in fields) else []
+    rows, users = await session_rows(request.app.store, stats_filters(request, ("release", "environment")), start, end,
+                                     any("user" in f for f in fields))
     slots = int((end - start) // interval)
     by: dict[tuple[Any, ...], dict[str, Any]] = {}
 
@@ -8071,11 +8331,8 @@ async def api_events_stats(request: Request) -> dict[str, Any]:
             request.query_params.getlist("field") not in ([], ["count()"]):
         raise ApiError(400, "only count() is supported")
     start, end, interval = stats_window(request)
-    where, args = filter_sql(stats_filters(request, ("release", "environment", "level")))
-    rows = await request.app.store.all(
-        f"SELECT CAST((timestamp - ?) / ? AS INTEGER) AS slot, count(*) AS n FROM events "
-        f"WHERE timestamp >= ? AND timestamp < ? AND {where} GROUP BY slot", [start, interval, start, end, *args])
-    counts = {r["slot"]: r["n"] for r in rows}
+    counts = await events_per_slot(request.app.store, stats_filters(request, ("release", "environment", "level")),
+                                   start, end, interval)
     slots = int((end - start) // interval)
     return {"data": [[int(start + i * interval), [{"count": counts.get(i, 0)}]] for i in range(slots)],
             "start": int(start), "end": int(end), "isMetricsData": False}
@@ -8095,17 +8352,11 @@ async def api_stats_v2(request: Request) -> dict[str, Any]:
     if any(g not in STATS_GROUPS for g in groups):
         raise ApiError(400, f"groupBy: any of {', '.join(STATS_GROUPS)}")
     start, end, interval = stats_window(request)
-    where, args = filter_sql(stats_filters(request, ()))
-    store = request.app.store
-    dropped = await store.all(f"SELECT project_id, minute AS at, reason, category, quantity FROM dropped "
-                              f"WHERE minute >= ? AND minute < ? AND {where}", [start, end, *args])
-    accepted = await store.all(f"SELECT project_id, CAST(timestamp / 60 AS INTEGER) * 60 AS at, 'none' AS reason, "
-                               f"'error' AS category, count(*) AS quantity FROM events WHERE timestamp >= ? AND "
-                               f"timestamp < ? AND {where} GROUP BY project_id, at", [start, end, *args])
+    rows = await outcome_rows(request.app.store, stats_filters(request, ()), start, end)
     slots = int((end - start) // interval)
     by: dict[tuple[Any, ...], list[int]] = {}
     wanted = {k: params.getlist(k) for k in ("outcome", "category") if params.getlist(k)}
-    for row in [*dropped, *accepted]:
+    for row in rows:
         client = row["reason"].startswith("client:")
         values = {"outcome": "client_discard" if client else "accepted" if row["reason"] == "none" else "rate_limited",
                   "reason": row["reason"].removeprefix("client:"), "category": row["category"],
@@ -8122,12 +8373,11 @@ async def api_stats_v2(request: Request) -> dict[str, Any]:
 
 async def slo_of(store: Store, project_id: int) -> dict[str, Any] | None:
     """A project's objective with its current state and the last 24 hours of judgements."""
-    row = await store.one("SELECT * FROM slos WHERE project_id = ?", (project_id,))
+    row = await slo_row(store, project_id)
     if row is None:
         return None
     slo = json.loads(row["config"])
-    history = await store.all("SELECT * FROM slo_history WHERE project_id = ? AND minute >= ? ORDER BY minute",
-                              (project_id, time.time() - 86400))
+    history = await slo_history(store, project_id, time.time() - 86400)
     value = row["value"]
     return {"name": slo["name"], "metric": slo["metric"], "objective": slo["objective"], "window": slo["window"],
             "minTotal": slo["min_total"], "environment": slo.get("environment"), "description": slo_words(slo),
@@ -8160,8 +8410,7 @@ async def api_update_slo(request: Request) -> dict[str, Any]:
 
 async def api_delete_slo(request: Request) -> Response:
     project = await project_from_path(request)
-    await request.app.writer.submit(lambda conn: conn.execute("DELETE FROM slos WHERE project_id = ?",
-                                                                    (project["id"],)).rowcount)
+    await request.app.writer.submit(lambda conn: delete_slo(conn, project["id"]))
     return Response(status_code=204)
 
 
@@ -8186,20 +8435,17 @@ async def page_metrics(request: Request) -> Response:
     """Prometheus text format, for scrapers and Alertmanager setups."""
     store = request.app.store
     lines: dict[str, list[str]] = {name: [] for name in METRICS_HELP}
-    for r in await store.all("SELECT p.slug, i.status, count(*) AS n, sum(i.times_seen) AS events FROM issues i "
-                             "JOIN projects p ON p.id = i.project_id GROUP BY p.slug, i.status"):
+    for r in await issue_counts(store):
         lines["tracker_issues"].append(metric_line("tracker_issues", {"project": r["slug"], "status": r["status"]}, r["n"]))
-    for r in await store.all("SELECT p.slug, coalesce(sum(i.times_seen), 0) AS n FROM projects p "
-                             "LEFT JOIN issues i ON i.project_id = p.id GROUP BY p.slug"):
+    for r in await event_counts(store):
+
         lines["tracker_events_total"].append(metric_line("tracker_events_total", {"project": r["slug"]}, r["n"]))
-    for r in await store.all("SELECT p.slug, s.release, s.environment, sum(total) AS total, sum(errored) AS errored, "
-                             "sum(crashed) AS crashed, sum(abnormal) AS abnormal FROM session_buckets s "
-                             "JOIN projects p ON p.id = s.project_id GROUP BY p.slug, s.release, s.environment"):
+    for r in await session_totals(store):
         for outcome, part in STATUS_PARTS.items():
             lines["tracker_sessions_total"].append(metric_line("tracker_sessions_total", {
                 "project": r["slug"], "release": r["release"], "environment": r["environment"], "outcome": outcome},
                 part(r)))
-    for r in await store.all("SELECT s.*, p.slug FROM slos s JOIN projects p ON p.id = s.project_id"):
+    for r in await all_slos(store):
         labels = {"project": r["slug"], "slo": json.loads(r["config"])["name"]}
         if r["value"] is not None:
             lines["tracker_slo_value"].append(metric_line("tracker_slo_value", labels, r["value"]))
@@ -8628,9 +8874,6 @@ async def page_css(request: Request) -> Response:
 
 # -- live: events as they arrive (server-sent events; `tracker tail` reads the same query) ---------
 
-LIVE_SQL = """SELECT e.id, e.event_id, e.issue_id, e.received, e.level, p.slug AS project, i.title, i.culprit
-              FROM events e JOIN issues i ON i.id = e.issue_id JOIN projects p ON p.id = e.project_id
-              WHERE e.id > ? ORDER BY e.id LIMIT ?"""
 LIVE_CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; "
             "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
@@ -8644,10 +8887,9 @@ def live_line(row: sqlite3.Row) -> dict[str, Any]:
 async def page_live(request: Request) -> Response:
     """The newest events, then each new one as it is stored (the script follows /live/events)."""
     store = request.app.store
-    newest = await store.one("SELECT max(id) AS id FROM events")
-    after = max((newest["id"] or 0) - 50, 0)
-    rows = [live_line(r) for r in await store.all(LIVE_SQL, (after, 50))]
-    response = render(request, "live.html", events=list(reversed(rows)), after=newest["id"] or 0)
+    newest = await newest_event_id(store)
+    rows = [live_line(r) for r in await events_after(store, max(newest - 50, 0), 50)]
+    response = render(request, "live.html", events=list(reversed(rows)), after=newest)
     response.headers["Content-Security-Policy"] = LIVE_CSP
     return response
 
@@ -8671,7 +8913,7 @@ async def page_live_events(request: Request) -> Response:
         yield "retry: 2000\n\n"
         quiet = 0
         while True:
-            rows = await store.all(LIVE_SQL, (last, 100))
+            rows = await events_after(store, last, 100)
             for row in rows:
                 last = row["id"]
                 yield f"id: {last}\nevent: event\ndata: {json.dumps(live_line(row))}\n\n"
@@ -8730,14 +8972,7 @@ async def issue_sparklines(store: Store, issue_ids: list[int], days: int = 14) -
     """Events per day over the last two weeks for a page of issues, in one query."""
     if not issue_ids:
         return {}
-    start = (time.time() // 86400 - days + 1) * 86400
-    rows = await store.all(f"SELECT issue_id, CAST((timestamp - ?) / 86400 AS INTEGER) AS day, count(*) AS n FROM events "
-                           f"WHERE issue_id IN ({','.join('?' * len(issue_ids))}) AND timestamp >= ? "
-                           f"GROUP BY issue_id, day", [start, *issue_ids, start])
-    counts: dict[int, list[int]] = {i: [0] * days for i in issue_ids}
-    for r in rows:
-        if 0 <= r["day"] < days:
-            counts[r["issue_id"]][r["day"]] = r["n"]
+    counts = await issue_daily_events(store, issue_ids, days)
     return {i: sparkline(v, f"{sum(v)} events in {days} days") for i, v in counts.items()}
 
 
@@ -8761,20 +8996,6 @@ def duration_words(seconds: float | None) -> str:
         if seconds >= size:
             return f"{seconds / size:.1f} {unit}".replace(".0 ", " ")
     return f"{int(seconds)} s"
-
-
-RESOLVE_KINDS = ("set_resolved", "set_resolved_in_release", "set_resolved_in_commit")
-
-
-async def lifetimes(store: Store, project_id: int) -> dict[int, dict[str, Any]]:
-    """Per issue: when it was first resolved, how often it was reopened, and its first release."""
-    rows = await store.all(
-        f"""SELECT i.id, i.first_seen, i.status, i.first_release,
-                   (SELECT min(created) FROM issue_activity WHERE issue_id = i.id
-                    AND kind IN ({','.join('?' * len(RESOLVE_KINDS))})) AS resolved,
-                   (SELECT count(*) FROM issue_activity WHERE issue_id = i.id AND kind = 'set_regression') AS reopened
-            FROM issues i WHERE i.project_id = ?""", [*RESOLVE_KINDS, project_id])
-    return {r["id"]: dict(r) for r in rows}
 
 
 def lifetime_stats(issues: list[dict[str, Any]], now: float) -> dict[str, Any]:
@@ -8815,34 +9036,18 @@ async def page_overview(request: Request) -> Response:
     now = time.time()
     start = (now - span) // size * size + size
     count = int((now - start) // size) + 1
-    args = [start, size, project["id"], start]
     events = [dict() for _ in range(count)]  # type: list[dict[str, int]]
-    for r in await store.all("SELECT CAST((timestamp - ?) / ? AS INTEGER) AS slot, level, count(*) AS n FROM events "
-                             "WHERE project_id = ? AND timestamp >= ? GROUP BY slot, level", args):
+    for r in await events_by_level(store, project["id"], start, size):
         events[min(r["slot"], count - 1)][r["level"]] = r["n"]
     changes = [dict() for _ in range(count)]  # type: list[dict[str, int]]
-    for r in await store.all("SELECT CAST((first_seen - ?) / ? AS INTEGER) AS slot, count(*) AS n FROM issues "
-                             "WHERE project_id = ? AND first_seen >= ? GROUP BY slot", args):
+    for r in await new_issues_by_slot(store, project["id"], start, size):
         changes[min(r["slot"], count - 1)]["new"] = r["n"]
-    for r in await store.all("SELECT CAST((a.created - ?) / ? AS INTEGER) AS slot, count(*) AS n FROM issue_activity a "
-                             "JOIN issues i ON i.id = a.issue_id WHERE i.project_id = ? AND a.created >= ? "
-                             "AND a.kind = 'set_regression' GROUP BY slot", args):
+    for r in await regressions_by_slot(store, project["id"], start, size):
         changes[min(r["slot"], count - 1)]["regressed"] = r["n"]
     labels = bucket_labels(start, size, count)
-    top = await store.all(f"""SELECT {ISSUE_COLUMNS}, e.n AS period_events FROM (SELECT issue_id, count(*) AS n FROM events
-                              WHERE project_id = ? AND timestamp >= ? GROUP BY issue_id ORDER BY n DESC LIMIT 10) e
-                              JOIN issues i ON i.id = e.issue_id JOIN projects p ON p.id = i.project_id
-                              ORDER BY e.n DESC""", (project["id"], start))
-    # a tag seen in the period belongs to an issue seen in it: the issues seen lead (issues_by_project)
-    top_users = await store.all(f"""SELECT {ISSUE_COLUMNS}, u.n AS period_users FROM (SELECT t.issue_id, count(*) AS n
-                                    FROM issue_tags t JOIN issues x ON x.id = t.issue_id WHERE x.project_id = ?
-                                    AND x.last_seen >= ? AND t.key = 'user' AND t.last_seen >= ?
-                                    GROUP BY t.issue_id ORDER BY n DESC LIMIT 10) u
-                                    JOIN issues i ON i.id = u.issue_id JOIN projects p ON p.id = i.project_id
-                                    ORDER BY u.n DESC""", (project["id"], start, start))
-    breakdown = {column: await store.all(f"SELECT {column} AS value, count(*) AS n FROM events WHERE project_id = ? "
-                                         f"AND timestamp >= ? GROUP BY {column} ORDER BY n DESC LIMIT 8",
-                                         (project["id"], start)) for column in ("environment", "release")}
+    top = await top_issues_by_events(store, project["id"], start)
+    top_users = await top_issues_by_users(store, project["id"], start)
+    breakdown = await events_by_origin(store, project["id"], start)
     lives = list((await lifetimes(store, project["id"])).values())
     return render(request, "overview.html", project=project, period=period, periods=PERIODS,
                   events_chart=svg_bars(events, CHART_KEYS["level"], labels),
@@ -8856,7 +9061,7 @@ async def page_overview(request: Request) -> Response:
 async def page_issues(request: Request) -> Response:
     store = request.app.store
     q = request.query_params
-    projects = await store.all("SELECT * FROM projects ORDER BY name")
+    projects = await all_projects(store)
     project = next((p for p in projects if p["slug"] == q.get("project")), None)
     status = q.get("status") or "unresolved"
     try:
@@ -8871,10 +9076,8 @@ async def page_issues(request: Request) -> Response:
     except SearchError as exc:
         error = str(exc)
     issues = [{**dict(r), **title_parts(r), "short": short_id(r["project_slug"], r["short_id"])} for r in rows[:limit]]
-    environments = [r["value"] for r in await store.all(
-        "SELECT DISTINCT value FROM issue_tags WHERE key = 'environment' ORDER BY value")]
-    releases = [r["value"] for r in await store.all(
-        "SELECT value FROM issue_tags WHERE key = 'release' GROUP BY value ORDER BY max(last_seen) DESC LIMIT 100")]
+    environments = await environments_seen(store)
+    releases = await releases_seen(store)
     filters = {"project": q.get("project", ""), "status": status, "environment": q.get("environment", ""),
                "release": q.get("release", ""), "q": q.get("q", ""), "sort": q.get("sort", "date")}
 
@@ -9130,8 +9333,7 @@ async def page_bulk(request: Request) -> Response:
     """POST from the issue list: resolve, ignore, unresolve, assign or merge the ticked issues."""
     async def action(form: dict[str, list[str]]) -> str:
         ids = [int(i) for i in form.get("id", []) if i.isascii() and i.isdigit() and len(i) < 19]
-        rows = await request.app.store.all(
-            f"SELECT id, project_id FROM issues WHERE id IN ({','.join('?' * len(ids))})", ids) if ids else []
+        rows = await issues_in(request.app.store, ids)
         by_project: dict[int, list[int]] = {}
         for row in rows:
             by_project.setdefault(row["project_id"], []).append(row["id"])
@@ -9208,9 +9410,10 @@ async def page_not_found(request: Request, exc: Exception) -> Response:
 
 async def project_of_page(request: Request) -> sqlite3.Row:
     """The project a settings page's URL names by slug."""
-    project = await request.app.store.one("SELECT * FROM projects WHERE slug = ?", (request.path_params["slug"],))
+    project = await project_by_slug(request.app.store, request.path_params["slug"])
     if project is None:
         raise PageNotFound("No such project.")
+
     return project
 
 
@@ -9275,9 +9478,7 @@ async def page_event_json(request: Request) -> Response:
 
 async def issue_feedback(store: Store, issue: sqlite3.Row) -> dict[str, Any]:
     """The issue page's user feedback: the newest 100, each with its screenshots, and the total."""
-    rows = await store.all("SELECT * FROM feedback WHERE issue_id = ? ORDER BY created DESC, id DESC LIMIT 100",
-                           (issue["id"],))
-    total = (await store.one("SELECT count(*) FROM feedback WHERE issue_id = ?", (issue["id"],)))[0] if rows else 0
+    rows, total = await issue_feedback_rows(store, issue["id"])
     shots = await event_attachments(store, issue["project_id"], [r["feedback_event_id"] for r in rows
                                                                  if r["feedback_event_id"]])
     return {"feedback_total": total, "feedback": [
@@ -9290,12 +9491,7 @@ async def attachment_of_page(request: Request) -> sqlite3.Row:
     raw = request.path_params["attachment_id"]
     row = None
     if issue_id is not None and event_id and raw.isascii() and raw.isdigit() and len(raw) < 19:
-        row = await request.app.store.one(
-            """SELECT a.* FROM attachments a JOIN issues i ON i.project_id = a.project_id
-               WHERE a.id = ? AND a.event_id = ? AND i.id = ? AND (
-                   EXISTS (SELECT 1 FROM events e WHERE e.issue_id = i.id AND e.event_id = a.event_id)
-                   OR EXISTS (SELECT 1 FROM feedback f WHERE f.issue_id = i.id AND f.feedback_event_id = a.event_id))""",
-            (int(raw), event_id, issue_id))
+        row = await issue_attachment(request.app.store, issue_id, event_id, int(raw))
     if row is None:
         raise PageNotFound("No such attachment.")
     return row
@@ -9322,9 +9518,7 @@ async def page_attachment_view(request: Request) -> Response:
 async def page_project_feedback(request: Request) -> Response:
     """/projects/<slug>/feedback/: all of a project's user feedback, with the issue each is about."""
     project = await project_of_page(request)
-    rows = await request.app.store.all(
-        """SELECT f.*, i.short_id, i.title FROM feedback f LEFT JOIN issues i ON i.id = f.issue_id
-           WHERE f.project_id = ? ORDER BY f.created DESC, f.id DESC LIMIT 200""", (project["id"],))
+    rows = await project_feedback(request.app.store, project["id"], 200)
     return render(request, "feedback.html", project=project, feedback=[
         {**dict(r), "short": short_id(project["slug"], r["short_id"]) if r["short_id"] else None} for r in rows])
 
@@ -9506,8 +9700,8 @@ async def page_slo(request: Request) -> Response:
     if response:
         return response
     slo = await slo_of(store, project["id"])
-    history = await store.all("SELECT * FROM slo_history WHERE project_id = ? AND minute >= ? ORDER BY minute",
-                              (project["id"], time.time() - 86400))
+    history = await slo_history(store, project["id"], time.time() - 86400)
+
     return render(request, "slo.html", status=400 if error else 200, project=project, slo=slo, history=history,
                   error=error, form=last_values(form), metrics=SLO_METRICS)
 
@@ -9549,8 +9743,7 @@ async def page_projects(request: Request) -> Response:
         """SELECT p.*, (SELECT count(*) FROM issues WHERE project_id = p.id) AS issue_count,
                   (SELECT coalesce(sum(times_seen), 0) FROM issues WHERE project_id = p.id) AS event_count
            FROM projects p ORDER BY p.name""")
-    drops = await store.all("SELECT project_id, reason, sum(quantity) AS n FROM dropped WHERE minute >= ? "
-                            "GROUP BY project_id, reason ORDER BY n DESC", (time.time() - 86400,))
+    drops = await drops_since(store, time.time() - 86400)
     keys = await store.all("SELECT * FROM project_keys ORDER BY active DESC, created")
     projects = [{**dict(p), "dsn_keys": [{**dict(k), "dsn": dsn_for(settings, k["public_key"], p["id"])} for k in keys
                                      if k["project_id"] == p["id"]],
@@ -9560,8 +9753,7 @@ async def page_projects(request: Request) -> Response:
 
 async def page_envelopes(request: Request) -> Response:
     project = await project_of_page(request)
-    rows = await request.app.store.all("SELECT id, received, client, size, items FROM envelopes WHERE project_id = ? "
-                                             "ORDER BY id DESC LIMIT 200", (project["id"],))
+    rows = await logged_envelopes(request.app.store, project["id"])
     return render(request, "envelopes.html", project=project, keep=ENVELOPE_LOG,
                   envelopes=[{**dict(r), "parts": json.loads(r["items"])} for r in rows])
 
@@ -9571,8 +9763,8 @@ async def page_envelope(request: Request) -> Response:
     note on binary data) and outcome."""
     project = await project_of_page(request)
     raw_id = request.path_params["envelope_id"]
-    row = await request.app.store.one("SELECT * FROM envelopes WHERE project_id = ? AND id = ?",
-                                            (project["id"], int(raw_id))) if raw_id.isdigit() and len(raw_id) < 19 else None
+    row = await logged_envelope(request.app.store, project["id"], int(raw_id)) \
+        if raw_id.isdigit() and len(raw_id) < 19 else None
     if row is None:
         raise PageNotFound("No such envelope (the log keeps the newest ones for a day).")
     outcomes = json.loads(row["items"])
@@ -9588,9 +9780,7 @@ async def stored_event_of(request: Request, project_id: int, payload: bytes) -> 
     """The stored event a logged item points to (the log of a project that scrubs keeps no event body)."""
     if not payload.startswith(b'{"stored_as_event"'):
         return None
-    event_id = json.loads(payload)["stored_as_event"]
-    return await request.app.store.one("SELECT issue_id, event_id FROM events WHERE project_id = ? AND "
-                                             "event_id = ?", (project_id, event_id))
+    return await project_event(request.app.store, project_id, json.loads(payload)["stored_as_event"])
 
 
 def logged_items(body: bytes | None) -> list[tuple[dict[str, Any], bytes]]:
