@@ -4413,10 +4413,7 @@ async def release_detail(store: Store, version: str) -> dict[str, Any] | None:
     release = await store.one("SELECT * FROM releases WHERE version = ?", (version,))
     if release is None:
         return None
-    commits = [dict(c) for c in await store.all(
-        """SELECT c.*, rp.name AS repository FROM release_commits rc JOIN commits c ON c.id = rc.commit_id
-           LEFT JOIN repositories rp ON rp.id = c.repository_id WHERE rc.release_id = ? ORDER BY rc.position""",
-        (release["id"],))]
+    commits = [dict(c) for c in await release_commits(store, release["id"])]
     for commit in commits:
         commit["files"] = [dict(f) for f in await store.all(
             "SELECT path, type FROM commit_files WHERE commit_id = ? ORDER BY path", (commit["id"],))]
@@ -4425,8 +4422,7 @@ async def release_detail(store: Store, version: str) -> dict[str, Any] | None:
         "refs": [dict(r) for r in await store.all(
             "SELECT rr.*, rp.name AS repository FROM release_refs rr JOIN repositories rp "
             "ON rp.id = rr.repository_id WHERE rr.release_id = ?", (release["id"],))],
-        "deploys": [dict(d) for d in await store.all(
-            "SELECT * FROM deploys WHERE release_id = ? ORDER BY date_finished DESC", (release["id"],))],
+        "deploys": [dict(d) for d in await release_deploys(store, release["id"])],
         "new_issues": await store.all(f"SELECT {ISSUE_COLUMNS} FROM issues i JOIN projects p ON p.id = i.project_id "
                                       "WHERE i.first_release = ? ORDER BY i.times_seen DESC LIMIT 100", (version,)),
         "regressions": await store.all(
@@ -4463,6 +4459,170 @@ async def suspect_commits(store: Store, issue: sqlite3.Row, frames: list[dict[st
             ranked[row["sha"]] = {**dict(row), "rank": rank}
     return sorted(ranked.values(), key=lambda c: (c["rank"], c["version"] != release["version"],
                                                   -(c["timestamp"] or 0)))[:limit]
+
+
+RELEASE_SQL = """SELECT r.*,
+    (SELECT min(first_seen) FROM issue_tags WHERE key = 'release' AND value = r.version) AS first_event,
+    (SELECT max(last_seen) FROM issue_tags WHERE key = 'release' AND value = r.version) AS last_event,
+    (SELECT count(*) FROM issues WHERE first_release = r.version) AS new_groups,
+    (SELECT count(*) FROM release_commits WHERE release_id = r.id) AS commit_count,
+    (SELECT count(*) FROM deploys WHERE release_id = r.id) AS deploy_count
+  FROM releases r"""
+
+
+COMMIT_SQL = """SELECT c.*, rp.name AS repository FROM release_commits rc JOIN commits c ON c.id = rc.commit_id
+  JOIN repositories rp ON rp.id = c.repository_id WHERE rc.release_id = ?"""
+
+
+def save_release(conn: sqlite3.Connection, version: str, project_ids: list[int], columns: dict[str, Any],
+                 commits: list[dict[str, Any]] | None, refs: list[dict[str, Any]] | None) -> bool:
+    """Create or update a release; True when it is new."""
+    created = False
+    for project_id in project_ids:
+        created = link_release(conn, project_id, version, time.time()) or created
+    release_id = conn.execute("SELECT id FROM releases WHERE version = ?", (version,)).fetchone()[0]
+    if columns:
+        conn.execute(f"UPDATE releases SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
+                     (*columns.values(), release_id))
+    if refs is not None:
+        conn.execute("DELETE FROM release_refs WHERE release_id = ?", (release_id,))
+        conn.executemany("INSERT OR REPLACE INTO release_refs (release_id, repository_id, commit_sha, previous_sha) "
+                         "VALUES (?, ?, ?, ?)", [(release_id, r["repository_id"], r["commit"], r["previous"])
+                                                 for r in refs])
+    if commits is None and refs is not None:  # no provider to ask for the range: the head commits stand for it
+        commits = [{"sha": r["commit"], "repository": r["repository"]} for r in refs]
+    if commits is not None:
+        conn.execute("DELETE FROM release_commits WHERE release_id = ?", (release_id,))
+        conn.executemany("INSERT OR IGNORE INTO release_commits (release_id, commit_id, position) VALUES (?, ?, ?)",
+                         [(release_id, save_commit(conn, c), position) for position, c in enumerate(commits)])
+        resolve_fixed_issues(conn, version, commits)
+    return created
+
+
+def resolve_fixed_issues(conn: sqlite3.Connection, version: str, commits: list[dict[str, Any]]) -> None:
+    """A commit message saying `Fixes PAYMENTS-1A` resolves that issue in the commit's release."""
+    now = time.time()
+    for commit in commits:
+        for group in FIXES_RE.findall(commit.get("message") or ""):
+            for ref in re.split(r"\s*(?:,|\band\b)\s*", group):
+                parsed = parse_short_id(ref)
+                issue = parsed and conn.execute(
+                    "SELECT i.* FROM issues i JOIN projects p ON p.id = i.project_id "
+                    "WHERE p.slug = ? AND i.short_id = ?", parsed).fetchone()
+                if issue and issue["status"] != "resolved":
+                    change_status(conn, issue, "resolved", {"inRelease": version}, now)
+                    record_activity(conn, issue["id"], "set_resolved_in_commit",
+                                    {"commit": {"id": commit["sha"], "repository": commit["repository"],
+                                                "message": commit.get("message")}}, now)
+
+
+def save_commit(conn: sqlite3.Connection, commit: dict[str, Any]) -> int:
+    """Store a commit (known fields win over missing ones) and its changed files; returns its id."""
+    commit_id = conn.execute(
+        """INSERT INTO commits (repository_id, sha, author_name, author_email, message, timestamp)
+           VALUES (?, ?, ?, ?, ?, ?)
+           ON CONFLICT (repository_id, sha) DO UPDATE SET author_name = coalesce(excluded.author_name, author_name),
+               author_email = coalesce(excluded.author_email, author_email),
+               message = coalesce(excluded.message, message), timestamp = coalesce(excluded.timestamp, timestamp)
+           RETURNING id""",
+        (repository_id(conn, commit["repository"]), commit["sha"], commit.get("author_name"),
+         commit.get("author_email"), commit.get("message"), commit.get("timestamp"))).fetchone()[0]
+    if commit.get("files"):
+        conn.execute("DELETE FROM commit_files WHERE commit_id = ?", (commit_id,))
+        conn.executemany("INSERT OR REPLACE INTO commit_files (commit_id, path, type) VALUES (?, ?, ?)",
+                         [(commit_id, path, kind) for path, kind in commit["files"]])
+    return commit_id
+
+
+def delete_release(conn: sqlite3.Connection, release_id: int) -> None:
+    """Forget a release and what hangs off it; events keep their release string."""
+    for table in ("release_projects", "release_commits", "release_refs", "deploys"):
+        conn.execute(f"DELETE FROM {table} WHERE release_id = ?", (release_id,))
+    conn.execute("DELETE FROM releases WHERE id = ?", (release_id,))
+
+
+def create_deploy(conn: sqlite3.Connection, release_id: int, deploy: dict[str, Any]) -> int:
+    return int(conn.execute("INSERT INTO deploys (release_id, environment, name, url, date_started, date_finished) "
+                            "VALUES (?, ?, ?, ?, ?, ?)", (release_id, deploy["environment"], deploy["name"],
+                                                          deploy["url"], deploy["date_started"],
+                                                          deploy["date_finished"])).lastrowid or 0)
+
+async def release_by_version(store: Store, version: str) -> sqlite3.Row | None:
+    """A release with its counts (RELEASE_SQL), by version."""
+    return await store.one(f"{RELEASE_SQL} WHERE r.version = ?", (version,))
+
+
+async def releases_matching(store: Store, project_id: int | None, query: str, limit: int,
+                            offset: int) -> list[sqlite3.Row]:
+    """Releases (of one project, if given) whose version contains `query`, newest first."""
+    where, args = ("r.id IN (SELECT release_id FROM release_projects WHERE project_id = ?)", [project_id]) \
+        if project_id is not None else ("1", [])
+    return await store.all(f"{RELEASE_SQL} WHERE {where} AND instr(r.version, ?) "
+                           "ORDER BY r.date_created DESC, r.id DESC LIMIT ? OFFSET ?", [*args, query, limit, offset])
+
+
+async def previous_release_with_commits(store: Store, release: sqlite3.Row) -> sqlite3.Row | None:
+    """The newest older release of the same projects that has commits (sentry-cli starts the
+    next commit range there)."""
+    return await store.one(
+        f"""{RELEASE_SQL} WHERE (r.date_created, r.id) < (?, ?)
+            AND EXISTS (SELECT 1 FROM release_commits WHERE release_id = r.id)
+            AND r.id IN (SELECT release_id FROM release_projects WHERE project_id IN
+                         (SELECT project_id FROM release_projects WHERE release_id = ?))
+            ORDER BY r.date_created DESC, r.id DESC LIMIT 1""",
+        (release["date_created"], release["id"], release["id"]))
+
+
+async def release_links(store: Store, release_id: int) -> dict[str, Any]:
+    """What a release's summary shows beside its counts: its projects, last commit, last deploy
+    and commit authors."""
+    return {
+        "projects": await store.all("SELECT p.* FROM projects p JOIN release_projects rp ON rp.project_id = p.id "
+                                    "WHERE rp.release_id = ? ORDER BY p.slug", (release_id,)),
+        "last_commit": await store.one(f"{COMMIT_SQL} ORDER BY rc.position LIMIT 1", (release_id,)),
+        "last_deploy": await store.one("SELECT * FROM deploys WHERE release_id = ? "
+                                       "ORDER BY date_finished DESC, id DESC LIMIT 1", (release_id,)),
+        "authors": await store.all("SELECT DISTINCT c.author_name, c.author_email FROM release_commits rc "
+                                   "JOIN commits c ON c.id = rc.commit_id "
+                                   "WHERE rc.release_id = ? AND c.author_email IS NOT NULL", (release_id,))}
+
+
+async def release_commits(store: Store, release_id: int) -> list[sqlite3.Row]:
+    """A release's commits, newest first (as sentry-cli sent them), with their repository's name."""
+    return await store.all(f"{COMMIT_SQL} ORDER BY rc.position", (release_id,))
+
+
+async def release_commit_files(store: Store, release_id: int) -> list[sqlite3.Row]:
+    """The files a release's commits changed, one row per commit and file, by path."""
+    return await store.all(
+        f"""SELECT f.path, f.type, c.message, c.author_name, c.author_email, c.repository FROM ({COMMIT_SQL}) c
+            JOIN commit_files f ON f.commit_id = c.id ORDER BY f.path""", (release_id,))
+
+
+async def release_deploys(store: Store, release_id: int) -> list[sqlite3.Row]:
+    """A release's deploys, latest first."""
+    return await store.all("SELECT * FROM deploys WHERE release_id = ? ORDER BY date_finished DESC, id DESC",
+                           (release_id,))
+
+
+async def deploy_by_id(store: Store, deploy_id: int) -> sqlite3.Row | None:
+    """A deploy by id (to answer its creation with the stored row)."""
+    return await store.one("SELECT * FROM deploys WHERE id = ?", (deploy_id,))
+
+
+async def listed_repositories(store: Store) -> list[sqlite3.Row]:
+    """The registered repositories by name (not the local ones commits named, see LOCAL_REPOSITORY)."""
+    return await store.all("SELECT * FROM repositories WHERE provider != ? ORDER BY name", (LOCAL_REPOSITORY,))
+
+
+async def repository_by_name(store: Store, name: str) -> sqlite3.Row | None:
+    """A repository by name, in any case (as sentry-cli matches them)."""
+    return await store.one("SELECT * FROM repositories WHERE name = ? COLLATE NOCASE", (name,))
+
+
+async def repository_by_id(store: Store, repository_id: int) -> sqlite3.Row | None:
+    """A repository by id (to answer its registration with the stored row)."""
+    return await store.one("SELECT * FROM repositories WHERE id = ?", (repository_id,))
 
 
 # -- code mappings: from a stack frame to its source file, and back ------------------------
@@ -4564,6 +4724,21 @@ def code_view_url(slug: str, frame: dict[str, Any]) -> str | None:
         return None
     params = {"project": slug, "path": path, **({"function": frame["function"]} if frame.get("function") else {})}
     return "/code/?" + urllib.parse.urlencode(params)
+
+
+async def all_code_mappings(store: Store) -> list[sqlite3.Row]:
+    """Every project's code mappings (the organisation's list)."""
+    return await store.all("SELECT * FROM code_mappings ORDER BY id")
+
+
+async def code_mapping(store: Store, mapping_id: str) -> sqlite3.Row | None:
+    """A code mapping by the id a URL or form gives (text: anything else simply matches none)."""
+    return await store.one("SELECT * FROM code_mappings WHERE CAST(id AS TEXT) = ?", (mapping_id,))
+
+
+def delete_code_mapping(conn: sqlite3.Connection, project_id: int, mapping_id: int | str) -> int:
+    """Forget one of a project's code mappings; how many went (0 or 1)."""
+    return conn.execute("DELETE FROM code_mappings WHERE id = ? AND project_id = ?", (mapping_id, project_id)).rowcount
 
 
 # =============================================================================
@@ -7177,18 +7352,18 @@ async def find_project(store: Store, ref: str) -> sqlite3.Row | None:
     return await store.one("SELECT * FROM projects WHERE slug = ? OR CAST(id AS TEXT) = ?", (ref, ref))
 
 
-async def org_row_from_path(request: Request, table: str, param: str) -> sqlite3.Row:
+async def org_row_from_path(request: Request, find: Callable[[Store, str], Awaitable[sqlite3.Row | None]],
+                            param: str) -> sqlite3.Row:
     """The row of an organisation-wide table (mappings, channels) whose id the URL names."""
     check_org(request)
-    row = await request.app.store.one(f"SELECT * FROM {table} WHERE CAST(id AS TEXT) = ?",
-                                            (request.path_params[param],))
+    row = await find(request.app.store, request.path_params[param])
     if row is None:
         raise ApiError(404, "The requested resource does not exist")
     return row
 
 
 async def mapping_from_path(request: Request) -> sqlite3.Row:
-    return await org_row_from_path(request, "code_mappings", "mapping_id")
+    return await org_row_from_path(request, code_mapping, "mapping_id")
 
 
 async def api_code_mappings(request: Request) -> list[dict[str, Any]]:
@@ -7198,9 +7373,8 @@ async def api_code_mappings(request: Request) -> list[dict[str, Any]]:
     project = await find_project(request.app.store, ref) if ref else None
     if ref and project is None:
         raise ApiError(404, "The requested resource does not exist")
-    rows = await request.app.store.all(
-        "SELECT * FROM code_mappings WHERE ? IS NULL OR project_id = ? ORDER BY id",
-        (project and project["id"], project and project["id"]))
+    store = request.app.store
+    rows = await project_mappings(store, project["id"]) if project else await all_code_mappings(store)
     return [serialize_mapping(r) for r in rows]
 
 
@@ -7214,7 +7388,7 @@ async def api_create_code_mapping(request: Request) -> Response:
         raise ApiError(400, "projectId must name a project")
     values = body_mapping(body, {})
     mapping_id = await request.app.writer.submit(lambda conn: save_code_mapping(conn, project["id"], values))
-    row = await request.app.store.one("SELECT * FROM code_mappings WHERE id = ?", (mapping_id,))
+    row = await code_mapping(request.app.store, str(mapping_id))
     return JSONResponse(serialize_mapping(row), status_code=201)
 
 
@@ -7229,22 +7403,12 @@ async def api_update_code_mapping(request: Request) -> dict[str, Any]:
 
 async def api_delete_code_mapping(request: Request) -> Response:
     mapping = await mapping_from_path(request)
-    await request.app.writer.submit(
-        lambda conn: conn.execute("DELETE FROM code_mappings WHERE id = ?", (mapping["id"],)).rowcount)
+    await request.app.writer.submit(lambda conn: delete_code_mapping(conn, mapping["project_id"], mapping["id"]))
     return Response(status_code=204)
 
 
 # -- releases, repositories, commits and deploys (what sentry-cli sends; protocol brief §8.3) ---
 
-RELEASE_SQL = """SELECT r.*,
-    (SELECT min(first_seen) FROM issue_tags WHERE key = 'release' AND value = r.version) AS first_event,
-    (SELECT max(last_seen) FROM issue_tags WHERE key = 'release' AND value = r.version) AS last_event,
-    (SELECT count(*) FROM issues WHERE first_release = r.version) AS new_groups,
-    (SELECT count(*) FROM release_commits WHERE release_id = r.id) AS commit_count,
-    (SELECT count(*) FROM deploys WHERE release_id = r.id) AS deploy_count
-  FROM releases r"""
-COMMIT_SQL = """SELECT c.*, rp.name AS repository FROM release_commits rc JOIN commits c ON c.id = rc.commit_id
-  JOIN repositories rp ON rp.id = c.repository_id WHERE rc.release_id = ?"""
 RELEASE_DATES = {"dateStarted": "date_started", "dateReleased": "date_released"}
 
 
@@ -7275,14 +7439,8 @@ def serialize_deploy(row: sqlite3.Row) -> dict[str, Any]:
 
 async def serialize_release(store: Store, row: sqlite3.Row) -> dict[str, Any]:
     """Sentry's release shape, with the last commit, last deploy, authors and projects."""
-    projects = await store.all("SELECT p.* FROM projects p JOIN release_projects rp ON rp.project_id = p.id "
-                               "WHERE rp.release_id = ? ORDER BY p.slug", (row["id"],))
-    last_commit = await store.one(f"{COMMIT_SQL} ORDER BY rc.position LIMIT 1", (row["id"],))
-    last_deploy = await store.one("SELECT * FROM deploys WHERE release_id = ? ORDER BY date_finished DESC, id DESC "
-                                  "LIMIT 1", (row["id"],))
-    authors = await store.all("SELECT DISTINCT c.author_name, c.author_email FROM release_commits rc JOIN commits c "
-                              "ON c.id = rc.commit_id WHERE rc.release_id = ? AND c.author_email IS NOT NULL",
-                              (row["id"],))
+    links = await release_links(store, row["id"])
+    last_commit, last_deploy = links["last_commit"], links["last_deploy"]
     return {
         "id": row["id"], "version": row["version"], "shortVersion": short_version(row["version"]),
         "ref": row["ref"], "url": row["url"], "dateCreated": iso(row["date_created"]),
@@ -7291,9 +7449,9 @@ async def serialize_release(store: Store, row: sqlite3.Row) -> dict[str, Any]:
         "commitCount": row["commit_count"], "deployCount": row["deploy_count"],
         "lastCommit": serialize_commit(last_commit) if last_commit else None,
         "lastDeploy": serialize_deploy(last_deploy) if last_deploy else None,
-        "authors": [{"name": a["author_name"], "email": a["author_email"]} for a in authors],
+        "authors": [{"name": a["author_name"], "email": a["author_email"]} for a in links["authors"]],
         "projects": [{"id": p["id"], "slug": p["slug"], "name": p["name"], "platform": p["platform"] or None}
-                     for p in projects],
+                     for p in links["projects"]],
     }
 
 
@@ -7317,8 +7475,7 @@ async def release_project_ids(request: Request, value: Any) -> list[int]:
     """The projects a body names by slug or id; an unknown one is a 400."""
     ids = []
     for name in value if isinstance(value, list) else []:
-        row = await request.app.store.one("SELECT id FROM projects WHERE slug = ? OR CAST(id AS TEXT) = ?",
-                                                (str(name), str(name)))
+        row = await find_project(request.app.store, str(name))
         if row is None:
             raise ApiError(400, f"unknown project {name!r}")
         ids.append(row["id"])
@@ -7360,38 +7517,12 @@ async def parse_refs(request: Request, value: Any) -> list[dict[str, Any]]:
     for raw in value if isinstance(value, list) else []:
         if not isinstance(raw, dict) or not raw.get("repository") or not raw.get("commit"):
             raise ApiError(400, "every ref needs a repository and a commit")
-        repo = await request.app.store.one("SELECT * FROM repositories WHERE name = ? COLLATE NOCASE",
-                                                 (str(raw["repository"]),))
+        repo = await repository_by_name(request.app.store, str(raw["repository"]))
         if repo is None:
             raise ApiError(400, f"unknown repository {raw['repository']!r}")
         refs.append({"repository_id": repo["id"], "repository": repo["name"], "commit": text(raw["commit"], 64),
                      "previous": text(raw.get("previousCommit"), 64) or None})
     return refs
-
-
-def save_release(conn: sqlite3.Connection, version: str, project_ids: list[int], columns: dict[str, Any],
-                 commits: list[dict[str, Any]] | None, refs: list[dict[str, Any]] | None) -> bool:
-    """Create or update a release; True when it is new."""
-    created = False
-    for project_id in project_ids:
-        created = link_release(conn, project_id, version, time.time()) or created
-    release_id = conn.execute("SELECT id FROM releases WHERE version = ?", (version,)).fetchone()[0]
-    if columns:
-        conn.execute(f"UPDATE releases SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
-                     (*columns.values(), release_id))
-    if refs is not None:
-        conn.execute("DELETE FROM release_refs WHERE release_id = ?", (release_id,))
-        conn.executemany("INSERT OR REPLACE INTO release_refs (release_id, repository_id, commit_sha, previous_sha) "
-                         "VALUES (?, ?, ?, ?)", [(release_id, r["repository_id"], r["commit"], r["previous"])
-                                                 for r in refs])
-    if commits is None and refs is not None:  # no provider to ask for the range: the head commits stand for it
-        commits = [{"sha": r["commit"], "repository": r["repository"]} for r in refs]
-    if commits is not None:
-        conn.execute("DELETE FROM release_commits WHERE release_id = ?", (release_id,))
-        conn.executemany("INSERT OR IGNORE INTO release_commits (release_id, commit_id, position) VALUES (?, ?, ?)",
-                         [(release_id, save_commit(conn, c), position) for position, c in enumerate(commits)])
-        resolve_fixed_issues(conn, version, commits)
-    return created
 
 
 FIXES_RE = re.compile(r"\bfix(?:e[sd])?:?\s+([A-Za-z0-9_-]+-[0-9A-Za-z]+(?:\s*(?:,|and)\s*[A-Za-z0-9_-]+-[0-9A-Za-z]+)*)",
@@ -7409,83 +7540,31 @@ def parse_short_id(value: str) -> tuple[str, int] | None:
     return slug.lower(), number
 
 
-def resolve_fixed_issues(conn: sqlite3.Connection, version: str, commits: list[dict[str, Any]]) -> None:
-    """A commit message saying `Fixes PAYMENTS-1A` resolves that issue in the commit's release."""
-    now = time.time()
-    for commit in commits:
-        for group in FIXES_RE.findall(commit.get("message") or ""):
-            for ref in re.split(r"\s*(?:,|\band\b)\s*", group):
-                parsed = parse_short_id(ref)
-                issue = parsed and conn.execute(
-                    "SELECT i.* FROM issues i JOIN projects p ON p.id = i.project_id "
-                    "WHERE p.slug = ? AND i.short_id = ?", parsed).fetchone()
-                if issue and issue["status"] != "resolved":
-                    change_status(conn, issue, "resolved", {"inRelease": version}, now)
-                    record_activity(conn, issue["id"], "set_resolved_in_commit",
-                                    {"commit": {"id": commit["sha"], "repository": commit["repository"],
-                                                "message": commit.get("message")}}, now)
-
-
-def save_commit(conn: sqlite3.Connection, commit: dict[str, Any]) -> int:
-    """Store a commit (known fields win over missing ones) and its changed files; returns its id."""
-    commit_id = conn.execute(
-        """INSERT INTO commits (repository_id, sha, author_name, author_email, message, timestamp)
-           VALUES (?, ?, ?, ?, ?, ?)
-           ON CONFLICT (repository_id, sha) DO UPDATE SET author_name = coalesce(excluded.author_name, author_name),
-               author_email = coalesce(excluded.author_email, author_email),
-               message = coalesce(excluded.message, message), timestamp = coalesce(excluded.timestamp, timestamp)
-           RETURNING id""",
-        (repository_id(conn, commit["repository"]), commit["sha"], commit.get("author_name"),
-         commit.get("author_email"), commit.get("message"), commit.get("timestamp"))).fetchone()[0]
-    if commit.get("files"):
-        conn.execute("DELETE FROM commit_files WHERE commit_id = ?", (commit_id,))
-        conn.executemany("INSERT OR REPLACE INTO commit_files (commit_id, path, type) VALUES (?, ?, ?)",
-                         [(commit_id, path, kind) for path, kind in commit["files"]])
-    return commit_id
-
-
-def delete_release(conn: sqlite3.Connection, release_id: int) -> None:
-    """Forget a release and what hangs off it; events keep their release string."""
-    for table in ("release_projects", "release_commits", "release_refs", "deploys"):
-        conn.execute(f"DELETE FROM {table} WHERE release_id = ?", (release_id,))
-    conn.execute("DELETE FROM releases WHERE id = ?", (release_id,))
-
-
-def create_deploy(conn: sqlite3.Connection, release_id: int, deploy: dict[str, Any]) -> int:
-    return int(conn.execute("INSERT INTO deploys (release_id, environment, name, url, date_started, date_finished) "
-                            "VALUES (?, ?, ?, ?, ?, ?)", (release_id, deploy["environment"], deploy["name"],
-                                                          deploy["url"], deploy["date_started"],
-                                                          deploy["date_finished"])).lastrowid or 0)
-
-
 async def release_from_path(request: Request) -> sqlite3.Row:
     check_org(request)
-    row = await request.app.store.one(f"{RELEASE_SQL} WHERE r.version = ?", (request.path_params["version"],))
+    row = await release_by_version(request.app.store, request.path_params["version"])
     if row is None:
         raise ApiError(404, "The requested resource does not exist")
     return row
 
 
-async def release_page(request: Request, where: str, args: list[Any]) -> Response:
+async def release_page(request: Request, project_id: int | None) -> Response:
     """Releases newest first, `?query=` matching part of the version, with Sentry's cursor paging."""
     limit, offset = page_args(request)
     store = request.app.store
-    rows = await store.all(f"{RELEASE_SQL} WHERE {where} AND instr(r.version, ?) "
-                           "ORDER BY r.date_created DESC, r.id DESC LIMIT ? OFFSET ?",
-                           [*args, request.query_params.get("query", ""), limit + 1, offset])
+    rows = await releases_matching(store, project_id, request.query_params.get("query", ""), limit + 1, offset)
     return JSONResponse([await serialize_release(store, r) for r in rows[:limit]],
                         headers=paginate(request, len(rows), limit, offset))
 
 
 async def api_org_releases(request: Request) -> Response:
     check_org(request)
-    return await release_page(request, "1", [])
+    return await release_page(request, None)
 
 
 async def api_project_releases(request: Request) -> Response:
     project = await project_from_path(request)
-    return await release_page(request, "r.id IN (SELECT release_id FROM release_projects WHERE project_id = ?)",
-                              [project["id"]])
+    return await release_page(request, project["id"])
 
 
 async def save_release_body(request: Request, version: str, body: dict[str, Any]) -> bool:
@@ -7509,7 +7588,7 @@ async def api_create_release(request: Request) -> Response:
     if not body.get("projects"):
         raise ApiError(400, "projects: name at least one project")
     created = await save_release_body(request, version, body)
-    row = await request.app.store.one(f"{RELEASE_SQL} WHERE r.version = ?", (version,))
+    row = await release_by_version(request.app.store, version)
     return JSONResponse(await serialize_release(request.app.store, row), status_code=201 if created else 208)
 
 
@@ -7532,38 +7611,28 @@ async def api_delete_release(request: Request) -> Response:
 async def api_previous_release_with_commits(request: Request) -> dict[str, Any]:
     """The newest older release of the same projects that has commits (sentry-cli starts the
     next commit range there); {} when there is none."""
-    release = await release_from_path(request)
     store = request.app.store
-    row = await store.one(
-        f"""{RELEASE_SQL} WHERE (r.date_created, r.id) < (?, ?)
-            AND EXISTS (SELECT 1 FROM release_commits WHERE release_id = r.id)
-            AND r.id IN (SELECT release_id FROM release_projects WHERE project_id IN
-                         (SELECT project_id FROM release_projects WHERE release_id = ?))
-            ORDER BY r.date_created DESC, r.id DESC LIMIT 1""",
-        (release["date_created"], release["id"], release["id"]))
+    row = await previous_release_with_commits(store, await release_from_path(request))
     return await serialize_release(store, row) if row else {}
 
 
 async def api_release_commits(request: Request) -> list[dict[str, Any]]:
     release = await release_from_path(request)
-    rows = await request.app.store.all(f"{COMMIT_SQL} ORDER BY rc.position", (release["id"],))
+    rows = await release_commits(request.app.store, release["id"])
     return [serialize_commit(r) for r in rows]
 
 
 async def api_release_commit_files(request: Request) -> list[dict[str, Any]]:
     """The files the release's commits changed, one entry per commit and file."""
     release = await release_from_path(request)
-    rows = await request.app.store.all(
-        f"""SELECT f.path, f.type, c.message, c.author_name, c.author_email, c.repository FROM ({COMMIT_SQL}) c
-            JOIN commit_files f ON f.commit_id = c.id ORDER BY f.path""", (release["id"],))
+    rows = await release_commit_files(request.app.store, release["id"])
     return [{"filename": r["path"], "type": r["type"], "commitMessage": r["message"], "repoName": r["repository"],
              "author": {"name": r["author_name"], "email": r["author_email"]}} for r in rows]
 
 
 async def api_release_deploys(request: Request) -> list[dict[str, Any]]:
     release = await release_from_path(request)
-    rows = await request.app.store.all("SELECT * FROM deploys WHERE release_id = ? "
-                                             "ORDER BY date_finished DESC, id DESC", (release["id"],))
+    rows = await release_deploys(request.app.store, release["id"])
     return [serialize_deploy(r) for r in rows]
 
 
@@ -7578,15 +7647,13 @@ async def api_create_deploy(request: Request) -> Response:
               "url": text(body.get("url"), 2048) or None, "date_started": parse_timestamp(body.get("dateStarted")),
               "date_finished": parse_timestamp(body.get("dateFinished")) or time.time()}
     deploy_id = await request.app.writer.submit(lambda conn: create_deploy(conn, release["id"], deploy))
-    row = await request.app.store.one("SELECT * FROM deploys WHERE id = ?", (deploy_id,))
+    row = await deploy_by_id(request.app.store, deploy_id)
     return JSONResponse(serialize_deploy(row), status_code=201)
 
 
 async def api_org_repos(request: Request) -> list[dict[str, Any]]:
     check_org(request)
-    return [serialize_repository(r) for r in
-            await request.app.store.all("SELECT * FROM repositories WHERE provider != ? ORDER BY name",
-                                              (LOCAL_REPOSITORY,))]
+    return [serialize_repository(r) for r in await listed_repositories(request.app.store)]
 
 
 async def api_create_repo(request: Request) -> Response:
@@ -7602,7 +7669,7 @@ async def api_create_repo(request: Request) -> Response:
     repo_id = await request.app.writer.submit(lambda conn: create_repository(conn, name, url, provider))
     if repo_id is None:
         raise ApiError(409, f"a repository named {name!r} already exists")
-    row = await request.app.store.one("SELECT * FROM repositories WHERE id = ?", (repo_id,))
+    row = await repository_by_id(request.app.store, repo_id)
     return JSONResponse(serialize_repository(row), status_code=201)
 
 
@@ -9767,8 +9834,7 @@ async def page_code_mappings(request: Request) -> Response:
 async def apply_mapping_form(request: Request, project_id: int, form: dict[str, str]) -> None:
     """Delete the mapping the form names, or add the one it describes."""
     if "delete" in form:
-        await request.app.writer.submit(lambda conn: conn.execute(
-            "DELETE FROM code_mappings WHERE id = ? AND project_id = ?", (form["delete"], project_id)).rowcount)
+        await request.app.writer.submit(lambda conn: delete_code_mapping(conn, project_id, form["delete"]))
         return
     values = checked_mapping(form)
     await request.app.writer.submit(lambda conn: save_code_mapping(conn, project_id, values))
