@@ -841,10 +841,68 @@ def create_token(conn: sqlite3.Connection, name: str = "", scopes: str = "read w
     return token
 
 
+def add_key(conn: sqlite3.Connection, project_id: int, label: str = "Default") -> str:
+    """A new DSN key beside the old ones: rotating is adding one, moving clients, then disabling the old."""
+    key = secrets.token_hex(16)
+    conn.execute("INSERT INTO project_keys (public_key, project_id, label, created) VALUES (?, ?, ?, ?)",
+                 (key, project_id, label[:64] or "Default", time.time()))
+    return key
+
+
 async def all_projects(store: Store) -> list[sqlite3.Row]:
     """Every project, by name (the pages' project pickers)."""
     return await store.all("SELECT * FROM projects ORDER BY name")
 
+
+async def projects_with_counts(store: Store) -> list[sqlite3.Row]:
+    """Every project, by name, with how many issues and events it holds."""
+    return await store.all(
+        """SELECT p.*, (SELECT count(*) FROM issues WHERE project_id = p.id) AS issue_count,
+                  (SELECT coalesce(sum(times_seen), 0) FROM issues WHERE project_id = p.id) AS event_count
+           FROM projects p ORDER BY p.name""")
+
+
+async def all_project_keys(store: Store) -> list[sqlite3.Row]:
+    """Every project's DSN keys, the active ones first, then oldest first."""
+    return await store.all("SELECT * FROM project_keys ORDER BY active DESC, created")
+
+
+async def project_keys(store: Store, project_id: int) -> list[sqlite3.Row]:
+    """A project's DSN keys, oldest first."""
+    return await store.all("SELECT * FROM project_keys WHERE project_id = ? ORDER BY created", (project_id,))
+
+
+async def project_key(store: Store, project_id: int, public_key: str) -> sqlite3.Row | None:
+    """One of a project's DSN keys by its public key."""
+    return await store.one("SELECT * FROM project_keys WHERE project_id = ? AND public_key = ?",
+                           (project_id, public_key))
+
+
+def update_key(conn: sqlite3.Connection, project_id: int, key: str, active: bool | None, label: str | None) -> None:
+    """Enable, disable or rename one of a project's keys (None keeps what it has)."""
+    conn.execute("UPDATE project_keys SET active = coalesce(?, active), label = coalesce(?, label) "
+                 "WHERE public_key = ? AND project_id = ?", (None if active is None else int(active), label, key,
+                                                             project_id))
+
+
+def delete_key(conn: sqlite3.Connection, public_key: str) -> None:
+    """Forget a DSN key: its clients' events are refused from then on."""
+    conn.execute("DELETE FROM project_keys WHERE public_key = ?", (public_key,))
+
+
+async def token_by_secret(store: Store, token: str) -> sqlite3.Row | None:
+    """The API token whose secret this is (stored as its hash), if any."""
+    return await store.one("SELECT * FROM api_tokens WHERE token_hash = ?", (hash_token(token),))
+
+
+async def all_tokens(store: Store) -> list[sqlite3.Row]:
+    """Every API token, oldest first."""
+    return await store.all("SELECT * FROM api_tokens ORDER BY id")
+
+
+def revoke_token(conn: sqlite3.Connection, token_id: str) -> int:
+    """Delete an API token by the id a URL or form gives; how many went (0 or 1)."""
+    return conn.execute("DELETE FROM api_tokens WHERE CAST(id AS TEXT) = ?", (token_id,)).rowcount
 
 # -- people: users, passwords, browser sessions --------------------------------------------------
 
@@ -983,6 +1041,39 @@ def first_admin(conn: sqlite3.Connection) -> tuple[str, str] | None:
 def dsn_for(settings: Settings, public_key: str, project_id: int) -> str:
     parts = urllib.parse.urlsplit(settings.public_url)
     return f"{parts.scheme}://{public_key}@{parts.netloc}{parts.path}/{project_id}"
+
+
+async def signed_in_user(store: Store, cookie: str) -> sqlite3.Row | None:
+    """The enabled user (id, name, role, csrf) whose unexpired browser session this cookie holds."""
+    return await store.one("SELECT u.id, u.name, u.role, s.csrf FROM web_sessions s JOIN users u ON u.id = s.user_id "
+                           "WHERE s.token_hash = ? AND s.expires > ? AND NOT u.disabled",  # a sign-in racing a disable
+                           (hash_token(cookie), time.time()))
+
+
+async def user_by_name(store: Store, name: str) -> sqlite3.Row | None:
+    """A user's id, name, role and whether they are disabled."""
+    return await store.one("SELECT id, name, role, disabled FROM users WHERE name = ?", (name,))
+
+
+async def enabled_user_password(store: Store, name: str) -> sqlite3.Row | None:
+    """The id and password hash of an enabled user, to check a sign-in against."""
+    return await store.one("SELECT id, password FROM users WHERE name = ? AND NOT disabled", (name,))
+
+
+async def user_password(store: Store, user_id: int | None) -> str | None:
+    """A user's password hash (None without one, or without that user)."""
+    row = await store.one("SELECT password FROM users WHERE id = ?", (user_id,))
+    return row["password"] if row else None
+
+
+async def all_users(store: Store) -> list[sqlite3.Row]:
+    """Every user, by name."""
+    return await store.all("SELECT * FROM users ORDER BY name")
+
+
+def end_web_session(conn: sqlite3.Connection, cookie: str) -> None:
+    """Sign out the browser session this cookie holds."""
+    conn.execute("DELETE FROM web_sessions WHERE token_hash = ?", (hash_token(cookie),))
 
 
 # =============================================================================
@@ -4650,10 +4741,7 @@ async def release_detail(store: Store, version: str) -> dict[str, Any] | None:
     release = await store.one("SELECT * FROM releases WHERE version = ?", (version,))
     if release is None:
         return None
-    commits = [dict(c) for c in await store.all(
-        """SELECT c.*, rp.name AS repository FROM release_commits rc JOIN commits c ON c.id = rc.commit_id
-           LEFT JOIN repositories rp ON rp.id = c.repository_id WHERE rc.release_id = ? ORDER BY rc.position""",
-        (release["id"],))]
+    commits = [dict(c) for c in await release_commits(store, release["id"])]
     for commit in commits:
         commit["files"] = [dict(f) for f in await store.all(
             "SELECT path, type FROM commit_files WHERE commit_id = ? ORDER BY path", (commit["id"],))]
@@ -4662,8 +4750,7 @@ async def release_detail(store: Store, version: str) -> dict[str, Any] | None:
         "refs": [dict(r) for r in await store.all(
             "SELECT rr.*, rp.name AS repository FROM release_refs rr JOIN repositories rp "
             "ON rp.id = rr.repository_id WHERE rr.release_id = ?", (release["id"],))],
-        "deploys": [dict(d) for d in await store.all(
-            "SELECT * FROM deploys WHERE release_id = ? ORDER BY date_finished DESC", (release["id"],))],
+        "deploys": [dict(d) for d in await release_deploys(store, release["id"])],
         "new_issues": await store.all(f"SELECT {ISSUE_COLUMNS} FROM issues i JOIN projects p ON p.id = i.project_id "
                                       "WHERE i.first_release = ? ORDER BY i.times_seen DESC LIMIT 100", (version,)),
         "regressions": await store.all(
@@ -4700,6 +4787,172 @@ async def suspect_commits(store: Store, issue: sqlite3.Row, frames: list[dict[st
             ranked[row["sha"]] = {**dict(row), "rank": rank}
     return sorted(ranked.values(), key=lambda c: (c["rank"], c["version"] != release["version"],
                                                   -(c["timestamp"] or 0)))[:limit]
+
+
+RELEASE_SQL = """SELECT r.*,
+    (SELECT min(first_seen) FROM issue_tags WHERE key = 'release' AND value = r.version) AS first_event,
+    (SELECT max(last_seen) FROM issue_tags WHERE key = 'release' AND value = r.version) AS last_event,
+    (SELECT count(*) FROM issues WHERE first_release = r.version) AS new_groups,
+    (SELECT count(*) FROM release_commits WHERE release_id = r.id) AS commit_count,
+    (SELECT count(*) FROM deploys WHERE release_id = r.id) AS deploy_count
+  FROM releases r"""
+
+
+COMMIT_SQL = """SELECT c.*, rp.name AS repository FROM release_commits rc JOIN commits c ON c.id = rc.commit_id
+  JOIN repositories rp ON rp.id = c.repository_id WHERE rc.release_id = ?"""
+
+
+def save_release(conn: sqlite3.Connection, version: str, project_ids: list[int], columns: dict[str, Any],
+                 commits: list[dict[str, Any]] | None, refs: list[dict[str, Any]] | None) -> bool:
+    """Create or update a release; True when it is new."""
+    created = False
+    for project_id in project_ids:
+        created = link_release(conn, project_id, version, time.time()) or created
+    release_id = conn.execute("SELECT id FROM releases WHERE version = ?", (version,)).fetchone()[0]
+    if columns:
+        conn.execute(f"UPDATE releases SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
+                     (*columns.values(), release_id))
+    if refs is not None:
+        conn.execute("DELETE FROM release_refs WHERE release_id = ?", (release_id,))
+        conn.executemany("INSERT OR REPLACE INTO release_refs (release_id, repository_id, commit_sha, previous_sha) "
+                         "VALUES (?, ?, ?, ?)", [(release_id, r["repository_id"], r["commit"], r["previous"])
+                                                 for r in refs])
+    if commits is None and refs is not None:  # no provider to ask for the range: the head commits stand for it
+        commits = [{"sha": r["commit"], "repository": r["repository"]} for r in refs]
+    if commits is not None:
+        conn.execute("DELETE FROM release_commits WHERE release_id = ?", (release_id,))
+        conn.executemany("INSERT OR IGNORE INTO release_commits (release_id, commit_id, position) VALUES (?, ?, ?)",
+                         [(release_id, save_commit(conn, c), position) for position, c in enumerate(commits)])
+        resolve_fixed_issues(conn, version, commits)
+    return created
+
+
+def resolve_fixed_issues(conn: sqlite3.Connection, version: str, commits: list[dict[str, Any]]) -> None:
+    """A commit message saying `Fixes PAYMENTS-1A` resolves that issue in the commit's release."""
+    now = time.time()
+    for commit in commits:
+        for group in FIXES_RE.findall(commit.get("message") or ""):
+            for ref in re.split(r"\s*(?:,|\band\b)\s*", group):
+                parsed = parse_short_id(ref)
+                issue = parsed and conn.execute(
+                    "SELECT i.* FROM issues i JOIN projects p ON p.id = i.project_id "
+                    "WHERE p.slug = ? AND i.short_id = ?", parsed).fetchone()
+                if issue and issue["status"] != "resolved":
+                    change_status(conn, issue, "resolved", {"inRelease": version}, now)
+                    record_activity(conn, issue["id"], "set_resolved_in_commit",
+                                    {"commit": {"id": commit["sha"], "repository": commit["repository"],
+                                                "message": commit.get("message")}}, now)
+
+
+def save_commit(conn: sqlite3.Connection, commit: dict[str, Any]) -> int:
+    """Store a commit (known fields win over missing ones) and its changed files; returns its id."""
+    commit_id = conn.execute(
+        """INSERT INTO commits (repository_id, sha, author_name, author_email, message, timestamp)
+           VALUES (?, ?, ?, ?, ?, ?)
+           ON CONFLICT (repository_id, sha) DO UPDATE SET author_name = coalesce(excluded.author_name, author_name),
+               author_email = coalesce(excluded.author_email, author_email),
+               message = coalesce(excluded.message, message), timestamp = coalesce(excluded.timestamp, timestamp)
+           RETURNING id""",
+        (repository_id(conn, commit["repository"]), commit["sha"], commit.get("author_name"),
+         commit.get("author_email"), commit.get("message"), commit.get("timestamp"))).fetchone()[0]
+    if commit.get("files"):
+        conn.execute("DELETE FROM commit_files WHERE commit_id = ?", (commit_id,))
+        conn.executemany("INSERT OR REPLACE INTO commit_files (commit_id, path, type) VALUES (?, ?, ?)",
+                         [(commit_id, path, kind) for path, kind in commit["files"]])
+    return commit_id
+
+
+def delete_release(conn: sqlite3.Connection, release_id: int) -> None:
+    """Forget a release and what hangs off it; events keep their release string."""
+    for table in ("release_projects", "release_commits", "release_refs", "deploys"):
+        conn.execute(f"DELETE FROM {table} WHERE release_id = ?", (release_id,))
+    conn.execute("DELETE FROM releases WHERE id = ?", (release_id,))
+
+
+def create_deploy(conn: sqlite3.Connection, release_id: int, deploy: dict[str, Any]) -> int:
+    """Record a deploy of a release; its id."""
+    return int(conn.execute("INSERT INTO deploys (release_id, environment, name, url, date_started, date_finished) "
+                            "VALUES (?, ?, ?, ?, ?, ?)", (release_id, deploy["environment"], deploy["name"],
+                                                          deploy["url"], deploy["date_started"],
+                                                          deploy["date_finished"])).lastrowid or 0)
+
+
+async def release_by_version(store: Store, version: str) -> sqlite3.Row | None:
+    """A release with its counts (RELEASE_SQL), by version."""
+    return await store.one(f"{RELEASE_SQL} WHERE r.version = ?", (version,))
+
+
+async def releases_matching(store: Store, project_id: int | None, query: str, limit: int,
+                            offset: int) -> list[sqlite3.Row]:
+    """Releases (of one project, if given) whose version contains `query`, newest first."""
+    where, args = ("r.id IN (SELECT release_id FROM release_projects WHERE project_id = ?)", [project_id]) \
+        if project_id is not None else ("1", [])
+    return await store.all(f"{RELEASE_SQL} WHERE {where} AND instr(r.version, ?) "
+                           "ORDER BY r.date_created DESC, r.id DESC LIMIT ? OFFSET ?", [*args, query, limit, offset])
+
+
+async def previous_release_with_commits(store: Store, release: sqlite3.Row) -> sqlite3.Row | None:
+    """The newest older release of the same projects that has commits (sentry-cli starts the
+    next commit range there)."""
+    return await store.one(
+        f"""{RELEASE_SQL} WHERE (r.date_created, r.id) < (?, ?)
+            AND EXISTS (SELECT 1 FROM release_commits WHERE release_id = r.id)
+            AND r.id IN (SELECT release_id FROM release_projects WHERE project_id IN
+                         (SELECT project_id FROM release_projects WHERE release_id = ?))
+            ORDER BY r.date_created DESC, r.id DESC LIMIT 1""",
+        (release["date_created"], release["id"], release["id"]))
+
+
+async def release_links(store: Store, release_id: int) -> dict[str, Any]:
+    """What a release's summary shows beside its counts: its projects, last commit, last deploy
+    and commit authors."""
+    return {
+        "projects": await store.all("SELECT p.* FROM projects p JOIN release_projects rp ON rp.project_id = p.id "
+                                    "WHERE rp.release_id = ? ORDER BY p.slug", (release_id,)),
+        "last_commit": await store.one(f"{COMMIT_SQL} ORDER BY rc.position LIMIT 1", (release_id,)),
+        "last_deploy": await store.one("SELECT * FROM deploys WHERE release_id = ? "
+                                       "ORDER BY date_finished DESC, id DESC LIMIT 1", (release_id,)),
+        "authors": await store.all("SELECT DISTINCT c.author_name, c.author_email FROM release_commits rc "
+                                   "JOIN commits c ON c.id = rc.commit_id "
+                                   "WHERE rc.release_id = ? AND c.author_email IS NOT NULL", (release_id,))}
+
+
+async def release_commits(store: Store, release_id: int) -> list[sqlite3.Row]:
+    """A release's commits, newest first (as sentry-cli sent them), with their repository's name."""
+    return await store.all(f"{COMMIT_SQL} ORDER BY rc.position", (release_id,))
+
+
+async def release_commit_files(store: Store, release_id: int) -> list[sqlite3.Row]:
+    """The files a release's commits changed, one row per commit and file, by path."""
+    return await store.all(
+        f"""SELECT f.path, f.type, c.message, c.author_name, c.author_email, c.repository FROM ({COMMIT_SQL}) c
+            JOIN commit_files f ON f.commit_id = c.id ORDER BY f.path""", (release_id,))
+
+
+async def release_deploys(store: Store, release_id: int) -> list[sqlite3.Row]:
+    """A release's deploys, latest first."""
+    return await store.all("SELECT * FROM deploys WHERE release_id = ? ORDER BY date_finished DESC, id DESC",
+                           (release_id,))
+
+
+async def deploy_by_id(store: Store, deploy_id: int) -> sqlite3.Row | None:
+    """A deploy by id (to answer its creation with the stored row)."""
+    return await store.one("SELECT * FROM deploys WHERE id = ?", (deploy_id,))
+
+
+async def listed_repositories(store: Store) -> list[sqlite3.Row]:
+    """The registered repositories by name (not the local ones commits named, see LOCAL_REPOSITORY)."""
+    return await store.all("SELECT * FROM repositories WHERE provider != ? ORDER BY name", (LOCAL_REPOSITORY,))
+
+
+async def repository_by_name(store: Store, name: str) -> sqlite3.Row | None:
+    """A repository by name, in any case (as sentry-cli matches them)."""
+    return await store.one("SELECT * FROM repositories WHERE name = ? COLLATE NOCASE", (name,))
+
+
+async def repository_by_id(store: Store, repository_id: int) -> sqlite3.Row | None:
+    """A repository by id (to answer its registration with the stored row)."""
+    return await store.one("SELECT * FROM repositories WHERE id = ?", (repository_id,))
 
 
 # -- code mappings: from a stack frame to its source file, and back ------------------------
@@ -4801,6 +5054,21 @@ def code_view_url(slug: str, frame: dict[str, Any]) -> str | None:
         return None
     params = {"project": slug, "path": path, **({"function": frame["function"]} if frame.get("function") else {})}
     return "/code/?" + urllib.parse.urlencode(params)
+
+
+async def all_code_mappings(store: Store) -> list[sqlite3.Row]:
+    """Every project's code mappings (the organisation's list)."""
+    return await store.all("SELECT * FROM code_mappings ORDER BY id")
+
+
+async def code_mapping(store: Store, mapping_id: str) -> sqlite3.Row | None:
+    """A code mapping by the id a URL or form gives (text: anything else simply matches none)."""
+    return await store.one("SELECT * FROM code_mappings WHERE CAST(id AS TEXT) = ?", (mapping_id,))
+
+
+def delete_code_mapping(conn: sqlite3.Connection, project_id: int, mapping_id: int | str) -> int:
+    """Forget one of a project's code mappings; how many went (0 or 1)."""
+    return conn.execute("DELETE FROM code_mappings WHERE id = ? AND project_id = ?", (mapping_id, project_id)).rowcount
 
 
 # =============================================================================
@@ -5184,6 +5452,38 @@ def default_rules_everywhere(conn: sqlite3.Connection) -> None:
     """Migration: the projects that existed before alerts get the rules a new project gets."""
     for project in conn.execute("SELECT id FROM projects").fetchall():
         insert_default_rules(conn, project["id"])
+
+
+async def channel_names(store: Store) -> set[str]:
+    """The names a rule's actions may notify."""
+    return {r["name"] for r in await store.all("SELECT name FROM channels")}
+
+
+async def all_channels(store: Store) -> list[sqlite3.Row]:
+    """Every channel, by name."""
+    return await store.all("SELECT * FROM channels ORDER BY name")
+
+
+async def channel_by_id(store: Store, channel_id: str) -> sqlite3.Row | None:
+    """A channel by the id a URL or form gives (text: anything else simply matches none)."""
+    return await store.one("SELECT * FROM channels WHERE CAST(id AS TEXT) = ?", (channel_id,))
+
+
+async def project_rules(store: Store, project_id: int) -> list[sqlite3.Row]:
+    """A project's alert rules, oldest first."""
+    return await store.all("SELECT * FROM alert_rules WHERE project_id = ? ORDER BY id", (project_id,))
+
+
+async def project_rule(store: Store, project_id: int, rule_id: str) -> sqlite3.Row | None:
+    """One of a project's alert rules by the id a URL gives."""
+    return await store.one("SELECT * FROM alert_rules WHERE project_id = ? AND CAST(id AS TEXT) = ?",
+                           (project_id, rule_id))
+
+
+def delete_rule(conn: sqlite3.Connection, project_id: int, rule_id: str) -> int:
+    """Remove one of a project's alert rules by the id a URL or form gives; how many went."""
+    return conn.execute("DELETE FROM alert_rules WHERE CAST(id AS TEXT) = ? AND project_id = ?",
+                        (rule_id, project_id)).rowcount
 
 
 # -- judging rules (writer thread, in the event's transaction) -------------------------------
@@ -5881,6 +6181,53 @@ def slo_subject(slo: dict[str, Any]) -> dict[str, Any]:
 def instance_uuid(settings: Settings) -> str:
     """The `installation.uuid` of webhooks: stable for one tracker (its public URL)."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, settings.public_url))
+
+
+DELIVERY_SQL = """SELECT o.*, coalesce(c.name, '(deleted channel)') AS channel_name, coalesce(c.kind, '') AS channel_kind
+    FROM outbox o LEFT JOIN channels c ON c.id = o.channel_id"""
+
+
+def delete_channel(conn: sqlite3.Connection, channel_id: int) -> None:
+    """Remove a channel: its pending deliveries are cancelled, its issue links forgotten."""
+    conn.execute("UPDATE outbox SET status = 'cancelled', last_error = 'channel deleted' "
+                 "WHERE channel_id = ? AND status IN ('pending', 'in_flight')", (channel_id,))
+    conn.execute("DELETE FROM issue_links WHERE channel_id = ?", (channel_id,))
+    conn.execute("DELETE FROM channels WHERE id = ?", (channel_id,))
+
+
+def retry_delivery(conn: sqlite3.Connection, outbox_id: int) -> int:
+    """Send a dead or cancelled delivery again from its first attempt; 0 when there is none such."""
+    return conn.execute("UPDATE outbox SET status = 'pending', attempts = 0, next_attempt = ? "
+                        "WHERE id = ? AND status IN ('dead', 'cancelled')", (time.time(), outbox_id)).rowcount
+
+
+async def issue_alerts(store: Store, issue_id: int) -> dict[str, Any]:
+    """What alerts did about an issue: the Jira issues and incidents it opened, its deliveries."""
+    links = []
+    for link in await store.all("SELECT l.*, c.name AS channel_name, c.config FROM issue_links l JOIN channels c "
+                                "ON c.id = l.channel_id WHERE l.issue_id = ? AND l.kind != 'alertmanager'", (issue_id,)):
+        site = urllib.parse.urlsplit(json.loads(link["config"])["url"]) if link["kind"] == "jira" else None
+        href = f"{site._replace(netloc=site.netloc.rpartition('@')[2]).geturl().rstrip('/')}/browse/{link['ref']}" \
+            if site else None  # never a password written into the Jira URL
+        links.append({"kind": link["kind"], "ref": link["ref"], "channel_name": link["channel_name"], "href": href})
+    deliveries = await store.all(f"{DELIVERY_SQL} WHERE o.issue_id = ? ORDER BY o.id DESC LIMIT 10", (issue_id,))
+    return {"links": links, "deliveries": deliveries}
+
+
+DELIVERY_FILTERS = {"status": "o.status", "issue": "o.issue_id", "channel": "o.channel_id"}
+
+
+async def deliveries(store: Store, filters: Mapping[str, str], limit: int, offset: int = 0) -> list[sqlite3.Row]:
+    """The delivery log, newest first, narrowed by DELIVERY_FILTERS' names (values as text)."""
+    where = [f"CAST({DELIVERY_FILTERS[name]} AS TEXT) = ?" for name in filters]
+    return await store.all(f"{DELIVERY_SQL} WHERE {' AND '.join(where) or '1'} ORDER BY o.id DESC LIMIT ? OFFSET ?",
+                           [*filters.values(), limit, offset])
+
+
+def enqueue_test(conn: sqlite3.Connection, channel: sqlite3.Row) -> int:
+    """Queue a test notification for a channel; the id of its delivery."""
+    enqueue(conn, channel, None, None, "test", {"rule": "Test notification"})
+    return int(conn.execute("SELECT max(id) FROM outbox").fetchone()[0])
 
 
 # =============================================================================
@@ -6895,6 +7242,34 @@ class CronJudge(Background):
             await asyncio.sleep(self.interval)
 
 
+async def monitors_with_projects(store: Store, slug: str | None = None) -> list[sqlite3.Row]:
+    """Every monitor (one slug's, if given) with its project's slug and name and its issue's status
+    and number, by slug."""
+    return await store.all(
+        """SELECT m.*, p.slug AS project_slug, p.name AS project_name, i.status AS issue_status, i.short_id AS issue_number
+           FROM monitors m JOIN projects p ON p.id = m.project_id LEFT JOIN issues i ON i.id = m.issue_id
+           WHERE ? IS NULL OR m.slug = ? ORDER BY m.slug, m.id""", (slug, slug))
+
+
+async def monitor_environments(store: Store, monitor_ids: list[int]) -> list[sqlite3.Row]:
+    """Each monitor's environments: first and last check-in, and the latest finished one's status."""
+    return await store.all(
+        f"""SELECT monitor_id, environment, min(date_created) AS first,
+                   max(CASE WHEN status != 'missed' THEN date_created END) AS last,
+                   (SELECT x.status FROM check_ins x WHERE x.monitor_id = c.monitor_id AND x.environment = c.environment
+                    AND x.status != 'in_progress' ORDER BY x.date_created DESC, x.id DESC LIMIT 1) AS status
+            FROM check_ins c WHERE monitor_id IN ({','.join('?' * len(monitor_ids))})
+            GROUP BY monitor_id, environment ORDER BY environment""", monitor_ids)
+
+
+async def monitor_check_ins(store: Store, monitor_id: int, environments: list[str], limit: int,
+                            offset: int = 0) -> list[sqlite3.Row]:
+    """A monitor's check-ins, newest first (in these environments, if any are named)."""
+    envs = f"AND environment IN ({','.join('?' * len(environments))})" if environments else ""
+    return await store.all(f"SELECT * FROM check_ins WHERE monitor_id = ? {envs} "
+                           "ORDER BY date_created DESC, id DESC LIMIT ? OFFSET ?",
+                           (monitor_id, *environments, limit, offset))
+
 # =============================================================================
 # JSON API (Sentry's shapes; Bearer tokens)
 # =============================================================================
@@ -6930,8 +7305,7 @@ async def require_token(request: Request, capability: str | None = None) -> sqli
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "Authentication credentials were not provided.")
-    row = await request.app.store.one("SELECT * FROM api_tokens WHERE token_hash = ?",
-                                            (hash_token(token.strip()),))
+    row = await token_by_secret(request.app.store, token.strip())
     if row is None:
         raise ApiError(401, "Invalid token")
     if capability is not None and not token_can(row["scopes"], capability):
@@ -7483,18 +7857,18 @@ def body_mapping(body: Any, current: dict[str, Any]) -> dict[str, str]:
         raise ApiError(400, str(exc)) from None
 
 
-async def org_row_from_path(request: Request, table: str, param: str) -> sqlite3.Row:
+async def org_row_from_path(request: Request, find: Callable[[Store, str], Awaitable[sqlite3.Row | None]],
+                            param: str) -> sqlite3.Row:
     """The row of an organisation-wide table (mappings, channels) whose id the URL names."""
     check_org(request)
-    row = await request.app.store.one(f"SELECT * FROM {table} WHERE CAST(id AS TEXT) = ?",
-                                            (request.path_params[param],))
+    row = await find(request.app.store, request.path_params[param])
     if row is None:
         raise ApiError(404, "The requested resource does not exist")
     return row
 
 
 async def mapping_from_path(request: Request) -> sqlite3.Row:
-    return await org_row_from_path(request, "code_mappings", "mapping_id")
+    return await org_row_from_path(request, code_mapping, "mapping_id")
 
 
 async def api_code_mappings(request: Request) -> list[dict[str, Any]]:
@@ -7504,9 +7878,8 @@ async def api_code_mappings(request: Request) -> list[dict[str, Any]]:
     project = await find_project(request.app.store, ref) if ref else None
     if ref and project is None:
         raise ApiError(404, "The requested resource does not exist")
-    rows = await request.app.store.all(
-        "SELECT * FROM code_mappings WHERE ? IS NULL OR project_id = ? ORDER BY id",
-        (project and project["id"], project and project["id"]))
+    store = request.app.store
+    rows = await project_mappings(store, project["id"]) if project else await all_code_mappings(store)
     return [serialize_mapping(r) for r in rows]
 
 
@@ -7520,7 +7893,7 @@ async def api_create_code_mapping(request: Request) -> Response:
         raise ApiError(400, "projectId must name a project")
     values = body_mapping(body, {})
     mapping_id = await request.app.writer.submit(lambda conn: save_code_mapping(conn, project["id"], values))
-    row = await request.app.store.one("SELECT * FROM code_mappings WHERE id = ?", (mapping_id,))
+    row = await code_mapping(request.app.store, str(mapping_id))
     return JSONResponse(serialize_mapping(row), status_code=201)
 
 
@@ -7535,22 +7908,12 @@ async def api_update_code_mapping(request: Request) -> dict[str, Any]:
 
 async def api_delete_code_mapping(request: Request) -> Response:
     mapping = await mapping_from_path(request)
-    await request.app.writer.submit(
-        lambda conn: conn.execute("DELETE FROM code_mappings WHERE id = ?", (mapping["id"],)).rowcount)
+    await request.app.writer.submit(lambda conn: delete_code_mapping(conn, mapping["project_id"], mapping["id"]))
     return Response(status_code=204)
 
 
 # -- releases, repositories, commits and deploys (what sentry-cli sends; protocol brief §8.3) ---
 
-RELEASE_SQL = """SELECT r.*,
-    (SELECT min(first_seen) FROM issue_tags WHERE key = 'release' AND value = r.version) AS first_event,
-    (SELECT max(last_seen) FROM issue_tags WHERE key = 'release' AND value = r.version) AS last_event,
-    (SELECT count(*) FROM issues WHERE first_release = r.version) AS new_groups,
-    (SELECT count(*) FROM release_commits WHERE release_id = r.id) AS commit_count,
-    (SELECT count(*) FROM deploys WHERE release_id = r.id) AS deploy_count
-  FROM releases r"""
-COMMIT_SQL = """SELECT c.*, rp.name AS repository FROM release_commits rc JOIN commits c ON c.id = rc.commit_id
-  JOIN repositories rp ON rp.id = c.repository_id WHERE rc.release_id = ?"""
 RELEASE_DATES = {"dateStarted": "date_started", "dateReleased": "date_released"}
 
 
@@ -7581,14 +7944,8 @@ def serialize_deploy(row: sqlite3.Row) -> dict[str, Any]:
 
 async def serialize_release(store: Store, row: sqlite3.Row) -> dict[str, Any]:
     """Sentry's release shape, with the last commit, last deploy, authors and projects."""
-    projects = await store.all("SELECT p.* FROM projects p JOIN release_projects rp ON rp.project_id = p.id "
-                               "WHERE rp.release_id = ? ORDER BY p.slug", (row["id"],))
-    last_commit = await store.one(f"{COMMIT_SQL} ORDER BY rc.position LIMIT 1", (row["id"],))
-    last_deploy = await store.one("SELECT * FROM deploys WHERE release_id = ? ORDER BY date_finished DESC, id DESC "
-                                  "LIMIT 1", (row["id"],))
-    authors = await store.all("SELECT DISTINCT c.author_name, c.author_email FROM release_commits rc JOIN commits c "
-                              "ON c.id = rc.commit_id WHERE rc.release_id = ? AND c.author_email IS NOT NULL",
-                              (row["id"],))
+    links = await release_links(store, row["id"])
+    last_commit, last_deploy = links["last_commit"], links["last_deploy"]
     return {
         "id": row["id"], "version": row["version"], "shortVersion": short_version(row["version"]),
         "ref": row["ref"], "url": row["url"], "dateCreated": iso(row["date_created"]),
@@ -7597,9 +7954,9 @@ async def serialize_release(store: Store, row: sqlite3.Row) -> dict[str, Any]:
         "commitCount": row["commit_count"], "deployCount": row["deploy_count"],
         "lastCommit": serialize_commit(last_commit) if last_commit else None,
         "lastDeploy": serialize_deploy(last_deploy) if last_deploy else None,
-        "authors": [{"name": a["author_name"], "email": a["author_email"]} for a in authors],
+        "authors": [{"name": a["author_name"], "email": a["author_email"]} for a in links["authors"]],
         "projects": [{"id": p["id"], "slug": p["slug"], "name": p["name"], "platform": p["platform"] or None}
-                     for p in projects],
+                     for p in links["projects"]],
     }
 
 
@@ -7623,8 +7980,7 @@ async def release_project_ids(request: Request, value: Any) -> list[int]:
     """The projects a body names by slug or id; an unknown one is a 400."""
     ids = []
     for name in value if isinstance(value, list) else []:
-        row = await request.app.store.one("SELECT id FROM projects WHERE slug = ? OR CAST(id AS TEXT) = ?",
-                                                (str(name), str(name)))
+        row = await find_project(request.app.store, str(name))
         if row is None:
             raise ApiError(400, f"unknown project {name!r}")
         ids.append(row["id"])
@@ -7666,38 +8022,12 @@ async def parse_refs(request: Request, value: Any) -> list[dict[str, Any]]:
     for raw in value if isinstance(value, list) else []:
         if not isinstance(raw, dict) or not raw.get("repository") or not raw.get("commit"):
             raise ApiError(400, "every ref needs a repository and a commit")
-        repo = await request.app.store.one("SELECT * FROM repositories WHERE name = ? COLLATE NOCASE",
-                                                 (str(raw["repository"]),))
+        repo = await repository_by_name(request.app.store, str(raw["repository"]))
         if repo is None:
             raise ApiError(400, f"unknown repository {raw['repository']!r}")
         refs.append({"repository_id": repo["id"], "repository": repo["name"], "commit": text(raw["commit"], 64),
                      "previous": text(raw.get("previousCommit"), 64) or None})
     return refs
-
-
-def save_release(conn: sqlite3.Connection, version: str, project_ids: list[int], columns: dict[str, Any],
-                 commits: list[dict[str, Any]] | None, refs: list[dict[str, Any]] | None) -> bool:
-    """Create or update a release; True when it is new."""
-    created = False
-    for project_id in project_ids:
-        created = link_release(conn, project_id, version, time.time()) or created
-    release_id = conn.execute("SELECT id FROM releases WHERE version = ?", (version,)).fetchone()[0]
-    if columns:
-        conn.execute(f"UPDATE releases SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
-                     (*columns.values(), release_id))
-    if refs is not None:
-        conn.execute("DELETE FROM release_refs WHERE release_id = ?", (release_id,))
-        conn.executemany("INSERT OR REPLACE INTO release_refs (release_id, repository_id, commit_sha, previous_sha) "
-                         "VALUES (?, ?, ?, ?)", [(release_id, r["repository_id"], r["commit"], r["previous"])
-                                                 for r in refs])
-    if commits is None and refs is not None:  # no provider to ask for the range: the head commits stand for it
-        commits = [{"sha": r["commit"], "repository": r["repository"]} for r in refs]
-    if commits is not None:
-        conn.execute("DELETE FROM release_commits WHERE release_id = ?", (release_id,))
-        conn.executemany("INSERT OR IGNORE INTO release_commits (release_id, commit_id, position) VALUES (?, ?, ?)",
-                         [(release_id, save_commit(conn, c), position) for position, c in enumerate(commits)])
-        resolve_fixed_issues(conn, version, commits)
-    return created
 
 
 FIXES_RE = re.compile(r"\bfix(?:e[sd])?:?\s+([A-Za-z0-9_-]+-[0-9A-Za-z]+(?:\s*(?:,|and)\s*[A-Za-z0-9_-]+-[0-9A-Za-z]+)*)",
@@ -7715,83 +8045,31 @@ def parse_short_id(value: str) -> tuple[str, int] | None:
     return slug.lower(), number
 
 
-def resolve_fixed_issues(conn: sqlite3.Connection, version: str, commits: list[dict[str, Any]]) -> None:
-    """A commit message saying `Fixes PAYMENTS-1A` resolves that issue in the commit's release."""
-    now = time.time()
-    for commit in commits:
-        for group in FIXES_RE.findall(commit.get("message") or ""):
-            for ref in re.split(r"\s*(?:,|\band\b)\s*", group):
-                parsed = parse_short_id(ref)
-                issue = parsed and conn.execute(
-                    "SELECT i.* FROM issues i JOIN projects p ON p.id = i.project_id "
-                    "WHERE p.slug = ? AND i.short_id = ?", parsed).fetchone()
-                if issue and issue["status"] != "resolved":
-                    change_status(conn, issue, "resolved", {"inRelease": version}, now)
-                    record_activity(conn, issue["id"], "set_resolved_in_commit",
-                                    {"commit": {"id": commit["sha"], "repository": commit["repository"],
-                                                "message": commit.get("message")}}, now)
-
-
-def save_commit(conn: sqlite3.Connection, commit: dict[str, Any]) -> int:
-    """Store a commit (known fields win over missing ones) and its changed files; returns its id."""
-    commit_id = conn.execute(
-        """INSERT INTO commits (repository_id, sha, author_name, author_email, message, timestamp)
-           VALUES (?, ?, ?, ?, ?, ?)
-           ON CONFLICT (repository_id, sha) DO UPDATE SET author_name = coalesce(excluded.author_name, author_name),
-               author_email = coalesce(excluded.author_email, author_email),
-               message = coalesce(excluded.message, message), timestamp = coalesce(excluded.timestamp, timestamp)
-           RETURNING id""",
-        (repository_id(conn, commit["repository"]), commit["sha"], commit.get("author_name"),
-         commit.get("author_email"), commit.get("message"), commit.get("timestamp"))).fetchone()[0]
-    if commit.get("files"):
-        conn.execute("DELETE FROM commit_files WHERE commit_id = ?", (commit_id,))
-        conn.executemany("INSERT OR REPLACE INTO commit_files (commit_id, path, type) VALUES (?, ?, ?)",
-                         [(commit_id, path, kind) for path, kind in commit["files"]])
-    return commit_id
-
-
-def delete_release(conn: sqlite3.Connection, release_id: int) -> None:
-    """Forget a release and what hangs off it; events keep their release string."""
-    for table in ("release_projects", "release_commits", "release_refs", "deploys"):
-        conn.execute(f"DELETE FROM {table} WHERE release_id = ?", (release_id,))
-    conn.execute("DELETE FROM releases WHERE id = ?", (release_id,))
-
-
-def create_deploy(conn: sqlite3.Connection, release_id: int, deploy: dict[str, Any]) -> int:
-    return int(conn.execute("INSERT INTO deploys (release_id, environment, name, url, date_started, date_finished) "
-                            "VALUES (?, ?, ?, ?, ?, ?)", (release_id, deploy["environment"], deploy["name"],
-                                                          deploy["url"], deploy["date_started"],
-                                                          deploy["date_finished"])).lastrowid or 0)
-
-
 async def release_from_path(request: Request) -> sqlite3.Row:
     check_org(request)
-    row = await request.app.store.one(f"{RELEASE_SQL} WHERE r.version = ?", (request.path_params["version"],))
+    row = await release_by_version(request.app.store, request.path_params["version"])
     if row is None:
         raise ApiError(404, "The requested resource does not exist")
     return row
 
 
-async def release_page(request: Request, where: str, args: list[Any]) -> Response:
+async def release_page(request: Request, project_id: int | None) -> Response:
     """Releases newest first, `?query=` matching part of the version, with Sentry's cursor paging."""
     limit, offset = page_args(request)
     store = request.app.store
-    rows = await store.all(f"{RELEASE_SQL} WHERE {where} AND instr(r.version, ?) "
-                           "ORDER BY r.date_created DESC, r.id DESC LIMIT ? OFFSET ?",
-                           [*args, request.query_params.get("query", ""), limit + 1, offset])
+    rows = await releases_matching(store, project_id, request.query_params.get("query", ""), limit + 1, offset)
     return JSONResponse([await serialize_release(store, r) for r in rows[:limit]],
                         headers=paginate(request, len(rows), limit, offset))
 
 
 async def api_org_releases(request: Request) -> Response:
     check_org(request)
-    return await release_page(request, "1", [])
+    return await release_page(request, None)
 
 
 async def api_project_releases(request: Request) -> Response:
     project = await project_from_path(request)
-    return await release_page(request, "r.id IN (SELECT release_id FROM release_projects WHERE project_id = ?)",
-                              [project["id"]])
+    return await release_page(request, project["id"])
 
 
 async def save_release_body(request: Request, version: str, body: dict[str, Any]) -> bool:
@@ -7815,7 +8093,7 @@ async def api_create_release(request: Request) -> Response:
     if not body.get("projects"):
         raise ApiError(400, "projects: name at least one project")
     created = await save_release_body(request, version, body)
-    row = await request.app.store.one(f"{RELEASE_SQL} WHERE r.version = ?", (version,))
+    row = await release_by_version(request.app.store, version)
     return JSONResponse(await serialize_release(request.app.store, row), status_code=201 if created else 208)
 
 
@@ -7838,38 +8116,28 @@ async def api_delete_release(request: Request) -> Response:
 async def api_previous_release_with_commits(request: Request) -> dict[str, Any]:
     """The newest older release of the same projects that has commits (sentry-cli starts the
     next commit range there); {} when there is none."""
-    release = await release_from_path(request)
     store = request.app.store
-    row = await store.one(
-        f"""{RELEASE_SQL} WHERE (r.date_created, r.id) < (?, ?)
-            AND EXISTS (SELECT 1 FROM release_commits WHERE release_id = r.id)
-            AND r.id IN (SELECT release_id FROM release_projects WHERE project_id IN
-                         (SELECT project_id FROM release_projects WHERE release_id = ?))
-            ORDER BY r.date_created DESC, r.id DESC LIMIT 1""",
-        (release["date_created"], release["id"], release["id"]))
+    row = await previous_release_with_commits(store, await release_from_path(request))
     return await serialize_release(store, row) if row else {}
 
 
 async def api_release_commits(request: Request) -> list[dict[str, Any]]:
     release = await release_from_path(request)
-    rows = await request.app.store.all(f"{COMMIT_SQL} ORDER BY rc.position", (release["id"],))
+    rows = await release_commits(request.app.store, release["id"])
     return [serialize_commit(r) for r in rows]
 
 
 async def api_release_commit_files(request: Request) -> list[dict[str, Any]]:
     """The files the release's commits changed, one entry per commit and file."""
     release = await release_from_path(request)
-    rows = await request.app.store.all(
-        f"""SELECT f.path, f.type, c.message, c.author_name, c.author_email, c.repository FROM ({COMMIT_SQL}) c
-            JOIN commit_files f ON f.commit_id = c.id ORDER BY f.path""", (release["id"],))
+    rows = await release_commit_files(request.app.store, release["id"])
     return [{"filename": r["path"], "type": r["type"], "commitMessage": r["message"], "repoName": r["repository"],
              "author": {"name": r["author_name"], "email": r["author_email"]}} for r in rows]
 
 
 async def api_release_deploys(request: Request) -> list[dict[str, Any]]:
     release = await release_from_path(request)
-    rows = await request.app.store.all("SELECT * FROM deploys WHERE release_id = ? "
-                                             "ORDER BY date_finished DESC, id DESC", (release["id"],))
+    rows = await release_deploys(request.app.store, release["id"])
     return [serialize_deploy(r) for r in rows]
 
 
@@ -7884,15 +8152,13 @@ async def api_create_deploy(request: Request) -> Response:
               "url": text(body.get("url"), 2048) or None, "date_started": parse_timestamp(body.get("dateStarted")),
               "date_finished": parse_timestamp(body.get("dateFinished")) or time.time()}
     deploy_id = await request.app.writer.submit(lambda conn: create_deploy(conn, release["id"], deploy))
-    row = await request.app.store.one("SELECT * FROM deploys WHERE id = ?", (deploy_id,))
+    row = await deploy_by_id(request.app.store, deploy_id)
     return JSONResponse(serialize_deploy(row), status_code=201)
 
 
 async def api_org_repos(request: Request) -> list[dict[str, Any]]:
     check_org(request)
-    return [serialize_repository(r) for r in
-            await request.app.store.all("SELECT * FROM repositories WHERE provider != ? ORDER BY name",
-                                              (LOCAL_REPOSITORY,))]
+    return [serialize_repository(r) for r in await listed_repositories(request.app.store)]
 
 
 async def api_create_repo(request: Request) -> Response:
@@ -7908,7 +8174,7 @@ async def api_create_repo(request: Request) -> Response:
     repo_id = await request.app.writer.submit(lambda conn: create_repository(conn, name, url, provider))
     if repo_id is None:
         raise ApiError(409, f"a repository named {name!r} already exists")
-    row = await request.app.store.one("SELECT * FROM repositories WHERE id = ?", (repo_id,))
+    row = await repository_by_id(request.app.store, repo_id)
     return JSONResponse(serialize_repository(row), status_code=201)
 
 
@@ -7936,21 +8202,13 @@ def serialize_delivery(row: sqlite3.Row, admin: bool) -> dict[str, Any]:
             "nextAttempt": iso(row["next_attempt"]) if row["status"] == "pending" else None}
 
 
-DELIVERY_SQL = """SELECT o.*, coalesce(c.name, '(deleted channel)') AS channel_name, coalesce(c.kind, '') AS channel_kind
-    FROM outbox o LEFT JOIN channels c ON c.id = o.channel_id"""
-
-
-async def channel_names(store: Store) -> set[str]:
-    return {r["name"] for r in await store.all("SELECT name FROM channels")}
-
-
 async def channel_from_path(request: Request) -> sqlite3.Row:
-    return await org_row_from_path(request, "channels", "channel_id")
+    return await org_row_from_path(request, channel_by_id, "channel_id")
 
 
 async def api_channels(request: Request) -> list[dict[str, Any]]:
     check_org(request)
-    return [serialize_channel(r) for r in await request.app.store.all("SELECT * FROM channels ORDER BY name")]
+    return [serialize_channel(r) for r in await all_channels(request.app.store)]
 
 
 async def create_channel(request: Request, kind: Any, name: Any, config: Any) -> tuple[int, dict[str, Any]]:
@@ -7968,7 +8226,7 @@ async def api_create_channel(request: Request) -> Response:
     check_org(request)
     body = await request_object(request)
     channel_id, config = await create_channel(request, body.get("kind"), body.get("name"), body.get("config", {}))
-    row = await request.app.store.one("SELECT * FROM channels WHERE id = ?", (channel_id,))
+    row = await channel_by_id(request.app.store, str(channel_id))
     given = body.get("config") if isinstance(body.get("config"), dict) else {}
     extra = {"secret": config["secret"]} if row["kind"] == "webhook" and not given.get("secret") else {}
     return JSONResponse({**serialize_channel(row), **extra}, status_code=201)
@@ -7992,13 +8250,6 @@ async def api_update_channel(request: Request) -> dict[str, Any]:
     return serialize_channel(await channel_from_path(request))
 
 
-def delete_channel(conn: sqlite3.Connection, channel_id: int) -> None:
-    conn.execute("UPDATE outbox SET status = 'cancelled', last_error = 'channel deleted' "
-                 "WHERE channel_id = ? AND status IN ('pending', 'in_flight')", (channel_id,))
-    conn.execute("DELETE FROM issue_links WHERE channel_id = ?", (channel_id,))
-    conn.execute("DELETE FROM channels WHERE id = ?", (channel_id,))
-
-
 async def api_delete_channel(request: Request) -> Response:
     row = await channel_from_path(request)
     await request.app.writer.submit(lambda conn: delete_channel(conn, row["id"]))
@@ -8007,10 +8258,7 @@ async def api_delete_channel(request: Request) -> Response:
 
 async def queue_test(request: Request, channel: sqlite3.Row) -> int:
     """Queue a test notification for a channel; its delivery shows in the log like any other."""
-    def job(conn: sqlite3.Connection) -> int:
-        enqueue(conn, channel, None, None, "test", {"rule": "Test notification"})
-        return int(conn.execute("SELECT max(id) FROM outbox").fetchone()[0])
-    outbox_id = await request.app.writer.submit(job)
+    outbox_id = await request.app.writer.submit(lambda conn: enqueue_test(conn, channel))
     request.app.dispatcher.wake.set()
     return outbox_id
 
@@ -8024,23 +8272,12 @@ async def api_deliveries(request: Request) -> Response:
     """The delivery log, newest first: `?status=dead`, `?issue=<id>`, `?channel=<id>` narrow it."""
     check_org(request)
     limit, offset = page_args(request)
-    where, args = [], []
-    for param, column in (("status", "o.status"), ("issue", "o.issue_id"), ("channel", "o.channel_id")):
-        if request.query_params.get(param):
-            where.append(f"CAST({column} AS TEXT) = ?")
-            args.append(request.query_params[param])
-    rows = await request.app.store.all(
-        f"{DELIVERY_SQL} WHERE {' AND '.join(where) or '1'} ORDER BY o.id DESC LIMIT ? OFFSET ?",
-        [*args, limit + 1, offset])
+    filters = {name: request.query_params[name] for name in DELIVERY_FILTERS if request.query_params.get(name)}
+    rows = await deliveries(request.app.store, filters, limit + 1, offset)
     # what the far end answered is for those who may change channels (the tracker's admin, org:integrations…)
     admin = token_can((await require_token(request))["scopes"], "integrations")
     return JSONResponse([serialize_delivery(r, admin) for r in rows[:limit]],
                         headers=paginate(request, len(rows), limit, offset))
-
-
-def retry_delivery(conn: sqlite3.Connection, outbox_id: int) -> int:
-    return conn.execute("UPDATE outbox SET status = 'pending', attempts = 0, next_attempt = ? "
-                        "WHERE id = ? AND status IN ('dead', 'cancelled')", (time.time(), outbox_id)).rowcount
 
 
 async def api_retry_delivery(request: Request) -> Response:
@@ -8055,8 +8292,7 @@ async def api_retry_delivery(request: Request) -> Response:
 
 async def rule_from_path(request: Request) -> tuple[sqlite3.Row, sqlite3.Row]:
     project = await project_from_path(request)
-    row = await request.app.store.one("SELECT * FROM alert_rules WHERE project_id = ? AND CAST(id AS TEXT) = ?",
-                                            (project["id"], request.path_params["rule_id"]))
+    row = await project_rule(request.app.store, project["id"], request.path_params["rule_id"])
     if row is None:
         raise ApiError(404, "The requested resource does not exist")
     return project, row
@@ -8072,15 +8308,13 @@ async def save_rule_body(request: Request, project: sqlite3.Row, body: Any, rule
 
 async def api_rules(request: Request) -> list[dict[str, Any]]:
     project = await project_from_path(request)
-    rows = await request.app.store.all("SELECT * FROM alert_rules WHERE project_id = ? ORDER BY id",
-                                             (project["id"],))
-    return [serialize_rule(r, project["slug"]) for r in rows]
+    return [serialize_rule(r, project["slug"]) for r in await project_rules(request.app.store, project["id"])]
 
 
 async def api_create_rule(request: Request) -> Response:
     project = await project_from_path(request)
     rule_id = await save_rule_body(request, project, await request_json(request))
-    row = await request.app.store.one("SELECT * FROM alert_rules WHERE id = ?", (rule_id,))
+    row = await project_rule(request.app.store, project["id"], str(rule_id))
     return JSONResponse(serialize_rule(row, project["slug"]), status_code=201)
 
 
@@ -8096,21 +8330,12 @@ async def api_update_rule(request: Request) -> dict[str, Any]:
 
 
 async def api_delete_rule(request: Request) -> Response:
-    _, row = await rule_from_path(request)
-    await request.app.writer.submit(lambda conn: conn.execute("DELETE FROM alert_rules WHERE id = ?",
-                                                                    (row["id"],)).rowcount)
+    project, row = await rule_from_path(request)
+    await request.app.writer.submit(lambda conn: delete_rule(conn, project["id"], str(row["id"])))
     return Response(status_code=204)
 
 
 # -- DSN keys and API tokens (Sentry's project keys and api-tokens shapes) -------------------------
-
-def add_key(conn: sqlite3.Connection, project_id: int, label: str = "Default") -> str:
-    """A new DSN key beside the old ones: rotating is adding one, moving clients, then disabling the old."""
-    key = secrets.token_hex(16)
-    conn.execute("INSERT INTO project_keys (public_key, project_id, label, created) VALUES (?, ?, ?, ?)",
-                 (key, project_id, label[:64] or "Default", time.time()))
-    return key
-
 
 def serialize_key(row: sqlite3.Row, settings: Settings) -> dict[str, Any]:
     dsn = dsn_for(settings, row["public_key"], row["project_id"])
@@ -8120,8 +8345,7 @@ def serialize_key(row: sqlite3.Row, settings: Settings) -> dict[str, Any]:
 
 
 async def key_from_path(request: Request, project_id: int) -> sqlite3.Row:
-    row = await request.app.store.one("SELECT * FROM project_keys WHERE project_id = ? AND public_key = ?",
-                                            (project_id, request.path_params["key_id"].lower()))
+    row = await project_key(request.app.store, project_id, request.path_params["key_id"].lower())
     if row is None:
         raise ApiError(404, "The requested resource does not exist")
     return row
@@ -8129,24 +8353,20 @@ async def key_from_path(request: Request, project_id: int) -> sqlite3.Row:
 
 async def api_project_keys(request: Request) -> list[dict[str, Any]]:
     project = await project_from_path(request)
-    rows = await request.app.store.all("SELECT * FROM project_keys WHERE project_id = ? ORDER BY created",
-                                             (project["id"],))
-    return [serialize_key(r, request.app.settings) for r in rows]
+    return [serialize_key(r, request.app.settings) for r in await project_keys(request.app.store, project["id"])]
 
 
 async def api_create_key(request: Request) -> Response:
     project = await project_from_path(request)
     label = text((await request_object(request)).get("name"), 64)
     key = await request.app.writer.submit(lambda conn: add_key(conn, project["id"], label))
-    row = await request.app.store.one("SELECT * FROM project_keys WHERE public_key = ?", (key,))
+    row = await project_key(request.app.store, project["id"], key)
     return JSONResponse(serialize_key(row, request.app.settings), status_code=201)
 
 
 async def set_key(request: Request, project_id: int, key: str, active: bool | None, label: str | None) -> None:
     """Enable, disable or rename a key; the ingest cache forgets it, so a disabled key is refused at once."""
-    await request.app.writer.submit(lambda conn: conn.execute(
-        "UPDATE project_keys SET active = coalesce(?, active), label = coalesce(?, label) WHERE public_key = ? "
-        "AND project_id = ?", (None if active is None else int(active), label, key, project_id)))
+    await request.app.writer.submit(lambda conn: update_key(conn, project_id, key, active, label))
     request.app.keys.entries.pop(key, None)
 
 
@@ -8165,8 +8385,7 @@ async def api_update_key(request: Request) -> dict[str, Any]:
 async def api_delete_key(request: Request) -> Response:
     project = await project_from_path(request)
     row = await key_from_path(request, project["id"])
-    await request.app.writer.submit(
-        lambda conn: conn.execute("DELETE FROM project_keys WHERE public_key = ?", (row["public_key"],)))
+    await request.app.writer.submit(lambda conn: delete_key(conn, row["public_key"]))
     request.app.keys.entries.pop(row["public_key"], None)
     return Response(status_code=204)
 
@@ -8177,7 +8396,7 @@ def serialize_token(row: sqlite3.Row) -> dict[str, Any]:
 
 
 async def api_tokens(request: Request) -> list[dict[str, Any]]:
-    return [serialize_token(r) for r in await request.app.store.all("SELECT * FROM api_tokens ORDER BY id")]
+    return [serialize_token(r) for r in await all_tokens(request.app.store)]
 
 
 async def api_create_token(request: Request) -> Response:
@@ -8190,7 +8409,7 @@ async def api_create_token(request: Request) -> Response:
     name = text(body.get("name"), 100)
     owner = (await require_token(request))["user_id"]  # it goes when the person behind the caller is disabled
     token = await request.app.writer.submit(lambda conn: create_token(conn, name, scopes, owner))
-    row = await request.app.store.one("SELECT * FROM api_tokens WHERE token_hash = ?", (hash_token(token),))
+    row = await token_by_secret(request.app.store, token)
     return JSONResponse({**serialize_token(row), "token": token}, status_code=201)
 
 
@@ -8199,8 +8418,7 @@ async def api_revoke_token(request: Request) -> Response:
     raw = request.path_params.get("token_id") or str((await request_object(request)).get("tokenId", ""))
     if not raw.isdigit() or len(raw) > 18:
         raise ApiError(404, "The requested resource does not exist")
-    gone = await request.app.writer.submit(
-        lambda conn: conn.execute("DELETE FROM api_tokens WHERE id = ?", (int(raw),)).rowcount)
+    gone = await request.app.writer.submit(lambda conn: revoke_token(conn, str(int(raw))))
     if not gone:
         raise ApiError(404, "The requested resource does not exist")
     return Response(status_code=204)
@@ -8471,22 +8689,13 @@ async def org_monitors(request: Request, slug: str | None = None) -> list[sqlite
     """The organisation's monitors (one slug's, if given), narrowed by `?project=` ids or slugs."""
     check_org(request)
     refs = request.query_params.getlist("project")
-    rows = await request.app.store.all(
-        "SELECT m.*, p.slug AS project_slug, p.name AS project_name FROM monitors m JOIN projects p "
-        "ON p.id = m.project_id WHERE ? IS NULL OR m.slug = ? ORDER BY m.slug, m.id", (slug, slug))
+    rows = await monitors_with_projects(request.app.store, slug)
     return [r for r in rows if not refs or r["project_slug"] in refs or str(r["project_id"]) in refs]
 
 
 async def serialize_monitors(request: Request, rows: list[sqlite3.Row]) -> list[dict[str, Any]]:
     """Monitors with their environments: each one's status is its latest finished check-in's."""
-    marks = ",".join("?" * len(rows))
-    envs = await request.app.store.all(
-        f"""SELECT monitor_id, environment, min(date_created) AS first,
-                   max(CASE WHEN status != 'missed' THEN date_created END) AS last,
-                   (SELECT x.status FROM check_ins x WHERE x.monitor_id = c.monitor_id AND x.environment = c.environment
-                    AND x.status != 'in_progress' ORDER BY x.date_created DESC, x.id DESC LIMIT 1) AS status
-            FROM check_ins c WHERE monitor_id IN ({marks}) GROUP BY monitor_id, environment ORDER BY environment""",
-        [r["id"] for r in rows])
+    envs = await monitor_environments(request.app.store, [r["id"] for r in rows])
     minute = cron_minute(request.app.settings)
     out = []
     for row in rows:
@@ -8521,10 +8730,8 @@ async def api_monitor_checkins(request: Request) -> Response:
     """A monitor's check-ins, newest first (`?environment=` narrows); duration in milliseconds."""
     monitor = await monitor_from_path(request)
     limit, offset = page_args(request)
-    envs = request.query_params.getlist("environment")
-    rows = await request.app.store.all(
-        f"""SELECT * FROM check_ins WHERE monitor_id = ? {f"AND environment IN ({','.join('?' * len(envs))})" if envs else ''}
-            ORDER BY date_created DESC, id DESC LIMIT ? OFFSET ?""", (monitor["id"], *envs, limit + 1, offset))
+    rows = await monitor_check_ins(request.app.store, monitor["id"], request.query_params.getlist("environment"),
+                                   limit + 1, offset)
     config = monitor_config_json(monitor)
     return JSONResponse([{"id": str(uuid.UUID(r["check_in_id"])), "status": r["status"],
                           "duration": None if r["duration"] is None else round(r["duration"] * 1000),
@@ -8704,14 +8911,12 @@ async def identify(request: Request) -> Viewer | None:
         return await proxy_viewer(request, request.headers[header].strip())
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
-        row = await store.one("SELECT u.id, u.name, u.role, s.csrf FROM web_sessions s JOIN users u ON u.id = s.user_id "
-                              "WHERE s.token_hash = ? AND s.expires > ? AND NOT u.disabled",  # a sign-in racing a disable
-                              (hash_token(cookie), time.time()))
+        row = await signed_in_user(store, cookie)
         if row:
             return Viewer(row["id"], row["name"], row["role"], row["csrf"])
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
-        row = await store.one("SELECT * FROM api_tokens WHERE token_hash = ?", (hash_token(token.strip()),))
+        row = await token_by_secret(store, token.strip())
         if row and token_can(row["scopes"], "events:read"):
             return Viewer(row["user_id"], row["name"] or "API token", "member", via="token")
     return None
@@ -8720,7 +8925,7 @@ async def identify(request: Request) -> Viewer | None:
 async def proxy_viewer(request: Request, name: str) -> Viewer | None:
     """A person the SSO proxy vouches for; first seen, they become a member. The CSRF token is
     derived from the name, since there is no session to keep one in."""
-    row = await request.app.store.one("SELECT id, name, role, disabled FROM users WHERE name = ?", (name,))
+    row = await user_by_name(request.app.store, name)
     if row is not None and row["disabled"]:
         return None  # the proxy vouches for who they are, not that they may still come in
     if row is None:
@@ -8728,7 +8933,7 @@ async def proxy_viewer(request: Request, name: str) -> Viewer | None:
             await request.app.writer.submit(lambda conn: create_user(conn, name))
         except ValueError:
             return None  # a name we cannot take (too long, odd characters): not signed in
-        row = await request.app.store.one("SELECT id, name, role FROM users WHERE name = ?", (name,))
+        row = await user_by_name(request.app.store, name)
     csrf = hmac.new(request.app.secret, f"proxy:{row['name']}".encode(), "sha256").hexdigest()
     return Viewer(row["id"], row["name"], row["role"], csrf, via="proxy")
 
@@ -8836,8 +9041,7 @@ async def page_login(request: Request) -> Response:
         return render(request, "login.html", status=429, next=target, user_name=name,
                       error=f"Too many failed sign-ins: try again in {math.ceil(wait)} s.")
     await asyncio.sleep(throttle.pause(*keys))
-    user = await request.app.store.one("SELECT id, password FROM users WHERE name = ? AND NOT disabled",
-                                             (name,))
+    user = await enabled_user_password(request.app.store, name)
     if not await asyncio.to_thread(password_matches, form.get("password", ""), user["password"] if user else None):
         throttle.failed(*keys)
         return render(request, "login.html", status=401, next=target, user_name=name, error="Wrong user name or password.")
@@ -8861,8 +9065,7 @@ async def page_login_link(request: Request) -> Response:
 async def page_logout(request: Request) -> Response:
     await read_form(request)
     cookie = request.cookies.get(SESSION_COOKIE, "")
-    await request.app.writer.submit(
-        lambda conn: conn.execute("DELETE FROM web_sessions WHERE token_hash = ?", (hash_token(cookie),)))
+    await request.app.writer.submit(lambda conn: end_web_session(conn, cookie))
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE)
     return response
@@ -9310,8 +9513,7 @@ async def page_code_mappings(request: Request) -> Response:
 async def apply_mapping_form(request: Request, project_id: int, form: dict[str, str]) -> None:
     """Delete the mapping the form names, or add the one it describes."""
     if "delete" in form:
-        await request.app.writer.submit(lambda conn: conn.execute(
-            "DELETE FROM code_mappings WHERE id = ? AND project_id = ?", (form["delete"], project_id)).rowcount)
+        await request.app.writer.submit(lambda conn: delete_code_mapping(conn, project_id, form["delete"]))
         return
     values = checked_mapping(form)
     await request.app.writer.submit(lambda conn: save_code_mapping(conn, project_id, values))
@@ -9525,7 +9727,7 @@ async def page_project_feedback(request: Request) -> Response:
 
 async def page_releases(request: Request) -> Response:
     store = request.app.store
-    projects = await store.all("SELECT * FROM projects ORDER BY name")
+    projects = await all_projects(store)
     slug = request.query_params.get("project", "")
     project = next((p for p in projects if p["slug"] == slug), None)
     return render(request, "releases.html", projects=projects, project=slug,
@@ -9579,19 +9781,6 @@ def channel_target(row: sqlite3.Row) -> str:
     return str(config.get("url") or config.get("routing_key") or "")
 
 
-async def issue_alerts(store: Store, issue_id: int) -> dict[str, Any]:
-    """What alerts did about an issue: the Jira issues and incidents it opened, its deliveries."""
-    links = []
-    for link in await store.all("SELECT l.*, c.name AS channel_name, c.config FROM issue_links l JOIN channels c "
-                                "ON c.id = l.channel_id WHERE l.issue_id = ? AND l.kind != 'alertmanager'", (issue_id,)):
-        site = urllib.parse.urlsplit(json.loads(link["config"])["url"]) if link["kind"] == "jira" else None
-        href = f"{site._replace(netloc=site.netloc.rpartition('@')[2]).geturl().rstrip('/')}/browse/{link['ref']}" \
-            if site else None  # never a password written into the Jira URL
-        links.append({"kind": link["kind"], "ref": link["ref"], "channel_name": link["channel_name"], "href": href})
-    deliveries = await store.all(f"{DELIVERY_SQL} WHERE o.issue_id = ? ORDER BY o.id DESC LIMIT 10", (issue_id,))
-    return {"links": links, "deliveries": deliveries}
-
-
 async def page_alerts(request: Request) -> Response:
     """Channels (added, tested, deleted here), the delivery log with retries, links to the rules."""
     store = request.app.store
@@ -9599,14 +9788,13 @@ async def page_alerts(request: Request) -> Response:
                                             "/alerts/", ()) if request.method == "POST" else (None, {}, "")
     if response:
         return response
-    channels = await store.all("SELECT * FROM channels ORDER BY name")
+    channels = await all_channels(store)
     admin = request.scope["state"]["viewer"].role == "admin"
-    deliveries = [{**dict(d), "last_error": error_shown(d["last_error"], admin)}
-                  for d in await store.all(f"{DELIVERY_SQL} ORDER BY o.id DESC LIMIT 100")]
-    projects = await store.all("SELECT * FROM projects ORDER BY name")
+    log = [{**dict(d), "last_error": error_shown(d["last_error"], admin)} for d in await deliveries(store, {}, 100)]
+    projects = await all_projects(store)
     return render(request, "alerts.html", status=400 if error else 200, error=error, form=last_values(form),
                   kinds=CHANNEL_KINDS,
-                  channels=[{**dict(c), "target": channel_target(c)} for c in channels], deliveries=deliveries,
+                  channels=[{**dict(c), "target": channel_target(c)} for c in channels], deliveries=log,
                   projects=projects)
 
 
@@ -9614,7 +9802,7 @@ async def apply_alerts_form(request: Request, form: dict[str, str]) -> None:
     """One of the page's forms: send a test, delete a channel, retry a delivery, or add a channel."""
     store = request.app.store
     if "test" in form or "delete" in form:
-        channel = await store.one("SELECT * FROM channels WHERE CAST(id AS TEXT) = ?", (form.get("test") or form["delete"],))
+        channel = await channel_by_id(store, form.get("test") or form["delete"])
         if channel is None:
             raise ApiError(404, "No such channel.")
         if "test" in form:
@@ -9640,20 +9828,18 @@ async def page_project_alerts(request: Request) -> Response:
 
     async def apply(form: dict[str, list[str]]) -> None:
         if "delete" in form:
-            await request.app.writer.submit(lambda conn: conn.execute(
-                "DELETE FROM alert_rules WHERE CAST(id AS TEXT) = ? AND project_id = ?",
-                (form["delete"][-1], project["id"])).rowcount)
+            await request.app.writer.submit(lambda conn: delete_rule(conn, project["id"], form["delete"][-1]))
         else:
             await save_rule_body(request, project, rule_from_form(form))
     response, form, error = await form_post(request, apply, f"/projects/{project['slug']}/alerts/", ()) \
         if request.method == "POST" else (None, {}, "")
     if response:
         return response
-    rows = await store.all("SELECT * FROM alert_rules WHERE project_id = ? ORDER BY id", (project["id"],))
-    rules = [{"id": r["id"], "name": r["name"], "words": rule_words(json.loads(r["rule"]))} for r in rows]
+    rules = [{"id": r["id"], "name": r["name"], "words": rule_words(json.loads(r["rule"]))}
+             for r in await project_rules(store, project["id"])]
     return render(request, "project_alerts.html", status=400 if error else 200, project=project, rules=rules,
                   error=error, form=last_values(form), when=form.get("when", []),
-                  channels=await store.all("SELECT * FROM channels ORDER BY name"), intervals=INTERVALS,
+                  channels=await all_channels(store), intervals=INTERVALS,
                   frequencies=FREQUENCIES)
 
 
@@ -9714,14 +9900,10 @@ async def page_monitors(request: Request) -> Response:
     """Every monitor: its schedule, status, last and next check-in, its last 30 check-ins and its issue."""
     store = request.app.store
     selected = request.query_params.get("project", "")
-    rows = await store.all(
-        """SELECT m.*, p.slug AS project_slug, p.name AS project_name, i.status AS issue_status, i.short_id AS issue_number
-           FROM monitors m JOIN projects p ON p.id = m.project_id LEFT JOIN issues i ON i.id = m.issue_id
-           WHERE ? IN ('', p.slug) ORDER BY p.name, m.slug""", (selected,))
     monitors = []
-    for m in rows:
-        ticks = await store.all("SELECT status, duration, environment, date_created FROM check_ins WHERE monitor_id = ? "
-                                "ORDER BY date_created DESC, id DESC LIMIT 30", (m["id"],))
+    for m in sorted((m for m in await monitors_with_projects(store) if selected in ("", m["project_slug"])),
+                    key=lambda m: (m["project_name"], m["slug"])):
+        ticks = await monitor_check_ins(store, m["id"], [], 30)
         due, zone = m["next_expected"], monitor_zone(m["timezone"])
         monitors.append({**dict(m), "ticks": ticks[::-1], "words": schedule_words(m["schedule_type"], m["schedule"]),
                          "label": MONITOR_LABELS.get(m["status"], m["status"]),
@@ -9731,7 +9913,7 @@ async def page_monitors(request: Request) -> Response:
                          "issue": short_id(m["project_slug"], m["issue_number"])
                          if m["issue_number"] and m["issue_status"] != "resolved" else None})
     failing = sum(1 for m in monitors if m["status"] in FAILURES)
-    projects = await store.all("SELECT slug, name FROM projects ORDER BY name")
+    projects = await all_projects(store)
     return render(request, "monitors.html", monitors=monitors, failing=failing, projects=projects, selected=selected,
                   labels=MONITOR_LABELS)
 
@@ -9739,12 +9921,9 @@ async def page_monitors(request: Request) -> Response:
 async def page_projects(request: Request) -> Response:
     store = request.app.store
     settings = request.app.settings
-    rows = await store.all(
-        """SELECT p.*, (SELECT count(*) FROM issues WHERE project_id = p.id) AS issue_count,
-                  (SELECT coalesce(sum(times_seen), 0) FROM issues WHERE project_id = p.id) AS event_count
-           FROM projects p ORDER BY p.name""")
+    rows = await projects_with_counts(store)
     drops = await drops_since(store, time.time() - 86400)
-    keys = await store.all("SELECT * FROM project_keys ORDER BY active DESC, created")
+    keys = await all_project_keys(store)
     projects = [{**dict(p), "dsn_keys": [{**dict(k), "dsn": dsn_for(settings, k["public_key"], p["id"])} for k in keys
                                      if k["project_id"] == p["id"]],
                  "drops": [d for d in drops if d["project_id"] == p["id"]]} for p in rows]
@@ -9820,8 +9999,8 @@ async def page_account(request: Request) -> Response:
     error, saved = "", request.query_params.get("saved") == "1"
     if request.method == "POST":
         fields = last_values(await read_form(request))
-        row = await request.app.store.one("SELECT password FROM users WHERE id = ?", (viewer.user_id,))
-        if not await asyncio.to_thread(password_matches, fields.get("current", ""), row["password"] if row else None):
+        stored = await user_password(request.app.store, viewer.user_id)
+        if not await asyncio.to_thread(password_matches, fields.get("current", ""), stored):
             error = "The current password is not right."
         else:
             try:
@@ -9846,8 +10025,7 @@ async def page_settings(request: Request) -> Response:
         except ValueError as exc:
             error = str(exc)
     return render(request, "settings.html", status=400 if error else 200, error=error, secret=secret, roles=ROLES,
-                  users=await store.all("SELECT * FROM users ORDER BY name"),
-                  tokens=await store.all("SELECT * FROM api_tokens ORDER BY id"))
+                  users=await all_users(store), tokens=await all_tokens(store))
 
 
 async def apply_settings_form(request: Request, form: dict[str, str]) -> dict[str, str] | None:
@@ -9855,8 +10033,7 @@ async def apply_settings_form(request: Request, form: dict[str, str]) -> dict[st
     writer = request.app.writer
     base = request.app.settings.public_url
     if "revoke" in form:
-        await writer.submit(lambda conn: conn.execute("DELETE FROM api_tokens WHERE CAST(id AS TEXT) = ?",
-                                                      (form["revoke"],)))
+        await writer.submit(lambda conn: revoke_token(conn, form["revoke"]))
         return None
     if "token" in form:  # the admin's own token: it stops working when they are disabled or deleted
         scopes, owner = token_scopes([form.get("scope", "read")]), request.state.viewer.user_id
