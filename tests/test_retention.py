@@ -15,11 +15,11 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
-from conftest import ROOT, Project, TrackerServer, configured_server, run_cli, start_server, stop_server, wait_for
+from conftest import ROOT, Configure, Project, TrackerServer, run_cli, start_server, stop_server, wait_for
 
 DAY = 86400
 CAPPED_KEY, KEPT_KEY, BACKLOG_KEY, LIVE_KEY = (f"{n:x}" * 32 for n in (10, 11, 12, 13))
@@ -42,8 +42,8 @@ retention = {{ max_age_days = 60 }}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerServer]:
-    yield from configured_server(tmp_path_factory, "retention", CONFIG)
+def server(configured: Configure) -> TrackerServer:
+    return configured("retention", CONFIG)
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -143,8 +143,8 @@ def test_old_events_go_and_each_issue_keeps_its_first_and_latest(server: Tracker
     assert sorted(issues) == [f"a-{tag} failed", f"c-{tag} failed"]  # b had nothing left within a day: gone
     a = issues[f"a-{tag} failed"]
     assert a["count"] == "6"  # counters stay as they were, as in Sentry
-    assert server.api(f"/api/0/issues/{a['id']}/events/oldest/").json()["eventID"] == a_old[0]["event_id"]
-    assert server.api(f"/api/0/issues/{a['id']}/events/latest/").json()["eventID"] == a_latest["event_id"]
+    assert server.api("GET", f"issues/{a['id']}/events/oldest/").json()["eventID"] == a_old[0]["event_id"]
+    assert server.api("GET", f"issues/{a['id']}/events/latest/").json()["eventID"] == a_latest["event_id"]
     for table in ("issue_hashes", "issue_tags", "issue_terms", "issue_activity", "events"):
         assert rows(server.db, f"SELECT count(*) FROM {table} WHERE issue_id NOT IN (SELECT id FROM issues)") == [(0,)]
 
