@@ -109,6 +109,11 @@ class TrackerServer:
         return httpx.request(method, f"{self.url}/api/0/{path}", timeout=10,
                              headers={"Authorization": f"Bearer {token or self.token}"}, **kwargs)
 
+    def config_project(self, slug: str, key: str) -> Project:
+        """A project the TOML config declares, by its slug and DSN key."""
+        ids = {p["slug"]: int(p["id"]) for p in self.api("GET", "organizations/tracker/projects/").json()}
+        return Project(id=ids[slug], slug=slug, dsn=f"http://{key}@127.0.0.1:{self.port}/{ids[slug]}", key=key)
+
     def send_envelope(self, project: Project, *items: dict[str, Any] | Item, body: bytes | None = None,
                       timeout: float = 60, **headers: str) -> httpx.Response:
         """POST an envelope with the project's DSN key as an SDK does: `items` are events (dicts) or

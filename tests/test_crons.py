@@ -238,8 +238,7 @@ def test_http_endpoint_like_curl(server: TrackerServer) -> None:
 
 
 def test_check_ins_are_never_rate_limited(server: TrackerServer) -> None:
-    project_id = next(p["id"] for p in get(server, "organizations/tracker/projects/") if p["slug"] == "cron-limited")
-    project = Project(id=int(project_id), slug="cron-limited", dsn="", key=LIMITED)
+    project = server.config_project("cron-limited", LIMITED)
     codes = [server.send_envelope(project, {"message": f"flood {n}"}).status_code for n in range(3)]
     assert 429 in codes  # one event a minute
     check = {"monitor_slug": "ticker", "status": "ok", "monitor_config": DAILY}

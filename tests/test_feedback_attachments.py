@@ -342,12 +342,6 @@ def capped(configured: Configure) -> TrackerServer:
     return configured("attachments", CONFIG)
 
 
-def config_project(server: TrackerServer, slug: str, key: str) -> Project:
-    with sqlite3.connect(server.db) as conn:
-        project_id = conn.execute("SELECT id FROM projects WHERE slug = ?", (slug,)).fetchone()[0]
-    return Project(id=project_id, slug=slug, dsn=f"http://{key}@127.0.0.1:{server.port}/{project_id}", key=key)
-
-
 def dropped_attachments(server: TrackerServer) -> dict[str, int]:
     r = server.api("GET", "organizations/tracker/stats_v2/", params={
         "field": "sum(quantity)", "groupBy": ["reason", "category"], "category": "attachment_item", "statsPeriod": "1h",
@@ -376,7 +370,7 @@ def test_size_cap_and_quota(capped: TrackerServer, sdk: Any) -> None:
     assert wait_for(lambda: dropped_attachments(capped).get("attachment_quota", 0) >= 1, timeout=15)
     assert dropped_attachments(capped)["too_large"] >= 1
 
-    small = config_project(capped, "att-small", SMALL_KEY)  # its own quota: 1200 bytes
+    small = capped.config_project("att-small", SMALL_KEY)  # its own quota: 1200 bytes
     sentry_sdk.init(small.dsn)
     event_id = capture_with_attachments([{"bytes": b"e" * 700, "filename": "x.log"},
                                          {"bytes": b"f" * 700, "filename": "y.log"}])
@@ -388,7 +382,7 @@ def test_size_cap_and_quota(capped: TrackerServer, sdk: Any) -> None:
 def test_retention_removes_attachments_with_their_events(capped: TrackerServer, sdk: Any) -> None:
     """Events beyond the max age go with their attachments (an issue keeps its first and latest event,
     and their attachments); an issue that goes altogether takes its feedback along."""
-    project = config_project(capped, "att-old", OLD_KEY)
+    project = capped.config_project("att-old", OLD_KEY)
     sdk(project.dsn)
     old = time.time() - 3 * 86400
     ids = {name: uuid.uuid4().hex for name in ("first.log", "middle.log", "latest.log", "gone.log")}

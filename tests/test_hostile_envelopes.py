@@ -16,20 +16,22 @@ import time
 import uuid
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 import sentry_sdk
 from sentry_sdk.crons import capture_checkin
 
-from conftest import Configure, Project, TrackerServer, start_server, stop_server, wait_for
+from conftest import Configure, Project, TrackerServer, envelope, start_server, stop_server, wait_for
 from test_ingest import worker_pids
+from test_limits import WINDOW
 
 MIB = 1024 * 1024
 DAILY = {"schedule": {"type": "crontab", "value": "0 4 * * *"}}  # a monitor nothing is due for during a test
-RATE_KEYS = [f"{n:x}" * 32 for n in range(10, 14)]  # four projects of rate_limit = 3 (a, b, c, d keys)
-CONFIG = "".join(f'[[projects]]\nname = "limited-{n}"\nslug = "limited-{n}"\ndsn_key = "{key}"\nrate_limit = 3\n\n'
-                 for n, key in enumerate(RATE_KEYS))
+RATE_KEYS = [f"{n:x}" * 32 for n in range(10, 12)]  # two projects of rate_limit = 3 (a, b keys)
+CONFIG = f"[limits]\nwindow = {WINDOW}\n\n" + "".join(
+    f'[[projects]]\nname = "limited-{n}"\nslug = "limited-{n}"\ndsn_key = "{key}"\nrate_limit = 3\n\n'
+    for n, key in enumerate(RATE_KEYS))
 
 
 @pytest.fixture(scope="module")
@@ -186,27 +188,6 @@ def test_tiny_attachments_do_not_stall_another_project(server: TrackerServer) ->
 
 # -- rate limits by data category -------------------------------------------------------------------
 
-def limited_projects(server: TrackerServer, test: int) -> Iterator[Project]:
-    """Two of the config's projects of rate_limit = 3 for one test, each fresh for a run of its scenario."""
-    ids = {p["slug"]: int(p["id"]) for p in server.api("GET", "organizations/tracker/projects/").json()}
-    for n, key in list(enumerate(RATE_KEYS))[2 * test:2 * test + 2]:
-        slug = f"limited-{n}"
-        yield Project(id=ids[slug], slug=slug, dsn=f"http://{key}@127.0.0.1:{server.port}/{ids[slug]}", key=key)
-
-
-def in_one_window(scenario: Callable[[Project], None], projects: Iterator[Project]) -> None:
-    """Run a rate-limit scenario on a fresh project; if it failed because a minute began during it
-    (the limits count in one-minute windows), run it once more on another: two boundaries cannot
-    fall within seconds."""
-    for attempt in range(2):
-        minute = int(time.time() // 60)
-        try:
-            return scenario(next(projects))
-        except AssertionError:
-            if attempt or int(time.time() // 60) == minute:
-                raise
-
-
 def item(kind: str) -> tuple[dict[str, Any], bytes]:
     now = time.time()
     payloads = {
@@ -227,51 +208,49 @@ def test_event_less_envelopes_are_rate_limited_by_category(server: TrackerServer
     envelope of attachments (no event) gets 429, Retry-After and `attachment` in X-Sentry-Rate-Limits,
     while an event still passes; beside a kept item the limited one is dropped and the 200 carries
     the header alone; feedback, sessions and check-ins (monitor) are limited the same way."""
-    def scenario(project: Project) -> None:
-        statuses = [server.send_envelope(project, item("attachment")) for _ in range(4)]
-        assert [r.status_code for r in statuses] == [200, 200, 200, 429]
-        assert not any("x-sentry-rate-limits" in r.headers or "retry-after" in r.headers for r in statuses[:3])
-        refused = statuses[3]
-        seconds = int(refused.headers["retry-after"])
-        assert 1 <= seconds <= 60 and "project quota" in refused.json()["detail"]
-        assert refused.headers["x-sentry-rate-limits"] == f"{seconds}:attachment:project:project_quota"
-        assert server.send_envelope(project, item("event")).status_code == 200  # errors have their own budget
+    project = server.config_project("limited-0", RATE_KEYS[0])
+    statuses = [server.send_envelope(project, item("attachment")) for _ in range(4)]
+    assert [r.status_code for r in statuses] == [200, 200, 200, 429]
+    assert not any("x-sentry-rate-limits" in r.headers or "retry-after" in r.headers for r in statuses[:3])
+    refused = statuses[3]
+    seconds = int(refused.headers["retry-after"])
+    assert abs(seconds - (WINDOW - time.time() % WINDOW)) < 2 and "project quota" in refused.json()["detail"]
+    assert refused.headers["x-sentry-rate-limits"] == f"{seconds}:attachment:project:project_quota"
+    assert server.send_envelope(project, item("event")).status_code == 200  # errors have their own budget
 
-        mixed = server.send_envelope(project, item("attachment"), item("check_in"))
-        assert mixed.status_code == 200 and "retry-after" not in mixed.headers
-        assert mixed.headers["x-sentry-rate-limits"].endswith(":attachment:project:project_quota")
-        attachment, check_in = [outcome for _, _, outcome in outcomes(server, project)]
-        assert attachment == "dropped: rate limited" and not check_in.startswith("dropped"), check_in
-        for kind, category, passing in (("feedback", "feedback", 3), ("session", "session", 3),
-                                        ("check_in", "monitor", 2)):
-            answers = [server.send_envelope(project, item(kind)) for _ in range(passing + 1)]
-            assert [r.status_code for r in answers] == [200] * passing + [429], kind
-            assert answers[-1].headers["x-sentry-rate-limits"].split(":")[1] == category
-    in_one_window(scenario, limited_projects(server, 0))
+    mixed = server.send_envelope(project, item("attachment"), item("check_in"))
+    assert mixed.status_code == 200 and "retry-after" not in mixed.headers
+    assert mixed.headers["x-sentry-rate-limits"].endswith(":attachment:project:project_quota")
+    attachment, check_in = [outcome for _, _, outcome in outcomes(server, project)]
+    assert attachment == "dropped: rate limited" and not check_in.startswith("dropped"), check_in
+    for kind, category, passing in (("feedback", "feedback", 3), ("session", "session", 3),
+                                    ("check_in", "monitor", 2)):
+        answers = [server.send_envelope(project, item(kind)) for _ in range(passing + 1)]
+        assert [r.status_code for r in answers] == [200] * passing + [429], kind
+        assert answers[-1].headers["x-sentry-rate-limits"].split(":")[1] == category
 
 
 def test_sdk_backs_off_check_ins_alone(server: TrackerServer) -> None:
-    """The real sentry-sdk, told `monitor` is limited (429 on its fourth check-in of the minute),
+    """The real sentry-sdk, told `monitor` is limited (429 on its fourth check-in of the window),
     sends no more check-ins but still sends errors."""
-    def scenario(project: Project) -> None:
-        sentry_sdk.init(dsn=project.dsn, default_integrations=False)
-        try:
-            for n in range(6):
-                capture_checkin(monitor_slug="nightly", status="ok", monitor_config=DAILY)
-                sentry_sdk.flush()
-            sentry_sdk.capture_message("still reported", level="error")
+    project = server.config_project("limited-1", RATE_KEYS[1])
+    sentry_sdk.init(dsn=project.dsn, default_integrations=False)
+    try:
+        for n in range(6):
+            capture_checkin(monitor_slug="nightly", status="ok", monitor_config=DAILY)
             sentry_sdk.flush()
-        finally:
-            sentry_sdk.get_client().close()
-            sentry_sdk.init()
-        with sqlite3.connect(server.db) as conn:
-            logged = [json.loads(row[0]) for row in conn.execute(
-                "SELECT items FROM envelopes WHERE project_id = ? ORDER BY id", (project.id,))]
-        check_ins = [items[0][2] for items in logged if items[0][0] == "check_in"]
-        assert len(check_ins) == 4, check_ins  # three kept, one refused: then the SDK stopped sending them
-        assert not any(o.startswith("dropped") for o in check_ins[:3]) and check_ins[3] == "dropped: rate limited"
-        assert [issue["title"] for issue in server.issues(project)] == ["still reported"]
-    in_one_window(scenario, limited_projects(server, 1))
+        sentry_sdk.capture_message("still reported", level="error")
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.get_client().close()
+        sentry_sdk.init()
+    with sqlite3.connect(server.db) as conn:
+        logged = [json.loads(row[0]) for row in conn.execute(
+            "SELECT items FROM envelopes WHERE project_id = ? ORDER BY id", (project.id,))]
+    check_ins = [items[0][2] for items in logged if items[0][0] == "check_in"]
+    assert len(check_ins) == 4, check_ins  # three kept, one refused: then the SDK stopped sending them
+    assert not any(o.startswith("dropped") for o in check_ins[:3]) and check_ins[3] == "dropped: rate limited"
+    assert [issue["title"] for issue in server.issues(project)] == ["still reported"]
 
 
 # -- a stopped event worker ---------------------------------------------------------------------------

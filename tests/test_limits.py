@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import sentry_sdk
-from conftest import Configure, Project, TrackerServer, wait_for
+from conftest import Configure, TrackerServer, wait_for
 
 LIMITED, OTHER = "a" * 32, "b" * 32
 WINDOW = 86400  # the limits count per day here: a test's requests share one window (it ends at midnight UTC)
@@ -35,17 +35,12 @@ def server(configured: Configure) -> TrackerServer:
     return configured("limits", CONFIG)
 
 
-def project_of(server: TrackerServer, slug: str, key: str) -> Project:
-    project_id = next(p["id"] for p in server.api("GET", "organizations/tracker/projects/").json() if p["slug"] == slug)
-    return Project(id=int(project_id), slug=slug, dsn=f"http://{key}@127.0.0.1:{server.port}/{project_id}", key=key)
-
-
 def error(n: int) -> dict[str, Any]:
     return {"message": f"flood {n}", "level": "error"}
 
 
 def test_project_and_installation_limits(server: TrackerServer) -> None:
-    limited, other = project_of(server, "limited", LIMITED), project_of(server, "other", OTHER)
+    limited, other = server.config_project("limited", LIMITED), server.config_project("other", OTHER)
     for n in range(4):
         r = server.send_envelope(limited, error(n))
         assert r.status_code == 200 and "retry-after" not in r.headers and "x-sentry-rate-limits" not in r.headers
@@ -74,7 +69,7 @@ def test_project_and_installation_limits(server: TrackerServer) -> None:
 
 
 def test_sdk_backs_off_and_its_client_reports_are_stored(server: TrackerServer) -> None:
-    limited = project_of(server, "limited", LIMITED)
+    limited = server.config_project("limited", LIMITED)
     sentry_sdk.init(dsn=limited.dsn, default_integrations=False, send_client_reports=True)
     try:
         for n in range(12):
@@ -112,7 +107,7 @@ def full_disk(configured: Configure) -> TrackerServer:
 
 
 def test_disk_guard_answers_429_before_the_disk_fills(full_disk: TrackerServer) -> None:
-    project = project_of(full_disk, "full", LIMITED)
+    project = full_disk.config_project("full", LIMITED)
     r = full_disk.send_envelope(project, error(1))
     assert r.status_code == 429 and "disk" in r.json()["detail"]
     assert r.headers["retry-after"] == "60" and r.headers["x-sentry-rate-limits"] == "60::organization:disk_full"

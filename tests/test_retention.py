@@ -57,11 +57,6 @@ def event_ids(db: Path, project: Project) -> set[str]:
     return {r[0] for r in rows(db, "SELECT event_id FROM events WHERE project_id = ?", project.id)}
 
 
-def config_project(server: TrackerServer, slug: str, key: str) -> Project:
-    project_id = rows(server.db, "SELECT id FROM projects WHERE slug = ?", slug)[0][0]
-    return Project(id=project_id, slug=slug, dsn=f"http://{key}@127.0.0.1:{server.port}/{project_id}", key=key)
-
-
 def event(fingerprint: str, timestamp: float, **extra: Any) -> dict[str, Any]:
     return {"event_id": uuid.uuid4().hex, "timestamp": timestamp, "level": "error", "platform": "python",
             "message": f"{fingerprint} failed", "fingerprint": [fingerprint], **extra}
@@ -150,7 +145,7 @@ def test_old_events_go_and_each_issue_keeps_its_first_and_latest(server: Tracker
 
 
 def test_max_events_caps_a_project_and_leaves_the_others_alone(server: TrackerServer) -> None:
-    capped, kept = config_project(server, "capped", CAPPED_KEY), config_project(server, "kept", KEPT_KEY)
+    capped, kept = server.config_project("capped", CAPPED_KEY), server.config_project("kept", KEPT_KEY)
     now = time.time()
     old_but_kept = [event("kept", now - DAY * (2 + i / 10)) for i in range(10)]
     post_events(server.url, kept, old_but_kept)
@@ -185,14 +180,14 @@ def test_ingest_answers_during_a_pass_and_the_file_shrinks(tmp_path: Path) -> No
 
     server = start_server(db, "--config", str(config))
     try:
-        backlog_project = config_project(server, "backlog", BACKLOG_KEY)
+        backlog_project = server.config_project("backlog", BACKLOG_KEY)
         counts: list[tuple[float, int]] = []
 
         def settled() -> bool:
             counts.append((time.monotonic(), len(event_ids(db, backlog_project))))
             return counts[-1][1] == 80
 
-        with Load(server.url, config_project(server, "live", LIVE_KEY)) as load:
+        with Load(server.url, server.config_project("live", LIVE_KEY)) as load:
             wait_for(settled, timeout=60, interval=0.02)
             wait_for(lambda: rows(db, "PRAGMA freelist_count") == [(0,)], timeout=20)
         assert counts[0][1] == 20040, "the backlog went before the server was watched: raise the margin"
