@@ -102,7 +102,7 @@ class Settings:
     slo: dict[str, Any] = dataclasses.field(default_factory=dict)  # interval, lag (seconds)
     retention: dict[str, Any] = dataclasses.field(default_factory=dict)  # max_age_days, interval (s), batch
     auth_header: str = ""  # e.g. X-Forwarded-User: trust an SSO proxy's word on who is signed in
-    limits: dict[str, Any] = dataclasses.field(default_factory=dict)  # events_per_minute, min_free_mb
+    limits: dict[str, Any] = dataclasses.field(default_factory=dict)  # events_per_minute, window (s), min_free_mb
     crons: dict[str, Any] = dataclasses.field(default_factory=dict)  # interval (s), minute (s; tests shorten it)
     attachments: dict[str, Any] = dataclasses.field(default_factory=dict)  # max_size, max_total (bytes)
     ingest_workers: int = -1  # processes that prepare events; -1: one per core (at most 4; none on one core)
@@ -2004,7 +2004,8 @@ async def logged_envelope(store: Store, project_id: int, envelope_id: int) -> sq
 
 class IngestLimits:
     """Items per minute in each data category (RATE_LIMITED) for a project (its `rate_limit` option)
-    and for the whole installation (`[limits] events_per_minute`) in fixed one-minute windows, and the
+    and for the whole installation (`[limits] events_per_minute`) in fixed windows of `[limits] window`
+    seconds (a minute; tests lengthen it so that a test's requests share one window), and the
     disk guard (`[limits] min_free_mb`). What is refused, and what SDKs report they dropped (client
     reports), is counted here and written to `dropped` by DropFlusher, so a flood costs no writer job per request."""
 
@@ -2012,9 +2013,10 @@ class IngestLimits:
 
     def __init__(self, settings: Settings) -> None:
         self.per_minute = int(settings.limits.get("events_per_minute", 0))
+        self.window = int(settings.limits.get("window", 60))
         self.min_free = float(settings.limits.get("min_free_mb", 256)) * MIB
         self.windows: dict[tuple[int | None, str], tuple[int, int]] = {}  # (project id or None: all,
-        # data category) → (minute, items)
+        # data category) → (window, items)
         self.disk = (0.0, False)  # (checked at, full)
         self.dropped: collections.Counter[tuple[int, int, str, str]] = collections.Counter()
 
@@ -2033,22 +2035,22 @@ class IngestLimits:
         project_cap = limit if isinstance(limit, int) else 0
         if project_cap <= 0 and self.per_minute <= 0:  # no limits: nothing to count
             return {}
-        minute, limited = int(now // 60), {}
+        window, limited = int(now // self.window), {}
         for category, count in counts.items():
             caps = (((project_id, category), project_cap, "project", "project_quota"),
                     ((None, category), self.per_minute, "organization", "installation_quota"))
             over = next(((scope, reason) for key, cap, scope, reason in caps
-                         if cap > 0 and self.used(key, minute) + count > cap), None)
+                         if cap > 0 and self.used(key, window) + count > cap), None)
             if over:
-                limited[category] = (max(60 - int(now % 60), 1), *over)
+                limited[category] = (max(self.window - int(now % self.window), 1), *over)
                 continue
             for key, _, _, _ in caps:
-                self.windows[key] = (minute, self.used(key, minute) + count)
+                self.windows[key] = (window, self.used(key, window) + count)
         return limited
 
-    def used(self, key: tuple[int | None, str], minute: int) -> int:
-        window = self.windows.get(key)
-        return window[1] if window and window[0] == minute else 0
+    def used(self, key: tuple[int | None, str], window: int) -> int:
+        counted = self.windows.get(key)
+        return counted[1] if counted and counted[0] == window else 0
 
     def drop(self, project_id: int, now: float, reason: str, category: str, quantity: int) -> None:
         self.dropped[(project_id, minute_of(now), reason[:64], category[:32])] += quantity

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import os
 import re
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -61,6 +63,26 @@ class Project:
     key: str
 
 
+Item = tuple[dict[str, Any], bytes | dict[str, Any]]  # an envelope item: its header and its payload
+
+
+def envelope(header: dict[str, Any] | None, *items: Item, with_length: bool = True,
+             final_newline: bool = True) -> bytes:
+    """Serialise an envelope; header None: a fresh event id, as SDKs send; `with_length=False`
+    writes JS-style items (no length header)."""
+    parts = [json.dumps({"event_id": uuid.uuid4().hex} if header is None else header).encode()]
+    for item_header, payload in items:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        item_header = {**item_header, "length": len(body)} if with_length else item_header
+        parts += [json.dumps(item_header).encode(), body]
+    return b"\n".join(parts) + (b"\n" if final_newline else b"")
+
+
+def auth(project: Project) -> dict[str, str]:
+    """The X-Sentry-Auth header an SDK sends with the project's DSN key."""
+    return {"X-Sentry-Auth": f"Sentry sentry_key={project.key}, sentry_version=7, sentry_client=tests/1.0"}
+
+
 @dataclass
 class TrackerServer:
     """A running `tracker serve` process and helpers to talk to it."""
@@ -82,12 +104,35 @@ class TrackerServer:
         key = dsn.split("//", 1)[1].split("@", 1)[0]
         return Project(id=int(dsn.rsplit("/", 1)[1]), slug=name, dsn=dsn, key=key)
 
-    def api(self, path: str, **params: Any) -> httpx.Response:
-        return httpx.get(self.url + path, params=params, headers={"Authorization": f"Bearer {self.token}"},
-                         timeout=10)
+    def api(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> httpx.Response:
+        """`method` on `/api/0/{path}` with a Bearer token: the admin's unless another is given."""
+        return httpx.request(method, f"{self.url}/api/0/{path}", timeout=10,
+                             headers={"Authorization": f"Bearer {token or self.token}"}, **kwargs)
+
+    def config_project(self, slug: str, key: str) -> Project:
+        """A project the TOML config declares, by its slug and DSN key."""
+        ids = {p["slug"]: int(p["id"]) for p in self.api("GET", "organizations/tracker/projects/").json()}
+        return Project(id=ids[slug], slug=slug, dsn=f"http://{key}@127.0.0.1:{self.port}/{ids[slug]}", key=key)
+
+    def send_envelope(self, project: Project, *items: dict[str, Any] | Item, body: bytes | None = None,
+                      timeout: float = 60, **headers: str) -> httpx.Response:
+        """POST an envelope with the project's DSN key as an SDK does: `items` are events (dicts) or
+        (item header, payload) pairs; `body` is sent as it is instead (shapes no SDK would send)."""
+        if body is None:
+            ids = [item["event_id"] for item in items if isinstance(item, dict) and "event_id" in item]
+            body = envelope({"event_id": ids[0]} if ids else None,
+                            *(({"type": "event"}, item) if isinstance(item, dict) else item for item in items))
+        return httpx.post(f"{self.url}/api/{project.id}/envelope/", content=body, timeout=timeout,
+                          headers={**auth(project), **headers})
+
+    def send_event(self, project: Project, event: dict[str, Any], **headers: str) -> str:
+        """POST one event, require a 200 and return the acknowledged id."""
+        r = self.send_envelope(project, event, **headers)
+        assert r.status_code == 200, r.text
+        return r.json()["id"]
 
     def issues(self, project: Project, query: str = "") -> list[dict[str, Any]]:
-        r = self.api(f"/api/0/projects/tracker/{project.slug}/issues/", query=query)
+        r = self.api("GET", f"projects/tracker/{project.slug}/issues/", params={"query": query})
         assert r.status_code == 200, r.text
         return r.json()
 
@@ -124,7 +169,7 @@ class TrackerServer:
         return context
 
     def latest_event(self, issue_id: str) -> dict[str, Any]:
-        r = self.api(f"/api/0/issues/{issue_id}/events/latest/")
+        r = self.api("GET", f"issues/{issue_id}/events/latest/")
         assert r.status_code == 200, r.text
         return r.json()
 
@@ -224,12 +269,23 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-def configured_server(tmp_path_factory: pytest.TempPathFactory, name: str, config: str) -> Iterator[TrackerServer]:
-    """A tracker of a module's own, started with a TOML config (fast retries, a quick clock…)."""
-    tmp = tmp_path_factory.mktemp(name)
-    (tmp / "tracker.toml").write_text(config)
-    server = start_server(tmp / "tracker.db", "--config", str(tmp / "tracker.toml"))
+Configure = Callable[[str, str], TrackerServer]  # the `configured` fixture: (name, TOML) → a running server
+
+
+@pytest.fixture(scope="module")
+def configured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Configure]:
+    """Start trackers of a module's own, each with a TOML config (fast retries, a quick clock…):
+    `configured(name, toml)`; they stop when the module's tests are done."""
+    servers: list[TrackerServer] = []
+
+    def start(name: str, config: str) -> TrackerServer:
+        tmp = tmp_path_factory.mktemp(name)
+        (tmp / "tracker.toml").write_text(config)
+        servers.append(start_server(tmp / "tracker.db", "--config", str(tmp / "tracker.toml")))
+        return servers[-1]
+
     try:
-        yield server
+        yield start
     finally:
-        stop_server(server)
+        for server in servers:
+            stop_server(server)

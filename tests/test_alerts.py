@@ -16,7 +16,7 @@ import sentry_sdk
 
 from receivers import (Alertmanager, JiraReceiver, PagerDutyReceiver, SlackReceiver, Smtp,
                              WebhookReceiver)
-from conftest import Project, TrackerServer, configured_server, start_server, stop_server, wait_for
+from conftest import Configure, Project, TrackerServer, start_server, stop_server, wait_for
 
 FAST = "[alerts]\nretry_delays = [0, 0.3, 0.6, 1.0]\npoll = 0.1\ntimeout = 1.5\nrefresh = 1\n"
 WEBHOOK = "sentry.rules.actions.notify_event_service.NotifyEventServiceAction"
@@ -29,14 +29,9 @@ def start(db: Path, tmp: Path) -> TrackerServer:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerServer]:
+def server(configured: Configure) -> TrackerServer:
     """A tracker of its own: channels are organisation-wide, and retries here are fast."""
-    yield from configured_server(tmp_path_factory, "alerts", FAST)
-
-
-def api(tracker: TrackerServer, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    return httpx.request(method, f"{tracker.url}/api/0/{path}", headers={"Authorization": f"Bearer {tracker.token}"},
-                         timeout=10, **kwargs)
+    return configured("alerts", FAST)
 
 
 class Channels:
@@ -48,15 +43,15 @@ class Channels:
     def add(self, kind: str, **config: Any) -> str:
         """A channel to one of the receivers, all on 127.0.0.1: allowed by the channel's allow_private."""
         name = f"{kind}-{uuid.uuid4().hex[:6]}"
-        r = api(self.tracker, "POST", "organizations/tracker/channels/",
-                json={"name": name, "kind": kind, "config": {**config, "allow_private": True}})
+        r = self.tracker.api("POST", "organizations/tracker/channels/",
+                             json={"name": name, "kind": kind, "config": {**config, "allow_private": True}})
         assert r.status_code == 201, r.text
         self.ids.append(r.json()["id"])
         return name
 
     def close(self) -> None:
         for channel_id in self.ids:
-            api(self.tracker, "DELETE", f"organizations/tracker/channels/{channel_id}/")
+            self.tracker.api("DELETE", f"organizations/tracker/channels/{channel_id}/")
 
 
 @pytest.fixture
@@ -67,7 +62,7 @@ def channels(server: TrackerServer) -> Iterator[Channels]:
 
 
 def deliveries(tracker: TrackerServer, **params: str) -> list[dict[str, Any]]:
-    return api(tracker, "GET", "organizations/tracker/deliveries/", params={"per_page": "100", **params}).json()
+    return tracker.api("GET", "organizations/tracker/deliveries/", params={"per_page": "100", **params}).json()
 
 
 def settled(tracker: TrackerServer, issue_id: str, count: int, timeout: float = 15) -> list[dict[str, Any]]:
@@ -176,7 +171,7 @@ def test_every_channel_once_for_a_storm_then_resolve_and_regress(
     page = server.web.get(f"/issues/{issue['id']}/", timeout=10).text
     assert f'href="{jira.url}/browse/OPS-1"' in page
 
-    resolved = api(server, "PUT", f"issues/{issue['id']}/", json={"status": "resolved"})
+    resolved = server.api("PUT", f"issues/{issue['id']}/", json={"status": "resolved"})
     assert resolved.status_code == 200
     wait_for(lambda: incident.status == "resolved")
     wait_for(lambda: not firing(), timeout=15)
@@ -248,10 +243,10 @@ def test_jira_data_center_after_an_ambiguous_timeout(server: TrackerServer, chan
 def test_frequency_rule_and_filters(server: TrackerServer, channels: Channels, webhook: WebhookReceiver) -> None:
     name = channels.add("webhook", url=f"{webhook.url}/hook", secret=webhook.secret)
     project = server.create_project()
-    rules = api(server, "GET", f"projects/tracker/{project.slug}/rules/").json()
+    rules = server.api("GET", f"projects/tracker/{project.slug}/rules/").json()
     for rule in rules:  # only the rule under test
-        api(server, "DELETE", f"projects/tracker/{project.slug}/rules/{rule['id']}/")
-    r = api(server, "POST", f"projects/tracker/{project.slug}/rules/", json={
+        server.api("DELETE", f"projects/tracker/{project.slug}/rules/{rule['id']}/")
+    r = server.api("POST", f"projects/tracker/{project.slug}/rules/", json={
         "name": "Busy in prod", "environment": "prod", "frequency": 5,
         "conditions": [{"id": "sentry.rules.conditions.event_frequency.EventFrequencyCondition", "value": 5,
                         "interval": "1h"}],
@@ -297,7 +292,7 @@ def test_kill_9_mid_delivery_delivers_each_once(tmp_path: Path, webhook: Webhook
     srv = start(db, tmp_path)
     srv.token = srv.cli("token", "create").strip().splitlines()[-1]
     project = srv.create_project()
-    api(srv, "POST", "organizations/tracker/channels/", json={
+    srv.api("POST", "organizations/tracker/channels/", json={
         "name": "hook", "kind": "webhook",
         "config": {"url": f"{webhook.url}/hook", "secret": webhook.secret, "allow_private": True}})
     webhook.script(200, "{}", delay=30)  # the first delivery hangs on the wire
@@ -323,13 +318,13 @@ def test_kill_9_mid_delivery_delivers_each_once(tmp_path: Path, webhook: Webhook
 def test_users_and_escalation_conditions(server: TrackerServer, channels: Channels, webhook: WebhookReceiver) -> None:
     name = channels.add("webhook", url=f"{webhook.url}/hook", secret=webhook.secret)
     project = server.create_project()
-    for rule in api(server, "GET", f"projects/tracker/{project.slug}/rules/").json():
-        api(server, "DELETE", f"projects/tracker/{project.slug}/rules/{rule['id']}/")
+    for rule in server.api("GET", f"projects/tracker/{project.slug}/rules/").json():
+        server.api("DELETE", f"projects/tracker/{project.slug}/rules/{rule['id']}/")
     for rule_name, condition in (
             ("Three users", {"id": "sentry.rules.conditions.event_frequency.EventUniqueUserFrequencyCondition",
                              "value": 2, "interval": "1h"}),
             ("Escalating", {"id": "sentry.rules.conditions.reappeared_event.ReappearedEventCondition"})):
-        r = api(server, "POST", f"projects/tracker/{project.slug}/rules/", json={
+        r = server.api("POST", f"projects/tracker/{project.slug}/rules/", json={
             "name": rule_name, "conditions": [condition], "actions": [{"id": WEBHOOK, "service": name}]})
         assert r.status_code == 201, r.text
     [event] = capture_events(project, lambda: sentry_sdk.capture_message("profile page 500s"))
@@ -340,12 +335,13 @@ def test_users_and_escalation_conditions(server: TrackerServer, channels: Channe
     assert len(webhook.deliveries) == 0
     storm(server, project, {**event, "user": {"id": "u3"}}, 1)  # the third user
     wait_for(lambda: [d["body"]["data"]["triggered_rule"] for d in webhook.deliveries.values()] == ["Three users"])
-    ignored = api(server, "PUT", f"issues/{issue['id']}/", json={"status": "ignored", "statusDetails": {"ignoreCount": 3}})
+    ignored = server.api("PUT", f"issues/{issue['id']}/",
+                         json={"status": "ignored", "statusDetails": {"ignoreCount": 3}})
     assert ignored.status_code == 200
     storm(server, project, event, 3)  # three more events: the ignored issue escalates
     wait_for(lambda: sorted(d["body"]["data"]["triggered_rule"] for d in webhook.deliveries.values())
              == ["Escalating", "Three users"])
-    assert api(server, "GET", f"issues/{issue['id']}/").json()["substatus"] == "escalating"
+    assert server.api("GET", f"issues/{issue['id']}/").json()["substatus"] == "escalating"
 
 
 def test_wrong_smtp_password_is_a_dead_letter(server: TrackerServer, channels: Channels, smtp_server: Smtp) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,13 +17,8 @@ NOTIFY_SERVICE = "sentry.rules.actions.notify_event_service.NotifyEventServiceAc
 LEVEL = "sentry.rules.filters.level.LevelFilter"
 
 
-def api(tracker: TrackerServer, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    return httpx.request(method, f"{tracker.url}/api/0/{path}", headers={"Authorization": f"Bearer {tracker.token}"},
-                         timeout=10, **kwargs)
-
-
 def test_new_project_has_the_default_rules(tracker: TrackerServer, project: Project) -> None:
-    rules = api(tracker, "GET", f"projects/tracker/{project.slug}/rules/").json()
+    rules = tracker.api("GET", f"projects/tracker/{project.slug}/rules/").json()
     assert [r["name"] for r in rules] == ["New issues and regressions: all channels", "Fatal errors: a Jira issue"]
     assert rules[0]["conditions"] == [{"id": FIRST_SEEN},
                                       {"id": "sentry.rules.conditions.regression_event.RegressionEventCondition"}]
@@ -34,8 +28,8 @@ def test_new_project_has_the_default_rules(tracker: TrackerServer, project: Proj
 
 def test_rule_crud_in_sentrys_shape(tracker: TrackerServer, project: Project) -> None:
     name = f"hook-{project.slug}"
-    r = api(tracker, "POST", "organizations/tracker/channels/",
-            json={"name": name, "kind": "webhook", "config": {"url": "https://hooks.example.com/in"}})
+    r = tracker.api("POST", "organizations/tracker/channels/",
+                    json={"name": name, "kind": "webhook", "config": {"url": "https://hooks.example.com/in"}})
     assert r.status_code == 201, r.text
     channel = r.json()
     assert len(channel["secret"]) == 64 and channel["config"]["secret"] == "…" + channel["secret"][-4:]
@@ -43,18 +37,18 @@ def test_rule_crud_in_sentrys_shape(tracker: TrackerServer, project: Project) ->
             "environment": "prod", "conditions": [{"id": FREQUENCY, "value": 100, "interval": "1h"}],
             "filters": [{"id": LEVEL, "match": "gte", "level": "error"}],
             "actions": [{"id": NOTIFY_SERVICE, "service": name}]}
-    r = api(tracker, "POST", f"projects/tracker/{project.slug}/rules/", json=body)
+    r = tracker.api("POST", f"projects/tracker/{project.slug}/rules/", json=body)
     assert r.status_code == 201, r.text
     rule = r.json()
     assert rule["filters"] == [{"id": LEVEL, "match": "gte", "level": "40"}]  # a level name is stored as Sentry's number
     assert rule["conditions"] == body["conditions"] and rule["environment"] == "prod"
-    changed = api(tracker, "PUT", f"projects/tracker/{project.slug}/rules/{rule['id']}/", json={**body, "frequency": 5})
+    changed = tracker.api("PUT", f"projects/tracker/{project.slug}/rules/{rule['id']}/", json={**body, "frequency": 5})
     assert changed.status_code == 200 and changed.json()["frequency"] == 5
     page = tracker.web.get(f"/projects/{project.slug}/alerts/", timeout=10).text
     assert "When more than 100 events in 1h in prod, if all of: level at least error: notify " + name in page
-    assert api(tracker, "DELETE", f"projects/tracker/{project.slug}/rules/{rule['id']}/").status_code == 204
-    assert api(tracker, "GET", f"projects/tracker/{project.slug}/rules/{rule['id']}/").status_code == 404
-    assert api(tracker, "DELETE", f"organizations/tracker/channels/{channel['id']}/").status_code == 204
+    assert tracker.api("DELETE", f"projects/tracker/{project.slug}/rules/{rule['id']}/").status_code == 204
+    assert tracker.api("GET", f"projects/tracker/{project.slug}/rules/{rule['id']}/").status_code == 404
+    assert tracker.api("DELETE", f"organizations/tracker/channels/{channel['id']}/").status_code == 204
 
 
 @pytest.mark.parametrize("change, message", [
@@ -69,7 +63,7 @@ def test_rule_crud_in_sentrys_shape(tracker: TrackerServer, project: Project) ->
 ])
 def test_invalid_rules_are_400(tracker: TrackerServer, project: Project, change: dict[str, Any], message: str) -> None:
     body = {"name": "r", "conditions": [{"id": FIRST_SEEN}], "actions": [{"id": NOTIFY_ALL}], **change}
-    r = api(tracker, "POST", f"projects/tracker/{project.slug}/rules/", json=body)
+    r = tracker.api("POST", f"projects/tracker/{project.slug}/rules/", json=body)
     assert r.status_code == 400 and message in r.json()["detail"], r.text
 
 
@@ -82,29 +76,30 @@ def test_invalid_rules_are_400(tracker: TrackerServer, project: Project, change:
     ("jira", {"url": "https://jira.example.com", "project": "OPS", "token": "t", "flavor": "server"}, "flavor"),
 ])
 def test_invalid_channels_are_400(tracker: TrackerServer, kind: str, config: dict[str, Any], message: str) -> None:
-    r = api(tracker, "POST", "organizations/tracker/channels/", json={"name": f"bad-{kind}", "kind": kind, "config": config})
+    r = tracker.api("POST", "organizations/tracker/channels/",
+                    json={"name": f"bad-{kind}", "kind": kind, "config": config})
     assert r.status_code == 400 and message in r.json()["detail"], r.text
 
 
 def test_secrets_are_masked_and_kept(tracker: TrackerServer) -> None:
     key = "0123456789abcdef0123456789abcdef"
-    r = api(tracker, "POST", "organizations/tracker/channels/",
-            json={"name": "pd-masked", "kind": "pagerduty", "config": {"routing_key": key}})
+    r = tracker.api("POST", "organizations/tracker/channels/",
+                    json={"name": "pd-masked", "kind": "pagerduty", "config": {"routing_key": key}})
     channel = r.json()
     try:
         assert channel["config"]["routing_key"] == "…cdef" and key not in r.text
-        listed = api(tracker, "GET", "organizations/tracker/channels/").text
+        listed = tracker.api("GET", "organizations/tracker/channels/").text
         page = tracker.web.get("/alerts/", timeout=10).text
         assert key not in listed and key not in page and "pd-masked" in page
-        renamed = api(tracker, "PUT", f"organizations/tracker/channels/{channel['id']}/",
-                      json={"name": "pd-renamed", "config": channel["config"]})  # sent back masked: kept
+        renamed = tracker.api("PUT", f"organizations/tracker/channels/{channel['id']}/",
+                              json={"name": "pd-renamed", "config": channel["config"]})  # sent back masked: kept
         assert renamed.status_code == 200 and renamed.json()["name"] == "pd-renamed"
         assert renamed.json()["config"]["routing_key"] == "…cdef"
-        dup = api(tracker, "POST", "organizations/tracker/channels/",
-                  json={"name": "pd-renamed", "kind": "pagerduty", "config": {"routing_key": key}})
+        dup = tracker.api("POST", "organizations/tracker/channels/",
+                          json={"name": "pd-renamed", "kind": "pagerduty", "config": {"routing_key": key}})
         assert dup.status_code == 400 and "exists already" in dup.json()["detail"]
     finally:
-        api(tracker, "DELETE", f"organizations/tracker/channels/{channel['id']}/")
+        tracker.api("DELETE", f"organizations/tracker/channels/{channel['id']}/")
 
 
 def test_rule_form_and_cross_site_refusal(tracker: TrackerServer, project: Project) -> None:
@@ -116,14 +111,14 @@ def test_rule_form_and_cross_site_refusal(tracker: TrackerServer, project: Proje
     ok = tracker.form(url, data={"name": "Many users", "users_value": "10", "users_interval": "1h", "notify": "*",
                                "level": "error", "tag": "service=payments", "frequency": "60"}, timeout=10)
     assert ok.status_code == 303
-    [rule] = [r for r in api(tracker, "GET", f"projects/tracker/{project.slug}/rules/").json() if r["name"] == "Many users"]
+    [rule] = [r for r in tracker.api("GET", f"projects/tracker/{project.slug}/rules/").json() if r["name"] == "Many users"]
     assert rule["conditions"] == [{"id": "sentry.rules.conditions.event_frequency.EventUniqueUserFrequencyCondition",
                                    "value": 10, "interval": "1h"}]
     assert {"id": "sentry.rules.filters.tagged_event.TaggedEventFilter", "key": "service", "match": "eq",
             "value": "payments"} in rule["filters"]
     gone = tracker.form(url, data={"delete": rule["id"]}, timeout=10)
     assert gone.status_code == 303
-    assert "Many users" not in [r["name"] for r in api(tracker, "GET", f"projects/tracker/{project.slug}/rules/").json()]
+    assert "Many users" not in [r["name"] for r in tracker.api("GET", f"projects/tracker/{project.slug}/rules/").json()]
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12),
@@ -141,9 +136,9 @@ RULE_KEYS = st.sampled_from(["name", "actionMatch", "filterMatch", "frequency", 
            max_size=5), max_size=3))
 def test_random_rules_and_channels_never_fail_with_5xx(tracker: TrackerServer, project: Project,
                                                        rule: dict[str, Any], channel: dict[str, Any]) -> None:
-    r = api(tracker, "POST", f"projects/tracker/{project.slug}/rules/", json=rule)
+    r = tracker.api("POST", f"projects/tracker/{project.slug}/rules/", json=rule)
     assert r.status_code in (201, 400), r.text
-    c = api(tracker, "POST", "organizations/tracker/channels/", json=channel)
+    c = tracker.api("POST", "organizations/tracker/channels/", json=channel)
     assert c.status_code in (201, 400), c.text
     if c.status_code == 201:
-        api(tracker, "DELETE", f"organizations/tracker/channels/{c.json()['id']}/")
+        tracker.api("DELETE", f"organizations/tracker/channels/{c.json()['id']}/")

@@ -16,7 +16,7 @@ from conftest import Project, TrackerServer, free_port, start_server, stop_serve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from receivers import JiraReceiver
-from test_auth import api, person, signed_in
+from test_auth import person, signed_in
 
 import tracker as t
 
@@ -28,12 +28,12 @@ def test_a_token_made_through_the_api_goes_with_the_person(tracker: TrackerServe
     browser, csrf = signed_in(tracker, name, password)
     page = browser.post("/settings/", data={"csrf": csrf, "token": "made on the page", "scope": "admin"})
     first = re.search(r'<pre class="mono">([0-9a-f]{64})</pre>', page.text)[1]  # type: ignore[index]
-    made = api(tracker, "POST", "api-tokens/", first, json={"name": "made by a token", "scopes": ["admin"]})
+    made = tracker.api("POST", "api-tokens/", first, json={"name": "made by a token", "scopes": ["admin"]})
     assert made.status_code == 201, made.text
     second = made.json()["token"]
-    assert api(tracker, "GET", "api-tokens/", second).status_code == 200
+    assert tracker.api("GET", "api-tokens/", second).status_code == 200
     tracker.cli("user", "disable", name)
-    assert [api(tracker, "GET", "api-tokens/", token).status_code for token in (first, second)] == [401, 401]
+    assert [tracker.api("GET", "api-tokens/", token).status_code for token in (first, second)] == [401, 401]
 
 
 @pytest.mark.parametrize("host", ["[::ffff:169.254.169.254]", "[::ffff:a9fe:a9fe]", "[::ffff:169.254.170.2]",
@@ -54,17 +54,17 @@ def test_a_channel_field_of_the_wrong_json_type_fails_its_delivery_not_the_dispa
     """An SMTP host sent as a JSON list or number was stored as such; each delivery then raised
     AttributeError in the dispatcher, leaving the row in_flight for good (and this channel's later
     rows for the issue behind it). A field that is no list or number by nature is stored as text."""
-    r = api(tracker, "POST", "organizations/tracker/channels/",
+    r = tracker.api("POST", "organizations/tracker/channels/",
             json={"name": f"typed-{host!r}", "kind": "email",
                   "config": {"host": host, "port": free_port(), "from": "tracker@example.org",
                              "to": "ops@example.org", "security": "none", "allow_private": True}})
     assert r.status_code == 201, r.text
     channel = r.json()
     assert isinstance(channel["config"]["host"], str)
-    assert api(tracker, "POST", f"organizations/tracker/channels/{channel['id']}/test/").status_code == 202
+    assert tracker.api("POST", f"organizations/tracker/channels/{channel['id']}/test/").status_code == 202
 
     def attempted() -> dict[str, Any] | None:
-        rows = api(tracker, "GET", "organizations/tracker/deliveries/", params={"channel": channel["id"]}).json()
+        rows = tracker.api("GET", "organizations/tracker/deliveries/", params={"channel": channel["id"]}).json()
         return rows[0] if rows and rows[0]["status"] != "in_flight" and rows[0]["attempts"] else None
     delivery = wait_for(attempted)
     assert delivery["status"] in ("pending", "dead") and delivery["lastError"], delivery
@@ -76,22 +76,22 @@ def test_a_channel_moved_elsewhere_does_not_take_its_credentials(tracker: Tracke
     their own host, pressed "send test" and read the token from the Authorization header."""
     changer = tracker.cli("token", "create", "--scopes", "org:integrations").strip().splitlines()[-1]
     with JiraReceiver() as victim, JiraReceiver() as attacker:
-        made = api(tracker, "POST", "organizations/tracker/channels/",
+        made = tracker.api("POST", "organizations/tracker/channels/",
                    json={"name": "jira-moved", "kind": "jira",
                          "config": {"url": victim.url, "project": "OPS", "email": victim.email, "token": victim.token,
                                     "allow_private": True}})
         assert made.status_code == 201, made.text
         path = f"organizations/tracker/channels/{made.json()['id']}/"
-        shown = api(tracker, "GET", path).json()["config"]  # the token masked, as everyone sees it
-        moved = api(tracker, "PUT", path, changer, json={"config": {"url": attacker.url}})
+        shown = tracker.api("GET", path).json()["config"]  # the token masked, as everyone sees it
+        moved = tracker.api("PUT", path, changer, json={"config": {"url": attacker.url}})
         assert moved.status_code == 400 and moved.json()["detail"] == "a jira channel needs token", moved.text
-        renamed = api(tracker, "PUT", path, changer, json={"name": "jira-kept", "config": shown})  # same place: kept
+        renamed = tracker.api("PUT", path, changer, json={"name": "jira-kept", "config": shown})  # same place: kept
         assert renamed.status_code == 200, renamed.text
-        queued = api(tracker, "POST", f"{path}test/", changer)
+        queued = tracker.api("POST", f"{path}test/", changer)
         assert queued.status_code == 202, queued.text
         wait_for(lambda: victim.issues)  # the stored token still opens the real Jira
         assert not attacker.received
-        again = api(tracker, "PUT", path, changer, json={"config": {**shown, "url": attacker.url, "token": "their own"}})
+        again = tracker.api("PUT", path, changer, json={"config": {**shown, "url": attacker.url, "token": "their own"}})
         assert again.status_code == 200 and again.json()["config"]["url"] == attacker.url, again.text
 
 
@@ -167,15 +167,15 @@ def test_a_jira_answer_without_an_issue_key_is_retried_not_a_wedge(tracker: Trac
     retried, and the retry first searches Jira for the issue the last try may have made."""
     with JiraReceiver() as jira:
         jira.script(200, answer, times=100)
-        r = api(tracker, "POST", "organizations/tracker/channels/",
+        r = tracker.api("POST", "organizations/tracker/channels/",
                 json={"name": f"jira-{answer[:6]}", "kind": "jira", "config": {
                     "url": jira.url, "project": "OPS", "email": jira.email, "token": jira.token, "allow_private": True}})
         assert r.status_code == 201, r.text
         channel = r.json()
-        assert api(tracker, "POST", f"organizations/tracker/channels/{channel['id']}/test/").status_code == 202
+        assert tracker.api("POST", f"organizations/tracker/channels/{channel['id']}/test/").status_code == 202
 
         def attempted() -> dict[str, Any] | None:
-            rows = api(tracker, "GET", "organizations/tracker/deliveries/", params={"channel": channel["id"]}).json()
+            rows = tracker.api("GET", "organizations/tracker/deliveries/", params={"channel": channel["id"]}).json()
             return rows[0] if rows and rows[0]["status"] != "in_flight" and rows[0]["attempts"] else None
         delivery = wait_for(attempted)
         assert delivery["status"] == "pending" and delivery["lastError"].startswith("Jira answered 200"), delivery

@@ -8,7 +8,6 @@ import re
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.parse
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,11 +40,6 @@ def signed_in(tracker: TrackerServer, name: str, password: str) -> tuple[httpx.C
     csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/projects/").text)
     assert csrf
     return client, csrf[1]
-
-
-def api(tracker: TrackerServer, method: str, path: str, token: str | None = None, **kwargs: Any) -> httpx.Response:
-    return httpx.request(method, f"{tracker.url}/api/0/{path}", timeout=10,
-                         headers={"Authorization": f"Bearer {token or tracker.token}"}, **kwargs)
 
 
 # -- sessions ---------------------------------------------------------------------------------
@@ -94,12 +88,13 @@ def test_failed_logins_slow_down_the_next_try(tracker: TrackerServer) -> None:
     assert "tracker_session" not in wrong.headers.get("set-cookie", "")
     hurried = client.post("/login", data={"name": name, "password": password})
     assert hurried.status_code == 429 and "try again in" in hurried.text  # even the right password waits
-    time.sleep(1.1)
-    assert client.post("/login", data={"name": name, "password": "still wrong!"}).status_code == 401
+    # a refused try does not count, so polling finds the moment the pause ends: within 1 s, then 2 s
+    wait_for(lambda: client.post("/login", data={"name": name, "password": "still wrong!"}).status_code == 401,
+             timeout=1.1)
     second = client.post("/login", data={"name": name, "password": password})
     assert second.status_code == 429 and re.search(r"try again in [12] s", second.text)
-    time.sleep(2.1)
-    assert client.post("/login", data={"name": name, "password": password}).status_code == 303
+    wait_for(lambda: client.post("/login", data={"name": name, "password": password}).status_code == 303,
+             timeout=2.1)
 
 
 def test_unknown_user_looks_like_a_wrong_password(tracker: TrackerServer) -> None:
@@ -138,9 +133,9 @@ def test_forms_need_the_sessions_csrf_token(tracker: TrackerServer, project: Pro
                  {"status": "resolved", "csrf": tracker.csrf}):  # another session's token is no better
         r = client.post(path, data=data)
         assert r.status_code == 403 and "Reload the page" in r.text
-    assert tracker.api(f"/api/0/issues/{issue['id']}/").json()["status"] == "unresolved"
+    assert tracker.api("GET", f"issues/{issue['id']}/").json()["status"] == "unresolved"
     assert client.post(path, data={"status": "resolved", "csrf": csrf}).status_code == 303
-    assert tracker.api(f"/api/0/issues/{issue['id']}/").json()["status"] == "resolved"
+    assert tracker.api("GET", f"issues/{issue['id']}/").json()["status"] == "resolved"
 
 
 def test_members_triage_but_only_admins_change_settings(tracker: TrackerServer, project: Project) -> None:
@@ -192,13 +187,13 @@ def test_token_scopes(tracker: TrackerServer, project: Project) -> None:
     issue = issue_in(tracker, project)
     read = tracker.cli("token", "create", "--scopes", "read").splitlines()[-1]
     write = tracker.cli("token", "create", "--scopes", "write", "--name", "ci").splitlines()[-1]
-    assert api(tracker, "GET", f"issues/{issue['id']}/", read).status_code == 200
-    r = api(tracker, "PUT", f"issues/{issue['id']}/", read, json={"status": "resolved"})
+    assert tracker.api("GET", f"issues/{issue['id']}/", read).status_code == 200
+    r = tracker.api("PUT", f"issues/{issue['id']}/", read, json={"status": "resolved"})
     assert r.status_code == 403 and r.json() == {"detail": "You do not have permission to perform this action."}
-    assert api(tracker, "PUT", f"issues/{issue['id']}/", write, json={"status": "resolved"}).status_code == 200
+    assert tracker.api("PUT", f"issues/{issue['id']}/", write, json={"status": "resolved"}).status_code == 200
     channel = {"name": "t", "kind": "webhook", "config": {"url": "http://127.0.0.1:9/"}}
-    assert api(tracker, "POST", "organizations/tracker/channels/", write, json=channel).status_code == 403
-    assert api(tracker, "GET", "api-tokens/", write).status_code == 403
+    assert tracker.api("POST", "organizations/tracker/channels/", write, json=channel).status_code == 403
+    assert tracker.api("GET", "api-tokens/", write).status_code == 403
     # a read token may fetch dashboard pages (scripts, screenshots), never change anything there
     page = httpx.get(f"{tracker.url}/issues/{issue['id']}/", headers={"Authorization": f"Bearer {read}"}, timeout=10)
     assert page.status_code == 200 and "auth test" in page.text
@@ -208,21 +203,21 @@ def test_token_scopes(tracker: TrackerServer, project: Project) -> None:
 
 
 def test_tokens_api_create_list_revoke(tracker: TrackerServer) -> None:
-    created = api(tracker, "POST", "api-tokens/", json={"name": "release bot", "scopes": ["project:releases"]})
+    created = tracker.api("POST", "api-tokens/", json={"name": "release bot", "scopes": ["project:releases"]})
     assert created.status_code == 201, created.text
     body = created.json()
     assert body["scopes"] == ["project:releases"] and re.fullmatch(r"[0-9a-f]{64}", body["token"])
-    listed = api(tracker, "GET", "api-tokens/").json()
+    listed = tracker.api("GET", "api-tokens/").json()
     mine = next(t for t in listed if t["id"] == body["id"])
     assert (mine["name"], mine["scopes"]) == ("release bot", ["project:releases"])
     assert all("token" not in t for t in listed)  # never shown again
-    assert api(tracker, "GET", "organizations/tracker/releases/", body["token"]).status_code == 200
-    assert api(tracker, "DELETE", f"api-tokens/{body['id']}/").status_code == 204
-    assert api(tracker, "GET", "organizations/tracker/releases/", body["token"]).status_code == 401
-    other = api(tracker, "POST", "api-tokens/", json={"scopes": ["org:read"]}).json()
-    assert api(tracker, "DELETE", "api-tokens/", content=json.dumps({"tokenId": other["id"]})).status_code == 204
-    assert api(tracker, "DELETE", f"api-tokens/{other['id']}/").status_code == 404
-    assert api(tracker, "POST", "api-tokens/", json={"scopes": ["root"]}).status_code == 400
+    assert tracker.api("GET", "organizations/tracker/releases/", body["token"]).status_code == 200
+    assert tracker.api("DELETE", f"api-tokens/{body['id']}/").status_code == 204
+    assert tracker.api("GET", "organizations/tracker/releases/", body["token"]).status_code == 401
+    other = tracker.api("POST", "api-tokens/", json={"scopes": ["org:read"]}).json()
+    assert tracker.api("DELETE", "api-tokens/", content=json.dumps({"tokenId": other["id"]})).status_code == 204
+    assert tracker.api("DELETE", f"api-tokens/{other['id']}/").status_code == 404
+    assert tracker.api("POST", "api-tokens/", json={"scopes": ["root"]}).status_code == 400
     [(stored,)] = sqlite3_rows(tracker.db, "SELECT count(*) FROM api_tokens WHERE token_hash = "
                                            f"'{body['token']}'")
     assert stored == 0  # tokens are stored hashed
@@ -231,10 +226,10 @@ def test_tokens_api_create_list_revoke(tracker: TrackerServer) -> None:
 def test_tokens_from_the_settings_page(tracker: TrackerServer) -> None:
     page = tracker.form("/settings/", {"token": "grafana", "scope": "read"})
     token = re.search(r"<pre class=\"mono\">([0-9a-f]{64})</pre>", page.text)[1]  # type: ignore[index]
-    assert api(tracker, "GET", "organizations/", token).status_code == 200
-    token_id = next(t["id"] for t in api(tracker, "GET", "api-tokens/").json() if t["name"] == "grafana")
+    assert tracker.api("GET", "organizations/", token).status_code == 200
+    token_id = next(t["id"] for t in tracker.api("GET", "api-tokens/").json() if t["name"] == "grafana")
     assert tracker.form("/settings/", {"revoke": token_id}).status_code == 200
-    assert api(tracker, "GET", "organizations/", token).status_code == 401
+    assert tracker.api("GET", "organizations/", token).status_code == 401
 
 
 # -- DSN keys ---------------------------------------------------------------------------------
@@ -246,19 +241,19 @@ def store_with(tracker: TrackerServer, project: Project, key: str) -> httpx.Resp
 
 def test_keys_rotate_and_disable_through_the_api(tracker: TrackerServer, project: Project) -> None:
     path = f"projects/tracker/{project.slug}/keys/"
-    [old] = api(tracker, "GET", path).json()
+    [old] = tracker.api("GET", path).json()
     assert old["public"] == project.key and old["isActive"] and old["dsn"]["public"] == project.dsn
-    new = api(tracker, "POST", path, json={"name": "2026 rotation"}).json()
+    new = tracker.api("POST", path, json={"name": "2026 rotation"}).json()
     assert new["label"] == "2026 rotation" and store_with(tracker, project, new["public"]).status_code == 200
-    off = api(tracker, "PUT", f"{path}{old['id']}/", json={"isActive": False})
+    off = tracker.api("PUT", f"{path}{old['id']}/", json={"isActive": False})
     assert off.status_code == 200 and off.json()["isActive"] is False
     refused = store_with(tracker, project, project.key)
     assert refused.status_code == 403 and "disabled" in refused.json()["detail"]
     assert "retry-after" not in refused.headers
-    assert api(tracker, "PUT", f"{path}{old['id']}/", json={"isActive": "no"}).status_code == 400
-    api(tracker, "PUT", f"{path}{old['id']}/", json={"isActive": True})
+    assert tracker.api("PUT", f"{path}{old['id']}/", json={"isActive": "no"}).status_code == 400
+    tracker.api("PUT", f"{path}{old['id']}/", json={"isActive": True})
     assert store_with(tracker, project, project.key).status_code == 200
-    assert api(tracker, "DELETE", f"{path}{new['id']}/").status_code == 204
+    assert tracker.api("DELETE", f"{path}{new['id']}/").status_code == 204
     assert store_with(tracker, project, new["public"]).status_code == 403
 
 
@@ -268,7 +263,7 @@ def test_keys_from_the_projects_page(tracker: TrackerServer, project: Project) -
     assert "disabled: its events are refused" in page and store_with(tracker, project, project.key).status_code == 403
     tracker.form(f"/projects/{project.slug}/keys/", {"enable": project.key})
     tracker.form(f"/projects/{project.slug}/keys/", {"add": "second"})
-    keys = api(tracker, "GET", f"projects/tracker/{project.slug}/keys/").json()
+    keys = tracker.api("GET", f"projects/tracker/{project.slug}/keys/").json()
     assert [k["isActive"] for k in keys] == [True, True] and keys[1]["label"] == "second"
     assert all(k["dsn"]["public"] in tracker.web.get("/projects/").text for k in keys)
 

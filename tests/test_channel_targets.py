@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 import tracker as t
-from conftest import ROOT, TrackerServer, configured_server, run_cli, start_server, stop_server, wait_for
+from conftest import ROOT, Configure, TrackerServer, run_cli, start_server, stop_server, wait_for
 from receivers import Alertmanager, SlackReceiver, Smtp, WebhookReceiver, run_alertmanager
 
 FAST = "[alerts]\nretry_delays = [0, 0.3]\npoll = 0.1\ntimeout = 1.5\nrefresh = 3600\n"
@@ -28,8 +28,8 @@ AM_AUTH = ("tracker", "am-password-7f3c", "$2b$04$tracker.test.salt.abcO75GGlEKx
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerServer]:
-    yield from configured_server(tmp_path_factory, "channel-targets", FAST)
+def server(configured: Configure) -> TrackerServer:
+    return configured("channel-targets", FAST)
 
 
 @pytest.fixture(scope="module")
@@ -37,27 +37,22 @@ def reader(server: TrackerServer) -> str:
     return server.cli("token", "create", "--scopes", "read").strip().splitlines()[-1]
 
 
-def api(tracker: TrackerServer, method: str, path: str, token: str = "", **kwargs: Any) -> httpx.Response:
-    return httpx.request(method, f"{tracker.url}/api/0/{path}", timeout=10,
-                         headers={"Authorization": f"Bearer {token or tracker.token}"}, **kwargs)
-
-
 def add_channel(tracker: TrackerServer, kind: str, **config: Any) -> dict[str, Any]:
-    r = api(tracker, "POST", "organizations/tracker/channels/",
-            json={"name": f"{kind}-{uuid.uuid4().hex[:6]}", "kind": kind, "config": config})
+    r = tracker.api("POST", "organizations/tracker/channels/",
+                    json={"name": f"{kind}-{uuid.uuid4().hex[:6]}", "kind": kind, "config": config})
     assert r.status_code == 201, r.text
     return r.json()
 
 
 def send_test(tracker: TrackerServer, channel: dict[str, Any], token: str = "") -> dict[str, Any]:
     """Send the channel a test notification; its delivery once finished, as `token` sees it."""
-    r = api(tracker, "POST", f"organizations/tracker/channels/{channel['id']}/test/")
+    r = tracker.api("POST", f"organizations/tracker/channels/{channel['id']}/test/")
     assert r.status_code == 202, r.text
     outbox_id = r.json()["id"]
 
     def finished() -> dict[str, Any] | None:
-        rows = api(tracker, "GET", "organizations/tracker/deliveries/", token,
-                   params={"channel": channel["id"], "per_page": "100"}).json()
+        rows = tracker.api("GET", "organizations/tracker/deliveries/", token,
+                           params={"channel": channel["id"], "per_page": "100"}).json()
         return next((d for d in rows if d["id"] == outbox_id and d["status"] in ("delivered", "dead")), None)
     return wait_for(finished, timeout=15)
 
@@ -95,10 +90,10 @@ PRIVATE = "not a public address"
 def test_private_targets_are_refused_when_made(server: TrackerServer, url: str, message: str) -> None:
     for kind, config in (("webhook", {"url": url}), ("alertmanager", {"url": url}),
                          ("jira", {"url": url, "project": "OPS", "token": "t", "email": "bot@example.com"})):
-        r = api(server, "POST", "organizations/tracker/channels/",
-                json={"name": f"ssrf-{uuid.uuid4().hex[:6]}", "kind": kind, "config": config})
+        r = server.api("POST", "organizations/tracker/channels/",
+                       json={"name": f"ssrf-{uuid.uuid4().hex[:6]}", "kind": kind, "config": config})
         assert r.status_code == 400 and message in r.json()["detail"], (kind, r.text)
-    r = api(server, "POST", "organizations/tracker/channels/", json={
+    r = server.api("POST", "organizations/tracker/channels/", json={
         "name": "ssrf-mail", "kind": "email", "config": {"host": urllib.parse.urlsplit(url).hostname, "port": 25,
                                                          "from": "t@example.com",
                                                          "to": "a@example.com"}})
@@ -110,15 +105,14 @@ def test_allow_private_is_explicit_and_never_opens_metadata(server: TrackerServe
     assert channel["config"]["allow_private"] is True
     public = add_channel(server, "slack", url="https://hooks.example.com/services/T0/B0/x")
     assert public["config"]["allow_private"] is False
-    r = api(server, "POST", "organizations/tracker/channels/", json={
+    r = server.api("POST", "organizations/tracker/channels/", json={
         "name": "md", "kind": "webhook", "config": {"url": "http://169.254.169.254/", "allow_private": True}})
     assert r.status_code == 400 and METADATA in r.json()["detail"]
-    r = api(server, "POST", "organizations/tracker/channels/", json={
+    r = server.api("POST", "organizations/tracker/channels/", json={
         "name": "yes", "kind": "webhook", "config": {"url": "https://hooks.example.com/", "allow_private": "yes"}})
     assert r.status_code == 400 and "allow_private must be true or false" in r.json()["detail"]
     # turning the flag off again is checked like a new channel
-    r = api(server, "PUT", f"organizations/tracker/channels/{channel['id']}/",
-            json={"config": {"allow_private": False}})
+    r = server.api("PUT", f"organizations/tracker/channels/{channel['id']}/", json={"config": {"allow_private": False}})
     assert r.status_code == 400 and f"{PRIVATE} (loopback)" in r.json()["detail"]
     assert send_test(server, channel)["status"] == "delivered" and len(slack.messages) == 1
 
@@ -134,9 +128,9 @@ def test_the_dashboard_form_refuses_and_allows(server: TrackerServer) -> None:
     made = server.form("/alerts/", data={"kind": "alertmanager", "name": name, "url": "http://10.1.2.3:9093",
                                          "allow_private": "on"}, timeout=10)
     assert made.status_code == 303, made.text
-    [channel] = [c for c in api(server, "GET", "organizations/tracker/channels/").json() if c["name"] == name]
+    [channel] = [c for c in server.api("GET", "organizations/tracker/channels/").json() if c["name"] == name]
     assert channel["config"]["allow_private"] is True
-    api(server, "DELETE", f"organizations/tracker/channels/{channel['id']}/")
+    server.api("DELETE", f"organizations/tracker/channels/{channel['id']}/")
 
 
 def test_the_config_file_needs_allow_private(tmp_path: Path, webhook: WebhookReceiver) -> None:
@@ -155,7 +149,7 @@ def test_the_config_file_needs_allow_private(tmp_path: Path, webhook: WebhookRec
                                  "http://" + "a" * 64 + ".example.com/"])
 def test_hostile_urls_are_400(server: TrackerServer, url: str) -> None:
     body = json.dumps({"name": "h", "kind": "slack", "config": {"url": url}})  # a lone surrogate as JSON escapes it
-    r = api(server, "POST", "organizations/tracker/channels/", content=body)
+    r = server.api("POST", "organizations/tracker/channels/", content=body)
     assert r.status_code == 400 and r.json()["detail"].startswith(("url", "the request body holds a lone surrogate")), r.text
 
 
@@ -186,8 +180,7 @@ def test_read_tokens_see_the_class_of_an_error_not_the_answer(server: TrackerSer
     admin_view = send_test(server, channel)
     assert admin_view["status"] == "dead" and admin_view["lastError"].startswith("HTTP 400: AccessKeyId=ASIAEXAMPLE")
     assert len(admin_view["lastError"]) <= 300  # an excerpt, bounded
-    read_view = api(server, "GET", "organizations/tracker/deliveries/", reader,
-                    params={"channel": channel["id"]}).json()
+    read_view = server.api("GET", "organizations/tracker/deliveries/", reader, params={"channel": channel["id"]}).json()
     assert [d["lastError"] for d in read_view] == ["HTTP 400"]
     page = httpx.get(f"{server.url}/alerts/", headers={"Authorization": f"Bearer {reader}"}, timeout=10).text
     assert "SecretAccessKey" not in page and "HTTP 400" in page
@@ -241,20 +234,20 @@ def test_alertmanager_password_is_sent_and_credentials_are_filtered(
         seen = send_test(server, channel)
         assert seen["status"] == "delivered", seen
     wait_for(lambda: am.alerts(short_id="TEST-1"))
-    shown = [api(server, "GET", "organizations/tracker/channels/", token).text for token in (reader, server.token)]
+    shown = [server.api("GET", "organizations/tracker/channels/", token).text for token in (reader, server.token)]
     shown += [httpx.get(f"{server.url}/alerts/", headers={"Authorization": f"Bearer {reader}"}, timeout=10).text,
               server.web.get("/alerts/", timeout=10).text]
     assert all(password not in text and "t0k3n" not in text for text in shown)
     def shown_url(channel: dict[str, Any]) -> str:
-        return api(server, "GET", f"organizations/tracker/channels/{channel['id']}/", reader).json()["config"]["url"]
+        return server.api("GET", f"organizations/tracker/channels/{channel['id']}/", reader).json()["config"]["url"]
     assert shown_url(in_url) == am.url.replace("//", f"//{user}:[Filtered]@")
     assert shown_url(in_query) == "https://events.example.com/v2/enqueue?token=[Filtered]"
-    assert api(server, "GET", f"organizations/tracker/channels/{fields['id']}/", reader).json()["config"]["password"] \
+    assert server.api("GET", f"organizations/tracker/channels/{fields['id']}/", reader).json()["config"]["password"] \
         == "…7f3c"
     for channel in (fields, in_url):  # sent back as shown, with a new name: the stored credentials stay
-        shown_config = api(server, "GET", f"organizations/tracker/channels/{channel['id']}/").json()["config"]
-        r = api(server, "PUT", f"organizations/tracker/channels/{channel['id']}/",
-                json={"name": channel["name"] + "-renamed", "config": shown_config})
+        shown_config = server.api("GET", f"organizations/tracker/channels/{channel['id']}/").json()["config"]
+        r = server.api("PUT", f"organizations/tracker/channels/{channel['id']}/",
+                       json={"name": channel["name"] + "-renamed", "config": shown_config})
         assert r.status_code == 200, r.text
         assert send_test(server, channel)["status"] == "delivered"
 

@@ -7,7 +7,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import httpx
 import sentry_sdk
 
 from conftest import Project, TrackerServer
@@ -41,8 +40,7 @@ def test_overview_charts_sparklines_and_lifetime(tracker: TrackerServer, project
          [("ledger corrupt", "fatal")])
     issues = {i["title"]: i for i in tracker.wait_issues(project, 6)}
     checkout = issues["checkout failed"]
-    r = httpx.put(f"{tracker.url}/api/0/issues/{checkout['id']}/", json={"status": "resolved"},
-                  headers={"Authorization": f"Bearer {tracker.token}"}, timeout=10)
+    r = tracker.api("PUT", f"issues/{checkout['id']}/", json={"status": "resolved"})
     assert r.status_code == 200
     send(project, [("checkout failed", "error")])  # it comes back: a regression
     tracker.wait_issues(project, 7)

@@ -112,7 +112,7 @@ def test_project_dsn_takes_events(tracker: TrackerServer, sdk: Callable[..., Non
     sentry_sdk.flush()
 
     def arrived() -> list[dict[str, Any]]:
-        return tracker.api(f"/api/0/projects/tracker/{slug}/issues/").json()
+        return tracker.api("GET", f"projects/tracker/{slug}/issues/").json()
     assert wait_for(arrived)[0]["title"] == "hello through the printed DSN"
 
 
@@ -121,13 +121,13 @@ def test_project_dsn_takes_events(tracker: TrackerServer, sdk: Callable[..., Non
 def test_token_create_prints_a_working_token(tracker: TrackerServer) -> None:
     token = run_cli(tracker.db, "token", "create", "--name", "ci-script").strip().splitlines()[-1]
     assert re.fullmatch(HEX64, token)
-    r = httpx.get(tracker.url + "/api/0/organizations/", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    r = tracker.api("GET", "organizations/", token)
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
     assert [org["slug"] for org in r.json()] == ["tracker"]
-    me = httpx.get(tracker.url + "/api/0/", headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
+    me = tracker.api("GET", "", token).json()
     assert me["auth"]["name"] == "ci-script"
     wrong = token[:-1] + ("0" if token[-1] != "0" else "1")
-    r = httpx.get(tracker.url + "/api/0/organizations/", headers={"Authorization": f"Bearer {wrong}"}, timeout=10)
+    r = tracker.api("GET", "organizations/", wrong)
     assert r.status_code == 401 and r.headers["content-type"].startswith("application/json")
     assert r.json()["detail"]
 
@@ -196,14 +196,14 @@ def test_config_file_declares_org_and_project(tmp_path: Path, sdk: Callable[...,
     server = start_server(db, "--config", str(config))
     try:
         server.token = run_cli(db, "token", "create").strip().splitlines()[-1]
-        assert [o["slug"] for o in server.api("/api/0/organizations/").json()] == ["acme"]
-        assert server.api("/api/0/organizations/tracker/projects/").status_code == 404
-        projects = server.api("/api/0/organizations/acme/projects/").json()
+        assert [o["slug"] for o in server.api("GET", "organizations/").json()] == ["acme"]
+        assert server.api("GET", "organizations/tracker/projects/").status_code == 404
+        projects = server.api("GET", "organizations/acme/projects/").json()
         assert [(p["slug"], p["name"], p["platform"]) for p in projects] == [("billing", "Billing worker", "python")]
-        slo = server.api("/api/0/projects/acme/billing/slo/").json()
+        slo = server.api("GET", "projects/acme/billing/slo/").json()
         assert (slo["objective"], slo["window"], slo["description"]) == \
             (0.002, 10, "errored sessions < 0.2% over 10 minutes")
-        [repo] = server.api("/api/0/organizations/acme/repos/").json()
+        [repo] = server.api("GET", "organizations/acme/repos/").json()
         assert (repo["name"], repo["url"], repo["provider"]["id"]) == \
             ("acme/billing", "https://gitlab.example.com/acme/billing", "integrations:gitlab")
         sdk(f"http://{key}@127.0.0.1:{server.port}/{projects[0]['id']}")
@@ -211,7 +211,7 @@ def test_config_file_declares_org_and_project(tmp_path: Path, sdk: Callable[...,
         sentry_sdk.flush()
 
         def arrived() -> list[dict[str, Any]]:
-            return server.api("/api/0/projects/acme/billing/issues/").json()
+            return server.api("GET", "projects/acme/billing/issues/").json()
         assert wait_for(arrived)[0]["title"] == "billed through the configured key"
     finally:
         stop_server(server)

@@ -10,12 +10,12 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from conftest import Project, TrackerServer, charge_under_sdk
 
 RELEASE = "shop@1.0.0"
+MAPPINGS = "organizations/tracker/code-mappings/"  # the API path under /api/0/
 # the application module whose crash is linked: `raise` is on line 42 of codelinks_app/payments.py
 PAYMENTS = "\n" * 40 + "def charge(amount):\n    raise ValueError(f'card declined for {amount}')\n"
 
@@ -33,11 +33,6 @@ def crashed(tracker: TrackerServer, tmp_path_factory: pytest.TempPathFactory) ->
     return project, issue
 
 
-def api(tracker: TrackerServer, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    return httpx.request(method, f"{tracker.url}/api/0/organizations/tracker/code-mappings/{path}",
-                         headers={"Authorization": f"Bearer {tracker.token}"}, timeout=10, **kwargs)
-
-
 def issue_page(tracker: TrackerServer, issue: dict[str, Any]) -> str:
     r = tracker.web.get(f"/issues/{issue['id']}/", timeout=10)
     assert r.status_code == 200
@@ -51,12 +46,13 @@ def hrefs(page: str, css_class: str) -> list[str]:
 def test_github_mapping_links_frames_at_branch_then_release_commit(
         tracker: TrackerServer, crashed: tuple[Project, dict[str, Any]]) -> None:
     project, issue = crashed
-    r = api(tracker, "POST", "", json={"projectId": project.id, "repositoryUrl": "https://github.com/acme/shop.git",
-                                       "stackRoot": "codelinks_app/", "sourceRoot": "app/", "defaultBranch": "develop"})
+    r = tracker.api("POST", MAPPINGS, json={
+        "projectId": project.id, "repositoryUrl": "https://github.com/acme/shop.git", "stackRoot": "codelinks_app/",
+        "sourceRoot": "app/", "defaultBranch": "develop"})
     assert r.status_code == 201, r.text
     mapping = r.json()
     assert mapping["provider"]["key"] == "github" and mapping["repoName"] == "acme/shop"
-    listed = api(tracker, "GET", "", params={"project": project.id}).json()
+    listed = tracker.api("GET", MAPPINGS, params={"project": project.id}).json()
     assert [m["id"] for m in listed] == [mapping["id"]]
     try:
         assert hrefs(issue_page(tracker, issue), "source-link") == [
@@ -71,7 +67,7 @@ def test_github_mapping_links_frames_at_branch_then_release_commit(
         assert hrefs(issue_page(tracker, issue), "source-link") == [
             f"https://github.com/acme/shop/blob/{sha}/app/payments.py#L42"]
     finally:
-        assert api(tracker, "DELETE", f"{mapping['id']}/").status_code == 204
+        assert tracker.api("DELETE", f"{MAPPINGS}{mapping['id']}/").status_code == 204
         with sqlite3.connect(tracker.db) as conn:
             conn.execute("DELETE FROM release_refs")
     assert hrefs(issue_page(tracker, issue), "source-link") == []
@@ -85,18 +81,19 @@ def test_gitlab_mapping_from_the_form(tracker: TrackerServer, crashed: tuple[Pro
     assert refused.status_code == 403
     bad = tracker.form(form_url, data={"repository_url": "javascript:alert(1)//"}, timeout=10)
     assert bad.status_code == 400 and "http(s) URL" in bad.text
-    assert api(tracker, "GET", "", params={"project": project.slug}).json() == []
+    assert tracker.api("GET", MAPPINGS, params={"project": project.slug}).json() == []
     r = tracker.form(form_url, data={"repository_url": "https://gitlab.example.com/team/shop", "stack_root": "",
                                    "source_root": "src", "default_branch": ""}, timeout=10)
     assert r.status_code == 303
-    [mapping] = api(tracker, "GET", "", params={"project": project.slug}).json()
+    [mapping] = tracker.api("GET", MAPPINGS, params={"project": project.slug}).json()
     assert mapping["provider"]["key"] == "gitlab" and mapping["defaultBranch"] == "main"
     assert 'href="https://gitlab.example.com/team/shop"' in tracker.web.get(form_url, timeout=10).text
     try:
         links = hrefs(issue_page(tracker, issue), "source-link")  # the test's own frame is in app too
         assert links[0] == "https://gitlab.example.com/team/shop/-/blob/main/src/codelinks_app/payments.py#L42"
         assert links[1].startswith("https://gitlab.example.com/team/shop/-/blob/main/src/conftest.py#L")
-        changed = api(tracker, "PUT", f"{mapping['id']}/", json={"stackRoot": "codelinks_app/", "sourceRoot": "app"})
+        changed = tracker.api("PUT", f"{MAPPINGS}{mapping['id']}/",
+                              json={"stackRoot": "codelinks_app/", "sourceRoot": "app"})
         assert changed.status_code == 200 and changed.json()["repositoryUrl"] == mapping["repositoryUrl"]
         page = issue_page(tracker, issue)
         assert hrefs(page, "source-link")[0].endswith("/-/blob/main/app/payments.py#L42")
@@ -109,16 +106,16 @@ def test_gitlab_mapping_from_the_form(tracker: TrackerServer, crashed: tuple[Pro
     finally:
         delete = tracker.form(form_url, data={"delete": mapping["id"]}, timeout=10)
         assert delete.status_code == 303
-    assert api(tracker, "GET", "", params={"project": project.slug}).json() == []
+    assert tracker.api("GET", MAPPINGS, params={"project": project.slug}).json() == []
 
 
 def test_prefilled_github_issue(tracker: TrackerServer, crashed: tuple[Project, dict[str, Any]]) -> None:
     project, issue = crashed
-    mapping = api(tracker, "POST", "", json={"projectId": str(project.id), "repoName": "acme/shop"}).json()
+    mapping = tracker.api("POST", MAPPINGS, json={"projectId": str(project.id), "repoName": "acme/shop"}).json()
     try:
         [link] = hrefs(issue_page(tracker, issue), "report-link")
     finally:
-        api(tracker, "DELETE", f"{mapping['id']}/")
+        tracker.api("DELETE", f"{MAPPINGS}{mapping['id']}/")
     url = urllib.parse.urlsplit(link)
     assert (url.scheme, url.netloc, url.path) == ("https", "github.com", "/acme/shop/issues/new")
     fields = urllib.parse.parse_qs(url.query)
@@ -155,17 +152,17 @@ def test_code_view_lists_the_file_issues(tracker: TrackerServer, crashed: tuple[
 def test_invalid_mappings_are_400(tracker: TrackerServer, project: Project, body: Any) -> None:
     if isinstance(body, dict):
         body = {"projectId": project.id, **body}
-    r = api(tracker, "POST", "", json=body)
+    r = tracker.api("POST", MAPPINGS, json=body)
     assert r.status_code == 400 and r.json()["detail"], r.text
-    assert api(tracker, "PUT", "999999/", json={}).status_code == 404
+    assert tracker.api("PUT", f"{MAPPINGS}999999/", json={}).status_code == 404
 
 
 def test_issue_page_screenshot(tracker: TrackerServer, crashed: tuple[Project, dict[str, Any]], tmp_path: Path,
                                browser: Any) -> None:
     """The links on the issue page, seen in a browser (the screenshot is left in tmp_path)."""
     project, issue = crashed
-    mapping = api(tracker, "POST", "", json={"projectId": project.id, "repositoryUrl": "https://github.com/acme/shop",
-                                             "stackRoot": "codelinks_app/", "sourceRoot": "app/"}).json()
+    mapping = tracker.api("POST", MAPPINGS, json={"projectId": project.id, "repositoryUrl": "https://github.com/acme/shop",
+                                                  "stackRoot": "codelinks_app/", "sourceRoot": "app/"}).json()
     try:
         page = tracker.browser_context(browser, viewport={"width": 1400, "height": 900}).new_page()
         page.goto(f"{tracker.url}/issues/{issue['id']}/")
@@ -173,7 +170,7 @@ def test_issue_page_screenshot(tracker: TrackerServer, crashed: tuple[Project, d
         page.screenshot(path=str(tmp_path / "issue.png"), full_page=True)
         page.close()
     finally:
-        api(tracker, "DELETE", f"{mapping['id']}/")
+        tracker.api("DELETE", f"{MAPPINGS}{mapping['id']}/")
 
 
 def test_jira_link_when_configured(tmp_path: Path) -> None:

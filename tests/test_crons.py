@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import json
 import re
 import time
 import uuid
@@ -24,7 +23,7 @@ import tracker
 from hypothesis import example, given, settings, strategies as st
 from sentry_sdk.crons import capture_checkin
 
-from conftest import Project, TrackerServer, configured_server, wait_for
+from conftest import Configure, Project, TrackerServer, wait_for
 from receivers import WebhookReceiver
 
 LIMITED = "c" * 32
@@ -50,41 +49,39 @@ DAILY = {"schedule": {"type": "crontab", "value": "0 4 * * *"}, "max_runtime": 6
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerServer]:
-    yield from configured_server(tmp_path_factory, "crons", CONFIG)
+def server(configured: Configure) -> TrackerServer:
+    return configured("crons", CONFIG)
 
 
 @pytest.fixture
 def hook(server: TrackerServer, webhook: WebhookReceiver) -> Iterator[WebhookReceiver]:
     """The strict webhook receiver as an alert channel of the module's tracker, for one test."""
-    r = httpx.post(f"{server.url}/api/0/organizations/tracker/channels/", timeout=10,
-                   headers={"Authorization": f"Bearer {server.token}"},
+    r = server.api("POST", "organizations/tracker/channels/",
                    json={"name": f"hook-{uuid.uuid4().hex[:6]}", "kind": "webhook",
                          "config": {"url": webhook.hook_url, "secret": webhook.secret, "allow_private": True}})
     assert r.status_code == 201, r.text
     yield webhook
-    httpx.delete(f"{server.url}/api/0/organizations/tracker/channels/{r.json()['id']}/", timeout=10,
-                 headers={"Authorization": f"Bearer {server.token}"})
+    server.api("DELETE", f"organizations/tracker/channels/{r.json()['id']}/")
 
 
 def get(server: TrackerServer, path: str, **params: Any) -> Any:
-    r = server.api(path, **params)
+    r = server.api("GET", path, params=params)
     assert r.status_code == 200, r.text
     return r.json()
 
 
 def monitor(server: TrackerServer, project: Project, slug: str) -> dict[str, Any]:
-    [found] = [m for m in get(server, "/api/0/organizations/tracker/monitors/", project=project.slug) if m["slug"] == slug]
+    [found] = [m for m in get(server, "organizations/tracker/monitors/", project=project.slug) if m["slug"] == slug]
     return found
 
 
 def checkins(server: TrackerServer, project: Project, slug: str) -> list[dict[str, Any]]:
     """The monitor's check-ins, newest first."""
-    return get(server, f"/api/0/organizations/tracker/monitors/{slug}/checkins/", project=project.slug)
+    return get(server, f"organizations/tracker/monitors/{slug}/checkins/", project=project.slug)
 
 
 def statuses(server: TrackerServer, project: Project, slug: str) -> list[str]:
-    r = server.api(f"/api/0/organizations/tracker/monitors/{slug}/checkins/", project=project.slug)
+    r = server.api("GET", f"organizations/tracker/monitors/{slug}/checkins/", params={"project": project.slug})
     return [c["status"] for c in r.json()] if r.status_code == 200 else []
 
 
@@ -172,7 +169,7 @@ def test_capture_checkin_directly_and_what_the_envelope_log_says(server: Tracker
     assert done["id"] == str(uuid.UUID(started)) and done["duration"] == 1500  # the slug is Sentry's slugified form
     wait_for(lambda: "dropped: unknown monitor; send monitor_config" in envelope_outcomes(server, project))
     assert "never runs: no month has that day" in envelope_outcomes(server, project)
-    assert [m["slug"] for m in get(server, "/api/0/organizations/tracker/monitors/", project=project.slug)] == \
+    assert [m["slug"] for m in get(server, "organizations/tracker/monitors/", project=project.slug)] == \
         ["import-users"]
 
 
@@ -235,23 +232,17 @@ def test_http_endpoint_like_curl(server: TrackerServer) -> None:
     assert r.status_code == 400 and "not a tz database name" in r.json()["detail"]
     assert httpx.options(cron_url(server, project, "db-backup"), timeout=10).status_code == 200
 
-    r = httpx.put(f"{server.url}/api/0/projects/tracker/{project.slug}/keys/{project.key}/", json={"isActive": False},
-                  headers={"Authorization": f"Bearer {server.token}"}, timeout=10)
+    r = server.api("PUT", f"projects/tracker/{project.slug}/keys/{project.key}/", json={"isActive": False})
     assert r.status_code == 200
     assert status_of(cron_url(server, project, "db-backup"), status="ok")[0] == 403
 
 
 def test_check_ins_are_never_rate_limited(server: TrackerServer) -> None:
-    project_id = next(p["id"] for p in get(server, "/api/0/organizations/tracker/projects/") if p["slug"] == "cron-limited")
-    project = Project(id=int(project_id), slug="cron-limited", dsn="", key=LIMITED)
-    auth = {"X-Sentry-Auth": f"Sentry sentry_version=7, sentry_key={LIMITED}"}
-
-    def envelope(kind: str, payload: dict[str, Any]) -> int:
-        body = b"{}\n" + json.dumps({"type": kind}).encode() + b"\n" + json.dumps(payload).encode() + b"\n"
-        return httpx.post(f"{server.url}/api/{project_id}/envelope/", content=body, headers=auth, timeout=10).status_code
-    codes = [envelope("event", {"message": f"flood {n}"}) for n in range(3)]
+    project = server.config_project("cron-limited", LIMITED)
+    codes = [server.send_envelope(project, {"message": f"flood {n}"}).status_code for n in range(3)]
     assert 429 in codes  # one event a minute
-    assert envelope("check_in", {"monitor_slug": "ticker", "status": "ok", "monitor_config": DAILY}) == 200
+    check = {"monitor_slug": "ticker", "status": "ok", "monitor_config": DAILY}
+    assert server.send_envelope(project, ({"type": "check_in"}, check)).status_code == 200
     assert check_in(server, project, "ticker", status="ok")
     wait_for(lambda: statuses(server, project, "ticker") == ["ok", "ok"])
 
@@ -282,11 +273,11 @@ def test_missed_check_in_opens_an_issue_that_alerts_and_an_ok_resolves_it(server
     assert alert["data"]["event"]["title"] == "Cron failure: report-mailer (missed check-in)"
 
     check_in(server, project, "report-mailer", status="ok")  # the job is back: the issue resolves
-    assert get(server, f"/api/0/issues/{issue['id']}/")["status"] == "resolved"
+    assert get(server, f"issues/{issue['id']}/")["status"] == "resolved"
     wait_for(lambda: [b["action"] for b in alerts("issue")] == ["resolved"])
     assert monitor(server, project, "report-mailer")["environments"][0]["status"] == "ok"
 
-    wait_for(lambda: get(server, f"/api/0/issues/{issue['id']}/")["status"] == "unresolved", timeout=15)  # missed again
+    wait_for(lambda: get(server, f"issues/{issue['id']}/")["status"] == "unresolved", timeout=15)  # missed again
     wait_for(lambda: len(alerts("event_alert")) == 2)  # a regression is news again
     assert hook.rejected == []
 
@@ -302,12 +293,12 @@ def test_failure_and_recovery_thresholds(server: TrackerServer) -> None:
     issue = wait_for(lambda: issue_titled(server, project, title))
     assert issue["count"] == "1"
     check_in(server, project, "flaky-sync", status="ok")
-    assert get(server, f"/api/0/issues/{issue['id']}/")["status"] == "unresolved"  # one ok is not yet recovery
+    assert get(server, f"issues/{issue['id']}/")["status"] == "unresolved"  # one ok is not yet recovery
     check_in(server, project, "flaky-sync", status="error")  # an open issue takes every failure
-    assert get(server, f"/api/0/issues/{issue['id']}/")["count"] == "2"
+    assert get(server, f"issues/{issue['id']}/")["count"] == "2"
     check_in(server, project, "flaky-sync", status="ok")
     check_in(server, project, "flaky-sync", status="ok")
-    assert get(server, f"/api/0/issues/{issue['id']}/")["status"] == "resolved"
+    assert get(server, f"issues/{issue['id']}/")["status"] == "resolved"
 
 
 def test_monitors_api(server: TrackerServer) -> None:
@@ -315,20 +306,20 @@ def test_monitors_api(server: TrackerServer) -> None:
     for n in range(3):
         check_in(server, project, "paged", status="ok", environment=f"env-{n % 2}", monitor_config=DAILY)
     check_in(server, other, "paged", status="error", monitor_config=DAILY)
-    assert sorted(m["project"]["slug"] for m in get(server, "/api/0/organizations/tracker/monitors/")
+    assert sorted(m["project"]["slug"] for m in get(server, "organizations/tracker/monitors/")
                   if m["slug"] == "paged") == sorted([project.slug, other.slug])
     mine = monitor(server, project, "paged")
     assert (mine["name"], mine["status"], mine["type"]) == ("paged", "active", "cron_job")
     assert [e["name"] for e in mine["environments"]] == ["env-0", "env-1"]
     assert mine["dateCreated"].endswith("Z")
-    r = server.api("/api/0/organizations/tracker/monitors/paged/checkins/", project=project.slug, limit=2)
+    r = server.api("GET", "organizations/tracker/monitors/paged/checkins/", params={"project": project.slug, "limit": 2})
     assert r.status_code == 200 and len(r.json()) == 2 and 'rel="next"; results="true"' in r.headers["link"]
-    assert {c["environment"] for c in get(server, "/api/0/organizations/tracker/monitors/paged/checkins/",
+    assert {c["environment"] for c in get(server, "organizations/tracker/monitors/paged/checkins/",
                                           project=project.slug, environment="env-1")} == {"env-1"}
     assert [c["status"] for c in checkins(server, other, "paged")] == ["error"]
-    assert get(server, "/api/0/organizations/tracker/monitors/paged/", project=other.slug)["project"]["slug"] == other.slug
-    assert server.api("/api/0/organizations/tracker/monitors/no-such/").status_code == 404
-    assert server.api("/api/0/organizations/elsewhere/monitors/").status_code == 404
+    assert get(server, "organizations/tracker/monitors/paged/", project=other.slug)["project"]["slug"] == other.slug
+    assert server.api("GET", "organizations/tracker/monitors/no-such/").status_code == 404
+    assert server.api("GET", "organizations/elsewhere/monitors/").status_code == 404
     assert httpx.get(f"{server.url}/api/0/organizations/tracker/monitors/", timeout=10).status_code == 401
 
 

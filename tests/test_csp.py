@@ -8,12 +8,12 @@ import re
 import time
 import uuid
 import urllib.parse
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
 import sentry_sdk
-from conftest import ROOT, TrackerServer, configured_server, wait_for
+from conftest import ROOT, Configure, TrackerServer, wait_for
 from sentry_sdk.envelope import Envelope, Item, PayloadRef
 
 MAX_PAGES = 400  # a bound on the crawl; the demo data makes about a hundred pages
@@ -25,22 +25,22 @@ REPORT_VIOLATIONS = """document.addEventListener("securitypolicyviolation", (e) 
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerServer]:
-    for server in configured_server(tmp_path_factory, "csp", ""):
-        dsn = server.cli("project", "create", "demo").strip().splitlines()[-1]
-        project_id, key = dsn.rsplit("/", 1)[1], dsn.split("//", 1)[1].split("@", 1)[0]
-        server.form("/alerts/", {"kind": "webhook", "name": "hook", "url": "http://127.0.0.1:9/hook",
-                                 "allow_private": "on"})  # nothing listens: its deliveries fail, with an error shown
-        server.form("/projects/demo/alerts/", {"name": "every new issue", "when": "new", "notify": "*", "frequency": "30"})
-        server.form("/projects/demo/slo/", {"name": "Error budget", "metric": "errored_sessions", "objective": "0.1",
-                                            "window": "10", "minTotal": "1"})
-        server.cli("send", "--project", "demo", *map(str, sorted((ROOT / "sample_events").glob("*.envelope"))))
-        r = httpx.post(f"{server.url}/api/{project_id}/cron/nightly/{key}/", timeout=10,
-                       json={"status": "ok", "monitor_config": {"schedule": {"type": "crontab", "value": "0 3 * * *"}}})
-        assert r.status_code == 202, r.text
-        send_attachment_and_feedback(dsn)
-        wait_for(lambda: "The card form froze" in server.web.get("/projects/demo/feedback/").text)
-        yield server
+def demo(configured: Configure) -> TrackerServer:
+    server = configured("csp", "")
+    dsn = server.cli("project", "create", "demo").strip().splitlines()[-1]
+    project_id, key = dsn.rsplit("/", 1)[1], dsn.split("//", 1)[1].split("@", 1)[0]
+    server.form("/alerts/", {"kind": "webhook", "name": "hook", "url": "http://127.0.0.1:9/hook",
+                             "allow_private": "on"})  # nothing listens: its deliveries fail, with an error shown
+    server.form("/projects/demo/alerts/", {"name": "every new issue", "when": "new", "notify": "*", "frequency": "30"})
+    server.form("/projects/demo/slo/", {"name": "Error budget", "metric": "errored_sessions", "objective": "0.1",
+                                        "window": "10", "minTotal": "1"})
+    server.cli("send", "--project", "demo", *map(str, sorted((ROOT / "sample_events").glob("*.envelope"))))
+    r = httpx.post(f"{server.url}/api/{project_id}/cron/nightly/{key}/", timeout=10,
+                   json={"status": "ok", "monitor_config": {"schedule": {"type": "crontab", "value": "0 3 * * *"}}})
+    assert r.status_code == 202, r.text
+    send_attachment_and_feedback(dsn)
+    wait_for(lambda: "The card form froze" in server.web.get("/projects/demo/feedback/").text)
+    return server
 
 
 def send_attachment_and_feedback(dsn: str) -> None:

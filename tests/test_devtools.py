@@ -27,8 +27,7 @@ def envelope_rows(tracker: TrackerServer, project: Project) -> list[tuple[str, s
 
 def raw_payloads_logged(tracker: TrackerServer, project: Project) -> None:
     """Scrubbing off, as a developer testing an SDK may set it: the log keeps payloads as sent."""
-    r = httpx.put(f"{tracker.url}/api/0/projects/tracker/{project.slug}/", json={"dataScrubber": False}, timeout=10,
-                  headers={"Authorization": f"Bearer {tracker.token}"})
+    r = tracker.api("PUT", f"projects/tracker/{project.slug}/", json={"dataScrubber": False})
     assert r.status_code == 200, r.text
 
 
@@ -100,7 +99,7 @@ def test_spotlight_option_posts_to_stream_without_a_dsn(tracker: TrackerServer) 
         sentry_sdk.init()
 
     def found() -> list[dict[str, Any]] | None:
-        r = tracker.api("/api/0/projects/tracker/local/issues/", query=f"spotlight-{marker}")
+        r = tracker.api("GET", "projects/tracker/local/issues/", params={"query": f"spotlight-{marker}"})
         return r.json() if r.status_code == 200 and r.json() else None
     [issue] = wait_for(found, timeout=15)
     assert issue["metadata"]["type"] == "KeyError"

@@ -16,12 +16,12 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
 import sentry_sdk
-from conftest import Project, TrackerServer, configured_server, wait_for
+from conftest import Configure, Project, TrackerServer, wait_for
 from sentry_sdk.envelope import Envelope, Item, PayloadRef
 
 LOG_TEXT = b"12:00:01 INFO starting\n12:00:02 ERROR charge failed <card declined> & retried\n"
@@ -70,13 +70,13 @@ def user_report_item(event_id: str, comments: str, name: str = "Old SDK", email:
 
 
 def api_attachments(tracker: TrackerServer, project: Project, event_id: str) -> list[dict[str, Any]]:
-    r = tracker.api(f"/api/0/projects/tracker/{project.slug}/events/{event_id}/attachments/")
+    r = tracker.api("GET", f"projects/tracker/{project.slug}/events/{event_id}/attachments/")
     assert r.status_code == 200, r.text
     return r.json()
 
 
 def user_feedback(tracker: TrackerServer, project: Project) -> list[dict[str, Any]]:
-    r = tracker.api(f"/api/0/projects/tracker/{project.slug}/user-feedback/")
+    r = tracker.api("GET", f"projects/tracker/{project.slug}/user-feedback/")
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -85,7 +85,7 @@ def issue_of(tracker: TrackerServer, project: Project, event_id: str) -> str:
     """The id of the issue the event went into (waits for it)."""
     def find() -> str | None:
         for issue in tracker.issues(project):
-            r = tracker.api(f"/api/0/issues/{issue['id']}/events/{event_id}/")
+            r = tracker.api("GET", f"issues/{issue['id']}/events/{event_id}/")
             if r.status_code == 200:
                 return issue["id"]
         return None
@@ -146,18 +146,20 @@ def test_attachments_stored_listed_and_downloaded(tracker: TrackerServer, projec
         assert got.headers["content-disposition"].startswith("attachment;") and name in got.headers["content-disposition"]
         assert got.headers["x-content-type-options"] == "nosniff"
     assert tracker.web.get(links_of(page, "screen.png")["download"]).headers["content-type"] == "image/png"
-    api_file = tracker.api(f"/api/0/projects/tracker/{project.slug}/events/{event_id}/attachments/"
-                           f"{by_name['screen.png']['id']}/", download="1")
+    api_file = tracker.api("GET", f"projects/tracker/{project.slug}/events/{event_id}/attachments/"
+                           f"{by_name['screen.png']['id']}/", params={"download": "1"})
     assert api_file.status_code == 200 and api_file.content == BINARY
     assert api_file.headers["content-disposition"].startswith("attachment;")
-    detail = tracker.api(f"/api/0/projects/tracker/{project.slug}/events/{event_id}/attachments/{by_name['app.log']['id']}/")
+    detail = tracker.api("GET", f"projects/tracker/{project.slug}/events/{event_id}/attachments/"
+                                f"{by_name['app.log']['id']}/")
     assert detail.json()["name"] == "app.log"
 
     # the latest event page is the issue page: the card is there too; a wrong issue or id finds nothing
     assert "app.log" in tracker.web.get(f"/issues/{issue_id}/").text
     other = tracker.web.get(log_links["download"].replace(f"/issues/{issue_id}/", "/issues/999999/"))
     assert other.status_code == 404
-    assert tracker.api(f"/api/0/projects/tracker/{project.slug}/events/{event_id}/attachments/999999/").status_code == 404
+    missing = f"projects/tracker/{project.slug}/events/{event_id}/attachments/999999/"
+    assert tracker.api("GET", missing).status_code == 404
 
 
 def test_hostile_attachments_download_and_never_render(tracker: TrackerServer, project: Project, sdk: Any) -> None:
@@ -187,8 +189,8 @@ def test_hostile_attachments_download_and_never_render(tracker: TrackerServer, p
             assert "&lt;script&gt;alert(" in viewed and "<script>alert" not in viewed and "<img src=x" not in viewed
     assert "view" not in links_of(page, "logo.svg")
     row = api_attachments(tracker, project, event_id)[2]
-    via_api = tracker.api(f"/api/0/projects/tracker/{project.slug}/events/{event_id}/attachments/{row['id']}/",
-                          download="1")
+    via_api = tracker.api("GET", f"projects/tracker/{project.slug}/events/{event_id}/attachments/{row['id']}/",
+                          params={"download": "1"})
     assert via_api.headers["content-type"] == "application/octet-stream"
     assert via_api.headers["content-disposition"].startswith("attachment;")
 
@@ -267,21 +269,20 @@ def test_legacy_user_feedback_api(tracker: TrackerServer, project: Project, sdk:
     sdk(project.dsn)
     event_id = capture_with_attachments([], "report me")
     issue_id = issue_of(tracker, project, event_id)
-    url = f"{tracker.url}/api/0/projects/tracker/{project.slug}/user-feedback/"
-    auth = {"Authorization": f"Bearer {tracker.token}"}
-    r = httpx.post(url, json={"event_id": str(uuid.UUID(event_id)), "name": "Lin", "email": "lin@example.com",
-                              "comments": "Button did nothing; card 4111 1111 1111 1111"}, headers=auth, timeout=10)
+    path = f"projects/tracker/{project.slug}/user-feedback/"
+    r = tracker.api("POST", path, json={"event_id": str(uuid.UUID(event_id)), "name": "Lin", "email": "lin@example.com",
+                                        "comments": "Button did nothing; card 4111 1111 1111 1111"})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["eventID"] == event_id and body["name"] == "Lin" and body["issue"]["id"] == issue_id
     assert "4111" not in body["comments"] and "[Filtered]" in body["comments"]  # scrubbed as events are
     for bad in ({"event_id": "nope", "comments": "x"}, {"event_id": event_id, "comments": " "},
                 {"event_id": event_id, "comments": "x", "email": "not an email"}, ["a list"]):
-        assert httpx.post(url, json=bad, headers=auth, timeout=10).status_code == 400, bad
-    assert httpx.post(url, json={"event_id": event_id, "comments": "x"}, timeout=10).status_code == 401
+        assert tracker.api("POST", path, json=bad).status_code == 400, bad
+    assert httpx.post(f"{tracker.url}/api/0/{path}", json={"event_id": event_id, "comments": "x"},
+                      timeout=10).status_code == 401
     listed = user_feedback(tracker, project)
-    assert len(listed) == 1 and listed[0]["id"] == body["id"] and "link" in tracker.api(
-        f"/api/0/projects/tracker/{project.slug}/user-feedback/").headers
+    assert len(listed) == 1 and listed[0]["id"] == body["id"] and "link" in tracker.api("GET", path).headers
     assert "Button did nothing" in tracker.web.get(f"/issues/{issue_id}/").text
 
 
@@ -293,8 +294,8 @@ def test_feedback_follows_a_merge(tracker: TrackerServer, project: Project, sdk:
     issues = {issue_of(tracker, project, first), issue_of(tracker, project, second)}
     send({"event_id": second}, user_report_item(second, "the basket is empty again"))
     wait_for(lambda: user_feedback(tracker, project))
-    r = httpx.put(f"{tracker.url}/api/0/projects/tracker/{project.slug}/issues/", params={"id": sorted(issues)},
-                  json={"merge": 1}, headers={"Authorization": f"Bearer {tracker.token}"}, timeout=10)
+    r = tracker.api("PUT", f"projects/tracker/{project.slug}/issues/", params={"id": sorted(issues)},
+                    json={"merge": 1})
     assert r.status_code == 200, r.text
     parent = r.json()["merge"]["parent"]
     assert user_feedback(tracker, project)[0]["issue"]["id"] == parent
@@ -308,8 +309,7 @@ def test_deleting_an_issue_takes_its_attachments_and_feedback(tracker: TrackerSe
     issue_id = issue_of(tracker, project, event_id)
     send({"event_id": event_id}, user_report_item(event_id, "please fix"))
     wait_for(lambda: user_feedback(tracker, project) and api_attachments(tracker, project, event_id))
-    r = httpx.delete(f"{tracker.url}/api/0/issues/{issue_id}/", headers={"Authorization": f"Bearer {tracker.token}"},
-                     timeout=10)
+    r = tracker.api("DELETE", f"issues/{issue_id}/")
     assert r.status_code == 202
     assert api_attachments(tracker, project, event_id) == [] and user_feedback(tracker, project) == []
 
@@ -338,19 +338,14 @@ dsn_key = "{OLD_KEY}"
 
 
 @pytest.fixture(scope="module")
-def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerServer]:
-    yield from configured_server(tmp_path_factory, "attachments", CONFIG)
-
-
-def config_project(server: TrackerServer, slug: str, key: str) -> Project:
-    with sqlite3.connect(server.db) as conn:
-        project_id = conn.execute("SELECT id FROM projects WHERE slug = ?", (slug,)).fetchone()[0]
-    return Project(id=project_id, slug=slug, dsn=f"http://{key}@127.0.0.1:{server.port}/{project_id}", key=key)
+def capped(configured: Configure) -> TrackerServer:
+    return configured("attachments", CONFIG)
 
 
 def dropped_attachments(server: TrackerServer) -> dict[str, int]:
-    r = server.api("/api/0/organizations/tracker/stats_v2/", field="sum(quantity)", groupBy=["reason", "category"],
-                   category="attachment_item", statsPeriod="1h", interval="1h")
+    r = server.api("GET", "organizations/tracker/stats_v2/", params={
+        "field": "sum(quantity)", "groupBy": ["reason", "category"], "category": "attachment_item", "statsPeriod": "1h",
+        "interval": "1h"})
     assert r.status_code == 200, r.text
     return {g["by"]["reason"]: g["totals"]["sum(quantity)"] for g in r.json()["groups"]}
 
@@ -375,7 +370,7 @@ def test_size_cap_and_quota(capped: TrackerServer, sdk: Any) -> None:
     assert wait_for(lambda: dropped_attachments(capped).get("attachment_quota", 0) >= 1, timeout=15)
     assert dropped_attachments(capped)["too_large"] >= 1
 
-    small = config_project(capped, "att-small", SMALL_KEY)  # its own quota: 1200 bytes
+    small = capped.config_project("att-small", SMALL_KEY)  # its own quota: 1200 bytes
     sentry_sdk.init(small.dsn)
     event_id = capture_with_attachments([{"bytes": b"e" * 700, "filename": "x.log"},
                                          {"bytes": b"f" * 700, "filename": "y.log"}])
@@ -387,7 +382,7 @@ def test_size_cap_and_quota(capped: TrackerServer, sdk: Any) -> None:
 def test_retention_removes_attachments_with_their_events(capped: TrackerServer, sdk: Any) -> None:
     """Events beyond the max age go with their attachments (an issue keeps its first and latest event,
     and their attachments); an issue that goes altogether takes its feedback along."""
-    project = config_project(capped, "att-old", OLD_KEY)
+    project = capped.config_project("att-old", OLD_KEY)
     sdk(project.dsn)
     old = time.time() - 3 * 86400
     ids = {name: uuid.uuid4().hex for name in ("first.log", "middle.log", "latest.log", "gone.log")}

@@ -103,14 +103,13 @@ def issues_by_event(tracker: TrackerServer, project: Project, events: int) -> di
     tracker.wait_issues(project, events)
     mapping = {}
     for issue in tracker.issues(project):
-        for event in tracker.api(f"/api/0/issues/{issue['id']}/events/").json():
+        for event in tracker.api("GET", f"issues/{issue['id']}/events/").json():
             mapping[event["eventID"]] = issue["id"]
     return mapping
 
 
 def put(tracker: TrackerServer, path: str, body: Any = None, **params: Any) -> httpx.Response:
-    return httpx.put(tracker.url + path, json=body, params=params, timeout=10,
-                     headers={"Authorization": f"Bearer {tracker.token}"})
+    return tracker.api("PUT", path, json=body, params=params)
 
 
 @pytest.fixture(scope="module")
@@ -174,16 +173,16 @@ def test_what_sentry_uses_makes_another_issue(grouped: dict[str, str], name: str
 def test_stack_trace_rules_group_later_events(tracker: TrackerServer, project: Project, shop: Shop) -> None:
     """`-group` drops the frame that differs, `+app` brings the library frame into the app variant."""
     rules = "function:charge -group\nmodule:libhelper +app\n"
-    r = put(tracker, f"/api/0/projects/tracker/{project.slug}/grouping-rules/", {"groupingEnhancements": rules})
+    r = put(tracker, f"projects/tracker/{project.slug}/grouping-rules/", {"groupingEnhancements": rules})
     assert r.status_code == 200, r.text
-    assert tracker.api(f"/api/0/projects/tracker/{project.slug}/").json()["groupingEnhancements"] == rules
+    assert tracker.api("GET", f"projects/tracker/{project.slug}/").json()["groupingEnhancements"] == rules
     with sdk_for(project, shop):
         first = capture(lambda: shop.app("base").checkout(42))
         second = capture(lambda: shop.app("context", raise_line='raise ValueError("order %d declined" % order_id)')
                          .checkout(42))
     issue_of = issues_by_event(tracker, project, 2)
     assert issue_of[first] == issue_of[second]
-    event = tracker.api(f"/api/0/issues/{issue_of[first]}/events/{first}/").json()
+    event = tracker.api("GET", f"issues/{issue_of[first]}/events/{first}/").json()
     frames = next(e for e in event["entries"] if e["type"] == "exception")["data"]["values"][-1]["stacktrace"]["frames"]
     library = next(f for f in frames if f["module"] == "libhelper")
     charge = next(f for f in frames if f["function"] == "charge")
@@ -195,7 +194,7 @@ def test_fingerprint_rules_group_and_title_later_events(tracker: TrackerServer, 
     rules = ('error.type:PaymentDeclined -> payment-declined title="Payment declined"\n'
              'message:"*timed out*" -> timeouts\n'
              'tags.tenant:acme-* level:warning -> acme-warnings, {{ level }}\n')
-    r = put(tracker, f"/api/0/projects/tracker/{project.slug}/", {"fingerprintingRules": rules})
+    r = put(tracker, f"projects/tracker/{project.slug}/", {"fingerprintingRules": rules})
     assert r.status_code == 200 and r.json()["fingerprintingRules"] == rules, r.text
     declined = shop.app("declined", raise_line='raise PaymentDeclined(f"card {order_id}")')
     tenant = lambda name: lambda scope: (scope.set_tag("tenant", name), scope.set_level("warning"))  # noqa: E731
@@ -220,14 +219,14 @@ def test_fingerprint_rules_group_and_title_later_events(tracker: TrackerServer, 
 
 
 def test_invalid_rules_get_a_clear_error(tracker: TrackerServer, project: Project) -> None:
-    path = f"/api/0/projects/tracker/{project.slug}/grouping-rules/"
+    path = f"projects/tracker/{project.slug}/grouping-rules/"
     r = put(tracker, path, {"groupingEnhancements": "path:**/vendor/** -app\nframe:x +app"})
     assert r.status_code == 400 and "line 2" in r.json()["detail"] and "unknown matcher 'frame'" in r.json()["detail"]
     r = put(tracker, path, {"fingerprintingRules": "error.type:X payment"})
     assert r.status_code == 400 and '"->"' in r.json()["detail"]
     assert put(tracker, path, {"fingerprintingRules": 5}).status_code == 400
     assert put(tracker, path, {}).status_code == 400
-    assert tracker.api(path).json() == {"groupingEnhancements": "", "fingerprintingRules": ""}
+    assert tracker.api("GET", path).json() == {"groupingEnhancements": "", "fingerprintingRules": ""}
 
 
 def test_rules_page_saves_and_refuses_other_sites(tracker: TrackerServer, project: Project) -> None:
@@ -240,7 +239,7 @@ def test_rules_page_saves_and_refuses_other_sites(tracker: TrackerServer, projec
         assert tracker.form(page, data=good, headers=headers).status_code == 403
     r = tracker.form(page, data=good, headers={"Origin": tracker.url, "Sec-Fetch-Site": "same-origin"})
     assert r.status_code == 303
-    assert tracker.api(f"/api/0/projects/tracker/{project.slug}/grouping-rules/").json() == {
+    assert tracker.api("GET", f"projects/tracker/{project.slug}/grouping-rules/").json() == {
         "groupingEnhancements": "module:shop.* +app", "fingerprintingRules": "level:fatal -> fatal"}
     assert "module:shop.* +app" in tracker.web.get(page).text
 
@@ -280,23 +279,22 @@ def test_merge_then_unmerge(tracker: TrackerServer, project: Project, shop: Shop
     type_issue = next(i for i in issues if i["title"].startswith("TypeError"))
     type_hash = tracker.latest_event(type_issue["id"])["fingerprints"][0]
 
-    r = put(tracker, f"/api/0/projects/tracker/{project.slug}/issues/", {"merge": 1},
+    r = put(tracker, f"projects/tracker/{project.slug}/issues/", {"merge": 1},
             id=[value_issue["id"], type_issue["id"]])
     assert r.status_code == 200, r.text
     assert r.json() == {"merge": {"parent": value_issue["id"], "children": [type_issue["id"]]}}
     [merged] = tracker.issues(project)
     assert (merged["id"], merged["count"], merged["userCount"]) == (value_issue["id"], "3", 3)
-    assert tracker.api(f"/api/0/issues/{type_issue['id']}/").status_code == 404
-    activity = tracker.api(f"/api/0/issues/{merged['id']}/activities/").json()["activity"]
+    assert tracker.api("GET", f"issues/{type_issue['id']}/").status_code == 404
+    activity = tracker.api("GET", f"issues/{merged['id']}/activities/").json()["activity"]
     assert any(a["type"] == "merge" for a in activity)
     with sdk_for(project, shop):  # a later event of the merged-away issue joins the merged one
         capture(lambda: type_error.checkout(3))
     wait_for(lambda: tracker.issues(project)[0]["count"] == "4")
 
-    hashes = tracker.api(f"/api/0/issues/{merged['id']}/hashes/").json()
+    hashes = tracker.api("GET", f"issues/{merged['id']}/hashes/").json()
     assert type_hash in {h["id"] for h in hashes}
-    r = httpx.delete(f"{tracker.url}/api/0/issues/{merged['id']}/hashes/", params={"id": type_hash},
-                     headers={"Authorization": f"Bearer {tracker.token}"})
+    r = tracker.api("DELETE", f"issues/{merged['id']}/hashes/", params={"id": type_hash})
     assert r.status_code == 202, r.text
     split = {i["id"]: i for i in tracker.issues(project)}
     assert split[r.json()["id"]]["count"] == "2" and split[merged["id"]]["count"] == "2"

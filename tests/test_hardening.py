@@ -36,11 +36,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import tracker as t
-from conftest import ADMIN_PASSWORD, Project, TrackerServer, configured_server
+from conftest import ADMIN_PASSWORD, Configure, Project, TrackerServer, auth, envelope
 from receivers import WebhookReceiver, running
-from test_alerts import FAST, WEBHOOK, api, capture_events, settled
-from test_dashboard import HOSTILE, hostile_event, send_envelope
-from test_ingest import auth, envelope, zeros_bomb
+from test_alerts import FAST, WEBHOOK, capture_events, settled
+from test_dashboard import HOSTILE, hostile_event
+from test_ingest import zeros_bomb
 
 SHORT = '<script>window.__xss=1</script>"><img src=x onerror=alert(1)>'  # fits names capped at 100
 SLASHLESS = '"><img src=x onerror=alert(1)><svg onload=alert(1)> {{7*7}}'  # a release version holds no '/'
@@ -196,13 +196,13 @@ def arm_alerts(server: TrackerServer, project: Project, webhook: WebhookReceiver
     """A webhook channel and a rule, both named with markup, that fire for the hostile issue."""
     channel = {"name": SHORT, "kind": "webhook", "config": {"url": f"{webhook.hook_url}?x={urllib.parse.quote(SHORT)}",
                                                              "secret": webhook.secret, "allow_private": True}}
-    ok(api(server, "POST", "organizations/tracker/channels/", json=channel))
+    ok(server.api("POST", "organizations/tracker/channels/", json=channel))
     rule = {"name": SHORT, "frequency": 5,
             "conditions": [{"id": "sentry.rules.conditions.first_seen_event.FirstSeenEventCondition"}],
             "filters": [{"id": "sentry.rules.filters.tagged_event.TaggedEventFilter", "key": SHORT, "match": "ne",
                          "value": HOSTILE}],
             "actions": [{"id": WEBHOOK, "service": SHORT}]}
-    ok(api(server, "POST", f"projects/tracker/{project.slug}/rules/", json=rule))
+    ok(server.api("POST", f"projects/tracker/{project.slug}/rules/", json=rule))
 
 
 def decorate(server: TrackerServer, project: Project) -> None:
@@ -210,36 +210,36 @@ def decorate(server: TrackerServer, project: Project) -> None:
     deploy, a code mapping, grouping rules, an SLO and an API token; `javascript:` where a URL goes."""
     commit = {"id": "ab" * 20, "repository": SHORT, "author_name": SHORT, "author_email": JS_URL, "message": HOSTILE,
               "patch_set": [{"path": HOSTILE, "type": "M"}]}
-    ok(api(server, "POST", "organizations/tracker/releases/", json={
+    ok(server.api("POST", "organizations/tracker/releases/", json={
         "version": SLASHLESS, "projects": [project.slug], "ref": JS_URL, "url": JS_URL, "commits": [commit]}))
     version = urllib.parse.quote(SLASHLESS, safe="")
-    ok(api(server, "POST", f"organizations/tracker/releases/{version}/deploys/",
-           json={"environment": SLASHLESS, "name": SHORT, "url": JS_URL}))
-    ok(api(server, "POST", "organizations/tracker/repos/", json={"name": SHORT, "url": JS_URL}), 400)
-    ok(api(server, "POST", "organizations/tracker/code-mappings/", json={
+    ok(server.api("POST", f"organizations/tracker/releases/{version}/deploys/",
+                  json={"environment": SLASHLESS, "name": SHORT, "url": JS_URL}))
+    ok(server.api("POST", "organizations/tracker/repos/", json={"name": SHORT, "url": JS_URL}), 400)
+    ok(server.api("POST", "organizations/tracker/code-mappings/", json={
         "projectId": project.id, "repositoryUrl": 'https://github.com/acme/app"><script>window.__xss=1</script>',
         "stackRoot": "", "sourceRoot": "", "defaultBranch": SHORT}))
-    ok(api(server, "PUT", f"projects/tracker/{project.slug}/grouping-rules/",
-           json={"groupingEnhancements": f"# {SHORT}", "fingerprintingRules": f"# {SHORT}"}))
-    ok(api(server, "PUT", f"projects/tracker/{project.slug}/slo/",
-           json={"name": SHORT, "environment": HOSTILE, "objective": 0.01}))
+    ok(server.api("PUT", f"projects/tracker/{project.slug}/grouping-rules/",
+                  json={"groupingEnhancements": f"# {SHORT}", "fingerprintingRules": f"# {SHORT}"}))
+    ok(server.api("PUT", f"projects/tracker/{project.slug}/slo/",
+                  json={"name": SHORT, "environment": HOSTILE, "objective": 0.01}))
     ok(server.form("/settings/", {"token": SHORT, "scope": "read"}))
     scrubbing = {"enabled": "on", "defaults": "on", "sensitive_fields": SHORT}
     ok(server.form(f"/projects/{project.slug}/scrubbing/", scrubbing), 303)
 
 
 @pytest.fixture(scope="module")
-def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
+def hostile(configured: Configure) -> Iterator[Hostile]:
     """A tracker of its own (alert channels are organisation-wide and every project's default rule
     notifies them all): a hostile project, issue, release, channel, rule, SLO… and one alert sent."""
-    with contextlib.contextmanager(configured_server)(tmp_path_factory, "hardening", FAST) as server, \
-            contextlib.contextmanager(running)(WebhookReceiver()) as webhook:
+    server = configured("hardening", FAST)
+    with contextlib.contextmanager(running)(WebhookReceiver()) as webhook:
         project = hostile_project(server)
         arm_alerts(server, project, webhook)
         decorate(server, project)
         events = hostile_events()
         for event in events:
-            send_envelope(server, project, event)
+            server.send_event(project, event)
         [issue] = server.wait_issues(project, len(events))
         settled(server, issue["id"], 1)
         log = server.web.get(f"/projects/{project.slug}/envelopes/").text
@@ -359,7 +359,7 @@ def test_forms_echo_hostile_input_as_text(hostile: Hostile) -> None:
         r = h.server.form(path, form)
         assert r.status_code == 400, (path, r.status_code)
         assert_inert(r)
-    assert JS_URL not in api(h.server, "GET", "organizations/tracker/code-mappings/", params={"project": slug}).text
+    assert JS_URL not in h.server.api("GET", "organizations/tracker/code-mappings/", params={"project": slug}).text
 
 
 def test_raw_json_is_never_a_page(hostile: Hostile) -> None:
@@ -460,7 +460,7 @@ def test_live_page_adds_hostile_events_as_text(hostile: Hostile, tabs: dict[str,
         tab.visit(f"{hostile.server.url}/live/")
         tab.page.wait_for_function("document.querySelector('#live-state').textContent.startsWith('live')")
         event = {**hostile_event(), "fingerprint": [f"live-{kind}"]}
-        send_envelope(hostile.server, hostile.project, event)
+        hostile.server.send_event(hostile.project, event)
         link = tab.page.locator(f'#live a[href$="/{event["event_id"]}/"]')
         link.wait_for()
         assert MARK in link.inner_text()
@@ -498,7 +498,7 @@ SEARCH_FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=li
 def searched(tracker: TrackerServer) -> tuple[Project, str]:
     """A project with an issue to search (and its events page)."""
     project = tracker.create_project()
-    send_envelope(tracker, project, hostile_event())
+    tracker.send_event(project, hostile_event())
     [issue] = tracker.wait_issues(project, 1)
     return project, issue["id"]
 
@@ -620,11 +620,6 @@ def test_dashboard_answers_during_an_ingest_flood(tracker: TrackerServer, projec
 # 4. Bad ingest input
 # =============================================================================
 
-def post_envelope(tracker: TrackerServer, project: Project, body: bytes, **headers: str) -> httpx.Response:
-    return httpx.post(f"{tracker.url}/api/{project.id}/envelope/", content=body, timeout=30,
-                      headers={**auth(project), **headers})
-
-
 def event_item(payload: bytes, item_type: str = "event", **header: Any) -> bytes:
     """An envelope of one item whose payload is given as raw bytes (it may be no JSON at all)."""
     return envelope({}, ({"type": item_type, **header}, payload))
@@ -637,7 +632,7 @@ def assert_clear_answer(r: httpx.Response) -> None:
 
 def assert_alive(tracker: TrackerServer, project: Project) -> None:
     event_id = uuid.uuid4().hex
-    r = post_envelope(tracker, project, envelope({"event_id": event_id}, ({"type": "event"}, {"message": "alive"})))
+    r = tracker.send_envelope(project, body=envelope({"event_id": event_id}, ({"type": "event"}, {"message": "alive"})))
     assert r.status_code == 200 and r.json()["id"] == event_id, r.text
     assert tracker.web.get("/issues/").status_code == 200
 
@@ -647,7 +642,7 @@ def assert_issues_render(tracker: TrackerServer, project: Project, count: int) -
     for issue in tracker.wait_issues(project, count):
         assert tracker.web.get(f"/issues/{issue['id']}/").status_code == 200, issue["title"]
         assert tracker.web.get(f"/issues/{issue['id']}/events/").status_code == 200, issue["title"]
-        for event in tracker.api(f"/api/0/issues/{issue['id']}/events/").json():
+        for event in tracker.api("GET", f"issues/{issue['id']}/events/").json():
             page = tracker.web.get(f"/issues/{issue['id']}/events/{event['eventID']}/")
             assert page.status_code == 200, (issue["title"], event["eventID"])
 
@@ -670,7 +665,7 @@ def test_invalid_utf8_inside_event_json(tracker: TrackerServer, project: Project
 def test_a_900_kb_string_field(tracker: TrackerServer, project: Project) -> None:
     """Just under the 1 MiB event limit, in one string: stored, and its pages still render quickly."""
     event = {"message": "x" * 900_000, "extra": {"big": "é" * 1000}}
-    r = post_envelope(tracker, project, event_item(json.dumps(event).encode()))
+    r = tracker.send_envelope(project, body=event_item(json.dumps(event).encode()))
     assert r.status_code == 200, r.text
     started = time.monotonic()
     assert_issues_render(tracker, project, 1)
@@ -707,7 +702,7 @@ def test_wrong_types_in_every_top_level_field(tracker: TrackerServer, project: P
     stored, answers = 0, {}
     for name, fields in {**cases, **NESTED_WRONG_TYPES}.items():
         event = {"message": f"wrong type: {name}", "fingerprint": [name], **fields}
-        r = post_envelope(tracker, project, event_item(json.dumps(event).encode()))
+        r = tracker.send_envelope(project, body=event_item(json.dumps(event).encode()))
         answers[name] = r.status_code
         assert_clear_answer(r)
         stored += r.status_code == 200
@@ -727,7 +722,7 @@ def test_gzip_bomb_inside_an_envelope_item(tracker: TrackerServer, project: Proj
     ]
     for body, headers, status in cases:
         started = time.monotonic()
-        r = post_envelope(tracker, project, body, **headers)
+        r = tracker.send_envelope(project, body=body, **headers)
         assert r.status_code == status, (status, r.status_code, r.text)
         assert_clear_answer(r)
         assert time.monotonic() - started < 5
@@ -749,10 +744,10 @@ def test_extra_nested_right_at_the_limit(tracker: TrackerServer, project: Projec
     under = {"message": f"deep {kind}", "extra": {"deep": nested(t.MAX_JSON_DEPTH - 2, kind)}}
     raw = json.dumps(under).encode()
     assert not t.nested_too_deep(raw, t.MAX_JSON_DEPTH) and t.nested_too_deep(raw, t.MAX_JSON_DEPTH - 1)
-    r = post_envelope(tracker, project, event_item(json.dumps(under).encode()))
+    r = tracker.send_envelope(project, body=event_item(json.dumps(under).encode()))
     assert r.status_code == 200, r.text
     assert_issues_render(tracker, project, 1)
     over = {"message": f"deeper {kind}", "extra": {"deep": nested(t.MAX_JSON_DEPTH - 1, kind)}}
-    r = post_envelope(tracker, project, event_item(json.dumps(over).encode()))
+    r = tracker.send_envelope(project, body=event_item(json.dumps(over).encode()))
     assert r.status_code == 400 and "nested deeper" in r.json()["detail"], r.text
     assert_alive(tracker, project)

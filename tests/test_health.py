@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import httpx
 import pytest
@@ -14,25 +14,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sentry_sdk.integrations.wsgi import SentryWsgiMiddleware
 
-from conftest import Project, TrackerServer, configured_server, wait_for
+from conftest import Configure, Project, TrackerServer, wait_for
 from receivers import WebhookReceiver
 
 CONFIG = "[slo]\ninterval = 0.3\nlag = 0\n[alerts]\npoll = 0.1\nretry_delays = [0, 0.3]\n"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerServer]:
+def server(configured: Configure) -> TrackerServer:
     """A tracker of its own: SLOs are judged every 0.3 s here, with no flush lag."""
-    yield from configured_server(tmp_path_factory, "health", CONFIG)
-
-
-def api(tracker: TrackerServer, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    return httpx.request(method, f"{tracker.url}/api/0/{path}", headers={"Authorization": f"Bearer {tracker.token}"},
-                         timeout=10, **kwargs)
+    return configured("health", CONFIG)
 
 
 def sessions(tracker: TrackerServer, project: Project, **params: Any) -> dict[str, Any]:
-    r = api(tracker, "GET", "organizations/tracker/sessions/", params={"project": project.id, **params})
+    r = tracker.api("GET", "organizations/tracker/sessions/", params={"project": project.id, **params})
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -128,7 +123,7 @@ def test_bad_session_queries_are_400(server: TrackerServer, project: Project) ->
                    {"field": "sum(session)", "statsPeriod": "forever"},
                    {"field": "sum(session)", "statsPeriod": "365d", "interval": "1m"},
                    {"field": "sum(session)", "query": "user.email:x"}):
-        r = api(server, "GET", "organizations/tracker/sessions/", params=params)
+        r = server.api("GET", "organizations/tracker/sessions/", params=params)
         assert r.status_code == 400 and r.json()["detail"], (params, r.text)
 
 
@@ -136,9 +131,8 @@ def test_events_stats_counts_error_events(server: TrackerServer) -> None:
     project = server.create_project()
     serve_requests(project, ["/error"] * 3, f"{project.slug}@3.0")
     server.wait_issues(project, 3)
-    r = api(server, "GET", "organizations/tracker/events-stats/",
-            params={"project": project.id, "field": "count()", "query": "event.type:error", "statsPeriod": "1h",
-                    "interval": "10m"})
+    r = server.api("GET", "organizations/tracker/events-stats/", params={
+        "project": project.id, "field": "count()", "query": "event.type:error", "statsPeriod": "1h", "interval": "10m"})
     assert r.status_code == 200, r.text
     body = r.json()
     assert sum(point[1][0]["count"] for point in body["data"]) == 3 and body["start"] < body["end"]
@@ -147,17 +141,17 @@ def test_events_stats_counts_error_events(server: TrackerServer) -> None:
 
 def test_slo_breaches_and_recovers_through_a_channel(server: TrackerServer, webhook: WebhookReceiver) -> None:
     project = server.create_project()
-    channel = api(server, "POST", "organizations/tracker/channels/", json={
+    channel = server.api("POST", "organizations/tracker/channels/", json={
         "name": f"slo-{project.slug}", "kind": "webhook",
         "config": {"url": f"{webhook.url}/hook", "secret": webhook.secret, "allow_private": True}}).json()
     try:
-        r = api(server, "PUT", f"projects/tracker/{project.slug}/slo/",
-                json={"name": "Checkout budget", "metric": "errored_sessions", "objective": 0.001, "window": 10,
-                      "minTotal": 10})
+        r = server.api("PUT", f"projects/tracker/{project.slug}/slo/",
+                       json={"name": "Checkout budget", "metric": "errored_sessions", "objective": 0.001, "window": 10,
+                             "minTotal": 10})
         assert r.status_code == 200, r.text
         assert r.json()["description"] == "errored sessions < 0.1% over 10 minutes"
         serve_requests(project, ["/"] * 18 + ["/crash"] * 2, f"{project.slug}@4.0")  # 10% errored
-        breached = wait_for(lambda: (s := api(server, "GET", f"projects/tracker/{project.slug}/slo/").json())
+        breached = wait_for(lambda: (s := server.api("GET", f"projects/tracker/{project.slug}/slo/").json())
                             ["state"] == "breached" and s)
         assert breached["value"] == pytest.approx(0.1) and breached["total"] == 20 and breached["burnRate"] > 99
         def slo_alerts() -> list[dict[str, Any]]:  # the crashes' new issue is announced there too
@@ -166,7 +160,7 @@ def test_slo_breaches_and_recovers_through_a_channel(server: TrackerServer, webh
         assert alert["action"] == "critical"
         assert "Checkout budget" in alert["data"]["description_title"]
         serve_requests(project, ["/"] * 2000, f"{project.slug}@4.0")  # 2 in 2020: under 0.1%
-        recovered = wait_for(lambda: (s := api(server, "GET", f"projects/tracker/{project.slug}/slo/").json())
+        recovered = wait_for(lambda: (s := server.api("GET", f"projects/tracker/{project.slug}/slo/").json())
                              ["state"] == "ok" and s, timeout=20)
         assert recovered["value"] < 0.001 and any(h["state"] == "breached" for h in recovered["history"])
         wait_for(lambda: [a["action"] for a in slo_alerts()] == ["critical", "resolved"])
@@ -177,7 +171,7 @@ def test_slo_breaches_and_recovers_through_a_channel(server: TrackerServer, webh
         page = server.web.get(f"/projects/{project.slug}/slo/", timeout=10).text
         assert "errored sessions &lt; 0.1% over 10 minutes" in page and "ok" in page
     finally:
-        api(server, "DELETE", f"organizations/tracker/channels/{channel['id']}/")
+        server.api("DELETE", f"organizations/tracker/channels/{channel['id']}/")
 
 
 def test_transactions_are_counted(server: TrackerServer) -> None:
@@ -191,10 +185,11 @@ def test_transactions_are_counted(server: TrackerServer) -> None:
     finally:
         sentry_sdk.get_client().close()
         sentry_sdk.init()
-    r = api(server, "PUT", f"projects/tracker/{project.slug}/slo/",
-            json={"metric": "error_events", "objective": 0.5, "window": 10, "minTotal": 1})
+    r = server.api("PUT", f"projects/tracker/{project.slug}/slo/",
+                   json={"metric": "error_events", "objective": 0.5, "window": 10, "minTotal": 1})
     assert r.status_code == 200
-    state = wait_for(lambda: (s := api(server, "GET", f"projects/tracker/{project.slug}/slo/").json())["total"] == 3 and s)
+    slo = f"projects/tracker/{project.slug}/slo/"
+    state = wait_for(lambda: (s := server.api("GET", slo).json())["total"] == 3 and s)
     assert state["state"] == "ok" and state["value"] == 0
 
 
@@ -202,9 +197,9 @@ def test_slo_and_release_health_in_a_browser(server: TrackerServer, tmp_path: Pa
     """The SLO page and the release's health, as a person sees them (screenshots left in tmp_path)."""
     project = server.create_project()
     release = f"{project.slug}@6.0"
-    api(server, "PUT", f"projects/tracker/{project.slug}/slo/", json={"objective": 0.01, "window": 10, "minTotal": 5})
+    server.api("PUT", f"projects/tracker/{project.slug}/slo/", json={"objective": 0.01, "window": 10, "minTotal": 5})
     serve_requests(project, ["/"] * 9 + ["/crash"], release)
-    wait_for(lambda: api(server, "GET", f"projects/tracker/{project.slug}/slo/").json()["state"] == "breached")
+    wait_for(lambda: server.api("GET", f"projects/tracker/{project.slug}/slo/").json()["state"] == "breached")
     page = server.browser_context(browser, viewport={"width": 1280, "height": 800}).new_page()
     page.goto(f"{server.url}/projects/{project.slug}/slo/")
     assert page.locator(".slo-state").inner_text() == "breached"
@@ -228,6 +223,6 @@ VALUES = st.one_of(st.sampled_from(["sum(session)", "count()", "release", "sessi
 @given(params=st.lists(st.tuples(PARAMS, VALUES), max_size=6))
 def test_stats_queries_never_fail_with_5xx(server: TrackerServer, params: list[tuple[str, str]]) -> None:
     for endpoint in ("sessions", "events-stats"):
-        r = api(server, "GET", f"organizations/tracker/{endpoint}/", params=params)
+        r = server.api("GET", f"organizations/tracker/{endpoint}/", params=params)
         assert r.status_code in (200, 400), (endpoint, params, r.status_code, r.text[:200])
         assert r.headers["content-type"] == "application/json"

@@ -16,47 +16,32 @@ import time
 import uuid
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import httpx
 import pytest
 import sentry_sdk
 from sentry_sdk.crons import capture_checkin
 
-from conftest import Project, TrackerServer, configured_server, start_server, stop_server, wait_for
+from conftest import Configure, Project, TrackerServer, envelope, start_server, stop_server, wait_for
 from test_ingest import worker_pids
+from test_limits import WINDOW
 
 MIB = 1024 * 1024
 DAILY = {"schedule": {"type": "crontab", "value": "0 4 * * *"}}  # a monitor nothing is due for during a test
-RATE_KEYS = [f"{n:x}" * 32 for n in range(10, 14)]  # four projects of rate_limit = 3 (a, b, c, d keys)
-CONFIG = "".join(f'[[projects]]\nname = "limited-{n}"\nslug = "limited-{n}"\ndsn_key = "{key}"\nrate_limit = 3\n\n'
-                 for n, key in enumerate(RATE_KEYS))
+RATE_KEYS = [f"{n:x}" * 32 for n in range(10, 12)]  # two projects of rate_limit = 3 (a, b keys)
+CONFIG = f"[limits]\nwindow = {WINDOW}\n\n" + "".join(
+    f'[[projects]]\nname = "limited-{n}"\nslug = "limited-{n}"\ndsn_key = "{key}"\nrate_limit = 3\n\n'
+    for n, key in enumerate(RATE_KEYS))
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerServer]:
-    yield from configured_server(tmp_path_factory, "hostile", CONFIG)
-
-
-def auth(project: Project) -> dict[str, str]:
-    return {"X-Sentry-Auth": f"Sentry sentry_key={project.key}, sentry_version=7, sentry_client=hostile/1.0"}
-
-
-def envelope(*items: tuple[dict[str, Any], bytes], header: dict[str, Any] | None = None) -> bytes:
-    parts = [json.dumps({"event_id": uuid.uuid4().hex} if header is None else header).encode()]
-    for item_header, payload in items:
-        parts += [json.dumps({**item_header, "length": len(payload)}).encode(), payload]
-    return b"\n".join(parts) + b"\n"
+def server(configured: Configure) -> TrackerServer:
+    return configured("hostile", CONFIG)
 
 
 def gzipped(body: bytes) -> bytes:
     c = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     return c.compress(body) + c.flush()
-
-
-def post(server: TrackerServer, project: Project, body: bytes, timeout: float = 60, **headers: str) -> httpx.Response:
-    return httpx.post(f"{server.url}/api/{project.id}/envelope/", content=body, headers={**auth(project), **headers},
-                      timeout=timeout)
 
 
 def outcomes(server: TrackerServer, project: Project) -> list[list[Any]]:
@@ -93,20 +78,21 @@ HOSTILE: dict[str, tuple[Callable[[], bytes], int]] = {
     "an item header over the 4 KiB cap": (
         lambda: b"{}\n" + json.dumps({"type": "x", "pad": [0] * 3000}).encode() + b"\n{}\n", 413),
     "999 ten-byte attachments": (
-        lambda: envelope(*[({"type": "attachment", "filename": f"a{n}.txt"}, b"0123456789") for n in range(999)]), 200),
+        lambda: envelope(None, *[({"type": "attachment", "filename": f"a{n}.txt"}, b"0123456789")
+                                 for n in range(999)]), 200),
     "deep JSON in every kind of item": (
-        lambda: envelope(*[({"type": kind}, b"[" * depth + b"]" * depth) for depth in (100, 50_000)
+        lambda: envelope(None, *[({"type": kind}, b"[" * depth + b"]" * depth) for depth in (100, 50_000)
                            for kind in ("check_in", "feedback", "client_report", "user_report", "transaction")] * 75),
         200),
     "100 wide JSON items of 1 MB": (
-        lambda: envelope(*[({"type": kind}, json.dumps({"a": [0] * 330_000}).encode())
+        lambda: envelope(None, *[({"type": kind}, json.dumps({"a": [0] * 330_000}).encode())
                            for kind in ("feedback", "session", "transaction", "user_report")] * 25), 200),
     "a 90 MiB decompression bomb in one attachment": (
-        lambda: envelope(({"type": "attachment", "filename": "zeros"}, bytes(90 * MIB))), 200),
-    "100 sessions items of 100 buckets": (lambda: envelope(*[({"type": "sessions"}, buckets(100))] * 100), 200),
-    "101 sessions items": (lambda: envelope(*[({"type": "sessions"}, buckets(1))] * 101), 413),
+        lambda: envelope(None, ({"type": "attachment", "filename": "zeros"}, bytes(90 * MIB))), 200),
+    "100 sessions items of 100 buckets": (lambda: envelope(None, *[({"type": "sessions"}, buckets(100))] * 100), 200),
+    "101 sessions items": (lambda: envelope(None, *[({"type": "sessions"}, buckets(1))] * 101), 413),
     "1,000 log and span items of 100 KB": (
-        lambda: envelope(*[({"type": kind, "item_count": 1}, b'{"items":[' + b"{}," * 33_000 + b"{}]}")
+        lambda: envelope(None, *[({"type": kind, "item_count": 1}, b'{"items":[' + b"{}," * 33_000 + b"{}]}")
                            for kind in ("log", "span")] * 500), 200),
 }
 
@@ -120,18 +106,18 @@ def test_no_hostile_envelope_leaves_the_server_bigger(tmp_path: Path) -> None:
         project = server.create_project("memory")
         bodies = {name: gzipped(make()) for name, (make, _) in HOSTILE.items()}
         assert max(len(body) for body in bodies.values()) < MIB
-        ordinary = envelope(({"type": "event"}, json.dumps({"message": "warm-up"}).encode()))
-        assert post(server, project, ordinary).status_code == 200
+        ordinary = envelope(None, ({"type": "event"}, json.dumps({"message": "warm-up"}).encode()))
+        assert server.send_envelope(project, body=ordinary).status_code == 200
         before = rss_mb(server)
         for _ in range(2):
             for name, body in bodies.items():
-                r = post(server, project, body, **{"Content-Encoding": "gzip"})
+                r = server.send_envelope(project, body=body, **{"Content-Encoding": "gzip"})
                 assert r.status_code == HOSTILE[name][1], (name, r.status_code, r.text)
                 if r.status_code == 413:
                     assert "exceeded size limits" in r.json()["detail"], name
         grown = rss_mb(server) - before
         assert grown < 8, f"the server grew by {grown:.0f} MB"
-        assert post(server, project, ordinary).status_code == 200  # and still takes events
+        assert server.send_envelope(project, body=ordinary).status_code == 200  # and still takes events
     finally:
         stop_server(server)
 
@@ -147,7 +133,7 @@ def test_caps_drop_what_is_over_with_an_outcome(server: TrackerServer) -> None:
              ({"type": "sessions"}, buckets(101)),
              ({"type": "client_report"}, json.dumps({"discarded_events": [], "pad": "x" * 5000}).encode()),
              ({"type": "check_in"}, json.dumps({"monitor_slug": "big", "status": "ok", "pad": "x" * 110_000}).encode())]
-    r = post(server, project, envelope(*items, header={"event_id": event_id}))
+    r = server.send_envelope(project, body=envelope({"event_id": event_id}, *items))
     assert r.status_code == 200 and r.json() == {"id": event_id}
     found = [outcome for _, _, outcome in outcomes(server, project)]
     assert found[:2] == ["stored", "dropped: an envelope holds one event"]
@@ -161,8 +147,8 @@ def test_caps_drop_what_is_over_with_an_outcome(server: TrackerServer) -> None:
     assert stored[0] == 100 and usage[0] == stored[1]  # the quota's running total is the stored bytes
 
     def dropped() -> dict[tuple[str, str], int] | None:
-        r = server.api("/api/0/organizations/tracker/stats_v2/", field="sum(quantity)", groupBy=["reason", "category"],
-                       statsPeriod="1h", project=project.id)
+        r = server.api("GET", "organizations/tracker/stats_v2/", params={
+            "field": "sum(quantity)", "groupBy": ["reason", "category"], "statsPeriod": "1h", "project": project.id})
         found = {(g["by"]["reason"], g["by"]["category"]): g["totals"]["sum(quantity)"] for g in r.json()["groups"]}
         return found if ("too_large", "monitor") in found else None
     counted = wait_for(dropped, timeout=20)
@@ -178,19 +164,19 @@ def test_tiny_attachments_do_not_stall_another_project(server: TrackerServer) ->
     the writer for 14 s: a sum(size) query and a compression in the writer for each) and then five
     of 999, another project's events are each acknowledged (committed) in well under a second."""
     hostile, other = server.create_project(), server.create_project()
-    attack = [envelope(*[({"type": "attachment", "filename": f"t{n}.bin"}, b"0123456789") for n in range(count)])
+    attack = [envelope(None, *[({"type": "attachment", "filename": f"t{n}.bin"}, b"0123456789") for n in range(count)])
               for count in (8000, 999, 999, 999, 999, 999)]
     answers: list[int] = []
 
     def send_attack() -> None:
         for body in attack:
-            answers.append(post(server, hostile, body).status_code)
+            answers.append(server.send_envelope(hostile, body=body).status_code)
     thread = threading.Thread(target=send_attack)
     thread.start()
     acks = []
     while thread.is_alive() or not acks:
         started = time.monotonic()
-        r = post(server, other, envelope(({"type": "event"}, json.dumps({"message": "meanwhile"}).encode())))
+        r = server.send_envelope(other, ({"type": "event"}, json.dumps({"message": "meanwhile"}).encode()))
         acks.append(time.monotonic() - started)
         assert r.status_code == 200, r.text
     thread.join()
@@ -201,27 +187,6 @@ def test_tiny_attachments_do_not_stall_another_project(server: TrackerServer) ->
 
 
 # -- rate limits by data category -------------------------------------------------------------------
-
-def limited_projects(server: TrackerServer, test: int) -> Iterator[Project]:
-    """Two of the config's projects of rate_limit = 3 for one test, each fresh for a run of its scenario."""
-    ids = {p["slug"]: int(p["id"]) for p in server.api("/api/0/organizations/tracker/projects/").json()}
-    for n, key in list(enumerate(RATE_KEYS))[2 * test:2 * test + 2]:
-        slug = f"limited-{n}"
-        yield Project(id=ids[slug], slug=slug, dsn=f"http://{key}@127.0.0.1:{server.port}/{ids[slug]}", key=key)
-
-
-def in_one_window(scenario: Callable[[Project], None], projects: Iterator[Project]) -> None:
-    """Run a rate-limit scenario on a fresh project; if it failed because a minute began during it
-    (the limits count in one-minute windows), run it once more on another: two boundaries cannot
-    fall within seconds."""
-    for attempt in range(2):
-        minute = int(time.time() // 60)
-        try:
-            return scenario(next(projects))
-        except AssertionError:
-            if attempt or int(time.time() // 60) == minute:
-                raise
-
 
 def item(kind: str) -> tuple[dict[str, Any], bytes]:
     now = time.time()
@@ -243,51 +208,49 @@ def test_event_less_envelopes_are_rate_limited_by_category(server: TrackerServer
     envelope of attachments (no event) gets 429, Retry-After and `attachment` in X-Sentry-Rate-Limits,
     while an event still passes; beside a kept item the limited one is dropped and the 200 carries
     the header alone; feedback, sessions and check-ins (monitor) are limited the same way."""
-    def scenario(project: Project) -> None:
-        statuses = [post(server, project, envelope(item("attachment"))) for _ in range(4)]
-        assert [r.status_code for r in statuses] == [200, 200, 200, 429]
-        assert not any("x-sentry-rate-limits" in r.headers or "retry-after" in r.headers for r in statuses[:3])
-        refused = statuses[3]
-        seconds = int(refused.headers["retry-after"])
-        assert 1 <= seconds <= 60 and "project quota" in refused.json()["detail"]
-        assert refused.headers["x-sentry-rate-limits"] == f"{seconds}:attachment:project:project_quota"
-        assert post(server, project, envelope(item("event"))).status_code == 200  # errors have their own budget
+    project = server.config_project("limited-0", RATE_KEYS[0])
+    statuses = [server.send_envelope(project, item("attachment")) for _ in range(4)]
+    assert [r.status_code for r in statuses] == [200, 200, 200, 429]
+    assert not any("x-sentry-rate-limits" in r.headers or "retry-after" in r.headers for r in statuses[:3])
+    refused = statuses[3]
+    seconds = int(refused.headers["retry-after"])
+    assert abs(seconds - (WINDOW - time.time() % WINDOW)) < 2 and "project quota" in refused.json()["detail"]
+    assert refused.headers["x-sentry-rate-limits"] == f"{seconds}:attachment:project:project_quota"
+    assert server.send_envelope(project, item("event")).status_code == 200  # errors have their own budget
 
-        mixed = post(server, project, envelope(item("attachment"), item("check_in")))
-        assert mixed.status_code == 200 and "retry-after" not in mixed.headers
-        assert mixed.headers["x-sentry-rate-limits"].endswith(":attachment:project:project_quota")
-        attachment, check_in = [outcome for _, _, outcome in outcomes(server, project)]
-        assert attachment == "dropped: rate limited" and not check_in.startswith("dropped"), check_in
-        for kind, category, passing in (("feedback", "feedback", 3), ("session", "session", 3),
-                                        ("check_in", "monitor", 2)):
-            answers = [post(server, project, envelope(item(kind))) for _ in range(passing + 1)]
-            assert [r.status_code for r in answers] == [200] * passing + [429], kind
-            assert answers[-1].headers["x-sentry-rate-limits"].split(":")[1] == category
-    in_one_window(scenario, limited_projects(server, 0))
+    mixed = server.send_envelope(project, item("attachment"), item("check_in"))
+    assert mixed.status_code == 200 and "retry-after" not in mixed.headers
+    assert mixed.headers["x-sentry-rate-limits"].endswith(":attachment:project:project_quota")
+    attachment, check_in = [outcome for _, _, outcome in outcomes(server, project)]
+    assert attachment == "dropped: rate limited" and not check_in.startswith("dropped"), check_in
+    for kind, category, passing in (("feedback", "feedback", 3), ("session", "session", 3),
+                                    ("check_in", "monitor", 2)):
+        answers = [server.send_envelope(project, item(kind)) for _ in range(passing + 1)]
+        assert [r.status_code for r in answers] == [200] * passing + [429], kind
+        assert answers[-1].headers["x-sentry-rate-limits"].split(":")[1] == category
 
 
 def test_sdk_backs_off_check_ins_alone(server: TrackerServer) -> None:
-    """The real sentry-sdk, told `monitor` is limited (429 on its fourth check-in of the minute),
+    """The real sentry-sdk, told `monitor` is limited (429 on its fourth check-in of the window),
     sends no more check-ins but still sends errors."""
-    def scenario(project: Project) -> None:
-        sentry_sdk.init(dsn=project.dsn, default_integrations=False)
-        try:
-            for n in range(6):
-                capture_checkin(monitor_slug="nightly", status="ok", monitor_config=DAILY)
-                sentry_sdk.flush()
-            sentry_sdk.capture_message("still reported", level="error")
+    project = server.config_project("limited-1", RATE_KEYS[1])
+    sentry_sdk.init(dsn=project.dsn, default_integrations=False)
+    try:
+        for n in range(6):
+            capture_checkin(monitor_slug="nightly", status="ok", monitor_config=DAILY)
             sentry_sdk.flush()
-        finally:
-            sentry_sdk.get_client().close()
-            sentry_sdk.init()
-        with sqlite3.connect(server.db) as conn:
-            logged = [json.loads(row[0]) for row in conn.execute(
-                "SELECT items FROM envelopes WHERE project_id = ? ORDER BY id", (project.id,))]
-        check_ins = [items[0][2] for items in logged if items[0][0] == "check_in"]
-        assert len(check_ins) == 4, check_ins  # three kept, one refused: then the SDK stopped sending them
-        assert not any(o.startswith("dropped") for o in check_ins[:3]) and check_ins[3] == "dropped: rate limited"
-        assert [issue["title"] for issue in server.issues(project)] == ["still reported"]
-    in_one_window(scenario, limited_projects(server, 1))
+        sentry_sdk.capture_message("still reported", level="error")
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.get_client().close()
+        sentry_sdk.init()
+    with sqlite3.connect(server.db) as conn:
+        logged = [json.loads(row[0]) for row in conn.execute(
+            "SELECT items FROM envelopes WHERE project_id = ? ORDER BY id", (project.id,))]
+    check_ins = [items[0][2] for items in logged if items[0][0] == "check_in"]
+    assert len(check_ins) == 4, check_ins  # three kept, one refused: then the SDK stopped sending them
+    assert not any(o.startswith("dropped") for o in check_ins[:3]) and check_ins[3] == "dropped: rate limited"
+    assert [issue["title"] for issue in server.issues(project)] == ["still reported"]
 
 
 # -- a stopped event worker ---------------------------------------------------------------------------
@@ -302,15 +265,15 @@ def test_a_stopped_worker_is_replaced_and_nothing_is_stored_twice(tmp_path: Path
         project = server.create_project("stopped")
         [stopped] = wait_for(lambda: worker_pids(server))
         sent = [uuid.uuid4().hex for _ in range(12)]
-        body = lambda event_id: envelope(({"type": "event"}, json.dumps({"message": "during the stop"}).encode()),
-                                         header={"event_id": event_id})
-        assert post(server, project, body(sent[0])).status_code == 200  # through the worker
+        body = lambda event_id: envelope({"event_id": event_id},
+                                         ({"type": "event"}, json.dumps({"message": "during the stop"}).encode()))
+        assert server.send_envelope(project, body=body(sent[0])).status_code == 200  # through the worker
         os.kill(stopped, signal.SIGSTOP)
         try:
             answers = []
             for event_id in sent[1:]:
                 started = time.monotonic()
-                r = post(server, project, body(event_id), timeout=30)
+                r = server.send_envelope(project, body=body(event_id), timeout=30)
                 answers.append((r.status_code, time.monotonic() - started))
         finally:
             with contextlib.suppress(ProcessLookupError):
@@ -321,7 +284,7 @@ def test_a_stopped_worker_is_replaced_and_nothing_is_stored_twice(tmp_path: Path
         assert not Path(f"/proc/{stopped}").exists() or b"prepare-worker" not in Path(
             f"/proc/{stopped}/cmdline").read_bytes()
         later = uuid.uuid4().hex
-        assert post(server, project, body(later)).status_code == 200  # through the new worker
+        assert server.send_envelope(project, body=body(later)).status_code == 200  # through the new worker
         with sqlite3.connect(server.db) as conn:
             stored = [row[0] for row in conn.execute("SELECT event_id FROM events WHERE project_id = ?", (project.id,))]
             logged = [outcome for row in conn.execute("SELECT items FROM envelopes WHERE project_id = ?", (project.id,))

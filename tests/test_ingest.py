@@ -21,7 +21,7 @@ import brotli
 import httpx
 import pytest
 import zstandard
-from conftest import Project, TrackerServer, start_server, stop_server, wait_for
+from conftest import Project, TrackerServer, auth, envelope, start_server, stop_server, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,38 +33,15 @@ CORS_ALLOWED_HEADERS = ("x-sentry-auth", "x-requested-with", "x-forwarded-for", 
 
 # -- helpers ------------------------------------------------------------------------------
 
-def envelope(header: dict[str, Any], *items: tuple[dict[str, Any], bytes | dict[str, Any]],
-             with_length: bool = True, final_newline: bool = True) -> bytes:
-    """Serialise an envelope; `with_length=False` writes JS-style items (no length header)."""
-    parts = [json.dumps(header).encode()]
-    for item_header, payload in items:
-        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        item_header = {**item_header, "length": len(body)} if with_length else item_header
-        parts += [json.dumps(item_header).encode(), body]
-    return b"\n".join(parts) + (b"\n" if final_newline else b"")
-
-
 def event_envelope(event: dict[str, Any], event_id: str | None = None) -> bytes:
     header = {"event_id": event_id} if event_id else {}
     return envelope(header, ({"type": "event", "content_type": "application/json"}, event))
-
-
-def auth(project: Project) -> dict[str, str]:
-    return {"X-Sentry-Auth": f"Sentry sentry_key={project.key}, sentry_version=7, sentry_client=tests/1.0"}
 
 
 def post(tracker: TrackerServer, project_id: int | str, body: Any, headers: dict[str, str] | None = None,
          kind: str = "envelope", **kwargs: Any) -> httpx.Response:
     return httpx.post(f"{tracker.url}/api/{project_id}/{kind}/", content=body, headers=headers or {},
                       timeout=30, **kwargs)
-
-
-def send_event(tracker: TrackerServer, project: Project, event: dict[str, Any], event_id: str | None = None,
-               headers: dict[str, str] | None = None) -> str:
-    """POST one event, require a 200 and return the acknowledged id."""
-    r = post(tracker, project.id, event_envelope(event, event_id), {**auth(project), **(headers or {})})
-    assert r.status_code == 200, r.text
-    return r.json()["id"]
 
 
 def only_issue(tracker: TrackerServer, project: Project) -> dict[str, Any]:
@@ -74,11 +51,11 @@ def only_issue(tracker: TrackerServer, project: Project) -> dict[str, Any]:
 
 
 def ingest_one(tracker: TrackerServer, project: Project, event: dict[str, Any],
-               **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+               **headers: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Send one event to a fresh project; return (its issue, the stored event) from the JSON API."""
-    event_id = send_event(tracker, project, event, **kwargs)
+    event_id = tracker.send_event(project, event, **headers)
     issue = only_issue(tracker, project)
-    r = tracker.api(f"/api/0/issues/{issue['id']}/events/{event_id}/")
+    r = tracker.api("GET", f"issues/{issue['id']}/events/{event_id}/")
     assert r.status_code == 200, r.text
     return issue, r.json()
 
@@ -440,8 +417,8 @@ def test_envelope_header_event_id_wins(tracker: TrackerServer, project: Project)
              auth(project))
     assert_ok(r, header_id.hex)  # dashed upper-case header (sentry-cli) → 32 lowercase hex
     issue = only_issue(tracker, project)
-    assert tracker.api(f"/api/0/issues/{issue['id']}/events/{header_id.hex}/").status_code == 200
-    assert tracker.api(f"/api/0/issues/{issue['id']}/events/{payload_id}/").status_code == 404
+    assert tracker.api("GET", f"issues/{issue['id']}/events/{header_id.hex}/").status_code == 200
+    assert tracker.api("GET", f"issues/{issue['id']}/events/{payload_id}/").status_code == 404
 
 
 def test_payload_event_id_is_normalised(tracker: TrackerServer, project: Project) -> None:
@@ -458,7 +435,7 @@ def test_same_event_id_twice_stores_one_event(tracker: TrackerServer, project: P
         assert_ok(post(tracker, project.id, event_envelope({"message": "resent"}, form), auth(project)), event_id)
     issue = only_issue(tracker, project)
     assert issue["count"] == "1"
-    r = tracker.api(f"/api/0/issues/{issue['id']}/events/")
+    r = tracker.api("GET", f"issues/{issue['id']}/events/")
     assert [e["eventID"] for e in r.json()] == [event_id]
 
 
@@ -562,7 +539,7 @@ def test_js_synthetic_exception_without_type(tracker: TrackerServer, project: Pr
 def test_auto_ip_address_is_the_client_address(tracker: TrackerServer, project: Project) -> None:
     # X-Forwarded-For comes from an untrusted client here, so it must not be believed
     _, event = ingest_one(tracker, project, {"message": "ip", "user": {"id": "u1", "ip_address": "{{auto}}"}},
-                          headers={"X-Forwarded-For": "203.0.113.9"})
+                          **{"X-Forwarded-For": "203.0.113.9"})
     assert event["user"]["ip_address"] == "127.0.0.1"
     assert event["user"]["id"] == "u1"
 

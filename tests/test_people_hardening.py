@@ -18,7 +18,7 @@ from conftest import ROOT, Project, TrackerServer, start_server, stop_server, wa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from receivers import WebhookReceiver
-from test_auth import api, person, signed_in
+from test_auth import person, signed_in
 from test_health import serve_requests, sessions
 
 import tracker as t
@@ -66,8 +66,8 @@ def test_a_search_too_long_is_a_400_and_a_page_message(tracker: TrackerServer, s
                                                         query: str) -> None:
     """60,000 characters was a plain-text 500 (`LIKE or GLOB pattern too complex`)."""
     (project, issue_id), web = searched, tracker.web
-    for path in (f"/api/0/projects/tracker/{project.slug}/issues/", f"/api/0/issues/{issue_id}/events/"):
-        r = tracker.api(path, query=query)
+    for path in (f"projects/tracker/{project.slug}/issues/", f"issues/{issue_id}/events/"):
+        r = tracker.api("GET", path, params={"query": query})
         assert r.status_code == 400, (path, r.status_code, r.text[:200])
         assert r.json()["detail"] == (f"Invalid search query: a search has at most {t.MAX_SEARCH_LENGTH} "
                                       f"characters, this one {len(query)}")
@@ -99,7 +99,7 @@ def test_fuzz_long_wildcard_searches_answer_quickly(tracker: TrackerServer, sear
     """Within the bounds any pattern is evaluated (a list); past them a 400; never slow (a few ms)."""
     project, _ = searched
     started = time.monotonic()
-    r = tracker.api(f"/api/0/projects/tracker/{project.slug}/issues/", query=query)
+    r = tracker.api("GET", f"projects/tracker/{project.slug}/issues/", params={"query": query})
     within = len(query) <= t.MAX_SEARCH_LENGTH and len(query.split()) <= t.MAX_SEARCH_TERMS
     assert r.status_code == (200 if within else 400), (query[:80], r.text[:200])
     assert within or r.json()["detail"].startswith("Invalid search query")
@@ -136,7 +136,7 @@ def ways_in(server: TrackerServer, name: str, password: str) -> tuple[httpx.Clie
     page = browser.post("/settings/", data={"csrf": csrf, "token": f"token of {name}", "scope": "read"})
     token = re.search(r'<pre class="mono">([0-9a-f]{64})</pre>', page.text)[1]  # type: ignore[index]
     link = server.cli("user", "link", name).split()[0]
-    assert api(server, "GET", "organizations/", token).status_code == 200
+    assert server.api("GET", "organizations/", token).status_code == 200
     return browser, link, token
 
 
@@ -144,7 +144,7 @@ def assert_shut_out(server: TrackerServer, name: str, password: str, ways: tuple
     browser, link, token = ways
     assert browser.get("/issues/").status_code == 302
     assert httpx.get(link, timeout=10).status_code == 403
-    assert api(server, "GET", "organizations/", token).status_code == 401
+    assert server.api("GET", "organizations/", token).status_code == 401
     login = httpx.post(f"{server.url}/login", data={"name": name, "password": password}, timeout=10)
     assert login.status_code == 401 and "Wrong user name or password" in login.text  # no hint that they exist
 
@@ -166,7 +166,7 @@ def test_cli_disable_enable_and_delete(tracker: TrackerServer) -> None:
 
     tracker.cli("user", "enable", name)
     browser = signed_in_again(tracker, name, password)
-    assert api(tracker, "GET", "organizations/", ways[2]).status_code == 401  # revoked tokens stay revoked
+    assert tracker.api("GET", "organizations/", ways[2]).status_code == 401  # revoked tokens stay revoked
 
     link = tracker.cli("user", "link", name).split()[0]
     assert tracker.cli("user", "delete", name).startswith(f"Deleted {name}")

@@ -12,7 +12,6 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from conftest import Project, TrackerServer, charge_under_sdk, wait_for
@@ -32,13 +31,8 @@ def cli(tracker: TrackerServer, project: Project, *args: str, cwd: Path | None =
     return out
 
 
-def api(tracker: TrackerServer, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    return httpx.request(method, f"{tracker.url}/api/0/{path}", headers={"Authorization": f"Bearer {tracker.token}"},
-                         timeout=10, **kwargs)
-
-
 def release(tracker: TrackerServer, version: str) -> dict[str, Any]:
-    r = api(tracker, "GET", f"organizations/tracker/releases/{urllib.parse.quote(version, safe='@')}/")
+    r = tracker.api("GET", f"organizations/tracker/releases/{urllib.parse.quote(version, safe='@')}/")
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -90,10 +84,10 @@ def test_release_lifecycle(tracker: TrackerServer, project: Project) -> None:
     cli(tracker, project, "releases", "deploys", version, "new", "-e", "staging")  # the old spelling
     listed = cli(tracker, project, "deploys", "list", "-r", version).stdout
     assert "prod" in listed and "staging" in listed and "blue" in listed
-    deploys = api(tracker, "GET", f"organizations/tracker/releases/{urllib.parse.quote(version)}/deploys/").json()
+    deploys = tracker.api("GET", f"organizations/tracker/releases/{urllib.parse.quote(version)}/deploys/").json()
     assert [d["environment"] for d in deploys] == ["staging", "prod"]
     assert release(tracker, version)["lastDeploy"]["environment"] == "staging"
-    again = api(tracker, "POST", "organizations/tracker/releases/", json={"version": version, "projects": [project.slug]})
+    again = tracker.api("POST", "organizations/tracker/releases/", json={"version": version, "projects": [project.slug]})
     assert again.status_code == 208 and again.json()["version"] == version
     cli(tracker, project, "releases", "delete", version)
     assert cli(tracker, project, "releases", "info", version, check=False).returncode != 0
@@ -128,18 +122,18 @@ def test_set_commits_local_ranges_and_fixes(tracker: TrackerServer, project: Pro
     third = commit(repo, "Add docs", {"README": "docs\n"})
     cli(tracker, project, "releases", "new", v2)
     cli(tracker, project, "releases", "set-commits", v2, "--auto", cwd=repo)  # no repository registered: local git
-    commits = api(tracker, "GET", f"organizations/tracker/releases/{v1}/commits/").json()
+    commits = tracker.api("GET", f"organizations/tracker/releases/{v1}/commits/").json()
     assert [c["id"] for c in commits] == [first]
-    commits = api(tracker, "GET", f"organizations/tracker/releases/{v2}/commits/").json()
+    commits = tracker.api("GET", f"organizations/tracker/releases/{v2}/commits/").json()
     assert [c["id"] for c in commits] == [third, second]  # only what is new since the previous release
     assert commits[1]["author"] == {"name": "Ada Dev", "email": "ada@example.com"}
-    files = api(tracker, "GET", f"organizations/tracker/releases/{v2}/commitfiles/").json()
+    files = tracker.api("GET", f"organizations/tracker/releases/{v2}/commitfiles/").json()
     assert {(f["filename"], f["type"]) for f in files} == {("fixapp/pay.py", "M"), ("README", "A")}
     # the remote's name the local path sends is no registered repository, so `--commit` stays usable
-    assert "origin" not in [r["name"] for r in api(tracker, "GET", "organizations/tracker/repos/").json()]
-    fixed = api(tracker, "GET", f"issues/{issue['id']}/").json()
+    assert "origin" not in [r["name"] for r in tracker.api("GET", "organizations/tracker/repos/").json()]
+    fixed = tracker.api("GET", f"issues/{issue['id']}/").json()
     assert fixed["status"] == "resolved" and fixed["statusDetails"] == {"inRelease": v2}
-    kinds = [a["type"] for a in api(tracker, "GET", f"issues/{issue['id']}/activities/").json()["activity"]]
+    kinds = [a["type"] for a in tracker.api("GET", f"issues/{issue['id']}/activities/").json()["activity"]]
     assert "set_resolved_in_commit" in kinds
     page = tracker.web.get(f"/issues/{issue['id']}/", timeout=10).text
     assert f"Fixed by commit {second[:12]}" in page and f"Resolved in {v2}" in page
@@ -147,10 +141,10 @@ def test_set_commits_local_ranges_and_fixes(tracker: TrackerServer, project: Pro
 
 def test_set_commits_with_registered_repository(tracker: TrackerServer, project: Project, tmp_path: Path) -> None:
     name = f"acme/{project.slug}"
-    r = api(tracker, "POST", "organizations/tracker/repos/", json={"name": name, "url": f"https://github.com/{name}"})
+    r = tracker.api("POST", "organizations/tracker/repos/", json={"name": name, "url": f"https://github.com/{name}"})
     assert r.status_code == 201 and r.json()["provider"] == {"id": "integrations:github", "name": "GitHub"}
-    assert api(tracker, "POST", "organizations/tracker/repos/", json={"name": name.upper()}).status_code == 409
-    assert name in [repo["name"] for repo in api(tracker, "GET", "organizations/tracker/repos/").json()]
+    assert tracker.api("POST", "organizations/tracker/repos/", json={"name": name.upper()}).status_code == 409
+    assert name in [repo["name"] for repo in tracker.api("GET", "organizations/tracker/repos/").json()]
     repo = new_repo(tmp_path / "svc", f"git@github.com:{name}.git")
     first = commit(repo, "one", {"a.py": "1\n"})
     second = commit(repo, "two", {"a.py": "2\n"})
@@ -179,10 +173,10 @@ def test_set_commits_with_registered_repository(tracker: TrackerServer, project:
 def test_bad_release_bodies_are_400(tracker: TrackerServer, project: Project, body: Any, status: int) -> None:
     if isinstance(body, dict) and body.get("projects") == ["p"]:
         body = {**body, "projects": [project.slug]}
-    r = api(tracker, "POST", "organizations/tracker/releases/", json=body)
+    r = tracker.api("POST", "organizations/tracker/releases/", json=body)
     assert r.status_code == status and r.json()["detail"] and r.headers["content-type"] == "application/json"
-    assert api(tracker, "GET", "organizations/tracker/releases/no-such/").status_code == 404
-    assert api(tracker, "GET", "organizations/other-org/releases/").status_code == 404
+    assert tracker.api("GET", "organizations/tracker/releases/no-such/").status_code == 404
+    assert tracker.api("GET", "organizations/other-org/releases/").status_code == 404
 
 
 APP = "\n" * 20 + "def charge(amount):\n    total = amount * 2\n    raise ValueError(f'declined {total}')\n"
@@ -214,14 +208,14 @@ def test_release_pages_and_code_links_from_a_real_repository(tracker: TrackerSer
 
     links = {}
     for provider, url in (("gitlab", "https://gitlab.example.com/acme/shop"), ("github", "https://github.com/acme/shop")):
-        mapping = api(tracker, "POST", "organizations/tracker/code-mappings/",
-                      json={"projectId": project.id, "repositoryUrl": url, "stackRoot": "shopapp/",
-                            "sourceRoot": "shopapp/"}).json()
+        mapping = tracker.api("POST", "organizations/tracker/code-mappings/",
+                              json={"projectId": project.id, "repositoryUrl": url, "stackRoot": "shopapp/",
+                                    "sourceRoot": "shopapp/"}).json()
         try:
             page = tracker.web.get(f"/issues/{issue['id']}/", timeout=10).text
             links[provider] = [html.unescape(h) for h in re.findall(r'class="source-link" href="([^"]*)"', page)]
         finally:
-            api(tracker, "DELETE", f"organizations/tracker/code-mappings/{mapping['id']}/")
+            tracker.api("DELETE", f"organizations/tracker/code-mappings/{mapping['id']}/")
     assert links["gitlab"] == [f"https://gitlab.example.com/acme/shop/-/blob/{head}/shopapp/checkout.py#L{CRASH_LINE}"]
     assert links["github"] == [f"https://github.com/acme/shop/blob/{head}/shopapp/checkout.py#L{CRASH_LINE}"]
 

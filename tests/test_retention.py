@@ -15,11 +15,11 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
-from conftest import ROOT, Project, TrackerServer, configured_server, run_cli, start_server, stop_server, wait_for
+from conftest import ROOT, Configure, Project, TrackerServer, run_cli, start_server, stop_server, wait_for
 
 DAY = 86400
 CAPPED_KEY, KEPT_KEY, BACKLOG_KEY, LIVE_KEY = (f"{n:x}" * 32 for n in (10, 11, 12, 13))
@@ -42,8 +42,8 @@ retention = {{ max_age_days = 60 }}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerServer]:
-    yield from configured_server(tmp_path_factory, "retention", CONFIG)
+def server(configured: Configure) -> TrackerServer:
+    return configured("retention", CONFIG)
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -55,11 +55,6 @@ def rows(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 
 def event_ids(db: Path, project: Project) -> set[str]:
     return {r[0] for r in rows(db, "SELECT event_id FROM events WHERE project_id = ?", project.id)}
-
-
-def config_project(server: TrackerServer, slug: str, key: str) -> Project:
-    project_id = rows(server.db, "SELECT id FROM projects WHERE slug = ?", slug)[0][0]
-    return Project(id=project_id, slug=slug, dsn=f"http://{key}@127.0.0.1:{server.port}/{project_id}", key=key)
 
 
 def event(fingerprint: str, timestamp: float, **extra: Any) -> dict[str, Any]:
@@ -146,14 +141,14 @@ def test_old_events_go_and_each_issue_keeps_its_first_and_latest(server: Tracker
     assert sorted(issues) == [f"a-{tag} failed", f"c-{tag} failed"]  # b had nothing left within a day: gone
     a = issues[f"a-{tag} failed"]
     assert a["count"] == "6"  # counters stay as they were, as in Sentry
-    assert server.api(f"/api/0/issues/{a['id']}/events/oldest/").json()["eventID"] == a_old[0]["event_id"]
-    assert server.api(f"/api/0/issues/{a['id']}/events/latest/").json()["eventID"] == a_latest["event_id"]
+    assert server.api("GET", f"issues/{a['id']}/events/oldest/").json()["eventID"] == a_old[0]["event_id"]
+    assert server.api("GET", f"issues/{a['id']}/events/latest/").json()["eventID"] == a_latest["event_id"]
     for table in ("issue_hashes", "issue_tags", "issue_terms", "issue_activity", "events"):
         assert rows(server.db, f"SELECT count(*) FROM {table} WHERE issue_id NOT IN (SELECT id FROM issues)") == [(0,)]
 
 
 def test_max_events_caps_a_project_and_leaves_the_others_alone(server: TrackerServer) -> None:
-    capped, kept = config_project(server, "capped", CAPPED_KEY), config_project(server, "kept", KEPT_KEY)
+    capped, kept = server.config_project("capped", CAPPED_KEY), server.config_project("kept", KEPT_KEY)
     now = time.time()
     old_but_kept = [event("kept", now - DAY * (2 + i / 10)) for i in range(10)]
     post_events(server.url, kept, old_but_kept)
@@ -188,14 +183,14 @@ def test_ingest_answers_during_a_pass_and_the_file_shrinks(tmp_path: Path) -> No
 
     server = start_server(db, "--config", str(config))
     try:
-        backlog_project = config_project(server, "backlog", BACKLOG_KEY)
+        backlog_project = server.config_project("backlog", BACKLOG_KEY)
         counts: list[tuple[float, int]] = []
 
         def settled() -> bool:
             counts.append((time.monotonic(), len(event_ids(db, backlog_project))))
             return counts[-1][1] == 80
 
-        with Load(server.url, config_project(server, "live", LIVE_KEY)) as load:
+        with Load(server.url, server.config_project("live", LIVE_KEY)) as load:
             wait_for(settled, timeout=60, interval=0.02)
             wait_for(lambda: rows(db, "PRAGMA freelist_count") == [(0,)], timeout=20)
         assert counts[0][1] == 20040, "the backlog went before the server was watched: raise the margin"

@@ -9,7 +9,6 @@ import re
 import secrets
 from typing import Any, Callable
 
-import pytest
 from conftest import Project, TrackerServer, wait_for
 from fastapi import FastAPI, Request
 from starlette.testclient import TestClient
@@ -159,7 +158,7 @@ def test_value_secrets_are_filtered_everywhere(tracker: TrackerServer, project: 
     planted = planted_secrets()
     event_id = send(tracker, project, everywhere(planted))
     issue = tracker.wait_issues(project, 1)[0]
-    api = tracker.api(f"/api/0/issues/{issue['id']}/events/{event_id}/")
+    api = tracker.api("GET", f"issues/{issue['id']}/events/{event_id}/")
     raw = tracker.web.get(f"/issues/{issue['id']}/events/{event_id}/json")
     pages = [tracker.web.get(f"/issues/{issue['id']}/"), tracker.web.get(f"/issues/{issue['id']}/events/{event_id}/")]
     for answer in (api, raw, *pages):
@@ -218,7 +217,7 @@ def test_asgi_scope_headers_in_frame_locals(tracker: TrackerServer, project: Pro
     assert frame["logged"] == F  # the repr names `authorization` outside any key=value: gone whole
     assert re.fullmatch(rf"'postgres://app:{re.escape(F)}@db/x'", frame["database"])
     page = tracker.web.get(f"/issues/{issue['id']}/")
-    for answer in (raw, page, tracker.api(f"/api/0/issues/{issue['id']}/events/latest/")):
+    for answer in (raw, page, tracker.api("GET", f"issues/{issue['id']}/events/latest/")):
         assert answer.status_code == 200 and not leaks(answer.text, planted), (answer.url, leaks(answer.text, planted))
     assert not leaks(database_text(tracker.db, project), planted)
 

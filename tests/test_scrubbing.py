@@ -7,13 +7,13 @@ import json
 import sqlite3
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import httpx
 import pytest
 import sentry_sdk
 import zstandard
-from conftest import Project, TrackerServer, configured_server, wait_for
+from conftest import Configure, Project, TrackerServer, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sentry_sdk.scrubber import EventScrubber
@@ -44,7 +44,7 @@ def stored(tracker: TrackerServer, project: Project, event: dict[str, Any]) -> t
     """Send `event`; return (the event as the API shows it, the event as stored)."""
     event_id = send(tracker, project, event)
     issue = wait_for(lambda: next((i for i in tracker.issues(project) if i), None))
-    api = wait_for(lambda: (r := tracker.api(f"/api/0/issues/{issue['id']}/events/{event_id}/")).status_code == 200
+    api = wait_for(lambda: (r := tracker.api("GET", f"issues/{issue['id']}/events/{event_id}/")).status_code == 200
                    and r.json())
     raw = tracker.web.get(f"/issues/{issue['id']}/events/{event_id}/json")
     assert raw.status_code == 200, raw.text
@@ -64,8 +64,7 @@ def rule_at(meta: dict[str, Any], *path: str | int) -> list[list[Any]]:
 
 
 def put_project(tracker: TrackerServer, project: Project, body: Any) -> httpx.Response:
-    return httpx.put(f"{tracker.url}/api/0/projects/tracker/{project.slug}/", json=body, timeout=10,
-                     headers={"Authorization": f"Bearer {tracker.token}"})
+    return tracker.api("PUT", f"projects/tracker/{project.slug}/", json=body)
 
 
 def read_only(db: Path) -> sqlite3.Connection:
@@ -287,16 +286,16 @@ def test_event_page_lists_what_was_filtered(tracker: TrackerServer, project: Pro
 # -- the project's settings ---------------------------------------------------------------------
 
 def test_project_api_reads_and_writes_the_settings(tracker: TrackerServer, project: Project) -> None:
-    path = f"/api/0/projects/tracker/{project.slug}/"
+    path = f"projects/tracker/{project.slug}/"
     defaults = {"dataScrubber": True, "dataScrubberDefaults": True, "sensitiveFields": [], "safeFields": [],
                 "scrubIPAddresses": False}
-    assert {k: tracker.api(path).json()[k] for k in defaults} == defaults
+    assert {k: tracker.api("GET", path).json()[k] for k in defaults} == defaults
     r = put_project(tracker, project, {"sensitiveFields": ["order_ref", " ", "order_ref"], "safeFields": ["auth_mode"]})
     assert r.status_code == 200, r.text
     changed = {**defaults, "sensitiveFields": ["order_ref"], "safeFields": ["auth_mode"]}
     assert {k: r.json()[k] for k in defaults} == changed
-    assert {k: tracker.api(path).json()[k] for k in defaults} == changed
-    assert tracker.api(path).json()["slug"] == project.slug
+    assert {k: tracker.api("GET", path).json()[k] for k in defaults} == changed
+    assert tracker.api("GET", path).json()["slug"] == project.slug
 
 
 @pytest.mark.parametrize("body, detail", [
@@ -311,7 +310,7 @@ def test_project_api_reads_and_writes_the_settings(tracker: TrackerServer, proje
 def test_project_api_refuses_bad_settings(tracker: TrackerServer, project: Project, body: Any, detail: str) -> None:
     r = put_project(tracker, project, {**body, "fingerprintingRules": "error.type:X -> x"})
     assert r.status_code == 400 and detail in r.json()["detail"], r.text
-    after = tracker.api(f"/api/0/projects/tracker/{project.slug}/").json()
+    after = tracker.api("GET", f"projects/tracker/{project.slug}/").json()
     assert after["dataScrubber"] is True and after["fingerprintingRules"] == ""  # nothing was saved
 
 
@@ -358,7 +357,7 @@ def test_dashboard_form(tracker: TrackerServer, project: Project) -> None:
     r = tracker.form(path, {"enabled": "on", "scrub_ip": "on", "sensitive_fields": "order_ref\r\n\r\nvoucher",
                             "safe_fields": "auth_mode"})
     assert r.status_code == 303 and r.headers["location"].endswith("?saved=1")
-    settings_now = tracker.api(f"/api/0/projects/tracker/{project.slug}/").json()
+    settings_now = tracker.api("GET", f"projects/tracker/{project.slug}/").json()
     assert (settings_now["dataScrubber"], settings_now["dataScrubberDefaults"], settings_now["scrubIPAddresses"]) == \
         (True, False, True)
     assert settings_now["sensitiveFields"] == ["order_ref", "voucher"] and settings_now["safeFields"] == ["auth_mode"]
@@ -369,14 +368,14 @@ def test_dashboard_form(tracker: TrackerServer, project: Project) -> None:
 
 
 @pytest.fixture(scope="module")
-def configured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerServer]:
+def shop_server(configured: Configure) -> TrackerServer:
     config = ('[[projects]]\nname = "Shop"\nslug = "shop"\ndsn_key = "0123456789abcdef0123456789abcdef"\n'
               'scrub = {sensitive_fields = ["order_ref"], safe_fields = ["auth_mode"], scrub_ip = true}\n')
-    yield from configured_server(tmp_path_factory, "scrubbing", config)
+    return configured("scrubbing", config)
 
 
-def test_settings_from_the_config_file(configured: TrackerServer) -> None:
-    body = configured.api("/api/0/projects/tracker/shop/").json()
+def test_settings_from_the_config_file(shop_server: TrackerServer) -> None:
+    body = shop_server.api("GET", "projects/tracker/shop/").json()
     assert (body["sensitiveFields"], body["safeFields"], body["scrubIPAddresses"], body["dataScrubber"]) == \
         (["order_ref"], ["auth_mode"], True, True)
 
@@ -426,5 +425,5 @@ def test_random_payloads_never_fail_and_never_keep_the_secret(tracker: TrackerSe
     text = json.dumps(tracker_module.decompress_payload(payload), ensure_ascii=False)
     assert value not in text and F in text
     for page in (tracker.web.get(f"/issues/{issue_id}/events/{event_id}/"),
-                 tracker.api(f"/api/0/issues/{issue_id}/events/{event_id}/")):
+                 tracker.api("GET", f"issues/{issue_id}/events/{event_id}/")):
         assert page.status_code == 200 and value not in page.text

@@ -54,7 +54,7 @@ def searchable(tracker: TrackerServer) -> tuple[Project, str]:
 
 
 def api_titles(tracker: TrackerServer, project: Project, query: str, sort: str = "date") -> list[str]:
-    r = tracker.api(f"/api/0/projects/tracker/{project.slug}/issues/", query=query, sort=sort)
+    r = tracker.api("GET", f"projects/tracker/{project.slug}/issues/", params={"query": query, "sort": sort})
     assert r.status_code == 200, r.text
     return [i["title"] for i in r.json()]
 
@@ -125,7 +125,7 @@ def test_sorts(tracker: TrackerServer, searchable: tuple[Project, str]) -> None:
 @pytest.mark.parametrize("query", ['service:"unclosed', "is:sleeping", "timesSeen:lots", "age:yesterday"])
 def test_malformed_query_is_a_clear_error(tracker: TrackerServer, searchable: tuple[Project, str], query: str) -> None:
     project, _ = searchable
-    r = tracker.api(f"/api/0/projects/tracker/{project.slug}/issues/", query=query)
+    r = tracker.api("GET", f"projects/tracker/{project.slug}/issues/", params={"query": query})
     assert r.status_code == 400 and r.json()["detail"].startswith("Invalid search query")
     page = tracker.web.get("/issues/", params={"project": project.slug, "q": query})
     assert page.status_code == 200 and "search-error" in page.text
@@ -147,7 +147,7 @@ def test_events_of_an_issue_are_searchable(tracker: TrackerServer, project: Proj
     (issue,) = tracker.wait_issues(project, 3)
 
     def api_users(query: str) -> set[str]:
-        r = tracker.api(f"/api/0/issues/{issue['id']}/events/", query=query)
+        r = tracker.api("GET", f"issues/{issue['id']}/events/", params={"query": query})
         assert r.status_code == 200, r.text
         return {e["user"]["id"] for e in r.json()}
 
@@ -161,5 +161,5 @@ def test_events_of_an_issue_are_searchable(tracker: TrackerServer, project: Proj
                             ("region:*", {"u1", "u2", "u3"}), ("amount", {"u1", "u2", "u3"}), ("nothing-like-it", set())]:
         assert api_users(query) == expected, query
         assert page_users(query) == expected, query
-    r = tracker.api(f"/api/0/issues/{issue['id']}/events/", query="age:-1h")
+    r = tracker.api("GET", f"issues/{issue['id']}/events/", params={"query": "age:-1h"})
     assert r.status_code == 400 and "not the events" in r.json()["detail"]

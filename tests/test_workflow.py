@@ -45,22 +45,21 @@ def issue_of(tracker: TrackerServer, project: Project, kind: str = "ValueError")
 
 
 def get(tracker: TrackerServer, issue_id: str) -> dict[str, Any]:
-    return tracker.api(f"/api/0/issues/{issue_id}/").json()
+    return tracker.api("GET", f"issues/{issue_id}/").json()
 
 
 def put(tracker: TrackerServer, path: str, body: Any, **params: Any) -> httpx.Response:
-    return httpx.put(tracker.url + path, json=body, params=params, timeout=10,
-                     headers={"Authorization": f"Bearer {tracker.token}"})
+    return tracker.api("PUT", path, json=body, params=params)
 
 
 def update(tracker: TrackerServer, issue_id: str, body: dict[str, Any]) -> dict[str, Any]:
-    r = put(tracker, f"/api/0/issues/{issue_id}/", body)
+    r = put(tracker, f"issues/{issue_id}/", body)
     assert r.status_code == 200, r.text
     return r.json()
 
 
 def activity(tracker: TrackerServer, issue_id: str) -> list[dict[str, Any]]:
-    r = tracker.api(f"/api/0/issues/{issue_id}/activities/")
+    r = tracker.api("GET", f"issues/{issue_id}/activities/")
     assert r.status_code == 200, r.text
     return r.json()["activity"]
 
@@ -132,7 +131,7 @@ def test_resolve_in_next_release_needs_a_release(tracker: TrackerServer, project
     sdk(project.dsn, release="")
     send(tracker, project, 1)
     issue = issue_of(tracker, project)
-    r = put(tracker, f"/api/0/issues/{issue['id']}/", {"status": "resolved", "statusDetails": {"inNextRelease": True}})
+    r = put(tracker, f"issues/{issue['id']}/", {"status": "resolved", "statusDetails": {"inNextRelease": True}})
     assert r.status_code == 400 and "release" in r.json()["detail"]
     assert get(tracker, issue["id"])["status"] == "unresolved"
 
@@ -218,10 +217,10 @@ def test_bad_updates_are_refused(tracker: TrackerServer, project: Project, sdk: 
     sdk(project.dsn, release="")
     send(tracker, project, 1)
     issue = issue_of(tracker, project)
-    r = put(tracker, f"/api/0/issues/{issue['id']}/", body)
+    r = put(tracker, f"issues/{issue['id']}/", body)
     assert r.status_code == 400, r.text
     assert get(tracker, issue["id"])["status"] == "unresolved"
-    assert put(tracker, "/api/0/issues/999999999/", {"status": "resolved"}).status_code == 404
+    assert put(tracker, "issues/999999999/", {"status": "resolved"}).status_code == 404
 
 
 def test_bulk_update(tracker: TrackerServer, project: Project, sdk: Any) -> None:
@@ -230,7 +229,7 @@ def test_bulk_update(tracker: TrackerServer, project: Project, sdk: Any) -> None
     capture(refund)
     tracker.wait_issues(project, 2)
     ids = [i["id"] for i in tracker.issues(project)]
-    path = f"/api/0/projects/tracker/{project.slug}/issues/"
+    path = f"projects/tracker/{project.slug}/issues/"
     r = put(tracker, path, {"status": "resolved", "assignedTo": "ops"}, id=ids)
     assert r.status_code == 200, r.text
     assert r.json() == {"status": "resolved", "statusDetails": {}, "assignedTo": {"type": "user", "name": "ops"}}
@@ -308,12 +307,10 @@ def test_delete_issues_through_the_api(tracker: TrackerServer, project: Project,
     for n, fn in enumerate((checkout, refund, lambda: int("x")), start=1):
         send(tracker, project, n, fn=fn)
     ids = sorted((i["id"] for i in tracker.wait_issues(project, 3)), key=int)
-    headers = {"Authorization": f"Bearer {tracker.token}"}
-    r = httpx.delete(f"{tracker.url}/api/0/issues/{ids[0]}/", headers=headers)
+    r = tracker.api("DELETE", f"issues/{ids[0]}/")
     assert r.status_code == 202
-    assert tracker.api(f"/api/0/issues/{ids[0]}/").status_code == 404
-    r = httpx.delete(f"{tracker.url}/api/0/projects/tracker/{project.slug}/issues/", params={"id": ids[1:]},
-                     headers=headers)
+    assert tracker.api("GET", f"issues/{ids[0]}/").status_code == 404
+    r = tracker.api("DELETE", f"projects/tracker/{project.slug}/issues/", params={"id": ids[1:]})
     assert r.status_code == 204 and tracker.issues(project, "is:unresolved") == []
     assert httpx.delete(f"{tracker.url}/api/0/issues/{ids[1]}/").status_code == 401
     capture(checkout)  # the deleted issue's error comes back as a new issue
