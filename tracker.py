@@ -1,13 +1,33 @@
 #!/usr/bin/env python3
 """tracker: a self-hosted, Sentry-compatible error tracker in one file.
 
-Point any official Sentry SDK's DSN at it and it stores, groups and shows the errors.
-The module reads top to bottom in the order data flows:
+Point any official Sentry SDK's DSN at it and it stores, groups and shows the errors. The module
+reads top to bottom in the order an envelope flows, one banner per section:
 
-    configuration → storage (schema, migrations, the single writer) → ingest (auth,
-    decoding, envelopes) → processing (normalisation, grouping) → issues → JSON API →
-    dashboard (server-rendered pages) → CLI → templates and static text (the pages' Jinja2
-    templates, stylesheet, script and icon, at the end as in bottle.py).
+    Configuration            Settings: defaults, the TOML file, environment variables, flags.
+    Storage                  the schema and its migrations, payload compression, the single writer
+                             and the background task base; projects, DSN keys, tokens and people.
+    Ingest                   the HTTP endpoints SDKs call: auth, body decoding, envelopes, one
+                             handler per item type; attachments, feedback, the envelope log, limits.
+    Processing               worker processes that prepare events: normalisation and display
+                             fields, scrubbing, grouping and a project's grouping rules.
+    Issues                   writer jobs that store an event and keep its issue up to date; merge,
+                             workflow, search, releases and code mappings, with their questions.
+    Alerts                   rules judged in the writer, channel targets, the outbox and delivery.
+    Release health and SLOs  sessions and transactions in minute buckets, objectives per minute.
+    Retention                old events leave in small batches; each issue keeps first and latest.
+    Cron monitors            check-ins, schedules, missed and timed-out runs.
+    JSON API                 Sentry's web API shapes over the sections' questions (Bearer tokens).
+    Dashboard                server-rendered pages over the same questions (sign-in, roles, CSRF).
+    Application              the typed application object (Tracker), its services and routes.
+    CLI                      serve, demo, projects, tokens, people, send, tail, backup, check.
+    Templates and static text  the pages' Jinja2 templates, stylesheet, script and icon.
+
+Inside a section (and each `# --` part of it) definitions read top-down: one comes before the
+ones it calls, in the order it calls them, starting from what the sections above call first; what
+Python needs at import (a table of functions, a base class, a value computed from a class) comes
+right after what it names. Sections that own data answer questions about it through named functions
+that the API and the pages share; no handler holds SQL.
 """
 from __future__ import annotations
 
@@ -3597,7 +3617,7 @@ class PreparedEvent:
 
 
 def prepare_event(raw: dict[str, Any], *, project_id: int, event_id: str | None, received: float,
-                  client_ip: str = "", rules: GroupingRules = NO_RULES, scrub: ScrubPolicy = DEFAULT_SCRUB) -> PreparedEvent:
+                  client_ip: str = "", rules: GroupingRules, scrub: ScrubPolicy) -> PreparedEvent:
     """Everything ingest does before the writer, in the request's task (no database access:
     the project's grouping rules and scrubbing policy come parsed from the caches)."""
     ev = normalize_event(raw, event_id=event_id, received=received, client_ip=client_ip)
@@ -7163,7 +7183,8 @@ def cron_failure_event(monitor: sqlite3.Row, status: str, environment: str, rele
            "contexts": {"monitor": {"id": str(monitor["id"]), "slug": slug, "name": monitor["name"],
                                     "status": status, "config": monitor_config_json(monitor)},
                         **({"trace": {"trace_id": trace_id}} if trace_id else {})}}
-    return prepare_event(raw, project_id=monitor["project_id"], event_id=None, received=now)
+    return prepare_event(raw, project_id=monitor["project_id"], event_id=None, received=now, rules=NO_RULES,
+                         scrub=DEFAULT_SCRUB)
 
 
 def monitor_config_json(monitor: sqlite3.Row) -> dict[str, Any]:

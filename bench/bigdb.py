@@ -29,7 +29,8 @@ def template(n: int, received: float) -> tracker.PreparedEvent:
            "exception": {"values": [{"type": "ValueError", "value": f"bad input {n}", "stacktrace": {"frames": [
                {"filename": "app/main.py", "function": "handle", "lineno": 10, "in_app": True},
                {"filename": f"app/mod{n % 50}.py", "function": f"step_{n}", "lineno": n % 400, "in_app": True}]}}]}}
-    return tracker.prepare_event(raw, project_id=1, event_id=None, received=received)
+    return tracker.prepare_event(raw, project_id=1, event_id=None, received=received, rules=tracker.NO_RULES,
+                                 scrub=tracker.DEFAULT_SCRUB)
 
 
 def build(db: Path, events: int, issues: int) -> None:

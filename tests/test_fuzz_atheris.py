@@ -33,7 +33,7 @@ HARNESS = textwrap.dedent("""
             for item_header, payload in items:
                 raw = tracker.json_object(payload, "event payload")
                 ev = tracker.prepare_event(raw, project_id=1, event_id=None, received=time.time(), client_ip="",
-                                           scrub=SCRUB)
+                                           rules=tracker.NO_RULES, scrub=SCRUB)
                 tracker.decompress_payload(ev.payload)
         except tracker.IngestError:
             pass
