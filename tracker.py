@@ -98,6 +98,39 @@ log = logging.getLogger("tracker")
 # Configuration
 # =============================================================================
 
+def load_settings(config: str | None = None, **flags: Any) -> Settings:
+    """Merge a TOML config file, environment variables and command-line flags (last wins)."""
+    settings = Settings()
+    path = config or os.environ.get("TRACKER_CONFIG")
+    if path:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+        for key, value in doc.get("server", {}).items():
+            if key not in {f.name for f in dataclasses.fields(Settings)} or key in ("projects", "repositories", "jira", "channels", "alerts", "slo", "retention", "crons", "attachments"):
+                raise SystemExit(f"{path}: unknown [server] setting {key!r}")
+            setattr(settings, key, value)
+        settings.projects = list(doc.get("projects", []))
+        settings.repositories = list(doc.get("repositories", []))
+        settings.jira = {key: str(value) for key, value in doc.get("jira", {}).items()}
+        settings.channels = list(doc.get("channels", []))
+        settings.alerts = dict(doc.get("alerts", {}))
+        settings.slo = dict(doc.get("slo", {}))
+        settings.limits = dict(doc.get("limits", {}))
+        settings.retention = dict(doc.get("retention", {}))
+        settings.crons = dict(doc.get("crons", {}))
+        settings.attachments = dict(doc.get("attachments", {}))
+    for key, var in ENV_VARS.items():
+        if os.environ.get(var):
+            setattr(settings, key, os.environ[var])
+    for key, value in flags.items():
+        if value is not None:
+            setattr(settings, key, value)
+    settings.port = int(settings.port)
+    if isinstance(settings.trusted_proxies, list):  # TOML may list them
+        settings.trusted_proxies = ",".join(map(str, settings.trusted_proxies))
+    return settings
+
+
 KIB, MIB = 1024, 1024 * 1024
 
 
@@ -144,42 +177,28 @@ ENV_VARS = {"db": "TRACKER_DB", "host": "TRACKER_HOST", "port": "TRACKER_PORT",
             "trusted_proxies": "TRACKER_TRUSTED_PROXIES"}
 
 
-def load_settings(config: str | None = None, **flags: Any) -> Settings:
-    """Merge a TOML config file, environment variables and command-line flags (last wins)."""
-    settings = Settings()
-    path = config or os.environ.get("TRACKER_CONFIG")
-    if path:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-        for key, value in doc.get("server", {}).items():
-            if key not in {f.name for f in dataclasses.fields(Settings)} or key in ("projects", "repositories", "jira", "channels", "alerts", "slo", "retention", "crons", "attachments"):
-                raise SystemExit(f"{path}: unknown [server] setting {key!r}")
-            setattr(settings, key, value)
-        settings.projects = list(doc.get("projects", []))
-        settings.repositories = list(doc.get("repositories", []))
-        settings.jira = {key: str(value) for key, value in doc.get("jira", {}).items()}
-        settings.channels = list(doc.get("channels", []))
-        settings.alerts = dict(doc.get("alerts", {}))
-        settings.slo = dict(doc.get("slo", {}))
-        settings.limits = dict(doc.get("limits", {}))
-        settings.retention = dict(doc.get("retention", {}))
-        settings.crons = dict(doc.get("crons", {}))
-        settings.attachments = dict(doc.get("attachments", {}))
-    for key, var in ENV_VARS.items():
-        if os.environ.get(var):
-            setattr(settings, key, os.environ[var])
-    for key, value in flags.items():
-        if value is not None:
-            setattr(settings, key, value)
-    settings.port = int(settings.port)
-    if isinstance(settings.trusted_proxies, list):  # TOML may list them
-        settings.trusted_proxies = ",".join(map(str, settings.trusted_proxies))
-    return settings
-
-
 # =============================================================================
 # Storage: schema, migrations, the single writer
 # =============================================================================
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Apply the forward migrations this file knows and the database has not seen yet."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise SystemExit(f"database schema {version} is newer than this tracker ({len(MIGRATIONS)})")
+    if version == 0:  # only an empty file can still choose: lets retention give space back
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        conn.execute("VACUUM")  # journal_mode=WAL wrote the header already: only a VACUUM applies it now
+    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        if callable(step):
+            step(conn)
+        for statement in step.split(";") if isinstance(step, str) else ():
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={number}")
+        conn.execute("COMMIT")
+
 
 # Each step is SQL, or a function for what SQL cannot say.
 MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
@@ -412,133 +431,25 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
            END""")],
 ]
 
-
-def keep_private(db: str) -> None:
-    """Make the database file owner-only (0600) before SQLite opens it, or tighten one a looser
-    umask made (logged, so once): it holds webhook secrets and channel credentials. SQLite gives a
-    new -wal and -shm the database file's mode; ones left by an older run are tightened too."""
-    with contextlib.suppress(FileExistsError, FileNotFoundError):  # no directory: SQLite says so
-        os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    for path in (db, f"{db}-wal", f"{db}-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            mode = os.stat(path).st_mode & 0o777
-            if mode & 0o077:
-                os.chmod(path, mode & 0o700)
-                log.warning("%s was readable by other local users (mode %o): made it owner-only", path, mode)
-
-
-def connect_db(path: str) -> sqlite3.Connection:
-    """Open a connection in WAL mode; NORMAL sync keeps every commit across a process kill."""
-    keep_private(path)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    return conn
-
-
-def read_only(path: str) -> sqlite3.Connection:
-    """A plain reading connection, for a thread or process beside the server's own."""
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
-    conn.execute("PRAGMA query_only=ON")
-    return conn
-
-
-def migrate(conn: sqlite3.Connection) -> None:
-    """Apply the forward migrations this file knows and the database has not seen yet."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(MIGRATIONS):
-        raise SystemExit(f"database schema {version} is newer than this tracker ({len(MIGRATIONS)})")
-    if version == 0:  # only an empty file can still choose: lets retention give space back
-        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-        conn.execute("VACUUM")  # journal_mode=WAL wrote the header already: only a VACUUM applies it now
-    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        if callable(step):
-            step(conn)
-        for statement in step.split(";") if isinstance(step, str) else ():
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version={number}")
-        conn.execute("COMMIT")
-
-
 Job = Callable[[sqlite3.Connection], Any]
 
 
-def apply_batch(conn: sqlite3.Connection, jobs: list[Job]) -> list[Any]:
-    """Run jobs in one transaction, each in its own savepoint, so one failing job (returned as
-    its exception) cannot undo the others; one commit makes the whole batch durable."""
-    results: list[Any] = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for job in jobs:
-            conn.execute("SAVEPOINT job")
-            try:
-                results.append(job(conn))
-                conn.execute("RELEASE job")
-            except Exception as exc:  # a bad job must not sink its batch
-                conn.execute("ROLLBACK TO job")
-                conn.execute("RELEASE job")
-                log.exception("write job failed")
-                results.append(exc)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return results
+class Background:
+    """A task the app runs beside the server: started by the lifespan, cancelled at shutdown."""
 
-
-class Writer:
-    """The server's only writer: one thread owning one connection, fed by a queue.
-
-    Jobs that arrive while a commit is running are applied together in the next
-    transaction (group commit); a job's future resolves only after its commit, so an
-    HTTP 200 always means the data is on disk.
-    """
-
-    def __init__(self, path: str, batch_max: int) -> None:
-        self.conn = connect_db(path)
-        self.batch_max = batch_max
-        self.queue: asyncio.Queue[tuple[Job, asyncio.Future[Any]]] = asyncio.Queue()
-        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tracker-writer")
-        self.task: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self.run())
 
-    async def submit(self, job: Job) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self.queue.put((job, future))
-        result = await future
-        if isinstance(result, Exception):
-            raise result
-        return result
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self.queue.get()]
-            while len(batch) < self.batch_max and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            try:
-                results = await loop.run_in_executor(self.executor, apply_batch, self.conn, [j for j, _ in batch])
-            except Exception as exc:  # the commit itself failed (disk full, I/O error)
-                log.exception("writer batch failed")
-                results = [exc] * len(batch)
-            for (_, future), result in zip(batch, results):
-                if not future.done():
-                    future.set_result(result)
-            del batch, results  # not kept while the queue is idle: a job may hold a whole envelope
-
     async def close(self) -> None:
         if self.task:
-            while not self.queue.empty():
-                await asyncio.sleep(0.01)
             self.task.cancel()
-        self.executor.shutdown(wait=True)
-        self.conn.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def run(self) -> None:
+        raise NotImplementedError
 
 
 class Store:
@@ -562,21 +473,8 @@ class Store:
         return rows[0] if rows else None
 
 
-def json_loads(raw: bytes | str) -> Any:
-    """orjson (several times faster than json on events); json itself reads what orjson refuses
-    (NaN, lone surrogates), so the two accept the same documents."""
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return json.loads(raw)
-
-
-def json_dumps(value: Any) -> bytes:
-    """Compact UTF-8 JSON; json itself writes what orjson refuses (integers beyond 64 bits)."""
-    try:
-        return orjson.dumps(value)
-    except TypeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+def compress_payload(data: dict[str, Any]) -> bytes:
+    return PAYLOADS.compress(data)
 
 
 class PayloadCodec:
@@ -632,15 +530,37 @@ class PayloadCodec:
         return self.current is None and self.plain >= self.TRAIN_AFTER and not self.training
 
 
+def json_dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON; json itself writes what orjson refuses (integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def json_loads(raw: bytes | str) -> Any:
+    """orjson (several times faster than json on events); json itself reads what orjson refuses
+    (NaN, lone surrogates), so the two accept the same documents."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
 PAYLOADS = PayloadCodec()
 
 
-def compress_payload(data: dict[str, Any]) -> bytes:
-    return PAYLOADS.compress(data)
-
-
-def decompress_payload(blob: bytes) -> dict[str, Any]:
-    return PAYLOADS.decompress(blob)
+async def train_payload_dictionary(db: str, writer: Writer) -> None:
+    """Train a dictionary on the newest events (off the event loop and the writer) and store it."""
+    try:
+        trained = await asyncio.to_thread(train_on_newest, db)
+        await writer.submit(lambda conn: conn.execute("INSERT INTO payload_dicts (dict_id, data, created) VALUES "
+                                                      "(?, ?, ?)", (trained.dict_id(), trained.as_bytes(), time.time())))
+        PAYLOADS.add(trained.dict_id(), trained.as_bytes())
+    except Exception:  # without a dictionary events are only bigger: never fail ingest for it
+        log.exception("training the payload dictionary failed")
+    finally:
+        PAYLOADS.training = False
 
 
 def train_on_newest(db: str, budget: int = 2 * MIB) -> zstandard.ZstdCompressionDict:
@@ -662,38 +582,117 @@ def train_on_newest(db: str, budget: int = 2 * MIB) -> zstandard.ZstdCompression
     return zstandard.train_dictionary(32768, samples, k=1024, d=8, f=15, level=3)
 
 
-async def train_payload_dictionary(db: str, writer: Writer) -> None:
-    """Train a dictionary on the newest events (off the event loop and the writer) and store it."""
+def read_only(path: str) -> sqlite3.Connection:
+    """A plain reading connection, for a thread or process beside the server's own."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    conn.execute("PRAGMA query_only=ON")
+    return conn
+
+
+def decompress_payload(blob: bytes) -> dict[str, Any]:
+    return PAYLOADS.decompress(blob)
+
+
+class Writer:
+    """The server's only writer: one thread owning one connection, fed by a queue.
+
+    Jobs that arrive while a commit is running are applied together in the next
+    transaction (group commit); a job's future resolves only after its commit, so an
+    HTTP 200 always means the data is on disk.
+    """
+
+    def __init__(self, path: str, batch_max: int) -> None:
+        self.conn = connect_db(path)
+        self.batch_max = batch_max
+        self.queue: asyncio.Queue[tuple[Job, asyncio.Future[Any]]] = asyncio.Queue()
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tracker-writer")
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self.run())
+
+    async def submit(self, job: Job) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self.queue.put((job, future))
+        result = await future
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < self.batch_max and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            try:
+                results = await loop.run_in_executor(self.executor, apply_batch, self.conn, [j for j, _ in batch])
+            except Exception as exc:  # the commit itself failed (disk full, I/O error)
+                log.exception("writer batch failed")
+                results = [exc] * len(batch)
+            for (_, future), result in zip(batch, results):
+                if not future.done():
+                    future.set_result(result)
+            del batch, results  # not kept while the queue is idle: a job may hold a whole envelope
+
+    async def close(self) -> None:
+        if self.task:
+            while not self.queue.empty():
+                await asyncio.sleep(0.01)
+            self.task.cancel()
+        self.executor.shutdown(wait=True)
+        self.conn.close()
+
+
+def connect_db(path: str) -> sqlite3.Connection:
+    """Open a connection in WAL mode; NORMAL sync keeps every commit across a process kill."""
+    keep_private(path)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def keep_private(db: str) -> None:
+    """Make the database file owner-only (0600) before SQLite opens it, or tighten one a looser
+    umask made (logged, so once): it holds webhook secrets and channel credentials. SQLite gives a
+    new -wal and -shm the database file's mode; ones left by an older run are tightened too."""
+    with contextlib.suppress(FileExistsError, FileNotFoundError):  # no directory: SQLite says so
+        os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for path in (db, f"{db}-wal", f"{db}-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            mode = os.stat(path).st_mode & 0o777
+            if mode & 0o077:
+                os.chmod(path, mode & 0o700)
+                log.warning("%s was readable by other local users (mode %o): made it owner-only", path, mode)
+
+
+def apply_batch(conn: sqlite3.Connection, jobs: list[Job]) -> list[Any]:
+    """Run jobs in one transaction, each in its own savepoint, so one failing job (returned as
+    its exception) cannot undo the others; one commit makes the whole batch durable."""
+    results: list[Any] = []
+    conn.execute("BEGIN IMMEDIATE")
     try:
-        trained = await asyncio.to_thread(train_on_newest, db)
-        await writer.submit(lambda conn: conn.execute("INSERT INTO payload_dicts (dict_id, data, created) VALUES "
-                                                      "(?, ?, ?)", (trained.dict_id(), trained.as_bytes(), time.time())))
-        PAYLOADS.add(trained.dict_id(), trained.as_bytes())
-    except Exception:  # without a dictionary events are only bigger: never fail ingest for it
-        log.exception("training the payload dictionary failed")
-    finally:
-        PAYLOADS.training = False
+        for job in jobs:
+            conn.execute("SAVEPOINT job")
+            try:
+                results.append(job(conn))
+                conn.execute("RELEASE job")
+            except Exception as exc:  # a bad job must not sink its batch
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                log.exception("write job failed")
+                results.append(exc)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return results
 
 
 # -- projects, keys and tokens (plain functions over a write connection) -------
-
-def slugify(name: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    return slug[:50] or "project"
-
-
-def create_project(conn: sqlite3.Connection, name: str, slug: str | None = None,
-                   platform: str = "", public_key: str | None = None) -> tuple[int, str]:
-    """Create a project with one DSN key; returns (project id, public key)."""
-    now = time.time()
-    cur = conn.execute("INSERT INTO projects (slug, name, platform, created) VALUES (?, ?, ?, ?)",
-                       (slug or slugify(name), name, platform, now))
-    key = public_key or secrets.token_hex(16)
-    conn.execute("INSERT INTO project_keys (public_key, project_id, created) VALUES (?, ?, ?)",
-                 (key, cur.lastrowid, now))
-    insert_default_rules(conn, int(cur.lastrowid or 0))
-    return int(cur.lastrowid or 0), key
-
 
 def ensure_config_projects(conn: sqlite3.Connection, projects: list[dict[str, Any]]) -> None:
     """Create the projects a TOML config declares (idempotent, keyed by slug)."""
@@ -713,6 +712,24 @@ def ensure_config_projects(conn: sqlite3.Connection, projects: list[dict[str, An
         for option in PROJECT_OPTIONS:
             if option in spec:
                 set_project_option(conn, project_id, option, spec[option])
+
+
+def slugify(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return slug[:50] or "project"
+
+
+def create_project(conn: sqlite3.Connection, name: str, slug: str | None = None,
+                   platform: str = "", public_key: str | None = None) -> tuple[int, str]:
+    """Create a project with one DSN key; returns (project id, public key)."""
+    now = time.time()
+    cur = conn.execute("INSERT INTO projects (slug, name, platform, created) VALUES (?, ?, ?, ?)",
+                       (slug or slugify(name), name, platform, now))
+    key = public_key or secrets.token_hex(16)
+    conn.execute("INSERT INTO project_keys (public_key, project_id, created) VALUES (?, ?, ?)",
+                 (key, cur.lastrowid, now))
+    insert_default_rules(conn, int(cur.lastrowid or 0))
+    return int(cur.lastrowid or 0), key
 
 
 # Per-project settings beyond the columns, as JSON values: `scrub` (the data scrubbing policy),
@@ -735,19 +752,27 @@ async def project_by_slug(store: Store, slug: str) -> sqlite3.Row | None:
     return await store.one("SELECT * FROM projects WHERE slug = ?", (slug,))
 
 
-REPOSITORY_PROVIDERS = {"github": "GitHub", "gitlab": "GitLab", "bitbucket": "Bitbucket"}
-
-
-def repository_provider(url: str) -> str:
-    """The provider a repository URL's host names ("custom" for any other host)."""
-    host = urllib.parse.urlsplit(url).hostname or ""
-    return next((p for p in REPOSITORY_PROVIDERS if p in host), "custom")
+def repository_id(conn: sqlite3.Connection, name: str) -> int:
+    """The repository a commit names, created as a local one when it is new."""
+    row = conn.execute("SELECT id FROM repositories WHERE name = ? COLLATE NOCASE", (name,)).fetchone()
+    if row:
+        return int(row["id"])
+    return int(conn.execute("INSERT INTO repositories (name, url, provider, date_created) VALUES (?, NULL, ?, ?)",
+                            (name, LOCAL_REPOSITORY, time.time())).lastrowid or 0)
 
 
 # A repository known only because commits named it (sentry-cli's local-git path sends the remote's
 # name, "origin") is "local": it is not listed to sentry-cli, which would otherwise refuse
 # `--commit acme/web@sha` as an unknown repo and stop reading local git for `--auto`.
 LOCAL_REPOSITORY = "local"
+
+
+def ensure_config_repositories(conn: sqlite3.Connection, repositories: list[dict[str, Any]]) -> None:
+    """Create the repositories a TOML config declares (idempotent, keyed by name)."""
+    for spec in repositories:
+        if not spec.get("name"):
+            raise SystemExit("[[repositories]]: every repository needs a name")
+        create_repository(conn, str(spec["name"]), spec.get("url"), spec.get("provider"))
 
 
 def create_repository(conn: sqlite3.Connection, name: str, url: str | None, provider: str | None = None) -> int | None:
@@ -765,27 +790,33 @@ def create_repository(conn: sqlite3.Connection, name: str, url: str | None, prov
     return int(cur.lastrowid or 0)
 
 
-def repository_id(conn: sqlite3.Connection, name: str) -> int:
-    """The repository a commit names, created as a local one when it is new."""
-    row = conn.execute("SELECT id FROM repositories WHERE name = ? COLLATE NOCASE", (name,)).fetchone()
-    if row:
-        return int(row["id"])
-    return int(conn.execute("INSERT INTO repositories (name, url, provider, date_created) VALUES (?, NULL, ?, ?)",
-                            (name, LOCAL_REPOSITORY, time.time())).lastrowid or 0)
+def repository_provider(url: str) -> str:
+    """The provider a repository URL's host names ("custom" for any other host)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return next((p for p in REPOSITORY_PROVIDERS if p in host), "custom")
 
 
-def ensure_config_repositories(conn: sqlite3.Connection, repositories: list[dict[str, Any]]) -> None:
-    """Create the repositories a TOML config declares (idempotent, keyed by name)."""
-    for spec in repositories:
-        if not spec.get("name"):
-            raise SystemExit("[[repositories]]: every repository needs a name")
-        create_repository(conn, str(spec["name"]), spec.get("url"), spec.get("provider"))
+REPOSITORY_PROVIDERS = {"github": "GitHub", "gitlab": "GitLab", "bitbucket": "Bitbucket"}
 
 
-def hash_token(token: str) -> str:
-    """API tokens are 256-bit random values, so a plain SHA-256 is a safe stored form."""
-    return hashlib.sha256(token.encode()).hexdigest()
+def token_scopes(requested: list[str] | str) -> str:
+    """A token request's scope names as stored: checked, deduplicated, otherwise as given."""
+    names = requested.split() if isinstance(requested, str) else [str(name) for name in requested]
+    if len(names) > MAX_TOKEN_SCOPES:
+        raise ValueError(f"a token takes at most {MAX_TOKEN_SCOPES} scope names")
+    for name in names:
+        if name not in TRACKER_SCOPES and name not in SENTRY_SCOPES:
+            raise ValueError(f"unknown scope {name[:40]!r}; use read, write, admin or Sentry's scope names")
+    if not names:
+        raise ValueError("a token needs at least one scope: read, write, admin or Sentry's scope names")
+    return " ".join(dict.fromkeys(names))
 
+
+MAX_TOKEN_SCOPES = 64  # there are 26 names; more is a mistake or an attempt to make us loop
+
+# The tracker's own scopes mirror the dashboard's roles, as bundles of Sentry's: read reads, write
+# triages as a member does (and ships releases, which sentry-cli needs), admin does everything.
+READING_SCOPES = ("org:read", "project:read", "team:read", "member:read", "event:read", "alerts:read")
 
 # Token scopes. A token keeps the scope names it was made with; what they let it do is this data.
 # Sentry's names and their reach follow Sentry's "Permissions & Scopes" page (docs.sentry.io/api/
@@ -800,11 +831,19 @@ SENTRY_SCOPES = ("org:read", "org:write", "org:admin", "org:integrations", "org:
                  "team:read", "team:write", "team:admin", "member:read", "member:write", "member:admin",
                  "member:invite", "event:read", "event:write", "event:admin", "alerts:read", "alerts:write")
 
-# The tracker's own scopes mirror the dashboard's roles, as bundles of Sentry's: read reads, write
-# triages as a member does (and ships releases, which sentry-cli needs), admin does everything.
-READING_SCOPES = ("org:read", "project:read", "team:read", "member:read", "event:read", "alerts:read")
 TRACKER_SCOPES: dict[str, tuple[str, ...]] = {
     "read": READING_SCOPES, "write": READING_SCOPES + ("event:write", "project:releases"), "admin": SENTRY_SCOPES}
+
+
+def token_can(stored: str, capability: str) -> bool:
+    """Whether a token with these stored scope names may use a route needing `capability`."""
+    return not (set(stored.split()) | sentry_scopes(stored)).isdisjoint(TOKEN_REACH[capability])
+
+
+def sentry_scopes(stored: str) -> set[str]:
+    """Sentry's scope names a token holds (the tracker's own names are bundles of them)."""
+    return {scope for name in stored.split() for scope in TRACKER_SCOPES.get(name, (name,))}
+
 
 # What each route needs (its capability) → the scopes that grant it. Every /api/0/ route names one.
 TOKEN_REACH: dict[str, tuple[str, ...]] = {
@@ -827,31 +866,6 @@ TOKEN_REACH: dict[str, tuple[str, ...]] = {
     "tokens": ("admin",),  # Sentry manages tokens only from a signed-in session; here the tracker's admin
 }
 
-MAX_TOKEN_SCOPES = 64  # there are 26 names; more is a mistake or an attempt to make us loop
-
-
-def token_scopes(requested: list[str] | str) -> str:
-    """A token request's scope names as stored: checked, deduplicated, otherwise as given."""
-    names = requested.split() if isinstance(requested, str) else [str(name) for name in requested]
-    if len(names) > MAX_TOKEN_SCOPES:
-        raise ValueError(f"a token takes at most {MAX_TOKEN_SCOPES} scope names")
-    for name in names:
-        if name not in TRACKER_SCOPES and name not in SENTRY_SCOPES:
-            raise ValueError(f"unknown scope {name[:40]!r}; use read, write, admin or Sentry's scope names")
-    if not names:
-        raise ValueError("a token needs at least one scope: read, write, admin or Sentry's scope names")
-    return " ".join(dict.fromkeys(names))
-
-
-def sentry_scopes(stored: str) -> set[str]:
-    """Sentry's scope names a token holds (the tracker's own names are bundles of them)."""
-    return {scope for name in stored.split() for scope in TRACKER_SCOPES.get(name, (name,))}
-
-
-def token_can(stored: str, capability: str) -> bool:
-    """Whether a token with these stored scope names may use a route needing `capability`."""
-    return not (set(stored.split()) | sentry_scopes(stored)).isdisjoint(TOKEN_REACH[capability])
-
 
 def create_token(conn: sqlite3.Connection, name: str = "", scopes: str = "read write admin",
                  user_id: int | None = None) -> str:
@@ -859,6 +873,11 @@ def create_token(conn: sqlite3.Connection, name: str = "", scopes: str = "read w
     conn.execute("INSERT INTO api_tokens (token_hash, name, scopes, user_id, created) VALUES (?, ?, ?, ?, ?)",
                  (hash_token(token), name, scopes, user_id, time.time()))
     return token
+
+
+def hash_token(token: str) -> str:
+    """API tokens are 256-bit random values, so a plain SHA-256 is a safe stored form."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def add_key(conn: sqlite3.Connection, project_id: int, label: str = "Default") -> str:
@@ -926,21 +945,7 @@ def revoke_token(conn: sqlite3.Connection, token_id: str) -> int:
 
 # -- people: users, passwords, browser sessions --------------------------------------------------
 
-ROLES = ("admin", "member")  # members triage issues; admins also change settings, keys, people
 SESSION_COOKIE = "tracker_session"
-SESSION_TTL = 14 * 86400
-
-
-def hash_password(password: str) -> str:
-    """scrypt (memory-hard: 16 MiB per guess) with a random salt, in one self-describing string."""
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=2 ** 14, r=8, p=1, dklen=32)
-    return f"scrypt$16384$8$1${salt.hex()}${digest.hex()}"
-
-
-# Checked when there is no stored hash (an unknown name, a link-only person) so that a wrong sign-in
-# costs the same scrypt work either way: unknown names were answered in 1.8 ms, real ones in 52-65 ms
-NO_PASSWORD = f"scrypt$16384$8$1${'00' * 16}${'00' * 32}"
 
 
 def password_matches(password: str, stored: str | None) -> bool:
@@ -956,6 +961,19 @@ def password_matches(password: str, stored: str | None) -> bool:
     return hmac.compare_digest(again.hex(), digest) and bool(stored)  # NO_PASSWORD never lets anyone in
 
 
+# Checked when there is no stored hash (an unknown name, a link-only person) so that a wrong sign-in
+# costs the same scrypt work either way: unknown names were answered in 1.8 ms, real ones in 52-65 ms
+NO_PASSWORD = f"scrypt$16384$8$1${'00' * 16}${'00' * 32}"
+
+
+def set_password(conn: sqlite3.Connection, name: str, password: str) -> None:
+    """A new password ends every browser session of that user and cancels their login links."""
+    check_user_fields(name, "member", password)
+    user = user_named(conn, name)
+    conn.execute("UPDATE users SET password = ? WHERE id = ?", (hash_password(password), user["id"]))
+    end_access(conn, user["id"])
+
+
 def check_user_fields(name: str, role: str, password: str | None) -> None:
     if not re.fullmatch(r"[\w.@+-]{1,80}", name):
         raise ValueError("a user name is 1-80 letters, digits or . @ + - _")
@@ -965,13 +983,7 @@ def check_user_fields(name: str, role: str, password: str | None) -> None:
         raise ValueError("a password needs at least 10 characters")
 
 
-def create_user(conn: sqlite3.Connection, name: str, role: str = "member", password: str | None = None) -> int:
-    """A user; without a password they can only come in through a login link or the proxy header."""
-    check_user_fields(name, role, password)
-    if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
-        raise ValueError(f"user {name!r} exists already")
-    return int(conn.execute("INSERT INTO users (name, password, role, created) VALUES (?, ?, ?, ?)",
-                            (name, hash_password(password) if password else None, role, time.time())).lastrowid or 0)
+ROLES = ("admin", "member")  # members triage issues; admins also change settings, keys, people
 
 
 def user_named(conn: sqlite3.Connection, name: str) -> sqlite3.Row:
@@ -979,6 +991,13 @@ def user_named(conn: sqlite3.Connection, name: str) -> sqlite3.Row:
     if user is None:
         raise ValueError(f"no user {name!r}")
     return user
+
+
+def hash_password(password: str) -> str:
+    """scrypt (memory-hard: 16 MiB per guess) with a random salt, in one self-describing string."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2 ** 14, r=8, p=1, dklen=32)
+    return f"scrypt$16384$8$1${salt.hex()}${digest.hex()}"
 
 
 def end_access(conn: sqlite3.Connection, user_id: int, tokens: bool = False) -> None:
@@ -990,21 +1009,6 @@ def end_access(conn: sqlite3.Connection, user_id: int, tokens: bool = False) -> 
         conn.execute("DELETE FROM api_tokens WHERE user_id = ?", (user_id,))
 
 
-def set_password(conn: sqlite3.Connection, name: str, password: str) -> None:
-    """A new password ends every browser session of that user and cancels their login links."""
-    check_user_fields(name, "member", password)
-    user = user_named(conn, name)
-    conn.execute("UPDATE users SET password = ? WHERE id = ?", (hash_password(password), user["id"]))
-    end_access(conn, user["id"])
-
-
-def keep_an_admin(conn: sqlite3.Connection, user: sqlite3.Row, doing: str) -> None:
-    """Refuse to leave no enabled admin (no one could then change settings or people)."""
-    if user["role"] == "admin" and not user["disabled"] and conn.execute(
-            "SELECT count(*) FROM users WHERE role = 'admin' AND NOT disabled").fetchone()[0] <= 1:
-        raise ValueError(f"cannot {doing} {user['name']}, the last admin: make another admin first")
-
-
 def set_disabled(conn: sqlite3.Connection, name: str, disabled: bool) -> None:
     """Disable a person (signed out at once, tokens revoked, no new sign-in) or enable them again."""
     user = user_named(conn, name)
@@ -1014,21 +1018,19 @@ def set_disabled(conn: sqlite3.Connection, name: str, disabled: bool) -> None:
     conn.execute("UPDATE users SET disabled = ? WHERE id = ?", (int(disabled), user["id"]))
 
 
+def keep_an_admin(conn: sqlite3.Connection, user: sqlite3.Row, doing: str) -> None:
+    """Refuse to leave no enabled admin (no one could then change settings or people)."""
+    if user["role"] == "admin" and not user["disabled"] and conn.execute(
+            "SELECT count(*) FROM users WHERE role = 'admin' AND NOT disabled").fetchone()[0] <= 1:
+        raise ValueError(f"cannot {doing} {user['name']}, the last admin: make another admin first")
+
+
 def delete_user(conn: sqlite3.Connection, name: str) -> None:
     """Remove a person, their sessions, login links and tokens."""
     user = user_named(conn, name)
     keep_an_admin(conn, user, "delete")
     end_access(conn, user["id"], tokens=True)
     conn.execute("DELETE FROM users WHERE id = ?", (user["id"],))
-
-
-def create_web_session(conn: sqlite3.Connection, user_id: int) -> str:
-    """A browser session: the cookie holds a random token, the database its hash and a CSRF token."""
-    token, now = secrets.token_urlsafe(32), time.time()
-    conn.execute("DELETE FROM web_sessions WHERE expires < ?", (now,))
-    conn.execute("INSERT INTO web_sessions (token_hash, user_id, csrf, created, expires) VALUES (?, ?, ?, ?, ?)",
-                 (hash_token(token), user_id, secrets.token_urlsafe(24), now, now + SESSION_TTL))
-    return token
 
 
 def create_login_link(conn: sqlite3.Connection, name: str, ttl: float = 3600) -> str:
@@ -1049,6 +1051,18 @@ def redeem_login_link(conn: sqlite3.Connection, code: str) -> str | None:
     return create_web_session(conn, row["user_id"]) if row and row["expires"] > time.time() else None
 
 
+def create_web_session(conn: sqlite3.Connection, user_id: int) -> str:
+    """A browser session: the cookie holds a random token, the database its hash and a CSRF token."""
+    token, now = secrets.token_urlsafe(32), time.time()
+    conn.execute("DELETE FROM web_sessions WHERE expires < ?", (now,))
+    conn.execute("INSERT INTO web_sessions (token_hash, user_id, csrf, created, expires) VALUES (?, ?, ?, ?, ?)",
+                 (hash_token(token), user_id, secrets.token_urlsafe(24), now, now + SESSION_TTL))
+    return token
+
+
+SESSION_TTL = 14 * 86400
+
+
 def first_admin(conn: sqlite3.Connection) -> tuple[str, str] | None:
     """On the first start: an `admin` user with a random password, shown once; None when people exist."""
     if conn.execute("SELECT 1 FROM users LIMIT 1").fetchone():
@@ -1056,6 +1070,15 @@ def first_admin(conn: sqlite3.Connection) -> tuple[str, str] | None:
     password = secrets.token_urlsafe(12)
     create_user(conn, "admin", "admin", password)
     return "admin", password
+
+
+def create_user(conn: sqlite3.Connection, name: str, role: str = "member", password: str | None = None) -> int:
+    """A user; without a password they can only come in through a login link or the proxy header."""
+    check_user_fields(name, role, password)
+    if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
+        raise ValueError(f"user {name!r} exists already")
+    return int(conn.execute("INSERT INTO users (name, password, role, created) VALUES (?, ?, ?, ?)",
+                            (name, hash_password(password) if password else None, role, time.time())).lastrowid or 0)
 
 
 def dsn_for(settings: Settings, public_key: str, project_id: int) -> str:
@@ -1100,12 +1123,29 @@ def end_web_session(conn: sqlite3.Connection, cookie: str) -> None:
 # Ingest: authentication, body decoding, envelopes
 # =============================================================================
 
-class IngestError(Exception):
-    """A client error on an ingest route, answered as Relay does: status + {"detail": …}."""
+MAX_AGGREGATES = 100
 
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status, self.detail, self.headers = status, detail, headers or {}
+
+async def ingest(request: Request) -> Response:
+    """POST /api/<id>/envelope/ and /api/<id>/store/: authenticate, decode, store events."""
+    return await answer_ingest(request, ingest_with_key)
+
+
+async def answer_ingest(request: Request, handle: Callable[[Request], Awaitable[Response]]) -> Response:
+    """An ingest route's answer: CORS on everything, an IngestError as Relay's JSON error."""
+    if request.method == "OPTIONS":
+        return Response(status_code=200, headers=CORS_HEADERS)
+    try:
+        if request.app.limits.disk_is_full(request.app.settings.db):
+            raise IngestError(429, "event submission rejected: the tracker's disk is nearly full",
+                              {"Retry-After": "60", "X-Sentry-Rate-Limits": "60::organization:disk_full"})
+        response = await handle(request)
+    except IngestError as exc:
+        response = JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+    if request.scope.get("tracker.inflated", 0) > 64 * KIB and MALLOC_TRIM:
+        MALLOC_TRIM(0)
+    response.headers.update(CORS_HEADERS)
+    return response
 
 
 CORS_HEADERS = {
@@ -1119,14 +1159,34 @@ CORS_HEADERS = {
 }
 
 
-def parse_auth_pairs(value: str) -> dict[str, str]:
-    """`Sentry sentry_key=…, sentry_version=7` → {"sentry_key": …}; whitespace-tolerant."""
-    pairs = {}
-    for part in value.split(","):
-        key, sep, val = part.partition("=")
-        if sep:
-            pairs[key.strip()] = val.strip()
-    return pairs
+class IngestError(Exception):
+    """A client error on an ingest route, answered as Relay does: status + {"detail": …}."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.headers = status, detail, headers or {}
+
+
+# glibc keeps freed memory for reuse, so a large envelope left the server's RSS at its high-water mark
+# for good (1,000 item headers of 4 KiB: +15 MB); malloc_trim hands the pages back (+1 MB; ~0.1 ms).
+try:
+    MALLOC_TRIM: Callable[[int], int] | None = ctypes.CDLL(None).malloc_trim
+except (OSError, AttributeError):  # not glibc
+    MALLOC_TRIM = None
+
+
+async def ingest_with_key(request: Request) -> Response:
+    project_id = parse_project_id(request.path_params["project_id"])
+    key = key_from_request(request)  # garbled auth is refused before a large body is read
+    header, items, data = await read_envelope(request)
+    await authenticate(request, project_id, key, header)
+    return await accept_envelope(request, project_id, header, items, data)
+
+
+def parse_project_id(raw: str) -> int:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # "²" and "١" are isdigit() too
+        raise IngestError(400, "bad project path parameter")
+    return int(raw)
 
 
 def key_from_request(request: Request) -> str | None:
@@ -1154,19 +1214,31 @@ def key_from_request(request: Request) -> str | None:
     return keys.pop() if keys else None
 
 
-def key_from_dsn(dsn: Any, project_id: int) -> str | None:
-    """The envelope header `dsn` (JS `tunnel` option) as an auth source."""
-    if not isinstance(dsn, str):
-        return None
-    try:
-        parts = urllib.parse.urlsplit(dsn)
-    except ValueError:  # e.g. an unbalanced "[" in the host
-        parts = urllib.parse.urlsplit("")
-    if not parts.username:
-        raise IngestError(401, "bad sentry DSN in envelope header")
-    if parts.path.rstrip("/").rsplit("/", 1)[-1] != str(project_id):
-        raise IngestError(403, "envelope DSN is for another project")
-    return parts.username
+def parse_auth_pairs(value: str) -> dict[str, str]:
+    """`Sentry sentry_key=…, sentry_version=7` → {"sentry_key": …}; whitespace-tolerant."""
+    pairs = {}
+    for part in value.split(","):
+        key, sep, val = part.partition("=")
+        if sep:
+            pairs[key.strip()] = val.strip()
+    return pairs
+
+
+async def read_envelope(request: Request) -> tuple[dict[str, Any], list[tuple[dict[str, Any], bytes]], bytes]:
+    """The body decompressed and split into items; a /store/ body is one bare event, logged as the
+    envelope it stands for."""
+    settings = request.app.settings
+    body = await read_body(request, settings.max_body)
+    encoding = request.headers.get("content-encoding", "")
+    if len(body) > 64 * KIB:  # a large (or bomb) body decompresses off the event loop
+        data = await asyncio.to_thread(decompress, body, encoding, settings.max_envelope)
+    else:
+        data = decompress(body, encoding, settings.max_envelope)
+    request.scope["tracker.inflated"] = len(data)  # answer_ingest gives the memory back after a large one
+    if request.scope["path"].rstrip("/").endswith("/store"):
+        wrapped = b"{}\n" + json.dumps({"type": "event", "length": len(data)}).encode() + b"\n" + data
+        return {}, [({"type": "event"}, data)], wrapped
+    return *parse_envelope(data), data
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -1229,45 +1301,6 @@ def unbrotli(body: bytes, limit: int) -> bytes:
     return bytes(out)
 
 
-def json_object(raw: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = json_loads(raw)
-        # "\ud800" loads but cannot be encoded for SQLite or zlib (finds first: most payloads have none)
-        if (b"\\u" in raw or b"\x00" in raw or b"\xed" in raw) and LONE_SURROGATE.search(raw):
-            value = json.loads(json.dumps(value, ensure_ascii=False).encode("utf-8", "replace"))
-    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: "[[[[…" nested too deep
-        raise IngestError(400, f"invalid JSON in {what}") from None
-    if not isinstance(value, dict):
-        raise IngestError(400, f"{what} is not a JSON object")
-    # fewer brackets than the limit cannot nest deeper than it: most payloads skip the check
-    if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and nested_too_deep(raw, MAX_JSON_DEPTH):
-        raise IngestError(400, f"invalid JSON in {what}: nested deeper than {MAX_JSON_DEPTH}")
-    return value
-
-
-LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\x00|\xed[\xa0-\xbf]")  # NUL: a UTF-16/32 body may hide
-# surrogates; ED A0–BF: a surrogate written as UTF-8 bytes (CESU-8), which json.loads lets through
-MAX_JSON_DEPTH = 128  # serde_json's limit, so Relay refuses deeper payloads too
-
-
-NOT_A_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
-INNERMOST_PAIR = re.compile(rb"\[\]|\{\}")
-
-
-def nested_too_deep(raw: bytes, limit: int) -> bool:
-    """Whether valid JSON nests deeper than `limit` (processing and rendering recurse, and a payload
-    nested close to the parser's own limit would overflow their stacks: a 500). Strings out, only
-    the brackets left, then each pass drops the innermost pairs, one level, all at C speed. Strings
-    go by splitting at quotes once escaped backslashes and escaped quotes are out (it parsed as JSON)."""
-    unquoted = raw.replace(b"\\\\", b"").replace(b'\\"', b"").split(b'"')[::2]
-    brackets = b"".join(unquoted).translate(None, NOT_A_BRACKET)
-    for _ in range(limit):
-        if not brackets:
-            return False
-        brackets = INNERMOST_PAIR.sub(b"", brackets)
-    return bool(brackets)
-
-
 # Bounds on one envelope's items, checked while it is split, so a small body that inflates to many
 # items costs no more than they allow (100,000 tiny items in a 3 KB gzip body once took the server
 # from 90 MB to 950 MB of RSS, never given back). Relay's: at most 100 session items (session and
@@ -1275,17 +1308,6 @@ def nested_too_deep(raw: bytes, limit: int) -> bool:
 # report 4 KiB, one event (another is dropped as a duplicate). The tracker's own: 1,000 items, 100
 # attachments (each is an insert for the single writer), 4 KiB a header line (SDKs write ~200 bytes).
 MAX_ENVELOPE_ITEMS = 1000
-MAX_HEADER_LINE = 4 * KIB
-MAX_SESSION_ITEMS = 100
-MAX_AGGREGATES = 100
-MAX_ATTACHMENTS = 100
-MAX_CLIENT_REPORT = 4 * KIB
-
-
-def header_line(data: bytes, start: int, end: int, what: str) -> dict[str, Any]:
-    if end - start > MAX_HEADER_LINE:
-        raise IngestError(413, f"envelope exceeded size limits: {what} longer than {MAX_HEADER_LINE} bytes")
-    return json_object(data[start:end], what)
 
 
 def parse_envelope(data: bytes, max_items: int = MAX_ENVELOPE_ITEMS
@@ -1334,13 +1356,88 @@ def parse_envelope(data: bytes, max_items: int = MAX_ENVELOPE_ITEMS
     return header, items
 
 
-def normalize_id(value: Any) -> str | None:
-    """Dashed or undashed UUID → 32 lowercase hex; anything else → None."""
-    if isinstance(value, str):
-        candidate = value.replace("-", "").strip().lower()
-        if re.fullmatch(r"[0-9a-f]{32}", candidate):
-            return candidate
-    return None
+def header_line(data: bytes, start: int, end: int, what: str) -> dict[str, Any]:
+    if end - start > MAX_HEADER_LINE:
+        raise IngestError(413, f"envelope exceeded size limits: {what} longer than {MAX_HEADER_LINE} bytes")
+    return json_object(data[start:end], what)
+
+
+MAX_HEADER_LINE = 4 * KIB
+
+
+def json_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json_loads(raw)
+        # "\ud800" loads but cannot be encoded for SQLite or zlib (finds first: most payloads have none)
+        if (b"\\u" in raw or b"\x00" in raw or b"\xed" in raw) and LONE_SURROGATE.search(raw):
+            value = json.loads(json.dumps(value, ensure_ascii=False).encode("utf-8", "replace"))
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: "[[[[…" nested too deep
+        raise IngestError(400, f"invalid JSON in {what}") from None
+    if not isinstance(value, dict):
+        raise IngestError(400, f"{what} is not a JSON object")
+    # fewer brackets than the limit cannot nest deeper than it: most payloads skip the check
+    if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and nested_too_deep(raw, MAX_JSON_DEPTH):
+        raise IngestError(400, f"invalid JSON in {what}: nested deeper than {MAX_JSON_DEPTH}")
+    return value
+
+
+LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\x00|\xed[\xa0-\xbf]")  # NUL: a UTF-16/32 body may hide
+
+# surrogates; ED A0–BF: a surrogate written as UTF-8 bytes (CESU-8), which json.loads lets through
+MAX_JSON_DEPTH = 128  # serde_json's limit, so Relay refuses deeper payloads too
+
+
+def nested_too_deep(raw: bytes, limit: int) -> bool:
+    """Whether valid JSON nests deeper than `limit` (processing and rendering recurse, and a payload
+    nested close to the parser's own limit would overflow their stacks: a 500). Strings out, only
+    the brackets left, then each pass drops the innermost pairs, one level, all at C speed. Strings
+    go by splitting at quotes once escaped backslashes and escaped quotes are out (it parsed as JSON)."""
+    unquoted = raw.replace(b"\\\\", b"").replace(b'\\"', b"").split(b'"')[::2]
+    brackets = b"".join(unquoted).translate(None, NOT_A_BRACKET)
+    for _ in range(limit):
+        if not brackets:
+            return False
+        brackets = INNERMOST_PAIR.sub(b"", brackets)
+    return bool(brackets)
+
+
+NOT_A_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
+
+INNERMOST_PAIR = re.compile(rb"\[\]|\{\}")
+
+MAX_SESSION_ITEMS = 100
+
+
+async def authenticate(request: Request, project_id: int, key: str | None, header: dict[str, Any]) -> None:
+    """Check the key (from headers/query, else the envelope's `dsn`) against the project in the path."""
+    dsn_key = key_from_dsn(header.get("dsn"), project_id)
+    if key and dsn_key and key.lower() != dsn_key.lower():
+        raise IngestError(401, "multiple authorization payloads detected")
+    key = key or dsn_key
+    if key is None:
+        raise IngestError(401, "missing authorization information")
+    if not re.fullmatch(r"[0-9a-fA-F]{32}", key):
+        raise IngestError(401, "bad sentry DSN public key")
+    owner, active = await request.app.keys.project_for(key.lower())
+    if owner is None or not active:
+        raise IngestError(403, "event submission rejected: unknown or disabled project key")
+    if owner != project_id:
+        raise IngestError(403, "event submission rejected: key does not belong to this project")
+
+
+def key_from_dsn(dsn: Any, project_id: int) -> str | None:
+    """The envelope header `dsn` (JS `tunnel` option) as an auth source."""
+    if not isinstance(dsn, str):
+        return None
+    try:
+        parts = urllib.parse.urlsplit(dsn)
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        parts = urllib.parse.urlsplit("")
+    if not parts.username:
+        raise IngestError(401, "bad sentry DSN in envelope header")
+    if parts.path.rstrip("/").rsplit("/", 1)[-1] != str(project_id):
+        raise IngestError(403, "envelope DSN is for another project")
+    return parts.username
 
 
 class KeyCache:
@@ -1362,131 +1459,6 @@ class KeyCache:
             self.entries.clear()
         self.entries[key] = entry
         return entry[1], entry[2]
-
-
-class OptionsCache:
-    """project id → its options (PROJECT_OPTIONS), cached briefly; a change through this process
-    calls `forget` so it applies at once."""
-
-    TTL = 10.0
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.entries: dict[int, tuple[float, dict[str, Any]]] = {}
-
-    async def options(self, project_id: int) -> dict[str, Any]:
-        hit = self.entries.get(project_id)
-        if hit and time.monotonic() - hit[0] < self.TTL:
-            return hit[1]
-        rows = await self.store.all("SELECT key, value FROM project_options WHERE project_id = ?", (project_id,))
-        options = {r["key"]: json.loads(r["value"]) for r in rows}
-        self.entries[project_id] = (time.monotonic(), options)
-        return options
-
-    def forget(self, project_id: int) -> None:
-        self.entries.pop(project_id, None)
-
-
-async def authenticate(request: Request, project_id: int, key: str | None, header: dict[str, Any]) -> None:
-    """Check the key (from headers/query, else the envelope's `dsn`) against the project in the path."""
-    dsn_key = key_from_dsn(header.get("dsn"), project_id)
-    if key and dsn_key and key.lower() != dsn_key.lower():
-        raise IngestError(401, "multiple authorization payloads detected")
-    key = key or dsn_key
-    if key is None:
-        raise IngestError(401, "missing authorization information")
-    if not re.fullmatch(r"[0-9a-fA-F]{32}", key):
-        raise IngestError(401, "bad sentry DSN public key")
-    owner, active = await request.app.keys.project_for(key.lower())
-    if owner is None or not active:
-        raise IngestError(403, "event submission rejected: unknown or disabled project key")
-    if owner != project_id:
-        raise IngestError(403, "event submission rejected: key does not belong to this project")
-
-
-def parse_project_id(raw: str) -> int:
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # "²" and "١" are isdigit() too
-        raise IngestError(400, "bad project path parameter")
-    return int(raw)
-
-
-def client_ip(request: Request) -> str:
-    """The client's address: uvicorn puts the one X-Forwarded-For names there when the connection
-    comes from a trusted proxy (`trusted_proxies`), and ignores the header from anyone else."""
-    return request.client.host if request.client else ""
-
-
-async def ingest(request: Request) -> Response:
-    """POST /api/<id>/envelope/ and /api/<id>/store/: authenticate, decode, store events."""
-    return await answer_ingest(request, ingest_with_key)
-
-
-async def answer_ingest(request: Request, handle: Callable[[Request], Awaitable[Response]]) -> Response:
-    """An ingest route's answer: CORS on everything, an IngestError as Relay's JSON error."""
-    if request.method == "OPTIONS":
-        return Response(status_code=200, headers=CORS_HEADERS)
-    try:
-        if request.app.limits.disk_is_full(request.app.settings.db):
-            raise IngestError(429, "event submission rejected: the tracker's disk is nearly full",
-                              {"Retry-After": "60", "X-Sentry-Rate-Limits": "60::organization:disk_full"})
-        response = await handle(request)
-    except IngestError as exc:
-        response = JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
-    if request.scope.get("tracker.inflated", 0) > 64 * KIB and MALLOC_TRIM:
-        MALLOC_TRIM(0)
-    response.headers.update(CORS_HEADERS)
-    return response
-
-
-# glibc keeps freed memory for reuse, so a large envelope left the server's RSS at its high-water mark
-# for good (1,000 item headers of 4 KiB: +15 MB); malloc_trim hands the pages back (+1 MB; ~0.1 ms).
-try:
-    MALLOC_TRIM: Callable[[int], int] | None = ctypes.CDLL(None).malloc_trim
-except (OSError, AttributeError):  # not glibc
-    MALLOC_TRIM = None
-
-
-async def ingest_with_key(request: Request) -> Response:
-    project_id = parse_project_id(request.path_params["project_id"])
-    key = key_from_request(request)  # garbled auth is refused before a large body is read
-    header, items, data = await read_envelope(request)
-    await authenticate(request, project_id, key, header)
-    return await accept_envelope(request, project_id, header, items, data)
-
-
-async def stream(request: Request) -> Response:
-    """POST /stream: what the SDK's `spotlight=` option sends (Spotlight's sidecar URL)."""
-    return await answer_ingest(request, spotlight)
-
-
-async def spotlight(request: Request) -> Response:
-    """An envelope without a DSN, into the project `local` (made on first use). Loopback clients
-    only: it is for a developer's own machine."""
-    if client_ip(request) not in ("127.0.0.1", "::1"):
-        raise IngestError(403, "/stream accepts envelopes from this machine only; use a DSN from elsewhere")
-    header, items, data = await read_envelope(request)
-    store = request.app.store
-    row = await store.one("SELECT id FROM projects WHERE slug = 'local'")
-    project_id = row["id"] if row else (await request.app.writer.submit(
-        lambda conn: create_project(conn, "local", "local")))[0]
-    return await accept_envelope(request, project_id, header, items, data)
-
-
-async def read_envelope(request: Request) -> tuple[dict[str, Any], list[tuple[dict[str, Any], bytes]], bytes]:
-    """The body decompressed and split into items; a /store/ body is one bare event, logged as the
-    envelope it stands for."""
-    settings = request.app.settings
-    body = await read_body(request, settings.max_body)
-    encoding = request.headers.get("content-encoding", "")
-    if len(body) > 64 * KIB:  # a large (or bomb) body decompresses off the event loop
-        data = await asyncio.to_thread(decompress, body, encoding, settings.max_envelope)
-    else:
-        data = decompress(body, encoding, settings.max_envelope)
-    request.scope["tracker.inflated"] = len(data)  # answer_ingest gives the memory back after a large one
-    if request.scope["path"].rstrip("/").endswith("/store"):
-        wrapped = b"{}\n" + json.dumps({"type": "event", "length": len(data)}).encode() + b"\n" + data
-        return {}, [({"type": "event"}, data)], wrapped
-    return *parse_envelope(data), data
 
 
 async def accept_envelope(request: Request, project_id: int, header: dict[str, Any],
@@ -1581,6 +1553,62 @@ class Intake:
         return JSONResponse(body, headers=rate_limits)
 
 
+def normalize_id(value: Any) -> str | None:
+    """Dashed or undashed UUID → 32 lowercase hex; anything else → None."""
+    if isinstance(value, str):
+        candidate = value.replace("-", "").strip().lower()
+        if re.fullmatch(r"[0-9a-f]{32}", candidate):
+            return candidate
+    return None
+
+
+class RulesCache:
+    """project id → its parsed grouping rules, so ingest applies them without a query per event.
+    Whoever saves rules drops the entry; `generation` stops a read that raced with a save from
+    caching the old rules."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.entries: dict[int, GroupingRules] = {}
+        self.generation = 0
+
+    async def rules_for(self, project_id: int) -> GroupingRules:
+        if project_id in self.entries:
+            return self.entries[project_id]
+        generation = self.generation
+        rules = stored_rules(await self.store.one(RULES_SQL, (project_id,)))
+        if generation == self.generation:
+            self.entries[project_id] = rules
+        return rules
+
+    def invalidate(self, project_id: int) -> None:
+        self.generation += 1
+        self.entries.pop(project_id, None)
+
+
+class OptionsCache:
+    """project id → its options (PROJECT_OPTIONS), cached briefly; a change through this process
+    calls `forget` so it applies at once."""
+
+    TTL = 10.0
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.entries: dict[int, tuple[float, dict[str, Any]]] = {}
+
+    async def options(self, project_id: int) -> dict[str, Any]:
+        hit = self.entries.get(project_id)
+        if hit and time.monotonic() - hit[0] < self.TTL:
+            return hit[1]
+        rows = await self.store.all("SELECT key, value FROM project_options WHERE project_id = ?", (project_id,))
+        options = {r["key"]: json.loads(r["value"]) for r in rows}
+        self.entries[project_id] = (time.monotonic(), options)
+        return options
+
+    def forget(self, project_id: int) -> None:
+        self.entries.pop(project_id, None)
+
+
 # Item type → the data category its rate limit counts in (Sentry's, sentry-protocol.md §5.3): each has
 # its own budget of the project's `rate_limit` and of `[limits] events_per_minute` in a minute, so a
 # flood of attachments or check-ins is limited like one of events. Client reports (`internal`) never are.
@@ -1612,6 +1640,12 @@ async def take_event(intake: Intake, item_header: dict[str, Any], payload: bytes
     return "stored"
 
 
+def client_ip(request: Request) -> str:
+    """The client's address: uvicorn puts the one X-Forwarded-For names there when the connection
+    comes from a trusted proxy (`trusted_proxies`), and ignores the header from anyone else."""
+    return request.client.host if request.client else ""
+
+
 def take_health(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
     """Sessions and transactions become counts in minute buckets; a malformed one is dropped alone."""
     kind = item_header["type"]
@@ -1638,6 +1672,9 @@ def take_client_report(intake: Intake, item_header: dict[str, Any], payload: byt
     return "counted in the project's dropped events"
 
 
+MAX_CLIENT_REPORT = 4 * KIB
+
+
 def take_check_in(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
     """A cron check-in (`capture_checkin`, `@monitor`), rate limited as category `monitor` (so a flood
     of events does not stop it); the writer job records it (see Cron monitors) and says what became of it."""
@@ -1657,6 +1694,98 @@ def take_check_in(intake: Intake, item_header: dict[str, Any], payload: bytes) -
         intake.outcomes[index][2] = record_check_in(conn, intake.project_id, check_in, minute)[0]
     intake.jobs.append(store)
     return "stored"
+
+
+async def take_attachment(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
+    """An attachment: checked against the size and count caps here, against the project's quota in the
+    writer job (so concurrent envelopes cannot pass it together), stored under the envelope's event id.
+    Hashed and compressed here (a large one in a thread): the writer only inserts."""
+    limits = intake.request.app.limits
+    max_size, max_total = attachment_caps(intake.request.app.settings, intake.options)
+    event_id = normalize_id(intake.header.get("event_id")) or (intake.events[-1].event_id if intake.events else None)
+    if intake.over_limit("error", "attachment", dropped_as="attachment_item"):  # its event's limit, or its own
+        return "dropped: rate limited"
+    if intake.seen["attachment"] > MAX_ATTACHMENTS:
+        return intake.drop("too_many", "attachment_item", f"dropped: more than {MAX_ATTACHMENTS} in one envelope")
+    if event_id is None:
+        return intake.drop("no_event_id", "attachment_item", "dropped: the envelope names no event to attach it to")
+    if len(payload) > max_size:
+        return intake.drop("too_large", "attachment_item",
+                           f"dropped: larger than the attachment limit of {max_size} bytes")
+    digest, utf8, data = (await asyncio.to_thread(attachment_blob, payload, zstandard.ZstdCompressor(level=3))
+                          if len(payload) > 64 * KIB else attachment_blob(payload, ATTACHMENT_ZSTD))
+    row = {"project_id": intake.project_id, "event_id": event_id,
+           "filename": text(item_header.get("filename"), 255).strip() or "attachment",
+           "content_type": text(item_header.get("content_type"), 100).strip().lower() or "application/octet-stream",
+           "attachment_type": text(item_header.get("attachment_type"), 64) or "event.attachment",
+           "size": len(payload), "sha1": digest, "utf8": utf8, "data": data, "created": intake.received}
+    index, loop = len(intake.outcomes), asyncio.get_running_loop()
+
+    def store(conn: sqlite3.Connection) -> None:
+        intake.outcomes[index][2] = store_attachment(conn, row, max_total)
+        if intake.outcomes[index][2] == QUOTA_FULL:  # the counter lives on the event loop's side
+            loop.call_soon_threadsafe(limits.drop, intake.project_id, intake.received, "attachment_quota",
+                                      "attachment_item", 1)
+    intake.jobs.append(store)
+    return "stored"
+
+
+MAX_ATTACHMENTS = 100
+
+
+def take_feedback(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
+    """New-style feedback (JS `captureFeedback`, the feedback widget): an event whose
+    contexts.feedback holds message, contact_email, name, url and associated_event_id."""
+    if intake.over_limit("feedback"):
+        return "dropped: rate limited"
+    try:
+        raw = feedback_payload(intake, payload, "feedback")
+    except IngestError as exc:
+        return f"dropped: {exc.detail}"
+    contexts = as_dict(raw.get("contexts"))
+    fields, user = as_dict(contexts.get("feedback")), as_dict(raw.get("user"))
+    return queue_feedback(intake, Feedback(
+        intake.project_id, "feedback", normalize_id(fields.get("associated_event_id")),
+        normalize_id(raw.get("event_id")) or normalize_id(intake.header.get("event_id")) or uuid.uuid4().hex,
+        text(fields.get("name") or user.get("name") or user.get("username"), 256),
+        text(fields.get("contact_email") or user.get("email"), 256), text(fields.get("message"), MAX_FEEDBACK),
+        text(fields.get("url") or as_dict(raw.get("request")).get("url"), 2048),
+        {k: v for k, v in contexts.items() if k != "feedback" and isinstance(v, dict)}, intake.received))
+
+
+def take_user_report(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
+    """A legacy user report: {event_id, name, email, comments} about one event."""
+    if intake.over_limit("feedback"):
+        return "dropped: rate limited"
+    try:
+        raw = feedback_payload(intake, payload, "user report")
+    except IngestError as exc:
+        return f"dropped: {exc.detail}"
+    return queue_feedback(intake, user_report(intake.project_id, raw, intake.header.get("event_id"), intake.received))
+
+
+ITEM_HANDLERS: dict[str, Callable[[Intake, dict[str, Any], bytes], str | Awaitable[str]]] = {
+    "event": take_event, "session": take_health, "sessions": take_health, "transaction": take_health,
+    "client_report": take_client_report, "check_in": take_check_in, "attachment": take_attachment,
+    "feedback": take_feedback, "user_report": take_user_report}
+
+
+async def stream(request: Request) -> Response:
+    """POST /stream: what the SDK's `spotlight=` option sends (Spotlight's sidecar URL)."""
+    return await answer_ingest(request, spotlight)
+
+
+async def spotlight(request: Request) -> Response:
+    """An envelope without a DSN, into the project `local` (made on first use). Loopback clients
+    only: it is for a developer's own machine."""
+    if client_ip(request) not in ("127.0.0.1", "::1"):
+        raise IngestError(403, "/stream accepts envelopes from this machine only; use a DSN from elsewhere")
+    header, items, data = await read_envelope(request)
+    store = request.app.store
+    row = await store.one("SELECT id FROM projects WHERE slug = 'local'")
+    project_id = row["id"] if row else (await request.app.writer.submit(
+        lambda conn: create_project(conn, "local", "local")))[0]
+    return await accept_envelope(request, project_id, header, items, data)
 
 
 async def cron_endpoint(request: Request) -> Response:
@@ -1694,13 +1823,6 @@ async def take_http_check_in(request: Request) -> Response:
 # `user_report` (legacy) items become rows of `feedback`, linked to the issue of the event they
 # name as soon as both are stored, in either order.
 
-ATTACHMENT_MAX_SIZE = 10 * MIB  # [attachments] max_size: one attachment (Sentry allows 100 MiB; see README)
-ATTACHMENT_MAX_TOTAL = 100 * MIB  # [attachments] max_total: all attachments of a project
-TEXT_VIEW_MAX = 256 * KIB  # attachments up to this size that are UTF-8 text can be read on a page
-QUOTA_FULL = "dropped: attachment quota of the project is full"
-MAX_FEEDBACK = 4096  # characters of a feedback message (Sentry's limit for comments)
-
-
 def attachment_caps(settings: Settings, options: Mapping[str, Any]) -> tuple[int, int]:
     """(max bytes of one attachment, max bytes of all of a project's attachments): the project's
     `attachments` option over the [attachments] table over the defaults."""
@@ -1713,39 +1835,9 @@ def attachment_caps(settings: Settings, options: Mapping[str, Any]) -> tuple[int
     return caps[0], caps[1]
 
 
-async def take_attachment(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
-    """An attachment: checked against the size and count caps here, against the project's quota in the
-    writer job (so concurrent envelopes cannot pass it together), stored under the envelope's event id.
-    Hashed and compressed here (a large one in a thread): the writer only inserts."""
-    limits = intake.request.app.limits
-    max_size, max_total = attachment_caps(intake.request.app.settings, intake.options)
-    event_id = normalize_id(intake.header.get("event_id")) or (intake.events[-1].event_id if intake.events else None)
-    if intake.over_limit("error", "attachment", dropped_as="attachment_item"):  # its event's limit, or its own
-        return "dropped: rate limited"
-    if intake.seen["attachment"] > MAX_ATTACHMENTS:
-        return intake.drop("too_many", "attachment_item", f"dropped: more than {MAX_ATTACHMENTS} in one envelope")
-    if event_id is None:
-        return intake.drop("no_event_id", "attachment_item", "dropped: the envelope names no event to attach it to")
-    if len(payload) > max_size:
-        return intake.drop("too_large", "attachment_item",
-                           f"dropped: larger than the attachment limit of {max_size} bytes")
-    digest, utf8, data = (await asyncio.to_thread(attachment_blob, payload, zstandard.ZstdCompressor(level=3))
-                          if len(payload) > 64 * KIB else attachment_blob(payload, ATTACHMENT_ZSTD))
-    row = {"project_id": intake.project_id, "event_id": event_id,
-           "filename": text(item_header.get("filename"), 255).strip() or "attachment",
-           "content_type": text(item_header.get("content_type"), 100).strip().lower() or "application/octet-stream",
-           "attachment_type": text(item_header.get("attachment_type"), 64) or "event.attachment",
-           "size": len(payload), "sha1": digest, "utf8": utf8, "data": data, "created": intake.received}
-    index, loop = len(intake.outcomes), asyncio.get_running_loop()
+ATTACHMENT_MAX_SIZE = 10 * MIB  # [attachments] max_size: one attachment (Sentry allows 100 MiB; see README)
 
-    def store(conn: sqlite3.Connection) -> None:
-        intake.outcomes[index][2] = store_attachment(conn, row, max_total)
-        if intake.outcomes[index][2] == QUOTA_FULL:  # the counter lives on the event loop's side
-            loop.call_soon_threadsafe(limits.drop, intake.project_id, intake.received, "attachment_quota",
-                                      "attachment_item", 1)
-    intake.jobs.append(store)
-    return "stored"
-
+ATTACHMENT_MAX_TOTAL = 100 * MIB  # [attachments] max_total: all attachments of a project
 
 ATTACHMENT_ZSTD = zstandard.ZstdCompressor(level=3)  # used on the event loop only (a compressor is not thread-safe)
 
@@ -1766,6 +1858,9 @@ def readable_text(payload: bytes) -> bool:
     return True
 
 
+TEXT_VIEW_MAX = 256 * KIB  # attachments up to this size that are UTF-8 text can be read on a page
+
+
 def store_attachment(conn: sqlite3.Connection, row: dict[str, Any], max_total: int) -> str:
     """Writer job: keep an attachment unless the same file is stored for the event already (an SDK's
     retry) or it would take the project's attachments past `max_total` bytes."""
@@ -1780,6 +1875,65 @@ def store_attachment(conn: sqlite3.Connection, row: dict[str, Any], max_total: i
                     VALUES (:project_id, :event_id, :filename, :content_type, :attachment_type, :size, :sha1, :utf8,
                             :data, :created)""", row)  # the attachment_added trigger counts it in attachment_usage
     return "stored"
+
+
+QUOTA_FULL = "dropped: attachment quota of the project is full"
+
+
+def feedback_payload(intake: Intake, payload: bytes, what: str) -> dict[str, Any]:
+    if len(payload) > intake.request.app.settings.max_event:
+        raise IngestError(413, "too large")
+    return json_object(payload, f"{what} payload")
+
+
+def queue_feedback(intake: Intake, feedback: Feedback) -> str:
+    problem = feedback_problem(feedback)
+    if problem:
+        return f"dropped: {problem}"
+    feedback.scrub(intake.scrub)
+    index = len(intake.outcomes)
+
+    def store(conn: sqlite3.Connection) -> None:
+        intake.outcomes[index][2] = store_feedback(conn, feedback)
+    intake.jobs.append(store)
+    return "stored"
+
+
+def feedback_problem(feedback: Feedback) -> str | None:
+    """Why feedback cannot be kept, or None."""
+    if not feedback.message.strip():
+        return "feedback without a message"
+    if feedback.source == "user_report" and feedback.event_id is None:
+        return "a user report must name its event (event_id)"
+    return None
+
+
+def store_feedback(conn: sqlite3.Connection, feedback: Feedback) -> str:
+    """Writer job: keep feedback, linked to the issue of its event when that is stored (else
+    `link_feedback` links it when the event comes). A second user report on an event replaces the
+    first, as in Sentry; a feedback event id seen before (an SDK's retry) is stored once."""
+    row = conn.execute("SELECT issue_id FROM events WHERE project_id = ? AND event_id = ?",
+                       (feedback.project_id, feedback.event_id)).fetchone() if feedback.event_id else None
+    values = {**dataclasses.asdict(feedback), "contexts": json.dumps(feedback.contexts, default=str),
+              "issue_id": row["issue_id"] if row else None}
+    if feedback.source == "user_report" and conn.execute(
+            """UPDATE feedback SET name = :name, email = :email, message = :message, created = :created,
+                   issue_id = coalesce(:issue_id, issue_id)
+               WHERE project_id = :project_id AND event_id = :event_id AND source = 'user_report'""", values).rowcount:
+        return "stored (it replaced the earlier report on this event)"
+    inserted = conn.execute(
+        """INSERT OR IGNORE INTO feedback (project_id, event_id, issue_id, feedback_event_id, name, email, message,
+                                           url, source, contexts, created)
+           VALUES (:project_id, :event_id, :issue_id, :feedback_event_id, :name, :email, :message, :url, :source,
+                   :contexts, :created)""", values).rowcount
+    return "stored" if inserted else "dropped: this feedback is stored already"
+
+
+def user_report(project_id: int, raw: dict[str, Any], default_event_id: Any, now: float) -> Feedback:
+    """A legacy user report (envelope item or API body) as feedback."""
+    return Feedback(project_id, "user_report", normalize_id(raw.get("event_id")) or normalize_id(default_event_id),
+                    None, text(raw.get("name"), 256), text(raw.get("email"), 256),
+                    text(raw.get("comments"), MAX_FEEDBACK), created=now)
 
 
 @dataclasses.dataclass
@@ -1809,91 +1963,7 @@ class Feedback:
             self.contexts = {}
 
 
-def take_feedback(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
-    """New-style feedback (JS `captureFeedback`, the feedback widget): an event whose
-    contexts.feedback holds message, contact_email, name, url and associated_event_id."""
-    if intake.over_limit("feedback"):
-        return "dropped: rate limited"
-    try:
-        raw = feedback_payload(intake, payload, "feedback")
-    except IngestError as exc:
-        return f"dropped: {exc.detail}"
-    contexts = as_dict(raw.get("contexts"))
-    fields, user = as_dict(contexts.get("feedback")), as_dict(raw.get("user"))
-    return queue_feedback(intake, Feedback(
-        intake.project_id, "feedback", normalize_id(fields.get("associated_event_id")),
-        normalize_id(raw.get("event_id")) or normalize_id(intake.header.get("event_id")) or uuid.uuid4().hex,
-        text(fields.get("name") or user.get("name") or user.get("username"), 256),
-        text(fields.get("contact_email") or user.get("email"), 256), text(fields.get("message"), MAX_FEEDBACK),
-        text(fields.get("url") or as_dict(raw.get("request")).get("url"), 2048),
-        {k: v for k, v in contexts.items() if k != "feedback" and isinstance(v, dict)}, intake.received))
-
-
-def take_user_report(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
-    """A legacy user report: {event_id, name, email, comments} about one event."""
-    if intake.over_limit("feedback"):
-        return "dropped: rate limited"
-    try:
-        raw = feedback_payload(intake, payload, "user report")
-    except IngestError as exc:
-        return f"dropped: {exc.detail}"
-    return queue_feedback(intake, user_report(intake.project_id, raw, intake.header.get("event_id"), intake.received))
-
-
-def feedback_payload(intake: Intake, payload: bytes, what: str) -> dict[str, Any]:
-    if len(payload) > intake.request.app.settings.max_event:
-        raise IngestError(413, "too large")
-    return json_object(payload, f"{what} payload")
-
-
-def user_report(project_id: int, raw: dict[str, Any], default_event_id: Any, now: float) -> Feedback:
-    """A legacy user report (envelope item or API body) as feedback."""
-    return Feedback(project_id, "user_report", normalize_id(raw.get("event_id")) or normalize_id(default_event_id),
-                    None, text(raw.get("name"), 256), text(raw.get("email"), 256),
-                    text(raw.get("comments"), MAX_FEEDBACK), created=now)
-
-
-def feedback_problem(feedback: Feedback) -> str | None:
-    """Why feedback cannot be kept, or None."""
-    if not feedback.message.strip():
-        return "feedback without a message"
-    if feedback.source == "user_report" and feedback.event_id is None:
-        return "a user report must name its event (event_id)"
-    return None
-
-
-def queue_feedback(intake: Intake, feedback: Feedback) -> str:
-    problem = feedback_problem(feedback)
-    if problem:
-        return f"dropped: {problem}"
-    feedback.scrub(intake.scrub)
-    index = len(intake.outcomes)
-
-    def store(conn: sqlite3.Connection) -> None:
-        intake.outcomes[index][2] = store_feedback(conn, feedback)
-    intake.jobs.append(store)
-    return "stored"
-
-
-def store_feedback(conn: sqlite3.Connection, feedback: Feedback) -> str:
-    """Writer job: keep feedback, linked to the issue of its event when that is stored (else
-    `link_feedback` links it when the event comes). A second user report on an event replaces the
-    first, as in Sentry; a feedback event id seen before (an SDK's retry) is stored once."""
-    row = conn.execute("SELECT issue_id FROM events WHERE project_id = ? AND event_id = ?",
-                       (feedback.project_id, feedback.event_id)).fetchone() if feedback.event_id else None
-    values = {**dataclasses.asdict(feedback), "contexts": json.dumps(feedback.contexts, default=str),
-              "issue_id": row["issue_id"] if row else None}
-    if feedback.source == "user_report" and conn.execute(
-            """UPDATE feedback SET name = :name, email = :email, message = :message, created = :created,
-                   issue_id = coalesce(:issue_id, issue_id)
-               WHERE project_id = :project_id AND event_id = :event_id AND source = 'user_report'""", values).rowcount:
-        return "stored (it replaced the earlier report on this event)"
-    inserted = conn.execute(
-        """INSERT OR IGNORE INTO feedback (project_id, event_id, issue_id, feedback_event_id, name, email, message,
-                                           url, source, contexts, created)
-           VALUES (:project_id, :event_id, :issue_id, :feedback_event_id, :name, :email, :message, :url, :source,
-                   :contexts, :created)""", values).rowcount
-    return "stored" if inserted else "dropped: this feedback is stored already"
+MAX_FEEDBACK = 4096  # characters of a feedback message (Sentry's limit for comments)
 
 
 def link_feedback(conn: sqlite3.Connection, project_id: int, event_id: str, issue_id: int) -> None:
@@ -1902,15 +1972,15 @@ def link_feedback(conn: sqlite3.Connection, project_id: int, event_id: str, issu
                  (issue_id, project_id, event_id))
 
 
-ATTACHMENT_COLUMNS = "id, project_id, event_id, filename, content_type, attachment_type, size, sha1, utf8, created"
-
-
 async def attachment_rows(store: Store, project_id: int, event_ids: list[str]) -> list[sqlite3.Row]:
     """The attachments of these events (their data left out), oldest first."""
     if not event_ids:
         return []
     return await store.all(f"SELECT {ATTACHMENT_COLUMNS} FROM attachments WHERE project_id = ? AND event_id IN "
                            f"({','.join('?' * len(event_ids))}) ORDER BY id", (project_id, *event_ids))
+
+
+ATTACHMENT_COLUMNS = "id, project_id, event_id, filename, content_type, attachment_type, size, sha1, utf8, created"
 
 
 async def event_attachment(store: Store, project_id: int, event_id: str, attachment_id: int) -> sqlite3.Row | None:
@@ -1950,29 +2020,9 @@ async def issue_feedback_rows(store: Store, issue_id: int, limit: int = 100) -> 
     return rows, total
 
 
-ITEM_HANDLERS: dict[str, Callable[[Intake, dict[str, Any], bytes], str | Awaitable[str]]] = {
-    "event": take_event, "session": take_health, "sessions": take_health, "transaction": take_health,
-    "client_report": take_client_report, "check_in": take_check_in, "attachment": take_attachment,
-    "feedback": take_feedback, "user_report": take_user_report}
 
 
-# The envelope log, for people testing an SDK: every envelope as it arrived (decompressed, up to
-# 1 MiB) and what became of each item; the newest ENVELOPE_LOG per project, for a day at most.
-ENVELOPE_LOG, ENVELOPE_LOG_AGE, ENVELOPE_LOG_BODY = 500, 86400, MIB
-ENVELOPE_ZSTD = zstandard.ZstdCompressor(level=1)  # used by the writer thread only
-
-
-def envelope_client(intake: Intake) -> str:
-    """Which SDK sent it: the envelope's `sdk`, else the auth header's sentry_client, else the User-Agent."""
-    sdk = intake.header.get("sdk") if isinstance(intake.header.get("sdk"), dict) else {}
-    if sdk.get("name"):
-        return text(f"{sdk['name']}/{sdk.get('version', '')}", 200)
-    auth = re.search(r"sentry_client=([^,\s]+)", intake.request.headers.get("x-sentry-auth", ""))
-    return text(auth[1] if auth else intake.request.headers.get("user-agent", ""), 200)
-
-
-LOGGED_AS_SENT = {"client_report", "check_in", "sessions"}  # items that carry no user data
-
+# -- the envelope log: every envelope as it arrived, for people testing an SDK ---------------------
 
 def scrubbed_log_body(intake: Intake, items: list[tuple[dict[str, Any], bytes]]) -> bytes:
     """The envelope as the log keeps it when the project scrubs data: scrubbing happens before
@@ -1993,6 +2043,8 @@ def scrubbed_log_body(intake: Intake, items: list[tuple[dict[str, Any], bytes]])
     return bytes(out)
 
 
+LOGGED_AS_SENT = {"client_report", "check_in", "sessions"}  # items that carry no user data
+
 NOT_KEPT = json_dumps({"not_kept": "this project scrubs data before storing it, so the log keeps only this item's "
                                    "header, size and outcome"})
 
@@ -2011,6 +2063,22 @@ def log_envelope(conn: sqlite3.Connection, intake: Intake, body: bytes, size: in
                      (intake.project_id, intake.received - ENVELOPE_LOG_AGE, intake.project_id, ENVELOPE_LOG))
 
 
+ENVELOPE_ZSTD = zstandard.ZstdCompressor(level=1)  # used by the writer thread only
+
+# The envelope log, for people testing an SDK: every envelope as it arrived (decompressed, up to
+# 1 MiB) and what became of each item; the newest ENVELOPE_LOG per project, for a day at most.
+ENVELOPE_LOG, ENVELOPE_LOG_AGE, ENVELOPE_LOG_BODY = 500, 86400, MIB
+
+
+def envelope_client(intake: Intake) -> str:
+    """Which SDK sent it: the envelope's `sdk`, else the auth header's sentry_client, else the User-Agent."""
+    sdk = intake.header.get("sdk") if isinstance(intake.header.get("sdk"), dict) else {}
+    if sdk.get("name"):
+        return text(f"{sdk['name']}/{sdk.get('version', '')}", 200)
+    auth = re.search(r"sentry_client=([^,\s]+)", intake.request.headers.get("x-sentry-auth", ""))
+    return text(auth[1] if auth else intake.request.headers.get("user-agent", ""), 200)
+
+
 async def logged_envelopes(store: Store, project_id: int, limit: int = 200) -> list[sqlite3.Row]:
     """The project's newest logged envelopes, without their header and body."""
     return await store.all("SELECT id, received, client, size, items FROM envelopes WHERE project_id = ? "
@@ -2021,6 +2089,8 @@ async def logged_envelope(store: Store, project_id: int, envelope_id: int) -> sq
     """One logged envelope of the project, whole."""
     return await store.one("SELECT * FROM envelopes WHERE project_id = ? AND id = ?", (project_id, envelope_id))
 
+
+# -- limits: rate limits by data category, the disk guard, what was dropped -----------------------
 
 class IngestLimits:
     """Items per minute in each data category (RATE_LIMITED) for a project (its `rate_limit` option)
@@ -2084,41 +2154,385 @@ class IngestLimits:
                           text(entry.get("category"), 32) or "error", quantity)
 
 
+class DropFlusher(Background):
+    """Writes the drop counts IngestLimits gathers, every few seconds and once more at shutdown."""
+
+    EVERY = 5.0
+
+    def __init__(self, app: Tracker) -> None:
+        self.app = app
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.EVERY)
+            await self.flush()
+
+    async def close(self) -> None:
+        await super().close()
+        await self.flush()
+
+    async def flush(self) -> None:
+        limits = self.app.limits
+        if limits.dropped:
+            counts, limits.dropped = limits.dropped, collections.Counter()
+            await self.app.writer.submit(lambda conn: conn.executemany(
+                "INSERT INTO dropped (project_id, minute, reason, category, quantity) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT DO UPDATE SET quantity = quantity + excluded.quantity",
+                [(*key, n) for key, n in counts.items()]))
+
+
 # =============================================================================
 # Processing: normalisation, display fields, grouping
 # =============================================================================
 
-LEVELS = ("debug", "info", "warning", "error", "fatal")
-LEVEL_ALIASES = {"warn": "warning", "critical": "fatal", "log": "info", "trace": "debug"}
-MAX_TAG = 200
-MAX_PAST = 30 * 86400
-MAX_FUTURE = 60
+# -- preparing events in worker processes -------------------------------------------------------------
+#
+# Parsing, normalising, scrubbing, grouping and compressing an event is most of ingest's Python work.
+# With more than one core, worker processes (`tracker prepare-worker`, started by the server) do it,
+# so this process keeps HTTP and the writer: there is still one writer, and a 200 still follows the
+# commit. The events that reach take_event in one turn of the event loop go to a worker as one
+# batch (one pickle, one pipe write). Until a worker is up, or after one dies, events are prepared
+# in this process: nothing waits on a worker that is not there, and nothing it held is lost.
+
+class Preparers:
+    """The worker processes (`[server] ingest_workers`; by default one per core, at most four, and
+    none on one core) and the batch of jobs gathering for the next send."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.workers: list[PrepareWorker] = []
+        self.batch: list[tuple[PrepareJob, asyncio.Future[PreparedEvent]]] = []
+        self.starting: asyncio.Task[None] | None = None
+        self.closing = False
+        self.restarted = -math.inf  # when a lost worker was last replaced (monotonic)
+
+    def start(self) -> None:
+        count, cores = self.settings.ingest_workers, os.cpu_count() or 1
+        if count < 0:  # as many as cores: this process mostly waits on the writer and the network
+            count = min(4, cores) if cores > 1 else 0
+        if count > 0:
+            self.starting = asyncio.get_running_loop().create_task(self.spawn(count))
+
+    async def spawn(self, count: int) -> None:
+        """Start the processes (each imports this file, a fraction of a second); events are prepared
+        here meanwhile."""
+        for _ in range(count):
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-c", WORKER_BOOT, os.path.abspath(__file__), "--db", self.settings.db,
+                    "prepare-worker",
+                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=64 * MIB)
+            except OSError:
+                log.exception("could not start an event worker process; events are prepared in the server")
+                return
+            self.workers.append(PrepareWorker(process, self.lost, float(self.settings.worker_timeout)))
+
+    def lost(self, worker: PrepareWorker) -> None:
+        """A worker ended (killed, out of memory): another is started, at most one a minute so that a
+        crash loop cannot take the machine; meanwhile the others, or this process, prepare events."""
+        self.workers.remove(worker)
+        if self.closing:
+            return
+        log.warning("an event worker process ended")
+        if time.monotonic() - self.restarted >= 60:
+            self.restarted = time.monotonic()
+            self.starting = asyncio.get_running_loop().create_task(self.spawn(1))
+
+    async def prepare(self, job: PrepareJob) -> PreparedEvent:
+        if not any(worker.alive for worker in self.workers):
+            return prepare_job(job)
+        future: asyncio.Future[PreparedEvent] = asyncio.get_running_loop().create_future()
+        self.batch.append((job, future))
+        if len(self.batch) == 1:
+            asyncio.get_running_loop().call_soon(self.send)
+        return await future
+
+    def send(self) -> None:
+        """The jobs of this loop turn, shared out among the workers (an equal part each, so they
+        work on it side by side), those with the fewest batches waiting first."""
+        batch, self.batch = self.batch, []
+        alive = sorted((worker for worker in self.workers if worker.alive), key=lambda worker: len(worker.waiting))
+        if not alive:
+            return settle_here(batch)
+        parts = min(len(alive), len(batch))
+        for index, worker in enumerate(alive[:parts]):
+            worker.send(batch[index::parts])
+
+    async def close(self) -> None:
+        self.closing = True
+        if self.starting:
+            await asyncio.gather(self.starting, return_exceptions=True)
+        await asyncio.gather(*(worker.close() for worker in list(self.workers)))
 
 
-def text(value: Any, limit: int = 8192) -> str:
-    """Any JSON value as a display string (None → "")."""
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        value = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
-    return value[:limit]
+# A worker imports this file as a module, from its bytecode cache when there is one (pip writes it
+# at install): run as a script it would be compiled afresh, 0.15 s and 35 MB that stay allocated.
+WORKER_BOOT = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('tracker', sys.argv[1]); "
+               "module = sys.modules['tracker'] = importlib.util.module_from_spec(spec); "
+               "spec.loader.exec_module(module); module.main(sys.argv[2:])")
 
 
-def as_values(value: Any) -> list[dict[str, Any]]:
-    """Sentry's `Values<T>`: {"values": [...]}, a bare list, or one object → list of dicts."""
-    if isinstance(value, dict):
-        value = value.get("values", [value] if value else [])
-    if not isinstance(value, list):
-        return []
-    return [v for v in value if isinstance(v, dict)]
+class PrepareWorker:
+    """One worker process, seen from the server: batches sent, answered in order. One that answers
+    nothing for `timeout` seconds while it has batches (stopped, swapped out, stuck) is given up."""
+
+    def __init__(self, process: asyncio.subprocess.Process, ended: Callable[[PrepareWorker], None],
+                 timeout: float) -> None:
+        self.process, self.ended, self.timeout = process, ended, timeout
+        self.waiting: collections.deque[list[tuple[PrepareJob, asyncio.Future[PreparedEvent]]]] = collections.deque()
+        self.alive = True
+        self.progress = 0.0  # when it last answered, or was sent work while idle (monotonic)
+        self.watchdog: asyncio.TimerHandle | None = None
+        self.task = asyncio.get_running_loop().create_task(self.read_answers())
+
+    def send(self, batch: list[tuple[PrepareJob, asyncio.Future[PreparedEvent]]]) -> None:
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(frame(marshal.dumps([fields_of(job) for job, _ in batch])))
+        except (RuntimeError, ConnectionError):  # it died, its pipe is closed, read_answers is yet to see it
+            return settle_here(batch)
+        if not self.waiting:
+            self.progress = time.monotonic()
+        self.waiting.append(batch)
+        if self.watchdog is None:
+            self.watchdog = asyncio.get_running_loop().call_later(self.timeout, self.watch)
+
+    def watch(self) -> None:
+        """While batches wait: after `timeout` seconds without an answer, prepare them here and kill the
+        worker (SIGSTOP once held its requests for 15 s); Preparers.lost replaces it. What it may still
+        have answered is ignored: each event is prepared, and stored, once."""
+        self.watchdog = None
+        if not self.waiting or not self.alive:
+            return
+        idle = time.monotonic() - self.progress
+        if idle < self.timeout:
+            self.watchdog = asyncio.get_running_loop().call_later(self.timeout - idle, self.watch)
+            return
+        log.warning("an event worker answered nothing for %.1f s: its events are prepared here, it is replaced", idle)
+        self.alive = False
+        for batch in self.waiting:
+            settle_here(batch)
+        self.waiting.clear()
+        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+            self.process.kill()
+
+    async def read_answers(self) -> None:
+        assert self.process.stdout is not None
+        try:
+            while True:
+                size = int.from_bytes(await self.process.stdout.readexactly(4), "little")
+                results = marshal.loads(await self.process.stdout.readexactly(size))
+                self.progress = time.monotonic()
+                for (_, future), (outcome, *result) in zip(self.waiting.popleft(), results):
+                    if future.done():
+                        continue
+                    if outcome == "ok":
+                        PAYLOADS.count_plain()
+                        future.set_result(PreparedEvent(*result[0]))
+                    else:
+                        future.set_exception(IngestError(*result) if outcome == "refused" else RuntimeError(*result))
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError, EOFError, IndexError):
+            pass
+        finally:
+            self.alive = False
+            for batch in self.waiting:  # prepared here instead: an accepted event is never dropped
+                settle_here(batch)
+            self.waiting.clear()
+            self.ended(self)
+
+    async def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), 5)
+        except asyncio.TimeoutError:
+            self.process.kill()
+        await asyncio.gather(self.task, return_exceptions=True)
 
 
-def as_dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+def frame(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "little") + data
 
 
-def as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
+# Frames between the server and a worker are marshal (the fields of jobs and prepared events are
+# plain values; it reads twice as fast as pickle); the pipe is private to the two processes.
+def fields_of(record: PrepareJob | PreparedEvent) -> tuple[Any, ...]:
+    return tuple(vars(record).values())
+
+
+def settle_here(batch: list[tuple[PrepareJob, asyncio.Future[PreparedEvent]]]) -> None:
+    """Prepare a batch in this process, each event's outcome into its future."""
+    for job, future in batch:
+        if future.done():
+            continue
+        try:
+            future.set_result(prepare_job(job))
+        except Exception as exc:
+            future.set_exception(exc)
+
+
+def prepare_job(job: PrepareJob) -> PreparedEvent:
+    """The work of one event, the same in a worker and in the server."""
+    return prepare_event(json_object(job.payload, "event payload"), project_id=job.project_id,
+                         event_id=job.event_id, received=job.received, client_ip=job.client_ip,
+                         rules=grouping_rules_of(job.stacktrace_rules, job.fingerprint_rules),
+                         scrub=parsed_scrub_policy(job.scrub))
+
+
+def prepare_event(raw: dict[str, Any], *, project_id: int, event_id: str | None, received: float,
+                  client_ip: str = "", rules: GroupingRules, scrub: ScrubPolicy) -> PreparedEvent:
+    """Everything ingest does before the writer, in the request's task (no database access:
+    the project's grouping rules and scrubbing policy come parsed from the caches)."""
+    ev = normalize_event(raw, event_id=event_id, received=received, client_ip=client_ip)
+    scrub_event(ev, scrub)  # before grouping, titles, tags and the payload see the secrets
+    apply_stack_rules(ev, rules.stack, "project")
+    client_fingerprint = ev.get("fingerprint")
+    rule = apply_fingerprint_rules(ev, rules.fingerprint)
+    kind, title, culprit, metadata = display_fields(ev)
+    if rule and rule.title:
+        title = metadata["title"] = first_line(rule_title(rule, ev), 200)
+    ev["title"], ev["culprit"], ev["metadata"], ev["type"] = title, culprit, metadata, kind
+    ev["grouping"] = group_event(ev)
+    if rule:
+        ev["grouping"].update(fingerprint_rule=rule.text, client_fingerprint=client_fingerprint)
+    hashes = ev["hashes"] = grouping_hashes(ev["grouping"])
+    return PreparedEvent(project_id=project_id, event_id=ev["event_id"], timestamp=ev["timestamp"],
+                         received=received, level=ev["level"], environment=ev["environment"],
+                         release=ev.get("release", ""), kind=kind, title=title, culprit=culprit,
+                         metadata=metadata, platform=ev["platform"], logger=ev.get("logger", ""),
+                         hashes=hashes, tags=ev.get("tags", []), terms=search_terms(ev),
+                         payload=compress_payload(ev), crash=crash_location(ev))
+
+
+@dataclasses.dataclass
+class PreparedEvent:
+    """An event ready for the writer: normalised, grouped, compressed."""
+
+    project_id: int
+    event_id: str
+    timestamp: float
+    received: float
+    level: str
+    environment: str
+    release: str
+    kind: str
+    title: str
+    culprit: str
+    metadata: dict[str, Any]
+    platform: str
+    logger: str
+    hashes: list[str]
+    tags: list[list[str]]
+    terms: list[tuple[str, str]]
+    payload: bytes
+    crash: str = ""  # `file:line in function` of the crash frame, for alerts
+
+
+@functools.lru_cache(maxsize=128)
+def grouping_rules_of(stacktrace_text: str, fingerprint_text: str) -> GroupingRules:
+    return stored_rules({"stacktrace_rules": stacktrace_text, "fingerprint_rules": fingerprint_text})
+
+
+def run_prepare_worker(db: str) -> None:
+    """A worker's loop: batches of PrepareJob in on stdin, a PreparedEvent or the exception for each
+    out on stdout, until stdin closes (the server stopped, or died)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which then closes our stdin
+    with contextlib.suppress(ImportError, AttributeError, OSError):  # Linux: a batch fits in one pipe write
+        import fcntl
+        for fd in (0, 1):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, MIB)
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a stray print cannot corrupt the frames
+    conn = read_only(db)
+    while (data := read_frame(sys.stdin.buffer)) is not None:
+        results: list[tuple[Any, ...]] = []
+        for fields in marshal.loads(data):
+            job = PrepareJob(*fields)
+            if job.dict_id != PAYLOADS.current:
+                if job.dict_id is not None and job.dict_id not in PAYLOADS.dicts:
+                    PAYLOADS.load(conn)
+                PAYLOADS.current = job.dict_id
+            try:
+                results.append(("ok", fields_of(prepare_job(job))))
+            except IngestError as exc:
+                results.append(("refused", exc.status, exc.detail))
+            except Exception as exc:  # a bug: answered as it would be in the server (a 500), logged here
+                log.exception("preparing an event failed")
+                results.append(("failed", repr(exc)))
+        out.write(frame(marshal.dumps(results)))
+        out.flush()
+
+
+def read_frame(stream: Any) -> bytes | None:
+    """A `<u32 length><bytes>` frame from a blocking binary stream; None at its end."""
+    head = stream.read(4)
+    if len(head) < 4:
+        return None
+    return stream.read(int.from_bytes(head, "little"))
+
+
+@dataclasses.dataclass
+class PrepareJob:
+    """One event payload and what prepare_event needs besides; rules and policy as their texts,
+    parsed once per text in each process (grouping_rules_of, parsed_scrub_policy)."""
+
+    payload: bytes
+    project_id: int
+    event_id: str | None
+    received: float
+    client_ip: str
+    stacktrace_rules: str
+    fingerprint_rules: str
+    scrub: str  # scrub_option_text
+    dict_id: int | None  # the payload dictionary the server compresses with
+
+
+# -- normalisation: every SDK's shapes made one; the fields pages show ----------------------------
+
+def normalize_event(raw: dict[str, Any], *, event_id: str | None, received: float, client_ip: str) -> dict[str, Any]:
+    """The event in one canonical shape, as Sentry stores it, whatever form the SDK sent."""
+    ev = dict(raw)
+    ev["event_id"] = event_id or normalize_id(raw.get("event_id")) or uuid.uuid4().hex
+    timestamp = parse_timestamp(raw.get("timestamp"))
+    errors = [e for e in raw.get("errors") or [] if isinstance(e, dict)] if isinstance(raw.get("errors"), list) else []
+    if timestamp is None or timestamp > received + MAX_FUTURE or timestamp < received - MAX_PAST:
+        if raw.get("timestamp") is not None:
+            errors.append({"type": "clock_drift", "name": "timestamp", "value": text(raw.get("timestamp"))})
+        timestamp = received
+    ev["timestamp"] = timestamp
+    ev["received"] = received
+    ev["level"] = normalize_level(raw.get("level"))
+    ev["platform"] = text(raw.get("platform"), 64) or "other"
+    for key in ("logger", "transaction", "server_name", "release", "dist", "culprit"):
+        ev[key] = text(raw.get(key), 256) or None
+    ev["environment"] = text(raw.get("environment"), 64) or "production"
+    ev["logentry"] = normalize_logentry(raw)
+    ev.pop("message", None)
+    ev["exception"] = {"values": [normalize_exception(e) for e in as_values(raw.get("exception"))]}
+    ev["threads"] = {"values": [{**t, "stacktrace": normalize_frames(t.get("stacktrace"))}
+                                for t in as_values(raw.get("threads"))]}
+    ev["stacktrace"] = normalize_frames(raw.get("stacktrace"))
+    ev["breadcrumbs"] = {"values": as_values(raw.get("breadcrumbs"))}
+    ev["request"] = normalize_request(raw.get("request"))
+    ev["user"] = normalize_user(raw.get("user"), client_ip)
+    ev["contexts"] = {str(k): v for k, v in as_dict(raw.get("contexts")).items() if isinstance(v, dict)}
+    ev["extra"] = as_dict(raw.get("extra"))
+    ev["sdk"] = as_dict(raw.get("sdk"))
+    ev["fingerprint"] = [text(f, 512) for f in raw["fingerprint"]] if isinstance(raw.get("fingerprint"), list) else None
+    if errors:
+        ev["errors"] = errors
+    user_agent = next((v for k, v in (ev["request"] or {}).get("headers", []) if k.lower() == "user-agent"), "")
+    if "browser" not in ev["contexts"] and user_agent:
+        browser = browser_from_user_agent(user_agent)
+        if browser:
+            ev["contexts"]["browser"] = browser
+    if "os" not in ev["contexts"] and user_agent:
+        system = os_from_user_agent(user_agent)
+        if system:
+            ev["contexts"]["os"] = system
+    ev["tags"] = normalize_tags(raw.get("tags")) + derived_tags(ev)
+    apply_stack_rules(ev, BUILTIN_STACK_RULES)
+    return {k: v for k, v in ev.items() if v not in (None, {}, [], {"values": []})}
 
 
 def parse_timestamp(value: Any) -> float | None:
@@ -2142,40 +2556,29 @@ def parse_timestamp(value: Any) -> float | None:
     return None
 
 
+MAX_FUTURE = 60
+
+MAX_PAST = 30 * 86400
+
+
+def text(value: Any, limit: int = 8192) -> str:
+    """Any JSON value as a display string (None → "")."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        value = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
+    return value[:limit]
+
+
 def normalize_level(value: Any) -> str:
     level = text(value).strip().lower()
     level = LEVEL_ALIASES.get(level, level)
     return level if level in LEVELS else "error"
 
 
-def normalize_tags(value: Any) -> list[list[str]]:
-    """Tags as a dict or a list of pairs → list of [key, value] strings, Relay's 200-char cut."""
-    pairs = value.items() if isinstance(value, dict) else value if isinstance(value, list) else []
-    out: dict[str, str] = {}
-    for pair in pairs:
-        if isinstance(pair, (list, tuple)) and len(pair) == 2 and pair[0] not in (None, "") and pair[1] is not None:
-            out[text(pair[0], MAX_TAG)] = text(pair[1], MAX_TAG)
-    return [[k, v] for k, v in out.items()]
+LEVEL_ALIASES = {"warn": "warning", "critical": "fatal", "log": "info", "trace": "debug"}
 
-
-def format_params(template: str, params: Any) -> str:
-    """Apply %-style params the way the logging module would; leave the template on mismatch.
-
-    Huge or `*` widths are not applied: "%999999999s" would build a gigabyte string.
-    """
-    if BIG_FORMAT_FIELD.search(template):
-        return template
-    try:
-        if isinstance(params, dict):
-            return (template % params)[:8192]
-        if isinstance(params, list) and params:
-            return (template % tuple(params))[:8192]
-    except (TypeError, ValueError, KeyError, OverflowError):  # OverflowError: "%c" of 10**10
-        pass
-    return template
-
-
-BIG_FORMAT_FIELD = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(?:\*|\d{4,}|\d*\.(?:\*|\d{4,}))")
+LEVELS = ("debug", "info", "warning", "error", "fatal")
 
 
 def normalize_logentry(event: dict[str, Any]) -> dict[str, Any] | None:
@@ -2199,6 +2602,39 @@ def normalize_logentry(event: dict[str, Any]) -> dict[str, Any] | None:
     if params:
         out["params"] = params
     return out
+
+
+def format_params(template: str, params: Any) -> str:
+    """Apply %-style params the way the logging module would; leave the template on mismatch.
+
+    Huge or `*` widths are not applied: "%999999999s" would build a gigabyte string.
+    """
+    if BIG_FORMAT_FIELD.search(template):
+        return template
+    try:
+        if isinstance(params, dict):
+            return (template % params)[:8192]
+        if isinstance(params, list) and params:
+            return (template % tuple(params))[:8192]
+    except (TypeError, ValueError, KeyError, OverflowError):  # OverflowError: "%c" of 10**10
+        pass
+    return template
+
+
+BIG_FORMAT_FIELD = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(?:\*|\d{4,}|\d*\.(?:\*|\d{4,}))")
+
+
+def normalize_exception(exc: dict[str, Any]) -> dict[str, Any]:
+    out = dict(exc)
+    for key in ("type", "value", "module"):
+        out[key] = text(exc.get(key)) if exc.get(key) is not None else None
+    out["mechanism"] = as_dict(exc.get("mechanism")) or None
+    out["stacktrace"] = normalize_frames(exc.get("stacktrace"))
+    return out
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def normalize_frames(stacktrace: Any) -> dict[str, Any] | None:
@@ -2225,13 +2661,17 @@ def normalize_frame(raw: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in frame.items() if v is not None}
 
 
-def normalize_exception(exc: dict[str, Any]) -> dict[str, Any]:
-    out = dict(exc)
-    for key in ("type", "value", "module"):
-        out[key] = text(exc.get(key)) if exc.get(key) is not None else None
-    out["mechanism"] = as_dict(exc.get("mechanism")) or None
-    out["stacktrace"] = normalize_frames(exc.get("stacktrace"))
-    return out
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def as_values(value: Any) -> list[dict[str, Any]]:
+    """Sentry's `Values<T>`: {"values": [...]}, a bare list, or one object → list of dicts."""
+    if isinstance(value, dict):
+        value = value.get("values", [value] if value else [])
+    if not isinstance(value, list):
+        return []
+    return [v for v in value if isinstance(v, dict)]
 
 
 def normalize_request(request: Any) -> dict[str, Any] | None:
@@ -2291,59 +2731,17 @@ def os_from_user_agent(agent: str) -> dict[str, str] | None:
     return None
 
 
-def normalize_event(raw: dict[str, Any], *, event_id: str | None, received: float, client_ip: str) -> dict[str, Any]:
-    """The event in one canonical shape, as Sentry stores it, whatever form the SDK sent."""
-    ev = dict(raw)
-    ev["event_id"] = event_id or normalize_id(raw.get("event_id")) or uuid.uuid4().hex
-    timestamp = parse_timestamp(raw.get("timestamp"))
-    errors = [e for e in raw.get("errors") or [] if isinstance(e, dict)] if isinstance(raw.get("errors"), list) else []
-    if timestamp is None or timestamp > received + MAX_FUTURE or timestamp < received - MAX_PAST:
-        if raw.get("timestamp") is not None:
-            errors.append({"type": "clock_drift", "name": "timestamp", "value": text(raw.get("timestamp"))})
-        timestamp = received
-    ev["timestamp"] = timestamp
-    ev["received"] = received
-    ev["level"] = normalize_level(raw.get("level"))
-    ev["platform"] = text(raw.get("platform"), 64) or "other"
-    for key in ("logger", "transaction", "server_name", "release", "dist", "culprit"):
-        ev[key] = text(raw.get(key), 256) or None
-    ev["environment"] = text(raw.get("environment"), 64) or "production"
-    ev["logentry"] = normalize_logentry(raw)
-    ev.pop("message", None)
-    ev["exception"] = {"values": [normalize_exception(e) for e in as_values(raw.get("exception"))]}
-    ev["threads"] = {"values": [{**t, "stacktrace": normalize_frames(t.get("stacktrace"))}
-                                for t in as_values(raw.get("threads"))]}
-    ev["stacktrace"] = normalize_frames(raw.get("stacktrace"))
-    ev["breadcrumbs"] = {"values": as_values(raw.get("breadcrumbs"))}
-    ev["request"] = normalize_request(raw.get("request"))
-    ev["user"] = normalize_user(raw.get("user"), client_ip)
-    ev["contexts"] = {str(k): v for k, v in as_dict(raw.get("contexts")).items() if isinstance(v, dict)}
-    ev["extra"] = as_dict(raw.get("extra"))
-    ev["sdk"] = as_dict(raw.get("sdk"))
-    ev["fingerprint"] = [text(f, 512) for f in raw["fingerprint"]] if isinstance(raw.get("fingerprint"), list) else None
-    if errors:
-        ev["errors"] = errors
-    user_agent = next((v for k, v in (ev["request"] or {}).get("headers", []) if k.lower() == "user-agent"), "")
-    if "browser" not in ev["contexts"] and user_agent:
-        browser = browser_from_user_agent(user_agent)
-        if browser:
-            ev["contexts"]["browser"] = browser
-    if "os" not in ev["contexts"] and user_agent:
-        system = os_from_user_agent(user_agent)
-        if system:
-            ev["contexts"]["os"] = system
-    ev["tags"] = normalize_tags(raw.get("tags")) + derived_tags(ev)
-    apply_stack_rules(ev, BUILTIN_STACK_RULES)
-    return {k: v for k, v in ev.items() if v not in (None, {}, [], {"values": []})}
+def normalize_tags(value: Any) -> list[list[str]]:
+    """Tags as a dict or a list of pairs → list of [key, value] strings, Relay's 200-char cut."""
+    pairs = value.items() if isinstance(value, dict) else value if isinstance(value, list) else []
+    out: dict[str, str] = {}
+    for pair in pairs:
+        if isinstance(pair, (list, tuple)) and len(pair) == 2 and pair[0] not in (None, "") and pair[1] is not None:
+            out[text(pair[0], MAX_TAG)] = text(pair[1], MAX_TAG)
+    return [[k, v] for k, v in out.items()]
 
 
-def user_key(user: dict[str, Any] | None) -> str | None:
-    """Sentry's `user` tag: the most specific identity the event carries."""
-    user = user or {}
-    for field, prefix in (("id", "id"), ("email", "email"), ("username", "username"), ("ip_address", "ip")):
-        if user.get(field):
-            return f"{prefix}:{user[field]}"
-    return None
+MAX_TAG = 200
 
 
 def derived_tags(ev: dict[str, Any]) -> list[list[str]]:
@@ -2367,25 +2765,13 @@ def derived_tags(ev: dict[str, Any]) -> list[list[str]]:
     return [[k, text(v, MAX_TAG)] for k, v in candidates.items() if v and k not in present]
 
 
-def primary_frames(ev: dict[str, Any]) -> list[dict[str, Any]]:
-    """Frames of the thrown exception, else of the crashed thread, else of the event."""
-    for exc in reversed(grouping_exceptions(ev)):
-        if exc.get("stacktrace"):
-            return exc["stacktrace"]["frames"]
-    thread = crashed_thread(ev)
-    if thread:
-        return thread["stacktrace"]["frames"]
-    return (ev.get("stacktrace") or {}).get("frames", [])
-
-
-def crash_frame(frames: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The newest in-app frame, or the newest frame when none is in app."""
-    return next((f for f in reversed(frames) if f.get("in_app")), frames[-1] if frames else None)
-
-
-def message_text(ev: dict[str, Any]) -> str:
-    entry = ev.get("logentry") or {}
-    return entry.get("formatted") or entry.get("message") or ""
+def user_key(user: dict[str, Any] | None) -> str | None:
+    """Sentry's `user` tag: the most specific identity the event carries."""
+    user = user or {}
+    for field, prefix in (("id", "id"), ("email", "email"), ("username", "username"), ("ip_address", "ip")):
+        if user.get(field):
+            return f"{prefix}:{user[field]}"
+    return None
 
 
 def display_fields(ev: dict[str, Any]) -> tuple[str, str, str, dict[str, Any]]:
@@ -2404,6 +2790,22 @@ def display_fields(ev: dict[str, Any]) -> tuple[str, str, str, dict[str, Any]]:
     return "default", title, culprit, {"title": title, "value": message_text(ev)[:1024]}
 
 
+def crash_frame(frames: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest in-app frame, or the newest frame when none is in app."""
+    return next((f for f in reversed(frames) if f.get("in_app")), frames[-1] if frames else None)
+
+
+def primary_frames(ev: dict[str, Any]) -> list[dict[str, Any]]:
+    """Frames of the thrown exception, else of the crashed thread, else of the event."""
+    for exc in reversed(grouping_exceptions(ev)):
+        if exc.get("stacktrace"):
+            return exc["stacktrace"]["frames"]
+    thread = crashed_thread(ev)
+    if thread:
+        return thread["stacktrace"]["frames"]
+    return (ev.get("stacktrace") or {}).get("frames", [])
+
+
 def frame_location(frame: dict[str, Any]) -> str:
     """`module in function`, the way culprits and the grouping explanation name a frame."""
     return " in ".join(filter(None, (text(frame.get("module") or frame.get("filename")), text(frame.get("function")))))
@@ -2414,313 +2816,40 @@ def first_line(value: str, limit: int) -> str:
     return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
+def message_text(ev: dict[str, Any]) -> str:
+    entry = ev.get("logentry") or {}
+    return entry.get("formatted") or entry.get("message") or ""
+
+
 # -- scrubbing: secrets out of every event before it is grouped or stored (Sentry's server-side data scrubbing) --
 
-FILTERED = "[Filtered]"
-# Keys whose values are secrets, as substrings of the normalised key (lower case, no - _ . or space):
-# Sentry's `@password` words first (`apikey` matches X-Api-Key and api_key, `auth` the Authorization
-# header), then the tracker's own: cookies, session ids and CSRF tokens (the SDK's own denylist has
-# them), card security codes and `bearer`. Not `session` alone: `session:duration` is no secret.
-SECRET_KEYS = ("password", "passwd", "mysqlpwd", "secret", "token", "apikey", "auth", "credential", "privatekey",
-               "cookie", "sessionid", "sessid", "csrf", "xsrf", "cvv", "cvc", "bearer")
-EXACT_SECRET_KEYS = frozenset({"otp", "twofactor"})  # Sentry's whole-key words
-# What the byte test looks for (ScrubPolicy.may_name_secret): a piece of each of SECRET_KEYS, and
-# no more pieces than needed (each is one scan of the text: 13 scan a 50 KB trail faster than 17).
-KEY_NEEDLES = ("pass", "secret", "token", "apikey", "auth", "credential", "mysqlpwd", "privatekey", "cookie",
-               "sess", "srf", "cv", "bearer")
-# Cookie names Sentry filters in `request.cookies` (normalised) that SECRET_KEYS does not already match.
-SESSION_COOKIES = frozenset({"sentrysid", "sudo", "su", "session", "usersession", "symfony", "mysession", "verceljwt"})
-ALWAYS_SAFE = frozenset({"useragent"})  # as in Sentry: a browser's name is no secret, and "Bearer" may be in it
-KEY_NOISE = str.maketrans("", "", "-_. ")
-# Strings under these keys are code, not data (names, paths, source lines): Sentry leaves them alone too,
-# and scanning them could only break grouping and source links.
-CODE_KEYS = frozenset({"filename", "abs_path", "module", "function", "raw_function", "package", "platform",
-                       "instruction_addr", "symbol_addr", "image_addr", "pre_context", "context_line", "post_context"})
-# Data, not prose: a text under one of these keys (at any depth), in `extra`, in a breadcrumb or in a
-# context of no known type is filtered whole when it names a secret anywhere but as a pair's key
-# (Sentry's `@password` on values: "the password is hunter2"). Messages, exception values, names,
-# tags and the known contexts keep their text; only their secrets' values, numbers and tokens go.
-WHOLE_KEYS = frozenset({"vars", "data", "params", "headers", "query_string", "cookies", "env", "extra"})
-PROSE_CONTEXTS = frozenset({"app", "os", "runtime", "device", "browser", "gpu", "culture", "trace", "response",
-                            "cloud_resource", "otel"})
-# A text's bytes with digits as 0, separators as -, capitals as A: a card number or an IBAN shows
-# 0000 and one of 13 zeros, 0000-0000-0000, 0000-000000-0000 or AA00 there, and a US SSN 000-00-0000
-# (found at C's speed), and only then does the regex run.
-NUMBER_MASK = bytes.maketrans(b"0123456789 -ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"0" * 10 + b"--" + b"A" * 26)
-CRUMB_FIELDS = frozenset({"type", "category", "level", "timestamp", "event_id"})
-# Top-level fields that are ids, enums or names the program chose (never user data): not walked.
-UNSCRUBBED_FIELDS = frozenset({"event_id", "timestamp", "received", "level", "platform", "logger", "transaction",
-                               "server_name", "release", "dist", "culprit", "environment", "fingerprint", "errors",
-                               "sdk", "modules", "debug_meta", "_meta"})
-# The `_meta` rule ids this scrubbing writes (Relay's names): the ones the event page reports.
-SCRUB_RULES = frozenset({"@password:filter", "@creditcard:filter", "@iban:filter", "@usssn:filter", "@bearer:filter",
-                         "@pemkey:filter", "@urlauth:legacy", "@anything:filter", "strip-fields", "@anything:remove"})
-SAFE = ""  # ScrubPolicy.key_rule's answer for a safe field
-CARD = (r"(?P<card>(?<![\w.])(?:\d{13,19}|\d{4}(?P<sep>[ -])\d{4}(?P=sep)\d{4}(?P=sep)\d{4}(?:(?P=sep)\d{1,3})?"
-        r"|\d{4}(?P<sep2>[ -])\d{6}(?P=sep2)\d{4,5})(?!\w|\.\d))")
-IBAN = r"(?P<iban>(?<!\w)[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?!\w))"
-USSSN = r"(?P<usssn>\b\d{3}-\d{2}-\d{4}\b)"
-# `"key": value` (JSON, a Python dict's repr) and `key=value` (form bodies, query strings, cookies, log lines)
-TEXT_PAIRS = (r"""(?P<json>(?P<q>["'])(?P<jkey>[^"'\\\n]{1,100})(?P=q)\s*:\s*"""
-              r"""(?P<jval>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|-?\d[\d.eE+-]*))"""
-              r"""|(?P<kv>(?<![^\s?&;,(\[{"'])(?P<key>[\w.\-\[\]%+]{1,100})=(?P<val>"[^"\n]*"|'[^'\n]*'|[^\s&;,#)\]}"']+))""")
-NUMBERS = re.compile(f"{CARD}|{IBAN}|{USSSN}", re.ASCII)
-KEYS_IN_TEXT = re.compile(TEXT_PAIRS, re.ASCII)
-# Sentry's `@password` words as they count inside a value (`token` only as `token…=` or `token…:`).
-SECRET_WORDS = re.compile(r"password|secret|passwd|api[-_]?key|auth|credentials|mysql_pwd|private[-_]?key"
-                          r"|token[^\s:=]{0,50}[:=]", re.IGNORECASE)
-# Secrets known by their shape, of which only the secret part goes (Relay's `@common` value rules):
-# `Bearer <token>`; an HTTP Basic credential (base64 of `user:password`, checked in basic_credential);
-# a PEM key's body (its BEGIN/END lines stay; the body cannot hold `-----`, so a scan stays linear);
-# a URL's password, up to the last `@` of the authority and with an empty user too (`redis://:pw@`).
-# Every repetition is bounded: a hostile text costs at most a few hundred steps per candidate.
-TOKENS = re.compile(
-    r"(?P<bearer>\b(?i:bearer)\s+\S+)"
-    r"|(?P<basic>\b(?i:basic)\s+(?P<b64>[A-Za-z0-9+/]{4,1024}={0,2})(?![\w+/=]))"
-    r"|-----BEGIN[A-Z ]{0,40} (?:PRIVATE|PUBLIC) KEY-----\s*(?P<pemkey>(?:[^-]|-(?!----))+?)\s*-----END[A-Z ]{0,40} KEY-----"
-    r"|\b[A-Za-z][A-Za-z0-9+.-]{0,30}://[^\s:/@?#]{0,256}:(?P<urlauth>[^\s/?#]{1,256})@", re.ASCII)
-TOKEN_RULES = {"bearer": "@bearer:filter", "basic": "@password:filter", "pemkey": "@pemkey:filter",
-               "urlauth": "@urlauth:legacy"}
-URL_AUTH_HINT = re.compile(rb"://[^\s:/@?#]{0,256}:[^\s/?#]{1,256}@")  # TOKENS' URL, in bytes and JSON
-IBAN_LENGTHS = {entry[:2]: int(entry[2:]) for entry in (  # ISO 13616's registry: country → length
-    "AD24 AE23 AL28 AT20 AZ28 BA20 BE16 BG22 BH22 BI27 BR29 BY28 CH21 CR22 CY28 CZ24 DE22 DJ27 DK18 DO28 EE20 EG29 "
-    "ES24 FI18 FK18 FO18 FR27 GB22 GE22 GI23 GL18 GR27 GT28 HN28 HR21 HU28 IE22 IL23 IQ23 IS26 IT27 JO30 KW30 KZ20 "
-    "LB28 LC32 LI21 LT20 LU20 LV21 LY25 MC27 MD24 ME22 MK19 MN20 MR27 MT31 MU30 NI28 NL18 NO15 OM23 PK24 PL28 PS29 "
-    "PT25 QA29 RO24 RS22 RU33 SA24 SC31 SD18 SE24 SI19 SK24 SM27 SO23 ST25 SV28 TL23 TN24 TR26 UA29 VA22 VG24 XK20 "
-    "YE30").split()}
-
-
-def is_code(value: Any) -> bool:
-    """A source line or name, or a list of source lines."""
-    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(line, str) for line in value))
-
-
-def is_card_number(digits: str) -> bool:
-    """A payment card number: a card network's prefix and length, and a right Luhn check digit
-    (so an order number or a millisecond timestamp of 16 digits is left alone)."""
-    size, head = len(digits), digits[:2]
-    if digits[0] == "4":
-        fits = size in (13, 16, 19)
-    elif head in ("34", "37"):
-        fits = size == 15
-    elif "51" <= head <= "55" or "2221" <= digits[:4] <= "2720":
-        fits = size == 16
-    else:
-        fits = (head in ("30", "35", "36", "38", "39") or digits[0] == "6") and 14 <= size <= 19
-    total = 0
-    for position, digit in enumerate(reversed(digits)):
-        doubled = int(digit) * (2 if position % 2 else 1)
-        total += doubled - 9 if doubled > 9 else doubled
-    return fits and total % 10 == 0
-
-
-def number_rule(match: re.Match[str]) -> str | None:
-    """The rule for a NUMBERS match that checks out (a card's Luhn digit, an IBAN's mod 97), else None."""
-    if match.lastgroup == "card":
-        return "@creditcard:filter" if is_card_number(match[0].replace(" ", "").replace("-", "")) else None
-    if match.lastgroup == "usssn":
-        return "@usssn:filter"
-    return "@iban:filter" if is_iban(match[0]) else None
-
-
-def basic_credential(encoded: str) -> bool:
-    """Whether the word after `Basic` is an HTTP Basic credential: base64 of printable `user:password`
-    (so `Basic plan` or `basic auth` stays)."""
-    try:
-        decoded = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
-    except ValueError:
-        return False
-    return b":" in decoded and decoded.isascii() and decoded.decode().isprintable()
-
-
-def token_span(match: re.Match[str]) -> tuple[int, int, str] | None:
-    """A TOKENS match as (start, end, rule) of its secret part; None for a `Basic` that is no credential."""
-    group = match.lastgroup or ""
-    if group == "basic" and not basic_credential(match["b64"]):
-        return None
-    return (*match.span(group), TOKEN_RULES[group])
-
-
-def is_iban(candidate: str) -> bool:
-    """An IBAN: its country's length and the mod-97 check digits (ISO 13616)."""
-    code = candidate.replace(" ", "")
-    if IBAN_LENGTHS.get(code[:2]) != len(code):
-        return False
-    return int("".join(str(int(char, 36)) for char in code[4:] + code[:4])) % 97 == 1
-
-
-def may_hold_number(raw: bytes) -> bool:
-    """Whether a text (UTF-8) may hold a card number, an IBAN or a US SSN (see NUMBER_MASK); the regex decides."""
-    if len(raw) < 11:
-        return False
-    masked = raw.translate(NUMBER_MASK)
-    return b"0000" in masked and (b"0000000000000" in masked or b"AA00" in masked or b"0000-0000-0000" in masked
-                                  or b"0000-000000-0000" in masked or b"000-00-0000" in masked)
-
-
-def may_hold_token(raw: bytes) -> bool:
-    """Whether a text (UTF-8, or its JSON) may hold one of TOKENS' secrets, by finds at C's speed:
-    `Bearer`/`Basic` in any case, a PEM header, a URL with a password (a regex, run only on a `://@`)."""
-    lower = raw.lower()
-    return (b"bearer" in lower or b"basic" in lower or b"-----BEGIN" in raw
-            or (b"://" in raw and b"@" in raw and URL_AUTH_HINT.search(raw) is not None))
-
-
-def normal_key(key: str) -> str:
-    """A key as the scrubbing compares it: `X-Api-Key`, `api_key` and `apiKey` are all `apikey`, and
-    so is the repr of a bytes or str key in a frame's vars (`b'x-api-key'`, as an ASGI scope's headers)."""
-    if len(key) > 2 and key[-1] in "'\"" and (key[0] == key[-1] or (key[0] == "b" and key[1] == key[-1])):
-        key = key[1 + (key[0] == "b"):-1]
-    return key.lower().translate(KEY_NOISE)
-
-
-def key_pattern(keys: Iterable[str]) -> re.Pattern[str] | None:
-    """One regex that finds any of the (normalised) keys inside a normalised key; None for none."""
-    unique = sorted({normal_key(key) for key in keys} - {""})
-    return re.compile("|".join(map(re.escape, unique))) if unique else None
-
-
-@dataclasses.dataclass(frozen=True)
-class ScrubPolicy:
-    """A project's `scrub` option, parsed once per change (see scrub_policy): which values ingest filters."""
-
-    enabled: bool = True
-    defaults: bool = True
-    sensitive_fields: tuple[str, ...] = ()
-    safe_fields: tuple[str, ...] = ()
-    scrub_ip: bool = False
-    default_keys: re.Pattern[str] | None = dataclasses.field(init=False, repr=False, compare=False)
-    user_keys: re.Pattern[str] | None = dataclasses.field(init=False, repr=False, compare=False)
-    user_words: re.Pattern[str] | None = dataclasses.field(init=False, repr=False, compare=False)
-    safe: frozenset[str] = dataclasses.field(init=False, repr=False, compare=False)
-    verdicts: dict[str, str | None] = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
-    needles: tuple[bytes, ...] = dataclasses.field(init=False, repr=False, compare=False)
-    tests: tuple[Callable[[bytes], bool], ...] = dataclasses.field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "default_keys", key_pattern(SECRET_KEYS) if self.defaults else None)
-        object.__setattr__(self, "user_keys", key_pattern(self.sensitive_fields))
-        # Relay's `strip-fields`: a listed field inside a value counts as it is written, in any case
-        words = "|".join(map(re.escape, self.sensitive_fields))
-        object.__setattr__(self, "user_words", re.compile(words, re.IGNORECASE) if words else None)
-        object.__setattr__(self, "safe", frozenset({*ALWAYS_SAFE, *(normal_key(key) for key in self.safe_fields)}))
-        keys = sorted({normal_key(key).encode() for key in (*(KEY_NEEDLES if self.defaults else ()),
-                                                             *self.sensitive_fields)} - {b""})
-        exact = [f'"{key}"'.encode() for key in sorted(EXACT_SECRET_KEYS)] if self.defaults else []
-        object.__setattr__(self, "needles", (*keys, *exact))
-        object.__setattr__(self, "tests", (self.may_name_secret, *((may_hold_number, may_hold_token)
-                                                                    if self.defaults else ())))
-
-    def may_hold_secret(self, value: Any) -> bool:
-        """Whether a part of an event may hold anything to filter, judged on its JSON at C's speed:
-        a secret key or a secret-looking number shows in the serialised text too. Most parts of
-        most events show neither, and their walk is skipped."""
-        return self.json_may_hold_secret(json_dumps(value))
-
-    def json_may_hold_secret(self, raw: bytes) -> bool:
-        return any(test(raw) for test in self.tests)
-
-    def hints(self, raw: bytes) -> tuple[Callable[[bytes], bool], ...]:
-        """The byte tests a text passes: a breadcrumb trail's, so that each crumb only takes those
-        (a trail of hex ids passes the number test only, and its crumbs then take just that one)."""
-        return tuple(test for test in self.tests if test(raw))
-
-    def may_name_secret(self, raw: bytes) -> bool:
-        """Whether a text (UTF-8) may hold a secret key: a normalised key is a piece of the normalised
-        text. Only ASCII is folded as `str.lower` folds it, so any other text may."""
-        if not self.needles:
-            return False
-        if not raw.isascii():
-            return True
-        folded = raw.lower().translate(None, b"-_. ")
-        return any(needle in folded for needle in self.needles)  # a find each beats one regex alternation
-
-    def key_rule(self, key: str) -> str | None:
-        """The rule that filters the value under `key`; SAFE for a safe field (its value is left
-        alone, all of it); None for any other key (its value is walked). Remembered: events repeat keys."""
-        try:
-            return self.verdicts[key]
-        except KeyError:
-            pass
-        name = normal_key(key)
-        rule = SAFE if name in self.safe else (
-            "@password:filter" if self.default_keys and (self.default_keys.search(name) or name in EXACT_SECRET_KEYS)
-            else "strip-fields" if self.user_keys and self.user_keys.search(name) else None)
-        if len(self.verdicts) >= 4096:  # a stream of made-up keys must not grow it without end
-            self.verdicts.clear()
-        self.verdicts[key] = rule
-        return rule
-
-    def cookie_rule(self, name: str) -> str | None:
-        """key_rule for a cookie's name, which also knows Sentry's session cookies (`session`, `symfony`…)."""
-        rule = self.key_rule(name)
-        if rule is None and self.defaults and normal_key(name) in SESSION_COOKIES:
-            return "@anything:filter"
-        return rule
-
-    def as_option(self) -> dict[str, Any]:
-        """The policy as the stored `scrub` option."""
-        return {"enabled": self.enabled, "defaults": self.defaults, "sensitive_fields": list(self.sensitive_fields),
-                "safe_fields": list(self.safe_fields), "scrub_ip": self.scrub_ip}
-
-    def api_fields(self) -> dict[str, Any]:
-        """The policy under Sentry's project field names."""
-        option = self.as_option()
-        return {api_name: option[name] for api_name, name in SCRUB_API_FIELDS.items()}
-
-
-DEFAULT_SCRUB = ScrubPolicy()
-SCRUB_API_FIELDS = {"dataScrubber": "enabled", "dataScrubberDefaults": "defaults", "sensitiveFields": "sensitive_fields",
-                    "safeFields": "safe_fields", "scrubIPAddresses": "scrub_ip"}
-MAX_SCRUB_FIELDS = 200
-
-
-class ScrubError(ValueError):
-    """A scrubbing setting of the wrong type (a 400 in the API, a message above the form)."""
-
-
-def scrub_policy(option: Any) -> ScrubPolicy:
-    """The policy of a project's stored `scrub` option (absent or malformed parts: the defaults)."""
-    return parsed_scrub_policy(scrub_option_text(option))
-
-
-def scrub_option_text(option: Any) -> str:
-    """The `scrub` option as the text its parsed policy is cached under (and sent to a worker as)."""
-    return json.dumps(option, sort_keys=True) if isinstance(option, dict) else "{}"
-
-
-@functools.lru_cache(maxsize=128)
-def parsed_scrub_policy(option_json: str) -> ScrubPolicy:
-    """Cached by the option's text: ingest asks once per request, its regexes compile once per change."""
-    option = json.loads(option_json)
-    flags = {name: option[name] for name in ("enabled", "defaults", "scrub_ip") if isinstance(option.get(name), bool)}
-    keys = {name: tuple(key.strip() for key in option[name] if isinstance(key, str) and key.strip())
-            for name in ("sensitive_fields", "safe_fields") if isinstance(option.get(name), list)}
-    return ScrubPolicy(**flags, **keys)
-
-
-def changed_scrub_option(policy: ScrubPolicy, changes: dict[str, Any]) -> dict[str, Any]:
-    """The `scrub` option to store: the policy's, with `changes` (option names) checked and applied."""
-    option, api_names = policy.as_option(), {name: api_name for api_name, name in SCRUB_API_FIELDS.items()}
-    for name, value in changes.items():
-        if isinstance(option[name], bool) and not isinstance(value, bool):
-            raise ScrubError(f"{api_names[name]} must be true or false")
-        if isinstance(option[name], list):
-            if not (isinstance(value, list) and len(value) <= MAX_SCRUB_FIELDS
-                    and all(isinstance(key, str) and len(key) <= 200 for key in value)):
-                raise ScrubError(f"{api_names[name]} must be a list of at most {MAX_SCRUB_FIELDS} field names "
-                                 "(strings of at most 200 characters)")
-            value = list(dict.fromkeys(key.strip() for key in value if key.strip()))
-        option[name] = value
-    return option
-
-
-def pair_value(match: re.Match[str]) -> tuple[str, int, int]:
-    """A KEYS_IN_TEXT match as (key, start, end) of its value, quotes left out."""
-    key, group = ("jkey", "jval") if match.lastgroup == "json" else ("key", "val")
-    start, end = match.span(group)
-    quote = 1 if match.string[start] in "\"'" else 0
-    return match[key], start + quote, end - quote
+def scrub_event(ev: dict[str, Any], policy: ScrubPolicy) -> int:
+    """Filter the secrets out of a normalised event in place, before it is grouped, shown or stored
+    (one walk); each filtered value is noted in `_meta`. Returns how many values were filtered."""
+    scrubber = Scrubber(policy, ev["_meta"] if isinstance(ev.get("_meta"), dict) else {})
+    # A small event is checked whole (most have nothing to filter); a large one, or one that may hold
+    # a secret, part by part and its trail crumb by crumb, so that a large text is scanned once.
+    raw = json_dumps({k: v for k, v in ev.items() if k not in UNSCRUBBED_FIELDS}) if policy.enabled else b""
+    if policy.enabled and (len(raw) > 16 * KIB or policy.json_may_hold_secret(raw)):
+        for key, value in ev.items():
+            if key in UNSCRUBBED_FIELDS:
+                continue
+            if key == "breadcrumbs" and isinstance(value, dict) and isinstance(value.get("values"), list):
+                if tests := policy.hints(json_dumps(value)):
+                    scrubber.section(ev, key, functools.partial(scrubber.crumbs, tests=tests), whole=True)
+            elif isinstance(value, (dict, list)) and not policy.may_hold_secret(value):
+                continue
+            elif key == "request" and isinstance(value, dict):
+                scrubber.section(ev, key, scrubber.request)
+            elif key == "contexts" and isinstance(value, dict):
+                scrubber.section(ev, key, scrubber.contexts)
+            else:
+                scrubber.entry(ev, key, key, value)
+    if policy.scrub_ip:
+        scrubber.remove_ips(ev)
+    if scrubber.count:
+        ev["_meta"] = scrubber.meta
+    return scrubber.count
 
 
 class Scrubber:
@@ -2901,33 +3030,341 @@ class Scrubber:
         self.path.clear()
 
 
-def scrub_event(ev: dict[str, Any], policy: ScrubPolicy) -> int:
-    """Filter the secrets out of a normalised event in place, before it is grouped, shown or stored
-    (one walk); each filtered value is noted in `_meta`. Returns how many values were filtered."""
-    scrubber = Scrubber(policy, ev["_meta"] if isinstance(ev.get("_meta"), dict) else {})
-    # A small event is checked whole (most have nothing to filter); a large one, or one that may hold
-    # a secret, part by part and its trail crumb by crumb, so that a large text is scanned once.
-    raw = json_dumps({k: v for k, v in ev.items() if k not in UNSCRUBBED_FIELDS}) if policy.enabled else b""
-    if policy.enabled and (len(raw) > 16 * KIB or policy.json_may_hold_secret(raw)):
-        for key, value in ev.items():
-            if key in UNSCRUBBED_FIELDS:
-                continue
-            if key == "breadcrumbs" and isinstance(value, dict) and isinstance(value.get("values"), list):
-                if tests := policy.hints(json_dumps(value)):
-                    scrubber.section(ev, key, functools.partial(scrubber.crumbs, tests=tests), whole=True)
-            elif isinstance(value, (dict, list)) and not policy.may_hold_secret(value):
-                continue
-            elif key == "request" and isinstance(value, dict):
-                scrubber.section(ev, key, scrubber.request)
-            elif key == "contexts" and isinstance(value, dict):
-                scrubber.section(ev, key, scrubber.contexts)
-            else:
-                scrubber.entry(ev, key, key, value)
-    if policy.scrub_ip:
-        scrubber.remove_ips(ev)
-    if scrubber.count:
-        ev["_meta"] = scrubber.meta
-    return scrubber.count
+# Strings under these keys are code, not data (names, paths, source lines): Sentry leaves them alone too,
+# and scanning them could only break grouping and source links.
+CODE_KEYS = frozenset({"filename", "abs_path", "module", "function", "raw_function", "package", "platform",
+                       "instruction_addr", "symbol_addr", "image_addr", "pre_context", "context_line", "post_context"})
+
+
+def is_code(value: Any) -> bool:
+    """A source line or name, or a list of source lines."""
+    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(line, str) for line in value))
+
+
+# Data, not prose: a text under one of these keys (at any depth), in `extra`, in a breadcrumb or in a
+# context of no known type is filtered whole when it names a secret anywhere but as a pair's key
+# (Sentry's `@password` on values: "the password is hunter2"). Messages, exception values, names,
+# tags and the known contexts keep their text; only their secrets' values, numbers and tokens go.
+WHOLE_KEYS = frozenset({"vars", "data", "params", "headers", "query_string", "cookies", "env", "extra"})
+
+FILTERED = "[Filtered]"
+
+CRUMB_FIELDS = frozenset({"type", "category", "level", "timestamp", "event_id"})
+
+PROSE_CONTEXTS = frozenset({"app", "os", "runtime", "device", "browser", "gpu", "culture", "trace", "response",
+                            "cloud_resource", "otel"})
+
+
+@dataclasses.dataclass(frozen=True)
+class ScrubPolicy:
+    """A project's `scrub` option, parsed once per change (see scrub_policy): which values ingest filters."""
+
+    enabled: bool = True
+    defaults: bool = True
+    sensitive_fields: tuple[str, ...] = ()
+    safe_fields: tuple[str, ...] = ()
+    scrub_ip: bool = False
+    default_keys: re.Pattern[str] | None = dataclasses.field(init=False, repr=False, compare=False)
+    user_keys: re.Pattern[str] | None = dataclasses.field(init=False, repr=False, compare=False)
+    user_words: re.Pattern[str] | None = dataclasses.field(init=False, repr=False, compare=False)
+    safe: frozenset[str] = dataclasses.field(init=False, repr=False, compare=False)
+    verdicts: dict[str, str | None] = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
+    needles: tuple[bytes, ...] = dataclasses.field(init=False, repr=False, compare=False)
+    tests: tuple[Callable[[bytes], bool], ...] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "default_keys", key_pattern(SECRET_KEYS) if self.defaults else None)
+        object.__setattr__(self, "user_keys", key_pattern(self.sensitive_fields))
+        # Relay's `strip-fields`: a listed field inside a value counts as it is written, in any case
+        words = "|".join(map(re.escape, self.sensitive_fields))
+        object.__setattr__(self, "user_words", re.compile(words, re.IGNORECASE) if words else None)
+        object.__setattr__(self, "safe", frozenset({*ALWAYS_SAFE, *(normal_key(key) for key in self.safe_fields)}))
+        keys = sorted({normal_key(key).encode() for key in (*(KEY_NEEDLES if self.defaults else ()),
+                                                             *self.sensitive_fields)} - {b""})
+        exact = [f'"{key}"'.encode() for key in sorted(EXACT_SECRET_KEYS)] if self.defaults else []
+        object.__setattr__(self, "needles", (*keys, *exact))
+        object.__setattr__(self, "tests", (self.may_name_secret, *((may_hold_number, may_hold_token)
+                                                                    if self.defaults else ())))
+
+    def may_hold_secret(self, value: Any) -> bool:
+        """Whether a part of an event may hold anything to filter, judged on its JSON at C's speed:
+        a secret key or a secret-looking number shows in the serialised text too. Most parts of
+        most events show neither, and their walk is skipped."""
+        return self.json_may_hold_secret(json_dumps(value))
+
+    def json_may_hold_secret(self, raw: bytes) -> bool:
+        return any(test(raw) for test in self.tests)
+
+    def hints(self, raw: bytes) -> tuple[Callable[[bytes], bool], ...]:
+        """The byte tests a text passes: a breadcrumb trail's, so that each crumb only takes those
+        (a trail of hex ids passes the number test only, and its crumbs then take just that one)."""
+        return tuple(test for test in self.tests if test(raw))
+
+    def may_name_secret(self, raw: bytes) -> bool:
+        """Whether a text (UTF-8) may hold a secret key: a normalised key is a piece of the normalised
+        text. Only ASCII is folded as `str.lower` folds it, so any other text may."""
+        if not self.needles:
+            return False
+        if not raw.isascii():
+            return True
+        folded = raw.lower().translate(None, b"-_. ")
+        return any(needle in folded for needle in self.needles)  # a find each beats one regex alternation
+
+    def key_rule(self, key: str) -> str | None:
+        """The rule that filters the value under `key`; SAFE for a safe field (its value is left
+        alone, all of it); None for any other key (its value is walked). Remembered: events repeat keys."""
+        try:
+            return self.verdicts[key]
+        except KeyError:
+            pass
+        name = normal_key(key)
+        rule = SAFE if name in self.safe else (
+            "@password:filter" if self.default_keys and (self.default_keys.search(name) or name in EXACT_SECRET_KEYS)
+            else "strip-fields" if self.user_keys and self.user_keys.search(name) else None)
+        if len(self.verdicts) >= 4096:  # a stream of made-up keys must not grow it without end
+            self.verdicts.clear()
+        self.verdicts[key] = rule
+        return rule
+
+    def cookie_rule(self, name: str) -> str | None:
+        """key_rule for a cookie's name, which also knows Sentry's session cookies (`session`, `symfony`…)."""
+        rule = self.key_rule(name)
+        if rule is None and self.defaults and normal_key(name) in SESSION_COOKIES:
+            return "@anything:filter"
+        return rule
+
+    def as_option(self) -> dict[str, Any]:
+        """The policy as the stored `scrub` option."""
+        return {"enabled": self.enabled, "defaults": self.defaults, "sensitive_fields": list(self.sensitive_fields),
+                "safe_fields": list(self.safe_fields), "scrub_ip": self.scrub_ip}
+
+    def api_fields(self) -> dict[str, Any]:
+        """The policy under Sentry's project field names."""
+        option = self.as_option()
+        return {api_name: option[name] for api_name, name in SCRUB_API_FIELDS.items()}
+
+
+def key_pattern(keys: Iterable[str]) -> re.Pattern[str] | None:
+    """One regex that finds any of the (normalised) keys inside a normalised key; None for none."""
+    unique = sorted({normal_key(key) for key in keys} - {""})
+    return re.compile("|".join(map(re.escape, unique))) if unique else None
+
+
+def normal_key(key: str) -> str:
+    """A key as the scrubbing compares it: `X-Api-Key`, `api_key` and `apiKey` are all `apikey`, and
+    so is the repr of a bytes or str key in a frame's vars (`b'x-api-key'`, as an ASGI scope's headers)."""
+    if len(key) > 2 and key[-1] in "'\"" and (key[0] == key[-1] or (key[0] == "b" and key[1] == key[-1])):
+        key = key[1 + (key[0] == "b"):-1]
+    return key.lower().translate(KEY_NOISE)
+
+
+KEY_NOISE = str.maketrans("", "", "-_. ")
+
+# Keys whose values are secrets, as substrings of the normalised key (lower case, no - _ . or space):
+# Sentry's `@password` words first (`apikey` matches X-Api-Key and api_key, `auth` the Authorization
+# header), then the tracker's own: cookies, session ids and CSRF tokens (the SDK's own denylist has
+# them), card security codes and `bearer`. Not `session` alone: `session:duration` is no secret.
+SECRET_KEYS = ("password", "passwd", "mysqlpwd", "secret", "token", "apikey", "auth", "credential", "privatekey",
+               "cookie", "sessionid", "sessid", "csrf", "xsrf", "cvv", "cvc", "bearer")
+
+ALWAYS_SAFE = frozenset({"useragent"})  # as in Sentry: a browser's name is no secret, and "Bearer" may be in it
+
+# What the byte test looks for (ScrubPolicy.may_name_secret): a piece of each of SECRET_KEYS, and
+# no more pieces than needed (each is one scan of the text: 13 scan a 50 KB trail faster than 17).
+KEY_NEEDLES = ("pass", "secret", "token", "apikey", "auth", "credential", "mysqlpwd", "privatekey", "cookie",
+               "sess", "srf", "cv", "bearer")
+
+EXACT_SECRET_KEYS = frozenset({"otp", "twofactor"})  # Sentry's whole-key words
+
+
+def may_hold_number(raw: bytes) -> bool:
+    """Whether a text (UTF-8) may hold a card number, an IBAN or a US SSN (see NUMBER_MASK); the regex decides."""
+    if len(raw) < 11:
+        return False
+    masked = raw.translate(NUMBER_MASK)
+    return b"0000" in masked and (b"0000000000000" in masked or b"AA00" in masked or b"0000-0000-0000" in masked
+                                  or b"0000-000000-0000" in masked or b"000-00-0000" in masked)
+
+
+# A text's bytes with digits as 0, separators as -, capitals as A: a card number or an IBAN shows
+# 0000 and one of 13 zeros, 0000-0000-0000, 0000-000000-0000 or AA00 there, and a US SSN 000-00-0000
+# (found at C's speed), and only then does the regex run.
+NUMBER_MASK = bytes.maketrans(b"0123456789 -ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"0" * 10 + b"--" + b"A" * 26)
+
+
+def may_hold_token(raw: bytes) -> bool:
+    """Whether a text (UTF-8, or its JSON) may hold one of TOKENS' secrets, by finds at C's speed:
+    `Bearer`/`Basic` in any case, a PEM header, a URL with a password (a regex, run only on a `://@`)."""
+    lower = raw.lower()
+    return (b"bearer" in lower or b"basic" in lower or b"-----BEGIN" in raw
+            or (b"://" in raw and b"@" in raw and URL_AUTH_HINT.search(raw) is not None))
+
+
+URL_AUTH_HINT = re.compile(rb"://[^\s:/@?#]{0,256}:[^\s/?#]{1,256}@")  # TOKENS' URL, in bytes and JSON
+
+SAFE = ""  # ScrubPolicy.key_rule's answer for a safe field
+
+# Cookie names Sentry filters in `request.cookies` (normalised) that SECRET_KEYS does not already match.
+SESSION_COOKIES = frozenset({"sentrysid", "sudo", "su", "session", "usersession", "symfony", "mysession", "verceljwt"})
+
+SCRUB_API_FIELDS = {"dataScrubber": "enabled", "dataScrubberDefaults": "defaults", "sensitiveFields": "sensitive_fields",
+                    "safeFields": "safe_fields", "scrubIPAddresses": "scrub_ip"}
+
+
+def pair_value(match: re.Match[str]) -> tuple[str, int, int]:
+    """A KEYS_IN_TEXT match as (key, start, end) of its value, quotes left out."""
+    key, group = ("jkey", "jval") if match.lastgroup == "json" else ("key", "val")
+    start, end = match.span(group)
+    quote = 1 if match.string[start] in "\"'" else 0
+    return match[key], start + quote, end - quote
+
+
+# `"key": value` (JSON, a Python dict's repr) and `key=value` (form bodies, query strings, cookies, log lines)
+TEXT_PAIRS = (r"""(?P<json>(?P<q>["'])(?P<jkey>[^"'\\\n]{1,100})(?P=q)\s*:\s*"""
+              r"""(?P<jval>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|-?\d[\d.eE+-]*))"""
+              r"""|(?P<kv>(?<![^\s?&;,(\[{"'])(?P<key>[\w.\-\[\]%+]{1,100})=(?P<val>"[^"\n]*"|'[^'\n]*'|[^\s&;,#)\]}"']+))""")
+
+KEYS_IN_TEXT = re.compile(TEXT_PAIRS, re.ASCII)
+
+CARD = (r"(?P<card>(?<![\w.])(?:\d{13,19}|\d{4}(?P<sep>[ -])\d{4}(?P=sep)\d{4}(?P=sep)\d{4}(?:(?P=sep)\d{1,3})?"
+        r"|\d{4}(?P<sep2>[ -])\d{6}(?P=sep2)\d{4,5})(?!\w|\.\d))")
+
+IBAN = r"(?P<iban>(?<!\w)[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?!\w))"
+
+USSSN = r"(?P<usssn>\b\d{3}-\d{2}-\d{4}\b)"
+
+NUMBERS = re.compile(f"{CARD}|{IBAN}|{USSSN}", re.ASCII)
+
+
+def number_rule(match: re.Match[str]) -> str | None:
+    """The rule for a NUMBERS match that checks out (a card's Luhn digit, an IBAN's mod 97), else None."""
+    if match.lastgroup == "card":
+        return "@creditcard:filter" if is_card_number(match[0].replace(" ", "").replace("-", "")) else None
+    if match.lastgroup == "usssn":
+        return "@usssn:filter"
+    return "@iban:filter" if is_iban(match[0]) else None
+
+
+def is_card_number(digits: str) -> bool:
+    """A payment card number: a card network's prefix and length, and a right Luhn check digit
+    (so an order number or a millisecond timestamp of 16 digits is left alone)."""
+    size, head = len(digits), digits[:2]
+    if digits[0] == "4":
+        fits = size in (13, 16, 19)
+    elif head in ("34", "37"):
+        fits = size == 15
+    elif "51" <= head <= "55" or "2221" <= digits[:4] <= "2720":
+        fits = size == 16
+    else:
+        fits = (head in ("30", "35", "36", "38", "39") or digits[0] == "6") and 14 <= size <= 19
+    total = 0
+    for position, digit in enumerate(reversed(digits)):
+        doubled = int(digit) * (2 if position % 2 else 1)
+        total += doubled - 9 if doubled > 9 else doubled
+    return fits and total % 10 == 0
+
+
+def is_iban(candidate: str) -> bool:
+    """An IBAN: its country's length and the mod-97 check digits (ISO 13616)."""
+    code = candidate.replace(" ", "")
+    if IBAN_LENGTHS.get(code[:2]) != len(code):
+        return False
+    return int("".join(str(int(char, 36)) for char in code[4:] + code[:4])) % 97 == 1
+
+
+IBAN_LENGTHS = {entry[:2]: int(entry[2:]) for entry in (  # ISO 13616's registry: country → length
+    "AD24 AE23 AL28 AT20 AZ28 BA20 BE16 BG22 BH22 BI27 BR29 BY28 CH21 CR22 CY28 CZ24 DE22 DJ27 DK18 DO28 EE20 EG29 "
+    "ES24 FI18 FK18 FO18 FR27 GB22 GE22 GI23 GL18 GR27 GT28 HN28 HR21 HU28 IE22 IL23 IQ23 IS26 IT27 JO30 KW30 KZ20 "
+    "LB28 LC32 LI21 LT20 LU20 LV21 LY25 MC27 MD24 ME22 MK19 MN20 MR27 MT31 MU30 NI28 NL18 NO15 OM23 PK24 PL28 PS29 "
+    "PT25 QA29 RO24 RS22 RU33 SA24 SC31 SD18 SE24 SI19 SK24 SM27 SO23 ST25 SV28 TL23 TN24 TR26 UA29 VA22 VG24 XK20 "
+    "YE30").split()}
+
+# Secrets known by their shape, of which only the secret part goes (Relay's `@common` value rules):
+# `Bearer <token>`; an HTTP Basic credential (base64 of `user:password`, checked in basic_credential);
+# a PEM key's body (its BEGIN/END lines stay; the body cannot hold `-----`, so a scan stays linear);
+# a URL's password, up to the last `@` of the authority and with an empty user too (`redis://:pw@`).
+# Every repetition is bounded: a hostile text costs at most a few hundred steps per candidate.
+TOKENS = re.compile(
+    r"(?P<bearer>\b(?i:bearer)\s+\S+)"
+    r"|(?P<basic>\b(?i:basic)\s+(?P<b64>[A-Za-z0-9+/]{4,1024}={0,2})(?![\w+/=]))"
+    r"|-----BEGIN[A-Z ]{0,40} (?:PRIVATE|PUBLIC) KEY-----\s*(?P<pemkey>(?:[^-]|-(?!----))+?)\s*-----END[A-Z ]{0,40} KEY-----"
+    r"|\b[A-Za-z][A-Za-z0-9+.-]{0,30}://[^\s:/@?#]{0,256}:(?P<urlauth>[^\s/?#]{1,256})@", re.ASCII)
+
+
+def token_span(match: re.Match[str]) -> tuple[int, int, str] | None:
+    """A TOKENS match as (start, end, rule) of its secret part; None for a `Basic` that is no credential."""
+    group = match.lastgroup or ""
+    if group == "basic" and not basic_credential(match["b64"]):
+        return None
+    return (*match.span(group), TOKEN_RULES[group])
+
+
+def basic_credential(encoded: str) -> bool:
+    """Whether the word after `Basic` is an HTTP Basic credential: base64 of printable `user:password`
+    (so `Basic plan` or `basic auth` stays)."""
+    try:
+        decoded = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except ValueError:
+        return False
+    return b":" in decoded and decoded.isascii() and decoded.decode().isprintable()
+
+
+TOKEN_RULES = {"bearer": "@bearer:filter", "basic": "@password:filter", "pemkey": "@pemkey:filter",
+               "urlauth": "@urlauth:legacy"}
+
+# Sentry's `@password` words as they count inside a value (`token` only as `token…=` or `token…:`).
+SECRET_WORDS = re.compile(r"password|secret|passwd|api[-_]?key|auth|credentials|mysql_pwd|private[-_]?key"
+                          r"|token[^\s:=]{0,50}[:=]", re.IGNORECASE)
+
+# Top-level fields that are ids, enums or names the program chose (never user data): not walked.
+UNSCRUBBED_FIELDS = frozenset({"event_id", "timestamp", "received", "level", "platform", "logger", "transaction",
+                               "server_name", "release", "dist", "culprit", "environment", "fingerprint", "errors",
+                               "sdk", "modules", "debug_meta", "_meta"})
+
+DEFAULT_SCRUB = ScrubPolicy()
+
+
+def scrub_policy(option: Any) -> ScrubPolicy:
+    """The policy of a project's stored `scrub` option (absent or malformed parts: the defaults)."""
+    return parsed_scrub_policy(scrub_option_text(option))
+
+
+@functools.lru_cache(maxsize=128)
+def parsed_scrub_policy(option_json: str) -> ScrubPolicy:
+    """Cached by the option's text: ingest asks once per request, its regexes compile once per change."""
+    option = json.loads(option_json)
+    flags = {name: option[name] for name in ("enabled", "defaults", "scrub_ip") if isinstance(option.get(name), bool)}
+    keys = {name: tuple(key.strip() for key in option[name] if isinstance(key, str) and key.strip())
+            for name in ("sensitive_fields", "safe_fields") if isinstance(option.get(name), list)}
+    return ScrubPolicy(**flags, **keys)
+
+
+def scrub_option_text(option: Any) -> str:
+    """The `scrub` option as the text its parsed policy is cached under (and sent to a worker as)."""
+    return json.dumps(option, sort_keys=True) if isinstance(option, dict) else "{}"
+
+
+def changed_scrub_option(policy: ScrubPolicy, changes: dict[str, Any]) -> dict[str, Any]:
+    """The `scrub` option to store: the policy's, with `changes` (option names) checked and applied."""
+    option, api_names = policy.as_option(), {name: api_name for api_name, name in SCRUB_API_FIELDS.items()}
+    for name, value in changes.items():
+        if isinstance(option[name], bool) and not isinstance(value, bool):
+            raise ScrubError(f"{api_names[name]} must be true or false")
+        if isinstance(option[name], list):
+            if not (isinstance(value, list) and len(value) <= MAX_SCRUB_FIELDS
+                    and all(isinstance(key, str) and len(key) <= 200 for key in value)):
+                raise ScrubError(f"{api_names[name]} must be a list of at most {MAX_SCRUB_FIELDS} field names "
+                                 "(strings of at most 200 characters)")
+            value = list(dict.fromkeys(key.strip() for key in value if key.strip()))
+        option[name] = value
+    return option
+
+
+class ScrubError(ValueError):
+    """A scrubbing setting of the wrong type (a 400 in the API, a message above the form)."""
+
+
+MAX_SCRUB_FIELDS = 200
 
 
 def scrubbed_paths(ev: dict[str, Any]) -> list[str]:
@@ -2956,8 +3393,9 @@ def scrubbed_paths(ev: dict[str, Any]) -> list[str]:
     return found
 
 
-API_ENTRY_SOURCES = {"exception": "exception", "message": "logentry", "stacktrace": "stacktrace",
-                     "threads": "threads", "breadcrumbs": "breadcrumbs", "request": "request"}
+# The `_meta` rule ids this scrubbing writes (Relay's names): the ones the event page reports.
+SCRUB_RULES = frozenset({"@password:filter", "@creditcard:filter", "@iban:filter", "@usssn:filter", "@bearer:filter",
+                         "@pemkey:filter", "@urlauth:legacy", "@anything:filter", "strip-fields", "@anything:remove"})
 
 
 def api_meta(ev: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -2974,229 +3412,50 @@ def api_meta(ev: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any
     return {**out, **({"entries": indexed} if indexed else {}), **({"tags": tags} if tags else {})}
 
 
+API_ENTRY_SOURCES = {"exception": "exception", "message": "logentry", "stacktrace": "stacktrace",
+                     "threads": "threads", "breadcrumbs": "breadcrumbs", "request": "request"}
+
+
 # -- grouping (shared/docs/grouping.md; our own code from that description) ----
 
-PARAMETERS = [  # order matters: the first alternative that matches at a position wins
-    ("email", r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),
-    ("url", r"\b(?:https?|wss?|ftp)://[^\s\"'<>]+"),
-    ("ip", r"\b(?:\d{1,3}\.){3}\d{1,3}\b|(?<![\w:])(?:[0-9a-fA-F]{1,4}:){2,7}[0-9a-fA-F]{1,4}(?![\w:])"),
-    ("traceparent", r"\b00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]\b|\b1-[0-9a-f]{8}-[0-9a-f]{24}\b"),
-    ("uuid", r"\b[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\b"),
-    ("sha1", r"\b[0-9a-fA-F]{40}\b"),
-    ("md5", r"\b[0-9a-fA-F]{32}\b"),
-    ("date", r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\b"
-             r"|\b\d{1,2}:\d{2}(?::\d{2})?(?:\s?[AaPp][Mm])?\b"),
-    ("hostname", r"\b(?:[a-zA-Z0-9-]+\.)+(?:com|net|org|io|dev|app|cloud|internal|local|co|uk|de)\b"),
-    ("duration", r"\b\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h)\b"),
-    ("hex", r"\b0[xX][0-9a-fA-F]+\b|\b(?=[0-9a-f]*\d)[0-9a-f]{8,128}\b|\b(?=[0-9A-F]*\d)[0-9A-F]{8,128}\b"),
-    ("float", r"(?<![\w.])-?\d+\.\d+\b"),
-    ("int", r"(?<![\w.])-?\d{1,7}\b|(?<=\w-)\d{1,7}\b|(?<=_)\d{1,7}\b"),
-    ("quoted_str", r"(?<==)(?:'[^']*'|\"[^\"]*\")"),
-    ("bool", r"(?<==)(?:[Tt]rue|[Ff]alse)\b"),
-]
-PARAMETER_RE = re.compile("|".join(f"(?P<{name}>{pattern})" for name, pattern in PARAMETERS))
-
-
-def parameterize(value: str) -> str:
-    """Mask the variable parts of a message (ids, numbers, dates…) so messages group by template."""
-    lines = [ln for ln in value.splitlines() if ln.strip()]
-    trimmed = "\n".join(lines[:2])
-    if trimmed != value:
-        trimmed += "..."
-    return PARAMETER_RE.sub(lambda m: f"<{m.lastgroup}>", trimmed)
-
-
-CONTEXT_LINE_PLATFORMS = {"javascript", "node", "python", "php", "ruby"}
-URL_PREFIXES = ("http:", "https:", "applewebdata:", "blob:")
-JS_PLATFORMS = {"javascript", "node"}
-
-
-def frame_values(frame: dict[str, Any], platform: str) -> list[str]:
-    """What one frame contributes: module (else file basename), function, context line — never lineno."""
-    platform = text(frame.get("platform")) or platform
-    abs_path = text(frame.get("abs_path"))
-    module = text(frame.get("module"))
-    if platform in JS_PLATFORMS and "/" in module and abs_path.endswith(module):
-        module = ""
-    values = []
-    if module:
-        values.append(module)
-    else:
-        filename = text(frame.get("filename"))
-        if filename and not abs_path.startswith(URL_PREFIXES) and filename not in ("<anonymous>", "[native code]"):
-            values.append(re.split(r"[/\\]", filename)[-1].lower())
-    function = text(frame.get("function") or frame.get("raw_function"))
-    if platform in JS_PLATFORMS:
-        function = function.rsplit(".", 1)[-1]
-        if function in ("?", "<anonymous>") or function.endswith("/<"):
-            function = ""
-    if function:
-        values.append(function)
-    line = frame.get("context_line")
-    if platform in CONTEXT_LINE_PLATFORMS and isinstance(line, str) and line and len(line) <= 120:
-        if not (platform in JS_PLATFORMS and not function and abs_path.startswith(URL_PREFIXES)):
-            values.append(" ".join(line.split()))
-    return values
-
-
-def frame_contributions(stacktrace: dict[str, Any] | None, app_only: bool, platform: str) -> list[list[str]]:
-    """The values each frame contributes, in frame order ([] for a frame that does not)."""
-    contributions: list[list[str]] = []
-    previous = None
-    for frame in (stacktrace or {}).get("frames", []):
-        identity = tuple(frame.get(k) for k in ("abs_path", "package", "module", "filename",
-                                                "function", "lineno", "colno"))
-        recursion = identity == previous  # direct recursion contributes once
-        previous = identity
-        contributions.append(frame_values(frame, platform) if not recursion and frame_groups(frame, app_only) else [])
-    return contributions
-
-
-def frame_groups(frame: dict[str, Any], app_only: bool) -> bool:
-    """Whether a frame may contribute: not switched off by a `-group` rule, in app for the app
-    variant, and not engine noise."""
-    return (as_dict(frame.get("data")).get("group", True) is True and (frame.get("in_app") or not app_only)
-            and frame.get("abs_path") not in ("[native code]", "native code", "eval code", "<anonymous>"))
-
-
-def stacktrace_values(stacktrace: dict[str, Any] | None, app_only: bool, platform: str) -> list[str]:
-    return [value for values in frame_contributions(stacktrace, app_only, platform) for value in values]
-
-
-def exception_values(exc: dict[str, Any], app_only: bool, platform: str) -> tuple[bool, list[str]]:
-    """(did the stack trace contribute, values): type, plus the value only without a stack."""
-    stack = stacktrace_values(exc.get("stacktrace"), app_only, platform)
-    synthetic = as_dict(exc.get("mechanism")).get("synthetic") is True
-    values = list(stack)
-    if exc.get("type") and not synthetic:
-        values.append(exc["type"])
-    if not stack and exc.get("value") and not synthetic:
-        values.append(parameterize(exc["value"]))
-    return bool(stack), values
-
-
-def crashed_thread(ev: dict[str, Any]) -> dict[str, Any] | None:
-    threads = [t for t in ev.get("threads", {}).get("values", []) if t.get("stacktrace")]
-    for flag in ("crashed", "current"):
-        chosen = [t for t in threads if t.get(flag) is True]
-        if len(chosen) == 1:
-            return chosen[0]
-    return threads[0] if len(threads) == 1 else None
-
-
-def stack_variants(stacks: list[tuple[dict[str, Any] | None, dict[str, Any] | None]],
-                   platform: str) -> dict[str, list[str]]:
-    """Build the app and system variants for (exception, stacktrace) pairs.
-
-    A variant whose stack trace does not contribute is dropped when another's does, so an
-    event without in-app frames groups on its system variant only.
-    """
-    variants: dict[str, list[str]] = {}
-    stack_contributes: dict[str, bool] = {}
-    for name, app_only in (("app", True), ("system", False)):
-        values: list[str] = []
-        contributes = False
-        for exc, stacktrace in stacks:
-            if exc is not None:
-                did, part = exception_values(exc, app_only, platform)
-            else:
-                part = stacktrace_values(stacktrace, app_only, platform)
-                did = bool(part)
-            contributes |= did
-            values += part
-        variants[name], stack_contributes[name] = values, contributes
-    if any(stack_contributes.values()):
-        return {n: v for n, v in variants.items() if stack_contributes[n]}
-    return {"app": variants["app"]} if variants["app"] else {}
-
-
 Stacks = list[tuple[dict[str, Any] | None, dict[str, Any] | None]]
-
-
-def strategy_variants(ev: dict[str, Any]) -> tuple[str, Stacks, dict[str, list[str]]]:
-    """The first grouping strategy that yields values (exceptions, threads, stack trace,
-    message): its name, the stacks it read and its variants."""
-    platform = ev.get("platform", "other")
-    thread = crashed_thread(ev)
-    candidates: list[tuple[str, Stacks]] = [
-        ("exception", [(e, None) for e in grouping_exceptions(ev)]),
-        ("threads", [(None, thread["stacktrace"])] if thread else []),
-        ("stacktrace", [(None, ev["stacktrace"])] if ev.get("stacktrace") else [])]
-    for name, stacks in candidates:
-        variants = stack_variants(stacks, platform)
-        if variants:
-            return name, stacks, variants
-    entry = ev.get("logentry") or {}
-    template = entry.get("message") or entry.get("formatted")
-    if template:
-        return "message", [], {"default": [parameterize(template)]}
-    return "fallback", [], {}
-
-
-def grouping_exceptions(ev: dict[str, Any]) -> list[dict[str, Any]]:
-    """The exceptions that group and title an event (grouping.md §2.2): an exception group
-    becomes its distinct leaf exceptions, so the same failure in another order or number
-    groups together; anything else is used as sent."""
-    excs = ev.get("exception", {}).get("values", [])
-    tree = exception_tree(ev, excs)
-    if tree is None:
-        return excs
-    platform = ev.get("platform", "other")
-    distinct: dict[tuple[str, ...], int] = {}
-    for exc_id in sorted(top_level_exceptions(tree), key=lambda i: text(tree[i][0].get("type")), reverse=True):
-        distinct.setdefault(tuple(exception_values(tree[exc_id][0], False, platform)[1]), exc_id)
-    if len(distinct) != 1:
-        return [tree[exc_id][0] for exc_id in (*distinct.values(), 0)]  # in sorted order, the group last
-    path = first_child_path(tree, *distinct.values())
-    return [e for e in excs if as_dict(e.get("mechanism")).get("exception_id") in path]
-
 
 ExceptionTree = dict[int, tuple[dict[str, Any], list[int]]]  # exception id → (exception, child ids)
 
 
-def exception_tree(ev: dict[str, Any], excs: list[dict[str, Any]]) -> ExceptionTree | None:
-    """The exceptions by `exception_id` with their children, when they form a tree rooted at
-    id 0 (else None). Skipped, as Sentry does, for Python SDKs whose version starts with "3"."""
-    if ev.get("platform") == "python" and text(as_dict(ev.get("sdk")).get("version")).startswith("3"):
-        return None
-    mechanisms = [as_dict(e.get("mechanism")) for e in excs]
-    ids = [m.get("exception_id") for m in mechanisms]
-    if (len(excs) < 2 or not all(type(i) is int for i in ids) or len(set(ids)) < len(ids) or 0 not in ids
-            or any(m.get("parent_id") == m.get("exception_id") for m in mechanisms)):
-        return None
-    tree: ExceptionTree = {i: (e, []) for i, e in zip(ids, excs)}
-    for exc_id, mechanism in sorted(zip(ids, mechanisms), key=lambda pair: pair[0]):
-        parent = mechanism.get("parent_id")
-        if type(parent) is int and parent in tree:
-            tree[parent][1].append(exc_id)
-    return tree
+def group_hashes(ev: dict[str, Any]) -> list[str]:
+    """All grouping hashes of an event, primary first (custom fingerprints give exactly one)."""
+    return grouping_hashes(group_event(ev))
 
 
-def top_level_exceptions(tree: ExceptionTree) -> list[int]:
-    """The non-group exceptions reached from the root through group exceptions only."""
-    found, pending, seen = [], [0], set()
-    while pending:
-        exc_id = pending.pop(0)
-        if exc_id in seen:
-            continue
-        seen.add(exc_id)
-        exc, children = tree[exc_id]
-        if as_dict(exc.get("mechanism")).get("is_exception_group") is True:
-            pending.extend(children)
-        else:
-            found.append(exc_id)
-    return found
+def grouping_hashes(record: dict[str, Any]) -> list[str]:
+    """A grouping record's distinct hashes, primary first."""
+    return list(dict.fromkeys(variant["hash"] for variant in record["variants"].values()))
 
 
-def first_child_path(tree: ExceptionTree, exc_id: int) -> set[int]:
-    """An exception and its chain of first children (its cause, the cause's cause…)."""
-    path: set[int] = set()
-    while exc_id not in path:
-        path.add(exc_id)
-        if not tree[exc_id][1]:
-            break
-        exc_id = tree[exc_id][1][0]
-    return path
+def group_event(ev: dict[str, Any]) -> dict[str, Any]:
+    """How an event groups: the winning strategy and, per variant, its hash and the values
+    behind it (app before system). Stored with the event as its `grouping` record, so the
+    issue page can show why it grouped where it did."""
+    checksum = ev.get("checksum")
+    if isinstance(checksum, str) and checksum:
+        digest = checksum if re.fullmatch(r"[0-9a-f]{32}", checksum) else md5_of([checksum])
+        return {"strategy": "checksum", "variants": {"checksum": {"hash": digest, "values": [checksum]}}}
+    resolved = []
+    for entry in ev.get("fingerprint") or ["{{ default }}"]:
+        match = FINGERPRINT_VAR.match(entry)
+        resolved.append(resolve_fingerprint_variable(match.group(1), ev) if match else entry)
+    if None not in resolved:
+        variant = {"hash": md5_of(resolved), "values": resolved}
+        return {"strategy": "fingerprint", "variants": {"custom_fingerprint": variant}}
+    strategy, stacks, variants = strategy_variants(ev)
+    record: dict[str, Any] = {"strategy": strategy, "variants": {}}
+    for name, values in (variants or {"fallback": []}).items():
+        expanded = [value for entry in resolved for value in (values if entry is None else [entry])]
+        record["variants"][name] = {"hash": md5_of(expanded), "values": expanded}
+    if stacks:
+        record["stacks"] = frame_report(stacks, variants, ev.get("platform", "other"))
+    return record
 
 
 def md5_of(values: Iterable[str]) -> str:
@@ -3238,29 +3497,224 @@ def resolve_fingerprint_variable(name: str, ev: dict[str, Any]) -> str | None:
     return text(value) or missing
 
 
-def group_event(ev: dict[str, Any]) -> dict[str, Any]:
-    """How an event groups: the winning strategy and, per variant, its hash and the values
-    behind it (app before system). Stored with the event as its `grouping` record, so the
-    issue page can show why it grouped where it did."""
-    checksum = ev.get("checksum")
-    if isinstance(checksum, str) and checksum:
-        digest = checksum if re.fullmatch(r"[0-9a-f]{32}", checksum) else md5_of([checksum])
-        return {"strategy": "checksum", "variants": {"checksum": {"hash": digest, "values": [checksum]}}}
-    resolved = []
-    for entry in ev.get("fingerprint") or ["{{ default }}"]:
-        match = FINGERPRINT_VAR.match(entry)
-        resolved.append(resolve_fingerprint_variable(match.group(1), ev) if match else entry)
-    if None not in resolved:
-        variant = {"hash": md5_of(resolved), "values": resolved}
-        return {"strategy": "fingerprint", "variants": {"custom_fingerprint": variant}}
-    strategy, stacks, variants = strategy_variants(ev)
-    record: dict[str, Any] = {"strategy": strategy, "variants": {}}
-    for name, values in (variants or {"fallback": []}).items():
-        expanded = [value for entry in resolved for value in (values if entry is None else [entry])]
-        record["variants"][name] = {"hash": md5_of(expanded), "values": expanded}
-    if stacks:
-        record["stacks"] = frame_report(stacks, variants, ev.get("platform", "other"))
-    return record
+def grouping_exceptions(ev: dict[str, Any]) -> list[dict[str, Any]]:
+    """The exceptions that group and title an event (grouping.md §2.2): an exception group
+    becomes its distinct leaf exceptions, so the same failure in another order or number
+    groups together; anything else is used as sent."""
+    excs = ev.get("exception", {}).get("values", [])
+    tree = exception_tree(ev, excs)
+    if tree is None:
+        return excs
+    platform = ev.get("platform", "other")
+    distinct: dict[tuple[str, ...], int] = {}
+    for exc_id in sorted(top_level_exceptions(tree), key=lambda i: text(tree[i][0].get("type")), reverse=True):
+        distinct.setdefault(tuple(exception_values(tree[exc_id][0], False, platform)[1]), exc_id)
+    if len(distinct) != 1:
+        return [tree[exc_id][0] for exc_id in (*distinct.values(), 0)]  # in sorted order, the group last
+    path = first_child_path(tree, *distinct.values())
+    return [e for e in excs if as_dict(e.get("mechanism")).get("exception_id") in path]
+
+
+def exception_tree(ev: dict[str, Any], excs: list[dict[str, Any]]) -> ExceptionTree | None:
+    """The exceptions by `exception_id` with their children, when they form a tree rooted at
+    id 0 (else None). Skipped, as Sentry does, for Python SDKs whose version starts with "3"."""
+    if ev.get("platform") == "python" and text(as_dict(ev.get("sdk")).get("version")).startswith("3"):
+        return None
+    mechanisms = [as_dict(e.get("mechanism")) for e in excs]
+    ids = [m.get("exception_id") for m in mechanisms]
+    if (len(excs) < 2 or not all(type(i) is int for i in ids) or len(set(ids)) < len(ids) or 0 not in ids
+            or any(m.get("parent_id") == m.get("exception_id") for m in mechanisms)):
+        return None
+    tree: ExceptionTree = {i: (e, []) for i, e in zip(ids, excs)}
+    for exc_id, mechanism in sorted(zip(ids, mechanisms), key=lambda pair: pair[0]):
+        parent = mechanism.get("parent_id")
+        if type(parent) is int and parent in tree:
+            tree[parent][1].append(exc_id)
+    return tree
+
+
+def top_level_exceptions(tree: ExceptionTree) -> list[int]:
+    """The non-group exceptions reached from the root through group exceptions only."""
+    found, pending, seen = [], [0], set()
+    while pending:
+        exc_id = pending.pop(0)
+        if exc_id in seen:
+            continue
+        seen.add(exc_id)
+        exc, children = tree[exc_id]
+        if as_dict(exc.get("mechanism")).get("is_exception_group") is True:
+            pending.extend(children)
+        else:
+            found.append(exc_id)
+    return found
+
+
+def exception_values(exc: dict[str, Any], app_only: bool, platform: str) -> tuple[bool, list[str]]:
+    """(did the stack trace contribute, values): type, plus the value only without a stack."""
+    stack = stacktrace_values(exc.get("stacktrace"), app_only, platform)
+    synthetic = as_dict(exc.get("mechanism")).get("synthetic") is True
+    values = list(stack)
+    if exc.get("type") and not synthetic:
+        values.append(exc["type"])
+    if not stack and exc.get("value") and not synthetic:
+        values.append(parameterize(exc["value"]))
+    return bool(stack), values
+
+
+def stacktrace_values(stacktrace: dict[str, Any] | None, app_only: bool, platform: str) -> list[str]:
+    return [value for values in frame_contributions(stacktrace, app_only, platform) for value in values]
+
+
+def frame_contributions(stacktrace: dict[str, Any] | None, app_only: bool, platform: str) -> list[list[str]]:
+    """The values each frame contributes, in frame order ([] for a frame that does not)."""
+    contributions: list[list[str]] = []
+    previous = None
+    for frame in (stacktrace or {}).get("frames", []):
+        identity = tuple(frame.get(k) for k in ("abs_path", "package", "module", "filename",
+                                                "function", "lineno", "colno"))
+        recursion = identity == previous  # direct recursion contributes once
+        previous = identity
+        contributions.append(frame_values(frame, platform) if not recursion and frame_groups(frame, app_only) else [])
+    return contributions
+
+
+def frame_values(frame: dict[str, Any], platform: str) -> list[str]:
+    """What one frame contributes: module (else file basename), function, context line — never lineno."""
+    platform = text(frame.get("platform")) or platform
+    abs_path = text(frame.get("abs_path"))
+    module = text(frame.get("module"))
+    if platform in JS_PLATFORMS and "/" in module and abs_path.endswith(module):
+        module = ""
+    values = []
+    if module:
+        values.append(module)
+    else:
+        filename = text(frame.get("filename"))
+        if filename and not abs_path.startswith(URL_PREFIXES) and filename not in ("<anonymous>", "[native code]"):
+            values.append(re.split(r"[/\\]", filename)[-1].lower())
+    function = text(frame.get("function") or frame.get("raw_function"))
+    if platform in JS_PLATFORMS:
+        function = function.rsplit(".", 1)[-1]
+        if function in ("?", "<anonymous>") or function.endswith("/<"):
+            function = ""
+    if function:
+        values.append(function)
+    line = frame.get("context_line")
+    if platform in CONTEXT_LINE_PLATFORMS and isinstance(line, str) and line and len(line) <= 120:
+        if not (platform in JS_PLATFORMS and not function and abs_path.startswith(URL_PREFIXES)):
+            values.append(" ".join(line.split()))
+    return values
+
+
+JS_PLATFORMS = {"javascript", "node"}
+
+URL_PREFIXES = ("http:", "https:", "applewebdata:", "blob:")
+
+CONTEXT_LINE_PLATFORMS = {"javascript", "node", "python", "php", "ruby"}
+
+
+def frame_groups(frame: dict[str, Any], app_only: bool) -> bool:
+    """Whether a frame may contribute: not switched off by a `-group` rule, in app for the app
+    variant, and not engine noise."""
+    return (as_dict(frame.get("data")).get("group", True) is True and (frame.get("in_app") or not app_only)
+            and frame.get("abs_path") not in ("[native code]", "native code", "eval code", "<anonymous>"))
+
+
+def parameterize(value: str) -> str:
+    """Mask the variable parts of a message (ids, numbers, dates…) so messages group by template."""
+    lines = [ln for ln in value.splitlines() if ln.strip()]
+    trimmed = "\n".join(lines[:2])
+    if trimmed != value:
+        trimmed += "..."
+    return PARAMETER_RE.sub(lambda m: f"<{m.lastgroup}>", trimmed)
+
+
+PARAMETERS = [  # order matters: the first alternative that matches at a position wins
+    ("email", r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),
+    ("url", r"\b(?:https?|wss?|ftp)://[^\s\"'<>]+"),
+    ("ip", r"\b(?:\d{1,3}\.){3}\d{1,3}\b|(?<![\w:])(?:[0-9a-fA-F]{1,4}:){2,7}[0-9a-fA-F]{1,4}(?![\w:])"),
+    ("traceparent", r"\b00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]\b|\b1-[0-9a-f]{8}-[0-9a-f]{24}\b"),
+    ("uuid", r"\b[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\b"),
+    ("sha1", r"\b[0-9a-fA-F]{40}\b"),
+    ("md5", r"\b[0-9a-fA-F]{32}\b"),
+    ("date", r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\b"
+             r"|\b\d{1,2}:\d{2}(?::\d{2})?(?:\s?[AaPp][Mm])?\b"),
+    ("hostname", r"\b(?:[a-zA-Z0-9-]+\.)+(?:com|net|org|io|dev|app|cloud|internal|local|co|uk|de)\b"),
+    ("duration", r"\b\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h)\b"),
+    ("hex", r"\b0[xX][0-9a-fA-F]+\b|\b(?=[0-9a-f]*\d)[0-9a-f]{8,128}\b|\b(?=[0-9A-F]*\d)[0-9A-F]{8,128}\b"),
+    ("float", r"(?<![\w.])-?\d+\.\d+\b"),
+    ("int", r"(?<![\w.])-?\d{1,7}\b|(?<=\w-)\d{1,7}\b|(?<=_)\d{1,7}\b"),
+    ("quoted_str", r"(?<==)(?:'[^']*'|\"[^\"]*\")"),
+    ("bool", r"(?<==)(?:[Tt]rue|[Ff]alse)\b"),
+]
+
+PARAMETER_RE = re.compile("|".join(f"(?P<{name}>{pattern})" for name, pattern in PARAMETERS))
+
+
+def first_child_path(tree: ExceptionTree, exc_id: int) -> set[int]:
+    """An exception and its chain of first children (its cause, the cause's cause…)."""
+    path: set[int] = set()
+    while exc_id not in path:
+        path.add(exc_id)
+        if not tree[exc_id][1]:
+            break
+        exc_id = tree[exc_id][1][0]
+    return path
+
+
+def strategy_variants(ev: dict[str, Any]) -> tuple[str, Stacks, dict[str, list[str]]]:
+    """The first grouping strategy that yields values (exceptions, threads, stack trace,
+    message): its name, the stacks it read and its variants."""
+    platform = ev.get("platform", "other")
+    thread = crashed_thread(ev)
+    candidates: list[tuple[str, Stacks]] = [
+        ("exception", [(e, None) for e in grouping_exceptions(ev)]),
+        ("threads", [(None, thread["stacktrace"])] if thread else []),
+        ("stacktrace", [(None, ev["stacktrace"])] if ev.get("stacktrace") else [])]
+    for name, stacks in candidates:
+        variants = stack_variants(stacks, platform)
+        if variants:
+            return name, stacks, variants
+    entry = ev.get("logentry") or {}
+    template = entry.get("message") or entry.get("formatted")
+    if template:
+        return "message", [], {"default": [parameterize(template)]}
+    return "fallback", [], {}
+
+
+def crashed_thread(ev: dict[str, Any]) -> dict[str, Any] | None:
+    threads = [t for t in ev.get("threads", {}).get("values", []) if t.get("stacktrace")]
+    for flag in ("crashed", "current"):
+        chosen = [t for t in threads if t.get(flag) is True]
+        if len(chosen) == 1:
+            return chosen[0]
+    return threads[0] if len(threads) == 1 else None
+
+
+def stack_variants(stacks: list[tuple[dict[str, Any] | None, dict[str, Any] | None]],
+                   platform: str) -> dict[str, list[str]]:
+    """Build the app and system variants for (exception, stacktrace) pairs.
+
+    A variant whose stack trace does not contribute is dropped when another's does, so an
+    event without in-app frames groups on its system variant only.
+    """
+    variants: dict[str, list[str]] = {}
+    stack_contributes: dict[str, bool] = {}
+    for name, app_only in (("app", True), ("system", False)):
+        values: list[str] = []
+        contributes = False
+        for exc, stacktrace in stacks:
+            if exc is not None:
+                did, part = exception_values(exc, app_only, platform)
+            else:
+                part = stacktrace_values(stacktrace, app_only, platform)
+                did = bool(part)
+            contributes |= did
+            values += part
+        variants[name], stack_contributes[name] = values, contributes
+    if any(stack_contributes.values()):
+        return {n: v for n, v in variants.items() if stack_contributes[n]}
+    return {"app": variants["app"]} if variants["app"] else {}
 
 
 def frame_report(stacks: Stacks, variants: dict[str, list[str]], platform: str) -> list[dict[str, Any]]:
@@ -3283,49 +3737,20 @@ def frame_report(stacks: Stacks, variants: dict[str, list[str]], platform: str) 
     return report
 
 
-def grouping_hashes(record: dict[str, Any]) -> list[str]:
-    """A grouping record's distinct hashes, primary first."""
-    return list(dict.fromkeys(variant["hash"] for variant in record["variants"].values()))
-
-
-def group_hashes(ev: dict[str, Any]) -> list[str]:
-    """All grouping hashes of an event, primary first (custom fingerprints give exactly one)."""
-    return grouping_hashes(group_event(ev))
-
-
 # -- grouping rules: a project's stack trace and fingerprint rules (grouping.md §4, §5) ---
 
-class RuleError(ValueError):
-    """A grouping rule that does not parse: told to whoever wrote it (a 400 or a form error)."""
+RULES_SQL = "SELECT stacktrace_rules, fingerprint_rules FROM project_rules WHERE project_id = ?"
 
 
-@dataclasses.dataclass(frozen=True)
-class Matcher:
-    """`key:glob`, or `!key:glob` for what the glob does not match."""
-
-    key: str
-    pattern: re.Pattern[str]
-    negated: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class StackRule:
-    """`matchers… actions…`; an action is (where: "" the matched frame, "^" the frames above it
-    toward the crash, "v" the frames below it; flag: "app" or "group"; value)."""
-
-    text: str
-    matchers: tuple[Matcher, ...]
-    actions: tuple[tuple[str, str, bool], ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class FingerprintRule:
-    """`matchers… -> fingerprint entries… [title="…"]`."""
-
-    text: str
-    matchers: tuple[Matcher, ...]
-    fingerprint: tuple[str, ...]
-    title: str | None
+def stored_rules(row: Mapping[str, str] | None) -> GroupingRules:
+    """A project's saved rules; ones this version cannot read are logged and skipped, so ingest goes on."""
+    if row is None:
+        return NO_RULES
+    try:
+        return parse_grouping_rules(row["stacktrace_rules"], row["fingerprint_rules"])
+    except RuleError as exc:
+        log.warning("ignoring saved grouping rules: %s", exc)
+        return NO_RULES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -3339,20 +3764,6 @@ class GroupingRules:
 
 
 NO_RULES = GroupingRules()
-STACK_MATCHERS = {"path": "path", "stack.abs_path": "path", "module": "module", "stack.module": "module",
-                  "function": "function", "stack.function": "function", "package": "package",
-                  "stack.package": "package", "family": "family", "app": "app"}
-FINGERPRINT_MATCHERS = {"error.type": "error.type", "type": "error.type", "error.value": "error.value",
-                        "value": "error.value", "message": "message", "logger": "logger", "level": "level",
-                        "tags.*": "tags.*"}
-FAMILIES = ("javascript", "native", "other", "all")
-NATIVE_PLATFORMS = {"native", "c", "cocoa", "objc", "swift"}
-RULE_MARKS = ("in_app_rule", "group", "group_rule")  # what stack trace rules note in a frame's `data`
-MATCHER = re.compile(r'\s*(!?)([\w.]+):("(?:[^"\\]|\\.)*"|[^\s"]+)(?=\s|$)')
-STACK_ACTION = re.compile(r"([\^v]?)([+-])(app|group)")
-FINGERPRINT_ENTRY = re.compile(r'\s*(?:(\w+)=("(?:[^"\\]|\\.)*")|("(?:[^"\\]|\\.)*")|(\{\{\s*[\w.]+\s*\}\})|([^\s,"=]+))\s*,?')
-TEMPLATE_VAR = re.compile(r"\{\{\s*([\w.]+)\s*\}\}")
-MAX_RULES_TEXT = 32 * KIB
 
 
 def parse_grouping_rules(stacktrace_text: str, fingerprint_text: str) -> GroupingRules:
@@ -3363,6 +3774,13 @@ def parse_grouping_rules(stacktrace_text: str, fingerprint_text: str) -> Groupin
     return GroupingRules(stacktrace_text, fingerprint_text,
                          tuple(parse_rule_lines("Stack trace rules", stacktrace_text, parse_stack_rule)),
                          tuple(parse_rule_lines("Fingerprint rules", fingerprint_text, parse_fingerprint_rule)))
+
+
+MAX_RULES_TEXT = 32 * KIB
+
+
+class RuleError(ValueError):
+    """A grouping rule that does not parse: told to whoever wrote it (a 400 or a form error)."""
 
 
 def parse_rule_lines(label: str, raw: str, parse: Callable[[str], Any]) -> list[Any]:
@@ -3391,6 +3809,93 @@ def parse_stack_rule(line: str) -> StackRule:
     return StackRule(line, matchers, tuple(actions))
 
 
+def parse_matchers(line: str, keys: dict[str, str]) -> tuple[tuple[Matcher, ...], str]:
+    """The `key:glob` matchers a rule starts with, and the rest of the line."""
+    matchers, pos = [], 0
+    while (match := MATCHER.match(line, pos)) is not None:
+        negated, key, value = match.groups()
+        name = matcher_name(key, keys)
+        matchers.append(Matcher(name, matcher_pattern(name, unquote(value)), bool(negated)))
+        pos = match.end()
+    if not matchers:
+        example = "path:**/vendor/**" if keys is STACK_MATCHERS else "error.type:PaymentDeclined"
+        raise RuleError(f"a rule starts with at least one matcher such as {example}")
+    return tuple(matchers), line[pos:].strip()
+
+
+MATCHER = re.compile(r'\s*(!?)([\w.]+):("(?:[^"\\]|\\.)*"|[^\s"]+)(?=\s|$)')
+
+
+def matcher_name(key: str, keys: dict[str, str]) -> str:
+    """The canonical name of a matcher key (`stack.module` → `module`; `tags.<name>` as it is)."""
+    if key in keys and key != "tags.*":
+        return keys[key]
+    if "tags.*" in keys and key.startswith("tags.") and len(key) > 5:
+        return key
+    raise RuleError(f"unknown matcher {key!r}; use {', '.join(keys)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Matcher:
+    """`key:glob`, or `!key:glob` for what the glob does not match."""
+
+    key: str
+    pattern: re.Pattern[str]
+    negated: bool
+
+
+def matcher_pattern(name: str, value: str) -> re.Pattern[str]:
+    """A matcher's value as a regex: globs, case-insensitive except for functions."""
+    if name == "app":
+        answer = {"yes": "yes", "true": "yes", "1": "yes", "no": "no", "false": "no", "0": "no"}.get(value.lower())
+        if answer is None:
+            raise RuleError(f"app:{value} must be app:yes or app:no")
+        return re.compile(answer)
+    if name == "family":
+        families = value.lower().split(",")
+        if not set(families) <= set(FAMILIES):
+            raise RuleError(f"family:{value} is unknown; use {', '.join(FAMILIES)} (comma-separated)")
+        return re.compile(".*" if "all" in families else "|".join(families))
+    return glob_regex(value, path=name in ("path", "package"), case_sensitive=name == "function")
+
+
+FAMILIES = ("javascript", "native", "other", "all")
+
+
+def glob_regex(glob: str, *, path: bool, case_sensitive: bool) -> re.Pattern[str]:
+    """`**` matches anything; `*` and `?` stay within one path segment in paths."""
+    pieces = []
+    for part in re.split(r"(\*\*/?|\*|\?)", glob):
+        if part in ("**/", "**"):
+            pieces.append("(?:.*/)?" if part == "**/" else ".*")
+        elif part in ("*", "?"):
+            pieces.append(("[^/]" if path else ".") + ("*" if part == "*" else ""))
+        else:
+            pieces.append(re.escape(part))
+    return re.compile("".join(pieces), 0 if case_sensitive else re.IGNORECASE)
+
+
+def unquote(value: str) -> str:
+    return re.sub(r"\\(.)", r"\1", value[1:-1]) if value.startswith('"') else value
+
+
+STACK_MATCHERS = {"path": "path", "stack.abs_path": "path", "module": "module", "stack.module": "module",
+                  "function": "function", "stack.function": "function", "package": "package",
+                  "stack.package": "package", "family": "family", "app": "app"}
+
+STACK_ACTION = re.compile(r"([\^v]?)([+-])(app|group)")
+
+
+@dataclasses.dataclass(frozen=True)
+class StackRule:
+    """`matchers… actions…`; an action is (where: "" the matched frame, "^" the frames above it
+    toward the crash, "v" the frames below it; flag: "app" or "group"; value)."""
+
+    text: str
+    matchers: tuple[Matcher, ...]
+    actions: tuple[tuple[str, str, bool], ...]
+
+
 def parse_fingerprint_rule(line: str) -> FingerprintRule:
     matchers, rest = parse_matchers(line, FINGERPRINT_MATCHERS)
     if not rest.startswith("->"):
@@ -3413,89 +3918,21 @@ def parse_fingerprint_rule(line: str) -> FingerprintRule:
     return FingerprintRule(line, matchers, tuple(entries), title)
 
 
-def parse_matchers(line: str, keys: dict[str, str]) -> tuple[tuple[Matcher, ...], str]:
-    """The `key:glob` matchers a rule starts with, and the rest of the line."""
-    matchers, pos = [], 0
-    while (match := MATCHER.match(line, pos)) is not None:
-        negated, key, value = match.groups()
-        name = matcher_name(key, keys)
-        matchers.append(Matcher(name, matcher_pattern(name, unquote(value)), bool(negated)))
-        pos = match.end()
-    if not matchers:
-        example = "path:**/vendor/**" if keys is STACK_MATCHERS else "error.type:PaymentDeclined"
-        raise RuleError(f"a rule starts with at least one matcher such as {example}")
-    return tuple(matchers), line[pos:].strip()
+FINGERPRINT_MATCHERS = {"error.type": "error.type", "type": "error.type", "error.value": "error.value",
+                        "value": "error.value", "message": "message", "logger": "logger", "level": "level",
+                        "tags.*": "tags.*"}
+
+FINGERPRINT_ENTRY = re.compile(r'\s*(?:(\w+)=("(?:[^"\\]|\\.)*")|("(?:[^"\\]|\\.)*")|(\{\{\s*[\w.]+\s*\}\})|([^\s,"=]+))\s*,?')
 
 
-def matcher_name(key: str, keys: dict[str, str]) -> str:
-    """The canonical name of a matcher key (`stack.module` → `module`; `tags.<name>` as it is)."""
-    if key in keys and key != "tags.*":
-        return keys[key]
-    if "tags.*" in keys and key.startswith("tags.") and len(key) > 5:
-        return key
-    raise RuleError(f"unknown matcher {key!r}; use {', '.join(keys)}")
+@dataclasses.dataclass(frozen=True)
+class FingerprintRule:
+    """`matchers… -> fingerprint entries… [title="…"]`."""
 
-
-def matcher_pattern(name: str, value: str) -> re.Pattern[str]:
-    """A matcher's value as a regex: globs, case-insensitive except for functions."""
-    if name == "app":
-        answer = {"yes": "yes", "true": "yes", "1": "yes", "no": "no", "false": "no", "0": "no"}.get(value.lower())
-        if answer is None:
-            raise RuleError(f"app:{value} must be app:yes or app:no")
-        return re.compile(answer)
-    if name == "family":
-        families = value.lower().split(",")
-        if not set(families) <= set(FAMILIES):
-            raise RuleError(f"family:{value} is unknown; use {', '.join(FAMILIES)} (comma-separated)")
-        return re.compile(".*" if "all" in families else "|".join(families))
-    return glob_regex(value, path=name in ("path", "package"), case_sensitive=name == "function")
-
-
-def glob_regex(glob: str, *, path: bool, case_sensitive: bool) -> re.Pattern[str]:
-    """`**` matches anything; `*` and `?` stay within one path segment in paths."""
-    pieces = []
-    for part in re.split(r"(\*\*/?|\*|\?)", glob):
-        if part in ("**/", "**"):
-            pieces.append("(?:.*/)?" if part == "**/" else ".*")
-        elif part in ("*", "?"):
-            pieces.append(("[^/]" if path else ".") + ("*" if part == "*" else ""))
-        else:
-            pieces.append(re.escape(part))
-    return re.compile("".join(pieces), 0 if case_sensitive else re.IGNORECASE)
-
-
-def unquote(value: str) -> str:
-    return re.sub(r"\\(.)", r"\1", value[1:-1]) if value.startswith('"') else value
-
-
-def frame_facts(key: str, frame: dict[str, Any], platform: str) -> list[str]:
-    """A frame's values a stack trace rule matcher compares with (any one may match)."""
-    if key in ("path", "package"):
-        fields = ("abs_path", "filename") if key == "path" else ("package",)
-        return [text(frame[k]).replace("\\", "/") for k in fields if frame.get(k)]
-    if key == "family":
-        platform = text(frame.get("platform")) or platform
-        return ["javascript" if platform in JS_PLATFORMS else "native" if platform in NATIVE_PLATFORMS else "other"]
-    if key == "app":
-        return ["yes" if frame.get("in_app") else "no"]
-    value = frame.get("function") or frame.get("raw_function") if key == "function" else frame.get(key)
-    return [text(value)] if value else []
-
-
-def event_facts(key: str, ev: dict[str, Any]) -> list[str]:
-    """An event's values a fingerprint rule matcher compares with (any one may match)."""
-    excs = ev.get("exception", {}).get("values", [])
-    if key in ("error.type", "error.value"):
-        return [text(e.get(key[6:])) for e in excs if e.get(key[6:])]
-    if key == "message":
-        return [v for v in (message_text(ev), *(text(e.get("value")) for e in excs)) if v]
-    if key.startswith("tags."):
-        return [v for k, v in ev.get("tags", []) if k == key[5:]]
-    return [text(ev[key])] if ev.get(key) else []
-
-
-def matches(matcher: Matcher, facts: list[str]) -> bool:
-    return any(matcher.pattern.fullmatch(fact) for fact in facts) != matcher.negated
+    text: str
+    matchers: tuple[Matcher, ...]
+    fingerprint: tuple[str, ...]
+    title: str | None
 
 
 def apply_stack_rules(ev: dict[str, Any], rules: Iterable[StackRule], source: str = "built-in") -> None:
@@ -3519,6 +3956,27 @@ def event_frame_lists(ev: dict[str, Any]) -> list[list[dict[str, Any]]]:
     return [s["frames"] for s in (*stacks, ev.get("stacktrace")) if s]
 
 
+def matches(matcher: Matcher, facts: list[str]) -> bool:
+    return any(matcher.pattern.fullmatch(fact) for fact in facts) != matcher.negated
+
+
+def frame_facts(key: str, frame: dict[str, Any], platform: str) -> list[str]:
+    """A frame's values a stack trace rule matcher compares with (any one may match)."""
+    if key in ("path", "package"):
+        fields = ("abs_path", "filename") if key == "path" else ("package",)
+        return [text(frame[k]).replace("\\", "/") for k in fields if frame.get(k)]
+    if key == "family":
+        platform = text(frame.get("platform")) or platform
+        return ["javascript" if platform in JS_PLATFORMS else "native" if platform in NATIVE_PLATFORMS else "other"]
+    if key == "app":
+        return ["yes" if frame.get("in_app") else "no"]
+    value = frame.get("function") or frame.get("raw_function") if key == "function" else frame.get(key)
+    return [text(value)] if value else []
+
+
+NATIVE_PLATFORMS = {"native", "c", "cocoa", "objc", "swift"}
+
+
 def mark_frame(frame: dict[str, Any], flag: str, value: bool, why: str) -> None:
     data = frame.setdefault("data", {})
     if flag == "app":
@@ -3536,109 +3994,24 @@ def apply_fingerprint_rules(ev: dict[str, Any], rules: Iterable[FingerprintRule]
     return None
 
 
+def event_facts(key: str, ev: dict[str, Any]) -> list[str]:
+    """An event's values a fingerprint rule matcher compares with (any one may match)."""
+    excs = ev.get("exception", {}).get("values", [])
+    if key in ("error.type", "error.value"):
+        return [text(e.get(key[6:])) for e in excs if e.get(key[6:])]
+    if key == "message":
+        return [v for v in (message_text(ev), *(text(e.get("value")) for e in excs)) if v]
+    if key.startswith("tags."):
+        return [v for k, v in ev.get("tags", []) if k == key[5:]]
+    return [text(ev[key])] if ev.get(key) else []
+
+
 def rule_title(rule: FingerprintRule, ev: dict[str, Any]) -> str:
     """A rule's title="…" with its {{ variables }} filled in."""
     return TEMPLATE_VAR.sub(lambda m: resolve_fingerprint_variable(m.group(1), ev) or m.group(0), rule.title or "")
 
 
-BUILTIN_STACK_RULES = parse_grouping_rules("""
-path:**/site-packages/** -app
-path:**/dist-packages/** -app
-path:**/vendor/** -app
-path:**/node_modules/** -app
-""", "").stack
-RULES_SQL = "SELECT stacktrace_rules, fingerprint_rules FROM project_rules WHERE project_id = ?"
-
-
-def stored_rules(row: Mapping[str, str] | None) -> GroupingRules:
-    """A project's saved rules; ones this version cannot read are logged and skipped, so ingest goes on."""
-    if row is None:
-        return NO_RULES
-    try:
-        return parse_grouping_rules(row["stacktrace_rules"], row["fingerprint_rules"])
-    except RuleError as exc:
-        log.warning("ignoring saved grouping rules: %s", exc)
-        return NO_RULES
-
-
-def save_project_rules(conn: sqlite3.Connection, project_id: int, rules: GroupingRules) -> None:
-    conn.execute("INSERT INTO project_rules (project_id, stacktrace_rules, fingerprint_rules) VALUES (?, ?, ?) "
-                 "ON CONFLICT (project_id) DO UPDATE SET stacktrace_rules = excluded.stacktrace_rules, "
-                 "fingerprint_rules = excluded.fingerprint_rules",
-                 (project_id, rules.stacktrace_text, rules.fingerprint_text))
-
-
-class RulesCache:
-    """project id → its parsed grouping rules, so ingest applies them without a query per event.
-    Whoever saves rules drops the entry; `generation` stops a read that raced with a save from
-    caching the old rules."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.entries: dict[int, GroupingRules] = {}
-        self.generation = 0
-
-    async def rules_for(self, project_id: int) -> GroupingRules:
-        if project_id in self.entries:
-            return self.entries[project_id]
-        generation = self.generation
-        rules = stored_rules(await self.store.one(RULES_SQL, (project_id,)))
-        if generation == self.generation:
-            self.entries[project_id] = rules
-        return rules
-
-    def invalidate(self, project_id: int) -> None:
-        self.generation += 1
-        self.entries.pop(project_id, None)
-
-
-@dataclasses.dataclass
-class PreparedEvent:
-    """An event ready for the writer: normalised, grouped, compressed."""
-
-    project_id: int
-    event_id: str
-    timestamp: float
-    received: float
-    level: str
-    environment: str
-    release: str
-    kind: str
-    title: str
-    culprit: str
-    metadata: dict[str, Any]
-    platform: str
-    logger: str
-    hashes: list[str]
-    tags: list[list[str]]
-    terms: list[tuple[str, str]]
-    payload: bytes
-    crash: str = ""  # `file:line in function` of the crash frame, for alerts
-
-
-def prepare_event(raw: dict[str, Any], *, project_id: int, event_id: str | None, received: float,
-                  client_ip: str = "", rules: GroupingRules, scrub: ScrubPolicy) -> PreparedEvent:
-    """Everything ingest does before the writer, in the request's task (no database access:
-    the project's grouping rules and scrubbing policy come parsed from the caches)."""
-    ev = normalize_event(raw, event_id=event_id, received=received, client_ip=client_ip)
-    scrub_event(ev, scrub)  # before grouping, titles, tags and the payload see the secrets
-    apply_stack_rules(ev, rules.stack, "project")
-    client_fingerprint = ev.get("fingerprint")
-    rule = apply_fingerprint_rules(ev, rules.fingerprint)
-    kind, title, culprit, metadata = display_fields(ev)
-    if rule and rule.title:
-        title = metadata["title"] = first_line(rule_title(rule, ev), 200)
-    ev["title"], ev["culprit"], ev["metadata"], ev["type"] = title, culprit, metadata, kind
-    ev["grouping"] = group_event(ev)
-    if rule:
-        ev["grouping"].update(fingerprint_rule=rule.text, client_fingerprint=client_fingerprint)
-    hashes = ev["hashes"] = grouping_hashes(ev["grouping"])
-    return PreparedEvent(project_id=project_id, event_id=ev["event_id"], timestamp=ev["timestamp"],
-                         received=received, level=ev["level"], environment=ev["environment"],
-                         release=ev.get("release", ""), kind=kind, title=title, culprit=culprit,
-                         metadata=metadata, platform=ev["platform"], logger=ev.get("logger", ""),
-                         hashes=hashes, tags=ev.get("tags", []), terms=search_terms(ev),
-                         payload=compress_payload(ev), crash=crash_location(ev))
+TEMPLATE_VAR = re.compile(r"\{\{\s*([\w.]+)\s*\}\}")
 
 
 def crash_location(ev: dict[str, Any]) -> str:
@@ -3664,257 +4037,21 @@ def search_terms(ev: dict[str, Any]) -> list[tuple[str, str]]:
     return sorted(terms)
 
 
-# -- preparing events in worker processes -------------------------------------------------------------
-#
-# Parsing, normalising, scrubbing, grouping and compressing an event is most of ingest's Python work.
-# With more than one core, worker processes (`tracker prepare-worker`, started by the server) do it,
-# so this process keeps HTTP and the writer: there is still one writer, and a 200 still follows the
-# commit. The events that reach take_event in one turn of the event loop go to a worker as one
-# batch (one pickle, one pipe write). Until a worker is up, or after one dies, events are prepared
-# in this process: nothing waits on a worker that is not there, and nothing it held is lost.
+RULE_MARKS = ("in_app_rule", "group", "group_rule")  # what stack trace rules note in a frame's `data`
 
-@dataclasses.dataclass
-class PrepareJob:
-    """One event payload and what prepare_event needs besides; rules and policy as their texts,
-    parsed once per text in each process (grouping_rules_of, parsed_scrub_policy)."""
-
-    payload: bytes
-    project_id: int
-    event_id: str | None
-    received: float
-    client_ip: str
-    stacktrace_rules: str
-    fingerprint_rules: str
-    scrub: str  # scrub_option_text
-    dict_id: int | None  # the payload dictionary the server compresses with
+BUILTIN_STACK_RULES = parse_grouping_rules("""
+path:**/site-packages/** -app
+path:**/dist-packages/** -app
+path:**/vendor/** -app
+path:**/node_modules/** -app
+""", "").stack
 
 
-def prepare_job(job: PrepareJob) -> PreparedEvent:
-    """The work of one event, the same in a worker and in the server."""
-    return prepare_event(json_object(job.payload, "event payload"), project_id=job.project_id,
-                         event_id=job.event_id, received=job.received, client_ip=job.client_ip,
-                         rules=grouping_rules_of(job.stacktrace_rules, job.fingerprint_rules),
-                         scrub=parsed_scrub_policy(job.scrub))
-
-
-@functools.lru_cache(maxsize=128)
-def grouping_rules_of(stacktrace_text: str, fingerprint_text: str) -> GroupingRules:
-    return stored_rules({"stacktrace_rules": stacktrace_text, "fingerprint_rules": fingerprint_text})
-
-
-# Frames between the server and a worker are marshal (the fields of jobs and prepared events are
-# plain values; it reads twice as fast as pickle); the pipe is private to the two processes.
-def fields_of(record: PrepareJob | PreparedEvent) -> tuple[Any, ...]:
-    return tuple(vars(record).values())
-
-
-def read_frame(stream: Any) -> bytes | None:
-    """A `<u32 length><bytes>` frame from a blocking binary stream; None at its end."""
-    head = stream.read(4)
-    if len(head) < 4:
-        return None
-    return stream.read(int.from_bytes(head, "little"))
-
-
-def frame(data: bytes) -> bytes:
-    return len(data).to_bytes(4, "little") + data
-
-
-def run_prepare_worker(db: str) -> None:
-    """A worker's loop: batches of PrepareJob in on stdin, a PreparedEvent or the exception for each
-    out on stdout, until stdin closes (the server stopped, or died)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which then closes our stdin
-    with contextlib.suppress(ImportError, AttributeError, OSError):  # Linux: a batch fits in one pipe write
-        import fcntl
-        for fd in (0, 1):
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, MIB)
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # a stray print cannot corrupt the frames
-    conn = read_only(db)
-    while (data := read_frame(sys.stdin.buffer)) is not None:
-        results: list[tuple[Any, ...]] = []
-        for fields in marshal.loads(data):
-            job = PrepareJob(*fields)
-            if job.dict_id != PAYLOADS.current:
-                if job.dict_id is not None and job.dict_id not in PAYLOADS.dicts:
-                    PAYLOADS.load(conn)
-                PAYLOADS.current = job.dict_id
-            try:
-                results.append(("ok", fields_of(prepare_job(job))))
-            except IngestError as exc:
-                results.append(("refused", exc.status, exc.detail))
-            except Exception as exc:  # a bug: answered as it would be in the server (a 500), logged here
-                log.exception("preparing an event failed")
-                results.append(("failed", repr(exc)))
-        out.write(frame(marshal.dumps(results)))
-        out.flush()
-
-
-class PrepareWorker:
-    """One worker process, seen from the server: batches sent, answered in order. One that answers
-    nothing for `timeout` seconds while it has batches (stopped, swapped out, stuck) is given up."""
-
-    def __init__(self, process: asyncio.subprocess.Process, ended: Callable[[PrepareWorker], None],
-                 timeout: float) -> None:
-        self.process, self.ended, self.timeout = process, ended, timeout
-        self.waiting: collections.deque[list[tuple[PrepareJob, asyncio.Future[PreparedEvent]]]] = collections.deque()
-        self.alive = True
-        self.progress = 0.0  # when it last answered, or was sent work while idle (monotonic)
-        self.watchdog: asyncio.TimerHandle | None = None
-        self.task = asyncio.get_running_loop().create_task(self.read_answers())
-
-    def send(self, batch: list[tuple[PrepareJob, asyncio.Future[PreparedEvent]]]) -> None:
-        assert self.process.stdin is not None
-        try:
-            self.process.stdin.write(frame(marshal.dumps([fields_of(job) for job, _ in batch])))
-        except (RuntimeError, ConnectionError):  # it died, its pipe is closed, read_answers is yet to see it
-            return settle_here(batch)
-        if not self.waiting:
-            self.progress = time.monotonic()
-        self.waiting.append(batch)
-        if self.watchdog is None:
-            self.watchdog = asyncio.get_running_loop().call_later(self.timeout, self.watch)
-
-    def watch(self) -> None:
-        """While batches wait: after `timeout` seconds without an answer, prepare them here and kill the
-        worker (SIGSTOP once held its requests for 15 s); Preparers.lost replaces it. What it may still
-        have answered is ignored: each event is prepared, and stored, once."""
-        self.watchdog = None
-        if not self.waiting or not self.alive:
-            return
-        idle = time.monotonic() - self.progress
-        if idle < self.timeout:
-            self.watchdog = asyncio.get_running_loop().call_later(self.timeout - idle, self.watch)
-            return
-        log.warning("an event worker answered nothing for %.1f s: its events are prepared here, it is replaced", idle)
-        self.alive = False
-        for batch in self.waiting:
-            settle_here(batch)
-        self.waiting.clear()
-        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
-            self.process.kill()
-
-    async def read_answers(self) -> None:
-        assert self.process.stdout is not None
-        try:
-            while True:
-                size = int.from_bytes(await self.process.stdout.readexactly(4), "little")
-                results = marshal.loads(await self.process.stdout.readexactly(size))
-                self.progress = time.monotonic()
-                for (_, future), (outcome, *result) in zip(self.waiting.popleft(), results):
-                    if future.done():
-                        continue
-                    if outcome == "ok":
-                        PAYLOADS.count_plain()
-                        future.set_result(PreparedEvent(*result[0]))
-                    else:
-                        future.set_exception(IngestError(*result) if outcome == "refused" else RuntimeError(*result))
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError, EOFError, IndexError):
-            pass
-        finally:
-            self.alive = False
-            for batch in self.waiting:  # prepared here instead: an accepted event is never dropped
-                settle_here(batch)
-            self.waiting.clear()
-            self.ended(self)
-
-    async def close(self) -> None:
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-        try:
-            await asyncio.wait_for(self.process.wait(), 5)
-        except asyncio.TimeoutError:
-            self.process.kill()
-        await asyncio.gather(self.task, return_exceptions=True)
-
-
-def settle_here(batch: list[tuple[PrepareJob, asyncio.Future[PreparedEvent]]]) -> None:
-    """Prepare a batch in this process, each event's outcome into its future."""
-    for job, future in batch:
-        if future.done():
-            continue
-        try:
-            future.set_result(prepare_job(job))
-        except Exception as exc:
-            future.set_exception(exc)
-
-
-# A worker imports this file as a module, from its bytecode cache when there is one (pip writes it
-# at install): run as a script it would be compiled afresh, 0.15 s and 35 MB that stay allocated.
-WORKER_BOOT = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('tracker', sys.argv[1]); "
-               "module = sys.modules['tracker'] = importlib.util.module_from_spec(spec); "
-               "spec.loader.exec_module(module); module.main(sys.argv[2:])")
-
-
-class Preparers:
-    """The worker processes (`[server] ingest_workers`; by default one per core, at most four, and
-    none on one core) and the batch of jobs gathering for the next send."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.workers: list[PrepareWorker] = []
-        self.batch: list[tuple[PrepareJob, asyncio.Future[PreparedEvent]]] = []
-        self.starting: asyncio.Task[None] | None = None
-        self.closing = False
-        self.restarted = -math.inf  # when a lost worker was last replaced (monotonic)
-
-    def start(self) -> None:
-        count, cores = self.settings.ingest_workers, os.cpu_count() or 1
-        if count < 0:  # as many as cores: this process mostly waits on the writer and the network
-            count = min(4, cores) if cores > 1 else 0
-        if count > 0:
-            self.starting = asyncio.get_running_loop().create_task(self.spawn(count))
-
-    async def spawn(self, count: int) -> None:
-        """Start the processes (each imports this file, a fraction of a second); events are prepared
-        here meanwhile."""
-        for _ in range(count):
-            try:
-                process = await asyncio.create_subprocess_exec(
-                    sys.executable, "-c", WORKER_BOOT, os.path.abspath(__file__), "--db", self.settings.db,
-                    "prepare-worker",
-                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=64 * MIB)
-            except OSError:
-                log.exception("could not start an event worker process; events are prepared in the server")
-                return
-            self.workers.append(PrepareWorker(process, self.lost, float(self.settings.worker_timeout)))
-
-    def lost(self, worker: PrepareWorker) -> None:
-        """A worker ended (killed, out of memory): another is started, at most one a minute so that a
-        crash loop cannot take the machine; meanwhile the others, or this process, prepare events."""
-        self.workers.remove(worker)
-        if self.closing:
-            return
-        log.warning("an event worker process ended")
-        if time.monotonic() - self.restarted >= 60:
-            self.restarted = time.monotonic()
-            self.starting = asyncio.get_running_loop().create_task(self.spawn(1))
-
-    async def prepare(self, job: PrepareJob) -> PreparedEvent:
-        if not any(worker.alive for worker in self.workers):
-            return prepare_job(job)
-        future: asyncio.Future[PreparedEvent] = asyncio.get_running_loop().create_future()
-        self.batch.append((job, future))
-        if len(self.batch) == 1:
-            asyncio.get_running_loop().call_soon(self.send)
-        return await future
-
-    def send(self) -> None:
-        """The jobs of this loop turn, shared out among the workers (an equal part each, so they
-        work on it side by side), those with the fewest batches waiting first."""
-        batch, self.batch = self.batch, []
-        alive = sorted((worker for worker in self.workers if worker.alive), key=lambda worker: len(worker.waiting))
-        if not alive:
-            return settle_here(batch)
-        parts = min(len(alive), len(batch))
-        for index, worker in enumerate(alive[:parts]):
-            worker.send(batch[index::parts])
-
-    async def close(self) -> None:
-        self.closing = True
-        if self.starting:
-            await asyncio.gather(self.starting, return_exceptions=True)
-        await asyncio.gather(*(worker.close() for worker in list(self.workers)))
+def save_project_rules(conn: sqlite3.Connection, project_id: int, rules: GroupingRules) -> None:
+    conn.execute("INSERT INTO project_rules (project_id, stacktrace_rules, fingerprint_rules) VALUES (?, ?, ?) "
+                 "ON CONFLICT (project_id) DO UPDATE SET stacktrace_rules = excluded.stacktrace_rules, "
+                 "fingerprint_rules = excluded.fingerprint_rules",
+                 (project_id, rules.stacktrace_text, rules.fingerprint_text))
 
 
 # =============================================================================
@@ -4010,13 +4147,18 @@ def link_release(conn: sqlite3.Connection, project_id: int, version: str, now: f
 
 # -- merge and unmerge: a person correcting the grouping ---------------------------------
 
-class MergeError(ValueError):
-    """A merge or unmerge that cannot be done: told to whoever asked (a 400 or an error page)."""
+def short_id(project_slug: str, number: int) -> str:
+    """`PAYMENTS-1A`: the project slug and the per-project issue number in base 32."""
+    digits = ""
+    while True:
+        number, rest = divmod(number, 32)
+        digits = SHORT_ID_ALPHABET[rest] + digits
+        if not number:
+            break
+    return f"{project_slug.upper()}-{digits}"
 
 
-ISSUE_SUMMARY_SQL = """UPDATE issues SET times_seen = ?, first_seen = ?, first_release = ?, last_seen = ?,
-    last_release = ?, title = ?, culprit = ?, metadata = ?, level = ?,
-    user_count = (SELECT count(*) FROM issue_tags WHERE issue_id = issues.id AND key = 'user') WHERE id = ?"""
+SHORT_ID_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford's base 32: no I, L, O, U
 
 
 def merge_issues(conn: sqlite3.Connection, project_id: int, issue_ids: list[int]) -> int:
@@ -4050,6 +4192,24 @@ def merge_issues(conn: sqlite3.Connection, project_id: int, issue_ids: list[int]
                   last["last_release"], last["title"], last["culprit"], last["metadata"], last["level"], target))
     record_activity(conn, target, "merge", {"issues": [{"id": str(i)} for i in others]}, time.time())
     return target
+
+
+class MergeError(ValueError):
+    """A merge or unmerge that cannot be done: told to whoever asked (a 400 or an error page)."""
+
+
+def drop_issue_rows(conn: sqlite3.Connection, issue_ids: list[int]) -> int:
+    """Delete issue rows, remembering the highest id so no later issue takes it: an old link
+    to a deleted or merged issue must never open a different one."""
+    conn.execute("""INSERT INTO meta (key, value) VALUES ('max_deleted_issue_id', ?)
+                    ON CONFLICT DO UPDATE SET value = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))""",
+                 (max(issue_ids),))
+    return conn.execute(f"DELETE FROM issues WHERE id IN ({','.join('?' * len(issue_ids))})", issue_ids).rowcount
+
+
+ISSUE_SUMMARY_SQL = """UPDATE issues SET times_seen = ?, first_seen = ?, first_release = ?, last_seen = ?,
+    last_release = ?, title = ?, culprit = ?, metadata = ?, level = ?,
+    user_count = (SELECT count(*) FROM issue_tags WHERE issue_id = issues.id AND key = 'user') WHERE id = ?"""
 
 
 def unmerge_hashes(conn: sqlite3.Connection, issue_id: int, hashes: set[str]) -> int:
@@ -4127,37 +4287,7 @@ def delete_issues(conn: sqlite3.Connection, issue_ids: list[int]) -> int:
     return drop_issue_rows(conn, issue_ids)
 
 
-def drop_issue_rows(conn: sqlite3.Connection, issue_ids: list[int]) -> int:
-    """Delete issue rows, remembering the highest id so no later issue takes it: an old link
-    to a deleted or merged issue must never open a different one."""
-    conn.execute("""INSERT INTO meta (key, value) VALUES ('max_deleted_issue_id', ?)
-                    ON CONFLICT DO UPDATE SET value = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))""",
-                 (max(issue_ids),))
-    return conn.execute(f"DELETE FROM issues WHERE id IN ({','.join('?' * len(issue_ids))})", issue_ids).rowcount
-
-
-SHORT_ID_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford's base 32: no I, L, O, U
-
-
-def short_id(project_slug: str, number: int) -> str:
-    """`PAYMENTS-1A`: the project slug and the per-project issue number in base 32."""
-    digits = ""
-    while True:
-        number, rest = divmod(number, 32)
-        digits = SHORT_ID_ALPHABET[rest] + digits
-        if not number:
-            break
-    return f"{project_slug.upper()}-{digits}"
-
-
 ISSUE_STATUSES = ("unresolved", "resolved", "ignored")
-
-
-async def issue_hash_list(store: Store, issue: sqlite3.Row) -> list[str]:
-    """The hashes grouped into the issue, sorted."""
-    rows = await store.all("SELECT hash FROM issue_hashes WHERE project_id = ? AND issue_id = ? ORDER BY hash",
-                           (issue["project_id"], issue["id"]))
-    return [r["hash"] for r in rows]
 
 
 async def hash_events(store: Store, issue: sqlite3.Row) -> dict[str, sqlite3.Row | None]:
@@ -4176,146 +4306,18 @@ async def hash_events(store: Store, issue: sqlite3.Row) -> dict[str, sqlite3.Row
     return found
 
 
+async def issue_hash_list(store: Store, issue: sqlite3.Row) -> list[str]:
+    """The hashes grouped into the issue, sorted."""
+    rows = await store.all("SELECT hash FROM issue_hashes WHERE project_id = ? AND issue_id = ? ORDER BY hash",
+                           (issue["project_id"], issue["id"]))
+    return [r["hash"] for r in rows]
+
+
 # -- workflow: resolve, ignore, assign; regressions; the activity log of each issue ---
 #
 # issues.status_details holds Sentry's statusDetails ({"inNextRelease": true}, {"inRelease": "x"},
 # {"ignoreCount": 10}, …) plus private "_" keys that ingest needs to judge the next event: the
 # release an "in next release" resolution was made in, and the issue's counts when it was ignored.
-
-IGNORE_CONDITIONS = ("ignoreDuration", "ignoreUntil", "ignoreCount", "ignoreUserCount")
-SUBSTATUS = {"unresolved": "ongoing", "resolved": None, "ignored": "archived_forever"}
-# A release began for a project when the tracker first heard of it (sentry-cli or an event) or
-# when the project's first event from it happened, whichever is earlier: releases compare by that.
-RELEASE_START_SQL = """min(r.date_created, coalesce((SELECT min(t.first_seen) FROM issue_tags t
-    JOIN issues i ON i.id = t.issue_id WHERE t.key = 'release' AND t.value = r.version AND i.project_id = :project),
-    r.date_created))"""
-RELEASES_SQL = f"""SELECT r.version AS value FROM releases r JOIN release_projects rp ON rp.release_id = r.id
-    WHERE rp.project_id = :project ORDER BY {RELEASE_START_SQL} DESC, r.id DESC LIMIT :limit"""
-
-
-@dataclasses.dataclass
-class IssueChange:
-    """A validated update from the API or the dashboard: a status with its details, an assignee, or both."""
-
-    status: str | None = None
-    details: dict[str, Any] = dataclasses.field(default_factory=dict)
-    assign: bool = False
-    assignee: str | None = None
-
-
-def parse_issue_change(body: Any) -> IssueChange:
-    """Sentry's update body {"status", "statusDetails", "assignedTo"}; ValueError says what is wrong."""
-    if not isinstance(body, dict):
-        raise ValueError("the body must be a JSON object")
-    status, details = body.get("status"), body.get("statusDetails") or {}
-    if not isinstance(details, dict):
-        raise ValueError("statusDetails must be an object")
-    if status == "resolvedInNextRelease":
-        status, details = "resolved", {"inNextRelease": True}
-    change = IssueChange()
-    if status is not None:
-        if status not in ISSUE_STATUSES:
-            raise ValueError(f"status must be one of {', '.join(ISSUE_STATUSES)}, resolvedInNextRelease")
-        change.status, change.details = status, checked_details(status, details)
-    elif details:
-        raise ValueError("statusDetails needs a status")
-    if "assignedTo" in body:
-        assignee = body["assignedTo"]
-        if assignee is not None and not isinstance(assignee, str):
-            raise ValueError("assignedTo must be a name, an email or null")
-        change.assign, change.assignee = True, (assignee or "").strip()[:200] or None
-    if change.status is None and not change.assign:
-        raise ValueError("nothing to change: give a status or assignedTo")
-    return change
-
-
-def checked_details(status: str, details: dict[str, Any]) -> dict[str, Any]:
-    """The statusDetails that fit the status, validated; a duration becomes its end (ignoreUntil)."""
-    if status == "resolved" and details.get("inNextRelease") is True:
-        return {"inNextRelease": True}
-    if status == "resolved" and details.get("inRelease") is not None:
-        release = details["inRelease"]
-        if not isinstance(release, str) or not release.strip():
-            raise ValueError("inRelease must be a release name")
-        return {"inRelease": release.strip()[:MAX_TAG]}
-    given = [key for key in IGNORE_CONDITIONS if details.get(key) is not None]
-    if status != "ignored" or not given:
-        return {}
-    if len(given) > 1:
-        raise ValueError(f"give only one of {', '.join(IGNORE_CONDITIONS)}")
-    if given[0] == "ignoreUntil":
-        until = parse_timestamp(details["ignoreUntil"])
-        if until is None:
-            raise ValueError("ignoreUntil must be a date and time")
-        return {"ignoreUntil": iso(until)}
-    value = positive_int(details, given[0])
-    if given[0] == "ignoreDuration":
-        return {"ignoreDuration": value, "ignoreUntil": iso(time.time() + 60 * value)}
-    if given[0] == "ignoreCount" and details.get("ignoreWindow") is not None:
-        return {"ignoreCount": value, "ignoreWindow": positive_int(details, "ignoreWindow")}
-    return {given[0]: value}
-
-
-def positive_int(details: dict[str, Any], key: str) -> int:
-    value = details[key]
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 10**9:
-        raise ValueError(f"{key} must be a whole number from 1 to 1000000000")
-    return value
-
-
-def public_details(details: dict[str, Any]) -> dict[str, Any]:
-    """statusDetails as Sentry shows them: without the private "_" keys."""
-    return {k: v for k, v in details.items() if not k.startswith("_")}
-
-
-def record_activity(conn: sqlite3.Connection, issue_id: int, kind: str, data: dict[str, Any],
-                    created: float) -> None:
-    conn.execute("INSERT INTO issue_activity (issue_id, kind, data, created) VALUES (?, ?, ?, ?)",
-                 (issue_id, kind, json.dumps(data), created))
-
-
-def write_status(conn: sqlite3.Connection, issue_id: int, status: str, substatus: str | None,
-                 details: dict[str, Any], at: float) -> None:
-    """Set a status; resolved_at keeps when, so an event from before the resolution cannot reopen it."""
-    conn.execute("UPDATE issues SET status = ?, substatus = ?, status_details = ?, resolved_at = ? WHERE id = ?",
-                 (status, substatus, json.dumps(details), at if status == "resolved" else None, issue_id))
-
-
-def apply_issue_change(conn: sqlite3.Connection, issue_ids: list[int], change: IssueChange, now: float) -> None:
-    """Writer job: apply a person's change to issues, logging each real change as activity."""
-    marks = ",".join("?" * len(issue_ids))
-    for issue in conn.execute(f"SELECT * FROM issues WHERE id IN ({marks})", issue_ids).fetchall():
-        if change.status:
-            change_status(conn, issue, change.status, change.details, now)
-        if change.assign and change.assignee != issue["assignee"]:
-            conn.execute("UPDATE issues SET assignee = ? WHERE id = ?", (change.assignee, issue["id"]))
-            record_activity(conn, issue["id"], "assigned" if change.assignee else "unassigned",
-                            {"assignee": change.assignee, "assigneeType": "user"} if change.assignee else {}, now)
-
-
-def change_status(conn: sqlite3.Connection, issue: sqlite3.Row, status: str, details: dict[str, Any],
-                  now: float) -> None:
-    """Set a status a person chose; the baselines later events are judged by are taken here."""
-    if status == issue["status"] and details == public_details(json.loads(issue["status_details"])):
-        return
-    stored, substatus = dict(details), SUBSTATUS[status]
-    if details.get("inNextRelease"):
-        newest = conn.execute(RELEASES_SQL, {"project": issue["project_id"], "limit": 1}).fetchone()
-        stored["_release"] = newest["value"] if newest else None
-    if status == "ignored" and details:
-        stored.update(_since=now, _timesSeen=issue["times_seen"], _userCount=issue["user_count"])
-        substatus = "archived_until_condition_met"
-    write_status(conn, issue["id"], status, substatus, stored, now)
-    if "inRelease" in stored:
-        kind, data = "set_resolved_in_release", {"version": stored["inRelease"]}
-    elif "_release" in stored:
-        kind, data = "set_resolved_in_release", {"version": "", "current_release_version": stored["_release"]}
-    else:
-        kind, data = f"set_{status}", details
-    record_activity(conn, issue["id"], kind, data, now)
-    if status == "resolved" and issue["status"] != "resolved":
-        alert_resolution(conn, issue["id"])
-
 
 def apply_event_to_status(conn: sqlite3.Connection, issue: sqlite3.Row, ev: PreparedEvent) -> str | None:
     """Reopen a resolved issue the event shows is back ("regression"), or an ignored one whose
@@ -4355,6 +4357,26 @@ def release_first_seen(conn: sqlite3.Connection, project_id: int, release: str) 
     return row[0] if row else None
 
 
+# A release began for a project when the tracker first heard of it (sentry-cli or an event) or
+# when the project's first event from it happened, whichever is earlier: releases compare by that.
+RELEASE_START_SQL = """min(r.date_created, coalesce((SELECT min(t.first_seen) FROM issue_tags t
+    JOIN issues i ON i.id = t.issue_id WHERE t.key = 'release' AND t.value = r.version AND i.project_id = :project),
+    r.date_created))"""
+
+
+def write_status(conn: sqlite3.Connection, issue_id: int, status: str, substatus: str | None,
+                 details: dict[str, Any], at: float) -> None:
+    """Set a status; resolved_at keeps when, so an event from before the resolution cannot reopen it."""
+    conn.execute("UPDATE issues SET status = ?, substatus = ?, status_details = ?, resolved_at = ? WHERE id = ?",
+                 (status, substatus, json.dumps(details), at if status == "resolved" else None, issue_id))
+
+
+def record_activity(conn: sqlite3.Connection, issue_id: int, kind: str, data: dict[str, Any],
+                    created: float) -> None:
+    conn.execute("INSERT INTO issue_activity (issue_id, kind, data, created) VALUES (?, ?, ?, ?)",
+                 (issue_id, kind, json.dumps(data), created))
+
+
 def ignore_condition_met(conn: sqlite3.Connection, issue: sqlite3.Row, details: dict[str, Any],
                          ev: PreparedEvent) -> bool:
     """Whether an ignored issue's condition holds now that this event is stored and counted."""
@@ -4372,7 +4394,124 @@ def ignore_condition_met(conn: sqlite3.Connection, issue: sqlite3.Row, details: 
     return False
 
 
-RESOLVE_KINDS = ("set_resolved", "set_resolved_in_release", "set_resolved_in_commit")
+def public_details(details: dict[str, Any]) -> dict[str, Any]:
+    """statusDetails as Sentry shows them: without the private "_" keys."""
+    return {k: v for k, v in details.items() if not k.startswith("_")}
+
+
+def parse_issue_change(body: Any) -> IssueChange:
+    """Sentry's update body {"status", "statusDetails", "assignedTo"}; ValueError says what is wrong."""
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    status, details = body.get("status"), body.get("statusDetails") or {}
+    if not isinstance(details, dict):
+        raise ValueError("statusDetails must be an object")
+    if status == "resolvedInNextRelease":
+        status, details = "resolved", {"inNextRelease": True}
+    change = IssueChange()
+    if status is not None:
+        if status not in ISSUE_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(ISSUE_STATUSES)}, resolvedInNextRelease")
+        change.status, change.details = status, checked_details(status, details)
+    elif details:
+        raise ValueError("statusDetails needs a status")
+    if "assignedTo" in body:
+        assignee = body["assignedTo"]
+        if assignee is not None and not isinstance(assignee, str):
+            raise ValueError("assignedTo must be a name, an email or null")
+        change.assign, change.assignee = True, (assignee or "").strip()[:200] or None
+    if change.status is None and not change.assign:
+        raise ValueError("nothing to change: give a status or assignedTo")
+    return change
+
+
+@dataclasses.dataclass
+class IssueChange:
+    """A validated update from the API or the dashboard: a status with its details, an assignee, or both."""
+
+    status: str | None = None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    assign: bool = False
+    assignee: str | None = None
+
+
+def checked_details(status: str, details: dict[str, Any]) -> dict[str, Any]:
+    """The statusDetails that fit the status, validated; a duration becomes its end (ignoreUntil)."""
+    if status == "resolved" and details.get("inNextRelease") is True:
+        return {"inNextRelease": True}
+    if status == "resolved" and details.get("inRelease") is not None:
+        release = details["inRelease"]
+        if not isinstance(release, str) or not release.strip():
+            raise ValueError("inRelease must be a release name")
+        return {"inRelease": release.strip()[:MAX_TAG]}
+    given = [key for key in IGNORE_CONDITIONS if details.get(key) is not None]
+    if status != "ignored" or not given:
+        return {}
+    if len(given) > 1:
+        raise ValueError(f"give only one of {', '.join(IGNORE_CONDITIONS)}")
+    if given[0] == "ignoreUntil":
+        until = parse_timestamp(details["ignoreUntil"])
+        if until is None:
+            raise ValueError("ignoreUntil must be a date and time")
+        return {"ignoreUntil": iso(until)}
+    value = positive_int(details, given[0])
+    if given[0] == "ignoreDuration":
+        return {"ignoreDuration": value, "ignoreUntil": iso(time.time() + 60 * value)}
+    if given[0] == "ignoreCount" and details.get("ignoreWindow") is not None:
+        return {"ignoreCount": value, "ignoreWindow": positive_int(details, "ignoreWindow")}
+    return {given[0]: value}
+
+
+IGNORE_CONDITIONS = ("ignoreDuration", "ignoreUntil", "ignoreCount", "ignoreUserCount")
+
+
+def positive_int(details: dict[str, Any], key: str) -> int:
+    value = details[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 10**9:
+        raise ValueError(f"{key} must be a whole number from 1 to 1000000000")
+    return value
+
+
+def apply_issue_change(conn: sqlite3.Connection, issue_ids: list[int], change: IssueChange, now: float) -> None:
+    """Writer job: apply a person's change to issues, logging each real change as activity."""
+    marks = ",".join("?" * len(issue_ids))
+    for issue in conn.execute(f"SELECT * FROM issues WHERE id IN ({marks})", issue_ids).fetchall():
+        if change.status:
+            change_status(conn, issue, change.status, change.details, now)
+        if change.assign and change.assignee != issue["assignee"]:
+            conn.execute("UPDATE issues SET assignee = ? WHERE id = ?", (change.assignee, issue["id"]))
+            record_activity(conn, issue["id"], "assigned" if change.assignee else "unassigned",
+                            {"assignee": change.assignee, "assigneeType": "user"} if change.assignee else {}, now)
+
+
+def change_status(conn: sqlite3.Connection, issue: sqlite3.Row, status: str, details: dict[str, Any],
+                  now: float) -> None:
+    """Set a status a person chose; the baselines later events are judged by are taken here."""
+    if status == issue["status"] and details == public_details(json.loads(issue["status_details"])):
+        return
+    stored, substatus = dict(details), SUBSTATUS[status]
+    if details.get("inNextRelease"):
+        newest = conn.execute(RELEASES_SQL, {"project": issue["project_id"], "limit": 1}).fetchone()
+        stored["_release"] = newest["value"] if newest else None
+    if status == "ignored" and details:
+        stored.update(_since=now, _timesSeen=issue["times_seen"], _userCount=issue["user_count"])
+        substatus = "archived_until_condition_met"
+    write_status(conn, issue["id"], status, substatus, stored, now)
+    if "inRelease" in stored:
+        kind, data = "set_resolved_in_release", {"version": stored["inRelease"]}
+    elif "_release" in stored:
+        kind, data = "set_resolved_in_release", {"version": "", "current_release_version": stored["_release"]}
+    else:
+        kind, data = f"set_{status}", details
+    record_activity(conn, issue["id"], kind, data, now)
+    if status == "resolved" and issue["status"] != "resolved":
+        alert_resolution(conn, issue["id"])
+
+
+SUBSTATUS = {"unresolved": "ongoing", "resolved": None, "ignored": "archived_forever"}
+
+RELEASES_SQL = f"""SELECT r.version AS value FROM releases r JOIN release_projects rp ON rp.release_id = r.id
+    WHERE rp.project_id = :project ORDER BY {RELEASE_START_SQL} DESC, r.id DESC LIMIT :limit"""
 
 
 async def lifetimes(store: Store, project_id: int) -> dict[int, dict[str, Any]]:
@@ -4386,22 +4525,32 @@ async def lifetimes(store: Store, project_id: int) -> dict[int, dict[str, Any]]:
     return {r["id"]: dict(r) for r in rows}
 
 
+RESOLVE_KINDS = ("set_resolved", "set_resolved_in_release", "set_resolved_in_commit")
+
+
 # -- search: Sentry's query syntax over issues, the same in the dashboard and the API ---
 
-class SearchError(ValueError):
-    """A malformed query: shown to the person who typed it, never a 500."""
+async def list_issues(store: Store, *, project_id: int | None = None, query: str = "is:unresolved",
+                      sort: str = "date", limit: int = 100, offset: int = 0) -> list[sqlite3.Row]:
+    """Issues matching a search query; raises SearchError for a malformed one."""
+    where, args = issue_filter_sql(project_id, query)
+    order = SORTS.get(sort, SORTS["date"])
+    return await store.all(
+        f"SELECT {ISSUE_COLUMNS} FROM issues i JOIN projects p ON p.id = i.project_id "
+        f"WHERE {where} ORDER BY {order}, i.id DESC LIMIT ? OFFSET ?", [*args, limit, offset])
 
 
-SEARCH_TOKEN = re.compile(r'\s*(!?)(?:([\w.\-\[\]]+):)?("(?:[^"\\]|\\.)*"?|\S+)')
-TERM_KEYS = {"user.id", "user.email", "user.username", "user.ip", "error.type", "stack.filename",
-             "stack.abs_path", "stack.function", "stack.module"}
-SORTS = {"date": "i.last_seen DESC", "new": "i.first_seen DESC", "freq": "i.times_seen DESC",
-         "user": "i.user_count DESC"}
-DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-MAX_SEARCH_TERMS = 100
-# SQLite refuses a LIKE/GLOB pattern over 50,000 bytes (SQLITE_MAX_LIKE_PATTERN_LENGTH) with an error
-# that was a 500: 2,000 characters escape to at most 4,002 (UTF-8: 16 KB), and no one types more
-MAX_SEARCH_LENGTH = 2000
+def issue_filter_sql(project_id: int | None, query: str, now: float | None = None) -> tuple[str, list[Any]]:
+    """WHERE clause for a project and a search query (dashboard and JSON API alike)."""
+    clauses, args = ["1 = 1"], []
+    if project_id is not None:
+        clauses.append("i.project_id = ?")
+        args.append(project_id)
+    for negated, key, value in parse_query(query):
+        sql, term_args = term_sql(key, value, now or time.time())
+        clauses.append(f"NOT ({sql})" if negated else sql)
+        args += term_args
+    return " AND ".join(clauses), args
 
 
 def parse_query(query: str) -> list[tuple[bool, str | None, str]]:
@@ -4421,31 +4570,18 @@ def parse_query(query: str) -> list[tuple[bool, str | None, str]]:
     return terms
 
 
-def glob_pattern(value: str) -> tuple[str, str]:
-    """An SQL comparison for a value where `*` is a wildcard (other GLOB characters are literal)."""
-    if "*" not in value:
-        return "= ?", value
-    return "GLOB ?", re.sub(r"([\[\]?])", r"[\1]", value)
+# SQLite refuses a LIKE/GLOB pattern over 50,000 bytes (SQLITE_MAX_LIKE_PATTERN_LENGTH) with an error
+# that was a 500: 2,000 characters escape to at most 4,002 (UTF-8: 16 KB), and no one types more
+MAX_SEARCH_LENGTH = 2000
 
 
-def parse_time_filter(value: str, now: float) -> tuple[str, float]:
-    """`-24h` (within), `+7d` (older than), `>2026-01-01`, `<=2026-01-01T10:00` → (operator, epoch)."""
-    relative = re.fullmatch(r"([+-])(\d{1,18})([smhdw])", value)  # more digits would overflow a float
-    if relative:
-        at = now - int(relative.group(2)) * DURATION_UNITS[relative.group(3)]
-        return (">=" if relative.group(1) == "-" else "<="), at
-    match = re.fullmatch(r"(>=|<=|>|<)?(.+)", value)
-    operator, moment = (match.group(1) or ">=", parse_timestamp(match.group(2))) if match else (">=", None)
-    if moment is None:
-        raise SearchError(f"cannot read the time {value!r}: use -24h, +7d or >2026-01-31")
-    return operator, moment
+class SearchError(ValueError):
+    """A malformed query: shown to the person who typed it, never a 500."""
 
 
-def parse_number_filter(value: str) -> tuple[str, int]:
-    match = re.fullmatch(r"(>=|<=|>|<)?(\d{1,18})", value)  # SQLite integers end at 2**63
-    if not match:
-        raise SearchError(f"{value!r} is not a number or a comparison such as >10")
-    return match.group(1) or "=", int(match.group(2))
+SEARCH_TOKEN = re.compile(r'\s*(!?)(?:([\w.\-\[\]]+):)?("(?:[^"\\]|\\.)*"?|\S+)')
+
+MAX_SEARCH_TERMS = 100
 
 
 def term_sql(key: str | None, value: str, now: float) -> tuple[str, list[Any]]:
@@ -4482,45 +4618,48 @@ def term_sql(key: str | None, value: str, now: float) -> tuple[str, list[Any]]:
     return f"i.id IN (SELECT issue_id FROM issue_tags WHERE key = ? AND value {comparison})", [tag, pattern]
 
 
-def issue_filter_sql(project_id: int | None, query: str, now: float | None = None) -> tuple[str, list[Any]]:
-    """WHERE clause for a project and a search query (dashboard and JSON API alike)."""
-    clauses, args = ["1 = 1"], []
-    if project_id is not None:
-        clauses.append("i.project_id = ?")
-        args.append(project_id)
-    for negated, key, value in parse_query(query):
-        sql, term_args = term_sql(key, value, now or time.time())
-        clauses.append(f"NOT ({sql})" if negated else sql)
-        args += term_args
-    return " AND ".join(clauses), args
+def parse_time_filter(value: str, now: float) -> tuple[str, float]:
+    """`-24h` (within), `+7d` (older than), `>2026-01-01`, `<=2026-01-01T10:00` → (operator, epoch)."""
+    relative = re.fullmatch(r"([+-])(\d{1,18})([smhdw])", value)  # more digits would overflow a float
+    if relative:
+        at = now - int(relative.group(2)) * DURATION_UNITS[relative.group(3)]
+        return (">=" if relative.group(1) == "-" else "<="), at
+    match = re.fullmatch(r"(>=|<=|>|<)?(.+)", value)
+    operator, moment = (match.group(1) or ">=", parse_timestamp(match.group(2))) if match else (">=", None)
+    if moment is None:
+        raise SearchError(f"cannot read the time {value!r}: use -24h, +7d or >2026-01-31")
+    return operator, moment
 
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_number_filter(value: str) -> tuple[str, int]:
+    match = re.fullmatch(r"(>=|<=|>|<)?(\d{1,18})", value)  # SQLite integers end at 2**63
+    if not match:
+        raise SearchError(f"{value!r} is not a number or a comparison such as >10")
+    return match.group(1) or "=", int(match.group(2))
+
+
+def glob_pattern(value: str) -> tuple[str, str]:
+    """An SQL comparison for a value where `*` is a wildcard (other GLOB characters are literal)."""
+    if "*" not in value:
+        return "= ?", value
+    return "GLOB ?", re.sub(r"([\[\]?])", r"[\1]", value)
+
+
+TERM_KEYS = {"user.id", "user.email", "user.username", "user.ip", "error.type", "stack.filename",
+             "stack.abs_path", "stack.function", "stack.module"}
+
+SORTS = {"date": "i.last_seen DESC", "new": "i.first_seen DESC", "freq": "i.times_seen DESC",
+         "user": "i.user_count DESC"}
 
 ISSUE_COLUMNS = "i.*, p.slug AS project_slug, p.name AS project_name"
-
-
-async def list_issues(store: Store, *, project_id: int | None = None, query: str = "is:unresolved",
-                      sort: str = "date", limit: int = 100, offset: int = 0) -> list[sqlite3.Row]:
-    """Issues matching a search query; raises SearchError for a malformed one."""
-    where, args = issue_filter_sql(project_id, query)
-    order = SORTS.get(sort, SORTS["date"])
-    return await store.all(
-        f"SELECT {ISSUE_COLUMNS} FROM issues i JOIN projects p ON p.id = i.project_id "
-        f"WHERE {where} ORDER BY {order}, i.id DESC LIMIT ? OFFSET ?", [*args, limit, offset])
 
 
 async def get_issue(store: Store, issue_id: int) -> sqlite3.Row | None:
     return await store.one(f"SELECT {ISSUE_COLUMNS} FROM issues i JOIN projects p ON p.id = i.project_id "
                            "WHERE i.id = ?", (issue_id,))
-
-
-async def issue_event(store: Store, issue_id: int, which: str) -> sqlite3.Row | None:
-    """`latest`, `oldest`, or a 32-hex event id within the issue."""
-    if which in ("latest", "oldest"):
-        order = "DESC" if which == "latest" else "ASC"
-        return await store.one(f"SELECT * FROM events WHERE issue_id = ? ORDER BY timestamp {order}, "
-                               f"id {order} LIMIT 1", (issue_id,))
-    return await store.one("SELECT * FROM events WHERE issue_id = ? AND event_id = ?",
-                           (issue_id, normalize_id(which) or ""))
 
 
 async def neighbour_events(store: Store, row: sqlite3.Row) -> dict[str, str | None]:
@@ -4536,6 +4675,16 @@ async def neighbour_events(store: Store, row: sqlite3.Row) -> dict[str, str | No
             "next": nxt["event_id"] if nxt else None, "latest": latest["event_id"] if latest else None}
 
 
+async def issue_event(store: Store, issue_id: int, which: str) -> sqlite3.Row | None:
+    """`latest`, `oldest`, or a 32-hex event id within the issue."""
+    if which in ("latest", "oldest"):
+        order = "DESC" if which == "latest" else "ASC"
+        return await store.one(f"SELECT * FROM events WHERE issue_id = ? ORDER BY timestamp {order}, "
+                               f"id {order} LIMIT 1", (issue_id,))
+    return await store.one("SELECT * FROM events WHERE issue_id = ? AND event_id = ?",
+                           (issue_id, normalize_id(which) or ""))
+
+
 async def issue_histogram(store: Store, issue_id: int, buckets: int, size: int) -> list[int]:
     """Event counts of an issue in the last `buckets` intervals of `size` seconds, oldest first."""
     end = (time.time() // size + 1) * size
@@ -4547,6 +4696,19 @@ async def issue_histogram(store: Store, issue_id: int, buckets: int, size: int) 
         if 0 <= row["age"] < buckets:
             counts[buckets - 1 - row["age"]] = row["n"]
     return counts
+
+
+async def search_issue_events(store: Store, issue_id: int, query: str, limit: int,
+                              offset: int) -> list[sqlite3.Row]:
+    """The issue's events, newest first, that match an event search (reads at most EVENT_SCAN_LIMIT)."""
+    terms = parse_query(query)
+    if not terms:
+        return await store.all("SELECT * FROM events WHERE issue_id = ? ORDER BY timestamp DESC, id DESC "
+                               "LIMIT ? OFFSET ?", (issue_id, limit, offset))
+    rows = await store.all("SELECT * FROM events WHERE issue_id = ? ORDER BY timestamp DESC, id DESC LIMIT ?",
+                           (issue_id, EVENT_SCAN_LIMIT))
+    matching = [r for r in rows if event_matches(decompress_payload(r["payload"]), terms)]
+    return matching[offset:offset + limit]
 
 
 EVENT_SCAN_LIMIT = 5000  # newest events of one issue that an event search reads
@@ -4582,19 +4744,6 @@ def fnmatch_value(actual: Any, pattern: str) -> bool:
     if "*" not in pattern:
         return str(actual) == pattern
     return re.fullmatch(".*".join(map(re.escape, pattern.split("*"))), str(actual), re.S) is not None
-
-
-async def search_issue_events(store: Store, issue_id: int, query: str, limit: int,
-                              offset: int) -> list[sqlite3.Row]:
-    """The issue's events, newest first, that match an event search (reads at most EVENT_SCAN_LIMIT)."""
-    terms = parse_query(query)
-    if not terms:
-        return await store.all("SELECT * FROM events WHERE issue_id = ? ORDER BY timestamp DESC, id DESC "
-                               "LIMIT ? OFFSET ?", (issue_id, limit, offset))
-    rows = await store.all("SELECT * FROM events WHERE issue_id = ? ORDER BY timestamp DESC, id DESC LIMIT ?",
-                           (issue_id, EVENT_SCAN_LIMIT))
-    matching = [r for r in rows if event_matches(decompress_payload(r["payload"]), terms)]
-    return matching[offset:offset + limit]
 
 
 async def issue_tag_summary(store: Store, issue_id: int, per_key: int = 5) -> list[dict[str, Any]]:
@@ -4720,15 +4869,15 @@ async def event_counts(store: Store) -> list[sqlite3.Row]:
                            "LEFT JOIN issues i ON i.project_id = p.id GROUP BY p.slug")
 
 
+async def events_after(store: Store, after: int, limit: int) -> list[sqlite3.Row]:
+    """The first `limit` events stored after the event with id `after`, oldest first."""
+    return await store.all(LIVE_SQL, (after, limit))
+
+
 # The live page and `tracker tail`: events after an id, with their issue's title and project.
 LIVE_SQL = """SELECT e.id, e.event_id, e.issue_id, e.received, e.level, p.slug AS project, i.title, i.culprit
               FROM events e JOIN issues i ON i.id = e.issue_id JOIN projects p ON p.id = e.project_id
               WHERE e.id > ? ORDER BY e.id LIMIT ?"""
-
-
-async def events_after(store: Store, after: int, limit: int) -> list[sqlite3.Row]:
-    """The first `limit` events stored after the event with id `after`, oldest first."""
-    return await store.all(LIVE_SQL, (after, limit))
 
 
 async def newest_event_id(store: Store) -> int:
@@ -4786,6 +4935,21 @@ async def release_detail(store: Store, version: str) -> dict[str, Any] | None:
     }
 
 
+async def release_commits(store: Store, release_id: int) -> list[sqlite3.Row]:
+    """A release's commits, newest first (as sentry-cli sent them), with their repository's name."""
+    return await store.all(f"{COMMIT_SQL} ORDER BY rc.position", (release_id,))
+
+
+COMMIT_SQL = """SELECT c.*, rp.name AS repository FROM release_commits rc JOIN commits c ON c.id = rc.commit_id
+  JOIN repositories rp ON rp.id = c.repository_id WHERE rc.release_id = ?"""
+
+
+async def release_deploys(store: Store, release_id: int) -> list[sqlite3.Row]:
+    """A release's deploys, latest first."""
+    return await store.all("SELECT * FROM deploys WHERE release_id = ? ORDER BY date_finished DESC, id DESC",
+                           (release_id,))
+
+
 async def suspect_commits(store: Store, issue: sqlite3.Row, frames: list[dict[str, Any]],
                           limit: int = 3) -> list[dict[str, Any]]:
     """Commits of the issue's first release (and the release before it) that touched a file of
@@ -4809,19 +4973,6 @@ async def suspect_commits(store: Store, issue: sqlite3.Row, frames: list[dict[st
             ranked[row["sha"]] = {**dict(row), "rank": rank}
     return sorted(ranked.values(), key=lambda c: (c["rank"], c["version"] != release["version"],
                                                   -(c["timestamp"] or 0)))[:limit]
-
-
-RELEASE_SQL = """SELECT r.*,
-    (SELECT min(first_seen) FROM issue_tags WHERE key = 'release' AND value = r.version) AS first_event,
-    (SELECT max(last_seen) FROM issue_tags WHERE key = 'release' AND value = r.version) AS last_event,
-    (SELECT count(*) FROM issues WHERE first_release = r.version) AS new_groups,
-    (SELECT count(*) FROM release_commits WHERE release_id = r.id) AS commit_count,
-    (SELECT count(*) FROM deploys WHERE release_id = r.id) AS deploy_count
-  FROM releases r"""
-
-
-COMMIT_SQL = """SELECT c.*, rp.name AS repository FROM release_commits rc JOIN commits c ON c.id = rc.commit_id
-  JOIN repositories rp ON rp.id = c.repository_id WHERE rc.release_id = ?"""
 
 
 def save_release(conn: sqlite3.Connection, version: str, project_ids: list[int], columns: dict[str, Any],
@@ -4849,23 +5000,6 @@ def save_release(conn: sqlite3.Connection, version: str, project_ids: list[int],
     return created
 
 
-def resolve_fixed_issues(conn: sqlite3.Connection, version: str, commits: list[dict[str, Any]]) -> None:
-    """A commit message saying `Fixes PAYMENTS-1A` resolves that issue in the commit's release."""
-    now = time.time()
-    for commit in commits:
-        for group in FIXES_RE.findall(commit.get("message") or ""):
-            for ref in re.split(r"\s*(?:,|\band\b)\s*", group):
-                parsed = parse_short_id(ref)
-                issue = parsed and conn.execute(
-                    "SELECT i.* FROM issues i JOIN projects p ON p.id = i.project_id "
-                    "WHERE p.slug = ? AND i.short_id = ?", parsed).fetchone()
-                if issue and issue["status"] != "resolved":
-                    change_status(conn, issue, "resolved", {"inRelease": version}, now)
-                    record_activity(conn, issue["id"], "set_resolved_in_commit",
-                                    {"commit": {"id": commit["sha"], "repository": commit["repository"],
-                                                "message": commit.get("message")}}, now)
-
-
 def save_commit(conn: sqlite3.Connection, commit: dict[str, Any]) -> int:
     """Store a commit (known fields win over missing ones) and its changed files; returns its id."""
     commit_id = conn.execute(
@@ -4882,6 +5016,23 @@ def save_commit(conn: sqlite3.Connection, commit: dict[str, Any]) -> int:
         conn.executemany("INSERT OR REPLACE INTO commit_files (commit_id, path, type) VALUES (?, ?, ?)",
                          [(commit_id, path, kind) for path, kind in commit["files"]])
     return commit_id
+
+
+def resolve_fixed_issues(conn: sqlite3.Connection, version: str, commits: list[dict[str, Any]]) -> None:
+    """A commit message saying `Fixes PAYMENTS-1A` resolves that issue in the commit's release."""
+    now = time.time()
+    for commit in commits:
+        for group in FIXES_RE.findall(commit.get("message") or ""):
+            for ref in re.split(r"\s*(?:,|\band\b)\s*", group):
+                parsed = parse_short_id(ref)
+                issue = parsed and conn.execute(
+                    "SELECT i.* FROM issues i JOIN projects p ON p.id = i.project_id "
+                    "WHERE p.slug = ? AND i.short_id = ?", parsed).fetchone()
+                if issue and issue["status"] != "resolved":
+                    change_status(conn, issue, "resolved", {"inRelease": version}, now)
+                    record_activity(conn, issue["id"], "set_resolved_in_commit",
+                                    {"commit": {"id": commit["sha"], "repository": commit["repository"],
+                                                "message": commit.get("message")}}, now)
 
 
 def delete_release(conn: sqlite3.Connection, release_id: int) -> None:
@@ -4902,6 +5053,15 @@ def create_deploy(conn: sqlite3.Connection, release_id: int, deploy: dict[str, A
 async def release_by_version(store: Store, version: str) -> sqlite3.Row | None:
     """A release with its counts (RELEASE_SQL), by version."""
     return await store.one(f"{RELEASE_SQL} WHERE r.version = ?", (version,))
+
+
+RELEASE_SQL = """SELECT r.*,
+    (SELECT min(first_seen) FROM issue_tags WHERE key = 'release' AND value = r.version) AS first_event,
+    (SELECT max(last_seen) FROM issue_tags WHERE key = 'release' AND value = r.version) AS last_event,
+    (SELECT count(*) FROM issues WHERE first_release = r.version) AS new_groups,
+    (SELECT count(*) FROM release_commits WHERE release_id = r.id) AS commit_count,
+    (SELECT count(*) FROM deploys WHERE release_id = r.id) AS deploy_count
+  FROM releases r"""
 
 
 async def releases_matching(store: Store, project_id: int | None, query: str, limit: int,
@@ -4939,22 +5099,11 @@ async def release_links(store: Store, release_id: int) -> dict[str, Any]:
                                    "WHERE rc.release_id = ? AND c.author_email IS NOT NULL", (release_id,))}
 
 
-async def release_commits(store: Store, release_id: int) -> list[sqlite3.Row]:
-    """A release's commits, newest first (as sentry-cli sent them), with their repository's name."""
-    return await store.all(f"{COMMIT_SQL} ORDER BY rc.position", (release_id,))
-
-
 async def release_commit_files(store: Store, release_id: int) -> list[sqlite3.Row]:
     """The files a release's commits changed, one row per commit and file, by path."""
     return await store.all(
         f"""SELECT f.path, f.type, c.message, c.author_name, c.author_email, c.repository FROM ({COMMIT_SQL}) c
             JOIN commit_files f ON f.commit_id = c.id ORDER BY f.path""", (release_id,))
-
-
-async def release_deploys(store: Store, release_id: int) -> list[sqlite3.Row]:
-    """A release's deploys, latest first."""
-    return await store.all("SELECT * FROM deploys WHERE release_id = ? ORDER BY date_finished DESC, id DESC",
-                           (release_id,))
 
 
 async def deploy_by_id(store: Store, deploy_id: int) -> sqlite3.Row | None:
@@ -4979,14 +5128,6 @@ async def repository_by_id(store: Store, repository_id: int) -> sqlite3.Row | No
 
 # -- code mappings: from a stack frame to its source file, and back ------------------------
 
-PROVIDERS = {"github": "GitHub", "gitlab": "GitLab"}
-MAPPING_COLUMNS = ("repository_url", "provider", "stack_root", "source_root", "default_branch")
-
-
-class MappingError(ValueError):
-    """An invalid code mapping: shown (a 400, or above the form) to whoever entered it."""
-
-
 def checked_mapping(fields: dict[str, Any]) -> dict[str, str]:
     """A code mapping's columns, validated (the API and the form share this): an http(s)
     repository URL, and a provider that is inferred from the host when not given."""
@@ -5009,6 +5150,16 @@ def checked_mapping(fields: dict[str, Any]) -> dict[str, str]:
         raise MappingError("provider must be github or gitlab")
     values["default_branch"] = values["default_branch"] or "main"
     return values
+
+
+MAPPING_COLUMNS = ("repository_url", "provider", "stack_root", "source_root", "default_branch")
+
+
+class MappingError(ValueError):
+    """An invalid code mapping: shown (a 400, or above the form) to whoever entered it."""
+
+
+PROVIDERS = {"github": "GitHub", "gitlab": "GitLab"}
 
 
 def save_code_mapping(conn: sqlite3.Connection, project_id: int, values: dict[str, str],
@@ -5036,19 +5187,6 @@ async def release_sha(store: Store, version: str) -> str | None:
     return row["sha"] if row else None
 
 
-def mapped_path(frame: dict[str, Any], mapping: sqlite3.Row) -> str | None:
-    """The frame's file inside the repository, or None when the mapping's stack root is not its prefix."""
-    root = mapping["stack_root"]
-    if root:
-        rest = next((p[len(root):] for p in (text(frame.get("abs_path")), text(frame.get("filename")))
-                     if p.startswith(root)), None)
-    else:
-        rest = text(frame.get("filename") or frame.get("abs_path"))
-    if not rest:
-        return None
-    return "/".join(part.strip("/") for part in (mapping["source_root"], rest) if part.strip("/"))
-
-
 def frame_link(frame: dict[str, Any], mappings: list[sqlite3.Row], sha_or_branch: str | None) -> str | None:
     """The in-app frame's line in its repository, by the mapping with the longest matching stack
     root, at the release's commit (or the mapping's default branch when None)."""
@@ -5062,6 +5200,19 @@ def frame_link(frame: dict[str, Any], mappings: list[sqlite3.Row], sha_or_branch
     line = f"#L{frame['lineno']}" if frame.get("lineno") else ""
     ref = urllib.parse.quote(sha_or_branch or mapping["default_branch"], safe="/")
     return f"{mapping['repository_url']}{blob}{ref}/{urllib.parse.quote(path, safe='/')}{line}"
+
+
+def mapped_path(frame: dict[str, Any], mapping: sqlite3.Row) -> str | None:
+    """The frame's file inside the repository, or None when the mapping's stack root is not its prefix."""
+    root = mapping["stack_root"]
+    if root:
+        rest = next((p[len(root):] for p in (text(frame.get("abs_path")), text(frame.get("filename")))
+                     if p.startswith(root)), None)
+    else:
+        rest = text(frame.get("filename") or frame.get("abs_path"))
+    if not rest:
+        return None
+    return "/".join(part.strip("/") for part in (mapping["source_root"], rest) if part.strip("/"))
 
 
 def code_query(path: str, function: str = "") -> str:
@@ -5103,24 +5254,35 @@ def delete_code_mapping(conn: sqlite3.Connection, project_id: int, mapping_id: i
 # never waits on Slack. The dispatcher task delivers due rows with timeouts, retries with
 # backoff and jitter, and moves a row to the dead letters after its last try or a clear 4xx.
 
-FIRST_SEEN = "sentry.rules.conditions.first_seen_event.FirstSeenEventCondition"
-REGRESSION = "sentry.rules.conditions.regression_event.RegressionEventCondition"
-REAPPEARED = "sentry.rules.conditions.reappeared_event.ReappearedEventCondition"
 FREQUENCY = "sentry.rules.conditions.event_frequency.EventFrequencyCondition"
+
 USER_FREQUENCY = "sentry.rules.conditions.event_frequency.EventUniqueUserFrequencyCondition"
-LEVEL_FILTER = "sentry.rules.filters.level.LevelFilter"
+
 TAGGED_FILTER = "sentry.rules.filters.tagged_event.TaggedEventFilter"
+
 LATEST_RELEASE_FILTER = "sentry.rules.filters.latest_release.LatestReleaseFilter"
-NOTIFY_ALL = "sentry.rules.actions.notify_event.NotifyEventAction"
+
 NOTIFY_SERVICE = "sentry.rules.actions.notify_event_service.NotifyEventServiceAction"
-JIRA_ACTION = "sentry.integrations.jira.notify_action.JiraCreateTicketAction"
+
+FIRST_SEEN = "sentry.rules.conditions.first_seen_event.FirstSeenEventCondition"
+
+REGRESSION = "sentry.rules.conditions.regression_event.RegressionEventCondition"
+
+REAPPEARED = "sentry.rules.conditions.reappeared_event.ReappearedEventCondition"
+
 # the transition of the issue each state condition fires on
 STATE_CONDITIONS = {FIRST_SEEN: "new", REGRESSION: "regression", REAPPEARED: "escalating"}
+
 INTERVALS = {"1m": 1, "5m": 5, "15m": 15, "1h": 60, "1d": 1440, "1w": 10080, "30d": 43200}
+
 FREQUENCIES = (5, 10, 30, 60, 180, 720, 1440, 10080, 43200)  # the action intervals a rule may have, minutes
+
 SENTRY_LEVELS = {"50": "fatal", "40": "error", "30": "warning", "20": "info", "10": "debug"}
+
 TAG_MATCHES = ("eq", "ne", "sw", "ew", "co", "nc", "is", "ns")
+
 CHANNEL_KINDS = ("slack", "email", "pagerduty", "alertmanager", "webhook", "jira")
+
 # the fields each kind needs, and the ones that are secrets (never shown back in full)
 CHANNEL_FIELDS = {
     "slack": (("url",), ("url",)),
@@ -5130,12 +5292,21 @@ CHANNEL_FIELDS = {
     "webhook": (("url",), ("url", "secret")),
     "jira": (("url", "project", "token"), ("token",)),
 }
+
 CHANNEL_DEFAULTS = {
     "email": {"port": 587, "security": "starttls", "username": "", "password": ""},
     "pagerduty": {"url": "https://events.pagerduty.com/v2/enqueue"},
     "jira": {"flavor": "cloud", "issue_type": "Bug", "email": ""},
 }
+
 RETRY_DELAYS = (0, 10, 60, 300, 1800, 7200, 21600, 43200)  # seconds before attempt 1, 2, …: about 17 hours
+
+NOTIFY_ALL = "sentry.rules.actions.notify_event.NotifyEventAction"
+
+LEVEL_FILTER = "sentry.rules.filters.level.LevelFilter"
+
+JIRA_ACTION = "sentry.integrations.jira.notify_action.JiraCreateTicketAction"
+
 DEFAULT_RULES = [
     {"name": "New issues and regressions: all channels", "actionMatch": "any", "filterMatch": "all",
      "frequency": 30, "conditions": [{"id": FIRST_SEEN}, {"id": REGRESSION}], "filters": [],
@@ -5144,10 +5315,6 @@ DEFAULT_RULES = [
      "conditions": [{"id": FIRST_SEEN}, {"id": REGRESSION}],
      "filters": [{"id": LEVEL_FILTER, "match": "gte", "level": "50"}], "actions": [{"id": JIRA_ACTION}]},
 ]
-
-
-class AlertConfigError(ValueError):
-    """A rule or channel that cannot work: a 400, or shown above the form that sent it."""
 
 
 def check_url(value: Any, field: str) -> str:
@@ -5165,6 +5332,10 @@ def check_url(value: Any, field: str) -> str:
     return url
 
 
+class AlertConfigError(ValueError):
+    """A rule or channel that cannot work: a 400, or shown above the form that sent it."""
+
+
 # -- where a channel may send: public addresses only, unless the channel says allow_private -------
 #
 # A channel is a URL (or an SMTP host) the tracker connects to and whose answer it records: without
@@ -5174,77 +5345,24 @@ def check_url(value: Any, field: str) -> str:
 # certificate and sends SNI for the name. A team's Alertmanager on the LAN is fine when the channel
 # says `allow_private = true` (admins only); metadata services stay refused even then.
 
-class TargetRefused(AlertConfigError):
-    """A channel host the tracker will not connect to: a 400 at creation, a dead letter at delivery."""
+def default_rules_everywhere(conn: sqlite3.Connection) -> None:
+    """Migration: the projects that existed before alerts get the rules a new project gets."""
+    for project in conn.execute("SELECT id FROM projects").fetchall():
+        insert_default_rules(conn, project["id"])
 
 
-# names that never leave the host or its network: RFC 6761 localhost, RFC 6762 .local (mDNS),
-# ICANN's private-use .internal, RFC 8375 home.arpa; a name without a dot is a search-domain (LAN) name
-LOCAL_SUFFIXES = ("localhost", "local", "internal", "home.arpa", "localdomain")
-# cloud metadata services (AWS/OpenStack, ECS tasks, AWS over IPv6, Alibaba, GCP): they hand out credentials
-METADATA_HOSTS = frozenset({"169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200",
-                            "metadata.google.internal", "metadata.goog", "metadata"})
-NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the last 32 bits are the IPv4 address reached
-PRIVATE_HINT = "set allow_private = true on the channel (admins only) to send inside your own network"
+def insert_default_rules(conn: sqlite3.Connection, project_id: int) -> None:
+    for rule in DEFAULT_RULES:
+        insert_rule(conn, project_id, {**rule, "environment": None})
 
 
-def carried_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 one carries (mapped ::ffff:a.b.c.d, 6to4, NAT64): where it really goes."""
-    if not isinstance(ip, ipaddress.IPv6Address):
-        return None
-    return ip.ipv4_mapped or ip.sixtofour or (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in NAT64 else None)
-
-
-def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    """Why an address is no place to send a notification, or None for a public one. An IPv6 address
-    that carries an IPv4 one is judged by the IPv4 address."""
-    embedded = carried_ipv4(ip)
-    if embedded is not None:
-        return address_problem(embedded)
-    for problem, flag in (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback),
-                          ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
-                          ("reserved", ip.is_reserved), ("private", ip.is_private),
-                          ("site-local", isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local)):
-        if flag:
-            return problem
-    return None if ip.is_global else "not globally routable"
-
-
-def resolve_target(host: str, port: int, allow_private: bool, field: str = "url") -> list[tuple[Any, ...]]:
-    """The checked addresses (getaddrinfo tuples) of a channel's host: connect to these only.
-    Raises TargetRefused, or OSError when the name does not resolve. Any spelling of an IPv4
-    address (2852039166, 0251.0376.0251.0376, 0xa9fea9fe) is parsed as the C library parses it."""
-    name = host.strip("[]").rstrip(".").lower()
-    if not name.isprintable():  # control characters, lone surrogates: no host, and not to be echoed
-        raise TargetRefused(f"{field}: not a valid host name")
-    try:
-        try:
-            infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
-        except socket.gaierror:  # a name, not an address in any spelling
-            if name in METADATA_HOSTS:
-                raise TargetRefused(f"{field}: {host} is a cloud metadata service") from None
-            if not allow_private and ("." not in name or any(name == s or name.endswith("." + s)
-                                                             for s in LOCAL_SUFFIXES)):
-                raise TargetRefused(f"{field}: {host} is a local name; {PRIVATE_HINT}") from None
-            infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
-    except UnicodeError:  # a label over 63 characters, an empty label
-        raise TargetRefused(f"{field}: {host} is not a valid host name") from None
-    for info in infos:
-        ip = ipaddress.ip_address(str(info[4][0]).partition("%")[0])  # an IPv6 scope (%eth0) is no part of it
-        spelled = f"{host} is" if host.strip("[]") == str(ip) else f"{host} is {ip},"
-        if str(carried_ipv4(ip) or ip) in METADATA_HOSTS:  # [::ffff:169.254.169.254] reached it under allow_private
-            raise TargetRefused(f"{field}: {spelled} a cloud metadata service")
-        problem = None if allow_private else address_problem(ip)
-        if problem:
-            raise TargetRefused(f"{field}: {spelled} not a public address ({problem}); {PRIVATE_HINT}")
-    return infos
-
-
-def check_target(host: str, port: int, allow_private: bool, field: str) -> None:
-    """A channel's host at creation: refused as at delivery; a name that does not resolve from here
-    is accepted (DNS may be down for a minute), and each delivery checks it again."""
-    with contextlib.suppress(OSError):
-        resolve_target(host, port, allow_private, field)
+def insert_rule(conn: sqlite3.Connection, project_id: int, rule: dict[str, Any], rule_id: int | None = None) -> int:
+    values = (rule["name"], json.dumps(rule), project_id)
+    if rule_id is not None:
+        conn.execute("UPDATE alert_rules SET name = ?, rule = ? WHERE project_id = ? AND id = ?", (*values, rule_id))
+        return rule_id
+    return int(conn.execute("INSERT INTO alert_rules (name, rule, project_id, created) VALUES (?, ?, ?, ?)",
+                            (*values, time.time())).lastrowid or 0)
 
 
 def connect_to(addresses: list[tuple[Any, ...]], timeout: float) -> socket.socket:
@@ -5260,6 +5378,53 @@ def connect_to(addresses: list[tuple[Any, ...]], timeout: float) -> socket.socke
             sock.close()
             error = exc
     raise error
+
+
+def masked_config(kind: str, config: dict[str, Any]) -> dict[str, Any]:
+    return {key: masked_value(kind, key, value) for key, value in config.items()}
+
+
+def masked_value(kind: str, key: str, value: Any) -> Any:
+    """A channel's field as the API and pages show it: secrets masked, a URL's credentials filtered."""
+    if key in CHANNEL_FIELDS[kind][1]:
+        return mask_secret(value)
+    return masked_url(value) if key == "url" and isinstance(value, str) else value
+
+
+def mask_secret(value: Any) -> str:
+    """Enough of a secret to recognise it, never enough to use it."""
+    value = str(value or "")
+    if not value:
+        return ""
+    if "://" in value:
+        parts = urllib.parse.urlsplit(value)
+        return f"{parts.scheme}://{parts.hostname}/…{value[-4:]}"
+    return f"…{value[-4:]}" if len(value) > 12 else "…"
+
+
+def masked_url(url: str) -> str:
+    """A URL with the credentials written into it filtered: the password of `user:password@` and
+    the query's values (`?token=`), as Sentry shows `[Filtered]` for a scrubbed value."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None and not parts.query:
+        return url
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    netloc = f"{userinfo.partition(':')[0]}:[Filtered]@{hostport}" if parts.password is not None else parts.netloc
+    query = "&".join(f"{pair.partition('=')[0]}=[Filtered]" for pair in parts.query.split("&") if pair)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def ensure_config_channels(conn: sqlite3.Connection, channels: list[dict[str, Any]]) -> None:
+    """The channels a TOML config declares, created or updated by name (the file wins)."""
+    for spec in channels:
+        config = {k: v for k, v in spec.items() if k not in ("name", "kind")}
+        try:
+            row = conn.execute("SELECT * FROM channels WHERE name = ?", (spec.get("name"),)).fetchone()
+            checked = checked_channel(spec.get("kind"), spec.get("name"), config,
+                                      json.loads(row["config"]) if row else None)
+            save_channel(conn, str(spec["name"]), str(spec["kind"]), checked, row["id"] if row else None)
+        except AlertConfigError as exc:
+            raise SystemExit(f"[[channels]] {spec.get('name')!r}: {exc}") from None
 
 
 def checked_channel(kind: Any, name: Any, config: Any, old: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -5321,38 +5486,81 @@ def checked_channel(kind: Any, name: Any, config: Any, old: dict[str, Any] | Non
     return merged
 
 
-def mask_secret(value: Any) -> str:
-    """Enough of a secret to recognise it, never enough to use it."""
-    value = str(value or "")
-    if not value:
-        return ""
-    if "://" in value:
-        parts = urllib.parse.urlsplit(value)
-        return f"{parts.scheme}://{parts.hostname}/…{value[-4:]}"
-    return f"…{value[-4:]}" if len(value) > 12 else "…"
+def check_target(host: str, port: int, allow_private: bool, field: str) -> None:
+    """A channel's host at creation: refused as at delivery; a name that does not resolve from here
+    is accepted (DNS may be down for a minute), and each delivery checks it again."""
+    with contextlib.suppress(OSError):
+        resolve_target(host, port, allow_private, field)
 
 
-def masked_url(url: str) -> str:
-    """A URL with the credentials written into it filtered: the password of `user:password@` and
-    the query's values (`?token=`), as Sentry shows `[Filtered]` for a scrubbed value."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None and not parts.query:
-        return url
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    netloc = f"{userinfo.partition(':')[0]}:[Filtered]@{hostport}" if parts.password is not None else parts.netloc
-    query = "&".join(f"{pair.partition('=')[0]}=[Filtered]" for pair in parts.query.split("&") if pair)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+def resolve_target(host: str, port: int, allow_private: bool, field: str = "url") -> list[tuple[Any, ...]]:
+    """The checked addresses (getaddrinfo tuples) of a channel's host: connect to these only.
+    Raises TargetRefused, or OSError when the name does not resolve. Any spelling of an IPv4
+    address (2852039166, 0251.0376.0251.0376, 0xa9fea9fe) is parsed as the C library parses it."""
+    name = host.strip("[]").rstrip(".").lower()
+    if not name.isprintable():  # control characters, lone surrogates: no host, and not to be echoed
+        raise TargetRefused(f"{field}: not a valid host name")
+    try:
+        try:
+            infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+        except socket.gaierror:  # a name, not an address in any spelling
+            if name in METADATA_HOSTS:
+                raise TargetRefused(f"{field}: {host} is a cloud metadata service") from None
+            if not allow_private and ("." not in name or any(name == s or name.endswith("." + s)
+                                                             for s in LOCAL_SUFFIXES)):
+                raise TargetRefused(f"{field}: {host} is a local name; {PRIVATE_HINT}") from None
+            infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+    except UnicodeError:  # a label over 63 characters, an empty label
+        raise TargetRefused(f"{field}: {host} is not a valid host name") from None
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]).partition("%")[0])  # an IPv6 scope (%eth0) is no part of it
+        spelled = f"{host} is" if host.strip("[]") == str(ip) else f"{host} is {ip},"
+        if str(carried_ipv4(ip) or ip) in METADATA_HOSTS:  # [::ffff:169.254.169.254] reached it under allow_private
+            raise TargetRefused(f"{field}: {spelled} a cloud metadata service")
+        problem = None if allow_private else address_problem(ip)
+        if problem:
+            raise TargetRefused(f"{field}: {spelled} not a public address ({problem}); {PRIVATE_HINT}")
+    return infos
 
 
-def masked_value(kind: str, key: str, value: Any) -> Any:
-    """A channel's field as the API and pages show it: secrets masked, a URL's credentials filtered."""
-    if key in CHANNEL_FIELDS[kind][1]:
-        return mask_secret(value)
-    return masked_url(value) if key == "url" and isinstance(value, str) else value
+class TargetRefused(AlertConfigError):
+    """A channel host the tracker will not connect to: a 400 at creation, a dead letter at delivery."""
 
 
-def masked_config(kind: str, config: dict[str, Any]) -> dict[str, Any]:
-    return {key: masked_value(kind, key, value) for key, value in config.items()}
+# cloud metadata services (AWS/OpenStack, ECS tasks, AWS over IPv6, Alibaba, GCP): they hand out credentials
+METADATA_HOSTS = frozenset({"169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200",
+                            "metadata.google.internal", "metadata.goog", "metadata"})
+
+# names that never leave the host or its network: RFC 6761 localhost, RFC 6762 .local (mDNS),
+# ICANN's private-use .internal, RFC 8375 home.arpa; a name without a dot is a search-domain (LAN) name
+LOCAL_SUFFIXES = ("localhost", "local", "internal", "home.arpa", "localdomain")
+
+PRIVATE_HINT = "set allow_private = true on the channel (admins only) to send inside your own network"
+
+
+def carried_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (mapped ::ffff:a.b.c.d, 6to4, NAT64): where it really goes."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    return ip.ipv4_mapped or ip.sixtofour or (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in NAT64 else None)
+
+
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the last 32 bits are the IPv4 address reached
+
+
+def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why an address is no place to send a notification, or None for a public one. An IPv6 address
+    that carries an IPv4 one is judged by the IPv4 address."""
+    embedded = carried_ipv4(ip)
+    if embedded is not None:
+        return address_problem(embedded)
+    for problem, flag in (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback),
+                          ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
+                          ("reserved", ip.is_reserved), ("private", ip.is_private),
+                          ("site-local", isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local)):
+        if flag:
+            return problem
+    return None if ip.is_global else "not globally routable"
 
 
 def save_channel(conn: sqlite3.Connection, name: str, kind: str, config: dict[str, Any],
@@ -5364,19 +5572,6 @@ def save_channel(conn: sqlite3.Connection, name: str, kind: str, config: dict[st
                                 (name, kind, json.dumps(config), time.time())).lastrowid or 0)
     conn.execute("UPDATE channels SET name = ?, config = ? WHERE id = ?", (name, json.dumps(config), channel_id))
     return channel_id
-
-
-def ensure_config_channels(conn: sqlite3.Connection, channels: list[dict[str, Any]]) -> None:
-    """The channels a TOML config declares, created or updated by name (the file wins)."""
-    for spec in channels:
-        config = {k: v for k, v in spec.items() if k not in ("name", "kind")}
-        try:
-            row = conn.execute("SELECT * FROM channels WHERE name = ?", (spec.get("name"),)).fetchone()
-            checked = checked_channel(spec.get("kind"), spec.get("name"), config,
-                                      json.loads(row["config"]) if row else None)
-            save_channel(conn, str(spec["name"]), str(spec["kind"]), checked, row["id"] if row else None)
-        except AlertConfigError as exc:
-            raise SystemExit(f"[[channels]] {spec.get('name')!r}: {exc}") from None
 
 
 def checked_rule(body: Any, channel_names: set[str]) -> dict[str, Any]:
@@ -5454,26 +5649,6 @@ def checked_action(action: Any, channel_names: set[str]) -> dict[str, Any]:
             return {"id": kind, "service": service}
         return {"id": kind}
     raise AlertConfigError(f"unknown action {kind!r}")
-
-
-def insert_rule(conn: sqlite3.Connection, project_id: int, rule: dict[str, Any], rule_id: int | None = None) -> int:
-    values = (rule["name"], json.dumps(rule), project_id)
-    if rule_id is not None:
-        conn.execute("UPDATE alert_rules SET name = ?, rule = ? WHERE project_id = ? AND id = ?", (*values, rule_id))
-        return rule_id
-    return int(conn.execute("INSERT INTO alert_rules (name, rule, project_id, created) VALUES (?, ?, ?, ?)",
-                            (*values, time.time())).lastrowid or 0)
-
-
-def insert_default_rules(conn: sqlite3.Connection, project_id: int) -> None:
-    for rule in DEFAULT_RULES:
-        insert_rule(conn, project_id, {**rule, "environment": None})
-
-
-def default_rules_everywhere(conn: sqlite3.Connection) -> None:
-    """Migration: the projects that existed before alerts get the rules a new project gets."""
-    for project in conn.execute("SELECT id FROM projects").fetchall():
-        insert_default_rules(conn, project["id"])
 
 
 async def channel_names(store: Store) -> set[str]:
@@ -5578,14 +5753,6 @@ def filter_passes(conn: sqlite3.Connection, flt: dict[str, Any], ev: PreparedEve
     return any(tests[match](v) for v in values) if match not in ("ne", "nc") else all(tests[match](v) for v in values)
 
 
-def claim_rule(conn: sqlite3.Connection, rule_id: int, issue_id: int, rule: dict[str, Any], now: float) -> bool:
-    """The action interval: a rule fires for an issue at most once per `frequency` minutes."""
-    return conn.execute(
-        """INSERT INTO rule_fires (rule_id, issue_id, last_fired) VALUES (?, ?, ?)
-           ON CONFLICT DO UPDATE SET last_fired = excluded.last_fired WHERE last_fired <= ? RETURNING 1""",
-        (rule_id, issue_id, now, now - 60 * rule["frequency"])).fetchone() is not None
-
-
 def action_channels(conn: sqlite3.Connection, rule: dict[str, Any]) -> list[sqlite3.Row]:
     """The channels a rule's actions name (all of them but Jira, for "notify all")."""
     channels = conn.execute("SELECT * FROM channels ORDER BY id").fetchall()
@@ -5600,11 +5767,12 @@ def action_channels(conn: sqlite3.Connection, rule: dict[str, Any]) -> list[sqli
     return list(chosen.values())
 
 
-def event_snapshot(ev: PreparedEvent) -> dict[str, Any]:
-    """What a notification says about the event that caused it (the issue is read when sending)."""
-    return {"event": {"event_id": ev.event_id, "timestamp": ev.timestamp, "level": ev.level,
-                      "environment": ev.environment, "release": ev.release, "crash": ev.crash,
-                      "tags": ev.tags[:50]}}
+def claim_rule(conn: sqlite3.Connection, rule_id: int, issue_id: int, rule: dict[str, Any], now: float) -> bool:
+    """The action interval: a rule fires for an issue at most once per `frequency` minutes."""
+    return conn.execute(
+        """INSERT INTO rule_fires (rule_id, issue_id, last_fired) VALUES (?, ?, ?)
+           ON CONFLICT DO UPDATE SET last_fired = excluded.last_fired WHERE last_fired <= ? RETURNING 1""",
+        (rule_id, issue_id, now, now - 60 * rule["frequency"])).fetchone() is not None
 
 
 def enqueue(conn: sqlite3.Connection, channel: sqlite3.Row, issue_id: int | None, rule_id: int | None,
@@ -5615,6 +5783,13 @@ def enqueue(conn: sqlite3.Connection, channel: sqlite3.Row, issue_id: int | None
     conn.execute("""INSERT OR IGNORE INTO outbox (channel_id, issue_id, rule_id, trigger, idempotency_key, payload,
                         status, attempts, next_attempt, created) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?)""",
                  (channel["id"], issue_id, rule_id, trigger, key, json.dumps(snapshot), time.time(), time.time()))
+
+
+def event_snapshot(ev: PreparedEvent) -> dict[str, Any]:
+    """What a notification says about the event that caused it (the issue is read when sending)."""
+    return {"event": {"event_id": ev.event_id, "timestamp": ev.timestamp, "level": ev.level,
+                      "environment": ev.environment, "release": ev.release, "crash": ev.crash,
+                      "tags": ev.tags[:50]}}
 
 
 def alert_resolution(conn: sqlite3.Connection, issue_id: int) -> None:
@@ -5630,458 +5805,10 @@ def alert_resolution(conn: sqlite3.Connection, issue_id: int) -> None:
 
 # -- delivering (the dispatcher task; HTTP and SMTP run in threads) ----------------------------
 
-@dataclasses.dataclass
-class Delivery:
-    """The outcome of one attempt: delivered, or retry (after at least `retry_after`), or dead."""
-
-    outcome: str
-    status: int | None = None
-    detail: str = ""
-    retry_after: float = 0.0
-    ref: str | None = None
-
-
-class PinnedHTTPConnection(http.client.HTTPConnection):
-    """Connects to the addresses resolve_target checked, never to a fresh lookup of the name.
-    http.client follows no redirects: a redirected notification is a failed one, never re-sent
-    somewhere that was not checked."""
-
-    addresses: list[tuple[Any, ...]]
-
-    def connect(self) -> None:
-        self.sock = connect_to(self.addresses, self.timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-class PinnedHTTPSConnection(http.client.HTTPSConnection, PinnedHTTPConnection):
-    """The same under TLS: HTTPSConnection wraps the pinned socket with the URL's host name, so
-    SNI and the certificate check are for the name, not the address."""
-
-
-def http_call(method: str, url: str, body: bytes | None, headers: dict[str, str], timeout: float,
-              allow_private: bool = False) -> Delivery:
-    """One HTTP request to a checked address, classified: 2xx delivered; 429, 408, 5xx and network
-    errors retried (429 no sooner than its Retry-After); a refused target, a redirect or any other
-    answer is dead. Credentials in the URL (`https://user:pw@host/`) go as Basic auth."""
-    parts = urllib.parse.urlsplit(url)
-    secure = parts.scheme == "https"
-    if parts.username is not None and "Authorization" not in headers:
-        user, password = urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
-        headers = {**headers, **basic_auth(user, password)}
-    try:
-        addresses = resolve_target(parts.hostname or "", parts.port or (443 if secure else 80), allow_private)
-        hostport = parts.netloc.rpartition("@")[2]
-        conn = PinnedHTTPSConnection(hostport, timeout=timeout, context=ssl.create_default_context()) if secure \
-            else PinnedHTTPConnection(hostport, timeout=timeout)
-        conn.addresses = addresses
-        try:
-            conn.request(method, urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, "")), body, headers)
-            response = conn.getresponse()
-            answer = response.read(2048).decode("utf-8", "replace")
-        finally:
-            conn.close()
-    except TargetRefused as exc:
-        return Delivery("dead", None, f"refused target: {exc}")
-    except (OSError, ValueError, http.client.HTTPException) as exc:  # refused, reset, timed out, DNS, a bad port
-        return Delivery("retry", None, f"{type(exc).__name__}: {exc}")
-    if 200 <= response.status < 300:
-        return Delivery("delivered", response.status, answer)
-    if 300 <= response.status < 400:
-        return Delivery("dead", response.status, f"HTTP {response.status}: a redirect, not followed")
-    outcome = "retry" if response.status in (408, 429) or response.status >= 500 else "dead"
-    return Delivery(outcome, response.status, f"HTTP {response.status}: {answer}",
-                    parse_retry_after(response.getheader("Retry-After")))
-
-
-def parse_retry_after(value: str | None) -> float:
-    try:
-        return max(float(value or 0), 0.0)
-    except ValueError:
-        return 60.0
-
-
-def basic_auth(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-
-
-def json_call(method: str, url: str, payload: Any, timeout: float, headers: dict[str, str] | None = None,
-              allow_private: bool = False) -> Delivery:
-    return http_call(method, url, json.dumps(payload).encode(),
-                     {"Content-Type": "application/json", "User-Agent": "tracker", **(headers or {})}, timeout,
-                     allow_private)
-
-
-@dataclasses.dataclass
-class Notice:
-    """Everything a channel's message is made of: the issue as the API shows it, the event and why."""
-
-    trigger: str
-    rule: str
-    issue: dict[str, Any]
-    event: dict[str, Any]
-    url: str
-    key: str
-    instance: str
-    settings: Settings
-
-    @property
-    def resolves(self) -> bool:
-        """Whether this notice ends what an earlier one opened (an incident, a firing alert)."""
-        return self.trigger in ("resolved", "slo_recovered")
-
-    @property
-    def headline(self) -> str:
-        words = {"new": "New issue", "regression": "Regression", "escalating": "Escalating",
-                 "frequency": "Frequent issue", "users": "Issue affecting many users", "resolved": "Resolved",
-                 "test": "Test notification", "slo_breach": "SLO breached", "slo_recovered": "SLO recovered"}
-        return f"{words.get(self.trigger, 'Alert')}: {self.issue['title']}"
-
-    def facts(self) -> list[tuple[str, str]]:
-        ev, issue = self.event, self.issue
-        facts = [("Project", issue["project"]["name"]), ("Level", issue["level"]),
-                 ("Environment", ev.get("environment") or "—"), ("Release", ev.get("release") or "—"),
-                 ("Events", issue["count"]), ("Users", str(issue["userCount"]))]
-        return facts + ([("Crashed in", ev["crash"])] if ev.get("crash") else [])
-
-
-def slack_escape(value: str) -> str:
-    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def slack_body(n: Notice) -> dict[str, Any]:
-    """Block Kit with a text fallback: header, the culprit with a link, the facts, why it fired."""
-    title = f"{n.issue['shortId']}: {n.headline}"
-    return {
-        "text": slack_escape(first_line(title, 3000)), "unfurl_links": False, "unfurl_media": False,
-        "blocks": [
-            {"type": "header", "text": {"type": "plain_text", "text": first_line(n.headline, 150)}},
-            {"type": "section", "text": {"type": "mrkdwn", "text": text(
-                f"*<{n.url}|{slack_escape(n.issue['shortId'])}>* `{slack_escape(first_line(n.issue['culprit'] or '—', 2000))}`",
-                2900)}},
-            {"type": "section", "fields": [{"type": "mrkdwn", "text": text(f"*{k}*\n{slack_escape(first_line(v, 1000))}",
-                                                                          1900)} for k, v in n.facts()][:10]},
-            {"type": "context", "elements": [{"type": "mrkdwn", "text": text(
-                f"{slack_escape(first_line(n.rule or 'tracker', 200))} · <{n.url}|open in tracker>", 2900)}]},
-        ]}
-
-
-def email_message(n: Notice, config: dict[str, Any], outbox_id: int) -> email.message.EmailMessage:
-    """Plain and HTML parts; one thread per issue; marked as automatic so nobody auto-replies."""
-    msg = email.message.EmailMessage()
-    msg["Subject"] = first_line(f"[{n.issue['project']['slug']}] {n.headline}", 200)
-    msg["From"], msg["To"] = config["from"], ", ".join(config["to"])
-    msg["Date"] = email.utils.formatdate(localtime=False)
-    domain = urllib.parse.urlsplit(n.settings.public_url).hostname or "tracker"
-    msg["Message-ID"] = f"<outbox-{outbox_id}.{n.key[:12]}@{domain}>"
-    msg["References"] = msg["In-Reply-To"] = f"<issue-{n.issue['id']}@{domain}>"
-    msg["Auto-Submitted"] = "auto-generated"
-    lines = [n.headline, "", *(f"{k}: {v}" for k, v in n.facts()), f"Culprit: {n.issue['culprit']}", "", n.url]
-    msg.set_content("\n".join(lines))
-    rows = "".join(f"<tr><th align='left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in n.facts())
-    msg.add_alternative(
-        f"<h2>{html.escape(n.headline)}</h2><p><code>{html.escape(n.issue['culprit'])}</code></p>"
-        f"<table>{rows}</table><p><a href=\"{html.escape(n.url)}\">Open {html.escape(n.issue['shortId'])} in tracker</a></p>",
-        subtype="html")
-    return msg
-
-
-class PinnedSMTP(smtplib.SMTP):
-    """SMTP to the addresses resolve_target checked; STARTTLS checks the certificate for the name."""
-
-    addresses: list[tuple[Any, ...]]
-
-    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
-        return connect_to(self.addresses, timeout)
-
-
-class PinnedSMTPSSL(smtplib.SMTP_SSL, PinnedSMTP):
-    """Implicit TLS over the pinned socket (SMTP_SSL wraps it for the host's name)."""
-
-
-def send_email(config: dict[str, Any], msg: email.message.EmailMessage, timeout: float) -> Delivery:
-    """SMTP in a thread, to a checked address: TLS as configured and never silently dropped; 4xx
-    retried, 5xx dead."""
-    context = ssl.create_default_context()
-    try:
-        addresses = resolve_target(config["host"], int(config["port"]), config.get("allow_private") is True, "host")
-        smtp_class = PinnedSMTPSSL if config["security"] == "tls" else PinnedSMTP
-        kwargs = {"context": context} if config["security"] == "tls" else {}
-        with smtp_class(timeout=timeout, **kwargs) as smtp:
-            smtp.addresses = addresses
-            smtp.connect(config["host"], int(config["port"]))
-            if config["security"] == "starttls":
-                smtp.starttls(context=context)
-            if config.get("username"):
-                smtp.login(config["username"], config.get("password", ""))
-            refused = smtp.send_message(msg)
-        return Delivery("delivered", 250, f"refused: {', '.join(refused)}" if refused else "")
-    except TargetRefused as exc:
-        return Delivery("dead", None, f"refused target: {exc}")
-    except smtplib.SMTPRecipientsRefused as exc:
-        return Delivery("dead", None, f"recipients refused: {exc.recipients}")
-    except smtplib.SMTPResponseException as exc:
-        detail = f"SMTP {exc.smtp_code}: {exc.smtp_error.decode('utf-8', 'replace') if isinstance(exc.smtp_error, bytes) else exc.smtp_error}"
-        return Delivery("retry" if 400 <= exc.smtp_code < 500 else "dead", exc.smtp_code, detail)
-    except smtplib.SMTPNotSupportedError as exc:
-        return Delivery("dead", None, f"the server does not offer STARTTLS: {exc}")
-    except (OSError, smtplib.SMTPException) as exc:
-        return Delivery("retry", None, f"{type(exc).__name__}: {exc}")
-
-
-PAGERDUTY_SEVERITY = {"fatal": "critical", "error": "error", "warning": "warning"}
-
-
-def pagerduty_body(n: Notice, routing_key: str, dedup_key: str) -> dict[str, Any]:
-    if n.resolves:
-        return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": dedup_key}
-    ev = n.event
-    return {
-        "routing_key": routing_key, "event_action": "trigger", "dedup_key": dedup_key,
-        "client": "tracker", "client_url": n.settings.public_url, "links": [{"href": n.url, "text": n.issue["shortId"]}],
-        "payload": {"summary": first_line(n.headline, 1024), "source": n.issue["project"]["slug"],
-                    "severity": PAGERDUTY_SEVERITY.get(n.issue["level"], "info"),
-                    "timestamp": iso(ev.get("timestamp")) or iso(time.time()), "component": n.issue["culprit"][:255],
-                    "group": n.issue["project"]["slug"], "class": n.issue["metadata"].get("type") or n.issue["type"],
-                    "custom_details": {**dict(n.facts()), "issue": n.issue["shortId"], "url": n.url,
-                                       "event_id": ev.get("event_id")}},
-    }
-
-
-def alertmanager_alert(n: Notice, labels: dict[str, str], resolved: bool) -> dict[str, Any]:
-    """One postableAlert: stable labels are its identity; counts and words are annotations. An
-    issue's alert is re-posted while open; an SLO breach holds until its recovery ends it."""
-    now = time.time()
-    return {"labels": labels, "generatorURL": n.url, "startsAt": iso(parse_timestamp(n.issue["firstSeen"])),
-            "endsAt": iso(now if resolved else now + (86400 if n.issue["type"] == "slo" else 300)),
-            "annotations": {"summary": n.headline, "description": n.issue["culprit"], "event_count": n.issue["count"],
-                            "users": str(n.issue["userCount"]), "url": n.url, "level": n.issue["level"]}}
-
-
-def alertmanager_post(config: dict[str, Any], alerts: list[dict[str, Any]], timeout: float) -> Delivery:
-    """POST /api/v2/alerts, with HTTP Basic auth when the channel has a password (as Alertmanager's
-    own clients send it to a --web.config.file with basic_auth_users)."""
-    headers = basic_auth(config.get("username") or "", config["password"]) if config.get("password") else {}
-    return json_call("POST", f"{config['url'].rstrip('/')}/api/v2/alerts", alerts, timeout, headers,
-                     config.get("allow_private") is True)
-
-
-def alertmanager_labels(n: Notice) -> dict[str, str]:
-    return {"alertname": "TrackerIssue", "project": n.issue["project"]["slug"], "issue_id": n.issue["id"],
-            "short_id": n.issue["shortId"], "severity": n.issue["level"]}
-
-
-def webhook_body(n: Notice) -> tuple[str, dict[str, Any]]:
-    """(resource, body) shaped like Sentry's integration-platform webhooks."""
-    envelope = {"installation": {"uuid": n.instance},
-                "actor": {"type": "application", "id": "tracker", "name": "tracker"}}
-    if n.issue["type"] == "slo":
-        return "metric_alert", {**envelope, "action": "resolved" if n.resolves else "critical",
-                                "data": {"metric_alert": {"id": n.issue["id"], "title": n.issue["title"],
-                                                          "status": n.issue["status"]},
-                                         "description_title": n.headline, "description_text": n.issue["culprit"],
-                                         "web_url": n.url}}
-    if n.trigger == "resolved":
-        return "issue", {**envelope, "action": "resolved",
-                         "data": {"issue": {**n.issue, "url": n.url, "web_url": n.url,
-                                            "project_url": f"{n.settings.public_url}/issues/?project={n.issue['project']['slug']}"}}}
-    api_issue = f"{n.settings.public_url}/api/0/issues/{n.issue['id']}/"
-    event = {**n.event, "timestamp": iso(n.event.get("timestamp")), "title": n.issue["title"],
-             "culprit": n.issue["culprit"], "project": int(n.issue["project"]["id"]), "issue_id": n.issue["id"],
-             "url": f"{api_issue}events/{n.event.get('event_id')}/", "web_url": n.url, "issue_url": api_issue}
-    return "event_alert", {**envelope, "action": "triggered",
-                           "data": {"event": event, "triggered_rule": n.rule,
-                                    "issue_alert": {"title": n.rule, "settings": []}}}
-
-
-def webhook_headers(config: dict[str, Any], resource: str, body: bytes, key: str) -> dict[str, str]:
-    signature = hmac.new(str(config["secret"]).encode(), body, hashlib.sha256).hexdigest()
-    return {"Request-ID": uuid.uuid4().hex, "Sentry-Hook-Resource": resource, "Sentry-Hook-Signature": signature,
-            "Sentry-Hook-Timestamp": str(int(time.time())), "Idempotency-Key": key}
-
-
-def jira_fields(n: Notice, config: dict[str, Any], label: str) -> dict[str, Any]:
-    """Cloud wants an Atlassian document for the description (API v3); Data Center wiki markup (v2)."""
-    project, issue_type = str(config["project"]), str(config["issue_type"])
-    facts = "\n".join(f"{k}: {v}" for k, v in n.facts())
-    if config["flavor"] == "cloud":
-        description: Any = {"type": "doc", "version": 1, "content": [
-            {"type": "paragraph", "content": [{"type": "text", "text": n.headline},
-                                              {"type": "hardBreak"},
-                                              {"type": "text", "text": n.url, "marks": [{"type": "link", "attrs": {"href": n.url}}]}]},
-            {"type": "codeBlock", "content": [{"type": "text", "text": f"{facts}\nCulprit: {n.issue['culprit']}"}]}]}
-    else:
-        description = f"{n.headline}\n\n[{n.issue['shortId']}|{n.url}]\n\n{{code}}\n{facts}\nCulprit: {n.issue['culprit']}\n{{code}}"
-    return {"project": {"id": project} if project.isdigit() else {"key": project},
-            "issuetype": {"id": issue_type} if issue_type.isdigit() else {"name": issue_type},
-            "summary": first_line(n.issue["title"], 255), "description": description, "labels": [label]}
-
-
-def jira_headers(config: dict[str, Any]) -> dict[str, str]:
-    if config["flavor"] == "cloud":
-        return {**basic_auth(config["email"], config["token"]), "Accept": "application/json"}
-    return {"Authorization": f"Bearer {config['token']}", "Accept": "application/json"}
-
-
-def jira_find(config: dict[str, Any], label: str, timeout: float) -> str | None:
-    """The Jira issue an earlier, ambiguous attempt may have created (found by its label)."""
-    path = "/rest/api/3/search/jql" if config["flavor"] == "cloud" else "/rest/api/2/search"
-    query = urllib.parse.urlencode({"jql": f'labels = "{label}"', "fields": "summary"})
-    result = http_call("GET", f"{config['url'].rstrip('/')}{path}?{query}", None, jira_headers(config), timeout,
-                       config.get("allow_private") is True)
-    if result.outcome != "delivered":
-        raise ConnectionError(result.detail)
-    found = jira_answer(result.detail).get("issues")
-    if not isinstance(found, list) or not all(isinstance(i, dict) and "key" in i for i in found):
-        raise ConnectionError(f"Jira answered {result.status} without a list of issues: {result.detail}")
-    return found[0]["key"] if found else None
-
-
-def jira_answer(detail: str) -> dict[str, Any]:
-    """A 2xx answer's JSON object; {} for anything else (an SSO proxy's sign-in page, a cut-off body),
-    which once raised inside the dispatcher and left the delivery in_flight for good."""
-    try:
-        answer = json.loads(detail or "{}")
-    except ValueError:
-        return {}
-    return answer if isinstance(answer, dict) else {}
-
-
-def jira_create(n: Notice, config: dict[str, Any], attempts: int, timeout: float) -> Delivery:
-    label = f"tracker-{n.settings.organization}-{n.issue['id']}"
-    if attempts > 1:  # the last try may have created it before it failed: adopt that one
-        try:
-            found = jira_find(config, label, timeout)
-        except ConnectionError as exc:
-            return Delivery("retry", None, f"searching Jira for {label}: {exc}")
-        if found:
-            return Delivery("delivered", 200, f"found {found}", ref=found)
-    api = "/rest/api/3/issue" if config["flavor"] == "cloud" else "/rest/api/2/issue"
-    result = json_call("POST", f"{config['url'].rstrip('/')}{api}", {"fields": jira_fields(n, config, label)},
-                       timeout, jira_headers(config), config.get("allow_private") is True)
-    if result.outcome == "delivered":
-        result.ref = jira_answer(result.detail).get("key")
-        if not isinstance(result.ref, str):  # retried: the next attempt first looks for what this one made
-            return Delivery("retry", result.status, f"Jira answered {result.status} without an issue key: {result.detail}")
-    return result
-
-
-def deliver(n: Notice, channel: sqlite3.Row, link: sqlite3.Row | None, outbox_id: int, attempts: int,
-            timeout: float) -> Delivery:
-    """One attempt at one notification, in a worker thread."""
-    config = json.loads(channel["config"])
-    kind = channel["kind"]
-    allow_private = config.get("allow_private") is True
-    if kind == "slack":
-        result = json_call("POST", config["url"], slack_body(n), timeout, allow_private=allow_private)
-        return result if result.outcome != "delivered" or result.detail.strip() in ("ok", "") else \
-            Delivery("dead", result.status, f"Slack error: {result.detail[:200]!r}")
-    if kind == "email":
-        return send_email(config, email_message(n, config, outbox_id), timeout)
-    if kind == "pagerduty":
-        routing_key = link["data"] if link else config["routing_key"]  # resolve with the key that opened it
-        dedup_key = f"tracker:{n.settings.organization}:{n.issue['id']}"
-        result = json_call("POST", config["url"], pagerduty_body(n, routing_key, dedup_key), timeout,
-                           allow_private=allow_private)
-        return dataclasses.replace(result, ref=dedup_key if not n.resolves else None)
-    if kind == "alertmanager":
-        labels = json.loads(link["data"]) if link else alertmanager_labels(n)
-        result = alertmanager_post(config, [alertmanager_alert(n, labels, n.resolves)], timeout)
-        return dataclasses.replace(result, ref=json.dumps(labels) if not n.resolves else None)
-    if kind == "webhook":
-        resource, payload = webhook_body(n)
-        body = json.dumps(payload).encode()
-        return http_call("POST", config["url"], body, {"Content-Type": "application/json", "User-Agent": "tracker",
-                                                       **webhook_headers(config, resource, body, n.key)}, timeout,
-                         allow_private)
-    if link:  # jira: one Jira issue per tracker issue
-        return Delivery("delivered", None, f"already filed as {link['ref']}", ref=link["ref"])
-    return jira_create(n, config, attempts, timeout)
-
-
-# A delivery's error is kept as "<class>: <what the far end said>": everyone sees the class (`HTTP 400`,
-# `ConnectionRefusedError`, `refused target`), only admins the rest, whose length is bounded here.
-ERROR_LIMIT = 300
-
-
 def error_shown(last_error: str | None, admin: bool) -> str | None:
     """A delivery's error as its viewer may see it: a far end's answer (a metadata service's
     credentials, an internal page) is for admins, a read token gets the class of the error."""
     return last_error if admin or last_error is None else last_error.partition(": ")[0]
-
-
-def record_delivery(conn: sqlite3.Connection, row: sqlite3.Row, channel: sqlite3.Row, result: Delivery,
-                    delays: Sequence[float], now: float) -> None:
-    """Writer job: the attempt's outcome, the next try or the dead letter, and the issue's link to
-    what the channel opened (its PagerDuty key, Alertmanager labels or Jira issue)."""
-    status = result.outcome
-    if status == "retry" and row["attempts"] >= len(delays):
-        status = "dead"
-    delay = delays[min(row["attempts"], len(delays) - 1)] * random.uniform(0.8, 1.2)
-    conn.execute("""UPDATE outbox SET status = ?, last_status = ?, last_error = ?, next_attempt = ?,
-                        delivered = CASE WHEN ? = 'delivered' THEN ? END, external_ref = coalesce(?, external_ref)
-                    WHERE id = ?""",
-                 ("pending" if status == "retry" else status, result.status,
-                  result.detail[:ERROR_LIMIT] if status != "delivered" else None, now + max(delay, result.retry_after),
-                  status, now, result.ref if channel["kind"] == "jira" else None, row["id"]))
-    conn.execute("UPDATE channels SET failures = CASE WHEN ? THEN 0 ELSE failures + 1 END WHERE id = ?",
-                 (status == "delivered", channel["id"]))
-    if status == "delivered" and result.ref and row["issue_id"]:
-        data = json.loads(channel["config"]).get("routing_key") if channel["kind"] == "pagerduty" else result.ref
-        conn.execute("INSERT OR IGNORE INTO issue_links (issue_id, channel_id, kind, ref, data, created) "
-                     "VALUES (?, ?, ?, ?, ?, ?)", (row["issue_id"], channel["id"], channel["kind"],
-                                                   result.ref if channel["kind"] != "alertmanager" else "labels",
-                                                   data, now))
-
-
-DUE_SQL = """SELECT o.* FROM outbox o WHERE o.status = 'pending' AND o.next_attempt <= ?
-    AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.channel_id = o.channel_id AND e.issue_id = o.issue_id
-                    AND e.id < o.id AND e.status IN ('pending', 'in_flight'))
-    ORDER BY o.id LIMIT 200"""
-
-
-class Background:
-    """A task the app runs beside the server: started by the lifespan, cancelled at shutdown."""
-
-    task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self.run())
-
-    async def close(self) -> None:
-        if self.task:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-
-    async def run(self) -> None:
-        raise NotImplementedError
-
-
-class DropFlusher(Background):
-    """Writes the drop counts IngestLimits gathers, every few seconds and once more at shutdown."""
-
-    EVERY = 5.0
-
-    def __init__(self, app: Tracker) -> None:
-        self.app = app
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.EVERY)
-            await self.flush()
-
-    async def close(self) -> None:
-        await super().close()
-        await self.flush()
-
-    async def flush(self) -> None:
-        limits = self.app.limits
-        if limits.dropped:
-            counts, limits.dropped = limits.dropped, collections.Counter()
-            await self.app.writer.submit(lambda conn: conn.executemany(
-                "INSERT INTO dropped (project_id, minute, reason, category, quantity) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT DO UPDATE SET quantity = quantity + excluded.quantity",
-                [(*key, n) for key, n in counts.items()]))
 
 
 class Dispatcher(Background):
@@ -6189,6 +5916,409 @@ class Dispatcher(Background):
                 await asyncio.to_thread(alertmanager_post, json.loads(channel["config"]), alerts, self.timeout)
 
 
+DUE_SQL = """SELECT o.* FROM outbox o WHERE o.status = 'pending' AND o.next_attempt <= ?
+    AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.channel_id = o.channel_id AND e.issue_id = o.issue_id
+                    AND e.id < o.id AND e.status IN ('pending', 'in_flight'))
+    ORDER BY o.id LIMIT 200"""
+
+
+@dataclasses.dataclass
+class Delivery:
+    """The outcome of one attempt: delivered, or retry (after at least `retry_after`), or dead."""
+
+    outcome: str
+    status: int | None = None
+    detail: str = ""
+    retry_after: float = 0.0
+    ref: str | None = None
+
+
+def deliver(n: Notice, channel: sqlite3.Row, link: sqlite3.Row | None, outbox_id: int, attempts: int,
+            timeout: float) -> Delivery:
+    """One attempt at one notification, in a worker thread."""
+    config = json.loads(channel["config"])
+    kind = channel["kind"]
+    allow_private = config.get("allow_private") is True
+    if kind == "slack":
+        result = json_call("POST", config["url"], slack_body(n), timeout, allow_private=allow_private)
+        return result if result.outcome != "delivered" or result.detail.strip() in ("ok", "") else \
+            Delivery("dead", result.status, f"Slack error: {result.detail[:200]!r}")
+    if kind == "email":
+        return send_email(config, email_message(n, config, outbox_id), timeout)
+    if kind == "pagerduty":
+        routing_key = link["data"] if link else config["routing_key"]  # resolve with the key that opened it
+        dedup_key = f"tracker:{n.settings.organization}:{n.issue['id']}"
+        result = json_call("POST", config["url"], pagerduty_body(n, routing_key, dedup_key), timeout,
+                           allow_private=allow_private)
+        return dataclasses.replace(result, ref=dedup_key if not n.resolves else None)
+    if kind == "alertmanager":
+        labels = json.loads(link["data"]) if link else alertmanager_labels(n)
+        result = alertmanager_post(config, [alertmanager_alert(n, labels, n.resolves)], timeout)
+        return dataclasses.replace(result, ref=json.dumps(labels) if not n.resolves else None)
+    if kind == "webhook":
+        resource, payload = webhook_body(n)
+        body = json.dumps(payload).encode()
+        return http_call("POST", config["url"], body, {"Content-Type": "application/json", "User-Agent": "tracker",
+                                                       **webhook_headers(config, resource, body, n.key)}, timeout,
+                         allow_private)
+    if link:  # jira: one Jira issue per tracker issue
+        return Delivery("delivered", None, f"already filed as {link['ref']}", ref=link["ref"])
+    return jira_create(n, config, attempts, timeout)
+
+
+def json_call(method: str, url: str, payload: Any, timeout: float, headers: dict[str, str] | None = None,
+              allow_private: bool = False) -> Delivery:
+    return http_call(method, url, json.dumps(payload).encode(),
+                     {"Content-Type": "application/json", "User-Agent": "tracker", **(headers or {})}, timeout,
+                     allow_private)
+
+
+def http_call(method: str, url: str, body: bytes | None, headers: dict[str, str], timeout: float,
+              allow_private: bool = False) -> Delivery:
+    """One HTTP request to a checked address, classified: 2xx delivered; 429, 408, 5xx and network
+    errors retried (429 no sooner than its Retry-After); a refused target, a redirect or any other
+    answer is dead. Credentials in the URL (`https://user:pw@host/`) go as Basic auth."""
+    parts = urllib.parse.urlsplit(url)
+    secure = parts.scheme == "https"
+    if parts.username is not None and "Authorization" not in headers:
+        user, password = urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
+        headers = {**headers, **basic_auth(user, password)}
+    try:
+        addresses = resolve_target(parts.hostname or "", parts.port or (443 if secure else 80), allow_private)
+        hostport = parts.netloc.rpartition("@")[2]
+        conn = PinnedHTTPSConnection(hostport, timeout=timeout, context=ssl.create_default_context()) if secure \
+            else PinnedHTTPConnection(hostport, timeout=timeout)
+        conn.addresses = addresses
+        try:
+            conn.request(method, urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, "")), body, headers)
+            response = conn.getresponse()
+            answer = response.read(2048).decode("utf-8", "replace")
+        finally:
+            conn.close()
+    except TargetRefused as exc:
+        return Delivery("dead", None, f"refused target: {exc}")
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # refused, reset, timed out, DNS, a bad port
+        return Delivery("retry", None, f"{type(exc).__name__}: {exc}")
+    if 200 <= response.status < 300:
+        return Delivery("delivered", response.status, answer)
+    if 300 <= response.status < 400:
+        return Delivery("dead", response.status, f"HTTP {response.status}: a redirect, not followed")
+    outcome = "retry" if response.status in (408, 429) or response.status >= 500 else "dead"
+    return Delivery(outcome, response.status, f"HTTP {response.status}: {answer}",
+                    parse_retry_after(response.getheader("Retry-After")))
+
+
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+class PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to the addresses resolve_target checked, never to a fresh lookup of the name.
+    http.client follows no redirects: a redirected notification is a failed one, never re-sent
+    somewhere that was not checked."""
+
+    addresses: list[tuple[Any, ...]]
+
+    def connect(self) -> None:
+        self.sock = connect_to(self.addresses, self.timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class PinnedHTTPSConnection(http.client.HTTPSConnection, PinnedHTTPConnection):
+    """The same under TLS: HTTPSConnection wraps the pinned socket with the URL's host name, so
+    SNI and the certificate check are for the name, not the address."""
+
+
+def parse_retry_after(value: str | None) -> float:
+    try:
+        return max(float(value or 0), 0.0)
+    except ValueError:
+        return 60.0
+
+
+def slack_body(n: Notice) -> dict[str, Any]:
+    """Block Kit with a text fallback: header, the culprit with a link, the facts, why it fired."""
+    title = f"{n.issue['shortId']}: {n.headline}"
+    return {
+        "text": slack_escape(first_line(title, 3000)), "unfurl_links": False, "unfurl_media": False,
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": first_line(n.headline, 150)}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": text(
+                f"*<{n.url}|{slack_escape(n.issue['shortId'])}>* `{slack_escape(first_line(n.issue['culprit'] or '—', 2000))}`",
+                2900)}},
+            {"type": "section", "fields": [{"type": "mrkdwn", "text": text(f"*{k}*\n{slack_escape(first_line(v, 1000))}",
+                                                                          1900)} for k, v in n.facts()][:10]},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": text(
+                f"{slack_escape(first_line(n.rule or 'tracker', 200))} · <{n.url}|open in tracker>", 2900)}]},
+        ]}
+
+
+def slack_escape(value: str) -> str:
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+@dataclasses.dataclass
+class Notice:
+    """Everything a channel's message is made of: the issue as the API shows it, the event and why."""
+
+    trigger: str
+    rule: str
+    issue: dict[str, Any]
+    event: dict[str, Any]
+    url: str
+    key: str
+    instance: str
+    settings: Settings
+
+    @property
+    def resolves(self) -> bool:
+        """Whether this notice ends what an earlier one opened (an incident, a firing alert)."""
+        return self.trigger in ("resolved", "slo_recovered")
+
+    @property
+    def headline(self) -> str:
+        words = {"new": "New issue", "regression": "Regression", "escalating": "Escalating",
+                 "frequency": "Frequent issue", "users": "Issue affecting many users", "resolved": "Resolved",
+                 "test": "Test notification", "slo_breach": "SLO breached", "slo_recovered": "SLO recovered"}
+        return f"{words.get(self.trigger, 'Alert')}: {self.issue['title']}"
+
+    def facts(self) -> list[tuple[str, str]]:
+        ev, issue = self.event, self.issue
+        facts = [("Project", issue["project"]["name"]), ("Level", issue["level"]),
+                 ("Environment", ev.get("environment") or "—"), ("Release", ev.get("release") or "—"),
+                 ("Events", issue["count"]), ("Users", str(issue["userCount"]))]
+        return facts + ([("Crashed in", ev["crash"])] if ev.get("crash") else [])
+
+
+def send_email(config: dict[str, Any], msg: email.message.EmailMessage, timeout: float) -> Delivery:
+    """SMTP in a thread, to a checked address: TLS as configured and never silently dropped; 4xx
+    retried, 5xx dead."""
+    context = ssl.create_default_context()
+    try:
+        addresses = resolve_target(config["host"], int(config["port"]), config.get("allow_private") is True, "host")
+        smtp_class = PinnedSMTPSSL if config["security"] == "tls" else PinnedSMTP
+        kwargs = {"context": context} if config["security"] == "tls" else {}
+        with smtp_class(timeout=timeout, **kwargs) as smtp:
+            smtp.addresses = addresses
+            smtp.connect(config["host"], int(config["port"]))
+            if config["security"] == "starttls":
+                smtp.starttls(context=context)
+            if config.get("username"):
+                smtp.login(config["username"], config.get("password", ""))
+            refused = smtp.send_message(msg)
+        return Delivery("delivered", 250, f"refused: {', '.join(refused)}" if refused else "")
+    except TargetRefused as exc:
+        return Delivery("dead", None, f"refused target: {exc}")
+    except smtplib.SMTPRecipientsRefused as exc:
+        return Delivery("dead", None, f"recipients refused: {exc.recipients}")
+    except smtplib.SMTPResponseException as exc:
+        detail = f"SMTP {exc.smtp_code}: {exc.smtp_error.decode('utf-8', 'replace') if isinstance(exc.smtp_error, bytes) else exc.smtp_error}"
+        return Delivery("retry" if 400 <= exc.smtp_code < 500 else "dead", exc.smtp_code, detail)
+    except smtplib.SMTPNotSupportedError as exc:
+        return Delivery("dead", None, f"the server does not offer STARTTLS: {exc}")
+    except (OSError, smtplib.SMTPException) as exc:
+        return Delivery("retry", None, f"{type(exc).__name__}: {exc}")
+
+
+class PinnedSMTP(smtplib.SMTP):
+    """SMTP to the addresses resolve_target checked; STARTTLS checks the certificate for the name."""
+
+    addresses: list[tuple[Any, ...]]
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        return connect_to(self.addresses, timeout)
+
+
+class PinnedSMTPSSL(smtplib.SMTP_SSL, PinnedSMTP):
+    """Implicit TLS over the pinned socket (SMTP_SSL wraps it for the host's name)."""
+
+
+def email_message(n: Notice, config: dict[str, Any], outbox_id: int) -> email.message.EmailMessage:
+    """Plain and HTML parts; one thread per issue; marked as automatic so nobody auto-replies."""
+    msg = email.message.EmailMessage()
+    msg["Subject"] = first_line(f"[{n.issue['project']['slug']}] {n.headline}", 200)
+    msg["From"], msg["To"] = config["from"], ", ".join(config["to"])
+    msg["Date"] = email.utils.formatdate(localtime=False)
+    domain = urllib.parse.urlsplit(n.settings.public_url).hostname or "tracker"
+    msg["Message-ID"] = f"<outbox-{outbox_id}.{n.key[:12]}@{domain}>"
+    msg["References"] = msg["In-Reply-To"] = f"<issue-{n.issue['id']}@{domain}>"
+    msg["Auto-Submitted"] = "auto-generated"
+    lines = [n.headline, "", *(f"{k}: {v}" for k, v in n.facts()), f"Culprit: {n.issue['culprit']}", "", n.url]
+    msg.set_content("\n".join(lines))
+    rows = "".join(f"<tr><th align='left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in n.facts())
+    msg.add_alternative(
+        f"<h2>{html.escape(n.headline)}</h2><p><code>{html.escape(n.issue['culprit'])}</code></p>"
+        f"<table>{rows}</table><p><a href=\"{html.escape(n.url)}\">Open {html.escape(n.issue['shortId'])} in tracker</a></p>",
+        subtype="html")
+    return msg
+
+
+def pagerduty_body(n: Notice, routing_key: str, dedup_key: str) -> dict[str, Any]:
+    if n.resolves:
+        return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": dedup_key}
+    ev = n.event
+    return {
+        "routing_key": routing_key, "event_action": "trigger", "dedup_key": dedup_key,
+        "client": "tracker", "client_url": n.settings.public_url, "links": [{"href": n.url, "text": n.issue["shortId"]}],
+        "payload": {"summary": first_line(n.headline, 1024), "source": n.issue["project"]["slug"],
+                    "severity": PAGERDUTY_SEVERITY.get(n.issue["level"], "info"),
+                    "timestamp": iso(ev.get("timestamp")) or iso(time.time()), "component": n.issue["culprit"][:255],
+                    "group": n.issue["project"]["slug"], "class": n.issue["metadata"].get("type") or n.issue["type"],
+                    "custom_details": {**dict(n.facts()), "issue": n.issue["shortId"], "url": n.url,
+                                       "event_id": ev.get("event_id")}},
+    }
+
+
+PAGERDUTY_SEVERITY = {"fatal": "critical", "error": "error", "warning": "warning"}
+
+
+def alertmanager_labels(n: Notice) -> dict[str, str]:
+    return {"alertname": "TrackerIssue", "project": n.issue["project"]["slug"], "issue_id": n.issue["id"],
+            "short_id": n.issue["shortId"], "severity": n.issue["level"]}
+
+
+def alertmanager_post(config: dict[str, Any], alerts: list[dict[str, Any]], timeout: float) -> Delivery:
+    """POST /api/v2/alerts, with HTTP Basic auth when the channel has a password (as Alertmanager's
+    own clients send it to a --web.config.file with basic_auth_users)."""
+    headers = basic_auth(config.get("username") or "", config["password"]) if config.get("password") else {}
+    return json_call("POST", f"{config['url'].rstrip('/')}/api/v2/alerts", alerts, timeout, headers,
+                     config.get("allow_private") is True)
+
+
+def alertmanager_alert(n: Notice, labels: dict[str, str], resolved: bool) -> dict[str, Any]:
+    """One postableAlert: stable labels are its identity; counts and words are annotations. An
+    issue's alert is re-posted while open; an SLO breach holds until its recovery ends it."""
+    now = time.time()
+    return {"labels": labels, "generatorURL": n.url, "startsAt": iso(parse_timestamp(n.issue["firstSeen"])),
+            "endsAt": iso(now if resolved else now + (86400 if n.issue["type"] == "slo" else 300)),
+            "annotations": {"summary": n.headline, "description": n.issue["culprit"], "event_count": n.issue["count"],
+                            "users": str(n.issue["userCount"]), "url": n.url, "level": n.issue["level"]}}
+
+
+def webhook_body(n: Notice) -> tuple[str, dict[str, Any]]:
+    """(resource, body) shaped like Sentry's integration-platform webhooks."""
+    envelope = {"installation": {"uuid": n.instance},
+                "actor": {"type": "application", "id": "tracker", "name": "tracker"}}
+    if n.issue["type"] == "slo":
+        return "metric_alert", {**envelope, "action": "resolved" if n.resolves else "critical",
+                                "data": {"metric_alert": {"id": n.issue["id"], "title": n.issue["title"],
+                                                          "status": n.issue["status"]},
+                                         "description_title": n.headline, "description_text": n.issue["culprit"],
+                                         "web_url": n.url}}
+    if n.trigger == "resolved":
+        return "issue", {**envelope, "action": "resolved",
+                         "data": {"issue": {**n.issue, "url": n.url, "web_url": n.url,
+                                            "project_url": f"{n.settings.public_url}/issues/?project={n.issue['project']['slug']}"}}}
+    api_issue = f"{n.settings.public_url}/api/0/issues/{n.issue['id']}/"
+    event = {**n.event, "timestamp": iso(n.event.get("timestamp")), "title": n.issue["title"],
+             "culprit": n.issue["culprit"], "project": int(n.issue["project"]["id"]), "issue_id": n.issue["id"],
+             "url": f"{api_issue}events/{n.event.get('event_id')}/", "web_url": n.url, "issue_url": api_issue}
+    return "event_alert", {**envelope, "action": "triggered",
+                           "data": {"event": event, "triggered_rule": n.rule,
+                                    "issue_alert": {"title": n.rule, "settings": []}}}
+
+
+def webhook_headers(config: dict[str, Any], resource: str, body: bytes, key: str) -> dict[str, str]:
+    signature = hmac.new(str(config["secret"]).encode(), body, hashlib.sha256).hexdigest()
+    return {"Request-ID": uuid.uuid4().hex, "Sentry-Hook-Resource": resource, "Sentry-Hook-Signature": signature,
+            "Sentry-Hook-Timestamp": str(int(time.time())), "Idempotency-Key": key}
+
+
+def jira_create(n: Notice, config: dict[str, Any], attempts: int, timeout: float) -> Delivery:
+    label = f"tracker-{n.settings.organization}-{n.issue['id']}"
+    if attempts > 1:  # the last try may have created it before it failed: adopt that one
+        try:
+            found = jira_find(config, label, timeout)
+        except ConnectionError as exc:
+            return Delivery("retry", None, f"searching Jira for {label}: {exc}")
+        if found:
+            return Delivery("delivered", 200, f"found {found}", ref=found)
+    api = "/rest/api/3/issue" if config["flavor"] == "cloud" else "/rest/api/2/issue"
+    result = json_call("POST", f"{config['url'].rstrip('/')}{api}", {"fields": jira_fields(n, config, label)},
+                       timeout, jira_headers(config), config.get("allow_private") is True)
+    if result.outcome == "delivered":
+        result.ref = jira_answer(result.detail).get("key")
+        if not isinstance(result.ref, str):  # retried: the next attempt first looks for what this one made
+            return Delivery("retry", result.status, f"Jira answered {result.status} without an issue key: {result.detail}")
+    return result
+
+
+def jira_find(config: dict[str, Any], label: str, timeout: float) -> str | None:
+    """The Jira issue an earlier, ambiguous attempt may have created (found by its label)."""
+    path = "/rest/api/3/search/jql" if config["flavor"] == "cloud" else "/rest/api/2/search"
+    query = urllib.parse.urlencode({"jql": f'labels = "{label}"', "fields": "summary"})
+    result = http_call("GET", f"{config['url'].rstrip('/')}{path}?{query}", None, jira_headers(config), timeout,
+                       config.get("allow_private") is True)
+    if result.outcome != "delivered":
+        raise ConnectionError(result.detail)
+    found = jira_answer(result.detail).get("issues")
+    if not isinstance(found, list) or not all(isinstance(i, dict) and "key" in i for i in found):
+        raise ConnectionError(f"Jira answered {result.status} without a list of issues: {result.detail}")
+    return found[0]["key"] if found else None
+
+
+def jira_headers(config: dict[str, Any]) -> dict[str, str]:
+    if config["flavor"] == "cloud":
+        return {**basic_auth(config["email"], config["token"]), "Accept": "application/json"}
+    return {"Authorization": f"Bearer {config['token']}", "Accept": "application/json"}
+
+
+def jira_answer(detail: str) -> dict[str, Any]:
+    """A 2xx answer's JSON object; {} for anything else (an SSO proxy's sign-in page, a cut-off body),
+    which once raised inside the dispatcher and left the delivery in_flight for good."""
+    try:
+        answer = json.loads(detail or "{}")
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
+def jira_fields(n: Notice, config: dict[str, Any], label: str) -> dict[str, Any]:
+    """Cloud wants an Atlassian document for the description (API v3); Data Center wiki markup (v2)."""
+    project, issue_type = str(config["project"]), str(config["issue_type"])
+    facts = "\n".join(f"{k}: {v}" for k, v in n.facts())
+    if config["flavor"] == "cloud":
+        description: Any = {"type": "doc", "version": 1, "content": [
+            {"type": "paragraph", "content": [{"type": "text", "text": n.headline},
+                                              {"type": "hardBreak"},
+                                              {"type": "text", "text": n.url, "marks": [{"type": "link", "attrs": {"href": n.url}}]}]},
+            {"type": "codeBlock", "content": [{"type": "text", "text": f"{facts}\nCulprit: {n.issue['culprit']}"}]}]}
+    else:
+        description = f"{n.headline}\n\n[{n.issue['shortId']}|{n.url}]\n\n{{code}}\n{facts}\nCulprit: {n.issue['culprit']}\n{{code}}"
+    return {"project": {"id": project} if project.isdigit() else {"key": project},
+            "issuetype": {"id": issue_type} if issue_type.isdigit() else {"name": issue_type},
+            "summary": first_line(n.issue["title"], 255), "description": description, "labels": [label]}
+
+
+def record_delivery(conn: sqlite3.Connection, row: sqlite3.Row, channel: sqlite3.Row, result: Delivery,
+                    delays: Sequence[float], now: float) -> None:
+    """Writer job: the attempt's outcome, the next try or the dead letter, and the issue's link to
+    what the channel opened (its PagerDuty key, Alertmanager labels or Jira issue)."""
+    status = result.outcome
+    if status == "retry" and row["attempts"] >= len(delays):
+        status = "dead"
+    delay = delays[min(row["attempts"], len(delays) - 1)] * random.uniform(0.8, 1.2)
+    conn.execute("""UPDATE outbox SET status = ?, last_status = ?, last_error = ?, next_attempt = ?,
+                        delivered = CASE WHEN ? = 'delivered' THEN ? END, external_ref = coalesce(?, external_ref)
+                    WHERE id = ?""",
+                 ("pending" if status == "retry" else status, result.status,
+                  result.detail[:ERROR_LIMIT] if status != "delivered" else None, now + max(delay, result.retry_after),
+                  status, now, result.ref if channel["kind"] == "jira" else None, row["id"]))
+    conn.execute("UPDATE channels SET failures = CASE WHEN ? THEN 0 ELSE failures + 1 END WHERE id = ?",
+                 (status == "delivered", channel["id"]))
+    if status == "delivered" and result.ref and row["issue_id"]:
+        data = json.loads(channel["config"]).get("routing_key") if channel["kind"] == "pagerduty" else result.ref
+        conn.execute("INSERT OR IGNORE INTO issue_links (issue_id, channel_id, kind, ref, data, created) "
+                     "VALUES (?, ?, ?, ?, ?, ?)", (row["issue_id"], channel["id"], channel["kind"],
+                                                   result.ref if channel["kind"] != "alertmanager" else "labels",
+                                                   data, now))
+
+
+# A delivery's error is kept as "<class>: <what the far end said>": everyone sees the class (`HTTP 400`,
+# `ConnectionRefusedError`, `refused target`), only admins the rest, whose length is bounded here.
+ERROR_LIMIT = 300
+
+
 def slo_subject(slo: dict[str, Any]) -> dict[str, Any]:
     """An SLO's breach or recovery in the shape channels format an issue in (its id is stable per
     project, so PagerDuty and Alertmanager resolve the incident the breach opened)."""
@@ -6203,10 +6333,6 @@ def slo_subject(slo: dict[str, Any]) -> dict[str, Any]:
 def instance_uuid(settings: Settings) -> str:
     """The `installation.uuid` of webhooks: stable for one tracker (its public URL)."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, settings.public_url))
-
-
-DELIVERY_SQL = """SELECT o.*, coalesce(c.name, '(deleted channel)') AS channel_name, coalesce(c.kind, '') AS channel_kind
-    FROM outbox o LEFT JOIN channels c ON c.id = o.channel_id"""
 
 
 def delete_channel(conn: sqlite3.Connection, channel_id: int) -> None:
@@ -6236,14 +6362,17 @@ async def issue_alerts(store: Store, issue_id: int) -> dict[str, Any]:
     return {"links": links, "deliveries": deliveries}
 
 
-DELIVERY_FILTERS = {"status": "o.status", "issue": "o.issue_id", "channel": "o.channel_id"}
-
-
 async def deliveries(store: Store, filters: Mapping[str, str], limit: int, offset: int = 0) -> list[sqlite3.Row]:
     """The delivery log, newest first, narrowed by DELIVERY_FILTERS' names (values as text)."""
     where = [f"CAST({DELIVERY_FILTERS[name]} AS TEXT) = ?" for name in filters]
     return await store.all(f"{DELIVERY_SQL} WHERE {' AND '.join(where) or '1'} ORDER BY o.id DESC LIMIT ? OFFSET ?",
                            [*filters.values(), limit, offset])
+
+
+DELIVERY_FILTERS = {"status": "o.status", "issue": "o.issue_id", "channel": "o.channel_id"}
+
+DELIVERY_SQL = """SELECT o.*, coalesce(c.name, '(deleted channel)') AS channel_name, coalesce(c.kind, '') AS channel_kind
+    FROM outbox o LEFT JOIN channels c ON c.id = o.channel_id"""
 
 
 def enqueue_test(conn: sqlite3.Connection, channel: sqlite3.Row) -> int:
@@ -6261,84 +6390,6 @@ def enqueue_test(conn: sqlite3.Connection, channel: sqlite3.Row) -> int:
 # there (session_state remembers what was counted); a `sessions` aggregate adds its counts as
 # they are. Users are counted per day (`did`), enough for crash-free users over a period.
 # Transactions keep a count, an error count and the summed duration per name and minute.
-
-SESSION_STATUSES = ("ok", "exited", "crashed", "abnormal", "errored")
-MAX_SESSION_AGE = 5 * 86400
-
-
-@dataclasses.dataclass
-class HealthUpdate:
-    """One session update, one aggregate entry or one transaction, ready for the writer."""
-
-    kind: str  # "session", "aggregate" or "transaction"
-    release: str
-    environment: str
-    minute: int
-    data: dict[str, Any]
-
-
-def minute_of(ts: float) -> int:
-    return int(ts // 60 * 60)
-
-
-def session_attrs(raw: dict[str, Any]) -> tuple[str, str] | None:
-    """(release, environment) of a session payload; SDKs drop sessions without a release, so do we."""
-    attrs = raw.get("attrs") if isinstance(raw.get("attrs"), dict) else {}
-    release = text(attrs.get("release"), MAX_TAG).strip()
-    return (release, text(attrs.get("environment"), MAX_TAG).strip() or "production") if release else None
-
-
-def fresh(ts: float | None, received: float) -> bool:
-    return ts is not None and received - MAX_SESSION_AGE <= ts <= received + MAX_FUTURE
-
-
-def parse_session(raw: dict[str, Any], received: float) -> list[HealthUpdate]:
-    attrs, started = session_attrs(raw), parse_timestamp(raw.get("started"))
-    sid = normalize_id(raw.get("sid"))
-    status = raw.get("status") if raw.get("status") in SESSION_STATUSES else "ok"
-    if attrs is None or sid is None or not fresh(started, received):
-        return []
-    errors = raw.get("errors") if isinstance(raw.get("errors"), int) and not isinstance(raw.get("errors"), bool) else 0
-    return [HealthUpdate("session", *attrs, minute_of(started or received), {
-        "sid": sid, "did": text(raw.get("did"), MAX_TAG) or None, "init": raw.get("init") is True,
-        "errored": errors > 0 or status in ("crashed", "abnormal", "errored"), "crashed": status == "crashed",
-        "abnormal": status == "abnormal"})]
-
-
-def parse_aggregates(raw: dict[str, Any], received: float) -> list[HealthUpdate]:
-    attrs = session_attrs(raw)
-    entries = raw.get("aggregates") if attrs and isinstance(raw.get("aggregates"), list) else []
-    if len(entries) > MAX_AGGREGATES:
-        raise IngestError(413, f"more than {MAX_AGGREGATES} buckets")
-    updates = []
-    for entry in entries:
-        started = parse_timestamp(entry.get("started")) if isinstance(entry, dict) else None
-        if not fresh(started, received):
-            continue
-        counts = {k: entry[k] for k in ("exited", "errored", "crashed", "abnormal")
-                  if isinstance(entry.get(k), int) and not isinstance(entry[k], bool) and 0 <= entry[k] < 10**9}
-        updates.append(HealthUpdate("aggregate", *attrs, minute_of(started or received),  # type: ignore[misc]
-                                    {**counts, "did": text(entry.get("did"), MAX_TAG) or None}))
-    return updates
-
-
-def parse_transaction(raw: dict[str, Any], received: float) -> list[HealthUpdate]:
-    """A transaction as a count and a duration: no spans are kept."""
-    end, start = parse_timestamp(raw.get("timestamp")), parse_timestamp(raw.get("start_timestamp"))
-    if not fresh(end, received):
-        return []
-    trace = (raw.get("contexts") or {}).get("trace") if isinstance(raw.get("contexts"), dict) else None
-    status = (trace or {}).get("status") if isinstance(trace, dict) else None
-    return [HealthUpdate("transaction", text(raw.get("release"), MAX_TAG),
-                         text(raw.get("environment"), MAX_TAG) or "production", minute_of(start or end or received),
-                         {"name": text(raw.get("transaction"), MAX_TAG) or "<unlabeled transaction>",
-                          "error": status not in (None, "ok", "unknown"),
-                          "duration": max((end or 0) - (start or end or 0), 0.0) * 1000})]
-
-
-HEALTH_PARSERS: dict[str, Callable[[dict[str, Any], float], list[HealthUpdate]]] = {
-    "session": parse_session, "sessions": parse_aggregates, "transaction": parse_transaction}
-
 
 def store_health(conn: sqlite3.Connection, project_id: int, updates: list[HealthUpdate]) -> None:
     """Writer job: fold an envelope's sessions and transactions into their minute buckets."""
@@ -6381,6 +6432,86 @@ def session_counts(conn: sqlite3.Connection, project_id: int, u: HealthUpdate) -
     return tuple(a - b for a, b in zip(after, before))  # type: ignore[return-value]
 
 
+def parse_session(raw: dict[str, Any], received: float) -> list[HealthUpdate]:
+    attrs, started = session_attrs(raw), parse_timestamp(raw.get("started"))
+    sid = normalize_id(raw.get("sid"))
+    status = raw.get("status") if raw.get("status") in SESSION_STATUSES else "ok"
+    if attrs is None or sid is None or not fresh(started, received):
+        return []
+    errors = raw.get("errors") if isinstance(raw.get("errors"), int) and not isinstance(raw.get("errors"), bool) else 0
+    return [HealthUpdate("session", *attrs, minute_of(started or received), {
+        "sid": sid, "did": text(raw.get("did"), MAX_TAG) or None, "init": raw.get("init") is True,
+        "errored": errors > 0 or status in ("crashed", "abnormal", "errored"), "crashed": status == "crashed",
+        "abnormal": status == "abnormal"})]
+
+
+def session_attrs(raw: dict[str, Any]) -> tuple[str, str] | None:
+    """(release, environment) of a session payload; SDKs drop sessions without a release, so do we."""
+    attrs = raw.get("attrs") if isinstance(raw.get("attrs"), dict) else {}
+    release = text(attrs.get("release"), MAX_TAG).strip()
+    return (release, text(attrs.get("environment"), MAX_TAG).strip() or "production") if release else None
+
+
+SESSION_STATUSES = ("ok", "exited", "crashed", "abnormal", "errored")
+
+
+def fresh(ts: float | None, received: float) -> bool:
+    return ts is not None and received - MAX_SESSION_AGE <= ts <= received + MAX_FUTURE
+
+
+MAX_SESSION_AGE = 5 * 86400
+
+
+@dataclasses.dataclass
+class HealthUpdate:
+    """One session update, one aggregate entry or one transaction, ready for the writer."""
+
+    kind: str  # "session", "aggregate" or "transaction"
+    release: str
+    environment: str
+    minute: int
+    data: dict[str, Any]
+
+
+def minute_of(ts: float) -> int:
+    return int(ts // 60 * 60)
+
+
+def parse_aggregates(raw: dict[str, Any], received: float) -> list[HealthUpdate]:
+    attrs = session_attrs(raw)
+    entries = raw.get("aggregates") if attrs and isinstance(raw.get("aggregates"), list) else []
+    if len(entries) > MAX_AGGREGATES:
+        raise IngestError(413, f"more than {MAX_AGGREGATES} buckets")
+    updates = []
+    for entry in entries:
+        started = parse_timestamp(entry.get("started")) if isinstance(entry, dict) else None
+        if not fresh(started, received):
+            continue
+        counts = {k: entry[k] for k in ("exited", "errored", "crashed", "abnormal")
+                  if isinstance(entry.get(k), int) and not isinstance(entry[k], bool) and 0 <= entry[k] < 10**9}
+        updates.append(HealthUpdate("aggregate", *attrs, minute_of(started or received),  # type: ignore[misc]
+                                    {**counts, "did": text(entry.get("did"), MAX_TAG) or None}))
+    return updates
+
+
+def parse_transaction(raw: dict[str, Any], received: float) -> list[HealthUpdate]:
+    """A transaction as a count and a duration: no spans are kept."""
+    end, start = parse_timestamp(raw.get("timestamp")), parse_timestamp(raw.get("start_timestamp"))
+    if not fresh(end, received):
+        return []
+    trace = (raw.get("contexts") or {}).get("trace") if isinstance(raw.get("contexts"), dict) else None
+    status = (trace or {}).get("status") if isinstance(trace, dict) else None
+    return [HealthUpdate("transaction", text(raw.get("release"), MAX_TAG),
+                         text(raw.get("environment"), MAX_TAG) or "production", minute_of(start or end or received),
+                         {"name": text(raw.get("transaction"), MAX_TAG) or "<unlabeled transaction>",
+                          "error": status not in (None, "ok", "unknown"),
+                          "duration": max((end or 0) - (start or end or 0), 0.0) * 1000})]
+
+
+HEALTH_PARSERS: dict[str, Callable[[dict[str, Any], float], list[HealthUpdate]]] = {
+    "session": parse_session, "sessions": parse_aggregates, "transaction": parse_transaction}
+
+
 def prune_session_state(conn: sqlite3.Connection, now: float) -> int:
     """Sessions older than SDKs may still update are forgotten (their counts stay in the buckets)."""
     return conn.execute("DELETE FROM session_state WHERE minute < ?", (now - MAX_SESSION_AGE,)).rowcount
@@ -6388,23 +6519,12 @@ def prune_session_state(conn: sqlite3.Connection, now: float) -> int:
 
 # -- reading health: totals and rates over a period ----------------------------------------------
 
-HEALTH_SQL = """SELECT coalesce(sum(total), 0) AS total, coalesce(sum(errored), 0) AS errored,
-    coalesce(sum(crashed), 0) AS crashed, coalesce(sum(abnormal), 0) AS abnormal FROM session_buckets"""
-
-
-def rate(part: float, whole: float) -> float | None:
-    return part / whole if whole else None
-
-
-def health_where(time_column: str, filters: dict[str, Any], since: float, until: float) -> tuple[str, list[Any]]:
-    """A WHERE over session_buckets (minute) or session_users (day, so the first day counts whole)."""
-    floor = 86400 if time_column == "day" else 60
-    where, args = [f"{time_column} >= ?", f"{time_column} < ?"], [since // floor * floor, until]
-    for column, value in filters.items():
-        if value is not None:
-            where.append(f"{column} = ?")
-            args.append(value)
-    return " AND ".join(where), args
+async def release_health(store: Store, version: str, since: float = 0) -> list[dict[str, Any]]:
+    """A release's health per environment (all of its time unless `since`), busiest first."""
+    envs = await store.all("SELECT environment, sum(total) AS n FROM session_buckets WHERE release = ? AND minute >= ? "
+                           "GROUP BY environment ORDER BY n DESC", (version, since))
+    return [{"environment": e["environment"], **await health_totals(
+        store, {"release": version, "environment": e["environment"]}, since)} for e in envs]
 
 
 async def health_totals(store: Store, filters: dict[str, Any], since: float = 0,
@@ -6424,21 +6544,23 @@ async def health_totals(store: Store, filters: dict[str, Any], since: float = 0,
             "crash_free_users": 1 - rate(users["crashed_users"], users["users"]) if users["users"] else None}
 
 
-async def release_health(store: Store, version: str, since: float = 0) -> list[dict[str, Any]]:
-    """A release's health per environment (all of its time unless `since`), busiest first."""
-    envs = await store.all("SELECT environment, sum(total) AS n FROM session_buckets WHERE release = ? AND minute >= ? "
-                           "GROUP BY environment ORDER BY n DESC", (version, since))
-    return [{"environment": e["environment"], **await health_totals(
-        store, {"release": version, "environment": e["environment"]}, since)} for e in envs]
+def health_where(time_column: str, filters: dict[str, Any], since: float, until: float) -> tuple[str, list[Any]]:
+    """A WHERE over session_buckets (minute) or session_users (day, so the first day counts whole)."""
+    floor = 86400 if time_column == "day" else 60
+    where, args = [f"{time_column} >= ?", f"{time_column} < ?"], [since // floor * floor, until]
+    for column, value in filters.items():
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    return " AND ".join(where), args
 
 
-def filter_sql(filters: dict[str, list[str]]) -> tuple[str, list[Any]]:
-    """A WHERE that keeps rows whose column is one of its values, for each column filtered."""
-    where, args = [], []
-    for column, values in filters.items():
-        where.append(f"{column} IN ({','.join('?' * len(values))})")
-        args.extend(values)
-    return (" AND ".join(where) or "1"), args
+HEALTH_SQL = """SELECT coalesce(sum(total), 0) AS total, coalesce(sum(errored), 0) AS errored,
+    coalesce(sum(crashed), 0) AS crashed, coalesce(sum(abnormal), 0) AS abnormal FROM session_buckets"""
+
+
+def rate(part: float, whole: float) -> float | None:
+    return part / whole if whole else None
 
 
 async def session_rows(store: Store, filters: dict[str, list[str]], start: float, end: float,
@@ -6451,6 +6573,15 @@ async def session_rows(store: Store, filters: dict[str, list[str]], start: float
     days = await store.all(f"SELECT * FROM session_users WHERE day >= ? AND day < ? AND {where}",
                            [start // 86400 * 86400, end, *args]) if users else []
     return rows, days
+
+
+def filter_sql(filters: dict[str, list[str]]) -> tuple[str, list[Any]]:
+    """A WHERE that keeps rows whose column is one of its values, for each column filtered."""
+    where, args = [], []
+    for column, values in filters.items():
+        where.append(f"{column} IN ({','.join('?' * len(values))})")
+        args.extend(values)
+    return (" AND ".join(where) or "1"), args
 
 
 async def events_per_slot(store: Store, filters: dict[str, list[str]], start: float, end: float,
@@ -6496,8 +6627,27 @@ async def drops_since(store: Store, since: float) -> list[sqlite3.Row]:
 # the SLO has no data rather than a verdict. Each minute's judgement is kept as history; a breach
 # and its recovery go out through the alert channels like an issue's alerts.
 
+def slo_words(slo: dict[str, Any]) -> str:
+    """`errored sessions < 0.1% over 10 minutes`"""
+    return f"{SLO_METRICS[slo['metric']]} < {slo['objective'] * 100:g}% over {slo['window']} minutes" + \
+        (f" in {slo['environment']}" if slo.get("environment") else "")
+
+
 SLO_METRICS = {"errored_sessions": "errored sessions", "crashed_sessions": "crashed sessions",
                "error_events": "error events per transaction"}
+
+
+def ensure_config_slos(conn: sqlite3.Connection, projects: list[dict[str, Any]]) -> None:
+    """`slo = {…}` in a `[[projects]]` table sets that project's objective."""
+    for spec in projects:
+        if "slo" in spec:
+            try:
+                slo = checked_slo(spec["slo"])
+            except AlertConfigError as exc:
+                raise SystemExit(f"[[projects]] {spec.get('slug') or spec.get('name')}: slo: {exc}") from None
+            row = conn.execute("SELECT id FROM projects WHERE slug = ?",
+                               (str(spec.get("slug") or slugify(str(spec.get("name") or "project"))),)).fetchone()
+            save_slo(conn, row["id"], slo)
 
 
 def checked_slo(body: Any) -> dict[str, Any]:
@@ -6525,32 +6675,23 @@ def save_slo(conn: sqlite3.Connection, project_id: int, slo: dict[str, Any]) -> 
                  (project_id, json.dumps(slo), time.time(), time.time()))
 
 
-def ensure_config_slos(conn: sqlite3.Connection, projects: list[dict[str, Any]]) -> None:
-    """`slo = {…}` in a `[[projects]]` table sets that project's objective."""
-    for spec in projects:
-        if "slo" in spec:
+class SloJudge(Background):
+    """The minute clock: judges every objective (in the writer) once per interval."""
+
+    def __init__(self, app: Tracker) -> None:
+        settings = app.settings
+        self.app = app
+        self.interval = float(settings.slo.get("interval", 60))
+        self.lag = float(settings.slo.get("lag", 120))
+
+    async def run(self) -> None:
+        while True:
             try:
-                slo = checked_slo(spec["slo"])
-            except AlertConfigError as exc:
-                raise SystemExit(f"[[projects]] {spec.get('slug') or spec.get('name')}: slo: {exc}") from None
-            row = conn.execute("SELECT id FROM projects WHERE slug = ?",
-                               (str(spec.get("slug") or slugify(str(spec.get("name") or "project"))),)).fetchone()
-            save_slo(conn, row["id"], slo)
-
-
-def slo_measure(conn: sqlite3.Connection, project_id: int, slo: dict[str, Any], end: float) -> tuple[float | None, int]:
-    """(bad share, denominator) over the window ending at `end`."""
-    start, env = minute_of(end - 60 * slo["window"]), slo.get("environment")
-    where = "project_id = ? AND minute >= ? AND minute < ?" + (" AND environment = ?" if env else "")
-    args = [project_id, start, end, *([env] if env else [])]
-    if slo["metric"] == "error_events":
-        total = conn.execute(f"SELECT coalesce(sum(count), 0) FROM transaction_buckets WHERE {where}", args).fetchone()[0]
-        bad = conn.execute("SELECT count(*) FROM events WHERE project_id = ? AND timestamp >= ? AND timestamp < ? "
-                           "AND level IN ('error', 'fatal')" + (" AND environment = ?" if env else ""), args).fetchone()[0]
-    else:
-        row = conn.execute(f"{HEALTH_SQL} WHERE {where}", args).fetchone()
-        total, bad = row["total"], row["errored" if slo["metric"] == "errored_sessions" else "crashed"]
-    return rate(bad, total), total
+                await self.app.writer.submit(lambda conn: judge_slos(conn, time.time(), self.lag))
+                self.app.dispatcher.wake.set()
+            except Exception:  # a failed judgement must not stop the clock
+                log.exception("judging SLOs failed")
+            await asyncio.sleep(self.interval)
 
 
 def judge_slos(conn: sqlite3.Connection, now: float, lag: float) -> None:
@@ -6578,29 +6719,19 @@ def judge_slos(conn: sqlite3.Connection, now: float, lag: float) -> None:
     prune_session_state(conn, now)
 
 
-def slo_words(slo: dict[str, Any]) -> str:
-    """`errored sessions < 0.1% over 10 minutes`"""
-    return f"{SLO_METRICS[slo['metric']]} < {slo['objective'] * 100:g}% over {slo['window']} minutes" + \
-        (f" in {slo['environment']}" if slo.get("environment") else "")
-
-
-class SloJudge(Background):
-    """The minute clock: judges every objective (in the writer) once per interval."""
-
-    def __init__(self, app: Tracker) -> None:
-        settings = app.settings
-        self.app = app
-        self.interval = float(settings.slo.get("interval", 60))
-        self.lag = float(settings.slo.get("lag", 120))
-
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.app.writer.submit(lambda conn: judge_slos(conn, time.time(), self.lag))
-                self.app.dispatcher.wake.set()
-            except Exception:  # a failed judgement must not stop the clock
-                log.exception("judging SLOs failed")
-            await asyncio.sleep(self.interval)
+def slo_measure(conn: sqlite3.Connection, project_id: int, slo: dict[str, Any], end: float) -> tuple[float | None, int]:
+    """(bad share, denominator) over the window ending at `end`."""
+    start, env = minute_of(end - 60 * slo["window"]), slo.get("environment")
+    where = "project_id = ? AND minute >= ? AND minute < ?" + (" AND environment = ?" if env else "")
+    args = [project_id, start, end, *([env] if env else [])]
+    if slo["metric"] == "error_events":
+        total = conn.execute(f"SELECT coalesce(sum(count), 0) FROM transaction_buckets WHERE {where}", args).fetchone()[0]
+        bad = conn.execute("SELECT count(*) FROM events WHERE project_id = ? AND timestamp >= ? AND timestamp < ? "
+                           "AND level IN ('error', 'fatal')" + (" AND environment = ?" if env else ""), args).fetchone()[0]
+    else:
+        row = conn.execute(f"{HEALTH_SQL} WHERE {where}", args).fetchone()
+        total, bad = row["total"], row["errored" if slo["metric"] == "errored_sessions" else "crashed"]
+    return rate(bad, total), total
 
 
 async def slo_row(store: Store, project_id: int) -> sqlite3.Row | None:
@@ -6624,121 +6755,9 @@ def delete_slo(conn: sqlite3.Connection, project_id: int) -> int:
     return conn.execute("DELETE FROM slos WHERE project_id = ?", (project_id,)).rowcount
 
 
-# -- retention: old events go in small batches, each issue keeps its first and latest -----------
-
-# Per-project rows counted by time that go with the events: table → its time column (epoch seconds).
-AGED_ROWS = {"session_buckets": "minute", "transaction_buckets": "minute", "session_users": "day",
-             "slo_history": "minute", "dropped": "minute", "check_ins": "date_created"}
-VACUUM_STEP = 512  # pages handed back to the file system per writer job
-
-
-def retention_policy(defaults: Mapping[str, Any], options: Mapping[str, Any]) -> tuple[float, int | None]:
-    """A project's (max age in days, max events or None): its `retention` option over the
-    [retention] table (90 days, no cap by default). An age of 0 keeps events for ever."""
-    own = options.get("retention") or {}
-    age = float(own.get("max_age_days", defaults.get("max_age_days", 90)) or 0)
-    cap = own.get("max_events")
-    return max(age, 0.0), None if cap is None else max(int(cap), 0)
-
-
-def prune_events(conn: sqlite3.Connection, project_id: int, cutoff: float, excess: int,
-                 after: tuple[float, int], batch: int) -> tuple[int, int, tuple[float, int] | None]:
-    """Writer job: look at the project's next `batch` events, oldest first from the cursor `after`
-    (timestamp, id), and delete those older than `cutoff` and, while `excess` is above 0, the
-    oldest others. An issue's first and latest event (by timestamp, id) always stay, and so do its
-    counters (times seen, first and last seen, tag counts), as in Sentry.
-
-    The exception is an issue whose last event is older than `cutoff`: nothing of it is within
-    the retention, so all its events go and, with the last of them, the issue itself with its
-    hashes, tags, search terms, activity, rule fires and links (`delete_issues`); a later event
-    with the same fingerprint opens a new issue, as in Sentry after retention.
-
-    The attachments of deleted events go with them; the first batch of a pass also deletes
-    attachments older than `cutoff` whose event never came, and feedback of no issue older than it.
-
-    Returns (events deleted, issues deleted, the cursor for the next batch or None when done)."""
-    ts, last_id = after
-    if after == (0.0, 0) and cutoff:
-        prune_unlinked(conn, project_id, cutoff, batch)
-    rows = conn.execute("""SELECT id, issue_id, timestamp FROM events WHERE project_id = ? AND timestamp >= ?
-                           AND (timestamp > ? OR id > ?) AND (timestamp < ? OR ? > 0)
-                           ORDER BY timestamp, id LIMIT ?""",
-                        (project_id, ts, ts, last_id, cutoff, excess, batch)).fetchall()
-    if not rows:
-        return 0, 0, None
-    issue_ids = sorted({r["issue_id"] for r in rows})
-    keep, aged = set(), []
-    for issue in conn.execute(
-            f"""SELECT id, last_seen < ? AS aged,
-                    (SELECT id FROM events WHERE issue_id = issues.id ORDER BY timestamp, id LIMIT 1) AS first,
-                    (SELECT id FROM events WHERE issue_id = issues.id ORDER BY timestamp DESC, id DESC LIMIT 1) AS latest
-                FROM issues WHERE id IN ({','.join('?' * len(issue_ids))})""", (cutoff, *issue_ids)):
-        if issue["aged"]:
-            aged.append(issue["id"])
-        else:
-            keep.update((issue["first"], issue["latest"]))
-    doomed: list[int] = []
-    for row in rows:
-        if row["id"] not in keep and (row["timestamp"] < cutoff or excess > len(doomed)):
-            doomed.append(row["id"])
-    conn.execute(f"DELETE FROM attachments WHERE (project_id, event_id) IN (SELECT project_id, event_id FROM events "
-                 f"WHERE id IN ({','.join('?' * len(doomed))}))", doomed)
-    conn.execute(f"DELETE FROM events WHERE id IN ({','.join('?' * len(doomed))})", doomed)
-    gone = [i for i in aged if not conn.execute("SELECT 1 FROM events WHERE issue_id = ? LIMIT 1", (i,)).fetchone()]
-    if gone:
-        marks = ",".join("?" * len(gone))
-        for table in ("rule_fires", "issue_links"):
-            conn.execute(f"DELETE FROM {table} WHERE issue_id IN ({marks})", gone)
-        delete_issues(conn, gone)
-    more = len(rows) == batch
-    return len(doomed), len(gone), (rows[-1]["timestamp"], rows[-1]["id"]) if more else None
-
-
-def prune_unlinked(conn: sqlite3.Connection, project_id: int, cutoff: float, batch: int) -> int:
-    """Up to `batch` each of a project's attachments stored before `cutoff` for an event that never
-    came (nor a feedback of that id: its screenshots), and its feedback of no issue from before it."""
-    return conn.execute(
-        """DELETE FROM attachments WHERE id IN (SELECT id FROM attachments a WHERE project_id = ? AND created < ?
-               AND NOT EXISTS (SELECT 1 FROM events e WHERE e.project_id = a.project_id AND e.event_id = a.event_id)
-               AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.project_id = a.project_id
-                               AND f.feedback_event_id = a.event_id) LIMIT ?)""",
-        (project_id, cutoff, batch)).rowcount + conn.execute(
-        "DELETE FROM feedback WHERE id IN (SELECT id FROM feedback WHERE project_id = ? AND issue_id IS NULL "
-        "AND created < ? LIMIT ?)", (project_id, cutoff, batch)).rowcount
-
-
-def prune_aged_rows(conn: sqlite3.Connection, table: str, column: str, project_id: int, cutoff: float,
-                    batch: int) -> int:
-    """Writer job: delete up to `batch` of a project's rows of `table` older than `cutoff`."""
-    key = ", ".join(r["name"] for r in sorted(conn.execute(f"PRAGMA table_info({table})"), key=lambda r: r["pk"])
-                    if r["pk"])
-    return conn.execute(f"DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE project_id = ? "
-                        f"AND {column} < ? LIMIT ?)", (project_id, cutoff, batch)).rowcount
-
-
-def prune_leftovers(conn: sqlite3.Connection, now: float, cutoff: float, batch: int) -> int:
-    """Writer job: expired browser sessions and login links, and up to `batch` outbox rows delivered
-    or cancelled before `cutoff`. Kept: dead letters (they can be sent again), Jira creations
-    (their key stops a second Jira issue) and the rows of issues not resolved (resolving one tells
-    the channels its outbox names)."""
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    deleted = sum(conn.execute(f"DELETE FROM {table} WHERE expires < ?", (now,)).rowcount
-                  for table in ("web_sessions", "login_links") if table in tables)
-    return deleted + conn.execute(
-        """DELETE FROM outbox WHERE id IN (SELECT id FROM outbox o WHERE status IN ('delivered', 'cancelled')
-               AND coalesce(delivered, created) < ? AND idempotency_key NOT LIKE 'jira-%'
-               AND NOT EXISTS (SELECT 1 FROM issues i WHERE i.id = o.issue_id AND i.status != 'resolved') LIMIT ?)""",
-        (cutoff, batch)).rowcount
-
-
-def give_back_pages(conn: sqlite3.Connection, pages: int) -> int:
-    """Writer job: hand up to `pages` free pages back to the file system (auto_vacuum=INCREMENTAL
-    moves pages from the end of the file into the free ones and truncates it); returns how many
-    free pages are left."""
-    for _ in range(min(pages, conn.execute("PRAGMA freelist_count").fetchone()[0])):
-        conn.execute("PRAGMA incremental_vacuum(1)")  # Python's sqlite3 steps a pragma once: one page each
-    return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
-
+# =============================================================================
+# Retention: old events go in small batches, each issue keeps its first and latest
+# =============================================================================
 
 class Retention(Background):
     """Every `interval` seconds, a pass over the projects: events beyond their max age or max
@@ -6822,6 +6841,122 @@ class Retention(Background):
         return given
 
 
+def retention_policy(defaults: Mapping[str, Any], options: Mapping[str, Any]) -> tuple[float, int | None]:
+    """A project's (max age in days, max events or None): its `retention` option over the
+    [retention] table (90 days, no cap by default). An age of 0 keeps events for ever."""
+    own = options.get("retention") or {}
+    age = float(own.get("max_age_days", defaults.get("max_age_days", 90)) or 0)
+    cap = own.get("max_events")
+    return max(age, 0.0), None if cap is None else max(int(cap), 0)
+
+
+def prune_events(conn: sqlite3.Connection, project_id: int, cutoff: float, excess: int,
+                 after: tuple[float, int], batch: int) -> tuple[int, int, tuple[float, int] | None]:
+    """Writer job: look at the project's next `batch` events, oldest first from the cursor `after`
+    (timestamp, id), and delete those older than `cutoff` and, while `excess` is above 0, the
+    oldest others. An issue's first and latest event (by timestamp, id) always stay, and so do its
+    counters (times seen, first and last seen, tag counts), as in Sentry.
+
+    The exception is an issue whose last event is older than `cutoff`: nothing of it is within
+    the retention, so all its events go and, with the last of them, the issue itself with its
+    hashes, tags, search terms, activity, rule fires and links (`delete_issues`); a later event
+    with the same fingerprint opens a new issue, as in Sentry after retention.
+
+    The attachments of deleted events go with them; the first batch of a pass also deletes
+    attachments older than `cutoff` whose event never came, and feedback of no issue older than it.
+
+    Returns (events deleted, issues deleted, the cursor for the next batch or None when done)."""
+    ts, last_id = after
+    if after == (0.0, 0) and cutoff:
+        prune_unlinked(conn, project_id, cutoff, batch)
+    rows = conn.execute("""SELECT id, issue_id, timestamp FROM events WHERE project_id = ? AND timestamp >= ?
+                           AND (timestamp > ? OR id > ?) AND (timestamp < ? OR ? > 0)
+                           ORDER BY timestamp, id LIMIT ?""",
+                        (project_id, ts, ts, last_id, cutoff, excess, batch)).fetchall()
+    if not rows:
+        return 0, 0, None
+    issue_ids = sorted({r["issue_id"] for r in rows})
+    keep, aged = set(), []
+    for issue in conn.execute(
+            f"""SELECT id, last_seen < ? AS aged,
+                    (SELECT id FROM events WHERE issue_id = issues.id ORDER BY timestamp, id LIMIT 1) AS first,
+                    (SELECT id FROM events WHERE issue_id = issues.id ORDER BY timestamp DESC, id DESC LIMIT 1) AS latest
+                FROM issues WHERE id IN ({','.join('?' * len(issue_ids))})""", (cutoff, *issue_ids)):
+        if issue["aged"]:
+            aged.append(issue["id"])
+        else:
+            keep.update((issue["first"], issue["latest"]))
+    doomed: list[int] = []
+    for row in rows:
+        if row["id"] not in keep and (row["timestamp"] < cutoff or excess > len(doomed)):
+            doomed.append(row["id"])
+    conn.execute(f"DELETE FROM attachments WHERE (project_id, event_id) IN (SELECT project_id, event_id FROM events "
+                 f"WHERE id IN ({','.join('?' * len(doomed))}))", doomed)
+    conn.execute(f"DELETE FROM events WHERE id IN ({','.join('?' * len(doomed))})", doomed)
+    gone = [i for i in aged if not conn.execute("SELECT 1 FROM events WHERE issue_id = ? LIMIT 1", (i,)).fetchone()]
+    if gone:
+        marks = ",".join("?" * len(gone))
+        for table in ("rule_fires", "issue_links"):
+            conn.execute(f"DELETE FROM {table} WHERE issue_id IN ({marks})", gone)
+        delete_issues(conn, gone)
+    more = len(rows) == batch
+    return len(doomed), len(gone), (rows[-1]["timestamp"], rows[-1]["id"]) if more else None
+
+
+def prune_unlinked(conn: sqlite3.Connection, project_id: int, cutoff: float, batch: int) -> int:
+    """Up to `batch` each of a project's attachments stored before `cutoff` for an event that never
+    came (nor a feedback of that id: its screenshots), and its feedback of no issue from before it."""
+    return conn.execute(
+        """DELETE FROM attachments WHERE id IN (SELECT id FROM attachments a WHERE project_id = ? AND created < ?
+               AND NOT EXISTS (SELECT 1 FROM events e WHERE e.project_id = a.project_id AND e.event_id = a.event_id)
+               AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.project_id = a.project_id
+                               AND f.feedback_event_id = a.event_id) LIMIT ?)""",
+        (project_id, cutoff, batch)).rowcount + conn.execute(
+        "DELETE FROM feedback WHERE id IN (SELECT id FROM feedback WHERE project_id = ? AND issue_id IS NULL "
+        "AND created < ? LIMIT ?)", (project_id, cutoff, batch)).rowcount
+
+
+# Per-project rows counted by time that go with the events: table → its time column (epoch seconds).
+AGED_ROWS = {"session_buckets": "minute", "transaction_buckets": "minute", "session_users": "day",
+             "slo_history": "minute", "dropped": "minute", "check_ins": "date_created"}
+
+
+def prune_aged_rows(conn: sqlite3.Connection, table: str, column: str, project_id: int, cutoff: float,
+                    batch: int) -> int:
+    """Writer job: delete up to `batch` of a project's rows of `table` older than `cutoff`."""
+    key = ", ".join(r["name"] for r in sorted(conn.execute(f"PRAGMA table_info({table})"), key=lambda r: r["pk"])
+                    if r["pk"])
+    return conn.execute(f"DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE project_id = ? "
+                        f"AND {column} < ? LIMIT ?)", (project_id, cutoff, batch)).rowcount
+
+
+def prune_leftovers(conn: sqlite3.Connection, now: float, cutoff: float, batch: int) -> int:
+    """Writer job: expired browser sessions and login links, and up to `batch` outbox rows delivered
+    or cancelled before `cutoff`. Kept: dead letters (they can be sent again), Jira creations
+    (their key stops a second Jira issue) and the rows of issues not resolved (resolving one tells
+    the channels its outbox names)."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    deleted = sum(conn.execute(f"DELETE FROM {table} WHERE expires < ?", (now,)).rowcount
+                  for table in ("web_sessions", "login_links") if table in tables)
+    return deleted + conn.execute(
+        """DELETE FROM outbox WHERE id IN (SELECT id FROM outbox o WHERE status IN ('delivered', 'cancelled')
+               AND coalesce(delivered, created) < ? AND idempotency_key NOT LIKE 'jira-%'
+               AND NOT EXISTS (SELECT 1 FROM issues i WHERE i.id = o.issue_id AND i.status != 'resolved') LIMIT ?)""",
+        (cutoff, batch)).rowcount
+
+
+def give_back_pages(conn: sqlite3.Connection, pages: int) -> int:
+    """Writer job: hand up to `pages` free pages back to the file system (auto_vacuum=INCREMENTAL
+    moves pages from the end of the file into the free ones and truncates it); returns how many
+    free pages are left."""
+    for _ in range(min(pages, conn.execute("PRAGMA freelist_count").fetchone()[0])):
+        conn.execute("PRAGMA incremental_vacuum(1)")  # Python's sqlite3 steps a pragma once: one page each
+    return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+
+VACUUM_STEP = 512  # pages handed back to the file system per writer job
+
+
 # =============================================================================
 # Cron monitors: check-ins, schedules, missed and timed-out runs
 # =============================================================================
@@ -6835,25 +6970,78 @@ class Retention(Background):
 # and the alert rules apply unchanged; `ok` runs resolve it again.
 
 MAX_CHECK_IN = 100 * KIB
+
+
+def parse_check_in(raw: dict[str, Any], received: float) -> CheckIn:
+    """A check-in payload (an item, or the HTTP endpoint's fields); ValueError says what is wrong."""
+    slug = re.sub(r"[^a-z0-9_-]+", "-", text(raw.get("monitor_slug"), 200).strip().lower()).strip("-")[:50]
+    if not slug:
+        raise ValueError("monitor_slug is required")
+    status = raw.get("status")
+    if status not in CHECK_IN_STATUSES:
+        raise ValueError(f"status must be in_progress, ok or error, not {text(status, 40)!r}")
+    check_in_id = None
+    if raw.get("check_in_id") not in (None, ""):
+        check_in_id = normalize_id(raw["check_in_id"])
+        if check_in_id is None:
+            raise ValueError("check_in_id must be a UUID")
+    duration = raw.get("duration")
+    if duration is not None:
+        try:
+            duration = float(duration) if not isinstance(duration, bool) else -1.0
+        except (TypeError, ValueError):
+            duration = -1.0
+        if not 0 <= duration < 10**9:
+            raise ValueError("duration must be a number of seconds")
+    config = checked_monitor_config(raw["monitor_config"]) if raw.get("monitor_config") is not None else None
+    trace_id = normalize_id(as_dict(as_dict(raw.get("contexts")).get("trace")).get("trace_id"))
+    return CheckIn(slug, status, check_in_id, duration, text(raw.get("environment"), 64).strip() or "production",
+                   text(raw.get("release"), MAX_TAG), trace_id, config, received)
+
+
 CHECK_IN_STATUSES = ("in_progress", "ok", "error")  # what clients send; missed and timeout are ours
-FAILURES = {"error": "check-in error", "missed": "missed check-in", "timeout": "check-in timeout"}
-LATEST_RUNNING = "0" * 32  # the nil UUID as check_in_id: "the monitor's latest in-progress check-in"
-INTERVAL_MINUTES = {"minute": 1, "hour": 60, "day": 1440, "week": 10080}  # month and year: calendar ones
-MONITOR_NUMBERS = {  # monitor_config field → (default, lowest, highest), as Sentry takes them
-    "checkin_margin": (1, 1, 40320), "max_runtime": (30, 1, 40320),
-    "failure_issue_threshold": (1, 1, 720), "recovery_threshold": (1, 1, 720)}
-MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
-WEEKDAYS = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
-CRON_ALIASES = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
-                "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
-CRON_FIELDS = (("minute", 0, 59, ()), ("hour", 0, 23, ()), ("day of month", 1, 31, ()), ("month", 1, 12, MONTHS),
-               ("day of week", 0, 7, WEEKDAYS))  # (name, lowest, highest, names of lowest, lowest + 1, …)
-CLOCK_SETBACK = dt.timedelta(hours=3)  # more than any daylight-saving change sets a clock back
-CRON_HORIZON = 50  # years searched for the next run; an expression that never matches is refused
 
 
-class CronError(ValueError):
-    """A crontab expression that cannot run, said so that its author can fix it."""
+def checked_monitor_config(raw: Any) -> dict[str, Any]:
+    """`monitor_config` as the SDKs send it → the monitor's columns; ValueError says what is wrong."""
+    if not isinstance(raw, dict):
+        raise ValueError("monitor_config must be an object")
+    schedule = {"type": "crontab", "value": raw["schedule"]} if isinstance(raw.get("schedule"), str) else raw.get("schedule")
+    if not isinstance(schedule, dict) or schedule.get("type") not in ("crontab", "interval"):
+        raise ValueError('monitor_config.schedule must be {"type": "crontab", "value": "0 * * * *"} or '
+                         '{"type": "interval", "value": 2, "unit": "hour"}')
+    columns: dict[str, Any] = {"schedule_type": schedule["type"]}
+    value = schedule.get("value")
+    if schedule["type"] == "crontab":
+        if not isinstance(value, str):
+            raise ValueError('schedule.value must be a crontab expression such as "0 * * * *"')
+        try:
+            crontab(" ".join(value.split()))
+        except CronError as exc:
+            raise ValueError(f"schedule: {exc}") from None
+        columns["schedule"] = " ".join(value.split())
+    else:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10**6 or \
+                schedule.get("unit") not in (*INTERVAL_MINUTES, "month", "year"):
+            raise ValueError("an interval schedule needs a whole value of at least 1 and a unit: "
+                             "minute, hour, day, week, month or year")
+        columns["schedule"] = json.dumps([value, schedule["unit"]])
+    zone = raw.get("timezone") or "UTC"
+    if not isinstance(zone, str) or len(zone) > 64 or monitor_zone(zone) is dt.timezone.utc and zone != "UTC":
+        raise ValueError(f"timezone {text(zone, 64)!r} is not a tz database name such as Europe/Vienna")
+    columns["timezone"] = zone
+    for key, (default, low, high) in MONITOR_NUMBERS.items():
+        number = default if raw.get(key) is None else raw[key]
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not low <= number <= high:
+            raise ValueError(f"{key} must be a number from {low} to {high} (minutes)"
+                             if key in ("checkin_margin", "max_runtime") else f"{key} must be from {low} to {high}")
+        columns[key] = int(number) if key.endswith("threshold") else number
+    return columns
+
+
+@functools.lru_cache(maxsize=512)
+def crontab(expression: str) -> Crontab:
+    return Crontab.parse(expression)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -6930,6 +7118,14 @@ class Crontab:
         return best[0] if best else None
 
 
+CRON_ALIASES = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
+                "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
+
+
+class CronError(ValueError):
+    """A crontab expression that cannot run, said so that its author can fix it."""
+
+
 def cron_field(field: str, name: str, low: int, high: int, names: tuple[str, ...]) -> set[int]:
     """One field of a crontab → the values it allows."""
     values: set[int] = set()
@@ -6956,9 +7152,16 @@ def cron_number(word: str, name: str, low: int, names: tuple[str, ...]) -> int:
     raise CronError(f"{name}: {word!r} is not a number" + (f" or one of {', '.join(names)}" if names else ""))
 
 
-@functools.lru_cache(maxsize=512)
-def crontab(expression: str) -> Crontab:
-    return Crontab.parse(expression)
+MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+
+WEEKDAYS = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
+
+CRON_FIELDS = (("minute", 0, 59, ()), ("hour", 0, 23, ()), ("day of month", 1, 31, ()), ("month", 1, 12, MONTHS),
+               ("day of week", 0, 7, WEEKDAYS))  # (name, lowest, highest, names of lowest, lowest + 1, …)
+
+CRON_HORIZON = 50  # years searched for the next run; an expression that never matches is refused
+
+CLOCK_SETBACK = dt.timedelta(hours=3)  # more than any daylight-saving change sets a clock back
 
 
 def wall_moments(wall: dt.datetime, tz: dt.tzinfo) -> list[float]:
@@ -6971,21 +7174,7 @@ def wall_moments(wall: dt.datetime, tz: dt.tzinfo) -> list[float]:
             if aware.astimezone(dt.timezone.utc).astimezone(tz).replace(tzinfo=None) == wall]
 
 
-def interval_after(anchor: float, value: int, unit: str, after: float, tz: dt.tzinfo, minute: float) -> float:
-    """The first of anchor + k intervals (k ≥ 1) after `after`: minutes to weeks of `minute` seconds
-    each; months and years on the calendar in `tz` (the 31st of a shorter month is its last day)."""
-    if unit in INTERVAL_MINUTES:
-        step = value * INTERVAL_MINUTES[unit] * minute
-        return anchor + step * max(math.floor((after - anchor) / step) + 1, 1)
-    start, months, k = dt.datetime.fromtimestamp(anchor, tz), value * (12 if unit == "year" else 1), 1
-    while True:
-        year, month = divmod(start.month - 1 + k * months, 12)
-        year, month = start.year + year, month + 1
-        length = (dt.date(year + month // 12, month % 12 + 1, 1) - dt.date(year, month, 1)).days
-        tick = start.replace(year=year, month=month, day=min(start.day, length)).timestamp()
-        if tick > after:
-            return tick
-        k += 1
+INTERVAL_MINUTES = {"minute": 1, "hour": 60, "day": 1440, "week": 10080}  # month and year: calendar ones
 
 
 def monitor_zone(name: str) -> dt.tzinfo:
@@ -6995,57 +7184,9 @@ def monitor_zone(name: str) -> dt.tzinfo:
         return dt.timezone.utc
 
 
-def next_check_in(monitor: sqlite3.Row | dict[str, Any], after: float, minute: float) -> float | None:
-    """When the monitor's next check-in is due: the first time its schedule names after `after`
-    (intervals count from its last check-in)."""
-    tz = monitor_zone(monitor["timezone"])
-    if monitor["schedule_type"] == "crontab":
-        return crontab(monitor["schedule"]).next_after(after, tz)
-    value, unit = json.loads(monitor["schedule"])
-    return interval_after(monitor["last_checkin"] or after, value, unit, after, tz, minute)
-
-
-def cron_minute(settings: Settings) -> float:
-    """Seconds in a minute of monitor time (margins, max runtimes, minute…week intervals): 60,
-    except where `[crons] minute` shortens it for tests and demos."""
-    return float(settings.crons.get("minute", 60))
-
-
-def checked_monitor_config(raw: Any) -> dict[str, Any]:
-    """`monitor_config` as the SDKs send it → the monitor's columns; ValueError says what is wrong."""
-    if not isinstance(raw, dict):
-        raise ValueError("monitor_config must be an object")
-    schedule = {"type": "crontab", "value": raw["schedule"]} if isinstance(raw.get("schedule"), str) else raw.get("schedule")
-    if not isinstance(schedule, dict) or schedule.get("type") not in ("crontab", "interval"):
-        raise ValueError('monitor_config.schedule must be {"type": "crontab", "value": "0 * * * *"} or '
-                         '{"type": "interval", "value": 2, "unit": "hour"}')
-    columns: dict[str, Any] = {"schedule_type": schedule["type"]}
-    value = schedule.get("value")
-    if schedule["type"] == "crontab":
-        if not isinstance(value, str):
-            raise ValueError('schedule.value must be a crontab expression such as "0 * * * *"')
-        try:
-            crontab(" ".join(value.split()))
-        except CronError as exc:
-            raise ValueError(f"schedule: {exc}") from None
-        columns["schedule"] = " ".join(value.split())
-    else:
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10**6 or \
-                schedule.get("unit") not in (*INTERVAL_MINUTES, "month", "year"):
-            raise ValueError("an interval schedule needs a whole value of at least 1 and a unit: "
-                             "minute, hour, day, week, month or year")
-        columns["schedule"] = json.dumps([value, schedule["unit"]])
-    zone = raw.get("timezone") or "UTC"
-    if not isinstance(zone, str) or len(zone) > 64 or monitor_zone(zone) is dt.timezone.utc and zone != "UTC":
-        raise ValueError(f"timezone {text(zone, 64)!r} is not a tz database name such as Europe/Vienna")
-    columns["timezone"] = zone
-    for key, (default, low, high) in MONITOR_NUMBERS.items():
-        number = default if raw.get(key) is None else raw[key]
-        if isinstance(number, bool) or not isinstance(number, (int, float)) or not low <= number <= high:
-            raise ValueError(f"{key} must be a number from {low} to {high} (minutes)"
-                             if key in ("checkin_margin", "max_runtime") else f"{key} must be from {low} to {high}")
-        columns[key] = int(number) if key.endswith("threshold") else number
-    return columns
+MONITOR_NUMBERS = {  # monitor_config field → (default, lowest, highest), as Sentry takes them
+    "checkin_margin": (1, 1, 40320), "max_runtime": (30, 1, 40320),
+    "failure_issue_threshold": (1, 1, 720), "recovery_threshold": (1, 1, 720)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -7061,33 +7202,6 @@ class CheckIn:
     trace_id: str | None
     config: dict[str, Any] | None  # checked_monitor_config's columns
     received: float
-
-
-def parse_check_in(raw: dict[str, Any], received: float) -> CheckIn:
-    """A check-in payload (an item, or the HTTP endpoint's fields); ValueError says what is wrong."""
-    slug = re.sub(r"[^a-z0-9_-]+", "-", text(raw.get("monitor_slug"), 200).strip().lower()).strip("-")[:50]
-    if not slug:
-        raise ValueError("monitor_slug is required")
-    status = raw.get("status")
-    if status not in CHECK_IN_STATUSES:
-        raise ValueError(f"status must be in_progress, ok or error, not {text(status, 40)!r}")
-    check_in_id = None
-    if raw.get("check_in_id") not in (None, ""):
-        check_in_id = normalize_id(raw["check_in_id"])
-        if check_in_id is None:
-            raise ValueError("check_in_id must be a UUID")
-    duration = raw.get("duration")
-    if duration is not None:
-        try:
-            duration = float(duration) if not isinstance(duration, bool) else -1.0
-        except (TypeError, ValueError):
-            duration = -1.0
-        if not 0 <= duration < 10**9:
-            raise ValueError("duration must be a number of seconds")
-    config = checked_monitor_config(raw["monitor_config"]) if raw.get("monitor_config") is not None else None
-    trace_id = normalize_id(as_dict(as_dict(raw.get("contexts")).get("trace")).get("trace_id"))
-    return CheckIn(slug, status, check_in_id, duration, text(raw.get("environment"), 64).strip() or "production",
-                   text(raw.get("release"), MAX_TAG), trace_id, config, received)
 
 
 def record_check_in(conn: sqlite3.Connection, project_id: int, c: CheckIn, minute: float) -> tuple[str, str | None]:
@@ -7144,6 +7258,36 @@ def upsert_monitor(conn: sqlite3.Connection, project_id: int, slug: str, config:
     return monitor
 
 
+def next_check_in(monitor: sqlite3.Row | dict[str, Any], after: float, minute: float) -> float | None:
+    """When the monitor's next check-in is due: the first time its schedule names after `after`
+    (intervals count from its last check-in)."""
+    tz = monitor_zone(monitor["timezone"])
+    if monitor["schedule_type"] == "crontab":
+        return crontab(monitor["schedule"]).next_after(after, tz)
+    value, unit = json.loads(monitor["schedule"])
+    return interval_after(monitor["last_checkin"] or after, value, unit, after, tz, minute)
+
+
+def interval_after(anchor: float, value: int, unit: str, after: float, tz: dt.tzinfo, minute: float) -> float:
+    """The first of anchor + k intervals (k ≥ 1) after `after`: minutes to weeks of `minute` seconds
+    each; months and years on the calendar in `tz` (the 31st of a shorter month is its last day)."""
+    if unit in INTERVAL_MINUTES:
+        step = value * INTERVAL_MINUTES[unit] * minute
+        return anchor + step * max(math.floor((after - anchor) / step) + 1, 1)
+    start, months, k = dt.datetime.fromtimestamp(anchor, tz), value * (12 if unit == "year" else 1), 1
+    while True:
+        year, month = divmod(start.month - 1 + k * months, 12)
+        year, month = start.year + year, month + 1
+        length = (dt.date(year + month // 12, month % 12 + 1, 1) - dt.date(year, month, 1)).days
+        tick = start.replace(year=year, month=month, day=min(start.day, length)).timestamp()
+        if tick > after:
+            return tick
+        k += 1
+
+
+LATEST_RUNNING = "0" * 32  # the nil UUID as check_in_id: "the monitor's latest in-progress check-in"
+
+
 def refresh_monitor_status(conn: sqlite3.Connection, monitor_id: int) -> None:
     """A monitor's status is its latest check-in's (`new` before the first)."""
     conn.execute("UPDATE monitors SET status = coalesce((SELECT status FROM check_ins WHERE monitor_id = ? "
@@ -7172,6 +7316,9 @@ def monitor_outcome(conn: sqlite3.Connection, monitor_id: int, status: str, envi
         change_status(conn, issue, "resolved", {}, now)
 
 
+FAILURES = {"error": "check-in error", "missed": "missed check-in", "timeout": "check-in timeout"}
+
+
 def cron_failure_event(monitor: sqlite3.Row, status: str, environment: str, release: str, trace_id: str | None,
                        now: float) -> PreparedEvent:
     """The event a failed run adds to its monitor's issue: "Cron failure: <slug> (missed check-in)"."""
@@ -7185,13 +7332,6 @@ def cron_failure_event(monitor: sqlite3.Row, status: str, environment: str, rele
                         **({"trace": {"trace_id": trace_id}} if trace_id else {})}}
     return prepare_event(raw, project_id=monitor["project_id"], event_id=None, received=now, rules=NO_RULES,
                          scrub=DEFAULT_SCRUB)
-
-
-def monitor_config_json(monitor: sqlite3.Row) -> dict[str, Any]:
-    """A monitor's config in Sentry's shape (an interval schedule is [value, unit])."""
-    schedule = json.loads(monitor["schedule"]) if monitor["schedule_type"] == "interval" else monitor["schedule"]
-    return {"schedule_type": monitor["schedule_type"], "schedule": schedule, **{k: monitor[k] for k in MONITOR_NUMBERS},
-            "timezone": monitor["timezone"]}
 
 
 def schedule_words(schedule_type: str, schedule: str) -> str:
@@ -7221,6 +7361,37 @@ def schedule_words(schedule_type: str, schedule: str) -> str:
         (" in " + ", ".join(MONTHS[m - 1].title() for m in sorted(cron.months)) if months != "*" else "")
 
 
+def monitor_config_json(monitor: sqlite3.Row) -> dict[str, Any]:
+    """A monitor's config in Sentry's shape (an interval schedule is [value, unit])."""
+    schedule = json.loads(monitor["schedule"]) if monitor["schedule_type"] == "interval" else monitor["schedule"]
+    return {"schedule_type": monitor["schedule_type"], "schedule": schedule, **{k: monitor[k] for k in MONITOR_NUMBERS},
+            "timezone": monitor["timezone"]}
+
+
+class CronJudge(Background):
+    """The cron clock: has the writer judge the monitors every `[crons] interval` seconds (30)."""
+
+    def __init__(self, app: Tracker) -> None:
+        self.app = app
+        self.interval = float(app.settings.crons.get("interval", 30))
+        self.minute = cron_minute(app.settings)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                if await self.app.writer.submit(lambda conn: judge_monitors(conn, time.time(), self.minute)):
+                    self.app.dispatcher.wake.set()
+            except Exception:  # a failed judgement must not stop the clock
+                log.exception("judging cron monitors failed")
+            await asyncio.sleep(self.interval)
+
+
+def cron_minute(settings: Settings) -> float:
+    """Seconds in a minute of monitor time (margins, max runtimes, minute…week intervals): 60,
+    except where `[crons] minute` shortens it for tests and demos."""
+    return float(settings.crons.get("minute", 60))
+
+
 def judge_monitors(conn: sqlite3.Connection, now: float, minute: float) -> int:
     """Writer job, every `[crons] interval` seconds: an in-progress run past its max runtime times out,
     and a check-in due longer ago than the margin is missed (one missed check-in however many due
@@ -7245,24 +7416,6 @@ def judge_monitors(conn: sqlite3.Connection, now: float, minute: float) -> int:
         monitor_outcome(conn, monitor["id"], "missed", monitor["environment"], "", None, now)
         closed += 1
     return closed
-
-
-class CronJudge(Background):
-    """The cron clock: has the writer judge the monitors every `[crons] interval` seconds (30)."""
-
-    def __init__(self, app: Tracker) -> None:
-        self.app = app
-        self.interval = float(app.settings.crons.get("interval", 30))
-        self.minute = cron_minute(app.settings)
-
-    async def run(self) -> None:
-        while True:
-            try:
-                if await self.app.writer.submit(lambda conn: judge_monitors(conn, time.time(), self.minute)):
-                    self.app.dispatcher.wake.set()
-            except Exception:  # a failed judgement must not stop the clock
-                log.exception("judging cron monitors failed")
-            await asyncio.sleep(self.interval)
 
 
 async def monitors_with_projects(store: Store, slug: str | None = None) -> list[sqlite3.Row]:
@@ -7297,18 +7450,6 @@ async def monitor_check_ins(store: Store, monitor_id: int, environments: list[st
 # JSON API (Sentry's shapes; Bearer tokens)
 # =============================================================================
 
-class ApiError(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.detail = status, detail
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 def api(handler: Callable[[Request], Any], capability: str | None) -> Callable[[Request], Any]:
     """Wrap an /api/0/ handler: token auth (a token whose scopes reach `capability`, see TOKEN_REACH;
     None: any token), JSON errors, application/json on every answer."""
@@ -7336,9 +7477,20 @@ async def require_token(request: Request, capability: str | None = None) -> sqli
     return row
 
 
-def check_org(request: Request) -> None:
-    if request.path_params.get("org") != request.app.settings.organization:
-        raise ApiError(404, "The requested resource does not exist")
+class ApiError(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+async def api_root(request: Request) -> dict[str, Any]:
+    token = await require_token(request)
+    return {"version": "0", "user": {"id": "1", "email": "admin@localhost", "username": "admin"},
+            "auth": {"scopes": sorted(sentry_scopes(token["scopes"])), "name": token["name"]}}
+
+
+async def api_organizations(request: Request) -> list[dict[str, Any]]:
+    return [serialize_org(request.app.settings)]
 
 
 def serialize_org(settings: Settings) -> dict[str, Any]:
@@ -7347,10 +7499,76 @@ def serialize_org(settings: Settings) -> dict[str, Any]:
             "status": {"id": "active", "name": "active"}}
 
 
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+async def api_organization(request: Request) -> dict[str, Any]:
+    check_org(request)
+    return serialize_org(request.app.settings)
+
+
+def check_org(request: Request) -> None:
+    if request.path_params.get("org") != request.app.settings.organization:
+        raise ApiError(404, "The requested resource does not exist")
+
+
+async def api_org_projects(request: Request) -> list[dict[str, Any]]:
+    check_org(request)
+    rows = sorted(await all_projects(request.app.store), key=lambda r: r["slug"])  # code point order, as SQLite sorts
+    return [serialize_project(r, request.app.settings) for r in rows]
+
+
 def serialize_project(row: sqlite3.Row, settings: Settings) -> dict[str, Any]:
     return {"id": str(row["id"]), "slug": row["slug"], "name": row["name"], "platform": row["platform"] or None,
             "dateCreated": iso(row["created"]), "isMember": True, "hasAccess": True,
             "organization": serialize_org(settings)}
+
+
+async def api_project(request: Request) -> dict[str, Any]:
+    project = await project_from_path(request)
+    return {**serialize_project(project, request.app.settings),
+            **serialize_rules(await request.app.rules.rules_for(project["id"])),
+            **(await project_scrub_policy(request, project["id"])).api_fields()}
+
+
+async def project_from_path(request: Request) -> sqlite3.Row:
+    check_org(request)
+    row = await find_project(request.app.store, request.path_params["project"])
+    if row is None:
+        raise ApiError(404, "The requested resource does not exist")
+    return row
+
+
+async def api_project_issues(request: Request) -> Response:
+    """Sentry's issue list: `query` (default is:unresolved), `environment`, `sort`, cursor paging."""
+    project = await project_from_path(request)
+    limit, offset = page_args(request)
+    params = request.query_params
+    query = params.get("query", "is:unresolved")
+    query += "".join(f" environment:{quoted(env)}" for env in params.getlist("environment"))
+    try:
+        rows = await list_issues(request.app.store, project_id=project["id"], query=query,
+                                 sort=params.get("sort", "date"), limit=limit + 1, offset=offset)
+    except SearchError as exc:
+        raise ApiError(400, f"Invalid search query: {exc}") from None
+    settings = request.app.settings
+    return JSONResponse([serialize_issue(r, settings) for r in rows[:limit]],
+                        headers=paginate(request, len(rows), limit, offset))
+
+
+def page_args(request: Request) -> tuple[int, int]:
+    try:
+        limit = min(max(int(request.query_params.get("limit", 100)), 1), 100)
+        offset = int(request.query_params.get("cursor", "0:0:0").split(":")[1])
+    except (ValueError, IndexError):
+        raise ApiError(400, "invalid cursor or limit") from None
+    return limit, min(max(offset, 0), MAX_OFFSET)
+
+
+MAX_OFFSET = 2 ** 31  # paging further finds nothing anyway, and SQLite cannot bind past 2**63
 
 
 def serialize_issue(row: sqlite3.Row, settings: Settings) -> dict[str, Any]:
@@ -7378,9 +7596,130 @@ def serialize_assignee(assignee: str | None) -> dict[str, Any] | None:
     return {"type": "user", "name": assignee, **({"email": assignee} if "@" in assignee else {})}
 
 
+def paginate(request: Request, total_rows: int, limit: int, offset: int) -> dict[str, str]:
+    """Sentry's cursor Link header (`0:<offset>:0`), which sentry-cli and scripts follow."""
+    base = str(request.url.remove_query_params("cursor"))
+    sep = "&" if "?" in base else "?"
+    prev_offset = max(offset - limit, 0)
+    links = [f'<{base}{sep}cursor=0:{prev_offset}:1>; rel="previous"; results="{str(offset > 0).lower()}"; '
+             f'cursor="0:{prev_offset}:1"',
+             f'<{base}{sep}cursor=0:{offset + limit}:0>; rel="next"; results="{str(total_rows > limit).lower()}"; '
+             f'cursor="0:{offset + limit}:0"']
+    return {"Link": ", ".join(links)}
+
+
+async def api_update_issue(request: Request) -> dict[str, Any]:
+    """PUT /api/0/issues/<id>/: status, statusDetails and assignedTo; answers the updated issue."""
+    issue = await issue_from_path(request)
+    await update_issues(request, issue["project_id"], [issue["id"]], await request_json(request))
+    return await api_issue(request)
+
+
+async def issue_from_path(request: Request) -> sqlite3.Row:
+    """The issue the path names, for the API and the dashboard alike; 404 when there is none."""
+    issue_id = path_issue_id(request)
+    row = await get_issue(request.app.store, issue_id) if issue_id is not None else None
+    if row is None:
+        raise ApiError(404, "The requested resource does not exist")
+    return row
+
+
+def path_issue_id(request: Request) -> int | None:
+    raw = request.path_params["issue_id"]
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
+
+
+async def update_issues(request: Request, project_id: int, issue_ids: list[int], body: Any) -> IssueChange:
+    """Validate an update (API body or dashboard form) and apply it in the writer."""
+    try:
+        change = parse_issue_change(body)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    if change.details.get("inNextRelease") and not await project_releases(request.app.store, project_id, 1):
+        raise ApiError(400, "no release seen in this project yet, so there is no next release to resolve in")
+    await request.app.writer.submit(lambda conn: apply_issue_change(conn, issue_ids, change, time.time()))
+    return change
+
+
+async def request_json(request: Request) -> Any:
+    try:
+        body = json.loads(await read_body(request, 64 * KIB) or b"{}")
+        json.dumps(body, ensure_ascii=False).encode()  # a lone "\ud800" parses, then SQLite refused it: a 500
+        return body
+    except IngestError as exc:
+        raise ApiError(exc.status, exc.detail) from None
+    except UnicodeEncodeError:
+        raise ApiError(400, "the request body holds a lone surrogate (\\ud800 to \\udfff), which is no text") from None
+    except ValueError:
+        raise ApiError(400, "the request body is not JSON") from None
+
+
+async def api_issue(request: Request) -> dict[str, Any]:
+    row = await issue_from_path(request)
+    return serialize_issue(row, request.app.settings)
+
+
+async def api_update_project_issues(request: Request) -> Response:
+    """Bulk PUT /api/0/projects/<org>/<project>/issues/?id=1&id=2: one update for the listed issues;
+    answers the update as applied, as Sentry does (204 when none of the ids is in the project)."""
+    project, rows = await listed_project_issues(request)
+    body = await request_json(request)
+    if not rows:
+        return Response(status_code=204)
+    if isinstance(body, dict) and body.get("merge"):
+        return JSONResponse(await merge(request, project["id"], [r["id"] for r in rows]))
+    change = await update_issues(request, project["id"], [r["id"] for r in rows], body)
+    result: dict[str, Any] = {"status": change.status, "statusDetails": change.details} if change.status else {}
+    if change.assign:
+        result["assignedTo"] = serialize_assignee(change.assignee)
+    return JSONResponse(result)
+
+
+async def listed_project_issues(request: Request) -> tuple[sqlite3.Row, list[sqlite3.Row]]:
+    """The project in the path and those of its issues that `?id=1&id=2` names (bulk routes)."""
+    project = await project_from_path(request)
+    ids = request.query_params.getlist("id")
+    if not ids or len(ids) > 1000 or not all(i.isascii() and i.isdigit() and len(i) < 19 for i in ids):
+        raise ApiError(400, "name the issues as ?id=1&id=2 (at most 1000)")
+    return project, await issues_in(request.app.store, ids, project["id"])
+
+
+async def api_delete_project_issues(request: Request) -> Response:
+    """Bulk DELETE /api/0/projects/<org>/<project>/issues/?id=…: 204, as Sentry answers."""
+    _, rows = await listed_project_issues(request)
+    if rows:
+        await request.app.writer.submit(lambda conn: delete_issues(conn, [r["id"] for r in rows]))
+    return Response(status_code=204)
+
+
+async def api_delete_issue(request: Request) -> Response:
+    """DELETE /api/0/issues/<id>/: 202, as Sentry answers (it deletes in the background; we are done)."""
+    issue = await issue_from_path(request)
+    await request.app.writer.submit(lambda conn: delete_issues(conn, [issue["id"]]))
+    return Response(status_code=202)
+
+
+async def api_issue_activities(request: Request) -> dict[str, Any]:
+    issue = await issue_from_path(request)
+    return {"activity": [serialize_activity(r) for r in await issue_activity(request.app.store, issue["id"])]}
+
+
 def serialize_activity(row: sqlite3.Row) -> dict[str, Any]:
     return {"id": str(row["id"]), "type": row["kind"], "data": json.loads(row["data"]), "user": None,
             "dateCreated": iso(row["created"])}
+
+
+async def api_issue_events(request: Request) -> Response:
+    issue = await issue_from_path(request)
+    limit, offset = page_args(request)
+    try:
+        rows = await search_issue_events(request.app.store, issue["id"],
+                                         request.query_params.get("query", ""), limit + 1, offset)
+    except SearchError as exc:
+        raise ApiError(400, f"Invalid search query: {exc}") from None
+    full = request.query_params.get("full", "").lower() in ("1", "true")
+    return JSONResponse([serialize_event(r, issue["id"], full) for r in rows[:limit]],
+                        headers=paginate(request, len(rows), limit, offset))
 
 
 def serialize_event(row: sqlite3.Row, issue_id: int, full: bool = True) -> dict[str, Any]:
@@ -7416,192 +7755,6 @@ def serialize_event(row: sqlite3.Row, issue_id: int, full: bool = True) -> dict[
     return out
 
 
-def paginate(request: Request, total_rows: int, limit: int, offset: int) -> dict[str, str]:
-    """Sentry's cursor Link header (`0:<offset>:0`), which sentry-cli and scripts follow."""
-    base = str(request.url.remove_query_params("cursor"))
-    sep = "&" if "?" in base else "?"
-    prev_offset = max(offset - limit, 0)
-    links = [f'<{base}{sep}cursor=0:{prev_offset}:1>; rel="previous"; results="{str(offset > 0).lower()}"; '
-             f'cursor="0:{prev_offset}:1"',
-             f'<{base}{sep}cursor=0:{offset + limit}:0>; rel="next"; results="{str(total_rows > limit).lower()}"; '
-             f'cursor="0:{offset + limit}:0"']
-    return {"Link": ", ".join(links)}
-
-
-MAX_OFFSET = 2 ** 31  # paging further finds nothing anyway, and SQLite cannot bind past 2**63
-
-
-def page_args(request: Request) -> tuple[int, int]:
-    try:
-        limit = min(max(int(request.query_params.get("limit", 100)), 1), 100)
-        offset = int(request.query_params.get("cursor", "0:0:0").split(":")[1])
-    except (ValueError, IndexError):
-        raise ApiError(400, "invalid cursor or limit") from None
-    return limit, min(max(offset, 0), MAX_OFFSET)
-
-
-async def api_root(request: Request) -> dict[str, Any]:
-    token = await require_token(request)
-    return {"version": "0", "user": {"id": "1", "email": "admin@localhost", "username": "admin"},
-            "auth": {"scopes": sorted(sentry_scopes(token["scopes"])), "name": token["name"]}}
-
-
-async def api_organizations(request: Request) -> list[dict[str, Any]]:
-    return [serialize_org(request.app.settings)]
-
-
-async def api_organization(request: Request) -> dict[str, Any]:
-    check_org(request)
-    return serialize_org(request.app.settings)
-
-
-async def api_org_projects(request: Request) -> list[dict[str, Any]]:
-    check_org(request)
-    rows = sorted(await all_projects(request.app.store), key=lambda r: r["slug"])  # code point order, as SQLite sorts
-    return [serialize_project(r, request.app.settings) for r in rows]
-
-
-async def project_from_path(request: Request) -> sqlite3.Row:
-    check_org(request)
-    row = await find_project(request.app.store, request.path_params["project"])
-    if row is None:
-        raise ApiError(404, "The requested resource does not exist")
-    return row
-
-
-async def api_project(request: Request) -> dict[str, Any]:
-    project = await project_from_path(request)
-    return {**serialize_project(project, request.app.settings),
-            **serialize_rules(await request.app.rules.rules_for(project["id"])),
-            **(await project_scrub_policy(request, project["id"])).api_fields()}
-
-
-async def api_project_issues(request: Request) -> Response:
-    """Sentry's issue list: `query` (default is:unresolved), `environment`, `sort`, cursor paging."""
-    project = await project_from_path(request)
-    limit, offset = page_args(request)
-    params = request.query_params
-    query = params.get("query", "is:unresolved")
-    query += "".join(f" environment:{quoted(env)}" for env in params.getlist("environment"))
-    try:
-        rows = await list_issues(request.app.store, project_id=project["id"], query=query,
-                                 sort=params.get("sort", "date"), limit=limit + 1, offset=offset)
-    except SearchError as exc:
-        raise ApiError(400, f"Invalid search query: {exc}") from None
-    settings = request.app.settings
-    return JSONResponse([serialize_issue(r, settings) for r in rows[:limit]],
-                        headers=paginate(request, len(rows), limit, offset))
-
-
-def path_issue_id(request: Request) -> int | None:
-    raw = request.path_params["issue_id"]
-    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
-
-
-async def issue_from_path(request: Request) -> sqlite3.Row:
-    """The issue the path names, for the API and the dashboard alike; 404 when there is none."""
-    issue_id = path_issue_id(request)
-    row = await get_issue(request.app.store, issue_id) if issue_id is not None else None
-    if row is None:
-        raise ApiError(404, "The requested resource does not exist")
-    return row
-
-
-async def api_issue(request: Request) -> dict[str, Any]:
-    row = await issue_from_path(request)
-    return serialize_issue(row, request.app.settings)
-
-
-async def request_json(request: Request) -> Any:
-    try:
-        body = json.loads(await read_body(request, 64 * KIB) or b"{}")
-        json.dumps(body, ensure_ascii=False).encode()  # a lone "\ud800" parses, then SQLite refused it: a 500
-        return body
-    except IngestError as exc:
-        raise ApiError(exc.status, exc.detail) from None
-    except UnicodeEncodeError:
-        raise ApiError(400, "the request body holds a lone surrogate (\\ud800 to \\udfff), which is no text") from None
-    except ValueError:
-        raise ApiError(400, "the request body is not JSON") from None
-
-
-async def update_issues(request: Request, project_id: int, issue_ids: list[int], body: Any) -> IssueChange:
-    """Validate an update (API body or dashboard form) and apply it in the writer."""
-    try:
-        change = parse_issue_change(body)
-    except ValueError as exc:
-        raise ApiError(400, str(exc)) from None
-    if change.details.get("inNextRelease") and not await project_releases(request.app.store, project_id, 1):
-        raise ApiError(400, "no release seen in this project yet, so there is no next release to resolve in")
-    await request.app.writer.submit(lambda conn: apply_issue_change(conn, issue_ids, change, time.time()))
-    return change
-
-
-async def api_update_issue(request: Request) -> dict[str, Any]:
-    """PUT /api/0/issues/<id>/: status, statusDetails and assignedTo; answers the updated issue."""
-    issue = await issue_from_path(request)
-    await update_issues(request, issue["project_id"], [issue["id"]], await request_json(request))
-    return await api_issue(request)
-
-
-async def listed_project_issues(request: Request) -> tuple[sqlite3.Row, list[sqlite3.Row]]:
-    """The project in the path and those of its issues that `?id=1&id=2` names (bulk routes)."""
-    project = await project_from_path(request)
-    ids = request.query_params.getlist("id")
-    if not ids or len(ids) > 1000 or not all(i.isascii() and i.isdigit() and len(i) < 19 for i in ids):
-        raise ApiError(400, "name the issues as ?id=1&id=2 (at most 1000)")
-    return project, await issues_in(request.app.store, ids, project["id"])
-
-
-async def api_update_project_issues(request: Request) -> Response:
-    """Bulk PUT /api/0/projects/<org>/<project>/issues/?id=1&id=2: one update for the listed issues;
-    answers the update as applied, as Sentry does (204 when none of the ids is in the project)."""
-    project, rows = await listed_project_issues(request)
-    body = await request_json(request)
-    if not rows:
-        return Response(status_code=204)
-    if isinstance(body, dict) and body.get("merge"):
-        return JSONResponse(await merge(request, project["id"], [r["id"] for r in rows]))
-    change = await update_issues(request, project["id"], [r["id"] for r in rows], body)
-    result: dict[str, Any] = {"status": change.status, "statusDetails": change.details} if change.status else {}
-    if change.assign:
-        result["assignedTo"] = serialize_assignee(change.assignee)
-    return JSONResponse(result)
-
-
-async def api_delete_project_issues(request: Request) -> Response:
-    """Bulk DELETE /api/0/projects/<org>/<project>/issues/?id=…: 204, as Sentry answers."""
-    _, rows = await listed_project_issues(request)
-    if rows:
-        await request.app.writer.submit(lambda conn: delete_issues(conn, [r["id"] for r in rows]))
-    return Response(status_code=204)
-
-
-async def api_delete_issue(request: Request) -> Response:
-    """DELETE /api/0/issues/<id>/: 202, as Sentry answers (it deletes in the background; we are done)."""
-    issue = await issue_from_path(request)
-    await request.app.writer.submit(lambda conn: delete_issues(conn, [issue["id"]]))
-    return Response(status_code=202)
-
-
-async def api_issue_activities(request: Request) -> dict[str, Any]:
-    issue = await issue_from_path(request)
-    return {"activity": [serialize_activity(r) for r in await issue_activity(request.app.store, issue["id"])]}
-
-
-async def api_issue_events(request: Request) -> Response:
-    issue = await issue_from_path(request)
-    limit, offset = page_args(request)
-    try:
-        rows = await search_issue_events(request.app.store, issue["id"],
-                                         request.query_params.get("query", ""), limit + 1, offset)
-    except SearchError as exc:
-        raise ApiError(400, f"Invalid search query: {exc}") from None
-    full = request.query_params.get("full", "").lower() in ("1", "true")
-    return JSONResponse([serialize_event(r, issue["id"], full) for r in rows[:limit]],
-                        headers=paginate(request, len(rows), limit, offset))
-
-
 async def api_issue_event(request: Request) -> dict[str, Any]:
     issue = await issue_from_path(request)
     row = await issue_event(request.app.store, issue["id"], request.path_params["event_id"])
@@ -7612,20 +7765,27 @@ async def api_issue_event(request: Request) -> dict[str, Any]:
 
 # -- attachments and user feedback (Sentry's event attachments and user-feedback shapes) --------------
 
-# Served with their own type (always as a download); any other is sent as application/octet-stream,
-# so an attacker's HTML or SVG never renders on the tracker's origin.
-SAFE_DOWNLOAD_TYPES = frozenset({
-    "text/plain", "text/csv", "application/json", "application/octet-stream", "application/zip", "application/gzip",
-    "application/x-gzip", "application/x-tar", "application/zstd", "image/png", "image/jpeg", "image/gif",
-    "image/webp", "application/x-dmp", "application/x-minidump"})
-TEXT_TYPES = ("application/json", "application/x-ndjson", "application/xml")
-TEXT_EXTENSIONS = (".log", ".txt", ".json", ".csv", ".md", ".yaml", ".yml", ".ini", ".conf", ".xml")
+async def merge(request: Request, project_id: int, issue_ids: list[int]) -> dict[str, Any]:
+    """Merge through the writer; the answer has Sentry's shape."""
+    try:
+        parent = await request.app.writer.submit(lambda conn: merge_issues(conn, project_id, issue_ids))
+    except MergeError as exc:
+        raise ApiError(400, str(exc)) from None
+    return {"merge": {"parent": str(parent), "children": [str(i) for i in sorted(set(issue_ids)) if i != parent]}}
 
 
-def human_size(size: int) -> str:
-    if size < KIB:
-        return f"{size} B"
-    return f"{size / KIB:.1f} KiB" if size < MIB else f"{size / MIB:.1f} MiB"
+async def api_event_attachments(request: Request) -> list[dict[str, Any]]:
+    """GET /api/0/projects/<org>/<project>/events/<event_id>/attachments/ (also for an event not stored
+    yet, or the screenshots of a feedback, which are under the feedback's own id)."""
+    project = await project_from_path(request)
+    rows = await event_attachments(request.app.store, project["id"], [path_event_id(request)])
+    return [serialize_attachment(r) for r in rows]
+
+
+async def event_attachments(store: Store, project_id: int, event_ids: list[str]) -> list[dict[str, Any]]:
+    """The attachments of these events (their data left out), oldest first, with what a page shows of them."""
+    return [{**dict(r), "viewable": text_viewable(r), "size_text": human_size(r["size"])}
+            for r in await attachment_rows(store, project_id, event_ids)]
 
 
 def text_viewable(row: Mapping[str, Any]) -> bool:
@@ -7635,32 +7795,15 @@ def text_viewable(row: Mapping[str, Any]) -> bool:
                                   or row["filename"].lower().endswith(TEXT_EXTENSIONS))
 
 
-async def event_attachments(store: Store, project_id: int, event_ids: list[str]) -> list[dict[str, Any]]:
-    """The attachments of these events (their data left out), oldest first, with what a page shows of them."""
-    return [{**dict(r), "viewable": text_viewable(r), "size_text": human_size(r["size"])}
-            for r in await attachment_rows(store, project_id, event_ids)]
+TEXT_TYPES = ("application/json", "application/x-ndjson", "application/xml")
+
+TEXT_EXTENSIONS = (".log", ".txt", ".json", ".csv", ".md", ".yaml", ".yml", ".ini", ".conf", ".xml")
 
 
-def attachment_data(row: Mapping[str, Any]) -> bytes:
-    return zstandard.ZstdDecompressor().decompress(row["data"])
-
-
-def attachment_response(row: Mapping[str, Any]) -> Response:
-    """An attachment as a download: never shown inline, its type only when harmless, no sniffing."""
-    kind = row["content_type"].split(";")[0].strip()
-    name = re.split(r"[/\\]", row["filename"])[-1] or "attachment"
-    plain = re.sub(r"[^A-Za-z0-9._ -]", "_", name)[:150] or "attachment"
-    return Response(attachment_data(row), media_type=kind if kind in SAFE_DOWNLOAD_TYPES else "application/octet-stream",
-                    headers={"Content-Disposition": f"attachment; filename=\"{plain}\"; "
-                                                    f"filename*=UTF-8''{urllib.parse.quote(name, safe='')}",
-                             "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
-                             "Content-Security-Policy": "default-src 'none'; sandbox"})
-
-
-def serialize_attachment(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {"id": str(row["id"]), "event_id": row["event_id"], "name": row["filename"],
-            "type": row["attachment_type"], "size": row["size"], "mimetype": row["content_type"],
-            "dateCreated": iso(row["created"]), "sha1": row["sha1"], "headers": {"Content-Type": row["content_type"]}}
+def human_size(size: int) -> str:
+    if size < KIB:
+        return f"{size} B"
+    return f"{size / KIB:.1f} KiB" if size < MIB else f"{size / MIB:.1f} MiB"
 
 
 def path_event_id(request: Request) -> str:
@@ -7670,12 +7813,10 @@ def path_event_id(request: Request) -> str:
     return event_id
 
 
-async def api_event_attachments(request: Request) -> list[dict[str, Any]]:
-    """GET /api/0/projects/<org>/<project>/events/<event_id>/attachments/ (also for an event not stored
-    yet, or the screenshots of a feedback, which are under the feedback's own id)."""
-    project = await project_from_path(request)
-    rows = await event_attachments(request.app.store, project["id"], [path_event_id(request)])
-    return [serialize_attachment(r) for r in rows]
+def serialize_attachment(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"id": str(row["id"]), "event_id": row["event_id"], "name": row["filename"],
+            "type": row["attachment_type"], "size": row["size"], "mimetype": row["content_type"],
+            "dateCreated": iso(row["created"]), "sha1": row["sha1"], "headers": {"Content-Type": row["content_type"]}}
 
 
 async def api_event_attachment(request: Request) -> Any:
@@ -7691,6 +7832,39 @@ async def api_event_attachment(request: Request) -> Any:
     return serialize_attachment(row)
 
 
+def attachment_response(row: Mapping[str, Any]) -> Response:
+    """An attachment as a download: never shown inline, its type only when harmless, no sniffing."""
+    kind = row["content_type"].split(";")[0].strip()
+    name = re.split(r"[/\\]", row["filename"])[-1] or "attachment"
+    plain = re.sub(r"[^A-Za-z0-9._ -]", "_", name)[:150] or "attachment"
+    return Response(attachment_data(row), media_type=kind if kind in SAFE_DOWNLOAD_TYPES else "application/octet-stream",
+                    headers={"Content-Disposition": f"attachment; filename=\"{plain}\"; "
+                                                    f"filename*=UTF-8''{urllib.parse.quote(name, safe='')}",
+                             "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
+                             "Content-Security-Policy": "default-src 'none'; sandbox"})
+
+
+def attachment_data(row: Mapping[str, Any]) -> bytes:
+    return zstandard.ZstdDecompressor().decompress(row["data"])
+
+
+# Served with their own type (always as a download); any other is sent as application/octet-stream,
+# so an attacker's HTML or SVG never renders on the tracker's origin.
+SAFE_DOWNLOAD_TYPES = frozenset({
+    "text/plain", "text/csv", "application/json", "application/octet-stream", "application/zip", "application/gzip",
+    "application/x-gzip", "application/x-tar", "application/zstd", "image/png", "image/jpeg", "image/gif",
+    "image/webp", "application/x-dmp", "application/x-minidump"})
+
+
+async def api_user_feedback(request: Request) -> Response:
+    """GET /api/0/projects/<org>/<project>/user-feedback/: the project's feedback, newest first."""
+    project = await project_from_path(request)
+    limit, offset = page_args(request)
+    rows = await project_feedback(request.app.store, project["id"], limit + 1, offset)
+    return JSONResponse(await serialize_user_reports(request, rows[:limit]),
+                        headers=paginate(request, len(rows), limit, offset))
+
+
 async def serialize_user_reports(request: Request, rows: list[sqlite3.Row]) -> list[dict[str, Any]]:
     """Feedback rows in Sentry's user report shape, each with its issue (or null)."""
     ids = sorted({r["issue_id"] for r in rows if r["issue_id"] is not None})
@@ -7702,15 +7876,6 @@ async def serialize_user_reports(request: Request, rows: list[sqlite3.Row]) -> l
                     "comments": r["message"], "dateCreated": iso(r["created"]), "user": None,
                     "event": {"id": event_id, "eventID": event_id}, "issue": issues.get(r["issue_id"])})
     return out
-
-
-async def api_user_feedback(request: Request) -> Response:
-    """GET /api/0/projects/<org>/<project>/user-feedback/: the project's feedback, newest first."""
-    project = await project_from_path(request)
-    limit, offset = page_args(request)
-    rows = await project_feedback(request.app.store, project["id"], limit + 1, offset)
-    return JSONResponse(await serialize_user_reports(request, rows[:limit]),
-                        headers=paginate(request, len(rows), limit, offset))
 
 
 async def api_create_user_feedback(request: Request) -> dict[str, Any]:
@@ -7732,20 +7897,27 @@ async def api_create_user_feedback(request: Request) -> dict[str, Any]:
     return (await serialize_user_reports(request, [row]))[0]
 
 
-RULE_FIELDS = ("groupingEnhancements", "fingerprintingRules")  # Sentry's project option names
+async def project_scrub_policy(request: Request, project_id: int) -> ScrubPolicy:
+    return scrub_policy((await request.app.options.options(project_id)).get("scrub"))
+
+
+async def api_grouping_rules(request: Request) -> dict[str, str]:
+    project = await project_from_path(request)
+    return serialize_rules(await request.app.rules.rules_for(project["id"]))
 
 
 def serialize_rules(rules: GroupingRules) -> dict[str, str]:
     return {"groupingEnhancements": rules.stacktrace_text, "fingerprintingRules": rules.fingerprint_text}
 
 
-async def store_rules(request: Request, project_id: int, stacktrace_text: str, fingerprint_text: str) -> GroupingRules:
-    """Parse (a RuleError names the mistake), save through the writer, then drop the cached copy
-    so the next event of the project is grouped by the new rules."""
-    rules = parse_grouping_rules(stacktrace_text, fingerprint_text)
-    await request.app.writer.submit(lambda conn: save_project_rules(conn, project_id, rules))
-    request.app.rules.invalidate(project_id)
-    return rules
+async def api_update_grouping_rules(request: Request) -> dict[str, str]:
+    """PUT /api/0/projects/<org>/<project>/grouping-rules/ with either or both of
+    {"groupingEnhancements": "…", "fingerprintingRules": "…"}."""
+    project = await project_from_path(request)
+    rules = await save_body_rules(request, project["id"], await request_json(request))
+    if rules is None:
+        raise ApiError(400, "send groupingEnhancements, fingerprintingRules or both")
+    return serialize_rules(rules)
 
 
 async def save_body_rules(request: Request, project_id: int, body: Any) -> GroupingRules | None:
@@ -7766,19 +7938,16 @@ async def save_body_rules(request: Request, project_id: int, body: Any) -> Group
         raise ApiError(400, str(exc)) from None
 
 
-async def api_grouping_rules(request: Request) -> dict[str, str]:
-    project = await project_from_path(request)
-    return serialize_rules(await request.app.rules.rules_for(project["id"]))
+RULE_FIELDS = ("groupingEnhancements", "fingerprintingRules")  # Sentry's project option names
 
 
-async def api_update_grouping_rules(request: Request) -> dict[str, str]:
-    """PUT /api/0/projects/<org>/<project>/grouping-rules/ with either or both of
-    {"groupingEnhancements": "…", "fingerprintingRules": "…"}."""
-    project = await project_from_path(request)
-    rules = await save_body_rules(request, project["id"], await request_json(request))
-    if rules is None:
-        raise ApiError(400, "send groupingEnhancements, fingerprintingRules or both")
-    return serialize_rules(rules)
+async def store_rules(request: Request, project_id: int, stacktrace_text: str, fingerprint_text: str) -> GroupingRules:
+    """Parse (a RuleError names the mistake), save through the writer, then drop the cached copy
+    so the next event of the project is grouped by the new rules."""
+    rules = parse_grouping_rules(stacktrace_text, fingerprint_text)
+    await request.app.writer.submit(lambda conn: save_project_rules(conn, project_id, rules))
+    request.app.rules.invalidate(project_id)
+    return rules
 
 
 async def api_update_project(request: Request) -> dict[str, Any]:
@@ -7793,10 +7962,6 @@ async def api_update_project(request: Request) -> dict[str, Any]:
     rules = rules or await request.app.rules.rules_for(project["id"])
     scrub = await save_scrub_option(request, project["id"], option) if option else scrub
     return {**serialize_project(project, request.app.settings), **serialize_rules(rules), **scrub.api_fields()}
-
-
-async def project_scrub_policy(request: Request, project_id: int) -> ScrubPolicy:
-    return scrub_policy((await request.app.options.options(project_id)).get("scrub"))
 
 
 def body_scrub_option(policy: ScrubPolicy, body: Any) -> dict[str, Any] | None:
@@ -7814,22 +7979,6 @@ async def save_scrub_option(request: Request, project_id: int, option: dict[str,
     await request.app.writer.submit(lambda conn: set_project_option(conn, project_id, "scrub", option))
     request.app.options.forget(project_id)
     return scrub_policy(option)
-
-
-async def merge(request: Request, project_id: int, issue_ids: list[int]) -> dict[str, Any]:
-    """Merge through the writer; the answer has Sentry's shape."""
-    try:
-        parent = await request.app.writer.submit(lambda conn: merge_issues(conn, project_id, issue_ids))
-    except MergeError as exc:
-        raise ApiError(400, str(exc)) from None
-    return {"merge": {"parent": str(parent), "children": [str(i) for i in sorted(set(issue_ids)) if i != parent]}}
-
-
-async def unmerge(request: Request, issue_id: int, hashes: set[str]) -> int:
-    try:
-        return await request.app.writer.submit(lambda conn: unmerge_hashes(conn, issue_id, hashes))
-    except MergeError as exc:
-        raise ApiError(400, str(exc)) from None
 
 
 async def api_issue_hashes(request: Request) -> list[dict[str, Any]]:
@@ -7850,8 +7999,23 @@ async def api_unmerge_hashes(request: Request) -> Response:
     return JSONResponse({"id": str(await unmerge(request, issue["id"], hashes))}, status_code=202)
 
 
-API_MAPPING_FIELDS = {"repositoryUrl": "repository_url", "provider": "provider", "stackRoot": "stack_root",
-                      "sourceRoot": "source_root", "defaultBranch": "default_branch"}
+async def unmerge(request: Request, issue_id: int, hashes: set[str]) -> int:
+    try:
+        return await request.app.writer.submit(lambda conn: unmerge_hashes(conn, issue_id, hashes))
+    except MergeError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+async def api_code_mappings(request: Request) -> list[dict[str, Any]]:
+    """GET /api/0/organizations/<org>/code-mappings/?project=<id or slug>"""
+    check_org(request)
+    ref = request.query_params.get("project")
+    project = await find_project(request.app.store, ref) if ref else None
+    if ref and project is None:
+        raise ApiError(404, "The requested resource does not exist")
+    store = request.app.store
+    rows = await project_mappings(store, project["id"]) if project else await all_code_mappings(store)
+    return [serialize_mapping(r) for r in rows]
 
 
 def serialize_mapping(row: sqlite3.Row) -> dict[str, Any]:
@@ -7860,6 +8024,20 @@ def serialize_mapping(row: sqlite3.Row) -> dict[str, Any]:
             "repositoryUrl": row["repository_url"], "stackRoot": row["stack_root"], "sourceRoot": row["source_root"],
             "defaultBranch": row["default_branch"],
             "provider": {"key": row["provider"], "slug": row["provider"], "name": PROVIDERS[row["provider"]]}}
+
+
+async def api_create_code_mapping(request: Request) -> Response:
+    """POST /api/0/organizations/<org>/code-mappings/ with projectId and the mapping's fields."""
+    check_org(request)
+    body = await request_json(request)
+    ref = str(body.get("projectId") or request.query_params.get("project") or "") if isinstance(body, dict) else ""
+    project = await find_project(request.app.store, ref)
+    if project is None:
+        raise ApiError(400, "projectId must name a project")
+    values = body_mapping(body, {})
+    mapping_id = await request.app.writer.submit(lambda conn: save_code_mapping(conn, project["id"], values))
+    row = await code_mapping(request.app.store, str(mapping_id))
+    return JSONResponse(serialize_mapping(row), status_code=201)
 
 
 def body_mapping(body: Any, current: dict[str, Any]) -> dict[str, str]:
@@ -7880,44 +8058,8 @@ def body_mapping(body: Any, current: dict[str, Any]) -> dict[str, str]:
         raise ApiError(400, str(exc)) from None
 
 
-async def org_row_from_path(request: Request, find: Callable[[Store, str], Awaitable[sqlite3.Row | None]],
-                            param: str) -> sqlite3.Row:
-    """The row of an organisation-wide table (mappings, channels) whose id the URL names."""
-    check_org(request)
-    row = await find(request.app.store, request.path_params[param])
-    if row is None:
-        raise ApiError(404, "The requested resource does not exist")
-    return row
-
-
-async def mapping_from_path(request: Request) -> sqlite3.Row:
-    return await org_row_from_path(request, code_mapping, "mapping_id")
-
-
-async def api_code_mappings(request: Request) -> list[dict[str, Any]]:
-    """GET /api/0/organizations/<org>/code-mappings/?project=<id or slug>"""
-    check_org(request)
-    ref = request.query_params.get("project")
-    project = await find_project(request.app.store, ref) if ref else None
-    if ref and project is None:
-        raise ApiError(404, "The requested resource does not exist")
-    store = request.app.store
-    rows = await project_mappings(store, project["id"]) if project else await all_code_mappings(store)
-    return [serialize_mapping(r) for r in rows]
-
-
-async def api_create_code_mapping(request: Request) -> Response:
-    """POST /api/0/organizations/<org>/code-mappings/ with projectId and the mapping's fields."""
-    check_org(request)
-    body = await request_json(request)
-    ref = str(body.get("projectId") or request.query_params.get("project") or "") if isinstance(body, dict) else ""
-    project = await find_project(request.app.store, ref)
-    if project is None:
-        raise ApiError(400, "projectId must name a project")
-    values = body_mapping(body, {})
-    mapping_id = await request.app.writer.submit(lambda conn: save_code_mapping(conn, project["id"], values))
-    row = await code_mapping(request.app.store, str(mapping_id))
-    return JSONResponse(serialize_mapping(row), status_code=201)
+API_MAPPING_FIELDS = {"repositoryUrl": "repository_url", "provider": "provider", "stackRoot": "stack_root",
+                      "sourceRoot": "source_root", "defaultBranch": "default_branch"}
 
 
 async def api_update_code_mapping(request: Request) -> dict[str, Any]:
@@ -7929,6 +8071,20 @@ async def api_update_code_mapping(request: Request) -> dict[str, Any]:
     return serialize_mapping(await mapping_from_path(request))
 
 
+async def mapping_from_path(request: Request) -> sqlite3.Row:
+    return await org_row_from_path(request, code_mapping, "mapping_id")
+
+
+async def org_row_from_path(request: Request, find: Callable[[Store, str], Awaitable[sqlite3.Row | None]],
+                            param: str) -> sqlite3.Row:
+    """The row of an organisation-wide table (mappings, channels) whose id the URL names."""
+    check_org(request)
+    row = await find(request.app.store, request.path_params[param])
+    if row is None:
+        raise ApiError(404, "The requested resource does not exist")
+    return row
+
+
 async def api_delete_code_mapping(request: Request) -> Response:
     mapping = await mapping_from_path(request)
     await request.app.writer.submit(lambda conn: delete_code_mapping(conn, mapping["project_id"], mapping["id"]))
@@ -7937,32 +8093,33 @@ async def api_delete_code_mapping(request: Request) -> Response:
 
 # -- releases, repositories, commits and deploys (what sentry-cli sends; protocol brief §8.3) ---
 
-RELEASE_DATES = {"dateStarted": "date_started", "dateReleased": "date_released"}
+FIXES_RE = re.compile(r"\bfix(?:e[sd])?:?\s+([A-Za-z0-9_-]+-[0-9A-Za-z]+(?:\s*(?:,|and)\s*[A-Za-z0-9_-]+-[0-9A-Za-z]+)*)",
+                      re.IGNORECASE)
 
 
-def short_version(version: str) -> str:
-    """What Sentry shows for a version: without its `package@` prefix, a commit hash cut to 12."""
-    short = version.rsplit("@", 1)[-1] or version
-    return short[:12] if re.fullmatch(r"[0-9a-f]{40}", short) else short
+def parse_short_id(value: str) -> tuple[str, int] | None:
+    """`PAYMENTS-1A` → ("payments", 42): the project slug and the issue number (None if not one)."""
+    slug, _, digits = value.strip().rpartition("-")
+    if not slug or not digits or any(d not in SHORT_ID_ALPHABET for d in digits.upper()):
+        return None
+    number = 0
+    for digit in digits.upper():
+        number = number * 32 + SHORT_ID_ALPHABET.index(digit)
+    return slug.lower(), number
 
 
-def serialize_repository(row: sqlite3.Row) -> dict[str, Any]:
-    provider = row["provider"]
-    return {"id": str(row["id"]), "name": row["name"], "url": row["url"], "status": "active",
-            "provider": {"id": f"integrations:{provider}", "name": REPOSITORY_PROVIDERS.get(provider, provider)},
-            "dateCreated": iso(row["date_created"]), "integrationId": None, "externalSlug": row["name"]}
+async def api_org_releases(request: Request) -> Response:
+    check_org(request)
+    return await release_page(request, None)
 
 
-def serialize_commit(row: sqlite3.Row) -> dict[str, Any]:
-    author = {"name": row["author_name"], "email": row["author_email"]} \
-        if row["author_name"] or row["author_email"] else None
-    return {"id": row["sha"], "message": row["message"], "dateCreated": iso(row["timestamp"]),
-            "author": author, "repository": {"id": str(row["repository_id"]), "name": row["repository"]}}
-
-
-def serialize_deploy(row: sqlite3.Row) -> dict[str, Any]:
-    return {"id": str(row["id"]), "environment": row["environment"], "name": row["name"], "url": row["url"],
-            "dateStarted": iso(row["date_started"]), "dateFinished": iso(row["date_finished"])}
+async def release_page(request: Request, project_id: int | None) -> Response:
+    """Releases newest first, `?query=` matching part of the version, with Sentry's cursor paging."""
+    limit, offset = page_args(request)
+    store = request.app.store
+    rows = await releases_matching(store, project_id, request.query_params.get("query", ""), limit + 1, offset)
+    return JSONResponse([await serialize_release(store, r) for r in rows[:limit]],
+                        headers=paginate(request, len(rows), limit, offset))
 
 
 async def serialize_release(store: Store, row: sqlite3.Row) -> dict[str, Any]:
@@ -7983,6 +8140,44 @@ async def serialize_release(store: Store, row: sqlite3.Row) -> dict[str, Any]:
     }
 
 
+def short_version(version: str) -> str:
+    """What Sentry shows for a version: without its `package@` prefix, a commit hash cut to 12."""
+    short = version.rsplit("@", 1)[-1] or version
+    return short[:12] if re.fullmatch(r"[0-9a-f]{40}", short) else short
+
+
+def serialize_commit(row: sqlite3.Row) -> dict[str, Any]:
+    author = {"name": row["author_name"], "email": row["author_email"]} \
+        if row["author_name"] or row["author_email"] else None
+    return {"id": row["sha"], "message": row["message"], "dateCreated": iso(row["timestamp"]),
+            "author": author, "repository": {"id": str(row["repository_id"]), "name": row["repository"]}}
+
+
+def serialize_deploy(row: sqlite3.Row) -> dict[str, Any]:
+    return {"id": str(row["id"]), "environment": row["environment"], "name": row["name"], "url": row["url"],
+            "dateStarted": iso(row["date_started"]), "dateFinished": iso(row["date_finished"])}
+
+
+async def api_project_releases(request: Request) -> Response:
+    project = await project_from_path(request)
+    return await release_page(request, project["id"])
+
+
+async def api_create_release(request: Request) -> Response:
+    """201 with the new release, 208 when the version exists (it is then updated like a PUT)."""
+    check_org(request)
+    body = await request_object(request)
+    version = release_version(body.get("version"))
+    if "project" in request.path_params:
+        await project_from_path(request)
+        body.setdefault("projects", [request.path_params["project"]])
+    if not body.get("projects"):
+        raise ApiError(400, "projects: name at least one project")
+    created = await save_release_body(request, version, body)
+    row = await release_by_version(request.app.store, version)
+    return JSONResponse(await serialize_release(request.app.store, row), status_code=201 if created else 208)
+
+
 async def request_object(request: Request) -> dict[str, Any]:
     body = await request_json(request)
     if not isinstance(body, dict):
@@ -7997,6 +8192,16 @@ def release_version(value: Any) -> str:
     if "/" in value or "\n" in value or value.strip() in (".", "..", "latest"):
         raise ApiError(400, f"version {value!r} is not allowed (no '/', newline, '.', '..' or 'latest')")
     return value.strip()
+
+
+async def save_release_body(request: Request, version: str, body: dict[str, Any]) -> bool:
+    """Validate a create or update body and apply it in the writer; True when the release is new."""
+    project_ids = await release_project_ids(request, body.get("projects"))
+    columns = release_columns(body)
+    commits = parse_commits(body["commits"]) if body.get("commits") is not None else None
+    refs = await parse_refs(request, body["refs"]) if body.get("refs") is not None else None
+    return await request.app.writer.submit(
+        lambda conn: save_release(conn, version, project_ids, columns, commits, refs))
 
 
 async def release_project_ids(request: Request, value: Any) -> list[int]:
@@ -8019,6 +8224,9 @@ def release_columns(body: dict[str, Any]) -> dict[str, Any]:
             if columns[column] is None:
                 raise ApiError(400, f"{key}: not a date")
     return columns
+
+
+RELEASE_DATES = {"dateStarted": "date_started", "dateReleased": "date_released"}
 
 
 def parse_commits(value: Any) -> list[dict[str, Any]]:
@@ -8053,19 +8261,10 @@ async def parse_refs(request: Request, value: Any) -> list[dict[str, Any]]:
     return refs
 
 
-FIXES_RE = re.compile(r"\bfix(?:e[sd])?:?\s+([A-Za-z0-9_-]+-[0-9A-Za-z]+(?:\s*(?:,|and)\s*[A-Za-z0-9_-]+-[0-9A-Za-z]+)*)",
-                      re.IGNORECASE)
-
-
-def parse_short_id(value: str) -> tuple[str, int] | None:
-    """`PAYMENTS-1A` → ("payments", 42): the project slug and the issue number (None if not one)."""
-    slug, _, digits = value.strip().rpartition("-")
-    if not slug or not digits or any(d not in SHORT_ID_ALPHABET for d in digits.upper()):
-        return None
-    number = 0
-    for digit in digits.upper():
-        number = number * 32 + SHORT_ID_ALPHABET.index(digit)
-    return slug.lower(), number
+async def api_update_release(request: Request) -> dict[str, Any]:
+    release = await release_from_path(request)
+    await save_release_body(request, release["version"], await request_object(request))
+    return await api_release(request)
 
 
 async def release_from_path(request: Request) -> sqlite3.Row:
@@ -8076,58 +8275,8 @@ async def release_from_path(request: Request) -> sqlite3.Row:
     return row
 
 
-async def release_page(request: Request, project_id: int | None) -> Response:
-    """Releases newest first, `?query=` matching part of the version, with Sentry's cursor paging."""
-    limit, offset = page_args(request)
-    store = request.app.store
-    rows = await releases_matching(store, project_id, request.query_params.get("query", ""), limit + 1, offset)
-    return JSONResponse([await serialize_release(store, r) for r in rows[:limit]],
-                        headers=paginate(request, len(rows), limit, offset))
-
-
-async def api_org_releases(request: Request) -> Response:
-    check_org(request)
-    return await release_page(request, None)
-
-
-async def api_project_releases(request: Request) -> Response:
-    project = await project_from_path(request)
-    return await release_page(request, project["id"])
-
-
-async def save_release_body(request: Request, version: str, body: dict[str, Any]) -> bool:
-    """Validate a create or update body and apply it in the writer; True when the release is new."""
-    project_ids = await release_project_ids(request, body.get("projects"))
-    columns = release_columns(body)
-    commits = parse_commits(body["commits"]) if body.get("commits") is not None else None
-    refs = await parse_refs(request, body["refs"]) if body.get("refs") is not None else None
-    return await request.app.writer.submit(
-        lambda conn: save_release(conn, version, project_ids, columns, commits, refs))
-
-
-async def api_create_release(request: Request) -> Response:
-    """201 with the new release, 208 when the version exists (it is then updated like a PUT)."""
-    check_org(request)
-    body = await request_object(request)
-    version = release_version(body.get("version"))
-    if "project" in request.path_params:
-        await project_from_path(request)
-        body.setdefault("projects", [request.path_params["project"]])
-    if not body.get("projects"):
-        raise ApiError(400, "projects: name at least one project")
-    created = await save_release_body(request, version, body)
-    row = await release_by_version(request.app.store, version)
-    return JSONResponse(await serialize_release(request.app.store, row), status_code=201 if created else 208)
-
-
 async def api_release(request: Request) -> dict[str, Any]:
     return await serialize_release(request.app.store, await release_from_path(request))
-
-
-async def api_update_release(request: Request) -> dict[str, Any]:
-    release = await release_from_path(request)
-    await save_release_body(request, release["version"], await request_object(request))
-    return await api_release(request)
 
 
 async def api_delete_release(request: Request) -> Response:
@@ -8184,6 +8333,13 @@ async def api_org_repos(request: Request) -> list[dict[str, Any]]:
     return [serialize_repository(r) for r in await listed_repositories(request.app.store)]
 
 
+def serialize_repository(row: sqlite3.Row) -> dict[str, Any]:
+    provider = row["provider"]
+    return {"id": str(row["id"]), "name": row["name"], "url": row["url"], "status": "active",
+            "provider": {"id": f"integrations:{provider}", "name": REPOSITORY_PROVIDERS.get(provider, provider)},
+            "dateCreated": iso(row["date_created"]), "integrationId": None, "externalSlug": row["name"]}
+
+
 async def api_create_repo(request: Request) -> Response:
     """Register a repository so `set-commits --commit REPO@SHA` and `--auto` can name it."""
     check_org(request)
@@ -8203,45 +8359,15 @@ async def api_create_repo(request: Request) -> Response:
 
 # -- alerts: channels, rules (Sentry's issue alert shape), deliveries -------------------------
 
-def serialize_channel(row: sqlite3.Row) -> dict[str, Any]:
-    return {"id": str(row["id"]), "name": row["name"], "kind": row["kind"],
-            "config": masked_config(row["kind"], json.loads(row["config"])), "failures": row["failures"],
-            "dateCreated": iso(row["created"])}
-
-
-def serialize_rule(row: sqlite3.Row, project_slug: str) -> dict[str, Any]:
-    return {**json.loads(row["rule"]), "id": str(row["id"]), "dateCreated": iso(row["created"]),
-            "projects": [project_slug], "status": "active"}
-
-
-def serialize_delivery(row: sqlite3.Row, admin: bool) -> dict[str, Any]:
-    return {"id": str(row["id"]), "channel": {"id": str(row["channel_id"]), "name": row["channel_name"],
-                                              "kind": row["channel_kind"]},
-            "issueId": str(row["issue_id"]) if row["issue_id"] is not None else None, "trigger": row["trigger"],
-            "status": row["status"], "attempts": row["attempts"], "lastStatus": row["last_status"],
-            "lastError": error_shown(row["last_error"], admin), "externalRef": row["external_ref"],
-            "idempotencyKey": row["idempotency_key"],
-            "dateCreated": iso(row["created"]), "dateDelivered": iso(row["delivered"]),
-            "nextAttempt": iso(row["next_attempt"]) if row["status"] == "pending" else None}
-
-
-async def channel_from_path(request: Request) -> sqlite3.Row:
-    return await org_row_from_path(request, channel_by_id, "channel_id")
-
-
 async def api_channels(request: Request) -> list[dict[str, Any]]:
     check_org(request)
     return [serialize_channel(r) for r in await all_channels(request.app.store)]
 
 
-async def create_channel(request: Request, kind: Any, name: Any, config: Any) -> tuple[int, dict[str, Any]]:
-    """Validate and store a new channel (the API and the dashboard form share this)."""
-    try:
-        checked = await asyncio.to_thread(checked_channel, kind, name, config)  # it resolves the host: not on the loop
-        return await request.app.writer.submit(
-            lambda conn: save_channel(conn, name.strip(), kind, checked)), checked
-    except AlertConfigError as exc:
-        raise ApiError(400, str(exc)) from None
+def serialize_channel(row: sqlite3.Row) -> dict[str, Any]:
+    return {"id": str(row["id"]), "name": row["name"], "kind": row["kind"],
+            "config": masked_config(row["kind"], json.loads(row["config"])), "failures": row["failures"],
+            "dateCreated": iso(row["created"])}
 
 
 async def api_create_channel(request: Request) -> Response:
@@ -8255,8 +8381,22 @@ async def api_create_channel(request: Request) -> Response:
     return JSONResponse({**serialize_channel(row), **extra}, status_code=201)
 
 
+async def create_channel(request: Request, kind: Any, name: Any, config: Any) -> tuple[int, dict[str, Any]]:
+    """Validate and store a new channel (the API and the dashboard form share this)."""
+    try:
+        checked = await asyncio.to_thread(checked_channel, kind, name, config)  # it resolves the host: not on the loop
+        return await request.app.writer.submit(
+            lambda conn: save_channel(conn, name.strip(), kind, checked)), checked
+    except AlertConfigError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
 async def api_channel(request: Request) -> dict[str, Any]:
     return serialize_channel(await channel_from_path(request))
+
+
+async def channel_from_path(request: Request) -> sqlite3.Row:
+    return await org_row_from_path(request, channel_by_id, "channel_id")
 
 
 async def api_update_channel(request: Request) -> dict[str, Any]:
@@ -8279,16 +8419,16 @@ async def api_delete_channel(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def api_test_channel(request: Request) -> Response:
+    outbox_id = await queue_test(request, await channel_from_path(request))
+    return JSONResponse({"id": str(outbox_id)}, status_code=202)
+
+
 async def queue_test(request: Request, channel: sqlite3.Row) -> int:
     """Queue a test notification for a channel; its delivery shows in the log like any other."""
     outbox_id = await request.app.writer.submit(lambda conn: enqueue_test(conn, channel))
     request.app.dispatcher.wake.set()
     return outbox_id
-
-
-async def api_test_channel(request: Request) -> Response:
-    outbox_id = await queue_test(request, await channel_from_path(request))
-    return JSONResponse({"id": str(outbox_id)}, status_code=202)
 
 
 async def api_deliveries(request: Request) -> Response:
@@ -8303,6 +8443,17 @@ async def api_deliveries(request: Request) -> Response:
                         headers=paginate(request, len(rows), limit, offset))
 
 
+def serialize_delivery(row: sqlite3.Row, admin: bool) -> dict[str, Any]:
+    return {"id": str(row["id"]), "channel": {"id": str(row["channel_id"]), "name": row["channel_name"],
+                                              "kind": row["channel_kind"]},
+            "issueId": str(row["issue_id"]) if row["issue_id"] is not None else None, "trigger": row["trigger"],
+            "status": row["status"], "attempts": row["attempts"], "lastStatus": row["last_status"],
+            "lastError": error_shown(row["last_error"], admin), "externalRef": row["external_ref"],
+            "idempotencyKey": row["idempotency_key"],
+            "dateCreated": iso(row["created"]), "dateDelivered": iso(row["delivered"]),
+            "nextAttempt": iso(row["next_attempt"]) if row["status"] == "pending" else None}
+
+
 async def api_retry_delivery(request: Request) -> Response:
     """Send a dead letter again, from its first attempt."""
     check_org(request)
@@ -8313,12 +8464,21 @@ async def api_retry_delivery(request: Request) -> Response:
     return JSONResponse({"id": str(outbox_id)}, status_code=202)
 
 
-async def rule_from_path(request: Request) -> tuple[sqlite3.Row, sqlite3.Row]:
+async def api_rules(request: Request) -> list[dict[str, Any]]:
     project = await project_from_path(request)
-    row = await project_rule(request.app.store, project["id"], request.path_params["rule_id"])
-    if row is None:
-        raise ApiError(404, "The requested resource does not exist")
-    return project, row
+    return [serialize_rule(r, project["slug"]) for r in await project_rules(request.app.store, project["id"])]
+
+
+def serialize_rule(row: sqlite3.Row, project_slug: str) -> dict[str, Any]:
+    return {**json.loads(row["rule"]), "id": str(row["id"]), "dateCreated": iso(row["created"]),
+            "projects": [project_slug], "status": "active"}
+
+
+async def api_create_rule(request: Request) -> Response:
+    project = await project_from_path(request)
+    rule_id = await save_rule_body(request, project, await request_json(request))
+    row = await project_rule(request.app.store, project["id"], str(rule_id))
+    return JSONResponse(serialize_rule(row, project["slug"]), status_code=201)
 
 
 async def save_rule_body(request: Request, project: sqlite3.Row, body: Any, rule_id: int | None = None) -> int:
@@ -8329,27 +8489,23 @@ async def save_rule_body(request: Request, project: sqlite3.Row, body: Any, rule
     return await request.app.writer.submit(lambda conn: insert_rule(conn, project["id"], rule, rule_id))
 
 
-async def api_rules(request: Request) -> list[dict[str, Any]]:
-    project = await project_from_path(request)
-    return [serialize_rule(r, project["slug"]) for r in await project_rules(request.app.store, project["id"])]
+async def api_update_rule(request: Request) -> dict[str, Any]:
+    project, row = await rule_from_path(request)
+    await save_rule_body(request, project, await request_json(request), row["id"])
+    return await api_rule(request)
 
 
-async def api_create_rule(request: Request) -> Response:
+async def rule_from_path(request: Request) -> tuple[sqlite3.Row, sqlite3.Row]:
     project = await project_from_path(request)
-    rule_id = await save_rule_body(request, project, await request_json(request))
-    row = await project_rule(request.app.store, project["id"], str(rule_id))
-    return JSONResponse(serialize_rule(row, project["slug"]), status_code=201)
+    row = await project_rule(request.app.store, project["id"], request.path_params["rule_id"])
+    if row is None:
+        raise ApiError(404, "The requested resource does not exist")
+    return project, row
 
 
 async def api_rule(request: Request) -> dict[str, Any]:
     project, row = await rule_from_path(request)
     return serialize_rule(row, project["slug"])
-
-
-async def api_update_rule(request: Request) -> dict[str, Any]:
-    project, row = await rule_from_path(request)
-    await save_rule_body(request, project, await request_json(request), row["id"])
-    return await api_rule(request)
 
 
 async def api_delete_rule(request: Request) -> Response:
@@ -8360,23 +8516,16 @@ async def api_delete_rule(request: Request) -> Response:
 
 # -- DSN keys and API tokens (Sentry's project keys and api-tokens shapes) -------------------------
 
+async def api_project_keys(request: Request) -> list[dict[str, Any]]:
+    project = await project_from_path(request)
+    return [serialize_key(r, request.app.settings) for r in await project_keys(request.app.store, project["id"])]
+
+
 def serialize_key(row: sqlite3.Row, settings: Settings) -> dict[str, Any]:
     dsn = dsn_for(settings, row["public_key"], row["project_id"])
     return {"id": row["public_key"], "name": row["label"], "label": row["label"], "public": row["public_key"],
             "secret": None, "projectId": row["project_id"], "isActive": bool(row["active"]), "rateLimit": None,
             "dsn": {"public": dsn, "secret": dsn}, "dateCreated": iso(row["created"])}
-
-
-async def key_from_path(request: Request, project_id: int) -> sqlite3.Row:
-    row = await project_key(request.app.store, project_id, request.path_params["key_id"].lower())
-    if row is None:
-        raise ApiError(404, "The requested resource does not exist")
-    return row
-
-
-async def api_project_keys(request: Request) -> list[dict[str, Any]]:
-    project = await project_from_path(request)
-    return [serialize_key(r, request.app.settings) for r in await project_keys(request.app.store, project["id"])]
 
 
 async def api_create_key(request: Request) -> Response:
@@ -8385,12 +8534,6 @@ async def api_create_key(request: Request) -> Response:
     key = await request.app.writer.submit(lambda conn: add_key(conn, project["id"], label))
     row = await project_key(request.app.store, project["id"], key)
     return JSONResponse(serialize_key(row, request.app.settings), status_code=201)
-
-
-async def set_key(request: Request, project_id: int, key: str, active: bool | None, label: str | None) -> None:
-    """Enable, disable or rename a key; the ingest cache forgets it, so a disabled key is refused at once."""
-    await request.app.writer.submit(lambda conn: update_key(conn, project_id, key, active, label))
-    request.app.keys.entries.pop(key, None)
 
 
 async def api_update_key(request: Request) -> dict[str, Any]:
@@ -8405,6 +8548,19 @@ async def api_update_key(request: Request) -> dict[str, Any]:
     return serialize_key(await key_from_path(request, project["id"]), request.app.settings)
 
 
+async def key_from_path(request: Request, project_id: int) -> sqlite3.Row:
+    row = await project_key(request.app.store, project_id, request.path_params["key_id"].lower())
+    if row is None:
+        raise ApiError(404, "The requested resource does not exist")
+    return row
+
+
+async def set_key(request: Request, project_id: int, key: str, active: bool | None, label: str | None) -> None:
+    """Enable, disable or rename a key; the ingest cache forgets it, so a disabled key is refused at once."""
+    await request.app.writer.submit(lambda conn: update_key(conn, project_id, key, active, label))
+    request.app.keys.entries.pop(key, None)
+
+
 async def api_delete_key(request: Request) -> Response:
     project = await project_from_path(request)
     row = await key_from_path(request, project["id"])
@@ -8413,13 +8569,13 @@ async def api_delete_key(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def api_tokens(request: Request) -> list[dict[str, Any]]:
+    return [serialize_token(r) for r in await all_tokens(request.app.store)]
+
+
 def serialize_token(row: sqlite3.Row) -> dict[str, Any]:
     return {"id": str(row["id"]), "name": row["name"], "scopes": row["scopes"].split(),
             "dateCreated": iso(row["created"])}
-
-
-async def api_tokens(request: Request) -> list[dict[str, Any]]:
-    return [serialize_token(r) for r in await all_tokens(request.app.store)]
 
 
 async def api_create_token(request: Request) -> Response:
@@ -8448,76 +8604,6 @@ async def api_revoke_token(request: Request) -> Response:
 
 
 # -- release health, SLOs and metrics (Sentry's sessions and events-stats shapes) ---------------
-
-SESSION_FIELDS = ("sum(session)", "count_unique(user)", "crash_free_rate(session)", "crash_free_rate(user)",
-                  "crash_rate(session)", "crash_rate(user)", "count_errored(session)", "count_crashed(session)")
-SESSION_GROUPS = ("project", "release", "environment", "session.status")
-PERIOD_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-MAX_STATS_SPAN = 400 * 86400  # stored data does not go further back; longer asks are mistakes
-
-
-def parse_period(value: str, name: str) -> int:
-    """`24h`, `14d`, `30m` → seconds."""
-    match = re.fullmatch(r"(\d{1,6})([smhdw])", value.strip())
-    if not match or not 0 < int(match[1]) * PERIOD_UNITS[match[2]] <= MAX_STATS_SPAN:
-        raise ApiError(400, f"{name}: a duration like 30m, 24h or 14d, at most 400d")
-    return int(match[1]) * PERIOD_UNITS[match[2]]
-
-
-def stats_window(request: Request, default_interval: str = "1h") -> tuple[float, float, int]:
-    """(start, end, interval) from statsPeriod (or start/end) and interval, aligned to the interval."""
-    params = request.query_params
-    interval = max(parse_period(params.get("interval", default_interval), "interval"), 60)
-    if params.get("start") and params.get("end"):
-        start, end = parse_timestamp(params["start"]), parse_timestamp(params["end"])
-        if start is None or end is None or not 0 < end - start <= MAX_STATS_SPAN:
-            raise ApiError(400, "start and end: ISO dates, start before end, at most 400 days apart")
-    else:
-        end = time.time()
-        start = end - parse_period(params.get("statsPeriod", "24h"), "statsPeriod")
-    start, end = start // interval * interval, (end // interval + 1) * interval
-    if (end - start) / interval > 5000:
-        raise ApiError(400, "too many intervals: use a larger interval or a shorter period")
-    return start, end, interval
-
-
-def stats_filters(request: Request, keys: tuple[str, ...]) -> dict[str, list[str]]:
-    """`project`, `environment` params and `key:value` terms of `query` (release:…, environment:…)."""
-    params = request.query_params
-    filters = {"project_id": [p for p in params.getlist("project") if p not in ("", "-1")],
-               "environment": params.getlist("environment")}
-    for term in shlex_split(params.get("query", "")):
-        key, _, value = term.partition(":")
-        if key in ("event.type", "!event.type") and value in ("error", "default"):
-            continue
-        if key not in keys or not value:
-            raise ApiError(400, f"Invalid search query: {term!r} (supported: {', '.join(k + ':' for k in keys)})")
-        filters.setdefault(key, []).extend(v.strip() for v in value.strip("[]").split(","))
-    return {k: v for k, v in filters.items() if v}
-
-
-def shlex_split(query: str) -> list[str]:
-    return re.findall(r'(?:[^\s"]+|"[^"]*")+', query.replace('"', ""))
-
-
-def session_field(field: str, s: dict[str, float]) -> float | int | None:
-    """One of Sentry's session fields from summed counts (and user sets)."""
-    total, users = s["total"], len(s["users"])
-    return {"sum(session)": int(total), "count_unique(user)": users, "count_errored(session)": int(s["errored"]),
-            "count_crashed(session)": int(s["crashed"]),
-            "crash_free_rate(session)": 1 - s["crashed"] / total if total else None,
-            "crash_rate(session)": s["crashed"] / total if total else None,
-            "crash_free_rate(user)": 1 - len(s["crashed_users"]) / users if users else None,
-            "crash_rate(user)": len(s["crashed_users"]) / users if users else None}[field]
-
-
-def empty_sums() -> dict[str, Any]:
-    return {"total": 0, "errored": 0, "crashed": 0, "abnormal": 0, "users": set(), "crashed_users": set()}
-
-
-STATUS_PARTS = {"healthy": lambda r: r["total"] - r["errored"], "errored": lambda r: r["errored"] - r["crashed"] - r["abnormal"],
-                "crashed": lambda r: r["crashed"], "abnormal": lambda r: r["abnormal"]}
-
 
 async def api_sessions(request: Request) -> dict[str, Any]:
     """GET /api/0/organizations/<org>/sessions/: Sentry's release-health query (fields, groupBy,
@@ -8565,6 +8651,80 @@ async def api_sessions(request: Request) -> dict[str, Any]:
                        for key, g in sorted(by.items(), key=lambda kv: [str(k) for k in kv[0]])]}
 
 
+SESSION_FIELDS = ("sum(session)", "count_unique(user)", "crash_free_rate(session)", "crash_free_rate(user)",
+                  "crash_rate(session)", "crash_rate(user)", "count_errored(session)", "count_crashed(session)")
+
+SESSION_GROUPS = ("project", "release", "environment", "session.status")
+
+
+def stats_window(request: Request, default_interval: str = "1h") -> tuple[float, float, int]:
+    """(start, end, interval) from statsPeriod (or start/end) and interval, aligned to the interval."""
+    params = request.query_params
+    interval = max(parse_period(params.get("interval", default_interval), "interval"), 60)
+    if params.get("start") and params.get("end"):
+        start, end = parse_timestamp(params["start"]), parse_timestamp(params["end"])
+        if start is None or end is None or not 0 < end - start <= MAX_STATS_SPAN:
+            raise ApiError(400, "start and end: ISO dates, start before end, at most 400 days apart")
+    else:
+        end = time.time()
+        start = end - parse_period(params.get("statsPeriod", "24h"), "statsPeriod")
+    start, end = start // interval * interval, (end // interval + 1) * interval
+    if (end - start) / interval > 5000:
+        raise ApiError(400, "too many intervals: use a larger interval or a shorter period")
+    return start, end, interval
+
+
+def parse_period(value: str, name: str) -> int:
+    """`24h`, `14d`, `30m` → seconds."""
+    match = re.fullmatch(r"(\d{1,6})([smhdw])", value.strip())
+    if not match or not 0 < int(match[1]) * PERIOD_UNITS[match[2]] <= MAX_STATS_SPAN:
+        raise ApiError(400, f"{name}: a duration like 30m, 24h or 14d, at most 400d")
+    return int(match[1]) * PERIOD_UNITS[match[2]]
+
+
+PERIOD_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+MAX_STATS_SPAN = 400 * 86400  # stored data does not go further back; longer asks are mistakes
+
+
+def stats_filters(request: Request, keys: tuple[str, ...]) -> dict[str, list[str]]:
+    """`project`, `environment` params and `key:value` terms of `query` (release:…, environment:…)."""
+    params = request.query_params
+    filters = {"project_id": [p for p in params.getlist("project") if p not in ("", "-1")],
+               "environment": params.getlist("environment")}
+    for term in shlex_split(params.get("query", "")):
+        key, _, value = term.partition(":")
+        if key in ("event.type", "!event.type") and value in ("error", "default"):
+            continue
+        if key not in keys or not value:
+            raise ApiError(400, f"Invalid search query: {term!r} (supported: {', '.join(k + ':' for k in keys)})")
+        filters.setdefault(key, []).extend(v.strip() for v in value.strip("[]").split(","))
+    return {k: v for k, v in filters.items() if v}
+
+
+def shlex_split(query: str) -> list[str]:
+    return re.findall(r'(?:[^\s"]+|"[^"]*")+', query.replace('"', ""))
+
+
+def empty_sums() -> dict[str, Any]:
+    return {"total": 0, "errored": 0, "crashed": 0, "abnormal": 0, "users": set(), "crashed_users": set()}
+
+
+STATUS_PARTS = {"healthy": lambda r: r["total"] - r["errored"], "errored": lambda r: r["errored"] - r["crashed"] - r["abnormal"],
+                "crashed": lambda r: r["crashed"], "abnormal": lambda r: r["abnormal"]}
+
+
+def session_field(field: str, s: dict[str, float]) -> float | int | None:
+    """One of Sentry's session fields from summed counts (and user sets)."""
+    total, users = s["total"], len(s["users"])
+    return {"sum(session)": int(total), "count_unique(user)": users, "count_errored(session)": int(s["errored"]),
+            "count_crashed(session)": int(s["crashed"]),
+            "crash_free_rate(session)": 1 - s["crashed"] / total if total else None,
+            "crash_rate(session)": s["crashed"] / total if total else None,
+            "crash_free_rate(user)": 1 - len(s["crashed_users"]) / users if users else None,
+            "crash_rate(user)": len(s["crashed_users"]) / users if users else None}[field]
+
+
 async def api_events_stats(request: Request) -> dict[str, Any]:
     """GET /api/0/organizations/<org>/events-stats/?field=count(): error events per interval."""
     check_org(request)
@@ -8577,9 +8737,6 @@ async def api_events_stats(request: Request) -> dict[str, Any]:
     slots = int((end - start) // interval)
     return {"data": [[int(start + i * interval), [{"count": counts.get(i, 0)}]] for i in range(slots)],
             "start": int(start), "end": int(end), "isMetricsData": False}
-
-
-STATS_GROUPS = ("outcome", "reason", "category", "project")
 
 
 async def api_stats_v2(request: Request) -> dict[str, Any]:
@@ -8612,6 +8769,29 @@ async def api_stats_v2(request: Request) -> dict[str, Any]:
                        for key, series in sorted(by.items(), key=lambda kv: [str(k) for k in kv[0]])]}
 
 
+STATS_GROUPS = ("outcome", "reason", "category", "project")
+
+
+async def api_update_slo(request: Request) -> dict[str, Any]:
+    """PUT {"name", "metric", "objective", "window", "minTotal", "environment"}: set the project's SLO."""
+    project = await project_from_path(request)
+    body = await request_object(request)
+    try:
+        slo = checked_slo({**body, "min_total": body.get("minTotal", body.get("min_total", 100))})
+    except AlertConfigError as exc:
+        raise ApiError(400, str(exc)) from None
+    await request.app.writer.submit(lambda conn: save_slo(conn, project["id"], slo))
+    return await api_slo(request)
+
+
+async def api_slo(request: Request) -> dict[str, Any]:
+    project = await project_from_path(request)
+    slo = await slo_of(request.app.store, project["id"])
+    if slo is None:
+        raise ApiError(404, "This project has no SLO: PUT one here")
+    return slo
+
+
 async def slo_of(store: Store, project_id: int) -> dict[str, Any] | None:
     """A project's objective with its current state and the last 24 hours of judgements."""
     row = await slo_row(store, project_id)
@@ -8629,47 +8809,10 @@ async def slo_of(store: Store, project_id: int) -> dict[str, Any] | None:
                         for h in history]}
 
 
-async def api_slo(request: Request) -> dict[str, Any]:
-    project = await project_from_path(request)
-    slo = await slo_of(request.app.store, project["id"])
-    if slo is None:
-        raise ApiError(404, "This project has no SLO: PUT one here")
-    return slo
-
-
-async def api_update_slo(request: Request) -> dict[str, Any]:
-    """PUT {"name", "metric", "objective", "window", "minTotal", "environment"}: set the project's SLO."""
-    project = await project_from_path(request)
-    body = await request_object(request)
-    try:
-        slo = checked_slo({**body, "min_total": body.get("minTotal", body.get("min_total", 100))})
-    except AlertConfigError as exc:
-        raise ApiError(400, str(exc)) from None
-    await request.app.writer.submit(lambda conn: save_slo(conn, project["id"], slo))
-    return await api_slo(request)
-
-
 async def api_delete_slo(request: Request) -> Response:
     project = await project_from_path(request)
     await request.app.writer.submit(lambda conn: delete_slo(conn, project["id"]))
     return Response(status_code=204)
-
-
-def metric_line(name: str, labels: dict[str, Any], value: float) -> str:
-    def escape(v: Any) -> str:
-        return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    inner = ",".join(f'{k}="{escape(v)}"' for k, v in labels.items())
-    return f"{name}{{{inner}}} {value:g}"
-
-
-METRICS_HELP = {
-    "tracker_events_total": ("counter", "Events stored."),
-    "tracker_issues": ("gauge", "Issues by status."),
-    "tracker_sessions_total": ("counter", "Sessions by outcome (healthy, errored, crashed, abnormal)."),
-    "tracker_slo_value": ("gauge", "The share of bad sessions or events in the SLO's window."),
-    "tracker_slo_objective": ("gauge", "The SLO's objective: the value must stay below it."),
-    "tracker_slo_breached": ("gauge", "1 while the SLO is breached."),
-}
 
 
 async def page_metrics(request: Request) -> Response:
@@ -8699,21 +8842,31 @@ async def page_metrics(request: Request) -> Response:
     return PlainTextResponse("\n".join(out) + "\n", media_type="text/plain; version=0.0.4")
 
 
+METRICS_HELP = {
+    "tracker_events_total": ("counter", "Events stored."),
+    "tracker_issues": ("gauge", "Issues by status."),
+    "tracker_sessions_total": ("counter", "Sessions by outcome (healthy, errored, crashed, abnormal)."),
+    "tracker_slo_value": ("gauge", "The share of bad sessions or events in the SLO's window."),
+    "tracker_slo_objective": ("gauge", "The SLO's objective: the value must stay below it."),
+    "tracker_slo_breached": ("gauge", "1 while the SLO is breached."),
+}
+
+
+def metric_line(name: str, labels: dict[str, Any], value: float) -> str:
+    def escape(v: Any) -> str:
+        return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    inner = ",".join(f'{k}="{escape(v)}"' for k, v in labels.items())
+    return f"{name}{{{inner}}} {value:g}"
+
+
 async def api_not_found(request: Request) -> Response:
     return JSONResponse({"detail": "not found"}, status_code=404)
 
 
 # -- cron monitors (Sentry's monitors and check-ins shapes) -------------------------------------
 
-MONITOR_HEALTH = {"ok": "ok", "error": "error", "missed": "missed_checkin", "timeout": "timeout"}
-
-
-async def org_monitors(request: Request, slug: str | None = None) -> list[sqlite3.Row]:
-    """The organisation's monitors (one slug's, if given), narrowed by `?project=` ids or slugs."""
-    check_org(request)
-    refs = request.query_params.getlist("project")
-    rows = await monitors_with_projects(request.app.store, slug)
-    return [r for r in rows if not refs or r["project_slug"] in refs or str(r["project_id"]) in refs]
+async def api_monitors(request: Request) -> list[dict[str, Any]]:
+    return await serialize_monitors(request, await org_monitors(request))
 
 
 async def serialize_monitors(request: Request, rows: list[sqlite3.Row]) -> list[dict[str, Any]]:
@@ -8734,19 +8887,26 @@ async def serialize_monitors(request: Request, rows: list[sqlite3.Row]) -> list[
     return out
 
 
+MONITOR_HEALTH = {"ok": "ok", "error": "error", "missed": "missed_checkin", "timeout": "timeout"}
+
+
+async def org_monitors(request: Request, slug: str | None = None) -> list[sqlite3.Row]:
+    """The organisation's monitors (one slug's, if given), narrowed by `?project=` ids or slugs."""
+    check_org(request)
+    refs = request.query_params.getlist("project")
+    rows = await monitors_with_projects(request.app.store, slug)
+    return [r for r in rows if not refs or r["project_slug"] in refs or str(r["project_id"]) in refs]
+
+
+async def api_monitor(request: Request) -> dict[str, Any]:
+    return (await serialize_monitors(request, [await monitor_from_path(request)]))[0]
+
+
 async def monitor_from_path(request: Request) -> sqlite3.Row:
     rows = await org_monitors(request, request.path_params["monitor_slug"])
     if not rows:
         raise ApiError(404, "The requested resource does not exist")
     return rows[0]
-
-
-async def api_monitors(request: Request) -> list[dict[str, Any]]:
-    return await serialize_monitors(request, await org_monitors(request))
-
-
-async def api_monitor(request: Request) -> dict[str, Any]:
-    return (await serialize_monitors(request, [await monitor_from_path(request)]))[0]
 
 
 async def api_monitor_checkins(request: Request) -> Response:
@@ -8768,32 +8928,16 @@ async def api_monitor_checkins(request: Request) -> Response:
 # Dashboard (server-rendered; Jinja2 autoescapes all event data)
 # =============================================================================
 
-def percent(value: float | None) -> str:
-    """A rate as people read it: 90%, 99.95%; — when there is nothing to divide."""
-    return "—" if value is None else f"{value * 100:.4g}%"
-
-
-def ago(ts: Any) -> str:
-    """How long ago a time (epoch seconds or ISO text) was, in the largest whole unit."""
-    ts = parse_timestamp(ts)
-    if ts is None:
-        return "—"
-    seconds = max(time.time() - ts, 0)
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)} {unit} ago"
-    return "just now"
-
-
-def format_datetime(ts: Any) -> str:
-    value = parse_timestamp(ts)
-    if value is None:
-        return ""
-    return dt.datetime.fromtimestamp(value, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def time_only(ts: Any) -> str:
-    return format_datetime(ts)[11:19]
+def status_words(issue: sqlite3.Row) -> str:
+    """The issue's status and statusDetails in words, for the issue page."""
+    details = json.loads(issue["status_details"])
+    if issue["status"] == "ignored":
+        return f"Ignored {ignore_words(details)}"
+    if details.get("inNextRelease"):
+        return f"Resolved in the next release after {details.get('_release')}"
+    if details.get("inRelease"):
+        return f"Resolved in {details['inRelease']}"
+    return issue["status"].capitalize()
 
 
 def ignore_words(details: dict[str, Any]) -> str:
@@ -8809,16 +8953,11 @@ def ignore_words(details: dict[str, Any]) -> str:
     return "forever"
 
 
-def status_words(issue: sqlite3.Row) -> str:
-    """The issue's status and statusDetails in words, for the issue page."""
-    details = json.loads(issue["status_details"])
-    if issue["status"] == "ignored":
-        return f"Ignored {ignore_words(details)}"
-    if details.get("inNextRelease"):
-        return f"Resolved in the next release after {details.get('_release')}"
-    if details.get("inRelease"):
-        return f"Resolved in {details['inRelease']}"
-    return issue["status"].capitalize()
+def format_datetime(ts: Any) -> str:
+    value = parse_timestamp(ts)
+    if value is None:
+        return ""
+    return dt.datetime.fromtimestamp(value, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def activity_words(kind: str, data: dict[str, Any]) -> str:
@@ -8861,6 +9000,27 @@ def make_templates() -> jinja2.Environment:
     return env
 
 
+def ago(ts: Any) -> str:
+    """How long ago a time (epoch seconds or ISO text) was, in the largest whole unit."""
+    ts = parse_timestamp(ts)
+    if ts is None:
+        return "—"
+    seconds = max(time.time() - ts, 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit} ago"
+    return "just now"
+
+
+def time_only(ts: Any) -> str:
+    return format_datetime(ts)[11:19]
+
+
+def percent(value: float | None) -> str:
+    """A rate as people read it: 90%, 99.95%; — when there is nothing to divide."""
+    return "—" if value is None else f"{value * 100:.4g}%"
+
+
 # The dashboard runs no script at all, so the browser is told to run none: a second wall behind
 # autoescaping for event data, which is all attacker-controlled. Nor does it style anything inline
 # (the templates use the stylesheet's classes), so no injected style attribute or element applies
@@ -8880,22 +9040,6 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> HT
 
 
 # -- people: who may see and change what ----------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Viewer:
-    """Who asks for a dashboard page and how they came in: a browser session (`csrf` set, may
-    post forms), the trusted proxy header (likewise), or an API token that may read events (GET only)."""
-
-    user_id: int | None
-    name: str
-    role: str
-    csrf: str = ""
-    via: str = "session"
-
-
-PUBLIC_PATHS = ("/login", "/static/", "/stream")  # /stream: ingest (loopback only), not a page
-ADMIN_PATHS = ("/projects/", "/alerts/", "/settings/")  # where a POST changes settings, not issues
-
 
 class DashboardGate:
     """ASGI middleware for everything outside /api/ (ingest and the JSON API check their own
@@ -8924,6 +9068,9 @@ class DashboardGate:
                 return await refusal(scope, receive, send_with_headers)
             scope.setdefault("state", {})["viewer"] = viewer
         await self.app(scope, receive, send_with_headers)
+
+
+PUBLIC_PATHS = ("/login", "/static/", "/stream")  # /stream: ingest (loopback only), not a page
 
 
 async def identify(request: Request) -> Viewer | None:
@@ -8961,6 +9108,18 @@ async def proxy_viewer(request: Request, name: str) -> Viewer | None:
     return Viewer(row["id"], row["name"], row["role"], csrf, via="proxy")
 
 
+@dataclasses.dataclass(frozen=True)
+class Viewer:
+    """Who asks for a dashboard page and how they came in: a browser session (`csrf` set, may
+    post forms), the trusted proxy header (likewise), or an API token that may read events (GET only)."""
+
+    user_id: int | None
+    name: str
+    role: str
+    csrf: str = ""
+    via: str = "session"
+
+
 def refusal_for(request: Request, viewer: Viewer | None) -> Response | None:
     """What to answer instead of the page, or None to serve it."""
     reading = request.method in ("GET", "HEAD")
@@ -8974,6 +9133,38 @@ def refusal_for(request: Request, viewer: Viewer | None) -> Response | None:
     if not reading and viewer.role != "admin" and request.url.path.startswith(ADMIN_PATHS):
         return render(request, "error.html", status=403, message="Only an admin can change settings.")
     return None
+
+
+ADMIN_PATHS = ("/projects/", "/alerts/", "/settings/")  # where a POST changes settings, not issues
+
+
+async def page_login(request: Request) -> Response:
+    """The sign-in form; a POST checks the password (off the event loop: scrypt is slow on purpose)."""
+    if request.method == "GET":
+        return render(request, "login.html", next=safe_next(request.query_params.get("next", "")), user_name="", error="")
+    if cross_site(request):
+        return render(request, "error.html", status=403, message="Refused: this request came from another site.")
+    form = last_values(await read_body_form(request))
+    name, target = form.get("name", "").strip(), safe_next(form.get("next", ""))
+    throttle = request.app.throttle
+    keys = throttle.keys(name, client_ip(request))
+    wait = throttle.wait(*keys)
+    if wait > 0:
+        return render(request, "login.html", status=429, next=target, user_name=name,
+                      error=f"Too many failed sign-ins: try again in {math.ceil(wait)} s.")
+    await asyncio.sleep(throttle.pause(*keys))
+    user = await enabled_user_password(request.app.store, name)
+    if not await asyncio.to_thread(password_matches, form.get("password", ""), user["password"] if user else None):
+        throttle.failed(*keys)
+        return render(request, "login.html", status=401, next=target, user_name=name, error="Wrong user name or password.")
+    throttle.succeeded(*keys)
+    token = await request.app.writer.submit(lambda conn: create_web_session(conn, user["id"]))
+    return with_session_cookie(request, RedirectResponse(target, status_code=303), token)
+
+
+def safe_next(target: str) -> str:
+    """Where to go after login: a path on this site only (no `//host`, no scheme)."""
+    return target if target.startswith("/") and not target.startswith(("//", "/\\")) else "/issues/"
 
 
 class LoginThrottle:
@@ -9038,39 +9229,10 @@ class LoginThrottle:
                 self.failures.pop(key, None)
 
 
-def safe_next(target: str) -> str:
-    """Where to go after login: a path on this site only (no `//host`, no scheme)."""
-    return target if target.startswith("/") and not target.startswith(("//", "/\\")) else "/issues/"
-
-
 def with_session_cookie(request: Request, response: Response, token: str) -> Response:
     secure = request.url.scheme == "https" or request.app.settings.public_url.startswith("https:")
     response.set_cookie(SESSION_COOKIE, token, max_age=SESSION_TTL, httponly=True, samesite="lax", secure=secure)
     return response
-
-
-async def page_login(request: Request) -> Response:
-    """The sign-in form; a POST checks the password (off the event loop: scrypt is slow on purpose)."""
-    if request.method == "GET":
-        return render(request, "login.html", next=safe_next(request.query_params.get("next", "")), user_name="", error="")
-    if cross_site(request):
-        return render(request, "error.html", status=403, message="Refused: this request came from another site.")
-    form = last_values(await read_body_form(request))
-    name, target = form.get("name", "").strip(), safe_next(form.get("next", ""))
-    throttle = request.app.throttle
-    keys = throttle.keys(name, client_ip(request))
-    wait = throttle.wait(*keys)
-    if wait > 0:
-        return render(request, "login.html", status=429, next=target, user_name=name,
-                      error=f"Too many failed sign-ins: try again in {math.ceil(wait)} s.")
-    await asyncio.sleep(throttle.pause(*keys))
-    user = await enabled_user_password(request.app.store, name)
-    if not await asyncio.to_thread(password_matches, form.get("password", ""), user["password"] if user else None):
-        throttle.failed(*keys)
-        return render(request, "login.html", status=401, next=target, user_name=name, error="Wrong user name or password.")
-    throttle.succeeded(*keys)
-    token = await request.app.writer.submit(lambda conn: create_web_session(conn, user["id"]))
-    return with_session_cookie(request, RedirectResponse(target, status_code=303), token)
 
 
 async def page_login_link(request: Request) -> Response:
@@ -9100,16 +9262,6 @@ async def page_css(request: Request) -> Response:
 
 # -- live: events as they arrive (server-sent events; `tracker tail` reads the same query) ---------
 
-LIVE_CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; "
-            "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-
-
-def live_line(row: sqlite3.Row) -> dict[str, Any]:
-    return {"id": row["id"], "time": format_datetime(row["received"]), "project": row["project"],
-            "level": row["level"], "title": row["title"], "culprit": row["culprit"], "issue_id": row["issue_id"],
-            "event_id": row["event_id"]}
-
-
 async def page_live(request: Request) -> Response:
     """The newest events, then each new one as it is stored (the script follows /live/events)."""
     store = request.app.store
@@ -9118,6 +9270,16 @@ async def page_live(request: Request) -> Response:
     response = render(request, "live.html", events=list(reversed(rows)), after=newest)
     response.headers["Content-Security-Policy"] = LIVE_CSP
     return response
+
+
+def live_line(row: sqlite3.Row) -> dict[str, Any]:
+    return {"id": row["id"], "time": format_datetime(row["received"]), "project": row["project"],
+            "level": row["level"], "title": row["title"], "culprit": row["culprit"], "issue_id": row["issue_id"],
+            "event_id": row["event_id"]}
+
+
+LIVE_CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; "
+            "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
 
 async def page_favicon(request: Request) -> Response:
@@ -9157,99 +9319,11 @@ async def page_home(request: Request) -> Response:
 
 # -- charts: server-rendered SVG (no script runs on these pages) -------------------------------
 
-PERIODS = {"1h": (3600, 300), "24h": (86400, 3600), "7d": (7 * 86400, 43200), "30d": (30 * 86400, 86400)}
-CHART_KEYS = {"level": list(reversed(LEVELS)), "issues": ["new", "regressed"]}
-
-
-def svg_bars(buckets: list[dict[str, int]], keys: list[str], labels: list[str], height: int = 120,
-             bar: int = 22) -> markupsafe.Markup:
-    """Stacked bars, one per bucket, a colour per key (CSS `bar-<key>`); every bar segment has its
-    count in `data-value` and a `<title>` for hover. Every text is escaped: labels may be event data."""
-    peak = max([sum(b.get(k, 0) for k in keys) for b in buckets] + [1])
-    width, parts = len(buckets) * bar, []
-    for i, bucket in enumerate(buckets):
-        y = float(height)
-        for key in keys:
-            value = bucket.get(key, 0)
-            if not value:
-                continue
-            h = max(value / peak * (height - 4), 1.5)
-            y -= h
-            parts.append(f'<rect class="bar-{html.escape(key)}" x="{i * bar + 2}" y="{y:.1f}" width="{bar - 4}" '
-                         f'height="{h:.1f}" data-bucket="{i}" data-key="{html.escape(key)}" data-value="{value}">'
-                         f'<title>{html.escape(labels[i])}: {value} {html.escape(key)}</title></rect>')
-    return markupsafe.Markup(f'<svg class="chart" viewBox="0 0 {width} {height}" preserveAspectRatio="none" '
-                             f'role="img" aria-label="{html.escape(labels[0] if labels else "")} to '
-                             f'{html.escape(labels[-1] if labels else "")}">{"".join(parts)}</svg>')
-
-
-def sparkline(values: list[int], label: str) -> markupsafe.Markup:
-    """A small trend: bars of equal width, the tallest full height."""
-    peak, parts = max(values + [1]), []
-    for i, value in enumerate(values):
-        h = value / peak * 22 if value else 0
-        parts.append(f'<rect x="{i * 5}" y="{24 - max(h, 1):.1f}" width="4" height="{max(h, 1):.1f}" '
-                     f'class="{"on" if value else "off"}" data-value="{value}"></rect>')
-    return markupsafe.Markup(f'<svg class="spark" viewBox="0 0 {len(values) * 5} 24" role="img" '
-                             f'aria-label="{html.escape(label)}">{"".join(parts)}</svg>')
-
-
-async def issue_sparklines(store: Store, issue_ids: list[int], days: int = 14) -> dict[int, markupsafe.Markup]:
-    """Events per day over the last two weeks for a page of issues, in one query."""
-    if not issue_ids:
-        return {}
-    counts = await issue_daily_events(store, issue_ids, days)
-    return {i: sparkline(v, f"{sum(v)} events in {days} days") for i, v in counts.items()}
-
-
-def bucket_labels(start: float, size: int, count: int) -> list[str]:
-    fmt = "%H:%M" if size <= 3600 else "%b %d %H:%M" if size < 86400 else "%b %d"
-    return [dt.datetime.fromtimestamp(start + i * size, dt.timezone.utc).strftime(fmt) for i in range(count)]
-
-
-def median(values: list[float]) -> float | None:
-    values = sorted(values)
-    if not values:
-        return None
-    middle = len(values) // 2
-    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
-
-
-def duration_words(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f} {unit}".replace(".0 ", " ")
-    return f"{int(seconds)} s"
-
-
-def lifetime_stats(issues: list[dict[str, Any]], now: float) -> dict[str, Any]:
-    """Median time to resolve, open issues by age, per release."""
-    ages = {"< 1 day": 0, "1–7 days": 0, "7–30 days": 0, "> 30 days": 0}
-    for i in issues:
-        if i["status"] != "resolved":
-            age = now - i["first_seen"]
-            ages[next(k for k, limit in zip(ages, (86400, 7 * 86400, 30 * 86400, float("inf"))) if age < limit)] += 1
-    releases: dict[str, list[dict[str, Any]]] = {}
-    for i in issues:
-        releases.setdefault(i["first_release"] or "(no release)", []).append(i)
-
-    def ttr(group: list[dict[str, Any]]) -> float | None:
-        return median([i["resolved"] - i["first_seen"] for i in group if i["resolved"]])
-    return {"median_ttr": duration_words(ttr(issues)), "ages": ages,
-            "reopened": sum(1 for i in issues if i["reopened"]),
-            "releases": [{"release": name, "issues": len(group), "ttr": duration_words(ttr(group)),
-                          "resolved": sum(1 for i in group if i["status"] == "resolved") / len(group)}
-                         for name, group in sorted(releases.items(), key=lambda kv: -len(kv[1]))[:10]]}
-
-
-def issue_lifetime(issue: sqlite3.Row, log: list[sqlite3.Row]) -> dict[str, Any]:
-    """Opened → resolved → reopened, counted from the activity log; how long it has been (or was) open."""
-    resolved = [a["created"] for a in log if a["kind"] in RESOLVE_KINDS]
-    ended = max(resolved) if issue["status"] == "resolved" and resolved else time.time()
-    return {"resolved": len(resolved), "reopened": sum(1 for a in log if a["kind"] == "set_regression"),
-            "open_for": duration_words(ended - issue["first_seen"])}
+def pretty(value: Any, indent: int | None = None) -> str:
+    """A value as readable JSON text (not HTML-safe: autoescape escapes it where it is shown)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, indent=indent, default=str)
 
 
 async def page_overview(request: Request) -> Response:
@@ -9284,6 +9358,89 @@ async def page_overview(request: Request) -> Response:
                   health=await health_totals(store, {"project_id": project["id"]}, start))
 
 
+async def project_of_page(request: Request) -> sqlite3.Row:
+    """The project a settings page's URL names by slug."""
+    project = await project_by_slug(request.app.store, request.path_params["slug"])
+    if project is None:
+        raise PageNotFound("No such project.")
+
+    return project
+
+
+class PageNotFound(Exception):
+    """A dashboard URL that names nothing (no such project): answered with the 404 page."""
+
+
+PERIODS = {"1h": (3600, 300), "24h": (86400, 3600), "7d": (7 * 86400, 43200), "30d": (30 * 86400, 86400)}
+
+
+def bucket_labels(start: float, size: int, count: int) -> list[str]:
+    fmt = "%H:%M" if size <= 3600 else "%b %d %H:%M" if size < 86400 else "%b %d"
+    return [dt.datetime.fromtimestamp(start + i * size, dt.timezone.utc).strftime(fmt) for i in range(count)]
+
+
+def svg_bars(buckets: list[dict[str, int]], keys: list[str], labels: list[str], height: int = 120,
+             bar: int = 22) -> markupsafe.Markup:
+    """Stacked bars, one per bucket, a colour per key (CSS `bar-<key>`); every bar segment has its
+    count in `data-value` and a `<title>` for hover. Every text is escaped: labels may be event data."""
+    peak = max([sum(b.get(k, 0) for k in keys) for b in buckets] + [1])
+    width, parts = len(buckets) * bar, []
+    for i, bucket in enumerate(buckets):
+        y = float(height)
+        for key in keys:
+            value = bucket.get(key, 0)
+            if not value:
+                continue
+            h = max(value / peak * (height - 4), 1.5)
+            y -= h
+            parts.append(f'<rect class="bar-{html.escape(key)}" x="{i * bar + 2}" y="{y:.1f}" width="{bar - 4}" '
+                         f'height="{h:.1f}" data-bucket="{i}" data-key="{html.escape(key)}" data-value="{value}">'
+                         f'<title>{html.escape(labels[i])}: {value} {html.escape(key)}</title></rect>')
+    return markupsafe.Markup(f'<svg class="chart" viewBox="0 0 {width} {height}" preserveAspectRatio="none" '
+                             f'role="img" aria-label="{html.escape(labels[0] if labels else "")} to '
+                             f'{html.escape(labels[-1] if labels else "")}">{"".join(parts)}</svg>')
+
+
+CHART_KEYS = {"level": list(reversed(LEVELS)), "issues": ["new", "regressed"]}
+
+
+def lifetime_stats(issues: list[dict[str, Any]], now: float) -> dict[str, Any]:
+    """Median time to resolve, open issues by age, per release."""
+    ages = {"< 1 day": 0, "1–7 days": 0, "7–30 days": 0, "> 30 days": 0}
+    for i in issues:
+        if i["status"] != "resolved":
+            age = now - i["first_seen"]
+            ages[next(k for k, limit in zip(ages, (86400, 7 * 86400, 30 * 86400, float("inf"))) if age < limit)] += 1
+    releases: dict[str, list[dict[str, Any]]] = {}
+    for i in issues:
+        releases.setdefault(i["first_release"] or "(no release)", []).append(i)
+
+    def ttr(group: list[dict[str, Any]]) -> float | None:
+        return median([i["resolved"] - i["first_seen"] for i in group if i["resolved"]])
+    return {"median_ttr": duration_words(ttr(issues)), "ages": ages,
+            "reopened": sum(1 for i in issues if i["reopened"]),
+            "releases": [{"release": name, "issues": len(group), "ttr": duration_words(ttr(group)),
+                          "resolved": sum(1 for i in group if i["status"] == "resolved") / len(group)}
+                         for name, group in sorted(releases.items(), key=lambda kv: -len(kv[1]))[:10]]}
+
+
+def median(values: list[float]) -> float | None:
+    values = sorted(values)
+    if not values:
+        return None
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+
+def duration_words(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}".replace(".0 ", " ")
+    return f"{int(seconds)} s"
+
+
 async def page_issues(request: Request) -> Response:
     store = request.app.store
     q = request.query_params
@@ -9315,6 +9472,15 @@ async def page_issues(request: Request) -> Response:
                   error=error, sparks=await issue_sparklines(store, [i["id"] for i in issues]), project=project)
 
 
+def dashboard_query(params: Any, status: str) -> str:
+    """The filter menus and the search box as one search query."""
+    parts = [] if status == "all" or "is:" in params.get("q", "") else [f"is:{status}"]
+    for key in ("environment", "release"):
+        if params.get(key):
+            parts.append(f"{key}:{quoted(params[key])}")
+    return " ".join([*parts, params.get("q", "")])
+
+
 def quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -9328,42 +9494,23 @@ def title_parts(issue: sqlite3.Row) -> dict[str, str]:
     return {"head": title, "rest": ""}
 
 
-def frame_blocks(frames: list[dict[str, Any]], crash: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """A stack trace newest frame first, as blocks: an open frame (in app, or the crash frame) on its
-    own, and each run of library frames as one folded group naming its packages."""
-    blocks: list[dict[str, Any]] = []
-    for frame in reversed(frames):
-        if frame.get("in_app") or frame is crash:
-            blocks.append({"frames": [frame], "open": True})
-        elif blocks and not blocks[-1]["open"]:
-            blocks[-1]["frames"].append(frame)
-        else:
-            blocks.append({"frames": [frame], "open": False})
-    for block in blocks:
-        packages: list[str] = []
-        for frame in block["frames"]:
-            name = text(frame.get("module")) or text(frame.get("filename")).lstrip("./")
-            name = re.split(r"[./\\]", name, maxsplit=1)[0] if name else ""
-            if name and name not in packages:
-                packages.append(name)
-        block["packages"] = packages
-    return blocks
+async def issue_sparklines(store: Store, issue_ids: list[int], days: int = 14) -> dict[int, markupsafe.Markup]:
+    """Events per day over the last two weeks for a page of issues, in one query."""
+    if not issue_ids:
+        return {}
+    counts = await issue_daily_events(store, issue_ids, days)
+    return {i: sparkline(v, f"{sum(v)} events in {days} days") for i, v in counts.items()}
 
 
-def pretty(value: Any, indent: int | None = None) -> str:
-    """A value as readable JSON text (not HTML-safe: autoescape escapes it where it is shown)."""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False, indent=indent, default=str)
-
-
-def dashboard_query(params: Any, status: str) -> str:
-    """The filter menus and the search box as one search query."""
-    parts = [] if status == "all" or "is:" in params.get("q", "") else [f"is:{status}"]
-    for key in ("environment", "release"):
-        if params.get(key):
-            parts.append(f"{key}:{quoted(params[key])}")
-    return " ".join([*parts, params.get("q", "")])
+def sparkline(values: list[int], label: str) -> markupsafe.Markup:
+    """A small trend: bars of equal width, the tallest full height."""
+    peak, parts = max(values + [1]), []
+    for i, value in enumerate(values):
+        h = value / peak * 22 if value else 0
+        parts.append(f'<rect x="{i * 5}" y="{24 - max(h, 1):.1f}" width="4" height="{max(h, 1):.1f}" '
+                     f'class="{"on" if value else "off"}" data-value="{value}"></rect>')
+    return markupsafe.Markup(f'<svg class="spark" viewBox="0 0 {len(values) * 5} 24" role="img" '
+                             f'aria-label="{html.escape(label)}">{"".join(parts)}</svg>')
 
 
 async def page_issue(request: Request) -> Response:
@@ -9407,6 +9554,58 @@ async def page_issue(request: Request) -> Response:
     return render(request, "issue.html", **context)
 
 
+IGNORE_CHOICES = {"forever": ("forever", {}), "30m": ("for 30 minutes", {"ignoreDuration": 30}),
+                  "24h": ("for 24 hours", {"ignoreDuration": 1440}),
+                  "10events": ("until 10 more events", {"ignoreCount": 10}),
+                  "10users": ("until 10 more users", {"ignoreUserCount": 10})}
+
+
+def issue_lifetime(issue: sqlite3.Row, log: list[sqlite3.Row]) -> dict[str, Any]:
+    """Opened → resolved → reopened, counted from the activity log; how long it has been (or was) open."""
+    resolved = [a["created"] for a in log if a["kind"] in RESOLVE_KINDS]
+    ended = max(resolved) if issue["status"] == "resolved" and resolved else time.time()
+    return {"resolved": len(resolved), "reopened": sum(1 for a in log if a["kind"] == "set_regression"),
+            "open_for": duration_words(ended - issue["first_seen"])}
+
+
+async def issue_feedback(store: Store, issue: sqlite3.Row) -> dict[str, Any]:
+    """The issue page's user feedback: the newest 100, each with its screenshots, and the total."""
+    rows, total = await issue_feedback_rows(store, issue["id"])
+    shots = await event_attachments(store, issue["project_id"], [r["feedback_event_id"] for r in rows
+                                                                 if r["feedback_event_id"]])
+    return {"feedback_total": total, "feedback": [
+        {**dict(r), "attachments": [a for a in shots if a["event_id"] == r["feedback_event_id"]]} for r in rows]}
+
+
+def frame_blocks(frames: list[dict[str, Any]], crash: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A stack trace newest frame first, as blocks: an open frame (in app, or the crash frame) on its
+    own, and each run of library frames as one folded group naming its packages."""
+    blocks: list[dict[str, Any]] = []
+    for frame in reversed(frames):
+        if frame.get("in_app") or frame is crash:
+            blocks.append({"frames": [frame], "open": True})
+        elif blocks and not blocks[-1]["open"]:
+            blocks[-1]["frames"].append(frame)
+        else:
+            blocks.append({"frames": [frame], "open": False})
+    for block in blocks:
+        packages: list[str] = []
+        for frame in block["frames"]:
+            name = text(frame.get("module")) or text(frame.get("filename")).lstrip("./")
+            name = re.split(r"[./\\]", name, maxsplit=1)[0] if name else ""
+            if name and name not in packages:
+                packages.append(name)
+        block["packages"] = packages
+    return blocks
+
+
+GROUPING_WORDS = {"exception": "grouped by its exception: type and stack trace",
+                  "threads": "grouped by the stack trace of the crashed thread",
+                  "stacktrace": "grouped by its stack trace", "message": "grouped by its message template",
+                  "fingerprint": "grouped by its fingerprint", "checksum": "grouped by the checksum its SDK sent",
+                  "fallback": "nothing to group by, so the fallback hash"}
+
+
 def issue_report(issue: sqlite3.Row, ev: dict[str, Any], frames: list[dict[str, Any]], settings: Settings) -> str:
     """The text of a ticket filed from an issue: what broke, where, since when, and a way back."""
     crash = crash_frame(frames) or {}
@@ -9421,10 +9620,6 @@ def issue_report(issue: sqlite3.Row, ev: dict[str, Any], frames: list[dict[str, 
         lines += ["", f"Crashed in {frame_location(crash)} at line {crash.get('lineno') or '?'}"]
         lines += [f"    {crash['context_line'].strip()}"] if crash.get("context_line") else []
     return "\n".join(lines + (["", "Stack (most recent call first):", *stack] if stack else []))
-
-
-NEW_ISSUE_PAGES = {"github": ("/issues/new", "title", "body"),
-                   "gitlab": ("/-/issues/new", "issue[title]", "issue[description]")}
 
 
 def report_links(title: str, body: str, mappings: list[sqlite3.Row], jira: dict[str, str]) -> list[tuple[str, str]]:
@@ -9443,15 +9638,8 @@ def report_links(title: str, body: str, mappings: list[sqlite3.Row], jira: dict[
     return links
 
 
-GROUPING_WORDS = {"exception": "grouped by its exception: type and stack trace",
-                  "threads": "grouped by the stack trace of the crashed thread",
-                  "stacktrace": "grouped by its stack trace", "message": "grouped by its message template",
-                  "fingerprint": "grouped by its fingerprint", "checksum": "grouped by the checksum its SDK sent",
-                  "fallback": "nothing to group by, so the fallback hash"}
-IGNORE_CHOICES = {"forever": ("forever", {}), "30m": ("for 30 minutes", {"ignoreDuration": 30}),
-                  "24h": ("for 24 hours", {"ignoreDuration": 1440}),
-                  "10events": ("until 10 more events", {"ignoreCount": 10}),
-                  "10users": ("until 10 more users", {"ignoreUserCount": 10})}
+NEW_ISSUE_PAGES = {"github": ("/issues/new", "title", "body"),
+                   "gitlab": ("/-/issues/new", "issue[title]", "issue[description]")}
 
 
 async def page_issue_update(request: Request) -> Response:
@@ -9463,19 +9651,67 @@ async def page_issue_update(request: Request) -> Response:
     return await dashboard_post(request, action)
 
 
-FormOutcome = tuple[Response | None, dict[str, list[str]], str]
+def form_body(form: dict[str, list[str]]) -> dict[str, Any]:
+    """The action bar's fields as the API's update body, so both go through one validation."""
+    fields = last_values(form)
+    if "assignedTo" in fields:
+        return {"assignedTo": fields["assignedTo"]}
+    status = fields.get("status")
+    if status == "ignored":
+        if fields.get("ignore") not in IGNORE_CHOICES:
+            raise ApiError(400, f"ignore must be one of {', '.join(IGNORE_CHOICES)}")
+        return {"status": status, "statusDetails": IGNORE_CHOICES[fields["ignore"]][1]}
+    return {"status": status, "statusDetails": {"inRelease": fields["inRelease"]} if fields.get("inRelease") else {}}
 
 
-async def form_post(request: Request, apply: Callable[[dict[str, list[str]]], Awaitable[Any]], back: str,
-                    mistakes: tuple[type[Exception], ...], limit: int = 16 * KIB) -> FormOutcome:
-    """A settings page's POST: refused from another site; else applied and answered with a 303
-    back to `back`; or, when it is a mistake, the form as sent and the message to show above it."""
-    form = await read_form(request, limit)
+def last_values(form: dict[str, list[str]]) -> dict[str, str]:
+    """A form's fields with one value each (the last, as browsers send repeated names in order)."""
+    return {key: values[-1] for key, values in form.items()}
+
+
+async def dashboard_post(request: Request, action: Callable[[dict[str, list[str]]], Any]) -> Response:
+    """A dashboard form POST: refused from another site, a mistake shown as an error page,
+    else a 303 to the page the action names."""
+    form = await read_form(request)
     try:
-        await apply(form)
-        return RedirectResponse(back, status_code=303), form, ""
-    except (IngestError, ApiError, *mistakes) as exc:
-        return None, form, str(getattr(exc, "detail", exc))
+        return RedirectResponse(await action(form), status_code=303)
+    except (ApiError, IngestError) as exc:
+        return render(request, "error.html", status=exc.status, message=exc.detail)
+
+
+async def read_form(request: Request, limit: int = 16 * KIB) -> dict[str, list[str]]:
+    """A dashboard form, once it is known to come from the dashboard itself: same-site (Origin and
+    Fetch metadata) and carrying the session's CSRF token."""
+    if cross_site(request):
+        raise FormRefused("Refused: this request came from another site.")
+    form = await read_body_form(request, limit)
+    viewer: Viewer | None = request.scope.get("state", {}).get("viewer")
+    if viewer is None or not hmac.compare_digest(form.pop("csrf", [""])[-1].encode(), viewer.csrf.encode()):
+        raise FormRefused("Refused: this form has expired or did not come from this dashboard. Reload the page "
+                          "and try again.")
+    return form
+
+
+def cross_site(request: Request) -> bool:
+    """Whether a POST came from another site's page (a first wall before the CSRF token; the only
+    one for the login form, which has no session yet)."""
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        return True
+    origin = request.headers.get("origin")
+    public = urllib.parse.urlsplit(request.app.settings.public_url)
+    own = {f"{request.url.scheme}://{request.headers.get('host', '')}", f"{public.scheme}://{public.netloc}"}
+    return origin is not None and origin not in own
+
+
+class FormRefused(Exception):
+    """A dashboard POST from another site, or without the signed-in person's CSRF token: a 403 page."""
+
+
+async def read_body_form(request: Request, limit: int = 16 * KIB) -> dict[str, list[str]]:
+    return urllib.parse.parse_qs((await read_body(request, limit)).decode("utf-8", "replace"), keep_blank_values=True)
+
+
+FormOutcome = tuple[Response | None, dict[str, list[str]], str]
 
 
 async def page_grouping_rules(request: Request) -> Response:
@@ -9494,6 +9730,18 @@ async def page_grouping_rules(request: Request) -> Response:
             return response
     return render(request, "grouping.html", status=400 if error else 200, project=project, error=error,
                   stacktrace_rules=texts[0], fingerprint_rules=texts[1], saved="saved" in request.query_params)
+
+
+async def form_post(request: Request, apply: Callable[[dict[str, list[str]]], Awaitable[Any]], back: str,
+                    mistakes: tuple[type[Exception], ...], limit: int = 16 * KIB) -> FormOutcome:
+    """A settings page's POST: refused from another site; else applied and answered with a 303
+    back to `back`; or, when it is a mistake, the form as sent and the message to show above it."""
+    form = await read_form(request, limit)
+    try:
+        await apply(form)
+        return RedirectResponse(back, status_code=303), form, ""
+    except (IngestError, ApiError, *mistakes) as exc:
+        return None, form, str(getattr(exc, "detail", exc))
 
 
 async def page_scrubbing(request: Request) -> Response:
@@ -9585,85 +9833,12 @@ async def page_unmerge(request: Request) -> Response:
     return await dashboard_post(request, action)
 
 
-async def dashboard_post(request: Request, action: Callable[[dict[str, list[str]]], Any]) -> Response:
-    """A dashboard form POST: refused from another site, a mistake shown as an error page,
-    else a 303 to the page the action names."""
-    form = await read_form(request)
-    try:
-        return RedirectResponse(await action(form), status_code=303)
-    except (ApiError, IngestError) as exc:
-        return render(request, "error.html", status=exc.status, message=exc.detail)
-
-
-def last_values(form: dict[str, list[str]]) -> dict[str, str]:
-    """A form's fields with one value each (the last, as browsers send repeated names in order)."""
-    return {key: values[-1] for key, values in form.items()}
-
-
-async def read_body_form(request: Request, limit: int = 16 * KIB) -> dict[str, list[str]]:
-    return urllib.parse.parse_qs((await read_body(request, limit)).decode("utf-8", "replace"), keep_blank_values=True)
-
-
-class FormRefused(Exception):
-    """A dashboard POST from another site, or without the signed-in person's CSRF token: a 403 page."""
-
-
-async def read_form(request: Request, limit: int = 16 * KIB) -> dict[str, list[str]]:
-    """A dashboard form, once it is known to come from the dashboard itself: same-site (Origin and
-    Fetch metadata) and carrying the session's CSRF token."""
-    if cross_site(request):
-        raise FormRefused("Refused: this request came from another site.")
-    form = await read_body_form(request, limit)
-    viewer: Viewer | None = request.scope.get("state", {}).get("viewer")
-    if viewer is None or not hmac.compare_digest(form.pop("csrf", [""])[-1].encode(), viewer.csrf.encode()):
-        raise FormRefused("Refused: this form has expired or did not come from this dashboard. Reload the page "
-                          "and try again.")
-    return form
-
-
 async def form_refused(request: Request, exc: Exception) -> Response:
     return render(request, "error.html", status=403, message=str(exc))
 
 
-class PageNotFound(Exception):
-    """A dashboard URL that names nothing (no such project): answered with the 404 page."""
-
-
 async def page_not_found(request: Request, exc: Exception) -> Response:
     return render(request, "error.html", status=404, message=str(exc))
-
-
-async def project_of_page(request: Request) -> sqlite3.Row:
-    """The project a settings page's URL names by slug."""
-    project = await project_by_slug(request.app.store, request.path_params["slug"])
-    if project is None:
-        raise PageNotFound("No such project.")
-
-    return project
-
-
-def cross_site(request: Request) -> bool:
-    """Whether a POST came from another site's page (a first wall before the CSRF token; the only
-    one for the login form, which has no session yet)."""
-    if request.headers.get("sec-fetch-site") == "cross-site":
-        return True
-    origin = request.headers.get("origin")
-    public = urllib.parse.urlsplit(request.app.settings.public_url)
-    own = {f"{request.url.scheme}://{request.headers.get('host', '')}", f"{public.scheme}://{public.netloc}"}
-    return origin is not None and origin not in own
-
-
-def form_body(form: dict[str, list[str]]) -> dict[str, Any]:
-    """The action bar's fields as the API's update body, so both go through one validation."""
-    fields = last_values(form)
-    if "assignedTo" in fields:
-        return {"assignedTo": fields["assignedTo"]}
-    status = fields.get("status")
-    if status == "ignored":
-        if fields.get("ignore") not in IGNORE_CHOICES:
-            raise ApiError(400, f"ignore must be one of {', '.join(IGNORE_CHOICES)}")
-        return {"status": status, "statusDetails": IGNORE_CHOICES[fields["ignore"]][1]}
-    return {"status": status, "statusDetails": {"inRelease": fields["inRelease"]} if fields.get("inRelease") else {}}
 
 
 async def page_issue_events(request: Request) -> Response:
@@ -9701,13 +9876,9 @@ async def page_event_json(request: Request) -> Response:
                     media_type="application/json")
 
 
-async def issue_feedback(store: Store, issue: sqlite3.Row) -> dict[str, Any]:
-    """The issue page's user feedback: the newest 100, each with its screenshots, and the total."""
-    rows, total = await issue_feedback_rows(store, issue["id"])
-    shots = await event_attachments(store, issue["project_id"], [r["feedback_event_id"] for r in rows
-                                                                 if r["feedback_event_id"]])
-    return {"feedback_total": total, "feedback": [
-        {**dict(r), "attachments": [a for a in shots if a["event_id"] == r["feedback_event_id"]]} for r in rows]}
+async def page_attachment(request: Request) -> Response:
+    """/issues/<id>/events/<event_id>/attachments/<attachment_id>/: the file, as a download."""
+    return attachment_response(await attachment_of_page(request))
 
 
 async def attachment_of_page(request: Request) -> sqlite3.Row:
@@ -9720,11 +9891,6 @@ async def attachment_of_page(request: Request) -> sqlite3.Row:
     if row is None:
         raise PageNotFound("No such attachment.")
     return row
-
-
-async def page_attachment(request: Request) -> Response:
-    """/issues/<id>/events/<event_id>/attachments/<attachment_id>/: the file, as a download."""
-    return attachment_response(await attachment_of_page(request))
 
 
 async def page_attachment_view(request: Request) -> Response:
@@ -9766,44 +9932,6 @@ async def page_release(request: Request) -> Response:
 
 # -- alerts pages: channels with their delivery log, and each project's rules ----------------
 
-CHANNEL_FORM_FIELDS = ("url", "routing_key", "host", "port", "security", "username", "password", "from", "to",
-                       "flavor", "email", "token", "project", "issue_type", "secret")
-CONDITION_WORDS = {FIRST_SEEN: "a new issue", REGRESSION: "a regression", REAPPEARED: "an ignored issue escalates"}
-
-
-def rule_words(rule: dict[str, Any]) -> str:
-    """A rule as one sentence, for the rules page."""
-    conds = [CONDITION_WORDS.get(c["id"]) or
-             f"more than {c['value']} {'events' if c['id'] == FREQUENCY else 'users'} in {c['interval']}"
-             for c in rule["conditions"]] or ["any event"]
-    filters = []
-    for f in rule["filters"]:
-        if f["id"] == LEVEL_FILTER:
-            filters.append(f"level {dict(eq='is', gte='at least', lte='at most')[f['match']]} {SENTRY_LEVELS[f['level']]}")
-        elif f["id"] == TAGGED_FILTER:
-            filters.append(f"tag {f['key']} {f['match']} {f['value']!r}")
-        else:
-            filters.append("the event is from the latest release")
-    actions = [{NOTIFY_ALL: "notify all channels", JIRA_ACTION: f"create a Jira issue{' in ' + a['service'] if a.get('service') else ''}"}
-               .get(a["id"], f"notify {a.get('service')}") for a in rule["actions"]]
-    when = f" {rule['actionMatch']} of " if len(conds) > 1 else " "
-    sentence = f"When{when}{', '.join(conds)}"
-    if rule.get("environment"):
-        sentence += f" in {rule['environment']}"
-    if filters:
-        sentence += f", if {rule['filterMatch']} of: {'; '.join(filters)}"
-    return f"{sentence}: {', '.join(actions)}; at most once per {rule['frequency']} min per issue."
-
-
-def channel_target(row: sqlite3.Row) -> str:
-    config = masked_config(row["kind"], json.loads(row["config"]))
-    if row["kind"] == "email":
-        return f"{', '.join(config['to'])} via {config['host']}:{config['port']} ({config['security']})"
-    if row["kind"] == "jira":
-        return f"{config['url']} · project {config['project']} ({config['flavor']})"
-    return str(config.get("url") or config.get("routing_key") or "")
-
-
 async def page_alerts(request: Request) -> Response:
     """Channels (added, tested, deleted here), the delivery log with retries, links to the rules."""
     store = request.app.store
@@ -9842,6 +9970,19 @@ async def apply_alerts_form(request: Request, form: dict[str, str]) -> None:
     config: dict[str, Any] = {key: form[key] for key in CHANNEL_FORM_FIELDS if form.get(key, "").strip()}
     config["allow_private"] = bool(form.get("allow_private"))  # a checkbox: sent only when ticked
     await create_channel(request, form.get("kind"), form.get("name", ""), config)
+
+
+CHANNEL_FORM_FIELDS = ("url", "routing_key", "host", "port", "security", "username", "password", "from", "to",
+                       "flavor", "email", "token", "project", "issue_type", "secret")
+
+
+def channel_target(row: sqlite3.Row) -> str:
+    config = masked_config(row["kind"], json.loads(row["config"]))
+    if row["kind"] == "email":
+        return f"{', '.join(config['to'])} via {config['host']}:{config['port']} ({config['security']})"
+    if row["kind"] == "jira":
+        return f"{config['url']} · project {config['project']} ({config['flavor']})"
+    return str(config.get("url") or config.get("routing_key") or "")
 
 
 async def page_project_alerts(request: Request) -> Response:
@@ -9891,6 +10032,33 @@ def rule_from_form(form: dict[str, list[str]]) -> dict[str, Any]:
             "frequency": field.get("frequency", "30")}
 
 
+def rule_words(rule: dict[str, Any]) -> str:
+    """A rule as one sentence, for the rules page."""
+    conds = [CONDITION_WORDS.get(c["id"]) or
+             f"more than {c['value']} {'events' if c['id'] == FREQUENCY else 'users'} in {c['interval']}"
+             for c in rule["conditions"]] or ["any event"]
+    filters = []
+    for f in rule["filters"]:
+        if f["id"] == LEVEL_FILTER:
+            filters.append(f"level {dict(eq='is', gte='at least', lte='at most')[f['match']]} {SENTRY_LEVELS[f['level']]}")
+        elif f["id"] == TAGGED_FILTER:
+            filters.append(f"tag {f['key']} {f['match']} {f['value']!r}")
+        else:
+            filters.append("the event is from the latest release")
+    actions = [{NOTIFY_ALL: "notify all channels", JIRA_ACTION: f"create a Jira issue{' in ' + a['service'] if a.get('service') else ''}"}
+               .get(a["id"], f"notify {a.get('service')}") for a in rule["actions"]]
+    when = f" {rule['actionMatch']} of " if len(conds) > 1 else " "
+    sentence = f"When{when}{', '.join(conds)}"
+    if rule.get("environment"):
+        sentence += f" in {rule['environment']}"
+    if filters:
+        sentence += f", if {rule['filterMatch']} of: {'; '.join(filters)}"
+    return f"{sentence}: {', '.join(actions)}; at most once per {rule['frequency']} min per issue."
+
+
+CONDITION_WORDS = {FIRST_SEEN: "a new issue", REGRESSION: "a regression", REAPPEARED: "an ignored issue escalates"}
+
+
 async def page_slo(request: Request) -> Response:
     """A project's objective: its state, burn rate and last day, and a form to set it."""
     store = request.app.store
@@ -9915,10 +10083,6 @@ async def page_slo(request: Request) -> Response:
                   error=error, form=last_values(form), metrics=SLO_METRICS)
 
 
-MONITOR_LABELS = {"new": "waiting", "in_progress": "in progress", "ok": "ok", "error": "error", "missed": "missed",
-                  "timeout": "timeout"}
-
-
 async def page_monitors(request: Request) -> Response:
     """Every monitor: its schedule, status, last and next check-in, its last 30 check-ins and its issue."""
     store = request.app.store
@@ -9939,6 +10103,10 @@ async def page_monitors(request: Request) -> Response:
     projects = await all_projects(store)
     return render(request, "monitors.html", monitors=monitors, failing=failing, projects=projects, selected=selected,
                   labels=MONITOR_LABELS)
+
+
+MONITOR_LABELS = {"new": "waiting", "in_progress": "in progress", "ok": "ok", "error": "error", "missed": "missed",
+                  "timeout": "timeout"}
 
 
 async def page_projects(request: Request) -> Response:
@@ -9978,13 +10146,6 @@ async def page_envelope(request: Request) -> Response:
                   items=items, body_kept=row["body"] is not None)
 
 
-async def stored_event_of(request: Request, project_id: int, payload: bytes) -> sqlite3.Row | None:
-    """The stored event a logged item points to (the log of a project that scrubs keeps no event body)."""
-    if not payload.startswith(b'{"stored_as_event"'):
-        return None
-    return await project_event(request.app.store, project_id, json.loads(payload)["stored_as_event"])
-
-
 def logged_items(body: bytes | None) -> list[tuple[dict[str, Any], bytes]]:
     return list(parse_envelope(zstandard.decompress(body))[1]) if body is not None else []
 
@@ -9999,6 +10160,13 @@ def item_preview(payload: bytes) -> str:
         return payload[:64 * KIB].decode()
     except UnicodeDecodeError:
         return f"({len(payload)} bytes of binary data)"
+
+
+async def stored_event_of(request: Request, project_id: int, payload: bytes) -> sqlite3.Row | None:
+    """The stored event a logged item points to (the log of a project that scrubs keeps no event body)."""
+    if not payload.startswith(b'{"stored_as_event"'):
+        return None
+    return await project_event(request.app.store, project_id, json.loads(payload)["stored_as_event"])
 
 
 async def page_project_keys(request: Request) -> Response:
@@ -10078,6 +10246,46 @@ async def apply_settings_form(request: Request, form: dict[str, str]) -> dict[st
 # =============================================================================
 # Application
 # =============================================================================
+
+def create_app(settings: Settings) -> Tracker:
+    """The app with its routes: ingest, the API, then the dashboard's pages."""
+    routes = [
+        *ingest_routes(), *api_routes(),
+        Route("/api/0/{rest:path}", api_not_found, methods=["GET", "POST", "PUT", "DELETE"]),
+        Route("/", page_home), Route("/issues/", page_issues), Route("/projects/", page_projects),
+        Route("/issues/bulk/", page_bulk, methods=["POST"]),
+        Route("/issues/{issue_id}/", page_issue), Route("/issues/{issue_id}/", page_issue_update, methods=["POST"]),
+        Route("/issues/{issue_id}/unmerge/", page_unmerge, methods=["POST"]),
+        Route("/projects/{slug}/grouping/", page_grouping_rules, methods=["GET", "POST"]),
+        Route("/projects/{slug}/scrubbing/", page_scrubbing, methods=["GET", "POST"]),
+        Route("/projects/{slug}/code-mappings/", page_code_mappings, methods=["GET", "POST"]), Route("/code/", page_code),
+        Route("/issues/{issue_id}/events/", page_issue_events),
+        Route("/issues/{issue_id}/events/{event_id}/", page_issue),
+        Route("/issues/{issue_id}/events/{event_id}/json", page_event_json),
+        Route("/issues/{issue_id}/events/{event_id}/attachments/{attachment_id}/", page_attachment),
+        Route("/issues/{issue_id}/events/{event_id}/attachments/{attachment_id}/view/", page_attachment_view),
+        Route("/projects/{slug}/feedback/", page_project_feedback),
+        Route("/releases/", page_releases), Route("/releases/{version:path}/", page_release),
+        Route("/alerts/", page_alerts, methods=["GET", "POST"]),
+        Route("/projects/{slug}/alerts/", page_project_alerts, methods=["GET", "POST"]),
+        Route("/projects/{slug}/slo/", page_slo, methods=["GET", "POST"]),
+        Route("/monitors/", page_monitors),
+        Route("/projects/{slug}/overview/", page_overview),
+        Route("/static/tracker.css", page_css), Route("/metrics", page_metrics),
+        Route("/login", page_login, methods=["GET", "POST"]), Route("/login/{code}", page_login_link),
+        Route("/logout", page_logout, methods=["POST"]),
+        Route("/account/", page_account, methods=["GET", "POST"]),
+        Route("/settings/", page_settings, methods=["GET", "POST"]),
+        Route("/projects/{slug}/keys/", page_project_keys, methods=["POST"]),
+        Route("/live/", page_live), Route("/live/events", page_live_events), Route("/static/live.js", page_live_js),
+        Route("/static/favicon.svg", page_favicon),
+        Route("/projects/{slug}/envelopes/", page_envelopes),
+        Route("/projects/{slug}/envelopes/{envelope_id}/", page_envelope),
+    ]
+    return Tracker(settings, routes=routes, middleware=[Middleware(DashboardGate)],
+                   exception_handlers={PageNotFound: page_not_found, FormRefused: form_refused,
+                                       ClientDisconnect: client_gone})
+
 
 def ingest_routes() -> list[Route]:
     routes = [Route("/stream", stream, methods=["POST", "OPTIONS"])]
@@ -10242,46 +10450,6 @@ class Tracker(Starlette):
             await self.close()
 
 
-def create_app(settings: Settings) -> Tracker:
-    """The app with its routes: ingest, the API, then the dashboard's pages."""
-    routes = [
-        *ingest_routes(), *api_routes(),
-        Route("/api/0/{rest:path}", api_not_found, methods=["GET", "POST", "PUT", "DELETE"]),
-        Route("/", page_home), Route("/issues/", page_issues), Route("/projects/", page_projects),
-        Route("/issues/bulk/", page_bulk, methods=["POST"]),
-        Route("/issues/{issue_id}/", page_issue), Route("/issues/{issue_id}/", page_issue_update, methods=["POST"]),
-        Route("/issues/{issue_id}/unmerge/", page_unmerge, methods=["POST"]),
-        Route("/projects/{slug}/grouping/", page_grouping_rules, methods=["GET", "POST"]),
-        Route("/projects/{slug}/scrubbing/", page_scrubbing, methods=["GET", "POST"]),
-        Route("/projects/{slug}/code-mappings/", page_code_mappings, methods=["GET", "POST"]), Route("/code/", page_code),
-        Route("/issues/{issue_id}/events/", page_issue_events),
-        Route("/issues/{issue_id}/events/{event_id}/", page_issue),
-        Route("/issues/{issue_id}/events/{event_id}/json", page_event_json),
-        Route("/issues/{issue_id}/events/{event_id}/attachments/{attachment_id}/", page_attachment),
-        Route("/issues/{issue_id}/events/{event_id}/attachments/{attachment_id}/view/", page_attachment_view),
-        Route("/projects/{slug}/feedback/", page_project_feedback),
-        Route("/releases/", page_releases), Route("/releases/{version:path}/", page_release),
-        Route("/alerts/", page_alerts, methods=["GET", "POST"]),
-        Route("/projects/{slug}/alerts/", page_project_alerts, methods=["GET", "POST"]),
-        Route("/projects/{slug}/slo/", page_slo, methods=["GET", "POST"]),
-        Route("/monitors/", page_monitors),
-        Route("/projects/{slug}/overview/", page_overview),
-        Route("/static/tracker.css", page_css), Route("/metrics", page_metrics),
-        Route("/login", page_login, methods=["GET", "POST"]), Route("/login/{code}", page_login_link),
-        Route("/logout", page_logout, methods=["POST"]),
-        Route("/account/", page_account, methods=["GET", "POST"]),
-        Route("/settings/", page_settings, methods=["GET", "POST"]),
-        Route("/projects/{slug}/keys/", page_project_keys, methods=["POST"]),
-        Route("/live/", page_live), Route("/live/events", page_live_events), Route("/static/live.js", page_live_js),
-        Route("/static/favicon.svg", page_favicon),
-        Route("/projects/{slug}/envelopes/", page_envelopes),
-        Route("/projects/{slug}/envelopes/{envelope_id}/", page_envelope),
-    ]
-    return Tracker(settings, routes=routes, middleware=[Middleware(DashboardGate)],
-                   exception_handlers={PageNotFound: page_not_found, FormRefused: form_refused,
-                                       ClientDisconnect: client_gone})
-
-
 def init_db(settings: Settings) -> None:
     """Create or migrate the database and the projects the config declares."""
     conn = connect_db(settings.db)
@@ -10299,6 +10467,118 @@ def init_db(settings: Settings) -> None:
 # =============================================================================
 # CLI
 # =============================================================================
+
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """A client gone mid-body (or cut off by GuardedHttp's body timeout): no one to answer, and no
+    traceback logged for each of a slow-client flood."""
+    return Response(status_code=408)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.db = getattr(args, "db", None)
+    settings = load_settings(getattr(args, "config", None), db=args.db, url=getattr(args, "url", None),
+                             host=getattr(args, "host", None), port=getattr(args, "port", None),
+                             auth_header=getattr(args, "auth_header", None),
+                             trusted_proxies=getattr(args, "trusted_proxies", None))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args.func(settings, args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default=argparse.SUPPRESS, help="SQLite file (default ./tracker.db or $TRACKER_DB)")
+    common.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file (or $TRACKER_CONFIG)")
+    common.add_argument("--url", default=argparse.SUPPRESS, help="public base URL used in DSNs (or $TRACKER_URL)")
+    network = argparse.ArgumentParser(add_help=False)
+    network.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    network.add_argument("--port", type=int, default=None, help="port to listen on (default 8000)")
+    network.add_argument("--auth-header", default=None, metavar="HEADER",
+                         help="trust this header (set by an SSO proxy) to name who is signed in")
+    network.add_argument("--trusted-proxies", default=None, metavar="ADDRESSES",
+                         help="proxies (addresses or networks, comma-separated) whose X-Forwarded-For is the client")
+
+    parser = argparse.ArgumentParser(prog="tracker", parents=[common],
+                                     description="A self-hosted, Sentry-compatible error tracker.")
+    parser.add_argument("--version", action="version", version=f"tracker {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", parents=[common, network], help="run the server").set_defaults(func=cmd_serve)
+    sub.add_parser("prepare-worker", parents=[common], help="(started by the server) prepare events for it"
+                   ).set_defaults(func=lambda settings, args: run_prepare_worker(settings.db))
+    sub.add_parser("demo", parents=[common, network],
+                   help="fresh demo database from sample_events/, then serve").set_defaults(func=cmd_demo)
+    project = sub.add_parser("project", help="manage projects").add_subparsers(dest="action", required=True)
+    create = project.add_parser("create", parents=[common], help="create a project and print its DSN")
+    create.add_argument("name")
+    create.add_argument("--slug")
+    create.add_argument("--platform")
+    create.set_defaults(func=cmd_project_create)
+    token = sub.add_parser("token", help="manage API tokens").add_subparsers(dest="action", required=True)
+    token_create = token.add_parser("create", parents=[common], help="create an API token and print it")
+    token_create.add_argument("--name")
+    token_create.add_argument("--scopes", default="admin",
+                              help="read, write or admin (each includes the ones before), or Sentry's scope names "
+                                   "(project:releases,org:read …), each with exactly Sentry's reach")
+    token_create.set_defaults(func=cmd_token_create)
+    token.add_parser("list", parents=[common], help="list API tokens").set_defaults(func=cmd_token_list)
+    token_revoke = token.add_parser("revoke", parents=[common], help="revoke an API token by id")
+    token_revoke.add_argument("id", type=int)
+    token_revoke.set_defaults(func=cmd_token_revoke)
+    user = sub.add_parser("user", help="manage people").add_subparsers(dest="action", required=True)
+    for action, func, about in (("create", cmd_user_create, "create a user"),
+                                ("passwd", cmd_user_passwd, "set a user's password (ends their sessions and login links)"),
+                                ("link", cmd_user_link, "print a one-time login link"),
+                                ("disable", cmd_user_disable_enable, "sign a user out everywhere and keep them out"),
+                                ("enable", cmd_user_disable_enable, "let a disabled user sign in again"),
+                                ("delete", cmd_user_delete, "delete a user, their sessions and API tokens")):
+        command = user.add_parser(action, parents=[common], help=about)
+        command.add_argument("name")
+        if action in ("create", "passwd"):
+            command.add_argument("--password", help="at least 10 characters (default: generated and printed)")
+        if action == "create":
+            command.add_argument("--role", choices=ROLES, default="member")
+        command.set_defaults(func=func)
+    user.add_parser("list", parents=[common], help="list users").set_defaults(func=cmd_user_list)
+    tail = sub.add_parser("tail", parents=[common], help="print events as they arrive (Ctrl-C stops)")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.add_argument("--project", help="only this project (slug)")
+    tail.add_argument("--last", type=int, default=0, help="start with the last N events")
+    tail.set_defaults(func=cmd_tail)
+    send = sub.add_parser("send", parents=[common], help="ingest event JSON or envelope files")
+    send.add_argument("files", nargs="+")
+    send.add_argument("--project", help="project slug or id (default: the first project)")
+    send.set_defaults(func=cmd_send)
+    backup = sub.add_parser("backup", parents=[common], help="copy the live database to FILE (online backup)")
+    backup.add_argument("file")
+    backup.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    backup.set_defaults(func=cmd_backup)
+    sub.add_parser("check", parents=[common], help="integrity and foreign key check; exits 1 on a problem"
+                   ).set_defaults(func=cmd_check)
+    sub.add_parser("vacuum", parents=[common], help="compact the database (server stopped); enables "
+                   "incremental vacuum on old files").set_defaults(func=cmd_vacuum)
+    return parser
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
+    init_db(settings)
+    conn = connect_db(settings.db)
+    try:
+        keys = conn.execute("SELECT k.public_key, p.id, p.slug FROM project_keys k JOIN projects p "
+                            "ON p.id = k.project_id WHERE k.active = 1 ORDER BY p.slug").fetchall()
+    finally:
+        conn.close()
+    for row in keys:
+        print(f"  DSN {row['slug']:<18} {dsn_for(settings, row['public_key'], row['id'])}")
+    if not keys:
+        print("  No projects yet: `tracker project create NAME` prints a DSN.")
+    admin = with_db(settings, first_admin)
+    if admin:
+        print(f"  Created the first user: {admin[0]}, password {admin[1]} (shown once; "
+              f"`tracker user passwd {admin[0]}` sets another)")
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.public_url.startswith("https:"):
+        print("  Warning: serving beyond this machine without TLS; put a TLS proxy in front (see README: Security).")
+    serve(settings)
+
 
 def with_db(settings: Settings, job: Job) -> Any:
     """Run one write job against the database from the command line (outside the server)."""
@@ -10319,127 +10599,21 @@ def with_db(settings: Settings, job: Job) -> Any:
     return result
 
 
-def read_event_file(path: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """An envelope file, or a bare event JSON file → [(envelope header, event)]."""
-    data = path.read_bytes()
-    try:
-        event = json.loads(data)
-        if isinstance(event, dict):
-            return [({}, event)]
-    except ValueError:
-        pass
-    header, items = parse_envelope(data, max_items=len(data))
-    return [(header, json_object(payload, str(path))) for ih, payload in items if ih.get("type") == "event"]
+def serve(settings: Settings) -> None:
+    proxies = settings.trusted_proxies.strip()
+    files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    bounds = {"header_timeout": float(settings.header_timeout), "body_timeout": float(settings.body_timeout),
+              "max_connections": max(min(int(settings.max_connections), files - FD_RESERVE), 1)}
+    if bounds["max_connections"] < int(settings.max_connections):
+        log.warning("at most %d connections: the file limit is %d (ulimit -n)", bounds["max_connections"], files)
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+                           log_level="warning", access_log=False, http=type("TrackerHttp", (GuardedHttp,), bounds),
+                           proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
+    print(f"tracker {__version__} serving {settings.public_url}/ (database {settings.db})", flush=True)
+    uvicorn.Server(config).run()
 
 
-def send_files(settings: Settings, files: list[Path], project: str | None,
-               rebase: Callable[[Path, dict[str, Any]], None] | None = None) -> int:
-    """Ingest event files straight into the database, through the same processing as HTTP."""
-    init_db(settings)
-    conn = connect_db(settings.db)
-    try:
-        projects = {str(r["id"]): r["id"] for r in conn.execute("SELECT id FROM projects")}
-        projects.update({r["slug"]: r["id"] for r in conn.execute("SELECT id, slug FROM projects")})
-        if project is None and not projects:
-            apply_batch(conn, [lambda c: create_project(c, "default")])
-            projects = {"default": 1}
-        project_id = projects.get(project) if project else min(projects.values())
-        if project_id is None:
-            raise SystemExit(f"error: no project {project!r}")
-        jobs: list[Job] = []
-        received = time.time()
-        rules = stored_rules(conn.execute(RULES_SQL, (project_id,)).fetchone())
-        option = conn.execute("SELECT value FROM project_options WHERE project_id = ? AND key = 'scrub'",
-                              (project_id,)).fetchone()
-        scrub = scrub_policy(json.loads(option[0]) if option else None)
-        for path in files:
-            for header, event in read_event_file(path):
-                if rebase:
-                    rebase(path, event)
-                ev = prepare_event(event, project_id=project_id, event_id=normalize_id(header.get("event_id")),
-                                   received=received, rules=rules, scrub=scrub)
-                jobs.append(lambda c, ev=ev: store_event(c, ev))
-        results = apply_batch(conn, jobs)
-    finally:
-        conn.close()
-    return sum(1 for r in results if r is True)
-
-
-def sample_dir() -> Path:
-    """sample_events/ beside this file (a checkout) or under the install prefix (a wheel)."""
-    for candidate in (Path(__file__).resolve().parent / "sample_events", Path.cwd() / "sample_events",
-                      Path(sys.prefix) / "share" / "tracker" / "sample_events"):
-        if candidate.is_dir():
-            return candidate
-    raise SystemExit("error: sample_events/ not found")
-
-
-def load_demo(settings: Settings) -> dict[str, str]:
-    """A fresh demo database: a project per service (release name) in the samples, their
-    events spread over the last three days so the dashboard looks like a live system."""
-    for suffix in ("", "-wal", "-shm"):
-        Path(settings.db + suffix).unlink(missing_ok=True)
-    init_db(settings)
-    by_project: dict[str, list[Path]] = {}
-    platforms: dict[str, str] = {}
-    for path in sorted(sample_dir().glob("*.envelope")):
-        event = next((e for _, e in read_event_file(path)), {})
-        slug = slugify(text(event.get("release")).split("@")[0] or "demo")
-        by_project.setdefault(slug, []).append(path)
-        platforms.setdefault(slug, text(event.get("platform")))
-    now = time.time()
-
-    def rebase(path: Path, event: dict[str, Any]) -> None:
-        original = parse_timestamp(event.get("timestamp")) or now
-        shift = now - random.Random(path.name).uniform(60, 3 * 86400) - original
-        event["timestamp"] = original + shift
-        for crumb in as_values(event.get("breadcrumbs")):
-            ts = parse_timestamp(crumb.get("timestamp"))
-            if ts is not None:
-                crumb["timestamp"] = ts + shift
-
-    dsns = {}
-    busiest = max(by_project, key=lambda s: len(by_project[s]))
-    for slug, paths in sorted(by_project.items()):
-        project_id, key = with_db(settings, lambda c, s=slug: create_project(c, s, s, platforms[s]))
-        dsns[slug] = dsn_for(settings, key, project_id)
-        send_files(settings, paths, slug, rebase)
-        with_db(settings, lambda c, p=project_id, slo=slug == busiest: demo_health(c, p, slo, now))
-    return dsns
-
-
-def demo_health(conn: sqlite3.Connection, project_id: int, with_slo: bool, now: float) -> None:
-    """Three days of session aggregates per release (as SDKs send them, through the same parser),
-    and on the busiest project two issues resolved a while after they appeared and an error-budget SLO
-    with a day of history and a fresh breach."""
-    releases = [r[0] for r in conn.execute("SELECT DISTINCT release FROM events WHERE project_id = ? AND release != ''",
-                                           (project_id,))] or ["demo@1.0.0"]
-    rng, updates = random.Random(project_id), []
-    for start in range(minute_of(now - 3 * 86400), minute_of(now), 600):
-        release = releases[rng.randrange(len(releases))]
-        crashed = int(rng.random() < 0.06) + (3 if now - start < 20 * 60 and with_slo else 0)  # a fresh spike
-        aggregate = {"started": start, "exited": rng.randint(40, 160), "errored": int(rng.random() < 0.04),
-                     "crashed": crashed, "did": None}
-        updates += parse_aggregates({"attrs": {"release": release, "environment": "production"},
-                                     "aggregates": [aggregate]}, now)
-    store_health(conn, project_id, updates)
-    if with_slo:
-        for hours, issue in zip((3, 9), conn.execute("SELECT * FROM issues WHERE project_id = ? ORDER BY first_seen "
-                                                     "LIMIT 2", (project_id,)).fetchall()):
-            change_status(conn, issue, "resolved", {}, issue["first_seen"] + hours * 3600)  # bug lifetimes to show
-        save_slo(conn, project_id, checked_slo({"name": "Error budget", "objective": 0.001, "window": 10,
-                                                "min_total": 10}))
-        for minute in range(minute_of(now - 86400), minute_of(now), 60):
-            judge_slos(conn, minute, 120)
-
-
-MAX_HEAD = 64 * KIB  # request line and headers (nginx 4 × 8 KiB buffers, Node 16 KiB, h11 16 KiB)
-MAX_HEADERS = 100  # header fields (Apache's LimitRequestFields); an SDK sends about 10, a browser 20
 FD_RESERVE = 128  # files kept for the database, the workers' pipes, the listening socket (25 open on 2 cores)
-
-
-class HeadRefused(Exception):
-    """Raised from the parser's header callback to stop parsing a head with too many fields."""
 
 
 class GuardedHttp(HttpToolsProtocol):
@@ -10531,45 +10705,13 @@ class GuardedHttp(HttpToolsProtocol):
         self.transport.close()
 
 
-async def client_gone(request: Request, exc: Exception) -> Response:
-    """A client gone mid-body (or cut off by GuardedHttp's body timeout): no one to answer, and no
-    traceback logged for each of a slow-client flood."""
-    return Response(status_code=408)
+MAX_HEAD = 64 * KIB  # request line and headers (nginx 4 × 8 KiB buffers, Node 16 KiB, h11 16 KiB)
+
+MAX_HEADERS = 100  # header fields (Apache's LimitRequestFields); an SDK sends about 10, a browser 20
 
 
-def serve(settings: Settings) -> None:
-    proxies = settings.trusted_proxies.strip()
-    files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    bounds = {"header_timeout": float(settings.header_timeout), "body_timeout": float(settings.body_timeout),
-              "max_connections": max(min(int(settings.max_connections), files - FD_RESERVE), 1)}
-    if bounds["max_connections"] < int(settings.max_connections):
-        log.warning("at most %d connections: the file limit is %d (ulimit -n)", bounds["max_connections"], files)
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
-                           log_level="warning", access_log=False, http=type("TrackerHttp", (GuardedHttp,), bounds),
-                           proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
-    print(f"tracker {__version__} serving {settings.public_url}/ (database {settings.db})", flush=True)
-    uvicorn.Server(config).run()
-
-
-def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
-    init_db(settings)
-    conn = connect_db(settings.db)
-    try:
-        keys = conn.execute("SELECT k.public_key, p.id, p.slug FROM project_keys k JOIN projects p "
-                            "ON p.id = k.project_id WHERE k.active = 1 ORDER BY p.slug").fetchall()
-    finally:
-        conn.close()
-    for row in keys:
-        print(f"  DSN {row['slug']:<18} {dsn_for(settings, row['public_key'], row['id'])}")
-    if not keys:
-        print("  No projects yet: `tracker project create NAME` prints a DSN.")
-    admin = with_db(settings, first_admin)
-    if admin:
-        print(f"  Created the first user: {admin[0]}, password {admin[1]} (shown once; "
-              f"`tracker user passwd {admin[0]}` sets another)")
-    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.public_url.startswith("https:"):
-        print("  Warning: serving beyond this machine without TLS; put a TLS proxy in front (see README: Security).")
-    serve(settings)
+class HeadRefused(Exception):
+    """Raised from the parser's header callback to stop parsing a head with too many fields."""
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
@@ -10586,6 +10728,120 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
     print(f"  Sign in            {name} / {password}")
     print(f"\nOpen {settings.public_url}/login/{link} in your browser (signs you in once).\n", flush=True)
     serve(settings)
+
+
+def load_demo(settings: Settings) -> dict[str, str]:
+    """A fresh demo database: a project per service (release name) in the samples, their
+    events spread over the last three days so the dashboard looks like a live system."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(settings.db + suffix).unlink(missing_ok=True)
+    init_db(settings)
+    by_project: dict[str, list[Path]] = {}
+    platforms: dict[str, str] = {}
+    for path in sorted(sample_dir().glob("*.envelope")):
+        event = next((e for _, e in read_event_file(path)), {})
+        slug = slugify(text(event.get("release")).split("@")[0] or "demo")
+        by_project.setdefault(slug, []).append(path)
+        platforms.setdefault(slug, text(event.get("platform")))
+    now = time.time()
+
+    def rebase(path: Path, event: dict[str, Any]) -> None:
+        original = parse_timestamp(event.get("timestamp")) or now
+        shift = now - random.Random(path.name).uniform(60, 3 * 86400) - original
+        event["timestamp"] = original + shift
+        for crumb in as_values(event.get("breadcrumbs")):
+            ts = parse_timestamp(crumb.get("timestamp"))
+            if ts is not None:
+                crumb["timestamp"] = ts + shift
+
+    dsns = {}
+    busiest = max(by_project, key=lambda s: len(by_project[s]))
+    for slug, paths in sorted(by_project.items()):
+        project_id, key = with_db(settings, lambda c, s=slug: create_project(c, s, s, platforms[s]))
+        dsns[slug] = dsn_for(settings, key, project_id)
+        send_files(settings, paths, slug, rebase)
+        with_db(settings, lambda c, p=project_id, slo=slug == busiest: demo_health(c, p, slo, now))
+    return dsns
+
+
+def sample_dir() -> Path:
+    """sample_events/ beside this file (a checkout) or under the install prefix (a wheel)."""
+    for candidate in (Path(__file__).resolve().parent / "sample_events", Path.cwd() / "sample_events",
+                      Path(sys.prefix) / "share" / "tracker" / "sample_events"):
+        if candidate.is_dir():
+            return candidate
+    raise SystemExit("error: sample_events/ not found")
+
+
+def read_event_file(path: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """An envelope file, or a bare event JSON file → [(envelope header, event)]."""
+    data = path.read_bytes()
+    try:
+        event = json.loads(data)
+        if isinstance(event, dict):
+            return [({}, event)]
+    except ValueError:
+        pass
+    header, items = parse_envelope(data, max_items=len(data))
+    return [(header, json_object(payload, str(path))) for ih, payload in items if ih.get("type") == "event"]
+
+
+def send_files(settings: Settings, files: list[Path], project: str | None,
+               rebase: Callable[[Path, dict[str, Any]], None] | None = None) -> int:
+    """Ingest event files straight into the database, through the same processing as HTTP."""
+    init_db(settings)
+    conn = connect_db(settings.db)
+    try:
+        projects = {str(r["id"]): r["id"] for r in conn.execute("SELECT id FROM projects")}
+        projects.update({r["slug"]: r["id"] for r in conn.execute("SELECT id, slug FROM projects")})
+        if project is None and not projects:
+            apply_batch(conn, [lambda c: create_project(c, "default")])
+            projects = {"default": 1}
+        project_id = projects.get(project) if project else min(projects.values())
+        if project_id is None:
+            raise SystemExit(f"error: no project {project!r}")
+        jobs: list[Job] = []
+        received = time.time()
+        rules = stored_rules(conn.execute(RULES_SQL, (project_id,)).fetchone())
+        option = conn.execute("SELECT value FROM project_options WHERE project_id = ? AND key = 'scrub'",
+                              (project_id,)).fetchone()
+        scrub = scrub_policy(json.loads(option[0]) if option else None)
+        for path in files:
+            for header, event in read_event_file(path):
+                if rebase:
+                    rebase(path, event)
+                ev = prepare_event(event, project_id=project_id, event_id=normalize_id(header.get("event_id")),
+                                   received=received, rules=rules, scrub=scrub)
+                jobs.append(lambda c, ev=ev: store_event(c, ev))
+        results = apply_batch(conn, jobs)
+    finally:
+        conn.close()
+    return sum(1 for r in results if r is True)
+
+
+def demo_health(conn: sqlite3.Connection, project_id: int, with_slo: bool, now: float) -> None:
+    """Three days of session aggregates per release (as SDKs send them, through the same parser),
+    and on the busiest project two issues resolved a while after they appeared and an error-budget SLO
+    with a day of history and a fresh breach."""
+    releases = [r[0] for r in conn.execute("SELECT DISTINCT release FROM events WHERE project_id = ? AND release != ''",
+                                           (project_id,))] or ["demo@1.0.0"]
+    rng, updates = random.Random(project_id), []
+    for start in range(minute_of(now - 3 * 86400), minute_of(now), 600):
+        release = releases[rng.randrange(len(releases))]
+        crashed = int(rng.random() < 0.06) + (3 if now - start < 20 * 60 and with_slo else 0)  # a fresh spike
+        aggregate = {"started": start, "exited": rng.randint(40, 160), "errored": int(rng.random() < 0.04),
+                     "crashed": crashed, "did": None}
+        updates += parse_aggregates({"attrs": {"release": release, "environment": "production"},
+                                     "aggregates": [aggregate]}, now)
+    store_health(conn, project_id, updates)
+    if with_slo:
+        for hours, issue in zip((3, 9), conn.execute("SELECT * FROM issues WHERE project_id = ? ORDER BY first_seen "
+                                                     "LIMIT 2", (project_id,)).fetchall()):
+            change_status(conn, issue, "resolved", {}, issue["first_seen"] + hours * 3600)  # bug lifetimes to show
+        save_slo(conn, project_id, checked_slo({"name": "Error budget", "objective": 0.001, "window": 10,
+                                                "min_total": 10}))
+        for minute in range(minute_of(now - 86400), minute_of(now), 60):
+            judge_slos(conn, minute, 120)
 
 
 def cmd_project_create(settings: Settings, args: argparse.Namespace) -> None:
@@ -10632,12 +10888,6 @@ def cmd_user_link(settings: Settings, args: argparse.Namespace) -> None:
     print(f"{settings.public_url}/login/{code}  (signs {args.name} in once, within an hour)")
 
 
-def cmd_user_list(settings: Settings, args: argparse.Namespace) -> None:
-    for row in with_db(settings, lambda c: c.execute("SELECT * FROM users ORDER BY name").fetchall()):
-        print(f"{row['name']:<24} {row['role']:<7} {'password' if row['password'] else 'no password'}"
-              + ("  disabled" if row["disabled"] else ""))
-
-
 def cmd_user_disable_enable(settings: Settings, args: argparse.Namespace) -> None:
     with_db(settings, lambda c: set_disabled(c, args.name, args.action == "disable"))
     print(f"{args.name} is {args.action}d" + (": signed out, login links and API tokens revoked."
@@ -10647,6 +10897,12 @@ def cmd_user_disable_enable(settings: Settings, args: argparse.Namespace) -> Non
 def cmd_user_delete(settings: Settings, args: argparse.Namespace) -> None:
     with_db(settings, lambda c: delete_user(c, args.name))
     print(f"Deleted {args.name}: signed out, login links and API tokens revoked.")
+
+
+def cmd_user_list(settings: Settings, args: argparse.Namespace) -> None:
+    for row in with_db(settings, lambda c: c.execute("SELECT * FROM users ORDER BY name").fetchall()):
+        print(f"{row['name']:<24} {row['role']:<7} {'password' if row['password'] else 'no password'}"
+              + ("  disabled" if row["disabled"] else ""))
 
 
 def cmd_tail(settings: Settings, args: argparse.Namespace) -> None:
@@ -10685,19 +10941,6 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> None:
     print(f"Stored {stored} new event(s).")
 
 
-def megabytes(path: str | Path) -> str:
-    return f"{Path(path).stat().st_size / MIB:.1f} MB"
-
-
-def existing_db(settings: Settings) -> str:
-    if not Path(settings.db).is_file():
-        raise SystemExit(f"error: no database at {settings.db}")
-    return settings.db
-
-
-BACKUP_STEP = 4096  # pages copied per backup step (16 MiB of 4 KiB pages)
-
-
 def cmd_backup(settings: Settings, args: argparse.Namespace) -> None:
     """SQLite's online backup, in steps, of one read snapshot: in WAL mode a reader never holds up
     the server's writer, and the snapshot keeps the copy to one moment (a stepped backup without
@@ -10723,6 +10966,26 @@ def cmd_backup(settings: Settings, args: argparse.Namespace) -> None:
         source.close()
     os.replace(partial, target)
     print(f"Backed up {settings.db} to {target}: {megabytes(target)} in {time.monotonic() - started:.1f} s")
+
+
+def existing_db(settings: Settings) -> str:
+    if not Path(settings.db).is_file():
+        raise SystemExit(f"error: no database at {settings.db}")
+    return settings.db
+
+
+BACKUP_STEP = 4096  # pages copied per backup step (16 MiB of 4 KiB pages)
+
+
+def megabytes(path: str | Path) -> str:
+    return f"{Path(path).stat().st_size / MIB:.1f} MB"
+
+
+def cmd_check(settings: Settings, args: argparse.Namespace) -> None:
+    facts, problems = check_database(existing_db(settings))
+    print("\n".join(facts + (problems or ["ok"])))
+    if problems:
+        raise SystemExit(1)
 
 
 def check_database(path: str) -> tuple[list[str], list[str]]:
@@ -10753,13 +11016,6 @@ def check_database(path: str) -> tuple[list[str], list[str]]:
     return facts, problems
 
 
-def cmd_check(settings: Settings, args: argparse.Namespace) -> None:
-    facts, problems = check_database(existing_db(settings))
-    print("\n".join(facts + (problems or ["ok"])))
-    if problems:
-        raise SystemExit(1)
-
-
 def cmd_vacuum(settings: Settings, args: argparse.Namespace) -> None:
     """Rewrite the file without its free pages, and with auto_vacuum=INCREMENTAL, so that
     retention gives space back from then on (a database created before that keeps its free pages).
@@ -10780,91 +11036,6 @@ def cmd_vacuum(settings: Settings, args: argparse.Namespace) -> None:
     print(f"Vacuumed {settings.db}: {before} → {megabytes(settings.db)}, auto_vacuum incremental")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", default=argparse.SUPPRESS, help="SQLite file (default ./tracker.db or $TRACKER_DB)")
-    common.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file (or $TRACKER_CONFIG)")
-    common.add_argument("--url", default=argparse.SUPPRESS, help="public base URL used in DSNs (or $TRACKER_URL)")
-    network = argparse.ArgumentParser(add_help=False)
-    network.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
-    network.add_argument("--port", type=int, default=None, help="port to listen on (default 8000)")
-    network.add_argument("--auth-header", default=None, metavar="HEADER",
-                         help="trust this header (set by an SSO proxy) to name who is signed in")
-    network.add_argument("--trusted-proxies", default=None, metavar="ADDRESSES",
-                         help="proxies (addresses or networks, comma-separated) whose X-Forwarded-For is the client")
-
-    parser = argparse.ArgumentParser(prog="tracker", parents=[common],
-                                     description="A self-hosted, Sentry-compatible error tracker.")
-    parser.add_argument("--version", action="version", version=f"tracker {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", parents=[common, network], help="run the server").set_defaults(func=cmd_serve)
-    sub.add_parser("prepare-worker", parents=[common], help="(started by the server) prepare events for it"
-                   ).set_defaults(func=lambda settings, args: run_prepare_worker(settings.db))
-    sub.add_parser("demo", parents=[common, network],
-                   help="fresh demo database from sample_events/, then serve").set_defaults(func=cmd_demo)
-    project = sub.add_parser("project", help="manage projects").add_subparsers(dest="action", required=True)
-    create = project.add_parser("create", parents=[common], help="create a project and print its DSN")
-    create.add_argument("name")
-    create.add_argument("--slug")
-    create.add_argument("--platform")
-    create.set_defaults(func=cmd_project_create)
-    token = sub.add_parser("token", help="manage API tokens").add_subparsers(dest="action", required=True)
-    token_create = token.add_parser("create", parents=[common], help="create an API token and print it")
-    token_create.add_argument("--name")
-    token_create.add_argument("--scopes", default="admin",
-                              help="read, write or admin (each includes the ones before), or Sentry's scope names "
-                                   "(project:releases,org:read …), each with exactly Sentry's reach")
-    token_create.set_defaults(func=cmd_token_create)
-    token.add_parser("list", parents=[common], help="list API tokens").set_defaults(func=cmd_token_list)
-    token_revoke = token.add_parser("revoke", parents=[common], help="revoke an API token by id")
-    token_revoke.add_argument("id", type=int)
-    token_revoke.set_defaults(func=cmd_token_revoke)
-    user = sub.add_parser("user", help="manage people").add_subparsers(dest="action", required=True)
-    for action, func, about in (("create", cmd_user_create, "create a user"),
-                                ("passwd", cmd_user_passwd, "set a user's password (ends their sessions and login links)"),
-                                ("link", cmd_user_link, "print a one-time login link"),
-                                ("disable", cmd_user_disable_enable, "sign a user out everywhere and keep them out"),
-                                ("enable", cmd_user_disable_enable, "let a disabled user sign in again"),
-                                ("delete", cmd_user_delete, "delete a user, their sessions and API tokens")):
-        command = user.add_parser(action, parents=[common], help=about)
-        command.add_argument("name")
-        if action in ("create", "passwd"):
-            command.add_argument("--password", help="at least 10 characters (default: generated and printed)")
-        if action == "create":
-            command.add_argument("--role", choices=ROLES, default="member")
-        command.set_defaults(func=func)
-    user.add_parser("list", parents=[common], help="list users").set_defaults(func=cmd_user_list)
-    tail = sub.add_parser("tail", parents=[common], help="print events as they arrive (Ctrl-C stops)")
-    tail.add_argument("--json", action="store_true", help="one JSON object per line")
-    tail.add_argument("--project", help="only this project (slug)")
-    tail.add_argument("--last", type=int, default=0, help="start with the last N events")
-    tail.set_defaults(func=cmd_tail)
-    send = sub.add_parser("send", parents=[common], help="ingest event JSON or envelope files")
-    send.add_argument("files", nargs="+")
-    send.add_argument("--project", help="project slug or id (default: the first project)")
-    send.set_defaults(func=cmd_send)
-    backup = sub.add_parser("backup", parents=[common], help="copy the live database to FILE (online backup)")
-    backup.add_argument("file")
-    backup.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
-    backup.set_defaults(func=cmd_backup)
-    sub.add_parser("check", parents=[common], help="integrity and foreign key check; exits 1 on a problem"
-                   ).set_defaults(func=cmd_check)
-    sub.add_parser("vacuum", parents=[common], help="compact the database (server stopped); enables "
-                   "incremental vacuum on old files").set_defaults(func=cmd_vacuum)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    args.db = getattr(args, "db", None)
-    settings = load_settings(getattr(args, "config", None), db=args.db, url=getattr(args, "url", None),
-                             host=getattr(args, "host", None), port=getattr(args, "port", None),
-                             auth_header=getattr(args, "auth_header", None),
-                             trusted_proxies=getattr(args, "trusted_proxies", None))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args.func(settings, args)
-
-
 # =============================================================================
 # Templates and static text
 # =============================================================================
@@ -10873,167 +11044,6 @@ def main(argv: list[str] | None = None) -> None:
 # the end (as bottle.py keeps its templates) so that the code above reads without 700 lines of HTML
 # in the middle. Python looks these names up when a page is served, not when the functions that
 # use them are defined; nothing reads them at import time.
-
-CSS = """
-:root { --fg:#1d2330; --muted:#667085; --line:#e4e7ec; --bg:#f7f8fa; --accent:#3b5bdb;
-        --fatal:#9b1c1c; --error:#d92d20; --warning:#dc6803; --info:#1570ef; --debug:#667085;
-        --crash:#fff4e5; --crashline:#ffe2b8; --mono: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
-* { box-sizing: border-box; }
-body { margin:0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color:var(--fg); background:var(--bg); }
-a { color: var(--accent); text-decoration: none; } a:hover { text-decoration: underline; }
-header.top { background:#111827; color:#fff; padding:10px 24px; display:flex; gap:24px; align-items:center; }
-header.top a { color:#e5e7eb; } header.top .brand { font-weight:700; color:#fff; font-size:16px; }
-header.top .who { margin-left:auto; display:flex; gap:12px; align-items:center; font-size:13px; }
-header.top .who form { margin:0; } button.link { background:none; border:0; color:#9ca3af; padding:0; cursor:pointer; font:inherit; }
-tr.fresh td { background:#fef9c3; } td.nowrap { white-space:nowrap; }
-span.item { display:inline-block; font-size:12px; padding:1px 6px; border-radius:4px; font-family:ui-monospace,monospace; }
-span.item.kept { background:#dcfce7; color:#166534; } span.item.dropped { background:#fee2e2; color:#991b1b; }
-div.drops { color:#92400e; font-size:12.5px; margin:4px 0; }
-div.key { margin:4px 0; display:flex; gap:8px; align-items:center; flex-wrap:wrap; } div.key form, form.key { margin:0; display:inline-flex; gap:6px; align-items:center; }
-div.key.off code { text-decoration:line-through; color:#9ca3af; } .card.secret pre { white-space:pre-wrap; word-break:break-all; background:#f3f4f6; padding:8px; }
-form.login { max-width:340px; margin:40px auto; display:flex; flex-direction:column; gap:12px; }
-form.login label { display:flex; flex-direction:column; gap:4px; } form.login h1 { margin:0; }
-main { padding: 20px 24px; max-width: 1400px; margin: 0 auto; }
-h1 { font-size: 20px; margin: 0 0 4px; word-break: break-word; } h2 { font-size: 15px; margin: 24px 0 8px; }
-.muted { color: var(--muted); } .mono { font-family: var(--mono); font-size: 12.5px; }
-.card { background:#fff; border:1px solid var(--line); border-radius:8px; padding:14px 16px; margin-bottom:16px; }
-form.filters { display:flex; gap:10px; flex-wrap:wrap; align-items:end; margin-bottom:14px; }
-form.filters label.search { flex: 1; min-width: 280px; }
-.search-error { border-color: #fda29b; background: #fef3f2; color: #b42318; }
-form.filters label { display:flex; flex-direction:column; font-size:12px; color:var(--muted); gap:2px; }
-select, input, button { font: inherit; padding:5px 8px; border:1px solid var(--line); border-radius:6px; background:#fff; }
-button { background: var(--accent); color:#fff; border-color: var(--accent); cursor:pointer; }
-table { border-collapse: collapse; width: 100%; }
-th, td { text-align:left; padding: 8px 10px; border-bottom:1px solid var(--line); vertical-align: top; }
-th { font-size:12px; color:var(--muted); font-weight:600; background:#fafbfc; }
-table.issues td.num { text-align:right; font-variant-numeric: tabular-nums; white-space:nowrap; }
-table.issues tr:hover td { background:#f5f7ff; }
-.issue-title { font-weight:600; font-size:14.5px; word-break: break-word; }
-.issue-title .v { font-weight:400; color: var(--fg); }
-table.issues td:first-child { border-left: 3px solid transparent; }
-table.issues tr.row-fatal td:first-child { border-left-color: var(--fatal); } table.issues tr.row-error td:first-child { border-left-color: var(--error); }
-table.issues tr.row-warning td:first-child { border-left-color: var(--warning); } table.issues tr.row-info td:first-child { border-left-color: var(--info); }
-.culprit { color: var(--muted); font-size: 12.5px; font-family: var(--mono); word-break: break-all; }
-.badge { display:inline-block; padding:1px 7px; border-radius:10px; font-size:11.5px; font-weight:600; color:#fff; vertical-align: 2px; }
-.lvl-fatal { background:var(--fatal); } .lvl-error { background:var(--error); } .lvl-warning { background:var(--warning); }
-.lvl-info { background:var(--info); } .lvl-debug { background:var(--debug); }
-.status { font-size:12px; padding:1px 7px; border-radius:10px; border:1px solid var(--line); color:var(--muted); }
-.layout { display:grid; grid-template-columns: minmax(0, 1fr) 340px; gap: 20px; }
-@media (max-width: 1000px) { .layout { grid-template-columns: 1fr; } }
-.facts { display:flex; gap: 28px; flex-wrap: wrap; margin-top: 10px; }
-.histogram { display:flex; flex-direction:column; justify-content:flex-end; }
-.histogram svg { width: 240px; height: 40px; display:block; background: #f2f4f7; border-radius: 3px; } .histogram rect { fill: var(--accent); opacity: .75; }
-.histogram span { font-size: 12px; color: var(--muted); }
-.facts div b { display:block; font-size: 18px; } .facts div span { font-size: 12px; color: var(--muted); }
-.nav { display:flex; gap: 8px; align-items:center; flex-wrap: wrap; margin: 12px 0; }
-.nav a, .nav span.off { border:1px solid var(--line); border-radius:6px; padding:3px 10px; background:#fff; font-size:13px; }
-.nav span.off { color: #c0c4cc; }
-.nav .evmeta { display:flex; gap:6px; align-items:center; flex-wrap:wrap; font-size:12.5px; }
-.nav .evmeta b { font-weight:600; font-family: var(--mono); }
-.exc-head { font-size: 15px; margin: 4px 0 2px; word-break: break-word; }
-.exc-head .type { font-weight:700; color: var(--error); }
-.mechanism { font-size: 12px; color: var(--muted); margin-bottom: 8px; }
-.frame { border:1px solid var(--line); border-radius:6px; margin: 6px 0; background:#fff; overflow:hidden; }
-.frame > summary, .frame > .fh { padding: 6px 10px; font-family: var(--mono); font-size: 12.5px; cursor: pointer; list-style: none; background:#fafbfc; word-break: break-all; }
-.frame.app > summary { background:#fff; }
-.frame.crash { border-color:#f79009; box-shadow: 0 0 0 1px #f79009; }
-.frame.crash > summary { background: var(--crash); }
-.frame .fn { font-weight: 700; } .frame .tag { font-family: system-ui; font-size: 11px; border-radius:4px; padding:0 5px; margin-left:6px; }
-.tag.app { background:#e0eaff; color:#2f4ac0; } .tag.crashtag { background:#f79009; color:#fff; }
-pre.ctx { margin:0; padding: 6px 0; background:#0f172a; color:#cbd5e1; font: 12.5px/1.5 var(--mono); overflow-x:auto; }
-pre.ctx span { display:block; padding: 0 10px; white-space: pre; }
-pre.ctx span.hl { background:#334155; color:#fff; }
-.frame.crash pre.ctx span.hl { background:#9a3412; font-weight:600; }
-pre.ctx i { display:inline-block; width: 4em; color:#64748b; font-style: normal; text-align:right; margin-right: 1em; user-select:none; }
-table.kv { table-layout: fixed; } table.kv td { padding: 4px 10px; overflow-wrap: anywhere; }
-table.kv td:first-child, table.kv th:first-child { width: 200px; color: var(--muted); font-family: var(--mono); font-size: 12.5px; word-break: break-all; }
-table.kv td { font-family: var(--mono); font-size: 12.5px; word-break: break-word; }
-table.vars { margin: 0; } table.vars td { padding: 3px 10px; }
-table.kv div.v { max-height: 9.5em; overflow: auto; white-space: pre-wrap; }
-details.frames { margin: 6px 0; } details.frames > summary { cursor: pointer; list-style: none; font-size: 12.5px; color: var(--muted);
-  padding: 5px 10px; border: 1px dashed #d0d5dd; border-radius: 6px; background: #fafbfc; }
-details.frames > summary:hover { color: var(--fg); } details.frames[open] > summary { margin-bottom: 4px; }
-details.frames > .frame { margin-left: 12px; }
-.frame > summary::before, details.frames > summary::before { content: '▸'; display:inline-block; width: 1em; color: var(--muted); }
-.frame[open] > summary::before, details.frames[open] > summary::before { content: '▾'; }
-h4 { font-size: 12px; margin: 12px 0 4px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
-.sidebar table.kv td:first-child { width: 112px; }
-.sidebar h3 { font-size: 13px; margin: 14px 0 6px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
-.tagbar { margin: 6px 0 10px; } .tagbar .k { font-family: var(--mono); font-size: 12px; }
-.bar { height: 6px; background: #e4e7ec; border-radius: 3px; overflow: hidden; margin: 2px 0 4px; }
-/* a share as an SVG rect, not a width in a style attribute: the CSP allows no inline style */
-.bar > svg { display:block; width:100%; height:100%; } .bar rect { fill: var(--accent); }
-.chips a, .chips span { display:inline-block; border:1px solid var(--line); border-radius: 5px; padding: 1px 7px; margin: 2px 2px 2px 0; font-size: 12px; font-family: var(--mono); background:#fff; color: var(--fg); word-break: break-all; }
-.chips b { color: var(--muted); font-weight: 500; }
-pre.block { background:#f2f4f7; padding: 10px; border-radius: 6px; overflow-x: auto; font: 12.5px/1.45 var(--mono); white-space: pre-wrap; word-break: break-word; margin: 0; }
-.crumb-error td { background: #fef3f2; } td.crumb-level { font-size: 12.5px; }
-.commit { padding: 8px 0; border-bottom: 1px solid var(--line); } .commit:last-child { border-bottom: 0; }
-.empty { padding: 40px; text-align: center; color: var(--muted); }
-code.dsn { background:#f2f4f7; padding: 3px 6px; border-radius: 4px; font-size: 12.5px; word-break: break-all; }
-.badge.regressed { background: #b42318; }
-.slo-state { font-size:13px; padding:2px 8px; border-radius:10px; vertical-align:3px; color:#fff; }
-.slo-history { display:flex; height:28px; margin:12px 0 4px; overflow:hidden; border-radius:4px; }
-.slo-history span { flex:1 1 0; min-width:0; }
-.health-facts { display:flex; gap:18px; flex-wrap:wrap; margin-top:4px; }
-.health-facts div { display:flex; flex-direction:column; } .health-facts b { font-size:18px; }
-.health-facts span { font-size:12px; color: var(--muted); }
-.state-ok { background:#12b76a; color:#12b76a; } .state-breached { background:#d92d20; color:#d92d20; }
-.state-no_data { background:#d0d5dd; color:#d0d5dd; } .slo-state.state-ok, .slo-state.state-breached, .slo-state.state-no_data { color:#fff; }
-svg.chart { width:100%; height:120px; display:block; background: linear-gradient(#eef0f3 1px, transparent 1px) 0 0 / 100% 30px; }
-.bar-fatal { fill:#7a271a; background:#7a271a; } .bar-error { fill:#d92d20; background:#d92d20; }
-.bar-warning { fill:#f79009; background:#f79009; } .bar-info { fill:#2e90fa; background:#2e90fa; }
-.bar-debug { fill:#98a2b3; background:#98a2b3; } .bar-new { fill:#6172f3; background:#6172f3; }
-.bar-regressed { fill:#b42318; background:#b42318; }
-.axis { display:flex; justify-content:space-between; font-size:11.5px; color: var(--muted); margin-top:2px; }
-.legend { display:flex; gap:12px; font-size:12px; color: var(--muted); margin-top:6px; }
-.legend i { display:inline-block; width:10px; height:10px; border-radius:2px; margin-right:4px; vertical-align:-1px; }
-.periods { display:flex; gap:6px; margin:0 0 12px; } .periods a { padding:3px 10px; border:1px solid var(--line); border-radius:14px; background:#fff; }
-.periods a.current { background: var(--fg); color:#fff; border-color: var(--fg); }
-.share { display:flex; justify-content:space-between; gap:10px; margin:4px 0; font-size:13px; } .share span { overflow-wrap:anywhere; }
-.top-issue { margin:6px 0; } .top-issue .num { display:inline-block; min-width:3em; font-weight:600; }
-svg.spark { width:72px; height:24px; display:block; } svg.spark rect.on { fill:#6172f3; } svg.spark rect.off { fill:#e4e7ec; }
-.delivery-status { font-weight:600; } .status-delivered { color:#067647; } .status-dead { color:#b42318; }
-.status-pending, .status-in_flight { color:#b54708; } .status-cancelled { color: var(--muted); }
-fieldset { border:1px solid var(--line); border-radius:6px; padding:6px 10px; display:flex; flex-wrap:wrap; gap:10px; align-items:center; }
-form.filters fieldset label { flex-direction:row; align-items:center; gap:4px; font-size:13px; color: var(--fg); }
-legend { font-size:12px; color: var(--muted); }
-.actions { display:flex; gap:8px; flex-wrap:wrap; align-items:center; margin-top:14px; padding-top:12px; border-top:1px solid var(--line); }
-.actions form { display:flex; gap:4px; margin:0; } .actions .state { font-weight:600; margin-right:6px; }
-.actions select, .actions input, .actions button { font-size:13px; padding:3px 8px; }
-button.secondary { background:#fff; color:var(--fg); border-color:#d0d5dd; }
-ul.activity { list-style:none; margin:0; padding:0; font-size:12.5px; }
-ul.activity li { display:flex; justify-content:space-between; gap:8px; padding:4px 0; border-bottom:1px solid var(--line); }
-ul.activity li:last-child { border-bottom:0; } ul.activity li .muted { white-space:nowrap; }
-.frame .links { float: right; font-family: system-ui; font-size: 12px; font-weight: 400; }
-.frame .links a { color: var(--muted); margin-left: 10px; } .frame .links a:hover { color: var(--accent); }
-.report { margin-top: 8px; font-size: 12.5px; color: var(--muted); } .report a { margin-left: 8px; }
-.frame .why { padding: 4px 10px; font-size: 12px; color: var(--muted); border-top: 1px solid var(--line); }
-details.grouping > summary { cursor: pointer; } ol.values { margin: 4px 0 10px; padding-left: 28px; font-size: 12.5px; word-break: break-word; }
-p.variant { margin: 12px 0 4px; } table.grouping-frames { margin: 8px 0; font-size: 12.5px; } table.grouping-frames td form { margin: 0; }
-form.rules textarea { width: 100%; font: 12.5px/1.45 var(--mono); margin-top: 8px; } form.rules pre.block { margin-top: 6px; }
-form.bulk { display:flex; gap:8px; align-items:center; margin-bottom:8px; }
-.mon { display:inline-block; padding:1px 8px; border-radius:10px; font-size:12px; font-weight:600; color:#fff; white-space:nowrap; }
-.mon-ok { background:#12b76a; } .mon-error { background:#d92d20; } .mon-missed { background:#f79009; } .mon-timeout { background:#7a271a; }
-.mon-in_progress { background:#2e90fa; } .mon-new { background:#98a2b3; } .mon-none { background:#eaecf0; }
-.ticks { display:flex; gap:2px; height:22px; } .ticks span { flex:0 0 7px; border-radius:2px; }
-table.monitors td { vertical-align: middle; } table.monitors .sub { font-size:12px; color: var(--muted); margin-top:2px; }
-.feedback-entry { padding:8px 0; border-bottom:1px solid var(--line); } .feedback-entry:last-child { border-bottom:0; }
-.feedback-entry .message, table.feedback-list .message { white-space:pre-wrap; word-break:break-word; margin:4px 0; }
-.nowrap { white-space:nowrap; }
-/* Small adjustments the templates use where they once had style attributes (the CSP allows none).
-   Last in the sheet, so they win over the rules above of the same weight, as the attributes did
-   (and .sidebar .mt-0 outweighs .sidebar h3). */
-.mt-0, .sidebar .mt-0 { margin-top:0; } .mt-4 { margin-top:4px; } .mt-6 { margin-top:6px; } .mb-8 { margin-bottom:8px; }
-.my-4 { margin:4px 0; } .my-6 { margin:6px 0; } .p-0 { padding:0; } .flex-1 { flex:1; } form.inline { display:inline; }
-.fs-11-5 { font-size:11.5px; } .fs-12 { font-size:12px; } .fs-12-5 { font-size:12.5px; } .fs-13 { font-size:13px; }
-.fs-14 { font-size:14px; } .fw-normal { font-weight:400; } .break-all { word-break:break-all; }
-.filters-note { margin:-6px 0 10px; font-size:12.5px; } .form-head { margin:0 0 8px; width:100%; }
-.inset-head { margin:14px 16px 4px; } .inset-legend { margin:0; padding:8px 10px; }
-.rule { display:flex; gap:12px; align-items:flex-start; margin:8px 0; } .unhandled { color: var(--error); }
-.tag-value { font-size:12px; display:flex; justify-content:space-between; gap:8px; }
-.last-error { max-width:340px; overflow-wrap:anywhere; }
-"""
-
 
 TEMPLATES = {
     "base.html": """<!doctype html>
@@ -11554,6 +11564,168 @@ A notification is queued with the event that caused it and delivered with retrie
 <div class="card empty"><h1>{{ status }}</h1><p>{{ message }}</p><p><a href="/issues/">Back to issues</a></p></div>{% endblock %}""",
 }
 
+CSS = """
+:root { --fg:#1d2330; --muted:#667085; --line:#e4e7ec; --bg:#f7f8fa; --accent:#3b5bdb;
+        --fatal:#9b1c1c; --error:#d92d20; --warning:#dc6803; --info:#1570ef; --debug:#667085;
+        --crash:#fff4e5; --crashline:#ffe2b8; --mono: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+* { box-sizing: border-box; }
+body { margin:0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color:var(--fg); background:var(--bg); }
+a { color: var(--accent); text-decoration: none; } a:hover { text-decoration: underline; }
+header.top { background:#111827; color:#fff; padding:10px 24px; display:flex; gap:24px; align-items:center; }
+header.top a { color:#e5e7eb; } header.top .brand { font-weight:700; color:#fff; font-size:16px; }
+header.top .who { margin-left:auto; display:flex; gap:12px; align-items:center; font-size:13px; }
+header.top .who form { margin:0; } button.link { background:none; border:0; color:#9ca3af; padding:0; cursor:pointer; font:inherit; }
+tr.fresh td { background:#fef9c3; } td.nowrap { white-space:nowrap; }
+span.item { display:inline-block; font-size:12px; padding:1px 6px; border-radius:4px; font-family:ui-monospace,monospace; }
+span.item.kept { background:#dcfce7; color:#166534; } span.item.dropped { background:#fee2e2; color:#991b1b; }
+div.drops { color:#92400e; font-size:12.5px; margin:4px 0; }
+div.key { margin:4px 0; display:flex; gap:8px; align-items:center; flex-wrap:wrap; } div.key form, form.key { margin:0; display:inline-flex; gap:6px; align-items:center; }
+div.key.off code { text-decoration:line-through; color:#9ca3af; } .card.secret pre { white-space:pre-wrap; word-break:break-all; background:#f3f4f6; padding:8px; }
+form.login { max-width:340px; margin:40px auto; display:flex; flex-direction:column; gap:12px; }
+form.login label { display:flex; flex-direction:column; gap:4px; } form.login h1 { margin:0; }
+main { padding: 20px 24px; max-width: 1400px; margin: 0 auto; }
+h1 { font-size: 20px; margin: 0 0 4px; word-break: break-word; } h2 { font-size: 15px; margin: 24px 0 8px; }
+.muted { color: var(--muted); } .mono { font-family: var(--mono); font-size: 12.5px; }
+.card { background:#fff; border:1px solid var(--line); border-radius:8px; padding:14px 16px; margin-bottom:16px; }
+form.filters { display:flex; gap:10px; flex-wrap:wrap; align-items:end; margin-bottom:14px; }
+form.filters label.search { flex: 1; min-width: 280px; }
+.search-error { border-color: #fda29b; background: #fef3f2; color: #b42318; }
+form.filters label { display:flex; flex-direction:column; font-size:12px; color:var(--muted); gap:2px; }
+select, input, button { font: inherit; padding:5px 8px; border:1px solid var(--line); border-radius:6px; background:#fff; }
+button { background: var(--accent); color:#fff; border-color: var(--accent); cursor:pointer; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align:left; padding: 8px 10px; border-bottom:1px solid var(--line); vertical-align: top; }
+th { font-size:12px; color:var(--muted); font-weight:600; background:#fafbfc; }
+table.issues td.num { text-align:right; font-variant-numeric: tabular-nums; white-space:nowrap; }
+table.issues tr:hover td { background:#f5f7ff; }
+.issue-title { font-weight:600; font-size:14.5px; word-break: break-word; }
+.issue-title .v { font-weight:400; color: var(--fg); }
+table.issues td:first-child { border-left: 3px solid transparent; }
+table.issues tr.row-fatal td:first-child { border-left-color: var(--fatal); } table.issues tr.row-error td:first-child { border-left-color: var(--error); }
+table.issues tr.row-warning td:first-child { border-left-color: var(--warning); } table.issues tr.row-info td:first-child { border-left-color: var(--info); }
+.culprit { color: var(--muted); font-size: 12.5px; font-family: var(--mono); word-break: break-all; }
+.badge { display:inline-block; padding:1px 7px; border-radius:10px; font-size:11.5px; font-weight:600; color:#fff; vertical-align: 2px; }
+.lvl-fatal { background:var(--fatal); } .lvl-error { background:var(--error); } .lvl-warning { background:var(--warning); }
+.lvl-info { background:var(--info); } .lvl-debug { background:var(--debug); }
+.status { font-size:12px; padding:1px 7px; border-radius:10px; border:1px solid var(--line); color:var(--muted); }
+.layout { display:grid; grid-template-columns: minmax(0, 1fr) 340px; gap: 20px; }
+@media (max-width: 1000px) { .layout { grid-template-columns: 1fr; } }
+.facts { display:flex; gap: 28px; flex-wrap: wrap; margin-top: 10px; }
+.histogram { display:flex; flex-direction:column; justify-content:flex-end; }
+.histogram svg { width: 240px; height: 40px; display:block; background: #f2f4f7; border-radius: 3px; } .histogram rect { fill: var(--accent); opacity: .75; }
+.histogram span { font-size: 12px; color: var(--muted); }
+.facts div b { display:block; font-size: 18px; } .facts div span { font-size: 12px; color: var(--muted); }
+.nav { display:flex; gap: 8px; align-items:center; flex-wrap: wrap; margin: 12px 0; }
+.nav a, .nav span.off { border:1px solid var(--line); border-radius:6px; padding:3px 10px; background:#fff; font-size:13px; }
+.nav span.off { color: #c0c4cc; }
+.nav .evmeta { display:flex; gap:6px; align-items:center; flex-wrap:wrap; font-size:12.5px; }
+.nav .evmeta b { font-weight:600; font-family: var(--mono); }
+.exc-head { font-size: 15px; margin: 4px 0 2px; word-break: break-word; }
+.exc-head .type { font-weight:700; color: var(--error); }
+.mechanism { font-size: 12px; color: var(--muted); margin-bottom: 8px; }
+.frame { border:1px solid var(--line); border-radius:6px; margin: 6px 0; background:#fff; overflow:hidden; }
+.frame > summary, .frame > .fh { padding: 6px 10px; font-family: var(--mono); font-size: 12.5px; cursor: pointer; list-style: none; background:#fafbfc; word-break: break-all; }
+.frame.app > summary { background:#fff; }
+.frame.crash { border-color:#f79009; box-shadow: 0 0 0 1px #f79009; }
+.frame.crash > summary { background: var(--crash); }
+.frame .fn { font-weight: 700; } .frame .tag { font-family: system-ui; font-size: 11px; border-radius:4px; padding:0 5px; margin-left:6px; }
+.tag.app { background:#e0eaff; color:#2f4ac0; } .tag.crashtag { background:#f79009; color:#fff; }
+pre.ctx { margin:0; padding: 6px 0; background:#0f172a; color:#cbd5e1; font: 12.5px/1.5 var(--mono); overflow-x:auto; }
+pre.ctx span { display:block; padding: 0 10px; white-space: pre; }
+pre.ctx span.hl { background:#334155; color:#fff; }
+.frame.crash pre.ctx span.hl { background:#9a3412; font-weight:600; }
+pre.ctx i { display:inline-block; width: 4em; color:#64748b; font-style: normal; text-align:right; margin-right: 1em; user-select:none; }
+table.kv { table-layout: fixed; } table.kv td { padding: 4px 10px; overflow-wrap: anywhere; }
+table.kv td:first-child, table.kv th:first-child { width: 200px; color: var(--muted); font-family: var(--mono); font-size: 12.5px; word-break: break-all; }
+table.kv td { font-family: var(--mono); font-size: 12.5px; word-break: break-word; }
+table.vars { margin: 0; } table.vars td { padding: 3px 10px; }
+table.kv div.v { max-height: 9.5em; overflow: auto; white-space: pre-wrap; }
+details.frames { margin: 6px 0; } details.frames > summary { cursor: pointer; list-style: none; font-size: 12.5px; color: var(--muted);
+  padding: 5px 10px; border: 1px dashed #d0d5dd; border-radius: 6px; background: #fafbfc; }
+details.frames > summary:hover { color: var(--fg); } details.frames[open] > summary { margin-bottom: 4px; }
+details.frames > .frame { margin-left: 12px; }
+.frame > summary::before, details.frames > summary::before { content: '▸'; display:inline-block; width: 1em; color: var(--muted); }
+.frame[open] > summary::before, details.frames[open] > summary::before { content: '▾'; }
+h4 { font-size: 12px; margin: 12px 0 4px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
+.sidebar table.kv td:first-child { width: 112px; }
+.sidebar h3 { font-size: 13px; margin: 14px 0 6px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
+.tagbar { margin: 6px 0 10px; } .tagbar .k { font-family: var(--mono); font-size: 12px; }
+.bar { height: 6px; background: #e4e7ec; border-radius: 3px; overflow: hidden; margin: 2px 0 4px; }
+/* a share as an SVG rect, not a width in a style attribute: the CSP allows no inline style */
+.bar > svg { display:block; width:100%; height:100%; } .bar rect { fill: var(--accent); }
+.chips a, .chips span { display:inline-block; border:1px solid var(--line); border-radius: 5px; padding: 1px 7px; margin: 2px 2px 2px 0; font-size: 12px; font-family: var(--mono); background:#fff; color: var(--fg); word-break: break-all; }
+.chips b { color: var(--muted); font-weight: 500; }
+pre.block { background:#f2f4f7; padding: 10px; border-radius: 6px; overflow-x: auto; font: 12.5px/1.45 var(--mono); white-space: pre-wrap; word-break: break-word; margin: 0; }
+.crumb-error td { background: #fef3f2; } td.crumb-level { font-size: 12.5px; }
+.commit { padding: 8px 0; border-bottom: 1px solid var(--line); } .commit:last-child { border-bottom: 0; }
+.empty { padding: 40px; text-align: center; color: var(--muted); }
+code.dsn { background:#f2f4f7; padding: 3px 6px; border-radius: 4px; font-size: 12.5px; word-break: break-all; }
+.badge.regressed { background: #b42318; }
+.slo-state { font-size:13px; padding:2px 8px; border-radius:10px; vertical-align:3px; color:#fff; }
+.slo-history { display:flex; height:28px; margin:12px 0 4px; overflow:hidden; border-radius:4px; }
+.slo-history span { flex:1 1 0; min-width:0; }
+.health-facts { display:flex; gap:18px; flex-wrap:wrap; margin-top:4px; }
+.health-facts div { display:flex; flex-direction:column; } .health-facts b { font-size:18px; }
+.health-facts span { font-size:12px; color: var(--muted); }
+.state-ok { background:#12b76a; color:#12b76a; } .state-breached { background:#d92d20; color:#d92d20; }
+.state-no_data { background:#d0d5dd; color:#d0d5dd; } .slo-state.state-ok, .slo-state.state-breached, .slo-state.state-no_data { color:#fff; }
+svg.chart { width:100%; height:120px; display:block; background: linear-gradient(#eef0f3 1px, transparent 1px) 0 0 / 100% 30px; }
+.bar-fatal { fill:#7a271a; background:#7a271a; } .bar-error { fill:#d92d20; background:#d92d20; }
+.bar-warning { fill:#f79009; background:#f79009; } .bar-info { fill:#2e90fa; background:#2e90fa; }
+.bar-debug { fill:#98a2b3; background:#98a2b3; } .bar-new { fill:#6172f3; background:#6172f3; }
+.bar-regressed { fill:#b42318; background:#b42318; }
+.axis { display:flex; justify-content:space-between; font-size:11.5px; color: var(--muted); margin-top:2px; }
+.legend { display:flex; gap:12px; font-size:12px; color: var(--muted); margin-top:6px; }
+.legend i { display:inline-block; width:10px; height:10px; border-radius:2px; margin-right:4px; vertical-align:-1px; }
+.periods { display:flex; gap:6px; margin:0 0 12px; } .periods a { padding:3px 10px; border:1px solid var(--line); border-radius:14px; background:#fff; }
+.periods a.current { background: var(--fg); color:#fff; border-color: var(--fg); }
+.share { display:flex; justify-content:space-between; gap:10px; margin:4px 0; font-size:13px; } .share span { overflow-wrap:anywhere; }
+.top-issue { margin:6px 0; } .top-issue .num { display:inline-block; min-width:3em; font-weight:600; }
+svg.spark { width:72px; height:24px; display:block; } svg.spark rect.on { fill:#6172f3; } svg.spark rect.off { fill:#e4e7ec; }
+.delivery-status { font-weight:600; } .status-delivered { color:#067647; } .status-dead { color:#b42318; }
+.status-pending, .status-in_flight { color:#b54708; } .status-cancelled { color: var(--muted); }
+fieldset { border:1px solid var(--line); border-radius:6px; padding:6px 10px; display:flex; flex-wrap:wrap; gap:10px; align-items:center; }
+form.filters fieldset label { flex-direction:row; align-items:center; gap:4px; font-size:13px; color: var(--fg); }
+legend { font-size:12px; color: var(--muted); }
+.actions { display:flex; gap:8px; flex-wrap:wrap; align-items:center; margin-top:14px; padding-top:12px; border-top:1px solid var(--line); }
+.actions form { display:flex; gap:4px; margin:0; } .actions .state { font-weight:600; margin-right:6px; }
+.actions select, .actions input, .actions button { font-size:13px; padding:3px 8px; }
+button.secondary { background:#fff; color:var(--fg); border-color:#d0d5dd; }
+ul.activity { list-style:none; margin:0; padding:0; font-size:12.5px; }
+ul.activity li { display:flex; justify-content:space-between; gap:8px; padding:4px 0; border-bottom:1px solid var(--line); }
+ul.activity li:last-child { border-bottom:0; } ul.activity li .muted { white-space:nowrap; }
+.frame .links { float: right; font-family: system-ui; font-size: 12px; font-weight: 400; }
+.frame .links a { color: var(--muted); margin-left: 10px; } .frame .links a:hover { color: var(--accent); }
+.report { margin-top: 8px; font-size: 12.5px; color: var(--muted); } .report a { margin-left: 8px; }
+.frame .why { padding: 4px 10px; font-size: 12px; color: var(--muted); border-top: 1px solid var(--line); }
+details.grouping > summary { cursor: pointer; } ol.values { margin: 4px 0 10px; padding-left: 28px; font-size: 12.5px; word-break: break-word; }
+p.variant { margin: 12px 0 4px; } table.grouping-frames { margin: 8px 0; font-size: 12.5px; } table.grouping-frames td form { margin: 0; }
+form.rules textarea { width: 100%; font: 12.5px/1.45 var(--mono); margin-top: 8px; } form.rules pre.block { margin-top: 6px; }
+form.bulk { display:flex; gap:8px; align-items:center; margin-bottom:8px; }
+.mon { display:inline-block; padding:1px 8px; border-radius:10px; font-size:12px; font-weight:600; color:#fff; white-space:nowrap; }
+.mon-ok { background:#12b76a; } .mon-error { background:#d92d20; } .mon-missed { background:#f79009; } .mon-timeout { background:#7a271a; }
+.mon-in_progress { background:#2e90fa; } .mon-new { background:#98a2b3; } .mon-none { background:#eaecf0; }
+.ticks { display:flex; gap:2px; height:22px; } .ticks span { flex:0 0 7px; border-radius:2px; }
+table.monitors td { vertical-align: middle; } table.monitors .sub { font-size:12px; color: var(--muted); margin-top:2px; }
+.feedback-entry { padding:8px 0; border-bottom:1px solid var(--line); } .feedback-entry:last-child { border-bottom:0; }
+.feedback-entry .message, table.feedback-list .message { white-space:pre-wrap; word-break:break-word; margin:4px 0; }
+.nowrap { white-space:nowrap; }
+/* Small adjustments the templates use where they once had style attributes (the CSP allows none).
+   Last in the sheet, so they win over the rules above of the same weight, as the attributes did
+   (and .sidebar .mt-0 outweighs .sidebar h3). */
+.mt-0, .sidebar .mt-0 { margin-top:0; } .mt-4 { margin-top:4px; } .mt-6 { margin-top:6px; } .mb-8 { margin-bottom:8px; }
+.my-4 { margin:4px 0; } .my-6 { margin:6px 0; } .p-0 { padding:0; } .flex-1 { flex:1; } form.inline { display:inline; }
+.fs-11-5 { font-size:11.5px; } .fs-12 { font-size:12px; } .fs-12-5 { font-size:12.5px; } .fs-13 { font-size:13px; }
+.fs-14 { font-size:14px; } .fw-normal { font-weight:400; } .break-all { word-break:break-all; }
+.filters-note { margin:-6px 0 10px; font-size:12.5px; } .form-head { margin:0 0 8px; width:100%; }
+.inset-head { margin:14px 16px 4px; } .inset-legend { margin:0; padding:8px 10px; }
+.rule { display:flex; gap:12px; align-items:flex-start; margin:8px 0; } .unhandled { color: var(--error); }
+.tag-value { font-size:12px; display:flex; justify-content:space-between; gap:8px; }
+.last-error { max-width:340px; overflow-wrap:anywhere; }
+"""
+
+FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
+           'fill="#111827"/><circle cx="8" cy="8" r="4" fill="#ef4444"/></svg>')
 
 # The one script of the dashboard, a file (so the CSP needs no inline script): it adds each
 # announced event as a row, through textContent only, since every field is event data.
@@ -11579,11 +11751,6 @@ source.addEventListener("event", (message) => {
 source.onopen = () => { state.textContent = "live: new events appear at the top"; };
 source.onerror = () => { state.textContent = "connection lost, reconnecting…"; };
 """
-
-
-FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
-           'fill="#111827"/><circle cx="8" cy="8" r="4" fill="#ef4444"/></svg>')
-
 
 if __name__ == "__main__":
     main()
