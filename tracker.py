@@ -165,7 +165,7 @@ class Settings:
     header_timeout: float = 10.0  # seconds from a request's first byte (or the connection) to its last header
     body_timeout: float = 60.0  # seconds from the last header to the body's last byte (20 MiB at 3 Mbit/s)
     max_connections: int = 1000  # open at once, also kept under the process's file limit (GuardedHttp)
-    worker_timeout: float = 3.0  # seconds a busy event worker may go without answering before it is replaced
+    worker_timeout: float = 3.0  # seconds a worker with batches may go without answering or using CPU
 
     @property
     def public_url(self) -> str:
@@ -2274,14 +2274,17 @@ WORKER_BOOT = ("import importlib.util, sys; spec = importlib.util.spec_from_file
 
 class PrepareWorker:
     """One worker process, seen from the server: batches sent, answered in order. One that answers
-    nothing for `timeout` seconds while it has batches (stopped, swapped out, stuck) is given up."""
+    nothing and uses no CPU for `timeout` seconds while it has batches (stopped, swapped out, stuck)
+    is given up; one that is busy (a batch of hostile 1 MiB events takes seconds to scrub) is left to
+    finish, since taking its batch back would put that work on the event loop."""
 
     def __init__(self, process: asyncio.subprocess.Process, ended: Callable[[PrepareWorker], None],
                  timeout: float) -> None:
         self.process, self.ended, self.timeout = process, ended, timeout
         self.waiting: collections.deque[list[tuple[PrepareJob, asyncio.Future[PreparedEvent]]]] = collections.deque()
         self.alive = True
-        self.progress = 0.0  # when it last answered, or was sent work while idle (monotonic)
+        self.progress = 0.0  # when it last answered, used CPU, or was sent work while idle (monotonic)
+        self.cpu = cpu_seconds(process.pid)
         self.watchdog: asyncio.TimerHandle | None = None
         self.task = asyncio.get_running_loop().create_task(self.read_answers())
 
@@ -2304,6 +2307,9 @@ class PrepareWorker:
         self.watchdog = None
         if not self.waiting or not self.alive:
             return
+        cpu = cpu_seconds(self.process.pid)
+        if cpu is not None and self.cpu is not None and cpu > self.cpu:  # working, not stuck
+            self.cpu, self.progress = cpu, time.monotonic()
         idle = time.monotonic() - self.progress
         if idle < self.timeout:
             self.watchdog = asyncio.get_running_loop().call_later(self.timeout - idle, self.watch)
@@ -2358,6 +2364,18 @@ def frame(data: bytes) -> bytes:
 # plain values; it reads twice as fast as pickle); the pipe is private to the two processes.
 def fields_of(record: PrepareJob | PreparedEvent) -> tuple[Any, ...]:
     return tuple(vars(record).values())
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time a process has used (user + system, from /proc; None where there is no /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def settle_here(batch: list[tuple[PrepareJob, asyncio.Future[PreparedEvent]]]) -> None:

@@ -5,6 +5,7 @@ limited by data category as Sentry does, the real sentry-sdk backing off for tha
 A stopped event worker's requests are prepared in the server within the batch timeout."""
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -292,5 +293,34 @@ def test_a_stopped_worker_is_replaced_and_nothing_is_stored_twice(tmp_path: Path
         assert sorted(stored) == sorted([*sent, later])
         assert logged == ["stored"] * 13
         assert sum(int(issue["count"]) for issue in server.issues(project)) == 13
+    finally:
+        stop_server(server)
+
+
+def test_a_busy_worker_is_left_to_finish(tmp_path: Path) -> None:
+    """Events that take a worker longer than worker_timeout to prepare (near-1 MiB texts of secrets
+    to scrub, about 1 s each) do not get it killed: it is using CPU, not stuck. Killing it would
+    prepare its batches on the server's event loop, a DSN holder's lever to stall every request."""
+    (tmp_path / "t.toml").write_text("[server]\ningest_workers = 1\nworker_timeout = 0.5\n")
+    server = start_server(tmp_path / "busy.db", "--config", str(tmp_path / "t.toml"))
+    try:
+        project = server.create_project("busy")
+        [worker] = wait_for(lambda: worker_pids(server))
+        sent = [uuid.uuid4().hex for _ in range(3)]
+        heavy = {"message": "hostile", "extra": {"pairs": "auth=1&" * 130_000}}
+
+        def send(event_id: str) -> tuple[int, float]:
+            started = time.monotonic()
+            r = server.send_envelope(project, {**heavy, "event_id": event_id}, timeout=60)
+            return r.status_code, time.monotonic() - started
+
+        with concurrent.futures.ThreadPoolExecutor(len(sent)) as pool:
+            answers = list(pool.map(send, sent))
+        assert [status for status, _ in answers] == [200] * len(sent)
+        assert max(seconds for _, seconds in answers) > 0.5, answers  # the worker was busy past the timeout
+        assert worker_pids(server) == [worker]  # and was left to finish
+        with sqlite3.connect(server.db) as conn:
+            stored = [row[0] for row in conn.execute("SELECT event_id FROM events WHERE project_id = ?", (project.id,))]
+        assert sorted(stored) == sorted(sent)
     finally:
         stop_server(server)
