@@ -2721,6 +2721,9 @@ def normalize_request(request: Any) -> dict[str, Any] | None:
     request["headers"] = [[text(h[0]), text(h[1])] for h in (headers if isinstance(headers, list) else [])
                           if isinstance(h, (list, tuple)) and len(h) == 2]  # not a list: e.g. "headers": 5
     url = text(request.get("url"))
+    if "#" in url:
+        url, _, fragment = url.partition("#")
+        request.setdefault("fragment", fragment)
     if "?" in url:
         url, _, query = url.partition("?")
         request.setdefault("query_string", query)
@@ -4218,12 +4221,13 @@ def short_id(project_slug: str, number: int) -> str:
 SHORT_ID_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford's base 32: no I, L, O, U
 
 
-def parse_short_id(text: str) -> tuple[str, int] | None:
-    """`PAYMENTS-1A` → (project slug in capitals, issue number); None for what is no short id."""
-    slug, _, digits = text.strip().upper().rpartition("-")
+def parse_short_id(value: str) -> tuple[str, int] | None:
+    """`PAYMENTS-1A` (any case) → ("payments", 42): the project slug and the issue number (None if not one)."""
+    slug, _, digits = value.strip().rpartition("-")
+    digits = digits.upper()
     if not slug or not digits or len(digits) > 12 or any(c not in SHORT_ID_ALPHABET for c in digits):
         return None
-    return slug, functools.reduce(lambda n, c: n * 32 + SHORT_ID_ALPHABET.index(c), digits, 0)
+    return slug.lower(), functools.reduce(lambda n, c: n * 32 + SHORT_ID_ALPHABET.index(c), digits, 0)
 
 
 def merge_issues(conn: sqlite3.Connection, project_id: int, issue_ids: list[int]) -> int:
@@ -4733,13 +4737,13 @@ async def get_issue(store: Store, issue_id: int) -> sqlite3.Row | None:
                            "WHERE i.id = ?", (issue_id,))
 
 
-async def issue_by_short_id(store: Store, text: str) -> sqlite3.Row | None:
+async def issue_by_short_id(store: Store, value: str) -> sqlite3.Row | None:
     """The issue a short id (`PAYMENTS-1A`, any case) names, or None."""
-    parsed = parse_short_id(text)
+    parsed = parse_short_id(value)
     if parsed is None:
         return None
     return await store.one(f"SELECT {ISSUE_COLUMNS} FROM issues i JOIN projects p ON p.id = i.project_id "
-                           "WHERE upper(p.slug) = ? AND i.short_id = ?", parsed)
+                           "WHERE lower(p.slug) = ? AND i.short_id = ?", parsed)
 
 
 async def event_by_id(store: Store, event_id: str, project_ids: Sequence[int] = ()) -> sqlite3.Row | None:
@@ -5020,6 +5024,138 @@ async def project_event(store: Store, project_id: int, event_id: str) -> sqlite3
     return await store.one("SELECT issue_id, event_id FROM events WHERE project_id = ? AND event_id = ?",
                            (project_id, event_id))
 
+
+
+# -- Discover: Sentry's organization events query over the stored errors ---------------------
+
+@dataclasses.dataclass
+class DiscoverQuery:
+    """An events query: columns (plain fields, tags[...] and aggregates), a search, a sort, a range."""
+
+    fields: list[str]
+    query: str
+    sort: list[str]
+    project_ids: Sequence[int]
+    start: float
+    end: float
+
+
+class DiscoverError(ValueError):
+    """A field, function or sort Discover cannot answer: a 400 naming it."""
+
+
+async def discover(store: Store, q: DiscoverQuery) -> tuple[list[dict[str, Any]], dict[str, str], bool]:
+    """The rows of an events query over the newest DISCOVER_SCAN events in the range, grouped by its
+    plain fields when it has aggregates; the type of each field; whether the scan stopped short."""
+    columns = [discover_column(f) for f in q.fields]
+    terms = parse_query(q.query)
+    special = [t for t in terms if t[1] in DISCOVER_ROW_KEYS]
+    terms = [t for t in terms if t[1] not in DISCOVER_ROW_KEYS]
+    where = f" AND e.project_id IN ({','.join('?' * len(q.project_ids))})" if q.project_ids else ""
+    rows = await store.all(
+        "SELECT e.*, p.slug AS project_slug, p.name AS project_name, i.short_id AS issue_number FROM events e "
+        "JOIN projects p ON p.id = e.project_id JOIN issues i ON i.id = e.issue_id "
+        f"WHERE e.timestamp >= ? AND e.timestamp <= ?{where} ORDER BY e.timestamp DESC, e.id DESC LIMIT ?",
+        [q.start, q.end, *q.project_ids, DISCOVER_SCAN + 1])
+    matched = []
+    for row in rows[:DISCOVER_SCAN]:
+        ev = decompress_payload(row["payload"])
+        if all(fnmatch_value(discover_value(row, ev, key), value) != negated for negated, key, value in special) \
+                and event_matches(ev, terms):
+            matched.append((row, ev))
+    result = discover_rows(q.fields, columns, matched)
+    return sort_discover(result, q.sort, q.fields), {f: c[2] for f, c in zip(q.fields, columns)}, len(rows) > DISCOVER_SCAN
+
+
+DISCOVER_SCAN = 10_000  # newest events of a range one query reads (decoding each: see README)
+
+DISCOVER_ROW_KEYS = {"project", "project.id", "issue", "issue.id", "event.type", "id", "title"}
+
+DISCOVER_FIELDS = {"id", "title", "message", "project", "project.id", "project.name", "issue", "issue.id", "level",
+                   "release", "environment", "platform", "culprit", "location", "event.type", "timestamp",
+                   "transaction", "dist", "user", "user.id", "user.email", "user.username", "user.ip",
+                   "user.display", "trace"}
+
+
+def discover_column(field: str) -> tuple[str, str | None, str]:
+    """A requested field → (function or "", its argument or the field, Sentry's type of the answer)."""
+    call = re.fullmatch(r"(\w+)\(([^()]*)\)", field)
+    if call:
+        name, argument = call.group(1), call.group(2).strip()
+        if name == "count" and argument in ("", "id"):
+            return "count", None, "integer"
+        if name == "count_unique" and discover_field_ok(argument):
+            return "count_unique", argument, "integer"
+        if name == "last_seen" and not argument:
+            return "max", "timestamp", "date"
+        if name in ("min", "max") and argument == "timestamp":
+            return name, argument, "date"
+        raise DiscoverError(f"{field} is not a function Discover answers here: count(), count_unique(field), "
+                            f"last_seen(), min(timestamp), max(timestamp)")
+    if not discover_field_ok(field):
+        raise DiscoverError(f"{field[:80]!r} is not a field: name one of {', '.join(sorted(DISCOVER_FIELDS))} or tags[key]")
+    return "", field, "date" if field == "timestamp" else "string"
+
+
+def discover_field_ok(field: str) -> bool:
+    return field in DISCOVER_FIELDS or re.fullmatch(r"tags\[[\w.:@/-]{1,200}\]", field) is not None
+
+
+def discover_value(row: sqlite3.Row, ev: dict[str, Any], field: str) -> Any:
+    """One plain field of a stored event, as Discover names it."""
+    user = as_dict(ev.get("user"))
+    tags = dict(map(tuple, ev.get("tags", [])))
+    direct = {"id": row["event_id"], "project": row["project_slug"], "project.id": str(row["project_id"]),
+              "project.name": row["project_name"], "issue": short_id(row["project_slug"], row["issue_number"]),
+              "issue.id": str(row["issue_id"]), "timestamp": row["timestamp"], "event.type": ev.get("type"),
+              "message": message_text(ev), "user.ip": user.get("ip_address"), "trace": tags.get("trace"),
+              "user.display": user.get("email") or user.get("username") or user.get("id") or user.get("ip_address")}
+    if field in direct:
+        return direct[field]
+    if field.startswith("user."):
+        return user.get(field[5:])
+    if field.startswith("tags["):
+        return tags.get(field[5:-1])
+    if field in ("level", "release", "environment", "user", "dist", "transaction") and field in tags:
+        return tags[field]
+    return ev.get(field) if field != "location" else event_location(ev)
+
+
+def discover_rows(names: list[str], columns: list[tuple[str, str | None, str]],
+                  matched: list[tuple[sqlite3.Row, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per event, or with aggregates one per distinct combination of the plain fields."""
+    plain = [(n, c[1]) for n, c in zip(names, columns) if not c[0]]
+    if all(not c[0] for c in columns):
+        return [{**{n: discover_value(r, ev, f) for n, f in plain}, "id": r["event_id"]} for r, ev in matched]
+    groups: dict[tuple[Any, ...], list[tuple[sqlite3.Row, dict[str, Any]]]] = {}
+    for r, ev in matched:
+        key = tuple(json.dumps(discover_value(r, ev, f), sort_keys=True, default=str) for _, f in plain)
+        groups.setdefault(key, []).append((r, ev))
+    out = []
+    for members in groups.values():
+        first_row, first_ev = members[0]
+        row = {n: discover_value(first_row, first_ev, f) for n, f in plain}
+        for name, (fn, arg, _) in zip(names, columns):
+            if fn == "count":
+                row[name] = len(members)
+            elif fn == "count_unique":
+                row[name] = len({json.dumps(discover_value(r, ev, arg or ""), default=str) for r, ev in members
+                                 if discover_value(r, ev, arg or "") is not None})
+            elif fn in ("min", "max"):
+                row[name] = (min if fn == "min" else max)(r["timestamp"] for r, _ in members)
+        out.append(row)
+    return out
+
+
+def sort_discover(rows: list[dict[str, Any]], sort: list[str], fields: list[str]) -> list[dict[str, Any]]:
+    """Sort by each `sort` (a `-` prefix: descending), the last one first; None sorts lowest."""
+    for key in reversed(sort):
+        name = key.lstrip("-")
+        if name not in fields and name != "id":
+            raise DiscoverError(f"sort {name[:80]!r} must be one of the selected fields")
+        rows.sort(key=lambda row: (row.get(name) is not None, row.get(name) if isinstance(row.get(name), (int, float))
+                                   else str(row.get(name) or "")), reverse=key.startswith("-"))
+    return rows
 
 
 # -- releases: what shipped, where it went, what broke in it ---------------------------
@@ -8150,8 +8286,8 @@ def serialize_event(row: sqlite3.Row, full: bool = True) -> dict[str, Any]:
     entries = event_entries(ev)
     out.pop("event.type")
     out.update({"type": ev.get("type"), "dateReceived": iso(ev["received"]), "dist": ev.get("dist"),
-                "contexts": {name: {**ctx, "type": ctx.get("type") or name} for name, ctx in
-                             as_dict(ev.get("contexts")).items() if isinstance(ctx, dict)},
+                "contexts": {name: {**ctx, "type": ctx.get("type") or (name if name in CONTEXT_TYPES else "default")}
+                             for name, ctx in as_dict(ev.get("contexts")).items() if isinstance(ctx, dict)},
                 "context": ev.get("extra", {}), "extra": ev.get("extra", {}), "packages": ev.get("modules", {}),
                 "sdk": {k: v for k, v in as_dict(ev.get("sdk")).items() if k in ("name", "version")} or None,
                 "sdkUpdates": [], "entries": entries, "errors": ev.get("errors", []),
@@ -8162,6 +8298,10 @@ def serialize_event(row: sqlite3.Row, full: bool = True) -> dict[str, Any]:
                 "_meta": api_meta(ev, entries, {index: n for n, (index, _) in enumerate(tags)})})
     return out
 
+
+# the context types Sentry knows by their key; any other context without a type is of type "default"
+CONTEXT_TYPES = {"device", "os", "runtime", "app", "browser", "gpu", "trace", "culture", "cloud_resource", "response",
+                 "state", "profile", "replay", "otel", "monitor", "feedback", "flags", "user_report", "missing_instrumentation"}
 
 API_USER_KEYS = ("id", "email", "username", "ip_address", "name", "geo", "data")
 
@@ -8307,6 +8447,32 @@ async def api_project_event(request: Request) -> dict[str, Any]:
     if row is None:
         raise ApiError(404, "The requested resource does not exist")
     return await serialize_event_in_issue(request, row)
+
+
+async def api_org_events(request: Request) -> Response:
+    """GET /api/0/organizations/<org>/events/: Discover over the error dataset — `field` (repeatable),
+    `query`, `sort`, `project`, `statsPeriod`/`start`/`end`, `per_page`, `cursor`."""
+    check_org(request)
+    params = request.query_params
+    fields = params.getlist("field")
+    if not fields or len(fields) > 20:
+        raise ApiError(400, "Name 1 to 20 columns as field=… (title, count(), tags[browser] …)")
+    if params.get("dataset", "errors") not in ("errors", "discover"):
+        raise ApiError(400, "Only the errors dataset is stored here (dataset=errors)")
+    limit, offset = page_args(request)
+    start, end = period_params(params, default="14d")
+    query = DiscoverQuery(fields, params.get("query", ""), params.getlist("sort")[:5], await projects_param(request),
+                          start, end)
+    try:
+        rows, types, capped = await discover(request.app.store, query)
+    except (DiscoverError, SearchError) as exc:
+        raise ApiError(400, str(exc)) from None
+    dates = [name for name, kind in types.items() if kind == "date"]
+    page = [{**row, **{name: iso(row[name]) for name in dates if row.get(name) is not None}}
+            for row in rows[offset:offset + limit]]
+    meta = {"fields": types, "units": {name: None for name in types}, "isMetricsData": False, "tips": {},
+            "dataset": "errors", "datasetReason": "unchanged", "scanCapped": capped}
+    return JSONResponse({"data": page, "meta": meta}, headers=paginate(request, len(rows) - offset, limit, offset))
 
 
 async def api_short_id(request: Request) -> dict[str, Any]:
@@ -8663,17 +8829,6 @@ async def api_delete_code_mapping(request: Request) -> Response:
 
 FIXES_RE = re.compile(r"\bfix(?:e[sd])?:?\s+([A-Za-z0-9_-]+-[0-9A-Za-z]+(?:\s*(?:,|and)\s*[A-Za-z0-9_-]+-[0-9A-Za-z]+)*)",
                       re.IGNORECASE)
-
-
-def parse_short_id(value: str) -> tuple[str, int] | None:
-    """`PAYMENTS-1A` → ("payments", 42): the project slug and the issue number (None if not one)."""
-    slug, _, digits = value.strip().rpartition("-")
-    if not slug or not digits or any(d not in SHORT_ID_ALPHABET for d in digits.upper()):
-        return None
-    number = 0
-    for digit in digits.upper():
-        number = number * 32 + SHORT_ID_ALPHABET.index(digit)
-    return slug.lower(), number
 
 
 async def api_org_releases(request: Request) -> Response:
@@ -10886,6 +11041,7 @@ def api_routes() -> list[Route]:
         ("/api/0/organizations/{org}/eventids/{event_id}/", api_event_id, "events:read"),
         ("/api/0/projects/{org}/{project}/events/", api_project_events, "events:read"),
         ("/api/0/projects/{org}/{project}/events/{event_id}/", api_project_event, "events:read"),
+        ("/api/0/organizations/{org}/events/", api_org_events, "events:read"),
         ("/api/0/organizations/{org}/members/", api_members, "read"),
         ("/api/0/organizations/{org}/teams/", api_teams, "read"),
         ("/api/0/projects/{org}/{project}/grouping-rules/", api_grouping_rules, "read"),
