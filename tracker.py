@@ -8007,7 +8007,7 @@ def period_params(params: Mapping[str, str], default: str) -> tuple[float, float
     match = re.fullmatch(r"(\d{1,6})([smhdw])", period)
     if not match:
         raise ApiError(400, "Invalid statsPeriod parameter: a number and s, m, h, d or w (24h, 14d)")
-    return now - int(match.group(1)) * DURATION_UNITS[match.group(2)], now
+    return max(now - int(match.group(1)) * DURATION_UNITS[match.group(2)], 0.0), now
 
 
 async def direct_hit(request: Request, query: str, project_ids: list[int]) -> tuple[sqlite3.Row, str | None] | None:

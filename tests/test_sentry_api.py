@@ -257,6 +257,16 @@ def test_org_issue_list_pages(tracker: TrackerServer, world: World) -> None:
     assert second.json()[0]["id"] != r.json()[0]["id"] and links(second)["next"][1] is False
 
 
+def test_org_issue_list_bounds(tracker: TrackerServer, world: World) -> None:
+    """Each list input has a bound: a page holds at most 100, a request names at most 100 issues or
+    projects; the longest period reaches back to 1970 (not a 400, not a 500)."""
+    r = tracker.api("GET", "organizations/tracker/issues/", params={"limit": 100_000, "query": ""})
+    assert r.status_code == 200 and len(r.json()) <= 100 and links(r)["next"][2] == "0:100:0"
+    assert "at most 100" in bad(tracker, "organizations/tracker/issues/", group=[str(n) for n in range(1, 102)])
+    assert "at most 100" in bad(tracker, "organizations/tracker/issues/", project=[str(world.project.id)] * 101)
+    assert len(get(tracker, "organizations/tracker/issues/", statsPeriod="999999w", project=world.project.id)) == 2
+
+
 @pytest.mark.parametrize("params", [
     {"cursor": "abc"}, {"cursor": "0:x:0"}, {"limit": "ten"}, {"statsPeriod": "forever"}, {"statsPeriod": "9" * 30 + "d"},
     {"groupStatsPeriod": "7d"}, {"sort": "loudest"}, {"project": "no-such-project"}, {"query": "is:sleeping"},
