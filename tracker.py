@@ -7967,8 +7967,7 @@ async def issue_list(request: Request, project_ids: list[int], *, stats_param: s
     if period_filter:
         start, end = period_params(params, default="14d")
         query += f" lastSeen:>={start} firstSeen:<={end}"
-    rows = await issues_matching(request, None, query, params.get("sort") or "date", limit + 1, offset,
-                                 project_ids)
+    rows = await issues_matching(request, query, params.get("sort") or "date", limit + 1, offset, project_ids)
     return JSONResponse(await serialize_issue_rows(request, rows[:limit], stats_key),
                         headers=paginate(request, len(rows), limit, offset))
 
@@ -8236,33 +8235,50 @@ async def api_issue_tag_values(request: Request) -> Response:
 
 
 async def api_update_project_issues(request: Request) -> Response:
-    """Bulk PUT /api/0/projects/<org>/<project>/issues/?id=1&id=2: one update for the listed issues;
-    answers the update as applied, as Sentry does (204 when none of the ids is in the project)."""
-    project, rows = await listed_project_issues(request, unnamed_matching=True)
+    """Bulk PUT /api/0/projects/<org>/<project>/issues/?id=1&id=2 (see `bulk_update`)."""
+    project = await project_from_path(request)
+    return await bulk_update(request, [project["id"]])
+
+
+async def api_update_org_issues(request: Request) -> Response:
+    """Bulk PUT /api/0/organizations/<org>/issues/?id=1&id=2 (`project=` narrows; see `bulk_update`)."""
+    check_org(request)
+    return await bulk_update(request, await projects_param(request))
+
+
+async def bulk_update(request: Request, project_ids: list[int]) -> Response:
+    """One update (or a merge, within one project) for the listed issues; answers the update as applied,
+    as Sentry does (204 when none of the ids is there)."""
+    rows = await listed_issues(request, project_ids, unnamed_matching=True)
     body = await request_json(request)
     if not rows:
         return Response(status_code=204)
+    by_project: dict[int, list[int]] = {}
+    for row in rows:
+        by_project.setdefault(row["project_id"], []).append(row["id"])
     if isinstance(body, dict) and body.get("merge"):
-        return JSONResponse(await merge(request, project["id"], [r["id"] for r in rows]))
-    change = await update_issues(request, project["id"], [r["id"] for r in rows], body)
+        if len(by_project) > 1:
+            raise ApiError(400, "merge issues of one project")
+        return JSONResponse(await merge(request, rows[0]["project_id"], [r["id"] for r in rows]))
+    for project_id, issue_ids in by_project.items():
+        change = await update_issues(request, project_id, issue_ids, body)
     result: dict[str, Any] = {"status": change.status, "statusDetails": change.details} if change.status else {}
     if change.assign:
         result["assignedTo"] = serialize_assignee(change.assignee)
     return JSONResponse(result)
 
 
-async def listed_project_issues(request: Request, unnamed_matching: bool = False) -> tuple[sqlite3.Row, list[sqlite3.Row]]:
-    """The project in the path and those of its issues that `?id=1&id=2` names (bulk routes); with
+async def listed_issues(request: Request, project_ids: list[int], unnamed_matching: bool = False) -> list[sqlite3.Row]:
+    """The issues of these projects (none: all) that `?id=1&id=2` names (bulk routes); with
     `unnamed_matching` and no id, as Sentry's bulk update: the first 1000 that `query` and `status` match
     (sentry-cli's `issues resolve -a` sends neither: every issue)."""
-    project = await project_from_path(request)
     ids = request.query_params.getlist("id")
     if not ids and unnamed_matching:
-        return project, await issues_matching(request, project["id"], bulk_query(request.query_params), "date",
-                                               BULK_LIMIT, 0)
+        return await issues_matching(request, bulk_query(request.query_params), "date", BULK_LIMIT, 0, project_ids)
     if not ids or len(ids) > BULK_LIMIT or not all(i.isascii() and i.isdigit() and len(i) < 19 for i in ids):
         raise ApiError(400, "name the issues as ?id=1&id=2 (at most 1000)")
-    return project, await issues_in(request.app.store, ids, project["id"])
+    rows = await issues_in(request.app.store, ids, project_ids[0] if len(project_ids) == 1 else None)
+    return [r for r in rows if not project_ids or r["project_id"] in project_ids]
 
 
 BULK_LIMIT = 1000  # Sentry's bulk mutation limit too
@@ -8276,21 +8292,32 @@ def bulk_query(params: Mapping[str, str]) -> str:
     return params.get("query", "") + (f" is:{status}" if status else "")
 
 
-async def issues_matching(request: Request, project_id: int | None, query: str, sort: str, limit: int,
-                          offset: int, project_ids: Sequence[int] = ()) -> list[sqlite3.Row]:
-    """Issues for a Sentry search query; a malformed query is a 400 with what is wrong."""
+async def issues_matching(request: Request, query: str, sort: str, limit: int, offset: int,
+                          project_ids: Sequence[int]) -> list[sqlite3.Row]:
+    """Issues of these projects (none: all) for a Sentry search query; a malformed query is a 400."""
     if sort not in SORTS:
         raise ApiError(400, f"sort must be one of {', '.join(SORTS)}")
     try:
-        return await list_issues(request.app.store, project_id=project_id, query=query, sort=sort, limit=limit,
-                                 offset=offset, project_ids=project_ids)
+        return await list_issues(request.app.store, query=query, sort=sort, limit=limit, offset=offset,
+                                 project_ids=project_ids)
     except SearchError as exc:
         raise ApiError(400, f"Invalid search query: {exc}") from None
 
 
 async def api_delete_project_issues(request: Request) -> Response:
     """Bulk DELETE /api/0/projects/<org>/<project>/issues/?id=…: 204, as Sentry answers."""
-    _, rows = await listed_project_issues(request)
+    project = await project_from_path(request)
+    return await bulk_delete(request, [project["id"]])
+
+
+async def api_delete_org_issues(request: Request) -> Response:
+    """Bulk DELETE /api/0/organizations/<org>/issues/?id=…: 204, as Sentry answers."""
+    check_org(request)
+    return await bulk_delete(request, await projects_param(request))
+
+
+async def bulk_delete(request: Request, project_ids: list[int]) -> Response:
+    rows = await listed_issues(request, project_ids)
     if rows:
         await request.app.writer.submit(lambda conn: delete_issues(conn, [r["id"] for r in rows]))
     return Response(status_code=204)
@@ -11131,6 +11158,7 @@ def api_routes() -> list[Route]:
     ]
     updates = [("/api/0/projects/{org}/{project}/issues/", api_update_project_issues, "issues:triage"),
                *[(prefix + "/", api_update_issue, "issues:triage") for prefix in ISSUE_PREFIXES],
+               ("/api/0/organizations/{org}/issues/", api_update_org_issues, "issues:triage"),
                ("/api/0/projects/{org}/{project}/", api_update_project, "project:settings"),
                ("/api/0/projects/{org}/{project}/grouping-rules/", api_update_grouping_rules, "project:settings"),
                ("/api/0/organizations/{org}/code-mappings/{mapping_id}/", api_update_code_mapping, "integrations"),
@@ -11160,6 +11188,8 @@ def api_routes() -> list[Route]:
                 Route(prefix + "/", api(api_delete_issue, "issues:delete"), methods=["DELETE"]))]
             + [
                Route("/api/0/projects/{org}/{project}/issues/", api(api_delete_project_issues, "issues:delete"),
+                     methods=["DELETE"]),
+               Route("/api/0/organizations/{org}/issues/", api(api_delete_org_issues, "issues:delete"),
                      methods=["DELETE"]),
                Route("/api/0/organizations/{org}/code-mappings/{mapping_id}/", api(api_delete_code_mapping, "integrations"),
                      methods=["DELETE"]),

@@ -45,6 +45,8 @@ MUTATING: dict[tuple[str, str], set[str]] = {
     ("DELETE", "/api/0/issues/{issue_id}/"): DELETE_ISSUES,
     ("POST", "/api/0/issues/{issue_id}/hashes/"): TRIAGE,  # unmerge, a member's triage in the dashboard
     ("DELETE", "/api/0/issues/{issue_id}/hashes/"): TRIAGE,
+    ("PUT", "/api/0/organizations/{org}/issues/"): TRIAGE,
+    ("DELETE", "/api/0/organizations/{org}/issues/"): DELETE_ISSUES,
     ("PUT", "/api/0/organizations/{org}/issues/{issue_id}/"): TRIAGE,
     ("DELETE", "/api/0/organizations/{org}/issues/{issue_id}/"): DELETE_ISSUES,
     ("POST", "/api/0/organizations/{org}/issues/{issue_id}/hashes/"): TRIAGE,

@@ -313,6 +313,27 @@ def test_update_and_delete_by_short_id(tracker: TrackerServer) -> None:
     get(tracker, path, 404)
 
 
+def test_bulk_update_and_delete_across_projects(tracker: TrackerServer) -> None:
+    """Sentry's bulk mutate of the organization's issues: the ids of several projects in one request."""
+    first, second = tracker.create_project(), tracker.create_project()
+    for project in (first, second):
+        tracker.send_event(project, {"message": f"bulk {project.slug}"})
+    a, b = tracker.wait_issues(first, 1)[0], tracker.wait_issues(second, 1)[0]
+    r = tracker.api("PUT", "organizations/tracker/issues/", params={"id": [a["id"], b["id"]]}, json={"status": "resolved"})
+    assert r.status_code == 200 and r.json() == {"status": "resolved", "statusDetails": {}}
+    assert [i["status"] for i in tracker.issues(first) + tracker.issues(second)] == ["resolved", "resolved"]
+    r = tracker.api("PUT", "organizations/tracker/issues/", params={"id": [a["id"], b["id"]]}, json={"merge": 1})
+    assert r.status_code == 400 and "one project" in r.json()["detail"]
+    r = tracker.api("PUT", "organizations/tracker/issues/", params={"id": [a["id"], b["id"]], "project": first.id},
+                    json={"status": "unresolved"})  # `project` narrows: the second is left alone
+    assert r.status_code == 200 and [i["status"] for i in tracker.issues(first) + tracker.issues(second)] == \
+        ["unresolved", "resolved"]
+    assert tracker.api("PUT", "organizations/tracker/issues/", params={"id": "x"}, json={}).status_code == 400
+    assert tracker.api("DELETE", "organizations/tracker/issues/", params={"id": [a["id"], b["id"]]}).status_code == 204
+    assert tracker.issues(first) == [] and tracker.issues(second) == []
+    assert tracker.api("DELETE", "organizations/tracker/issues/").status_code == 400  # deleting needs ids
+
+
 def test_issue_events_tags_and_hashes_under_the_organization(tracker: TrackerServer, world: World) -> None:
     base = f"organizations/tracker/issues/{world.charge['shortId']}"
     r = tracker.api("GET", f"{base}/events/", params={"per_page": 2, "sort": "-timestamp", "statsPeriod": "14d"})
