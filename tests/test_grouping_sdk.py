@@ -186,7 +186,7 @@ def test_stack_trace_rules_group_later_events(tracker: TrackerServer, project: P
     frames = next(e for e in event["entries"] if e["type"] == "exception")["data"]["values"][-1]["stacktrace"]["frames"]
     library = next(f for f in frames if f["module"] == "libhelper")
     charge = next(f for f in frames if f["function"] == "charge")
-    assert library["in_app"] is True and library["data"]["in_app_rule"] == "project rule module:libhelper +app"
+    assert library["inApp"] is True and library["data"]["in_app_rule"] == "project rule module:libhelper +app"
     assert charge["data"]["group"] is False
 
 

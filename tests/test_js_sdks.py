@@ -179,17 +179,17 @@ def test_browser_sdk_in_a_real_page(tracker: TrackerServer, project: Project, br
     *_, inline, checkout, price_cart = exception["stacktrace"]["frames"]
     # minified: long lines, where only the column finds the code
     assert (price_cart["filename"], price_cart["function"]) == (bundle_url, "Object.priceCart")
-    assert bundle[price_cart["lineno"] - 1][price_cart["colno"] - 1:].startswith("new TypeError(`cart ${")
+    assert bundle[price_cart["lineNo"] - 1][price_cart["colNo"] - 1:].startswith("new TypeError(`cart ${")
     assert (checkout["filename"], checkout["function"]) == (bundle_url, "Object.checkout")
-    assert bundle[checkout["lineno"] - 1][checkout["colno"] - 1:].startswith("priceCart(")
-    assert len(bundle[checkout["lineno"] - 1]) > 1000
+    assert bundle[checkout["lineNo"] - 1][checkout["colNo"] - 1:].startswith("priceCart(")
+    assert len(bundle[checkout["lineNo"] - 1]) > 1000
     page_lines = (site.root / f"checkout-{project.id}.html").read_text().splitlines()
-    assert inline["filename"] == page_url and page_lines[inline["lineno"] - 1].strip().startswith("shop.checkout(")
-    assert price_cart["in_app"] and inline["colno"] == page_lines[inline["lineno"] - 1].index("shop.checkout(") + 6
+    assert inline["filename"] == page_url and page_lines[inline["lineNo"] - 1].strip().startswith("shop.checkout(")
+    assert price_cart["inApp"] and inline["colNo"] == page_lines[inline["lineNo"] - 1].index("shop.checkout(") + 6
 
     message = tracker.latest_event(message_issue["id"])
     for event in (crash, message):
-        assert (event["release"], event["environment"], event["platform"]) == (RELEASE, ENVIRONMENT, "javascript")
+        assert (event["release"]["version"], event["environment"], event["platform"]) == (RELEASE, ENVIRONMENT, "javascript")
         assert entry(event, "request")["url"] == page_url
         user_agent = dict(entry(event, "request")["headers"])["User-Agent"]
         assert "Chrome/" in user_agent and "Linux" in user_agent
@@ -207,11 +207,11 @@ def test_browser_sdk_in_a_real_page(tracker: TrackerServer, project: Project, br
         page.goto(f"{tracker.url}/issues/{crash_issue['id']}/")
         crashed = page.locator("details.frame.crash > summary")
         assert " ".join(crashed.inner_text().split()).startswith(
-            f"{bundle_url} in Object.priceCart at line {price_cart['lineno']}:{price_cart['colno']}")
+            f"{bundle_url} in Object.priceCart at line {price_cart['lineNo']}:{price_cart['colNo']}")
         frames = page.locator("details.frame > summary").all_inner_texts()
-        assert any(f"{bundle_url} in Object.checkout at line {checkout['lineno']}:{checkout['colno']}" in " ".join(t.split())
+        assert any(f"{bundle_url} in Object.checkout at line {checkout['lineNo']}:{checkout['colNo']}" in " ".join(t.split())
                    for t in frames)
-        assert any(f"at line {inline['lineno']}:{inline['colno']}" in t for t in frames)
+        assert any(f"at line {inline['lineNo']}:{inline['colNo']}" in t for t in frames)
         body = page.locator("body").inner_text()
         assert "auto.browser.global_handlers.onerror" in body and "unhandled" in body
         assert f"Chrome {chrome}" in body and RELEASE in body
@@ -288,16 +288,17 @@ def test_node_sdk_events_arrive(tracker: TrackerServer, project: Project) -> Non
         assert tags["handled"] == ("yes" if is_handled else "no") and tags["level"] == "error"
         frames = exception["stacktrace"]["frames"]
         crash = frames[-1]
-        assert (crash["filename"], crash["function"], crash["in_app"]) == (script, function, True)
-        assert crash["context_line"] == lines[crash["lineno"] - 1] and "throw new" in crash["context_line"]
-        assert crash["colno"] == lines[crash["lineno"] - 1].index("new ") + 1
+        assert (crash["filename"], crash["function"], crash["inApp"]) == (script, function, True)
+        context_line = dict(crash["context"])[crash["lineNo"]]  # Sentry's [line number, text] pairs
+        assert context_line == lines[crash["lineNo"] - 1] and "throw new" in context_line
+        assert crash["colNo"] == lines[crash["lineNo"] - 1].index("new ") + 1
         internal = [f for f in frames if f["filename"].startswith("node:internal/")]
-        assert internal and not any(f["in_app"] for f in internal)
+        assert internal and not any(f["inApp"] for f in internal)
     assert entry(rejection, "exception")["values"][-1]["type"] == "Error"
     assert rejection["extra"] == {"unhandledPromiseRejection": True}
     assert entry(message, "message")["formatted"] == "nightly export finished with warnings"
     for event in (handled, rejection, message):
-        assert (event["platform"], event["release"], event["environment"]) == ("node", release, ENVIRONMENT)
+        assert (event["platform"], event["release"]["version"], event["environment"]) == ("node", release, ENVIRONMENT)
         assert event["contexts"]["runtime"]["name"] == "node"
         assert event["contexts"]["runtime"]["version"] == node_version
         assert event["sdk"]["name"] == "sentry.javascript.node"

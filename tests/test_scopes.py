@@ -45,6 +45,12 @@ MUTATING: dict[tuple[str, str], set[str]] = {
     ("DELETE", "/api/0/issues/{issue_id}/"): DELETE_ISSUES,
     ("POST", "/api/0/issues/{issue_id}/hashes/"): TRIAGE,  # unmerge, a member's triage in the dashboard
     ("DELETE", "/api/0/issues/{issue_id}/hashes/"): TRIAGE,
+    ("PUT", "/api/0/organizations/{org}/issues/"): TRIAGE,
+    ("DELETE", "/api/0/organizations/{org}/issues/"): DELETE_ISSUES,
+    ("PUT", "/api/0/organizations/{org}/issues/{issue_id}/"): TRIAGE,
+    ("DELETE", "/api/0/organizations/{org}/issues/{issue_id}/"): DELETE_ISSUES,
+    ("POST", "/api/0/organizations/{org}/issues/{issue_id}/hashes/"): TRIAGE,
+    ("DELETE", "/api/0/organizations/{org}/issues/{issue_id}/hashes/"): TRIAGE,
     ("PUT", "/api/0/projects/{org}/{project}/"): PROJECT_SETTINGS,  # dataScrubber lives here
     ("PUT", "/api/0/projects/{org}/{project}/grouping-rules/"): PROJECT_SETTINGS,
     ("POST", "/api/0/projects/{org}/{project}/keys/"): KEYS,

@@ -49,12 +49,13 @@ def test_fastapi_example_becomes_one_issue(tracker: TrackerServer, project: Proj
     assert issue["metadata"]["type"] == "ZeroDivisionError"
     assert issue["count"] == "3" and issue["level"] == "error" and issue["status"] == "unresolved"
     event = tracker.latest_event(issue["id"])
-    assert event["release"] == "payments-service@1.2.4"
+    assert event["release"] == {"version": "payments-service@1.2.4"}
     assert event["environment"] == "prod"
     request = next(e for e in event["entries"] if e["type"] == "request")["data"]
     assert request["url"] == "http://testserver/error" and request["method"] == "GET"
     assert frames_of(event)[-1]["function"] == "trigger_error"
-    assert frames_of(event)[-1]["context_line"].strip() == "1 / 0"
+    crash = frames_of(event)[-1]
+    assert dict(crash["context"])[crash["lineNo"]].strip() == "1 / 0"  # Sentry's [line number, text] pairs
     tags = {t["key"]: t["value"] for t in event["tags"]}
     assert tags["release"] == "payments-service@1.2.4" and tags["handled"] == "no"
 
@@ -85,9 +86,9 @@ def test_capture_exception_with_context(tracker: TrackerServer, project: Project
     assert tags["service"] == "payments-api" and tags["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert tags["environment"] == "prod" and tags["user"] == "id:u2"
     assert event["user"]["email"] == "u2@example.org"
-    assert event["contexts"]["feature_flags"] == {"new-limits": True}
+    assert event["contexts"]["feature_flags"] == {"new-limits": True, "type": "default"}  # Sentry's type of the unknown
     frame = frames_of(event)[-1]
-    assert frame["function"] == "charge" and frame["in_app"] is True
+    assert frame["function"] == "charge" and frame["inApp"] is True
     assert frame["vars"]["amount"] == "500"
 
 
