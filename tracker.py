@@ -32,8 +32,10 @@ that the API and the pages share; no handler holds SQL.
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import base64
+import bisect
 import concurrent.futures
 import collections
 import contextlib
@@ -41,6 +43,8 @@ import ctypes
 import dataclasses
 import datetime as dt
 import email.message
+import email.parser
+import email.policy
 import email.utils
 import functools
 import hashlib
@@ -48,6 +52,7 @@ import hmac
 import html
 import http.client
 import inspect
+import io
 import ipaddress
 import json
 import logging
@@ -70,6 +75,7 @@ import threading
 import tomllib
 import urllib.parse
 import uuid
+import zipfile
 import zlib
 import zoneinfo
 from pathlib import Path
@@ -166,6 +172,8 @@ class Settings:
     body_timeout: float = 60.0  # seconds from the last header to the body's last byte (20 MiB at 3 Mbit/s)
     max_connections: int = 1000  # open at once, also kept under the process's file limit (GuardedHttp)
     worker_timeout: float = 3.0  # seconds a worker with batches may go without answering or using CPU
+    sourcemap_max_file: int = 40 * MIB  # one uploaded file (a source map, a bundle), uncompressed
+    sourcemap_max_upload: int = 100 * MIB  # one upload (an artifact bundle's zip, and its files unzipped)
 
     @property
     def public_url(self) -> str:
@@ -429,6 +437,23 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
         """CREATE TRIGGER attachment_removed AFTER DELETE ON attachments BEGIN
                UPDATE attachment_usage SET bytes = bytes - old.size WHERE project_id = old.project_id;
            END""")],
+    # source maps (issue 17): chunks sentry-cli uploads before it asks for their assembly (gone
+    # then, or when they expire), and the files of each artifact bundle, found by debug id or by
+    # release, dist and URL; the legacy per-file release uploads are a bundle per (release, dist)
+    """
+    CREATE TABLE upload_chunks (sha1 TEXT PRIMARY KEY, data BLOB NOT NULL, expires REAL NOT NULL);
+    CREATE TABLE artifact_bundles (
+        id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL, bundle_id TEXT NOT NULL, checksum TEXT NOT NULL,
+        release TEXT NOT NULL, dist TEXT NOT NULL, file_count INTEGER NOT NULL, size INTEGER NOT NULL,
+        date_added REAL NOT NULL, UNIQUE (project_id, bundle_id, release, dist));
+    CREATE TABLE artifact_files (
+        id INTEGER PRIMARY KEY, bundle_id INTEGER NOT NULL, project_id INTEGER NOT NULL, release TEXT NOT NULL,
+        dist TEXT NOT NULL, url TEXT NOT NULL, type TEXT NOT NULL, debug_id TEXT, headers TEXT NOT NULL,
+        size INTEGER NOT NULL, sha1 TEXT NOT NULL, data BLOB NOT NULL, date_added REAL NOT NULL);
+    CREATE INDEX artifact_files_by_url ON artifact_files (project_id, release, dist, url);
+    CREATE INDEX artifact_files_by_debug_id ON artifact_files (project_id, debug_id) WHERE debug_id IS NOT NULL;
+    CREATE INDEX artifact_files_by_bundle ON artifact_files (bundle_id);
+    """,
 ]
 
 Job = Callable[[sqlite3.Connection], Any]
@@ -2394,14 +2419,17 @@ def prepare_job(job: PrepareJob) -> PreparedEvent:
     return prepare_event(json_object(job.payload, "event payload"), project_id=job.project_id,
                          event_id=job.event_id, received=job.received, client_ip=job.client_ip,
                          rules=grouping_rules_of(job.stacktrace_rules, job.fingerprint_rules),
-                         scrub=parsed_scrub_policy(job.scrub))
+                         scrub=parsed_scrub_policy(job.scrub), maps=SOURCE_MAPS)
 
 
 def prepare_event(raw: dict[str, Any], *, project_id: int, event_id: str | None, received: float,
-                  client_ip: str = "", rules: GroupingRules, scrub: ScrubPolicy) -> PreparedEvent:
-    """Everything ingest does before the writer, in the request's task (no database access:
-    the project's grouping rules and scrubbing policy come parsed from the caches)."""
+                  client_ip: str = "", rules: GroupingRules, scrub: ScrubPolicy,
+                  maps: SourceMaps | None = None) -> PreparedEvent:
+    """Everything ingest does before the writer, in the request's task (the project's grouping
+    rules and scrubbing policy come parsed from the caches; the database is read only for the
+    source maps of JavaScript frames)."""
     ev = normalize_event(raw, event_id=event_id, received=received, client_ip=client_ip)
+    resolve_source_maps(ev, maps, project_id)  # before grouping: issues group on the code as written
     scrub_event(ev, scrub)  # before grouping, titles, tags and the payload see the secrets
     apply_stack_rules(ev, rules.stack, "project")
     client_fingerprint = ev.get("fingerprint")
@@ -2462,6 +2490,7 @@ def run_prepare_worker(db: str) -> None:
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print cannot corrupt the frames
     conn = read_only(db)
+    SOURCE_MAPS.open(db)
     while (data := read_frame(sys.stdin.buffer)) is not None:
         results: list[tuple[Any, ...]] = []
         for fields in marshal.loads(data):
@@ -2837,6 +2866,396 @@ def first_line(value: str, limit: int) -> str:
 def message_text(ev: dict[str, Any]) -> str:
     entry = ev.get("logentry") or {}
     return entry.get("formatted") or entry.get("message") or ""
+
+
+# -- source maps: minified JavaScript frames read as the code that was written (sourcemaps.md §6) ----
+#
+# A step of its own between normalisation and scrubbing, so grouping sees the original files,
+# lines and functions: a new deploy with new minified names keeps its issues. Each frame of a
+# browser or Node event whose file has an uploaded map (by the debug id in `debug_meta`, else by
+# release, dist and URL) is rewritten; the minified frames stay as `raw_stacktrace`; a frame that
+# cannot be resolved keeps what was sent and the event says why in `errors` (Sentry's types). The
+# maps are read from the database in the process preparing the event (a worker, off the writer and
+# the event loop), parsed by our own decoder (below) and kept parsed in a cache of bounded size.
+
+def resolve_source_maps(ev: dict[str, Any], maps: SourceMaps | None, project_id: int) -> None:
+    """Rewrite the event's JavaScript frames through their source maps, in place."""
+    if maps is None or ev.get("platform") not in ("javascript", "node") or not maps.project_has_files(project_id):
+        return
+    images = {text(i.get("code_file")): text(i.get("debug_id")).lower()
+              for i in as_list(as_dict(ev.get("debug_meta")).get("images"))
+              if isinstance(i, dict) and i.get("type") == "sourcemap" and i.get("code_file") and i.get("debug_id")}
+    errors: dict[tuple[str, str], dict[str, Any]] = {}
+    holders = [e for e in ev.get("exception", {}).get("values", []) if e.get("stacktrace")]
+    holders += [t for t in ev.get("threads", {}).get("values", []) if t.get("stacktrace")]
+    for holder in holders:
+        frames = holder["stacktrace"]["frames"]
+        resolved, caller_name = [], None  # oldest first: a frame's name is at its caller's call site
+        for frame in frames:
+            new, caller_name = resolve_frame(frame, caller_name, maps, project_id, images, ev, errors)
+            resolved.append(new)
+        if any(new is not frame for new, frame in zip(resolved, frames)):
+            holder["raw_stacktrace"] = {"frames": frames}
+            holder["stacktrace"] = {**holder["stacktrace"], "frames": resolved}
+    if errors:
+        ev["errors"] = [*ev.get("errors", []), *errors.values()]
+
+
+def resolve_frame(frame: dict[str, Any], name: str | None, maps: SourceMaps, project_id: int, images: dict[str, str],
+                  ev: dict[str, Any], errors: dict[tuple[str, str], dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
+    """The frame as written (a new dict), or the same frame when it has no map (the reason in
+    `errors`); and the original name of what it calls (the token at its position). Its own function
+    is `name`, the token at its caller's call site (a map has no scopes), else the minified one."""
+    path = frame.get("abs_path") or frame.get("filename") or ""
+    line, column = frame.get("lineno"), frame.get("colno")
+    if not is_mappable(path, ev.get("platform", "")) or not line or not column or line < 1 or column < 1:
+        return frame, None
+    found = maps.find(project_id, path, images.get(path), ev.get("release") or "", ev.get("dist") or "")
+    if isinstance(found, str):
+        if "/node_modules/" not in path:
+            errors.setdefault((found, path), {"type": found, "url": path, "message": MAP_ERROR_TITLES[found]})
+        return frame, None
+    source_map, map_url, how = found
+    token = source_map.lookup(line - 1, column - 1)
+    if token is None:
+        errors.setdefault(("js_invalid_sourcemap_location", path), {
+            "type": "js_invalid_sourcemap_location", "column": column, "row": line, "source": path,
+            "message": MAP_ERROR_TITLES["js_invalid_sourcemap_location"]})
+        return frame, None
+    source, src_line, src_column, callee = token
+    new = {**frame, "abs_path": join_url(map_url, source), "filename": source_filename(source), "lineno": src_line + 1,
+           "colno": src_column + 1, "function": name or frame.get("function"),
+           "in_app": not re.search(r"(^|/)node_modules/|^webpack/(bootstrap|runtime)|\(webpack\)", source),
+           "data": {**frame.get("data", {}), "sourcemap": map_url, "symbolicated": True, "resolved_with": how}}
+    new.pop("module", None)
+    context = source_map.context(source, src_line)
+    if context is None:
+        errors.setdefault(("js_missing_sources_content", source), {
+            "type": "js_missing_sources_content", "source": source, "sourcemap": map_url,
+            "message": MAP_ERROR_TITLES["js_missing_sources_content"]})
+        for key in ("pre_context", "context_line", "post_context"):
+            new.pop(key, None)
+    else:
+        new["pre_context"], new["context_line"], new["post_context"] = context
+    return new, callee
+
+
+def is_mappable(path: str, platform: str) -> bool:
+    """A file a map may exist for: a URL or, for Node, an absolute, `app:` or `webpack:` path."""
+    if not path or path.startswith(("native", "[native code]", "<anonymous>")):
+        return False
+    if platform == "node":
+        return path.startswith(("/", "app:", "webpack:"))
+    return bool(re.match(r"(https?|file|app|webpack):|~/|/", path))
+
+
+def join_url(base: str, source: str) -> str:
+    """A map's source joined onto the map's URL (`~/` counts as absolute; webpack: kept)."""
+    if re.match(r"[a-z][a-z0-9+.-]*:", source) or not base:
+        return source
+    if base.startswith("~/"):  # `~` is any host: joined as one, then given back its `~`
+        return "~/" + urllib.parse.urljoin("http://~/" + base[2:], source).removeprefix("http://~/")
+    return urllib.parse.urljoin(base, source)
+
+
+def source_filename(source: str) -> str:
+    """What the page shows for an original file: webpack's prefix off, a URL's path alone."""
+    source = re.sub(r"^webpack://[^/]*/", "", source)
+    parts = urllib.parse.urlsplit(source)
+    return parts.path if parts.scheme in ("http", "https", "file") else source
+
+
+MAP_ERROR_TITLES = {  # Sentry's titles for its JavaScript processing errors
+    "js_no_source": "Source code was not found",
+    "js_invalid_source": "Sourcemap was invalid or not parseable",
+    "js_too_large": "Sourcemap was too large",
+    "js_missing_sources_content": "Missing Sources Context",
+    "js_invalid_sourcemap_location": "Invalid location in sourcemap",
+}
+
+
+class SourceMaps:
+    """The uploaded files of this process's database, and parsed maps in a cache of bounded size
+    (least recently used out first; a map larger than the whole cache is parsed for each event)."""
+
+    BUDGET = 64 * MIB  # parsed maps kept per process (a worker or the server)
+    RECHECK = 10.0  # seconds a project's "no uploaded files" answer is trusted
+
+    def __init__(self) -> None:
+        self.conn: sqlite3.Connection | None = None
+        self.cache: collections.OrderedDict[int, SourceMap] = collections.OrderedDict()
+        self.cached = 0
+        self.empty: dict[int, float] = {}  # project → when it was last seen with no files (monotonic)
+
+    def open(self, db: str) -> None:
+        self.conn = read_only(db)
+        self.conn.row_factory = sqlite3.Row
+
+    def project_has_files(self, project_id: int) -> bool:
+        if self.conn is None or time.monotonic() - self.empty.get(project_id, -math.inf) < self.RECHECK:
+            return False
+        if self.conn.execute("SELECT 1 FROM artifact_files WHERE project_id = ? LIMIT 1", (project_id,)).fetchone():
+            self.empty.pop(project_id, None)
+            return True
+        self.empty[project_id] = time.monotonic()
+        return False
+
+    def find(self, project_id: int, path: str, debug_id: str | None, release: str,
+             dist: str) -> tuple[SourceMap, str, str] | str:
+        """(map, its URL, how it was found) for a minified file, or the error type saying why not."""
+        assert self.conn is not None
+        row, how = None, "debug-id"
+        if debug_id:
+            row = self.conn.execute("SELECT id, url, size, data FROM artifact_files WHERE project_id = ? AND debug_id = ? "
+                                    "AND type = 'source_map' ORDER BY id DESC LIMIT 1",
+                                    (project_id, debug_id)).fetchone()
+        if row is None and release:
+            row, how = self.by_url(project_id, path, release, dist), "release"
+        if row is None:
+            return "js_no_source"
+        parsed = self.parsed(row)
+        return parsed if isinstance(parsed, str) else (parsed, row["url"], how)
+
+    def by_url(self, project_id: int, path: str, release: str, dist: str) -> sqlite3.Row | None:
+        """The map of a release's minified file: its Sourcemap header, else its sourceMappingURL
+        comment, else the file's URL + `.map` (sourcemaps.md §4.2)."""
+        assert self.conn is not None
+        for url in url_candidates(path):
+            minified = self.conn.execute(
+                "SELECT id, url, headers, data FROM artifact_files WHERE project_id = ? AND release = ? AND dist = ? "
+                "AND url = ? AND type != 'source_map' ORDER BY id DESC LIMIT 1", (project_id, release, dist, url)).fetchone()
+            if minified is None:
+                continue
+            target = map_reference(minified)
+            if target.startswith("data:"):
+                return None
+            map_url = join_url(url, target) if target else url + ".map"
+            return self.conn.execute(
+                "SELECT id, url, size, data FROM artifact_files WHERE project_id = ? AND release = ? AND dist = ? "
+                "AND url = ? ORDER BY id DESC LIMIT 1", (project_id, release, dist, map_url)).fetchone()
+        return None
+
+    def parsed(self, row: sqlite3.Row) -> SourceMap | str:
+        """The map of a stored file, from the cache or parsed; else the error type."""
+        if row["id"] in self.cache:
+            self.cache.move_to_end(row["id"])
+            return self.cache[row["id"]]
+        try:
+            parsed = parse_source_map(zstandard.ZstdDecompressor().decompress(row["data"]))
+        except SourceMapTooLarge:
+            return "js_too_large"
+        except SourceMapError:
+            return "js_invalid_source"
+        if parsed.cost <= self.BUDGET:
+            self.cache[row["id"]] = parsed
+            self.cached += parsed.cost
+            while self.cached > self.BUDGET:
+                self.cached -= self.cache.popitem(last=False)[1].cost
+        return parsed
+
+
+SOURCE_MAPS = SourceMaps()  # this process's: opened by the server and by each event worker
+
+
+def url_candidates(path: str) -> list[str]:
+    """The release-file URLs a frame's file may have been uploaded as, best first: the URL with and
+    without its query, then `~` + its path with and without it (`~` is any scheme and host)."""
+    parts = urllib.parse.urlsplit(path)
+    if parts.scheme in ("http", "https", "file", "app"):
+        full = urllib.parse.urlunsplit(parts._replace(fragment=""))
+        bare = urllib.parse.urlunsplit(parts._replace(query="", fragment=""))
+        tilde = "~" + (parts.path if parts.path.startswith("/") else "/" + parts.path)
+        query = f"?{parts.query}" if parts.query else ""
+        return list(dict.fromkeys([full, bare, tilde + query, tilde]))
+    return [path, "~" + path] if path.startswith("/") else [path]
+
+
+def map_reference(minified: sqlite3.Row) -> str:
+    """A minified file's `Sourcemap` (or `X-SourceMap`) header, else its last sourceMappingURL comment."""
+    headers = {k.lower(): v for k, v in json.loads(minified["headers"] or "{}").items()}
+    if headers.get("sourcemap") or headers.get("x-sourcemap"):
+        return str(headers.get("sourcemap") or headers.get("x-sourcemap"))
+    tail = zstandard.ZstdDecompressor().decompress(minified["data"])[-4096:].decode("utf-8", "replace")
+    found = re.findall(r"//[#@]\s*sourceMappingURL=(\S+)", tail)
+    return found[-1] if found else ""
+
+
+class SourceMapError(ValueError):
+    pass
+
+
+class SourceMapTooLarge(SourceMapError):
+    pass
+
+
+MAX_MAP_SEGMENTS = 3_000_000  # about 72 MB of arrays: a map with more is not parsed (js_too_large)
+
+
+BASE64_DIGITS = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
+
+
+@dataclasses.dataclass
+class SourceMap:
+    """A source map (ECMA-426) as sorted arrays: segment i maps generated (line, column) `keys[i]`
+    (line << 32 | column, 0-based) to `sources[i]` (-1: maps to nothing), `lines[i]`, `columns[i]`
+    and the name `names[i]` (-1: none). Index maps arrive flattened."""
+
+    keys: array.array[int]
+    sources: array.array[int]
+    lines: array.array[int]
+    columns: array.array[int]
+    names: array.array[int]
+    source_names: list[str]
+    contents: list[str | None]
+    identifiers: list[str]
+    cost: int  # bytes it holds, about
+    split: dict[int, list[str]] = dataclasses.field(default_factory=dict)
+
+    def lookup(self, line: int, column: int) -> tuple[str, int, int, str | None] | None:
+        """(original file, 0-based line, 0-based column, token name) of the greatest mapping at or
+        before this generated position on its line; None where nothing maps."""
+        index = bisect.bisect_right(self.keys, line << 32 | column) - 1
+        if index < 0 or self.keys[index] >> 32 != line or self.sources[index] < 0:
+            return None
+        name = self.identifiers[self.names[index]] if 0 <= self.names[index] < len(self.identifiers) else None
+        return self.source_names[self.sources[index]], self.lines[index], self.columns[index], name
+
+    def context(self, source: str, line: int) -> tuple[list[str], str, list[str]] | None:
+        """Five lines before, the line and five after from `sourcesContent` (long lines cut around
+        their start, as a frame shows them); None when the map carries no content for this file."""
+        index = self.source_names.index(source)
+        if index not in self.split:
+            content = self.contents[index] if index < len(self.contents) else None
+            if content is None:
+                return None
+            self.split[index] = content.splitlines()
+        lines = self.split[index]
+        if line >= len(lines):
+            return None
+        cut = [text[:140] + " {snip}" if len(text) > 150 else text for text in lines[max(line - 5, 0):line + 6]]
+        here = min(line, 5)
+        return cut[:here], cut[here], cut[here + 1:]
+
+
+def parse_source_map(data: bytes) -> SourceMap:
+    """A map from its JSON (a plain map or an index map of plain maps); SourceMapError if it is not one."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SourceMapError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("version") != 3:
+        raise SourceMapError("not a version 3 source map")
+    parts = SourceMapParts()
+    if isinstance(doc.get("sections"), list):
+        for section in doc["sections"]:
+            offset = as_dict(as_dict(section).get("offset"))
+            line, column = offset.get("line", 0), offset.get("column", 0)
+            if not isinstance(line, int) or not isinstance(column, int) or not isinstance(section.get("map"), dict):
+                raise SourceMapError("an index map section without an offset or a map")
+            parts.add(section["map"], line, column)
+    else:
+        parts.add(doc, 0, 0)
+    if any(a > b for a, b in zip(parts.keys, parts.keys[1:])):
+        raise SourceMapError("index map sections overlap")
+    return parts.done(len(data))
+
+
+class SourceMapParts:
+    """The arrays of a map being decoded, one plain map (or index map section) after another."""
+
+    def __init__(self) -> None:
+        self.keys, self.sources, self.lines, self.columns, self.names = (
+            array.array("q"), array.array("i"), array.array("i"), array.array("i"), array.array("i"))
+        self.source_names: list[str] = []
+        self.contents: list[str | None] = []
+        self.identifiers: list[str] = []
+
+    def add(self, doc: dict[str, Any], line_offset: int, column_offset: int) -> None:
+        sources, names, mappings = doc.get("sources"), doc.get("names", []), doc.get("mappings")
+        contents = doc.get("sourcesContent") or []
+        if not isinstance(sources, list) or not isinstance(names, list) or not isinstance(mappings, str) \
+                or not isinstance(contents, list):
+            raise SourceMapError("sources, names or mappings missing or of the wrong type")
+        root = doc.get("sourceRoot") if isinstance(doc.get("sourceRoot"), str) else ""
+        source_base, name_base = len(self.source_names), len(self.identifiers)
+        self.source_names += [join_source(root, s if isinstance(s, str) else "") for s in sources]
+        self.contents += [contents[i] if i < len(contents) and isinstance(contents[i], str) else None
+                          for i in range(len(sources))]
+        self.identifiers += [n if isinstance(n, str) else "" for n in names]
+        self.decode(mappings, line_offset, column_offset, source_base, len(sources), name_base, len(names))
+
+    def decode(self, mappings: str, line: int, first_column: int, source_base: int, source_count: int,
+               name_base: int, name_count: int) -> None:
+        """The `mappings` VLQ string: `;` ends a generated line, `,` a segment of 1, 4 or 5 Base64
+        VLQ deltas (column, source, original line, original column, name); only the column resets
+        at a new line. A hand-written loop: most digits carry a whole value."""
+        if len(self.keys) + mappings.count(",") + mappings.count(";") > MAX_MAP_SEGMENTS:
+            raise SourceMapTooLarge(f"more than {MAX_MAP_SEGMENTS} mappings")
+        keys, sources, lines, columns, names = self.keys, self.sources, self.lines, self.columns, self.names
+        digits = BASE64_DIGITS
+        column_offset = first_column
+        column = source = original_line = original_column = name = 0
+        fields: list[int] = []
+        value = shift = 0
+        for char in mappings + ";":
+            if char == "," or char == ";":
+                if shift:
+                    raise SourceMapError("a VLQ value ends in the middle")
+                if fields:
+                    column += fields[0]
+                    key = line << 32 | (column + column_offset)
+                    if len(fields) >= 4:
+                        source += fields[1]
+                        original_line += fields[2]
+                        original_column += fields[3]
+                        if len(fields) == 5:
+                            name += fields[4]
+                        if not 0 <= source < source_count or original_line < 0 or original_column < 0 \
+                                or (len(fields) == 5 and not 0 <= name < name_count) or column < 0:
+                            raise SourceMapError("a mapping points outside the map")
+                        keys.append(key)
+                        sources.append(source_base + source)
+                        lines.append(original_line)
+                        columns.append(original_column)
+                        names.append(name_base + name if len(fields) == 5 else -1)
+                    elif len(fields) == 1:
+                        keys.append(key)
+                        sources.append(-1)
+                        lines.append(0)
+                        columns.append(0)
+                        names.append(-1)
+                    else:
+                        raise SourceMapError("a mapping segment of 2 or 3 fields")
+                    fields = []
+                if char == ";":
+                    line += 1
+                    column = column_offset = 0
+                continue
+            digit = digits.get(char)
+            if digit is None:
+                raise SourceMapError(f"{char!r} is not a Base64 digit")
+            value += (digit & 31) << shift
+            if digit & 32:
+                shift += 5
+                if shift > 60:
+                    raise SourceMapError("a VLQ value too large")
+                continue
+            fields.append(-(value >> 1) if value & 1 else value >> 1)
+            value = shift = 0
+            if len(fields) > 5:
+                raise SourceMapError("a mapping segment of more than 5 fields")
+
+    def done(self, size: int) -> SourceMap:
+        cost = 24 * len(self.keys) + sum(len(c) for c in self.contents if c) + size // 4
+        return SourceMap(self.keys, self.sources, self.lines, self.columns, self.names, self.source_names,
+                         self.contents, self.identifiers, cost)
+
+
+def join_source(root: str, source: str) -> str:
+    """A source as the frame names it: the map's sourceRoot before it, unless it is a URL already."""
+    if not root or re.match(r"[a-z][a-z0-9+.-]*:|/", source):
+        return source
+    return root.rstrip("/") + "/" + source
 
 
 # -- scrubbing: secrets out of every event before it is grouped or stored (Sentry's server-side data scrubbing) --
@@ -5054,7 +5473,9 @@ def resolve_fixed_issues(conn: sqlite3.Connection, version: str, commits: list[d
 
 
 def delete_release(conn: sqlite3.Connection, release_id: int) -> None:
-    """Forget a release and what hangs off it; events keep their release string."""
+    """Forget a release and what hangs off it (its source maps too); events keep their release string."""
+    for table in ("artifact_files", "artifact_bundles"):
+        conn.execute(f"DELETE FROM {table} WHERE release = (SELECT version FROM releases WHERE id = ?)", (release_id,))
     for table in ("release_projects", "release_commits", "release_refs", "deploys"):
         conn.execute(f"DELETE FROM {table} WHERE release_id = ?", (release_id,))
     conn.execute("DELETE FROM releases WHERE id = ?", (release_id,))
@@ -5142,6 +5563,217 @@ async def repository_by_name(store: Store, name: str) -> sqlite3.Row | None:
 async def repository_by_id(store: Store, repository_id: int) -> sqlite3.Row | None:
     """A repository by id (to answer its registration with the stored row)."""
     return await store.one("SELECT * FROM repositories WHERE id = ?", (repository_id,))
+
+
+# -- source maps: artifact bundles and release files, as sentry-cli uploads them (sourcemaps.md §3, §4) --
+#
+# sentry-cli sends a zip (an artifact bundle: manifest.json and the files) in chunks named by their
+# SHA-1, then asks for it to be assembled: the chunks are joined, the zip read in a thread (bounded:
+# each file, the whole upload) and its files stored, a few MiB per writer job. Older sentry-cli
+# posts each file to the release instead. Processing finds the maps by debug id or by release, dist
+# and URL (SourceMaps). A release's files go with it; retention ages them out with the events.
+
+CHUNK_SIZE = 2 * MIB  # a power of two, as sentry-cli up to 2.39 needs
+CHUNKS_PER_REQUEST = 4
+CHUNK_LIFETIME = 3600.0  # seconds an unassembled chunk is kept
+
+
+@dataclasses.dataclass
+class ArtifactFile:
+    """One file of an upload, compressed for storage (zstd), with what lookups match it by."""
+
+    url: str
+    type: str  # minified_source, source_map, source, release_file…
+    debug_id: str | None
+    headers: dict[str, str]
+    size: int  # uncompressed
+    sha1: str
+    data: bytes
+
+
+@dataclasses.dataclass
+class ArtifactBundle:
+    """An uploaded zip, read: its bundle id, the release and dist its manifest names, its files."""
+
+    bundle_id: str
+    release: str
+    dist: str
+    files: list[ArtifactFile]
+
+
+class UploadRefused(Exception):
+    """An upload the tracker will not store: 413 for the size caps, 400 for the rest."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+def read_artifact_bundle(data: bytes, max_file: int, max_total: int) -> ArtifactBundle:
+    """Read an artifact bundle zip (CPU work: run it in a thread). Each file is read at most to
+    `max_file` + 1 bytes, whatever its entry claims, and all of them to `max_total`."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        if len(archive.infolist()) > 20_000:
+            raise UploadRefused(413, "more than 20000 files in one upload")
+        manifest = json.loads(bounded_entry(archive, "manifest.json", 16 * MIB))
+    except (zipfile.BadZipFile, KeyError, ValueError, EOFError, zlib.error, NotImplementedError) as exc:
+        raise UploadRefused(400, f"not an artifact bundle: {exc}") from None
+    entries = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(entries, dict):
+        raise UploadRefused(400, "not an artifact bundle: its manifest lists no files")
+    files, total = [], 0
+    for path, info in entries.items():
+        info = as_dict(info)
+        headers = {str(k).lower(): text(v, 1024) for k, v in as_dict(info.get("headers")).items()}
+        try:
+            content = bounded_entry(archive, path, max_file)
+        except KeyError:
+            raise UploadRefused(400, f"the manifest names {path!r}, which the bundle lacks") from None
+        except (zipfile.BadZipFile, ValueError, EOFError, zlib.error, NotImplementedError) as exc:
+            raise UploadRefused(400, f"{path}: {exc}") from None
+        total += len(content)
+        if total > max_total:
+            raise UploadRefused(413, f"the files of this upload come to more than {max_total} bytes")
+        debug_id = normalize_debug_id(headers.get("debug-id") or headers.get("debug_id"))
+        files.append(artifact_file(text(info.get("url") or path, 2048), text(info.get("type"), 64) or "release_file",
+                                   debug_id, headers, content))
+    return ArtifactBundle(normalize_debug_id(manifest.get("debug_id")) or hashlib.sha1(data).hexdigest(),
+                          text(manifest.get("release"), 250), text(manifest.get("dist"), 64), files)
+
+
+def bounded_entry(archive: zipfile.ZipFile, path: str, limit: int) -> bytes:
+    """A zip entry's bytes, refused (413) past `limit`: its stated size may lie, the read cannot."""
+    with archive.open(path) as entry:
+        content = entry.read(limit + 1)
+    if len(content) > limit:
+        raise UploadRefused(413, f"{path} is larger than {limit} bytes (the cap on one file)")
+    return content
+
+
+def artifact_file(url: str, kind: str, debug_id: str | None, headers: dict[str, str], content: bytes) -> ArtifactFile:
+    return ArtifactFile(url, kind, debug_id, headers, len(content), hashlib.sha1(content).hexdigest(),
+                        zstandard.ZstdCompressor(level=3).compress(content))
+
+
+def normalize_debug_id(value: Any) -> str | None:
+    """A debug id as a lower-case UUID (sentry-cli's are), or None."""
+    try:
+        return str(uuid.UUID(str(value)[:36])) if value else None
+    except ValueError:
+        return None
+
+
+def save_chunks(conn: sqlite3.Connection, chunks: list[tuple[str, bytes]], now: float) -> None:
+    """Writer job: keep uploaded chunks until their assembly (or an hour)."""
+    conn.executemany("INSERT OR REPLACE INTO upload_chunks (sha1, data, expires) VALUES (?, ?, ?)",
+                     [(sha1, data, now + CHUNK_LIFETIME) for sha1, data in chunks])
+
+
+async def pending_chunk_bytes(store: Store) -> int:
+    """What the chunks waiting for their assembly hold."""
+    return (await store.one("SELECT coalesce(sum(length(data)), 0) FROM upload_chunks"))[0]
+
+
+async def missing_chunks(store: Store, sha1s: list[str]) -> list[str]:
+    """Of these chunks, those not uploaded yet (in order)."""
+    have = {r[0] for r in await store.all(
+        f"SELECT sha1 FROM upload_chunks WHERE sha1 IN ({','.join('?' * len(sha1s))})", sha1s)}
+    return [sha1 for sha1 in dict.fromkeys(sha1s) if sha1 not in have]
+
+
+async def chunk_sizes(store: Store, sha1s: list[str]) -> int:
+    return (await store.one(f"SELECT coalesce(sum(length(data)), 0) FROM upload_chunks "
+                            f"WHERE sha1 IN ({','.join('?' * len(set(sha1s)))})", list(set(sha1s))))[0]
+
+
+async def joined_chunks(store: Store, sha1s: list[str]) -> bytes:
+    """The chunks' bytes in this order: the uploaded file."""
+    data = {r[0]: r[1] for r in await store.all(
+        f"SELECT sha1, data FROM upload_chunks WHERE sha1 IN ({','.join('?' * len(set(sha1s)))})", list(set(sha1s)))}
+    return b"".join(data[sha1] for sha1 in sha1s)
+
+
+async def bundle_assembled(store: Store, checksum: str, project_ids: list[int], release: str, dist: str) -> bool:
+    """Whether this upload (by checksum) is stored already for each of the projects."""
+    found = await store.all(
+        f"SELECT DISTINCT project_id FROM artifact_bundles WHERE checksum = ? AND release = ? AND dist = ? "
+        f"AND project_id IN ({','.join('?' * len(project_ids))})", (checksum, release, dist, *project_ids))
+    return len(found) == len(set(project_ids))
+
+
+def save_bundle(conn: sqlite3.Connection, project_ids: list[int], bundle: ArtifactBundle, checksum: str,
+                release: str, dist: str, now: float) -> list[int]:
+    """Writer job: a bundle's row in each project (an upload of the same bundle replaces it, files
+    and all) and its release for each; the rows' ids, for save_bundle_files."""
+    ids = []
+    for project_id in project_ids:
+        old = conn.execute("SELECT id FROM artifact_bundles WHERE project_id = ? AND bundle_id = ? AND release = ? "
+                           "AND dist = ?", (project_id, bundle.bundle_id, release, dist)).fetchone()
+        if old:
+            conn.execute("DELETE FROM artifact_files WHERE bundle_id = ?", (old[0],))
+            conn.execute("DELETE FROM artifact_bundles WHERE id = ?", (old[0],))
+        ids.append(conn.execute(
+            "INSERT INTO artifact_bundles (project_id, bundle_id, checksum, release, dist, file_count, size, "
+            "date_added) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (project_id, bundle.bundle_id, checksum, release, dist, len(bundle.files),
+             sum(f.size for f in bundle.files), now)).lastrowid)
+        if release:
+            link_release(conn, project_id, release, now)
+    return ids
+
+
+def save_bundle_files(conn: sqlite3.Connection, bundle_ids: list[int], files: list[ArtifactFile], now: float) -> None:
+    """Writer job: some of a bundle's files (save_bundle gave the rows), a few MiB at a time."""
+    for bundle_id in bundle_ids:
+        project_id, release, dist = conn.execute("SELECT project_id, release, dist FROM artifact_bundles WHERE id = ?",
+                                                 (bundle_id,)).fetchone()
+        conn.executemany(
+            "INSERT INTO artifact_files (bundle_id, project_id, release, dist, url, type, debug_id, headers, size, "
+            "sha1, data, date_added) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(bundle_id, project_id, release, dist, f.url, f.type, f.debug_id, json.dumps(f.headers), f.size, f.sha1,
+              f.data, now) for f in files])
+
+
+def forget_chunks(conn: sqlite3.Connection, sha1s: list[str]) -> None:
+    conn.executemany("DELETE FROM upload_chunks WHERE sha1 = ?", [(sha1,) for sha1 in set(sha1s)])
+
+
+def save_release_file(conn: sqlite3.Connection, project_id: int, release: str, dist: str, file: ArtifactFile,
+                      now: float) -> int | None:
+    """Writer job: one file posted to a release (sentry-cli 1.x/2.x without chunks), in the
+    release's own bundle for its dist; its id, or None when the release has a file of that name."""
+    if conn.execute("SELECT 1 FROM artifact_files WHERE project_id = ? AND release = ? AND dist = ? AND url = ?",
+                    (project_id, release, dist, file.url)).fetchone():
+        return None
+    link_release(conn, project_id, release, now)
+    bundle_id = conn.execute(
+        """INSERT INTO artifact_bundles (project_id, bundle_id, checksum, release, dist, file_count, size, date_added)
+           VALUES (?, 'release-files', '', ?, ?, 1, ?, ?) ON CONFLICT (project_id, bundle_id, release, dist)
+           DO UPDATE SET file_count = file_count + 1, size = size + excluded.size RETURNING id""",
+        (project_id, release, dist, file.size, now)).fetchone()[0]
+    save_bundle_files(conn, [bundle_id], [file], now)
+    return conn.execute("SELECT max(id) FROM artifact_files WHERE bundle_id = ?", (bundle_id,)).fetchone()[0]
+
+
+async def release_files(store: Store, version: str, project_id: int | None = None) -> list[sqlite3.Row]:
+    """A release's uploaded files (release files and the files of its artifact bundles), by name."""
+    where, args = ("AND project_id = ?", [project_id]) if project_id is not None else ("", [])
+    return await store.all(
+        f"""SELECT id, project_id, url, dist, type, debug_id, headers, size, sha1, date_added FROM artifact_files
+            WHERE release = ? {where} ORDER BY url, dist, id LIMIT 1000""", [version, *args])
+
+
+async def artifact_bundles(store: Store, project_id: int) -> list[sqlite3.Row]:
+    """A project's artifact bundles, newest first."""
+    return await store.all("SELECT * FROM artifact_bundles WHERE project_id = ? ORDER BY date_added DESC, id DESC "
+                           "LIMIT 1000", (project_id,))
+
+
+async def release_bundles(store: Store, version: str) -> list[sqlite3.Row]:
+    """The artifact bundles uploaded for a release, with their project, newest first."""
+    return await store.all("SELECT b.*, p.slug FROM artifact_bundles b JOIN projects p ON p.id = b.project_id "
+                           "WHERE b.release = ? ORDER BY b.date_added DESC, b.id DESC LIMIT 1000", (version,))
 
 
 # -- code mappings: from a stack frame to its source file, and back ------------------------
@@ -6936,7 +7568,8 @@ def prune_unlinked(conn: sqlite3.Connection, project_id: int, cutoff: float, bat
 
 # Per-project rows counted by time that go with the events: table → its time column (epoch seconds).
 AGED_ROWS = {"session_buckets": "minute", "transaction_buckets": "minute", "session_users": "day",
-             "slo_history": "minute", "dropped": "minute", "check_ins": "date_created"}
+             "slo_history": "minute", "dropped": "minute", "check_ins": "date_created",
+             "artifact_files": "date_added", "artifact_bundles": "date_added"}
 
 
 def prune_aged_rows(conn: sqlite3.Connection, table: str, column: str, project_id: int, cutoff: float,
@@ -6949,13 +7582,13 @@ def prune_aged_rows(conn: sqlite3.Connection, table: str, column: str, project_i
 
 
 def prune_leftovers(conn: sqlite3.Connection, now: float, cutoff: float, batch: int) -> int:
-    """Writer job: expired browser sessions and login links, and up to `batch` outbox rows delivered
+    """Writer job: expired browser sessions, login links and upload chunks, and up to `batch` outbox rows delivered
     or cancelled before `cutoff`. Kept: dead letters (they can be sent again), Jira creations
     (their key stops a second Jira issue) and the rows of issues not resolved (resolving one tells
     the channels its outbox names)."""
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     deleted = sum(conn.execute(f"DELETE FROM {table} WHERE expires < ?", (now,)).rowcount
-                  for table in ("web_sessions", "login_links") if table in tables)
+                  for table in ("web_sessions", "login_links", "upload_chunks") if table in tables)
     return deleted + conn.execute(
         """DELETE FROM outbox WHERE id IN (SELECT id FROM outbox o WHERE status IN ('delivered', 'cancelled')
                AND coalesce(delivered, created) < ? AND idempotency_key NOT LIKE 'jira-%'
@@ -8373,6 +9006,224 @@ async def api_create_repo(request: Request) -> Response:
         raise ApiError(409, f"a repository named {name!r} already exists")
     row = await repository_by_id(request.app.store, repo_id)
     return JSONResponse(serialize_repository(row), status_code=201)
+
+
+# -- source maps: chunk upload, artifact bundle assembly, release files (what sentry-cli sends) -----
+
+async def api_chunk_upload_options(request: Request) -> dict[str, Any]:
+    """Where and how sentry-cli uploads chunks (sourcemaps.md §3.2)."""
+    check_org(request)
+    settings = request.app.settings
+    return {"url": str(request.url.replace(query="")), "chunkSize": CHUNK_SIZE, "chunksPerRequest": CHUNKS_PER_REQUEST,
+            "maxFileSize": settings.sourcemap_max_upload, "maxRequestSize": chunk_request_limit(),
+            "concurrency": 2, "hashAlgorithm": "sha1", "compression": ["gzip"],
+            "accept": ["release_files", "sources", "artifact_bundles"]}
+
+
+def chunk_request_limit() -> int:
+    return CHUNK_SIZE * CHUNKS_PER_REQUEST + 64 * KIB
+
+
+async def api_chunk_upload(request: Request) -> dict[str, Any]:
+    """Chunks, one multipart part each (`file_gzip` or `file`, named by the SHA-1 of its bytes):
+    checked and kept until their assembly. Pending chunks are capped at twice the upload cap."""
+    check_org(request)
+    try:
+        body = await read_body(request, chunk_request_limit())
+    except IngestError as exc:
+        raise ApiError(exc.status, "Request too large") from None
+    chunks = []
+    for name, filename, data in multipart_parts(body, request.headers.get("content-type", ""))[:CHUNKS_PER_REQUEST + 1]:
+        if name not in ("file", "file_gzip"):
+            continue
+        if len(chunks) == CHUNKS_PER_REQUEST:
+            raise ApiError(400, "Too many chunks")
+        if name == "file_gzip":
+            data = gunzip_bounded(data, CHUNK_SIZE)
+        if len(data) > CHUNK_SIZE:
+            raise ApiError(413, "Chunk size too large")
+        if hashlib.sha1(data).hexdigest() != (filename or "").lower():
+            raise ApiError(400, f"chunk {filename!r}: its SHA-1 is not its name")
+        chunks.append((filename.lower(), data))
+    if await pending_chunk_bytes(request.app.store) + sum(len(d) for _, d in chunks) > 2 * request.app.settings.sourcemap_max_upload:
+        raise ApiError(413, "too many chunks wait for their assembly; assemble or retry later")
+    await request.app.writer.submit(lambda conn: save_chunks(conn, chunks, time.time()))
+    return {}
+
+
+def multipart_parts(body: bytes, content_type: str) -> list[tuple[str, str | None, bytes]]:
+    """(field name, file name, bytes) of each part of a multipart/form-data body (400 if it is not one)."""
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise ApiError(400, "a multipart/form-data body is required")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n" + body)
+    if not message.is_multipart():
+        raise ApiError(400, "a multipart/form-data body is required")
+    parts = []
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str):
+            payload = part.get_payload(decode=True)
+            parts.append((name, part.get_filename(), payload if isinstance(payload, bytes) else b""))
+    return parts
+
+
+def gunzip_bounded(data: bytes, limit: int) -> bytes:
+    """A gzip member's bytes, at most `limit` + 1 of them (a bomb stops there)."""
+    try:
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, limit + 1)
+    except zlib.error:
+        raise ApiError(400, "a chunk is not gzip data") from None
+
+
+async def api_assemble_bundle(request: Request) -> Response:
+    """sentry-cli's `sourcemaps upload` (artifact bundles): answer which chunks are missing, else
+    assemble them and store the bundle for each project (sourcemaps.md §3.3)."""
+    check_org(request)
+    body = await request_object(request)
+    projects = body.get("projects")
+    if not isinstance(projects, list) or not projects or len(projects) > 100:
+        raise ApiError(400, "projects: name one project or more")
+    project_ids = await release_project_ids(request, projects)
+    version = release_version(body["version"]) if body.get("version") is not None else ""
+    dist = text(body.get("dist"), 64) if body.get("dist") is not None else ""
+    if dist and not version:
+        raise ApiError(400, "You need to specify a release together with a dist")
+    return await assemble(request, body, project_ids, version, dist)
+
+
+async def api_assemble_release(request: Request) -> Response:
+    """sentry-cli 2.x's release bundle: the same zip, for the release's projects."""
+    check_org(request)
+    version = request.path_params["version"]
+    row = await release_by_version(request.app.store, version)
+    if row is None:
+        raise ApiError(404, "The requested resource does not exist")
+    project_ids = [p["id"] for p in (await release_links(request.app.store, row["id"]))["projects"]]
+    return await assemble(request, await request_object(request), project_ids, version, "")
+
+
+async def assemble(request: Request, body: dict[str, Any], project_ids: list[int], version: str,
+                   dist: str) -> Response:
+    checksum, chunks = body.get("checksum"), body.get("chunks")
+    if not isinstance(checksum, str) or not SHA1_RE.fullmatch(checksum) or not isinstance(chunks, list) \
+            or not all(isinstance(c, str) and SHA1_RE.fullmatch(c) for c in chunks) or len(chunks) > 10_000:
+        raise ApiError(400, "checksum and chunks: SHA-1 hex digests are required")
+    checksum, chunks = checksum.lower(), [c.lower() for c in chunks]
+    store, app = request.app.store, request.app
+    async with app.assembling:  # one upload's bytes in memory at a time
+        if await bundle_assembled(store, checksum, project_ids, version, dist):
+            return assemble_answer("ok")
+        missing = await missing_chunks(store, chunks) if chunks else []
+        if missing or not chunks:
+            return assemble_answer("not_found", missing=missing)
+        if await chunk_sizes(store, chunks) > app.settings.sourcemap_max_upload:
+            return assemble_answer("error", f"the upload is larger than {app.settings.sourcemap_max_upload} bytes", 413)
+        data = await joined_chunks(store, chunks)
+        if hashlib.sha1(data).hexdigest() != checksum:
+            return assemble_answer("error", "the chunks do not make the file of that checksum")
+        try:
+            bundle = await asyncio.to_thread(read_artifact_bundle, data, app.settings.sourcemap_max_file,
+                                             app.settings.sourcemap_max_upload)
+        except UploadRefused as exc:
+            await app.writer.submit(lambda conn: forget_chunks(conn, chunks))
+            return assemble_answer("error", exc.detail, exc.status)
+        del data
+        release, dist = version or bundle.release, dist or bundle.dist
+        if not release and not any(f.debug_id for f in bundle.files):
+            return assemble_answer("error", "uploading a bundle without debug ids or release is prohibited")
+        await store_bundle(app.writer, project_ids, bundle, checksum, release, dist)
+        await app.writer.submit(lambda conn: forget_chunks(conn, chunks))
+    return assemble_answer("ok")
+
+
+SHA1_RE = re.compile(r"[0-9a-fA-F]{40}")
+
+
+def assemble_answer(state: str, detail: str | None = None, status: int = 200,
+                    missing: list[str] | None = None) -> JSONResponse:
+    return JSONResponse({"state": state, "missingChunks": missing or [], "detail": detail}, status_code=status)
+
+
+async def store_bundle(writer: Writer, project_ids: list[int], bundle: ArtifactBundle, checksum: str,
+                       release: str, dist: str) -> None:
+    """The bundle's rows, then its files in writer jobs of a few MiB each (ingest queues between)."""
+    now = time.time()
+    ids = await writer.submit(lambda conn: save_bundle(conn, project_ids, bundle, checksum, release, dist, now))
+    batch: list[ArtifactFile] = []
+    for file in [*bundle.files, None]:
+        if batch and (file is None or sum(len(f.data) for f in batch) + len(file.data) > 4 * MIB):
+            await writer.submit(lambda conn, files=batch: save_bundle_files(conn, ids, files, now))
+            batch = []
+        if file is not None:
+            batch.append(file)
+
+
+async def api_release_files(request: Request) -> list[dict[str, Any]]:
+    """A release's uploaded files, in Sentry's release file shape."""
+    check_org(request)
+    project = await project_from_path(request) if "project" in request.path_params else None
+    version = request.path_params["version"]
+    if await release_by_version(request.app.store, version) is None:
+        raise ApiError(404, "The requested resource does not exist")
+    return [serialize_release_file(r) for r in
+            await release_files(request.app.store, version, project["id"] if project else None)]
+
+
+def serialize_release_file(row: sqlite3.Row) -> dict[str, Any]:
+    return {"id": str(row["id"]), "name": row["url"], "dist": row["dist"] or None, "type": row["type"],
+            "debugId": row["debug_id"], "headers": json.loads(row["headers"]), "size": row["size"],
+            "sha1": row["sha1"], "dateCreated": iso(row["date_added"])}
+
+
+async def api_upload_release_file(request: Request) -> Response:
+    """One file posted to a release (`file`, `name`, `dist`, repeatable `header: "Key:Value"`), as
+    sentry-cli did before chunk uploads; 201 with the release file, 409 when the name is taken."""
+    check_org(request)
+    settings = request.app.settings
+    version = request.path_params["version"]
+    row = await release_by_version(request.app.store, version)
+    if row is None:
+        raise ApiError(404, "The requested resource does not exist")
+    if "project" in request.path_params:
+        project_ids = [(await project_from_path(request))["id"]]
+    else:
+        project_ids = [p["id"] for p in (await release_links(request.app.store, row["id"]))["projects"]]
+    if not project_ids:
+        raise ApiError(400, "the release belongs to no project")
+    try:
+        body = await read_body(request, settings.sourcemap_max_file + 64 * KIB)
+    except IngestError:
+        raise ApiError(413, f"a release file is limited to {settings.sourcemap_max_file} bytes") from None
+    fields: dict[str, list[bytes]] = {}
+    for name, _, data in multipart_parts(body, request.headers.get("content-type", "")):
+        fields.setdefault(name, []).append(data)
+    if "file" not in fields or len(fields["file"][0]) > settings.sourcemap_max_file:
+        raise ApiError(400 if "file" not in fields else 413, "file: the file's bytes are required, within the cap")
+    name = text(fields.get("name", [b""])[0].decode("utf-8", "replace"), 2048).strip()
+    if not name:
+        raise ApiError(400, "name: the file's URL (e.g. ~/static/app.js) is required")
+    dist = text(fields.get("dist", [b""])[0].decode("utf-8", "replace"), 64)
+    headers = dict(h.decode("utf-8", "replace").partition(":")[::2] for h in fields.get("header", [])[:32])
+    headers = {k.strip().lower(): v.strip() for k, v in headers.items() if k.strip()}
+    kind = "source_map" if name.endswith(".map") else "release_file"
+    file = await asyncio.to_thread(artifact_file, name, kind, normalize_debug_id(headers.get("debug-id")), headers,
+                                   fields["file"][0])
+    now = time.time()
+    ids = [await request.app.writer.submit(lambda conn, p=p: save_release_file(conn, p, version, dist, file, now))
+           for p in project_ids]
+    if None in ids:
+        raise ApiError(409, "A file matching this name already exists for the given release")
+    return JSONResponse({"id": str(ids[0]), "name": name, "dist": dist or None, "headers": headers, "size": file.size,
+                         "sha1": file.sha1, "dateCreated": iso(now)}, status_code=201)
+
+
+async def api_artifact_bundles(request: Request) -> list[dict[str, Any]]:
+    """A project's artifact bundles, in Sentry's shape."""
+    project = await project_from_path(request)
+    return [{"bundleId": b["bundle_id"], "associations": [{"release": b["release"], "dist": b["dist"] or None}]
+             if b["release"] else [], "fileCount": b["file_count"], "size": b["size"], "date": iso(b["date_added"]),
+             "dateModified": iso(b["date_added"])} for b in await artifact_bundles(request.app.store, project["id"])]
 
 
 # -- alerts: channels, rules (Sentry's issue alert shape), deliveries -------------------------
@@ -10358,6 +11209,10 @@ def api_routes() -> list[Route]:
         ("/api/0/projects/{org}/{project}/events/{event_id}/attachments/{attachment_id}/", api_event_attachment,
          "events:read"),
         ("/api/0/projects/{org}/{project}/user-feedback/", api_user_feedback, "events:read"),
+        ("/api/0/organizations/{org}/chunk-upload/", api_chunk_upload_options, "releases"),
+        ("/api/0/organizations/{org}/releases/{version}/files/", api_release_files, "releases:read"),
+        ("/api/0/projects/{org}/{project}/releases/{version}/files/", api_release_files, "releases:read"),
+        ("/api/0/projects/{org}/{project}/files/artifact-bundles/", api_artifact_bundles, "releases:read"),
     ]
     updates = [("/api/0/projects/{org}/{project}/issues/", api_update_project_issues, "issues:triage"),
                ("/api/0/issues/{issue_id}/", api_update_issue, "issues:triage"),
@@ -10381,7 +11236,12 @@ def api_routes() -> list[Route]:
                ("/api/0/projects/{org}/{project}/rules/", api_create_rule, "alerts"),
                ("/api/0/projects/{org}/{project}/keys/", api_create_key, "keys"),
                ("/api/0/api-tokens/", api_create_token, "tokens"),
-               ("/api/0/projects/{org}/{project}/user-feedback/", api_create_user_feedback, "feedback")]
+               ("/api/0/projects/{org}/{project}/user-feedback/", api_create_user_feedback, "feedback"),
+               ("/api/0/organizations/{org}/chunk-upload/", api_chunk_upload, "releases"),
+               ("/api/0/organizations/{org}/artifactbundle/assemble/", api_assemble_bundle, "releases"),
+               ("/api/0/organizations/{org}/releases/{version}/assemble/", api_assemble_release, "releases"),
+               ("/api/0/organizations/{org}/releases/{version}/files/", api_upload_release_file, "releases"),
+               ("/api/0/projects/{org}/{project}/releases/{version}/files/", api_upload_release_file, "releases")]
     return ([Route(path, api(handler, can), methods=["GET"]) for path, handler, can in table]
             + [Route(path, api(handler, can), methods=["PUT"]) for path, handler, can in updates]
             + [Route(path, api(handler, can), methods=["POST"]) for path, handler, can in creates]
@@ -10431,6 +11291,7 @@ class Tracker(Starlette):
     cron_judge: CronJudge
     services: list[Writer | Preparers | Background]  # started in order, closed in reverse
     background: set[asyncio.Task[Any]]  # fire-and-forget tasks, kept referenced until they finish
+    assembling: asyncio.Lock  # one source map upload assembled at a time (its bytes are in memory)
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(lifespan=Tracker.lifespan, **kwargs)
@@ -10442,9 +11303,11 @@ class Tracker(Starlette):
     async def open(self) -> None:
         init_db(self.settings)
         self.background = set()
+        self.assembling = asyncio.Lock()
         self.writer = Writer(self.settings.db, self.settings.batch_max)
         self.preparers = Preparers(self.settings)
         self.store = await Store.open(self.settings.db)
+        SOURCE_MAPS.open(self.settings.db)
         self.keys, self.rules, self.options = KeyCache(self.store), RulesCache(self.store), OptionsCache(self.store)
         self.limits = IngestLimits(self.settings)
         self.drop_flusher, self.dispatcher = DropFlusher(self), Dispatcher(self)
