@@ -2905,34 +2905,35 @@ def resolve_frame(frame: dict[str, Any], name: str | None, maps: SourceMaps, pro
                   ev: dict[str, Any], errors: dict[tuple[str, str], dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
     """The frame as written (a new dict), or the same frame when it has no map (the reason in
     `errors`); and the original name of what it calls (the token at its position). Its own function
-    is `name`, the token at its caller's call site (a map has no scopes), else the minified one."""
+    is the one around its line in the original source, else `name`, the token at its caller's call
+    site (a map has no scopes), else the minified one."""
     path = frame.get("abs_path") or frame.get("filename") or ""
     line, column = frame.get("lineno"), frame.get("colno")
     if not is_mappable(path, ev.get("platform", "")) or not line or not column or line < 1 or column < 1:
         return frame, None
     found = maps.find(project_id, path, images.get(path), ev.get("release") or "", ev.get("dist") or "")
     if isinstance(found, str):
-        if "/node_modules/" not in path:
-            errors.setdefault((found, path), {"type": found, "url": path, "message": MAP_ERROR_TITLES[found]})
+        if found != "js_no_source" or path in images or re.search(r"\.[cm]?js$", urllib.parse.urlsplit(path).path) \
+                and "/node_modules/" not in path:  # a page's inline script or a library's file was never mapped
+            errors.setdefault((found, path), {"type": found, "url": path})
         return frame, None
     source_map, map_url, how = found
     token = source_map.lookup(line - 1, column - 1)
     if token is None:
         errors.setdefault(("js_invalid_sourcemap_location", path), {
-            "type": "js_invalid_sourcemap_location", "column": column, "row": line, "source": path,
-            "message": MAP_ERROR_TITLES["js_invalid_sourcemap_location"]})
+            "type": "js_invalid_sourcemap_location", "column": column, "row": line, "source": path})
         return frame, None
     source, src_line, src_column, callee = token
     new = {**frame, "abs_path": join_url(map_url, source), "filename": source_filename(source), "lineno": src_line + 1,
-           "colno": src_column + 1, "function": name or frame.get("function"),
+           "colno": src_column + 1,
+           "function": source_map.enclosing_function(source, src_line) or name or frame.get("function"),
            "in_app": not re.search(r"(^|/)node_modules/|^webpack/(bootstrap|runtime)|\(webpack\)", source),
            "data": {**frame.get("data", {}), "sourcemap": map_url, "symbolicated": True, "resolved_with": how}}
     new.pop("module", None)
     context = source_map.context(source, src_line)
     if context is None:
         errors.setdefault(("js_missing_sources_content", source), {
-            "type": "js_missing_sources_content", "source": source, "sourcemap": map_url,
-            "message": MAP_ERROR_TITLES["js_missing_sources_content"]})
+            "type": "js_missing_sources_content", "source": source, "sourcemap": map_url})
         for key in ("pre_context", "context_line", "post_context"):
             new.pop(key, None)
     else:
@@ -2965,7 +2966,15 @@ def source_filename(source: str) -> str:
     return parts.path if parts.scheme in ("http", "https", "file") else source
 
 
-MAP_ERROR_TITLES = {  # Sentry's titles for its JavaScript processing errors
+def event_error(error: dict[str, Any]) -> dict[str, Any]:
+    """An `errors` entry as Sentry's API shows it (and the issue page): type, title, the rest as data."""
+    kind = text(error.get("type"))
+    return {"type": kind, "message": EVENT_ERROR_TITLES.get(kind, kind.replace("_", " ")),
+            "data": {k: v for k, v in error.items() if k != "type"}}
+
+
+EVENT_ERROR_TITLES = {  # Sentry's titles for the processing errors the tracker records
+    "clock_drift": "Clock drift detected in SDK",
     "js_no_source": "Source code was not found",
     "js_invalid_source": "Sourcemap was invalid or not parseable",
     "js_too_large": "Sourcemap was too large",
@@ -3123,18 +3132,46 @@ class SourceMap:
     def context(self, source: str, line: int) -> tuple[list[str], str, list[str]] | None:
         """Five lines before, the line and five after from `sourcesContent` (long lines cut around
         their start, as a frame shows them); None when the map carries no content for this file."""
+        lines = self.source_lines(source)
+        if lines is None or line >= len(lines):
+            return None
+        cut = [text[:140] + " {snip}" if len(text) > 150 else text for text in lines[max(line - 5, 0):line + 6]]
+        here = min(line, 5)
+        return cut[:here], cut[here], cut[here + 1:]
+
+    def source_lines(self, source: str) -> list[str] | None:
         index = self.source_names.index(source)
         if index not in self.split:
             content = self.contents[index] if index < len(self.contents) else None
             if content is None:
                 return None
             self.split[index] = content.splitlines()
-        lines = self.split[index]
-        if line >= len(lines):
+        return self.split[index]
+
+    def enclosing_function(self, source: str, line: int) -> str | None:
+        """The name of the function whose body holds this original line: the nearest definition on
+        it or above it that is indented less (a map has no scopes; the source has, as people indent)."""
+        lines = self.source_lines(source)
+        if not lines or line >= len(lines):
             return None
-        cut = [text[:140] + " {snip}" if len(text) > 150 else text for text in lines[max(line - 5, 0):line + 6]]
-        here = min(line, 5)
-        return cut[:here], cut[here], cut[here + 1:]
+        limit = math.inf  # a definition holding the line is indented less than what it holds
+        for number in range(line, max(line - 300, -1), -1):
+            stripped = lines[number].lstrip()
+            depth = len(lines[number]) - len(stripped)
+            if not stripped or depth >= limit:
+                continue
+            found = FUNCTION_DEFINITION.search(lines[number][:300])
+            name = found and (found["name"] or found["method"] or found["bound"])
+            if name and name not in ("if", "for", "while", "switch", "catch", "return", "function"):
+                return name
+            limit = depth
+        return None
+
+
+# `function name(`, `name(…) {` (a method), `name = (…) =>`, `name: function` and their async forms
+FUNCTION_DEFINITION = re.compile(
+    r"function\s*\*?\s*(?P<name>[\w$]+)\s*\(|^\s*(?:static\s+|async\s+|get\s+|set\s+)*(?P<method>[\w$]+)\s*\([^)]{0,200}\)\s*\{"
+    r"|(?P<bound>[\w$]+)\s*[:=]\s*(?:async\s+)?(?:function\b|\([^)]{0,200}\)\s*=>|[\w$]+\s*=>)")
 
 
 def parse_source_map(data: bytes) -> SourceMap:
@@ -8399,9 +8436,11 @@ def serialize_event(row: sqlite3.Row, issue_id: int, full: bool = True) -> dict[
         entries.append({"type": "breadcrumbs", "data": ev["breadcrumbs"]})
     if ev.get("request"):
         entries.append({"type": "request", "data": ev["request"]})
+    if ev.get("debug_meta"):
+        entries.append({"type": "debugmeta", "data": ev["debug_meta"]})
     out.update({"entries": entries, "contexts": ev.get("contexts", {}), "sdk": ev.get("sdk"),
                 "fingerprints": ev.get("hashes", []), "context": ev.get("extra", {}), "extra": ev.get("extra", {}),
-                "packages": ev.get("modules", {}), "errors": ev.get("errors", []),
+                "packages": ev.get("modules", {}), "errors": [event_error(e) for e in ev.get("errors", [])],
                 "dist": ev.get("dist"), "size": len(row["payload"]), "_meta": api_meta(ev, entries)})
     return out
 
@@ -10407,6 +10446,9 @@ async def page_issue(request: Request) -> Response:
         exceptions = list(reversed(ev.get("exception", {}).get("values", [])))  # thrown one first
         frames = primary_frames(ev)
         crash = crash_frame(frames)
+        for holder in [*exceptions, *ev.get("threads", {}).get("values", [])]:
+            pair_minified_frames(holder)
+        context.update(event_errors=[event_error(e) for e in ev.get("errors", [])], map_hints=MAP_HINTS)
         for exc in exceptions:
             exc["blocks"] = frame_blocks((exc.get("stacktrace") or {}).get("frames", []), crash)
         context.update(ev=ev, exceptions=exceptions, nav=await neighbour_events(store, row), crash_frame=crash,
@@ -10421,6 +10463,32 @@ async def page_issue(request: Request) -> Response:
         report = issue_report(issue, ev, frames, request.app.settings)
         context["report_links"] = report_links(issue["title"], report, mappings, request.app.settings.jira)
     return render(request, "issue.html", **context)
+
+
+def pair_minified_frames(holder: dict[str, Any]) -> None:
+    """Give each frame that a source map rewrote the frame as the SDK sent it (`minified`), so the
+    page shows both; every frame gets the key (an SDK could send one of that name)."""
+    frames = (holder.get("stacktrace") or {}).get("frames", [])
+    raw = (holder.get("raw_stacktrace") or {}).get("frames", [])
+    for index, fr in enumerate(frames):
+        fr["minified"] = raw[index] if len(raw) == len(frames) and as_dict(fr.get("data")).get("symbolicated") else None
+
+
+# What to do about each source map processing error, under its title on the issue page.
+MAP_HINTS = {
+    "js_no_source": "No source map for this file reached this project: neither by the debug id the SDK sent "
+                    "(run `sentry-cli sourcemaps inject` on the build, deploy those files, then `sentry-cli "
+                    "sourcemaps upload`) nor for this event's release and dist at this URL (check --url-prefix). "
+                    "A map uploaded after the event does not change it; the next event reads as written.",
+    "js_invalid_source": "The uploaded map is not a source map the tracker can read (not JSON, or its mappings "
+                         "are broken): upload the .map file the bundler wrote.",
+    "js_too_large": f"The map holds more than {MAX_MAP_SEGMENTS:,} mappings, more than the tracker parses.",
+    "js_missing_sources_content": "The map carries no sourcesContent for this file, so no source lines are shown: "
+                                  "let sentry-cli rewrite the maps as it uploads them (its default) or build with "
+                                  "sourcesContent.",
+    "js_invalid_sourcemap_location": "The map has nothing at this line and column: it belongs to another build of "
+                                     "the file (deploy and upload the files of one build).",
+}
 
 
 IGNORE_CHOICES = {"forever": ("forever", {}), "30m": ("for 30 minutes", {"ignoreDuration": 30}),
@@ -10796,7 +10864,9 @@ async def page_release(request: Request) -> Response:
     detail = await release_detail(request.app.store, request.path_params["version"])
     if detail is None:
         return render(request, "error.html", status=404, message="No such release.")
-    return render(request, "release.html", r=detail)
+    files = [{**dict(f), "size_text": human_size(f["size"])}
+             for f in await release_files(request.app.store, request.path_params["version"])]
+    return render(request, "release.html", r=detail, files=files)
 
 
 # -- alerts pages: channels with their delivery log, and each project's rules ----------------
@@ -12025,6 +12095,7 @@ TEMPLATES = {
     <summary>{{ fr.filename or fr.abs_path or fr.module or '?' }}{% if fr.function %} in <span class="fn">{{ fr.function }}</span>{% endif %}{% if fr.lineno %} at line {{ fr.lineno }}{% if fr.colno %}:{{ fr.colno }}{% endif %}{% endif %}
       {% if fr.in_app %}<span class="tag app">in app</span>{% endif %}{% if fr is sameas crash_frame %}<span class="tag crashtag">{{ 'crashed here' if exceptions else 'captured here' }}</span>{% endif %}
       {% if fr.source_link or fr.code_link %}<span class="links">{% if fr.source_link %}<a class="source-link" href="{{ fr.source_link }}" rel="noopener noreferrer" title="this line in the repository">source ↗</a>{% endif %}{% if fr.code_link %}<a class="code-link" href="{{ fr.code_link }}" title="issues whose stack traces pass through this file">issues in this file</a>{% endif %}</span>{% endif %}</summary>
+    {% if fr.minified %}<div class="why minified">minified: <span class="mono">{{ fr.minified.filename or fr.minified.abs_path }}{% if fr.minified.lineno %}:{{ fr.minified.lineno }}{% if fr.minified.colno %}:{{ fr.minified.colno }}{% endif %}{% endif %}{% if fr.minified.function %} in {{ fr.minified.function }}{% endif %}</span> · mapped by <span class="mono">{{ fr.data.sourcemap }}</span> (found by {{ fr.data.resolved_with }})</div>{% endif %}
     {% if fr.data.in_app_rule or fr.data.group_rule %}<div class="why">{% if fr.data.in_app_rule %}{{ 'In app' if fr.in_app else 'Not in app' }} by {{ fr.data.in_app_rule }}{% endif %}{% if fr.data.group_rule %} · {{ 'groups' if fr.data.group else 'left out of grouping' }} by {{ fr.data.group_rule }}{% endif %}</div>{% endif %}
     {% if fr.context_line %}<pre class="ctx">{% set start = (fr.lineno or 0) - (fr.pre_context or [])|length %}{% for line in fr.pre_context or [] %}<span><i>{{ start + loop.index0 if fr.lineno }}</i>{{ line }}</span>{% endfor %}<span class="hl"><i>{{ fr.lineno or '' }}</i>{{ fr.context_line }}</span>{% for line in fr.post_context or [] %}<span><i>{{ fr.lineno + loop.index if fr.lineno }}</i>{{ line }}</span>{% endfor %}</pre>{% endif %}
     {% if fr.vars %}<table class="kv vars">{% for k, v in fr.vars.items() %}<tr><td>{{ k }}</td><td><div class="v">{{ v|pretty }}</div></td></tr>{% endfor %}</table>{% endif %}
@@ -12035,6 +12106,8 @@ TEMPLATES = {
   {% else %}<details class="frames"><summary>{{ block.frames|length }} library frames{% if block.packages %} · {{ block.packages[:4]|join(', ') }}{% if block.packages|length > 4 %}, …{% endif %}{% endif %}</summary>
     {% for fr in block.frames %}{{ frame(fr) }}{% endfor %}</details>{% endif %}
 {% endfor %}{% endmacro %}
+{% if event_errors %}<div class="card processing-errors" id="processing-errors"><h2 class="mt-0">Processing errors <span class="muted fw-normal fs-13">why parts of this event read as they were sent</span></h2><ul>
+  {% for e in event_errors %}<li><b>{{ e.message }}</b> <span class="mono muted">{{ e.type }}</span>{% for k, v in e.data.items() %} · {{ k }} <span class="mono">{{ v }}</span>{% endfor %}{% if e.type in map_hints %}<div class="muted">{{ map_hints[e.type] }}</div>{% endif %}</li>{% endfor %}</ul></div>{% endif %}
 {% if thread_blocks %}<div class="card"><h2 class="mt-0">Stack trace</h2>{{ frames(thread_blocks) }}</div>{% endif %}
 {% for exc in exceptions %}
 <div class="card">
@@ -12229,6 +12302,11 @@ message:"*timed out*" -> timeouts, {{ transaction }}{% endraw %}</pre>
     <div class="muted fs-12">{{ c.author_name or c.author_email or 'unknown author' }}{% if c.repository %} · {{ c.repository }}{% endif %}{% if c.timestamp %} · {{ c.timestamp|ago }}{% endif %}</div>
     {% if c.files %}<div class="chips">{% for f in c.files %}<span><b>{{ f.type }}</b> {{ f.path }}</span>{% endfor %}</div>{% endif %}</div>
   {% else %}<div class="muted">No commits: <code>sentry-cli releases set-commits {{ r.release.version }} --auto</code> in CI records them.</div>{% endfor %}</div>
+<div class="card source-maps" id="source-maps"><h2 class="mt-0">Source maps and artifacts <span class="muted fw-normal fs-13">minified files and their maps uploaded for this release</span></h2>
+  {% if files %}<table><thead><tr><th>File</th><th>Type</th><th>Dist</th><th>Debug id</th><th class="num">Size</th><th>Uploaded</th></tr></thead><tbody>
+  {% for f in files %}<tr><td class="mono">{{ f.url }}</td><td>{{ f.type|replace('_', ' ') }}</td><td class="mono">{{ f.dist or '—' }}</td><td class="mono fs-12">{{ f.debug_id or '—' }}</td>
+    <td class="num nowrap">{{ f.size_text }}</td><td class="nowrap" title="{{ f.date_added|datetime }}">{{ f.date_added|ago }}</td></tr>{% endfor %}</tbody></table>
+  {% else %}<div class="muted">None: <code>sentry-cli sourcemaps upload --release {{ r.release.version }} dist/</code> in CI uploads them (see the README's Source maps section).</div>{% endif %}</div>
 </div><div class="sidebar">{% if r.health %}<div class="card health"><h3 class="mt-0">Release health</h3>{% for h in r.health %}
   <div class="my-6"><b>{{ h.environment }}</b> <span class="muted">· {{ h.sessions }} sessions{% if h.users %} · {{ h.users }} users{% endif %}</span>
   <div class="health-facts"><div><b>{{ h.crash_free_sessions|pct }}</b><span>crash-free sessions</span></div><div><b>{{ h.errored_rate|pct }}</b><span>errored sessions</span></div>
@@ -12515,6 +12593,9 @@ pre.ctx { margin:0; padding: 6px 0; background:#0f172a; color:#cbd5e1; font: 12.
 pre.ctx span { display:block; padding: 0 10px; white-space: pre; }
 pre.ctx span.hl { background:#334155; color:#fff; }
 .frame.crash pre.ctx span.hl { background:#9a3412; font-weight:600; }
+.frame .minified .mono { color: var(--fg); }
+.processing-errors { border-left: 3px solid #f79009; } .processing-errors ul { margin: 0; padding-left: 18px; }
+.processing-errors li { margin: 4px 0; font-size: 13px; } .processing-errors li .mono { font-size: 12px; }
 pre.ctx i { display:inline-block; width: 4em; color:#64748b; font-style: normal; text-align:right; margin-right: 1em; user-select:none; }
 table.kv { table-layout: fixed; } table.kv td { padding: 4px 10px; overflow-wrap: anywhere; }
 table.kv td:first-child, table.kv th:first-child { width: 200px; color: var(--muted); font-family: var(--mono); font-size: 12.5px; word-break: break-all; }
