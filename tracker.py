@@ -43,8 +43,6 @@ import ctypes
 import dataclasses
 import datetime as dt
 import email.message
-import email.parser
-import email.policy
 import email.utils
 import functools
 import hashlib
@@ -2880,11 +2878,13 @@ def message_text(ev: dict[str, Any]) -> str:
 
 def resolve_source_maps(ev: dict[str, Any], maps: SourceMaps | None, project_id: int) -> None:
     """Rewrite the event's JavaScript frames through their source maps, in place."""
-    if maps is None or ev.get("platform") not in ("javascript", "node") or not maps.project_has_files(project_id):
+    if maps is None or maps.conn is None or ev.get("platform") not in ("javascript", "node"):
         return
     images = {text(i.get("code_file")): text(i.get("debug_id")).lower()
               for i in as_list(as_dict(ev.get("debug_meta")).get("images"))
               if isinstance(i, dict) and i.get("type") == "sourcemap" and i.get("code_file") and i.get("debug_id")}
+    if not images and not maps.project_has_files(project_id):  # no maps meant, none uploaded: nothing to say
+        return
     errors: dict[tuple[str, str], dict[str, Any]] = {}
     holders = [e for e in ev.get("exception", {}).get("values", []) if e.get("stacktrace")]
     holders += [t for t in ev.get("threads", {}).get("values", []) if t.get("stacktrace")]
@@ -9071,8 +9071,17 @@ async def api_chunk_upload(request: Request) -> dict[str, Any]:
         body = await read_body(request, chunk_request_limit())
     except IngestError as exc:
         raise ApiError(exc.status, "Request too large") from None
-    chunks = []
-    for name, filename, data in multipart_parts(body, request.headers.get("content-type", ""))[:CHUNKS_PER_REQUEST + 1]:
+    chunks = await asyncio.to_thread(upload_chunks, body, request.headers.get("content-type", ""))
+    if await pending_chunk_bytes(request.app.store) + sum(len(d) for _, d in chunks) > 2 * request.app.settings.sourcemap_max_upload:
+        raise ApiError(413, "too many chunks wait for their assembly; assemble or retry later")
+    await request.app.writer.submit(lambda conn: save_chunks(conn, chunks, time.time()))
+    return {}
+
+
+def upload_chunks(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
+    """The (SHA-1, bytes) of each chunk of a chunk upload, each checked (CPU work: run it in a thread)."""
+    chunks: list[tuple[str, bytes]] = []
+    for name, filename, data in multipart_parts(body, content_type):
         if name not in ("file", "file_gzip"):
             continue
         if len(chunks) == CHUNKS_PER_REQUEST:
@@ -9083,28 +9092,32 @@ async def api_chunk_upload(request: Request) -> dict[str, Any]:
             raise ApiError(413, "Chunk size too large")
         if hashlib.sha1(data).hexdigest() != (filename or "").lower():
             raise ApiError(400, f"chunk {filename!r}: its SHA-1 is not its name")
-        chunks.append((filename.lower(), data))
-    if await pending_chunk_bytes(request.app.store) + sum(len(d) for _, d in chunks) > 2 * request.app.settings.sourcemap_max_upload:
-        raise ApiError(413, "too many chunks wait for their assembly; assemble or retry later")
-    await request.app.writer.submit(lambda conn: save_chunks(conn, chunks, time.time()))
-    return {}
+        chunks.append(((filename or "").lower(), data))
+    return chunks
 
 
 def multipart_parts(body: bytes, content_type: str) -> list[tuple[str, str | None, bytes]]:
-    """(field name, file name, bytes) of each part of a multipart/form-data body (400 if it is not one)."""
-    if not content_type.lower().startswith("multipart/form-data"):
-        raise ApiError(400, "a multipart/form-data body is required")
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n" + body)
-    if not message.is_multipart():
-        raise ApiError(400, "a multipart/form-data body is required")
+    """(field name, file name, bytes) of each part of a multipart/form-data body (400 if it is not
+    one). Split on the boundary with bytes methods: the email parser took 1.8 s for 8 MiB of chunks."""
+    boundary = re.search(r'boundary="?([^";]{1,200})"?', content_type) \
+        if content_type.lower().startswith("multipart/form-data") else None
+    if boundary is None:
+        raise ApiError(400, "a multipart/form-data body with a boundary is required")
     parts = []
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if isinstance(name, str):
-            payload = part.get_payload(decode=True)
-            parts.append((name, part.get_filename(), payload if isinstance(payload, bytes) else b""))
+    for part in body.split(b"--" + boundary[1].encode("latin-1", "replace"))[1:]:
+        if part.startswith(b"--"):  # the closing delimiter
+            break
+        head, separator, content = part.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        disposition = next((line for line in head.decode("utf-8", "replace").split("\r\n")
+                            if line.lower().startswith("content-disposition:")), "")
+        name, filename = MULTIPART_NAME.search(disposition), MULTIPART_FILENAME.search(disposition)
+        if separator and name:
+            parts.append((name[1], filename[1] if filename else None, content.removesuffix(b"\r\n")))
     return parts
+
+
+MULTIPART_NAME = re.compile(r';\s*name="([^"]*)"')
+MULTIPART_FILENAME = re.compile(r';\s*filename="([^"]*)"')
 
 
 def gunzip_bounded(data: bytes, limit: int) -> bytes:
@@ -9159,7 +9172,7 @@ async def assemble(request: Request, body: dict[str, Any], project_ids: list[int
         if await chunk_sizes(store, chunks) > app.settings.sourcemap_max_upload:
             return assemble_answer("error", f"the upload is larger than {app.settings.sourcemap_max_upload} bytes", 413)
         data = await joined_chunks(store, chunks)
-        if hashlib.sha1(data).hexdigest() != checksum:
+        if (await asyncio.to_thread(hashlib.sha1, data)).hexdigest() != checksum:
             return assemble_answer("error", "the chunks do not make the file of that checksum")
         try:
             bundle = await asyncio.to_thread(read_artifact_bundle, data, app.settings.sourcemap_max_file,

@@ -17,6 +17,9 @@ import json
 import os
 import shutil
 import subprocess
+import threading
+import time
+import uuid
 import zipfile
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -252,3 +255,154 @@ def test_legacy_release_files_with_url_prefix(tracker: TrackerServer, project: P
     assert_crash_frame_is_source(event)
     crash = exception_of(event)["stacktrace"]["frames"][-1]
     assert crash["data"]["resolved_with"] == "release" and crash["data"]["sourcemap"] == "~/static/app.min.js.map"
+
+
+# -- what goes wrong: a missing map, an invalid one, one too large --------------------------------
+
+def bundle_zip(files: dict[str, tuple[str, str | None, bytes]], **manifest: Any) -> bytes:
+    """An artifact bundle as sentry-cli writes it: url → (type, debug id, bytes)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        entries = {}
+        for url, (kind, debug_id, data) in files.items():
+            path = "files/_/_/" + url.removeprefix("~/")
+            archive.writestr(path, data)
+            entries[path] = {"type": kind, "url": url, "headers": {"debug-id": debug_id} if debug_id else {}}
+        archive.writestr("manifest.json", json.dumps({"files": entries, **manifest}))
+    return out.getvalue()
+
+
+def chunk_body(chunks: list[bytes], names: list[str] | None = None) -> tuple[bytes, str]:
+    """A multipart body of gzip chunks as sentry-cli posts them; its content type."""
+    boundary = "chunk-boundary-17"
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="file_gzip"; filename="{name}"\r\n'
+                    f"Content-Type: application/octet-stream\r\n\r\n".encode() + gzip.compress(chunk) + b"\r\n"
+                    for chunk, name in zip(chunks, names or [hashlib.sha1(c).hexdigest() for c in chunks]))
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def post_body(tracker: TrackerServer, path: str, content: bytes, content_type: str,
+              token: str | None = None) -> httpx.Response:
+    return httpx.post(f"{tracker.url}/api/0/{path}", content=content, timeout=30,
+                      headers={"Authorization": f"Bearer {token or tracker.token}", "Content-Type": content_type})
+
+
+def upload(tracker: TrackerServer, project: Project, data: bytes, token: str | None = None,
+           **body: Any) -> httpx.Response:
+    """The chunk-upload protocol from Python (for bundles no tool would write): assemble, the
+    missing chunks, assemble again; the last answer."""
+    options = tracker.api("GET", "organizations/tracker/chunk-upload/", token).json()
+    size = options["chunkSize"]
+    chunks = [data[i:i + size] for i in range(0, len(data), size)]
+    assemble = {"checksum": hashlib.sha1(data).hexdigest(), "chunks": [hashlib.sha1(c).hexdigest() for c in chunks],
+                "projects": [project.slug], **body}
+    first = tracker.api("POST", "organizations/tracker/artifactbundle/assemble/", token, json=assemble)
+    assert first.status_code == 200 and first.json()["state"] == "not_found", first.text
+    assert first.json()["missingChunks"] == list(dict.fromkeys(assemble["chunks"]))
+    for i in range(0, len(chunks), options["chunksPerRequest"]):
+        content, content_type = chunk_body(chunks[i:i + options["chunksPerRequest"]])
+        r = post_body(tracker, "organizations/tracker/chunk-upload/", content, content_type, token)
+        assert r.status_code == 200, r.text
+    return tracker.api("POST", "organizations/tracker/artifactbundle/assemble/", token, json=assemble)
+
+
+def minified_event(url: str, debug_id: str | None, release: str | None = None) -> dict[str, Any]:
+    """A browser SDK's event of a crash in a minified file, with its debug id image."""
+    event: dict[str, Any] = {
+        "event_id": uuid.uuid4().hex, "platform": "javascript", "release": release,
+        "exception": {"values": [{"type": "TypeError", "value": f"broken {url}", "stacktrace": {"frames": [
+            {"filename": url, "abs_path": url, "function": "Xa", "lineno": 1, "colno": 48, "in_app": True}]}}]}}
+    if debug_id:
+        event["debug_meta"] = {"images": [{"type": "sourcemap", "code_file": url, "debug_id": debug_id}]}
+    return event
+
+
+def stored_errors(tracker: TrackerServer, project: Project, event: dict[str, Any]) -> tuple[dict[str, Any], list]:
+    """Send the event; its crash frame as stored and its processing errors."""
+    tracker.send_event(project, event)
+    issue = next(i for i in tracker.wait_issues(project, 1) if event["exception"]["values"][0]["value"] in i["title"])
+    stored = wait_for(lambda: next((e for e in [tracker.latest_event(issue["id"])]
+                                    if e["id"] == event["event_id"]), None))
+    return exception_of(stored), stored["errors"]
+
+
+def test_missing_and_invalid_maps_are_recorded_on_the_event_and_shown(tracker: TrackerServer, project: Project) -> None:
+    """A debug id with no upload (js_no_source), a map that is not JSON and one whose mappings are
+    broken (js_invalid_source): each frame stays as sent, the event says why, the issue page shows
+    the reason and what to do."""
+    broken, garbage = str(uuid.uuid4()), str(uuid.uuid4())
+    files = {"~/broken.min.js": ("minified_source", broken, b"var a=1;"),
+             "~/broken.min.js.map": ("source_map", broken, json.dumps(
+                 {"version": 3, "sources": ["a.js"], "names": [], "mappings": "AAAA,C!D"}).encode()),
+             "~/garbage.min.js": ("minified_source", garbage, b"var b=2;"),
+             "~/garbage.min.js.map": ("source_map", garbage, b"<html>not a map</html>")}
+    r = upload(tracker, project, bundle_zip(files))
+    assert r.status_code == 200 and r.json()["state"] == "ok", r.text
+
+    host = "https://shop.example.com/static"
+    for name, debug_id, kind in (("missing.min.js", str(uuid.uuid4()), "js_no_source"),
+                                 ("broken.min.js", broken, "js_invalid_source"),
+                                 ("garbage.min.js", garbage, "js_invalid_source")):
+        event = minified_event(f"{host}/{name}", debug_id)
+        exception, errors = stored_errors(tracker, project, event)
+        assert errors == [{"type": kind, "message": {"js_no_source": "Source code was not found",
+                                                     "js_invalid_source": "Sourcemap was invalid or not parseable"}[kind],
+                           "data": {"url": f"{host}/{name}"}}]
+        frame, = exception["stacktrace"]["frames"]
+        assert (frame["abs_path"], frame["function"], frame["lineno"], frame["colno"]) == (f"{host}/{name}", "Xa", 1, 48)
+        assert "raw_stacktrace" not in exception
+    issue_id = next(i["id"] for i in tracker.issues(project) if "garbage" in i["title"])
+    page = tracker.web.get(f"/issues/{issue_id}/").text
+    assert "Processing errors" in page and "Sourcemap was invalid or not parseable" in page
+    assert "upload the .map file the bundler wrote" in page
+
+
+def test_a_50_mb_map_is_refused_at_upload_and_ingest_goes_on(tracker: TrackerServer, project: Project,
+                                                            tmp_path: Path) -> None:
+    """sentry-cli uploading a 50 MB map: a 413 naming the cap, sentry-cli exits 1, nothing is
+    stored; events sent meanwhile are answered as quickly as ever. The same file posted to a
+    release (the per-file path) is a 413 as well."""
+    need_tools()
+    dist = build(tmp_path / "big", NODE_JS, "--platform=node", "--external:@sentry/node")
+    source_map = json.loads((dist / "app.min.js.map").read_text())
+    source_map["sourcesContent"][0] += "\n// " + "padding " * (50 * 1024 * 1024 // 8)
+    (dist / "app.min.js.map").write_text(json.dumps(source_map))
+    cli(tracker, "sourcemaps", "inject", str(dist))
+
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def send_events() -> None:
+        while not done.is_set():
+            started = time.monotonic()
+            tracker.send_event(project, {"message": "still ingesting", "platform": "javascript"})
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.05)
+    sender = threading.Thread(target=send_events)
+    sender.start()
+    try:
+        out = cli(tracker, "sourcemaps", "upload", "-p", project.slug, str(dist), check=False)
+    finally:
+        done.set()
+        sender.join()
+    assert out.returncode == 1 and "413" in out.stderr and "larger than 41943040 bytes" in out.stderr, out.stderr
+    assert tracker.api("GET", f"projects/tracker/{project.slug}/files/artifact-bundles/").json() == []
+    assert len(latencies) >= 3 and max(latencies) < 2.0, latencies
+
+    release = f"big@{project.id}"
+    assert tracker.api("POST", f"projects/tracker/{project.slug}/releases/", json={"version": release}).status_code == 201
+    content, content_type = multipart_file((dist / "app.min.js.map").read_bytes(), "~/app.min.js.map")
+    r = post_body(tracker, f"organizations/tracker/releases/{release}/files/", content, content_type)
+    assert r.status_code == 413 and "41943040" in r.json()["detail"]
+
+
+def multipart_file(data: bytes, name: str, dist: str = "", *headers: str) -> tuple[bytes, str]:
+    """The per-file release upload's body (sentry-cli 1.x and 2.x without chunk uploads)."""
+    boundary = "file-boundary-17"
+    fields = [("name", name.encode())] + ([("dist", dist.encode())] if dist else []) \
+        + [("header", h.encode()) for h in headers]
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n'.encode() + v + b"\r\n"
+                    for k, v in fields)
+    body += (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name.rsplit("/", 1)[-1]}"\r\n'
+             f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
