@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from conftest import Project, TrackerServer, wait_for
+import tracker as tracker_module
 from test_js_sdks import MODULES, NODE, QuietFiles, entry, need_js, serve
 
 SENTRY_CLI = shutil.which("sentry-cli")
@@ -406,3 +407,145 @@ def multipart_file(data: bytes, name: str, dist: str = "", *headers: str) -> tup
     body += (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name.rsplit("/", 1)[-1]}"\r\n'
              f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
+
+
+# -- hostile uploads: every input bounded, every refusal a 4xx with a detail ------------------------
+
+def test_hostile_chunks_and_bundles_are_refused(tracker: TrackerServer, project: Project) -> None:
+    """Chunks whose name is not their SHA-1, gzip bombs, bodies past the request cap, zips that
+    inflate past the file cap, broken zips, bad assemble bodies, tokens without release scope."""
+    chunk = b"x" * 100
+    content, content_type = chunk_body([chunk], ["0" * 40])
+    r = post_body(tracker, "organizations/tracker/chunk-upload/", content, content_type)
+    assert r.status_code == 400 and "SHA-1" in r.json()["detail"]
+    bomb = b"\0" * (64 * 1024 * 1024)  # 64 MiB of zeros: 64 KiB of gzip
+    content, content_type = chunk_body([bomb])
+    assert len(content) < 100 * 1024
+    r = post_body(tracker, "organizations/tracker/chunk-upload/", content, content_type)
+    assert r.status_code == 413 and r.json()["detail"] == "Chunk size too large"
+    r = post_body(tracker, "organizations/tracker/chunk-upload/", os.urandom(9 * 1024 * 1024), content_type)
+    assert r.status_code == 413
+    r = post_body(tracker, "organizations/tracker/chunk-upload/", b"{}", "application/json")
+    assert r.status_code == 400 and "multipart" in r.json()["detail"]
+
+    # a zip whose one file inflates past the 40 MiB cap (its header may say anything)
+    zipped = bundle_zip({"~/a.min.js.map": ("source_map", str(uuid.uuid4()), b"\0" * (41 * 1024 * 1024))})
+    assert len(zipped) < 1024 * 1024
+    r = upload(tracker, project, zipped)
+    assert r.status_code == 413 and r.json()["state"] == "error" and "larger than 41943040" in r.json()["detail"]
+    r = upload(tracker, project, b"PK\x03\x04 not really a zip" + os.urandom(64))
+    assert r.status_code == 400 and r.json()["state"] == "error" and "not an artifact bundle" in r.json()["detail"]
+    r = upload(tracker, project, bundle_zip({"~/a.min.js": ("minified_source", None, b"var a;")}))
+    assert r.json()["state"] == "error" and "without debug ids or release" in r.json()["detail"]
+
+    good = {"checksum": "a" * 40, "chunks": ["a" * 40], "projects": [project.slug]}
+    for body, detail in (({**good, "checksum": "nope"}, "SHA-1"), ({**good, "chunks": "a" * 40}, "SHA-1"),
+                         ({**good, "projects": ["no-such-project"]}, "unknown project"),
+                         ({**good, "projects": []}, "projects"), ({**good, "dist": "7"}, "release together with a dist"),
+                         ({**good, "version": "a/b"}, "not allowed")):
+        r = tracker.api("POST", "organizations/tracker/artifactbundle/assemble/", json=body)
+        assert r.status_code == 400 and detail in r.json()["detail"], (body, r.text)
+    assert tracker.api("POST", "organizations/tracker/artifactbundle/assemble/", json=good).json() == {
+        "state": "not_found", "missingChunks": ["a" * 40], "detail": None}
+
+    reader = tracker.cli("token", "create", "--scopes", "project:read").strip().splitlines()[-1]
+    for method, path in (("GET", "chunk-upload/"), ("POST", "chunk-upload/"), ("POST", "artifactbundle/assemble/")):
+        assert tracker.api(method, f"organizations/tracker/{path}", reader).status_code == 403
+        assert httpx.request(method, f"{tracker.url}/api/0/organizations/tracker/{path}").status_code == 401
+    assert tracker.api("GET", "organizations/elsewhere/chunk-upload/").status_code == 404
+
+
+# -- the per-file release upload, listing, and a release's files going with it ---------------------
+
+def test_release_file_upload_resolves_by_url_and_goes_with_its_release(tracker: TrackerServer,
+                                                                      project: Project, tmp_path: Path) -> None:
+    """Files posted one by one to a release (sentry-cli before chunk uploads), the map named by the
+    minified file's Sourcemap header: an event of that release and dist at a matching URL resolves;
+    one of another dist does not. A name taken is a 409. Deleting the release deletes its files."""
+    need_tools()
+    dist = build(tmp_path / "files", WEB_JS, "--format=iife")
+    release = f"files@{project.id}"
+    assert tracker.api("POST", f"projects/tracker/{project.slug}/releases/", json={"version": release}).status_code == 201
+    for name, headers in (("app.min.js", ("Sourcemap: maps/app.js.map",)), ("app.js.map", ())):
+        url = "~/js/maps/app.js.map" if name.endswith(".map") else "~/js/app.min.js"
+        content, content_type = multipart_file((dist / name.replace("app.js.map", "app.min.js.map")).read_bytes(),
+                                               url, "7", *headers)
+        r = post_body(tracker, f"projects/tracker/{project.slug}/releases/{release}/files/", content, content_type)
+        assert r.status_code == 201 and r.json()["name"] == url and r.json()["dist"] == "7", r.text
+    assert r.json()["sha1"] == hashlib.sha1((dist / "app.min.js.map").read_bytes()).hexdigest()
+    r = post_body(tracker, f"projects/tracker/{project.slug}/releases/{release}/files/", content, content_type)
+    assert r.status_code == 409
+    listed = tracker.api("GET", f"projects/tracker/{project.slug}/releases/{release}/files/").json()
+    assert [(f["name"], f["dist"], f["headers"]) for f in listed] == [
+        ("~/js/app.min.js", "7", {"sourcemap": "maps/app.js.map"}), ("~/js/maps/app.js.map", "7", {})]
+
+    # where the crash is in the real bundle: the column of `new TypeError` in app.min.js
+    lines = (dist / "app.min.js").read_text().splitlines()
+    line = next(i for i, text in enumerate(lines) if "`not a number: ${" in text)
+    column = lines[line].rindex("new TypeError", 0, lines[line].index("`not a number: ${")) + 1
+    for event_dist, resolved in (("7", True), ("8", False)):
+        event = minified_event("https://cdn.example.com/js/app.min.js?v=3", None, release)
+        event["dist"] = event_dist
+        frame = event["exception"]["values"][0]["stacktrace"]["frames"][0]
+        frame.update(lineno=line + 1, colno=column)
+        exception, errors = stored_errors(tracker, project, event)
+        crash = exception["stacktrace"]["frames"][-1]
+        if resolved:
+            assert crash["filename"].endswith("src/util.js") and crash["function"] == "parseAmount"
+            assert crash["lineno"] == 4 and crash["data"]["sourcemap"] == "~/js/maps/app.js.map" and not errors
+        else:
+            assert crash["filename"] == "https://cdn.example.com/js/app.min.js?v=3" and errors[0]["type"] == "js_no_source"
+
+    assert tracker.api("DELETE", f"organizations/tracker/releases/{release}/").status_code == 204
+    assert tracker.api("GET", f"projects/tracker/{project.slug}/files/artifact-bundles/").json() == []
+
+
+# -- the decoder (our own: sourcemaps.md §6.2) ---------------------------------------------------
+
+def test_vlq_decoder_plain_and_index_maps_and_hostile_ones() -> None:
+    """The spec's worked segments, lookups left of a column and on other lines, an index map's
+    sections with their offsets, and maps that must be refused, not crash or blow up."""
+    plain = tracker_module.parse_source_map(json.dumps({
+        "version": 3, "sources": ["a.js"], "names": ["run"], "mappings": "6LAAO,gBACA;AAAAA",
+        "sourcesContent": ["one\ntwo"]}).encode())
+    assert list(plain.keys) == [189, 189 + 16, 1 << 32]  # `6LAAO` is [189, 0, 0, 7]
+    assert plain.lookup(0, 189) == ("a.js", 0, 7, None) and plain.lookup(0, 400) == ("a.js", 1, 7, None)
+    assert plain.lookup(0, 188) is None and plain.lookup(2, 0) is None
+    assert plain.lookup(1, 99) == ("a.js", 1, 7, "run")
+    assert plain.context("a.js", 1) == (["one"], "two", [])
+    deltas = tracker_module.parse_source_map(json.dumps({
+        "version": 3, "sources": ["a.js"], "names": [], "mappings": "AAAkC;gBACjC"}).encode())
+    assert deltas.lookup(1, 16) == ("a.js", 1, 1, None)  # `gBACjC` is [16, 0, 1, -33] after column 34
+
+    indexed = tracker_module.parse_source_map(json.dumps({"version": 3, "sections": [
+        {"offset": {"line": 0, "column": 0}, "map": {"version": 3, "sources": ["x.js"], "names": [], "mappings": "AAAA"}},
+        {"offset": {"line": 0, "column": 100}, "map": {"version": 3, "sources": ["y.js"], "names": ["f"],
+                                                          "mappings": "AAAAA;AACA"}}]}).encode())
+    assert indexed.lookup(0, 50) == ("x.js", 0, 0, None) and indexed.lookup(0, 100) == ("y.js", 0, 0, "f")
+    assert indexed.lookup(1, 0) == ("y.js", 1, 0, None)  # the column offset applies to the first line only
+
+    for hostile in (b"not json", b"[]", json.dumps({"version": 2}).encode(),
+                    json.dumps({"version": 3, "sources": ["a"], "names": [], "mappings": "AA"}).encode(),
+                    json.dumps({"version": 3, "sources": ["a"], "names": [], "mappings": "ACAA"}).encode(),
+                    json.dumps({"version": 3, "sources": ["a"], "names": [], "mappings": "AAAA!"}).encode(),
+                    json.dumps({"version": 3, "sources": ["a"], "names": [], "mappings": "g"}).encode(),
+                    json.dumps({"version": 3, "sources": ["a"], "names": [], "mappings": "gggggggggggggggA"}).encode(),
+                    json.dumps({"version": 3, "sources": ["a"], "names": [], "mappings": "AAAAAA"}).encode(),
+                    json.dumps({"version": 3, "sources": "a", "names": [], "mappings": ""}).encode()):
+        with pytest.raises(tracker_module.SourceMapError):
+            tracker_module.parse_source_map(hostile)
+    too_many = json.dumps({"version": 3, "sources": ["a"], "names": [], "mappings": "A," * 3_000_001}).encode()
+    with pytest.raises(tracker_module.SourceMapTooLarge):
+        tracker_module.parse_source_map(too_many)
+
+
+def test_a_real_5_mb_map_parses_within_a_second_and_is_cached(tmp_path: Path) -> None:
+    """@sentry/browser and the app, bundled by esbuild: a 5 MB map, parsed once per process."""
+    need_tools()
+    dist = build(tmp_path / "size", WEB_JS, "--format=iife")
+    data = (dist / "app.min.js.map").read_bytes()
+    assert len(data) > 4 * 1024 * 1024
+    started = time.monotonic()
+    parsed = tracker_module.parse_source_map(data)
+    assert time.monotonic() - started < 3.0  # about 0.6 s here; CI machines are shared
+    assert parsed.cost < tracker_module.SourceMaps.BUDGET and len(parsed.keys) > 50_000
