@@ -10,9 +10,10 @@ reads top to bottom in the order an envelope flows, one banner per section:
     Ingest                   the HTTP endpoints SDKs call: auth, body decoding, envelopes, one
                              handler per item type; attachments, feedback, the envelope log, limits.
     Processing               worker processes that prepare events: normalisation and display
-                             fields, scrubbing, grouping and a project's grouping rules.
+                             fields, source maps, scrubbing, grouping and a project's grouping rules.
     Issues                   writer jobs that store an event and keep its issue up to date; merge,
-                             workflow, search, releases and code mappings, with their questions.
+                             workflow, search, releases (and their source map uploads) and code
+                             mappings, with their questions.
     Alerts                   rules judged in the writer, channel targets, the outbox and delivery.
     Release health and SLOs  sessions and transactions in minute buckets, objectives per minute.
     Retention                old events leave in small batches; each issue keeps first and latest.
@@ -2205,7 +2206,7 @@ class DropFlusher(Background):
 
 
 # =============================================================================
-# Processing: normalisation, display fields, grouping
+# Processing: normalisation, display fields, source maps, grouping
 # =============================================================================
 
 # -- preparing events in worker processes -------------------------------------------------------------
@@ -2885,6 +2886,7 @@ def resolve_source_maps(ev: dict[str, Any], maps: SourceMaps | None, project_id:
               if isinstance(i, dict) and i.get("type") == "sourcemap" and i.get("code_file") and i.get("debug_id")}
     if not images and not maps.project_has_files(project_id):  # no maps meant, none uploaded: nothing to say
         return
+    maps.found.clear()
     errors: dict[tuple[str, str], dict[str, Any]] = {}
     holders = [e for e in ev.get("exception", {}).get("values", []) if e.get("stacktrace")]
     holders += [t for t in ev.get("threads", {}).get("values", []) if t.get("stacktrace")]
@@ -2995,6 +2997,7 @@ class SourceMaps:
         self.cache: collections.OrderedDict[int, SourceMap] = collections.OrderedDict()
         self.cached = 0
         self.empty: dict[int, float] = {}  # project → when it was last seen with no files (monotonic)
+        self.found: dict[tuple[Any, ...], tuple[SourceMap, str, str] | str] = {}  # this event's answers by file
 
     def open(self, db: str) -> None:
         self.conn = read_only(db)
@@ -3011,18 +3014,26 @@ class SourceMaps:
 
     def find(self, project_id: int, path: str, debug_id: str | None, release: str,
              dist: str) -> tuple[SourceMap, str, str] | str:
-        """(map, its URL, how it was found) for a minified file, or the error type saying why not."""
+        """(map, its URL, how it was found) for a minified file, or the error type saying why not;
+        asked once per file of an event (`found` is emptied for each)."""
+        key = (project_id, path, debug_id, release, dist)
+        if key not in self.found:
+            self.found[key] = self.lookup(project_id, path, debug_id, release, dist)
+        return self.found[key]
+
+    def lookup(self, project_id: int, path: str, debug_id: str | None, release: str,
+               dist: str) -> tuple[SourceMap, str, str] | str:
         assert self.conn is not None
         row, how = None, "debug-id"
         if debug_id:
-            row = self.conn.execute("SELECT id, url, size, data FROM artifact_files WHERE project_id = ? AND debug_id = ? "
+            row = self.conn.execute("SELECT id, url FROM artifact_files WHERE project_id = ? AND debug_id = ? "
                                     "AND type = 'source_map' ORDER BY id DESC LIMIT 1",
                                     (project_id, debug_id)).fetchone()
         if row is None and release:
             row, how = self.by_url(project_id, path, release, dist), "release"
         if row is None:
             return "js_no_source"
-        parsed = self.parsed(row)
+        parsed = self.parsed(row["id"])
         return parsed if isinstance(parsed, str) else (parsed, row["url"], how)
 
     def by_url(self, project_id: int, path: str, release: str, dist: str) -> sqlite3.Row | None:
@@ -3031,32 +3042,46 @@ class SourceMaps:
         assert self.conn is not None
         for url in url_candidates(path):
             minified = self.conn.execute(
-                "SELECT id, url, headers, data FROM artifact_files WHERE project_id = ? AND release = ? AND dist = ? "
+                "SELECT id, url, headers FROM artifact_files WHERE project_id = ? AND release = ? AND dist = ? "
                 "AND url = ? AND type != 'source_map' ORDER BY id DESC LIMIT 1", (project_id, release, dist, url)).fetchone()
             if minified is None:
                 continue
-            target = map_reference(minified)
+            target = self.map_reference(minified)
             if target.startswith("data:"):
                 return None
             map_url = join_url(url, target) if target else url + ".map"
             return self.conn.execute(
-                "SELECT id, url, size, data FROM artifact_files WHERE project_id = ? AND release = ? AND dist = ? "
+                "SELECT id, url FROM artifact_files WHERE project_id = ? AND release = ? AND dist = ? "
                 "AND url = ? ORDER BY id DESC LIMIT 1", (project_id, release, dist, map_url)).fetchone()
         return None
 
-    def parsed(self, row: sqlite3.Row) -> SourceMap | str:
-        """The map of a stored file, from the cache or parsed; else the error type."""
-        if row["id"] in self.cache:
-            self.cache.move_to_end(row["id"])
-            return self.cache[row["id"]]
+    def map_reference(self, minified: sqlite3.Row) -> str:
+        """A minified file's `Sourcemap` (or `X-SourceMap`) header, else its last sourceMappingURL comment."""
+        headers = {k.lower(): v for k, v in json.loads(minified["headers"] or "{}").items()}
+        if headers.get("sourcemap") or headers.get("x-sourcemap"):
+            return str(headers.get("sourcemap") or headers.get("x-sourcemap"))
+        tail = self.file_bytes(minified["id"])[-4096:].decode("utf-8", "replace")
+        found = re.findall(r"//[#@]\s*sourceMappingURL=(\S+)", tail)
+        return found[-1] if found else ""
+
+    def file_bytes(self, file_id: int) -> bytes:
+        assert self.conn is not None
+        data = self.conn.execute("SELECT data FROM artifact_files WHERE id = ?", (file_id,)).fetchone()[0]
+        return zstandard.ZstdDecompressor().decompress(data)
+
+    def parsed(self, file_id: int) -> SourceMap | str:
+        """The map of a stored file, from the cache or read and parsed; else the error type."""
+        if file_id in self.cache:
+            self.cache.move_to_end(file_id)
+            return self.cache[file_id]
         try:
-            parsed = parse_source_map(zstandard.ZstdDecompressor().decompress(row["data"]))
+            parsed = parse_source_map(self.file_bytes(file_id))
         except SourceMapTooLarge:
             return "js_too_large"
         except SourceMapError:
             return "js_invalid_source"
         if parsed.cost <= self.BUDGET:
-            self.cache[row["id"]] = parsed
+            self.cache[file_id] = parsed
             self.cached += parsed.cost
             while self.cached > self.BUDGET:
                 self.cached -= self.cache.popitem(last=False)[1].cost
@@ -3077,16 +3102,6 @@ def url_candidates(path: str) -> list[str]:
         query = f"?{parts.query}" if parts.query else ""
         return list(dict.fromkeys([full, bare, tilde + query, tilde]))
     return [path, "~" + path] if path.startswith("/") else [path]
-
-
-def map_reference(minified: sqlite3.Row) -> str:
-    """A minified file's `Sourcemap` (or `X-SourceMap`) header, else its last sourceMappingURL comment."""
-    headers = {k.lower(): v for k, v in json.loads(minified["headers"] or "{}").items()}
-    if headers.get("sourcemap") or headers.get("x-sourcemap"):
-        return str(headers.get("sourcemap") or headers.get("x-sourcemap"))
-    tail = zstandard.ZstdDecompressor().decompress(minified["data"])[-4096:].decode("utf-8", "replace")
-    found = re.findall(r"//[#@]\s*sourceMappingURL=(\S+)", tail)
-    return found[-1] if found else ""
 
 
 class SourceMapError(ValueError):
@@ -3283,7 +3298,7 @@ class SourceMapParts:
                 raise SourceMapError("a mapping segment of more than 5 fields")
 
     def done(self, size: int) -> SourceMap:
-        cost = 24 * len(self.keys) + sum(len(c) for c in self.contents if c) + size // 4
+        cost = 24 * len(self.keys) + 2 * sum(len(c) for c in self.contents if c) + size // 4  # contents, split
         return SourceMap(self.keys, self.sources, self.lines, self.columns, self.names, self.source_names,
                          self.contents, self.identifiers, cost)
 
@@ -10488,20 +10503,21 @@ def pair_minified_frames(holder: dict[str, Any]) -> None:
 
 
 # What to do about each source map processing error, under its title on the issue page.
-MAP_HINTS = {
+MAP_HINTS = {key: markupsafe.Markup(hint) for key, hint in {
     "js_no_source": "No source map for this file reached this project: neither by the debug id the SDK sent "
-                    "(run `sentry-cli sourcemaps inject` on the build, deploy those files, then `sentry-cli "
-                    "sourcemaps upload`) nor for this event's release and dist at this URL (check --url-prefix). "
-                    "A map uploaded after the event does not change it; the next event reads as written.",
+                    "(run <code>sentry-cli sourcemaps inject</code> on the build, deploy those files, then "
+                    "<code>sentry-cli sourcemaps upload</code>) nor for this event's release and dist at this URL "
+                    "(check <code>--url-prefix</code>). A map uploaded after the event does not change it; the next "
+                    "event reads as written.",
     "js_invalid_source": "The uploaded map is not a source map the tracker can read (not JSON, or its mappings "
                          "are broken): upload the .map file the bundler wrote.",
     "js_too_large": f"The map holds more than {MAX_MAP_SEGMENTS:,} mappings, more than the tracker parses.",
-    "js_missing_sources_content": "The map carries no sourcesContent for this file, so no source lines are shown: "
-                                  "let sentry-cli rewrite the maps as it uploads them (its default) or build with "
-                                  "sourcesContent.",
+    "js_missing_sources_content": "The map carries no <code>sourcesContent</code> for this file, so no source lines "
+                                  "are shown: let sentry-cli rewrite the maps as it uploads them (its default) or "
+                                  "build with sources content.",
     "js_invalid_sourcemap_location": "The map has nothing at this line and column: it belongs to another build of "
                                      "the file (deploy and upload the files of one build).",
-}
+}.items()}
 
 
 IGNORE_CHOICES = {"forever": ("forever", {}), "30m": ("for 30 minutes", {"ignoreDuration": 30}),

@@ -549,3 +549,26 @@ def test_a_real_5_mb_map_parses_within_a_second_and_is_cached(tmp_path: Path) ->
     parsed = tracker_module.parse_source_map(data)
     assert time.monotonic() - started < 3.0  # about 0.6 s here; CI machines are shared
     assert parsed.cost < tracker_module.SourceMaps.BUDGET and len(parsed.keys) > 50_000
+
+
+def test_release_bundle_assembly_of_sentry_cli_2(tracker: TrackerServer, project: Project) -> None:
+    """sentry-cli 2.x against a server that does not take artifact bundles posts the same zip to
+    the release (`…/releases/<v>/assemble/`, checksum and chunks only): it lands in the release's
+    projects; the release must exist."""
+    release = f"bundle@{project.id}"
+    data = bundle_zip({"~/static/app.min.js": ("minified_source", None, b"var a=1;\n//# sourceMappingURL=app.min.js.map"),
+                       "~/static/app.min.js.map": ("source_map", None, b"{}")})
+    body = {"checksum": hashlib.sha1(data).hexdigest(), "chunks": [hashlib.sha1(data).hexdigest()]}
+    path = f"organizations/tracker/releases/{release}/assemble/"
+    assert tracker.api("POST", path, json=body).status_code == 404
+    assert tracker.api("POST", f"projects/tracker/{project.slug}/releases/", json={"version": release}).status_code == 201
+    assert tracker.api("POST", path, json=body).json() == {"state": "not_found", "missingChunks": body["chunks"],
+                                                          "detail": None}
+    content, content_type = chunk_body([data])
+    assert post_body(tracker, "organizations/tracker/chunk-upload/", content, content_type).status_code == 200
+    assert tracker.api("POST", path, json=body).json()["state"] == "ok"
+    assert tracker.api("POST", path, json=body).json()["state"] == "ok"  # asked again: stored already
+    files = tracker.api("GET", f"organizations/tracker/releases/{release}/files/").json()
+    assert [f["name"] for f in files] == ["~/static/app.min.js", "~/static/app.min.js.map"]
+    bundle, = tracker.api("GET", f"projects/tracker/{project.slug}/files/artifact-bundles/").json()
+    assert bundle["associations"] == [{"release": release, "dist": None}] and bundle["fileCount"] == 2
