@@ -2929,7 +2929,7 @@ def resolve_frame(frame: dict[str, Any], name: str | None, maps: SourceMaps, pro
     new = {**frame, "abs_path": join_url(map_url, source), "filename": source_filename(source), "lineno": src_line + 1,
            "colno": src_column + 1,
            "function": source_map.enclosing_function(source, src_line) or name or frame.get("function"),
-           "in_app": not re.search(r"(^|/)node_modules/|^webpack/(bootstrap|runtime)|\(webpack\)", source),
+           "in_app": not NOT_APP_SOURCE.search(source),
            "data": {**frame.get("data", {}), "sourcemap": map_url, "symbolicated": True, "resolved_with": how}}
     new.pop("module", None)
     context = source_map.context(source, src_line)
@@ -2941,6 +2941,11 @@ def resolve_frame(frame: dict[str, Any], name: str | None, maps: SourceMaps, pro
     else:
         new["pre_context"], new["context_line"], new["post_context"] = context
     return new, callee
+
+
+# Original files that are never the app's: packages, and the bundlers' own runtime code.
+NOT_APP_SOURCE = re.compile(r"(^|/)node_modules/|^webpack/(bootstrap|runtime)|\(webpack\)|webpack/runtime/|"
+                            r"(^|/)@vite/|(^|/)vite/(dist/client|modulepreload-polyfill)|^\x00|^rolldown:runtime")
 
 
 def is_mappable(path: str, platform: str) -> bool:
@@ -9068,7 +9073,8 @@ async def api_chunk_upload_options(request: Request) -> dict[str, Any]:
     """Where and how sentry-cli uploads chunks (sourcemaps.md §3.2)."""
     check_org(request)
     settings = request.app.settings
-    return {"url": str(request.url.replace(query="")), "chunkSize": CHUNK_SIZE, "chunksPerRequest": CHUNKS_PER_REQUEST,
+    # relative to /api/0/ (sentry-cli 2.x and 3.x join it): right behind any proxy, whatever `url` says
+    return {"url": f"organizations/{settings.organization}/chunk-upload/", "chunkSize": CHUNK_SIZE, "chunksPerRequest": CHUNKS_PER_REQUEST,
             "maxFileSize": settings.sourcemap_max_upload, "maxRequestSize": chunk_request_limit(),
             "concurrency": 2, "hashAlgorithm": "sha1", "compression": ["gzip"],
             "accept": ["release_files", "sources", "artifact_bundles"]}

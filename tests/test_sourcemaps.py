@@ -572,3 +572,41 @@ def test_release_bundle_assembly_of_sentry_cli_2(tracker: TrackerServer, project
     assert [f["name"] for f in files] == ["~/static/app.min.js", "~/static/app.min.js.map"]
     bundle, = tracker.api("GET", f"projects/tracker/{project.slug}/files/artifact-bundles/").json()
     assert bundle["associations"] == [{"release": release, "dist": None}] and bundle["fileCount"] == 2
+
+
+def test_resolved_library_and_bundler_frames_are_not_in_app() -> None:
+    """Frames that resolve into node_modules or a bundler's runtime leave the app; the app's stay."""
+    source_map = tracker_module.parse_source_map(json.dumps({
+        "version": 3, "sources": ["../node_modules/lib/index.js", "webpack/runtime/jsonp", "../src/app.js"],
+        "names": [], "mappings": "AAAA,KCAA,KCAA", "sourcesContent": ["lib()", "rt()", "app()"]}).encode())
+
+    class Maps:  # one map for every file, as SourceMaps.find answers
+        conn = True
+
+        def project_has_files(self, project_id: int) -> bool:
+            return True
+
+        def find(self, *args: Any) -> tuple[Any, str, str]:
+            return source_map, "~/app.min.js.map", "release"
+
+        found: dict[Any, Any] = {}
+    frames = [{"abs_path": "https://x.example/app.min.js", "lineno": 1, "colno": column, "in_app": True}
+              for column in (1, 6, 11)]
+    ev = {"platform": "javascript", "release": "r", "exception": {"values": [{"stacktrace": {"frames": frames}}]}}
+    tracker_module.resolve_source_maps(ev, Maps(), 1)  # type: ignore[arg-type]
+    resolved = ev["exception"]["values"][0]["stacktrace"]["frames"]
+    assert [(f["abs_path"], f["in_app"]) for f in resolved] == [
+        ("~/node_modules/lib/index.js", False), ("~/webpack/runtime/jsonp", False), ("~/src/app.js", True)]
+    assert ev["exception"]["values"][0]["raw_stacktrace"]["frames"] == frames
+
+
+def test_retention_ages_out_uploads_with_the_events(configured: Any) -> None:
+    """Source map uploads older than the project's max age go in the retention pass."""
+    server = configured("aging", "[retention]\ninterval = 0.5\nmax_age_days = 0.00003\n")  # about 2.6 s
+    project = server.create_project("aging")
+    debug_id = str(uuid.uuid4())
+    r = upload(server, project, bundle_zip({"~/a.min.js.map": ("source_map", debug_id, b"{}")}))
+    assert r.json()["state"] == "ok"
+    assert len(server.api("GET", "projects/tracker/aging/files/artifact-bundles/").json()) == 1
+    wait_for(lambda: server.api("GET", "projects/tracker/aging/files/artifact-bundles/").json() == [], timeout=20)
+    assert tracker_module.read_only(str(server.db)).execute("SELECT count(*) FROM artifact_files").fetchone()[0] == 0
