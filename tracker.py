@@ -3212,8 +3212,6 @@ def parse_source_map(data: bytes) -> SourceMap:
             parts.add(section["map"], line, column)
     else:
         parts.add(doc, 0, 0)
-    if any(a > b for a, b in zip(parts.keys, parts.keys[1:])):
-        raise SourceMapError("index map sections overlap")
     return parts.done(len(data))
 
 
@@ -3226,6 +3224,7 @@ class SourceMapParts:
         self.source_names: list[str] = []
         self.contents: list[str | None] = []
         self.identifiers: list[str] = []
+        self.unsorted = False  # a segment left of the one before it, or sections out of order
 
     def add(self, doc: dict[str, Any], line_offset: int, column_offset: int) -> None:
         sources, names, mappings = doc.get("sources"), doc.get("names", []), doc.get("mappings")
@@ -3245,67 +3244,78 @@ class SourceMapParts:
                name_base: int, name_count: int) -> None:
         """The `mappings` VLQ string: `;` ends a generated line, `,` a segment of 1, 4 or 5 Base64
         VLQ deltas (column, source, original line, original column, name); only the column resets
-        at a new line. A hand-written loop: most digits carry a whole value."""
+        at a new line. Split in C, each distinct segment decoded once (minified code repeats them)."""
         if len(self.keys) + mappings.count(",") + mappings.count(";") > MAX_MAP_SEGMENTS:
             raise SourceMapTooLarge(f"more than {MAX_MAP_SEGMENTS} mappings")
         keys, sources, lines, columns, names = self.keys, self.sources, self.lines, self.columns, self.names
-        digits = BASE64_DIGITS
-        column_offset = first_column
-        column = source = original_line = original_column = name = 0
-        fields: list[int] = []
-        value = shift = 0
-        for char in mappings + ";":
-            if char == "," or char == ";":
-                if shift:
-                    raise SourceMapError("a VLQ value ends in the middle")
-                if fields:
-                    column += fields[0]
-                    key = line << 32 | (column + column_offset)
-                    if len(fields) >= 4:
-                        source += fields[1]
-                        original_line += fields[2]
-                        original_column += fields[3]
-                        if len(fields) == 5:
-                            name += fields[4]
-                        if not 0 <= source < source_count or original_line < 0 or original_column < 0 \
-                                or (len(fields) == 5 and not 0 <= name < name_count) or column < 0:
-                            raise SourceMapError("a mapping points outside the map")
-                        keys.append(key)
-                        sources.append(source_base + source)
-                        lines.append(original_line)
-                        columns.append(original_column)
-                        names.append(name_base + name if len(fields) == 5 else -1)
-                    elif len(fields) == 1:
-                        keys.append(key)
-                        sources.append(-1)
-                        lines.append(0)
-                        columns.append(0)
-                        names.append(-1)
-                    else:
-                        raise SourceMapError("a mapping segment of 2 or 3 fields")
-                    fields = []
-                if char == ";":
-                    line += 1
-                    column = column_offset = 0
-                continue
-            digit = digits.get(char)
-            if digit is None:
-                raise SourceMapError(f"{char!r} is not a Base64 digit")
-            value += (digit & 31) << shift
-            if digit & 32:
-                shift += 5
-                if shift > 60:
-                    raise SourceMapError("a VLQ value too large")
-                continue
-            fields.append(-(value >> 1) if value & 1 else value >> 1)
-            value = shift = 0
-            if len(fields) > 5:
-                raise SourceMapError("a mapping segment of more than 5 fields")
+        memo: dict[str, tuple[int, ...]] = {}
+        self.unsorted |= bool(keys) and keys[-1] > (line << 32 | first_column)
+        source = original_line = original_column = name = 0
+        for number, text in enumerate(mappings.split(";"), start=line):
+            column, column_offset = 0, first_column if number == line else 0
+            for segment in text.split(",") if text else ():
+                fields = memo.get(segment)
+                if fields is None:
+                    fields = memo[segment] = vlq_fields(segment)
+                column += fields[0]
+                if column < 0:
+                    raise SourceMapError("a mapping with a negative column")
+                if fields[0] < 0:
+                    self.unsorted = True
+                keys.append(number << 32 | (column + column_offset))
+                if len(fields) == 1:
+                    sources.append(-1)
+                    lines.append(0)
+                    columns.append(0)
+                    names.append(-1)
+                    continue
+                source += fields[1]
+                original_line += fields[2]
+                original_column += fields[3]
+                if not 0 <= source < source_count or original_line < 0 or original_column < 0:
+                    raise SourceMapError("a mapping points outside the map")
+                sources.append(source_base + source)
+                lines.append(original_line)
+                columns.append(original_column)
+                if len(fields) == 5:
+                    name += fields[4]
+                    if not 0 <= name < name_count:
+                        raise SourceMapError("a mapping names no name of the map")
+                    names.append(name_base + name)
+                else:
+                    names.append(-1)
+
 
     def done(self, size: int) -> SourceMap:
+        if self.unsorted:  # rare (the spec wants sorted segments): put them in order for bisect
+            order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
+            for values in (self.keys, self.sources, self.lines, self.columns, self.names):
+                values[:] = array.array(values.typecode, [values[i] for i in order])
         cost = 24 * len(self.keys) + 2 * sum(len(c) for c in self.contents if c) + size // 4  # contents, split
         return SourceMap(self.keys, self.sources, self.lines, self.columns, self.names, self.source_names,
                          self.contents, self.identifiers, cost)
+
+
+def vlq_fields(segment: str) -> tuple[int, ...]:
+    """One segment's Base64 VLQ values: each digit carries 5 bits, least significant first, and
+    bit 5 says another follows; bit 0 of the value is its sign."""
+    fields: list[int] = []
+    value = shift = 0
+    for char in segment:
+        digit = BASE64_DIGITS.get(char)
+        if digit is None:
+            raise SourceMapError(f"{char!r} is not a Base64 digit")
+        value += (digit & 31) << shift
+        if digit & 32:
+            shift += 5
+            if shift > 60:
+                raise SourceMapError("a VLQ value too large")
+            continue
+        fields.append(-(value >> 1) if value & 1 else value >> 1)
+        value = shift = 0
+    if shift or len(fields) not in (1, 4, 5):
+        raise SourceMapError(f"a mapping segment of {len(fields)} fields" if not shift else "a VLQ value ends in the middle")
+    return tuple(fields)
 
 
 def join_source(root: str, source: str) -> str:

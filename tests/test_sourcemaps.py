@@ -516,6 +516,9 @@ def test_vlq_decoder_plain_and_index_maps_and_hostile_ones() -> None:
     deltas = tracker_module.parse_source_map(json.dumps({
         "version": 3, "sources": ["a.js"], "names": [], "mappings": "AAAkC;gBACjC"}).encode())
     assert deltas.lookup(1, 16) == ("a.js", 1, 1, None)  # `gBACjC` is [16, 0, 1, -33] after column 34
+    unsorted = tracker_module.parse_source_map(json.dumps({  # column 5, then 4: put in order, not refused
+        "version": 3, "sources": ["a.js"], "names": [], "mappings": "KAAA,DAAC"}).encode())
+    assert unsorted.lookup(0, 4) == ("a.js", 0, 1, None) and unsorted.lookup(0, 9) == ("a.js", 0, 0, None)
 
     indexed = tracker_module.parse_source_map(json.dumps({"version": 3, "sections": [
         {"offset": {"line": 0, "column": 0}, "map": {"version": 3, "sources": ["x.js"], "names": [], "mappings": "AAAA"}},
