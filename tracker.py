@@ -2992,7 +2992,9 @@ EVENT_ERROR_TITLES = {  # Sentry's titles for the processing errors the tracker 
 
 class SourceMaps:
     """The uploaded files of this process's database, and parsed maps in a cache of bounded size
-    (least recently used out first; a map larger than the whole cache is parsed for each event)."""
+    (least recently used out first). A map that cannot be used (invalid, or larger parsed than the
+    whole cache) is remembered as such: events naming it, which anyone with the DSN can send, cost
+    a lookup, not a parse."""
 
     BUDGET = 64 * MIB  # parsed maps kept per process (a worker or the server)
     RECHECK = 10.0  # seconds a project's "no uploaded files" answer is trusted
@@ -3003,6 +3005,7 @@ class SourceMaps:
         self.cached = 0
         self.empty: dict[int, float] = {}  # project → when it was last seen with no files (monotonic)
         self.found: dict[tuple[Any, ...], tuple[SourceMap, str, str] | str] = {}  # this event's answers by file
+        self.failed: dict[int, str] = {}  # file id → the error type (stored files never change)
 
     def open(self, db: str) -> None:
         self.conn = read_only(db)
@@ -3079,17 +3082,21 @@ class SourceMaps:
         if file_id in self.cache:
             self.cache.move_to_end(file_id)
             return self.cache[file_id]
+        if file_id in self.failed:
+            return self.failed[file_id]
         try:
             parsed = parse_source_map(self.file_bytes(file_id))
-        except SourceMapTooLarge:
-            return "js_too_large"
-        except SourceMapError:
-            return "js_invalid_source"
-        if parsed.cost <= self.BUDGET:
-            self.cache[file_id] = parsed
-            self.cached += parsed.cost
-            while self.cached > self.BUDGET:
-                self.cached -= self.cache.popitem(last=False)[1].cost
+            if parsed.cost > self.BUDGET:
+                raise SourceMapTooLarge(f"{parsed.cost} bytes parsed")
+        except SourceMapError as exc:
+            if len(self.failed) > 10_000:
+                self.failed.clear()
+            self.failed[file_id] = "js_too_large" if isinstance(exc, SourceMapTooLarge) else "js_invalid_source"
+            return self.failed[file_id]
+        self.cache[file_id] = parsed
+        self.cached += parsed.cost
+        while self.cached > self.BUDGET:
+            self.cached -= self.cache.popitem(last=False)[1].cost
         return parsed
 
 
@@ -3117,7 +3124,7 @@ class SourceMapTooLarge(SourceMapError):
     pass
 
 
-MAX_MAP_SEGMENTS = 3_000_000  # about 72 MB of arrays: a map with more is not parsed (js_too_large)
+MAX_MAP_SEGMENTS = 2_000_000  # 48 MB of arrays: a map with more is not parsed (js_too_large)
 
 
 BASE64_DIGITS = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
@@ -3291,7 +3298,7 @@ class SourceMapParts:
             order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
             for values in (self.keys, self.sources, self.lines, self.columns, self.names):
                 values[:] = array.array(values.typecode, [values[i] for i in order])
-        cost = 24 * len(self.keys) + 2 * sum(len(c) for c in self.contents if c) + size // 4  # contents, split
+        cost = 24 * len(self.keys) + sum(len(c) for c in self.contents if c) + size // 4
         return SourceMap(self.keys, self.sources, self.lines, self.columns, self.names, self.source_names,
                          self.contents, self.identifiers, cost)
 
@@ -10527,7 +10534,8 @@ MAP_HINTS = {key: markupsafe.Markup(hint) for key, hint in {
                     "event reads as written.",
     "js_invalid_source": "The uploaded map is not a source map the tracker can read (not JSON, or its mappings "
                          "are broken): upload the .map file the bundler wrote.",
-    "js_too_large": f"The map holds more than {MAX_MAP_SEGMENTS:,} mappings, more than the tracker parses.",
+    "js_too_large": f"The map holds more than {MAX_MAP_SEGMENTS:,} mappings, or more than "
+                    f"{SourceMaps.BUDGET // MIB} MiB once parsed: more than the tracker parses.",
     "js_missing_sources_content": "The map carries no <code>sourcesContent</code> for this file, so no source lines "
                                   "are shown: let sentry-cli rewrite the maps as it uploads them (its default) or "
                                   "build with sources content.",

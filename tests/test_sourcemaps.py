@@ -308,9 +308,9 @@ def upload(tracker: TrackerServer, project: Project, data: bytes, token: str | N
 
 
 def minified_event(url: str, debug_id: str | None, release: str | None = None) -> dict[str, Any]:
-    """A browser SDK's event of a crash in a minified file, with its debug id image."""
+    """A browser SDK's event of a crash in a minified file, with its debug id image (an issue per URL)."""
     event: dict[str, Any] = {
-        "event_id": uuid.uuid4().hex, "platform": "javascript", "release": release,
+        "event_id": uuid.uuid4().hex, "platform": "javascript", "release": release, "fingerprint": [url],
         "exception": {"values": [{"type": "TypeError", "value": f"broken {url}", "stacktrace": {"frames": [
             {"filename": url, "abs_path": url, "function": "Xa", "lineno": 1, "colno": 48, "in_app": True}]}}]}}
     if debug_id:
@@ -329,25 +329,29 @@ def stored_errors(tracker: TrackerServer, project: Project, event: dict[str, Any
 
 def test_missing_and_invalid_maps_are_recorded_on_the_event_and_shown(tracker: TrackerServer, project: Project) -> None:
     """A debug id with no upload (js_no_source), a map that is not JSON and one whose mappings are
-    broken (js_invalid_source): each frame stays as sent, the event says why, the issue page shows
+    broken (js_invalid_source), one of too many mappings (js_too_large): each frame stays as sent, the event says why, the issue page shows
     the reason and what to do."""
-    broken, garbage = str(uuid.uuid4()), str(uuid.uuid4())
+    broken, garbage, huge = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
     files = {"~/broken.min.js": ("minified_source", broken, b"var a=1;"),
              "~/broken.min.js.map": ("source_map", broken, json.dumps(
                  {"version": 3, "sources": ["a.js"], "names": [], "mappings": "AAAA,C!D"}).encode()),
              "~/garbage.min.js": ("minified_source", garbage, b"var b=2;"),
-             "~/garbage.min.js.map": ("source_map", garbage, b"<html>not a map</html>")}
+             "~/garbage.min.js.map": ("source_map", garbage, b"<html>not a map</html>"),
+             "~/huge.min.js.map": ("source_map", huge, json.dumps(  # 4 MB, 2,000,001 mappings
+                 {"version": 3, "sources": ["a.js"], "names": [], "mappings": "A," * 2_000_001}).encode())}
     r = upload(tracker, project, bundle_zip(files))
     assert r.status_code == 200 and r.json()["state"] == "ok", r.text
 
     host = "https://shop.example.com/static"
     for name, debug_id, kind in (("missing.min.js", str(uuid.uuid4()), "js_no_source"),
                                  ("broken.min.js", broken, "js_invalid_source"),
-                                 ("garbage.min.js", garbage, "js_invalid_source")):
+                                 ("garbage.min.js", garbage, "js_invalid_source"),
+                                 ("huge.min.js", huge, "js_too_large")):
         event = minified_event(f"{host}/{name}", debug_id)
         exception, errors = stored_errors(tracker, project, event)
         assert errors == [{"type": kind, "message": {"js_no_source": "Source code was not found",
-                                                     "js_invalid_source": "Sourcemap was invalid or not parseable"}[kind],
+                                                     "js_invalid_source": "Sourcemap was invalid or not parseable",
+                                                     "js_too_large": "Sourcemap was too large"}[kind],
                            "data": {"url": f"{host}/{name}"}}]
         frame, = exception["stacktrace"]["frames"]
         assert (frame["abs_path"], frame["function"], frame["lineno"], frame["colno"]) == (f"{host}/{name}", "Xa", 1, 48)
@@ -537,7 +541,7 @@ def test_vlq_decoder_plain_and_index_maps_and_hostile_ones() -> None:
                     json.dumps({"version": 3, "sources": "a", "names": [], "mappings": ""}).encode()):
         with pytest.raises(tracker_module.SourceMapError):
             tracker_module.parse_source_map(hostile)
-    too_many = json.dumps({"version": 3, "sources": ["a"], "names": [], "mappings": "A," * 3_000_001}).encode()
+    too_many = json.dumps({"version": 3, "sources": ["a"], "names": [], "mappings": "A," * 2_000_001}).encode()
     with pytest.raises(tracker_module.SourceMapTooLarge):
         tracker_module.parse_source_map(too_many)
 
