@@ -10,9 +10,10 @@ reads top to bottom in the order an envelope flows, one banner per section:
     Ingest                   the HTTP endpoints SDKs call: auth, body decoding, envelopes, one
                              handler per item type; attachments, feedback, the envelope log, limits.
     Processing               worker processes that prepare events: normalisation and display
-                             fields, scrubbing, grouping and a project's grouping rules.
+                             fields, source maps, scrubbing, grouping and a project's grouping rules.
     Issues                   writer jobs that store an event and keep its issue up to date; merge,
-                             workflow, search, releases and code mappings, with their questions.
+                             workflow, search, releases (and their source map uploads) and code
+                             mappings, with their questions.
     Alerts                   rules judged in the writer, channel targets, the outbox and delivery.
     Release health and SLOs  sessions and transactions in minute buckets, objectives per minute.
     Retention                old events leave in small batches; each issue keeps first and latest.
@@ -32,8 +33,10 @@ that the API and the pages share; no handler holds SQL.
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import base64
+import bisect
 import concurrent.futures
 import collections
 import contextlib
@@ -48,6 +51,7 @@ import hmac
 import html
 import http.client
 import inspect
+import io
 import ipaddress
 import json
 import logging
@@ -70,6 +74,7 @@ import threading
 import tomllib
 import urllib.parse
 import uuid
+import zipfile
 import zlib
 import zoneinfo
 from pathlib import Path
@@ -166,6 +171,8 @@ class Settings:
     body_timeout: float = 60.0  # seconds from the last header to the body's last byte (20 MiB at 3 Mbit/s)
     max_connections: int = 1000  # open at once, also kept under the process's file limit (GuardedHttp)
     worker_timeout: float = 3.0  # seconds a worker with batches may go without answering or using CPU
+    sourcemap_max_file: int = 40 * MIB  # one uploaded file (a source map, a bundle), uncompressed
+    sourcemap_max_upload: int = 100 * MIB  # one upload (an artifact bundle's zip, and its files unzipped)
 
     @property
     def public_url(self) -> str:
@@ -435,6 +442,23 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     INSERT OR IGNORE INTO meta (key, value) SELECT 'created', coalesce(min(t), (julianday('now') - 2440587.5) * 86400.0) FROM (
         SELECT min(created) AS t FROM projects UNION ALL SELECT min(created) FROM users
         UNION ALL SELECT min(created) FROM api_tokens);
+    """,
+    # source maps (issue 17): chunks sentry-cli uploads before it asks for their assembly (gone
+    # then, or when they expire), and the files of each artifact bundle, found by debug id or by
+    # release, dist and URL; the legacy per-file release uploads are a bundle per (release, dist)
+    """
+    CREATE TABLE upload_chunks (sha1 TEXT PRIMARY KEY, data BLOB NOT NULL, expires REAL NOT NULL);
+    CREATE TABLE artifact_bundles (
+        id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL, bundle_id TEXT NOT NULL, checksum TEXT NOT NULL,
+        release TEXT NOT NULL, dist TEXT NOT NULL, file_count INTEGER NOT NULL, size INTEGER NOT NULL,
+        date_added REAL NOT NULL, UNIQUE (project_id, bundle_id, release, dist));
+    CREATE TABLE artifact_files (
+        id INTEGER PRIMARY KEY, bundle_id INTEGER NOT NULL, project_id INTEGER NOT NULL, release TEXT NOT NULL,
+        dist TEXT NOT NULL, url TEXT NOT NULL, type TEXT NOT NULL, debug_id TEXT, headers TEXT NOT NULL,
+        size INTEGER NOT NULL, sha1 TEXT NOT NULL, data BLOB NOT NULL, date_added REAL NOT NULL);
+    CREATE INDEX artifact_files_by_url ON artifact_files (project_id, release, dist, url);
+    CREATE INDEX artifact_files_by_debug_id ON artifact_files (project_id, debug_id) WHERE debug_id IS NOT NULL;
+    CREATE INDEX artifact_files_by_bundle ON artifact_files (bundle_id);
     """,
 ]
 
@@ -2200,7 +2224,7 @@ class DropFlusher(Background):
 
 
 # =============================================================================
-# Processing: normalisation, display fields, grouping
+# Processing: normalisation, display fields, source maps, grouping
 # =============================================================================
 
 # -- preparing events in worker processes -------------------------------------------------------------
@@ -2412,14 +2436,17 @@ def prepare_job(job: PrepareJob) -> PreparedEvent:
     return prepare_event(json_object(job.payload, "event payload"), project_id=job.project_id,
                          event_id=job.event_id, received=job.received, client_ip=job.client_ip,
                          rules=grouping_rules_of(job.stacktrace_rules, job.fingerprint_rules),
-                         scrub=parsed_scrub_policy(job.scrub))
+                         scrub=parsed_scrub_policy(job.scrub), maps=SOURCE_MAPS)
 
 
 def prepare_event(raw: dict[str, Any], *, project_id: int, event_id: str | None, received: float,
-                  client_ip: str = "", rules: GroupingRules, scrub: ScrubPolicy) -> PreparedEvent:
-    """Everything ingest does before the writer, in the request's task (no database access:
-    the project's grouping rules and scrubbing policy come parsed from the caches)."""
+                  client_ip: str = "", rules: GroupingRules, scrub: ScrubPolicy,
+                  maps: SourceMaps | None = None) -> PreparedEvent:
+    """Everything ingest does before the writer, in the request's task (the project's grouping
+    rules and scrubbing policy come parsed from the caches; the database is read only for the
+    source maps of JavaScript frames)."""
     ev = normalize_event(raw, event_id=event_id, received=received, client_ip=client_ip)
+    resolve_source_maps(ev, maps, project_id)  # before grouping: issues group on the code as written
     scrub_event(ev, scrub)  # before grouping, titles, tags and the payload see the secrets
     apply_stack_rules(ev, rules.stack, "project")
     client_fingerprint = ev.get("fingerprint")
@@ -2480,6 +2507,7 @@ def run_prepare_worker(db: str) -> None:
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print cannot corrupt the frames
     conn = read_only(db)
+    SOURCE_MAPS.open(db)
     while (data := read_frame(sys.stdin.buffer)) is not None:
         results: list[tuple[Any, ...]] = []
         for fields in marshal.loads(data):
@@ -2869,6 +2897,471 @@ def first_line(value: str, limit: int) -> str:
 def message_text(ev: dict[str, Any]) -> str:
     entry = ev.get("logentry") or {}
     return entry.get("formatted") or entry.get("message") or ""
+
+
+# -- source maps: minified JavaScript frames read as the code that was written (sourcemaps.md §6) ----
+#
+# A step of its own between normalisation and scrubbing, so grouping sees the original files,
+# lines and functions: a new deploy with new minified names keeps its issues. Each frame of a
+# browser or Node event whose file has an uploaded map (by the debug id in `debug_meta`, else by
+# release, dist and URL) is rewritten; the minified frames stay as `raw_stacktrace`; a frame that
+# cannot be resolved keeps what was sent and the event says why in `errors` (Sentry's types). The
+# maps are read from the database in the process preparing the event (a worker, off the writer and
+# the event loop), parsed by our own decoder (below) and kept parsed in a cache of bounded size.
+
+def resolve_source_maps(ev: dict[str, Any], maps: SourceMaps | None, project_id: int) -> None:
+    """Rewrite the event's JavaScript frames through their source maps, in place."""
+    if maps is None or maps.conn is None or ev.get("platform") not in ("javascript", "node"):
+        return
+    images = {text(i.get("code_file")): text(i.get("debug_id")).lower()
+              for i in as_list(as_dict(ev.get("debug_meta")).get("images"))
+              if isinstance(i, dict) and i.get("type") == "sourcemap" and i.get("code_file") and i.get("debug_id")}
+    if not images and not maps.project_has_files(project_id):  # no maps meant, none uploaded: nothing to say
+        return
+    maps.found.clear()
+    errors: dict[tuple[str, str], dict[str, Any]] = {}
+    holders = [e for e in ev.get("exception", {}).get("values", []) if e.get("stacktrace")]
+    holders += [t for t in ev.get("threads", {}).get("values", []) if t.get("stacktrace")]
+    for holder in holders:
+        frames = holder["stacktrace"]["frames"]
+        resolved, caller_name = [], None  # oldest first: a frame's name is at its caller's call site
+        for frame in frames:
+            new, caller_name = resolve_frame(frame, caller_name, maps, project_id, images, ev, errors)
+            resolved.append(new)
+        if any(new is not frame for new, frame in zip(resolved, frames)):
+            holder["raw_stacktrace"] = {"frames": frames}
+            holder["stacktrace"] = {**holder["stacktrace"], "frames": resolved}
+    if errors:
+        ev["errors"] = [*ev.get("errors", []), *errors.values()]
+
+
+def resolve_frame(frame: dict[str, Any], name: str | None, maps: SourceMaps, project_id: int, images: dict[str, str],
+                  ev: dict[str, Any], errors: dict[tuple[str, str], dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
+    """The frame as written (a new dict), or the same frame when it has no map (the reason in
+    `errors`); and the original name of what it calls (the token at its position). Its own function
+    is the one around its line in the original source, else `name`, the token at its caller's call
+    site (a map has no scopes), else the minified one."""
+    path = frame.get("abs_path") or frame.get("filename") or ""
+    line, column = frame.get("lineno"), frame.get("colno")
+    if not is_mappable(path, ev.get("platform", "")) or not line or not column or line < 1 or column < 1:
+        return frame, None
+    found = maps.find(project_id, path, images.get(path), ev.get("release") or "", ev.get("dist") or "")
+    if isinstance(found, str):
+        if found != "js_no_source" or path in images or re.search(r"\.[cm]?js$", urllib.parse.urlsplit(path).path) \
+                and "/node_modules/" not in path:  # a page's inline script or a library's file was never mapped
+            errors.setdefault((found, path), {"type": found, "url": path})
+        return frame, None
+    source_map, map_url, how = found
+    token = source_map.lookup(line - 1, column - 1)
+    if token is None:
+        errors.setdefault(("js_invalid_sourcemap_location", path), {
+            "type": "js_invalid_sourcemap_location", "column": column, "row": line, "source": path})
+        return frame, None
+    source, src_line, src_column, callee = token
+    new = {**frame, "abs_path": join_url(map_url, source), "filename": source_filename(source), "lineno": src_line + 1,
+           "colno": src_column + 1,
+           "function": source_map.enclosing_function(source, src_line) or name or frame.get("function"),
+           "in_app": not NOT_APP_SOURCE.search(source),
+           "data": {**frame.get("data", {}), "sourcemap": map_url, "symbolicated": True, "resolved_with": how}}
+    new.pop("module", None)
+    context = source_map.context(source, src_line)
+    if context is None:
+        errors.setdefault(("js_missing_sources_content", source), {
+            "type": "js_missing_sources_content", "source": source, "sourcemap": map_url})
+        for key in ("pre_context", "context_line", "post_context"):
+            new.pop(key, None)
+    else:
+        new["pre_context"], new["context_line"], new["post_context"] = context
+    return new, callee
+
+
+# Original files that are never the app's: packages, and the bundlers' own runtime code.
+NOT_APP_SOURCE = re.compile(r"(^|/)node_modules/|^webpack/(bootstrap|runtime)|\(webpack\)|webpack/runtime/|"
+                            r"(^|/)@vite/|(^|/)vite/(dist/client|modulepreload-polyfill)|^\x00|^rolldown:runtime")
+
+
+def is_mappable(path: str, platform: str) -> bool:
+    """A file a map may exist for: a URL or, for Node, an absolute, `app:` or `webpack:` path."""
+    if not path or path.startswith(("native", "[native code]", "<anonymous>")):
+        return False
+    if platform == "node":
+        return path.startswith(("/", "app:", "webpack:"))
+    return bool(re.match(r"(https?|file|app|webpack):|~/|/", path))
+
+
+def join_url(base: str, source: str) -> str:
+    """A map's source joined onto the map's URL (`~/` counts as absolute; webpack: kept)."""
+    if re.match(r"[a-z][a-z0-9+.-]*:", source) or not base:
+        return source
+    if base.startswith("~/"):  # `~` is any host: joined as one, then given back its `~`
+        return "~/" + urllib.parse.urljoin("http://~/" + base[2:], source).removeprefix("http://~/")
+    return urllib.parse.urljoin(base, source)
+
+
+def source_filename(source: str) -> str:
+    """What the page shows for an original file: webpack's prefix off, a URL's path alone."""
+    source = re.sub(r"^webpack://[^/]*/", "", source)
+    parts = urllib.parse.urlsplit(source)
+    return parts.path if parts.scheme in ("http", "https", "file") else source
+
+
+def event_error(error: dict[str, Any]) -> dict[str, Any]:
+    """An `errors` entry as Sentry's API shows it (and the issue page): type, title, the rest as data."""
+    kind = text(error.get("type"))
+    return {"type": kind, "message": EVENT_ERROR_TITLES.get(kind, kind.replace("_", " ")),
+            "data": {k: v for k, v in error.items() if k != "type"}}
+
+
+EVENT_ERROR_TITLES = {  # Sentry's titles for the processing errors the tracker records
+    "clock_drift": "Clock drift detected in SDK",
+    "js_no_source": "Source code was not found",
+    "js_invalid_source": "Sourcemap was invalid or not parseable",
+    "js_too_large": "Sourcemap was too large",
+    "js_missing_sources_content": "Missing Sources Context",
+    "js_invalid_sourcemap_location": "Invalid location in sourcemap",
+}
+
+
+class SourceMaps:
+    """The uploaded files of this process's database, and parsed maps in a cache of bounded size
+    (least recently used out first). A map that cannot be used (invalid, or larger parsed than the
+    whole cache) is remembered as such: events naming it, which anyone with the DSN can send, cost
+    a lookup, not a parse."""
+
+    BUDGET = 64 * MIB  # parsed maps kept per process (a worker or the server)
+    RECHECK = 10.0  # seconds a project's "no uploaded files" answer is trusted
+
+    def __init__(self) -> None:
+        self.conn: sqlite3.Connection | None = None
+        self.cache: collections.OrderedDict[int, SourceMap] = collections.OrderedDict()
+        self.cached = 0
+        self.empty: dict[int, float] = {}  # project → when it was last seen with no files (monotonic)
+        self.found: dict[tuple[Any, ...], tuple[SourceMap, str, str] | str] = {}  # this event's answers by file
+        self.failed: dict[int, str] = {}  # file id → the error type (stored files never change)
+
+    def open(self, db: str) -> None:
+        self.conn = read_only(db)
+        self.conn.row_factory = sqlite3.Row
+
+    def project_has_files(self, project_id: int) -> bool:
+        if self.conn is None or time.monotonic() - self.empty.get(project_id, -math.inf) < self.RECHECK:
+            return False
+        if self.conn.execute("SELECT 1 FROM artifact_files WHERE project_id = ? LIMIT 1", (project_id,)).fetchone():
+            self.empty.pop(project_id, None)
+            return True
+        self.empty[project_id] = time.monotonic()
+        return False
+
+    def find(self, project_id: int, path: str, debug_id: str | None, release: str,
+             dist: str) -> tuple[SourceMap, str, str] | str:
+        """(map, its URL, how it was found) for a minified file, or the error type saying why not;
+        asked once per file of an event (`found` is emptied for each)."""
+        key = (project_id, path, debug_id, release, dist)
+        if key not in self.found:
+            self.found[key] = self.lookup(project_id, path, debug_id, release, dist)
+        return self.found[key]
+
+    def lookup(self, project_id: int, path: str, debug_id: str | None, release: str,
+               dist: str) -> tuple[SourceMap, str, str] | str:
+        assert self.conn is not None
+        row, how = None, "debug-id"
+        if debug_id:
+            row = self.conn.execute("SELECT id, url FROM artifact_files WHERE project_id = ? AND debug_id = ? "
+                                    "AND type = 'source_map' ORDER BY id DESC LIMIT 1",
+                                    (project_id, debug_id)).fetchone()
+        if row is None and release:
+            row, how = self.by_url(project_id, path, release, dist), "release"
+        if row is None:
+            return "js_no_source"
+        parsed = self.parsed(row["id"])
+        return parsed if isinstance(parsed, str) else (parsed, row["url"], how)
+
+    def by_url(self, project_id: int, path: str, release: str, dist: str) -> sqlite3.Row | None:
+        """The map of a release's minified file: its Sourcemap header, else its sourceMappingURL
+        comment, else the file's URL + `.map` (sourcemaps.md §4.2)."""
+        assert self.conn is not None
+        for url in url_candidates(path):
+            minified = self.conn.execute(
+                "SELECT id, url, headers FROM artifact_files WHERE project_id = ? AND release = ? AND dist = ? "
+                "AND url = ? AND type != 'source_map' ORDER BY id DESC LIMIT 1", (project_id, release, dist, url)).fetchone()
+            if minified is None:
+                continue
+            target = self.map_reference(minified)
+            if target.startswith("data:"):
+                return None
+            map_url = join_url(url, target) if target else url + ".map"
+            return self.conn.execute(
+                "SELECT id, url FROM artifact_files WHERE project_id = ? AND release = ? AND dist = ? "
+                "AND url = ? ORDER BY id DESC LIMIT 1", (project_id, release, dist, map_url)).fetchone()
+        return None
+
+    def map_reference(self, minified: sqlite3.Row) -> str:
+        """A minified file's `Sourcemap` (or `X-SourceMap`) header, else its last sourceMappingURL comment."""
+        headers = {k.lower(): v for k, v in json.loads(minified["headers"] or "{}").items()}
+        if headers.get("sourcemap") or headers.get("x-sourcemap"):
+            return str(headers.get("sourcemap") or headers.get("x-sourcemap"))
+        tail = self.file_bytes(minified["id"])[-4096:].decode("utf-8", "replace")
+        found = re.findall(r"//[#@]\s*sourceMappingURL=(\S+)", tail)
+        return found[-1] if found else ""
+
+    def file_bytes(self, file_id: int) -> bytes:
+        assert self.conn is not None
+        data = self.conn.execute("SELECT data FROM artifact_files WHERE id = ?", (file_id,)).fetchone()[0]
+        return zstandard.ZstdDecompressor().decompress(data)
+
+    def parsed(self, file_id: int) -> SourceMap | str:
+        """The map of a stored file, from the cache or read and parsed; else the error type."""
+        if file_id in self.cache:
+            self.cache.move_to_end(file_id)
+            return self.cache[file_id]
+        if file_id in self.failed:
+            return self.failed[file_id]
+        try:
+            parsed = parse_source_map(self.file_bytes(file_id))
+            if parsed.cost > self.BUDGET:
+                raise SourceMapTooLarge(f"{parsed.cost} bytes parsed")
+        except SourceMapError as exc:
+            if len(self.failed) > 10_000:
+                self.failed.clear()
+            self.failed[file_id] = "js_too_large" if isinstance(exc, SourceMapTooLarge) else "js_invalid_source"
+            return self.failed[file_id]
+        self.cache[file_id] = parsed
+        self.cached += parsed.cost
+        while self.cached > self.BUDGET:
+            self.cached -= self.cache.popitem(last=False)[1].cost
+        return parsed
+
+
+SOURCE_MAPS = SourceMaps()  # this process's: opened by the server and by each event worker
+
+
+def url_candidates(path: str) -> list[str]:
+    """The release-file URLs a frame's file may have been uploaded as, best first: the URL with and
+    without its query, then `~` + its path with and without it (`~` is any scheme and host)."""
+    parts = urllib.parse.urlsplit(path)
+    if parts.scheme in ("http", "https", "file", "app"):
+        full = urllib.parse.urlunsplit(parts._replace(fragment=""))
+        bare = urllib.parse.urlunsplit(parts._replace(query="", fragment=""))
+        tilde = "~" + (parts.path if parts.path.startswith("/") else "/" + parts.path)
+        query = f"?{parts.query}" if parts.query else ""
+        return list(dict.fromkeys([full, bare, tilde + query, tilde]))
+    return [path, "~" + path] if path.startswith("/") else [path]
+
+
+class SourceMapError(ValueError):
+    pass
+
+
+class SourceMapTooLarge(SourceMapError):
+    pass
+
+
+MAX_MAP_SEGMENTS = 2_000_000  # 48 MB of arrays: a map with more is not parsed (js_too_large)
+
+
+BASE64_DIGITS = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
+
+
+@dataclasses.dataclass
+class SourceMap:
+    """A source map (ECMA-426) as sorted arrays: segment i maps generated (line, column) `keys[i]`
+    (line << 32 | column, 0-based) to `sources[i]` (-1: maps to nothing), `lines[i]`, `columns[i]`
+    and the name `names[i]` (-1: none). Index maps arrive flattened."""
+
+    keys: array.array[int]
+    sources: array.array[int]
+    lines: array.array[int]
+    columns: array.array[int]
+    names: array.array[int]
+    source_names: list[str]
+    contents: list[str | None]
+    identifiers: list[str]
+    cost: int  # bytes it holds, about
+    split: dict[int, list[str]] = dataclasses.field(default_factory=dict)
+
+    def lookup(self, line: int, column: int) -> tuple[str, int, int, str | None] | None:
+        """(original file, 0-based line, 0-based column, token name) of the greatest mapping at or
+        before this generated position on its line; None where nothing maps."""
+        index = bisect.bisect_right(self.keys, line << 32 | column) - 1
+        if index < 0 or self.keys[index] >> 32 != line or self.sources[index] < 0:
+            return None
+        name = self.identifiers[self.names[index]] if 0 <= self.names[index] < len(self.identifiers) else None
+        return self.source_names[self.sources[index]], self.lines[index], self.columns[index], name
+
+    def context(self, source: str, line: int) -> tuple[list[str], str, list[str]] | None:
+        """Five lines before, the line and five after from `sourcesContent` (long lines cut around
+        their start, as a frame shows them); None when the map carries no content for this file."""
+        lines = self.source_lines(source)
+        if lines is None or line >= len(lines):
+            return None
+        cut = [text[:140] + " {snip}" if len(text) > 150 else text for text in lines[max(line - 5, 0):line + 6]]
+        here = min(line, 5)
+        return cut[:here], cut[here], cut[here + 1:]
+
+    def source_lines(self, source: str) -> list[str] | None:
+        index = self.source_names.index(source)
+        if index not in self.split:
+            content = self.contents[index] if index < len(self.contents) else None
+            if content is None:
+                return None
+            self.split[index] = content.splitlines()
+        return self.split[index]
+
+    def enclosing_function(self, source: str, line: int) -> str | None:
+        """The name of the function whose body holds this original line: the nearest definition on
+        it or above it that is indented less (a map has no scopes; the source has, as people indent)."""
+        lines = self.source_lines(source)
+        if not lines or line >= len(lines):
+            return None
+        limit = math.inf  # a definition holding the line is indented less than what it holds
+        for number in range(line, max(line - 300, -1), -1):
+            stripped = lines[number].lstrip()
+            depth = len(lines[number]) - len(stripped)
+            if not stripped or depth >= limit:
+                continue
+            found = FUNCTION_DEFINITION.search(lines[number][:300])
+            name = found and (found["name"] or found["method"] or found["bound"])
+            if name and name not in ("if", "for", "while", "switch", "catch", "return", "function"):
+                return name
+            limit = depth
+        return None
+
+
+# `function name(`, `name(…) {` (a method), `name = (…) =>`, `name: function` and their async forms
+FUNCTION_DEFINITION = re.compile(
+    r"function\s*\*?\s*(?P<name>[\w$]+)\s*\(|^\s*(?:static\s+|async\s+|get\s+|set\s+)*(?P<method>[\w$]+)\s*\([^)]{0,200}\)\s*\{"
+    r"|(?P<bound>[\w$]+)\s*[:=]\s*(?:async\s+)?(?:function\b|\([^)]{0,200}\)\s*=>|[\w$]+\s*=>)")
+
+
+def parse_source_map(data: bytes) -> SourceMap:
+    """A map from its JSON (a plain map or an index map of plain maps); SourceMapError if it is not one."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SourceMapError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("version") != 3:
+        raise SourceMapError("not a version 3 source map")
+    parts = SourceMapParts()
+    if isinstance(doc.get("sections"), list):
+        for section in doc["sections"]:
+            offset = as_dict(as_dict(section).get("offset"))
+            line, column = offset.get("line", 0), offset.get("column", 0)
+            if not isinstance(line, int) or not isinstance(column, int) or not isinstance(section.get("map"), dict):
+                raise SourceMapError("an index map section without an offset or a map")
+            parts.add(section["map"], line, column)
+    else:
+        parts.add(doc, 0, 0)
+    return parts.done(len(data))
+
+
+class SourceMapParts:
+    """The arrays of a map being decoded, one plain map (or index map section) after another."""
+
+    def __init__(self) -> None:
+        self.keys, self.sources, self.lines, self.columns, self.names = (
+            array.array("q"), array.array("i"), array.array("i"), array.array("i"), array.array("i"))
+        self.source_names: list[str] = []
+        self.contents: list[str | None] = []
+        self.identifiers: list[str] = []
+        self.unsorted = False  # a segment left of the one before it, or sections out of order
+
+    def add(self, doc: dict[str, Any], line_offset: int, column_offset: int) -> None:
+        sources, names, mappings = doc.get("sources"), doc.get("names", []), doc.get("mappings")
+        contents = doc.get("sourcesContent") or []
+        if not isinstance(sources, list) or not isinstance(names, list) or not isinstance(mappings, str) \
+                or not isinstance(contents, list):
+            raise SourceMapError("sources, names or mappings missing or of the wrong type")
+        root = doc.get("sourceRoot") if isinstance(doc.get("sourceRoot"), str) else ""
+        source_base, name_base = len(self.source_names), len(self.identifiers)
+        self.source_names += [join_source(root, s if isinstance(s, str) else "") for s in sources]
+        self.contents += [contents[i] if i < len(contents) and isinstance(contents[i], str) else None
+                          for i in range(len(sources))]
+        self.identifiers += [n if isinstance(n, str) else "" for n in names]
+        self.decode(mappings, line_offset, column_offset, source_base, len(sources), name_base, len(names))
+
+    def decode(self, mappings: str, line: int, first_column: int, source_base: int, source_count: int,
+               name_base: int, name_count: int) -> None:
+        """The `mappings` VLQ string: `;` ends a generated line, `,` a segment of 1, 4 or 5 Base64
+        VLQ deltas (column, source, original line, original column, name); only the column resets
+        at a new line. Split in C, each distinct segment decoded once (minified code repeats them)."""
+        if len(self.keys) + mappings.count(",") + mappings.count(";") > MAX_MAP_SEGMENTS:
+            raise SourceMapTooLarge(f"more than {MAX_MAP_SEGMENTS} mappings")
+        keys, sources, lines, columns, names = self.keys, self.sources, self.lines, self.columns, self.names
+        memo: dict[str, tuple[int, ...]] = {}
+        self.unsorted |= bool(keys) and keys[-1] > (line << 32 | first_column)
+        source = original_line = original_column = name = 0
+        for number, text in enumerate(mappings.split(";"), start=line):
+            column, column_offset = 0, first_column if number == line else 0
+            for segment in text.split(",") if text else ():
+                fields = memo.get(segment)
+                if fields is None:
+                    fields = memo[segment] = vlq_fields(segment)
+                column += fields[0]
+                if column < 0:
+                    raise SourceMapError("a mapping with a negative column")
+                if fields[0] < 0:
+                    self.unsorted = True
+                keys.append(number << 32 | (column + column_offset))
+                if len(fields) == 1:
+                    sources.append(-1)
+                    lines.append(0)
+                    columns.append(0)
+                    names.append(-1)
+                    continue
+                source += fields[1]
+                original_line += fields[2]
+                original_column += fields[3]
+                if not 0 <= source < source_count or original_line < 0 or original_column < 0:
+                    raise SourceMapError("a mapping points outside the map")
+                sources.append(source_base + source)
+                lines.append(original_line)
+                columns.append(original_column)
+                if len(fields) == 5:
+                    name += fields[4]
+                    if not 0 <= name < name_count:
+                        raise SourceMapError("a mapping names no name of the map")
+                    names.append(name_base + name)
+                else:
+                    names.append(-1)
+
+
+    def done(self, size: int) -> SourceMap:
+        if self.unsorted:  # rare (the spec wants sorted segments): put them in order for bisect
+            order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
+            for values in (self.keys, self.sources, self.lines, self.columns, self.names):
+                values[:] = array.array(values.typecode, [values[i] for i in order])
+        cost = 24 * len(self.keys) + sum(len(c) for c in self.contents if c) + size // 4
+        return SourceMap(self.keys, self.sources, self.lines, self.columns, self.names, self.source_names,
+                         self.contents, self.identifiers, cost)
+
+
+def vlq_fields(segment: str) -> tuple[int, ...]:
+    """One segment's Base64 VLQ values: each digit carries 5 bits, least significant first, and
+    bit 5 says another follows; bit 0 of the value is its sign."""
+    fields: list[int] = []
+    value = shift = 0
+    for char in segment:
+        digit = BASE64_DIGITS.get(char)
+        if digit is None:
+            raise SourceMapError(f"{char!r} is not a Base64 digit")
+        value += (digit & 31) << shift
+        if digit & 32:
+            shift += 5
+            if shift > 60:
+                raise SourceMapError("a VLQ value too large")
+            continue
+        fields.append(-(value >> 1) if value & 1 else value >> 1)
+        value = shift = 0
+    if shift or len(fields) not in (1, 4, 5):
+        raise SourceMapError(f"a mapping segment of {len(fields)} fields" if not shift else "a VLQ value ends in the middle")
+    return tuple(fields)
+
+
+def join_source(root: str, source: str) -> str:
+    """A source as the frame names it: the map's sourceRoot before it, unless it is a URL already."""
+    if not root or re.match(r"[a-z][a-z0-9+.-]*:|/", source):
+        return source
+    return root.rstrip("/") + "/" + source
 
 
 # -- scrubbing: secrets out of every event before it is grouped or stored (Sentry's server-side data scrubbing) --
@@ -5363,7 +5856,9 @@ def resolve_fixed_issues(conn: sqlite3.Connection, version: str, commits: list[d
 
 
 def delete_release(conn: sqlite3.Connection, release_id: int) -> None:
-    """Forget a release and what hangs off it; events keep their release string."""
+    """Forget a release and what hangs off it (its source maps too); events keep their release string."""
+    for table in ("artifact_files", "artifact_bundles"):
+        conn.execute(f"DELETE FROM {table} WHERE release = (SELECT version FROM releases WHERE id = ?)", (release_id,))
     for table in ("release_projects", "release_commits", "release_refs", "deploys"):
         conn.execute(f"DELETE FROM {table} WHERE release_id = ?", (release_id,))
     conn.execute("DELETE FROM releases WHERE id = ?", (release_id,))
@@ -5451,6 +5946,217 @@ async def repository_by_name(store: Store, name: str) -> sqlite3.Row | None:
 async def repository_by_id(store: Store, repository_id: int) -> sqlite3.Row | None:
     """A repository by id (to answer its registration with the stored row)."""
     return await store.one("SELECT * FROM repositories WHERE id = ?", (repository_id,))
+
+
+# -- source maps: artifact bundles and release files, as sentry-cli uploads them (sourcemaps.md §3, §4) --
+#
+# sentry-cli sends a zip (an artifact bundle: manifest.json and the files) in chunks named by their
+# SHA-1, then asks for it to be assembled: the chunks are joined, the zip read in a thread (bounded:
+# each file, the whole upload) and its files stored, a few MiB per writer job. Older sentry-cli
+# posts each file to the release instead. Processing finds the maps by debug id or by release, dist
+# and URL (SourceMaps). A release's files go with it; retention ages them out with the events.
+
+CHUNK_SIZE = 2 * MIB  # a power of two, as sentry-cli up to 2.39 needs
+CHUNKS_PER_REQUEST = 4
+CHUNK_LIFETIME = 3600.0  # seconds an unassembled chunk is kept
+
+
+@dataclasses.dataclass
+class ArtifactFile:
+    """One file of an upload, compressed for storage (zstd), with what lookups match it by."""
+
+    url: str
+    type: str  # minified_source, source_map, source, release_file…
+    debug_id: str | None
+    headers: dict[str, str]
+    size: int  # uncompressed
+    sha1: str
+    data: bytes
+
+
+@dataclasses.dataclass
+class ArtifactBundle:
+    """An uploaded zip, read: its bundle id, the release and dist its manifest names, its files."""
+
+    bundle_id: str
+    release: str
+    dist: str
+    files: list[ArtifactFile]
+
+
+class UploadRefused(Exception):
+    """An upload the tracker will not store: 413 for the size caps, 400 for the rest."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+def read_artifact_bundle(data: bytes, max_file: int, max_total: int) -> ArtifactBundle:
+    """Read an artifact bundle zip (CPU work: run it in a thread). Each file is read at most to
+    `max_file` + 1 bytes, whatever its entry claims, and all of them to `max_total`."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        if len(archive.infolist()) > 20_000:
+            raise UploadRefused(413, "more than 20000 files in one upload")
+        manifest = json.loads(bounded_entry(archive, "manifest.json", 16 * MIB))
+    except (zipfile.BadZipFile, KeyError, ValueError, EOFError, zlib.error, NotImplementedError) as exc:
+        raise UploadRefused(400, f"not an artifact bundle: {exc}") from None
+    entries = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(entries, dict):
+        raise UploadRefused(400, "not an artifact bundle: its manifest lists no files")
+    files, total = [], 0
+    for path, info in entries.items():
+        info = as_dict(info)
+        headers = {str(k).lower(): text(v, 1024) for k, v in as_dict(info.get("headers")).items()}
+        try:
+            content = bounded_entry(archive, path, max_file)
+        except KeyError:
+            raise UploadRefused(400, f"the manifest names {path!r}, which the bundle lacks") from None
+        except (zipfile.BadZipFile, ValueError, EOFError, zlib.error, NotImplementedError) as exc:
+            raise UploadRefused(400, f"{path}: {exc}") from None
+        total += len(content)
+        if total > max_total:
+            raise UploadRefused(413, f"the files of this upload come to more than {max_total} bytes")
+        debug_id = normalize_debug_id(headers.get("debug-id") or headers.get("debug_id"))
+        files.append(artifact_file(text(info.get("url") or path, 2048), text(info.get("type"), 64) or "release_file",
+                                   debug_id, headers, content))
+    return ArtifactBundle(normalize_debug_id(manifest.get("debug_id")) or hashlib.sha1(data).hexdigest(),
+                          text(manifest.get("release"), 250), text(manifest.get("dist"), 64), files)
+
+
+def bounded_entry(archive: zipfile.ZipFile, path: str, limit: int) -> bytes:
+    """A zip entry's bytes, refused (413) past `limit`: its stated size may lie, the read cannot."""
+    with archive.open(path) as entry:
+        content = entry.read(limit + 1)
+    if len(content) > limit:
+        raise UploadRefused(413, f"{path} is larger than {limit} bytes (the cap on one file)")
+    return content
+
+
+def artifact_file(url: str, kind: str, debug_id: str | None, headers: dict[str, str], content: bytes) -> ArtifactFile:
+    return ArtifactFile(url, kind, debug_id, headers, len(content), hashlib.sha1(content).hexdigest(),
+                        zstandard.ZstdCompressor(level=3).compress(content))
+
+
+def normalize_debug_id(value: Any) -> str | None:
+    """A debug id as a lower-case UUID (sentry-cli's are), or None."""
+    try:
+        return str(uuid.UUID(str(value)[:36])) if value else None
+    except ValueError:
+        return None
+
+
+def save_chunks(conn: sqlite3.Connection, chunks: list[tuple[str, bytes]], now: float) -> None:
+    """Writer job: keep uploaded chunks until their assembly (or an hour)."""
+    conn.executemany("INSERT OR REPLACE INTO upload_chunks (sha1, data, expires) VALUES (?, ?, ?)",
+                     [(sha1, data, now + CHUNK_LIFETIME) for sha1, data in chunks])
+
+
+async def pending_chunk_bytes(store: Store) -> int:
+    """What the chunks waiting for their assembly hold."""
+    return (await store.one("SELECT coalesce(sum(length(data)), 0) FROM upload_chunks"))[0]
+
+
+async def missing_chunks(store: Store, sha1s: list[str]) -> list[str]:
+    """Of these chunks, those not uploaded yet (in order)."""
+    have = {r[0] for r in await store.all(
+        f"SELECT sha1 FROM upload_chunks WHERE sha1 IN ({','.join('?' * len(sha1s))})", sha1s)}
+    return [sha1 for sha1 in dict.fromkeys(sha1s) if sha1 not in have]
+
+
+async def chunk_sizes(store: Store, sha1s: list[str]) -> int:
+    return (await store.one(f"SELECT coalesce(sum(length(data)), 0) FROM upload_chunks "
+                            f"WHERE sha1 IN ({','.join('?' * len(set(sha1s)))})", list(set(sha1s))))[0]
+
+
+async def joined_chunks(store: Store, sha1s: list[str]) -> bytes:
+    """The chunks' bytes in this order: the uploaded file."""
+    data = {r[0]: r[1] for r in await store.all(
+        f"SELECT sha1, data FROM upload_chunks WHERE sha1 IN ({','.join('?' * len(set(sha1s)))})", list(set(sha1s)))}
+    return b"".join(data[sha1] for sha1 in sha1s)
+
+
+async def bundle_assembled(store: Store, checksum: str, project_ids: list[int], release: str, dist: str) -> bool:
+    """Whether this upload (by checksum) is stored already for each of the projects."""
+    found = await store.all(
+        f"SELECT DISTINCT project_id FROM artifact_bundles WHERE checksum = ? AND release = ? AND dist = ? "
+        f"AND project_id IN ({','.join('?' * len(project_ids))})", (checksum, release, dist, *project_ids))
+    return len(found) == len(set(project_ids))
+
+
+def save_bundle(conn: sqlite3.Connection, project_ids: list[int], bundle: ArtifactBundle, checksum: str,
+                release: str, dist: str, now: float) -> list[int]:
+    """Writer job: a bundle's row in each project (an upload of the same bundle replaces it, files
+    and all) and its release for each; the rows' ids, for save_bundle_files."""
+    ids = []
+    for project_id in project_ids:
+        old = conn.execute("SELECT id FROM artifact_bundles WHERE project_id = ? AND bundle_id = ? AND release = ? "
+                           "AND dist = ?", (project_id, bundle.bundle_id, release, dist)).fetchone()
+        if old:
+            conn.execute("DELETE FROM artifact_files WHERE bundle_id = ?", (old[0],))
+            conn.execute("DELETE FROM artifact_bundles WHERE id = ?", (old[0],))
+        ids.append(conn.execute(
+            "INSERT INTO artifact_bundles (project_id, bundle_id, checksum, release, dist, file_count, size, "
+            "date_added) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (project_id, bundle.bundle_id, checksum, release, dist, len(bundle.files),
+             sum(f.size for f in bundle.files), now)).lastrowid)
+        if release:
+            link_release(conn, project_id, release, now)
+    return ids
+
+
+def save_bundle_files(conn: sqlite3.Connection, bundle_ids: list[int], files: list[ArtifactFile], now: float) -> None:
+    """Writer job: some of a bundle's files (save_bundle gave the rows), a few MiB at a time."""
+    for bundle_id in bundle_ids:
+        project_id, release, dist = conn.execute("SELECT project_id, release, dist FROM artifact_bundles WHERE id = ?",
+                                                 (bundle_id,)).fetchone()
+        conn.executemany(
+            "INSERT INTO artifact_files (bundle_id, project_id, release, dist, url, type, debug_id, headers, size, "
+            "sha1, data, date_added) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(bundle_id, project_id, release, dist, f.url, f.type, f.debug_id, json.dumps(f.headers), f.size, f.sha1,
+              f.data, now) for f in files])
+
+
+def forget_chunks(conn: sqlite3.Connection, sha1s: list[str]) -> None:
+    conn.executemany("DELETE FROM upload_chunks WHERE sha1 = ?", [(sha1,) for sha1 in set(sha1s)])
+
+
+def save_release_file(conn: sqlite3.Connection, project_id: int, release: str, dist: str, file: ArtifactFile,
+                      now: float) -> int | None:
+    """Writer job: one file posted to a release (sentry-cli 1.x/2.x without chunks), in the
+    release's own bundle for its dist; its id, or None when the release has a file of that name."""
+    if conn.execute("SELECT 1 FROM artifact_files WHERE project_id = ? AND release = ? AND dist = ? AND url = ?",
+                    (project_id, release, dist, file.url)).fetchone():
+        return None
+    link_release(conn, project_id, release, now)
+    bundle_id = conn.execute(
+        """INSERT INTO artifact_bundles (project_id, bundle_id, checksum, release, dist, file_count, size, date_added)
+           VALUES (?, 'release-files', '', ?, ?, 1, ?, ?) ON CONFLICT (project_id, bundle_id, release, dist)
+           DO UPDATE SET file_count = file_count + 1, size = size + excluded.size RETURNING id""",
+        (project_id, release, dist, file.size, now)).fetchone()[0]
+    save_bundle_files(conn, [bundle_id], [file], now)
+    return conn.execute("SELECT max(id) FROM artifact_files WHERE bundle_id = ?", (bundle_id,)).fetchone()[0]
+
+
+async def release_files(store: Store, version: str, project_id: int | None = None) -> list[sqlite3.Row]:
+    """A release's uploaded files (release files and the files of its artifact bundles), by name."""
+    where, args = ("AND project_id = ?", [project_id]) if project_id is not None else ("", [])
+    return await store.all(
+        f"""SELECT id, project_id, url, dist, type, debug_id, headers, size, sha1, date_added FROM artifact_files
+            WHERE release = ? {where} ORDER BY url, dist, id LIMIT 1000""", [version, *args])
+
+
+async def artifact_bundles(store: Store, project_id: int) -> list[sqlite3.Row]:
+    """A project's artifact bundles, newest first."""
+    return await store.all("SELECT * FROM artifact_bundles WHERE project_id = ? ORDER BY date_added DESC, id DESC "
+                           "LIMIT 1000", (project_id,))
+
+
+async def release_bundles(store: Store, version: str) -> list[sqlite3.Row]:
+    """The artifact bundles uploaded for a release, with their project, newest first."""
+    return await store.all("SELECT b.*, p.slug FROM artifact_bundles b JOIN projects p ON p.id = b.project_id "
+                           "WHERE b.release = ? ORDER BY b.date_added DESC, b.id DESC LIMIT 1000", (version,))
 
 
 # -- code mappings: from a stack frame to its source file, and back ------------------------
@@ -7245,7 +7951,8 @@ def prune_unlinked(conn: sqlite3.Connection, project_id: int, cutoff: float, bat
 
 # Per-project rows counted by time that go with the events: table → its time column (epoch seconds).
 AGED_ROWS = {"session_buckets": "minute", "transaction_buckets": "minute", "session_users": "day",
-             "slo_history": "minute", "dropped": "minute", "check_ins": "date_created"}
+             "slo_history": "minute", "dropped": "minute", "check_ins": "date_created",
+             "artifact_files": "date_added", "artifact_bundles": "date_added"}
 
 
 def prune_aged_rows(conn: sqlite3.Connection, table: str, column: str, project_id: int, cutoff: float,
@@ -7258,13 +7965,13 @@ def prune_aged_rows(conn: sqlite3.Connection, table: str, column: str, project_i
 
 
 def prune_leftovers(conn: sqlite3.Connection, now: float, cutoff: float, batch: int) -> int:
-    """Writer job: expired browser sessions and login links, and up to `batch` outbox rows delivered
+    """Writer job: expired browser sessions, login links and upload chunks, and up to `batch` outbox rows delivered
     or cancelled before `cutoff`. Kept: dead letters (they can be sent again), Jira creations
     (their key stops a second Jira issue) and the rows of issues not resolved (resolving one tells
     the channels its outbox names)."""
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     deleted = sum(conn.execute(f"DELETE FROM {table} WHERE expires < ?", (now,)).rowcount
-                  for table in ("web_sessions", "login_links") if table in tables)
+                  for table in ("web_sessions", "login_links", "upload_chunks") if table in tables)
     return deleted + conn.execute(
         """DELETE FROM outbox WHERE id IN (SELECT id FROM outbox o WHERE status IN ('delivered', 'cancelled')
                AND coalesce(delivered, created) < ? AND idempotency_key NOT LIKE 'jira-%'
@@ -8378,7 +9085,7 @@ def serialize_event(row: sqlite3.Row, full: bool = True) -> dict[str, Any]:
                              for name, ctx in as_dict(ev.get("contexts")).items() if isinstance(ctx, dict)},
                 "context": ev.get("extra", {}), "extra": ev.get("extra", {}), "packages": ev.get("modules", {}),
                 "sdk": {k: v for k, v in as_dict(ev.get("sdk")).items() if k in ("name", "version")} or None,
-                "sdkUpdates": [], "entries": entries, "errors": ev.get("errors", []),
+                "sdkUpdates": [], "entries": entries, "errors": [event_error(e) for e in ev.get("errors", [])],
                 "fingerprints": ev.get("hashes", []), "groupingConfig": None, "size": len(row["payload"]),
                 "release": {"version": ev["release"]} if ev.get("release") else None, "userReport": None,
                 "nextEventID": None, "previousEventID": None, "resolvedWith": [], "occurrence": None,
@@ -9161,6 +9868,238 @@ async def api_create_repo(request: Request) -> Response:
         raise ApiError(409, f"a repository named {name!r} already exists")
     row = await repository_by_id(request.app.store, repo_id)
     return JSONResponse(serialize_repository(row), status_code=201)
+
+
+# -- source maps: chunk upload, artifact bundle assembly, release files (what sentry-cli sends) -----
+
+async def api_chunk_upload_options(request: Request) -> dict[str, Any]:
+    """Where and how sentry-cli uploads chunks (sourcemaps.md §3.2)."""
+    check_org(request)
+    settings = request.app.settings
+    # relative to /api/0/ (sentry-cli 2.x and 3.x join it): right behind any proxy, whatever `url` says
+    return {"url": f"organizations/{settings.organization}/chunk-upload/", "chunkSize": CHUNK_SIZE, "chunksPerRequest": CHUNKS_PER_REQUEST,
+            "maxFileSize": settings.sourcemap_max_upload, "maxRequestSize": chunk_request_limit(),
+            "concurrency": 2, "hashAlgorithm": "sha1", "compression": ["gzip"],
+            "accept": ["release_files", "sources", "artifact_bundles"]}
+
+
+def chunk_request_limit() -> int:
+    return CHUNK_SIZE * CHUNKS_PER_REQUEST + 64 * KIB
+
+
+async def api_chunk_upload(request: Request) -> dict[str, Any]:
+    """Chunks, one multipart part each (`file_gzip` or `file`, named by the SHA-1 of its bytes):
+    checked and kept until their assembly. Pending chunks are capped at twice the upload cap."""
+    check_org(request)
+    try:
+        body = await read_body(request, chunk_request_limit())
+    except IngestError as exc:
+        raise ApiError(exc.status, "Request too large") from None
+    chunks = await asyncio.to_thread(upload_chunks, body, request.headers.get("content-type", ""))
+    if await pending_chunk_bytes(request.app.store) + sum(len(d) for _, d in chunks) > 2 * request.app.settings.sourcemap_max_upload:
+        raise ApiError(413, "too many chunks wait for their assembly; assemble or retry later")
+    await request.app.writer.submit(lambda conn: save_chunks(conn, chunks, time.time()))
+    return {}
+
+
+def upload_chunks(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
+    """The (SHA-1, bytes) of each chunk of a chunk upload, each checked (CPU work: run it in a thread)."""
+    chunks: list[tuple[str, bytes]] = []
+    for name, filename, data in multipart_parts(body, content_type):
+        if name not in ("file", "file_gzip"):
+            continue
+        if len(chunks) == CHUNKS_PER_REQUEST:
+            raise ApiError(400, "Too many chunks")
+        if name == "file_gzip":
+            data = gunzip_bounded(data, CHUNK_SIZE)
+        if len(data) > CHUNK_SIZE:
+            raise ApiError(413, "Chunk size too large")
+        if hashlib.sha1(data).hexdigest() != (filename or "").lower():
+            raise ApiError(400, f"chunk {filename!r}: its SHA-1 is not its name")
+        chunks.append(((filename or "").lower(), data))
+    return chunks
+
+
+def multipart_parts(body: bytes, content_type: str) -> list[tuple[str, str | None, bytes]]:
+    """(field name, file name, bytes) of each part of a multipart/form-data body (400 if it is not
+    one). Split on the boundary with bytes methods: the email parser took 1.8 s for 8 MiB of chunks."""
+    boundary = re.search(r'boundary="?([^";]{1,200})"?', content_type) \
+        if content_type.lower().startswith("multipart/form-data") else None
+    if boundary is None:
+        raise ApiError(400, "a multipart/form-data body with a boundary is required")
+    parts = []
+    for part in body.split(b"--" + boundary[1].encode("latin-1", "replace"))[1:]:
+        if part.startswith(b"--"):  # the closing delimiter
+            break
+        head, separator, content = part.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        disposition = next((line for line in head.decode("utf-8", "replace").split("\r\n")
+                            if line.lower().startswith("content-disposition:")), "")
+        name, filename = MULTIPART_NAME.search(disposition), MULTIPART_FILENAME.search(disposition)
+        if separator and name:
+            parts.append((name[1], filename[1] if filename else None, content.removesuffix(b"\r\n")))
+    return parts
+
+
+MULTIPART_NAME = re.compile(r';\s*name="([^"]*)"')
+MULTIPART_FILENAME = re.compile(r';\s*filename="([^"]*)"')
+
+
+def gunzip_bounded(data: bytes, limit: int) -> bytes:
+    """A gzip member's bytes, at most `limit` + 1 of them (a bomb stops there)."""
+    try:
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, limit + 1)
+    except zlib.error:
+        raise ApiError(400, "a chunk is not gzip data") from None
+
+
+async def api_assemble_bundle(request: Request) -> Response:
+    """sentry-cli's `sourcemaps upload` (artifact bundles): answer which chunks are missing, else
+    assemble them and store the bundle for each project (sourcemaps.md §3.3)."""
+    check_org(request)
+    body = await request_object(request)
+    projects = body.get("projects")
+    if not isinstance(projects, list) or not projects or len(projects) > 100:
+        raise ApiError(400, "projects: name one project or more")
+    project_ids = await release_project_ids(request, projects)
+    version = release_version(body["version"]) if body.get("version") is not None else ""
+    dist = text(body.get("dist"), 64) if body.get("dist") is not None else ""
+    if dist and not version:
+        raise ApiError(400, "You need to specify a release together with a dist")
+    return await assemble(request, body, project_ids, version, dist)
+
+
+async def api_assemble_release(request: Request) -> Response:
+    """sentry-cli 2.x's release bundle: the same zip, for the release's projects."""
+    check_org(request)
+    version = request.path_params["version"]
+    row = await release_by_version(request.app.store, version)
+    if row is None:
+        raise ApiError(404, "The requested resource does not exist")
+    project_ids = [p["id"] for p in (await release_links(request.app.store, row["id"]))["projects"]]
+    return await assemble(request, await request_object(request), project_ids, version, "")
+
+
+async def assemble(request: Request, body: dict[str, Any], project_ids: list[int], version: str,
+                   dist: str) -> Response:
+    checksum, chunks = body.get("checksum"), body.get("chunks")
+    if not isinstance(checksum, str) or not SHA1_RE.fullmatch(checksum) or not isinstance(chunks, list) \
+            or not all(isinstance(c, str) and SHA1_RE.fullmatch(c) for c in chunks) or len(chunks) > 10_000:
+        raise ApiError(400, "checksum and chunks: SHA-1 hex digests are required")
+    checksum, chunks = checksum.lower(), [c.lower() for c in chunks]
+    store, app = request.app.store, request.app
+    async with app.assembling:  # one upload's bytes in memory at a time
+        if await bundle_assembled(store, checksum, project_ids, version, dist):
+            return assemble_answer("ok")
+        missing = await missing_chunks(store, chunks) if chunks else []
+        if missing or not chunks:
+            return assemble_answer("not_found", missing=missing)
+        if await chunk_sizes(store, chunks) > app.settings.sourcemap_max_upload:
+            return assemble_answer("error", f"the upload is larger than {app.settings.sourcemap_max_upload} bytes", 413)
+        data = await joined_chunks(store, chunks)
+        if (await asyncio.to_thread(hashlib.sha1, data)).hexdigest() != checksum:
+            return assemble_answer("error", "the chunks do not make the file of that checksum")
+        try:
+            bundle = await asyncio.to_thread(read_artifact_bundle, data, app.settings.sourcemap_max_file,
+                                             app.settings.sourcemap_max_upload)
+        except UploadRefused as exc:
+            await app.writer.submit(lambda conn: forget_chunks(conn, chunks))
+            return assemble_answer("error", exc.detail, exc.status)
+        del data
+        release, dist = version or bundle.release, dist or bundle.dist
+        if not release and not any(f.debug_id for f in bundle.files):
+            return assemble_answer("error", "uploading a bundle without debug ids or release is prohibited")
+        await store_bundle(app.writer, project_ids, bundle, checksum, release, dist)
+        await app.writer.submit(lambda conn: forget_chunks(conn, chunks))
+    return assemble_answer("ok")
+
+
+SHA1_RE = re.compile(r"[0-9a-fA-F]{40}")
+
+
+def assemble_answer(state: str, detail: str | None = None, status: int = 200,
+                    missing: list[str] | None = None) -> JSONResponse:
+    return JSONResponse({"state": state, "missingChunks": missing or [], "detail": detail}, status_code=status)
+
+
+async def store_bundle(writer: Writer, project_ids: list[int], bundle: ArtifactBundle, checksum: str,
+                       release: str, dist: str) -> None:
+    """The bundle's rows, then its files in writer jobs of a few MiB each (ingest queues between)."""
+    now = time.time()
+    ids = await writer.submit(lambda conn: save_bundle(conn, project_ids, bundle, checksum, release, dist, now))
+    batch: list[ArtifactFile] = []
+    for file in [*bundle.files, None]:
+        if batch and (file is None or sum(len(f.data) for f in batch) + len(file.data) > 4 * MIB):
+            await writer.submit(lambda conn, files=batch: save_bundle_files(conn, ids, files, now))
+            batch = []
+        if file is not None:
+            batch.append(file)
+
+
+async def api_release_files(request: Request) -> list[dict[str, Any]]:
+    """A release's uploaded files, in Sentry's release file shape."""
+    check_org(request)
+    project = await project_from_path(request) if "project" in request.path_params else None
+    version = request.path_params["version"]
+    if await release_by_version(request.app.store, version) is None:
+        raise ApiError(404, "The requested resource does not exist")
+    return [serialize_release_file(r) for r in
+            await release_files(request.app.store, version, project["id"] if project else None)]
+
+
+def serialize_release_file(row: sqlite3.Row) -> dict[str, Any]:
+    return {"id": str(row["id"]), "name": row["url"], "dist": row["dist"] or None, "type": row["type"],
+            "debugId": row["debug_id"], "headers": json.loads(row["headers"]), "size": row["size"],
+            "sha1": row["sha1"], "dateCreated": iso(row["date_added"])}
+
+
+async def api_upload_release_file(request: Request) -> Response:
+    """One file posted to a release (`file`, `name`, `dist`, repeatable `header: "Key:Value"`), as
+    sentry-cli did before chunk uploads; 201 with the release file, 409 when the name is taken."""
+    check_org(request)
+    settings = request.app.settings
+    version = request.path_params["version"]
+    row = await release_by_version(request.app.store, version)
+    if row is None:
+        raise ApiError(404, "The requested resource does not exist")
+    if "project" in request.path_params:
+        project_ids = [(await project_from_path(request))["id"]]
+    else:
+        project_ids = [p["id"] for p in (await release_links(request.app.store, row["id"]))["projects"]]
+    if not project_ids:
+        raise ApiError(400, "the release belongs to no project")
+    try:
+        body = await read_body(request, settings.sourcemap_max_file + 64 * KIB)
+    except IngestError:
+        raise ApiError(413, f"a release file is limited to {settings.sourcemap_max_file} bytes") from None
+    fields: dict[str, list[bytes]] = {}
+    for name, _, data in multipart_parts(body, request.headers.get("content-type", "")):
+        fields.setdefault(name, []).append(data)
+    if "file" not in fields or len(fields["file"][0]) > settings.sourcemap_max_file:
+        raise ApiError(400 if "file" not in fields else 413, "file: the file's bytes are required, within the cap")
+    name = text(fields.get("name", [b""])[0].decode("utf-8", "replace"), 2048).strip()
+    if not name:
+        raise ApiError(400, "name: the file's URL (e.g. ~/static/app.js) is required")
+    dist = text(fields.get("dist", [b""])[0].decode("utf-8", "replace"), 64)
+    headers = dict(h.decode("utf-8", "replace").partition(":")[::2] for h in fields.get("header", [])[:32])
+    headers = {k.strip().lower(): v.strip() for k, v in headers.items() if k.strip()}
+    kind = "source_map" if name.endswith(".map") else "release_file"
+    file = await asyncio.to_thread(artifact_file, name, kind, normalize_debug_id(headers.get("debug-id")), headers,
+                                   fields["file"][0])
+    now = time.time()
+    ids = [await request.app.writer.submit(lambda conn, p=p: save_release_file(conn, p, version, dist, file, now))
+           for p in project_ids]
+    if None in ids:
+        raise ApiError(409, "A file matching this name already exists for the given release")
+    return JSONResponse({"id": str(ids[0]), "name": name, "dist": dist or None, "headers": headers, "size": file.size,
+                         "sha1": file.sha1, "dateCreated": iso(now)}, status_code=201)
+
+
+async def api_artifact_bundles(request: Request) -> list[dict[str, Any]]:
+    """A project's artifact bundles, in Sentry's shape."""
+    project = await project_from_path(request)
+    return [{"bundleId": b["bundle_id"], "associations": [{"release": b["release"], "dist": b["dist"] or None}]
+             if b["release"] else [], "fileCount": b["file_count"], "size": b["size"], "date": iso(b["date_added"]),
+             "dateModified": iso(b["date_added"])} for b in await artifact_bundles(request.app.store, project["id"])]
 
 
 # -- alerts: channels, rules (Sentry's issue alert shape), deliveries -------------------------
@@ -10345,6 +11284,9 @@ async def page_issue(request: Request) -> Response:
         exceptions = list(reversed(ev.get("exception", {}).get("values", [])))  # thrown one first
         frames = primary_frames(ev)
         crash = crash_frame(frames)
+        for holder in [*exceptions, *ev.get("threads", {}).get("values", [])]:
+            pair_minified_frames(holder)
+        context.update(event_errors=[event_error(e) for e in ev.get("errors", [])], map_hints=MAP_HINTS)
         for exc in exceptions:
             exc["blocks"] = frame_blocks((exc.get("stacktrace") or {}).get("frames", []), crash)
         context.update(ev=ev, exceptions=exceptions, nav=await neighbour_events(store, row), crash_frame=crash,
@@ -10359,6 +11301,34 @@ async def page_issue(request: Request) -> Response:
         report = issue_report(issue, ev, frames, request.app.settings)
         context["report_links"] = report_links(issue["title"], report, mappings, request.app.settings.jira)
     return render(request, "issue.html", **context)
+
+
+def pair_minified_frames(holder: dict[str, Any]) -> None:
+    """Give each frame that a source map rewrote the frame as the SDK sent it (`minified`), so the
+    page shows both; every frame gets the key (an SDK could send one of that name)."""
+    frames = (holder.get("stacktrace") or {}).get("frames", [])
+    raw = (holder.get("raw_stacktrace") or {}).get("frames", [])
+    for index, fr in enumerate(frames):
+        fr["minified"] = raw[index] if len(raw) == len(frames) and as_dict(fr.get("data")).get("symbolicated") else None
+
+
+# What to do about each source map processing error, under its title on the issue page.
+MAP_HINTS = {key: markupsafe.Markup(hint) for key, hint in {
+    "js_no_source": "No source map for this file reached this project: neither by the debug id the SDK sent "
+                    "(run <code>sentry-cli sourcemaps inject</code> on the build, deploy those files, then "
+                    "<code>sentry-cli sourcemaps upload</code>) nor for this event's release and dist at this URL "
+                    "(check <code>--url-prefix</code>). A map uploaded after the event does not change it; the next "
+                    "event reads as written.",
+    "js_invalid_source": "The uploaded map is not a source map the tracker can read (not JSON, or its mappings "
+                         "are broken): upload the .map file the bundler wrote.",
+    "js_too_large": f"The map holds more than {MAX_MAP_SEGMENTS:,} mappings, or more than "
+                    f"{SourceMaps.BUDGET // MIB} MiB once parsed: more than the tracker parses.",
+    "js_missing_sources_content": "The map carries no <code>sourcesContent</code> for this file, so no source lines "
+                                  "are shown: let sentry-cli rewrite the maps as it uploads them (its default) or "
+                                  "build with sources content.",
+    "js_invalid_sourcemap_location": "The map has nothing at this line and column: it belongs to another build of "
+                                     "the file (deploy and upload the files of one build).",
+}.items()}
 
 
 IGNORE_CHOICES = {"forever": ("forever", {}), "30m": ("for 30 minutes", {"ignoreDuration": 30}),
@@ -10734,7 +11704,9 @@ async def page_release(request: Request) -> Response:
     detail = await release_detail(request.app.store, request.path_params["version"])
     if detail is None:
         return render(request, "error.html", status=404, message="No such release.")
-    return render(request, "release.html", r=detail)
+    files = [{**dict(f), "size_text": human_size(f["size"])}
+             for f in await release_files(request.app.store, request.path_params["version"])]
+    return render(request, "release.html", r=detail, files=files)
 
 
 # -- alerts pages: channels with their delivery log, and each project's rules ----------------
@@ -11155,6 +12127,10 @@ def api_routes() -> list[Route]:
         ("/api/0/projects/{org}/{project}/events/{event_id}/attachments/{attachment_id}/", api_event_attachment,
          "events:read"),
         ("/api/0/projects/{org}/{project}/user-feedback/", api_user_feedback, "events:read"),
+        ("/api/0/organizations/{org}/chunk-upload/", api_chunk_upload_options, "releases"),
+        ("/api/0/organizations/{org}/releases/{version}/files/", api_release_files, "releases:read"),
+        ("/api/0/projects/{org}/{project}/releases/{version}/files/", api_release_files, "releases:read"),
+        ("/api/0/projects/{org}/{project}/files/artifact-bundles/", api_artifact_bundles, "releases:read"),
     ]
     updates = [("/api/0/projects/{org}/{project}/issues/", api_update_project_issues, "issues:triage"),
                *[(prefix + "/", api_update_issue, "issues:triage") for prefix in ISSUE_PREFIXES],
@@ -11179,7 +12155,12 @@ def api_routes() -> list[Route]:
                ("/api/0/projects/{org}/{project}/rules/", api_create_rule, "alerts"),
                ("/api/0/projects/{org}/{project}/keys/", api_create_key, "keys"),
                ("/api/0/api-tokens/", api_create_token, "tokens"),
-               ("/api/0/projects/{org}/{project}/user-feedback/", api_create_user_feedback, "feedback")]
+               ("/api/0/projects/{org}/{project}/user-feedback/", api_create_user_feedback, "feedback"),
+               ("/api/0/organizations/{org}/chunk-upload/", api_chunk_upload, "releases"),
+               ("/api/0/organizations/{org}/artifactbundle/assemble/", api_assemble_bundle, "releases"),
+               ("/api/0/organizations/{org}/releases/{version}/assemble/", api_assemble_release, "releases"),
+               ("/api/0/organizations/{org}/releases/{version}/files/", api_upload_release_file, "releases"),
+               ("/api/0/projects/{org}/{project}/releases/{version}/files/", api_upload_release_file, "releases")]
     return ([Route(path, api(handler, can), methods=["GET"]) for path, handler, can in table]
             + [Route(path, api(handler, can), methods=["PUT"]) for path, handler, can in updates]
             + [Route(path, api(handler, can), methods=["POST"]) for path, handler, can in creates]
@@ -11237,6 +12218,7 @@ class Tracker(Starlette):
     cron_judge: CronJudge
     services: list[Writer | Preparers | Background]  # started in order, closed in reverse
     background: set[asyncio.Task[Any]]  # fire-and-forget tasks, kept referenced until they finish
+    assembling: asyncio.Lock  # one source map upload assembled at a time (its bytes are in memory)
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(lifespan=Tracker.lifespan, **kwargs)
@@ -11248,10 +12230,12 @@ class Tracker(Starlette):
     async def open(self) -> None:
         init_db(self.settings)
         self.background = set()
+        self.assembling = asyncio.Lock()
         self.writer = Writer(self.settings.db, self.settings.batch_max)
         self.preparers = Preparers(self.settings)
         self.store = await Store.open(self.settings.db)
         self.created = await database_created(self.store)
+        SOURCE_MAPS.open(self.settings.db)
         self.keys, self.rules, self.options = KeyCache(self.store), RulesCache(self.store), OptionsCache(self.store)
         self.limits = IngestLimits(self.settings)
         self.drop_flusher, self.dispatcher = DropFlusher(self), Dispatcher(self)
@@ -11969,6 +12953,7 @@ TEMPLATES = {
     <summary>{{ fr.filename or fr.abs_path or fr.module or '?' }}{% if fr.function %} in <span class="fn">{{ fr.function }}</span>{% endif %}{% if fr.lineno %} at line {{ fr.lineno }}{% if fr.colno %}:{{ fr.colno }}{% endif %}{% endif %}
       {% if fr.in_app %}<span class="tag app">in app</span>{% endif %}{% if fr is sameas crash_frame %}<span class="tag crashtag">{{ 'crashed here' if exceptions else 'captured here' }}</span>{% endif %}
       {% if fr.source_link or fr.code_link %}<span class="links">{% if fr.source_link %}<a class="source-link" href="{{ fr.source_link }}" rel="noopener noreferrer" title="this line in the repository">source ↗</a>{% endif %}{% if fr.code_link %}<a class="code-link" href="{{ fr.code_link }}" title="issues whose stack traces pass through this file">issues in this file</a>{% endif %}</span>{% endif %}</summary>
+    {% if fr.minified %}<div class="why minified">minified: <span class="mono">{{ fr.minified.filename or fr.minified.abs_path }}{% if fr.minified.lineno %}:{{ fr.minified.lineno }}{% if fr.minified.colno %}:{{ fr.minified.colno }}{% endif %}{% endif %}{% if fr.minified.function %} in {{ fr.minified.function }}{% endif %}</span> · mapped by <span class="mono">{{ fr.data.sourcemap }}</span> (found by {{ fr.data.resolved_with }})</div>{% endif %}
     {% if fr.data.in_app_rule or fr.data.group_rule %}<div class="why">{% if fr.data.in_app_rule %}{{ 'In app' if fr.in_app else 'Not in app' }} by {{ fr.data.in_app_rule }}{% endif %}{% if fr.data.group_rule %} · {{ 'groups' if fr.data.group else 'left out of grouping' }} by {{ fr.data.group_rule }}{% endif %}</div>{% endif %}
     {% if fr.context_line %}<pre class="ctx">{% for number, line, current in fr|numbered_context %}<span{% if current %} class="hl"{% endif %}><i>{{ number if number is not none else '' }}</i>{{ line }}</span>{% endfor %}</pre>{% endif %}
     {% if fr.vars %}<table class="kv vars">{% for k, v in fr.vars.items() %}<tr><td>{{ k }}</td><td><div class="v">{{ v|pretty }}</div></td></tr>{% endfor %}</table>{% endif %}
@@ -11979,6 +12964,8 @@ TEMPLATES = {
   {% else %}<details class="frames"><summary>{{ block.frames|length }} library frames{% if block.packages %} · {{ block.packages[:4]|join(', ') }}{% if block.packages|length > 4 %}, …{% endif %}{% endif %}</summary>
     {% for fr in block.frames %}{{ frame(fr) }}{% endfor %}</details>{% endif %}
 {% endfor %}{% endmacro %}
+{% if event_errors %}<div class="card processing-errors" id="processing-errors"><h2 class="mt-0">Processing errors <span class="muted fw-normal fs-13">why parts of this event read as they were sent</span></h2><ul>
+  {% for e in event_errors %}<li><b>{{ e.message }}</b> <span class="mono muted">{{ e.type }}</span>{% for k, v in e.data.items() %} · {{ k }} <span class="mono">{{ v }}</span>{% endfor %}{% if e.type in map_hints %}<div class="muted">{{ map_hints[e.type] }}</div>{% endif %}</li>{% endfor %}</ul></div>{% endif %}
 {% if thread_blocks %}<div class="card"><h2 class="mt-0">Stack trace</h2>{{ frames(thread_blocks) }}</div>{% endif %}
 {% for exc in exceptions %}
 <div class="card">
@@ -12173,6 +13160,11 @@ message:"*timed out*" -> timeouts, {{ transaction }}{% endraw %}</pre>
     <div class="muted fs-12">{{ c.author_name or c.author_email or 'unknown author' }}{% if c.repository %} · {{ c.repository }}{% endif %}{% if c.timestamp %} · {{ c.timestamp|ago }}{% endif %}</div>
     {% if c.files %}<div class="chips">{% for f in c.files %}<span><b>{{ f.type }}</b> {{ f.path }}</span>{% endfor %}</div>{% endif %}</div>
   {% else %}<div class="muted">No commits: <code>sentry-cli releases set-commits {{ r.release.version }} --auto</code> in CI records them.</div>{% endfor %}</div>
+<div class="card source-maps" id="source-maps"><h2 class="mt-0">Source maps and artifacts <span class="muted fw-normal fs-13">minified files and their maps uploaded for this release</span></h2>
+  {% if files %}<table><thead><tr><th>File</th><th>Type</th><th>Dist</th><th>Debug id</th><th class="num">Size</th><th>Uploaded</th></tr></thead><tbody>
+  {% for f in files %}<tr><td class="mono">{{ f.url }}</td><td>{{ f.type|replace('_', ' ') }}</td><td class="mono">{{ f.dist or '—' }}</td><td class="mono fs-12">{{ f.debug_id or '—' }}</td>
+    <td class="num nowrap">{{ f.size_text }}</td><td class="nowrap" title="{{ f.date_added|datetime }}">{{ f.date_added|ago }}</td></tr>{% endfor %}</tbody></table>
+  {% else %}<div class="muted">None: <code>sentry-cli sourcemaps upload --release {{ r.release.version }} dist/</code> in CI uploads them (see the README's Source maps section).</div>{% endif %}</div>
 </div><div class="sidebar">{% if r.health %}<div class="card health"><h3 class="mt-0">Release health</h3>{% for h in r.health %}
   <div class="my-6"><b>{{ h.environment }}</b> <span class="muted">· {{ h.sessions }} sessions{% if h.users %} · {{ h.users }} users{% endif %}</span>
   <div class="health-facts"><div><b>{{ h.crash_free_sessions|pct }}</b><span>crash-free sessions</span></div><div><b>{{ h.errored_rate|pct }}</b><span>errored sessions</span></div>
@@ -12459,6 +13451,9 @@ pre.ctx { margin:0; padding: 6px 0; background:#0f172a; color:#cbd5e1; font: 12.
 pre.ctx span { display:block; padding: 0 10px; white-space: pre; }
 pre.ctx span.hl { background:#334155; color:#fff; }
 .frame.crash pre.ctx span.hl { background:#9a3412; font-weight:600; }
+.frame .minified .mono { color: var(--fg); }
+.processing-errors { border-left: 3px solid #f79009; } .processing-errors ul { margin: 0; padding-left: 18px; }
+.processing-errors li { margin: 4px 0; font-size: 13px; } .processing-errors li .mono { font-size: 12px; }
 pre.ctx i { display:inline-block; width: 4em; color:#64748b; font-style: normal; text-align:right; margin-right: 1em; user-select:none; }
 table.kv { table-layout: fixed; } table.kv td { padding: 4px 10px; overflow-wrap: anywhere; }
 table.kv td:first-child, table.kv th:first-child { width: 200px; color: var(--muted); font-family: var(--mono); font-size: 12.5px; word-break: break-all; }
