@@ -73,7 +73,7 @@ import uuid
 import zlib
 import zoneinfo
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, NoReturn, Sequence
 
 import aiosqlite
 import brotli
@@ -661,6 +661,10 @@ def keep_private(db: str) -> None:
     new -wal and -shm the database file's mode; ones left by an older run are tightened too."""
     with contextlib.suppress(FileExistsError, FileNotFoundError):  # no directory: SQLite says so
         os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+        with open(db, "rb") as f:  # `--db /etc/passwd` must not make that file owner-only
+            if f.read(16) not in (b"", b"SQLite format 3\0"):
+                raise ValueError(f"{db} is not an SQLite database")
     for path in (db, f"{db}-wal", f"{db}-shm"):
         with contextlib.suppress(FileNotFoundError):
             mode = os.stat(path).st_mode & 0o777
@@ -683,7 +687,8 @@ def apply_batch(conn: sqlite3.Connection, jobs: list[Job]) -> list[Any]:
             except Exception as exc:  # a bad job must not sink its batch
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
-                log.exception("write job failed")
+                if not isinstance(exc, ValueError):  # a ValueError is a refusal that its caller shows
+                    log.exception("write job failed")
                 results.append(exc)
         conn.execute("COMMIT")
     except BaseException:
@@ -721,15 +726,63 @@ def slugify(name: str) -> str:
 
 def create_project(conn: sqlite3.Connection, name: str, slug: str | None = None,
                    platform: str = "", public_key: str | None = None) -> tuple[int, str]:
-    """Create a project with one DSN key; returns (project id, public key)."""
+    """Create a project with one DSN key; returns (project id, public key). A refused name, slug
+    or platform is a ValueError that says why (the command line and the dashboard show it)."""
+    slug = slug or slugify(name)
+    check_project_fields(name, slug, platform)
+    if conn.execute("SELECT 1 FROM projects WHERE slug = ?", (slug,)).fetchone():
+        raise ValueError(f"a project with slug {slug!r} exists already (`tracker project dsn {slug}` prints its DSN)")
     now = time.time()
     cur = conn.execute("INSERT INTO projects (slug, name, platform, created) VALUES (?, ?, ?, ?)",
-                       (slug or slugify(name), name, platform, now))
+                       (slug, name, platform, now))
     key = public_key or secrets.token_hex(16)
     conn.execute("INSERT INTO project_keys (public_key, project_id, created) VALUES (?, ?, ?)",
                  (key, cur.lastrowid, now))
     insert_default_rules(conn, int(cur.lastrowid or 0))
     return int(cur.lastrowid or 0), key
+
+
+def check_project_fields(name: str, slug: str, platform: str) -> None:
+    if not name.strip() or len(name) > 200:
+        raise ValueError("a project name is 1-200 characters")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,49}", slug):
+        raise ValueError(f"a slug is 1-50 lowercase letters, digits, - or _ (not {slug[:60]!r})")
+    if not re.fullmatch(r"[a-z0-9._-]{0,64}", platform):
+        raise ValueError(f"a platform is a Sentry platform name such as python or javascript (not {platform[:60]!r})")
+
+
+def project_dsn(conn: sqlite3.Connection, ref: str) -> tuple[int, str]:
+    """(project id, public key) of a project's oldest active DSN key, by slug or id."""
+    row = conn.execute("SELECT p.id, k.public_key FROM projects p JOIN project_keys k ON k.project_id = p.id "
+                       "WHERE (p.slug = ? OR CAST(p.id AS TEXT) = ?) AND k.active = 1 ORDER BY k.created LIMIT 1",
+                       (ref, ref)).fetchone()
+    if row is None:
+        raise ValueError(f"no project {ref!r} with an active DSN key (`tracker project list` lists them)")
+    return row["id"], row["public_key"]
+
+
+def active_dsn_keys(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    return conn.execute("SELECT k.public_key, p.id, p.slug FROM project_keys k JOIN projects p "
+                        "ON p.id = k.project_id WHERE k.active = 1 ORDER BY p.slug, k.created").fetchall()
+
+
+def remember_public_url(conn: sqlite3.Connection, url: str) -> None:
+    """The URL the server of this database answers at, so the command line prints DSNs and links for it."""
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('public_url', ?)", (url,))
+
+
+def remembered_public_url(path: str) -> str:
+    """The URL the last server of the database at `path` announced ('' when none or no file)."""
+    if not Path(path).is_file():
+        return ""
+    conn = read_only(path)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'public_url'").fetchone()
+    except sqlite3.DatabaseError:  # not migrated yet, or not a database: the commands say so themselves
+        return ""
+    finally:
+        conn.close()
+    return row[0] if row else ""
 
 
 # Per-project settings beyond the columns, as JSON values: `scrub` (the data scrubbing policy),
@@ -4898,6 +4951,12 @@ LIVE_SQL = """SELECT e.id, e.event_id, e.issue_id, e.received, e.level, p.slug A
               WHERE e.id > ? ORDER BY e.id LIMIT ?"""
 
 
+async def any_project_event(store: Store, project_id: int) -> sqlite3.Row | None:
+    """One stored event of a project (issue_id, event_id), None before its first: the setup page
+    waits for it."""
+    return await store.one("SELECT issue_id, event_id FROM events WHERE project_id = ? LIMIT 1", (project_id,))
+
+
 async def newest_event_id(store: Store) -> int:
     """The id of the newest stored event, 0 when there is none."""
     return (await store.one("SELECT max(id) AS id FROM events"))["id"] or 0
@@ -9013,7 +9072,8 @@ def activity_words(kind: str, data: dict[str, Any]) -> str:
 def make_templates() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.DictLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.ChainableUndefined)
-    env.filters.update(ago=ago, datetime=format_datetime, timeonly=time_only, pretty=pretty, pct=percent)
+    env.filters.update(ago=ago, datetime=format_datetime, timeonly=time_only, pretty=pretty, pct=percent, count=count,
+                       plural=plural)
     env.filters["scrubbed"] = scrubbed_paths
     return env
 
@@ -9035,8 +9095,25 @@ def time_only(ts: Any) -> str:
 
 
 def percent(value: float | None) -> str:
-    """A rate as people read it: 90%, 99.95%; — when there is nothing to divide."""
-    return "—" if value is None else f"{value * 100:.4g}%"
+    """A rate as people read it: 90%, 99.95%, 0.08%, <0.01%; — when there is nothing to divide.
+    Two decimals at most, and only where they say something (99.95% is not 100%)."""
+    if value is None:
+        return "—"
+    if 0 < value < 0.0001:
+        return "<0.01%"
+    text = f"{value * 100:.2f}".rstrip("0").rstrip(".")
+    return f"{text}%" if text != "100" or value >= 1 else "99.99%"
+
+
+def count(value: Any) -> str:
+    """A count with thousands separators: 14,383."""
+    return f"{int(value or 0):,}"
+
+
+def plural(value: Any, word: str, words: str = "") -> str:
+    """'1 issue', '2 issues', '14,383 events' (`words` where adding an s is wrong: entry, entries)."""
+    n = int(value or 0)
+    return f"{n:,} {word if n == 1 else words or word + 's'}"
 
 
 # The dashboard runs no script at all, so the browser is told to run none: a second wall behind
@@ -10139,6 +10216,46 @@ async def page_projects(request: Request) -> Response:
     return render(request, "projects.html", projects=projects)
 
 
+async def page_new_project(request: Request) -> Response:
+    """Create a project (admins): the form, then its setup page with the DSN."""
+    if request.state.viewer.role != "admin":
+        raise FormRefused("Only an admin can create projects.")
+    error, fields = "", {"platform": "python"}
+    if request.method == "POST":
+        fields = last_values(await read_form(request))
+        name, platform = fields.get("name", "").strip(), fields.get("platform", "")
+        slug = fields.get("slug", "").strip() or slugify(name)
+        try:
+            await request.app.writer.submit(lambda conn: create_project(conn, name, slug, SETUP_PLATFORMS.get(platform, "")))
+            return RedirectResponse(f"/projects/{slug}/setup/?platform={urllib.parse.quote(platform)}", status_code=303)
+        except ValueError as exc:
+            error = str(exc).split(" (`")[0]  # the command-line hint does not apply here
+    return render(request, "new_project.html", status=400 if error else 200, error=error, fields=fields,
+                  platforms=SETUP_SNIPPETS)
+
+
+async def page_project_setup(request: Request) -> Response:
+    """A project's DSN with a setup snippet per platform, and its first event once there is one
+    (setup.js follows /live/events and turns "waiting" into a link when it arrives)."""
+    store, settings = request.app.store, request.app.settings
+    project = await project_of_page(request)
+    keys = [k for k in await project_keys(store, project["id"]) if k["active"]]
+    dsn = dsn_for(settings, keys[0]["public_key"], project["id"]) if keys else ""
+    chosen = request.query_params.get("platform", "")
+    chosen = chosen if chosen in SETUP_SNIPPETS else next(
+        (key for key, platform in SETUP_PLATFORMS.items() if platform == project["platform"]), "fastapi")
+    snippets = {key: (label, code.replace("{DSN}", dsn).replace("{RELEASE}", f"{project['slug']}@1.0.0"))
+                for key, (label, code) in SETUP_SNIPPETS.items()}
+    response = render(request, "project_setup.html", project=project, dsn=dsn, snippets=snippets, chosen=chosen,
+                      first=await any_project_event(store, project["id"]), after=await newest_event_id(store))
+    response.headers["Content-Security-Policy"] = LIVE_CSP
+    return response
+
+
+async def page_setup_js(request: Request) -> Response:
+    return Response(SETUP_JS, media_type="text/javascript", headers={"Cache-Control": "max-age=3600"})
+
+
 async def page_envelopes(request: Request) -> Response:
     project = await project_of_page(request)
     rows = await logged_envelopes(request.app.store, project["id"])
@@ -10297,6 +10414,8 @@ def create_app(settings: Settings) -> Tracker:
         Route("/projects/{slug}/keys/", page_project_keys, methods=["POST"]),
         Route("/live/", page_live), Route("/live/events", page_live_events), Route("/static/live.js", page_live_js),
         Route("/static/favicon.svg", page_favicon),
+        Route("/projects/new/", page_new_project, methods=["GET", "POST"]),
+        Route("/projects/{slug}/setup/", page_project_setup), Route("/static/setup.js", page_setup_js),
         Route("/projects/{slug}/envelopes/", page_envelopes),
         Route("/projects/{slug}/envelopes/{envelope_id}/", page_envelope),
     ]
@@ -10493,14 +10612,46 @@ async def client_gone(request: Request, exc: Exception) -> Response:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    """Run a command; a mistake (a missing file, a bad config, an unopenable database) is one line
+    on stderr and exit status 1, never a traceback."""
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # `tracker` alone: what it can do
+        parser.print_help(sys.stderr)
+        raise SystemExit(2)
+    args = parser.parse_args(argv)
     args.db = getattr(args, "db", None)
-    settings = load_settings(getattr(args, "config", None), db=args.db, url=getattr(args, "url", None),
-                             host=getattr(args, "host", None), port=getattr(args, "port", None),
-                             auth_header=getattr(args, "auth_header", None),
-                             trusted_proxies=getattr(args, "trusted_proxies", None))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args.func(settings, args)
+    try:
+        settings = load_settings(getattr(args, "config", None), db=args.db, url=getattr(args, "url", None),
+                                 host=getattr(args, "host", None), port=getattr(args, "port", None),
+                                 auth_header=getattr(args, "auth_header", None),
+                                 trusted_proxies=getattr(args, "trusted_proxies", None))
+        if args.func not in (cmd_serve, cmd_demo):
+            point_at_served_db(settings, args)
+        args.func(settings, args)
+    except (OSError, sqlite3.Error, ValueError) as exc:  # TOMLDecodeError is a ValueError
+        raise SystemExit(f"error: {exc}") from None
+
+
+def point_at_served_db(settings: Settings, args: argparse.Namespace) -> None:
+    """A command run beside `tracker demo` acts on the demo's database (unless told otherwise), and
+    every command prints DSNs and links with the URL the database's server announced, so a DSN
+    printed here reaches the server that runs."""
+    if not args.db and settings.db == Settings.db and not Path(settings.db).exists() and Path(DEMO_DB).is_file():
+        settings.db = DEMO_DB
+        print(f"(using {DEMO_DB}, the demo's database; --db chooses another)", file=sys.stderr)
+    if not settings.url:
+        settings.url = remembered_public_url(settings.db)
+
+
+DEMO_DB = "tracker-demo.db"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (which command, what is wrong, where help is)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help shows the usage)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -10516,7 +10667,7 @@ def build_parser() -> argparse.ArgumentParser:
     network.add_argument("--trusted-proxies", default=None, metavar="ADDRESSES",
                          help="proxies (addresses or networks, comma-separated) whose X-Forwarded-For is the client")
 
-    parser = argparse.ArgumentParser(prog="tracker", parents=[common],
+    parser = OneLineParser(prog="tracker", parents=[common],
                                      description="A self-hosted, Sentry-compatible error tracker.")
     parser.add_argument("--version", action="version", version=f"tracker {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -10531,6 +10682,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--slug")
     create.add_argument("--platform")
     create.set_defaults(func=cmd_project_create)
+    project.add_parser("list", parents=[common], help="list projects and their DSNs").set_defaults(func=cmd_project_list)
+    dsn = project.add_parser("dsn", parents=[common], help="print a project's DSN")
+    dsn.add_argument("project", help="slug or id")
+    dsn.set_defaults(func=cmd_project_dsn)
     token = sub.add_parser("token", help="manage API tokens").add_subparsers(dest="action", required=True)
     token_create = token.add_parser("create", parents=[common], help="create an API token and print it")
     token_create.add_argument("--name")
@@ -10578,16 +10733,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
-    init_db(settings)
-    conn = connect_db(settings.db)
-    try:
-        keys = conn.execute("SELECT k.public_key, p.id, p.slug FROM project_keys k JOIN projects p "
-                            "ON p.id = k.project_id WHERE k.active = 1 ORDER BY p.slug").fetchall()
-    finally:
-        conn.close()
-    for row in keys:
-        print(f"  DSN {row['slug']:<18} {dsn_for(settings, row['public_key'], row['id'])}")
-    if not keys:
+    if not print_dsns(settings):
         print("  No projects yet: `tracker project create NAME` prints a DSN.")
     admin = with_db(settings, first_admin)
     if admin:
@@ -10596,6 +10742,14 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.public_url.startswith("https:"):
         print("  Warning: serving beyond this machine without TLS; put a TLS proxy in front (see README: Security).")
     serve(settings)
+
+
+def print_dsns(settings: Settings) -> int:
+    """Print each active DSN key of each project; how many."""
+    keys = with_db(settings, active_dsn_keys)
+    for row in keys:
+        print(f"  DSN {row['slug']:<18} {dsn_for(settings, row['public_key'], row['id'])}")
+    return len(keys)
 
 
 def with_db(settings: Settings, job: Job) -> Any:
@@ -10627,6 +10781,7 @@ def serve(settings: Settings) -> None:
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
                            log_level="warning", access_log=False, http=type("TrackerHttp", (GuardedHttp,), bounds),
                            proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
+    with_db(settings, lambda c: remember_public_url(c, settings.public_url))
     print(f"tracker {__version__} serving {settings.public_url}/ (database {settings.db})", flush=True)
     uvicorn.Server(config).run()
 
@@ -10805,19 +10960,20 @@ def read_event_file(path: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
 
 
 def send_files(settings: Settings, files: list[Path], project: str | None,
-               rebase: Callable[[Path, dict[str, Any]], None] | None = None) -> int:
-    """Ingest event files straight into the database, through the same processing as HTTP."""
+               rebase: Callable[[Path, dict[str, Any]], None] | None = None) -> tuple[int, str]:
+    """Ingest event files straight into the database, through the same processing as HTTP:
+    (events stored, the slug of the project they went to)."""
     init_db(settings)
     conn = connect_db(settings.db)
     try:
-        projects = {str(r["id"]): r["id"] for r in conn.execute("SELECT id FROM projects")}
-        projects.update({r["slug"]: r["id"] for r in conn.execute("SELECT id, slug FROM projects")})
+        slugs = {r["id"]: r["slug"] for r in conn.execute("SELECT id, slug FROM projects")}
+        projects = {**{str(i): i for i in slugs}, **{slug: i for i, slug in slugs.items()}}
         if project is None and not projects:
             apply_batch(conn, [lambda c: create_project(c, "default")])
-            projects = {"default": 1}
+            projects, slugs = {"default": 1}, {1: "default"}
         project_id = projects.get(project) if project else min(projects.values())
         if project_id is None:
-            raise SystemExit(f"error: no project {project!r}")
+            raise SystemExit(f"error: no project {project!r} (`tracker project list` lists them)")
         jobs: list[Job] = []
         received = time.time()
         rules = stored_rules(conn.execute(RULES_SQL, (project_id,)).fetchone())
@@ -10834,7 +10990,7 @@ def send_files(settings: Settings, files: list[Path], project: str | None,
         results = apply_batch(conn, jobs)
     finally:
         conn.close()
-    return sum(1 for r in results if r is True)
+    return sum(1 for r in results if r is True), slugs[project_id]
 
 
 def demo_health(conn: sqlite3.Connection, project_id: int, with_slo: bool, now: float) -> None:
@@ -10864,7 +11020,16 @@ def demo_health(conn: sqlite3.Connection, project_id: int, with_slo: bool, now: 
 
 def cmd_project_create(settings: Settings, args: argparse.Namespace) -> None:
     project_id, key = with_db(settings, lambda c: create_project(c, args.name, args.slug, args.platform or ""))
-    print(f"Created project {args.name} (id {project_id}). Its DSN:")
+    print(f"Created project {args.name} (id {project_id}) in {settings.db}. Its DSN:")
+    print(dsn_for(settings, key, project_id))
+
+
+def cmd_project_list(settings: Settings, args: argparse.Namespace) -> None:
+    print_dsns(settings)
+
+
+def cmd_project_dsn(settings: Settings, args: argparse.Namespace) -> None:
+    project_id, key = with_db(settings, lambda c: project_dsn(c, args.project))
     print(dsn_for(settings, key, project_id))
 
 
@@ -10928,6 +11093,8 @@ def cmd_tail(settings: Settings, args: argparse.Namespace) -> None:
     database file (WAL lets it read beside the server), so it runs on the server's machine."""
     if not Path(settings.db).exists():
         raise SystemExit(f"error: no database at {settings.db}")
+    if args.project:
+        with_db(settings, lambda c: project_dsn(c, args.project))  # refuses an unknown project in one line
     conn = connect_db(settings.db)
     last = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
     last = max(last - args.last, 0)
@@ -10953,10 +11120,10 @@ def cmd_tail(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_send(settings: Settings, args: argparse.Namespace) -> None:
     try:
-        stored = send_files(settings, [Path(f) for f in args.files], args.project)
+        stored, slug = send_files(settings, [Path(f) for f in args.files], args.project)
     except (IngestError, OSError) as exc:
         raise SystemExit(f"error: {getattr(exc, 'detail', exc)}") from None
-    print(f"Stored {stored} new event(s).")
+    print(f"Stored {plural(stored, 'new event')} in project {slug}" + ("" if args.project else " (the first; --project chooses)") + ".")
 
 
 def cmd_backup(settings: Settings, args: argparse.Namespace) -> None:
@@ -10967,6 +11134,8 @@ def cmd_backup(settings: Settings, args: argparse.Namespace) -> None:
     target = Path(args.file)
     if target.exists() and not args.force:
         raise SystemExit(f"error: {target} exists; use --force to overwrite it")
+    if not target.parent.is_dir():
+        raise SystemExit(f"error: no directory {target.parent} to write {target.name} in")
     partial = target.with_name(target.name + ".partial")
     partial.unlink(missing_ok=True)
     started = time.monotonic()
@@ -11252,15 +11421,15 @@ TEMPLATES = {
 {% endblock %}""",
 
     "projects.html": """{% extends "base.html" %}{% block title %}Projects{% endblock %}{% block main %}
-<h1>Projects</h1><p class="muted">Point an official Sentry SDK at a DSN below: <code class="dsn">sentry_sdk.init(dsn="…", release="app@1.0.0", environment="prod")</code></p>
+<h1>Projects {% if viewer.role == 'admin' %}<a class="button fs-13 fw-normal" href="/projects/new/">New project</a>{% endif %}</h1><p class="muted">Point an official Sentry SDK at a DSN below: <code class="dsn">sentry_sdk.init(dsn="…", release="app@1.0.0", environment="prod")</code>; each project's <i>setup</i> page has the lines for Python, Celery, logging, browser, Node, Go and Ruby.</p>
 {% for p in projects %}<div class="card"><h2 class="mt-0"><a href="/issues/?project={{ p.slug }}">{{ p.name }}</a> <span class="muted mono">{{ p.slug }} · id {{ p.id }}</span></h2>
   {% for k in p.dsn_keys %}<div class="key{{ '' if k.active else ' off' }}">DSN <code class="dsn">{{ k.dsn }}</code> <span class="muted">{{ k.label }}{% if not k.active %} · disabled: its events are refused (403){% endif %}</span>
   {% if viewer.role == 'admin' %}<form method="post" action="/projects/{{ p.slug }}/keys/"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="{{ 'disable' if k.active else 'enable' }}" value="{{ k.public_key }}"><button class="secondary">{{ 'Disable' if k.active else 'Enable' }}</button></form>{% endif %}</div>{% endfor %}
   {% if viewer.role == 'admin' %}<form method="post" action="/projects/{{ p.slug }}/keys/" class="key"><input type="hidden" name="csrf" value="{{ csrf }}"><input name="add" placeholder="new key's label" size="14" aria-label="label"><button class="secondary">Add a DSN key</button>
   <span class="muted">rotate: add one, move clients, disable the old</span></form>{% endif %}
   {% if p.drops %}<div class="drops">Dropped in the last 24 h: {% for d in p.drops %}{{ d.n }} {{ d.reason.replace('client:', 'by the SDK: ').replace('_', ' ') }}{{ ' · ' if not loop.last }}{% endfor %}</div>{% endif %}
-  <div class="muted fs-12-5">{{ p.issue_count }} issues · {{ p.event_count }} events · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a> · <a href="/projects/{{ p.slug }}/scrubbing/">data scrubbing</a> · <a href="/projects/{{ p.slug }}/code-mappings/">code mappings</a> · <a href="/projects/{{ p.slug }}/alerts/">alert rules</a> · <a href="/projects/{{ p.slug }}/slo/">SLO</a> · <a href="/projects/{{ p.slug }}/overview/">overview</a> · <a href="/projects/{{ p.slug }}/envelopes/">envelopes received</a> · <a href="/projects/{{ p.slug }}/feedback/">user feedback</a> · <a href="/monitors/?project={{ p.slug }}">cron monitors</a></div></div>
-{% else %}<div class="card empty">No projects yet: <code>tracker project create NAME</code> prints a DSN.</div>{% endfor %}
+  <div class="muted fs-12-5">{{ p.issue_count|plural('issue') }} · {{ p.event_count|plural('event') }} · <a href="/projects/{{ p.slug }}/setup/">setup</a> · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a> · <a href="/projects/{{ p.slug }}/scrubbing/">data scrubbing</a> · <a href="/projects/{{ p.slug }}/code-mappings/">code mappings</a> · <a href="/projects/{{ p.slug }}/alerts/">alert rules</a> · <a href="/projects/{{ p.slug }}/slo/">SLO</a> · <a href="/projects/{{ p.slug }}/overview/">overview</a> · <a href="/projects/{{ p.slug }}/envelopes/">envelopes received</a> · <a href="/projects/{{ p.slug }}/feedback/">user feedback</a> · <a href="/monitors/?project={{ p.slug }}">cron monitors</a></div></div>
+{% else %}<div class="card empty">No projects yet: {% if viewer.role == 'admin' %}<a href="/projects/new/">create one</a>, or {% endif %}<code>tracker project create NAME</code> prints a DSN.</div>{% endfor %}
 {% endblock %}""",
 
     "monitors.html": """{% extends "base.html" %}{% block title %}Monitors{% endblock %}{% block main %}
@@ -11578,6 +11747,33 @@ A notification is queued with the event that caused it and delivered with retrie
 <td>{% if fb.issue_id %}<a href="/issues/{{ fb.issue_id }}/#feedback">{{ fb.short }}</a> <span class="muted">{{ fb.title }}</span>{% elif fb.event_id %}<span class="muted">event {{ fb.event_id[:12] }} not received (yet)</span>{% else %}<span class="muted">—</span>{% endif %}</td></tr>{% endfor %}
 </tbody></table>{% else %}<div class="empty">No feedback yet.</div>{% endif %}</div>{% endblock %}""",
 
+    "new_project.html": """{% extends "base.html" %}{% block title %}New project{% endblock %}{% block main %}
+<h1>New project</h1>
+{% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
+<form method="post" action="/projects/new/" class="card stack"><input type="hidden" name="csrf" value="{{ csrf }}">
+  <label>Name<input name="name" value="{{ fields.name }}" required maxlength="200" placeholder="checkout-api" autofocus></label>
+  <label>Slug <span class="muted">(optional; in URLs and the API; from the name when empty)</span><input name="slug" value="{{ fields.slug }}" maxlength="50" pattern="[a-z0-9][a-z0-9_-]*"></label>
+  <label>Platform<select name="platform">{% for key, (label, _) in platforms.items() %}<option value="{{ key }}" {{ 'selected' if key == fields.platform }}>{{ label }}</option>{% endfor %}</select></label>
+  <p class="muted">The next page shows its DSN and the few lines that send your service's errors here.</p>
+  <div><button type="submit">Create project</button></div>
+</form>{% endblock %}""",
+
+    "project_setup.html": """{% extends "base.html" %}{% block title %}Set up {{ project.name }}{% endblock %}{% block main %}
+<h1>Set up {{ project.name }} <span class="muted mono fs-14">{{ project.slug }} · id {{ project.id }}</span></h1>
+<div class="card"><h2 class="mt-0">DSN</h2>
+{% if dsn %}<p><code class="dsn" id="dsn">{{ dsn }}</code> <button type="button" class="secondary copy" data-copy="dsn">Copy</button></p>
+<p class="muted">Every official Sentry SDK takes it as it is. It is public (browsers see it): it lets clients send events, nothing more.</p>
+{% else %}<p>This project has no active DSN key: enable or add one on <a href="/projects/">Projects &amp; DSNs</a>.</p>{% endif %}</div>
+<div class="card"><h2 class="mt-0">Send your errors here</h2>
+<nav class="tabs">{% for key, (label, _) in snippets.items() %}<a href="?platform={{ key }}"{% if key == chosen %} class="on" aria-current="page"{% endif %}>{{ label }}</a>{% endfor %}</nav>
+<pre class="snippet" id="snippet"><code>{{ snippets[chosen][1] }}</code></pre>
+<button type="button" class="secondary copy" data-copy="snippet">Copy</button></div>
+<div class="card first-event" id="first-event" data-project="{{ project.slug }}" data-after="{{ after }}">
+{% if first %}<b>Events are arriving.</b> <a href="/issues/{{ first.issue_id }}/events/{{ first.event_id }}/">See one</a> · <a href="/issues/?project={{ project.slug }}">all its issues</a>
+{% else %}<span class="spinner" aria-hidden="true"></span> <b>Waiting for the first event…</b> <span class="muted">Run your service with the lines above and raise an error; it shows here as it is stored.</span>{% endif %}
+</div>
+<script src="/static/setup.js" defer></script>{% endblock %}""",
+
     "error.html": """{% extends "base.html" %}{% block title %}{{ status }}{% endblock %}{% block main %}
 <div class="card empty"><h1>{{ status }}</h1><p>{{ message }}</p><p><a href="/issues/">Back to issues</a></p></div>{% endblock %}""",
 }
@@ -11728,6 +11924,16 @@ table.monitors td { vertical-align: middle; } table.monitors .sub { font-size:12
 .feedback-entry { padding:8px 0; border-bottom:1px solid var(--line); } .feedback-entry:last-child { border-bottom:0; }
 .feedback-entry .message, table.feedback-list .message { white-space:pre-wrap; word-break:break-word; margin:4px 0; }
 .nowrap { white-space:nowrap; }
+form.stack { display:flex; flex-direction:column; gap:12px; max-width:560px; }
+form.stack label { display:flex; flex-direction:column; gap:4px; font-weight:600; } form.stack label .muted { font-weight:400; }
+nav.tabs { display:flex; gap:4px; flex-wrap:wrap; border-bottom:1px solid var(--line); margin-bottom:10px; }
+nav.tabs a { padding:6px 12px; border:1px solid transparent; border-bottom:0; border-radius:6px 6px 0 0; color: var(--muted); }
+nav.tabs a.on { border-color: var(--line); background: var(--bg); color: var(--fg); font-weight:600; margin-bottom:-1px; }
+pre.snippet { background:#0f172a; color:#e2e8f0; padding:12px 14px; border-radius:6px; overflow-x:auto; font: 13px/1.5 var(--mono); margin:0 0 8px; }
+.first-event { font-size:14.5px; } .first-event.arrived, .first-event:has(> b + a) { border-color:#12b76a; background:#ecfdf3; }
+.spinner { display:inline-block; width:12px; height:12px; border:2px solid #d0d5dd; border-top-color: var(--accent); border-radius:50%;
+  animation: spin 1s linear infinite; vertical-align:-1px; margin-right:4px; } @keyframes spin { to { transform: rotate(360deg); } }
+a.button { display:inline-block; padding:5px 10px; border-radius:6px; background: var(--accent); color:#fff; }
 /* Small adjustments the templates use where they once had style attributes (the CSP allows none).
    Last in the sheet, so they win over the rules above of the same weight, as the attributes did
    (and .sidebar .mt-0 outweighs .sidebar h3). */
@@ -11768,6 +11974,110 @@ source.addEventListener("event", (message) => {
 });
 source.onopen = () => { state.textContent = "live: new events appear at the top"; };
 source.onerror = () => { state.textContent = "connection lost, reconnecting…"; };
+"""
+
+# The setup page's snippets: {DSN} and {RELEASE} are filled in; the platform each key stores on a new project.
+SETUP_SNIPPETS = {
+    "fastapi": ("Python · FastAPI", """# pip install "sentry-sdk[fastapi]"
+import sentry_sdk
+
+sentry_sdk.init(
+    dsn="{DSN}",
+    release="{RELEASE}",
+    environment="production",
+)
+# Call init before `app = FastAPI()`: unhandled errors in your endpoints are sent with the request."""),
+    "celery": ("Python · Celery", """# pip install "sentry-sdk[celery]"   (in the worker, e.g. celery_app.py)
+import sentry_sdk
+from sentry_sdk.integrations.celery import CeleryIntegration
+
+sentry_sdk.init(
+    dsn="{DSN}",
+    release="{RELEASE}",
+    environment="production",
+    integrations=[CeleryIntegration(monitor_beat_tasks=True)],  # beat tasks become cron monitors
+)"""),
+    "logging": ("Python · logging", """# pip install sentry-sdk
+import logging
+import sentry_sdk
+from sentry_sdk.integrations.logging import LoggingIntegration
+
+sentry_sdk.init(
+    dsn="{DSN}",
+    release="{RELEASE}",
+    environment="production",
+    # INFO and up become breadcrumbs; ERROR and up (log.error, log.exception) become events
+    integrations=[LoggingIntegration(level=logging.INFO, event_level=logging.ERROR)],
+)
+logging.getLogger(__name__).error("payment failed", extra={"order": "ord_123"})"""),
+    "browser": ("Browser JavaScript", """// npm install @sentry/browser
+import * as Sentry from "@sentry/browser";
+
+Sentry.init({
+  dsn: "{DSN}",
+  release: "{RELEASE}",
+  environment: "production",
+});"""),
+    "node": ("Node.js", """// npm install @sentry/node   (require it before anything else)
+const Sentry = require("@sentry/node");
+
+Sentry.init({
+  dsn: "{DSN}",
+  release: "{RELEASE}",
+  environment: "production",
+});"""),
+    "go": ("Go", """// go get github.com/getsentry/sentry-go
+import (
+    "time"
+
+    "github.com/getsentry/sentry-go"
+)
+
+func main() {
+    if err := sentry.Init(sentry.ClientOptions{
+        Dsn:         "{DSN}",
+        Release:     "{RELEASE}",
+        Environment: "production",
+    }); err != nil {
+        panic(err)
+    }
+    defer sentry.Flush(2 * time.Second)
+    defer sentry.Recover() // panics are sent too
+}"""),
+    "ruby": ("Ruby", """# Gemfile: gem "sentry-ruby" (and gem "sentry-rails" for Rails)
+Sentry.init do |config|
+  config.dsn = "{DSN}"
+  config.release = "{RELEASE}"
+  config.environment = "production"
+end"""),
+}
+
+SETUP_PLATFORMS = {"fastapi": "python", "celery": "python", "logging": "python", "browser": "javascript",
+                   "node": "node", "go": "go", "ruby": "ruby"}
+
+SETUP_JS = """"use strict";
+for (const button of document.querySelectorAll("button.copy")) {
+  button.addEventListener("click", async () => {
+    await navigator.clipboard.writeText(document.getElementById(button.dataset.copy).textContent.trim());
+    button.textContent = "Copied";
+  });
+}
+const box = document.querySelector("#first-event");
+if (box && box.querySelector(".spinner")) {
+  const source = new EventSource("/live/events?after=" + encodeURIComponent(box.dataset.after));
+  source.addEventListener("event", (message) => {
+    const e = JSON.parse(message.data);
+    if (e.project !== box.dataset.project) return;
+    source.close();
+    const link = document.createElement("a");
+    link.href = "/issues/" + Number(e.issue_id) + "/events/" + encodeURIComponent(e.event_id) + "/";
+    link.textContent = e.title;
+    const head = document.createElement("b");
+    head.textContent = "First event received: ";
+    box.replaceChildren(head, link);
+    box.classList.add("arrived");
+  });
+}
 """
 
 if __name__ == "__main__":
