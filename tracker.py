@@ -12158,6 +12158,26 @@ form.channel-form:has(option[value=pagerduty]:checked) label.k-pagerduty { displ
 form.channel-form:has(option[value=alertmanager]:checked) label.k-alertmanager { display:flex; }
 form.channel-form:has(option[value=webhook]:checked) label.k-webhook { display:flex; }
 form.channel-form:has(option[value=jira]:checked) label.k-jira { display:flex; }
+/* Dark mode for whoever triages at 3 a.m.: the browser's prefers-color-scheme, no switch to find */
+@media (prefers-color-scheme: dark) {
+  :root { color-scheme: dark; --fg:#e4e7ec; --muted:#98a2b3; --line:#2b3444; --bg:#0d1117; --accent:#7b97ff;
+          --crash:#3a2410; --crashline:#5a3512; }
+  .card, .frame, .frame.app > summary, .nav a, .nav span.off, .chips a, .chips span, select, input, button.secondary,
+  .periods a { background:#161b22; color: var(--fg); }
+  button.secondary { border-color:#3b4557; } .nav span.off { color:#5b6472; }
+  th, .frame > summary, .frame > .fh, details.frames > summary { background:#1b222c; }
+  table.issues tr:hover td { background:#1c2433; } tr.fresh td { background:#3a3512; }
+  pre.block, code.dsn, .histogram svg, .card.secret pre { background:#1f2630; color: var(--fg); }
+  .bar, .mon-none, svg.spark rect.off { background:#2b3444; fill:#2b3444; }
+  svg.chart { background: linear-gradient(#232b36 1px, transparent 1px) 0 0 / 100% 30px; }
+  .search-error, .crumb-error td { background:#3b1512; border-color:#7a271a; color:#fda29b; }
+  .tag.app { background:#1e2a4d; color:#a4bcfd; } span.item.kept { background:#0f3a22; color:#75e0a7; }
+  span.item.dropped { background:#451a1a; color:#fda29b; } div.drops { color:#fec84b; }
+  .first-event.arrived, .first-event:has(> b + a) { background:#0f2a1c; border-color:#12b76a; }
+  .periods a.current { background: var(--fg); color:#0d1117; } .status-delivered { color:#47cd89; }
+  .status-dead, .unhandled, .exc-head .type { color:#f97066; } .status-pending, .status-in_flight { color:#fdb022; }
+  header.top { background:#010409; border-bottom:1px solid var(--line); }
+}
 /* Small adjustments the templates use where they once had style attributes (the CSP allows none).
    Last in the sheet, so they win over the rules above of the same weight, as the attributes did
    (and .sidebar .mt-0 outweighs .sidebar h3). */
