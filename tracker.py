@@ -749,8 +749,8 @@ def create_project(conn: sqlite3.Connection, name: str, slug: str | None = None,
 def check_project_fields(name: str, slug: str, platform: str) -> None:
     if not name.strip() or len(name) > 200:
         raise ValueError("a project name is 1-200 characters")
-    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,49}", slug):
-        raise ValueError(f"a slug is 1-50 lowercase letters, digits, - or _ (not {slug[:60]!r})")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,49}", slug) or slug == "new":  # /projects/new/ creates one
+        raise ValueError(f"a slug is 1-50 lowercase letters, digits, - or _, and not 'new' (not {slug[:60]!r})")
     if not re.fullmatch(r"[a-z0-9._-]{0,64}", platform):
         raise ValueError(f"a platform is a Sentry platform name such as python or javascript (not {platform[:60]!r})")
 
@@ -12163,7 +12163,7 @@ form.channel-form:has(option[value=jira]:checked) label.k-jira { display:flex; }
   :root { color-scheme: dark; --fg:#e4e7ec; --muted:#98a2b3; --line:#2b3444; --bg:#0d1117; --accent:#7b97ff;
           --crash:#3a2410; --crashline:#5a3512; }
   .card, .frame, .frame.app > summary, .nav a, .nav span.off, .chips a, .chips span, select, input, button.secondary,
-  .periods a { background:#161b22; color: var(--fg); }
+  .periods a, textarea { background:#161b22; color: var(--fg); }
   button.secondary { border-color:#3b4557; } .nav span.off { color:#5b6472; }
   th, .frame > summary, .frame > .fh, details.frames > summary { background:#1b222c; }
   table.issues tr:hover td { background:#1c2433; } tr.fresh td { background:#3a3512; }

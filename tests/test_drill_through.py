@@ -183,3 +183,35 @@ def test_the_demo_stream_keeps_events_coming(demo) -> None:
     newest = lambda: max(map(int, re.findall(r'data-after="(\d+)"', client.get("/live/").text)), default=0)
     first = newest()
     wait_for(lambda: newest() > first + 2, timeout=20)
+
+
+def test_channel_form_shows_the_chosen_kinds_fields_and_dark_mode_follows_the_browser(tracker: TrackerServer,
+                                                                                       browser) -> None:
+    context = tracker.browser_context(browser, viewport={"width": 1400, "height": 900}, color_scheme="dark")
+    page = context.new_page()
+    page.goto(f"{tracker.url}/alerts/")
+    visible = lambda field: page.locator(f'form.channel-form [name="{field}"]').is_visible()
+    for kind, shown, hidden in (("slack", ["url", "name"], ["host", "routing_key", "token", "secret"]),
+                                ("email", ["host", "port", "from", "to", "password"], ["url", "routing_key", "token"]),
+                                ("pagerduty", ["routing_key"], ["url", "host", "allow_private"]),
+                                ("jira", ["url", "token", "project", "email"], ["host", "secret", "routing_key"]),
+                                ("webhook", ["url", "secret", "allow_private"], ["host", "token"])):
+        page.select_option('form.channel-form select[name="kind"]', kind)
+        assert all(visible(f) for f in shown) and not any(visible(f) for f in hidden), kind
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(13, 17, 23)"
+    assert page.evaluate("getComputedStyle(document.querySelector('.card')).backgroundColor") == "rgb(22, 27, 34)"
+    light = tracker.browser_context(browser, color_scheme="light").new_page()
+    light.goto(f"{tracker.url}/alerts/")
+    assert light.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(247, 248, 250)"
+    context.close()
+
+
+def test_charts_have_a_y_axis_and_hover_values(tracker: TrackerServer, project: Project) -> None:
+    for n in range(3):
+        tracker.send_event(project, event(f"chart {n}"))
+    tracker.wait_issues(project, 3)
+    page = tracker.web.get(f"/projects/{project.slug}/overview/").text
+    axis = re.search(r'<div class="yaxis" aria-hidden="true">(.*?)</div>', page)[1]
+    assert re.findall(r"<span>([\d,]+)</span>", axis) == ["4", "2", "0"]
+    assert re.search(r"<title>[^<]+: 3 in all</title>", page) and re.search(r"<title>[^<]+: 3 error</title>", page)
+    assert "<b>3</b><span>events</span>" in page
