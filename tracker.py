@@ -9567,9 +9567,9 @@ async def page_issues(request: Request) -> Response:
     store = request.app.store
     q = request.query_params
     projects = await all_projects(store)
-    project = next((p for p in projects if p["slug"] == q.get("project")), None)
+    project = chosen_project(projects, q.get("project", ""))
     status = q.get("status") or "unresolved"
-    check_filters(q, project, status)
+    check_filters(q, status)
     try:
         offset = min(max(int(q.get("offset", 0)), 0), MAX_OFFSET)
     except ValueError:
@@ -9595,14 +9595,20 @@ async def page_issues(request: Request) -> Response:
                   error=error, sparks=await issue_sparklines(store, [i["id"] for i in issues]), project=project)
 
 
-def check_filters(q: Mapping[str, str], project: sqlite3.Row | None, status: str) -> None:
-    """A filter that names nothing is said so, rather than quietly showing everything."""
-    if q.get("project") and project is None:
-        raise PageNotFound(f"No project {q['project']!r}: it may have been renamed; the Projects page lists them.")
+def chosen_project(projects: list[sqlite3.Row], slug: str) -> sqlite3.Row | None:
+    """The project a page's ?project= names (None for all); one that names nothing is said so,
+    rather than quietly showing everything."""
+    project = next((p for p in projects if p["slug"] == slug), None)
+    if slug and project is None:
+        raise PageNotFound(f"No project {slug[:80]!r}: it may have been renamed; the Projects page lists them.")
+    return project
+
+
+def check_filters(q: Mapping[str, str], status: str) -> None:
     if q.get("sort", "date") not in SORTS:
-        raise BadFilter(f"Unknown sort {q['sort']!r}: sort by {', '.join(SORTS)}.")
+        raise BadFilter(f"Unknown sort {q['sort'][:80]!r}: sort by {', '.join(SORTS)}.")
     if status not in ISSUE_STATUS_FILTERS:
-        raise BadFilter(f"Unknown status {status!r}: choose {', '.join(ISSUE_STATUS_FILTERS)}.")
+        raise BadFilter(f"Unknown status {status[:80]!r}: choose {', '.join(ISSUE_STATUS_FILTERS)}.")
 
 
 ISSUE_STATUS_FILTERS = ("unresolved", "resolved", "ignored", "all")
@@ -10011,7 +10017,7 @@ async def page_not_found(request: Request, exc: Exception) -> Response:
     message = str(getattr(exc, "detail", "") if isinstance(exc, HTTPException) else exc)
     if request.url.path.startswith("/api/"):
         return JSONResponse({"detail": message or "Not Found"}, status_code=404)
-    return error_page(request, 404, message if message and message != "Not Found" else f"Nothing here: {request.url.path}")
+    return error_page(request, 404, message if message and message != "Not Found" else f"Nothing here: {request.url.path[:200]}")
 
 
 async def bad_filter(request: Request, exc: Exception) -> Response:
@@ -10104,7 +10110,7 @@ async def page_releases(request: Request) -> Response:
     store = request.app.store
     projects = await all_projects(store)
     slug = request.query_params.get("project", "")
-    project = next((p for p in projects if p["slug"] == slug), None)
+    project = chosen_project(projects, slug)
     return render(request, "releases.html", projects=projects, project=slug,
                   releases=await release_list(store, project["id"] if project else None))
 
@@ -10273,6 +10279,8 @@ async def page_monitors(request: Request) -> Response:
     """Every monitor: its schedule, status, last and next check-in, its last 30 check-ins and its issue."""
     store = request.app.store
     selected = request.query_params.get("project", "")
+    projects = await all_projects(store)
+    chosen_project(projects, selected)
     monitors = []
     for m in sorted((m for m in await monitors_with_projects(store) if selected in ("", m["project_slug"])),
                     key=lambda m: (m["project_name"], m["slug"])):
@@ -10286,7 +10294,6 @@ async def page_monitors(request: Request) -> Response:
                          "issue": short_id(m["project_slug"], m["issue_number"])
                          if m["issue_number"] and m["issue_status"] != "resolved" else None})
     failing = sum(1 for m in monitors if m["status"] in FAILURES)
-    projects = await all_projects(store)
     return render(request, "monitors.html", monitors=monitors, failing=failing, projects=projects, selected=selected,
                   labels=MONITOR_LABELS)
 

@@ -61,6 +61,8 @@ def test_unknown_urls_and_bad_filters_get_the_styled_page(tracker: TrackerServer
             ("/issues/?sort=bogus", 400, "Bad request", "Unknown sort &#39;bogus&#39;"),
             ("/issues/?status=sleeping", 400, "Bad request", "Unknown status"),
             ("/issues/?project=nope", 404, "Not found", "No project &#39;nope&#39;"),
+            ("/releases/?project=nope", 404, "Not found", "No project &#39;nope&#39;"),
+            ("/monitors/?project=nope", 404, "Not found", "No project &#39;nope&#39;"),
             ("/projects/nope/overview/", 404, "Not found", "No such project.")):
         r = tracker.web.get(path)
         assert r.status_code == status and r.headers["content-type"].startswith("text/html"), path
