@@ -50,9 +50,11 @@ import hashlib
 import hmac
 import html
 import http.client
+import http.server
 import inspect
 import io
 import ipaddress
+import itertools
 import json
 import logging
 import marshal
@@ -73,12 +75,13 @@ import time
 import threading
 import tomllib
 import urllib.parse
+import urllib.request
 import uuid
 import zipfile
 import zlib
 import zoneinfo
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, NoReturn, Sequence
 
 import aiosqlite
 import brotli
@@ -88,6 +91,7 @@ import orjson
 import uvicorn
 import zstandard
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import (HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response,
@@ -692,6 +696,10 @@ def keep_private(db: str) -> None:
     new -wal and -shm the database file's mode; ones left by an older run are tightened too."""
     with contextlib.suppress(FileExistsError, FileNotFoundError):  # no directory: SQLite says so
         os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+        with open(db, "rb") as f:  # `--db /etc/passwd` must not make that file owner-only
+            if f.read(16) not in (b"", b"SQLite format 3\0"):
+                raise ValueError(f"{db} is not an SQLite database")
     for path in (db, f"{db}-wal", f"{db}-shm"):
         with contextlib.suppress(FileNotFoundError):
             mode = os.stat(path).st_mode & 0o777
@@ -714,7 +722,8 @@ def apply_batch(conn: sqlite3.Connection, jobs: list[Job]) -> list[Any]:
             except Exception as exc:  # a bad job must not sink its batch
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
-                log.exception("write job failed")
+                if not isinstance(exc, ValueError):  # a ValueError is a refusal that its caller shows
+                    log.exception("write job failed")
                 results.append(exc)
         conn.execute("COMMIT")
     except BaseException:
@@ -752,15 +761,63 @@ def slugify(name: str) -> str:
 
 def create_project(conn: sqlite3.Connection, name: str, slug: str | None = None,
                    platform: str = "", public_key: str | None = None) -> tuple[int, str]:
-    """Create a project with one DSN key; returns (project id, public key)."""
+    """Create a project with one DSN key; returns (project id, public key). A refused name, slug
+    or platform is a ValueError that says why (the command line and the dashboard show it)."""
+    slug = slug or slugify(name)
+    check_project_fields(name, slug, platform)
+    if conn.execute("SELECT 1 FROM projects WHERE slug = ?", (slug,)).fetchone():
+        raise ValueError(f"a project with slug {slug!r} exists already (`tracker project dsn {slug}` prints its DSN)")
     now = time.time()
     cur = conn.execute("INSERT INTO projects (slug, name, platform, created) VALUES (?, ?, ?, ?)",
-                       (slug or slugify(name), name, platform, now))
+                       (slug, name, platform, now))
     key = public_key or secrets.token_hex(16)
     conn.execute("INSERT INTO project_keys (public_key, project_id, created) VALUES (?, ?, ?)",
                  (key, cur.lastrowid, now))
     insert_default_rules(conn, int(cur.lastrowid or 0))
     return int(cur.lastrowid or 0), key
+
+
+def check_project_fields(name: str, slug: str, platform: str) -> None:
+    if not name.strip() or len(name) > 200:
+        raise ValueError("a project name is 1-200 characters")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,49}", slug) or slug == "new":  # /projects/new/ creates one
+        raise ValueError(f"a slug is 1-50 lowercase letters, digits, - or _, and not 'new' (not {slug[:60]!r})")
+    if not re.fullmatch(r"[a-z0-9._-]{0,64}", platform):
+        raise ValueError(f"a platform is a Sentry platform name such as python or javascript (not {platform[:60]!r})")
+
+
+def project_dsn(conn: sqlite3.Connection, ref: str) -> tuple[int, str]:
+    """(project id, public key) of a project's oldest active DSN key, by slug or id."""
+    row = conn.execute("SELECT p.id, k.public_key FROM projects p JOIN project_keys k ON k.project_id = p.id "
+                       "WHERE (p.slug = ? OR CAST(p.id AS TEXT) = ?) AND k.active = 1 ORDER BY k.created LIMIT 1",
+                       (ref, ref)).fetchone()
+    if row is None:
+        raise ValueError(f"no project {ref!r} with an active DSN key (`tracker project list` lists them)")
+    return row["id"], row["public_key"]
+
+
+def active_dsn_keys(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    return conn.execute("SELECT k.public_key, p.id, p.slug FROM project_keys k JOIN projects p "
+                        "ON p.id = k.project_id WHERE k.active = 1 ORDER BY p.slug, k.created").fetchall()
+
+
+def remember_public_url(conn: sqlite3.Connection, url: str) -> None:
+    """The URL the server of this database answers at, so the command line prints DSNs and links for it."""
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('public_url', ?)", (url,))
+
+
+def remembered_public_url(path: str) -> str:
+    """The URL the last server of the database at `path` announced ('' when none or no file)."""
+    if not Path(path).is_file():
+        return ""
+    conn = read_only(path)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'public_url'").fetchone()
+    except sqlite3.DatabaseError:  # not migrated yet, or not a database: the commands say so themselves
+        return ""
+    finally:
+        conn.close()
+    return row[0] if row else ""
 
 
 # Per-project settings beyond the columns, as JSON values: `scrub` (the data scrubbing policy),
@@ -4636,7 +4693,7 @@ def store_event(conn: sqlite3.Connection, ev: PreparedEvent) -> bool:
                      [(ev.project_id, h, issue_id) for h in ev.hashes])
     new_tags = record_issue_tags(conn, issue_id, ev)
     if "release" in new_tags:
-        link_release(conn, ev.project_id, new_tags["release"], ev.received)
+        link_release(conn, ev.project_id, new_tags["release"], min(ev.timestamp, ev.received))  # not after its events
     conn.executemany("INSERT OR IGNORE INTO issue_terms (key, value, issue_id) VALUES (?, ?, ?)",
                      [(key, value, issue_id) for key, value in ev.terms])
     issue = conn.execute(
@@ -4677,7 +4734,10 @@ def create_issue(conn: sqlite3.Connection, ev: PreparedEvent) -> int:
         (ev.project_id, short_id, ev.kind, ev.title, ev.culprit, json.dumps(ev.metadata), ev.level,
          ev.platform, ev.logger, ev.timestamp, ev.timestamp, ev.release or None, ev.release or None))
     issue_id = int(cur.lastrowid or 0)
-    record_activity(conn, issue_id, "first_seen", {"version": ev.release} if ev.release else {}, ev.received)
+    # dated like the issue's first_seen (the event's time), so the Activity card and the header agree
+    # when events arrive late (an offline SDK's queue, `tracker send`, the demo)
+    record_activity(conn, issue_id, "first_seen", {"version": ev.release} if ev.release else {},
+                    min(ev.timestamp, ev.received))
     return issue_id
 
 
@@ -4704,6 +4764,8 @@ def link_release(conn: sqlite3.Connection, project_id: int, version: str, now: f
     only for a release new to the issue, so most events pay nothing for it."""
     created = conn.execute("INSERT OR IGNORE INTO releases (version, date_created) VALUES (?, ?)",
                            (version, now)).rowcount == 1
+    if not created:  # an event older than the release's first one (late, or sent from a file)
+        conn.execute("UPDATE releases SET date_created = ? WHERE version = ? AND date_created > ?", (now, version, now))
     conn.execute("INSERT OR IGNORE INTO release_projects (release_id, project_id) "
                  "SELECT id, ? FROM releases WHERE version = ?", (project_id, version))
     return created
@@ -5517,10 +5579,16 @@ async def events_after(store: Store, after: int, limit: int) -> list[sqlite3.Row
     return await store.all(LIVE_SQL, (after, limit))
 
 
-# The live page and `tracker tail`: events after an id, with their issue's title and project.
-LIVE_SQL = """SELECT e.id, e.event_id, e.issue_id, e.received, e.level, p.slug AS project, i.title, i.culprit
+# The live page and `tracker tail`: events after an id, with their issue's title, project and payload.
+LIVE_SQL = """SELECT e.id, e.event_id, e.issue_id, e.received, e.level, p.slug AS project, i.title, i.culprit, e.payload
               FROM events e JOIN issues i ON i.id = e.issue_id JOIN projects p ON p.id = e.project_id
               WHERE e.id > ? ORDER BY e.id LIMIT ?"""
+
+
+async def any_project_event(store: Store, project_id: int) -> sqlite3.Row | None:
+    """One stored event of a project (issue_id, event_id), None before its first: the setup page
+    waits for it."""
+    return await store.one("SELECT issue_id, event_id FROM events WHERE project_id = ? LIMIT 1", (project_id,))
 
 
 async def newest_event_id(store: Store) -> int:
@@ -10740,9 +10808,11 @@ def activity_words(kind: str, data: dict[str, Any]) -> str:
 def make_templates() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.DictLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.ChainableUndefined)
-    env.filters.update(ago=ago, datetime=format_datetime, timeonly=time_only, pretty=pretty, pct=percent)
+    env.filters.update(ago=ago, datetime=format_datetime, timeonly=time_only, pretty=pretty, pct=percent, count=count,
+                       plural=plural)
     env.filters["scrubbed"] = scrubbed_paths
     env.filters["numbered_context"] = numbered_context
+    env.globals["filter_url"] = filter_url
     return env
 
 
@@ -10763,8 +10833,25 @@ def time_only(ts: Any) -> str:
 
 
 def percent(value: float | None) -> str:
-    """A rate as people read it: 90%, 99.95%; — when there is nothing to divide."""
-    return "—" if value is None else f"{value * 100:.4g}%"
+    """A rate as people read it: 90%, 99.95%, 0.08%, <0.01%; — when there is nothing to divide.
+    Two decimals at most, and only where they say something (99.95% is not 100%)."""
+    if value is None:
+        return "—"
+    if 0 < value < 0.0001:
+        return "<0.01%"
+    text = f"{value * 100:.2f}".rstrip("0").rstrip(".")
+    return f"{text}%" if text != "100" or value >= 1 else "99.99%"
+
+
+def count(value: Any) -> str:
+    """A count with thousands separators: 14,383."""
+    return f"{int(value or 0):,}"
+
+
+def plural(value: Any, word: str, words: str = "") -> str:
+    """'1 issue', '2 issues', '14,383 events' (`words` where adding an s is wrong: entry, entries)."""
+    n = int(value or 0)
+    return f"{n:,} {word if n == 1 else words or word + 's'}"
 
 
 # The dashboard runs no script at all, so the browser is told to run none: a second wall behind
@@ -10873,11 +10960,11 @@ def refusal_for(request: Request, viewer: Viewer | None) -> Response | None:
         if reading:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse("/login?" + urllib.parse.urlencode({"next": target}), status_code=302)
-        return render(request, "error.html", status=401, message="Sign in first.")
+        return error_page(request, 401, "Sign in first.")
     if not reading and not viewer.csrf:
-        return render(request, "error.html", status=403, message="An API token can read pages, not change anything.")
+        return error_page(request, 403, "An API token can read pages, not change anything.")
     if not reading and viewer.role != "admin" and request.url.path.startswith(ADMIN_PATHS):
-        return render(request, "error.html", status=403, message="Only an admin can change settings.")
+        return error_page(request, 403, "Only an admin can change settings.")
     return None
 
 
@@ -10889,7 +10976,7 @@ async def page_login(request: Request) -> Response:
     if request.method == "GET":
         return render(request, "login.html", next=safe_next(request.query_params.get("next", "")), user_name="", error="")
     if cross_site(request):
-        return render(request, "error.html", status=403, message="Refused: this request came from another site.")
+        return error_page(request, 403, "Refused: this request came from another site.")
     form = last_values(await read_body_form(request))
     name, target = form.get("name", "").strip(), safe_next(form.get("next", ""))
     throttle = request.app.throttle
@@ -11019,9 +11106,13 @@ async def page_live(request: Request) -> Response:
 
 
 def live_line(row: sqlite3.Row) -> dict[str, Any]:
+    """An event as Live and `tracker tail` list it: its own title and culprit (the issue's are those
+    of its first event: `order ord_555 failed` is not `order ord_777 failed`)."""
+    ev = decompress_payload(row["payload"])
     return {"id": row["id"], "time": format_datetime(row["received"]), "project": row["project"],
-            "level": row["level"], "title": row["title"], "culprit": row["culprit"], "issue_id": row["issue_id"],
-            "event_id": row["event_id"]}
+            "level": row["level"], "title": text(ev.get("title"), 200) or row["title"],
+            "culprit": text(ev.get("culprit"), 200) or row["culprit"], "issue_title": row["title"],
+            "issue_id": row["issue_id"], "event_id": row["event_id"]}
 
 
 LIVE_CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; "
@@ -11127,12 +11218,16 @@ def bucket_labels(start: float, size: int, count: int) -> list[str]:
 
 def svg_bars(buckets: list[dict[str, int]], keys: list[str], labels: list[str], height: int = 120,
              bar: int = 22) -> markupsafe.Markup:
-    """Stacked bars, one per bucket, a colour per key (CSS `bar-<key>`); every bar segment has its
-    count in `data-value` and a `<title>` for hover. Every text is escaped: labels may be event data."""
-    peak = max([sum(b.get(k, 0) for k in keys) for b in buckets] + [1])
+    """Stacked bars, one per bucket, a colour per key (CSS `bar-<key>`), on a y-axis from 0 to a
+    round peak; every bar segment has its count in `data-value` and a `<title>` for hover (no script),
+    and so has each whole bar. Every text is escaped: labels may be event data."""
+    totals = [sum(b.get(k, 0) for k in keys) for b in buckets]
+    peak = round_up(max(totals + [1]))
     width, parts = len(buckets) * bar, []
     for i, bucket in enumerate(buckets):
         y = float(height)
+        parts.append(f'<rect class="hit" x="{i * bar}" y="0" width="{bar}" height="{height}">'
+                     f'<title>{html.escape(labels[i])}: {count(totals[i])} in all</title></rect>')
         for key in keys:
             value = bucket.get(key, 0)
             if not value:
@@ -11141,10 +11236,19 @@ def svg_bars(buckets: list[dict[str, int]], keys: list[str], labels: list[str], 
             y -= h
             parts.append(f'<rect class="bar-{html.escape(key)}" x="{i * bar + 2}" y="{y:.1f}" width="{bar - 4}" '
                          f'height="{h:.1f}" data-bucket="{i}" data-key="{html.escape(key)}" data-value="{value}">'
-                         f'<title>{html.escape(labels[i])}: {value} {html.escape(key)}</title></rect>')
-    return markupsafe.Markup(f'<svg class="chart" viewBox="0 0 {width} {height}" preserveAspectRatio="none" '
+                         f'<title>{html.escape(labels[i])}: {count(value)} {html.escape(key)}</title></rect>')
+    axis = "".join(f"<span>{count(v)}</span>" for v in (peak, peak / 2, 0))
+    return markupsafe.Markup(f'<div class="chart-wrap"><div class="yaxis" aria-hidden="true">{axis}</div>'
+                             f'<svg class="chart" viewBox="0 0 {width} {height}" preserveAspectRatio="none" '
                              f'role="img" aria-label="{html.escape(labels[0] if labels else "")} to '
-                             f'{html.escape(labels[-1] if labels else "")}">{"".join(parts)}</svg>')
+                             f'{html.escape(labels[-1] if labels else "")}: {count(sum(totals))} in all">'
+                             f'{"".join(parts)}</svg></div>')
+
+
+def round_up(value: float) -> int:
+    """The y-axis top: a round number (2, 4, 5, 6, 8 × 10ⁿ…) at or above a value, even so its half is whole."""
+    step = 10 ** max(len(str(int(value))) - 1, 0)
+    return next(n * step for n in (1, 2, 4, 5, 6, 8, 10) if n * step >= value and n * step % 2 == 0)
 
 
 CHART_KEYS = {"level": list(reversed(LEVELS)), "issues": ["new", "regressed"]}
@@ -11191,8 +11295,9 @@ async def page_issues(request: Request) -> Response:
     store = request.app.store
     q = request.query_params
     projects = await all_projects(store)
-    project = next((p for p in projects if p["slug"] == q.get("project")), None)
+    project = chosen_project(projects, q.get("project", ""))
     status = q.get("status") or "unresolved"
+    check_filters(q, status)
     try:
         offset = min(max(int(q.get("offset", 0)), 0), MAX_OFFSET)
     except ValueError:
@@ -11218,6 +11323,29 @@ async def page_issues(request: Request) -> Response:
                   error=error, sparks=await issue_sparklines(store, [i["id"] for i in issues]), project=project)
 
 
+def chosen_project(projects: list[sqlite3.Row], slug: str) -> sqlite3.Row | None:
+    """The project a page's ?project= names (None for all); one that names nothing is said so,
+    rather than quietly showing everything."""
+    project = next((p for p in projects if p["slug"] == slug), None)
+    if slug and project is None:
+        raise PageNotFound(f"No project {slug[:80]!r}: it may have been renamed; the Projects page lists them.")
+    return project
+
+
+def check_filters(q: Mapping[str, str], status: str) -> None:
+    if q.get("sort", "date") not in SORTS:
+        raise BadFilter(f"Unknown sort {q['sort'][:80]!r}: sort by {', '.join(SORTS)}.")
+    if status not in ISSUE_STATUS_FILTERS:
+        raise BadFilter(f"Unknown status {status[:80]!r}: choose {', '.join(ISSUE_STATUS_FILTERS)}.")
+
+
+ISSUE_STATUS_FILTERS = ("unresolved", "resolved", "ignored", "all")
+
+
+class BadFilter(Exception):
+    """A page's query parameter that makes no sense (an unknown sort): answered 400 with the styled page."""
+
+
 def dashboard_query(params: Any, status: str) -> str:
     """The filter menus and the search box as one search query."""
     parts = [] if status == "all" or "is:" in params.get("q", "") else [f"is:{status}"]
@@ -11229,6 +11357,23 @@ def dashboard_query(params: Any, status: str) -> str:
 
 def quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def filter_url(key: str, value: Any, project: str = "") -> str:
+    """Where a value that can filter leads: a release to its page, anything else (environment, level,
+    user, transaction, trace, a tag) to the issues it matches in the project."""
+    value = text(value)
+    if key == "release":
+        return f"/releases/{urllib.parse.quote(value, safe='')}/"
+    params = {"project": project} if project else {}
+    if key == "environment":
+        params["environment"] = value
+    else:
+        params["q"] = f"{USER_SEARCH_KEYS.get(key, key)}:{quoted(value)}"
+    return "/issues/?" + urllib.parse.urlencode(params)
+
+
+USER_SEARCH_KEYS = {"id": "user.id", "email": "user.email", "username": "user.username", "ip_address": "user.ip"}
 
 
 def title_parts(issue: sqlite3.Row) -> dict[str, str]:
@@ -11264,10 +11409,10 @@ async def page_issue(request: Request) -> Response:
     try:
         issue = await issue_from_path(request)
     except ApiError:
-        return render(request, "error.html", status=404, message="No such issue.")
+        return error_page(request, 404, "No such issue.")
     row = await issue_event(store, issue["id"], request.path_params.get("event_id", "latest"))
     if row is None and "event_id" in request.path_params:
-        return render(request, "error.html", status=404, message="No such event in this issue.")
+        return error_page(request, 404, "No such event in this issue.")
     histograms = [{"label": "24 hours", "unit": "hour", "counts": await issue_histogram(store, issue["id"], 24, 3600)},
                   {"label": "30 days", "unit": "day", "counts": await issue_histogram(store, issue["id"], 30, 86400)}]
     log_rows = await issue_activity(store, issue["id"])
@@ -11423,9 +11568,21 @@ async def page_issue_update(request: Request) -> Response:
     """POST from the issue page's action bar: the API's update, then back to the page (303)."""
     async def action(form: dict[str, list[str]]) -> str:
         issue = await issue_from_path(request)
-        await update_issues(request, issue["project_id"], [issue["id"]], form_body(form))
+        await update_issues(request, issue["project_id"], [issue["id"]], await person_form_body(request, form))
         return f"/issues/{issue['id']}/"
     return await dashboard_post(request, action)
+
+
+async def person_form_body(request: Request, form: dict[str, list[str]]) -> dict[str, Any]:
+    """form_body, and in the dashboard an issue is assigned only to someone who can sign in to see
+    it (a typo in a name was kept silently)."""
+    body = form_body(form)
+    name = (body.get("assignedTo") or "").strip()
+    if name == "me":
+        body["assignedTo"] = name = request.state.viewer.name
+    if name and not any(u["name"] == name for u in await all_users(request.app.store)):
+        raise ApiError(400, f"No user {name!r}: add them under Settings → People first, then assign.")
+    return body
 
 
 def form_body(form: dict[str, list[str]]) -> dict[str, Any]:
@@ -11453,7 +11610,7 @@ async def dashboard_post(request: Request, action: Callable[[dict[str, list[str]
     try:
         return RedirectResponse(await action(form), status_code=303)
     except (ApiError, IngestError) as exc:
-        return render(request, "error.html", status=exc.status, message=exc.detail)
+        return error_page(request, exc.status, exc.detail)
 
 
 async def read_form(request: Request, limit: int = 16 * KIB) -> dict[str, list[str]]:
@@ -11572,7 +11729,7 @@ async def page_code(request: Request) -> Response:
     params = request.query_params
     project = await find_project(request.app.store, params.get("project", ""))
     if project is None or not params.get("path"):
-        return render(request, "error.html", status=404, message="Name a project and a file: /code/?project=…&path=…")
+        return error_page(request, 404, "Name a project and a file: /code/?project=…&path=…")
     query = code_query(params["path"], params.get("function", ""))
     issues = await list_issues(request.app.store, project_id=project["id"], query=query, sort="date", limit=100)
     return render(request, "code.html", project=project, path=params["path"], function=params.get("function", ""),
@@ -11597,7 +11754,7 @@ async def page_bulk(request: Request) -> Response:
         fields = {"assign": {"assignedTo": form.get("assignedTo", [""])},
                   "ignored": {"status": ["ignored"], "ignore": ["forever"]}}.get(choice, {"status": [choice]})
         for project_id, issue_ids in by_project.items():
-            await update_issues(request, project_id, issue_ids, form_body(fields))
+            await update_issues(request, project_id, issue_ids, await person_form_body(request, fields))
         return "/issues/?" + (form.get("next") or [""])[-1]
     return await dashboard_post(request, action)
 
@@ -11611,11 +11768,28 @@ async def page_unmerge(request: Request) -> Response:
 
 
 async def form_refused(request: Request, exc: Exception) -> Response:
-    return render(request, "error.html", status=403, message=str(exc))
+    return error_page(request, 403, str(exc))
 
 
 async def page_not_found(request: Request, exc: Exception) -> Response:
-    return render(request, "error.html", status=404, message=str(exc))
+    """A dashboard URL naming nothing, or no route at all: the styled page (the API answers JSON)."""
+    message = str(getattr(exc, "detail", "") if isinstance(exc, HTTPException) else exc)
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"detail": message or "Not Found"}, status_code=404)
+    return error_page(request, 404, message if message and message != "Not Found" else f"Nothing here: {request.url.path[:200]}")
+
+
+async def bad_filter(request: Request, exc: Exception) -> Response:
+    return error_page(request, 400, str(exc))
+
+
+def error_page(request: Request, status: int, message: str) -> HTMLResponse:
+    """The styled page for a refusal or a miss: a title people read, the code, what happened."""
+    title = ERROR_TITLES.get(status) or http.HTTPStatus(status).phrase
+    return render(request, "error.html", status=status, code=status, title=title, message=message)
+
+
+ERROR_TITLES = {400: "Bad request", 401: "Sign in first", 403: "Not allowed", 404: "Not found"}
 
 
 async def page_issue_events(request: Request) -> Response:
@@ -11623,7 +11797,7 @@ async def page_issue_events(request: Request) -> Response:
     try:
         issue = await issue_from_path(request)
     except ApiError:
-        return render(request, "error.html", status=404, message="No such issue.")
+        return error_page(request, 404, "No such issue.")
     q = request.query_params.get("q", "")
     try:
         offset = min(max(int(request.query_params.get("offset", 0)), 0), MAX_OFFSET)
@@ -11675,7 +11849,7 @@ async def page_attachment_view(request: Request) -> Response:
     row = await attachment_of_page(request)
     issue = await get_issue(request.app.store, path_issue_id(request) or 0)
     if not text_viewable(row):
-        return render(request, "error.html", status=415, message="This attachment is not text a page can show; "
+        return error_page(request, 415, "This attachment is not text a page can show; "
                                                                   "download it instead.")
     is_event = await issue_event(request.app.store, issue["id"], row["event_id"])
     return render(request, "attachment.html", issue=issue, short=short_id(issue["project_slug"], issue["short_id"]),
@@ -11695,7 +11869,7 @@ async def page_releases(request: Request) -> Response:
     store = request.app.store
     projects = await all_projects(store)
     slug = request.query_params.get("project", "")
-    project = next((p for p in projects if p["slug"] == slug), None)
+    project = chosen_project(projects, slug)
     return render(request, "releases.html", projects=projects, project=slug,
                   releases=await release_list(store, project["id"] if project else None))
 
@@ -11703,7 +11877,7 @@ async def page_releases(request: Request) -> Response:
 async def page_release(request: Request) -> Response:
     detail = await release_detail(request.app.store, request.path_params["version"])
     if detail is None:
-        return render(request, "error.html", status=404, message="No such release.")
+        return error_page(request, 404, "No such release.")
     files = [{**dict(f), "size_text": human_size(f["size"])}
              for f in await release_files(request.app.store, request.path_params["version"])]
     return render(request, "release.html", r=detail, files=files)
@@ -11866,6 +12040,8 @@ async def page_monitors(request: Request) -> Response:
     """Every monitor: its schedule, status, last and next check-in, its last 30 check-ins and its issue."""
     store = request.app.store
     selected = request.query_params.get("project", "")
+    projects = await all_projects(store)
+    chosen_project(projects, selected)
     monitors = []
     for m in sorted((m for m in await monitors_with_projects(store) if selected in ("", m["project_slug"])),
                     key=lambda m: (m["project_name"], m["slug"])):
@@ -11879,7 +12055,6 @@ async def page_monitors(request: Request) -> Response:
                          "issue": short_id(m["project_slug"], m["issue_number"])
                          if m["issue_number"] and m["issue_status"] != "resolved" else None})
     failing = sum(1 for m in monitors if m["status"] in FAILURES)
-    projects = await all_projects(store)
     return render(request, "monitors.html", monitors=monitors, failing=failing, projects=projects, selected=selected,
                   labels=MONITOR_LABELS)
 
@@ -11898,6 +12073,52 @@ async def page_projects(request: Request) -> Response:
                                      if k["project_id"] == p["id"]],
                  "drops": [d for d in drops if d["project_id"] == p["id"]]} for p in rows]
     return render(request, "projects.html", projects=projects)
+
+
+async def page_new_project(request: Request) -> Response:
+    """Create a project (admins): the form, then its setup page with the DSN."""
+    if request.state.viewer.role != "admin":
+        raise FormRefused("Only an admin can create projects.")
+    error, fields = "", {"platform": "python"}
+    if request.method == "POST":
+        fields = last_values(await read_form(request))
+        name, platform = fields.get("name", "").strip(), fields.get("platform", "")
+        slug = fields.get("slug", "").strip() or slugify(name)
+        try:
+            await request.app.writer.submit(lambda conn: create_project(conn, name, slug, SETUP_PLATFORMS.get(platform, "")))
+            return RedirectResponse(f"/projects/{slug}/setup/?platform={urllib.parse.quote(platform)}", status_code=303)
+        except ValueError as exc:
+            error = str(exc).split(" (`")[0]  # the command-line hint does not apply here
+    return render(request, "new_project.html", status=400 if error else 200, error=error, fields=fields,
+                  platforms=SETUP_SNIPPETS)
+
+
+async def page_project(request: Request) -> Response:
+    """A project's own URL leads to its overview."""
+    project = await project_of_page(request)
+    return RedirectResponse(f"/projects/{project['slug']}/overview/", status_code=302)
+
+
+async def page_project_setup(request: Request) -> Response:
+    """A project's DSN with a setup snippet per platform, and its first event once there is one
+    (setup.js follows /live/events and turns "waiting" into a link when it arrives)."""
+    store, settings = request.app.store, request.app.settings
+    project = await project_of_page(request)
+    keys = [k for k in await project_keys(store, project["id"]) if k["active"]]
+    dsn = dsn_for(settings, keys[0]["public_key"], project["id"]) if keys else ""
+    chosen = request.query_params.get("platform", "")
+    chosen = chosen if chosen in SETUP_SNIPPETS else next(
+        (key for key, platform in SETUP_PLATFORMS.items() if platform == project["platform"]), "fastapi")
+    snippets = {key: (label, code.replace("{DSN}", dsn).replace("{RELEASE}", f"{project['slug']}@1.0.0"))
+                for key, (label, code) in SETUP_SNIPPETS.items()}
+    response = render(request, "project_setup.html", project=project, dsn=dsn, snippets=snippets, chosen=chosen,
+                      first=await any_project_event(store, project["id"]), after=await newest_event_id(store))
+    response.headers["Content-Security-Policy"] = LIVE_CSP
+    return response
+
+
+async def page_setup_js(request: Request) -> Response:
+    return Response(SETUP_JS, media_type="text/javascript", headers={"Cache-Control": "max-age=3600"})
 
 
 async def page_envelopes(request: Request) -> Response:
@@ -11920,7 +12141,10 @@ async def page_envelope(request: Request) -> Response:
     items = [{"kind": kind, "size": size, "outcome": outcome, "header": None, "body": None}
              for kind, size, outcome in outcomes]
     for item, (item_header, payload) in zip(items, logged_items(row["body"])):
-        item.update(header=item_header, body=item_preview(payload), event=await stored_event_of(request, project["id"], payload))
+        event = await stored_event_of(request, project["id"], payload)
+        if event is not None and "length" in item_header:  # the log keeps a placeholder: show what the SDK sent
+            item_header = {**item_header, "length": item["size"]}
+        item.update(header=item_header, body=item_preview(payload), event=event)
     return render(request, "envelope.html", project=project, envelope=row, header=json.loads(row["header"]),
                   items=items, body_kept=row["body"] is not None)
 
@@ -12058,11 +12282,14 @@ def create_app(settings: Settings) -> Tracker:
         Route("/projects/{slug}/keys/", page_project_keys, methods=["POST"]),
         Route("/live/", page_live), Route("/live/events", page_live_events), Route("/static/live.js", page_live_js),
         Route("/static/favicon.svg", page_favicon),
+        Route("/projects/new/", page_new_project, methods=["GET", "POST"]), Route("/projects/{slug}/", page_project),
+        Route("/projects/{slug}/setup/", page_project_setup), Route("/static/setup.js", page_setup_js),
         Route("/projects/{slug}/envelopes/", page_envelopes),
         Route("/projects/{slug}/envelopes/{envelope_id}/", page_envelope),
     ]
     return Tracker(settings, routes=routes, middleware=[Middleware(DashboardGate)],
-                   exception_handlers={PageNotFound: page_not_found, FormRefused: form_refused,
+                   exception_handlers={PageNotFound: page_not_found, 404: page_not_found, BadFilter: bad_filter,
+                                       FormRefused: form_refused,
                                        ClientDisconnect: client_gone})
 
 
@@ -12284,14 +12511,46 @@ async def client_gone(request: Request, exc: Exception) -> Response:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    """Run a command; a mistake (a missing file, a bad config, an unopenable database) is one line
+    on stderr and exit status 1, never a traceback."""
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # `tracker` alone: what it can do
+        parser.print_help(sys.stderr)
+        raise SystemExit(2)
+    args = parser.parse_args(argv)
     args.db = getattr(args, "db", None)
-    settings = load_settings(getattr(args, "config", None), db=args.db, url=getattr(args, "url", None),
-                             host=getattr(args, "host", None), port=getattr(args, "port", None),
-                             auth_header=getattr(args, "auth_header", None),
-                             trusted_proxies=getattr(args, "trusted_proxies", None))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args.func(settings, args)
+    try:
+        settings = load_settings(getattr(args, "config", None), db=args.db, url=getattr(args, "url", None),
+                                 host=getattr(args, "host", None), port=getattr(args, "port", None),
+                                 auth_header=getattr(args, "auth_header", None),
+                                 trusted_proxies=getattr(args, "trusted_proxies", None))
+        if args.func not in (cmd_serve, cmd_demo):
+            point_at_served_db(settings, args)
+        args.func(settings, args)
+    except (OSError, sqlite3.Error, ValueError) as exc:  # TOMLDecodeError is a ValueError
+        raise SystemExit(f"error: {exc}") from None
+
+
+def point_at_served_db(settings: Settings, args: argparse.Namespace) -> None:
+    """A command run beside `tracker demo` acts on the demo's database (unless told otherwise), and
+    every command prints DSNs and links with the URL the database's server announced, so a DSN
+    printed here reaches the server that runs."""
+    if not args.db and settings.db == Settings.db and not Path(settings.db).exists() and Path(DEMO_DB).is_file():
+        settings.db = DEMO_DB
+        print(f"(using {DEMO_DB}, the demo's database; --db chooses another)", file=sys.stderr)
+    if not settings.url:
+        settings.url = remembered_public_url(settings.db)
+
+
+DEMO_DB = "tracker-demo.db"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (which command, what is wrong, where help is)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help shows the usage)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -12307,21 +12566,27 @@ def build_parser() -> argparse.ArgumentParser:
     network.add_argument("--trusted-proxies", default=None, metavar="ADDRESSES",
                          help="proxies (addresses or networks, comma-separated) whose X-Forwarded-For is the client")
 
-    parser = argparse.ArgumentParser(prog="tracker", parents=[common],
+    parser = OneLineParser(prog="tracker", parents=[common],
                                      description="A self-hosted, Sentry-compatible error tracker.")
     parser.add_argument("--version", action="version", version=f"tracker {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", parents=[common, network], help="run the server").set_defaults(func=cmd_serve)
     sub.add_parser("prepare-worker", parents=[common], help="(started by the server) prepare events for it"
                    ).set_defaults(func=lambda settings, args: run_prepare_worker(settings.db))
-    sub.add_parser("demo", parents=[common, network],
-                   help="fresh demo database from sample_events/, then serve").set_defaults(func=cmd_demo)
+    demo = sub.add_parser("demo", parents=[common, network], help="fresh demo database from sample_events/, then serve")
+    demo.add_argument("--stream", type=float, nargs="?", const=3.0, default=0.0, metavar="SECONDS",
+                      help="keep sending a sample event every few seconds (default 3) while it serves")
+    demo.set_defaults(func=cmd_demo)
     project = sub.add_parser("project", help="manage projects").add_subparsers(dest="action", required=True)
     create = project.add_parser("create", parents=[common], help="create a project and print its DSN")
     create.add_argument("name")
     create.add_argument("--slug")
     create.add_argument("--platform")
     create.set_defaults(func=cmd_project_create)
+    project.add_parser("list", parents=[common], help="list projects and their DSNs").set_defaults(func=cmd_project_list)
+    dsn = project.add_parser("dsn", parents=[common], help="print a project's DSN")
+    dsn.add_argument("project", help="slug or id")
+    dsn.set_defaults(func=cmd_project_dsn)
     token = sub.add_parser("token", help="manage API tokens").add_subparsers(dest="action", required=True)
     token_create = token.add_parser("create", parents=[common], help="create an API token and print it")
     token_create.add_argument("--name")
@@ -12369,16 +12634,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
-    init_db(settings)
-    conn = connect_db(settings.db)
-    try:
-        keys = conn.execute("SELECT k.public_key, p.id, p.slug FROM project_keys k JOIN projects p "
-                            "ON p.id = k.project_id WHERE k.active = 1 ORDER BY p.slug").fetchall()
-    finally:
-        conn.close()
-    for row in keys:
-        print(f"  DSN {row['slug']:<18} {dsn_for(settings, row['public_key'], row['id'])}")
-    if not keys:
+    if not print_dsns(settings):
         print("  No projects yet: `tracker project create NAME` prints a DSN.")
     admin = with_db(settings, first_admin)
     if admin:
@@ -12387,6 +12643,14 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.public_url.startswith("https:"):
         print("  Warning: serving beyond this machine without TLS; put a TLS proxy in front (see README: Security).")
     serve(settings)
+
+
+def print_dsns(settings: Settings) -> int:
+    """Print each active DSN key of each project; how many."""
+    keys = with_db(settings, active_dsn_keys)
+    for row in keys:
+        print(f"  DSN {row['slug']:<18} {dsn_for(settings, row['public_key'], row['id'])}")
+    return len(keys)
 
 
 def with_db(settings: Settings, job: Job) -> Any:
@@ -12418,6 +12682,7 @@ def serve(settings: Settings) -> None:
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
                            log_level="warning", access_log=False, http=type("TrackerHttp", (GuardedHttp,), bounds),
                            proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
+    with_db(settings, lambda c: remember_public_url(c, settings.public_url))
     print(f"tracker {__version__} serving {settings.public_url}/ (database {settings.db})", flush=True)
     uvicorn.Server(config).run()
 
@@ -12525,26 +12790,58 @@ class HeadRefused(Exception):
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
     if args.db is None:
-        settings.db = "tracker-demo.db"
-    dsns = load_demo(settings)
+        settings.db = DEMO_DB
+    if args.stream and not 0.1 <= args.stream <= 3600:
+        raise SystemExit("error: --stream takes seconds between events, from 0.1 to 3600")
+    alert_log = DemoAlertLog(Path(settings.db).with_suffix(".alerts.log"))
+    dsns = load_demo(settings, alert_log.url)
     token = with_db(settings, lambda c: create_token(c, "demo"))
     name, password = with_db(settings, first_admin) or ("admin", "")
     link = with_db(settings, lambda c: create_login_link(c, name, ttl=86400))
-    print(f"Demo database {settings.db} with {len(list(sample_dir().glob('*.envelope')))} sample events.")
+    print(f"Demo database {settings.db} with {len(list(sample_dir().glob('*.envelope')))} sample events, cron monitors, "
+          f"feedback, a release with commits and a deploy; alerts are delivered to {alert_log.path}.")
     for slug, dsn in dsns.items():
         print(f"  DSN {slug:<18} {dsn}")
     print(f"  API token          {token}")
     print(f"  Sign in            {name} / {password}")
+    print(f"  Your own service   tracker project create NAME (in this directory), or Projects & DSNs → New project")
     print(f"\nOpen {settings.public_url}/login/{link} in your browser (signs you in once).\n", flush=True)
+    if args.stream:
+        threading.Thread(target=demo_stream, args=(settings, dsns, args.stream), daemon=True).start()
     serve(settings)
 
 
-def load_demo(settings: Settings) -> dict[str, str]:
+class DemoAlertLog(http.server.ThreadingHTTPServer):
+    """The demo's alert channel: a webhook receiver on this machine that appends each delivery, a
+    JSON line, to a file, so the delivery log shows real deliveries and anyone can read what was sent."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+        class Receiver(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the name http.server calls)
+                body = self.rfile.read(min(int(self.headers.get("content-length") or 0), MIB))
+                with path.open("ab") as f:
+                    f.write(body.replace(b"\n", b" ") + b"\n")
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+        super().__init__(("127.0.0.1", 0), Receiver)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}/alerts"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+def load_demo(settings: Settings, alert_url: str) -> dict[str, str]:
     """A fresh demo database: a project per service (release name) in the samples, their
-    events spread over the last three days so the dashboard looks like a live system."""
+    events spread over the last three days so the dashboard looks like a live system; an alert
+    channel (before the events, so new issues queue deliveries) and the rest of what the pages show."""
     for suffix in ("", "-wal", "-shm"):
         Path(settings.db + suffix).unlink(missing_ok=True)
     init_db(settings)
+    with_db(settings, lambda c: save_channel(c, "demo alert log", "webhook", checked_channel(
+        "webhook", "demo alert log", {"url": alert_url, "allow_private": True})))
     by_project: dict[str, list[Path]] = {}
     platforms: dict[str, str] = {}
     for path in sorted(sample_dir().glob("*.envelope")):
@@ -12570,6 +12867,7 @@ def load_demo(settings: Settings) -> dict[str, str]:
         dsns[slug] = dsn_for(settings, key, project_id)
         send_files(settings, paths, slug, rebase)
         with_db(settings, lambda c, p=project_id, slo=slug == busiest: demo_health(c, p, slo, now))
+    with_db(settings, lambda c: demo_extras(c, busiest, now))
     return dsns
 
 
@@ -12596,19 +12894,20 @@ def read_event_file(path: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
 
 
 def send_files(settings: Settings, files: list[Path], project: str | None,
-               rebase: Callable[[Path, dict[str, Any]], None] | None = None) -> int:
-    """Ingest event files straight into the database, through the same processing as HTTP."""
+               rebase: Callable[[Path, dict[str, Any]], None] | None = None) -> tuple[int, str]:
+    """Ingest event files straight into the database, through the same processing as HTTP:
+    (events stored, the slug of the project they went to)."""
     init_db(settings)
     conn = connect_db(settings.db)
     try:
-        projects = {str(r["id"]): r["id"] for r in conn.execute("SELECT id FROM projects")}
-        projects.update({r["slug"]: r["id"] for r in conn.execute("SELECT id, slug FROM projects")})
+        slugs = {r["id"]: r["slug"] for r in conn.execute("SELECT id, slug FROM projects")}
+        projects = {**{str(i): i for i in slugs}, **{slug: i for i, slug in slugs.items()}}
         if project is None and not projects:
             apply_batch(conn, [lambda c: create_project(c, "default")])
-            projects = {"default": 1}
+            projects, slugs = {"default": 1}, {1: "default"}
         project_id = projects.get(project) if project else min(projects.values())
         if project_id is None:
-            raise SystemExit(f"error: no project {project!r}")
+            raise SystemExit(f"error: no project {project!r} (`tracker project list` lists them)")
         jobs: list[Job] = []
         received = time.time()
         rules = stored_rules(conn.execute(RULES_SQL, (project_id,)).fetchone())
@@ -12625,7 +12924,7 @@ def send_files(settings: Settings, files: list[Path], project: str | None,
         results = apply_batch(conn, jobs)
     finally:
         conn.close()
-    return sum(1 for r in results if r is True)
+    return sum(1 for r in results if r is True), slugs[project_id]
 
 
 def demo_health(conn: sqlite3.Connection, project_id: int, with_slo: bool, now: float) -> None:
@@ -12634,13 +12933,15 @@ def demo_health(conn: sqlite3.Connection, project_id: int, with_slo: bool, now: 
     with a day of history and a fresh breach."""
     releases = [r[0] for r in conn.execute("SELECT DISTINCT release FROM events WHERE project_id = ? AND release != ''",
                                            (project_id,))] or ["demo@1.0.0"]
+    environment = (conn.execute("SELECT environment FROM events WHERE project_id = ? GROUP BY 1 ORDER BY count(*) DESC",
+                                (project_id,)).fetchone() or ["production"])[0]  # the events' own, so health has one
     rng, updates = random.Random(project_id), []
     for start in range(minute_of(now - 3 * 86400), minute_of(now), 600):
         release = releases[rng.randrange(len(releases))]
         crashed = int(rng.random() < 0.06) + (3 if now - start < 20 * 60 and with_slo else 0)  # a fresh spike
         aggregate = {"started": start, "exited": rng.randint(40, 160), "errored": int(rng.random() < 0.04),
                      "crashed": crashed, "did": None}
-        updates += parse_aggregates({"attrs": {"release": release, "environment": "production"},
+        updates += parse_aggregates({"attrs": {"release": release, "environment": environment},
                                      "aggregates": [aggregate]}, now)
     store_health(conn, project_id, updates)
     if with_slo:
@@ -12653,9 +12954,85 @@ def demo_health(conn: sqlite3.Connection, project_id: int, with_slo: bool, now: 
             judge_slos(conn, minute, 120)
 
 
+def demo_extras(conn: sqlite3.Connection, slug: str, now: float) -> None:
+    """What the samples' events do not bring: cron monitors (one ok, one missed, one failing) for
+    the busiest project, user feedback with a screenshot-like attachment on its latest event, and
+    commits and a deploy for its release, each through the writer jobs ingest and the API use."""
+    project_id = conn.execute("SELECT id FROM projects WHERE slug = ?", (slug,)).fetchone()[0]
+    event = conn.execute("SELECT event_id, release, environment FROM events WHERE project_id = ? ORDER BY timestamp DESC "
+                         "LIMIT 1", (project_id,)).fetchone()
+    day, hour = (now - 2 * 3600) // 86400 * 86400 + 2 * 3600, now // 3600 * 3600  # the last 02:00, the last hour
+    for monitor, schedule, step, last_run, last in (  # ok; failing (its last run failed); stopped 3 h ago: missed
+            ("nightly-settlement", "0 2 * * *", 86400, day, "ok"), ("reconcile-payouts", "0 * * * *", 3600, hour, "error"),
+            ("refresh-fx-rates", {"type": "interval", "value": 10, "unit": "minute"}, 600, now - 3 * 3600, "ok")):
+        for k in range(7, -1, -1):
+            record_check_in(conn, project_id, parse_check_in(
+                {"monitor_slug": monitor, "status": last if k == 0 else "ok", "duration": 4.2 + k,
+                 "environment": event["environment"], "release": event["release"],
+                 "monitor_config": {"schedule": schedule, "checkin_margin": 5, "max_runtime": 30}},
+                last_run - k * step + 20), 60)
+    judge_monitors(conn, now, 60)
+    store_feedback(conn, Feedback(project_id, "feedback", event["event_id"], uuid.uuid4().hex, "Lena Fischer",
+                                  "lena.fischer@example.de", "I clicked Pay twice and got charged once but the page "
+                                  "said it failed. Is my order placed?", "https://shop.example.com/checkout",
+                                  created=now - 1800))
+    log_text = b"".join(b"%s payments-api INFO capture attempt %d for pay_3Qs2Vb8P\n" % (
+        format_datetime(now - 60 * k).encode(), 4 - k) for k in range(3, 0, -1))
+    sha, utf8, data = attachment_blob(log_text, zstandard.ZstdCompressor(level=3))
+    store_attachment(conn, {"project_id": project_id, "event_id": event["event_id"], "filename": "capture.log",
+                            "content_type": "text/plain", "attachment_type": "event.attachment", "size": len(log_text),
+                            "sha1": sha, "utf8": utf8, "data": data, "created": now - 1800}, ATTACHMENT_MAX_TOTAL)
+    released = conn.execute("SELECT date_created FROM releases WHERE version = ?", (event["release"],)).fetchone()[0] - 600
+    commits = [{"sha": hashlib.sha1(message.encode()).hexdigest(), "repository": "acme/payments", "message": message,
+                "author_name": author, "author_email": f"{author.split()[0].lower()}@example.com",
+                "timestamp": released - 3600 - k * 5400, "files": files}
+               for k, (message, author, files) in enumerate((
+                   ("Capture: compare against the authorized amount", "Ana Lima", [("payments/service.py", "M")]),
+                   ("Retry idempotent captures once", "Jonas Weber", [("payments/api.py", "M")]),
+                   ("Bump sentry-sdk", "Ana Lima", [("requirements.txt", "M")])))]
+    save_release(conn, event["release"], [project_id], {"date_released": released}, commits, None)
+    release_id = conn.execute("SELECT id FROM releases WHERE version = ?", (event["release"],)).fetchone()[0]
+    create_deploy(conn, release_id, {"environment": event["environment"], "name": "deploy #412",
+                                     "url": "https://ci.example.com/deploys/412", "date_started": released - 300,
+                                     "date_finished": released})
+
+
+def demo_stream(settings: Settings, dsns: dict[str, str], every: float) -> None:
+    """`tracker demo --stream S`: a sample event every S seconds (a fresh id and timestamp, now and
+    then a new message so a new issue opens and alerts fire), posted to the running server as an
+    SDK would, so Live, the charts and the alert log move during a demonstration."""
+    samples = sorted(sample_dir().glob("*.envelope"))
+    rng = random.Random()
+    time.sleep(2)  # the server starts listening
+    for n in itertools.count():
+        header, event = read_event_file(rng.choice(samples))[0]
+        slug = slugify(text(event.get("release")).split("@")[0] or "demo")
+        key, project_id = re.fullmatch(r"[a-z]+://([0-9a-f]+)@[^/]+.*/(\d+)", dsns[slug]).groups()
+        event.update(event_id=uuid.uuid4().hex, timestamp=time.time())
+        if n % 20 == 19:
+            event["fingerprint"] = [f"demo-stream-{n}"]
+            event["message"] = f"demo stream: order ord_{rng.randint(1000, 9999)} could not be reserved"
+            event.pop("exception", None)
+        request = urllib.request.Request(f"{settings.public_url}/api/{project_id}/store/", data=json.dumps(event).encode(),
+                                         headers={"Content-Type": "application/json",
+                                                  "X-Sentry-Auth": f"Sentry sentry_key={key}, sentry_version=7"})
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(request, timeout=10).close()
+        time.sleep(every)
+
+
 def cmd_project_create(settings: Settings, args: argparse.Namespace) -> None:
     project_id, key = with_db(settings, lambda c: create_project(c, args.name, args.slug, args.platform or ""))
-    print(f"Created project {args.name} (id {project_id}). Its DSN:")
+    print(f"Created project {args.name} (id {project_id}) in {settings.db}. Its DSN:")
+    print(dsn_for(settings, key, project_id))
+
+
+def cmd_project_list(settings: Settings, args: argparse.Namespace) -> None:
+    print_dsns(settings)
+
+
+def cmd_project_dsn(settings: Settings, args: argparse.Namespace) -> None:
+    project_id, key = with_db(settings, lambda c: project_dsn(c, args.project))
     print(dsn_for(settings, key, project_id))
 
 
@@ -12719,7 +13096,10 @@ def cmd_tail(settings: Settings, args: argparse.Namespace) -> None:
     database file (WAL lets it read beside the server), so it runs on the server's machine."""
     if not Path(settings.db).exists():
         raise SystemExit(f"error: no database at {settings.db}")
+    if args.project:
+        with_db(settings, lambda c: project_dsn(c, args.project))  # refuses an unknown project in one line
     conn = connect_db(settings.db)
+    PAYLOADS.load(conn)
     last = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
     last = max(last - args.last, 0)
     print(f"Following the events stored in {settings.db} (Ctrl-C stops)", file=sys.stderr, flush=True)
@@ -12730,7 +13110,11 @@ def cmd_tail(settings: Settings, args: argparse.Namespace) -> None:
                 last = row["id"]
                 if args.project and row["project"] != args.project:
                     continue
-                line = live_line(row)
+                try:
+                    line = live_line(row)
+                except KeyError:  # compressed with a dictionary the server trained since
+                    PAYLOADS.load(conn)
+                    line = live_line(row)
                 print(json.dumps(line) if args.json else
                       f"{line['time']}  {line['project']:<16} {line['level']:<7} {line['title']}  ({line['culprit']})",
                       flush=True)
@@ -12744,10 +13128,10 @@ def cmd_tail(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_send(settings: Settings, args: argparse.Namespace) -> None:
     try:
-        stored = send_files(settings, [Path(f) for f in args.files], args.project)
+        stored, slug = send_files(settings, [Path(f) for f in args.files], args.project)
     except (IngestError, OSError) as exc:
         raise SystemExit(f"error: {getattr(exc, 'detail', exc)}") from None
-    print(f"Stored {stored} new event(s).")
+    print(f"Stored {plural(stored, 'new event')} in project {slug}" + ("" if args.project else " (the first; --project chooses)") + ".")
 
 
 def cmd_backup(settings: Settings, args: argparse.Namespace) -> None:
@@ -12758,6 +13142,8 @@ def cmd_backup(settings: Settings, args: argparse.Namespace) -> None:
     target = Path(args.file)
     if target.exists() and not args.force:
         raise SystemExit(f"error: {target} exists; use --force to overwrite it")
+    if not target.parent.is_dir():
+        raise SystemExit(f"error: no directory {target.parent} to write {target.name} in")
     partial = target.with_name(target.name + ".partial")
     partial.unlink(missing_ok=True)
     started = time.monotonic()
@@ -12858,7 +13244,7 @@ TEMPLATES = {
     "base.html": """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{% block title %}tracker{% endblock %} · tracker</title><link rel="icon" href="/static/favicon.svg"><link rel="stylesheet" href="/static/tracker.css"></head>
-<body><header class="top"><a class="brand" href="/issues/">tracker</a>{% if viewer %}<a href="/issues/">Issues</a><a href="/releases/">Releases</a><a href="/alerts/">Alerts</a><a href="/monitors/">Monitors</a><a href="/projects/">Projects &amp; DSNs</a><a href="/live/">Live</a>
+<body><header class="top"><a class="brand" href="/issues/">tracker</a>{% if viewer %}<a href="/issues/">Issues</a><a href="/releases/">Releases</a><a href="/alerts/">Alerts</a><a href="/monitors/">Monitors</a><a href="/projects/">Projects &amp; DSNs</a><a href="/live/">Live</a>{% if viewer.role == 'admin' %}<a href="/settings/">Settings</a>{% endif %}
 <span class="who"><a href="/account/">{{ viewer.name }}{% if viewer.role == 'admin' %} (admin){% endif %}</a>{% if viewer.via == 'session' %}<form method="post" action="/logout"><input type="hidden" name="csrf" value="{{ csrf }}"><button class="link">Sign out</button></form>{% endif %}</span>{% endif %}</header>
 <main>{% block main %}{% endblock %}</main></body></html>""",
 
@@ -12892,10 +13278,10 @@ TEMPLATES = {
   <td><input type="checkbox" name="id" value="{{ i.id }}" form="bulk" aria-label="select {{ i.short }}"></td>
   <td><a class="issue-title" href="/issues/{{ i.id }}/">{{ i.head }}{% if i.rest %}<span class="v">{{ i.rest }}</span>{% endif %}</a>
       <div class="culprit">{{ i.culprit }}</div>
-      <div class="muted fs-12">{{ i.short }} · {{ i.project_name }}{% if i.last_release %} · {{ i.last_release }}{% endif %}</div></td>
-  <td class="level"><span class="badge lvl-{{ i.level }}">{{ i.level }}</span></td>
+      <div class="muted fs-12">{{ i.short }} · <a href="/issues/?project={{ i.project_slug }}">{{ i.project_name }}</a>{% if i.last_release %} · <a href="{{ filter_url('release', i.last_release) }}">{{ i.last_release }}</a>{% endif %}</div></td>
+  <td class="level"><a class="badge lvl-{{ i.level }}" href="{{ filter_url('level', i.level, f.project) }}">{{ i.level }}</a></td>
   <td class="trend">{{ sparks[i.id] }}</td>
-  <td class="num events">{{ i.times_seen }}</td><td class="num users">{{ i.user_count }}</td>
+  <td class="num events">{{ i.times_seen|count }}</td><td class="num users">{{ i.user_count|count }}</td>
   <td class="first-seen" title="{{ i.first_seen|datetime }}">{{ i.first_seen|ago }}</td>
   <td class="last-seen" title="{{ i.last_seen|datetime }}">{{ i.last_seen|ago }}</td>
   <td class="issue-status"><span class="status">{{ i.status }}</span>{% if i.substatus == 'regressed' %} <span class="badge regressed">regressed</span>{% endif %}</td></tr>
@@ -12909,16 +13295,16 @@ TEMPLATES = {
     "issue.html": """{% extends "base.html" %}{% block title %}{{ issue.title }}{% endblock %}{% block main %}
 <div class="card">
   <div class="muted fs-12"><a href="/issues/?project={{ issue.project_slug }}">{{ issue.project_name }}</a> · {{ short }} · <span class="status">{{ issue.status }}</span>{% if issue.substatus == 'regressed' %} <span class="badge regressed">regressed</span>{% endif %}</div>
-  <h1><span class="badge lvl-{{ issue.level }}">{{ issue.level }}</span> {{ issue.title }}</h1>
+  <h1><a class="badge lvl-{{ issue.level }}" href="{{ filter_url('level', issue.level, issue.project_slug) }}">{{ issue.level }}</a> {{ issue.title }}</h1>
   <div class="culprit">{{ issue.culprit }}</div>
   <div class="facts">
-    <div><b>{{ issue.times_seen }}</b><span>events</span></div>
-    <div><b>{{ issue.user_count }}</b><span>users</span></div>
-    <div><b title="{{ issue.first_seen|datetime }}">{{ issue.first_seen|ago }}</b><span>first seen{% if issue.first_release %} in {{ issue.first_release }}{% endif %}</span></div>
-    <div><b title="{{ issue.last_seen|datetime }}">{{ issue.last_seen|ago }}</b><span>last seen{% if issue.last_release %} in {{ issue.last_release }}{% endif %}</span></div>
+    <div><b>{{ issue.times_seen|count }}</b><span>{{ 'event' if issue.times_seen == 1 else 'events' }}</span></div>
+    <div><b>{{ issue.user_count|count }}</b><span>{{ 'user' if issue.user_count == 1 else 'users' }}</span></div>
+    <div><b title="{{ issue.first_seen|datetime }}">{{ issue.first_seen|ago }}</b><span>first seen{% if issue.first_release %} in <a href="{{ filter_url('release', issue.first_release) }}">{{ issue.first_release }}</a>{% endif %}</span></div>
+    <div><b title="{{ issue.last_seen|datetime }}">{{ issue.last_seen|ago }}</b><span>last seen{% if issue.last_release %} in <a href="{{ filter_url('release', issue.last_release) }}">{{ issue.last_release }}</a>{% endif %}</span></div>
     {% for h in histograms %}<div class="histogram"><svg viewBox="0 0 {{ h.counts|length * 6 }} 40" preserveAspectRatio="none" role="img" aria-label="events per {{ h.unit }}, last {{ h.label }}">
-      {% set top = [h.counts|max, 1]|max %}{% for c in h.counts %}<rect x="{{ loop.index0 * 6 }}" y="{{ 40 - (38 * c / top)|round(1) }}" width="5" height="{{ (38 * c / top)|round(1) if c else 0 }}"><title>{{ c }} events</title></rect>{% endfor %}</svg>
-      {% set n = h.counts|sum %}<span>{{ n }} event{{ 's' if n != 1 }} in the last {{ h.label }}</span></div>{% endfor %}
+      {% set top = [h.counts|max, 1]|max %}{% for c in h.counts %}<rect x="{{ loop.index0 * 6 }}" y="{{ 40 - (38 * c / top)|round(1) }}" width="5" height="{{ (38 * c / top)|round(1) if c else 0 }}"><title>{{ c|plural('event') }}</title></rect>{% endfor %}</svg>
+      {% set n = h.counts|sum %}<span>{{ n|plural('event') }} in the last {{ h.label }}</span></div>{% endfor %}
   </div>
   {% set act = '/issues/%d/' % issue.id %}
   <div class="actions">
@@ -12939,7 +13325,7 @@ TEMPLATES = {
     {% if nav[key] and nav[key] != ev.event_id %}<a href="/issues/{{ issue.id }}/events/{{ nav[key] }}/">{{ label }}</a>{% else %}<span class="off">{{ label }}</span>{% endif %}
   {% endfor %}
   <span class="evmeta"><span class="muted">event</span> <span class="mono">{{ ev.event_id[:12] }}</span> <span class="muted">·</span> <span title="{{ ev.timestamp|datetime }}">{{ ev.timestamp|datetime }}</span>
-    <span class="muted">· release</span> <b>{{ ev.release or '—' }}</b> <span class="muted">· env</span> <b>{{ ev.environment }}</b></span>
+    <span class="muted">· release</span> <b>{% if ev.release %}<a href="{{ filter_url('release', ev.release) }}">{{ ev.release }}</a>{% else %}—{% endif %}</b> <span class="muted">· env</span> <b><a href="{{ filter_url('environment', ev.environment, issue.project_slug) }}">{{ ev.environment }}</a></b></span>
   <a href="/issues/{{ issue.id }}/events/{{ ev.event_id }}/json">Raw JSON</a>
   <a href="/issues/{{ issue.id }}/events/">All events</a>
 </div>
@@ -12995,7 +13381,7 @@ TEMPLATES = {
 {% if ev.breadcrumbs %}<div class="card"><h2 class="mt-0">Breadcrumbs</h2><table>
   <thead><tr><th>Time</th><th>Category</th><th>Level</th><th>Message / data</th></tr></thead><tbody>
   {% for b in ev.breadcrumbs['values'][-100:] %}<tr class="{{ 'crumb-error' if b.level in ('error', 'fatal') }}">
-    <td class="mono nowrap">{{ b.timestamp|timeonly }}</td><td class="mono">{{ b.category or b.type or '' }}</td><td class="crumb-level">{{ b.level or '' }}</td>
+    <td class="mono nowrap">{{ b.timestamp|timeonly }}</td><td class="mono">{{ b.category or b.type or '' }}</td><td class="crumb-level">{{ b.level or 'info' }}</td>
     <td class="mono">{{ b.message or '' }}{% if b.data %} <span class="muted">{{ b.data|pretty }}</span>{% endif %}</td></tr>{% endfor %}
   </tbody></table></div>{% endif %}
 {% if ev.extra %}<div class="card"><h2 class="mt-0">Additional data</h2><table class="kv">{% for k, v in ev.extra.items() %}<tr><td>{{ k }}</td><td><div class="v">{{ v|pretty }}</div></td></tr>{% endfor %}</table></div>{% endif %}
@@ -13017,9 +13403,10 @@ TEMPLATES = {
     {% for d in deliveries %}<div class="muted fs-12-5">{{ d.channel_name }} · {{ d.trigger }} · <span class="delivery-status status-{{ d.status }}">{{ d.status }}</span> · {{ d.created|ago }}</div>{% endfor %}
     <div class="fs-12-5 mt-4"><a href="/alerts/">all deliveries</a> · <a href="/projects/{{ issue.project_slug }}/alerts/">rules</a></div></div>{% endif %}
   <div class="card"><h3 class="mt-0">This event</h3><table class="kv">
-    <tr><td>release</td><td>{{ ev.release or '—' }}</td></tr>
-    <tr><td>environment</td><td>{{ ev.environment }}</td></tr>
-    {% if ev.transaction %}<tr><td>transaction</td><td>{{ ev.transaction }}</td></tr>{% endif %}
+    <tr><td>release</td><td>{% if ev.release %}<a href="{{ filter_url('release', ev.release) }}">{{ ev.release }}</a>{% else %}—{% endif %}</td></tr>
+    <tr><td>environment</td><td><a href="{{ filter_url('environment', ev.environment, issue.project_slug) }}">{{ ev.environment }}</a></td></tr>
+    {% if ev.transaction %}<tr><td>transaction</td><td><a href="{{ filter_url('transaction', ev.transaction, issue.project_slug) }}">{{ ev.transaction }}</a></td></tr>{% endif %}
+    {% if ev.contexts and ev.contexts.trace and ev.contexts.trace.trace_id %}<tr><td>trace</td><td><a href="{{ filter_url('trace', ev.contexts.trace.trace_id, issue.project_slug) }}">{{ ev.contexts.trace.trace_id }}</a></td></tr>{% endif %}
     {% if ev.server_name %}<tr><td>server</td><td>{{ ev.server_name }}</td></tr>{% endif %}
     {% if ev.logger %}<tr><td>logger</td><td>{{ ev.logger }}</td></tr>{% endif %}
     {% if ev.sdk %}<tr><td>sdk</td><td>{{ ev.sdk.name }} {{ ev.sdk.version }}</td></tr>{% endif %}
@@ -13027,8 +13414,8 @@ TEMPLATES = {
     <tr><td>received</td><td>{{ ev.received|datetime }}</td></tr>
   </table>
   {% set scrubbed = ev|scrubbed %}{% if scrubbed %}<details class="muted scrubbed fs-12-5"><summary>{{ scrubbed|length }} value{{ 's' if scrubbed|length != 1 }} filtered by the server's data scrubbing</summary><span class="mono">{{ scrubbed[:12]|join(', ') }}{% if scrubbed|length > 12 %}, …{% endif %}</span> · <a href="/projects/{{ issue.project_slug }}/scrubbing/">settings</a></details>{% endif %}
-  {% if ev.user %}<h3>User</h3><table class="kv">{% for k, v in ev.user.items() %}<tr><td>{{ k }}</td><td>{{ v|pretty }}</td></tr>{% endfor %}</table>{% endif %}
-  <h3>Tags</h3><div class="chips">{% for k, v in ev.tags or [] %}{% if k in ('environment', 'release') %}<a href="/issues/?{{ {k: v, 'project': issue.project_slug}|urlencode }}"><b>{{ k }}</b> {{ v }}</a>{% else %}<span><b>{{ k }}</b> {{ v }}</span>{% endif %}{% endfor %}</div>
+  {% if ev.user %}<h3>User</h3><table class="kv">{% for k, v in ev.user.items() %}<tr><td>{{ k }}</td><td>{% if k in ('id', 'email', 'username', 'ip_address') and v is string %}<a href="{{ filter_url(k, v, issue.project_slug) }}">{{ v }}</a>{% else %}{{ v|pretty }}{% endif %}</td></tr>{% endfor %}</table>{% endif %}
+  <h3>Tags</h3><div class="chips">{% for k, v in ev.tags or [] %}<a href="{{ filter_url(k, v, issue.project_slug) }}" title="issues with {{ k }} {{ v }}"><b>{{ k }}</b> {{ v }}</a>{% endfor %}</div>
   {% for name, ctx in (ev.contexts or {}).items() %}<h3>{{ name }}</h3><table class="kv">{% for k, v in ctx.items() if k != 'type' %}<tr><td>{{ k }}</td><td>{{ v|pretty }}</td></tr>{% endfor %}</table>{% endfor %}
   </div>
   <div class="card lifetime"><h3 class="mt-0">Lifetime</h3><div class="share"><span>opened</span><b title="{{ issue.first_seen|datetime }}">{{ issue.first_seen|ago }}</b></div>
@@ -13038,7 +13425,7 @@ TEMPLATES = {
     <li><span>{{ a.words }}</span><span class="muted" title="{{ a.created|datetime }}">{{ a.created|ago }}</span></li>{% endfor %}</ul></div>
   <div class="card"><h3 class="mt-0">Across all events</h3>
   {% for t in tag_summary %}<div class="tagbar"><div class="k">{{ t.key }}</div>
-    {% for v in t['values'] %}<div class="tag-value"><span class="mono break-all">{{ v.value }}</span><span class="muted nowrap">{{ v.count }} · {{ (100 * v.count / t.total)|round|int }}%</span></div>
+    {% for v in t['values'] %}<div class="tag-value"><a class="mono break-all" href="{{ filter_url(t.key, v.value, issue.project_slug) }}">{{ v.value }}</a><span class="muted nowrap">{{ v.count|count }} · {{ (v.count / t.total)|pct }}</span></div>
     <div class="bar"><svg viewBox="0 0 100 1" preserveAspectRatio="none"><rect width="{{ (100 * v.count / t.total)|round|int }}" height="1"/></svg></div>{% endfor %}</div>{% endfor %}
   </div>
 </div></div>
@@ -13046,15 +13433,15 @@ TEMPLATES = {
 {% endblock %}""",
 
     "projects.html": """{% extends "base.html" %}{% block title %}Projects{% endblock %}{% block main %}
-<h1>Projects</h1><p class="muted">Point an official Sentry SDK at a DSN below: <code class="dsn">sentry_sdk.init(dsn="…", release="app@1.0.0", environment="prod")</code></p>
+<h1>Projects {% if viewer.role == 'admin' %}<a class="button fs-13 fw-normal" href="/projects/new/">New project</a>{% endif %}</h1><p class="muted">Point an official Sentry SDK at a DSN below: <code class="dsn">sentry_sdk.init(dsn="…", release="app@1.0.0", environment="prod")</code>; each project's <i>setup</i> page has the lines for Python, Celery, logging, browser, Node, Go and Ruby.</p>
 {% for p in projects %}<div class="card"><h2 class="mt-0"><a href="/issues/?project={{ p.slug }}">{{ p.name }}</a> <span class="muted mono">{{ p.slug }} · id {{ p.id }}</span></h2>
   {% for k in p.dsn_keys %}<div class="key{{ '' if k.active else ' off' }}">DSN <code class="dsn">{{ k.dsn }}</code> <span class="muted">{{ k.label }}{% if not k.active %} · disabled: its events are refused (403){% endif %}</span>
   {% if viewer.role == 'admin' %}<form method="post" action="/projects/{{ p.slug }}/keys/"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="{{ 'disable' if k.active else 'enable' }}" value="{{ k.public_key }}"><button class="secondary">{{ 'Disable' if k.active else 'Enable' }}</button></form>{% endif %}</div>{% endfor %}
   {% if viewer.role == 'admin' %}<form method="post" action="/projects/{{ p.slug }}/keys/" class="key"><input type="hidden" name="csrf" value="{{ csrf }}"><input name="add" placeholder="new key's label" size="14" aria-label="label"><button class="secondary">Add a DSN key</button>
   <span class="muted">rotate: add one, move clients, disable the old</span></form>{% endif %}
   {% if p.drops %}<div class="drops">Dropped in the last 24 h: {% for d in p.drops %}{{ d.n }} {{ d.reason.replace('client:', 'by the SDK: ').replace('_', ' ') }}{{ ' · ' if not loop.last }}{% endfor %}</div>{% endif %}
-  <div class="muted fs-12-5">{{ p.issue_count }} issues · {{ p.event_count }} events · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a> · <a href="/projects/{{ p.slug }}/scrubbing/">data scrubbing</a> · <a href="/projects/{{ p.slug }}/code-mappings/">code mappings</a> · <a href="/projects/{{ p.slug }}/alerts/">alert rules</a> · <a href="/projects/{{ p.slug }}/slo/">SLO</a> · <a href="/projects/{{ p.slug }}/overview/">overview</a> · <a href="/projects/{{ p.slug }}/envelopes/">envelopes received</a> · <a href="/projects/{{ p.slug }}/feedback/">user feedback</a> · <a href="/monitors/?project={{ p.slug }}">cron monitors</a></div></div>
-{% else %}<div class="card empty">No projects yet: <code>tracker project create NAME</code> prints a DSN.</div>{% endfor %}
+  <div class="muted fs-12-5">{{ p.issue_count|plural('issue') }} · {{ p.event_count|plural('event') }} · <a href="/projects/{{ p.slug }}/setup/">setup</a> · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a> · <a href="/projects/{{ p.slug }}/scrubbing/">data scrubbing</a> · <a href="/projects/{{ p.slug }}/code-mappings/">code mappings</a> · <a href="/projects/{{ p.slug }}/alerts/">alert rules</a> · <a href="/projects/{{ p.slug }}/slo/">SLO</a> · <a href="/projects/{{ p.slug }}/overview/">overview</a> · <a href="/projects/{{ p.slug }}/envelopes/">envelopes received</a> · <a href="/projects/{{ p.slug }}/feedback/">user feedback</a> · <a href="/monitors/?project={{ p.slug }}">cron monitors</a></div></div>
+{% else %}<div class="card empty">No projects yet: {% if viewer.role == 'admin' %}<a href="/projects/new/">create one</a>, or {% endif %}<code>tracker project create NAME</code> prints a DSN.</div>{% endfor %}
 {% endblock %}""",
 
     "monitors.html": """{% extends "base.html" %}{% block title %}Monitors{% endblock %}{% block main %}
@@ -13141,19 +13528,19 @@ message:"*timed out*" -> timeouts, {{ transaction }}{% endraw %}</pre>
 <div class="card p-0">{% if releases %}<table><thead><tr><th>Version</th><th>Created</th><th>Released</th><th class="num">Events</th><th class="num">New issues</th><th>Last deploy</th></tr></thead><tbody>
 {% for r in releases %}<tr><td class="mono"><a href="/releases/{{ r.version|urlencode }}/">{{ r.version }}</a></td>
   <td title="{{ r.date_created|datetime }}">{{ r.date_created|ago }}</td><td>{{ r.date_released|ago if r.date_released else '—' }}</td>
-  <td class="num">{{ r.event_count }}</td><td class="num">{{ r.new_issues }}</td><td>{{ r.last_deploy|ago if r.last_deploy else '—' }}</td></tr>{% endfor %}
+  <td class="num">{{ r.event_count|count }}</td><td class="num">{{ r.new_issues|count }}</td><td>{{ r.last_deploy|ago if r.last_deploy else '—' }}</td></tr>{% endfor %}
 </tbody></table>{% else %}<div class="empty">No releases yet: events with a <code>release</code>, or <code>sentry-cli releases new</code>, create them.</div>{% endif %}</div>
 {% endblock %}""",
 
     "release.html": """{% extends "base.html" %}{% block title %}{{ r.release.version }}{% endblock %}{% block main %}
 <div class="card"><div class="muted fs-12"><a href="/releases/">Releases</a></div>
   <h1>{{ r.release.version }}</h1>
-  <div class="facts"><div><b>{{ r.event_count }}</b><span>events</span></div><div><b>{{ r.new_issues|length }}</b><span>new issues</span></div>
+  <div class="facts"><div><b>{{ r.event_count|count }}</b><span>{{ 'event' if r.event_count == 1 else 'events' }}</span></div><div><b>{{ r.new_issues|length }}</b><span>new issues</span></div>
     <div><b>{{ r.regressions|length }}</b><span>regressions</span></div><div><b>{{ r.commits|length }}</b><span>commits</span></div>
     <div><b title="{{ r.release.date_created|datetime }}">{{ r.release.date_created|ago }}</b><span>created</span></div>
     <div><b>{{ r.release.date_released|ago if r.release.date_released else '—' }}</b><span>released</span></div></div></div>
 <div class="layout"><div>
-<div class="card"><h2 class="mt-0">New issues in this release</h2>{% for i in r.new_issues %}<div class="my-6"><span class="badge lvl-{{ i.level }}">{{ i.level }}</span> <a href="/issues/{{ i.id }}/">{{ i.title }}</a> <span class="muted">· {{ i.times_seen }} events · {{ i.project_name }}</span></div>{% else %}<div class="muted">None.</div>{% endfor %}</div>
+<div class="card"><h2 class="mt-0">New issues in this release</h2>{% for i in r.new_issues %}<div class="my-6"><span class="badge lvl-{{ i.level }}">{{ i.level }}</span> <a href="/issues/{{ i.id }}/">{{ i.title }}</a> <span class="muted">· {{ i.times_seen|plural('event') }} · {{ i.project_name }}</span></div>{% else %}<div class="muted">None.</div>{% endfor %}</div>
 <div class="card"><h2 class="mt-0">Regressions in this release</h2>{% for i in r.regressions %}<div class="my-6"><a href="/issues/{{ i.id }}/">{{ i.title }}</a> <span class="muted">· regressed {{ i.regressed_at|ago }}</span></div>{% else %}<div class="muted">None.</div>{% endfor %}</div>
 <div class="card"><h2 class="mt-0">Commits</h2>{% for ref in r.refs %}<div class="mono muted">{{ ref.repository }} {{ ref.previous_sha[:12] ~ '..' if ref.previous_sha }}{{ ref.commit_sha[:12] }}</div>{% endfor %}
   {% for c in r.commits %}<div class="commit"><div><span class="mono">{{ c.sha[:12] }}</span> {{ (c.message or '')|truncate(120) }}</div>
@@ -13166,7 +13553,7 @@ message:"*timed out*" -> timeouts, {{ transaction }}{% endraw %}</pre>
     <td class="num nowrap">{{ f.size_text }}</td><td class="nowrap" title="{{ f.date_added|datetime }}">{{ f.date_added|ago }}</td></tr>{% endfor %}</tbody></table>
   {% else %}<div class="muted">None: <code>sentry-cli sourcemaps upload --release {{ r.release.version }} dist/</code> in CI uploads them (see the README's Source maps section).</div>{% endif %}</div>
 </div><div class="sidebar">{% if r.health %}<div class="card health"><h3 class="mt-0">Release health</h3>{% for h in r.health %}
-  <div class="my-6"><b>{{ h.environment }}</b> <span class="muted">· {{ h.sessions }} sessions{% if h.users %} · {{ h.users }} users{% endif %}</span>
+  <div class="my-6"><b>{{ h.environment }}</b> <span class="muted">· {{ h.sessions|plural('session') }}{% if h.users %} · {{ h.users|plural('user') }}{% endif %}</span>
   <div class="health-facts"><div><b>{{ h.crash_free_sessions|pct }}</b><span>crash-free sessions</span></div><div><b>{{ h.errored_rate|pct }}</b><span>errored sessions</span></div>
   {% if h.users %}<div><b>{{ h.crash_free_users|pct }}</b><span>crash-free users</span></div>{% endif %}</div></div>{% endfor %}</div>{% endif %}
 <div class="card"><h3 class="mt-0">Deploys</h3>{% for d in r.deploys %}<div class="my-6"><b>{{ d.environment }}</b> <span class="muted" title="{{ d.date_finished|datetime }}">{{ d.date_finished|ago }}</span>{% if d.name %} · {{ d.name }}{% endif %}</div>{% else %}<div class="muted">Not deployed yet.</div>{% endfor %}</div></div></div>
@@ -13197,7 +13584,7 @@ the stack root is cut off the front of the frame's path (empty: the file name as
 <p class="muted">Issues whose in-app frames pass through this {{ 'function' if function else 'file' }}: the same as the search <a class="search-link" href="/issues/?{{ {'project': project.slug, 'status': 'all', 'q': query}|urlencode }}">{{ query }}</a>.</p>
 <div class="card p-0">{% if issues %}<table class="issues"><thead><tr><th>Issue</th><th>Status</th><th class="num">Events</th><th class="num">Users</th><th>Last seen</th></tr></thead><tbody>
 {% for i in issues %}<tr><td><a class="issue-title" href="/issues/{{ i.id }}/">{{ i.title }}</a><div class="culprit">{{ i.culprit }}</div></td><td>{{ i.status }}</td>
-  <td class="num events">{{ i.times_seen }}</td><td class="num users">{{ i.user_count }}</td><td class="last-seen" title="{{ i.last_seen|datetime }}">{{ i.last_seen|ago }}</td></tr>{% endfor %}
+  <td class="num events">{{ i.times_seen|count }}</td><td class="num users">{{ i.user_count|count }}</td><td class="last-seen" title="{{ i.last_seen|datetime }}">{{ i.last_seen|ago }}</td></tr>{% endfor %}
 </tbody></table>{% else %}<div class="empty">No issue passes through it.</div>{% endif %}</div>
 {% endblock %}""",
 
@@ -13212,19 +13599,19 @@ A notification is queued with the event that caused it and delivered with retrie
   <td class="nowrap"><form class="inline" method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="test" value="{{ c.id }}"><button class="secondary">Send test</button></form>
   <form class="inline" method="post"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="delete" value="{{ c.id }}"><button class="secondary">Delete</button></form></td></tr>{% endfor %}
 </tbody></table>{% else %}<div class="empty">No channels yet: add one below, or declare <code>[[channels]]</code> in the config file.</div>{% endif %}</div>
-<form method="post" class="card filters"><input type="hidden" name="csrf" value="{{ csrf }}"><label>Kind<select name="kind">{% for k in kinds %}<option {{ 'selected' if form.kind == k }}>{{ k }}</option>{% endfor %}</select></label>
+<form method="post" class="card filters channel-form"><input type="hidden" name="csrf" value="{{ csrf }}"><label>Kind<select name="kind">{% for k in kinds %}<option value="{{ k }}" {{ 'selected' if form.kind == k }}>{{ k }}</option>{% endfor %}</select></label>
   <label>Name<input name="name" value="{{ form.name }}" required placeholder="oncall-slack" size="12"></label>
-  <label>URL<input name="url" value="{{ form.url }}" placeholder="webhook, Alertmanager or Jira URL" size="28"></label>
-  <label>PagerDuty routing key<input name="routing_key" size="16"></label>
-  <label>SMTP host<input name="host" value="{{ form.host }}" size="12"></label><label>Port<input name="port" value="{{ form.port }}" size="4" placeholder="587"></label>
-  <label>Security<select name="security"><option>starttls</option><option>tls</option><option>none</option></select></label>
-  <label>User<input name="username" value="{{ form.username }}" size="10"></label><label>Password<input name="password" type="password" size="10"></label>
-  <label>From<input name="from" value="{{ form['from'] }}" size="16"></label><label>To<input name="to" value="{{ form.to }}" size="20" placeholder="a@x.com, b@x.com"></label>
-  <label>Jira flavor<select name="flavor"><option value="cloud">cloud (v3)</option><option value="datacenter">data center (v2)</option></select></label>
-  <label>Jira email<input name="email" value="{{ form.email }}" size="14"></label><label>Jira token / PAT<input name="token" type="password" size="12"></label>
-  <label>Jira project<input name="project" value="{{ form.project }}" size="6" placeholder="OPS"></label><label>Issue type<input name="issue_type" value="{{ form.issue_type }}" size="6" placeholder="Bug"></label>
-  <label>Webhook secret<input name="secret" type="password" size="12" placeholder="generated"></label>
-  <label title="a loopback, private or link-local address: your own network, not the internet"><input type="checkbox" name="allow_private" {{ 'checked' if form.allow_private }}> Allow a private address</label>
+  <label class="k k-slack k-webhook k-alertmanager k-jira">URL<input name="url" value="{{ form.url }}" placeholder="webhook, Alertmanager or Jira URL" size="28"></label>
+  <label class="k k-pagerduty">PagerDuty routing key<input name="routing_key" size="16"></label>
+  <label class="k k-email">SMTP host<input name="host" value="{{ form.host }}" size="12"></label><label class="k k-email">Port<input name="port" value="{{ form.port }}" size="4" placeholder="587"></label>
+  <label class="k k-email">Security<select name="security"><option>starttls</option><option>tls</option><option>none</option></select></label>
+  <label class="k k-email k-alertmanager">User<input name="username" value="{{ form.username }}" size="10"></label><label class="k k-email k-alertmanager">Password<input name="password" type="password" size="10"></label>
+  <label class="k k-email">From<input name="from" value="{{ form['from'] }}" size="16"></label><label class="k k-email">To<input name="to" value="{{ form.to }}" size="20" placeholder="a@x.com, b@x.com"></label>
+  <label class="k k-jira">Jira flavor<select name="flavor"><option value="cloud">cloud (v3)</option><option value="datacenter">data center (v2)</option></select></label>
+  <label class="k k-jira">Jira email<input name="email" value="{{ form.email }}" size="14"></label><label class="k k-jira">Jira token / PAT<input name="token" type="password" size="12"></label>
+  <label class="k k-jira">Jira project<input name="project" value="{{ form.project }}" size="6" placeholder="OPS"></label><label class="k k-jira">Issue type<input name="issue_type" value="{{ form.issue_type }}" size="6" placeholder="Bug"></label>
+  <label class="k k-webhook">Webhook secret<input name="secret" type="password" size="12" placeholder="generated"></label>
+  <label class="k k-slack k-webhook k-alertmanager k-jira k-email" title="a loopback, private or link-local address: your own network, not the internet"><input type="checkbox" name="allow_private" {{ 'checked' if form.allow_private }}> Allow a private address</label>
   <button type="submit">Add channel</button></form>
 <div class="card p-0"><h2 class="inset-head">Deliveries</h2>{% if deliveries %}<table class="deliveries"><thead><tr><th>Queued</th><th>Channel</th><th>Why</th><th>Issue</th><th>Status</th><th class="num">Attempts</th><th>Last error</th><th></th></tr></thead><tbody>
 {% for d in deliveries %}<tr><td class="mono" title="{{ d.created|datetime }}">{{ d.created|ago }}</td><td>{{ d.channel_name }} <span class="muted">{{ d.channel_kind }}</span></td><td>{{ d.trigger }}</td>
@@ -13239,23 +13626,23 @@ A notification is queued with the event that caused it and delivered with retrie
 <div class="muted fs-12"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">issues</a> · <a href="/projects/{{ project.slug }}/slo/">SLO</a> · <a href="/projects/{{ project.slug }}/alerts/">alert rules</a></div>
 <h1>{{ project.name }} <span class="muted fw-normal">overview</span></h1>
 <nav class="periods">{% for p in periods %}<a href="?period={{ p }}" class="{{ 'current' if p == period }}">{{ p }}</a>{% endfor %}</nav>
-<div class="card"><div class="facts"><div><b>{{ total }}</b><span>events</span></div><div><b>{{ new }}</b><span>new issues</span></div><div><b>{{ regressed }}</b><span>regressions</span></div>
-  <div><b>{{ health.crash_free_sessions|pct }}</b><span>crash-free sessions</span></div><div><b>{{ health.errored_rate|pct }}</b><span>errored sessions</span></div><div><b>{{ health.sessions }}</b><span>sessions</span></div></div></div>
+<div class="card"><div class="facts"><div><b>{{ total|count }}</b><span>{{ 'event' if total == 1 else 'events' }}</span></div><div><b>{{ new|count }}</b><span>new {{ 'issue' if new == 1 else 'issues' }}</span></div><div><b>{{ regressed|count }}</b><span>{{ 'regression' if regressed == 1 else 'regressions' }}</span></div>
+  <div><b>{{ health.crash_free_sessions|pct }}</b><span>crash-free sessions</span></div><div><b>{{ health.errored_rate|pct }}</b><span>errored sessions</span></div><div><b>{{ health.sessions|count }}</b><span>sessions</span></div></div></div>
 <div class="layout"><div>
 <div class="card chart-card"><h2 class="mt-0">Events by level</h2><div class="events-chart">{{ events_chart }}</div>
-  <div class="axis"><span>{{ labels[0] }}</span><span>{{ labels[-1] }}</span></div>
+  <div class="axis"><span>{{ labels[0] }}</span><span>{{ labels[labels|length // 2] }}</span><span>{{ labels[-1] }}</span></div>
   <div class="legend">{% for l in ['fatal', 'error', 'warning', 'info', 'debug'] %}<span><i class="bar-{{ l }}"></i>{{ l }}</span>{% endfor %}</div></div>
 <div class="card chart-card"><h2 class="mt-0">New and regressed issues</h2><div class="issues-chart">{{ issues_chart }}</div>
-  <div class="axis"><span>{{ labels[0] }}</span><span>{{ labels[-1] }}</span></div>
+  <div class="axis"><span>{{ labels[0] }}</span><span>{{ labels[labels|length // 2] }}</span><span>{{ labels[-1] }}</span></div>
   <div class="legend"><span><i class="bar-new"></i>new</span><span><i class="bar-regressed"></i>regressed</span></div></div>
-<div class="card"><h2 class="mt-0">Top issues by events</h2>{% for i in top %}<div class="top-issue"><span class="num">{{ i.period_events }}</span> <a href="/issues/{{ i.id }}/">{{ i.title }}</a> <span class="muted">{{ i.culprit }}</span></div>{% else %}<div class="muted">No events in this period.</div>{% endfor %}</div>
-<div class="card"><h2 class="mt-0">Top issues by users</h2>{% for i in top_users %}<div class="top-issue"><span class="num">{{ i.period_users }}</span> <a href="/issues/{{ i.id }}/">{{ i.title }}</a></div>{% else %}<div class="muted">No users seen in this period.</div>{% endfor %}</div>
+<div class="card"><h2 class="mt-0">Top issues by events</h2>{% for i in top %}<div class="top-issue"><span class="num">{{ i.period_events|count }}</span> <a href="/issues/{{ i.id }}/">{{ i.title }}</a> <span class="muted">{{ i.culprit }}</span></div>{% else %}<div class="muted">No events in this period.</div>{% endfor %}</div>
+<div class="card"><h2 class="mt-0">Top issues by users</h2>{% for i in top_users %}<div class="top-issue"><span class="num">{{ i.period_users|count }}</span> <a href="/issues/{{ i.id }}/">{{ i.title }}</a></div>{% else %}<div class="muted">No users seen in this period.</div>{% endfor %}</div>
 </div><div class="sidebar">
-{% for column, rows in breakdown.items() %}<div class="card"><h3 class="mt-0">By {{ column }}</h3>{% for r in rows %}<div class="share"><span>{{ r.value or '—' }}</span><b>{{ r.n }}</b></div>{% else %}<div class="muted">—</div>{% endfor %}</div>{% endfor %}
+{% for column, rows in breakdown.items() %}<div class="card"><h3 class="mt-0">By {{ column }}</h3>{% for r in rows %}<div class="share"><span>{% if r.value %}<a href="{{ filter_url(column, r.value, project.slug) }}">{{ r.value }}</a>{% else %}—{% endif %}</span><b>{{ r.n|count }}</b></div>{% else %}<div class="muted">—</div>{% endfor %}</div>{% endfor %}
 <div class="card lifetimes"><h3 class="mt-0">Bug lifetimes</h3><div class="share"><span>median time to resolve</span><b>{{ stats.median_ttr }}</b></div>
   <div class="share"><span>issues ever reopened</span><b>{{ stats.reopened }}</b></div>
   <h3>Open issues by age</h3>{% for age, n in stats.ages.items() %}<div class="share"><span>{{ age }}</span><b>{{ n }}</b></div>{% endfor %}
-  <h3>By first release</h3>{% for r in stats.releases %}<div class="share release-life"><span>{{ r.release }}</span><b title="issues first seen in it · resolved · median time to resolve">{{ r.issues }} · {{ r.resolved|pct }} · {{ r.ttr }}</b></div>{% endfor %}
+  <h3>By first release</h3>{% for r in stats.releases %}<div class="share release-life"><span>{% if r.release and r.release != '(no release)' %}<a href="{{ filter_url('release', r.release) }}">{{ r.release }}</a>{% else %}{{ r.release }}{% endif %}</span><b title="issues first seen in it · resolved · median time to resolve">{{ r.issues }} · {{ r.resolved|pct }} · {{ r.ttr }}</b></div>{% endfor %}
   <div class="muted fs-11-5">issues first seen · resolved · median time to resolve</div></div>
 </div></div>
 {% endblock %}""",
@@ -13332,7 +13719,8 @@ A notification is queued with the event that caused it and delivered with retrie
 <div class="card p-0">{% if envelopes %}<table class="envelopes"><thead><tr><th>Received</th><th>Client</th><th class="num">Bytes</th><th>Items</th></tr></thead><tbody>
 {% for e in envelopes %}<tr><td class="mono nowrap"><a href="/projects/{{ project.slug }}/envelopes/{{ e.id }}/">{{ e.received|datetime }}</a></td><td class="mono">{{ e.client }}</td><td class="num">{{ e.size }}</td>
 <td>{% for kind, size, outcome in e.parts %}<span class="item {{ 'dropped' if outcome.startswith('dropped') else 'kept' }}" title="{{ outcome }}">{{ kind or '?' }}</span> {% endfor %}</td></tr>{% endfor %}
-</tbody></table>{% else %}<div class="empty">Nothing received yet. Point an SDK at one of this project's DSNs.</div>{% endif %}</div>{% endblock %}""",
+</tbody></table>{% else %}<div class="empty">Nothing received over HTTP in the last day. Point an SDK at one of this project's DSNs (<a href="/projects/{{ project.slug }}/setup/">setup</a>).
+  Events loaded with <code>tracker send</code> or by <code>tracker demo</code> go straight into the database and are not logged here.</div>{% endif %}</div>{% endblock %}""",
 
     "envelope.html": """{% extends "base.html" %}{% block title %}Envelope · {{ project.name }}{% endblock %}{% block main %}
 <div class="muted fs-12"><a href="/projects/{{ project.slug }}/envelopes/">Envelopes of {{ project.name }}</a></div>
@@ -13377,8 +13765,35 @@ A notification is queued with the event that caused it and delivered with retrie
 <td>{% if fb.issue_id %}<a href="/issues/{{ fb.issue_id }}/#feedback">{{ fb.short }}</a> <span class="muted">{{ fb.title }}</span>{% elif fb.event_id %}<span class="muted">event {{ fb.event_id[:12] }} not received (yet)</span>{% else %}<span class="muted">—</span>{% endif %}</td></tr>{% endfor %}
 </tbody></table>{% else %}<div class="empty">No feedback yet.</div>{% endif %}</div>{% endblock %}""",
 
-    "error.html": """{% extends "base.html" %}{% block title %}{{ status }}{% endblock %}{% block main %}
-<div class="card empty"><h1>{{ status }}</h1><p>{{ message }}</p><p><a href="/issues/">Back to issues</a></p></div>{% endblock %}""",
+    "new_project.html": """{% extends "base.html" %}{% block title %}New project{% endblock %}{% block main %}
+<h1>New project</h1>
+{% if error %}<div class="card search-error">{{ error }}</div>{% endif %}
+<form method="post" action="/projects/new/" class="card stack"><input type="hidden" name="csrf" value="{{ csrf }}">
+  <label>Name<input name="name" value="{{ fields.name }}" required maxlength="200" placeholder="checkout-api" autofocus></label>
+  <label>Slug <span class="muted">(optional; in URLs and the API; from the name when empty)</span><input name="slug" value="{{ fields.slug }}" maxlength="50" pattern="[a-z0-9][a-z0-9_-]*"></label>
+  <label>Platform<select name="platform">{% for key, (label, _) in platforms.items() %}<option value="{{ key }}" {{ 'selected' if key == fields.platform }}>{{ label }}</option>{% endfor %}</select></label>
+  <p class="muted">The next page shows its DSN and the few lines that send your service's errors here.</p>
+  <div><button type="submit">Create project</button></div>
+</form>{% endblock %}""",
+
+    "project_setup.html": """{% extends "base.html" %}{% block title %}Set up {{ project.name }}{% endblock %}{% block main %}
+<h1>Set up {{ project.name }} <span class="muted mono fs-14">{{ project.slug }} · id {{ project.id }}</span></h1>
+<div class="card"><h2 class="mt-0">DSN</h2>
+{% if dsn %}<p><code class="dsn" id="dsn">{{ dsn }}</code> <button type="button" class="secondary copy" data-copy="dsn">Copy</button></p>
+<p class="muted">Every official Sentry SDK takes it as it is. It is public (browsers see it): it lets clients send events, nothing more.</p>
+{% else %}<p>This project has no active DSN key: enable or add one on <a href="/projects/">Projects &amp; DSNs</a>.</p>{% endif %}</div>
+<div class="card"><h2 class="mt-0">Send your errors here</h2>
+<nav class="tabs">{% for key, (label, _) in snippets.items() %}<a href="?platform={{ key }}"{% if key == chosen %} class="on" aria-current="page"{% endif %}>{{ label }}</a>{% endfor %}</nav>
+<pre class="snippet" id="snippet"><code>{{ snippets[chosen][1] }}</code></pre>
+<button type="button" class="secondary copy" data-copy="snippet">Copy</button></div>
+<div class="card first-event" id="first-event" data-project="{{ project.slug }}" data-after="{{ after }}">
+{% if first %}<b>Events are arriving.</b> <a href="/issues/{{ first.issue_id }}/events/{{ first.event_id }}/">See one</a> · <a href="/issues/?project={{ project.slug }}">all its issues</a>
+{% else %}<span class="spinner" aria-hidden="true"></span> <b>Waiting for the first event…</b> <span class="muted">Run your service with the lines above and raise an error; it shows here as it is stored.</span>{% endif %}
+</div>
+<script src="/static/setup.js" defer></script>{% endblock %}""",
+
+    "error.html": """{% extends "base.html" %}{% block title %}{{ title }}{% endblock %}{% block main %}
+<div class="card empty"><h1>{{ title }} <span class="muted fw-normal">{{ code }}</span></h1><p>{{ message }}</p><p><a href="/issues/">Back to issues</a></p></div>{% endblock %}""",
 }
 
 CSS = """
@@ -13494,7 +13909,11 @@ svg.chart { width:100%; height:120px; display:block; background: linear-gradient
 .bar-warning { fill:#f79009; background:#f79009; } .bar-info { fill:#2e90fa; background:#2e90fa; }
 .bar-debug { fill:#98a2b3; background:#98a2b3; } .bar-new { fill:#6172f3; background:#6172f3; }
 .bar-regressed { fill:#b42318; background:#b42318; }
-.axis { display:flex; justify-content:space-between; font-size:11.5px; color: var(--muted); margin-top:2px; }
+.axis { display:flex; justify-content:space-between; font-size:11.5px; color: var(--muted); margin:2px 0 0 48px; }
+.chart-wrap { display:flex; gap:6px; } .chart-wrap svg.chart { flex:1; min-width:0; }
+.yaxis { width:42px; height:120px; display:flex; flex-direction:column; justify-content:space-between; align-items:flex-end;
+  font-size:11px; color: var(--muted); font-variant-numeric: tabular-nums; line-height:1; }
+svg.chart rect.hit { fill: transparent; } svg.chart rect.hit:hover { fill: rgba(100, 116, 139, .12); }
 .legend { display:flex; gap:12px; font-size:12px; color: var(--muted); margin-top:6px; }
 .legend i { display:inline-block; width:10px; height:10px; border-radius:2px; margin-right:4px; vertical-align:-1px; }
 .periods { display:flex; gap:6px; margin:0 0 12px; } .periods a { padding:3px 10px; border:1px solid var(--line); border-radius:14px; background:#fff; }
@@ -13530,6 +13949,44 @@ table.monitors td { vertical-align: middle; } table.monitors .sub { font-size:12
 .feedback-entry { padding:8px 0; border-bottom:1px solid var(--line); } .feedback-entry:last-child { border-bottom:0; }
 .feedback-entry .message, table.feedback-list .message { white-space:pre-wrap; word-break:break-word; margin:4px 0; }
 .nowrap { white-space:nowrap; }
+form.stack { display:flex; flex-direction:column; gap:12px; max-width:560px; }
+form.stack label { display:flex; flex-direction:column; gap:4px; font-weight:600; } form.stack label .muted { font-weight:400; }
+nav.tabs { display:flex; gap:4px; flex-wrap:wrap; border-bottom:1px solid var(--line); margin-bottom:10px; }
+nav.tabs a { padding:6px 12px; border:1px solid transparent; border-bottom:0; border-radius:6px 6px 0 0; color: var(--muted); }
+nav.tabs a.on { border-color: var(--line); background: var(--bg); color: var(--fg); font-weight:600; margin-bottom:-1px; }
+pre.snippet { background:#0f172a; color:#e2e8f0; padding:12px 14px; border-radius:6px; overflow-x:auto; font: 13px/1.5 var(--mono); margin:0 0 8px; }
+.first-event { font-size:14.5px; } .first-event.arrived, .first-event:has(> b + a) { border-color:#12b76a; background:#ecfdf3; }
+.spinner { display:inline-block; width:12px; height:12px; border:2px solid #d0d5dd; border-top-color: var(--accent); border-radius:50%;
+  animation: spin 1s linear infinite; vertical-align:-1px; margin-right:4px; } @keyframes spin { to { transform: rotate(360deg); } }
+a.button { display:inline-block; padding:5px 10px; border-radius:6px; background: var(--accent); color:#fff; }
+/* the channel form shows the fields of the chosen kind only (CSS, as the page runs no script) */
+form.channel-form:has(option:checked) label.k { display:none; }
+form.channel-form:has(option[value=slack]:checked) label.k-slack { display:flex; }
+form.channel-form:has(option[value=email]:checked) label.k-email { display:flex; }
+form.channel-form:has(option[value=pagerduty]:checked) label.k-pagerduty { display:flex; }
+form.channel-form:has(option[value=alertmanager]:checked) label.k-alertmanager { display:flex; }
+form.channel-form:has(option[value=webhook]:checked) label.k-webhook { display:flex; }
+form.channel-form:has(option[value=jira]:checked) label.k-jira { display:flex; }
+/* Dark mode for whoever triages at 3 a.m.: the browser's prefers-color-scheme, no switch to find */
+@media (prefers-color-scheme: dark) {
+  :root { color-scheme: dark; --fg:#e4e7ec; --muted:#98a2b3; --line:#2b3444; --bg:#0d1117; --accent:#7b97ff;
+          --crash:#3a2410; --crashline:#5a3512; }
+  .card, .frame, .frame.app > summary, .nav a, .nav span.off, .chips a, .chips span, select, input, button.secondary,
+  .periods a, textarea { background:#161b22; color: var(--fg); }
+  button.secondary { border-color:#3b4557; } .nav span.off { color:#5b6472; }
+  th, .frame > summary, .frame > .fh, details.frames > summary { background:#1b222c; }
+  table.issues tr:hover td { background:#1c2433; } tr.fresh td { background:#3a3512; }
+  pre.block, code.dsn, .histogram svg, .card.secret pre { background:#1f2630; color: var(--fg); }
+  .bar, .mon-none, svg.spark rect.off { background:#2b3444; fill:#2b3444; }
+  svg.chart { background: linear-gradient(#232b36 1px, transparent 1px) 0 0 / 100% 30px; }
+  .search-error, .crumb-error td { background:#3b1512; border-color:#7a271a; color:#fda29b; }
+  .tag.app { background:#1e2a4d; color:#a4bcfd; } span.item.kept { background:#0f3a22; color:#75e0a7; }
+  span.item.dropped { background:#451a1a; color:#fda29b; } div.drops { color:#fec84b; }
+  .first-event.arrived, .first-event:has(> b + a) { background:#0f2a1c; border-color:#12b76a; }
+  .periods a.current { background: var(--fg); color:#0d1117; } .status-delivered { color:#47cd89; }
+  .status-dead, .unhandled, .exc-head .type { color:#f97066; } .status-pending, .status-in_flight { color:#fdb022; }
+  header.top { background:#010409; border-bottom:1px solid var(--line); }
+}
 /* Small adjustments the templates use where they once had style attributes (the CSP allows none).
    Last in the sheet, so they win over the rules above of the same weight, as the attributes did
    (and .sidebar .mt-0 outweighs .sidebar h3). */
@@ -13570,6 +14027,110 @@ source.addEventListener("event", (message) => {
 });
 source.onopen = () => { state.textContent = "live: new events appear at the top"; };
 source.onerror = () => { state.textContent = "connection lost, reconnecting…"; };
+"""
+
+# The setup page's snippets: {DSN} and {RELEASE} are filled in; the platform each key stores on a new project.
+SETUP_SNIPPETS = {
+    "fastapi": ("Python · FastAPI", """# pip install "sentry-sdk[fastapi]"
+import sentry_sdk
+
+sentry_sdk.init(
+    dsn="{DSN}",
+    release="{RELEASE}",
+    environment="production",
+)
+# Call init before `app = FastAPI()`: unhandled errors in your endpoints are sent with the request."""),
+    "celery": ("Python · Celery", """# pip install "sentry-sdk[celery]"   (in the worker, e.g. celery_app.py)
+import sentry_sdk
+from sentry_sdk.integrations.celery import CeleryIntegration
+
+sentry_sdk.init(
+    dsn="{DSN}",
+    release="{RELEASE}",
+    environment="production",
+    integrations=[CeleryIntegration(monitor_beat_tasks=True)],  # beat tasks become cron monitors
+)"""),
+    "logging": ("Python · logging", """# pip install sentry-sdk
+import logging
+import sentry_sdk
+from sentry_sdk.integrations.logging import LoggingIntegration
+
+sentry_sdk.init(
+    dsn="{DSN}",
+    release="{RELEASE}",
+    environment="production",
+    # INFO and up become breadcrumbs; ERROR and up (log.error, log.exception) become events
+    integrations=[LoggingIntegration(level=logging.INFO, event_level=logging.ERROR)],
+)
+logging.getLogger(__name__).error("payment failed", extra={"order": "ord_123"})"""),
+    "browser": ("Browser JavaScript", """// npm install @sentry/browser
+import * as Sentry from "@sentry/browser";
+
+Sentry.init({
+  dsn: "{DSN}",
+  release: "{RELEASE}",
+  environment: "production",
+});"""),
+    "node": ("Node.js", """// npm install @sentry/node   (require it before anything else)
+const Sentry = require("@sentry/node");
+
+Sentry.init({
+  dsn: "{DSN}",
+  release: "{RELEASE}",
+  environment: "production",
+});"""),
+    "go": ("Go", """// go get github.com/getsentry/sentry-go
+import (
+    "time"
+
+    "github.com/getsentry/sentry-go"
+)
+
+func main() {
+    if err := sentry.Init(sentry.ClientOptions{
+        Dsn:         "{DSN}",
+        Release:     "{RELEASE}",
+        Environment: "production",
+    }); err != nil {
+        panic(err)
+    }
+    defer sentry.Flush(2 * time.Second)
+    defer sentry.Recover() // panics are sent too
+}"""),
+    "ruby": ("Ruby", """# Gemfile: gem "sentry-ruby" (and gem "sentry-rails" for Rails)
+Sentry.init do |config|
+  config.dsn = "{DSN}"
+  config.release = "{RELEASE}"
+  config.environment = "production"
+end"""),
+}
+
+SETUP_PLATFORMS = {"fastapi": "python", "celery": "python", "logging": "python", "browser": "javascript",
+                   "node": "node", "go": "go", "ruby": "ruby"}
+
+SETUP_JS = """"use strict";
+for (const button of document.querySelectorAll("button.copy")) {
+  button.addEventListener("click", async () => {
+    await navigator.clipboard.writeText(document.getElementById(button.dataset.copy).textContent.trim());
+    button.textContent = "Copied";
+  });
+}
+const box = document.querySelector("#first-event");
+if (box && box.querySelector(".spinner")) {
+  const source = new EventSource("/live/events?after=" + encodeURIComponent(box.dataset.after));
+  source.addEventListener("event", (message) => {
+    const e = JSON.parse(message.data);
+    if (e.project !== box.dataset.project) return;
+    source.close();
+    const link = document.createElement("a");
+    link.href = "/issues/" + Number(e.issue_id) + "/events/" + encodeURIComponent(e.event_id) + "/";
+    link.textContent = e.title;
+    const head = document.createElement("b");
+    head.textContent = "First event received: ";
+    box.replaceChildren(head, link);
+    box.classList.add("arrived");
+  });
+}
 """
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def test_overview_charts_sparklines_and_lifetime(tracker: TrackerServer, project
     assert values(page, "issues-chart") == {"new": 3, "regressed": 1}
     top = re.findall(r'<span class="num">(\d+)</span> <a href="/issues/(\d+)/"', page)
     assert top[0] == ("4", checkout["id"])
-    assert re.search(r"<span>prod</span><b>7</b>", page) and "issues ever reopened</span><b>1</b>" in page
+    assert re.search(r"<span><a href=\"/issues/\?project=[^\"]+&amp;environment=prod\">prod</a></span><b>7</b>", page) and "issues ever reopened</span><b>1</b>" in page
     assert "median time to resolve</span><b>—</b>" not in page  # one issue was resolved: there is a median
 
     listing = tracker.web.get("/issues/", params={"project": project.slug, "status": "all"}, timeout=10).text

@@ -147,11 +147,11 @@ def test_send_event_json_file(tracker: TrackerServer, tmp_path: Path) -> None:
     path = tmp_path / "event.json"
     path.write_text(json.dumps({"event_id": event_id, "message": "sent from a file", "level": "warning",
                                 "platform": "python", "release": "cli@1"}))
-    assert tracker.cli("send", str(path), "--project", project.slug).strip() == "Stored 1 new event(s)."
+    assert tracker.cli("send", str(path), "--project", project.slug).strip() == f"Stored 1 new event in project {project.slug}."
     issue = tracker.wait_issues(project, 1)[0]
     assert issue["title"] == "sent from a file" and issue["level"] == "warning"
     assert tracker.latest_event(issue["id"])["eventID"] == event_id
-    assert tracker.cli("send", str(path), "--project", project.slug).strip() == "Stored 0 new event(s)."
+    assert tracker.cli("send", str(path), "--project", project.slug).strip() == f"Stored 0 new events in project {project.slug}."
 
 
 def test_send_envelope_files(tracker: TrackerServer, tmp_path: Path) -> None:
@@ -165,7 +165,7 @@ def test_send_envelope_files(tracker: TrackerServer, tmp_path: Path) -> None:
     files = [tmp_path / "a.envelope", tmp_path / "b.envelope"]
     files[0].write_text(with_length)
     files[1].write_text(without_length)
-    assert tracker.cli("send", *map(str, files), "--project", str(project.id)).strip() == "Stored 2 new event(s)."
+    assert tracker.cli("send", *map(str, files), "--project", str(project.id)).strip() == f"Stored 2 new events in project {project.slug}."
     issue = tracker.wait_issues(project, 2)[0]
     assert issue["title"] == "KeyError: 'sku'" and issue["count"] == "2"
     stored = db_rows(tracker.db, "SELECT event_id FROM events WHERE project_id = ? ORDER BY event_id", project.id)
