@@ -437,8 +437,8 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     ALTER TABLE events ADD COLUMN trace_id TEXT;
     CREATE INDEX events_by_trace ON events (trace_id) WHERE trace_id IS NOT NULL;
     CREATE TABLE transactions (
-        id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL, trace_id TEXT NOT NULL, span_id TEXT NOT NULL,
-        parent_span_id TEXT, name TEXT NOT NULL, op TEXT NOT NULL, status TEXT NOT NULL, release TEXT NOT NULL,
+        id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL, event_id TEXT NOT NULL, trace_id TEXT NOT NULL,
+        span_id TEXT NOT NULL, parent_span_id TEXT, name TEXT NOT NULL, op TEXT NOT NULL, status TEXT NOT NULL, release TEXT NOT NULL,
         environment TEXT NOT NULL, start REAL NOT NULL, duration_ms REAL NOT NULL, spans INTEGER NOT NULL,
         payload BLOB NOT NULL, received REAL NOT NULL);
     CREATE INDEX transactions_by_trace ON transactions (trace_id);
@@ -6891,7 +6891,8 @@ def transaction_row(raw: dict[str, Any], project_id: int, received: float, polic
     kept = {"trace": {k: trace[k] for k in ("op", "status", "origin", "data") if k in trace}, "spans": spans,
             "measurements": as_dict(raw.get("measurements")), "tags": normalize_tags(raw.get("tags"))}
     scrub_event(kept, policy)
-    return {"project_id": project_id, "trace_id": trace_id, "span_id": span_id,
+    return {"project_id": project_id, "event_id": normalize_id(raw.get("event_id")) or uuid.uuid4().hex,
+            "trace_id": trace_id, "span_id": span_id,
             "parent_span_id": span_id_of(trace.get("parent_span_id")),
             "name": text(raw.get("transaction"), MAX_TAG) or "<unlabeled transaction>",
             "op": text(trace.get("op"), MAX_TAG), "status": text(trace.get("status"), 64) or "unknown",
@@ -6932,9 +6933,9 @@ MAX_SPAN_TEXT = 2 * KIB
 
 def store_transaction(conn: sqlite3.Connection, row: dict[str, Any], cap: int) -> None:
     """Writer job: keep one transaction; now and then trim the project's to the cap."""
-    row_id = conn.execute("""INSERT INTO transactions (project_id, trace_id, span_id, parent_span_id, name, op, status,
-                                 release, environment, start, duration_ms, spans, payload, received)
-                             VALUES (:project_id, :trace_id, :span_id, :parent_span_id, :name, :op, :status, :release,
+    row_id = conn.execute("""INSERT INTO transactions (project_id, event_id, trace_id, span_id, parent_span_id, name,
+                                 op, status, release, environment, start, duration_ms, spans, payload, received)
+                             VALUES (:project_id, :event_id, :trace_id, :span_id, :parent_span_id, :name, :op, :status, :release,
                                  :environment, :start, :duration_ms, :spans, :payload, :received)""", row).lastrowid or 0
     if row_id % TRIM_EVERY == 0:
         trim_to_cap(conn, "transactions", "start", row["project_id"], cap)
@@ -7139,18 +7140,15 @@ def percentile(sorted_values: list[float], p: float) -> float:
 
 # -- reading logs: Sentry's search syntax over log lines ---------------------------------------------
 
-async def search_logs(store: Store, query: str, *, project_id: int | None = None, trace_id: str | None = None,
-                      after: int = 0, limit: int = 100, ascending: bool = False) -> list[sqlite3.Row]:
+async def search_logs(store: Store, query: str, *, project_id: int | None = None, since: float = 0.0,
+                      until: float = float("inf"), limit: int = 100, ascending: bool = False) -> list[sqlite3.Row]:
     """Log lines matching a search (`severity:error trace:… message:"…" release:… environment:…
-    project:slug sdk.name:… <attribute>:<value>`, free text in the body), newest first; `after` an id:
-    only newer lines (the live mode). Raises SearchError for a malformed query."""
-    clauses, args = ["l.id > ?"], [after]
+    project:slug sdk.name:… <attribute>:<value>`, free text in the body) between two moments, newest
+    first. Raises SearchError for a malformed query."""
+    clauses, args = ["l.timestamp >= ? AND l.timestamp <= ?"], [since, min(until, 1e11)]
     if project_id is not None:
         clauses.append("l.project_id = ?")
         args.append(project_id)
-    if trace_id is not None:
-        clauses.append("l.trace_id = ?")
-        args.append(trace_id)
     for negated, key, value in parse_query(query):
         sql, term_args = log_term_sql(key, value)
         clauses.append(f"NOT ({sql})" if negated else sql)
@@ -9309,6 +9307,102 @@ async def api_not_found(request: Request) -> Response:
     return JSONResponse({"detail": "not found"}, status_code=404)
 
 
+# -- traces and logs (Sentry's trace endpoint and the logs dataset of its events endpoint) -------------
+
+async def api_trace(request: Request) -> list[dict[str, Any]]:
+    """GET /api/0/organizations/<org>/trace/<trace_id>/: every project's part of a trace in Sentry's
+    shape: the root spans, each with the spans below it in `children` (a called service's transaction
+    under the span that called it) and the errors that happened in it in `errors`; errors in no kept
+    span are roots of their own."""
+    check_org(request)
+    trace_id = normalize_id(request.path_params["trace_id"])
+    if trace_id is None:
+        raise ApiError(400, "trace id: 32 hexadecimal digits")
+    view = await trace_view(request.app.store, trace_id)
+    nodes: dict[str, dict[str, Any]] = {}
+    roots: list[dict[str, Any]] = []
+    for span in view["waterfall"]:  # tree order: a parent comes before its children
+        node = span_json(span)
+        parent = nodes.get(span["parent_span_id"] or "")
+        (parent["children"] if parent else roots).append(node)
+        nodes.setdefault(span["span_id"], node)
+    for e in view["errors"]:
+        node = nodes.get(e["span_id"] or "")
+        (node["errors"] if node else roots).append(trace_error_json(e))
+    return roots
+
+
+def span_json(span: dict[str, Any]) -> dict[str, Any]:
+    t = span["transaction"]
+    return {"event_id": span["span_id"], "transaction_id": t["event_id"], "project_id": t["project_id"],
+            "project_slug": t["project_slug"], "transaction": t["name"], "description": span["description"],
+            "op": span["op"], "name": span["op"], "parent_span_id": span["parent_span_id"],
+            "is_transaction": span["is_transaction"], "status": span["status"], "start_timestamp": span["start"],
+            "end_timestamp": span["end"], "duration": (span["end"] - span["start"]) * 1000,
+            "measurements": t["measurements"] if span["is_transaction"] else {}, "sdk_name": "",
+            "profile_id": "", "profiler_id": "", "event_type": "span", "children": [], "errors": [],
+            "occurrences": []}
+
+
+def trace_error_json(e: dict[str, Any]) -> dict[str, Any]:
+    return {"event_id": e["event_id"], "issue_id": e["issue_id"], "level": e["level"], "culprit": e["culprit"],
+            "title": e["title"], "short_id": short_id(e["project_slug"], e["short_id"]), "issue_type": "error",
+            "project_id": e["project_id"], "project_slug": e["project_slug"], "start_timestamp": e["timestamp"],
+            "event_type": "error"}
+
+
+async def api_org_events(request: Request) -> dict[str, Any]:
+    """GET /api/0/organizations/<org>/events/?dataset=logs (or `ourlogs`): log lines in Sentry's
+    table shape, `field` naming the columns (a log column or any attribute), `query` in its search
+    syntax, `project` (one id), `environment`, `statsPeriod` or `start`/`end`, `sort` (-timestamp or
+    timestamp) and `per_page` (at most LOG_API_PAGE). Only logs are kept here, so only that dataset."""
+    check_org(request)
+    params = request.query_params
+    if params.get("dataset") not in ("logs", "ourlogs"):
+        raise ApiError(400, "dataset: logs (the only dataset of this endpoint kept here)")
+    fields = params.getlist("field") or LOG_DEFAULT_FIELDS
+    if len(fields) > 50 or any(len(f) > MAX_TAG for f in fields):
+        raise ApiError(400, "field: at most 50 columns")
+    start, end, _ = stats_window(request, "1m")
+    query = " ".join([params.get("query", ""), *(f'environment:"{e}"' for e in params.getlist("environment"))])
+    project = params.get("project", "")
+    if project and not (project.isascii() and project.isdigit() and len(project) < 19):
+        raise ApiError(400, "project: a project id")
+    per_page = params.get("per_page", "100")
+    if not (per_page.isascii() and per_page.isdigit() and 0 < int(per_page) <= LOG_API_PAGE):
+        raise ApiError(400, f"per_page: 1 to {LOG_API_PAGE}")
+    if params.get("sort", "-timestamp") not in ("-timestamp", "timestamp"):
+        raise ApiError(400, "sort: -timestamp or timestamp")
+    try:
+        rows = await search_logs(request.app.store, query, project_id=int(project) if project else None,
+                                 since=start, until=end, limit=int(per_page),
+                                 ascending=params.get("sort") == "timestamp")
+    except SearchError as exc:
+        raise ApiError(400, str(exc)) from None
+    data = [log_json(row, fields) for row in rows]
+    return {"data": data, "meta": {"fields": {f: LOG_FIELD_TYPES.get(f, "string") for f in fields}, "units": {}}}
+
+
+LOG_API_PAGE = 1000
+
+LOG_DEFAULT_FIELDS = ["id", "project.id", "trace", "severity_number", "severity", "timestamp", "timestamp_precise",
+                      "message"]
+
+LOG_FIELD_TYPES = {"project.id": "integer", "severity_number": "integer", "timestamp": "date",
+                   "timestamp_precise": "integer"}
+
+
+def log_json(row: sqlite3.Row, fields: list[str]) -> dict[str, Any]:
+    """One log line as a row of Sentry's logs dataset: the named columns, attributes by name."""
+    columns = {"id": str(row["id"]), "project.id": row["project_id"], "trace": row["trace_id"],
+               "severity_number": row["severity_number"], "severity": row["level"], "timestamp": iso(row["timestamp"]),
+               "timestamp_precise": int(row["timestamp"] * 1e9), "message": row["body"],
+               "message.template": row["template"], "release": row["release"], "environment": row["environment"],
+               "sdk.name": row["sdk"], "trace.parent_span_id": row["span_id"], "project": row["project_slug"]}
+    attributes = json_loads(row["attributes"])
+    return {f: columns[f] if f in columns else attributes.get(f) for f in fields}
+
+
 # -- cron monitors (Sentry's monitors and check-ins shapes) -------------------------------------
 
 async def api_monitors(request: Request) -> list[dict[str, Any]]:
@@ -10837,6 +10931,8 @@ def api_routes() -> list[Route]:
         ("/api/0/projects/{org}/{project}/rules/{rule_id}/", api_rule, "alerts:read"),
         ("/api/0/organizations/{org}/sessions/", api_sessions, "read"),
         ("/api/0/organizations/{org}/events-stats/", api_events_stats, "read"),
+        ("/api/0/organizations/{org}/trace/{trace_id}/", api_trace, "events:read"),
+        ("/api/0/organizations/{org}/events/", api_org_events, "events:read"),
         ("/api/0/projects/{org}/{project}/slo/", api_slo, "alerts:read"),
         ("/api/0/organizations/{org}/monitors/", api_monitors, "read"),
         ("/api/0/organizations/{org}/monitors/{monitor_slug}/", api_monitor, "read"),
