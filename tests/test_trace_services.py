@@ -2,7 +2,8 @@
 sentry-sdk with traces_sample_rate=1.0 and enable_logs=True) calls a FastAPI payments service over
 HTTP (httpx; the SDK propagates sentry-trace and baggage), which enqueues a task on a real Celery
 worker (its own process; kombu's filesystem broker and Celery's file result backend carry the task and
-its failure between processes). Each service logs and raises. The trace page then shows the three
+its failure between processes). Each service logs and raises (payments through an exception handler
+that reports the error before it answers, so the errors happen in causal order). The trace page then shows the three
 errors in the order they happened, under their three projects, with the spans of the transactions and
 the log lines; `trace:<id>` finds the three issues."""
 from __future__ import annotations
@@ -53,6 +54,7 @@ PAYMENTS = textwrap.dedent("""
                     integrations=[CeleryIntegration()])
 """) + textwrap.dedent(CELERY) + textwrap.dedent("""
     from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
     api = FastAPI()
 
     @app.task(name="billing.settle")
@@ -61,6 +63,11 @@ PAYMENTS = textwrap.dedent("""
 
     class ChargeFailed(Exception):
         pass
+
+    @api.exception_handler(ChargeFailed)
+    def report(request, exc):  # reported before the caller gets its answer: the errors' order is the causal one
+        sentry_sdk.capture_exception(exc)
+        return JSONResponse({"detail": str(exc)}, status_code=502)
 
     @api.get("/charge/{oid}")
     def charge(oid: int):
@@ -179,7 +186,7 @@ def test_one_request_across_three_services_is_one_trace(tracker: TrackerServer, 
     for op in ("http.server", "http.client", "queue.submit.celery", "queue.task.celery"):
         assert op in waterfall, op
     for line in ("checkout 7 started", "charging order 7", "ledger locked while settling order 7",
-                 "payments answered 500 for order 7", "settling order 7 failed"):
+                 "payments answered 502 for order 7", "settling order 7 failed"):
         assert line in page.text, line
 
     # the issue search finds the three issues by the trace, in the dashboard and in each project's API
