@@ -7175,7 +7175,7 @@ def log_term_sql(key: str | None, value: str) -> tuple[str, list[Any]]:
     comparison, pattern = glob_pattern(value)
     if key in LOG_COLUMNS:
         return f"{LOG_COLUMNS[key]} {comparison}", [pattern]
-    return f"json_extract(l.attributes, ?) {comparison}", [f'$."{key}"', pattern]
+    return f"CAST(json_extract(l.attributes, ?) AS TEXT) {comparison}", [f'$."{key}"', pattern]  # 42 as "42"
 
 
 LOG_COLUMNS = {"trace": "l.trace_id", "trace.id": "l.trace_id", "release": "l.release", "environment": "l.environment",
