@@ -15,6 +15,8 @@ reads top to bottom in the order an envelope flows, one banner per section:
                              workflow, search, releases and code mappings, with their questions.
     Alerts                   rules judged in the writer, channel targets, the outbox and delivery.
     Release health and SLOs  sessions and transactions in minute buckets, objectives per minute.
+    Traces and logs          transactions with their spans, log lines, and the trace joining them
+                             to errors across projects; their bounds and questions.
     Retention                old events leave in small batches; each issue keeps first and latest.
     Cron monitors            check-ins, schedules, missed and timed-out runs.
     JSON API                 Sentry's web API shapes over the sections' questions (Bearer tokens).
