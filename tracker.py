@@ -1520,10 +1520,11 @@ async def accept_envelope(request: Request, project_id: int, header: dict[str, A
 
 
 def items_in(kind: str, item_header: dict[str, Any]) -> int:
-    """What an item counts for in its rate limit: a log item each of its logs (as its header says,
-    within the cap a log item is held to), any other item one."""
-    count = item_header.get("item_count") if kind == "log" else 1
-    return min(max(count, 1), MAX_LOGS_PER_ITEM) if isinstance(count, int) and not isinstance(count, bool) else 1
+    """What an item counts for in its rate limit: a log or span item each of its lines or spans (as its
+    header says, within the cap such an item is held to), any other item one."""
+    cap = MAX_LOGS_PER_ITEM if kind == "log" else MAX_SPANS_PER_ITEM if kind == "span" else 1
+    count = item_header.get("item_count")
+    return min(max(count, 1), cap) if isinstance(count, int) and not isinstance(count, bool) else 1
 
 
 @dataclasses.dataclass
@@ -1645,7 +1646,7 @@ class OptionsCache:
 # flood of attachments or check-ins is limited like one of events. Client reports (`internal`) never are.
 RATE_LIMITED = {"event": "error", "transaction": "transaction", "attachment": "attachment", "session": "session",
                 "sessions": "session", "check_in": "monitor", "feedback": "feedback", "user_report": "feedback",
-                "log": "log_item"}
+                "log": "log_item", "span": "span"}
 
 
 async def take_event(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
@@ -1690,6 +1691,28 @@ def take_transaction(intake: Intake, item_header: dict[str, Any], payload: bytes
     cap, _, _ = trace_caps(intake.request.app.settings)
     intake.jobs.append(lambda conn: store_transaction(conn, row, cap))
     return "stored"
+
+
+def take_spans(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
+    """A `span` item (span v2, {"version": 2, "items": [...]}: what JS SDK 11 streams by default instead
+    of transactions): each segment span with the spans of its segment in the same item becomes a
+    transaction (counted and kept as one); spans whose segment is not in the item are not kept."""
+    if intake.over_limit("span"):
+        return "dropped: rate limited"
+    if len(payload) > intake.request.app.settings.max_event:
+        return intake.drop("too_large", "span", "dropped: too large")
+    try:
+        segments, orphans = span_segments(json_object(payload, "span payload"))
+    except IngestError as exc:
+        return intake.drop("invalid", "span", f"dropped: {exc.detail}")
+    cap, _, _ = trace_caps(intake.request.app.settings)
+    for raw in segments:
+        intake.health += parse_transaction(raw, intake.received)
+        row = transaction_row(raw, intake.project_id, intake.received, intake.scrub)
+        if row is not None:
+            intake.jobs.append(lambda conn, row=row: store_transaction(conn, row, cap))
+    return f"stored as {len(segments)} transactions" + (f"; {orphans} spans without their segment not kept"
+                                                         if orphans else "")
 
 
 def take_log(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
@@ -1844,7 +1867,7 @@ def take_user_report(intake: Intake, item_header: dict[str, Any], payload: bytes
 
 ITEM_HANDLERS: dict[str, Callable[[Intake, dict[str, Any], bytes], str | Awaitable[str]]] = {
     "event": take_event, "session": take_health, "sessions": take_health, "transaction": take_transaction,
-    "log": take_log,
+    "log": take_log, "span": take_spans,
     "client_report": take_client_report, "check_in": take_check_in, "attachment": take_attachment,
     "feedback": take_feedback, "user_report": take_user_report}
 
@@ -6933,6 +6956,38 @@ def slim_span(raw: Any) -> dict[str, Any] | None:
 MAX_SPAN_TEXT = 2 * KIB
 
 
+def span_segments(raw: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """Span v2 items as transactions in Sentry's transaction shape (a segment span is the root span,
+    the spans naming it as their segment its children), and how many spans had no segment here."""
+    spans = raw.get("items")
+    if not isinstance(spans, list):
+        raise IngestError(400, "span payload without items")
+    spans = [s for s in spans[:MAX_SPANS_PER_ITEM] if isinstance(s, dict)]
+    attributes = [log_attributes(s.get("attributes")) for s in spans]
+    segments = {s.get("span_id"): (s, a) for s, a in zip(spans, attributes) if s.get("is_segment") is True}
+    children: dict[Any, list[dict[str, Any]]] = {}
+    orphans = 0
+    for s, a in zip(spans, attributes):
+        segment = a.get("sentry.segment.id")
+        if s.get("is_segment") is not True and segment in segments:
+            children.setdefault(segment, []).append(
+                {"span_id": s.get("span_id"), "parent_span_id": s.get("parent_span_id"), "op": a.get("sentry.op"),
+                 "description": s.get("name"), "status": s.get("status"), "start_timestamp": s.get("start_timestamp"),
+                 "timestamp": s.get("end_timestamp")})
+        elif s.get("is_segment") is not True:
+            orphans += 1
+    return [{"type": "transaction", "transaction": s.get("name"), "start_timestamp": s.get("start_timestamp"),
+             "timestamp": s.get("end_timestamp"), "release": a.get("sentry.release"),
+             "environment": a.get("sentry.environment"), "spans": children.get(span_id, []),
+             "contexts": {"trace": {"trace_id": s.get("trace_id"), "span_id": span_id,
+                                    "parent_span_id": s.get("parent_span_id"), "op": a.get("sentry.op"),
+                                    "status": "internal_error" if s.get("status") == "error" else s.get("status")}}}
+            for span_id, (s, a) in segments.items()], orphans
+
+
+MAX_SPANS_PER_ITEM = 1000  # Python's span batcher sends at most 1,000 an envelope
+
+
 def store_transaction(conn: sqlite3.Connection, row: dict[str, Any], cap: int) -> None:
     """Writer job: keep one transaction; now and then trim the project's to the cap."""
     row_id = conn.execute("""INSERT INTO transactions (project_id, event_id, trace_id, span_id, parent_span_id, name,
@@ -7072,6 +7127,7 @@ async def trace_view(store: Store, trace_id: str) -> dict[str, Any]:
 
 
 TRACE_LIMIT = 500  # transactions and errors read of one trace
+TRACE_SPAN_LIMIT = 5000  # child spans drawn of one trace (each transaction's root span always is)
 TRACE_LOG_LIMIT = 2000
 
 TRACE_SQL = {
@@ -7090,8 +7146,10 @@ def trace_spans(transactions: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every span of the trace's transactions (each transaction's root span first), in tree order
     with its depth: a transaction continues under the span of another that called it."""
     spans: list[dict[str, Any]] = []
+    budget = TRACE_SPAN_LIMIT  # a trace of 500 transactions of 1,000 spans each would be 500,000 rows
     for t in transactions:
         kept = json_loads(zstandard.ZstdDecompressor().decompress(t.pop("payload")))
+        kept["spans"], budget = kept["spans"][:budget], max(budget - len(kept["spans"]), 0)
         spans.append({"span_id": t["span_id"], "parent_span_id": t["parent_span_id"], "op": t["op"],
                       "description": t["name"], "status": t["status"], "start": t["start"],
                       "end": t["start"] + t["duration_ms"] / 1000, "transaction": t, "is_transaction": True})
