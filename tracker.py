@@ -16,6 +16,8 @@ reads top to bottom in the order an envelope flows, one banner per section:
                              mappings, with their questions.
     Alerts                   rules judged in the writer, channel targets, the outbox and delivery.
     Release health and SLOs  sessions and transactions in minute buckets, objectives per minute.
+    Traces and logs          transactions with their spans, log lines, and the trace joining them
+                             to errors across projects; their bounds and questions.
     Retention                old events leave in small batches; each issue keeps first and latest.
     Cron monitors            check-ins, schedules, missed and timed-out runs.
     JSON API                 Sentry's web API shapes over the sections' questions (Bearer tokens).
@@ -115,7 +117,7 @@ def load_settings(config: str | None = None, **flags: Any) -> Settings:
         with open(path, "rb") as f:
             doc = tomllib.load(f)
         for key, value in doc.get("server", {}).items():
-            if key not in {f.name for f in dataclasses.fields(Settings)} or key in ("projects", "repositories", "jira", "channels", "alerts", "slo", "retention", "crons", "attachments"):
+            if key not in {f.name for f in dataclasses.fields(Settings)} or key in ("projects", "repositories", "jira", "channels", "alerts", "slo", "retention", "crons", "attachments", "traces"):
                 raise SystemExit(f"{path}: unknown [server] setting {key!r}")
             setattr(settings, key, value)
         settings.projects = list(doc.get("projects", []))
@@ -128,6 +130,7 @@ def load_settings(config: str | None = None, **flags: Any) -> Settings:
         settings.retention = dict(doc.get("retention", {}))
         settings.crons = dict(doc.get("crons", {}))
         settings.attachments = dict(doc.get("attachments", {}))
+        settings.traces = dict(doc.get("traces", {}))
     for key, var in ENV_VARS.items():
         if os.environ.get(var):
             setattr(settings, key, os.environ[var])
@@ -167,6 +170,7 @@ class Settings:
     limits: dict[str, Any] = dataclasses.field(default_factory=dict)  # events_per_minute, window (s), min_free_mb
     crons: dict[str, Any] = dataclasses.field(default_factory=dict)  # interval (s), minute (s; tests shorten it)
     attachments: dict[str, Any] = dataclasses.field(default_factory=dict)  # max_size, max_total (bytes)
+    traces: dict[str, Any] = dataclasses.field(default_factory=dict)  # max_transactions, max_logs, max_age_days
     ingest_workers: int = -1  # processes that prepare events; -1: one per core (at most 4; none on one core)
     # the TLS proxies (addresses or networks, comma-separated) whose X-Forwarded-For names the client:
     # without it a proxy on this machine makes every client 127.0.0.1 to /stream and the login throttle
@@ -463,6 +467,26 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     CREATE INDEX artifact_files_by_url ON artifact_files (project_id, release, dist, url);
     CREATE INDEX artifact_files_by_debug_id ON artifact_files (project_id, debug_id) WHERE debug_id IS NOT NULL;
     CREATE INDEX artifact_files_by_bundle ON artifact_files (bundle_id);
+    """,
+    # traces and logs (see Traces and logs): an error event names its trace, so that a trace's errors
+    # are found without reading payloads; transactions keep their spans (compressed), logs their lines
+    """
+    ALTER TABLE events ADD COLUMN trace_id TEXT;
+    CREATE INDEX events_by_trace ON events (trace_id) WHERE trace_id IS NOT NULL;
+    CREATE TABLE transactions (
+        id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL, event_id TEXT NOT NULL, trace_id TEXT NOT NULL,
+        span_id TEXT NOT NULL, parent_span_id TEXT, name TEXT NOT NULL, op TEXT NOT NULL, status TEXT NOT NULL, release TEXT NOT NULL,
+        environment TEXT NOT NULL, start REAL NOT NULL, duration_ms REAL NOT NULL, spans INTEGER NOT NULL,
+        payload BLOB NOT NULL, received REAL NOT NULL);
+    CREATE INDEX transactions_by_trace ON transactions (trace_id);
+    CREATE INDEX transactions_by_project ON transactions (project_id, start);
+    CREATE TABLE logs (
+        id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL, timestamp REAL NOT NULL, level TEXT NOT NULL,
+        severity_number INTEGER NOT NULL, body TEXT NOT NULL, trace_id TEXT, span_id TEXT, template TEXT,
+        release TEXT NOT NULL, environment TEXT NOT NULL, sdk TEXT NOT NULL, attributes TEXT NOT NULL,
+        received REAL NOT NULL);
+    CREATE INDEX logs_by_project ON logs (project_id, timestamp);
+    CREATE INDEX logs_by_trace ON logs (trace_id, timestamp) WHERE trace_id IS NOT NULL;
     """,
 ]
 
@@ -1568,9 +1592,9 @@ async def accept_envelope(request: Request, project_id: int, header: dict[str, A
                     await request.app.options.options(project_id))
     kinds = [str(item_header.get("type") or "") for item_header, _ in items]
     categories: dict[str, int] = {}  # a dict, not a Counter: a fifth of the cost, on every envelope
-    for kind in kinds:
+    for kind, (item_header, _) in zip(kinds, items):
         if kind in RATE_LIMITED:
-            categories[RATE_LIMITED[kind]] = categories.get(RATE_LIMITED[kind], 0) + 1
+            categories[RATE_LIMITED[kind]] = categories.get(RATE_LIMITED[kind], 0) + items_in(kind, item_header)
     intake.limited = limits.refuse(project_id, intake.options.get("rate_limit"), categories, intake.received)
     for kind, (item_header, payload) in zip(kinds, items):
         intake.seen[kind] = intake.seen.get(kind, 0) + 1
@@ -1592,6 +1616,14 @@ async def accept_envelope(request: Request, project_id: int, header: dict[str, A
         request.app.background.add(task)  # referenced until done, so it is not collected mid-way
         task.add_done_callback(request.app.background.discard)
     return intake.answer()
+
+
+def items_in(kind: str, item_header: dict[str, Any]) -> int:
+    """What an item counts for in its rate limit: a log or span item each of its lines or spans (as its
+    header says, within the cap such an item is held to), any other item one."""
+    cap = MAX_LOGS_PER_ITEM if kind == "log" else MAX_SPANS_PER_ITEM if kind == "span" else 1
+    count = item_header.get("item_count")
+    return min(max(count, 1), cap) if isinstance(count, int) and not isinstance(count, bool) else 1
 
 
 @dataclasses.dataclass
@@ -1712,7 +1744,8 @@ class OptionsCache:
 # its own budget of the project's `rate_limit` and of `[limits] events_per_minute` in a minute, so a
 # flood of attachments or check-ins is limited like one of events. Client reports (`internal`) never are.
 RATE_LIMITED = {"event": "error", "transaction": "transaction", "attachment": "attachment", "session": "session",
-                "sessions": "session", "check_in": "monitor", "feedback": "feedback", "user_report": "feedback"}
+                "sessions": "session", "check_in": "monitor", "feedback": "feedback", "user_report": "feedback",
+                "log": "log_item", "span": "span"}
 
 
 async def take_event(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
@@ -1737,6 +1770,74 @@ async def take_event(intake: Intake, item_header: dict[str, Any], payload: bytes
             intake.outcomes[index][2] = "dropped: an event with this id is stored already"
     intake.jobs.append(store)
     return "stored"
+
+
+def take_transaction(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
+    """A transaction: counted in its minute bucket (release health) and kept with its spans for the
+    trace page and the slowest transactions (Traces and logs), scrubbed as events are."""
+    if intake.over_limit("transaction"):
+        return "dropped: rate limited"
+    if len(payload) > intake.request.app.settings.max_event:
+        return intake.drop("too_large", "transaction", "dropped: too large")
+    try:
+        raw = json_object(payload, "transaction payload")
+    except IngestError as exc:
+        return intake.drop("invalid", "transaction", f"dropped: {exc.detail}")
+    intake.health += parse_transaction(raw, intake.received)
+    row = transaction_row(raw, intake.project_id, intake.received, intake.scrub)
+    if row is None:
+        return "counted; not kept: no trace id, or too old"
+    cap, _, _ = trace_caps(intake.request.app.settings)
+    intake.jobs.append(lambda conn: store_transaction(conn, row, cap))
+    return "stored"
+
+
+def take_spans(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
+    """A `span` item (span v2, {"version": 2, "items": [...]}: what JS SDK 11 streams by default instead
+    of transactions): each segment span with the spans of its segment in the same item becomes a
+    transaction (counted and kept as one); spans whose segment is not in the item are not kept."""
+    if intake.over_limit("span"):
+        return "dropped: rate limited"
+    if len(payload) > intake.request.app.settings.max_event:
+        return intake.drop("too_large", "span", "dropped: too large")
+    try:
+        segments, orphans = span_segments(json_object(payload, "span payload"))
+    except IngestError as exc:
+        return intake.drop("invalid", "span", f"dropped: {exc.detail}")
+    cap, _, _ = trace_caps(intake.request.app.settings)
+    for raw in segments:
+        intake.health += parse_transaction(raw, intake.received)
+        row = transaction_row(raw, intake.project_id, intake.received, intake.scrub)
+        if row is not None:
+            intake.jobs.append(lambda conn, row=row: store_transaction(conn, row, cap))
+    return f"stored as {len(segments)} transactions" + (f"; {orphans} spans without their segment not kept"
+                                                         if orphans else "")
+
+
+def take_log(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
+    """A `log` item ({"version": 2, "items": [...]}): rate limited as `log_item` (each log counts),
+    at most MAX_LOG_ITEMS of them an envelope and MAX_LOGS_PER_ITEM logs each, scrubbed, kept."""
+    count = items_in("log", item_header)
+    if "log_item" in intake.limited:
+        intake.request.app.limits.drop(intake.project_id, intake.received, "rate_limited", "log_item", count)
+        return "dropped: rate limited"
+    if intake.seen["log"] > MAX_LOG_ITEMS:
+        return intake.drop("too_many", "log_item", f"dropped: more than {MAX_LOG_ITEMS} log items in one envelope")
+    if len(payload) > intake.request.app.settings.max_event:
+        return intake.drop("too_large", "log_item", "dropped: too large")
+    try:
+        rows, refused = log_rows(json_object(payload, "log payload"), intake.project_id, intake.received, intake.scrub)
+    except IngestError as exc:
+        return intake.drop("invalid", "log_item", f"dropped: {exc.detail}")
+    if refused:
+        intake.request.app.limits.drop(intake.project_id, intake.received, "invalid", "log_item", refused)
+    if rows:
+        _, cap, _ = trace_caps(intake.request.app.settings)
+        intake.jobs.append(lambda conn: store_logs(conn, intake.project_id, rows, cap))
+    return f"stored {len(rows)} logs" + (f", dropped {refused}" if refused else "")
+
+
+MAX_LOG_ITEMS = 10  # log items in one envelope: SDKs send one (at most 1,000 lines a writer job)
 
 
 def client_ip(request: Request) -> str:
@@ -1864,7 +1965,8 @@ def take_user_report(intake: Intake, item_header: dict[str, Any], payload: bytes
 
 
 ITEM_HANDLERS: dict[str, Callable[[Intake, dict[str, Any], bytes], str | Awaitable[str]]] = {
-    "event": take_event, "session": take_health, "sessions": take_health, "transaction": take_health,
+    "event": take_event, "session": take_health, "sessions": take_health, "transaction": take_transaction,
+    "log": take_log, "span": take_spans,
     "client_report": take_client_report, "check_in": take_check_in, "attachment": take_attachment,
     "feedback": take_feedback, "user_report": take_user_report}
 
@@ -4709,9 +4811,9 @@ def store_event(conn: sqlite3.Connection, ev: PreparedEvent) -> bool:
          "metadata": json.dumps(ev.metadata), "level": ev.level, "release": ev.release, "id": issue_id}).fetchone()
     conn.execute(
         """INSERT INTO events (project_id, event_id, issue_id, timestamp, received, level,
-                               environment, release, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                               environment, release, payload, trace_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (ev.project_id, ev.event_id, issue_id, ev.timestamp, ev.received, ev.level,
-         ev.environment, ev.release, ev.payload))
+         ev.environment, ev.release, ev.payload, trace_of(ev.tags)))
     link_feedback(conn, ev.project_id, ev.event_id, issue_id)
     if row and "release" in new_tags:
         record_activity(conn, issue_id, "release", {"version": new_tags["release"]}, ev.received)
@@ -4720,6 +4822,15 @@ def store_event(conn: sqlite3.Connection, ev: PreparedEvent) -> bool:
         transition = apply_event_to_status(conn, issue, ev)
     fire_rules(conn, issue_id, ev, transition)
     return True
+
+
+def trace_of(tags: list[list[str]]) -> str | None:
+    """The trace an event belongs to (its `trace` tag, from contexts.trace), when it is a trace id."""
+    value = next((v for k, v in tags if k == "trace"), None)
+    return value if value and TRACE_ID.fullmatch(value) else None
+
+
+TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def create_issue(conn: sqlite3.Connection, ev: PreparedEvent) -> int:
@@ -7857,6 +7968,365 @@ def delete_slo(conn: sqlite3.Connection, project_id: int) -> int:
 
 
 # =============================================================================
+# Traces and logs: transactions with their spans, log lines, and the trace that joins them to errors
+# =============================================================================
+#
+# A trace is what one request touched in every service: its error events (which name it in
+# contexts.trace even with tracing off, kept in events.trace_id), its transactions (a root span and
+# its child spans, kept compressed) and its log lines. Transactions and logs are bounded per project
+# by count (`[traces] max_transactions`, `max_logs`, held within a few hundred rows of the cap by the
+# writer job that stores them) and by age (`max_age_days`, removed by Retention). Sampling is the
+# SDK's: what it sends is kept.
+
+def trace_caps(settings: Settings) -> tuple[int, int, float]:
+    """(max transactions, max logs per project, max age in days) from [traces]."""
+    own = settings.traces
+    return (max(int(own.get("max_transactions", 10_000)), 1), max(int(own.get("max_logs", 100_000)), 1),
+            max(float(own.get("max_age_days", 14)), 0.0))
+
+
+def transaction_row(raw: dict[str, Any], project_id: int, received: float, policy: ScrubPolicy
+                    ) -> dict[str, Any] | None:
+    """A transaction as a row of `transactions`: its root span's fields, and its child spans (at most
+    MAX_SPANS, slimmed), scrubbed and compressed; None without a trace id or when too old."""
+    trace = as_dict(as_dict(raw.get("contexts")).get("trace"))
+    trace_id, span_id = normalize_id(trace.get("trace_id")), span_id_of(trace.get("span_id"))
+    end, start = parse_timestamp(raw.get("timestamp")), parse_timestamp(raw.get("start_timestamp"))
+    if trace_id is None or span_id is None or end is None or not fresh(end, received):
+        return None
+    start = start if start is not None and start <= end else end
+    spans = [span for span in map(slim_span, as_list(raw.get("spans"))[:MAX_SPANS]) if span]
+    kept = {"trace": {k: trace[k] for k in ("op", "status", "origin", "data") if k in trace}, "spans": spans,
+            "measurements": as_dict(raw.get("measurements")), "tags": normalize_tags(raw.get("tags"))}
+    scrub_event(kept, policy)
+    return {"project_id": project_id, "event_id": normalize_id(raw.get("event_id")) or uuid.uuid4().hex,
+            "trace_id": trace_id, "span_id": span_id,
+            "parent_span_id": span_id_of(trace.get("parent_span_id")),
+            "name": text(raw.get("transaction"), MAX_TAG) or "<unlabeled transaction>",
+            "op": text(trace.get("op"), MAX_TAG), "status": text(trace.get("status"), 64) or "unknown",
+            "release": text(raw.get("release"), MAX_TAG), "environment": text(raw.get("environment"), MAX_TAG) or "production",
+            "start": start, "duration_ms": (end - start) * 1000, "spans": len(spans),
+            "payload": TRACE_ZSTD.compress(json_dumps(kept)), "received": received}
+
+
+def span_id_of(value: Any) -> str | None:
+    """A span id (16 hex digits, lower case), or None."""
+    candidate = value.strip().lower() if isinstance(value, str) else ""
+    return candidate if SPAN_ID.fullmatch(candidate) else None
+
+
+SPAN_ID = re.compile(r"[0-9a-f]{16}")
+
+MAX_SPANS = 1000  # child spans kept of one transaction (Sentry's SDKs stop at 1,000 too)
+
+TRACE_ZSTD = zstandard.ZstdCompressor(level=3)  # the event loop's: transactions are compressed in ingest
+
+
+def slim_span(raw: Any) -> dict[str, Any] | None:
+    """The fields of a child span the waterfall and the API show; None when it has no id or times."""
+    raw = as_dict(raw)
+    span_id, start, end = span_id_of(raw.get("span_id")), parse_timestamp(raw.get("start_timestamp")), \
+        parse_timestamp(raw.get("timestamp"))
+    if span_id is None or start is None or end is None:
+        return None
+    data = as_dict(raw.get("data"))
+    return {"span_id": span_id, "parent_span_id": span_id_of(raw.get("parent_span_id")),
+            "op": text(raw.get("op"), MAX_TAG), "description": text(raw.get("description"), MAX_SPAN_TEXT),
+            "status": text(raw.get("status"), 64), "start": start, "end": max(end, start),
+            **({"data": data} if data and len(json_dumps(data)) <= MAX_SPAN_TEXT else {})}
+
+
+MAX_SPAN_TEXT = 2 * KIB
+
+
+def span_segments(raw: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """Span v2 items as transactions in Sentry's transaction shape (a segment span is the root span,
+    the spans naming it as their segment its children), and how many spans had no segment here."""
+    spans = raw.get("items")
+    if not isinstance(spans, list):
+        raise IngestError(400, "span payload without items")
+    spans = [s for s in spans[:MAX_SPANS_PER_ITEM] if isinstance(s, dict)]
+    attributes = [log_attributes(s.get("attributes")) for s in spans]
+    segments = {s.get("span_id"): (s, a) for s, a in zip(spans, attributes) if s.get("is_segment") is True}
+    children: dict[Any, list[dict[str, Any]]] = {}
+    orphans = 0
+    for s, a in zip(spans, attributes):
+        segment = a.get("sentry.segment.id")
+        if s.get("is_segment") is not True and segment in segments:
+            children.setdefault(segment, []).append(
+                {"span_id": s.get("span_id"), "parent_span_id": s.get("parent_span_id"), "op": a.get("sentry.op"),
+                 "description": s.get("name"), "status": s.get("status"), "start_timestamp": s.get("start_timestamp"),
+                 "timestamp": s.get("end_timestamp")})
+        elif s.get("is_segment") is not True:
+            orphans += 1
+    return [{"type": "transaction", "transaction": s.get("name"), "start_timestamp": s.get("start_timestamp"),
+             "timestamp": s.get("end_timestamp"), "release": a.get("sentry.release"),
+             "environment": a.get("sentry.environment"), "spans": children.get(span_id, []),
+             "contexts": {"trace": {"trace_id": s.get("trace_id"), "span_id": span_id,
+                                    "parent_span_id": s.get("parent_span_id"), "op": a.get("sentry.op"),
+                                    "status": "internal_error" if s.get("status") == "error" else s.get("status")}}}
+            for span_id, (s, a) in segments.items()], orphans
+
+
+MAX_SPANS_PER_ITEM = 1000  # Python's span batcher sends at most 1,000 an envelope
+
+
+def store_transaction(conn: sqlite3.Connection, row: dict[str, Any], cap: int) -> None:
+    """Writer job: keep one transaction; now and then trim the project's to the cap."""
+    row_id = conn.execute("""INSERT INTO transactions (project_id, event_id, trace_id, span_id, parent_span_id, name,
+                                 op, status, release, environment, start, duration_ms, spans, payload, received)
+                             VALUES (:project_id, :event_id, :trace_id, :span_id, :parent_span_id, :name, :op, :status, :release,
+                                 :environment, :start, :duration_ms, :spans, :payload, :received)""", row).lastrowid or 0
+    if row_id % TRIM_EVERY == 0:
+        trim_to_cap(conn, "transactions", "start", row["project_id"], cap)
+
+
+TRIM_EVERY = 64  # rows stored between two checks of a project's cap
+
+
+def trim_to_cap(conn: sqlite3.Connection, table: str, column: str, project_id: int, cap: int) -> int:
+    """Delete a project's oldest rows of `table` beyond `cap` (at most TRIM_BATCH at a time)."""
+    return conn.execute(f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE project_id = ? "
+                        f"ORDER BY {column} DESC LIMIT ? OFFSET ?)", (project_id, TRIM_BATCH, cap)).rowcount
+
+
+TRIM_BATCH = 5000
+
+
+def log_rows(raw: dict[str, Any], project_id: int, received: float, policy: ScrubPolicy
+             ) -> tuple[list[tuple[Any, ...]], int]:
+    """A log item's lines as rows of `logs` (scrubbed: bodies by the value rules, attributes in full)
+    and how many were refused (malformed, too old, beyond MAX_LOGS_PER_ITEM)."""
+    items = raw.get("items")
+    if not isinstance(items, list):
+        raise IngestError(400, "log payload without items")
+    logs = [log for log in map(functools.partial(parse_log, received=received), items[:MAX_LOGS_PER_ITEM]) if log]
+    scrub_event({"logs": [log["scrubbed"] for log in logs]}, policy)
+    rows = [(project_id, log["timestamp"], log["level"], log["severity"], text(log["scrubbed"]["body"], MAX_LOG_BODY),
+             log["trace_id"], log["span_id"], log["template"], log["release"], log["environment"], log["sdk"],
+             json_dumps(log["scrubbed"]["attributes"]).decode(), received) for log in logs]
+    return rows, len(items) - len(rows)
+
+
+MAX_LOGS_PER_ITEM = 100  # the logs spec's cap on one item
+
+MAX_LOG_BODY = 8 * KIB
+
+
+def parse_log(item: Any, received: float) -> dict[str, Any] | None:
+    """One log line in the shapes both SDKs send (Python: span_id on top and the severity number only
+    as an attribute; JS: severity_number on top and the span id as an attribute), or None."""
+    item = as_dict(item)
+    timestamp = parse_timestamp(item.get("timestamp"))
+    if not fresh(timestamp, received) or not isinstance(item.get("body"), str):
+        return None
+    attributes = log_attributes(item.get("attributes"))
+    level = text(item.get("level"), 16).lower()
+    level = "warn" if level == "warning" else level
+    severity = item.get("severity_number", attributes.get("sentry.severity_number"))
+    if not isinstance(severity, int) or isinstance(severity, bool) or not 1 <= severity <= 24:
+        severity = SEVERITY_NUMBERS.get(level, 9)
+    if level not in SEVERITY_NUMBERS:
+        level = next(name for name, number in reversed(SEVERITY_NUMBERS.items()) if severity >= number)
+    return {"timestamp": timestamp, "level": level, "severity": severity, "trace_id": normalize_id(item.get("trace_id")),
+            "span_id": span_id_of(item.get("span_id")) or span_id_of(attributes.get("sentry.trace.parent_span_id")),
+            "template": text(attributes.get("sentry.message.template"), MAX_LOG_BODY) or None,
+            "release": text(attributes.get("sentry.release"), MAX_TAG),
+            "environment": text(attributes.get("sentry.environment"), MAX_TAG) or "production",
+            "sdk": text(attributes.get("sentry.sdk.name"), MAX_TAG),
+            "scrubbed": {"body": item["body"][:MAX_LOG_BODY], "attributes": attributes}}
+
+
+SEVERITY_NUMBERS = {"trace": 1, "debug": 5, "info": 9, "warn": 13, "error": 17, "fatal": 21}
+
+
+def log_attributes(raw: Any) -> dict[str, Any]:
+    """Typed attributes ({"value": …, "type": …}) as plain values: at most MAX_LOG_ATTRIBUTES, names of
+    MAX_TAG characters, texts (and arrays, as JSON text) of MAX_SPAN_TEXT."""
+    out: dict[str, Any] = {}
+    for key, entry in list(as_dict(raw).items())[:MAX_LOG_ATTRIBUTES]:
+        value = entry.get("value") if isinstance(entry, dict) else entry
+        if isinstance(value, bool) or (isinstance(value, (int, float)) and abs(value) < 2 ** 53):
+            out[key[:MAX_TAG]] = value
+        elif value is not None:
+            out[key[:MAX_TAG]] = text(value, MAX_SPAN_TEXT)
+    return out
+
+
+MAX_LOG_ATTRIBUTES = 100
+
+
+def store_logs(conn: sqlite3.Connection, project_id: int, rows: list[tuple[Any, ...]], cap: int) -> None:
+    """Writer job: keep a log item's lines; when their ids pass a multiple of TRIM_EVERY, trim the
+    project's logs to the cap."""
+    first = conn.execute("SELECT coalesce(max(id), 0) FROM logs").fetchone()[0]
+    conn.executemany("""INSERT INTO logs (project_id, timestamp, level, severity_number, body, trace_id, span_id,
+                            template, release, environment, sdk, attributes, received)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""", rows)
+    if first // TRIM_EVERY != (first + len(rows)) // TRIM_EVERY:
+        trim_to_cap(conn, "logs", "timestamp", project_id, cap)
+
+
+# -- reading traces: one trace across projects; a trace's size beside an error ---------------------
+
+async def trace_counts(store: Store, trace_id: str) -> dict[str, int]:
+    """How many errors of a trace are stored and in how many services (projects) it was seen."""
+    row = await store.one("""SELECT (SELECT count(*) FROM events WHERE trace_id = :t) AS errors,
+                                    (SELECT count(*) FROM (SELECT project_id FROM events WHERE trace_id = :t
+                                     UNION SELECT project_id FROM transactions WHERE trace_id = :t
+                                     UNION SELECT project_id FROM logs WHERE trace_id = :t)) AS services""",
+                          {"t": trace_id})
+    return {"errors": row["errors"], "services": row["services"]} if row else {"errors": 0, "services": 0}
+
+
+async def trace_view(store: Store, trace_id: str) -> dict[str, Any]:
+    """Everything stored of one trace, from every project, on one clock: its transactions with their
+    span trees (`waterfall`), and its errors and log lines, each with the span it happened in
+    (`timeline`, oldest first). Offsets are milliseconds from the trace's first moment."""
+    transactions = [dict(r) for r in await store.all(TRACE_SQL["transactions"], (trace_id, TRACE_LIMIT))]
+    errors = [dict(r) for r in await store.all(TRACE_SQL["errors"], (trace_id, TRACE_LIMIT))]
+    logs = [dict(r) for r in await store.all(TRACE_SQL["logs"], (trace_id, TRACE_LOG_LIMIT))]
+    spans = trace_spans(transactions)
+    for e in errors:
+        ev = decompress_payload(e.pop("payload"))
+        e["span_id"] = span_id_of(as_dict(as_dict(ev.get("contexts")).get("trace")).get("span_id"))
+    times = [s["start"] for s in spans] + [e["timestamp"] for e in errors] + [g["timestamp"] for g in logs]
+    start = min(times, default=0.0)
+    end = max([s["end"] for s in spans] + times, default=start)
+    by_id = {s["span_id"]: s for s in spans}
+    timeline = sorted([{"kind": "error", "time": e["timestamp"], **e} for e in errors]
+                      + [{"kind": "log", "time": g["timestamp"], **g} for g in logs]
+                      + [{"kind": "transaction", "time": t["start"], **t} for t in transactions],
+                      key=lambda x: (x["time"], x["kind"] != "transaction"))
+    for item in timeline:
+        item["offset_ms"] = (item["time"] - start) * 1000
+        item["in_span"] = by_id.get(item.get("span_id") or "") if item["kind"] != "transaction" else None
+    for s in spans:
+        s["left"] = (s["start"] - start) / (end - start) * 100 if end > start else 0.0
+        s["width"] = max((s["end"] - s["start"]) / (end - start) * 100 if end > start else 100.0, 0.3)
+    return {"trace_id": trace_id, "start": start, "duration_ms": (end - start) * 1000, "timeline": timeline,
+            "waterfall": spans, "transactions": transactions, "errors": errors, "logs": logs,
+            "services": sorted({x["project_slug"] for x in timeline})}
+
+
+TRACE_LIMIT = 500  # transactions and errors read of one trace
+TRACE_SPAN_LIMIT = 5000  # child spans drawn of one trace (each transaction's root span always is)
+TRACE_LOG_LIMIT = 2000
+
+TRACE_SQL = {
+    "transactions": """SELECT t.*, p.slug AS project_slug, p.name AS project_name FROM transactions t
+                       JOIN projects p ON p.id = t.project_id WHERE t.trace_id = ? ORDER BY t.start LIMIT ?""",
+    "errors": """SELECT e.event_id, e.issue_id, e.timestamp, e.level, e.project_id, e.payload, i.title, i.culprit,
+                        i.short_id, i.type, p.slug AS project_slug, p.name AS project_name FROM events e
+                 JOIN issues i ON i.id = e.issue_id JOIN projects p ON p.id = e.project_id
+                 WHERE e.trace_id = ? ORDER BY e.timestamp, e.id LIMIT ?""",
+    "logs": """SELECT l.*, p.slug AS project_slug, p.name AS project_name FROM logs l
+               JOIN projects p ON p.id = l.project_id WHERE l.trace_id = ? ORDER BY l.timestamp, l.id LIMIT ?""",
+}
+
+
+def trace_spans(transactions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every span of the trace's transactions (each transaction's root span first), in tree order
+    with its depth: a transaction continues under the span of another that called it."""
+    spans: list[dict[str, Any]] = []
+    budget = TRACE_SPAN_LIMIT  # a trace of 500 transactions of 1,000 spans each would be 500,000 rows
+    for t in transactions:
+        kept = json_loads(zstandard.ZstdDecompressor().decompress(t.pop("payload")))
+        kept["spans"], budget = kept["spans"][:budget], max(budget - len(kept["spans"]), 0)
+        spans.append({"span_id": t["span_id"], "parent_span_id": t["parent_span_id"], "op": t["op"],
+                      "description": t["name"], "status": t["status"], "start": t["start"],
+                      "end": t["start"] + t["duration_ms"] / 1000, "transaction": t, "is_transaction": True})
+        spans += [{**s, "transaction": t, "is_transaction": False} for s in kept["spans"]]
+        t["measurements"] = kept.get("measurements") or {}
+    ids = {s["span_id"] for s in spans}
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for s in spans:
+        children.setdefault(s["parent_span_id"] if s["parent_span_id"] in ids else None, []).append(s)
+    ordered: list[dict[str, Any]] = []
+    stack = [(s, 0) for s in sorted(children.get(None, []), key=lambda s: s["start"], reverse=True)]
+    while stack:  # depth first, iteratively (a hostile trace may nest a thousand deep)
+        span, depth = stack.pop()
+        if "depth" in span:  # a span id sent twice: shown once
+            continue
+        span["depth"] = depth
+        ordered.append(span)
+        stack += [(c, depth + 1) for c in sorted(children.get(span["span_id"], []), key=lambda s: s["start"], reverse=True)]
+    return ordered
+
+
+async def logs_before(store: Store, trace_id: str, moment: float, limit: int = 20) -> list[sqlite3.Row]:
+    """The last `limit` log lines of a trace up to a moment (an error's), oldest first."""
+    rows = await store.all("SELECT l.*, p.slug AS project_slug FROM logs l JOIN projects p ON p.id = l.project_id "
+                           "WHERE l.trace_id = ? AND l.timestamp <= ? ORDER BY l.timestamp DESC, l.id DESC LIMIT ?",
+                           (trace_id, moment, limit))
+    return rows[::-1]
+
+
+async def slowest_transactions(store: Store, project_id: int, start: float, limit: int = 10) -> list[dict[str, Any]]:
+    """A project's transaction names since `start` by their 95th percentile duration, slowest first,
+    with count, p50 and p95 (ms) and the trace of the slowest one."""
+    rows = await store.all("SELECT name, duration_ms, trace_id FROM transactions WHERE project_id = ? AND start >= ? "
+                           "ORDER BY duration_ms", (project_id, start))
+    by_name: dict[str, list[sqlite3.Row]] = {}
+    for r in rows:
+        by_name.setdefault(r["name"], []).append(r)
+    stats = [{"name": name, "count": len(rs), "p50": percentile([r["duration_ms"] for r in rs], 50),
+              "p95": percentile([r["duration_ms"] for r in rs], 95), "slowest_trace": rs[-1]["trace_id"]}
+             for name, rs in by_name.items()]
+    return sorted(stats, key=lambda s: s["p95"], reverse=True)[:limit]
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """The nearest-rank percentile of values sorted ascending."""
+    return sorted_values[max(math.ceil(p / 100 * len(sorted_values)) - 1, 0)]
+
+
+# -- reading logs: Sentry's search syntax over log lines ---------------------------------------------
+
+async def search_logs(store: Store, query: str, *, project_id: int | None = None, since: float = 0.0,
+                      until: float = float("inf"), limit: int = 100, ascending: bool = False) -> list[sqlite3.Row]:
+    """Log lines matching a search (`severity:error trace:… message:"…" release:… environment:…
+    project:slug sdk.name:… <attribute>:<value>`, free text in the body) between two moments, newest
+    first. Raises SearchError for a malformed query."""
+    clauses, args = ["l.timestamp >= ? AND l.timestamp <= ?"], [since, min(until, 1e11)]
+    if project_id is not None:
+        clauses.append("l.project_id = ?")
+        args.append(project_id)
+    for negated, key, value in parse_query(query):
+        sql, term_args = log_term_sql(key, value)
+        clauses.append(f"NOT ({sql})" if negated else sql)
+        args += term_args
+    order = "ASC" if ascending else "DESC"
+    return await store.all(f"SELECT l.*, p.slug AS project_slug FROM logs l JOIN projects p ON p.id = l.project_id "
+                           f"WHERE {' AND '.join(clauses)} ORDER BY l.timestamp {order}, l.id {order} LIMIT ?",
+                           [*args, limit])
+
+
+def log_term_sql(key: str | None, value: str) -> tuple[str, list[Any]]:
+    """One search term as an SQL condition on logs `l`."""
+    if key is None or key == "message":
+        like = "%" + value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        return "l.body LIKE ? ESCAPE '\\'", [like]
+    if key in ("severity", "level", "severity_text"):
+        level = "warn" if value.lower() == "warning" else value.lower()
+        if level not in SEVERITY_NUMBERS:
+            raise SearchError(f"severity:{value} is unknown; use one of {', '.join(SEVERITY_NUMBERS)}")
+        return "l.level = ?", [level]
+    if key == "severity_number":
+        operator, number = parse_number_filter(value)
+        return f"l.severity_number {operator} ?", [number]
+    comparison, pattern = glob_pattern(value)
+    if key in LOG_COLUMNS:
+        return f"{LOG_COLUMNS[key]} {comparison}", [pattern]
+    return f"CAST(json_extract(l.attributes, ?) AS TEXT) {comparison}", [f'$."{key}"', pattern]  # 42 as "42"
+
+
+LOG_COLUMNS = {"trace": "l.trace_id", "trace.id": "l.trace_id", "release": "l.release", "environment": "l.environment",
+               "project": "p.slug", "sdk.name": "l.sdk", "message.template": "l.template",
+               "trace.parent_span_id": "l.span_id"}
+
+
+# =============================================================================
 # Retention: old events go in small batches, each issue keeps its first and latest
 # =============================================================================
 
@@ -7913,6 +8383,7 @@ class Retention(Background):
                     deleted = await writer.submit(
                         lambda conn, t=table, c=column: prune_aged_rows(conn, t, c, pid, cutoff, self.batch))
                     done["rows"] += deleted
+            done["rows"] += await self.prune_traces(pid, now)
         age = float(self.defaults.get("max_age_days", 90) or 0)
         deleted = self.batch
         while deleted == self.batch:
@@ -7923,6 +8394,17 @@ class Retention(Background):
             done["pages"] = await self.give_back(writer, store)
             log.info("retention: deleted %d events, %d issues and %d other rows, gave back %d pages in %.2f s",
                      done["events"], done["issues"], done["rows"], done["pages"], time.monotonic() - started)
+        return done
+
+    async def prune_traces(self, project_id: int, now: float) -> int:
+        """A project's transactions and logs older than `[traces] max_age_days`, `batch` per job."""
+        age, done = trace_caps(self.app.settings)[2], 0
+        for table, column in TRACE_ROWS.items() if age else ():
+            deleted = self.batch
+            while deleted == self.batch:
+                deleted = await self.app.writer.submit(lambda conn, t=table, c=column: prune_aged_rows(
+                    conn, t, c, project_id, now - age * 86400, self.batch))
+                done += deleted
         return done
 
     async def give_back(self, writer: Writer, store: Store) -> int:
@@ -8021,6 +8503,10 @@ def prune_unlinked(conn: sqlite3.Connection, project_id: int, cutoff: float, bat
 AGED_ROWS = {"session_buckets": "minute", "transaction_buckets": "minute", "session_users": "day",
              "slo_history": "minute", "dropped": "minute", "check_ins": "date_created",
              "artifact_files": "date_added", "artifact_bundles": "date_added"}
+
+
+# A project's rows of traces and logs, aged by `[traces] max_age_days` (the time column).
+TRACE_ROWS = {"transactions": "start", "logs": "timestamp"}
 
 
 def prune_aged_rows(conn: sqlite3.Connection, table: str, column: str, project_id: int, cutoff: float,
@@ -9312,11 +9798,13 @@ async def api_org_events(request: Request) -> Response:
     `query`, `sort`, `project`, `statsPeriod`/`start`/`end`, `per_page`, `cursor`."""
     check_org(request)
     params = request.query_params
+    if params.get("dataset") in ("logs", "ourlogs"):
+        return JSONResponse(await api_org_logs(request))
     fields = params.getlist("field")
     if not fields or len(fields) > 20:
         raise ApiError(400, "Name 1 to 20 columns as field=… (title, count(), tags[browser] …)")
     if params.get("dataset", "errors") not in ("errors", "discover"):
-        raise ApiError(400, "Only the errors dataset is stored here (dataset=errors)")
+        raise ApiError(400, "Only the errors and logs datasets are stored here (dataset=errors or dataset=logs)")
     limit, offset = page_args(request)
     start, end = period_params(params, default="14d")
     query = DiscoverQuery(fields, params.get("query", ""), params.getlist("sort")[:5], await projects_param(request),
@@ -10676,6 +11164,102 @@ async def api_not_found(request: Request) -> Response:
     return JSONResponse({"detail": "not found"}, status_code=404)
 
 
+# -- traces and logs (Sentry's trace endpoint and the logs dataset of its events endpoint) -------------
+
+async def api_trace(request: Request) -> list[dict[str, Any]]:
+    """GET /api/0/organizations/<org>/trace/<trace_id>/: every project's part of a trace in Sentry's
+    shape: the root spans, each with the spans below it in `children` (a called service's transaction
+    under the span that called it) and the errors that happened in it in `errors`; errors in no kept
+    span are roots of their own."""
+    check_org(request)
+    trace_id = normalize_id(request.path_params["trace_id"])
+    if trace_id is None:
+        raise ApiError(400, "trace id: 32 hexadecimal digits")
+    view = await trace_view(request.app.store, trace_id)
+    nodes: dict[str, dict[str, Any]] = {}
+    roots: list[dict[str, Any]] = []
+    for span in view["waterfall"]:  # tree order: a parent comes before its children
+        node = span_json(span)
+        parent = nodes.get(span["parent_span_id"] or "")
+        (parent["children"] if parent else roots).append(node)
+        nodes.setdefault(span["span_id"], node)
+    for e in view["errors"]:
+        node = nodes.get(e["span_id"] or "")
+        (node["errors"] if node else roots).append(trace_error_json(e))
+    return roots
+
+
+def span_json(span: dict[str, Any]) -> dict[str, Any]:
+    t = span["transaction"]
+    return {"event_id": span["span_id"], "transaction_id": t["event_id"], "project_id": t["project_id"],
+            "project_slug": t["project_slug"], "transaction": t["name"], "description": span["description"],
+            "op": span["op"], "name": span["op"], "parent_span_id": span["parent_span_id"],
+            "is_transaction": span["is_transaction"], "status": span["status"], "start_timestamp": span["start"],
+            "end_timestamp": span["end"], "duration": (span["end"] - span["start"]) * 1000,
+            "measurements": t["measurements"] if span["is_transaction"] else {}, "sdk_name": "",
+            "profile_id": "", "profiler_id": "", "event_type": "span", "children": [], "errors": [],
+            "occurrences": []}
+
+
+def trace_error_json(e: dict[str, Any]) -> dict[str, Any]:
+    return {"event_id": e["event_id"], "issue_id": e["issue_id"], "level": e["level"], "culprit": e["culprit"],
+            "title": e["title"], "short_id": short_id(e["project_slug"], e["short_id"]), "issue_type": "error",
+            "project_id": e["project_id"], "project_slug": e["project_slug"], "start_timestamp": e["timestamp"],
+            "event_type": "error"}
+
+
+async def api_org_logs(request: Request) -> dict[str, Any]:
+    """GET /api/0/organizations/<org>/events/?dataset=logs (or `ourlogs`): log lines in Sentry's
+    table shape, `field` naming the columns (a log column or any attribute), `query` in its search
+    syntax, `project` (one id), `environment`, `statsPeriod` or `start`/`end`, `sort` (-timestamp or
+    timestamp) and `per_page` (at most LOG_API_PAGE). Only logs are kept here, so only that dataset."""
+    check_org(request)
+    params = request.query_params
+    if params.get("dataset") not in ("logs", "ourlogs"):
+        raise ApiError(400, "dataset: logs (the only dataset of this endpoint kept here)")
+    fields = params.getlist("field") or LOG_DEFAULT_FIELDS
+    if len(fields) > 50 or any(len(f) > MAX_TAG for f in fields):
+        raise ApiError(400, "field: at most 50 columns")
+    start, end, _ = stats_window(request, "1m")
+    query = " ".join([params.get("query", ""), *(f'environment:"{e}"' for e in params.getlist("environment"))])
+    project = params.get("project", "")
+    if project and not (project.isascii() and project.isdigit() and len(project) < 19):
+        raise ApiError(400, "project: a project id")
+    per_page = params.get("per_page", "100")
+    if not (per_page.isascii() and per_page.isdigit() and 0 < int(per_page) <= LOG_API_PAGE):
+        raise ApiError(400, f"per_page: 1 to {LOG_API_PAGE}")
+    if params.get("sort", "-timestamp") not in ("-timestamp", "timestamp"):
+        raise ApiError(400, "sort: -timestamp or timestamp")
+    try:
+        rows = await search_logs(request.app.store, query, project_id=int(project) if project else None,
+                                 since=start, until=end, limit=int(per_page),
+                                 ascending=params.get("sort") == "timestamp")
+    except SearchError as exc:
+        raise ApiError(400, str(exc)) from None
+    data = [log_json(row, fields) for row in rows]
+    return {"data": data, "meta": {"fields": {f: LOG_FIELD_TYPES.get(f, "string") for f in fields}, "units": {}}}
+
+
+LOG_API_PAGE = 1000
+
+LOG_DEFAULT_FIELDS = ["id", "project.id", "trace", "severity_number", "severity", "timestamp", "timestamp_precise",
+                      "message"]
+
+LOG_FIELD_TYPES = {"project.id": "integer", "severity_number": "integer", "timestamp": "date",
+                   "timestamp_precise": "integer"}
+
+
+def log_json(row: sqlite3.Row, fields: list[str]) -> dict[str, Any]:
+    """One log line as a row of Sentry's logs dataset: the named columns, attributes by name."""
+    columns = {"id": str(row["id"]), "project.id": row["project_id"], "trace": row["trace_id"],
+               "severity_number": row["severity_number"], "severity": row["level"], "timestamp": iso(row["timestamp"]),
+               "timestamp_precise": int(row["timestamp"] * 1e9), "message": row["body"],
+               "message.template": row["template"], "release": row["release"], "environment": row["environment"],
+               "sdk.name": row["sdk"], "trace.parent_span_id": row["span_id"], "project": row["project_slug"]}
+    attributes = json_loads(row["attributes"])
+    return {f: columns[f] if f in columns else attributes.get(f) for f in fields}
+
+
 # -- cron monitors (Sentry's monitors and check-ins shapes) -------------------------------------
 
 async def api_monitors(request: Request) -> list[dict[str, Any]]:
@@ -10809,7 +11393,8 @@ def make_templates() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.DictLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.ChainableUndefined)
     env.filters.update(ago=ago, datetime=format_datetime, timeonly=time_only, pretty=pretty, pct=percent, count=count,
-                       plural=plural)
+                       plural=plural,
+                       ms=milliseconds)
     env.filters["scrubbed"] = scrubbed_paths
     env.filters["numbered_context"] = numbered_context
     env.globals["filter_url"] = filter_url
@@ -10826,6 +11411,13 @@ def ago(ts: Any) -> str:
         if seconds >= size:
             return f"{int(seconds // size)} {unit} ago"
     return "just now"
+
+
+def milliseconds(value: float) -> str:
+    """A duration in milliseconds as people read it: 0.42 ms, 35 ms, 1.24 s."""
+    if value >= 1000:
+        return f"{value / 1000:.2f} s"
+    return f"{value:.2f} ms" if value < 10 else f"{value:.0f} ms"
 
 
 def time_only(ts: Any) -> str:
@@ -11154,6 +11746,45 @@ async def page_home(request: Request) -> Response:
     return RedirectResponse("/issues/", status_code=302)
 
 
+# -- traces and logs: one trace across services; the log lines, searched and followed --------------
+
+async def page_trace(request: Request) -> Response:
+    """/traces/<trace_id>/: the trace's errors, transactions and log lines from every project on one
+    timeline, and the span waterfall of its transactions."""
+    trace_id = normalize_id(request.path_params["trace_id"])
+    if trace_id is None:
+        return render(request, "error.html", status=404, message="A trace id is 32 hexadecimal digits.")
+    view = await trace_view(request.app.store, trace_id)
+    if not view["timeline"]:
+        return render(request, "error.html", status=404, message="Nothing of this trace is stored.")
+    return render(request, "trace.html", t=view, **short_ids(view["errors"]))
+
+
+def short_ids(errors: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Each error's issue short id (PROJECT-12), by event id."""
+    return {"shorts": {e["event_id"]: short_id(e["project_slug"], e["short_id"]) for e in errors}}
+
+
+async def page_logs(request: Request) -> Response:
+    """/logs/: log lines newest first, filtered by project, severity and a search; `live=1` reloads."""
+    store, params = request.app.store, request.query_params
+    project = await project_by_slug(store, params["project"]) if params.get("project") else None
+    level = params.get("level", "")
+    query = " ".join(filter(None, [f"severity:{level}" if level else "", params.get("q", "")]))
+    try:
+        rows, error = await search_logs(store, query, project_id=project["id"] if project else None,
+                                        limit=LOG_PAGE), ""
+    except SearchError as exc:
+        rows, error = [], str(exc)
+    logs = [{**dict(r), "attrs": json.loads(r["attributes"])} for r in rows]
+    return render(request, "logs.html", logs=logs, error=error, projects=await all_projects(store),
+                  f={"project": params.get("project", ""), "level": level, "q": params.get("q", ""),
+                     "live": params.get("live") == "1"}, levels=list(SEVERITY_NUMBERS))
+
+
+LOG_PAGE = 200
+
+
 # -- charts: server-rendered SVG (no script runs on these pages) -------------------------------
 
 def pretty(value: Any, indent: int | None = None) -> str:
@@ -11192,7 +11823,8 @@ async def page_overview(request: Request) -> Response:
                   total=sum(sum(b.values()) for b in events), new=sum(b.get("new", 0) for b in changes),
                   regressed=sum(b.get("regressed", 0) for b in changes), labels=labels, top=top,
                   top_users=top_users, breakdown=breakdown, stats=lifetime_stats(lives, now),
-                  health=await health_totals(store, {"project_id": project["id"]}, start))
+                  health=await health_totals(store, {"project_id": project["id"]}, start),
+                  slowest=await slowest_transactions(store, project["id"], start))
 
 
 async def project_of_page(request: Request) -> sqlite3.Row:
@@ -11443,6 +12075,7 @@ async def page_issue(request: Request) -> Response:
         for block in [*context["thread_blocks"], *(b for exc in exceptions for b in exc["blocks"])]:
             for fr in block["frames"]:  # always set: an SDK could send keys of these names
                 fr.update(source_link=frame_link(fr, mappings, sha), code_link=code_view_url(issue["project_slug"], fr))
+        context.update(await event_trace(store, ev))
         report = issue_report(issue, ev, frames, request.app.settings)
         context["report_links"] = report_links(issue["title"], report, mappings, request.app.settings.jira)
     return render(request, "issue.html", **context)
@@ -11474,6 +12107,16 @@ MAP_HINTS = {key: markupsafe.Markup(hint) for key, hint in {
     "js_invalid_sourcemap_location": "The map has nothing at this line and column: it belongs to another build of "
                                      "the file (deploy and upload the files of one build).",
 }.items()}
+
+
+async def event_trace(store: Store, ev: dict[str, Any]) -> dict[str, Any]:
+    """An error's trace for its page: the trace id, how many errors in how many services it holds,
+    and the log lines of the trace up to the error."""
+    trace_id = normalize_id(as_dict(as_dict(ev.get("contexts")).get("trace")).get("trace_id"))
+    if trace_id is None:
+        return {}
+    return {"trace": {"id": trace_id, **await trace_counts(store, trace_id),
+                      "logs": await logs_before(store, trace_id, float(ev.get("timestamp") or time.time()))}}
 
 
 IGNORE_CHOICES = {"forever": ("forever", {}), "30m": ("for 30 minutes", {"ignoreDuration": 30}),
@@ -12280,6 +12923,7 @@ def create_app(settings: Settings) -> Tracker:
         Route("/account/", page_account, methods=["GET", "POST"]),
         Route("/settings/", page_settings, methods=["GET", "POST"]),
         Route("/projects/{slug}/keys/", page_project_keys, methods=["POST"]),
+        Route("/traces/{trace_id}/", page_trace), Route("/logs/", page_logs),
         Route("/live/", page_live), Route("/live/events", page_live_events), Route("/static/live.js", page_live_js),
         Route("/static/favicon.svg", page_favicon),
         Route("/projects/new/", page_new_project, methods=["GET", "POST"]), Route("/projects/{slug}/", page_project),
@@ -12346,6 +12990,7 @@ def api_routes() -> list[Route]:
         ("/api/0/projects/{org}/{project}/rules/{rule_id}/", api_rule, "alerts:read"),
         ("/api/0/organizations/{org}/sessions/", api_sessions, "read"),
         ("/api/0/organizations/{org}/events-stats/", api_events_stats, "read"),
+        ("/api/0/organizations/{org}/trace/{trace_id}/", api_trace, "events:read"),
         ("/api/0/projects/{org}/{project}/slo/", api_slo, "alerts:read"),
         ("/api/0/organizations/{org}/monitors/", api_monitors, "read"),
         ("/api/0/organizations/{org}/monitors/{monitor_slug}/", api_monitor, "read"),
@@ -13243,8 +13888,8 @@ def cmd_vacuum(settings: Settings, args: argparse.Namespace) -> None:
 TEMPLATES = {
     "base.html": """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{% block title %}tracker{% endblock %} · tracker</title><link rel="icon" href="/static/favicon.svg"><link rel="stylesheet" href="/static/tracker.css"></head>
-<body><header class="top"><a class="brand" href="/issues/">tracker</a>{% if viewer %}<a href="/issues/">Issues</a><a href="/releases/">Releases</a><a href="/alerts/">Alerts</a><a href="/monitors/">Monitors</a><a href="/projects/">Projects &amp; DSNs</a><a href="/live/">Live</a>{% if viewer.role == 'admin' %}<a href="/settings/">Settings</a>{% endif %}
+<title>{% block title %}tracker{% endblock %} · tracker</title><link rel="icon" href="/static/favicon.svg"><link rel="stylesheet" href="/static/tracker.css">{% block head %}{% endblock %}</head>
+<body><header class="top"><a class="brand" href="/issues/">tracker</a>{% if viewer %}<a href="/issues/">Issues</a><a href="/releases/">Releases</a><a href="/alerts/">Alerts</a><a href="/monitors/">Monitors</a><a href="/projects/">Projects &amp; DSNs</a><a href="/live/">Live</a><a href="/logs/">Logs</a>{% if viewer.role == 'admin' %}<a href="/settings/">Settings</a>{% endif %}
 <span class="who"><a href="/account/">{{ viewer.name }}{% if viewer.role == 'admin' %} (admin){% endif %}</a>{% if viewer.via == 'session' %}<form method="post" action="/logout"><input type="hidden" name="csrf" value="{{ csrf }}"><button class="link">Sign out</button></form>{% endif %}</span>{% endif %}</header>
 <main>{% block main %}{% endblock %}</main></body></html>""",
 
@@ -13326,12 +13971,16 @@ TEMPLATES = {
   {% endfor %}
   <span class="evmeta"><span class="muted">event</span> <span class="mono">{{ ev.event_id[:12] }}</span> <span class="muted">·</span> <span title="{{ ev.timestamp|datetime }}">{{ ev.timestamp|datetime }}</span>
     <span class="muted">· release</span> <b>{% if ev.release %}<a href="{{ filter_url('release', ev.release) }}">{{ ev.release }}</a>{% else %}—{% endif %}</b> <span class="muted">· env</span> <b><a href="{{ filter_url('environment', ev.environment, issue.project_slug) }}">{{ ev.environment }}</a></b></span>
+  {% if trace %}<a class="trace-link" href="/traces/{{ trace.id }}/">this trace: {{ trace.errors }} error{{ 's' if trace.errors != 1 }} in {{ trace.services }} service{{ 's' if trace.services != 1 }}</a>{% endif %}
   <a href="/issues/{{ issue.id }}/events/{{ ev.event_id }}/json">Raw JSON</a>
   <a href="/issues/{{ issue.id }}/events/">All events</a>
 </div>
 <div class="layout"><div>
 {% if suspects %}<div class="card suspects"><h2 class="mt-0">Suspect commits</h2>{% for c in suspects %}<div class="commit">
   <span class="mono">{{ c.sha[:12] }}</span> {{ (c.message or '')|truncate(100) }} <span class="muted">· {{ c.author_name or c.author_email or 'unknown author' }} · touched <span class="mono">{{ c.path }}</span> in <a href="/releases/{{ c.version|urlencode }}/">{{ c.version }}</a></span></div>{% endfor %}</div>{% endif %}
+{% if trace and trace.logs %}<div class="card trace-logs"><h2 class="mt-0">Log lines of this trace before the error</h2><table class="logs">
+{% for l in trace.logs %}<tr><td class="mono nowrap">{{ l.timestamp|timeonly }}</td><td><span class="loglvl ll-{{ l.level }}">{{ l.level }}</span></td><td class="svc nowrap">{{ l.project_slug }}</td><td class="mono log-body">{{ l.body }}</td></tr>{% endfor %}
+</table><div class="muted fs-12 mt-6"><a href="/traces/{{ trace.id }}/">the whole trace</a></div></div>{% endif %}
 {% if ev.logentry and (ev.logentry.formatted != issue.title or ev.logentry.params) %}<div class="card"><h2 class="mt-0">Message</h2><pre class="block">{{ ev.logentry.formatted }}</pre>
   {% if ev.logentry.message and ev.logentry.message != ev.logentry.formatted %}<div class="muted mono mt-6">template: {{ ev.logentry.message }}{% if ev.logentry.params %} · params: {{ ev.logentry.params|pretty }}{% endif %}</div>{% endif %}</div>{% endif %}
 {% macro frame(fr) %}
@@ -13636,6 +14285,9 @@ A notification is queued with the event that caused it and delivered with retrie
   <div class="axis"><span>{{ labels[0] }}</span><span>{{ labels[labels|length // 2] }}</span><span>{{ labels[-1] }}</span></div>
   <div class="legend"><span><i class="bar-new"></i>new</span><span><i class="bar-regressed"></i>regressed</span></div></div>
 <div class="card"><h2 class="mt-0">Top issues by events</h2>{% for i in top %}<div class="top-issue"><span class="num">{{ i.period_events|count }}</span> <a href="/issues/{{ i.id }}/">{{ i.title }}</a> <span class="muted">{{ i.culprit }}</span></div>{% else %}<div class="muted">No events in this period.</div>{% endfor %}</div>
+<div class="card slowest"><h2 class="mt-0">Slowest transactions</h2>{% if slowest %}<table class="issues"><thead><tr><th>Transaction</th><th class="num">Count</th><th class="num">p50</th><th class="num">p95</th><th>Slowest</th></tr></thead><tbody>
+{% for x in slowest %}<tr><td class="mono">{{ x.name }}</td><td class="num">{{ x.count }}</td><td class="num">{{ x.p50|ms }}</td><td class="num">{{ x.p95|ms }}</td><td><a href="/traces/{{ x.slowest_trace }}/">trace</a></td></tr>{% endfor %}
+</tbody></table>{% else %}<div class="muted">No transactions kept in this period (SDKs send them with a traces sample rate).</div>{% endif %}</div>
 <div class="card"><h2 class="mt-0">Top issues by users</h2>{% for i in top_users %}<div class="top-issue"><span class="num">{{ i.period_users|count }}</span> <a href="/issues/{{ i.id }}/">{{ i.title }}</a></div>{% else %}<div class="muted">No users seen in this period.</div>{% endfor %}</div>
 </div><div class="sidebar">
 {% for column, rows in breakdown.items() %}<div class="card"><h3 class="mt-0">By {{ column }}</h3>{% for r in rows %}<div class="share"><span>{% if r.value %}<a href="{{ filter_url(column, r.value, project.slug) }}">{{ r.value }}</a>{% else %}—{% endif %}</span><b>{{ r.n|count }}</b></div>{% else %}<div class="muted">—</div>{% endfor %}</div>{% endfor %}
@@ -13742,6 +14394,58 @@ A notification is queued with the event that caused it and delivered with retrie
 {% if not events %}<div class="empty" id="live-empty">No events yet.</div>{% endif %}</div>
 <script src="/static/live.js"></script>{% endblock %}""",
 
+    "trace.html": """{% extends "base.html" %}{% block title %}Trace {{ t.trace_id[:12] }}{% endblock %}{% block main %}
+<div class="muted fs-12">Trace · <a href="/logs/?q=trace:{{ t.trace_id }}">its log lines</a> · <a href="/issues/?status=all&amp;q=trace:{{ t.trace_id }}">its issues</a></div>
+<h1 class="mono">{{ t.trace_id }}</h1>
+<div class="card"><div class="facts">
+  <div class="trace-errors-count"><b>{{ t.errors|length }}</b><span>errors</span></div><div><b>{{ t.services|length }}</b><span>services</span></div>
+  <div><b>{{ t.transactions|length }}</b><span>transactions</span></div><div><b>{{ t.waterfall|length }}</b><span>spans</span></div>
+  <div><b>{{ t.logs|length }}</b><span>log lines</span></div><div><b>{{ t.duration_ms|ms }}</b><span>from first to last</span></div>
+  <div><b>{{ t.start|datetime }}</b><span>started</span></div></div>
+  <div class="chips mt-6">{% for s in t.services %}<a href="/issues/?project={{ s }}&amp;status=all">{{ s }}</a>{% endfor %}</div></div>
+{% if t.errors %}<div class="card trace-errors"><h2 class="mt-0">Errors, in order</h2>{% for e in t.errors %}<div class="trace-error">
+  <span class="mono muted offset">+{{ ((e.timestamp - t.start) * 1000)|ms }}</span> <span class="svc">{{ e.project_slug }}</span>
+  <span class="badge lvl-{{ e.level }}">{{ e.level }}</span> <a class="issue-title" href="/issues/{{ e.issue_id }}/events/{{ e.event_id }}/">{{ e.title }}</a>
+  <span class="muted mono">{{ shorts[e.event_id] }} · {{ e.culprit }}</span></div>{% endfor %}</div>{% endif %}
+{% if t.waterfall %}<div class="card p-0"><h2 class="pad">Spans</h2>
+<table class="waterfall"><thead><tr><th>Span</th><th>Service</th><th class="num">Duration</th><th class="bar-cell">{{ t.duration_ms|ms }}</th></tr></thead><tbody>
+{% for s in t.waterfall %}<tr class="{{ 'span-tx' if s.is_transaction else 'span-child' }}{{ ' span-failed' if s.status not in ('ok', '', 'unknown') }}">
+  <td class="span-name depth-{{ [s.depth, 12]|min }}"><span class="op">{{ s.op or '—' }}</span> {{ s.description }}</td>
+  <td class="svc">{{ s.transaction.project_slug }}</td><td class="num mono">{{ ((s.end - s.start) * 1000)|ms }}</td>
+  <td class="bar-cell"><svg class="span-bar" viewBox="0 0 100 10" preserveAspectRatio="none" role="img" aria-label="{{ s.op }}"><rect x="{{ s.left|round(3) }}" y="1" width="{{ s.width|round(3) }}" height="8"><title>{{ s.op }} {{ s.description }}: {{ ((s.end - s.start) * 1000)|ms }}</title></rect></svg></td></tr>
+{% endfor %}</tbody></table></div>{% endif %}
+<div class="card p-0"><h2 class="pad">Timeline</h2>
+<table class="timeline"><thead><tr><th class="num">Offset</th><th>Service</th><th>Kind</th><th>What</th><th>In span</th></tr></thead><tbody>
+{% for x in t.timeline %}<tr class="tl-{{ x.kind }}">
+  <td class="mono num nowrap">+{{ x.offset_ms|ms }}</td><td class="svc">{{ x.project_slug }}</td>
+  <td>{% if x.kind == 'error' %}<span class="badge lvl-{{ x.level }}">{{ x.level }}</span>{% elif x.kind == 'log' %}<span class="loglvl ll-{{ x.level }}">{{ x.level }}</span>{% else %}<span class="kind-tx">transaction</span>{% endif %}</td>
+  <td>{% if x.kind == 'error' %}<a class="issue-title" href="/issues/{{ x.issue_id }}/events/{{ x.event_id }}/">{{ x.title }}</a> <span class="muted mono">{{ shorts[x.event_id] }}</span>
+  {% elif x.kind == 'log' %}<span class="mono log-body">{{ x.body }}</span>{% else %}<b>{{ x.name }}</b> <span class="muted">{{ x.op }} · {{ x.duration_ms|ms }} · {{ x.status }}</span>{% endif %}</td>
+  <td class="mono muted">{% if x.in_span %}{{ x.in_span.transaction.name }}{% if not x.in_span.is_transaction %} › {{ x.in_span.op }} {{ x.in_span.description|truncate(60) }}{% endif %}{% endif %}</td></tr>
+{% endfor %}</tbody></table></div>
+{% endblock %}""",
+
+    "logs.html": """{% extends "base.html" %}{% block title %}Logs{% endblock %}{% block head %}{% if f.live %}<meta http-equiv="refresh" content="5">{% endif %}{% endblock %}{% block main %}
+<form class="filters" method="get" action="/logs/">
+  <label>Project<select name="project"><option value="">All projects</option>
+    {% for p in projects %}<option value="{{ p.slug }}" {{ 'selected' if p.slug == f.project }}>{{ p.name }}</option>{% endfor %}</select></label>
+  <label>Severity<select name="level"><option value="">All</option>
+    {% for l in levels %}<option {{ 'selected' if l == f.level }}>{{ l }}</option>{% endfor %}</select></label>
+  <label class="search">Search<input type="search" name="q" value="{{ f.q }}" placeholder='"slow query" trace:… release:… environment:… logger.name:shop.orders'></label>
+  <label class="live"><span>Live</span><select name="live"><option value="">off</option><option value="1" {{ 'selected' if f.live }}>every 5 s</option></select></label>
+  <button type="submit">Filter</button>
+</form>
+{% if error %}<div class="card search-error">Search: {{ error }}</div>{% endif %}
+<div class="card p-0">{% if logs %}<table class="logs"><thead><tr><th>Time</th><th>Severity</th><th>Service</th><th>Message</th><th>Trace</th></tr></thead><tbody>
+{% for l in logs %}<tr class="log-row ll-row-{{ l.level }}"><td class="mono nowrap" title="{{ l.timestamp|datetime }}">{{ l.timestamp|datetime }}</td>
+  <td><span class="loglvl ll-{{ l.level }}">{{ l.level }}</span></td><td class="svc nowrap">{{ l.project_slug }}</td>
+  <td><details class="log"><summary class="mono log-body">{{ l.body }}</summary><table class="kv">
+    {% for k, v in l.attrs.items() %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}
+    <tr><td>release</td><td>{{ l.release or '—' }}</td></tr><tr><td>environment</td><td>{{ l.environment }}</td></tr></table></details></td>
+  <td class="mono nowrap">{% if l.trace_id %}<a href="/traces/{{ l.trace_id }}/">{{ l.trace_id[:8] }}</a>{% endif %}</td></tr>
+{% endfor %}</tbody></table>{% else %}<div class="empty">No log lines match. SDKs send them with <code>sentry_sdk.logger.info(…)</code> (Python, <code>enable_logs=True</code> for the logging module) or <code>Sentry.logger.info(…)</code> (JavaScript).</div>{% endif %}</div>
+{% endblock %}""",
+
     "login.html": """{% extends "base.html" %}{% block title %}Sign in{% endblock %}{% block main %}
 <form method="post" action="/login" class="card login"><h1>Sign in</h1>
 {% if error %}<div class="search-error">{{ error }}</div>{% endif %}
@@ -13797,6 +14501,27 @@ A notification is queued with the event that caused it and delivered with retrie
 }
 
 CSS = """
+.pad { padding: 12px 16px 0; margin: 0 0 8px; } .svc { font-size:12.5px; color: var(--muted); }
+table.waterfall { table-layout: fixed; } table.waterfall td { padding: 3px 10px; font-size: 12.5px; }
+table.waterfall th:nth-child(1) { width: 40%; } table.waterfall th:nth-child(2) { width: 12%; } table.waterfall th:nth-child(3) { width: 9%; }
+td.span-name { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; font-family: var(--mono); }
+td.span-name .op { color: #5b21b6; } tr.span-tx td { background: #f5f7ff; } tr.span-tx td.span-name { font-weight: 600; }
+tr.span-failed td.span-name .op { color: var(--error); } tr.span-failed svg.span-bar rect { fill: var(--error); }
+svg.span-bar { width: 100%; height: 14px; display: block; background: #f2f4f7; } svg.span-bar rect { fill: #7a5af8; }
+tr.span-tx svg.span-bar rect { fill: var(--accent); }
+.depth-1 { padding-left: 22px !important; } .depth-2 { padding-left: 34px !important; } .depth-3 { padding-left: 46px !important; }
+.depth-4 { padding-left: 58px !important; } .depth-5 { padding-left: 70px !important; } .depth-6 { padding-left: 82px !important; }
+.depth-7 { padding-left: 94px !important; } .depth-8 { padding-left: 106px !important; } .depth-9 { padding-left: 118px !important; }
+.depth-10 { padding-left: 130px !important; } .depth-11 { padding-left: 142px !important; } .depth-12 { padding-left: 154px !important; }
+table.timeline td { padding: 5px 10px; } tr.tl-error td { background: #fef3f2; } tr.tl-transaction td { background: #f5f7ff; }
+.trace-error { padding: 6px 0; border-bottom: 1px solid var(--line); } .trace-error:last-child { border-bottom: 0; }
+.trace-error .offset { display: inline-block; min-width: 6em; }
+.loglvl { font-size: 11.5px; font-weight: 600; text-transform: uppercase; font-family: var(--mono); }
+.ll-trace, .ll-debug { color: var(--debug); } .ll-info { color: var(--info); } .ll-warn { color: var(--warning); }
+.ll-error { color: var(--error); } .ll-fatal { color: var(--fatal); }
+tr.ll-row-error td, tr.ll-row-fatal td { background: #fef3f2; } tr.ll-row-warn td { background: #fffaeb; }
+.log-body { white-space: pre-wrap; word-break: break-word; } details.log > summary { cursor: pointer; list-style: none; }
+table.logs td { padding: 4px 10px; } a.trace-link { font-weight: 600; }
 :root { --fg:#1d2330; --muted:#667085; --line:#e4e7ec; --bg:#f7f8fa; --accent:#3b5bdb;
         --fatal:#9b1c1c; --error:#d92d20; --warning:#dc6803; --info:#1570ef; --debug:#667085;
         --crash:#fff4e5; --crashline:#ffe2b8; --mono: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }

@@ -19,6 +19,9 @@ function setup(thread)
   thread:set("thread_no", counter)
   counter = counter + 1
 end
+if os.getenv("DELAY") then  -- a side load at about connections × 1000 / DELAY requests a second
+  function delay() return tonumber(os.getenv("DELAY")) end
+end
 function request()
   idx = idx + 1
   return wrk.format("POST", os.getenv("TARGET_PATH"), {

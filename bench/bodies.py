@@ -74,6 +74,26 @@ def build(count: int, big: bool, encoding: str) -> list[bytes]:
     return list(Keep.bodies)
 
 
+def build_traces(count: int, encoding: str) -> list[bytes]:
+    """`count` transactions as the SDK sends them with tracing on (a root span and three child spans),
+    each with two `sentry_sdk.logger` lines in its trace: transaction envelopes, and log envelopes of
+    up to 100 lines as the SDK's log batcher writes them."""
+    Keep.bodies, Keep.encoding = [], encoding
+    sentry_sdk.init(dsn=DSN, transport=Keep, release="payments-service@1.2.4", environment="prod",
+                    traces_sample_rate=1.0, enable_logs=True)
+    for i in range(count):
+        with sentry_sdk.start_transaction(op="http.server", name=f"/orders/{{oid}}/{['pay', 'ship', 'refund'][i % 3]}"):
+            sentry_sdk.logger.info("order {oid} received", oid=i)
+            for query in ("SELECT * FROM orders WHERE id = %s", "UPDATE ledger SET paid = 1 WHERE order_id = %s",
+                          "INSERT INTO events (order_id, kind) VALUES (%s, 'paid')"):
+                with sentry_sdk.start_span(op="db.query", name=query):
+                    pass
+            sentry_sdk.logger.warning("order {oid} paid late: {ms} ms", oid=i, ms=800 + i % 200)
+    sentry_sdk.flush()
+    sentry_sdk.get_client().close()
+    return list(Keep.bodies)
+
+
 def write(path: Path, bodies: list[bytes]) -> None:
     with path.open("wb") as f:
         for body in bodies:

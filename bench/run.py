@@ -115,7 +115,17 @@ def run_ceiling(body_file: Path, encoding: str, seconds: int) -> dict[str, float
         process.wait(10)
 
 
-def run_tracker(body_file: Path, encoding: str, seconds: int, connections: int = 32) -> dict[str, float]:
+def side_load(port: int, body_file: Path, encoding: str, seconds: int, rate: float) -> subprocess.Popen[str]:
+    """wrk posting `body_file` at about `rate` requests a second (4 connections, each pausing between
+    requests), beside the main load."""
+    env = {**os.environ, "BODIES": str(body_file), "TARGET_PATH": "/api/1/envelope/", "ENCODING": encoding,
+           "DELAY": str(max(int(4000 / rate), 1))}
+    return subprocess.Popen(["wrk", "-t1", "-c4", f"-d{seconds}s", "-s", str(HERE / "bodies.lua"),
+                             f"http://127.0.0.1:{port}"], stdout=subprocess.DEVNULL, env=env, text=True)
+
+
+def run_tracker(body_file: Path, encoding: str, seconds: int, connections: int = 32, side: Path | None = None,
+                side_rate: float = 0.0) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         db, config = Path(tmp) / "bench.db", Path(tmp) / "bench.toml"
         config.write_text(f'[[projects]]\nname = "bench"\nslug = "bench"\ndsn_key = "{KEY}"\n')
@@ -125,12 +135,17 @@ def run_tracker(body_file: Path, encoding: str, seconds: int, connections: int =
         process = start([sys.executable, "-c", "import tracker; tracker.main()", "--db", str(db), "--config",
                          str(config), "serve", "--port", str(port)], port, ROOT)
         try:
+            beside = side_load(port, side, encoding, seconds, side_rate) if side else None
             result = wrk(port, body_file, encoding, seconds, connections, process.pid)
+            if beside:
+                beside.wait(30)
             with sqlite3.connect(db) as conn:  # every answer came after its commit: all are in
                 stored = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+                kept = {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                        for table in ("transactions", "logs")}
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             size = db.stat().st_size
-            return {**result, "stored": stored, "stored_rps": stored / seconds, "rss": peak_rss_mb(process.pid),
+            return {**result, **kept, "stored": stored, "stored_rps": stored / seconds, "rss": peak_rss_mb(process.pid),
                     "workers": len(children(process.pid)), "bytes_per_event": size / max(stored, 1)}
         finally:
             process.terminate()
@@ -147,6 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--big", action="store_true", help="also the 1M-event query benchmark (takes minutes)")
+    parser.add_argument("--traces", action="store_true", help="also 3 KB errors with transactions and logs beside them")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     subprocess.run([sys.executable, "-c", "import tracker"], cwd=ROOT, env=ENV, check=True)  # the bytecode
@@ -168,9 +184,27 @@ def main() -> None:
         if not big:
             light = run_tracker(body_file, "gzip", args.seconds, connections=4)
             print(f"  lighter load (4 connections): {light['rps']:.0f} req/s, p99 {light['p99']:.1f} ms")
+        if not big and args.traces:
+            traces(work, body_file, args.seconds, ceiling, tracker)
     if args.big:
         import bigdb
         bigdb.main([])
+
+
+def traces(work: Path, body_file: Path, seconds: int, ceiling: dict[str, float], alone: dict[str, float]) -> None:
+    """The 3 KB error load again with transactions (and their log lines, two a transaction) posted
+    beside it at the rate errors were stored alone: how much the error ratio drops."""
+    side = work / "traces.bin"
+    body_builder.write(side, body_builder.build_traces(6000, "gzip"))
+    both = run_tracker(body_file, "gzip", seconds, side=side, side_rate=alone["stored_rps"])
+    drop = 1 - both["stored_rps"] / alone["stored_rps"]
+    print(f"\n3 KB events with transactions and logs beside them (about {alone['stored_rps']:.0f} transaction "
+          f"envelopes/s, wrk -t1 -c4)")
+    print(f"  tracker  {both['stored_rps']:.0f} errors stored/s, {both['transactions'] / seconds:.0f} transactions/s "
+          f"and {both['logs'] / seconds:.0f} log lines/s kept   p99 {both['p99']:.1f} ms   peak memory "
+          f"{both['memory']:.0f} MB (the server's peak RSS {both['rss']:.0f} MB)")
+    print(f"  ratio    errors stored/s ÷ ceiling/s = {both['stored_rps'] / ceiling['rps']:.2f} "
+          f"(alone {alone['stored_rps'] / ceiling['rps']:.2f}: {drop:.0%} fewer errors stored)")
 
 
 if __name__ == "__main__":

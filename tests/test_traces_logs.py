@@ -1,0 +1,230 @@
+"""Transactions and log items as stored (issue 19): bounded per project by count and age, rate
+limited as `log_item`, scrubbed, hostile shapes answered without a 500; both SDKs' log shapes; the
+logs search and Sentry's logs dataset and trace endpoint. The three real services are in
+test_trace_services.py, the browser SDK's logs in test_browser_logs.py."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from typing import Any
+
+import pytest
+from conftest import Configure, Project, TrackerServer, envelope, wait_for
+
+KEY, LIMITED_KEY = "c" * 32, "d" * 32
+WINDOW = 86400  # one window for the whole module (it ends at midnight UTC)
+CONFIG = f"""
+[traces]
+max_transactions = 40
+max_logs = 300
+
+[[projects]]
+name = "bounded"
+slug = "bounded"
+dsn_key = "{KEY}"
+
+[[projects]]
+name = "logflood"
+slug = "logflood"
+dsn_key = "{LIMITED_KEY}"
+rate_limit = 150
+
+[limits]
+window = {WINDOW}
+"""
+
+
+@pytest.fixture(scope="module")
+def server(configured: Configure) -> TrackerServer:
+    return configured("traces", CONFIG)
+
+
+def transaction(trace_id: str, *, spans: int = 1, name: str = "/orders/{oid}", duration: float = 0.2,
+                span_id: str | None = None, parent: str | None = None) -> dict[str, Any]:
+    """A transaction as the Python SDK sends it (RFC 3339 times, contexts.trace the root span)."""
+    end = time.time()
+    root = span_id or uuid.uuid4().hex[:16]
+    iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f"{t % 1:.6f}"[1:] + "Z"  # noqa: E731
+    return {"type": "transaction", "event_id": uuid.uuid4().hex, "transaction": name,
+            "start_timestamp": iso(end - duration), "timestamp": iso(end), "release": "shop@1.2.3",
+            "contexts": {"trace": {"trace_id": trace_id, "span_id": root, "parent_span_id": parent,
+                                   "op": "http.server", "status": "ok"}},
+            "spans": [{"trace_id": trace_id, "span_id": uuid.uuid4().hex[:16], "parent_span_id": root, "op": "db.query",
+                       "description": f"SELECT {n}", "start_timestamp": end - duration + 0.01, "timestamp": end - 0.01}
+                      for n in range(spans)]}
+
+
+def logs(*items: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    return ({"type": "log", "item_count": len(items), "content_type": "application/vnd.sentry.items.log+json"},
+            {"version": 2, "items": list(items)})
+
+
+def line(body: str, trace_id: str | None = None, level: str = "info", **attributes: Any) -> dict[str, Any]:
+    """A log line as the Python SDK sends it (severity only as an attribute, span_id on top)."""
+    return {"timestamp": time.time(), "level": level, "body": body, "trace_id": trace_id or uuid.uuid4().hex,
+            "attributes": {k.replace("_", "."): {"value": v, "type": "string"} for k, v in attributes.items()}}
+
+
+def count(server: TrackerServer, table: str, project: Project) -> int:
+    with sqlite3.connect(server.db) as conn:
+        return conn.execute(f"SELECT count(*) FROM {table} WHERE project_id = ?", (project.id,)).fetchone()[0]
+
+
+def log_api(server: TrackerServer, **params: Any) -> Any:
+    r = server.api("GET", "organizations/tracker/events/", params={"dataset": "logs", **params})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_transactions_and_logs_stay_within_their_caps(server: TrackerServer) -> None:
+    """400 transactions and 1,500 log lines into caps of 40 and 300: each table holds the newest, within
+    a trim step (TRIM_EVERY rows, plus one log item) of its cap; the counts in release health are whole."""
+    project = server.config_project("bounded", KEY)
+    trace_id = uuid.uuid4().hex
+    for n in range(0, 400, 20):
+        body = envelope(None, *[({"type": "transaction"}, transaction(trace_id, name=f"/n/{n + i}")) for i in range(20)])
+        assert server.send_envelope(project, body=body).status_code == 200
+    for n in range(15):
+        r = server.send_envelope(project, logs(*[line(f"line {n * 100 + i}", trace_id) for i in range(100)]))
+        assert r.status_code == 200, r.text
+    assert 40 <= count(server, "transactions", project) <= 40 + 64
+    assert 300 <= count(server, "logs", project) <= 300 + 64 + 100
+    newest = log_api(server, project=project.id, per_page=1, field=["message"])["data"]
+    assert newest == [{"message": "line 1499"}]
+    with sqlite3.connect(server.db) as conn:
+        counted = conn.execute("SELECT sum(count) FROM transaction_buckets WHERE project_id = ?", (project.id,)).fetchone()
+    assert counted[0] == 400
+
+
+def test_logs_are_rate_limited_as_log_item(server: TrackerServer) -> None:
+    """A project limit of 150 a window: a log item of 100 lines passes, the next is refused with a 429
+    naming log_item (what both SDKs check), its lines counted as dropped in stats_v2."""
+    project = server.config_project("logflood", LIMITED_KEY)
+    assert server.send_envelope(project, logs(*[line(f"ok {i}") for i in range(100)])).status_code == 200
+    refused = server.send_envelope(project, logs(*[line(f"over {i}") for i in range(100)]))
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["x-sentry-rate-limits"].split(":")[1:3] == ["log_item", "project"]
+    event = server.send_envelope(project, {"message": "errors still pass", "level": "error"})
+    assert event.status_code == 200  # a category of its own
+
+    def dropped() -> int | None:
+        r = server.api("GET", "organizations/tracker/stats_v2/", params={
+            "field": "sum(quantity)", "groupBy": ["category"], "statsPeriod": "1h", "project": project.id})
+        found = {g["by"]["category"]: g["totals"]["sum(quantity)"] for g in r.json()["groups"]}
+        return found.get("log_item")
+    assert wait_for(dropped, timeout=20) == 100
+    assert count(server, "logs", project) == 100
+
+
+def test_logs_are_scrubbed_and_both_sdk_shapes_read(tracker: TrackerServer, project: Project) -> None:
+    """Attributes get the full scrubbing and bodies the value rules; the JS shape (severity_number on
+    top, the span id as an attribute) and the Python one (severity as an attribute, `warning`) both read."""
+    trace_id = uuid.uuid4().hex
+    js = {"timestamp": time.time(), "level": "warn", "severity_number": 13, "body": "card declined", "trace_id": trace_id,
+          "attributes": {"sentry.trace.parent_span_id": {"value": "ab" * 8, "type": "string"},
+                         "sentry.sdk.name": {"value": "sentry.javascript.browser", "type": "string"},
+                         "order.id": {"value": 7, "type": "integer"}}}
+    python = {**line("login with password=hunter2 from api_key=sk_live_abcdefghijklmnop", trace_id, level="warning",
+                     user_password="hunter2"), "span_id": "cd" * 8}
+    python["attributes"]["sentry.severity_number"] = {"value": 13, "type": "integer"}
+    assert tracker.send_envelope(project, logs(js, python)).status_code == 200
+    rows = log_api(tracker, project=project.id, query=f"trace:{trace_id}", sort="timestamp",
+                   field=["message", "severity", "severity_number", "trace.parent_span_id", "sdk.name", "order.id",
+                          "user.password"])["data"]
+    assert [(r["severity"], r["severity_number"], r["trace.parent_span_id"]) for r in rows] == \
+        [("warn", 13, "ab" * 8), ("warn", 13, "cd" * 8)]
+    assert rows[0]["sdk.name"] == "sentry.javascript.browser" and rows[0]["order.id"] == 7
+    assert "hunter2" not in json.dumps(rows) and "sk_live_abcdefghijklmnop" not in json.dumps(rows)
+    assert rows[1]["user.password"] == "[Filtered]"
+    page = tracker.web.get("/logs/", params={"q": f"trace:{trace_id}"}).text
+    assert "card declined" in page and "hunter2" not in page
+
+
+def test_logs_search(tracker: TrackerServer, project: Project) -> None:
+    """Level, text, attribute, release, environment, project and trace filters, in the API and on the page."""
+    trace_id = uuid.uuid4().hex
+    items = [line("slow query: 812 ms", trace_id, level="warn", logger_name="shop.orders", sentry_release="shop@2",
+                  sentry_environment="staging"),
+             line("order 7 paid", trace_id, logger_name="shop.payments", sentry_release="shop@1"),
+             line("disk full", None, level="error", logger_name="shop.orders")]
+    assert tracker.send_envelope(project, logs(*items)).status_code == 200
+
+    def messages(query: str) -> list[str]:
+        return [r["message"] for r in log_api(tracker, project=project.id, query=query, field=["message"])["data"]]
+    assert messages("severity:warn") == ["slow query: 812 ms"] == messages('"slow query"')
+    assert sorted(messages("logger.name:shop.orders")) == ["disk full", "slow query: 812 ms"]
+    assert messages("release:shop@1") == ["order 7 paid"] and messages("environment:staging") == ["slow query: 812 ms"]
+    assert sorted(messages(f"trace:{trace_id}")) == ["order 7 paid", "slow query: 812 ms"]
+    assert messages(f"project:{project.slug} !severity:info severity_number:>=17") == ["disk full"]
+    page = tracker.web.get("/logs/", params={"project": project.slug, "level": "error"}).text
+    assert "disk full" in page and "order 7 paid" not in page
+    live = tracker.web.get("/logs/", params={"project": project.slug, "live": "1"}).text
+    assert '<meta http-equiv="refresh" content="5">' in live
+
+
+@pytest.mark.parametrize("params", [{"dataset": "spans"}, {"dataset": "logs", "per_page": "0"},
+                                    {"dataset": "logs", "per_page": "100000"}, {"dataset": "logs", "query": 'message:"open'},
+                                    {"dataset": "logs", "query": "severity:loud"}, {"dataset": "logs", "sort": "body"},
+                                    {"dataset": "logs", "project": "x"}, {"dataset": "logs", "statsPeriod": "forever"}])
+def test_bad_log_queries_are_400(tracker: TrackerServer, params: dict[str, str]) -> None:
+    r = tracker.api("GET", "organizations/tracker/events/", params=params)
+    assert r.status_code == 400 and r.json()["detail"], r.text
+
+
+def test_hostile_items_cost_only_their_bounds(tracker: TrackerServer, project: Project) -> None:
+    """Malformed and oversized log and transaction items: dropped alone, never a 500, and what is
+    kept is bounded (100 lines an item, 10 items an envelope, 1,000 spans a transaction, 100
+    attributes a line, 8 KiB a body)."""
+    trace_id = uuid.uuid4().hex
+    wide = line("x" * 100_000, trace_id, **{f"a{n}": "v" * 2500 for n in range(300)})  # under max_event
+    shapes = [logs(*[line(f"many {n}", trace_id) for n in range(1000)]), logs(wide),
+              ({"type": "log"}, b"[1, 2]"), ({"type": "log"}, {"version": 2, "items": "no"}),
+              ({"type": "log"}, {"items": [None, 7, {"body": 5}, {"timestamp": "never", "body": "x"}]}),
+              ({"type": "transaction"}, b"{not json"), ({"type": "transaction"}, {"contexts": {"trace": []}}),
+              ({"type": "transaction"}, transaction(trace_id, spans=3000))]
+    for shape in shapes:
+        r = tracker.send_envelope(project, shape)
+        assert r.status_code == 200, (shape[0], r.text)
+    eleven = envelope(None, *[logs(line(f"item {n}", trace_id)) for n in range(11)])
+    assert tracker.send_envelope(project, body=eleven).status_code == 200
+    with sqlite3.connect(tracker.db) as conn:
+        kept = conn.execute("SELECT count(*), max(length(body)), max(length(attributes)) FROM logs WHERE trace_id = ?",
+                            (trace_id,)).fetchone()
+        spans = conn.execute("SELECT spans FROM transactions WHERE trace_id = ?", (trace_id,)).fetchone()
+    assert kept[0] == 100 + 1 + 10 and kept[1] == 8192 and kept[2] < 100 * 2100
+    assert spans == (1000,)
+    for path in ("/traces/zzz/", f"/traces/{uuid.uuid4().hex}/"):
+        assert tracker.web.get(path).status_code == 404
+    assert tracker.api("GET", "organizations/tracker/trace/not-a-trace/").status_code == 400
+    assert tracker.web.get(f"/traces/{trace_id}/").status_code == 200  # 1,000 spans draw
+
+
+def test_trace_of_errors_without_spans(tracker: TrackerServer, project: Project) -> None:
+    """Tracing off: errors still carry contexts.trace, so the trace page joins them with the logs
+    (Sentry's trace endpoint lists them as roots), and the issue page says how big the trace is."""
+    trace_id, other = uuid.uuid4().hex, tracker.create_project()
+    for target, message in ((project, "first failure"), (other, "second failure")):
+        tracker.send_event(target, {"message": message, "level": "error",
+                                    "contexts": {"trace": {"trace_id": trace_id, "span_id": uuid.uuid4().hex[:16]}}})
+    assert tracker.send_envelope(project, logs(line("before the failure", trace_id))).status_code == 200
+    roots = tracker.api("GET", f"organizations/tracker/trace/{trace_id}/").json()
+    assert sorted(r["title"] for r in roots) == ["first failure", "second failure"]
+    assert {r["event_type"] for r in roots} == {"error"}
+    [issue] = tracker.issues(project, f"trace:{trace_id}")
+    page = tracker.web.get(f"/issues/{issue['id']}/").text
+    assert "this trace: 2 errors in 2 services" in page and f'href="/traces/{trace_id}/"' in page
+    assert "first failure" in tracker.web.get(f"/traces/{trace_id}/").text
+
+
+def test_old_transactions_and_logs_leave(configured: Configure) -> None:
+    """`[traces] max_age_days`: retention removes older transactions and logs (here a max age of
+    about two seconds and a pass every second)."""
+    server = configured("traces-age", "[traces]\nmax_age_days = 0.00002\n[retention]\ninterval = 1\n")
+    project = server.create_project()
+    trace_id = uuid.uuid4().hex
+    r = server.send_envelope(project, ({"type": "transaction"}, transaction(trace_id)), logs(line("old", trace_id)))
+    assert r.status_code == 200
+    assert count(server, "transactions", project) == 1 and count(server, "logs", project) == 1
+    wait_for(lambda: count(server, "transactions", project) == 0 and count(server, "logs", project) == 0, timeout=20)
