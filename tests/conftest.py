@@ -174,8 +174,9 @@ class TrackerServer:
         return r.json()
 
 
-def start_server(db: Path, *extra: str) -> TrackerServer:
-    port = free_port()
+def start_server(db: Path, *extra: str, port: int | None = None) -> TrackerServer:
+    """`tracker serve` on `db`; on `port` when given (a restart where clients expect it), else a free one."""
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, str(ROOT / "tracker.py"), "--db", str(db), "serve",
                              "--port", str(port), *extra], cwd=ROOT)
