@@ -17,6 +17,7 @@ reads top to bottom in the order an envelope flows, one banner per section:
     Release health and SLOs  sessions and transactions in minute buckets, objectives per minute.
     Retention                old events leave in small batches; each issue keeps first and latest.
     Cron monitors            check-ins, schedules, missed and timed-out runs.
+    Forwarding               a project's envelopes to an upstream Sentry: the outbox, its sender, replay.
     JSON API                 Sentry's web API shapes over the sections' questions (Bearer tokens).
     Dashboard                server-rendered pages over the same questions (sign-in, roles, CSRF).
     Application              the typed application object (Tracker), its services and routes.
@@ -9518,6 +9519,10 @@ async def page_metrics(request: Request) -> Response:
         lines["tracker_slo_objective"].append(metric_line("tracker_slo_objective", labels,
                                                           json.loads(r["config"])["objective"]))
         lines["tracker_slo_breached"].append(metric_line("tracker_slo_breached", labels, int(r["state"] == "breached")))
+    for slug, state in await all_forward_status(store, time.time()):
+        for name, key in FORWARD_METRICS.items():
+            if state[key] is not None:
+                lines[name].append(metric_line(name, {"project": slug}, state[key]))
     out = []
     for name, (kind, help_text) in METRICS_HELP.items():
         out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *lines[name]]
@@ -9531,7 +9536,18 @@ METRICS_HELP = {
     "tracker_slo_value": ("gauge", "The share of bad sessions or events in the SLO's window."),
     "tracker_slo_objective": ("gauge", "The SLO's objective: the value must stay below it."),
     "tracker_slo_breached": ("gauge", "1 while the SLO is breached."),
+    "tracker_forward_queued": ("gauge", "Envelopes in the forward outbox, waiting for the upstream."),
+    "tracker_forward_queued_bytes": ("gauge", "Bytes of the envelopes in the forward outbox."),
+    "tracker_forward_outbox_age_seconds": ("gauge", "Age of the oldest envelope in the forward outbox (0: empty)."),
+    "tracker_forward_sent_last_hour": ("gauge", "Envelopes the upstream took in the last hour."),
+    "tracker_forward_dropped_total": ("counter", "Envelopes dropped from the outbox: full, or refused by the upstream."),
+    "tracker_forward_last_error_timestamp_seconds": ("gauge", "When forwarding last failed."),
 }
+
+FORWARD_METRICS = {"tracker_forward_queued": "queued", "tracker_forward_queued_bytes": "bytes",
+                   "tracker_forward_outbox_age_seconds": "outbox_age",
+                   "tracker_forward_sent_last_hour": "sent_last_hour", "tracker_forward_dropped_total": "dropped",
+                   "tracker_forward_last_error_timestamp_seconds": "last_error_at"}
 
 
 def metric_line(name: str, labels: dict[str, Any], value: float) -> str:
@@ -12077,8 +12093,8 @@ TEMPLATES = {
 <div class="card{{ ' forward-failing' if state.queued and state.lastError }}"><h2 class="mt-0">{% if state.dsn %}To {{ state.dsn|upstream_host }} <span class="muted fw-normal">{{ state.mode }}</span>{% else %}Not forwarding{% endif %}</h2>
   <div class="facts"><div><b>{{ state.queued }}</b><span>queued</span></div><div><b>{{ state.outboxAge|age if state.queued else '—' }}</b><span>oldest queued</span></div>
   <div><b>{{ state.sentLastHour }}</b><span>sent in the last hour</span></div><div><b>{{ state.dropped }} dropped</b><span>outbox full or refused</span></div></div>
-  {% if state.lastError %}<p class="forward-error">Last error{% if state.dateLastError %} ({{ state.dateLastError }}){% endif %}: {{ state.lastError }}</p>{% endif %}
-  {% if state.dateLastSent %}<p class="muted">Last sent {{ state.dateLastSent }}.</p>{% endif %}</div>
+  {% if state.lastError %}<p class="forward-error">Last error{% if state.dateLastError %} ({{ state.dateLastError|ago }}){% endif %}: {{ state.lastError }}</p>{% endif %}
+  {% if state.dateLastSent %}<p class="muted">Last sent {{ state.dateLastSent|ago }} ({{ state.dateLastSent|datetime }}).</p>{% endif %}</div>
 {% if viewer.role == 'admin' %}<form method="post" class="card rules"><input type="hidden" name="csrf" value="{{ csrf }}">
   <p class="muted">Every envelope this project accepts is also sent to the upstream's DSN (Sentry, GlitchTip or another tracker), after rate limits and data scrubbing. <b>mirror</b> keeps it here too; <b>relay</b> keeps nothing here but the queue. Leave the DSN empty to stop.</p>
   <p><label>Upstream DSN <input name="dsn" size="70" value="{{ form.dsn }}" spellcheck="false" placeholder="https://&lt;key&gt;@sentry.example.com/42"></label></p>

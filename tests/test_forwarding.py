@@ -243,6 +243,11 @@ def test_a_full_outbox_drops_its_oldest_and_says_so(tmp_path: Path) -> None:
         assert issue_total(here, "mirror") == 8  # stored here all the same
         page = here.web.get("/projects/mirror/forwarding/").text
         assert "3 dropped" in page and "full" in page
+        assert "5 queued" in here.web.get("/projects/").text
+        metrics = here.web.get("/metrics").text
+        assert 'tracker_forward_queued{project="mirror"} 5' in metrics
+        assert 'tracker_forward_dropped_total{project="mirror"} 3' in metrics
+        assert re.search(r'tracker_forward_outbox_age_seconds\{project="mirror"\} [0-9.]+', metrics)
     finally:
         stop_server(here)
 
