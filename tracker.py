@@ -7693,8 +7693,8 @@ def queue_forward(intake: Intake, forward: Forward, items: list[tuple[dict[str, 
 # -- sending: one upstream's connection, its rate limits, the outgoing envelope --------------------
 
 class Upstream:
-    """One upstream DSN: a kept-alive connection (used by one thread at a time), and until when each
-    data category (None: all) is rate limited, from its answers."""
+    """One upstream DSN: its kept-alive connections (each used by one thread at a time), and until when
+    each data category (None: all) is rate limited, from its answers."""
 
     def __init__(self, dsn: str, allow_private: bool, timeout: float) -> None:
         self.dsn, self.allow_private, self.timeout = dsn, allow_private, timeout
@@ -7702,7 +7702,7 @@ class Upstream:
         self.limits: dict[str | None, float] = {}
         self.blocked_until = 0.0  # after a failure: backing off
         self.failures = 0
-        self.conn: http.client.HTTPConnection | None = None
+        self.idle: list[http.client.HTTPConnection] = []
         self.lock = threading.Lock()
 
     def held_until(self, categories: Iterable[str], now: float) -> float:
@@ -7717,23 +7717,29 @@ class Upstream:
         """POST one envelope (gzip); (status, lower-cased headers, start of the answer). Network errors
         raise OSError or http.client.HTTPException; a kept-alive connection the far end closed is
         reopened once."""
-        with self.lock:
-            for attempt in (0, 1):
-                reused = self.conn is not None
-                try:
-                    conn = self.conn or self.connect()
-                    self.conn = conn
-                    conn.request("POST", self.path, body, self.headers())
-                    response = conn.getresponse()
-                    answer = response.read(64 * KIB).decode("utf-8", "replace")
-                    if response.getheader("connection", "").lower() == "close":
-                        self.close()
-                    return response.status, {k.lower(): v for k, v in response.getheaders()}, answer[:500]
-                except (OSError, http.client.HTTPException):
-                    self.close()
-                    if not reused or attempt:
-                        raise
-            raise AssertionError("unreachable")
+        for attempt in (0, 1):
+            with self.lock:
+                conn = self.idle.pop() if self.idle else None
+            reused = conn is not None
+            try:
+                conn = conn or self.connect()
+                conn.request("POST", self.path, body, self.headers())
+                response = conn.getresponse()
+                answer = response.read(64 * KIB).decode("utf-8", "replace")
+                response.read()  # the rest of a long answer, so the connection can be used again
+            except (OSError, http.client.HTTPException):
+                if conn is not None:
+                    conn.close()
+                if not reused or attempt:
+                    raise
+                continue
+            if response.getheader("connection", "").lower() == "close":
+                conn.close()
+            else:
+                with self.lock:
+                    self.idle.append(conn)
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, answer[:500]
+        raise AssertionError("unreachable")
 
     def connect(self) -> http.client.HTTPConnection:
         parts = urllib.parse.urlsplit(self.origin)
@@ -7751,9 +7757,10 @@ class Upstream:
                 "User-Agent": f"tracker/{__version__}"}
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        with self.lock:
+            for conn in self.idle:
+                conn.close()
+            self.idle.clear()
 
     def obey(self, status: int, headers: Mapping[str, str], now: float) -> float:
         """Note the rate limits an answer announces (on any status, as the SDKs do; on a 429 without
@@ -7900,26 +7907,26 @@ class Forwarder(Background):
         return self.upstreams[key]
 
     async def send_all(self, upstream: Upstream, rows: list[sqlite3.Row]) -> list[ForwardResult]:
-        results = []
-        for row in rows:
-            now = time.time()
-            held = upstream.held_until(row["categories"].split(";"), now)
-            if held:
-                results.append(ForwardResult(row["id"], row["project_id"], "retry", held, count_attempt=False))
-                continue
-            body = await forward_body(self.app.store, row["id"])
-            if body is None:  # dropped for room since it was read
-                continue
-            results.append(await self.send(upstream, row, body))
-        return results
+        """The rows of one upstream, FORWARD_CONNECTIONS at a time, each checked against the upstream's
+        limits and backoff just before it would go."""
+        gate = asyncio.Semaphore(FORWARD_CONNECTIONS)
+
+        async def one(row: sqlite3.Row) -> ForwardResult | None:
+            async with gate:
+                if held := upstream.held_until(row["categories"].split(";"), time.time()):
+                    return ForwardResult(row["id"], row["project_id"], "retry", held, count_attempt=False)
+                body = row["body"] if row["body"] is not None else await forward_body(self.app.store, row["id"])
+                if body is None:  # dropped for room since it was read
+                    return None
+                return await self.send(upstream, row, body)
+        return [r for r in await asyncio.gather(*(one(row) for row in rows)) if r]
 
     async def send(self, upstream: Upstream, row: sqlite3.Row, body: bytes) -> ForwardResult:
         """One attempt at one row: 2xx sent; 429 waits for its limit; 400/413 (the upstream will never
         take it) dead; anything else, or no answer, retried after a backoff that holds the upstream."""
-        now = time.time()
         try:
-            outgoing = await asyncio.to_thread(outgoing_envelope, row["dsn"], row["header"], body, now)
-            status, headers, answer = await asyncio.to_thread(upstream.post, outgoing)
+            status, headers, answer = await asyncio.to_thread(
+                lambda: upstream.post(outgoing_envelope(row["dsn"], row["header"], zstd_inflate(body), time.time())))
         except (OSError, http.client.HTTPException, TargetRefused) as exc:
             return self.failed(upstream, row, f"{type(exc).__name__}: {exc}")
         longest = upstream.obey(status, headers, time.time())
@@ -7939,15 +7946,25 @@ class Forwarder(Background):
         return ForwardResult(row["id"], row["project_id"], "retry", upstream.blocked_until, error)
 
 
+FORWARD_CONNECTIONS = 4  # requests in flight to one upstream
+
+
 async def due_forwards(store: Store, now: float, limit: int) -> list[sqlite3.Row]:
-    """The outbox rows due now, oldest first, without their bodies."""
-    return await store.all("SELECT id, project_id, dsn, categories, header, attempts FROM forward_outbox "
+    """The outbox rows due now, oldest first, with their (compressed) bodies when small: a round
+    never holds more than `limit` × 64 KiB of them."""
+    return await store.all("SELECT id, project_id, dsn, categories, header, attempts, "
+                           "CASE WHEN length(body) <= 65536 THEN body END AS body FROM forward_outbox "
                            "WHERE next_attempt <= ? ORDER BY id LIMIT ?", (now, limit))
 
 
 async def forward_body(store: Store, row_id: int) -> bytes | None:
+    """A large row's compressed body, read when it is its turn."""
     row = await store.one("SELECT body FROM forward_outbox WHERE id = ?", (row_id,))
-    return zstandard.ZstdDecompressor().decompress(row["body"]) if row else None
+    return row["body"] if row else None
+
+
+def zstd_inflate(frame: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().decompress(frame)
 
 
 # -- status: what the project page and /metrics show ------------------------------------------------
@@ -8079,7 +8096,7 @@ def replay_envelope(conn: sqlite3.Connection, project_id: int, event: sqlite3.Ro
     for a in conn.execute("SELECT filename, content_type, attachment_type, data FROM attachments "
                           "WHERE project_id = ? AND event_id = ? ORDER BY id", (project_id, event["event_id"])):
         items.append(({"type": "attachment", "filename": a["filename"], "content_type": a["content_type"],
-                       "attachment_type": a["attachment_type"]}, zstandard.ZstdDecompressor().decompress(a["data"])))
+                       "attachment_type": a["attachment_type"]}, zstd_inflate(a["data"])))
     for f in conn.execute("SELECT name, email, message FROM feedback WHERE project_id = ? AND event_id = ? ORDER BY id",
                           (project_id, event["event_id"])):
         items.append(({"type": "user_report", "content_type": "application/json"}, json_dumps(

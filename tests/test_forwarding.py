@@ -119,8 +119,8 @@ def test_mirror_sdk_events_reach_both_and_secrets_stay_here(pair: tuple[TrackerS
                 scope.set_extra("password", "hunter2" + "-secret")  # not in the source lines the event carries
                 sentry_sdk.capture_exception()
     sentry_sdk.flush()
-    wait_for(lambda: issue_total(here, "mirror") >= 5)
-    wait_for(lambda: issue_total(upstream, "up-mirror") >= 5, 20)
+    wait_for(lambda: issue_total(here, "mirror") >= 5, 30)
+    wait_for(lambda: issue_total(upstream, "up-mirror") >= 5, 30)
     issue = upstream.api("GET", "projects/tracker/up-mirror/issues/").json()[0]
     latest = upstream.latest_event(issue["id"])
     assert "hunter2-secret" not in json.dumps(latest)  # scrubbed here before it left
@@ -142,7 +142,7 @@ def test_relay_keeps_nothing_here_and_upstream_gets_every_event(pair: tuple[Trac
         except KeyError:
             ids.append(sentry_sdk.capture_exception())
     sentry_sdk.flush()
-    wait_for(lambda: issue_total(upstream, "up-relay") >= 4, 20)
+    wait_for(lambda: issue_total(upstream, "up-relay") >= 4, 30)
     assert issue_total(here, "relay") == 0
     assert here.web.get("/projects/relay/envelopes/").text.count("/projects/relay/envelopes/") == 0
     for event_id in ids:  # the ids the SDK chose are the upstream's ids
