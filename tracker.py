@@ -1526,7 +1526,7 @@ async def accept_envelope(request: Request, project_id: int, header: dict[str, A
         intake.jobs.clear()
     if intake.forwarded:
         request.app.forwarder.wake.set()
-    if PAYLOADS.wants_training():
+    if PAYLOADS.wants_training() and not (forward and forward.relay):  # a relay stores no events to train on
         PAYLOADS.training = True
         task = asyncio.create_task(train_payload_dictionary(request.app.settings.db, writer))
         request.app.background.add(task)  # referenced until done, so it is not collected mid-way
@@ -7725,23 +7725,23 @@ class Upstream:
                 conn = conn or self.connect()
                 conn.request("POST", self.path, body, self.headers())
                 response = conn.getresponse()
-                answer = response.read(64 * KIB).decode("utf-8", "replace")
-                response.read()  # the rest of a long answer, so the connection can be used again
+                raw = response.read(UPSTREAM_ANSWER + 1)
             except (OSError, http.client.HTTPException):
                 if conn is not None:
                     conn.close()
                 if not reused or attempt:
                     raise
                 continue
-            if response.getheader("connection", "").lower() == "close":
-                conn.close()
+            if response.getheader("connection", "").lower() == "close" or len(raw) > UPSTREAM_ANSWER:
+                conn.close()  # a longer answer is not read to its end: the connection cannot be used again
             else:
                 with self.lock:
                     self.idle.append(conn)
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, answer[:500]
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, raw[:500].decode("utf-8", "replace")
         raise AssertionError("unreachable")
 
     def connect(self) -> http.client.HTTPConnection:
+        """A connection to the addresses resolve_target allows (private ones only with allow_private)."""
         parts = urllib.parse.urlsplit(self.origin)
         secure = parts.scheme == "https"
         addresses = resolve_target(parts.hostname or "", parts.port or (443 if secure else 80), self.allow_private,
@@ -7947,6 +7947,7 @@ class Forwarder(Background):
 
 
 FORWARD_CONNECTIONS = 4  # requests in flight to one upstream
+UPSTREAM_ANSWER = 64 * KIB  # of an upstream's answer, read at most (Relay answers {"id": …})
 
 
 async def due_forwards(store: Store, now: float, limit: int) -> list[sqlite3.Row]:
