@@ -1518,7 +1518,7 @@ async def accept_envelope(request: Request, project_id: int, header: dict[str, A
     logged = data if not intake.scrub.enabled else scrubbed_log_body(intake, items)
     intake.jobs.append(lambda conn: log_envelope(conn, intake, logged, len(data)))
     if forward := project_forward(intake.options):  # in the same transaction: acknowledged means queued
-        queue_forward(intake, forward, items)
+        await queue_forward(intake, forward, items)
     writer = request.app.writer
     try:
         await writer.submit(lambda conn: [job(conn) for job in intake.jobs])  # one job: an envelope is stored whole
@@ -7621,9 +7621,10 @@ def forward_items(intake: Intake, items: list[tuple[dict[str, Any], bytes]]) -> 
     return out
 
 
-def outbox_row(intake: Intake, forward: Forward, items: list[tuple[dict[str, Any], bytes]]) -> dict[str, Any]:
+async def outbox_row(intake: Intake, forward: Forward, items: list[tuple[dict[str, Any], bytes]]) -> dict[str, Any]:
     """The outbox row of an envelope: its header without `dsn` and `sent_at` (set as it leaves), its
-    items zstd-compressed, the data categories its items count in."""
+    items zstd-compressed (a large body in a thread, as attachments are), the data categories its
+    items count in."""
     header = {k: v for k, v in intake.header.items() if k not in ("dsn", "sent_at")}
     event_id = intake.events[0].event_id if intake.events else normalize_id(header.get("event_id"))
     if event_id:
@@ -7631,7 +7632,9 @@ def outbox_row(intake: Intake, forward: Forward, items: list[tuple[dict[str, Any
     body = b"".join(b"%b\n%b\n" % (json_dumps(h), p) for h, p in items)
     return {"project_id": intake.project_id, "dsn": forward.dsn, "event_id": event_id,
             "categories": ";".join(sorted({FORWARD_CATEGORIES[str(h["type"])] for h, _ in items})),
-            "header": json.dumps(header), "body": FORWARD_ZSTD.compress(body), "size": len(body),
+            "header": json.dumps(header), "size": len(body),
+            "body": (await asyncio.to_thread(zstandard.ZstdCompressor(level=1).compress, body)
+                     if len(body) > 64 * KIB else FORWARD_ZSTD.compress(body)),
             "created": intake.received, "next_attempt": intake.received}
 
 
@@ -7671,7 +7674,7 @@ def forward_caps(settings: Settings) -> tuple[int, int]:
 FORWARD_MAX_OUTBOX, FORWARD_MAX_OUTBOX_MB = 100_000, 1024
 
 
-def queue_forward(intake: Intake, forward: Forward, items: list[tuple[dict[str, Any], bytes]]) -> None:
+async def queue_forward(intake: Intake, forward: Forward, items: list[tuple[dict[str, Any], bytes]]) -> None:
     """Add the outbox row's job to the envelope's jobs; a relay project's other jobs are let go
     (it keeps nothing else). Rows dropped for room are counted as dropped events."""
     if forward.relay:
@@ -7679,7 +7682,7 @@ def queue_forward(intake: Intake, forward: Forward, items: list[tuple[dict[str, 
     forwarded = forward_items(intake, items)
     if not forwarded:
         return
-    row, app = outbox_row(intake, forward, forwarded), intake.request.app
+    row, app = await outbox_row(intake, forward, forwarded), intake.request.app
     caps, loop = forward_caps(app.settings), asyncio.get_running_loop()
 
     def job(conn: sqlite3.Connection) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import http.server
 import json
+import os
 import re
 import signal
 import subprocess
@@ -278,11 +279,12 @@ def test_forwarded_envelopes_are_sdk_envelopes(tmp_path: Path) -> None:
     here = start_server(tmp_path / "here.db", "--config", str(tmp_path / "here.toml"))
     try:
         project = here.config_project("mirror", MIRROR)
-        event_id = uuid.uuid4().hex
+        event_id, big = uuid.uuid4().hex, os.urandom(300 * 1024)  # compressed in a thread, read on its own
         body = envelope({"event_id": event_id, "sent_at": "2020-01-01T00:00:00Z", "sdk": {"name": "t", "version": "1"}},
                         ({"type": "event"}, event("with extras", event_id=event_id,
                                                   extra={"api_key": "sk_live_0123456789"})),
                         ({"type": "attachment", "filename": "a.txt", "content_type": "text/plain"}, b"line1\nline2"),
+                        ({"type": "attachment", "filename": "dump.bin"}, big),
                         ({"type": "profile"}, {"dropped": True}),
                         ({"type": "client_report"}, {"timestamp": time.time(), "discarded_events": []}))
         assert httpx.post(f"{here.url}/api/{project.id}/envelope/", content=body,
@@ -298,7 +300,8 @@ def test_forwarded_envelopes_are_sdk_envelopes(tmp_path: Path) -> None:
         assert parsed.headers["event_id"] == event_id
         assert parsed.headers["dsn"] == f"http://{UP_MIRROR}@127.0.0.1:{capture.server_address[1]}/1"
         assert parsed.headers["sent_at"] > "2026" and parsed.headers["sdk"] == {"name": "t", "version": "1"}
-        assert [i.headers["type"] for i in parsed.items] == ["event", "attachment", "client_report"]
+        assert [i.headers["type"] for i in parsed.items] == ["event", "attachment", "attachment", "client_report"]
+        assert parsed.items[2].payload.get_bytes() == big
         for item in parsed.items:  # every item says its length, as the Python SDK writes
             assert item.headers["length"] == len(item.payload.get_bytes())
         assert parsed.items[1].payload.get_bytes() == b"line1\nline2"
@@ -307,7 +310,8 @@ def test_forwarded_envelopes_are_sdk_envelopes(tmp_path: Path) -> None:
         assert sent["event_id"] == event_id and sent["logentry"]["formatted"] == "with extras"
         assert not {"received", "title", "culprit", "metadata", "grouping", "hashes", "_meta"} & set(sent)
         assert sent["extra"]["api_key"] == "[Filtered]"
-        assert data.endswith(b"\n") and data.count(b"\n") == 1 + 2 * len(parsed.items) + 1  # + the attachment's own
+        newlines = 1 + sum(2 + i.payload.get_bytes().count(b"\n") for i in parsed.items)  # the payloads' own too
+        assert data.endswith(b"\n") and data.count(b"\n") == newlines
     finally:
         stop_server(here)
         capture.shutdown()
