@@ -20,6 +20,7 @@ reads top to bottom in the order an envelope flows, one banner per section:
                              to errors across projects; their bounds and questions.
     Retention                old events leave in small batches; each issue keeps first and latest.
     Cron monitors            check-ins, schedules, missed and timed-out runs.
+    Forwarding               a project's envelopes to an upstream Sentry: the outbox, its sender, replay.
     JSON API                 Sentry's web API shapes over the sections' questions (Bearer tokens).
     Dashboard                server-rendered pages over the same questions (sign-in, roles, CSRF).
     Application              the typed application object (Tracker), its services and routes.
@@ -117,7 +118,7 @@ def load_settings(config: str | None = None, **flags: Any) -> Settings:
         with open(path, "rb") as f:
             doc = tomllib.load(f)
         for key, value in doc.get("server", {}).items():
-            if key not in {f.name for f in dataclasses.fields(Settings)} or key in ("projects", "repositories", "jira", "channels", "alerts", "slo", "retention", "crons", "attachments", "traces"):
+            if key not in {f.name for f in dataclasses.fields(Settings)} or key in ("projects", "repositories", "jira", "channels", "alerts", "slo", "retention", "crons", "attachments", "traces", "forward"):
                 raise SystemExit(f"{path}: unknown [server] setting {key!r}")
             setattr(settings, key, value)
         settings.projects = list(doc.get("projects", []))
@@ -131,6 +132,7 @@ def load_settings(config: str | None = None, **flags: Any) -> Settings:
         settings.crons = dict(doc.get("crons", {}))
         settings.attachments = dict(doc.get("attachments", {}))
         settings.traces = dict(doc.get("traces", {}))
+        settings.forward = dict(doc.get("forward", {}))
     for key, var in ENV_VARS.items():
         if os.environ.get(var):
             setattr(settings, key, os.environ[var])
@@ -171,6 +173,7 @@ class Settings:
     crons: dict[str, Any] = dataclasses.field(default_factory=dict)  # interval (s), minute (s; tests shorten it)
     attachments: dict[str, Any] = dataclasses.field(default_factory=dict)  # max_size, max_total (bytes)
     traces: dict[str, Any] = dataclasses.field(default_factory=dict)  # max_transactions, max_logs, max_age_days
+    forward: dict[str, Any] = dataclasses.field(default_factory=dict)  # max_outbox, max_outbox_mb, retry_delays, timeout, poll
     ingest_workers: int = -1  # processes that prepare events; -1: one per core (at most 4; none on one core)
     # the TLS proxies (addresses or networks, comma-separated) whose X-Forwarded-For names the client:
     # without it a proxy on this machine makes every client 127.0.0.1 to /stream and the login throttle
@@ -488,6 +491,33 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     CREATE INDEX logs_by_project ON logs (project_id, timestamp);
     CREATE INDEX logs_by_trace ON logs (trace_id, timestamp) WHERE trace_id IS NOT NULL;
     """,
+    # forwarding (issue 20): the outbox of envelopes for upstreams, written in the envelope's own
+    # transaction; each project's queued count and bytes kept by triggers (the cap is checked per row),
+    # its sends per minute, and where each replay (`tracker forward`) got to
+    lambda conn: [conn.execute(statement) for statement in (
+        """CREATE TABLE forward_outbox (
+               id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL, dsn TEXT NOT NULL, event_id TEXT,
+               categories TEXT NOT NULL, header TEXT NOT NULL, body BLOB NOT NULL, size INTEGER NOT NULL,
+               created REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL, last_error TEXT)""",
+        "CREATE INDEX forward_outbox_due ON forward_outbox (next_attempt, id)",
+        "CREATE INDEX forward_outbox_by_project ON forward_outbox (project_id, id)",
+        """CREATE TABLE forward_state (
+               project_id INTEGER PRIMARY KEY, queued INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0,
+               dropped INTEGER NOT NULL DEFAULT 0, last_error TEXT, last_error_at REAL, last_sent REAL)""",
+        """CREATE TRIGGER forward_queued AFTER INSERT ON forward_outbox BEGIN
+               INSERT INTO forward_state (project_id, queued, bytes) VALUES (new.project_id, 1, new.size)
+                   ON CONFLICT DO UPDATE SET queued = queued + 1, bytes = bytes + excluded.bytes;
+           END""",
+        """CREATE TRIGGER forward_unqueued AFTER DELETE ON forward_outbox BEGIN
+               UPDATE forward_state SET queued = queued - 1, bytes = bytes - old.size WHERE project_id = old.project_id;
+           END""",
+        """CREATE TABLE forward_sent (
+               project_id INTEGER NOT NULL, minute INTEGER NOT NULL, sent INTEGER NOT NULL,
+               PRIMARY KEY (project_id, minute)) WITHOUT ROWID""",
+        """CREATE TABLE forward_replays (
+               project_id INTEGER NOT NULL, dsn TEXT NOT NULL, since REAL NOT NULL, last_id INTEGER NOT NULL,
+               sent INTEGER NOT NULL, done INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL,
+               PRIMARY KEY (project_id, dsn)) WITHOUT ROWID""")],
 ]
 
 Job = Callable[[sqlite3.Connection], Any]
@@ -776,6 +806,10 @@ def ensure_config_projects(conn: sqlite3.Connection, projects: list[dict[str, An
         for option in PROJECT_OPTIONS:
             if option in spec:
                 set_project_option(conn, project_id, option, spec[option])
+        try:
+            parse_forward(spec.get("forward"))
+        except ForwardError as exc:
+            raise SystemExit(f"project {slug}: {exc}") from None
 
 
 def slugify(name: str) -> str:
@@ -845,8 +879,9 @@ def remembered_public_url(path: str) -> str:
 
 
 # Per-project settings beyond the columns, as JSON values: `scrub` (the data scrubbing policy),
-# `rate_limit` (events per minute), `retention` ({max_events, max_age_days}), `attachments` ({max_size, max_total}).
-PROJECT_OPTIONS = ("scrub", "rate_limit", "retention", "attachments")
+# `rate_limit` (events per minute), `retention` ({max_events, max_age_days}), `attachments` ({max_size, max_total}),
+# `forward` ({dsn, mode, allow_private}: see Forwarding).
+PROJECT_OPTIONS = ("scrub", "rate_limit", "retention", "attachments", "forward")
 
 
 def set_project_option(conn: sqlite3.Connection, project_id: int, key: str, value: Any) -> None:
@@ -1605,12 +1640,16 @@ async def accept_envelope(request: Request, project_id: int, header: dict[str, A
         intake.jobs.append(lambda conn: store_health(conn, project_id, intake.health))
     logged = data if not intake.scrub.enabled else scrubbed_log_body(intake, items)
     intake.jobs.append(lambda conn: log_envelope(conn, intake, logged, len(data)))
+    if forward := project_forward(intake.options):  # in the same transaction: acknowledged means queued
+        await queue_forward(intake, forward, items)
     writer = request.app.writer
     try:
         await writer.submit(lambda conn: [job(conn) for job in intake.jobs])  # one job: an envelope is stored whole
     finally:  # the jobs refer back to the intake: a cycle that kept a whole envelope until a full gc pass
         intake.jobs.clear()
-    if PAYLOADS.wants_training():
+    if intake.forwarded:
+        request.app.forwarder.wake.set()
+    if PAYLOADS.wants_training() and not (forward and forward.relay):  # a relay stores no events to train on
         PAYLOADS.training = True
         task = asyncio.create_task(train_payload_dictionary(request.app.settings.db, writer))
         request.app.background.add(task)  # referenced until done, so it is not collected mid-way
@@ -1643,6 +1682,7 @@ class Intake:
     health: list[HealthUpdate] = dataclasses.field(default_factory=list)
     jobs: list[Job] = dataclasses.field(default_factory=list)
     outcomes: list[list[Any]] = dataclasses.field(default_factory=list)
+    forwarded: bool = False  # an outbox row is among the jobs
 
     @functools.cached_property
     def scrub_text(self) -> str:
@@ -9035,6 +9075,611 @@ async def monitor_check_ins(store: Store, monitor_id: int, environments: list[st
                            (monitor_id, *environments, limit, offset))
 
 # =============================================================================
+# Forwarding: a project's envelopes to an upstream Sentry, GlitchTip or tracker
+# =============================================================================
+#
+# A project with a `forward` option ({dsn, mode, allow_private}) has every envelope it accepts also
+# written, in the same writer transaction, to `forward_outbox` as the envelope an SDK would send:
+# after rate limits and scrubbing (an event goes as the stored, scrubbed event), only the item types
+# an upstream understands, the header's `dsn` and `sent_at` set when it leaves. `mirror` stores it
+# here too; `relay` keeps only the outbox row. Forwarder posts the rows, oldest first, per upstream:
+# a row leaves the outbox only after a 2xx (at least once; event ids kept, so the upstream dedupes),
+# failures back off with jitter, and the upstream's X-Sentry-Rate-Limits / Retry-After hold back the
+# rows of the categories it names. A full outbox loses its oldest rows, counted as dropped.
+# `tracker forward` replays stored events (with attachments and feedback) the same way.
+
+FORWARD_MODES = ("mirror", "relay")
+
+
+@dataclasses.dataclass(frozen=True)
+class Forward:
+    """A project's upstream: where its envelopes go and whether they are kept here too."""
+
+    dsn: str
+    mode: str = "mirror"
+    allow_private: bool = False
+
+    @property
+    def relay(self) -> bool:
+        return self.mode == "relay"
+
+
+class ForwardError(ValueError):
+    """A `forward` option that cannot be used: says which part is wrong."""
+
+
+def parse_forward(value: Any) -> Forward | None:
+    """The `forward` option checked: a DSN SDKs would accept (http(s), a 32-hex key, a numeric
+    project id) and a known mode; None or {} turns forwarding off."""
+    if value in (None, {}, ""):
+        return None
+    if not isinstance(value, dict) or set(value) - {"dsn", "mode", "allow_private"}:
+        raise ForwardError("forward must be a table of dsn, mode and allow_private")
+    dsn, mode = value.get("dsn"), value.get("mode", "mirror")
+    if not isinstance(dsn, str) or len(dsn) > 2048:
+        raise ForwardError("forward.dsn must be a DSN such as https://<32 hex>@sentry.example.com/42")
+    upstream_parts(dsn)
+    if mode not in FORWARD_MODES:
+        raise ForwardError(f"forward.mode must be mirror or relay, not {text(mode, 40)!r}")
+    if not isinstance(value.get("allow_private", False), bool):
+        raise ForwardError("forward.allow_private must be true or false")
+    return Forward(dsn.strip(), mode, value.get("allow_private", False))
+
+
+def upstream_parts(dsn: str) -> tuple[str, str, str]:
+    """(origin, envelope path, public key) of a DSN, as the SDKs derive them (§1.2)."""
+    try:
+        parts = urllib.parse.urlsplit(dsn.strip())
+        port = parts.port
+    except ValueError:
+        raise ForwardError("forward.dsn is not a URL") from None
+    prefix, _, project_id = parts.path.rstrip("/").rpartition("/")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ForwardError("forward.dsn must be an http or https URL")
+    if not re.fullmatch(r"[0-9a-fA-F]{32}", parts.username or ""):
+        raise ForwardError("forward.dsn needs a 32-hex public key before the @")
+    if not (project_id.isascii() and project_id.isdigit()) or parts.query or parts.fragment:
+        raise ForwardError("forward.dsn must end in the numeric project id")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    origin = f"{parts.scheme}://{host}{f':{port}' if port else ''}"
+    return origin, f"{prefix}/api/{project_id}/envelope/", parts.username or ""
+
+
+@functools.lru_cache(maxsize=256)
+def forward_of_json(option_json: str) -> Forward | None:
+    """The parsed option, once per distinct text: ingest asks on every envelope of the project."""
+    try:
+        return parse_forward(json.loads(option_json))
+    except ForwardError:  # stored before it was checked: forwarding stays off, as the page says
+        return None
+
+
+def project_forward(options: Mapping[str, Any]) -> Forward | None:
+    """A project's forwarding, from its cached options; None (the usual case) costs one lookup."""
+    value = options.get("forward")
+    return None if not value else forward_of_json(json.dumps(value, sort_keys=True))
+
+
+# Item types an upstream understands, with the data category its rate limits name them by
+# (sentry-protocol.md §5.3–5.4); anything else (profiles, replays, metrics) is not forwarded.
+FORWARD_CATEGORIES = {"event": "error", "transaction": "transaction", "attachment": "attachment",
+                      "session": "session", "sessions": "session", "check_in": "monitor", "feedback": "feedback",
+                      "user_report": "default", "log": "log_item", "span": "span", "client_report": "internal"}
+
+# the keys the tracker adds to a stored event; the rest is Sentry's event schema as Relay reads it
+INTERNAL_EVENT_KEYS = frozenset({"received", "title", "culprit", "metadata", "grouping", "hashes", "_meta"})
+
+
+def sdk_event(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored (normalised, scrubbed) event as an SDK's event item: the tracker's own keys left out."""
+    return {k: v for k, v in stored.items() if k not in INTERNAL_EVENT_KEYS}
+
+
+def forward_items(intake: Intake, items: list[tuple[dict[str, Any], bytes]]) -> list[tuple[dict[str, Any], bytes]]:
+    """What of an accepted envelope goes upstream: each event as stored (scrubbed), the other known
+    types as sent; nothing the tracker refused (rate limited, too large, malformed)."""
+    events, out = iter(intake.events), []
+    max_event = intake.request.app.settings.max_event
+    for (item_header, payload), (kind, _, outcome) in zip(items, intake.outcomes):
+        if kind not in FORWARD_CATEGORIES or (kind in ITEM_HANDLERS and outcome.startswith("dropped")):
+            continue
+        if kind == "event":
+            payload = json_dumps(sdk_event(decompress_payload(next(events).payload)))
+        elif kind not in ITEM_HANDLERS and len(payload) > max_event:  # a log or span batch the tracker never reads
+            continue
+        out.append(({**item_header, "length": len(payload)}, payload))
+    return out
+
+
+async def outbox_row(intake: Intake, forward: Forward, items: list[tuple[dict[str, Any], bytes]]) -> dict[str, Any]:
+    """The outbox row of an envelope: its header without `dsn` and `sent_at` (set as it leaves), its
+    items zstd-compressed (a large body in a thread, as attachments are), the data categories its
+    items count in."""
+    header = {k: v for k, v in intake.header.items() if k not in ("dsn", "sent_at")}
+    event_id = intake.events[0].event_id if intake.events else normalize_id(header.get("event_id"))
+    if event_id:
+        header["event_id"] = event_id
+    body = b"".join(b"%b\n%b\n" % (json_dumps(h), p) for h, p in items)
+    return {"project_id": intake.project_id, "dsn": forward.dsn, "event_id": event_id,
+            "categories": ";".join(sorted({FORWARD_CATEGORIES[str(h["type"])] for h, _ in items})),
+            "header": json.dumps(header), "size": len(body),
+            "body": (await asyncio.to_thread(zstandard.ZstdCompressor(level=1).compress, body)
+                     if len(body) > 64 * KIB else FORWARD_ZSTD.compress(body)),
+            "created": intake.received, "next_attempt": intake.received}
+
+
+FORWARD_ZSTD = zstandard.ZstdCompressor(level=1)  # used on the event loop only
+
+
+def enqueue_forward(conn: sqlite3.Connection, row: dict[str, Any], caps: tuple[int, int]) -> int:
+    """Writer job, in the envelope's own transaction: add the row, then drop the project's oldest rows
+    while the outbox is over its caps (count, bytes). Returns how many were dropped."""
+    conn.execute("INSERT INTO forward_outbox (project_id, dsn, event_id, categories, header, body, size, created, "
+                 "next_attempt) VALUES (:project_id, :dsn, :event_id, :categories, :header, :body, :size, :created, "
+                 ":next_attempt)", row)
+    state = conn.execute("SELECT queued, bytes FROM forward_state WHERE project_id = ?", (row["project_id"],)).fetchone()
+    dropped = 0
+    while state["queued"] > caps[0] or (state["bytes"] > caps[1] and state["queued"] > 1):
+        oldest = conn.execute("SELECT id FROM forward_outbox WHERE project_id = ? ORDER BY id LIMIT 1",
+                              (row["project_id"],)).fetchone()
+        conn.execute("DELETE FROM forward_outbox WHERE id = ?", (oldest["id"],))
+        dropped += 1
+        state = conn.execute("SELECT queued, bytes FROM forward_state WHERE project_id = ?",
+                             (row["project_id"],)).fetchone()
+    if dropped:
+        conn.execute("UPDATE forward_state SET dropped = dropped + ?, last_error = ?, last_error_at = ? "
+                     "WHERE project_id = ?", (dropped, OUTBOX_FULL, row["created"], row["project_id"]))
+    return dropped
+
+
+OUTBOX_FULL = "the forward outbox was full: its oldest envelopes were dropped"
+
+
+def forward_caps(settings: Settings) -> tuple[int, int]:
+    """([forward] max_outbox envelopes, max_outbox_mb) a project's outbox may hold."""
+    return (int(settings.forward.get("max_outbox", FORWARD_MAX_OUTBOX)),
+            int(float(settings.forward.get("max_outbox_mb", FORWARD_MAX_OUTBOX_MB)) * MIB))
+
+
+FORWARD_MAX_OUTBOX, FORWARD_MAX_OUTBOX_MB = 100_000, 1024
+
+
+async def queue_forward(intake: Intake, forward: Forward, items: list[tuple[dict[str, Any], bytes]]) -> None:
+    """Add the outbox row's job to the envelope's jobs; a relay project's other jobs are let go
+    (it keeps nothing else). Rows dropped for room are counted as dropped events."""
+    if forward.relay:
+        intake.jobs.clear()
+    forwarded = forward_items(intake, items)
+    if not forwarded:
+        return
+    row, app = await outbox_row(intake, forward, forwarded), intake.request.app
+    caps, loop = forward_caps(app.settings), asyncio.get_running_loop()
+
+    def job(conn: sqlite3.Connection) -> None:
+        if dropped := enqueue_forward(conn, row, caps):
+            loop.call_soon_threadsafe(app.limits.drop, intake.project_id, intake.received, "forward_outbox_full",
+                                      "envelope", dropped)
+    intake.jobs.append(job)
+    intake.forwarded = True
+
+
+# -- sending: one upstream's connection, its rate limits, the outgoing envelope --------------------
+
+class Upstream:
+    """One upstream DSN: its kept-alive connections (each used by one thread at a time), and until when
+    each data category (None: all) is rate limited, from its answers."""
+
+    def __init__(self, dsn: str, allow_private: bool, timeout: float) -> None:
+        self.dsn, self.allow_private, self.timeout = dsn, allow_private, timeout
+        self.origin, self.path, self.key = upstream_parts(dsn)
+        self.limits: dict[str | None, float] = {}
+        self.blocked_until = 0.0  # after a failure: backing off
+        self.failures = 0
+        self.idle: list[http.client.HTTPConnection] = []
+        self.lock = threading.Lock()
+
+    def held_until(self, categories: Iterable[str], now: float) -> float:
+        """When rows of these categories may go: the latest of the limits that hold them."""
+        until = max(self.limits.get(None, 0.0), self.blocked_until)
+        for category in categories:
+            until = max(until, self.limits.get(category, 0.0),
+                        self.limits.get("default", 0.0) if category == "error" else 0.0)
+        return until if until > now else 0.0
+
+    def post(self, body: bytes) -> tuple[int, dict[str, str], str]:
+        """POST one envelope (gzip); (status, lower-cased headers, start of the answer). Network errors
+        raise OSError or http.client.HTTPException; a kept-alive connection the far end closed is
+        reopened once."""
+        for attempt in (0, 1):
+            with self.lock:
+                conn = self.idle.pop() if self.idle else None
+            reused = conn is not None
+            try:
+                conn = conn or self.connect()
+                conn.request("POST", self.path, body, self.headers())
+                response = conn.getresponse()
+                raw = response.read(UPSTREAM_ANSWER + 1)
+            except (OSError, http.client.HTTPException):
+                if conn is not None:
+                    conn.close()
+                if not reused or attempt:
+                    raise
+                continue
+            if response.getheader("connection", "").lower() == "close" or len(raw) > UPSTREAM_ANSWER:
+                conn.close()  # a longer answer is not read to its end: the connection cannot be used again
+            else:
+                with self.lock:
+                    self.idle.append(conn)
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, raw[:500].decode("utf-8", "replace")
+        raise AssertionError("unreachable")
+
+    def connect(self) -> http.client.HTTPConnection:
+        """A connection to the addresses resolve_target allows (private ones only with allow_private)."""
+        parts = urllib.parse.urlsplit(self.origin)
+        secure = parts.scheme == "https"
+        addresses = resolve_target(parts.hostname or "", parts.port or (443 if secure else 80), self.allow_private,
+                                   "forward.dsn")
+        conn = PinnedHTTPSConnection(parts.netloc, timeout=self.timeout, context=ssl.create_default_context()) \
+            if secure else PinnedHTTPConnection(parts.netloc, timeout=self.timeout)
+        conn.addresses = addresses
+        return conn
+
+    def headers(self) -> dict[str, str]:
+        return {"X-Sentry-Auth": f"Sentry sentry_key={self.key}, sentry_version=7, sentry_client=tracker/{__version__}",
+                "Content-Type": "application/x-sentry-envelope", "Content-Encoding": "gzip",
+                "User-Agent": f"tracker/{__version__}"}
+
+    def close(self) -> None:
+        with self.lock:
+            for conn in self.idle:
+                conn.close()
+            self.idle.clear()
+
+    def obey(self, status: int, headers: Mapping[str, str], now: float) -> float:
+        """Note the rate limits an answer announces (on any status, as the SDKs do; on a 429 without
+        X-Sentry-Rate-Limits, Retry-After, else 60 s, for all); returns the longest, 0 if none."""
+        limits = parse_rate_limits(headers.get("x-sentry-rate-limits", ""))
+        if not limits and status == 429:
+            limits = [(parse_retry_after(headers.get("retry-after")) or 60.0, [None])]
+        longest = 0.0
+        for seconds, categories in limits:
+            for category in categories:
+                self.limits[category] = max(self.limits.get(category, 0.0), now + seconds)
+            longest = max(longest, seconds)
+        return longest
+
+
+def parse_rate_limits(value: str) -> list[tuple[float, list[str | None]]]:
+    """`60:transaction:key, 2700:default;error;security:organization` → [(60, ["transaction"]), …];
+    an empty category list means all (None); entries that do not parse are skipped."""
+    limits = []
+    for entry in value.split(",")[:50]:
+        fields = entry.strip().split(":")
+        try:
+            seconds = min(float(fields[0]), 86400.0)
+        except ValueError:
+            continue
+        if len(fields) > 1 and seconds >= 0 and math.isfinite(seconds):
+            limits.append((seconds, [c for c in fields[1].split(";") if c] or [None]))
+    return limits
+
+
+def outgoing_envelope(dsn: str, header_json: str, body: bytes, now: float) -> bytes:
+    """The envelope as it leaves, gzip-compressed: the stored header with the upstream's `dsn` and
+    this moment's `sent_at` (Relay corrects clock drift from it: the original would shift a late
+    envelope's timestamps), then the stored items."""
+    header = {**json.loads(header_json), "dsn": dsn, "sent_at": iso(now)}
+    return gzip_bytes(json_dumps(header) + b"\n" + body)
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+def backoff(attempts: int, delays: Sequence[float]) -> float:
+    """Seconds before the next try: the delay for this attempt, ±25% jitter so a fleet spreads out."""
+    delay = delays[min(max(attempts, 1), len(delays)) - 1]
+    return delay * random.uniform(0.75, 1.25)
+
+
+FORWARD_RETRY_DELAYS = (1, 5, 30, 120, 600, 1800)
+
+
+@dataclasses.dataclass
+class ForwardResult:
+    """What became of one outbox row in a round: sent, retry later (with why), or dropped for good."""
+
+    row_id: int
+    project_id: int
+    outcome: str  # sent | retry | dead
+    next_attempt: float = 0.0
+    error: str = ""
+    count_attempt: bool = True
+
+
+def record_forward_results(conn: sqlite3.Connection, results: list[ForwardResult], now: float) -> None:
+    """Writer job after a round: sent and dead rows leave, the others wait; each project's counts
+    and last error follow."""
+    sent: dict[int, int] = {}
+    for r in results:
+        if r.outcome == "retry":
+            conn.execute("UPDATE forward_outbox SET attempts = attempts + ?, next_attempt = ?, last_error = ? "
+                         "WHERE id = ?", (int(r.count_attempt), r.next_attempt, r.error or None, r.row_id))
+        else:
+            conn.execute("DELETE FROM forward_outbox WHERE id = ?", (r.row_id,))
+        if r.outcome == "sent":
+            sent[r.project_id] = sent.get(r.project_id, 0) + 1
+        if r.error:
+            conn.execute("UPDATE forward_state SET last_error = ?, last_error_at = ?, dropped = dropped + ? "
+                         "WHERE project_id = ?", (r.error, now, int(r.outcome == "dead"), r.project_id))
+    for project_id, n in sent.items():
+        conn.execute("INSERT INTO forward_sent (project_id, minute, sent) VALUES (?, ?, ?) "
+                     "ON CONFLICT DO UPDATE SET sent = sent + excluded.sent", (project_id, minute_of(now), n))
+        conn.execute("UPDATE forward_state SET last_sent = ? WHERE project_id = ?", (now, project_id))
+    conn.execute("DELETE FROM forward_sent WHERE minute < ?", (minute_of(now) - 1440,))
+
+
+class Forwarder(Background):
+    """Sends the forward outbox: each round reads the due rows, oldest first, and posts them to their
+    upstreams side by side (one after another within an upstream), then one writer job records
+    the round. A row whose categories the upstream limits, or whose upstream is backing off, is left
+    for later without a request."""
+
+    ROUND = 200  # rows read per round
+
+    def __init__(self, app: Tracker) -> None:
+        self.app = app
+        settings = app.settings.forward
+        self.delays = [float(d) for d in settings.get("retry_delays", FORWARD_RETRY_DELAYS)] or [1.0]
+        self.timeout = float(settings.get("timeout", 30))
+        self.poll = float(settings.get("poll", 1))
+        self.upstreams: dict[tuple[str, bool], Upstream] = {}
+        self.wake = asyncio.Event()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                full = await self.round()
+            except Exception:  # a broken round must not end forwarding for good
+                log.exception("forwarding failed")
+                full = False
+            if not full:
+                self.wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), self.poll)
+
+    async def close(self) -> None:
+        await super().close()
+        for upstream in self.upstreams.values():
+            upstream.close()
+
+    async def round(self) -> bool:
+        """One pass over the due rows; True when there may be more due at once."""
+        now = time.time()
+        rows = await due_forwards(self.app.store, now, self.ROUND)
+        if not rows:
+            return False
+        options = {r["project_id"]: await self.app.options.options(r["project_id"]) for r in rows}
+        by_upstream: dict[Upstream, list[sqlite3.Row]] = {}
+        for row in rows:
+            forward = project_forward(options[row["project_id"]])
+            upstream = self.upstream(row["dsn"], bool(forward and forward.allow_private))
+            by_upstream.setdefault(upstream, []).append(row)
+        batches = await asyncio.gather(*(self.send_all(u, batch) for u, batch in by_upstream.items()))
+        results = [r for batch in batches for r in batch]
+        await self.app.writer.submit(lambda conn: record_forward_results(conn, results, time.time()))
+        return len(rows) == self.ROUND and any(r.outcome == "sent" for r in results)
+
+    def upstream(self, dsn: str, allow_private: bool) -> Upstream:
+        key = (dsn, allow_private)
+        if key not in self.upstreams:
+            if len(self.upstreams) > 1000:
+                self.upstreams.clear()
+            self.upstreams[key] = Upstream(dsn, allow_private, self.timeout)
+        return self.upstreams[key]
+
+    async def send_all(self, upstream: Upstream, rows: list[sqlite3.Row]) -> list[ForwardResult]:
+        """The rows of one upstream, FORWARD_CONNECTIONS at a time, each checked against the upstream's
+        limits and backoff just before it would go."""
+        gate = asyncio.Semaphore(FORWARD_CONNECTIONS)
+
+        async def one(row: sqlite3.Row) -> ForwardResult | None:
+            async with gate:
+                if held := upstream.held_until(row["categories"].split(";"), time.time()):
+                    return ForwardResult(row["id"], row["project_id"], "retry", held, count_attempt=False)
+                body = row["body"] if row["body"] is not None else await forward_body(self.app.store, row["id"])
+                if body is None:  # dropped for room since it was read
+                    return None
+                return await self.send(upstream, row, body)
+        return [r for r in await asyncio.gather(*(one(row) for row in rows)) if r]
+
+    async def send(self, upstream: Upstream, row: sqlite3.Row, body: bytes) -> ForwardResult:
+        """One attempt at one row: 2xx sent; 429 waits for its limit; 400/413 (the upstream will never
+        take it) dead; anything else, or no answer, retried after a backoff that holds the upstream."""
+        try:
+            status, headers, answer = await asyncio.to_thread(
+                lambda: upstream.post(outgoing_envelope(row["dsn"], row["header"], zstd_inflate(body), time.time())))
+        except (OSError, http.client.HTTPException, TargetRefused) as exc:
+            return self.failed(upstream, row, f"{type(exc).__name__}: {exc}")
+        longest = upstream.obey(status, headers, time.time())
+        if 200 <= status < 300:
+            upstream.failures = 0
+            return ForwardResult(row["id"], row["project_id"], "sent")
+        error = f"HTTP {status} from the upstream: {answer}".strip()
+        if status == 429:
+            return ForwardResult(row["id"], row["project_id"], "retry", time.time() + (longest or 60), error, False)
+        if status in (400, 413):
+            return ForwardResult(row["id"], row["project_id"], "dead", error=error)
+        return self.failed(upstream, row, error)
+
+    def failed(self, upstream: Upstream, row: sqlite3.Row, error: str) -> ForwardResult:
+        upstream.failures += 1
+        upstream.blocked_until = time.time() + backoff(upstream.failures, self.delays)
+        return ForwardResult(row["id"], row["project_id"], "retry", upstream.blocked_until, error)
+
+
+FORWARD_CONNECTIONS = 4  # requests in flight to one upstream
+UPSTREAM_ANSWER = 64 * KIB  # of an upstream's answer, read at most (Relay answers {"id": …})
+
+
+async def due_forwards(store: Store, now: float, limit: int) -> list[sqlite3.Row]:
+    """The outbox rows due now, oldest first, with their (compressed) bodies when small: a round
+    never holds more than `limit` × 64 KiB of them."""
+    return await store.all("SELECT id, project_id, dsn, categories, header, attempts, "
+                           "CASE WHEN length(body) <= 65536 THEN body END AS body FROM forward_outbox "
+                           "WHERE next_attempt <= ? ORDER BY id LIMIT ?", (now, limit))
+
+
+async def forward_body(store: Store, row_id: int) -> bytes | None:
+    """A large row's compressed body, read when it is its turn."""
+    row = await store.one("SELECT body FROM forward_outbox WHERE id = ?", (row_id,))
+    return row["body"] if row else None
+
+
+def zstd_inflate(frame: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().decompress(frame)
+
+
+# -- status: what the project page and /metrics show ------------------------------------------------
+
+async def forward_status(store: Store, project_id: int, now: float) -> dict[str, Any]:
+    """A project's forwarding at a glance: queued envelopes and bytes, the oldest one's age, sent in
+    the last hour, dropped, the last error and send."""
+    state = await store.one("SELECT * FROM forward_state WHERE project_id = ?", (project_id,))
+    oldest = await store.one("SELECT min(created) AS created FROM forward_outbox WHERE project_id = ?", (project_id,))
+    sent = await store.one("SELECT coalesce(sum(sent), 0) AS n FROM forward_sent WHERE project_id = ? AND minute >= ?",
+                           (project_id, minute_of(now) - 59))
+    return forward_summary(dict(state) if state else None, oldest["created"] if oldest else None,
+                           sent["n"] if sent else 0, now)
+
+
+def forward_summary(state: Mapping[str, Any] | None, oldest: float | None, sent_hour: int, now: float
+                    ) -> dict[str, Any]:
+    state = state or {}
+    return {"queued": state.get("queued") or 0, "bytes": state.get("bytes") or 0,
+            "outbox_age": max(now - oldest, 0.0) if oldest else 0.0, "sent_last_hour": sent_hour,
+            "dropped": state.get("dropped") or 0, "last_error": state.get("last_error"),
+            "last_error_at": state.get("last_error_at"), "last_sent": state.get("last_sent")}
+
+
+async def all_forward_status(store: Store, now: float) -> list[tuple[str, dict[str, Any]]]:
+    """(project slug, forward_summary) of every project that has forwarded or queued anything."""
+    rows = await store.all(
+        """SELECT p.slug, s.*, (SELECT min(created) FROM forward_outbox o WHERE o.project_id = s.project_id) AS oldest,
+                  (SELECT coalesce(sum(sent), 0) FROM forward_sent f WHERE f.project_id = s.project_id
+                   AND f.minute >= ?) AS sent_hour
+           FROM forward_state s JOIN projects p ON p.id = s.project_id ORDER BY p.slug""", (minute_of(now) - 59,))
+    return [(r["slug"], forward_summary(dict(r), r["oldest"], r["sent_hour"], now)) for r in rows]
+
+
+def save_forward(conn: sqlite3.Connection, project_id: int, forward: Forward | None) -> None:
+    """Store a project's forwarding (None: off; its queued rows still go out)."""
+    if forward is None:
+        conn.execute("DELETE FROM project_options WHERE project_id = ? AND key = 'forward'", (project_id,))
+    else:
+        set_project_option(conn, project_id, "forward", forward_option(forward))
+
+
+def forward_option(forward: Forward) -> dict[str, Any]:
+    return {"dsn": forward.dsn, "mode": forward.mode, **({"allow_private": True} if forward.allow_private else {})}
+
+
+# -- replay: stored events re-sent to an upstream (`tracker forward`) ------------------------------
+
+@dataclasses.dataclass
+class Replay:
+    """How far a replay of a project's events to one upstream got: resumed after `last_id`."""
+
+    project_id: int
+    dsn: str
+    since: float
+    last_id: int = 0
+    sent: int = 0
+    done: bool = False
+
+
+def replay_state(conn: sqlite3.Connection, project_id: int, dsn: str, since: float, restart: bool) -> Replay:
+    """The replay to resume (the first run's `since` holds for it), or a new one (saved as it starts)."""
+    row = conn.execute("SELECT * FROM forward_replays WHERE project_id = ? AND dsn = ?", (project_id, dsn)).fetchone()
+    if row is None or restart:
+        return Replay(project_id, dsn, since)
+    return Replay(project_id, dsn, row["since"], row["last_id"], row["sent"], bool(row["done"]))
+
+
+def save_replay(conn: sqlite3.Connection, replay: Replay) -> None:
+    conn.execute("INSERT OR REPLACE INTO forward_replays (project_id, dsn, since, last_id, sent, done, updated) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?)", (replay.project_id, replay.dsn, replay.since, replay.last_id,
+                                                  replay.sent, int(replay.done), time.time()))
+
+
+def replay_remaining(conn: sqlite3.Connection, replay: Replay) -> tuple[int, int, int]:
+    """(events, their attachments, their feedback) still to send."""
+    where = "project_id = ? AND timestamp >= ? AND id > ?"
+    args = (replay.project_id, replay.since, replay.last_id)
+    events = conn.execute(f"SELECT count(*) FROM events WHERE {where}", args).fetchone()[0]
+    extras = [conn.execute(f"SELECT count(*) FROM {table} x WHERE x.project_id = ? AND x.event_id IN "
+                           f"(SELECT event_id FROM events WHERE {where})", (replay.project_id, *args)).fetchone()[0]
+              for table in ("attachments", "feedback")]
+    return events, extras[0], extras[1]
+
+
+def replay_batch(conn: sqlite3.Connection, replay: Replay, limit: int) -> list[sqlite3.Row]:
+    return conn.execute("SELECT id, event_id, payload FROM events WHERE project_id = ? AND timestamp >= ? AND id > ? "
+                        "ORDER BY id LIMIT ?", (replay.project_id, replay.since, replay.last_id, limit)).fetchall()
+
+
+class ReplayStopped(Exception):
+    """The upstream kept failing: the replay stops where it is, to be resumed."""
+
+
+def send_replayed(upstream: Upstream, header_json: str, body: bytes, delays: Sequence[float]) -> str:
+    """Send one replayed envelope until the upstream takes it, waiting out its rate limits and
+    backing off on failures; "sent", or why the upstream refused it for good (400, 413). After
+    len(delays) failures in a row raises ReplayStopped."""
+    failures = 0
+    while True:
+        now = time.time()
+        if held := upstream.held_until(("error", "attachment", "default"), now):
+            time.sleep(held - now)
+            continue
+        try:
+            status, headers, answer = upstream.post(outgoing_envelope(upstream.dsn, header_json, body, now))
+        except (OSError, http.client.HTTPException) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        else:
+            upstream.obey(status, headers, time.time())
+            if 200 <= status < 300:
+                return "sent"
+            if status == 429:
+                continue
+            if status in (400, 413):
+                return f"refused: HTTP {status}: {answer}"
+            error = f"HTTP {status}: {answer}"
+        failures += 1
+        if failures > len(delays):
+            raise ReplayStopped(error)
+        time.sleep(backoff(failures, delays))
+
+
+def replay_envelope(conn: sqlite3.Connection, project_id: int, event: sqlite3.Row) -> tuple[str, bytes]:
+    """A stored event as the envelope its SDK would send (header, items), with its attachments and
+    user feedback."""
+    items = [({"type": "event", "content_type": "application/json"},
+              json_dumps(sdk_event(decompress_payload(event["payload"]))))]
+    for a in conn.execute("SELECT filename, content_type, attachment_type, data FROM attachments "
+                          "WHERE project_id = ? AND event_id = ? ORDER BY id", (project_id, event["event_id"])):
+        items.append(({"type": "attachment", "filename": a["filename"], "content_type": a["content_type"],
+                       "attachment_type": a["attachment_type"]}, zstd_inflate(a["data"])))
+    for f in conn.execute("SELECT name, email, message FROM feedback WHERE project_id = ? AND event_id = ? ORDER BY id",
+                          (project_id, event["event_id"])):
+        items.append(({"type": "user_report", "content_type": "application/json"}, json_dumps(
+            {"event_id": event["event_id"], "name": f["name"], "email": f["email"], "comments": f["message"]})))
+    return (json.dumps({"event_id": event["event_id"]}),
+            b"".join(b"%b\n%b\n" % (json_dumps({**h, "length": len(p)}), p) for h, p in items))
+
+
+# =============================================================================
 # JSON API (Sentry's shapes; Bearer tokens)
 # =============================================================================
 
@@ -9172,6 +9817,47 @@ async def api_project(request: Request) -> dict[str, Any]:
     return {**serialize_project(project, request.app),
             **serialize_rules(await request.app.rules.rules_for(project["id"])),
             **(await project_scrub_policy(request, project["id"])).api_fields()}
+
+
+async def api_project_forwarding(request: Request) -> dict[str, Any]:
+    """GET /api/0/projects/<org>/<project>/forwarding/: the project's upstream and its outbox's state
+    (what the upstream last answered is for those who may change where data goes, as for channels)."""
+    project = await project_from_path(request)
+    admin = token_can((await require_token(request))["scopes"], "integrations")
+    return await serialize_forwarding(request, project["id"], admin)
+
+
+async def serialize_forwarding(request: Request, project_id: int, admin: bool) -> dict[str, Any]:
+    forward = project_forward(await request.app.options.options(project_id))
+    state = await forward_status(request.app.store, project_id, time.time())
+    return {"dsn": forward.dsn if forward else None, "mode": forward.mode if forward else None,
+            "allowPrivate": bool(forward and forward.allow_private), "queued": state["queued"],
+            "queuedBytes": state["bytes"], "outboxAge": round(state["outbox_age"], 3),
+            "sentLastHour": state["sent_last_hour"], "dropped": state["dropped"],
+            "lastError": error_shown(state["last_error"], admin), "dateLastError": iso(state["last_error_at"]),
+            "dateLastSent": iso(state["last_sent"])}
+
+
+async def api_update_project_forwarding(request: Request) -> dict[str, Any]:
+    """PUT /api/0/projects/<org>/<project>/forwarding/ {dsn, mode, allowPrivate}: where the project's
+    envelopes also go ({"dsn": null} stops it; what is queued still goes)."""
+    project = await project_from_path(request)
+    body = await request_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "a JSON object of dsn, mode and allowPrivate")
+    option = {"dsn": body.get("dsn"), "mode": body.get("mode", "mirror"), "allow_private": body.get("allowPrivate", False)}
+    try:
+        forward = parse_forward(option if body.get("dsn") is not None else None)
+    except ForwardError as exc:
+        raise ApiError(400, str(exc)) from None
+    await store_forward(request, project["id"], forward)
+    return await serialize_forwarding(request, project["id"], True)
+
+
+async def store_forward(request: Request, project_id: int, forward: Forward | None) -> None:
+    """Save a project's forwarding through the writer; ingest follows it from the next envelope."""
+    await request.app.writer.submit(lambda conn: save_forward(conn, project_id, forward))
+    request.app.options.forget(project_id)
 
 
 async def project_from_path(request: Request) -> sqlite3.Row:
@@ -11137,6 +11823,10 @@ async def page_metrics(request: Request) -> Response:
         lines["tracker_slo_objective"].append(metric_line("tracker_slo_objective", labels,
                                                           json.loads(r["config"])["objective"]))
         lines["tracker_slo_breached"].append(metric_line("tracker_slo_breached", labels, int(r["state"] == "breached")))
+    for slug, state in await all_forward_status(store, time.time()):
+        for name, key in FORWARD_METRICS.items():
+            if state[key] is not None:
+                lines[name].append(metric_line(name, {"project": slug}, state[key]))
     out = []
     for name, (kind, help_text) in METRICS_HELP.items():
         out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *lines[name]]
@@ -11150,7 +11840,18 @@ METRICS_HELP = {
     "tracker_slo_value": ("gauge", "The share of bad sessions or events in the SLO's window."),
     "tracker_slo_objective": ("gauge", "The SLO's objective: the value must stay below it."),
     "tracker_slo_breached": ("gauge", "1 while the SLO is breached."),
+    "tracker_forward_queued": ("gauge", "Envelopes in the forward outbox, waiting for the upstream."),
+    "tracker_forward_queued_bytes": ("gauge", "Bytes of the envelopes in the forward outbox."),
+    "tracker_forward_outbox_age_seconds": ("gauge", "Age of the oldest envelope in the forward outbox (0: empty)."),
+    "tracker_forward_sent_last_hour": ("gauge", "Envelopes the upstream took in the last hour."),
+    "tracker_forward_dropped_total": ("counter", "Envelopes dropped from the outbox: full, or refused by the upstream."),
+    "tracker_forward_last_error_timestamp_seconds": ("gauge", "When forwarding last failed."),
 }
+
+FORWARD_METRICS = {"tracker_forward_queued": "queued", "tracker_forward_queued_bytes": "bytes",
+                   "tracker_forward_outbox_age_seconds": "outbox_age",
+                   "tracker_forward_sent_last_hour": "sent_last_hour", "tracker_forward_dropped_total": "dropped",
+                   "tracker_forward_last_error_timestamp_seconds": "last_error_at"}
 
 
 def metric_line(name: str, labels: dict[str, Any], value: float) -> str:
@@ -11398,6 +12099,7 @@ def make_templates() -> jinja2.Environment:
     env.filters["scrubbed"] = scrubbed_paths
     env.filters["numbered_context"] = numbered_context
     env.globals["filter_url"] = filter_url
+    env.filters.update(age=duration_text, upstream_host=upstream_host)
     return env
 
 
@@ -11418,6 +12120,20 @@ def milliseconds(value: float) -> str:
     if value >= 1000:
         return f"{value / 1000:.2f} s"
     return f"{value:.2f} ms" if value < 10 else f"{value:.0f} ms"
+
+
+def duration_text(seconds: float) -> str:
+    """A length of time in its largest whole unit: `42 s`, `3 min`, `5 h`, `2 d`."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit}"
+    return f"{int(seconds)} s"
+
+
+def upstream_host(dsn: str) -> str:
+    """Where a DSN points, without its key: `sentry.example.com/42`."""
+    parts = urllib.parse.urlsplit(dsn)
+    return f"{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
 def time_only(ts: Any) -> str:
@@ -12712,9 +13428,12 @@ async def page_projects(request: Request) -> Response:
     rows = await projects_with_counts(store)
     drops = await drops_since(store, time.time() - 86400)
     keys = await all_project_keys(store)
+    forwarding = dict(await all_forward_status(store, time.time()))
     projects = [{**dict(p), "dsn_keys": [{**dict(k), "dsn": dsn_for(settings, k["public_key"], p["id"])} for k in keys
                                      if k["project_id"] == p["id"]],
-                 "drops": [d for d in drops if d["project_id"] == p["id"]]} for p in rows]
+                 "drops": [d for d in drops if d["project_id"] == p["id"]],
+                 "forward": project_forward(await request.app.options.options(p["id"])),
+                 "forwarding": forwarding.get(p["slug"])} for p in rows]
     return render(request, "projects.html", projects=projects)
 
 
@@ -12762,6 +13481,32 @@ async def page_project_setup(request: Request) -> Response:
 
 async def page_setup_js(request: Request) -> Response:
     return Response(SETUP_JS, media_type="text/javascript", headers={"Cache-Control": "max-age=3600"})
+
+
+async def page_forwarding(request: Request) -> Response:
+    """A project's forwarding: where its envelopes also go, how the outbox stands (queued, its oldest
+    one's age, sent in the last hour, dropped, the upstream's last error); admins change it here."""
+    project = await project_of_page(request)
+    outcome: FormOutcome = (None, {}, "")
+    if request.method == "POST":
+        outcome = await form_post(request, lambda form: store_forward(request, project["id"], forward_form(form)),
+                                  f"/projects/{project['slug']}/forwarding/?saved=1", (ForwardError,))
+    response, form, error = outcome
+    if response:
+        return response
+    admin = request.scope["state"]["viewer"].role == "admin"
+    state = await serialize_forwarding(request, project["id"], admin)
+    shown = last_values(form) if error else {"dsn": state["dsn"] or "", "mode": state["mode"] or "mirror",
+                                             "allow_private": "on" if state["allowPrivate"] else ""}
+    return render(request, "forwarding.html", status=400 if error else 200, project=project, error=error,
+                  state=state, form=shown, saved="saved" in request.query_params, modes=FORWARD_MODES)
+
+
+def forward_form(form: dict[str, list[str]]) -> Forward | None:
+    """The forwarding the form asks for; an empty DSN turns it off."""
+    dsn = form.get("dsn", [""])[-1].strip()
+    return parse_forward({"dsn": dsn, "mode": form.get("mode", ["mirror"])[-1],
+                          "allow_private": "allow_private" in form} if dsn else None)
 
 
 async def page_envelopes(request: Request) -> Response:
@@ -12929,6 +13674,7 @@ def create_app(settings: Settings) -> Tracker:
         Route("/projects/new/", page_new_project, methods=["GET", "POST"]), Route("/projects/{slug}/", page_project),
         Route("/projects/{slug}/setup/", page_project_setup), Route("/static/setup.js", page_setup_js),
         Route("/projects/{slug}/envelopes/", page_envelopes),
+        Route("/projects/{slug}/forwarding/", page_forwarding, methods=["GET", "POST"]),
         Route("/projects/{slug}/envelopes/{envelope_id}/", page_envelope),
     ]
     return Tracker(settings, routes=routes, middleware=[Middleware(DashboardGate)],
@@ -13003,6 +13749,7 @@ def api_routes() -> list[Route]:
         ("/api/0/organizations/{org}/releases/{version}/files/", api_release_files, "releases:read"),
         ("/api/0/projects/{org}/{project}/releases/{version}/files/", api_release_files, "releases:read"),
         ("/api/0/projects/{org}/{project}/files/artifact-bundles/", api_artifact_bundles, "releases:read"),
+        ("/api/0/projects/{org}/{project}/forwarding/", api_project_forwarding, "read"),
     ]
     updates = [("/api/0/projects/{org}/{project}/issues/", api_update_project_issues, "issues:triage"),
                *[(prefix + "/", api_update_issue, "issues:triage") for prefix in ISSUE_PREFIXES],
@@ -13015,7 +13762,8 @@ def api_routes() -> list[Route]:
                ("/api/0/organizations/{org}/channels/{channel_id}/", api_update_channel, "integrations"),
                ("/api/0/projects/{org}/{project}/rules/{rule_id}/", api_update_rule, "alerts"),
                ("/api/0/projects/{org}/{project}/slo/", api_update_slo, "alerts"),
-               ("/api/0/projects/{org}/{project}/keys/{key_id}/", api_update_key, "keys")]
+               ("/api/0/projects/{org}/{project}/keys/{key_id}/", api_update_key, "keys"),
+               ("/api/0/projects/{org}/{project}/forwarding/", api_update_project_forwarding, "integrations")]
     creates = [("/api/0/organizations/{org}/code-mappings/", api_create_code_mapping, "integrations"),
                ("/api/0/organizations/{org}/repos/", api_create_repo, "integrations"),
                ("/api/0/organizations/{org}/releases/", api_create_release, "releases"),
@@ -13088,6 +13836,7 @@ class Tracker(Starlette):
     slo_judge: SloJudge
     retention: Retention
     cron_judge: CronJudge
+    forwarder: Forwarder
     services: list[Writer | Preparers | Background]  # started in order, closed in reverse
     background: set[asyncio.Task[Any]]  # fire-and-forget tasks, kept referenced until they finish
     assembling: asyncio.Lock  # one source map upload assembled at a time (its bytes are in memory)
@@ -13112,8 +13861,9 @@ class Tracker(Starlette):
         self.limits = IngestLimits(self.settings)
         self.drop_flusher, self.dispatcher = DropFlusher(self), Dispatcher(self)
         self.slo_judge, self.retention, self.cron_judge = SloJudge(self), Retention(self), CronJudge(self)
+        self.forwarder = Forwarder(self)
         self.services = [self.writer, self.preparers, self.dispatcher, self.drop_flusher, self.slo_judge,
-                         self.retention, self.cron_judge]
+                         self.retention, self.cron_judge, self.forwarder]
         for service in self.services:
             service.start()
 
@@ -13271,6 +14021,16 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("file")
     backup.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     backup.set_defaults(func=cmd_backup)
+    forward = sub.add_parser("forward", parents=[common], help="re-send a project's stored events to an upstream "
+                             "Sentry, GlitchTip or tracker (resumable: run it again to go on)")
+    forward.add_argument("--project", required=True, help="project slug")
+    forward.add_argument("--to", required=True, metavar="DSN", help="the upstream project's DSN")
+    forward.add_argument("--since", help="only events newer than this (30m, 12h, 7d, 2w; default: all)")
+    forward.add_argument("--dry-run", action="store_true", help="say what would be sent, send nothing")
+    forward.add_argument("--rate", type=float, default=100.0, help="envelopes per second at most (default 100; "
+                         "0: as fast as the upstream answers); the upstream's rate limits are obeyed too")
+    forward.add_argument("--restart", action="store_true", help="start again from the first event")
+    forward.set_defaults(func=cmd_forward)
     sub.add_parser("check", parents=[common], help="integrity and foreign key check; exits 1 on a problem"
                    ).set_defaults(func=cmd_check)
     sub.add_parser("vacuum", parents=[common], help="compact the database (server stopped); enables "
@@ -13808,6 +14568,89 @@ def cmd_backup(settings: Settings, args: argparse.Namespace) -> None:
     print(f"Backed up {settings.db} to {target}: {megabytes(target)} in {time.monotonic() - started:.1f} s")
 
 
+def cmd_forward(settings: Settings, args: argparse.Namespace) -> None:
+    """Replay stored events to an upstream, oldest first, checkpointed every REPLAY_BATCH events."""
+    existing_db(settings)
+    init_db(settings)
+    conn = connect_db(settings.db)
+    try:
+        project = conn.execute("SELECT id FROM projects WHERE slug = ?", (args.project,)).fetchone()
+        if project is None:
+            raise SystemExit(f"error: no project {args.project!r}")
+        try:  # the operator's own command: any address, their own network included
+            upstream = Upstream(args.to, True, 30)
+            since = time.time() - parse_age(args.since) if args.since else 0.0
+        except (ForwardError, ValueError) as exc:
+            raise SystemExit(f"error: {exc}") from None
+        replay = replay_state(conn, project["id"], upstream.dsn, since, args.restart)
+        if replay.done:
+            print(f"Replay to {upstream.origin} is complete ({replay.sent} events); --restart sends them again.")
+            return
+        events, attachments, feedback = replay_remaining(conn, replay)
+        if args.dry_run:
+            print(f"Would send {events} events ({attachments} attachments, {feedback} user feedback) "
+                  f"to {upstream.origin}{upstream.path}.")
+            return
+        if replay.last_id:
+            print(f"Resuming: {replay.sent} events sent before, {events} to go.")
+        run_replay(conn, upstream, replay, events, args.rate)
+    finally:
+        conn.close()
+
+
+def parse_age(value: str) -> float:
+    """`30m`, `12h`, `7d`, `2w` → seconds."""
+    match = re.fullmatch(r"(\d{1,6})([smhdw])", value.strip())
+    if not match:
+        raise ValueError(f"--since must be a number and a unit (30m, 12h, 7d, 2w), not {value!r}")
+    return int(match[1]) * DURATION_UNITS[match[2]]
+
+
+def run_replay(conn: sqlite3.Connection, upstream: Upstream, replay: Replay, total: int, rate: float) -> None:
+    started, done, refused = time.monotonic(), 0, 0
+    save_replay(conn, replay)
+    try:
+        while batch := replay_batch(conn, replay, REPLAY_BATCH):
+            for event in batch:
+                header, body = replay_envelope(conn, replay.project_id, event)
+                outcome = send_replayed(upstream, header, body, FORWARD_RETRY_DELAYS)
+                refused += outcome != "sent"
+                if outcome != "sent":
+                    print(f"\nevent {event['event_id']}: {outcome}", file=sys.stderr)
+                replay.last_id, replay.sent, done = event["id"], replay.sent + (outcome == "sent"), done + 1
+                if rate > 0 and (ahead := done / rate - (time.monotonic() - started)) > 0:
+                    time.sleep(ahead)
+                show_progress(done, total, started)
+            save_replay(conn, replay)
+    except ReplayStopped as exc:
+        save_replay(conn, replay)
+        raise SystemExit(f"\nerror: the upstream keeps failing ({exc}); run the same command again to resume") from None
+    except KeyboardInterrupt:
+        save_replay(conn, replay)
+        raise SystemExit("\ninterrupted; run the same command again to resume") from None
+    finally:
+        upstream.close()
+    replay.done = True
+    save_replay(conn, replay)
+    print(f"\nSent {done - refused} events to {upstream.origin}" + (f"; {refused} refused" if refused else "") + ".")
+
+
+REPLAY_BATCH = 100  # events per checkpoint: at most this many are sent twice after a kill
+
+
+def show_progress(done: int, total: int, started: float) -> None:
+    """A progress bar on stderr, redrawn at most ten times a second."""
+    now = time.monotonic()
+    if done != total and now - getattr(show_progress, "drawn", 0.0) < 0.1:
+        return
+    show_progress.drawn = now  # type: ignore[attr-defined]
+    share = done / total if total else 1.0
+    rate = done / max(now - started, 1e-6)
+    eta = (total - done) / rate if rate else 0
+    print(f"\r[{'#' * int(share * 30):<30}] {done:,}/{total:,} events · {rate:,.0f}/s · {eta:,.0f} s left ",
+          end="", file=sys.stderr, flush=True)
+
+
 def existing_db(settings: Settings) -> str:
     if not Path(settings.db).is_file():
         raise SystemExit(f"error: no database at {settings.db}")
@@ -14088,9 +14931,29 @@ TEMPLATES = {
   {% if viewer.role == 'admin' %}<form method="post" action="/projects/{{ p.slug }}/keys/"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="{{ 'disable' if k.active else 'enable' }}" value="{{ k.public_key }}"><button class="secondary">{{ 'Disable' if k.active else 'Enable' }}</button></form>{% endif %}</div>{% endfor %}
   {% if viewer.role == 'admin' %}<form method="post" action="/projects/{{ p.slug }}/keys/" class="key"><input type="hidden" name="csrf" value="{{ csrf }}"><input name="add" placeholder="new key's label" size="14" aria-label="label"><button class="secondary">Add a DSN key</button>
   <span class="muted">rotate: add one, move clients, disable the old</span></form>{% endif %}
+  {% if p.forward or p.forwarding %}<div class="forward-line{{ ' failing' if p.forwarding and p.forwarding.queued and p.forwarding.last_error }}"><a href="/projects/{{ p.slug }}/forwarding/">{% if p.forward %}Forwards ({{ p.forward.mode }}) to {{ p.forward.dsn|upstream_host }}{% else %}Forwarding off{% endif %}</a>{% if p.forwarding %} · {{ p.forwarding.queued }} queued{% if p.forwarding.queued %} (oldest {{ p.forwarding.outbox_age|age }}){% endif %} · {{ p.forwarding.sent_last_hour }} sent in the last hour{% if p.forwarding.dropped %} · {{ p.forwarding.dropped }} dropped{% endif %}{% if p.forwarding.last_error and p.forwarding.queued %} · <span class="forward-error">{{ p.forwarding.last_error|truncate(120) if viewer.role == 'admin' else 'failing' }}</span>{% endif %}{% endif %}</div>{% endif %}
   {% if p.drops %}<div class="drops">Dropped in the last 24 h: {% for d in p.drops %}{{ d.n }} {{ d.reason.replace('client:', 'by the SDK: ').replace('_', ' ') }}{{ ' · ' if not loop.last }}{% endfor %}</div>{% endif %}
-  <div class="muted fs-12-5">{{ p.issue_count|plural('issue') }} · {{ p.event_count|plural('event') }} · <a href="/projects/{{ p.slug }}/setup/">setup</a> · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a> · <a href="/projects/{{ p.slug }}/scrubbing/">data scrubbing</a> · <a href="/projects/{{ p.slug }}/code-mappings/">code mappings</a> · <a href="/projects/{{ p.slug }}/alerts/">alert rules</a> · <a href="/projects/{{ p.slug }}/slo/">SLO</a> · <a href="/projects/{{ p.slug }}/overview/">overview</a> · <a href="/projects/{{ p.slug }}/envelopes/">envelopes received</a> · <a href="/projects/{{ p.slug }}/feedback/">user feedback</a> · <a href="/monitors/?project={{ p.slug }}">cron monitors</a></div></div>
+  <div class="muted fs-12-5">{{ p.issue_count|plural('issue') }} · {{ p.event_count|plural('event') }} · <a href="/projects/{{ p.slug }}/setup/">setup</a> · <a href="/projects/{{ p.slug }}/grouping/">grouping rules</a> · <a href="/projects/{{ p.slug }}/scrubbing/">data scrubbing</a> · <a href="/projects/{{ p.slug }}/code-mappings/">code mappings</a> · <a href="/projects/{{ p.slug }}/alerts/">alert rules</a> · <a href="/projects/{{ p.slug }}/slo/">SLO</a> · <a href="/projects/{{ p.slug }}/overview/">overview</a> · <a href="/projects/{{ p.slug }}/envelopes/">envelopes received</a> · <a href="/projects/{{ p.slug }}/feedback/">user feedback</a> · <a href="/monitors/?project={{ p.slug }}">cron monitors</a> · <a href="/projects/{{ p.slug }}/forwarding/">forwarding</a></div></div>
 {% else %}<div class="card empty">No projects yet: {% if viewer.role == 'admin' %}<a href="/projects/new/">create one</a>, or {% endif %}<code>tracker project create NAME</code> prints a DSN.</div>{% endfor %}
+{% endblock %}""",
+
+    "forwarding.html": """{% extends "base.html" %}{% block title %}Forwarding · {{ project.name }}{% endblock %}{% block main %}
+<div class="muted fs-12"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
+<h1>Forwarding</h1>
+{% if error %}<div class="card search-error">{{ error }}</div>{% elif saved %}<div class="card">Saved. Envelopes accepted from now on follow it; those already queued still go where they were queued for.</div>{% endif %}
+<div class="card{{ ' forward-failing' if state.queued and state.lastError }}"><h2 class="mt-0">{% if state.dsn %}To {{ state.dsn|upstream_host }} <span class="muted fw-normal">{{ state.mode }}</span>{% else %}Not forwarding{% endif %}</h2>
+  <div class="facts"><div><b>{{ state.queued }}</b><span>queued</span></div><div><b>{{ state.outboxAge|age if state.queued else '—' }}</b><span>oldest queued</span></div>
+  <div><b>{{ state.sentLastHour }}</b><span>sent in the last hour</span></div><div><b>{{ state.dropped }} dropped</b><span>outbox full or refused</span></div></div>
+  {% if state.lastError %}<p class="forward-error">Last error{% if state.dateLastError %} ({{ state.dateLastError|ago }}){% endif %}: {{ state.lastError }}</p>{% endif %}
+  {% if state.dateLastSent %}<p class="muted">Last sent {{ state.dateLastSent|ago }} ({{ state.dateLastSent|datetime }}).</p>{% endif %}</div>
+{% if viewer.role == 'admin' %}<form method="post" class="card rules"><input type="hidden" name="csrf" value="{{ csrf }}">
+  <p class="muted">Every envelope this project accepts is also sent to the upstream's DSN (Sentry, GlitchTip or another tracker), after rate limits and data scrubbing. <b>mirror</b> keeps it here too; <b>relay</b> keeps nothing here but the queue. Leave the DSN empty to stop.</p>
+  <p><label>Upstream DSN <input name="dsn" size="70" value="{{ form.dsn }}" spellcheck="false" placeholder="https://&lt;key&gt;@sentry.example.com/42"></label></p>
+  <p>{% for m in modes %}<label><input type="radio" name="mode" value="{{ m }}" {{ 'checked' if form.mode == m }}> {{ m }}</label> {% endfor %}</p>
+  <p><label><input type="checkbox" name="allow_private" {{ 'checked' if form.allow_private }}> The upstream is inside this network (allow private addresses)</label></p>
+  <p><button type="submit">Save</button></p>
+</form>{% endif %}
+<p class="muted">History goes with <code>tracker forward --project {{ project.slug }} --to DSN --since 7d</code>.</p>
 {% endblock %}""",
 
     "monitors.html": """{% extends "base.html" %}{% block title %}Monitors{% endblock %}{% block main %}
@@ -14536,6 +15399,9 @@ tr.fresh td { background:#fef9c3; } td.nowrap { white-space:nowrap; }
 span.item { display:inline-block; font-size:12px; padding:1px 6px; border-radius:4px; font-family:ui-monospace,monospace; }
 span.item.kept { background:#dcfce7; color:#166534; } span.item.dropped { background:#fee2e2; color:#991b1b; }
 div.drops { color:#92400e; font-size:12.5px; margin:4px 0; }
+div.forward-line { font-size:12.5px; margin:4px 0; }
+div.forward-line.failing, .forward-error { color:#b91c1c; }
+.forward-failing { border-left:4px solid #b91c1c; }
 div.key { margin:4px 0; display:flex; gap:8px; align-items:center; flex-wrap:wrap; } div.key form, form.key { margin:0; display:inline-flex; gap:6px; align-items:center; }
 div.key.off code { text-decoration:line-through; color:#9ca3af; } .card.secret pre { white-space:pre-wrap; word-break:break-all; background:#f3f4f6; padding:8px; }
 form.login { max-width:340px; margin:40px auto; display:flex; flex-direction:column; gap:12px; }

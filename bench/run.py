@@ -124,16 +124,32 @@ def side_load(port: int, body_file: Path, encoding: str, seconds: int, rate: flo
                              f"http://127.0.0.1:{port}"], stdout=subprocess.DEVNULL, env=env, text=True)
 
 
+def serve_tracker(db: Path, project: str, port: int) -> subprocess.Popen[bytes]:
+    """`tracker serve` with one project configured by the TOML text `project`, started as the installed
+    `tracker` command starts it: the module imported from its bytecode cache (a script is compiled
+    afresh at every start, 35 MB of memory that stays)."""
+    config = db.with_suffix(".toml")
+    config.write_text(project)
+    return start([sys.executable, "-c", "import tracker; tracker.main()", "--db", str(db), "--config",
+                  str(config), "serve", "--port", str(port)], port, ROOT)
+
+
 def run_tracker(body_file: Path, encoding: str, seconds: int, connections: int = 32, side: Path | None = None,
-                side_rate: float = 0.0) -> dict[str, float]:
+                side_rate: float = 0.0, forward: str = "") -> dict[str, float]:
+    """One load run; `side` bodies are posted beside it at `side_rate`; with `forward` (mirror or relay)
+    the bench project forwards to a second tracker on this machine, and the run also reports how long
+    the outbox took to drain after the load."""
     with tempfile.TemporaryDirectory() as tmp:
-        db, config = Path(tmp) / "bench.db", Path(tmp) / "bench.toml"
-        config.write_text(f'[[projects]]\nname = "bench"\nslug = "bench"\ndsn_key = "{KEY}"\n')
+        db, upstream_db = Path(tmp) / "bench.db", Path(tmp) / "upstream.db"
+        project = f'[[projects]]\nname = "bench"\nslug = "bench"\ndsn_key = "{KEY}"\n'
+        upstream = None
+        if forward:
+            upstream_port = free_port()
+            upstream = serve_tracker(upstream_db, project, upstream_port)
+            project += (f'forward = {{ dsn = "http://{KEY}@127.0.0.1:{upstream_port}/1", mode = "{forward}", '
+                        'allow_private = true }\n')
         port = free_port()
-        # started as the installed `tracker` command starts it: the module imported from its
-        # bytecode cache (a script is compiled afresh at every start, 35 MB of memory that stays)
-        process = start([sys.executable, "-c", "import tracker; tracker.main()", "--db", str(db), "--config",
-                         str(config), "serve", "--port", str(port)], port, ROOT)
+        process = serve_tracker(db, project, port)
         try:
             beside = side_load(port, side, encoding, seconds, side_rate) if side else None
             result = wrk(port, body_file, encoding, seconds, connections, process.pid)
@@ -145,11 +161,26 @@ def run_tracker(body_file: Path, encoding: str, seconds: int, connections: int =
                         for table in ("transactions", "logs")}
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             size = db.stat().st_size
-            return {**result, **kept, "stored": stored, "stored_rps": stored / seconds, "rss": peak_rss_mb(process.pid),
-                    "workers": len(children(process.pid)), "bytes_per_event": size / max(stored, 1)}
+            result = {**result, **kept, "stored": stored, "stored_rps": stored / seconds,
+                      "rss": peak_rss_mb(process.pid), "workers": len(children(process.pid)),
+                      "bytes_per_event": size / max(stored, 1)}
+            return {**result, **(drain(db, upstream_db) if forward else {})}
         finally:
-            process.terminate()
-            process.wait(10)
+            for server in (process, upstream):
+                if server:
+                    server.terminate()
+                    server.wait(10)
+
+
+def drain(db: Path, upstream_db: Path) -> dict[str, float]:
+    """Seconds from the end of the load until the forward outbox is empty, and the events the upstream holds."""
+    started = time.monotonic()
+    with sqlite3.connect(db) as conn:
+        while conn.execute("SELECT count(*) FROM forward_outbox").fetchone()[0] and time.monotonic() - started < 600:
+            time.sleep(0.2)
+    drained = time.monotonic() - started
+    with sqlite3.connect(upstream_db) as conn:
+        return {"drain": drained, "upstream": conn.execute("SELECT count(*) FROM events").fetchone()[0]}
 
 
 def machine() -> str:
@@ -163,6 +194,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--big", action="store_true", help="also the 1M-event query benchmark (takes minutes)")
     parser.add_argument("--traces", action="store_true", help="also 3 KB errors with transactions and logs beside them")
+    parser.add_argument("--forward", choices=("mirror", "relay"), help="also a run with the bench project "
+                        "forwarding to a second tracker on this machine (the outbox's cost and drain time)")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     subprocess.run([sys.executable, "-c", "import tracker"], cwd=ROOT, env=ENV, check=True)  # the bytecode
@@ -186,6 +219,12 @@ def main() -> None:
             print(f"  lighter load (4 connections): {light['rps']:.0f} req/s, p99 {light['p99']:.1f} ms")
         if not big and args.traces:
             traces(work, body_file, args.seconds, ceiling, tracker)
+        if args.forward:
+            fwd = run_tracker(body_file, "gzip", args.seconds, forward=args.forward)
+            print(f"  forwarding ({args.forward}) to a local tracker: {fwd['rps']:.0f} req/s accepted, "
+                  f"{fwd['stored_rps']:.0f} stored/s, p99 {fwd['p99']:.1f} ms, peak memory {fwd['memory']:.0f} MB; "
+                  f"outbox drained {fwd['drain']:.1f} s after the load, upstream holds {fwd['upstream']} events "
+                  f"({fwd['upstream'] / (args.seconds + fwd['drain']):.0f}/s over load and drain)")
     if args.big:
         import bigdb
         bigdb.main([])

@@ -187,13 +187,14 @@ def seed(db: Path, job: Callable[[Any], Any]) -> Any:
     return tracker_module.with_db(tracker_module.Settings(db=str(db)), job)
 
 
-def start_server(db: Path, *extra: str) -> TrackerServer:
-    """`tracker serve` on a free port, with the admin (ADMIN_PASSWORD) and an admin token made
-    beforehand, as `tracker user create` and `tracker token create` would make them."""
+def start_server(db: Path, *extra: str, port: int | None = None) -> TrackerServer:
+    """`tracker serve` on `db`, with the admin (ADMIN_PASSWORD) and an admin token made beforehand, as
+    `tracker user create` and `tracker token create` would make them; on `port` when given (a restart
+    where clients expect it), else a free one."""
     token = seed(db, lambda c: (c.execute("SELECT 1 FROM users").fetchone()
                                 or tracker_module.create_user(c, "admin", "admin", ADMIN_PASSWORD),
                                 tracker_module.create_token(c))[1])
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([*TRACKER, "--db", str(db), "serve", "--port", str(port), *extra], cwd=ROOT)
     server = TrackerServer(url=url, db=db, port=port, process=proc, token=token)
