@@ -3655,7 +3655,12 @@ def frame_groups(frame: dict[str, Any], app_only: bool) -> bool:
     """Whether a frame may contribute: not switched off by a `-group` rule, in app for the app
     variant, and not engine noise."""
     return (as_dict(frame.get("data")).get("group", True) is True and (frame.get("in_app") or not app_only)
-            and frame.get("abs_path") not in ("[native code]", "native code", "eval code", "<anonymous>"))
+            and not is_engine_noise(frame))
+
+
+def is_engine_noise(frame: dict[str, Any]) -> bool:
+    """A frame of the JS engine's own (grouping.md §2.3), whose place differs from browser to browser."""
+    return frame.get("abs_path") in ("[native code]", "native code", "eval code", "<anonymous>")
 
 
 def parameterize(value: str) -> str:
@@ -3768,8 +3773,8 @@ def frame_report(stacks: Stacks, variants: dict[str, list[str]], platform: str) 
                else [[]] * len(frames) for name in ("app", "system")}
         report.append({"exception": text((exc or {}).get("type")), "frames": [
             {"frame": frame_location(frame), "in_app": frame.get("in_app") is True,
-             "in_app_rule": as_dict(frame.get("data")).get("in_app_rule"),
-             "group_rule": as_dict(frame.get("data")).get("group_rule"),
+             **{key: as_dict(frame.get("data")).get(key) for key in RULE_MARKS},
+             "noise": frame.get("abs_path") if is_engine_noise(frame) else None,
              "app": bool(app), "system": bool(system)}
             for frame, app, system in zip(frames, fed["app"], fed["system"])]})
     return report
@@ -11315,7 +11320,7 @@ TEMPLATES = {
   {% for name, variant in ev.grouping.variants.items() %}<p class="variant"><b>{{ name }}</b> <code>{{ variant.hash }}</code>{% if variant.hash in issue_hashes %} <span class="tag app">grouped into this issue</span>{% endif %}</p>
   <ol class="values mono">{% for value in variant['values'] %}<li>{{ value }}</li>{% else %}<li class="muted">no values (the fallback hash)</li>{% endfor %}</ol>{% endfor %}
   {% for stack in ev.grouping.stacks %}<table class="grouping-frames"><thead><tr><th>Frame{% if stack.exception %} of {{ stack.exception }}{% endif %}, crashing first</th><th>In app, and why</th><th>app</th><th>system</th></tr></thead><tbody>
-    {% for f in stack.frames|reverse %}<tr><td class="mono">{{ f.frame or '?' }}</td><td>{{ 'yes' if f.in_app else 'no' }}: {{ f.in_app_rule or 'as the SDK sent it' }}{% if f.group_rule %}; {{ f.group_rule }}{% endif %}</td><td>{{ '✓' if f.app }}</td><td>{{ '✓' if f.system }}</td></tr>{% endfor %}
+    {% for f in stack.frames|reverse %}<tr><td class="mono">{{ f.frame or '?' }}</td><td>{{ 'yes' if f.in_app else 'no' }}: {{ f.in_app_rule or 'as the SDK sent it' }}{% if f.in_app_rule and f.sdk_in_app is not none and f.sdk_in_app != f.in_app %} (the SDK said {{ 'yes' if f.sdk_in_app else 'no' }}){% endif %}{% if f.group_rule and f.group_rule == f.in_app_rule %}, which also {{ 'counts it for' if f.group else 'leaves it out of' }} grouping{% elif f.group_rule %}; {{ 'counts for grouping' if f.group else 'left out of grouping' }} by {{ f.group_rule }}{% endif %}{% if f.noise %}; left out of grouping: the engine's own frame ({{ f.noise }}){% endif %}</td><td>{{ '✓' if f.app }}</td><td>{{ '✓' if f.system }}</td></tr>{% endfor %}
   </tbody></table>{% endfor %}
   <p class="variant"><b>Hashes of this issue</b> <span class="muted">· later events with any of them join this issue; unmerging one moves its events into a new issue</span></p>
   <table class="grouping-frames">{% for digest in issue_hashes %}<tr><td class="mono">{{ digest }}{% if digest in ev.hashes %} <span class="muted">(this event)</span>{% endif %}</td>

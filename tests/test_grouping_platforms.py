@@ -4,11 +4,14 @@ differs) and a pair that must split (an in-app frame differs), with events in th
 from __future__ import annotations
 
 import copy
+import html
+import re
 import time
 from typing import Any
 
 import pytest
 import tracker
+from conftest import Project, TrackerServer
 
 
 def hashes(event: dict[str, Any]) -> list[str]:
@@ -193,3 +196,26 @@ def test_project_rules_come_after_the_built_in_ones() -> None:
     tracker.apply_stack_rules(ev, rules.stack, "project")
     frame = ev["exception"]["values"][0]["stacktrace"]["frames"][2]
     assert frame["in_app"] is True and frame["data"]["in_app_rule"].startswith("project rule")
+
+
+def test_the_grouping_card_names_the_rule_that_moved_each_frame(tracker: TrackerServer, project: Project) -> None:
+    """Java: the client flagged the SDK's and Spring's frames in app; the card says which built-in
+    rule moved each one and what the SDK had said."""
+    ev = with_frame(with_frame(JAVA, 1, java("org.springframework.web.servlet.FrameworkServlet", "service")),
+                    4, java("io.sentry.SentryClient", "captureEvent"))
+    browser = with_frame(with_frame(BROWSER, 1, polyfill("core-js", "promise")), 3, js("forEach", "[native code]", line=""))
+    tracker.send_event(project, ev)
+    tracker.send_event(project, browser)
+    rows = {}
+    for issue in tracker.wait_issues(project, 2):
+        page = html.unescape(tracker.web.get(f"/issues/{issue['id']}/").text)
+        rows.update(re.findall(r'<tr><td class="mono">([^<]*)</td><td>([^<]*)</td>', page))
+    assert rows["org.springframework.web.servlet.FrameworkServlet in service"] == (
+        "no: built-in rule family:other module:org.springframework.* -app (the SDK said yes)")
+    assert rows["io.sentry.SentryClient in captureEvent"] == (
+        "yes: as the SDK sent it; left out of grouping by built-in rule family:other module:io.sentry.* -group")
+    assert rows["com.example.shop.Cart in load"] == "yes: as the SDK sent it"
+    assert rows["webpack:///./node_modules/core-js/helpers/promise.js in promise"] == (
+        "no: built-in rule family:javascript path:**/core-js/** -app -group (the SDK said yes), "
+        "which also leaves it out of grouping")
+    assert rows["[native code] in forEach"] == "yes: as the SDK sent it; left out of grouping: the engine's own frame ([native code])"
