@@ -518,6 +518,16 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
                project_id INTEGER NOT NULL, dsn TEXT NOT NULL, since REAL NOT NULL, last_id INTEGER NOT NULL,
                sent INTEGER NOT NULL, done INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL,
                PRIMARY KEY (project_id, dsn)) WITHOUT ROWID""")],
+    # grouping 2026-12 (grouping.md §4's built-in rules for every platform, exception groups parent
+    # first): a project with issues also hashes each event the previous way for 90 days (GROUPING_TRANSITION),
+    # so an event whose hash moved still joins the issue its kind joined before
+    """
+    ALTER TABLE project_rules ADD COLUMN secondary_until REAL NOT NULL DEFAULT 0;
+    INSERT INTO project_rules (project_id, secondary_until)
+        SELECT id, CAST(strftime('%s', 'now') AS REAL) + 7776000 FROM projects
+        WHERE EXISTS (SELECT 1 FROM issues WHERE issues.project_id = projects.id)
+        ON CONFLICT (project_id) DO UPDATE SET secondary_until = excluded.secondary_until
+    """,
 ]
 
 Job = Callable[[sqlite3.Connection], Any]
@@ -1801,7 +1811,7 @@ async def take_event(intake: Intake, item_header: dict[str, Any], payload: bytes
     ev = await intake.request.app.preparers.prepare(PrepareJob(
         payload, intake.project_id, None if intake.events else normalize_id(intake.header.get("event_id")),
         intake.received, client_ip(intake.request), intake.rules.stacktrace_text, intake.rules.fingerprint_text,
-        intake.scrub_text, PAYLOADS.current))
+        intake.scrub_text, PAYLOADS.current, intake.rules.secondary_until))
     intake.events.append(ev)
     index = len(intake.outcomes)
 
@@ -2634,7 +2644,7 @@ def prepare_job(job: PrepareJob) -> PreparedEvent:
     """The work of one event, the same in a worker and in the server."""
     return prepare_event(json_object(job.payload, "event payload"), project_id=job.project_id,
                          event_id=job.event_id, received=job.received, client_ip=job.client_ip,
-                         rules=grouping_rules_of(job.stacktrace_rules, job.fingerprint_rules),
+                         rules=grouping_rules_of(job.stacktrace_rules, job.fingerprint_rules, job.secondary_until),
                          scrub=parsed_scrub_policy(job.scrub), maps=SOURCE_MAPS)
 
 
@@ -2658,12 +2668,14 @@ def prepare_event(raw: dict[str, Any], *, project_id: int, event_id: str | None,
     if rule:
         ev["grouping"].update(fingerprint_rule=rule.text, client_fingerprint=client_fingerprint)
     hashes = ev["hashes"] = grouping_hashes(ev["grouping"])
+    secondary = previous_grouping_hashes(ev, rules) if received < rules.secondary_until else []
     return PreparedEvent(project_id=project_id, event_id=ev["event_id"], timestamp=ev["timestamp"],
                          received=received, level=ev["level"], environment=ev["environment"],
                          release=ev.get("release", ""), kind=kind, title=title, culprit=culprit,
                          metadata=metadata, platform=ev["platform"], logger=ev.get("logger", ""),
                          hashes=hashes, tags=ev.get("tags", []), terms=search_terms(ev),
-                         payload=compress_payload(ev), crash=crash_location(ev))
+                         payload=compress_payload(ev), crash=crash_location(ev),
+                         secondary_hashes=[h for h in secondary if h not in hashes])
 
 
 @dataclasses.dataclass
@@ -2688,11 +2700,13 @@ class PreparedEvent:
     terms: list[tuple[str, str]]
     payload: bytes
     crash: str = ""  # `file:line in function` of the crash frame, for alerts
+    secondary_hashes: list[str] = dataclasses.field(default_factory=list)  # the previous grouping's, to find an issue
 
 
 @functools.lru_cache(maxsize=128)
-def grouping_rules_of(stacktrace_text: str, fingerprint_text: str) -> GroupingRules:
-    return stored_rules({"stacktrace_rules": stacktrace_text, "fingerprint_rules": fingerprint_text})
+def grouping_rules_of(stacktrace_text: str, fingerprint_text: str, secondary_until: float) -> GroupingRules:
+    return stored_rules({"stacktrace_rules": stacktrace_text, "fingerprint_rules": fingerprint_text,
+                         "secondary_until": secondary_until})
 
 
 def run_prepare_worker(db: str) -> None:
@@ -2748,6 +2762,7 @@ class PrepareJob:
     fingerprint_rules: str
     scrub: str  # scrub_option_text
     dict_id: int | None  # the payload dictionary the server compresses with
+    secondary_until: float = 0.0  # GroupingRules.secondary_until
 
 
 # -- normalisation: every SDK's shapes made one; the fields pages show ----------------------------
@@ -4196,10 +4211,11 @@ def grouping_hashes(record: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(variant["hash"] for variant in record["variants"].values()))
 
 
-def group_event(ev: dict[str, Any]) -> dict[str, Any]:
+def group_event(ev: dict[str, Any], *, parent_first: bool = True) -> dict[str, Any]:
     """How an event groups: the winning strategy and, per variant, its hash and the values
     behind it (app before system). Stored with the event as its `grouping` record, so the
-    issue page can show why it grouped where it did."""
+    issue page can show why it grouped where it did. `parent_first=False` is the previous
+    grouping's order of an exception group's chosen exception and its causes (the SDK's)."""
     checksum = ev.get("checksum")
     if isinstance(checksum, str) and checksum:
         digest = checksum if re.fullmatch(r"[0-9a-f]{32}", checksum) else md5_of([checksum])
@@ -4211,7 +4227,7 @@ def group_event(ev: dict[str, Any]) -> dict[str, Any]:
     if None not in resolved:
         variant = {"hash": md5_of(resolved), "values": resolved}
         return {"strategy": "fingerprint", "variants": {"custom_fingerprint": variant}}
-    strategy, stacks, variants = strategy_variants(ev)
+    strategy, stacks, variants = strategy_variants(ev, parent_first)
     record: dict[str, Any] = {"strategy": strategy, "variants": {}}
     for name, values in (variants or {"fallback": []}).items():
         expanded = [value for entry in resolved for value in (values if entry is None else [entry])]
@@ -4260,10 +4276,12 @@ def resolve_fingerprint_variable(name: str, ev: dict[str, Any]) -> str | None:
     return text(value) or missing
 
 
-def grouping_exceptions(ev: dict[str, Any]) -> list[dict[str, Any]]:
+def grouping_exceptions(ev: dict[str, Any], *, parent_first: bool = False) -> list[dict[str, Any]]:
     """The exceptions that group and title an event (grouping.md §2.2): an exception group
     becomes its distinct leaf exceptions, so the same failure in another order or number
-    groups together; anything else is used as sent."""
+    groups together; anything else is used as sent. When one distinct exception is left, it
+    comes with its chain of first children: in the SDK's order (the exception last, as titles
+    read it), or `parent_first`, the exception and then its causes, as grouping hashes them."""
     excs = ev.get("exception", {}).get("values", [])
     tree = exception_tree(ev, excs)
     if tree is None:
@@ -4275,6 +4293,8 @@ def grouping_exceptions(ev: dict[str, Any]) -> list[dict[str, Any]]:
     if len(distinct) != 1:
         return [tree[exc_id][0] for exc_id in (*distinct.values(), 0)]  # in sorted order, the group last
     path = first_child_path(tree, *distinct.values())
+    if parent_first:
+        return [tree[exc_id][0] for exc_id in path]
     return [e for e in excs if as_dict(e.get("mechanism")).get("exception_id") in path]
 
 
@@ -4380,7 +4400,12 @@ def frame_groups(frame: dict[str, Any], app_only: bool) -> bool:
     """Whether a frame may contribute: not switched off by a `-group` rule, in app for the app
     variant, and not engine noise."""
     return (as_dict(frame.get("data")).get("group", True) is True and (frame.get("in_app") or not app_only)
-            and frame.get("abs_path") not in ("[native code]", "native code", "eval code", "<anonymous>"))
+            and not is_engine_noise(frame))
+
+
+def is_engine_noise(frame: dict[str, Any]) -> bool:
+    """A frame of the JS engine's own (grouping.md §2.3), whose place differs from browser to browser."""
+    return frame.get("abs_path") in ("[native code]", "native code", "eval code", "<anonymous>")
 
 
 def parameterize(value: str) -> str:
@@ -4414,24 +4439,24 @@ PARAMETERS = [  # order matters: the first alternative that matches at a positio
 PARAMETER_RE = re.compile("|".join(f"(?P<{name}>{pattern})" for name, pattern in PARAMETERS))
 
 
-def first_child_path(tree: ExceptionTree, exc_id: int) -> set[int]:
+def first_child_path(tree: ExceptionTree, exc_id: int) -> list[int]:
     """An exception and its chain of first children (its cause, the cause's cause…)."""
-    path: set[int] = set()
+    path: list[int] = []
     while exc_id not in path:
-        path.add(exc_id)
+        path.append(exc_id)
         if not tree[exc_id][1]:
             break
         exc_id = tree[exc_id][1][0]
     return path
 
 
-def strategy_variants(ev: dict[str, Any]) -> tuple[str, Stacks, dict[str, list[str]]]:
+def strategy_variants(ev: dict[str, Any], parent_first: bool) -> tuple[str, Stacks, dict[str, list[str]]]:
     """The first grouping strategy that yields values (exceptions, threads, stack trace,
     message): its name, the stacks it read and its variants."""
     platform = ev.get("platform", "other")
     thread = crashed_thread(ev)
     candidates: list[tuple[str, Stacks]] = [
-        ("exception", [(e, None) for e in grouping_exceptions(ev)]),
+        ("exception", [(e, None) for e in grouping_exceptions(ev, parent_first=parent_first)]),
         ("threads", [(None, thread["stacktrace"])] if thread else []),
         ("stacktrace", [(None, ev["stacktrace"])] if ev.get("stacktrace") else [])]
     for name, stacks in candidates:
@@ -4493,8 +4518,8 @@ def frame_report(stacks: Stacks, variants: dict[str, list[str]], platform: str) 
                else [[]] * len(frames) for name in ("app", "system")}
         report.append({"exception": text((exc or {}).get("type")), "frames": [
             {"frame": frame_location(frame), "in_app": frame.get("in_app") is True,
-             "in_app_rule": as_dict(frame.get("data")).get("in_app_rule"),
-             "group_rule": as_dict(frame.get("data")).get("group_rule"),
+             **{key: as_dict(frame.get("data")).get(key) for key in RULE_MARKS},
+             "noise": frame.get("abs_path") if is_engine_noise(frame) else None,
              "app": bool(app), "system": bool(system)}
             for frame, app, system in zip(frames, fed["app"], fed["system"])]})
     return report
@@ -4502,18 +4527,19 @@ def frame_report(stacks: Stacks, variants: dict[str, list[str]], platform: str) 
 
 # -- grouping rules: a project's stack trace and fingerprint rules (grouping.md §4, §5) ---
 
-RULES_SQL = "SELECT stacktrace_rules, fingerprint_rules FROM project_rules WHERE project_id = ?"
+RULES_SQL = "SELECT stacktrace_rules, fingerprint_rules, secondary_until FROM project_rules WHERE project_id = ?"
 
 
-def stored_rules(row: Mapping[str, str] | None) -> GroupingRules:
+def stored_rules(row: Mapping[str, Any] | None) -> GroupingRules:
     """A project's saved rules; ones this version cannot read are logged and skipped, so ingest goes on."""
     if row is None:
         return NO_RULES
     try:
-        return parse_grouping_rules(row["stacktrace_rules"], row["fingerprint_rules"])
+        rules = parse_grouping_rules(row["stacktrace_rules"], row["fingerprint_rules"])
     except RuleError as exc:
         log.warning("ignoring saved grouping rules: %s", exc)
-        return NO_RULES
+        rules = NO_RULES
+    return dataclasses.replace(rules, secondary_until=row["secondary_until"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -4524,6 +4550,7 @@ class GroupingRules:
     fingerprint_text: str = ""
     stack: tuple[StackRule, ...] = ()
     fingerprint: tuple[FingerprintRule, ...] = ()
+    secondary_until: float = 0.0  # until then events also get the previous built-in grouping's hashes
 
 
 NO_RULES = GroupingRules()
@@ -4743,6 +4770,7 @@ NATIVE_PLATFORMS = {"native", "c", "cocoa", "objc", "swift"}
 def mark_frame(frame: dict[str, Any], flag: str, value: bool, why: str) -> None:
     data = frame.setdefault("data", {})
     if flag == "app":
+        data.setdefault("sdk_in_app", frame.get("in_app") is True)
         frame["in_app"], data["in_app_rule"] = value, why
     else:
         data["group"], data["group_rule"] = value, why
@@ -4800,14 +4828,89 @@ def search_terms(ev: dict[str, Any]) -> list[tuple[str, str]]:
     return sorted(terms)
 
 
-RULE_MARKS = ("in_app_rule", "group", "group_rule")  # what stack trace rules note in a frame's `data`
+RULE_MARKS = ("in_app_rule", "group", "group_rule", "sdk_in_app")  # what stack trace rules note in a frame's `data`
 
 BUILTIN_STACK_RULES = parse_grouping_rules("""
+# python: installed and vendored packages (the SDK decides the standard library)
+path:**/site-packages/** -app
+path:**/dist-packages/** -app
+path:**/vendor/** -app
+# javascript and node: packages and CDNs; polyfills and runtime helpers, engine noise, node internals
+path:**/node_modules/** -app
+family:javascript path:**/unpkg.com/** -app
+family:javascript path:**/cdnjs.cloudflare.com/** -app
+family:javascript path:**/cdn.jsdelivr.net/** -app
+family:javascript path:**/esm.run/** -app
+family:javascript path:**/@babel/** -app -group
+family:javascript path:**/core-js/** -app -group
+family:javascript path:**/core-js-pure/** -app -group
+family:javascript path:**/regenerator-runtime/** -app -group
+family:javascript path:**/tslib/** -app -group
+family:javascript function:eval -group
+family:javascript function:runMicrotasks -app -group
+family:javascript function:*processTicksAndRejections -app -group
+family:javascript path:**internal/** function:*nextTick -app -group
+family:javascript path:**internal/** function:*processImmediate -app -group
+family:javascript path:**internal/** function:*listOnTimeout -app -group
+family:javascript function:reportError ^-app -app
+# java and kotlin: the SDK's own namespace does not group; frameworks and the runtime are not the app
+family:other module:io.sentry.* -group
+family:other module:java.* -app
+family:other module:javax.* -app
+family:other module:jdk.* -app
+family:other module:sun.* -app
+family:other module:com.sun.* -app
+family:other module:kotlin.* -app
+family:other module:kotlinx.* -app
+family:other module:org.springframework.* -app
+family:other module:org.apache.* -app
+family:other module:org.hibernate.* -app
+family:other module:io.netty.* -app
+family:other module:io.micrometer.* -app
+# go: the module cache
+path:**/go/pkg/mod/** -app
+# telemetry libraries wrap the app's functions: neither app nor grouping
+family:javascript path:**/*newrelic*/** -app -group
+family:javascript path:**/*logrocket* -app -group
+family:javascript path:**/*logrocket*/** -app -group
+family:other module:com.newrelic.* -app -group
+""", "").stack
+
+PREVIOUS_STACK_RULES = parse_grouping_rules("""
 path:**/site-packages/** -app
 path:**/dist-packages/** -app
 path:**/vendor/** -app
 path:**/node_modules/** -app
-""", "").stack
+""", "").stack  # the built-in rules before 2026-12, for the secondary hash of the transition
+
+
+def previous_grouping_hashes(ev: dict[str, Any], rules: GroupingRules) -> list[str]:
+    """The hashes the previous built-in grouping gave this event (the SDK's in_app, the previous
+    built-in rules, the project's rules; an exception group's cause after its parent), which
+    store_event uses to find the issue an event joined before the grouping changed."""
+    old = unmarked_copy(ev)
+    apply_stack_rules(old, PREVIOUS_STACK_RULES)
+    apply_stack_rules(old, rules.stack, "project")
+    return grouping_hashes(group_event(old, parent_first=False))
+
+
+def unmarked_copy(ev: dict[str, Any]) -> dict[str, Any]:
+    """The event with copies of its frames as the SDK sent them: its in_app back, no rule marks."""
+    def stack(stacktrace: dict[str, Any] | None) -> dict[str, Any] | None:
+        return {**stacktrace, "frames": [unmarked(f) for f in stacktrace["frames"]]} if stacktrace else None
+    old = dict(ev)
+    for key in ("exception", "threads"):
+        if key in ev:
+            old[key] = {"values": [{**item, "stacktrace": stack(item.get("stacktrace"))} for item in ev[key]["values"]]}
+    if "stacktrace" in ev:
+        old["stacktrace"] = stack(ev["stacktrace"])
+    return old
+
+
+def unmarked(frame: dict[str, Any]) -> dict[str, Any]:
+    data = as_dict(frame.get("data"))
+    return {**frame, "in_app": data.get("sdk_in_app", frame.get("in_app")),
+            "data": {k: v for k, v in data.items() if k not in RULE_MARKS}}
 
 
 def save_project_rules(conn: sqlite3.Connection, project_id: int, rules: GroupingRules) -> None:
@@ -4826,11 +4929,8 @@ def store_event(conn: sqlite3.Connection, ev: PreparedEvent) -> bool:
     if conn.execute("SELECT 1 FROM events WHERE project_id = ? AND event_id = ?",
                     (ev.project_id, ev.event_id)).fetchone():
         return False
-    marks = ",".join("?" * len(ev.hashes))
-    row = conn.execute(f"SELECT issue_id FROM issue_hashes WHERE project_id = ? AND hash IN ({marks}) "
-                       "ORDER BY instr(?, hash)",  # after an unmerge the hashes may differ: the primary decides
-                       (ev.project_id, *ev.hashes, " ".join(ev.hashes))).fetchone()
-    issue_id = row["issue_id"] if row else create_issue(conn, ev)
+    known = issue_of_hashes(conn, ev.project_id, ev.hashes) or issue_of_hashes(conn, ev.project_id, ev.secondary_hashes)
+    issue_id = known or create_issue(conn, ev)
     conn.executemany("INSERT OR IGNORE INTO issue_hashes (project_id, hash, issue_id) VALUES (?, ?, ?)",
                      [(ev.project_id, h, issue_id) for h in ev.hashes])
     new_tags = record_issue_tags(conn, issue_id, ev)
@@ -4855,9 +4955,9 @@ def store_event(conn: sqlite3.Connection, ev: PreparedEvent) -> bool:
         (ev.project_id, ev.event_id, issue_id, ev.timestamp, ev.received, ev.level,
          ev.environment, ev.release, ev.payload, trace_of(ev.tags)))
     link_feedback(conn, ev.project_id, ev.event_id, issue_id)
-    if row and "release" in new_tags:
+    if known and "release" in new_tags:
         record_activity(conn, issue_id, "release", {"version": new_tags["release"]}, ev.received)
-    transition = "new" if row is None else None
+    transition = "new" if known is None else None
     if issue["status"] != "unresolved":
         transition = apply_event_to_status(conn, issue, ev)
     fire_rules(conn, issue_id, ev, transition)
@@ -4871,6 +4971,14 @@ def trace_of(tags: list[list[str]]) -> str | None:
 
 
 TRACE_ID = re.compile(r"[0-9a-f]{32}")
+def issue_of_hashes(conn: sqlite3.Connection, project_id: int, hashes: list[str]) -> int | None:
+    """The issue that holds the first of these hashes it holds (after an unmerge the hashes of one
+    event may be in two issues: the primary decides)."""
+    if not hashes:
+        return None
+    row = conn.execute(f"SELECT issue_id FROM issue_hashes WHERE project_id = ? AND hash IN ({','.join('?' * len(hashes))}) "
+                       "ORDER BY instr(?, hash)", (project_id, *hashes, " ".join(hashes))).fetchone()
+    return row["issue_id"] if row else None
 
 
 def create_issue(conn: sqlite3.Connection, ev: PreparedEvent) -> int:
@@ -14882,7 +14990,7 @@ TEMPLATES = {
   {% for name, variant in ev.grouping.variants.items() %}<p class="variant"><b>{{ name }}</b> <code>{{ variant.hash }}</code>{% if variant.hash in issue_hashes %} <span class="tag app">grouped into this issue</span>{% endif %}</p>
   <ol class="values mono">{% for value in variant['values'] %}<li>{{ value }}</li>{% else %}<li class="muted">no values (the fallback hash)</li>{% endfor %}</ol>{% endfor %}
   {% for stack in ev.grouping.stacks %}<table class="grouping-frames"><thead><tr><th>Frame{% if stack.exception %} of {{ stack.exception }}{% endif %}, crashing first</th><th>In app, and why</th><th>app</th><th>system</th></tr></thead><tbody>
-    {% for f in stack.frames|reverse %}<tr><td class="mono">{{ f.frame or '?' }}</td><td>{{ 'yes' if f.in_app else 'no' }}: {{ f.in_app_rule or 'as the SDK sent it' }}{% if f.group_rule %}; {{ f.group_rule }}{% endif %}</td><td>{{ '✓' if f.app }}</td><td>{{ '✓' if f.system }}</td></tr>{% endfor %}
+    {% for f in stack.frames|reverse %}<tr><td class="mono">{{ f.frame or '?' }}</td><td>{{ 'yes' if f.in_app else 'no' }}: {{ f.in_app_rule or 'as the SDK sent it' }}{% if f.in_app_rule and f.sdk_in_app is not none and f.sdk_in_app != f.in_app %} (the SDK said {{ 'yes' if f.sdk_in_app else 'no' }}){% endif %}{% if f.group_rule and f.group_rule == f.in_app_rule %}, which also {{ 'counts it for' if f.group else 'leaves it out of' }} grouping{% elif f.group_rule %}; {{ 'counts for grouping' if f.group else 'left out of grouping' }} by {{ f.group_rule }}{% endif %}{% if f.noise %}; left out of grouping: the engine's own frame ({{ f.noise }}){% endif %}</td><td>{{ '✓' if f.app }}</td><td>{{ '✓' if f.system }}</td></tr>{% endfor %}
   </tbody></table>{% endfor %}
   <p class="variant"><b>Hashes of this issue</b> <span class="muted">· later events with any of them join this issue; unmerging one moves its events into a new issue</span></p>
   <table class="grouping-frames">{% for digest in issue_hashes %}<tr><td class="mono">{{ digest }}{% if digest in ev.hashes %} <span class="muted">(this event)</span>{% endif %}</td>
