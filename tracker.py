@@ -744,26 +744,34 @@ class Writer:
 
 
 def connect_db(path: str) -> sqlite3.Connection:
-    """Open a connection in WAL mode; NORMAL sync keeps every commit across a process kill."""
+    """Open a connection in WAL mode; NORMAL sync keeps every commit across a process kill. The file
+    is checked by SQLite itself: opening it from Python to read its header would drop the POSIX locks
+    of every other connection this process has on it (SQLite's own warning), and a reader of another
+    process could then read an old snapshot."""
     keep_private(path)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.DatabaseError:  # `--db /etc/passwd`: SQLite read the header and wrote nothing
+        conn.close()
+        raise ValueError(f"{path} is not an SQLite database") from None
+    tighten(path)
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
 
 
 def keep_private(db: str) -> None:
-    """Make the database file owner-only (0600) before SQLite opens it, or tighten one a looser
-    umask made (logged, so once): it holds webhook secrets and channel credentials. SQLite gives a
-    new -wal and -shm the database file's mode; ones left by an older run are tightened too."""
+    """Create the database file owner-only (0600) before SQLite opens it: it holds webhook secrets and
+    channel credentials, and SQLite gives a new -wal and -shm the database file's mode."""
     with contextlib.suppress(FileExistsError, FileNotFoundError):  # no directory: SQLite says so
         os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-        with open(db, "rb") as f:  # `--db /etc/passwd` must not make that file owner-only
-            if f.read(16) not in (b"", b"SQLite format 3\0"):
-                raise ValueError(f"{db} is not an SQLite database")
+
+
+def tighten(db: str) -> None:
+    """Make a database SQLite has taken as one owner-only, with its -wal and -shm, when a looser umask
+    or an older run made them readable (logged, so once)."""
     for path in (db, f"{db}-wal", f"{db}-shm"):
         with contextlib.suppress(FileNotFoundError):
             mode = os.stat(path).st_mode & 0o777
@@ -4971,6 +4979,8 @@ def trace_of(tags: list[list[str]]) -> str | None:
 
 
 TRACE_ID = re.compile(r"[0-9a-f]{32}")
+
+
 def issue_of_hashes(conn: sqlite3.Connection, project_id: int, hashes: list[str]) -> int | None:
     """The issue that holds the first of these hashes it holds (after an unmerge the hashes of one
     event may be in two issues: the primary decides)."""

@@ -139,15 +139,15 @@ def assert_crash_frame_is_source(event: dict[str, Any]) -> None:
     exception = exception_of(event)
     frames = exception["stacktrace"]["frames"]
     crash, caller = frames[-1], frames[-2]
-    assert crash["filename"].endswith("src/util.js") and crash["abs_path"].endswith("src/util.js")
-    assert (crash["lineno"], crash["colno"], crash["function"]) == (4, 11, "parseAmount")
-    assert crash["context_line"] == "    throw new TypeError(`not a number: ${text}`);"
-    assert crash["pre_context"] == UTIL_JS.splitlines()[:3] and crash["post_context"] == UTIL_JS.splitlines()[4:7]
-    assert crash["in_app"] and crash["data"]["symbolicated"] is True
+    assert crash["filename"].endswith("src/util.js") and crash["absPath"].endswith("src/util.js")
+    assert (crash["lineNo"], crash["colNo"], crash["function"]) == (4, 11, "parseAmount")
+    assert crash["context"] == [[n, text] for n, text in enumerate(UTIL_JS.splitlines()[:7], 1)]
+    assert crash["context"][3] == [4, "    throw new TypeError(`not a number: ${text}`);"]
+    assert crash["inApp"] and crash["data"]["symbolicated"] is True
     assert caller["filename"].endswith("src/checkout.js") and caller["function"] == "checkout"
-    assert caller["lineno"] == 6 and caller["context_line"] == "    total += parseAmount(line.price);"
-    raw = exception["raw_stacktrace"]["frames"][-1]
-    assert raw["filename"].endswith("app.min.js") and raw["lineno"] != 4 and "context_line" not in raw
+    assert caller["lineNo"] == 6 and [6, "    total += parseAmount(line.price);"] in caller["context"]
+    raw = exception["rawStacktrace"]["frames"][-1]
+    assert raw["filename"].endswith("app.min.js") and raw["lineNo"] != 4 and raw["context"] == []
     assert not [e for e in event.get("errors", []) if e["type"].startswith("js_")], event.get("errors")
 
 
@@ -179,7 +179,7 @@ def test_node_bundle_with_debug_ids_reads_as_written(tracker: TrackerServer, pro
     issue, = tracker.wait_issues(project, 2)
     assert issue["count"] == "2"
     latest = exception_of(tracker.latest_event(issue["id"]))["stacktrace"]["frames"][-1]
-    assert (latest["lineno"], latest["function"]) == (6, "parseAmount")
+    assert (latest["lineNo"], latest["function"]) == (6, "parseAmount")
 
 
 @pytest.fixture
@@ -354,8 +354,8 @@ def test_missing_and_invalid_maps_are_recorded_on_the_event_and_shown(tracker: T
                                                      "js_too_large": "Sourcemap was too large"}[kind],
                            "data": {"url": f"{host}/{name}"}}]
         frame, = exception["stacktrace"]["frames"]
-        assert (frame["abs_path"], frame["function"], frame["lineno"], frame["colno"]) == (f"{host}/{name}", "Xa", 1, 48)
-        assert "raw_stacktrace" not in exception
+        assert (frame["absPath"], frame["function"], frame["lineNo"], frame["colNo"]) == (f"{host}/{name}", "Xa", 1, 48)
+        assert exception["rawStacktrace"] is None
     issue_id = next(i["id"] for i in tracker.issues(project) if "garbage" in i["title"])
     page = tracker.web.get(f"/issues/{issue_id}/").text
     assert "Processing errors" in page and "Sourcemap was invalid or not parseable" in page
@@ -496,7 +496,7 @@ def test_release_file_upload_resolves_by_url_and_goes_with_its_release(tracker: 
         crash = exception["stacktrace"]["frames"][-1]
         if resolved:
             assert crash["filename"].endswith("src/util.js") and crash["function"] == "parseAmount"
-            assert crash["lineno"] == 4 and crash["data"]["sourcemap"] == "~/js/maps/app.js.map" and not errors
+            assert crash["lineNo"] == 4 and crash["data"]["sourcemap"] == "~/js/maps/app.js.map" and not errors
         else:
             assert crash["filename"] == "https://cdn.example.com/js/app.min.js?v=3" and errors[0]["type"] == "js_no_source"
 
