@@ -513,23 +513,24 @@ def test_vlq_decoder_plain_and_index_maps_and_hostile_ones() -> None:
         "version": 3, "sources": ["a.js"], "names": ["run"], "mappings": "6LAAO,gBACA;AAAAA",
         "sourcesContent": ["one\ntwo"]}).encode())
     assert list(plain.keys) == [189, 189 + 16, 1 << 32]  # `6LAAO` is [189, 0, 0, 7]
-    assert plain.lookup(0, 189) == ("a.js", 0, 7, None) and plain.lookup(0, 400) == ("a.js", 1, 7, None)
+    assert plain.lookup(0, 189) == (0, 0, 7, None) and plain.lookup(0, 400) == (0, 1, 7, None)
     assert plain.lookup(0, 188) is None and plain.lookup(2, 0) is None
-    assert plain.lookup(1, 99) == ("a.js", 1, 7, "run")
-    assert plain.context("a.js", 1) == (["one"], "two", [])
+    assert plain.lookup(1, 99) == (0, 1, 7, "run") and plain.source_names == ["a.js"]
+    assert plain.context(0, 1) == (["one"], "two", [])
     deltas = tracker_module.parse_source_map(json.dumps({
         "version": 3, "sources": ["a.js"], "names": [], "mappings": "AAAkC;gBACjC"}).encode())
-    assert deltas.lookup(1, 16) == ("a.js", 1, 1, None)  # `gBACjC` is [16, 0, 1, -33] after column 34
+    assert deltas.lookup(1, 16) == (0, 1, 1, None)  # `gBACjC` is [16, 0, 1, -33] after column 34
     unsorted = tracker_module.parse_source_map(json.dumps({  # column 5, then 4: put in order, not refused
         "version": 3, "sources": ["a.js"], "names": [], "mappings": "KAAA,DAAC"}).encode())
-    assert unsorted.lookup(0, 4) == ("a.js", 0, 1, None) and unsorted.lookup(0, 9) == ("a.js", 0, 0, None)
+    assert unsorted.lookup(0, 4) == (0, 0, 1, None) and unsorted.lookup(0, 9) == (0, 0, 0, None)
 
     indexed = tracker_module.parse_source_map(json.dumps({"version": 3, "sections": [
         {"offset": {"line": 0, "column": 0}, "map": {"version": 3, "sources": ["x.js"], "names": [], "mappings": "AAAA"}},
         {"offset": {"line": 0, "column": 100}, "map": {"version": 3, "sources": ["y.js"], "names": ["f"],
                                                           "mappings": "AAAAA;AACA"}}]}).encode())
-    assert indexed.lookup(0, 50) == ("x.js", 0, 0, None) and indexed.lookup(0, 100) == ("y.js", 0, 0, "f")
-    assert indexed.lookup(1, 0) == ("y.js", 1, 0, None)  # the column offset applies to the first line only
+    assert indexed.lookup(0, 50) == (0, 0, 0, None) and indexed.lookup(0, 100) == (1, 0, 0, "f")
+    assert indexed.source_names == ["x.js", "y.js"]
+    assert indexed.lookup(1, 0) == (1, 1, 0, None)  # the column offset applies to the first line only
 
     for hostile in (b"not json", b"[]", json.dumps({"version": 2}).encode(),
                     json.dumps({"version": 3, "sources": ["a"], "names": [], "mappings": "AA"}).encode(),
