@@ -582,30 +582,52 @@ def test_release_bundle_assembly_of_sentry_cli_2(tracker: TrackerServer, project
     assert bundle["associations"] == [{"release": release, "dist": None}] and bundle["fileCount"] == 2
 
 
+class OneMap:
+    """Stands for SourceMaps (the database) in tests of the resolving step: one map for every file."""
+
+    conn = True
+
+    def __init__(self, source_map: Any, url: str) -> None:
+        self.source_map, self.url, self.found = source_map, url, {}
+
+    def project_has_files(self, project_id: int) -> bool:
+        return True
+
+    def find(self, *args: Any) -> tuple[Any, str, str]:
+        return self.source_map, self.url, "release"
+
+
 def test_resolved_library_and_bundler_frames_are_not_in_app() -> None:
     """Frames that resolve into node_modules or a bundler's runtime leave the app; the app's stay."""
     source_map = tracker_module.parse_source_map(json.dumps({
         "version": 3, "sources": ["../node_modules/lib/index.js", "webpack/runtime/jsonp", "../src/app.js"],
         "names": [], "mappings": "AAAA,KCAA,KCAA", "sourcesContent": ["lib()", "rt()", "app()"]}).encode())
-
-    class Maps:  # one map for every file, as SourceMaps.find answers
-        conn = True
-
-        def project_has_files(self, project_id: int) -> bool:
-            return True
-
-        def find(self, *args: Any) -> tuple[Any, str, str]:
-            return source_map, "~/app.min.js.map", "release"
-
-        found: dict[Any, Any] = {}
     frames = [{"abs_path": "https://x.example/app.min.js", "lineno": 1, "colno": column, "in_app": True}
               for column in (1, 6, 11)]
     ev = {"platform": "javascript", "release": "r", "exception": {"values": [{"stacktrace": {"frames": frames}}]}}
-    tracker_module.resolve_source_maps(ev, Maps(), 1)  # type: ignore[arg-type]
+    tracker_module.resolve_source_maps(ev, OneMap(source_map, "~/app.min.js.map"), 1)  # type: ignore[arg-type]
     resolved = ev["exception"]["values"][0]["stacktrace"]["frames"]
     assert [(f["abs_path"], f["in_app"]) for f in resolved] == [
         ("~/node_modules/lib/index.js", False), ("~/webpack/runtime/jsonp", False), ("~/src/app.js", True)]
     assert ev["exception"]["values"][0]["raw_stacktrace"]["frames"] == frames
+
+
+def test_a_map_without_sources_or_without_the_position_says_so() -> None:
+    """A map with no sourcesContent resolves the frame without source lines (js_missing_sources_content);
+    a position the map has nothing at keeps the frame as sent (js_invalid_sourcemap_location)."""
+    source_map = tracker_module.parse_source_map(json.dumps({
+        "version": 3, "sources": ["../src/a.js"], "names": [], "mappings": "AAAA"}).encode())
+    frames = [{"abs_path": "https://x.example/a.min.js", "lineno": line, "colno": 1, "context_line": "minified"}
+              for line in (1, 2)]
+    ev: dict[str, Any] = {"platform": "javascript", "release": "r",
+                          "exception": {"values": [{"stacktrace": {"frames": frames}}]}}
+    tracker_module.resolve_source_maps(ev, OneMap(source_map, "~/a.min.js.map"), 1)  # type: ignore[arg-type]
+    first, second = ev["exception"]["values"][0]["stacktrace"]["frames"]
+    assert first["abs_path"] == "~/src/a.js" and first["lineno"] == 1 and "context_line" not in first
+    assert second == frames[1]
+    assert ev["errors"] == [
+        {"type": "js_missing_sources_content", "source": "../src/a.js", "sourcemap": "~/a.min.js.map"},
+        {"type": "js_invalid_sourcemap_location", "column": 1, "row": 2, "source": "https://x.example/a.min.js"}]
 
 
 def test_retention_ages_out_uploads_with_the_events(configured: Any) -> None:
