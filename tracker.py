@@ -10520,9 +10520,10 @@ def pair_minified_frames(holder: dict[str, Any]) -> None:
     """Give each frame that a source map rewrote the frame as the SDK sent it (`minified`), so the
     page shows both; every frame gets the key (an SDK could send one of that name)."""
     frames = (holder.get("stacktrace") or {}).get("frames", [])
-    raw = (holder.get("raw_stacktrace") or {}).get("frames", [])
+    raw = as_list(as_dict(holder.get("raw_stacktrace")).get("frames"))  # an SDK could send anything here
     for index, fr in enumerate(frames):
-        fr["minified"] = raw[index] if len(raw) == len(frames) and as_dict(fr.get("data")).get("symbolicated") else None
+        fr["minified"] = raw[index] if len(raw) == len(frames) and isinstance(raw[index], dict) \
+            and as_dict(fr.get("data")).get("symbolicated") else None
 
 
 # What to do about each source map processing error, under its title on the issue page.

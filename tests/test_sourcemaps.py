@@ -362,6 +362,19 @@ def test_missing_and_invalid_maps_are_recorded_on_the_event_and_shown(tracker: T
     assert "upload the .map file the bundler wrote" in page
 
 
+def test_hostile_raw_stacktraces_render(tracker: TrackerServer, project: Project) -> None:
+    """An SDK may send `raw_stacktrace` and `symbolicated` itself, in any shape: the page still renders."""
+    for raw in ([1], {"frames": "x"}, {"frames": [7]}, {"frames": [{"filename": "<b>x</b>", "lineno": "1"}]}):
+        event = minified_event(f"https://x.example/{uuid.uuid4().hex}.js", None)
+        values = event["exception"]["values"][0]
+        values["raw_stacktrace"] = raw
+        values["stacktrace"]["frames"][0]["data"] = {"symbolicated": True, "sourcemap": "<i>m</i>"}
+        tracker.send_event(project, event)
+    for issue in tracker.wait_issues(project, 4):
+        page = tracker.web.get(f"/issues/{issue['id']}/")
+        assert page.status_code == 200 and "<b>x</b>" not in page.text and "<i>m</i>" not in page.text
+
+
 def test_a_50_mb_map_is_refused_at_upload_and_ingest_goes_on(tracker: TrackerServer, project: Project,
                                                             tmp_path: Path) -> None:
     """sentry-cli uploading a 50 MB map: a 413 naming the cap, sentry-cli exits 1, nothing is
