@@ -3179,14 +3179,15 @@ def resolve_frame(frame: dict[str, Any], name: str | None, maps: SourceMaps, pro
         errors.setdefault(("js_invalid_sourcemap_location", path), {
             "type": "js_invalid_sourcemap_location", "column": column, "row": line, "source": path})
         return frame, None
-    source, src_line, src_column, callee = token
+    source_index, src_line, src_column, callee = token
+    source = source_map.source_names[source_index]
     new = {**frame, "abs_path": join_url(map_url, source), "filename": source_filename(source), "lineno": src_line + 1,
            "colno": src_column + 1,
-           "function": source_map.enclosing_function(source, src_line) or name or frame.get("function"),
+           "function": source_map.enclosing_function(source_index, src_line) or name or frame.get("function"),
            "in_app": not NOT_APP_SOURCE.search(source),
            "data": {**frame.get("data", {}), "sourcemap": map_url, "symbolicated": True, "resolved_with": how}}
     new.pop("module", None)
-    context = source_map.context(source, src_line)
+    context = source_map.context(source_index, src_line)
     if context is None:
         errors.setdefault(("js_missing_sources_content", source), {
             "type": "js_missing_sources_content", "source": source, "sourcemap": map_url})
@@ -3401,16 +3402,16 @@ class SourceMap:
     cost: int  # bytes it holds, about
     split: dict[int, list[str]] = dataclasses.field(default_factory=dict)
 
-    def lookup(self, line: int, column: int) -> tuple[str, int, int, str | None] | None:
-        """(original file, 0-based line, 0-based column, token name) of the greatest mapping at or
-        before this generated position on its line; None where nothing maps."""
+    def lookup(self, line: int, column: int) -> tuple[int, int, int, str | None] | None:
+        """(original file's index, 0-based line, 0-based column, token name) of the greatest mapping
+        at or before this generated position on its line; None where nothing maps."""
         index = bisect.bisect_right(self.keys, line << 32 | column) - 1
         if index < 0 or self.keys[index] >> 32 != line or self.sources[index] < 0:
             return None
         name = self.identifiers[self.names[index]] if 0 <= self.names[index] < len(self.identifiers) else None
-        return self.source_names[self.sources[index]], self.lines[index], self.columns[index], name
+        return self.sources[index], self.lines[index], self.columns[index], name
 
-    def context(self, source: str, line: int) -> tuple[list[str], str, list[str]] | None:
+    def context(self, source: int, line: int) -> tuple[list[str], str, list[str]] | None:
         """Five lines before, the line and five after from `sourcesContent` (long lines cut around
         their start, as a frame shows them); None when the map carries no content for this file."""
         lines = self.source_lines(source)
@@ -3420,16 +3421,15 @@ class SourceMap:
         here = min(line, 5)
         return cut[:here], cut[here], cut[here + 1:]
 
-    def source_lines(self, source: str) -> list[str] | None:
-        index = self.source_names.index(source)
-        if index not in self.split:
-            content = self.contents[index] if index < len(self.contents) else None
+    def source_lines(self, source: int) -> list[str] | None:
+        if source not in self.split:
+            content = self.contents[source]
             if content is None:
                 return None
-            self.split[index] = content.splitlines()
-        return self.split[index]
+            self.split[source] = content.splitlines()
+        return self.split[source]
 
-    def enclosing_function(self, source: str, line: int) -> str | None:
+    def enclosing_function(self, source: int, line: int) -> str | None:
         """The name of the function whose body holds this original line: the nearest definition on
         it or above it that is indented less (a map has no scopes; the source has, as people indent)."""
         lines = self.source_lines(source)
@@ -12919,9 +12919,10 @@ def pair_minified_frames(holder: dict[str, Any]) -> None:
     """Give each frame that a source map rewrote the frame as the SDK sent it (`minified`), so the
     page shows both; every frame gets the key (an SDK could send one of that name)."""
     frames = (holder.get("stacktrace") or {}).get("frames", [])
-    raw = (holder.get("raw_stacktrace") or {}).get("frames", [])
+    raw = as_list(as_dict(holder.get("raw_stacktrace")).get("frames"))  # an SDK could send anything here
     for index, fr in enumerate(frames):
-        fr["minified"] = raw[index] if len(raw) == len(frames) and as_dict(fr.get("data")).get("symbolicated") else None
+        fr["minified"] = raw[index] if len(raw) == len(frames) and isinstance(raw[index], dict) \
+            and as_dict(fr.get("data")).get("symbolicated") else None
 
 
 # What to do about each source map processing error, under its title on the issue page.

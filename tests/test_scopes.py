@@ -62,6 +62,11 @@ MUTATING: dict[tuple[str, str], set[str]] = {
     ("PUT", "/api/0/projects/{org}/{project}/releases/{version}/"): RELEASES,
     ("DELETE", "/api/0/organizations/{org}/releases/{version}/"): RELEASES,
     ("POST", "/api/0/organizations/{org}/releases/{version}/deploys/"): RELEASES,
+    ("POST", "/api/0/organizations/{org}/chunk-upload/"): RELEASES,  # source maps (issue 17)
+    ("POST", "/api/0/organizations/{org}/artifactbundle/assemble/"): RELEASES,
+    ("POST", "/api/0/organizations/{org}/releases/{version}/assemble/"): RELEASES,
+    ("POST", "/api/0/organizations/{org}/releases/{version}/files/"): RELEASES,
+    ("POST", "/api/0/projects/{org}/{project}/releases/{version}/files/"): RELEASES,
     ("POST", "/api/0/projects/{org}/{project}/rules/"): ALERTS,
     ("PUT", "/api/0/projects/{org}/{project}/rules/{rule_id}/"): ALERTS,
     ("DELETE", "/api/0/projects/{org}/{project}/rules/{rule_id}/"): ALERTS,

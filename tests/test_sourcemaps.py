@@ -362,6 +362,19 @@ def test_missing_and_invalid_maps_are_recorded_on_the_event_and_shown(tracker: T
     assert "upload the .map file the bundler wrote" in page
 
 
+def test_hostile_raw_stacktraces_render(tracker: TrackerServer, project: Project) -> None:
+    """An SDK may send `raw_stacktrace` and `symbolicated` itself, in any shape: the page still renders."""
+    for raw in ([1], {"frames": "x"}, {"frames": [7]}, {"frames": [{"filename": "<b>x</b>", "lineno": "1"}]}):
+        event = minified_event(f"https://x.example/{uuid.uuid4().hex}.js", None)
+        values = event["exception"]["values"][0]
+        values["raw_stacktrace"] = raw
+        values["stacktrace"]["frames"][0]["data"] = {"symbolicated": True, "sourcemap": "<i>m</i>"}
+        tracker.send_event(project, event)
+    for issue in tracker.wait_issues(project, 4):
+        page = tracker.web.get(f"/issues/{issue['id']}/")
+        assert page.status_code == 200 and "<b>x</b>" not in page.text and "<i>m</i>" not in page.text
+
+
 def test_a_50_mb_map_is_refused_at_upload_and_ingest_goes_on(tracker: TrackerServer, project: Project,
                                                             tmp_path: Path) -> None:
     """sentry-cli uploading a 50 MB map: a 413 naming the cap, sentry-cli exits 1, nothing is
@@ -513,23 +526,24 @@ def test_vlq_decoder_plain_and_index_maps_and_hostile_ones() -> None:
         "version": 3, "sources": ["a.js"], "names": ["run"], "mappings": "6LAAO,gBACA;AAAAA",
         "sourcesContent": ["one\ntwo"]}).encode())
     assert list(plain.keys) == [189, 189 + 16, 1 << 32]  # `6LAAO` is [189, 0, 0, 7]
-    assert plain.lookup(0, 189) == ("a.js", 0, 7, None) and plain.lookup(0, 400) == ("a.js", 1, 7, None)
+    assert plain.lookup(0, 189) == (0, 0, 7, None) and plain.lookup(0, 400) == (0, 1, 7, None)
     assert plain.lookup(0, 188) is None and plain.lookup(2, 0) is None
-    assert plain.lookup(1, 99) == ("a.js", 1, 7, "run")
-    assert plain.context("a.js", 1) == (["one"], "two", [])
+    assert plain.lookup(1, 99) == (0, 1, 7, "run") and plain.source_names == ["a.js"]
+    assert plain.context(0, 1) == (["one"], "two", [])
     deltas = tracker_module.parse_source_map(json.dumps({
         "version": 3, "sources": ["a.js"], "names": [], "mappings": "AAAkC;gBACjC"}).encode())
-    assert deltas.lookup(1, 16) == ("a.js", 1, 1, None)  # `gBACjC` is [16, 0, 1, -33] after column 34
+    assert deltas.lookup(1, 16) == (0, 1, 1, None)  # `gBACjC` is [16, 0, 1, -33] after column 34
     unsorted = tracker_module.parse_source_map(json.dumps({  # column 5, then 4: put in order, not refused
         "version": 3, "sources": ["a.js"], "names": [], "mappings": "KAAA,DAAC"}).encode())
-    assert unsorted.lookup(0, 4) == ("a.js", 0, 1, None) and unsorted.lookup(0, 9) == ("a.js", 0, 0, None)
+    assert unsorted.lookup(0, 4) == (0, 0, 1, None) and unsorted.lookup(0, 9) == (0, 0, 0, None)
 
     indexed = tracker_module.parse_source_map(json.dumps({"version": 3, "sections": [
         {"offset": {"line": 0, "column": 0}, "map": {"version": 3, "sources": ["x.js"], "names": [], "mappings": "AAAA"}},
         {"offset": {"line": 0, "column": 100}, "map": {"version": 3, "sources": ["y.js"], "names": ["f"],
                                                           "mappings": "AAAAA;AACA"}}]}).encode())
-    assert indexed.lookup(0, 50) == ("x.js", 0, 0, None) and indexed.lookup(0, 100) == ("y.js", 0, 0, "f")
-    assert indexed.lookup(1, 0) == ("y.js", 1, 0, None)  # the column offset applies to the first line only
+    assert indexed.lookup(0, 50) == (0, 0, 0, None) and indexed.lookup(0, 100) == (1, 0, 0, "f")
+    assert indexed.source_names == ["x.js", "y.js"]
+    assert indexed.lookup(1, 0) == (1, 1, 0, None)  # the column offset applies to the first line only
 
     for hostile in (b"not json", b"[]", json.dumps({"version": 2}).encode(),
                     json.dumps({"version": 3, "sources": ["a"], "names": [], "mappings": "AA"}).encode(),
@@ -581,30 +595,52 @@ def test_release_bundle_assembly_of_sentry_cli_2(tracker: TrackerServer, project
     assert bundle["associations"] == [{"release": release, "dist": None}] and bundle["fileCount"] == 2
 
 
+class OneMap:
+    """Stands for SourceMaps (the database) in tests of the resolving step: one map for every file."""
+
+    conn = True
+
+    def __init__(self, source_map: Any, url: str) -> None:
+        self.source_map, self.url, self.found = source_map, url, {}
+
+    def project_has_files(self, project_id: int) -> bool:
+        return True
+
+    def find(self, *args: Any) -> tuple[Any, str, str]:
+        return self.source_map, self.url, "release"
+
+
 def test_resolved_library_and_bundler_frames_are_not_in_app() -> None:
     """Frames that resolve into node_modules or a bundler's runtime leave the app; the app's stay."""
     source_map = tracker_module.parse_source_map(json.dumps({
         "version": 3, "sources": ["../node_modules/lib/index.js", "webpack/runtime/jsonp", "../src/app.js"],
         "names": [], "mappings": "AAAA,KCAA,KCAA", "sourcesContent": ["lib()", "rt()", "app()"]}).encode())
-
-    class Maps:  # one map for every file, as SourceMaps.find answers
-        conn = True
-
-        def project_has_files(self, project_id: int) -> bool:
-            return True
-
-        def find(self, *args: Any) -> tuple[Any, str, str]:
-            return source_map, "~/app.min.js.map", "release"
-
-        found: dict[Any, Any] = {}
     frames = [{"abs_path": "https://x.example/app.min.js", "lineno": 1, "colno": column, "in_app": True}
               for column in (1, 6, 11)]
     ev = {"platform": "javascript", "release": "r", "exception": {"values": [{"stacktrace": {"frames": frames}}]}}
-    tracker_module.resolve_source_maps(ev, Maps(), 1)  # type: ignore[arg-type]
+    tracker_module.resolve_source_maps(ev, OneMap(source_map, "~/app.min.js.map"), 1)  # type: ignore[arg-type]
     resolved = ev["exception"]["values"][0]["stacktrace"]["frames"]
     assert [(f["abs_path"], f["in_app"]) for f in resolved] == [
         ("~/node_modules/lib/index.js", False), ("~/webpack/runtime/jsonp", False), ("~/src/app.js", True)]
     assert ev["exception"]["values"][0]["raw_stacktrace"]["frames"] == frames
+
+
+def test_a_map_without_sources_or_without_the_position_says_so() -> None:
+    """A map with no sourcesContent resolves the frame without source lines (js_missing_sources_content);
+    a position the map has nothing at keeps the frame as sent (js_invalid_sourcemap_location)."""
+    source_map = tracker_module.parse_source_map(json.dumps({
+        "version": 3, "sources": ["../src/a.js"], "names": [], "mappings": "AAAA"}).encode())
+    frames = [{"abs_path": "https://x.example/a.min.js", "lineno": line, "colno": 1, "context_line": "minified"}
+              for line in (1, 2)]
+    ev: dict[str, Any] = {"platform": "javascript", "release": "r",
+                          "exception": {"values": [{"stacktrace": {"frames": frames}}]}}
+    tracker_module.resolve_source_maps(ev, OneMap(source_map, "~/a.min.js.map"), 1)  # type: ignore[arg-type]
+    first, second = ev["exception"]["values"][0]["stacktrace"]["frames"]
+    assert first["abs_path"] == "~/src/a.js" and first["lineno"] == 1 and "context_line" not in first
+    assert second == frames[1]
+    assert ev["errors"] == [
+        {"type": "js_missing_sources_content", "source": "../src/a.js", "sourcemap": "~/a.min.js.map"},
+        {"type": "js_invalid_sourcemap_location", "column": 1, "row": 2, "source": "https://x.example/a.min.js"}]
 
 
 def test_retention_ages_out_uploads_with_the_events(configured: Any) -> None:
