@@ -3551,7 +3551,8 @@ def grouping_exceptions(ev: dict[str, Any], *, parent_first: bool = False) -> li
     path = first_child_path(tree, *distinct.values())
     if parent_first:
         return [tree[exc_id][0] for exc_id in path]
-    return [e for e in excs if as_dict(e.get("mechanism")).get("exception_id") in path]
+    members = set(path)
+    return [e for e in excs if as_dict(e.get("mechanism")).get("exception_id") in members]
 
 
 def exception_tree(ev: dict[str, Any], excs: list[dict[str, Any]]) -> ExceptionTree | None:
@@ -3697,13 +3698,13 @@ PARAMETER_RE = re.compile("|".join(f"(?P<{name}>{pattern})" for name, pattern in
 
 def first_child_path(tree: ExceptionTree, exc_id: int) -> list[int]:
     """An exception and its chain of first children (its cause, the cause's cause…)."""
-    path: list[int] = []
+    path: dict[int, None] = {}  # ordered, and a cycle is seen at once however long the chain
     while exc_id not in path:
-        path.append(exc_id)
+        path[exc_id] = None
         if not tree[exc_id][1]:
             break
         exc_id = tree[exc_id][1][0]
-    return path
+    return list(path)
 
 
 def strategy_variants(ev: dict[str, Any], parent_first: bool) -> tuple[str, Stacks, dict[str, list[str]]]:
