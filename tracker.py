@@ -430,8 +430,8 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
                UPDATE attachment_usage SET bytes = bytes - old.size WHERE project_id = old.project_id;
            END""")],
     # grouping 2026-12 (grouping.md §4's built-in rules for every platform, exception groups parent
-    # first): a project with issues also hashes each event the previous way for 90 days (GROUPING_TRANSITION),
-    # so an event whose hash moved still joins the issue its kind joined before
+    # first): a project with issues also hashes each event the previous way for 90 days
+    # (previous_grouping_hashes), so an event whose hash moved still joins the issue its kind joined before
     """
     ALTER TABLE project_rules ADD COLUMN secondary_until REAL NOT NULL DEFAULT 0;
     INSERT INTO project_rules (project_id, secondary_until)
@@ -4160,8 +4160,8 @@ path:**/node_modules/** -app
 
 def previous_grouping_hashes(ev: dict[str, Any], rules: GroupingRules) -> list[str]:
     """The hashes the previous built-in grouping gave this event (the SDK's in_app, the previous
-    built-in rules, the project's rules; an exception group's cause after its parent), which
-    store_event uses to find the issue an event joined before the grouping changed."""
+    built-in rules, the project's rules; an exception group's chosen exception and its causes in the
+    SDK's order), which store_event uses to find the issue an event joined before the grouping changed."""
     old = unmarked_copy(ev)
     apply_stack_rules(old, PREVIOUS_STACK_RULES)
     apply_stack_rules(old, rules.stack, "project")
