@@ -519,8 +519,8 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
                sent INTEGER NOT NULL, done INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL,
                PRIMARY KEY (project_id, dsn)) WITHOUT ROWID""")],
     # grouping 2026-12 (grouping.md §4's built-in rules for every platform, exception groups parent
-    # first): a project with issues also hashes each event the previous way for 90 days (GROUPING_TRANSITION),
-    # so an event whose hash moved still joins the issue its kind joined before
+    # first): a project with issues also hashes each event the previous way for 90 days
+    # (previous_grouping_hashes), so an event whose hash moved still joins the issue its kind joined before
     """
     ALTER TABLE project_rules ADD COLUMN secondary_until REAL NOT NULL DEFAULT 0;
     INSERT INTO project_rules (project_id, secondary_until)
@@ -4219,11 +4219,12 @@ def grouping_hashes(record: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(variant["hash"] for variant in record["variants"].values()))
 
 
-def group_event(ev: dict[str, Any], *, parent_first: bool = True) -> dict[str, Any]:
+def group_event(ev: dict[str, Any], *, parent_first: bool = True, explain: bool = True) -> dict[str, Any]:
     """How an event groups: the winning strategy and, per variant, its hash and the values
     behind it (app before system). Stored with the event as its `grouping` record, so the
     issue page can show why it grouped where it did. `parent_first=False` is the previous
-    grouping's order of an exception group's chosen exception and its causes (the SDK's)."""
+    grouping's order of an exception group's chosen exception and its causes (the SDK's);
+    `explain=False` leaves out the per-frame report, for hashes only."""
     checksum = ev.get("checksum")
     if isinstance(checksum, str) and checksum:
         digest = checksum if re.fullmatch(r"[0-9a-f]{32}", checksum) else md5_of([checksum])
@@ -4240,7 +4241,7 @@ def group_event(ev: dict[str, Any], *, parent_first: bool = True) -> dict[str, A
     for name, values in (variants or {"fallback": []}).items():
         expanded = [value for entry in resolved for value in (values if entry is None else [entry])]
         record["variants"][name] = {"hash": md5_of(expanded), "values": expanded}
-    if stacks:
+    if stacks and explain:
         record["stacks"] = frame_report(stacks, variants, ev.get("platform", "other"))
     return record
 
@@ -4303,7 +4304,8 @@ def grouping_exceptions(ev: dict[str, Any], *, parent_first: bool = False) -> li
     path = first_child_path(tree, *distinct.values())
     if parent_first:
         return [tree[exc_id][0] for exc_id in path]
-    return [e for e in excs if as_dict(e.get("mechanism")).get("exception_id") in path]
+    members = set(path)
+    return [e for e in excs if as_dict(e.get("mechanism")).get("exception_id") in members]
 
 
 def exception_tree(ev: dict[str, Any], excs: list[dict[str, Any]]) -> ExceptionTree | None:
@@ -4449,13 +4451,13 @@ PARAMETER_RE = re.compile("|".join(f"(?P<{name}>{pattern})" for name, pattern in
 
 def first_child_path(tree: ExceptionTree, exc_id: int) -> list[int]:
     """An exception and its chain of first children (its cause, the cause's cause…)."""
-    path: list[int] = []
+    path: dict[int, None] = {}  # ordered, and a cycle is seen at once however long the chain
     while exc_id not in path:
-        path.append(exc_id)
+        path[exc_id] = None
         if not tree[exc_id][1]:
             break
         exc_id = tree[exc_id][1][0]
-    return path
+    return list(path)
 
 
 def strategy_variants(ev: dict[str, Any], parent_first: bool) -> tuple[str, Stacks, dict[str, list[str]]]:
@@ -4738,9 +4740,14 @@ def apply_stack_rules(ev: dict[str, Any], rules: Iterable[StackRule], source: st
     keeps the rule that last set its in_app or grouping in `data`, so the issue page can say why."""
     platform = ev.get("platform", "other")
     for frames in event_frame_lists(ev):
+        columns: dict[str, list[list[str]]] = {}
         for rule in rules:
-            hits = [i for i, frame in enumerate(frames)
-                    if all(matches(m, frame_facts(m.key, frame, platform)) for m in rule.matchers)]
+            hits = range(len(frames))
+            for matcher in rule.matchers:  # the frames each matcher leaves, a rule's first matcher first
+                column = fact_column(columns, matcher.key, frames, platform)
+                hits = [i for i in hits if any(map(matcher.pattern.fullmatch, column[i])) != matcher.negated]
+                if not hits:
+                    break
             for index in hits:
                 for where, flag, value in rule.actions:
                     above, below = frames[index + 1:], frames[:index]
@@ -4752,6 +4759,18 @@ def event_frame_lists(ev: dict[str, Any]) -> list[list[dict[str, Any]]]:
     stacks = [e.get("stacktrace") for e in ev.get("exception", {}).get("values", [])]
     stacks += [t.get("stacktrace") for t in ev.get("threads", {}).get("values", [])]
     return [s["frames"] for s in (*stacks, ev.get("stacktrace")) if s]
+
+
+def fact_column(columns: dict[str, list[list[str]]], key: str, frames: list[dict[str, Any]],
+                platform: str) -> list[list[str]]:
+    """frame_facts of every frame, kept in `columns` for each key but `app` (which the rules change
+    as they run): forty built-in rules over a stack trace ask the same few questions of each frame."""
+    if key in columns:
+        return columns[key]
+    column = [frame_facts(key, frame, platform) for frame in frames]
+    if key != "app":
+        columns[key] = column
+    return column
 
 
 def matches(matcher: Matcher, facts: list[str]) -> bool:
@@ -4894,12 +4913,14 @@ path:**/node_modules/** -app
 
 def previous_grouping_hashes(ev: dict[str, Any], rules: GroupingRules) -> list[str]:
     """The hashes the previous built-in grouping gave this event (the SDK's in_app, the previous
-    built-in rules, the project's rules; an exception group's cause after its parent), which
-    store_event uses to find the issue an event joined before the grouping changed."""
+    built-in rules, the project's rules; an exception group's chosen exception and its causes in the
+    SDK's order), which store_event uses to find the issue an event joined before the grouping changed."""
     old = unmarked_copy(ev)
     apply_stack_rules(old, PREVIOUS_STACK_RULES)
     apply_stack_rules(old, rules.stack, "project")
-    return grouping_hashes(group_event(old, parent_first=False))
+    if frame_flags(old) == frame_flags(ev) and grouping_exceptions(ev, parent_first=True) == grouping_exceptions(ev):
+        return []  # nothing hashes differently: most events, and every Python one
+    return grouping_hashes(group_event(old, parent_first=False, explain=False))
 
 
 def unmarked_copy(ev: dict[str, Any]) -> dict[str, Any]:
@@ -4919,6 +4940,12 @@ def unmarked(frame: dict[str, Any]) -> dict[str, Any]:
     data = as_dict(frame.get("data"))
     return {**frame, "in_app": data.get("sdk_in_app", frame.get("in_app")),
             "data": {k: v for k, v in data.items() if k not in RULE_MARKS}}
+
+
+def frame_flags(ev: dict[str, Any]) -> list[tuple[bool, bool]]:
+    """Each frame's (in app, may group): what stack trace rules decide."""
+    return [(frame.get("in_app") is True, as_dict(frame.get("data")).get("group", True) is True)
+            for frames in event_frame_lists(ev) for frame in frames]
 
 
 def save_project_rules(conn: sqlite3.Connection, project_id: int, rules: GroupingRules) -> None:

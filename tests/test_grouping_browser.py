@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import copy
 import json
-import re
-import html
 from typing import Any
 
 from conftest import Project, TrackerServer, wait_for
+from test_grouping_exception_groups import grouping_values
 from test_js_sdks import Site, site  # noqa: F401 (the bundle's site, a fixture)
 
 PAGE = """<!doctype html>
@@ -39,13 +38,6 @@ def page_events(tracker: TrackerServer, project: Project, browser: Any, site: Si
         return wait_for(lambda: page.wait_for_timeout(50) or (page.evaluate("window.sent") if page.evaluate("window.sent.length") == 2 else None))
     finally:
         context.close()
-
-
-def grouping_values(tracker: TrackerServer, issue_id: str) -> list[str]:
-    page = tracker.web.get(f"/issues/{issue_id}/").text
-    listed = re.search(r'<ol class="values mono">(.*?)</ol>', page, re.S)
-    assert listed, "no grouping card on the issue page"
-    return [html.unescape(v) for v in re.findall(r"<li>(.*?)</li>", listed[1], re.S)]
 
 
 def test_browser_events_group_across_browsers(tracker: TrackerServer, project: Project, browser: Any,

@@ -57,7 +57,7 @@ func %s(fn func() error) error { return fn() }
 """
 
 
-def go_event(tracker: TrackerServer, project: Project, tmp: Path, name: str, helper: str, app_func: str) -> None:
+def go_event(project: Project, tmp: Path, name: str, helper: str, app_func: str) -> None:
     """Build and run a Go program with the real SDK whose closure calls back through a library that
     sits under a module cache path (go/pkg/mod); the closure's name comes from `app_func`."""
     root = tmp / name
@@ -78,15 +78,15 @@ def go_event(tracker: TrackerServer, project: Project, tmp: Path, name: str, hel
 
 def test_go_sdk_module_cache_frames_do_not_split(tracker: TrackerServer, project: Project, tmp_path: Path) -> None:
     need(shutil.which("go") is not None and GO_SDK.exists(), "go with golang-github-getsentry-sentry-go-dev")
-    go_event(tracker, project, tmp_path, "v1", "attempt", "checkout")
-    go_event(tracker, project, tmp_path, "v2", "tryOnce", "checkout")  # another version of the library
+    go_event(project, tmp_path, "v1", "attempt", "checkout")
+    go_event(project, tmp_path, "v2", "tryOnce", "checkout")  # another version of the library
     [issue] = tracker.wait_issues(project, 2)
     assert issue["count"] == "2"
     frames = tracker.latest_event(issue["id"])["entries"][0]["data"]["values"][-1]["stacktrace"]["frames"]
     library = [f for f in frames if "/go/pkg/mod/" in f.get("abs_path", "")]
     assert library and not any(f["in_app"] for f in library)
     assert {(f["data"]["sdk_in_app"], f["data"]["in_app_rule"]) for f in library} == {(True, "built-in rule path:**/go/pkg/mod/** -app")}
-    go_event(tracker, project, tmp_path, "v3", "attempt", "refund")  # another app function
+    go_event(project, tmp_path, "v3", "attempt", "refund")  # another app function
     assert len(tracker.wait_issues(project, 3)) == 2
 
 

@@ -219,3 +219,27 @@ def test_the_grouping_card_names_the_rule_that_moved_each_frame(tracker: Tracker
         "no: built-in rule family:javascript path:**/core-js/** -app -group (the SDK said yes), "
         "which also leaves it out of grouping")
     assert rows["[native code] in forEach"] == "yes: as the SDK sent it; left out of grouping: the engine's own frame ([native code])"
+
+
+def test_a_client_cannot_write_the_rules_marks() -> None:
+    """`data` of a frame is the client's; what the rules note there (and the SDK's own in_app the
+    transition hashes with) is the server's."""
+    forged = with_frame(BROWSER, 1, {**js("helper"), "data": {"sdk_in_app": False, "in_app_rule": "built-in rule x",
+                                                            "group": False, "group_rule": "y", "orig": 1}})
+    ev = tracker.normalize_event(forged, event_id=None, received=time.time(), client_ip="")
+    assert ev["exception"]["values"][0]["stacktrace"]["frames"][1]["data"] == {"orig": 1}
+    assert hashes(forged) != hashes(BROWSER)
+
+
+def test_a_long_exception_chain_is_grouped_in_linear_time() -> None:
+    """A DSN holder's 20,000 exceptions, each the cause of the one before, one distinct at the top."""
+    values = [{"type": "Error", "value": "x", "mechanism": {"exception_id": i, "parent_id": i - 1}}
+              for i in range(20_000, 0, -1)]
+    values.append({"type": "Error", "value": "x", "mechanism": {"exception_id": 0}})
+    ev = tracker.normalize_event({"platform": "javascript", "exception": {"values": values}}, event_id=None,
+                                 received=time.time(), client_ip="")
+    started = time.process_time()
+    record = tracker.group_event(ev)
+    previous = tracker.group_event(ev, parent_first=False)
+    assert time.process_time() - started < 2
+    assert len(record["variants"]["app"]["values"]) == len(previous["variants"]["app"]["values"]) == 2 * 20_001  # type, value
