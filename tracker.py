@@ -2663,7 +2663,8 @@ def prepare_event(raw: dict[str, Any], *, project_id: int, event_id: str | None,
     rules and scrubbing policy come parsed from the caches; the database is read only for the
     source maps of JavaScript frames)."""
     ev = normalize_event(raw, event_id=event_id, received=received, client_ip=client_ip)
-    resolve_source_maps(ev, maps, project_id)  # before grouping: issues group on the code as written
+    if resolve_source_maps(ev, maps, project_id):  # before grouping: issues group on the code as written,
+        apply_stack_rules(ev, BUILTIN_STACK_RULES)  # and the built-in rules judge its paths, not the bundle's
     scrub_event(ev, scrub)  # before grouping, titles, tags and the payload see the secrets
     apply_stack_rules(ev, rules.stack, "project")
     client_fingerprint = ev.get("fingerprint")
@@ -3131,15 +3132,17 @@ def message_text(ev: dict[str, Any]) -> str:
 # maps are read from the database in the process preparing the event (a worker, off the writer and
 # the event loop), parsed by our own decoder (below) and kept parsed in a cache of bounded size.
 
-def resolve_source_maps(ev: dict[str, Any], maps: SourceMaps | None, project_id: int) -> None:
-    """Rewrite the event's JavaScript frames through their source maps, in place."""
+def resolve_source_maps(ev: dict[str, Any], maps: SourceMaps | None, project_id: int) -> bool:
+    """Rewrite the event's JavaScript frames through their source maps, in place; True when a frame
+    was rewritten."""
     if maps is None or maps.conn is None or ev.get("platform") not in ("javascript", "node"):
-        return
+        return False
     images = {text(i.get("code_file")): text(i.get("debug_id")).lower()
               for i in as_list(as_dict(ev.get("debug_meta")).get("images"))
               if isinstance(i, dict) and i.get("type") == "sourcemap" and i.get("code_file") and i.get("debug_id")}
     if not images and not maps.project_has_files(project_id):  # no maps meant, none uploaded: nothing to say
-        return
+        return False
+    rewritten = False
     maps.found.clear()
     errors: dict[tuple[str, str], dict[str, Any]] = {}
     holders = [e for e in ev.get("exception", {}).get("values", []) if e.get("stacktrace")]
@@ -3153,8 +3156,10 @@ def resolve_source_maps(ev: dict[str, Any], maps: SourceMaps | None, project_id:
         if any(new is not frame for new, frame in zip(resolved, frames)):
             holder["raw_stacktrace"] = {"frames": frames}
             holder["stacktrace"] = {**holder["stacktrace"], "frames": resolved}
+            rewritten = True
     if errors:
         ev["errors"] = [*ev.get("errors", []), *errors.values()]
+    return rewritten
 
 
 def resolve_frame(frame: dict[str, Any], name: str | None, maps: SourceMaps, project_id: int, images: dict[str, str],
@@ -3185,7 +3190,8 @@ def resolve_frame(frame: dict[str, Any], name: str | None, maps: SourceMaps, pro
            "colno": src_column + 1,
            "function": source_map.enclosing_function(source_index, src_line) or name or frame.get("function"),
            "in_app": not NOT_APP_SOURCE.search(source),
-           "data": {**frame.get("data", {}), "sourcemap": map_url, "symbolicated": True, "resolved_with": how}}
+           "data": {**{k: v for k, v in frame.get("data", {}).items() if k not in RULE_MARKS or k == "sdk_in_app"},
+                    "sourcemap": map_url, "symbolicated": True, "resolved_with": how}}  # rules judge it anew
     new.pop("module", None)
     context = source_map.context(source_index, src_line)
     if context is None:
