@@ -4873,7 +4873,7 @@ def event_matches(ev: dict[str, Any], terms: list[tuple[bool, str | None, str]])
         elif key == "error.value":
             found = value.lower() in text((ev.get("metadata") or {}).get("value")).lower()
         elif issue_only_key(key):
-            raise SearchError(f"{key}: filters issues, not events")
+            raise SearchError(f"{key}: filters issues, not the events of one issue")
         else:
             found = fnmatch_value(tags.get({"trace.id": "trace"}.get(key, key)), value)
         if found == negated:
