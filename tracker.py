@@ -4480,10 +4480,12 @@ def public_details(details: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_issue_change(body: Any) -> IssueChange:
-    """Sentry's update body {"status", "statusDetails", "assignedTo"}; ValueError says what is wrong."""
+    """Sentry's update body {"status", "statusDetails", "assignedTo"} (the ignore conditions also at the top
+    level, where Sentry's issue endpoints and its MCP server put them); ValueError says what is wrong."""
     if not isinstance(body, dict):
         raise ValueError("the body must be a JSON object")
-    status, details = body.get("status"), body.get("statusDetails") or {}
+    top_level = {key: body[key] for key in (*IGNORE_CONDITIONS, "ignoreWindow", "ignoreUserWindow") if key in body}
+    status, details = body.get("status"), body.get("statusDetails") or top_level
     if not isinstance(details, dict):
         raise ValueError("statusDetails must be an object")
     if status == "resolvedInNextRelease":
