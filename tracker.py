@@ -4831,19 +4831,6 @@ async def recommended_event(store: Store, issue_id: int) -> sqlite3.Row | None:
 RECOMMEND_SCAN = 50
 
 
-async def issue_histogram(store: Store, issue_id: int, buckets: int, size: int) -> list[int]:
-    """Event counts of an issue in the last `buckets` intervals of `size` seconds, oldest first."""
-    end = (time.time() // size + 1) * size
-    rows = await store.all("SELECT CAST((? - timestamp) / ? AS INTEGER) AS age, count(*) AS n FROM events "
-                           "WHERE issue_id = ? AND timestamp >= ? GROUP BY age",
-                           (end, size, issue_id, end - buckets * size))
-    counts = [0] * buckets
-    for row in rows:
-        if 0 <= row["age"] < buckets:
-            counts[buckets - 1 - row["age"]] = row["n"]
-    return counts
-
-
 async def search_issue_events(store: Store, issue_id: int, query: str, limit: int,
                               offset: int) -> list[sqlite3.Row]:
     """The issue's events, newest first, that match an event search (reads at most EVENT_SCAN_LIMIT)."""
@@ -10331,8 +10318,9 @@ async def page_issue(request: Request) -> Response:
     row = await issue_event(store, issue["id"], request.path_params.get("event_id", "latest"))
     if row is None and "event_id" in request.path_params:
         return render(request, "error.html", status=404, message="No such event in this issue.")
-    histograms = [{"label": "24 hours", "unit": "hour", "counts": await issue_histogram(store, issue["id"], 24, 3600)},
-                  {"label": "30 days", "unit": "day", "counts": await issue_histogram(store, issue["id"], 30, 86400)}]
+    histograms = [{"label": label, "unit": unit,
+                   "counts": (await issue_event_buckets(store, [issue["id"]], n, size))[issue["id"]]}
+                  for label, unit, n, size in (("24 hours", "hour", 24, 3600), ("30 days", "day", 30, 86400))]
     log_rows = await issue_activity(store, issue["id"])
     activity = [{"words": activity_words(a["kind"], json.loads(a["data"])), "created": a["created"]} for a in log_rows]
     context: dict[str, Any] = {"issue": issue, "short": short_id(issue["project_slug"], issue["short_id"]),
