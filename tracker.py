@@ -8223,16 +8223,18 @@ async def api_issue_tag_values(request: Request) -> Response:
                         headers=paginate(request, len(rows), limit, offset))
 
 
-async def api_update_project_issues(request: Request) -> Response:
-    """Bulk PUT /api/0/projects/<org>/<project>/issues/?id=1&id=2 (see `bulk_update`)."""
-    project = await project_from_path(request)
-    return await bulk_update(request, [project["id"]])
+async def api_bulk_update(request: Request) -> Response:
+    """Bulk PUT /api/0/projects/<org>/<project>/issues/?id=1&id=2, or the organization's
+    (/organizations/<org>/issues/, where `project=` narrows): see `bulk_update`."""
+    return await bulk_update(request, await path_project_ids(request))
 
 
-async def api_update_org_issues(request: Request) -> Response:
-    """Bulk PUT /api/0/organizations/<org>/issues/?id=1&id=2 (`project=` narrows; see `bulk_update`)."""
+async def path_project_ids(request: Request) -> list[int]:
+    """The project the path names (…/projects/<org>/<project>/…), else those of `project=` (none: all)."""
+    if "project" in request.path_params:
+        return [(await project_from_path(request))["id"]]
     check_org(request)
-    return await bulk_update(request, await projects_param(request))
+    return await projects_param(request)
 
 
 async def bulk_update(request: Request, project_ids: list[int]) -> Response:
@@ -8293,16 +8295,9 @@ async def issues_matching(request: Request, query: str, sort: str, limit: int, o
         raise ApiError(400, f"Invalid search query: {exc}") from None
 
 
-async def api_delete_project_issues(request: Request) -> Response:
-    """Bulk DELETE /api/0/projects/<org>/<project>/issues/?id=…: 204, as Sentry answers."""
-    project = await project_from_path(request)
-    return await bulk_delete(request, [project["id"]])
-
-
-async def api_delete_org_issues(request: Request) -> Response:
-    """Bulk DELETE /api/0/organizations/<org>/issues/?id=…: 204, as Sentry answers."""
-    check_org(request)
-    return await bulk_delete(request, await projects_param(request))
+async def api_bulk_delete(request: Request) -> Response:
+    """Bulk DELETE /api/0/projects/<org>/<project>/issues/?id=… or the organization's: 204, as Sentry answers."""
+    return await bulk_delete(request, await path_project_ids(request))
 
 
 async def bulk_delete(request: Request, project_ids: list[int]) -> Response:
@@ -11146,9 +11141,9 @@ def api_routes() -> list[Route]:
          "events:read"),
         ("/api/0/projects/{org}/{project}/user-feedback/", api_user_feedback, "events:read"),
     ]
-    updates = [("/api/0/projects/{org}/{project}/issues/", api_update_project_issues, "issues:triage"),
+    updates = [("/api/0/projects/{org}/{project}/issues/", api_bulk_update, "issues:triage"),
                *[(prefix + "/", api_update_issue, "issues:triage") for prefix in ISSUE_PREFIXES],
-               ("/api/0/organizations/{org}/issues/", api_update_org_issues, "issues:triage"),
+               ("/api/0/organizations/{org}/issues/", api_bulk_update, "issues:triage"),
                ("/api/0/projects/{org}/{project}/", api_update_project, "project:settings"),
                ("/api/0/projects/{org}/{project}/grouping-rules/", api_update_grouping_rules, "project:settings"),
                ("/api/0/organizations/{org}/code-mappings/{mapping_id}/", api_update_code_mapping, "integrations"),
@@ -11177,9 +11172,9 @@ def api_routes() -> list[Route]:
                 Route(prefix + "/hashes/", api(api_unmerge_hashes, "issues:triage"), methods=["DELETE", "POST"]),
                 Route(prefix + "/", api(api_delete_issue, "issues:delete"), methods=["DELETE"]))]
             + [
-               Route("/api/0/projects/{org}/{project}/issues/", api(api_delete_project_issues, "issues:delete"),
+               Route("/api/0/projects/{org}/{project}/issues/", api(api_bulk_delete, "issues:delete"),
                      methods=["DELETE"]),
-               Route("/api/0/organizations/{org}/issues/", api(api_delete_org_issues, "issues:delete"),
+               Route("/api/0/organizations/{org}/issues/", api(api_bulk_delete, "issues:delete"),
                      methods=["DELETE"]),
                Route("/api/0/organizations/{org}/code-mappings/{mapping_id}/", api(api_delete_code_mapping, "integrations"),
                      methods=["DELETE"]),
