@@ -5337,10 +5337,12 @@ def public_details(details: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_issue_change(body: Any) -> IssueChange:
-    """Sentry's update body {"status", "statusDetails", "assignedTo"}; ValueError says what is wrong."""
+    """Sentry's update body {"status", "statusDetails", "assignedTo"} (the ignore conditions also at the top
+    level, where Sentry's issue endpoints and its MCP server put them); ValueError says what is wrong."""
     if not isinstance(body, dict):
         raise ValueError("the body must be a JSON object")
-    status, details = body.get("status"), body.get("statusDetails") or {}
+    top_level = {key: body[key] for key in (*IGNORE_CONDITIONS, "ignoreWindow", "ignoreUserWindow") if key in body}
+    status, details = body.get("status"), body.get("statusDetails") or top_level
     if not isinstance(details, dict):
         raise ValueError("statusDetails must be an object")
     if status == "resolvedInNextRelease":
@@ -5686,19 +5688,6 @@ async def recommended_event(store: Store, issue_id: int) -> sqlite3.Row | None:
 RECOMMEND_SCAN = 50
 
 
-async def issue_histogram(store: Store, issue_id: int, buckets: int, size: int) -> list[int]:
-    """Event counts of an issue in the last `buckets` intervals of `size` seconds, oldest first."""
-    end = (time.time() // size + 1) * size
-    rows = await store.all("SELECT CAST((? - timestamp) / ? AS INTEGER) AS age, count(*) AS n FROM events "
-                           "WHERE issue_id = ? AND timestamp >= ? GROUP BY age",
-                           (end, size, issue_id, end - buckets * size))
-    counts = [0] * buckets
-    for row in rows:
-        if 0 <= row["age"] < buckets:
-            counts[buckets - 1 - row["age"]] = row["n"]
-    return counts
-
-
 async def search_issue_events(store: Store, issue_id: int, query: str, limit: int,
                               offset: int) -> list[sqlite3.Row]:
     """The issue's events, newest first, that match an event search (reads at most EVENT_SCAN_LIMIT)."""
@@ -5730,7 +5719,7 @@ def event_matches(ev: dict[str, Any], terms: list[tuple[bool, str | None, str]])
         elif key == "error.value":
             found = value.lower() in text((ev.get("metadata") or {}).get("value")).lower()
         elif issue_only_key(key):
-            raise SearchError(f"{key}: filters issues, not events")
+            raise SearchError(f"{key}: filters issues, not the events of one issue")
         else:
             found = fnmatch_value(tags.get({"trace.id": "trace"}.get(key, key)), value)
         if found == negated:
@@ -10332,16 +10321,18 @@ async def api_issue_tag_values(request: Request) -> Response:
                         headers=paginate(request, len(rows), limit, offset))
 
 
-async def api_update_project_issues(request: Request) -> Response:
-    """Bulk PUT /api/0/projects/<org>/<project>/issues/?id=1&id=2 (see `bulk_update`)."""
-    project = await project_from_path(request)
-    return await bulk_update(request, [project["id"]])
+async def api_bulk_update(request: Request) -> Response:
+    """Bulk PUT /api/0/projects/<org>/<project>/issues/?id=1&id=2, or the organization's
+    (/organizations/<org>/issues/, where `project=` narrows): see `bulk_update`."""
+    return await bulk_update(request, await path_project_ids(request))
 
 
-async def api_update_org_issues(request: Request) -> Response:
-    """Bulk PUT /api/0/organizations/<org>/issues/?id=1&id=2 (`project=` narrows; see `bulk_update`)."""
+async def path_project_ids(request: Request) -> list[int]:
+    """The project the path names (…/projects/<org>/<project>/…), else those of `project=` (none: all)."""
+    if "project" in request.path_params:
+        return [(await project_from_path(request))["id"]]
     check_org(request)
-    return await bulk_update(request, await projects_param(request))
+    return await projects_param(request)
 
 
 async def bulk_update(request: Request, project_ids: list[int]) -> Response:
@@ -10402,16 +10393,9 @@ async def issues_matching(request: Request, query: str, sort: str, limit: int, o
         raise ApiError(400, f"Invalid search query: {exc}") from None
 
 
-async def api_delete_project_issues(request: Request) -> Response:
-    """Bulk DELETE /api/0/projects/<org>/<project>/issues/?id=…: 204, as Sentry answers."""
-    project = await project_from_path(request)
-    return await bulk_delete(request, [project["id"]])
-
-
-async def api_delete_org_issues(request: Request) -> Response:
-    """Bulk DELETE /api/0/organizations/<org>/issues/?id=…: 204, as Sentry answers."""
-    check_org(request)
-    return await bulk_delete(request, await projects_param(request))
+async def api_bulk_delete(request: Request) -> Response:
+    """Bulk DELETE /api/0/projects/<org>/<project>/issues/?id=… or the organization's: 204, as Sentry answers."""
+    return await bulk_delete(request, await path_project_ids(request))
 
 
 async def bulk_delete(request: Request, project_ids: list[int]) -> Response:
@@ -12912,8 +12896,9 @@ async def page_issue(request: Request) -> Response:
     row = await issue_event(store, issue["id"], request.path_params.get("event_id", "latest"))
     if row is None and "event_id" in request.path_params:
         return error_page(request, 404, "No such event in this issue.")
-    histograms = [{"label": "24 hours", "unit": "hour", "counts": await issue_histogram(store, issue["id"], 24, 3600)},
-                  {"label": "30 days", "unit": "day", "counts": await issue_histogram(store, issue["id"], 30, 86400)}]
+    histograms = [{"label": label, "unit": unit,
+                   "counts": (await issue_event_buckets(store, [issue["id"]], n, size))[issue["id"]]}
+                  for label, unit, n, size in (("24 hours", "hour", 24, 3600), ("30 days", "day", 30, 86400))]
     log_rows = await issue_activity(store, issue["id"])
     activity = [{"words": activity_words(a["kind"], json.loads(a["data"])), "created": a["created"]} for a in log_rows]
     context: dict[str, Any] = {"issue": issue, "short": short_id(issue["project_slug"], issue["short_id"]),
@@ -13903,9 +13888,9 @@ def api_routes() -> list[Route]:
         ("/api/0/projects/{org}/{project}/files/artifact-bundles/", api_artifact_bundles, "releases:read"),
         ("/api/0/projects/{org}/{project}/forwarding/", api_project_forwarding, "read"),
     ]
-    updates = [("/api/0/projects/{org}/{project}/issues/", api_update_project_issues, "issues:triage"),
+    updates = [("/api/0/projects/{org}/{project}/issues/", api_bulk_update, "issues:triage"),
                *[(prefix + "/", api_update_issue, "issues:triage") for prefix in ISSUE_PREFIXES],
-               ("/api/0/organizations/{org}/issues/", api_update_org_issues, "issues:triage"),
+               ("/api/0/organizations/{org}/issues/", api_bulk_update, "issues:triage"),
                ("/api/0/projects/{org}/{project}/", api_update_project, "project:settings"),
                ("/api/0/projects/{org}/{project}/grouping-rules/", api_update_grouping_rules, "project:settings"),
                ("/api/0/organizations/{org}/code-mappings/{mapping_id}/", api_update_code_mapping, "integrations"),
@@ -13940,9 +13925,9 @@ def api_routes() -> list[Route]:
                 Route(prefix + "/hashes/", api(api_unmerge_hashes, "issues:triage"), methods=["DELETE", "POST"]),
                 Route(prefix + "/", api(api_delete_issue, "issues:delete"), methods=["DELETE"]))]
             + [
-               Route("/api/0/projects/{org}/{project}/issues/", api(api_delete_project_issues, "issues:delete"),
+               Route("/api/0/projects/{org}/{project}/issues/", api(api_bulk_delete, "issues:delete"),
                      methods=["DELETE"]),
-               Route("/api/0/organizations/{org}/issues/", api(api_delete_org_issues, "issues:delete"),
+               Route("/api/0/organizations/{org}/issues/", api(api_bulk_delete, "issues:delete"),
                      methods=["DELETE"]),
                Route("/api/0/organizations/{org}/code-mappings/{mapping_id}/", api(api_delete_code_mapping, "integrations"),
                      methods=["DELETE"]),

@@ -307,6 +307,8 @@ def test_update_and_delete_by_short_id(tracker: TrackerServer) -> None:
     path = f"organizations/tracker/issues/{issue['shortId']}/"
     r = tracker.api("PUT", path, json={"status": "muted"})
     assert r.status_code == 200 and r.json()["status"] == "ignored" and r.json()["shortId"] == issue["shortId"]
+    r = tracker.api("PUT", path, json={"status": "ignored", "ignoreDuration": 30})  # as Sentry's MCP server sends it
+    assert r.status_code == 200 and r.json()["statusDetails"]["ignoreDuration"] == 30
     r = tracker.api("PUT", path, json={"status": "snoozed"})
     assert r.status_code == 400 and "status" in r.json()["detail"]
     assert tracker.api("DELETE", path).status_code == 202

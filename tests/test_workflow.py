@@ -234,7 +234,11 @@ def test_bulk_update(tracker: TrackerServer, project: Project, sdk: Any) -> None
     assert r.status_code == 200, r.text
     assert r.json() == {"status": "resolved", "statusDetails": {}, "assignedTo": {"type": "user", "name": "ops"}}
     assert {(get(tracker, i)["status"], get(tracker, i)["assignedTo"]["name"]) for i in ids} == {("resolved", "ops")}
-    assert put(tracker, path, {"status": "resolved"}).status_code == 400  # no ids: refuse, not "everything"
+    # no ids: as Sentry (and sentry-cli's `issues unresolve -a`), every issue `status`/`query` match
+    assert put(tracker, path, {"status": "unresolved"}, status="ignored").status_code == 204  # none is ignored
+    assert {get(tracker, i)["status"] for i in ids} == {"resolved"}
+    assert put(tracker, path, {"status": "unresolved"}).status_code == 200
+    assert {get(tracker, i)["status"] for i in ids} == {"unresolved"}
     assert put(tracker, path, {"status": "resolved"}, id="999999999").status_code == 204
 
 
