@@ -11002,6 +11002,12 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
         settings.db = DEMO_DB
     if args.stream and not 0.1 <= args.stream <= 3600:
         raise SystemExit("error: --stream takes seconds between events, from 0.1 to 3600")
+    with socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET) as probe:
+        try:  # before the demo database is made afresh: it may be the one a running demo serves
+            probe.bind((settings.host, settings.port))
+        except OSError as exc:
+            raise SystemExit(f"error: cannot listen on {settings.host}:{settings.port} ({exc.strerror}); "
+                             "is a demo running already? --port chooses another") from None
     alert_log = DemoAlertLog(Path(settings.db).with_suffix(".alerts.log"))
     dsns = load_demo(settings, alert_log.url)
     token = with_db(settings, lambda c: create_token(c, "demo"))
