@@ -11944,7 +11944,7 @@ A notification is queued with the event that caused it and delivered with retrie
     "live.html": """{% extends "base.html" %}{% block title %}Live{% endblock %}{% block main %}
 <h1>Live</h1><p class="muted" id="live-state">Newest events; with scripts on, new ones appear at the top as they arrive.</p>
 <div class="card p-0"><table id="live" class="issues"><thead><tr><th>Received</th><th>Project</th><th>Level</th><th>Event</th><th>Culprit</th></tr></thead>
-<tbody data-after="{{ after }}">{% for e in events %}<tr class="row-{{ e.level }}"><td class="mono nowrap">{{ e.time }}</td><td class="nowrap">{{ e.project }}</td><td class="level">{{ e.level }}</td>
+<tbody data-after="{{ after }}">{% for e in events %}<tr class="row-{{ e.level }}"><td class="mono nowrap">{{ e.time }}</td><td class="nowrap"><a href="/issues/?project={{ e.project }}">{{ e.project }}</a></td><td class="level"><a href="{{ filter_url('level', e.level, e.project) }}">{{ e.level }}</a></td>
 <td><a href="/issues/{{ e.issue_id }}/events/{{ e.event_id }}/">{{ e.title }}</a></td><td class="culprit">{{ e.culprit }}</td></tr>{% endfor %}</tbody></table>
 {% if not events %}<div class="empty" id="live-empty">No events yet.</div>{% endif %}</div>
 <script src="/static/live.js"></script>{% endblock %}""",
@@ -12214,6 +12214,9 @@ LIVE_JS = """"use strict";
 const rows = document.querySelector("#live tbody");
 const state = document.querySelector("#live-state");
 const source = new EventSource("/live/events?after=" + encodeURIComponent(rows.dataset.after));
+function anchor(href, text) {
+  const a = document.createElement("a"); a.href = href; a.textContent = text; return a;
+}
 function cell(row, text, className) {
   const td = row.insertCell(); td.textContent = text; if (className) td.className = className; return td;
 }
@@ -12221,7 +12224,9 @@ source.addEventListener("event", (message) => {
   const e = JSON.parse(message.data);
   const row = rows.insertRow(0);
   row.className = "row-" + e.level + " fresh";
-  cell(row, e.time, "mono nowrap"); cell(row, e.project, "nowrap"); cell(row, e.level, "level");
+  cell(row, e.time, "mono nowrap");
+  cell(row, "", "nowrap").append(anchor("/issues/?" + new URLSearchParams({project: e.project}), e.project));
+  cell(row, "", "level").append(anchor("/issues/?" + new URLSearchParams({project: e.project, q: 'level:"' + e.level + '"'}), e.level));
   const link = document.createElement("a");
   link.href = "/issues/" + Number(e.issue_id) + "/events/" + encodeURIComponent(e.event_id) + "/";
   link.textContent = e.title;

@@ -88,6 +88,7 @@ def test_live_and_tail_show_each_events_own_message(tracker: TrackerServer, proj
     issue_id_of(tracker, project, 2)
     live = tracker.web.get("/live/").text
     assert "payment failed for order ord_555" in live and "payment failed for order ord_777" in live
+    assert f'<a href="/issues/?project={project.slug}">' in live and "q=level%3A%22error%22" in live
     tail = subprocess.Popen([sys.executable, str(ROOT / "tracker.py"), "--db", str(tracker.db), "tail", "--json",
                              "--last", "50", "--project", project.slug], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True, env=clean_env())
