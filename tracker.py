@@ -9085,6 +9085,7 @@ def make_templates() -> jinja2.Environment:
                        plural=plural)
     env.filters["scrubbed"] = scrubbed_paths
     env.globals["filter_url"] = filter_url
+    env.filters["quoted"] = quoted
     return env
 
 
@@ -11685,7 +11686,9 @@ TEMPLATES = {
 <div class="card p-0">{% if events %}<table><thead><tr><th>Time</th><th>Event</th><th>Release</th><th>Environment</th><th>User</th><th>Message</th></tr></thead><tbody>
 {% for e in events %}<tr><td class="mono nowrap">{{ e.timestamp|datetime }}</td>
   <td class="mono"><a href="/issues/{{ issue.id }}/events/{{ e.event_id }}/">{{ e.event_id[:12] }}</a></td>
-  <td class="mono">{{ e.release or '—' }}</td><td>{{ e.environment }}</td><td class="mono">{{ e.user or '—' }}</td><td>{{ e.message }}</td></tr>{% endfor %}
+  <td class="mono">{% if e.release %}<a href="?{{ {'q': 'release:' ~ e.release|quoted}|urlencode }}">{{ e.release }}</a>{% else %}—{% endif %}</td>
+  <td><a href="?{{ {'q': 'environment:' ~ e.environment|quoted}|urlencode }}">{{ e.environment }}</a></td>
+  <td class="mono">{% if e.user %}<a href="?{{ {'q': 'user:' ~ e.user|quoted}|urlencode }}">{{ e.user }}</a>{% else %}—{% endif %}</td><td>{{ e.message }}</td></tr>{% endfor %}
 </tbody></table>{% else %}<div class="empty">No events match.</div>{% endif %}</div>
 <div class="nav">{% if offset > 0 %}<a href="?{{ {'q': q, 'offset': [offset - limit, 0]|max}|urlencode }}">← Newer</a>{% endif %}
 {% if more %}<a href="?{{ {'q': q, 'offset': offset + limit}|urlencode }}">Older →</a>{% endif %}</div>
