@@ -12157,7 +12157,7 @@ table.monitors td { vertical-align: middle; } table.monitors .sub { font-size:12
 .feedback-entry .message, table.feedback-list .message { white-space:pre-wrap; word-break:break-word; margin:4px 0; }
 .nowrap { white-space:nowrap; }
 form.stack { display:flex; flex-direction:column; gap:12px; max-width:560px; }
-form.stack label { display:flex; flex-direction:column; gap:4px; font-weight:600; } form.stack label .muted { font-weight:400; }
+form.stack label { display:flex; flex-direction:column; gap:4px; font-weight:600; } form.stack label .muted, form.stack input, form.stack select { font-weight:400; }
 nav.tabs { display:flex; gap:4px; flex-wrap:wrap; border-bottom:1px solid var(--line); margin-bottom:10px; }
 nav.tabs a { padding:6px 12px; border:1px solid transparent; border-bottom:0; border-radius:6px 6px 0 0; color: var(--muted); }
 nav.tabs a.on { border-color: var(--line); background: var(--bg); color: var(--fg); font-weight:600; margin-bottom:-1px; }
