@@ -12235,6 +12235,7 @@ def make_templates() -> jinja2.Environment:
     env.filters["numbered_context"] = numbered_context
     env.globals["filter_url"] = filter_url
     env.filters.update(age=duration_text, upstream_host=upstream_host)
+    env.filters["quoted"] = quoted
     return env
 
 
@@ -12542,10 +12543,16 @@ async def page_live(request: Request) -> Response:
     """The newest events, then each new one as it is stored (the script follows /live/events)."""
     store = request.app.store
     newest = await newest_event_id(store)
-    rows = [live_line(r) for r in await events_after(store, max(newest - 50, 0), 50)]
+    rows = await live_lines(await events_after(store, max(newest - 50, 0), 50))
     response = render(request, "live.html", events=list(reversed(rows)), after=newest)
     response.headers["Content-Security-Policy"] = LIVE_CSP
     return response
+
+
+async def live_lines(rows: list[sqlite3.Row]) -> list[dict[str, Any]]:
+    """live_line for each row, in a thread: reading each event's own title means decompressing its
+    payload (0.3-1.5 ms for a demo event), which must not hold the event loop for a burst of 100."""
+    return await asyncio.to_thread(lambda: [live_line(r) for r in rows])
 
 
 def live_line(row: sqlite3.Row) -> dict[str, Any]:
@@ -12582,9 +12589,9 @@ async def page_live_events(request: Request) -> Response:
         quiet = 0
         while True:
             rows = await events_after(store, last, 100)
-            for row in rows:
-                last = row["id"]
-                yield f"id: {last}\nevent: event\ndata: {json.dumps(live_line(row))}\n\n"
+            for line in await live_lines(rows):
+                last = line["id"]
+                yield f"id: {last}\nevent: event\ndata: {json.dumps(line)}\n\n"
             quiet = 0 if rows else quiet + 1
             if quiet >= 15:  # a comment now and then keeps proxies from closing an idle stream
                 quiet = 0
@@ -14335,6 +14342,12 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
         settings.db = DEMO_DB
     if args.stream and not 0.1 <= args.stream <= 3600:
         raise SystemExit("error: --stream takes seconds between events, from 0.1 to 3600")
+    with socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET) as probe:
+        try:  # before the demo database is made afresh: it may be the one a running demo serves
+            probe.bind((settings.host, settings.port))
+        except OSError as exc:
+            raise SystemExit(f"error: cannot listen on {settings.host}:{settings.port} ({exc.strerror}); "
+                             "is a demo running already? --port chooses another") from None
     alert_log = DemoAlertLog(Path(settings.db).with_suffix(".alerts.log"))
     dsns = load_demo(settings, alert_log.url)
     token = with_db(settings, lambda c: create_token(c, "demo"))
@@ -15122,7 +15135,9 @@ TEMPLATES = {
 <div class="card p-0">{% if events %}<table><thead><tr><th>Time</th><th>Event</th><th>Release</th><th>Environment</th><th>User</th><th>Message</th></tr></thead><tbody>
 {% for e in events %}<tr><td class="mono nowrap">{{ e.timestamp|datetime }}</td>
   <td class="mono"><a href="/issues/{{ issue.id }}/events/{{ e.event_id }}/">{{ e.event_id[:12] }}</a></td>
-  <td class="mono">{{ e.release or '—' }}</td><td>{{ e.environment }}</td><td class="mono">{{ e.user or '—' }}</td><td>{{ e.message }}</td></tr>{% endfor %}
+  <td class="mono">{% if e.release %}<a href="?{{ {'q': 'release:' ~ e.release|quoted}|urlencode }}">{{ e.release }}</a>{% else %}—{% endif %}</td>
+  <td><a href="?{{ {'q': 'environment:' ~ e.environment|quoted}|urlencode }}">{{ e.environment }}</a></td>
+  <td class="mono">{% if e.user %}<a href="?{{ {'q': 'user:' ~ e.user|quoted}|urlencode }}">{{ e.user }}</a>{% else %}—{% endif %}</td><td>{{ e.message }}</td></tr>{% endfor %}
 </tbody></table>{% else %}<div class="empty">No events match.</div>{% endif %}</div>
 <div class="nav">{% if offset > 0 %}<a href="?{{ {'q': q, 'offset': [offset - limit, 0]|max}|urlencode }}">← Newer</a>{% endif %}
 {% if more %}<a href="?{{ {'q': q, 'offset': offset + limit}|urlencode }}">Older →</a>{% endif %}</div>
@@ -15389,7 +15404,7 @@ A notification is queued with the event that caused it and delivered with retrie
     "live.html": """{% extends "base.html" %}{% block title %}Live{% endblock %}{% block main %}
 <h1>Live</h1><p class="muted" id="live-state">Newest events; with scripts on, new ones appear at the top as they arrive.</p>
 <div class="card p-0"><table id="live" class="issues"><thead><tr><th>Received</th><th>Project</th><th>Level</th><th>Event</th><th>Culprit</th></tr></thead>
-<tbody data-after="{{ after }}">{% for e in events %}<tr class="row-{{ e.level }}"><td class="mono nowrap">{{ e.time }}</td><td class="nowrap">{{ e.project }}</td><td class="level">{{ e.level }}</td>
+<tbody data-after="{{ after }}">{% for e in events %}<tr class="row-{{ e.level }}"><td class="mono nowrap">{{ e.time }}</td><td class="nowrap"><a href="/issues/?project={{ e.project }}">{{ e.project }}</a></td><td class="level"><a href="{{ filter_url('level', e.level, e.project) }}">{{ e.level }}</a></td>
 <td><a href="/issues/{{ e.issue_id }}/events/{{ e.event_id }}/">{{ e.title }}</a></td><td class="culprit">{{ e.culprit }}</td></tr>{% endfor %}</tbody></table>
 {% if not events %}<div class="empty" id="live-empty">No events yet.</div>{% endif %}</div>
 <script src="/static/live.js"></script>{% endblock %}""",
@@ -15678,7 +15693,7 @@ table.monitors td { vertical-align: middle; } table.monitors .sub { font-size:12
 .feedback-entry .message, table.feedback-list .message { white-space:pre-wrap; word-break:break-word; margin:4px 0; }
 .nowrap { white-space:nowrap; }
 form.stack { display:flex; flex-direction:column; gap:12px; max-width:560px; }
-form.stack label { display:flex; flex-direction:column; gap:4px; font-weight:600; } form.stack label .muted { font-weight:400; }
+form.stack label { display:flex; flex-direction:column; gap:4px; font-weight:600; } form.stack label .muted, form.stack input, form.stack select { font-weight:400; }
 nav.tabs { display:flex; gap:4px; flex-wrap:wrap; border-bottom:1px solid var(--line); margin-bottom:10px; }
 nav.tabs a { padding:6px 12px; border:1px solid transparent; border-bottom:0; border-radius:6px 6px 0 0; color: var(--muted); }
 nav.tabs a.on { border-color: var(--line); background: var(--bg); color: var(--fg); font-weight:600; margin-bottom:-1px; }
@@ -15738,6 +15753,9 @@ LIVE_JS = """"use strict";
 const rows = document.querySelector("#live tbody");
 const state = document.querySelector("#live-state");
 const source = new EventSource("/live/events?after=" + encodeURIComponent(rows.dataset.after));
+function anchor(href, text) {
+  const a = document.createElement("a"); a.href = href; a.textContent = text; return a;
+}
 function cell(row, text, className) {
   const td = row.insertCell(); td.textContent = text; if (className) td.className = className; return td;
 }
@@ -15745,7 +15763,9 @@ source.addEventListener("event", (message) => {
   const e = JSON.parse(message.data);
   const row = rows.insertRow(0);
   row.className = "row-" + e.level + " fresh";
-  cell(row, e.time, "mono nowrap"); cell(row, e.project, "nowrap"); cell(row, e.level, "level");
+  cell(row, e.time, "mono nowrap");
+  cell(row, "", "nowrap").append(anchor("/issues/?" + new URLSearchParams({project: e.project}), e.project));
+  cell(row, "", "level").append(anchor("/issues/?" + new URLSearchParams({project: e.project, q: 'level:"' + e.level + '"'}), e.level));
   const link = document.createElement("a");
   link.href = "/issues/" + Number(e.issue_id) + "/events/" + encodeURIComponent(e.event_id) + "/";
   link.textContent = e.title;

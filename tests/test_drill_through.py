@@ -88,6 +88,7 @@ def test_live_and_tail_show_each_events_own_message(tracker: TrackerServer, proj
     issue_id_of(tracker, project, 2)
     live = tracker.web.get("/live/").text
     assert "payment failed for order ord_555" in live and "payment failed for order ord_777" in live
+    assert f'<a href="/issues/?project={project.slug}">' in live and "q=level%3A%22error%22" in live
     tail = subprocess.Popen([sys.executable, str(ROOT / "tracker.py"), "--db", str(tracker.db), "tail", "--json",
                              "--last", "50", "--project", project.slug], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True, env=clean_env())
@@ -217,3 +218,17 @@ def test_charts_have_a_y_axis_and_hover_values(tracker: TrackerServer, project: 
     assert re.findall(r"<span>([\d,]+)</span>", axis) == ["4", "2", "0"]
     assert re.search(r"<title>[^<]+: 3 in all</title>", page) and re.search(r"<title>[^<]+: 3 error</title>", page)
     assert "<b>3</b><span>events</span>" in page
+
+
+def test_the_events_of_an_issue_filter_by_their_release_environment_and_user(tracker: TrackerServer,
+                                                                               project: Project) -> None:
+    for n, (release, env, user) in enumerate((("ev@1", "prod", "u1"), ("ev@2", "staging", "u2"))):
+        tracker.send_event(project, event(f"same {n}", fingerprint=["same"], release=release, environment=env,
+                                          user={"id": user}))
+    issue_id = issue_id_of(tracker, project, 2)
+    page = tracker.web.get(f"/issues/{issue_id}/events/").text
+    for key, value in (("release", "ev@2"), ("environment", "staging"), ("user", "id:u2")):
+        href = "?" + urllib.parse.urlencode({"q": f'{key}:"{value}"'})
+        assert f'href="{html.escape(href)}"' in page, key
+        rows = tracker.web.get(f"/issues/{issue_id}/events/{href}").text
+        assert "same 1" in rows and "same 0" not in rows, key

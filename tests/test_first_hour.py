@@ -65,7 +65,7 @@ MISTAKES = [  # each documented command with input a person gets wrong
     ("user", "link", "nobody"), ("user", "disable", "nobody"), ("user", "enable", "nobody"), ("user", "delete", "nobody"),
     ("tail", "--project", "nope"), ("tail", "--last", "many"),
     ("send", "missing.json"), ("send", "broken.json"), ("send", "broken.json", "--project", "nope"),
-    ("backup", "/nonexistent-dir/x.db"), ("backup", "t.db"),
+    ("backup", "/nonexistent-dir/x.db"), ("backup", "t.db"), ("demo", "--stream", "-1"), ("demo", "--stream", "x"),
     ("--db", "not-a-db", "token", "list"), ("--db", "not-a-db", "project", "list"), ("--db", "nodir/x.db", "check"),
     ("--db", "nodir/x.db", "project", "create", "x"), ("--config", "missing.toml", "check"),
     ("--config", "broken.json", "check"), ("serve", "--port", "port"), ("nonsense",),
@@ -152,3 +152,15 @@ def test_setup_page_turns_waiting_into_a_link_when_the_first_event_arrives(track
     page.wait_for_load_state()
     assert "the very first one" in page.content() and not errors
     context.close()
+
+
+def test_a_second_demo_on_a_busy_port_leaves_the_running_ones_database_alone(tmp_path: Path) -> None:
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        (tmp_path / "tracker-demo.db").write_bytes(b"")  # the running demo's (an empty file is a fresh database)
+        os.utime(tmp_path / "tracker-demo.db", (1, 1))
+        result = cli("demo", "--port", str(busy.getsockname()[1]), cwd=tmp_path)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "is a demo running already" in result.stderr
+    assert (tmp_path / "tracker-demo.db").stat().st_mtime == 1
