@@ -51,6 +51,7 @@ import html
 import http.client
 import inspect
 import ipaddress
+import itertools
 import json
 import logging
 import marshal
@@ -6913,7 +6914,8 @@ def transaction_row(raw: dict[str, Any], project_id: int, received: float, polic
         return None
     start = start if start is not None and start <= end else end
     spans = [span for span in map(slim_span, as_list(raw.get("spans"))[:MAX_SPANS]) if span]
-    kept = {"trace": {k: trace[k] for k in ("op", "status", "origin", "data") if k in trace}, "spans": spans,
+    kept = {"trace": {"origin": trace.get("origin"), "data": {k: v for k, v in as_dict(trace.get("data")).items()
+                                                               if k not in NOISE_DATA}}, "spans": spans,
             "measurements": as_dict(raw.get("measurements")), "tags": normalize_tags(raw.get("tags"))}
     scrub_event(kept, policy)
     return {"project_id": project_id, "event_id": normalize_id(raw.get("event_id")) or uuid.uuid4().hex,
@@ -6946,7 +6948,7 @@ def slim_span(raw: Any) -> dict[str, Any] | None:
         parse_timestamp(raw.get("timestamp"))
     if span_id is None or start is None or end is None:
         return None
-    data = as_dict(raw.get("data"))
+    data = {k: v for k, v in as_dict(raw.get("data")).items() if k not in NOISE_DATA}
     return {"span_id": span_id, "parent_span_id": span_id_of(raw.get("parent_span_id")),
             "op": text(raw.get("op"), MAX_TAG), "description": text(raw.get("description"), MAX_SPAN_TEXT),
             "status": text(raw.get("status"), 64), "start": start, "end": max(end, start),
@@ -6954,6 +6956,10 @@ def slim_span(raw: Any) -> dict[str, Any] | None:
 
 
 MAX_SPAN_TEXT = 2 * KIB
+
+# Span data that says nothing about the request, only where it ran (Python puts it on every span): not
+# kept, and no longer makes the scrubbing walk each span (a thread id is a long number, like a card's).
+NOISE_DATA = frozenset({"thread.id", "thread.name"})
 
 
 def span_segments(raw: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
@@ -7018,7 +7024,7 @@ def log_rows(raw: dict[str, Any], project_id: int, received: float, policy: Scru
     if not isinstance(items, list):
         raise IngestError(400, "log payload without items")
     logs = [log for log in map(functools.partial(parse_log, received=received), items[:MAX_LOGS_PER_ITEM]) if log]
-    scrub_event({"logs": [log["scrubbed"] for log in logs]}, policy)
+    scrub_event({str(n): log["scrubbed"] for n, log in enumerate(logs)}, policy)  # each line checked alone
     rows = [(project_id, log["timestamp"], log["level"], log["severity"], text(log["scrubbed"]["body"], MAX_LOG_BODY),
              log["trace_id"], log["span_id"], log["template"], log["release"], log["environment"], log["sdk"],
              json_dumps(log["scrubbed"]["attributes"]).decode(), received) for log in logs]
@@ -7061,12 +7067,15 @@ def log_attributes(raw: Any) -> dict[str, Any]:
     """Typed attributes ({"value": …, "type": …}) as plain values: at most MAX_LOG_ATTRIBUTES, names of
     MAX_TAG characters, texts (and arrays, as JSON text) of MAX_SPAN_TEXT."""
     out: dict[str, Any] = {}
-    for key, entry in list(as_dict(raw).items())[:MAX_LOG_ATTRIBUTES]:
-        value = entry.get("value") if isinstance(entry, dict) else entry
-        if isinstance(value, bool) or (isinstance(value, (int, float)) and abs(value) < 2 ** 53):
-            out[key[:MAX_TAG]] = value
-        elif value is not None:
-            out[key[:MAX_TAG]] = text(value, MAX_SPAN_TEXT)
+    for key, entry in itertools.islice(as_dict(raw).items(), MAX_LOG_ATTRIBUTES):
+        value = entry.get("value") if type(entry) is dict else entry
+        kind = type(value)  # exact types, not isinstance: a hundred attributes a line, every line
+        if kind is str:
+            value = value if len(value) <= MAX_SPAN_TEXT else value[:MAX_SPAN_TEXT]
+        elif kind is not bool and (kind is not int and kind is not float or not -2 ** 53 < value < 2 ** 53):
+            value = None if value is None else text(value, MAX_SPAN_TEXT)
+        if value is not None:
+            out[key if len(key) <= MAX_TAG else key[:MAX_TAG]] = value
     return out
 
 
