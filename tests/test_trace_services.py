@@ -116,7 +116,7 @@ def services(tracker: TrackerServer, tmp_path: Path) -> Iterator[dict[str, Any]]
                                       env={**env, "DSN": projects[name].dsn, "PORT": str(ports.get(name, 0))}))
     try:
         for name in ("payments", "shop"):
-            wait_for(lambda: up(ports[name]), timeout=30, interval=0.2)
+            wait_for(lambda: up(ports[name]), timeout=60, interval=0.2)  # a loaded machine starts slowly
         yield {"projects": projects, "ports": ports, "logs": tmp_path}
     finally:
         for proc in procs:
