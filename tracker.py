@@ -8176,7 +8176,8 @@ def transaction_row(raw: dict[str, Any], project_id: int, received: float, polic
         return None
     start = start if start is not None and start <= end else end
     spans = [span for span in map(slim_span, as_list(raw.get("spans"))[:MAX_SPANS]) if span]
-    kept = {"trace": {k: trace[k] for k in ("op", "status", "origin", "data") if k in trace}, "spans": spans,
+    kept = {"trace": {"origin": trace.get("origin"), "data": {k: v for k, v in as_dict(trace.get("data")).items()
+                                                               if k not in NOISE_DATA}}, "spans": spans,
             "measurements": as_dict(raw.get("measurements")), "tags": normalize_tags(raw.get("tags"))}
     scrub_event(kept, policy)
     return {"project_id": project_id, "event_id": normalize_id(raw.get("event_id")) or uuid.uuid4().hex,
@@ -8209,7 +8210,7 @@ def slim_span(raw: Any) -> dict[str, Any] | None:
         parse_timestamp(raw.get("timestamp"))
     if span_id is None or start is None or end is None:
         return None
-    data = as_dict(raw.get("data"))
+    data = {k: v for k, v in as_dict(raw.get("data")).items() if k not in NOISE_DATA}
     return {"span_id": span_id, "parent_span_id": span_id_of(raw.get("parent_span_id")),
             "op": text(raw.get("op"), MAX_TAG), "description": text(raw.get("description"), MAX_SPAN_TEXT),
             "status": text(raw.get("status"), 64), "start": start, "end": max(end, start),
@@ -8217,6 +8218,10 @@ def slim_span(raw: Any) -> dict[str, Any] | None:
 
 
 MAX_SPAN_TEXT = 2 * KIB
+
+# Span data that says nothing about the request, only where it ran (Python puts it on every span): not
+# kept, and no longer makes the scrubbing walk each span (a thread id is a long number, like a card's).
+NOISE_DATA = frozenset({"thread.id", "thread.name"})
 
 
 def span_segments(raw: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
@@ -8281,7 +8286,7 @@ def log_rows(raw: dict[str, Any], project_id: int, received: float, policy: Scru
     if not isinstance(items, list):
         raise IngestError(400, "log payload without items")
     logs = [log for log in map(functools.partial(parse_log, received=received), items[:MAX_LOGS_PER_ITEM]) if log]
-    scrub_event({"logs": [log["scrubbed"] for log in logs]}, policy)
+    scrub_event({str(n): log["scrubbed"] for n, log in enumerate(logs)}, policy)  # each line checked alone
     rows = [(project_id, log["timestamp"], log["level"], log["severity"], text(log["scrubbed"]["body"], MAX_LOG_BODY),
              log["trace_id"], log["span_id"], log["template"], log["release"], log["environment"], log["sdk"],
              json_dumps(log["scrubbed"]["attributes"]).decode(), received) for log in logs]
@@ -8324,12 +8329,15 @@ def log_attributes(raw: Any) -> dict[str, Any]:
     """Typed attributes ({"value": …, "type": …}) as plain values: at most MAX_LOG_ATTRIBUTES, names of
     MAX_TAG characters, texts (and arrays, as JSON text) of MAX_SPAN_TEXT."""
     out: dict[str, Any] = {}
-    for key, entry in list(as_dict(raw).items())[:MAX_LOG_ATTRIBUTES]:
-        value = entry.get("value") if isinstance(entry, dict) else entry
-        if isinstance(value, bool) or (isinstance(value, (int, float)) and abs(value) < 2 ** 53):
-            out[key[:MAX_TAG]] = value
-        elif value is not None:
-            out[key[:MAX_TAG]] = text(value, MAX_SPAN_TEXT)
+    for key, entry in itertools.islice(as_dict(raw).items(), MAX_LOG_ATTRIBUTES):
+        value = entry.get("value") if type(entry) is dict else entry
+        kind = type(value)  # exact types, not isinstance: a hundred attributes a line, every line
+        if kind is str:
+            value = value if len(value) <= MAX_SPAN_TEXT else value[:MAX_SPAN_TEXT]
+        elif kind is not bool and (kind is not int and kind is not float or not -2 ** 53 < value < 2 ** 53):
+            value = None if value is None else text(value, MAX_SPAN_TEXT)
+        if value is not None:
+            out[key if len(key) <= MAX_TAG else key[:MAX_TAG]] = value
     return out
 
 
@@ -8350,12 +8358,14 @@ def store_logs(conn: sqlite3.Connection, project_id: int, rows: list[tuple[Any, 
 # -- reading traces: one trace across projects; a trace's size beside an error ---------------------
 
 async def trace_counts(store: Store, trace_id: str) -> dict[str, int]:
-    """How many errors of a trace are stored and in how many services (projects) it was seen."""
-    row = await store.one("""SELECT (SELECT count(*) FROM events WHERE trace_id = :t) AS errors,
-                                    (SELECT count(*) FROM (SELECT project_id FROM events WHERE trace_id = :t
-                                     UNION SELECT project_id FROM transactions WHERE trace_id = :t
-                                     UNION SELECT project_id FROM logs WHERE trace_id = :t)) AS services""",
-                          {"t": trace_id})
+    """How many errors of a trace are stored and in how many services (projects) it was seen, counted
+    over at most TRACE_LIMIT rows of each kind (a trace id every event of a flood shares costs no more)."""
+    row = await store.one("""SELECT (SELECT count(*) FROM (SELECT 1 FROM events WHERE trace_id = :t LIMIT :n)) AS errors,
+                                    (SELECT count(*) FROM (SELECT * FROM (SELECT project_id FROM events
+                                     WHERE trace_id = :t LIMIT :n) UNION SELECT * FROM (SELECT project_id FROM
+                                     transactions WHERE trace_id = :t LIMIT :n) UNION SELECT * FROM (SELECT project_id
+                                     FROM logs WHERE trace_id = :t LIMIT :n))) AS services""",
+                          {"t": trace_id, "n": TRACE_LIMIT})
     return {"errors": row["errors"], "services": row["services"]} if row else {"errors": 0, "services": 0}
 
 
@@ -12076,6 +12086,28 @@ async def api_org_logs(request: Request) -> dict[str, Any]:
     return {"data": data, "meta": {"fields": {f: LOG_FIELD_TYPES.get(f, "string") for f in fields}, "units": {}}}
 
 
+async def api_trace_logs(request: Request) -> dict[str, Any]:
+    """GET /api/0/organizations/<org>/trace-logs/?traceId=…(repeat)&query=…&per_page=…: the log lines
+    of these traces in Sentry's shape (its eight columns), newest first."""
+    check_org(request)
+    trace_ids = [normalize_id(t) for t in request.query_params.getlist("traceId")]
+    if not trace_ids or len(trace_ids) > 20 or None in trace_ids:
+        raise ApiError(400, "traceId: one to 20 trace ids of 32 hexadecimal digits")
+    per_page = request.query_params.get("per_page", "100")
+    if not (per_page.isascii() and per_page.isdigit() and 0 < int(per_page) <= LOG_API_PAGE):
+        raise ApiError(400, f"per_page: 1 to {LOG_API_PAGE}")
+    rows: list[sqlite3.Row] = []
+    try:
+        for trace_id in trace_ids:
+            rows += await search_logs(request.app.store, f"trace:{trace_id} {request.query_params.get('query', '')}",
+                                      limit=int(per_page))
+    except SearchError as exc:
+        raise ApiError(400, str(exc)) from None
+    rows = sorted(rows, key=lambda r: (r["timestamp"], r["id"]), reverse=True)[:int(per_page)]
+    return {"data": [log_json(r, LOG_DEFAULT_FIELDS) for r in rows],
+            "meta": {"fields": {f: LOG_FIELD_TYPES.get(f, "string") for f in LOG_DEFAULT_FIELDS}, "units": {}}}
+
+
 LOG_API_PAGE = 1000
 
 LOG_DEFAULT_FIELDS = ["id", "project.id", "trace", "severity_number", "severity", "timestamp", "timestamp_precise",
@@ -13881,6 +13913,7 @@ def api_routes() -> list[Route]:
         ("/api/0/organizations/{org}/sessions/", api_sessions, "read"),
         ("/api/0/organizations/{org}/events-stats/", api_events_stats, "read"),
         ("/api/0/organizations/{org}/trace/{trace_id}/", api_trace, "events:read"),
+        ("/api/0/organizations/{org}/trace-logs/", api_trace_logs, "events:read"),
         ("/api/0/projects/{org}/{project}/slo/", api_slo, "alerts:read"),
         ("/api/0/organizations/{org}/monitors/", api_monitors, "read"),
         ("/api/0/organizations/{org}/monitors/{monitor_slug}/", api_monitor, "read"),

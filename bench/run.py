@@ -116,11 +116,11 @@ def run_ceiling(body_file: Path, encoding: str, seconds: int) -> dict[str, float
 
 
 def side_load(port: int, body_file: Path, encoding: str, seconds: int, rate: float) -> subprocess.Popen[str]:
-    """wrk posting `body_file` at about `rate` requests a second (4 connections, each pausing between
-    requests), beside the main load."""
+    """wrk posting `body_file` at most at about `rate` requests a second (8 connections, each pausing
+    between requests; slower answers make it less), beside the main load."""
     env = {**os.environ, "BODIES": str(body_file), "TARGET_PATH": "/api/1/envelope/", "ENCODING": encoding,
-           "DELAY": str(max(int(4000 / rate), 1))}
-    return subprocess.Popen(["wrk", "-t1", "-c4", f"-d{seconds}s", "-s", str(HERE / "bodies.lua"),
+           "DELAY": str(max(int(8000 / rate), 1))}
+    return subprocess.Popen(["wrk", "-t1", "-c8", f"-d{seconds}s", "-s", str(HERE / "bodies.lua"),
                              f"http://127.0.0.1:{port}"], stdout=subprocess.DEVNULL, env=env, text=True)
 
 
@@ -237,8 +237,8 @@ def traces(work: Path, body_file: Path, seconds: int, ceiling: dict[str, float],
     body_builder.write(side, body_builder.build_traces(6000, "gzip"))
     both = run_tracker(body_file, "gzip", seconds, side=side, side_rate=alone["stored_rps"])
     drop = 1 - both["stored_rps"] / alone["stored_rps"]
-    print(f"\n3 KB events with transactions and logs beside them (about {alone['stored_rps']:.0f} transaction "
-          f"envelopes/s, wrk -t1 -c4)")
+    print(f"\n3 KB events with transactions and logs beside them (paced at up to {alone['stored_rps']:.0f} "
+          f"transaction envelopes/s, wrk -t1 -c8)")
     print(f"  tracker  {both['stored_rps']:.0f} errors stored/s, {both['transactions'] / seconds:.0f} transactions/s "
           f"and {both['logs'] / seconds:.0f} log lines/s kept   p99 {both['p99']:.1f} ms   peak memory "
           f"{both['memory']:.0f} MB (the server's peak RSS {both['rss']:.0f} MB)")

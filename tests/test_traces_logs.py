@@ -157,6 +157,13 @@ def test_logs_search(tracker: TrackerServer, project: Project) -> None:
     assert sorted(messages("logger.name:shop.orders")) == ["disk full", "slow query: 812 ms"]
     assert messages("release:shop@1") == ["order 7 paid"] and messages("environment:staging") == ["slow query: 812 ms"]
     assert sorted(messages(f"trace:{trace_id}")) == ["order 7 paid", "slow query: 812 ms"]
+    by_trace = tracker.api("GET", "organizations/tracker/trace-logs/",
+                           params={"traceId": [trace_id, uuid.uuid4().hex], "query": "severity:warn"}).json()
+    assert [(r["message"], r["severity"], r["trace"]) for r in by_trace["data"]] == [("slow query: 812 ms", "warn", trace_id)]
+    assert set(by_trace["meta"]["fields"]) == {"id", "project.id", "trace", "severity_number", "severity", "timestamp",
+                                               "timestamp_precise", "message"}
+    for bad in ({}, {"traceId": "x"}, {"traceId": trace_id, "per_page": "0"}):
+        assert tracker.api("GET", "organizations/tracker/trace-logs/", params=bad).status_code == 400
     assert messages(f"project:{project.slug} !severity:info severity_number:>=17") == ["disk full"]
     page = tracker.web.get("/logs/", params={"project": project.slug, "level": "error"}).text
     assert "disk full" in page and "order 7 paid" not in page
