@@ -368,3 +368,23 @@ def test_replay_of_10000_events_completes_and_resumes(pair: tuple[TrackerServer,
     again = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert "complete" in again.stdout
 
+
+
+def test_replay_carries_attachments_and_user_feedback(pair: tuple[TrackerServer, TrackerServer]) -> None:
+    upstream, here = pair
+    project, target = here.create_project(), upstream.create_project()
+    event_id = uuid.uuid4().hex
+    r = here.send_envelope(project, body=envelope(
+        {"event_id": event_id}, ({"type": "event"}, event("with a file", event_id=event_id)),
+        ({"type": "attachment", "filename": "crash.log", "content_type": "text/plain"}, b"boom\nat line 3"),
+        ({"type": "user_report"}, {"event_id": event_id, "name": "Ada", "email": "ada@example.com",
+                                   "comments": "it broke when I paid"})))
+    assert r.status_code == 200, r.text
+    out = subprocess.run([sys.executable, str(ROOT / "tracker.py"), "--db", str(here.db), "forward", "--project",
+                          project.slug, "--to", target.dsn], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0 and "Sent 1 events" in out.stdout, out.stderr
+    wait_total(upstream, target.slug, 1)
+    files = upstream.api("GET", f"projects/tracker/{target.slug}/events/{event_id}/attachments/").json()
+    assert [(f["name"], f["size"]) for f in files] == [("crash.log", 14)]
+    reports = wait_for(lambda: upstream.api("GET", f"projects/tracker/{target.slug}/user-feedback/").json())
+    assert [(f["eventID"], f["name"], f["comments"]) for f in reports] == [(event_id, "Ada", "it broke when I paid")]
