@@ -1698,7 +1698,7 @@ def take_health(intake: Intake, item_header: dict[str, Any], payload: bytes) -> 
     except IngestError as exc:
         return intake.drop("invalid", RATE_LIMITED[kind], f"dropped: {exc.detail}")
     intake.health += updates
-    return "stored as counts" if updates else "dropped: too old, or without a release"
+    return "stored as counts" if updates else "not counted: too old, or without a release"  # still forwarded
 
 
 def take_client_report(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
@@ -7595,7 +7595,7 @@ async def queue_forward(intake: Intake, forward: Forward, items: list[tuple[dict
     (it keeps nothing else). Rows dropped for room are counted as dropped events."""
     if forward.relay:
         intake.jobs.clear()
-    forwarded = forward_items(intake, items)
+    forwarded = await forward_items(intake, items)
     if not forwarded:
         return
     row, app = await outbox_row(intake, forward, forwarded), intake.request.app
@@ -7615,9 +7615,12 @@ FORWARD_CATEGORIES = {"event": "error", "transaction": "transaction", "attachmen
                       "session": "session", "sessions": "session", "check_in": "monitor", "feedback": "feedback",
                       "user_report": "default", "log": "log_item", "span": "span", "client_report": "internal"}
 
-def forward_items(intake: Intake, items: list[tuple[dict[str, Any], bytes]]) -> list[tuple[dict[str, Any], bytes]]:
-    """What of an accepted envelope goes upstream: each event as stored (scrubbed), the other known
-    types as sent; nothing the tracker refused (rate limited, too large, malformed)."""
+async def forward_items(intake: Intake, items: list[tuple[dict[str, Any], bytes]]
+                        ) -> list[tuple[dict[str, Any], bytes]]:
+    """What of an accepted envelope goes upstream: each event as stored (scrubbed); transactions, spans
+    and logs scrubbed by the project's policy too (the tracker keeps none of their text, but secrets
+    must not leave through them); the other known types as sent; nothing the tracker refused (rate
+    limited, too large, malformed)."""
     events, out = iter(intake.events), []
     max_event = intake.request.app.settings.max_event
     for (item_header, payload), (kind, _, outcome) in zip(items, intake.outcomes):
@@ -7627,8 +7630,29 @@ def forward_items(intake: Intake, items: list[tuple[dict[str, Any], bytes]]) -> 
             payload = json_dumps(sdk_event(decompress_payload(next(events).payload)))
         elif kind not in ITEM_HANDLERS and len(payload) > max_event:  # a log or span batch the tracker never reads
             continue
+        if kind in SCRUBBED_WHEN_FORWARDED and intake.scrub.enabled:
+            scrubbed = (await asyncio.to_thread(scrubbed_item, payload, intake.scrub) if len(payload) > 64 * KIB
+                        else scrubbed_item(payload, intake.scrub))
+            if scrubbed is None:
+                continue
+            payload = scrubbed
         out.append(({**item_header, "length": len(payload)}, payload))
     return out
+
+
+SCRUBBED_WHEN_FORWARDED = frozenset({"transaction", "span", "log"})
+
+
+def scrubbed_item(payload: bytes, policy: ScrubPolicy) -> bytes | None:
+    """A JSON item scrubbed as an event is, without the `_meta` notes (no SDK sends them); None when
+    it cannot be read or walked, so that it is not sent: it might hold a secret."""
+    try:
+        doc = json_object(payload, "item")
+        scrub_event(doc, policy)
+    except Exception:  # an SDK's shape the scrubber was not written for (it walks normalised events)
+        return None
+    doc.pop("_meta", None)
+    return json_dumps(doc)
 
 
 # the keys the tracker adds to a stored event; the rest is Sentry's event schema as Relay reads it

@@ -286,6 +286,9 @@ def test_forwarded_envelopes_are_sdk_envelopes(tmp_path: Path) -> None:
                         ({"type": "attachment", "filename": "a.txt", "content_type": "text/plain"}, b"line1\nline2"),
                         ({"type": "attachment", "filename": "dump.bin"}, big),
                         ({"type": "profile"}, {"dropped": True}),
+                        ({"type": "transaction"}, {"type": "transaction", "transaction": "/pay", "timestamp": time.time(),
+                                                   "start_timestamp": time.time() - 1, "request": {
+                                                       "headers": {"Authorization": "Bearer sk_live_abcdef123456"}}}),
                         ({"type": "client_report"}, {"timestamp": time.time(), "discarded_events": []}))
         assert httpx.post(f"{here.url}/api/{project.id}/envelope/", content=body,
                           headers={"X-Sentry-Auth": f"Sentry sentry_key={MIRROR}, sentry_version=7"}).status_code == 200
@@ -300,7 +303,10 @@ def test_forwarded_envelopes_are_sdk_envelopes(tmp_path: Path) -> None:
         assert parsed.headers["event_id"] == event_id
         assert parsed.headers["dsn"] == f"http://{UP_MIRROR}@127.0.0.1:{capture.server_address[1]}/1"
         assert parsed.headers["sent_at"] > "2026" and parsed.headers["sdk"] == {"name": "t", "version": "1"}
-        assert [i.headers["type"] for i in parsed.items] == ["event", "attachment", "attachment", "client_report"]
+        assert [i.headers["type"] for i in parsed.items] == ["event", "attachment", "attachment", "transaction",
+                                                             "client_report"]
+        transaction = json.loads(parsed.items[3].payload.get_bytes())  # kept here only as counts, scrubbed all the same
+        assert transaction["request"]["headers"]["Authorization"] == "[Filtered]" and "_meta" not in transaction
         assert parsed.items[2].payload.get_bytes() == big
         for item in parsed.items:  # every item says its length, as the Python SDK writes
             assert item.headers["length"] == len(item.payload.get_bytes())
