@@ -8250,15 +8250,18 @@ async def api_update_project_forwarding(request: Request) -> dict[str, Any]:
         raise ApiError(400, "a JSON object of dsn, mode and allowPrivate")
     option = {"dsn": body.get("dsn"), "mode": body.get("mode", "mirror"), "allow_private": body.get("allowPrivate", False)}
     try:
-        forward = parse_forward(option if body.get("dsn") is not None else None)
+        await store_forward(request, project["id"], parse_forward(option if body.get("dsn") is not None else None))
     except ForwardError as exc:
         raise ApiError(400, str(exc)) from None
-    await store_forward(request, project["id"], forward)
     return await serialize_forwarding(request, project["id"], True)
 
 
 async def store_forward(request: Request, project_id: int, forward: Forward | None) -> None:
-    """Save a project's forwarding through the writer; ingest follows it from the next envelope."""
+    """Save a project's forwarding through the writer; ingest follows it from the next envelope. A DSN
+    with one of the project's own keys is refused: each envelope would come back to be sent again."""
+    own = {k["public_key"] for k in await project_keys(request.app.store, project_id)}
+    if forward and upstream_parts(forward.dsn)[2].lower() in own:
+        raise ForwardError("forward.dsn is this project's own DSN: it would forward to itself for ever")
     await request.app.writer.submit(lambda conn: save_forward(conn, project_id, forward))
     request.app.options.forget(project_id)
 

@@ -329,7 +329,8 @@ def test_admins_set_forwarding_through_the_api(pair: tuple[TrackerServer, Tracke
     dsn = f"http://{UP_MIRROR}@127.0.0.1:{upstream.port}/1"
     for bad in ({"dsn": "ftp://x@y/1"}, {"dsn": f"http://short@127.0.0.1/{1}"}, {"dsn": dsn, "mode": "tee"},
                 {"dsn": f"http://{UP_MIRROR}@127.0.0.1/x"}, {"dsn": 5}, ["x"],
-                {"dsn": f"http://{UP_MIRROR}@{'a' * 3000}.example/1"}, {"dsn": dsn, "allowPrivate": "yes"}):
+                {"dsn": f"http://{UP_MIRROR}@{'a' * 3000}.example/1"}, {"dsn": dsn, "allowPrivate": "yes"},
+                {"dsn": project.dsn, "allowPrivate": True}):  # itself: a loop
         r = here.api("PUT", f"projects/tracker/{project.slug}/forwarding/", json=bad)
         assert r.status_code == 400 and r.json()["detail"], (bad, r.text)
     reader = here.cli("token", "create", "--scopes", "read").strip().splitlines()[-1]
