@@ -395,3 +395,12 @@ def test_replay_carries_attachments_and_user_feedback(pair: tuple[TrackerServer,
     assert [(f["name"], f["size"]) for f in files] == [("crash.log", 14)]
     reports = wait_for(lambda: upstream.api("GET", f"projects/tracker/{target.slug}/user-feedback/").json())
     assert [(f["eventID"], f["name"], f["comments"]) for f in reports] == [(event_id, "Ada", "it broke when I paid")]
+
+
+def test_a_bad_forward_table_stops_the_start_with_its_reason(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text(f'[[projects]]\nslug = "p"\nforward = {{ dsn = "http://{UP_MIRROR}@h/1", '
+                                       'mode = "tee" }\n')
+    out = subprocess.run([sys.executable, str(ROOT / "tracker.py"), "--db", str(tmp_path / "t.db"), "--config",
+                          str(tmp_path / "bad.toml"), "serve", "--port", str(free_port())],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode != 0 and "project p: forward.mode must be mirror or relay, not 'tee'" in out.stderr
