@@ -7721,7 +7721,7 @@ OUTBOX_FULL = "the forward outbox was full: its oldest envelopes were dropped"
 
 class Forwarder(Background):
     """Sends the forward outbox: each round reads the due rows, oldest first, and posts them to their
-    upstreams side by side (one after another within an upstream), then one writer job records
+    upstreams side by side (FORWARD_CONNECTIONS at a time to each), then one writer job records
     the round. A row whose categories the upstream limits, or whose upstream is backing off, is left
     for later without a request."""
 
@@ -8100,6 +8100,8 @@ def send_replayed(upstream: Upstream, header_json: str, body: bytes, delays: Seq
             continue
         try:
             status, headers, answer = upstream.post(outgoing_envelope(upstream.dsn, header_json, body, now))
+        except TargetRefused as exc:  # a cloud metadata address: never, however often it is tried
+            raise ReplayStopped(str(exc)) from None
         except (OSError, http.client.HTTPException) as exc:
             error = f"{type(exc).__name__}: {exc}"
         else:

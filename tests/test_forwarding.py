@@ -404,3 +404,15 @@ def test_a_bad_forward_table_stops_the_start_with_its_reason(tmp_path: Path) -> 
                           str(tmp_path / "bad.toml"), "serve", "--port", str(free_port())],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode != 0 and "project p: forward.mode must be mirror or relay, not 'tee'" in out.stderr
+
+
+def test_replay_refuses_what_it_cannot_use(pair: tuple[TrackerServer, TrackerServer]) -> None:
+    upstream, here = pair
+    base = [sys.executable, str(ROOT / "tracker.py"), "--db", str(here.db), "forward"]
+    target = f"http://{UP_MIRROR}@127.0.0.1:{upstream.port}/1"
+    for args, said in ((["--project", "mirror", "--to", "ftp://x@y/1"], "http or https"),
+                       (["--project", "mirror", "--to", target, "--since", "7 days"], "--since must be"),
+                       (["--project", "nope", "--to", target], "no project 'nope'"),
+                       (["--project", "mirror", "--to", "http://169.254.169.254/1"], "32-hex public key")):
+        out = subprocess.run(base + args, capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert out.returncode != 0 and said in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
