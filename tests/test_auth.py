@@ -7,14 +7,13 @@ import json
 import re
 import sqlite3
 import subprocess
-import sys
 import urllib.parse
 from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
 import pytest
-from conftest import ADMIN_PASSWORD, ROOT, Project, TrackerServer, free_port, start_server, stop_server, wait_for
+from conftest import ADMIN_PASSWORD, ROOT, TRACKER, Project, TrackerServer, free_port, start_server, stop_server, wait_for
 
 
 def issue_in(tracker: TrackerServer, project: Project) -> dict[str, Any]:
@@ -317,8 +316,8 @@ def test_trusted_proxy_header_signs_people_in(proxied: TrackerServer) -> None:
 
 def test_first_start_prints_the_admin_password(tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tracker.py"), "--db", str(tmp_path / "first.db"), "serve",
-                             "--port", str(port)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*TRACKER, "--db", str(tmp_path / "first.db"), "serve",
+                             "--port", str(port)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         line = ""
         while "Created the first user" not in line:

@@ -9,7 +9,6 @@ import json
 import socket
 import sqlite3
 import subprocess
-import sys
 import urllib.parse
 import uuid
 from pathlib import Path
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 import tracker as t
-from conftest import ROOT, Configure, TrackerServer, run_cli, start_server, stop_server, wait_for
+from conftest import ROOT, TRACKER, Configure, TrackerServer, run_cli, start_server, stop_server, wait_for
 from receivers import Alertmanager, SlackReceiver, Smtp, WebhookReceiver, run_alertmanager
 
 FAST = "[alerts]\nretry_delays = [0, 0.3]\npoll = 0.1\ntimeout = 1.5\nrefresh = 3600\n"
@@ -136,7 +135,7 @@ def test_the_dashboard_form_refuses_and_allows(server: TrackerServer) -> None:
 def test_the_config_file_needs_allow_private(tmp_path: Path, webhook: WebhookReceiver) -> None:
     config = tmp_path / "tracker.toml"
     config.write_text(f'[[channels]]\nname = "lan"\nkind = "webhook"\nurl = "{webhook.hook_url}"\n')
-    out = subprocess.run([sys.executable, str(ROOT / "tracker.py"), "--db", str(tmp_path / "t.db"), "token", "create",
+    out = subprocess.run([*TRACKER, "--db", str(tmp_path / "t.db"), "token", "create",
                           "--config", str(config)], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode != 0 and f"[[channels]] 'lan': url: 127.0.0.1 is {PRIVATE} (loopback)" in out.stderr
     config.write_text(config.read_text() + "allow_private = true\n")

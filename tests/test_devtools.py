@@ -7,7 +7,6 @@ import json
 import queue
 import re
 import subprocess
-import sys
 import threading
 import uuid
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any, Callable
 
 import httpx
 import sentry_sdk
-from conftest import ROOT, Project, TrackerServer, wait_for
+from conftest import ROOT, TRACKER, Project, TrackerServer, wait_for
 
 
 def envelope_rows(tracker: TrackerServer, project: Project) -> list[tuple[str, str]]:
@@ -123,9 +122,10 @@ def next_line(lines: queue.Queue[str], accept: Callable[[str], bool]) -> str:
 
 
 def test_tracker_tail_prints_events_as_the_sdk_sends_them(tracker: TrackerServer, project: Project, sdk: Any) -> None:
-    cmd = [sys.executable, str(ROOT / "tracker.py"), "--db", str(tracker.db), "tail"]
-    plain = subprocess.Popen(cmd + ["--project", project.slug], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    as_json = subprocess.Popen(cmd + ["--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [*TRACKER, "--db", str(tracker.db), "tail"]
+    plain = subprocess.Popen(cmd + ["--project", project.slug], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cwd=ROOT)
+    as_json = subprocess.Popen(cmd + ["--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         for proc in (plain, as_json):  # both follow from now on
             assert "Following the events stored in" in (proc.stderr.readline() if proc.stderr else "")

@@ -9,7 +9,6 @@ import resource
 import socket
 import stat
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Iterator
 import httpx
 import pytest
 import sentry_sdk
-from conftest import ADMIN_PASSWORD, ROOT, TrackerServer, start_server, stop_server
+from conftest import ADMIN_PASSWORD, ROOT, TRACKER, TrackerServer, start_server, stop_server
 
 import tracker as tracker_module
 
@@ -273,7 +272,7 @@ def test_a_readable_database_is_tightened_once(tmp_path: Path) -> None:
     db = tmp_path / "old.db"
 
     def create_project(name: str) -> str:
-        out = subprocess.run([sys.executable, str(ROOT / "tracker.py"), "--db", str(db), "project", "create", name],
+        out = subprocess.run([*TRACKER, "--db", str(db), "project", "create", name],
                              capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert out.returncode == 0, out.stderr
         return out.stderr

@@ -7,14 +7,13 @@ from __future__ import annotations
 import re
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
 import pytest
-from conftest import ROOT, Project, TrackerServer, start_server, stop_server, wait_for
+from conftest import ROOT, TRACKER, Project, TrackerServer, start_server, stop_server, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from receivers import WebhookReceiver
@@ -26,7 +25,7 @@ import tracker as t
 
 def cli_refusal(db: Path, *args: str) -> str:
     """stderr of a CLI command that must fail: exactly one `error: …` line, no traceback."""
-    out = subprocess.run([sys.executable, str(ROOT / "tracker.py"), "--db", str(db), *args],
+    out = subprocess.run([*TRACKER, "--db", str(db), *args],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode != 0 and out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out
     return out.stderr.strip()

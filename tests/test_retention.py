@@ -10,7 +10,6 @@ import shutil
 import sqlite3
 import statistics
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -19,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ROOT, Configure, Project, TrackerServer, run_cli, start_server, stop_server, wait_for
+from conftest import ROOT, TRACKER, Configure, Project, TrackerServer, run_cli, start_server, stop_server, wait_for
 
 DAY = 86400
 CAPPED_KEY, KEPT_KEY, BACKLOG_KEY, LIVE_KEY = (f"{n:x}" * 32 for n in (10, 11, 12, 13))
@@ -91,7 +90,7 @@ def one_full_pass(server: TrackerServer) -> None:
 
 def tracker_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """`python tracker.py ARGS`, whatever its exit status."""
-    return subprocess.run([sys.executable, str(ROOT / "tracker.py"), *args], capture_output=True, text=True,
+    return subprocess.run([*TRACKER, *args], capture_output=True, text=True,
                           timeout=60, cwd=ROOT)
 
 
