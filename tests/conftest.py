@@ -188,9 +188,9 @@ def seed(db: Path, job: Callable[[Any], Any]) -> Any:
 
 
 def start_server(db: Path, *extra: str, port: int | None = None) -> TrackerServer:
-    """`tracker serve` on `db`, with the admin (ADMIN_PASSWORD) and an admin token made beforehand, as
-    `tracker user create` and `tracker token create` would make them; on `port` when given (a restart
-    where clients expect it), else a free one."""
+    """`tracker serve` on a free port (on `port` when given: a restart where clients expect it), with
+    the admin (ADMIN_PASSWORD) and an admin token made beforehand, as `tracker user create` and
+    `tracker token create` would make them."""
     token = seed(db, lambda c: (c.execute("SELECT 1 FROM users").fetchone()
                                 or tracker_module.create_user(c, "admin", "admin", ADMIN_PASSWORD),
                                 tracker_module.create_token(c))[1])
