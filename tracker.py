@@ -2806,8 +2806,7 @@ def normalize_event(raw: dict[str, Any], *, event_id: str | None, received: floa
     ev["extra"] = as_dict(raw.get("extra"))
     ev["sdk"] = as_dict(raw.get("sdk"))
     ev["fingerprint"] = [text(f, 512) for f in raw["fingerprint"]] if isinstance(raw.get("fingerprint"), list) else None
-    if errors:
-        ev["errors"] = errors
+    ev["errors"] = errors  # only the dicts of a client's list: the pages and source maps add to it
     user_agent = next((v for k, v in (ev["request"] or {}).get("headers", []) if k.lower() == "user-agent"), "")
     if "browser" not in ev["contexts"] and user_agent:
         browser = browser_from_user_agent(user_agent)

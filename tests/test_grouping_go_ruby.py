@@ -83,8 +83,8 @@ def test_go_sdk_module_cache_frames_do_not_split(tracker: TrackerServer, project
     [issue] = tracker.wait_issues(project, 2)
     assert issue["count"] == "2"
     frames = tracker.latest_event(issue["id"])["entries"][0]["data"]["values"][-1]["stacktrace"]["frames"]
-    library = [f for f in frames if "/go/pkg/mod/" in f.get("abs_path", "")]
-    assert library and not any(f["in_app"] for f in library)
+    library = [f for f in frames if "/go/pkg/mod/" in (f.get("absPath") or "")]
+    assert library and not any(f["inApp"] for f in library)
     assert {(f["data"]["sdk_in_app"], f["data"]["in_app_rule"]) for f in library} == {(True, "built-in rule path:**/go/pkg/mod/** -app")}
     go_event(project, tmp_path, "v3", "attempt", "refund")  # another app function
     assert len(tracker.wait_issues(project, 3)) == 2
@@ -138,8 +138,8 @@ def test_ruby_sdk_vendored_frames_do_not_split(tracker: TrackerServer, project: 
     [issue] = tracker.wait_issues(project, 2)
     assert issue["count"] == "2"
     frames = tracker.latest_event(issue["id"])["entries"][0]["data"]["values"][-1]["stacktrace"]["frames"]
-    vendored = [f for f in frames if "vendor/retry.rb" in f.get("abs_path", "")]
-    assert vendored and not any(f["in_app"] for f in vendored)
+    vendored = [f for f in frames if "vendor/retry.rb" in (f.get("absPath") or "")]
+    assert vendored and not any(f["inApp"] for f in vendored)
     assert {(f["data"]["sdk_in_app"], f["data"]["in_app_rule"]) for f in vendored} == {(True, "built-in rule path:**/vendor/** -app")}
     ruby_event(project, tmp_path, "v3", "attempt", "refund")
     assert len(tracker.wait_issues(project, 3)) == 2

@@ -80,6 +80,7 @@ MUTATING: dict[tuple[str, str], set[str]] = {
     ("POST", "/api/0/organizations/{org}/repos/"): INTEGRATIONS,
     ("POST", "/api/0/organizations/{org}/code-mappings/"): INTEGRATIONS,
     ("PUT", "/api/0/organizations/{org}/code-mappings/{mapping_id}/"): INTEGRATIONS,
+    ("PUT", "/api/0/projects/{org}/{project}/forwarding/"): INTEGRATIONS,  # where its events also go
     ("DELETE", "/api/0/organizations/{org}/code-mappings/{mapping_id}/"): INTEGRATIONS,
     ("POST", "/api/0/projects/{org}/{project}/user-feedback/"): FEEDBACK,
     ("POST", "/api/0/api-tokens/"): TOKENS,
