@@ -125,7 +125,7 @@ EXCLUDED: dict[str, tuple[dict[str, Any], int, dict[str, Any]]] = {
     "kotlinx": (JAVA, 1, java("kotlinx.coroutines.DispatchedTask", "run")),
     "netty": (JAVA, 1, java("io.netty.channel.AbstractChannelHandlerContext", "invokeChannelRead")),
     # go
-    "go module cache": (GO, 1, go("(*Engine).handleHTTPRequest", "/root/go/pkg/mod/github.com/gin-gonic/gin@v1.9.1/gin.go",
+    "go module cache": (GO, 1, go("(*Engine).handleHTTPRequest", "/home/app/go/pkg/mod/github.com/gin-gonic/gin@v1.9.1/gin.go",
                                   "github.com/gin-gonic/gin")),
     # telemetry: neither app nor grouping
     "newrelic (node agent)": (SYSTEM_ONLY_NODE, 1, node("wrapped", "/srv/shop/node_modules/newrelic/lib/shim/shim.js",
