@@ -94,6 +94,35 @@ def build_traces(count: int, encoding: str) -> list[bytes]:
     return list(Keep.bodies)
 
 
+def build_mix(count: int, encoding: str) -> list[bytes]:
+    """`count` requests of a traced service, as the SDK sends them: each an error event in its trace, a
+    transaction with ten spans and an envelope of its three log lines (the log batcher flushed at the
+    request's end), in that order, so a round-robin load posts the mix whole."""
+    Keep.bodies, Keep.encoding = [], encoding
+    sentry_sdk.init(dsn=DSN, transport=Keep, release="payments-service@1.2.4", environment="prod",
+                    send_default_pii=True, traces_sample_rate=1.0, enable_logs=True)
+    rng = random.Random(11)
+    for i in range(count):
+        with sentry_sdk.isolation_scope() as scope:
+            scope.set_tag("service", "payments-api")
+            scope.set_user({"id": str(rng.randrange(5000)), "email": f"u{i}@example.org"})
+            with sentry_sdk.start_transaction(op="http.server", name=f"/orders/{{oid}}/{['pay', 'ship'][i % 2]}"):
+                sentry_sdk.logger.info("order {oid} received", oid=i)
+                for n in range(10):
+                    with sentry_sdk.start_span(op="db.query", name=f"SELECT * FROM orders_{n % 4} WHERE id = %s"):
+                        pass
+                sentry_sdk.logger.warning("order {oid} slow: {ms} ms", oid=i, ms=800 + i % 200)
+                try:
+                    failures(i)
+                except Exception:
+                    sentry_sdk.logger.error("order {oid} failed", oid=i)
+                    sentry_sdk.capture_exception()
+        sentry_sdk.get_client().log_batcher.flush()  # type: ignore[union-attr]
+    sentry_sdk.flush()
+    sentry_sdk.get_client().close()
+    return list(Keep.bodies)
+
+
 def write(path: Path, bodies: list[bytes]) -> None:
     with path.open("wb") as f:
         for body in bodies:

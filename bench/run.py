@@ -10,6 +10,7 @@ the pages and API queries on it (bench/bigdb.py). Needs `wrk` (Debian package) a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import re
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 import bodies as body_builder
@@ -77,10 +79,40 @@ def pss_mb(pid: int) -> float:
     return int(re.search(r"Pss:\s+(\d+)", rollup)[1]) / 1024  # type: ignore[index]
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(stat: Path) -> float:
+    """User + system CPU seconds from a /proc stat file: a process's (all its threads) or one thread's."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def cpu_by_stage(pid: int) -> dict[str, float]:
+    """CPU seconds used so far by each stage of the server, from /proc: its event loop (the main
+    thread), its writer (the thread named tracker-writer), its other threads (read connections,
+    threads of the moment), and its event workers (child processes)."""
+    stages = {"loop": 0.0, "writer": 0.0, "other": cpu_seconds(Path(f"/proc/{pid}/stat")), "workers": 0.0}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            comm, used = (task / "comm").read_text().strip(), cpu_seconds(task / "stat")
+        except OSError:  # ended meanwhile
+            continue
+        stage = "loop" if task.name == str(pid) else "writer" if comm == "tracker-writer" else ""
+        if stage:
+            stages[stage] += used
+            stages["other"] -= used
+    for child in children(pid):
+        with contextlib.suppress(OSError):
+            stages["workers"] += cpu_seconds(Path(f"/proc/{child}/stat"))
+    return stages
+
+
 def wrk(port: int, body_file: Path, encoding: str, seconds: int, connections: int,
         server: int | None = None) -> dict[str, float]:
     """wrk's figures; with `server`, also the peak memory of it and its workers (PSS summed, sampled
-    every 0.2 s while wrk runs)."""
+    every 0.2 s while wrk runs) and the CPU seconds each of its stages used meanwhile (`cpu`)."""
+    before = cpu_by_stage(server) if server else {}
     env = {**os.environ, "BODIES": str(body_file), "TARGET_PATH": "/api/1/envelope/", "ENCODING": encoding}
     load = subprocess.Popen(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
                              str(HERE / "bodies.lua"), f"http://127.0.0.1:{port}"],
@@ -91,6 +123,7 @@ def wrk(port: int, body_file: Path, encoding: str, seconds: int, connections: in
             memory = max(memory, sum(pss_mb(pid) for pid in (server, *children(server))))
         time.sleep(0.2)
     out = load.communicate()[0]
+    cpu = {stage: used - before[stage] for stage, used in cpu_by_stage(server).items()} if server else {}
     if load.returncode:
         raise SystemExit(f"wrk failed ({load.returncode})")
     def latency(label: str) -> float:
@@ -98,17 +131,17 @@ def wrk(port: int, body_file: Path, encoding: str, seconds: int, connections: in
         return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
     requests = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"memory": memory, "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
+    return {"memory": memory, "cpu": cpu, "seconds": seconds, "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
             "requests": requests, "non2xx": int(errors[1]) if errors else 0,
             "p50": latency("50%"), "p99": latency("99%")}
 
 
-def run_ceiling(body_file: Path, encoding: str, seconds: int) -> dict[str, float]:
+def run_ceiling(body_file: Path, encoding: str, seconds: int, connections: int = 32) -> dict[str, float]:
     port = free_port()
     process = start([sys.executable, "-m", "uvicorn", "ceiling:app", "--port", str(port), "--no-access-log",
                      "--log-level", "warning"], port, HERE)
     try:
-        result = wrk(port, body_file, encoding, seconds, 32)
+        result = wrk(port, body_file, encoding, seconds, connections, process.pid)
         return {**result, "rss": peak_rss_mb(process.pid)}
     finally:
         process.terminate()
@@ -130,8 +163,10 @@ def serve_tracker(db: Path, project: str, port: int) -> subprocess.Popen[bytes]:
     afresh at every start, 35 MB of memory that stays)."""
     config = db.with_suffix(".toml")
     config.write_text(project)
-    return start([sys.executable, "-c", "import tracker; tracker.main()", "--db", str(db), "--config",
-                  str(config), "serve", "--port", str(port)], port, ROOT)
+    process = start([sys.executable, "-c", "import tracker; tracker.main()", "--db", str(db), "--config",
+                     str(config), "serve", "--port", str(port)], port, ROOT)
+    time.sleep(1.5)  # the event workers start after the port answers: their imports are not the load's CPU
+    return process
 
 
 def run_tracker(body_file: Path, encoding: str, seconds: int, connections: int = 32, side: Path | None = None,
@@ -192,8 +227,11 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="only the 3 KB error load at 32 connections, "
+                        "against the ceiling (a change's cost, in a minute)")
     parser.add_argument("--big", action="store_true", help="also the 1M-event query benchmark (takes minutes)")
-    parser.add_argument("--traces", action="store_true", help="also 3 KB errors with transactions and logs beside them")
+    parser.add_argument("--traces", action="store_true", help="also 3 KB errors with transactions and logs "
+                        "posted beside them at a paced rate (how much the error rate drops)")
     parser.add_argument("--forward", choices=("mirror", "relay"), help="also a run with the bench project "
                         "forwarding to a second tracker on this machine (the outbox's cost and drain time)")
     args = parser.parse_args()
@@ -201,27 +239,44 @@ def main() -> None:
     subprocess.run([sys.executable, "-c", "import tracker"], cwd=ROOT, env=ENV, check=True)  # the bytecode
     # cache, as pip writes it at install
     work = Path(tempfile.mkdtemp(prefix="tracker-bench-"))
-    for label, count, big in (("3 KB", 30000, False), ("50 KB", 6000, True)):  # more bodies than requests
-        body_file = work / f"{'big' if big else 'small'}.bin"
-        body_builder.write(body_file, body_builder.build(count, big, "gzip"))
-        ceiling = run_ceiling(body_file, "gzip", args.seconds)
-        tracker = run_tracker(body_file, "gzip", args.seconds)
-        print(f"\n{label} events, gzip, wrk -t2 -c32 {args.seconds}s")
-        print(f"  ceiling  {ceiling['rps']:8.0f} req/s   p50 {ceiling['p50']:6.1f} ms  p99 {ceiling['p99']:6.1f} ms")
-        print(f"  tracker  {tracker['rps']:8.0f} req/s accepted, {tracker['stored_rps']:.0f} stored/s "
-              f"({tracker['stored']} events, {tracker['non2xx']} non-2xx)   p50 {tracker['p50']:6.1f} ms  "
-              f"p99 {tracker['p99']:6.1f} ms   peak memory {tracker['memory']:.0f} MB (PSS of the server and its "
-              f"{tracker['workers']} event workers; the server's peak RSS {tracker['rss']:.0f} MB)   "
-              f"{tracker['bytes_per_event']:.0f} bytes/event on disk")
-        print(f"  ratio    stored/s ÷ ceiling/s = {tracker['stored_rps'] / ceiling['rps']:.2f}")
-        if not big:
-            light = run_tracker(body_file, "gzip", args.seconds, connections=4)
-            print(f"  lighter load (4 connections): {light['rps']:.0f} req/s, p99 {light['p99']:.1f} ms")
-        if not big and args.traces:
-            traces(work, body_file, args.seconds, ceiling, tracker)
-        if args.forward:
+    errors, mix = work / "small.bin", work / "mix.bin"
+    body_builder.write(errors, body_builder.build(30000, False, "gzip"))  # more bodies than requests
+    body_builder.write(mix, body_builder.build_mix(12000, "gzip"))
+    print(f"\n3 KB error events (gzip), wrk -t2, {args.seconds} s a run. CPU: per stored event (per request of the "
+          "traced mix), from /proc over the whole run: the event loop, the writer thread, the server's other "
+          "threads, the event workers.")
+    print(f"  {'':27} {'req/s':>7} {'stored/s':>9} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7}   "
+          f"{'CPU ms:':8}{'loop':>6} {'writer':>6} {'other':>6} {'workers':>7} {'total':>6}   {'peak MB':>7}")
+    for connections in (32,) if args.quick else (32, 128):
+        ceiling = run_ceiling(errors, "gzip", args.seconds, connections)
+        print_row(f"ceiling -c{connections}", ceiling, ceiling["requests"], ceiling["rps"])
+        alone = run_tracker(errors, "gzip", args.seconds, connections)
+        print_row(f"tracker -c{connections}", alone, alone["stored"], ceiling["rps"])
+        if args.quick:
+            continue
+        traced = run_tracker(mix, "gzip", args.seconds, connections)
+        print_row(f"traced mix -c{connections}", traced, traced["stored"], ceiling["rps"])
+        print(f"  {'':27} the traced mix: {traced['stored_rps']:.0f} requests/s (an error, a transaction of 10 spans, "
+              f"3 log lines each; {traced['transactions']} transactions and {traced['logs']} log lines kept) = "
+              f"{traced['stored_rps'] / alone['stored_rps']:.0%} of the error-only rate")
+    if not args.quick:
+        light = run_tracker(errors, "gzip", args.seconds, connections=4)
+        print(f"  lighter load (4 connections): {light['rps']:.0f} req/s, p99 {light['p99']:.1f} ms")
+        big = work / "big.bin"
+        body_builder.write(big, body_builder.build(6000, True, "gzip"))
+        ceiling, tracker = run_ceiling(big, "gzip", args.seconds), run_tracker(big, "gzip", args.seconds)
+        print("\n50 KB error events (gzip), wrk -t2 -c32")
+        print_row("ceiling -c32", ceiling, ceiling["requests"], ceiling["rps"])
+        print_row("tracker -c32", tracker, tracker["stored"], ceiling["rps"])
+        print(f"  {tracker['bytes_per_event']:.0f} bytes/event on disk; the server's own peak RSS {tracker['rss']:.0f} MB")
+    if args.traces:
+        traces(work, errors, args.seconds)
+    if args.forward:
+        for label, body_file in (("3 KB", errors), ("50 KB", work / "big.bin")):
+            if not body_file.exists():
+                continue
             fwd = run_tracker(body_file, "gzip", args.seconds, forward=args.forward)
-            print(f"  forwarding ({args.forward}) to a local tracker: {fwd['rps']:.0f} req/s accepted, "
+            print(f"  {label}, forwarding ({args.forward}) to a local tracker: {fwd['rps']:.0f} req/s accepted, "
                   f"{fwd['stored_rps']:.0f} stored/s, p99 {fwd['p99']:.1f} ms, peak memory {fwd['memory']:.0f} MB; "
                   f"outbox drained {fwd['drain']:.1f} s after the load, upstream holds {fwd['upstream']} events "
                   f"({fwd['upstream'] / (args.seconds + fwd['drain']):.0f}/s over load and drain)")
@@ -230,21 +285,32 @@ def main() -> None:
         bigdb.main([])
 
 
-def traces(work: Path, body_file: Path, seconds: int, ceiling: dict[str, float], alone: dict[str, float]) -> None:
-    """The 3 KB error load again with transactions (and their log lines, two a transaction) posted
-    beside it at the rate errors were stored alone: how much the error ratio drops."""
+def print_row(label: str, run: dict[str, Any], done: int, ceiling_rps: float) -> None:
+    """One load run: its rates, latency, CPU per unit done (stored event, or answered request for the
+    ceiling) by stage, and peak memory (PSS of the server and its workers)."""
+    cpu = {stage: 1000 * used / max(done, 1) for stage, used in run["cpu"].items()}
+    stored = done / run["seconds"]
+    print(f"  {label:27} {run['rps']:7.0f} {stored:9.0f} {stored / ceiling_rps:6.2f} {run['p50']:7.1f} {run['p99']:7.1f}   "
+          f"{'':8}{cpu['loop']:6.2f} {cpu['writer']:6.2f} {cpu['other']:6.2f} {cpu['workers']:7.2f} "
+          f"{sum(cpu.values()):6.2f}   {run['memory']:7.0f}")
+
+
+def traces(work: Path, body_file: Path, seconds: int) -> None:
+    """The 3 KB error load alone, then again with transactions (and their log lines, two a
+    transaction) posted beside it at the rate errors were stored alone: how much the error ratio drops."""
     side = work / "traces.bin"
     body_builder.write(side, body_builder.build_traces(6000, "gzip"))
+    ceiling = run_ceiling(body_file, "gzip", seconds)
+    alone = run_tracker(body_file, "gzip", seconds)
     both = run_tracker(body_file, "gzip", seconds, side=side, side_rate=alone["stored_rps"])
     drop = 1 - both["stored_rps"] / alone["stored_rps"]
-    print(f"\n3 KB events with transactions and logs beside them (paced at up to {alone['stored_rps']:.0f} "
-          f"transaction envelopes/s, wrk -t1 -c8)")
-    print(f"  tracker  {both['stored_rps']:.0f} errors stored/s, {both['transactions'] / seconds:.0f} transactions/s "
-          f"and {both['logs'] / seconds:.0f} log lines/s kept   p99 {both['p99']:.1f} ms   peak memory "
-          f"{both['memory']:.0f} MB (the server's peak RSS {both['rss']:.0f} MB)")
-    print(f"  ratio    errors stored/s ÷ ceiling/s = {both['stored_rps'] / ceiling['rps']:.2f} "
-          f"(alone {alone['stored_rps'] / ceiling['rps']:.2f}: {drop:.0%} fewer errors stored)")
-
+    print(f"\n3 KB errors alone, then with transactions and logs beside them (paced at up to "
+          f"{alone['stored_rps']:.0f} transaction envelopes/s, wrk -t1 -c8)")
+    print_row("ceiling -c32", ceiling, ceiling["requests"], ceiling["rps"])
+    print_row("tracker -c32", alone, alone["stored"], ceiling["rps"])
+    print_row("with traces beside", both, both["stored"], ceiling["rps"])
+    print(f"  {both['transactions'] / seconds:.0f} transactions/s and {both['logs'] / seconds:.0f} log lines/s kept "
+          f"beside the errors: {drop:.0%} fewer errors stored")
 
 if __name__ == "__main__":
     main()
