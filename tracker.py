@@ -1672,8 +1672,9 @@ async def accept_envelope(request: Request, project_id: int, header: dict[str, A
         intake.outcomes.append([kind, len(payload), await outcome if inspect.isawaitable(outcome) else outcome])
     if intake.health:
         intake.jobs.append(lambda conn: store_health(conn, project_id, intake.health))
-    logged = data if not intake.scrub.enabled else scrubbed_log_body(intake, items)
-    intake.jobs.append(lambda conn: log_envelope(conn, intake, logged, len(data)))
+    if limits.may_log(project_id, intake.received):
+        logged = data if not intake.scrub.enabled else scrubbed_log_body(intake, items)
+        intake.jobs.append(lambda conn: log_envelope(conn, intake, logged, len(data)))
     if forward := project_forward(intake.options):  # in the same transaction: acknowledged means queued
         await queue_forward(intake, forward, items)
     writer = request.app.writer
@@ -2344,8 +2345,9 @@ def log_envelope(conn: sqlite3.Connection, intake: Intake, body: bytes, size: in
 ENVELOPE_ZSTD = zstandard.ZstdCompressor(level=1)  # used by the writer thread only
 
 # The envelope log, for people testing an SDK: every envelope as it arrived (decompressed, up to
-# 1 MiB) and what became of each item; the newest ENVELOPE_LOG per project, for a day at most.
-ENVELOPE_LOG, ENVELOPE_LOG_AGE, ENVELOPE_LOG_BODY = 500, 86400, MIB
+# 1 MiB) and what became of each item; the newest ENVELOPE_LOG per project, for a day at most, and
+# at most ENVELOPE_LOG_RATE a second (IngestLimits.may_log).
+ENVELOPE_LOG, ENVELOPE_LOG_AGE, ENVELOPE_LOG_BODY, ENVELOPE_LOG_RATE = 500, 86400, MIB, 50
 
 
 def envelope_client(intake: Intake) -> str:
@@ -2387,6 +2389,7 @@ class IngestLimits:
         # data category) → (window, items)
         self.disk = (0.0, False)  # (checked at, full)
         self.dropped: collections.Counter[tuple[int, int, str, str]] = collections.Counter()
+        self.logged: dict[int, tuple[int, int]] = {}  # project id → (second, envelopes logged in it)
 
     def disk_is_full(self, db: str) -> bool:
         now = time.monotonic()
@@ -2415,6 +2418,16 @@ class IngestLimits:
             for key, _, _, _ in caps:
                 self.windows[key] = (window, self.used(key, window) + count)
         return limited
+
+    def may_log(self, project_id: int, now: float) -> bool:
+        """Whether an envelope goes into the envelope log: the first ENVELOPE_LOG_RATE of each second
+        of a project. An SDK under test sends far fewer; a production flood of a thousand a second
+        would replace the whole log (its newest ENVELOPE_LOG) twice a second, paying a body, a row and
+        its trimming for each, where a sample costs a twentieth of that and spans ten seconds."""
+        second, count = self.logged.get(project_id, (0, 0))
+        count = count + 1 if second == int(now) else 1
+        self.logged[project_id] = (int(now), count)
+        return count <= ENVELOPE_LOG_RATE
 
     def used(self, key: tuple[int | None, str], window: int) -> int:
         counted = self.windows.get(key)
@@ -13740,7 +13753,7 @@ def forward_form(form: dict[str, list[str]]) -> Forward | None:
 async def page_envelopes(request: Request) -> Response:
     project = await project_of_page(request)
     rows = await logged_envelopes(request.app.store, project["id"])
-    return render(request, "envelopes.html", project=project, keep=ENVELOPE_LOG,
+    return render(request, "envelopes.html", project=project, keep=ENVELOPE_LOG, rate=ENVELOPE_LOG_RATE,
                   envelopes=[{**dict(r), "parts": json.loads(r["items"])} for r in rows])
 
 
@@ -15497,7 +15510,7 @@ A notification is queued with the event that caused it and delivered with retrie
 
     "envelopes.html": """{% extends "base.html" %}{% block title %}Envelopes · {{ project.name }}{% endblock %}{% block main %}
 <div class="muted fs-12"><a href="/projects/">Projects</a> · <a href="/issues/?project={{ project.slug }}">{{ project.name }}</a></div>
-<h1>Envelopes received</h1><p class="muted">Everything the SDKs sent to this project, as it arrived, and what became of each item: the newest {{ keep }} for a day.</p>
+<h1>Envelopes received</h1><p class="muted">Everything the SDKs sent to this project, as it arrived, and what became of each item: the newest {{ keep }} for a day, at most {{ rate }} a second.</p>
 <div class="card p-0">{% if envelopes %}<table class="envelopes"><thead><tr><th>Received</th><th>Client</th><th class="num">Bytes</th><th>Items</th></tr></thead><tbody>
 {% for e in envelopes %}<tr><td class="mono nowrap"><a href="/projects/{{ project.slug }}/envelopes/{{ e.id }}/">{{ e.received|datetime }}</a></td><td class="mono">{{ e.client }}</td><td class="num">{{ e.size }}</td>
 <td>{% for kind, size, outcome in e.parts %}<span class="item {{ 'dropped' if outcome.startswith('dropped') else 'kept' }}" title="{{ outcome }}">{{ kind or '?' }}</span> {% endfor %}</td></tr>{% endfor %}
