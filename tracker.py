@@ -1718,11 +1718,10 @@ class Intake:
     jobs: list[Job] = dataclasses.field(default_factory=list)
     outcomes: list[list[Any]] = dataclasses.field(default_factory=list)
     forwarded: bool = False  # an outbox row is among the jobs
+    scrub_text: str = dataclasses.field(init=False)  # the `scrub` option as text (scrub_option_text)
 
-    @functools.cached_property
-    def scrub_text(self) -> str:
-        """The project's `scrub` option as text (scrub_option_text): worked out once per envelope."""
-        return scrub_option_text(self.options.get("scrub"))
+    def __post_init__(self) -> None:  # once per envelope, as a field: a cached_property takes a lock in 3.11
+        self.scrub_text = scrub_option_text(self.options.get("scrub"))
 
     @property
     def scrub(self) -> ScrubPolicy:
