@@ -2855,7 +2855,11 @@ def normalize_event(raw: dict[str, Any], *, event_id: str | None, received: floa
     tags = normalize_tags(raw.get("tags"))
     ev["tags"] = tags + derived_tags(ev, {key for key, _ in tags})
     apply_stack_rules(ev, BUILTIN_STACK_RULES)
-    return {k: v for k, v in ev.items() if v not in (None, {}, [], {"values": []})}
+    # not None, {}, [] or {"values": []} (a falsy value of another type stays: 0, "", false)
+    return {k: v for k, v in ev.items() if v is not None and (v or type(v) not in (dict, list)) and v != NO_VALUES}
+
+
+NO_VALUES: dict[str, list[Any]] = {"values": []}
 
 
 def parse_timestamp(value: Any) -> float | None:
@@ -4607,12 +4611,15 @@ def frame_report(stacks: Stacks, variants: dict[str, list[str]], platform: str) 
         fed = {name: frame_contributions(stacktrace, name == "app", platform) if name in variants
                else [[]] * len(frames) for name in ("app", "system")}
         report.append({"exception": text((exc or {}).get("type")), "frames": [
-            {"frame": frame_location(frame), "in_app": frame.get("in_app") is True,
-             **{key: as_dict(frame.get("data")).get(key) for key in RULE_MARKS},
-             "noise": frame.get("abs_path") if is_engine_noise(frame) else None,
-             "app": bool(app), "system": bool(system)}
-            for frame, app, system in zip(frames, fed["app"], fed["system"])]})
+            frame_line(frame, bool(app), bool(system)) for frame, app, system in zip(frames, fed["app"], fed["system"])]})
     return report
+
+
+def frame_line(frame: dict[str, Any], app: bool, system: bool) -> dict[str, Any]:
+    data = as_dict(frame.get("data"))
+    return {"frame": frame_location(frame), "in_app": frame.get("in_app") is True,
+            **{key: data.get(key) for key in RULE_MARKS},
+            "noise": frame.get("abs_path") if is_engine_noise(frame) else None, "app": app, "system": system}
 
 
 # -- grouping rules: a project's stack trace and fingerprint rules (grouping.md §4, §5) ---
