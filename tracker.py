@@ -2976,14 +2976,16 @@ def normalize_frame(raw: dict[str, Any]) -> dict[str, Any]:
     """One frame with the types the dashboard and grouping rely on (strings, int line numbers)."""
     frame = dict(raw)
     for key in ("filename", "abs_path", "module", "function", "raw_function", "package", "context_line", "platform"):
-        frame[key] = text(raw[key], 1024) if raw.get(key) is not None else None
+        value = raw.get(key)
+        frame[key] = value if value is None else value[:1024] if type(value) is str else text(value, 1024)
     for key in ("lineno", "colno"):
         value = raw.get(key)
         frame[key] = value if isinstance(value, int) and not isinstance(value, bool) else None
     for key in ("pre_context", "post_context"):
-        frame[key] = [text(line, 1024) for line in as_list(raw.get(key))] or None
+        frame[key] = [line[:1024] if type(line) is str else text(line, 1024) for line in as_list(raw.get(key))] or None
     frame["vars"] = as_dict(raw.get("vars")) or None
-    frame["data"] = {k: v for k, v in as_dict(raw.get("data")).items() if k not in RULE_MARKS} or None
+    data = raw.get("data")
+    frame["data"] = {k: v for k, v in data.items() if k not in RULE_MARKS} or None if isinstance(data, dict) else None
     frame["in_app"] = raw.get("in_app") is True
     return {k: v for k, v in frame.items() if v is not None}
 
@@ -4316,10 +4318,7 @@ def group_event(ev: dict[str, Any], *, parent_first: bool = True, explain: bool 
 
 
 def md5_of(values: Iterable[str]) -> str:
-    digest = hashlib.md5()
-    for value in values:
-        digest.update(value.encode("utf-8"))
-    return digest.hexdigest()
+    return hashlib.md5("".join(values).encode("utf-8")).hexdigest()  # as one update per value, in one call
 
 
 FINGERPRINT_VAR = re.compile(r"^\{\{\s*([\w.]+)\s*\}\}$")
