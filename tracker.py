@@ -3949,7 +3949,7 @@ class ScrubPolicy:
             return False
         if not raw.isascii():
             return True
-        folded = raw.lower().translate(None, b"-_. ")
+        folded = raw.translate(ASCII_LOWER, b"-_. ")  # lower case and no separators, in one pass
         return any(needle in folded for needle in self.needles)  # a find each beats one regex alternation
 
     def key_rule(self, key: str) -> str | None:
@@ -3978,6 +3978,9 @@ class ScrubPolicy:
         """The policy under Sentry's project field names."""
         option = self.as_option()
         return {api_name: option[name] for api_name, name in SCRUB_API_FIELDS.items()}
+
+
+ASCII_LOWER = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
 
 
 def key_pattern(keys: Iterable[str]) -> re.Pattern[str] | None:
