@@ -3882,12 +3882,13 @@ class Memo:
         self.budget, self.spent = budget, 0
 
     def answer(self, question: Any, work: Callable[[], Any]) -> Any:
-        """The remembered answer, else work()'s, kept; a question weighs its characters and 64 bytes."""
+        """The remembered answer, else work()'s, kept; a question weighs its characters and 256 bytes
+        (about what its tuple, its strings' headers and the answer take besides)."""
         try:
             return self.answers[question]
         except KeyError:
             pass
-        weight = 64 + (len(question) if isinstance(question, str)
+        weight = 256 + (len(question) if isinstance(question, str)
                        else sum(len(part) for part in question if isinstance(part, str)))
         if self.spent + weight > self.budget:
             self.answers.clear()
