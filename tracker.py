@@ -2851,9 +2851,14 @@ def normalize_event(raw: dict[str, Any], *, event_id: str | None, received: floa
         system = os_from_user_agent(user_agent)
         if system:
             ev["contexts"]["os"] = system
-    ev["tags"] = normalize_tags(raw.get("tags")) + derived_tags(ev)
+    tags = normalize_tags(raw.get("tags"))
+    ev["tags"] = tags + derived_tags(ev, {key for key, _ in tags})
     apply_stack_rules(ev, BUILTIN_STACK_RULES)
-    return {k: v for k, v in ev.items() if v not in (None, {}, [], {"values": []})}
+    # not None, {}, [] or {"values": []} (a falsy value of another type stays: 0, "", false)
+    return {k: v for k, v in ev.items() if v is not None and (v or type(v) not in (dict, list)) and v != NO_VALUES}
+
+
+NO_VALUES: dict[str, list[Any]] = {"values": []}
 
 
 def parse_timestamp(value: Any) -> float | None:
@@ -2970,14 +2975,16 @@ def normalize_frame(raw: dict[str, Any]) -> dict[str, Any]:
     """One frame with the types the dashboard and grouping rely on (strings, int line numbers)."""
     frame = dict(raw)
     for key in ("filename", "abs_path", "module", "function", "raw_function", "package", "context_line", "platform"):
-        frame[key] = text(raw[key], 1024) if raw.get(key) is not None else None
+        value = raw.get(key)
+        frame[key] = value if value is None else value[:1024] if type(value) is str else text(value, 1024)
     for key in ("lineno", "colno"):
         value = raw.get(key)
         frame[key] = value if isinstance(value, int) and not isinstance(value, bool) else None
     for key in ("pre_context", "post_context"):
-        frame[key] = [text(line, 1024) for line in as_list(raw.get(key))] or None
+        frame[key] = [line[:1024] if type(line) is str else text(line, 1024) for line in as_list(raw.get(key))] or None
     frame["vars"] = as_dict(raw.get("vars")) or None
-    frame["data"] = {k: v for k, v in as_dict(raw.get("data")).items() if k not in RULE_MARKS} or None
+    data = raw.get("data")
+    frame["data"] = {k: v for k, v in data.items() if k not in RULE_MARKS} or None if isinstance(data, dict) else None
     frame["in_app"] = raw.get("in_app") is True
     return {k: v for k, v in frame.items() if v is not None}
 
@@ -3079,8 +3086,8 @@ def normalize_tags(value: Any) -> list[list[str]]:
 MAX_TAG = 200
 
 
-def derived_tags(ev: dict[str, Any]) -> list[list[str]]:
-    """The tags Sentry adds to every event, unless the SDK already set them."""
+def derived_tags(ev: dict[str, Any], present: set[str]) -> list[list[str]]:
+    """The tags Sentry adds to every event, unless the SDK already set them (`present`)."""
     contexts = ev["contexts"]
     primary = (ev["exception"]["values"] or [{}])[-1]
     mechanism = as_dict(primary.get("mechanism"))
@@ -3090,14 +3097,18 @@ def derived_tags(ev: dict[str, Any]) -> list[list[str]]:
         "user": user_key(ev.get("user")),
         "handled": ("no" if mechanism.get("handled") is False else "yes") if mechanism else None,
         "mechanism": mechanism.get("type"),
-        "runtime": " ".join(filter(None, (text(as_dict(contexts.get("runtime")).get(k)) for k in ("name", "version")))),
-        "os": " ".join(filter(None, (text(as_dict(contexts.get("os")).get(k)) for k in ("name", "version")))),
-        "browser": " ".join(filter(None, (text(as_dict(contexts.get("browser")).get(k)) for k in ("name", "version")))),
+        "runtime": context_name(contexts, "runtime"), "os": context_name(contexts, "os"),
+        "browser": context_name(contexts, "browser"),
         "url": (ev.get("request") or {}).get("url"),
-        "trace": text(as_dict(contexts.get("trace")).get("trace_id")),
+        "trace": text(contexts["trace"].get("trace_id")) if "trace" in contexts else "",
     }
-    present = {k for k, _ in normalize_tags(ev.get("tags"))}
     return [[k, text(v, MAX_TAG)] for k, v in candidates.items() if v and k not in present]
+
+
+def context_name(contexts: dict[str, dict[str, Any]], kind: str) -> str:
+    """`name version` of a context (the runtime, os or browser tag)."""
+    context = contexts.get(kind)
+    return " ".join(filter(None, (text(context.get("name")), text(context.get("version"))))) if context else ""
 
 
 def user_key(user: dict[str, Any] | None) -> str | None:
@@ -3860,6 +3871,32 @@ PROSE_CONTEXTS = frozenset({"app", "os", "runtime", "device", "browser", "gpu", 
                             "cloud_resource", "otel"})
 
 
+class Memo:
+    """Answers remembered by their question (a key, or a frame's fields), up to `budget`: then it
+    starts afresh, so that a stream of made-up keys or frames (a hostile client's) costs at most
+    about that many bytes. Events repeat their keys and their issue's frames."""
+
+    def __init__(self, budget: int = 512 * KIB) -> None:
+        self.answers: dict[Any, Any] = {}
+        self.budget, self.spent = budget, 0
+
+    def answer(self, question: Any, work: Callable[[], Any]) -> Any:
+        """The remembered answer, else work()'s, kept; a question weighs its characters and 256 bytes
+        (about what its tuple, its strings' headers and the answer take besides)."""
+        try:
+            return self.answers[question]
+        except KeyError:
+            pass
+        weight = 256 + (len(question) if isinstance(question, str)
+                       else sum(len(part) for part in question if isinstance(part, str)))
+        if self.spent + weight > self.budget:
+            self.answers.clear()
+            self.spent = 0
+        answer = self.answers[question] = work()
+        self.spent += weight
+        return answer
+
+
 @dataclasses.dataclass(frozen=True)
 class ScrubPolicy:
     """A project's `scrub` option, parsed once per change (see scrub_policy): which values ingest filters."""
@@ -3873,7 +3910,7 @@ class ScrubPolicy:
     user_keys: re.Pattern[str] | None = dataclasses.field(init=False, repr=False, compare=False)
     user_words: re.Pattern[str] | None = dataclasses.field(init=False, repr=False, compare=False)
     safe: frozenset[str] = dataclasses.field(init=False, repr=False, compare=False)
-    verdicts: dict[str, str | None] = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
+    verdicts: Memo = dataclasses.field(default_factory=Memo, init=False, repr=False, compare=False)
     needles: tuple[bytes, ...] = dataclasses.field(init=False, repr=False, compare=False)
     tests: tuple[Callable[[bytes], bool], ...] = dataclasses.field(init=False, repr=False, compare=False)
 
@@ -3912,24 +3949,18 @@ class ScrubPolicy:
             return False
         if not raw.isascii():
             return True
-        folded = raw.lower().translate(None, b"-_. ")
+        folded = raw.translate(ASCII_LOWER, b"-_. ")  # lower case and no separators, in one pass
         return any(needle in folded for needle in self.needles)  # a find each beats one regex alternation
 
     def key_rule(self, key: str) -> str | None:
         """The rule that filters the value under `key`; SAFE for a safe field (its value is left
         alone, all of it); None for any other key (its value is walked). Remembered: events repeat keys."""
-        try:
-            return self.verdicts[key]
-        except KeyError:
-            pass
-        name = normal_key(key)
-        rule = SAFE if name in self.safe else (
+        return self.verdicts.answer(key, lambda: self.judge_key(normal_key(key)))
+
+    def judge_key(self, name: str) -> str | None:
+        return SAFE if name in self.safe else (
             "@password:filter" if self.default_keys and (self.default_keys.search(name) or name in EXACT_SECRET_KEYS)
             else "strip-fields" if self.user_keys and self.user_keys.search(name) else None)
-        if len(self.verdicts) >= 4096:  # a stream of made-up keys must not grow it without end
-            self.verdicts.clear()
-        self.verdicts[key] = rule
-        return rule
 
     def cookie_rule(self, name: str) -> str | None:
         """key_rule for a cookie's name, which also knows Sentry's session cookies (`session`, `symfony`…)."""
@@ -3947,6 +3978,9 @@ class ScrubPolicy:
         """The policy under Sentry's project field names."""
         option = self.as_option()
         return {api_name: option[name] for api_name, name in SCRUB_API_FIELDS.items()}
+
+
+ASCII_LOWER = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
 
 
 def key_pattern(keys: Iterable[str]) -> re.Pattern[str] | None:
@@ -4287,10 +4321,7 @@ def group_event(ev: dict[str, Any], *, parent_first: bool = True, explain: bool 
 
 
 def md5_of(values: Iterable[str]) -> str:
-    digest = hashlib.md5()
-    for value in values:
-        digest.update(value.encode("utf-8"))
-    return digest.hexdigest()
+    return hashlib.md5("".join(values).encode("utf-8")).hexdigest()  # as one update per value, in one call
 
 
 FINGERPRINT_VAR = re.compile(r"^\{\{\s*([\w.]+)\s*\}\}$")
@@ -4298,14 +4329,13 @@ FINGERPRINT_VAR = re.compile(r"^\{\{\s*([\w.]+)\s*\}\}$")
 
 def resolve_fingerprint_variable(name: str, ev: dict[str, Any]) -> str | None:
     """A `{{ name }}` fingerprint entry's value; None means `{{ default }}`."""
-    excs = grouping_exceptions(ev)
-    last = excs[-1] if excs else {}
-    frame = crash_frame(primary_frames(ev)) or {}
-    tags = dict(map(tuple, ev.get("tags", [])))
     if name == "default":
         return None
     if name.startswith("tags."):
-        return tags.get(name[5:], f"<no-value-for-tag-{name[5:]}>")
+        return dict(map(tuple, ev.get("tags", []))).get(name[5:], f"<no-value-for-tag-{name[5:]}>")
+    excs = grouping_exceptions(ev)
+    last = excs[-1] if excs else {}
+    frame = crash_frame(primary_frames(ev)) or {}
     table: dict[str, tuple[Any, str]] = {
         "transaction": (ev.get("transaction"), "<no-transaction>"),
         "message": (message_text(ev) or last.get("value"), "<no-message>"),
@@ -4351,11 +4381,11 @@ def grouping_exceptions(ev: dict[str, Any], *, parent_first: bool = False) -> li
 def exception_tree(ev: dict[str, Any], excs: list[dict[str, Any]]) -> ExceptionTree | None:
     """The exceptions by `exception_id` with their children, when they form a tree rooted at
     id 0 (else None). Skipped, as Sentry does, for Python SDKs whose version starts with "3"."""
-    if ev.get("platform") == "python" and text(as_dict(ev.get("sdk")).get("version")).startswith("3"):
+    if len(excs) < 2 or ev.get("platform") == "python" and text(as_dict(ev.get("sdk")).get("version")).startswith("3"):
         return None
     mechanisms = [as_dict(e.get("mechanism")) for e in excs]
     ids = [m.get("exception_id") for m in mechanisms]
-    if (len(excs) < 2 or not all(type(i) is int for i in ids) or len(set(ids)) < len(ids) or 0 not in ids
+    if (not all(type(i) is int for i in ids) or len(set(ids)) < len(ids) or 0 not in ids
             or any(m.get("parent_id") == m.get("exception_id") for m in mechanisms)):
         return None
     tree: ExceptionTree = {i: (e, []) for i, e in zip(ids, excs)}
@@ -4384,34 +4414,51 @@ def top_level_exceptions(tree: ExceptionTree) -> list[int]:
 
 def exception_values(exc: dict[str, Any], app_only: bool, platform: str) -> tuple[bool, list[str]]:
     """(did the stack trace contribute, values): type, plus the value only without a stack."""
+    stack, values, message = exception_parts(exc, app_only, platform)
+    return bool(stack), values + [parameterize(message)] if message else values
+
+
+def exception_parts(exc: dict[str, Any], app_only: bool, platform: str) -> tuple[list[str], list[str], str | None]:
+    """(the stack trace's values, those and the type, the value to parameterize or None): a
+    variant that is dropped never parameterizes its message (a regex over it, the dearest step)."""
     stack = stacktrace_values(exc.get("stacktrace"), app_only, platform)
     synthetic = as_dict(exc.get("mechanism")).get("synthetic") is True
-    values = list(stack)
-    if exc.get("type") and not synthetic:
-        values.append(exc["type"])
-    if not stack and exc.get("value") and not synthetic:
-        values.append(parameterize(exc["value"]))
-    return bool(stack), values
+    values = [*stack, exc["type"]] if exc.get("type") and not synthetic else list(stack)
+    return stack, values, exc["value"] if not stack and exc.get("value") and not synthetic else None
 
 
 def stacktrace_values(stacktrace: dict[str, Any] | None, app_only: bool, platform: str) -> list[str]:
     return [value for values in frame_contributions(stacktrace, app_only, platform) for value in values]
 
 
-def frame_contributions(stacktrace: dict[str, Any] | None, app_only: bool, platform: str) -> list[list[str]]:
-    """The values each frame contributes, in frame order ([] for a frame that does not)."""
-    contributions: list[list[str]] = []
+def frame_contributions(stacktrace: dict[str, Any] | None, app_only: bool, platform: str) -> list[Sequence[str]]:
+    """The values each frame contributes, in frame order (() for a frame that does not)."""
+    contributions: list[Sequence[str]] = []
     previous = None
     for frame in (stacktrace or {}).get("frames", []):
-        identity = tuple(frame.get(k) for k in ("abs_path", "package", "module", "filename",
-                                                "function", "lineno", "colno"))
+        identity = tuple(map(frame.get, FRAME_IDENTITY))
         recursion = identity == previous  # direct recursion contributes once
         previous = identity
-        contributions.append(frame_values(frame, platform) if not recursion and frame_groups(frame, app_only) else [])
+        contributions.append(frame_values(frame, platform) if not recursion and frame_groups(frame, app_only) else ())
     return contributions
 
 
-def frame_values(frame: dict[str, Any], platform: str) -> list[str]:
+FRAME_IDENTITY = ("abs_path", "package", "module", "filename", "function", "lineno", "colno")
+
+
+def frame_values(frame: dict[str, Any], platform: str) -> tuple[str, ...]:
+    """What one frame contributes, remembered by the fields it reads (the frames of one issue's
+    events repeat, and each stack is read for two variants and again for the grouping's report)."""
+    return FRAME_VALUES.answer((platform, *map(frame.get, FRAME_VALUE_FIELDS)),
+                               lambda: tuple(values_of_frame(frame, platform)))
+
+
+FRAME_VALUE_FIELDS = ("platform", "abs_path", "module", "filename", "function", "raw_function", "context_line")
+
+FRAME_VALUES = Memo()
+
+
+def values_of_frame(frame: dict[str, Any], platform: str) -> list[str]:
     """What one frame contributes: module (else file basename), function, context line — never lineno."""
     platform = text(frame.get("platform")) or platform
     abs_path = text(frame.get("abs_path"))
@@ -4536,23 +4583,22 @@ def stack_variants(stacks: list[tuple[dict[str, Any] | None, dict[str, Any] | No
     A variant whose stack trace does not contribute is dropped when another's does, so an
     event without in-app frames groups on its system variant only.
     """
-    variants: dict[str, list[str]] = {}
+    parts: dict[str, list[tuple[list[str], str | None]]] = {}  # per stack: its values, a message to parameterize
     stack_contributes: dict[str, bool] = {}
     for name, app_only in (("app", True), ("system", False)):
-        values: list[str] = []
-        contributes = False
+        parts[name], stack_contributes[name] = [], False
         for exc, stacktrace in stacks:
             if exc is not None:
-                did, part = exception_values(exc, app_only, platform)
+                stack, values, message = exception_parts(exc, app_only, platform)
             else:
-                part = stacktrace_values(stacktrace, app_only, platform)
-                did = bool(part)
-            contributes |= did
-            values += part
-        variants[name], stack_contributes[name] = values, contributes
-    if any(stack_contributes.values()):
-        return {n: v for n, v in variants.items() if stack_contributes[n]}
-    return {"app": variants["app"]} if variants["app"] else {}
+                stack = values = stacktrace_values(stacktrace, app_only, platform)
+                message = None
+            stack_contributes[name] |= bool(stack)
+            parts[name].append((values, message))
+    kept = [name for name in parts if stack_contributes[name]] or (
+        ["app"] if any(values or message for values, message in parts["app"]) else [])
+    return {name: [value for values, message in parts[name]
+                   for value in (values + [parameterize(message)] if message else values)] for name in kept}
 
 
 def frame_report(stacks: Stacks, variants: dict[str, list[str]], platform: str) -> list[dict[str, Any]]:
@@ -4567,12 +4613,15 @@ def frame_report(stacks: Stacks, variants: dict[str, list[str]], platform: str) 
         fed = {name: frame_contributions(stacktrace, name == "app", platform) if name in variants
                else [[]] * len(frames) for name in ("app", "system")}
         report.append({"exception": text((exc or {}).get("type")), "frames": [
-            {"frame": frame_location(frame), "in_app": frame.get("in_app") is True,
-             **{key: as_dict(frame.get("data")).get(key) for key in RULE_MARKS},
-             "noise": frame.get("abs_path") if is_engine_noise(frame) else None,
-             "app": bool(app), "system": bool(system)}
-            for frame, app, system in zip(frames, fed["app"], fed["system"])]})
+            frame_line(frame, bool(app), bool(system)) for frame, app, system in zip(frames, fed["app"], fed["system"])]})
     return report
+
+
+def frame_line(frame: dict[str, Any], app: bool, system: bool) -> dict[str, Any]:
+    data = as_dict(frame.get("data"))
+    return {"frame": frame_location(frame), "in_app": frame.get("in_app") is True,
+            **{key: data.get(key) for key in RULE_MARKS},
+            "noise": frame.get("abs_path") if is_engine_noise(frame) else None, "app": app, "system": system}
 
 
 # -- grouping rules: a project's stack trace and fingerprint rules (grouping.md §4, §5) ---
@@ -4775,19 +4824,22 @@ class FingerprintRule:
     title: str | None
 
 
-def apply_stack_rules(ev: dict[str, Any], rules: Iterable[StackRule], source: str = "built-in") -> None:
+def apply_stack_rules(ev: dict[str, Any], rules: Sequence[StackRule], source: str = "built-in") -> None:
     """Run stack trace rules over each stack trace, top to bottom (a later rule wins). A frame
-    keeps the rule that last set its in_app or grouping in `data`, so the issue page can say why."""
-    platform = ev.get("platform", "other")
+    keeps the rule that last set its in_app or grouping in `data`, so the issue page can say why.
+    Only the rules that match some frame (StackPlan) are run; `app:` is judged as they run, since
+    earlier rules change it."""
+    if not rules:
+        return
+    plan, platform = stack_plan(rules), ev.get("platform", "other")
     for frames in event_frame_lists(ev):
-        columns: dict[str, list[list[str]]] = {}
-        for rule in rules:
-            hits = range(len(frames))
-            for matcher in rule.matchers:  # the frames each matcher leaves, a rule's first matcher first
-                column = fact_column(columns, matcher.key, frames, platform)
-                hits = [i for i in hits if any(map(matcher.pattern.fullmatch, column[i])) != matcher.negated]
-                if not hits:
-                    break
+        found = [plan.rules_matching(frame, platform) for frame in frames]
+        for number in sorted(set().union(*found)):
+            rule = rules[number]
+            hits = [index for index, numbers in enumerate(found) if number in numbers]
+            if number in plan.judge_app:
+                hits = [index for index in hits if all(matches(matcher, frame_facts("app", frames[index], platform))
+                                                       for matcher in rule.matchers if matcher.key == "app")]
             for index in hits:
                 for where, flag, value in rule.actions:
                     above, below = frames[index + 1:], frames[:index]
@@ -4795,22 +4847,46 @@ def apply_stack_rules(ev: dict[str, Any], rules: Iterable[StackRule], source: st
                         mark_frame(frame, flag, value, f"{source} rule {rule.text}")
 
 
+def stack_plan(rules: Sequence[StackRule]) -> StackPlan:
+    """The plan of a list of rules, kept by the list's identity (the plan holds the list, so no other
+    object takes its id meanwhile): the built-in lists and each project's parsed rules (kept by
+    grouping_rules_of) are planned once per process."""
+    plan = STACK_PLANS.get(id(rules))
+    if plan is None:
+        if len(STACK_PLANS) >= 64:
+            STACK_PLANS.clear()
+        plan = STACK_PLANS[id(rules)] = StackPlan(rules)
+    return plan
+
+
+class StackPlan:
+    """Which rules of a list match a frame, by every matcher but `app:` (what a frame's facts
+    decide), remembered by those facts: the frames of one issue's events repeat, and forty built-in
+    rules over each frame of each event were a fifth of preparing it."""
+
+    def __init__(self, rules: Sequence[StackRule]) -> None:
+        self.rules = rules
+        self.judge_app = frozenset(number for number, rule in enumerate(rules)
+                                   if any(matcher.key == "app" for matcher in rule.matchers))
+        self.found = Memo()
+
+    def rules_matching(self, frame: dict[str, Any], platform: str) -> frozenset[int]:
+        return self.found.answer((platform, *map(frame.get, FRAME_FACT_FIELDS)), lambda: frozenset(
+            number for number, rule in enumerate(self.rules)
+            if all(matcher.key == "app" or matches(matcher, frame_facts(matcher.key, frame, platform))
+                   for matcher in rule.matchers)))
+
+
+STACK_PLANS: dict[int, StackPlan] = {}
+
+# The fields frame_facts reads for every matcher but `app:`.
+FRAME_FACT_FIELDS = ("platform", "abs_path", "filename", "package", "module", "function", "raw_function")
+
+
 def event_frame_lists(ev: dict[str, Any]) -> list[list[dict[str, Any]]]:
     stacks = [e.get("stacktrace") for e in ev.get("exception", {}).get("values", [])]
     stacks += [t.get("stacktrace") for t in ev.get("threads", {}).get("values", [])]
     return [s["frames"] for s in (*stacks, ev.get("stacktrace")) if s]
-
-
-def fact_column(columns: dict[str, list[list[str]]], key: str, frames: list[dict[str, Any]],
-                platform: str) -> list[list[str]]:
-    """frame_facts of every frame, kept in `columns` for each key but `app` (which the rules change
-    as they run): forty built-in rules over a stack trace ask the same few questions of each frame."""
-    if key in columns:
-        return columns[key]
-    column = [frame_facts(key, frame, platform) for frame in frames]
-    if key != "app":
-        columns[key] = column
-    return column
 
 
 def matches(matcher: Matcher, facts: list[str]) -> bool:
