@@ -2836,10 +2836,11 @@ def parse_timestamp(value: Any) -> float | None:
     if isinstance(value, (int, float)):
         return float(value) if value == value and abs(value) < 1e11 else None
     if isinstance(value, str):
-        try:
-            return parse_timestamp(float(value))  # "nan" and "inf" parse as floats too
-        except ValueError:
-            pass
+        if ":" not in value:  # RFC 3339 has colons and a number never: float()'s exception is skipped
+            try:
+                return parse_timestamp(float(value))  # "nan" and "inf" parse as floats too
+            except ValueError:
+                pass
         try:
             parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
@@ -8186,7 +8187,10 @@ def transaction_row(raw: dict[str, Any], project_id: int, received: float, polic
     kept = {"trace": {"origin": trace.get("origin"), "data": {k: v for k, v in as_dict(trace.get("data")).items()
                                                                if k not in NOISE_DATA}}, "spans": spans,
             "measurements": as_dict(raw.get("measurements")), "tags": normalize_tags(raw.get("tags"))}
-    scrub_event(kept, policy)
+    payload = json_dumps(kept)
+    if may_need_scrubbing(payload, policy):
+        scrub_event(kept, policy)
+        payload = json_dumps(kept)
     return {"project_id": project_id, "event_id": normalize_id(raw.get("event_id")) or uuid.uuid4().hex,
             "trace_id": trace_id, "span_id": span_id,
             "parent_span_id": span_id_of(trace.get("parent_span_id")),
@@ -8194,7 +8198,14 @@ def transaction_row(raw: dict[str, Any], project_id: int, received: float, polic
             "op": text(trace.get("op"), MAX_TAG), "status": text(trace.get("status"), 64) or "unknown",
             "release": text(raw.get("release"), MAX_TAG), "environment": text(raw.get("environment"), MAX_TAG) or "production",
             "start": start, "duration_ms": (end - start) * 1000, "spans": len(spans),
-            "payload": TRACE_ZSTD.compress(json_dumps(kept)), "received": received}
+            "payload": TRACE_ZSTD.compress(payload), "received": received}
+
+
+def may_need_scrubbing(raw: bytes, policy: ScrubPolicy) -> bool:
+    """Whether scrub_event could change a transaction's kept part, whose JSON is `raw`: when
+    no byte test finds anything in the whole it walks nothing (no part can hold what the whole does
+    not), and these parts hold no IP address fields. Most pass, and are serialised once, not twice."""
+    return policy.enabled and (policy.scrub_ip or policy.json_may_hold_secret(raw))
 
 
 def span_id_of(value: Any) -> str | None:
