@@ -4,6 +4,7 @@ like a date."""
 from __future__ import annotations
 
 import copy
+import marshal
 import time
 import uuid
 from typing import Any
@@ -72,3 +73,31 @@ def test_transaction_kept_part_not_scrubbed_when_the_project_turns_scrubbing_off
 ])
 def test_timestamps_parse_as_before(value: str, expected: float | None) -> None:
     assert tracker.parse_timestamp(value) == expected
+
+
+@pytest.mark.parametrize("kind, payload", [
+    ("transaction", transaction({"password": "hunter2-hunter2"})),
+    ("span", {"version": 2, "items": [{"trace_id": uuid.uuid4().hex, "span_id": "a" * 16, "is_segment": True,
+                                       "name": "GET /", "start_timestamp": time.time() - 1, "end_timestamp": time.time(),
+                                       "attributes": {"sentry.release": {"value": "1.0", "type": "string"}}},
+                                      {"span_id": "b" * 16, "name": "orphan"}]}),
+    ("log", {"version": 2, "items": [{"timestamp": time.time(), "level": "info", "body": "token=abc123456789",
+                                      "attributes": {"api_key": {"value": "k-123456", "type": "string"}}},
+                                     {"body": "no timestamp"}]}),
+])
+def test_items_prepared_in_a_worker_come_back_whole(kind: str, payload: dict[str, Any]) -> None:
+    """A transaction, span or log item crosses the worker pipe (marshal) both ways and comes back as
+    the server would have prepared it itself."""
+    job = tracker.PrepareJob(tracker.json_dumps(payload), 1, None, time.time(), "", "", "", "{}", None, kind=kind)
+    sent = tracker.PrepareJob(*marshal.loads(marshal.dumps(tracker.fields_of(job))))
+    here = tracker.prepare_job(job)
+    there = tracker.PreparedItem(*marshal.loads(marshal.dumps(tracker.fields_of(tracker.prepare_job(sent)))))
+    assert isinstance(here, tracker.PreparedItem) and here.rows
+    def same(row: Any) -> Any:  # but for the id a transaction without one is given
+        return row if isinstance(row, tuple) else {k: v for k, v in row.items() if k != "event_id"}
+    assert len(here.rows) == len(there.rows) and list(map(same, here.rows)) == list(map(same, there.rows))
+    assert (here.health, here.refused, here.outcome) == (there.health, there.refused, there.outcome)
+    assert [tracker.HealthUpdate(*fields).kind for fields in there.health] == (["transaction"] if kind != "log" else [])
+    assert "hunter2" not in repr(there.rows) and "k-123456" not in repr(there.rows)
+    assert there.outcome == {"transaction": "stored", "span": "stored as 1 transactions; 1 spans without their "
+                             "segment not kept", "log": "stored 1 logs, dropped 1"}[kind]
