@@ -9,8 +9,9 @@ reads top to bottom in the order an envelope flows, one banner per section:
                              and the background task base; projects, DSN keys, tokens and people.
     Ingest                   the HTTP endpoints SDKs call: auth, body decoding, envelopes, one
                              handler per item type; attachments, feedback, the envelope log, limits.
-    Processing               worker processes that prepare events: normalisation and display
-                             fields, source maps, scrubbing, grouping and a project's grouping rules.
+    Processing               worker processes that prepare events (and transaction, span and log
+                             items): normalisation and display fields, source maps, scrubbing,
+                             grouping and a project's grouping rules.
     Issues                   writer jobs that store an event and keep its issue up to date; merge,
                              workflow, search, releases (and their source map uploads) and code
                              mappings, with their questions.
@@ -1861,7 +1862,7 @@ async def take_transactions(intake: Intake, kind: str, payload: bytes) -> str:
     return prepared.outcome
 
 
-def prepare_item(intake: Intake, kind: str, payload: bytes) -> Awaitable[PreparedEvent | PreparedItem]:
+def prepare_item(intake: Intake, kind: str, payload: bytes) -> Awaitable[PreparedItem]:
     """A transaction, span or log item's parsing and scrubbing, sent where events are prepared: the event
     loop keeps only HTTP and the hand-off."""
     return intake.request.app.preparers.prepare(PrepareJob(
@@ -2459,6 +2460,8 @@ class DropFlusher(Background):
 # commit. The events that reach take_event in one turn of the event loop go to a worker as one
 # batch (one pickle, one pipe write). Until a worker is up, or after one dies, events are prepared
 # in this process: nothing waits on a worker that is not there, and nothing it held is lost.
+# Transaction, span and log items go the same way (a job of their kind, ITEM_PREPARERS): a traced
+# service sends one of each beside its errors, and their parsing once cost the event loop more.
 
 class Preparers:
     """The worker processes (`[server] ingest_workers`; by default one per core, at most four, and
