@@ -2776,6 +2776,8 @@ def run_prepare_worker(db: str) -> None:
                 results.append(("failed", repr(exc)))
         out.write(frame(marshal.dumps(results)))
         out.flush()
+        if len(data) > 64 * KIB and MALLOC_TRIM:  # as the server does after a large body: transaction, span
+            MALLOC_TRIM(0)  # and log items of up to max_event come here, and glibc would keep their pages
 
 
 def read_frame(stream: Any) -> bytes | None:
