@@ -8277,7 +8277,7 @@ SPAN_ID = re.compile(r"[0-9a-f]{16}")
 
 MAX_SPANS = 1000  # child spans kept of one transaction (Sentry's SDKs stop at 1,000 too)
 
-TRACE_ZSTD = zstandard.ZstdCompressor(level=3)  # the event loop's: transactions are compressed in ingest
+TRACE_ZSTD = zstandard.ZstdCompressor(level=3)  # one per process: transactions are compressed where they are prepared
 
 
 def slim_span(raw: Any) -> dict[str, Any] | None:
