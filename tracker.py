@@ -9,8 +9,9 @@ reads top to bottom in the order an envelope flows, one banner per section:
                              and the background task base; projects, DSN keys, tokens and people.
     Ingest                   the HTTP endpoints SDKs call: auth, body decoding, envelopes, one
                              handler per item type; attachments, feedback, the envelope log, limits.
-    Processing               worker processes that prepare events: normalisation and display
-                             fields, source maps, scrubbing, grouping and a project's grouping rules.
+    Processing               worker processes that prepare events (and transaction, span and log
+                             items): normalisation and display fields, source maps, scrubbing,
+                             grouping and a project's grouping rules.
     Issues                   writer jobs that store an event and keep its issue up to date; merge,
                              workflow, search, releases (and their source map uploads) and code
                              mappings, with their questions.
@@ -1849,27 +1850,37 @@ async def take_event(intake: Intake, item_header: dict[str, Any], payload: bytes
     return "stored"
 
 
-def take_transaction(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
+async def take_transaction(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
     """A transaction: counted in its minute bucket (release health) and kept with its spans for the
     trace page and the slowest transactions (Traces and logs), scrubbed as events are."""
     if intake.over_limit("transaction"):
         return "dropped: rate limited"
     if len(payload) > intake.request.app.settings.max_event:
         return intake.drop("too_large", "transaction", "dropped: too large")
+    return await take_transactions(intake, "transaction", payload)
+
+
+async def take_transactions(intake: Intake, kind: str, payload: bytes) -> str:
+    """A transaction or span item prepared (in a worker when there is one) into health counts and rows."""
     try:
-        raw = json_object(payload, "transaction payload")
+        prepared = await prepare_item(intake, kind, payload)
     except IngestError as exc:
-        return intake.drop("invalid", "transaction", f"dropped: {exc.detail}")
-    intake.health += parse_transaction(raw, intake.received)
-    row = transaction_row(raw, intake.project_id, intake.received, intake.scrub)
-    if row is None:
-        return "counted; not kept: no trace id, or too old"
-    cap, _, _ = trace_caps(intake.request.app.settings)
-    intake.jobs.append(lambda conn: store_transaction(conn, row, cap))
-    return "stored"
+        return intake.drop("invalid", kind, f"dropped: {exc.detail}")
+    intake.health += [HealthUpdate(*fields) for fields in prepared.health]
+    if prepared.rows:
+        cap, _, _ = trace_caps(intake.request.app.settings)
+        intake.jobs.append(lambda conn: store_transactions(conn, prepared.rows, cap))
+    return prepared.outcome
 
 
-def take_spans(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
+def prepare_item(intake: Intake, kind: str, payload: bytes) -> Awaitable[PreparedItem]:
+    """A transaction, span or log item's parsing and scrubbing, sent where events are prepared: the event
+    loop keeps only HTTP and the hand-off."""
+    return intake.request.app.preparers.prepare(PrepareJob(
+        payload, intake.project_id, None, intake.received, "", "", "", intake.scrub_text, PAYLOADS.current, kind=kind))
+
+
+async def take_spans(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
     """A `span` item (span v2, {"version": 2, "items": [...]}: what JS SDK 11 streams by default instead
     of transactions): each segment span with the spans of its segment in the same item becomes a
     transaction (counted and kept as one); spans whose segment is not in the item are not kept."""
@@ -1877,21 +1888,10 @@ def take_spans(intake: Intake, item_header: dict[str, Any], payload: bytes) -> s
         return "dropped: rate limited"
     if len(payload) > intake.request.app.settings.max_event:
         return intake.drop("too_large", "span", "dropped: too large")
-    try:
-        segments, orphans = span_segments(json_object(payload, "span payload"))
-    except IngestError as exc:
-        return intake.drop("invalid", "span", f"dropped: {exc.detail}")
-    cap, _, _ = trace_caps(intake.request.app.settings)
-    for raw in segments:
-        intake.health += parse_transaction(raw, intake.received)
-        row = transaction_row(raw, intake.project_id, intake.received, intake.scrub)
-        if row is not None:
-            intake.jobs.append(lambda conn, row=row: store_transaction(conn, row, cap))
-    return f"stored as {len(segments)} transactions" + (f"; {orphans} spans without their segment not kept"
-                                                         if orphans else "")
+    return await take_transactions(intake, "span", payload)
 
 
-def take_log(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
+async def take_log(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
     """A `log` item ({"version": 2, "items": [...]}): rate limited as `log_item` (each log counts),
     at most MAX_LOG_ITEMS of them an envelope and MAX_LOGS_PER_ITEM logs each, scrubbed, kept."""
     count = items_in("log", item_header)
@@ -1903,15 +1903,15 @@ def take_log(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str
     if len(payload) > intake.request.app.settings.max_event:
         return intake.drop("too_large", "log_item", "dropped: too large")
     try:
-        rows, refused = log_rows(json_object(payload, "log payload"), intake.project_id, intake.received, intake.scrub)
+        prepared = await prepare_item(intake, "log", payload)
     except IngestError as exc:
         return intake.drop("invalid", "log_item", f"dropped: {exc.detail}")
-    if refused:
-        intake.request.app.limits.drop(intake.project_id, intake.received, "invalid", "log_item", refused)
-    if rows:
+    if prepared.refused:
+        intake.request.app.limits.drop(intake.project_id, intake.received, "invalid", "log_item", prepared.refused)
+    if prepared.rows:
         _, cap, _ = trace_caps(intake.request.app.settings)
-        intake.jobs.append(lambda conn: store_logs(conn, intake.project_id, rows, cap))
-    return f"stored {len(rows)} logs" + (f", dropped {refused}" if refused else "")
+        intake.jobs.append(lambda conn: store_logs(conn, intake.project_id, prepared.rows, cap))
+    return prepared.outcome
 
 
 MAX_LOG_ITEMS = 10  # log items in one envelope: SDKs send one (at most 1,000 lines a writer job)
@@ -2483,6 +2483,8 @@ class DropFlusher(Background):
 # commit. The events that reach take_event in one turn of the event loop go to a worker as one
 # batch (one pickle, one pipe write). Until a worker is up, or after one dies, events are prepared
 # in this process: nothing waits on a worker that is not there, and nothing it held is lost.
+# Transaction, span and log items go the same way (a job of their kind, ITEM_PREPARERS): a traced
+# service sends one of each beside its errors, and their parsing once cost the event loop more.
 
 class Preparers:
     """The worker processes (`[server] ingest_workers`; by default one per core, at most four, and
@@ -2530,10 +2532,10 @@ class Preparers:
             self.restarted = time.monotonic()
             self.starting = asyncio.get_running_loop().create_task(self.spawn(1))
 
-    async def prepare(self, job: PrepareJob) -> PreparedEvent:
+    async def prepare(self, job: PrepareJob) -> Any:  # PreparedEvent, or a PreparedItem for an item of ITEM_PREPARERS
         if not any(worker.alive for worker in self.workers):
             return prepare_job(job)
-        future: asyncio.Future[PreparedEvent] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.batch.append((job, future))
         if len(self.batch) == 1:
             asyncio.get_running_loop().call_soon(self.send)
@@ -2622,10 +2624,12 @@ class PrepareWorker:
                 size = int.from_bytes(await self.process.stdout.readexactly(4), "little")
                 results = marshal.loads(await self.process.stdout.readexactly(size))
                 self.progress = time.monotonic()
-                for (_, future), (outcome, *result) in zip(self.waiting.popleft(), results):
+                for (job, future), (outcome, *result) in zip(self.waiting.popleft(), results):
                     if future.done():
                         continue
-                    if outcome == "ok":
+                    if outcome == "ok" and job.kind in ITEM_PREPARERS:
+                        future.set_result(PreparedItem(*result[0]))
+                    elif outcome == "ok":
                         PAYLOADS.count_plain()
                         future.set_result(PreparedEvent(*result[0]))
                     else:
@@ -2682,8 +2686,10 @@ def settle_here(batch: list[tuple[PrepareJob, asyncio.Future[PreparedEvent]]]) -
             future.set_exception(exc)
 
 
-def prepare_job(job: PrepareJob) -> PreparedEvent:
-    """The work of one event, the same in a worker and in the server."""
+def prepare_job(job: PrepareJob) -> PreparedEvent | PreparedItem:
+    """The work of one event (or a transaction, span or log item), the same in a worker and in the server."""
+    if job.kind in ITEM_PREPARERS:
+        return ITEM_PREPARERS[job.kind](job.payload, job.project_id, job.received, parsed_scrub_policy(job.scrub))
     return prepare_event(json_object(job.payload, "event payload"), project_id=job.project_id,
                          event_id=job.event_id, received=job.received, client_ip=job.client_ip,
                          rules=grouping_rules_of(job.stacktrace_rules, job.fingerprint_rules, job.secondary_until),
@@ -2782,6 +2788,8 @@ def run_prepare_worker(db: str) -> None:
                 results.append(("failed", repr(exc)))
         out.write(frame(marshal.dumps(results)))
         out.flush()
+        if len(data) > 64 * KIB and MALLOC_TRIM:  # as the server does after a large body: transaction, span
+            MALLOC_TRIM(0)  # and log items of up to max_event come here, and glibc would keep their pages
 
 
 def read_frame(stream: Any) -> bytes | None:
@@ -2807,6 +2815,7 @@ class PrepareJob:
     scrub: str  # scrub_option_text
     dict_id: int | None  # the payload dictionary the server compresses with
     secondary_until: float = 0.0  # GroupingRules.secondary_until
+    kind: str = "event"  # or an item type of ITEM_PREPARERS (Traces and logs), prepared as events are
 
 
 # -- normalisation: every SDK's shapes made one; the fields pages show ----------------------------
@@ -2868,10 +2877,11 @@ def parse_timestamp(value: Any) -> float | None:
     if isinstance(value, (int, float)):
         return float(value) if value == value and abs(value) < 1e11 else None
     if isinstance(value, str):
-        try:
-            return parse_timestamp(float(value))  # "nan" and "inf" parse as floats too
-        except ValueError:
-            pass
+        if ":" not in value:  # RFC 3339 has colons and a number never: float()'s exception is skipped
+            try:
+                return parse_timestamp(float(value))  # "nan" and "inf" parse as floats too
+            except ValueError:
+                pass
         try:
             parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
@@ -8275,6 +8285,41 @@ def trace_caps(settings: Settings) -> tuple[int, int, float]:
             max(float(own.get("max_age_days", 14)), 0.0))
 
 
+@dataclasses.dataclass
+class PreparedItem:
+    """A transaction, span or log item ready for the writer: release health's counts (HealthUpdate's
+    fields), rows of `transactions` or `logs`, log lines refused, and what the envelope log says."""
+
+    health: list[tuple[Any, ...]]
+    rows: list[Any]
+    refused: int
+    outcome: str
+
+
+def prepare_transaction(payload: bytes, project_id: int, received: float, policy: ScrubPolicy) -> PreparedItem:
+    raw = json_object(payload, "transaction payload")
+    row = transaction_row(raw, project_id, received, policy)
+    return PreparedItem([fields_of(update) for update in parse_transaction(raw, received)], [row] if row else [], 0,
+                        "stored" if row else "counted; not kept: no trace id, or too old")
+
+
+def prepare_spans(payload: bytes, project_id: int, received: float, policy: ScrubPolicy) -> PreparedItem:
+    segments, orphans = span_segments(json_object(payload, "span payload"))
+    rows = [transaction_row(raw, project_id, received, policy) for raw in segments]
+    return PreparedItem([fields_of(update) for raw in segments for update in parse_transaction(raw, received)],
+                        [row for row in rows if row], 0, f"stored as {len(segments)} transactions"
+                        + (f"; {orphans} spans without their segment not kept" if orphans else ""))
+
+
+def prepare_logs(payload: bytes, project_id: int, received: float, policy: ScrubPolicy) -> PreparedItem:
+    rows, refused = log_rows(json_object(payload, "log payload"), project_id, received, policy)
+    return PreparedItem([], rows, refused, f"stored {len(rows)} logs" + (f", dropped {refused}" if refused else ""))
+
+
+ITEM_PREPARERS: dict[str, Callable[[bytes, int, float, ScrubPolicy], PreparedItem]] = {
+    "transaction": prepare_transaction, "span": prepare_spans, "log": prepare_logs}
+
+
 def transaction_row(raw: dict[str, Any], project_id: int, received: float, policy: ScrubPolicy
                     ) -> dict[str, Any] | None:
     """A transaction as a row of `transactions`: its root span's fields, and its child spans (at most
@@ -8289,7 +8334,10 @@ def transaction_row(raw: dict[str, Any], project_id: int, received: float, polic
     kept = {"trace": {"origin": trace.get("origin"), "data": {k: v for k, v in as_dict(trace.get("data")).items()
                                                                if k not in NOISE_DATA}}, "spans": spans,
             "measurements": as_dict(raw.get("measurements")), "tags": normalize_tags(raw.get("tags"))}
-    scrub_event(kept, policy)
+    payload = json_dumps(kept)
+    if may_need_scrubbing(payload, policy):
+        scrub_event(kept, policy)
+        payload = json_dumps(kept)
     return {"project_id": project_id, "event_id": normalize_id(raw.get("event_id")) or uuid.uuid4().hex,
             "trace_id": trace_id, "span_id": span_id,
             "parent_span_id": span_id_of(trace.get("parent_span_id")),
@@ -8297,7 +8345,14 @@ def transaction_row(raw: dict[str, Any], project_id: int, received: float, polic
             "op": text(trace.get("op"), MAX_TAG), "status": text(trace.get("status"), 64) or "unknown",
             "release": text(raw.get("release"), MAX_TAG), "environment": text(raw.get("environment"), MAX_TAG) or "production",
             "start": start, "duration_ms": (end - start) * 1000, "spans": len(spans),
-            "payload": TRACE_ZSTD.compress(json_dumps(kept)), "received": received}
+            "payload": TRACE_ZSTD.compress(payload), "received": received}
+
+
+def may_need_scrubbing(raw: bytes, policy: ScrubPolicy) -> bool:
+    """Whether scrub_event could change a transaction's kept part, whose JSON is `raw`: when
+    no byte test finds anything in the whole it walks nothing (no part can hold what the whole does
+    not), and these parts hold no IP address fields. Most pass, and are serialised once, not twice."""
+    return policy.enabled and (policy.scrub_ip or policy.json_may_hold_secret(raw))
 
 
 def span_id_of(value: Any) -> str | None:
@@ -8310,7 +8365,7 @@ SPAN_ID = re.compile(r"[0-9a-f]{16}")
 
 MAX_SPANS = 1000  # child spans kept of one transaction (Sentry's SDKs stop at 1,000 too)
 
-TRACE_ZSTD = zstandard.ZstdCompressor(level=3)  # the event loop's: transactions are compressed in ingest
+TRACE_ZSTD = zstandard.ZstdCompressor(level=3)  # one per process: transactions are compressed where they are prepared
 
 
 def slim_span(raw: Any) -> dict[str, Any] | None:
@@ -8366,14 +8421,16 @@ def span_segments(raw: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
 MAX_SPANS_PER_ITEM = 1000  # Python's span batcher sends at most 1,000 an envelope
 
 
-def store_transaction(conn: sqlite3.Connection, row: dict[str, Any], cap: int) -> None:
-    """Writer job: keep one transaction; now and then trim the project's to the cap."""
-    row_id = conn.execute("""INSERT INTO transactions (project_id, event_id, trace_id, span_id, parent_span_id, name,
-                                 op, status, release, environment, start, duration_ms, spans, payload, received)
-                             VALUES (:project_id, :event_id, :trace_id, :span_id, :parent_span_id, :name, :op, :status, :release,
-                                 :environment, :start, :duration_ms, :spans, :payload, :received)""", row).lastrowid or 0
-    if row_id % TRIM_EVERY == 0:
-        trim_to_cap(conn, "transactions", "start", row["project_id"], cap)
+def store_transactions(conn: sqlite3.Connection, rows: list[dict[str, Any]], cap: int) -> None:
+    """Writer job: keep an item's transactions; now and then trim the project's to the cap."""
+    for row in rows:
+        row_id = conn.execute("""INSERT INTO transactions (project_id, event_id, trace_id, span_id, parent_span_id,
+                                     name, op, status, release, environment, start, duration_ms, spans, payload, received)
+                                 VALUES (:project_id, :event_id, :trace_id, :span_id, :parent_span_id, :name, :op, :status,
+                                     :release, :environment, :start, :duration_ms, :spans, :payload, :received)""",
+                              row).lastrowid or 0
+        if row_id % TRIM_EVERY == 0:
+            trim_to_cap(conn, "transactions", "start", row["project_id"], cap)
 
 
 TRIM_EVERY = 64  # rows stored between two checks of a project's cap
