@@ -3714,7 +3714,8 @@ class Scrubber:
         (a safe field) or walked. Nulls and booleans return at once: they are never secrets."""
         if value is None or value is True or value is False:
             return
-        rule = None if key is None else self.rule_of(key)
+        structure = not self.whole and key in EVENT_STRUCTURE and isinstance(value, (dict, list))
+        rule = None if key is None or structure else self.rule_of(key)
         if rule is None:
             if isinstance(value, str):
                 if len(value) > 2:
@@ -3860,6 +3861,14 @@ class Scrubber:
 # and scanning them could only break grouping and source links.
 CODE_KEYS = frozenset({"filename", "abs_path", "module", "function", "raw_function", "package", "platform",
                        "instruction_addr", "symbol_addr", "image_addr", "pre_context", "context_line", "post_context"})
+
+
+# The event's own containers (outside data: WHOLE_KEYS): never filtered whole, only walked, so a
+# project's sensitive field such as `trace` or `user` filters what they hold, as Relay's rules apply
+# to values and not to the protocol's structure; filtered whole, the stack trace was "[Filtered]" and
+# every event of the project failed to prepare (a 500).
+EVENT_STRUCTURE = frozenset({"exception", "threads", "values", "stacktrace", "raw_stacktrace", "frames", "mechanism",
+                             "breadcrumbs", "logentry", "user", "tags", "contexts", "request"})
 
 
 def is_code(value: Any) -> bool:
