@@ -62,13 +62,32 @@ def timings(url: str, token: str, issue_id: int, event_id: str, repeat: int) -> 
     auth = {"Authorization": f"Bearer {token}"}
     cases = {
         "issues page": "/issues/?project=bench",
+        "issues page, sort new": "/issues/?project=bench&sort=new",
+        "issues page, sort freq": "/issues/?project=bench&sort=freq",
+        "issues page, sort user": "/issues/?project=bench&sort=user",
+        "issues page, all projects": "/issues/",
         "issues page, search by tag": "/issues/?project=bench&q=service:svc-3",
         "API issues list": "/api/0/projects/tracker/bench/issues/",
         "API search user.id:": "/api/0/projects/tracker/bench/issues/?query=user.id:user-42",
         "API search release:": "/api/0/projects/tracker/bench/issues/?query=release:shop@7.0",
+        "API org issues, 24h stats": "/api/0/organizations/tracker/issues/?project=bench",
+        "API org issues, 14d stats": "/api/0/organizations/tracker/issues/?project=bench&groupStatsPeriod=14d",
+        "API events-stats 14d": "/api/0/organizations/tracker/events-stats/?statsPeriod=14d&interval=1d",
+        "API stats_v2 24h": "/api/0/organizations/tracker/stats_v2/?field=sum(quantity)&groupBy=outcome",
         "issue page": f"/issues/{issue_id}/",
+        "issue's events page": f"/issues/{issue_id}/events/",
         "event page": f"/issues/{issue_id}/events/{event_id}/",
+        "API issue": f"/api/0/issues/{issue_id}/",
+        "API issue tags": f"/api/0/issues/{issue_id}/tags/",
         "project overview (24h)": "/projects/bench/overview/",
+        "project overview (1h)": "/projects/bench/overview/?period=1h",
+        "project overview (7d)": "/projects/bench/overview/?period=7d",
+        "project overview (30d)": "/projects/bench/overview/?period=30d",
+        "projects page": "/projects/",
+        "releases page": "/releases/",
+        "release page": "/releases/shop@7.0/",
+        "logs page": "/logs/",
+        "metrics": "/metrics",
     }
     with httpx.Client(base_url=url, headers=auth, timeout=60) as client:
         for label, path in cases.items():
