@@ -79,3 +79,27 @@ def test_migrated_indexes_serve_the_questions(tracker: TrackerServer) -> None:
     finally:
         conn.close()
     assert "issue_activity_by_kind" in plan, plan
+
+
+def test_events_stats_per_slot_with_and_without_projects(tracker: TrackerServer, project: Project) -> None:
+    """Counted slot by slot over the time index: a project's events land in their hours, and the
+    series for every project is the sum of each project's."""
+    hour = 3600
+    now = time.time()
+    for hours_ago, n in ((2, 3), (5, 1)):
+        for k in range(n):
+            tracker.send_event(project, event(f"stats-{hours_ago}", "app@9", now - hours_ago * hour + k))
+    tracker.wait_issues(project, 4)
+
+    def series(**params: Any) -> list[int]:
+        r = tracker.api("GET", "organizations/tracker/events-stats/", params={"statsPeriod": "24h", "interval": "1h",
+                                                                             "field": "count()", **params})
+        assert r.status_code == 200, r.text
+        return [point[1][0]["count"] for point in r.json()["data"]]
+
+    own = series(project=project.id)
+    assert sum(own) == 4 and own[-3] == 3 and own[-6] == 1, own
+    projects = [p["id"] for p in tracker.api("GET", "organizations/tracker/projects/").json()]
+    assert series() == [sum(column) for column in zip(*(series(project=p) for p in projects))]
+    assert series(project=project.id, query="release:app@9") == own
+    assert sum(series(project=project.id, query="release:app@8")) == 0
