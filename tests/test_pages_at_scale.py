@@ -103,3 +103,21 @@ def test_events_stats_per_slot_with_and_without_projects(tracker: TrackerServer,
     assert series() == [sum(column) for column in zip(*(series(project=p) for p in projects))]
     assert series(project=project.id, query="release:app@9") == own
     assert sum(series(project=project.id, query="release:app@8")) == 0
+
+
+def test_release_counts_and_menu(tracker: TrackerServer, project: Project) -> None:
+    """The releases page's events and new issues per release, and the issue list's release menu,
+    latest seen first, come from the release tag index."""
+    r1, r2 = f"scale@{uuid.uuid4().hex[:6]}", f"scale@{uuid.uuid4().hex[:6]}"
+    now = time.time()
+    for title, release, at in (("one", r1, now - 50), ("one", r1, now - 40), ("two", r1, now - 30),
+                               ("one", r2, now - 20), ("three", r2, now - 10), ("two", r1, now - 100)):
+        tracker.send_event(project, event(title, release, at))
+    tracker.wait_issues(project, 6)
+    page = tracker.web.get("/releases/", params={"project": project.slug}).text
+    counts = {m[0]: (m[1], m[2]) for m in re.findall(
+        r'<a href="/releases/[^"]+/">([^<]+)</a></td>.*?<td class="num">(\d+)</td><td class="num">(\d+)</td>', page, re.S)}
+    assert counts == {r1: ("4", "2"), r2: ("2", "1")}
+    listing = tracker.web.get("/issues/", params={"project": project.slug}).text
+    menu = re.findall(r"<option(?: selected)?\s*>(scale@[^<]+)</option>", listing)
+    assert menu.index(r2) < menu.index(r1), menu
