@@ -532,17 +532,10 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     # every issue's activity they took 10-20 ms at 10,000 issues, from this index well under 1 ms; it is
     # written with the activity (a new issue, a status change), not per event
     "CREATE INDEX issue_activity_by_kind ON issue_activity (kind, created, issue_id)",
-    # releases at 10,000 issues: the release list counted each release's new issues with a scan of
-    # every issue (48 ms for 20 releases, 0.6 ms by first_release: written once, with the issue), and
-    # it and the issue list's release menu read times_seen and last_seen from a table row per issue
-    # and release (20 ms each; 1.5 ms from the widened release index). The widening costs the writer
-    # nothing measurable: an event's tag upsert assigns first_seen, so it rewrites this index's entry
-    # already (about 15 µs of an 80 µs upsert of ten tags; widened within ±5 µs of that)
-    """
-    CREATE INDEX issue_tags_release ON issue_tags (value, first_seen, times_seen, last_seen) WHERE key = 'release';
-    DROP INDEX issue_tags_release_start;
-    CREATE INDEX issues_by_first_release ON issues (first_release);
-    """,
+    # the release list counted each release's new issues with a scan of every issue (48 ms of CPU for
+    # 20 releases at 10,000 issues; 0.6 ms so); written once, with the issue (the event's UPDATE does
+    # not assign first_release)
+    "CREATE INDEX issues_by_first_release ON issues (first_release)",
 ]
 
 Job = Callable[[sqlite3.Connection], Any]
@@ -5828,9 +5821,9 @@ async def environments_seen(store: Store) -> list[str]:
 
 async def releases_seen(store: Store, limit: int = 100) -> list[str]:
     """The releases issues have been seen in, the latest seen first (the issue list's filter)."""
-    return [r["value"] for r in await store.all(  # the planner would pick issue_tags_by_value and read every row
-        "SELECT value FROM issue_tags INDEXED BY issue_tags_release WHERE key = 'release' GROUP BY value "
-        "ORDER BY max(last_seen) DESC LIMIT ?", (limit,))]
+    return [r["value"] for r in await store.all(
+        "SELECT value FROM issue_tags WHERE key = 'release' GROUP BY value ORDER BY max(last_seen) DESC LIMIT ?",
+        (limit,))]
 
 
 async def issue_event_buckets(store: Store, issue_ids: Sequence[int], buckets: int, size: int) -> dict[int, list[int]]:
