@@ -536,6 +536,15 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     # 20 releases at 10,000 issues; 0.6 ms so); written once, with the issue (the event's UPDATE does
     # not assign first_release)
     "CREATE INDEX issues_by_first_release ON issues (first_release)",
+    # the issue list's release menu (latest seen first) and the release list's event counts read
+    # last_seen and times_seen of every (issue, release) tag row: 20 ms of CPU each at 10,000 issues,
+    # 1.5 ms from this index. It costs the writer per event: the release row's entry changes with each
+    # event (+0 to +12 µs per event in an isolated benchmark of the ten-tag upsert, about 80 µs; the
+    # index it replaces is rewritten per event too, as the upsert assigns first_seen)
+    """
+    CREATE INDEX issue_tags_release ON issue_tags (value, first_seen, times_seen, last_seen) WHERE key = 'release';
+    DROP INDEX issue_tags_release_start;
+    """,
 ]
 
 Job = Callable[[sqlite3.Connection], Any]
@@ -5821,9 +5830,9 @@ async def environments_seen(store: Store) -> list[str]:
 
 async def releases_seen(store: Store, limit: int = 100) -> list[str]:
     """The releases issues have been seen in, the latest seen first (the issue list's filter)."""
-    return [r["value"] for r in await store.all(
-        "SELECT value FROM issue_tags WHERE key = 'release' GROUP BY value ORDER BY max(last_seen) DESC LIMIT ?",
-        (limit,))]
+    return [r["value"] for r in await store.all(  # the planner would pick issue_tags_by_value and read every row
+        "SELECT value FROM issue_tags INDEXED BY issue_tags_release WHERE key = 'release' GROUP BY value "
+        "ORDER BY max(last_seen) DESC LIMIT ?", (limit,))]
 
 
 async def issue_event_buckets(store: Store, issue_ids: Sequence[int], buckets: int, size: int) -> dict[int, list[int]]:
