@@ -531,19 +531,20 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     # the overview's bug lifetimes and regressions read the resolutions and regressions by kind: from
     # every issue's activity they took 10-20 ms at 10,000 issues, from this index well under 1 ms; it is
     # written with the activity (a new issue, a status change), not per event
-    "CREATE INDEX issue_activity_by_kind ON issue_activity (kind, created, issue_id)",
+    "CREATE INDEX IF NOT EXISTS issue_activity_by_kind ON issue_activity (kind, created, issue_id)",
     # the release list counted each release's new issues with a scan of every issue (48 ms of CPU for
     # 20 releases at 10,000 issues; 0.6 ms so); written once, with the issue (the event's UPDATE does
     # not assign first_release)
-    "CREATE INDEX issues_by_first_release ON issues (first_release)",
+    "CREATE INDEX IF NOT EXISTS issues_by_first_release ON issues (first_release)",
     # the issue list's release menu (latest seen first) and the release list's event counts read
     # last_seen and times_seen of every (issue, release) tag row: 20 ms of CPU each at 10,000 issues,
     # 1.5 ms from this index. It costs the writer per event: the release row's entry changes with each
     # event (+0 to +12 µs per event in an isolated benchmark of the ten-tag upsert, about 80 µs; the
     # index it replaces is rewritten per event too, as the upsert assigns first_seen)
     """
-    CREATE INDEX issue_tags_release ON issue_tags (value, first_seen, times_seen, last_seen) WHERE key = 'release';
-    DROP INDEX issue_tags_release_start;
+    CREATE INDEX IF NOT EXISTS issue_tags_release ON issue_tags (value, first_seen, times_seen, last_seen)
+        WHERE key = 'release';
+    DROP INDEX IF EXISTS issue_tags_release_start;
     """,
 ]
 
