@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 import tracker  # noqa: E402
 
-from run import KEY, free_port, start  # noqa: E402
+from run import KEY, cpu_seconds, free_port, start  # noqa: E402
 
 
 def template(n: int, received: float) -> tracker.PreparedEvent:
@@ -58,28 +58,51 @@ def build(db: Path, events: int, issues: int) -> None:
           f"{db.stat().st_size / events:.0f} bytes/event")
 
 
-def timings(url: str, token: str, issue_id: int, event_id: str, repeat: int) -> None:
+def timings(url: str, pid: int, token: str, issue_id: int, event_id: str, repeat: int) -> None:
+    """p50 and p95 of each page, and the server's CPU per request (from /proc: on a shared machine the
+    wall-clock times follow the load, the CPU much less)."""
     auth = {"Authorization": f"Bearer {token}"}
     cases = {
         "issues page": "/issues/?project=bench",
+        "issues page, sort new": "/issues/?project=bench&sort=new",
+        "issues page, sort freq": "/issues/?project=bench&sort=freq",
+        "issues page, sort user": "/issues/?project=bench&sort=user",
+        "issues page, all projects": "/issues/",
         "issues page, search by tag": "/issues/?project=bench&q=service:svc-3",
         "API issues list": "/api/0/projects/tracker/bench/issues/",
         "API search user.id:": "/api/0/projects/tracker/bench/issues/?query=user.id:user-42",
         "API search release:": "/api/0/projects/tracker/bench/issues/?query=release:shop@7.0",
+        "API org issues, 24h stats": "/api/0/organizations/tracker/issues/?project=bench",
+        "API org issues, 14d stats": "/api/0/organizations/tracker/issues/?project=bench&groupStatsPeriod=14d",
+        "API events-stats 14d": "/api/0/organizations/tracker/events-stats/?statsPeriod=14d&interval=1d",
+        "API stats_v2 24h": "/api/0/organizations/tracker/stats_v2/?field=sum(quantity)&groupBy=outcome",
         "issue page": f"/issues/{issue_id}/",
+        "issue's events page": f"/issues/{issue_id}/events/",
         "event page": f"/issues/{issue_id}/events/{event_id}/",
+        "API issue": f"/api/0/issues/{issue_id}/",
+        "API issue tags": f"/api/0/issues/{issue_id}/tags/",
         "project overview (24h)": "/projects/bench/overview/",
+        "project overview (1h)": "/projects/bench/overview/?period=1h",
+        "project overview (7d)": "/projects/bench/overview/?period=7d",
+        "project overview (30d)": "/projects/bench/overview/?period=30d",
+        "projects page": "/projects/",
+        "releases page": "/releases/",
+        "release page": "/releases/shop@7.0/",
+        "logs page": "/logs/",
+        "metrics": "/metrics",
     }
     with httpx.Client(base_url=url, headers=auth, timeout=60) as client:
         for label, path in cases.items():
-            times = []
+            times, cpu = [], cpu_seconds(Path(f"/proc/{pid}/stat"))
             for _ in range(repeat):
                 began = time.perf_counter()
                 r = client.get(path)
                 times.append((time.perf_counter() - began) * 1000)
                 assert r.status_code == 200, (path, r.status_code)
             times.sort()
-            print(f"  {label:30} p50 {statistics.median(times):7.1f} ms   p95 {times[int(len(times) * 0.95) - 1]:7.1f} ms")
+            cpu = (cpu_seconds(Path(f"/proc/{pid}/stat")) - cpu) / repeat * 1000
+            print(f"  {label:30} p50 {statistics.median(times):7.1f} ms   p95 {times[int(len(times) * 0.95) - 1]:7.1f} ms"
+                  f"   server CPU {cpu:6.1f} ms")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
             import sqlite3
             with sqlite3.connect(db) as conn:
                 issue_id, event_id = conn.execute("SELECT issue_id, event_id FROM events ORDER BY id DESC LIMIT 1").fetchone()
-            timings(f"http://127.0.0.1:{port}", token, issue_id, event_id, args.repeat)
+            timings(f"http://127.0.0.1:{port}", process.pid, token, issue_id, event_id, args.repeat)
         finally:
             process.terminate()
             process.wait(10)
