@@ -757,7 +757,7 @@ def connect_db(path: str) -> sqlite3.Connection:
     of every other connection this process has on it (SQLite's own warning), and a reader of another
     process could then read an old snapshot."""
     keep_private(path)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30, factory=WriteConnection)
     conn.row_factory = sqlite3.Row
     try:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -788,12 +788,23 @@ def tighten(db: str) -> None:
                 log.warning("%s was readable by other local users (mode %o): made it owner-only", path, mode)
 
 
+class WriteConnection(sqlite3.Connection):
+    """A connection of connect_db, with the caches its own writer jobs keep (WriterCaches)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.caches = WriterCaches()
+
+
 def apply_batch(conn: sqlite3.Connection, jobs: list[Job]) -> list[Any]:
     """Run jobs in one transaction, each in its own savepoint, so one failing job (returned as
-    its exception) cannot undo the others; one commit makes the whole batch durable."""
+    its exception) cannot undo the others; one commit makes the whole batch durable. A rollback
+    of a job or of the batch empties the writer's caches, which held what it had written."""
     results: list[Any] = []
+    caches = writer_caches(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:
+        caches.check(conn)
         for job in jobs:
             conn.execute("SAVEPOINT job")
             try:
@@ -802,14 +813,50 @@ def apply_batch(conn: sqlite3.Connection, jobs: list[Job]) -> list[Any]:
             except Exception as exc:  # a bad job must not sink its batch
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
+                caches.clear()
                 if not isinstance(exc, ValueError):  # a ValueError is a refusal that its caller shows
                     log.exception("write job failed")
                 results.append(exc)
         conn.execute("COMMIT")
     except BaseException:
+        caches.clear()
         conn.execute("ROLLBACK")
         raise
     return results
+
+
+def writer_caches(conn: sqlite3.Connection) -> WriterCaches:
+    """The connection's caches; a connection not made by connect_db gets empty ones each time."""
+    return conn.caches if isinstance(conn, WriteConnection) else WriterCaches()
+
+
+class WriterCaches:
+    """What storing an event asked the database every time: the issue of an event's hashes, the
+    search terms an issue has, a project's alert rules. They hold what the open transaction says,
+    and are emptied by whatever could make them wrong: a rollback (apply_batch), a commit by another
+    connection (PRAGMA data_version, read at each batch: the CLI on the same file), and the jobs that
+    move or delete hashes, terms or rules (merge, unmerge, deleting issues, retention, rule edits).
+    Bounded: full, a cache starts over (terms unique to one event, like a user's email, fill it)."""
+
+    LIMIT = 20_000  # entries of each; about 3 MB of terms
+
+    def __init__(self) -> None:
+        self.data_version = -1
+        self.issues: dict[tuple[int, tuple[str, ...], tuple[str, ...]], int] = {}  # (project, hashes, secondary)
+        self.terms: set[tuple[str, str, int]] = set()  # (key, value, issue) rows of issue_terms
+        self.rules: dict[int, list[tuple[int, dict[str, Any]]]] = {}  # project → (rule id, rule)
+
+    def check(self, conn: sqlite3.Connection) -> None:
+        """Empty the caches if another connection committed since the last batch."""
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self.data_version:
+            self.clear()
+            self.data_version = version
+
+    def clear(self) -> None:
+        self.issues.clear()
+        self.terms.clear()
+        self.rules.clear()
 
 
 # -- projects, keys and tokens (plain functions over a write connection) -------
@@ -4977,15 +5024,12 @@ def store_event(conn: sqlite3.Connection, ev: PreparedEvent) -> bool:
     if conn.execute("SELECT 1 FROM events WHERE project_id = ? AND event_id = ?",
                     (ev.project_id, ev.event_id)).fetchone():
         return False
-    known = issue_of_hashes(conn, ev.project_id, ev.hashes) or issue_of_hashes(conn, ev.project_id, ev.secondary_hashes)
-    issue_id = known or create_issue(conn, ev)
-    conn.executemany("INSERT OR IGNORE INTO issue_hashes (project_id, hash, issue_id) VALUES (?, ?, ?)",
-                     [(ev.project_id, h, issue_id) for h in ev.hashes])
+    caches = writer_caches(conn)
+    issue_id, new_issue = issue_for(conn, caches, ev)
     new_tags = record_issue_tags(conn, issue_id, ev)
     if "release" in new_tags:
         link_release(conn, ev.project_id, new_tags["release"], min(ev.timestamp, ev.received))  # not after its events
-    conn.executemany("INSERT OR IGNORE INTO issue_terms (key, value, issue_id) VALUES (?, ?, ?)",
-                     [(key, value, issue_id) for key, value in ev.terms])
+    record_terms(conn, caches, issue_id, ev.terms)
     issue = conn.execute(
         """UPDATE issues SET times_seen = times_seen + 1, user_count = user_count + :new_user,
                first_seen = min(first_seen, :ts), last_seen = max(last_seen, :ts),
@@ -5003,22 +5047,39 @@ def store_event(conn: sqlite3.Connection, ev: PreparedEvent) -> bool:
         (ev.project_id, ev.event_id, issue_id, ev.timestamp, ev.received, ev.level,
          ev.environment, ev.release, ev.payload, trace_of(ev.tags)))
     link_feedback(conn, ev.project_id, ev.event_id, issue_id)
-    if known and "release" in new_tags:
+    if not new_issue and "release" in new_tags:
         record_activity(conn, issue_id, "release", {"version": new_tags["release"]}, ev.received)
-    transition = "new" if known is None else None
+    transition = "new" if new_issue else None
     if issue["status"] != "unresolved":
         transition = apply_event_to_status(conn, issue, ev)
     fire_rules(conn, issue_id, ev, transition)
     return True
 
 
-def trace_of(tags: list[list[str]]) -> str | None:
-    """The trace an event belongs to (its `trace` tag, from contexts.trace), when it is a trace id."""
-    value = next((v for k, v in tags if k == "trace"), None)
-    return value if value and TRACE_ID.fullmatch(value) else None
+def issue_for(conn: sqlite3.Connection, caches: WriterCaches, ev: PreparedEvent) -> tuple[int, bool]:
+    """The issue an event joins by its hashes (the primary ones decide), created if there is none
+    (then True). Once its hashes are in issue_hashes the answer holds until a merge, an unmerge or a
+    deletion (which empty the cache), so the writer remembers it."""
+    grouped = (ev.project_id, tuple(ev.hashes), tuple(ev.secondary_hashes))
+    if (cached := caches.issues.get(grouped)) is not None:
+        return cached, False
+    known = issue_of_hashes(conn, ev.project_id, ev.hashes) or issue_of_hashes(conn, ev.project_id, ev.secondary_hashes)
+    issue_id = known or create_issue(conn, ev)
+    conn.executemany("INSERT OR IGNORE INTO issue_hashes (project_id, hash, issue_id) VALUES (?, ?, ?)",
+                     [(ev.project_id, h, issue_id) for h in ev.hashes])
+    if ev.hashes:  # (an event without any opens an issue of its own)
+        remember(caches.issues, grouped, issue_id)
+    return issue_id, known is None
 
 
-TRACE_ID = re.compile(r"[0-9a-f]{32}")
+def remember(cache: dict[Any, Any] | set[Any], key: Any, value: Any = None) -> None:
+    """Add to a bounded writer cache (WriterCaches.LIMIT), which starts over when full."""
+    if len(cache) >= WriterCaches.LIMIT:
+        cache.clear()
+    if isinstance(cache, dict):
+        cache[key] = value
+    else:
+        cache.add(key)
 
 
 def issue_of_hashes(conn: sqlite3.Connection, project_id: int, hashes: list[str]) -> int | None:
@@ -5080,6 +5141,24 @@ def link_release(conn: sqlite3.Connection, project_id: int, version: str, now: f
     return created
 
 
+def record_terms(conn: sqlite3.Connection, caches: WriterCaches, issue_id: int, terms: list[tuple[str, str]]) -> None:
+    """Make the event's search terms the issue's; the ones the writer knows the issue has cost nothing."""
+    new = [row for key, value in terms if (row := (key, value, issue_id)) not in caches.terms]
+    if new:
+        conn.executemany("INSERT OR IGNORE INTO issue_terms (key, value, issue_id) VALUES (?, ?, ?)", new)
+        for row in new:
+            remember(caches.terms, row)
+
+
+def trace_of(tags: list[list[str]]) -> str | None:
+    """The trace an event belongs to (its `trace` tag, from contexts.trace), when it is a trace id."""
+    value = next((v for k, v in tags if k == "trace"), None)
+    return value if value and TRACE_ID.fullmatch(value) else None
+
+
+TRACE_ID = re.compile(r"[0-9a-f]{32}")
+
+
 # -- merge and unmerge: a person correcting the grouping ---------------------------------
 
 def short_id(project_slug: str, number: int) -> str:
@@ -5109,6 +5188,7 @@ def merge_issues(conn: sqlite3.Connection, project_id: int, issue_ids: list[int]
     """Writer job: fold issues into the one with the most events. Their events, hashes, tag
     counts and search terms move along, so later events of any of them land in the merged
     issue, and the others disappear. Returns the merged issue's id."""
+    writer_caches(conn).clear()
     ids = sorted(set(issue_ids))
     rows = conn.execute(f"SELECT * FROM issues WHERE project_id = ? AND id IN ({','.join('?' * len(ids))}) "
                         "ORDER BY times_seen DESC, id", (project_id, *ids)).fetchall()
@@ -5160,6 +5240,7 @@ def unmerge_hashes(conn: sqlite3.Connection, issue_id: int, hashes: set[str]) ->
     """Writer job: move the issue's events that have any of these hashes into a new issue,
     with the hashes only they have, so later events with them land there too. Returns the
     new issue's id. It reads every event of the issue (the hashes live in the payloads)."""
+    writer_caches(conn).clear()
     issue = conn.execute("SELECT * FROM issues WHERE id = ?", (issue_id,)).fetchone()
     owned = {r["hash"] for r in conn.execute("SELECT hash FROM issue_hashes WHERE project_id = ? AND issue_id = ?",
                                               (issue["project_id"] if issue else 0, issue_id))}
@@ -5221,6 +5302,7 @@ def summarize_issue(conn: sqlite3.Connection, issue_id: int, events: list[Prepar
 def delete_issues(conn: sqlite3.Connection, issue_ids: list[int]) -> int:
     """Delete issues with their events (and their attachments), hashes, history and user feedback;
     later events of them open new issues."""
+    writer_caches(conn).clear()
     marks = ",".join("?" * len(issue_ids))
     conn.execute(f"""DELETE FROM attachments WHERE (project_id, event_id) IN (
                          SELECT project_id, event_id FROM events WHERE issue_id IN ({marks})
@@ -6756,6 +6838,7 @@ def insert_default_rules(conn: sqlite3.Connection, project_id: int) -> None:
 
 
 def insert_rule(conn: sqlite3.Connection, project_id: int, rule: dict[str, Any], rule_id: int | None = None) -> int:
+    writer_caches(conn).rules.pop(project_id, None)
     values = (rule["name"], json.dumps(rule), project_id)
     if rule_id is not None:
         conn.execute("UPDATE alert_rules SET name = ?, rule = ? WHERE project_id = ? AND id = ?", (*values, rule_id))
@@ -7078,6 +7161,7 @@ async def project_rule(store: Store, project_id: int, rule_id: str) -> sqlite3.R
 
 def delete_rule(conn: sqlite3.Connection, project_id: int, rule_id: str) -> int:
     """Remove one of a project's alert rules by the id a URL or form gives; how many went."""
+    writer_caches(conn).rules.pop(project_id, None)
     return conn.execute("DELETE FROM alert_rules WHERE CAST(id AS TEXT) = ? AND project_id = ?",
                         (rule_id, project_id)).rowcount
 
@@ -7087,17 +7171,25 @@ def delete_rule(conn: sqlite3.Connection, project_id: int, rule_id: str) -> int:
 def fire_rules(conn: sqlite3.Connection, issue_id: int, ev: PreparedEvent, transition: str | None) -> None:
     """Judge the project's rules on a stored event; a rule that fires (and has not fired for the
     issue within its action interval) queues one notification per channel it names."""
-    for row in conn.execute("SELECT * FROM alert_rules WHERE project_id = ?", (ev.project_id,)).fetchall():
-        rule = json.loads(row["rule"])
+    for rule_id, rule in project_alert_rules(conn, ev.project_id):
         if rule.get("environment") and rule["environment"] != ev.environment:
             continue
         trigger = rule_trigger(conn, rule, issue_id, ev, transition)
         if not trigger or not filters_pass(conn, rule, ev):
             continue
         channels = action_channels(conn, rule)
-        if channels and claim_rule(conn, row["id"], issue_id, rule, ev.received):
+        if channels and claim_rule(conn, rule_id, issue_id, rule, ev.received):
             for channel in channels:
-                enqueue(conn, channel, issue_id, row["id"], trigger, {"rule": rule["name"], **event_snapshot(ev)})
+                enqueue(conn, channel, issue_id, rule_id, trigger, {"rule": rule["name"], **event_snapshot(ev)})
+
+
+def project_alert_rules(conn: sqlite3.Connection, project_id: int) -> list[tuple[int, dict[str, Any]]]:
+    """A project's rules (id, parsed), kept by the writer until one of them is edited."""
+    caches = writer_caches(conn)
+    if project_id not in caches.rules:
+        caches.rules[project_id] = [(row["id"], json.loads(row["rule"])) for row in conn.execute(
+            "SELECT id, rule FROM alert_rules WHERE project_id = ?", (project_id,))]
+    return caches.rules[project_id]
 
 
 def rule_trigger(conn: sqlite3.Connection, rule: dict[str, Any], issue_id: int, ev: PreparedEvent,
