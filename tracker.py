@@ -789,40 +789,76 @@ def tighten(db: str) -> None:
 
 
 class WriteConnection(sqlite3.Connection):
-    """A connection of connect_db, with the caches its own writer jobs keep (WriterCaches)."""
+    """A connection of connect_db, with the caches its own writer jobs keep (WriterCaches) and the
+    rows they leave to the end of the batch (defer)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.caches = WriterCaches()
+        self.deferred: list[tuple[Callable[[sqlite3.Connection, list[Any]], None], Any]] = []
 
 
 def apply_batch(conn: sqlite3.Connection, jobs: list[Job]) -> list[Any]:
     """Run jobs in one transaction, each in its own savepoint, so one failing job (returned as
-    its exception) cannot undo the others; one commit makes the whole batch durable. A rollback
-    of a job or of the batch empties the writer's caches, which held what it had written."""
+    its exception) cannot undo the others; then the rows they deferred; one commit makes the whole
+    batch durable. A rollback of a job takes its deferred rows with it, and (as one of the batch)
+    empties the writer's caches, which held what it had written."""
     results: list[Any] = []
     caches = writer_caches(conn)
+    deferred = conn.deferred if isinstance(conn, WriteConnection) else []
     conn.execute("BEGIN IMMEDIATE")
     try:
         caches.check(conn)
         for job in jobs:
             conn.execute("SAVEPOINT job")
+            mark = len(deferred)
             try:
                 results.append(job(conn))
                 conn.execute("RELEASE job")
             except Exception as exc:  # a bad job must not sink its batch
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
+                del deferred[mark:]
                 caches.clear()
                 if not isinstance(exc, ValueError):  # a ValueError is a refusal that its caller shows
                     log.exception("write job failed")
                 results.append(exc)
+        write_deferred(conn, deferred)
         conn.execute("COMMIT")
     except BaseException:
+        deferred.clear()
         caches.clear()
         conn.execute("ROLLBACK")
         raise
     return results
+
+
+def write_deferred(conn: sqlite3.Connection, deferred: list[tuple[Callable[[sqlite3.Connection, list[Any]], None], Any]]) -> None:
+    """The batch's deferred rows, those of each writer in one call, in a savepoint of their own: a
+    failure there (logged) loses those rows, not the jobs' writes."""
+    kinds: dict[Callable[[sqlite3.Connection, list[Any]], None], list[Any]] = {}
+    for write, row in deferred:
+        kinds.setdefault(write, []).append(row)
+    deferred.clear()
+    for write, rows in kinds.items():
+        conn.execute("SAVEPOINT deferred")
+        try:
+            write(conn, rows)
+            conn.execute("RELEASE deferred")
+        except Exception:
+            conn.execute("ROLLBACK TO deferred")
+            conn.execute("RELEASE deferred")
+            writer_caches(conn).clear()
+            log.exception("deferred writes failed")
+
+
+def defer(conn: sqlite3.Connection, write: Callable[[sqlite3.Connection, list[Any]], None], row: Any) -> None:
+    """Leave a row to `write` at the end of the batch, with the batch's other rows of that writer
+    (one statement instead of one per job); on a connection not made by connect_db, written at once."""
+    if isinstance(conn, WriteConnection):
+        conn.deferred.append((write, row))
+    else:
+        write(conn, [row])
 
 
 def writer_caches(conn: sqlite3.Connection) -> WriterCaches:
@@ -1712,7 +1748,7 @@ async def accept_envelope(request: Request, project_id: int, header: dict[str, A
     if intake.health:
         intake.jobs.append(lambda conn: store_health(conn, project_id, intake.health))
     logged = data if not intake.scrub.enabled else scrubbed_log_body(intake, items)
-    intake.jobs.append(lambda conn: log_envelope(conn, intake, logged, len(data)))
+    intake.jobs.append(envelope_log_job(intake, logged, len(data)))
     if forward := project_forward(intake.options):  # in the same transaction: acknowledged means queued
         await queue_forward(intake, forward, items)
     writer = request.app.writer
@@ -2363,21 +2399,31 @@ NOT_KEPT = json_dumps({"not_kept": "this project scrubs data before storing it, 
                                    "header, size and outcome"})
 
 
-def log_envelope(conn: sqlite3.Connection, intake: Intake, body: bytes, size: int) -> None:
-    """Writer job, last of its envelope's jobs (so duplicate events are known): log it, and now and
-    then trim the project's log to its bounds."""
-    kept = ENVELOPE_ZSTD.compress(body) if len(body) <= ENVELOPE_LOG_BODY else None
-    row_id = conn.execute("INSERT INTO envelopes (project_id, received, client, header, items, size, body) VALUES "
-                          "(?, ?, ?, ?, ?, ?, ?)", (intake.project_id, intake.received, envelope_client(intake),
-                                                    json.dumps(intake.header), json.dumps(intake.outcomes),
-                                                    size, kept)).lastrowid or 0
-    if row_id % 50 == 0:
-        conn.execute("DELETE FROM envelopes WHERE project_id = ? AND (received < ? OR id <= (SELECT id FROM envelopes "
-                     "WHERE project_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?))",
-                     (intake.project_id, intake.received - ENVELOPE_LOG_AGE, intake.project_id, ENVELOPE_LOG))
+def envelope_log_job(intake: Intake, body: bytes, size: int) -> Job:
+    """The writer job that logs an envelope, last of its envelope's jobs. Its row is made here on the
+    event loop (the body compressed, the header as text) and written with the batch's others in one
+    statement at the end of the batch (log_envelopes), in the events' transaction: seen with the
+    answer, lost with nothing; each item's outcome is read then (a job finds a duplicate event)."""
+    row = (intake.project_id, intake.received, envelope_client(intake), json.dumps(intake.header), size,
+           ENVELOPE_ZSTD.compress(body) if len(body) <= ENVELOPE_LOG_BODY else None)
+    outcomes = intake.outcomes
+    return lambda conn: defer(conn, log_envelopes, (row, outcomes))
 
 
-ENVELOPE_ZSTD = zstandard.ZstdCompressor(level=1)  # used by the writer thread only
+def log_envelopes(conn: sqlite3.Connection, logged: list[tuple[tuple[Any, ...], list[list[Any]]]]) -> None:
+    """Writer, at the end of a batch: its envelopes into the log; when their ids pass a multiple of
+    50, each of their projects' log is trimmed to its bounds."""
+    conn.executemany("INSERT INTO envelopes (project_id, received, client, header, size, body, items) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?)", [(*row, json.dumps(outcomes)) for row, outcomes in logged])
+    last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+    if last // 50 != (last - len(logged)) // 50:
+        for project_id, received in {row[0]: row[1] for row, _ in logged}.items():
+            conn.execute("DELETE FROM envelopes WHERE project_id = ? AND (received < ? OR id <= (SELECT id FROM "
+                         "envelopes WHERE project_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?))",
+                         (project_id, received - ENVELOPE_LOG_AGE, project_id, ENVELOPE_LOG))
+
+
+ENVELOPE_ZSTD = zstandard.ZstdCompressor(level=1)  # used by the event loop only
 
 # The envelope log, for people testing an SDK: every envelope as it arrived (decompressed, up to
 # 1 MiB) and what became of each item; the newest ENVELOPE_LOG per project, for a day at most.
