@@ -800,9 +800,10 @@ class WriteConnection(sqlite3.Connection):
 
 def apply_batch(conn: sqlite3.Connection, jobs: list[Job]) -> list[Any]:
     """Run jobs in one transaction, each in its own savepoint, so one failing job (returned as
-    its exception) cannot undo the others; then the rows they deferred; one commit makes the whole
-    batch durable. A rollback of a job takes its deferred rows with it, and (as one of the batch)
-    empties the writer's caches, which held what it had written."""
+    its exception) cannot undo the others; then the rows they deferred (before a job not marked
+    `deferring`, which may read them); one commit makes the whole batch durable. A rollback of a job
+    takes its deferred rows with it, and (as one of the batch) empties the writer's caches, which
+    held what it had written."""
     results: list[Any] = []
     caches = writer_caches(conn)
     deferred = conn.deferred if isinstance(conn, WriteConnection) else []
@@ -810,6 +811,8 @@ def apply_batch(conn: sqlite3.Connection, jobs: list[Job]) -> list[Any]:
     try:
         caches.check(conn)
         for job in jobs:
+            if deferred and not getattr(job, "deferring", False):
+                write_deferred(conn, deferred)
             conn.execute("SAVEPOINT job")
             mark = len(deferred)
             try:
@@ -820,6 +823,7 @@ def apply_batch(conn: sqlite3.Connection, jobs: list[Job]) -> list[Any]:
                 conn.execute("RELEASE job")
                 del deferred[mark:]
                 caches.clear()
+                write_deferred(conn, deferred)  # what the caches knew of them is in the database now
                 if not isinstance(exc, ValueError):  # a ValueError is a refusal that its caller shows
                     log.exception("write job failed")
                 results.append(exc)
@@ -834,22 +838,21 @@ def apply_batch(conn: sqlite3.Connection, jobs: list[Job]) -> list[Any]:
 
 
 def write_deferred(conn: sqlite3.Connection, deferred: list[tuple[Callable[[sqlite3.Connection, list[Any]], None], Any]]) -> None:
-    """The batch's deferred rows, those of each writer in one call, in a savepoint of their own: a
-    failure there (logged) loses those rows, not the jobs' writes."""
+    """The deferred rows so far, those of each writer in one call; a failure fails the batch (the
+    rows are the acknowledged jobs' writes)."""
     kinds: dict[Callable[[sqlite3.Connection, list[Any]], None], list[Any]] = {}
     for write, row in deferred:
         kinds.setdefault(write, []).append(row)
     deferred.clear()
     for write, rows in kinds.items():
-        conn.execute("SAVEPOINT deferred")
-        try:
-            write(conn, rows)
-            conn.execute("RELEASE deferred")
-        except Exception:
-            conn.execute("ROLLBACK TO deferred")
-            conn.execute("RELEASE deferred")
-            writer_caches(conn).clear()
-            log.exception("deferred writes failed")
+        write(conn, rows)
+
+
+def deferring(job: Job) -> Job:
+    """Mark a job that reads nothing other jobs defer (ingest's envelopes): the deferred rows before
+    it wait for the end of the batch, to be written with its own."""
+    setattr(job, "deferring", True)
+    return job
 
 
 def defer(conn: sqlite3.Connection, write: Callable[[sqlite3.Connection, list[Any]], None], row: Any) -> None:
@@ -872,7 +875,7 @@ class WriterCaches:
     and are emptied by whatever could make them wrong: a rollback (apply_batch), a commit by another
     connection (PRAGMA data_version, read at each batch: the CLI on the same file), and the jobs that
     move or delete hashes, terms or rules (merge, unmerge, deleting issues, retention, rule edits).
-    Bounded: full, a cache starts over (terms unique to one event, like a user's email, fill it)."""
+    Bounded: past LIMIT, a cache starts over (terms unique to one event, like a user's email, fill it)."""
 
     LIMIT = 20_000  # entries of each; about 3 MB of terms
 
@@ -880,18 +883,24 @@ class WriterCaches:
         self.data_version = -1
         self.issues: dict[tuple[int, tuple[str, ...], tuple[str, ...]], int] = {}  # (project, hashes, secondary)
         self.terms: set[tuple[str, str, int]] = set()  # (key, value, issue) rows of issue_terms
+        self.tags: set[tuple[int, str, str]] = set()  # (issue, key, value) of user and release tags, counted or deferred
         self.rules: dict[int, list[tuple[int, dict[str, Any]]]] = {}  # project → (rule id, rule)
 
     def check(self, conn: sqlite3.Connection) -> None:
-        """Empty the caches if another connection committed since the last batch."""
+        """At the start of a batch: empty the caches if another connection committed since the last
+        one, and each that grew past LIMIT (not during a batch: its deferred rows are known only here)."""
         version = conn.execute("PRAGMA data_version").fetchone()[0]
         if version != self.data_version:
             self.clear()
             self.data_version = version
+        for cache in (self.issues, self.terms, self.tags):
+            if len(cache) > self.LIMIT:
+                cache.clear()
 
     def clear(self) -> None:
         self.issues.clear()
         self.terms.clear()
+        self.tags.clear()
         self.rules.clear()
 
 
@@ -1753,7 +1762,7 @@ async def accept_envelope(request: Request, project_id: int, header: dict[str, A
         await queue_forward(intake, forward, items)
     writer = request.app.writer
     try:
-        await writer.submit(lambda conn: [job(conn) for job in intake.jobs])  # one job: an envelope is stored whole
+        await writer.submit(deferring(lambda conn: [job(conn) for job in intake.jobs]))  # one job: an envelope is stored whole
     finally:  # the jobs refer back to the intake: a cycle that kept a whole envelope until a full gc pass
         intake.jobs.clear()
     if intake.forwarded:
@@ -2411,8 +2420,21 @@ def envelope_log_job(intake: Intake, body: bytes, size: int) -> Job:
 
 
 def log_envelopes(conn: sqlite3.Connection, logged: list[tuple[tuple[Any, ...], list[list[Any]]]]) -> None:
-    """Writer, at the end of a batch: its envelopes into the log; when their ids pass a multiple of
-    50, each of their projects' log is trimmed to its bounds."""
+    """Writer, at the end of a batch: its envelopes into the log, in a savepoint (a failure, logged,
+    loses the log's rows, not the events'); when their ids pass a multiple of 50, each of their
+    projects' log is trimmed to its bounds."""
+    conn.execute("SAVEPOINT envelope_log")
+    try:
+        write_envelope_log(conn, logged)
+        conn.execute("RELEASE envelope_log")
+    except Exception:
+        conn.execute("ROLLBACK TO envelope_log")
+        conn.execute("RELEASE envelope_log")
+        log.exception("writing the envelope log failed")
+
+
+def write_envelope_log(conn: sqlite3.Connection, logged: list[tuple[tuple[Any, ...], list[list[Any]]]]) -> None:
+    """The rows (each item's outcome as its jobs left it), and the trim."""
     conn.executemany("INSERT INTO envelopes (project_id, received, client, header, size, body, items) "
                      "VALUES (?, ?, ?, ?, ?, ?, ?)", [(*row, json.dumps(outcomes)) for row, outcomes in logged])
     last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
@@ -5072,21 +5094,17 @@ def store_event(conn: sqlite3.Connection, ev: PreparedEvent) -> bool:
         return False
     caches = writer_caches(conn)
     issue_id, new_issue = issue_for(conn, caches, ev)
-    new_tags = record_issue_tags(conn, issue_id, ev)
+    later = (new_issue or conn.execute("SELECT status FROM issues WHERE id = ?", (issue_id,)).fetchone()[0]
+             == "unresolved") and not rules_read_counts(project_alert_rules(conn, ev.project_id))
+    new_tags = new_issue_tags(conn, caches, issue_id, ev) if later else record_issue_tags(conn, issue_id, ev)
     if "release" in new_tags:
         link_release(conn, ev.project_id, new_tags["release"], min(ev.timestamp, ev.received))  # not after its events
     record_terms(conn, caches, issue_id, ev.terms)
-    issue = conn.execute(
-        """UPDATE issues SET times_seen = times_seen + 1, user_count = user_count + :new_user,
-               first_seen = min(first_seen, :ts), last_seen = max(last_seen, :ts),
-               title = CASE WHEN :ts >= last_seen THEN :title ELSE title END,
-               culprit = CASE WHEN :ts >= last_seen THEN :culprit ELSE culprit END,
-               metadata = CASE WHEN :ts >= last_seen THEN :metadata ELSE metadata END,
-               level = CASE WHEN :ts >= last_seen THEN :level ELSE level END,
-               last_release = CASE WHEN :ts >= last_seen AND :release != '' THEN :release ELSE last_release END
-           WHERE id = :id RETURNING *""",
-        {"new_user": int("user" in new_tags), "ts": ev.timestamp, "title": ev.title, "culprit": ev.culprit,
-         "metadata": json.dumps(ev.metadata), "level": ev.level, "release": ev.release, "id": issue_id}).fetchone()
+    issue = None
+    if later:
+        defer(conn, count_events, (issue_id, ev, "user" in new_tags))
+    else:
+        issue = conn.execute(f"{ISSUE_COUNT_SQL} RETURNING *", issue_count_params(issue_id, [(ev, "user" in new_tags)])).fetchone()
     conn.execute(
         """INSERT INTO events (project_id, event_id, issue_id, timestamp, received, level,
                                environment, release, payload, trace_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
@@ -5096,10 +5114,83 @@ def store_event(conn: sqlite3.Connection, ev: PreparedEvent) -> bool:
     if not new_issue and "release" in new_tags:
         record_activity(conn, issue_id, "release", {"version": new_tags["release"]}, ev.received)
     transition = "new" if new_issue else None
-    if issue["status"] != "unresolved":
+    if issue is not None and issue["status"] != "unresolved":
         transition = apply_event_to_status(conn, issue, ev)
     fire_rules(conn, issue_id, ev, transition)
     return True
+
+
+def rules_read_counts(rules: list[tuple[int, dict[str, Any]]]) -> bool:
+    """Whether judging these alert rules reads an issue's counts (event or user frequency) or the
+    releases' order (the latest release filter), which events left to the end of the batch lack."""
+    return any(cond["id"] not in STATE_CONDITIONS for _, rule in rules for cond in rule["conditions"]) or \
+        any(flt["id"] == LATEST_RELEASE_FILTER for _, rule in rules for flt in rule["filters"])
+
+
+def new_issue_tags(conn: sqlite3.Connection, caches: WriterCaches, issue_id: int, ev: PreparedEvent) -> dict[str, str]:
+    """The event's `user` and `release` values the issue has not had (as record_issue_tags returns
+    them) while its tag counts wait for the end of the batch: the writer remembers the values it
+    knows an issue has, counted or waiting."""
+    new_tags = {}
+    for key, value in dict.fromkeys((str(k), str(v)) for k, v in ev.tags if k in ("user", "release")):
+        if (issue_id, key, value) in caches.tags:
+            continue
+        if not conn.execute("SELECT 1 FROM issue_tags WHERE issue_id = ? AND key = ? AND value = ?",
+                            (issue_id, key, value)).fetchone():
+            new_tags[key] = value
+        caches.tags.add((issue_id, key, value))
+    return new_tags
+
+
+def count_events(conn: sqlite3.Connection, counted: list[tuple[int, PreparedEvent, bool]]) -> None:
+    """Writer, at the end of a batch: its events' tag counts and issue counters, added up per tag
+    value and per issue, in one statement each (the same result as one event at a time)."""
+    tags: dict[tuple[int, str, str], list[Any]] = {}
+    for issue_id, ev, _ in counted:
+        for key, value in dict.fromkeys((str(k), str(v)) for k, v in ev.tags):
+            seen = tags.get((issue_id, key, value))
+            if seen:
+                seen[0], seen[1], seen[2] = seen[0] + 1, min(seen[1], ev.timestamp), max(seen[2], ev.timestamp)
+            else:
+                tags[(issue_id, key, value)] = [1, ev.timestamp, ev.timestamp]
+    conn.executemany("""INSERT INTO issue_tags (issue_id, key, value, times_seen, first_seen, last_seen)
+                        VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET times_seen = times_seen + excluded.times_seen,
+                            first_seen = min(first_seen, excluded.first_seen),
+                            last_seen = max(last_seen, excluded.last_seen)""",
+                     [(*key, *seen) for key, seen in tags.items()])
+    issues: dict[int, list[tuple[PreparedEvent, bool]]] = {}
+    for issue_id, ev, new_user in counted:
+        issues.setdefault(issue_id, []).append((ev, new_user))
+    conn.executemany(ISSUE_COUNT_SQL, [issue_count_params(issue_id, events) for issue_id, events in issues.items()])
+
+
+# An issue's counters and display fields after events (in order): the newest event (at or after the
+# last one seen) gives the title, culprit, metadata and level, the newest with a release last_release.
+ISSUE_COUNT_SQL = """UPDATE issues SET times_seen = times_seen + :events, user_count = user_count + :new_users,
+        first_seen = min(first_seen, :first), last_seen = max(last_seen, :ts),
+        title = CASE WHEN :ts >= last_seen THEN :title ELSE title END,
+        culprit = CASE WHEN :ts >= last_seen THEN :culprit ELSE culprit END,
+        metadata = CASE WHEN :ts >= last_seen THEN :metadata ELSE metadata END,
+        level = CASE WHEN :ts >= last_seen THEN :level ELSE level END,
+        last_release = CASE WHEN :release_ts >= last_seen AND :release != '' THEN :release ELSE last_release END
+    WHERE id = :id"""
+
+
+def issue_count_params(issue_id: int, events: list[tuple[PreparedEvent, bool]]) -> dict[str, Any]:
+    """ISSUE_COUNT_SQL's parameters for an issue's events in the order they were stored (each with
+    whether it brought a user new to the issue): as if applied one by one, the last event whose time
+    is at or after every earlier one's gives the display fields, the last such with a release the
+    release (a later event's time must still reach the issue's last_seen, which the SQL checks)."""
+    newest = with_release = events[0][0]
+    for ev, _ in events[1:]:
+        if ev.timestamp >= newest.timestamp:
+            newest = ev
+            if ev.release:
+                with_release = ev
+    return {"id": issue_id, "events": len(events), "new_users": sum(new for _, new in events),
+            "first": min(ev.timestamp for ev, _ in events), "ts": newest.timestamp, "title": newest.title,
+            "culprit": newest.culprit, "metadata": json.dumps(newest.metadata), "level": newest.level,
+            "release_ts": with_release.timestamp, "release": with_release.release}
 
 
 def issue_for(conn: sqlite3.Connection, caches: WriterCaches, ev: PreparedEvent) -> tuple[int, bool]:
@@ -5114,18 +5205,8 @@ def issue_for(conn: sqlite3.Connection, caches: WriterCaches, ev: PreparedEvent)
     conn.executemany("INSERT OR IGNORE INTO issue_hashes (project_id, hash, issue_id) VALUES (?, ?, ?)",
                      [(ev.project_id, h, issue_id) for h in ev.hashes])
     if ev.hashes:  # (an event without any opens an issue of its own)
-        remember(caches.issues, grouped, issue_id)
+        caches.issues[grouped] = issue_id
     return issue_id, known is None
-
-
-def remember(cache: dict[Any, Any] | set[Any], key: Any, value: Any = None) -> None:
-    """Add to a bounded writer cache (WriterCaches.LIMIT), which starts over when full."""
-    if len(cache) >= WriterCaches.LIMIT:
-        cache.clear()
-    if isinstance(cache, dict):
-        cache[key] = value
-    else:
-        cache.add(key)
 
 
 def issue_of_hashes(conn: sqlite3.Connection, project_id: int, hashes: list[str]) -> int | None:
@@ -5192,8 +5273,7 @@ def record_terms(conn: sqlite3.Connection, caches: WriterCaches, issue_id: int, 
     new = [row for key, value in terms if (row := (key, value, issue_id)) not in caches.terms]
     if new:
         conn.executemany("INSERT OR IGNORE INTO issue_terms (key, value, issue_id) VALUES (?, ?, ?)", new)
-        for row in new:
-            remember(caches.terms, row)
+        caches.terms.update(new)
 
 
 def trace_of(tags: list[list[str]]) -> str | None:

@@ -40,12 +40,19 @@ def logged(conn: Any) -> list[tuple[str, list[list[Any]]]]:
 def test_rows_of_the_batch_are_written_in_one_statement_before_the_commit(conn: Any) -> None:
     statements: list[str] = []
     conn.set_trace_callback(statements.append)
-    tracker.apply_batch(conn, [tracker.envelope_log_job(intake(n), b"{}\n", 3) for n in range(5)])
+    tracker.apply_batch(conn, [tracker.deferring(tracker.envelope_log_job(intake(n), b"{}\n", 3)) for n in range(5)])
     conn.set_trace_callback(None)
     inserts = [n for n, s in enumerate(statements) if s.startswith("INSERT INTO envelopes")]
     jobs_done = max(n for n, s in enumerate(statements) if s == "RELEASE job")
     assert len(inserts) == 5 and jobs_done < inserts[0] and inserts[-1] < statements.index("COMMIT")
     assert [e for e, _ in logged(conn)] == [f"{n:032x}" for n in range(5)]
+
+
+def test_a_job_not_marked_deferring_sees_the_rows_deferred_before_it(conn: Any) -> None:
+    seen = []
+    tracker.apply_batch(conn, [tracker.deferring(tracker.envelope_log_job(intake(1), b"{}\n", 3)),
+                               lambda c: seen.append(c.execute("SELECT count(*) FROM envelopes").fetchone()[0])])
+    assert seen == [1]
 
 
 def test_an_outcome_its_job_changed_is_logged_as_changed(conn: Any) -> None:
@@ -72,7 +79,7 @@ def test_a_job_that_rolls_back_takes_its_row_with_it(conn: Any) -> None:
 def test_a_failing_log_write_loses_the_log_rows_not_the_jobs_writes(conn: Any, monkeypatch: Any) -> None:
     def broken(c: Any, rows: list[Any]) -> None:
         c.execute("INSERT INTO envelopes (project_id) VALUES (1)")  # NOT NULL columns: refused
-    monkeypatch.setattr(tracker, "log_envelopes", broken)
+    monkeypatch.setattr(tracker, "write_envelope_log", broken)
     job = tracker.envelope_log_job(intake(1), b"{}\n", 3)
     results = tracker.apply_batch(conn, [lambda c: tracker.set_project_option(c, 1, "marker", True), job])
     assert results[1] is None and logged(conn) == []
