@@ -14763,7 +14763,7 @@ def send_files(settings: Settings, files: list[Path], project: str | None,
                     rebase(path, event)
                 ev = prepare_event(event, project_id=project_id, event_id=normalize_id(header.get("event_id")),
                                    received=received, rules=rules, scrub=scrub)
-                jobs.append(lambda c, ev=ev: store_event(c, ev))
+                jobs.append(deferring(lambda c, ev=ev: store_event(c, ev)))
         results = apply_batch(conn, jobs)
     finally:
         conn.close()

@@ -7,22 +7,10 @@ from __future__ import annotations
 import json
 import time
 import types
-from pathlib import Path
 from typing import Any
 
-import pytest
-
 import tracker
-
-
-@pytest.fixture
-def conn(tmp_path: Path) -> Any:
-    settings = tracker.Settings(db=str(tmp_path / "d.db"))
-    tracker.init_db(settings)
-    conn = tracker.connect_db(settings.db)
-    tracker.apply_batch(conn, [lambda c: tracker.create_project(c, "log", "log")])
-    yield conn
-    conn.close()
+from test_writer_caches import conn  # noqa: F401 (the fixture: a project's database and its writer connection)
 
 
 def intake(n: int, outcome: str = "stored") -> Any:
