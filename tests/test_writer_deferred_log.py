@@ -80,3 +80,11 @@ def test_the_log_keeps_a_projects_newest(conn: Any) -> None:
         tracker.apply_batch(conn, [tracker.envelope_log_job(intake(n), b"{}\n", 3) for n in range(start, start + 16)])
     count, newest = conn.execute("SELECT count(*), max(id) FROM envelopes WHERE project_id = 1").fetchone()
     assert tracker.ENVELOPE_LOG <= count < tracker.ENVELOPE_LOG + 50 + 16 and newest == total
+
+
+def test_an_sdk_name_no_utf8_can_hold_loses_no_other_envelopes_row(conn: Any) -> None:
+    hostile = intake(2)
+    hostile.header["sdk"] = {"name": "\ud800", "version": "1"}  # json reads a lone surrogate; SQLite cannot store it
+    tracker.apply_batch(conn, [tracker.deferring(tracker.envelope_log_job(e, b"{}\n", 3))
+                               for e in (intake(1), hostile, intake(3))])
+    assert [e for e, _ in logged(conn)] == [f"{n:032x}" for n in (1, 2, 3)]
