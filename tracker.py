@@ -871,7 +871,8 @@ def writer_caches(conn: sqlite3.Connection) -> WriterCaches:
 
 class WriterCaches:
     """What storing an event asked the database every time: the issue of an event's hashes, the
-    search terms an issue has, a project's alert rules. They hold what the open transaction says,
+    search terms an issue has, the user and release values it has (counted, or deferred by this
+    batch), a project's alert rules. They hold what the open transaction says,
     and are emptied by whatever could make them wrong: a rollback (apply_batch), a commit by another
     connection (PRAGMA data_version, read at each batch: the CLI on the same file), and the jobs that
     move or delete hashes, terms or rules (merge, unmerge, deleting issues, retention, rule edits).
