@@ -777,7 +777,7 @@ def connect_db(path: str) -> sqlite3.Connection:
     of every other connection this process has on it (SQLite's own warning), and a reader of another
     process could then read an old snapshot."""
     keep_private(path)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30, factory=WriteConnection)
     conn.row_factory = sqlite3.Row
     try:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -808,28 +808,121 @@ def tighten(db: str) -> None:
                 log.warning("%s was readable by other local users (mode %o): made it owner-only", path, mode)
 
 
+class WriteConnection(sqlite3.Connection):
+    """A connection of connect_db, with the caches its own writer jobs keep (WriterCaches) and the
+    rows they leave to the end of the batch (defer)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.caches = WriterCaches()
+        self.deferred: list[tuple[Callable[[sqlite3.Connection, list[Any]], None], Any]] = []
+
+
 def apply_batch(conn: sqlite3.Connection, jobs: list[Job]) -> list[Any]:
     """Run jobs in one transaction, each in its own savepoint, so one failing job (returned as
-    its exception) cannot undo the others; one commit makes the whole batch durable."""
+    its exception) cannot undo the others; then the rows they deferred (before a job not marked
+    `deferring`, which may read them); one commit makes the whole batch durable. A rollback of a job
+    takes its deferred rows with it, and (as one of the batch) empties the writer's caches, which
+    held what it had written."""
     results: list[Any] = []
+    caches = writer_caches(conn)
+    deferred = conn.deferred if isinstance(conn, WriteConnection) else []
     conn.execute("BEGIN IMMEDIATE")
     try:
+        caches.check(conn)
         for job in jobs:
+            if deferred and not getattr(job, "deferring", False):
+                write_deferred(conn, deferred)
             conn.execute("SAVEPOINT job")
+            mark = len(deferred)
             try:
                 results.append(job(conn))
                 conn.execute("RELEASE job")
             except Exception as exc:  # a bad job must not sink its batch
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
+                del deferred[mark:]
+                caches.clear()
+                write_deferred(conn, deferred)  # what the caches knew of them is in the database now
                 if not isinstance(exc, ValueError):  # a ValueError is a refusal that its caller shows
                     log.exception("write job failed")
                 results.append(exc)
+        write_deferred(conn, deferred)
         conn.execute("COMMIT")
     except BaseException:
+        deferred.clear()
+        caches.clear()
         conn.execute("ROLLBACK")
         raise
     return results
+
+
+def write_deferred(conn: sqlite3.Connection, deferred: list[tuple[Callable[[sqlite3.Connection, list[Any]], None], Any]]) -> None:
+    """The deferred rows so far, those of each writer in one call; a failure fails the batch (the
+    rows are the acknowledged jobs' writes)."""
+    kinds: dict[Callable[[sqlite3.Connection, list[Any]], None], list[Any]] = {}
+    for write, row in deferred:
+        kinds.setdefault(write, []).append(row)
+    deferred.clear()
+    for write, rows in kinds.items():
+        write(conn, rows)
+
+
+def deferring(job: Job) -> Job:
+    """Mark a job that reads nothing other jobs defer (ingest's envelopes): the deferred rows before
+    it wait for the end of the batch, to be written with its own."""
+    setattr(job, "deferring", True)
+    return job
+
+
+def defer(conn: sqlite3.Connection, write: Callable[[sqlite3.Connection, list[Any]], None], row: Any) -> None:
+    """Leave a row to `write` at the end of the batch, with the batch's other rows of that writer
+    (one statement instead of one per job); on a connection not made by connect_db, written at once."""
+    if isinstance(conn, WriteConnection):
+        conn.deferred.append((write, row))
+    else:
+        write(conn, [row])
+
+
+def writer_caches(conn: sqlite3.Connection) -> WriterCaches:
+    """The connection's caches; a connection not made by connect_db gets empty ones each time."""
+    return conn.caches if isinstance(conn, WriteConnection) else WriterCaches()
+
+
+class WriterCaches:
+    """What storing an event asked the database every time: the issue of an event's hashes, the
+    search terms an issue has, the user and release values it has (counted, or deferred by this
+    batch), a project's alert rules. They hold what the open transaction says,
+    and are emptied by whatever could make them wrong: a rollback (apply_batch), a commit by another
+    connection (PRAGMA data_version, read at each batch: the CLI on the same file), and the jobs that
+    move or delete hashes, terms or rules (merge, unmerge, deleting issues, retention, rule edits).
+    Bounded: past LIMIT, a cache starts over (terms unique to one event, like a user's email, fill it)."""
+
+    LIMIT = 20_000  # entries of each; about 3 MB of terms
+
+    def __init__(self) -> None:
+        self.data_version = -1
+        self.issues: dict[tuple[int, tuple[str, ...], tuple[str, ...]], int] = {}  # (project, hashes, secondary)
+        self.terms: set[tuple[str, str, int]] = set()  # (key, value, issue) rows of issue_terms
+        self.tags: set[tuple[int, str, str]] = set()  # (issue, key, value) of user and release tags, counted or deferred
+        self.rules: dict[int, list[tuple[int, dict[str, Any]]]] = {}  # project → (rule id, rule)
+
+    def check(self, conn: sqlite3.Connection) -> None:
+        """At the start of a batch: empty the caches if another connection committed since the last
+        one, and each that grew past LIMIT (not during a batch: its deferred rows are known only here)."""
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self.data_version:
+            self.clear()
+            self.data_version = version
+        for cache in (self.issues, self.terms, self.tags):
+            if len(cache) > self.LIMIT:
+                cache.clear()
+
+    def clear(self) -> None:
+        self.issues.clear()
+        self.terms.clear()
+        self.tags.clear()
+        self.rules.clear()
 
 
 # -- projects, keys and tokens (plain functions over a write connection) -------
@@ -1693,12 +1786,12 @@ async def accept_envelope(request: Request, project_id: int, header: dict[str, A
         intake.jobs.append(lambda conn: store_health(conn, project_id, intake.health))
     if limits.may_log(project_id, intake.received):
         logged = data if not intake.scrub.enabled else scrubbed_log_body(intake, items)
-        intake.jobs.append(lambda conn: log_envelope(conn, intake, logged, len(data)))
+        intake.jobs.append(envelope_log_job(intake, logged, len(data)))
     if forward := project_forward(intake.options):  # in the same transaction: acknowledged means queued
         await queue_forward(intake, forward, items)
     writer = request.app.writer
     try:
-        await writer.submit(lambda conn: [job(conn) for job in intake.jobs])  # one job: an envelope is stored whole
+        await writer.submit(deferring(lambda conn: [job(conn) for job in intake.jobs]))  # one job: an envelope is stored whole
     finally:  # the jobs refer back to the intake: a cycle that kept a whole envelope until a full gc pass
         intake.jobs.clear()
     if intake.forwarded:
@@ -2345,21 +2438,54 @@ NOT_KEPT = json_dumps({"not_kept": "this project scrubs data before storing it, 
                                    "header, size and outcome"})
 
 
-def log_envelope(conn: sqlite3.Connection, intake: Intake, body: bytes, size: int) -> None:
-    """Writer job, last of its envelope's jobs (so duplicate events are known): log it, and now and
-    then trim the project's log to its bounds."""
-    kept = ENVELOPE_ZSTD.compress(body) if len(body) <= ENVELOPE_LOG_BODY else None
-    row_id = conn.execute("INSERT INTO envelopes (project_id, received, client, header, items, size, body) VALUES "
-                          "(?, ?, ?, ?, ?, ?, ?)", (intake.project_id, intake.received, envelope_client(intake),
-                                                    json.dumps(intake.header), json.dumps(intake.outcomes),
-                                                    size, kept)).lastrowid or 0
-    if row_id % 50 == 0:
-        conn.execute("DELETE FROM envelopes WHERE project_id = ? AND (received < ? OR id <= (SELECT id FROM envelopes "
-                     "WHERE project_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?))",
-                     (intake.project_id, intake.received - ENVELOPE_LOG_AGE, intake.project_id, ENVELOPE_LOG))
+def envelope_log_job(intake: Intake, body: bytes, size: int) -> Job:
+    """The writer job that logs an envelope, last of its envelope's jobs. Its row is made here on the
+    event loop (the body compressed, the header as text) and written with the batch's others in one
+    statement at the end of the batch (log_envelopes), in the events' transaction: seen with the
+    answer, lost with nothing; each item's outcome is read then (a job finds a duplicate event)."""
+    client = envelope_client(intake).encode(errors="replace").decode()  # a lone surrogate would fail the batch's rows
+    row = (intake.project_id, intake.received, client, json.dumps(intake.header), size,
+           ENVELOPE_ZSTD.compress(body) if len(body) <= ENVELOPE_LOG_BODY else None)
+    outcomes = intake.outcomes
+    return lambda conn: defer(conn, log_envelopes, (row, outcomes))
 
 
-ENVELOPE_ZSTD = zstandard.ZstdCompressor(level=1)  # used by the writer thread only
+def log_envelopes(conn: sqlite3.Connection, logged: list[tuple[tuple[Any, ...], list[list[Any]]]]) -> None:
+    """Writer, at the end of a batch: its envelopes into the log, in a savepoint (a failure, logged,
+    loses the log's rows, not the events'); when their ids pass a multiple of 50, each of their
+    projects' log is trimmed to its bounds."""
+    conn.execute("SAVEPOINT envelope_log")
+    try:
+        write_envelope_log(conn, logged)
+        conn.execute("RELEASE envelope_log")
+    except Exception:
+        conn.execute("ROLLBACK TO envelope_log")
+        conn.execute("RELEASE envelope_log")
+        log.exception("writing the envelope log failed")
+
+
+def write_envelope_log(conn: sqlite3.Connection, logged: list[tuple[tuple[Any, ...], list[list[Any]]]]) -> None:
+    """The rows (each item's outcome as its jobs left it), and the trim."""
+    conn.executemany("INSERT INTO envelopes (project_id, received, client, header, size, body, items) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?)", [(*row, outcomes_text(outcomes)) for row, outcomes in logged])
+    last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+    if last // 50 != (last - len(logged)) // 50:
+        for project_id, received in {row[0]: row[1] for row, _ in logged}.items():
+            conn.execute("DELETE FROM envelopes WHERE project_id = ? AND (received < ? OR id <= (SELECT id FROM "
+                         "envelopes WHERE project_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?))",
+                         (project_id, received - ENVELOPE_LOG_AGE, project_id, ENVELOPE_LOG))
+
+
+def outcomes_text(outcomes: list[list[Any]]) -> str:
+    """The items' outcomes as JSON: orjson (a tenth of json's time), json for an item type orjson
+    refuses (a lone surrogate)."""
+    try:
+        return orjson.dumps(outcomes).decode()
+    except TypeError:
+        return json.dumps(outcomes)
+
+
+ENVELOPE_ZSTD = zstandard.ZstdCompressor(level=1)  # used by the event loop only
 
 # The envelope log, for people testing an SDK: every envelope as it arrived (decompressed, up to
 # 1 MiB) and what became of each item; the newest ENVELOPE_LOG per project, for a day at most, and
@@ -5117,48 +5243,121 @@ def store_event(conn: sqlite3.Connection, ev: PreparedEvent) -> bool:
     if conn.execute("SELECT 1 FROM events WHERE project_id = ? AND event_id = ?",
                     (ev.project_id, ev.event_id)).fetchone():
         return False
-    known = issue_of_hashes(conn, ev.project_id, ev.hashes) or issue_of_hashes(conn, ev.project_id, ev.secondary_hashes)
-    issue_id = known or create_issue(conn, ev)
-    conn.executemany("INSERT OR IGNORE INTO issue_hashes (project_id, hash, issue_id) VALUES (?, ?, ?)",
-                     [(ev.project_id, h, issue_id) for h in ev.hashes])
-    new_tags = record_issue_tags(conn, issue_id, ev)
+    caches = writer_caches(conn)
+    issue_id, new_issue = issue_for(conn, caches, ev)
+    later = (new_issue or conn.execute("SELECT status FROM issues WHERE id = ?", (issue_id,)).fetchone()[0]
+             == "unresolved") and not rules_read_counts(project_alert_rules(conn, ev.project_id))
+    new_tags = new_issue_tags(conn, caches, issue_id, ev) if later else record_issue_tags(conn, issue_id, ev)
     if "release" in new_tags:
         link_release(conn, ev.project_id, new_tags["release"], min(ev.timestamp, ev.received))  # not after its events
-    conn.executemany("INSERT OR IGNORE INTO issue_terms (key, value, issue_id) VALUES (?, ?, ?)",
-                     [(key, value, issue_id) for key, value in ev.terms])
-    issue = conn.execute(
-        """UPDATE issues SET times_seen = times_seen + 1, user_count = user_count + :new_user,
-               first_seen = min(first_seen, :ts), last_seen = max(last_seen, :ts),
-               title = CASE WHEN :ts >= last_seen THEN :title ELSE title END,
-               culprit = CASE WHEN :ts >= last_seen THEN :culprit ELSE culprit END,
-               metadata = CASE WHEN :ts >= last_seen THEN :metadata ELSE metadata END,
-               level = CASE WHEN :ts >= last_seen THEN :level ELSE level END,
-               last_release = CASE WHEN :ts >= last_seen AND :release != '' THEN :release ELSE last_release END
-           WHERE id = :id RETURNING *""",
-        {"new_user": int("user" in new_tags), "ts": ev.timestamp, "title": ev.title, "culprit": ev.culprit,
-         "metadata": json.dumps(ev.metadata), "level": ev.level, "release": ev.release, "id": issue_id}).fetchone()
+    record_terms(conn, caches, issue_id, ev.terms)
+    issue = None
+    if later:
+        defer(conn, count_events, (issue_id, ev, "user" in new_tags))
+    else:
+        issue = conn.execute(f"{ISSUE_COUNT_SQL} RETURNING *", issue_count_params(issue_id, [(ev, "user" in new_tags)])).fetchone()
     conn.execute(
         """INSERT INTO events (project_id, event_id, issue_id, timestamp, received, level,
                                environment, release, payload, trace_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (ev.project_id, ev.event_id, issue_id, ev.timestamp, ev.received, ev.level,
          ev.environment, ev.release, ev.payload, trace_of(ev.tags)))
     link_feedback(conn, ev.project_id, ev.event_id, issue_id)
-    if known and "release" in new_tags:
+    if not new_issue and "release" in new_tags:
         record_activity(conn, issue_id, "release", {"version": new_tags["release"]}, ev.received)
-    transition = "new" if known is None else None
-    if issue["status"] != "unresolved":
+    transition = "new" if new_issue else None
+    if issue is not None and issue["status"] != "unresolved":
         transition = apply_event_to_status(conn, issue, ev)
     fire_rules(conn, issue_id, ev, transition)
     return True
 
 
-def trace_of(tags: list[list[str]]) -> str | None:
-    """The trace an event belongs to (its `trace` tag, from contexts.trace), when it is a trace id."""
-    value = next((v for k, v in tags if k == "trace"), None)
-    return value if value and TRACE_ID.fullmatch(value) else None
+def rules_read_counts(rules: list[tuple[int, dict[str, Any]]]) -> bool:
+    """Whether judging these alert rules reads an issue's counts (event or user frequency) or the
+    releases' order (the latest release filter), which events left to the end of the batch lack."""
+    return any(cond["id"] not in STATE_CONDITIONS for _, rule in rules for cond in rule["conditions"]) or \
+        any(flt["id"] == LATEST_RELEASE_FILTER for _, rule in rules for flt in rule["filters"])
 
 
-TRACE_ID = re.compile(r"[0-9a-f]{32}")
+def new_issue_tags(conn: sqlite3.Connection, caches: WriterCaches, issue_id: int, ev: PreparedEvent) -> dict[str, str]:
+    """The event's `user` and `release` values the issue has not had (as record_issue_tags returns
+    them) while its tag counts wait for the end of the batch: the writer remembers the values it
+    knows an issue has, counted or waiting."""
+    new_tags = {}
+    for key, value in dict.fromkeys((str(k), str(v)) for k, v in ev.tags if k in ("user", "release")):
+        if (issue_id, key, value) in caches.tags:
+            continue
+        if not conn.execute("SELECT 1 FROM issue_tags WHERE issue_id = ? AND key = ? AND value = ?",
+                            (issue_id, key, value)).fetchone():
+            new_tags[key] = value
+        caches.tags.add((issue_id, key, value))
+    return new_tags
+
+
+def count_events(conn: sqlite3.Connection, counted: list[tuple[int, PreparedEvent, bool]]) -> None:
+    """Writer, at the end of a batch: its events' tag counts and issue counters, added up per tag
+    value and per issue, in one statement each (the same result as one event at a time)."""
+    tags: dict[tuple[int, str, str], list[Any]] = {}
+    for issue_id, ev, _ in counted:
+        for key, value in dict.fromkeys((str(k), str(v)) for k, v in ev.tags):
+            seen = tags.get((issue_id, key, value))
+            if seen:
+                seen[0], seen[1], seen[2] = seen[0] + 1, min(seen[1], ev.timestamp), max(seen[2], ev.timestamp)
+            else:
+                tags[(issue_id, key, value)] = [1, ev.timestamp, ev.timestamp]
+    conn.executemany("""INSERT INTO issue_tags (issue_id, key, value, times_seen, first_seen, last_seen)
+                        VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET times_seen = times_seen + excluded.times_seen,
+                            first_seen = min(first_seen, excluded.first_seen),
+                            last_seen = max(last_seen, excluded.last_seen)""",
+                     [(*key, *seen) for key, seen in tags.items()])
+    issues: dict[int, list[tuple[PreparedEvent, bool]]] = {}
+    for issue_id, ev, new_user in counted:
+        issues.setdefault(issue_id, []).append((ev, new_user))
+    conn.executemany(ISSUE_COUNT_SQL, [issue_count_params(issue_id, events) for issue_id, events in issues.items()])
+
+
+# An issue's counters and display fields after events (in order): the newest event (at or after the
+# last one seen) gives the title, culprit, metadata and level, the newest with a release last_release.
+ISSUE_COUNT_SQL = """UPDATE issues SET times_seen = times_seen + :events, user_count = user_count + :new_users,
+        first_seen = min(first_seen, :first), last_seen = max(last_seen, :ts),
+        title = CASE WHEN :ts >= last_seen THEN :title ELSE title END,
+        culprit = CASE WHEN :ts >= last_seen THEN :culprit ELSE culprit END,
+        metadata = CASE WHEN :ts >= last_seen THEN :metadata ELSE metadata END,
+        level = CASE WHEN :ts >= last_seen THEN :level ELSE level END,
+        last_release = CASE WHEN :release_ts >= last_seen AND :release != '' THEN :release ELSE last_release END
+    WHERE id = :id"""
+
+
+def issue_count_params(issue_id: int, events: list[tuple[PreparedEvent, bool]]) -> dict[str, Any]:
+    """ISSUE_COUNT_SQL's parameters for an issue's events in the order they were stored (each with
+    whether it brought a user new to the issue): as if applied one by one, the last event whose time
+    is at or after every earlier one's gives the display fields, the last such with a release the
+    release (a later event's time must still reach the issue's last_seen, which the SQL checks)."""
+    newest = with_release = events[0][0]
+    for ev, _ in events[1:]:
+        if ev.timestamp >= newest.timestamp:
+            newest = ev
+            if ev.release:
+                with_release = ev
+    return {"id": issue_id, "events": len(events), "new_users": sum(new for _, new in events),
+            "first": min(ev.timestamp for ev, _ in events), "ts": newest.timestamp, "title": newest.title,
+            "culprit": newest.culprit, "metadata": json.dumps(newest.metadata), "level": newest.level,
+            "release_ts": with_release.timestamp, "release": with_release.release}
+
+
+def issue_for(conn: sqlite3.Connection, caches: WriterCaches, ev: PreparedEvent) -> tuple[int, bool]:
+    """The issue an event joins by its hashes (the primary ones decide), created if there is none
+    (then True). Once its hashes are in issue_hashes the answer holds until a merge, an unmerge or a
+    deletion (which empty the cache), so the writer remembers it."""
+    grouped = (ev.project_id, tuple(ev.hashes), tuple(ev.secondary_hashes))
+    if (cached := caches.issues.get(grouped)) is not None:
+        return cached, False
+    known = issue_of_hashes(conn, ev.project_id, ev.hashes) or issue_of_hashes(conn, ev.project_id, ev.secondary_hashes)
+    issue_id = known or create_issue(conn, ev)
+    conn.executemany("INSERT OR IGNORE INTO issue_hashes (project_id, hash, issue_id) VALUES (?, ?, ?)",
+                     [(ev.project_id, h, issue_id) for h in ev.hashes])
+    if ev.hashes:  # (an event without any opens an issue of its own)
+        caches.issues[grouped] = issue_id
+    return issue_id, known is None
 
 
 def issue_of_hashes(conn: sqlite3.Connection, project_id: int, hashes: list[str]) -> int | None:
@@ -5220,6 +5419,23 @@ def link_release(conn: sqlite3.Connection, project_id: int, version: str, now: f
     return created
 
 
+def record_terms(conn: sqlite3.Connection, caches: WriterCaches, issue_id: int, terms: list[tuple[str, str]]) -> None:
+    """Make the event's search terms the issue's; the ones the writer knows the issue has cost nothing."""
+    new = [row for key, value in terms if (row := (key, value, issue_id)) not in caches.terms]
+    if new:
+        conn.executemany("INSERT OR IGNORE INTO issue_terms (key, value, issue_id) VALUES (?, ?, ?)", new)
+        caches.terms.update(new)
+
+
+def trace_of(tags: list[list[str]]) -> str | None:
+    """The trace an event belongs to (its `trace` tag, from contexts.trace), when it is a trace id."""
+    value = next((v for k, v in tags if k == "trace"), None)
+    return value if value and TRACE_ID.fullmatch(value) else None
+
+
+TRACE_ID = re.compile(r"[0-9a-f]{32}")
+
+
 # -- merge and unmerge: a person correcting the grouping ---------------------------------
 
 def short_id(project_slug: str, number: int) -> str:
@@ -5249,6 +5465,7 @@ def merge_issues(conn: sqlite3.Connection, project_id: int, issue_ids: list[int]
     """Writer job: fold issues into the one with the most events. Their events, hashes, tag
     counts and search terms move along, so later events of any of them land in the merged
     issue, and the others disappear. Returns the merged issue's id."""
+    writer_caches(conn).clear()
     ids = sorted(set(issue_ids))
     rows = conn.execute(f"SELECT * FROM issues WHERE project_id = ? AND id IN ({','.join('?' * len(ids))}) "
                         "ORDER BY times_seen DESC, id", (project_id, *ids)).fetchall()
@@ -5300,6 +5517,7 @@ def unmerge_hashes(conn: sqlite3.Connection, issue_id: int, hashes: set[str]) ->
     """Writer job: move the issue's events that have any of these hashes into a new issue,
     with the hashes only they have, so later events with them land there too. Returns the
     new issue's id. It reads every event of the issue (the hashes live in the payloads)."""
+    writer_caches(conn).clear()
     issue = conn.execute("SELECT * FROM issues WHERE id = ?", (issue_id,)).fetchone()
     owned = {r["hash"] for r in conn.execute("SELECT hash FROM issue_hashes WHERE project_id = ? AND issue_id = ?",
                                               (issue["project_id"] if issue else 0, issue_id))}
@@ -5361,6 +5579,7 @@ def summarize_issue(conn: sqlite3.Connection, issue_id: int, events: list[Prepar
 def delete_issues(conn: sqlite3.Connection, issue_ids: list[int]) -> int:
     """Delete issues with their events (and their attachments), hashes, history and user feedback;
     later events of them open new issues."""
+    writer_caches(conn).clear()
     marks = ",".join("?" * len(issue_ids))
     conn.execute(f"""DELETE FROM attachments WHERE (project_id, event_id) IN (
                          SELECT project_id, event_id FROM events WHERE issue_id IN ({marks})
@@ -6913,6 +7132,7 @@ def insert_default_rules(conn: sqlite3.Connection, project_id: int) -> None:
 
 
 def insert_rule(conn: sqlite3.Connection, project_id: int, rule: dict[str, Any], rule_id: int | None = None) -> int:
+    writer_caches(conn).rules.pop(project_id, None)
     values = (rule["name"], json.dumps(rule), project_id)
     if rule_id is not None:
         conn.execute("UPDATE alert_rules SET name = ?, rule = ? WHERE project_id = ? AND id = ?", (*values, rule_id))
@@ -7235,6 +7455,7 @@ async def project_rule(store: Store, project_id: int, rule_id: str) -> sqlite3.R
 
 def delete_rule(conn: sqlite3.Connection, project_id: int, rule_id: str) -> int:
     """Remove one of a project's alert rules by the id a URL or form gives; how many went."""
+    writer_caches(conn).rules.pop(project_id, None)
     return conn.execute("DELETE FROM alert_rules WHERE CAST(id AS TEXT) = ? AND project_id = ?",
                         (rule_id, project_id)).rowcount
 
@@ -7244,17 +7465,25 @@ def delete_rule(conn: sqlite3.Connection, project_id: int, rule_id: str) -> int:
 def fire_rules(conn: sqlite3.Connection, issue_id: int, ev: PreparedEvent, transition: str | None) -> None:
     """Judge the project's rules on a stored event; a rule that fires (and has not fired for the
     issue within its action interval) queues one notification per channel it names."""
-    for row in conn.execute("SELECT * FROM alert_rules WHERE project_id = ?", (ev.project_id,)).fetchall():
-        rule = json.loads(row["rule"])
+    for rule_id, rule in project_alert_rules(conn, ev.project_id):
         if rule.get("environment") and rule["environment"] != ev.environment:
             continue
         trigger = rule_trigger(conn, rule, issue_id, ev, transition)
         if not trigger or not filters_pass(conn, rule, ev):
             continue
         channels = action_channels(conn, rule)
-        if channels and claim_rule(conn, row["id"], issue_id, rule, ev.received):
+        if channels and claim_rule(conn, rule_id, issue_id, rule, ev.received):
             for channel in channels:
-                enqueue(conn, channel, issue_id, row["id"], trigger, {"rule": rule["name"], **event_snapshot(ev)})
+                enqueue(conn, channel, issue_id, rule_id, trigger, {"rule": rule["name"], **event_snapshot(ev)})
+
+
+def project_alert_rules(conn: sqlite3.Connection, project_id: int) -> list[tuple[int, dict[str, Any]]]:
+    """A project's rules (id, parsed), kept by the writer until one of them is edited."""
+    caches = writer_caches(conn)
+    if project_id not in caches.rules:
+        caches.rules[project_id] = [(row["id"], json.loads(row["rule"])) for row in conn.execute(
+            "SELECT id, rule FROM alert_rules WHERE project_id = ?", (project_id,))]
+    return caches.rules[project_id]
 
 
 def rule_trigger(conn: sqlite3.Connection, rule: dict[str, Any], issue_id: int, ev: PreparedEvent,
@@ -7264,6 +7493,8 @@ def rule_trigger(conn: sqlite3.Connection, rule: dict[str, Any], issue_id: int, 
     conditions = rule["conditions"]
     if not conditions:
         return "event"
+    if transition is None and all(cond["id"] in STATE_CONDITIONS for cond in conditions):
+        return None  # only a transition meets a state condition: most events, at no cost
     met = []
     for cond in sorted(conditions, key=lambda c: c["id"] not in STATE_CONDITIONS):
         held = condition_holds(conn, cond, issue_id, ev, transition)
@@ -14795,7 +15026,7 @@ def send_files(settings: Settings, files: list[Path], project: str | None,
                     rebase(path, event)
                 ev = prepare_event(event, project_id=project_id, event_id=normalize_id(header.get("event_id")),
                                    received=received, rules=rules, scrub=scrub)
-                jobs.append(lambda c, ev=ev: store_event(c, ev))
+                jobs.append(deferring(lambda c, ev=ev: store_event(c, ev)))
         results = apply_batch(conn, jobs)
     finally:
         conn.close()
