@@ -1786,7 +1786,7 @@ async def accept_envelope(request: Request, project_id: int, header: dict[str, A
         intake.jobs.append(lambda conn: store_health(conn, project_id, intake.health))
     if limits.may_log(project_id, intake.received):
         logged = data if not intake.scrub.enabled else scrubbed_log_body(intake, items)
-        intake.jobs.append(envelope_log_job(intake, logged, len(data)))
+        intake.jobs.append(envelope_log_job(intake, await logged_body(logged), len(data)))
     if forward := project_forward(intake.options):  # in the same transaction: acknowledged means queued
         await queue_forward(intake, forward, items)
     writer = request.app.writer
@@ -2438,14 +2438,24 @@ NOT_KEPT = json_dumps({"not_kept": "this project scrubs data before storing it, 
                                    "header, size and outcome"})
 
 
-def envelope_log_job(intake: Intake, body: bytes, size: int) -> Job:
+async def logged_body(body: bytes) -> bytes | None:
+    """An envelope's body as the log keeps it: zstd-compressed, a large one in a thread (as a large
+    body is decompressed) so that the event loop never spends milliseconds on it; past
+    ENVELOPE_LOG_BODY, not kept."""
+    if len(body) > ENVELOPE_LOG_BODY:
+        return None
+    if len(body) > 64 * KIB:
+        return await asyncio.to_thread(zstandard.ZstdCompressor(level=1).compress, body)
+    return ENVELOPE_ZSTD.compress(body)
+
+
+def envelope_log_job(intake: Intake, kept: bytes | None, size: int) -> Job:
     """The writer job that logs an envelope, last of its envelope's jobs. Its row is made here on the
-    event loop (the body compressed, the header as text) and written with the batch's others in one
-    statement at the end of the batch (log_envelopes), in the events' transaction: seen with the
-    answer, lost with nothing; each item's outcome is read then (a job finds a duplicate event)."""
+    event loop (the body as logged_body kept it, the header as text) and written with the batch's
+    others in one statement at the end of the batch (log_envelopes), in the events' transaction: seen
+    with the answer, lost with nothing; each item's outcome is read then (a job finds a duplicate event)."""
     client = envelope_client(intake).encode(errors="replace").decode()  # a lone surrogate would fail the batch's rows
-    row = (intake.project_id, intake.received, client, json.dumps(intake.header), size,
-           ENVELOPE_ZSTD.compress(body) if len(body) <= ENVELOPE_LOG_BODY else None)
+    row = (intake.project_id, intake.received, client, json.dumps(intake.header), size, kept)
     outcomes = intake.outcomes
     return lambda conn: defer(conn, log_envelopes, (row, outcomes))
 
@@ -2485,7 +2495,7 @@ def outcomes_text(outcomes: list[list[Any]]) -> str:
         return json.dumps(outcomes)
 
 
-ENVELOPE_ZSTD = zstandard.ZstdCompressor(level=1)  # used by the event loop only
+ENVELOPE_ZSTD = zstandard.ZstdCompressor(level=1)  # used by the event loop only (logged_body)
 
 # The envelope log, for people testing an SDK: every envelope as it arrived (decompressed, up to
 # 1 MiB) and what became of each item; the newest ENVELOPE_LOG per project, for a day at most, and

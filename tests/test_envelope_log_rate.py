@@ -8,6 +8,7 @@ import time
 import uuid
 
 import httpx
+import zstandard
 
 from conftest import Project, TrackerServer, auth, envelope
 
@@ -41,3 +42,15 @@ def test_an_sdk_under_test_has_every_envelope_logged(tracker: TrackerServer) -> 
     assert logged(tracker, project) == 20
     page = tracker.web.get(f"/projects/{project.slug}/envelopes/").text
     assert "at most 50 a second" in page
+
+
+def test_a_large_envelope_is_logged_whole(tracker: TrackerServer) -> None:
+    """Past 64 KiB the logged body is compressed in a thread, not on the event loop: still all there."""
+    project = tracker.create_project("large-logged")
+    r = tracker.api("PUT", f"projects/tracker/{project.slug}/", json={"dataScrubber": False})
+    assert r.status_code == 200, r.text
+    tracker.send_event(project, {"message": "padded", "extra": {"pad": "x" * 200 * 1024}})
+    with sqlite3.connect(tracker.db) as conn:
+        [(size, body)] = conn.execute("SELECT size, body FROM envelopes WHERE project_id = ?", (project.id,)).fetchall()
+    assert size > 200 * 1024
+    assert zstandard.ZstdDecompressor().decompress(body, max_output_size=size).count(b"x" * 1024) == 200
