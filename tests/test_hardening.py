@@ -737,6 +737,28 @@ def nested(depth: int, kind: str) -> Any:
     return value
 
 
+def json_depth(value: Any) -> int:
+    """How deep a parsed JSON value nests (a scalar 0, `[]` 1), the plain way nested_too_deep avoids."""
+    if isinstance(value, (dict, list)):
+        return 1 + max(map(json_depth, value.values() if isinstance(value, dict) else value), default=0)
+    return 0
+
+
+TRICKY_TEXT = st.text(alphabet='[]{}"\\ab\u00e9', max_size=6)  # brackets, quotes and backslashes inside strings
+
+
+@given(st.recursive(st.none() | st.integers() | TRICKY_TEXT,
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TRICKY_TEXT, inner, max_size=3),
+                    max_leaves=40),
+       st.integers(1, 12))
+@settings(max_examples=500, deadline=None)
+def test_nested_too_deep_agrees_with_the_depth(value: Any, limit: int) -> None:
+    """nested_too_deep's quick passes (one or two levels each) and its exact ones answer as the
+    depth of the parsed value does, whatever the strings hold."""
+    raw = json.dumps(value, ensure_ascii=False).encode()
+    assert t.nested_too_deep(raw, limit) == (json_depth(value) > limit)
+
+
 @pytest.mark.parametrize("kind", ["list", "object"])
 def test_extra_nested_right_at_the_limit(tracker: TrackerServer, project: Project, kind: str) -> None:
     """The event object is level 1 and `extra` level 2, so a value 126 deep in it makes exactly

@@ -235,3 +235,16 @@ def test_old_transactions_and_logs_leave(configured: Configure) -> None:
     assert r.status_code == 200
     assert count(server, "transactions", project) == 1 and count(server, "logs", project) == 1
     wait_for(lambda: count(server, "transactions", project) == 0 and count(server, "logs", project) == 0, timeout=20)
+
+
+def test_the_cap_counts_again_after_retention(configured: Configure) -> None:
+    """The writer keeps each project's count of log lines for the cap (keep_to_cap); retention deletes
+    behind it, and the count starts over: after 100 old lines age out, 100 new ones under a cap of 100
+    all stay (a count still holding the old lines would have trimmed the new ones away)."""
+    server = configured("traces-cap-age", "[traces]\nmax_logs = 100\nmax_age_days = 1\n[retention]\ninterval = 1\n")
+    project = server.create_project()
+    old = [{**line(f"old {n}"), "timestamp": time.time() - 2 * 86400} for n in range(100)]
+    assert server.send_envelope(project, logs(*old)).status_code == 200
+    wait_for(lambda: count(server, "logs", project) == 0, timeout=20)
+    assert server.send_envelope(project, logs(*[line(f"new {n}") for n in range(100)])).status_code == 200
+    assert count(server, "logs", project) == 100
