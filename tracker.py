@@ -3047,6 +3047,11 @@ NO_VALUES: dict[str, list[Any]] = {"values": []}
 
 def parse_timestamp(value: Any) -> float | None:
     """Epoch seconds (int/float/numeric string) or RFC 3339 → epoch float."""
+    if type(value) is str and value[-1:] == "Z":  # RFC 3339 in UTC, as SDKs write a span's times (ten a
+        try:  # transaction): Python reads the Z itself since 3.11
+            return dt.datetime.fromisoformat(value).timestamp()
+        except ValueError:
+            pass
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
@@ -4144,7 +4149,8 @@ class ScrubPolicy:
         if not raw.isascii():
             return True
         folded = raw.translate(ASCII_LOWER, b"-_. ")  # lower case and no separators, in one pass
-        return any(needle in folded for needle in self.needles)  # a find each beats one regex alternation
+        return any(map(folded.count, self.needles))  # a scan each beats one regex alternation; count and find,
+        # not `in`: a bytes `in` first tries its operand as a byte value, making and dropping a TypeError
 
     def key_rule(self, key: str) -> str | None:
         """The rule that filters the value under `key`; SAFE for a safe field (its value is left
@@ -4215,8 +4221,10 @@ def may_hold_number(raw: bytes) -> bool:
     if len(raw) < 11:
         return False
     masked = raw.translate(NUMBER_MASK)
-    return b"0000" in masked and (b"0000000000000" in masked or b"AA00" in masked or b"0000-0000-0000" in masked
-                                  or b"0000-000000-0000" in masked or b"000-00-0000" in masked)
+    return masked.find(b"0000") >= 0 and any(masked.find(shape) >= 0 for shape in NUMBER_SHAPES)
+
+
+NUMBER_SHAPES = (b"0000000000000", b"AA00", b"0000-0000-0000", b"0000-000000-0000", b"000-00-0000")
 
 
 # A text's bytes with digits as 0, separators as -, capitals as A: a card number or an IBAN shows
@@ -4228,9 +4236,9 @@ NUMBER_MASK = bytes.maketrans(b"0123456789 -ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"0" * 
 def may_hold_token(raw: bytes) -> bool:
     """Whether a text (UTF-8, or its JSON) may hold one of TOKENS' secrets, by finds at C's speed:
     `Bearer`/`Basic` in any case, a PEM header, a URL with a password (a regex, run only on a `://@`)."""
-    lower = raw.lower()
-    return (b"bearer" in lower or b"basic" in lower or b"-----BEGIN" in raw
-            or (b"://" in raw and b"@" in raw and URL_AUTH_HINT.search(raw) is not None))
+    lower = raw.lower()  # finds, not `in` (see may_name_secret)
+    return (lower.find(b"bearer") >= 0 or lower.find(b"basic") >= 0 or raw.find(b"-----BEGIN") >= 0
+            or (raw.find(b"://") >= 0 and raw.find(b"@") >= 0 and URL_AUTH_HINT.search(raw) is not None))
 
 
 URL_AUTH_HINT = re.compile(rb"://[^\s:/@?#]{0,256}:[^\s/?#]{1,256}@")  # TOKENS' URL, in bytes and JSON
@@ -8323,9 +8331,9 @@ def parse_aggregates(raw: dict[str, Any], received: float) -> list[HealthUpdate]
     return updates
 
 
-def parse_transaction(raw: dict[str, Any], received: float) -> list[HealthUpdate]:
-    """A transaction as a count and a duration: no spans are kept."""
-    end, start = parse_timestamp(raw.get("timestamp")), parse_timestamp(raw.get("start_timestamp"))
+def transaction_health(raw: dict[str, Any], received: float, end: float | None, start: float | None
+                       ) -> list[HealthUpdate]:
+    """A transaction (its times read by the caller) as a count and a duration in its minute bucket."""
     if not fresh(end, received):
         return []
     trace = (raw.get("contexts") or {}).get("trace") if isinstance(raw.get("contexts"), dict) else None
@@ -8338,7 +8346,7 @@ def parse_transaction(raw: dict[str, Any], received: float) -> list[HealthUpdate
 
 
 HEALTH_PARSERS: dict[str, Callable[[dict[str, Any], float], list[HealthUpdate]]] = {
-    "session": parse_session, "sessions": parse_aggregates, "transaction": parse_transaction}
+    "session": parse_session, "sessions": parse_aggregates}
 
 
 def prune_session_state(conn: sqlite3.Connection, now: float) -> int:
@@ -8627,18 +8635,25 @@ class PreparedItem:
 
 
 def prepare_transaction(payload: bytes, project_id: int, received: float, policy: ScrubPolicy) -> PreparedItem:
-    raw = json_object(payload, "transaction payload")
-    row = transaction_row(raw, project_id, received, policy)
-    return PreparedItem([fields_of(update) for update in parse_transaction(raw, received)], [row] if row else [], 0,
-                        "stored" if row else "counted; not kept: no trace id, or too old")
+    health, row = transaction_parts(json_object(payload, "transaction payload"), project_id, received, policy)
+    return PreparedItem(health, [row] if row else [], 0, "stored" if row else "counted; not kept: no trace id, or too old")
 
 
 def prepare_spans(payload: bytes, project_id: int, received: float, policy: ScrubPolicy) -> PreparedItem:
     segments, orphans = span_segments(json_object(payload, "span payload"))
-    rows = [transaction_row(raw, project_id, received, policy) for raw in segments]
-    return PreparedItem([fields_of(update) for raw in segments for update in parse_transaction(raw, received)],
-                        [row for row in rows if row], 0, f"stored as {len(segments)} transactions"
+    parts = [transaction_parts(raw, project_id, received, policy) for raw in segments]
+    return PreparedItem([fields for health, _ in parts for fields in health], [row for _, row in parts if row], 0,
+                        f"stored as {len(segments)} transactions"
                         + (f"; {orphans} spans without their segment not kept" if orphans else ""))
+
+
+def transaction_parts(raw: dict[str, Any], project_id: int, received: float, policy: ScrubPolicy
+                      ) -> tuple[list[tuple[Any, ...]], dict[str, Any] | None]:
+    """A transaction's count for release health (HealthUpdate's fields) and its row (or None), its
+    times read once for both."""
+    end, start = parse_timestamp(raw.get("timestamp")), parse_timestamp(raw.get("start_timestamp"))
+    return ([fields_of(update) for update in transaction_health(raw, received, end, start)],
+            transaction_row(raw, project_id, received, policy, end, start))
 
 
 def prepare_logs(payload: bytes, project_id: int, received: float, policy: ScrubPolicy) -> PreparedItem:
@@ -8650,13 +8665,12 @@ ITEM_PREPARERS: dict[str, Callable[[bytes, int, float, ScrubPolicy], PreparedIte
     "transaction": prepare_transaction, "span": prepare_spans, "log": prepare_logs}
 
 
-def transaction_row(raw: dict[str, Any], project_id: int, received: float, policy: ScrubPolicy
-                    ) -> dict[str, Any] | None:
+def transaction_row(raw: dict[str, Any], project_id: int, received: float, policy: ScrubPolicy, end: float | None,
+                    start: float | None) -> dict[str, Any] | None:
     """A transaction as a row of `transactions`: its root span's fields, and its child spans (at most
     MAX_SPANS, slimmed), scrubbed and compressed; None without a trace id or when too old."""
     trace = as_dict(as_dict(raw.get("contexts")).get("trace"))
     trace_id, span_id = normalize_id(trace.get("trace_id")), span_id_of(trace.get("span_id"))
-    end, start = parse_timestamp(raw.get("timestamp")), parse_timestamp(raw.get("start_timestamp"))
     if trace_id is None or span_id is None or end is None or not fresh(end, received):
         return None
     start = start if start is not None and start <= end else end

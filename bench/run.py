@@ -150,15 +150,17 @@ def run_ceiling(body_file: Path, encoding: str, seconds: int, connections: int =
 
 def side_load(port: int, body_file: Path, encoding: str, seconds: int, rate: float) -> subprocess.Popen[str]:
     """wrk posting `body_file` at about `rate` requests a second beside the main load: SIDE_CONNECTIONS
-    connections, each pausing SIDE_CONNECTIONS / rate seconds between requests, so that the answers'
-    latency (20-40 ms under the main load) moves the rate by a few percent, not by half."""
+    connections, each pausing between requests for SIDE_CONNECTIONS / rate seconds less the answer's
+    usual latency under the main load (SIDE_LATENCY), so that a latency of 20-40 ms moves the rate by
+    a few percent, not by half."""
     env = {**os.environ, "BODIES": str(body_file), "TARGET_PATH": "/api/1/envelope/", "ENCODING": encoding,
-           "DELAY": str(max(int(1000 * SIDE_CONNECTIONS / rate), 1))}
+           "DELAY": str(max(int(1000 * SIDE_CONNECTIONS / rate - SIDE_LATENCY), 1))}
     return subprocess.Popen(["wrk", "-t1", f"-c{SIDE_CONNECTIONS}", f"-d{seconds}s", "-s", str(HERE / "bodies.lua"),
                              f"http://127.0.0.1:{port}"], stdout=subprocess.DEVNULL, env=env, text=True)
 
 
 SIDE_CONNECTIONS = 64
+SIDE_LATENCY = 30  # ms
 
 
 def serve_tracker(db: Path, project: str, port: int) -> subprocess.Popen[bytes]:
@@ -299,7 +301,7 @@ def print_row(label: str, run: dict[str, Any], done: int, ceiling_rps: float) ->
           f"{sum(cpu.values()):6.2f}   {run['memory']:7.0f}")
 
 
-def traces(work: Path, body_file: Path, seconds: int, rounds: int = 3) -> None:
+def traces(work: Path, body_file: Path, seconds: int, rounds: int = 5) -> None:
     """The 3 KB error load alone, then again with TRACED_RATE transactions a second (and their log
     lines, two a transaction, in envelopes of 100 as the SDK batches them) posted beside it: how much
     the error ratio drops. The pair is run `rounds` times, alone and beside in turn, and the median

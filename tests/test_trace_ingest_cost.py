@@ -49,7 +49,7 @@ def reference_kept(raw: dict[str, Any], policy: tracker.ScrubPolicy) -> dict[str
 def test_transaction_kept_part_scrubbed_as_before(data: dict[str, Any], secret: str | None) -> None:
     policy = tracker.parsed_scrub_policy("{}")
     raw = transaction(data)
-    row = tracker.transaction_row(copy.deepcopy(raw), 1, time.time(), policy)
+    _, row = tracker.transaction_parts(copy.deepcopy(raw), 1, time.time(), policy)
     assert row is not None
     kept = kept_of(row)
     assert kept == tracker.json_loads(tracker.json_dumps(reference_kept(raw, policy)))
@@ -61,7 +61,7 @@ def test_transaction_kept_part_scrubbed_as_before(data: dict[str, Any], secret: 
 
 def test_transaction_kept_part_not_scrubbed_when_the_project_turns_scrubbing_off() -> None:
     policy = tracker.parsed_scrub_policy('{"enabled": false}')
-    row = tracker.transaction_row(transaction({"password": "hunter2-hunter2"}), 1, time.time(), policy)
+    _, row = tracker.transaction_parts(transaction({"password": "hunter2-hunter2"}), 1, time.time(), policy)
     assert kept_of(row)["spans"][0]["data"] == {"password": "hunter2-hunter2"}
 
 
@@ -69,7 +69,8 @@ def test_transaction_kept_part_not_scrubbed_when_the_project_turns_scrubbing_off
     ("2026-12-06T06:49:47.5Z", 1796539787.5), ("2026-12-06T06:49:47.5+01:00", 1796536187.5),
     ("2026-12-06T06:49:47", 1796539787.0), (" 2026-12-06T06:49:47z ", 1796539787.0),
     ("1796539787.25", 1796539787.25), (" 1796539787 ", 1796539787.0), ("1e9", 1e9), ("nan", None), ("inf", None),
-    ("2026-12-06", 1796515200.0), ("12:00", None), ("1:5", None), ("garbage", None), ("", None),
+    ("2026-12-06", 1796515200.0), ("12:00", None), ("1:5", None), ("garbage", None), ("", None), ("12Z", None),
+    ("Z", None), ("2026-12-06T06:49:47.5+01:00Z", None),
 ])
 def test_timestamps_parse_as_before(value: str, expected: float | None) -> None:
     assert tracker.parse_timestamp(value) == expected
