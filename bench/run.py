@@ -238,6 +238,7 @@ def main() -> None:
     parser.add_argument("--big", action="store_true", help="also the 1M-event query benchmark (takes minutes)")
     parser.add_argument("--traces", action="store_true", help="also 3 KB errors with transactions and logs "
                         "posted beside them at a paced rate (how much the error rate drops)")
+    parser.add_argument("--rounds", type=int, default=5, help="pairs of runs (alone, beside) for --traces")
     parser.add_argument("--forward", choices=("mirror", "relay"), help="also a run with the bench project "
                         "forwarding to a second tracker on this machine (the outbox's cost and drain time)")
     args = parser.parse_args()
@@ -276,7 +277,7 @@ def main() -> None:
         print_row("tracker -c32", tracker, tracker["stored"], ceiling["rps"])
         print(f"  {tracker['bytes_per_event']:.0f} bytes/event on disk; the server's own peak RSS {tracker['rss']:.0f} MB")
     if args.traces:
-        traces(work, errors, args.seconds)
+        traces(work, errors, args.seconds, args.rounds)
     if args.forward:
         for label, body_file in (("3 KB", errors), ("50 KB", work / "big.bin")):
             if not body_file.exists():
@@ -305,23 +306,34 @@ def traces(work: Path, body_file: Path, seconds: int, rounds: int = 5) -> None:
     """The 3 KB error load alone, then again with TRACED_RATE transactions a second (and their log
     lines, two a transaction, in envelopes of 100 as the SDK batches them) posted beside it: how much
     the error ratio drops. The pair is run `rounds` times, alone and beside in turn, and the median
-    drop is the figure: on this machine two identical runs differ by up to 15%, more than the bound."""
+    drop is the figure: on this shared machine two identical runs differ by up to a fifth, more than
+    the bound. Also, from the same runs, what the side load cost the server in CPU per transaction
+    (the server's CPU beside, less the errors stored beside at the CPU an error took alone)."""
     side = work / "traces.bin"
     body_builder.write(side, body_builder.build_traces(6000, "gzip"))
     ceiling = run_ceiling(body_file, "gzip", seconds)
     print(f"\n3 KB errors alone, then with {TRACED_RATE} transactions a second and their logs beside them "
           f"(wrk -t1 -c{SIDE_CONNECTIONS}, each connection pausing between requests), {rounds} rounds")
     print_row("ceiling -c32", ceiling, ceiling["requests"], ceiling["rps"])
-    drops = []
+    drops, costs, errors = [], [], []
     for _ in range(rounds):
         alone = run_tracker(body_file, "gzip", seconds)
         both = run_tracker(body_file, "gzip", seconds, side=side, side_rate=TRACED_RATE)
         drops.append(1 - both["stored_rps"] / alone["stored_rps"])
+        per_error = sum(alone["cpu"].values()) / max(alone["stored"], 1)
+        errors.append(1000 * per_error)
+        costs.append(1000 * (sum(both["cpu"].values()) - per_error * both["stored"]) / max(both["transactions"], 1))
         print_row("tracker -c32", alone, alone["stored"], ceiling["rps"])
         print_row("with traces beside", both, both["stored"], ceiling["rps"])
         print(f"  {both['transactions'] / seconds:.0f} transactions/s and {both['logs'] / seconds:.0f} log lines/s kept "
-              f"beside the errors: {drops[-1]:.0%} fewer errors stored")
-    print(f"  median of {rounds}: {sorted(drops)[len(drops) // 2]:.0%} fewer errors stored with transactions and logs beside")
+              f"beside the errors: {drops[-1]:.0%} fewer errors stored; a transaction with its log lines cost "
+              f"{costs[-1]:.2f} ms of server CPU")
+    print(f"  median of {rounds}: {median(drops):.0%} fewer errors stored with transactions and logs beside; "
+          f"{median(costs):.2f} ms of server CPU a transaction with its log lines, {median(errors):.2f} ms an error alone")
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 # Transactions a second beside the errors: a traced service sending one for a fifth of the requests
