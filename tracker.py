@@ -2658,8 +2658,9 @@ class DropFlusher(Background):
 # commit. The events that reach take_event in one turn of the event loop go to a worker as one
 # batch (one pickle, one pipe write). Until a worker is up, or after one dies, events are prepared
 # in this process: nothing waits on a worker that is not there, and nothing it held is lost.
-# Transaction, span and log items go the same way (a job of their kind, ITEM_PREPARERS): a traced
-# service sends one of each beside its errors, and their parsing once cost the event loop more.
+# Log and span items, and transactions over PREPARE_HERE_UP_TO, go the same way (a job of their kind,
+# ITEM_PREPARERS): a traced service sends them beside its errors, and their parsing once cost the
+# event loop more; a small transaction costs less here than a worker's round trip (prepare_item).
 
 class Preparers:
     """The worker processes (`[server] ingest_workers`; by default one per core, at most four, and

@@ -102,3 +102,35 @@ def test_items_prepared_in_a_worker_come_back_whole(kind: str, payload: dict[str
     assert "hunter2" not in repr(there.rows) and "k-123456" not in repr(there.rows)
     assert there.outcome == {"transaction": "stored", "span": "stored as 1 transactions; 1 spans without their "
                              "segment not kept", "log": "stored 1 logs, dropped 1"}[kind]
+
+
+def log_line(body: str, **attributes: Any) -> dict[str, Any]:
+    return {"timestamp": time.time(), "level": "info", "body": body, "trace_id": uuid.uuid4().hex,
+            "attributes": {"sentry.sdk.name": {"value": "sentry.python", "type": "string"},
+                           **{k: {"value": v, "type": "string" if isinstance(v, str) else "integer"}
+                              for k, v in attributes.items()}}}
+
+
+@pytest.mark.parametrize("secret_line", [
+    None,
+    log_line("login with password=hunter2-hunter2"),
+    log_line("charged", card="4111 1111 1111 1111"),
+    log_line("called", api_key="abcdef0123456789"),
+    log_line("fetched", url="https://bob:s3cret-pw@db.example.org/orders"),
+    log_line("header", auth_header="Bearer eyJhbGciOiJIUzI1NiJ9"),
+])
+def test_log_lines_scrubbed_as_before(secret_line: dict[str, Any] | None) -> None:
+    """log_rows tests a log item's values and distinct attribute names once, not each line's JSON:
+    its rows are those of scrubbing every line whatever its bytes show."""
+    policy = tracker.parsed_scrub_policy("{}")
+    items = [log_line(f"order {n} paid", order_id=n) for n in range(5)] + ([secret_line] if secret_line else [])
+    rows, refused = tracker.log_rows({"items": copy.deepcopy(items)}, 1, time.time(), policy)
+    lines = [tracker.parse_log(item, time.time())["scrubbed"] for item in copy.deepcopy(items)]
+    tracker.scrub_event(dict(zip(map(str, range(len(lines))), lines)), policy)
+    assert refused == 0
+    assert [(row[4], row[11]) for row in rows] == [(line["body"], tracker.json_dumps(line["attributes"]).decode())
+                                                  for line in lines]
+    unscrubbed = [tracker.parse_log(item, time.time())["scrubbed"] for item in copy.deepcopy(items)]
+    changed = [row for row, line in zip(rows, unscrubbed)
+               if (row[4], row[11]) != (line["body"], tracker.json_dumps(line["attributes"]).decode())]
+    assert len(changed) == (1 if secret_line else 0)
