@@ -8770,13 +8770,12 @@ MAX_SPANS_PER_ITEM = 1000  # Python's span batcher sends at most 1,000 an envelo
 
 
 def store_transactions(conn: sqlite3.Connection, rows: list[dict[str, Any]], cap: int) -> None:
-    """Writer job: keep an item's transactions, within the project's cap."""
+    """Writer job: keep an item's transactions (all of its envelope's project), within the project's cap."""
     conn.executemany("""INSERT INTO transactions (project_id, event_id, trace_id, span_id, parent_span_id, name, op,
                             status, release, environment, start, duration_ms, spans, payload, received)
                         VALUES (:project_id, :event_id, :trace_id, :span_id, :parent_span_id, :name, :op, :status,
                             :release, :environment, :start, :duration_ms, :spans, :payload, :received)""", rows)
-    for project_id in {row["project_id"] for row in rows}:
-        keep_to_cap(conn, "transactions", "start", project_id, sum(row["project_id"] == project_id for row in rows), cap)
+    keep_to_cap(conn, "transactions", "start", rows[0]["project_id"], len(rows), cap)
 
 
 def keep_to_cap(conn: sqlite3.Connection, table: str, column: str, project_id: int, added: int, cap: int) -> None:

@@ -16,6 +16,7 @@ import platform
 import re
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -330,12 +331,8 @@ def traces(work: Path, body_file: Path, seconds: int, rounds: int = 5) -> None:
         print(f"  {both['transactions'] / seconds:.0f} transactions/s and {both['logs'] / seconds:.0f} log lines/s kept "
               f"beside the errors: {drops[-1]:.0%} fewer errors stored; a transaction with its log lines cost "
               f"{costs[-1]:.2f} ms of server CPU, and its wrk {1000 * both['side_cpu'] / max(both['transactions'], 1):.2f} ms")
-    print(f"  median of {rounds}: {median(drops):.0%} fewer errors stored with transactions and logs beside; "
-          f"{median(costs):.2f} ms of server CPU a transaction with its log lines, {median(errors):.2f} ms an error alone")
-
-
-def median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
+    print(f"  median of {rounds}: {statistics.median(drops):.0%} fewer errors stored with transactions and logs beside; "
+          f"{statistics.median(costs):.2f} ms of server CPU a transaction with its log lines, {statistics.median(errors):.2f} ms an error alone")
 
 
 # Transactions a second beside the errors: a traced service sending one for a fifth of the requests
