@@ -2000,17 +2000,11 @@ async def take_transactions(intake: Intake, kind: str, payload: bytes) -> str:
 
 
 async def prepare_item(intake: Intake, kind: str, payload: bytes) -> PreparedItem:
-    """A transaction, span or log item's parsing and scrubbing, sent where events are prepared; a small
-    transaction is prepared here, since a worker's round trip (a pipe write and a read, a wake-up on
-    each side) cost more CPU than its work (bench: 0.19 ms of CPU in a worker, 0.1 ms here). Only an
-    envelope's first (SDKs send one): 1,000 transactions of 16 KiB in one envelope go to a worker."""
-    if kind == "transaction" and len(payload) <= PREPARE_HERE_UP_TO and intake.seen[kind] == 1:
-        return prepare_transaction(payload, intake.project_id, intake.received, parsed_scrub_policy(intake.scrub_text))
+    """A transaction, span or log item's parsing and scrubbing, sent where events are prepared (a worker,
+    when there is one): the event loop's one core is what all of ingest waits on, so a transaction
+    prepared here cost the errors beside it more than its round trip to a worker (bench/README.md)."""
     return await intake.request.app.preparers.prepare(PrepareJob(
         payload, intake.project_id, None, intake.received, "", "", "", intake.scrub_text, PAYLOADS.current, kind=kind))
-
-
-PREPARE_HERE_UP_TO = 16 * KIB  # a transaction of about 40 spans: a fraction of a millisecond of the event loop
 
 
 async def take_spans(intake: Intake, item_header: dict[str, Any], payload: bytes) -> str:
@@ -2659,9 +2653,8 @@ class DropFlusher(Background):
 # commit. The events that reach take_event in one turn of the event loop go to a worker as one
 # batch (one pickle, one pipe write). Until a worker is up, or after one dies, events are prepared
 # in this process: nothing waits on a worker that is not there, and nothing it held is lost.
-# Log and span items, and transactions over PREPARE_HERE_UP_TO, go the same way (a job of their kind,
-# ITEM_PREPARERS): a traced service sends them beside its errors, and their parsing once cost the
-# event loop more; a small transaction costs less here than a worker's round trip (prepare_item).
+# Transactions, log and span items go the same way (a job of their kind, ITEM_PREPARERS): a traced
+# service sends them beside its errors, and their parsing on the event loop cost the errors more.
 
 class Preparers:
     """The worker processes (`[server] ingest_workers`; by default one per core, at most four, and
@@ -14880,7 +14873,7 @@ class GuardedHttp(HttpToolsProtocol):
     max_connections = 1000
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(OneSend(transport, self.loop))  # type: ignore[arg-type]
         self.opened = time.monotonic()
         self.head_bytes, self.header_count, self.refusal = 0, 0, (0, "")
         self.reading_head = True
@@ -14945,6 +14938,42 @@ class GuardedHttp(HttpToolsProtocol):
                                  b"content-length: %d\r\nconnection: close\r\n\r\n%s"
                                  % (status, http.HTTPStatus(status).phrase.encode(), len(body), body))
         self.transport.close()
+
+
+class OneSend:
+    """A connection's transport whose writes in one turn of the event loop leave in one send. uvicorn
+    writes an answer's head and its body apart, and on a socket each write is a system call through
+    the kernel's TCP path and a wake-up of the client, made holding the GIL (uvloop): the event
+    loop's largest single cost under the ingest bench (13% of its samples, py-spy), now half that.
+    What is written goes out at the end of the turn (call_soon), or before a close."""
+
+    __slots__ = ("transport", "loop", "pending")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport, self.loop = transport, loop
+        self.pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self.pending:
+            self.loop.call_soon(self.flush)
+        self.pending.append(data)
+
+    def flush(self) -> None:
+        if self.pending:
+            data = b"".join(self.pending)
+            self.pending.clear()
+            if not self.transport.is_closing():
+                self.transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def get_write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size() + sum(map(len, self.pending))
+
+    def __getattr__(self, name: str) -> Any:  # the rest is the transport's (is_closing, pause_reading, …)
+        return getattr(self.transport, name)
 
 
 MAX_HEAD = 64 * KIB  # request line and headers (nginx 4 × 8 KiB buffers, Node 16 KiB, h11 16 KiB)

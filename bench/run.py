@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import platform
 import re
@@ -241,7 +242,7 @@ def main() -> None:
     parser.add_argument("--big", action="store_true", help="also the 1M-event query benchmark (takes minutes)")
     parser.add_argument("--traces", action="store_true", help="also 3 KB errors with transactions and logs "
                         "posted beside them at a paced rate (how much the error rate drops)")
-    parser.add_argument("--rounds", type=int, default=5, help="pairs of runs (alone, beside) for --traces")
+    parser.add_argument("--rounds", type=int, default=12, help="pairs of runs (alone, beside) for --traces")
     parser.add_argument("--forward", choices=("mirror", "relay"), help="also a run with the bench project "
                         "forwarding to a second tracker on this machine (the outbox's cost and drain time)")
     args = parser.parse_args()
@@ -305,34 +306,45 @@ def print_row(label: str, run: dict[str, Any], done: int, ceiling_rps: float) ->
           f"{sum(cpu.values()):6.2f}   {run['memory']:7.0f}")
 
 
-def traces(work: Path, body_file: Path, seconds: int, rounds: int = 5) -> None:
-    """The 3 KB error load alone, then again with TRACED_RATE transactions a second (and their log
-    lines, two a transaction, in envelopes of 100 as the SDK batches them) posted beside it: how much
-    the error ratio drops. The pair is run `rounds` times, alone and beside in turn, and the median
-    drop is the figure: on this shared machine two identical runs differ by up to a fifth, more than
-    the bound. Also, from the same runs, what the side load cost the server in CPU per transaction
-    (the server's CPU beside, less the errors stored beside at the CPU an error took alone)."""
+def traces(work: Path, body_file: Path, seconds: int, rounds: int = 12) -> None:
+    """The 3 KB error load alone and with TRACED_RATE transactions a second (and their log lines, two a
+    transaction, in envelopes of 100 as the SDK batches them) posted beside it: how much the error rate
+    drops. On this shared machine two identical runs differ by up to a fifth, more than the bound, so
+    the pair is run `rounds` times, the order alternating (alone first, then beside first) so that a
+    machine growing busier or quieter weighs on both alike, and the figure is the drop of the mean
+    rate beside from the mean rate alone, with the spread of the rounds' drops (their standard
+    error) and their median. Also, from the same runs, what the side load cost the server in CPU per
+    transaction (the server's CPU beside, less the errors stored beside at the CPU an error took alone)."""
     side = work / "traces.bin"
     body_builder.write(side, body_builder.build_traces(6000, "gzip"))
     ceiling = run_ceiling(body_file, "gzip", seconds)
-    print(f"\n3 KB errors alone, then with {TRACED_RATE} transactions a second and their logs beside them "
+    print(f"\n3 KB errors alone and with {TRACED_RATE} transactions a second and their logs beside them "
           f"(wrk -t1 -c{SIDE_CONNECTIONS}, each connection pausing between requests), {rounds} rounds")
     print_row("ceiling -c32", ceiling, ceiling["requests"], ceiling["rps"])
-    drops, costs, errors = [], [], []
-    for _ in range(rounds):
-        alone = run_tracker(body_file, "gzip", seconds)
-        both = run_tracker(body_file, "gzip", seconds, side=side, side_rate=TRACED_RATE)
-        drops.append(1 - both["stored_rps"] / alone["stored_rps"])
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    costs, errors = [], []
+    for round_ in range(rounds):
+        runs = {}
+        for beside in (False, True) if round_ % 2 == 0 else (True, False):
+            runs[beside] = run_tracker(body_file, "gzip", seconds, side=side if beside else None, side_rate=TRACED_RATE)
+            rates[beside].append(runs[beside]["stored_rps"])
+        alone, both = runs[False], runs[True]
         per_error = sum(alone["cpu"].values()) / max(alone["stored"], 1)
         errors.append(1000 * per_error)
         costs.append(1000 * (sum(both["cpu"].values()) - per_error * both["stored"]) / max(both["transactions"], 1))
         print_row("tracker -c32", alone, alone["stored"], ceiling["rps"])
         print_row("with traces beside", both, both["stored"], ceiling["rps"])
         print(f"  {both['transactions'] / seconds:.0f} transactions/s and {both['logs'] / seconds:.0f} log lines/s kept "
-              f"beside the errors: {drops[-1]:.0%} fewer errors stored; a transaction with its log lines cost "
-              f"{costs[-1]:.2f} ms of server CPU, and its wrk {1000 * both['side_cpu'] / max(both['transactions'], 1):.2f} ms")
-    print(f"  median of {rounds}: {statistics.median(drops):.0%} fewer errors stored with transactions and logs beside; "
-          f"{statistics.median(costs):.2f} ms of server CPU a transaction with its log lines, {statistics.median(errors):.2f} ms an error alone")
+              f"beside the errors: {1 - rates[True][-1] / rates[False][-1]:.0%} fewer errors stored; a transaction with "
+              f"its log lines cost {costs[-1]:.2f} ms of server CPU, and its wrk "
+              f"{1000 * both['side_cpu'] / max(both['transactions'], 1):.2f} ms")
+    drops = [1 - b / a for a, b in zip(rates[False], rates[True])]
+    spread = statistics.stdev(drops) / math.sqrt(rounds) if rounds > 1 else 0.0
+    print(f"  {rounds} rounds: {statistics.mean(rates[False]):.0f} errors stored/s alone, {statistics.mean(rates[True]):.0f} "
+          f"beside: {1 - statistics.mean(rates[True]) / statistics.mean(rates[False]):.1%} fewer (the rounds' drops: "
+          f"standard error {spread:.1%}, median {statistics.median(drops):.0%}); "
+          f"{statistics.median(costs):.2f} ms of server CPU a transaction with its log lines, "
+          f"{statistics.median(errors):.2f} ms an error alone (medians)")
 
 
 # Transactions a second beside the errors: a traced service sending one for a fifth of the requests
