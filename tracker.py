@@ -14944,7 +14944,7 @@ class OneSend:
     """A connection's transport whose writes in one turn of the event loop leave in one send. uvicorn
     writes an answer's head and its body apart, and on a socket each write is a system call through
     the kernel's TCP path and a wake-up of the client, made holding the GIL (uvloop): the event
-    loop's largest single cost under the ingest bench (13% of its samples, py-spy), now half that.
+    loop's largest single cost under the ingest bench (13% of its samples, py-spy), one send now.
     What is written goes out at the end of the turn (call_soon), or before a close."""
 
     __slots__ = ("transport", "loop", "pending")
@@ -14968,9 +14968,6 @@ class OneSend:
     def close(self) -> None:
         self.flush()
         self.transport.close()
-
-    def get_write_buffer_size(self) -> int:
-        return self.transport.get_write_buffer_size() + sum(map(len, self.pending))
 
     def __getattr__(self, name: str) -> Any:  # the rest is the transport's (is_closing, pause_reading, …)
         return getattr(self.transport, name)
