@@ -6,6 +6,7 @@ a crash that atheris reports, and the run fails. Each target runs a bounded numb
 a process of its own (atheris takes the process over)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -67,4 +68,5 @@ def test_atheris_finds_no_crash(tmp_path: Path, target: str, runs: int) -> None:
     run = subprocess.run([sys.executable, str(harness), str(ROOT), target, str(runs), str(corpus)],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-4000:]
-    assert f"Done {runs} runs" in run.stderr
+    done = re.search(r"Done (\d+) runs", run.stderr)  # libFuzzer may stop a few runs past -runs (CI once
+    assert done and int(done[1]) >= runs, run.stderr[-4000:]  # printed "Done 3006 runs"): all were run
