@@ -14962,23 +14962,30 @@ class OneSend:
     writes an answer's head and its body apart, and on a socket each write is a system call through
     the kernel's TCP path and a wake-up of the client, made holding the GIL (uvloop): the event
     loop's largest single cost under the ingest bench (13% of its samples, py-spy), one send now.
-    What is written goes out at the end of the turn (call_soon), or before a close."""
+    What is written goes out at the end of the turn (call_soon), before a close, or at once past
+    ONE_SEND_UP_TO bytes: the transport's own buffer then asks uvicorn to wait for a slow reader as
+    before, so a response written in one turn is not held here whole."""
 
-    __slots__ = ("transport", "loop", "pending")
+    __slots__ = ("transport", "loop", "pending", "size")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self.transport, self.loop = transport, loop
         self.pending: list[bytes] = []
+        self.size = 0
 
     def write(self, data: bytes) -> None:
         if not self.pending:
             self.loop.call_soon(self.flush)
         self.pending.append(data)
+        self.size += len(data)
+        if self.size > ONE_SEND_UP_TO:
+            self.flush()
 
     def flush(self) -> None:
         if self.pending:
             data = b"".join(self.pending)
             self.pending.clear()
+            self.size = 0
             if not self.transport.is_closing():
                 self.transport.write(data)
 
@@ -14988,6 +14995,9 @@ class OneSend:
 
     def __getattr__(self, name: str) -> Any:  # the rest is the transport's (is_closing, pause_reading, …)
         return getattr(self.transport, name)
+
+
+ONE_SEND_UP_TO = 64 * KIB  # bytes held for one send (an ingest answer is a few hundred)
 
 
 MAX_HEAD = 64 * KIB  # request line and headers (nginx 4 × 8 KiB buffers, Node 16 KiB, h11 16 KiB)

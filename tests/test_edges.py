@@ -225,6 +225,34 @@ def test_a_slow_head_is_cut_off(edge: TrackerServer) -> None:
     assert HEADER_TIMEOUT - 0.1 < took < HEADER_TIMEOUT + 1.0 and answer.startswith(b"HTTP/1.1 408 "), (took, answer)
 
 
+def test_the_next_head_has_its_own_deadline(edge: TrackerServer) -> None:
+    """One timer serves a connection (GuardedHttp): armed for the first head, it fires before the
+    second head is due and is set again, so a slow second head is cut off HEADER_TIMEOUT after its
+    own first byte, neither sooner nor never."""
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as sock:
+        sock.sendall(b"GET /login HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = b""
+        while b"\r\n\r\n" not in first:
+            first += sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 "), first[:100]
+        time.sleep(HEADER_TIMEOUT * 0.6)
+        started = time.monotonic()
+        sock.sendall(b"GET /login HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        sock.settimeout(0.2)
+        answer = b""
+        while b"408" not in answer and time.monotonic() - started < 10:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                sock.sendall(b"x")
+                continue
+            if not chunk:
+                break
+            answer += chunk
+        took = time.monotonic() - started
+    assert b"HTTP/1.1 408 " in answer and HEADER_TIMEOUT - 0.1 < took < HEADER_TIMEOUT + 1.0, (took, answer[-200:])
+
+
 def test_a_silent_connection_is_closed(edge: TrackerServer) -> None:
     with socket.create_connection(("127.0.0.1", edge.port), timeout=HEADER_TIMEOUT + 5) as sock:
         started = time.monotonic()
