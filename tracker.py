@@ -10015,12 +10015,12 @@ class Forwarder(Background):
         return self.upstreams[key]
 
     async def send_all(self, upstream: Upstream, rows: list[sqlite3.Row]) -> list[ForwardResult]:
-        """The rows of one upstream, FORWARD_CONNECTIONS at a time, each checked against the upstream's
-        limits and backoff just before it would go."""
+        """The rows of one upstream, FORWARD_CONNECTIONS at a time (one at a time near a rate limit), each
+        checked against the upstream's limits and backoff just before it would go."""
         gate = asyncio.Semaphore(FORWARD_CONNECTIONS)
 
         async def one(row: sqlite3.Row) -> ForwardResult | None:
-            async with gate:
+            async with gate, upstream.pace(time.time()):
                 if held := upstream.held_until(row["categories"].split(";"), time.time()):
                     return ForwardResult(row["id"], row["project_id"], "retry", held, count_attempt=False)
                 body = row["body"] if row["body"] is not None else await forward_body(self.app.store, row["id"])
@@ -10055,6 +10055,7 @@ class Forwarder(Background):
 
 
 FORWARD_CONNECTIONS = 4  # requests in flight to one upstream
+LIMIT_NEAR = 60.0  # seconds after an upstream's rate limit ends that its requests still go one at a time
 UPSTREAM_ANSWER = 64 * KIB  # of an upstream's answer, read at most (Relay answers {"id": …})
 
 
@@ -10078,6 +10079,14 @@ class Upstream:
         self.failures = 0
         self.idle: list[http.client.HTTPConnection] = []
         self.lock = threading.Lock()
+        self.single = asyncio.Lock()
+
+    def pace(self, now: float) -> contextlib.AbstractAsyncContextManager[Any]:
+        """One request at a time while a rate limit holds or ended less than LIMIT_NEAR ago: requests in
+        flight side by side when the upstream's limit is reached are all refused, so a window would
+        see up to FORWARD_CONNECTIONS refusals where the SDKs' one sending thread causes one."""
+        near = any(until > now - LIMIT_NEAR for until in self.limits.values())
+        return self.single if near else contextlib.nullcontext()
 
     def held_until(self, categories: Iterable[str], now: float) -> float:
         """When rows of these categories may go: the latest of the limits that hold them."""
