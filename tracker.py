@@ -41,7 +41,6 @@ import array
 import asyncio
 import base64
 import bisect
-import concurrent.futures
 import collections
 import contextlib
 import ctypes
@@ -65,6 +64,7 @@ import logging
 import marshal
 import math
 import os
+import queue
 import random
 import re
 import resource
@@ -723,44 +723,64 @@ class Writer:
     def __init__(self, path: str, batch_max: int) -> None:
         self.conn = connect_db(path)
         self.batch_max = batch_max
-        self.queue: asyncio.Queue[tuple[Job, asyncio.Future[Any]]] = asyncio.Queue()
-        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tracker-writer",
-                                                              initializer=name_os_thread, initargs=("tracker-writer",))
-        self.task: asyncio.Task[None] | None = None
+        self.pending: list[tuple[Job, asyncio.Future[Any]]] = []  # jobs for the next batch
+        self.sent: list[tuple[Job, asyncio.Future[Any]]] = []  # the batch in the writer thread
+        self.busy = False
+        self.loop: asyncio.AbstractEventLoop  # the event loop of start(), whom the thread answers
+        self.batches: queue.SimpleQueue[list[Job] | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self.work, name="tracker-writer", daemon=True)
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self.run())
+        self.loop = asyncio.get_running_loop()
+        self.thread.start()
 
     async def submit(self, job: Job) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self.queue.put((job, future))
+        future: asyncio.Future[Any] = self.loop.create_future()
+        self.pending.append((job, future))
+        self.send()
         result = await future
         if isinstance(result, Exception):
             raise result
         return result
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self.queue.get()]
-            while len(batch) < self.batch_max and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
+    def send(self) -> None:
+        """The jobs waiting, as one batch to the thread, unless one is there (they go when it is done).
+        A queue and a thread of our own, not an executor: its futures' chaining and wake-ups were a
+        tenth of the event loop's time under load, on every envelope (bench/README.md)."""
+        if self.busy or not self.pending:
+            return
+        self.busy = True
+        self.sent, self.pending = self.pending[:self.batch_max], self.pending[self.batch_max:]
+        self.batches.put([job for job, _ in self.sent])
+
+    def work(self) -> None:
+        """The writer thread: each batch applied and committed, its results handed to the event loop."""
+        name_os_thread("tracker-writer")
+        while (jobs := self.batches.get()) is not None:
             try:
-                results = await loop.run_in_executor(self.executor, apply_batch, self.conn, [j for j, _ in batch])
+                results = apply_batch(self.conn, jobs)
             except Exception as exc:  # the commit itself failed (disk full, I/O error)
                 log.exception("writer batch failed")
-                results = [exc] * len(batch)
-            for (_, future), result in zip(batch, results):
-                if not future.done():
-                    future.set_result(result)
-            del batch, results  # not kept while the queue is idle: a job may hold a whole envelope
+                results = [exc] * len(jobs)
+            try:
+                self.loop.call_soon_threadsafe(self.done, results)
+            except RuntimeError:  # the loop closed under an unfinished batch: nobody waits for it
+                return
+            del jobs, results  # not kept while the queue is idle: a job may hold a whole envelope
+
+    def done(self, results: list[Any]) -> None:
+        for (_, future), result in zip(self.sent, results):
+            if not future.done():
+                future.set_result(result)
+        self.sent, self.busy = [], False
+        self.send()
 
     async def close(self) -> None:
-        if self.task:
-            while not self.queue.empty():
+        if self.thread.is_alive():
+            while self.pending or self.busy:
                 await asyncio.sleep(0.01)
-            self.task.cancel()
-        self.executor.shutdown(wait=True)
+            self.batches.put(None)
+            await asyncio.to_thread(self.thread.join)
         self.conn.close()
 
 
@@ -1499,12 +1519,12 @@ def parse_project_id(raw: str) -> int:
 def key_from_request(request: Request) -> str | None:
     """The public key from the auth header or query string; None when neither carries one."""
     found: list[dict[str, str]] = []
-    header = request.headers.get("x-sentry-auth")
+    header = header_of(request, b"x-sentry-auth")
     if header is not None:
         if not header[:7].lower() == "sentry ":
             raise IngestError(401, "bad x-sentry-auth header")
         found.append(parse_auth_pairs(header[7:]))
-    authorization = request.headers.get("authorization", "")
+    authorization = header_of(request, b"authorization") or ""
     if authorization[:7].lower() == "sentry ":
         found.append(parse_auth_pairs(authorization[7:]))
     if b"sentry_key" in request.scope["query_string"]:  # cheaper than parsing every query string
@@ -1519,6 +1539,16 @@ def key_from_request(request: Request) -> str | None:
         if not (version.isascii() and version.isdigit()) or int(version) > 7:  # isdigit alone admits "²"
             raise IngestError(400, f"unsupported protocol version ({version})")
     return keys.pop() if keys else None
+
+
+def header_of(request: Request, name: bytes) -> str | None:
+    """A request header's first value (`name` in lower case, as the server gives names), or None, read
+    from the scope's list: Starlette's Headers raises and catches a KeyError for each one missing, and
+    ingest asks for four on every envelope."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 def parse_auth_pairs(value: str) -> dict[str, str]:
@@ -1536,7 +1566,7 @@ async def read_envelope(request: Request) -> tuple[dict[str, Any], list[tuple[di
     envelope it stands for."""
     settings = request.app.settings
     body = await read_body(request, settings.max_body)
-    encoding = request.headers.get("content-encoding", "")
+    encoding = header_of(request, b"content-encoding") or ""
     if len(body) > 64 * KIB:  # a large (or bomb) body decompresses off the event loop
         data = await asyncio.to_thread(decompress, body, encoding, settings.max_envelope)
     else:
@@ -1550,7 +1580,7 @@ async def read_envelope(request: Request) -> tuple[dict[str, Any], list[tuple[di
 
 async def read_body(request: Request, limit: int) -> bytes:
     """Read the (possibly chunked) body, refusing with 413 as soon as it passes the limit."""
-    declared = request.headers.get("content-length", "")
+    declared = header_of(request, b"content-length") or ""
     if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise IngestError(413, f"request body larger than {limit} bytes")
     chunks, size = [], 0
@@ -2206,7 +2236,7 @@ async def take_http_check_in(request: Request) -> Response:
     fields: dict[str, Any] = {k: v for k, v in request.query_params.items() if not k.startswith("sentry_")}
     body = await read_body(request, MAX_CHECK_IN) if request.method == "POST" else b""
     if body.strip():
-        fields.update(json_object(decompress(body, request.headers.get("content-encoding", ""), MAX_CHECK_IN),
+        fields.update(json_object(decompress(body, header_of(request, b"content-encoding") or "", MAX_CHECK_IN),
                                   "check-in body"))
     await authenticate(request, project_id, key, {})
     try:
@@ -2685,7 +2715,7 @@ class Preparers:
                 process = await asyncio.create_subprocess_exec(
                     sys.executable, "-c", WORKER_BOOT, os.path.abspath(__file__), "--db", self.settings.db,
                     "prepare-worker",
-                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=64 * MIB)
+                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=WORKER_PIPE_BUFFER)
             except OSError:
                 log.exception("could not start an event worker process; events are prepared in the server")
                 return
@@ -2788,23 +2818,23 @@ class PrepareWorker:
             self.process.kill()
 
     async def read_answers(self) -> None:
+        """The worker's answers, in order: each read takes what the pipe holds, and every whole frame in it
+        is settled at once (two reads a frame, each a wake-up of this task, cost the event loop more than
+        the answers' decoding)."""
         assert self.process.stdout is not None
+        buffer = bytearray()
         try:
-            while True:
-                size = int.from_bytes(await self.process.stdout.readexactly(4), "little")
-                results = marshal.loads(await self.process.stdout.readexactly(size))
-                self.progress = time.monotonic()
-                for (job, future), (outcome, *result) in zip(self.waiting.popleft(), results):
-                    if future.done():
-                        continue
-                    if outcome == "ok" and job.kind in ITEM_PREPARERS:
-                        future.set_result(PreparedItem(*result[0]))
-                    elif outcome == "ok":
-                        PAYLOADS.count_plain()
-                        future.set_result(PreparedEvent(*result[0]))
-                    else:
-                        future.set_exception(IngestError(*result) if outcome == "refused" else RuntimeError(*result))
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError, EOFError, IndexError):
+            while chunk := await self.process.stdout.read(WORKER_PIPE_BUFFER):
+                buffer += chunk
+                start = 0
+                while len(buffer) - start >= 4:
+                    size = int.from_bytes(buffer[start:start + 4], "little")
+                    if len(buffer) - start - 4 < size:
+                        break
+                    self.settle(marshal.loads(buffer[start + 4:start + 4 + size]))
+                    start += 4 + size
+                del buffer[:start]
+        except (ConnectionError, ValueError, EOFError, IndexError):
             pass
         finally:
             self.alive = False
@@ -2812,6 +2842,20 @@ class PrepareWorker:
                 settle_here(batch)
             self.waiting.clear()
             self.ended(self)
+
+    def settle(self, results: list[Any]) -> None:
+        """An answer: each job of the oldest batch waiting, its outcome into its future."""
+        self.progress = time.monotonic()
+        for (job, future), (outcome, *result) in zip(self.waiting.popleft(), results):
+            if future.done():
+                continue
+            if outcome == "ok" and job.kind in ITEM_PREPARERS:
+                future.set_result(PreparedItem(*result[0]))
+            elif outcome == "ok":
+                PAYLOADS.count_plain()
+                future.set_result(PreparedEvent(*result[0]))
+            else:
+                future.set_exception(IngestError(*result) if outcome == "refused" else RuntimeError(*result))
 
     async def close(self) -> None:
         if self.process.stdin is not None:
@@ -2825,6 +2869,9 @@ class PrepareWorker:
 
 def frame(data: bytes) -> bytes:
     return len(data).to_bytes(4, "little") + data
+
+
+WORKER_PIPE_BUFFER = 64 * MIB  # of a worker's answers, buffered (and read at once) at most
 
 
 # Frames between the server and a worker are marshal (the fields of jobs and prepared events are
