@@ -722,7 +722,7 @@ class Writer:
 
     def __init__(self, path: str, batch_max: int) -> None:
         self.conn = connect_db(path)
-        self.batch_max = batch_max
+        self.batch_max = max(int(batch_max), 1)
         self.pending: list[tuple[Job, asyncio.Future[Any]]] = []  # jobs for the next batch
         self.sent: list[tuple[Job, asyncio.Future[Any]]] = []  # the batch in the writer thread
         self.busy = False
@@ -737,7 +737,8 @@ class Writer:
     async def submit(self, job: Job) -> Any:
         future: asyncio.Future[Any] = self.loop.create_future()
         self.pending.append((job, future))
-        self.send()
+        if len(self.pending) == 1 and not self.busy:  # at the end of this loop turn, with its other jobs
+            self.loop.call_soon(self.send)
         result = await future
         if isinstance(result, Exception):
             raise result
@@ -745,12 +746,15 @@ class Writer:
 
     def send(self) -> None:
         """The jobs waiting, as one batch to the thread, unless one is there (they go when it is done).
-        A queue and a thread of our own, not an executor: its futures' chaining and wake-ups were a
-        tenth of the event loop's time under load, on every envelope (bench/README.md)."""
+        A queue and a thread of our own, not an executor: its futures, chained by callbacks to asyncio's,
+        and the task that awaited them were about 8% of the event loop's GIL samples under the error load."""
         if self.busy or not self.pending:
             return
         self.busy = True
-        self.sent, self.pending = self.pending[:self.batch_max], self.pending[self.batch_max:]
+        if len(self.pending) <= self.batch_max:
+            self.sent, self.pending = self.pending, []
+        else:
+            self.sent, self.pending = self.pending[:self.batch_max], self.pending[self.batch_max:]
         self.batches.put([job for job, _ in self.sent])
 
     def work(self) -> None:
@@ -777,7 +781,7 @@ class Writer:
 
     async def close(self) -> None:
         if self.thread.is_alive():
-            while self.pending or self.busy:
+            while (self.pending or self.busy) and self.thread.is_alive():
                 await asyncio.sleep(0.01)
             self.batches.put(None)
             await asyncio.to_thread(self.thread.join)
@@ -2818,22 +2822,27 @@ class PrepareWorker:
             self.process.kill()
 
     async def read_answers(self) -> None:
-        """The worker's answers, in order: each read takes what the pipe holds, and every whole frame in it
-        is settled at once (two reads a frame, each a wake-up of this task, cost the event loop more than
-        the answers' decoding)."""
-        assert self.process.stdout is not None
-        buffer = bytearray()
+        """The worker's answers, in order: what the pipe holds is read at once and each whole frame in it
+        decoded in place; a frame the read cut short is completed by reading just its rest."""
+        stdout = self.process.stdout
+        assert stdout is not None
         try:
-            while chunk := await self.process.stdout.read(WORKER_PIPE_BUFFER):
-                buffer += chunk
+            while chunk := await stdout.read(WORKER_PIPE_BUFFER):
                 start = 0
-                while len(buffer) - start >= 4:
-                    size = int.from_bytes(buffer[start:start + 4], "little")
-                    if len(buffer) - start - 4 < size:
-                        break
-                    self.settle(marshal.loads(buffer[start + 4:start + 4 + size]))
-                    start += 4 + size
-                del buffer[:start]
+                with memoryview(chunk) as view:
+                    while len(view) - start >= 4:
+                        size = int.from_bytes(view[start:start + 4], "little")
+                        if len(view) - start - 4 < size:
+                            break
+                        self.settle(marshal.loads(view[start + 4:start + 4 + size]))
+                        start += 4 + size
+                if start < len(chunk):
+                    part = chunk[start:]
+                    del chunk  # not held beside the rest of a large frame
+                    if len(part) < 4:
+                        part += await stdout.readexactly(4 - len(part))
+                    size = int.from_bytes(part[:4], "little")
+                    self.settle(marshal.loads(part[4:] + await stdout.readexactly(size + 4 - len(part))))
         except (ConnectionError, ValueError, EOFError, IndexError):
             pass
         finally:
@@ -2871,7 +2880,7 @@ def frame(data: bytes) -> bytes:
     return len(data).to_bytes(4, "little") + data
 
 
-WORKER_PIPE_BUFFER = 64 * MIB  # of a worker's answers, buffered (and read at once) at most
+WORKER_PIPE_BUFFER = 64 * MIB  # of a worker's answers, what its stream buffers before pausing the pipe
 
 
 # Frames between the server and a worker are marshal (the fields of jobs and prepared events are
@@ -10067,8 +10076,9 @@ class Forwarder(Background):
         gate = asyncio.Semaphore(FORWARD_CONNECTIONS)
 
         async def one(row: sqlite3.Row) -> ForwardResult | None:
-            async with gate, upstream.pace(time.time()):
-                if held := upstream.held_until(row["categories"].split(";"), time.time()):
+            categories = row["categories"].split(";")
+            async with gate, upstream.pace(categories, time.time()):
+                if held := upstream.held_until(categories, time.time()):
                     return ForwardResult(row["id"], row["project_id"], "retry", held, count_attempt=False)
                 body = row["body"] if row["body"] is not None else await forward_body(self.app.store, row["id"])
                 if body is None:  # dropped for room since it was read
@@ -10128,20 +10138,25 @@ class Upstream:
         self.lock = threading.Lock()
         self.single = asyncio.Lock()
 
-    def pace(self, now: float) -> contextlib.AbstractAsyncContextManager[Any]:
-        """One request at a time while a rate limit holds or ended less than LIMIT_NEAR ago: requests in
-        flight side by side when the upstream's limit is reached are all refused, so a window would
-        see up to FORWARD_CONNECTIONS refusals where the SDKs' one sending thread causes one."""
-        near = any(until > now - LIMIT_NEAR for until in self.limits.values())
-        return self.single if near else contextlib.nullcontext()
+    def pace(self, categories: list[str], now: float) -> contextlib.AbstractAsyncContextManager[Any]:
+        """One request at a time for rows of categories a rate limit held less than LIMIT_NEAR ago (or
+        holds): requests in flight side by side when the upstream's limit is reached are all refused,
+        so a window would see up to FORWARD_CONNECTIONS refusals where the SDKs' one sending thread
+        causes one. Rows of other categories still go side by side."""
+        return self.single if self.limited_until(categories) > now - LIMIT_NEAR else contextlib.nullcontext()
 
     def held_until(self, categories: Iterable[str], now: float) -> float:
         """When rows of these categories may go: the latest of the limits that hold them."""
-        until = max(self.limits.get(None, 0.0), self.blocked_until)
+        until = max(self.limited_until(categories), self.blocked_until)
+        return until if until > now else 0.0
+
+    def limited_until(self, categories: Iterable[str]) -> float:
+        """Until when the upstream's rate limits hold rows of these categories (0 if none ever did)."""
+        until = self.limits.get(None, 0.0)
         for category in categories:
             until = max(until, self.limits.get(category, 0.0),
                         self.limits.get("default", 0.0) if category == "error" else 0.0)
-        return until if until > now else 0.0
+        return until
 
     def post(self, body: bytes) -> tuple[int, dict[str, str], str]:
         """POST one envelope (gzip); (status, lower-cased headers, start of the answer). Network errors
