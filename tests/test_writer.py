@@ -1,8 +1,10 @@
 """The single writer (tracker.Writer) on its own: its thread, the batches it commits and what it answers.
-Real SQLite files; each test runs the writer in an event loop of its own."""
+Real SQLite files; each test runs the writer in an event loop of its own, in a thread of its own (the
+browser tests' sync Playwright leaves a loop running in pytest's thread)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sqlite3
 from pathlib import Path
 from typing import Any, Callable
@@ -20,7 +22,8 @@ def run_writer(db: Path, batch_max: int, body: Callable[[tracker.Writer], Any]) 
             return await asyncio.wait_for(body(writer), 10)
         finally:
             await asyncio.wait_for(writer.close(), 10)
-    return asyncio.run(main())
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, main()).result()
 
 
 def insert(value: int) -> Callable[[sqlite3.Connection], int]:
