@@ -2716,19 +2716,20 @@ class Preparers:
         here meanwhile."""
         for _ in range(count):
             try:
-                process = await asyncio.create_subprocess_exec(
+                _, worker = await asyncio.get_running_loop().subprocess_exec(
+                    lambda: PrepareWorker(self.lost, float(self.settings.worker_timeout)),
                     sys.executable, "-c", WORKER_BOOT, os.path.abspath(__file__), "--db", self.settings.db,
-                    "prepare-worker",
-                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=WORKER_PIPE_BUFFER)
+                    "prepare-worker", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None)
             except OSError:
                 log.exception("could not start an event worker process; events are prepared in the server")
                 return
-            self.workers.append(PrepareWorker(process, self.lost, float(self.settings.worker_timeout)))
+            self.workers.append(worker)
 
     def lost(self, worker: PrepareWorker) -> None:
         """A worker ended (killed, out of memory): another is started, at most one a minute so that a
         crash loop cannot take the machine; meanwhile the others, or this process, prepare events."""
-        self.workers.remove(worker)
+        if worker in self.workers:
+            self.workers.remove(worker)
         if self.closing:
             return
         log.warning("an event worker process ended")
@@ -2771,27 +2772,34 @@ WORKER_BOOT = ("import importlib.util, sys; spec = importlib.util.spec_from_file
                "spec.loader.exec_module(module); module.main(sys.argv[2:])")
 
 
-class PrepareWorker:
+class PrepareWorker(asyncio.SubprocessProtocol):
     """One worker process, seen from the server: batches sent, answered in order. One that answers
     nothing and uses no CPU for `timeout` seconds while it has batches (stopped, swapped out, stuck)
     is given up; one that is busy (a batch of hostile 1 MiB events takes seconds to scrub) is left to
-    finish, since taking its batch back would put that work on the event loop."""
+    finish, since taking its batch back would put that work on the event loop. Its answers are read
+    as the pipe gives them, by the process's protocol (this object): no stream buffers them and no
+    task wakes to decode them, a stream and its task had been a tenth of the event loop's time."""
 
-    def __init__(self, process: asyncio.subprocess.Process, ended: Callable[[PrepareWorker], None],
-                 timeout: float) -> None:
-        self.process, self.ended, self.timeout = process, ended, timeout
+    def __init__(self, ended: Callable[[PrepareWorker], None], timeout: float) -> None:
+        self.ended, self.timeout = ended, timeout
         self.waiting: collections.deque[list[tuple[PrepareJob, asyncio.Future[PreparedEvent]]]] = collections.deque()
-        self.alive = True
+        self.alive, self.gone = True, False  # given work; ended (Preparers told)
         self.progress = 0.0  # when it last answered, used CPU, or was sent work while idle (monotonic)
-        self.cpu = cpu_seconds(process.pid)
+        self.cpu: float | None = None
         self.watchdog: asyncio.TimerHandle | None = None
-        self.task = asyncio.get_running_loop().create_task(self.read_answers())
+        self.rest = bytearray()  # the start of an answer the pipe has not given whole yet
+        self.wanted = 0  # the length that answer needs, its 4-byte header with it (4 until that is in)
+        self.over: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # done when it is gone
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.SubprocessTransport = transport  # type: ignore[assignment]
+        self.stdin: asyncio.WriteTransport = self.transport.get_pipe_transport(0)  # type: ignore[assignment]
+        self.cpu = cpu_seconds(self.transport.get_pid())
 
     def send(self, batch: list[tuple[PrepareJob, asyncio.Future[PreparedEvent]]]) -> None:
-        assert self.process.stdin is not None
         try:
-            self.process.stdin.write(frame(marshal.dumps([fields_of(job) for job, _ in batch])))
-        except (RuntimeError, ConnectionError):  # it died, its pipe is closed, read_answers is yet to see it
+            self.stdin.write(frame(marshal.dumps([fields_of(job) for job, _ in batch])))
+        except (RuntimeError, ConnectionError):  # it died, its pipe is closed, end() is yet to run
             return settle_here(batch)
         if not self.waiting:
             self.progress = time.monotonic()
@@ -2806,7 +2814,7 @@ class PrepareWorker:
         self.watchdog = None
         if not self.waiting or not self.alive:
             return
-        cpu = cpu_seconds(self.process.pid)
+        cpu = cpu_seconds(self.transport.get_pid())
         if cpu is not None and self.cpu is not None and cpu > self.cpu:  # working, not stuck
             self.cpu, self.progress = cpu, time.monotonic()
         idle = time.monotonic() - self.progress
@@ -2819,38 +2827,32 @@ class PrepareWorker:
             settle_here(batch)
         self.waiting.clear()
         with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
-            self.process.kill()
+            self.transport.kill()
 
-    async def read_answers(self) -> None:
-        """The worker's answers, in order: what the pipe holds is read at once and each whole frame in it
-        decoded in place; a frame the read cut short is completed by reading just its rest."""
-        stdout = self.process.stdout
-        assert stdout is not None
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        """The worker's answers, in order: each whole frame in what the pipe gave decoded in place; the
+        start of a frame cut short kept until the rest of it is in."""
+        if self.rest:
+            self.rest += data
+            if len(self.rest) < self.wanted:
+                return
+            data, self.rest = bytes(self.rest), bytearray()
+        start = 0
         try:
-            while chunk := await stdout.read(WORKER_PIPE_BUFFER):
-                start = 0
-                with memoryview(chunk) as view:
-                    while len(view) - start >= 4:
-                        size = int.from_bytes(view[start:start + 4], "little")
-                        if len(view) - start - 4 < size:
-                            break
-                        self.settle(marshal.loads(view[start + 4:start + 4 + size]))
-                        start += 4 + size
-                if start < len(chunk):
-                    part = chunk[start:]
-                    del chunk  # not held beside the rest of a large frame
-                    if len(part) < 4:
-                        part += await stdout.readexactly(4 - len(part))
-                    size = int.from_bytes(part[:4], "little")
-                    self.settle(marshal.loads(part[4:] + await stdout.readexactly(size + 4 - len(part))))
-        except (ConnectionError, ValueError, EOFError, IndexError):
-            pass
-        finally:
-            self.alive = False
-            for batch in self.waiting:  # prepared here instead: an accepted event is never dropped
-                settle_here(batch)
-            self.waiting.clear()
-            self.ended(self)
+            with memoryview(data) as view:
+                while len(view) - start >= 4:
+                    size = int.from_bytes(view[start:start + 4], "little")
+                    if len(view) - start - 4 < size:
+                        break
+                    self.settle(marshal.loads(view[start + 4:start + 4 + size]))
+                    start += 4 + size
+        except (ValueError, EOFError, IndexError):  # garbled, or an answer to nothing: it is given up
+            with contextlib.suppress(ProcessLookupError):
+                self.transport.kill()
+            return self.end()
+        if start < len(data):
+            self.rest = bytearray(data[start:])
+            self.wanted = 4 + int.from_bytes(self.rest[:4], "little") if len(self.rest) >= 4 else 4
 
     def settle(self, results: list[Any]) -> None:
         """An answer: each job of the oldest batch waiting, its outcome into its future."""
@@ -2866,21 +2868,39 @@ class PrepareWorker:
             else:
                 future.set_exception(IngestError(*result) if outcome == "refused" else RuntimeError(*result))
 
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1:  # its answers end: it exited, or was killed
+            self.end()
+
+    def process_exited(self) -> None:
+        self.end()
+
+    def end(self) -> None:
+        """The worker is gone: what it held is prepared here (an accepted event is never dropped), and
+        Preparers is told, once."""
+        self.alive = False
+        for batch in self.waiting:
+            settle_here(batch)
+        self.waiting.clear()
+        if not self.gone:
+            self.gone = True
+            self.over.set_result(None)
+            self.ended(self)
+            self.transport.close()
+
     async def close(self) -> None:
-        if self.process.stdin is not None:
-            self.process.stdin.close()
+        """Its stdin closed, it ends once its batches are answered; after 5 s it is killed."""
+        self.stdin.close()
         try:
-            await asyncio.wait_for(self.process.wait(), 5)
+            await asyncio.wait_for(asyncio.shield(self.over), 5)
         except asyncio.TimeoutError:
-            self.process.kill()
-        await asyncio.gather(self.task, return_exceptions=True)
+            with contextlib.suppress(ProcessLookupError):
+                self.transport.kill()
+        self.transport.close()
 
 
 def frame(data: bytes) -> bytes:
     return len(data).to_bytes(4, "little") + data
-
-
-WORKER_PIPE_BUFFER = 64 * MIB  # of a worker's answers, what its stream buffers before pausing the pipe
 
 
 # Frames between the server and a worker are marshal (the fields of jobs and prepared events are
