@@ -253,6 +253,20 @@ def test_the_next_head_has_its_own_deadline(edge: TrackerServer) -> None:
     assert b"HTTP/1.1 408 " in answer and HEADER_TIMEOUT - 0.1 < took < HEADER_TIMEOUT + 1.0, (took, answer[-200:])
 
 
+def test_a_kept_alive_connection_is_closed_quietly(edge: TrackerServer) -> None:
+    """After an answer a connection waits for its next request as long as uvicorn's keep-alive (5 s),
+    then closes with nothing said: the wait is the deadline timer's (GuardedHttp), not a 408."""
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as sock:
+        sock.sendall(b"GET /login HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = b""
+        while b"</html>" not in first:
+            first += sock.recv(65536)
+        started = time.monotonic()
+        rest = sock.recv(4096)
+        took = time.monotonic() - started
+    assert first.startswith(b"HTTP/1.1 200 ") and rest == b"" and 4.9 < took < 6.5, (took, rest[:100])
+
+
 def test_a_silent_connection_is_closed(edge: TrackerServer) -> None:
     with socket.create_connection(("127.0.0.1", edge.port), timeout=HEADER_TIMEOUT + 5) as sock:
         started = time.monotonic()
