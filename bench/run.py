@@ -110,11 +110,20 @@ def cpu_by_stage(pid: int) -> dict[str, float]:
     return stages
 
 
+def machine_ticks() -> tuple[int, int, int]:
+    """This machine's CPU time so far, from /proc/stat, in ticks: all of it, idle (with I/O wait), and
+    stolen (the host ran something else on our cores)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return sum(fields), fields[3] + fields[4], fields[7]
+
+
 def wrk(port: int, body_file: Path, encoding: str, seconds: int, connections: int,
         server: int | None = None) -> dict[str, float]:
     """wrk's figures; with `server`, also the peak memory of it and its workers (PSS summed, sampled
-    every 0.2 s while wrk runs) and the CPU seconds each of its stages used meanwhile (`cpu`)."""
+    every 0.2 s while wrk runs) and the CPU seconds each of its stages used meanwhile (`cpu`); and the
+    shares of the machine's CPU time left idle and stolen by the host meanwhile."""
     before = cpu_by_stage(server) if server else {}
+    ticks = machine_ticks()
     env = {**os.environ, "BODIES": str(body_file), "TARGET_PATH": "/api/1/envelope/", "ENCODING": encoding}
     load = subprocess.Popen(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
                              str(HERE / "bodies.lua"), f"http://127.0.0.1:{port}"],
@@ -126,6 +135,7 @@ def wrk(port: int, body_file: Path, encoding: str, seconds: int, connections: in
         time.sleep(0.2)
     out = load.communicate()[0]
     cpu = {stage: used - before[stage] for stage, used in cpu_by_stage(server).items()} if server else {}
+    spent = [after - start for after, start in zip(machine_ticks(), ticks)]
     if load.returncode:
         raise SystemExit(f"wrk failed ({load.returncode})")
     def latency(label: str) -> float:
@@ -135,6 +145,7 @@ def wrk(port: int, body_file: Path, encoding: str, seconds: int, connections: in
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"memory": memory, "cpu": cpu, "seconds": seconds, "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
             "requests": requests, "non2xx": int(errors[1]) if errors else 0,
+            "idle": spent[1] / max(spent[0], 1), "stolen": spent[2] / max(spent[0], 1),
             "p50": latency("50%"), "p99": latency("99%")}
 
 
@@ -337,7 +348,9 @@ def traces(work: Path, body_file: Path, seconds: int, rounds: int = 12) -> None:
         print(f"  {both['transactions'] / seconds:.0f} transactions/s and {both['logs'] / seconds:.0f} log lines/s kept "
               f"beside the errors: {1 - rates[True][-1] / rates[False][-1]:.0%} fewer errors stored; a transaction with "
               f"its log lines cost {costs[-1]:.2f} ms of server CPU, and its wrk "
-              f"{1000 * both['side_cpu'] / max(both['transactions'], 1):.2f} ms")
+              f"{1000 * both['side_cpu'] / max(both['transactions'], 1):.2f} ms; the cores idle "
+              f"{alone['idle']:.0%} alone, {both['idle']:.0%} beside, stolen by the host {alone['stolen']:.0%}, "
+              f"{both['stolen']:.0%}")
     drops = [1 - b / a for a, b in zip(rates[False], rates[True])]
     spread = statistics.stdev(drops) / math.sqrt(rounds) if rounds > 1 else 0.0
     print(f"  {rounds} rounds: {statistics.mean(rates[False]):.0f} errors stored/s alone, {statistics.mean(rates[True]):.0f} "
