@@ -2875,7 +2875,7 @@ class PrepareWorker(asyncio.SubprocessProtocol):
                         break
                     self.settle(marshal.loads(view[start + 4:start + 4 + size]))
                     start += 4 + size
-        except (ValueError, EOFError, IndexError):  # garbled, or an answer to nothing: it is given up
+        except (ValueError, EOFError, IndexError, TypeError):  # garbled, or an answer to nothing: it is given up
             with contextlib.suppress(ProcessLookupError):
                 self.transport.kill()
             return self.end()
