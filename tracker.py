@@ -2752,7 +2752,8 @@ class Preparers:
             except OSError:
                 log.exception("could not start an event worker process; events are prepared in the server")
                 return
-            self.workers.append(worker)
+            if worker.alive:  # one that died at once has been told of (Preparers.lost) already
+                self.workers.append(worker)
 
     def lost(self, worker: PrepareWorker) -> None:
         """A worker ended (killed, out of memory): another is started, at most one a minute so that a
@@ -2807,7 +2808,8 @@ class PrepareWorker(asyncio.SubprocessProtocol):
     is given up; one that is busy (a batch of hostile 1 MiB events takes seconds to scrub) is left to
     finish, since taking its batch back would put that work on the event loop. Its answers are read
     as the pipe gives them, by the process's protocol (this object): no stream buffers them and no
-    task wakes to decode them, a stream and its task had been a tenth of the event loop's time."""
+    task wakes to decode them (a stream and its task were 8% of the event loop's samples under a
+    transaction load)."""
 
     def __init__(self, ended: Callable[[PrepareWorker], None], timeout: float) -> None:
         self.ended, self.timeout = ended, timeout
