@@ -19,7 +19,17 @@ function setup(thread)
   thread:set("thread_no", counter)
   counter = counter + 1
 end
-if os.getenv("DELAY") then  -- a side load at about connections × 1000 / DELAY requests a second
+if os.getenv("PHASE") then  -- as below, but only in even phases of PHASE ms by the wall clock (phases.py)
+  local ffi = require("ffi")
+  ffi.cdef[[ typedef struct { long sec; long nsec; } wall_t; int clock_gettime(int, wall_t *); ]]
+  local wall, phase, pause = ffi.new("wall_t"), tonumber(os.getenv("PHASE")), tonumber(os.getenv("DELAY"))
+  function delay()
+    ffi.C.clock_gettime(0, wall)
+    local into = (tonumber(wall.sec) * 1000 + tonumber(wall.nsec) / 1e6) % (2 * phase)
+    if into + pause < phase then return pause end
+    return 2 * phase - into + math.random() * pause  -- the next even phase, the connections spread over a pause
+  end
+elseif os.getenv("DELAY") then  -- a side load at about connections × 1000 / DELAY requests a second
   function delay() return tonumber(os.getenv("DELAY")) end
 end
 function request()

@@ -1,0 +1,175 @@
+"""Issue 19's bench line measured within each run: the 3 KB error load (wrk -c32) with the traced side load
+(run.py's, 250 transactions a second and their logs) switched on and off every second by the wall clock,
+so that a host growing busier or quieter weighs on both halves alike. Per run: the drop (errors stored
+per second in the seconds with the side load against those without; the first half of each second, where
+the queues change, left out) and, from the server's CPU read at every switch, each stage's CPU split by
+least squares into a cost per error and a cost per transaction (with its share of log lines) in the
+mixed load. The ceiling app gets the same side load: what a server storing nothing loses to it.
+
+    python bench/phases.py [--runs 8] [--seconds 20]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import run
+from ceiling import app as ceiling_app
+
+PHASE = 1.0  # seconds with the side load, then as many without
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=8)
+    parser.add_argument("--seconds", type=int, default=20)
+    args = parser.parse_args()
+    print(f"machine: {run.machine()}")
+    subprocess.run([sys.executable, "-c", "import tracker"], cwd=run.ROOT, env=run.ENV, check=True)
+    work = Path(tempfile.mkdtemp(prefix="tracker-phases-"))
+    errors, side = work / "errors.bin", work / "traces.bin"
+    run.body_builder.write(errors, run.body_builder.build(3000 * args.seconds, False, "gzip"))  # each id once
+    run.body_builder.write(side, run.body_builder.build_traces(6000, "gzip"))
+    ceiling = [1 - on / off for on, off in (ceiling_run(errors, side, args.seconds) for _ in range(max(args.runs // 2, 1)))]
+    print(f"ceiling app, side load switched every {PHASE:.0f} s: {statistics.mean(ceiling):.1%} fewer errors "
+          f"answered with it ({', '.join(f'{drop:.1%}' for drop in ceiling)})")
+    drops, costs = [], []
+    for _ in range(args.runs):
+        drop, cost = tracker_run(errors, side, args.seconds)
+        drops.append(drop)
+        costs.append(cost)
+        print(f"  tracker: {drop:5.1%} fewer errors stored with the side load; µs per error / per transaction: "
+              + ", ".join(f"{stage} {error:.0f}/{tx:.0f}" for stage, (error, tx) in cost.items()), flush=True)
+    spread = statistics.stdev(drops) / math.sqrt(len(drops)) if len(drops) > 1 else 0.0
+    medians = {stage: statistics.median(cost[stage][1] for cost in costs) for stage in costs[0]}
+    print(f"{args.runs} runs: {statistics.mean(drops):.1%} fewer errors stored (standard error {spread:.1%}); a "
+          f"transaction with its log lines, medians: " + ", ".join(f"{stage} {tx:.0f} µs" for stage, tx in medians.items())
+          + f", {sum(medians.values()):.0f} µs in all")
+
+
+def side_load(port: int, bodies: Path, seconds: int, target: str) -> subprocess.Popen[bytes]:
+    """run.py's paced side load, on in even seconds of the wall clock and off in odd ones (bodies.lua's PHASE)."""
+    env = {**os.environ, "BODIES": str(bodies), "TARGET_PATH": target, "ENCODING": "gzip", "PHASE": str(int(PHASE * 1000)),
+           "DELAY": str(max(int(1000 * run.SIDE_CONNECTIONS / run.TRACED_RATE - run.SIDE_LATENCY), 1))}
+    return subprocess.Popen(["wrk", "-t1", f"-c{run.SIDE_CONNECTIONS}", f"-d{seconds + 1}s", "-s",
+                             str(run.HERE / "bodies.lua"), f"http://127.0.0.1:{port}"], stdout=subprocess.DEVNULL, env=env)
+
+
+def drop_of(times: list[float]) -> tuple[float, float]:
+    """Errors a second in the second halves of the seconds with the side load and of those without, over
+    whole seconds at least a second inside the run."""
+    start, end = math.ceil(min(times)) + 1, math.floor(max(times)) - 1
+    counts = {True: 0, False: 0}
+    for moment in times:
+        if start <= moment < end and moment % (2 * PHASE) % PHASE >= PHASE / 2:
+            counts[moment % (2 * PHASE) < PHASE] += 1
+    seconds = {beside: sum(1 for s in range(start, end) if (s % 2 == 0) == beside) * PHASE / 2 for beside in (True, False)}
+    return counts[True] / seconds[True], counts[False] / seconds[False]
+
+
+def tracker_run(errors: Path, side: Path, seconds: int) -> tuple[float, dict[str, tuple[float, float]]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        db, port = Path(tmp) / "bench.db", run.free_port()
+        process = run.serve_tracker(db, f'[[projects]]\nname = "bench"\nslug = "bench"\ndsn_key = "{run.KEY}"\n', port)
+        try:
+            samples = SwitchSampler(lambda: run.cpu_by_stage(process.pid))
+            beside = side_load(port, side, seconds, "/api/1/envelope/")
+            run.wrk(port, errors, "gzip", seconds, 32, process.pid)
+            beside.wait()
+            samples.stop()
+            conn = sqlite3.connect(db)
+            events = [moment for (moment,) in conn.execute("SELECT received FROM events")]
+            transactions = [moment for (moment,) in conn.execute("SELECT received FROM transactions")]
+            conn.close()
+        finally:
+            process.terminate()
+            process.wait(10)
+    on, off = drop_of(events)
+    return 1 - on / off, split_costs(samples.taken, events, transactions)
+
+
+class SwitchSampler(threading.Thread):
+    """Reads `read()` at every switch of the side load (whole seconds), until stopped."""
+
+    def __init__(self, read: Callable[[], dict[str, float]]) -> None:
+        super().__init__(daemon=True)
+        self.read, self.done = read, threading.Event()
+        self.taken: list[tuple[float, dict[str, float]]] = []
+        self.start()
+
+    def run(self) -> None:
+        while not self.done.wait(math.ceil(time.time() / PHASE) * PHASE - time.time()):
+            self.taken.append((time.time(), self.read()))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
+
+def split_costs(taken: list[tuple[float, dict[str, float]]], events: list[float], transactions: list[float]
+                ) -> dict[str, tuple[float, float]]:
+    """Each stage's CPU over the phases fitted as a·errors + b·transactions (least squares, no constant):
+    (a, b) in µs, for the phases wholly inside the run."""
+    first, last = min(events) + 1, max(events) - 1
+    rows = []
+    for (start, before), (end, after) in zip(taken, taken[1:]):
+        if first <= start and end <= last:
+            counted = (sum(start <= t < end for t in events), sum(start <= t < end for t in transactions))
+            rows.append((*counted, {stage: after[stage] - before[stage] for stage in before}))
+    ee = sum(e * e for e, _, _ in rows)
+    tt = sum(t * t for _, t, _ in rows)
+    et = sum(e * t for e, t, _ in rows)
+    det = ee * tt - et * et
+    costs = {}
+    for stage in ("loop", "writer", "workers"):
+        ey = sum(e * cpu[stage] for e, _, cpu in rows)
+        ty = sum(t * cpu[stage] for _, t, cpu in rows)
+        costs[stage] = (1e6 * (ey * tt - ty * et) / det, 1e6 * (ty * ee - ey * et) / det)
+    return costs
+
+
+def ceiling_run(errors: Path, side: Path, seconds: int) -> tuple[float, float]:
+    """The ceiling app (counted: `counted_ceiling`) under the same loads; errors a second with and without."""
+    port = run.free_port()
+    process = run.start([sys.executable, "-m", "uvicorn", "phases:counted_ceiling", "--port", str(port),
+                         "--no-access-log", "--log-level", "warning"], port, run.HERE)
+    try:
+        beside = side_load(port, side, seconds, "/api/2/envelope/")
+        run.wrk(port, errors, "gzip", seconds, 32)
+        beside.wait()
+        answered = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/answered").read())
+    finally:
+        process.terminate()
+        process.wait(10)
+    return drop_of(answered)
+
+
+ANSWERED: list[float] = []  # when the ceiling answered each error (project 1; the side load posts to 2)
+
+
+async def counted_ceiling(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The ceiling app, noting when it answers each error; GET /answered lists the moments."""
+    if scope["type"] == "http" and scope["path"] == "/answered":
+        body = json.dumps(ANSWERED).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+        return await send({"type": "http.response.body", "body": body})
+    await ceiling_app(scope, receive, send)
+    if scope["type"] == "http" and scope["path"].startswith("/api/1/"):
+        ANSWERED.append(time.time())
+
+
+if __name__ == "__main__":
+    main()
