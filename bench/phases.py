@@ -69,15 +69,17 @@ def side_load(port: int, bodies: Path, seconds: int, target: str) -> subprocess.
 
 
 def drop_of(times: list[float]) -> tuple[float, float]:
-    """Errors a second in the second halves of the seconds with the side load and of those without, over
-    whole seconds at least a second inside the run."""
-    start, end = math.ceil(min(times)) + 1, math.floor(max(times)) - 1
+    """Errors a second in the second halves of the phases with the side load (even ones) and of those
+    without, over the whole phases at least one phase inside the run."""
+    first, last = math.ceil(min(times) / PHASE) + 1, math.floor(max(times) / PHASE) - 1
     counts = {True: 0, False: 0}
     for moment in times:
-        if start <= moment < end and moment % (2 * PHASE) % PHASE >= PHASE / 2:
-            counts[moment % (2 * PHASE) < PHASE] += 1
-    seconds = {beside: sum(1 for s in range(start, end) if (s % 2 == 0) == beside) * PHASE / 2 for beside in (True, False)}
-    return counts[True] / seconds[True], counts[False] / seconds[False]
+        phase, into = divmod(moment / PHASE, 1)
+        if first <= phase < last and into >= 0.5:
+            counts[phase % 2 == 0] += 1
+    halves = {beside: sum((phase % 2 == 0) == beside for phase in range(first, last)) * PHASE / 2
+              for beside in (True, False)}
+    return counts[True] / halves[True], counts[False] / halves[False]
 
 
 def tracker_run(errors: Path, side: Path, seconds: int) -> tuple[float, dict[str, tuple[float, float]]]:
