@@ -47,6 +47,7 @@ import ctypes
 import dataclasses
 import datetime as dt
 import email.message
+import email.policy
 import email.utils
 import functools
 import gc
@@ -8063,7 +8064,7 @@ class PinnedSMTPSSL(smtplib.SMTP_SSL, PinnedSMTP):
 
 def email_message(n: Notice, config: dict[str, Any], outbox_id: int) -> email.message.EmailMessage:
     """Plain and HTML parts; one thread per issue; marked as automatic so nobody auto-replies."""
-    msg = email.message.EmailMessage()
+    msg = email.message.EmailMessage(policy=MAIL_POLICY)
     msg["Subject"] = first_line(f"[{n.issue['project']['slug']}] {n.headline}", 200)
     msg["From"], msg["To"] = config["from"], ", ".join(config["to"])
     msg["Date"] = email.utils.formatdate(localtime=False)
@@ -8079,6 +8080,11 @@ def email_message(n: Notice, config: dict[str, Any], outbox_id: int) -> email.me
         f"<table>{rows}</table><p><a href=\"{html.escape(n.url)}\">Open {html.escape(n.issue['shortId'])} in tracker</a></p>",
         subtype="html")
     return msg
+
+
+# Header lines up to RFC 5322's limit of 998: folded at 78, a subject of 70 to 77 characters went whole
+# onto the line after "Subject:", and a parser (Python's own) read it back with a leading space.
+MAIL_POLICY = email.policy.default.clone(max_line_length=998)
 
 
 def pagerduty_body(n: Notice, routing_key: str, dedup_key: str) -> dict[str, Any]:

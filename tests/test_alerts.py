@@ -14,6 +14,8 @@ import httpx
 import pytest
 import sentry_sdk
 
+import tracker
+
 from receivers import (Alertmanager, JiraReceiver, PagerDutyReceiver, SlackReceiver, Smtp,
                              WebhookReceiver)
 from conftest import Configure, Project, TrackerServer, start_server, stop_server, wait_for
@@ -353,3 +355,22 @@ def test_wrong_smtp_password_is_a_dead_letter(server: TrackerServer, channels: C
     [row] = settled(server, issue["id"], 1)
     assert (row["status"], row["attempts"], row["lastStatus"]) == ("dead", 1, 535)
     assert smtp_server.messages == [] and "wrong" not in json.dumps(row)
+
+
+def test_a_subject_of_any_length_arrives_as_it_was_written(smtp_server: Smtp) -> None:
+    """Through smtplib to a real SMTP server: folded at 78 columns, a subject of 70 to 77 characters went
+    whole onto the line after "Subject:" and was read back with a leading space (the storm test above
+    failed so whenever the test process's id made its project slug that long)."""
+    config = {"host": smtp_server.host, "port": smtp_server.port, "security": "none", "username": "alerts",
+              "password": "secret", "from": "tracker@example.com", "to": ["oncall@example.com"],
+              "allow_private": True}
+    subjects = []
+    for length in range(40, 131):
+        title = ("ConnectionError: payment gateway <down> & unreachable " * 3)[:length].rstrip()
+        issue = {"id": length, "shortId": f"P-{length}", "title": title, "culprit": "pay.py", "level": "error",
+                 "count": "1", "userCount": 0, "project": {"slug": "p", "name": "P"}}
+        notice = tracker.Notice("new", "rule", issue, {}, "http://tracker.local/issues/1/", "key", "i",
+                                tracker.Settings())
+        assert tracker.send_email(config, tracker.email_message(notice, config, length), 10).outcome == "delivered"
+        subjects.append(f"[p] New issue: {title}")
+    assert [mail.message["Subject"] for mail in smtp_server.messages] == subjects
