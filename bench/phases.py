@@ -135,6 +135,8 @@ def split_costs(taken: list[tuple[float, dict[str, float]]], events: list[float]
     tt = sum(t * t for _, t, _ in rows)
     et = sum(e * t for e, t, _ in rows)
     det = ee * tt - et * et
+    if not det:
+        raise SystemExit("no transactions were stored beside the errors: the side load did not run")
     costs = {}
     for stage in ("loop", "writer", "workers"):
         ey = sum(e * cpu[stage] for e, _, cpu in rows)
