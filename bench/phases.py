@@ -4,7 +4,9 @@ so that a host growing busier or quieter weighs on both halves alike. Per run: t
 per second in the seconds with the side load against those without; the first half of each second, where
 the queues change, left out) and, from the server's CPU read at every switch, each stage's CPU split by
 least squares into a cost per error and a cost per transaction (with its share of log lines) in the
-mixed load. The ceiling app gets the same side load: what a server storing nothing loses to it.
+mixed load. Before each tracker run the ceiling app gets the same loads: what a server storing
+nothing loses to the side load, and so how much lower the benchmark's ratio (stored/s ÷ ceiling/s) is
+with the side load on both.
 
     python bench/phases.py [--runs 8] [--seconds 20]
 """
@@ -43,21 +45,28 @@ def main() -> None:
     errors, side = work / "errors.bin", work / "traces.bin"
     run.body_builder.write(errors, run.body_builder.build(3000 * args.seconds, False, "gzip"))  # each id once
     run.body_builder.write(side, run.body_builder.build_traces(6000, "gzip"))
-    ceiling = [1 - on / off for on, off in (ceiling_run(errors, side, args.seconds) for _ in range(max(args.runs // 2, 1)))]
-    print(f"ceiling app, side load switched every {PHASE:.0f} s: {statistics.mean(ceiling):.1%} fewer errors "
-          f"answered with it ({', '.join(f'{drop:.1%}' for drop in ceiling)})")
-    drops, costs = [], []
-    for _ in range(args.runs):
-        drop, cost = tracker_run(errors, side, args.seconds)
-        drops.append(drop)
+    drops, ceilings, ratios, costs = [], [], [], []
+    for _ in range(args.runs):  # a ceiling run before each tracker run: the host weighs on both alike
+        ceiling_on, ceiling_off = ceiling_run(errors, side, args.seconds)
+        on, off, cost = tracker_run(errors, side, args.seconds)
+        drops.append(1 - on / off)
+        ceilings.append(1 - ceiling_on / ceiling_off)
+        ratios.append(1 - (on / ceiling_on) / (off / ceiling_off))
         costs.append(cost)
-        print(f"  tracker: {drop:5.1%} fewer errors stored with the side load; µs per error / per transaction: "
+        print(f"  tracker: {drops[-1]:5.1%} fewer errors stored with the side load, the ceiling app {ceilings[-1]:5.1%} "
+              f"fewer answered; the ratio {off / ceiling_off:.2f} without, {on / ceiling_on:.2f} with it "
+              f"({ratios[-1]:.1%} lower); µs per error / per transaction: "
               + ", ".join(f"{stage} {error:.0f}/{tx:.0f}" for stage, (error, tx) in cost.items()), flush=True)
-    spread = statistics.stdev(drops) / math.sqrt(len(drops)) if len(drops) > 1 else 0.0
     medians = {stage: statistics.median(cost[stage][1] for cost in costs) for stage in costs[0]}
-    print(f"{args.runs} runs: {statistics.mean(drops):.1%} fewer errors stored (standard error {spread:.1%}); a "
-          f"transaction with its log lines, medians: " + ", ".join(f"{stage} {tx:.0f} µs" for stage, tx in medians.items())
+    print(f"{args.runs} runs: {mean_and_error(drops)} fewer errors stored; the ceiling app {mean_and_error(ceilings)} "
+          f"fewer answered; the benchmark's ratio (stored/s ÷ ceiling/s) {mean_and_error(ratios)} lower")
+    print("a transaction with its log lines, medians: " + ", ".join(f"{stage} {tx:.0f} µs" for stage, tx in medians.items())
           + f", {sum(medians.values()):.0f} µs in all")
+
+
+def mean_and_error(values: list[float]) -> str:
+    spread = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1%} (standard error {spread:.1%})"
 
 
 def side_load(port: int, bodies: Path, seconds: int, target: str) -> subprocess.Popen[bytes]:
@@ -82,7 +91,8 @@ def drop_of(times: list[float]) -> tuple[float, float]:
     return counts[True] / halves[True], counts[False] / halves[False]
 
 
-def tracker_run(errors: Path, side: Path, seconds: int) -> tuple[float, dict[str, tuple[float, float]]]:
+def tracker_run(errors: Path, side: Path, seconds: int) -> tuple[float, float, dict[str, tuple[float, float]]]:
+    """Errors stored a second with the side load and without, and each stage's CPU split (split_costs)."""
     with tempfile.TemporaryDirectory() as tmp:
         db, port = Path(tmp) / "bench.db", run.free_port()
         process = run.serve_tracker(db, f'[[projects]]\nname = "bench"\nslug = "bench"\ndsn_key = "{run.KEY}"\n', port)
@@ -99,8 +109,7 @@ def tracker_run(errors: Path, side: Path, seconds: int) -> tuple[float, dict[str
         finally:
             process.terminate()
             process.wait(10)
-    on, off = drop_of(events)
-    return 1 - on / off, split_costs(samples.taken, events, transactions)
+    return *drop_of(events), split_costs(samples.taken, events, transactions)
 
 
 class SwitchSampler(threading.Thread):
