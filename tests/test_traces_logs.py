@@ -1,7 +1,7 @@
 """Transactions and log items as stored (issue 19): bounded per project by count and age, rate
 limited as `log_item`, scrubbed, hostile shapes answered without a 500; both SDKs' log shapes; the
 logs search and Sentry's logs dataset and trace endpoint. The three real services are in
-test_trace_services.py, the browser SDK's logs in test_browser_logs.py."""
+test_trace_services.py, the browser SDK's logs in test_js_traces_logs.py."""
 from __future__ import annotations
 
 import json
@@ -11,9 +11,12 @@ import uuid
 from typing import Any
 
 import pytest
+import zstandard
 from conftest import Configure, Project, TrackerServer, envelope, wait_for
 
-KEY, LIMITED_KEY = "c" * 32, "d" * 32
+import tracker as tracker_module
+
+KEY, LIMITED_KEY, UNDERSTATED_KEY = "c" * 32, "d" * 32, "e" * 32
 WINDOW = 86400  # one window for the whole module (it ends at midnight UTC)
 CONFIG = f"""
 [traces]
@@ -30,6 +33,12 @@ name = "logflood"
 slug = "logflood"
 dsn_key = "{LIMITED_KEY}"
 rate_limit = 150
+
+[[projects]]
+name = "understated"
+slug = "understated"
+dsn_key = "{UNDERSTATED_KEY}"
+rate_limit = 50
 
 [limits]
 window = {WINDOW}
@@ -118,6 +127,26 @@ def test_logs_are_rate_limited_as_log_item(server: TrackerServer) -> None:
     assert count(server, "logs", project) == 100
 
 
+def test_log_lines_beyond_their_header_count_against_the_limit(server: TrackerServer) -> None:
+    """The limit is checked against an item's `item_count` before it is read; the lines it turns out
+    to hold beyond that count then, and those past the limit are dropped: 20 items claiming one line
+    and holding 100 store 20 lines in a limit of 50 (and are told of log_item), where before they stored
+    2,000. A client that sends no count at all is not penalised while it is within the limit."""
+    project = server.config_project("understated", UNDERSTATED_KEY)
+    header, payload = logs(*[line(f"uncounted {i}") for i in range(30)])
+    del header["item_count"]
+    assert server.send_envelope(project, (header, payload)).status_code == 200
+    assert count(server, "logs", project) == 30
+    for n in range(20):
+        header, payload = logs(*[line(f"understated {n}.{i}") for i in range(100)])
+        r = server.send_envelope(project, ({**header, "item_count": 1}, payload))
+        assert r.status_code == 200, r.text
+        assert r.headers["x-sentry-rate-limits"].split(":")[1:3] == ["log_item", "project"]
+    assert count(server, "logs", project) == 50
+    over = server.send_envelope(project, logs(line("one more")))
+    assert over.status_code == 429, over.text
+
+
 def test_logs_are_scrubbed_and_both_sdk_shapes_read(tracker: TrackerServer, project: Project) -> None:
     """Attributes get the full scrubbing and bodies the value rules; the JS shape (severity_number on
     top, the span id as an attribute) and the Python one (severity as an attribute, `warning`) both read."""
@@ -129,15 +158,19 @@ def test_logs_are_scrubbed_and_both_sdk_shapes_read(tracker: TrackerServer, proj
     python = {**line("login with password=hunter2 from api_key=sk_live_abcdefghijklmnop", trace_id, level="warning",
                      user_password="hunter2"), "span_id": "cd" * 8}
     python["attributes"]["sentry.severity_number"] = {"value": 13, "type": "integer"}
+    python["attributes"]["sentry.message.template"] = {"value": "charging card 4111 1111 1111 1111 for {user}",
+                                                       "type": "string"}
     assert tracker.send_envelope(project, logs(js, python)).status_code == 200
     rows = log_api(tracker, project=project.id, query=f"trace:{trace_id}", sort="timestamp",
                    field=["message", "severity", "severity_number", "trace.parent_span_id", "sdk.name", "order.id",
-                          "user.password"])["data"]
+                          "user.password", "message.template", "sentry.message.template"])["data"]
     assert [(r["severity"], r["severity_number"], r["trace.parent_span_id"]) for r in rows] == \
         [("warn", 13, "ab" * 8), ("warn", 13, "cd" * 8)]
     assert rows[0]["sdk.name"] == "sentry.javascript.browser" and rows[0]["order.id"] == 7
     assert "hunter2" not in json.dumps(rows) and "sk_live_abcdefghijklmnop" not in json.dumps(rows)
     assert rows[1]["user.password"] == "[Filtered]"
+    assert "4111" not in json.dumps(rows) and rows[1]["message.template"] == rows[1]["sentry.message.template"]
+    assert not log_api(tracker, project=project.id, query='message.template:"*4111*"')["data"]  # nor found by it
     page = tracker.web.get("/logs/", params={"q": f"trace:{trace_id}"}).text
     assert "card declined" in page and "hunter2" not in page
 
@@ -171,6 +204,67 @@ def test_logs_search(tracker: TrackerServer, project: Project) -> None:
     assert '<meta http-equiv="refresh" content="5">' in live
 
 
+def test_the_logs_dataset_lists_any_period_kept(tracker: TrackerServer, project: Project) -> None:
+    """Logs are kept 14 days and the dataset is a list, not a series: 14d, 90d and a start/end a year
+    apart are answered (they were 400s past 3 days, 5,000 one-minute intervals)."""
+    trace_id = uuid.uuid4().hex
+    assert tracker.send_envelope(project, logs(line("kept for days", trace_id))).status_code == 200
+    year = {"start": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 360 * 86400)),
+            "end": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 60))}
+    for window in ({"statsPeriod": "14d"}, {"statsPeriod": "90d"}, year):
+        rows = log_api(tracker, project=project.id, query=f"trace:{trace_id}", field=["message"], **window)["data"]
+        assert rows == [{"message": "kept for days"}], window
+
+
+def test_the_logs_of_every_project_read_from_the_newest(tmp_path: Any) -> None:
+    """The Logs page of all projects (the menu's link; live, every 5 s) reads about the lines it shows
+    from logs_by_time, where it read every line of every project before its sort: counted in SQLite's
+    virtual machine steps over 20,000 lines, against one project's page, which its own index serves."""
+    conn = tracker_module.connect_db(str(tmp_path / "logs.db"))
+    tracker_module.migrate(conn)
+    conn.executemany("INSERT INTO projects (id, slug, name, platform, next_short_id, created) VALUES (?, ?, ?, '', 1, 0)",
+                     [(n, f"p{n}", f"p{n}") for n in range(1, 11)])
+    now = time.time()
+    conn.executemany("""INSERT INTO logs (project_id, timestamp, level, severity_number, body, release, environment,
+                            sdk, attributes, received) VALUES (?, ?, 'info', 9, ?, '', 'prod', '', '{}', ?)""",
+                     [(1 + n % 10, now - 20_000 + n, f"line {n}", now) for n in range(20_000)])
+
+    def steps(project_id: int | None, query: str = "") -> int:
+        counted = [0]
+        conn.set_progress_handler(lambda: counted.__setitem__(0, counted[0] + 1), 100)
+        rows = conn.execute(*tracker_module.logs_sql(query, project_id, 0.0, float("inf"), 200, False)).fetchall()
+        conn.set_progress_handler(None, 0)
+        assert len(rows) == 200 and rows[0]["body"] == ("line 19999" if project_id in (None, 10) else "line 19998")
+        return counted[0]
+    one_project = steps(9)
+    assert steps(None) < 3 * one_project and steps(None, "severity:info") < 3 * one_project
+
+
+def test_a_trace_draws_each_span_once_within_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """trace_spans over a hostile trace: 2,000 spans sharing one id and 2,000 children of that id sort
+    the children once, not once per copy (4,000,000 entries sorted before); transactions past the
+    TRACE_SPAN_LIMIT spans drawn are not decompressed at all (here they could not be)."""
+    sorted_entries = [0]
+
+    def counting_sorted(items: Any, **options: Any) -> list[Any]:
+        items = list(items)
+        sorted_entries[0] += len(items)
+        return sorted(items, **options)
+    monkeypatch.setattr(tracker_module, "sorted", counting_sorted, raising=False)
+    spans = [{"span_id": "ab" * 8, "parent_span_id": "cd" * 8, "start": n, "end": n + 1} for n in range(2000)]
+    spans += [{"span_id": f"{n:016x}", "parent_span_id": "ab" * 8, "start": n, "end": n + 1} for n in range(2000)]
+    payload = zstandard.ZstdCompressor().compress(json.dumps({"spans": spans}).encode())
+    root = {"span_id": "cd" * 8, "parent_span_id": None, "op": "http.server", "name": "/", "status": "ok", "start": 0.0,
+            "duration_ms": 5000.0, "spans": 4000}
+    beyond = [{**root, "span_id": f"f{n:015x}", "spans": 10, "payload": b"not zstd"} for n in range(3)]
+    drawn = tracker_module.trace_spans([{**root, "payload": payload}, {**root, "span_id": "ef" * 8, "payload": payload},
+                                        *beyond])
+    assert sorted_entries[0] < 20_000
+    children = [s for s in drawn if s["parent_span_id"] == "ab" * 8]
+    assert len(children) == len({s["span_id"] for s in children}) == 2000
+    assert len(drawn) == 5 + 5000  # five root spans, and the budget's 5,000: the first's 4,000, 1,000 of the second's
+
+
 @pytest.mark.parametrize("params", [{"dataset": "spans"}, {"dataset": "logs", "per_page": "0"},
                                     {"dataset": "logs", "per_page": "100000"}, {"dataset": "logs", "query": 'message:"open'},
                                     {"dataset": "logs", "query": "severity:loud"}, {"dataset": "logs", "sort": "body"},
@@ -190,7 +284,11 @@ def test_hostile_items_cost_only_their_bounds(tracker: TrackerServer, project: P
               ({"type": "log"}, b"[1, 2]"), ({"type": "log"}, {"version": 2, "items": "no"}),
               ({"type": "log"}, {"items": [None, 7, {"body": 5}, {"timestamp": "never", "body": "x"}]}),
               ({"type": "transaction"}, b"{not json"), ({"type": "transaction"}, {"contexts": {"trace": []}}),
-              ({"type": "transaction"}, transaction(trace_id, spans=3000))]
+              ({"type": "transaction"}, transaction(trace_id, spans=3000)),
+              ({"type": "span"}, {"version": 2, "items": [{"span_id": [1], "is_segment": True},
+                                                          {"span_id": {"a": 1}, "is_segment": True},
+                                                          {"span_id": "ab" * 8, "attributes": {"sentry.segment.id": {
+                                                              "value": ["ab" * 8], "type": "array"}}}]})]
     for shape in shapes:
         r = tracker.send_envelope(project, shape)
         assert r.status_code == 200, (shape[0], r.text)
