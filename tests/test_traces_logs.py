@@ -306,6 +306,26 @@ def test_hostile_items_cost_only_their_bounds(tracker: TrackerServer, project: P
     assert tracker.web.get(f"/traces/{trace_id}/").status_code == 200  # 1,000 spans draw
 
 
+def test_a_transaction_keeps_a_bounded_and_sane_part(tracker: TrackerServer, project: Project) -> None:
+    """What a transaction keeps beside its spans is small, and its clock sane: trace data over 2 KiB is
+    left out, of the first 50 measurements the numbers are kept, a start of 1970 becomes its end, and a span
+    dated 1970 is not kept (either would stretch the trace's clock and flatten the other spans)."""
+    trace_id = uuid.uuid4().hex
+    sent = transaction(trace_id, spans=2)
+    sent["start_timestamp"] = 0
+    sent["spans"][0]["start_timestamp"] = 1.0
+    sent["contexts"]["trace"]["data"] = {"blob": "x" * 5000}
+    sent["measurements"] = {"fcp": {"value": "fast"}, **{f"m{n}": {"value": n, "unit": "millisecond"} for n in range(60)}}
+    assert tracker.send_envelope(project, ({"type": "transaction"}, sent)).status_code == 200
+    with sqlite3.connect(tracker.db) as conn:
+        duration, spans, payload = conn.execute("SELECT duration_ms, spans, payload FROM transactions WHERE trace_id = ?",
+                                                (trace_id,)).fetchone()
+    kept = json.loads(zstandard.ZstdDecompressor().decompress(payload))
+    assert duration == 0 and spans == 1 and [s["description"] for s in kept["spans"]] == ["SELECT 1"]
+    assert kept["trace"]["data"] == {} and len(kept["measurements"]) == 49  # of the first 50, "fcp" is no number
+    assert kept["measurements"]["m0"] == {"value": 0, "unit": "millisecond"}
+
+
 def test_trace_of_errors_without_spans(tracker: TrackerServer, project: Project) -> None:
     """Tracing off: errors still carry contexts.trace, so the trace page joins them with the logs
     (Sentry's trace endpoint lists them as roots), and the issue page says how big the trace is."""
