@@ -9035,8 +9035,11 @@ async def trace_view(store: Store, trace_id: str) -> dict[str, Any]:
     errors = [dict(r) for r in await store.all(TRACE_SQL["errors"], (trace_id, TRACE_LIMIT))]
     logs = [dict(r) for r in await store.all(TRACE_SQL["logs"], (trace_id, TRACE_LOG_LIMIT))]
     spans = trace_spans(transactions)
-    for e in errors:
-        ev = decompress_payload(e.pop("payload"))
+    budget = TRACE_PAYLOAD_BYTES
+    for e in errors:  # each error's span is in its payload; past the budget it is left unsaid
+        payload = e.pop("payload")
+        budget -= len(payload)
+        ev = decompress_payload(payload) if budget >= 0 else {}
         e["span_id"] = span_id_of(as_dict(as_dict(ev.get("contexts")).get("trace")).get("span_id"))
     times = [s["start"] for s in spans] + [e["timestamp"] for e in errors] + [g["timestamp"] for g in logs]
     start = min(times, default=0.0)
@@ -9060,6 +9063,7 @@ async def trace_view(store: Store, trace_id: str) -> dict[str, Any]:
 TRACE_LIMIT = 500  # transactions and errors read of one trace
 TRACE_SPAN_LIMIT = 5000  # child spans drawn of one trace (each transaction's root span always is)
 TRACE_LOG_LIMIT = 2000
+TRACE_PAYLOAD_BYTES = 4 * MIB  # of the errors' stored payloads read for their spans: 500 of 1 MiB took seconds
 
 TRACE_SQL = {
     "transactions": """SELECT t.*, p.slug AS project_slug, p.name AS project_name FROM transactions t

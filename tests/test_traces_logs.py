@@ -4,6 +4,7 @@ logs search and Sentry's logs dataset and trace endpoint. The three real service
 test_trace_services.py, the browser SDK's logs in test_js_traces_logs.py."""
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -263,6 +264,24 @@ def test_a_trace_draws_each_span_once_within_its_budget(monkeypatch: pytest.Monk
     children = [s for s in drawn if s["parent_span_id"] == "ab" * 8]
     assert len(children) == len({s["span_id"] for s in children}) == 2000
     assert len(drawn) == 5 + 5000  # five root spans, and the budget's 5,000: the first's 4,000, 1,000 of the second's
+
+
+def test_a_trace_reads_its_errors_payloads_within_a_budget() -> None:
+    """trace_view reads each error's stored payload for the span it happened in, up to
+    TRACE_PAYLOAD_BYTES in all (a trace of 500 one-MiB events took seconds of the event loop): past
+    that, an error is listed without its span, and its payload is not read (here it could not be)."""
+    class Store:  # the trace's rows, as the read connection answers them
+        async def all(self, sql: str, args: Any = ()) -> list[dict[str, Any]]:
+            return errors if "FROM events" in sql else []
+
+    def error(n: int, payload: bytes) -> dict[str, Any]:
+        return {"event_id": f"{n:032x}", "issue_id": n, "timestamp": 1000.0 + n, "level": "error", "project_id": 1,
+                "payload": payload, "title": f"error {n}", "culprit": "", "short_id": f"P-{n}", "type": "error",
+                "project_slug": "p", "project_name": "p"}
+    readable = tracker_module.compress_payload({"contexts": {"trace": {"span_id": "ab" * 8}}})
+    errors = [error(1, readable), error(2, b"x" * tracker_module.TRACE_PAYLOAD_BYTES), error(3, readable)]
+    view = asyncio.run(tracker_module.trace_view(Store(), "cd" * 16))
+    assert [e["span_id"] for e in view["errors"]] == ["ab" * 8, None, None]
 
 
 @pytest.mark.parametrize("params", [{"dataset": "spans"}, {"dataset": "logs", "per_page": "0"},
