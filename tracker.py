@@ -9141,21 +9141,22 @@ def percentile(sorted_values: list[float], p: float) -> float:
 
 # -- reading logs: Sentry's search syntax over log lines ---------------------------------------------
 
-async def search_logs(store: Store, query: str, *, project_id: int | None = None, since: float = 0.0,
+async def search_logs(store: Store, query: str, *, project_ids: Sequence[int] = (), since: float = 0.0,
                       until: float = float("inf"), limit: int = 100, ascending: bool = False) -> list[sqlite3.Row]:
     """Log lines matching a search (`severity:error trace:… message:"…" release:… environment:…
     project:slug sdk.name:… <attribute>:<value>`, free text in the body) between two moments, newest
     first. Raises SearchError for a malformed query."""
-    return await store.all(*logs_sql(query, project_id, since, until, limit, ascending))
+    return await store.all(*logs_sql(query, project_ids, since, until, limit, ascending))
 
 
-def logs_sql(query: str, project_id: int | None, since: float, until: float, limit: int, ascending: bool
+def logs_sql(query: str, project_ids: Sequence[int], since: float, until: float, limit: int, ascending: bool
              ) -> tuple[str, list[Any]]:
-    """The statement search_logs runs and its arguments (a test reads how many rows its plan visits)."""
+    """The statement search_logs runs and its arguments (a test reads how many rows its plan visits);
+    no project ids: every project."""
     clauses, args = ["l.timestamp >= ? AND l.timestamp <= ?"], [since, min(until, 1e11)]
-    if project_id is not None:
-        clauses.append("l.project_id = ?")
-        args.append(project_id)
+    if project_ids:
+        clauses.append(f"l.project_id IN ({', '.join('?' * len(project_ids))})")
+        args += project_ids
     for negated, key, value in parse_query(query):
         sql, term_args = log_term_sql(key, value)
         clauses.append(f"NOT ({sql})" if negated else sql)
@@ -12782,7 +12783,7 @@ def trace_error_json(e: dict[str, Any]) -> dict[str, Any]:
 async def api_org_logs(request: Request) -> dict[str, Any]:
     """GET /api/0/organizations/<org>/events/?dataset=logs (or `ourlogs`): log lines in Sentry's
     table shape, `field` naming the columns (a log column or any attribute), `query` in its search
-    syntax, `project` (one id), `environment`, `statsPeriod` or `start`/`end`, `sort` (-timestamp or
+    syntax, `project` (ids or slugs, repeatable; none or -1: every project), `environment`, `statsPeriod` or `start`/`end`, `sort` (-timestamp or
     timestamp) and `per_page` (at most LOG_API_PAGE). Only logs are kept here, so only that dataset."""
     check_org(request)
     params = request.query_params
@@ -12793,16 +12794,14 @@ async def api_org_logs(request: Request) -> dict[str, Any]:
         raise ApiError(400, "field: at most 50 columns")
     start, end = requested_window(request)  # a list, not a series: any period up to 400 days
     query = " ".join([params.get("query", ""), *(f'environment:"{e}"' for e in params.getlist("environment"))])
-    project = params.get("project", "")
-    if project and not (project.isascii() and project.isdigit() and len(project) < 19):
-        raise ApiError(400, "project: a project id")
+    project_ids = await projects_param(request)
     per_page = params.get("per_page", "100")
     if not (per_page.isascii() and per_page.isdigit() and 0 < int(per_page) <= LOG_API_PAGE):
         raise ApiError(400, f"per_page: 1 to {LOG_API_PAGE}")
     if params.get("sort", "-timestamp") not in ("-timestamp", "timestamp"):
         raise ApiError(400, "sort: -timestamp or timestamp")
     try:
-        rows = await search_logs(request.app.store, query, project_id=int(project) if project else None,
+        rows = await search_logs(request.app.store, query, project_ids=project_ids,
                                  since=start, until=end, limit=int(per_page),
                                  ascending=params.get("sort") == "timestamp")
     except SearchError as exc:
@@ -13387,7 +13386,7 @@ async def page_logs(request: Request) -> Response:
     level = params.get("level", "")
     query = " ".join(filter(None, [f"severity:{level}" if level else "", params.get("q", "")]))
     try:
-        rows, error = await search_logs(store, query, project_id=project["id"] if project else None,
+        rows, error = await search_logs(store, query, project_ids=[project["id"]] if project else [],
                                         limit=LOG_PAGE), ""
     except SearchError as exc:
         rows, error = [], str(exc)

@@ -217,6 +217,22 @@ def test_the_logs_dataset_lists_any_period_kept(tracker: TrackerServer, project:
         assert rows == [{"message": "kept for days"}], window
 
 
+def test_the_logs_dataset_takes_projects_as_sentry_does(tracker: TrackerServer, project: Project) -> None:
+    """`project` repeated for several, `-1` (what Sentry's own pages send) or none for every project;
+    an unknown one is a 400."""
+    trace_id, other = uuid.uuid4().hex, tracker.create_project()
+    for target in (project, other):
+        assert tracker.send_envelope(target, logs(line(f"from {target.slug}", trace_id))).status_code == 200
+
+    def projects(**params: Any) -> list[int]:
+        return sorted(r["project.id"] for r in log_api(tracker, query=f"trace:{trace_id}", **params)["data"])
+    both = sorted([project.id, other.id])
+    assert projects(project="-1") == projects() == projects(project=[project.id, other.id]) == both
+    assert projects(project=other.id) == [other.id] and projects(project=project.slug) == [project.id]
+    r = tracker.api("GET", "organizations/tracker/events/", params={"dataset": "logs", "project": "999999"})
+    assert r.status_code == 400, r.text
+
+
 def test_the_logs_of_every_project_read_from_the_newest(tmp_path: Any) -> None:
     """The Logs page of all projects (the menu's link; live, every 5 s) reads about the lines it shows
     from logs_by_time, where it read every line of every project before its sort: counted in SQLite's
@@ -233,7 +249,8 @@ def test_the_logs_of_every_project_read_from_the_newest(tmp_path: Any) -> None:
     def steps(project_id: int | None, query: str = "") -> int:
         counted = [0]
         conn.set_progress_handler(lambda: counted.__setitem__(0, counted[0] + 1), 100)
-        rows = conn.execute(*tracker_module.logs_sql(query, project_id, 0.0, float("inf"), 200, False)).fetchall()
+        projects = [project_id] if project_id else []
+        rows = conn.execute(*tracker_module.logs_sql(query, projects, 0.0, float("inf"), 200, False)).fetchall()
         conn.set_progress_handler(None, 0)
         assert len(rows) == 200 and rows[0]["body"] == ("line 19999" if project_id in (None, 10) else "line 19998")
         return counted[0]
