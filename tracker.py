@@ -14730,6 +14730,7 @@ class Tracker(Starlette):
     writer: Writer  # the one write connection
     preparers: Preparers  # event worker processes
     store: Store  # the read connection
+    lookups: Store  # ingest's own: its key, rule and option lookups never wait behind a page's long read
     created: float  # when the database was made (the organization's dateCreated)
     keys: KeyCache
     rules: RulesCache
@@ -14758,10 +14759,10 @@ class Tracker(Starlette):
         self.assembling = asyncio.Lock()
         self.writer = Writer(self.settings.db, self.settings.batch_max)
         self.preparers = Preparers(self.settings)
-        self.store = await Store.open(self.settings.db)
+        self.store, self.lookups = await Store.open(self.settings.db), await Store.open(self.settings.db)
         self.created = await database_created(self.store)
         SOURCE_MAPS.open(self.settings.db)
-        self.keys, self.rules, self.options = KeyCache(self.store), RulesCache(self.store), OptionsCache(self.store)
+        self.keys, self.rules, self.options = KeyCache(self.lookups), RulesCache(self.lookups), OptionsCache(self.lookups)
         self.limits = IngestLimits(self.settings)
         self.drop_flusher, self.dispatcher = DropFlusher(self), Dispatcher(self)
         self.slo_judge, self.retention, self.cron_judge = SloJudge(self), Retention(self), CronJudge(self)
@@ -14775,6 +14776,7 @@ class Tracker(Starlette):
     async def close(self) -> None:
         for service in reversed(self.services):
             await service.close()
+        await self.lookups.conn.close()
         await self.store.conn.close()
 
     @contextlib.asynccontextmanager

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 import time
 import uuid
 from typing import Any
@@ -256,6 +257,36 @@ def test_the_logs_of_every_project_read_from_the_newest(tmp_path: Any) -> None:
         return counted[0]
     one_project = steps(9)
     assert steps(None) < 3 * one_project and steps(None, "severity:info") < 3 * one_project
+
+
+def test_ingest_answers_while_a_long_search_reads(configured: Configure) -> None:
+    """Ingest's key, rule and option lookups have a read connection of their own: an envelope with a
+    key no one has used yet is answered while a search over 1,000,000 log lines (an attribute no line
+    has, so every line is read) still holds the pages' connection. On one shared connection the
+    lookup waited for the search to end."""
+    server = configured("lookups", "")
+    searched = server.create_project()
+    with sqlite3.connect(server.db) as conn:
+        conn.executemany("""INSERT INTO logs (project_id, timestamp, level, severity_number, body, release, environment,
+                                sdk, attributes, received) VALUES (?, ?, 'info', 9, 'x', '', 'prod', '', ?, ?)""",
+                         ((searched.id, time.time() - n / 1000, '{"k": "v"}', time.time()) for n in range(1_000_000)))
+    with sqlite3.connect(server.db) as conn:  # the lines copied out of the WAL now, not by the envelope's commit
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    warm, fresh = server.create_project(), server.create_project()
+    finished: dict[str, float] = {}
+
+    def search() -> None:
+        assert server.web.get("/logs/", params={"q": "k:absent"}, timeout=60).status_code == 200
+        finished["search"] = time.monotonic()
+    assert server.web.get("/logs/", params={"project": fresh.slug}).status_code == 200  # the page and ingest warm,
+    assert server.send_envelope(warm, {"message": "first", "level": "error"}).status_code == 200  # not `fresh`'s key
+    reader = threading.Thread(target=search)
+    reader.start()
+    time.sleep(0.1)  # the search under way (it reads for about half a second)
+    assert server.send_envelope(fresh, {"message": "while the search reads", "level": "error"}).status_code == 200
+    finished["ingest"] = time.monotonic()
+    reader.join()
+    assert finished["ingest"] < finished["search"]
 
 
 def test_a_trace_draws_each_span_once_within_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
