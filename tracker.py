@@ -12783,8 +12783,9 @@ def trace_error_json(e: dict[str, Any]) -> dict[str, Any]:
 async def api_org_logs(request: Request) -> dict[str, Any]:
     """GET /api/0/organizations/<org>/events/?dataset=logs (or `ourlogs`): log lines in Sentry's
     table shape, `field` naming the columns (a log column or any attribute), `query` in its search
-    syntax, `project` (ids or slugs, repeatable; none or -1: every project), `environment`, `statsPeriod` or `start`/`end`, `sort` (-timestamp or
-    timestamp) and `per_page` (at most LOG_API_PAGE). Only logs are kept here, so only that dataset."""
+    syntax, `project` (ids or slugs, repeatable; none or -1: every project), `environment`,
+    `statsPeriod` or `start`/`end`, `sort` (-timestamp or timestamp) and `per_page` (at most
+    LOG_API_PAGE). Only logs are kept here, so only that dataset."""
     check_org(request)
     params = request.query_params
     if params.get("dataset") not in ("logs", "ourlogs"):
